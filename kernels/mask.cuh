@@ -1,0 +1,64 @@
+// The dropout mask contract v1 (docs/mask-contract.md) for the kernels: which Philox word decides
+// which element, the keep threshold, the scale, and the sharded-layer geometry.
+// Host-compilable, so tests/philox_host.rs checks it against src/mask.rs.
+#pragma once
+
+#include "philox.cuh"
+
+namespace fusedrop {
+
+// Everything a kernel needs to decide and scale one element. Passed to every kernel by value;
+// its layout is mirrored by `MaskParams` in src/cuda/mod.rs (8-byte fields, then scale and pad).
+struct MaskParams {
+    uint64_t seed;
+    uint64_t stream;
+    // When non-null, the kernel reads {seed, stream} from this device buffer instead of the two
+    // fields above, so that a captured CUDA graph replays with whatever the buffer holds.
+    const uint64_t* seed_stream;
+    // floor(p * 2^32); 0 means p == 0 (keep all, skip Philox), 2^32 means p == 1 (drop all).
+    uint64_t threshold;
+    uint64_t row_offset;
+    uint64_t col_offset;
+    uint64_t n_global;
+    // 1 / (1 - p), or 0 when p == 1.
+    float scale;
+    uint32_t pad;
+};
+
+// Replaces seed and stream by the device buffer's values when one is given. Call once at the
+// top of a kernel (device side) before any mask decision.
+FUSEDROP_HD MaskParams resolve_seed(MaskParams mp) {
+    if (mp.seed_stream != nullptr) {
+        mp.seed = mp.seed_stream[0];
+        mp.stream = mp.seed_stream[1];
+    }
+    return mp;
+}
+
+FUSEDROP_HD bool dropout_enabled(const MaskParams& mp) { return mp.threshold != 0; }
+
+// The linear index that decides element (r, c) of this call's output.
+FUSEDROP_HD uint64_t mask_index(const MaskParams& mp, uint64_t r, uint64_t c) {
+    return (mp.row_offset + r) * mp.n_global + (mp.col_offset + c);
+}
+
+// The four words of the Philox call that decides linear indices 4q .. 4q+3.
+FUSEDROP_HD Philox4 mask_words(const MaskParams& mp, uint64_t q) {
+    const Philox4 counter = {{(uint32_t)q, (uint32_t)(q >> 32), (uint32_t)mp.stream,
+                              (uint32_t)(mp.stream >> 32)}};
+    return philox4x32_10(counter, (uint32_t)mp.seed, (uint32_t)(mp.seed >> 32));
+}
+
+// Keep decision for a word already drawn.
+FUSEDROP_HD bool keep_word(const MaskParams& mp, uint32_t word) {
+    return (uint64_t)word >= mp.threshold;
+}
+
+// Keep decision for one linear index, drawing its Philox call. Kernels that handle four
+// consecutive indices should call mask_words once and use keep_word on each word instead.
+FUSEDROP_HD bool keep_index(const MaskParams& mp, uint64_t index) {
+    if (!dropout_enabled(mp)) return true;
+    return keep_word(mp, mask_words(mp, index >> 2).w[index & 3]);
+}
+
+}  // namespace fusedrop

@@ -1,0 +1,218 @@
+//! The CUDA side: device probing, kernel loading, and the safe wrappers over each kernel.
+//!
+//! Callers bring their own [`CudaStream`] and buffers ([`CudaSlice`](cudarc::driver::CudaSlice),
+//! [`CudaView`], [`CudaViewMut`](cudarc::driver::CudaViewMut)); nothing here creates a hidden
+//! context or synchronises behind the caller's back. Every check runs before a launch.
+//!
+//! ```no_run
+//! # fn main() -> fusedrop::Result<()> {
+//! let ctx = fusedrop::cuda::open_device(0)?; // errors (never panics) without a driver
+//! let stream = ctx.default_stream();
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, CudaView, DeviceRepr};
+use cudarc::nvrtc::Ptx;
+
+use crate::error::{Error, Result};
+use crate::layer::{Dropout, Geometry};
+use crate::mask;
+
+pub use cudarc;
+
+pub mod dropout;
+
+include!(concat!(env!("OUT_DIR"), "/kernel_images.rs"));
+
+/// Whether build.rs compiled the CUDA kernels into this build.
+pub fn kernels_built() -> bool {
+    KERNEL_IMAGES.is_some()
+}
+
+/// Whether the CUDA driver library (libcuda) can be loaded on this machine.
+///
+/// cudarc panics when a driver call finds no library; this probe lets every entry point return
+/// [`Error::DriverUnavailable`] instead.
+pub fn driver_present() -> bool {
+    static PRESENT: OnceLock<bool> = OnceLock::new();
+    // SAFETY: is_culib_present only tries to open the shared library by name and drops it.
+    *PRESENT.get_or_init(|| unsafe { cudarc::driver::sys::is_culib_present() })
+}
+
+/// Opens GPU `ordinal` after checking that the kernels were built and a driver is present.
+/// This is the entry point that never panics on a machine without CUDA.
+pub fn open_device(ordinal: usize) -> Result<Arc<CudaContext>> {
+    if !kernels_built() {
+        return Err(Error::KernelsNotBuilt);
+    }
+    if !driver_present() {
+        return Err(Error::DriverUnavailable(
+            "libcuda could not be loaded (no NVIDIA driver installed, or not on the loader path)"
+                .into(),
+        ));
+    }
+    let count = CudaContext::device_count()
+        .map_err(|e| Error::DriverUnavailable(format!("cuInit/cuDeviceGetCount failed: {e}")))?;
+    if ordinal >= count.max(0) as usize {
+        return Err(Error::DriverUnavailable(format!(
+            "GPU {ordinal} requested but the driver reports {count} GPU(s)"
+        )));
+    }
+    Ok(CudaContext::new(ordinal)?)
+}
+
+/// Per-context state: the compute capability and the loaded kernel modules.
+struct ContextKernels {
+    compute_capability: (i32, i32),
+    modules: HashMap<&'static str, Arc<CudaModule>>,
+    functions: HashMap<String, CudaFunction>,
+}
+
+/// Loaded modules, keyed by the context handle. Modules are loaded once per context and kept
+/// for the life of the process (they hold their context, as a caller's own modules would).
+fn registry() -> &'static Mutex<HashMap<usize, ContextKernels>> {
+    static REGISTRY: OnceLock<Mutex<HashMap<usize, ContextKernels>>> = OnceLock::new();
+    REGISTRY.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn with_context<R>(
+    ctx: &Arc<CudaContext>,
+    f: impl FnOnce(&mut ContextKernels) -> Result<R>,
+) -> Result<R> {
+    KERNEL_IMAGES.ok_or(Error::KernelsNotBuilt)?;
+    let mut registry = registry()
+        .lock()
+        .map_err(|_| Error::Cuda("the kernel registry lock was poisoned by a panic".into()))?;
+    let key = ctx.cu_ctx() as usize;
+    if !registry.contains_key(&key) {
+        let compute_capability = ctx.compute_capability()?;
+        registry.insert(
+            key,
+            ContextKernels {
+                compute_capability,
+                modules: HashMap::new(),
+                functions: HashMap::new(),
+            },
+        );
+    }
+    f(registry.get_mut(&key).expect("inserted above"))
+}
+
+/// The compute capability of the stream's GPU (cached per context).
+pub fn compute_capability(stream: &Arc<CudaStream>) -> Result<(i32, i32)> {
+    with_context(stream.context(), |k| Ok(k.compute_capability))
+}
+
+/// Fails with [`Error::UnsupportedDevice`] when the stream's GPU is older than `major.minor`.
+pub(crate) fn require_compute_capability(
+    stream: &Arc<CudaStream>,
+    needed: (i32, i32),
+    what: &str,
+) -> Result<()> {
+    let have = compute_capability(stream)?;
+    if have < needed {
+        return Err(Error::UnsupportedDevice(format!(
+            "{what} needs compute capability {}.{} or newer; this GPU has {}.{}",
+            needed.0, needed.1, have.0, have.1
+        )));
+    }
+    Ok(())
+}
+
+/// The kernel `function` of module `module` (a `kernels/<module>.cu` file), loaded once per
+/// context.
+pub(crate) fn kernel(
+    stream: &Arc<CudaStream>,
+    module: &'static str,
+    function: &str,
+) -> Result<CudaFunction> {
+    let images = KERNEL_IMAGES.ok_or(Error::KernelsNotBuilt)?;
+    let ctx = stream.context();
+    with_context(ctx, |kernels| {
+        let key = format!("{module}::{function}");
+        if let Some(f) = kernels.functions.get(&key) {
+            return Ok(f.clone());
+        }
+        if !kernels.modules.contains_key(module) {
+            let image = images
+                .iter()
+                .find(|(name, _)| *name == module)
+                .map(|(_, bytes)| *bytes)
+                .ok_or_else(|| Error::Cuda(format!("no kernel module named {module}")))?;
+            let loaded = ctx.load_module(Ptx::from_binary(image.to_vec()))?;
+            kernels.modules.insert(module, loaded);
+        }
+        let f = kernels.modules[module]
+            .load_function(function)
+            .map_err(|e| Error::Cuda(format!("kernel {function} in module {module}: {e}")))?;
+        kernels.functions.insert(key, f.clone());
+        Ok(f)
+    })
+}
+
+/// The mask parameters every kernel takes by value; mirrors `struct MaskParams` in
+/// kernels/mask.cuh field for field.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MaskParams {
+    pub seed: u64,
+    pub stream: u64,
+    pub seed_stream: u64,
+    pub threshold: u64,
+    pub row_offset: u64,
+    pub col_offset: u64,
+    pub n_global: u64,
+    pub scale_bits: u32,
+    pub pad: u32,
+}
+
+// SAFETY: MaskParams is #[repr(C)], holds only plain integers, and matches the layout of the
+// kernels' `struct MaskParams` (seven 8-byte fields, then two 4-byte fields; 64 bytes, 8-aligned).
+unsafe impl DeviceRepr for MaskParams {}
+
+impl MaskParams {
+    /// Parameters for a call whose output has `n` columns, with (seed, stream) from the host.
+    pub(crate) fn new(dropout: &Dropout, geometry: &Geometry, n: usize) -> Self {
+        Self {
+            seed: dropout.seed,
+            stream: dropout.stream,
+            seed_stream: 0,
+            threshold: mask::threshold(dropout.p),
+            row_offset: geometry.row_offset,
+            col_offset: geometry.col_offset,
+            n_global: geometry.n_global_for(n),
+            scale_bits: mask::scale(dropout.p).to_bits(),
+            pad: 0,
+        }
+    }
+
+    /// The same, but the kernel reads (seed, stream) from `seed_stream` (a device buffer of two
+    /// u64) at run time.
+    pub(crate) fn with_device_seed(mut self, seed_stream_ptr: u64) -> Self {
+        self.seed_stream = seed_stream_ptr;
+        self
+    }
+}
+
+/// Where a launch takes its (seed, stream) pair from.
+#[derive(Debug)]
+pub enum SeedSource<'a> {
+    /// The values in [`Dropout::seed`] and [`Dropout::stream`], fixed at launch.
+    Host,
+    /// A device buffer holding exactly two u64, `[seed, stream]`, read by the kernel when it
+    /// runs. A captured CUDA graph then replays with fresh masks when the caller advances the
+    /// buffer (as PyTorch does for graph-safe dropout). The `seed`/`stream` fields of
+    /// [`Dropout`] are ignored.
+    Device(&'a CudaView<'a, u64>),
+}
+
+/// Checks a device seed buffer's length.
+pub(crate) fn check_seed_source(source: &SeedSource<'_>) -> Result<()> {
+    if let SeedSource::Device(view) = source {
+        crate::validate::check_len("seed_stream buffer", view.len(), 2, "[seed, stream] as u64")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! The checks every backend runs before it touches a buffer: one place, one set of messages.
+//!
+//! Decisions (documented in the README too):
+//! - An empty output (`m == 0` or `n == 0`) is valid and does nothing.
+//! - `k == 0` is an error: a linear layer with no input features is almost surely a bug.
+//! - Every element count (`m*k`, `n*k`, `m*n`) and every mask index must fit in 63 bits, the
+//!   kernels' signed 64-bit index arithmetic.
+//! - `p` must be a number in `[0, 1]`.
+
+use crate::error::{invalid, Result};
+use crate::layer::{Geometry, LinearShape};
+
+/// The largest element count or mask index the kernels' 64-bit signed arithmetic handles.
+pub const MAX_INDEX: u64 = i64::MAX as u64;
+
+/// Checks a dropout probability: finite and in `[0, 1]`.
+pub fn check_probability(p: f32) -> Result<()> {
+    if p.is_nan() || !(0.0..=1.0).contains(&p) {
+        return Err(invalid!(
+            "dropout probability p = {p} is outside [0, 1]; expected 0 <= p <= 1 (0 disables \
+             dropout, 1 drops everything)"
+        ));
+    }
+    Ok(())
+}
+
+fn product(a: usize, b: usize, what: &str) -> Result<u64> {
+    (a as u64)
+        .checked_mul(b as u64)
+        .filter(|&v| v <= MAX_INDEX)
+        .ok_or_else(|| {
+            invalid!("{what} = {a} x {b} overflows 64-bit index arithmetic; expected at most 2^63-1 elements")
+        })
+}
+
+/// Element counts of the three matrices of a shape, checked against overflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShapeSizes {
+    /// `m * k`: elements of X (and dX).
+    pub x: usize,
+    /// `n * k`: elements of W (and dW).
+    pub w: usize,
+    /// `m * n`: elements of Y (and dY).
+    pub y: usize,
+}
+
+/// Checks a shape: `k >= 1`, no element count overflows. Returns the element counts.
+pub fn check_shape(shape: LinearShape) -> Result<ShapeSizes> {
+    if shape.k == 0 {
+        return Err(invalid!(
+            "k = 0 input features (shape m={}, n={}, k=0); expected k >= 1",
+            shape.m,
+            shape.n
+        ));
+    }
+    Ok(ShapeSizes {
+        x: product(shape.m, shape.k, "m*k (elements of X)")? as usize,
+        w: product(shape.n, shape.k, "n*k (elements of W)")? as usize,
+        y: product(shape.m, shape.n, "m*n (elements of Y)")? as usize,
+    })
+}
+
+/// Checks that the shard described by `geometry` fits its logical output and that every mask
+/// index of a call with `m` rows and `n` columns fits in 63 bits.
+pub fn check_geometry(geometry: &Geometry, m: usize, n: usize) -> Result<()> {
+    let n_global = geometry.n_global_for(n);
+    let col_end = geometry.col_offset.checked_add(n as u64);
+    if col_end.is_none_or(|end| end > n_global) {
+        return Err(invalid!(
+            "geometry: col_offset {} + n {} exceeds n_global {}; expected the shard's columns \
+             to lie inside the logical output",
+            geometry.col_offset,
+            n,
+            n_global
+        ));
+    }
+    let row_end = geometry.row_offset.checked_add(m as u64);
+    let last_index = row_end.and_then(|rows| rows.checked_mul(n_global));
+    if last_index.is_none_or(|v| v > MAX_INDEX) {
+        return Err(invalid!(
+            "geometry: (row_offset {} + m {}) x n_global {} overflows the 63-bit mask index; \
+             expected a logical output of at most 2^63-1 elements",
+            geometry.row_offset,
+            m,
+            n_global
+        ));
+    }
+    Ok(())
+}
+
+/// Checks one buffer's length against what the shape needs.
+pub fn check_len(name: &str, len: usize, expected: usize, what: &str) -> Result<()> {
+    if len != expected {
+        return Err(invalid!(
+            "{name} has {len} elements; expected {expected} ({what})"
+        ));
+    }
+    Ok(())
+}
+
+/// Buffer lengths of a forward call, as the caller handed them in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardLens {
+    /// Elements of X.
+    pub x: usize,
+    /// Elements of W.
+    pub w: usize,
+    /// Elements of b, when a bias is given.
+    pub b: Option<usize>,
+    /// Elements of Y.
+    pub y: usize,
+}
+
+/// Every check of a forward call. `Ok(false)` means the output is empty and there is nothing
+/// to do; `Ok(true)` means the call may run.
+pub fn check_forward(
+    shape: LinearShape,
+    p: f32,
+    geometry: &Geometry,
+    lens: ForwardLens,
+) -> Result<bool> {
+    check_probability(p)?;
+    let sizes = check_shape(shape)?;
+    check_geometry(geometry, shape.m, shape.n)?;
+    let LinearShape { m, n, k } = shape;
+    check_len("X", lens.x, sizes.x, &format!("m*k = {m}*{k}"))?;
+    check_len(
+        "W",
+        lens.w,
+        sizes.w,
+        &format!("n*k = {n}*{k}, the nn.Linear [out, in] layout"),
+    )?;
+    if let Some(b) = lens.b {
+        check_len("b", b, n, &format!("n = {n}, one bias per output feature"))?;
+    }
+    check_len("Y", lens.y, sizes.y, &format!("m*n = {m}*{n}"))?;
+    Ok(sizes.y > 0)
+}
