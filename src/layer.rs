@@ -145,3 +145,35 @@ impl DropoutGenerator {
         }
     }
 }
+
+/// Everything that describes one call of the layer apart from the buffers: the same value is
+/// handed to the CPU reference and to the CUDA kernels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LayerSpec {
+    /// Sizes of X, W, b and Y.
+    pub shape: LinearShape,
+    /// ReLU or identity.
+    pub activation: Activation,
+    /// Dropout probability and (seed, stream).
+    pub dropout: Dropout,
+    /// Where the output sits in a sharded layer's logical output.
+    pub geometry: Geometry,
+}
+
+impl LayerSpec {
+    /// An unsharded layer.
+    pub const fn new(shape: LinearShape, activation: Activation, dropout: Dropout) -> Self {
+        Self {
+            shape,
+            activation,
+            dropout,
+            geometry: Geometry::UNSHARDED,
+        }
+    }
+
+    /// The same layer as a shard at `geometry`.
+    pub const fn with_geometry(mut self, geometry: Geometry) -> Self {
+        self.geometry = geometry;
+        self
+    }
+}

@@ -19,4 +19,4 @@ pub mod validate;
 
 pub use element::Element;
 pub use error::{Error, Result};
-pub use layer::{Activation, Dropout, DropoutGenerator, Geometry, LinearShape};
+pub use layer::{Activation, Dropout, DropoutGenerator, Geometry, LayerSpec, LinearShape};
