@@ -3,7 +3,7 @@
 //! Hand-written CUDA kernels for `Y = dropout_p(relu(X·Wᵀ + b))`, forward and backward, in f32,
 //! f16 and bf16, with dropout masks drawn from the counter-based Philox4x32-10 generator: never
 //! stored, a pure function of (seed, stream, element index), identical bit for bit on the CPU
-//! reference ([`reference`]) and on every GPU kernel ([`cuda`]).
+//! reference ([`reference`](mod@reference)) and on every GPU kernel ([`cuda`]).
 //!
 //! The mask contract is in `docs/mask-contract.md`; [`mask::keep`] is its definition in code.
 #![warn(missing_docs)]

@@ -59,3 +59,36 @@ pub fn keep(seed: u64, stream: u64, p: f32, index: u64) -> bool {
     let t = threshold(p.clamp(0.0, 1.0));
     t == 0 || u64::from(word(seed, stream, index)) >= t
 }
+
+/// The keep decisions of the consecutive linear indices `first .. first + keep.len()`, written
+/// into `keep`: the same decisions as [`keep`], drawing each Philox call once for its four
+/// indices instead of once per index.
+///
+/// ```
+/// let mut run = [false; 10];
+/// fusedrop::mask::keep_run(42, 7, 0.5, 3, &mut run);
+/// for (j, &kept) in run.iter().enumerate() {
+///     assert_eq!(kept, fusedrop::mask::keep(42, 7, 0.5, 3 + j as u64));
+/// }
+/// ```
+pub fn keep_run(seed: u64, stream: u64, p: f32, first: u64, keep: &mut [bool]) {
+    let t = threshold(p.clamp(0.0, 1.0));
+    if t == 0 {
+        keep.fill(true);
+        return;
+    }
+    let mut cached: Option<(u64, [u32; 4])> = None;
+    for (j, kept) in keep.iter_mut().enumerate() {
+        let index = first.wrapping_add(j as u64);
+        let q = index >> 2;
+        let words = match cached {
+            Some((cq, words)) if cq == q => words,
+            _ => {
+                let words = philox4x32_10(counter(q, stream), key(seed));
+                cached = Some((q, words));
+                words
+            }
+        };
+        *kept = u64::from(words[(index & 3) as usize]) >= t;
+    }
+}

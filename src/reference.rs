@@ -1,9 +1,30 @@
 //! The CPU reference implementation: plain, obviously correct, the oracle every kernel is
 //! compared with.
+//!
+//! Every product is accumulated in f64, in the same order for every element (sequentially over
+//! the reduced dimension), and rounded once into the output type at the very end. Because each
+//! element's sum depends only on its own row and column, never on how the work is split, a
+//! column or row shard computed with the matching [`Geometry`] reproduces the unsharded result
+//! bit for bit. The work is spread over the machine's cores by blocks of rows.
+//!
+//! ```
+//! use fusedrop::{reference, Activation, Dropout, LayerSpec, LinearShape};
+//! let spec = LayerSpec::new(LinearShape::new(2, 3, 4), Activation::Relu, Dropout::new(0.5, 42, 0));
+//! let x = vec![0.5f32; 2 * 4];
+//! let w = vec![0.25f32; 3 * 4];
+//! let y = reference::forward(&spec, &x, &w, None)?;
+//! // Every element is relu(0.5) = 0.5 before dropout: kept ones become 0.5 / (1 - 0.5) = 1.
+//! assert!(y.iter().all(|&v| v == 0.0 || v == 1.0));
+//! # Ok::<(), fusedrop::Error>(())
+//! ```
+
+use std::thread;
 
 use crate::element::Element;
-use crate::layer::{Dropout, Geometry};
+use crate::error::Result;
+use crate::layer::{Activation, Dropout, Geometry, LayerSpec, LinearShape};
 use crate::mask;
+use crate::validate::{self, BackwardLens, ForwardLens};
 
 /// The standalone dropout kernel's reference: `y = keep(i) ? y * scale : 0`, with the product
 /// taken in f32 and rounded once into `T`, exactly as the kernel does.
@@ -26,4 +47,345 @@ pub fn dropout_in_place<T: Element>(
             };
         }
     }
+}
+
+/// Widens every element to f64 (exact for all three element types).
+pub fn to_f64<T: Element>(v: &[T]) -> Vec<f64> {
+    v.iter().map(|e| e.to_f64()).collect()
+}
+
+/// Rounds every element once from f64 into `T` (round to nearest even).
+pub fn from_f64<T: Element>(v: &[f64]) -> Vec<T> {
+    v.iter().map(|&e| T::from_f64(e)).collect()
+}
+
+/// The pre-activation `z = x·wᵀ + b` in f64: `[m, n]` row-major, from X `[m, k]`, W `[n, k]`
+/// and the optional bias b `[n]`.
+///
+/// An empty output (`m == 0` or `n == 0`) gives an empty vector; `k == 0` and wrong buffer
+/// lengths are errors (see [`validate`]).
+pub fn preactivation_f64<T: Element>(
+    shape: LinearShape,
+    x: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+) -> Result<Vec<f64>> {
+    let sizes = validate::check_shape(shape)?;
+    let lens = ForwardLens {
+        x: x.len(),
+        w: w.len(),
+        b: b.map(<[T]>::len),
+        y: sizes.y,
+    };
+    if !validate::check_forward(shape, 0.0, &Geometry::UNSHARDED, lens)? {
+        return Ok(Vec::new());
+    }
+    let bias = b.map(to_f64);
+    Ok(layer_forward(shape, x, w, bias.as_deref(), |_, _| {}))
+}
+
+/// The forward pass in f64, unrounded: `y = keep(i) ? act(z) * scale : 0` with
+/// `z = x·wᵀ + b`, `scale = mask::scale(p)` (as f64) and `i` the element's linear index under
+/// the spec's geometry.
+///
+/// An empty output gives an empty vector. Every input is validated with
+/// [`validate::check_forward`].
+pub fn forward_f64<T: Element>(
+    spec: &LayerSpec,
+    x: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+) -> Result<Vec<f64>> {
+    let shape = spec.shape;
+    let sizes = validate::check_shape(shape)?;
+    let lens = ForwardLens {
+        x: x.len(),
+        w: w.len(),
+        b: b.map(<[T]>::len),
+        y: sizes.y,
+    };
+    if !validate::check_forward(shape, spec.dropout.p, &spec.geometry, lens)? {
+        return Ok(Vec::new());
+    }
+    let bias = b.map(to_f64);
+    let relu = spec.activation == Activation::Relu;
+    let dropout = spec.dropout;
+    let scale = f64::from(mask::scale(dropout.p));
+    let n = shape.n;
+    let mut keep = Vec::new();
+    Ok(layer_forward(
+        shape,
+        x,
+        w,
+        bias.as_deref(),
+        move |r, row| {
+            keep.resize(n, false);
+            let first = spec.geometry.linear_index(n, r, 0);
+            mask::keep_run(dropout.seed, dropout.stream, dropout.p, first, &mut keep);
+            for (v, &kept) in row.iter_mut().zip(&keep) {
+                let a = if relu { v.max(0.0) } else { *v };
+                *v = if kept { a * scale } else { 0.0 };
+            }
+        },
+    ))
+}
+
+/// The forward pass rounded once into `T`: [`forward_f64`], then each element rounded to
+/// nearest. This is the value a kernel must match within `T::REL_L2_TOLERANCE`.
+pub fn forward<T: Element>(spec: &LayerSpec, x: &[T], w: &[T], b: Option<&[T]>) -> Result<Vec<T>> {
+    Ok(from_f64(&forward_f64(spec, x, w, b)?))
+}
+
+/// The three gradients of one layer call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gradients<T> {
+    /// dL/dX, `[m, k]` row-major.
+    pub dx: Vec<T>,
+    /// dL/dW, `[n, k]` row-major (the layout of W).
+    pub dw: Vec<T>,
+    /// dL/db, `[n]`.
+    pub db: Vec<T>,
+}
+
+/// The backward pass in f64, unrounded, from dY and (for ReLU) the saved forward output.
+///
+/// The gradient through activation and dropout is recovered without the mask for ReLU and
+/// regenerated from (seed, stream, p) for identity (docs/mask-contract.md, "Backward without a
+/// mask"):
+///
+/// - ReLU: `dz = dy * scale * [y_saved > 0]`; `y_saved` is required.
+/// - Identity: `dz = dy * scale * keep(i)`; `y_saved` is not read.
+///
+/// Then `dX = dz·W`, `dW = dzᵀ·X`, `db = Σ_rows dz`. With an empty dY (`m == 0` or `n == 0`)
+/// the gradients are zeros of their shapes. Inputs are validated with
+/// [`validate::check_backward`].
+pub fn backward_f64<T: Element>(
+    spec: &LayerSpec,
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    y_saved: Option<&[T]>,
+) -> Result<Gradients<f64>> {
+    let lens = BackwardLens {
+        x: x.len(),
+        w: w.len(),
+        dy: dy.len(),
+        y_saved: y_saved.map(<[T]>::len),
+    };
+    validate::check_backward(spec, lens)?;
+    let LinearShape { m, n, k } = spec.shape;
+    let dropout = spec.dropout;
+    let scale = f64::from(mask::scale(dropout.p));
+
+    // dz[r, c]: the gradient of the pre-activation.
+    let mut dz = to_f64(dy);
+    match (spec.activation, y_saved) {
+        (Activation::Relu, Some(y)) => {
+            for (g, y) in dz.iter_mut().zip(y) {
+                *g = if y.to_f64() > 0.0 { *g * scale } else { 0.0 };
+            }
+        }
+        _ => {
+            let mut keep = vec![false; n];
+            for (r, row) in dz.chunks_exact_mut(n.max(1)).enumerate().take(m) {
+                let first = spec.geometry.linear_index(n, r, 0);
+                mask::keep_run(dropout.seed, dropout.stream, dropout.p, first, &mut keep);
+                for (g, &kept) in row.iter_mut().zip(&keep) {
+                    *g = if kept { *g * scale } else { 0.0 };
+                }
+            }
+        }
+    }
+
+    // dX [m, k] = dz [m, n] · W [n, k], written as dz · (Wᵀ [k, n])ᵀ.
+    let w_t = transpose(&to_f64(w), n, k);
+    let dx = matmul_abt(&dz, &w_t, m, k, n, |_, _| {});
+    // dW [n, k] = dzᵀ [n, m] · X [m, k], written as dzᵀ · (Xᵀ [k, m])ᵀ.
+    let dz_t = transpose(&dz, m, n);
+    let x_t = transpose(&to_f64(x), m, k);
+    let dw = matmul_abt(&dz_t, &x_t, n, k, m, |_, _| {});
+    // db [n]: each column of dz summed over the rows, in row order.
+    let db = if m == 0 {
+        vec![0.0; n]
+    } else {
+        dz_t.chunks_exact(m).map(|col| col.iter().sum()).collect()
+    };
+    Ok(Gradients { dx, dw, db })
+}
+
+/// The backward pass rounded once into `T`: [`backward_f64`], then each gradient element
+/// rounded to nearest.
+pub fn backward<T: Element>(
+    spec: &LayerSpec,
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    y_saved: Option<&[T]>,
+) -> Result<Gradients<T>> {
+    let g = backward_f64(spec, x, w, dy, y_saved)?;
+    Ok(Gradients {
+        dx: from_f64(&g.dx),
+        dw: from_f64(&g.dw),
+        db: from_f64(&g.db),
+    })
+}
+
+/// The relative L2 error `‖got − want‖₂ / ‖want‖₂`, the accuracy measure of every kernel test.
+///
+/// Conventions, chosen so that a broken result can never pass a tolerance:
+/// - a length mismatch, or any NaN or infinity in `got` or `want`, gives `+inf`;
+/// - when `want` is all zeros (for example p = 1, where every element is dropped), the error is
+///   0 if `got` is all zeros too and `+inf` otherwise: an exact zero must be reproduced exactly;
+/// - two empty slices give 0.
+pub fn relative_l2_error(got: &[f64], want: &[f64]) -> f64 {
+    if got.len() != want.len() || got.iter().chain(want).any(|v| !v.is_finite()) {
+        return f64::INFINITY;
+    }
+    let (mut diff, mut norm) = (0.0f64, 0.0f64);
+    for (g, w) in got.iter().zip(want) {
+        diff += (g - w) * (g - w);
+        norm += w * w;
+    }
+    if norm == 0.0 {
+        return if diff == 0.0 { 0.0 } else { f64::INFINITY };
+    }
+    (diff / norm).sqrt()
+}
+
+/// `z = x·wᵀ + b` for validated inputs, then `epilogue(row, z_row)` on each finished output row
+/// (row index within this call), on the thread that computed it.
+fn layer_forward<T: Element>(
+    shape: LinearShape,
+    x: &[T],
+    w: &[T],
+    bias: Option<&[f64]>,
+    epilogue: impl FnMut(usize, &mut [f64]) + Clone + Send,
+) -> Vec<f64> {
+    let LinearShape { m, n, k } = shape;
+    let x = to_f64(x);
+    let w = to_f64(w);
+    let mut epilogue = epilogue;
+    matmul_abt(&x, &w, m, n, k, move |r, row| {
+        if let Some(bias) = bias {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v += b;
+            }
+        }
+        epilogue(r, row);
+    })
+}
+
+/// `out [rows, cols] = a [rows, inner] · b [cols, inner]ᵀ` in f64, every element summed
+/// sequentially over `inner` starting from 0, then `epilogue(row, out_row)` on each row.
+///
+/// Rows are split into one contiguous block per core; within a block, 4x4 tiles of the output
+/// keep 16 sums in registers so each loaded element of `a` and `b` is used four times. The
+/// per-element order of additions does not depend on the tiling, so the result does not either.
+fn matmul_abt<F>(
+    a: &[f64],
+    b: &[f64],
+    rows: usize,
+    cols: usize,
+    inner: usize,
+    epilogue: F,
+) -> Vec<f64>
+where
+    F: FnMut(usize, &mut [f64]) + Clone + Send,
+{
+    let mut out = vec![0.0; rows * cols];
+    if out.is_empty() {
+        return out;
+    }
+    // Below about a million multiply-adds a thread costs more than it saves.
+    let work = rows * cols * inner.max(1);
+    let threads = if work < (1 << 20) {
+        1
+    } else {
+        thread::available_parallelism()
+            .map_or(1, |t| t.get())
+            .min(rows.div_ceil(TILE))
+    };
+    let rows_per_thread = rows.div_ceil(threads).next_multiple_of(TILE);
+    thread::scope(|scope| {
+        for (block, out_block) in out.chunks_mut(rows_per_thread * cols).enumerate() {
+            let first_row = block * rows_per_thread;
+            let block_rows = out_block.len() / cols;
+            let a_block = &a[first_row * inner..(first_row + block_rows) * inner];
+            let mut epilogue = epilogue.clone();
+            scope.spawn(move || {
+                matmul_abt_block(a_block, b, out_block, block_rows, cols, inner);
+                for (r, row) in out_block.chunks_exact_mut(cols).enumerate() {
+                    epilogue(first_row + r, row);
+                }
+            });
+        }
+    });
+    out
+}
+
+/// Edge of the register tile of [`matmul_abt_block`].
+const TILE: usize = 4;
+
+fn matmul_abt_block(a: &[f64], b: &[f64], out: &mut [f64], rows: usize, cols: usize, inner: usize) {
+    for i0 in (0..rows).step_by(TILE) {
+        for j0 in (0..cols).step_by(TILE) {
+            if i0 + TILE <= rows && j0 + TILE <= cols {
+                // Each row cut to exactly `inner` elements, so the loop below needs no bounds
+                // checks.
+                let (a0, a1, a2, a3) = (
+                    row(a, i0, inner),
+                    row(a, i0 + 1, inner),
+                    row(a, i0 + 2, inner),
+                    row(a, i0 + 3, inner),
+                );
+                let (b0, b1, b2, b3) = (
+                    row(b, j0, inner),
+                    row(b, j0 + 1, inner),
+                    row(b, j0 + 2, inner),
+                    row(b, j0 + 3, inner),
+                );
+                let mut acc = [[0.0f64; TILE]; TILE];
+                for t in 0..inner {
+                    let av = [a0[t], a1[t], a2[t], a3[t]];
+                    let bv = [b0[t], b1[t], b2[t], b3[t]];
+                    for i in 0..TILE {
+                        for j in 0..TILE {
+                            acc[i][j] += av[i] * bv[j];
+                        }
+                    }
+                }
+                for (i, acc_row) in acc.iter().enumerate() {
+                    out[(i0 + i) * cols + j0..][..TILE].copy_from_slice(acc_row);
+                }
+            } else {
+                for i in i0..(i0 + TILE).min(rows) {
+                    for j in j0..(j0 + TILE).min(cols) {
+                        let ar = &a[i * inner..(i + 1) * inner];
+                        let br = &b[j * inner..(j + 1) * inner];
+                        let mut acc = 0.0f64;
+                        for (x, y) in ar.iter().zip(br) {
+                            acc += x * y;
+                        }
+                        out[i * cols + j] = acc;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Row `r` of a row-major matrix with `len` columns, as a slice of exactly `len` elements.
+fn row(m: &[f64], r: usize, len: usize) -> &[f64] {
+    &m[r * len..][..len]
+}
+
+/// The transpose of a row-major `[rows, cols]` matrix.
+fn transpose(v: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+    let mut t = vec![0.0; v.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = v[r * cols + c];
+        }
+    }
+    t
 }

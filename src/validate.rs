@@ -8,7 +8,7 @@
 //! - `p` must be a number in `[0, 1]`.
 
 use crate::error::{invalid, Result};
-use crate::layer::{Geometry, LinearShape};
+use crate::layer::{Activation, Geometry, LayerSpec, LinearShape};
 
 /// The largest element count or mask index the kernels' 64-bit signed arithmetic handles.
 pub const MAX_INDEX: u64 = i64::MAX as u64;
@@ -65,7 +65,7 @@ pub fn check_shape(shape: LinearShape) -> Result<ShapeSizes> {
 pub fn check_geometry(geometry: &Geometry, m: usize, n: usize) -> Result<()> {
     let n_global = geometry.n_global_for(n);
     let col_end = geometry.col_offset.checked_add(n as u64);
-    if col_end.is_none_or(|end| end > n_global) {
+    if col_end.map_or(true, |end| end > n_global) {
         return Err(invalid!(
             "geometry: col_offset {} + n {} exceeds n_global {}; expected the shard's columns \
              to lie inside the logical output",
@@ -76,7 +76,7 @@ pub fn check_geometry(geometry: &Geometry, m: usize, n: usize) -> Result<()> {
     }
     let row_end = geometry.row_offset.checked_add(m as u64);
     let last_index = row_end.and_then(|rows| rows.checked_mul(n_global));
-    if last_index.is_none_or(|v| v > MAX_INDEX) {
+    if last_index.map_or(true, |v| v > MAX_INDEX) {
         return Err(invalid!(
             "geometry: (row_offset {} + m {}) x n_global {} overflows the 63-bit mask index; \
              expected a logical output of at most 2^63-1 elements",
@@ -134,5 +134,58 @@ pub fn check_forward(
         check_len("b", b, n, &format!("n = {n}, one bias per output feature"))?;
     }
     check_len("Y", lens.y, sizes.y, &format!("m*n = {m}*{n}"))?;
+    Ok(sizes.y > 0)
+}
+
+/// Buffer lengths of a backward call, as the caller handed them in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackwardLens {
+    /// Elements of X (the forward input; dX has the same length).
+    pub x: usize,
+    /// Elements of W (dW has the same length).
+    pub w: usize,
+    /// Elements of dY, the gradient of the layer's output.
+    pub dy: usize,
+    /// Elements of the saved forward output Y, when one is given. ReLU backward requires it;
+    /// identity backward does not read it, but a buffer that is given must still have m*n
+    /// elements.
+    pub y_saved: Option<usize>,
+}
+
+/// Every check of a backward call (see docs/mask-contract.md, "Backward without a mask").
+///
+/// `Ok(false)` means dY is empty (`m == 0` or `n == 0`): no product has to be computed, but
+/// the gradients are still defined, as zeros (dX is `[m, k]`, dW is `[n, k]`, db is `[n]`, and
+/// whichever of them is non-empty must be zero-filled by the backend). `Ok(true)` means the call
+/// may run.
+pub fn check_backward(spec: &LayerSpec, lens: BackwardLens) -> Result<bool> {
+    let shape = spec.shape;
+    check_probability(spec.dropout.p)?;
+    let sizes = check_shape(shape)?;
+    check_geometry(&spec.geometry, shape.m, shape.n)?;
+    let LinearShape { m, n, k } = shape;
+    check_len("X", lens.x, sizes.x, &format!("m*k = {m}*{k}"))?;
+    check_len(
+        "W",
+        lens.w,
+        sizes.w,
+        &format!("n*k = {n}*{k}, the nn.Linear [out, in] layout"),
+    )?;
+    check_len("dY", lens.dy, sizes.y, &format!("m*n = {m}*{n}"))?;
+    match (spec.activation, lens.y_saved) {
+        (Activation::Relu, None) => {
+            return Err(invalid!(
+                "ReLU backward needs y_saved, the saved forward output Y (m*n = {m}*{n} \
+                 elements), to know which elements were kept and active; got none"
+            ));
+        }
+        (_, Some(len)) => check_len(
+            "y_saved",
+            len,
+            sizes.y,
+            &format!("m*n = {m}*{n}, the saved forward output Y"),
+        )?,
+        (Activation::Identity, None) => {}
+    }
     Ok(sizes.y > 0)
 }

@@ -1,0 +1,478 @@
+//! The CPU reference (src/reference.rs) checked against first principles: finite differences for
+//! the gradients, a naive triple loop for the forward pass, shards against the unsharded layer,
+//! the p = 0 and p = 1 limits, and rounding once into each element type.
+
+use fusedrop::reference::{self, relative_l2_error, to_f64};
+use fusedrop::{mask, Activation, Dropout, Element, Geometry, LayerSpec, LinearShape};
+use half::{bf16, f16};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// A fresh random generator for this run, its seed printed so a failure can be reproduced.
+fn test_rng(what: &str) -> StdRng {
+    let seed: u64 = rand::random();
+    println!("{what}: random inputs from StdRng::seed_from_u64({seed:#x})");
+    StdRng::seed_from_u64(seed)
+}
+
+/// `len` values uniform in [-1, 1], rounded into `T`.
+fn random<T: Element>(rng: &mut StdRng, len: usize) -> Vec<T> {
+    (0..len)
+        .map(|_| T::from_f64(rng.random_range(-1.0..=1.0)))
+        .collect()
+}
+
+/// `len` nonzero multiples of 1/256 in [-1, 1]: exact in f32 even after adding ±1/512.
+fn dyadic(rng: &mut StdRng, len: usize) -> Vec<f32> {
+    (0..len)
+        .map(|_| {
+            let v = rng.random_range(1..=256) as f32 / 256.0;
+            if rng.random() {
+                v
+            } else {
+                -v
+            }
+        })
+        .collect()
+}
+
+/// The layer written as plainly as possible, in f64: a check of the reference's tiling,
+/// threading and mask runs. Sums run over k in order from 0, as the reference documents.
+fn naive_forward<T: Element>(spec: &LayerSpec, x: &[T], w: &[T], b: Option<&[T]>) -> Vec<f64> {
+    let LinearShape { m, n, k } = spec.shape;
+    let d = spec.dropout;
+    let scale = f64::from(mask::scale(d.p));
+    let mut y = vec![0.0; m * n];
+    for r in 0..m {
+        for c in 0..n {
+            let mut z = 0.0f64;
+            for t in 0..k {
+                z += x[r * k + t].to_f64() * w[c * k + t].to_f64();
+            }
+            if let Some(b) = b {
+                z += b[c].to_f64();
+            }
+            let a = match spec.activation {
+                Activation::Relu => z.max(0.0),
+                Activation::Identity => z,
+            };
+            let kept = mask::keep(d.seed, d.stream, d.p, spec.geometry.linear_index(n, r, c));
+            y[r * n + c] = if kept { a * scale } else { 0.0 };
+        }
+    }
+    y
+}
+
+fn spec(
+    m: usize,
+    n: usize,
+    k: usize,
+    activation: Activation,
+    p: f32,
+    rng: &mut StdRng,
+) -> LayerSpec {
+    LayerSpec::new(
+        LinearShape::new(m, n, k),
+        activation,
+        Dropout::new(p, rng.random(), rng.random()),
+    )
+}
+
+fn bits<T: Element>(v: &[T]) -> Vec<u64> {
+    v.iter().map(|e| e.to_f64().to_bits()).collect()
+}
+
+#[test]
+fn forward_equals_the_naive_triple_loop() {
+    let mut rng = test_rng("naive");
+    // Odd shapes, one large enough to be split over threads, with and without bias.
+    for (m, n, k) in [(1, 1, 1), (3, 5, 7), (37, 29, 13), (131, 257, 67)] {
+        for activation in [Activation::Relu, Activation::Identity] {
+            for p in [0.0, 0.1, 0.5, 1.0] {
+                let spec = spec(m, n, k, activation, p, &mut rng);
+                let x = random::<f32>(&mut rng, m * k);
+                let w = random::<f32>(&mut rng, n * k);
+                let b = random::<f32>(&mut rng, n);
+                for bias in [None, Some(b.as_slice())] {
+                    let got = reference::forward_f64(&spec, &x, &w, bias).unwrap();
+                    let want = naive_forward(&spec, &x, &w, bias);
+                    assert!(
+                        got.iter()
+                            .zip(&want)
+                            .all(|(g, w)| g.to_bits() == w.to_bits()),
+                        "{m}x{n}x{k} {activation:?} p {p} bias {}",
+                        bias.is_some()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn preactivation_is_the_affine_map() {
+    let mut rng = test_rng("preactivation");
+    let (m, n, k) = (9, 11, 6);
+    let x = random::<bf16>(&mut rng, m * k);
+    let w = random::<bf16>(&mut rng, n * k);
+    let b = random::<bf16>(&mut rng, n);
+    let shape = LinearShape::new(m, n, k);
+    let z = reference::preactivation_f64(shape, &x, &w, Some(&b)).unwrap();
+    let identity = LayerSpec::new(shape, Activation::Identity, Dropout::NONE);
+    assert_eq!(z, naive_forward(&identity, &x, &w, Some(&b)));
+    assert_eq!(
+        z,
+        reference::forward_f64(&identity, &x, &w, Some(&b)).unwrap()
+    );
+}
+
+#[test]
+fn p_zero_is_plain_linear_and_activation() {
+    let mut rng = test_rng("p = 0");
+    let (m, n, k) = (23, 19, 17);
+    let x = random::<f32>(&mut rng, m * k);
+    let w = random::<f32>(&mut rng, n * k);
+    let b = random::<f32>(&mut rng, n);
+    let shape = LinearShape::new(m, n, k);
+    let z = reference::preactivation_f64(shape, &x, &w, Some(&b)).unwrap();
+    assert!(z.iter().any(|&v| v < 0.0) && z.iter().any(|&v| v > 0.0));
+    for (activation, act) in [
+        (Activation::Relu, (|v: f64| v.max(0.0)) as fn(f64) -> f64),
+        (Activation::Identity, |v| v),
+    ] {
+        // Any seed and stream: with p = 0 nothing is dropped and nothing is scaled.
+        let spec = LayerSpec::new(
+            shape,
+            activation,
+            Dropout::new(0.0, rng.random(), rng.random()),
+        );
+        let y = reference::forward_f64(&spec, &x, &w, Some(&b)).unwrap();
+        let want: Vec<f64> = z.iter().map(|&v| act(v)).collect();
+        assert_eq!(y, want, "{activation:?}");
+    }
+}
+
+#[test]
+fn p_one_gives_zero_output_and_zero_gradients() {
+    let mut rng = test_rng("p = 1");
+    let (m, n, k) = (13, 21, 5);
+    for activation in [Activation::Relu, Activation::Identity] {
+        let spec = spec(m, n, k, activation, 1.0, &mut rng);
+        let x = random::<f16>(&mut rng, m * k);
+        let w = random::<f16>(&mut rng, n * k);
+        let b = random::<f16>(&mut rng, n);
+        let y = reference::forward(&spec, &x, &w, Some(&b)).unwrap();
+        assert_eq!(y.len(), m * n);
+        assert!(
+            y.iter().all(|v| v.to_f64() == 0.0),
+            "{activation:?}: forward not all zero"
+        );
+        let dy = random::<f16>(&mut rng, m * n);
+        let g = reference::backward(&spec, &x, &w, &dy, Some(&y)).unwrap();
+        for (name, v) in [("dx", &g.dx), ("dw", &g.dw), ("db", &g.db)] {
+            assert!(
+                v.iter().all(|v| v.to_f64() == 0.0),
+                "{activation:?}: {name} not all zero"
+            );
+        }
+    }
+}
+
+/// Σ dy ⊙ forward_f64(x, w, b): the scalar loss whose gradients backward computes.
+fn loss(spec: &LayerSpec, x: &[f32], w: &[f32], b: &[f32], dy: &[f32]) -> f64 {
+    let y = reference::forward_f64(spec, x, w, Some(b)).unwrap();
+    y.iter().zip(dy).map(|(y, g)| y * f64::from(*g)).sum()
+}
+
+/// Central differences of the loss with respect to each element of `which` (0: x, 1: w, 2: b).
+fn numeric_gradient(spec: &LayerSpec, inputs: [&[f32]; 3], dy: &[f32], which: usize) -> Vec<f64> {
+    // A power of two, so that every perturbed dyadic input is exact in f32.
+    let h = 1.0f32 / 512.0;
+    (0..inputs[which].len())
+        .map(|j| {
+            let at = |delta: f32| {
+                let mut v = inputs.map(<[f32]>::to_vec);
+                v[which][j] += delta;
+                loss(spec, &v[0], &v[1], &v[2], dy)
+            };
+            (at(h) - at(-h)) / (2.0 * f64::from(h))
+        })
+        .collect()
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    let mut rng = test_rng("finite differences");
+    let (m, n, k) = (5, 7, 3);
+    for activation in [Activation::Relu, Activation::Identity] {
+        for p in [0.0, 0.3] {
+            let spec = spec(m, n, k, activation, p, &mut rng);
+            // The layer is piecewise linear, so central differences are exact away from ReLU's
+            // kink: draw inputs until every pre-activation is clear of it by far more than the
+            // step can move it (at most 3 * 1/512 here).
+            let (x, w, b) = (0..1000)
+                .map(|_| {
+                    (
+                        dyadic(&mut rng, m * k),
+                        dyadic(&mut rng, n * k),
+                        dyadic(&mut rng, n),
+                    )
+                })
+                .find(|(x, w, b)| {
+                    let z = reference::preactivation_f64(spec.shape, x, w, Some(b)).unwrap();
+                    z.iter().all(|v| v.abs() > 0.05)
+                })
+                .expect("inputs clear of the ReLU kink within 1000 draws");
+            let dy = dyadic(&mut rng, m * n);
+            let y = reference::forward(&spec, &x, &w, Some(&b)).unwrap();
+            let g = reference::backward_f64(&spec, &x, &w, &dy, Some(&y)).unwrap();
+            for (which, name, analytic) in [(0, "dx", &g.dx), (1, "dw", &g.dw), (2, "db", &g.db)] {
+                let numeric = numeric_gradient(&spec, [&x, &w, &b], &dy, which);
+                assert!(
+                    numeric.iter().any(|&v| v != 0.0),
+                    "{name}: gradient all zero"
+                );
+                let err = relative_l2_error(analytic, &numeric);
+                assert!(
+                    err < 1e-9,
+                    "{activation:?} p {p} {name}: relative error {err:e}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn identity_backward_ignores_y_saved_and_relu_backward_reads_it() {
+    let mut rng = test_rng("y_saved");
+    let (m, n, k) = (6, 10, 4);
+    let x = random::<f32>(&mut rng, m * k);
+    let w = random::<f32>(&mut rng, n * k);
+    let dy = random::<f32>(&mut rng, m * n);
+    let identity = spec(m, n, k, Activation::Identity, 0.5, &mut rng);
+    let y = reference::forward(&identity, &x, &w, None).unwrap();
+    let with = reference::backward_f64(&identity, &x, &w, &dy, Some(&y)).unwrap();
+    let without = reference::backward_f64(&identity, &x, &w, &dy, None).unwrap();
+    assert_eq!(with, without);
+
+    // ReLU: the gate is [y_saved > 0], nothing else; a saved output of all ones passes every
+    // element through, scaled.
+    let relu = LayerSpec {
+        activation: Activation::Relu,
+        ..identity
+    };
+    let ones = vec![1.0f32; m * n];
+    let open = reference::backward_f64(&relu, &x, &w, &dy, Some(&ones)).unwrap();
+    let db: Vec<f64> = (0..n)
+        .map(|c| (0..m).map(|r| f64::from(dy[r * n + c]) * 2.0).sum())
+        .collect();
+    assert_eq!(open.db, db);
+}
+
+fn shard_check<T: Element>(rng: &mut StdRng) {
+    let (m, n, k) = (19, 103, 37);
+    // Column shard widths, none a multiple of 4: shard edges fall inside Philox calls.
+    let widths = [13, 1, 50, 39];
+    for activation in [Activation::Relu, Activation::Identity] {
+        for p in [0.3, 0.5] {
+            let full = spec(m, n, k, activation, p, rng);
+            let x = random::<T>(rng, m * k);
+            let w = random::<T>(rng, n * k);
+            let b = random::<T>(rng, n);
+            let dy = random::<T>(rng, m * n);
+            let y = reference::forward(&full, &x, &w, Some(&b)).unwrap();
+            let g = reference::backward(&full, &x, &w, &dy, Some(&y)).unwrap();
+            let mut c0 = 0;
+            for width in widths {
+                let shard = full.with_geometry(Geometry {
+                    row_offset: 0,
+                    col_offset: c0 as u64,
+                    n_global: Some(n as u64),
+                });
+                let shard = LayerSpec {
+                    shape: LinearShape::new(m, width, k),
+                    ..shard
+                };
+                let ws = &w[c0 * k..(c0 + width) * k];
+                let ys = reference::forward(&shard, &x, ws, Some(&b[c0..c0 + width])).unwrap();
+                let cols = |v: &[T]| -> Vec<T> {
+                    (0..m)
+                        .flat_map(|r| v[r * n + c0..r * n + c0 + width].to_vec())
+                        .collect()
+                };
+                let what = format!(
+                    "{} {activation:?} p {p} columns {c0}..{}",
+                    T::NAME,
+                    c0 + width
+                );
+                assert_eq!(bits(&ys), bits(&cols(&y)), "forward, {what}");
+                // A shard's weight and bias gradients depend on its own columns only.
+                let gs = reference::backward(&shard, &x, ws, &cols(&dy), Some(&cols(&y))).unwrap();
+                assert_eq!(
+                    bits(&gs.dw),
+                    bits(&g.dw[c0 * k..(c0 + width) * k]),
+                    "dW, {what}"
+                );
+                assert_eq!(bits(&gs.db), bits(&g.db[c0..c0 + width]), "db, {what}");
+                c0 += width;
+            }
+            // Row shards reproduce rows of the output and of dX.
+            for (r0, rows) in [(0, 7), (7, 11), (18, 1)] {
+                let shard = LayerSpec {
+                    shape: LinearShape::new(rows, n, k),
+                    ..full.with_geometry(Geometry {
+                        row_offset: r0 as u64,
+                        col_offset: 0,
+                        n_global: None,
+                    })
+                };
+                let xs = &x[r0 * k..(r0 + rows) * k];
+                let ys = reference::forward(&shard, xs, &w, Some(&b)).unwrap();
+                let what = format!("{} {activation:?} p {p} rows {r0}..{}", T::NAME, r0 + rows);
+                assert_eq!(
+                    bits(&ys),
+                    bits(&y[r0 * n..(r0 + rows) * n]),
+                    "forward, {what}"
+                );
+                let gs = reference::backward(
+                    &shard,
+                    xs,
+                    &w,
+                    &dy[r0 * n..(r0 + rows) * n],
+                    Some(&y[r0 * n..(r0 + rows) * n]),
+                )
+                .unwrap();
+                assert_eq!(
+                    bits(&gs.dx),
+                    bits(&g.dx[r0 * k..(r0 + rows) * k]),
+                    "dX, {what}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn shards_reproduce_the_unsharded_layer_bit_for_bit() {
+    let mut rng = test_rng("shards");
+    shard_check::<f32>(&mut rng);
+    shard_check::<f16>(&mut rng);
+    shard_check::<bf16>(&mut rng);
+}
+
+fn rounding_check<T: Element>(rng: &mut StdRng) {
+    let (m, n, k) = (17, 33, 45);
+    for activation in [Activation::Relu, Activation::Identity] {
+        for p in [0.0, 0.1, 0.5] {
+            let spec = spec(m, n, k, activation, p, rng);
+            let x = random::<T>(rng, m * k);
+            let w = random::<T>(rng, n * k);
+            let b = random::<T>(rng, n);
+            let dy = random::<T>(rng, m * n);
+            let exact = reference::forward_f64(&spec, &x, &w, Some(&b)).unwrap();
+            let y = reference::forward(&spec, &x, &w, Some(&b)).unwrap();
+            let what = format!("{} {activation:?} p {p}", T::NAME);
+            // Each output is the f64 value rounded once to nearest...
+            let once: Vec<T> = exact.iter().map(|&v| T::from_f64(v)).collect();
+            assert_eq!(bits(&y), bits(&once), "forward, {what}");
+            // ...which is well inside the accuracy a kernel must reach.
+            let err = relative_l2_error(&to_f64(&y), &exact);
+            assert!(err < T::REL_L2_TOLERANCE / 2.0, "forward, {what}: {err:e}");
+
+            let exact = reference::backward_f64(&spec, &x, &w, &dy, Some(&y)).unwrap();
+            let g = reference::backward(&spec, &x, &w, &dy, Some(&y)).unwrap();
+            for (name, got, want) in [
+                ("dx", &g.dx, &exact.dx),
+                ("dw", &g.dw, &exact.dw),
+                ("db", &g.db, &exact.db),
+            ] {
+                let once: Vec<T> = want.iter().map(|&v| T::from_f64(v)).collect();
+                assert_eq!(bits(got), bits(&once), "{name}, {what}");
+                let err = relative_l2_error(&to_f64(got), want);
+                assert!(err < T::REL_L2_TOLERANCE / 2.0, "{name}, {what}: {err:e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn outputs_are_rounded_once_into_each_type() {
+    let mut rng = test_rng("rounding");
+    rounding_check::<f32>(&mut rng);
+    rounding_check::<f16>(&mut rng);
+    rounding_check::<bf16>(&mut rng);
+}
+
+#[test]
+fn large_layer_matches_naive_sums_at_sampled_elements() {
+    // The size the kernels are benchmarked at; the reference must handle it in seconds.
+    let mut rng = test_rng("large");
+    let (m, n, k) = (512, 1024, 1024);
+    let spec = spec(m, n, k, Activation::Relu, 0.1, &mut rng);
+    let x = random::<f32>(&mut rng, m * k);
+    let w = random::<f32>(&mut rng, n * k);
+    let b = random::<f32>(&mut rng, n);
+    let dy = random::<f32>(&mut rng, m * n);
+    let y = reference::forward_f64(&spec, &x, &w, Some(&b)).unwrap();
+    let y_saved = reference::from_f64::<f32>(&y);
+    let g = reference::backward_f64(&spec, &x, &w, &dy, Some(&y_saved)).unwrap();
+    let scale = f64::from(mask::scale(spec.dropout.p));
+    let dz = |r: usize, c: usize| {
+        if y_saved[r * n + c] > 0.0 {
+            f64::from(dy[r * n + c]) * scale
+        } else {
+            0.0
+        }
+    };
+    for _ in 0..50 {
+        let (r, c, t) = (
+            rng.random_range(0..m),
+            rng.random_range(0..n),
+            rng.random_range(0..k),
+        );
+        let z: f64 = (0..k)
+            .map(|j| f64::from(x[r * k + j]) * f64::from(w[c * k + j]))
+            .sum::<f64>()
+            + f64::from(b[c]);
+        let kept = mask::keep(
+            spec.dropout.seed,
+            spec.dropout.stream,
+            0.1,
+            (r * n + c) as u64,
+        );
+        let want = if kept { z.max(0.0) * scale } else { 0.0 };
+        assert!(
+            (y[r * n + c] - want).abs() <= 1e-12 * want.abs().max(1.0),
+            "y[{r}, {c}]"
+        );
+        let dx: f64 = (0..n).map(|j| dz(r, j) * f64::from(w[j * k + t])).sum();
+        assert!(
+            (g.dx[r * k + t] - dx).abs() <= 1e-12 * dx.abs().max(1.0),
+            "dx[{r}, {t}]"
+        );
+        let dw: f64 = (0..m).map(|i| dz(i, c) * f64::from(x[i * k + t])).sum();
+        assert!(
+            (g.dw[c * k + t] - dw).abs() <= 1e-12 * dw.abs().max(1.0),
+            "dw[{c}, {t}]"
+        );
+        let db: f64 = (0..m).map(|i| dz(i, c)).sum();
+        assert!((g.db[c] - db).abs() <= 1e-12 * db.abs().max(1.0), "db[{c}]");
+    }
+}
+
+#[test]
+fn relative_l2_error_conventions() {
+    assert_eq!(relative_l2_error(&[3.0, 4.0], &[3.0, 4.0]), 0.0);
+    assert!((relative_l2_error(&[3.0, 4.0], &[0.0, 5.0]) - 10.0f64.sqrt() / 5.0).abs() < 1e-15);
+    assert_eq!(relative_l2_error(&[1.0], &[1.0, 2.0]), f64::INFINITY);
+    assert_eq!(
+        relative_l2_error(&[f64::NAN, 1.0], &[1.0, 1.0]),
+        f64::INFINITY
+    );
+    assert_eq!(relative_l2_error(&[f64::INFINITY], &[1.0]), f64::INFINITY);
+    assert_eq!(relative_l2_error(&[1.0], &[f64::NAN]), f64::INFINITY);
+    // An all-zero reference must be matched exactly.
+    assert_eq!(relative_l2_error(&[0.0, 0.0], &[0.0, 0.0]), 0.0);
+    assert_eq!(relative_l2_error(&[0.0, 1e-30], &[0.0, 0.0]), f64::INFINITY);
+    assert_eq!(relative_l2_error(&[], &[]), 0.0);
+}
