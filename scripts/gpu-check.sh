@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Runs every GPU check of a bundle made by scripts/gpu-bundle.sh, on a GPU host with the NVIDIA
+# driver and a CUDA toolkit but no Rust. Each step is bounded in time and the script carries on
+# past a step that fails; the summary comes last. Logs go to $OUT (or ./gpu-check-out).
+#   QUICK=1 bash gpu-check.sh    # correctness only: skips the benchmark table and the peer
+set -uo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+out="${OUT:-$here/gpu-check-out}"
+mkdir -p "$out"
+summary=()
+record() { summary+=("$(printf '%-34s %s' "$1" "$2")"); }
+step() { # step NAME SECONDS COMMAND...: runs, logs to $out/NAME.log, records pass/fail
+  local name="$1" limit="$2"; shift 2
+  local start=$SECONDS
+  echo "=== $name (limit ${limit}s)"
+  timeout --kill-after=10 "$limit" "$@" > "$out/$name.log" 2>&1
+  local rc=$?
+  tail -n 25 "$out/$name.log"
+  local verdict="PASS"
+  [[ $rc -eq 0 ]] || verdict="FAIL (exit $rc)"
+  [[ $rc -eq 124 || $rc -eq 137 ]] && verdict="TIMEOUT after ${limit}s"
+  record "$name" "$verdict  [$((SECONDS - start))s]"
+  return $rc
+}
+
+{
+  echo "commit: $(cat "$here/COMMIT" 2>/dev/null)"
+  echo "date:   $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+} | tee "$out/card.txt"
+
+# cuBLASLt for the baselines: the toolkit's, else PyTorch's nvidia packages.
+for dir in /usr/local/cuda/lib64 /usr/local/cuda-*/lib64 \
+  $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, "cublas", "lib") for p in nvidia.__path__))' 2>/dev/null); do
+  if ls "$dir"/libcublasLt.so* >/dev/null 2>&1; then
+    export LD_LIBRARY_PATH="$dir:${LD_LIBRARY_PATH:-}"
+    echo "cuBLASLt from $dir"
+    break
+  fi
+done
+nvcc_bin="$(command -v nvcc || ls /usr/local/cuda*/bin/nvcc 2>/dev/null | head -n 1)"
+
+for t in "$here"/tests/*; do
+  step "test-$(basename "$t")" 240 "$t"
+done
+step selftest 180 "$here/fusedrop" selftest
+
+if [[ -n "$nvcc_bin" ]]; then
+  if step curand-build 120 "$nvcc_bin" -O2 -arch=sm_90 -I "$here/kernels" "$here/curand_check.cu" -o "$out/curand_check"; then
+    step curand-crosscheck 60 "$out/curand_check"
+  fi
+else
+  record curand-crosscheck "SKIPPED (no nvcc on this host)"
+fi
+
+if command -v compute-sanitizer >/dev/null 2>&1; then
+  step memcheck 240 compute-sanitizer --tool memcheck --error-exitcode 9 "$here/fusedrop" selftest --quick
+  step racecheck 240 compute-sanitizer --tool racecheck --error-exitcode 9 "$here/fusedrop" selftest --quick --small
+else
+  record memcheck "SKIPPED (no compute-sanitizer)"
+fi
+
+if [[ "${QUICK:-0}" != "1" ]]; then
+  step bench 300 "$here/fusedrop" bench --quick --csv "$out/bench.csv"
+  if [[ -f "$here/peers/torch_peer.py" ]]; then
+    step torch-peer 300 env PYTHONUNBUFFERED=1 python3 "$here/peers/torch_peer.py" --quick --csv "$out/torch_peer.csv"
+  fi
+fi
+
+echo
+echo "================ fusedrop GPU check summary ================"
+cat "$out/card.txt"
+printf '%s\n' "${summary[@]}" | tee "$out/summary.txt"
+[[ -f "$out/bench.csv" ]] && { echo "--- bench.csv"; column -s, -t < "$out/bench.csv" 2>/dev/null | head -n 60 || cat "$out/bench.csv"; }
