@@ -156,6 +156,8 @@ fn compile_all(
                     "--threads",
                     "2",
                 ])
+                // Compressed fatbins are a tenth of the size; the driver inflates them at load.
+                .args(["-Xfatbin", "-compress-all"])
                 .args(&archs)
                 .arg("-Ikernels");
             if let Some(cccl) = &cccl {
