@@ -65,7 +65,7 @@ pub fn check_shape(shape: LinearShape) -> Result<ShapeSizes> {
 pub fn check_geometry(geometry: &Geometry, m: usize, n: usize) -> Result<()> {
     let n_global = geometry.n_global_for(n);
     let col_end = geometry.col_offset.checked_add(n as u64);
-    if col_end.map_or(true, |end| end > n_global) {
+    if col_end.is_none_or(|end| end > n_global) {
         return Err(invalid!(
             "geometry: col_offset {} + n {} exceeds n_global {}; expected the shard's columns \
              to lie inside the logical output",
@@ -76,7 +76,7 @@ pub fn check_geometry(geometry: &Geometry, m: usize, n: usize) -> Result<()> {
     }
     let row_end = geometry.row_offset.checked_add(m as u64);
     let last_index = row_end.and_then(|rows| rows.checked_mul(n_global));
-    if last_index.map_or(true, |v| v > MAX_INDEX) {
+    if last_index.is_none_or(|v| v > MAX_INDEX) {
         return Err(invalid!(
             "geometry: (row_offset {} + m {}) x n_global {} overflows the 63-bit mask index; \
              expected a logical output of at most 2^63-1 elements",

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaStream, DeviceSlice};
+use cudarc::driver::CudaStream;
 use fusedrop::cuda::{self, SeedSource};
 use fusedrop::{reference, Dropout, Element, Geometry};
 use half::{bf16, f16};

@@ -24,6 +24,7 @@ use crate::mask;
 pub use cudarc;
 
 pub mod dropout;
+pub mod forward;
 
 include!(concat!(env!("OUT_DIR"), "/kernel_images.rs"));
 
@@ -86,19 +87,15 @@ fn with_context<R>(
     let mut registry = registry()
         .lock()
         .map_err(|_| Error::Cuda("the kernel registry lock was poisoned by a panic".into()))?;
-    let key = ctx.cu_ctx() as usize;
-    if !registry.contains_key(&key) {
-        let compute_capability = ctx.compute_capability()?;
-        registry.insert(
-            key,
-            ContextKernels {
-                compute_capability,
-                modules: HashMap::new(),
-                functions: HashMap::new(),
-            },
-        );
-    }
-    f(registry.get_mut(&key).expect("inserted above"))
+    let kernels = match registry.entry(ctx.cu_ctx() as usize) {
+        std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+        std::collections::hash_map::Entry::Vacant(entry) => entry.insert(ContextKernels {
+            compute_capability: ctx.compute_capability()?,
+            modules: HashMap::new(),
+            functions: HashMap::new(),
+        }),
+    };
+    f(kernels)
 }
 
 /// The compute capability of the stream's GPU (cached per context).

@@ -1,0 +1,157 @@
+// Threadblock level of the f32 SIMT GEMM (true fp32 FMA, no TF32): a BM x BN output tile, each
+// thread accumulating a TM x TN register block over BK-deep slices that are double-buffered in
+// shared memory (the next slice is read from global memory into registers while the current
+// one is multiplied).
+//
+// Shared memory holds both slices transposed, k-major: As[k][BM + 4] and Bs[k][BN + 4], so a
+// thread reads its TM rows (and TN columns) as float4s. A thread's rows are split into groups of
+// 4 that lie BM / (TM / 4) apart (likewise its columns), so the 16 threads of a half-warp read 16
+// consecutive float4s of Bs (no bank conflicts) and two addresses of As (broadcast).
+//
+// Global loads: one float4 of X and one of W per thread and slice when the operand is 16-byte
+// aligned and k is a multiple of 4; otherwise four bounded scalar loads.
+#pragma once
+
+#include "epilogue.cuh"
+
+namespace fusedrop {
+namespace gemm {
+
+template <int BM, int BN, int BK, int TM, int TN>
+struct ThreadblockSimt {
+    static constexpr int kThreadsN = BN / TN;
+    static constexpr int kThreads = (BM / TM) * kThreadsN;
+    static constexpr int kStrideA = BM + 4;
+    static constexpr int kStrideB = BN + 4;
+    static constexpr int kStageFloats = BK * (kStrideA + kStrideB);
+    static constexpr int kPipeBytes = 2 * kStageFloats * (int)sizeof(float);
+    static constexpr int kRowGroupStride = BM / (TM / 4);
+    static constexpr int kColGroupStride = BN / (TN / 4);
+    // Rows staged per epilogue pass: each thread owns a run of 16 columns.
+    static constexpr int kEpiRows = 16 * kThreads / BN < BM ? 16 * kThreads / BN : BM;
+    static constexpr int kPasses = BM / kEpiRows;
+    using Epilogue = DropoutEpilogue<float, kEpiRows, BN, kThreads>;
+    static constexpr int kSmemBytes =
+        kPipeBytes > Epilogue::kSmemBytes ? kPipeBytes : Epilogue::kSmemBytes;
+
+    static_assert(TM % 4 == 0 && TN % 4 == 0, "register blocks are whole float4s");
+    static_assert(BM * BK / 4 == kThreads && BN * BK / 4 == kThreads,
+                  "each thread loads one float4 of X and one of W per slice");
+    static_assert(BM % kEpiRows == 0, "passes divide the tile");
+
+    struct Acc {
+        float v[TM][TN];
+    };
+
+    // Tile row of register row i (0 .. TM-1) and tile column of register column j.
+    __device__ __forceinline__ static int row_of(int ty, int i) {
+        return (i / 4) * kRowGroupStride + ty * 4 + i % 4;
+    }
+    __device__ __forceinline__ static int col_of(int tx, int j) {
+        return (j / 4) * kColGroupStride + tx * 4 + j % 4;
+    }
+
+    // Reads this thread's float4 of rows row0.., columns k0.. of the row-major [rows, k] src.
+    __device__ __forceinline__ static void load_global(float (&r)[4], const float* src,
+                                                       long long rows, long long k,
+                                                       long long row0, long long k0, bool vec) {
+        const int row = (int)threadIdx.x / (BK / 4);
+        const int col = ((int)threadIdx.x % (BK / 4)) * 4;
+        const long long gr = row0 + row;
+        const long long gc = k0 + col;
+        if (vec) {
+            float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (gr < rows && gc < k) v = *reinterpret_cast<const float4*>(src + gr * k + gc);
+            r[0] = v.x, r[1] = v.y, r[2] = v.z, r[3] = v.w;
+        } else {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) r[j] = (gr < rows && gc + j < k) ? src[gr * k + gc + j] : 0.0f;
+        }
+    }
+
+    // Stores a float4 read by load_global transposed into a k-major slice with `stride`.
+    __device__ __forceinline__ static void store_shared(float* dst, int stride,
+                                                        const float (&r)[4]) {
+        const int row = (int)threadIdx.x / (BK / 4);
+        const int col = ((int)threadIdx.x % (BK / 4)) * 4;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) dst[(col + j) * stride + row] = r[j];
+    }
+
+    // acc = X[m0.., :] · W[n0.., :]ᵀ. Leaves every thread past its last read of shared memory.
+    __device__ __forceinline__ static void mainloop(Acc& acc, float* smem, const float* x,
+                                                    const float* w, long long m, long long n,
+                                                    long long k, long long m0, long long n0,
+                                                    bool vec_x, bool vec_w) {
+        const int tx = (int)threadIdx.x % kThreadsN;
+        const int ty = (int)threadIdx.x / kThreadsN;
+#pragma unroll
+        for (int i = 0; i < TM; ++i)
+#pragma unroll
+            for (int j = 0; j < TN; ++j) acc.v[i][j] = 0.0f;
+        const long long k_tiles = (k + BK - 1) / BK;
+        float ra[4], rb[4];
+        load_global(ra, x, m, k, m0, 0, vec_x);
+        load_global(rb, w, n, k, n0, 0, vec_w);
+        store_shared(smem, kStrideA, ra);
+        store_shared(smem + BK * kStrideA, kStrideB, rb);
+        __syncthreads();
+        for (long long kt = 0; kt < k_tiles; ++kt) {
+            const bool more = kt + 1 < k_tiles;
+            if (more) {
+                load_global(ra, x, m, k, m0, (kt + 1) * BK, vec_x);
+                load_global(rb, w, n, k, n0, (kt + 1) * BK, vec_w);
+            }
+            const float* as = smem + (kt & 1) * kStageFloats;
+            const float* bs = as + BK * kStrideA;
+#pragma unroll
+            for (int kk = 0; kk < BK; ++kk) {
+                float a[TM], b[TN];
+#pragma unroll
+                for (int i = 0; i < TM; i += 4) {
+                    const float4 v =
+                        *reinterpret_cast<const float4*>(as + kk * kStrideA + row_of(ty, i));
+                    a[i] = v.x, a[i + 1] = v.y, a[i + 2] = v.z, a[i + 3] = v.w;
+                }
+#pragma unroll
+                for (int j = 0; j < TN; j += 4) {
+                    const float4 v =
+                        *reinterpret_cast<const float4*>(bs + kk * kStrideB + col_of(tx, j));
+                    b[j] = v.x, b[j + 1] = v.y, b[j + 2] = v.z, b[j + 3] = v.w;
+                }
+#pragma unroll
+                for (int i = 0; i < TM; ++i)
+#pragma unroll
+                    for (int j = 0; j < TN; ++j) acc.v[i][j] = fmaf(a[i], b[j], acc.v[i][j]);
+            }
+            if (more) {
+                float* next = smem + ((kt + 1) & 1) * kStageFloats;
+                store_shared(next, kStrideA, ra);
+                store_shared(next + BK * kStrideA, kStrideB, rb);
+            }
+            // One barrier per slice: the next slice is visible, and nobody still reads the
+            // buffer the slice after it will overwrite.
+            __syncthreads();
+        }
+    }
+
+    // Writes the accumulator rows of epilogue pass `pass` into the staging slab.
+    __device__ __forceinline__ static void stage_accumulators(const Acc& acc, float* stage,
+                                                              int pass) {
+        const int tx = (int)threadIdx.x % kThreadsN;
+        const int ty = (int)threadIdx.x / kThreadsN;
+#pragma unroll
+        for (int i = 0; i < TM; ++i) {
+            const int row = row_of(ty, i) - pass * kEpiRows;
+            if (row < 0 || row >= kEpiRows) continue;
+#pragma unroll
+            for (int j = 0; j < TN; j += 4) {
+                *reinterpret_cast<float4*>(stage + row * Epilogue::kStride + col_of(tx, j)) =
+                    make_float4(acc.v[i][j], acc.v[i][j + 1], acc.v[i][j + 2], acc.v[i][j + 3]);
+            }
+        }
+    }
+};
+
+}  // namespace gemm
+}  // namespace fusedrop

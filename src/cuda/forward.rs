@@ -1,0 +1,472 @@
+//! The fused forward kernels (kernels/forward_tc.cu, kernels/forward_f32.cu): one launch computes
+//! `Y = dropout_p(act(X·Wᵀ + b))` for X `[m, k]`, W `[n, k]` (the `nn.Linear` layout), optional
+//! b `[n]` and Y `[m, n]`, all row-major, with the mask of the mask contract.
+//!
+//! f16 and bf16 run on tensor cores (mma.sync, sm_80 and newer); f32 runs a true-fp32 SIMT
+//! kernel on any GPU. Several tile configurations are compiled ([`ForwardConfig`]);
+//! [`choose_config`] picks one from the shape, [`forward_with_config`] forces one.
+//!
+//! The (seed, stream) pair: take a fresh one per call from a
+//! [`DropoutGenerator`](crate::DropoutGenerator) so that no two calls share a mask by accident;
+//! pass an explicit [`Dropout`](crate::Dropout) to recompute a mask used before; or read it from
+//! a device buffer at launch time with [`SeedSource::Device`] (CUDA-graph replay).
+//!
+//! ```no_run
+//! # fn main() -> fusedrop::Result<()> {
+//! use fusedrop::cuda::{self, forward::forward, SeedSource};
+//! use fusedrop::{Activation, DropoutGenerator, LayerSpec, LinearShape};
+//! use half::bf16;
+//!
+//! let ctx = cuda::open_device(0)?;
+//! let stream = ctx.default_stream();
+//! let (m, n, k) = (64, 256, 128);
+//! let x = stream.clone_htod(&vec![bf16::from_f32(0.5); m * k])?;
+//! let w = stream.clone_htod(&vec![bf16::from_f32(0.25); n * k])?;
+//! let b = stream.clone_htod(&vec![bf16::from_f32(0.1); n])?;
+//! let mut y = stream.alloc_zeros::<bf16>(m * n)?;
+//!
+//! let mut generator = DropoutGenerator::new(1234);
+//! let spec = LayerSpec::new(LinearShape::new(m, n, k), Activation::Relu, generator.next(0.1));
+//! forward(&stream, &spec, &x, &w, Some(&b.as_view()), &mut y, SeedSource::Host)?;
+//! // Asynchronous: the result is ready once the stream is (the copy below waits for it).
+//! let y_host = stream.clone_dtoh(&y)?;
+//! # let _ = y_host;
+//! # Ok(()) }
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute_enum};
+use cudarc::driver::{CudaStream, CudaView, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+
+use crate::cuda::{check_seed_source, kernel, require_compute_capability, MaskParams, SeedSource};
+use crate::element::Element;
+use crate::error::{invalid, Error, Result};
+use crate::layer::{Activation, LayerSpec, LinearShape};
+use crate::validate::{self, ForwardLens};
+
+/// Dynamic shared memory a kernel may use without opting in.
+const DEFAULT_SMEM_LIMIT: u32 = 48 * 1024;
+
+/// A compiled tile configuration of the forward kernels: the threadblock tile, its thread count
+/// and its dynamic shared memory. These numbers mirror the config structs of
+/// kernels/forward_tc.cu and kernels/forward_f32.cu (which `static_assert` them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ForwardConfig {
+    /// Tensor cores, 128 x 256 tile, 8 warps of 64 x 64, 4-stage cp.async pipeline (k slice 32).
+    Tc128x256,
+    /// Tensor cores, 128 x 128 tile, 4 warps of 64 x 64, 4 stages.
+    Tc128x128,
+    /// Tensor cores, 64 x 128 tile, 4 warps of 32 x 64, 4 stages.
+    Tc64x128,
+    /// Tensor cores, 64 x 64 tile, 4 warps of 32 x 32, 5 stages.
+    Tc64x64,
+    /// Tensor cores, 64 x 32 tile, 4 warps of 16 x 32, 6 stages: the most tiles for small m.
+    Tc64x32,
+    /// f32 SIMT, 128 x 128 tile, 256 threads of 8 x 8 outputs, k slice 8, double-buffered.
+    Simt128x128,
+    /// f32 SIMT, 64 x 64 tile, 256 threads of 4 x 4 outputs, k slice 16, double-buffered.
+    Simt64x64,
+}
+
+impl ForwardConfig {
+    /// The tensor-core configurations (f16, bf16), largest tile first.
+    pub const TENSOR_CORE: [ForwardConfig; 5] = [
+        ForwardConfig::Tc128x256,
+        ForwardConfig::Tc128x128,
+        ForwardConfig::Tc64x128,
+        ForwardConfig::Tc64x64,
+        ForwardConfig::Tc64x32,
+    ];
+
+    /// The f32 SIMT configurations, largest tile first.
+    pub const SIMT: [ForwardConfig; 2] = [ForwardConfig::Simt128x128, ForwardConfig::Simt64x64];
+
+    /// The configurations compiled for element type `T`, largest tile first.
+    pub fn all_for<T: Element>() -> &'static [ForwardConfig] {
+        if T::NEEDS_SM80 {
+            &Self::TENSOR_CORE
+        } else {
+            &Self::SIMT
+        }
+    }
+
+    /// The configuration's name, as in the kernel entry point `fusedrop_forward_<name>_<dtype>`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ForwardConfig::Tc128x256 => "tc128x256",
+            ForwardConfig::Tc128x128 => "tc128x128",
+            ForwardConfig::Tc64x128 => "tc64x128",
+            ForwardConfig::Tc64x64 => "tc64x64",
+            ForwardConfig::Tc64x32 => "tc64x32",
+            ForwardConfig::Simt128x128 => "simt128x128",
+            ForwardConfig::Simt64x64 => "simt64x64",
+        }
+    }
+
+    /// Whether this configuration runs on tensor cores (f16/bf16) rather than f32 SIMT.
+    pub const fn uses_tensor_cores(self) -> bool {
+        !matches!(self, ForwardConfig::Simt128x128 | ForwardConfig::Simt64x64)
+    }
+
+    /// The kernel module (a `kernels/<module>.cu` file) holding this configuration.
+    const fn module(self) -> &'static str {
+        if self.uses_tensor_cores() {
+            "forward_tc"
+        } else {
+            "forward_f32"
+        }
+    }
+
+    /// Rows of Y per threadblock tile.
+    pub const fn block_m(self) -> usize {
+        self.numbers().0 as usize
+    }
+
+    /// Columns of Y per threadblock tile.
+    pub const fn block_n(self) -> usize {
+        self.numbers().1 as usize
+    }
+
+    /// Threads per block.
+    pub const fn threads(self) -> u32 {
+        self.numbers().2
+    }
+
+    /// Dynamic shared memory per block in bytes: the larger of the main loop's buffers and the
+    /// epilogue's staging slab.
+    pub const fn smem_bytes(self) -> u32 {
+        self.numbers().3
+    }
+
+    /// (block_m, block_n, threads, dynamic shared memory bytes), as in the config structs.
+    const fn numbers(self) -> (u32, u32, u32, u32) {
+        match self {
+            ForwardConfig::Tc128x256 => (128, 256, 256, 98_304),
+            ForwardConfig::Tc128x128 => (128, 128, 128, 65_536),
+            ForwardConfig::Tc64x128 => (64, 128, 128, 49_152),
+            ForwardConfig::Tc64x64 => (64, 64, 128, 40_960),
+            ForwardConfig::Tc64x32 => (64, 32, 128, 36_864),
+            ForwardConfig::Simt128x128 => (128, 128, 256, 16_896),
+            ForwardConfig::Simt64x64 => (64, 64, 256, 17_408),
+        }
+    }
+
+    /// Output tiles of `shape` under this configuration.
+    pub fn tiles(self, shape: LinearShape) -> u64 {
+        (shape.m as u64).div_ceil(self.block_m() as u64)
+            * (shape.n as u64).div_ceil(self.block_n() as u64)
+    }
+
+    /// The launch of `shape`: grid (ceil(n / block_n), min(ceil(m / block_m), 65535), 1); the
+    /// kernel loops over the row tiles beyond 65535 (kernels/gemm/tile_scheduler.cuh).
+    pub fn launch_config(self, shape: LinearShape) -> Result<LaunchConfig> {
+        let n_tiles = (shape.n as u64).div_ceil(self.block_n() as u64);
+        let m_tiles = (shape.m as u64).div_ceil(self.block_m() as u64);
+        let grid_x = u32::try_from(n_tiles)
+            .ok()
+            .filter(|&x| x <= i32::MAX as u32)
+            .ok_or_else(|| {
+                invalid!(
+                    "n = {} needs {n_tiles} column tiles of {}; expected at most 2^31-1 (the \
+                     CUDA grid limit)",
+                    shape.n,
+                    self.block_n()
+                )
+            })?;
+        Ok(LaunchConfig {
+            grid_dim: (grid_x, m_tiles.clamp(1, 65_535) as u32, 1),
+            block_dim: (self.threads(), 1, 1),
+            shared_mem_bytes: self.smem_bytes(),
+        })
+    }
+}
+
+/// At or below this many input features, the half-type heuristic starts from the 64 x 64 tile.
+pub const SHORT_K: usize = 512;
+
+/// The configuration [`forward`] uses for `shape` with element type `T` on a GPU with
+/// `sm_count` multiprocessors.
+///
+/// Heuristic: the largest tile that still yields at least one full wave of tiles (one per
+/// multiprocessor); larger tiles reuse each loaded element of X and W for more outputs, but a
+/// grid smaller than a wave leaves multiprocessors idle, which costs more. When no tile
+/// yields a full wave, the smallest tile (the most tiles) is used. For f16/bf16 with
+/// `k <= SHORT_K` the walk starts at the 64 x 64 tile: the main loop is then short, and the
+/// per-tile fixed costs (filling the pipeline, the epilogue) are better overlapped by many small
+/// blocks per multiprocessor (measured on an H200: 32768 x 1024 x 256 bf16 at p = 0.1 takes
+/// 182 us with 64 x 64 tiles, 223 us with 128 x 256).
+///
+/// ```
+/// use fusedrop::cuda::forward::{choose_config, ForwardConfig};
+/// use fusedrop::LinearShape;
+/// use half::bf16;
+/// // An 8192 x 16384 output on a 132-SM H100: 4096 tiles of 128 x 256.
+/// let big = LinearShape::new(8192, 16384, 4096);
+/// assert_eq!(choose_config::<bf16>(big, 132), ForwardConfig::Tc128x256);
+/// // An inference batch of 64 rows: 64 x 32 tiles give 128 tiles instead of 32.
+/// let small = LinearShape::new(64, 4096, 4096);
+/// assert_eq!(choose_config::<bf16>(small, 132), ForwardConfig::Tc64x32);
+/// // A short reduction: small tiles.
+/// let wide = LinearShape::new(32768, 1024, 256);
+/// assert_eq!(choose_config::<bf16>(wide, 132), ForwardConfig::Tc64x64);
+/// ```
+pub fn choose_config<T: Element>(shape: LinearShape, sm_count: usize) -> ForwardConfig {
+    let configs = ForwardConfig::all_for::<T>();
+    let start = if T::NEEDS_SM80 && shape.k <= SHORT_K {
+        configs
+            .iter()
+            .position(|&c| c == ForwardConfig::Tc64x64)
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    let candidates = &configs[start..];
+    candidates
+        .iter()
+        .copied()
+        .find(|c| c.tiles(shape) >= sm_count as u64)
+        .unwrap_or(candidates[candidates.len() - 1])
+}
+
+/// Per-context facts the launches need, read once.
+#[derive(Default)]
+struct ContextState {
+    sm_count: Option<usize>,
+    /// Kernels whose dynamic shared memory limit was raised above the default.
+    opted_in: HashSet<String>,
+}
+
+fn contexts() -> &'static Mutex<HashMap<usize, ContextState>> {
+    static STATE: OnceLock<Mutex<HashMap<usize, ContextState>>> = OnceLock::new();
+    STATE.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn with_state<R>(
+    stream: &Arc<CudaStream>,
+    f: impl FnOnce(&mut ContextState) -> Result<R>,
+) -> Result<R> {
+    let mut map = contexts()
+        .lock()
+        .map_err(|_| Error::Cuda("the forward state lock was poisoned by a panic".into()))?;
+    f(map.entry(stream.context().cu_ctx() as usize).or_default())
+}
+
+/// The number of multiprocessors of the stream's GPU (read once per context).
+pub fn sm_count(stream: &Arc<CudaStream>) -> Result<usize> {
+    with_state(stream, |state| {
+        if let Some(count) = state.sm_count {
+            return Ok(count);
+        }
+        let count = stream
+            .context()
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+        let count = usize::try_from(count).unwrap_or(1).max(1);
+        state.sm_count = Some(count);
+        Ok(count)
+    })
+}
+
+/// The configuration [`forward`] would use for `shape` on the stream's GPU.
+pub fn config_for<T: Element>(
+    stream: &Arc<CudaStream>,
+    shape: LinearShape,
+) -> Result<ForwardConfig> {
+    Ok(choose_config::<T>(shape, sm_count(stream)?))
+}
+
+/// Queues `Y = dropout_p(act(X·Wᵀ + b))` on `stream`, in one kernel launch.
+///
+/// - `x`: `[m, k]`, `w`: `[n, k]` (the `nn.Linear` layout), `b`: `[n]` or `None`, `y`:
+///   `[m, n]`, all row-major; shape, activation, dropout and shard geometry come from `spec`.
+/// - `seed`: [`SeedSource::Host`] uses `spec.dropout.seed`/`.stream`; [`SeedSource::Device`]
+///   reads `[seed, stream]` from a device buffer when the kernel runs.
+///
+/// Every argument is checked before anything is launched; an empty output (`m == 0` or
+/// `n == 0`) launches nothing. f16 and bf16 need compute capability 8.0 or newer
+/// ([`Error::UnsupportedDevice`] otherwise); f32 runs everywhere. Asynchronous: nothing waits
+/// for the kernel. The configuration is [`config_for`]; see the module documentation for an
+/// example.
+pub fn forward<T: Element>(
+    stream: &Arc<CudaStream>,
+    spec: &LayerSpec,
+    x: &impl DevicePtr<T>,
+    w: &impl DevicePtr<T>,
+    b: Option<&CudaView<'_, T>>,
+    y: &mut impl DevicePtrMut<T>,
+    seed: SeedSource<'_>,
+) -> Result<()> {
+    launch(stream, spec, None, x, w, b, y, seed)
+}
+
+/// [`forward`] with a forced configuration instead of the heuristic's choice (for tests,
+/// benchmarks and tuning). `config` must be one of [`ForwardConfig::all_for::<T>()`].
+// The arguments are forward's, plus the config: grouping them would hide that symmetry.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_with_config<T: Element>(
+    stream: &Arc<CudaStream>,
+    spec: &LayerSpec,
+    config: ForwardConfig,
+    x: &impl DevicePtr<T>,
+    w: &impl DevicePtr<T>,
+    b: Option<&CudaView<'_, T>>,
+    y: &mut impl DevicePtrMut<T>,
+    seed: SeedSource<'_>,
+) -> Result<()> {
+    launch(stream, spec, Some(config), x, w, b, y, seed)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch<T: Element>(
+    stream: &Arc<CudaStream>,
+    spec: &LayerSpec,
+    config: Option<ForwardConfig>,
+    x: &impl DevicePtr<T>,
+    w: &impl DevicePtr<T>,
+    b: Option<&CudaView<'_, T>>,
+    y: &mut impl DevicePtrMut<T>,
+    seed: SeedSource<'_>,
+) -> Result<()> {
+    let shape = spec.shape;
+    let lens = ForwardLens {
+        x: x.len(),
+        w: w.len(),
+        b: b.map(|b| b.len()),
+        y: y.len(),
+    };
+    if !validate::check_forward(shape, spec.dropout.p, &spec.geometry, lens)? {
+        return Ok(());
+    }
+    check_seed_source(&seed)?;
+    if let Some(config) = config {
+        if !ForwardConfig::all_for::<T>().contains(&config) {
+            return Err(invalid!(
+                "forward config {} is not compiled for {}; expected one of {:?}",
+                config.name(),
+                T::NAME,
+                ForwardConfig::all_for::<T>()
+            ));
+        }
+    }
+    if T::NEEDS_SM80 {
+        require_compute_capability(
+            stream,
+            (8, 0),
+            &format!("the {} forward kernel (mma.sync tensor cores)", T::NAME),
+        )?;
+    }
+    let config = match config {
+        Some(config) => config,
+        None => config_for::<T>(stream, shape)?,
+    };
+    let launch_config = config.launch_config(shape)?;
+    let name = format!("fusedrop_forward_{}_{}", config.name(), T::NAME);
+    let function = kernel(stream, config.module(), &name)?;
+    if config.smem_bytes() > DEFAULT_SMEM_LIMIT {
+        with_state(stream, |state| {
+            if !state.opted_in.contains(&name) {
+                function
+                    .set_attribute(
+                        CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        config.smem_bytes() as i32,
+                    )
+                    .map_err(|e| {
+                        Error::Cuda(format!(
+                            "{name}: raising the dynamic shared memory limit to {} bytes: {e}",
+                            config.smem_bytes()
+                        ))
+                    })?;
+                state.opted_in.insert(name.clone());
+            }
+            Ok(())
+        })?;
+    }
+
+    let mut params = MaskParams::new(&spec.dropout, &spec.geometry, shape.n);
+    let (m_arg, n_arg, k_arg) = (shape.m as i64, shape.n as i64, shape.k as i64);
+    let relu = i32::from(spec.activation == Activation::Relu);
+    let (x_ptr, _x_guard) = x.device_ptr(stream);
+    let (w_ptr, _w_guard) = w.device_ptr(stream);
+    let (b_ptr, _b_guard) = match b {
+        Some(view) => {
+            let (ptr, guard) = view.device_ptr(stream);
+            (ptr, Some(guard))
+        }
+        None => (0, None),
+    };
+    let (y_ptr, _y_guard) = y.device_ptr_mut(stream);
+    let _seed_guard = match seed {
+        SeedSource::Device(view) => {
+            let (ptr, guard) = view.device_ptr(stream);
+            params = params.with_device_seed(ptr);
+            Some(guard)
+        }
+        SeedSource::Host => None,
+    };
+    let mut builder = stream.launch_builder(&function);
+    builder
+        .arg(&x_ptr)
+        .arg(&w_ptr)
+        .arg(&b_ptr)
+        .arg(&y_ptr)
+        .arg(&m_arg)
+        .arg(&n_arg)
+        .arg(&k_arg)
+        .arg(&relu)
+        .arg(&params);
+    // SAFETY: the kernel's signature is (const T* x, const T* w, const T* b, T* y, long long m,
+    // long long n, long long k, int relu, MaskParams mp), matched argument for argument above.
+    // x holds m*k, w n*k, b (when non-null) n and y m*n elements of T, and the seed buffer (when
+    // given) two u64, all checked above; the grid follows the kernel's documented rule and its
+    // shared memory is within the limit set for the function. Every buffer stays borrowed until
+    // its guard drops after the launch is queued.
+    unsafe { builder.launch(launch_config) }?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::{bf16, f16};
+
+    #[test]
+    fn heuristic_prefers_the_largest_tile_with_a_full_wave() {
+        let sq = LinearShape::new(4096, 4096, 4096);
+        assert_eq!(choose_config::<f16>(sq, 132), ForwardConfig::Tc128x256);
+        let mid = LinearShape::new(1024, 2560, 1024);
+        assert_eq!(choose_config::<f16>(mid, 132), ForwardConfig::Tc128x128);
+        assert_eq!(choose_config::<f32>(sq, 132), ForwardConfig::Simt128x128);
+        let odd = LinearShape::new(1000, 1000, 1000);
+        assert_eq!(choose_config::<bf16>(odd, 132), ForwardConfig::Tc64x64);
+        assert_eq!(choose_config::<f32>(odd, 132), ForwardConfig::Simt64x64);
+        let wide = LinearShape::new(32768, 1024, 256);
+        assert_eq!(choose_config::<bf16>(wide, 132), ForwardConfig::Tc64x64);
+        assert_eq!(choose_config::<f32>(wide, 132), ForwardConfig::Simt128x128);
+        let tiny = LinearShape::new(1, 1, 1);
+        assert_eq!(choose_config::<bf16>(tiny, 108), ForwardConfig::Tc64x32);
+        assert_eq!(choose_config::<f32>(tiny, 108), ForwardConfig::Simt64x64);
+    }
+
+    #[test]
+    fn configs_belong_to_their_element_type() {
+        assert!(ForwardConfig::all_for::<f16>()
+            .iter()
+            .all(|c| c.uses_tensor_cores()));
+        assert!(ForwardConfig::all_for::<f32>()
+            .iter()
+            .all(|c| !c.uses_tensor_cores()));
+    }
+
+    #[test]
+    fn grid_folds_rows_beyond_the_y_limit() {
+        let shape = LinearShape::new(10_000_000, 100, 8);
+        let config = ForwardConfig::Tc64x32.launch_config(shape).unwrap();
+        assert_eq!(config.grid_dim, (4, 65_535, 1));
+        assert_eq!(config.block_dim, (128, 1, 1));
+        let empty_rows = ForwardConfig::Simt64x64
+            .launch_config(LinearShape::new(0, 5, 3))
+            .unwrap();
+        assert_eq!(empty_rows.grid_dim.1, 1);
+    }
+}

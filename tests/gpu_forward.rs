@@ -1,0 +1,446 @@
+//! GPU tests of the fused forward kernels (kernels/forward_tc.cu, kernels/forward_f32.cu)
+//! against the CPU reference: masks exactly, values within the element type's relative L2
+//! tolerance. Skipped, with a message, where no GPU is usable.
+
+use std::sync::Arc;
+
+use cudarc::driver::CudaStream;
+use fusedrop::cuda::forward::{self, ForwardConfig};
+use fusedrop::cuda::{self, SeedSource};
+use fusedrop::{mask, reference, Activation, Dropout, Element, Geometry, LayerSpec, LinearShape};
+use half::{bf16, f16};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+fn gpu() -> Option<Arc<CudaStream>> {
+    match cuda::open_device(0) {
+        Ok(ctx) => Some(ctx.default_stream()),
+        Err(e) => {
+            eprintln!("skipping GPU forward test: {e}");
+            None
+        }
+    }
+}
+
+/// Half-type kernels need sm_80; on an older GPU only f32 is checked.
+fn runs<T: Element>(stream: &Arc<CudaStream>) -> bool {
+    !T::NEEDS_SM80 || cuda::compute_capability(stream).unwrap() >= (8, 0)
+}
+
+fn random_values<T: Element>(len: usize, rng: &mut StdRng) -> Vec<T> {
+    (0..len)
+        .map(|_| T::from_f64(rng.random_range(-1.0..1.0)))
+        .collect()
+}
+
+/// One forward call to check.
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    shape: LinearShape,
+    activation: Activation,
+    p: f32,
+    bias: bool,
+    geometry: Geometry,
+    config: Option<ForwardConfig>,
+    /// Pass X, W and Y as views one element into their allocations (misaligned by 2 or 4
+    /// bytes), which must take the kernels' unaligned paths.
+    misaligned: bool,
+}
+
+impl Case {
+    fn new(m: usize, n: usize, k: usize) -> Self {
+        Self {
+            shape: LinearShape::new(m, n, k),
+            activation: Activation::Relu,
+            p: 0.1,
+            bias: true,
+            geometry: Geometry::UNSHARDED,
+            config: None,
+            misaligned: false,
+        }
+    }
+}
+
+struct Inputs<T> {
+    x: Vec<T>,
+    w: Vec<T>,
+    b: Option<Vec<T>>,
+}
+
+fn inputs<T: Element>(case: &Case, rng: &mut StdRng) -> Inputs<T> {
+    let LinearShape { m, n, k } = case.shape;
+    Inputs {
+        x: random_values(m * k, rng),
+        w: random_values(n * k, rng),
+        b: case.bias.then(|| random_values(n, rng)),
+    }
+}
+
+/// Runs the kernel once on fresh device buffers, Y poisoned with NaN; returns Y.
+fn run_gpu<T: Element>(
+    stream: &Arc<CudaStream>,
+    case: &Case,
+    spec: &LayerSpec,
+    host: &Inputs<T>,
+    seed: SeedSource<'_>,
+) -> Vec<T> {
+    let offset = usize::from(case.misaligned);
+    let pad = |v: &[T]| {
+        let mut padded = vec![T::from_f64(0.5); offset];
+        padded.extend_from_slice(v);
+        padded
+    };
+    let x = stream.clone_htod(&pad(&host.x)).unwrap();
+    let w = stream.clone_htod(&pad(&host.w)).unwrap();
+    let b = host.b.as_ref().map(|b| stream.clone_htod(b).unwrap());
+    let poison = vec![T::from_f64(f64::NAN); offset + case.shape.m * case.shape.n];
+    let mut y = stream.clone_htod(&poison).unwrap();
+    let b_view = b.as_ref().map(|b| b.as_view());
+    let x_view = x.slice(offset..);
+    let w_view = w.slice(offset..);
+    let mut y_view = y.slice_mut(offset..);
+    match case.config {
+        Some(config) => forward::forward_with_config(
+            stream,
+            spec,
+            config,
+            &x_view,
+            &w_view,
+            b_view.as_ref(),
+            &mut y_view,
+            seed,
+        ),
+        None => forward::forward(
+            stream,
+            spec,
+            &x_view,
+            &w_view,
+            b_view.as_ref(),
+            &mut y_view,
+            seed,
+        ),
+    }
+    .unwrap_or_else(|e| panic!("{} {case:?}: {e}", T::NAME));
+    let got = stream.clone_dtoh(&y).unwrap();
+    got[offset..].to_vec()
+}
+
+fn spec_of(case: &Case, seed: u64, stream_id: u64) -> LayerSpec {
+    LayerSpec::new(
+        case.shape,
+        case.activation,
+        Dropout::new(case.p, seed, stream_id),
+    )
+    .with_geometry(case.geometry)
+}
+
+/// Runs one case and checks it against the reference: no poison left, every dropped element
+/// exactly 0, every kept element with a clearly non-zero activation non-zero, and the relative
+/// L2 error within the element type's tolerance.
+fn check<T: Element>(stream: &Arc<CudaStream>, case: Case) {
+    if !runs::<T>(stream) {
+        return;
+    }
+    let LinearShape { m, n, k } = case.shape;
+    let mut rng = StdRng::seed_from_u64((m * 1_000_003 + n * 1009 + k) as u64 ^ 0x5eed);
+    let host = inputs::<T>(&case, &mut rng);
+    let spec = spec_of(&case, rng.random(), rng.random());
+    let what = format!(
+        "{} {m}x{n}x{k} p={} {:?} bias={} {:?} config={:?} misaligned={}",
+        T::NAME,
+        case.p,
+        case.activation,
+        case.bias,
+        case.geometry,
+        case.config,
+        case.misaligned
+    );
+    let got = run_gpu(stream, &case, &spec, &host, SeedSource::Host);
+    let got = reference::to_f64(&got);
+
+    let want = reference::forward_f64(&spec, &host.x, &host.w, host.b.as_deref()).unwrap();
+    let z = reference::preactivation_f64(case.shape, &host.x, &host.w, host.b.as_deref()).unwrap();
+    let unwritten = got.iter().filter(|v| v.is_nan()).count();
+    assert_eq!(
+        unwritten, 0,
+        "{what}: {unwritten} outputs left unwritten (NaN)"
+    );
+
+    let dropout = spec.dropout;
+    let mut dropped_nonzero = 0usize;
+    let mut kept_zero = 0usize;
+    for r in 0..m {
+        for c in 0..n {
+            let i = r * n + c;
+            let index = case.geometry.linear_index(n, r, c);
+            let kept = mask::keep(dropout.seed, dropout.stream, dropout.p, index);
+            let active = match case.activation {
+                Activation::Relu => z[i] > 1e-3,
+                Activation::Identity => z[i].abs() > 1e-3,
+            };
+            if !kept && got[i] != 0.0 {
+                dropped_nonzero += 1;
+            }
+            if kept && active && got[i] == 0.0 {
+                kept_zero += 1;
+            }
+        }
+    }
+    assert_eq!(
+        (dropped_nonzero, kept_zero),
+        (0, 0),
+        "{what}: mask differs from the reference ({dropped_nonzero} dropped elements non-zero, \
+         {kept_zero} kept elements zero)"
+    );
+    let err = reference::relative_l2_error(&got, &want);
+    assert!(
+        err < T::REL_L2_TOLERANCE,
+        "{what}: relative L2 error {err:e} exceeds {:e}",
+        T::REL_L2_TOLERANCE
+    );
+}
+
+fn check_all_types(stream: &Arc<CudaStream>, case: Case) {
+    check::<f32>(stream, case);
+    check::<f16>(stream, case);
+    check::<bf16>(stream, case);
+}
+
+#[test]
+fn forward_matches_reference_on_odd_shapes_for_every_setting() {
+    let Some(stream) = gpu() else { return };
+    // Multiples of no tile; k and n not multiples of 8 (unaligned rows), and aligned ones.
+    for &(m, n, k) in &[
+        (1, 1, 1),
+        (3, 5, 7),
+        (33, 77, 9),
+        (17, 45, 24),
+        (257, 129, 67),
+        (130, 200, 48),
+    ] {
+        for &p in &[0.0f32, 0.1, 0.5, 1.0] {
+            for activation in [Activation::Relu, Activation::Identity] {
+                for bias in [false, true] {
+                    check_all_types(
+                        &stream,
+                        Case {
+                            activation,
+                            p,
+                            bias,
+                            ..Case::new(m, n, k)
+                        },
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn forward_matches_reference_on_1000_cubed() {
+    let Some(stream) = gpu() else { return };
+    check_all_types(&stream, Case::new(1000, 1000, 1000));
+    check_all_types(
+        &stream,
+        Case {
+            activation: Activation::Identity,
+            p: 0.5,
+            bias: false,
+            ..Case::new(1000, 1000, 1000)
+        },
+    );
+}
+
+#[test]
+fn every_config_is_correct() {
+    let Some(stream) = gpu() else { return };
+    fn each<T: Element>(stream: &Arc<CudaStream>) {
+        for &config in ForwardConfig::all_for::<T>() {
+            for &(m, n, k) in &[(257, 129, 67), (130, 200, 48), (5, 300, 512)] {
+                for misaligned in [false, true] {
+                    check::<T>(
+                        stream,
+                        Case {
+                            config: Some(config),
+                            activation: Activation::Identity,
+                            p: 0.5,
+                            misaligned,
+                            ..Case::new(m, n, k)
+                        },
+                    );
+                }
+            }
+        }
+    }
+    each::<f32>(&stream);
+    each::<f16>(&stream);
+    each::<bf16>(&stream);
+}
+
+#[test]
+fn forward_honours_shard_geometry() {
+    let Some(stream) = gpu() else { return };
+    // n_global not a multiple of 4: every row starts at a different word of its Philox call.
+    let geometry = Geometry {
+        row_offset: 5,
+        col_offset: 3,
+        n_global: Some(1003),
+    };
+    for config in [None, Some(ForwardConfig::Tc64x32)] {
+        let case = Case {
+            geometry,
+            config,
+            p: 0.5,
+            activation: Activation::Identity,
+            ..Case::new(133, 997, 40)
+        };
+        check::<f32>(
+            &stream,
+            Case {
+                config: None,
+                ..case
+            },
+        );
+        check::<f16>(&stream, case);
+        check::<bf16>(&stream, case);
+    }
+    let geometry = Geometry {
+        row_offset: 1 << 33,
+        col_offset: 1,
+        n_global: Some(130),
+    };
+    check_all_types(
+        &stream,
+        Case {
+            geometry,
+            p: 0.1,
+            ..Case::new(70, 129, 33)
+        },
+    );
+}
+
+#[test]
+fn forward_handles_grids_beyond_one_wave_and_the_row_limit() {
+    let Some(stream) = gpu() else { return };
+    // Hundreds of 128 x 128 tiles: more than a full wave on any current GPU.
+    check_all_types(&stream, Case::new(2048, 2048, 64));
+    // More row tiles than gridDim.y can hold (65535): the kernels fold rows into grid.y.
+    let tall = 65_535 * 64 + 100;
+    check::<bf16>(
+        &stream,
+        Case {
+            config: Some(ForwardConfig::Tc64x32),
+            ..Case::new(tall, 8, 8)
+        },
+    );
+    check::<f32>(
+        &stream,
+        Case {
+            config: Some(ForwardConfig::Simt64x64),
+            ..Case::new(tall, 5, 4)
+        },
+    );
+}
+
+#[test]
+fn same_call_twice_is_bit_identical_and_device_seed_matches_host_seed() {
+    let Some(stream) = gpu() else { return };
+    fn each<T: Element>(stream: &Arc<CudaStream>) {
+        if !runs::<T>(stream) {
+            return;
+        }
+        let case = Case {
+            p: 0.3,
+            ..Case::new(301, 257, 96)
+        };
+        let mut rng = StdRng::seed_from_u64(11);
+        let host = inputs::<T>(&case, &mut rng);
+        let spec = spec_of(&case, 0xdead_beef_0123_4567, 77);
+        let first = run_gpu(stream, &case, &spec, &host, SeedSource::Host);
+        let second = run_gpu(stream, &case, &spec, &host, SeedSource::Host);
+        let bits = |v: &[T]| v.iter().map(|e| e.to_f64().to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&first), bits(&second), "{}: two runs differ", T::NAME);
+
+        let buffer = stream
+            .clone_htod(&[spec.dropout.seed, spec.dropout.stream])
+            .unwrap();
+        // Deliberately wrong host-side seed and stream: the kernel must use the buffer.
+        let decoy = LayerSpec {
+            dropout: Dropout::new(spec.dropout.p, 1, 2),
+            ..spec
+        };
+        let from_device = run_gpu(
+            stream,
+            &case,
+            &decoy,
+            &host,
+            SeedSource::Device(&buffer.as_view()),
+        );
+        assert_eq!(
+            bits(&first),
+            bits(&from_device),
+            "{}: device-seed form differs from the host form",
+            T::NAME
+        );
+    }
+    each::<f32>(&stream);
+    each::<f16>(&stream);
+    each::<bf16>(&stream);
+}
+
+#[test]
+fn forward_rejects_bad_input_before_launch() {
+    let Some(stream) = gpu() else { return };
+    let x = stream.clone_htod(&[1.0f32; 6]).unwrap();
+    let w = stream.clone_htod(&[1.0f32; 6]).unwrap();
+    // Y has 5 elements where the shape needs 2 x 2.
+    let mut y = stream.clone_htod(&[f32::NAN; 5]).unwrap();
+    let spec = LayerSpec::new(
+        LinearShape::new(2, 2, 3),
+        Activation::Relu,
+        Dropout::new(0.5, 1, 1),
+    );
+    let err = forward::forward(&stream, &spec, &x, &w, None, &mut y, SeedSource::Host).unwrap_err();
+    assert!(err.to_string().contains("expected 4"), "{err}");
+    let bad_p = LayerSpec {
+        dropout: Dropout::new(1.5, 1, 1),
+        ..spec
+    };
+    let mut y4 = stream.clone_htod(&[f32::NAN; 4]).unwrap();
+    let x4 = stream.clone_htod(&[1.0f32; 6]).unwrap();
+    let err =
+        forward::forward(&stream, &bad_p, &x4, &w, None, &mut y4, SeedSource::Host).unwrap_err();
+    assert!(err.to_string().contains("outside [0, 1]"), "{err}");
+    let err = forward::forward_with_config(
+        &stream,
+        &LayerSpec {
+            shape: LinearShape::new(2, 2, 3),
+            ..spec
+        },
+        ForwardConfig::Tc64x64,
+        &x4,
+        &w,
+        None,
+        &mut y4,
+        SeedSource::Host,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("not compiled for f32"), "{err}");
+    // Nothing was launched: y is still poisoned.
+    assert!(stream.clone_dtoh(&y4).unwrap().iter().all(|v| v.is_nan()));
+    // An empty output is valid and launches nothing.
+    let empty = LayerSpec::new(
+        LinearShape::new(0, 2, 3),
+        Activation::Relu,
+        Dropout::new(0.5, 1, 1),
+    );
+    forward::forward(
+        &stream,
+        &empty,
+        &x.slice(0..0),
+        &w,
+        None,
+        &mut y.slice_mut(0..0),
+        SeedSource::Host,
+    )
+    .unwrap();
+}
