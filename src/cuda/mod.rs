@@ -23,6 +23,7 @@ use crate::mask;
 
 pub use cudarc;
 
+pub mod backward;
 pub mod dropout;
 pub mod forward;
 

@@ -1,0 +1,375 @@
+//! The backward pass of `Y = dropout_p(act(X·Wᵀ + b))`: dX, dW and db from dY, without a stored
+//! mask (kernels/backward_tc.cu for f16/bf16 on tensor cores, kernels/backward_simt.cu for every
+//! dtype on CUDA cores; design in docs/BACKWARD.md).
+//!
+//! `dZ = dY * 1/(1-p) * active` is formed while the kernels load tiles of dY and never goes to
+//! memory. `active` is `[Y > 0]` for ReLU, read from the saved forward output, and the dropout
+//! mask `keep(i)` redrawn from (seed, stream) for the identity activation. Then `dX = dZ·W`,
+//! `dW = dZᵀ·X` and `db` = the column sums of dZ, each accumulated in f32, each output element
+//! reduced by one thread in a fixed order: the same inputs give bit-identical outputs.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::driver::sys::CUfunction_attribute_enum;
+use cudarc::driver::{
+    CudaFunction, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig,
+    PushKernelArg,
+};
+
+use crate::cuda::{
+    check_seed_source, forward::sm_count, kernel, require_compute_capability, MaskParams,
+    SeedSource,
+};
+use crate::element::Element;
+use crate::error::{invalid, Error, Result};
+use crate::layer::{Activation, LayerSpec, LinearShape};
+use crate::validate::{self, BackwardLens};
+
+/// One compiled backward tile configuration: where it lives and its launch numbers, which
+/// mirror the config structs of kernels/backward_simt.cu and kernels/backward_tc.cu (the latter
+/// `static_assert`s them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Config {
+    module: &'static str,
+    /// The `<config>` part of `fusedrop_backward_{dx,dw}_<config>_<dtype>`.
+    name: &'static str,
+    block_m: u64,
+    block_n: u64,
+    threads: u32,
+    smem_bytes: u32,
+}
+
+/// Grid-stride cap of every backward kernel (`kMaxBlocks`).
+const MAX_BLOCKS: u64 = 1 << 20;
+/// Dynamic shared memory a kernel may use without opting in.
+const DEFAULT_SMEM_LIMIT: u32 = 48 * 1024;
+
+const SIMT: Config = Config {
+    module: "backward_simt",
+    name: "simt",
+    block_m: 64,
+    block_n: 64,
+    threads: 256,
+    smem_bytes: 0,
+};
+const TC128X128: Config = Config {
+    module: "backward_tc",
+    name: "tc128x128",
+    block_m: 128,
+    block_n: 128,
+    threads: 128,
+    smem_bytes: 87_552,
+};
+const TC64X64: Config = Config {
+    module: "backward_tc",
+    name: "tc64x64",
+    block_m: 64,
+    block_n: 64,
+    threads: 128,
+    smem_bytes: 44_544,
+};
+
+impl Config {
+    /// Output tiles of a product with `rows` x `cols` outputs.
+    fn tiles(self, rows: usize, cols: usize) -> u64 {
+        (rows as u64).div_ceil(self.block_m) * (cols as u64).div_ceil(self.block_n)
+    }
+
+    /// The launch over `tiles` output tiles (grid-stride beyond `MAX_BLOCKS`).
+    fn launch_config(self, tiles: u64) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (tiles.clamp(1, MAX_BLOCKS) as u32, 1, 1),
+            block_dim: (self.threads, 1, 1),
+            shared_mem_bytes: self.smem_bytes,
+        }
+    }
+
+    /// The tensor-core tile for a product with `rows` x `cols` outputs: the large tile when it
+    /// still gives every multiprocessor a block, the small one otherwise (more, smaller blocks
+    /// beat idle multiprocessors).
+    fn tensor_core_for(rows: usize, cols: usize, sm_count: usize) -> Config {
+        if TC128X128.tiles(rows, cols) >= sm_count as u64 {
+            TC128X128
+        } else {
+            TC64X64
+        }
+    }
+}
+
+/// The kernel `fusedrop_backward_<what>_<config>_<dtype>`, with its shared memory limit raised
+/// once per context when the config needs more than the default.
+fn load<T: Element>(stream: &Arc<CudaStream>, config: Config, what: &str) -> Result<CudaFunction> {
+    let name = format!("fusedrop_backward_{what}_{}_{}", config.name, T::NAME);
+    let function = kernel(stream, config.module, &name)?;
+    if config.smem_bytes > DEFAULT_SMEM_LIMIT {
+        static OPTED_IN: OnceLock<Mutex<HashSet<(usize, String)>>> = OnceLock::new();
+        let mut opted_in = OPTED_IN
+            .get_or_init(|| Mutex::new(HashSet::new()))
+            .lock()
+            .map_err(|_| Error::Cuda("the backward state lock was poisoned by a panic".into()))?;
+        let key = (stream.context().cu_ctx() as usize, name);
+        if !opted_in.contains(&key) {
+            function
+                .set_attribute(
+                    CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    config.smem_bytes as i32,
+                )
+                .map_err(|e| {
+                    Error::Cuda(format!(
+                        "{}: raising the dynamic shared memory limit to {} bytes: {e}",
+                        key.1, config.smem_bytes
+                    ))
+                })?;
+            opted_in.insert(key);
+        }
+    }
+    Ok(function)
+}
+
+/// Which kernel family runs the backward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackwardKernel {
+    /// The best kernel this build has for the dtype and GPU.
+    #[default]
+    Auto,
+    /// The tiled CUDA-core kernel (every dtype). The plainest GPU implementation, which the
+    /// others are checked against; the only one for f32 (true fp32, no TF32).
+    Simt,
+    /// The tensor-core kernels (mma.sync; f16 and bf16 only, compute capability 8.0 or newer).
+    /// What [`BackwardKernel::Auto`] picks for f16 and bf16.
+    TensorCore,
+}
+
+/// Options of one backward call. `Default` overwrites the gradients with the automatic kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BackwardOptions {
+    /// `false`: the gradients are overwritten (`beta = 0`). `true`: the new gradients are added
+    /// to the values already in the buffers (`beta = 1`), for accumulation across
+    /// micro-batches; the sum is taken in f32 and rounded once. It applies to every output the
+    /// call writes. To accumulate dW and db while overwriting dX (the usual micro-batch step),
+    /// make two calls, one with only `dx` and one with `dw`/`db` and `accumulate: true`: a call
+    /// queues one launch for dX and one for dW and db, so the pair costs the same as one call.
+    pub accumulate: bool,
+    /// The kernel family; [`BackwardKernel::Auto`] unless a test or benchmark wants one.
+    /// [`BackwardKernel::TensorCore`] with f32 is an error.
+    pub kernel: BackwardKernel,
+}
+
+/// The gradient buffers of one backward call. `None` skips that output.
+///
+/// - `dx`: `[m, k]`; skip it for the first layer of a network.
+/// - `dw`: `[n, k]`; skip it (and `db`) for frozen weights.
+/// - `db`: `[n]`. It is reduced alongside dW by the same kernel; asking for `db` without `dw`
+///   is allowed and runs that kernel with the product switched off (one block per row tile of
+///   dW, each summing its columns of dZ).
+#[derive(Debug)]
+pub struct GradientsMut<'a, T> {
+    /// Gradient with respect to X, `[m, k]`.
+    pub dx: Option<CudaViewMut<'a, T>>,
+    /// Gradient with respect to W, `[n, k]` (the `nn.Linear` layout).
+    pub dw: Option<CudaViewMut<'a, T>>,
+    /// Gradient with respect to b, `[n]`.
+    pub db: Option<CudaViewMut<'a, T>>,
+}
+
+/// Queues the backward pass of the layer `spec` on `stream`.
+///
+/// - `x`: the forward input `[m, k]` (read only when `dw` is requested);
+/// - `w`: the weights `[n, k]` (read only when `dx` is requested);
+/// - `dy`: the gradient of the loss with respect to the forward output, `[m, n]`;
+/// - `y_saved`: the forward output `[m, n]`, required for [`Activation::Relu`] (its sign carries
+///   both ReLU's derivative and the mask), ignored for [`Activation::Identity`], whose mask is
+///   redrawn from `spec.dropout`'s (seed, stream) or from `seed` when that is a device buffer;
+/// - `seed`: must name the same (seed, stream) as the forward call did.
+///
+/// Asynchronous: returns once the launches are queued, without synchronising. Errors (before
+/// anything is queued) on a bad shape, probability, geometry or buffer length, and on ReLU
+/// without `y_saved`.
+///
+/// ```no_run
+/// # fn main() -> fusedrop::Result<()> {
+/// use fusedrop::cuda::{self, backward::{backward, BackwardOptions, GradientsMut}};
+/// use fusedrop::{Activation, Dropout, LayerSpec, LinearShape};
+/// let ctx = cuda::open_device(0)?;
+/// let stream = ctx.default_stream();
+/// let (m, n, k) = (4, 3, 2);
+/// let spec = LayerSpec::new(LinearShape::new(m, n, k), Activation::Relu, Dropout::new(0.1, 7, 0));
+/// let x = stream.clone_htod(&vec![0.5f32; m * k])?;
+/// let w = stream.clone_htod(&vec![0.25f32; n * k])?;
+/// let y = stream.clone_htod(&vec![1.0f32; m * n])?; // forward output
+/// let dy = stream.clone_htod(&vec![1.0f32; m * n])?;
+/// let mut dx = stream.alloc_zeros::<f32>(m * k)?;
+/// let mut dw = stream.alloc_zeros::<f32>(n * k)?;
+/// let mut db = stream.alloc_zeros::<f32>(n)?;
+/// let grads = GradientsMut {
+///     dx: Some(dx.as_view_mut()),
+///     dw: Some(dw.as_view_mut()),
+///     db: Some(db.as_view_mut()),
+/// };
+/// backward(&stream, &spec, &x, &w, &dy, Some(&y.as_view()), grads,
+///          BackwardOptions::default(), cuda::SeedSource::Host)?;
+/// # Ok(()) }
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn backward<T: Element>(
+    stream: &Arc<CudaStream>,
+    spec: &LayerSpec,
+    x: &impl DevicePtr<T>,
+    w: &impl DevicePtr<T>,
+    dy: &impl DevicePtr<T>,
+    y_saved: Option<&CudaView<'_, T>>,
+    grads: GradientsMut<'_, T>,
+    options: BackwardOptions,
+    seed: SeedSource<'_>,
+) -> Result<()> {
+    let LinearShape { m, n, k } = spec.shape;
+    let lens = BackwardLens {
+        x: x.len(),
+        w: w.len(),
+        dy: dy.len(),
+        y_saved: y_saved.map(|y| y.len()),
+    };
+    // Ok(false) (an empty dY) still runs: the non-empty gradients are then zero-filled (or left
+    // as they are when accumulating) by the kernels' empty reductions.
+    validate::check_backward(spec, lens)?;
+    let GradientsMut {
+        mut dx,
+        mut dw,
+        mut db,
+    } = grads;
+    if let Some(dx) = &dx {
+        validate::check_len("dX", dx.len(), m * k, &format!("m*k = {m}*{k}"))?;
+    }
+    if let Some(dw) = &dw {
+        validate::check_len("dW", dw.len(), n * k, &format!("n*k = {n}*{k}"))?;
+    }
+    if let Some(db) = &db {
+        validate::check_len(
+            "db",
+            db.len(),
+            n,
+            &format!("n = {n}, one per output feature"),
+        )?;
+    }
+    check_seed_source(&seed)?;
+    let relu = spec.activation == Activation::Relu;
+    let tensor_cores = match options.kernel {
+        BackwardKernel::Simt => false,
+        BackwardKernel::Auto => T::NEEDS_SM80,
+        BackwardKernel::TensorCore if !T::NEEDS_SM80 => {
+            return Err(invalid!(
+                "BackwardKernel::TensorCore was requested for {}; expected f16 or bf16 (f32 \
+                 runs BackwardKernel::Simt or Auto)",
+                T::NAME
+            ))
+        }
+        BackwardKernel::TensorCore => true,
+    };
+    let choose = |rows: usize, cols: usize| -> Result<Config> {
+        if !tensor_cores {
+            return Ok(SIMT);
+        }
+        require_compute_capability(
+            stream,
+            (8, 0),
+            &format!("the {} backward kernels (mma.sync tensor cores)", T::NAME),
+        )?;
+        Ok(Config::tensor_core_for(rows, cols, sm_count(stream)?))
+    };
+
+    let mut params = MaskParams::new(&spec.dropout, &spec.geometry, n);
+    let _seed_guard = match seed {
+        SeedSource::Device(view) if !relu => {
+            let (ptr, guard) = view.device_ptr(stream);
+            params = params.with_device_seed(ptr);
+            Some(guard)
+        }
+        // ReLU reads its mask from the sign of Y: no seed is needed.
+        _ => None,
+    };
+    let (m_arg, n_arg, k_arg) = (m as i64, n as i64, k as i64);
+    let (relu_arg, accumulate_arg) = (i32::from(relu), i32::from(options.accumulate));
+    let null: u64 = 0;
+    let (dy_ptr, _dy_guard) = dy.device_ptr(stream);
+    let (y_ptr, _y_guard) = match y_saved.filter(|_| relu) {
+        Some(y) => {
+            let (ptr, guard) = y.device_ptr(stream);
+            (ptr, Some(guard))
+        }
+        None => (null, None),
+    };
+
+    if let Some(dx) = dx.as_mut().filter(|_| m > 0) {
+        let config = choose(m, k)?;
+        let function = load::<T>(stream, config, "dx")?;
+        let tiles = config.tiles(m, k);
+        let (w_ptr, _w_guard) = w.device_ptr(stream);
+        let (dx_ptr, _dx_guard) = dx.device_ptr_mut(stream);
+        let mut launch = stream.launch_builder(&function);
+        launch
+            .arg(&dy_ptr)
+            .arg(&y_ptr)
+            .arg(&w_ptr)
+            .arg(&dx_ptr)
+            .arg(&m_arg)
+            .arg(&n_arg)
+            .arg(&k_arg)
+            .arg(&relu_arg)
+            .arg(&accumulate_arg)
+            .arg(&params);
+        // SAFETY: the kernel's signature is (const T* dy, const T* y, const T* w, T* dx,
+        // long long m, n, k, int relu, int accumulate, MaskParams). dy holds m*n elements, w
+        // n*k, dx m*k (all checked above); y is null unless relu, and then holds m*n (checked);
+        // the seed pointer (if any) holds two u64 (checked). The grid follows the kernel's
+        // documented rule (any 1-D grid), its shared memory is within the function's limit
+        // (raised by `load`). Every buffer outlives the launch through the guards, which drop
+        // after it is queued.
+        unsafe { launch.launch(config.launch_config(tiles)) }?;
+    }
+
+    if (dw.is_some() || db.is_some()) && n > 0 {
+        // Without dW the kernel runs one column tile per row tile, for db alone.
+        let cols = if dw.is_some() { k } else { 1 };
+        let config = choose(n, cols)?;
+        let function = load::<T>(stream, config, "dw")?;
+        let tiles = config.tiles(n, cols);
+        let (x_ptr, _x_guard) = x.device_ptr(stream);
+        let (dw_ptr, _dw_guard) = match dw.as_mut() {
+            Some(dw) => {
+                let (ptr, guard) = dw.device_ptr_mut(stream);
+                (ptr, Some(guard))
+            }
+            None => (null, None),
+        };
+        let (db_ptr, _db_guard) = match db.as_mut() {
+            Some(db) => {
+                let (ptr, guard) = db.device_ptr_mut(stream);
+                (ptr, Some(guard))
+            }
+            None => (null, None),
+        };
+        let mut launch = stream.launch_builder(&function);
+        launch
+            .arg(&dy_ptr)
+            .arg(&y_ptr)
+            .arg(&x_ptr)
+            .arg(&dw_ptr)
+            .arg(&db_ptr)
+            .arg(&m_arg)
+            .arg(&n_arg)
+            .arg(&k_arg)
+            .arg(&relu_arg)
+            .arg(&accumulate_arg)
+            .arg(&params);
+        // SAFETY: the kernel's signature is (const T* dy, const T* y, const T* x, T* dw, T* db,
+        // long long m, n, k, int relu, int accumulate, MaskParams). dy holds m*n elements, x
+        // m*k, dw (or null) n*k, db (or null) n (all checked above); y is null unless relu, and
+        // then holds m*n (checked); the seed pointer (if any) holds two u64 (checked). The grid
+        // follows the kernel's documented rule (any 1-D grid), its shared memory is within the
+        // function's limit (raised by `load`). Every buffer outlives the launch through the
+        // guards, which drop after it is queued.
+        unsafe { launch.launch(config.launch_config(tiles)) }?;
+    }
+    Ok(())
+}

@@ -1,0 +1,533 @@
+//! GPU tests of the backward kernels (kernels/backward_simt.cu and kernels/backward_tc.cu,
+//! through `fusedrop::cuda::backward`) against the f64 CPU reference backward. Skipped, with a message,
+//! where no GPU is usable.
+
+use std::sync::Arc;
+
+use cudarc::driver::CudaStream;
+use fusedrop::cuda::backward::{backward, BackwardKernel, BackwardOptions, GradientsMut};
+use fusedrop::cuda::{self, SeedSource};
+use fusedrop::reference::{self, relative_l2_error, Gradients};
+use fusedrop::{Activation, Dropout, Element, Geometry, LayerSpec, LinearShape};
+use half::{bf16, f16};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+fn gpu() -> Option<Arc<CudaStream>> {
+    match cuda::open_device(0) {
+        Ok(ctx) => Some(ctx.default_stream()),
+        Err(e) => {
+            eprintln!("skipping GPU backward test: {e}");
+            None
+        }
+    }
+}
+
+/// What one backward call asks for.
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    accumulate: bool,
+    dx: bool,
+    dw: bool,
+    db: bool,
+    /// Pass (seed, stream) through a device buffer, with wrong values in the spec.
+    device_seed: bool,
+    kernel: BackwardKernel,
+}
+
+const ALL_OUTPUTS: Case = Case {
+    accumulate: false,
+    dx: true,
+    dw: true,
+    db: true,
+    device_seed: false,
+    kernel: BackwardKernel::Auto,
+};
+
+/// Values in ±[0.25, 2): never zero, both signs.
+fn random_values<T: Element>(len: usize, rng: &mut StdRng) -> Vec<T> {
+    (0..len)
+        .map(|_| T::from_f64(rng.random_range(0.25..2.0) * if rng.random() { 1.0 } else { -1.0 }))
+        .collect()
+}
+
+fn bits<T: Element>(v: &[T]) -> Vec<u64> {
+    v.iter().map(|e| e.to_f64().to_bits()).collect()
+}
+
+/// The inputs of one backward call, on the host.
+struct Inputs<T> {
+    x: Vec<T>,
+    w: Vec<T>,
+    dy: Vec<T>,
+    /// The forward output (ReLU only), computed by the CPU reference forward so that its zeros
+    /// are the real dropped and inactive elements.
+    y: Option<Vec<T>>,
+}
+
+fn inputs<T: Element>(spec: &LayerSpec, rng: &mut StdRng) -> Inputs<T> {
+    let LinearShape { m, n, k } = spec.shape;
+    let x = random_values::<T>(m * k, rng);
+    let w = random_values::<T>(n * k, rng);
+    let b = random_values::<T>(n, rng);
+    let dy = random_values::<T>(m * n, rng);
+    let y = (spec.activation == Activation::Relu)
+        .then(|| reference::forward(spec, &x, &w, Some(&b)).expect("valid reference forward"));
+    Inputs { x, w, dy, y }
+}
+
+/// Runs the GPU backward with the gradient buffers starting as `initial` (dx, dw, db) and
+/// returns all three buffers afterwards, requested or not.
+fn run_gpu<T: Element>(
+    stream: &Arc<CudaStream>,
+    spec: &LayerSpec,
+    inputs: &Inputs<T>,
+    initial: &Gradients<T>,
+    case: Case,
+) -> Gradients<T> {
+    let x = stream.clone_htod(&inputs.x).unwrap();
+    let w = stream.clone_htod(&inputs.w).unwrap();
+    let dy = stream.clone_htod(&inputs.dy).unwrap();
+    let y = inputs.y.as_ref().map(|y| stream.clone_htod(y).unwrap());
+    let mut dx = stream.clone_htod(&initial.dx).unwrap();
+    let mut dw = stream.clone_htod(&initial.dw).unwrap();
+    let mut db = stream.clone_htod(&initial.db).unwrap();
+    let seed_buffer = stream
+        .clone_htod(&[spec.dropout.seed, spec.dropout.stream])
+        .unwrap();
+    let seed_view = seed_buffer.as_view();
+    let (launch_spec, seed) = if case.device_seed {
+        let mut wrong = *spec;
+        wrong.dropout.seed ^= 0x5eed_0000_dead_beef;
+        wrong.dropout.stream = wrong.dropout.stream.wrapping_add(77);
+        (wrong, SeedSource::Device(&seed_view))
+    } else {
+        (*spec, SeedSource::Host)
+    };
+    let grads = GradientsMut {
+        dx: case.dx.then(|| dx.as_view_mut()),
+        dw: case.dw.then(|| dw.as_view_mut()),
+        db: case.db.then(|| db.as_view_mut()),
+    };
+    let options = BackwardOptions {
+        accumulate: case.accumulate,
+        kernel: case.kernel,
+    };
+    let y_view = y.as_ref().map(|y| y.as_view());
+    backward(
+        stream,
+        &launch_spec,
+        &x,
+        &w,
+        &dy,
+        y_view.as_ref(),
+        grads,
+        options,
+        seed,
+    )
+    .unwrap_or_else(|e| panic!("backward {spec:?} {case:?}: {e}"));
+    Gradients {
+        dx: stream.clone_dtoh(&dx).unwrap(),
+        dw: stream.clone_dtoh(&dw).unwrap(),
+        db: stream.clone_dtoh(&db).unwrap(),
+    }
+}
+
+/// One backward call checked against the reference: requested outputs within
+/// `T::REL_L2_TOLERANCE` (of `initial + new` when accumulating), skipped outputs untouched, and
+/// a second identical call bit-identical to the first.
+fn check<T: Element>(stream: &Arc<CudaStream>, spec: &LayerSpec, case: Case) {
+    let LinearShape { m, n, k } = spec.shape;
+    let mut rng = StdRng::seed_from_u64(
+        spec.dropout.seed ^ ((m * 1_000_003 + n * 1009 + k) as u64) ^ u64::from(case.accumulate),
+    );
+    let inputs = inputs::<T>(spec, &mut rng);
+    let want = reference::backward_f64(spec, &inputs.x, &inputs.w, &inputs.dy, inputs.y.as_deref())
+        .expect("valid reference backward");
+    // Outputs start poisoned, so an element the kernel fails to write shows up as NaN; when
+    // accumulating they start as random existing gradients instead.
+    let initial = if case.accumulate {
+        Gradients {
+            dx: random_values::<T>(m * k, &mut rng),
+            dw: random_values::<T>(n * k, &mut rng),
+            db: random_values::<T>(n, &mut rng),
+        }
+    } else {
+        let nan = T::from_f64(f64::NAN);
+        Gradients {
+            dx: vec![nan; m * k],
+            dw: vec![nan; n * k],
+            db: vec![nan; n],
+        }
+    };
+    let got = run_gpu(stream, spec, &inputs, &initial, case);
+    let what = format!("{} backward {spec:?} {case:?}", T::NAME);
+    let outputs = [
+        ("dX", case.dx, &got.dx, &initial.dx, &want.dx),
+        ("dW", case.dw, &got.dw, &initial.dw, &want.dw),
+        ("db", case.db, &got.db, &initial.db, &want.db),
+    ];
+    for (name, requested, got, initial, new) in outputs {
+        if !requested {
+            assert_eq!(
+                bits(got),
+                bits(initial),
+                "{what}: skipped {name} was written"
+            );
+            continue;
+        }
+        let want: Vec<f64> = if case.accumulate {
+            initial
+                .iter()
+                .zip(new)
+                .map(|(a, b)| a.to_f64() + b)
+                .collect()
+        } else {
+            new.clone()
+        };
+        let got: Vec<f64> = got.iter().map(|v| v.to_f64()).collect();
+        let error = relative_l2_error(&got, &want);
+        assert!(
+            error < T::REL_L2_TOLERANCE,
+            "{what}: {name} relative L2 error {error:e} >= {:e}",
+            T::REL_L2_TOLERANCE
+        );
+    }
+    let again = run_gpu(stream, spec, &inputs, &initial, case);
+    for (name, first, second) in [
+        ("dX", &got.dx, &again.dx),
+        ("dW", &got.dw, &again.dw),
+        ("db", &got.db, &again.db),
+    ] {
+        assert_eq!(
+            bits(first),
+            bits(second),
+            "{what}: {name} differs on a repeat call"
+        );
+    }
+}
+
+fn check_all_types(stream: &Arc<CudaStream>, spec: &LayerSpec, case: Case) {
+    check::<f32>(stream, spec, case);
+    check::<f16>(stream, spec, case);
+    check::<bf16>(stream, spec, case);
+}
+
+const P_VALUES: [f32; 4] = [0.0, 0.1, 0.5, 1.0];
+
+#[test]
+fn matches_reference_for_every_dtype_activation_p_and_accumulation() {
+    let Some(stream) = gpu() else { return };
+    // Multiples of no tile; a reduction shorter than one tile step; a single element.
+    let shapes = [(67, 45, 33), (130, 70, 129), (5, 200, 3), (1, 1, 1)];
+    for (index, &(m, n, k)) in shapes.iter().enumerate() {
+        for activation in [Activation::Relu, Activation::Identity] {
+            for p in P_VALUES {
+                for accumulate in [false, true] {
+                    let dropout =
+                        Dropout::new(p, 0x1234_5678_9abc + index as u64, 3 + index as u64);
+                    let spec = LayerSpec::new(LinearShape::new(m, n, k), activation, dropout);
+                    let case = Case {
+                        accumulate,
+                        ..ALL_OUTPUTS
+                    };
+                    check_all_types(&stream, &spec, case);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn simt_kernel_matches_reference_when_forced() {
+    let Some(stream) = gpu() else { return };
+    let case = Case {
+        kernel: BackwardKernel::Simt,
+        ..ALL_OUTPUTS
+    };
+    for activation in [Activation::Relu, Activation::Identity] {
+        let spec = LayerSpec::new(
+            LinearShape::new(97, 83, 71),
+            activation,
+            Dropout::new(0.1, 99, 1),
+        );
+        check_all_types(&stream, &spec, case);
+    }
+}
+
+#[test]
+fn tensor_core_kernels_match_reference_with_both_tiles() {
+    let Some(stream) = gpu() else { return };
+    let case = Case {
+        kernel: BackwardKernel::TensorCore,
+        ..ALL_OUTPUTS
+    };
+    // Enough 128 x 128 tiles of dX (first shape) or dW (second) for a full wave on any current
+    // GPU, so both tile configurations run; the other product takes the 64 x 64 tiles.
+    for (m, n, k) in [(1300, 40, 1601), (40, 1300, 1601)] {
+        for activation in [Activation::Relu, Activation::Identity] {
+            for accumulate in [false, true] {
+                let spec = LayerSpec::new(
+                    LinearShape::new(m, n, k),
+                    activation,
+                    Dropout::new(0.1, 31, 4),
+                );
+                let case = Case { accumulate, ..case };
+                check::<f16>(&stream, &spec, case);
+                check::<bf16>(&stream, &spec, case);
+            }
+        }
+    }
+}
+
+#[test]
+fn tensor_core_and_simt_kernels_agree_on_aligned_rows() {
+    let Some(stream) = gpu() else { return };
+    // Rows a multiple of 8 elements take the 16-byte cp.async path of the tensor-core kernels.
+    for kernel in [BackwardKernel::TensorCore, BackwardKernel::Simt] {
+        let case = Case {
+            kernel,
+            ..ALL_OUTPUTS
+        };
+        for activation in [Activation::Relu, Activation::Identity] {
+            let spec = LayerSpec::new(
+                LinearShape::new(136, 72, 200),
+                activation,
+                Dropout::new(0.5, 8, 8),
+            );
+            check::<f16>(&stream, &spec, case);
+            check::<bf16>(&stream, &spec, case);
+        }
+    }
+}
+
+#[test]
+fn skipped_outputs_are_left_untouched() {
+    let Some(stream) = gpu() else { return };
+    let spec = LayerSpec::new(
+        LinearShape::new(70, 66, 65),
+        Activation::Identity,
+        Dropout::new(0.5, 5, 9),
+    );
+    for (dx, dw, db) in [
+        (false, true, true),
+        (true, false, false),
+        (false, false, true),
+        (true, true, false),
+        (false, true, false),
+    ] {
+        for accumulate in [false, true] {
+            let case = Case {
+                accumulate,
+                dx,
+                dw,
+                db,
+                ..ALL_OUTPUTS
+            };
+            check_all_types(&stream, &spec, case);
+        }
+    }
+}
+
+#[test]
+fn shard_geometry_and_device_seed_select_the_forward_mask() {
+    let Some(stream) = gpu() else { return };
+    let (m, n, k) = (37, 29, 41);
+    // Offsets that put rows at unaligned Philox positions and mask indices above 2^32.
+    let geometries = [
+        Geometry {
+            row_offset: 3,
+            col_offset: 5,
+            n_global: Some(n as u64 + 11),
+        },
+        Geometry {
+            row_offset: (1 << 33) + 1,
+            col_offset: 2,
+            n_global: Some(n as u64 + 3),
+        },
+    ];
+    for geometry in geometries {
+        for activation in [Activation::Identity, Activation::Relu] {
+            for device_seed in [false, true] {
+                let spec = LayerSpec::new(
+                    LinearShape::new(m, n, k),
+                    activation,
+                    Dropout::new(0.5, 0xfeed_f00d, 12),
+                )
+                .with_geometry(geometry);
+                let case = Case {
+                    device_seed,
+                    ..ALL_OUTPUTS
+                };
+                check_all_types(&stream, &spec, case);
+            }
+        }
+    }
+}
+
+#[test]
+fn empty_dy_gives_zero_gradients() {
+    let Some(stream) = gpu() else { return };
+    for (m, n, k) in [(0, 7, 5), (6, 0, 5)] {
+        for accumulate in [false, true] {
+            let spec = LayerSpec::new(
+                LinearShape::new(m, n, k),
+                Activation::Identity,
+                Dropout::new(0.1, 1, 2),
+            );
+            let case = Case {
+                accumulate,
+                ..ALL_OUTPUTS
+            };
+            check_all_types(&stream, &spec, case);
+        }
+    }
+}
+
+#[test]
+fn rejects_relu_without_saved_output_and_wrong_lengths() {
+    let Some(stream) = gpu() else { return };
+    let (m, n, k) = (4, 3, 2);
+    let x = stream.alloc_zeros::<f32>(m * k).unwrap();
+    let w = stream.alloc_zeros::<f32>(n * k).unwrap();
+    let dy = stream.alloc_zeros::<f32>(m * n).unwrap();
+    let mut dx = stream.alloc_zeros::<f32>(m * k + 1).unwrap();
+    let relu = LayerSpec::new(
+        LinearShape::new(m, n, k),
+        Activation::Relu,
+        Dropout::new(0.1, 1, 1),
+    );
+    let none = || GradientsMut {
+        dx: None,
+        dw: None,
+        db: None,
+    };
+    let error = backward(
+        &stream,
+        &relu,
+        &x,
+        &w,
+        &dy,
+        None,
+        none(),
+        BackwardOptions::default(),
+        SeedSource::Host,
+    )
+    .unwrap_err();
+    assert!(error.to_string().contains("y_saved"), "{error}");
+    let identity = LayerSpec {
+        activation: Activation::Identity,
+        ..relu
+    };
+    let error = backward(
+        &stream,
+        &identity,
+        &x,
+        &w,
+        &dy,
+        None,
+        GradientsMut {
+            dx: Some(dx.as_view_mut()),
+            ..none()
+        },
+        BackwardOptions::default(),
+        SeedSource::Host,
+    )
+    .unwrap_err();
+    assert!(error.to_string().contains("dX"), "{error}");
+    let error = backward(
+        &stream,
+        &identity,
+        &x,
+        &w,
+        &dy,
+        None,
+        none(),
+        BackwardOptions {
+            kernel: BackwardKernel::TensorCore,
+            ..BackwardOptions::default()
+        },
+        SeedSource::Host,
+    )
+    .unwrap_err();
+    assert!(error.to_string().contains("TensorCore"), "{error}");
+}
+
+/// dX of a problem with more than 2^32 elements: every index is 64-bit. Only the last rows are
+/// compared (with the reference run on just those rows as a row shard, which gives them the
+/// same mask indices).
+#[test]
+fn dx_beyond_four_billion_elements() {
+    let Some(stream) = gpu() else { return };
+    let (m, n, k) = (4_200_001usize, 1usize, 1024usize);
+    let tail = 67;
+    let geometry = Geometry {
+        row_offset: 11,
+        col_offset: 0,
+        n_global: None,
+    };
+    let dropout = Dropout::new(0.25, 77, 5);
+    let spec = LayerSpec::new(LinearShape::new(m, n, k), Activation::Identity, dropout)
+        .with_geometry(geometry);
+    let mut rng = StdRng::seed_from_u64(4242);
+    let w_host = random_values::<f16>(n * k, &mut rng);
+    let dy_host = random_values::<f16>(m * n, &mut rng);
+    // dW is not requested, so X is never read; it only has to have m*k elements.
+    let x = match stream.alloc_zeros::<f16>(m * k) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("skipping the 2^32-element backward test: cannot allocate X: {e}");
+            return;
+        }
+    };
+    let mut dx = match stream.alloc_zeros::<f16>(m * k) {
+        Ok(dx) => dx,
+        Err(e) => {
+            eprintln!("skipping the 2^32-element backward test: cannot allocate dX: {e}");
+            return;
+        }
+    };
+    let start = (m - tail) * k;
+    let w = stream.clone_htod(&w_host).unwrap();
+    let dy = stream.clone_htod(&dy_host).unwrap();
+    let tail_spec = LayerSpec::new(LinearShape::new(tail, n, k), Activation::Identity, dropout)
+        .with_geometry(Geometry {
+            row_offset: geometry.row_offset + (m - tail) as u64,
+            ..geometry
+        });
+    let tail_x = random_values::<f16>(tail * k, &mut rng);
+    let want =
+        reference::backward_f64(&tail_spec, &tail_x, &w_host, &dy_host[m - tail..], None).unwrap();
+    // The SIMT kernel's 64 x 64 tiles outnumber its 2^20-block grid here, so its grid-stride
+    // loop runs too.
+    for kernel in [BackwardKernel::TensorCore, BackwardKernel::Simt] {
+        stream
+            .memcpy_htod(&vec![f16::NAN; tail * k], &mut dx.slice_mut(start..))
+            .unwrap();
+        backward(
+            &stream,
+            &spec,
+            &x,
+            &w,
+            &dy,
+            None,
+            GradientsMut {
+                dx: Some(dx.as_view_mut()),
+                dw: None,
+                db: None,
+            },
+            BackwardOptions {
+                kernel,
+                ..BackwardOptions::default()
+            },
+            SeedSource::Host,
+        )
+        .unwrap();
+        let got = stream.clone_dtoh(&dx.slice(start..)).unwrap();
+        let got: Vec<f64> = got.iter().map(|v| v.to_f64()).collect();
+        let error = relative_l2_error(&got, &want.dx);
+        assert!(
+            error < f16::REL_L2_TOLERANCE,
+            "{kernel:?}: dX rows past 2^32 elements: relative L2 error {error:e}"
+        );
+    }
+}
