@@ -1,0 +1,13 @@
+// Harness driver for kernels/backward_tc.cu: every config struct, f16 and bf16.
+#include "backward_launch.h"
+
+#include "backward_tc.cu"
+
+using namespace fusedrop::backward;
+
+void register_kernels() {
+    HARNESS_BACKWARD(Tc128x128, tc128x128, f16, __half)
+    HARNESS_BACKWARD(Tc128x128, tc128x128, bf16, __nv_bfloat16)
+    HARNESS_BACKWARD(Tc64x64, tc64x64, f16, __half)
+    HARNESS_BACKWARD(Tc64x64, tc64x64, bf16, __nv_bfloat16)
+}

@@ -1,0 +1,959 @@
+//! The kernels' own CUDA source, run on the CPU (docs/HARNESS.md).
+//!
+//! Each test compiles a driver from tests/harness/ that `#include`s a real kernels/*.cu file with
+//! the host C++ compiler against kernels/host/cuda_host.h, feeds it random inputs with the
+//! outputs poisoned (NaN), launches every entry point with its configuration's own launch numbers
+//! and compares the outputs with `fusedrop::reference` as the GPU tests do: masks exactly, values
+//! by relative L2 error within `T::REL_L2_TOLERANCE`.
+//!
+//! Environment:
+//! - `FUSEDROP_HARNESS_SANITIZE=address` builds the drivers with AddressSanitizer (scripts/test.sh
+//!   runs this target once that way), so an out-of-bounds access in a kernel fails the test;
+//! - `FUSEDROP_HARNESS_KERNELS=<dir>` takes the kernel sources from `<dir>` instead of kernels/
+//!   (to run a patched copy, e.g. with a planted bug);
+//! - `CXX` names the host compiler (default `g++`).
+//!
+//! Skipped, with a message, when the crate was built without nvcc (no CUDA headers to compile
+//! the kernels' half-precision types against).
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use fusedrop::{mask, reference, Activation, Dropout, Element, Geometry, LayerSpec, LinearShape};
+use half::{bf16, f16};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+// ---------------------------------------------------------------------------------------------
+// Building the drivers.
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn kernels_dir() -> PathBuf {
+    std::env::var_os("FUSEDROP_HARNESS_KERNELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest_dir().join("kernels"))
+}
+
+fn sanitize() -> bool {
+    std::env::var("FUSEDROP_HARNESS_SANITIZE").is_ok_and(|v| v == "address")
+}
+
+fn compiler_flags() -> Vec<String> {
+    // A misaligned vector access through a cast pointer faults on the GPU but not on x86, so
+    // UBSan's alignment check stands in for the fault in every build.
+    let mut flags: Vec<String> = [
+        "-std=c++20",
+        "-Wall",
+        "-Wextra",
+        "-Wno-unknown-pragmas",
+        "-fsanitize=alignment",
+        "-fno-sanitize-recover=alignment",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if sanitize() {
+        flags.extend(
+            ["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer"]
+                .iter()
+                .map(|s| s.to_string()),
+        );
+    } else {
+        flags.push("-O2".to_string());
+    }
+    flags
+}
+
+/// Every file under `dir`, sorted, for the build cache key.
+fn source_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    for path in paths {
+        if path.is_dir() {
+            source_files(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+/// Compiles tests/harness/<name>.cpp (once per process, and reused across runs while the
+/// sources and flags are unchanged); `None` when the CUDA headers are unknown.
+fn driver(name: &str) -> Option<PathBuf> {
+    static BUILT: OnceLock<Mutex<HashMap<String, Arc<OnceLock<PathBuf>>>>> = OnceLock::new();
+    let Some(include) = option_env!("FUSEDROP_CUDA_INCLUDE") else {
+        eprintln!(
+            "skipping the CPU harness: the crate was built without nvcc, so there are no CUDA \
+             headers (cuda_fp16.h) to compile the kernels against"
+        );
+        return None;
+    };
+    let cell = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap()
+        .entry(name.to_string())
+        .or_default()
+        .clone();
+    Some(cell.get_or_init(|| build_driver(name, include)).clone())
+}
+
+fn build_driver(name: &str, include: &str) -> PathBuf {
+    let harness = manifest_dir().join("tests").join("harness");
+    let kernels = kernels_dir();
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".to_string());
+    let flags = compiler_flags();
+
+    let mut files = Vec::new();
+    source_files(&kernels, &mut files);
+    source_files(&harness, &mut files);
+    let mut hasher = DefaultHasher::new();
+    (name, &cxx, &flags, include, &kernels).hash(&mut hasher);
+    for file in &files {
+        file.hash(&mut hasher);
+        fs::read(file).unwrap_or_default().hash(&mut hasher);
+    }
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("harness");
+    fs::create_dir_all(&dir).expect("create the harness build directory");
+    let exe = dir.join(format!(
+        "{name}-{:016x}{}",
+        hasher.finish(),
+        if sanitize() { "-asan" } else { "" }
+    ));
+    if exe.is_file() {
+        return exe;
+    }
+    // Drivers built from older sources are of no further use.
+    let stale_prefix = format!("{name}-");
+    for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        if file.starts_with(&stale_prefix) && file.ends_with("-asan") == sanitize() {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+    let partial = dir.join(format!("{name}.{}.partial", std::process::id()));
+    let output = Command::new(&cxx)
+        .args(&flags)
+        .arg("-I")
+        .arg(&kernels)
+        .arg("-I")
+        .arg(&harness)
+        .arg("-I")
+        .arg(include)
+        .arg(harness.join(format!("{name}.cpp")))
+        .arg("-o")
+        .arg(&partial)
+        .output()
+        .unwrap_or_else(|e| panic!("could not run the host compiler {cxx}: {e}"));
+    assert!(
+        output.status.success(),
+        "{cxx} failed to compile tests/harness/{name}.cpp against {}:\n{}",
+        kernels.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    fs::rename(&partial, &exe).expect("move the driver into place");
+    exe
+}
+
+// ---------------------------------------------------------------------------------------------
+// Launch requests (the format is documented in tests/harness/driver.h).
+
+/// The raw little-endian bytes of an element type.
+trait Raw: Element {
+    const BYTES: usize;
+    fn put(self, out: &mut Vec<u8>);
+    fn get(bytes: &[u8]) -> Self;
+}
+
+impl Raw for f32 {
+    const BYTES: usize = 4;
+    fn put(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_le_bytes());
+    }
+    fn get(bytes: &[u8]) -> Self {
+        f32::from_le_bytes(bytes.try_into().expect("4 bytes"))
+    }
+}
+
+impl Raw for f16 {
+    const BYTES: usize = 2;
+    fn put(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_le_bytes());
+    }
+    fn get(bytes: &[u8]) -> Self {
+        f16::from_le_bytes(bytes.try_into().expect("2 bytes"))
+    }
+}
+
+impl Raw for bf16 {
+    const BYTES: usize = 2;
+    fn put(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_le_bytes());
+    }
+    fn get(bytes: &[u8]) -> Self {
+        bf16::from_le_bytes(bytes.try_into().expect("2 bytes"))
+    }
+}
+
+struct Launch {
+    dir: PathBuf,
+    what: String,
+    request: String,
+}
+
+impl Launch {
+    fn new(kernel: &str, what: String, rng: &mut StdRng) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("harness-runs")
+            .join(format!(
+                "{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+        fs::create_dir_all(&dir).expect("create a request directory");
+        let mut request = String::new();
+        writeln!(request, "kernel {kernel}").unwrap();
+        writeln!(request, "schedule {}", rng.random::<u64>()).unwrap();
+        Launch {
+            dir,
+            what: format!("{kernel} {what}"),
+            request,
+        }
+    }
+
+    fn int(&mut self, name: &str, value: impl Into<i64>) -> &mut Self {
+        writeln!(self.request, "i64 {name} {}", value.into()).unwrap();
+        self
+    }
+
+    /// The MaskParams of a call with `n` output columns, as src/cuda/mod.rs builds them.
+    fn mask(
+        &mut self,
+        dropout: &Dropout,
+        geometry: &Geometry,
+        n: usize,
+        device: bool,
+    ) -> &mut Self {
+        writeln!(
+            self.request,
+            "mp {} {} {} {} {} {} {} {}",
+            dropout.seed,
+            dropout.stream,
+            mask::threshold(dropout.p),
+            geometry.row_offset,
+            geometry.col_offset,
+            geometry.n_global_for(n),
+            mask::scale(dropout.p).to_bits(),
+            u8::from(device)
+        )
+        .unwrap();
+        self
+    }
+
+    /// A buffer argument, placed `misalign` elements past a 16-byte boundary.
+    fn buffer<T: Raw>(
+        &mut self,
+        name: &str,
+        data: &[T],
+        misalign: usize,
+        output: bool,
+    ) -> &mut Self {
+        let mut bytes = Vec::with_capacity(data.len() * T::BYTES);
+        for &v in data {
+            v.put(&mut bytes);
+        }
+        fs::write(self.dir.join(format!("{name}.bin")), &bytes).expect("write a buffer");
+        writeln!(
+            self.request,
+            "buffer {name} {} {} {}",
+            bytes.len(),
+            misalign * T::BYTES,
+            u8::from(output)
+        )
+        .unwrap();
+        self
+    }
+
+    fn null(&mut self, name: &str) -> &mut Self {
+        writeln!(self.request, "null {name}").unwrap();
+        self
+    }
+
+    fn output<T: Raw>(&self, name: &str) -> Vec<T> {
+        let bytes = fs::read(self.dir.join(format!("{name}.out")))
+            .unwrap_or_else(|e| panic!("{}: no output {name}: {e}", self.what));
+        bytes.chunks_exact(T::BYTES).map(T::get).collect()
+    }
+}
+
+impl Drop for Launch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs every launch through the driver (one process); panics with the harness's report.
+fn run(driver: &Path, launches: &[Launch]) {
+    for launch in launches {
+        fs::write(launch.dir.join("request.txt"), &launch.request).expect("write a request");
+    }
+    let output = Command::new(driver)
+        .args(launches.iter().map(|l| &l.dir))
+        .env("ASAN_OPTIONS", "detect_leaks=0")
+        .output()
+        .unwrap_or_else(|e| panic!("could not run {}: {e}", driver.display()));
+    if !output.status.success() {
+        let done = launches
+            .iter()
+            .filter(|l| {
+                l.dir.read_dir().is_ok_and(|d| {
+                    d.flatten()
+                        .any(|e| e.path().extension().is_some_and(|x| x == "out"))
+                })
+            })
+            .count();
+        panic!(
+            "the harness failed ({}) at launch {} of {}: {}\n{}",
+            output.status,
+            done + 1,
+            launches.len(),
+            launches.get(done).map_or("?", |l| l.what.as_str()),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inputs and comparisons.
+
+fn random_values<T: Element>(len: usize, rng: &mut StdRng) -> Vec<T> {
+    (0..len)
+        .map(|_| T::from_f64(rng.random_range(-1.0..1.0)))
+        .collect()
+}
+
+fn poisoned<T: Element>(len: usize) -> Vec<T> {
+    vec![T::from_f64(f64::NAN); len]
+}
+
+fn to_f64<T: Element>(v: &[T]) -> Vec<f64> {
+    v.iter().map(|e| e.to_f64()).collect()
+}
+
+/// Checks `got` against the unrounded reference `want`: the relative L2 error within the
+/// type's tolerance.
+fn check_close<T: Element>(what: &str, got: &[T], want: &[f64]) {
+    let error = reference::relative_l2_error(&to_f64(got), want);
+    assert!(
+        error <= T::REL_L2_TOLERANCE,
+        "{what}: relative L2 error {error:e} exceeds the {} tolerance {:e}",
+        T::NAME,
+        T::REL_L2_TOLERANCE
+    );
+}
+
+/// Checks a dropout layer output: every dropped element exactly zero and every kept element of
+/// clearly non-zero value non-zero (the mask, exactly), then the values by relative L2 error.
+fn check_layer_output<T: Element>(
+    what: &str,
+    got: &[T],
+    want: &[f64],
+    dropout: &Dropout,
+    geometry: &Geometry,
+    n: usize,
+) {
+    let rms = (want.iter().map(|v| v * v).sum::<f64>() / want.len().max(1) as f64).sqrt();
+    let mut wrong = Vec::new();
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let (r, c) = (i / n, i % n);
+        let keep = mask::keep(
+            dropout.seed,
+            dropout.stream,
+            dropout.p,
+            geometry.linear_index(n, r, c),
+        );
+        let g = g.to_f64();
+        if (!keep && g != 0.0) || (keep && w.abs() > 1e-2 * rms && g == 0.0) {
+            wrong.push((r, c, keep, g));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{what}: {} elements disagree with the mask, first (row, col, keep, value): {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    check_close(what, got, want);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The host bodies of kernels/ptx.cuh and the harness's model.
+
+#[test]
+fn ptx_host_bodies_match_plain_matrix_products() {
+    let Some(exe) = driver("ptx_unit") else {
+        return;
+    };
+    let output = Command::new(&exe)
+        .arg("checks")
+        .env("ASAN_OPTIONS", "detect_leaks=0")
+        .output()
+        .expect("run ptx_unit");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "host bodies disagree with the PTX ISA:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The checks the driver must have run, so that a driver that skips them cannot pass.
+    for check in [
+        "mma.m16n8k16 f16",
+        "mma.m16n8k16 bf16",
+        "ldmatrix x4.trans",
+        "cp.async.wait_group 1",
+        "a missing __syncthreads",
+    ] {
+        assert!(
+            stdout.contains(check),
+            "ptx_unit did not report {check:?}:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn harness_rejects_misuse_the_gpu_would_not_forgive() {
+    let Some(exe) = driver("ptx_unit") else {
+        return;
+    };
+    for (case, message) in [
+        ("divergent_barrier", "divergent __syncthreads"),
+        ("exited_lane_shfl", "deadlock"),
+        ("partial_warp_shfl", "partial warp"),
+        ("misaligned_cp_async", "misaligned"),
+        ("misaligned_ldmatrix", "not 16-byte aligned"),
+    ] {
+        let output = Command::new(&exe)
+            .arg(case)
+            .env("ASAN_OPTIONS", "detect_leaks=0")
+            .output()
+            .expect("run ptx_unit");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(3),
+            "{case}: expected the harness to abort; stdout {}; stderr {stderr}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        assert!(
+            stderr.contains(message),
+            "{case}: expected {message:?} in:\n{stderr}"
+        );
+    }
+}
+
+/// A kernel file without a driver would silently go unchecked.
+#[test]
+fn every_kernel_file_has_a_driver() {
+    let harness = manifest_dir().join("tests").join("harness");
+    let mut missing = Vec::new();
+    for entry in fs::read_dir(kernels_dir())
+        .expect("read kernels/")
+        .flatten()
+    {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "cu") {
+            let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+            if !harness.join(format!("{stem}.cpp")).is_file() {
+                missing.push(stem);
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "kernels without a CPU-harness driver (add tests/harness/<name>.cpp and a test): {missing:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// kernels/dropout.cu
+
+fn dropout_launch<T: Raw>(
+    m: usize,
+    n: usize,
+    dropout: Dropout,
+    geometry: Geometry,
+    grid_x: Option<u32>,
+    device_seed: bool,
+    rng: &mut StdRng,
+) -> (Launch, Vec<T>) {
+    let y = random_values::<T>(m * n, rng);
+    let mut want = y.clone();
+    reference::dropout_in_place(&mut want, m, n, &dropout, &geometry);
+    let mut launch = Launch::new(
+        &format!("fusedrop_dropout_{}", T::NAME),
+        format!(
+            "{m}x{n} p={} {geometry:?} grid_x={grid_x:?} device_seed={device_seed}",
+            dropout.p
+        ),
+        rng,
+    );
+    launch
+        .int("m", m as i64)
+        .int("n", n as i64)
+        .mask(&dropout, &geometry, n, device_seed)
+        .buffer("y", &y, 0, true);
+    if let Some(g) = grid_x {
+        launch.int("grid_x", g);
+    }
+    (launch, want)
+}
+
+fn check_dropout_type<T: Raw>(exe: &Path, rng: &mut StdRng) {
+    let shard = Geometry {
+        row_offset: 5,
+        col_offset: 3,
+        n_global: Some(1003),
+    };
+    let far = Geometry {
+        row_offset: 1 << 33,
+        col_offset: 1,
+        n_global: Some(130),
+    };
+    let mut cases = Vec::new();
+    for &(m, n) in &[(1, 1), (3, 5), (17, 101), (33, 97), (8, 64)] {
+        for &p in &[0.0f32, 0.1, 0.5, 1.0] {
+            cases.push((
+                m,
+                n,
+                Dropout::new(p, rng.random(), rng.random_range(0..8)),
+                Geometry::UNSHARDED,
+                None,
+                false,
+            ));
+        }
+    }
+    cases.push((33, 97, Dropout::new(0.3, 42, 7), shard, None, false));
+    cases.push((9, 29, Dropout::new(0.5, 7, 1), far, None, true));
+    cases.push((40, 77, Dropout::new(0.5, 99, 2), shard, Some(1), false));
+    cases.push((
+        40,
+        77,
+        Dropout::new(0.1, 98, 0),
+        Geometry::UNSHARDED,
+        Some(3),
+        true,
+    ));
+    let (launches, wants): (Vec<_>, Vec<_>) = cases
+        .into_iter()
+        .map(|(m, n, d, g, grid, dev)| dropout_launch::<T>(m, n, d, g, grid, dev, rng))
+        .unzip();
+    run(exe, &launches);
+    for (launch, want) in launches.iter().zip(&wants) {
+        let got = launch.output::<T>("y");
+        let differ = got
+            .iter()
+            .zip(want)
+            .filter(|(g, w)| g.to_f64().to_bits() != w.to_f64().to_bits())
+            .count();
+        assert_eq!(
+            differ, 0,
+            "{}: {differ} elements differ from the reference",
+            launch.what
+        );
+    }
+}
+
+#[test]
+fn dropout_kernel_matches_reference_bit_for_bit() {
+    let Some(exe) = driver("dropout") else { return };
+    let mut rng = StdRng::seed_from_u64(0xD50);
+    check_dropout_type::<f32>(&exe, &mut rng);
+    check_dropout_type::<f16>(&exe, &mut rng);
+    check_dropout_type::<bf16>(&exe, &mut rng);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward kernels
+
+/// One forward case: shape, activation, bias, dropout, geometry, pointer misalignment (in
+/// elements, for every buffer), folded grid rows, device seed.
+#[derive(Debug, Clone, Copy)]
+struct ForwardCase {
+    shape: LinearShape,
+    activation: Activation,
+    bias: bool,
+    p: f32,
+    geometry: Geometry,
+    misalign: usize,
+    grid_y: Option<u32>,
+    device_seed: bool,
+}
+
+/// Shapes that are multiples of no tile, k both a multiple of 8 (16-byte rows) and not, with
+/// every dropout rate, both activations and with/without bias spread over them.
+fn forward_cases(rng: &mut StdRng) -> Vec<ForwardCase> {
+    let shapes = [
+        (1, 1, 1),
+        (37, 29, 45),
+        (70, 75, 64),
+        (130, 66, 40),
+        (33, 100, 97),
+        (17, 140, 8),
+    ];
+    let combos = [
+        (0.0f32, Activation::Relu, true),
+        (0.1, Activation::Identity, false),
+        (0.5, Activation::Relu, false),
+        (1.0, Activation::Identity, true),
+    ];
+    let mut cases = Vec::new();
+    for (s, &(m, n, k)) in shapes.iter().enumerate() {
+        for i in 0..combos.len() {
+            // Rotate the pairing so that every shape meets every rate and both of the others.
+            let (p, _, _) = combos[i];
+            let (_, activation, _) = combos[(i + s) % combos.len()];
+            let (_, _, bias) = combos[(i + 2 * s + 1) % combos.len()];
+            cases.push(ForwardCase {
+                shape: LinearShape::new(m, n, k),
+                activation,
+                bias,
+                p,
+                geometry: Geometry::UNSHARDED,
+                misalign: 0,
+                grid_y: None,
+                device_seed: false,
+            });
+        }
+    }
+    let base = ForwardCase {
+        shape: LinearShape::new(70, 75, 64),
+        activation: Activation::Relu,
+        bias: true,
+        p: 0.5,
+        geometry: Geometry::UNSHARDED,
+        misalign: 0,
+        grid_y: None,
+        device_seed: false,
+    };
+    // Buffers that are not 16-byte aligned although k and n are multiples of 8, so only the
+    // pointers' alignment keeps the kernels off their vector paths.
+    cases.push(ForwardCase {
+        shape: LinearShape::new(70, 72, 64),
+        misalign: 2,
+        ..base
+    });
+    cases.push(ForwardCase {
+        shape: LinearShape::new(70, 72, 64),
+        misalign: 1,
+        activation: Activation::Identity,
+        ..base
+    });
+    // A shard's geometry and (seed, stream) read from a device buffer.
+    cases.push(ForwardCase {
+        geometry: Geometry {
+            row_offset: 3 + (rng.random::<u32>() as u64),
+            col_offset: 11,
+            n_global: Some(301),
+        },
+        device_seed: true,
+        activation: Activation::Identity,
+        ..base
+    });
+    // Row tiles folded into fewer grid rows than there are tiles.
+    cases.push(ForwardCase {
+        shape: LinearShape::new(300, 40, 24),
+        grid_y: Some(2),
+        ..base
+    });
+    cases
+}
+
+fn forward_launch<T: Raw>(
+    kernel: &str,
+    case: &ForwardCase,
+    rng: &mut StdRng,
+) -> (Launch, Vec<f64>, LayerSpec) {
+    let LinearShape { m, n, k } = case.shape;
+    let dropout = Dropout::new(case.p, rng.random(), rng.random_range(0..16));
+    let spec = LayerSpec::new(case.shape, case.activation, dropout).with_geometry(case.geometry);
+    let x = random_values::<T>(m * k, rng);
+    let w = random_values::<T>(n * k, rng);
+    let b = random_values::<T>(n, rng);
+    let want = reference::forward_f64(&spec, &x, &w, case.bias.then_some(&b[..]))
+        .expect("valid reference inputs");
+    let mut launch = Launch::new(kernel, format!("{case:?}"), rng);
+    launch
+        .int("m", m as i64)
+        .int("n", n as i64)
+        .int("k", k as i64)
+        .int("relu", i64::from(case.activation == Activation::Relu))
+        .mask(&dropout, &case.geometry, n, case.device_seed)
+        .buffer("x", &x, case.misalign, false)
+        .buffer("w", &w, case.misalign, false)
+        .buffer("y", &poisoned::<T>(m * n), case.misalign, true);
+    if case.bias {
+        launch.buffer("b", &b, case.misalign, false);
+    } else {
+        launch.null("b");
+    }
+    if let Some(g) = case.grid_y {
+        launch.int("grid_y", g);
+    }
+    (launch, want, spec)
+}
+
+fn check_forward<T: Raw>(driver_name: &str, configs: &[&str], seed: u64) {
+    let Some(exe) = driver(driver_name) else {
+        return;
+    };
+    let mut rng = StdRng::seed_from_u64(seed);
+    let cases = forward_cases(&mut rng);
+    let mut launches = Vec::new();
+    let mut expected = Vec::new();
+    for config in configs {
+        let kernel = format!("fusedrop_forward_{config}_{}", T::NAME);
+        for case in &cases {
+            let (launch, want, spec) = forward_launch::<T>(&kernel, case, &mut rng);
+            launches.push(launch);
+            expected.push((want, spec));
+        }
+    }
+    run(&exe, &launches);
+    for (launch, (want, spec)) in launches.iter().zip(&expected) {
+        let got = launch.output::<T>("y");
+        check_layer_output(
+            &launch.what,
+            &got,
+            want,
+            &spec.dropout,
+            &spec.geometry,
+            spec.shape.n,
+        );
+    }
+}
+
+const FORWARD_TC_CONFIGS: [&str; 5] = ["tc128x256", "tc128x128", "tc64x128", "tc64x64", "tc64x32"];
+const FORWARD_F32_CONFIGS: [&str; 2] = ["simt128x128", "simt64x64"];
+
+#[test]
+fn forward_f32_matches_reference() {
+    check_forward::<f32>("forward_f32", &FORWARD_F32_CONFIGS, 0xF32);
+}
+
+#[test]
+fn forward_tc_f16_matches_reference() {
+    check_forward::<f16>("forward_tc", &FORWARD_TC_CONFIGS, 0xF16);
+}
+
+#[test]
+fn forward_tc_bf16_matches_reference() {
+    check_forward::<bf16>("forward_tc", &FORWARD_TC_CONFIGS, 0xBF16);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward kernels
+
+#[derive(Debug, Clone, Copy)]
+struct BackwardCase {
+    shape: LinearShape,
+    activation: Activation,
+    p: f32,
+    geometry: Geometry,
+    accumulate: bool,
+    weight_grad: bool,
+    grid_x: Option<u32>,
+}
+
+fn backward_cases() -> Vec<BackwardCase> {
+    let mut cases = Vec::new();
+    let shapes = [(1, 1, 1), (37, 29, 45), (70, 75, 64), (130, 66, 40)];
+    let rates = [0.0f32, 0.1, 0.5, 1.0];
+    for (s, &(m, n, k)) in shapes.iter().enumerate() {
+        for (i, &p) in rates.iter().enumerate() {
+            cases.push(BackwardCase {
+                shape: LinearShape::new(m, n, k),
+                activation: if (i + s) % 2 == 0 {
+                    Activation::Relu
+                } else {
+                    Activation::Identity
+                },
+                p,
+                geometry: Geometry::UNSHARDED,
+                accumulate: (i + s) % 3 == 1,
+                weight_grad: true,
+                grid_x: None,
+            });
+        }
+    }
+    let base = BackwardCase {
+        shape: LinearShape::new(70, 75, 64),
+        activation: Activation::Identity,
+        p: 0.5,
+        geometry: Geometry {
+            row_offset: 7,
+            col_offset: 5,
+            n_global: Some(203),
+        },
+        accumulate: false,
+        weight_grad: true,
+        grid_x: Some(1),
+    };
+    cases.push(base);
+    cases.push(BackwardCase {
+        grid_x: Some(3),
+        accumulate: true,
+        activation: Activation::Relu,
+        ..base
+    });
+    cases.push(BackwardCase {
+        weight_grad: false,
+        grid_x: None,
+        ..base
+    });
+    cases
+}
+
+/// Checks `fusedrop_backward_{dx,dw}_<config>_<dtype>` from tests/harness/<driver_name>.cpp.
+fn check_backward<T: Raw>(driver_name: &str, config: &str, seed: u64) {
+    let Some(exe) = driver(driver_name) else {
+        return;
+    };
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut launches = Vec::new();
+    let mut expected = Vec::new();
+    for case in backward_cases() {
+        let LinearShape { m, n, k } = case.shape;
+        let dropout = Dropout::new(case.p, rng.random(), rng.random_range(0..16));
+        let spec =
+            LayerSpec::new(case.shape, case.activation, dropout).with_geometry(case.geometry);
+        let x = random_values::<T>(m * k, &mut rng);
+        let w = random_values::<T>(n * k, &mut rng);
+        let b = random_values::<T>(n, &mut rng);
+        let dy = random_values::<T>(m * n, &mut rng);
+        let relu = case.activation == Activation::Relu;
+        let y = reference::forward(&spec, &x, &w, Some(&b)).expect("valid reference inputs");
+        let grads = reference::backward_f64(&spec, &x, &w, &dy, relu.then_some(&y[..]))
+            .expect("valid reference inputs");
+        let init = |len: usize, rng: &mut StdRng| {
+            if case.accumulate {
+                random_values::<T>(len, rng)
+            } else {
+                poisoned::<T>(len)
+            }
+        };
+        let (dx0, dw0, db0) = (
+            init(m * k, &mut rng),
+            init(n * k, &mut rng),
+            init(n, &mut rng),
+        );
+        let plus = |start: &[T], grad: &[f64]| -> Vec<f64> {
+            if case.accumulate {
+                start
+                    .iter()
+                    .zip(grad)
+                    .map(|(s, g)| s.to_f64() + g)
+                    .collect()
+            } else {
+                grad.to_vec()
+            }
+        };
+        let want = (
+            plus(&dx0, &grads.dx),
+            plus(&dw0, &grads.dw),
+            plus(&db0, &grads.db),
+        );
+
+        let what = format!("{case:?}");
+        let mut dx = Launch::new(
+            &format!("fusedrop_backward_dx_{config}_{}", T::NAME),
+            what.clone(),
+            &mut rng,
+        );
+        let mut dw = Launch::new(
+            &format!("fusedrop_backward_dw_{config}_{}", T::NAME),
+            what,
+            &mut rng,
+        );
+        for launch in [&mut dx, &mut dw] {
+            launch
+                .int("m", m as i64)
+                .int("n", n as i64)
+                .int("k", k as i64)
+                .int("relu", i64::from(relu))
+                .int("accumulate", i64::from(case.accumulate))
+                .mask(&dropout, &case.geometry, n, false)
+                .buffer("dy", &dy, 0, false);
+            if relu {
+                launch.buffer("y", &y, 0, false);
+            } else {
+                launch.null("y");
+            }
+            if let Some(g) = case.grid_x {
+                launch.int("grid_x", g);
+            }
+        }
+        dx.buffer("w", &w, 0, false).buffer("dx", &dx0, 0, true);
+        dw.buffer("x", &x, 0, false).buffer("db", &db0, 0, true);
+        if case.weight_grad {
+            dw.buffer("dw", &dw0, 0, true);
+        } else {
+            dw.null("dw");
+        }
+        launches.push(dx);
+        launches.push(dw);
+        expected.push((case, want));
+    }
+    run(&exe, &launches);
+    for (pair, (case, (want_dx, want_dw, want_db))) in launches.chunks(2).zip(&expected) {
+        check_close(
+            &format!("dX of {}", pair[0].what),
+            &pair[0].output::<T>("dx"),
+            want_dx,
+        );
+        if case.weight_grad {
+            check_close(
+                &format!("dW of {}", pair[1].what),
+                &pair[1].output::<T>("dw"),
+                want_dw,
+            );
+        }
+        check_close(
+            &format!("db of {}", pair[1].what),
+            &pair[1].output::<T>("db"),
+            want_db,
+        );
+    }
+}
+
+#[test]
+fn backward_simt_matches_reference() {
+    check_backward::<f32>("backward_simt", "simt", 0xB32);
+    check_backward::<f16>("backward_simt", "simt", 0xB16);
+    check_backward::<bf16>("backward_simt", "simt", 0xBBF);
+}
+
+#[test]
+fn backward_tc_f16_matches_reference() {
+    check_backward::<f16>("backward_tc", "tc128x128", 0xBC16);
+    check_backward::<f16>("backward_tc", "tc64x64", 0xBC17);
+}
+
+#[test]
+fn backward_tc_bf16_matches_reference() {
+    check_backward::<bf16>("backward_tc", "tc128x128", 0xBCBF);
+    check_backward::<bf16>("backward_tc", "tc64x64", 0xBCC0);
+}
