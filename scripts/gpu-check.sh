@@ -2,7 +2,8 @@
 # Runs every GPU check of a bundle made by scripts/gpu-bundle.sh, on a GPU host with the NVIDIA
 # driver and a CUDA toolkit but no Rust. Each step is bounded in time and the script carries on
 # past a step that fails; the summary comes last. Logs go to $OUT (or ./gpu-check-out).
-#   QUICK=1 bash gpu-check.sh    # correctness only: skips the benchmark table and the peer
+#   QUICK=1 bash gpu-check.sh      # correctness only: skips the benchmark table and the peer
+#   RACECHECK=1 bash gpu-check.sh  # adds compute-sanitizer racecheck (slow)
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${OUT:-$here/gpu-check-out}"
@@ -55,7 +56,9 @@ fi
 
 if command -v compute-sanitizer >/dev/null 2>&1; then
   step memcheck 240 compute-sanitizer --tool memcheck --error-exitcode 9 "$here/fusedrop" selftest --quick
-  step racecheck 240 compute-sanitizer --tool racecheck --error-exitcode 9 "$here/fusedrop" selftest --quick --small
+  if [[ "${RACECHECK:-0}" == "1" ]]; then
+    step racecheck 300 compute-sanitizer --tool racecheck --error-exitcode 9 "$here/fusedrop" selftest --quick
+  fi
 else
   record memcheck "SKIPPED (no compute-sanitizer)"
 fi

@@ -24,6 +24,7 @@ use crate::mask;
 pub use cudarc;
 
 pub mod backward;
+pub mod baseline;
 pub mod dropout;
 pub mod forward;
 

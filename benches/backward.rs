@@ -1,0 +1,100 @@
+//! Backward benchmarks (criterion): for every shape and dtype of the suite (docs/PERF.md), our
+//! backward (dX, dW, db in one call), the two cuBLASLt GEMMs alone (the floor), and the unfused
+//! path (the elementwise pass, then cuBLASLt dX and dW with db from the BGRADB epilogue), timed
+//! with CUDA events around the launches (`iter_custom`), inputs rotated among sets larger than
+//! L2. Throughput is in FLOP (4mnk per call).
+//!
+//! Without a GPU the GPU groups say once why they are skipped and the CPU reference backward
+//! runs on small shapes instead.
+
+mod common;
+
+use criterion::{Criterion, Throughput};
+use fusedrop::bench::{
+    backward_flops, fused_backward, random_nonzero, BaselinePlans, BenchGpu, DType, Operands,
+    SuiteShape, CPU_SHAPES, P_VALUES, SUITE,
+};
+use fusedrop::{reference, Activation, Dropout, Element, LayerSpec};
+use half::{bf16, f16};
+
+use common::gpu_bench;
+
+fn main() {
+    let mut c = common::criterion();
+    match BenchGpu::open(0) {
+        Ok(gpu) => {
+            println!(
+                "backward benches on {} (driver {}, cuBLASLt {})",
+                gpu.info.name, gpu.info.driver, gpu.info.cublaslt
+            );
+            for shape in SUITE {
+                for dtype in shape.dtypes() {
+                    match dtype {
+                        DType::Bf16 => gpu_group::<bf16>(&mut c, &gpu, &shape, dtype),
+                        DType::F16 => gpu_group::<f16>(&mut c, &gpu, &shape, dtype),
+                        DType::F32 => gpu_group::<f32>(&mut c, &gpu, &shape, dtype),
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            println!(
+                "backward: GPU groups skipped ({e}); running the CPU reference on small shapes"
+            );
+            cpu_group::<f32>(&mut c);
+            cpu_group::<bf16>(&mut c);
+        }
+    }
+    c.final_summary();
+}
+
+fn gpu_group<T: Element>(c: &mut Criterion, gpu: &BenchGpu, shape: &SuiteShape, dtype: DType) {
+    let dims = shape.shape();
+    let name = format!("backward/{}/{}", shape.name, dtype.name());
+    let mut ops = match Operands::<T>::new(&gpu.stream, dims, gpu.info.l2_bytes, 8) {
+        Ok(ops) => ops,
+        Err(e) => {
+            println!("{name}: skipped: {e}");
+            return;
+        }
+    };
+    let plans = BaselinePlans::<T>::new(&gpu.blas, dims);
+    println!("{name}: unfused = {}", plans.backward_note());
+    let stream = &gpu.stream;
+    let mut group = c.benchmark_group(&name);
+    group.throughput(Throughput::Elements(backward_flops(dims) as u64));
+    gpu_bench(&mut group, gpu, &name, "gemm_floor", &mut |i| {
+        plans.gemm_backward(ops.set_mut(i))
+    });
+    for p in P_VALUES {
+        gpu_bench(&mut group, gpu, &name, &format!("fused/p={p}"), &mut |i| {
+            fused_backward(stream, ops.set_mut(i), dims, p, i)
+        });
+        gpu_bench(
+            &mut group,
+            gpu,
+            &name,
+            &format!("unfused/p={p}"),
+            &mut |i| plans.unfused_backward(stream, ops.set_mut(i), p, i),
+        );
+    }
+    group.finish();
+}
+
+fn cpu_group<T: Element>(c: &mut Criterion) {
+    let mut group = c.benchmark_group(format!("cpu_reference/backward/{}", T::NAME));
+    for dims in CPU_SHAPES {
+        let x = random_nonzero::<T>(dims.m * dims.k, 1);
+        let w = random_nonzero::<T>(dims.n * dims.k, 2);
+        let dy = random_nonzero::<T>(dims.m * dims.n, 3);
+        let spec = LayerSpec::new(dims, Activation::Relu, Dropout::new(0.1, 5, 0));
+        let y = reference::forward(&spec, &x, &w, None).expect("valid operands");
+        let label = format!("{}x{}x{}", dims.m, dims.n, dims.k);
+        group.throughput(Throughput::Elements(backward_flops(dims) as u64));
+        group.bench_function(format!("backward/{label}"), |bench| {
+            bench
+                .iter(|| reference::backward(&spec, &x, &w, &dy, Some(&y)).expect("valid operands"))
+        });
+    }
+    group.finish();
+}

@@ -1,0 +1,1341 @@
+//! Benchmark machinery shared by `cargo bench` (benches/) and `fusedrop bench`: the shape suite
+//! of the performance targets, random operands rotated among buffers larger than L2, CUDA-event
+//! timing, the floors measured in the same run (copy bandwidth, matrix rate), and the table and
+//! its CSV. The method is described in docs/PERF.md.
+//!
+//! Every figure is a GPU time between two CUDA events recorded on the stream around the
+//! launches; nothing here is meaningful on a machine without a GPU, where [`run_table`] returns
+//! the error of [`crate::cuda::open_device`].
+//!
+//! ```no_run
+//! use fusedrop::bench::{run_table, TableOptions};
+//! let table = run_table(&TableOptions::quick(), &mut |row| println!("{}", row.impl_name))?;
+//! let mut csv = Vec::new();
+//! fusedrop::bench::write_csv(&table.rows, &mut csv)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+use half::{bf16, f16};
+use rand::{RngCore, SeedableRng};
+
+use crate::cuda::backward::{backward, BackwardOptions, GradientsMut};
+use crate::cuda::baseline::{cublaslt_version, Blas, GemmOp, GemmPlan};
+use crate::cuda::dropout::dropout_in_place;
+use crate::cuda::forward::forward;
+use crate::cuda::SeedSource;
+use crate::element::Element;
+use crate::error::{invalid, Result};
+use crate::layer::{Activation, Dropout, Geometry, LayerSpec, LinearShape};
+
+// ---------------------------------------------------------------------------------------------
+// The suite
+
+/// An element type of a benchmark row (the runtime twin of [`Element`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    /// `f32`, true fp32 (no TF32).
+    F32,
+    /// `f16`, f32 accumulation.
+    F16,
+    /// `bf16`, f32 accumulation.
+    Bf16,
+}
+
+impl DType {
+    /// Every dtype, in the order the table lists them.
+    pub const ALL: [DType; 3] = [DType::Bf16, DType::F16, DType::F32];
+
+    /// The name used in tables, CSVs and on the command line (`f32`, `f16`, `bf16`).
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::Bf16 => "bf16",
+        }
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 | DType::Bf16 => 2,
+        }
+    }
+
+    /// Parses a name as printed by [`DType::name`].
+    pub fn parse(name: &str) -> Result<Self> {
+        DType::ALL
+            .into_iter()
+            .find(|d| d.name() == name)
+            .ok_or_else(|| invalid!("dtype {name:?} is unknown; expected one of f32, f16, bf16"))
+    }
+}
+
+/// One shape of the suite in docs (targets.md): X `[m, k]`, W `[n, k]`, Y `[m, n]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SuiteShape {
+    /// Short name used in tables and on the command line.
+    pub name: &'static str,
+    /// Rows of X (tokens).
+    pub m: usize,
+    /// Input features.
+    pub k: usize,
+    /// Output features.
+    pub n: usize,
+    /// Whether the f32 rows are part of the suite for this shape (f32 is for the square and
+    /// small shapes only).
+    pub with_f32: bool,
+    /// What the shape stresses.
+    pub purpose: &'static str,
+}
+
+impl SuiteShape {
+    /// The layer shape.
+    pub fn shape(&self) -> LinearShape {
+        LinearShape::new(self.m, self.n, self.k)
+    }
+
+    /// The dtypes this shape is measured in.
+    pub fn dtypes(&self) -> Vec<DType> {
+        DType::ALL
+            .into_iter()
+            .filter(|&d| d != DType::F32 || self.with_f32)
+            .collect()
+    }
+}
+
+/// The shape suite of the performance targets (`M`, `K`, `N` in that document's order).
+pub const SUITE: [SuiteShape; 6] = [
+    SuiteShape {
+        name: "up",
+        m: 8192,
+        k: 4096,
+        n: 16384,
+        with_f32: false,
+        purpose: "transformer MLP up-projection, compute-bound",
+    },
+    SuiteShape {
+        name: "down",
+        m: 8192,
+        k: 16384,
+        n: 4096,
+        with_f32: false,
+        purpose: "long K, compute-bound",
+    },
+    SuiteShape {
+        name: "sq",
+        m: 4096,
+        k: 4096,
+        n: 4096,
+        with_f32: true,
+        purpose: "square",
+    },
+    SuiteShape {
+        name: "small",
+        m: 64,
+        k: 4096,
+        n: 4096,
+        with_f32: true,
+        purpose: "inference-sized batch, bound by reading W",
+    },
+    SuiteShape {
+        name: "wide",
+        m: 32768,
+        k: 256,
+        n: 1024,
+        with_f32: false,
+        purpose: "short K: the epilogue dominates",
+    },
+    SuiteShape {
+        name: "odd",
+        m: 1000,
+        k: 1000,
+        n: 1000,
+        with_f32: true,
+        purpose: "no dimension a multiple of any tile",
+    },
+];
+
+/// Looks a suite shape up by name.
+pub fn suite_shape(name: &str) -> Result<SuiteShape> {
+    SUITE.into_iter().find(|s| s.name == name).ok_or_else(|| {
+        let names: Vec<_> = SUITE.iter().map(|s| s.name).collect();
+        invalid!(
+            "shape {name:?} is unknown; expected one of {}",
+            names.join(", ")
+        )
+    })
+}
+
+/// The dropout probabilities of the suite: 0.1 (the default), 0 (the fast path) and 0.5.
+pub const P_VALUES: [f32; 3] = [0.1, 0.0, 0.5];
+
+/// Small shapes for the CPU reference benches that run where there is no GPU.
+pub const CPU_SHAPES: [LinearShape; 2] =
+    [LinearShape::new(64, 256, 128), LinearShape::new(37, 61, 53)];
+
+/// The seed of every benchmark's dropout; the Philox stream is the launch index, so each launch
+/// draws a fresh mask as it would in training.
+pub const BENCH_SEED: u64 = 0x5eed_f00d;
+
+/// `2·m·n·k`: the multiply-adds of the forward product, counted as two operations.
+pub fn forward_flops(s: LinearShape) -> f64 {
+    2.0 * s.m as f64 * s.n as f64 * s.k as f64
+}
+
+/// `4·m·n·k`: the two products of the backward pass (dX and dW).
+pub fn backward_flops(s: LinearShape) -> f64 {
+    2.0 * forward_flops(s)
+}
+
+/// The bytes a forward must move at least: read X, W, b once, write Y once.
+pub fn forward_bytes(s: LinearShape, dtype: DType) -> f64 {
+    let (m, n, k) = (s.m as f64, s.n as f64, s.k as f64);
+    (m * k + n * k + n + m * n) * dtype.size() as f64
+}
+
+/// The bytes a backward must move at least: read X, W, dY and the saved Y once, write dX, dW
+/// and db once.
+pub fn backward_bytes(s: LinearShape, dtype: DType) -> f64 {
+    let (m, n, k) = (s.m as f64, s.n as f64, s.k as f64);
+    (2.0 * m * k + 2.0 * n * k + 2.0 * m * n + n) * dtype.size() as f64
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operands
+
+/// `len` random values, none of them zero: magnitudes uniform in `[0.5, 1)`, random signs.
+/// Zeros are avoided because tensor cores draw less power (and may run faster) on them, and a
+/// kernel that skips work on zeros would be flattered.
+pub fn random_nonzero<T: Element>(len: usize, seed: u64) -> Vec<T> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        let bits = rng.next_u64();
+        for lane in 0..4 {
+            if out.len() == len {
+                break;
+            }
+            let word = (bits >> (16 * lane)) as u16;
+            let magnitude = 0.5 + f32::from(word & 0x7fff) / 65536.0;
+            let value = if word & 0x8000 != 0 {
+                -magnitude
+            } else {
+                magnitude
+            };
+            out.push(T::from_f32(value));
+        }
+    }
+    out
+}
+
+/// The buffers of one launch of every benchmarked path, forward and backward.
+#[derive(Debug)]
+pub struct OperandSet<T> {
+    /// Input `[m, k]`.
+    pub x: CudaSlice<T>,
+    /// Weights `[n, k]`.
+    pub w: CudaSlice<T>,
+    /// Bias `[n]`.
+    pub b: CudaSlice<T>,
+    /// Forward output `[m, n]`.
+    pub y: CudaSlice<T>,
+    /// Upstream gradient `[m, n]`.
+    pub dy: CudaSlice<T>,
+    /// A saved forward output `[m, n]` for the backward pass: random, about half of it zero as
+    /// after ReLU (the backward's cost does not depend on which elements are zero).
+    pub y_saved: CudaSlice<T>,
+    /// dZ `[m, n]`, the elementwise pass's output in the unfused backward.
+    pub dz: CudaSlice<T>,
+    /// Gradient of X `[m, k]`.
+    pub dx: CudaSlice<T>,
+    /// Gradient of W `[n, k]`.
+    pub dw: CudaSlice<T>,
+    /// Gradient of b `[n]`.
+    pub db: CudaSlice<T>,
+}
+
+/// Several [`OperandSet`]s that launches cycle through, so that no launch finds its operands in
+/// L2 from the previous one: together the sets hold at least four times the L2 size of what a
+/// forward reads and writes (at least two sets, at most 32).
+#[derive(Debug)]
+pub struct Operands<T> {
+    shape: LinearShape,
+    sets: Vec<OperandSet<T>>,
+}
+
+impl<T: Element> Operands<T> {
+    /// Allocates and fills the sets for `shape` on `stream`. Fails (instead of exhausting the
+    /// GPU) when two sets would not fit in half of the free memory.
+    pub fn new(
+        stream: &Arc<CudaStream>,
+        shape: LinearShape,
+        l2_bytes: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        let sizes = crate::validate::check_shape(shape)?;
+        let elem = std::mem::size_of::<T>();
+        let touched = (sizes.x + sizes.w + shape.n + sizes.y) * elem;
+        let per_set = (sizes.x * 2 + sizes.w * 2 + shape.n * 2 + sizes.y * 4) * elem;
+        let (free, _) = stream.context().mem_get_info()?;
+        let fit = (free / 2) / per_set.max(1);
+        if fit < 2 {
+            return Err(invalid!(
+                "shape m={}, n={}, k={} in {} needs 2 x {} MB of operands; {} MB of GPU memory \
+                 are free",
+                shape.m,
+                shape.n,
+                shape.k,
+                T::NAME,
+                per_set >> 20,
+                free >> 20
+            ));
+        }
+        let count = (4 * l2_bytes)
+            .div_ceil(touched.max(1))
+            .clamp(2, 32)
+            .min(fit);
+        // Every buffer of set i is a window of one random pool starting at 512·i + a few elements,
+        // so sets differ element for element while the host draws the pool only once.
+        let pool_len = sizes.x.max(sizes.w).max(sizes.y) + 512 * count + 64;
+        let pool = random_nonzero::<T>(pool_len, seed);
+        let upload = |len: usize, offset: usize| -> Result<CudaSlice<T>> {
+            Ok(stream.clone_htod(&pool[offset..offset + len])?)
+        };
+        let mut sets = Vec::with_capacity(count);
+        for i in 0..count {
+            let base = 512 * i;
+            let relu: Vec<T> = pool[base + 40..base + 40 + sizes.y]
+                .iter()
+                .map(|v| {
+                    if v.to_f32() > 0.0 {
+                        *v
+                    } else {
+                        T::from_f32(0.0)
+                    }
+                })
+                .collect();
+            sets.push(OperandSet {
+                x: upload(sizes.x, base)?,
+                w: upload(sizes.w, base + 8)?,
+                b: upload(shape.n, base + 16)?,
+                y: stream.alloc_zeros(sizes.y)?,
+                dy: upload(sizes.y, base + 24)?,
+                y_saved: stream.clone_htod(&relu)?,
+                dz: stream.alloc_zeros(sizes.y)?,
+                dx: stream.alloc_zeros(sizes.x)?,
+                dw: stream.alloc_zeros(sizes.w)?,
+                db: stream.alloc_zeros(shape.n)?,
+            });
+        }
+        stream.synchronize()?;
+        Ok(Self { shape, sets })
+    }
+
+    /// The shape the sets were made for.
+    pub fn shape(&self) -> LinearShape {
+        self.shape
+    }
+
+    /// How many sets launches rotate through.
+    pub fn len(&self) -> usize {
+        self.sets.len()
+    }
+
+    /// Always false: there are at least two sets.
+    pub fn is_empty(&self) -> bool {
+        self.sets.is_empty()
+    }
+
+    /// The set launch number `launch` uses.
+    pub fn set_mut(&mut self, launch: u64) -> &mut OperandSet<T> {
+        let count = self.sets.len() as u64;
+        &mut self.sets[(launch % count) as usize]
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timing
+
+/// Queues `count` launches (`launch(i)` for i in `0..count`) between two CUDA events on
+/// `stream` and returns the GPU time between the events. This is the routine criterion's
+/// `iter_custom` calls.
+pub fn time_launches(
+    stream: &Arc<CudaStream>,
+    count: u64,
+    mut launch: impl FnMut(u64) -> Result<()>,
+) -> Result<Duration> {
+    let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
+    let start = stream.record_event(flags)?;
+    for i in 0..count {
+        launch(i)?;
+    }
+    let end = stream.record_event(flags)?;
+    let ms = start.elapsed_ms(&end)?;
+    Ok(Duration::from_secs_f64(f64::from(ms) / 1e3))
+}
+
+/// How long [`measure`] works on one figure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Effort {
+    /// Launches before timing starts (module loading, clocks, caches of the heuristics).
+    pub warmup: u64,
+    /// Timed repetitions; the figure is their median.
+    pub reps: usize,
+    /// GPU time each repetition should last, by adjusting its number of launches.
+    pub rep_time: Duration,
+}
+
+impl Effort {
+    /// The effort of the full table.
+    pub const FULL: Effort = Effort {
+        warmup: 5,
+        reps: 15,
+        rep_time: Duration::from_millis(20),
+    };
+    /// The effort of `--quick`.
+    pub const QUICK: Effort = Effort {
+        warmup: 3,
+        reps: 5,
+        rep_time: Duration::from_millis(5),
+    };
+}
+
+/// One measured figure: the median GPU time per launch over the repetitions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timing {
+    /// Median of the repetitions' time divided by their launch count.
+    pub per_launch: Duration,
+    /// Fastest repetition, per launch.
+    pub min: Duration,
+    /// Slowest repetition, per launch.
+    pub max: Duration,
+    /// Launches per repetition.
+    pub launches: u64,
+}
+
+/// Warms up, sizes a repetition to `effort.rep_time`, and returns the median of
+/// `effort.reps` repetitions. `launch` receives a running launch number (for input rotation
+/// and fresh dropout streams) that keeps counting across the warm-up and every repetition.
+pub fn measure(
+    stream: &Arc<CudaStream>,
+    effort: Effort,
+    mut launch: impl FnMut(u64) -> Result<()>,
+) -> Result<Timing> {
+    let mut next = 0u64;
+    let mut step = || {
+        let i = next;
+        next += 1;
+        launch(i)
+    };
+    for _ in 0..effort.warmup {
+        step()?;
+    }
+    let probe = time_launches(stream, 3, |_| step())? / 3;
+    let launches = (effort.rep_time.as_secs_f64() / probe.as_secs_f64().max(1e-7))
+        .ceil()
+        .clamp(1.0, 2000.0) as u64;
+    let mut per: Vec<Duration> = Vec::with_capacity(effort.reps);
+    for _ in 0..effort.reps.max(1) {
+        let t = time_launches(stream, launches, |_| step())?;
+        per.push(t / launches as u32);
+    }
+    per.sort();
+    Ok(Timing {
+        per_launch: per[per.len() / 2],
+        min: per[0],
+        max: per[per.len() - 1],
+        launches,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The GPU and its floors
+
+/// What the table header says about the GPU.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuInfo {
+    /// The device name the driver reports.
+    pub name: String,
+    /// The kernel driver version (from /proc/driver/nvidia/version), or the CUDA version the
+    /// driver API reports when that file is absent.
+    pub driver: String,
+    /// Compute capability (major, minor).
+    pub compute_capability: (i32, i32),
+    /// Streaming multiprocessors.
+    pub sm_count: i32,
+    /// L2 cache size in bytes.
+    pub l2_bytes: usize,
+    /// cuBLASLt version number.
+    pub cublaslt: usize,
+}
+
+/// The driver version: the kernel module's ("580.95.05") when Linux exposes it, else the CUDA
+/// version of the driver API ("CUDA 13.0").
+pub fn driver_version() -> String {
+    if let Ok(text) = std::fs::read_to_string("/proc/driver/nvidia/version") {
+        let version = text.lines().next().and_then(|line| {
+            line.split_whitespace()
+                .find(|t| t.contains('.') && t.chars().all(|c| c.is_ascii_digit() || c == '.'))
+        });
+        if let Some(v) = version {
+            return v.to_string();
+        }
+    }
+    if !crate::cuda::driver_present() {
+        return "none".into();
+    }
+    let mut v = 0i32;
+    // SAFETY: the driver library is present (checked above); cuDriverGetVersion writes one int
+    // through a valid pointer and needs no initialised context.
+    let status = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) };
+    if status == cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+        format!("CUDA {}.{}", v / 1000, (v % 1000) / 10)
+    } else {
+        "unknown".into()
+    }
+}
+
+/// Reads the [`GpuInfo`] of a context (and the cuBLASLt version, which must be loadable).
+pub fn gpu_info(ctx: &Arc<CudaContext>) -> Result<GpuInfo> {
+    let cc = ctx.compute_capability()?;
+    Ok(GpuInfo {
+        name: ctx.name()?,
+        driver: driver_version(),
+        compute_capability: cc,
+        sm_count: ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
+        l2_bytes: ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)?
+            .max(0) as usize,
+        cublaslt: cublaslt_version()?,
+    })
+}
+
+/// Everything a GPU benchmark needs, opened once: the context, its default stream, a cuBLASLt
+/// handle on that stream and the [`GpuInfo`].
+#[derive(Debug)]
+pub struct BenchGpu {
+    /// The device's context.
+    pub ctx: Arc<CudaContext>,
+    /// The stream every benchmark launches on (the context's default stream: one stream, so
+    /// cudarc records no cross-stream events around launches).
+    pub stream: Arc<CudaStream>,
+    /// cuBLASLt on `stream`.
+    pub blas: Blas,
+    /// Name, driver, L2 size.
+    pub info: GpuInfo,
+}
+
+impl BenchGpu {
+    /// Opens GPU `ordinal`. Fails, without panicking, when the kernels were not built, there is
+    /// no driver or no such GPU, or cuBLASLt cannot be loaded.
+    pub fn open(ordinal: usize) -> Result<Self> {
+        let ctx = crate::cuda::open_device(ordinal)?;
+        let stream = ctx.default_stream();
+        let blas = Blas::new(&stream)?;
+        let info = gpu_info(&ctx)?;
+        Ok(Self {
+            ctx,
+            stream,
+            blas,
+            info,
+        })
+    }
+}
+
+/// The floors measured at the start of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Floors {
+    /// Device-to-device copy of a buffer far larger than L2, counted as bytes read plus bytes
+    /// written, per second, in GB/s (1e9).
+    pub copy_gbps: f64,
+    /// cuBLASLt GEMM rate (no epilogue) in TFLOP/s per dtype: 8192³ for bf16/f16, 4096³ for f32.
+    pub rate_tflops: HashMap<DType, f64>,
+}
+
+fn measure_copy(stream: &Arc<CudaStream>, l2_bytes: usize, effort: Effort) -> Result<f64> {
+    let bytes = (16 * l2_bytes).clamp(256 << 20, 1 << 30);
+    // One random mebibyte tiled over the buffer: random enough that no memory compression
+    // could apply, and cheap to make on the host.
+    let mut block = vec![0u8; 1 << 20];
+    rand::rngs::StdRng::seed_from_u64(11).fill_bytes(&mut block);
+    let host: Vec<u8> = block.iter().copied().cycle().take(bytes).collect();
+    let src = stream.clone_htod(&host)?;
+    let mut dst = stream.alloc_zeros::<u8>(bytes)?;
+    let t = measure(stream, effort, |_| Ok(stream.memcpy_dtod(&src, &mut dst)?))?;
+    Ok(2.0 * bytes as f64 / t.per_launch.as_secs_f64() / 1e9)
+}
+
+fn measure_rate<T: Element>(blas: &Blas, size: usize, effort: Effort) -> Result<f64> {
+    let stream = blas.stream();
+    let shape = LinearShape::new(size, size, size);
+    let plan = blas.plan::<T>(GemmOp::Forward, shape)?;
+    let x = stream.clone_htod(&random_nonzero::<T>(size * size, 21))?;
+    let w = stream.clone_htod(&random_nonzero::<T>(size * size, 22))?;
+    let mut y = stream.alloc_zeros::<T>(size * size)?;
+    let t = measure(stream, effort, |_| plan.forward(&x, &w, &mut y))?;
+    Ok(forward_flops(shape) / t.per_launch.as_secs_f64() / 1e12)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The table
+
+/// Which passes a table measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Passes {
+    /// Forward only.
+    Forward,
+    /// Backward only.
+    Backward,
+    /// Both, plus the derived forward+backward rows.
+    Both,
+}
+
+/// What [`run_table`] measures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableOptions {
+    /// Shapes, in order.
+    pub shapes: Vec<SuiteShape>,
+    /// Dtypes; a shape is measured only in the dtypes of the suite ([`SuiteShape::dtypes`]).
+    pub dtypes: Vec<DType>,
+    /// Dropout probabilities.
+    pub probabilities: Vec<f32>,
+    /// Forward, backward or both.
+    pub passes: Passes,
+    /// How long each figure is measured.
+    pub effort: Effort,
+    /// The GPU ordinal.
+    pub device: usize,
+}
+
+impl TableOptions {
+    /// The whole suite: every shape, dtype and probability, both passes.
+    pub fn full() -> Self {
+        Self {
+            shapes: SUITE.to_vec(),
+            dtypes: DType::ALL.to_vec(),
+            probabilities: P_VALUES.to_vec(),
+            passes: Passes::Both,
+            effort: Effort::FULL,
+            device: 0,
+        }
+    }
+
+    /// A subset that runs in well under two minutes on an H100: bf16 on up, sq, small, wide and
+    /// odd, plus f32 on sq; p = 0.1; both passes; short measurements.
+    pub fn quick() -> Self {
+        let names = ["up", "sq", "small", "wide", "odd"];
+        Self {
+            shapes: SUITE
+                .into_iter()
+                .filter(|s| names.contains(&s.name))
+                .collect(),
+            dtypes: vec![DType::Bf16, DType::F32],
+            probabilities: vec![0.1],
+            passes: Passes::Both,
+            effort: Effort::QUICK,
+            device: 0,
+        }
+    }
+}
+
+/// One line of the table and of the CSV.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// Who measured it: `fusedrop` here, `torch` in the peer script's CSV.
+    pub source: String,
+    /// Suite shape name.
+    pub shape: String,
+    /// Sizes.
+    pub dims: LinearShape,
+    /// Element type.
+    pub dtype: DType,
+    /// Dropout probability; `None` for rows that do not depend on it (the GEMM floor).
+    pub p: Option<f32>,
+    /// `forward`, `backward` or `forward+backward` (a sum of the two measured rows).
+    pub pass: &'static str,
+    /// `fused` (ours), `gemm_floor` (cuBLASLt products alone), `unfused` (cuBLASLt with its
+    /// epilogue, plus the standalone dropout kernel).
+    pub impl_name: &'static str,
+    /// Median GPU time per call, in microseconds.
+    pub time_us: f64,
+    /// Useful arithmetic (2mnk forward, 4mnk backward) per second, in TFLOP/s.
+    pub tflops: f64,
+    /// Bytes that must move (see [`forward_bytes`], [`backward_bytes`]) per second, in GB/s.
+    pub gbps: f64,
+    /// Time over the GEMM floor's time for the same shape, dtype and pass.
+    pub vs_gemm_floor: Option<f64>,
+    /// Time over the unfused path's time for the same shape, dtype, p and pass.
+    pub vs_unfused: Option<f64>,
+    /// `gbps` as a percentage of the copy bandwidth measured in the same run.
+    pub pct_copy_bw: f64,
+    /// `tflops` as a percentage of the GEMM rate measured in the same run for this dtype.
+    pub pct_matmul_rate: f64,
+    /// Free text (what the unfused path contained, fallbacks taken).
+    pub note: String,
+}
+
+/// The result of [`run_table`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Table {
+    /// The GPU it ran on.
+    pub gpu: GpuInfo,
+    /// Floors measured at the start of the run.
+    pub floors: Floors,
+    /// Every measured row, in the order measured.
+    pub rows: Vec<Row>,
+    /// One line per figure that could not be measured (the rest of the table still is).
+    pub failures: Vec<String>,
+}
+
+/// The CSV header; the PyTorch peer script writes the same columns.
+pub const CSV_HEADER: &str = "source,gpu,driver,shape,m,n,k,dtype,p,pass,impl,time_us,tflops,gbps,\
+vs_gemm_floor,vs_unfused,pct_copy_bw,pct_matmul_rate,copy_gbps,rate_tflops,note";
+
+/// Measures the table: opens the GPU, measures the floors, then every (shape, dtype, p, pass)
+/// of `options`. `progress` sees each row as it is measured. Fails only when the GPU, the
+/// kernels or cuBLASLt cannot be opened; a figure that fails is recorded in
+/// [`Table::failures`] and the run goes on.
+pub fn run_table(options: &TableOptions, progress: &mut dyn FnMut(&Row)) -> Result<Table> {
+    let BenchGpu {
+        stream,
+        blas,
+        info: gpu,
+        ..
+    } = BenchGpu::open(options.device)?;
+    let effort = options.effort;
+    let copy_gbps = measure_copy(&stream, gpu.l2_bytes, effort)?;
+    let mut rate_tflops = HashMap::new();
+    let mut failures = Vec::new();
+    for &dtype in &options.dtypes {
+        let rate = match dtype {
+            DType::Bf16 => measure_rate::<bf16>(&blas, 8192, effort),
+            DType::F16 => measure_rate::<f16>(&blas, 8192, effort),
+            DType::F32 => measure_rate::<f32>(&blas, 4096, effort),
+        };
+        match rate {
+            Ok(r) => {
+                rate_tflops.insert(dtype, r);
+            }
+            Err(e) => failures.push(format!("matmul rate {}: {e}", dtype.name())),
+        }
+    }
+    let floors = Floors {
+        copy_gbps,
+        rate_tflops,
+    };
+    let mut table = Table {
+        gpu,
+        floors,
+        rows: Vec::new(),
+        failures,
+    };
+    for shape in &options.shapes {
+        for dtype in shape.dtypes() {
+            if !options.dtypes.contains(&dtype) {
+                continue;
+            }
+            let result = match dtype {
+                DType::Bf16 => {
+                    measure_shape::<bf16>(&blas, shape, dtype, options, &mut table, progress)
+                }
+                DType::F16 => {
+                    measure_shape::<f16>(&blas, shape, dtype, options, &mut table, progress)
+                }
+                DType::F32 => {
+                    measure_shape::<f32>(&blas, shape, dtype, options, &mut table, progress)
+                }
+            };
+            if let Err(e) = result {
+                table
+                    .failures
+                    .push(format!("{} {}: {e}", shape.name, dtype.name()));
+            }
+        }
+    }
+    Ok(table)
+}
+
+/// The spec of benchmark launch number `launch`: ReLU, dropout `p`, [`BENCH_SEED`], Philox
+/// stream = `launch` (a fresh mask per launch, as in training).
+pub fn bench_spec(dims: LinearShape, p: f32, launch: u64) -> LayerSpec {
+    LayerSpec::new(dims, Activation::Relu, Dropout::new(p, BENCH_SEED, launch))
+}
+
+/// Our fused forward on one operand set: `y = dropout_p(relu(x·wᵀ + b))`, one launch.
+pub fn fused_forward<T: Element>(
+    stream: &Arc<CudaStream>,
+    set: &mut OperandSet<T>,
+    dims: LinearShape,
+    p: f32,
+    launch: u64,
+) -> Result<()> {
+    let spec = bench_spec(dims, p, launch);
+    forward(
+        stream,
+        &spec,
+        &set.x,
+        &set.w,
+        Some(&set.b.as_view()),
+        &mut set.y,
+        SeedSource::Host,
+    )
+}
+
+/// Our backward on one operand set: dX, dW and db from dY and the saved Y.
+pub fn fused_backward<T: Element>(
+    stream: &Arc<CudaStream>,
+    set: &mut OperandSet<T>,
+    dims: LinearShape,
+    p: f32,
+    launch: u64,
+) -> Result<()> {
+    let spec = bench_spec(dims, p, launch);
+    let grads = GradientsMut {
+        dx: Some(set.dx.as_view_mut()),
+        dw: Some(set.dw.as_view_mut()),
+        db: Some(set.db.as_view_mut()),
+    };
+    backward(
+        stream,
+        &spec,
+        &set.x,
+        &set.w,
+        &set.dy,
+        Some(&set.y_saved.as_view()),
+        grads,
+        BackwardOptions::default(),
+        SeedSource::Host,
+    )
+}
+
+/// What the unfused forward contains (the note of its rows).
+pub const FORWARD_UNFUSED_NOTE: &str =
+    "cuBLASLt RELU_BIAS then the standalone dropout kernel in place (no mask byte written)";
+/// What the unfused backward contains (the note of its rows).
+pub const BACKWARD_UNFUSED_NOTE: &str =
+    "copy dY to dZ + dropout kernel in place on dZ, then cuBLASLt dX and dW (BGRADB for db)";
+
+/// The cuBLASLt plans of one shape and dtype, and the baseline paths built from them. A plan
+/// cuBLASLt refuses is kept as its error, so that the other paths still run.
+pub struct BaselinePlans<'a, T: Element> {
+    dims: LinearShape,
+    forward: Result<GemmPlan<'a, T>>,
+    relu_bias: Result<GemmPlan<'a, T>>,
+    data: Result<GemmPlan<'a, T>>,
+    weight: Result<GemmPlan<'a, T>>,
+    weight_bias_grad: Result<GemmPlan<'a, T>>,
+}
+
+fn plan_ref<'p, 'a, T: Element>(plan: &'p Result<GemmPlan<'a, T>>) -> Result<&'p GemmPlan<'a, T>> {
+    plan.as_ref().map_err(Clone::clone)
+}
+
+impl<'a, T: Element> BaselinePlans<'a, T> {
+    /// Plans every product of the layer `dims` on `blas`.
+    pub fn new(blas: &'a Blas, dims: LinearShape) -> Self {
+        Self {
+            dims,
+            forward: blas.plan::<T>(GemmOp::Forward, dims),
+            relu_bias: blas.plan::<T>(GemmOp::ForwardReluBias, dims),
+            data: blas.plan::<T>(GemmOp::BackwardData, dims),
+            weight: blas.plan::<T>(GemmOp::BackwardWeight, dims),
+            weight_bias_grad: blas.plan::<T>(GemmOp::BackwardWeightBiasGrad, dims),
+        }
+    }
+
+    /// The forward GEMM floor: `y = x·wᵀ`, no epilogue.
+    pub fn gemm_forward(&self, set: &mut OperandSet<T>) -> Result<()> {
+        plan_ref(&self.forward)?.forward(&set.x, &set.w, &mut set.y)
+    }
+
+    /// The best unfused forward from NVIDIA's libraries: cuBLASLt RELU_BIAS, then the standalone
+    /// dropout kernel in place on Y.
+    pub fn unfused_forward(
+        &self,
+        stream: &Arc<CudaStream>,
+        set: &mut OperandSet<T>,
+        p: f32,
+        launch: u64,
+    ) -> Result<()> {
+        let plan = plan_ref(&self.relu_bias)?;
+        let LinearShape { m, n, .. } = self.dims;
+        let spec = bench_spec(self.dims, p, launch);
+        plan.forward_relu_bias(&set.x, &set.w, &set.b, &mut set.y)?;
+        dropout_in_place(
+            stream,
+            &mut set.y,
+            m,
+            n,
+            &spec.dropout,
+            &Geometry::UNSHARDED,
+            SeedSource::Host,
+        )
+    }
+
+    /// The backward GEMM floor: `dx = dy·w` and `dw = dyᵀ·x`, no epilogue, no elementwise pass.
+    pub fn gemm_backward(&self, set: &mut OperandSet<T>) -> Result<()> {
+        plan_ref(&self.data)?.backward_data(&set.dy, &set.w, &mut set.dx)?;
+        plan_ref(&self.weight)?.backward_weight(&set.dy, &set.x, &mut set.dw)
+    }
+
+    /// The unfused backward: the elementwise pass (a device copy of dY into dZ, then the dropout
+    /// kernel in place on dZ), then cuBLASLt `dx = dz·w` and `dw = dzᵀ·x` with db from the
+    /// BGRADB epilogue (without db when cuBLASLt refuses BGRADB: see
+    /// [`BaselinePlans::backward_note`]).
+    pub fn unfused_backward(
+        &self,
+        stream: &Arc<CudaStream>,
+        set: &mut OperandSet<T>,
+        p: f32,
+        launch: u64,
+    ) -> Result<()> {
+        let data = plan_ref(&self.data)?;
+        let LinearShape { m, n, .. } = self.dims;
+        let spec = bench_spec(self.dims, p, launch);
+        stream.memcpy_dtod(&set.dy, &mut set.dz)?;
+        dropout_in_place(
+            stream,
+            &mut set.dz,
+            m,
+            n,
+            &spec.dropout,
+            &Geometry::UNSHARDED,
+            SeedSource::Host,
+        )?;
+        data.backward_data(&set.dz, &set.w, &mut set.dx)?;
+        match &self.weight_bias_grad {
+            Ok(plan) => plan.backward_weight_bias_grad(&set.dz, &set.x, &mut set.dw, &mut set.db),
+            Err(_) => plan_ref(&self.weight)?.backward_weight(&set.dz, &set.x, &mut set.dw),
+        }
+    }
+
+    /// The note of the unfused backward rows: what it contains, and whether db was left out.
+    pub fn backward_note(&self) -> String {
+        match &self.weight_bias_grad {
+            Ok(_) => BACKWARD_UNFUSED_NOTE.to_string(),
+            Err(e) => {
+                format!("{BACKWARD_UNFUSED_NOTE}; db NOT computed: cuBLASLt refused BGRADB ({e})")
+            }
+        }
+    }
+}
+
+/// The measured times of one pass of one (shape, dtype): the floor, then per p the fused and
+/// unfused times (`None` when that figure failed).
+struct PassTimes {
+    floor: Option<f64>,
+    per_p: Vec<(f32, Option<f64>, Option<f64>)>,
+}
+
+fn measure_shape<T: Element>(
+    blas: &Blas,
+    shape: &SuiteShape,
+    dtype: DType,
+    options: &TableOptions,
+    table: &mut Table,
+    progress: &mut dyn FnMut(&Row),
+) -> Result<()> {
+    let stream = blas.stream().clone();
+    let dims = shape.shape();
+    let mut ops = Operands::<T>::new(&stream, dims, table.gpu.l2_bytes, 0xda7a ^ dims.m as u64)?;
+    let plans = BaselinePlans::<T>::new(blas, dims);
+    let effort = options.effort;
+    let record = |table: &mut Table, label: String, r: Result<Timing>| -> Option<f64> {
+        match r {
+            Ok(t) => Some(t.per_launch.as_secs_f64() * 1e6),
+            Err(e) => {
+                table
+                    .failures
+                    .push(format!("{} {} {label}: {e}", shape.name, dtype.name()));
+                None
+            }
+        }
+    };
+    let mut forward_times = None;
+    let mut backward_times = None;
+    if options.passes != Passes::Backward {
+        let floor = record(
+            table,
+            "forward gemm_floor".into(),
+            measure(&stream, effort, |i| plans.gemm_forward(ops.set_mut(i))),
+        );
+        let mut per_p = Vec::new();
+        for &p in &options.probabilities {
+            let fused = record(
+                table,
+                format!("forward fused p={p}"),
+                measure(&stream, effort, |i| {
+                    fused_forward(&stream, ops.set_mut(i), dims, p, i)
+                }),
+            );
+            let unfused = record(
+                table,
+                format!("forward unfused p={p}"),
+                measure(&stream, effort, |i| {
+                    plans.unfused_forward(&stream, ops.set_mut(i), p, i)
+                }),
+            );
+            per_p.push((p, fused, unfused));
+        }
+        let times = PassTimes { floor, per_p };
+        emit_pass(
+            table,
+            shape,
+            dtype,
+            "forward",
+            &times,
+            progress,
+            FORWARD_UNFUSED_NOTE,
+        );
+        forward_times = Some(times);
+    }
+    if options.passes != Passes::Forward {
+        let floor = record(
+            table,
+            "backward gemm_floor".into(),
+            measure(&stream, effort, |i| plans.gemm_backward(ops.set_mut(i))),
+        );
+        let mut per_p = Vec::new();
+        for &p in &options.probabilities {
+            let fused = record(
+                table,
+                format!("backward fused p={p}"),
+                measure(&stream, effort, |i| {
+                    fused_backward(&stream, ops.set_mut(i), dims, p, i)
+                }),
+            );
+            let unfused = record(
+                table,
+                format!("backward unfused p={p}"),
+                measure(&stream, effort, |i| {
+                    plans.unfused_backward(&stream, ops.set_mut(i), p, i)
+                }),
+            );
+            per_p.push((p, fused, unfused));
+        }
+        let times = PassTimes { floor, per_p };
+        let note = plans.backward_note();
+        emit_pass(table, shape, dtype, "backward", &times, progress, &note);
+        backward_times = Some(times);
+    }
+    if let (Some(f), Some(b)) = (forward_times, backward_times) {
+        let sum = |a: Option<f64>, b: Option<f64>| Some(a? + b?);
+        let per_p = f
+            .per_p
+            .iter()
+            .zip(&b.per_p)
+            .map(|(fp, bp)| (fp.0, sum(fp.1, bp.1), sum(fp.2, bp.2)))
+            .collect();
+        let times = PassTimes {
+            floor: sum(f.floor, b.floor),
+            per_p,
+        };
+        emit_pass(
+            table,
+            shape,
+            dtype,
+            "forward+backward",
+            &times,
+            progress,
+            "sum of the forward and backward rows",
+        );
+    }
+    Ok(())
+}
+
+fn emit_pass(
+    table: &mut Table,
+    shape: &SuiteShape,
+    dtype: DType,
+    pass: &'static str,
+    times: &PassTimes,
+    progress: &mut dyn FnMut(&Row),
+    unfused_note: &str,
+) {
+    let dims = shape.shape();
+    let (flops, bytes) = match pass {
+        "forward" => (forward_flops(dims), forward_bytes(dims, dtype)),
+        "backward" => (backward_flops(dims), backward_bytes(dims, dtype)),
+        _ => (
+            forward_flops(dims) + backward_flops(dims),
+            forward_bytes(dims, dtype) + backward_bytes(dims, dtype),
+        ),
+    };
+    let copy = table.floors.copy_gbps;
+    let rate = table.floors.rate_tflops.get(&dtype).copied();
+    let make = |impl_name: &'static str,
+                p: Option<f32>,
+                time_us: f64,
+                unfused: Option<f64>,
+                note: &str| {
+        let tflops = flops / time_us / 1e6;
+        let gbps = bytes / time_us / 1e3;
+        Row {
+            source: "fusedrop".into(),
+            shape: shape.name.into(),
+            dims,
+            dtype,
+            p,
+            pass,
+            impl_name,
+            time_us,
+            tflops,
+            gbps,
+            vs_gemm_floor: times.floor.map(|f| time_us / f),
+            vs_unfused: unfused.map(|u| time_us / u),
+            pct_copy_bw: 100.0 * gbps / copy,
+            pct_matmul_rate: rate.map_or(f64::NAN, |r| 100.0 * tflops / r),
+            note: note.into(),
+        }
+    };
+    let mut rows = Vec::new();
+    if let Some(floor) = times.floor {
+        let unfused = times.per_p.first().and_then(|t| t.2);
+        rows.push(make(
+            "gemm_floor",
+            None,
+            floor,
+            unfused,
+            "cuBLASLt products alone, no epilogue",
+        ));
+    }
+    for &(p, fused, unfused) in &times.per_p {
+        if let Some(t) = fused {
+            rows.push(make("fused", Some(p), t, unfused, ""));
+        }
+        if let Some(t) = unfused {
+            rows.push(make("unfused", Some(p), t, unfused, unfused_note));
+        }
+    }
+    for row in rows {
+        progress(&row);
+        table.rows.push(row);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.filter(|x| x.is_finite())
+        .map_or(String::new(), |x| format!("{x:.digits$}"))
+}
+
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
+}
+
+/// Writes [`CSV_HEADER`] and one line per row. `gpu` and the floors come from `table`, which is
+/// why [`write_table_csv`] is the usual entry point; this one takes bare rows (GPU columns
+/// empty) for callers that have no table.
+pub fn write_csv(rows: &[Row], out: &mut impl io::Write) -> io::Result<()> {
+    writeln!(out, "{CSV_HEADER}")?;
+    for row in rows {
+        writeln!(out, "{}", csv_line(row, "", "", None, None))?;
+    }
+    Ok(())
+}
+
+/// Writes the CSV of a measured table: [`CSV_HEADER`], then every row with the GPU name,
+/// driver and the floors of the run.
+pub fn write_table_csv(table: &Table, out: &mut impl io::Write) -> io::Result<()> {
+    writeln!(out, "{CSV_HEADER}")?;
+    for row in &table.rows {
+        let line = csv_line(
+            row,
+            &table.gpu.name,
+            &table.gpu.driver,
+            Some(table.floors.copy_gbps),
+            table.floors.rate_tflops.get(&row.dtype).copied(),
+        );
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+fn csv_line(row: &Row, gpu: &str, driver: &str, copy: Option<f64>, rate: Option<f64>) -> String {
+    [
+        csv_field(&row.source),
+        csv_field(gpu),
+        csv_field(driver),
+        csv_field(&row.shape),
+        row.dims.m.to_string(),
+        row.dims.n.to_string(),
+        row.dims.k.to_string(),
+        row.dtype.name().to_string(),
+        row.p.map_or(String::new(), |p| p.to_string()),
+        row.pass.to_string(),
+        row.impl_name.to_string(),
+        format!("{:.2}", row.time_us),
+        format!("{:.2}", row.tflops),
+        format!("{:.1}", row.gbps),
+        opt(row.vs_gemm_floor, 3),
+        opt(row.vs_unfused, 3),
+        opt(Some(row.pct_copy_bw), 1),
+        opt(Some(row.pct_matmul_rate), 1),
+        opt(copy, 1),
+        opt(rate, 1),
+        csv_field(&row.note),
+    ]
+    .join(",")
+}
+
+/// The table as text: a header with the GPU, driver and floors, then one line per row.
+pub fn format_table(table: &Table) -> String {
+    let g = &table.gpu;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "GPU: {} (sm_{}{}, {} SMs, L2 {} MB), driver {}, cuBLASLt {}",
+        g.name,
+        g.compute_capability.0,
+        g.compute_capability.1,
+        g.sm_count,
+        g.l2_bytes >> 20,
+        g.driver,
+        g.cublaslt
+    );
+    let mut rates: Vec<_> = table.floors.rate_tflops.iter().collect();
+    rates.sort_by_key(|(d, _)| d.name());
+    let rates: Vec<_> = rates
+        .iter()
+        .map(|(d, r)| format!("{} {r:.1} TFLOP/s", d.name()))
+        .collect();
+    let _ = writeln!(
+        s,
+        "Floors measured in this run: copy {:.0} GB/s (read+write); cuBLASLt GEMM {}",
+        table.floors.copy_gbps,
+        rates.join(", ")
+    );
+    let _ = writeln!(
+        s,
+        "{:<6} {:<5} {:>4} {:<16} {:<10} {:>10} {:>8} {:>8} {:>7} {:>8} {:>6} {:>6}",
+        "shape",
+        "dtype",
+        "p",
+        "pass",
+        "impl",
+        "time_us",
+        "TFLOP/s",
+        "GB/s",
+        "xfloor",
+        "xunfused",
+        "%copy",
+        "%rate"
+    );
+    for r in &table.rows {
+        let _ = writeln!(
+            s,
+            "{:<6} {:<5} {:>4} {:<16} {:<10} {:>10.1} {:>8.1} {:>8.0} {:>7} {:>8} {:>6.1} {:>6}",
+            r.shape,
+            r.dtype.name(),
+            r.p.map_or("-".to_string(), |p| p.to_string()),
+            r.pass,
+            r.impl_name,
+            r.time_us,
+            r.tflops,
+            r.gbps,
+            opt(r.vs_gemm_floor, 3),
+            opt(r.vs_unfused, 3),
+            r.pct_copy_bw,
+            opt(Some(r.pct_matmul_rate), 1),
+        );
+    }
+    for f in &table.failures {
+        let _ = writeln!(s, "NOT MEASURED: {f}");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_operands_have_no_zeros_and_both_signs() {
+        fn check<T: Element>() {
+            let v = random_nonzero::<T>(100_003, 9);
+            assert_eq!(v.len(), 100_003);
+            assert!(v
+                .iter()
+                .all(|x| x.to_f32() != 0.0 && x.to_f32().abs() >= 0.5));
+            assert!(v.iter().any(|x| x.to_f32() < 0.0) && v.iter().any(|x| x.to_f32() > 0.0));
+        }
+        check::<f32>();
+        check::<f16>();
+        check::<bf16>();
+    }
+
+    #[test]
+    fn suite_matches_the_targets_and_names_parse() {
+        let sq = suite_shape("sq").expect("sq is in the suite");
+        assert_eq!(sq.shape(), LinearShape::new(4096, 4096, 4096));
+        let up = suite_shape("up").expect("up is in the suite");
+        assert_eq!((up.m, up.k, up.n), (8192, 4096, 16384));
+        assert_eq!(up.dtypes(), vec![DType::Bf16, DType::F16]);
+        assert!(suite_shape("huge").is_err());
+        assert_eq!(DType::parse("bf16").expect("bf16"), DType::Bf16);
+        assert!(DType::parse("f64").is_err());
+    }
+
+    #[test]
+    fn csv_rows_have_one_field_per_header_column() {
+        let row = Row {
+            source: "fusedrop".into(),
+            shape: "odd".into(),
+            dims: LinearShape::new(1000, 1000, 1000),
+            dtype: DType::F16,
+            p: Some(0.1),
+            pass: "forward",
+            impl_name: "unfused",
+            time_us: 12.5,
+            tflops: 160.0,
+            gbps: 900.0,
+            vs_gemm_floor: Some(1.25),
+            vs_unfused: None,
+            pct_copy_bw: 30.0,
+            pct_matmul_rate: f64::NAN,
+            note: "a note, with a comma".into(),
+        };
+        let mut out = Vec::new();
+        write_csv(&[row], &mut out).expect("writes to memory");
+        let text = String::from_utf8(out).expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], CSV_HEADER);
+        assert!(
+            lines[1].ends_with(",\"a note, with a comma\""),
+            "{}",
+            lines[1]
+        );
+        let unquoted = lines[1].replace("\"a note, with a comma\"", "note");
+        assert_eq!(unquoted.split(',').count(), CSV_HEADER.split(',').count());
+    }
+
+    #[test]
+    fn flops_and_bytes_count_what_must_move() {
+        let s = LinearShape::new(2, 3, 5);
+        assert_eq!(forward_flops(s), 60.0);
+        assert_eq!(backward_flops(s), 120.0);
+        assert_eq!(
+            forward_bytes(s, DType::Bf16),
+            ((10 + 15 + 3 + 6) * 2) as f64
+        );
+        assert_eq!(
+            backward_bytes(s, DType::F32),
+            ((20 + 30 + 12 + 3) * 4) as f64
+        );
+    }
+}
