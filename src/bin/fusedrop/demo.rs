@@ -1,0 +1,558 @@
+//! `fusedrop demo`: dropout against overfitting on real data.
+//!
+//! Two identical MLPs (same widths, same initial weights, same batches) learn the digits data set
+//! from a few hundred images; one applies dropout after each hidden layer, the other does not.
+//! Every layer runs through the library (the fused CUDA kernels, or the CPU reference), and both
+//! are evaluated on held-out images after every epoch. Without dropout the network memorises
+//! the training images: its training loss keeps falling while its validation loss turns upward.
+//! With dropout the validation loss keeps falling and ends lower.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use fusedrop::DropoutGenerator;
+use rand::seq::SliceRandom;
+use rand::{rngs::StdRng, SeedableRng};
+
+use crate::args::{self, Flags, UsageError, USAGE_EXIT};
+use crate::backend::{Backend, DeviceChoice};
+use crate::data::{self, CLASSES, PIXELS};
+use crate::model::{Adam, Mlp, Score};
+use crate::plot::{self, Axis, Panel, Series};
+use crate::progress::Progress;
+
+/// Exit code when `--device cuda` was asked for and no GPU is usable.
+pub const NO_GPU_EXIT: i32 = 3;
+
+/// The demonstration's settings; [`Options::default`] is what `fusedrop demo` runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    epochs: usize,
+    hidden: usize,
+    p: f32,
+    seed: u64,
+    device: DeviceChoice,
+    out: PathBuf,
+    summary_json: Option<PathBuf>,
+    train: usize,
+    val: usize,
+    /// Images per optimiser step; `None` is the whole training set (full-batch).
+    batch: Option<usize>,
+    lr: f32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            epochs: 100,
+            hidden: 512,
+            p: 0.7,
+            seed: 1,
+            device: DeviceChoice::Auto,
+            out: PathBuf::from("out"),
+            summary_json: None,
+            train: 200,
+            val: 600,
+            batch: None,
+            lr: 3e-3,
+        }
+    }
+}
+
+/// The `--help` text.
+pub fn help() -> String {
+    let d = Options::default();
+    format!(
+        "fusedrop demo: dropout against overfitting on handwritten digits (the default command)
+
+Trains two identical MLPs (64 -> H -> H -> 10, ReLU) on a few hundred 8x8 digit images, one with
+dropout after each hidden layer and one without, through fusedrop's fused layer (CUDA kernels on
+a GPU, the CPU reference otherwise). Prints a table of training and validation loss and accuracy
+and writes a plot of the four loss curves.
+
+USAGE:
+    fusedrop demo [FLAGS]
+
+FLAGS:
+    --epochs N          passes over the training images (default {})
+    --hidden H          width of both hidden layers (default {})
+    --p P               dropout probability of the dropout model, 0 <= P < 1 (default {})
+    --seed S            seed of the split, the weights, the batches and the masks (default {})
+    --device D          cpu, cuda, or auto: the GPU when usable, else the CPU (default auto)
+    --out DIR           where the plot and the per-epoch CSV go (default {})
+    --summary-json PATH also write the final table as JSON to PATH
+    --train N           training images (default {})
+    --val N             held-out images (default {})
+    --batch N           images per optimiser step (default: all training images)
+    --lr LR             Adam learning rate (default {})
+    -h, --help          this text
+
+The same seed gives the same numbers on the same backend.
+EXIT CODES: 0 done, 1 a run failed, 2 bad flags, 3 --device cuda but no usable GPU.",
+        d.epochs,
+        d.hidden,
+        d.p,
+        d.seed,
+        d.out.display(),
+        d.train,
+        d.val,
+        d.lr
+    )
+}
+
+/// Parses the demo's flags; `Ok(None)` means `--help` was asked for.
+pub fn parse(argv: &[String]) -> Result<Option<Options>, UsageError> {
+    let mut o = Options::default();
+    let mut flags = Flags::new(argv);
+    while let Some(flag) = flags.next_flag()? {
+        match flag.name.as_str() {
+            "--help" => {
+                flags.no_value(&flag)?;
+                return Ok(None);
+            }
+            "--epochs" => {
+                let v = flags.parsed(&flag, "a whole number of epochs, 1 to 100000")?;
+                o.epochs = args::in_range("--epochs", v, 1, 100_000)?;
+            }
+            "--hidden" => {
+                let v = flags.parsed(&flag, "a hidden-layer width, 1 to 16384")?;
+                o.hidden = args::in_range("--hidden", v, 1, 16_384)?;
+            }
+            "--p" => {
+                let v: f32 = flags.parsed(&flag, "a dropout probability, 0 <= p < 1")?;
+                if !(0.0..1.0).contains(&v) {
+                    return Err(UsageError(format!(
+                        "--p = {v} is out of range; expected 0 <= p < 1 (p = 1 would drop \
+                         every activation and nothing could be learned)"
+                    )));
+                }
+                o.p = v;
+            }
+            "--seed" => o.seed = flags.parsed(&flag, "an unsigned 64-bit integer")?,
+            "--device" => {
+                o.device = match flags.value(&flag)?.as_str() {
+                    "cpu" => DeviceChoice::Cpu,
+                    "cuda" | "gpu" => DeviceChoice::Cuda,
+                    "auto" => DeviceChoice::Auto,
+                    other => {
+                        return Err(UsageError(format!(
+                            "--device expects cpu, cuda or auto, but was given '{other}'"
+                        )))
+                    }
+                }
+            }
+            "--out" => o.out = PathBuf::from(non_empty(&flag.name, flags.value(&flag)?)?),
+            "--summary-json" => {
+                o.summary_json = Some(PathBuf::from(non_empty(&flag.name, flags.value(&flag)?)?))
+            }
+            "--train" => {
+                let v = flags.parsed(&flag, "a number of training images, 10 to 1500")?;
+                o.train = args::in_range("--train", v, 10, 1500)?;
+            }
+            "--val" => {
+                let v = flags.parsed(&flag, "a number of held-out images, 10 to 1787")?;
+                o.val = args::in_range("--val", v, 10, 1787)?;
+            }
+            "--batch" => {
+                let v = flags.parsed(&flag, "a batch size, 1 to 4096")?;
+                o.batch = Some(args::in_range("--batch", v, 1, 4096)?);
+            }
+            "--lr" => {
+                let v: f32 = flags.parsed(&flag, "a learning rate, a number in (0, 1]")?;
+                if !(v > 0.0 && v <= 1.0) {
+                    return Err(UsageError(format!(
+                        "--lr = {v} is out of range; expected a number in (0, 1]"
+                    )));
+                }
+                o.lr = v;
+            }
+            _ => return Err(args::unknown(&flag, "demo")),
+        }
+    }
+    if o.train + o.val > 1797 {
+        return Err(UsageError(format!(
+            "--train {} + --val {} = {} images, but the data set has 1797; expected at most 1797 \
+             together",
+            o.train,
+            o.val,
+            o.train + o.val
+        )));
+    }
+    Ok(Some(o))
+}
+
+fn non_empty(flag: &str, value: String) -> Result<String, UsageError> {
+    if value.is_empty() {
+        return Err(UsageError(format!(
+            "{flag} expects a path, but was given ''"
+        )));
+    }
+    Ok(value)
+}
+
+/// Runs `fusedrop demo` with the arguments after the subcommand; returns the exit code.
+pub fn run(argv: &[String]) -> i32 {
+    let options = match parse(argv) {
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            println!("{}", help());
+            return 0;
+        }
+        Err(e) => {
+            eprintln!("fusedrop demo: {e}\nrun `fusedrop demo --help` for the flags");
+            return USAGE_EXIT;
+        }
+    };
+    let (backend, note) = match Backend::open(options.device) {
+        Ok(opened) => opened,
+        Err(e) => {
+            eprintln!("fusedrop demo: --device cuda was asked for, but no GPU is usable: {e}");
+            return NO_GPU_EXIT;
+        }
+    };
+    if let Some(note) = note {
+        eprintln!("fusedrop demo: {note}");
+    }
+    match demo(&options, &backend) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("fusedrop demo: {e}");
+            1
+        }
+    }
+}
+
+/// One of the two models being trained, with its history.
+struct Run {
+    name: &'static str,
+    p: f32,
+    model: Mlp,
+    adam: Adam,
+    masks: DropoutGenerator,
+    history: Vec<(Score, Score)>,
+}
+
+impl Run {
+    fn label(&self) -> String {
+        format!("{} (p = {})", self.name, self.p)
+    }
+
+    /// One pass over the training images in `order`, then evaluation with dropout off.
+    fn epoch(
+        &mut self,
+        backend: &Backend,
+        split: &data::Split,
+        order: &[usize],
+        batch: usize,
+    ) -> fusedrop::Result<(Score, Score)> {
+        for chunk in order.chunks(batch) {
+            let images = split.train.select(chunk);
+            self.model.train_step(
+                backend,
+                &mut self.adam,
+                &images.x,
+                &images.labels,
+                &mut self.masks,
+                self.p,
+            )?;
+        }
+        let scores = (
+            self.model.evaluate(backend, &split.train)?,
+            self.model.evaluate(backend, &split.val)?,
+        );
+        self.history.push(scores);
+        Ok(scores)
+    }
+
+    /// The lowest validation loss and its epoch (1-based).
+    fn best_val(&self) -> (f64, usize) {
+        self.history
+            .iter()
+            .enumerate()
+            .map(|(i, (_, val))| (val.loss, i + 1))
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .unwrap_or((f64::NAN, 0))
+    }
+}
+
+fn demo(o: &Options, backend: &Backend) -> Result<(), String> {
+    let start = Instant::now();
+    let all = data::load()?;
+    let split = data::split(&all, o.train, o.val, o.seed)?;
+    let sizes = [PIXELS, o.hidden, o.hidden, CLASSES];
+    let initial = Mlp::new(&sizes, o.seed);
+    let new_run = |name, p| Run {
+        name,
+        p,
+        adam: Adam::new(&initial, o.lr),
+        model: initial.clone(),
+        // Both models draw masks from the same (seed, stream) sequence; only p differs.
+        masks: DropoutGenerator::new(o.seed),
+        history: Vec::with_capacity(o.epochs),
+    };
+    let mut runs = [new_run("plain", 0.0), new_run("dropout", o.p)];
+    let batch = o.batch.unwrap_or(split.train.len()).min(split.train.len());
+    let batch_text = if batch == split.train.len() {
+        format!("full batch ({batch} images)")
+    } else {
+        format!("batch {batch}")
+    };
+
+    println!("fusedrop demo: dropout against overfitting on handwritten digits");
+    println!("  backend  {}", backend.describe());
+    println!(
+        "  data     UCI digits (8x8): {} training and {} held-out images, split by seed {}",
+        split.train.len(),
+        split.val.len(),
+        o.seed
+    );
+    println!(
+        "  model    64 -> {h} -> {h} -> 10 MLP, ReLU; dropout p = {} after each hidden layer in \
+         the dropout model, none in the plain one; same initial weights",
+        o.p,
+        h = o.hidden
+    );
+    println!(
+        "  training Adam lr {}, {batch_text}, {} epochs, softmax cross-entropy; evaluation with \
+         p = 0",
+        o.lr, o.epochs
+    );
+
+    let mut progress = Progress::new(o.epochs);
+    progress.update(0, "");
+    let mut batches = StdRng::seed_from_u64(o.seed ^ 0x0BA7_C4E5);
+    let mut order: Vec<usize> = (0..split.train.len()).collect();
+    for epoch in 1..=o.epochs {
+        order.shuffle(&mut batches);
+        let results: Vec<fusedrop::Result<(Score, Score)>> = if backend.parallel() {
+            let (split, order) = (&split, &order);
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = runs
+                    .iter_mut()
+                    .map(|run| scope.spawn(move || run.epoch(backend, split, order, batch)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("a training thread panicked"))
+                    .collect()
+            })
+        } else {
+            runs.iter_mut()
+                .map(|run| run.epoch(backend, &split, &order, batch))
+                .collect()
+        };
+        let mut status = String::from("val loss");
+        for (run, result) in runs.iter().zip(results) {
+            let (_, val) = result.map_err(|e| format!("training {} failed: {e}", run.name))?;
+            status.push_str(&format!("  {} {:.4}", run.name, val.loss));
+        }
+        progress.update(epoch, &status);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+
+    println!();
+    print!("{}", table(&runs));
+    println!();
+    for run in &runs {
+        println!("  {}", verdict(run));
+    }
+
+    std::fs::create_dir_all(&o.out)
+        .map_err(|e| format!("cannot create the output folder {}: {e}", o.out.display()))?;
+    let plot_path = o.out.join("demo-loss.svg");
+    let title = format!(
+        "Dropout against overfitting: 64-{h}-{h}-10 MLP on UCI handwritten digits",
+        h = o.hidden
+    );
+    let subtitle = format!(
+        "{} training / {} held-out images, {} epochs, Adam lr {}, {batch_text}, seed {}, {} \
+         backend",
+        split.train.len(),
+        split.val.len(),
+        o.epochs,
+        o.lr,
+        o.seed,
+        backend.short_name()
+    );
+    write_file(&plot_path, &svg(&runs, &title, &subtitle))?;
+    let csv_path = o.out.join("demo-history.csv");
+    write_file(&csv_path, &history_csv(&runs))?;
+    println!();
+    println!("plot:    {}", plot_path.display());
+    println!("history: {}", csv_path.display());
+    if let Some(path) = &o.summary_json {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create the folder {}: {e}", parent.display()))?;
+        }
+        write_file(path, &summary_json(&runs, backend))?;
+        println!("summary: {}", path.display());
+    }
+    println!(
+        "time:    {elapsed:.1} s on the {} backend",
+        backend.short_name()
+    );
+    Ok(())
+}
+
+fn write_file(path: &Path, contents: &str) -> Result<(), String> {
+    std::fs::write(path, contents).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+fn table(runs: &[Run]) -> String {
+    let mut out = format!(
+        "{:<20} {:>10} {:>9} {:>9} {:>8} {:>15}\n",
+        "model", "train loss", "train acc", "val loss", "val acc", "best val (ep.)"
+    );
+    for run in runs {
+        let (train, val) = run.history.last().copied().unwrap_or((
+            Score {
+                loss: f64::NAN,
+                accuracy: f64::NAN,
+            },
+            Score {
+                loss: f64::NAN,
+                accuracy: f64::NAN,
+            },
+        ));
+        let (best, epoch) = run.best_val();
+        out.push_str(&format!(
+            "{:<20} {:>10} {:>8.1}% {:>9.4} {:>7.1}% {:>9.4} ({:>3})\n",
+            run.label(),
+            loss_text(train.loss),
+            100.0 * train.accuracy,
+            val.loss,
+            100.0 * val.accuracy,
+            best,
+            epoch
+        ));
+    }
+    out
+}
+
+/// One sentence on how the run's validation loss moved.
+fn verdict(run: &Run) -> String {
+    let (best, epoch) = run.best_val();
+    let Some((train, val)) = run.history.last() else {
+        return format!("{}: no epochs", run.name);
+    };
+    let rise = 100.0 * (val.loss / best - 1.0);
+    format!(
+        "{}: validation loss lowest {best:.4} at epoch {epoch}, final {:.4} ({rise:+.0}% from \
+         its lowest); training loss final {}",
+        run.label(),
+        val.loss,
+        loss_text(train.loss)
+    )
+}
+
+/// A loss for the table: four decimals, or two significant digits once it is below 0.001.
+fn loss_text(loss: f64) -> String {
+    if loss < 1e-3 {
+        format!("{loss:.1e}")
+    } else {
+        format!("{loss:.4}")
+    }
+}
+
+fn svg(runs: &[Run], title: &str, subtitle: &str) -> String {
+    let colors = ["#d62728", "#1f77b4"];
+    let curves: Vec<(String, Vec<f64>, Vec<f64>, &'static str)> = runs
+        .iter()
+        .zip(colors)
+        .map(|(run, color)| {
+            (
+                run.label(),
+                run.history.iter().map(|(t, _)| t.loss).collect(),
+                run.history.iter().map(|(_, v)| v.loss).collect(),
+                color,
+            )
+        })
+        .collect();
+    let epochs = runs.iter().map(|r| r.history.len()).max().unwrap_or(0);
+    let train = Panel {
+        title: "Training loss (log scale)".into(),
+        y_label: "cross-entropy on the training images".into(),
+        axis: Axis::Log,
+        series: curves
+            .iter()
+            .map(|(label, train, _, color)| Series {
+                label: format!("{label}: training"),
+                color,
+                dashed: true,
+                mark_minimum: false,
+                values: train,
+            })
+            .collect(),
+    };
+    let val = Panel {
+        title: "Validation loss".into(),
+        y_label: "cross-entropy on the held-out images".into(),
+        axis: Axis::LinearFromZero { skip: epochs / 4 },
+        series: curves
+            .iter()
+            .map(|(label, _, val, color)| Series {
+                label: format!("{label}: validation"),
+                color,
+                dashed: false,
+                mark_minimum: true,
+                values: val,
+            })
+            .collect(),
+    };
+    plot::figure(title, subtitle, &[train, val])
+}
+
+fn history_csv(runs: &[Run]) -> String {
+    let mut out = String::from("model,p,epoch,train_loss,train_acc,val_loss,val_acc\n");
+    for run in runs {
+        for (i, (train, val)) in run.history.iter().enumerate() {
+            out.push_str(&format!(
+                "{},{},{},{},{},{},{}\n",
+                run.name,
+                run.p,
+                i + 1,
+                train.loss,
+                train.accuracy,
+                val.loss,
+                val.accuracy
+            ));
+        }
+    }
+    out
+}
+
+/// A JSON number, or `null` for NaN and infinities (which JSON cannot express).
+fn json_number(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v}")
+    } else {
+        "null".into()
+    }
+}
+
+fn summary_json(runs: &[Run], backend: &Backend) -> String {
+    let rows: Vec<String> = runs
+        .iter()
+        .filter_map(|run| {
+            let (train, val) = run.history.last()?;
+            let (best, epoch) = run.best_val();
+            Some(format!(
+                "  {{\"model\": \"{}\", \"p\": {}, \"backend\": \"{}\", \"epochs\": {}, \
+                 \"train_loss\": {}, \"train_acc\": {}, \"val_loss\": {}, \"val_acc\": {}, \
+                 \"best_val_loss\": {}, \"best_val_epoch\": {}}}",
+                run.name,
+                run.p,
+                backend.short_name(),
+                run.history.len(),
+                json_number(train.loss),
+                json_number(train.accuracy),
+                json_number(val.loss),
+                json_number(val.accuracy),
+                json_number(best),
+                epoch
+            ))
+        })
+        .collect();
+    format!("[\n{}\n]\n", rows.join(",\n"))
+}

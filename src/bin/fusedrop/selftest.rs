@@ -1,0 +1,678 @@
+//! `fusedrop selftest`: every GPU kernel (standalone dropout, fused forward in every tile
+//! configuration, backward) in every dtype, on a spread of shapes, dropout probabilities,
+//! activations and shard geometries, against the CPU reference.
+//!
+//! Masks compare exactly (a dropped element must be exactly zero; the standalone dropout kernel
+//! must match bit for bit); values by relative L2 error against the f64 reference, under each
+//! dtype's `Element::REL_L2_TOLERANCE`. Outputs are poisoned with NaN before every launch, so an
+//! element a kernel forgets to write fails the check.
+
+use std::sync::Arc;
+
+use fusedrop::cuda::backward::{backward, BackwardOptions, GradientsMut};
+use fusedrop::cuda::cudarc::driver::{CudaSlice, CudaStream};
+use fusedrop::cuda::forward::{forward_with_config, ForwardConfig};
+use fusedrop::cuda::{self, SeedSource};
+use fusedrop::reference::{self, relative_l2_error};
+use fusedrop::{mask, Activation, Dropout, Element, Error, Geometry, LayerSpec, LinearShape};
+use half::{bf16, f16};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+use crate::args::{Flags, UsageError, USAGE_EXIT};
+
+/// Exit code when no usable GPU, driver or compiled kernels exist: nothing was checked.
+pub const NO_GPU_EXIT: i32 = 3;
+
+/// The `--help` text.
+pub fn help() -> String {
+    "fusedrop selftest: the GPU kernels against the CPU reference
+
+Runs the standalone dropout kernel, the fused forward kernel (every tile configuration) and the
+backward kernel in f32, f16 and bf16 on a spread of shapes (none a multiple of a tile), dropout
+probabilities (0, 0.1, 0.5, 1), ReLU and identity, with and without bias, unsharded and as a
+shard, and compares each with the CPU reference: masks exactly, values by relative L2 error
+(f32 < 1e-5, f16 < 2e-3, bf16 < 1e-2). Prints a pass/fail table.
+
+USAGE:
+    fusedrop selftest [FLAGS]
+
+FLAGS:
+    --quick        three shapes instead of seven (a few seconds)
+    --seed S       seed of the random inputs and masks (default 7)
+    --gpu N        which GPU to test (default 0)
+    --verbose      one line per check, not only the summary and the failures
+    -h, --help     this text
+
+EXIT CODES: 0 every check passed, 1 a check failed, 2 bad flags,
+            3 no usable GPU, CUDA driver or compiled kernels (nothing was checked)."
+        .to_string()
+}
+
+#[derive(Debug, Clone)]
+struct Options {
+    quick: bool,
+    seed: u64,
+    gpu: usize,
+    verbose: bool,
+}
+
+fn parse(argv: &[String]) -> Result<Option<Options>, UsageError> {
+    let mut o = Options {
+        quick: false,
+        seed: 7,
+        gpu: 0,
+        verbose: false,
+    };
+    let mut flags = Flags::new(argv);
+    while let Some(flag) = flags.next_flag()? {
+        match flag.name.as_str() {
+            "--help" => {
+                flags.no_value(&flag)?;
+                return Ok(None);
+            }
+            "--quick" => {
+                flags.no_value(&flag)?;
+                o.quick = true;
+            }
+            "--verbose" => {
+                flags.no_value(&flag)?;
+                o.verbose = true;
+            }
+            "--seed" => o.seed = flags.parsed(&flag, "an unsigned 64-bit integer")?,
+            "--gpu" => o.gpu = flags.parsed(&flag, "a GPU ordinal (0, 1, ...)")?,
+            _ => return Err(crate::args::unknown(&flag, "selftest")),
+        }
+    }
+    Ok(Some(o))
+}
+
+/// Runs `fusedrop selftest` with the arguments after the subcommand; returns the exit code.
+pub fn run(argv: &[String]) -> i32 {
+    let options = match parse(argv) {
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            println!("{}", help());
+            return 0;
+        }
+        Err(e) => {
+            eprintln!("fusedrop selftest: {e}\nrun `fusedrop selftest --help` for the flags");
+            return USAGE_EXIT;
+        }
+    };
+    let ctx = match cuda::open_device(options.gpu) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            println!(
+                "fusedrop selftest: no usable GPU, nothing was checked: {e}\n\
+                 (exit code {NO_GPU_EXIT}; the CPU reference is tested by `cargo test`, and \
+                 `fusedrop demo --device cpu` runs without a GPU)"
+            );
+            return NO_GPU_EXIT;
+        }
+    };
+    let name = ctx
+        .name()
+        .unwrap_or_else(|_| format!("GPU {}", options.gpu));
+    let capability = ctx
+        .compute_capability()
+        .map(|(major, minor)| format!("{major}.{minor}"))
+        .unwrap_or_else(|_| "unknown".into());
+    println!(
+        "fusedrop selftest on {name} (compute capability {capability}), seed {}, {} shapes",
+        options.seed,
+        if options.quick { "quick" } else { "full" }
+    );
+    let stream = ctx.default_stream();
+    let cases = cases(options.quick, options.seed);
+    let mut outcomes = Vec::new();
+    run_dtype::<f32>(&stream, &cases, &mut outcomes);
+    run_dtype::<f16>(&stream, &cases, &mut outcomes);
+    run_dtype::<bf16>(&stream, &cases, &mut outcomes);
+    report(&outcomes, options.verbose)
+}
+
+/// One layer problem of the spread.
+#[derive(Debug, Clone)]
+struct Case {
+    spec: LayerSpec,
+    bias: bool,
+    accumulate: bool,
+}
+
+impl Case {
+    fn describe(&self) -> String {
+        let LinearShape { m, n, k } = self.spec.shape;
+        let act = match self.spec.activation {
+            Activation::Relu => "relu",
+            Activation::Identity => "identity",
+        };
+        let mut text = format!(
+            "m={m} n={n} k={k} p={} {act}{}",
+            self.spec.dropout.p,
+            if self.bias { " +bias" } else { "" }
+        );
+        if self.spec.geometry != Geometry::UNSHARDED {
+            let g = self.spec.geometry;
+            text.push_str(&format!(
+                " shard(row {}, col {}, of {})",
+                g.row_offset,
+                g.col_offset,
+                g.n_global_for(n)
+            ));
+        }
+        if self.accumulate {
+            text.push_str(" accumulate");
+        }
+        text
+    }
+}
+
+fn cases(quick: bool, seed: u64) -> Vec<Case> {
+    let shapes: &[(usize, usize, usize)] = if quick {
+        &[(3, 5, 7), (127, 129, 65), (200, 300, 257)]
+    } else {
+        &[
+            (1, 1, 1),
+            (3, 5, 7),
+            (17, 33, 9),
+            (64, 64, 64),
+            (127, 129, 65),
+            (200, 300, 257),
+            (513, 257, 1000),
+        ]
+    };
+    let probabilities = [0.0f32, 0.1, 0.5, 1.0];
+    let mut cases = Vec::new();
+    for (i, &(m, n, k)) in shapes.iter().enumerate() {
+        for (j, &p) in probabilities.iter().enumerate() {
+            let activation = if (i + j) % 2 == 0 {
+                Activation::Relu
+            } else {
+                Activation::Identity
+            };
+            let dropout = Dropout::new(p, seed.wrapping_add(i as u64), 100 + j as u64);
+            let mut spec = LayerSpec::new(LinearShape::new(m, n, k), activation, dropout);
+            if j == 2 && i % 2 == 1 {
+                spec = spec.with_geometry(Geometry {
+                    row_offset: 3,
+                    col_offset: 5,
+                    n_global: Some(n as u64 + 11),
+                });
+            }
+            cases.push(Case {
+                spec,
+                bias: (i + j) % 3 != 0,
+                accumulate: j == 1 && i % 2 == 0,
+            });
+        }
+    }
+    cases
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Pass,
+    Fail,
+    /// The GPU cannot run this kernel (compute capability too old): not a failure of the code.
+    Skip,
+}
+
+struct Outcome {
+    op: &'static str,
+    dtype: &'static str,
+    kernel: String,
+    case: String,
+    /// The worst relative L2 error of the check's outputs (`None` for bit-exact checks).
+    error: Option<f64>,
+    tolerance: f64,
+    mask_errors: usize,
+    status: Status,
+    note: String,
+}
+
+/// What one check measured, before it is judged.
+struct Measured {
+    error: Option<f64>,
+    mask_errors: usize,
+    note: String,
+}
+
+fn judge(
+    op: &'static str,
+    dtype: &'static str,
+    kernel: String,
+    case: &Case,
+    tolerance: f64,
+    result: fusedrop::Result<Measured>,
+) -> Outcome {
+    let case = case.describe();
+    match result {
+        Ok(m) => {
+            let within = m.error.is_none_or(|e| e < tolerance);
+            let status = if within && m.mask_errors == 0 {
+                Status::Pass
+            } else {
+                Status::Fail
+            };
+            Outcome {
+                op,
+                dtype,
+                kernel,
+                case,
+                error: m.error,
+                tolerance,
+                mask_errors: m.mask_errors,
+                status,
+                note: m.note,
+            }
+        }
+        Err(e) => Outcome {
+            op,
+            dtype,
+            kernel,
+            case,
+            error: None,
+            tolerance,
+            mask_errors: 0,
+            status: if matches!(e, Error::UnsupportedDevice(_)) {
+                Status::Skip
+            } else {
+                Status::Fail
+            },
+            note: e.to_string(),
+        },
+    }
+}
+
+fn run_dtype<T: Element>(stream: &Arc<CudaStream>, cases: &[Case], out: &mut Vec<Outcome>) {
+    for (index, case) in cases.iter().enumerate() {
+        let mut rng = StdRng::seed_from_u64(case.spec.dropout.seed ^ ((index as u64) << 20));
+        let inputs = Inputs::<T>::new(case, &mut rng);
+        out.push(judge(
+            "dropout",
+            T::NAME,
+            "dropout".into(),
+            case,
+            0.0,
+            check_dropout(stream, case, &inputs),
+        ));
+        match reference::forward_f64(&case.spec, &inputs.x, &inputs.w, inputs.b()) {
+            Ok(want) => {
+                for &config in ForwardConfig::all_for::<T>() {
+                    out.push(judge(
+                        "forward",
+                        T::NAME,
+                        config.name().into(),
+                        case,
+                        T::REL_L2_TOLERANCE,
+                        check_forward(stream, case, &inputs, config, &want),
+                    ));
+                }
+            }
+            Err(e) => out.push(judge(
+                "forward",
+                T::NAME,
+                "reference".into(),
+                case,
+                T::REL_L2_TOLERANCE,
+                Err(e),
+            )),
+        }
+        out.push(judge(
+            "backward",
+            T::NAME,
+            "auto".into(),
+            case,
+            T::REL_L2_TOLERANCE,
+            check_backward(stream, case, &inputs),
+        ));
+    }
+}
+
+/// Fresh random inputs of one case, never zero.
+struct Inputs<T> {
+    x: Vec<T>,
+    w: Vec<T>,
+    b: Option<Vec<T>>,
+    dy: Vec<T>,
+}
+
+impl<T: Element> Inputs<T> {
+    fn new(case: &Case, rng: &mut StdRng) -> Self {
+        let LinearShape { m, n, k } = case.spec.shape;
+        Self {
+            x: random(m * k, rng),
+            w: random(n * k, rng),
+            b: case.bias.then(|| random(n, rng)),
+            dy: random(m * n, rng),
+        }
+    }
+
+    fn b(&self) -> Option<&[T]> {
+        self.b.as_deref()
+    }
+}
+
+/// Values in ±[0.05, 1): random sign and size, never zero.
+fn random<T: Element>(len: usize, rng: &mut StdRng) -> Vec<T> {
+    (0..len)
+        .map(|_| {
+            let v = rng.random_range(0.05..1.0);
+            T::from_f64(if rng.random() { v } else { -v })
+        })
+        .collect()
+}
+
+fn poisoned<T: Element>(stream: &Arc<CudaStream>, len: usize) -> fusedrop::Result<CudaSlice<T>> {
+    Ok(stream.clone_htod(&vec![T::from_f64(f64::NAN); len])?)
+}
+
+fn to_f64<T: Element>(v: &[T]) -> Vec<f64> {
+    v.iter().map(|e| e.to_f64()).collect()
+}
+
+/// Elements the mask drops that are not exactly zero in `y` (`[m, n]` under the case's spec).
+fn mask_errors(spec: &LayerSpec, y: &[f64]) -> usize {
+    let LinearShape { m, n, .. } = spec.shape;
+    let d = spec.dropout;
+    let mut errors = 0;
+    for r in 0..m {
+        for c in 0..n {
+            let index = spec.geometry.linear_index(n, r, c);
+            if !mask::keep(d.seed, d.stream, d.p, index) && y[r * n + c] != 0.0 {
+                errors += 1;
+            }
+        }
+    }
+    errors
+}
+
+/// The standalone dropout kernel on the case's dY (`[m, n]`): bit for bit.
+fn check_dropout<T: Element>(
+    stream: &Arc<CudaStream>,
+    case: &Case,
+    inputs: &Inputs<T>,
+) -> fusedrop::Result<Measured> {
+    let LinearShape { m, n, .. } = case.spec.shape;
+    let host = &inputs.dy;
+    let mut want = host.clone();
+    reference::dropout_in_place(&mut want, m, n, &case.spec.dropout, &case.spec.geometry);
+    let mut device = stream.clone_htod(host)?;
+    cuda::dropout::dropout_in_place(
+        stream,
+        &mut device,
+        m,
+        n,
+        &case.spec.dropout,
+        &case.spec.geometry,
+        SeedSource::Host,
+    )?;
+    let got = stream.clone_dtoh(&device)?;
+    let differ = got
+        .iter()
+        .zip(&want)
+        .filter(|(g, w)| g.to_f64().to_bits() != w.to_f64().to_bits())
+        .count();
+    Ok(Measured {
+        error: None,
+        mask_errors: differ,
+        note: if differ > 0 {
+            format!("{differ} of {} elements differ from the reference", m * n)
+        } else {
+            String::new()
+        },
+    })
+}
+
+fn check_forward<T: Element>(
+    stream: &Arc<CudaStream>,
+    case: &Case,
+    inputs: &Inputs<T>,
+    config: ForwardConfig,
+    want: &[f64],
+) -> fusedrop::Result<Measured> {
+    let spec = &case.spec;
+    let x = stream.clone_htod(&inputs.x)?;
+    let w = stream.clone_htod(&inputs.w)?;
+    let b = inputs.b().map(|b| stream.clone_htod(b)).transpose()?;
+    let mut y = poisoned::<T>(stream, spec.shape.m * spec.shape.n)?;
+    forward_with_config(
+        stream,
+        spec,
+        config,
+        &x,
+        &w,
+        b.as_ref().map(|b| b.as_view()).as_ref(),
+        &mut y,
+        SeedSource::Host,
+    )?;
+    let got = to_f64(&stream.clone_dtoh(&y)?);
+    Ok(Measured {
+        error: Some(relative_l2_error(&got, want)),
+        mask_errors: mask_errors(spec, &got),
+        note: String::new(),
+    })
+}
+
+fn check_backward<T: Element>(
+    stream: &Arc<CudaStream>,
+    case: &Case,
+    inputs: &Inputs<T>,
+) -> fusedrop::Result<Measured> {
+    let spec = &case.spec;
+    let LinearShape { m, n, k } = spec.shape;
+    // ReLU's backward reads the forward output; both sides get the reference's, rounded to T.
+    let y_saved = match spec.activation {
+        Activation::Relu => Some(reference::forward(spec, &inputs.x, &inputs.w, inputs.b())?),
+        Activation::Identity => None,
+    };
+    let mut want =
+        reference::backward_f64(spec, &inputs.x, &inputs.w, &inputs.dy, y_saved.as_deref())?;
+
+    // When accumulating, the gradients start from random values and the result is their sum.
+    let mut rng = StdRng::seed_from_u64(spec.dropout.seed ^ 0xACC);
+    let start = |len: usize, rng: &mut StdRng| -> Vec<T> {
+        if case.accumulate {
+            random(len, rng)
+        } else {
+            vec![T::from_f64(f64::NAN); len]
+        }
+    };
+    let (dx0, dw0, db0) = (
+        start(m * k, &mut rng),
+        start(n * k, &mut rng),
+        start(n, &mut rng),
+    );
+    if case.accumulate {
+        for (want, start) in [
+            (&mut want.dx, &dx0),
+            (&mut want.dw, &dw0),
+            (&mut want.db, &db0),
+        ] {
+            for (v, s) in want.iter_mut().zip(start) {
+                *v += s.to_f64();
+            }
+        }
+    }
+
+    let x = stream.clone_htod(&inputs.x)?;
+    let w = stream.clone_htod(&inputs.w)?;
+    let dy = stream.clone_htod(&inputs.dy)?;
+    let y = y_saved.as_ref().map(|y| stream.clone_htod(y)).transpose()?;
+    let mut dx = stream.clone_htod(&dx0)?;
+    let mut dw = stream.clone_htod(&dw0)?;
+    let mut db = stream.clone_htod(&db0)?;
+    backward(
+        stream,
+        spec,
+        &x,
+        &w,
+        &dy,
+        y.as_ref().map(|y| y.as_view()).as_ref(),
+        GradientsMut {
+            dx: Some(dx.as_view_mut()),
+            dw: Some(dw.as_view_mut()),
+            db: Some(db.as_view_mut()),
+        },
+        BackwardOptions {
+            accumulate: case.accumulate,
+            ..BackwardOptions::default()
+        },
+        SeedSource::Host,
+    )?;
+    let errors = [
+        (
+            "dX",
+            relative_l2_error(&to_f64(&stream.clone_dtoh(&dx)?), &want.dx),
+        ),
+        (
+            "dW",
+            relative_l2_error(&to_f64(&stream.clone_dtoh(&dw)?), &want.dw),
+        ),
+        (
+            "db",
+            relative_l2_error(&to_f64(&stream.clone_dtoh(&db)?), &want.db),
+        ),
+    ];
+    let worst = errors.iter().map(|e| e.1).fold(0.0, f64::max);
+    Ok(Measured {
+        error: Some(worst),
+        mask_errors: 0,
+        note: errors
+            .iter()
+            .map(|(name, e)| format!("{name} {e:.1e}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
+fn format_error(error: Option<f64>) -> String {
+    match error {
+        None => "exact".into(),
+        Some(e) => format!("{e:.1e}"),
+    }
+}
+
+/// Prints the summary table (one row per op, dtype and kernel), every failure, and the
+/// verdict; returns the exit code.
+fn report(outcomes: &[Outcome], verbose: bool) -> i32 {
+    if verbose {
+        for o in outcomes {
+            println!(
+                "{:<4} {:<8} {:<5} {:<12} {:<58} err {:>8} mask {} {}",
+                match o.status {
+                    Status::Pass => "ok",
+                    Status::Fail => "FAIL",
+                    Status::Skip => "skip",
+                },
+                o.op,
+                o.dtype,
+                o.kernel,
+                o.case,
+                format_error(o.error),
+                o.mask_errors,
+                o.note
+            );
+        }
+        println!();
+    }
+    println!(
+        "{:<9} {:<5} {:<12} {:>6} {:>6} {:>6} {:>11} {:>9} {:>11}  result",
+        "op",
+        "dtype",
+        "kernel",
+        "checks",
+        "passed",
+        "skipped",
+        "worst error",
+        "tolerance",
+        "mask errors"
+    );
+    let mut groups: Vec<(&str, &str, &str)> = Vec::new();
+    for o in outcomes {
+        let key = (o.op, o.dtype, o.kernel.as_str());
+        if !groups.contains(&key) {
+            groups.push(key);
+        }
+    }
+    for (op, dtype, kernel) in groups {
+        let group: Vec<&Outcome> = outcomes
+            .iter()
+            .filter(|o| o.op == op && o.dtype == dtype && o.kernel == kernel)
+            .collect();
+        let passed = group.iter().filter(|o| o.status == Status::Pass).count();
+        let skipped = group.iter().filter(|o| o.status == Status::Skip).count();
+        let worst = group
+            .iter()
+            .filter_map(|o| o.error)
+            .fold(None, |acc: Option<f64>, e| {
+                Some(acc.map_or(e, |a| if e.is_nan() || e > a { e } else { a }))
+            });
+        let masks: usize = group.iter().map(|o| o.mask_errors).sum();
+        let result = if passed + skipped < group.len() {
+            "FAIL"
+        } else if skipped == group.len() {
+            "skipped"
+        } else {
+            "pass"
+        };
+        let tolerance = group.first().map_or(0.0, |o| o.tolerance);
+        println!(
+            "{op:<9} {dtype:<5} {kernel:<12} {:>6} {passed:>6} {skipped:>6} {:>11} {:>9} {masks:>11}  {result}",
+            group.len(),
+            format_error(worst),
+            if tolerance > 0.0 {
+                format!("{tolerance:.0e}")
+            } else {
+                "bit-exact".into()
+            },
+        );
+    }
+    let failures: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| o.status == Status::Fail)
+        .collect();
+    let skipped: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| o.status == Status::Skip)
+        .collect();
+    if !failures.is_empty() {
+        println!("\nfailures:");
+        for o in &failures {
+            println!(
+                "  {} {} {} [{}]: error {} (tolerance {:.0e}), {} mask errors {}",
+                o.op,
+                o.dtype,
+                o.kernel,
+                o.case,
+                format_error(o.error),
+                o.tolerance,
+                o.mask_errors,
+                o.note
+            );
+        }
+    }
+    if let Some(first) = skipped.first() {
+        println!(
+            "\n{} checks skipped because this GPU cannot run them: {}",
+            skipped.len(),
+            first.note
+        );
+    }
+    println!();
+    if failures.is_empty() {
+        println!(
+            "selftest: PASS ({} checks passed, {} skipped)",
+            outcomes.len() - skipped.len(),
+            skipped.len()
+        );
+        0
+    } else {
+        println!(
+            "selftest: FAIL ({} of {} checks failed)",
+            failures.len(),
+            outcomes.len()
+        );
+        1
+    }
+}

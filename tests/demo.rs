@@ -1,0 +1,377 @@
+//! Runs `fusedrop demo` on the CPU with a few epochs and checks what it produces: finite losses,
+//! accuracy well above chance, the plot, the per-epoch CSV and the JSON summary; the same seed
+//! gives the same numbers; bad flags exit with code 2 and a message, never a panic.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const EPOCHS: usize = 6;
+
+fn fusedrop(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fusedrop"))
+        .args(args)
+        .output()
+        .expect("the fusedrop binary runs")
+}
+
+fn out_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// A short CPU run: small enough for a test, long enough to learn the digits well past chance.
+fn short_run(dir: &Path, seed: &str) -> (Output, PathBuf) {
+    let json = dir.join("summary.json");
+    let epochs = EPOCHS.to_string();
+    let output = fusedrop(&[
+        "demo",
+        "--device",
+        "cpu",
+        "--epochs",
+        &epochs,
+        "--hidden",
+        "128",
+        "--p",
+        "0.5",
+        "--train",
+        "200",
+        "--val",
+        "200",
+        "--batch",
+        "20",
+        "--lr",
+        "3e-3",
+        "--seed",
+        seed,
+        "--out",
+        dir.to_str().expect("a UTF-8 temporary path"),
+        "--summary-json",
+        json.to_str().expect("a UTF-8 temporary path"),
+    ]);
+    (output, json)
+}
+
+/// A JSON value of the summary: the subset the summary uses.
+#[derive(Debug, Clone, PartialEq)]
+enum Json {
+    Null,
+    Number(f64),
+    Text(String),
+    List(Vec<Json>),
+    Object(BTreeMap<String, Json>),
+}
+
+/// A minimal JSON parser (no escapes beyond \" and \\, no booleans): enough to prove the
+/// summary is well-formed and to read its fields.
+struct Parser<'a> {
+    text: &'a [u8],
+    pos: usize,
+}
+
+impl Parser<'_> {
+    fn parse(text: &str) -> Result<Json, String> {
+        let mut p = Parser {
+            text: text.as_bytes(),
+            pos: 0,
+        };
+        let value = p.value()?;
+        p.skip_space();
+        if p.pos != p.text.len() {
+            return Err(format!("trailing text at byte {}", p.pos));
+        }
+        Ok(value)
+    }
+
+    fn skip_space(&mut self) {
+        while self.pos < self.text.len() && self.text[self.pos].is_ascii_whitespace() {
+            self.pos += 1;
+        }
+    }
+
+    fn expect(&mut self, byte: u8) -> Result<(), String> {
+        self.skip_space();
+        if self.text.get(self.pos) == Some(&byte) {
+            self.pos += 1;
+            Ok(())
+        } else {
+            Err(format!("expected '{}' at byte {}", byte as char, self.pos))
+        }
+    }
+
+    fn value(&mut self) -> Result<Json, String> {
+        self.skip_space();
+        match self.text.get(self.pos) {
+            Some(b'[') => {
+                self.pos += 1;
+                let mut items = Vec::new();
+                self.skip_space();
+                if self.text.get(self.pos) == Some(&b']') {
+                    self.pos += 1;
+                    return Ok(Json::List(items));
+                }
+                loop {
+                    items.push(self.value()?);
+                    self.skip_space();
+                    match self.text.get(self.pos) {
+                        Some(b',') => self.pos += 1,
+                        Some(b']') => {
+                            self.pos += 1;
+                            return Ok(Json::List(items));
+                        }
+                        _ => return Err(format!("expected ',' or ']' at byte {}", self.pos)),
+                    }
+                }
+            }
+            Some(b'{') => {
+                self.pos += 1;
+                let mut fields = BTreeMap::new();
+                loop {
+                    self.skip_space();
+                    let Json::Text(key) = self.value()? else {
+                        return Err(format!("expected a key at byte {}", self.pos));
+                    };
+                    self.expect(b':')?;
+                    fields.insert(key, self.value()?);
+                    self.skip_space();
+                    match self.text.get(self.pos) {
+                        Some(b',') => self.pos += 1,
+                        Some(b'}') => {
+                            self.pos += 1;
+                            return Ok(Json::Object(fields));
+                        }
+                        _ => return Err(format!("expected ',' or '}}' at byte {}", self.pos)),
+                    }
+                }
+            }
+            Some(b'"') => {
+                self.pos += 1;
+                let mut s = String::new();
+                loop {
+                    match self.text.get(self.pos) {
+                        Some(b'"') => {
+                            self.pos += 1;
+                            return Ok(Json::Text(s));
+                        }
+                        Some(b'\\') => {
+                            s.push(*self.text.get(self.pos + 1).ok_or("unfinished escape")? as char);
+                            self.pos += 2;
+                        }
+                        Some(&c) => {
+                            s.push(c as char);
+                            self.pos += 1;
+                        }
+                        None => return Err("unterminated string".into()),
+                    }
+                }
+            }
+            Some(b'n') if self.text[self.pos..].starts_with(b"null") => {
+                self.pos += 4;
+                Ok(Json::Null)
+            }
+            Some(_) => {
+                let start = self.pos;
+                while self.pos < self.text.len()
+                    && matches!(
+                        self.text[self.pos],
+                        b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'
+                    )
+                {
+                    self.pos += 1;
+                }
+                let token = std::str::from_utf8(&self.text[start..self.pos]).unwrap_or("");
+                token
+                    .parse()
+                    .map(Json::Number)
+                    .map_err(|_| format!("bad value '{token}' at byte {start}"))
+            }
+            None => Err("unexpected end of input".into()),
+        }
+    }
+}
+
+fn number(row: &BTreeMap<String, Json>, key: &str) -> f64 {
+    match row.get(key) {
+        Some(Json::Number(v)) => *v,
+        other => panic!("field {key}: expected a number, found {other:?}"),
+    }
+}
+
+fn summary_rows(json_path: &Path) -> Vec<BTreeMap<String, Json>> {
+    let text = std::fs::read_to_string(json_path).expect("the summary JSON was written");
+    let Json::List(rows) = Parser::parse(&text).unwrap_or_else(|e| panic!("{e} in:\n{text}"))
+    else {
+        panic!("the summary is not a JSON list:\n{text}");
+    };
+    rows.into_iter()
+        .map(|row| match row {
+            Json::Object(fields) => fields,
+            other => panic!("a summary row is not an object: {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn demo_on_cpu_learns_and_writes_plot_csv_and_summary() {
+    let dir = out_dir("demo-short-run");
+    let (output, json) = short_run(&dir, "3");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "demo failed ({:?})\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+    assert!(
+        stdout.contains("CPU reference"),
+        "the demo must say which backend it uses:\n{stdout}"
+    );
+    assert!(
+        stderr.contains("epochs"),
+        "no progress bar on stderr:\n{stderr}"
+    );
+
+    let rows = summary_rows(&json);
+    assert_eq!(rows.len(), 2, "one summary row per model");
+    let names: Vec<String> = rows
+        .iter()
+        .map(|r| match r.get("model") {
+            Some(Json::Text(name)) => name.clone(),
+            other => panic!("model: expected a string, found {other:?}"),
+        })
+        .collect();
+    assert!(names.iter().any(|n| n.contains("plain")), "{names:?}");
+    assert!(names.iter().any(|n| n.contains("dropout")), "{names:?}");
+    for (row, name) in rows.iter().zip(&names) {
+        for key in ["train_loss", "val_loss"] {
+            let loss = number(row, key);
+            assert!(loss.is_finite() && loss > 0.0, "{name} {key} = {loss}");
+            assert!(
+                loss < 2.3,
+                "{name} {key} = {loss}: no better than uniform guessing"
+            );
+        }
+        for key in ["train_acc", "val_acc"] {
+            let accuracy = number(row, key);
+            assert!(
+                accuracy > 0.5 && accuracy <= 1.0,
+                "{name} {key} = {accuracy}: expected well above chance (0.1)"
+            );
+        }
+    }
+
+    let plot_path = dir.join("demo-loss.svg");
+    assert!(
+        stdout.contains(&plot_path.display().to_string()),
+        "the demo must print the plot's path:\n{stdout}"
+    );
+    let svg = std::fs::read_to_string(&plot_path).expect("the plot was written");
+    assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
+    assert!(svg.trim_end().ends_with("</svg>"));
+    let curves: Vec<&str> = svg
+        .split("<polyline")
+        .skip(1)
+        .map(|rest| rest.split("</polyline>").next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        curves.len(),
+        4,
+        "four loss curves: train and validation for both models"
+    );
+    for curve in &curves {
+        let points = curve
+            .split("points=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("a polyline has points");
+        let coordinates: Vec<f64> = points
+            .split([' ', ','])
+            .map(|v| v.parse().expect("numeric coordinates"))
+            .collect();
+        assert_eq!(
+            coordinates.len(),
+            2 * EPOCHS,
+            "one point per epoch: {points}"
+        );
+        assert!(coordinates.iter().all(|v| v.is_finite()));
+    }
+    for label in ["plain", "dropout", "validation", "training"] {
+        assert!(svg.contains(label), "the legend lacks '{label}'");
+    }
+
+    let csv = std::fs::read_to_string(dir.join("demo-history.csv")).expect("the CSV was written");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "model,p,epoch,train_loss,train_acc,val_loss,val_acc"
+    );
+    assert_eq!(lines.len(), 1 + 2 * EPOCHS, "one line per model and epoch");
+}
+
+#[test]
+fn demo_same_seed_gives_same_numbers() {
+    let (first, first_json) = short_run(&out_dir("demo-seed-a"), "11");
+    let (second, second_json) = short_run(&out_dir("demo-seed-b"), "11");
+    assert!(first.status.success() && second.status.success());
+    let a = std::fs::read_to_string(first_json).expect("first summary");
+    let b = std::fs::read_to_string(second_json).expect("second summary");
+    assert_eq!(a, b, "two runs with the same seed on the CPU differ");
+}
+
+#[test]
+fn demo_rejects_bad_flags_with_code_2_and_a_message() {
+    let cases: &[&[&str]] = &[
+        &["--epochs", "many"],
+        &["--epochs", "0"],
+        &["--epochs"],
+        &["--hidden", "-3"],
+        &["--p", "1"],
+        &["--p", "nan"],
+        &["--device", "tpu"],
+        &["--lr", "0"],
+        &["--train", "1500", "--val", "1000"],
+        &["--frobnicate"],
+        &["stray"],
+        &["--help=yes"],
+    ];
+    for args in cases {
+        let mut full = vec!["demo"];
+        full.extend_from_slice(args);
+        let output = fusedrop(&full);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: expected exit code 2\nstderr: {stderr}"
+        );
+        assert!(stderr.contains("fusedrop demo:"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn help_lists_every_command() {
+    let output = fusedrop(&["help"]);
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for command in ["demo", "selftest", "bench", "help"] {
+        assert!(stdout.contains(command), "help lacks {command}:\n{stdout}");
+    }
+    let output = fusedrop(&["demo", "--help"]);
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for flag in [
+        "--epochs",
+        "--hidden",
+        "--p",
+        "--seed",
+        "--device",
+        "--out",
+        "--summary-json",
+    ] {
+        assert!(stdout.contains(flag), "demo --help lacks {flag}:\n{stdout}");
+    }
+    let output = fusedrop(&["no-such-command"]);
+    assert_eq!(output.status.code(), Some(2));
+}
