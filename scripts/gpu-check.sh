@@ -45,6 +45,7 @@ for t in "$here"/tests/*; do
   step "test-$(basename "$t")" 240 "$t"
 done
 step selftest 180 "$here/fusedrop" selftest
+step demo-cuda 120 "$here/fusedrop" demo --device cuda --epochs 20 --out "$out/demo" --summary-json "$out/demo-summary.json"
 
 if [[ -n "$nvcc_bin" ]]; then
   if step curand-build 120 "$nvcc_bin" -O2 -arch=sm_90 -I "$here/kernels" "$here/curand_check.cu" -o "$out/curand_check"; then
