@@ -279,14 +279,11 @@ pub fn backward<T: Element>(
     };
 
     let mut params = MaskParams::new(&spec.dropout, &spec.geometry, n);
-    let _seed_guard = match seed {
-        SeedSource::Device(view) if !relu => {
-            let (ptr, guard) = view.device_ptr(stream);
-            params = params.with_device_seed(ptr);
-            Some(guard)
-        }
-        // ReLU reads its mask from the sign of Y: no seed is needed.
-        _ => None,
+    // ReLU reads its mask from the sign of Y: no seed is needed.
+    let _seed_guard = if relu {
+        None
+    } else {
+        params.read_seed_from(seed, stream)
     };
     let (m_arg, n_arg, k_arg) = (m as i64, n as i64, k as i64);
     let (relu_arg, accumulate_arg) = (i32::from(relu), i32::from(options.accumulate));

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaStream, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use crate::cuda::{check_seed_source, kernel, require_compute_capability, MaskParams, SeedSource};
 use crate::element::Element;
@@ -63,14 +63,7 @@ pub fn dropout_in_place<T: Element>(
     let mut params = MaskParams::new(dropout, geometry, n);
     let (m_arg, n_arg) = (m as i64, n as i64);
     let (y_ptr, _y_guard) = y.device_ptr_mut(stream);
-    let _seed_guard = match seed {
-        SeedSource::Device(view) => {
-            let (ptr, guard) = view.device_ptr(stream);
-            params = params.with_device_seed(ptr);
-            Some(guard)
-        }
-        SeedSource::Host => None,
-    };
+    let _seed_guard = params.read_seed_from(seed, stream);
     let mut launch = stream.launch_builder(&function);
     launch.arg(&y_ptr).arg(&m_arg).arg(&n_arg).arg(&params);
     // SAFETY: the kernel's signature is (T*, long long, long long, MaskParams); y_ptr points to

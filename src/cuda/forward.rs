@@ -396,14 +396,7 @@ fn launch<T: Element>(
         None => (0, None),
     };
     let (y_ptr, _y_guard) = y.device_ptr_mut(stream);
-    let _seed_guard = match seed {
-        SeedSource::Device(view) => {
-            let (ptr, guard) = view.device_ptr(stream);
-            params = params.with_device_seed(ptr);
-            Some(guard)
-        }
-        SeedSource::Host => None,
-    };
+    let _seed_guard = params.read_seed_from(seed, stream);
     let mut builder = stream.launch_builder(&function);
     builder
         .arg(&x_ptr)

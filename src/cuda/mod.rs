@@ -14,7 +14,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, CudaView, DeviceRepr};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaStream, CudaView, DevicePtr, DeviceRepr, SyncOnDrop,
+};
 use cudarc::nvrtc::Ptx;
 
 use crate::error::{Error, Result};
@@ -188,11 +190,22 @@ impl MaskParams {
         }
     }
 
-    /// The same, but the kernel reads (seed, stream) from `seed_stream` (a device buffer of two
-    /// u64) at run time.
-    pub(crate) fn with_device_seed(mut self, seed_stream_ptr: u64) -> Self {
-        self.seed_stream = seed_stream_ptr;
-        self
+    /// Points the kernel at `seed`'s device buffer when it is one, so that it reads (seed, stream)
+    /// at run time. The returned guard (cudarc's stream-ordering record for the buffer) must stay
+    /// alive until the launch is queued.
+    pub(crate) fn read_seed_from<'a>(
+        &mut self,
+        seed: SeedSource<'a>,
+        stream: &'a CudaStream,
+    ) -> Option<SyncOnDrop<'a>> {
+        match seed {
+            SeedSource::Device(view) => {
+                let (ptr, guard) = view.device_ptr(stream);
+                self.seed_stream = ptr;
+                Some(guard)
+            }
+            SeedSource::Host => None,
+        }
     }
 }
 
