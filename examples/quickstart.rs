@@ -1,0 +1,51 @@
+//! The README's example: one fused forward call on GPU 0, checked against the CPU reference.
+//!
+//!     cargo run --release --example quickstart
+//!
+//! Without a usable GPU it says why and exits with code 3.
+
+use fusedrop::{cuda, reference, Activation, DropoutGenerator, LayerSpec, LinearShape};
+
+fn run() -> fusedrop::Result<()> {
+    let ctx = cuda::open_device(0)?; // an error, never a panic, without a driver
+    let stream = ctx.default_stream();
+    let (m, n, k) = (512, 1024, 768);
+    let x_host: Vec<f32> = (0..m * k).map(|i| ((i % 13) as f32 - 6.0) / 7.0).collect();
+    let w_host: Vec<f32> = (0..n * k).map(|i| ((i % 11) as f32 - 5.0) / 50.0).collect();
+    let b_host: Vec<f32> = (0..n).map(|i| (i % 5) as f32 / 10.0).collect();
+    let x = stream.clone_htod(&x_host)?;
+    let w = stream.clone_htod(&w_host)?;
+    let b = stream.clone_htod(&b_host)?;
+    let mut y = stream.alloc_zeros::<f32>(m * n)?;
+
+    let mut rng = DropoutGenerator::new(1234); // a fresh Philox stream for every call
+    let spec = LayerSpec::new(LinearShape::new(m, n, k), Activation::Relu, rng.next(0.1));
+    cuda::forward::forward(
+        &stream,
+        &spec,
+        &x,
+        &w,
+        Some(&b.as_view()),
+        &mut y,
+        cuda::SeedSource::Host,
+    )?;
+    let y_gpu = stream.clone_dtoh(&y)?; // the caller decides when to synchronise
+
+    let y_cpu = reference::forward_f64(&spec, &x_host, &w_host, Some(&b_host))?;
+    let got: Vec<f64> = y_gpu.iter().map(|&v| f64::from(v)).collect();
+    let kept = y_gpu.iter().filter(|&&v| v != 0.0).count();
+    println!(
+        "{m}x{n}x{k} f32, p = 0.1: {kept} of {} outputs non-zero, relative L2 error against the \
+         CPU reference {:.1e}",
+        m * n,
+        reference::relative_l2_error(&got, &y_cpu)
+    );
+    Ok(())
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("quickstart: {e}");
+        std::process::exit(3);
+    }
+}
