@@ -1,8 +1,10 @@
 //! Compiles every `kernels/*.cu` into a fatbin with nvcc and embeds them in the crate.
 //!
 //! - nvcc is looked up in `NVCC`, then `CUDA_HOME`/`CUDA_PATH` (`bin/nvcc`), then `PATH`.
-//! - `FUSEDROP_CUDA_ARCHS` (default `80,86,89,90`) lists the SASS targets; PTX for the lowest
-//!   one is embedded too, so newer GPUs can JIT it.
+//! - `FUSEDROP_CUDA_ARCHS` (default `80,86,89,90`) lists the SASS targets; modules that need no
+//!   sm_80 instruction also get sm_75. PTX for each module's lowest target is embedded too, so
+//!   newer GPUs can JIT it, and the wrappers refuse a GPU older than a module's lowest target
+//!   with `Error::UnsupportedDevice`.
 //! - Every kernel is compiled with `-Xptxas -v`; a kernel that spills registers to local memory
 //!   fails the build. The full report goes to `$OUT_DIR/<kernel>.ptxas.txt`.
 //! - Without nvcc the crate still builds (with a warning) and every GPU entry point returns
@@ -105,46 +107,79 @@ fn find_nvcc() -> Option<PathBuf> {
     })
 }
 
-fn arch_flags() -> Vec<String> {
+/// Kernel modules that use sm_80 instructions (mma.sync on f16/bf16, ldmatrix, cp.async) are built
+/// only for the listed architectures; every other module also gets SASS and PTX for sm_75, the
+/// oldest architecture CUDA 13 compiles for, so that f32 and the dropout kernel run on Turing too.
+const SM80_MODULES: &[&str] = &["forward_tc", "backward_tc"];
+const OLDEST_ARCH: u32 = 75;
+
+/// The SASS architectures for `module` (sorted, deduplicated), from `FUSEDROP_CUDA_ARCHS` or the
+/// default list, plus sm_75 for modules that do not need sm_80.
+fn module_archs(module: &str) -> Vec<u32> {
     let list = env::var("FUSEDROP_CUDA_ARCHS").unwrap_or_else(|_| DEFAULT_ARCHS.to_string());
-    let archs: Vec<&str> = list
+    let parsed: Option<Vec<u32>> = list
         .split(',')
         .map(str::trim)
         .filter(|a| !a.is_empty())
+        .map(|a| a.parse().ok())
         .collect();
-    assert!(
-        !archs.is_empty() && archs.iter().all(|a| a.chars().all(|c| c.is_ascii_digit())),
-        "FUSEDROP_CUDA_ARCHS must be a comma-separated list of compute capabilities such as \
-         80,86,89,90; got {list:?}"
-    );
+    let mut archs = match parsed {
+        Some(archs) if !archs.is_empty() => archs,
+        _ => panic!(
+            "FUSEDROP_CUDA_ARCHS must be a comma-separated list of compute capabilities such as \
+             80,86,89,90; got {list:?}"
+        ),
+    };
+    if SM80_MODULES.contains(&module) {
+        archs.retain(|&a| a >= 80);
+        assert!(
+            !archs.is_empty(),
+            "FUSEDROP_CUDA_ARCHS={list:?} lists no architecture of 80 or newer, which the \
+             tensor-core module {module} needs"
+        );
+    } else {
+        archs.push(OLDEST_ARCH);
+        archs.retain(|&a| a >= OLDEST_ARCH);
+    }
+    archs.sort_unstable();
+    archs.dedup();
+    archs
+}
+
+/// nvcc's -gencode flags: SASS for every architecture, PTX for the lowest.
+fn arch_flags(archs: &[u32]) -> Vec<String> {
     let mut flags: Vec<String> = archs
         .iter()
         .map(|a| format!("-gencode=arch=compute_{a},code=sm_{a}"))
         .collect();
-    let lowest = archs
-        .iter()
-        .min_by_key(|a| a.parse::<u32>().unwrap_or(u32::MAX))
-        .expect("non-empty");
+    let lowest = archs[0];
     flags.push(format!(
         "-gencode=arch=compute_{lowest},code=compute_{lowest}"
     ));
     flags
 }
 
-/// Compiles every unit in parallel; returns (kernel name, fatbin path).
+/// A compiled module: its name, the lowest architecture it runs on, and its fatbin.
+struct Image {
+    name: String,
+    min_arch: u32,
+    fatbin: PathBuf,
+}
+
+/// Compiles every unit in parallel.
 fn compile_all(
     nvcc: &Path,
     include: Option<&Path>,
     units: &[&PathBuf],
     out_dir: &Path,
-) -> Vec<(String, PathBuf)> {
-    let archs = arch_flags();
+) -> Vec<Image> {
     let cccl = include.map(|i| i.join("cccl")).filter(|c| c.is_dir());
     let jobs: Vec<_> = units
         .iter()
         .map(|unit| {
             let name = unit.file_stem().unwrap().to_string_lossy().into_owned();
             let fatbin = out_dir.join(format!("{name}.fatbin"));
+            let archs = module_archs(&name);
             let mut cmd = Command::new(nvcc);
             cmd.arg("-fatbin")
                 .args([
@@ -158,24 +193,24 @@ fn compile_all(
                 ])
                 // Compressed fatbins are a tenth of the size; the driver inflates them at load.
                 .args(["-Xfatbin", "-compress-all"])
-                .args(&archs)
+                .args(arch_flags(&archs))
                 .arg("-Ikernels");
             if let Some(cccl) = &cccl {
                 cmd.arg(format!("-I{}", cccl.display()));
             }
             cmd.arg(unit.as_os_str()).arg("-o").arg(&fatbin);
-            (name, fatbin, cmd)
+            (name, archs[0], fatbin, cmd)
         })
         .collect();
     let handles: Vec<_> = jobs
         .into_iter()
-        .map(|(name, fatbin, mut cmd)| {
+        .map(|(name, min_arch, fatbin, mut cmd)| {
             let handle = std::thread::spawn(move || cmd.output());
-            (name, fatbin, handle)
+            (name, min_arch, fatbin, handle)
         })
         .collect();
     let mut images = Vec::new();
-    for (name, fatbin, handle) in handles {
+    for (name, min_arch, fatbin, handle) in handles {
         let output = handle
             .join()
             .expect("nvcc thread")
@@ -186,7 +221,11 @@ fn compile_all(
             panic!("nvcc failed on kernels/{name}.cu:\n{report}");
         }
         check_no_spills(&name, &report);
-        images.push((name, fatbin));
+        images.push(Image {
+            name,
+            min_arch,
+            fatbin,
+        });
     }
     images
 }
@@ -218,19 +257,28 @@ fn check_no_spills(name: &str, report: &str) {
     }
 }
 
-fn write_image_table(out_dir: &Path, images: Option<&[(String, PathBuf)]>) {
+fn write_image_table(out_dir: &Path, images: Option<&[Image]>) {
     let mut code = String::new();
+    code.push_str(
+        "/// A kernel module compiled by build.rs: its name (the kernels/*.cu file stem), the\n\
+         /// oldest compute capability it has code for, and its fatbin.\n\
+         pub(crate) struct KernelImage {\n    \
+         pub(crate) name: &'static str,\n    \
+         pub(crate) min_compute_capability: (i32, i32),\n    \
+         pub(crate) fatbin: &'static [u8],\n}\n\n",
+    );
     match images {
         Some(images) => {
-            code.push_str(
-                "/// (module name, fatbin) for every kernels/*.cu, compiled by build.rs.\n",
-            );
-            code.push_str("pub(crate) const KERNEL_IMAGES: Option<&[(&str, &[u8])]> = Some(&[\n");
-            for (name, path) in images {
+            code.push_str("/// Every kernels/*.cu, compiled by build.rs.\n");
+            code.push_str("pub(crate) const KERNEL_IMAGES: Option<&[KernelImage]> = Some(&[\n");
+            for image in images {
                 writeln!(
                     code,
-                    "    ({name:?}, include_bytes!({:?})),",
-                    path.display().to_string()
+                    "    KernelImage {{ name: {:?}, min_compute_capability: ({}, {}), fatbin: include_bytes!({:?}) }},",
+                    image.name,
+                    image.min_arch / 10,
+                    image.min_arch % 10,
+                    image.fatbin.display().to_string()
                 )
                 .unwrap();
             }
@@ -238,7 +286,7 @@ fn write_image_table(out_dir: &Path, images: Option<&[(String, PathBuf)]>) {
         }
         None => {
             code.push_str("/// No nvcc at build time: no kernels.\n");
-            code.push_str("pub(crate) const KERNEL_IMAGES: Option<&[(&str, &[u8])]> = None;\n");
+            code.push_str("pub(crate) const KERNEL_IMAGES: Option<&[KernelImage]> = None;\n");
         }
     }
     fs::write(out_dir.join("kernel_images.rs"), code).expect("write kernel_images.rs");

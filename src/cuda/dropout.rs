@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaStream, DevicePtrMut, LaunchConfig, PushKernelArg};
 
-use crate::cuda::{check_seed_source, kernel, require_compute_capability, MaskParams, SeedSource};
+use crate::cuda::{check_seed_source, kernel, MaskParams, SeedSource};
 use crate::element::Element;
 use crate::error::{invalid, Result};
 use crate::layer::{Dropout, Geometry};
@@ -50,9 +50,6 @@ pub fn dropout_in_place<T: Element>(
         return Ok(());
     }
     let function = kernel(stream, "dropout", &format!("fusedrop_dropout_{}", T::NAME))?;
-    if T::NEEDS_SM80 {
-        require_compute_capability(stream, (5, 3), "half-precision dropout")?;
-    }
     let calls = (m as u64) * (n as u64 / 4 + 2);
     let blocks = calls.div_ceil(u64::from(THREADS)).clamp(1, 65_535 * 8) as u32;
     let config = LaunchConfig {

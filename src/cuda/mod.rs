@@ -140,10 +140,17 @@ pub(crate) fn kernel(
         if !kernels.modules.contains_key(module) {
             let image = images
                 .iter()
-                .find(|(name, _)| *name == module)
-                .map(|(_, bytes)| *bytes)
+                .find(|image| image.name == module)
                 .ok_or_else(|| Error::Cuda(format!("no kernel module named {module}")))?;
-            let loaded = ctx.load_module(Ptx::from_binary(image.to_vec()))?;
+            let (major, minor) = image.min_compute_capability;
+            if kernels.compute_capability < image.min_compute_capability {
+                let (have_major, have_minor) = kernels.compute_capability;
+                return Err(Error::UnsupportedDevice(format!(
+                    "kernel {function} (module {module}) is built for compute capability \
+                     {major}.{minor} and newer; this GPU has {have_major}.{have_minor}"
+                )));
+            }
+            let loaded = ctx.load_module(Ptx::from_binary(image.fatbin.to_vec()))?;
             kernels.modules.insert(module, loaded);
         }
         let f = kernels.modules[module]
