@@ -23,6 +23,7 @@
 
 #include <stdint.h>
 
+#include <cuda.h>  // CUtensorMap
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -289,6 +290,515 @@ FUSEDROP_PTX_DEVICE float shfl_down(float v, int delta) {
     return v;
 #else
     return ::fusedrop::host::bits_float(shfl_down(::fusedrop::host::float_bits(v), delta));
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hopper (sm_90a). mbarrier, TMA and the fences need sm_90, wgmma and setmaxnreg sm_90a (nvcc
+// defines __CUDA_ARCH_FEAT_SM90_ALL there). In device passes for other targets the bodies trap:
+// only kernels built for sm_90a alone may call them.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define FUSEDROP_PTX_SM90 1
+#endif
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define FUSEDROP_PTX_SM90A 1
+#endif
+
+// ---- mbarrier (64-bit object in shared memory; PTX ISA "Parallel Synchronization and
+// Communication Instructions: mbarrier") ----
+
+// mbarrier.init.shared::cta.b64: phase 0, `arrival_count` (1 .. 2^20 - 1) arrivals per phase.
+FUSEDROP_PTX_DEVICE void mbarrier_init(uint64_t* bar, uint32_t arrival_count) {
+#if defined(FUSEDROP_PTX_SM90)
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)),
+                 "r"(arrival_count)
+                 : "memory");
+#elif defined(__CUDA_ARCH__)
+    (void)bar, (void)arrival_count;
+    __trap();
+#elif defined(__CUDACC__)
+    (void)bar, (void)arrival_count;
+#else
+    ::fusedrop::host::mbarrier_init(bar, arrival_count);
+#endif
+}
+
+// fence.mbarrier_init.release.cluster: makes the initialisations visible to the async proxy
+// (TMA) and to other threads, before the __syncthreads that publishes the barriers.
+FUSEDROP_PTX_DEVICE void fence_mbarrier_init() {
+#if defined(FUSEDROP_PTX_SM90)
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#elif defined(__CUDA_ARCH__)
+    __trap();
+#elif !defined(__CUDACC__)
+    ::fusedrop::host::proxy_fence();
+#endif
+}
+
+// mbarrier.arrive.shared::cta.b64: one arrival of the calling thread.
+FUSEDROP_PTX_DEVICE void mbarrier_arrive(uint64_t* bar) {
+#if defined(FUSEDROP_PTX_SM90)
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
+#elif defined(__CUDA_ARCH__)
+    (void)bar;
+    __trap();
+#elif defined(__CUDACC__)
+    (void)bar;
+#else
+    ::fusedrop::host::mbarrier_arrive(bar, -1);
+#endif
+}
+
+// mbarrier.arrive.expect_tx.shared::cta.b64: adds `bytes` to the phase's transaction count, then
+// arrives. The phase completes when every arrival is in and the transactions (TMA bytes) landed.
+FUSEDROP_PTX_DEVICE void mbarrier_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+#if defined(FUSEDROP_PTX_SM90)
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)),
+                 "r"(bytes)
+                 : "memory");
+#elif defined(__CUDA_ARCH__)
+    (void)bar, (void)bytes;
+    __trap();
+#elif defined(__CUDACC__)
+    (void)bar, (void)bytes;
+#else
+    ::fusedrop::host::mbarrier_arrive(bar, (int64_t)bytes);
+#endif
+}
+
+// Blocks until the phase with parity `phase_parity` (0 or 1) has completed, i.e. while the
+// barrier's current phase has that parity: mbarrier.try_wait.parity in a loop.
+FUSEDROP_PTX_DEVICE void mbarrier_wait(uint64_t* bar, uint32_t phase_parity) {
+#if defined(FUSEDROP_PTX_SM90)
+    asm volatile(
+        "{\n"
+        ".reg .pred done;\n"
+        "FUSEDROP_MBARRIER_WAIT:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+        "@!done bra FUSEDROP_MBARRIER_WAIT;\n"
+        "}\n" ::"r"(smem_u32(bar)),
+        "r"(phase_parity)
+        : "memory");
+#elif defined(__CUDA_ARCH__)
+    (void)bar, (void)phase_parity;
+    __trap();
+#elif defined(__CUDACC__)
+    (void)bar, (void)phase_parity;
+#else
+    ::fusedrop::host::mbarrier_wait(bar, phase_parity);
+#endif
+}
+
+// ---- TMA (2-D tiled tensor maps; pass the map as a `const __grid_constant__ CUtensorMap`
+// kernel parameter). In the harness, maps come from fusedrop::host::encode_tensor_map_2d. ----
+
+// cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes: loads the
+// map's box at (c0 = innermost coordinate in elements, c1 = row) into `smem_dst` in the map's
+// swizzle layout, zero-filling elements outside the tensor, and performs complete-tx of the full
+// box bytes on `bar`. `smem_dst` is 128-byte aligned, or aligned to the swizzle pattern's repeat
+// (256, 512, 1024 bytes for 32-, 64-, 128-byte swizzle).
+FUSEDROP_PTX_DEVICE void tma_load_2d(void* smem_dst, const CUtensorMap* map, uint64_t* bar,
+                                     int32_t c0, int32_t c1) {
+#if defined(FUSEDROP_PTX_SM90)
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes "
+        "[%0], [%1, {%3, %4}], [%2];\n" ::"r"(smem_u32(smem_dst)),
+        "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_u32(bar)), "r"(c0), "r"(c1)
+        : "memory");
+#elif defined(__CUDA_ARCH__)
+    (void)smem_dst, (void)map, (void)bar, (void)c0, (void)c1;
+    __trap();
+#elif defined(__CUDACC__)
+    (void)smem_dst, (void)map, (void)bar, (void)c0, (void)c1;
+#else
+    ::fusedrop::host::tma_load_2d(smem_dst, map, bar, c0, c1);
+#endif
+}
+
+// prefetch.tensormap: brings the map into the cache ahead of its first use.
+FUSEDROP_PTX_DEVICE void prefetch_tensormap(const CUtensorMap* map) {
+#if defined(FUSEDROP_PTX_SM90)
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
+#elif defined(__CUDA_ARCH__)
+    (void)map;
+    __trap();
+#elif defined(__CUDACC__)
+    (void)map;
+#else
+    ::fusedrop::host::prefetch_tensormap(map);
+#endif
+}
+
+// cp.async.bulk.tensor.2d.global.shared::cta.tile.bulk_group: stores the box at `smem_src`
+// (laid out in the map's swizzle) to the map's tensor at (c0, c1); elements outside the tensor
+// are not written. `smem_src` may be overwritten only after tma_store_wait_read retires the
+// store's group.
+FUSEDROP_PTX_DEVICE void tma_store_2d(const CUtensorMap* map, const void* smem_src, int32_t c0,
+                                      int32_t c1) {
+#if defined(FUSEDROP_PTX_SM90)
+    asm volatile(
+        "cp.async.bulk.tensor.2d.global.shared::cta.tile.bulk_group [%0, {%2, %3}], [%1];\n" ::"l"(
+            reinterpret_cast<uint64_t>(map)),
+        "r"(smem_u32(smem_src)), "r"(c0), "r"(c1)
+        : "memory");
+#elif defined(__CUDA_ARCH__)
+    (void)map, (void)smem_src, (void)c0, (void)c1;
+    __trap();
+#elif defined(__CUDACC__)
+    (void)map, (void)smem_src, (void)c0, (void)c1;
+#else
+    ::fusedrop::host::tma_store_2d(map, smem_src, c0, c1);
+#endif
+}
+
+// cp.async.bulk.commit_group: closes the thread's pending TMA stores into one bulk group.
+FUSEDROP_PTX_DEVICE void tma_store_commit() {
+#if defined(FUSEDROP_PTX_SM90)
+    asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+#elif defined(__CUDA_ARCH__)
+    __trap();
+#elif !defined(__CUDACC__)
+    ::fusedrop::host::tma_store_commit();
+#endif
+}
+
+// cp.async.bulk.wait_group.read N: waits until at most N of the thread's bulk groups have not
+// finished reading their shared-memory sources.
+template <int N>
+FUSEDROP_PTX_DEVICE void tma_store_wait_read() {
+    static_assert(N >= 0 && N <= 63, "cp.async.bulk.wait_group takes 0 .. 63");
+#if defined(FUSEDROP_PTX_SM90)
+    asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+#elif defined(__CUDA_ARCH__)
+    __trap();
+#elif !defined(__CUDACC__)
+    ::fusedrop::host::tma_store_wait_read(N);
+#endif
+}
+
+// fence.proxy.async.shared::cta: orders the thread's generic-proxy shared-memory writes before
+// later async-proxy accesses (a TMA store of data the threads wrote, a wgmma reading it).
+FUSEDROP_PTX_DEVICE void fence_proxy_async_shared() {
+#if defined(FUSEDROP_PTX_SM90)
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#elif defined(__CUDA_ARCH__)
+    __trap();
+#elif !defined(__CUDACC__)
+    ::fusedrop::host::proxy_fence();
+#endif
+}
+
+// ---- wgmma (a warpgroup is 4 consecutive warps starting at a warp index that is a multiple
+// of 4; every instruction below is executed by all 128 threads of the warpgroup) ----
+
+// wgmma.fence.sync.aligned: before the first wgmma and after any access of the accumulator or
+// A-fragment registers (here: required again after every wgmma_wait_group).
+FUSEDROP_PTX_DEVICE void wgmma_fence() {
+#if defined(FUSEDROP_PTX_SM90A)
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#elif defined(__CUDA_ARCH__)
+    __trap();
+#elif !defined(__CUDACC__)
+    ::fusedrop::host::wgmma_fence();
+#endif
+}
+
+// wgmma.commit_group.sync.aligned: closes the warpgroup's pending wgmmas into one group.
+FUSEDROP_PTX_DEVICE void wgmma_commit_group() {
+#if defined(FUSEDROP_PTX_SM90A)
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#elif defined(__CUDA_ARCH__)
+    __trap();
+#elif !defined(__CUDACC__)
+    ::fusedrop::host::wgmma_commit_group();
+#endif
+}
+
+// wgmma.wait_group.sync.aligned N: waits until at most N wgmma groups are pending; only then
+// are the accumulators of the retired groups defined.
+template <int N>
+FUSEDROP_PTX_DEVICE void wgmma_wait_group() {
+    static_assert(N >= 0 && N <= 7, "wgmma.wait_group takes 0 .. 7");
+#if defined(FUSEDROP_PTX_SM90A)
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+#elif defined(__CUDA_ARCH__)
+    __trap();
+#elif !defined(__CUDACC__)
+    ::fusedrop::host::wgmma_wait_group(N);
+#endif
+}
+
+// The shared-memory matrix descriptor of a wgmma operand (PTX ISA "Matrix Descriptor Format"):
+// bits 0-13 start address >> 4, 16-29 leading dimension byte offset >> 4, 32-45 stride
+// dimension byte offset >> 4, 49-51 base offset (0 here: swizzled operands start on their
+// pattern's repeat boundary, or a k-step into it), 62-63 swizzle mode (0 none, 1 128-byte,
+// 2 64-byte, 3 32-byte). `swizzle_bytes` is 0, 32, 64 or 128; the offsets are multiples of 16.
+FUSEDROP_PTX_DEVICE uint64_t make_smem_desc(const void* smem, int swizzle_bytes,
+                                            uint32_t leading_byte_offset,
+                                            uint32_t stride_byte_offset) {
+#if !defined(__CUDACC__)
+    if ((swizzle_bytes != 0 && swizzle_bytes != 32 && swizzle_bytes != 64 &&
+         swizzle_bytes != 128) ||
+        leading_byte_offset % 16 != 0 || stride_byte_offset % 16 != 0 ||
+        leading_byte_offset >= (1u << 18) || stride_byte_offset >= (1u << 18))
+        ::fusedrop::host::fail(
+            "make_smem_desc(swizzle %d, leading byte offset %u, stride byte offset %u): the "
+            "swizzle is 0, 32, 64 or 128 and the offsets are multiples of 16 below 2^18",
+            swizzle_bytes, leading_byte_offset, stride_byte_offset);
+#endif
+    const uint64_t mode = swizzle_bytes == 128 ? 1 : swizzle_bytes == 64 ? 2
+                          : swizzle_bytes == 32 ? 3 : 0;
+    return (uint64_t)((smem_u32(smem) & 0x3FFFF) >> 4) |
+           ((uint64_t)((leading_byte_offset & 0x3FFFF) >> 4) << 16) |
+           ((uint64_t)((stride_byte_offset & 0x3FFFF) >> 4) << 32) | (mode << 62);
+}
+
+// Accumulator operands of wgmma.mma_async: the N/2 f32 registers d[0..N/2-1] are asm operands
+// 3.. (A from shared memory: descriptors and scale-d come first) or 6.. (A from registers).
+// FUSEDROP_WGMMA_{SS,RS}_D<j> is the register list text for 4j registers, FUSEDROP_WGMMA_ACC<j>
+// the matching operand list.
+#define FUSEDROP_WGMMA_SS_D1 "%3, %4, %5, %6"
+#define FUSEDROP_WGMMA_SS_D2 FUSEDROP_WGMMA_SS_D1 ", %7, %8, %9, %10"
+#define FUSEDROP_WGMMA_SS_D3 FUSEDROP_WGMMA_SS_D2 ", %11, %12, %13, %14"
+#define FUSEDROP_WGMMA_SS_D4 FUSEDROP_WGMMA_SS_D3 ", %15, %16, %17, %18"
+#define FUSEDROP_WGMMA_SS_D5 FUSEDROP_WGMMA_SS_D4 ", %19, %20, %21, %22"
+#define FUSEDROP_WGMMA_SS_D6 FUSEDROP_WGMMA_SS_D5 ", %23, %24, %25, %26"
+#define FUSEDROP_WGMMA_SS_D7 FUSEDROP_WGMMA_SS_D6 ", %27, %28, %29, %30"
+#define FUSEDROP_WGMMA_SS_D8 FUSEDROP_WGMMA_SS_D7 ", %31, %32, %33, %34"
+#define FUSEDROP_WGMMA_SS_D9 FUSEDROP_WGMMA_SS_D8 ", %35, %36, %37, %38"
+#define FUSEDROP_WGMMA_SS_D10 FUSEDROP_WGMMA_SS_D9 ", %39, %40, %41, %42"
+#define FUSEDROP_WGMMA_SS_D11 FUSEDROP_WGMMA_SS_D10 ", %43, %44, %45, %46"
+#define FUSEDROP_WGMMA_SS_D12 FUSEDROP_WGMMA_SS_D11 ", %47, %48, %49, %50"
+#define FUSEDROP_WGMMA_SS_D13 FUSEDROP_WGMMA_SS_D12 ", %51, %52, %53, %54"
+#define FUSEDROP_WGMMA_SS_D14 FUSEDROP_WGMMA_SS_D13 ", %55, %56, %57, %58"
+#define FUSEDROP_WGMMA_SS_D15 FUSEDROP_WGMMA_SS_D14 ", %59, %60, %61, %62"
+#define FUSEDROP_WGMMA_SS_D16 FUSEDROP_WGMMA_SS_D15 ", %63, %64, %65, %66"
+#define FUSEDROP_WGMMA_SS_D17 FUSEDROP_WGMMA_SS_D16 ", %67, %68, %69, %70"
+#define FUSEDROP_WGMMA_SS_D18 FUSEDROP_WGMMA_SS_D17 ", %71, %72, %73, %74"
+#define FUSEDROP_WGMMA_SS_D19 FUSEDROP_WGMMA_SS_D18 ", %75, %76, %77, %78"
+#define FUSEDROP_WGMMA_SS_D20 FUSEDROP_WGMMA_SS_D19 ", %79, %80, %81, %82"
+#define FUSEDROP_WGMMA_SS_D21 FUSEDROP_WGMMA_SS_D20 ", %83, %84, %85, %86"
+#define FUSEDROP_WGMMA_SS_D22 FUSEDROP_WGMMA_SS_D21 ", %87, %88, %89, %90"
+#define FUSEDROP_WGMMA_SS_D23 FUSEDROP_WGMMA_SS_D22 ", %91, %92, %93, %94"
+#define FUSEDROP_WGMMA_SS_D24 FUSEDROP_WGMMA_SS_D23 ", %95, %96, %97, %98"
+#define FUSEDROP_WGMMA_SS_D25 FUSEDROP_WGMMA_SS_D24 ", %99, %100, %101, %102"
+#define FUSEDROP_WGMMA_SS_D26 FUSEDROP_WGMMA_SS_D25 ", %103, %104, %105, %106"
+#define FUSEDROP_WGMMA_SS_D27 FUSEDROP_WGMMA_SS_D26 ", %107, %108, %109, %110"
+#define FUSEDROP_WGMMA_SS_D28 FUSEDROP_WGMMA_SS_D27 ", %111, %112, %113, %114"
+#define FUSEDROP_WGMMA_SS_D29 FUSEDROP_WGMMA_SS_D28 ", %115, %116, %117, %118"
+#define FUSEDROP_WGMMA_SS_D30 FUSEDROP_WGMMA_SS_D29 ", %119, %120, %121, %122"
+#define FUSEDROP_WGMMA_SS_D31 FUSEDROP_WGMMA_SS_D30 ", %123, %124, %125, %126"
+#define FUSEDROP_WGMMA_SS_D32 FUSEDROP_WGMMA_SS_D31 ", %127, %128, %129, %130"
+#define FUSEDROP_WGMMA_RS_D1 "%6, %7, %8, %9"
+#define FUSEDROP_WGMMA_RS_D2 FUSEDROP_WGMMA_RS_D1 ", %10, %11, %12, %13"
+#define FUSEDROP_WGMMA_RS_D3 FUSEDROP_WGMMA_RS_D2 ", %14, %15, %16, %17"
+#define FUSEDROP_WGMMA_RS_D4 FUSEDROP_WGMMA_RS_D3 ", %18, %19, %20, %21"
+#define FUSEDROP_WGMMA_RS_D5 FUSEDROP_WGMMA_RS_D4 ", %22, %23, %24, %25"
+#define FUSEDROP_WGMMA_RS_D6 FUSEDROP_WGMMA_RS_D5 ", %26, %27, %28, %29"
+#define FUSEDROP_WGMMA_RS_D7 FUSEDROP_WGMMA_RS_D6 ", %30, %31, %32, %33"
+#define FUSEDROP_WGMMA_RS_D8 FUSEDROP_WGMMA_RS_D7 ", %34, %35, %36, %37"
+#define FUSEDROP_WGMMA_RS_D9 FUSEDROP_WGMMA_RS_D8 ", %38, %39, %40, %41"
+#define FUSEDROP_WGMMA_RS_D10 FUSEDROP_WGMMA_RS_D9 ", %42, %43, %44, %45"
+#define FUSEDROP_WGMMA_RS_D11 FUSEDROP_WGMMA_RS_D10 ", %46, %47, %48, %49"
+#define FUSEDROP_WGMMA_RS_D12 FUSEDROP_WGMMA_RS_D11 ", %50, %51, %52, %53"
+#define FUSEDROP_WGMMA_RS_D13 FUSEDROP_WGMMA_RS_D12 ", %54, %55, %56, %57"
+#define FUSEDROP_WGMMA_RS_D14 FUSEDROP_WGMMA_RS_D13 ", %58, %59, %60, %61"
+#define FUSEDROP_WGMMA_RS_D15 FUSEDROP_WGMMA_RS_D14 ", %62, %63, %64, %65"
+#define FUSEDROP_WGMMA_RS_D16 FUSEDROP_WGMMA_RS_D15 ", %66, %67, %68, %69"
+#define FUSEDROP_WGMMA_RS_D17 FUSEDROP_WGMMA_RS_D16 ", %70, %71, %72, %73"
+#define FUSEDROP_WGMMA_RS_D18 FUSEDROP_WGMMA_RS_D17 ", %74, %75, %76, %77"
+#define FUSEDROP_WGMMA_RS_D19 FUSEDROP_WGMMA_RS_D18 ", %78, %79, %80, %81"
+#define FUSEDROP_WGMMA_RS_D20 FUSEDROP_WGMMA_RS_D19 ", %82, %83, %84, %85"
+#define FUSEDROP_WGMMA_RS_D21 FUSEDROP_WGMMA_RS_D20 ", %86, %87, %88, %89"
+#define FUSEDROP_WGMMA_RS_D22 FUSEDROP_WGMMA_RS_D21 ", %90, %91, %92, %93"
+#define FUSEDROP_WGMMA_RS_D23 FUSEDROP_WGMMA_RS_D22 ", %94, %95, %96, %97"
+#define FUSEDROP_WGMMA_RS_D24 FUSEDROP_WGMMA_RS_D23 ", %98, %99, %100, %101"
+#define FUSEDROP_WGMMA_RS_D25 FUSEDROP_WGMMA_RS_D24 ", %102, %103, %104, %105"
+#define FUSEDROP_WGMMA_RS_D26 FUSEDROP_WGMMA_RS_D25 ", %106, %107, %108, %109"
+#define FUSEDROP_WGMMA_RS_D27 FUSEDROP_WGMMA_RS_D26 ", %110, %111, %112, %113"
+#define FUSEDROP_WGMMA_RS_D28 FUSEDROP_WGMMA_RS_D27 ", %114, %115, %116, %117"
+#define FUSEDROP_WGMMA_RS_D29 FUSEDROP_WGMMA_RS_D28 ", %118, %119, %120, %121"
+#define FUSEDROP_WGMMA_RS_D30 FUSEDROP_WGMMA_RS_D29 ", %122, %123, %124, %125"
+#define FUSEDROP_WGMMA_RS_D31 FUSEDROP_WGMMA_RS_D30 ", %126, %127, %128, %129"
+#define FUSEDROP_WGMMA_RS_D32 FUSEDROP_WGMMA_RS_D31 ", %130, %131, %132, %133"
+#define FUSEDROP_WGMMA_ACC1 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+#define FUSEDROP_WGMMA_ACC2 FUSEDROP_WGMMA_ACC1, "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+#define FUSEDROP_WGMMA_ACC3 FUSEDROP_WGMMA_ACC2, "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11])
+#define FUSEDROP_WGMMA_ACC4 FUSEDROP_WGMMA_ACC3, "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+#define FUSEDROP_WGMMA_ACC5 FUSEDROP_WGMMA_ACC4, "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19])
+#define FUSEDROP_WGMMA_ACC6 FUSEDROP_WGMMA_ACC5, "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23])
+#define FUSEDROP_WGMMA_ACC7 FUSEDROP_WGMMA_ACC6, "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27])
+#define FUSEDROP_WGMMA_ACC8 FUSEDROP_WGMMA_ACC7, "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+#define FUSEDROP_WGMMA_ACC9 FUSEDROP_WGMMA_ACC8, "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35])
+#define FUSEDROP_WGMMA_ACC10 FUSEDROP_WGMMA_ACC9, "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39])
+#define FUSEDROP_WGMMA_ACC11 \
+    FUSEDROP_WGMMA_ACC10, "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43])
+#define FUSEDROP_WGMMA_ACC12 \
+    FUSEDROP_WGMMA_ACC11, "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47])
+#define FUSEDROP_WGMMA_ACC13 \
+    FUSEDROP_WGMMA_ACC12, "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51])
+#define FUSEDROP_WGMMA_ACC14 \
+    FUSEDROP_WGMMA_ACC13, "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55])
+#define FUSEDROP_WGMMA_ACC15 \
+    FUSEDROP_WGMMA_ACC14, "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59])
+#define FUSEDROP_WGMMA_ACC16 \
+    FUSEDROP_WGMMA_ACC15, "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+#define FUSEDROP_WGMMA_ACC17 \
+    FUSEDROP_WGMMA_ACC16, "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67])
+#define FUSEDROP_WGMMA_ACC18 \
+    FUSEDROP_WGMMA_ACC17, "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71])
+#define FUSEDROP_WGMMA_ACC19 \
+    FUSEDROP_WGMMA_ACC18, "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75])
+#define FUSEDROP_WGMMA_ACC20 \
+    FUSEDROP_WGMMA_ACC19, "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79])
+#define FUSEDROP_WGMMA_ACC21 \
+    FUSEDROP_WGMMA_ACC20, "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83])
+#define FUSEDROP_WGMMA_ACC22 \
+    FUSEDROP_WGMMA_ACC21, "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87])
+#define FUSEDROP_WGMMA_ACC23 \
+    FUSEDROP_WGMMA_ACC22, "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91])
+#define FUSEDROP_WGMMA_ACC24 \
+    FUSEDROP_WGMMA_ACC23, "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95])
+#define FUSEDROP_WGMMA_ACC25 \
+    FUSEDROP_WGMMA_ACC24, "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99])
+#define FUSEDROP_WGMMA_ACC26 \
+    FUSEDROP_WGMMA_ACC25, "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103])
+#define FUSEDROP_WGMMA_ACC27 \
+    FUSEDROP_WGMMA_ACC26, "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107])
+#define FUSEDROP_WGMMA_ACC28 \
+    FUSEDROP_WGMMA_ACC27, "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111])
+#define FUSEDROP_WGMMA_ACC29 \
+    FUSEDROP_WGMMA_ACC28, "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115])
+#define FUSEDROP_WGMMA_ACC30 \
+    FUSEDROP_WGMMA_ACC29, "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119])
+#define FUSEDROP_WGMMA_ACC31 \
+    FUSEDROP_WGMMA_ACC30, "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123])
+#define FUSEDROP_WGMMA_ACC32 \
+    FUSEDROP_WGMMA_ACC31, "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+
+// The descriptors, scale-d and A registers are passed as read-write copies so that they can
+// precede the accumulators in the operand numbering; the predicate p is scale-d != 0.
+#define FUSEDROP_WGMMA_SS_ASM(NN, J, TY, TA, TB)                                              \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %2, 0;\n"                                  \
+                 "wgmma.mma_async.sync.aligned.m64n" #NN "k16.f32." TY "." TY " {"              \
+                 FUSEDROP_WGMMA_SS_D##J "}, %0, %1, p, 1, 1, " #TA ", " #TB ";\n}\n"            \
+                 : "+l"(da), "+l"(db), "+r"(scale_d), FUSEDROP_WGMMA_ACC##J)
+#define FUSEDROP_WGMMA_RS_ASM(NN, J, TY, TB)                                                  \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %1, 0;\n"                                  \
+                 "wgmma.mma_async.sync.aligned.m64n" #NN "k16.f32." TY "." TY " {"              \
+                 FUSEDROP_WGMMA_RS_D##J "}, {%2, %3, %4, %5}, %0, p, 1, 1, " #TB ";\n}\n"       \
+                 : "+l"(db), "+r"(scale_d), "+r"(a0), "+r"(a1), "+r"(a2), "+r"(a3),             \
+                   FUSEDROP_WGMMA_ACC##J)
+#define FUSEDROP_WGMMA_SS_TYPE(NN, J, TY)                                                     \
+    if constexpr (kTransA == 0 && kTransB == 0) FUSEDROP_WGMMA_SS_ASM(NN, J, TY, 0, 0);       \
+    else if constexpr (kTransA == 0) FUSEDROP_WGMMA_SS_ASM(NN, J, TY, 0, 1);                  \
+    else if constexpr (kTransB == 0) FUSEDROP_WGMMA_SS_ASM(NN, J, TY, 1, 0);                  \
+    else FUSEDROP_WGMMA_SS_ASM(NN, J, TY, 1, 1);
+#define FUSEDROP_WGMMA_SS_CASE(NN, J)                                                         \
+    if constexpr (N == NN) {                                                                  \
+        if constexpr (MmaType<T>::kind == 0) {                                                \
+            FUSEDROP_WGMMA_SS_TYPE(NN, J, "f16")                                              \
+        } else {                                                                              \
+            FUSEDROP_WGMMA_SS_TYPE(NN, J, "bf16")                                             \
+        }                                                                                     \
+    }
+#define FUSEDROP_WGMMA_RS_TYPE(NN, J, TY)                                                     \
+    if constexpr (kTransB == 0) FUSEDROP_WGMMA_RS_ASM(NN, J, TY, 0);                          \
+    else FUSEDROP_WGMMA_RS_ASM(NN, J, TY, 1);
+#define FUSEDROP_WGMMA_RS_CASE(NN, J)                                                         \
+    if constexpr (N == NN) {                                                                  \
+        if constexpr (MmaType<T>::kind == 0) {                                                \
+            FUSEDROP_WGMMA_RS_TYPE(NN, J, "f16")                                              \
+        } else {                                                                              \
+            FUSEDROP_WGMMA_RS_TYPE(NN, J, "bf16")                                             \
+        }                                                                                     \
+    }
+#define FUSEDROP_WGMMA_EVERY_N(CASE)                                                          \
+    CASE(8, 1) CASE(16, 2) CASE(24, 3) CASE(32, 4) CASE(40, 5) CASE(48, 6) CASE(56, 7)        \
+    CASE(64, 8) CASE(72, 9) CASE(80, 10) CASE(88, 11) CASE(96, 12) CASE(104, 13)              \
+    CASE(112, 14) CASE(120, 15) CASE(128, 16) CASE(136, 17) CASE(144, 18) CASE(152, 19)       \
+    CASE(160, 20) CASE(168, 21) CASE(176, 22) CASE(184, 23) CASE(192, 24) CASE(200, 25)       \
+    CASE(208, 26) CASE(216, 27) CASE(224, 28) CASE(232, 29) CASE(240, 30) CASE(248, 31)       \
+    CASE(256, 32)
+
+// wgmma.mma_async.sync.aligned.m64nNk16.f32.T.T with A and B from shared memory:
+// D[64 x N] = A[64 x 16] * B[16 x N] (+ D when `accumulate`; scale-d is a run-time predicate).
+// T is __half or __nv_bfloat16, N a multiple of 8 up to 256, kTransA / kTransB the imm-trans
+// bits (0: K-major, 1: M- / N-major). Thread t of the warpgroup (warp w = t / 32, lane
+// l = t % 32) holds d[r] = D[16w + l/4 + 8((r >> 1) & 1)][8(r >> 2) + 2(l % 4) + (r & 1)].
+// The accumulators are undefined until wgmma_wait_group retires the operation's group.
+template <typename T, int N, int kTransA = 0, int kTransB = 0>
+FUSEDROP_PTX_DEVICE void wgmma_ss(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b,
+                                  bool accumulate) {
+    static_assert(N >= 8 && N <= 256 && N % 8 == 0, "wgmma N is a multiple of 8 up to 256");
+    static_assert((kTransA == 0 || kTransA == 1) && (kTransB == 0 || kTransB == 1),
+                  "the transpose bits are 0 or 1");
+#if defined(FUSEDROP_PTX_SM90A)
+    uint64_t da = desc_a, db = desc_b;
+    uint32_t scale_d = accumulate ? 1u : 0u;
+    FUSEDROP_WGMMA_EVERY_N(FUSEDROP_WGMMA_SS_CASE)
+#elif defined(__CUDA_ARCH__)
+    (void)d, (void)desc_a, (void)desc_b, (void)accumulate;
+    __trap();
+#elif defined(__CUDACC__)
+    (void)d, (void)desc_a, (void)desc_b, (void)accumulate;
+#else
+    ::fusedrop::host::wgmma(MmaType<T>::kind, N, kTransA, kTransB, d, nullptr, desc_a, desc_b,
+                            accumulate);
+#endif
+}
+
+// The same with A from registers (K-major). a[4] is this thread's A fragment (PTX ISA "Register
+// Fragments" for wgmma .m64nNk16): element e of a[e / 2] (low half first) is
+// A[16w + l/4 + 8((e >> 1) & 1)][2(l % 4) + (e & 1) + 8(e >> 2)], as mma.m16n8k16's A fragment
+// per warp.
+template <typename T, int N, int kTransB = 0>
+FUSEDROP_PTX_DEVICE void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc_b,
+                                  bool accumulate) {
+    static_assert(N >= 8 && N <= 256 && N % 8 == 0, "wgmma N is a multiple of 8 up to 256");
+    static_assert(kTransB == 0 || kTransB == 1, "the transpose bit is 0 or 1");
+#if defined(FUSEDROP_PTX_SM90A)
+    uint64_t db = desc_b;
+    uint32_t scale_d = accumulate ? 1u : 0u;
+    uint32_t a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
+    FUSEDROP_WGMMA_EVERY_N(FUSEDROP_WGMMA_RS_CASE)
+#elif defined(__CUDA_ARCH__)
+    (void)d, (void)a, (void)desc_b, (void)accumulate;
+    __trap();
+#elif defined(__CUDACC__)
+    (void)d, (void)a, (void)desc_b, (void)accumulate;
+#else
+    ::fusedrop::host::wgmma(MmaType<T>::kind, N, 0, kTransB, d, a, 0, desc_b, accumulate);
+#endif
+}
+
+// ---- registers ----
+
+// setmaxnreg.inc / .dec.sync.aligned.u32: the warpgroup's per-thread register budget becomes
+// kRegs (24 .. 256, a multiple of 8); producers give registers up, consumers take them.
+template <int kRegs>
+FUSEDROP_PTX_DEVICE void setmaxnreg_inc() {
+    static_assert(kRegs >= 24 && kRegs <= 256 && kRegs % 8 == 0,
+                  "setmaxnreg takes 24 .. 256 registers, a multiple of 8");
+#if defined(FUSEDROP_PTX_SM90A)
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+#elif defined(__CUDA_ARCH__)
+    __trap();
+#elif !defined(__CUDACC__)
+    ::fusedrop::host::setmaxnreg(true, kRegs);
+#endif
+}
+
+template <int kRegs>
+FUSEDROP_PTX_DEVICE void setmaxnreg_dec() {
+    static_assert(kRegs >= 24 && kRegs <= 256 && kRegs % 8 == 0,
+                  "setmaxnreg takes 24 .. 256 registers, a multiple of 8");
+#if defined(FUSEDROP_PTX_SM90A)
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+#elif defined(__CUDA_ARCH__)
+    __trap();
+#elif !defined(__CUDACC__)
+    ::fusedrop::host::setmaxnreg(false, kRegs);
 #endif
 }
 

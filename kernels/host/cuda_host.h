@@ -16,13 +16,19 @@
 //   PTX ISA definition and fragment layouts, and hands each lane its result. A collective that not
 //   all 32 lanes reach (divergence, early exit, a partial warp) is reported as an error.
 // - Dynamic shared memory is a heap buffer of exactly the launch's size (so AddressSanitizer sees
-//   overruns), filled with 0xFF bytes (NaN in every element type) before each block. Static
+//   overruns), 128 bytes into a 256 KiB-aligned shared window (so smem_u32 gives window
+//   addresses), filled with 0xFF bytes (NaN in every element type) before each block. Static
 //   `__shared__` variables are function-scope statics (blocks run one after another): zero at
 //   first, then whatever the previous block left.
 // - cp.async is asynchronous: the source is read when the copy is issued, the destination is
 //   filled with 0xFF bytes at issue and receives the data only when the issuing thread's
 //   cp.async.wait_group retires its group. Reading a stage before waiting, or another thread's
 //   stage without a barrier after the wait, reads poison.
+// - Hopper (sm_90a) instructions, modelled after the PTX ISA (see "The Hopper model" below):
+//   mbarrier objects with phases, arrival and transaction counts; TMA tensor loads that land
+//   only when no thread of the block can run; TMA stores that read shared memory only when the
+//   issuing thread waits for them; wgmma as a warpgroup collective whose accumulators are NaN
+//   until wgmma.wait_group retires the operation.
 // - Misuse that the GPU would fault on or leave undefined (misaligned cp.async / ldmatrix
 //   addresses, divergent barriers, collectives with missing lanes, deadlocks) aborts with a
 //   message naming the block and thread.
@@ -32,6 +38,7 @@
 #error "kernels/host/cuda_host.h is for the host compiler only"
 #endif
 
+#include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdarg.h>
@@ -45,11 +52,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <deque>
 #include <functional>
 #include <new>
+#include <string>
 #include <tuple>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -68,10 +78,13 @@
 #undef __host__
 #undef __shared__
 #undef __launch_bounds__
+#undef __grid_constant__
 #define __global__
 #define __device__
 #define __host__
 #define __launch_bounds__(...)
+// Kernel parameters are per-thread copies here, so a const parameter is already grid-constant.
+#define __grid_constant__
 // Static shared memory: a function-scope static, one per kernel instantiation. Blocks run one
 // after another, so the block's threads share it; it starts zeroed and then holds whatever the
 // previous block left (no poisoning: GCC places template statics where no section attribute
@@ -124,7 +137,7 @@ enum class Shfl { Idx, Xor, Down };
 // ---------------------------------------------------------------------------------------------
 // Runtime state.
 
-enum class State { Runnable, AtBarrier, AtWarp, Done };
+enum class State { Runnable, AtBarrier, AtWarp, AtWarpGroup, AtMbarrier, Done };
 
 enum class Op { None, Mma, Ldmatrix, Shfl, SyncWarp };
 
@@ -132,6 +145,26 @@ struct PendingCopy {
     void* dst;
     int bytes;
     unsigned char data[16];
+};
+
+// A tensor map as encode_tensor_map_2d stores it inside the 128 opaque bytes of a CUtensorMap.
+struct TensorMap2d {
+    uint64_t magic;
+    const unsigned char* base;
+    uint64_t dim0, dim1;  // elements: innermost (columns), rows
+    uint64_t row_stride;  // bytes
+    uint32_t box0, box1;
+    int32_t element_bytes;
+    int32_t swizzle_bytes;  // 0, 32, 64 or 128
+};
+static_assert(sizeof(TensorMap2d) <= sizeof(CUtensorMap), "a TensorMap2d fits in a CUtensorMap");
+
+// A TMA store issued by a thread: the shared-memory source is read when the thread's
+// cp.async.bulk.wait_group.read retires the store's group.
+struct BulkStore {
+    TensorMap2d map;
+    const unsigned char* src;
+    int32_t c0, c1;
 };
 
 struct Fiber {
@@ -146,6 +179,10 @@ struct Fiber {
     int site_line = 0;
     std::vector<PendingCopy> uncommitted;
     std::deque<std::vector<PendingCopy>> groups;
+    std::vector<BulkStore> bulk_uncommitted;
+    std::deque<std::vector<BulkStore>> bulk_groups;
+    const uint64_t* mbar_wait = nullptr;  // the mbarrier this thread waits on (State::AtMbarrier)
+    uint32_t mbar_parity = 0;
 };
 
 // One lane's operands and results of a warp collective.
@@ -170,6 +207,62 @@ struct Warp {
     int size = 32;
 };
 
+// Warpgroup collectives (wgmma.*, setmaxnreg): one slot per thread of the warpgroup.
+enum class WgOp { None, Fence, Mma, Commit, Wait, SetMaxNReg };
+
+struct WgSlot {
+    WgOp op = WgOp::None;
+    int kind = 0;  // wgmma: 0 f16, 1 bf16
+    int n = 0;
+    int trans_a = 0, trans_b = 0;
+    bool a_in_regs = false;
+    bool accumulate = false;
+    uint64_t desc_a = 0, desc_b = 0;
+    uint32_t a[4] = {0, 0, 0, 0};
+    float* acc = nullptr;
+    int arg = 0;  // wait_group N; setmaxnreg register count (negative: dec)
+};
+
+// One wgmma.mma_async of a warpgroup, from issue until its group is retired by wait_group.
+struct WgmmaOp {
+    int id = 0;
+    int kind = 0, n = 0, trans_a = 0, trans_b = 0;
+    bool a_in_regs = false, accumulate = false;
+    uint64_t desc_a = 0, desc_b = 0;
+    uint32_t a[128][4];
+    float* acc[128];
+    // source[t] >= 0: thread t's accumulator input is the result of that earlier, still pending
+    // operation on the same registers; -1: it is c[t] (the register values at issue).
+    int source[128];
+    std::vector<float> c;  // [128][n / 2]
+};
+
+struct WarpGroup {
+    WgSlot slot[128];
+    int arrived = 0;
+    int size = 128;
+    bool fenced = false;  // a wgmma.fence since the last wgmma.wait_group
+    int next_id = 0;
+    std::vector<WgmmaOp> uncommitted;
+    std::deque<std::vector<WgmmaOp>> groups;
+};
+
+// The harness's state of one mbarrier object (the object's 8 bytes hold a fingerprint only).
+struct Mbarrier {
+    uint32_t expected = 0;  // arrivals per phase
+    uint32_t pending = 0;   // arrivals still missing in the current phase
+    int64_t tx = 0;         // tx-count of the current phase
+    uint32_t phase = 0;
+};
+
+// A TMA load in flight: 16-byte chunks of the box, already at their swizzled places.
+struct TmaDelivery {
+    std::vector<std::pair<unsigned char*, std::array<unsigned char, 16>>> chunks;
+    uint64_t* bar;
+    uint32_t bytes;
+    int thread;
+};
+
 struct Runtime {
     std::vector<Fiber> fibers;
     std::vector<Warp> warps;
@@ -183,6 +276,10 @@ struct Runtime {
     const void* scheduler_stack_bottom = nullptr;
     size_t scheduler_stack_size = 0;
     Fiber* current = nullptr;
+    std::vector<WarpGroup> warpgroups;
+    std::unordered_map<const uint64_t*, Mbarrier> mbarriers;
+    std::deque<TmaDelivery> tma_in_flight;
+    unsigned char* smem_window = nullptr;  // address 0 of the block's shared window
     unsigned char* dyn_smem = nullptr;
     size_t dyn_bytes = 0;
     std::function<void()> body;
@@ -264,6 +361,9 @@ inline void release_barrier_if_complete() {
     rt->barrier_file = nullptr;
 }
 
+// Asynchronous work a thread must have waited for before it exits (defined with the Hopper model).
+inline void check_thread_exit(const Fiber& f);
+
 inline void fiber_entry() {
     Runtime* rt = runtime();
 #if FUSEDROP_HOST_ASAN
@@ -272,6 +372,7 @@ inline void fiber_entry() {
 #endif
     rt->body();
     Fiber& f = *rt->current;
+    check_thread_exit(f);
     f.state = State::Done;
     f.uncommitted.clear();
     f.groups.clear();
@@ -561,6 +662,671 @@ inline void cp_async_wait(int n) {
 inline unsigned char* dynamic_smem() { return runtime()->dyn_smem; }
 
 // ---------------------------------------------------------------------------------------------
+// The Hopper model (sm_90a): shared-window addresses, mbarrier, TMA, wgmma, setmaxnreg.
+//
+// Shared memory: the block's shared window starts kSmemWindowAlign-aligned, with the dynamic
+// shared memory kDynSmemOffset bytes into it (the kernels declare it 128-byte aligned, and that
+// is all they may rely on). So smem_u32() of a shared pointer (its low 32 bits) keeps its offset
+// in the window in its low 18 bits, and a wgmma descriptor's 14-bit start address decodes back to
+// a host pointer. Every TMA and wgmma shared-memory operand must lie in the dynamic shared memory.
+
+constexpr size_t kSmemWindowAlign = size_t(1) << 18;
+constexpr size_t kDynSmemOffset = 128;
+
+inline bool in_dyn_smem(const void* p, size_t bytes) {
+    const Runtime* rt = runtime();
+    const unsigned char* c = static_cast<const unsigned char*>(p);
+    return c >= rt->dyn_smem && c + bytes <= rt->dyn_smem + rt->dyn_bytes;
+}
+
+// The address of `p` in the block's shared window (its offset from address 0 of the window).
+inline uint32_t window_address(const void* p) {
+    return (uint32_t)(static_cast<const unsigned char*>(p) - runtime()->smem_window);
+}
+
+// Where `p` is, for messages: its shared-window address and offset into the dynamic shared
+// memory when it is there.
+inline std::string describe_smem(const void* p) {
+    char text[96];
+    const Runtime* rt = runtime();
+    if (rt != nullptr && in_dyn_smem(p, 1))
+        snprintf(text, sizeof text, "shared address %u (dynamic smem + %zu)", window_address(p),
+                 (size_t)(static_cast<const unsigned char*>(p) - rt->dyn_smem));
+    else
+        snprintf(text, sizeof text, "%p", p);
+    return text;
+}
+
+// The swizzle of the TMA unit and of wgmma descriptors, on shared-window address bits (PTX ISA,
+// "Swizzling Modes"): 16-byte chunk bits [4, 4 + b) are XORed with bits [7, 7 + b), b = 3, 2, 1
+// for the 128-, 64- and 32-byte modes.
+inline uint32_t swizzle_address(uint32_t address, int swizzle_bytes) {
+    const uint32_t mask = swizzle_bytes == 128 ? 7u : swizzle_bytes == 64 ? 3u
+                          : swizzle_bytes == 32 ? 1u : 0u;
+    return address ^ (((address >> 7) & mask) << 4);
+}
+
+// The shared-memory alignment TMA needs: 128 bytes, or the swizzle pattern's repeat.
+inline uint32_t tma_smem_alignment(int swizzle_bytes) {
+    return swizzle_bytes == 0 ? 128u : (uint32_t)swizzle_bytes * 8u;
+}
+
+// ---- mbarrier ----
+
+inline uint64_t mbarrier_fingerprint(const uint64_t* bar) {
+    return 0x6d62617272696572ull ^ (uint64_t)reinterpret_cast<uintptr_t>(bar);
+}
+
+inline Mbarrier& mbarrier_state(const uint64_t* bar, const char* op) {
+    Runtime* rt = runtime();
+    current_fiber();
+    if (reinterpret_cast<uintptr_t>(bar) % 8 != 0)
+        fail("%s: mbarrier address %p is not 8-byte aligned", op, (const void*)bar);
+    auto it = rt->mbarriers.find(bar);
+    if (it == rt->mbarriers.end())
+        fail("%s on the mbarrier at %s, which was not initialised in this block (mbarrier_init "
+             "by one thread, then fence_mbarrier_init and __syncthreads before other threads "
+             "use it)",
+             op, describe_smem(bar).c_str());
+    uint64_t word;
+    memcpy(&word, bar, 8);
+    if (word != mbarrier_fingerprint(bar))
+        fail("%s: the mbarrier object at %s was overwritten since mbarrier_init (shared memory "
+             "of a barrier reused for data?)",
+             op, describe_smem(bar).c_str());
+    return it->second;
+}
+
+// Completes the current phase when no arrival and no transaction is pending, waking waiters.
+inline void mbarrier_try_complete(const uint64_t* bar, Mbarrier& m) {
+    if (m.pending != 0 || m.tx != 0) return;
+    m.phase += 1;
+    m.pending = m.expected;
+    for (Fiber& f : runtime()->fibers)
+        if (f.state == State::AtMbarrier && f.mbar_wait == bar) f.state = State::Runnable;
+}
+
+constexpr int64_t kMbarrierMaxCount = (int64_t(1) << 20) - 1;
+
+inline void mbarrier_add_tx(const uint64_t* bar, Mbarrier& m, int64_t delta, const char* op) {
+    m.tx += delta;
+    if (m.tx > kMbarrierMaxCount || m.tx < -kMbarrierMaxCount)
+        fail("%s: the tx-count of the mbarrier at %s is %lld, outside the PTX ISA's range "
+             "+-(2^20 - 1)",
+             op, describe_smem(bar).c_str(), (long long)m.tx);
+}
+
+inline void mbarrier_init(uint64_t* bar, uint32_t count) {
+    Runtime* rt = runtime();
+    current_fiber();
+    if (reinterpret_cast<uintptr_t>(bar) % 8 != 0)
+        fail("mbarrier_init: address %p is not 8-byte aligned", (void*)bar);
+    if (count < 1 || count > kMbarrierMaxCount)
+        fail("mbarrier_init: arrival count %u is outside 1 .. 2^20 - 1", count);
+    auto it = rt->mbarriers.find(bar);
+    if (it != rt->mbarriers.end()) {
+        const Mbarrier& m = it->second;
+        bool in_use = m.pending != m.expected || m.tx != 0;
+        for (const TmaDelivery& d : rt->tma_in_flight) in_use = in_use || d.bar == bar;
+        for (const Fiber& f : rt->fibers)
+            in_use = in_use || (f.state == State::AtMbarrier && f.mbar_wait == bar);
+        if (in_use)
+            fail("mbarrier_init of the mbarrier at %s, which is in use in this block (%u of %u "
+                 "arrivals pending, tx-count %lld, or a TMA load or a waiting thread on it)",
+                 describe_smem(bar).c_str(), m.pending, m.expected, (long long)m.tx);
+    }
+    const uint64_t word = mbarrier_fingerprint(bar);
+    memcpy(bar, &word, 8);
+    rt->mbarriers[bar] = Mbarrier{count, count, 0, 0};
+}
+
+// mbarrier.arrive (expect_tx_bytes < 0) or mbarrier.arrive.expect_tx: expect-tx first, then
+// arrive-on, as the PTX ISA orders them.
+inline void mbarrier_arrive(uint64_t* bar, int64_t expect_tx_bytes) {
+    const char* op = expect_tx_bytes < 0 ? "mbarrier_arrive" : "mbarrier_arrive_expect_tx";
+    Mbarrier& m = mbarrier_state(bar, op);
+    if (expect_tx_bytes >= 0) mbarrier_add_tx(bar, m, expect_tx_bytes, op);
+    if (m.pending == 0)
+        fail("%s on the mbarrier at %s: all %u arrivals of phase %u have already arrived "
+             "(more arrivals than its count; the phase still waits for tx-count %lld)",
+             op, describe_smem(bar).c_str(), m.expected, m.phase, (long long)m.tx);
+    m.pending -= 1;
+    mbarrier_try_complete(bar, m);
+}
+
+// mbarrier.try_wait.parity in a loop: returns once the phase with the given parity has
+// completed, i.e. while the current phase's parity differs from it.
+inline void mbarrier_wait(uint64_t* bar, uint32_t parity) {
+    if (parity > 1)
+        fail("mbarrier_wait on the mbarrier at %s with parity %u (a parity is 0 or 1, not a "
+             "phase count)",
+             describe_smem(bar).c_str(), parity);
+    Fiber& f = current_fiber();
+    for (;;) {
+        const Mbarrier& m = mbarrier_state(bar, "mbarrier_wait");
+        if ((m.phase & 1u) != parity) return;
+        f.state = State::AtMbarrier;
+        f.mbar_wait = bar;
+        f.mbar_parity = parity;
+        yield_to_scheduler();
+        f.mbar_wait = nullptr;
+    }
+}
+
+// ---- TMA ----
+
+constexpr uint64_t kTensorMapMagic = 0x66647470746d6170ull;
+
+// The same rules as cuTensorMapEncodeTiled for a 2-D tiled map without interleave, element
+// strides of 1 and zero fill. Returns CUDA_ERROR_INVALID_VALUE with the reason in `why`.
+inline CUresult encode_tensor_map_2d(CUtensorMap* map, int element_bytes, const void* base,
+                                     uint64_t dim0, uint64_t dim1, uint64_t row_stride_bytes,
+                                     uint32_t box0, uint32_t box1, int swizzle_bytes,
+                                     std::string* why = nullptr) {
+    char reason[200] = "";
+    if (map == nullptr || reinterpret_cast<uintptr_t>(map) % 64 != 0)
+        snprintf(reason, sizeof reason, "the tensor map must be 64-byte aligned");
+    else if (element_bytes != 1 && element_bytes != 2 && element_bytes != 4 && element_bytes != 8)
+        snprintf(reason, sizeof reason, "element size %d is not 1, 2, 4 or 8 bytes", element_bytes);
+    else if (base == nullptr || reinterpret_cast<uintptr_t>(base) % 16 != 0)
+        snprintf(reason, sizeof reason, "global address %p is not 16-byte aligned", base);
+    else if (dim0 == 0 || dim1 == 0 || dim0 > (uint64_t(1) << 32) || dim1 > (uint64_t(1) << 32))
+        snprintf(reason, sizeof reason, "dimensions %llu x %llu: each must be 1 .. 2^32",
+                 (unsigned long long)dim0, (unsigned long long)dim1);
+    else if (row_stride_bytes % 16 != 0 || row_stride_bytes >= (uint64_t(1) << 40))
+        snprintf(reason, sizeof reason,
+                 "row stride %llu bytes: must be a multiple of 16 and below 2^40",
+                 (unsigned long long)row_stride_bytes);
+    else if (row_stride_bytes < dim0 * (uint64_t)element_bytes)
+        snprintf(reason, sizeof reason, "row stride %llu bytes is shorter than a row (%llu bytes)",
+                 (unsigned long long)row_stride_bytes,
+                 (unsigned long long)(dim0 * (uint64_t)element_bytes));
+    else if (box0 < 1 || box0 > 256 || box1 < 1 || box1 > 256)
+        snprintf(reason, sizeof reason, "box %u x %u: each dimension must be 1 .. 256", box0, box1);
+    else if (box0 * (uint32_t)element_bytes % 16 != 0)
+        snprintf(reason, sizeof reason, "inner box dimension of %u bytes is not a multiple of 16",
+                 box0 * (uint32_t)element_bytes);
+    else if (swizzle_bytes != 0 && swizzle_bytes != 32 && swizzle_bytes != 64 &&
+             swizzle_bytes != 128)
+        snprintf(reason, sizeof reason, "swizzle %d is not 0, 32, 64 or 128 bytes", swizzle_bytes);
+    else if (swizzle_bytes != 0 && box0 * (uint32_t)element_bytes > (uint32_t)swizzle_bytes)
+        snprintf(reason, sizeof reason,
+                 "inner box dimension of %u bytes is wider than the %d-byte swizzle span",
+                 box0 * (uint32_t)element_bytes, swizzle_bytes);
+    if (reason[0] != '\0') {
+        if (why != nullptr) *why = reason;
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    TensorMap2d desc{kTensorMapMagic, static_cast<const unsigned char*>(base), dim0, dim1,
+                     row_stride_bytes, box0, box1, element_bytes, swizzle_bytes};
+    memset(map, 0, sizeof(CUtensorMap));
+    memcpy(map, &desc, sizeof desc);
+    return CUDA_SUCCESS;
+}
+
+inline TensorMap2d tensor_map(const CUtensorMap* map, const char* op) {
+    current_fiber();
+    if (map == nullptr || reinterpret_cast<uintptr_t>(map) % 64 != 0)
+        fail("%s: tensor map address %p is not 64-byte aligned", op, (const void*)map);
+    TensorMap2d desc;
+    memcpy(&desc, map, sizeof desc);
+    if (desc.magic != kTensorMapMagic)
+        fail("%s: %p is not a tensor map made by encode_tensor_map_2d", op, (const void*)map);
+    return desc;
+}
+
+// The shared-memory chunks of a box at `smem` and the checks TMA makes on it. Chunk q of box
+// row j (16 bytes, elements 16q / element_bytes ..) sits at swizzle(smem + j * row + 16q).
+inline std::vector<unsigned char*> tma_box_chunks(const TensorMap2d& t, const void* smem,
+                                                  int32_t c0, const char* op) {
+    const uint32_t align = tma_smem_alignment(t.swizzle_bytes);
+    if (!in_dyn_smem(smem, 1))
+        fail("%s: shared address %p is not in the block's dynamic shared memory", op, smem);
+    const uint32_t address = window_address(smem);
+    if (address % align != 0)
+        fail("%s: %s is not aligned to %u bytes, which a TMA box with %d-byte swizzle needs "
+             "(it faults on the GPU)",
+             op, describe_smem(smem).c_str(), align, t.swizzle_bytes);
+    if ((int64_t)c0 * t.element_bytes % 16 != 0)
+        fail("%s: innermost coordinate %d is not at a 16-byte boundary of a row", op, c0);
+    const uint32_t row_bytes = t.box0 * (uint32_t)t.element_bytes;
+    std::vector<unsigned char*> chunks;
+    chunks.reserve((size_t)t.box1 * row_bytes / 16);
+    for (uint32_t j = 0; j < t.box1; ++j)
+        for (uint32_t q = 0; q < row_bytes / 16; ++q) {
+            const uint32_t at = swizzle_address(address + j * row_bytes + 16 * q, t.swizzle_bytes);
+            unsigned char* p = runtime()->smem_window + at;
+            if (!in_dyn_smem(p, 16))
+                fail("%s: the %u x %u box at %s reaches past the dynamic shared memory (%zu "
+                     "bytes)",
+                     op, t.box0, t.box1, describe_smem(smem).c_str(), runtime()->dyn_bytes);
+            chunks.push_back(p);
+        }
+    return chunks;
+}
+
+// The global address of element (row, col), or nullptr outside the tensor.
+inline const unsigned char* tma_global(const TensorMap2d& t, int64_t row, int64_t col) {
+    if (row < 0 || col < 0 || (uint64_t)row >= t.dim1 || (uint64_t)col >= t.dim0) return nullptr;
+    return t.base + (uint64_t)row * t.row_stride + (uint64_t)col * (uint64_t)t.element_bytes;
+}
+
+inline void prefetch_tensormap(const CUtensorMap* map) { tensor_map(map, "prefetch_tensormap"); }
+
+inline void tma_load_2d(void* smem, const CUtensorMap* map, uint64_t* bar, int32_t c0,
+                        int32_t c1) {
+    Runtime* rt = runtime();
+    const TensorMap2d t = tensor_map(map, "tma_load_2d");
+    mbarrier_state(bar, "tma_load_2d");
+    const std::vector<unsigned char*> places = tma_box_chunks(t, smem, c0, "tma_load_2d");
+    TmaDelivery d;
+    d.bar = bar;
+    d.bytes = t.box0 * t.box1 * (uint32_t)t.element_bytes;
+    d.thread = current_fiber().linear;
+    d.chunks.resize(places.size());
+    const uint32_t per_chunk = 16 / (uint32_t)t.element_bytes;
+    const uint32_t chunks_per_row = t.box0 / per_chunk;
+    for (size_t i = 0; i < places.size(); ++i) {
+        const int64_t row = (int64_t)c1 + (int64_t)(i / chunks_per_row);
+        const int64_t col = (int64_t)c0 + (int64_t)(i % chunks_per_row) * per_chunk;
+        unsigned char* data = d.chunks[i].second.data();
+        for (uint32_t e = 0; e < per_chunk; ++e) {
+            const unsigned char* g = tma_global(t, row, col + e);
+            if (g != nullptr)
+                memcpy(data + e * t.element_bytes, g, t.element_bytes);
+            else
+                memset(data + e * t.element_bytes, 0, t.element_bytes);
+        }
+        d.chunks[i].first = places[i];
+        // Undefined until the load completes on its barrier.
+        memset(places[i], 0xFF, 16);
+    }
+    rt->tma_in_flight.push_back(std::move(d));
+}
+
+// Lands the oldest TMA load and performs its complete-tx on the barrier.
+inline void deliver_oldest_tma_load() {
+    Runtime* rt = runtime();
+    TmaDelivery d = std::move(rt->tma_in_flight.front());
+    rt->tma_in_flight.pop_front();
+    for (const auto& chunk : d.chunks) memcpy(chunk.first, chunk.second.data(), 16);
+    auto it = rt->mbarriers.find(d.bar);
+    uint64_t word;
+    memcpy(&word, d.bar, 8);
+    if (it == rt->mbarriers.end() || word != mbarrier_fingerprint(d.bar))
+        fail("a TMA load issued by thread %d completes on the mbarrier at %s, which is no longer "
+             "a valid mbarrier object",
+             d.thread, describe_smem(d.bar).c_str());
+    mbarrier_add_tx(d.bar, it->second, -(int64_t)d.bytes, "complete-tx of a TMA load");
+    mbarrier_try_complete(d.bar, it->second);
+}
+
+inline void tma_store_2d(const CUtensorMap* map, const void* smem, int32_t c0, int32_t c1) {
+    Fiber& f = current_fiber();
+    const TensorMap2d t = tensor_map(map, "tma_store_2d");
+    tma_box_chunks(t, smem, c0, "tma_store_2d");
+    f.bulk_uncommitted.push_back(BulkStore{t, static_cast<const unsigned char*>(smem), c0, c1});
+}
+
+inline void tma_store_commit() {
+    Fiber& f = current_fiber();
+    f.bulk_groups.push_back(std::move(f.bulk_uncommitted));
+    f.bulk_uncommitted.clear();
+}
+
+// Reads the box from shared memory now and writes its in-bounds elements to global memory.
+inline void perform_tma_store(const BulkStore& s) {
+    const TensorMap2d& t = s.map;
+    const std::vector<unsigned char*> places = tma_box_chunks(t, s.src, s.c0, "tma_store_2d");
+    const uint32_t per_chunk = 16 / (uint32_t)t.element_bytes;
+    const uint32_t chunks_per_row = t.box0 / per_chunk;
+    for (size_t i = 0; i < places.size(); ++i) {
+        const int64_t row = (int64_t)s.c1 + (int64_t)(i / chunks_per_row);
+        const int64_t col = (int64_t)s.c0 + (int64_t)(i % chunks_per_row) * per_chunk;
+        for (uint32_t e = 0; e < per_chunk; ++e) {
+            const unsigned char* g = tma_global(t, row, col + e);
+            if (g != nullptr)
+                memcpy(const_cast<unsigned char*>(g), places[i] + e * t.element_bytes,
+                       t.element_bytes);
+        }
+    }
+}
+
+inline void tma_store_wait_read(int n) {
+    Fiber& f = current_fiber();
+    while ((int)f.bulk_groups.size() > n) {
+        for (const BulkStore& s : f.bulk_groups.front()) perform_tma_store(s);
+        f.bulk_groups.pop_front();
+    }
+}
+
+// fence.proxy.async, fence.mbarrier_init: ordering between proxies is not modelled (every write
+// is visible to every later read here); only the call site is checked.
+inline void proxy_fence() { current_fiber(); }
+
+// ---- Warpgroup collectives: wgmma, setmaxnreg ----
+
+inline const char* wg_op_name(WgOp op) {
+    switch (op) {
+        case WgOp::Fence: return "wgmma.fence";
+        case WgOp::Mma: return "wgmma.mma_async";
+        case WgOp::Commit: return "wgmma.commit_group";
+        case WgOp::Wait: return "wgmma.wait_group";
+        case WgOp::SetMaxNReg: return "setmaxnreg";
+        default: return "none";
+    }
+}
+
+// (row, col) of register r of the m64nN f32 accumulator of warpgroup thread t.
+inline void wgmma_acc_coord(int t, int r, int& row, int& col) {
+    const int w = t / 32, l = t % 32;
+    row = 16 * w + l / 4 + 8 * ((r >> 1) & 1);
+    col = 8 * (r >> 2) + 2 * (l % 4) + (r & 1);
+}
+
+// (row, col) of element e (register e / 2, half e % 2) of the m64nNk16 A register fragment.
+inline void wgmma_a_coord(int t, int e, int& row, int& col) {
+    const int w = t / 32, l = t % 32;
+    row = 16 * w + l / 4 + 8 * ((e >> 1) & 1);
+    col = 2 * (l % 4) + (e & 1) + 8 * (e >> 2);
+}
+
+// The shared-window address of element (i, k) of a wgmma operand described by `desc` (PTX ISA,
+// "Matrix Descriptor Format" and "Shared Memory Matrix Layout", canonical layouts in 16-bit
+// elements): i runs along M (operand A) or N (operand B), k along K (0..15). K-major: rows of
+// the operand are i, each 8-row group SBO apart; without swizzle an 8x8 core matrix is 8 rows
+// of 16 bytes and the two K halves are LBO apart, with swizzle a row spans the swizzle width
+// and LBO is unused. MN-major: 8 K rows per group, groups SBO apart (LBO without swizzle); a row
+// holds 8 elements of i (no swizzle; the next 8 are SBO apart) or swizzle-width bytes (the next
+// block LBO apart). The swizzle then acts on the address bits.
+inline uint32_t wgmma_operand_address(uint64_t desc, bool mn_major, int i, int k,
+                                      const char* what) {
+    const uint64_t reserved = (3ull << 14) | (3ull << 30) | (7ull << 46) | (0x3FFull << 52);
+    if ((desc & reserved) != 0)
+        fail("wgmma: %s descriptor 0x%016llx has reserved bits set (bits 14-15, 30-31, 46-48, "
+             "52-61 are zero on sm_90)",
+             what, (unsigned long long)desc);
+    const int base_offset = (int)((desc >> 49) & 7);
+    if (base_offset != 0)
+        fail("wgmma: %s descriptor 0x%016llx has matrix base offset %d; the harness models only "
+             "base offset 0 (swizzle patterns starting at their repeat boundary)",
+             what, (unsigned long long)desc, base_offset);
+    const uint32_t start = (uint32_t)(desc & 0x3FFF) << 4;
+    const uint32_t lbo = (uint32_t)((desc >> 16) & 0x3FFF) << 4;
+    const uint32_t sbo = (uint32_t)((desc >> 32) & 0x3FFF) << 4;
+    const int mode = (int)(desc >> 62);
+    const int swizzle = mode == 0 ? 0 : mode == 1 ? 128 : mode == 2 ? 64 : 32;
+    uint32_t offset;
+    if (!mn_major) {
+        const uint32_t in_row = (uint32_t)(k % 8) * 2;
+        offset = swizzle == 0 ? (uint32_t)(i % 8) * 16 + (uint32_t)(i / 8) * sbo +
+                                    (uint32_t)(k / 8) * lbo + in_row
+                              : (uint32_t)(i % 8) * (uint32_t)swizzle + (uint32_t)(i / 8) * sbo +
+                                    (uint32_t)(k / 8) * 16 + in_row;
+    } else if (swizzle == 0) {
+        offset = (uint32_t)(i % 8) * 2 + (uint32_t)(i / 8) * sbo + (uint32_t)(k % 8) * 16 +
+                 (uint32_t)(k / 8) * lbo;
+    } else {
+        const int per_row = swizzle / 2;
+        offset = (uint32_t)(i % per_row) * 2 + (uint32_t)(i / per_row) * lbo +
+                 (uint32_t)(k % 8) * (uint32_t)swizzle + (uint32_t)(k / 8) * sbo;
+    }
+    return swizzle_address(start + offset, swizzle);
+}
+
+// Reads a wgmma operand (rows x 16, 16-bit elements) through its descriptor, as floats.
+inline void wgmma_read_operand(uint64_t desc, bool mn_major, int kind, int rows, double* out,
+                               const char* what) {
+    Runtime* rt = runtime();
+    for (int i = 0; i < rows; ++i)
+        for (int k = 0; k < 16; ++k) {
+            const uint32_t at = wgmma_operand_address(desc, mn_major, i, k, what);
+            const unsigned char* p = rt->smem_window + at;
+            if (!in_dyn_smem(p, 2))
+                fail("wgmma: element (%d, %d) of the %s operand, descriptor 0x%016llx, is at "
+                     "shared address %u, outside the dynamic shared memory (window addresses "
+                     "%zu .. %zu)",
+                     i, k, what, (unsigned long long)desc, at, kDynSmemOffset,
+                     kDynSmemOffset + rt->dyn_bytes);
+            uint16_t bits;
+            memcpy(&bits, p, 2);
+            out[i * 16 + k] = b16_to_float(kind, bits);
+        }
+}
+
+// Executes one wgmma.mma_async: D = A * B (+ C), exact products summed in double, rounded once.
+// The result goes to the next pending operation on the same registers, or to the registers.
+inline void retire_wgmma(WarpGroup& g, WgmmaOp& op) {
+    const int n = op.n, regs = op.n / 2;
+    std::vector<double> a(64 * 16), b((size_t)n * 16), d((size_t)64 * n);
+    if (op.a_in_regs) {
+        for (int t = 0; t < 128; ++t)
+            for (int e = 0; e < 8; ++e) {
+                int row, col;
+                wgmma_a_coord(t, e, row, col);
+                a[row * 16 + col] =
+                    b16_to_float(op.kind, (uint16_t)(op.a[t][e / 2] >> (16 * (e % 2))));
+            }
+    } else {
+        wgmma_read_operand(op.desc_a, op.trans_a != 0, op.kind, 64, a.data(), "A");
+    }
+    wgmma_read_operand(op.desc_b, op.trans_b != 0, op.kind, n, b.data(), "B");
+    for (int t = 0; t < 128; ++t)
+        for (int r = 0; r < regs; ++r) {
+            int row, col;
+            wgmma_acc_coord(t, r, row, col);
+            d[(size_t)row * n + col] = op.accumulate ? (double)op.c[(size_t)t * regs + r] : 0.0;
+        }
+    for (int row = 0; row < 64; ++row)
+        for (int col = 0; col < n; ++col) {
+            double acc = d[(size_t)row * n + col];
+            for (int k = 0; k < 16; ++k) acc += a[row * 16 + k] * b[(size_t)col * 16 + k];
+            d[(size_t)row * n + col] = acc;
+        }
+    auto forward_to = [&](int t) -> WgmmaOp* {
+        for (auto& group : g.groups)
+            for (WgmmaOp& later : group)
+                if (later.id >= 0 && later.source[t] == op.id) return &later;
+        for (WgmmaOp& later : g.uncommitted)
+            if (later.source[t] == op.id) return &later;
+        return nullptr;
+    };
+    for (int t = 0; t < 128; ++t) {
+        WgmmaOp* next = forward_to(t);
+        for (int r = 0; r < regs; ++r) {
+            int row, col;
+            wgmma_acc_coord(t, r, row, col);
+            const float v = (float)d[(size_t)row * n + col];
+            if (next != nullptr)
+                next->c[(size_t)t * regs + r] = v;
+            else
+                op.acc[t][r] = v;
+        }
+        if (next != nullptr) next->source[t] = -1;
+    }
+    op.id = -1;
+}
+
+// Issues the wgmma.mma_async described by the (uniform) slots of the warpgroup.
+inline void issue_wgmma(WarpGroup& g) {
+    const WgSlot& s0 = g.slot[0];
+    for (int t = 1; t < 128; ++t) {
+        const WgSlot& s = g.slot[t];
+        if (s.kind != s0.kind || s.n != s0.n || s.trans_a != s0.trans_a ||
+            s.trans_b != s0.trans_b || s.a_in_regs != s0.a_in_regs ||
+            s.accumulate != s0.accumulate || s.desc_b != s0.desc_b ||
+            (!s0.a_in_regs && s.desc_a != s0.desc_a))
+            fail("wgmma.mma_async: warpgroup thread %d passes different operands than thread 0 "
+                 "(descriptors, shape, type, transpose and scale-d must be the same in every "
+                 "thread)",
+                 t);
+    }
+    if (!g.fenced)
+        fail("wgmma.mma_async without a wgmma_fence since the warpgroup's last wgmma_wait_group "
+             "(or since the start): the accumulator registers are not fenced");
+    WgmmaOp op;
+    op.id = g.next_id++;
+    op.kind = s0.kind;
+    op.n = s0.n;
+    op.trans_a = s0.trans_a;
+    op.trans_b = s0.trans_b;
+    op.a_in_regs = s0.a_in_regs;
+    op.accumulate = s0.accumulate;
+    op.desc_a = s0.desc_a;
+    op.desc_b = s0.desc_b;
+    const int regs = op.n / 2;
+    op.c.assign((size_t)128 * regs, 0.0f);
+    // The operands are read at retirement; check now that they decode into shared memory.
+    std::vector<double> scratch((size_t)std::max(64, op.n) * 16);
+    if (!op.a_in_regs)
+        wgmma_read_operand(op.desc_a, op.trans_a != 0, op.kind, 64, scratch.data(), "A");
+    wgmma_read_operand(op.desc_b, op.trans_b != 0, op.kind, op.n, scratch.data(), "B");
+    for (int t = 0; t < 128; ++t) {
+        const WgSlot& s = g.slot[t];
+        memcpy(op.a[t], s.a, sizeof s.a);
+        op.acc[t] = s.acc;
+        op.source[t] = -1;
+        const WgmmaOp* latest = nullptr;
+        auto consider = [&](const WgmmaOp& p) {
+            const float* lo = p.acc[t];
+            const float* hi = p.acc[t] + p.n / 2;
+            if (s.acc == lo && p.n == op.n)
+                latest = &p;
+            else if (s.acc < hi && lo < s.acc + regs)
+                fail("wgmma.mma_async: thread %d's accumulators overlap those of a pending "
+                     "wgmma with a different shape or start (not modelled)",
+                     t);
+        };
+        for (const auto& group : g.groups)
+            for (const WgmmaOp& p : group) consider(p);
+        for (const WgmmaOp& p : g.uncommitted) consider(p);
+        if (latest != nullptr)
+            op.source[t] = latest->id;
+        else
+            memcpy(&op.c[(size_t)t * regs], s.acc, sizeof(float) * regs);
+        // The registers hold no defined value until wait_group retires the operation.
+        for (int r = 0; r < regs; ++r) s.acc[r] = NAN;
+    }
+    g.uncommitted.push_back(std::move(op));
+}
+
+inline void wait_wgmma_groups(WarpGroup& g, int n) {
+    for (int t = 1; t < 128; ++t)
+        if (g.slot[t].arg != g.slot[0].arg)
+            fail("wgmma.wait_group: warpgroup threads wait for different group counts");
+    while ((int)g.groups.size() > n) {
+        for (WgmmaOp& op : g.groups.front()) retire_wgmma(g, op);
+        g.groups.pop_front();
+    }
+    g.fenced = false;
+}
+
+// Arrives at the warpgroup's rendezvous with this thread's slot filled in; the last thread to
+// arrive executes the operation for the whole warpgroup.
+inline void warpgroup_collective(WgOp op) {
+    Runtime* rt = runtime();
+    Fiber& f = current_fiber();
+    WarpGroup& g = rt->warpgroups[f.linear / 128];
+    if (g.size != 128)
+        fail("%s in a partial warpgroup of %d threads (a warpgroup is 4 whole warps)",
+             wg_op_name(op), g.size);
+    const int first = f.linear / 128 * 128;
+    for (int i = first; i < first + 128; ++i)
+        if (rt->fibers[i].state == State::Done)
+            fail("%s: thread %d of this warpgroup has exited, so it is missing from the "
+                 "warpgroup collective",
+                 wg_op_name(op), i);
+    g.slot[f.linear % 128].op = op;
+    f.state = State::AtWarpGroup;
+    g.arrived += 1;
+    if (g.arrived < 128) {
+        yield_to_scheduler();
+        return;
+    }
+    for (int t = 0; t < 128; ++t)
+        if (g.slot[t].op != op)
+            fail("warpgroup collectives diverge: thread %d is in %s, warpgroup thread %d in %s",
+                 f.linear, wg_op_name(op), t, wg_op_name(g.slot[t].op));
+    switch (op) {
+        case WgOp::Fence: g.fenced = true; break;
+        case WgOp::Mma: issue_wgmma(g); break;
+        case WgOp::Commit:
+            g.groups.push_back(std::move(g.uncommitted));
+            g.uncommitted.clear();
+            break;
+        case WgOp::Wait: wait_wgmma_groups(g, g.slot[0].arg); break;
+        case WgOp::SetMaxNReg:
+            for (int t = 1; t < 128; ++t)
+                if (g.slot[t].arg != g.slot[0].arg)
+                    fail("setmaxnreg: warpgroup threads disagree on the register count");
+            break;
+        default: break;
+    }
+    g.arrived = 0;
+    for (int i = first; i < first + 128; ++i)
+        if (rt->fibers[i].state == State::AtWarpGroup) rt->fibers[i].state = State::Runnable;
+    for (WgSlot& s : g.slot) s.op = WgOp::None;
+}
+
+inline WgSlot& warpgroup_slot() {
+    Fiber& f = current_fiber();
+    return runtime()->warpgroups[f.linear / 128].slot[f.linear % 128];
+}
+
+inline void wgmma_fence() { warpgroup_collective(WgOp::Fence); }
+inline void wgmma_commit_group() { warpgroup_collective(WgOp::Commit); }
+inline void wgmma_wait_group(int n) {
+    warpgroup_slot().arg = n;
+    warpgroup_collective(WgOp::Wait);
+}
+
+// wgmma.mma_async.m64nNk16.f32 with A from shared memory (a == nullptr) or from registers.
+inline void wgmma(int kind, int n, int trans_a, int trans_b, float* d, const uint32_t* a,
+                  uint64_t desc_a, uint64_t desc_b, bool accumulate) {
+    WgSlot& s = warpgroup_slot();
+    s.kind = kind;
+    s.n = n;
+    s.trans_a = trans_a;
+    s.trans_b = trans_b;
+    s.a_in_regs = a != nullptr;
+    s.accumulate = accumulate;
+    s.desc_a = desc_a;
+    s.desc_b = desc_b;
+    for (int i = 0; i < 4; ++i) s.a[i] = a != nullptr ? a[i] : 0;
+    s.acc = d;
+    warpgroup_collective(WgOp::Mma);
+}
+
+// setmaxnreg.{inc,dec}: a warpgroup collective with no other effect here (the count's range is
+// checked at compile time in kernels/ptx.cuh).
+inline void setmaxnreg(bool increase, int regs) {
+    warpgroup_slot().arg = increase ? regs : -regs;
+    warpgroup_collective(WgOp::SetMaxNReg);
+}
+
+inline void check_thread_exit(const Fiber& f) {
+    Runtime* rt = runtime();
+    if (!f.bulk_uncommitted.empty() || !f.bulk_groups.empty())
+        fail("thread exits with TMA stores whose shared-memory source it never waited for "
+             "(tma_store_commit and tma_store_wait_read<0> before exit)");
+    WarpGroup& g = rt->warpgroups[f.linear / 128];
+    if (g.arrived > 0) {
+        const int first = f.linear / 128 * 128;
+        WgOp waiting = WgOp::None;
+        for (int t = 0; t < 128; ++t)
+            if (rt->fibers[first + t].state == State::AtWarpGroup) waiting = g.slot[t].op;
+        fail("thread exits while %d threads of its warpgroup wait for it in %s: it is missing "
+             "from the warpgroup collective",
+             g.arrived, wg_op_name(waiting));
+    }
+    bool in_flight = !g.uncommitted.empty();
+    for (const auto& group : g.groups) in_flight = in_flight || !group.empty();
+    if (in_flight)
+        fail("thread exits with wgmma operations of its warpgroup in flight (wgmma_commit_group "
+             "and wgmma_wait_group<0> before exit)");
+}
+
+// ---------------------------------------------------------------------------------------------
 // Launch.
 
 struct LaunchConfig {
@@ -595,6 +1361,9 @@ __attribute__((noinline)) inline void restart(Fiber& f) {
     f.fake_stack = nullptr;
     f.uncommitted.clear();
     f.groups.clear();
+    f.bulk_uncommitted.clear();
+    f.bulk_groups.clear();
+    f.mbar_wait = nullptr;
     getcontext(&f.ctx);
     f.ctx.uc_stack.ss_sp = f.stack;
     f.ctx.uc_stack.ss_size = f.stack_size;
@@ -635,13 +1404,21 @@ inline void run_grid(const char* name, const LaunchConfig& cfg, std::function<vo
     rt.kernel_name = name;
     rt.body = std::move(body);
     rt.dyn_bytes = cfg.smem_bytes;
-    rt.dyn_smem = static_cast<unsigned char*>(
-        ::operator new(cfg.smem_bytes == 0 ? 1 : cfg.smem_bytes, std::align_val_t(128)));
+    rt.smem_window = static_cast<unsigned char*>(::operator new(
+        kDynSmemOffset + cfg.smem_bytes, std::align_val_t(kSmemWindowAlign)));
+    rt.dyn_smem = rt.smem_window + kDynSmemOffset;
+#if FUSEDROP_HOST_ASAN
+    ASAN_POISON_MEMORY_REGION(rt.smem_window, kDynSmemOffset);
+#endif
     rt.fibers.resize(threads);
     const int n_warps = (int)((threads + 31) / 32);
     rt.warps.resize(n_warps);
     for (int w = 0; w < n_warps; ++w)
         rt.warps[w].size = (int)std::min<uint64_t>(32, threads - 32 * (uint64_t)w);
+    const int n_warpgroups = (int)((threads + 127) / 128);
+    rt.warpgroups.resize(n_warpgroups);
+    for (int g = 0; g < n_warpgroups; ++g)
+        rt.warpgroups[g].size = (int)std::min<uint64_t>(128, threads - 128 * (uint64_t)g);
     const size_t stack_size = fiber_stack_size();
     for (uint64_t i = 0; i < threads; ++i) {
         Fiber& f = rt.fibers[i];
@@ -690,6 +1467,16 @@ inline void run_grid(const char* name, const LaunchConfig& cfg, std::function<vo
                     w.arrived = 0;
                     for (Slot& s : w.slot) s.op = Op::None;
                 }
+                for (WarpGroup& g : rt.warpgroups) {
+                    g.arrived = 0;
+                    g.fenced = false;
+                    g.next_id = 0;
+                    g.uncommitted.clear();
+                    g.groups.clear();
+                    for (WgSlot& s : g.slot) s.op = WgOp::None;
+                }
+                rt.mbarriers.clear();
+                rt.tma_in_flight.clear();
                 for (Fiber& f : rt.fibers) restart(f);
                 for (;;) {
                     Fiber* next = nullptr;
@@ -698,26 +1485,55 @@ inline void run_grid(const char* name, const LaunchConfig& cfg, std::function<vo
                             next = &rt.fibers[i];
                             break;
                         }
-                    if (next == nullptr) break;
-                    resume(rt, *next);
+                    if (next != nullptr) {
+                        resume(rt, *next);
+                        continue;
+                    }
+                    // TMA loads land only when no thread can run, oldest first: the latest
+                    // moment the hardware may deliver them.
+                    if (rt.tma_in_flight.empty()) break;
+                    if (rt.live == 0)
+                        fail("the block finished with %zu TMA load(s) in flight (issued by thread "
+                             "%d; nobody waited for their mbarrier phase)",
+                             rt.tma_in_flight.size(), rt.tma_in_flight.front().thread);
+                    deliver_oldest_tma_load();
                 }
                 if (rt.live != 0) {
                     // Nothing can run but threads remain: report where they wait.
                     for (const Fiber& f : rt.fibers) {
-                        if (f.state == State::AtBarrier)
+                        if (f.state == State::AtBarrier) {
                             fprintf(stderr, "  thread %d waits at __syncthreads %s:%d\n",
                                     f.linear, f.site_file, f.site_line);
-                        else if (f.state == State::AtWarp)
+                        } else if (f.state == State::AtWarp) {
                             fprintf(stderr, "  thread %d (warp %d lane %d) waits in %s\n",
                                     f.linear, f.warp, f.lane,
                                     op_name(rt.warps[f.warp].slot[f.lane].op));
+                        } else if (f.state == State::AtWarpGroup) {
+                            const WarpGroup& g = rt.warpgroups[f.linear / 128];
+                            fprintf(stderr,
+                                    "  thread %d (warpgroup %d) waits in %s, %d of 128 threads "
+                                    "arrived\n",
+                                    f.linear, f.linear / 128,
+                                    wg_op_name(g.slot[f.linear % 128].op), g.arrived);
+                        } else if (f.state == State::AtMbarrier) {
+                            const Mbarrier& m = rt.mbarriers.at(f.mbar_wait);
+                            fprintf(stderr,
+                                    "  thread %d waits on the mbarrier at %s for parity %u "
+                                    "(phase %u, %u of %u arrivals pending, tx-count %lld)\n",
+                                    f.linear, describe_smem(f.mbar_wait).c_str(), f.mbar_parity,
+                                    m.phase, m.pending, m.expected, (long long)m.tx);
+                        }
                     }
-                    fail("deadlock: %d threads wait but none can run (a barrier or warp "
-                         "collective that not every thread reaches)",
+                    fail("deadlock: %d threads wait but none can run (a barrier, warp or "
+                         "warpgroup collective that not every thread reaches, or an mbarrier "
+                         "phase that never completes)",
                          rt.live);
                 }
             }
-    ::operator delete(rt.dyn_smem, std::align_val_t(128));
+#if FUSEDROP_HOST_ASAN
+    ASAN_UNPOISON_MEMORY_REGION(rt.smem_window, kDynSmemOffset);
+#endif
+    ::operator delete(rt.smem_window, std::align_val_t(kSmemWindowAlign));
     runtime() = saved;
 }
 
