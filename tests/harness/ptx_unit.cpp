@@ -4,7 +4,10 @@
 //   ptx_unit checks        every positive check; prints one line per check, exit 1 on a failure
 //   ptx_unit <misuse>      one kernel that misuses the model; the harness must abort (exit 3):
 //                          divergent_barrier, exited_lane_shfl, misaligned_cp_async,
-//                          misaligned_ldmatrix, partial_warp_shfl
+//                          misaligned_ldmatrix, partial_warp_shfl, mbarrier_deadlock,
+//                          mbarrier_uninitialised, mbarrier_over_arrival, wgmma_without_fence,
+//                          wgmma_no_fence_after_wait, warpgroup_missing_warp,
+//                          tma_misaligned_swizzle, wgmma_base_offset, tma_store_not_waited
 //   ptx_unit race <seed>   a kernel with a missing barrier: prints how many elements were wrong
 //
 // The fragment layouts are written out here a second time, from the PTX ISA's formulas, so that
@@ -13,6 +16,7 @@
 
 #include <random>
 #include <string>
+#include <utility>
 
 using namespace fusedrop::ptx;
 
@@ -412,11 +416,827 @@ __global__ void misaligned_ldmatrix_kernel(int* out) {
     out[threadIdx.x] = (int)r[0];
 }
 
+// ---------------------------------------------------------------------------------------------
+// The Hopper model. Shared-memory images are built here from the PTX ISA's pictures: the
+// swizzle as its table (a 128-byte line l of a pattern-aligned block holds, at 16-byte position
+// p, chunk p ^ (l mod swizzle/16)), the wgmma operands from the canonical layouts written per
+// mode, not through the harness's address formula.
+
+static uint16_t rand_bits(std::mt19937& rng, bool bf16) {
+    std::uniform_real_distribution<float> u(-2.0f, 2.0f);
+    return bf16 ? bits_of<__nv_bfloat16>(u(rng)) : bits_of<__half>(u(rng));
+}
+
+static float value_of_kind(int kind, uint16_t bits) {
+    return kind == 0 ? value_of<__half>(bits) : value_of<__nv_bfloat16>(bits);
+}
+
+// Where the byte at offset `linear` of a swizzle-pattern-aligned region is stored.
+static size_t table_swizzle(size_t linear, int swizzle_bytes) {
+    if (swizzle_bytes == 0) return linear;
+    const size_t line = linear / 128, chunk = linear % 128 / 16;
+    return line * 128 + (chunk ^ (line % (size_t)(swizzle_bytes / 16))) * 16 + linear % 16;
+}
+
+// The first 1024-byte-aligned place (in the shared window) at or after `raw`.
+__device__ inline unsigned char* align_1024(unsigned char* raw) {
+    return raw + (1024 - smem_u32(raw) % 1024) % 1024;
+}
+
+// ---- TMA load ----
+
+struct TmaLoadIo {
+    unsigned char* out;        // the stage after the wait (region bytes)
+    unsigned char* early;      // the stage right after issue (region bytes)
+    size_t region;
+    uint32_t box_bytes;
+    int32_t c0, c1;
+};
+
+__global__ void tma_load_kernel(const __grid_constant__ CUtensorMap map, TmaLoadIo* io) {
+    FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
+    unsigned char* stage = align_1024(raw);
+    uint64_t* bar = reinterpret_cast<uint64_t*>(stage + io->region);
+    const int tid = threadIdx.x;
+    if (tid == 0) {
+        mbarrier_init(bar, 1);
+        fence_mbarrier_init();
+    }
+    __syncthreads();
+    if (tid == 40) {
+        memset(stage, 0, io->region);
+        prefetch_tensormap(&map);
+        mbarrier_arrive_expect_tx(bar, io->box_bytes);
+        tma_load_2d(stage, &map, bar, io->c0, io->c1);
+        memcpy(io->early, stage, io->region);
+    }
+    mbarrier_wait(bar, 0);
+    for (size_t i = tid; i < io->region; i += blockDim.x) io->out[i] = stage[i];
+}
+
+static void check_tma_load(std::mt19937& rng) {
+    bool ok_data = true, ok_early = true;
+    int cases = 0;
+    for (int element_bytes : {2, 4})
+        for (int swizzle : {0, 32, 64, 128})
+            for (int rep = 0; rep < 6; ++rep) {
+                const uint32_t max_inner = swizzle == 0 ? 256u : (uint32_t)swizzle;
+                const uint32_t inner_bytes = 16u * (1 + rng() % (max_inner / 16));
+                const uint32_t box0 = std::min<uint32_t>(256, inner_bytes / element_bytes);
+                const uint32_t box1 = 1 + rng() % 40;
+                const uint64_t dim0 = 1 + rng() % 300, dim1 = 1 + rng() % 90;
+                const uint64_t stride = (dim0 * element_bytes + 15) / 16 * 16 + 16 * (rng() % 3);
+                // Boxes hanging over every edge, and some inside.
+                const int step = 16 / element_bytes;
+                const int32_t c0 = step * ((int32_t)(rng() % (dim0 / step + 3)) - 2);
+                const int32_t c1 = (int32_t)(rng() % (dim1 + 6)) - 4;
+                std::vector<unsigned char> tensor(stride * dim1);
+                for (auto& b : tensor) b = (unsigned char)rng();
+                const uint32_t row_bytes = box0 * element_bytes;
+                const size_t region = ((size_t)row_bytes * box1 + 1023) / 1024 * 1024;
+                std::vector<unsigned char> out(region), early(region), want(region, 0);
+                for (uint32_t j = 0; j < box1; ++j)
+                    for (uint32_t i = 0; i < box0; ++i) {
+                        const int64_t row = c1 + (int64_t)j, col = c0 + (int64_t)i;
+                        const bool inside = row >= 0 && col >= 0 && row < (int64_t)dim1 &&
+                                            col < (int64_t)dim0;
+                        const size_t at = table_swizzle((size_t)j * row_bytes + i * element_bytes,
+                                                        swizzle);
+                        for (int b = 0; b < element_bytes; ++b)
+                            want[at + b] =
+                                inside ? tensor[row * stride + col * element_bytes + b] : 0;
+                    }
+                CUtensorMap map;
+                std::string why;
+                if (fusedrop::host::encode_tensor_map_2d(&map, element_bytes, tensor.data(), dim0,
+                                                          dim1, stride, box0, box1, swizzle,
+                                                          &why) != CUDA_SUCCESS) {
+                    check(false, "encode_tensor_map_2d of a valid map: " + why);
+                    return;
+                }
+                TmaLoadIo io{out.data(), early.data(), region,
+                             row_bytes * box1, c0, c1};
+                fusedrop::host::LaunchConfig cfg{dim3(1), dim3(64), region + 1024 + 64,
+                                                 (uint64_t)rep};
+                fusedrop::host::launch("tma_load_kernel", tma_load_kernel, cfg, map, &io);
+                for (size_t b = 0; b < (size_t)row_bytes * box1; ++b) {
+                    const size_t at = table_swizzle(b, swizzle);
+                    ok_early = ok_early && early[at] == 0xFF;
+                }
+                ok_data = ok_data && out == want;
+                cases += 1;
+            }
+    check(ok_data, "tma_load_2d: " + std::to_string(cases) +
+                       " boxes over the tensor's edges, 2- and 4-byte elements, every swizzle, "
+                       "equal a plain copy with zero fill placed by the swizzle table");
+    check(ok_early, "tma_load_2d: the destination is undefined (poison) until the load completes");
+}
+
+// ---- TMA store ----
+
+struct TmaStoreIo {
+    const unsigned char* image_a;  // stage A as the threads write it
+    const unsigned char* image_b;  // stage B before the store is issued
+    const unsigned char* image_b2; // stage B after the store is issued, before its wait
+    unsigned char* tensor;         // the global tensor the map describes
+    unsigned char* snapshot;       // the tensor after wait_read<1>
+    size_t tensor_bytes, region;
+    int32_t a0, a1, b0, b1;        // box coordinates of the two stores
+};
+
+__global__ void tma_store_kernel(const __grid_constant__ CUtensorMap map, TmaStoreIo* io) {
+    FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
+    unsigned char* stage_a = align_1024(raw);
+    unsigned char* stage_b = stage_a + io->region;
+    for (size_t i = threadIdx.x; i < io->region; i += blockDim.x) {
+        stage_a[i] = io->image_a[i];
+        stage_b[i] = io->image_b[i];
+    }
+    fence_proxy_async_shared();
+    __syncthreads();
+    if (threadIdx.x == 3) {
+        tma_store_2d(&map, stage_a, io->a0, io->a1);
+        tma_store_commit();
+        tma_store_2d(&map, stage_b, io->b0, io->b1);
+        tma_store_commit();
+        // Too early: the second store has not read its source yet.
+        memcpy(stage_b, io->image_b2, io->region);
+        tma_store_wait_read<1>();
+        memcpy(io->snapshot, io->tensor, io->tensor_bytes);
+        tma_store_wait_read<0>();
+    }
+}
+
+static void check_tma_store(std::mt19937& rng) {
+    bool ok_first = true, ok_second = true;
+    int cases = 0;
+    for (int element_bytes : {2, 4})
+        for (int swizzle : {0, 32, 64, 128})
+            for (int rep = 0; rep < 4; ++rep) {
+                const uint32_t max_inner = swizzle == 0 ? 256u : (uint32_t)swizzle;
+                const uint32_t inner_bytes = 16u * (1 + rng() % (max_inner / 16));
+                const uint32_t box0 = std::min<uint32_t>(256, inner_bytes / element_bytes);
+                const uint32_t box1 = 1 + rng() % 24;
+                const uint64_t dim0 = 1 + rng() % 200, dim1 = 1 + rng() % 60;
+                const uint64_t stride = (dim0 * element_bytes + 15) / 16 * 16 + 16 * (rng() % 2);
+                const int step = 16 / element_bytes;
+                const int32_t a0 = step * ((int32_t)(rng() % (dim0 / step + 3)) - 2);
+                const int32_t a1 = (int32_t)(rng() % (dim1 + 6)) - 4;
+                const int32_t b0 = step * ((int32_t)(rng() % (dim0 / step + 3)) - 2);
+                const int32_t b1 = (int32_t)(rng() % (dim1 + 6)) - 4;
+                const uint32_t row_bytes = box0 * element_bytes;
+                const size_t region = ((size_t)row_bytes * box1 + 1023) / 1024 * 1024;
+                std::vector<unsigned char> tensor(stride * dim1), snapshot(tensor.size());
+                for (auto& b : tensor) b = (unsigned char)rng();
+                std::vector<unsigned char> image_a(region), image_b(region), image_b2(region);
+                for (size_t i = 0; i < region; ++i)
+                    image_a[i] = (unsigned char)rng(), image_b[i] = (unsigned char)rng(),
+                    image_b2[i] = (unsigned char)rng();
+                // The plain store: element (j, i) of the box comes from its swizzled place.
+                auto store = [&](std::vector<unsigned char>& t,
+                                 const std::vector<unsigned char>& img, int32_t c0, int32_t c1) {
+                    for (uint32_t j = 0; j < box1; ++j)
+                        for (uint32_t i = 0; i < box0; ++i) {
+                            const int64_t row = c1 + (int64_t)j, col = c0 + (int64_t)i;
+                            if (row < 0 || col < 0 || row >= (int64_t)dim1 || col >= (int64_t)dim0)
+                                continue;
+                            const size_t at = table_swizzle(
+                                (size_t)j * row_bytes + i * element_bytes, swizzle);
+                            memcpy(&t[row * stride + col * element_bytes], &img[at], element_bytes);
+                        }
+                };
+                std::vector<unsigned char> want_first = tensor;
+                store(want_first, image_a, a0, a1);
+                std::vector<unsigned char> want_second = want_first;
+                store(want_second, image_b2, b0, b1);
+                CUtensorMap map;
+                if (fusedrop::host::encode_tensor_map_2d(&map, element_bytes, tensor.data(), dim0,
+                                                          dim1, stride, box0, box1,
+                                                          swizzle) != CUDA_SUCCESS) {
+                    check(false, "encode_tensor_map_2d of a valid map for a store");
+                    return;
+                }
+                TmaStoreIo io{image_a.data(), image_b.data(), image_b2.data(), tensor.data(),
+                              snapshot.data(), tensor.size(), region, a0, a1, b0, b1};
+                fusedrop::host::LaunchConfig cfg{dim3(1), dim3(64), 2 * region + 1024,
+                                                 (uint64_t)rep + 20};
+                fusedrop::host::launch("tma_store_kernel", tma_store_kernel, cfg, map, &io);
+                ok_first = ok_first && snapshot == want_first;
+                ok_second = ok_second && tensor == want_second;
+                cases += 1;
+            }
+    check(ok_first, "tma_store_2d: " + std::to_string(cases) +
+                        " boxes over the tensor's edges, every swizzle, write exactly the "
+                        "in-bounds elements, un-swizzled by the table");
+    check(ok_second, "tma_store_2d reads its shared-memory source at wait_group.read, not at "
+                     "issue (a source overwritten too early is what gets stored)");
+}
+
+// ---- encode_tensor_map_2d: the cuTensorMapEncodeTiled rules ----
+
+static void check_tensor_map_rules() {
+    alignas(16) static unsigned char buffer[64 * 1024];
+    CUtensorMap map;
+    std::string why;
+    auto rejects = [&](int eb, const void* base, uint64_t d0, uint64_t d1, uint64_t stride,
+                       uint32_t b0, uint32_t b1, int swz, const char* rule) {
+        why.clear();
+        const bool rejected = fusedrop::host::encode_tensor_map_2d(&map, eb, base, d0, d1, stride,
+                                                                    b0, b1, swz, &why) ==
+                              CUDA_ERROR_INVALID_VALUE;
+        check(rejected && !why.empty(), std::string("encode_tensor_map_2d rejects ") + rule +
+                                            " (" + why + ")");
+    };
+    check(fusedrop::host::encode_tensor_map_2d(&map, 2, buffer, 64, 100, 128, 64, 128, 128) ==
+              CUDA_SUCCESS,
+          "encode_tensor_map_2d accepts a 64 x 128 box of halves with 128-byte swizzle");
+    rejects(2, buffer + 8, 64, 100, 128, 64, 128, 128, "a base that is not 16-byte aligned");
+    rejects(2, buffer, 64, 100, 120, 8, 8, 0, "a row stride that is not a multiple of 16");
+    rejects(2, buffer, 64, 100, 112, 8, 8, 0, "a row stride shorter than a row");
+    rejects(2, buffer, 64, 100, 128, 8, 257, 0, "a box dimension over 256");
+    rejects(2, buffer, 64, 100, 128, 0, 8, 0, "an empty box");
+    rejects(2, buffer, 64, 100, 128, 12, 8, 0, "an inner box of 24 bytes (not a multiple of 16)");
+    rejects(2, buffer, 128, 100, 256, 128, 8, 128,
+            "an inner box of 256 bytes with 128-byte swizzle");
+    rejects(2, buffer, 64, 100, 128, 64, 8, 64, "an inner box of 128 bytes with 64-byte swizzle");
+    rejects(2, buffer, 64, 100, 128, 32, 8, 16, "a 16-byte swizzle");
+    rejects(3, buffer, 64, 100, 192, 16, 8, 0, "3-byte elements");
+    rejects(2, buffer, 0, 100, 128, 8, 8, 0, "an empty dimension");
+}
+
+// ---- mbarrier ----
+
+struct MbarIo {
+    int immediate[64];  // mbarrier_wait(parity 1) right after init returned
+    int seen[6][32];    // what the consumer warp read in each phase
+    int after[64];      // mbarrier_wait(parity 1) after the six phases returned
+};
+
+__global__ void mbarrier_kernel(MbarIo* io) {
+    FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
+    uint64_t* full = reinterpret_cast<uint64_t*>(raw);
+    uint64_t* empty = full + 1;
+    int* slot = reinterpret_cast<int*>(raw + 64);
+    const int tid = threadIdx.x, lane = tid % 32;
+    if (tid == 0) {
+        mbarrier_init(full, 32);
+        mbarrier_init(empty, 32);
+        fence_mbarrier_init();
+    }
+    __syncthreads();
+    // The phase before phase 0 counts as complete: a producer's first wait on "empty".
+    mbarrier_wait(empty, 1);
+    io->immediate[tid] = 1;
+    for (int phase = 0; phase < 6; ++phase) {
+        if (tid >= 32) {
+            mbarrier_wait(empty, (phase & 1) ^ 1);
+            slot[lane] = 1000 * phase + lane;
+            mbarrier_arrive(full);
+        } else {
+            mbarrier_wait(full, phase & 1);
+            io->seen[phase][lane] = slot[lane];
+            mbarrier_arrive(empty);
+        }
+    }
+    mbarrier_wait(full, 1);
+    io->after[tid] = 1;
+}
+
+static void check_mbarrier() {
+    bool ok_immediate = true, ok_phases = true, ok_after = true;
+    for (uint64_t seed = 0; seed < 6; ++seed) {
+        MbarIo io;
+        memset(&io, 0, sizeof io);
+        fusedrop::host::LaunchConfig cfg{dim3(1), dim3(64), 256, seed};
+        fusedrop::host::launch("mbarrier_kernel", mbarrier_kernel, cfg, &io);
+        for (int t = 0; t < 64; ++t)
+            ok_immediate = ok_immediate && io.immediate[t] == 1, ok_after = ok_after && io.after[t];
+        for (int p = 0; p < 6; ++p)
+            for (int l = 0; l < 32; ++l) ok_phases = ok_phases && io.seen[p][l] == 1000 * p + l;
+    }
+    check(ok_immediate,
+          "mbarrier_wait with the parity of the phase before phase 0 returns at once");
+    check(ok_phases, "mbarrier: six full/empty phases with alternating parity hand every value "
+                     "from a producer warp to a consumer warp under 6 schedules");
+    check(ok_after, "mbarrier_wait on a completed phase's parity returns at once");
+}
+
+// ---- wgmma ----
+
+// A wgmma operand in shared memory: `rows` along M (A) or N (B), k = 16 * ksteps along K.
+struct Operand {
+    int swizzle = 0;        // 0, 32, 64, 128
+    bool mn_major = false;  // the transpose bit
+    int rows = 0, ksteps = 0;
+    uint32_t lbo = 0, sbo = 0;
+    std::vector<size_t> start;  // byte offset of each k-step's descriptor start
+    std::vector<unsigned char> image;
+
+    // The byte offset of element (i, k), from the canonical layouts of the PTX ISA, pattern by
+    // pattern: core matrices without swizzle, swizzle atoms (8 rows of `swizzle` bytes) with.
+    size_t offset(int i, int k) const {
+        if (!mn_major && swizzle == 0)  // 8x8 core matrices, K halves adjacent
+            return (size_t)(i / 8) * sbo + (size_t)(k / 8) * lbo + (i % 8) * 16 + (k % 8) * 2;
+        if (!mn_major) {  // one atom column per swizzle width of K, 8-row atoms SBO apart
+            const int per_row = swizzle / 2;
+            const size_t atom = (size_t)(k / per_row) * rows * swizzle + (size_t)(i / 8) * sbo;
+            return atom + table_swizzle((size_t)(i % 8) * swizzle + (k % per_row) * 2, swizzle);
+        }
+        if (swizzle == 0)  // 8 K rows of 8 elements of i per core matrix
+            return (size_t)(i / 8) * sbo + (size_t)(k / 8) * lbo + (k % 8) * 16 + (i % 8) * 2;
+        const int per_row = swizzle / 2;  // atoms of 8 K rows, `swizzle` bytes of i each
+        const size_t atom = (size_t)(i / per_row) * lbo + (size_t)(k / 8) * sbo;
+        return atom + table_swizzle((size_t)(k % 8) * swizzle + (i % per_row) * 2, swizzle);
+    }
+
+    Operand(int swz, bool mn, int r, int ks, const std::vector<uint16_t>& values)  // values[i][k]
+        : swizzle(swz), mn_major(mn), rows(r), ksteps(ks) {
+        const int k_total = 16 * ks;
+        if (!mn && swz == 0) {
+            lbo = 128;
+            sbo = 256 * ks;
+        } else if (!mn) {
+            lbo = 16;  // unused by the hardware
+            sbo = 8 * swz;
+        } else if (swz == 0) {
+            lbo = 128;
+            sbo = 256 * ks;
+        } else {
+            sbo = 8 * swz;
+            lbo = 2 * ks * 8 * swz;
+        }
+        size_t bytes = 0;
+        for (int i = 0; i < r; ++i)
+            for (int k = 0; k < k_total; ++k) bytes = std::max(bytes, offset(i, k) + 2);
+        image.assign((bytes + 1023) / 1024 * 1024, 0xEE);
+        for (int i = 0; i < r; ++i)
+            for (int k = 0; k < k_total; ++k)
+                memcpy(&image[offset(i, k)], &values[(size_t)i * k_total + k], 2);
+        for (int s = 0; s < ks; ++s) {
+            if (!mn && swz != 0) {
+                const int per_row = swz / 2, k0 = 16 * s;
+                start.push_back((size_t)(k0 / per_row) * r * swz + (size_t)(k0 % per_row) * 2);
+            } else {
+                start.push_back(offset(0, 16 * s));
+            }
+        }
+    }
+};
+
+struct WgmmaIo {
+    const unsigned char* image_a;
+    const unsigned char* image_b;
+    size_t bytes_a, bytes_b;
+    const size_t* start_a;
+    const size_t* start_b;
+    int swizzle_a, swizzle_b;
+    uint32_t lbo_a, sbo_a, lbo_b, sbo_b;
+    int ksteps;
+    const uint16_t* a_values;  // [64][16 * ksteps], for A from registers
+    float* out;                // [warpgroups][64][n]
+    float* before_wait;        // [warpgroups][128]: d[0] between issue and wait
+};
+
+// Both warpgroups of the block compute the same product; each writes its own copy of D.
+template <typename T, int N, int kTransA, int kTransB, bool kARegs>
+__global__ void wgmma_kernel(WgmmaIo* io) {
+    FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
+    unsigned char* sa = align_1024(raw);
+    unsigned char* sb = sa + io->bytes_a;
+    for (size_t i = threadIdx.x; i < io->bytes_a; i += blockDim.x) sa[i] = io->image_a[i];
+    for (size_t i = threadIdx.x; i < io->bytes_b; i += blockDim.x) sb[i] = io->image_b[i];
+    fence_proxy_async_shared();
+    __syncthreads();
+    const int wg = threadIdx.x / 128, t = threadIdx.x % 128, w = t / 32, l = t % 32;
+    float d[N / 2];
+    for (int r = 0; r < N / 2; ++r) d[r] = 1.0e30f;  // ignored: the first wgmma has scale-d 0
+    wgmma_fence();
+    for (int s = 0; s < io->ksteps; ++s) {
+        const uint64_t desc_b = make_smem_desc(sb + io->start_b[s], io->swizzle_b, io->lbo_b,
+                                               io->sbo_b);
+        if constexpr (kARegs) {
+            // Element e of the A fragment: row 16w + l/4 + 8((e >> 1) & 1),
+            // column 2(l % 4) + (e & 1) + 8(e >> 2) of this k-step's 64 x 16 slice.
+            uint32_t a[4];
+            for (int reg = 0; reg < 4; ++reg) {
+                uint16_t half[2];
+                for (int h = 0; h < 2; ++h) {
+                    const int e = 2 * reg + h;
+                    const int row = 16 * w + l / 4 + 8 * ((e >> 1) & 1);
+                    const int col = 2 * (l % 4) + (e & 1) + 8 * (e >> 2);
+                    half[h] = io->a_values[row * 16 * io->ksteps + 16 * s + col];
+                }
+                a[reg] = pack(half[0], half[1]);
+            }
+            wgmma_rs<T, N, kTransB>(d, a, desc_b, s > 0);
+        } else {
+            const uint64_t desc_a = make_smem_desc(sa + io->start_a[s], io->swizzle_a, io->lbo_a,
+                                                   io->sbo_a);
+            wgmma_ss<T, N, kTransA, kTransB>(d, desc_a, desc_b, s > 0);
+        }
+    }
+    wgmma_commit_group();
+    io->before_wait[wg * 128 + t] = d[0];
+    wgmma_wait_group<0>();
+    float* out = io->out + (size_t)wg * 64 * N;
+    for (int r = 0; r < N / 2; ++r) {
+        const int row = 16 * w + l / 4 + 8 * ((r >> 1) & 1);
+        const int col = 8 * (r >> 2) + 2 * (l % 4) + (r & 1);
+        out[row * N + col] = d[r];
+    }
+}
+
+struct WgmmaResult {
+    double max_err = 0;
+    bool nan_before_wait = true;
+};
+
+template <typename T, int N, int kTransA, int kTransB, bool kARegs>
+static WgmmaResult run_wgmma(std::mt19937& rng, int swizzle_a, int swizzle_b, int ksteps) {
+    constexpr int kind = MmaType<T>::kind;
+    const int k_total = 16 * ksteps;
+    std::vector<uint16_t> a((size_t)64 * k_total), b((size_t)N * k_total);  // a[m][k], b[n][k]
+    for (auto& v : a) v = rand_bits(rng, kind == 1);
+    for (auto& v : b) v = rand_bits(rng, kind == 1);
+    const Operand op_a(swizzle_a, kTransA == 1, 64, ksteps, a);
+    const Operand op_b(swizzle_b, kTransB == 1, N, ksteps, b);
+    std::vector<float> out((size_t)2 * 64 * N, NAN), before(256, 0.0f);
+    WgmmaIo io{op_a.image.data(), op_b.image.data(), op_a.image.size(), op_b.image.size(),
+               op_a.start.data(), op_b.start.data(), swizzle_a, swizzle_b, op_a.lbo, op_a.sbo,
+               op_b.lbo, op_b.sbo, ksteps, a.data(), out.data(), before.data()};
+    fusedrop::host::LaunchConfig cfg{dim3(1), dim3(256),
+                                     op_a.image.size() + op_b.image.size() + 1024, rng()};
+    fusedrop::host::launch("wgmma_kernel", wgmma_kernel<T, N, kTransA, kTransB, kARegs>, cfg,
+                           &io);
+    WgmmaResult result;
+    for (int wg = 0; wg < 2; ++wg)
+        for (int m = 0; m < 64; ++m)
+            for (int n = 0; n < N; ++n) {
+                double want = 0, scale = 1;
+                for (int k = 0; k < k_total; ++k) {
+                    const double p = (double)value_of_kind(kind, a[(size_t)m * k_total + k]) *
+                                     value_of_kind(kind, b[(size_t)n * k_total + k]);
+                    want += p;
+                    scale += std::fabs(p);
+                }
+                const float got = out[((size_t)wg * 64 + m) * N + n];
+                const double err = std::isnan(got) ? INFINITY : std::fabs(got - want) / scale;
+                result.max_err = std::max(result.max_err, err);
+            }
+    for (float v : before) result.nan_before_wait = result.nan_before_wait && std::isnan(v);
+    return result;
+}
+
+// One configuration per transpose combination and N, each over every pair of swizzle modes.
+template <typename T, int N, int kTransA, int kTransB, bool kARegs>
+static void check_wgmma_config(std::mt19937& rng, const char* type_name) {
+    double worst = 0;
+    bool nan_before = true;
+    for (int swizzle_a : {0, 32, 64, 128})
+        for (int swizzle_b : {0, 32, 64, 128}) {
+            if (kARegs && swizzle_a != 0) continue;
+            const WgmmaResult r = run_wgmma<T, N, kTransA, kTransB, kARegs>(
+                rng, swizzle_a, swizzle_b, 1 + (swizzle_a + swizzle_b) / 32 % 4);
+            worst = std::max(worst, r.max_err);
+            nan_before = nan_before && r.nan_before_wait;
+        }
+    const std::string what =
+        std::string(kARegs ? "wgmma_rs " : "wgmma_ss ") + type_name + " m64n" +
+        std::to_string(N) + "k16" + (kARegs ? "" : (kTransA ? " A M-major" : " A K-major")) +
+        (kTransB ? " B N-major" : " B K-major") + ", every swizzle";
+    check(worst < 1e-6, what + ": equals the plain product (max rel err " +
+                            std::to_string(worst) + ")");
+    check(nan_before, what + ": accumulators read before wgmma_wait_group are NaN");
+}
+
+template <int... I>
+static void check_wgmma_every_n(std::mt19937& rng, std::integer_sequence<int, I...>) {
+    double worst = 0;
+    ((worst = std::max(worst,
+                       run_wgmma<__half, 8 * (I + 1), 0, 0, false>(rng, 128, 128, 2).max_err)),
+     ...);
+    check(worst < 1e-6, "wgmma_ss f16 m64nNk16 for every N = 8, 16, .., 256 (max rel err " +
+                            std::to_string(worst) + ")");
+}
+
+// Groups: chained accumulation across pending groups, and wait_group<1> retiring only the older.
+struct GroupsIo {
+    const unsigned char* image;  // A (64 x 16) then B (8 x 16), both K-major without swizzle
+    size_t a_bytes, b_bytes;
+    float* chained_mid;   // acc after wait<1>: still NaN (group 1 pending on the same registers)
+    float* chained;       // acc after wait<0>: A*B + A*B
+    float* separate_mid;  // second accumulator after wait<1>: NaN; first: A*B
+    float* first_mid;
+};
+
+__global__ void wgmma_groups_kernel(GroupsIo* io) {
+    FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
+    unsigned char* s = align_1024(raw);
+    for (size_t i = threadIdx.x; i < io->a_bytes + io->b_bytes; i += blockDim.x)
+        s[i] = io->image[i];
+    fence_proxy_async_shared();
+    __syncthreads();
+    const int t = threadIdx.x;
+    const uint64_t da = make_smem_desc(s, 0, 128, 256);
+    const uint64_t db = make_smem_desc(s + io->a_bytes, 0, 128, 256);
+    float acc[4], other[4];
+    wgmma_fence();
+    wgmma_ss<__half, 8>(acc, da, db, false);
+    wgmma_commit_group();
+    wgmma_ss<__half, 8>(acc, da, db, true);
+    wgmma_commit_group();
+    wgmma_wait_group<1>();
+    for (int r = 0; r < 4; ++r) io->chained_mid[t * 4 + r] = acc[r];
+    wgmma_wait_group<0>();
+    for (int r = 0; r < 4; ++r) io->chained[t * 4 + r] = acc[r];
+    wgmma_fence();
+    wgmma_ss<__half, 8>(acc, da, db, false);
+    wgmma_commit_group();
+    wgmma_ss<__half, 8>(other, da, db, false);
+    wgmma_commit_group();
+    wgmma_wait_group<1>();
+    for (int r = 0; r < 4; ++r) {
+        io->first_mid[t * 4 + r] = acc[r];
+        io->separate_mid[t * 4 + r] = other[r];
+    }
+    wgmma_wait_group<0>();
+}
+
+static void check_wgmma_groups(std::mt19937& rng) {
+    std::vector<uint16_t> a(64 * 16), b(8 * 16);
+    for (auto& v : a) v = rand_bits(rng, false);
+    for (auto& v : b) v = rand_bits(rng, false);
+    const Operand op_a(0, false, 64, 1, a), op_b(0, false, 8, 1, b);
+    std::vector<unsigned char> image = op_a.image;
+    image.insert(image.end(), op_b.image.begin(), op_b.image.end());
+    std::vector<float> chained_mid(512), chained(512), separate_mid(512), first_mid(512);
+    GroupsIo io{image.data(), op_a.image.size(), op_b.image.size(), chained_mid.data(),
+                chained.data(), separate_mid.data(), first_mid.data()};
+    fusedrop::host::LaunchConfig cfg{dim3(1), dim3(128), image.size() + 1024, 7};
+    fusedrop::host::launch("wgmma_groups_kernel", wgmma_groups_kernel, cfg, &io);
+    bool ok_mid = true, ok_chain = true, ok_first = true, ok_second = true;
+    for (int t = 0; t < 128; ++t)
+        for (int r = 0; r < 4; ++r) {
+            const int w = t / 32, l = t % 32;
+            const int row = 16 * w + l / 4 + 8 * ((r >> 1) & 1);
+            const int col = 2 * (l % 4) + (r & 1);
+            double p = 0;
+            for (int k = 0; k < 16; ++k)
+                p += (double)value_of<__half>(a[row * 16 + k]) * value_of<__half>(b[col * 16 + k]);
+            ok_mid = ok_mid && std::isnan(chained_mid[t * 4 + r]);
+            const double tol = 1e-5 * (1 + std::fabs(p));
+            ok_chain = ok_chain && std::fabs(chained[t * 4 + r] - 2 * p) <= tol;
+            ok_first = ok_first && std::fabs(first_mid[t * 4 + r] - p) <= tol;
+            ok_second = ok_second && std::isnan(separate_mid[t * 4 + r]);
+        }
+    check(ok_chain,
+          "wgmma: a wgmma accumulating onto a pending wgmma's registers adds to its result");
+    check(ok_mid,
+          "wgmma: registers still targeted by a pending group stay NaN after wait_group<1>");
+    check(ok_first && ok_second,
+          "wgmma.wait_group 1 retires the older group only (its registers defined, the newer NaN)");
+}
+
+// make_smem_desc: the fields where the PTX ISA puts them.
+__global__ void desc_kernel(uint64_t* out) {
+    FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
+    out[0] = make_smem_desc(raw, 0, 0, 0);
+    out[1] = make_smem_desc(raw + 0x1230, 128, 16, 1024);
+    out[2] = make_smem_desc(raw + 0x40, 64, 0x3FFF0, 512);
+    out[3] = make_smem_desc(raw + 0x80, 32, 256, 0x20);
+}
+
+static void check_smem_desc() {
+    uint64_t d[4];
+    fusedrop::host::LaunchConfig cfg{dim3(1), dim3(1), 0x2000, 1};
+    fusedrop::host::launch("desc_kernel", desc_kernel, cfg, d);
+    const uint64_t base = d[0] & 0x3FFF;
+    const bool ok = (d[0] >> 14) == 0 && (d[1] & 0x3FFF) == base + 0x123 &&
+                    ((d[1] >> 16) & 0x3FFF) == 1 && ((d[1] >> 32) & 0x3FFF) == 64 &&
+                    (d[1] >> 62) == 1 && ((d[1] >> 14) & 3) == 0 && ((d[1] >> 46) & 0xFFFF) == 0 &&
+                    (d[2] & 0x3FFF) == base + 4 && ((d[2] >> 16) & 0x3FFF) == 0x3FFF &&
+                    ((d[2] >> 32) & 0x3FFF) == 32 && (d[2] >> 62) == 2 &&
+                    (d[3] & 0x3FFF) == base + 8 && ((d[3] >> 16) & 0x3FFF) == 16 &&
+                    ((d[3] >> 32) & 0x3FFF) == 2 && (d[3] >> 62) == 3;
+    check(ok, "make_smem_desc puts start >> 4, LBO >> 4, SBO >> 4 and the swizzle mode (1 = 128, "
+              "2 = 64, 3 = 32 bytes) in bits 0, 16, 32 and 62");
+}
+
+// ---- A warp-specialised pipeline: one producer warpgroup (one thread issuing TMA), two
+// consumer warpgroups (64 rows each), a ring of kStages stages with full/empty mbarriers.
+// Y[m x n] (f32) = X[m x k] * W[n x k]^T for m <= 128, n <= kBlockN, any k (TMA zero fill). ----
+
+template <typename T, int kBlockN, int kStages>
+__global__ void pipeline_kernel(const __grid_constant__ CUtensorMap map_x,
+                                const __grid_constant__ CUtensorMap map_w, float* y, int m,
+                                int n, int k) {
+    constexpr uint32_t kBytesA = 128 * 64 * 2, kBytesB = kBlockN * 64 * 2;
+    FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
+    unsigned char* stages = align_1024(raw);
+    uint64_t* full = reinterpret_cast<uint64_t*>(stages + kStages * (kBytesA + kBytesB));
+    uint64_t* empty = full + kStages;
+    const int wg = threadIdx.x / 128, t = threadIdx.x % 128;
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < kStages; ++s) {
+            mbarrier_init(&full[s], 1);
+            mbarrier_init(&empty[s], 2);
+        }
+        fence_mbarrier_init();
+    }
+    __syncthreads();
+    const int k_blocks = (k + 63) / 64;
+    if (wg == 0) {
+        setmaxnreg_dec<40>();
+        if (t == 0) {
+            prefetch_tensormap(&map_x);
+            prefetch_tensormap(&map_w);
+            for (int kb = 0; kb < k_blocks; ++kb) {
+                const int s = kb % kStages;
+                mbarrier_wait(&empty[s], ((kb / kStages) & 1) ^ 1);
+                unsigned char* a = stages + s * (kBytesA + kBytesB);
+                mbarrier_arrive_expect_tx(&full[s], kBytesA + kBytesB);
+                tma_load_2d(a, &map_x, &full[s], kb * 64, 0);
+                tma_load_2d(a + kBytesA, &map_w, &full[s], kb * 64, 0);
+            }
+        }
+        return;
+    }
+    setmaxnreg_inc<232>();
+    const int c = wg - 1;
+    float d[kBlockN / 2];
+    for (int kb = 0; kb < k_blocks; ++kb) {
+        const int s = kb % kStages;
+        mbarrier_wait(&full[s], (kb / kStages) & 1);
+        unsigned char* a = stages + s * (kBytesA + kBytesB) + c * 64 * 128;
+        unsigned char* b = stages + s * (kBytesA + kBytesB) + kBytesA;
+        wgmma_fence();
+        for (int ks = 0; ks < 4; ++ks)
+            wgmma_ss<T, kBlockN>(d, make_smem_desc(a + 32 * ks, 128, 16, 1024),
+                                 make_smem_desc(b + 32 * ks, 128, 16, 1024), kb > 0 || ks > 0);
+        wgmma_commit_group();
+        // The previous stage's wgmmas are done once at most this one's group is pending.
+        wgmma_wait_group<1>();
+        if (kb > 0 && t == 0) mbarrier_arrive(&empty[(kb - 1) % kStages]);
+    }
+    wgmma_wait_group<0>();
+    if (t == 0 && k_blocks > 0) mbarrier_arrive(&empty[(k_blocks - 1) % kStages]);
+    const int w = t / 32, l = t % 32;
+    for (int r = 0; r < kBlockN / 2; ++r) {
+        const int row = 64 * c + 16 * w + l / 4 + 8 * ((r >> 1) & 1);
+        const int col = 8 * (r >> 2) + 2 * (l % 4) + (r & 1);
+        if (row < m && col < n) y[row * n + col] = d[r];
+    }
+}
+
+template <typename T, int kBlockN, int kStages>
+static double run_pipeline(std::mt19937& rng, int m, int n, int k, uint64_t seed) {
+    constexpr int kind = MmaType<T>::kind;
+    std::vector<uint16_t> x((size_t)m * k), w((size_t)n * k);
+    for (auto& v : x) v = rand_bits(rng, kind == 1);
+    for (auto& v : w) v = rand_bits(rng, kind == 1);
+    std::vector<float> y((size_t)m * n, NAN);
+    CUtensorMap map_x, map_w;
+    if (fusedrop::host::encode_tensor_map_2d(&map_x, 2, x.data(), k, m, (uint64_t)k * 2, 64, 128,
+                                              128) != CUDA_SUCCESS ||
+        fusedrop::host::encode_tensor_map_2d(&map_w, 2, w.data(), k, n, (uint64_t)k * 2, 64,
+                                              kBlockN, 128) != CUDA_SUCCESS)
+        return INFINITY;
+    const size_t smem = 1024 + kStages * (128 * 64 * 2 + kBlockN * 64 * 2) + 16 * kStages;
+    fusedrop::host::LaunchConfig cfg{dim3(1), dim3(384), smem, seed};
+    fusedrop::host::launch("pipeline_kernel", pipeline_kernel<T, kBlockN, kStages>, cfg, map_x,
+                           map_w, y.data(), m, n, k);
+    double worst = 0;
+    for (int i = 0; i < m; ++i)
+        for (int j = 0; j < n; ++j) {
+            double want = 0, scale = 1;
+            for (int kk = 0; kk < k; ++kk) {
+                const double p = (double)value_of_kind(kind, x[(size_t)i * k + kk]) *
+                                 value_of_kind(kind, w[(size_t)j * k + kk]);
+                want += p;
+                scale += std::fabs(p);
+            }
+            const float got = y[(size_t)i * n + j];
+            worst = std::max(worst, std::isnan(got) ? INFINITY : std::fabs(got - want) / scale);
+        }
+    return worst;
+}
+
+static void check_pipeline(std::mt19937& rng) {
+    double worst = 0;
+    for (uint64_t seed = 0; seed < 3; ++seed) {
+        worst = std::max(worst, run_pipeline<__half, 64, 3>(rng, 100, 60, 200, seed));
+        worst = std::max(worst, run_pipeline<__nv_bfloat16, 128, 3>(rng, 77, 128, 72, seed));
+        worst = std::max(worst, run_pipeline<__half, 64, 3>(rng, 128, 64, 448, seed));
+    }
+    worst = std::max(worst, run_pipeline<__nv_bfloat16, 256, 4>(rng, 128, 256, 256, 5));
+    check(worst < 1e-5, "producer warp + two consumer warpgroups over a 3-stage TMA/mbarrier ring "
+                        "(and 4 stages at 128 x 256) compute X*W^T with edge tiles (max rel err " +
+                            std::to_string(worst) + ")");
+}
+
+// ---- Misuse of the Hopper model ----
+
+__global__ void mbarrier_deadlock_kernel(int* out) {
+    FUSEDROP_DYNAMIC_SMEM(uint64_t, bar);
+    if (threadIdx.x == 0) mbarrier_init(bar, 2);
+    __syncthreads();
+    if (threadIdx.x == 0) mbarrier_arrive(bar);
+    mbarrier_wait(bar, 0);
+    out[threadIdx.x] = 1;
+}
+
+__global__ void mbarrier_uninitialised_kernel(int* out) {
+    FUSEDROP_DYNAMIC_SMEM(uint64_t, bar);
+    mbarrier_arrive(bar);
+    out[threadIdx.x] = 1;
+}
+
+__global__ void wgmma_without_fence_kernel(float* out) {
+    FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
+    unsigned char* s = align_1024(raw);
+    for (int i = threadIdx.x; i < 4096; i += blockDim.x) s[i] = 0;
+    __syncthreads();
+    float d[4];
+    wgmma_ss<__half, 8>(d, make_smem_desc(s, 0, 128, 256), make_smem_desc(s + 2048, 0, 128, 256),
+                        false);
+    wgmma_commit_group();
+    wgmma_wait_group<0>();
+    out[threadIdx.x] = d[0];
+}
+
+__global__ void wgmma_no_fence_after_wait_kernel(float* out) {
+    FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
+    unsigned char* s = align_1024(raw);
+    for (int i = threadIdx.x; i < 4096; i += blockDim.x) s[i] = 0;
+    __syncthreads();
+    const uint64_t da = make_smem_desc(s, 0, 128, 256), db = make_smem_desc(s + 2048, 0, 128, 256);
+    float d[4];
+    wgmma_fence();
+    wgmma_ss<__half, 8>(d, da, db, false);
+    wgmma_commit_group();
+    wgmma_wait_group<0>();
+    out[threadIdx.x] = d[0];
+    wgmma_ss<__half, 8>(d, da, db, true);
+    wgmma_commit_group();
+    wgmma_wait_group<0>();
+    out[threadIdx.x] = d[0];
+}
+
+__global__ void warpgroup_missing_warp_kernel(float* out) {
+    if (threadIdx.x / 32 == 3) return;
+    wgmma_fence();
+    out[threadIdx.x] = 1.0f;
+}
+
+__global__ void tma_misaligned_swizzle_kernel(const __grid_constant__ CUtensorMap map) {
+    FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
+    unsigned char* stage = align_1024(raw) + 512;
+    uint64_t* bar = reinterpret_cast<uint64_t*>(align_1024(raw) + 8192);
+    if (threadIdx.x == 0) {
+        mbarrier_init(bar, 1);
+        mbarrier_arrive_expect_tx(bar, 64 * 8 * 2);
+        tma_load_2d(stage, &map, bar, 0, 0);
+        mbarrier_wait(bar, 0);
+    }
+}
+
+__global__ void wgmma_base_offset_kernel(float* out) {
+    FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
+    unsigned char* s = align_1024(raw);
+    float d[4];
+    const uint64_t desc = make_smem_desc(s, 128, 16, 1024) | (3ull << 49);
+    wgmma_fence();
+    wgmma_ss<__half, 8>(d, desc, desc, false);
+    wgmma_commit_group();
+    wgmma_wait_group<0>();
+    out[threadIdx.x] = d[0];
+}
+
+__global__ void tma_store_not_waited_kernel(const __grid_constant__ CUtensorMap map) {
+    FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
+    if (threadIdx.x == 0) {
+        tma_store_2d(&map, align_1024(raw), 0, 0);
+        tma_store_commit();
+    }
+}
+
+__global__ void mbarrier_over_arrival_kernel(int* out) {
+    FUSEDROP_DYNAMIC_SMEM(uint64_t, bar);
+    if (threadIdx.x == 0) {
+        mbarrier_init(bar, 1);
+        mbarrier_arrive_expect_tx(bar, 16);
+        mbarrier_arrive(bar);
+    }
+    out[threadIdx.x] = 1;
+}
+
 int main(int argc, char** argv) {
     const std::string what = argc > 1 ? argv[1] : "checks";
     static int sink[64];
     alignas(16) static float src[16];
+    static float fsink[128];
     fusedrop::host::LaunchConfig warp{dim3(1), dim3(32), 512, 1};
+    fusedrop::host::LaunchConfig warpgroup{dim3(1), dim3(128), 16384, 1};
     if (what == "checks") {
         std::mt19937 rng(12345);
         check_mma<__half>("f16", rng);
@@ -427,6 +1247,27 @@ int main(int argc, char** argv) {
         check_shfl(rng);
         check_cp_async(rng);
         check_barrier();
+        check_tensor_map_rules();
+        check_tma_load(rng);
+        check_tma_store(rng);
+        check_mbarrier();
+        check_smem_desc();
+        check_wgmma_config<__half, 8, 0, 0, false>(rng, "f16");
+        check_wgmma_config<__half, 16, 1, 1, false>(rng, "f16");
+        check_wgmma_config<__half, 24, 0, 1, false>(rng, "f16");
+        check_wgmma_config<__half, 64, 1, 0, false>(rng, "f16");
+        check_wgmma_config<__half, 256, 0, 0, false>(rng, "f16");
+        check_wgmma_config<__nv_bfloat16, 8, 1, 0, false>(rng, "bf16");
+        check_wgmma_config<__nv_bfloat16, 32, 0, 0, false>(rng, "bf16");
+        check_wgmma_config<__nv_bfloat16, 128, 0, 1, false>(rng, "bf16");
+        check_wgmma_config<__nv_bfloat16, 256, 1, 1, false>(rng, "bf16");
+        check_wgmma_config<__half, 16, 0, 0, true>(rng, "f16");
+        check_wgmma_config<__half, 128, 0, 1, true>(rng, "f16");
+        check_wgmma_config<__nv_bfloat16, 64, 0, 0, true>(rng, "bf16");
+        check_wgmma_config<__nv_bfloat16, 256, 0, 1, true>(rng, "bf16");
+        check_wgmma_every_n(rng, std::make_integer_sequence<int, 32>{});
+        check_wgmma_groups(rng);
+        check_pipeline(rng);
         return g_failures == 0 ? 0 : 1;
     }
     if (what == "race") {
@@ -445,7 +1286,31 @@ int main(int argc, char** argv) {
         fusedrop::host::launch(what.c_str(), misaligned_cp_async_kernel, warp, (const float*)src);
     else if (what == "misaligned_ldmatrix")
         fusedrop::host::launch(what.c_str(), misaligned_ldmatrix_kernel, warp, sink);
-    else {
+    else if (what == "mbarrier_deadlock")
+        fusedrop::host::launch(what.c_str(), mbarrier_deadlock_kernel, warp, sink);
+    else if (what == "mbarrier_uninitialised")
+        fusedrop::host::launch(what.c_str(), mbarrier_uninitialised_kernel, warp, sink);
+    else if (what == "mbarrier_over_arrival")
+        fusedrop::host::launch(what.c_str(), mbarrier_over_arrival_kernel, warp, sink);
+    else if (what == "wgmma_without_fence")
+        fusedrop::host::launch(what.c_str(), wgmma_without_fence_kernel, warpgroup, fsink);
+    else if (what == "wgmma_no_fence_after_wait")
+        fusedrop::host::launch(what.c_str(), wgmma_no_fence_after_wait_kernel, warpgroup, fsink);
+    else if (what == "warpgroup_missing_warp")
+        fusedrop::host::launch(what.c_str(), warpgroup_missing_warp_kernel, warpgroup, fsink);
+    else if (what == "wgmma_base_offset")
+        fusedrop::host::launch(what.c_str(), wgmma_base_offset_kernel, warpgroup, fsink);
+    else if (what == "tma_misaligned_swizzle" || what == "tma_store_not_waited") {
+        alignas(16) static unsigned char tensor[64 * 16 * 2];
+        CUtensorMap map;
+        if (fusedrop::host::encode_tensor_map_2d(&map, 2, tensor, 64, 16, 128, 64, 8, 128) !=
+            CUDA_SUCCESS)
+            return 2;
+        if (what == "tma_misaligned_swizzle")
+            fusedrop::host::launch(what.c_str(), tma_misaligned_swizzle_kernel, warpgroup, map);
+        else
+            fusedrop::host::launch(what.c_str(), tma_store_not_waited_kernel, warpgroup, map);
+    } else {
         fprintf(stderr, "unknown case %s\n", what.c_str());
         return 2;
     }
