@@ -756,7 +756,7 @@ struct Operand {
             lbo = 128;
             sbo = 256 * ks;
         } else if (!mn) {
-            lbo = 16;  // unused by the hardware
+            lbo = 4096;  // not used by the hardware for swizzled K-major layouts
             sbo = 8 * swz;
         } else if (swz == 0) {
             lbo = 128;
