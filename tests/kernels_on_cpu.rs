@@ -346,6 +346,19 @@ fn random_values<T: Element>(len: usize, rng: &mut StdRng) -> Vec<T> {
         .collect()
 }
 
+/// NaN, +inf and -inf, in the order `plant` places them.
+const NONFINITE: [f64; 3] = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY];
+
+/// Writes NaN, +inf, -inf, NaN, .. at the given (row, column) positions of a row-major matrix
+/// with `cols` columns (positions outside it are skipped, so small shapes can share the list).
+fn plant<T: Element>(v: &mut [T], cols: usize, at: &[(usize, usize)]) {
+    for (&(r, c), &value) in at.iter().zip(NONFINITE.iter().cycle()) {
+        if c < cols && r * cols + c < v.len() {
+            v[r * cols + c] = T::from_f64(value);
+        }
+    }
+}
+
 fn poisoned<T: Element>(len: usize) -> Vec<T> {
     vec![T::from_f64(f64::NAN); len]
 }
@@ -354,10 +367,25 @@ fn to_f64<T: Element>(v: &[T]) -> Vec<f64> {
     v.iter().map(|e| e.to_f64()).collect()
 }
 
-/// Checks `got` against the unrounded reference `want`: the relative L2 error within the
-/// type's tolerance.
+/// Checks `got` against the unrounded reference `want`: every element of the same class (NaN,
+/// +inf, -inf, finite), and the relative L2 error over the finite ones within the type's
+/// tolerance.
 fn check_close<T: Element>(what: &str, got: &[T], want: &[f64]) {
-    let error = reference::relative_l2_error(&to_f64(got), want);
+    let got = to_f64(got);
+    if let Some(i) =
+        (0..got.len().min(want.len())).find(|&i| !reference::same_class(got[i], want[i]))
+    {
+        panic!(
+            "{what}: element {i} is {} where the reference has {} ({} elements differ in class)",
+            got[i],
+            want[i],
+            got.iter()
+                .zip(want)
+                .filter(|(g, w)| !reference::same_class(**g, **w))
+                .count()
+        );
+    }
+    let error = reference::relative_l2_error_nonfinite(&got, want);
     assert!(
         error <= T::REL_L2_TOLERANCE,
         "{what}: relative L2 error {error:e} exceeds the {} tolerance {:e}",
@@ -366,8 +394,9 @@ fn check_close<T: Element>(what: &str, got: &[T], want: &[f64]) {
     );
 }
 
-/// Checks a dropout layer output: every dropped element exactly zero and every kept element of
-/// clearly non-zero value non-zero (the mask, exactly), then the values by relative L2 error.
+/// Checks a dropout layer output: every finite dropped element exactly zero and every kept
+/// element of clearly non-zero value non-zero (the mask, exactly), then the class of every
+/// element (NaN, +-inf) and the finite values by relative L2 error.
 fn check_layer_output<T: Element>(
     what: &str,
     got: &[T],
@@ -376,7 +405,8 @@ fn check_layer_output<T: Element>(
     geometry: &Geometry,
     n: usize,
 ) {
-    let rms = (want.iter().map(|v| v * v).sum::<f64>() / want.len().max(1) as f64).sqrt();
+    let finite = want.iter().filter(|v| v.is_finite());
+    let rms = (finite.clone().map(|v| v * v).sum::<f64>() / finite.count().max(1) as f64).sqrt();
     let mut wrong = Vec::new();
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         let (r, c) = (i / n, i % n);
@@ -387,7 +417,7 @@ fn check_layer_output<T: Element>(
             geometry.linear_index(n, r, c),
         );
         let g = g.to_f64();
-        if (!keep && g != 0.0) || (keep && w.abs() > 1e-2 * rms && g == 0.0) {
+        if w.is_finite() && ((!keep && g != 0.0) || (keep && w.abs() > 1e-2 * rms && g == 0.0)) {
             wrong.push((r, c, keep, g));
         }
     }
@@ -519,6 +549,8 @@ fn every_kernel_file_has_a_driver() {
 // ---------------------------------------------------------------------------------------------
 // kernels/dropout.cu
 
+/// One dropout launch; `nonfinite` plants NaN and infinities in the input.
+#[allow(clippy::too_many_arguments)]
 fn dropout_launch<T: Raw>(
     m: usize,
     n: usize,
@@ -526,15 +558,23 @@ fn dropout_launch<T: Raw>(
     geometry: Geometry,
     grid_x: Option<u32>,
     device_seed: bool,
+    nonfinite: bool,
     rng: &mut StdRng,
 ) -> (Launch, Vec<T>) {
-    let y = random_values::<T>(m * n, rng);
+    let mut y = random_values::<T>(m * n, rng);
+    if nonfinite {
+        let at: Vec<(usize, usize)> = (0..m)
+            .flat_map(|r| (r % 4..n).step_by(4).map(move |c| (r, c)))
+            .collect();
+        plant(&mut y, n, &at);
+    }
     let mut want = y.clone();
     reference::dropout_in_place(&mut want, m, n, &dropout, &geometry);
     let mut launch = Launch::new(
         &format!("fusedrop_dropout_{}", T::NAME),
         format!(
-            "{m}x{n} p={} {geometry:?} grid_x={grid_x:?} device_seed={device_seed}",
+            "{m}x{n} p={} {geometry:?} grid_x={grid_x:?} device_seed={device_seed} \
+             nonfinite={nonfinite}",
             dropout.p
         ),
         rng,
@@ -571,12 +611,33 @@ fn check_dropout_type<T: Raw>(exe: &Path, rng: &mut StdRng) {
                 Geometry::UNSHARDED,
                 None,
                 false,
+                false,
             ));
         }
     }
-    cases.push((33, 97, Dropout::new(0.3, 42, 7), shard, None, false));
-    cases.push((9, 29, Dropout::new(0.5, 7, 1), far, None, true));
-    cases.push((40, 77, Dropout::new(0.5, 99, 2), shard, Some(1), false));
+    // NaN and infinities in every fourth element (docs/mask-contract.md, "Non-finite values").
+    for &p in &[0.0f32, 0.1, 0.5, 1.0] {
+        cases.push((
+            17,
+            101,
+            Dropout::new(p, rng.random(), 3),
+            Geometry::UNSHARDED,
+            None,
+            false,
+            true,
+        ));
+    }
+    cases.push((33, 97, Dropout::new(0.3, 42, 7), shard, None, false, false));
+    cases.push((9, 29, Dropout::new(0.5, 7, 1), far, None, true, false));
+    cases.push((
+        40,
+        77,
+        Dropout::new(0.5, 99, 2),
+        shard,
+        Some(1),
+        false,
+        false,
+    ));
     cases.push((
         40,
         77,
@@ -584,10 +645,13 @@ fn check_dropout_type<T: Raw>(exe: &Path, rng: &mut StdRng) {
         Geometry::UNSHARDED,
         Some(3),
         true,
+        false,
     ));
     let (launches, wants): (Vec<_>, Vec<_>) = cases
         .into_iter()
-        .map(|(m, n, d, g, grid, dev)| dropout_launch::<T>(m, n, d, g, grid, dev, rng))
+        .map(|(m, n, d, g, grid, dev, nonfinite)| {
+            dropout_launch::<T>(m, n, d, g, grid, dev, nonfinite, rng)
+        })
         .unzip();
     run(exe, &launches);
     for (launch, want) in launches.iter().zip(&wants) {
@@ -595,7 +659,11 @@ fn check_dropout_type<T: Raw>(exe: &Path, rng: &mut StdRng) {
         let differ = got
             .iter()
             .zip(want)
-            .filter(|(g, w)| g.to_f64().to_bits() != w.to_f64().to_bits())
+            .filter(|(g, w)| {
+                let (g, w) = (g.to_f64(), w.to_f64());
+                // NaN payloads differ between machines; NaN must stay NaN.
+                g.to_bits() != w.to_bits() && !(g.is_nan() && w.is_nan())
+            })
             .count();
         assert_eq!(
             differ, 0,
@@ -618,7 +686,8 @@ fn dropout_kernel_matches_reference_bit_for_bit() {
 // Forward kernels
 
 /// One forward case: shape, activation, bias, dropout, geometry, pointer misalignment (in
-/// elements, for every buffer), folded grid rows, device seed.
+/// elements, for every buffer), folded grid rows, device seed, NaN and infinities planted in X,
+/// W and b.
 #[derive(Debug, Clone, Copy)]
 struct ForwardCase {
     shape: LinearShape,
@@ -629,6 +698,7 @@ struct ForwardCase {
     misalign: usize,
     grid_y: Option<u32>,
     device_seed: bool,
+    nonfinite: bool,
 }
 
 /// Shapes that are multiples of no tile, k both a multiple of 8 (16-byte rows) and not, with
@@ -664,6 +734,7 @@ fn forward_cases(rng: &mut StdRng) -> Vec<ForwardCase> {
                 misalign: 0,
                 grid_y: None,
                 device_seed: false,
+                nonfinite: false,
             });
         }
     }
@@ -676,6 +747,7 @@ fn forward_cases(rng: &mut StdRng) -> Vec<ForwardCase> {
         misalign: 0,
         grid_y: None,
         device_seed: false,
+        nonfinite: false,
     };
     // Buffers that are not 16-byte aligned although k and n are multiples of 8, so only the
     // pointers' alignment keeps the kernels off their vector paths.
@@ -701,6 +773,24 @@ fn forward_cases(rng: &mut StdRng) -> Vec<ForwardCase> {
         activation: Activation::Identity,
         ..base
     });
+    // NaN and infinities in X, W and b: NaN must stay NaN through ReLU and a dropped element, a
+    // dropped infinity must become NaN (docs/mask-contract.md, "Non-finite values"). Both the
+    // vector path (70x72x64) and the element path (37x29x45), every rate, both activations.
+    for (i, &p) in [0.0f32, 0.1, 0.5, 1.0].iter().enumerate() {
+        for (shape, activation) in [
+            (LinearShape::new(70, 72, 64), Activation::Relu),
+            (LinearShape::new(37, 29, 45), Activation::Identity),
+        ] {
+            cases.push(ForwardCase {
+                shape,
+                activation,
+                p,
+                bias: i % 2 == 0 || activation == Activation::Relu,
+                nonfinite: true,
+                ..base
+            });
+        }
+    }
     // Row tiles folded into fewer grid rows than there are tiles.
     cases.push(ForwardCase {
         shape: LinearShape::new(300, 40, 24),
@@ -718,9 +808,20 @@ fn forward_launch<T: Raw>(
     let LinearShape { m, n, k } = case.shape;
     let dropout = Dropout::new(case.p, rng.random(), rng.random_range(0..16));
     let spec = LayerSpec::new(case.shape, case.activation, dropout).with_geometry(case.geometry);
-    let x = random_values::<T>(m * k, rng);
-    let w = random_values::<T>(n * k, rng);
-    let b = random_values::<T>(n, rng);
+    let mut x = random_values::<T>(m * k, rng);
+    let mut w = random_values::<T>(n * k, rng);
+    let mut b = random_values::<T>(n, rng);
+    if case.nonfinite {
+        // Rows of X with one non-finite element make whole rows of z NaN or +-inf (the sign from
+        // W); one in W does the same to a column; the bias to a column.
+        plant(
+            &mut x,
+            k,
+            &[(1, k / 3), (m / 2, k - 1), (m - 1, 0), (m / 3, k / 2)],
+        );
+        plant(&mut w, k, &[(n - 2, k / 4), (n / 2, 1)]);
+        plant(&mut b, n, &[(0, 2), (0, n / 3), (0, n - 1)]);
+    }
     let want = reference::forward_f64(&spec, &x, &w, case.bias.then_some(&b[..]))
         .expect("valid reference inputs");
     let mut launch = Launch::new(kernel, format!("{case:?}"), rng);
@@ -804,6 +905,7 @@ struct BackwardCase {
     accumulate: bool,
     weight_grad: bool,
     grid_x: Option<u32>,
+    nonfinite: bool,
 }
 
 fn backward_cases() -> Vec<BackwardCase> {
@@ -824,6 +926,7 @@ fn backward_cases() -> Vec<BackwardCase> {
                 accumulate: (i + s) % 3 == 1,
                 weight_grad: true,
                 grid_x: None,
+                nonfinite: false,
             });
         }
     }
@@ -839,6 +942,7 @@ fn backward_cases() -> Vec<BackwardCase> {
         accumulate: false,
         weight_grad: true,
         grid_x: Some(1),
+        nonfinite: false,
     };
     cases.push(base);
     cases.push(BackwardCase {
@@ -852,6 +956,22 @@ fn backward_cases() -> Vec<BackwardCase> {
         grid_x: None,
         ..base
     });
+    // NaN and infinities in dY and (through X) in the saved Y, every rate, both activations:
+    // docs/mask-contract.md, "Backward without a mask".
+    for (i, &p) in [0.0f32, 0.1, 0.5, 1.0].iter().enumerate() {
+        for activation in [Activation::Relu, Activation::Identity] {
+            cases.push(BackwardCase {
+                shape: LinearShape::new(70, 75, 64),
+                activation,
+                p,
+                geometry: Geometry::UNSHARDED,
+                accumulate: i == 1,
+                grid_x: None,
+                nonfinite: true,
+                ..base
+            });
+        }
+    }
     cases
 }
 
@@ -868,10 +988,17 @@ fn check_backward<T: Raw>(driver_name: &str, config: &str, seed: u64) {
         let dropout = Dropout::new(case.p, rng.random(), rng.random_range(0..16));
         let spec =
             LayerSpec::new(case.shape, case.activation, dropout).with_geometry(case.geometry);
-        let x = random_values::<T>(m * k, &mut rng);
+        let mut x = random_values::<T>(m * k, &mut rng);
         let w = random_values::<T>(n * k, &mut rng);
         let b = random_values::<T>(n, &mut rng);
-        let dy = random_values::<T>(m * n, &mut rng);
+        let mut dy = random_values::<T>(m * n, &mut rng);
+        if case.nonfinite {
+            // X rows 3 and 40 make whole rows of Y NaN or +-inf (so ReLU redraws the mask there);
+            // dY gets single non-finite elements spread over rows and columns.
+            plant(&mut x, k, &[(3, 5), (40, 0)]);
+            let at: Vec<(usize, usize)> = (0..12).map(|i| (5 * i + 1, (7 * i + 2) % n)).collect();
+            plant(&mut dy, n, &at);
+        }
         let relu = case.activation == Activation::Relu;
         let y = reference::forward(&spec, &x, &w, Some(&b)).expect("valid reference inputs");
         let grads = reference::backward_f64(&spec, &x, &w, &dy, relu.then_some(&y[..]))
