@@ -627,6 +627,21 @@ fn check_dropout_type<T: Raw>(exe: &Path, rng: &mut StdRng) {
             true,
         ));
     }
+    // Keep-rule boundary vectors: one element's word equals the threshold (kept), or is one
+    // below it (p_above: dropped).
+    for b in boundaries() {
+        for p in [b.p(), b.p_above()] {
+            cases.push((
+                17,
+                101,
+                Dropout::new(p, b.seed, b.stream),
+                Geometry::UNSHARDED,
+                None,
+                false,
+                false,
+            ));
+        }
+    }
     cases.push((33, 97, Dropout::new(0.3, 42, 7), shard, None, false, false));
     cases.push((9, 29, Dropout::new(0.5, 7, 1), far, None, true, false));
     cases.push((
@@ -647,10 +662,17 @@ fn check_dropout_type<T: Raw>(exe: &Path, rng: &mut StdRng) {
         true,
         false,
     ));
+    let mut kept_on_boundary = 0;
     let (launches, wants): (Vec<_>, Vec<_>) = cases
         .into_iter()
         .map(|(m, n, d, g, grid, dev, nonfinite)| {
-            dropout_launch::<T>(m, n, d, g, grid, dev, nonfinite, rng)
+            let (launch, want) = dropout_launch::<T>(m, n, d, g, grid, dev, nonfinite, rng);
+            if d.p > 0.0 && d.p < 1.0 {
+                kept_on_boundary += (0..m * n)
+                    .filter(|&i| on_boundary(&d, &g, n, i / n, i % n) && want[i].to_f64() != 0.0)
+                    .count();
+            }
+            (launch, want)
         })
         .unzip();
     run(exe, &launches);
@@ -671,6 +693,8 @@ fn check_dropout_type<T: Raw>(exe: &Path, rng: &mut StdRng) {
             launch.what
         );
     }
+    // Each boundary vector must be met, with a non-zero value the kernel has to keep.
+    assert_eq!(kept_on_boundary, boundaries().len());
 }
 
 #[test]
@@ -699,6 +723,8 @@ struct ForwardCase {
     grid_y: Option<u32>,
     device_seed: bool,
     nonfinite: bool,
+    /// A fixed (seed, stream) instead of random ones (the keep-rule boundary vectors).
+    seed_stream: Option<(u64, u64)>,
 }
 
 /// Shapes that are multiples of no tile, k both a multiple of 8 (16-byte rows) and not, with
@@ -735,6 +761,7 @@ fn forward_cases(rng: &mut StdRng) -> Vec<ForwardCase> {
                 grid_y: None,
                 device_seed: false,
                 nonfinite: false,
+                seed_stream: None,
             });
         }
     }
@@ -748,6 +775,7 @@ fn forward_cases(rng: &mut StdRng) -> Vec<ForwardCase> {
         grid_y: None,
         device_seed: false,
         nonfinite: false,
+        seed_stream: None,
     };
     // Buffers that are not 16-byte aligned although k and n are multiples of 8, so only the
     // pointers' alignment keeps the kernels off their vector paths.
@@ -791,6 +819,18 @@ fn forward_cases(rng: &mut StdRng) -> Vec<ForwardCase> {
             });
         }
     }
+    // Keep-rule boundary vectors: one element's Philox word equals the threshold (it must be
+    // kept), and the next f32 p above (dropped). Identity, so the kept value is non-zero.
+    for b in boundaries() {
+        for p in [b.p(), b.p_above()] {
+            cases.push(ForwardCase {
+                activation: Activation::Identity,
+                p,
+                seed_stream: Some((b.seed, b.stream)),
+                ..base
+            });
+        }
+    }
     // Row tiles folded into fewer grid rows than there are tiles.
     cases.push(ForwardCase {
         shape: LinearShape::new(300, 40, 24),
@@ -806,7 +846,10 @@ fn forward_launch<T: Raw>(
     rng: &mut StdRng,
 ) -> (Launch, Vec<f64>, LayerSpec) {
     let LinearShape { m, n, k } = case.shape;
-    let dropout = Dropout::new(case.p, rng.random(), rng.random_range(0..16));
+    let (seed, stream) = case
+        .seed_stream
+        .unwrap_or_else(|| (rng.random(), rng.random_range(0..16)));
+    let dropout = Dropout::new(case.p, seed, stream);
     let spec = LayerSpec::new(case.shape, case.activation, dropout).with_geometry(case.geometry);
     let mut x = random_values::<T>(m * k, rng);
     let mut w = random_values::<T>(n * k, rng);
@@ -862,6 +905,7 @@ fn check_forward<T: Raw>(driver_name: &str, configs: &[&str], seed: u64) {
         }
     }
     run(&exe, &launches);
+    let mut kept_on_boundary = 0;
     for (launch, (want, spec)) in launches.iter().zip(&expected) {
         let got = launch.output::<T>("y");
         check_layer_output(
@@ -872,7 +916,23 @@ fn check_forward<T: Raw>(driver_name: &str, configs: &[&str], seed: u64) {
             &spec.geometry,
             spec.shape.n,
         );
+        // check_layer_output lets a kept element of tiny value be 0; on the boundary vectors
+        // the word == threshold element must be non-zero whatever its size.
+        let (n, d) = (spec.shape.n, &spec.dropout);
+        if d.p > 0.0 && d.p < 1.0 {
+            for (i, g) in got.iter().enumerate() {
+                if on_boundary(d, &spec.geometry, n, i / n, i % n) {
+                    assert!(
+                        g.to_f64() != 0.0 && want[i] != 0.0,
+                        "{}: element {i} (word == threshold) was dropped",
+                        launch.what
+                    );
+                    kept_on_boundary += 1;
+                }
+            }
+        }
     }
+    assert_eq!(kept_on_boundary, configs.len() * boundaries().len());
 }
 
 const FORWARD_TC_CONFIGS: [&str; 5] = ["tc128x256", "tc128x128", "tc64x128", "tc64x64", "tc64x32"];
@@ -906,6 +966,8 @@ struct BackwardCase {
     weight_grad: bool,
     grid_x: Option<u32>,
     nonfinite: bool,
+    /// A fixed (seed, stream) instead of random ones (the keep-rule boundary vectors).
+    seed_stream: Option<(u64, u64)>,
 }
 
 fn backward_cases() -> Vec<BackwardCase> {
@@ -927,6 +989,7 @@ fn backward_cases() -> Vec<BackwardCase> {
                 weight_grad: true,
                 grid_x: None,
                 nonfinite: false,
+                seed_stream: None,
             });
         }
     }
@@ -943,6 +1006,7 @@ fn backward_cases() -> Vec<BackwardCase> {
         weight_grad: true,
         grid_x: Some(1),
         nonfinite: false,
+        seed_stream: None,
     };
     cases.push(base);
     cases.push(BackwardCase {
@@ -956,6 +1020,20 @@ fn backward_cases() -> Vec<BackwardCase> {
         grid_x: None,
         ..base
     });
+    // Keep-rule boundary vectors through the identity backward's redrawn mask (a 13x75 dY holds
+    // every vector's index; dY is 1 there so the element weighs in every gradient).
+    for b in boundaries() {
+        for p in [b.p(), b.p_above()] {
+            cases.push(BackwardCase {
+                shape: LinearShape::new(13, 75, 8),
+                p,
+                geometry: Geometry::UNSHARDED,
+                grid_x: None,
+                seed_stream: Some((b.seed, b.stream)),
+                ..base
+            });
+        }
+    }
     // NaN and infinities in dY and (through X) in the saved Y, every rate, both activations:
     // docs/mask-contract.md, "Backward without a mask".
     for (i, &p) in [0.0f32, 0.1, 0.5, 1.0].iter().enumerate() {
@@ -985,7 +1063,10 @@ fn check_backward<T: Raw>(driver_name: &str, config: &str, seed: u64) {
     let mut expected = Vec::new();
     for case in backward_cases() {
         let LinearShape { m, n, k } = case.shape;
-        let dropout = Dropout::new(case.p, rng.random(), rng.random_range(0..16));
+        let (seed, stream) = case
+            .seed_stream
+            .unwrap_or_else(|| (rng.random(), rng.random_range(0..16)));
+        let dropout = Dropout::new(case.p, seed, stream);
         let spec =
             LayerSpec::new(case.shape, case.activation, dropout).with_geometry(case.geometry);
         let mut x = random_values::<T>(m * k, &mut rng);
@@ -998,6 +1079,14 @@ fn check_backward<T: Raw>(driver_name: &str, config: &str, seed: u64) {
             plant(&mut x, k, &[(3, 5), (40, 0)]);
             let at: Vec<(usize, usize)> = (0..12).map(|i| (5 * i + 1, (7 * i + 2) % n)).collect();
             plant(&mut dy, n, &at);
+        }
+        if case.seed_stream.is_some() {
+            for b in boundaries()
+                .iter()
+                .filter(|b| (b.seed, b.stream) == (seed, stream))
+            {
+                dy[b.index as usize] = T::from_f64(1.0);
+            }
         }
         let relu = case.activation == Activation::Relu;
         let y = reference::forward(&spec, &x, &w, Some(&b)).expect("valid reference inputs");
@@ -1111,4 +1200,60 @@ fn backward_tc_f16_matches_reference() {
 fn backward_tc_bf16_matches_reference() {
     check_backward::<bf16>("backward_tc", "tc128x128", 0xBCBF);
     check_backward::<bf16>("backward_tc", "tc64x64", 0xBCC0);
+}
+
+/// One keep-rule boundary vector of tests/data/keep_boundary.txt: the element at `index` of
+/// (`seed`, `stream`) draws `word`, which is exactly the threshold of `p = word / 2^32`.
+#[derive(Debug, Clone, Copy)]
+struct Boundary {
+    seed: u64,
+    stream: u64,
+    index: u64,
+    word: u32,
+}
+
+impl Boundary {
+    /// The f32 `p` whose threshold is `word` (exact: the words were chosen with at most 24
+    /// significant bits).
+    fn p(&self) -> f32 {
+        (f64::from(self.word) / 4_294_967_296.0) as f32
+    }
+
+    /// The smallest f32 whose threshold exceeds `word` (so the element is dropped): the next
+    /// f32 above `p()` is not always enough, since for a small word its threshold can still
+    /// floor to `word`.
+    fn p_above(&self) -> f32 {
+        let target = (f64::from(self.word) + 1.0) / 4_294_967_296.0;
+        let p = target as f32;
+        if f64::from(p) < target {
+            f32::from_bits(p.to_bits() + 1)
+        } else {
+            p
+        }
+    }
+}
+
+fn boundaries() -> Vec<Boundary> {
+    include_str!("data/keep_boundary.txt")
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let f: Vec<u64> = l
+                .split_whitespace()
+                .map(|h| u64::from_str_radix(h, 16).expect("hex field"))
+                .collect();
+            Boundary {
+                seed: f[0],
+                stream: f[1],
+                index: f[2],
+                word: f[3] as u32,
+            }
+        })
+        .collect()
+}
+
+/// Whether element `(r, c)` of a call draws a Philox word exactly equal to its threshold.
+fn on_boundary(dropout: &Dropout, geometry: &Geometry, n: usize, r: usize, c: usize) -> bool {
+    let index = geometry.linear_index(n, r, c);
+    u64::from(mask::word(dropout.seed, dropout.stream, index)) == mask::threshold(dropout.p)
 }
