@@ -165,3 +165,10 @@ __device__ void backward_simt(const T* __restrict__ dy, const T* __restrict__ y,
 FUSEDROP_BACKWARD_SIMT_KERNELS(f32, float)
 FUSEDROP_BACKWARD_SIMT_KERNELS(f16, __half)
 FUSEDROP_BACKWARD_SIMT_KERNELS(bf16, __nv_bfloat16)
+
+// The launch numbers the Rust side launches with (src/cuda/launch_table.rs, via build.rs).
+#include "fusedrop_launch_table.h"
+static_assert(fusedrop::launch::matches<fusedrop::BackwardSimtConfig>(fusedrop::launch::backward_simt),
+              "BackwardSimtConfig disagrees with src/cuda/launch_table.rs");
+static_assert(fusedrop::BackwardSimtConfig::kMaxBlocks == fusedrop::launch::backward_max_blocks,
+              "kMaxBlocks disagrees with src/cuda/launch_table.rs");

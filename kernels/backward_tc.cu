@@ -322,10 +322,14 @@ FUSEDROP_BACKWARD_TC(Tc128x128, tc128x128, bf16, __nv_bfloat16)
 FUSEDROP_BACKWARD_TC(Tc64x64, tc64x64, f16, __half)
 FUSEDROP_BACKWARD_TC(Tc64x64, tc64x64, bf16, __nv_bfloat16)
 
-// The launch numbers src/cuda/backward.rs uses.
-static_assert(fusedrop::backward::Tc128x128::kThreads == 128 &&
-                  fusedrop::backward::Tc128x128::kSmemBytes == 87552,
-              "update src/cuda/backward.rs");
-static_assert(fusedrop::backward::Tc64x64::kThreads == 128 &&
-                  fusedrop::backward::Tc64x64::kSmemBytes == 44544,
-              "update src/cuda/backward.rs");
+// The launch numbers the Rust side launches with (src/cuda/launch_table.rs, via build.rs).
+#include "fusedrop_launch_table.h"
+static_assert(fusedrop::launch::matches<fusedrop::backward::Tc128x128>(
+                  fusedrop::launch::backward_tc128x128),
+              "backward Tc128x128 disagrees with src/cuda/launch_table.rs");
+static_assert(fusedrop::launch::matches<fusedrop::backward::Tc64x64>(
+                  fusedrop::launch::backward_tc64x64),
+              "backward Tc64x64 disagrees with src/cuda/launch_table.rs");
+static_assert(fusedrop::backward::Tc128x128::kMaxBlocks == fusedrop::launch::backward_max_blocks &&
+                  fusedrop::backward::Tc64x64::kMaxBlocks == fusedrop::launch::backward_max_blocks,
+              "kMaxBlocks disagrees with src/cuda/launch_table.rs");

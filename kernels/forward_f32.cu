@@ -11,7 +11,7 @@
 // kSmemBytes (below 48 KiB, no opt-in needed),
 //   grid = (ceil(n / kBlockN), min(ceil(m / kBlockM), 65535), 1)  -- see gemm/tile_scheduler.cuh;
 //   gridDim.x must be exactly ceil(n / kBlockN).
-// src/cuda/forward.rs holds the same numbers in its config table.
+// src/cuda/launch_table.rs holds the same numbers; the static_asserts at the end check them.
 #include "gemm/epilogue.cuh"
 #include "gemm/threadblock_simt.cuh"
 #include "gemm/tile_scheduler.cuh"
@@ -87,10 +87,11 @@ struct Simt64x64 : SimtConfig<64, 64, 16, 4, 4> {};
 FUSEDROP_FORWARD_SIMT(Simt128x128, simt128x128)
 FUSEDROP_FORWARD_SIMT(Simt64x64, simt64x64)
 
-// The launch numbers src/cuda/forward.rs uses (ForwardConfig::smem_bytes / threads).
-static_assert(fusedrop::forward::Simt128x128::kSmemBytes == 16896 &&
-                  fusedrop::forward::Simt128x128::kThreads == 256,
-              "update src/cuda/forward.rs");
-static_assert(fusedrop::forward::Simt64x64::kSmemBytes == 17408 &&
-                  fusedrop::forward::Simt64x64::kThreads == 256,
-              "update src/cuda/forward.rs");
+// The launch numbers the Rust side launches with (src/cuda/launch_table.rs, via build.rs).
+#include "fusedrop_launch_table.h"
+static_assert(fusedrop::launch::matches<fusedrop::forward::Simt128x128>(
+                  fusedrop::launch::forward_simt128x128),
+              "Simt128x128 disagrees with src/cuda/launch_table.rs");
+static_assert(fusedrop::launch::matches<fusedrop::forward::Simt64x64>(
+                  fusedrop::launch::forward_simt64x64),
+              "Simt64x64 disagrees with src/cuda/launch_table.rs");

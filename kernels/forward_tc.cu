@@ -14,7 +14,7 @@
 //   opted in with cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)),
 //   grid = (ceil(n / kBlockN), min(ceil(m / kBlockM), 65535), 1)  -- see gemm/tile_scheduler.cuh;
 //   gridDim.x must be exactly ceil(n / kBlockN).
-// src/cuda/forward.rs holds the same numbers in its config table.
+// src/cuda/launch_table.rs holds the same numbers; the static_asserts at the end check them.
 #include "element.cuh"
 #include "gemm/epilogue.cuh"
 #include "gemm/threadblock_tc.cuh"
@@ -109,19 +109,15 @@ FUSEDROP_FORWARD_TC_TYPES(Tc64x128, tc64x128)
 FUSEDROP_FORWARD_TC_TYPES(Tc64x64, tc64x64)
 FUSEDROP_FORWARD_TC_TYPES(Tc64x32, tc64x32)
 
-// The launch numbers src/cuda/forward.rs uses (ForwardConfig::smem_bytes / threads).
-static_assert(fusedrop::forward::Tc128x256::kSmemBytes == 98304 &&
-                  fusedrop::forward::Tc128x256::kThreads == 256,
-              "update src/cuda/forward.rs");
-static_assert(fusedrop::forward::Tc128x128::kSmemBytes == 65536 &&
-                  fusedrop::forward::Tc128x128::kThreads == 128,
-              "update src/cuda/forward.rs");
-static_assert(fusedrop::forward::Tc64x128::kSmemBytes == 49152 &&
-                  fusedrop::forward::Tc64x128::kThreads == 128,
-              "update src/cuda/forward.rs");
-static_assert(fusedrop::forward::Tc64x64::kSmemBytes == 40960 &&
-                  fusedrop::forward::Tc64x64::kThreads == 128,
-              "update src/cuda/forward.rs");
-static_assert(fusedrop::forward::Tc64x32::kSmemBytes == 36864 &&
-                  fusedrop::forward::Tc64x32::kThreads == 128,
-              "update src/cuda/forward.rs");
+// The launch numbers the Rust side launches with (src/cuda/launch_table.rs, via build.rs).
+#include "fusedrop_launch_table.h"
+static_assert(fusedrop::launch::matches<fusedrop::forward::Tc128x256>(fusedrop::launch::forward_tc128x256),
+              "Tc128x256 disagrees with src/cuda/launch_table.rs");
+static_assert(fusedrop::launch::matches<fusedrop::forward::Tc128x128>(fusedrop::launch::forward_tc128x128),
+              "Tc128x128 disagrees with src/cuda/launch_table.rs");
+static_assert(fusedrop::launch::matches<fusedrop::forward::Tc64x128>(fusedrop::launch::forward_tc64x128),
+              "Tc64x128 disagrees with src/cuda/launch_table.rs");
+static_assert(fusedrop::launch::matches<fusedrop::forward::Tc64x64>(fusedrop::launch::forward_tc64x64),
+              "Tc64x64 disagrees with src/cuda/launch_table.rs");
+static_assert(fusedrop::launch::matches<fusedrop::forward::Tc64x32>(fusedrop::launch::forward_tc64x32),
+              "Tc64x32 disagrees with src/cuda/launch_table.rs");

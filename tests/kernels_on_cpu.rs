@@ -10,7 +10,8 @@
 //! - `FUSEDROP_HARNESS_SANITIZE=address` builds the drivers with AddressSanitizer (scripts/test.sh
 //!   runs this target once that way), so an out-of-bounds access in a kernel fails the test;
 //! - `FUSEDROP_HARNESS_KERNELS=<dir>` takes the kernel sources from `<dir>` instead of kernels/
-//!   (to run a patched copy, e.g. with a planted bug);
+//!   (to run a patched copy, e.g. with a planted bug; scripts/plant-faults.sh does this), and
+//!   `FUSEDROP_HARNESS_DRIVERS=<dir>` the drivers from `<dir>` instead of tests/harness/;
 //! - `CXX` names the host compiler (default `g++`).
 //!
 //! Skipped, with a message, when the crate was built without nvcc (no CUDA headers to compile
@@ -42,6 +43,14 @@ fn kernels_dir() -> PathBuf {
     std::env::var_os("FUSEDROP_HARNESS_KERNELS")
         .map(PathBuf::from)
         .unwrap_or_else(|| manifest_dir().join("kernels"))
+}
+
+/// The drivers' sources: tests/harness/, or `$FUSEDROP_HARNESS_DRIVERS` (a patched copy, e.g.
+/// with a fault planted in the Hopper test kernel of ptx_unit.cpp).
+fn harness_dir() -> PathBuf {
+    std::env::var_os("FUSEDROP_HARNESS_DRIVERS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest_dir().join("tests").join("harness"))
 }
 
 fn sanitize() -> bool {
@@ -112,7 +121,7 @@ fn driver(name: &str) -> Option<PathBuf> {
 }
 
 fn build_driver(name: &str, include: &str) -> PathBuf {
-    let harness = manifest_dir().join("tests").join("harness");
+    let harness = harness_dir();
     let kernels = kernels_dir();
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".to_string());
     let flags = compiler_flags();
@@ -120,6 +129,8 @@ fn build_driver(name: &str, include: &str) -> PathBuf {
     let mut files = Vec::new();
     source_files(&kernels, &mut files);
     source_files(&harness, &mut files);
+    // The launch table header build.rs generates from src/cuda/launch_table.rs.
+    source_files(Path::new(env!("FUSEDROP_GENERATED_INCLUDE")), &mut files);
     let mut hasher = DefaultHasher::new();
     (name, &cxx, &flags, include, &kernels).hash(&mut hasher);
     for file in &files {
@@ -153,6 +164,8 @@ fn build_driver(name: &str, include: &str) -> PathBuf {
         .arg(&harness)
         .arg("-I")
         .arg(include)
+        .arg("-I")
+        .arg(env!("FUSEDROP_GENERATED_INCLUDE"))
         .arg(harness.join(format!("{name}.cpp")))
         .arg("-o")
         .arg(&partial)
@@ -526,7 +539,7 @@ fn harness_rejects_misuse_the_gpu_would_not_forgive() {
 /// A kernel file without a driver would silently go unchecked.
 #[test]
 fn every_kernel_file_has_a_driver() {
-    let harness = manifest_dir().join("tests").join("harness");
+    let harness = harness_dir();
     let mut missing = Vec::new();
     for entry in fs::read_dir(kernels_dir())
         .expect("read kernels/")

@@ -17,6 +17,7 @@ use cudarc::driver::{
     PushKernelArg,
 };
 
+use crate::cuda::launch_table::{self, LaunchNumbers};
 use crate::cuda::{
     check_seed_source, forward::sm_count, kernel, require_compute_capability, MaskParams,
     SeedSource,
@@ -26,9 +27,9 @@ use crate::error::{invalid, Error, Result};
 use crate::layer::{Activation, LayerSpec, LinearShape};
 use crate::validate::{self, BackwardLens};
 
-/// One compiled backward tile configuration: where it lives and its launch numbers, which
-/// mirror the config structs of kernels/backward_simt.cu and kernels/backward_tc.cu (the latter
-/// `static_assert`s them).
+/// One compiled backward tile configuration: where it lives and its launch numbers, from
+/// src/cuda/launch_table.rs, which the config structs of kernels/backward_simt.cu and
+/// kernels/backward_tc.cu are checked against at build time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Config {
     module: &'static str,
@@ -41,36 +42,26 @@ struct Config {
 }
 
 /// Grid-stride cap of every backward kernel (`kMaxBlocks`).
-const MAX_BLOCKS: u64 = 1 << 20;
+const MAX_BLOCKS: u64 = launch_table::BACKWARD_MAX_BLOCKS as u64;
 /// Dynamic shared memory a kernel may use without opting in.
 const DEFAULT_SMEM_LIMIT: u32 = 48 * 1024;
 
-const SIMT: Config = Config {
-    module: "backward_simt",
-    name: "simt",
-    block_m: 64,
-    block_n: 64,
-    threads: 256,
-    smem_bytes: 0,
-};
-const TC128X128: Config = Config {
-    module: "backward_tc",
-    name: "tc128x128",
-    block_m: 128,
-    block_n: 128,
-    threads: 128,
-    smem_bytes: 87_552,
-};
-const TC64X64: Config = Config {
-    module: "backward_tc",
-    name: "tc64x64",
-    block_m: 64,
-    block_n: 64,
-    threads: 128,
-    smem_bytes: 44_544,
-};
+const SIMT: Config = Config::new("backward_simt", "simt", launch_table::BACKWARD_SIMT);
+const TC128X128: Config = Config::new("backward_tc", "tc128x128", launch_table::BACKWARD_TC128X128);
+const TC64X64: Config = Config::new("backward_tc", "tc64x64", launch_table::BACKWARD_TC64X64);
 
 impl Config {
+    const fn new(module: &'static str, name: &'static str, n: LaunchNumbers) -> Config {
+        Config {
+            module,
+            name,
+            block_m: n.block_m as u64,
+            block_n: n.block_n as u64,
+            threads: n.threads,
+            smem_bytes: n.smem_bytes,
+        }
+    }
+
     /// Output tiles of a product with `rows` x `cols` outputs.
     fn tiles(self, rows: usize, cols: usize) -> u64 {
         (rows as u64).div_ceil(self.block_m) * (cols as u64).div_ceil(self.block_n)

@@ -40,7 +40,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute_enum};
 use cudarc::driver::{CudaStream, CudaView, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
-use crate::cuda::{check_seed_source, kernel, require_compute_capability, MaskParams, SeedSource};
+use crate::cuda::{
+    check_seed_source, kernel, launch_table, require_compute_capability, MaskParams, SeedSource,
+};
 use crate::element::Element;
 use crate::error::{invalid, Error, Result};
 use crate::layer::{Activation, LayerSpec, LinearShape};
@@ -140,17 +142,19 @@ impl ForwardConfig {
         self.numbers().3
     }
 
-    /// (block_m, block_n, threads, dynamic shared memory bytes), as in the config structs.
+    /// (block_m, block_n, threads, dynamic shared memory bytes), from the launch table that the
+    /// kernels' config structs are checked against at build time.
     const fn numbers(self) -> (u32, u32, u32, u32) {
-        match self {
-            ForwardConfig::Tc128x256 => (128, 256, 256, 98_304),
-            ForwardConfig::Tc128x128 => (128, 128, 128, 65_536),
-            ForwardConfig::Tc64x128 => (64, 128, 128, 49_152),
-            ForwardConfig::Tc64x64 => (64, 64, 128, 40_960),
-            ForwardConfig::Tc64x32 => (64, 32, 128, 36_864),
-            ForwardConfig::Simt128x128 => (128, 128, 256, 16_896),
-            ForwardConfig::Simt64x64 => (64, 64, 256, 17_408),
-        }
+        let n = match self {
+            ForwardConfig::Tc128x256 => launch_table::FORWARD_TC128X256,
+            ForwardConfig::Tc128x128 => launch_table::FORWARD_TC128X128,
+            ForwardConfig::Tc64x128 => launch_table::FORWARD_TC64X128,
+            ForwardConfig::Tc64x64 => launch_table::FORWARD_TC64X64,
+            ForwardConfig::Tc64x32 => launch_table::FORWARD_TC64X32,
+            ForwardConfig::Simt128x128 => launch_table::FORWARD_SIMT128X128,
+            ForwardConfig::Simt64x64 => launch_table::FORWARD_SIMT64X64,
+        };
+        (n.block_m, n.block_n, n.threads, n.smem_bytes)
     }
 
     /// Output tiles of `shape` under this configuration.

@@ -29,6 +29,7 @@ pub mod backward;
 pub mod baseline;
 pub mod dropout;
 pub mod forward;
+pub mod launch_table;
 
 include!(concat!(env!("OUT_DIR"), "/kernel_images.rs"));
 

@@ -1,0 +1,77 @@
+//! The launch numbers of every kernel configuration, written once.
+//!
+//! The Rust launch code (src/cuda/forward.rs, src/cuda/backward.rs) reads this table, and build.rs
+//! turns it into the header `fusedrop_launch_table.h`, against which every kernel file
+//! `static_assert`s its config structs (`kBlockM`, `kBlockN`, `kThreads`, `kSmemBytes`). A
+//! number edited here and not in the kernel, or the other way round, fails the nvcc build and the
+//! CPU harness build. This file is also compiled into build.rs, so it uses nothing but `core`.
+
+/// One kernel configuration's launch numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaunchNumbers {
+    /// The constant's name in the generated header (`fusedrop::launch::<name>`).
+    pub name: &'static str,
+    /// Output rows per tile.
+    pub block_m: u32,
+    /// Output columns per tile.
+    pub block_n: u32,
+    /// Threads per block.
+    pub threads: u32,
+    /// Dynamic shared memory per block, in bytes.
+    pub smem_bytes: u32,
+}
+
+const fn numbers(
+    name: &'static str,
+    block_m: u32,
+    block_n: u32,
+    threads: u32,
+    smem_bytes: u32,
+) -> LaunchNumbers {
+    LaunchNumbers {
+        name,
+        block_m,
+        block_n,
+        threads,
+        smem_bytes,
+    }
+}
+
+/// kernels/forward_tc.cu, `Tc128x256`.
+pub const FORWARD_TC128X256: LaunchNumbers = numbers("forward_tc128x256", 128, 256, 256, 98_304);
+/// kernels/forward_tc.cu, `Tc128x128`.
+pub const FORWARD_TC128X128: LaunchNumbers = numbers("forward_tc128x128", 128, 128, 128, 65_536);
+/// kernels/forward_tc.cu, `Tc64x128`.
+pub const FORWARD_TC64X128: LaunchNumbers = numbers("forward_tc64x128", 64, 128, 128, 49_152);
+/// kernels/forward_tc.cu, `Tc64x64`.
+pub const FORWARD_TC64X64: LaunchNumbers = numbers("forward_tc64x64", 64, 64, 128, 40_960);
+/// kernels/forward_tc.cu, `Tc64x32`.
+pub const FORWARD_TC64X32: LaunchNumbers = numbers("forward_tc64x32", 64, 32, 128, 36_864);
+/// kernels/forward_f32.cu, `Simt128x128`.
+pub const FORWARD_SIMT128X128: LaunchNumbers =
+    numbers("forward_simt128x128", 128, 128, 256, 16_896);
+/// kernels/forward_f32.cu, `Simt64x64`.
+pub const FORWARD_SIMT64X64: LaunchNumbers = numbers("forward_simt64x64", 64, 64, 256, 17_408);
+/// kernels/backward_simt.cu, `BackwardSimtConfig` (static shared memory only).
+pub const BACKWARD_SIMT: LaunchNumbers = numbers("backward_simt", 64, 64, 256, 0);
+/// kernels/backward_tc.cu, `Tc128x128`.
+pub const BACKWARD_TC128X128: LaunchNumbers = numbers("backward_tc128x128", 128, 128, 128, 87_552);
+/// kernels/backward_tc.cu, `Tc64x64`.
+pub const BACKWARD_TC64X64: LaunchNumbers = numbers("backward_tc64x64", 64, 64, 128, 44_544);
+
+/// Every configuration, for build.rs.
+pub const ALL: [LaunchNumbers; 10] = [
+    FORWARD_TC128X256,
+    FORWARD_TC128X128,
+    FORWARD_TC64X128,
+    FORWARD_TC64X64,
+    FORWARD_TC64X32,
+    FORWARD_SIMT128X128,
+    FORWARD_SIMT64X64,
+    BACKWARD_SIMT,
+    BACKWARD_TC128X128,
+    BACKWARD_TC64X64,
+];
+
+/// Grid-stride cap of every backward kernel (`kMaxBlocks`).
+pub const BACKWARD_MAX_BLOCKS: u32 = 1 << 20;
