@@ -15,7 +15,7 @@ rm -rf "$bundle"
 mkdir -p "$bundle/tests" "$bundle/kernels" "$bundle/peers"
 
 echo "== building release test executables"
-cargo test --release --no-run --message-format=json 2>/dev/null \
+cargo test --release --workspace --no-run --message-format=json 2>/dev/null \
   | python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -41,7 +41,7 @@ strip "$bundle"/fusedrop "$bundle"/tests/* 2>/dev/null || true
 cp kernels/*.cuh "$bundle/kernels/"
 cp scripts/gpu/curand_check.cu "$bundle/"
 cp scripts/gpu-check.sh "$bundle/gpu-check.sh"
-if [[ -d benches/peers ]]; then cp benches/peers/*.py "$bundle/peers/" 2>/dev/null || true; fi
+if [[ -d tools/benches/peers ]]; then cp tools/benches/peers/*.py "$bundle/peers/" 2>/dev/null || true; fi
 git rev-parse HEAD > "$bundle/COMMIT" 2>/dev/null || echo unknown > "$bundle/COMMIT"
 git status --porcelain | grep -q . && echo "(with uncommitted changes)" >> "$bundle/COMMIT"
 du -sh "$bundle"

@@ -17,21 +17,21 @@ echo "== nvcc: $NVCC"
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
-echo "== cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
+echo "== cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
 
 echo "== cargo doc (missing docs and broken links are errors)"
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
-echo "== cargo test --release"
-cargo test --release
+echo "== cargo test --release --workspace"
+cargo test --release --workspace
 
 if [[ "${FUSEDROP_SKIP_SANITIZER:-0}" != "1" ]]; then
   echo "== kernels on the CPU under AddressSanitizer"
-  FUSEDROP_HARNESS_SANITIZE=address cargo test --release --test kernels_on_cpu
+  FUSEDROP_HARNESS_SANITIZE=address cargo test --release -p fusedrop --test kernels_on_cpu
 fi
 
 echo "== benches compile"
-cargo bench --no-run --quiet
+cargo bench --workspace --no-run --quiet
 
 echo "== scripts/test.sh: all checks passed"

@@ -8,7 +8,6 @@
 //! The mask contract is in `docs/mask-contract.md`; [`mask::keep`] is its definition in code.
 #![warn(missing_docs)]
 
-pub mod bench;
 pub mod cuda;
 pub mod element;
 pub mod error;

@@ -26,7 +26,6 @@ use crate::mask;
 pub use cudarc;
 
 pub mod backward;
-pub mod baseline;
 pub mod dropout;
 pub mod forward;
 pub mod launch_table;

@@ -9,11 +9,11 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::time::Instant;
 
-use fusedrop::bench::{
+use fusedrop::Error;
+use fusedrop_tools::bench::{
     format_table, run_table, suite_shape, write_table_csv, DType, Effort, Passes, Row,
     TableOptions, P_VALUES, SUITE,
 };
-use fusedrop::Error;
 
 /// Exit code: the table is incomplete, or the CSV could not be written.
 const EXIT_INCOMPLETE: i32 = 1;

@@ -10,11 +10,11 @@
 mod common;
 
 use criterion::{Criterion, Throughput};
-use fusedrop::bench::{
+use fusedrop::{reference, Activation, Dropout, Element, LayerSpec};
+use fusedrop_tools::bench::{
     backward_flops, fused_backward, random_nonzero, BaselinePlans, BenchGpu, DType, Operands,
     SuiteShape, CPU_SHAPES, P_VALUES, SUITE,
 };
-use fusedrop::{reference, Activation, Dropout, Element, LayerSpec};
 use half::{bf16, f16};
 
 use common::gpu_bench;

@@ -23,7 +23,7 @@
 //!
 //! ```no_run
 //! # fn main() -> fusedrop::Result<()> {
-//! use fusedrop::cuda::baseline::{Blas, GemmOp};
+//! use fusedrop_tools::baseline::{Blas, GemmOp};
 //! use fusedrop::LinearShape;
 //! let ctx = fusedrop::cuda::open_device(0)?;
 //! let stream = ctx.default_stream();
@@ -47,10 +47,11 @@ use cudarc::cublaslt::sys;
 use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 
-use crate::element::Element;
-use crate::error::{invalid, Error, Result};
-use crate::layer::LinearShape;
-use crate::validate;
+use crate::invalid;
+use fusedrop::validate;
+use fusedrop::Element;
+use fusedrop::LinearShape;
+use fusedrop::{Error, Result};
 
 /// The cuBLASLt entry points this module calls; all are probed before the first use.
 const SYMBOLS: [&str; 13] = [
@@ -637,7 +638,7 @@ mod tests {
 
     use super::*;
     use crate::bench::random_nonzero;
-    use crate::reference::{relative_l2_error, to_f64};
+    use fusedrop::reference::{relative_l2_error, to_f64};
 
     /// `out[r, c] = Σ_i a[r, i] · b[c, i]` for row-major `a` `[rows, inner]`, `b` `[cols, inner]`.
     fn abt(a: &[f64], b: &[f64], rows: usize, cols: usize, inner: usize) -> Vec<f64> {
@@ -731,7 +732,7 @@ mod tests {
 
     #[test]
     fn baselines_match_the_f64_products_on_odd_shapes() {
-        let ctx = match crate::cuda::open_device(0) {
+        let ctx = match fusedrop::cuda::open_device(0) {
             Ok(ctx) => ctx,
             Err(e) => {
                 println!("SKIPPED (no GPU): {e}");
@@ -755,7 +756,7 @@ mod tests {
 
     #[test]
     fn plans_reject_empty_shapes_and_launches_reject_wrong_lengths() {
-        let Ok(ctx) = crate::cuda::open_device(0) else {
+        let Ok(ctx) = fusedrop::cuda::open_device(0) else {
             println!("SKIPPED (no GPU)");
             return;
         };

@@ -13,8 +13,10 @@ pub const PIXELS: usize = 64;
 /// Classes (the digits 0 to 9).
 pub const CLASSES: usize = 10;
 
-const DIGITS_CSV_GZ: &[u8] =
-    include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/data/digits.csv.gz"));
+const DIGITS_CSV_GZ: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../data/digits.csv.gz"
+));
 
 /// A set of images: `x` is `[len, PIXELS]` row-major with pixels scaled to `[0, 1]`.
 #[derive(Debug, Clone)]

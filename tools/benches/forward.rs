@@ -10,11 +10,11 @@
 mod common;
 
 use criterion::{BatchSize, Criterion, Throughput};
-use fusedrop::bench::{
+use fusedrop::{reference, Activation, Dropout, Element, Geometry, LayerSpec};
+use fusedrop_tools::bench::{
     forward_flops, fused_forward, random_nonzero, BaselinePlans, BenchGpu, DType, Operands,
     SuiteShape, CPU_SHAPES, P_VALUES, SUITE,
 };
-use fusedrop::{reference, Activation, Dropout, Element, Geometry, LayerSpec};
 use half::{bf16, f16};
 
 use common::gpu_bench;

@@ -5,13 +5,13 @@
 //!
 //! Every figure is a GPU time between two CUDA events recorded on the stream around the
 //! launches; nothing here is meaningful on a machine without a GPU, where [`run_table`] returns
-//! the error of [`crate::cuda::open_device`].
+//! the error of [`fusedrop::cuda::open_device`].
 //!
 //! ```no_run
-//! use fusedrop::bench::{run_table, TableOptions};
+//! use fusedrop_tools::bench::{run_table, TableOptions};
 //! let table = run_table(&TableOptions::quick(), &mut |row| println!("{}", row.impl_name))?;
 //! let mut csv = Vec::new();
-//! fusedrop::bench::write_csv(&table.rows, &mut csv)?;
+//! fusedrop_tools::bench::write_csv(&table.rows, &mut csv)?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -26,14 +26,15 @@ use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 use half::{bf16, f16};
 use rand::{RngCore, SeedableRng};
 
-use crate::cuda::backward::{backward, BackwardOptions, GradientsMut};
-use crate::cuda::baseline::{cublaslt_version, Blas, GemmOp, GemmPlan};
-use crate::cuda::dropout::dropout_in_place;
-use crate::cuda::forward::forward;
-use crate::cuda::SeedSource;
-use crate::element::Element;
-use crate::error::{invalid, Result};
-use crate::layer::{Activation, Dropout, Geometry, LayerSpec, LinearShape};
+use crate::baseline::{cublaslt_version, Blas, GemmOp, GemmPlan};
+use crate::invalid;
+use fusedrop::cuda::backward::{backward, BackwardOptions, GradientsMut};
+use fusedrop::cuda::dropout::dropout_in_place;
+use fusedrop::cuda::forward::forward;
+use fusedrop::cuda::SeedSource;
+use fusedrop::Element;
+use fusedrop::Result;
+use fusedrop::{Activation, Dropout, Geometry, LayerSpec, LinearShape};
 
 // ---------------------------------------------------------------------------------------------
 // The suite
@@ -281,7 +282,7 @@ impl<T: Element> Operands<T> {
         l2_bytes: usize,
         seed: u64,
     ) -> Result<Self> {
-        let sizes = crate::validate::check_shape(shape)?;
+        let sizes = fusedrop::validate::check_shape(shape)?;
         let elem = std::mem::size_of::<T>();
         let touched = (sizes.x + sizes.w + shape.n + sizes.y) * elem;
         let per_set = (sizes.x * 2 + sizes.w * 2 + shape.n * 2 + sizes.y * 4) * elem;
@@ -490,7 +491,7 @@ pub fn driver_version() -> String {
             return v.to_string();
         }
     }
-    if !crate::cuda::driver_present() {
+    if !fusedrop::cuda::driver_present() {
         return "none".into();
     }
     let mut v = 0i32;
@@ -538,7 +539,7 @@ impl BenchGpu {
     /// Opens GPU `ordinal`. Fails, without panicking, when the kernels were not built, there is
     /// no driver or no such GPU, or cuBLASLt cannot be loaded.
     pub fn open(ordinal: usize) -> Result<Self> {
-        let ctx = crate::cuda::open_device(ordinal)?;
+        let ctx = fusedrop::cuda::open_device(ordinal)?;
         let stream = ctx.default_stream();
         let blas = Blas::new(&stream)?;
         let info = gpu_info(&ctx)?;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion};
-use fusedrop::bench::{time_launches, BenchGpu};
+use fusedrop_tools::bench::{time_launches, BenchGpu};
 
 /// Short settings: GPU figures settle quickly, and the suite is large.
 pub fn criterion() -> Criterion {
