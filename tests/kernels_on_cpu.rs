@@ -985,3 +985,99 @@ fn backward_tc_bf16_matches_reference() {
     check_backward::<bf16>("backward_tc", "tc128x128", 0xBCBF);
     check_backward::<bf16>("backward_tc", "tc64x64", 0xBCC0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// kernels/forward_sm90.cu (Hopper: TMA, mbarrier ring, wgmma, persistent grid)
+
+const FORWARD_SM90_CONFIGS: [&str; 3] = ["wg128x256", "wg128x128", "wg64x128"];
+
+/// The forward cases the Hopper kernel takes (k a multiple of 8, 16-byte aligned X and W; the
+/// wrapper sends the others to forward_tc), each with a persistent block count, plus shapes with
+/// many tiles per block so that the ring wraps across tiles, and a long reduction. Odd n takes
+/// the element stores instead of the pair stores.
+fn hopper_forward_cases(rng: &mut StdRng) -> Vec<(ForwardCase, u32)> {
+    let mut cases: Vec<(ForwardCase, u32)> = forward_cases(rng)
+        .into_iter()
+        .filter(|c| c.shape.k % 8 == 0 && c.misalign == 0 && c.grid_y.is_none())
+        .map(|c| (c, 3))
+        .collect();
+    let base = ForwardCase {
+        shape: LinearShape::new(300, 300, 200),
+        activation: Activation::Relu,
+        bias: true,
+        p: 0.1,
+        geometry: Geometry::UNSHARDED,
+        misalign: 0,
+        grid_y: None,
+        device_seed: false,
+    };
+    // 15 tiles of 64 x 128 (or 6 of 128 x 128, 6 of 128 x 256) over 2 blocks: every block walks
+    // several tiles and the ring wraps several times.
+    cases.push((base, 2));
+    cases.push((
+        ForwardCase {
+            p: 0.5,
+            activation: Activation::Identity,
+            bias: false,
+            ..base
+        },
+        1,
+    ));
+    // A reduction of 9 k-blocks (more than some rings have stages), odd n, a shard geometry with
+    // the seed read from a device buffer.
+    cases.push((
+        ForwardCase {
+            shape: LinearShape::new(129, 131, 568),
+            geometry: Geometry {
+                row_offset: 5 + u64::from(rng.random::<u32>()),
+                col_offset: 7,
+                n_global: Some(1001),
+            },
+            device_seed: true,
+            ..base
+        },
+        2,
+    ));
+    cases
+}
+
+fn check_forward_sm90<T: Raw>(seed: u64) {
+    let Some(exe) = driver("forward_sm90") else {
+        return;
+    };
+    let mut rng = StdRng::seed_from_u64(seed);
+    let cases = hopper_forward_cases(&mut rng);
+    let mut launches = Vec::new();
+    let mut expected = Vec::new();
+    for config in FORWARD_SM90_CONFIGS {
+        let kernel = format!("fusedrop_forward_{config}_{}", T::NAME);
+        for (case, blocks) in &cases {
+            let (mut launch, want, spec) = forward_launch::<T>(&kernel, case, &mut rng);
+            launch.int("blocks", *blocks);
+            launches.push(launch);
+            expected.push((want, spec));
+        }
+    }
+    run(&exe, &launches);
+    for (launch, (want, spec)) in launches.iter().zip(&expected) {
+        let got = launch.output::<T>("y");
+        check_layer_output(
+            &launch.what,
+            &got,
+            want,
+            &spec.dropout,
+            &spec.geometry,
+            spec.shape.n,
+        );
+    }
+}
+
+#[test]
+fn forward_sm90_f16_matches_reference() {
+    check_forward_sm90::<f16>(0x90F16);
+}
+
+#[test]
+fn forward_sm90_bf16_matches_reference() {
+    check_forward_sm90::<bf16>(0x90BF16);
+}
