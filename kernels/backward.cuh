@@ -1,12 +1,18 @@
-// The backward pass's one elementwise step, shared by every backward kernel: forming
-// dZ = dY * scale * active from dY (and the saved output Y) while a tile of dY is loaded, so that
-// dZ never goes to memory.
+// The backward pass's one elementwise step, shared by every backward kernel: forming dZ from dY
+// (and the saved output Y) while a tile of dY is loaded, so that dZ never goes to memory.
 //
-//   ReLU:     active = [Y > 0]   (Y = keep * relu(Z) * scale is positive exactly when the element
-//                                 was kept and ReLU passed it; docs/mask-contract.md)
-//   identity: active = keep(i)   (Y says nothing about the mask, so Philox is redrawn from
-//                                 (seed, stream, i) with i from the shard geometry)
+//   identity: dZ = dY * (keep(i) ? scale : 0)   (Y says nothing about the mask, so Philox is
+//                                                redrawn from (seed, stream, i) with i from the
+//                                                shard geometry)
+//   ReLU:     dZ = dY * scale                    when Y > 0 (Y = relu(Z) * (keep ? scale : 0) is
+//                                                positive exactly when the element was kept and
+//                                                ReLU passed it; docs/mask-contract.md)
+//             dZ = dY * (keep(i) ? scale : 0)    when Y is NaN (ReLU passed a NaN or +inf; the
+//                                                mask is redrawn for this element only)
+//             dZ = 0                              otherwise (ReLU blocked it, or it was dropped)
 //
+// The multiplications carry a NaN or infinity of dY through a dropped element as PyTorch's
+// dropout backward does; where this differs from PyTorch is in docs/BACKWARD.md.
 // Host-compilable (no intrinsics), so the CPU harness runs it as the GPU does.
 #pragma once
 
@@ -26,14 +32,21 @@ FUSEDROP_HD uint32_t philox_word(const Philox4& words, uint32_t index) {
 // v = 0 and yv = 0 and stay 0.
 //
 // The four linear indices i0 .. i0+3 span at most two Philox calls (a shard's rows may start at
-// any index), so the identity case draws one call, or two when i0 is not a multiple of 4 and a
-// column of the second call lies inside the matrix; it draws none when p == 0.
+// any index), so the mask costs one call, or two when i0 is not a multiple of 4 and a column of
+// the second call lies inside the matrix. It is drawn for identity, and for ReLU only when one
+// of the four saved outputs is NaN; never when p == 0.
 FUSEDROP_HD void form_dz4(float (&v)[4], const float (&yv)[4], bool relu, const MaskParams& mp,
                           long long n, long long r, long long c) {
-    bool active[4];
+    // Whether the element's dZ is dY times its regenerated mask factor.
+    bool masked[4];
+    bool any_masked = false;
 #pragma unroll
-    for (int j = 0; j < 4; ++j) active[j] = !relu || yv[j] > 0.0f;
-    if (!relu && dropout_enabled(mp)) {
+    for (int j = 0; j < 4; ++j) {
+        masked[j] = !relu || yv[j] != yv[j];
+        any_masked = any_masked || masked[j];
+    }
+    bool keep[4] = {true, true, true, true};
+    if (any_masked && dropout_enabled(mp)) {
         const uint64_t i0 = mask_index(mp, (uint64_t)r, (uint64_t)c);
         const uint32_t first = (uint32_t)(i0 & 3);
         const Philox4 lo = mask_words(mp, i0 >> 2);
@@ -43,11 +56,14 @@ FUSEDROP_HD void form_dz4(float (&v)[4], const float (&yv)[4], bool relu, const 
         for (int j = 0; j < 4; ++j) {
             const uint32_t slot = first + (uint32_t)j;
             const uint32_t word = slot < 4 ? philox_word(lo, slot) : philox_word(hi, slot - 4);
-            active[j] = active[j] && keep_word(mp, word);
+            keep[j] = keep_word(mp, word);
         }
     }
 #pragma unroll
-    for (int j = 0; j < 4; ++j) v[j] = active[j] ? v[j] * mp.scale : 0.0f;
+    for (int j = 0; j < 4; ++j) {
+        v[j] = masked[j] ? apply_keep(v[j], keep[j], mp.scale)
+                         : (yv[j] > 0.0f ? v[j] * mp.scale : 0.0f);
+    }
 }
 
 // dZ(r, c), dZ(r, c+1), dZ(r, c+2), dZ(r, c+3) of the row-major [m, n] gradient, as floats,

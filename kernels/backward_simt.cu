@@ -1,6 +1,7 @@
 // Backward of Y = dropout_p(act(X·Wᵀ + b)) on CUDA cores (no tensor cores), every dtype:
 //
-//   dZ = dY * scale * active          (kernels/backward.cuh, formed while dY tiles are loaded)
+//   dZ = dY * scale * active          (kernels/backward.cuh, formed while dY tiles are loaded;
+//                                      the exact rule, with non-finite values, is there)
 //   dX = dZ · W      [m, k]           fusedrop_backward_dx_simt_<dtype>
 //   dW = dZᵀ · X     [n, k]           fusedrop_backward_dw_simt_<dtype>, which also reduces
 //   db = Σ_rows dZ   [n]              db in the blocks that own the first column tile of dW

@@ -5,10 +5,10 @@
 //   dW = dZᵀ · X  [n, k]   fusedrop_backward_dw_<config>_<dtype>, which also reduces
 //   db = Σ dZ     [n]      db in the blocks that own the first column tile of dW
 //
-// with dZ = dY * scale * active formed in shared memory (kernels/backward.cuh, form_dz4): each
-// pipeline stage brings a tile of dY (and, for ReLU, of Y) with cp.async, one pass over the tile
-// turns it into dZ rounded to the element type, and the warps then read it with ldmatrix. dZ
-// never goes to global memory.
+// with dZ (dY times its ReLU and dropout factor) formed in shared memory (kernels/backward.cuh,
+// form_dz4): each pipeline stage brings a tile of dY (and, for ReLU, of Y) with cp.async, one
+// pass over the tile turns it into dZ rounded to the element type, and the warps then read it
+// with ldmatrix. dZ never goes to global memory.
 //
 // Both kernels are OUT[rows, k] = A[rows, red] · B[red, k] with B a row-major [red, k] matrix
 // (W for dX, X for dW). Unlike the forward product (X·Wᵀ, both operands k-contiguous), the

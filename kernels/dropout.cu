@@ -1,5 +1,5 @@
 // Standalone dropout: applies the mask contract in place to a row-major [m, n] buffer,
-// y = keep(i) ? y * scale : 0. It is the dropout half of the unfused baseline the benchmarks
+// y = y * (keep(i) ? scale : 0) (so a dropped NaN or infinity becomes NaN, as in PyTorch). It is the dropout half of the unfused baseline the benchmarks
 // compare with, and a direct GPU check of the Philox the fused kernels share.
 //
 // Each thread owns one Philox call (four consecutive linear indices 4q .. 4q+3) of one row, so
@@ -27,8 +27,8 @@ __device__ void dropout_in_place(T* y, long long m, long long n, MaskParams mp) 
             const long long c = (long long)(4 * q + j) - (long long)row_start;
             if (c < 0 || c >= n) continue;
             T* element = y + r * n + c;
-            const float kept = Element<T>::to_float(*element) * mp.scale;
-            *element = Element<T>::from_float(keep_word(mp, words.w[j]) ? kept : 0.0f);
+            *element = Element<T>::from_float(
+                apply_keep(Element<T>::to_float(*element), keep_word(mp, words.w[j]), mp.scale));
         }
     }
 }

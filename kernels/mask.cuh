@@ -54,6 +54,17 @@ FUSEDROP_HD bool keep_word(const MaskParams& mp, uint32_t word) {
     return (uint64_t)word >= mp.threshold;
 }
 
+// The activation of the forward epilogues, with PyTorch's non-finite behaviour
+// (docs/mask-contract.md, "Non-finite values"): ReLU is `z <= 0 ? 0 : z`, so relu(NaN) = NaN,
+// relu(-inf) = 0, relu(+inf) = +inf and relu(-0) = +0. (fmaxf(z, 0) would turn NaN into 0, and so
+// would `z > 0 ? z : 0`.) Identity returns z unchanged.
+FUSEDROP_HD float activate(float z, bool relu) { return relu && z <= 0.0f ? 0.0f : z; }
+
+// Applies one element's keep decision to an activated value: `a * (keep ? scale : 0)`, written as
+// a multiplication so that a dropped NaN or infinity becomes NaN, as PyTorch's dropout (which
+// multiplies by the mask) does; a dropped finite value becomes a zero of a's sign.
+FUSEDROP_HD float apply_keep(float a, bool keep, float scale) { return a * (keep ? scale : 0.0f); }
+
 // Keep decision for one linear index, drawing its Philox call. Kernels that handle four
 // consecutive indices should call mask_words once and use keep_word on each word instead.
 FUSEDROP_HD bool keep_index(const MaskParams& mp, uint64_t index) {

@@ -26,8 +26,9 @@ use crate::layer::{Activation, Dropout, Geometry, LayerSpec, LinearShape};
 use crate::mask;
 use crate::validate::{self, BackwardLens, ForwardLens};
 
-/// The standalone dropout kernel's reference: `y = keep(i) ? y * scale : 0`, with the product
-/// taken in f32 and rounded once into `T`, exactly as the kernel does.
+/// The standalone dropout kernel's reference: `y = y * (keep(i) ? scale : 0)` ([`apply_keep`]),
+/// with the product taken in f32 and rounded once into `T`, exactly as the kernel does. A dropped
+/// NaN or infinity becomes NaN.
 pub fn dropout_in_place<T: Element>(
     y: &mut [T],
     m: usize,
@@ -40,13 +41,29 @@ pub fn dropout_in_place<T: Element>(
         for c in 0..n {
             let index = geometry.linear_index(n, r, c);
             let v = &mut y[r * n + c];
-            *v = if mask::keep(dropout.seed, dropout.stream, dropout.p, index) {
-                T::from_f32(v.to_f32() * scale)
-            } else {
-                T::from_f32(0.0)
-            };
+            let kept = mask::keep(dropout.seed, dropout.stream, dropout.p, index);
+            *v = T::from_f32(v.to_f32() * if kept { scale } else { 0.0 });
         }
     }
+}
+
+/// ReLU as PyTorch computes it, with its non-finite behaviour (docs/mask-contract.md,
+/// "Non-finite values"): `z <= 0 ? 0 : z`, so `relu(NaN) = NaN`, `relu(-inf) = 0`,
+/// `relu(+inf) = +inf`. (`f64::max(z, 0.0)` would turn NaN into 0.) The kernels' counterpart is
+/// `fusedrop::activate` in kernels/mask.cuh.
+pub fn relu(z: f64) -> f64 {
+    if z <= 0.0 {
+        0.0
+    } else {
+        z
+    }
+}
+
+/// One element's dropout: `a * (keep ? scale : 0)`, a multiplication, so a dropped NaN or
+/// infinity becomes NaN as in PyTorch (whose dropout multiplies by the mask). The kernels'
+/// counterpart is `fusedrop::apply_keep` in kernels/mask.cuh.
+pub fn apply_keep(a: f64, keep: bool, scale: f64) -> f64 {
+    a * if keep { scale } else { 0.0 }
 }
 
 /// Widens every element to f64 (exact for all three element types).
@@ -84,9 +101,10 @@ pub fn preactivation_f64<T: Element>(
     Ok(layer_forward(shape, x, w, bias.as_deref(), |_, _| {}))
 }
 
-/// The forward pass in f64, unrounded: `y = keep(i) ? act(z) * scale : 0` with
-/// `z = x·wᵀ + b`, `scale = mask::scale(p)` (as f64) and `i` the element's linear index under
-/// the spec's geometry.
+/// The forward pass in f64, unrounded: `y = act(z) * (keep(i) ? scale : 0)` ([`relu`],
+/// [`apply_keep`]) with `z = x·wᵀ + b`, `scale = mask::scale(p)` (as f64) and `i` the element's
+/// linear index under the spec's geometry. NaN and infinities follow PyTorch
+/// (docs/mask-contract.md, "Non-finite values").
 ///
 /// An empty output gives an empty vector. Every input is validated with
 /// [`validate::check_forward`].
@@ -123,8 +141,8 @@ pub fn forward_f64<T: Element>(
             let first = spec.geometry.linear_index(n, r, 0);
             mask::keep_run(dropout.seed, dropout.stream, dropout.p, first, &mut keep);
             for (v, &kept) in row.iter_mut().zip(&keep) {
-                let a = if relu { v.max(0.0) } else { *v };
-                *v = if kept { a * scale } else { 0.0 };
+                let a = if relu { self::relu(*v) } else { *v };
+                *v = apply_keep(a, kept, scale);
             }
         },
     ))
@@ -153,8 +171,13 @@ pub struct Gradients<T> {
 /// regenerated from (seed, stream, p) for identity (docs/mask-contract.md, "Backward without a
 /// mask"):
 ///
-/// - ReLU: `dz = dy * scale * [y_saved > 0]`; `y_saved` is required.
-/// - Identity: `dz = dy * scale * keep(i)`; `y_saved` is not read.
+/// - ReLU (`y_saved` is required): `dz = dy * scale` where `y_saved > 0`;
+///   `dz = dy * (keep(i) ? scale : 0)` where `y_saved` is NaN (ReLU passed a NaN or +inf, so the
+///   mask is redrawn for that element); `dz = 0` elsewhere.
+/// - Identity: `dz = dy * (keep(i) ? scale : 0)`; `y_saved` is not read.
+///
+/// A NaN or infinity in dY thus reaches dZ wherever the element's factor is a multiplication
+/// (docs/BACKWARD.md lists where this differs from PyTorch's autograd).
 ///
 /// Then `dX = dz·W`, `dW = dzᵀ·X`, `db = Σ_rows dz`. With an empty dY (`m == 0` or `n == 0`)
 /// the gradients are zeros of their shapes. Inputs are validated with
@@ -181,8 +204,17 @@ pub fn backward_f64<T: Element>(
     let mut dz = to_f64(dy);
     match (spec.activation, y_saved) {
         (Activation::Relu, Some(y)) => {
-            for (g, y) in dz.iter_mut().zip(y) {
-                *g = if y.to_f64() > 0.0 { *g * scale } else { 0.0 };
+            for (i, (g, y)) in dz.iter_mut().zip(y).enumerate() {
+                let y = y.to_f64();
+                *g = if y > 0.0 {
+                    *g * scale
+                } else if y.is_nan() {
+                    let index = spec.geometry.linear_index(n, i / n, i % n);
+                    let kept = mask::keep(dropout.seed, dropout.stream, dropout.p, index);
+                    apply_keep(*g, kept, scale)
+                } else {
+                    0.0
+                };
             }
         }
         _ => {
@@ -191,7 +223,7 @@ pub fn backward_f64<T: Element>(
                 let first = spec.geometry.linear_index(n, r, 0);
                 mask::keep_run(dropout.seed, dropout.stream, dropout.p, first, &mut keep);
                 for (g, &kept) in row.iter_mut().zip(&keep) {
-                    *g = if kept { *g * scale } else { 0.0 };
+                    *g = apply_keep(*g, kept, scale);
                 }
             }
         }
@@ -250,6 +282,33 @@ pub fn relative_l2_error(got: &[f64], want: &[f64]) -> f64 {
         return if diff == 0.0 { 0.0 } else { f64::INFINITY };
     }
     (diff / norm).sqrt()
+}
+
+/// The relative L2 error of outputs that may hold NaN or infinities: `+inf` when the lengths
+/// differ or any element's class differs (NaN, `+inf`, `-inf` or finite, compared element by
+/// element), otherwise [`relative_l2_error`] over the elements where `want` is finite.
+///
+/// `want` is compared as given: when it is the unrounded f64 reference of a half-precision
+/// result, the caller must keep its finite values inside the type's range.
+pub fn relative_l2_error_nonfinite(got: &[f64], want: &[f64]) -> f64 {
+    if got.len() != want.len() || got.iter().zip(want).any(|(g, w)| !same_class(*g, *w)) {
+        return f64::INFINITY;
+    }
+    let (got, want): (Vec<f64>, Vec<f64>) = got
+        .iter()
+        .zip(want)
+        .filter(|(_, w)| w.is_finite())
+        .map(|(g, w)| (*g, *w))
+        .unzip();
+    relative_l2_error(&got, &want)
+}
+
+/// Whether `a` and `b` are both NaN, the same infinity, or both finite.
+pub fn same_class(a: f64, b: f64) -> bool {
+    if a.is_nan() || b.is_nan() {
+        return a.is_nan() && b.is_nan();
+    }
+    a.is_finite() == b.is_finite() && (a.is_finite() || a == b)
 }
 
 /// `z = x·wᵀ + b` for validated inputs, then `epilogue(row, z_row)` on each finished output row

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use cudarc::driver::CudaStream;
 use fusedrop::cuda::backward::{backward, BackwardKernel, BackwardOptions, GradientsMut};
 use fusedrop::cuda::{self, SeedSource};
-use fusedrop::reference::{self, relative_l2_error, Gradients};
+use fusedrop::reference::{self, relative_l2_error, relative_l2_error_nonfinite, Gradients};
 use fusedrop::{Activation, Dropout, Element, Geometry, LayerSpec, LinearShape};
 use half::{bf16, f16};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -32,6 +32,8 @@ struct Case {
     /// Pass (seed, stream) through a device buffer, with wrong values in the spec.
     device_seed: bool,
     kernel: BackwardKernel,
+    /// Plant NaN, +inf and -inf in dY and (through X) in the saved Y.
+    nonfinite: bool,
 }
 
 const ALL_OUTPUTS: Case = Case {
@@ -41,6 +43,7 @@ const ALL_OUTPUTS: Case = Case {
     db: true,
     device_seed: false,
     kernel: BackwardKernel::Auto,
+    nonfinite: false,
 };
 
 /// Values in ±[0.25, 2): never zero, both signs.
@@ -64,12 +67,28 @@ struct Inputs<T> {
     y: Option<Vec<T>>,
 }
 
-fn inputs<T: Element>(spec: &LayerSpec, rng: &mut StdRng) -> Inputs<T> {
+fn inputs<T: Element>(spec: &LayerSpec, nonfinite: bool, rng: &mut StdRng) -> Inputs<T> {
     let LinearShape { m, n, k } = spec.shape;
-    let x = random_values::<T>(m * k, rng);
+    let mut x = random_values::<T>(m * k, rng);
     let w = random_values::<T>(n * k, rng);
     let b = random_values::<T>(n, rng);
-    let dy = random_values::<T>(m * n, rng);
+    let mut dy = random_values::<T>(m * n, rng);
+    if nonfinite {
+        // NaN, +inf, -inf, NaN, ..: two elements of X spoil two rows of Y (so ReLU redraws the
+        // mask there), and a dozen single elements of dY.
+        let values = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY];
+        for (i, &at) in [k / 2, (m / 2) * k].iter().enumerate() {
+            if let Some(e) = x.get_mut(at) {
+                *e = T::from_f64(values[i % 3]);
+            }
+        }
+        for i in 0..12 {
+            let at = ((5 * i + 1) % m.max(1)) * n + (7 * i + 2) % n.max(1);
+            if let Some(e) = dy.get_mut(at) {
+                *e = T::from_f64(values[i % 3]);
+            }
+        }
+    }
     let y = (spec.activation == Activation::Relu)
         .then(|| reference::forward(spec, &x, &w, Some(&b)).expect("valid reference forward"));
     Inputs { x, w, dy, y }
@@ -140,7 +159,7 @@ fn check<T: Element>(stream: &Arc<CudaStream>, spec: &LayerSpec, case: Case) {
     let mut rng = StdRng::seed_from_u64(
         spec.dropout.seed ^ ((m * 1_000_003 + n * 1009 + k) as u64) ^ u64::from(case.accumulate),
     );
-    let inputs = inputs::<T>(spec, &mut rng);
+    let inputs = inputs::<T>(spec, case.nonfinite, &mut rng);
     let want = reference::backward_f64(spec, &inputs.x, &inputs.w, &inputs.dy, inputs.y.as_deref())
         .expect("valid reference backward");
     // Outputs start poisoned, so an element the kernel fails to write shows up as NaN; when
@@ -185,7 +204,8 @@ fn check<T: Element>(stream: &Arc<CudaStream>, spec: &LayerSpec, case: Case) {
             new.clone()
         };
         let got: Vec<f64> = got.iter().map(|v| v.to_f64()).collect();
-        let error = relative_l2_error(&got, &want);
+        // Unwritten outputs (NaN poison) and lost or invented NaN / infinities give +inf.
+        let error = relative_l2_error_nonfinite(&got, &want);
         assert!(
             error < T::REL_L2_TOLERANCE,
             "{what}: {name} relative L2 error {error:e} >= {:e}",
@@ -232,6 +252,27 @@ fn matches_reference_for_every_dtype_activation_p_and_accumulation() {
                     };
                     check_all_types(&stream, &spec, case);
                 }
+            }
+        }
+    }
+}
+
+/// NaN and infinities in dY and the saved Y, both kernels, every rate, both activations
+/// (docs/mask-contract.md, "Backward without a mask").
+#[test]
+fn nan_and_infinities_follow_the_contract() {
+    let Some(stream) = gpu() else { return };
+    for kernel in [BackwardKernel::Auto, BackwardKernel::Simt] {
+        for activation in [Activation::Relu, Activation::Identity] {
+            for p in P_VALUES {
+                let dropout = Dropout::new(p, 0xbad_f00d, 11);
+                let spec = LayerSpec::new(LinearShape::new(130, 72, 64), activation, dropout);
+                let case = Case {
+                    kernel,
+                    nonfinite: true,
+                    ..ALL_OUTPUTS
+                };
+                check_all_types(&stream, &spec, case);
             }
         }
     }

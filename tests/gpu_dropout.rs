@@ -34,7 +34,14 @@ fn check<T: Element>(
     geometry: Geometry,
 ) {
     let mut rng = StdRng::seed_from_u64(dropout.seed ^ (m * 131 + n) as u64);
-    let host = random_values::<T>(m * n, &mut rng);
+    let mut host = random_values::<T>(m * n, &mut rng);
+    if dropout.seed == NONFINITE_SEED {
+        // Every seventh element NaN, +inf or -inf (docs/mask-contract.md, "Non-finite values").
+        let values = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY];
+        for (i, e) in host.iter_mut().enumerate().step_by(7) {
+            *e = T::from_f64(values[(i / 7) % 3]);
+        }
+    }
     let mut want = host.clone();
     reference::dropout_in_place(&mut want, m, n, &dropout, &geometry);
 
@@ -53,7 +60,11 @@ fn check<T: Element>(
     let mismatches = got
         .iter()
         .zip(&want)
-        .filter(|(g, w)| g.to_f64().to_bits() != w.to_f64().to_bits())
+        .filter(|(g, w)| {
+            let (g, w) = (g.to_f64(), w.to_f64());
+            // NaN payloads differ between the GPU and the CPU; NaN must stay NaN.
+            g.to_bits() != w.to_bits() && !(g.is_nan() && w.is_nan())
+        })
         .count();
     assert_eq!(
         mismatches, 0,
@@ -61,7 +72,12 @@ fn check<T: Element>(
         T::NAME, dropout.p
     );
     if dropout.p > 0.0 && dropout.p < 1.0 && m * n > 1000 {
-        let dropped = got.iter().filter(|v| v.to_f64() == 0.0).count() as f64 / (m * n) as f64;
+        let dropped = got
+            .iter()
+            .zip(&host)
+            .filter(|(v, h)| v.to_f64() == 0.0 || (v.to_f64().is_nan() && !h.to_f64().is_nan()))
+            .count() as f64
+            / (m * n) as f64;
         assert!(
             (dropped - f64::from(dropout.p)).abs() < 0.05,
             "drop rate {dropped} for p {}",
@@ -80,6 +96,25 @@ fn check_all_types(
     check::<f32>(stream, m, n, dropout, geometry);
     check::<f16>(stream, m, n, dropout, geometry);
     check::<bf16>(stream, m, n, dropout, geometry);
+}
+
+/// The seed that makes `check` plant NaN and infinities in its input.
+const NONFINITE_SEED: u64 = 0x0bad_0bad_0bad_0bad;
+
+#[test]
+fn dropout_kernel_keeps_nan_and_makes_dropped_infinities_nan() {
+    let Some(stream) = gpu() else { return };
+    for &(m, n) in &[(3, 5), (17, 1001), (257, 129)] {
+        for &p in &[0.0f32, 0.1, 0.5, 1.0] {
+            check_all_types(
+                &stream,
+                m,
+                n,
+                Dropout::new(p, NONFINITE_SEED, 5),
+                Geometry::UNSHARDED,
+            );
+        }
+    }
 }
 
 #[test]

@@ -44,6 +44,8 @@ struct Case {
     /// Pass X, W and Y as views one element into their allocations (misaligned by 2 or 4
     /// bytes), which must take the kernels' unaligned paths.
     misaligned: bool,
+    /// Plant NaN, +inf and -inf in X, W and b (docs/mask-contract.md, "Non-finite values").
+    nonfinite: bool,
 }
 
 impl Case {
@@ -56,6 +58,7 @@ impl Case {
             geometry: Geometry::UNSHARDED,
             config: None,
             misaligned: false,
+            nonfinite: false,
         }
     }
 }
@@ -66,13 +69,32 @@ struct Inputs<T> {
     b: Option<Vec<T>>,
 }
 
+/// Writes NaN, +inf, -inf, NaN, .. at the given flat positions (those inside `v`).
+fn plant<T: Element>(v: &mut [T], at: &[usize]) {
+    let values = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY];
+    for (&i, &value) in at.iter().zip(values.iter().cycle()) {
+        if let Some(e) = v.get_mut(i) {
+            *e = T::from_f64(value);
+        }
+    }
+}
+
 fn inputs<T: Element>(case: &Case, rng: &mut StdRng) -> Inputs<T> {
     let LinearShape { m, n, k } = case.shape;
-    Inputs {
+    let mut host = Inputs {
         x: random_values(m * k, rng),
         w: random_values(n * k, rng),
         b: case.bias.then(|| random_values(n, rng)),
+    };
+    if case.nonfinite {
+        // Non-finite elements of X and W spoil whole rows and columns of z; the bias, columns.
+        plant(&mut host.x, &[k + k / 3, (m / 2) * k + k - 1, (m - 1) * k]);
+        plant(&mut host.w, &[(n / 2) * k + 1, (n - 1) * k + k / 4]);
+        if let Some(b) = host.b.as_mut() {
+            plant(b, &[2, n / 3, n - 1]);
+        }
     }
+    host
 }
 
 /// Runs the kernel once on fresh device buffers, Y poisoned with NaN; returns Y.
@@ -145,24 +167,30 @@ fn check<T: Element>(stream: &Arc<CudaStream>, case: Case) {
     let host = inputs::<T>(&case, &mut rng);
     let spec = spec_of(&case, rng.random(), rng.random());
     let what = format!(
-        "{} {m}x{n}x{k} p={} {:?} bias={} {:?} config={:?} misaligned={}",
+        "{} {m}x{n}x{k} p={} {:?} bias={} {:?} config={:?} misaligned={} nonfinite={}",
         T::NAME,
         case.p,
         case.activation,
         case.bias,
         case.geometry,
         case.config,
-        case.misaligned
+        case.misaligned,
+        case.nonfinite
     );
     let got = run_gpu(stream, &case, &spec, &host, SeedSource::Host);
     let got = reference::to_f64(&got);
 
     let want = reference::forward_f64(&spec, &host.x, &host.w, host.b.as_deref()).unwrap();
     let z = reference::preactivation_f64(case.shape, &host.x, &host.w, host.b.as_deref()).unwrap();
-    let unwritten = got.iter().filter(|v| v.is_nan()).count();
+    // NaN where the reference has none is an unwritten (poisoned) output or a lost class.
+    let wrong_class = got
+        .iter()
+        .zip(&want)
+        .filter(|(g, w)| !reference::same_class(**g, **w))
+        .count();
     assert_eq!(
-        unwritten, 0,
-        "{what}: {unwritten} outputs left unwritten (NaN)"
+        wrong_class, 0,
+        "{what}: {wrong_class} outputs unwritten or of the wrong class (NaN, +-inf, finite)"
     );
 
     let dropout = spec.dropout;
@@ -177,6 +205,9 @@ fn check<T: Element>(stream: &Arc<CudaStream>, case: Case) {
                 Activation::Relu => z[i] > 1e-3,
                 Activation::Identity => z[i].abs() > 1e-3,
             };
+            if !want[i].is_finite() {
+                continue;
+            }
             if !kept && got[i] != 0.0 {
                 dropped_nonzero += 1;
             }
@@ -191,7 +222,7 @@ fn check<T: Element>(stream: &Arc<CudaStream>, case: Case) {
         "{what}: mask differs from the reference ({dropped_nonzero} dropped elements non-zero, \
          {kept_zero} kept elements zero)"
     );
-    let err = reference::relative_l2_error(&got, &want);
+    let err = reference::relative_l2_error_nonfinite(&got, &want);
     assert!(
         err < T::REL_L2_TOLERANCE,
         "{what}: relative L2 error {err:e} exceeds {:e}",
@@ -233,6 +264,36 @@ fn forward_matches_reference_on_odd_shapes_for_every_setting() {
             }
         }
     }
+}
+
+/// NaN and infinities through every config: NaN stays NaN through ReLU and dropped elements, a
+/// dropped infinity becomes NaN, for every rate and both activations.
+#[test]
+fn forward_keeps_nan_and_infinities_as_pytorch() {
+    let Some(stream) = gpu() else { return };
+    fn each<T: Element>(stream: &Arc<CudaStream>) {
+        for &config in ForwardConfig::all_for::<T>() {
+            for &(m, n, k) in &[(70, 72, 64), (37, 29, 45)] {
+                for &p in &[0.0f32, 0.1, 0.5, 1.0] {
+                    for activation in [Activation::Relu, Activation::Identity] {
+                        check::<T>(
+                            stream,
+                            Case {
+                                config: Some(config),
+                                activation,
+                                p,
+                                nonfinite: true,
+                                ..Case::new(m, n, k)
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+    each::<f32>(&stream);
+    each::<f16>(&stream);
+    each::<bf16>(&stream);
 }
 
 #[test]

@@ -346,6 +346,19 @@ fn random_values<T: Element>(len: usize, rng: &mut StdRng) -> Vec<T> {
         .collect()
 }
 
+/// NaN, +inf and -inf, in the order `plant` places them.
+const NONFINITE: [f64; 3] = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY];
+
+/// Writes NaN, +inf, -inf, NaN, .. at the given (row, column) positions of a row-major matrix
+/// with `cols` columns (positions outside it are skipped, so small shapes can share the list).
+fn plant<T: Element>(v: &mut [T], cols: usize, at: &[(usize, usize)]) {
+    for (&(r, c), &value) in at.iter().zip(NONFINITE.iter().cycle()) {
+        if c < cols && r * cols + c < v.len() {
+            v[r * cols + c] = T::from_f64(value);
+        }
+    }
+}
+
 fn poisoned<T: Element>(len: usize) -> Vec<T> {
     vec![T::from_f64(f64::NAN); len]
 }
@@ -354,10 +367,25 @@ fn to_f64<T: Element>(v: &[T]) -> Vec<f64> {
     v.iter().map(|e| e.to_f64()).collect()
 }
 
-/// Checks `got` against the unrounded reference `want`: the relative L2 error within the
-/// type's tolerance.
+/// Checks `got` against the unrounded reference `want`: every element of the same class (NaN,
+/// +inf, -inf, finite), and the relative L2 error over the finite ones within the type's
+/// tolerance.
 fn check_close<T: Element>(what: &str, got: &[T], want: &[f64]) {
-    let error = reference::relative_l2_error(&to_f64(got), want);
+    let got = to_f64(got);
+    if let Some(i) =
+        (0..got.len().min(want.len())).find(|&i| !reference::same_class(got[i], want[i]))
+    {
+        panic!(
+            "{what}: element {i} is {} where the reference has {} ({} elements differ in class)",
+            got[i],
+            want[i],
+            got.iter()
+                .zip(want)
+                .filter(|(g, w)| !reference::same_class(**g, **w))
+                .count()
+        );
+    }
+    let error = reference::relative_l2_error_nonfinite(&got, want);
     assert!(
         error <= T::REL_L2_TOLERANCE,
         "{what}: relative L2 error {error:e} exceeds the {} tolerance {:e}",
@@ -366,8 +394,9 @@ fn check_close<T: Element>(what: &str, got: &[T], want: &[f64]) {
     );
 }
 
-/// Checks a dropout layer output: every dropped element exactly zero and every kept element of
-/// clearly non-zero value non-zero (the mask, exactly), then the values by relative L2 error.
+/// Checks a dropout layer output: every finite dropped element exactly zero and every kept
+/// element of clearly non-zero value non-zero (the mask, exactly), then the class of every
+/// element (NaN, +-inf) and the finite values by relative L2 error.
 fn check_layer_output<T: Element>(
     what: &str,
     got: &[T],
@@ -376,7 +405,8 @@ fn check_layer_output<T: Element>(
     geometry: &Geometry,
     n: usize,
 ) {
-    let rms = (want.iter().map(|v| v * v).sum::<f64>() / want.len().max(1) as f64).sqrt();
+    let finite = want.iter().filter(|v| v.is_finite());
+    let rms = (finite.clone().map(|v| v * v).sum::<f64>() / finite.count().max(1) as f64).sqrt();
     let mut wrong = Vec::new();
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         let (r, c) = (i / n, i % n);
@@ -387,7 +417,7 @@ fn check_layer_output<T: Element>(
             geometry.linear_index(n, r, c),
         );
         let g = g.to_f64();
-        if (!keep && g != 0.0) || (keep && w.abs() > 1e-2 * rms && g == 0.0) {
+        if w.is_finite() && ((!keep && g != 0.0) || (keep && w.abs() > 1e-2 * rms && g == 0.0)) {
             wrong.push((r, c, keep, g));
         }
     }
@@ -519,6 +549,8 @@ fn every_kernel_file_has_a_driver() {
 // ---------------------------------------------------------------------------------------------
 // kernels/dropout.cu
 
+/// One dropout launch; `nonfinite` plants NaN and infinities in the input.
+#[allow(clippy::too_many_arguments)]
 fn dropout_launch<T: Raw>(
     m: usize,
     n: usize,
@@ -526,15 +558,23 @@ fn dropout_launch<T: Raw>(
     geometry: Geometry,
     grid_x: Option<u32>,
     device_seed: bool,
+    nonfinite: bool,
     rng: &mut StdRng,
 ) -> (Launch, Vec<T>) {
-    let y = random_values::<T>(m * n, rng);
+    let mut y = random_values::<T>(m * n, rng);
+    if nonfinite {
+        let at: Vec<(usize, usize)> = (0..m)
+            .flat_map(|r| (r % 4..n).step_by(4).map(move |c| (r, c)))
+            .collect();
+        plant(&mut y, n, &at);
+    }
     let mut want = y.clone();
     reference::dropout_in_place(&mut want, m, n, &dropout, &geometry);
     let mut launch = Launch::new(
         &format!("fusedrop_dropout_{}", T::NAME),
         format!(
-            "{m}x{n} p={} {geometry:?} grid_x={grid_x:?} device_seed={device_seed}",
+            "{m}x{n} p={} {geometry:?} grid_x={grid_x:?} device_seed={device_seed} \
+             nonfinite={nonfinite}",
             dropout.p
         ),
         rng,
@@ -571,12 +611,48 @@ fn check_dropout_type<T: Raw>(exe: &Path, rng: &mut StdRng) {
                 Geometry::UNSHARDED,
                 None,
                 false,
+                false,
             ));
         }
     }
-    cases.push((33, 97, Dropout::new(0.3, 42, 7), shard, None, false));
-    cases.push((9, 29, Dropout::new(0.5, 7, 1), far, None, true));
-    cases.push((40, 77, Dropout::new(0.5, 99, 2), shard, Some(1), false));
+    // NaN and infinities in every fourth element (docs/mask-contract.md, "Non-finite values").
+    for &p in &[0.0f32, 0.1, 0.5, 1.0] {
+        cases.push((
+            17,
+            101,
+            Dropout::new(p, rng.random(), 3),
+            Geometry::UNSHARDED,
+            None,
+            false,
+            true,
+        ));
+    }
+    // Keep-rule boundary vectors: one element's word equals the threshold (kept), or is one
+    // below it (p_above: dropped).
+    for b in boundaries() {
+        for p in [b.p(), b.p_above()] {
+            cases.push((
+                17,
+                101,
+                Dropout::new(p, b.seed, b.stream),
+                Geometry::UNSHARDED,
+                None,
+                false,
+                false,
+            ));
+        }
+    }
+    cases.push((33, 97, Dropout::new(0.3, 42, 7), shard, None, false, false));
+    cases.push((9, 29, Dropout::new(0.5, 7, 1), far, None, true, false));
+    cases.push((
+        40,
+        77,
+        Dropout::new(0.5, 99, 2),
+        shard,
+        Some(1),
+        false,
+        false,
+    ));
     cases.push((
         40,
         77,
@@ -584,10 +660,20 @@ fn check_dropout_type<T: Raw>(exe: &Path, rng: &mut StdRng) {
         Geometry::UNSHARDED,
         Some(3),
         true,
+        false,
     ));
+    let mut kept_on_boundary = 0;
     let (launches, wants): (Vec<_>, Vec<_>) = cases
         .into_iter()
-        .map(|(m, n, d, g, grid, dev)| dropout_launch::<T>(m, n, d, g, grid, dev, rng))
+        .map(|(m, n, d, g, grid, dev, nonfinite)| {
+            let (launch, want) = dropout_launch::<T>(m, n, d, g, grid, dev, nonfinite, rng);
+            if d.p > 0.0 && d.p < 1.0 {
+                kept_on_boundary += (0..m * n)
+                    .filter(|&i| on_boundary(&d, &g, n, i / n, i % n) && want[i].to_f64() != 0.0)
+                    .count();
+            }
+            (launch, want)
+        })
         .unzip();
     run(exe, &launches);
     for (launch, want) in launches.iter().zip(&wants) {
@@ -595,7 +681,11 @@ fn check_dropout_type<T: Raw>(exe: &Path, rng: &mut StdRng) {
         let differ = got
             .iter()
             .zip(want)
-            .filter(|(g, w)| g.to_f64().to_bits() != w.to_f64().to_bits())
+            .filter(|(g, w)| {
+                let (g, w) = (g.to_f64(), w.to_f64());
+                // NaN payloads differ between machines; NaN must stay NaN.
+                g.to_bits() != w.to_bits() && !(g.is_nan() && w.is_nan())
+            })
             .count();
         assert_eq!(
             differ, 0,
@@ -603,6 +693,8 @@ fn check_dropout_type<T: Raw>(exe: &Path, rng: &mut StdRng) {
             launch.what
         );
     }
+    // Each boundary vector must be met, with a non-zero value the kernel has to keep.
+    assert_eq!(kept_on_boundary, boundaries().len());
 }
 
 #[test]
@@ -618,7 +710,8 @@ fn dropout_kernel_matches_reference_bit_for_bit() {
 // Forward kernels
 
 /// One forward case: shape, activation, bias, dropout, geometry, pointer misalignment (in
-/// elements, for every buffer), folded grid rows, device seed.
+/// elements, for every buffer), folded grid rows, device seed, NaN and infinities planted in X,
+/// W and b.
 #[derive(Debug, Clone, Copy)]
 struct ForwardCase {
     shape: LinearShape,
@@ -629,6 +722,9 @@ struct ForwardCase {
     misalign: usize,
     grid_y: Option<u32>,
     device_seed: bool,
+    nonfinite: bool,
+    /// A fixed (seed, stream) instead of random ones (the keep-rule boundary vectors).
+    seed_stream: Option<(u64, u64)>,
 }
 
 /// Shapes that are multiples of no tile, k both a multiple of 8 (16-byte rows) and not, with
@@ -664,6 +760,8 @@ fn forward_cases(rng: &mut StdRng) -> Vec<ForwardCase> {
                 misalign: 0,
                 grid_y: None,
                 device_seed: false,
+                nonfinite: false,
+                seed_stream: None,
             });
         }
     }
@@ -676,6 +774,8 @@ fn forward_cases(rng: &mut StdRng) -> Vec<ForwardCase> {
         misalign: 0,
         grid_y: None,
         device_seed: false,
+        nonfinite: false,
+        seed_stream: None,
     };
     // Buffers that are not 16-byte aligned although k and n are multiples of 8, so only the
     // pointers' alignment keeps the kernels off their vector paths.
@@ -701,6 +801,36 @@ fn forward_cases(rng: &mut StdRng) -> Vec<ForwardCase> {
         activation: Activation::Identity,
         ..base
     });
+    // NaN and infinities in X, W and b: NaN must stay NaN through ReLU and a dropped element, a
+    // dropped infinity must become NaN (docs/mask-contract.md, "Non-finite values"). Both the
+    // vector path (70x72x64) and the element path (37x29x45), every rate, both activations.
+    for (i, &p) in [0.0f32, 0.1, 0.5, 1.0].iter().enumerate() {
+        for (shape, activation) in [
+            (LinearShape::new(70, 72, 64), Activation::Relu),
+            (LinearShape::new(37, 29, 45), Activation::Identity),
+        ] {
+            cases.push(ForwardCase {
+                shape,
+                activation,
+                p,
+                bias: i % 2 == 0 || activation == Activation::Relu,
+                nonfinite: true,
+                ..base
+            });
+        }
+    }
+    // Keep-rule boundary vectors: one element's Philox word equals the threshold (it must be
+    // kept), and the next f32 p above (dropped). Identity, so the kept value is non-zero.
+    for b in boundaries() {
+        for p in [b.p(), b.p_above()] {
+            cases.push(ForwardCase {
+                activation: Activation::Identity,
+                p,
+                seed_stream: Some((b.seed, b.stream)),
+                ..base
+            });
+        }
+    }
     // Row tiles folded into fewer grid rows than there are tiles.
     cases.push(ForwardCase {
         shape: LinearShape::new(300, 40, 24),
@@ -716,11 +846,25 @@ fn forward_launch<T: Raw>(
     rng: &mut StdRng,
 ) -> (Launch, Vec<f64>, LayerSpec) {
     let LinearShape { m, n, k } = case.shape;
-    let dropout = Dropout::new(case.p, rng.random(), rng.random_range(0..16));
+    let (seed, stream) = case
+        .seed_stream
+        .unwrap_or_else(|| (rng.random(), rng.random_range(0..16)));
+    let dropout = Dropout::new(case.p, seed, stream);
     let spec = LayerSpec::new(case.shape, case.activation, dropout).with_geometry(case.geometry);
-    let x = random_values::<T>(m * k, rng);
-    let w = random_values::<T>(n * k, rng);
-    let b = random_values::<T>(n, rng);
+    let mut x = random_values::<T>(m * k, rng);
+    let mut w = random_values::<T>(n * k, rng);
+    let mut b = random_values::<T>(n, rng);
+    if case.nonfinite {
+        // Rows of X with one non-finite element make whole rows of z NaN or +-inf (the sign from
+        // W); one in W does the same to a column; the bias to a column.
+        plant(
+            &mut x,
+            k,
+            &[(1, k / 3), (m / 2, k - 1), (m - 1, 0), (m / 3, k / 2)],
+        );
+        plant(&mut w, k, &[(n - 2, k / 4), (n / 2, 1)]);
+        plant(&mut b, n, &[(0, 2), (0, n / 3), (0, n - 1)]);
+    }
     let want = reference::forward_f64(&spec, &x, &w, case.bias.then_some(&b[..]))
         .expect("valid reference inputs");
     let mut launch = Launch::new(kernel, format!("{case:?}"), rng);
@@ -745,22 +889,38 @@ fn forward_launch<T: Raw>(
 }
 
 fn check_forward<T: Raw>(driver_name: &str, configs: &[&str], seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let cases: Vec<(ForwardCase, Option<u32>)> =
+        forward_cases(&mut rng).into_iter().map(|c| (c, None)).collect();
+    check_forward_cases::<T>(driver_name, configs, &cases, &mut rng);
+}
+
+/// Runs every case (with its persistent block count, for the Hopper driver) on every config and
+/// checks the outputs against the reference, the mask and the boundary vectors.
+fn check_forward_cases<T: Raw>(
+    driver_name: &str,
+    configs: &[&str],
+    cases: &[(ForwardCase, Option<u32>)],
+    rng: &mut StdRng,
+) {
     let Some(exe) = driver(driver_name) else {
         return;
     };
-    let mut rng = StdRng::seed_from_u64(seed);
-    let cases = forward_cases(&mut rng);
     let mut launches = Vec::new();
     let mut expected = Vec::new();
     for config in configs {
         let kernel = format!("fusedrop_forward_{config}_{}", T::NAME);
-        for case in &cases {
-            let (launch, want, spec) = forward_launch::<T>(&kernel, case, &mut rng);
+        for (case, blocks) in cases {
+            let (mut launch, want, spec) = forward_launch::<T>(&kernel, case, rng);
+            if let Some(blocks) = blocks {
+                launch.int("blocks", *blocks);
+            }
             launches.push(launch);
             expected.push((want, spec));
         }
     }
     run(&exe, &launches);
+    let mut kept_on_boundary = 0;
     for (launch, (want, spec)) in launches.iter().zip(&expected) {
         let got = launch.output::<T>("y");
         check_layer_output(
@@ -771,7 +931,23 @@ fn check_forward<T: Raw>(driver_name: &str, configs: &[&str], seed: u64) {
             &spec.geometry,
             spec.shape.n,
         );
+        // check_layer_output lets a kept element of tiny value be 0; on the boundary vectors
+        // the word == threshold element must be non-zero whatever its size.
+        let (n, d) = (spec.shape.n, &spec.dropout);
+        if d.p > 0.0 && d.p < 1.0 {
+            for (i, g) in got.iter().enumerate() {
+                if on_boundary(d, &spec.geometry, n, i / n, i % n) {
+                    assert!(
+                        g.to_f64() != 0.0 && want[i] != 0.0,
+                        "{}: element {i} (word == threshold) was dropped",
+                        launch.what
+                    );
+                    kept_on_boundary += 1;
+                }
+            }
+        }
     }
+    assert_eq!(kept_on_boundary, configs.len() * boundaries().len());
 }
 
 const FORWARD_TC_CONFIGS: [&str; 5] = ["tc128x256", "tc128x128", "tc64x128", "tc64x64", "tc64x32"];
@@ -804,6 +980,9 @@ struct BackwardCase {
     accumulate: bool,
     weight_grad: bool,
     grid_x: Option<u32>,
+    nonfinite: bool,
+    /// A fixed (seed, stream) instead of random ones (the keep-rule boundary vectors).
+    seed_stream: Option<(u64, u64)>,
 }
 
 fn backward_cases() -> Vec<BackwardCase> {
@@ -824,6 +1003,8 @@ fn backward_cases() -> Vec<BackwardCase> {
                 accumulate: (i + s) % 3 == 1,
                 weight_grad: true,
                 grid_x: None,
+                nonfinite: false,
+                seed_stream: None,
             });
         }
     }
@@ -839,6 +1020,8 @@ fn backward_cases() -> Vec<BackwardCase> {
         accumulate: false,
         weight_grad: true,
         grid_x: Some(1),
+        nonfinite: false,
+        seed_stream: None,
     };
     cases.push(base);
     cases.push(BackwardCase {
@@ -852,6 +1035,36 @@ fn backward_cases() -> Vec<BackwardCase> {
         grid_x: None,
         ..base
     });
+    // Keep-rule boundary vectors through the identity backward's redrawn mask (a 13x75 dY holds
+    // every vector's index; dY is 1 there so the element weighs in every gradient).
+    for b in boundaries() {
+        for p in [b.p(), b.p_above()] {
+            cases.push(BackwardCase {
+                shape: LinearShape::new(13, 75, 8),
+                p,
+                geometry: Geometry::UNSHARDED,
+                grid_x: None,
+                seed_stream: Some((b.seed, b.stream)),
+                ..base
+            });
+        }
+    }
+    // NaN and infinities in dY and (through X) in the saved Y, every rate, both activations:
+    // docs/mask-contract.md, "Backward without a mask".
+    for (i, &p) in [0.0f32, 0.1, 0.5, 1.0].iter().enumerate() {
+        for activation in [Activation::Relu, Activation::Identity] {
+            cases.push(BackwardCase {
+                shape: LinearShape::new(70, 75, 64),
+                activation,
+                p,
+                geometry: Geometry::UNSHARDED,
+                accumulate: i == 1,
+                grid_x: None,
+                nonfinite: true,
+                ..base
+            });
+        }
+    }
     cases
 }
 
@@ -865,13 +1078,31 @@ fn check_backward<T: Raw>(driver_name: &str, config: &str, seed: u64) {
     let mut expected = Vec::new();
     for case in backward_cases() {
         let LinearShape { m, n, k } = case.shape;
-        let dropout = Dropout::new(case.p, rng.random(), rng.random_range(0..16));
+        let (seed, stream) = case
+            .seed_stream
+            .unwrap_or_else(|| (rng.random(), rng.random_range(0..16)));
+        let dropout = Dropout::new(case.p, seed, stream);
         let spec =
             LayerSpec::new(case.shape, case.activation, dropout).with_geometry(case.geometry);
-        let x = random_values::<T>(m * k, &mut rng);
+        let mut x = random_values::<T>(m * k, &mut rng);
         let w = random_values::<T>(n * k, &mut rng);
         let b = random_values::<T>(n, &mut rng);
-        let dy = random_values::<T>(m * n, &mut rng);
+        let mut dy = random_values::<T>(m * n, &mut rng);
+        if case.nonfinite {
+            // X rows 3 and 40 make whole rows of Y NaN or +-inf (so ReLU redraws the mask there);
+            // dY gets single non-finite elements spread over rows and columns.
+            plant(&mut x, k, &[(3, 5), (40, 0)]);
+            let at: Vec<(usize, usize)> = (0..12).map(|i| (5 * i + 1, (7 * i + 2) % n)).collect();
+            plant(&mut dy, n, &at);
+        }
+        if case.seed_stream.is_some() {
+            for b in boundaries()
+                .iter()
+                .filter(|b| (b.seed, b.stream) == (seed, stream))
+            {
+                dy[b.index as usize] = T::from_f64(1.0);
+            }
+        }
         let relu = case.activation == Activation::Relu;
         let y = reference::forward(&spec, &x, &w, Some(&b)).expect("valid reference inputs");
         let grads = reference::backward_f64(&spec, &x, &w, &dy, relu.then_some(&y[..]))
@@ -986,20 +1217,77 @@ fn backward_tc_bf16_matches_reference() {
     check_backward::<bf16>("backward_tc", "tc64x64", 0xBCC0);
 }
 
+/// One keep-rule boundary vector of tests/data/keep_boundary.txt: the element at `index` of
+/// (`seed`, `stream`) draws `word`, which is exactly the threshold of `p = word / 2^32`.
+#[derive(Debug, Clone, Copy)]
+struct Boundary {
+    seed: u64,
+    stream: u64,
+    index: u64,
+    word: u32,
+}
+
+impl Boundary {
+    /// The f32 `p` whose threshold is `word` (exact: the words were chosen with at most 24
+    /// significant bits).
+    fn p(&self) -> f32 {
+        (f64::from(self.word) / 4_294_967_296.0) as f32
+    }
+
+    /// The smallest f32 whose threshold exceeds `word` (so the element is dropped): the next
+    /// f32 above `p()` is not always enough, since for a small word its threshold can still
+    /// floor to `word`.
+    fn p_above(&self) -> f32 {
+        let target = (f64::from(self.word) + 1.0) / 4_294_967_296.0;
+        let p = target as f32;
+        if f64::from(p) < target {
+            f32::from_bits(p.to_bits() + 1)
+        } else {
+            p
+        }
+    }
+}
+
+fn boundaries() -> Vec<Boundary> {
+    include_str!("data/keep_boundary.txt")
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let f: Vec<u64> = l
+                .split_whitespace()
+                .map(|h| u64::from_str_radix(h, 16).expect("hex field"))
+                .collect();
+            Boundary {
+                seed: f[0],
+                stream: f[1],
+                index: f[2],
+                word: f[3] as u32,
+            }
+        })
+        .collect()
+}
+
+/// Whether element `(r, c)` of a call draws a Philox word exactly equal to its threshold.
+fn on_boundary(dropout: &Dropout, geometry: &Geometry, n: usize, r: usize, c: usize) -> bool {
+    let index = geometry.linear_index(n, r, c);
+    u64::from(mask::word(dropout.seed, dropout.stream, index)) == mask::threshold(dropout.p)
+}
+
 // ---------------------------------------------------------------------------------------------
 // kernels/forward_sm90.cu (Hopper: TMA, mbarrier ring, wgmma, persistent grid)
 
 const FORWARD_SM90_CONFIGS: [&str; 3] = ["wg128x256", "wg128x128", "wg64x128"];
 
 /// The forward cases the Hopper kernel takes (k a multiple of 8, 16-byte aligned X and W; the
-/// wrapper sends the others to forward_tc), each with a persistent block count, plus shapes with
+/// wrapper sends the others to forward_tc: so every case above with such a shape, non-finite
+/// inputs and boundary vectors included), each with a persistent block count, plus shapes with
 /// many tiles per block so that the ring wraps across tiles, and a long reduction. Odd n takes
 /// the element stores instead of the pair stores.
-fn hopper_forward_cases(rng: &mut StdRng) -> Vec<(ForwardCase, u32)> {
-    let mut cases: Vec<(ForwardCase, u32)> = forward_cases(rng)
+fn hopper_forward_cases(rng: &mut StdRng) -> Vec<(ForwardCase, Option<u32>)> {
+    let mut cases: Vec<(ForwardCase, Option<u32>)> = forward_cases(rng)
         .into_iter()
         .filter(|c| c.shape.k % 8 == 0 && c.misalign == 0 && c.grid_y.is_none())
-        .map(|c| (c, 3))
+        .map(|c| (c, Some(3)))
         .collect();
     let base = ForwardCase {
         shape: LinearShape::new(300, 300, 200),
@@ -1010,10 +1298,12 @@ fn hopper_forward_cases(rng: &mut StdRng) -> Vec<(ForwardCase, u32)> {
         misalign: 0,
         grid_y: None,
         device_seed: false,
+        nonfinite: false,
+        seed_stream: None,
     };
-    // 15 tiles of 64 x 128 (or 6 of 128 x 128, 6 of 128 x 256) over 2 blocks: every block walks
-    // several tiles and the ring wraps several times.
-    cases.push((base, 2));
+    // 15 tiles of 64 x 128 (or 6 of 128 x 128, 6 of 128 x 256) over 2 blocks, and over one:
+    // every block walks several tiles and the ring wraps several times.
+    cases.push((base, Some(2)));
     cases.push((
         ForwardCase {
             p: 0.5,
@@ -1021,7 +1311,7 @@ fn hopper_forward_cases(rng: &mut StdRng) -> Vec<(ForwardCase, u32)> {
             bias: false,
             ..base
         },
-        1,
+        Some(1),
     ));
     // A reduction of 9 k-blocks (more than some rings have stages), odd n, a shard geometry with
     // the seed read from a device buffer.
@@ -1036,40 +1326,15 @@ fn hopper_forward_cases(rng: &mut StdRng) -> Vec<(ForwardCase, u32)> {
             device_seed: true,
             ..base
         },
-        2,
+        Some(2),
     ));
     cases
 }
 
 fn check_forward_sm90<T: Raw>(seed: u64) {
-    let Some(exe) = driver("forward_sm90") else {
-        return;
-    };
     let mut rng = StdRng::seed_from_u64(seed);
     let cases = hopper_forward_cases(&mut rng);
-    let mut launches = Vec::new();
-    let mut expected = Vec::new();
-    for config in FORWARD_SM90_CONFIGS {
-        let kernel = format!("fusedrop_forward_{config}_{}", T::NAME);
-        for (case, blocks) in &cases {
-            let (mut launch, want, spec) = forward_launch::<T>(&kernel, case, &mut rng);
-            launch.int("blocks", *blocks);
-            launches.push(launch);
-            expected.push((want, spec));
-        }
-    }
-    run(&exe, &launches);
-    for (launch, (want, spec)) in launches.iter().zip(&expected) {
-        let got = launch.output::<T>("y");
-        check_layer_output(
-            &launch.what,
-            &got,
-            want,
-            &spec.dropout,
-            &spec.geometry,
-            spec.shape.n,
-        );
-    }
+    check_forward_cases::<T>("forward_sm90", &FORWARD_SM90_CONFIGS, &cases, &mut rng);
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Statistical and geometric properties of the mask contract (docs/mask-contract.md): the keep
 //! rate matches 1 - p, decisions show no dependence between neighbours or consecutive streams,
-//! and sharded layers reproduce the unsharded mask.
+//! sharded layers reproduce the unsharded mask, and a Philox word equal to the threshold is kept.
 //!
 //! Seeds are fixed, so these tests are deterministic: a pass here is a pass everywhere.
 
@@ -206,4 +206,97 @@ fn mask_does_not_depend_on_the_order_it_is_drawn_in() {
         assert_eq!(run, forward[first..first + len]);
         first += len;
     }
+}
+
+/// One keep-rule boundary vector of tests/data/keep_boundary.txt: the element at `index` of
+/// (`seed`, `stream`) draws `word`, which is exactly the threshold of `p = word / 2^32`.
+#[derive(Debug, Clone, Copy)]
+struct Boundary {
+    seed: u64,
+    stream: u64,
+    index: u64,
+    word: u32,
+}
+
+impl Boundary {
+    /// The f32 `p` whose threshold is `word` (exact: the words were chosen with at most 24
+    /// significant bits).
+    fn p(&self) -> f32 {
+        (f64::from(self.word) / 4_294_967_296.0) as f32
+    }
+
+    /// The smallest f32 whose threshold exceeds `word` (so the element is dropped): the next
+    /// f32 above `p()` is not always enough, since for a small word its threshold can still
+    /// floor to `word`.
+    fn p_above(&self) -> f32 {
+        let target = (f64::from(self.word) + 1.0) / 4_294_967_296.0;
+        let p = target as f32;
+        if f64::from(p) < target {
+            f32::from_bits(p.to_bits() + 1)
+        } else {
+            p
+        }
+    }
+}
+
+fn boundaries() -> Vec<Boundary> {
+    include_str!("data/keep_boundary.txt")
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let f: Vec<u64> = l
+                .split_whitespace()
+                .map(|h| u64::from_str_radix(h, 16).expect("hex field"))
+                .collect();
+            Boundary {
+                seed: f[0],
+                stream: f[1],
+                index: f[2],
+                word: f[3] as u32,
+            }
+        })
+        .collect()
+}
+
+/// Keep iff r >= t at r == t exactly, which random tests meet with probability 2^-32.
+#[test]
+fn a_word_equal_to_the_threshold_is_kept() {
+    let vectors = boundaries();
+    assert_eq!(vectors.len(), 4);
+    let mut slots = [false; 4];
+    for b in &vectors {
+        let p = b.p();
+        assert_eq!(
+            f64::from(p) * 4_294_967_296.0,
+            f64::from(b.word),
+            "{b:?}: p not exact"
+        );
+        assert_eq!(mask::word(b.seed, b.stream, b.index), b.word, "{b:?}");
+        assert_eq!(mask::threshold(p), u64::from(b.word), "{b:?}");
+        assert!(
+            mask::keep(b.seed, b.stream, p, b.index),
+            "{b:?}: r == t must be kept"
+        );
+        assert!(mask::threshold(b.p_above()) > u64::from(b.word));
+        assert!(
+            !mask::keep(b.seed, b.stream, b.p_above(), b.index),
+            "{b:?}: r < t must drop"
+        );
+        // keep_run, from a start that puts the element at every position of a run.
+        for start in b.index.saturating_sub(5)..=b.index {
+            let mut run = vec![false; 9];
+            mask::keep_run(b.seed, b.stream, p, start, &mut run);
+            assert!(
+                run[(b.index - start) as usize],
+                "{b:?}: keep_run from {start}"
+            );
+            mask::keep_run(b.seed, b.stream, b.p_above(), start, &mut run);
+            assert!(
+                !run[(b.index - start) as usize],
+                "{b:?}: keep_run from {start}"
+            );
+        }
+        slots[(b.index & 3) as usize] = true;
+    }
+    assert_eq!(slots, [true; 4], "one vector per word position");
 }

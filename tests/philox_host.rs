@@ -1,7 +1,8 @@
 //! The kernels' Philox and mask headers (kernels/philox.cuh, kernels/mask.cuh), compiled with the
 //! host C++ compiler, checked bit for bit against src/philox.rs and src/mask.rs: every
 //! known-answer vector, a million random counters and keys, and mask decisions through the
-//! kernels' `MaskParams` path (geometry, threshold, device seed buffer).
+//! kernels' `MaskParams` path (geometry, threshold, device seed buffer), and the keep-rule
+//! boundary vectors (a word equal to the threshold is kept).
 //!
 //! The compiler is `$CXX`, or `g++` when that is unset; the headers must compile with plain
 //! `-std=c++17` and no CUDA headers, since the GPU kernels include these very files.
@@ -339,4 +340,111 @@ fn mask_params_layout_is_the_one_rust_mirrors() {
         "sizeof, alignof, then offsets of seed, stream, seed_stream, threshold, row_offset, \
          col_offset, n_global, scale, pad"
     );
+}
+
+/// One keep-rule boundary vector of tests/data/keep_boundary.txt: the element at `index` of
+/// (`seed`, `stream`) draws `word`, which is exactly the threshold of `p = word / 2^32`.
+#[derive(Debug, Clone, Copy)]
+struct Boundary {
+    seed: u64,
+    stream: u64,
+    index: u64,
+    word: u32,
+}
+
+impl Boundary {
+    /// The f32 `p` whose threshold is `word` (exact: the words were chosen with at most 24
+    /// significant bits).
+    fn p(&self) -> f32 {
+        (f64::from(self.word) / 4_294_967_296.0) as f32
+    }
+
+    /// The smallest f32 whose threshold exceeds `word` (so the element is dropped): the next
+    /// f32 above `p()` is not always enough, since for a small word its threshold can still
+    /// floor to `word`.
+    fn p_above(&self) -> f32 {
+        let target = (f64::from(self.word) + 1.0) / 4_294_967_296.0;
+        let p = target as f32;
+        if f64::from(p) < target {
+            f32::from_bits(p.to_bits() + 1)
+        } else {
+            p
+        }
+    }
+}
+
+fn boundaries() -> Vec<Boundary> {
+    include_str!("data/keep_boundary.txt")
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let f: Vec<u64> = l
+                .split_whitespace()
+                .map(|h| u64::from_str_radix(h, 16).expect("hex field"))
+                .collect();
+            Boundary {
+                seed: f[0],
+                stream: f[1],
+                index: f[2],
+                word: f[3] as u32,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn mask_header_keeps_a_word_equal_to_the_threshold() {
+    let mut queries = Vec::new();
+    for b in boundaries() {
+        // As an unsharded element of a 7-column output, and as column 0 of a shard whose first
+        // row starts at the element.
+        for (geometry, r, c) in [
+            (
+                Geometry {
+                    row_offset: 0,
+                    col_offset: 0,
+                    n_global: Some(7),
+                },
+                b.index / 7,
+                b.index % 7,
+            ),
+            (
+                Geometry {
+                    row_offset: 1,
+                    col_offset: 0,
+                    n_global: Some(b.index),
+                },
+                0,
+                0,
+            ),
+        ] {
+            for p in [b.p(), b.p_above()] {
+                queries.push((
+                    b,
+                    Query {
+                        seed: b.seed,
+                        stream: b.stream,
+                        p,
+                        geometry,
+                        r,
+                        c,
+                    },
+                ));
+            }
+        }
+    }
+    let plain: Vec<Query> = queries.iter().map(|(_, q)| *q).collect();
+    let got = host_mask("boundary", &plain);
+    for ((b, q), got) in queries.iter().zip(&got) {
+        assert_eq!(got.index, b.index, "{q:?}");
+        assert_eq!(got.word, b.word, "{q:?}");
+        let kept = q.p == b.p();
+        assert_eq!(
+            got.keep, kept,
+            "{b:?} at p {}: word == threshold must be kept",
+            q.p
+        );
+        assert_eq!(got.keep_from_buffer, kept, "{q:?}");
+        assert_eq!(*got, rust_answer(q), "{q:?}");
+    }
 }

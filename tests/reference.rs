@@ -1,6 +1,7 @@
 //! The CPU reference (src/reference.rs) checked against first principles: finite differences for
 //! the gradients, a naive triple loop for the forward pass, shards against the unsharded layer,
-//! the p = 0 and p = 1 limits, and rounding once into each element type.
+//! the p = 0 and p = 1 limits, rounding once into each element type, and NaN and infinities as
+//! docs/mask-contract.md ("Non-finite values", "Backward without a mask") defines them.
 
 use fusedrop::reference::{self, relative_l2_error, to_f64};
 use fusedrop::{mask, Activation, Dropout, Element, Geometry, LayerSpec, LinearShape};
@@ -52,12 +53,13 @@ fn naive_forward<T: Element>(spec: &LayerSpec, x: &[T], w: &[T], b: Option<&[T]>
             if let Some(b) = b {
                 z += b[c].to_f64();
             }
+            // ReLU passes NaN and positive values (docs/mask-contract.md, "Non-finite values").
             let a = match spec.activation {
-                Activation::Relu => z.max(0.0),
-                Activation::Identity => z,
+                Activation::Relu if !(z > 0.0 || z.is_nan()) => 0.0,
+                _ => z,
             };
             let kept = mask::keep(d.seed, d.stream, d.p, spec.geometry.linear_index(n, r, c));
-            y[r * n + c] = if kept { a * scale } else { 0.0 };
+            y[r * n + c] = a * if kept { scale } else { 0.0 };
         }
     }
     y
@@ -475,4 +477,185 @@ fn relative_l2_error_conventions() {
     assert_eq!(relative_l2_error(&[0.0, 0.0], &[0.0, 0.0]), 0.0);
     assert_eq!(relative_l2_error(&[0.0, 1e-30], &[0.0, 0.0]), f64::INFINITY);
     assert_eq!(relative_l2_error(&[], &[]), 0.0);
+}
+
+/// The pre-activations every non-finite test plants: one of each IEEE class ReLU and dropout
+/// treat differently, repeated over many elements so both keep decisions occur at 0 < p < 1.
+const PLANTED: [f32; 6] = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.75, -0.75, 0.0];
+
+/// Compares two f64 values as the contract's table does: both NaN, or equal (with 0 == -0).
+fn same_value(got: f64, want: f64) -> bool {
+    (got.is_nan() && want.is_nan()) || got == want
+}
+
+/// The forward table of docs/mask-contract.md, "Non-finite values", entry by entry: X = 0 and
+/// W = 1 with k = 1 make z the bias, which holds every class of `PLANTED`.
+#[test]
+fn forward_follows_the_non_finite_table() {
+    let (m, n) = (16, 6 * 7);
+    let b: Vec<f32> = (0..n).map(|c| PLANTED[c % PLANTED.len()]).collect();
+    let x = vec![0.0f32; m];
+    let w = vec![1.0f32; n];
+    for p in [0.0f32, 0.1, 0.5, 1.0] {
+        for activation in [Activation::Relu, Activation::Identity] {
+            let spec = LayerSpec::new(
+                LinearShape::new(m, n, 1),
+                activation,
+                Dropout::new(p, 0x5eed + u64::from(p.to_bits()), 3),
+            );
+            let y = reference::forward_f64(&spec, &x, &w, Some(&b)).unwrap();
+            let scale = f64::from(mask::scale(p));
+            let (mut kept_nonfinite, mut dropped_nonfinite) = (0, 0);
+            for r in 0..m {
+                for c in 0..n {
+                    let z = f64::from(b[c]);
+                    let kept = mask::keep(spec.dropout.seed, 3, p, (r * n + c) as u64);
+                    let a = match activation {
+                        Activation::Relu
+                            if z == f64::NEG_INFINITY || (z.is_finite() && z <= 0.0) =>
+                        {
+                            0.0
+                        }
+                        _ => z,
+                    };
+                    let want = if !kept && !a.is_finite() {
+                        f64::NAN
+                    } else if !kept {
+                        0.0
+                    } else {
+                        a * scale
+                    };
+                    if !a.is_finite() {
+                        if kept {
+                            kept_nonfinite += 1;
+                        } else {
+                            dropped_nonfinite += 1;
+                        }
+                    }
+                    let got = y[r * n + c];
+                    assert!(
+                        same_value(got, want),
+                        "{activation:?} p {p}: z {z} kept {kept} gave {got}, the table says {want}"
+                    );
+                }
+            }
+            // Both columns of the table are exercised where p allows them.
+            assert_eq!(kept_nonfinite > 0, p < 1.0, "{activation:?} p {p}");
+            assert_eq!(dropped_nonfinite > 0, p > 0.0, "{activation:?} p {p}");
+        }
+    }
+}
+
+#[test]
+fn relu_and_apply_keep_keep_nan() {
+    assert!(reference::relu(f64::NAN).is_nan());
+    assert_eq!(reference::relu(f64::NEG_INFINITY), 0.0);
+    assert_eq!(reference::relu(f64::INFINITY), f64::INFINITY);
+    assert_eq!(reference::relu(-0.0).to_bits(), 0.0f64.to_bits());
+    assert_eq!(reference::relu(-2.0), 0.0);
+    assert_eq!(reference::relu(2.0), 2.0);
+    assert!(reference::apply_keep(f64::NAN, false, 2.0).is_nan());
+    assert!(reference::apply_keep(f64::INFINITY, false, 2.0).is_nan());
+    assert!(reference::apply_keep(f64::NEG_INFINITY, false, 0.0).is_nan());
+    assert_eq!(
+        reference::apply_keep(f64::INFINITY, true, 2.0),
+        f64::INFINITY
+    );
+    assert_eq!(reference::apply_keep(3.0, false, 2.0), 0.0);
+    assert_eq!(reference::apply_keep(3.0, true, 2.0), 6.0);
+}
+
+/// The standalone dropout keeps NaN through a kept or dropped element, turns a dropped infinity
+/// into NaN, and leaves everything in place at p = 0.
+#[test]
+fn dropout_in_place_follows_the_non_finite_table() {
+    let (m, n) = (8, 6 * 5);
+    for p in [0.0f32, 0.1, 0.5, 1.0] {
+        let d = Dropout::new(p, 77, 9);
+        let y: Vec<f16> = (0..m * n)
+            .map(|i| f16::from_f32(PLANTED[i % PLANTED.len()]))
+            .collect();
+        let mut got = y.clone();
+        reference::dropout_in_place(&mut got, m, n, &d, &Geometry::UNSHARDED);
+        let scale = mask::scale(p);
+        for (i, (g, v)) in got.iter().zip(&y).enumerate() {
+            let v = v.to_f32();
+            let kept = mask::keep(77, 9, p, i as u64);
+            let want = match (kept, v.is_finite()) {
+                (true, _) => f16::from_f32(v * scale).to_f32(),
+                (false, true) => 0.0,
+                (false, false) => f32::NAN,
+            };
+            assert!(
+                same_value(f64::from(g.to_f32()), f64::from(want)),
+                "p {p} element {i}: {v} kept {kept} gave {g}, want {want}"
+            );
+        }
+    }
+}
+
+/// dZ as docs/mask-contract.md defines it, read through db (m = 1, so db = dZ's only row) and dW
+/// (k = 1 and X = 1, so dW = dZ too): identity multiplies dY by the redrawn factor; ReLU passes
+/// dY * scale where Y > 0, redraws the mask where Y is NaN, and gives 0 elsewhere.
+#[test]
+fn backward_follows_the_non_finite_rule() {
+    let n = 6 * 6 * 40;
+    // z (through the bias) and dY both run over every class, in all 36 pairings.
+    let b: Vec<f32> = (0..n).map(|c| PLANTED[c % 6]).collect();
+    let dy: Vec<f32> = (0..n).map(|c| PLANTED[(c / 6) % 6]).collect();
+    let (x, w) = (vec![1.0f32], vec![0.0f32; n]);
+    for p in [0.0f32, 0.1, 0.5, 1.0] {
+        for activation in [Activation::Relu, Activation::Identity] {
+            let spec = LayerSpec::new(
+                LinearShape::new(1, n, 1),
+                activation,
+                Dropout::new(p, 1234, 5),
+            );
+            let y = reference::forward(&spec, &x, &w, Some(&b)).unwrap();
+            let g = reference::backward_f64(&spec, &x, &w, &dy, Some(&y)).unwrap();
+            let scale = f64::from(mask::scale(p));
+            for c in 0..n {
+                let kept = mask::keep(1234, 5, p, c as u64);
+                let d = f64::from(dy[c]);
+                let yc = f64::from(y[c]);
+                let factor = if kept { scale } else { 0.0 };
+                let want = match activation {
+                    Activation::Identity => d * factor,
+                    Activation::Relu if yc > 0.0 => d * scale,
+                    Activation::Relu if yc.is_nan() => d * factor,
+                    Activation::Relu => 0.0,
+                };
+                for (name, got) in [("db", g.db[c]), ("dW", g.dw[c])] {
+                    assert!(
+                        same_value(got, want),
+                        "{activation:?} p {p}: z {} dy {d} y {yc} kept {kept}: {name} {got}, want {want}",
+                        b[c]
+                    );
+                }
+            }
+            // A NaN dY at a dropped element stays NaN for identity (as PyTorch's dropout
+            // backward), for every p > 0.
+            if activation == Activation::Identity && p > 0.0 {
+                assert!((0..n).any(|c| !mask::keep(1234, 5, p, c as u64)
+                    && dy[c].is_nan()
+                    && g.db[c].is_nan()));
+            }
+        }
+    }
+}
+
+#[test]
+fn relative_l2_error_nonfinite_compares_classes_then_finite_values() {
+    use reference::relative_l2_error_nonfinite as err;
+    let nan = f64::NAN;
+    let inf = f64::INFINITY;
+    assert_eq!(err(&[nan, inf, -inf, 3.0], &[nan, inf, -inf, 3.0]), 0.0);
+    assert_eq!(err(&[nan, 1.0], &[1.0, 1.0]), inf);
+    assert_eq!(err(&[1.0, 1.0], &[nan, 1.0]), inf);
+    assert_eq!(err(&[inf], &[-inf]), inf);
+    assert_eq!(err(&[inf], &[nan]), inf);
+    assert_eq!(err(&[1.0], &[1.0, 2.0]), inf);
+    assert!((err(&[nan, 3.0, 4.0], &[nan, 0.0, 5.0]) - 10.0f64.sqrt() / 5.0).abs() < 1e-15);
+    assert!(reference::same_class(nan, -nan));
+    assert!(!reference::same_class(0.0, nan));
 }

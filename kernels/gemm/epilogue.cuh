@@ -38,7 +38,7 @@ struct EpilogueArgs {
     bool relu;
     bool vec_store;  // y 16-byte aligned and n a multiple of 16 / sizeof(T)
     bool dropout;    // 0 < p < 1: draw Philox words
-    bool drop_all;   // p == 1: every element is 0, no Philox needed
+    bool drop_all;   // p == 1: every element is dropped (x * 0), no Philox needed
     MaskParams mp;
 };
 
@@ -145,11 +145,11 @@ struct DropoutEpilogue {
             }
             if (a.relu) {
 #pragma unroll
-                for (int e = 0; e < 8; ++e) v[e] = v[e] > 0.0f ? v[e] : 0.0f;
+                for (int e = 0; e < 8; ++e) v[e] = activate(v[e], true);
             }
             if (a.drop_all) {
 #pragma unroll
-                for (int e = 0; e < 8; ++e) v[e] = 0.0f;
+                for (int e = 0; e < 8; ++e) v[e] = apply_keep(v[e], false, a.mp.scale);
             } else if (a.dropout) {
                 // The chunk's indices start at word s of call q; with s != 0 the calls are
                 // q (carried), q + 1, q + 2, otherwise q, q + 1.
@@ -166,7 +166,7 @@ struct DropoutEpilogue {
 #pragma unroll
                 for (int e = 0; e < 8; ++e) {
                     const uint32_t word = shifted_word(lo_w, mid_w, w2, s, e);
-                    v[e] = keep_word(a.mp, word) ? v[e] * a.mp.scale : 0.0f;
+                    v[e] = apply_keep(v[e], keep_word(a.mp, word), a.mp.scale);
                 }
                 carry = w2;
             }

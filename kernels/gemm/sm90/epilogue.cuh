@@ -141,18 +141,12 @@ __device__ __forceinline__ void store_fragment(const float (&acc)[kWgN / 2],
         for (int h = 0; h < 2; ++h) {
             const long long r = r0 + 8 * h;
             if (r >= a.m) continue;
-            float v0 = acc[4 * j + 2 * h] + bias0;
-            float v1 = acc[4 * j + 2 * h + 1] + bias1;
-            if (a.relu) {
-                v0 = v0 > 0.0f ? v0 : 0.0f;
-                v1 = v1 > 0.0f ? v1 : 0.0f;
-            }
-            if (a.drop_all) {
-                v0 = 0.0f;
-                v1 = 0.0f;
-            } else if (a.dropout) {
-                v0 = (keep >> (2 * h)) & 1u ? v0 * a.mp.scale : 0.0f;
-                v1 = (keep >> (2 * h + 1)) & 1u ? v1 * a.mp.scale : 0.0f;
+            // Non-finite values as docs/mask-contract.md defines them (activate, apply_keep).
+            float v0 = activate(acc[4 * j + 2 * h] + bias0, a.relu);
+            float v1 = activate(acc[4 * j + 2 * h + 1] + bias1, a.relu);
+            if (a.drop_all || a.dropout) {
+                v0 = apply_keep(v0, !a.drop_all && ((keep >> (2 * h)) & 1u), a.mp.scale);
+                v1 = apply_keep(v1, !a.drop_all && ((keep >> (2 * h + 1)) & 1u), a.mp.scale);
             }
             T* dst = a.y + r * a.n + c;
             if (pair_store && second_col) {
