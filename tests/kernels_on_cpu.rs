@@ -890,8 +890,10 @@ fn forward_launch<T: Raw>(
 
 fn check_forward<T: Raw>(driver_name: &str, configs: &[&str], seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
-    let cases: Vec<(ForwardCase, Option<u32>)> =
-        forward_cases(&mut rng).into_iter().map(|c| (c, None)).collect();
+    let cases: Vec<(ForwardCase, Option<u32>)> = forward_cases(&mut rng)
+        .into_iter()
+        .map(|c| (c, None))
+        .collect();
     check_forward_cases::<T>(driver_name, configs, &cases, &mut rng);
 }
 

@@ -354,6 +354,13 @@ fn hopper_unavailable<T: Element>(stream: &Arc<CudaStream>) -> Result<Option<Str
     Ok(None)
 }
 
+/// Whether the Hopper configurations can run for element type `T` on the stream's GPU (compute
+/// capability 9.0, f16 or bf16, the sm_90a module built). Each call also needs operands TMA can
+/// read ([`hopper_operands_fit`]).
+pub fn hopper_available<T: Element>(stream: &Arc<CudaStream>) -> Result<bool> {
+    Ok(hopper_unavailable::<T>(stream)?.is_none())
+}
+
 /// Whether TMA can read X `[m, k]` at `x_ptr` and W `[n, k]` at `w_ptr`: both 16-byte aligned,
 /// `k` a positive multiple of 8 (row strides of whole 16-byte units).
 pub fn hopper_operands_fit(shape: LinearShape, x_ptr: u64, w_ptr: u64) -> bool {
