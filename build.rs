@@ -5,6 +5,9 @@
 //!   sm_80 instruction also get sm_75. PTX for each module's lowest target is embedded too, so
 //!   newer GPUs can JIT it, and the wrappers refuse a GPU older than a module's lowest target
 //!   with `Error::UnsupportedDevice`.
+//! - The Hopper modules (wgmma, TMA, setmaxnreg) compile for `sm_90a` alone, and only when the
+//!   list has 90: architecture-specific code has no PTX that a later GPU could JIT, so they
+//!   serve compute capability 9.0 only and are left out of builds without 90.
 //! - Every kernel is compiled with `-Xptxas -v`; a kernel that spills registers to local memory
 //!   fails the build. The full report goes to `$OUT_DIR/<kernel>.ptxas.txt`.
 //! - The launch numbers of every kernel configuration live in src/cuda/launch_table.rs; this
@@ -173,9 +176,13 @@ fn find_nvcc() -> Option<PathBuf> {
 /// oldest architecture CUDA 13 compiles for, so that f32 and the dropout kernel run on Turing too.
 const SM80_MODULES: &[&str] = &["forward_tc", "backward_tc"];
 const OLDEST_ARCH: u32 = 75;
+/// Kernel modules that use sm_90a instructions (wgmma, setmaxnreg): built as `sm_90a` SASS only.
+const SM90A_MODULES: &[&str] = &["forward_sm90"];
+const HOPPER_ARCH: u32 = 90;
 
 /// The SASS architectures for `module` (sorted, deduplicated), from `FUSEDROP_CUDA_ARCHS` or the
-/// default list, plus sm_75 for modules that do not need sm_80.
+/// default list, plus sm_75 for modules that do not need sm_80; for a Hopper module `[90]` when
+/// the list has 90 and nothing otherwise.
 fn module_archs(module: &str) -> Vec<u32> {
     let list = env::var("FUSEDROP_CUDA_ARCHS").unwrap_or_else(|_| DEFAULT_ARCHS.to_string());
     let parsed: Option<Vec<u32>> = list
@@ -191,7 +198,9 @@ fn module_archs(module: &str) -> Vec<u32> {
              80,86,89,90; got {list:?}"
         ),
     };
-    if SM80_MODULES.contains(&module) {
+    if SM90A_MODULES.contains(&module) {
+        archs.retain(|&a| a == HOPPER_ARCH);
+    } else if SM80_MODULES.contains(&module) {
         archs.retain(|&a| a >= 80);
         assert!(
             !archs.is_empty(),
@@ -207,8 +216,14 @@ fn module_archs(module: &str) -> Vec<u32> {
     archs
 }
 
-/// nvcc's -gencode flags: SASS for every architecture, PTX for the lowest.
-fn arch_flags(archs: &[u32]) -> Vec<String> {
+/// nvcc's -gencode flags: SASS for every architecture, PTX for the lowest; for a Hopper module
+/// `sm_90a` SASS alone.
+fn arch_flags(module: &str, archs: &[u32]) -> Vec<String> {
+    if SM90A_MODULES.contains(&module) {
+        return vec![format!(
+            "-gencode=arch=compute_{HOPPER_ARCH}a,code=sm_{HOPPER_ARCH}a"
+        )];
+    }
     let mut flags: Vec<String> = archs
         .iter()
         .map(|a| format!("-gencode=arch=compute_{a},code=sm_{a}"))
@@ -238,10 +253,14 @@ fn compile_all(
     let cccl = include.map(|i| i.join("cccl")).filter(|c| c.is_dir());
     let jobs: Vec<_> = units
         .iter()
-        .map(|unit| {
+        .filter_map(|unit| {
             let name = unit.file_stem().unwrap().to_string_lossy().into_owned();
             let fatbin = out_dir.join(format!("{name}.fatbin"));
             let archs = module_archs(&name);
+            if archs.is_empty() {
+                // A Hopper module in a build without 90: the wrappers report it as not built.
+                return None;
+            }
             let mut cmd = Command::new(nvcc);
             cmd.arg("-fatbin")
                 .args([
@@ -255,14 +274,14 @@ fn compile_all(
                 ])
                 // Compressed fatbins are a tenth of the size; the driver inflates them at load.
                 .args(["-Xfatbin", "-compress-all"])
-                .args(arch_flags(&archs))
+                .args(arch_flags(&name, &archs))
                 .arg("-Ikernels")
                 .arg(format!("-I{}", generated.display()));
             if let Some(cccl) = &cccl {
                 cmd.arg(format!("-I{}", cccl.display()));
             }
             cmd.arg(unit.as_os_str()).arg("-o").arg(&fatbin);
-            (name, archs[0], fatbin, cmd)
+            Some((name, archs[0], fatbin, cmd))
         })
         .collect();
     let handles: Vec<_> = jobs

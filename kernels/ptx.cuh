@@ -772,6 +772,20 @@ FUSEDROP_PTX_DEVICE void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uin
 #endif
 }
 
+// Keeps the compiler from moving reads or writes of the accumulator registers across a wgmma
+// fence, commit or wait (CUTLASS's warpgroup_fence_operand): an empty asm that claims to read
+// and write every register. Call it after each wgmma_wait_group and before each wgmma_fence.
+// Nothing to do on the host, where the harness's wgmma writes the registers at the wait itself.
+template <int N>
+FUSEDROP_PTX_DEVICE void fence_registers(float (&d)[N]) {
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+    for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+#else
+    (void)d;
+#endif
+}
+
 // ---- registers ----
 
 // setmaxnreg.inc / .dec.sync.aligned.u32: the warpgroup's per-thread register budget becomes

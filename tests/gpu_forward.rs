@@ -1,5 +1,5 @@
-//! GPU tests of the fused forward kernels (kernels/forward_tc.cu, kernels/forward_f32.cu)
-//! against the CPU reference: masks exactly, values within the element type's relative L2
+//! GPU tests of the fused forward kernels (kernels/forward_sm90.cu, kernels/forward_tc.cu,
+//! kernels/forward_f32.cu) against the CPU reference: masks exactly, values within the element type's relative L2
 //! tolerance. Skipped, with a message, where no GPU is usable.
 
 use std::sync::Arc;
@@ -504,4 +504,116 @@ fn forward_rejects_bad_input_before_launch() {
         SeedSource::Host,
     )
     .unwrap();
+}
+
+/// Whether the Hopper kernel can run here: compute capability 9.0 and the sm_90a module built.
+fn hopper(stream: &Arc<CudaStream>) -> bool {
+    let ok =
+        cuda::compute_capability(stream).unwrap() == (9, 0) && cuda::module_built("forward_sm90");
+    if !ok {
+        eprintln!("skipping the Hopper forward checks: not a compute capability 9.0 GPU with the sm_90a module");
+    }
+    ok
+}
+
+/// Every Hopper config, f16 and bf16, on shapes it takes (k a multiple of 8) that are multiples
+/// of no tile, many tiles per block and few, every rate, both activations, with and without
+/// bias, non-finite inputs, and a shard geometry.
+#[test]
+fn hopper_configs_match_reference() {
+    let Some(stream) = gpu() else { return };
+    if !hopper(&stream) {
+        return;
+    }
+    fn each<T: Element>(stream: &Arc<CudaStream>) {
+        for config in ForwardConfig::HOPPER {
+            for (i, &(m, n, k)) in [
+                (1, 1, 8),
+                (70, 72, 64),
+                (257, 129, 136),
+                (1000, 1000, 1000),
+                (3000, 2056, 512),
+            ]
+            .iter()
+            .enumerate()
+            {
+                for (j, &p) in [0.0f32, 0.1, 0.5, 1.0].iter().enumerate() {
+                    check::<T>(
+                        stream,
+                        Case {
+                            config: Some(config),
+                            activation: if (i + j) % 2 == 0 {
+                                Activation::Relu
+                            } else {
+                                Activation::Identity
+                            },
+                            p,
+                            bias: j % 2 == 0,
+                            nonfinite: i == 1,
+                            ..Case::new(m, n, k)
+                        },
+                    );
+                }
+            }
+            check::<T>(
+                stream,
+                Case {
+                    config: Some(config),
+                    geometry: Geometry {
+                        row_offset: 1 << 33,
+                        col_offset: 17,
+                        n_global: Some(4099),
+                    },
+                    ..Case::new(300, 301, 200)
+                },
+            );
+        }
+    }
+    each::<f16>(&stream);
+    each::<bf16>(&stream);
+}
+
+/// The heuristic takes the Hopper kernel for aligned operands and a shape with a full wave of
+/// tiles, and the mma.sync kernel for a view TMA cannot read; forcing a Hopper config on such a
+/// view is an error, not a launch.
+#[test]
+fn hopper_is_chosen_only_where_tma_can_read_the_operands() {
+    let Some(stream) = gpu() else { return };
+    if !hopper(&stream) {
+        return;
+    }
+    let shape = LinearShape::new(2048, 2048, 256);
+    let config = forward::config_for::<bf16>(&stream, shape).unwrap();
+    assert!(config.is_hopper(), "{config:?}");
+    let case = Case::new(2048, 2048, 256);
+    check::<bf16>(&stream, case);
+    check::<bf16>(
+        &stream,
+        Case {
+            misaligned: true,
+            ..case
+        },
+    );
+    let odd_k = Case::new(2048, 2048, 250);
+    check::<f16>(&stream, odd_k);
+    let x = stream.alloc_zeros::<bf16>(1 + 64 * 64).unwrap();
+    let w = stream.alloc_zeros::<bf16>(64 * 64).unwrap();
+    let mut y = stream.alloc_zeros::<bf16>(64 * 64).unwrap();
+    let spec = LayerSpec::new(
+        LinearShape::new(64, 64, 64),
+        Activation::Relu,
+        Dropout::new(0.1, 1, 2),
+    );
+    let err = forward::forward_with_config(
+        &stream,
+        &spec,
+        ForwardConfig::Wg64x128,
+        &x.slice(1..),
+        &w,
+        None,
+        &mut y,
+        SeedSource::Host,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("16-byte aligned"), "{err}");
 }

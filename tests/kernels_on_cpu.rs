@@ -902,17 +902,34 @@ fn forward_launch<T: Raw>(
 }
 
 fn check_forward<T: Raw>(driver_name: &str, configs: &[&str], seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let cases: Vec<(ForwardCase, Option<u32>)> = forward_cases(&mut rng)
+        .into_iter()
+        .map(|c| (c, None))
+        .collect();
+    check_forward_cases::<T>(driver_name, configs, &cases, &mut rng);
+}
+
+/// Runs every case (with its persistent block count, for the Hopper driver) on every config and
+/// checks the outputs against the reference, the mask and the boundary vectors.
+fn check_forward_cases<T: Raw>(
+    driver_name: &str,
+    configs: &[&str],
+    cases: &[(ForwardCase, Option<u32>)],
+    rng: &mut StdRng,
+) {
     let Some(exe) = driver(driver_name) else {
         return;
     };
-    let mut rng = StdRng::seed_from_u64(seed);
-    let cases = forward_cases(&mut rng);
     let mut launches = Vec::new();
     let mut expected = Vec::new();
     for config in configs {
         let kernel = format!("fusedrop_forward_{config}_{}", T::NAME);
-        for case in &cases {
-            let (launch, want, spec) = forward_launch::<T>(&kernel, case, &mut rng);
+        for (case, blocks) in cases {
+            let (mut launch, want, spec) = forward_launch::<T>(&kernel, case, rng);
+            if let Some(blocks) = blocks {
+                launch.int("blocks", *blocks);
+            }
             launches.push(launch);
             expected.push((want, spec));
         }
@@ -1269,4 +1286,78 @@ fn boundaries() -> Vec<Boundary> {
 fn on_boundary(dropout: &Dropout, geometry: &Geometry, n: usize, r: usize, c: usize) -> bool {
     let index = geometry.linear_index(n, r, c);
     u64::from(mask::word(dropout.seed, dropout.stream, index)) == mask::threshold(dropout.p)
+}
+
+// ---------------------------------------------------------------------------------------------
+// kernels/forward_sm90.cu (Hopper: TMA, mbarrier ring, wgmma, persistent grid)
+
+const FORWARD_SM90_CONFIGS: [&str; 3] = ["wg128x256", "wg128x128", "wg64x128"];
+
+/// The forward cases the Hopper kernel takes (k a multiple of 8, 16-byte aligned X and W; the
+/// wrapper sends the others to forward_tc: so every case above with such a shape, non-finite
+/// inputs and boundary vectors included), each with a persistent block count, plus shapes with
+/// many tiles per block so that the ring wraps across tiles, and a long reduction. Odd n takes
+/// the element stores instead of the pair stores.
+fn hopper_forward_cases(rng: &mut StdRng) -> Vec<(ForwardCase, Option<u32>)> {
+    let mut cases: Vec<(ForwardCase, Option<u32>)> = forward_cases(rng)
+        .into_iter()
+        .filter(|c| c.shape.k % 8 == 0 && c.misalign == 0 && c.grid_y.is_none())
+        .map(|c| (c, Some(3)))
+        .collect();
+    let base = ForwardCase {
+        shape: LinearShape::new(300, 300, 200),
+        activation: Activation::Relu,
+        bias: true,
+        p: 0.1,
+        geometry: Geometry::UNSHARDED,
+        misalign: 0,
+        grid_y: None,
+        device_seed: false,
+        nonfinite: false,
+        seed_stream: None,
+    };
+    // 15 tiles of 64 x 128 (or 6 of 128 x 128, 6 of 128 x 256) over 2 blocks, and over one:
+    // every block walks several tiles and the ring wraps several times.
+    cases.push((base, Some(2)));
+    cases.push((
+        ForwardCase {
+            p: 0.5,
+            activation: Activation::Identity,
+            bias: false,
+            ..base
+        },
+        Some(1),
+    ));
+    // A reduction of 9 k-blocks (more than some rings have stages), odd n, a shard geometry with
+    // the seed read from a device buffer.
+    cases.push((
+        ForwardCase {
+            shape: LinearShape::new(129, 131, 568),
+            geometry: Geometry {
+                row_offset: 5 + u64::from(rng.random::<u32>()),
+                col_offset: 7,
+                n_global: Some(1001),
+            },
+            device_seed: true,
+            ..base
+        },
+        Some(2),
+    ));
+    cases
+}
+
+fn check_forward_sm90<T: Raw>(seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let cases = hopper_forward_cases(&mut rng);
+    check_forward_cases::<T>("forward_sm90", &FORWARD_SM90_CONFIGS, &cases, &mut rng);
+}
+
+#[test]
+fn forward_sm90_f16_matches_reference() {
+    check_forward_sm90::<f16>(0x90F16);
+}
+
+#[test]
+fn forward_sm90_bf16_matches_reference() {
+    check_forward_sm90::<bf16>(0x90BF16);
 }

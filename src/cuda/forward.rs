@@ -1,10 +1,18 @@
-//! The fused forward kernels (kernels/forward_tc.cu, kernels/forward_f32.cu): one launch computes
-//! `Y = dropout_p(act(X·Wᵀ + b))` for X `[m, k]`, W `[n, k]` (the `nn.Linear` layout), optional
-//! b `[n]` and Y `[m, n]`, all row-major, with the mask of the mask contract.
+//! The fused forward kernels (kernels/forward_sm90.cu, kernels/forward_tc.cu,
+//! kernels/forward_f32.cu): one launch computes `Y = dropout_p(act(X·Wᵀ + b))` for X `[m, k]`,
+//! W `[n, k]` (the `nn.Linear` layout), optional b `[n]` and Y `[m, n]`, all row-major, with the
+//! mask of the mask contract.
 //!
-//! f16 and bf16 run on tensor cores (mma.sync, sm_80 and newer); f32 runs a true-fp32 SIMT
-//! kernel on any GPU. Several tile configurations are compiled ([`ForwardConfig`]);
-//! [`choose_config`] picks one from the shape, [`forward_with_config`] forces one.
+//! Which kernel runs:
+//! - f16 and bf16 on compute capability 9.0 (H100, H200), when TMA can read X and W (both
+//!   16-byte aligned, `k` a multiple of 8) and the Hopper module was built (`FUSEDROP_CUDA_ARCHS`
+//!   lists 90): the warp-specialised wgmma/TMA kernel, persistent (one block per
+//!   multiprocessor), [`choose_hopper_config`];
+//! - other f16 and bf16 calls on compute capability 8.0 and newer: the mma.sync kernel,
+//!   [`choose_config`];
+//! - f32 on any GPU: the true-fp32 SIMT kernel, [`choose_config`].
+//!
+//! [`config_for`] says which configuration a call takes; [`forward_with_config`] forces one.
 //!
 //! The (seed, stream) pair: take a fresh one per call from a
 //! [`DropoutGenerator`](crate::DropoutGenerator) so that no two calls share a mask by accident;
@@ -40,8 +48,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute_enum};
 use cudarc::driver::{CudaStream, CudaView, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
+use crate::cuda::tensor_map;
 use crate::cuda::{
-    check_seed_source, kernel, launch_table, require_compute_capability, MaskParams, SeedSource,
+    check_seed_source, compute_capability, kernel, launch_table, module_built,
+    require_compute_capability, MaskParams, SeedSource,
 };
 use crate::element::Element;
 use crate::error::{invalid, Error, Result};
@@ -70,6 +80,13 @@ pub enum ForwardConfig {
     Simt128x128,
     /// f32 SIMT, 64 x 64 tile, 256 threads of 4 x 4 outputs, k slice 16, double-buffered.
     Simt64x64,
+    /// Hopper (sm_90a) wgmma + TMA, 128 x 256 tile: two consumer warpgroups of 64 x 256, a
+    /// 4-stage ring of 64-deep k-blocks, persistent grid.
+    Wg128x256,
+    /// Hopper, 128 x 128 tile: two consumer warpgroups of 64 x 128, 6 stages.
+    Wg128x128,
+    /// Hopper, 64 x 128 tile: two consumer warpgroups of 64 x 64 side by side, 8 stages.
+    Wg64x128,
 }
 
 impl ForwardConfig {
@@ -85,7 +102,15 @@ impl ForwardConfig {
     /// The f32 SIMT configurations, largest tile first.
     pub const SIMT: [ForwardConfig; 2] = [ForwardConfig::Simt128x128, ForwardConfig::Simt64x64];
 
-    /// The configurations compiled for element type `T`, largest tile first.
+    /// The Hopper (sm_90a, f16 and bf16) configurations, largest tile first.
+    pub const HOPPER: [ForwardConfig; 3] = [
+        ForwardConfig::Wg128x256,
+        ForwardConfig::Wg128x128,
+        ForwardConfig::Wg64x128,
+    ];
+
+    /// The portable configurations compiled for element type `T` (mma.sync for halves, SIMT for
+    /// f32), largest tile first. Halves also have the [`ForwardConfig::HOPPER`] ones.
     pub fn all_for<T: Element>() -> &'static [ForwardConfig] {
         if T::NEEDS_SM80 {
             &Self::TENSOR_CORE
@@ -104,7 +129,23 @@ impl ForwardConfig {
             ForwardConfig::Tc64x32 => "tc64x32",
             ForwardConfig::Simt128x128 => "simt128x128",
             ForwardConfig::Simt64x64 => "simt64x64",
+            ForwardConfig::Wg128x256 => "wg128x256",
+            ForwardConfig::Wg128x128 => "wg128x128",
+            ForwardConfig::Wg64x128 => "wg64x128",
         }
+    }
+
+    /// Whether this is a Hopper (wgmma + TMA, compute capability 9.0 only) configuration.
+    pub const fn is_hopper(self) -> bool {
+        matches!(
+            self,
+            ForwardConfig::Wg128x256 | ForwardConfig::Wg128x128 | ForwardConfig::Wg64x128
+        )
+    }
+
+    /// Whether this configuration is compiled for element type `T`.
+    pub fn runs_on<T: Element>(self) -> bool {
+        Self::all_for::<T>().contains(&self) || (T::NEEDS_SM80 && self.is_hopper())
     }
 
     /// Whether this configuration runs on tensor cores (f16/bf16) rather than f32 SIMT.
@@ -114,7 +155,9 @@ impl ForwardConfig {
 
     /// The kernel module (a `kernels/<module>.cu` file) holding this configuration.
     const fn module(self) -> &'static str {
-        if self.uses_tensor_cores() {
+        if self.is_hopper() {
+            "forward_sm90"
+        } else if self.uses_tensor_cores() {
             "forward_tc"
         } else {
             "forward_f32"
@@ -153,6 +196,9 @@ impl ForwardConfig {
             ForwardConfig::Tc64x32 => launch_table::FORWARD_TC64X32,
             ForwardConfig::Simt128x128 => launch_table::FORWARD_SIMT128X128,
             ForwardConfig::Simt64x64 => launch_table::FORWARD_SIMT64X64,
+            ForwardConfig::Wg128x256 => launch_table::FORWARD_WG128X256,
+            ForwardConfig::Wg128x128 => launch_table::FORWARD_WG128X128,
+            ForwardConfig::Wg64x128 => launch_table::FORWARD_WG64X128,
         };
         (n.block_m, n.block_n, n.threads, n.smem_bytes)
     }
@@ -163,9 +209,31 @@ impl ForwardConfig {
             * (shape.n as u64).div_ceil(self.block_n() as u64)
     }
 
-    /// The launch of `shape`: grid (ceil(n / block_n), min(ceil(m / block_m), 65535), 1); the
-    /// kernel loops over the row tiles beyond 65535 (kernels/gemm/tile_scheduler.cuh).
-    pub fn launch_config(self, shape: LinearShape) -> Result<LaunchConfig> {
+    /// The launch of `shape` on a GPU with `sm_count` multiprocessors.
+    ///
+    /// Hopper configurations: a persistent grid of min(tiles, sm_count) blocks, each walking the
+    /// tiles `blockIdx.x + i * gridDim.x`; the tile count must fit an `i32`. The others: grid
+    /// (ceil(n / block_n), min(ceil(m / block_m), 65535), 1), the kernel looping over the row
+    /// tiles beyond 65535 (kernels/gemm/tile_scheduler.cuh).
+    pub fn launch_config(self, shape: LinearShape, sm_count: usize) -> Result<LaunchConfig> {
+        if self.is_hopper() {
+            let tiles = self.tiles(shape);
+            if tiles > i32::MAX as u64 {
+                return Err(invalid!(
+                    "{} x {} needs {tiles} tiles of {} x {}; expected at most 2^31-1",
+                    shape.m,
+                    shape.n,
+                    self.block_m(),
+                    self.block_n()
+                ));
+            }
+            let blocks = tiles.clamp(1, sm_count.max(1) as u64) as u32;
+            return Ok(LaunchConfig {
+                grid_dim: (blocks, 1, 1),
+                block_dim: (self.threads(), 1, 1),
+                shared_mem_bytes: self.smem_bytes(),
+            });
+        }
         let n_tiles = (shape.n as u64).div_ceil(self.block_n() as u64);
         let m_tiles = (shape.m as u64).div_ceil(self.block_m() as u64);
         let grid_x = u32::try_from(n_tiles)
@@ -234,6 +302,74 @@ pub fn choose_config<T: Element>(shape: LinearShape, sm_count: usize) -> Forward
         .unwrap_or(candidates[candidates.len() - 1])
 }
 
+/// The Hopper configuration for `shape` on a GPU with `sm_count` multiprocessors, or `None`
+/// when the mma.sync kernel should run instead.
+///
+/// Heuristic (provisional: not yet measured on a GPU, see docs/KERNELS.md): the largest tile
+/// that yields a full wave of tiles (one per multiprocessor; the grid is persistent, so more
+/// tiles only lengthen each block's walk); failing that the smallest tile, as long as it yields
+/// at least half a wave. Shapes with fewer tiles (an inference batch of 64 rows and a few
+/// thousand columns) stay on the mma.sync kernel's smaller tiles until the Hopper kernel has
+/// split-K.
+///
+/// ```
+/// use fusedrop::cuda::forward::{choose_hopper_config, ForwardConfig};
+/// use fusedrop::LinearShape;
+/// let sq = LinearShape::new(4096, 4096, 4096);
+/// assert_eq!(choose_hopper_config(sq, 132), Some(ForwardConfig::Wg128x256));
+/// let mid = LinearShape::new(1024, 2560, 1024);
+/// assert_eq!(choose_hopper_config(mid, 132), Some(ForwardConfig::Wg128x128));
+/// let small = LinearShape::new(64, 4096, 4096);
+/// assert_eq!(choose_hopper_config(small, 132), None);
+/// ```
+pub fn choose_hopper_config(shape: LinearShape, sm_count: usize) -> Option<ForwardConfig> {
+    let wave = sm_count.max(1) as u64;
+    if let Some(config) = ForwardConfig::HOPPER
+        .iter()
+        .copied()
+        .find(|c| c.tiles(shape) >= wave)
+    {
+        return Some(config);
+    }
+    let smallest = ForwardConfig::Wg64x128;
+    (2 * smallest.tiles(shape) >= wave).then_some(smallest)
+}
+
+/// Why the Hopper kernel cannot take a call on this GPU and build, or `None` when it can. The
+/// operands' alignment is checked separately ([`hopper_operands_fit`]).
+fn hopper_unavailable<T: Element>(stream: &Arc<CudaStream>) -> Result<Option<String>> {
+    if !T::NEEDS_SM80 {
+        return Ok(Some(format!("it runs f16 and bf16, not {}", T::NAME)));
+    }
+    let cc = compute_capability(stream)?;
+    if cc != (9, 0) {
+        return Ok(Some(format!(
+            "it is built for compute capability 9.0 (sm_90a) only; this GPU has {}.{}",
+            cc.0, cc.1
+        )));
+    }
+    if !module_built("forward_sm90") {
+        return Ok(Some(
+            "this build has no sm_90a module (FUSEDROP_CUDA_ARCHS did not list 90)".into(),
+        ));
+    }
+    Ok(None)
+}
+
+/// Whether the Hopper configurations can run for element type `T` on the stream's GPU (compute
+/// capability 9.0, f16 or bf16, the sm_90a module built). Each call also needs operands TMA can
+/// read ([`hopper_operands_fit`]).
+pub fn hopper_available<T: Element>(stream: &Arc<CudaStream>) -> Result<bool> {
+    Ok(hopper_unavailable::<T>(stream)?.is_none())
+}
+
+/// Whether TMA can read X `[m, k]` at `x_ptr` and W `[n, k]` at `w_ptr`: both 16-byte aligned,
+/// `k` a positive multiple of 8 (row strides of whole 16-byte units).
+pub fn hopper_operands_fit(shape: LinearShape, x_ptr: u64, w_ptr: u64) -> bool {
+    tensor_map::operand_fits(x_ptr, shape.m, shape.k)
+        && tensor_map::operand_fits(w_ptr, shape.n, shape.k)
+}
+
 /// Per-context facts the launches need, read once.
 #[derive(Default)]
 struct ContextState {
@@ -272,12 +408,28 @@ pub fn sm_count(stream: &Arc<CudaStream>) -> Result<usize> {
     })
 }
 
-/// The configuration [`forward`] would use for `shape` on the stream's GPU.
+/// The configuration [`forward`] would use for `shape` on the stream's GPU, for X and W that
+/// start 16-byte aligned (as every cudarc allocation does; a view at an odd offset may take the
+/// mma.sync kernel instead, see [`hopper_operands_fit`]).
 pub fn config_for<T: Element>(
     stream: &Arc<CudaStream>,
     shape: LinearShape,
 ) -> Result<ForwardConfig> {
-    Ok(choose_config::<T>(shape, sm_count(stream)?))
+    choose_for_call::<T>(stream, shape, true)
+}
+
+fn choose_for_call<T: Element>(
+    stream: &Arc<CudaStream>,
+    shape: LinearShape,
+    operands_fit: bool,
+) -> Result<ForwardConfig> {
+    let sms = sm_count(stream)?;
+    if operands_fit && hopper_unavailable::<T>(stream)?.is_none() {
+        if let Some(config) = choose_hopper_config(shape, sms) {
+            return Ok(config);
+        }
+    }
+    Ok(choose_config::<T>(shape, sms))
 }
 
 /// Queues `Y = dropout_p(act(X·Wᵀ + b))` on `stream`, in one kernel launch.
@@ -305,7 +457,9 @@ pub fn forward<T: Element>(
 }
 
 /// [`forward`] with a forced configuration instead of the heuristic's choice (for tests,
-/// benchmarks and tuning). `config` must be one of [`ForwardConfig::all_for::<T>()`].
+/// benchmarks and tuning). `config` must run on `T` ([`ForwardConfig::runs_on`]); a Hopper
+/// configuration also needs compute capability 9.0, the sm_90a module and operands TMA can
+/// read ([`hopper_operands_fit`]), or it returns an error saying which is missing.
 // The arguments are forward's, plus the config: grouping them would hide that symmetry.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_with_config<T: Element>(
@@ -344,12 +498,15 @@ fn launch<T: Element>(
     }
     check_seed_source(&seed)?;
     if let Some(config) = config {
-        if !ForwardConfig::all_for::<T>().contains(&config) {
+        if !config.runs_on::<T>() {
+            let mut expected = ForwardConfig::all_for::<T>().to_vec();
+            if T::NEEDS_SM80 {
+                expected.extend(ForwardConfig::HOPPER);
+            }
             return Err(invalid!(
-                "forward config {} is not compiled for {}; expected one of {:?}",
+                "forward config {} is not compiled for {}; expected one of {expected:?}",
                 config.name(),
                 T::NAME,
-                ForwardConfig::all_for::<T>()
             ));
         }
     }
@@ -360,11 +517,32 @@ fn launch<T: Element>(
             &format!("the {} forward kernel (mma.sync tensor cores)", T::NAME),
         )?;
     }
+    let (x_addr, w_addr) = (device_address(x, stream), device_address(w, stream));
+    let operands_fit = hopper_operands_fit(shape, x_addr, w_addr);
     let config = match config {
-        Some(config) => config,
-        None => config_for::<T>(stream, shape)?,
+        Some(config) => {
+            if config.is_hopper() {
+                if let Some(why) = hopper_unavailable::<T>(stream)? {
+                    return Err(Error::UnsupportedDevice(format!(
+                        "forward config {}: {why}",
+                        config.name()
+                    )));
+                }
+                if !operands_fit {
+                    return Err(invalid!(
+                        "forward config {} reads X and W by TMA: they must start 16-byte aligned \
+                         (x at {x_addr:#x}, w at {w_addr:#x}) and k = {} must be a positive \
+                         multiple of 8",
+                        config.name(),
+                        shape.k
+                    ));
+                }
+            }
+            config
+        }
+        None => choose_for_call::<T>(stream, shape, operands_fit)?,
     };
-    let launch_config = config.launch_config(shape)?;
+    let launch_config = config.launch_config(shape, sm_count(stream)?)?;
     let name = format!("fusedrop_forward_{}_{}", config.name(), T::NAME);
     let function = kernel(stream, config.module(), &name)?;
     if config.smem_bytes() > DEFAULT_SMEM_LIMIT {
@@ -392,6 +570,16 @@ fn launch<T: Element>(
     let relu = i32::from(spec.activation == Activation::Relu);
     let (x_ptr, _x_guard) = x.device_ptr(stream);
     let (w_ptr, _w_guard) = w.device_ptr(stream);
+    let maps = if config.is_hopper() {
+        let box_m = config.block_m() as u32;
+        let box_n = config.block_n() as u32;
+        Some((
+            tensor_map::k_major_operand::<T>(x_ptr, shape.m, shape.k, box_m)?,
+            tensor_map::k_major_operand::<T>(w_ptr, shape.n, shape.k, box_n)?,
+        ))
+    } else {
+        None
+    };
     let (b_ptr, _b_guard) = match b {
         Some(view) => {
             let (ptr, guard) = view.device_ptr(stream);
@@ -402,9 +590,11 @@ fn launch<T: Element>(
     let (y_ptr, _y_guard) = y.device_ptr_mut(stream);
     let _seed_guard = params.read_seed_from(seed, stream);
     let mut builder = stream.launch_builder(&function);
+    match &maps {
+        Some((map_x, map_w)) => builder.arg(map_x).arg(map_w),
+        None => builder.arg(&x_ptr).arg(&w_ptr),
+    };
     builder
-        .arg(&x_ptr)
-        .arg(&w_ptr)
         .arg(&b_ptr)
         .arg(&y_ptr)
         .arg(&m_arg)
@@ -413,13 +603,22 @@ fn launch<T: Element>(
         .arg(&relu)
         .arg(&params);
     // SAFETY: the kernel's signature is (const T* x, const T* w, const T* b, T* y, long long m,
-    // long long n, long long k, int relu, MaskParams mp), matched argument for argument above.
+    // long long n, long long k, int relu, MaskParams mp), or for the Hopper configurations
+    // (CUtensorMap map_x, CUtensorMap map_w, const T* b, ...) with the maps describing x and w
+    // (encoded above from the same pointers and shape), matched argument for argument above.
     // x holds m*k, w n*k, b (when non-null) n and y m*n elements of T, and the seed buffer (when
     // given) two u64, all checked above; the grid follows the kernel's documented rule and its
     // shared memory is within the limit set for the function. Every buffer stays borrowed until
     // its guard drops after the launch is queued.
     unsafe { builder.launch(launch_config) }?;
     Ok(())
+}
+
+/// The device address of a buffer, for the alignment checks (the guard is dropped at once: nothing
+/// is read or written through it).
+fn device_address<T>(buffer: &impl DevicePtr<T>, stream: &Arc<CudaStream>) -> u64 {
+    let (ptr, _guard) = buffer.device_ptr(stream);
+    ptr
 }
 
 #[cfg(test)]
@@ -458,12 +657,53 @@ mod tests {
     #[test]
     fn grid_folds_rows_beyond_the_y_limit() {
         let shape = LinearShape::new(10_000_000, 100, 8);
-        let config = ForwardConfig::Tc64x32.launch_config(shape).unwrap();
+        let config = ForwardConfig::Tc64x32.launch_config(shape, 132).unwrap();
         assert_eq!(config.grid_dim, (4, 65_535, 1));
         assert_eq!(config.block_dim, (128, 1, 1));
         let empty_rows = ForwardConfig::Simt64x64
-            .launch_config(LinearShape::new(0, 5, 3))
+            .launch_config(LinearShape::new(0, 5, 3), 132)
             .unwrap();
         assert_eq!(empty_rows.grid_dim.1, 1);
+    }
+
+    #[test]
+    fn hopper_grids_are_persistent() {
+        let sq = LinearShape::new(4096, 4096, 4096);
+        let config = ForwardConfig::Wg128x256.launch_config(sq, 132).unwrap();
+        assert_eq!(config.grid_dim, (132, 1, 1));
+        assert_eq!(config.block_dim, (384, 1, 1));
+        let few = LinearShape::new(100, 300, 64);
+        let config = ForwardConfig::Wg128x128.launch_config(few, 132).unwrap();
+        assert_eq!(
+            config.grid_dim,
+            (3, 1, 1),
+            "one block per tile when tiles < SMs"
+        );
+        let huge = LinearShape::new(1 << 30, 1 << 20, 8);
+        assert!(ForwardConfig::Wg64x128.launch_config(huge, 132).is_err());
+    }
+
+    #[test]
+    fn hopper_heuristic_keeps_small_grids_on_mma_sync() {
+        let wide = LinearShape::new(32768, 1024, 256);
+        assert_eq!(
+            choose_hopper_config(wide, 132),
+            Some(ForwardConfig::Wg128x256)
+        );
+        let half_wave = LinearShape::new(640, 1024, 4096);
+        assert_eq!(
+            choose_hopper_config(half_wave, 132),
+            Some(ForwardConfig::Wg64x128)
+        );
+        assert_eq!(choose_hopper_config(LinearShape::new(1, 1, 8), 132), None);
+    }
+
+    #[test]
+    fn hopper_configs_run_on_halves_only() {
+        for config in ForwardConfig::HOPPER {
+            assert!(config.runs_on::<f16>() && config.runs_on::<bf16>());
+            assert!(!config.runs_on::<f32>());
+            assert!(config.uses_tensor_cores() && config.is_hopper());
+        }
     }
 }

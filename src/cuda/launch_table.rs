@@ -52,6 +52,12 @@ pub const FORWARD_SIMT128X128: LaunchNumbers =
     numbers("forward_simt128x128", 128, 128, 256, 16_896);
 /// kernels/forward_f32.cu, `Simt64x64`.
 pub const FORWARD_SIMT64X64: LaunchNumbers = numbers("forward_simt64x64", 64, 64, 256, 17_408);
+/// kernels/forward_sm90.cu, `Wg128x256` (Hopper; persistent grid, so no grid rule here).
+pub const FORWARD_WG128X256: LaunchNumbers = numbers("forward_wg128x256", 128, 256, 384, 197_696);
+/// kernels/forward_sm90.cu, `Wg128x128`.
+pub const FORWARD_WG128X128: LaunchNumbers = numbers("forward_wg128x128", 128, 128, 384, 197_728);
+/// kernels/forward_sm90.cu, `Wg64x128`.
+pub const FORWARD_WG64X128: LaunchNumbers = numbers("forward_wg64x128", 64, 128, 384, 197_760);
 /// kernels/backward_simt.cu, `BackwardSimtConfig` (static shared memory only).
 pub const BACKWARD_SIMT: LaunchNumbers = numbers("backward_simt", 64, 64, 256, 0);
 /// kernels/backward_tc.cu, `Tc128x128`.
@@ -60,7 +66,7 @@ pub const BACKWARD_TC128X128: LaunchNumbers = numbers("backward_tc128x128", 128,
 pub const BACKWARD_TC64X64: LaunchNumbers = numbers("backward_tc64x64", 64, 64, 128, 44_544);
 
 /// Every configuration, for build.rs.
-pub const ALL: [LaunchNumbers; 10] = [
+pub const ALL: [LaunchNumbers; 13] = [
     FORWARD_TC128X256,
     FORWARD_TC128X128,
     FORWARD_TC64X128,
@@ -68,6 +74,9 @@ pub const ALL: [LaunchNumbers; 10] = [
     FORWARD_TC64X32,
     FORWARD_SIMT128X128,
     FORWARD_SIMT64X64,
+    FORWARD_WG128X256,
+    FORWARD_WG128X128,
+    FORWARD_WG64X128,
     BACKWARD_SIMT,
     BACKWARD_TC128X128,
     BACKWARD_TC64X64,

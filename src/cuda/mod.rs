@@ -29,12 +29,19 @@ pub mod backward;
 pub mod dropout;
 pub mod forward;
 pub mod launch_table;
+mod tensor_map;
 
 include!(concat!(env!("OUT_DIR"), "/kernel_images.rs"));
 
 /// Whether build.rs compiled the CUDA kernels into this build.
 pub fn kernels_built() -> bool {
     KERNEL_IMAGES.is_some()
+}
+
+/// Whether build.rs compiled kernel module `name` (a `kernels/<name>.cu` file) into this build.
+/// The Hopper modules are left out of builds whose `FUSEDROP_CUDA_ARCHS` lacks 90.
+pub fn module_built(name: &str) -> bool {
+    KERNEL_IMAGES.is_some_and(|images| images.iter().any(|image| image.name == name))
 }
 
 /// Whether the CUDA driver library (libcuda) can be loaded on this machine.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use fusedrop::cuda::backward::{backward, BackwardOptions, GradientsMut};
 use fusedrop::cuda::cudarc::driver::{CudaSlice, CudaStream};
-use fusedrop::cuda::forward::{forward_with_config, ForwardConfig};
+use fusedrop::cuda::forward::{self, forward_with_config, ForwardConfig};
 use fusedrop::cuda::{self, SeedSource};
 use fusedrop::reference::{self, relative_l2_error};
 use fusedrop::{mask, Activation, Dropout, Element, Error, Geometry, LayerSpec, LinearShape};
@@ -298,7 +298,15 @@ fn run_dtype<T: Element>(stream: &Arc<CudaStream>, cases: &[Case], out: &mut Vec
         ));
         match reference::forward_f64(&case.spec, &inputs.x, &inputs.w, inputs.b()) {
             Ok(want) => {
-                for &config in ForwardConfig::all_for::<T>() {
+                let mut configs = ForwardConfig::all_for::<T>().to_vec();
+                // The Hopper kernel where it can run: compute capability 9.0, k a multiple of 8
+                // (the selftest's buffers are whole allocations, so 16-byte aligned).
+                if case.spec.shape.k % 8 == 0
+                    && forward::hopper_available::<T>(stream).unwrap_or(false)
+                {
+                    configs.extend(ForwardConfig::HOPPER);
+                }
+                for config in configs {
                     out.push(judge(
                         "forward",
                         T::NAME,

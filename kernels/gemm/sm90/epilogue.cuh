@@ -1,0 +1,164 @@
+// Hopper epilogue: bias, activation, the Philox dropout mask, the scale, conversion and the
+// store, straight from a consumer warpgroup's wgmma accumulator fragment (no shared memory).
+//
+// Fragment of m64nN (ptx.cuh, wgmma_ss): thread t of the warpgroup (warp w = t / 32, lane l)
+// holds, for each 8-column group j = 0 .. N/8 - 1, the pairs
+//   acc[4j + 2h], acc[4j + 2h + 1] = C[16w + l/4 + 8h][8j + 2(l % 4) + {0, 1}],  h = 0, 1.
+// So per group a thread owns two pairs of adjacent columns, in rows r0 and r0 + 8.
+//
+// The mask of a group is 4 keep bits (bit 2h + e for pair h, column e). They are drawn while the
+// tensor cores run the main loop (FragmentMask::draw_next from Mainloop::mma_tile's `between`
+// hook, one group per k-block) and, for short reductions, the rest in the epilogue. The bits go
+// through a shift register of kGroups / 8 words, so every register index is a compile-time
+// constant (a run-time index into a register array would put it in local memory).
+#pragma once
+
+#include <stdint.h>
+#include <string.h>
+
+#include "../../element.cuh"
+#include "../../mask.cuh"
+#include "../epilogue.cuh"
+
+namespace fusedrop {
+namespace gemm {
+namespace sm90 {
+
+// Word `s` (0..3) of a Philox call, without a run-time index into the array.
+__device__ __forceinline__ uint32_t select_word(const Philox4& p, int s) {
+    return s == 0 ? p.w[0] : s == 1 ? p.w[1] : s == 2 ? p.w[2] : p.w[3];
+}
+
+// What drawing a mask bit needs, in as few registers as possible (the main loop's 128
+// accumulators leave little room): the resolved (seed, stream) as Philox key and counter words,
+// and the keep threshold, which fits 32 bits whenever words are drawn at all (0 < p < 1).
+struct MaskKey {
+    uint32_t seed_lo, seed_hi, stream_lo, stream_hi;
+    uint32_t threshold;
+
+    __device__ __forceinline__ static MaskKey from(const MaskParams& resolved) {
+        MaskKey key;
+        key.seed_lo = (uint32_t)resolved.seed;
+        key.seed_hi = (uint32_t)(resolved.seed >> 32);
+        key.stream_lo = (uint32_t)resolved.stream;
+        key.stream_hi = (uint32_t)(resolved.stream >> 32);
+        key.threshold = (uint32_t)resolved.threshold;
+        return key;
+    }
+
+    // mask_words(mp, q) of mask.cuh.
+    __device__ __forceinline__ Philox4 words(uint64_t q) const {
+        const Philox4 counter = {{(uint32_t)q, (uint32_t)(q >> 32), stream_lo, stream_hi}};
+        return philox4x32_10(counter, seed_lo, seed_hi);
+    }
+
+    // Keep bits of the linear indices i (bit 0) and i + 1 (bit 1): one Philox call unless i is
+    // word 3 of its call.
+    __device__ __forceinline__ uint32_t keep_pair(uint64_t i) const {
+        const int s = (int)(i & 3);
+        const Philox4 first = words(i >> 2);
+        const uint32_t w0 = select_word(first, s);
+        const uint32_t w1 = s == 3 ? words((i >> 2) + 1).w[0] : select_word(first, s + 1);
+        return (w0 >= threshold ? 1u : 0u) | (w1 >= threshold ? 2u : 0u);
+    }
+};
+
+template <int kWgN>
+struct FragmentMask {
+    static constexpr int kGroups = kWgN / 8;
+    static constexpr int kWords = kGroups / 8;
+    static_assert(kGroups % 8 == 0, "the warpgroup tile is a multiple of 64 columns");
+    // Each draw shifts the whole register right by one group: after kGroups draws the bits of
+    // group j sit at bits 4 (j % 8) .. 4 (j % 8) + 3 of word j / 8.
+    uint32_t words[kWords];
+    int drawn;
+    // Linear mask indices of the thread's first element in rows r0 and r0 + 8 (group 0); group
+    // j adds 8 j.
+    uint64_t index_r0;
+    uint64_t index_r8;
+
+    __device__ __forceinline__ void reset(const MaskParams& mp, uint64_t r0, uint64_t c0) {
+#pragma unroll
+        for (int i = 0; i < kWords; ++i) words[i] = 0;
+        drawn = 0;
+        index_r0 = mask_index(mp, r0, c0);
+        index_r8 = mask_index(mp, r0 + 8, c0);
+    }
+
+    // Draws the next group's 4 bits, if any are left.
+    __device__ __forceinline__ void draw_next(const MaskKey& key) {
+        if (drawn >= kGroups) return;
+        const uint64_t step = 8 * (uint64_t)drawn;
+        const uint32_t bits = key.keep_pair(index_r0 + step) | (key.keep_pair(index_r8 + step) << 2);
+#pragma unroll
+        for (int i = 0; i + 1 < kWords; ++i) words[i] = (words[i] >> 4) | (words[i + 1] << 28);
+        words[kWords - 1] = (words[kWords - 1] >> 4) | (bits << 28);
+        ++drawn;
+    }
+
+    __device__ __forceinline__ void draw_rest(const MaskKey& key) {
+        while (drawn < kGroups) draw_next(key);
+    }
+
+    // The 4 bits of group j (a compile-time constant after unrolling), once all are drawn.
+    __device__ __forceinline__ uint32_t nibble(int j) const {
+        return (words[j / 8] >> (4 * (j % 8))) & 0xFu;
+    }
+};
+
+template <typename T>
+__device__ __forceinline__ void store_pair(T* dst, float v0, float v1) {
+    const uint32_t packed = (uint32_t)bits16(Element<T>::from_float(v0)) |
+                            ((uint32_t)bits16(Element<T>::from_float(v1)) << 16);
+    *reinterpret_cast<uint32_t*>(dst) = packed;
+}
+
+// Writes the fragment `acc` of the warpgroup tile whose top-left element is (tile_row,
+// tile_col) of Y. `mask` holds every group's bits when a.dropout.
+template <typename T, int kWgN>
+__device__ __forceinline__ void store_fragment(const float (&acc)[kWgN / 2],
+                                               const FragmentMask<kWgN>& mask,
+                                               const EpilogueArgs<T>& a, long long tile_row,
+                                               long long tile_col) {
+    const int t = (int)(threadIdx.x % 128);
+    const int w = t / 32, l = t % 32;
+    const long long r0 = tile_row + 16 * w + l / 4;
+    const long long c0 = tile_col + 2 * (l % 4);
+    // Two adjacent outputs are one 4-byte store when every row starts 4-byte aligned.
+    const bool pair_store = reinterpret_cast<uintptr_t>(a.y) % 4 == 0 && a.n % 2 == 0;
+#pragma unroll
+    for (int j = 0; j < kWgN / 8; ++j) {
+        const long long c = c0 + 8 * j;
+        if (c >= a.n) break;
+        const bool second_col = c + 1 < a.n;
+        float bias0 = 0.0f, bias1 = 0.0f;
+        if (a.b != nullptr) {
+            bias0 = Element<T>::to_float(a.b[c]);
+            if (second_col) bias1 = Element<T>::to_float(a.b[c + 1]);
+        }
+        const uint32_t keep = a.dropout ? mask.nibble(j) : 0xFu;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const long long r = r0 + 8 * h;
+            if (r >= a.m) continue;
+            // Non-finite values as docs/mask-contract.md defines them (activate, apply_keep).
+            float v0 = activate(acc[4 * j + 2 * h] + bias0, a.relu);
+            float v1 = activate(acc[4 * j + 2 * h + 1] + bias1, a.relu);
+            if (a.drop_all || a.dropout) {
+                v0 = apply_keep(v0, !a.drop_all && ((keep >> (2 * h)) & 1u), a.mp.scale);
+                v1 = apply_keep(v1, !a.drop_all && ((keep >> (2 * h + 1)) & 1u), a.mp.scale);
+            }
+            T* dst = a.y + r * a.n + c;
+            if (pair_store && second_col) {
+                store_pair(dst, v0, v1);
+            } else {
+                dst[0] = Element<T>::from_float(v0);
+                if (second_col) dst[1] = Element<T>::from_float(v1);
+            }
+        }
+    }
+}
+
+}  // namespace sm90
+}  // namespace gemm
+}  // namespace fusedrop

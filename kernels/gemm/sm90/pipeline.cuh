@@ -1,0 +1,67 @@
+// Hopper (sm_90a) main-loop pipeline: a ring of kStages shared-memory stages between one
+// producer thread (TMA loads) and the consumer warpgroups (wgmma). Each stage has two mbarriers:
+//   full[s]  completes when the producer's expect_tx arrival is in and the stage's TMA bytes
+//            landed (1 arrival per phase);
+//   empty[s] completes when every consumer warpgroup has finished reading the stage (one
+//            arrival per consumer warpgroup per phase).
+// A PipelineState walks the ring: the stage index and the parity of the phase that the next
+// wait on that stage expects. The ring persists across the tiles of a persistent block, so the
+// producer runs ahead into the next tile while the consumers finish the previous one.
+#pragma once
+
+#include <stdint.h>
+
+#include "../../ptx.cuh"
+
+namespace fusedrop {
+namespace gemm {
+namespace sm90 {
+
+template <int kStages>
+struct PipelineState {
+    int stage = 0;
+    uint32_t phase = 0;
+
+    __device__ __forceinline__ void advance() {
+        if (++stage == kStages) {
+            stage = 0;
+            phase ^= 1u;
+        }
+    }
+};
+
+template <int kStages>
+struct StageBarriers {
+    uint64_t full[kStages];
+    uint64_t empty[kStages];
+
+    // Called by one thread, before the __syncthreads that publishes the barriers.
+    __device__ __forceinline__ void init(uint32_t consumer_warpgroups) {
+        for (int s = 0; s < kStages; ++s) {
+            ptx::mbarrier_init(&full[s], 1);
+            ptx::mbarrier_init(&empty[s], consumer_warpgroups);
+        }
+        ptx::fence_mbarrier_init();
+    }
+
+    // Producer side: waits until the consumers released the state's stage. On the first pass
+    // over the ring the wait is for the phase before phase 0, which counts as complete.
+    __device__ __forceinline__ void producer_acquire(const PipelineState<kStages>& st) {
+        ptx::mbarrier_wait(&empty[st.stage], st.phase ^ 1u);
+    }
+
+    // Consumer side: waits until the state's stage holds its TMA bytes.
+    __device__ __forceinline__ void consumer_wait(const PipelineState<kStages>& st) {
+        ptx::mbarrier_wait(&full[st.stage], st.phase);
+    }
+
+    // Consumer side, one thread per warpgroup, after the warpgroup's wgmmas reading the stage
+    // have retired (wgmma_wait_group).
+    __device__ __forceinline__ void consumer_release(const PipelineState<kStages>& st) {
+        ptx::mbarrier_arrive(&empty[st.stage]);
+    }
+};
+
+}  // namespace sm90
+}  // namespace gemm
+}  // namespace fusedrop
