@@ -30,7 +30,10 @@ use crate::baseline::{cublaslt_version, Blas, GemmOp, GemmPlan};
 use crate::invalid;
 use fusedrop::cuda::backward::{backward, BackwardOptions, GradientsMut};
 use fusedrop::cuda::dropout::dropout_in_place;
-use fusedrop::cuda::forward::forward;
+use fusedrop::cuda::forward::{
+    choose_config, config_for, forward, forward_with_config, hopper_available, hopper_operands_fit,
+    sm_count, ForwardConfig,
+};
 use fusedrop::cuda::SeedSource;
 use fusedrop::Element;
 use fusedrop::Result;
@@ -791,6 +794,63 @@ pub fn fused_forward<T: Element>(
     )
 }
 
+/// [`fused_forward`] with a forced configuration.
+pub fn fused_forward_with<T: Element>(
+    stream: &Arc<CudaStream>,
+    set: &mut OperandSet<T>,
+    dims: LinearShape,
+    config: ForwardConfig,
+    p: f32,
+    launch: u64,
+) -> Result<()> {
+    let spec = bench_spec(dims, p, launch);
+    forward_with_config(
+        stream,
+        &spec,
+        config,
+        &set.x,
+        &set.w,
+        Some(&set.b.as_view()),
+        &mut set.y,
+        SeedSource::Host,
+    )
+}
+
+/// The forward variants timed beside `fused` (whatever the library chooses), each as
+/// (impl name, forced configuration):
+/// - `fused_mma_sync`: the mma.sync kernel that the library would run if the Hopper kernel were
+///   not there, on a GPU where it chooses the Hopper kernel (so the fallback's progress and cost
+///   show in every run);
+/// - `fused_wg128x256`, `fused_wg128x128`, `fused_wg64x128`: every Hopper configuration forced,
+///   where the Hopper kernel can run this shape (the tuning sweep of its heuristic).
+pub fn forward_variants<T: Element>(
+    stream: &Arc<CudaStream>,
+    dims: LinearShape,
+) -> Result<Vec<(&'static str, ForwardConfig)>> {
+    let mut variants = Vec::new();
+    if !T::NEEDS_SM80 {
+        return Ok(variants);
+    }
+    if config_for::<T>(stream, dims)?.is_hopper() {
+        variants.push((
+            "fused_mma_sync",
+            choose_config::<T>(dims, sm_count(stream)?),
+        ));
+    }
+    // Whole allocations are 16-byte aligned; only k decides whether TMA can read them.
+    if hopper_available::<T>(stream)? && hopper_operands_fit(dims, 0, 0) {
+        for config in ForwardConfig::HOPPER {
+            let name = match config {
+                ForwardConfig::Wg128x256 => "fused_wg128x256",
+                ForwardConfig::Wg128x128 => "fused_wg128x128",
+                _ => "fused_wg64x128",
+            };
+            variants.push((name, config));
+        }
+    }
+    Ok(variants)
+}
+
 /// Our backward on one operand set: dX, dW and db from dY and the saved Y.
 pub fn fused_backward<T: Element>(
     stream: &Arc<CudaStream>,
@@ -935,6 +995,10 @@ impl<'a, T: Element> BaselinePlans<'a, T> {
 struct PassTimes {
     floor: Option<f64>,
     per_p: Vec<(f32, Option<f64>, Option<f64>)>,
+    /// Forced-configuration variants of the fused pass: (p, impl name, config, time).
+    variants: Vec<(f32, &'static str, ForwardConfig, f64)>,
+    /// The configuration the library chose for the fused forward (its rows' note).
+    chosen: Option<ForwardConfig>,
 }
 
 fn measure_shape<T: Element>(
@@ -970,6 +1034,8 @@ fn measure_shape<T: Element>(
             measure(&stream, effort, |i| plans.gemm_forward(ops.set_mut(i))),
         );
         let mut per_p = Vec::new();
+        let mut variants = Vec::new();
+        let forward_variants = forward_variants::<T>(&stream, dims)?;
         for &p in &options.probabilities {
             let fused = record(
                 table,
@@ -978,6 +1044,18 @@ fn measure_shape<T: Element>(
                     fused_forward(&stream, ops.set_mut(i), dims, p, i)
                 }),
             );
+            for &(name, config) in &forward_variants {
+                let time = record(
+                    table,
+                    format!("forward {name} p={p}"),
+                    measure(&stream, effort, |i| {
+                        fused_forward_with(&stream, ops.set_mut(i), dims, config, p, i)
+                    }),
+                );
+                if let Some(time) = time {
+                    variants.push((p, name, config, time));
+                }
+            }
             let unfused = record(
                 table,
                 format!("forward unfused p={p}"),
@@ -987,7 +1065,12 @@ fn measure_shape<T: Element>(
             );
             per_p.push((p, fused, unfused));
         }
-        let times = PassTimes { floor, per_p };
+        let times = PassTimes {
+            floor,
+            per_p,
+            variants,
+            chosen: config_for::<T>(&stream, dims).ok(),
+        };
         emit_pass(
             table,
             shape,
@@ -1023,7 +1106,12 @@ fn measure_shape<T: Element>(
             );
             per_p.push((p, fused, unfused));
         }
-        let times = PassTimes { floor, per_p };
+        let times = PassTimes {
+            floor,
+            per_p,
+            variants: Vec::new(),
+            chosen: None,
+        };
         let note = plans.backward_note();
         emit_pass(table, shape, dtype, "backward", &times, progress, &note);
         backward_times = Some(times);
@@ -1039,6 +1127,8 @@ fn measure_shape<T: Element>(
         let times = PassTimes {
             floor: sum(f.floor, b.floor),
             per_p,
+            variants: Vec::new(),
+            chosen: None,
         };
         emit_pass(
             table,
@@ -1111,10 +1201,18 @@ fn emit_pass(
     }
     for &(p, fused, unfused) in &times.per_p {
         if let Some(t) = fused {
-            rows.push(make("fused", Some(p), t, unfused, ""));
+            let note = times
+                .chosen
+                .map(|c| format!("config {}", c.name()))
+                .unwrap_or_default();
+            rows.push(make("fused", Some(p), t, unfused, &note));
         }
         if let Some(t) = unfused {
             rows.push(make("unfused", Some(p), t, unfused, unfused_note));
+        }
+        for &(_, name, config, t) in times.variants.iter().filter(|v| v.0 == p) {
+            let note = format!("forced config {}", config.name());
+            rows.push(make(name, Some(p), t, unfused, &note));
         }
     }
     for row in rows {
