@@ -400,7 +400,7 @@ fn launch<T: Element>(
         None => (0, None),
     };
     let (y_ptr, _y_guard) = y.device_ptr_mut(stream);
-    let _seed_guard = params.read_seed_from(seed, stream);
+    let _seed_guards = params.read_seed_from(seed, stream);
     let mut builder = stream.launch_builder(&function);
     builder
         .arg(&x_ptr)
