@@ -137,7 +137,15 @@ fn build_driver(name: &str, include: &str) -> PathBuf {
         file.hash(&mut hasher);
         fs::read(file).unwrap_or_default().hash(&mut hasher);
     }
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("harness");
+    // Drivers of patched copies (scripts/plant-faults.sh) live apart, so that removing stale
+    // drivers below never deletes the drivers of a plain run going on at the same time.
+    let patched = std::env::var_os("FUSEDROP_HARNESS_KERNELS").is_some()
+        || std::env::var_os("FUSEDROP_HARNESS_DRIVERS").is_some();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(if patched {
+        "harness-patched"
+    } else {
+        "harness"
+    });
     fs::create_dir_all(&dir).expect("create the harness build directory");
     let exe = dir.join(format!(
         "{name}-{:016x}{}",
