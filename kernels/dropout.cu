@@ -13,6 +13,7 @@ namespace fusedrop {
 template <typename T>
 __device__ void dropout_in_place(T* y, long long m, long long n, MaskParams mp) {
     mp = resolve_seed(mp);
+    record_seed(mp, blockIdx.x == 0 && threadIdx.x == 0);
     const long long calls_per_row = n / 4 + 2;
     const long long total = m * calls_per_row;
     for (long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x; t < total;

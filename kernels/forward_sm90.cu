@@ -71,7 +71,9 @@ __device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUt
     // allocates at most 168): only the Philox key of the resolved (seed, stream), the mask
     // state and the tile index stay live across the main loop; the epilogue's arguments are
     // rebuilt from the kernel parameters after it.
-    const gemm::sm90::MaskKey key = gemm::sm90::MaskKey::from(resolve_seed(mp));
+    const MaskParams resolved = resolve_seed(mp);
+    record_seed(resolved, blockIdx.x == 0 && threadIdx.x == gemm::sm90::kWarpgroupThreads);
+    const gemm::sm90::MaskKey key = gemm::sm90::MaskKey::from(resolved);
     const bool dropout = dropout_enabled(mp) && mp.threshold <= 0xffffffffull;
     const int t = (int)(threadIdx.x % gemm::sm90::kWarpgroupThreads);
     const int wg_row = (consumer % Mainloop::kWgRows) * 64;

@@ -31,6 +31,7 @@ __device__ __forceinline__ void forward_tc(const T* __restrict__ x, const T* __r
                                            long long m, long long n, long long k, int relu,
                                            MaskParams mp) {
     mp = resolve_seed(mp);
+    record_seed(mp, blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0);
     FUSEDROP_DYNAMIC_SMEM(unsigned char, smem);
     T* pipe = reinterpret_cast<T*>(smem);
     float* stage = reinterpret_cast<float*>(smem);

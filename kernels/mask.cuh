@@ -8,7 +8,8 @@
 namespace fusedrop {
 
 // Everything a kernel needs to decide and scale one element. Passed to every kernel by value;
-// its layout is mirrored by `MaskParams` in src/cuda/mod.rs (8-byte fields, then scale and pad).
+// its layout is mirrored by `MaskParams` in src/cuda/mod.rs (seven 8-byte fields, scale and pad,
+// then the record pointer).
 struct MaskParams {
     uint64_t seed;
     uint64_t stream;
@@ -23,6 +24,10 @@ struct MaskParams {
     // 1 / (1 - p), or 0 when p == 1.
     float scale;
     uint32_t pad;
+    // When non-null (forward and standalone dropout only), the grid's first thread writes the
+    // {seed, stream} the launch used here (record_seed), for the backward to read: the buffer in
+    // seed_stream may be advanced between the forward and the backward (SeedSource::DeviceRecorded).
+    uint64_t* record;
 };
 
 // Replaces seed and stream by the device buffer's values when one is given. Call once at the
@@ -33,6 +38,15 @@ FUSEDROP_HD MaskParams resolve_seed(MaskParams mp) {
         mp.stream = mp.seed_stream[1];
     }
     return mp;
+}
+
+// Writes the pair this launch used to mp.record when one is given. Call after resolve_seed,
+// with `first_thread` true for exactly one thread of the grid.
+FUSEDROP_HD void record_seed(const MaskParams& mp, bool first_thread) {
+    if (mp.record != nullptr && first_thread) {
+        mp.record[0] = mp.seed;
+        mp.record[1] = mp.stream;
+    }
 }
 
 FUSEDROP_HD bool dropout_enabled(const MaskParams& mp) { return mp.threshold != 0; }

@@ -3,7 +3,6 @@
 # driver and a CUDA toolkit but no Rust. Each step is bounded in time and the script carries on
 # past a step that fails; the summary comes last. Logs go to $OUT (or ./gpu-check-out).
 #   QUICK=1 bash gpu-check.sh      # correctness only: skips the benchmark table and the peer
-#   RACECHECK=1 bash gpu-check.sh  # adds compute-sanitizer racecheck (slow)
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${OUT:-$here/gpu-check-out}"
@@ -55,13 +54,15 @@ else
   record curand-crosscheck "SKIPPED (no nvcc on this host)"
 fi
 
+# The four compute-sanitizer tools over `selftest --sanitize`, whose shapes take every production
+# path (vector loads and stores, every forward tile, both tensor-core backward tiles). Each log
+# goes to $out/<tool>.log; commit them to docs/runs/ with the run.
 if command -v compute-sanitizer >/dev/null 2>&1; then
-  step memcheck 240 compute-sanitizer --tool memcheck --error-exitcode 9 "$here/fusedrop" selftest --quick
-  if [[ "${RACECHECK:-0}" == "1" ]]; then
-    step racecheck 300 compute-sanitizer --tool racecheck --error-exitcode 9 "$here/fusedrop" selftest --quick
-  fi
+  for tool in memcheck racecheck synccheck initcheck; do
+    step "$tool" 600 compute-sanitizer --tool "$tool" --error-exitcode 9 "$here/fusedrop" selftest --sanitize
+  done
 else
-  record memcheck "SKIPPED (no compute-sanitizer)"
+  record compute-sanitizer "SKIPPED (no compute-sanitizer)"
 fi
 
 if [[ "${QUICK:-0}" != "1" ]]; then

@@ -355,6 +355,7 @@ fn skipped_outputs_are_left_untouched() {
         (false, false, true),
         (true, true, false),
         (false, true, false),
+        (true, false, true),
     ] {
         for accumulate in [false, true] {
             let case = Case {
@@ -571,4 +572,99 @@ fn dx_beyond_four_billion_elements() {
             "{kernel:?}: dX rows past 2^32 elements: relative L2 error {error:e}"
         );
     }
+}
+
+/// The forward records the (seed, stream) it read from the device buffer; the buffer is then
+/// advanced (as a CUDA graph does before the next call), and the identity backward reading the
+/// record still gets the forward's mask. The backward refuses `DeviceRecorded` itself.
+#[test]
+fn backward_reads_the_pair_the_forward_recorded() {
+    let Some(stream) = gpu() else { return };
+    let (m, n, k) = (67, 45, 33);
+    let used = Dropout::new(0.5, 0x0dd_5eed, 17);
+    let spec = LayerSpec::new(LinearShape::new(m, n, k), Activation::Identity, used);
+    let mut rng = StdRng::seed_from_u64(0x7ec0);
+    let inputs = inputs::<f32>(&spec, false, &mut rng);
+    let x = stream.clone_htod(&inputs.x).unwrap();
+    let w = stream.clone_htod(&inputs.w).unwrap();
+    let dy = stream.clone_htod(&inputs.dy).unwrap();
+    let mut y = stream.alloc_zeros::<f32>(m * n).unwrap();
+    let mut next = stream.clone_htod(&[used.seed, used.stream]).unwrap();
+    let mut record = stream.alloc_zeros::<u64>(2).unwrap();
+    // The spec's own pair is wrong on purpose: only the buffers may decide the mask.
+    let mut wrong = spec;
+    wrong.dropout.stream += 1000;
+    let next_view = next.as_view();
+    fusedrop::cuda::forward::forward(
+        &stream,
+        &wrong,
+        &x,
+        &w,
+        None,
+        &mut y,
+        SeedSource::DeviceRecorded {
+            next: &next_view,
+            record: &mut record,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        stream.clone_dtoh(&record).unwrap(),
+        [used.seed, used.stream]
+    );
+    // Advance the buffer as a graph would before the next call.
+    stream
+        .memcpy_htod(&[used.seed, used.stream + 1], &mut next)
+        .unwrap();
+    let mut dx = stream.alloc_zeros::<f32>(m * k).unwrap();
+    let record_view = record.as_view();
+    backward(
+        &stream,
+        &wrong,
+        &x,
+        &w,
+        &dy,
+        None,
+        GradientsMut {
+            dx: Some(dx.as_view_mut()),
+            dw: None,
+            db: None,
+        },
+        BackwardOptions::default(),
+        SeedSource::Device(&record_view),
+    )
+    .unwrap();
+    let want = reference::backward_f64(&spec, &inputs.x, &inputs.w, &inputs.dy, None).unwrap();
+    let got: Vec<f64> = stream
+        .clone_dtoh(&dx)
+        .unwrap()
+        .iter()
+        .map(|v| f64::from(*v))
+        .collect();
+    let error = relative_l2_error(&got, &want.dx);
+    assert!(
+        error < f32::REL_L2_TOLERANCE,
+        "dX relative L2 error {error:e}"
+    );
+
+    let next_view = next.as_view();
+    let refused = backward(
+        &stream,
+        &spec,
+        &x,
+        &w,
+        &dy,
+        None,
+        GradientsMut {
+            dx: Some(dx.as_view_mut()),
+            dw: None,
+            db: None,
+        },
+        BackwardOptions::default(),
+        SeedSource::DeviceRecorded {
+            next: &next_view,
+            record: &mut record,
+        },
+    );
+    assert!(refused.is_err());
 }

@@ -137,7 +137,15 @@ fn build_driver(name: &str, include: &str) -> PathBuf {
         file.hash(&mut hasher);
         fs::read(file).unwrap_or_default().hash(&mut hasher);
     }
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("harness");
+    // Drivers of patched copies (scripts/plant-faults.sh) live apart, so that removing stale
+    // drivers below never deletes the drivers of a plain run going on at the same time.
+    let patched = std::env::var_os("FUSEDROP_HARNESS_KERNELS").is_some()
+        || std::env::var_os("FUSEDROP_HARNESS_DRIVERS").is_some();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(if patched {
+        "harness-patched"
+    } else {
+        "harness"
+    });
     fs::create_dir_all(&dir).expect("create the harness build directory");
     let exe = dir.join(format!(
         "{name}-{:016x}{}",
@@ -299,6 +307,22 @@ impl Launch {
         )
         .unwrap();
         self
+    }
+
+    /// A two-u64 output buffer `rec`, poisoned, that MaskParams::record points at.
+    fn record(&mut self) -> &mut Self {
+        fs::write(self.dir.join("rec.bin"), [0xFFu8; 16]).expect("write a buffer");
+        writeln!(self.request, "buffer rec 16 0 1").unwrap();
+        writeln!(self.request, "record rec").unwrap();
+        self
+    }
+
+    /// The (seed, stream) pair the kernel wrote to `rec`.
+    fn recorded(&self) -> (u64, u64) {
+        let bytes = fs::read(self.dir.join("rec.out"))
+            .unwrap_or_else(|e| panic!("{}: no record: {e}", self.what));
+        let word = |i: usize| u64::from_le_bytes(bytes[8 * i..8 * i + 8].try_into().unwrap());
+        (word(0), word(1))
     }
 
     fn null(&mut self, name: &str) -> &mut Self {
@@ -1360,4 +1384,130 @@ fn forward_sm90_f16_matches_reference() {
 #[test]
 fn forward_sm90_bf16_matches_reference() {
     check_forward_sm90::<bf16>(0x90BF16);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The device-seed record (SeedSource::DeviceRecorded)
+
+/// A forward whose (seed, stream) comes from a device buffer writes the pair it used to its record
+/// buffer; a backward that reads the record gets the forward's mask although the buffer was
+/// advanced in between (as a CUDA graph does), while one that read the advanced buffer would not.
+#[test]
+fn forward_records_the_seed_it_used_for_the_backward() {
+    let (Some(f32_forward), Some(tc_forward), Some(dropout), Some(backward)) = (
+        driver("forward_f32"),
+        driver("forward_tc"),
+        driver("dropout"),
+        driver("backward_simt"),
+    ) else {
+        return;
+    };
+    let mut rng = StdRng::seed_from_u64(0x5EED_5EED);
+    let shape = LinearShape::new(37, 29, 45);
+    let LinearShape { m, n, k } = shape;
+    let used = Dropout::new(0.5, 0x1234_5678_9abc_def0, 41);
+    let spec = LayerSpec::new(shape, Activation::Identity, used);
+
+    // Every kernel that takes a record writes the pair it read from the device buffer (the
+    // by-value fields hold garbage in device-seed launches).
+    let case = ForwardCase {
+        shape,
+        activation: Activation::Identity,
+        bias: false,
+        p: used.p,
+        geometry: Geometry::UNSHARDED,
+        misalign: 0,
+        grid_y: None,
+        device_seed: true,
+        nonfinite: false,
+        seed_stream: Some((used.seed, used.stream)),
+    };
+    let (mut f32_launch, f32_want, _) =
+        forward_launch::<f32>("fusedrop_forward_simt64x64_f32", &case, &mut rng);
+    f32_launch.record();
+    let (mut tc_launch, _, _) =
+        forward_launch::<f16>("fusedrop_forward_tc64x64_f16", &case, &mut rng);
+    tc_launch.record();
+    let (mut dropout_launch, _) = dropout_launch::<f32>(
+        m,
+        n,
+        used,
+        Geometry::UNSHARDED,
+        Some(3),
+        true,
+        false,
+        &mut rng,
+    );
+    dropout_launch.record();
+    run(&f32_forward, std::slice::from_ref(&f32_launch));
+    run(&tc_forward, std::slice::from_ref(&tc_launch));
+    run(&dropout, std::slice::from_ref(&dropout_launch));
+    // The Hopper forward, on a shape it takes (k a multiple of 8).
+    let sm90_case = ForwardCase {
+        shape: LinearShape::new(m, n, 48),
+        ..case
+    };
+    let (mut sm90_launch, _, _) =
+        forward_launch::<bf16>("fusedrop_forward_wg64x128_bf16", &sm90_case, &mut rng);
+    sm90_launch.record();
+    if let Some(sm90_forward) = driver("forward_sm90") {
+        run(&sm90_forward, std::slice::from_ref(&sm90_launch));
+    }
+    for launch in [&f32_launch, &tc_launch, &dropout_launch, &sm90_launch] {
+        assert_eq!(
+            launch.recorded(),
+            (used.seed, used.stream),
+            "{}: the record does not hold the pair the kernel used",
+            launch.what
+        );
+    }
+    check_layer_output(
+        &f32_launch.what,
+        &f32_launch.output::<f32>("y"),
+        &f32_want,
+        &used,
+        &Geometry::UNSHARDED,
+        n,
+    );
+
+    // The graph advances the buffer to the next call's stream before the backward runs.
+    let (seed, stream) = f32_launch.recorded();
+    let recorded = Dropout::new(used.p, seed, stream);
+    let advanced = Dropout::new(used.p, used.seed, used.stream + 1);
+    let x = random_values::<f32>(m * k, &mut rng);
+    let w = random_values::<f32>(n * k, &mut rng);
+    let dy = random_values::<f32>(m * n, &mut rng);
+    let want = reference::backward_f64(&spec, &x, &w, &dy, None).expect("valid inputs");
+    let launches: Vec<Launch> = [recorded, advanced]
+        .iter()
+        .map(|pair| {
+            let mut dx = Launch::new(
+                "fusedrop_backward_dx_simt_f32",
+                format!("device seed {pair:?}"),
+                &mut rng,
+            );
+            dx.int("m", m as i64)
+                .int("n", n as i64)
+                .int("k", k as i64)
+                .int("relu", 0)
+                .int("accumulate", 0)
+                .mask(pair, &Geometry::UNSHARDED, n, true)
+                .buffer("dy", &dy, 0, false)
+                .null("y")
+                .buffer("w", &w, 0, false)
+                .buffer("dx", &poisoned::<f32>(m * k), 0, true);
+            dx
+        })
+        .collect();
+    run(&backward, &launches);
+    check_close(
+        "dX from the recorded pair",
+        &launches[0].output::<f32>("dx"),
+        &want.dx,
+    );
+    let stale = reference::relative_l2_error(&to_f64(&launches[1].output::<f32>("dx")), &want.dx);
+    assert!(
+        stale > 0.1,
+        "dX from the advanced buffer should have the wrong mask (relative L2 error {stale})"
+    );
 }

@@ -331,14 +331,14 @@ fn mask_header_reproduces_the_contract_keep_strings() {
 
 #[test]
 fn mask_params_layout_is_the_one_rust_mirrors() {
-    // src/cuda/mod.rs mirrors this struct as #[repr(C)]: seven 8-byte fields, then the f32 scale
-    // and a u32 pad; 64 bytes, 8-aligned.
+    // src/cuda/mod.rs mirrors this struct as #[repr(C)]: seven 8-byte fields, the f32 scale,
+    // a u32 pad, then the record pointer; 72 bytes, 8-aligned.
     let layout = bytes_u64(&run_driver("layout", "layout", &[]));
     assert_eq!(
         layout,
-        [64, 8, 0, 8, 16, 24, 32, 40, 48, 56, 60],
+        [72, 8, 0, 8, 16, 24, 32, 40, 48, 56, 60, 64],
         "sizeof, alignof, then offsets of seed, stream, seed_stream, threshold, row_offset, \
-         col_offset, n_global, scale, pad"
+         col_offset, n_global, scale, pad, record"
     );
 }
 

@@ -244,6 +244,12 @@ pub fn backward<T: Element>(
         )?;
     }
     check_seed_source(&seed)?;
+    if matches!(seed, SeedSource::DeviceRecorded { .. }) {
+        return Err(invalid!(
+            "SeedSource::DeviceRecorded was passed to the backward; expected SeedSource::Device \
+             with the record buffer the forward wrote (the backward reads a pair, it records none)"
+        ));
+    }
     let relu = spec.activation == Activation::Relu;
     let tensor_cores = match options.kernel {
         BackwardKernel::Simt => false,
@@ -270,12 +276,8 @@ pub fn backward<T: Element>(
     };
 
     let mut params = MaskParams::new(&spec.dropout, &spec.geometry, n);
-    // ReLU reads its mask from the sign of Y: no seed is needed.
-    let _seed_guard = if relu {
-        None
-    } else {
-        params.read_seed_from(seed, stream)
-    };
+    // Identity redraws the whole mask; ReLU redraws it only where the saved Y is NaN.
+    let _seed_guards = params.read_seed_from(seed, stream);
     let (m_arg, n_arg, k_arg) = (m as i64, n as i64, k as i64);
     let (relu_arg, accumulate_arg) = (i32::from(relu), i32::from(options.accumulate));
     let null: u64 = 0;

@@ -60,7 +60,7 @@ pub fn dropout_in_place<T: Element>(
     let mut params = MaskParams::new(dropout, geometry, n);
     let (m_arg, n_arg) = (m as i64, n as i64);
     let (y_ptr, _y_guard) = y.device_ptr_mut(stream);
-    let _seed_guard = params.read_seed_from(seed, stream);
+    let _seed_guards = params.read_seed_from(seed, stream);
     let mut launch = stream.launch_builder(&function);
     launch.arg(&y_ptr).arg(&m_arg).arg(&n_arg).arg(&params);
     // SAFETY: the kernel's signature is (T*, long long, long long, MaskParams); y_ptr points to

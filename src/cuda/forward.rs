@@ -588,7 +588,7 @@ fn launch<T: Element>(
         None => (0, None),
     };
     let (y_ptr, _y_guard) = y.device_ptr_mut(stream);
-    let _seed_guard = params.read_seed_from(seed, stream);
+    let _seed_guards = params.read_seed_from(seed, stream);
     let mut builder = stream.launch_builder(&function);
     match &maps {
         Some((map_x, map_w)) => builder.arg(map_x).arg(map_w),

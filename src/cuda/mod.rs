@@ -15,7 +15,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaStream, CudaView, DevicePtr, DeviceRepr, SyncOnDrop,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, DevicePtr,
+    DevicePtrMut, DeviceRepr, SyncOnDrop,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -182,10 +183,12 @@ pub(crate) struct MaskParams {
     pub n_global: u64,
     pub scale_bits: u32,
     pub pad: u32,
+    pub record: u64,
 }
 
 // SAFETY: MaskParams is #[repr(C)], holds only plain integers, and matches the layout of the
-// kernels' `struct MaskParams` (seven 8-byte fields, then two 4-byte fields; 64 bytes, 8-aligned).
+// kernels' `struct MaskParams` (seven 8-byte fields, two 4-byte fields, one 8-byte field; 72
+// bytes, 8-aligned; tests/philox_host.rs checks the C++ side).
 unsafe impl DeviceRepr for MaskParams {}
 
 impl MaskParams {
@@ -201,24 +204,33 @@ impl MaskParams {
             n_global: geometry.n_global_for(n),
             scale_bits: mask::scale(dropout.p).to_bits(),
             pad: 0,
+            record: 0,
         }
     }
 
-    /// Points the kernel at `seed`'s device buffer when it is one, so that it reads (seed, stream)
-    /// at run time. The returned guard (cudarc's stream-ordering record for the buffer) must stay
+    /// Points the kernel at `seed`'s device buffers when it has them, so that it reads
+    /// (seed, stream) at run time (and, for [`SeedSource::DeviceRecorded`], writes the pair it
+    /// used). The returned guards (cudarc's stream-ordering records for the buffers) must stay
     /// alive until the launch is queued.
     pub(crate) fn read_seed_from<'a>(
         &mut self,
         seed: SeedSource<'a>,
         stream: &'a CudaStream,
-    ) -> Option<SyncOnDrop<'a>> {
+    ) -> [Option<SyncOnDrop<'a>>; 2] {
         match seed {
             SeedSource::Device(view) => {
                 let (ptr, guard) = view.device_ptr(stream);
                 self.seed_stream = ptr;
-                Some(guard)
+                [Some(guard), None]
             }
-            SeedSource::Host => None,
+            SeedSource::DeviceRecorded { next, record } => {
+                let (ptr, guard) = next.device_ptr(stream);
+                let (record_ptr, record_guard) = record.device_ptr_mut(stream);
+                self.seed_stream = ptr;
+                self.record = record_ptr;
+                [Some(guard), Some(record_guard)]
+            }
+            SeedSource::Host => [None, None],
         }
     }
 }
@@ -233,12 +245,46 @@ pub enum SeedSource<'a> {
     /// buffer (as PyTorch does for graph-safe dropout). The `seed`/`stream` fields of
     /// [`Dropout`] are ignored.
     Device(&'a CudaView<'a, u64>),
+    /// Forward and standalone dropout only: like [`SeedSource::Device`] with `next`, and the
+    /// kernel also writes the pair it used into `record` (two u64). The backward of that call
+    /// then takes `SeedSource::Device(record)` and gets the forward's mask even when `next` was
+    /// advanced in between (a CUDA graph that bumps the stream after each forward). Give each
+    /// layer call its own `record`. The backward rejects this variant.
+    DeviceRecorded {
+        /// `[seed, stream]`, read when the kernel runs.
+        next: &'a CudaView<'a, u64>,
+        /// Receives the `[seed, stream]` the kernel used (a separate allocation, so the borrow
+        /// rules already keep it apart from `next`).
+        record: &'a mut CudaSlice<u64>,
+    },
 }
 
 /// Checks a device seed buffer's length.
 pub(crate) fn check_seed_source(source: &SeedSource<'_>) -> Result<()> {
-    if let SeedSource::Device(view) = source {
-        crate::validate::check_len("seed_stream buffer", view.len(), 2, "[seed, stream] as u64")?;
+    match source {
+        SeedSource::Host => {}
+        SeedSource::Device(view) => {
+            crate::validate::check_len(
+                "seed_stream buffer",
+                view.len(),
+                2,
+                "[seed, stream] as u64",
+            )?;
+        }
+        SeedSource::DeviceRecorded { next, record } => {
+            crate::validate::check_len(
+                "seed_stream buffer",
+                next.len(),
+                2,
+                "[seed, stream] as u64",
+            )?;
+            crate::validate::check_len(
+                "seed record buffer",
+                record.len(),
+                2,
+                "[seed, stream] as u64",
+            )?;
+        }
     }
     Ok(())
 }

@@ -14,6 +14,7 @@
 //                                  pointer `misalign` bytes past a 16-byte aligned allocation of
 //                                  exactly misalign + bytes bytes; output 1 writes <name>.out
 //   null <name>                    the argument <name> is a null pointer
+//   record <name>                  MaskParams::record points at buffer <name> (two u64)
 // Exit status 0 on success; harness errors print a message and exit 3; AddressSanitizer reports
 // exit 1.
 #pragma once
@@ -52,6 +53,7 @@ struct Request {
     std::map<std::string, bool> nulls;
     fusedrop::MaskParams mp{};
     uint64_t seed_stream[2] = {0, 0};
+    std::string record;
 
     long long i64(const std::string& key) const {
         auto it = ints.find(key);
@@ -127,6 +129,8 @@ inline Request parse(const std::string& dir) {
             buf->output = output != 0;
             memcpy(buf->data, init.data(), bytes);
             req.buffers[name] = std::move(buf);
+        } else if (key == "record") {
+            words >> req.record;
         } else if (key == "null") {
             std::string name;
             words >> name;
@@ -135,6 +139,13 @@ inline Request parse(const std::string& dir) {
             die(dir + ": unknown request line: " + line);
         }
         if (words.fail()) die(dir + ": malformed request line: " + line);
+    }
+    req.mp.record = nullptr;
+    if (!req.record.empty()) {
+        auto it = req.buffers.find(req.record);
+        if (it == req.buffers.end() || it->second->bytes != 16)
+            die(dir + ": record names no buffer of two u64");
+        req.mp.record = reinterpret_cast<uint64_t*>(it->second->data);
     }
     return req;
 }

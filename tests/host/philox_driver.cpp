@@ -105,6 +105,7 @@ int run_layout(const char* out) {
         offsetof(MaskParams, n_global),
         offsetof(MaskParams, scale),
         offsetof(MaskParams, pad),
+        offsetof(MaskParams, record),
     };
     return write_all(out, layout) ? 0 : 3;
 }

@@ -38,6 +38,9 @@ USAGE:
 
 FLAGS:
     --quick        three shapes instead of seven (a few seconds)
+    --sanitize     the shapes that take every production path (16-byte vector loads and stores,
+                   the element-load fallbacks, every forward tile, both tensor-core backward
+                   tiles), for compute-sanitizer (scripts/gpu-check.sh)
     --seed S       seed of the random inputs and masks (default 7)
     --gpu N        which GPU to test (default 0)
     --verbose      one line per check, not only the summary and the failures
@@ -51,6 +54,7 @@ EXIT CODES: 0 every check passed, 1 a check failed, 2 bad flags,
 #[derive(Debug, Clone)]
 struct Options {
     quick: bool,
+    sanitize: bool,
     seed: u64,
     gpu: usize,
     verbose: bool,
@@ -59,6 +63,7 @@ struct Options {
 fn parse(argv: &[String]) -> Result<Option<Options>, UsageError> {
     let mut o = Options {
         quick: false,
+        sanitize: false,
         seed: 7,
         gpu: 0,
         verbose: false,
@@ -73,6 +78,10 @@ fn parse(argv: &[String]) -> Result<Option<Options>, UsageError> {
             "--quick" => {
                 flags.no_value(&flag)?;
                 o.quick = true;
+            }
+            "--sanitize" => {
+                flags.no_value(&flag)?;
+                o.sanitize = true;
             }
             "--verbose" => {
                 flags.no_value(&flag)?;
@@ -120,10 +129,16 @@ pub fn run(argv: &[String]) -> i32 {
     println!(
         "fusedrop selftest on {name} (compute capability {capability}), seed {}, {} shapes",
         options.seed,
-        if options.quick { "quick" } else { "full" }
+        if options.sanitize {
+            "sanitizer"
+        } else if options.quick {
+            "quick"
+        } else {
+            "full"
+        }
     );
     let stream = ctx.default_stream();
-    let cases = cases(options.quick, options.seed);
+    let cases = cases(options.quick, options.sanitize, options.seed);
     let mut outcomes = Vec::new();
     run_dtype::<f32>(&stream, &cases, &mut outcomes);
     run_dtype::<f16>(&stream, &cases, &mut outcomes);
@@ -167,8 +182,25 @@ impl Case {
     }
 }
 
-fn cases(quick: bool, seed: u64) -> Vec<Case> {
-    let shapes: &[(usize, usize, usize)] = if quick {
+/// The `--sanitize` shapes. (3, 5, 7) and (127, 129, 65): odd k and n, the element-load and
+/// element-store fallbacks. (200, 264, 136) and (130, 72, 64): k and n multiples of 8 on
+/// 16-byte aligned buffers, so the cp.async 16-byte loads and the 16-byte epilogue stores, with
+/// partial tiles. (1664, 264, 1664): full 128x256 forward tiles, and a backward whose dX has
+/// 13 x 13 = 169 tiles of 128 x 128 (at least one per multiprocessor on GPUs up to 169 SMs, so
+/// the large tile) while its dW has only 3 x 13 = 39 tiles of 128 x 128 (below a wave on GPUs with
+/// more than 39 SMs, so the small tile). Every forward config runs on every shape.
+const SANITIZE_SHAPES: [(usize, usize, usize); 5] = [
+    (3, 5, 7),
+    (127, 129, 65),
+    (200, 264, 136),
+    (130, 72, 64),
+    (1664, 264, 1664),
+];
+
+fn cases(quick: bool, sanitize: bool, seed: u64) -> Vec<Case> {
+    let shapes: &[(usize, usize, usize)] = if sanitize {
+        &SANITIZE_SHAPES
+    } else if quick {
         &[(3, 5, 7), (127, 129, 65), (200, 300, 257)]
     } else {
         &[

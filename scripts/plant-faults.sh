@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Plants each fault of scripts/faults.tsv, one at a time, in a copy of kernels/ and tests/harness/,
+# runs the CPU harness (tests/kernels_on_cpu.rs) on the copy through FUSEDROP_HARNESS_KERNELS and
+# FUSEDROP_HARNESS_DRIVERS, and prints which tests caught it. Exits 1 if any fault survives (no
+# test failed), and 2 if a fault's sed script no longer changes its file or the faulty copy does
+# not compile (the fault list is out of date). Nothing in the work tree is modified.
+#
+#   scripts/plant-faults.sh                # every fault
+#   scripts/plant-faults.sh 'keep iff'     # only faults whose name contains the text
+#
+# Slow (every fault rebuilds the harness drivers it needs): not part of scripts/test.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+source scripts/nvcc-env.sh
+export FUSEDROP_REQUIRE_NVCC=1
+only="${1:-}"
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+echo "== building tests/kernels_on_cpu.rs"
+# The test executable is copied, so that a rebuild during the run cannot change what runs.
+exe="$(cargo test --release --test kernels_on_cpu --no-run --message-format=json 2>/dev/null |
+  sed -n 's/.*"executable":"\([^"]*kernels_on_cpu[^"]*\)".*/\1/p' | tail -n 1)"
+[[ -x "$exe" ]] || { echo "could not find the kernels_on_cpu test executable" >&2; exit 2; }
+cp "$exe" "$work/kernels_on_cpu"
+# A snapshot taken once, so that every fault is planted in the sources as they were at the start.
+mkdir "$work/base"
+cp -r kernels tests/harness "$work/base/"
+survived=0
+broken=0
+rows=()
+while IFS=$'\t' read -r name file script tests build; do
+  [[ -z "$name" || "$name" == \#* ]] && continue
+  [[ -n "$only" && "$name" != *"$only"* ]] && continue
+  rm -rf "$work/kernels" "$work/harness"
+  cp -r "$work/base/kernels" "$work/kernels"
+  cp -r "$work/base/harness" "$work/harness"
+  case "$file" in
+    kernels/*) target="$work/kernels/${file#kernels/}" ;;
+    tests/harness/*) target="$work/harness/${file#tests/harness/}" ;;
+    *) echo "fault '$name': $file is not under kernels/ or tests/harness/" >&2; exit 2 ;;
+  esac
+  sed -i -e "$script" "$target"
+  case "$file" in
+    kernels/*) original="$work/base/kernels/${file#kernels/}" ;;
+    *) original="$work/base/harness/${file#tests/harness/}" ;;
+  esac
+  if cmp -s "$original" "$target"; then
+    rows+=("$name|BROKEN: the sed script no longer matches $file")
+    echo "   -> ${rows[-1]#*|}"
+    broken=$((broken + 1))
+    continue
+  fi
+  filter=()
+  [[ "$tests" != "all" ]] && filter=("$tests")
+  sanitize=""
+  [[ "$build" == "address" ]] && sanitize="address"
+  echo "== $name ($file; tests: $tests; build: $build)"
+  log="$work/log"
+  FUSEDROP_HARNESS_KERNELS="$work/kernels" FUSEDROP_HARNESS_DRIVERS="$work/harness" \
+    FUSEDROP_HARNESS_SANITIZE="$sanitize" \
+    "$work/kernels_on_cpu" "${filter[@]}" >"$log" 2>&1 || true
+  if grep -q "failed to compile tests/harness" "$log"; then
+    rows+=("$name|BROKEN: the faulty copy does not compile")
+    echo "   -> ${rows[-1]#*|}"
+    broken=$((broken + 1))
+    continue
+  fi
+  caught="$(sed -n 's/^test \(.*\) \.\.\. FAILED$/\1/p' "$log" | sort | paste -sd, - | sed 's/,/, /g')"
+  if [[ -z "$caught" ]]; then
+    rows+=("$name|SURVIVED")
+    survived=$((survived + 1))
+  else
+    rows+=("$name|$caught")
+  fi
+  echo "   -> ${rows[-1]#*|}"
+done < scripts/faults.tsv
+
+echo
+echo "| planted fault | caught by (failing kernels_on_cpu tests) |"
+echo "|---|---|"
+for row in "${rows[@]}"; do
+  echo "| ${row%%|*} | ${row#*|} |"
+done
+echo
+echo "${#rows[@]} faults: $((${#rows[@]} - survived - broken)) caught, $survived survived, $broken broken"
+if ((broken > 0)); then exit 2; fi
+if ((survived > 0)); then exit 1; fi
