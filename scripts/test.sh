@@ -34,4 +34,21 @@ fi
 echo "== benches compile"
 cargo bench --workspace --no-run --quiet
 
+echo "== fusedrop beside candle's CUDA backend (tests/compose): one linking mode, nvcc's CUDA version"
+# The application crate in tests/compose depends on fusedrop (default features off, candle's
+# linking mode and CUDA version on) and on candle-core with its CUDA backend. cudarc must end up linking libcuda (candle's
+# choice) without fusedrop's run-time loading or fixed CUDA 13.0 symbol set, and its build script
+# (which panics on a conflicting set) must accept the unified features.
+compose_features="$(cargo tree --manifest-path tests/compose/Cargo.toml -e features -i cudarc \
+  --prefix none --no-dedupe | grep -o 'cudarc feature "[^"]*"' | sort -u)"
+echo "$compose_features"
+grep -q '"dynamic-linking"' <<<"$compose_features"
+grep -q '"cuda-version-from-build-system"' <<<"$compose_features"
+if grep -q '"dynamic-loading"\|"cuda-13000"' <<<"$compose_features"; then
+  echo "cudarc gets fusedrop's default linking mode or CUDA version beside candle" >&2
+  exit 1
+fi
+PATH="$(dirname "$NVCC"):$PATH" CARGO_TARGET_DIR=target/compose \
+  cargo check --manifest-path tests/compose/Cargo.toml -p cudarc --quiet
+
 echo "== scripts/test.sh: all checks passed"
