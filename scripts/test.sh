@@ -17,21 +17,44 @@ echo "== nvcc: $NVCC"
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
-echo "== cargo clippy --workspace --all-targets -- -D warnings"
+# The candle feature (src/candle.rs, tests/candle_op.rs, examples/candle_mlp.rs) is on for
+# everything but the first clippy pass, which checks the default build; one feature set for the
+# release steps means one release build of the kernels and of candle.
+with_candle=(--features fusedrop/candle)
+
+echo "== cargo clippy --workspace --all-targets -- -D warnings (default features, then with candle)"
 cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --workspace --all-targets "${with_candle[@]}" -- -D warnings
 
 echo "== cargo doc (missing docs and broken links are errors)"
-RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet "${with_candle[@]}"
 
-echo "== cargo test --release --workspace"
-cargo test --release --workspace
+echo "== cargo test --release --workspace (with candle)"
+cargo test --release --workspace "${with_candle[@]}"
 
 if [[ "${FUSEDROP_SKIP_SANITIZER:-0}" != "1" ]]; then
   echo "== kernels on the CPU under AddressSanitizer"
-  FUSEDROP_HARNESS_SANITIZE=address cargo test --release -p fusedrop --test kernels_on_cpu
+  FUSEDROP_HARNESS_SANITIZE=address cargo test --release --workspace "${with_candle[@]}" --test kernels_on_cpu
 fi
 
 echo "== benches compile"
-cargo bench --workspace --no-run --quiet
+cargo bench --workspace --no-run --quiet "${with_candle[@]}"
+
+echo "== fusedrop beside candle's CUDA backend (tests/compose): one linking mode, nvcc's CUDA version"
+# The application crate in tests/compose depends on fusedrop (default features off, candle-cuda
+# on) and on candle-core with its CUDA backend. cudarc must end up linking libcuda (candle's
+# choice) without fusedrop's run-time loading or fixed CUDA 13.0 symbol set, and its build script
+# (which panics on a conflicting set) must accept the unified features.
+compose_features="$(cargo tree --manifest-path tests/compose/Cargo.toml -e features -i cudarc \
+  --prefix none --no-dedupe | grep -o 'cudarc feature "[^"]*"' | sort -u)"
+echo "$compose_features"
+grep -q '"dynamic-linking"' <<<"$compose_features"
+grep -q '"cuda-version-from-build-system"' <<<"$compose_features"
+if grep -q '"dynamic-loading"\|"cuda-13000"' <<<"$compose_features"; then
+  echo "cudarc gets fusedrop's default linking mode or CUDA version beside candle" >&2
+  exit 1
+fi
+PATH="$(dirname "$NVCC"):$PATH" CARGO_TARGET_DIR=target/compose \
+  cargo check --manifest-path tests/compose/Cargo.toml -p cudarc --quiet
 
 echo "== scripts/test.sh: all checks passed"

@@ -8,6 +8,8 @@
 //! The mask contract is in `docs/mask-contract.md`; [`mask::keep`] is its definition in code.
 #![warn(missing_docs)]
 
+#[cfg(feature = "candle")]
+pub mod candle;
 pub mod cuda;
 pub mod element;
 pub mod error;

@@ -49,10 +49,19 @@ pub fn module_built(name: &str) -> bool {
 ///
 /// cudarc panics when a driver call finds no library; this probe lets every entry point return
 /// [`Error::DriverUnavailable`] instead.
+#[cfg(not(feature = "dynamic-linking"))]
 pub fn driver_present() -> bool {
     static PRESENT: OnceLock<bool> = OnceLock::new();
     // SAFETY: is_culib_present only tries to open the shared library by name and drops it.
     *PRESENT.get_or_init(|| unsafe { cudarc::driver::sys::is_culib_present() })
+}
+
+/// Whether the CUDA driver library (libcuda) can be loaded on this machine: with the
+/// `dynamic-linking` feature it was linked at build time and the process could not have started
+/// without it, so this is `true`.
+#[cfg(feature = "dynamic-linking")]
+pub fn driver_present() -> bool {
+    true
 }
 
 /// Opens GPU `ordinal` after checking that the kernels were built and a driver is present.
