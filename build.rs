@@ -239,6 +239,8 @@ fn arch_flags(module: &str, archs: &[u32]) -> Vec<String> {
 struct Image {
     name: String,
     min_arch: u32,
+    /// Architecture-specific SASS (sm_90a): runs on `min_arch` exactly.
+    arch_specific: bool,
     fatbin: PathBuf,
 }
 
@@ -304,6 +306,7 @@ fn compile_all(
         }
         check_no_spills(&name, &report);
         images.push(Image {
+            arch_specific: SM90A_MODULES.contains(&name.as_str()),
             name,
             min_arch,
             fatbin,
@@ -347,6 +350,8 @@ fn write_image_table(out_dir: &Path, images: Option<&[Image]>) {
          pub(crate) struct KernelImage {\n    \
          pub(crate) name: &'static str,\n    \
          pub(crate) min_compute_capability: (i32, i32),\n    \
+         /// Architecture-specific code (sm_90a): runs on `min_compute_capability` only.\n    \
+         pub(crate) arch_specific: bool,\n    \
          pub(crate) fatbin: &'static [u8],\n}\n\n",
     );
     match images {
@@ -356,10 +361,11 @@ fn write_image_table(out_dir: &Path, images: Option<&[Image]>) {
             for image in images {
                 writeln!(
                     code,
-                    "    KernelImage {{ name: {:?}, min_compute_capability: ({}, {}), fatbin: include_bytes!({:?}) }},",
+                    "    KernelImage {{ name: {:?}, min_compute_capability: ({}, {}), arch_specific: {}, fatbin: include_bytes!({:?}) }},",
                     image.name,
                     image.min_arch / 10,
                     image.min_arch % 10,
+                    image.arch_specific,
                     image.fatbin.display().to_string()
                 )
                 .unwrap();

@@ -155,13 +155,30 @@ pub(crate) fn kernel(
             return Ok(f.clone());
         }
         if !kernels.modules.contains_key(module) {
+            // Loading a module is not a stream operation and may synchronise the context, which
+            // stream capture forbids (and a graph could not replay it anyway): the first call of
+            // each kernel family must run outside capture (see `warm_up`).
+            let status = stream.capture_status()?;
+            if status != cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE {
+                return Err(Error::Cuda(format!(
+                    "kernel {function} would load module {module} while the stream is being \
+                     captured into a CUDA graph ({status:?}); call fusedrop::cuda::warm_up (or \
+                     run each call once) before beginning the capture"
+                )));
+            }
             let image = images
                 .iter()
                 .find(|image| image.name == module)
                 .ok_or_else(|| Error::Cuda(format!("no kernel module named {module}")))?;
             let (major, minor) = image.min_compute_capability;
+            let (have_major, have_minor) = kernels.compute_capability;
+            if image.arch_specific && kernels.compute_capability != image.min_compute_capability {
+                return Err(Error::UnsupportedDevice(format!(
+                    "kernel {function} (module {module}) is built for compute capability \
+                     {major}.{minor} only; this GPU has {have_major}.{have_minor}"
+                )));
+            }
             if kernels.compute_capability < image.min_compute_capability {
-                let (have_major, have_minor) = kernels.compute_capability;
                 return Err(Error::UnsupportedDevice(format!(
                     "kernel {function} (module {module}) is built for compute capability \
                      {major}.{minor} and newer; this GPU has {have_major}.{have_minor}"
@@ -175,6 +192,29 @@ pub(crate) fn kernel(
             .map_err(|e| Error::Cuda(format!("kernel {function} in module {module}: {e}")))?;
         kernels.functions.insert(key, f.clone());
         Ok(f)
+    })
+}
+
+/// Loads every kernel module this build has for the stream's GPU, so that later calls load
+/// nothing: call it before capturing fusedrop calls into a CUDA graph (module loading is illegal
+/// during stream capture; a call that would load a module then returns an error instead).
+/// Modules the GPU is too old for, or that this build left out, are skipped.
+pub fn warm_up(stream: &Arc<CudaStream>) -> Result<()> {
+    let images = KERNEL_IMAGES.ok_or(Error::KernelsNotBuilt)?;
+    let ctx = stream.context();
+    with_context(ctx, |kernels| {
+        for image in images {
+            let runs_here = if image.arch_specific {
+                kernels.compute_capability == image.min_compute_capability
+            } else {
+                kernels.compute_capability >= image.min_compute_capability
+            };
+            if runs_here && !kernels.modules.contains_key(image.name) {
+                let loaded = ctx.load_module(Ptx::from_binary(image.fatbin.to_vec()))?;
+                kernels.modules.insert(image.name, loaded);
+            }
+        }
+        Ok(())
     })
 }
 

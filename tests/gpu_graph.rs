@@ -1,0 +1,314 @@
+//! CUDA graphs (issue 15): a two-layer training step (forward of both layers, backward of both,
+//! ReLU then identity, p > 0, (seed, stream) from device buffers) captured once and replayed with
+//! the buffers advanced between replays. Every replay is compared with the CPU reference for the
+//! pair it used; replays with the same pair must be bit-identical, with different pairs they must
+//! have different masks. Skipped, with a message, where no GPU is usable.
+
+use std::sync::Arc;
+
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::{CudaSlice, CudaStream};
+use fusedrop::cuda::backward::{backward, BackwardOptions, GradientsMut};
+use fusedrop::cuda::forward::{forward, forward_with_config, hopper_available, ForwardConfig};
+use fusedrop::cuda::{self, SeedSource};
+use fusedrop::{mask, reference, Activation, Dropout, LayerSpec, LinearShape};
+use half::bf16;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+fn gpu() -> Option<Arc<CudaStream>> {
+    match cuda::open_device(0) {
+        Ok(ctx) => Some(ctx.default_stream()),
+        Err(e) => {
+            eprintln!("skipping GPU graph test: {e}");
+            None
+        }
+    }
+}
+
+fn random(len: usize, rng: &mut StdRng) -> Vec<f32> {
+    (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()
+}
+
+const SEED: u64 = 0x6EA9_0000_1234;
+const P1: f32 = 0.25;
+const P2: f32 = 0.1;
+
+/// The device buffers of the step.
+struct Step {
+    x: CudaSlice<f32>,
+    w1: CudaSlice<f32>,
+    b1: CudaSlice<f32>,
+    w2: CudaSlice<f32>,
+    b2: CudaSlice<f32>,
+    h: CudaSlice<f32>,
+    y: CudaSlice<f32>,
+    dy: CudaSlice<f32>,
+    dh: CudaSlice<f32>,
+    dx: CudaSlice<f32>,
+    dw1: CudaSlice<f32>,
+    db1: CudaSlice<f32>,
+    dw2: CudaSlice<f32>,
+    db2: CudaSlice<f32>,
+    seed1: CudaSlice<u64>,
+    seed2: CudaSlice<u64>,
+}
+
+/// Queues the step: H = dropout_P1(relu(X·W1ᵀ + b1)), Y = dropout_P2(H·W2ᵀ + b2), then the two
+/// backward calls. The Dropout fields are placeholders: every call reads its pair from a seed
+/// buffer when it runs.
+fn queue_step(stream: &Arc<CudaStream>, s: &mut Step, l1: LinearShape, l2: LinearShape) {
+    let spec1 = LayerSpec::new(l1, Activation::Relu, Dropout::new(P1, 0, 0));
+    let spec2 = LayerSpec::new(l2, Activation::Identity, Dropout::new(P2, 0, 0));
+    let seed1 = s.seed1.as_view();
+    let seed2 = s.seed2.as_view();
+    forward(
+        stream,
+        &spec1,
+        &s.x,
+        &s.w1,
+        Some(&s.b1.as_view()),
+        &mut s.h,
+        SeedSource::Device(&seed1),
+    )
+    .unwrap();
+    forward(
+        stream,
+        &spec2,
+        &s.h,
+        &s.w2,
+        Some(&s.b2.as_view()),
+        &mut s.y,
+        SeedSource::Device(&seed2),
+    )
+    .unwrap();
+    let grads2 = GradientsMut {
+        dx: Some(s.dh.as_view_mut()),
+        dw: Some(s.dw2.as_view_mut()),
+        db: Some(s.db2.as_view_mut()),
+    };
+    backward(
+        stream,
+        &spec2,
+        &s.h,
+        &s.w2,
+        &s.dy,
+        None,
+        grads2,
+        BackwardOptions::default(),
+        SeedSource::Device(&seed2),
+    )
+    .unwrap();
+    let grads1 = GradientsMut {
+        dx: Some(s.dx.as_view_mut()),
+        dw: Some(s.dw1.as_view_mut()),
+        db: Some(s.db1.as_view_mut()),
+    };
+    backward(
+        stream,
+        &spec1,
+        &s.x,
+        &s.w1,
+        &s.dh,
+        Some(&s.h.as_view()),
+        grads1,
+        BackwardOptions::default(),
+        SeedSource::Device(&seed1),
+    )
+    .unwrap();
+}
+
+fn close(what: &str, got: &[f32], want: &[f64]) {
+    let err = reference::relative_l2_error(&reference::to_f64(got), want);
+    assert!(err < 1e-5, "{what}: relative L2 error {err:e}");
+}
+
+#[test]
+fn a_captured_training_step_replays_with_fresh_masks() {
+    let Some(stream) = gpu() else { return };
+    let (m, k0, n1, n2) = (48, 64, 96, 40);
+    let l1 = LinearShape::new(m, n1, k0);
+    let l2 = LinearShape::new(m, n2, n1);
+    let mut rng = StdRng::seed_from_u64(15);
+    let host_x = random(m * k0, &mut rng);
+    let host_w1 = random(n1 * k0, &mut rng);
+    let host_b1 = random(n1, &mut rng);
+    let host_w2 = random(n2 * n1, &mut rng);
+    let host_b2 = random(n2, &mut rng);
+    let host_dy = random(m * n2, &mut rng);
+    let up = |v: &[f32]| stream.clone_htod(v).unwrap();
+    let mut step = Step {
+        x: up(&host_x),
+        w1: up(&host_w1),
+        b1: up(&host_b1),
+        w2: up(&host_w2),
+        b2: up(&host_b2),
+        h: stream.alloc_zeros(m * n1).unwrap(),
+        y: stream.alloc_zeros(m * n2).unwrap(),
+        dy: up(&host_dy),
+        dh: stream.alloc_zeros(m * n1).unwrap(),
+        dx: stream.alloc_zeros(m * k0).unwrap(),
+        dw1: stream.alloc_zeros(n1 * k0).unwrap(),
+        db1: stream.alloc_zeros(n1).unwrap(),
+        dw2: stream.alloc_zeros(n2 * n1).unwrap(),
+        db2: stream.alloc_zeros(n2).unwrap(),
+        seed1: stream.clone_htod(&[SEED, 0]).unwrap(),
+        seed2: stream.clone_htod(&[SEED, 1]).unwrap(),
+    };
+
+    // Loads every module outside the capture (loading inside one is an error).
+    cuda::warm_up(&stream).unwrap();
+    stream
+        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .unwrap();
+    queue_step(&stream, &mut step, l1, l2);
+    let graph = stream
+        .end_capture(CUgraphInstantiate_flags(0))
+        .unwrap()
+        .expect("the capture recorded the step");
+
+    // Replays: streams 10, 12, 14, 16, then 10 again (same pair: identical outputs).
+    let mut first_h: Option<Vec<f32>> = None;
+    let mut previous_h: Option<Vec<f32>> = None;
+    for (replay, philox_stream) in [10u64, 12, 14, 16, 10].into_iter().enumerate() {
+        // Queued before the replay on the same stream, so the graph's kernels read these values.
+        stream
+            .memcpy_htod(&[SEED, philox_stream], &mut step.seed1)
+            .unwrap();
+        stream
+            .memcpy_htod(&[SEED, philox_stream + 1], &mut step.seed2)
+            .unwrap();
+        graph.launch().unwrap();
+        let down = |v: &CudaSlice<f32>| stream.clone_dtoh(v).unwrap();
+        let (h, y, dh, dx) = (down(&step.h), down(&step.y), down(&step.dh), down(&step.dx));
+        let (dw1, db1, dw2, db2) = (
+            down(&step.dw1),
+            down(&step.db1),
+            down(&step.dw2),
+            down(&step.db2),
+        );
+
+        let what = format!("replay {replay} (stream {philox_stream})");
+        let spec1 = LayerSpec::new(l1, Activation::Relu, Dropout::new(P1, SEED, philox_stream));
+        let spec2 = LayerSpec::new(
+            l2,
+            Activation::Identity,
+            Dropout::new(P2, SEED, philox_stream + 1),
+        );
+        // Each layer against the reference on the inputs it saw (layer 2 on the GPU's H).
+        close(
+            &format!("{what} H"),
+            &h,
+            &reference::forward_f64(&spec1, &host_x, &host_w1, Some(&host_b1)).unwrap(),
+        );
+        close(
+            &format!("{what} Y"),
+            &y,
+            &reference::forward_f64(&spec2, &h, &host_w2, Some(&host_b2)).unwrap(),
+        );
+        for (i, &v) in y.iter().enumerate() {
+            if !mask::keep(SEED, philox_stream + 1, P2, i as u64) {
+                assert_eq!(v, 0.0, "{what}: Y[{i}] was dropped but is {v}");
+            }
+        }
+        let g2 = reference::backward_f64(&spec2, &h, &host_w2, &host_dy, None).unwrap();
+        close(&format!("{what} dH"), &dh, &g2.dx);
+        close(&format!("{what} dW2"), &dw2, &g2.dw);
+        close(&format!("{what} db2"), &db2, &g2.db);
+        let g1 = reference::backward_f64(&spec1, &host_x, &host_w1, &dh, Some(&h)).unwrap();
+        close(&format!("{what} dX"), &dx, &g1.dx);
+        close(&format!("{what} dW1"), &dw1, &g1.dw);
+        close(&format!("{what} db1"), &db1, &g1.db);
+
+        if let Some(prev) = &previous_h {
+            let mask_of = |v: &[f32]| v.iter().map(|&e| e == 0.0).collect::<Vec<_>>();
+            if replay < 4 {
+                assert_ne!(
+                    mask_of(prev),
+                    mask_of(&h),
+                    "{what}: same zeros as the previous replay"
+                );
+            }
+        }
+        if replay == 4 {
+            assert_eq!(
+                first_h.as_deref(),
+                Some(&h[..]),
+                "{what}: differs from replay 0 with the same pair"
+            );
+        }
+        first_h.get_or_insert_with(|| h.clone());
+        previous_h = Some(h);
+    }
+}
+
+/// The Hopper kernel inside a graph (compute capability 9.0 with the sm_90a module): its tensor
+/// maps are encoded on the host at capture time and its seed read from the device buffer.
+#[test]
+fn a_captured_hopper_forward_replays_with_fresh_masks() {
+    let Some(stream) = gpu() else { return };
+    if !hopper_available::<bf16>(&stream).unwrap() {
+        eprintln!(
+            "skipping the Hopper graph check: no compute capability 9.0 GPU with the sm_90a module"
+        );
+        return;
+    }
+    let shape = LinearShape::new(300, 520, 256);
+    let mut rng = StdRng::seed_from_u64(90);
+    let to_bf16 = |v: Vec<f32>| v.into_iter().map(bf16::from_f32).collect::<Vec<_>>();
+    let host_x = to_bf16(random(shape.m * shape.k, &mut rng));
+    let host_w = to_bf16(random(shape.n * shape.k, &mut rng));
+    let x = stream.clone_htod(&host_x).unwrap();
+    let w = stream.clone_htod(&host_w).unwrap();
+    let mut y = stream.alloc_zeros::<bf16>(shape.m * shape.n).unwrap();
+    let mut seed = stream.clone_htod(&[SEED, 0u64]).unwrap();
+    cuda::warm_up(&stream).unwrap();
+    let spec = LayerSpec::new(shape, Activation::Relu, Dropout::new(0.5, 0, 0));
+    stream
+        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .unwrap();
+    {
+        let seed_view = seed.as_view();
+        forward_with_config(
+            &stream,
+            &spec,
+            ForwardConfig::Wg64x128,
+            &x,
+            &w,
+            None,
+            &mut y,
+            SeedSource::Device(&seed_view),
+        )
+        .unwrap();
+    }
+    let graph = stream
+        .end_capture(CUgraphInstantiate_flags(0))
+        .unwrap()
+        .expect("captured");
+    for philox_stream in [3u64, 4] {
+        stream
+            .memcpy_htod(&[SEED, philox_stream], &mut seed)
+            .unwrap();
+        graph.launch().unwrap();
+        let got = stream.clone_dtoh(&y).unwrap();
+        let spec = LayerSpec::new(
+            shape,
+            Activation::Relu,
+            Dropout::new(0.5, SEED, philox_stream),
+        );
+        let want = reference::forward_f64(&spec, &host_x, &host_w, None).unwrap();
+        let err = reference::relative_l2_error(&reference::to_f64(&got), &want);
+        assert!(
+            err < 1e-2,
+            "stream {philox_stream}: relative L2 error {err:e}"
+        );
+        for (i, v) in got.iter().enumerate() {
+            if !mask::keep(SEED, philox_stream, 0.5, i as u64) {
+                assert_eq!(
+                    v.to_f32(),
+                    0.0,
+                    "stream {philox_stream}: Y[{i}] was dropped"
+                );
+            }
+        }
+    }
+}
