@@ -1,6 +1,6 @@
 //! The CUDA side: device probing, kernel loading, and the safe wrappers over each kernel.
 //!
-//! Callers bring their own [`CudaStream`] and buffers ([`CudaSlice`](cudarc::driver::CudaSlice),
+//! Callers bring their own [`CudaStream`] and buffers ([`CudaSlice`],
 //! [`CudaView`], [`CudaViewMut`](cudarc::driver::CudaViewMut)); nothing here creates a hidden
 //! context or synchronises behind the caller's back. Every check runs before a launch.
 //!
