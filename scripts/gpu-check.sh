@@ -3,6 +3,9 @@
 # driver and a CUDA toolkit but no Rust. Each step is bounded in time and the script carries on
 # past a step that fails; the summary comes last. Logs go to $OUT (or ./gpu-check-out).
 #   QUICK=1 bash gpu-check.sh      # correctness only: skips the benchmark table and the peer
+#   STEPS="test-gpu_forward test-gpu_graph bench" bash gpu-check.sh
+#                                  # only the named steps (names as in the summary), to fit a
+#                                  # short lease: the whole check takes longer than 10 minutes
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${OUT:-$here/gpu-check-out}"
@@ -11,6 +14,9 @@ summary=()
 record() { summary+=("$(printf '%-34s %s' "$1" "$2")"); }
 step() { # step NAME SECONDS COMMAND...: runs, logs to $out/NAME.log, records pass/fail
   local name="$1" limit="$2"; shift 2
+  if [[ -n "${STEPS:-}" && " $STEPS " != *" $name "* ]]; then
+    return 0
+  fi
   local start=$SECONDS
   echo "=== $name (limit ${limit}s)"
   timeout --kill-after=10 "$limit" "$@" > "$out/$name.log" 2>&1
