@@ -517,8 +517,11 @@ fn launch<T: Element>(
             &format!("the {} forward kernel (mma.sync tensor cores)", T::NAME),
         )?;
     }
-    let (x_addr, w_addr) = (device_address(x, stream), device_address(w, stream));
-    let operands_fit = hopper_operands_fit(shape, x_addr, w_addr);
+    // Taken once: the addresses decide the path (TMA alignment), and the guards keep the buffers
+    // borrowed until the launch is queued.
+    let (x_ptr, _x_guard) = x.device_ptr(stream);
+    let (w_ptr, _w_guard) = w.device_ptr(stream);
+    let operands_fit = hopper_operands_fit(shape, x_ptr, w_ptr);
     let config = match config {
         Some(config) => {
             if config.is_hopper() {
@@ -531,7 +534,7 @@ fn launch<T: Element>(
                 if !operands_fit {
                     return Err(invalid!(
                         "forward config {} reads X and W by TMA: they must start 16-byte aligned \
-                         (x at {x_addr:#x}, w at {w_addr:#x}) and k = {} must be a positive \
+                         (x at {x_ptr:#x}, w at {w_ptr:#x}) and k = {} must be a positive \
                          multiple of 8",
                         config.name(),
                         shape.k
@@ -568,8 +571,6 @@ fn launch<T: Element>(
     let mut params = MaskParams::new(&spec.dropout, &spec.geometry, shape.n);
     let (m_arg, n_arg, k_arg) = (shape.m as i64, shape.n as i64, shape.k as i64);
     let relu = i32::from(spec.activation == Activation::Relu);
-    let (x_ptr, _x_guard) = x.device_ptr(stream);
-    let (w_ptr, _w_guard) = w.device_ptr(stream);
     let maps = if config.is_hopper() {
         let box_m = config.block_m() as u32;
         let box_n = config.block_n() as u32;
@@ -612,13 +613,6 @@ fn launch<T: Element>(
     // its guard drops after the launch is queued.
     unsafe { builder.launch(launch_config) }?;
     Ok(())
-}
-
-/// The device address of a buffer, for the alignment checks (the guard is dropped at once: nothing
-/// is read or written through it).
-fn device_address<T>(buffer: &impl DevicePtr<T>, stream: &Arc<CudaStream>) -> u64 {
-    let (ptr, _guard) = buffer.device_ptr(stream);
-    ptr
 }
 
 #[cfg(test)]

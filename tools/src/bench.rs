@@ -782,38 +782,41 @@ pub fn fused_forward<T: Element>(
     p: f32,
     launch: u64,
 ) -> Result<()> {
-    let spec = bench_spec(dims, p, launch);
-    forward(
-        stream,
-        &spec,
-        &set.x,
-        &set.w,
-        Some(&set.b.as_view()),
-        &mut set.y,
-        SeedSource::Host,
-    )
+    fused_forward_with(stream, set, dims, None, p, launch)
 }
 
-/// [`fused_forward`] with a forced configuration.
+/// [`fused_forward`] with the configuration the library chooses (`None`) or a forced one.
 pub fn fused_forward_with<T: Element>(
     stream: &Arc<CudaStream>,
     set: &mut OperandSet<T>,
     dims: LinearShape,
-    config: ForwardConfig,
+    config: Option<ForwardConfig>,
     p: f32,
     launch: u64,
 ) -> Result<()> {
     let spec = bench_spec(dims, p, launch);
-    forward_with_config(
-        stream,
-        &spec,
-        config,
-        &set.x,
-        &set.w,
-        Some(&set.b.as_view()),
-        &mut set.y,
-        SeedSource::Host,
-    )
+    let b = set.b.as_view();
+    match config {
+        None => forward(
+            stream,
+            &spec,
+            &set.x,
+            &set.w,
+            Some(&b),
+            &mut set.y,
+            SeedSource::Host,
+        ),
+        Some(config) => forward_with_config(
+            stream,
+            &spec,
+            config,
+            &set.x,
+            &set.w,
+            Some(&b),
+            &mut set.y,
+            SeedSource::Host,
+        ),
+    }
 }
 
 /// The forward variants timed beside `fused` (whatever the library chooses), each as
@@ -1049,7 +1052,7 @@ fn measure_shape<T: Element>(
                     table,
                     format!("forward {name} p={p}"),
                     measure(&stream, effort, |i| {
-                        fused_forward_with(&stream, ops.set_mut(i), dims, config, p, i)
+                        fused_forward_with(&stream, ops.set_mut(i), dims, Some(config), p, i)
                     }),
                 );
                 if let Some(time) = time {
