@@ -177,7 +177,7 @@ fn find_nvcc() -> Option<PathBuf> {
 const SM80_MODULES: &[&str] = &["forward_tc", "backward_tc"];
 const OLDEST_ARCH: u32 = 75;
 /// Kernel modules that use sm_90a instructions (wgmma, setmaxnreg): built as `sm_90a` SASS only.
-const SM90A_MODULES: &[&str] = &["forward_sm90"];
+const SM90A_MODULES: &[&str] = &["forward_sm90", "backward_sm90"];
 const HOPPER_ARCH: u32 = 90;
 
 /// The SASS architectures for `module` (sorted, deduplicated), from `FUSEDROP_CUDA_ARCHS` or the

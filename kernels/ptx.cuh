@@ -488,6 +488,20 @@ FUSEDROP_PTX_DEVICE void fence_proxy_async_shared() {
 #endif
 }
 
+// bar.sync id, 128: a barrier over the 128 threads of one warpgroup (named barrier `id`, 1 ..
+// 15; 0 is __syncthreads'). It orders the warpgroup's shared-memory writes before its reads, as
+// __syncthreads does for the block, without waiting for the other warpgroups (which run other
+// stages of the pipeline).
+template <int kId>
+FUSEDROP_PTX_DEVICE void warpgroup_barrier() {
+    static_assert(kId >= 1 && kId <= 15, "named barriers 1 .. 15 (0 is __syncthreads')");
+#if defined(__CUDA_ARCH__)
+    asm volatile("bar.sync %0, 128;\n" ::"n"(kId) : "memory");
+#elif !defined(__CUDACC__)
+    ::fusedrop::host::warpgroup_barrier(kId);
+#endif
+}
+
 // ---- wgmma (a warpgroup is 4 consecutive warps starting at a warp index that is a multiple
 // of 4; every instruction below is executed by all 128 threads of the warpgroup) ----
 

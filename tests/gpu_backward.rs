@@ -1,5 +1,6 @@
-//! GPU tests of the backward kernels (kernels/backward_simt.cu and kernels/backward_tc.cu,
-//! through `fusedrop::cuda::backward`) against the f64 CPU reference backward. Skipped, with a message,
+//! GPU tests of the backward kernels (kernels/backward_simt.cu, kernels/backward_tc.cu and, on
+//! Hopper, kernels/backward_sm90.cu, through `fusedrop::cuda::backward`) against the f64 CPU
+//! reference backward. Skipped, with a message,
 //! where no GPU is usable.
 
 use std::sync::Arc;
@@ -492,6 +493,147 @@ fn rejects_relu_without_saved_output_and_wrong_lengths() {
     )
     .unwrap_err();
     assert!(error.to_string().contains("TensorCore"), "{error}");
+    let error = backward(
+        &stream,
+        &identity,
+        &x,
+        &w,
+        &dy,
+        None,
+        none(),
+        BackwardOptions {
+            kernel: BackwardKernel::Hopper,
+            ..BackwardOptions::default()
+        },
+        SeedSource::Host,
+    )
+    .unwrap_err();
+    assert!(error.to_string().contains("Hopper"), "{error}");
+}
+
+fn hopper(stream: &Arc<CudaStream>) -> bool {
+    let ok =
+        cuda::compute_capability(stream).unwrap() == (9, 0) && cuda::module_built("backward_sm90");
+    if !ok {
+        eprintln!(
+            "skipping the Hopper backward checks: not a compute capability 9.0 GPU with the \
+             sm_90a module"
+        );
+    }
+    ok
+}
+
+/// The Hopper kernels forced, f16 and bf16, on shapes they take (n and k multiples of 8) that
+/// are multiples of no tile, with one tile per block and many, every rate, both activations,
+/// accumulation, non-finite inputs, and the seed from a device buffer.
+#[test]
+fn hopper_kernels_match_reference() {
+    let Some(stream) = gpu() else { return };
+    if !hopper(&stream) {
+        return;
+    }
+    let shapes = [
+        (1, 8, 8),
+        (70, 72, 64),
+        (257, 136, 200),
+        (1000, 1000, 1000),
+        (3000, 2056, 512),
+    ];
+    for (i, &(m, n, k)) in shapes.iter().enumerate() {
+        for (j, &p) in P_VALUES.iter().enumerate() {
+            let activation = if (i + j) % 2 == 0 {
+                Activation::Relu
+            } else {
+                Activation::Identity
+            };
+            let spec = LayerSpec::new(
+                LinearShape::new(m, n, k),
+                activation,
+                Dropout::new(p, 0x5eed + i as u64, j as u64),
+            );
+            let case = Case {
+                kernel: BackwardKernel::Hopper,
+                accumulate: j % 2 == 1,
+                nonfinite: i == 1,
+                device_seed: i == 2,
+                ..ALL_OUTPUTS
+            };
+            check::<f16>(&stream, &spec, case);
+            check::<bf16>(&stream, &spec, case);
+        }
+    }
+}
+
+/// `Auto` takes the Hopper kernels where TMA can read the operands and gives the same results
+/// as forcing them; operands TMA cannot read are refused by `Hopper` and run by `Auto`.
+#[test]
+fn hopper_is_taken_only_where_tma_can_read_the_operands() {
+    let Some(stream) = gpu() else { return };
+    if !hopper(&stream) {
+        return;
+    }
+    let spec = LayerSpec::new(
+        LinearShape::new(2048, 2048, 256),
+        Activation::Relu,
+        Dropout::new(0.1, 5, 6),
+    );
+    let mut rng = StdRng::seed_from_u64(77);
+    let inputs = inputs::<bf16>(&spec, false, &mut rng);
+    let nan = bf16::from_f64(f64::NAN);
+    let initial = Gradients {
+        dx: vec![nan; 2048 * 256],
+        dw: vec![nan; 2048 * 256],
+        db: vec![nan; 2048],
+    };
+    let auto = run_gpu(&stream, &spec, &inputs, &initial, ALL_OUTPUTS);
+    let forced = run_gpu(
+        &stream,
+        &spec,
+        &inputs,
+        &initial,
+        Case {
+            kernel: BackwardKernel::Hopper,
+            ..ALL_OUTPUTS
+        },
+    );
+    for (name, a, b) in [
+        ("dX", &auto.dx, &forced.dx),
+        ("dW", &auto.dw, &forced.dw),
+        ("db", &auto.db, &forced.db),
+    ] {
+        assert_eq!(bits(a), bits(b), "{name}: Auto and Hopper differ");
+    }
+    // n = 75: dY's rows are not whole 16-byte units.
+    let odd = LayerSpec::new(
+        LinearShape::new(64, 75, 64),
+        Activation::Identity,
+        Dropout::new(0.1, 5, 6),
+    );
+    check::<bf16>(&stream, &odd, ALL_OUTPUTS);
+    let x = stream.alloc_zeros::<bf16>(64 * 64).unwrap();
+    let w = stream.alloc_zeros::<bf16>(75 * 64).unwrap();
+    let dy = stream.alloc_zeros::<bf16>(64 * 75).unwrap();
+    let mut dx = stream.alloc_zeros::<bf16>(64 * 64).unwrap();
+    let error = backward(
+        &stream,
+        &odd,
+        &x,
+        &w,
+        &dy,
+        None,
+        GradientsMut {
+            dx: Some(dx.as_view_mut()),
+            dw: None,
+            db: None,
+        },
+        BackwardOptions {
+            kernel: BackwardKernel::Hopper,
+            ..BackwardOptions::default()
+        },
+        SeedSource::Host,
+    )
+    .unwrap_err();
+    assert!(error.to_string().contains("multiples of 8"), "{error}");
 }
 
 /// dX of a problem with more than 2^32 elements: every index is 64-bit. Only the last rows are

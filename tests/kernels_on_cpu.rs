@@ -1022,6 +1022,8 @@ struct BackwardCase {
     nonfinite: bool,
     /// A fixed (seed, stream) instead of random ones (the keep-rule boundary vectors).
     seed_stream: Option<(u64, u64)>,
+    /// The (seed, stream) pair read from a device buffer (`MaskParams::seed_stream`).
+    device_seed: bool,
 }
 
 fn backward_cases() -> Vec<BackwardCase> {
@@ -1044,6 +1046,7 @@ fn backward_cases() -> Vec<BackwardCase> {
                 grid_x: None,
                 nonfinite: false,
                 seed_stream: None,
+                device_seed: false,
             });
         }
     }
@@ -1061,6 +1064,7 @@ fn backward_cases() -> Vec<BackwardCase> {
         grid_x: Some(1),
         nonfinite: false,
         seed_stream: None,
+        device_seed: false,
     };
     cases.push(base);
     cases.push(BackwardCase {
@@ -1109,13 +1113,22 @@ fn backward_cases() -> Vec<BackwardCase> {
 
 /// Checks `fusedrop_backward_{dx,dw}_<config>_<dtype>` from tests/harness/<driver_name>.cpp.
 fn check_backward<T: Raw>(driver_name: &str, config: &str, seed: u64) {
+    check_backward_cases::<T>(driver_name, config, &backward_cases(), seed);
+}
+
+fn check_backward_cases<T: Raw>(
+    driver_name: &str,
+    config: &str,
+    cases: &[BackwardCase],
+    seed: u64,
+) {
     let Some(exe) = driver(driver_name) else {
         return;
     };
     let mut rng = StdRng::seed_from_u64(seed);
     let mut launches = Vec::new();
     let mut expected = Vec::new();
-    for case in backward_cases() {
+    for &case in cases {
         let LinearShape { m, n, k } = case.shape;
         let (seed, stream) = case
             .seed_stream
@@ -1193,7 +1206,7 @@ fn check_backward<T: Raw>(driver_name: &str, config: &str, seed: u64) {
                 .int("k", k as i64)
                 .int("relu", i64::from(relu))
                 .int("accumulate", i64::from(case.accumulate))
-                .mask(&dropout, &case.geometry, n, false)
+                .mask(&dropout, &case.geometry, n, case.device_seed)
                 .buffer("dy", &dy, 0, false);
             if relu {
                 launch.buffer("y", &y, 0, false);
@@ -1254,6 +1267,80 @@ fn backward_tc_f16_matches_reference() {
 fn backward_tc_bf16_matches_reference() {
     check_backward::<bf16>("backward_tc", "tc128x128", 0xBCBF);
     check_backward::<bf16>("backward_tc", "tc64x64", 0xBCC0);
+}
+
+/// The backward cases the Hopper kernels take: every case above with n and k rounded up to
+/// multiples of 8 (TMA's row-stride rule; the wrapper sends other shapes to backward_tc) and dW
+/// requested (db-only calls take backward_tc too), each on 3 persistent blocks unless it names a
+/// grid; plus products with several tiles per block and reductions longer than the ring, with a
+/// shard geometry and the seed read from a device buffer.
+fn hopper_backward_cases() -> Vec<BackwardCase> {
+    let mut cases: Vec<BackwardCase> = backward_cases()
+        .into_iter()
+        .filter(|c| c.weight_grad)
+        .map(|c| {
+            let LinearShape { m, n, k } = c.shape;
+            BackwardCase {
+                shape: LinearShape::new(m, n.next_multiple_of(8), k.next_multiple_of(8)),
+                grid_x: c.grid_x.or(Some(3)),
+                ..c
+            }
+        })
+        .collect();
+    let base = BackwardCase {
+        // dX: 2 x 3 tiles, 5 k-blocks of n; dW: 3 x 3 tiles, 4 k-blocks of m. The rings (4
+        // stages) wrap within and across tiles.
+        shape: LinearShape::new(200, 264, 328),
+        activation: Activation::Relu,
+        p: 0.1,
+        geometry: Geometry::UNSHARDED,
+        accumulate: false,
+        weight_grad: true,
+        grid_x: Some(2),
+        nonfinite: false,
+        seed_stream: None,
+        device_seed: false,
+    };
+    cases.push(base);
+    cases.push(BackwardCase {
+        activation: Activation::Identity,
+        p: 0.5,
+        accumulate: true,
+        grid_x: Some(1),
+        ..base
+    });
+    cases.push(BackwardCase {
+        shape: LinearShape::new(131, 136, 72),
+        activation: Activation::Identity,
+        geometry: Geometry {
+            row_offset: 5,
+            col_offset: 7,
+            n_global: Some(1001),
+        },
+        device_seed: true,
+        ..base
+    });
+    cases
+}
+
+#[test]
+fn backward_sm90_f16_matches_reference() {
+    check_backward_cases::<f16>(
+        "backward_sm90",
+        "wg128x128",
+        &hopper_backward_cases(),
+        0x9B16,
+    );
+}
+
+#[test]
+fn backward_sm90_bf16_matches_reference() {
+    check_backward_cases::<bf16>(
+        "backward_sm90",
+        "wg128x128",
+        &hopper_backward_cases(),
+        0x9BBF,
+    );
 }
 
 #[path = "common/keep_boundary.rs"]

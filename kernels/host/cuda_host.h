@@ -208,7 +208,7 @@ struct Warp {
 };
 
 // Warpgroup collectives (wgmma.*, setmaxnreg): one slot per thread of the warpgroup.
-enum class WgOp { None, Fence, Mma, Commit, Wait, SetMaxNReg };
+enum class WgOp { None, Fence, Mma, Commit, Wait, SetMaxNReg, Barrier };
 
 struct WgSlot {
     WgOp op = WgOp::None;
@@ -1013,6 +1013,7 @@ inline const char* wg_op_name(WgOp op) {
         case WgOp::Commit: return "wgmma.commit_group";
         case WgOp::Wait: return "wgmma.wait_group";
         case WgOp::SetMaxNReg: return "setmaxnreg";
+        case WgOp::Barrier: return "bar.sync (warpgroup)";
         default: return "none";
     }
 }
@@ -1260,6 +1261,13 @@ inline void warpgroup_collective(WgOp op) {
                 if (g.slot[t].arg != g.slot[0].arg)
                     fail("setmaxnreg: warpgroup threads disagree on the register count");
             break;
+        case WgOp::Barrier:
+            for (int t = 1; t < 128; ++t)
+                if (g.slot[t].arg != g.slot[0].arg)
+                    fail("bar.sync over a warpgroup: its threads wait at different named "
+                         "barriers (%d and %d)",
+                         g.slot[0].arg, g.slot[t].arg);
+            break;
         default: break;
     }
     g.arrived = 0;
@@ -1302,6 +1310,13 @@ inline void wgmma(int kind, int n, int trans_a, int trans_b, float* d, const uin
 inline void setmaxnreg(bool increase, int regs) {
     warpgroup_slot().arg = increase ? regs : -regs;
     warpgroup_collective(WgOp::SetMaxNReg);
+}
+
+// bar.sync id, 128 over the calling thread's warpgroup: a rendezvous of its 128 threads (the
+// harness models the named barrier only for exactly one whole warpgroup, the kernels' use).
+inline void warpgroup_barrier(int id) {
+    warpgroup_slot().arg = id;
+    warpgroup_collective(WgOp::Barrier);
 }
 
 inline void check_thread_exit(const Fiber& f) {

@@ -1,6 +1,7 @@
 //! The backward pass of `Y = dropout_p(act(X·Wᵀ + b))`: dX, dW and db from dY, without a stored
-//! mask (kernels/backward_tc.cu for f16/bf16 on tensor cores, kernels/backward_simt.cu for every
-//! dtype on CUDA cores; design in docs/BACKWARD.md).
+//! mask (kernels/backward_sm90.cu for f16/bf16 on Hopper with wgmma and TMA,
+//! kernels/backward_tc.cu for f16/bf16 on mma.sync tensor cores, kernels/backward_simt.cu for
+//! every dtype on CUDA cores; design in docs/BACKWARD.md).
 //!
 //! `dZ = dY * 1/(1-p) * active` is formed while the kernels load tiles of dY and never goes to
 //! memory. `active` is `[Y > 0]` for ReLU, read from the saved forward output, and the dropout
@@ -17,11 +18,10 @@ use cudarc::driver::{
     PushKernelArg,
 };
 
+use crate::cuda::forward::{hopper_unavailable, sm_count};
 use crate::cuda::launch_table::{self, LaunchNumbers};
-use crate::cuda::{
-    check_seed_source, forward::sm_count, kernel, require_compute_capability, MaskParams,
-    SeedSource,
-};
+use crate::cuda::tensor_map::{self, TensorMap};
+use crate::cuda::{check_seed_source, kernel, require_compute_capability, MaskParams, SeedSource};
 use crate::element::Element;
 use crate::error::{invalid, Error, Result};
 use crate::layer::{Activation, LayerSpec, LinearShape};
@@ -49,6 +49,15 @@ const DEFAULT_SMEM_LIMIT: u32 = 48 * 1024;
 const SIMT: Config = Config::new("backward_simt", "simt", launch_table::BACKWARD_SIMT);
 const TC128X128: Config = Config::new("backward_tc", "tc128x128", launch_table::BACKWARD_TC128X128);
 const TC64X64: Config = Config::new("backward_tc", "tc64x64", launch_table::BACKWARD_TC64X64);
+const WG128X128: Config = Config::new(
+    "backward_sm90",
+    "wg128x128",
+    launch_table::BACKWARD_WG128X128,
+);
+/// The Hopper kernels' tile (kernels/backward_sm90.cu): K-major dY boxes for dX are
+/// `64 x block_m`, every other box `64 x 64`.
+const HOPPER: Config = WG128X128;
+const HOPPER_BOX: u32 = 64;
 
 impl Config {
     const fn new(module: &'static str, name: &'static str, n: LaunchNumbers) -> Config {
@@ -71,6 +80,15 @@ impl Config {
     fn launch_config(self, tiles: u64) -> LaunchConfig {
         LaunchConfig {
             grid_dim: (tiles.clamp(1, MAX_BLOCKS) as u32, 1, 1),
+            block_dim: (self.threads, 1, 1),
+            shared_mem_bytes: self.smem_bytes,
+        }
+    }
+
+    /// The Hopper kernels' persistent launch: one block per multiprocessor at most.
+    fn persistent_launch_config(self, tiles: u64, sm_count: usize) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (tiles.clamp(1, sm_count.max(1) as u64) as u32, 1, 1),
             block_dim: (self.threads, 1, 1),
             shared_mem_bytes: self.smem_bytes,
         }
@@ -118,6 +136,15 @@ fn load<T: Element>(stream: &Arc<CudaStream>, config: Config, what: &str) -> Res
     Ok(function)
 }
 
+/// Which kernel runs one of the two products.
+#[derive(Debug, Clone, Copy)]
+enum Path {
+    /// kernels/backward_sm90.cu.
+    Hopper,
+    /// kernels/backward_simt.cu or kernels/backward_tc.cu with this tile.
+    Classic(Config),
+}
+
 /// Which kernel family runs the backward pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackwardKernel {
@@ -128,8 +155,16 @@ pub enum BackwardKernel {
     /// others are checked against; the only one for f32 (true fp32, no TF32).
     Simt,
     /// The tensor-core kernels (mma.sync; f16 and bf16 only, compute capability 8.0 or newer).
-    /// What [`BackwardKernel::Auto`] picks for f16 and bf16.
+    /// What [`BackwardKernel::Auto`] picks for f16 and bf16 off Hopper, and on Hopper for the
+    /// products the Hopper kernels cannot take.
     TensorCore,
+    /// The Hopper kernels (wgmma and TMA, warp-specialised and persistent; f16 and bf16 on
+    /// compute capability 9.0 with the sm_90a module built). They need dY, the saved Y (ReLU),
+    /// W (for dX) and X (for dW) 16-byte aligned with n and k multiples of 8, and m, n >= 1; a
+    /// call that asks for them with other operands is an error. db without dW runs
+    /// [`BackwardKernel::TensorCore`]. [`BackwardKernel::Auto`] picks them on Hopper whenever the
+    /// operands fit and the product has at least half a wave of 128 x 128 tiles.
+    Hopper,
 }
 
 /// Options of one backward call. `Default` overwrites the gradients with the automatic kernel.
@@ -251,20 +286,34 @@ pub fn backward<T: Element>(
         ));
     }
     let relu = spec.activation == Activation::Relu;
-    let tensor_cores = match options.kernel {
-        BackwardKernel::Simt => false,
-        BackwardKernel::Auto => T::NEEDS_SM80,
-        BackwardKernel::TensorCore if !T::NEEDS_SM80 => {
+    let family = match options.kernel {
+        BackwardKernel::Simt => BackwardKernel::Simt,
+        BackwardKernel::Auto if !T::NEEDS_SM80 => BackwardKernel::Simt,
+        BackwardKernel::TensorCore | BackwardKernel::Hopper if !T::NEEDS_SM80 => {
             return Err(invalid!(
-                "BackwardKernel::TensorCore was requested for {}; expected f16 or bf16 (f32 \
-                 runs BackwardKernel::Simt or Auto)",
+                "BackwardKernel::{:?} was requested for {}; expected f16 or bf16 (f32 runs \
+                 BackwardKernel::Simt or Auto)",
+                options.kernel,
                 T::NAME
             ))
         }
-        BackwardKernel::TensorCore => true,
+        other => other,
     };
-    let choose = |rows: usize, cols: usize| -> Result<Config> {
-        if !tensor_cores {
+    if family == BackwardKernel::Hopper {
+        if let Some(why) = hopper_unavailable::<T>(stream, "backward_sm90")? {
+            return Err(Error::UnsupportedDevice(format!(
+                "BackwardKernel::Hopper: {why}"
+            )));
+        }
+    }
+    let hopper_possible = match family {
+        BackwardKernel::Auto => hopper_unavailable::<T>(stream, "backward_sm90")?.is_none(),
+        BackwardKernel::Hopper => true,
+        _ => false,
+    };
+    // The mma.sync or SIMT kernel's tile for a product with `rows` x `cols` outputs.
+    let classic = |rows: usize, cols: usize| -> Result<Config> {
+        if family == BackwardKernel::Simt {
             return Ok(SIMT);
         }
         require_compute_capability(
@@ -273,6 +322,39 @@ pub fn backward<T: Element>(
             &format!("the {} backward kernels (mma.sync tensor cores)", T::NAME),
         )?;
         Ok(Config::tensor_core_for(rows, cols, sm_count(stream)?))
+    };
+    // The Hopper kernel for a product with `rows` x k outputs whose operands (besides dY and Y)
+    // are `operand` = (what, pointer, rows, cols), or the classic kernels.
+    let choose = |product: &str,
+                  rows: usize,
+                  operand: (&str, u64, usize, usize),
+                  dy_ptr: u64,
+                  y_ptr: Option<u64>|
+     -> Result<Path> {
+        if !hopper_possible {
+            return Ok(Path::Classic(classic(rows, k)?));
+        }
+        let (what, ptr, op_rows, op_cols) = operand;
+        let fits = tensor_map::operand_fits(dy_ptr, m, n)
+            && y_ptr.is_none_or(|y| tensor_map::operand_fits(y, m, n))
+            && tensor_map::operand_fits(ptr, op_rows, op_cols)
+            && HOPPER.tiles(rows, k) <= i32::MAX as u64;
+        if family == BackwardKernel::Hopper {
+            if !fits {
+                return Err(invalid!(
+                    "BackwardKernel::Hopper reads dY, Y and {what} by TMA for {product}: they must \
+                     start 16-byte aligned (dY at {dy_ptr:#x}, Y at {:#x}, {what} at {ptr:#x}), \
+                     m = {m} must be at least 1 and n = {n} and k = {k} positive multiples of 8",
+                    y_ptr.unwrap_or(0)
+                ));
+            }
+            return Ok(Path::Hopper);
+        }
+        if fits && 2 * HOPPER.tiles(rows, k) >= sm_count(stream)? as u64 {
+            Ok(Path::Hopper)
+        } else {
+            Ok(Path::Classic(classic(rows, k)?))
+        }
     };
 
     let mut params = MaskParams::new(&spec.dropout, &spec.geometry, n);
@@ -285,46 +367,92 @@ pub fn backward<T: Element>(
     let (y_ptr, _y_guard) = match y_saved.filter(|_| relu) {
         Some(y) => {
             let (ptr, guard) = y.device_ptr(stream);
-            (ptr, Some(guard))
+            (Some(ptr), Some(guard))
         }
-        None => (null, None),
+        None => (None, None),
+    };
+    // dY's and Y's maps for the Hopper kernels, in boxes of `box_rows` rows of dY (Y's map is
+    // dY's when the kernel reads no Y).
+    let hopper_maps = |box_rows: u32| -> Result<(TensorMap, TensorMap)> {
+        let map_dy = tensor_map::row_major::<T>(dy_ptr, m, n, box_rows)?;
+        let map_y = match y_ptr {
+            Some(y) => tensor_map::row_major::<T>(y, m, n, box_rows)?,
+            None => map_dy,
+        };
+        Ok((map_dy, map_y))
     };
 
     if let Some(dx) = dx.as_mut().filter(|_| m > 0) {
-        let config = choose(m, k)?;
-        let function = load::<T>(stream, config, "dx")?;
-        let tiles = config.tiles(m, k);
         let (w_ptr, _w_guard) = w.device_ptr(stream);
+        let path = choose("dX", m, ("W", w_ptr, n, k), dy_ptr, y_ptr)?;
         let (dx_ptr, _dx_guard) = dx.device_ptr_mut(stream);
-        let mut launch = stream.launch_builder(&function);
-        launch
-            .arg(&dy_ptr)
-            .arg(&y_ptr)
-            .arg(&w_ptr)
-            .arg(&dx_ptr)
-            .arg(&m_arg)
-            .arg(&n_arg)
-            .arg(&k_arg)
-            .arg(&relu_arg)
-            .arg(&accumulate_arg)
-            .arg(&params);
-        // SAFETY: the kernel's signature is (const T* dy, const T* y, const T* w, T* dx,
-        // long long m, n, k, int relu, int accumulate, MaskParams). dy holds m*n elements, w
-        // n*k, dx m*k (all checked above); y is null unless relu, and then holds m*n (checked);
-        // the seed pointer (if any) holds two u64 (checked). The grid follows the kernel's
-        // documented rule (any 1-D grid), its shared memory is within the function's limit
-        // (raised by `load`). Every buffer outlives the launch through the guards, which drop
-        // after it is queued.
-        unsafe { launch.launch(config.launch_config(tiles)) }?;
+        match path {
+            Path::Hopper => {
+                let function = load::<T>(stream, HOPPER, "dx")?;
+                let (map_dy, map_y) = hopper_maps(HOPPER.block_m as u32)?;
+                let map_w = tensor_map::row_major::<T>(w_ptr, n, k, HOPPER_BOX)?;
+                let mut launch = stream.launch_builder(&function);
+                launch
+                    .arg(&map_dy)
+                    .arg(&map_y)
+                    .arg(&map_w)
+                    .arg(&dx_ptr)
+                    .arg(&m_arg)
+                    .arg(&n_arg)
+                    .arg(&k_arg)
+                    .arg(&relu_arg)
+                    .arg(&accumulate_arg)
+                    .arg(&params);
+                // SAFETY: the kernel's signature is (CUtensorMap map_dy, map_y, map_w, T* dx,
+                // long long m, n, k, int relu, int accumulate, MaskParams), the maps encoded
+                // above from dY [m, n], Y [m, n] (or dY's map again when no Y is read) and W
+                // [n, k], whose lengths and TMA constraints were checked; dx holds m*k elements
+                // (checked); the seed pointer (if any) holds two u64 (checked). The grid is the
+                // kernel's persistent rule (any 1-D grid), its shared memory within the limit
+                // raised by `load`. Every buffer outlives the launch through the guards.
+                unsafe {
+                    launch.launch(
+                        HOPPER.persistent_launch_config(HOPPER.tiles(m, k), sm_count(stream)?),
+                    )
+                }?;
+            }
+            Path::Classic(config) => {
+                let function = load::<T>(stream, config, "dx")?;
+                let y_arg = y_ptr.unwrap_or(null);
+                let mut launch = stream.launch_builder(&function);
+                launch
+                    .arg(&dy_ptr)
+                    .arg(&y_arg)
+                    .arg(&w_ptr)
+                    .arg(&dx_ptr)
+                    .arg(&m_arg)
+                    .arg(&n_arg)
+                    .arg(&k_arg)
+                    .arg(&relu_arg)
+                    .arg(&accumulate_arg)
+                    .arg(&params);
+                // SAFETY: the kernel's signature is (const T* dy, const T* y, const T* w, T* dx,
+                // long long m, n, k, int relu, int accumulate, MaskParams). dy holds m*n
+                // elements, w n*k, dx m*k (all checked above); y is null unless relu, and then
+                // holds m*n (checked); the seed pointer (if any) holds two u64 (checked). The
+                // grid follows the kernel's documented rule (any 1-D grid), its shared memory is
+                // within the function's limit (raised by `load`). Every buffer outlives the
+                // launch through the guards, which drop after it is queued.
+                unsafe { launch.launch(config.launch_config(config.tiles(m, k))) }?;
+            }
+        }
     }
 
     if (dw.is_some() || db.is_some()) && n > 0 {
-        // Without dW the kernel runs one column tile per row tile, for db alone.
-        let cols = if dw.is_some() { k } else { 1 };
-        let config = choose(n, cols)?;
-        let function = load::<T>(stream, config, "dw")?;
-        let tiles = config.tiles(n, cols);
         let (x_ptr, _x_guard) = x.device_ptr(stream);
+        // Without dW the classic kernel runs one column tile per row tile, for db alone.
+        let cols = if dw.is_some() { k } else { 1 };
+        let path = if dw.is_some() {
+            choose("dW", n, ("X", x_ptr, m, k), dy_ptr, y_ptr)?
+        } else {
+            // db alone: the classic kernel with the product switched off.
+            Path::Classic(classic(n, 1)?)
+        };
         let (dw_ptr, _dw_guard) = match dw.as_mut() {
             Some(dw) => {
                 let (ptr, guard) = dw.device_ptr_mut(stream);
@@ -339,27 +467,65 @@ pub fn backward<T: Element>(
             }
             None => (null, None),
         };
-        let mut launch = stream.launch_builder(&function);
-        launch
-            .arg(&dy_ptr)
-            .arg(&y_ptr)
-            .arg(&x_ptr)
-            .arg(&dw_ptr)
-            .arg(&db_ptr)
-            .arg(&m_arg)
-            .arg(&n_arg)
-            .arg(&k_arg)
-            .arg(&relu_arg)
-            .arg(&accumulate_arg)
-            .arg(&params);
-        // SAFETY: the kernel's signature is (const T* dy, const T* y, const T* x, T* dw, T* db,
-        // long long m, n, k, int relu, int accumulate, MaskParams). dy holds m*n elements, x
-        // m*k, dw (or null) n*k, db (or null) n (all checked above); y is null unless relu, and
-        // then holds m*n (checked); the seed pointer (if any) holds two u64 (checked). The grid
-        // follows the kernel's documented rule (any 1-D grid), its shared memory is within the
-        // function's limit (raised by `load`). Every buffer outlives the launch through the
-        // guards, which drop after it is queued.
-        unsafe { launch.launch(config.launch_config(tiles)) }?;
+        match path {
+            Path::Hopper => {
+                let function = load::<T>(stream, HOPPER, "dw")?;
+                let (map_dy, map_y) = hopper_maps(HOPPER_BOX)?;
+                let map_x = tensor_map::row_major::<T>(x_ptr, m, k, HOPPER_BOX)?;
+                let mut launch = stream.launch_builder(&function);
+                launch
+                    .arg(&map_dy)
+                    .arg(&map_y)
+                    .arg(&map_x)
+                    .arg(&dw_ptr)
+                    .arg(&db_ptr)
+                    .arg(&m_arg)
+                    .arg(&n_arg)
+                    .arg(&k_arg)
+                    .arg(&relu_arg)
+                    .arg(&accumulate_arg)
+                    .arg(&params);
+                // SAFETY: the kernel's signature is (CUtensorMap map_dy, map_y, map_x, T* dw,
+                // T* db, long long m, n, k, int relu, int accumulate, MaskParams), the maps
+                // encoded above from dY [m, n], Y [m, n] (or dY's map again when no Y is read)
+                // and X [m, k], whose lengths and TMA constraints were checked; dw holds n*k
+                // elements and db (or null) n (checked); the seed pointer (if any) holds two u64
+                // (checked). The grid is the kernel's persistent rule (any 1-D grid), its shared
+                // memory within the limit raised by `load`. Every buffer outlives the launch
+                // through the guards.
+                unsafe {
+                    launch.launch(
+                        HOPPER.persistent_launch_config(HOPPER.tiles(n, k), sm_count(stream)?),
+                    )
+                }?;
+            }
+            Path::Classic(config) => {
+                let function = load::<T>(stream, config, "dw")?;
+                let y_arg = y_ptr.unwrap_or(null);
+                let mut launch = stream.launch_builder(&function);
+                launch
+                    .arg(&dy_ptr)
+                    .arg(&y_arg)
+                    .arg(&x_ptr)
+                    .arg(&dw_ptr)
+                    .arg(&db_ptr)
+                    .arg(&m_arg)
+                    .arg(&n_arg)
+                    .arg(&k_arg)
+                    .arg(&relu_arg)
+                    .arg(&accumulate_arg)
+                    .arg(&params);
+                // SAFETY: the kernel's signature is (const T* dy, const T* y, const T* x, T* dw,
+                // T* db, long long m, n, k, int relu, int accumulate, MaskParams). dy holds m*n
+                // elements, x m*k, dw (or null) n*k, db (or null) n (all checked above); y is
+                // null unless relu, and then holds m*n (checked); the seed pointer (if any)
+                // holds two u64 (checked). The grid follows the kernel's documented rule (any
+                // 1-D grid), its shared memory is within the function's limit (raised by
+                // `load`). Every buffer outlives the launch through the guards, which drop
+                // after it is queued.
+                unsafe { launch.launch(config.launch_config(config.tiles(n, cols))) }?;
+            }
+        }
     }
     Ok(())
 }

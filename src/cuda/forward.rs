@@ -335,9 +335,12 @@ pub fn choose_hopper_config(shape: LinearShape, sm_count: usize) -> Option<Forwa
     (2 * smallest.tiles(shape) >= wave).then_some(smallest)
 }
 
-/// Why the Hopper kernel cannot take a call on this GPU and build, or `None` when it can. The
-/// operands' alignment is checked separately ([`hopper_operands_fit`]).
-fn hopper_unavailable<T: Element>(stream: &Arc<CudaStream>) -> Result<Option<String>> {
+/// Why the Hopper kernels of `module` (forward_sm90, backward_sm90) cannot take a call on this
+/// GPU and build, or `None` when they can. The operands' alignment is checked separately.
+pub(crate) fn hopper_unavailable<T: Element>(
+    stream: &Arc<CudaStream>,
+    module: &str,
+) -> Result<Option<String>> {
     if !T::NEEDS_SM80 {
         return Ok(Some(format!("it runs f16 and bf16, not {}", T::NAME)));
     }
@@ -348,7 +351,7 @@ fn hopper_unavailable<T: Element>(stream: &Arc<CudaStream>) -> Result<Option<Str
             cc.0, cc.1
         )));
     }
-    if !module_built("forward_sm90") {
+    if !module_built(module) {
         return Ok(Some(
             "this build has no sm_90a module (FUSEDROP_CUDA_ARCHS did not list 90)".into(),
         ));
@@ -360,7 +363,7 @@ fn hopper_unavailable<T: Element>(stream: &Arc<CudaStream>) -> Result<Option<Str
 /// capability 9.0, f16 or bf16, the sm_90a module built). Each call also needs operands TMA can
 /// read ([`hopper_operands_fit`]).
 pub fn hopper_available<T: Element>(stream: &Arc<CudaStream>) -> Result<bool> {
-    Ok(hopper_unavailable::<T>(stream)?.is_none())
+    Ok(hopper_unavailable::<T>(stream, "forward_sm90")?.is_none())
 }
 
 /// Whether TMA can read X `[m, k]` at `x_ptr` and W `[n, k]` at `w_ptr`: both 16-byte aligned,
@@ -424,7 +427,7 @@ fn choose_for_call<T: Element>(
     operands_fit: bool,
 ) -> Result<ForwardConfig> {
     let sms = sm_count(stream)?;
-    if operands_fit && hopper_unavailable::<T>(stream)?.is_none() {
+    if operands_fit && hopper_unavailable::<T>(stream, "forward_sm90")?.is_none() {
         if let Some(config) = choose_hopper_config(shape, sms) {
             return Ok(config);
         }
@@ -525,7 +528,7 @@ fn launch<T: Element>(
     let config = match config {
         Some(config) => {
             if config.is_hopper() {
-                if let Some(why) = hopper_unavailable::<T>(stream)? {
+                if let Some(why) = hopper_unavailable::<T>(stream, "forward_sm90")? {
                     return Err(Error::UnsupportedDevice(format!(
                         "forward config {}: {why}",
                         config.name()
@@ -575,8 +578,8 @@ fn launch<T: Element>(
         let box_m = config.block_m() as u32;
         let box_n = config.block_n() as u32;
         Some((
-            tensor_map::k_major_operand::<T>(x_ptr, shape.m, shape.k, box_m)?,
-            tensor_map::k_major_operand::<T>(w_ptr, shape.n, shape.k, box_n)?,
+            tensor_map::row_major::<T>(x_ptr, shape.m, shape.k, box_m)?,
+            tensor_map::row_major::<T>(w_ptr, shape.n, shape.k, box_n)?,
         ))
     } else {
         None

@@ -64,9 +64,11 @@ pub const BACKWARD_SIMT: LaunchNumbers = numbers("backward_simt", 64, 64, 256, 0
 pub const BACKWARD_TC128X128: LaunchNumbers = numbers("backward_tc128x128", 128, 128, 128, 87_552);
 /// kernels/backward_tc.cu, `Tc64x64`.
 pub const BACKWARD_TC64X64: LaunchNumbers = numbers("backward_tc64x64", 64, 64, 128, 44_544);
+/// kernels/backward_sm90.cu, `Wg128x128` (Hopper; persistent grid).
+pub const BACKWARD_WG128X128: LaunchNumbers = numbers("backward_wg128x128", 128, 128, 384, 197_696);
 
 /// Every configuration, for build.rs.
-pub const ALL: [LaunchNumbers; 13] = [
+pub const ALL: [LaunchNumbers; 14] = [
     FORWARD_TC128X256,
     FORWARD_TC128X128,
     FORWARD_TC64X128,
@@ -80,6 +82,7 @@ pub const ALL: [LaunchNumbers; 13] = [
     BACKWARD_SIMT,
     BACKWARD_TC128X128,
     BACKWARD_TC64X64,
+    BACKWARD_WG128X128,
 ];
 
 /// Grid-stride cap of every backward kernel (`kMaxBlocks`).

@@ -1,11 +1,14 @@
-//! TMA tensor maps for the Hopper kernels (kernels/forward_sm90.cu).
+//! TMA tensor maps for the Hopper kernels (kernels/forward_sm90.cu, kernels/backward_sm90.cu).
 //!
-//! An operand `[rows, k]` in row-major order is described to the Tensor Memory Accelerator as a
-//! 2-D tensor with inner dimension k, boxes of 64 elements (128 bytes of f16/bf16, one 128-byte
+//! A row-major matrix `[rows, cols]` is described to the Tensor Memory Accelerator as a 2-D
+//! tensor with inner dimension cols, boxes of 64 elements (128 bytes of f16/bf16, one 128-byte
 //! swizzle span) by `box_rows` rows, 128-byte swizzle, and zero fill out of bounds (the
-//! `FLOAT_OOB_FILL_NONE` mode fills zeros), so the kernels need no predicates at the M, N and K
-//! tails. The driver's rules (cuTensorMapEncodeTiled): the base address 16-byte aligned, the row
-//! stride `k * 2` bytes a multiple of 16, every dimension at most 2^32, box sides at most 256.
+//! `FLOAT_OOB_FILL_NONE` mode fills zeros), so the kernels need no predicates at the tails.
+//! Whether the kernel reads such a box as a K-major operand (cols is the reduction: the
+//! forward's X and W, the backward's dY for dX) or an MN-major one (rows is the reduction: the
+//! backward's W, X, and dY for dW) is the kernel's business. The driver's rules
+//! (cuTensorMapEncodeTiled): the base address 16-byte aligned, the row stride `cols * 2` bytes a
+//! multiple of 16, every dimension at most 2^32, box sides at most 256.
 
 use cudarc::driver::sys;
 use cudarc::driver::DeviceRepr;
@@ -25,21 +28,22 @@ pub(crate) struct TensorMap(sys::CUtensorMap);
 // aligned), which the driver copies into the kernel's parameter space as the kernels declare it.
 unsafe impl DeviceRepr for TensorMap {}
 
-/// Whether a `[rows, k]` operand at device address `ptr` can be described by a tensor map.
-pub(crate) fn operand_fits(ptr: u64, rows: usize, k: usize) -> bool {
+/// Whether a row-major `[rows, cols]` matrix at device address `ptr` can be described by a
+/// tensor map.
+pub(crate) fn operand_fits(ptr: u64, rows: usize, cols: usize) -> bool {
     ptr % 16 == 0
-        && k > 0
-        && k % 8 == 0
+        && cols > 0
+        && cols % 8 == 0
         && rows > 0
-        && (k as u64) <= u32::MAX as u64
+        && (cols as u64) <= i32::MAX as u64
         && (rows as u64) <= i32::MAX as u64
 }
 
-/// The map of a row-major `[rows, k]` f16/bf16 operand at `ptr`, in boxes of 64 x `box_rows`.
-pub(crate) fn k_major_operand<T: Element>(
+/// The map of a row-major `[rows, cols]` f16/bf16 matrix at `ptr`, in boxes of 64 x `box_rows`.
+pub(crate) fn row_major<T: Element>(
     ptr: u64,
     rows: usize,
-    k: usize,
+    cols: usize,
     box_rows: u32,
 ) -> Result<TensorMap> {
     let data_type = match T::NAME {
@@ -51,15 +55,15 @@ pub(crate) fn k_major_operand<T: Element>(
             )))
         }
     };
-    if !operand_fits(ptr, rows, k) {
+    if !operand_fits(ptr, rows, cols) {
         return Err(Error::Cuda(format!(
-            "a [{rows}, {k}] operand at {ptr:#x} does not fit a TMA tensor map (needs a 16-byte \
-             aligned base, k a positive multiple of 8, rows below 2^31)"
+            "a [{rows}, {cols}] matrix at {ptr:#x} does not fit a TMA tensor map (needs a \
+             16-byte aligned base, cols a positive multiple of 8, rows and cols below 2^31)"
         )));
     }
-    let global_dim: [u64; 2] = [k as u64, rows as u64];
+    let global_dim: [u64; 2] = [cols as u64, rows as u64];
     // The stride of dimension 1 in bytes (dimension 0 is contiguous and has none).
-    let global_strides: [u64; 1] = [(k * std::mem::size_of::<T>()) as u64];
+    let global_strides: [u64; 1] = [(cols * std::mem::size_of::<T>()) as u64];
     let box_dim: [u32; 2] = [BOX_K, box_rows];
     let element_strides: [u32; 2] = [1, 1];
     let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::zeroed();
@@ -84,7 +88,8 @@ pub(crate) fn k_major_operand<T: Element>(
     };
     if status != sys::CUresult::CUDA_SUCCESS {
         return Err(Error::Cuda(format!(
-            "cuTensorMapEncodeTiled([{rows}, {k}] {} at {ptr:#x}, box 64 x {box_rows}): {status:?}",
+            "cuTensorMapEncodeTiled([{rows}, {cols}] {} at {ptr:#x}, box 64 x {box_rows}): \
+             {status:?}",
             T::NAME
         )));
     }

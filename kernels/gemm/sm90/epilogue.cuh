@@ -1,5 +1,6 @@
-// Hopper epilogue: bias, activation, the Philox dropout mask, the scale, conversion and the
-// store, straight from a consumer warpgroup's wgmma accumulator fragment (no shared memory).
+// Hopper epilogues, straight from a consumer warpgroup's wgmma accumulator fragment (no shared
+// memory). The forward's: bias, activation, the Philox dropout mask, the scale, conversion and
+// the store. The backward's: the dropout scale, accumulation and the store.
 //
 // Fragment of m64nN (ptx.cuh, wgmma_ss): thread t of the warpgroup (warp w = t / 32, lane l)
 // holds, for each 8-column group j = 0 .. N/8 - 1, the pairs
@@ -149,6 +150,47 @@ __device__ __forceinline__ void store_fragment(const float (&acc)[kWgN / 2],
                 v1 = apply_keep(v1, !a.drop_all && ((keep >> (2 * h + 1)) & 1u), a.mp.scale);
             }
             T* dst = a.y + r * a.n + c;
+            if (pair_store && second_col) {
+                store_pair(dst, v0, v1);
+            } else {
+                dst[0] = Element<T>::from_float(v0);
+                if (second_col) dst[1] = Element<T>::from_float(v1);
+            }
+        }
+    }
+}
+
+// The backward's epilogue: OUT[r][c] = (accumulate ? OUT[r][c] : 0) + scale * acc for the
+// fragment of the warpgroup tile whose top-left element is (tile_row, tile_col) of the
+// row-major [rows, cols] OUT, rows and columns past the matrix skipped; the sum is taken in f32
+// and rounded once.
+template <typename T, int kWgN>
+__device__ __forceinline__ void store_gradient_fragment(const float (&acc)[kWgN / 2],
+                                                        T* __restrict__ out, long long rows,
+                                                        long long cols, long long tile_row,
+                                                        long long tile_col, float scale,
+                                                        bool accumulate) {
+    const int t = (int)(threadIdx.x % 128);
+    const int w = t / 32, l = t % 32;
+    const long long r0 = tile_row + 16 * w + l / 4;
+    const long long c0 = tile_col + 2 * (l % 4);
+    const bool pair_store = reinterpret_cast<uintptr_t>(out) % 4 == 0 && cols % 2 == 0;
+#pragma unroll
+    for (int j = 0; j < kWgN / 8; ++j) {
+        const long long c = c0 + 8 * j;
+        if (c >= cols) break;
+        const bool second_col = c + 1 < cols;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const long long r = r0 + 8 * h;
+            if (r >= rows) continue;
+            T* dst = out + r * cols + c;
+            float v0 = acc[4 * j + 2 * h] * scale;
+            float v1 = acc[4 * j + 2 * h + 1] * scale;
+            if (accumulate) {
+                v0 += Element<T>::to_float(dst[0]);
+                if (second_col) v1 += Element<T>::to_float(dst[1]);
+            }
             if (pair_store && second_col) {
                 store_pair(dst, v0, v1);
             } else {

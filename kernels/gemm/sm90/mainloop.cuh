@@ -1,14 +1,23 @@
 // Hopper (sm_90a) GEMM main loop: TMA loads into a multistage shared-memory ring
-// (pipeline.cuh), wgmma m64nNk16 on f32 accumulators, warp-specialised.
+// (pipeline.cuh), wgmma m64nNk16 on f32 accumulators, warp-specialised. The block computes
+// C[BM x BN] = A[BM x K] · B[K x BN], one k-block of kBlockK = 64 elements (one 128-byte swizzle
+// row of halves) per stage.
 //
-// Operands (this is the forward's "TN" GEMM, both operands K-major):
-//   A = X [m, k] row-major, B = W [n, k] row-major; the block computes C[BM x BN] = A·Bᵀ.
-// Per stage and k-block of kBlockK = 64 elements (one 128-byte swizzle row of halves), TMA
-// writes A's BM x 64 box and B's BN x 64 box with 128-byte swizzle: row r of a box at byte
-// 128 r, its 16-byte chunks permuted within each 1024-byte group of 8 rows. A wgmma K-major
-// descriptor with 128-byte swizzle reads that layout directly: stride byte offset 1024 (8 rows),
-// leading byte offset unused by the hardware for this mode (16 is written), and the k16 step
-// ks of the k-block starts 32 ks bytes into the row.
+// Operand layouts (the template's kMajorA / kMajorB). Every operand box is written by TMA with
+// 128-byte swizzle: box row r at byte 128 r, its 16-byte chunks permuted within each 1024-byte
+// group of 8 rows; wgmma descriptors with 128-byte swizzle read that layout directly.
+//   K-major  (the matrix is [rows, K] row-major, e.g. the forward's X and W): one box of
+//            rows x 64 at (k, row) coordinates; descriptor stride byte offset 1024 (8 rows),
+//            leading byte offset unused by this mode (16 is written), k16 step ks at 32 ks bytes.
+//   MN-major (the matrix is [K, rows] row-major, e.g. the backward's W for dX and X for dW):
+//            rows / 64 boxes of 64 (inner, along the operand's M or N) x 64 (K rows), each
+//            8192 bytes; descriptor leading byte offset 8192 (the next 64 M/N), stride byte
+//            offset 1024 (8 K rows), k16 step ks at 2048 ks bytes; wgmma's transpose bit set.
+// In both layouts the sub-block of an operand that starts at M/N index `first` (a multiple of
+// 64) lies 128 first bytes into the box.
+//
+// A side operand (kSideA): a second matrix with A's shape and layout, loaded beside A in every
+// stage but not multiplied (the backward's saved output Y, from which dZ is formed in place).
 //
 // Consumer warpgroups: two. With BM = 128 each takes 64 rows and all BN columns; with BM = 64
 // both take the 64 rows and BN / 2 columns each. Each issues wgmma m64n(kWgN)k16.
@@ -28,7 +37,39 @@ constexpr int kWarpgroupThreads = 128;
 // One producer warpgroup (one thread of it issues the TMA loads) and the consumers.
 constexpr int kThreads = (1 + kConsumerWarpgroups) * kWarpgroupThreads;
 
-template <typename T, int BM, int BN, int kStagesArg>
+enum class Major { K, MN };
+
+// One operand's box(es) in a stage: kRows along M (A) or N (B), 64 along K.
+template <int kRows, Major kMajor>
+struct OperandTile {
+    static_assert(kRows % 64 == 0 || kMajor == Major::K, "MN-major boxes are 64 wide");
+    static constexpr uint32_t kBytes = kRows * 128;
+    static constexpr int kTranspose = kMajor == Major::MN ? 1 : 0;
+
+    // Queues the TMA load(s) of k-block kb of the operand rows from `first` on, into dst.
+    __device__ __forceinline__ static void load(unsigned char* dst, const CUtensorMap* map,
+                                                uint64_t* full, int32_t first, int kb) {
+        if (kMajor == Major::K) {
+            ptx::tma_load_2d(dst, map, full, kb * 64, first);
+        } else {
+#pragma unroll
+            for (int j = 0; j < kRows / 64; ++j)
+                ptx::tma_load_2d(dst + 8192 * j, map, full, first + 64 * j, kb * 64);
+        }
+    }
+
+    // The wgmma descriptor of the k16 step ks of the sub-block at byte `offset` (128 x its
+    // first row) of the box at `box`.
+    __device__ __forceinline__ static uint64_t descriptor(const unsigned char* box,
+                                                          uint32_t offset, int ks) {
+        return kMajor == Major::K
+                   ? ptx::make_smem_desc(box + offset + 32 * ks, 128, 16, 1024)
+                   : ptx::make_smem_desc(box + offset + 2048 * ks, 128, 8192, 1024);
+    }
+};
+
+template <typename T, int BM, int BN, int kStagesArg, Major kMajorA = Major::K,
+          Major kMajorB = Major::K, bool kSideA = false>
 struct Mainloop {
     static_assert(sizeof(T) == 2, "the wgmma main loop takes f16 or bf16 operands");
     static_assert(BM == 64 || BM == 128, "BM is one or two consumer warpgroups of 64 rows");
@@ -41,10 +82,18 @@ struct Mainloop {
     static constexpr int kWgN = BN / kWgCols;  // the wgmma N of each consumer warpgroup
     static_assert(kWgN % 8 == 0 && kWgN >= 8 && kWgN <= 256, "wgmma N is 8 .. 256");
     static_assert(BN <= 256, "a TMA box row count is at most 256");
+    static_assert(kMajorB == Major::K || kWgN % 64 == 0,
+                  "an MN-major B sub-block starts on a 64-column box");
     static constexpr int kAccumulators = kWgN / 2;
-    static constexpr uint32_t kBytesA = BM * 128;
-    static constexpr uint32_t kBytesB = BN * 128;
-    static constexpr uint32_t kStageBytes = kBytesA + kBytesB;
+    using TileA = OperandTile<BM, kMajorA>;
+    using TileB = OperandTile<BN, kMajorB>;
+    static constexpr uint32_t kBytesA = TileA::kBytes;
+    static constexpr uint32_t kBytesSide = kSideA ? TileA::kBytes : 0;
+    static constexpr uint32_t kBytesB = TileB::kBytes;
+    // A stage: A's box(es), the side operand's, B's.
+    static constexpr uint32_t kOffsetSide = kBytesA;
+    static constexpr uint32_t kOffsetB = kBytesA + kBytesSide;
+    static constexpr uint32_t kStageBytes = kBytesA + kBytesSide + kBytesB;
     static_assert(kBytesA % 1024 == 0 && kBytesB % 1024 == 0,
                   "each box keeps the next one on a 1024-byte swizzle boundary");
     // Dynamic shared memory: up to 1023 bytes to round the base up to the 1024-byte boundary
@@ -69,50 +118,65 @@ struct Mainloop {
         return s;
     }
 
-    // Producer (one thread): queues the k_blocks k-blocks of the tile at rows m0 of X and n0 of
-    // W, each into the next stage of the ring once the consumers released it.
-    __device__ __forceinline__ static void load_tile(const CUtensorMap* map_x,
-                                                     const CUtensorMap* map_w, const Storage& s,
-                                                     State& state, int32_t m0, int32_t n0,
+    // Producer (one thread): queues the k_blocks k-blocks of the tile whose A rows start at a0
+    // and B rows (columns of C) at b0, each into the next stage of the ring once the consumers
+    // released it. `side` (kSideA only; null: not loaded) is read at A's coordinates.
+    __device__ __forceinline__ static void load_tile(const CUtensorMap* map_a,
+                                                     const CUtensorMap* map_b,
+                                                     const CUtensorMap* side, const Storage& s,
+                                                     State& state, int32_t a0, int32_t b0,
                                                      int k_blocks) {
+        const uint32_t bytes = kStageBytes - (side != nullptr ? 0u : kBytesSide);
         for (int kb = 0; kb < k_blocks; ++kb) {
             s.barriers->producer_acquire(state);
             unsigned char* stage = s.stages + state.stage * kStageBytes;
             uint64_t* full = &s.barriers->full[state.stage];
-            ptx::mbarrier_arrive_expect_tx(full, kStageBytes);
-            ptx::tma_load_2d(stage, map_x, full, kb * kBlockK, m0);
-            ptx::tma_load_2d(stage + kBytesA, map_w, full, kb * kBlockK, n0);
+            ptx::mbarrier_arrive_expect_tx(full, bytes);
+            TileA::load(stage, map_a, full, a0, kb);
+            if (kSideA && side != nullptr) TileA::load(stage + kOffsetSide, side, full, a0, kb);
+            TileB::load(stage + kOffsetB, map_b, full, b0, kb);
             state.advance();
         }
+    }
+
+    __device__ __forceinline__ static void load_tile(const CUtensorMap* map_a,
+                                                     const CUtensorMap* map_b, const Storage& s,
+                                                     State& state, int32_t a0, int32_t b0,
+                                                     int k_blocks) {
+        load_tile(map_a, map_b, nullptr, s, state, a0, b0, k_blocks);
     }
 
     // Consumer warpgroup `consumer` (all 128 threads): accumulates the tile into acc, reading
     // k_blocks >= 1 stages from the ring and releasing each once its wgmmas retired. (k = 0 is
     // not this kernel's: a branch that zeroes acc instead costs the 128 x 256 tile its spill-free
     // register allocation.)
+    // `prepare(kb, stage)` runs once k-block kb's bytes have landed, before its wgmmas are
+    // issued, while the previous k-block's are still in flight: the backward forms dZ in the
+    // stage there. Whatever it writes to shared memory it must fence (fence.proxy.async) and
+    // publish to the warpgroup (warpgroup_barrier) itself.
     // `between(kb)` runs while the tensor cores work on k-block kb (after its wgmmas were
-    // committed, before waiting for them): the epilogue's Philox draws go there. It must not
+    // committed, before waiting for them): the epilogue's Philox draws go there. Neither may
     // touch acc.
-    template <class Between>
+    template <class Prepare, class Between>
     __device__ __forceinline__ static void mma_tile(float (&acc)[kAccumulators], const Storage& s,
                                                     State& state, int k_blocks, int consumer,
-                                                    Between&& between) {
+                                                    Prepare&& prepare, Between&& between) {
         const uint32_t a_offset = (uint32_t)(consumer % kWgRows) * 64u * 128u;
-        const uint32_t b_offset = kBytesA + (uint32_t)(consumer / kWgRows) * kWgN * 128u;
+        const uint32_t b_offset = (uint32_t)(consumer / kWgRows) * kWgN * 128u;
         const bool leader = threadIdx.x % kWarpgroupThreads == 0;
         State release = state;
         for (int kb = 0; kb < k_blocks; ++kb) {
             s.barriers->consumer_wait(state);
-            const unsigned char* stage = s.stages + state.stage * kStageBytes;
+            unsigned char* stage = s.stages + state.stage * kStageBytes;
+            prepare(kb, stage);
             ptx::fence_registers(acc);
             ptx::wgmma_fence();
 #pragma unroll
             for (int ks = 0; ks < kBlockK / 16; ++ks) {
-                const uint64_t desc_a = ptx::make_smem_desc(stage + a_offset + 32 * ks, 128, 16,
-                                                            1024);
-                const uint64_t desc_b = ptx::make_smem_desc(stage + b_offset + 32 * ks, 128, 16,
-                                                            1024);
-                ptx::wgmma_ss<T, kWgN>(acc, desc_a, desc_b, kb > 0 || ks > 0);
+                const uint64_t desc_a = TileA::descriptor(stage, a_offset, ks);
+                const uint64_t desc_b = TileB::descriptor(stage + kOffsetB, b_offset, ks);
+                ptx::wgmma_ss<T, kWgN, TileA::kTranspose, TileB::kTranspose>(
+                    acc, desc_a, desc_b, kb > 0 || ks > 0);
             }
             ptx::wgmma_commit_group();
             between(kb);
@@ -129,6 +193,13 @@ struct Mainloop {
         ptx::wgmma_wait_group<0>();
         ptx::fence_registers(acc);
         if (leader) s.barriers->consumer_release(release);
+    }
+
+    template <class Between>
+    __device__ __forceinline__ static void mma_tile(float (&acc)[kAccumulators], const Storage& s,
+                                                    State& state, int k_blocks, int consumer,
+                                                    Between&& between) {
+        mma_tile(acc, s, state, k_blocks, consumer, [](int, unsigned char*) {}, between);
     }
 };
 

@@ -1,0 +1,238 @@
+// Backward of Y = dropout_p(act(X·Wᵀ + b)) on Hopper (sm_90a only; f16 and bf16, f32
+// accumulate), on the forward's main loop (gemm/sm90/mainloop.cuh) with other operand layouts:
+//
+//   dX = dZ · W   [m, k]   fusedrop_backward_dx_<config>_<dtype>:  A = dY [m, n] K-major,
+//                          B = W [n, k] MN-major (the reduction n is W's row index)
+//   dW = dZᵀ · X  [n, k]   fusedrop_backward_dw_<config>_<dtype>:  A = dY MN-major (dZᵀ),
+//                          B = X [m, k] MN-major; also db = Σ_rows dZ [n] in the blocks whose
+//                          tile is in the first column of dW
+//
+// dZ is formed in shared memory, in place, by the consumer warpgroup that multiplies it: once a
+// stage's dY (and for ReLU Y, the main loop's side operand) has landed, each consumer turns its
+// 64 x 64 part of the dY box(es) into dZ (kernels/backward.cuh, form_dz4), fences the writes to
+// the async proxy and meets its warpgroup at a named barrier before issuing the wgmmas; the
+// previous k-block's wgmmas run meanwhile. The dropout scale 1/(1-p) is not applied there but
+// once to the f32 accumulators in the epilogue (fewer roundings, and ReLU with no NaN in Y
+// needs no Philox at all). Identity with p = 0 skips the pass: the kernel is then a plain GEMM.
+// Out-of-bounds parts of the boxes arrive as zeros (TMA zero fill), dZ of a zero is zero, so the
+// M, N and K tails need no predicates before the store.
+//
+// Each consumer's part of a stage: for dX the 64 rows (m) it multiplies, all 64 columns (n) of
+// the k-block; for dW the box of 64 columns (n) it multiplies, all 64 rows (m) of the k-block.
+// Both are a 64 x 64 block of dY at (row0, col0) laid out as the TMA wrote it (row r at byte
+// 128 r, 16-byte chunk c of the row at chunk c ^ (r % 8)).
+//
+// Determinism: every output element is reduced by one warpgroup over the whole reduction in
+// k-block order, db by one thread per column in row order; no atomics, so the same inputs give
+// bit-identical outputs whatever the grid size.
+//
+// Tensor maps (src/cuda/tensor_map.rs; all 2-D, 128-byte swizzle, zero fill):
+//   dX: dY and Y: inner n, outer m, box 64 x kBlockM; W: inner k, outer n, box 64 x 64.
+//   dW: dY and Y: inner n, outer m, box 64 x 64;      X: inner k, outer m, box 64 x 64.
+// That needs n % 8 == 0, k % 8 == 0 and 16-byte aligned dY, Y, W and X; m, n >= 1 (the
+// reduction has at least one k-block), and dW with db needs dw (db-only calls take
+// kernels/backward_tc.cu). When relu = 0 the map_y argument is not read (any valid map).
+//
+// Launch: block = 384 threads (a producer warpgroup and two consumers, as the forward),
+// dynamic shared memory = kSmemBytes, grid = (blocks, 1, 1) for any blocks >= 1, persistent
+// over the product's tiles (gemm/tile_scheduler.cuh). accumulate = 1 adds to the existing
+// values (in f32, rounded once). mp: the forward's MaskParams (seed read from its device
+// buffer when given).
+#include "backward.cuh"
+#include "element.cuh"
+#include "gemm/sm90/epilogue.cuh"
+#include "gemm/sm90/mainloop.cuh"
+#include "gemm/tile_scheduler.cuh"
+#include "mask.cuh"
+#include "ptx.cuh"
+
+namespace fusedrop {
+namespace backward {
+
+constexpr int kProducerRegisters = 40;
+constexpr int kConsumerRegisters = 232;
+constexpr int kGroupRows = 8;
+
+// Turns the 64 x 64 block of dY at `block` (swizzled as above; `y_block` the matching block of
+// Y, read only for ReLU) into dZ / scale, in place. (row0, col0): the block's first element in
+// dY. Thread t of the warpgroup handles 16-byte chunks t, t + 128, ... (8 elements of a row).
+template <typename T>
+__device__ __forceinline__ void form_dz_block(unsigned char* block, const unsigned char* y_block,
+                                              long long row0, long long col0, long long n,
+                                              bool relu, const MaskParams& unit) {
+    const int t = (int)(threadIdx.x % gemm::sm90::kWarpgroupThreads);
+#pragma unroll 1
+    for (int i = 0; i < 4; ++i) {
+        const int chunk = t + 128 * i;
+        const int row = chunk / 8, logical = chunk % 8;
+        const int offset = row * 128 + ((logical ^ (row % 8)) * 16);
+        T* d = reinterpret_cast<T*>(block + offset);
+        const T* yv8 = reinterpret_cast<const T*>(y_block + offset);
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            float v[4], yv[4];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                v[j] = Element<T>::to_float(d[4 * half + j]);
+                yv[j] = relu ? Element<T>::to_float(yv8[4 * half + j]) : 0.0f;
+            }
+            form_dz4(v, yv, relu, unit, n, row0 + row, col0 + 8 * logical + 4 * half);
+#pragma unroll
+            for (int j = 0; j < 4; ++j) d[4 * half + j] = Element<T>::from_float(v[j]);
+        }
+    }
+}
+
+// Column `col` (0 .. 63) of the 64 x 64 block, summed over its rows in order.
+template <typename T>
+__device__ __forceinline__ float column_sum(const unsigned char* block, int col) {
+    float sum = 0.0f;
+#pragma unroll 8
+    for (int row = 0; row < 64; ++row) {
+        const T* p = reinterpret_cast<const T*>(block + row * 128 +
+                                                (((col / 8) ^ (row % 8)) * 16)) +
+                     col % 8;
+        sum += Element<T>::to_float(*p);
+    }
+    return sum;
+}
+
+// One backward product: OUT[rows, k] = A · B with A from dY (dZ formed in the stage), as
+// described at the top. kWeightGrad: dW (and db) instead of dX.
+template <typename T, class Mainloop, bool kWeightGrad>
+__device__ __forceinline__ void backward_sm90(const CUtensorMap* map_dy, const CUtensorMap* map_y,
+                                              const CUtensorMap* map_b, T* __restrict__ out,
+                                              T* __restrict__ db, long long m, long long n,
+                                              long long k, int relu, int accumulate,
+                                              MaskParams mp) {
+    FUSEDROP_DYNAMIC_SMEM(unsigned char, smem);
+    const typename Mainloop::Storage storage = Mainloop::storage(smem);
+    const int warpgroup = (int)(threadIdx.x / gemm::sm90::kWarpgroupThreads);
+    if (threadIdx.x == 0) storage.barriers->init(gemm::sm90::kConsumerWarpgroups);
+    __syncthreads();
+
+    const long long rows = kWeightGrad ? n : m;
+    const long long red = kWeightGrad ? m : n;
+    const gemm::PersistentTileScheduler<kGroupRows> scheduler(rows, k, Mainloop::kBlockM,
+                                                              Mainloop::kBlockN);
+    const int k_blocks = (int)((red + Mainloop::kBlockK - 1) / Mainloop::kBlockK);
+    typename Mainloop::State state;
+
+    if (warpgroup == 0) {
+        ptx::setmaxnreg_dec<kProducerRegisters>();
+        if (threadIdx.x == 0) {
+            ptx::prefetch_tensormap(map_dy);
+            ptx::prefetch_tensormap(map_b);
+            if (relu) ptx::prefetch_tensormap(map_y);
+            for (int t = scheduler.first(); t < scheduler.tiles(); t = scheduler.next(t)) {
+                const gemm::TileCoordOf<int> tile = scheduler.tile(t);
+                Mainloop::load_tile(map_dy, map_b, relu ? map_y : nullptr, storage, state,
+                                    tile.tm * Mainloop::kBlockM, tile.tn * Mainloop::kBlockN,
+                                    k_blocks);
+            }
+        }
+        return;
+    }
+
+    ptx::setmaxnreg_inc<kConsumerRegisters>();
+    const int consumer = warpgroup - 1;
+    const bool is_relu = relu != 0;
+    // The operand is dZ / scale: form_dz4 with a unit scale; the scale goes on the accumulators.
+    MaskParams unit = resolve_seed(mp);
+    const float scale = unit.scale;
+    unit.scale = 1.0f;
+    const bool transform = is_relu || dropout_enabled(unit);
+    const int t = (int)(threadIdx.x % gemm::sm90::kWarpgroupThreads);
+    const int wg_row = (consumer % Mainloop::kWgRows) * 64;
+    const int wg_col = (consumer / Mainloop::kWgRows) * Mainloop::kWgN;
+    float acc[Mainloop::kAccumulators];
+    for (int linear = scheduler.first(); linear < scheduler.tiles();
+         linear = scheduler.next(linear)) {
+        const gemm::TileCoordOf<int> tile = scheduler.tile(linear);
+        const long long tile_row = (long long)tile.tm * Mainloop::kBlockM + wg_row;
+        const bool do_db = kWeightGrad && db != nullptr && tile.tn == 0 && t < 64;
+        float db_sum = 0.0f;
+        Mainloop::mma_tile(
+            acc, storage, state, k_blocks, consumer,
+            [&](int kb, unsigned char* stage) {
+                // This consumer's 64 x 64 part of the dY box(es): its rows for dX (the K-major
+                // box's rows wg_row ..), its 64-column box for dW; either way 128 wg_row bytes in.
+                unsigned char* block = stage + 128 * wg_row;
+                if (transform) {
+                    const long long red0 = (long long)kb * Mainloop::kBlockK;
+                    form_dz_block<T>(block, block + Mainloop::kOffsetSide,
+                                     kWeightGrad ? red0 : tile_row, kWeightGrad ? tile_row : red0,
+                                     n, is_relu, unit);
+                    ptx::fence_proxy_async_shared();
+                    if (consumer == 0)
+                        ptx::warpgroup_barrier<1>();
+                    else
+                        ptx::warpgroup_barrier<2>();
+                }
+                if (do_db) db_sum += column_sum<T>(block, t);
+            },
+            [](int) {});
+        gemm::sm90::store_gradient_fragment<T, Mainloop::kWgN>(
+            acc, out, rows, k, tile_row, (long long)tile.tn * Mainloop::kBlockN + wg_col, scale,
+            accumulate != 0);
+        if (do_db && tile_row + t < n) {
+            T* dst = db + tile_row + t;
+            const float old = accumulate ? Element<T>::to_float(*dst) : 0.0f;
+            *dst = Element<T>::from_float(old + db_sum * scale);
+        }
+    }
+}
+
+// Tile BM x BN (BM = 128: each consumer warpgroup owns 64 rows, so it forms the dZ it reads),
+// pipeline depth STAGES. A stage holds dY's box(es), Y's, and B's.
+template <int BM, int BN, int STAGES>
+struct WgConfig {
+    static_assert(BM == 128, "each consumer warpgroup forms its own 64 rows of dZ");
+    template <typename T>
+    using DxMainloop = gemm::sm90::Mainloop<T, BM, BN, STAGES, gemm::sm90::Major::K,
+                                            gemm::sm90::Major::MN, true>;
+    template <typename T>
+    using DwMainloop = gemm::sm90::Mainloop<T, BM, BN, STAGES, gemm::sm90::Major::MN,
+                                            gemm::sm90::Major::MN, true>;
+    static constexpr int kBlockM = BM;
+    static constexpr int kBlockN = BN;
+    static constexpr int kStages = STAGES;
+    static constexpr int kThreads = gemm::sm90::kThreads;
+    static constexpr int kSmemBytes = DxMainloop<__half>::kSmemBytes;
+    static_assert(DwMainloop<__half>::kSmemBytes == kSmemBytes, "one shared size per config");
+    static_assert(kSmemBytes <= 227 * 1024, "a Hopper block has at most 227 KiB of shared memory");
+};
+
+// Two warpgroups of 64 x 128 (wgmma m64n128k16), 4 stages of 48 KiB (dY, Y, B 16 KiB each).
+struct Wg128x128 : WgConfig<128, 128, 4> {};
+
+}  // namespace backward
+}  // namespace fusedrop
+
+#define FUSEDROP_BACKWARD_SM90(CONFIG, NAME, SUFFIX, T)                                          \
+    extern "C" __global__ void __launch_bounds__(fusedrop::backward::CONFIG::kThreads, 1)        \
+        fusedrop_backward_dx_##NAME##_##SUFFIX(                                                  \
+            const __grid_constant__ CUtensorMap map_dy, const __grid_constant__ CUtensorMap map_y, \
+            const __grid_constant__ CUtensorMap map_w, T* __restrict__ dx, long long m,          \
+            long long n, long long k, int relu, int accumulate, fusedrop::MaskParams mp) {       \
+        fusedrop::backward::backward_sm90<T, fusedrop::backward::CONFIG::DxMainloop<T>, false>(  \
+            &map_dy, &map_y, &map_w, dx, nullptr, m, n, k, relu, accumulate, mp);                \
+    }                                                                                            \
+    extern "C" __global__ void __launch_bounds__(fusedrop::backward::CONFIG::kThreads, 1)        \
+        fusedrop_backward_dw_##NAME##_##SUFFIX(                                                  \
+            const __grid_constant__ CUtensorMap map_dy, const __grid_constant__ CUtensorMap map_y, \
+            const __grid_constant__ CUtensorMap map_x, T* __restrict__ dw, T* __restrict__ db,   \
+            long long m, long long n, long long k, int relu, int accumulate,                     \
+            fusedrop::MaskParams mp) {                                                           \
+        fusedrop::backward::backward_sm90<T, fusedrop::backward::CONFIG::DwMainloop<T>, true>(   \
+            &map_dy, &map_y, &map_x, dw, db, m, n, k, relu, accumulate, mp);                     \
+    }
+
+FUSEDROP_BACKWARD_SM90(Wg128x128, wg128x128, f16, __half)
+FUSEDROP_BACKWARD_SM90(Wg128x128, wg128x128, bf16, __nv_bfloat16)
+
+// The launch numbers the Rust side launches with (src/cuda/launch_table.rs, via build.rs).
+#include "fusedrop_launch_table.h"
+static_assert(fusedrop::launch::matches<fusedrop::backward::Wg128x128>(
+                  fusedrop::launch::backward_wg128x128),
+              "backward Wg128x128 disagrees with src/cuda/launch_table.rs");
