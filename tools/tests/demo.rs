@@ -321,21 +321,31 @@ fn demo_same_seed_gives_same_numbers() {
 
 #[test]
 fn demo_rejects_bad_flags_with_code_2_and_a_message() {
-    let cases: &[&[&str]] = &[
-        &["--epochs", "many"],
-        &["--epochs", "0"],
-        &["--epochs"],
-        &["--hidden", "-3"],
-        &["--p", "1"],
-        &["--p", "nan"],
-        &["--device", "tpu"],
-        &["--lr", "0"],
-        &["--train", "1500", "--val", "1000"],
-        &["--frobnicate"],
-        &["stray"],
-        &["--help=yes"],
+    // Each mistake, and what the message must say about it.
+    let cases: &[(&[&str], &str)] = &[
+        (&["--epochs", "many"], "'many' for '--epochs <N>'"),
+        (
+            &["--epochs", "0"],
+            "expected a whole number from 1 to 100000",
+        ),
+        (&["--epochs"], "a value is required for '--epochs <N>'"),
+        (
+            &["--hidden", "-3"],
+            "expected a whole number from 1 to 16384",
+        ),
+        (&["--p", "1"], "expected a number with 0 <= p < 1"),
+        (&["--p", "nan"], "expected a number with 0 <= p < 1"),
+        (&["--device", "tpu"], "[possible values: auto, cpu, cuda]"),
+        (&["--lr", "0"], "expected a number in (0, 1]"),
+        (
+            &["--train", "1500", "--val", "1000"],
+            "expected at most 1797 together",
+        ),
+        (&["--frobnicate"], "unexpected argument '--frobnicate'"),
+        (&["stray"], "unexpected argument 'stray'"),
+        (&["--help=yes"], "unexpected value 'yes' for '--help'"),
     ];
-    for args in cases {
+    for (args, expected) in cases {
         let mut full = vec!["demo"];
         full.extend_from_slice(args);
         let output = fusedrop(&full);
@@ -345,7 +355,8 @@ fn demo_rejects_bad_flags_with_code_2_and_a_message() {
             Some(2),
             "{args:?}: expected exit code 2\nstderr: {stderr}"
         );
-        assert!(stderr.contains("fusedrop demo:"), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
@@ -374,4 +385,9 @@ fn help_lists_every_command() {
     }
     let output = fusedrop(&["no-such-command"]);
     assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("unrecognized subcommand 'no-such-command'"),
+        "{stderr}"
+    );
 }
