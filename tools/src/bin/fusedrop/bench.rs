@@ -5,7 +5,6 @@
 //! usable GPU (no driver, no device, kernels not built into this binary, or no cuBLASLt).
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -203,11 +202,7 @@ pub fn run(options: &Options) -> i32 {
         EXIT_INCOMPLETE
     };
     if let Some(path) = &options.csv {
-        let written = File::create(path).and_then(|f| {
-            let mut out = BufWriter::new(f);
-            write_table_csv(&table, &mut out)?;
-            out.flush()
-        });
+        let written = File::create(path).and_then(|f| write_table_csv(&table, f));
         match written {
             Ok(()) => println!("CSV written to {}", path.display()),
             Err(e) => {

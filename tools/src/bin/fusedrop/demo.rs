@@ -14,6 +14,7 @@ use clap::Args;
 use fusedrop::DropoutGenerator;
 use rand::seq::SliceRandom;
 use rand::{rngs::StdRng, SeedableRng};
+use serde::Serialize;
 
 use crate::backend::{Backend, DeviceChoice};
 use crate::cli::whole_number;
@@ -281,9 +282,9 @@ fn demo(o: &Options, backend: &Backend) -> Result<(), String> {
         o.seed,
         backend.short_name()
     );
-    write_file(&plot_path, &svg(&runs, &title, &subtitle))?;
+    write_file(&plot_path, svg(&runs, &title, &subtitle))?;
     let csv_path = o.out.join("demo-history.csv");
-    write_file(&csv_path, &history_csv(&runs))?;
+    write_file(&csv_path, history_csv(&runs)?)?;
     println!();
     println!("plot:    {}", plot_path.display());
     println!("history: {}", csv_path.display());
@@ -292,7 +293,7 @@ fn demo(o: &Options, backend: &Backend) -> Result<(), String> {
             std::fs::create_dir_all(parent)
                 .map_err(|e| format!("cannot create the folder {}: {e}", parent.display()))?;
         }
-        write_file(path, &summary_json(&runs, backend))?;
+        write_file(path, summary_json(&runs, backend)?)?;
         println!("summary: {}", path.display());
     }
     println!(
@@ -302,7 +303,7 @@ fn demo(o: &Options, backend: &Backend) -> Result<(), String> {
     Ok(())
 }
 
-fn write_file(path: &Path, contents: &str) -> Result<(), String> {
+fn write_file(path: &Path, contents: impl AsRef<[u8]>) -> Result<(), String> {
     std::fs::write(path, contents).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
@@ -410,56 +411,75 @@ fn svg(runs: &[Run], title: &str, subtitle: &str) -> String {
     plot::figure(title, subtitle, &[train, val])
 }
 
-fn history_csv(runs: &[Run]) -> String {
-    let mut out = String::from("model,p,epoch,train_loss,train_acc,val_loss,val_acc\n");
+/// One line of the per-epoch history CSV (the field names are its header).
+#[derive(Serialize)]
+struct HistoryRecord {
+    model: &'static str,
+    p: f32,
+    epoch: usize,
+    train_loss: f64,
+    train_acc: f64,
+    val_loss: f64,
+    val_acc: f64,
+}
+
+fn history_csv(runs: &[Run]) -> Result<Vec<u8>, String> {
+    let mut csv = csv::Writer::from_writer(Vec::new());
     for run in runs {
         for (i, (train, val)) in run.history.iter().enumerate() {
-            out.push_str(&format!(
-                "{},{},{},{},{},{},{}\n",
-                run.name,
-                run.p,
-                i + 1,
-                train.loss,
-                train.accuracy,
-                val.loss,
-                val.accuracy
-            ));
+            csv.serialize(HistoryRecord {
+                model: run.name,
+                p: run.p,
+                epoch: i + 1,
+                train_loss: train.loss,
+                train_acc: train.accuracy,
+                val_loss: val.loss,
+                val_acc: val.accuracy,
+            })
+            .map_err(|e| format!("cannot format the history CSV: {e}"))?;
         }
     }
-    out
+    csv.into_inner()
+        .map_err(|e| format!("cannot format the history CSV: {e}"))
 }
 
-/// A JSON number, or `null` for NaN and infinities (which JSON cannot express).
-fn json_number(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v}")
-    } else {
-        "null".into()
-    }
+/// One model's line of the `--summary-json` list. serde_json writes a NaN or infinite loss as
+/// `null`, which JSON can express.
+#[derive(Serialize)]
+struct SummaryRecord {
+    model: &'static str,
+    p: f32,
+    backend: &'static str,
+    epochs: usize,
+    train_loss: f64,
+    train_acc: f64,
+    val_loss: f64,
+    val_acc: f64,
+    best_val_loss: f64,
+    best_val_epoch: usize,
 }
 
-fn summary_json(runs: &[Run], backend: &Backend) -> String {
-    let rows: Vec<String> = runs
+fn summary_json(runs: &[Run], backend: &Backend) -> Result<String, String> {
+    let rows: Vec<SummaryRecord> = runs
         .iter()
         .filter_map(|run| {
             let (train, val) = run.history.last()?;
             let (best, epoch) = run.best_val();
-            Some(format!(
-                "  {{\"model\": \"{}\", \"p\": {}, \"backend\": \"{}\", \"epochs\": {}, \
-                 \"train_loss\": {}, \"train_acc\": {}, \"val_loss\": {}, \"val_acc\": {}, \
-                 \"best_val_loss\": {}, \"best_val_epoch\": {}}}",
-                run.name,
-                run.p,
-                backend.short_name(),
-                run.history.len(),
-                json_number(train.loss),
-                json_number(train.accuracy),
-                json_number(val.loss),
-                json_number(val.accuracy),
-                json_number(best),
-                epoch
-            ))
+            Some(SummaryRecord {
+                model: run.name,
+                p: run.p,
+                backend: backend.short_name(),
+                epochs: run.history.len(),
+                train_loss: train.loss,
+                train_acc: train.accuracy,
+                val_loss: val.loss,
+                val_acc: val.accuracy,
+                best_val_loss: best,
+                best_val_epoch: epoch,
+            })
         })
         .collect();
-    format!("[\n{}\n]\n", rows.join(",\n"))
+    serde_json::to_string_pretty(&rows)
+        .map(|json| json + "\n")
+        .map_err(|e| format!("cannot format the summary JSON: {e}"))
 }
