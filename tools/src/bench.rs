@@ -25,6 +25,7 @@ use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 use half::{bf16, f16};
 use rand::{RngCore, SeedableRng};
+use serde::{Serialize, Serializer};
 
 use crate::baseline::{cublaslt_version, Blas, GemmOp, GemmPlan};
 use crate::invalid;
@@ -700,10 +701,6 @@ pub struct Table {
     pub failures: Vec<String>,
 }
 
-/// The CSV header; the PyTorch peer script writes the same columns.
-pub const CSV_HEADER: &str = "source,gpu,driver,shape,m,n,k,dtype,p,pass,impl,time_us,tflops,gbps,\
-vs_gemm_floor,vs_unfused,pct_copy_bw,pct_matmul_rate,copy_gbps,rate_tflops,note";
-
 /// Measures the table: opens the GPU, measures the floors, then every (shape, dtype, p, pass)
 /// of `options`. `progress` sees each row as it is measured. Fails only when the GPU, the
 /// kernels or cuBLASLt cannot be opened; a figure that fails is recorded in
@@ -1227,72 +1224,109 @@ fn emit_pass(
 // ---------------------------------------------------------------------------------------------
 // Output
 
+/// `v` with `digits` decimals, or nothing when there is none or it is not finite.
 fn opt(v: Option<f64>, digits: usize) -> String {
     v.filter(|x| x.is_finite())
         .map_or(String::new(), |x| format!("{x:.digits$}"))
 }
 
-fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
-    } else {
-        text.to_string()
+/// One line of the CSV. The field names are the header; the PyTorch peer script
+/// (benches/peers/torch_peer.py) writes the same columns.
+#[derive(Serialize)]
+struct CsvRecord<'a> {
+    source: &'a str,
+    gpu: &'a str,
+    driver: &'a str,
+    shape: &'a str,
+    m: usize,
+    n: usize,
+    k: usize,
+    dtype: &'static str,
+    p: Option<f32>,
+    pass: &'static str,
+    #[serde(rename = "impl")]
+    impl_name: &'static str,
+    time_us: Fixed<2>,
+    tflops: Fixed<2>,
+    gbps: Fixed<1>,
+    vs_gemm_floor: Fixed<3>,
+    vs_unfused: Fixed<3>,
+    pct_copy_bw: Fixed<1>,
+    pct_matmul_rate: Fixed<1>,
+    copy_gbps: Fixed<1>,
+    rate_tflops: Fixed<1>,
+    note: &'a str,
+}
+
+impl<'a> CsvRecord<'a> {
+    fn new(
+        row: &'a Row,
+        gpu: &'a str,
+        driver: &'a str,
+        copy: Option<f64>,
+        rate: Option<f64>,
+    ) -> Self {
+        Self {
+            source: &row.source,
+            gpu,
+            driver,
+            shape: &row.shape,
+            m: row.dims.m,
+            n: row.dims.n,
+            k: row.dims.k,
+            dtype: row.dtype.name(),
+            p: row.p,
+            pass: row.pass,
+            impl_name: row.impl_name,
+            time_us: Fixed(Some(row.time_us)),
+            tflops: Fixed(Some(row.tflops)),
+            gbps: Fixed(Some(row.gbps)),
+            vs_gemm_floor: Fixed(row.vs_gemm_floor),
+            vs_unfused: Fixed(row.vs_unfused),
+            pct_copy_bw: Fixed(Some(row.pct_copy_bw)),
+            pct_matmul_rate: Fixed(Some(row.pct_matmul_rate)),
+            copy_gbps: Fixed(copy),
+            rate_tflops: Fixed(rate),
+            note: &row.note,
+        }
     }
 }
 
-/// Writes [`CSV_HEADER`] and one line per row. `gpu` and the floors come from `table`, which is
+/// A figure written with `DIGITS` decimals (a measurement's precision, not the float's), or an
+/// empty field when there is none or it is not finite.
+struct Fixed<const DIGITS: usize>(Option<f64>);
+
+impl<const DIGITS: usize> Serialize for Fixed<DIGITS> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str(&opt(self.0, DIGITS))
+    }
+}
+
+/// Writes the header and one line per row. `gpu` and the floors come from `table`, which is
 /// why [`write_table_csv`] is the usual entry point; this one takes bare rows (GPU columns
 /// empty) for callers that have no table.
-pub fn write_csv(rows: &[Row], out: &mut impl io::Write) -> io::Result<()> {
-    writeln!(out, "{CSV_HEADER}")?;
+pub fn write_csv(rows: &[Row], out: impl io::Write) -> io::Result<()> {
+    let mut csv = csv::Writer::from_writer(out);
     for row in rows {
-        writeln!(out, "{}", csv_line(row, "", "", None, None))?;
+        csv.serialize(CsvRecord::new(row, "", "", None, None))?;
     }
-    Ok(())
+    csv.flush()
 }
 
-/// Writes the CSV of a measured table: [`CSV_HEADER`], then every row with the GPU name,
-/// driver and the floors of the run.
-pub fn write_table_csv(table: &Table, out: &mut impl io::Write) -> io::Result<()> {
-    writeln!(out, "{CSV_HEADER}")?;
+/// Writes the CSV of a measured table: the header, then every row with the GPU name, driver
+/// and the floors of the run.
+pub fn write_table_csv(table: &Table, out: impl io::Write) -> io::Result<()> {
+    let mut csv = csv::Writer::from_writer(out);
     for row in &table.rows {
-        let line = csv_line(
+        csv.serialize(CsvRecord::new(
             row,
             &table.gpu.name,
             &table.gpu.driver,
             Some(table.floors.copy_gbps),
             table.floors.rate_tflops.get(&row.dtype).copied(),
-        );
-        writeln!(out, "{line}")?;
+        ))?;
     }
-    Ok(())
-}
-
-fn csv_line(row: &Row, gpu: &str, driver: &str, copy: Option<f64>, rate: Option<f64>) -> String {
-    [
-        csv_field(&row.source),
-        csv_field(gpu),
-        csv_field(driver),
-        csv_field(&row.shape),
-        row.dims.m.to_string(),
-        row.dims.n.to_string(),
-        row.dims.k.to_string(),
-        row.dtype.name().to_string(),
-        row.p.map_or(String::new(), |p| p.to_string()),
-        row.pass.to_string(),
-        row.impl_name.to_string(),
-        format!("{:.2}", row.time_us),
-        format!("{:.2}", row.tflops),
-        format!("{:.1}", row.gbps),
-        opt(row.vs_gemm_floor, 3),
-        opt(row.vs_unfused, 3),
-        opt(Some(row.pct_copy_bw), 1),
-        opt(Some(row.pct_matmul_rate), 1),
-        opt(copy, 1),
-        opt(rate, 1),
-        csv_field(&row.note),
-    ]
-    .join(",")
+    csv.flush()
 }
 
 /// The table as text: a header with the GPU, driver and floors, then one line per row.
@@ -1394,7 +1428,7 @@ mod tests {
     }
 
     #[test]
-    fn csv_rows_have_one_field_per_header_column() {
+    fn csv_rows_have_the_header_columns_and_quote_commas() {
         let row = Row {
             source: "fusedrop".into(),
             shape: "odd".into(),
@@ -1415,15 +1449,13 @@ mod tests {
         let mut out = Vec::new();
         write_csv(&[row], &mut out).expect("writes to memory");
         let text = String::from_utf8(out).expect("utf-8");
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0], CSV_HEADER);
-        assert!(
-            lines[1].ends_with(",\"a note, with a comma\""),
-            "{}",
-            lines[1]
+        assert_eq!(
+            text,
+            "source,gpu,driver,shape,m,n,k,dtype,p,pass,impl,time_us,tflops,gbps,vs_gemm_floor,\
+             vs_unfused,pct_copy_bw,pct_matmul_rate,copy_gbps,rate_tflops,note\n\
+             fusedrop,,,odd,1000,1000,1000,f16,0.1,forward,unfused,12.50,160.00,900.0,1.250,,30.0,\
+             ,,,\"a note, with a comma\"\n"
         );
-        let unquoted = lines[1].replace("\"a note, with a comma\"", "note");
-        assert_eq!(unquoted.split(',').count(), CSV_HEADER.split(',').count());
     }
 
     #[test]

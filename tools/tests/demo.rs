@@ -2,9 +2,10 @@
 //! accuracy well above chance, the plot, the per-epoch CSV and the JSON summary; the same seed
 //! gives the same numbers; bad flags exit with code 2 and a message, never a panic.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use serde_json::{Map, Value};
 
 const EPOCHS: usize = 6;
 
@@ -53,160 +54,21 @@ fn short_run(dir: &Path, seed: &str) -> (Output, PathBuf) {
     (output, json)
 }
 
-/// A JSON value of the summary: the subset the summary uses.
-#[derive(Debug, Clone, PartialEq)]
-enum Json {
-    Null,
-    Number(f64),
-    Text(String),
-    List(Vec<Json>),
-    Object(BTreeMap<String, Json>),
+fn number(row: &Map<String, Value>, key: &str) -> f64 {
+    row.get(key)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("field {key}: expected a number in {row:?}"))
 }
 
-/// A minimal JSON parser (no escapes beyond \" and \\, no booleans): enough to prove the
-/// summary is well-formed and to read its fields.
-struct Parser<'a> {
-    text: &'a [u8],
-    pos: usize,
-}
-
-impl Parser<'_> {
-    fn parse(text: &str) -> Result<Json, String> {
-        let mut p = Parser {
-            text: text.as_bytes(),
-            pos: 0,
-        };
-        let value = p.value()?;
-        p.skip_space();
-        if p.pos != p.text.len() {
-            return Err(format!("trailing text at byte {}", p.pos));
-        }
-        Ok(value)
-    }
-
-    fn skip_space(&mut self) {
-        while self.pos < self.text.len() && self.text[self.pos].is_ascii_whitespace() {
-            self.pos += 1;
-        }
-    }
-
-    fn expect(&mut self, byte: u8) -> Result<(), String> {
-        self.skip_space();
-        if self.text.get(self.pos) == Some(&byte) {
-            self.pos += 1;
-            Ok(())
-        } else {
-            Err(format!("expected '{}' at byte {}", byte as char, self.pos))
-        }
-    }
-
-    fn value(&mut self) -> Result<Json, String> {
-        self.skip_space();
-        match self.text.get(self.pos) {
-            Some(b'[') => {
-                self.pos += 1;
-                let mut items = Vec::new();
-                self.skip_space();
-                if self.text.get(self.pos) == Some(&b']') {
-                    self.pos += 1;
-                    return Ok(Json::List(items));
-                }
-                loop {
-                    items.push(self.value()?);
-                    self.skip_space();
-                    match self.text.get(self.pos) {
-                        Some(b',') => self.pos += 1,
-                        Some(b']') => {
-                            self.pos += 1;
-                            return Ok(Json::List(items));
-                        }
-                        _ => return Err(format!("expected ',' or ']' at byte {}", self.pos)),
-                    }
-                }
-            }
-            Some(b'{') => {
-                self.pos += 1;
-                let mut fields = BTreeMap::new();
-                loop {
-                    self.skip_space();
-                    let Json::Text(key) = self.value()? else {
-                        return Err(format!("expected a key at byte {}", self.pos));
-                    };
-                    self.expect(b':')?;
-                    fields.insert(key, self.value()?);
-                    self.skip_space();
-                    match self.text.get(self.pos) {
-                        Some(b',') => self.pos += 1,
-                        Some(b'}') => {
-                            self.pos += 1;
-                            return Ok(Json::Object(fields));
-                        }
-                        _ => return Err(format!("expected ',' or '}}' at byte {}", self.pos)),
-                    }
-                }
-            }
-            Some(b'"') => {
-                self.pos += 1;
-                let mut s = String::new();
-                loop {
-                    match self.text.get(self.pos) {
-                        Some(b'"') => {
-                            self.pos += 1;
-                            return Ok(Json::Text(s));
-                        }
-                        Some(b'\\') => {
-                            s.push(*self.text.get(self.pos + 1).ok_or("unfinished escape")? as char);
-                            self.pos += 2;
-                        }
-                        Some(&c) => {
-                            s.push(c as char);
-                            self.pos += 1;
-                        }
-                        None => return Err("unterminated string".into()),
-                    }
-                }
-            }
-            Some(b'n') if self.text[self.pos..].starts_with(b"null") => {
-                self.pos += 4;
-                Ok(Json::Null)
-            }
-            Some(_) => {
-                let start = self.pos;
-                while self.pos < self.text.len()
-                    && matches!(
-                        self.text[self.pos],
-                        b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'
-                    )
-                {
-                    self.pos += 1;
-                }
-                let token = std::str::from_utf8(&self.text[start..self.pos]).unwrap_or("");
-                token
-                    .parse()
-                    .map(Json::Number)
-                    .map_err(|_| format!("bad value '{token}' at byte {start}"))
-            }
-            None => Err("unexpected end of input".into()),
-        }
-    }
-}
-
-fn number(row: &BTreeMap<String, Json>, key: &str) -> f64 {
-    match row.get(key) {
-        Some(Json::Number(v)) => *v,
-        other => panic!("field {key}: expected a number, found {other:?}"),
-    }
-}
-
-fn summary_rows(json_path: &Path) -> Vec<BTreeMap<String, Json>> {
+fn summary_rows(json_path: &Path) -> Vec<Map<String, Value>> {
     let text = std::fs::read_to_string(json_path).expect("the summary JSON was written");
-    let Json::List(rows) = Parser::parse(&text).unwrap_or_else(|e| panic!("{e} in:\n{text}"))
-    else {
+    let rows: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e} in:\n{text}"));
+    let Value::Array(rows) = rows else {
         panic!("the summary is not a JSON list:\n{text}");
     };
     rows.into_iter()
         .map(|row| match row {
-            Json::Object(fields) => fields,
+            Value::Object(fields) => fields,
             other => panic!("a summary row is not an object: {other:?}"),
         })
         .collect()
@@ -237,7 +99,7 @@ fn demo_on_cpu_learns_and_writes_plot_csv_and_summary() {
     let names: Vec<String> = rows
         .iter()
         .map(|r| match r.get("model") {
-            Some(Json::Text(name)) => name.clone(),
+            Some(Value::String(name)) => name.clone(),
             other => panic!("model: expected a string, found {other:?}"),
         })
         .collect();
@@ -321,21 +183,31 @@ fn demo_same_seed_gives_same_numbers() {
 
 #[test]
 fn demo_rejects_bad_flags_with_code_2_and_a_message() {
-    let cases: &[&[&str]] = &[
-        &["--epochs", "many"],
-        &["--epochs", "0"],
-        &["--epochs"],
-        &["--hidden", "-3"],
-        &["--p", "1"],
-        &["--p", "nan"],
-        &["--device", "tpu"],
-        &["--lr", "0"],
-        &["--train", "1500", "--val", "1000"],
-        &["--frobnicate"],
-        &["stray"],
-        &["--help=yes"],
+    // Each mistake, and what the message must say about it.
+    let cases: &[(&[&str], &str)] = &[
+        (&["--epochs", "many"], "'many' for '--epochs <N>'"),
+        (
+            &["--epochs", "0"],
+            "expected a whole number from 1 to 100000",
+        ),
+        (&["--epochs"], "a value is required for '--epochs <N>'"),
+        (
+            &["--hidden", "-3"],
+            "expected a whole number from 1 to 16384",
+        ),
+        (&["--p", "1"], "expected a number with 0 <= p < 1"),
+        (&["--p", "nan"], "expected a number with 0 <= p < 1"),
+        (&["--device", "tpu"], "[possible values: auto, cpu, cuda]"),
+        (&["--lr", "0"], "expected a number in (0, 1]"),
+        (
+            &["--train", "1500", "--val", "1000"],
+            "expected at most 1797 together",
+        ),
+        (&["--frobnicate"], "unexpected argument '--frobnicate'"),
+        (&["stray"], "unexpected argument 'stray'"),
+        (&["--help=yes"], "unexpected value 'yes' for '--help'"),
     ];
-    for args in cases {
+    for (args, expected) in cases {
         let mut full = vec!["demo"];
         full.extend_from_slice(args);
         let output = fusedrop(&full);
@@ -345,7 +217,8 @@ fn demo_rejects_bad_flags_with_code_2_and_a_message() {
             Some(2),
             "{args:?}: expected exit code 2\nstderr: {stderr}"
         );
-        assert!(stderr.contains("fusedrop demo:"), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
@@ -374,4 +247,9 @@ fn help_lists_every_command() {
     }
     let output = fusedrop(&["no-such-command"]);
     assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("unrecognized subcommand 'no-such-command'"),
+        "{stderr}"
+    );
 }

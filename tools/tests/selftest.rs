@@ -52,15 +52,19 @@ fn selftest_passes_on_a_gpu_or_exits_3_without_one() {
 
 #[test]
 fn selftest_rejects_bad_flags_with_code_2() {
-    for args in [
-        &["selftest", "--fast"][..],
-        &["selftest", "--seed", "x"],
-        &["selftest", "--quick=1"],
+    for (args, expected) in [
+        (&["selftest", "--fast"][..], "unexpected argument '--fast'"),
+        (&["selftest", "--seed", "x"], "'x' for '--seed <S>'"),
+        (
+            &["selftest", "--quick=1"],
+            "unexpected value '1' for '--quick'",
+        ),
     ] {
         let output = fusedrop(args);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains("fusedrop selftest:"), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 }
 

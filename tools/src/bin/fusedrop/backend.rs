@@ -30,14 +30,15 @@ pub enum Backend {
     },
 }
 
-/// What `--device` asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What `--device` asked for (the variants' names are the flag's values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DeviceChoice {
     /// The GPU when one is usable, else the CPU (the default).
     Auto,
     /// The CPU reference.
     Cpu,
     /// The GPU, or an error.
+    #[value(alias = "gpu")]
     Cuda,
 }
 

@@ -5,52 +5,37 @@
 //! usable GPU (no driver, no device, kernels not built into this binary, or no cuBLASLt).
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Instant;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::Args;
 use fusedrop::Error;
 use fusedrop_tools::bench::{
-    format_table, run_table, suite_shape, write_table_csv, DType, Effort, Passes, Row,
+    format_table, run_table, suite_shape, write_table_csv, DType, Passes, Row, SuiteShape,
     TableOptions, P_VALUES, SUITE,
 };
 
 /// Exit code: the table is incomplete, or the CSV could not be written.
 const EXIT_INCOMPLETE: i32 = 1;
-/// Exit code: bad arguments.
-const EXIT_USAGE: i32 = 2;
 /// Exit code: nothing could be measured, for want of a GPU, driver, kernels or cuBLASLt.
 const EXIT_NO_GPU: i32 = 3;
 
-fn usage() -> String {
+/// The text after the flags in `fusedrop bench --help`: the suite's shapes (from [`SUITE`]),
+/// the method and the exit codes.
+pub fn after_help() -> String {
     let shapes: Vec<String> = SUITE
         .iter()
         .map(|s| {
             format!(
-                "                         {:<6} {:>5} x {:>5} x {:>5}  {}",
+                "  {:<6} {:>5} x {:>5} x {:>5}  {}",
                 s.name, s.m, s.k, s.n, s.purpose
             )
         })
         .collect();
     format!(
-        "fusedrop bench: time the fused layer against cuBLASLt on this GPU
-
-USAGE:
-    fusedrop bench [FLAGS]
-
-FLAGS:
-    --quick            a subset that runs in well under two minutes on an H100: bf16 on up, sq,
-                       small, wide, odd and f32 on sq, p = 0.1, short measurements (later flags
-                       still narrow or widen it)
-    --shapes LIST      comma-separated suite shapes (default: all), M x K x N:
-{shapes}
-    --dtypes LIST      comma-separated from bf16,f16,f32 (default: all; f32 runs on sq, small,
-                       odd only)
-    --p LIST           comma-separated dropout probabilities (default: {p})
-    --pass WHICH       forward, backward or both (default: both)
-    --csv PATH         also write the table as CSV to PATH
-    --device N         GPU ordinal (default: 0)
-    -h, --help         this text
+        "Shapes of the suite, M x K x N:
+{}
 
 Every time is the median of several repetitions between CUDA events; the floors (copy
 bandwidth, cuBLASLt GEMM rate) are measured at the start of the same run.
@@ -58,115 +43,119 @@ bandwidth, cuBLASLt GEMM rate) are measured at the start of the same run.
 EXIT CODES:
     0 every figure measured, 1 some figure not measured (see NOT MEASURED) or CSV not written,
     2 bad arguments, 3 no usable GPU, driver, kernels or cuBLASLt",
-        shapes = shapes.join("\n"),
-        p = P_VALUES.map(|p| p.to_string()).join(","),
+        shapes.join("\n")
     )
 }
 
-/// What the command line asked for.
-struct Request {
-    options: TableOptions,
-    csv: Option<String>,
+/// The benchmark's flags. Each list flag replaces that part of the full suite, or of the
+/// `--quick` subset when `--quick` is given.
+#[derive(Debug, Clone, Args)]
+pub struct Options {
+    /// A subset that runs in well under two minutes on an H100: bf16 on up, sq, small, wide,
+    /// odd and f32 on sq, p = 0.1, short measurements (the other flags still narrow or widen it)
+    #[arg(long)]
+    quick: bool,
+    /// Comma-separated suite shapes (listed below) [default: all]
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = shape)]
+    shapes: Option<Vec<SuiteShape>>,
+    /// Comma-separated from bf16,f16,f32 [default: all; f32 runs on sq, small, odd only]
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = dtype)]
+    dtypes: Option<Vec<DType>>,
+    // The help text lists P_VALUES, so it is set at run time (cli::command).
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = probability)]
+    p: Option<Vec<f32>>,
+    /// Which passes to measure
+    #[arg(long, value_name = "WHICH", default_value = "both", value_parser = passes())]
+    pass: Passes,
+    /// Also write the table as CSV to PATH
+    #[arg(long, value_name = "PATH")]
+    csv: Option<PathBuf>,
+    /// GPU ordinal
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    device: usize,
 }
 
-fn list<T>(value: &str, parse: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>, String> {
-    let items: Vec<T> = value
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(parse)
-        .collect::<Result<_, _>>()?;
-    if items.is_empty() {
-        return Err(format!("empty list '{value}'"));
+/// The help text of `--p`.
+pub fn p_help() -> String {
+    format!(
+        "Comma-separated dropout probabilities [default: {}]",
+        P_VALUES.map(|p| p.to_string()).join(",")
+    )
+}
+
+fn shape(name: &str) -> Result<SuiteShape, String> {
+    suite_shape(name.trim()).map_err(|e| e.to_string())
+}
+
+fn dtype(name: &str) -> Result<DType, String> {
+    DType::parse(name.trim()).map_err(|e| e.to_string())
+}
+
+fn probability(text: &str) -> Result<f32, String> {
+    text.trim()
+        .parse::<f32>()
+        .ok()
+        .filter(|p| (0.0..=1.0).contains(p))
+        .ok_or_else(|| "expected a probability in [0, 1]".into())
+}
+
+fn passes() -> impl TypedValueParser<Value = Passes> {
+    PossibleValuesParser::new(["forward", "backward", "both"]).map(|pass| match pass.as_str() {
+        "forward" => Passes::Forward,
+        "backward" => Passes::Backward,
+        _ => Passes::Both,
+    })
+}
+
+impl Options {
+    /// What to measure: the full suite or the `--quick` subset, narrowed or widened by the
+    /// other flags.
+    pub fn table_options(&self) -> TableOptions {
+        let mut options = if self.quick {
+            TableOptions::quick()
+        } else {
+            TableOptions::full()
+        };
+        if let Some(shapes) = &self.shapes {
+            options.shapes.clone_from(shapes);
+        }
+        if let Some(dtypes) = &self.dtypes {
+            options.dtypes.clone_from(dtypes);
+        }
+        if let Some(p) = &self.p {
+            options.probabilities.clone_from(p);
+        }
+        options.passes = self.pass;
+        options.device = self.device;
+        options
     }
-    Ok(items)
-}
 
-fn parse(args: &[String]) -> Result<Option<Request>, String> {
-    let quick = args.iter().any(|a| a == "--quick");
-    let mut options = if quick {
-        TableOptions::quick()
-    } else {
-        TableOptions::full()
-    };
-    let mut csv = None;
-    let mut i = 0;
-    while i < args.len() {
-        let arg = args[i].as_str();
-        i += 1;
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) => (n, Some(v.to_string())),
-            None => (arg, None),
-        };
-        let mut value = || -> Result<String, String> {
-            if let Some(v) = inline.clone() {
-                return Ok(v);
-            }
-            let v = args
-                .get(i)
-                .cloned()
-                .ok_or_else(|| format!("{name} needs a value"))?;
-            i += 1;
-            Ok(v)
-        };
-        match name {
-            "-h" | "--help" => return Ok(None),
-            "--quick" => {}
-            "--shapes" => {
-                options.shapes = list(&value()?, |s| suite_shape(s).map_err(|e| e.to_string()))?
-            }
-            "--dtypes" => {
-                options.dtypes = list(&value()?, |s| DType::parse(s).map_err(|e| e.to_string()))?
-            }
-            "--p" => {
-                options.probabilities = list(&value()?, |s| {
-                    s.parse::<f32>()
-                        .ok()
-                        .filter(|p| (0.0..=1.0).contains(p))
-                        .ok_or_else(|| format!("--p value '{s}' is not a probability in [0, 1]"))
-                })?
-            }
-            "--pass" => {
-                options.passes = match value()?.as_str() {
-                    "forward" => Passes::Forward,
-                    "backward" => Passes::Backward,
-                    "both" => Passes::Both,
-                    other => {
-                        return Err(format!(
-                            "--pass '{other}' is unknown; expected forward, backward or both"
-                        ))
-                    }
-                }
-            }
-            "--csv" => csv = Some(value()?),
-            "--device" => {
-                let v = value()?;
-                options.device = v
-                    .parse()
-                    .map_err(|_| format!("--device '{v}' is not a GPU ordinal (0, 1, ...)"))?
-            }
-            other => {
+    /// The checks no single flag can make, done before any GPU time is spent: some shape is
+    /// measured in some dtype, and the CSV file's folder exists.
+    pub fn check(&self) -> Result<(), String> {
+        let options = self.table_options();
+        let measured_dtype = options
+            .shapes
+            .iter()
+            .any(|s| s.dtypes().iter().any(|d| options.dtypes.contains(d)));
+        if !measured_dtype {
+            return Err(
+                "no shape of --shapes is measured in any dtype of --dtypes (f32 runs on sq, \
+                 small, odd only)"
+                    .into(),
+            );
+        }
+        if let Some(path) = &self.csv {
+            let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+            if parent.is_some_and(|dir| !dir.is_dir()) {
                 return Err(format!(
-                    "unknown flag '{other}'; run `fusedrop bench --help` for the flags"
-                ))
+                    "the folder of the CSV file {} does not exist",
+                    path.display()
+                ));
             }
         }
+        Ok(())
     }
-    if quick {
-        options.effort = Effort::QUICK;
-    }
-    let measured_dtype = options
-        .shapes
-        .iter()
-        .any(|s| s.dtypes().iter().any(|d| options.dtypes.contains(d)));
-    if !measured_dtype {
-        return Err(
-            "no shape of --shapes is measured in any dtype of --dtypes (f32 runs on sq, small, \
-             odd only)"
-                .into(),
-        );
-    }
-    Ok(Some(Request { options, csv }))
 }
 
 fn progress_line(row: &Row) -> String {
@@ -181,33 +170,13 @@ fn progress_line(row: &Row) -> String {
     )
 }
 
-/// Runs `fusedrop bench` with `args` (the arguments after `bench`) and returns the exit code.
-pub fn run(args: &[String]) -> i32 {
-    let request = match parse(args) {
-        Ok(Some(r)) => r,
-        Ok(None) => {
-            println!("{}", usage());
-            return 0;
-        }
-        Err(msg) => {
-            eprintln!("fusedrop bench: {msg}");
-            return EXIT_USAGE;
-        }
-    };
-    // Refuse a CSV path whose folder does not exist before spending GPU time.
-    if let Some(path) = &request.csv {
-        let parent = Path::new(path)
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty());
-        if parent.is_some_and(|dir| !dir.is_dir()) {
-            eprintln!("fusedrop bench: the folder of the CSV file {path} does not exist");
-            return EXIT_USAGE;
-        }
-    }
+/// Runs `fusedrop bench` with `options` (already checked by [`Options::check`]); returns the
+/// exit code.
+pub fn run(options: &Options) -> i32 {
     let start = Instant::now();
     eprintln!("fusedrop bench: measuring (each row prints as it is measured)");
     let mut progress = |row: &Row| eprintln!("{}", progress_line(row));
-    let table = match run_table(&request.options, &mut progress) {
+    let table = match run_table(&options.table_options(), &mut progress) {
         Ok(t) => t,
         Err(
             e
@@ -232,16 +201,15 @@ pub fn run(args: &[String]) -> i32 {
     } else {
         EXIT_INCOMPLETE
     };
-    if let Some(path) = &request.csv {
-        let written = File::create(path).and_then(|f| {
-            let mut out = BufWriter::new(f);
-            write_table_csv(&table, &mut out)?;
-            out.flush()
-        });
+    if let Some(path) = &options.csv {
+        let written = File::create(path).and_then(|f| write_table_csv(&table, f));
         match written {
-            Ok(()) => println!("CSV written to {path}"),
+            Ok(()) => println!("CSV written to {}", path.display()),
             Err(e) => {
-                eprintln!("fusedrop bench: could not write the CSV file {path}: {e}");
+                eprintln!(
+                    "fusedrop bench: could not write the CSV file {}: {e}",
+                    path.display()
+                );
                 code = EXIT_INCOMPLETE;
             }
         }

@@ -10,12 +10,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use clap::Args;
 use fusedrop::DropoutGenerator;
 use rand::seq::SliceRandom;
 use rand::{rngs::StdRng, SeedableRng};
+use serde::Serialize;
 
-use crate::args::{self, Flags, UsageError, USAGE_EXIT};
 use crate::backend::{Backend, DeviceChoice};
+use crate::cli::whole_number;
 use crate::data::{self, CLASSES, PIXELS};
 use crate::model::{Adam, Mlp, Score};
 use crate::plot::{self, Axis, Panel, Series};
@@ -24,185 +26,91 @@ use crate::progress::Progress;
 /// Exit code when `--device cuda` was asked for and no GPU is usable.
 pub const NO_GPU_EXIT: i32 = 3;
 
-/// The demonstration's settings; [`Options::default`] is what `fusedrop demo` runs.
-#[derive(Debug, Clone)]
+/// The demonstration's flags (`fusedrop demo`, and `fusedrop` without a command); the defaults
+/// are what `cargo run --release` runs. The numeric flags allow negative numbers so that a
+/// value like `-3` reaches their parser, whose error gives the range, instead of being taken
+/// for a flag.
+#[derive(Debug, Clone, Args)]
 pub struct Options {
-    epochs: usize,
-    hidden: usize,
-    p: f32,
-    seed: u64,
-    device: DeviceChoice,
-    out: PathBuf,
-    summary_json: Option<PathBuf>,
-    train: usize,
-    val: usize,
-    /// Images per optimiser step; `None` is the whole training set (full-batch).
-    batch: Option<usize>,
-    lr: f32,
+    /// Passes over the training images
+    #[arg(long, value_name = "N", default_value_t = 100, allow_negative_numbers = true,
+          value_parser = whole_number(1, 100_000))]
+    pub epochs: usize,
+    /// Width of both hidden layers
+    #[arg(long, value_name = "H", default_value_t = 512, allow_negative_numbers = true,
+          value_parser = whole_number(1, 16_384))]
+    pub hidden: usize,
+    /// Dropout probability of the dropout model, 0 <= P < 1
+    #[arg(long, value_name = "P", default_value_t = 0.7, allow_negative_numbers = true,
+          value_parser = dropout_probability)]
+    pub p: f32,
+    /// Seed of the split, the weights, the batches and the masks
+    #[arg(long, value_name = "S", default_value_t = 1)]
+    pub seed: u64,
+    /// Where the layers run
+    #[arg(long, value_name = "D", value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+    /// Where the plot and the per-epoch CSV go
+    #[arg(long, value_name = "DIR", default_value = "out")]
+    pub out: PathBuf,
+    /// Also write the final table as JSON to PATH
+    #[arg(long, value_name = "PATH")]
+    pub summary_json: Option<PathBuf>,
+    /// Training images
+    #[arg(long, value_name = "N", default_value_t = 200, allow_negative_numbers = true,
+          value_parser = whole_number(10, 1500))]
+    pub train: usize,
+    /// Held-out images
+    #[arg(long, value_name = "N", default_value_t = 600, allow_negative_numbers = true,
+          value_parser = whole_number(10, 1787))]
+    pub val: usize,
+    /// Images per optimiser step [default: all training images]
+    #[arg(long, value_name = "N", allow_negative_numbers = true,
+          value_parser = whole_number(1, 4096))]
+    pub batch: Option<usize>,
+    /// Adam learning rate, 0 < LR <= 1
+    #[arg(long, value_name = "LR", default_value_t = 3e-3, allow_negative_numbers = true,
+          value_parser = learning_rate)]
+    pub lr: f32,
 }
 
-impl Default for Options {
-    fn default() -> Self {
-        Self {
-            epochs: 100,
-            hidden: 512,
-            p: 0.7,
-            seed: 1,
-            device: DeviceChoice::Auto,
-            out: PathBuf::from("out"),
-            summary_json: None,
-            train: 200,
-            val: 600,
-            batch: None,
-            lr: 3e-3,
+impl Options {
+    /// The check no single flag can make: the training and held-out images together must fit
+    /// in the data set's 1797.
+    pub fn check(&self) -> Result<(), String> {
+        if self.train + self.val > 1797 {
+            return Err(format!(
+                "--train {} + --val {} = {} images, but the data set has 1797; expected at most \
+                 1797 together",
+                self.train,
+                self.val,
+                self.train + self.val
+            ));
         }
+        Ok(())
     }
 }
 
-/// The `--help` text.
-pub fn help() -> String {
-    let d = Options::default();
-    format!(
-        "fusedrop demo: dropout against overfitting on handwritten digits (the default command)
-
-Trains two identical MLPs (64 -> H -> H -> 10, ReLU) on a few hundred 8x8 digit images, one with
-dropout after each hidden layer and one without, through fusedrop's fused layer (CUDA kernels on
-a GPU, the CPU reference otherwise). Prints a table of training and validation loss and accuracy
-and writes a plot of the four loss curves.
-
-USAGE:
-    fusedrop demo [FLAGS]
-
-FLAGS:
-    --epochs N          passes over the training images (default {})
-    --hidden H          width of both hidden layers (default {})
-    --p P               dropout probability of the dropout model, 0 <= P < 1 (default {})
-    --seed S            seed of the split, the weights, the batches and the masks (default {})
-    --device D          cpu, cuda, or auto: the GPU when usable, else the CPU (default auto)
-    --out DIR           where the plot and the per-epoch CSV go (default {})
-    --summary-json PATH also write the final table as JSON to PATH
-    --train N           training images (default {})
-    --val N             held-out images (default {})
-    --batch N           images per optimiser step (default: all training images)
-    --lr LR             Adam learning rate (default {})
-    -h, --help          this text
-
-The same seed gives the same numbers on the same backend.
-EXIT CODES: 0 done, 1 a run failed, 2 bad flags, 3 --device cuda but no usable GPU.",
-        d.epochs,
-        d.hidden,
-        d.p,
-        d.seed,
-        d.out.display(),
-        d.train,
-        d.val,
-        d.lr
-    )
+fn dropout_probability(text: &str) -> Result<f32, String> {
+    match text.trim().parse::<f32>() {
+        Ok(p) if (0.0..1.0).contains(&p) => Ok(p),
+        _ => Err(
+            "expected a number with 0 <= p < 1 (p = 1 would drop every activation and \
+             nothing could be learned)"
+                .into(),
+        ),
+    }
 }
 
-/// Parses the demo's flags; `Ok(None)` means `--help` was asked for.
-pub fn parse(argv: &[String]) -> Result<Option<Options>, UsageError> {
-    let mut o = Options::default();
-    let mut flags = Flags::new(argv);
-    while let Some(flag) = flags.next_flag()? {
-        match flag.name.as_str() {
-            "--help" => {
-                flags.no_value(&flag)?;
-                return Ok(None);
-            }
-            "--epochs" => {
-                let v = flags.parsed(&flag, "a whole number of epochs, 1 to 100000")?;
-                o.epochs = args::in_range("--epochs", v, 1, 100_000)?;
-            }
-            "--hidden" => {
-                let v = flags.parsed(&flag, "a hidden-layer width, 1 to 16384")?;
-                o.hidden = args::in_range("--hidden", v, 1, 16_384)?;
-            }
-            "--p" => {
-                let v: f32 = flags.parsed(&flag, "a dropout probability, 0 <= p < 1")?;
-                if !(0.0..1.0).contains(&v) {
-                    return Err(UsageError(format!(
-                        "--p = {v} is out of range; expected 0 <= p < 1 (p = 1 would drop \
-                         every activation and nothing could be learned)"
-                    )));
-                }
-                o.p = v;
-            }
-            "--seed" => o.seed = flags.parsed(&flag, "an unsigned 64-bit integer")?,
-            "--device" => {
-                o.device = match flags.value(&flag)?.as_str() {
-                    "cpu" => DeviceChoice::Cpu,
-                    "cuda" | "gpu" => DeviceChoice::Cuda,
-                    "auto" => DeviceChoice::Auto,
-                    other => {
-                        return Err(UsageError(format!(
-                            "--device expects cpu, cuda or auto, but was given '{other}'"
-                        )))
-                    }
-                }
-            }
-            "--out" => o.out = PathBuf::from(non_empty(&flag.name, flags.value(&flag)?)?),
-            "--summary-json" => {
-                o.summary_json = Some(PathBuf::from(non_empty(&flag.name, flags.value(&flag)?)?))
-            }
-            "--train" => {
-                let v = flags.parsed(&flag, "a number of training images, 10 to 1500")?;
-                o.train = args::in_range("--train", v, 10, 1500)?;
-            }
-            "--val" => {
-                let v = flags.parsed(&flag, "a number of held-out images, 10 to 1787")?;
-                o.val = args::in_range("--val", v, 10, 1787)?;
-            }
-            "--batch" => {
-                let v = flags.parsed(&flag, "a batch size, 1 to 4096")?;
-                o.batch = Some(args::in_range("--batch", v, 1, 4096)?);
-            }
-            "--lr" => {
-                let v: f32 = flags.parsed(&flag, "a learning rate, a number in (0, 1]")?;
-                if !(v > 0.0 && v <= 1.0) {
-                    return Err(UsageError(format!(
-                        "--lr = {v} is out of range; expected a number in (0, 1]"
-                    )));
-                }
-                o.lr = v;
-            }
-            _ => return Err(args::unknown(&flag, "demo")),
-        }
+fn learning_rate(text: &str) -> Result<f32, String> {
+    match text.trim().parse::<f32>() {
+        Ok(lr) if lr > 0.0 && lr <= 1.0 => Ok(lr),
+        _ => Err("expected a number in (0, 1]".into()),
     }
-    if o.train + o.val > 1797 {
-        return Err(UsageError(format!(
-            "--train {} + --val {} = {} images, but the data set has 1797; expected at most 1797 \
-             together",
-            o.train,
-            o.val,
-            o.train + o.val
-        )));
-    }
-    Ok(Some(o))
 }
 
-fn non_empty(flag: &str, value: String) -> Result<String, UsageError> {
-    if value.is_empty() {
-        return Err(UsageError(format!(
-            "{flag} expects a path, but was given ''"
-        )));
-    }
-    Ok(value)
-}
-
-/// Runs `fusedrop demo` with the arguments after the subcommand; returns the exit code.
-pub fn run(argv: &[String]) -> i32 {
-    let options = match parse(argv) {
-        Ok(Some(o)) => o,
-        Ok(None) => {
-            println!("{}", help());
-            return 0;
-        }
-        Err(e) => {
-            eprintln!("fusedrop demo: {e}\nrun `fusedrop demo --help` for the flags");
-            return USAGE_EXIT;
-        }
-    };
+/// Runs `fusedrop demo` with `options`; returns the exit code.
+pub fn run(options: &Options) -> i32 {
     let (backend, note) = match Backend::open(options.device) {
         Ok(opened) => opened,
         Err(e) => {
@@ -213,7 +121,7 @@ pub fn run(argv: &[String]) -> i32 {
     if let Some(note) = note {
         eprintln!("fusedrop demo: {note}");
     }
-    match demo(&options, &backend) {
+    match demo(options, &backend) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("fusedrop demo: {e}");
@@ -374,9 +282,9 @@ fn demo(o: &Options, backend: &Backend) -> Result<(), String> {
         o.seed,
         backend.short_name()
     );
-    write_file(&plot_path, &svg(&runs, &title, &subtitle))?;
+    write_file(&plot_path, svg(&runs, &title, &subtitle))?;
     let csv_path = o.out.join("demo-history.csv");
-    write_file(&csv_path, &history_csv(&runs))?;
+    write_file(&csv_path, history_csv(&runs)?)?;
     println!();
     println!("plot:    {}", plot_path.display());
     println!("history: {}", csv_path.display());
@@ -385,7 +293,7 @@ fn demo(o: &Options, backend: &Backend) -> Result<(), String> {
             std::fs::create_dir_all(parent)
                 .map_err(|e| format!("cannot create the folder {}: {e}", parent.display()))?;
         }
-        write_file(path, &summary_json(&runs, backend))?;
+        write_file(path, summary_json(&runs, backend)?)?;
         println!("summary: {}", path.display());
     }
     println!(
@@ -395,7 +303,7 @@ fn demo(o: &Options, backend: &Backend) -> Result<(), String> {
     Ok(())
 }
 
-fn write_file(path: &Path, contents: &str) -> Result<(), String> {
+fn write_file(path: &Path, contents: impl AsRef<[u8]>) -> Result<(), String> {
     std::fs::write(path, contents).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
@@ -503,56 +411,75 @@ fn svg(runs: &[Run], title: &str, subtitle: &str) -> String {
     plot::figure(title, subtitle, &[train, val])
 }
 
-fn history_csv(runs: &[Run]) -> String {
-    let mut out = String::from("model,p,epoch,train_loss,train_acc,val_loss,val_acc\n");
+/// One line of the per-epoch history CSV (the field names are its header).
+#[derive(Serialize)]
+struct HistoryRecord {
+    model: &'static str,
+    p: f32,
+    epoch: usize,
+    train_loss: f64,
+    train_acc: f64,
+    val_loss: f64,
+    val_acc: f64,
+}
+
+fn history_csv(runs: &[Run]) -> Result<Vec<u8>, String> {
+    let mut csv = csv::Writer::from_writer(Vec::new());
     for run in runs {
         for (i, (train, val)) in run.history.iter().enumerate() {
-            out.push_str(&format!(
-                "{},{},{},{},{},{},{}\n",
-                run.name,
-                run.p,
-                i + 1,
-                train.loss,
-                train.accuracy,
-                val.loss,
-                val.accuracy
-            ));
+            csv.serialize(HistoryRecord {
+                model: run.name,
+                p: run.p,
+                epoch: i + 1,
+                train_loss: train.loss,
+                train_acc: train.accuracy,
+                val_loss: val.loss,
+                val_acc: val.accuracy,
+            })
+            .map_err(|e| format!("cannot format the history CSV: {e}"))?;
         }
     }
-    out
+    csv.into_inner()
+        .map_err(|e| format!("cannot format the history CSV: {e}"))
 }
 
-/// A JSON number, or `null` for NaN and infinities (which JSON cannot express).
-fn json_number(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v}")
-    } else {
-        "null".into()
-    }
+/// One model's line of the `--summary-json` list. serde_json writes a NaN or infinite loss as
+/// `null`, which JSON can express.
+#[derive(Serialize)]
+struct SummaryRecord {
+    model: &'static str,
+    p: f32,
+    backend: &'static str,
+    epochs: usize,
+    train_loss: f64,
+    train_acc: f64,
+    val_loss: f64,
+    val_acc: f64,
+    best_val_loss: f64,
+    best_val_epoch: usize,
 }
 
-fn summary_json(runs: &[Run], backend: &Backend) -> String {
-    let rows: Vec<String> = runs
+fn summary_json(runs: &[Run], backend: &Backend) -> Result<String, String> {
+    let rows: Vec<SummaryRecord> = runs
         .iter()
         .filter_map(|run| {
             let (train, val) = run.history.last()?;
             let (best, epoch) = run.best_val();
-            Some(format!(
-                "  {{\"model\": \"{}\", \"p\": {}, \"backend\": \"{}\", \"epochs\": {}, \
-                 \"train_loss\": {}, \"train_acc\": {}, \"val_loss\": {}, \"val_acc\": {}, \
-                 \"best_val_loss\": {}, \"best_val_epoch\": {}}}",
-                run.name,
-                run.p,
-                backend.short_name(),
-                run.history.len(),
-                json_number(train.loss),
-                json_number(train.accuracy),
-                json_number(val.loss),
-                json_number(val.accuracy),
-                json_number(best),
-                epoch
-            ))
+            Some(SummaryRecord {
+                model: run.name,
+                p: run.p,
+                backend: backend.short_name(),
+                epochs: run.history.len(),
+                train_loss: train.loss,
+                train_acc: train.accuracy,
+                val_loss: val.loss,
+                val_acc: val.accuracy,
+                best_val_loss: best,
+                best_val_epoch: epoch,
+            })
         })
         .collect();
-    format!("[\n{}\n]\n", rows.join(",\n"))
+    serde_json::to_string_pretty(&rows)
+        .map(|json| json + "\n")
+        .map_err(|e| format!("cannot format the summary JSON: {e}"))
 }

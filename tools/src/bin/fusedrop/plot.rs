@@ -2,6 +2,11 @@
 //! linear or logarithmic y axis. The demo puts the training losses on a log axis (they fall by
 //! orders of magnitude) and the validation losses on a linear axis from zero (they move by tens
 //! of percent, which is the whole point).
+//!
+//! Not plotters: plotters 0.3.7 moves every point outside the plotting area onto its edge
+//! (`Rect::truncate`; plotters issues 429 and 689) instead of clipping the line as the
+//! `clipPath` here does, which would flatten and bend the start of the validation curves, where
+//! the linear axis cuts off the first epochs.
 
 use std::fmt::Write;
 

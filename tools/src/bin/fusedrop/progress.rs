@@ -1,65 +1,54 @@
-//! A progress bar on stderr. On a terminal it redraws one line in place; otherwise (a pipe, a
-//! log file, a test) it prints a plain line at every tenth of the work, so logs stay readable.
+//! The demo's progress on stderr. On a terminal, an indicatif bar redrawn in place. Elsewhere (a
+//! pipe, a log file, a test) indicatif draws nothing, so a plain line is printed at every tenth
+//! of the work instead: logs keep the course of the validation loss.
 
-use std::io::{IsTerminal, Write};
-use std::time::Instant;
+use std::io::Write;
 
-/// A bar counting `total` steps.
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// A bar counting `total` epochs.
 pub struct Progress {
+    bar: ProgressBar,
     total: usize,
-    start: Instant,
-    terminal: bool,
     last_tenth: usize,
 }
 
-const WIDTH: usize = 30;
-
 impl Progress {
-    /// A bar for `total` steps, started now.
+    /// A bar for `total` epochs, started now.
     pub fn new(total: usize) -> Self {
+        let total = total.max(1);
+        let style =
+            ProgressStyle::with_template("[{bar:30}] {pos:>3}/{len} epochs {elapsed:>4}  {msg}")
+                .expect("the template is valid")
+                .progress_chars("=> ");
         Self {
-            total: total.max(1),
-            start: Instant::now(),
-            terminal: std::io::stderr().is_terminal(),
+            bar: ProgressBar::new(total as u64).with_style(style),
+            total,
             last_tenth: 0,
         }
     }
 
-    /// Shows that `done` steps are finished, with a short status text after the bar.
+    /// Shows that `done` epochs are finished, with a short status text after the bar.
     pub fn update(&mut self, done: usize, status: &str) {
         let done = done.min(self.total);
-        let elapsed = self.start.elapsed().as_secs_f64();
-        let filled = done * WIDTH / self.total;
-        let bar: String = (0..WIDTH)
-            .map(|i| {
-                if i < filled {
-                    '='
-                } else if i == filled && done < self.total {
-                    '>'
-                } else {
-                    ' '
-                }
-            })
-            .collect();
-        let line = format!(
-            "[{bar}] {done:>width$}/{} epochs {elapsed:5.1}s  {status}",
-            self.total,
-            width = self.total.to_string().len()
-        );
-        let mut err = std::io::stderr().lock();
-        if self.terminal {
-            // \x1b[K clears what a longer previous line left behind.
-            let _ = write!(err, "\r{line}\x1b[K");
-            if done == self.total {
-                let _ = writeln!(err);
-            }
-        } else {
+        self.bar.set_position(done as u64);
+        self.bar.set_message(status.to_string());
+        if self.bar.is_hidden() {
             let tenth = done * 10 / self.total;
             if tenth > self.last_tenth || done == self.total {
                 self.last_tenth = tenth;
-                let _ = writeln!(err, "{line}");
+                let mut err = std::io::stderr().lock();
+                let _ = writeln!(
+                    err,
+                    "{done:>width$}/{} epochs {:5.1}s  {status}",
+                    self.total,
+                    self.bar.elapsed().as_secs_f64(),
+                    width = self.total.to_string().len()
+                );
             }
         }
-        let _ = err.flush();
+        if done == self.total {
+            self.bar.finish();
+        }
     }
 }

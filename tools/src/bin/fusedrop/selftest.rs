@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use clap::Args;
 use fusedrop::cuda::backward::{backward, BackwardOptions, GradientsMut};
 use fusedrop::cuda::cudarc::driver::{CudaSlice, CudaStream};
 use fusedrop::cuda::forward::{self, forward_with_config, ForwardConfig};
@@ -18,96 +19,33 @@ use fusedrop::{mask, Activation, Dropout, Element, Error, Geometry, LayerSpec, L
 use half::{bf16, f16};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use crate::args::{Flags, UsageError, USAGE_EXIT};
-
 /// Exit code when no usable GPU, driver or compiled kernels exist: nothing was checked.
 pub const NO_GPU_EXIT: i32 = 3;
 
-/// The `--help` text.
-pub fn help() -> String {
-    "fusedrop selftest: the GPU kernels against the CPU reference
-
-Runs the standalone dropout kernel, the fused forward kernel (every tile configuration) and the
-backward kernel in f32, f16 and bf16 on a spread of shapes (none a multiple of a tile), dropout
-probabilities (0, 0.1, 0.5, 1), ReLU and identity, with and without bias, unsharded and as a
-shard, and compares each with the CPU reference: masks exactly, values by relative L2 error
-(f32 < 1e-5, f16 < 2e-3, bf16 < 1e-2). Prints a pass/fail table.
-
-USAGE:
-    fusedrop selftest [FLAGS]
-
-FLAGS:
-    --quick        three shapes instead of seven (a few seconds)
-    --sanitize     the shapes that take every production path (16-byte vector loads and stores,
-                   the element-load fallbacks, every forward tile, both tensor-core backward
-                   tiles), for compute-sanitizer (scripts/gpu-check.sh)
-    --seed S       seed of the random inputs and masks (default 7)
-    --gpu N        which GPU to test (default 0)
-    --verbose      one line per check, not only the summary and the failures
-    -h, --help     this text
-
-EXIT CODES: 0 every check passed, 1 a check failed, 2 bad flags,
-            3 no usable GPU, CUDA driver or compiled kernels (nothing was checked)."
-        .to_string()
+/// The selftest's flags.
+#[derive(Debug, Clone, Args)]
+pub struct Options {
+    /// Three shapes instead of seven (a few seconds)
+    #[arg(long)]
+    pub quick: bool,
+    /// The shapes that take every production path (16-byte vector loads and stores, the
+    /// element-load fallbacks, every forward tile, both tensor-core backward tiles), for
+    /// compute-sanitizer (scripts/gpu-check.sh)
+    #[arg(long)]
+    pub sanitize: bool,
+    /// Seed of the random inputs and masks
+    #[arg(long, value_name = "S", default_value_t = 7)]
+    pub seed: u64,
+    /// Which GPU to test
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub gpu: usize,
+    /// One line per check, not only the summary and the failures
+    #[arg(long)]
+    pub verbose: bool,
 }
 
-#[derive(Debug, Clone)]
-struct Options {
-    quick: bool,
-    sanitize: bool,
-    seed: u64,
-    gpu: usize,
-    verbose: bool,
-}
-
-fn parse(argv: &[String]) -> Result<Option<Options>, UsageError> {
-    let mut o = Options {
-        quick: false,
-        sanitize: false,
-        seed: 7,
-        gpu: 0,
-        verbose: false,
-    };
-    let mut flags = Flags::new(argv);
-    while let Some(flag) = flags.next_flag()? {
-        match flag.name.as_str() {
-            "--help" => {
-                flags.no_value(&flag)?;
-                return Ok(None);
-            }
-            "--quick" => {
-                flags.no_value(&flag)?;
-                o.quick = true;
-            }
-            "--sanitize" => {
-                flags.no_value(&flag)?;
-                o.sanitize = true;
-            }
-            "--verbose" => {
-                flags.no_value(&flag)?;
-                o.verbose = true;
-            }
-            "--seed" => o.seed = flags.parsed(&flag, "an unsigned 64-bit integer")?,
-            "--gpu" => o.gpu = flags.parsed(&flag, "a GPU ordinal (0, 1, ...)")?,
-            _ => return Err(crate::args::unknown(&flag, "selftest")),
-        }
-    }
-    Ok(Some(o))
-}
-
-/// Runs `fusedrop selftest` with the arguments after the subcommand; returns the exit code.
-pub fn run(argv: &[String]) -> i32 {
-    let options = match parse(argv) {
-        Ok(Some(o)) => o,
-        Ok(None) => {
-            println!("{}", help());
-            return 0;
-        }
-        Err(e) => {
-            eprintln!("fusedrop selftest: {e}\nrun `fusedrop selftest --help` for the flags");
-            return USAGE_EXIT;
-        }
-    };
+/// Runs `fusedrop selftest` with `options`; returns the exit code.
+pub fn run(options: &Options) -> i32 {
     let ctx = match cuda::open_device(options.gpu) {
         Ok(ctx) => ctx,
         Err(e) => {
