@@ -167,6 +167,13 @@ pub enum BackwardKernel {
     Hopper,
 }
 
+/// Whether [`BackwardKernel::Hopper`] can run for element type `T` on the stream's GPU (compute
+/// capability 9.0, f16 or bf16, the sm_90a module built). Each call also needs operands TMA can
+/// read: dY, Y, W and X 16-byte aligned, n and k multiples of 8, m >= 1.
+pub fn hopper_available<T: Element>(stream: &Arc<CudaStream>) -> Result<bool> {
+    Ok(hopper_unavailable::<T>(stream, "backward_sm90")?.is_none())
+}
+
 /// Options of one backward call. `Default` overwrites the gradients with the automatic kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct BackwardOptions {

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use clap::Args;
-use fusedrop::cuda::backward::{backward, BackwardOptions, GradientsMut};
+use fusedrop::cuda::backward::{self, backward, BackwardKernel, BackwardOptions, GradientsMut};
 use fusedrop::cuda::cudarc::driver::{CudaSlice, CudaStream};
 use fusedrop::cuda::forward::{self, forward_with_config, ForwardConfig};
 use fusedrop::cuda::{self, SeedSource};
@@ -139,7 +139,8 @@ fn cases(quick: bool, sanitize: bool, seed: u64) -> Vec<Case> {
     let shapes: &[(usize, usize, usize)] = if sanitize {
         &SANITIZE_SHAPES
     } else if quick {
-        &[(3, 5, 7), (127, 129, 65), (200, 300, 257)]
+        // The last shape has n and k multiples of 8, so the Hopper kernels take it.
+        &[(3, 5, 7), (127, 129, 65), (200, 300, 257), (130, 72, 64)]
     } else {
         &[
             (1, 1, 1),
@@ -296,14 +297,33 @@ fn run_dtype<T: Element>(stream: &Arc<CudaStream>, cases: &[Case], out: &mut Vec
                 Err(e),
             )),
         }
-        out.push(judge(
-            "backward",
-            T::NAME,
-            "auto".into(),
-            case,
-            T::REL_L2_TOLERANCE,
-            check_backward(stream, case, &inputs),
-        ));
+        // Every backward kernel family that can run the case: Auto, and each one forced.
+        let LinearShape { m, n, k } = case.spec.shape;
+        let mut kernels = vec![
+            ("auto", BackwardKernel::Auto),
+            ("simt", BackwardKernel::Simt),
+        ];
+        if T::NEEDS_SM80 {
+            kernels.push(("tensor_core", BackwardKernel::TensorCore));
+            // The selftest's buffers are whole allocations, so 16-byte aligned.
+            if m > 0
+                && n % 8 == 0
+                && k % 8 == 0
+                && backward::hopper_available::<T>(stream).unwrap_or(false)
+            {
+                kernels.push(("hopper", BackwardKernel::Hopper));
+            }
+        }
+        for (name, kernel) in kernels {
+            out.push(judge(
+                "backward",
+                T::NAME,
+                name.into(),
+                case,
+                T::REL_L2_TOLERANCE,
+                check_backward(stream, case, &inputs, kernel),
+            ));
+        }
     }
 }
 
@@ -436,6 +456,7 @@ fn check_backward<T: Element>(
     stream: &Arc<CudaStream>,
     case: &Case,
     inputs: &Inputs<T>,
+    kernel: BackwardKernel,
 ) -> fusedrop::Result<Measured> {
     let spec = &case.spec;
     let LinearShape { m, n, k } = spec.shape;
@@ -494,7 +515,7 @@ fn check_backward<T: Element>(
         },
         BackwardOptions {
             accumulate: case.accumulate,
-            ..BackwardOptions::default()
+            kernel,
         },
         SeedSource::Host,
     )?;
