@@ -205,6 +205,9 @@ struct WgConfig {
 
 // Two warpgroups of 64 x 128 (wgmma m64n128k16), 4 stages of 48 KiB (dY, Y, B 16 KiB each).
 struct Wg128x128 : WgConfig<128, 128, 4> {};
+// Two warpgroups of 64 x 256 (wgmma m64n256k16), 3 stages of 64 KiB (B 32 KiB): half the loads of
+// dY and Y per output of Wg128x128.
+struct Wg128x256 : WgConfig<128, 256, 3> {};
 
 }  // namespace backward
 }  // namespace fusedrop
@@ -230,9 +233,14 @@ struct Wg128x128 : WgConfig<128, 128, 4> {};
 
 FUSEDROP_BACKWARD_SM90(Wg128x128, wg128x128, f16, __half)
 FUSEDROP_BACKWARD_SM90(Wg128x128, wg128x128, bf16, __nv_bfloat16)
+FUSEDROP_BACKWARD_SM90(Wg128x256, wg128x256, f16, __half)
+FUSEDROP_BACKWARD_SM90(Wg128x256, wg128x256, bf16, __nv_bfloat16)
 
 // The launch numbers the Rust side launches with (src/cuda/launch_table.rs, via build.rs).
 #include "fusedrop_launch_table.h"
 static_assert(fusedrop::launch::matches<fusedrop::backward::Wg128x128>(
                   fusedrop::launch::backward_wg128x128),
               "backward Wg128x128 disagrees with src/cuda/launch_table.rs");
+static_assert(fusedrop::launch::matches<fusedrop::backward::Wg128x256>(
+                  fusedrop::launch::backward_wg128x256),
+              "backward Wg128x256 disagrees with src/cuda/launch_table.rs");

@@ -49,14 +49,18 @@ const DEFAULT_SMEM_LIMIT: u32 = 48 * 1024;
 const SIMT: Config = Config::new("backward_simt", "simt", launch_table::BACKWARD_SIMT);
 const TC128X128: Config = Config::new("backward_tc", "tc128x128", launch_table::BACKWARD_TC128X128);
 const TC64X64: Config = Config::new("backward_tc", "tc64x64", launch_table::BACKWARD_TC64X64);
+const WG128X256: Config = Config::new(
+    "backward_sm90",
+    "wg128x256",
+    launch_table::BACKWARD_WG128X256,
+);
 const WG128X128: Config = Config::new(
     "backward_sm90",
     "wg128x128",
     launch_table::BACKWARD_WG128X128,
 );
-/// The Hopper kernels' tile (kernels/backward_sm90.cu): K-major dY boxes for dX are
+/// The Hopper kernels' boxes (kernels/backward_sm90.cu): K-major dY boxes for dX are
 /// `64 x block_m`, every other box `64 x 64`.
-const HOPPER: Config = WG128X128;
 const HOPPER_BOX: u32 = 64;
 
 impl Config {
@@ -82,6 +86,20 @@ impl Config {
             grid_dim: (tiles.clamp(1, MAX_BLOCKS) as u32, 1, 1),
             block_dim: (self.threads, 1, 1),
             shared_mem_bytes: self.smem_bytes,
+        }
+    }
+
+    /// The Hopper tile for a product with `rows` x `cols` outputs: 128 x 256 when that still
+    /// gives every multiprocessor a tile, else 128 x 128 when that gives at least half of them
+    /// one; `None` below (too few tiles: the mma.sync kernels' smaller tiles spread wider).
+    fn hopper_for(rows: usize, cols: usize, sm_count: usize) -> Option<Config> {
+        let wave = sm_count.max(1) as u64;
+        if WG128X256.tiles(rows, cols) >= wave {
+            Some(WG128X256)
+        } else if 2 * WG128X128.tiles(rows, cols) >= wave {
+            Some(WG128X128)
+        } else {
+            None
         }
     }
 
@@ -139,8 +157,8 @@ fn load<T: Element>(stream: &Arc<CudaStream>, config: Config, what: &str) -> Res
 /// Which kernel runs one of the two products.
 #[derive(Debug, Clone, Copy)]
 enum Path {
-    /// kernels/backward_sm90.cu.
-    Hopper,
+    /// kernels/backward_sm90.cu with this tile.
+    Hopper(Config),
     /// kernels/backward_simt.cu or kernels/backward_tc.cu with this tile.
     Classic(Config),
 }
@@ -163,7 +181,8 @@ pub enum BackwardKernel {
     /// W (for dX) and X (for dW) 16-byte aligned with n and k multiples of 8, and m, n >= 1; a
     /// call that asks for them with other operands is an error. db without dW runs
     /// [`BackwardKernel::TensorCore`]. [`BackwardKernel::Auto`] picks them on Hopper whenever the
-    /// operands fit and the product has at least half a wave of 128 x 128 tiles.
+    /// operands fit and the product has at least half a wave of 128 x 128 tiles (128 x 256 tiles
+    /// when those make a full wave).
     Hopper,
 }
 
@@ -345,7 +364,8 @@ pub fn backward<T: Element>(
         let fits = tensor_map::operand_fits(dy_ptr, m, n)
             && y_ptr.is_none_or(|y| tensor_map::operand_fits(y, m, n))
             && tensor_map::operand_fits(ptr, op_rows, op_cols)
-            && HOPPER.tiles(rows, k) <= i32::MAX as u64;
+            && WG128X128.tiles(rows, k) <= i32::MAX as u64;
+        let chosen = Config::hopper_for(rows, k, sm_count(stream)?);
         if family == BackwardKernel::Hopper {
             if !fits {
                 return Err(invalid!(
@@ -355,12 +375,11 @@ pub fn backward<T: Element>(
                     y_ptr.unwrap_or(0)
                 ));
             }
-            return Ok(Path::Hopper);
+            return Ok(Path::Hopper(chosen.unwrap_or(WG128X128)));
         }
-        if fits && 2 * HOPPER.tiles(rows, k) >= sm_count(stream)? as u64 {
-            Ok(Path::Hopper)
-        } else {
-            Ok(Path::Classic(classic(rows, k)?))
+        match chosen.filter(|_| fits) {
+            Some(config) => Ok(Path::Hopper(config)),
+            None => Ok(Path::Classic(classic(rows, k)?)),
         }
     };
 
@@ -394,9 +413,9 @@ pub fn backward<T: Element>(
         let path = choose("dX", m, ("W", w_ptr, n, k), dy_ptr, y_ptr)?;
         let (dx_ptr, _dx_guard) = dx.device_ptr_mut(stream);
         match path {
-            Path::Hopper => {
-                let function = load::<T>(stream, HOPPER, "dx")?;
-                let (map_dy, map_y) = hopper_maps(HOPPER.block_m as u32)?;
+            Path::Hopper(config) => {
+                let function = load::<T>(stream, config, "dx")?;
+                let (map_dy, map_y) = hopper_maps(config.block_m as u32)?;
                 let map_w = tensor_map::row_major::<T>(w_ptr, n, k, HOPPER_BOX)?;
                 let mut launch = stream.launch_builder(&function);
                 launch
@@ -419,7 +438,7 @@ pub fn backward<T: Element>(
                 // raised by `load`. Every buffer outlives the launch through the guards.
                 unsafe {
                     launch.launch(
-                        HOPPER.persistent_launch_config(HOPPER.tiles(m, k), sm_count(stream)?),
+                        config.persistent_launch_config(config.tiles(m, k), sm_count(stream)?),
                     )
                 }?;
             }
@@ -475,8 +494,8 @@ pub fn backward<T: Element>(
             None => (null, None),
         };
         match path {
-            Path::Hopper => {
-                let function = load::<T>(stream, HOPPER, "dw")?;
+            Path::Hopper(config) => {
+                let function = load::<T>(stream, config, "dw")?;
                 let (map_dy, map_y) = hopper_maps(HOPPER_BOX)?;
                 let map_x = tensor_map::row_major::<T>(x_ptr, m, k, HOPPER_BOX)?;
                 let mut launch = stream.launch_builder(&function);
@@ -502,7 +521,7 @@ pub fn backward<T: Element>(
                 // through the guards.
                 unsafe {
                     launch.launch(
-                        HOPPER.persistent_launch_config(HOPPER.tiles(n, k), sm_count(stream)?),
+                        config.persistent_launch_config(config.tiles(n, k), sm_count(stream)?),
                     )
                 }?;
             }
@@ -535,4 +554,23 @@ pub fn backward<T: Element>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hopper_tile_follows_the_wave() {
+        // 132 multiprocessors (H100 SXM / H200). up's dX: 4096 x 4096 outputs, 512 tiles of
+        // 128 x 256.
+        assert_eq!(Config::hopper_for(4096, 4096, 132), Some(WG128X256));
+        // 1024 x 2048: 64 tiles of 128 x 256 (under a wave), 128 of 128 x 128.
+        assert_eq!(Config::hopper_for(1024, 2048, 132), Some(WG128X128));
+        // 1024 x 1152: 72 tiles of 128 x 128, at least half a wave.
+        assert_eq!(Config::hopper_for(1024, 1152, 132), Some(WG128X128));
+        // 1024 x 1024: 64 tiles of 128 x 128, under half a wave; small's dX (64 x 4096): 32.
+        assert_eq!(Config::hopper_for(1024, 1024, 132), None);
+        assert_eq!(Config::hopper_for(64, 4096, 132), None);
+    }
 }

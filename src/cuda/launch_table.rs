@@ -66,9 +66,11 @@ pub const BACKWARD_TC128X128: LaunchNumbers = numbers("backward_tc128x128", 128,
 pub const BACKWARD_TC64X64: LaunchNumbers = numbers("backward_tc64x64", 64, 64, 128, 44_544);
 /// kernels/backward_sm90.cu, `Wg128x128` (Hopper; persistent grid).
 pub const BACKWARD_WG128X128: LaunchNumbers = numbers("backward_wg128x128", 128, 128, 384, 197_696);
+/// kernels/backward_sm90.cu, `Wg128x256`.
+pub const BACKWARD_WG128X256: LaunchNumbers = numbers("backward_wg128x256", 128, 256, 384, 197_680);
 
 /// Every configuration, for build.rs.
-pub const ALL: [LaunchNumbers; 14] = [
+pub const ALL: [LaunchNumbers; 15] = [
     FORWARD_TC128X256,
     FORWARD_TC128X128,
     FORWARD_TC64X128,
@@ -83,6 +85,7 @@ pub const ALL: [LaunchNumbers; 14] = [
     BACKWARD_TC128X128,
     BACKWARD_TC64X64,
     BACKWARD_WG128X128,
+    BACKWARD_WG128X256,
 ];
 
 /// Grid-stride cap of every backward kernel (`kMaxBlocks`).

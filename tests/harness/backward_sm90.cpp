@@ -88,4 +88,6 @@ void run_backward_sm90_dw(const Request& req,
 void register_kernels() {
     HARNESS_BACKWARD_SM90(Wg128x128, wg128x128, f16, __half)
     HARNESS_BACKWARD_SM90(Wg128x128, wg128x128, bf16, __nv_bfloat16)
+    HARNESS_BACKWARD_SM90(Wg128x256, wg128x256, f16, __half)
+    HARNESS_BACKWARD_SM90(Wg128x256, wg128x256, bf16, __nv_bfloat16)
 }
