@@ -13,6 +13,10 @@ use fusedrop::{Activation, Dropout, Element, Geometry, LayerSpec, LinearShape};
 use half::{bf16, f16};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
+#[path = "common/elementwise.rs"]
+mod elementwise;
+use elementwise::check_elementwise;
+
 fn gpu() -> Option<Arc<CudaStream>> {
     match cuda::open_device(0) {
         Ok(ctx) => Some(ctx.default_stream()),
@@ -163,6 +167,17 @@ fn check<T: Element>(stream: &Arc<CudaStream>, spec: &LayerSpec, case: Case) {
     let inputs = inputs::<T>(spec, case.nonfinite, &mut rng);
     let want = reference::backward_f64(spec, &inputs.x, &inputs.w, &inputs.dy, inputs.y.as_deref())
         .expect("valid reference backward");
+    // The same reductions over absolute values: each element's sum of |terms|, for the
+    // element-wise bound.
+    let abs = |v: &[T]| -> Vec<T> { v.iter().map(|e| T::from_f64(e.to_f64().abs())).collect() };
+    let abs_sums = reference::backward_f64(
+        spec,
+        &abs(&inputs.x),
+        &abs(&inputs.w),
+        &abs(&inputs.dy),
+        inputs.y.as_deref(),
+    )
+    .expect("valid reference backward");
     // Outputs start poisoned, so an element the kernel fails to write shows up as NaN; when
     // accumulating they start as random existing gradients instead.
     let initial = if case.accumulate {
@@ -182,11 +197,35 @@ fn check<T: Element>(stream: &Arc<CudaStream>, spec: &LayerSpec, case: Case) {
     let got = run_gpu(stream, spec, &inputs, &initial, case);
     let what = format!("{} backward {spec:?} {case:?}", T::NAME);
     let outputs = [
-        ("dX", case.dx, &got.dx, &initial.dx, &want.dx),
-        ("dW", case.dw, &got.dw, &initial.dw, &want.dw),
-        ("db", case.db, &got.db, &initial.db, &want.db),
+        (
+            "dX",
+            case.dx,
+            &got.dx,
+            &initial.dx,
+            &want.dx,
+            &abs_sums.dx,
+            n,
+        ),
+        (
+            "dW",
+            case.dw,
+            &got.dw,
+            &initial.dw,
+            &want.dw,
+            &abs_sums.dw,
+            m,
+        ),
+        (
+            "db",
+            case.db,
+            &got.db,
+            &initial.db,
+            &want.db,
+            &abs_sums.db,
+            m,
+        ),
     ];
-    for (name, requested, got, initial, new) in outputs {
+    for (name, requested, got, initial, new, abs_sum, terms) in outputs {
         if !requested {
             assert_eq!(
                 bits(got),
@@ -204,6 +243,16 @@ fn check<T: Element>(stream: &Arc<CudaStream>, spec: &LayerSpec, case: Case) {
         } else {
             new.clone()
         };
+        let bound: Vec<f64> = if case.accumulate {
+            initial
+                .iter()
+                .zip(abs_sum)
+                .map(|(a, b)| a.to_f64().abs() + b)
+                .collect()
+        } else {
+            abs_sum.clone()
+        };
+        check_elementwise(&format!("{what}: {name}"), got, &want, &bound, terms);
         let got: Vec<f64> = got.iter().map(|v| v.to_f64()).collect();
         // Unwritten outputs (NaN poison) and lost or invented NaN / infinities give +inf.
         let error = relative_l2_error_nonfinite(&got, &want);

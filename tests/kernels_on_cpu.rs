@@ -1028,7 +1028,16 @@ struct BackwardCase {
 
 fn backward_cases() -> Vec<BackwardCase> {
     let mut cases = Vec::new();
-    let shapes = [(1, 1, 1), (37, 29, 45), (70, 75, 64), (130, 66, 40)];
+    // m = 1 makes dW an outer product and n = 1 dX one: every element a single term, checked on
+    // its own (check_elementwise), as every element of every case is.
+    let shapes = [
+        (1, 1, 1),
+        (37, 29, 45),
+        (70, 75, 64),
+        (130, 66, 40),
+        (1, 75, 64),
+        (70, 1, 64),
+    ];
     let rates = [0.0f32, 0.1, 0.5, 1.0];
     for (s, &(m, n, k)) in shapes.iter().enumerate() {
         for (i, &p) in rates.iter().enumerate() {
@@ -1159,6 +1168,12 @@ fn check_backward_cases<T: Raw>(
         let y = reference::forward(&spec, &x, &w, Some(&b)).expect("valid reference inputs");
         let grads = reference::backward_f64(&spec, &x, &w, &dy, relu.then_some(&y[..]))
             .expect("valid reference inputs");
+        // The same reductions over absolute values (the mask and ReLU's activity unchanged):
+        // each element's sum of |terms|, for the element-wise bound.
+        let abs = |v: &[T]| -> Vec<T> { v.iter().map(|e| T::from_f64(e.to_f64().abs())).collect() };
+        let abs_grads =
+            reference::backward_f64(&spec, &abs(&x), &abs(&w), &abs(&dy), relu.then_some(&y[..]))
+                .expect("valid reference inputs");
         let init = |len: usize, rng: &mut StdRng| {
             if case.accumulate {
                 random_values::<T>(len, rng)
@@ -1186,6 +1201,15 @@ fn check_backward_cases<T: Raw>(
             plus(&dx0, &grads.dx),
             plus(&dw0, &grads.dw),
             plus(&db0, &grads.db),
+        );
+        let abs_plus = |start: &[T], sums: &[f64]| -> Vec<f64> {
+            let start = abs(start);
+            plus(&start, sums)
+        };
+        let bounds = (
+            abs_plus(&dx0, &abs_grads.dx),
+            abs_plus(&dw0, &abs_grads.dw),
+            abs_plus(&db0, &abs_grads.db),
         );
 
         let what = format!("{case:?}");
@@ -1226,27 +1250,22 @@ fn check_backward_cases<T: Raw>(
         }
         launches.push(dx);
         launches.push(dw);
-        expected.push((case, want));
+        expected.push((case, want, bounds));
     }
     run(&exe, &launches);
-    for (pair, (case, (want_dx, want_dw, want_db))) in launches.chunks(2).zip(&expected) {
-        check_close(
-            &format!("dX of {}", pair[0].what),
-            &pair[0].output::<T>("dx"),
-            want_dx,
-        );
+    for (pair, (case, want, bounds)) in launches.chunks(2).zip(&expected) {
+        let LinearShape { m, n, .. } = case.shape;
+        let mut outputs = vec![("dX", &pair[0], "dx", &want.0, &bounds.0, n)];
         if case.weight_grad {
-            check_close(
-                &format!("dW of {}", pair[1].what),
-                &pair[1].output::<T>("dw"),
-                want_dw,
-            );
+            outputs.push(("dW", &pair[1], "dw", &want.1, &bounds.1, m));
         }
-        check_close(
-            &format!("db of {}", pair[1].what),
-            &pair[1].output::<T>("db"),
-            want_db,
-        );
+        outputs.push(("db", &pair[1], "db", &want.2, &bounds.2, m));
+        for (name, launch, buffer, want, abs_sum, terms) in outputs {
+            let what = format!("{name} of {}", launch.what);
+            let got = launch.output::<T>(buffer);
+            check_close(&what, &got, want);
+            check_elementwise(&what, &got, want, abs_sum, terms);
+        }
     }
 }
 
@@ -1343,6 +1362,9 @@ fn backward_sm90_bf16_matches_reference() {
     );
 }
 
+#[path = "common/elementwise.rs"]
+mod elementwise;
+use elementwise::check_elementwise;
 #[path = "common/keep_boundary.rs"]
 mod keep_boundary;
 use keep_boundary::boundaries;
