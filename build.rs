@@ -8,8 +8,8 @@
 //! - The Hopper modules (wgmma, TMA, setmaxnreg) compile for `sm_90a` alone, and only when the
 //!   list has 90: architecture-specific code has no PTX that a later GPU could JIT, so they
 //!   serve compute capability 9.0 only and are left out of builds without 90.
-//! - Every kernel is compiled with `-Xptxas -v`; a kernel that spills registers to local memory
-//!   fails the build. The full report goes to `$OUT_DIR/<kernel>.ptxas.txt`.
+//! - Every kernel is compiled with `-Xptxas -v`; a kernel that uses local memory (spilled
+//!   registers or a stack frame) fails the build. The full report goes to `$OUT_DIR/<kernel>.ptxas.txt`.
 //! - The launch numbers of every kernel configuration live in src/cuda/launch_table.rs; this
 //!   script writes them to `$OUT_DIR/include/fusedrop_launch_table.h` (always, with or without
 //!   nvcc), which the kernels `static_assert` their config structs against, and exports the
@@ -315,7 +315,9 @@ fn compile_all(
     images
 }
 
-/// Fails the build when ptxas reports spill stores or loads for any function.
+/// Fails the build when ptxas reports, for any function, spill stores or loads or a stack frame
+/// (local memory: a register array indexed at run time, or a call that could not be inlined).
+/// Every kernel keeps its state in registers; local memory in one is a performance bug.
 fn check_no_spills(name: &str, report: &str) {
     let mut function = "";
     let mut spilling = Vec::new();
@@ -323,10 +325,10 @@ fn check_no_spills(name: &str, report: &str) {
         if let Some(pos) = line.find("Compiling entry function '") {
             function = &line[pos + 26..];
         }
-        if line.contains("bytes spill stores") {
+        if line.contains("bytes stack frame") {
             let counts: Vec<u64> = line
                 .split(',')
-                .filter(|part| part.contains("spill"))
+                .filter(|part| part.contains("spill") || part.contains("stack frame"))
                 .filter_map(|part| part.split_whitespace().next()?.parse().ok())
                 .collect();
             if counts.iter().any(|&c| c > 0) {
@@ -336,7 +338,7 @@ fn check_no_spills(name: &str, report: &str) {
     }
     if !spilling.is_empty() {
         panic!(
-            "kernels/{name}.cu spills registers to local memory:\n{}",
+            "kernels/{name}.cu uses local memory (a stack frame or register spills):\n{}",
             spilling.join("\n")
         );
     }
