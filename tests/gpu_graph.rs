@@ -8,16 +8,21 @@ use std::sync::Arc;
 
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaSlice, CudaStream};
-use fusedrop::cuda::backward::{backward, BackwardOptions, GradientsMut};
+use fusedrop::cuda::backward::{
+    self as bw, backward, BackwardKernel, BackwardOptions, GradientsMut,
+};
 use fusedrop::cuda::forward::{forward, forward_with_config, hopper_available, ForwardConfig};
 use fusedrop::cuda::{self, SeedSource};
 use fusedrop::{mask, reference, Activation, Dropout, LayerSpec, LinearShape};
 use half::bf16;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
+/// The per-thread default stream: capture is not supported on the legacy default stream
+/// (cudarc's `default_stream`, the null stream), and one stream keeps cudarc out of its
+/// multi-stream event tracking.
 fn gpu() -> Option<Arc<CudaStream>> {
     match cuda::open_device(0) {
-        Ok(ctx) => Some(ctx.default_stream()),
+        Ok(ctx) => Some(ctx.per_thread_stream()),
         Err(e) => {
             eprintln!("skipping GPU graph test: {e}");
             None
@@ -241,12 +246,15 @@ fn a_captured_training_step_replays_with_fresh_masks() {
     }
 }
 
-/// The Hopper kernel inside a graph (compute capability 9.0 with the sm_90a module): its tensor
-/// maps are encoded on the host at capture time and its seed read from the device buffer.
+/// The Hopper kernels inside a graph (compute capability 9.0 with the sm_90a modules): the
+/// forward, then the backward of the same layer (dX, dW, db), with tensor maps encoded on the
+/// host at capture time and the seed read from the device buffer.
 #[test]
-fn a_captured_hopper_forward_replays_with_fresh_masks() {
+fn a_captured_hopper_forward_and_backward_replay_with_fresh_masks() {
     let Some(stream) = gpu() else { return };
-    if !hopper_available::<bf16>(&stream).unwrap() {
+    if !hopper_available::<bf16>(&stream).unwrap()
+        || !bw::hopper_available::<bf16>(&stream).unwrap()
+    {
         eprintln!(
             "skipping the Hopper graph check: no compute capability 9.0 GPU with the sm_90a module"
         );
@@ -260,6 +268,11 @@ fn a_captured_hopper_forward_replays_with_fresh_masks() {
     let x = stream.clone_htod(&host_x).unwrap();
     let w = stream.clone_htod(&host_w).unwrap();
     let mut y = stream.alloc_zeros::<bf16>(shape.m * shape.n).unwrap();
+    let host_dy = to_bf16(random(shape.m * shape.n, &mut rng));
+    let dy = stream.clone_htod(&host_dy).unwrap();
+    let mut dx = stream.alloc_zeros::<bf16>(shape.m * shape.k).unwrap();
+    let mut dw = stream.alloc_zeros::<bf16>(shape.n * shape.k).unwrap();
+    let mut db = stream.alloc_zeros::<bf16>(shape.n).unwrap();
     let mut seed = stream.clone_htod(&[SEED, 0u64]).unwrap();
     cuda::warm_up(&stream).unwrap();
     let spec = LayerSpec::new(shape, Activation::Relu, Dropout::new(0.5, 0, 0));
@@ -276,6 +289,25 @@ fn a_captured_hopper_forward_replays_with_fresh_masks() {
             &w,
             None,
             &mut y,
+            SeedSource::Device(&seed_view),
+        )
+        .unwrap();
+        backward(
+            &stream,
+            &spec,
+            &x,
+            &w,
+            &dy,
+            Some(&y.as_view()),
+            GradientsMut {
+                dx: Some(dx.as_view_mut()),
+                dw: Some(dw.as_view_mut()),
+                db: Some(db.as_view_mut()),
+            },
+            BackwardOptions {
+                kernel: BackwardKernel::Hopper,
+                ..BackwardOptions::default()
+            },
             SeedSource::Device(&seed_view),
         )
         .unwrap();
@@ -309,6 +341,19 @@ fn a_captured_hopper_forward_replays_with_fresh_masks() {
                     "stream {philox_stream}: Y[{i}] was dropped"
                 );
             }
+        }
+        let want = reference::backward_f64(&spec, &host_x, &host_w, &host_dy, Some(&got)).unwrap();
+        for (name, buffer, want) in [
+            ("dX", &dx, &want.dx),
+            ("dW", &dw, &want.dw),
+            ("db", &db, &want.db),
+        ] {
+            let got = stream.clone_dtoh(buffer).unwrap();
+            let err = reference::relative_l2_error(&reference::to_f64(&got), want);
+            assert!(
+                err < 1e-2,
+                "stream {philox_stream}: {name} relative L2 error {err:e}"
+            );
         }
     }
 }
