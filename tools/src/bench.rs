@@ -21,8 +21,10 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags};
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+use cudarc::driver::sys::{
+    CUdevice_attribute, CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode,
+};
+use cudarc::driver::{CudaContext, CudaGraph, CudaSlice, CudaStream, CudaView};
 use half::{bf16, f16};
 use rand::{RngCore, SeedableRng};
 use serde::{Serialize, Serializer};
@@ -35,10 +37,10 @@ use fusedrop::cuda::forward::{
     choose_config, config_for, forward, forward_with_config, hopper_available, hopper_operands_fit,
     sm_count, ForwardConfig,
 };
-use fusedrop::cuda::{launch_table, module_built, SeedSource};
+use fusedrop::cuda::{launch_table, module_built, warm_up, SeedSource};
 use fusedrop::Element;
-use fusedrop::Result;
 use fusedrop::{Activation, Dropout, Geometry, LayerSpec, LinearShape};
+use fusedrop::{Error, Result};
 
 // ---------------------------------------------------------------------------------------------
 // The suite
@@ -619,10 +621,15 @@ pub struct TableOptions {
     pub effort: Effort,
     /// The GPU ordinal.
     pub device: usize,
+    /// The shapes (by name) whose fused forward, and forward+backward when both passes are
+    /// measured, are also timed as CUDA graph replays (the `fused_graph` rows, issue 15): the
+    /// launch overhead shows where the GPU work is short. A name not in `shapes` is not measured.
+    pub graph_shapes: Vec<&'static str>,
 }
 
 impl TableOptions {
-    /// The whole suite: every shape, dtype and probability, both passes.
+    /// The whole suite: every shape, dtype and probability, both passes, graph replays on
+    /// `small`.
     pub fn full() -> Self {
         Self {
             shapes: SUITE.to_vec(),
@@ -631,11 +638,12 @@ impl TableOptions {
             passes: Passes::Both,
             effort: Effort::FULL,
             device: 0,
+            graph_shapes: vec!["small"],
         }
     }
 
     /// A subset that runs in well under two minutes on an H100: bf16 on up, sq, small, wide and
-    /// odd, plus f32 on sq; p = 0.1; both passes; short measurements.
+    /// odd, plus f32 on sq; p = 0.1; both passes; graph replays on `small`; short measurements.
     pub fn quick() -> Self {
         let names = ["up", "sq", "small", "wide", "odd"];
         Self {
@@ -648,6 +656,7 @@ impl TableOptions {
             passes: Passes::Both,
             effort: Effort::QUICK,
             device: 0,
+            graph_shapes: vec!["small"],
         }
     }
 }
@@ -669,7 +678,8 @@ pub struct Row {
     pub pass: &'static str,
     /// `fused` (ours), `gemm_floor` (cuBLASLt products alone), `unfused` (cuBLASLt with its
     /// epilogue, plus the standalone dropout kernel), or a variant of `fused`: a [`Variant`]'s
-    /// name (`fused_mma_sync`, `fused_wg*`, `fused_hopper`, `fused_identity`).
+    /// name (`fused_mma_sync`, `fused_wg*`, `fused_hopper`, `fused_identity`) or
+    /// [`GRAPH_IMPL`].
     pub impl_name: &'static str,
     /// Median GPU time per call, in microseconds.
     pub time_us: f64,
@@ -947,6 +957,9 @@ impl Variant {
     }
 }
 
+/// The impl name of the rows replayed from CUDA graphs (see [`TableOptions::graph_shapes`]).
+pub const GRAPH_IMPL: &str = "fused_graph";
+
 /// The forward variants timed beside `fused` (whatever the library chooses), given what the
 /// library chooses (`chosen`), the mma.sync configuration it would choose without the Hopper
 /// kernel (`mma_sync`) and whether the Hopper kernel can run for the dtype on this GPU
@@ -1063,6 +1076,113 @@ pub fn backward_variants<T: Element>(
 ) -> Result<Vec<Variant>> {
     let hopper = hopper_available::<T>(stream)? && module_built("backward_sm90");
     Ok(backward_variants_given(dims, hopper, sm_count(stream)?))
+}
+
+/// Graphs of fused launches captured for [`measure_graph`]: one per operand set, each reading
+/// its own `[seed, stream]` pair from `seeds`.
+struct Graphs {
+    graphs: Vec<CudaGraph>,
+    // Declared after `graphs`, so dropped after them: the graphs hold its address.
+    _seeds: CudaSlice<u64>,
+}
+
+/// Captures on `capture` (a stream that can capture: not the legacy default stream) one graph
+/// per operand set of `ops`: the fused forward (ReLU, dropout `p`), followed by the fused
+/// backward when `with_backward` (reading the forward's Y as its saved Y, as in training). Every
+/// call takes its (seed, stream) from a device buffer ([`SeedSource::Device`]); graph `i` reads
+/// pair `[BENCH_SEED, i]`, so consecutive replays draw different masks.
+fn capture_graphs<T: Element>(
+    capture: &Arc<CudaStream>,
+    ops: &mut Operands<T>,
+    p: f32,
+    with_backward: bool,
+) -> Result<Graphs> {
+    let dims = ops.shape();
+    let count = ops.len();
+    let pairs: Vec<u64> = (0..count as u64).flat_map(|i| [BENCH_SEED, i]).collect();
+    let seeds = capture.clone_htod(&pairs)?;
+    // The Dropout's seed and stream are placeholders: the kernels read the pair from `seeds`.
+    let spec = bench_spec(dims, Activation::Relu, p, 0);
+    let mut graphs = Vec::with_capacity(count);
+    for i in 0..count {
+        let seed = seeds.slice(2 * i..2 * i + 2);
+        let set = ops.set_mut(i as u64);
+        capture.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+        let queued = queue_graph_step(capture, set, &spec, &seed, with_backward);
+        // The capture is ended even when a call failed, so that the stream is usable again.
+        let ended = capture.end_capture(CUgraphInstantiate_flags(0));
+        queued?;
+        let graph = ended?.ok_or_else(|| {
+            Error::Cuda("the stream capture of the fused launches recorded no graph".into())
+        })?;
+        graphs.push(graph);
+    }
+    Ok(Graphs {
+        graphs,
+        _seeds: seeds,
+    })
+}
+
+/// The launches one graph of [`capture_graphs`] holds.
+fn queue_graph_step<T: Element>(
+    stream: &Arc<CudaStream>,
+    set: &mut OperandSet<T>,
+    spec: &LayerSpec,
+    seed: &CudaView<'_, u64>,
+    with_backward: bool,
+) -> Result<()> {
+    forward(
+        stream,
+        spec,
+        &set.x,
+        &set.w,
+        Some(&set.b.as_view()),
+        &mut set.y,
+        SeedSource::Device(seed),
+    )?;
+    if !with_backward {
+        return Ok(());
+    }
+    let grads = GradientsMut {
+        dx: Some(set.dx.as_view_mut()),
+        dw: Some(set.dw.as_view_mut()),
+        db: Some(set.db.as_view_mut()),
+    };
+    backward(
+        stream,
+        spec,
+        &set.x,
+        &set.w,
+        &set.dy,
+        Some(&set.y.as_view()),
+        grads,
+        BackwardOptions::default(),
+        SeedSource::Device(seed),
+    )
+}
+
+/// Times the fused forward (and backward, when `with_backward`) replayed from CUDA graphs, one
+/// graph launch per launch number, graphs rotating with the operand sets (issue 15: the launch
+/// overhead beside the plain launches). `stream` is the benchmark's stream, the context's legacy
+/// default stream, on which CUDA cannot capture; the graphs are captured and replayed on the
+/// context's per-thread default stream, which orders itself after the legacy stream's work and
+/// leaves cudarc in single-stream mode (no events recorded around the other rows' launches).
+/// Every module is loaded first ([`fusedrop::cuda::warm_up`]): loading one during a capture is
+/// an error.
+pub fn measure_graph<T: Element>(
+    stream: &Arc<CudaStream>,
+    ops: &mut Operands<T>,
+    p: f32,
+    with_backward: bool,
+    effort: Effort,
+) -> Result<Timing> {
+    warm_up(stream)?;
+    let capture = stream.context().per_thread_stream();
+    let graphs = capture_graphs(&capture, ops, p, with_backward)?;
+    let count = graphs.graphs.len() as u64;
+    measure(&capture, effort, |i| {
+        Ok(graphs.graphs[(i % count) as usize].launch()?)
+    })
 }
 
 /// What the unfused forward contains (the note of its rows).
@@ -1183,8 +1303,8 @@ impl<'a, T: Element> BaselinePlans<'a, T> {
 struct PassTimes {
     floor: Option<f64>,
     per_p: Vec<(f32, Option<f64>, Option<f64>)>,
-    /// The variant rows of the fused pass (forced kernels, the identity activation), in the
-    /// order measured.
+    /// The variant rows of the fused pass (forced kernels, the identity activation, graph
+    /// replays), in the order measured.
     variants: Vec<VariantTime>,
     /// The configuration the library chose for the fused forward (its rows' note).
     chosen: Option<ForwardConfig>,
@@ -1232,6 +1352,7 @@ fn measure_shape<T: Element>(
     let mut ops = Operands::<T>::new(&stream, dims, table.gpu.l2_bytes, 0xda7a ^ dims.m as u64)?;
     let plans = BaselinePlans::<T>::new(blas, dims);
     let effort = options.effort;
+    let graphs = options.graph_shapes.contains(&shape.name);
     let record = |table: &mut Table, label: String, r: Result<Timing>| -> Option<f64> {
         match r {
             Ok(t) => Some(t.per_launch.as_secs_f64() * 1e6),
@@ -1276,6 +1397,21 @@ fn measure_shape<T: Element>(
                         p,
                         name: v.name,
                         note: v.forced.note(),
+                        time_us,
+                    });
+                }
+            }
+            if graphs {
+                let time = record(
+                    table,
+                    format!("forward {GRAPH_IMPL} p={p}"),
+                    measure_graph(&stream, &mut ops, p, false, effort),
+                );
+                if let Some(time_us) = time {
+                    variants.push(VariantTime {
+                        p,
+                        name: GRAPH_IMPL,
+                        note: GRAPH_FORWARD_NOTE.into(),
                         time_us,
                     });
                 }
@@ -1368,7 +1504,24 @@ fn measure_shape<T: Element>(
             .zip(&b.per_p)
             .map(|(fp, bp)| (fp.0, sum(fp.1, bp.1), sum(fp.2, bp.2)))
             .collect();
-        let variants = summed_variants(&f.variants, &b.variants);
+        let mut variants = summed_variants(&f.variants, &b.variants);
+        if graphs {
+            for &p in &options.probabilities {
+                let time = record(
+                    table,
+                    format!("forward+backward {GRAPH_IMPL} p={p}"),
+                    measure_graph(&stream, &mut ops, p, true, effort),
+                );
+                if let Some(time_us) = time {
+                    variants.push(VariantTime {
+                        p,
+                        name: GRAPH_IMPL,
+                        note: GRAPH_STEP_NOTE.into(),
+                        time_us,
+                    });
+                }
+            }
+        }
         let times = PassTimes {
             floor: sum(f.floor, b.floor),
             per_p,
@@ -1387,6 +1540,13 @@ fn measure_shape<T: Element>(
     }
     Ok(())
 }
+
+/// The note of the forward `fused_graph` rows.
+pub const GRAPH_FORWARD_NOTE: &str = "the fused forward captured in a CUDA graph (seed from a \
+    device buffer), one graph launch per call";
+/// The note of the forward+backward `fused_graph` rows (measured, not a sum).
+pub const GRAPH_STEP_NOTE: &str = "the fused forward then backward captured in one CUDA graph \
+    (seed from a device buffer), one graph launch per call; measured, not a sum";
 
 fn emit_pass(
     table: &mut Table,
@@ -1819,10 +1979,10 @@ mod tests {
             forced: Forced::Config(ForwardConfig::Tc64x64),
         };
         assert!(mma_sync.runs_at(0.0));
-        // Every impl name a bench row can carry: distinct, the variants marked as variants of
-        // `fused`, all within the table's impl column.
+        // Every impl name a bench row can carry: distinct, the variants and graph rows marked as
+        // variants of `fused`, all within the table's impl column.
         let sq = LinearShape::new(4096, 4096, 4096);
-        let mut all: Vec<&str> = vec!["gemm_floor", "fused", "unfused"];
+        let mut all: Vec<&str> = vec!["gemm_floor", "fused", "unfused", GRAPH_IMPL];
         all.extend(names(&forward_variants_given(
             sq,
             ForwardConfig::Wg128x256,
@@ -1832,12 +1992,23 @@ mod tests {
         all.extend(names(&backward_variants_given(sq, true, 132)));
         all.sort_unstable();
         all.dedup();
-        assert_eq!(all.len(), 9, "{all:?}");
+        assert_eq!(all.len(), 10, "{all:?}");
         for name in all
             .iter()
             .filter(|n| !["gemm_floor", "fused", "unfused"].contains(n))
         {
             assert!(name.starts_with("fused_") && name.len() <= 15, "{name}");
+        }
+    }
+
+    #[test]
+    fn graph_replays_are_measured_on_small_by_default() {
+        for options in [TableOptions::full(), TableOptions::quick()] {
+            assert_eq!(options.graph_shapes, ["small"]);
+            assert!(options
+                .shapes
+                .iter()
+                .any(|s| options.graph_shapes.contains(&s.name)));
         }
     }
 
@@ -1854,6 +2025,7 @@ mod tests {
             time(0.1, "fused_wg128x256", 8.0),
             time(0.1, "fused_identity", 9.0),
             time(0.5, "fused_identity", 9.5),
+            time(0.1, GRAPH_IMPL, 7.0),
         ];
         let backward = [
             time(0.1, "fused_mma_sync", 20.0),
@@ -1910,6 +2082,7 @@ mod tests {
                 variant(0.0, "fused_hopper", "forced BackwardKernel::Hopper", 45.0),
                 variant(0.1, "fused_hopper", "forced BackwardKernel::Hopper", 55.0),
                 variant(0.1, "fused_identity", IDENTITY_NOTE, 66.0),
+                variant(0.1, GRAPH_IMPL, GRAPH_STEP_NOTE, 30.0),
             ],
             chosen: None,
         };
@@ -1935,6 +2108,7 @@ mod tests {
                 (Some(0.1), "unfused"),
                 (Some(0.1), "fused_hopper"),
                 (Some(0.1), "fused_identity"),
+                (Some(0.1), "fused_graph"),
             ]
         );
         assert_eq!(seen.len(), rows.len(), "progress sees every row");
@@ -1950,14 +2124,17 @@ mod tests {
         let header: Vec<_> = lines.next().expect("a header").split(',').collect();
         let impl_col = header.iter().position(|c| *c == "impl").expect("impl");
         assert_eq!(header.len(), 21);
-        let line = lines.last().expect("rows");
+        let graph = lines.last().expect("rows");
         assert!(
-            line.starts_with("fusedrop,Fake GPU,1.0,small,64,4096,4096,bf16,0.1,backward,"),
-            "{line}"
+            graph.starts_with("fusedrop,Fake GPU,1.0,small,64,4096,4096,bf16,0.1,backward,"),
+            "{graph}"
         );
-        assert_eq!(line.split(',').nth(impl_col), Some("fused_identity"));
+        assert_eq!(graph.split(',').nth(impl_col), Some("fused_graph"));
         // The note has commas, so the CSV quotes it.
-        assert!(line.ends_with(&format!("\"{IDENTITY_NOTE}\"")), "{line}");
+        assert!(
+            graph.ends_with(&format!("\"{GRAPH_STEP_NOTE}\"")),
+            "{graph}"
+        );
 
         let text = format_table(&table);
         assert!(text.contains("fused_identity"), "{text}");
