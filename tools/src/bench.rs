@@ -31,13 +31,13 @@ use serde::{Serialize, Serializer};
 
 use crate::baseline::{cublaslt_version, Blas, GemmOp, GemmPlan};
 use crate::invalid;
-use fusedrop::cuda::backward::{backward, BackwardKernel, BackwardOptions, GradientsMut};
+use fusedrop::cuda::backward::{self, backward, BackwardKernel, BackwardOptions, GradientsMut};
 use fusedrop::cuda::dropout::dropout_in_place;
 use fusedrop::cuda::forward::{
     choose_config, config_for, forward, forward_with_config, hopper_available, hopper_operands_fit,
     sm_count, ForwardConfig,
 };
-use fusedrop::cuda::{launch_table, module_built, warm_up, SeedSource};
+use fusedrop::cuda::{launch_table, warm_up, SeedSource};
 use fusedrop::Element;
 use fusedrop::{Activation, Dropout, Geometry, LayerSpec, LinearShape};
 use fusedrop::{Error, Result};
@@ -1027,8 +1027,8 @@ pub fn hopper_backward_fits(dims: LinearShape, hopper: bool) -> bool {
 
 /// Whether [`BackwardKernel::Auto`] runs one of the two products (dX: `m` x `k` outputs, dW:
 /// `n` x `k`) on the Hopper kernels: the rule of `fusedrop::cuda::backward`, where a product
-/// goes to them when they can run the shape and it has at least half a wave of their
-/// 128 x 128 tiles.
+/// goes to them when they can run the shape and it has at least half a wave of 128 x 128 tiles
+/// (their 128 x 256 tile is taken when that makes a full wave, which implies as much).
 pub fn auto_backward_takes_hopper(dims: LinearShape, hopper: bool, sm_count: usize) -> bool {
     let tile = launch_table::BACKWARD_WG128X128;
     let tiles = |rows: usize| {
@@ -1067,14 +1067,13 @@ pub fn backward_variants_given(dims: LinearShape, hopper: bool, sm_count: usize)
     variants
 }
 
-/// [`backward_variants_given`] for element type `T` on the stream's GPU: the Hopper backward is
-/// available where the Hopper forward is ([`hopper_available`]: f16 or bf16, compute capability
-/// 9.0) and this build has its module.
+/// [`backward_variants_given`] for element type `T` on the stream's GPU (the Hopper kernels as
+/// [`backward::hopper_available`] says).
 pub fn backward_variants<T: Element>(
     stream: &Arc<CudaStream>,
     dims: LinearShape,
 ) -> Result<Vec<Variant>> {
-    let hopper = hopper_available::<T>(stream)? && module_built("backward_sm90");
+    let hopper = backward::hopper_available::<T>(stream)?;
     Ok(backward_variants_given(dims, hopper, sm_count(stream)?))
 }
 
