@@ -21,24 +21,26 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags};
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+use cudarc::driver::sys::{
+    CUdevice_attribute, CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode,
+};
+use cudarc::driver::{CudaContext, CudaGraph, CudaSlice, CudaStream, CudaView};
 use half::{bf16, f16};
 use rand::{RngCore, SeedableRng};
 use serde::{Serialize, Serializer};
 
 use crate::baseline::{cublaslt_version, Blas, GemmOp, GemmPlan};
 use crate::invalid;
-use fusedrop::cuda::backward::{backward, BackwardOptions, GradientsMut};
+use fusedrop::cuda::backward::{self, backward, BackwardKernel, BackwardOptions, GradientsMut};
 use fusedrop::cuda::dropout::dropout_in_place;
 use fusedrop::cuda::forward::{
     choose_config, config_for, forward, forward_with_config, hopper_available, hopper_operands_fit,
     sm_count, ForwardConfig,
 };
-use fusedrop::cuda::SeedSource;
+use fusedrop::cuda::{launch_table, warm_up, SeedSource};
 use fusedrop::Element;
-use fusedrop::Result;
 use fusedrop::{Activation, Dropout, Geometry, LayerSpec, LinearShape};
+use fusedrop::{Error, Result};
 
 // ---------------------------------------------------------------------------------------------
 // The suite
@@ -619,10 +621,15 @@ pub struct TableOptions {
     pub effort: Effort,
     /// The GPU ordinal.
     pub device: usize,
+    /// The shapes (by name) whose fused forward, and forward+backward when both passes are
+    /// measured, are also timed as CUDA graph replays (the `fused_graph` rows, issue 15): the
+    /// launch overhead shows where the GPU work is short. A name not in `shapes` is not measured.
+    pub graph_shapes: Vec<&'static str>,
 }
 
 impl TableOptions {
-    /// The whole suite: every shape, dtype and probability, both passes.
+    /// The whole suite: every shape, dtype and probability, both passes, graph replays on
+    /// `small`.
     pub fn full() -> Self {
         Self {
             shapes: SUITE.to_vec(),
@@ -631,11 +638,12 @@ impl TableOptions {
             passes: Passes::Both,
             effort: Effort::FULL,
             device: 0,
+            graph_shapes: vec!["small"],
         }
     }
 
     /// A subset that runs in well under two minutes on an H100: bf16 on up, sq, small, wide and
-    /// odd, plus f32 on sq; p = 0.1; both passes; short measurements.
+    /// odd, plus f32 on sq; p = 0.1; both passes; graph replays on `small`; short measurements.
     pub fn quick() -> Self {
         let names = ["up", "sq", "small", "wide", "odd"];
         Self {
@@ -648,6 +656,7 @@ impl TableOptions {
             passes: Passes::Both,
             effort: Effort::QUICK,
             device: 0,
+            graph_shapes: vec!["small"],
         }
     }
 }
@@ -668,7 +677,9 @@ pub struct Row {
     /// `forward`, `backward` or `forward+backward` (a sum of the two measured rows).
     pub pass: &'static str,
     /// `fused` (ours), `gemm_floor` (cuBLASLt products alone), `unfused` (cuBLASLt with its
-    /// epilogue, plus the standalone dropout kernel).
+    /// epilogue, plus the standalone dropout kernel), or a variant of `fused`: a [`Variant`]'s
+    /// name (`fused_mma_sync`, `fused_wg*`, `fused_hopper`, `fused_identity`) or
+    /// [`GRAPH_IMPL`].
     pub impl_name: &'static str,
     /// Median GPU time per call, in microseconds.
     pub time_us: f64,
@@ -765,10 +776,10 @@ pub fn run_table(options: &TableOptions, progress: &mut dyn FnMut(&Row)) -> Resu
     Ok(table)
 }
 
-/// The spec of benchmark launch number `launch`: ReLU, dropout `p`, [`BENCH_SEED`], Philox
-/// stream = `launch` (a fresh mask per launch, as in training).
-pub fn bench_spec(dims: LinearShape, p: f32, launch: u64) -> LayerSpec {
-    LayerSpec::new(dims, Activation::Relu, Dropout::new(p, BENCH_SEED, launch))
+/// The spec of benchmark launch number `launch`: `activation`, dropout `p`, [`BENCH_SEED`],
+/// Philox stream = `launch` (a fresh mask per launch, as in training).
+pub fn bench_spec(dims: LinearShape, activation: Activation, p: f32, launch: u64) -> LayerSpec {
+    LayerSpec::new(dims, activation, Dropout::new(p, BENCH_SEED, launch))
 }
 
 /// Our fused forward on one operand set: `y = dropout_p(relu(x·wᵀ + b))`, one launch.
@@ -779,19 +790,21 @@ pub fn fused_forward<T: Element>(
     p: f32,
     launch: u64,
 ) -> Result<()> {
-    fused_forward_with(stream, set, dims, None, p, launch)
+    fused_forward_with(stream, set, dims, None, Activation::Relu, p, launch)
 }
 
-/// [`fused_forward`] with the configuration the library chooses (`None`) or a forced one.
+/// [`fused_forward`] with `activation`, and the configuration the library chooses (`None`) or a
+/// forced one.
 pub fn fused_forward_with<T: Element>(
     stream: &Arc<CudaStream>,
     set: &mut OperandSet<T>,
     dims: LinearShape,
     config: Option<ForwardConfig>,
+    activation: Activation,
     p: f32,
     launch: u64,
 ) -> Result<()> {
-    let spec = bench_spec(dims, p, launch);
+    let spec = bench_spec(dims, activation, p, launch);
     let b = set.b.as_view();
     match config {
         None => forward(
@@ -816,42 +829,8 @@ pub fn fused_forward_with<T: Element>(
     }
 }
 
-/// The forward variants timed beside `fused` (whatever the library chooses), each as
-/// (impl name, forced configuration):
-/// - `fused_mma_sync`: the mma.sync kernel that the library would run if the Hopper kernel were
-///   not there, on a GPU where it chooses the Hopper kernel (so the fallback's progress and cost
-///   show in every run);
-/// - `fused_wg128x256`, `fused_wg128x128`, `fused_wg64x128`: every Hopper configuration forced,
-///   where the Hopper kernel can run this shape (the tuning sweep of its heuristic).
-pub fn forward_variants<T: Element>(
-    stream: &Arc<CudaStream>,
-    dims: LinearShape,
-) -> Result<Vec<(&'static str, ForwardConfig)>> {
-    let mut variants = Vec::new();
-    if !T::NEEDS_SM80 {
-        return Ok(variants);
-    }
-    if config_for::<T>(stream, dims)?.is_hopper() {
-        variants.push((
-            "fused_mma_sync",
-            choose_config::<T>(dims, sm_count(stream)?),
-        ));
-    }
-    // Whole allocations are 16-byte aligned; only k decides whether TMA can read them.
-    if hopper_available::<T>(stream)? && hopper_operands_fit(dims, 0, 0) {
-        for config in ForwardConfig::HOPPER {
-            let name = match config {
-                ForwardConfig::Wg128x256 => "fused_wg128x256",
-                ForwardConfig::Wg128x128 => "fused_wg128x128",
-                _ => "fused_wg64x128",
-            };
-            variants.push((name, config));
-        }
-    }
-    Ok(variants)
-}
-
-/// Our backward on one operand set: dX, dW and db from dY and the saved Y.
+/// Our backward on one operand set: dX, dW and db from dY and the saved Y (ReLU, the library's
+/// choice of kernels).
 pub fn fused_backward<T: Element>(
     stream: &Arc<CudaStream>,
     set: &mut OperandSet<T>,
@@ -859,7 +838,310 @@ pub fn fused_backward<T: Element>(
     p: f32,
     launch: u64,
 ) -> Result<()> {
-    let spec = bench_spec(dims, p, launch);
+    fused_backward_with(
+        stream,
+        set,
+        dims,
+        BackwardKernel::Auto,
+        Activation::Relu,
+        p,
+        launch,
+    )
+}
+
+/// [`fused_backward`] with `activation` (the saved Y is passed for ReLU only: the identity's
+/// backward redraws the mask instead) and the kernel family `kernel`.
+pub fn fused_backward_with<T: Element>(
+    stream: &Arc<CudaStream>,
+    set: &mut OperandSet<T>,
+    dims: LinearShape,
+    kernel: BackwardKernel,
+    activation: Activation,
+    p: f32,
+    launch: u64,
+) -> Result<()> {
+    let spec = bench_spec(dims, activation, p, launch);
+    let grads = GradientsMut {
+        dx: Some(set.dx.as_view_mut()),
+        dw: Some(set.dw.as_view_mut()),
+        db: Some(set.db.as_view_mut()),
+    };
+    let y_saved = (activation == Activation::Relu).then(|| set.y_saved.as_view());
+    backward(
+        stream,
+        &spec,
+        &set.x,
+        &set.w,
+        &set.dy,
+        y_saved.as_ref(),
+        grads,
+        BackwardOptions {
+            kernel,
+            ..BackwardOptions::default()
+        },
+        SeedSource::Host,
+    )
+}
+
+/// What a variant row changes in the library's own call (the `fused` row: ReLU, kernels chosen
+/// by the library).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forced {
+    /// The forward with this configuration instead of the library's choice.
+    Config(ForwardConfig),
+    /// The backward with this kernel family instead of [`BackwardKernel::Auto`].
+    Kernel(BackwardKernel),
+    /// The identity activation instead of ReLU, kernels chosen by the library.
+    Identity,
+}
+
+impl Forced {
+    /// The forward configuration to force, if any.
+    pub fn config(self) -> Option<ForwardConfig> {
+        match self {
+            Forced::Config(config) => Some(config),
+            _ => None,
+        }
+    }
+
+    /// The backward kernel family to run ([`BackwardKernel::Auto`] unless one is forced).
+    pub fn kernel(self) -> BackwardKernel {
+        match self {
+            Forced::Kernel(kernel) => kernel,
+            _ => BackwardKernel::Auto,
+        }
+    }
+
+    /// The activation of the call.
+    pub fn activation(self) -> Activation {
+        match self {
+            Forced::Identity => Activation::Identity,
+            _ => Activation::Relu,
+        }
+    }
+
+    /// The note of the variant's rows.
+    pub fn note(self) -> String {
+        match self {
+            Forced::Config(config) => format!("forced config {}", config.name()),
+            Forced::Kernel(kernel) => format!("forced BackwardKernel::{kernel:?}"),
+            Forced::Identity => IDENTITY_NOTE.to_string(),
+        }
+    }
+}
+
+/// The note of the `fused_identity` rows.
+pub const IDENTITY_NOTE: &str = "identity activation instead of ReLU: its backward redraws \
+    the Philox mask, ReLU's reads it from the saved Y's sign";
+
+/// A variant of the fused pass, timed beside `fused`: its impl name and what it changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Variant {
+    /// The `impl` column of its rows.
+    pub name: &'static str,
+    /// What it changes in the library's own call.
+    pub forced: Forced,
+}
+
+impl Variant {
+    /// The identity activation, at every p > 0 (issue 11: beside ReLU, whose backward reads the
+    /// mask from Y where the identity's redraws it; at p = 0 there is no mask to draw).
+    pub const IDENTITY: Variant = Variant {
+        name: "fused_identity",
+        forced: Forced::Identity,
+    };
+
+    /// Whether the variant is measured at dropout probability `p`.
+    pub fn runs_at(self, p: f32) -> bool {
+        self.forced != Forced::Identity || p > 0.0
+    }
+}
+
+/// The impl name of the rows replayed from CUDA graphs (see [`TableOptions::graph_shapes`]).
+pub const GRAPH_IMPL: &str = "fused_graph";
+
+/// The forward variants timed beside `fused` (whatever the library chooses), given what the
+/// library chooses (`chosen`), the mma.sync configuration it would choose without the Hopper
+/// kernel (`mma_sync`) and whether the Hopper kernel can run for the dtype on this GPU
+/// (`hopper`):
+/// - `fused_mma_sync`: the mma.sync kernel that the library would run if the Hopper kernel were
+///   not there, where it chooses the Hopper kernel (so the fallback's progress and cost show in
+///   every run);
+/// - `fused_wg128x256`, `fused_wg128x128`, `fused_wg64x128`: every Hopper configuration forced,
+///   where the Hopper kernel can run this shape (the tuning sweep of its heuristic);
+/// - `fused_identity` ([`Variant::IDENTITY`]).
+pub fn forward_variants_given(
+    dims: LinearShape,
+    chosen: ForwardConfig,
+    mma_sync: ForwardConfig,
+    hopper: bool,
+) -> Vec<Variant> {
+    let mut variants = Vec::new();
+    if chosen.is_hopper() {
+        variants.push(Variant {
+            name: "fused_mma_sync",
+            forced: Forced::Config(mma_sync),
+        });
+    }
+    // Whole allocations are 16-byte aligned; only k decides whether TMA can read them.
+    if hopper && hopper_operands_fit(dims, 0, 0) {
+        for config in ForwardConfig::HOPPER {
+            let name = match config {
+                ForwardConfig::Wg128x256 => "fused_wg128x256",
+                ForwardConfig::Wg128x128 => "fused_wg128x128",
+                _ => "fused_wg64x128",
+            };
+            variants.push(Variant {
+                name,
+                forced: Forced::Config(config),
+            });
+        }
+    }
+    variants.push(Variant::IDENTITY);
+    variants
+}
+
+/// [`forward_variants_given`] for element type `T` on the stream's GPU. f32 has no variant
+/// but the identity (one kernel family, nothing to force).
+pub fn forward_variants<T: Element>(
+    stream: &Arc<CudaStream>,
+    dims: LinearShape,
+) -> Result<Vec<Variant>> {
+    if !T::NEEDS_SM80 {
+        return Ok(vec![Variant::IDENTITY]);
+    }
+    Ok(forward_variants_given(
+        dims,
+        config_for::<T>(stream, dims)?,
+        choose_config::<T>(dims, sm_count(stream)?),
+        hopper_available::<T>(stream)?,
+    ))
+}
+
+/// Whether the Hopper backward kernels can run `dims`, given that they are available for the
+/// dtype on this GPU (`hopper`): TMA reads dY, the saved Y, W and X, so n and k must be
+/// multiples of 8 (whole allocations are 16-byte aligned) and m at least 1.
+pub fn hopper_backward_fits(dims: LinearShape, hopper: bool) -> bool {
+    hopper && dims.m > 0 && dims.n > 0 && dims.k > 0 && dims.n % 8 == 0 && dims.k % 8 == 0
+}
+
+/// Whether [`BackwardKernel::Auto`] runs one of the two products (dX: `m` x `k` outputs, dW:
+/// `n` x `k`) on the Hopper kernels: the rule of `fusedrop::cuda::backward`, where a product
+/// goes to them when they can run the shape and it has at least half a wave of 128 x 128 tiles
+/// (their 128 x 256 tile is taken when that makes a full wave, which implies as much).
+pub fn auto_backward_takes_hopper(dims: LinearShape, hopper: bool, sm_count: usize) -> bool {
+    let tile = launch_table::BACKWARD_WG128X128;
+    let tiles = |rows: usize| {
+        (rows as u64).div_ceil(u64::from(tile.block_m))
+            * (dims.k as u64).div_ceil(u64::from(tile.block_n))
+    };
+    hopper_backward_fits(dims, hopper)
+        && [dims.m, dims.n]
+            .into_iter()
+            .any(|rows| 2 * tiles(rows) >= sm_count as u64)
+}
+
+/// The backward variants timed beside `fused` (whatever [`BackwardKernel::Auto`] runs), given
+/// whether the Hopper backward kernels are available for the dtype on this GPU (`hopper`) and
+/// the multiprocessor count:
+/// - `fused_mma_sync`: [`BackwardKernel::TensorCore`] forced where `Auto` takes the Hopper
+///   kernels for a product of this shape (the fallback's cost, as for the forward);
+/// - `fused_hopper`: [`BackwardKernel::Hopper`] forced where the Hopper kernels can run the
+///   shape (both products on them, even where `Auto` leaves one to mma.sync);
+/// - `fused_identity` ([`Variant::IDENTITY`]).
+pub fn backward_variants_given(dims: LinearShape, hopper: bool, sm_count: usize) -> Vec<Variant> {
+    let mut variants = Vec::new();
+    if auto_backward_takes_hopper(dims, hopper, sm_count) {
+        variants.push(Variant {
+            name: "fused_mma_sync",
+            forced: Forced::Kernel(BackwardKernel::TensorCore),
+        });
+    }
+    if hopper_backward_fits(dims, hopper) {
+        variants.push(Variant {
+            name: "fused_hopper",
+            forced: Forced::Kernel(BackwardKernel::Hopper),
+        });
+    }
+    variants.push(Variant::IDENTITY);
+    variants
+}
+
+/// [`backward_variants_given`] for element type `T` on the stream's GPU (the Hopper kernels as
+/// [`backward::hopper_available`] says).
+pub fn backward_variants<T: Element>(
+    stream: &Arc<CudaStream>,
+    dims: LinearShape,
+) -> Result<Vec<Variant>> {
+    let hopper = backward::hopper_available::<T>(stream)?;
+    Ok(backward_variants_given(dims, hopper, sm_count(stream)?))
+}
+
+/// Graphs of fused launches captured for [`measure_graph`]: one per operand set, each reading
+/// its own `[seed, stream]` pair from `seeds`.
+struct Graphs {
+    graphs: Vec<CudaGraph>,
+    // Declared after `graphs`, so dropped after them: the graphs hold its address.
+    _seeds: CudaSlice<u64>,
+}
+
+/// Captures on `capture` (a stream that can capture: not the legacy default stream) one graph
+/// per operand set of `ops`: the fused forward (ReLU, dropout `p`), followed by the fused
+/// backward when `with_backward` (reading the forward's Y as its saved Y, as in training). Every
+/// call takes its (seed, stream) from a device buffer ([`SeedSource::Device`]); graph `i` reads
+/// pair `[BENCH_SEED, i]`, so consecutive replays draw different masks.
+fn capture_graphs<T: Element>(
+    capture: &Arc<CudaStream>,
+    ops: &mut Operands<T>,
+    p: f32,
+    with_backward: bool,
+) -> Result<Graphs> {
+    let dims = ops.shape();
+    let count = ops.len();
+    let pairs: Vec<u64> = (0..count as u64).flat_map(|i| [BENCH_SEED, i]).collect();
+    let seeds = capture.clone_htod(&pairs)?;
+    // The Dropout's seed and stream are placeholders: the kernels read the pair from `seeds`.
+    let spec = bench_spec(dims, Activation::Relu, p, 0);
+    let mut graphs = Vec::with_capacity(count);
+    for i in 0..count {
+        let seed = seeds.slice(2 * i..2 * i + 2);
+        let set = ops.set_mut(i as u64);
+        capture.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+        let queued = queue_graph_step(capture, set, &spec, &seed, with_backward);
+        // The capture is ended even when a call failed, so that the stream is usable again.
+        let ended = capture.end_capture(CUgraphInstantiate_flags(0));
+        queued?;
+        let graph = ended?.ok_or_else(|| {
+            Error::Cuda("the stream capture of the fused launches recorded no graph".into())
+        })?;
+        graphs.push(graph);
+    }
+    Ok(Graphs {
+        graphs,
+        _seeds: seeds,
+    })
+}
+
+/// The launches one graph of [`capture_graphs`] holds.
+fn queue_graph_step<T: Element>(
+    stream: &Arc<CudaStream>,
+    set: &mut OperandSet<T>,
+    spec: &LayerSpec,
+    seed: &CudaView<'_, u64>,
+    with_backward: bool,
+) -> Result<()> {
+    forward(
+        stream,
+        spec,
+        &set.x,
+        &set.w,
+        Some(&set.b.as_view()),
+        &mut set.y,
+        SeedSource::Device(seed),
+    )?;
+    if !with_backward {
+        return Ok(());
+    }
     let grads = GradientsMut {
         dx: Some(set.dx.as_view_mut()),
         dw: Some(set.dw.as_view_mut()),
@@ -867,15 +1149,39 @@ pub fn fused_backward<T: Element>(
     };
     backward(
         stream,
-        &spec,
+        spec,
         &set.x,
         &set.w,
         &set.dy,
-        Some(&set.y_saved.as_view()),
+        Some(&set.y.as_view()),
         grads,
         BackwardOptions::default(),
-        SeedSource::Host,
+        SeedSource::Device(seed),
     )
+}
+
+/// Times the fused forward (and backward, when `with_backward`) replayed from CUDA graphs, one
+/// graph launch per launch number, graphs rotating with the operand sets (issue 15: the launch
+/// overhead beside the plain launches). `stream` is the benchmark's stream, the context's legacy
+/// default stream, on which CUDA cannot capture; the graphs are captured and replayed on the
+/// context's per-thread default stream, which orders itself after the legacy stream's work and
+/// leaves cudarc in single-stream mode (no events recorded around the other rows' launches).
+/// Every module is loaded first ([`fusedrop::cuda::warm_up`]): loading one during a capture is
+/// an error.
+pub fn measure_graph<T: Element>(
+    stream: &Arc<CudaStream>,
+    ops: &mut Operands<T>,
+    p: f32,
+    with_backward: bool,
+    effort: Effort,
+) -> Result<Timing> {
+    warm_up(stream)?;
+    let capture = stream.context().per_thread_stream();
+    let graphs = capture_graphs(&capture, ops, p, with_backward)?;
+    let count = graphs.graphs.len() as u64;
+    measure(&capture, effort, |i| {
+        Ok(graphs.graphs[(i % count) as usize].launch()?)
+    })
 }
 
 /// What the unfused forward contains (the note of its rows).
@@ -929,7 +1235,7 @@ impl<'a, T: Element> BaselinePlans<'a, T> {
     ) -> Result<()> {
         let plan = plan_ref(&self.relu_bias)?;
         let LinearShape { m, n, .. } = self.dims;
-        let spec = bench_spec(self.dims, p, launch);
+        let spec = bench_spec(self.dims, Activation::Relu, p, launch);
         plan.forward_relu_bias(&set.x, &set.w, &set.b, &mut set.y)?;
         dropout_in_place(
             stream,
@@ -961,7 +1267,7 @@ impl<'a, T: Element> BaselinePlans<'a, T> {
     ) -> Result<()> {
         let data = plan_ref(&self.data)?;
         let LinearShape { m, n, .. } = self.dims;
-        let spec = bench_spec(self.dims, p, launch);
+        let spec = bench_spec(self.dims, Activation::Relu, p, launch);
         stream.memcpy_dtod(&set.dy, &mut set.dz)?;
         dropout_in_place(
             stream,
@@ -992,13 +1298,44 @@ impl<'a, T: Element> BaselinePlans<'a, T> {
 
 /// The measured times of one pass of one (shape, dtype): the floor, then per p the fused and
 /// unfused times (`None` when that figure failed).
+#[derive(Debug)]
 struct PassTimes {
     floor: Option<f64>,
     per_p: Vec<(f32, Option<f64>, Option<f64>)>,
-    /// Forced-configuration variants of the fused pass: (p, impl name, config, time).
-    variants: Vec<(f32, &'static str, ForwardConfig, f64)>,
+    /// The variant rows of the fused pass (forced kernels, the identity activation, graph
+    /// replays), in the order measured.
+    variants: Vec<VariantTime>,
     /// The configuration the library chose for the fused forward (its rows' note).
     chosen: Option<ForwardConfig>,
+}
+
+/// One measured variant of the fused pass at one p.
+#[derive(Debug, Clone, PartialEq)]
+struct VariantTime {
+    p: f32,
+    name: &'static str,
+    note: String,
+    time_us: f64,
+}
+
+/// The note of the forward+backward rows that add the two measured passes.
+const SUM_NOTE: &str = "sum of the forward and backward rows";
+
+/// The forward+backward variant rows that are sums: each variant measured under the same name
+/// and p in both passes.
+fn summed_variants(forward: &[VariantTime], backward: &[VariantTime]) -> Vec<VariantTime> {
+    forward
+        .iter()
+        .filter_map(|f| {
+            let b = backward.iter().find(|b| b.p == f.p && b.name == f.name)?;
+            Some(VariantTime {
+                p: f.p,
+                name: f.name,
+                note: SUM_NOTE.into(),
+                time_us: f.time_us + b.time_us,
+            })
+        })
+        .collect()
 }
 
 fn measure_shape<T: Element>(
@@ -1014,6 +1351,7 @@ fn measure_shape<T: Element>(
     let mut ops = Operands::<T>::new(&stream, dims, table.gpu.l2_bytes, 0xda7a ^ dims.m as u64)?;
     let plans = BaselinePlans::<T>::new(blas, dims);
     let effort = options.effort;
+    let graphs = options.graph_shapes.contains(&shape.name);
     let record = |table: &mut Table, label: String, r: Result<Timing>| -> Option<f64> {
         match r {
             Ok(t) => Some(t.per_launch.as_secs_f64() * 1e6),
@@ -1044,16 +1382,37 @@ fn measure_shape<T: Element>(
                     fused_forward(&stream, ops.set_mut(i), dims, p, i)
                 }),
             );
-            for &(name, config) in &forward_variants {
+            for v in forward_variants.iter().filter(|v| v.runs_at(p)) {
                 let time = record(
                     table,
-                    format!("forward {name} p={p}"),
+                    format!("forward {} p={p}", v.name),
                     measure(&stream, effort, |i| {
-                        fused_forward_with(&stream, ops.set_mut(i), dims, Some(config), p, i)
+                        let (config, activation) = (v.forced.config(), v.forced.activation());
+                        fused_forward_with(&stream, ops.set_mut(i), dims, config, activation, p, i)
                     }),
                 );
-                if let Some(time) = time {
-                    variants.push((p, name, config, time));
+                if let Some(time_us) = time {
+                    variants.push(VariantTime {
+                        p,
+                        name: v.name,
+                        note: v.forced.note(),
+                        time_us,
+                    });
+                }
+            }
+            if graphs {
+                let time = record(
+                    table,
+                    format!("forward {GRAPH_IMPL} p={p}"),
+                    measure_graph(&stream, &mut ops, p, false, effort),
+                );
+                if let Some(time_us) = time {
+                    variants.push(VariantTime {
+                        p,
+                        name: GRAPH_IMPL,
+                        note: GRAPH_FORWARD_NOTE.into(),
+                        time_us,
+                    });
                 }
             }
             let unfused = record(
@@ -1089,6 +1448,8 @@ fn measure_shape<T: Element>(
             measure(&stream, effort, |i| plans.gemm_backward(ops.set_mut(i))),
         );
         let mut per_p = Vec::new();
+        let mut variants = Vec::new();
+        let backward_variants = backward_variants::<T>(&stream, dims)?;
         for &p in &options.probabilities {
             let fused = record(
                 table,
@@ -1097,6 +1458,24 @@ fn measure_shape<T: Element>(
                     fused_backward(&stream, ops.set_mut(i), dims, p, i)
                 }),
             );
+            for v in backward_variants.iter().filter(|v| v.runs_at(p)) {
+                let time = record(
+                    table,
+                    format!("backward {} p={p}", v.name),
+                    measure(&stream, effort, |i| {
+                        let (kernel, activation) = (v.forced.kernel(), v.forced.activation());
+                        fused_backward_with(&stream, ops.set_mut(i), dims, kernel, activation, p, i)
+                    }),
+                );
+                if let Some(time_us) = time {
+                    variants.push(VariantTime {
+                        p,
+                        name: v.name,
+                        note: v.forced.note(),
+                        time_us,
+                    });
+                }
+            }
             let unfused = record(
                 table,
                 format!("backward unfused p={p}"),
@@ -1109,7 +1488,7 @@ fn measure_shape<T: Element>(
         let times = PassTimes {
             floor,
             per_p,
-            variants: Vec::new(),
+            variants,
             chosen: None,
         };
         let note = plans.backward_note();
@@ -1124,10 +1503,28 @@ fn measure_shape<T: Element>(
             .zip(&b.per_p)
             .map(|(fp, bp)| (fp.0, sum(fp.1, bp.1), sum(fp.2, bp.2)))
             .collect();
+        let mut variants = summed_variants(&f.variants, &b.variants);
+        if graphs {
+            for &p in &options.probabilities {
+                let time = record(
+                    table,
+                    format!("forward+backward {GRAPH_IMPL} p={p}"),
+                    measure_graph(&stream, &mut ops, p, true, effort),
+                );
+                if let Some(time_us) = time {
+                    variants.push(VariantTime {
+                        p,
+                        name: GRAPH_IMPL,
+                        note: GRAPH_STEP_NOTE.into(),
+                        time_us,
+                    });
+                }
+            }
+        }
         let times = PassTimes {
             floor: sum(f.floor, b.floor),
             per_p,
-            variants: Vec::new(),
+            variants,
             chosen: None,
         };
         emit_pass(
@@ -1137,11 +1534,18 @@ fn measure_shape<T: Element>(
             "forward+backward",
             &times,
             progress,
-            "sum of the forward and backward rows",
+            SUM_NOTE,
         );
     }
     Ok(())
 }
+
+/// The note of the forward `fused_graph` rows.
+pub const GRAPH_FORWARD_NOTE: &str = "the fused forward captured in a CUDA graph (seed from a \
+    device buffer), one graph launch per call";
+/// The note of the forward+backward `fused_graph` rows (measured, not a sum).
+pub const GRAPH_STEP_NOTE: &str = "the fused forward then backward captured in one CUDA graph \
+    (seed from a device buffer), one graph launch per call; measured, not a sum";
 
 fn emit_pass(
     table: &mut Table,
@@ -1210,9 +1614,8 @@ fn emit_pass(
         if let Some(t) = unfused {
             rows.push(make("unfused", Some(p), t, unfused, unfused_note));
         }
-        for &(_, name, config, t) in times.variants.iter().filter(|v| v.0 == p) {
-            let note = format!("forced config {}", config.name());
-            rows.push(make(name, Some(p), t, unfused, &note));
+        for v in times.variants.iter().filter(|v| v.p == p) {
+            rows.push(make(v.name, Some(p), v.time_us, unfused, &v.note));
         }
     }
     for row in rows {
@@ -1358,7 +1761,7 @@ pub fn format_table(table: &Table) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<6} {:<5} {:>4} {:<16} {:<10} {:>10} {:>8} {:>8} {:>7} {:>8} {:>6} {:>6}",
+        "{:<6} {:<5} {:>4} {:<16} {:<15} {:>10} {:>8} {:>8} {:>7} {:>8} {:>6} {:>6}",
         "shape",
         "dtype",
         "p",
@@ -1375,7 +1778,7 @@ pub fn format_table(table: &Table) -> String {
     for r in &table.rows {
         let _ = writeln!(
             s,
-            "{:<6} {:<5} {:>4} {:<16} {:<10} {:>10.1} {:>8.1} {:>8.0} {:>7} {:>8} {:>6.1} {:>6}",
+            "{:<6} {:<5} {:>4} {:<16} {:<15} {:>10.1} {:>8.1} {:>8.0} {:>7} {:>8} {:>6.1} {:>6}",
             r.shape,
             r.dtype.name(),
             r.p.map_or("-".to_string(), |p| p.to_string()),
@@ -1456,6 +1859,285 @@ mod tests {
              fusedrop,,,odd,1000,1000,1000,f16,0.1,forward,unfused,12.50,160.00,900.0,1.250,,30.0,\
              ,,,\"a note, with a comma\"\n"
         );
+    }
+
+    fn names(variants: &[Variant]) -> Vec<&'static str> {
+        variants.iter().map(|v| v.name).collect()
+    }
+
+    #[test]
+    fn backward_variants_follow_what_auto_would_run() {
+        // H100/H200 SXM: 132 multiprocessors.
+        let sm = 132;
+        // small: dX has 32 tiles (under half a wave), dW 1024 (Auto takes Hopper for dW).
+        let small = LinearShape::new(64, 4096, 4096);
+        assert!(auto_backward_takes_hopper(small, true, sm));
+        assert_eq!(
+            names(&backward_variants_given(small, true, sm)),
+            ["fused_mma_sync", "fused_hopper", "fused_identity"]
+        );
+        let forced: Vec<_> = backward_variants_given(small, true, sm)
+            .iter()
+            .map(|v| v.forced.kernel())
+            .collect();
+        assert_eq!(
+            forced,
+            [
+                BackwardKernel::TensorCore,
+                BackwardKernel::Hopper,
+                BackwardKernel::Auto
+            ]
+        );
+        // One tile per product: Auto keeps mma.sync, the Hopper kernels can still be forced.
+        let tiny = LinearShape::new(64, 128, 128);
+        assert!(!auto_backward_takes_hopper(tiny, true, sm));
+        assert_eq!(
+            names(&backward_variants_given(tiny, true, sm)),
+            ["fused_hopper", "fused_identity"]
+        );
+        // Exactly half a wave of dW tiles (66 of 132) is enough; one fewer is not.
+        let half_wave = LinearShape::new(64, 128 * 66, 128);
+        assert!(auto_backward_takes_hopper(half_wave, true, sm));
+        assert!(!auto_backward_takes_hopper(
+            LinearShape::new(64, 128 * 65, 128),
+            true,
+            sm
+        ));
+        // n or k not a multiple of 8: TMA cannot read the operands.
+        for dims in [
+            LinearShape::new(4096, 4100, 4096),
+            LinearShape::new(4096, 4096, 4100),
+        ] {
+            assert!(!hopper_backward_fits(dims, true));
+            assert_eq!(
+                names(&backward_variants_given(dims, true, sm)),
+                ["fused_identity"]
+            );
+        }
+        // No Hopper kernels for the dtype, GPU or build: only the identity row.
+        let sq = LinearShape::new(4096, 4096, 4096);
+        assert_eq!(
+            names(&backward_variants_given(sq, false, sm)),
+            ["fused_identity"]
+        );
+        // The suite's odd shape has n = k = 1000, multiples of 8.
+        assert!(hopper_backward_fits(
+            LinearShape::new(1000, 1000, 1000),
+            true
+        ));
+    }
+
+    #[test]
+    fn forward_variants_follow_the_chosen_configuration() {
+        let sq = LinearShape::new(4096, 4096, 4096);
+        let variants =
+            forward_variants_given(sq, ForwardConfig::Wg128x256, ForwardConfig::Tc128x256, true);
+        assert_eq!(
+            names(&variants),
+            [
+                "fused_mma_sync",
+                "fused_wg128x256",
+                "fused_wg128x128",
+                "fused_wg64x128",
+                "fused_identity"
+            ]
+        );
+        assert_eq!(variants[0].forced.config(), Some(ForwardConfig::Tc128x256));
+        assert_eq!(variants[0].forced.note(), "forced config tc128x256");
+        // Off Hopper: the library's mma.sync choice is the only kernel, nothing to force.
+        let off = forward_variants_given(
+            sq,
+            ForwardConfig::Tc128x256,
+            ForwardConfig::Tc128x256,
+            false,
+        );
+        assert_eq!(names(&off), ["fused_identity"]);
+        // On Hopper with k not a multiple of 8: the Hopper configurations cannot run it.
+        let odd_k = LinearShape::new(1000, 1000, 1001);
+        let variants = forward_variants_given(
+            odd_k,
+            ForwardConfig::Tc64x128,
+            ForwardConfig::Tc64x128,
+            true,
+        );
+        assert_eq!(names(&variants), ["fused_identity"]);
+    }
+
+    #[test]
+    fn variants_name_their_rows_and_change_one_thing() {
+        let identity = Variant::IDENTITY;
+        assert!(!identity.runs_at(0.0) && identity.runs_at(0.1) && identity.runs_at(0.5));
+        assert_eq!(identity.forced.activation(), Activation::Identity);
+        assert_eq!(identity.forced.kernel(), BackwardKernel::Auto);
+        assert_eq!(identity.forced.config(), None);
+        let hopper = Forced::Kernel(BackwardKernel::Hopper);
+        assert_eq!(hopper.activation(), Activation::Relu);
+        assert_eq!(hopper.note(), "forced BackwardKernel::Hopper");
+        let mma_sync = Variant {
+            name: "fused_mma_sync",
+            forced: Forced::Config(ForwardConfig::Tc64x64),
+        };
+        assert!(mma_sync.runs_at(0.0));
+        // Every impl name a bench row can carry: distinct, the variants and graph rows marked as
+        // variants of `fused`, all within the table's impl column.
+        let sq = LinearShape::new(4096, 4096, 4096);
+        let mut all: Vec<&str> = vec!["gemm_floor", "fused", "unfused", GRAPH_IMPL];
+        all.extend(names(&forward_variants_given(
+            sq,
+            ForwardConfig::Wg128x256,
+            ForwardConfig::Tc128x256,
+            true,
+        )));
+        all.extend(names(&backward_variants_given(sq, true, 132)));
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 10, "{all:?}");
+        for name in all
+            .iter()
+            .filter(|n| !["gemm_floor", "fused", "unfused"].contains(n))
+        {
+            assert!(name.starts_with("fused_") && name.len() <= 15, "{name}");
+        }
+    }
+
+    #[test]
+    fn graph_replays_are_measured_on_small_by_default() {
+        for options in [TableOptions::full(), TableOptions::quick()] {
+            assert_eq!(options.graph_shapes, ["small"]);
+            assert!(options
+                .shapes
+                .iter()
+                .any(|s| options.graph_shapes.contains(&s.name)));
+        }
+    }
+
+    #[test]
+    fn forward_backward_variant_rows_add_the_passes_under_the_same_name() {
+        let time = |p: f32, name: &'static str, time_us: f64| VariantTime {
+            p,
+            name,
+            note: String::new(),
+            time_us,
+        };
+        let forward = [
+            time(0.1, "fused_mma_sync", 10.0),
+            time(0.1, "fused_wg128x256", 8.0),
+            time(0.1, "fused_identity", 9.0),
+            time(0.5, "fused_identity", 9.5),
+            time(0.1, GRAPH_IMPL, 7.0),
+        ];
+        let backward = [
+            time(0.1, "fused_mma_sync", 20.0),
+            time(0.1, "fused_hopper", 15.0),
+            time(0.1, "fused_identity", 18.0),
+            time(0.5, "fused_identity", 19.0),
+        ];
+        let sums = summed_variants(&forward, &backward);
+        let got: Vec<_> = sums.iter().map(|v| (v.p, v.name, v.time_us)).collect();
+        assert_eq!(
+            got,
+            [
+                (0.1, "fused_mma_sync", 30.0),
+                (0.1, "fused_identity", 27.0),
+                (0.5, "fused_identity", 28.5),
+            ]
+        );
+        assert!(sums.iter().all(|v| v.note == SUM_NOTE));
+    }
+
+    fn fake_table() -> Table {
+        Table {
+            gpu: GpuInfo {
+                name: "Fake GPU".into(),
+                driver: "1.0".into(),
+                compute_capability: (9, 0),
+                sm_count: 132,
+                l2_bytes: 50 << 20,
+                cublaslt: 130_000,
+            },
+            floors: Floors {
+                copy_gbps: 4000.0,
+                rate_tflops: HashMap::from([(DType::Bf16, 800.0)]),
+            },
+            rows: Vec::new(),
+            failures: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn variant_rows_sit_beside_fused_in_the_table_and_csv() {
+        let small = suite_shape("small").expect("small is in the suite");
+        let mut table = fake_table();
+        let variant = |p: f32, name: &'static str, note: &str, time_us: f64| VariantTime {
+            p,
+            name,
+            note: note.into(),
+            time_us,
+        };
+        let times = PassTimes {
+            floor: Some(20.0),
+            per_p: vec![(0.0, Some(50.0), Some(40.0)), (0.1, Some(60.0), Some(48.0))],
+            variants: vec![
+                variant(0.0, "fused_hopper", "forced BackwardKernel::Hopper", 45.0),
+                variant(0.1, "fused_hopper", "forced BackwardKernel::Hopper", 55.0),
+                variant(0.1, "fused_identity", IDENTITY_NOTE, 66.0),
+                variant(0.1, GRAPH_IMPL, GRAPH_STEP_NOTE, 30.0),
+            ],
+            chosen: None,
+        };
+        let mut seen = Vec::new();
+        emit_pass(
+            &mut table,
+            &small,
+            DType::Bf16,
+            "backward",
+            &times,
+            &mut |row| seen.push(row.impl_name),
+            BACKWARD_UNFUSED_NOTE,
+        );
+        let rows: Vec<_> = table.rows.iter().map(|r| (r.p, r.impl_name)).collect();
+        assert_eq!(
+            rows,
+            [
+                (None, "gemm_floor"),
+                (Some(0.0), "fused"),
+                (Some(0.0), "unfused"),
+                (Some(0.0), "fused_hopper"),
+                (Some(0.1), "fused"),
+                (Some(0.1), "unfused"),
+                (Some(0.1), "fused_hopper"),
+                (Some(0.1), "fused_identity"),
+                (Some(0.1), "fused_graph"),
+            ]
+        );
+        assert_eq!(seen.len(), rows.len(), "progress sees every row");
+        let identity = &table.rows[7];
+        assert_eq!(identity.vs_unfused, Some(66.0 / 48.0));
+        assert_eq!(identity.vs_gemm_floor, Some(66.0 / 20.0));
+        assert_eq!(identity.note, IDENTITY_NOTE);
+
+        let mut out = Vec::new();
+        write_table_csv(&table, &mut out).expect("writes to memory");
+        let text = String::from_utf8(out).expect("utf-8");
+        let mut lines = text.lines();
+        let header: Vec<_> = lines.next().expect("a header").split(',').collect();
+        let impl_col = header.iter().position(|c| *c == "impl").expect("impl");
+        assert_eq!(header.len(), 21);
+        let graph = lines.last().expect("rows");
+        assert!(
+            graph.starts_with("fusedrop,Fake GPU,1.0,small,64,4096,4096,bf16,0.1,backward,"),
+            "{graph}"
+        );
+        assert_eq!(graph.split(',').nth(impl_col), Some("fused_graph"));
+        // The note has commas, so the CSV quotes it.
+        assert!(
+            graph.ends_with(&format!("\"{GRAPH_STEP_NOTE}\"")),
+            "{graph}"
+        );
+
+        let text = format_table(&table);
+        assert!(text.contains("fused_identity"), "{text}");
+        assert!(!text.contains("NOT MEASURED"), "{text}");
     }
 
     #[test]

@@ -160,7 +160,7 @@ impl Options {
 
 fn progress_line(row: &Row) -> String {
     format!(
-        "  {:<6} {:<5} p={:<4} {:<16} {:<10} {:>10.1} us",
+        "  {:<6} {:<5} p={:<4} {:<16} {:<15} {:>10.1} us",
         row.shape,
         row.dtype.name(),
         row.p.map_or("-".to_string(), |p| p.to_string()),
