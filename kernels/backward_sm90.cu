@@ -83,6 +83,78 @@ __device__ __forceinline__ void form_dz_block(unsigned char* block, const unsign
     }
 }
 
+// The 2-bit keep decisions of linear mask indices i and i + 1 (bit 0: i): one Philox call, two
+// when i is the last word of its call.
+__device__ __forceinline__ uint32_t keep_pair(const MaskParams& mp, uint64_t i) {
+    const uint32_t first = (uint32_t)(i & 3);
+    const Philox4 lo = mask_words(mp, i >> 2);
+    const uint32_t w0 = philox_word(lo, first);
+    const uint32_t w1 = first == 3 ? mask_words(mp, (i >> 2) + 1).w[0] : philox_word(lo, first + 1);
+    return (keep_word(mp, w0) ? 1u : 0u) | (keep_word(mp, w1) ? 2u : 0u);
+}
+
+// dZ / scale of two adjacent elements (columns c, c + 1 of row r) packed as wgmma reads them:
+// dy and y each hold the two values in their low and high halves (y read only for ReLU), as
+// form_dz4 defines dZ.
+template <typename T>
+__device__ __forceinline__ uint32_t form_dz_pair(uint32_t dy, uint32_t y, bool relu,
+                                                 const MaskParams& unit, long long r,
+                                                 long long c) {
+    float v[2], yv[2];
+    bool masked[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+        T dv, yy;
+        const uint16_t dbits = (uint16_t)(dy >> (16 * e)), ybits = (uint16_t)(y >> (16 * e));
+        memcpy(&dv, &dbits, 2);
+        memcpy(&yy, &ybits, 2);
+        v[e] = Element<T>::to_float(dv);
+        yv[e] = relu ? Element<T>::to_float(yy) : 0.0f;
+        masked[e] = !relu || yv[e] != yv[e];
+    }
+    uint32_t keep = 3u;
+    if ((masked[0] || masked[1]) && dropout_enabled(unit))
+        keep = keep_pair(unit, mask_index(unit, (uint64_t)r, (uint64_t)c));
+    uint32_t packed = 0;
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+        const float out = masked[e] ? apply_keep(v[e], ((keep >> e) & 1u) != 0, unit.scale)
+                                    : (yv[e] > 0.0f ? v[e] : 0.0f);
+        packed |= (uint32_t)gemm::bits16(Element<T>::from_float(out)) << (16 * e);
+    }
+    return packed;
+}
+
+// The A fragments (wgmma_rs layout, one per k16 step) of dZ / scale for this warpgroup's 64
+// rows of the K-major dY box `block` (Y's at y_block), loaded with ldmatrix from the swizzled
+// layout and formed in registers. (row0, col0): the block's first element in dY.
+template <typename T, int kSteps>
+__device__ __forceinline__ void load_dz_fragments(const unsigned char* block,
+                                                  const unsigned char* y_block, long long row0,
+                                                  long long col0, bool relu,
+                                                  const MaskParams& unit, uint32_t (&a)[kSteps][4]) {
+    const int t = (int)(threadIdx.x % gemm::sm90::kWarpgroupThreads);
+    const int w = t / 32, l = t % 32;
+    // ldmatrix x4: lanes 0-15 address rows 0-15 of the warp's 16 at the k-step's first 8
+    // columns, lanes 16-31 the same rows at the next 8: registers (rows 0-7, k 0-7),
+    // (8-15, k 0-7), (0-7, k 8-15), (8-15, k 8-15), as wgmma's A fragment.
+    const int row = 16 * w + l % 16;
+#pragma unroll
+    for (int ks = 0; ks < kSteps; ++ks) {
+        const int chunk = 2 * ks + l / 16;
+        const int offset = row * 128 + ((chunk ^ (row % 8)) * 16);
+        uint32_t dy[4], y[4] = {0, 0, 0, 0};
+        ptx::ldmatrix_x4(dy, block + offset);
+        if (relu) ptx::ldmatrix_x4(y, y_block + offset);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const long long r = row0 + 16 * w + l / 4 + 8 * (j & 1);
+            const long long c = col0 + 16 * ks + 8 * (j >> 1) + 2 * (l % 4);
+            a[ks][j] = form_dz_pair<T>(dy[j], y[j], relu, unit, r, c);
+        }
+    }
+}
+
 // Column `col` (0 .. 63) of the 64 x 64 block, summed over its rows in order.
 template <typename T>
 __device__ __forceinline__ float column_sum(const unsigned char* block, int col) {
@@ -152,26 +224,43 @@ __device__ __forceinline__ void backward_sm90(const CUtensorMap* map_dy, const C
         const long long tile_row = (long long)tile.tm * Mainloop::kBlockM + wg_row;
         const bool do_db = kWeightGrad && db != nullptr && tile.tn == 0 && t < 64;
         float db_sum = 0.0f;
-        Mainloop::mma_tile(
-            acc, storage, state, k_blocks, consumer,
-            [&](int kb, unsigned char* stage) {
-                // This consumer's 64 x 64 part of the dY box(es): its rows for dX (the K-major
-                // box's rows wg_row ..), its 64-column box for dW; either way 128 wg_row bytes in.
-                unsigned char* block = stage + 128 * wg_row;
-                if (transform) {
-                    const long long red0 = (long long)kb * Mainloop::kBlockK;
-                    form_dz_block<T>(block, block + Mainloop::kOffsetSide,
-                                     kWeightGrad ? red0 : tile_row, kWeightGrad ? tile_row : red0,
-                                     n, is_relu, unit);
-                    ptx::fence_proxy_async_shared();
-                    if (consumer == 0)
-                        ptx::warpgroup_barrier<1>();
-                    else
-                        ptx::warpgroup_barrier<2>();
-                }
-                if (do_db) db_sum += column_sum<T>(block, t);
-            },
-            [](int) {});
+        if constexpr (!kWeightGrad) {
+            if (transform) {
+                // dX: dZ formed in registers from this consumer's 64 rows of the K-major dY box
+                // and multiplied from there (no write-back, fence or barrier).
+                Mainloop::mma_tile_rs(
+                    acc, storage, state, k_blocks, consumer,
+                    [&](int kb, unsigned char* stage, typename Mainloop::FragmentsA& a) {
+                        const unsigned char* block = stage + 128 * wg_row;
+                        load_dz_fragments<T>(block, block + Mainloop::kOffsetSide, tile_row,
+                                             (long long)kb * Mainloop::kBlockK, is_relu, unit,
+                                             a);
+                    });
+            } else {
+                // Identity with p = 0: dZ is dY, multiplied straight from the stage.
+                Mainloop::mma_tile(acc, storage, state, k_blocks, consumer, [](int) {});
+            }
+        } else {
+            Mainloop::mma_tile(
+                acc, storage, state, k_blocks, consumer,
+                [&](int kb, unsigned char* stage) {
+                    // dW: this consumer's 64-column box of the MN-major dY (dZᵀ), all 64 rows
+                    // of the k-block, 128 wg_row bytes into the stage.
+                    unsigned char* block = stage + 128 * wg_row;
+                    if (transform) {
+                        form_dz_block<T>(block, block + Mainloop::kOffsetSide,
+                                         (long long)kb * Mainloop::kBlockK, tile_row, n,
+                                         is_relu, unit);
+                        ptx::fence_proxy_async_shared();
+                        if (consumer == 0)
+                            ptx::warpgroup_barrier<1>();
+                        else
+                            ptx::warpgroup_barrier<2>();
+                    }
+                    if (do_db) db_sum += column_sum<T>(block, t);
+                },
+                [](int) {});
+        }
         gemm::sm90::store_gradient_fragment<T, Mainloop::kWgN>(
             acc, out, rows, k, tile_row, (long long)tile.tn * Mainloop::kBlockN + wg_col, scale,
             accumulate != 0);

@@ -800,6 +800,20 @@ FUSEDROP_PTX_DEVICE void fence_registers(float (&d)[N]) {
 #endif
 }
 
+// The same for A fragments of wgmma_rs, which a wgmma reads until it retires: fenced after each
+// wait_group, they stay in their registers, unchanged, until the wgmmas that read them retired.
+template <int M>
+FUSEDROP_PTX_DEVICE void fence_registers(uint32_t (&a)[M][4]) {
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+    for (int i = 0; i < M; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(a[i][j])::"memory");
+#else
+    (void)a;
+#endif
+}
+
 // ---- registers ----
 
 // setmaxnreg.inc / .dec.sync.aligned.u32: the warpgroup's per-thread register budget becomes

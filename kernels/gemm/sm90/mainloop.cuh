@@ -195,6 +195,61 @@ struct Mainloop {
         if (leader) s.barriers->consumer_release(release);
     }
 
+    // The warpgroup's A fragments of one k-block, one per k16 step (wgmma_rs's register
+    // layout).
+    using FragmentsA = uint32_t[kBlockK / 16][4];
+
+    // mma_tile with A from registers: `load_a(kb, stage, a)` fills the A fragments of k-block kb
+    // from its landed stage (the backward reads dY and Y there and forms dZ in the registers);
+    // B comes from shared memory as in mma_tile. A wgmma reads its A registers until it retires,
+    // so consecutive k-blocks use two fragment sets, and the loop takes k-blocks in pairs to
+    // keep every register index a compile-time constant.
+    template <class LoadA>
+    __device__ __forceinline__ static void mma_tile_rs(float (&acc)[kAccumulators],
+                                                       const Storage& s, State& state,
+                                                       int k_blocks, int consumer,
+                                                       LoadA&& load_a) {
+        static_assert(kMajorA == Major::K, "register A fragments are K-major");
+        const uint32_t b_offset = (uint32_t)(consumer / kWgRows) * kWgN * 128u;
+        const bool leader = threadIdx.x % kWarpgroupThreads == 0;
+        State release = state;
+        FragmentsA even, odd;
+        auto k_block = [&](int kb, FragmentsA& a) {
+            s.barriers->consumer_wait(state);
+            unsigned char* stage = s.stages + state.stage * kStageBytes;
+            load_a(kb, stage, a);
+            ptx::fence_registers(acc);
+            ptx::wgmma_fence();
+#pragma unroll
+            for (int ks = 0; ks < kBlockK / 16; ++ks) {
+                const uint64_t desc_b = TileB::descriptor(stage + kOffsetB, b_offset, ks);
+                ptx::wgmma_rs<T, kWgN, TileB::kTranspose>(acc, a[ks], desc_b, kb > 0 || ks > 0);
+            }
+            ptx::wgmma_commit_group();
+            // Leaves this k-block's group in flight (its fragment set stays untouched until the
+            // next k-block's wait); the previous one has retired, so its stage and its fragment
+            // set are free again.
+            ptx::wgmma_wait_group<1>();
+            ptx::fence_registers(acc);
+            ptx::fence_registers(even);
+            ptx::fence_registers(odd);
+            if (kb > 0) {
+                if (leader) s.barriers->consumer_release(release);
+                release.advance();
+            }
+            state.advance();
+        };
+        for (int kb = 0; kb < k_blocks; kb += 2) {
+            k_block(kb, even);
+            if (kb + 1 < k_blocks) k_block(kb + 1, odd);
+        }
+        ptx::wgmma_wait_group<0>();
+        ptx::fence_registers(acc);
+        ptx::fence_registers(even);
+        ptx::fence_registers(odd);
+        if (leader) s.barriers->consumer_release(release);
+    }
+
     template <class Between>
     __device__ __forceinline__ static void mma_tile(float (&acc)[kAccumulators], const Storage& s,
                                                     State& state, int k_blocks, int consumer,
