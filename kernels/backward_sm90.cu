@@ -7,20 +7,26 @@
 //                          B = X [m, k] MN-major; also db = Σ_rows dZ [n] in the blocks whose
 //                          tile is in the first column of dW
 //
-// dZ is formed in shared memory, in place, by the consumer warpgroup that multiplies it: once a
-// stage's dY (and for ReLU Y, the main loop's side operand) has landed, each consumer turns its
-// 64 x 64 part of the dY box(es) into dZ (kernels/backward.cuh, form_dz4), fences the writes to
-// the async proxy and meets its warpgroup at a named barrier before issuing the wgmmas; the
-// previous k-block's wgmmas run meanwhile. The dropout scale 1/(1-p) is not applied there but
-// once to the f32 accumulators in the epilogue (fewer roundings, and ReLU with no NaN in Y
-// needs no Philox at all). Identity with p = 0 skips the pass: the kernel is then a plain GEMM.
+// dZ is formed by the consumer warpgroup that multiplies it, from the landed stage's dY (and for
+// ReLU Y, the main loop's side operand) (kernels/backward.cuh, form_dz4's rule):
+//   dX: in registers. ldmatrix brings the consumer's 64 rows of the K-major dY box into wgmma's
+//       A-fragment layout, dZ is formed there and wgmma takes A from registers
+//       (Mainloop::mma_tile_rs).
+//   dW: in the stage. dZᵀ is an M-major A operand, which only shared memory can supply: in the
+//       main loop's prepare hook the consumer turns its 64-column box of dY into dZ in place,
+//       fences the writes to the async proxy and meets its warpgroup at a named barrier before
+//       issuing the wgmmas; the previous k-block's wgmmas run meanwhile.
+// The dropout scale 1/(1-p) is not applied there but once to the f32 accumulators in the
+// epilogue (fewer roundings, and ReLU with no NaN in Y needs no Philox at all). Identity with
+// p = 0 forms nothing: the kernel is then a plain GEMM.
 // Out-of-bounds parts of the boxes arrive as zeros (TMA zero fill), dZ of a zero is zero, so the
 // M, N and K tails need no predicates before the store.
 //
 // Each consumer's part of a stage: for dX the 64 rows (m) it multiplies, all 64 columns (n) of
 // the k-block; for dW the box of 64 columns (n) it multiplies, all 64 rows (m) of the k-block.
-// Both are a 64 x 64 block of dY at (row0, col0) laid out as the TMA wrote it (row r at byte
-// 128 r, 16-byte chunk c of the row at chunk c ^ (r % 8)).
+// Both are a 64 x 64 block of dY, 128 x (the consumer's first row of the tile) bytes into the
+// stage, laid out as the TMA wrote it (row r at byte 128 r, 16-byte chunk c of the row at chunk
+// c ^ (r % 8)).
 //
 // Determinism: every output element is reduced by one warpgroup over the whole reduction in
 // k-block order, db by one thread per column in row order; no atomics, so the same inputs give
