@@ -9,7 +9,7 @@
 //!   list has 90: architecture-specific code has no PTX that a later GPU could JIT, so they
 //!   serve compute capability 9.0 only and are left out of builds without 90.
 //! - Every kernel is compiled with `-Xptxas -v`; a kernel that uses local memory (spilled
-//!   registers or a stack frame) fails the build. The full report goes to `$OUT_DIR/<kernel>.ptxas.txt`.
+//!   registers or a stack frame) or whose wgmmas ptxas serializes fails the build. The full report goes to `$OUT_DIR/<kernel>.ptxas.txt`.
 //! - The launch numbers of every kernel configuration live in src/cuda/launch_table.rs; this
 //!   script writes them to `$OUT_DIR/include/fusedrop_launch_table.h` (always, with or without
 //!   nvcc), which the kernels `static_assert` their config structs against, and exports the
@@ -316,8 +316,9 @@ fn compile_all(
 }
 
 /// Fails the build when ptxas reports, for any function, spill stores or loads or a stack frame
-/// (local memory: a register array indexed at run time, or a call that could not be inlined).
-/// Every kernel keeps its state in registers; local memory in one is a performance bug.
+/// (local memory: a register array indexed at run time, or a call that could not be inlined), or
+/// serialized wgmma instructions. Every kernel keeps its state in registers and its wgmmas in
+/// flight; anything else is a performance bug.
 fn check_no_spills(name: &str, report: &str) {
     let mut function = "";
     let mut spilling = Vec::new();
@@ -340,6 +341,18 @@ fn check_no_spills(name: &str, report: &str) {
         panic!(
             "kernels/{name}.cu uses local memory (a stack frame or register spills):\n{}",
             spilling.join("\n")
+        );
+    }
+    // ptxas C7513 and its kin: wgmmas serialized (each waits for the previous one) because it
+    // could not prove a register safe to touch while a wgmma is in flight.
+    let serialized: Vec<&str> = report
+        .lines()
+        .filter(|line| line.contains("wgmma.mma_async instructions are serialized"))
+        .collect();
+    if !serialized.is_empty() {
+        panic!(
+            "kernels/{name}.cu: ptxas serializes wgmma instructions:\n{}",
+            serialized.join("\n")
         );
     }
 }

@@ -218,6 +218,10 @@ struct Mainloop {
             s.barriers->consumer_wait(state);
             unsigned char* stage = s.stages + state.stage * kStageBytes;
             load_a(kb, stage, a);
+            // Every A register is final before the wgmmas start: an instruction defining one
+            // inside the pipeline stage (the compiler may sink plain arithmetic past the
+            // wgmma_fence) would make ptxas serialize the wgmmas.
+            ptx::fence_registers(a);
             ptx::fence_registers(acc);
             ptx::wgmma_fence();
 #pragma unroll
@@ -231,22 +235,22 @@ struct Mainloop {
             // set are free again.
             ptx::wgmma_wait_group<1>();
             ptx::fence_registers(acc);
-            ptx::fence_registers(even);
-            ptx::fence_registers(odd);
             if (kb > 0) {
                 if (leader) s.barriers->consumer_release(release);
                 release.advance();
             }
             state.advance();
         };
-        for (int kb = 0; kb < k_blocks; kb += 2) {
+        // Whole pairs, then an odd k-block out: no path through the code refills a fragment set
+        // whose wgmmas may still be in flight (ptxas would otherwise serialize every wgmma).
+        int kb = 0;
+        for (; kb + 1 < k_blocks; kb += 2) {
             k_block(kb, even);
-            if (kb + 1 < k_blocks) k_block(kb + 1, odd);
+            k_block(kb + 1, odd);
         }
+        if (kb < k_blocks) k_block(kb, even);
         ptx::wgmma_wait_group<0>();
         ptx::fence_registers(acc);
-        ptx::fence_registers(even);
-        ptx::fence_registers(odd);
         if (leader) s.barriers->consumer_release(release);
     }
 
