@@ -1,7 +1,8 @@
 // Threadblock level of the tensor-core GEMM: C[BM x BN] = A[BM x red] · B[red x BN], computed by
 // (BM / WM) x (BN / WN) warps over a STAGES-deep cp.async pipeline of BK-wide reduction slices.
-// Each operand is K-major or MN-major (kMajorA, kMajorB; OperandTile in warp_tc.cuh); a side
-// operand (kSideA) can travel with A, and a hook can rewrite a stage before the warps read it.
+// The forward's X·Wᵀ and the backward's dZ·W and dZᵀ·X are this one main loop with other
+// operand layouts (kMajorA, kMajorB; OperandTile below) and, for the backward, a side operand
+// and a hook that forms dZ in the stage before the warps read it.
 //
 // Shared memory per stage: A's tile, the side operand's (kSideA), B's; each a block of its
 // row-major global matrix, unpadded, with the 16-byte chunks of each row XOR-swizzled
