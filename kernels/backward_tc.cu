@@ -10,13 +10,14 @@
 // pass over the tile turns it into dZ rounded to the element type, and the warps then read it
 // with ldmatrix. dZ never goes to global memory.
 //
-// Both kernels are OUT[rows, k] = A[rows, red] · B[red, k] with B a row-major [red, k] matrix
-// (W for dX, X for dW). Unlike the forward product (X·Wᵀ, both operands k-contiguous), the
-// reduction dimension of B is its row index, so B tiles are stored k-major ([BK][BN]) and read
-// with ldmatrix.trans; A is dZ for dX (stored [BM][BK], plain ldmatrix) and dZᵀ for dW (stored
-// [BK][BM] as dY lies in memory, ldmatrix.trans). In both cases a shared A tile is a block of dY
-// in dY's own orientation, so the dZ pass always walks four consecutive dY columns per thread
-// (one or two Philox calls per four elements).
+// Both kernels are OUT[rows, k] = A[rows, red] · B[red, k] on the forward's main loop
+// (gemm/threadblock_tc.cuh) with other operand layouts: B is a row-major [red, k] matrix (W for
+// dX, X for dW), so its tile is MN-major (read with ldmatrix.trans); A is dZ for dX (dY's tile
+// K-major, plain ldmatrix) and dZᵀ for dW (dY's tile MN-major, ldmatrix.trans). Y is the main
+// loop's side operand (a second tile with A's layout, loaded only for ReLU). In both products a
+// shared A tile is a block of dY in dY's own orientation, so the dZ pass (the main loop's
+// prepare hook) always walks four consecutive dY columns per thread (one or two Philox calls per
+// four elements).
 //
 // Determinism: every output element is reduced by one thread over the whole reduction in a fixed
 // order, db by one thread per column in a fixed order; no atomics, so the same inputs give
@@ -38,93 +39,58 @@
 // MaskParams. Any m, n, k >= 1 and any row alignment: 16-byte cp.async when a matrix's base is
 // 16-byte aligned and its rows are a multiple of 8 elements, element loads otherwise.
 #include "backward.cuh"
+#include "gemm/threadblock_tc.cuh"
 #include "ptx.cuh"
 
 namespace fusedrop {
 namespace backward {
 
+// One config: BM x BN output tiles of WM x WN warps, 32-wide reduction slices, 3 stages (a stage
+// holds dY's, Y's and B's tiles).
 template <int BM, int BN, int WM, int WN>
 struct BackwardTcConfig {
+    template <typename T>
+    using DxThreadblock = gemm::ThreadblockTc<T, BM, BN, 32, WM, WN, 3, gemm::Major::K,
+                                              gemm::Major::MN, true>;
+    template <typename T>
+    using DwThreadblock = gemm::ThreadblockTc<T, BM, BN, 32, WM, WN, 3, gemm::Major::MN,
+                                              gemm::Major::MN, true>;
     static constexpr int kBlockM = BM;  // output rows per tile (m for dX, n for dW)
     static constexpr int kBlockN = BN;  // output columns per tile (k)
-    static constexpr int kBlockK = 32;  // reduction slice per pipeline stage
-    static constexpr int kStages = 3;
-    static constexpr int kWarpsM = BM / WM;
-    static constexpr int kWarpsN = BN / WN;
-    static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
+    static constexpr int kThreads = DxThreadblock<__half>::kThreads;
     static constexpr int kMaxBlocks = 1 << 20;
-    // Shared strides in elements, each padded by 8 (16 bytes) so that the eight rows of every
-    // ldmatrix land in distinct banks and rows stay 16-byte aligned.
-    static constexpr int kRowMajorStride = kBlockK + 8;  // dX's A tile: [BM][BK]
-    static constexpr int kKMajorStrideA = BM + 8;        // dW's A tile: [BK][BM]
-    static constexpr int kStrideB = BN + 8;              // B tile: [BK][BN]
-    static constexpr int kAElems = BM * kRowMajorStride > kBlockK * kKMajorStrideA
-                                       ? BM * kRowMajorStride
-                                       : kBlockK * kKMajorStrideA;
-    static constexpr int kBElems = kBlockK * kStrideB;
-    // A stage: the dY tile (turned into dZ in place), the Y tile (ReLU), the B tile.
-    static constexpr int kStageElems = 2 * kAElems + kBElems;
-    static constexpr int kSmemBytes = kStages * kStageElems * 2;
-    static constexpr int kMTiles = WM / 16;
-    static constexpr int kNTiles = WN / 8;
-    static_assert(BM % WM == 0 && BN % WN == 0 && WM % 16 == 0 && WN % 16 == 0, "warp tiling");
-    static_assert(BM * kBlockK % (8 * kThreads) == 0 && BN * kBlockK % (8 * kThreads) == 0,
-                  "every thread copies whole 16-byte chunks");
-    static_assert(BM * kBlockK % (4 * kThreads) == 0, "every thread forms whole dZ quads");
+    // The pipeline only: the gradients are stored from the accumulators.
+    static constexpr int kSmemBytes = DxThreadblock<__half>::kPipeBytes;
+    static_assert(DwThreadblock<__half>::kPipeBytes == kSmemBytes, "one shared size per config");
     static_assert(BM <= kThreads, "one thread per db column");
 };
 
 using Tc128x128 = BackwardTcConfig<128, 128, 64, 64>;
 using Tc64x64 = BackwardTcConfig<64, 64, 32, 32>;
 
-// Copies rows gr0 .. gr0 + ROWS - 1, columns gc0 .. gc0 + COLS - 1 of the row-major
-// [grows, gcols] matrix src into dst (row stride `stride`), zero outside the matrix.
-template <typename T, int ROWS, int COLS, int THREADS>
-__device__ __forceinline__ void load_block(T* dst, int stride, const T* __restrict__ src,
-                                           long long grows, long long gcols, long long gr0,
-                                           long long gc0, bool vec) {
-    constexpr int kChunksPerRow = COLS / 8;
-    constexpr int kChunks = ROWS * kChunksPerRow / THREADS;
-#pragma unroll
-    for (int i = 0; i < kChunks; ++i) {
-        const int chunk = (int)threadIdx.x + i * THREADS;
-        const int row = chunk / kChunksPerRow;
-        const int col = (chunk % kChunksPerRow) * 8;
-        const long long gr = gr0 + row;
-        const long long gc = gc0 + col;
-        T* d = dst + row * stride + col;
-        if (vec) {
-            const bool valid = gr < grows && gc < gcols;
-            ptx::cp_async_16(d, valid ? src + gr * gcols + gc : src, valid);
-        } else {
-#pragma unroll
-            for (int j = 0; j < 8; ++j) {
-                d[j] = gr < grows && gc + j < gcols ? src[gr * gcols + gc + j]
-                                                    : Element<T>::from_float(0.0f);
-            }
-        }
-    }
-}
-
-// Turns the dY block in `dz` (ROWS x COLS of dY at (gr0, gc0), row stride `stride`) into dZ in
-// place; `y` is the matching block of Y (read only for ReLU).
-template <typename T, int ROWS, int COLS, int THREADS>
-__device__ __forceinline__ void form_dz_block(T* dz, const T* y, int stride, long long n,
-                                              long long gr0, long long gc0, bool relu,
-                                              const MaskParams& mp) {
-    constexpr int kQuadsPerRow = COLS / 4;
-    constexpr int kQuads = ROWS * kQuadsPerRow / THREADS;
-#pragma unroll
+// Turns the dY tile at `dz` (a Tile-shaped block of dY at (gr0, gc0)) into dZ in place; `y` is
+// the matching tile of Y (read only for ReLU).
+template <typename T, class Tile, int THREADS>
+__device__ __forceinline__ void form_dz_tile(T* dz, const T* y, long long n, long long gr0,
+                                             long long gc0, bool relu, const MaskParams& mp) {
+    constexpr int kQuadsPerRow = Tile::kCols / 4;
+    constexpr int kQuads = Tile::kElems / 4 / THREADS;
+    static_assert(Tile::kElems % (4 * THREADS) == 0, "every thread forms whole dZ quads");
+    // Not unrolled: unrolled, the Philox rounds of several quads overlap and the 128 x 128 dW
+    // kernel spills beside its 128 accumulators (ptxas -v, sm_80).
+#pragma unroll 1
     for (int i = 0; i < kQuads; ++i) {
         const int quad = (int)threadIdx.x + i * THREADS;
         const int row = quad / kQuadsPerRow;
         const int col = (quad % kQuadsPerRow) * 4;
-        T* d = dz + row * stride + col;
+        // The four elements share a 16-byte chunk, which the swizzle moves as a whole.
+        const int at = Tile::offset(row, col);
+        T* d = dz + at;
         float v[4], yv[4];
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             v[j] = Element<T>::to_float(d[j]);
-            yv[j] = relu ? Element<T>::to_float(y[row * stride + col + j]) : 0.0f;
+            yv[j] = relu ? Element<T>::to_float(y[at + j]) : 0.0f;
         }
         form_dz4(v, yv, relu, mp, n, gr0 + row, gc0 + col);
 #pragma unroll
@@ -132,17 +98,15 @@ __device__ __forceinline__ void form_dz_block(T* dz, const T* y, int stride, lon
     }
 }
 
-template <typename T, class C, bool kWeightGrad>
+template <typename T, class Tb, bool kWeightGrad>
 __device__ __forceinline__ void backward_tc(const T* __restrict__ dy, const T* __restrict__ y,
                                             const T* __restrict__ b_mat, T* __restrict__ out,
                                             T* __restrict__ db, long long m, long long n,
                                             long long k, int relu, int accumulate,
                                             MaskParams mp) {
-    constexpr int BM = C::kBlockM, BN = C::kBlockN, BK = C::kBlockK, S = C::kStages;
-    constexpr int kStrideA = kWeightGrad ? C::kKMajorStrideA : C::kRowMajorStride;
-    // The A tile as a block of dY: dX reads dY rows r0.. and columns t0..; dW the transpose.
-    constexpr int kARows = kWeightGrad ? BK : BM;
-    constexpr int kACols = kWeightGrad ? BM : BK;
+    constexpr int BM = Tb::kBlockM, BN = Tb::kBlockN, BK = Tb::kBlockK;
+    using ATile = typename Tb::OperandA::Tile;
+    using Warp = typename Tb::Warp;
     FUSEDROP_DYNAMIC_SMEM(unsigned char, smem);
     T* pipe = reinterpret_cast<T*>(smem);
 
@@ -153,136 +117,53 @@ __device__ __forceinline__ void backward_tc(const T* __restrict__ dy, const T* _
     const bool do_gemm = out != nullptr;
     const long long col_tiles = do_gemm ? (k + BN - 1) / BN : 1;
     const long long tiles = (rows + BM - 1) / BM * col_tiles;
-    const long long k_tiles = (red + BK - 1) / BK;
-    const bool vec_dy = reinterpret_cast<uintptr_t>(dy) % 16 == 0 &&
-                        (!is_relu || reinterpret_cast<uintptr_t>(y) % 16 == 0) && n % 8 == 0;
-    const bool vec_b = reinterpret_cast<uintptr_t>(b_mat) % 16 == 0 && k % 8 == 0;
+    const gemm::GlobalMatrix<T> dy_mat = gemm::global_matrix(dy, m, n);
+    const gemm::GlobalMatrix<T> y_mat = gemm::global_matrix(is_relu ? y : nullptr, m, n);
+    const gemm::GlobalMatrix<T> b = gemm::global_matrix(b_mat, red, k);
     const int tid = (int)threadIdx.x;
     const int lane = tid % 32, warp_id = tid / 32;
-    const int wr0 = warp_id / C::kWarpsN * (BM / C::kWarpsM);
-    const int wc0 = warp_id % C::kWarpsN * (BN / C::kWarpsN);
+    const int wr0 = warp_id / Tb::kWarpsN * (BM / Tb::kWarpsM);
+    const int wc0 = warp_id % Tb::kWarpsN * (BN / Tb::kWarpsN);
 
     for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
         const long long r0 = tile / col_tiles * BM;
         const long long c0 = tile % col_tiles * BN;
         const bool do_db = kWeightGrad && db != nullptr && c0 == 0;
-
-        // Stage s of slice t0: dY block at (ar0, ac0) of dY, and rows t0.. of B.
-        auto load_stage = [&](int s, long long t0) {
-            T* stage = pipe + s * C::kStageElems;
-            const long long ar0 = kWeightGrad ? t0 : r0;
-            const long long ac0 = kWeightGrad ? r0 : t0;
-            load_block<T, kARows, kACols, C::kThreads>(stage, kStrideA, dy, m, n, ar0, ac0,
-                                                       vec_dy);
-            if (is_relu) {
-                load_block<T, kARows, kACols, C::kThreads>(stage + C::kAElems, kStrideA, y, m,
-                                                           n, ar0, ac0, vec_dy);
-            }
-            if (do_gemm) {
-                load_block<T, BK, BN, C::kThreads>(stage + 2 * C::kAElems, C::kStrideB, b_mat,
-                                                   red, k, t0, c0, vec_b);
-            }
-        };
-
-        float acc[C::kMTiles][C::kNTiles][4];
-#pragma unroll
-        for (int mt = 0; mt < C::kMTiles; ++mt)
-#pragma unroll
-            for (int nt = 0; nt < C::kNTiles; ++nt)
-#pragma unroll
-                for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.0f;
+        Warp warp;
+        warp.clear();
         float db_acc = 0.0f;
-
-#pragma unroll
-        for (int s = 0; s < S - 1; ++s) {
-            if (s < k_tiles) load_stage(s, (long long)s * BK);
-            ptx::cp_async_commit();
-        }
-        int read_stage = 0, write_stage = S - 1;
-        for (long long kt = 0; kt < k_tiles; ++kt) {
-            // Slice kt has landed for this thread; the barrier makes it visible to all and
-            // guarantees every warp is done with the stage about to be overwritten.
-            ptx::cp_async_wait<S - 2>();
-            __syncthreads();
-            if (kt + S - 1 < k_tiles) load_stage(write_stage, (kt + S - 1) * BK);
-            ptx::cp_async_commit();
-
-            T* stage = pipe + read_stage * C::kStageElems;
+        Tb::mainloop(warp, pipe, dy_mat, y_mat, b, r0, c0, do_gemm, [&](long long kt, T* stage) {
+            // The dY tile of slice kt as a block of dY: dX's at (r0, t0), dW's at (t0, r0).
             const long long t0 = kt * BK;
-            form_dz_block<T, kARows, kACols, C::kThreads>(
-                stage, stage + C::kAElems, kStrideA, n, kWeightGrad ? t0 : r0,
-                kWeightGrad ? r0 : t0, is_relu, mp);
+            form_dz_tile<T, ATile, Tb::kThreads>(stage, stage + Tb::kOffsetSide, n,
+                                                 kWeightGrad ? t0 : r0,
+                                                 kWeightGrad ? r0 : t0, is_relu, mp);
             __syncthreads();
-
-            const T* a = stage;
-            const T* b = stage + 2 * C::kAElems;
-            if (do_gemm) {
-#pragma unroll
-                for (int k0 = 0; k0 < BK; k0 += 16) {
-                    uint32_t af[C::kMTiles][4];
-                    uint32_t bf[C::kNTiles][2];
-                    const int j = lane / 8, i = lane % 8;
-#pragma unroll
-                    for (int mt = 0; mt < C::kMTiles; ++mt) {
-                        const int r = wr0 + 16 * mt;
-                        if (kWeightGrad) {
-                            // A stored [k][r]: matrices (r 0-7, k 0-7), (r 8-15, k 0-7),
-                            // (r 0-7, k 8-15), (r 8-15, k 8-15), transposed on load.
-                            ptx::ldmatrix_x4_trans(
-                                af[mt], a + (k0 + i + 8 * (j / 2)) * kStrideA + r + 8 * (j % 2));
-                        } else {
-                            ptx::ldmatrix_x4(af[mt],
-                                             a + (r + lane % 16) * kStrideA + k0 + (lane / 16) * 8);
-                        }
-                    }
-                    // B stored [k][n]: matrices (k 0-7, n 0-7), (k 8-15, n 0-7) are b[0], b[1]
-                    // of the first n8 tile, then the same for the second, transposed on load.
-#pragma unroll
-                    for (int np = 0; np < C::kNTiles / 2; ++np) {
-                        uint32_t r4[4];
-                        ptx::ldmatrix_x4_trans(r4, b + (k0 + i + 8 * (j % 2)) * C::kStrideB +
-                                                       wc0 + 16 * np + 8 * (j / 2));
-                        bf[2 * np][0] = r4[0];
-                        bf[2 * np][1] = r4[1];
-                        bf[2 * np + 1][0] = r4[2];
-                        bf[2 * np + 1][1] = r4[3];
-                    }
-#pragma unroll
-                    for (int mt = 0; mt < C::kMTiles; ++mt)
-#pragma unroll
-                        for (int nt = 0; nt < C::kNTiles; ++nt)
-                            ptx::mma_m16n8k16<T>(acc[mt][nt], af[mt], bf[nt], acc[mt][nt]);
-                }
-            }
             if (do_db && tid < BM) {
                 // Column tid of the [BK][BM] dZ tile, in row order.
 #pragma unroll 8
-                for (int t = 0; t < BK; ++t) db_acc += Element<T>::to_float(a[t * kStrideA + tid]);
+                for (int t = 0; t < BK; ++t)
+                    db_acc += Element<T>::to_float(stage[ATile::offset(t, tid)]);
             }
-            read_stage = read_stage + 1 == S ? 0 : read_stage + 1;
-            write_stage = write_stage + 1 == S ? 0 : write_stage + 1;
-        }
-        ptx::cp_async_wait<0>();
-        // Every warp is past its last read of the pipeline before the next tile refills it.
-        __syncthreads();
+        });
 
         if (do_gemm) {
             const int g = lane / 4, t4 = lane % 4;
 #pragma unroll
-            for (int mt = 0; mt < C::kMTiles; ++mt) {
+            for (int mt = 0; mt < Warp::kMTiles; ++mt) {
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
                     const long long r = r0 + wr0 + 16 * mt + g + 8 * h;
                     if (r >= rows) continue;
 #pragma unroll
-                    for (int nt = 0; nt < C::kNTiles; ++nt) {
+                    for (int nt = 0; nt < Warp::kNTiles; ++nt) {
 #pragma unroll
                         for (int e = 0; e < 2; ++e) {
                             const long long s = c0 + wc0 + 8 * nt + 2 * t4 + e;
                             if (s >= k) continue;
                             T* dst = out + r * k + s;
                             const float old = accumulate ? Element<T>::to_float(*dst) : 0.0f;
-                            *dst = Element<T>::from_float(old + acc[mt][nt][2 * h + e]);
+                            *dst = Element<T>::from_float(old + warp.acc[mt][nt][2 * h + e]);
                         }
                     }
                 }
@@ -305,7 +186,7 @@ __device__ __forceinline__ void backward_tc(const T* __restrict__ dy, const T* _
             const T* __restrict__ dy, const T* __restrict__ y, const T* __restrict__ w,          \
             T* __restrict__ dx, long long m, long long n, long long k, int relu, int accumulate, \
             fusedrop::MaskParams mp) {                                                           \
-        fusedrop::backward::backward_tc<T, fusedrop::backward::CONFIG, false>(                   \
+        fusedrop::backward::backward_tc<T, fusedrop::backward::CONFIG::DxThreadblock<T>, false>( \
             dy, y, w, dx, nullptr, m, n, k, relu, accumulate, mp);                               \
     }                                                                                            \
     extern "C" __global__ void __launch_bounds__(fusedrop::backward::CONFIG::kThreads, 1)        \
@@ -313,7 +194,7 @@ __device__ __forceinline__ void backward_tc(const T* __restrict__ dy, const T* _
             const T* __restrict__ dy, const T* __restrict__ y, const T* __restrict__ x,          \
             T* __restrict__ dw, T* __restrict__ db, long long m, long long n, long long k,       \
             int relu, int accumulate, fusedrop::MaskParams mp) {                                 \
-        fusedrop::backward::backward_tc<T, fusedrop::backward::CONFIG, true>(                    \
+        fusedrop::backward::backward_tc<T, fusedrop::backward::CONFIG::DwThreadblock<T>, true>(  \
             dy, y, x, dw, db, m, n, k, relu, accumulate, mp);                                    \
     }
 

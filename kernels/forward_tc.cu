@@ -36,8 +36,9 @@ __device__ __forceinline__ void forward_tc(const T* __restrict__ x, const T* __r
     T* pipe = reinterpret_cast<T*>(smem);
     float* stage = reinterpret_cast<float*>(smem);
     const gemm::EpilogueArgs<T> epi = gemm::make_epilogue_args(b, y, m, n, relu, mp);
-    const bool vec_x = reinterpret_cast<uintptr_t>(x) % 16 == 0 && k % 8 == 0;
-    const bool vec_w = reinterpret_cast<uintptr_t>(w) % 16 == 0 && k % 8 == 0;
+    // Both operands K-major: X [m, k] gives the tile's rows, W [n, k] its columns.
+    const gemm::GlobalMatrix<T> x_mat = gemm::global_matrix(x, m, k);
+    const gemm::GlobalMatrix<T> w_mat = gemm::global_matrix(w, n, k);
     const gemm::TileScheduler<8> scheduler(m, n, Tb::kBlockM, Tb::kBlockN);
     const long long folds = scheduler.folds();
     for (long long fold = 0; fold < folds; ++fold) {
@@ -47,7 +48,7 @@ __device__ __forceinline__ void forward_tc(const T* __restrict__ x, const T* __r
         const long long n0 = tile.tn * Tb::kBlockN;
         typename Tb::Warp warp;
         warp.clear();
-        Tb::mainloop(warp, pipe, x, w, m, n, k, m0, n0, vec_x, vec_w);
+        Tb::mainloop(warp, pipe, x_mat, w_mat, m0, n0);
 #pragma unroll
         for (int pass = 0; pass < Tb::kPasses; ++pass) {
             Tb::stage_accumulators(warp, stage, pass);
@@ -63,10 +64,7 @@ __device__ __forceinline__ void forward_tc(const T* __restrict__ x, const T* __r
 template <int BM, int BN, int BK, int WM, int WN, int STAGES>
 struct TcConfig {
     template <typename T>
-    struct Threadblock : gemm::ThreadblockTc<T, BM, BN, BK, WM, WN, STAGES> {
-        static constexpr int kBlockM = BM;
-        static constexpr int kBlockN = BN;
-    };
+    using Threadblock = gemm::ThreadblockTc<T, BM, BN, BK, WM, WN, STAGES>;
     static constexpr int kBlockM = BM;
     static constexpr int kBlockN = BN;
     static constexpr int kThreads = Threadblock<__half>::kThreads;

@@ -1,14 +1,17 @@
-// Threadblock level of the tensor-core GEMM: a BM x BN output tile, computed by
-// (BM / WM) x (BN / WN) warps over a STAGES-deep cp.async pipeline of BK-wide slices of X and W.
+// Threadblock level of the tensor-core GEMM: C[BM x BN] = A[BM x red] · B[red x BN], computed by
+// (BM / WM) x (BN / WN) warps over a STAGES-deep cp.async pipeline of BK-wide reduction slices.
+// The forward's X·Wᵀ and the backward's dZ·W and dZᵀ·X are this one main loop with other
+// operand layouts (kMajorA, kMajorB; OperandTile below) and, for the backward, a side operand
+// and a hook that forms dZ in the stage before the warps read it.
 //
-// Shared memory per stage: A = BM rows x BK (X rows), then B = BN rows x BK (W rows), unpadded,
-// with the 16-byte chunks of each row XOR-swizzled (SmemLayout) so that the eight rows of every
-// ldmatrix fall into distinct banks. No padding means 4 stages of 128 x 256 fit in the 99 KiB
-// an sm_86 / sm_89 block may use.
+// Shared memory per stage: A's tile, the side operand's (kSideA), B's; each a block of its
+// row-major global matrix, unpadded, with the 16-byte chunks of each row XOR-swizzled
+// (SmemTile) so that the eight rows of every ldmatrix fall into distinct banks. No padding means
+// 4 stages of 128 x 256 fit in the 99 KiB an sm_86 / sm_89 block may use.
 //
-// Global loads: 16-byte cp.async (zero-filled outside the matrix) when the operand's base is
-// 16-byte aligned and k is a multiple of 8; otherwise plain element loads, zero-filled, stored
-// as 16 bytes (slower, but any k and any alignment work).
+// Global loads: 16-byte cp.async (zero-filled outside the matrix) when the matrix's base is
+// 16-byte aligned and its rows are a multiple of 8 elements; otherwise plain element loads,
+// zero-filled, stored as 16 bytes (slower, but any shape and any alignment work).
 #pragma once
 
 #include <stdint.h>
@@ -21,70 +24,88 @@
 namespace fusedrop {
 namespace gemm {
 
-// Where column col (a multiple of 8) of row `row` of a BK-wide operand tile lives. BK = 32:
-// a 128-byte bank line holds two rows, and chunk c of row r goes to chunk c ^ ((r / 2) % 4);
-// BK = 64: one row per line, chunk c ^ (r % 8). Either way the 8 consecutive rows an ldmatrix
-// reads at one logical chunk occupy the 8 distinct 16-byte slots of a line.
-template <int BK>
-struct SmemLayout {
-    static constexpr int kChunks = BK / 8;
-    static_assert(kChunks == 4 || kChunks == 8, "swizzle defined for BK = 32 or 64");
-    __device__ __forceinline__ static int offset(int row, int col) {
-        const int swizzle = kChunks == 4 ? (row >> 1) & 3 : row & 7;
-        return row * BK + (((col >> 3) ^ swizzle) << 3);
-    }
+// A row-major [rows, cols] operand in global memory. vec: 16-byte cp.async may be used (the base
+// is 16-byte aligned and cols a multiple of 8). data = nullptr: an absent operand.
+template <typename T>
+struct GlobalMatrix {
+    const T* data;
+    long long rows;
+    long long cols;
+    bool vec;
 };
 
-template <typename T, int BM, int BN, int BK, int WM, int WN, int STAGES>
+template <typename T>
+__device__ __forceinline__ GlobalMatrix<T> global_matrix(const T* data, long long rows,
+                                                         long long cols) {
+    return GlobalMatrix<T>{data, rows, cols,
+                           reinterpret_cast<uintptr_t>(data) % 16 == 0 && cols % 8 == 0};
+}
+
+template <typename T, int BM, int BN, int BK, int WM, int WN, int STAGES,
+          Major kMajorA = Major::K, Major kMajorB = Major::K, bool kSideA = false>
 struct ThreadblockTc {
+    static constexpr int kBlockM = BM;
+    static constexpr int kBlockN = BN;
+    static constexpr int kBlockK = BK;
     static constexpr int kWarpsM = BM / WM;
     static constexpr int kWarpsN = BN / WN;
     static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
-    using Layout = SmemLayout<BK>;
-    static constexpr int kStageElems = (BM + BN) * BK;
+    using OperandA = OperandTile<BM, BK, kMajorA>;
+    using OperandB = OperandTile<BN, BK, kMajorB>;
+    // A stage: A's tile, the side operand's (kSideA), B's.
+    static constexpr int kOffsetSide = OperandA::Tile::kElems;
+    static constexpr int kOffsetB = OperandA::Tile::kElems * (kSideA ? 2 : 1);
+    static constexpr int kStageElems = kOffsetB + OperandB::Tile::kElems;
     static constexpr int kPipeBytes = STAGES * kStageElems * (int)sizeof(T);
-    static constexpr int kChunksPerRow = BK / 8;  // 16-byte chunks per smem row
-    static constexpr int kAChunks = BM * kChunksPerRow / kThreads;
-    static constexpr int kBChunks = BN * kChunksPerRow / kThreads;
     // Rows of the accumulator tile staged per epilogue pass: enough for every thread to own a
     // run of 32 columns, at most the whole tile.
     static constexpr int kEpiRows = 32 * kThreads / BN < BM ? 32 * kThreads / BN : BM;
     static constexpr int kPasses = BM / kEpiRows;
-    using Warp = WarpMmaTc<T, WM, WN, Layout>;
+    using Warp = WarpMmaTc<T, WM, WN, OperandA, OperandB>;
     using Epilogue = DropoutEpilogue<T, kEpiRows, BN, kThreads>;
     static constexpr int kSmemBytes =
         kPipeBytes > Epilogue::kSmemBytes ? kPipeBytes : Epilogue::kSmemBytes;
 
     static_assert(BM % WM == 0 && BN % WN == 0 && BK % 16 == 0, "tiles divide evenly");
     static_assert(STAGES >= 3, "the pipeline keeps at least two slices in flight");
-    static_assert(BM * kChunksPerRow % kThreads == 0 && BN * kChunksPerRow % kThreads == 0,
+    static_assert(BM * BK % (8 * kThreads) == 0 && BN * BK % (8 * kThreads) == 0,
                   "every thread copies the same number of 16-byte chunks");
     static_assert(BM % kEpiRows == 0 && kEpiRows % 16 == 0, "passes hold whole m16 tiles");
 
-    // Copies rows row0 .. row0 + ROWS - 1, columns k0 .. k0 + BK - 1 of the row-major
-    // [rows, k] operand src into the stage's rows first_row .., zero outside the operand.
-    template <int ROWS, int CHUNKS>
-    __device__ __forceinline__ static void load_operand(T* stage, int first_row, const T* src,
-                                                        long long rows,
-                                                        long long k, long long row0,
-                                                        long long k0, bool vec) {
+    // Copies the block of src that the operand's tile holds for output rows (A) or columns (B)
+    // mn0 .. and reduction indices k0 .. (rows mn0.., columns k0.. of a K-major operand; rows
+    // k0.., columns mn0.. of an MN-major one) into dst, zero outside the matrix.
+    template <class Operand>
+    __device__ __forceinline__ static void load_operand(T* dst, const GlobalMatrix<T>& src,
+                                                        long long mn0, long long k0) {
+        using Tile = typename Operand::Tile;
+        constexpr int kChunks = Tile::kElems / 8 / kThreads;
+        // Chunk i of a thread is chunk threadIdx.x + i * kThreads of the tile: every chunk of a
+        // thread lies in the same column, kRowStep rows below the previous one. The column's
+        // values are computed once, so that no per-chunk copy of them stays live through the
+        // main loop (for an MN-major operand they do not change from one slice to the next).
+        static_assert(kThreads % Tile::kChunksPerRow == 0, "a thread's chunks share a column");
+        constexpr int kRowStep = kThreads / Tile::kChunksPerRow;
+        const int first_row = (int)threadIdx.x / Tile::kChunksPerRow;
+        const int col = ((int)threadIdx.x % Tile::kChunksPerRow) * 8;
+        const long long gr0 = (Operand::kMajor == Major::K ? mn0 : k0) + first_row;
+        const long long gc = (Operand::kMajor == Major::K ? k0 : mn0) + col;
+        // Elements of the chunk inside the matrix's row: 8, fewer at its end, none past it.
+        const long long left = src.cols - gc;
+        const int in_row = left >= 8 ? 8 : left > 0 ? (int)left : 0;
 #pragma unroll
-        for (int i = 0; i < CHUNKS; ++i) {
-            const int chunk = (int)threadIdx.x + i * kThreads;
-            const int row = chunk / kChunksPerRow;
-            const int col = (chunk % kChunksPerRow) * 8;
-            const long long gr = row0 + row;
-            const long long gc = k0 + col;
-            T* d = stage + Layout::offset(first_row + row, col);
-            if (vec) {
-                const bool valid = gr < rows && gc < k;
-                ptx::cp_async_16(d, valid ? src + gr * k + gc : src, valid);
+        for (int i = 0; i < kChunks; ++i) {
+            const long long gr = gr0 + i * kRowStep;
+            T* d = dst + Tile::offset(first_row + i * kRowStep, col);
+            if (src.vec) {
+                const bool valid = gr < src.rows && gc < src.cols;
+                ptx::cp_async_16(d, valid ? src.data + gr * src.cols + gc : src.data, valid);
             } else {
                 uint16_t e[8];
 #pragma unroll
                 for (int j = 0; j < 8; ++j) {
                     T v = Element<T>::from_float(0.0f);
-                    if (gr < rows && gc + j < k) v = src[gr * k + gc + j];
+                    if (gr < src.rows && j < in_row) v = src.data[gr * src.cols + gc + j];
                     e[j] = bits16(v);
                 }
                 *reinterpret_cast<uint4*>(d) =
@@ -96,31 +117,42 @@ struct ThreadblockTc {
         }
     }
 
-    __device__ __forceinline__ static void load_stage(T* stage, const T* x, const T* w,
-                                                      long long m, long long n, long long k,
-                                                      long long m0, long long n0, long long k0,
-                                                      bool vec_x, bool vec_w) {
-        load_operand<BM, kAChunks>(stage, 0, x, m, k, m0, k0, vec_x);
-        load_operand<BN, kBChunks>(stage, BM, w, n, k, n0, k0, vec_w);
+    // Reduction slice k0.. of the tile at (a0, b0): A, the side operand (kSideA, when given), and
+    // B when `multiply`.
+    __device__ __forceinline__ static void load_stage(T* stage, const GlobalMatrix<T>& a,
+                                                      const GlobalMatrix<T>& side,
+                                                      const GlobalMatrix<T>& b, long long a0,
+                                                      long long b0, long long k0, bool multiply) {
+        load_operand<OperandA>(stage, a, a0, k0);
+        if (kSideA && side.data != nullptr) load_operand<OperandA>(stage + kOffsetSide, side, a0, k0);
+        if (multiply) load_operand<OperandB>(stage + kOffsetB, b, b0, k0);
     }
 
-    // acc = X[m0.., :] · W[n0.., :]ᵀ for this warp's part of the tile. Leaves every copy
-    // complete and every warp past its last read of the pipeline (shared memory is free).
-    __device__ __forceinline__ static void mainloop(Warp& warp, T* smem, const T* x, const T* w,
-                                                    long long m, long long n, long long k,
-                                                    long long m0, long long n0, bool vec_x,
-                                                    bool vec_w) {
+    // warp.acc += A[a0.., :] · B[:, b0..] for this warp's part of the tile, over the whole
+    // reduction (a's columns if K-major, its rows if MN-major). Leaves every copy complete and
+    // every warp past its last read of the pipeline (shared memory is free).
+    // `prepare(kt, stage)` runs on every thread once slice kt has landed in `stage` and is
+    // visible to the block, before any warp reads it (the backward forms dZ there); whatever it
+    // writes it must publish with __syncthreads itself. multiply = false loads and runs no B
+    // and no mma (the backward's db-only pass); `side` is loaded beside A when kSideA.
+    template <class Prepare>
+    __device__ __forceinline__ static void mainloop(Warp& warp, T* smem, const GlobalMatrix<T>& a,
+                                                    const GlobalMatrix<T>& side,
+                                                    const GlobalMatrix<T>& b, long long a0,
+                                                    long long b0, bool multiply,
+                                                    Prepare&& prepare) {
         const int warp_id = (int)threadIdx.x / 32;
         const int lane = (int)threadIdx.x % 32;
         const int warp_m = warp_id / kWarpsN;
         const int warp_n = warp_id % kWarpsN;
-        const long long k_tiles = (k + BK - 1) / BK;
+        const long long red = kMajorA == Major::K ? a.cols : a.rows;
+        const long long k_tiles = (red + BK - 1) / BK;
 
 #pragma unroll
         for (int s = 0; s < STAGES - 1; ++s) {
             if (s < k_tiles) {
-                load_stage(smem + s * kStageElems, x, w, m, n, k, m0, n0, (long long)s * BK,
-                           vec_x, vec_w);
+                load_stage(smem + s * kStageElems, a, side, b, a0, b0, (long long)s * BK,
+                           multiply);
             }
             ptx::cp_async_commit();
         }
@@ -133,20 +165,31 @@ struct ThreadblockTc {
             __syncthreads();
             const long long next = kt + STAGES - 1;
             if (next < k_tiles) {
-                load_stage(smem + write_stage * kStageElems, x, w, m, n, k, m0, n0, next * BK,
-                           vec_x, vec_w);
+                load_stage(smem + write_stage * kStageElems, a, side, b, a0, b0, next * BK,
+                           multiply);
             }
             ptx::cp_async_commit();
-            const T* stage = smem + read_stage * kStageElems;
+            T* stage = smem + read_stage * kStageElems;
+            prepare(kt, stage);
+            if (multiply) {
 #pragma unroll
-            for (int k16 = 0; k16 < BK / 16; ++k16) {
-                warp.step(stage, warp_m * WM, BM + warp_n * WN, k16 * 16, lane);
+                for (int k16 = 0; k16 < BK / 16; ++k16) {
+                    warp.step(stage, stage + kOffsetB, warp_m * WM, warp_n * WN, k16 * 16, lane);
+                }
             }
             read_stage = read_stage + 1 == STAGES ? 0 : read_stage + 1;
             write_stage = write_stage + 1 == STAGES ? 0 : write_stage + 1;
         }
         ptx::cp_async_wait<0>();
         __syncthreads();
+    }
+
+    // The plain product (the forward): no side operand, nothing done to the stage.
+    __device__ __forceinline__ static void mainloop(Warp& warp, T* smem, const GlobalMatrix<T>& a,
+                                                    const GlobalMatrix<T>& b, long long a0,
+                                                    long long b0) {
+        mainloop(warp, smem, a, GlobalMatrix<T>{nullptr, 0, 0, false}, b, a0, b0, true,
+                 [](long long, T*) {});
     }
 
     // Writes the accumulator rows of epilogue pass `pass` (tile rows pass * kEpiRows ..) into

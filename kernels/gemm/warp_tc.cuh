@@ -1,10 +1,15 @@
-// Warp level of the tensor-core GEMM: one warp computes a WM x WN tile of C = A·Bᵀ with
+// Warp level of the tensor-core GEMM: one warp computes a WM x WN tile of C = A·B with
 // mma.sync m16n8k16 (f32 accumulators), reading its operands from shared memory with ldmatrix.
 //
-// Shared-memory operands (one pipeline stage): A rows are output rows (row-major, k contiguous),
-// B rows are output columns (W's [n, k] layout, k contiguous); Layout::offset(row, col) places
-// the 16-byte chunk holding columns col .. col + 7 of a row (threadblock_tc.cuh). Because B is
-// stored n-major, the "col" B operand of mma.sync is read with plain (not transposed) ldmatrix.
+// Shared-memory operands (one pipeline stage; OperandTile below): each operand is a block of a
+// row-major global matrix, stored in the matrix's own orientation.
+//   K-major:  the matrix is [M or N, red] (the forward's X and W, the backward's dY for dX): the
+//             tile's rows are output rows (A) or columns (B), 8 reduction indices per 16-byte
+//             chunk, read with plain ldmatrix.
+//   MN-major: the matrix is [red, M or N] (the backward's W and X, and dY for dW): the tile's
+//             rows are reduction indices, read with ldmatrix.trans.
+// Either way the four 8 x 8 matrices of an ldmatrix.x4 are the same pieces of the mma fragments,
+// so the mma sequence (and every accumulator's reduction order) does not depend on the layout.
 #pragma once
 
 #include <stdint.h>
@@ -14,7 +19,55 @@
 namespace fusedrop {
 namespace gemm {
 
-template <typename T, int WM, int WN, class Layout>
+// A ROWS x COLS block of a row-major matrix in shared memory, unpadded, the 16-byte chunks of
+// each row XOR-swizzled so that the 8 rows an ldmatrix reads at one logical chunk (8 consecutive
+// rows from a multiple of 8) occupy the 8 distinct 16-byte slots of a 128-byte bank line.
+// COLS = 32: a line holds two rows, and chunk c of row r goes to chunk c ^ ((r / 2) % 4);
+// COLS a multiple of 64: a row fills whole lines, and chunk c goes to c ^ (r % 8).
+template <int ROWS, int COLS>
+struct SmemTile {
+    static constexpr int kRows = ROWS;
+    static constexpr int kCols = COLS;
+    static constexpr int kElems = ROWS * COLS;
+    static constexpr int kChunksPerRow = COLS / 8;
+    static_assert(COLS == 32 || COLS % 64 == 0,
+                  "swizzle defined for rows of 32 elements or of a multiple of 64");
+    static_assert(ROWS % 8 == 0, "ldmatrix reads whole groups of 8 rows");
+
+    // Element (row, col): col's 16-byte chunk moved by the swizzle, its place in the chunk kept.
+    __device__ __forceinline__ static int offset(int row, int col) {
+        const int swizzle = COLS == 32 ? (row >> 1) & 3 : row & 7;
+        return row * COLS + ((((col >> 3) ^ swizzle) << 3) | (col & 7));
+    }
+};
+
+enum class Major { K, MN };
+
+// One operand of a stage: kRows output rows (A) or columns (B) by BK reduction indices, stored
+// K-major as SmemTile<kRows, BK> or MN-major as SmemTile<BK, kRows>.
+template <int kRows, int BK, Major kMajorArg>
+struct OperandTile {
+    static constexpr Major kMajor = kMajorArg;
+    using Tile = SmemTile<kMajor == Major::K ? kRows : BK, kMajor == Major::K ? BK : kRows>;
+
+    // Lane's row address (as an element offset) for the ldmatrix of the 8 x 8 matrix at output
+    // row/column mn, reduction index k (both multiples of 8), `i` = the lane's row of it: an
+    // output row of 8 reduction indices when K-major, a reduction index of 8 output rows (read
+    // transposed) when MN-major.
+    __device__ __forceinline__ static int ldmatrix_row(int mn, int k, int i) {
+        return kMajor == Major::K ? Tile::offset(mn + i, k) : Tile::offset(k + i, mn);
+    }
+
+    __device__ __forceinline__ static void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
+        if (kMajor == Major::K) {
+            ptx::ldmatrix_x4(r, row);
+        } else {
+            ptx::ldmatrix_x4_trans(r, row);
+        }
+    }
+};
+
+template <typename T, int WM, int WN, class OperandA, class OperandB>
 struct WarpMmaTc {
     static constexpr int kMTiles = WM / 16;
     static constexpr int kNTiles = WN / 8;
@@ -34,26 +87,31 @@ struct WarpMmaTc {
                 for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.0f;
     }
 
-    // One k16 step over the stage at `stage`: a_row / b_row = the warp's first A / B row in it,
-    // k0 = the step's first column.
-    __device__ __forceinline__ void step(const T* stage, int a_row, int b_row, int k0,
+    // One k16 step over the stage's tiles a and b: a_first / b_first = the warp's first output
+    // row / column, k0 = the step's first reduction index in the tiles.
+    __device__ __forceinline__ void step(const T* a, const T* b, int a_first, int b_first, int k0,
                                          int lane) {
         uint32_t af[kMTiles][4];
         uint32_t bf[kNTiles][2];
+        // Lanes 8j .. 8j + 7 address matrix j; i is the lane's row of it.
+        const int j = lane / 8;
+        const int i = lane % 8;
         // A, x4: matrices (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15),
         // (rows 8-15, k 8-15), i.e. a[0..3] of the mma fragment.
 #pragma unroll
         for (int mt = 0; mt < kMTiles; ++mt) {
-            ptx::ldmatrix_x4(af[mt], stage + Layout::offset(a_row + 16 * mt + (lane % 16),
-                                                            k0 + (lane / 16) * 8));
+            OperandA::ldmatrix_x4(
+                af[mt], a + OperandA::ldmatrix_row(a_first + 16 * mt + 8 * (j % 2),
+                                                   k0 + 8 * (j / 2), i));
         }
         // B, x4 over two n8 tiles: (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7),
         // (n 8-15, k 8-15): b[0..1] of the first tile, then of the second.
 #pragma unroll
         for (int np = 0; np < kNTiles / 2; ++np) {
             uint32_t r[4];
-            ptx::ldmatrix_x4(r, stage + Layout::offset(b_row + 16 * np + (lane % 8) + (lane / 16) * 8,
-                                                       k0 + ((lane / 8) % 2) * 8));
+            OperandB::ldmatrix_x4(
+                r, b + OperandB::ldmatrix_row(b_first + 16 * np + 8 * (j / 2), k0 + 8 * (j % 2),
+                                              i));
             bf[2 * np][0] = r[0];
             bf[2 * np][1] = r[1];
             bf[2 * np + 1][0] = r[2];

@@ -61,9 +61,9 @@ pub const FORWARD_WG64X128: LaunchNumbers = numbers("forward_wg64x128", 64, 128,
 /// kernels/backward_simt.cu, `BackwardSimtConfig` (static shared memory only).
 pub const BACKWARD_SIMT: LaunchNumbers = numbers("backward_simt", 64, 64, 256, 0);
 /// kernels/backward_tc.cu, `Tc128x128`.
-pub const BACKWARD_TC128X128: LaunchNumbers = numbers("backward_tc128x128", 128, 128, 128, 87_552);
+pub const BACKWARD_TC128X128: LaunchNumbers = numbers("backward_tc128x128", 128, 128, 128, 73_728);
 /// kernels/backward_tc.cu, `Tc64x64`.
-pub const BACKWARD_TC64X64: LaunchNumbers = numbers("backward_tc64x64", 64, 64, 128, 44_544);
+pub const BACKWARD_TC64X64: LaunchNumbers = numbers("backward_tc64x64", 64, 64, 128, 36_864);
 /// kernels/backward_sm90.cu, `Wg128x128` (Hopper; persistent grid).
 pub const BACKWARD_WG128X128: LaunchNumbers = numbers("backward_wg128x128", 128, 128, 384, 197_696);
 /// kernels/backward_sm90.cu, `Wg128x256`.
