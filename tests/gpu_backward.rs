@@ -473,6 +473,23 @@ fn empty_dy_gives_zero_gradients() {
             check_all_types(&stream, &spec, case);
         }
     }
+    // With the Hopper kernels forced the empty products still run (the classic kernels' empty
+    // reductions).
+    if hopper(&stream) {
+        for (m, n, k) in [(0, 8, 8), (8, 0, 8)] {
+            let spec = LayerSpec::new(
+                LinearShape::new(m, n, k),
+                Activation::Identity,
+                Dropout::new(0.1, 1, 2),
+            );
+            let case = Case {
+                kernel: BackwardKernel::Hopper,
+                ..ALL_OUTPUTS
+            };
+            check::<f16>(&stream, &spec, case);
+            check::<bf16>(&stream, &spec, case);
+        }
+    }
 }
 
 #[test]

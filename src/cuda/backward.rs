@@ -178,9 +178,9 @@ pub enum BackwardKernel {
     TensorCore,
     /// The Hopper kernels (wgmma and TMA, warp-specialised and persistent; f16 and bf16 on
     /// compute capability 9.0 with the sm_90a module built). They need dY, the saved Y (ReLU),
-    /// W (for dX) and X (for dW) 16-byte aligned with n and k multiples of 8, and m, n >= 1; a
-    /// call that asks for them with other operands is an error. db without dW runs
-    /// [`BackwardKernel::TensorCore`]. [`BackwardKernel::Auto`] picks them on Hopper whenever the
+    /// W (for dX) and X (for dW) 16-byte aligned with n and k multiples of 8; a call that asks
+    /// for them with other operands is an error. db without dW, and an empty dY (m or n = 0),
+    /// run [`BackwardKernel::TensorCore`]. [`BackwardKernel::Auto`] picks them on Hopper whenever the
     /// operands fit and the product has at least half a wave of 128 x 128 tiles (128 x 256 tiles
     /// when those make a full wave).
     Hopper,
@@ -357,7 +357,10 @@ pub fn backward<T: Element>(
                   dy_ptr: u64,
                   y_ptr: Option<u64>|
      -> Result<Path> {
-        if !hopper_possible {
+        // An empty dY (an empty reduction for one of the products) leaves nothing to multiply:
+        // the classic kernels' empty reductions zero-fill the gradients (or leave them, when
+        // accumulating), whatever the kernel family asked for.
+        if !hopper_possible || m == 0 || n == 0 {
             return Ok(Path::Classic(classic(rows, k)?));
         }
         let (what, ptr, op_rows, op_cols) = operand;
@@ -371,7 +374,7 @@ pub fn backward<T: Element>(
                 return Err(invalid!(
                     "BackwardKernel::Hopper reads dY, Y and {what} by TMA for {product}: they must \
                      start 16-byte aligned (dY at {dy_ptr:#x}, Y at {:#x}, {what} at {ptr:#x}), \
-                     m = {m} must be at least 1 and n = {n} and k = {k} positive multiples of 8",
+                     n = {n} and k = {k} must be positive multiples of 8",
                     y_ptr.unwrap_or(0)
                 ));
             }
