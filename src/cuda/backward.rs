@@ -163,6 +163,161 @@ enum Path {
     Classic(Config),
 }
 
+impl Path {
+    /// The config's name (`wg128x256`, `tc64x64`, `simt`, ...).
+    fn name(self) -> &'static str {
+        match self {
+            Path::Hopper(config) | Path::Classic(config) => config.name,
+        }
+    }
+}
+
+/// How a backward call picks each product's kernel: shared by [`backward`] and [`kernels_for`].
+struct Chooser<'a> {
+    stream: &'a Arc<CudaStream>,
+    /// The family asked for, with `Auto` resolved to `Simt` for f32.
+    family: BackwardKernel,
+    /// Whether the Hopper kernels can run at all (GPU, dtype, build).
+    hopper_possible: bool,
+    shape: LinearShape,
+    dtype: &'static str,
+}
+
+impl<'a> Chooser<'a> {
+    /// Resolves the family; errors (before anything is queued) when `kernel` cannot run `T` on
+    /// this GPU and build.
+    fn new<T: Element>(
+        stream: &'a Arc<CudaStream>,
+        kernel: BackwardKernel,
+        shape: LinearShape,
+    ) -> Result<Self> {
+        let family = match kernel {
+            BackwardKernel::Simt => BackwardKernel::Simt,
+            BackwardKernel::Auto if !T::NEEDS_SM80 => BackwardKernel::Simt,
+            BackwardKernel::TensorCore | BackwardKernel::Hopper if !T::NEEDS_SM80 => {
+                return Err(invalid!(
+                    "BackwardKernel::{kernel:?} was requested for {}; expected f16 or bf16 (f32 \
+                     runs BackwardKernel::Simt or Auto)",
+                    T::NAME
+                ))
+            }
+            other => other,
+        };
+        if family == BackwardKernel::Hopper {
+            if let Some(why) = hopper_unavailable::<T>(stream, "backward_sm90")? {
+                return Err(Error::UnsupportedDevice(format!(
+                    "BackwardKernel::Hopper: {why}"
+                )));
+            }
+        }
+        let hopper_possible = match family {
+            BackwardKernel::Auto => hopper_unavailable::<T>(stream, "backward_sm90")?.is_none(),
+            BackwardKernel::Hopper => true,
+            _ => false,
+        };
+        Ok(Chooser {
+            stream,
+            family,
+            hopper_possible,
+            shape,
+            dtype: T::NAME,
+        })
+    }
+
+    /// The mma.sync or SIMT kernel's tile for a product with `rows` x `cols` outputs.
+    fn classic(&self, rows: usize, cols: usize) -> Result<Config> {
+        if self.family == BackwardKernel::Simt {
+            return Ok(SIMT);
+        }
+        require_compute_capability(
+            self.stream,
+            (8, 0),
+            &format!(
+                "the {} backward kernels (mma.sync tensor cores)",
+                self.dtype
+            ),
+        )?;
+        Ok(Config::tensor_core_for(rows, cols, sm_count(self.stream)?))
+    }
+
+    /// The kernel for a product with `rows` x k outputs whose operands besides dY (at `dy_ptr`)
+    /// and Y (at `y_ptr`, when read) are `operand` = (what, pointer, rows, cols).
+    fn choose(
+        &self,
+        product: &str,
+        rows: usize,
+        operand: (&str, u64, usize, usize),
+        dy_ptr: u64,
+        y_ptr: Option<u64>,
+    ) -> Result<Path> {
+        let LinearShape { m, n, k } = self.shape;
+        // An empty dY (an empty reduction for one of the products) leaves nothing to multiply:
+        // the classic kernels' empty reductions zero-fill the gradients (or leave them, when
+        // accumulating), whatever the kernel family asked for.
+        if !self.hopper_possible || m == 0 || n == 0 {
+            return Ok(Path::Classic(self.classic(rows, k)?));
+        }
+        let (what, ptr, op_rows, op_cols) = operand;
+        let fits = tensor_map::operand_fits(dy_ptr, m, n)
+            && y_ptr.is_none_or(|y| tensor_map::operand_fits(y, m, n))
+            && tensor_map::operand_fits(ptr, op_rows, op_cols)
+            && WG128X128.tiles(rows, k) <= i32::MAX as u64;
+        let chosen = Config::hopper_for(rows, k, sm_count(self.stream)?);
+        if self.family == BackwardKernel::Hopper {
+            if !fits {
+                return Err(invalid!(
+                    "BackwardKernel::Hopper reads dY, Y and {what} by TMA for {product}: they must \
+                     start 16-byte aligned (dY at {dy_ptr:#x}, Y at {:#x}, {what} at {ptr:#x}), \
+                     n = {n} and k = {k} must be positive multiples of 8",
+                    y_ptr.unwrap_or(0)
+                ));
+            }
+            return Ok(Path::Hopper(chosen.unwrap_or(WG128X128)));
+        }
+        match chosen.filter(|_| fits) {
+            Some(config) => Ok(Path::Hopper(config)),
+            None => Ok(Path::Classic(self.classic(rows, k)?)),
+        }
+    }
+}
+
+/// The kernels a backward call runs for each product, by configuration name (`wg128x256`,
+/// `wg128x128`: kernels/backward_sm90.cu; `tc128x128`, `tc64x64`: kernels/backward_tc.cu;
+/// `simt`: kernels/backward_simt.cu).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackwardChoice {
+    /// The dX product's kernel.
+    pub dx: &'static str,
+    /// The dW (and db) product's kernel.
+    pub dw: &'static str,
+}
+
+impl std::fmt::Display for BackwardChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "dX {}, dW {}", self.dx, self.dw)
+    }
+}
+
+/// The kernels [`backward`] would run for a layer of `shape` and `activation` with `kernel`, on
+/// the stream's GPU, for buffers that start 16-byte aligned (as every cudarc allocation does)
+/// and with dX, dW and db requested. Errors as [`backward`] does for a family that cannot run.
+pub fn kernels_for<T: Element>(
+    stream: &Arc<CudaStream>,
+    shape: LinearShape,
+    activation: Activation,
+    kernel: BackwardKernel,
+) -> Result<BackwardChoice> {
+    let chooser = Chooser::new::<T>(stream, kernel, shape)?;
+    let y = (activation == Activation::Relu).then_some(0);
+    let LinearShape { m, n, k } = shape;
+    let dx = chooser.choose("dX", m, ("W", 0, n, k), 0, y)?;
+    let dw = chooser.choose("dW", n, ("X", 0, m, k), 0, y)?;
+    Ok(BackwardChoice {
+        dx: dx.name(),
+        dw: dw.name(),
+    })
+}
+
 /// Which kernel family runs the backward pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackwardKernel {
@@ -312,80 +467,7 @@ pub fn backward<T: Element>(
         ));
     }
     let relu = spec.activation == Activation::Relu;
-    let family = match options.kernel {
-        BackwardKernel::Simt => BackwardKernel::Simt,
-        BackwardKernel::Auto if !T::NEEDS_SM80 => BackwardKernel::Simt,
-        BackwardKernel::TensorCore | BackwardKernel::Hopper if !T::NEEDS_SM80 => {
-            return Err(invalid!(
-                "BackwardKernel::{:?} was requested for {}; expected f16 or bf16 (f32 runs \
-                 BackwardKernel::Simt or Auto)",
-                options.kernel,
-                T::NAME
-            ))
-        }
-        other => other,
-    };
-    if family == BackwardKernel::Hopper {
-        if let Some(why) = hopper_unavailable::<T>(stream, "backward_sm90")? {
-            return Err(Error::UnsupportedDevice(format!(
-                "BackwardKernel::Hopper: {why}"
-            )));
-        }
-    }
-    let hopper_possible = match family {
-        BackwardKernel::Auto => hopper_unavailable::<T>(stream, "backward_sm90")?.is_none(),
-        BackwardKernel::Hopper => true,
-        _ => false,
-    };
-    // The mma.sync or SIMT kernel's tile for a product with `rows` x `cols` outputs.
-    let classic = |rows: usize, cols: usize| -> Result<Config> {
-        if family == BackwardKernel::Simt {
-            return Ok(SIMT);
-        }
-        require_compute_capability(
-            stream,
-            (8, 0),
-            &format!("the {} backward kernels (mma.sync tensor cores)", T::NAME),
-        )?;
-        Ok(Config::tensor_core_for(rows, cols, sm_count(stream)?))
-    };
-    // The Hopper kernel for a product with `rows` x k outputs whose operands (besides dY and Y)
-    // are `operand` = (what, pointer, rows, cols), or the classic kernels.
-    let choose = |product: &str,
-                  rows: usize,
-                  operand: (&str, u64, usize, usize),
-                  dy_ptr: u64,
-                  y_ptr: Option<u64>|
-     -> Result<Path> {
-        // An empty dY (an empty reduction for one of the products) leaves nothing to multiply:
-        // the classic kernels' empty reductions zero-fill the gradients (or leave them, when
-        // accumulating), whatever the kernel family asked for.
-        if !hopper_possible || m == 0 || n == 0 {
-            return Ok(Path::Classic(classic(rows, k)?));
-        }
-        let (what, ptr, op_rows, op_cols) = operand;
-        let fits = tensor_map::operand_fits(dy_ptr, m, n)
-            && y_ptr.is_none_or(|y| tensor_map::operand_fits(y, m, n))
-            && tensor_map::operand_fits(ptr, op_rows, op_cols)
-            && WG128X128.tiles(rows, k) <= i32::MAX as u64;
-        let chosen = Config::hopper_for(rows, k, sm_count(stream)?);
-        if family == BackwardKernel::Hopper {
-            if !fits {
-                return Err(invalid!(
-                    "BackwardKernel::Hopper reads dY, Y and {what} by TMA for {product}: they must \
-                     start 16-byte aligned (dY at {dy_ptr:#x}, Y at {:#x}, {what} at {ptr:#x}), \
-                     n = {n} and k = {k} must be positive multiples of 8",
-                    y_ptr.unwrap_or(0)
-                ));
-            }
-            return Ok(Path::Hopper(chosen.unwrap_or(WG128X128)));
-        }
-        match chosen.filter(|_| fits) {
-            Some(config) => Ok(Path::Hopper(config)),
-            None => Ok(Path::Classic(classic(rows, k)?)),
-        }
-    };
-
+    let chooser = Chooser::new::<T>(stream, options.kernel, spec.shape)?;
     let mut params = MaskParams::new(&spec.dropout, &spec.geometry, n);
     // Identity redraws the whole mask; ReLU redraws it only where the saved Y is NaN.
     let _seed_guards = params.read_seed_from(seed, stream);
@@ -413,7 +495,7 @@ pub fn backward<T: Element>(
 
     if let Some(dx) = dx.as_mut().filter(|_| m > 0) {
         let (w_ptr, _w_guard) = w.device_ptr(stream);
-        let path = choose("dX", m, ("W", w_ptr, n, k), dy_ptr, y_ptr)?;
+        let path = chooser.choose("dX", m, ("W", w_ptr, n, k), dy_ptr, y_ptr)?;
         let (dx_ptr, _dx_guard) = dx.device_ptr_mut(stream);
         match path {
             Path::Hopper(config) => {
@@ -477,10 +559,10 @@ pub fn backward<T: Element>(
         // Without dW the classic kernel runs one column tile per row tile, for db alone.
         let cols = if dw.is_some() { k } else { 1 };
         let path = if dw.is_some() {
-            choose("dW", n, ("X", x_ptr, m, k), dy_ptr, y_ptr)?
+            chooser.choose("dW", n, ("X", x_ptr, m, k), dy_ptr, y_ptr)?
         } else {
             // db alone: the classic kernel with the product switched off.
-            Path::Classic(classic(n, 1)?)
+            Path::Classic(chooser.classic(n, 1)?)
         };
         let (dw_ptr, _dw_guard) = match dw.as_mut() {
             Some(dw) => {

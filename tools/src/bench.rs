@@ -1305,8 +1305,9 @@ struct PassTimes {
     /// The variant rows of the fused pass (forced kernels, the identity activation, graph
     /// replays), in the order measured.
     variants: Vec<VariantTime>,
-    /// The configuration the library chose for the fused forward (its rows' note).
-    chosen: Option<ForwardConfig>,
+    /// The kernels the library chose for the fused pass, as the note of its rows
+    /// (`config wg128x256`, `kernels dX wg128x256, dW tc64x64`).
+    chosen: Option<String>,
 }
 
 /// One measured variant of the fused pass at one p.
@@ -1428,7 +1429,9 @@ fn measure_shape<T: Element>(
             floor,
             per_p,
             variants,
-            chosen: config_for::<T>(&stream, dims).ok(),
+            chosen: config_for::<T>(&stream, dims)
+                .ok()
+                .map(|c| format!("config {}", c.name())),
         };
         emit_pass(
             table,
@@ -1489,7 +1492,14 @@ fn measure_shape<T: Element>(
             floor,
             per_p,
             variants,
-            chosen: None,
+            chosen: backward::kernels_for::<T>(
+                &stream,
+                dims,
+                Activation::Relu,
+                BackwardKernel::Auto,
+            )
+            .ok()
+            .map(|c| format!("kernels {c}")),
         };
         let note = plans.backward_note();
         emit_pass(table, shape, dtype, "backward", &times, progress, &note);
@@ -1605,10 +1615,7 @@ fn emit_pass(
     }
     for &(p, fused, unfused) in &times.per_p {
         if let Some(t) = fused {
-            let note = times
-                .chosen
-                .map(|c| format!("config {}", c.name()))
-                .unwrap_or_default();
+            let note = times.chosen.clone().unwrap_or_default();
             rows.push(make("fused", Some(p), t, unfused, &note));
         }
         if let Some(t) = unfused {
