@@ -6,7 +6,9 @@
 use std::sync::Arc;
 
 use cudarc::driver::CudaStream;
-use fusedrop::cuda::backward::{backward, BackwardKernel, BackwardOptions, GradientsMut};
+use fusedrop::cuda::backward::{
+    self as bw, backward, BackwardKernel, BackwardOptions, GradientsMut,
+};
 use fusedrop::cuda::{self, SeedSource};
 use fusedrop::reference::{self, relative_l2_error, relative_l2_error_nonfinite, Gradients};
 use fusedrop::{Activation, Dropout, Element, Geometry, LayerSpec, LinearShape};
@@ -638,18 +640,26 @@ fn hopper_is_taken_only_where_tma_can_read_the_operands() {
     if !hopper(&stream) {
         return;
     }
-    let spec = LayerSpec::new(
-        LinearShape::new(2048, 2048, 256),
-        Activation::Relu,
-        Dropout::new(0.1, 5, 6),
+    // At least half a wave of 128 x 128 tiles in both products on any Hopper GPU (dX: 256, dW:
+    // 128; an H100 SXM or H200 has 132 multiprocessors); identity, so that no CPU reference
+    // forward is needed for the saved Y.
+    let (m, n, k) = (4096, 2048, 1024);
+    let shape = LinearShape::new(m, n, k);
+    let spec = LayerSpec::new(shape, Activation::Identity, Dropout::new(0.1, 5, 6));
+    let choice =
+        bw::kernels_for::<bf16>(&stream, shape, Activation::Identity, BackwardKernel::Auto)
+            .unwrap();
+    assert!(
+        choice.dx.starts_with("wg") && choice.dw.starts_with("wg"),
+        "Auto took {choice} for {shape:?}"
     );
     let mut rng = StdRng::seed_from_u64(77);
     let inputs = inputs::<bf16>(&spec, false, &mut rng);
     let nan = bf16::from_f64(f64::NAN);
     let initial = Gradients {
-        dx: vec![nan; 2048 * 256],
-        dw: vec![nan; 2048 * 256],
-        db: vec![nan; 2048],
+        dx: vec![nan; m * k],
+        dw: vec![nan; n * k],
+        db: vec![nan; n],
     };
     let auto = run_gpu(&stream, &spec, &inputs, &initial, ALL_OUTPUTS);
     let forced = run_gpu(
