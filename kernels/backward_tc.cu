@@ -31,7 +31,8 @@
 //   dX: tiles = ceil(m / kBlockM) * ceil(k / kBlockN)
 //   dW: tiles = ceil(n / kBlockM) * ceil(k / kBlockN)   (dw != nullptr)
 //       tiles = ceil(n / kBlockM)                         (dw == nullptr: db only)
-// Tile t covers output rows (t / col_tiles) * kBlockM and columns (t % col_tiles) * kBlockN.
+// Tile t is the t-th of the forward's grouped order (gemm/tile_scheduler.cuh, grouped_tile with
+// kGroupRows row tiles per group) over ceil(rows / kBlockM) x col_tiles tiles.
 //
 // Arguments, as kernels/backward_simt.cu: dy [m, n]; y [m, n] (read only when relu = 1);
 // w [n, k] or x [m, k]; dx [m, k], dw [n, k] (nullptr: skip), db [n] (nullptr: skip);
@@ -40,10 +41,14 @@
 // 16-byte aligned and its rows are a multiple of 8 elements, element loads otherwise.
 #include "backward.cuh"
 #include "gemm/threadblock_tc.cuh"
+#include "gemm/tile_scheduler.cuh"
 #include "ptx.cuh"
 
 namespace fusedrop {
 namespace backward {
+
+// Row tiles per group of the tile order (as the forward's).
+constexpr long long kGroupRows = 8;
 
 // One config: BM x BN output tiles of WM x WN warps, 32-wide reduction slices, 3 stages (a stage
 // holds dY's, Y's and B's tiles).
@@ -125,9 +130,14 @@ __device__ __forceinline__ void backward_tc(const T* __restrict__ dy, const T* _
     const int wr0 = warp_id / Tb::kWarpsN * (BM / Tb::kWarpsM);
     const int wc0 = warp_id % Tb::kWarpsN * (BN / Tb::kWarpsN);
 
+    const long long row_tiles = (rows + BM - 1) / BM;
     for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-        const long long r0 = tile / col_tiles * BM;
-        const long long c0 = tile % col_tiles * BN;
+        // The forward's grouped order: blocks resident at one time share a few row tiles of dY
+        // and column tiles of B in L2.
+        const gemm::TileCoordOf<long long> coord =
+            gemm::grouped_tile<kGroupRows, long long>(tile, row_tiles, col_tiles);
+        const long long r0 = coord.tm * BM;
+        const long long c0 = coord.tn * BN;
         const bool do_db = kWeightGrad && db != nullptr && c0 == 0;
         Warp warp;
         warp.clear();

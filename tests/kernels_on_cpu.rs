@@ -1087,6 +1087,16 @@ fn backward_cases() -> Vec<BackwardCase> {
         grid_x: None,
         ..base
     });
+    // Several row and column tiles of both products (4 x 4 of 64 x 64 for dX), walked by 3
+    // blocks in the grouped tile order.
+    cases.push(BackwardCase {
+        shape: LinearShape::new(200, 75, 200),
+        activation: Activation::Relu,
+        p: 0.1,
+        geometry: Geometry::UNSHARDED,
+        grid_x: Some(3),
+        ..base
+    });
     // Keep-rule boundary vectors through the identity backward's redrawn mask (a 13x75 dY holds
     // every vector's index; dY is 1 there so the element weighs in every gradient).
     for b in boundaries() {
