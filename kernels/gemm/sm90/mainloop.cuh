@@ -146,6 +146,35 @@ struct Mainloop {
         load_tile(map_a, map_b, nullptr, s, state, a0, b0, k_blocks);
     }
 
+    // The byte offset of consumer `consumer`'s B columns in B's box(es).
+    __device__ __forceinline__ static uint32_t b_offset_of(int consumer) {
+        return (uint32_t)(consumer / kWgRows) * kWgN * 128u;
+    }
+
+    // After k-block kb's wgmmas were committed: leaves them in flight and waits for the previous
+    // k-block's, whose stage then goes back to the producer (one arrival per warpgroup, by its
+    // leader). `state` moves to the next stage to consume, `release` to the next to release.
+    __device__ __forceinline__ static void retire_previous(float (&acc)[kAccumulators],
+                                                           const Storage& s, State& state,
+                                                           State& release, int kb, bool leader) {
+        ptx::wgmma_wait_group<1>();
+        ptx::fence_registers(acc);
+        if (kb > 0) {
+            if (leader) s.barriers->consumer_release(release);
+            release.advance();
+        }
+        state.advance();
+    }
+
+    // After the tile's last k-block: waits for every wgmma and releases the last stage.
+    __device__ __forceinline__ static void retire_last(float (&acc)[kAccumulators],
+                                                       const Storage& s, const State& release,
+                                                       bool leader) {
+        ptx::wgmma_wait_group<0>();
+        ptx::fence_registers(acc);
+        if (leader) s.barriers->consumer_release(release);
+    }
+
     // Consumer warpgroup `consumer` (all 128 threads): accumulates the tile into acc, reading
     // k_blocks >= 1 stages from the ring and releasing each once its wgmmas retired. (k = 0 is
     // not this kernel's: a branch that zeroes acc instead costs the 128 x 256 tile its spill-free
@@ -162,7 +191,7 @@ struct Mainloop {
                                                     State& state, int k_blocks, int consumer,
                                                     Prepare&& prepare, Between&& between) {
         const uint32_t a_offset = (uint32_t)(consumer % kWgRows) * 64u * 128u;
-        const uint32_t b_offset = (uint32_t)(consumer / kWgRows) * kWgN * 128u;
+        const uint32_t b_offset = b_offset_of(consumer);
         const bool leader = threadIdx.x % kWarpgroupThreads == 0;
         State release = state;
         for (int kb = 0; kb < k_blocks; ++kb) {
@@ -180,19 +209,9 @@ struct Mainloop {
             }
             ptx::wgmma_commit_group();
             between(kb);
-            // Leaves this k-block's group in flight; the previous one has retired, so its stage
-            // can go back to the producer.
-            ptx::wgmma_wait_group<1>();
-            ptx::fence_registers(acc);
-            if (kb > 0) {
-                if (leader) s.barriers->consumer_release(release);
-                release.advance();
-            }
-            state.advance();
+            retire_previous(acc, s, state, release, kb, leader);
         }
-        ptx::wgmma_wait_group<0>();
-        ptx::fence_registers(acc);
-        if (leader) s.barriers->consumer_release(release);
+        retire_last(acc, s, release, leader);
     }
 
     // The warpgroup's A fragments of one k-block, one per k16 step (wgmma_rs's register
@@ -210,7 +229,7 @@ struct Mainloop {
                                                        int k_blocks, int consumer,
                                                        LoadA&& load_a) {
         static_assert(kMajorA == Major::K, "register A fragments are K-major");
-        const uint32_t b_offset = (uint32_t)(consumer / kWgRows) * kWgN * 128u;
+        const uint32_t b_offset = b_offset_of(consumer);
         const bool leader = threadIdx.x % kWarpgroupThreads == 0;
         State release = state;
         FragmentsA even, odd;
@@ -230,16 +249,9 @@ struct Mainloop {
                 ptx::wgmma_rs<T, kWgN, TileB::kTranspose>(acc, a[ks], desc_b, kb > 0 || ks > 0);
             }
             ptx::wgmma_commit_group();
-            // Leaves this k-block's group in flight (its fragment set stays untouched until the
-            // next k-block's wait); the previous one has retired, so its stage and its fragment
-            // set are free again.
-            ptx::wgmma_wait_group<1>();
-            ptx::fence_registers(acc);
-            if (kb > 0) {
-                if (leader) s.barriers->consumer_release(release);
-                release.advance();
-            }
-            state.advance();
+            // This k-block's fragment set stays untouched until the next k-block's wait retires
+            // its wgmmas; the previous set is free again after this one.
+            retire_previous(acc, s, state, release, kb, leader);
         };
         // Whole pairs, then an odd k-block out: no path through the code refills a fragment set
         // whose wgmmas may still be in flight (ptxas would otherwise serialize every wgmma).
@@ -249,9 +261,7 @@ struct Mainloop {
             k_block(kb + 1, odd);
         }
         if (kb < k_blocks) k_block(kb, even);
-        ptx::wgmma_wait_group<0>();
-        ptx::fence_registers(acc);
-        if (leader) s.barriers->consumer_release(release);
+        retire_last(acc, s, release, leader);
     }
 
     template <class Between>
