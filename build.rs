@@ -114,13 +114,14 @@ fn write_launch_header(out_dir: &Path) -> PathBuf {
          #pragma once\n\n\
          namespace fusedrop {\n\
          namespace launch {\n\n\
-         struct Numbers {\n    int block_m;\n    int block_n;\n    int threads;\n    int smem_bytes;\n};\n\n",
+         struct Numbers {\n    int block_m;\n    int block_n;\n    int threads;\n    int smem_bytes;\n    \
+         int cluster;\n};\n\n",
     );
     for c in launch_table::ALL {
         writeln!(
             h,
-            "constexpr Numbers {} = {{{}, {}, {}, {}}};",
-            c.name, c.block_m, c.block_n, c.threads, c.smem_bytes
+            "constexpr Numbers {} = {{{}, {}, {}, {}, {}}};",
+            c.name, c.block_m, c.block_n, c.threads, c.smem_bytes, c.cluster
         )
         .unwrap();
     }
@@ -132,6 +133,10 @@ fn write_launch_header(out_dir: &Path) -> PathBuf {
          constexpr bool matches(const Numbers& n) {{\n    \
          return C::kBlockM == n.block_m && C::kBlockN == n.block_n && C::kThreads == n.threads &&\n           \
          C::kSmemBytes == n.smem_bytes;\n}}\n\n\
+         // The same, and the cluster size of a split-K config struct (kSplits).\n\
+         template <class C>\n\
+         constexpr bool matches_clustered(const Numbers& n) {{\n    \
+         return matches<C>(n) && C::kSplits == n.cluster;\n}}\n\n\
          }}  // namespace launch\n\
          }}  // namespace fusedrop",
         launch_table::BACKWARD_MAX_BLOCKS

@@ -206,7 +206,7 @@ __device__ __forceinline__ void backward_sm90(const CUtensorMap* map_dy, const C
                 const gemm::TileCoordOf<int> tile = scheduler.tile(t);
                 Mainloop::load_tile(map_dy, map_b, relu ? map_y : nullptr, storage, state,
                                     tile.tm * Mainloop::kBlockM, tile.tn * Mainloop::kBlockN,
-                                    k_blocks);
+                                    0, k_blocks);
             }
         }
         return;

@@ -19,10 +19,13 @@
 //
 // Entry points: fusedrop_forward_<config>_<f16|bf16>, config in wg128x256, wg128x128,
 // wg64x128 (struct names below); block = 384 threads, dynamic shared memory = kSmemBytes.
+#include <type_traits>
+
 #include "element.cuh"
 #include "gemm/epilogue.cuh"
 #include "gemm/sm90/epilogue.cuh"
 #include "gemm/sm90/mainloop.cuh"
+#include "gemm/sm90/split_k.cuh"
 #include "gemm/tile_scheduler.cuh"
 #include "mask.cuh"
 #include "ptx.cuh"
@@ -35,20 +38,50 @@ constexpr int kConsumerRegisters = 232;
 // Row tiles per group of the tile order (L2 reuse of W across consecutive tiles).
 constexpr int kGroupRows = 8;
 
-template <typename T, class Mainloop>
+// The split area of a kernel without split-K: none.
+struct NoSplit {
+    static constexpr int kSplits = 1;
+    static constexpr uint32_t kBytes = 0;
+};
+
+// The offset of the split-K area in the dynamic shared memory: after the main loop's.
+template <class Mainloop>
+constexpr uint32_t kSplitOffset = ((uint32_t)Mainloop::kSmemBytes + 15u) & ~15u;
+
+// Split is NoSplit, or gemm::sm90::ClusterSplitK (the kernel then runs in clusters of
+// Split::kSplits blocks, each accumulating its share of k; see gemm/sm90/split_k.cuh).
+template <typename T, class Mainloop, class Split>
 __device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUtensorMap* map_w,
                                              const T* __restrict__ b, T* __restrict__ y,
                                              long long m, long long n, long long k, int relu,
                                              MaskParams mp) {
+    constexpr bool kSplitK = Split::kSplits > 1;
     FUSEDROP_DYNAMIC_SMEM(unsigned char, smem);
     const typename Mainloop::Storage storage = Mainloop::storage(smem);
     const int warpgroup = (int)(threadIdx.x / gemm::sm90::kWarpgroupThreads);
-    if (threadIdx.x == 0) storage.barriers->init(gemm::sm90::kConsumerWarpgroups);
-    __syncthreads();
+    if constexpr (kSplitK) {
+        const typename Split::Storage split = Split::storage(smem + kSplitOffset<Mainloop>);
+        if (threadIdx.x == 0) {
+            Split::init(split);
+            storage.barriers->init(gemm::sm90::kConsumerWarpgroups);
+        }
+        // Every block's barriers initialised before any block arrives on another's.
+        ptx::cluster_sync();
+    } else {
+        if (threadIdx.x == 0) storage.barriers->init(gemm::sm90::kConsumerWarpgroups);
+        __syncthreads();
+    }
 
-    const gemm::PersistentTileScheduler<kGroupRows> scheduler(m, n, Mainloop::kBlockM,
-                                                              Mainloop::kBlockN);
-    const int k_blocks = (int)((k + Mainloop::kBlockK - 1) / Mainloop::kBlockK);
+    const gemm::PersistentTileScheduler<kGroupRows, Split::kSplits> scheduler(
+        m, n, Mainloop::kBlockM, Mainloop::kBlockN);
+    // This block's k-blocks of every tile: all of them, or its rank's share.
+    int k_first = 0;
+    int k_blocks = (int)((k + Mainloop::kBlockK - 1) / Mainloop::kBlockK);
+    int rank = 0;
+    if constexpr (kSplitK) {
+        rank = Split::rank();
+        Split::k_range(k_blocks, rank, k_first, k_blocks);
+    }
     typename Mainloop::State state;
 
     if (warpgroup == 0) {
@@ -59,7 +92,7 @@ __device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUt
             for (int t = scheduler.first(); t < scheduler.tiles(); t = scheduler.next(t)) {
                 const gemm::TileCoordOf<int> tile = scheduler.tile(t);
                 Mainloop::load_tile(map_x, map_w, storage, state, tile.tm * Mainloop::kBlockM,
-                                    tile.tn * Mainloop::kBlockN, k_blocks);
+                                    tile.tn * Mainloop::kBlockN, k_first, k_blocks);
             }
         }
         return;
@@ -74,14 +107,16 @@ __device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUt
     const MaskParams resolved = resolve_seed(mp);
     record_seed(resolved, blockIdx.x == 0 && threadIdx.x == gemm::sm90::kWarpgroupThreads);
     const gemm::sm90::MaskKey key = gemm::sm90::MaskKey::from(resolved);
-    const bool dropout = dropout_enabled(mp) && mp.threshold <= 0xffffffffull;
+    // Only the block that runs the epilogue (rank 0 of a split-K cluster) draws the mask.
+    const bool dropout = dropout_enabled(mp) && mp.threshold <= 0xffffffffull && rank == 0;
     const int t = (int)(threadIdx.x % gemm::sm90::kWarpgroupThreads);
     const int wg_row = (consumer % Mainloop::kWgRows) * 64;
     const int wg_col = (consumer / Mainloop::kWgRows) * Mainloop::kWgN;
     float acc[Mainloop::kAccumulators];
     gemm::sm90::FragmentMask<Mainloop::kWgN> mask;
+    int done = 0;  // tiles this block has finished
     for (int linear = scheduler.first(); linear < scheduler.tiles();
-         linear = scheduler.next(linear)) {
+         linear = scheduler.next(linear), ++done) {
         if (dropout) {
             const gemm::TileCoordOf<int> tile = scheduler.tile(linear);
             mask.reset(mp,
@@ -91,6 +126,14 @@ __device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUt
         Mainloop::mma_tile(acc, storage, state, k_blocks, consumer, [&](int) {
             if (dropout) mask.draw_next(key);
         });
+        if constexpr (kSplitK) {
+            const typename Split::Storage split = Split::storage(smem + kSplitOffset<Mainloop>);
+            if (rank != 0) {
+                Split::give(split, acc, consumer, done);
+                continue;
+            }
+            Split::gather(split, acc, consumer, done);
+        }
         if (dropout) mask.draw_rest(key);
         const gemm::TileCoordOf<int> tile = scheduler.tile(linear);
         const gemm::EpilogueArgs<T> epi = gemm::make_epilogue_args(b, y, m, n, relu, mp);
@@ -98,18 +141,30 @@ __device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUt
                                                      (long long)tile.tm * Mainloop::kBlockM + wg_row,
                                                      (long long)tile.tn * Mainloop::kBlockN + wg_col);
     }
+    if constexpr (kSplitK) {
+        if (rank != 0)
+            Split::last_release(Split::storage(smem + kSplitOffset<Mainloop>), consumer, done);
+    }
 }
 
-// Tile BM x BN, pipeline depth STAGES (as deep as 227 KiB of shared memory allows).
-template <int BM, int BN, int STAGES>
+// Tile BM x BN, pipeline depth STAGES (as deep as 227 KiB of shared memory allows), SPLITS
+// blocks per tile (split-K clusters) or 1.
+template <int BM, int BN, int STAGES, int SPLITS = 1>
 struct WgConfig {
     template <typename T>
     using Mainloop = gemm::sm90::Mainloop<T, BM, BN, STAGES>;
+    using Split = std::conditional_t<
+        SPLITS == 1, NoSplit,
+        gemm::sm90::ClusterSplitK<gemm::sm90::Mainloop<__half, BM, BN, STAGES>::kAccumulators,
+                                  SPLITS>>;
     static constexpr int kBlockM = BM;
     static constexpr int kBlockN = BN;
     static constexpr int kStages = STAGES;
+    static constexpr int kSplits = SPLITS;
     static constexpr int kThreads = gemm::sm90::kThreads;
-    static constexpr int kSmemBytes = Mainloop<__half>::kSmemBytes;
+    static constexpr int kSmemBytes =
+        SPLITS == 1 ? Mainloop<__half>::kSmemBytes
+                    : (int)(kSplitOffset<Mainloop<__half>> + Split::kBytes);
     static_assert(kSmemBytes <= 227 * 1024, "a Hopper block has at most 227 KiB of shared memory");
 };
 
@@ -120,27 +175,47 @@ struct Wg128x128 : WgConfig<128, 128, 6> {};
 // Few rows (inference batches): one 64-row tile, the two warpgroups side by side (64 x 64
 // each), 8 stages of 24 KiB.
 struct Wg64x128 : WgConfig<64, 128, 8> {};
+// Split-K (gemm/sm90/split_k.cuh) for outputs with fewer tiles than multiprocessors: clusters of
+// 2 or 4 blocks per tile, the fragments summed in distributed shared memory (32 KiB of partials
+// for 64 x 128 tiles, 64 KiB for 128 x 128, which leaves 5 stages).
+struct Wg64x128Split2 : WgConfig<64, 128, 8, 2> {};
+struct Wg64x128Split4 : WgConfig<64, 128, 8, 4> {};
+struct Wg128x128Split2 : WgConfig<128, 128, 5, 2> {};
+struct Wg128x128Split4 : WgConfig<128, 128, 5, 4> {};
 
 }  // namespace forward
 }  // namespace fusedrop
 
-#define FUSEDROP_FORWARD_SM90(CONFIG, NAME, SUFFIX, T)                                          \
+// CLUSTER: nothing, or the split-K kernels' __cluster_dims__: with the cluster shape part of the
+// kernel, a plain launch with gridDim.x a multiple of kSplits runs it in clusters.
+#define FUSEDROP_FORWARD_SM90(CONFIG, NAME, SUFFIX, T, CLUSTER)                                 \
     extern "C" __global__ void __launch_bounds__(fusedrop::forward::CONFIG::kThreads, 1)        \
-        fusedrop_forward_##NAME##_##SUFFIX(                                                     \
+        CLUSTER fusedrop_forward_##NAME##_##SUFFIX(                                                     \
             const __grid_constant__ CUtensorMap map_x, const __grid_constant__ CUtensorMap map_w, \
             const T* __restrict__ b, T* __restrict__ y, long long m, long long n, long long k,   \
             int relu, fusedrop::MaskParams mp) {                                                \
-        fusedrop::forward::forward_sm90<T, fusedrop::forward::CONFIG::Mainloop<T>>(             \
+        fusedrop::forward::forward_sm90<T, fusedrop::forward::CONFIG::Mainloop<T>,             \
+                                        fusedrop::forward::CONFIG::Split>(                     \
             &map_x, &map_w, b, y, m, n, k, relu, mp);                                           \
     }
 
-#define FUSEDROP_FORWARD_SM90_TYPES(CONFIG, NAME)     \
-    FUSEDROP_FORWARD_SM90(CONFIG, NAME, f16, __half)  \
-    FUSEDROP_FORWARD_SM90(CONFIG, NAME, bf16, __nv_bfloat16)
+#define FUSEDROP_FORWARD_SM90_TYPES(CONFIG, NAME)        \
+    FUSEDROP_FORWARD_SM90(CONFIG, NAME, f16, __half, )   \
+    FUSEDROP_FORWARD_SM90(CONFIG, NAME, bf16, __nv_bfloat16, )
+
+#define FUSEDROP_FORWARD_SM90_SPLIT_TYPES(CONFIG, NAME)                                   \
+    FUSEDROP_FORWARD_SM90(CONFIG, NAME, f16, __half,                                      \
+                          __cluster_dims__(fusedrop::forward::CONFIG::kSplits, 1, 1))    \
+    FUSEDROP_FORWARD_SM90(CONFIG, NAME, bf16, __nv_bfloat16,                              \
+                          __cluster_dims__(fusedrop::forward::CONFIG::kSplits, 1, 1))
 
 FUSEDROP_FORWARD_SM90_TYPES(Wg128x256, wg128x256)
 FUSEDROP_FORWARD_SM90_TYPES(Wg128x128, wg128x128)
 FUSEDROP_FORWARD_SM90_TYPES(Wg64x128, wg64x128)
+FUSEDROP_FORWARD_SM90_SPLIT_TYPES(Wg64x128Split2, wg64x128s2)
+FUSEDROP_FORWARD_SM90_SPLIT_TYPES(Wg64x128Split4, wg64x128s4)
+FUSEDROP_FORWARD_SM90_SPLIT_TYPES(Wg128x128Split2, wg128x128s2)
+FUSEDROP_FORWARD_SM90_SPLIT_TYPES(Wg128x128Split4, wg128x128s4)
 
 // The launch numbers the Rust side launches with (src/cuda/launch_table.rs, via build.rs).
 #include "fusedrop_launch_table.h"
@@ -150,3 +225,11 @@ static_assert(fusedrop::launch::matches<fusedrop::forward::Wg128x128>(fusedrop::
               "Wg128x128 disagrees with src/cuda/launch_table.rs");
 static_assert(fusedrop::launch::matches<fusedrop::forward::Wg64x128>(fusedrop::launch::forward_wg64x128),
               "Wg64x128 disagrees with src/cuda/launch_table.rs");
+static_assert(fusedrop::launch::matches_clustered<fusedrop::forward::Wg64x128Split2>(fusedrop::launch::forward_wg64x128s2),
+              "Wg64x128Split2 disagrees with src/cuda/launch_table.rs");
+static_assert(fusedrop::launch::matches_clustered<fusedrop::forward::Wg64x128Split4>(fusedrop::launch::forward_wg64x128s4),
+              "Wg64x128Split4 disagrees with src/cuda/launch_table.rs");
+static_assert(fusedrop::launch::matches_clustered<fusedrop::forward::Wg128x128Split2>(fusedrop::launch::forward_wg128x128s2),
+              "Wg128x128Split2 disagrees with src/cuda/launch_table.rs");
+static_assert(fusedrop::launch::matches_clustered<fusedrop::forward::Wg128x128Split4>(fusedrop::launch::forward_wg128x128s4),
+              "Wg128x128Split4 disagrees with src/cuda/launch_table.rs");

@@ -49,13 +49,15 @@
 namespace fusedrop {
 namespace ptx {
 
-// The shared-window address of a generic pointer into shared memory. On the host it is the low
-// 32 bits of the pointer, which keeps its alignment (the only property host code may rely on).
+// The shared-window address of a generic pointer into shared memory. On the host it is the
+// pointer's offset in the running block's shared window (below 2^18) for the dynamic shared
+// memory, and the low 32 bits of the pointer otherwise: either keeps its alignment, the only
+// property host code may rely on.
 FUSEDROP_PTX_DEVICE uint32_t smem_u32(const void* p) {
 #if defined(__CUDA_ARCH__)
     return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 #else
-    return static_cast<uint32_t>(reinterpret_cast<uintptr_t>(p));
+    return ::fusedrop::host::shared_address(p);
 #endif
 }
 
@@ -376,6 +378,103 @@ FUSEDROP_PTX_DEVICE void mbarrier_wait(uint64_t* bar, uint32_t phase_parity) {
         "FUSEDROP_MBARRIER_WAIT:\n"
         "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
         "@!done bra FUSEDROP_MBARRIER_WAIT;\n"
+        "}\n" ::"r"(smem_u32(bar)),
+        "r"(phase_parity)
+        : "memory");
+#elif defined(__CUDA_ARCH__)
+    (void)bar, (void)phase_parity;
+    __trap();
+#elif defined(__CUDACC__)
+    (void)bar, (void)phase_parity;
+#else
+    ::fusedrop::host::mbarrier_wait(bar, phase_parity);
+#endif
+}
+
+// ---- Thread block clusters (kernels declared with __cluster_dims__): the cluster barrier and
+// distributed shared memory (PTX ISA "Distributed Shared Memory", mapa, mbarrier) ----
+
+// barrier.cluster.arrive.release + barrier.cluster.wait.acquire: every thread of every block of
+// the cluster (exited threads count as arrived). Orders the blocks' mbarrier initialisations
+// before any remote arrival, and every remote access before a block exits.
+FUSEDROP_PTX_DEVICE void cluster_sync() {
+#if defined(FUSEDROP_PTX_SM90)
+    asm volatile(
+        "barrier.cluster.arrive.release.aligned;\n"
+        "barrier.cluster.wait.acquire.aligned;\n" ::
+            : "memory");
+#elif defined(__CUDA_ARCH__)
+    __trap();
+#elif !defined(__CUDACC__)
+    ::fusedrop::host::cluster_sync();
+#endif
+}
+
+// mapa.shared::cluster.u32: the shared::cluster address of the object at `local` (this block's
+// shared memory) in the shared memory of block `rank` of the cluster (same offset).
+FUSEDROP_PTX_DEVICE uint32_t cluster_map(const void* local, uint32_t rank) {
+#if defined(FUSEDROP_PTX_SM90)
+    uint32_t remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n"
+                 : "=r"(remote)
+                 : "r"(smem_u32(local)), "r"(rank));
+    return remote;
+#elif defined(__CUDA_ARCH__)
+    (void)local, (void)rank;
+    __trap();
+    return 0;
+#elif defined(__CUDACC__)
+    (void)local, (void)rank;
+    return 0;
+#else
+    return ::fusedrop::host::cluster_map(local, rank);
+#endif
+}
+
+// ld.shared::cluster.v4.f32: four floats (16-byte aligned) at a shared::cluster address.
+FUSEDROP_PTX_DEVICE void cluster_load_f32x4(uint32_t address, float (&out)[4]) {
+#if defined(FUSEDROP_PTX_SM90)
+    asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=f"(out[0]), "=f"(out[1]), "=f"(out[2]), "=f"(out[3])
+                 : "r"(address)
+                 : "memory");
+#elif defined(__CUDA_ARCH__)
+    (void)address, (void)out;
+    __trap();
+#elif defined(__CUDACC__)
+    (void)address, (void)out;
+#else
+    ::fusedrop::host::cluster_load_f32x4(address, out);
+#endif
+}
+
+// mbarrier.arrive.release.cluster.shared::cluster.b64: one arrival on the mbarrier at a
+// shared::cluster address (another block's), releasing this thread's prior writes to the
+// cluster (a waiter that acquires at cluster scope sees them).
+FUSEDROP_PTX_DEVICE void mbarrier_arrive_cluster(uint32_t address) {
+#if defined(FUSEDROP_PTX_SM90)
+    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(address)
+                 : "memory");
+#elif defined(__CUDA_ARCH__)
+    (void)address;
+    __trap();
+#elif defined(__CUDACC__)
+    (void)address;
+#else
+    ::fusedrop::host::mbarrier_arrive_cluster(address);
+#endif
+}
+
+// mbarrier_wait with acquire at cluster scope: for phases completed by other blocks' arrivals
+// (mbarrier_arrive_cluster), whose writes the waiter then sees.
+FUSEDROP_PTX_DEVICE void mbarrier_wait_cluster(uint64_t* bar, uint32_t phase_parity) {
+#if defined(FUSEDROP_PTX_SM90)
+    asm volatile(
+        "{\n"
+        ".reg .pred done;\n"
+        "FUSEDROP_MBARRIER_WAIT_CLUSTER:\n"
+        "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], %1;\n"
+        "@!done bra FUSEDROP_MBARRIER_WAIT_CLUSTER;\n"
         "}\n" ::"r"(smem_u32(bar)),
         "r"(phase_parity)
         : "memory");

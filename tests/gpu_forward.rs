@@ -533,9 +533,12 @@ fn hopper_configs_match_reference() {
                 (257, 129, 136),
                 (1000, 1000, 1000),
                 (3000, 2056, 512),
+                (64, 1000, 1288),
             ]
             .iter()
             .enumerate()
+            // A split-K config takes k >= 64 per block of its cluster (an error otherwise).
+            .filter(|(_, &(_, _, k))| k >= config.min_k())
             {
                 for (j, &p) in [0.0f32, 0.1, 0.5, 1.0].iter().enumerate() {
                     check::<T>(
@@ -616,4 +619,35 @@ fn hopper_is_chosen_only_where_tma_can_read_the_operands() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("16-byte aligned"), "{err}");
+}
+
+/// An inference batch on Hopper takes split-K (clusters summing partial products in distributed
+/// shared memory), matches the reference, and gives the same bits on every run: the partial
+/// sums are added in a fixed order.
+#[test]
+fn hopper_split_k_is_chosen_for_few_tiles_and_deterministic() {
+    let Some(stream) = gpu() else { return };
+    if !hopper(&stream) {
+        return;
+    }
+    fn each<T: Element>(stream: &Arc<CudaStream>) {
+        let case = Case {
+            p: 0.1,
+            ..Case::new(64, 4096, 4096)
+        };
+        let config = forward::config_for::<T>(stream, case.shape).unwrap();
+        assert!(config.splits() > 1, "{}: {config:?}", T::NAME);
+        check::<T>(stream, case);
+        let mut rng = StdRng::seed_from_u64(5);
+        let host = inputs::<T>(&case, &mut rng);
+        let spec = spec_of(&case, 99, 3);
+        let first = run_gpu(stream, &case, &spec, &host, SeedSource::Host);
+        let bits = |v: &[T]| v.iter().map(|e| e.to_f64().to_bits()).collect::<Vec<_>>();
+        for _ in 0..3 {
+            let again = run_gpu(stream, &case, &spec, &host, SeedSource::Host);
+            assert_eq!(bits(&first), bits(&again), "{}: runs differ", T::NAME);
+        }
+    }
+    each::<f16>(&stream);
+    each::<bf16>(&stream);
 }

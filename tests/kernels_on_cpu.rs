@@ -503,6 +503,8 @@ fn ptx_host_bodies_match_plain_matrix_products() {
         "for every N = 8, 16, .., 256",
         "wgmma.wait_group 1 retires the older group only",
         "producer warp + two consumer warpgroups",
+        "cluster: ld.shared::cluster through mapa",
+        "cluster: remote mbarrier arrivals",
     ] {
         assert!(
             stdout.contains(check),
@@ -537,6 +539,14 @@ fn harness_rejects_misuse_the_gpu_would_not_forgive() {
         ("tma_misaligned_swizzle", &["is not aligned to 1024 bytes"]),
         ("wgmma_base_offset", &["base offset 3"]),
         ("tma_store_not_waited", &["never waited for"]),
+        (
+            "cluster_unmapped_address",
+            &["not a shared::cluster address made by cluster_map"],
+        ),
+        (
+            "cluster_exited_block",
+            &["block rank 1 of the cluster has exited"],
+        ),
     ];
     for &(case, messages) in cases {
         let output = Command::new(&exe)
@@ -1457,6 +1467,45 @@ fn forward_sm90_f16_matches_reference() {
 #[test]
 fn forward_sm90_bf16_matches_reference() {
     check_forward_sm90::<bf16>(0x90BF16);
+}
+
+/// The split-K configs (clusters of 2 or 4 blocks per tile, gemm/sm90/split_k.cuh).
+const FORWARD_SM90_SPLIT_CONFIGS: [&str; 4] =
+    ["wg64x128s2", "wg64x128s4", "wg128x128s2", "wg128x128s4"];
+
+/// The Hopper cases with k raised to at least 5 k-blocks (the wrapper gives every block of a
+/// cluster at least one; 5 splits unevenly over 2 and 4 blocks), each on its count of clusters:
+/// with fewer clusters than tiles the partial areas and their barriers turn over several times.
+fn hopper_split_cases(rng: &mut StdRng) -> Vec<(ForwardCase, Option<u32>)> {
+    hopper_forward_cases(rng)
+        .into_iter()
+        .map(|(case, blocks)| {
+            let k = case.shape.k.max(5 * 64 - 24);
+            let shape = LinearShape::new(case.shape.m, case.shape.n, k);
+            (ForwardCase { shape, ..case }, blocks)
+        })
+        .collect()
+}
+
+fn check_forward_sm90_split<T: Raw>(seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let cases = hopper_split_cases(&mut rng);
+    check_forward_cases::<T>(
+        "forward_sm90",
+        &FORWARD_SM90_SPLIT_CONFIGS,
+        &cases,
+        &mut rng,
+    );
+}
+
+#[test]
+fn forward_sm90_split_f16_matches_reference() {
+    check_forward_sm90_split::<f16>(0x5F16);
+}
+
+#[test]
+fn forward_sm90_split_bf16_matches_reference() {
+    check_forward_sm90_split::<bf16>(0x5BF16);
 }
 
 // ---------------------------------------------------------------------------------------------

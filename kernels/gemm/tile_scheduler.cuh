@@ -71,7 +71,10 @@ struct TileScheduler {
 // one per multiprocessor; block b computes the tiles b, b + blocks, b + 2 blocks, ... of the
 // grouped order. Producer and consumers of a block walk the same sequence. The tile count must
 // fit an int (src/cuda/forward.rs checks it before launching).
-template <int kGroupM>
+// With kBlocksPerTile > 1 (split-K clusters of that many consecutive blocks), the unit is the
+// cluster: cluster c = blockIdx.x / kBlocksPerTile walks the tiles c, c + clusters, ... and every
+// block of it takes part in each of its tiles; gridDim.x is then a multiple of kBlocksPerTile.
+template <int kGroupM, int kBlocksPerTile = 1>
 struct PersistentTileScheduler {
     int m_tiles;
     int n_tiles;
@@ -81,8 +84,10 @@ struct PersistentTileScheduler {
         : m_tiles((int)((m + block_m - 1) / block_m)), n_tiles((int)((n + block_n - 1) / block_n)) {}
 
     __device__ __forceinline__ int tiles() const { return m_tiles * n_tiles; }
-    __device__ __forceinline__ int first() const { return (int)blockIdx.x; }
-    __device__ __forceinline__ int next(int linear) const { return linear + (int)gridDim.x; }
+    __device__ __forceinline__ int first() const { return (int)blockIdx.x / kBlocksPerTile; }
+    __device__ __forceinline__ int next(int linear) const {
+        return linear + (int)gridDim.x / kBlocksPerTile;
+    }
     __device__ __forceinline__ TileCoordOf<int> tile(int linear) const {
         return grouped_tile<kGroupM, int>(linear, m_tiles, n_tiles);
     }

@@ -5,7 +5,8 @@
 //
 // Execution model:
 // - One fiber (ucontext) per CUDA thread; the threads of a block run on one OS thread under a
-//   deterministic scheduler, and blocks run one after another. The scheduler always resumes the
+//   deterministic scheduler, and blocks run one after another (the blocks of a thread block
+//   cluster together, each with its own shared memory). The scheduler always resumes the
 //   highest-priority runnable thread, priorities being a random permutation of warps (and of lanes
 //   within a warp) drawn from the launch's schedule seed: one warp runs as far ahead as it can
 //   before the others start, so a missing barrier shows up as stale or poisoned data.
@@ -79,10 +80,14 @@
 #undef __shared__
 #undef __launch_bounds__
 #undef __grid_constant__
+#undef __cluster_dims__
 #define __global__
 #define __device__
 #define __host__
 #define __launch_bounds__(...)
+// The cluster shape is the launch's here (LaunchConfig::cluster), as the driver takes it from the
+// kernel's attribute on the GPU.
+#define __cluster_dims__(...)
 // Kernel parameters are per-thread copies here, so a const parameter is already grid-constant.
 #define __grid_constant__
 // Static shared memory: a function-scope static, one per kernel instantiation. Blocks run one
@@ -137,7 +142,7 @@ enum class Shfl { Idx, Xor, Down };
 // ---------------------------------------------------------------------------------------------
 // Runtime state.
 
-enum class State { Runnable, AtBarrier, AtWarp, AtWarpGroup, AtMbarrier, Done };
+enum class State { Runnable, AtBarrier, AtClusterBarrier, AtWarp, AtWarpGroup, AtMbarrier, Done };
 
 enum class Op { None, Mma, Ldmatrix, Shfl, SyncWarp };
 
@@ -174,7 +179,9 @@ struct Fiber {
     void* fake_stack = nullptr;
     State state = State::Done;
     uint3 tid{};
-    int linear = 0, warp = 0, lane = 0;
+    // linear: the thread's index in its block; index: in the cluster's fibers; cta: its block's
+    // rank in the cluster; warp, warpgroup: indices into the cluster's warps and warpgroups.
+    int linear = 0, index = 0, cta = 0, warp = 0, warpgroup = 0, lane = 0;
     const char* site_file = nullptr;
     int site_line = 0;
     std::vector<PendingCopy> uncommitted;
@@ -263,14 +270,25 @@ struct TmaDelivery {
     int thread;
 };
 
-struct Runtime {
-    std::vector<Fiber> fibers;
-    std::vector<Warp> warps;
-    std::vector<int> order;  // fiber indices, highest priority first
+// One block of the cluster being run: its shared memory and its __syncthreads state.
+struct Cta {
+    uint3 block{};
+    unsigned char* smem_window = nullptr;  // address 0 of the block's shared window
+    unsigned char* dyn_smem = nullptr;
     int live = 0;
     int at_barrier = 0;
     const char* barrier_file = nullptr;
     int barrier_line = 0;
+    bool exited = false;  // every thread returned: the shared memory is gone
+};
+
+struct Runtime {
+    std::vector<Fiber> fibers;  // every thread of every block of the cluster
+    std::vector<Warp> warps;
+    std::vector<int> order;  // fiber indices, highest priority first
+    std::vector<Cta> ctas;   // the blocks of the cluster, by rank
+    int cta = 0;             // the rank of the block whose thread runs (or ran last)
+    int at_cluster_barrier = 0;
     ucontext_t scheduler;
     void* scheduler_fake_stack = nullptr;
     const void* scheduler_stack_bottom = nullptr;
@@ -279,8 +297,6 @@ struct Runtime {
     std::vector<WarpGroup> warpgroups;
     std::unordered_map<const uint64_t*, Mbarrier> mbarriers;
     std::deque<TmaDelivery> tma_in_flight;
-    unsigned char* smem_window = nullptr;  // address 0 of the block's shared window
-    unsigned char* dyn_smem = nullptr;
     size_t dyn_bytes = 0;
     std::function<void()> body;
     const char* kernel_name = "";
@@ -329,6 +345,9 @@ inline Runtime*& runtime() {
     _exit(3);
 }
 
+// The block whose thread runs (the scheduler keeps the last one between threads).
+inline Cta& current_cta() { return runtime()->ctas[runtime()->cta]; }
+
 inline Fiber& current_fiber() {
     Runtime* rt = runtime();
     if (rt == nullptr || rt->current == nullptr)
@@ -352,14 +371,32 @@ inline void yield_to_scheduler(bool dying = false) {
     (void)dying;
 }
 
-inline void release_barrier_if_complete() {
+// Releases block `rank`'s __syncthreads once every live thread of the block is there.
+inline void release_barrier_if_complete(int rank) {
     Runtime* rt = runtime();
-    if (rt->at_barrier == 0 || rt->at_barrier < rt->live) return;
+    Cta& c = rt->ctas[rank];
+    if (c.at_barrier == 0 || c.at_barrier < c.live) return;
     for (Fiber& f : rt->fibers)
-        if (f.state == State::AtBarrier) f.state = State::Runnable;
-    rt->at_barrier = 0;
-    rt->barrier_file = nullptr;
+        if (f.cta == rank && f.state == State::AtBarrier) f.state = State::Runnable;
+    c.at_barrier = 0;
+    c.barrier_file = nullptr;
 }
+
+// Releases the cluster barrier once every live thread of the cluster is there (threads that
+// exited count as arrived, as the PTX ISA defines for barrier.cluster).
+inline void release_cluster_barrier_if_complete() {
+    Runtime* rt = runtime();
+    int live = 0;
+    for (const Cta& c : rt->ctas) live += c.live;
+    if (rt->at_cluster_barrier == 0 || rt->at_cluster_barrier < live) return;
+    for (Fiber& f : rt->fibers)
+        if (f.state == State::AtClusterBarrier) f.state = State::Runnable;
+    rt->at_cluster_barrier = 0;
+}
+
+// A block whose threads all exited: its shared memory is gone (poisoned here), and any later
+// access to it from another block of the cluster is an error (defined with the cluster model).
+inline void retire_cta(int rank);
 
 // Asynchronous work a thread must have waited for before it exits (defined with the Hopper model).
 inline void check_thread_exit(const Fiber& f);
@@ -376,8 +413,11 @@ inline void fiber_entry() {
     f.state = State::Done;
     f.uncommitted.clear();
     f.groups.clear();
-    rt->live -= 1;
-    release_barrier_if_complete();
+    Cta& c = rt->ctas[f.cta];
+    c.live -= 1;
+    release_barrier_if_complete(f.cta);
+    release_cluster_barrier_if_complete();
+    if (c.live == 0) retire_cta(f.cta);
     yield_to_scheduler(true);
     fail("a finished thread was resumed");
 }
@@ -386,21 +426,33 @@ inline void fiber_entry() {
 // __syncthreads and warp collectives.
 
 inline void syncthreads(const char* file, int line) {
-    Runtime* rt = runtime();
     Fiber& f = current_fiber();
-    if (rt->at_barrier == 0) {
-        rt->barrier_file = file;
-        rt->barrier_line = line;
-    } else if (rt->barrier_line != line || strcmp(rt->barrier_file, file) != 0) {
+    Cta& c = current_cta();
+    if (c.at_barrier == 0) {
+        c.barrier_file = file;
+        c.barrier_line = line;
+    } else if (c.barrier_line != line || strcmp(c.barrier_file, file) != 0) {
         fail("divergent __syncthreads: this thread waits at %s:%d while another waits at %s:%d",
-             file, line, rt->barrier_file, rt->barrier_line);
+             file, line, c.barrier_file, c.barrier_line);
     }
     f.state = State::AtBarrier;
     f.site_file = file;
     f.site_line = line;
-    rt->at_barrier += 1;
-    release_barrier_if_complete();
+    c.at_barrier += 1;
+    release_barrier_if_complete(f.cta);
     if (f.state == State::AtBarrier) yield_to_scheduler();
+}
+
+// barrier.cluster.arrive.release + barrier.cluster.wait.acquire: every live thread of every
+// block of the cluster.
+inline void cluster_sync() {
+    Fiber& f = current_fiber();
+    f.state = State::AtClusterBarrier;
+    f.site_file = "barrier.cluster";
+    f.site_line = 0;
+    runtime()->at_cluster_barrier += 1;
+    release_cluster_barrier_if_complete();
+    if (f.state == State::AtClusterBarrier) yield_to_scheduler();
 }
 
 inline const char* op_name(Op op) {
@@ -659,7 +711,7 @@ inline void cp_async_wait(int n) {
     }
 }
 
-inline unsigned char* dynamic_smem() { return runtime()->dyn_smem; }
+inline unsigned char* dynamic_smem() { return current_cta().dyn_smem; }
 
 // ---------------------------------------------------------------------------------------------
 // The Hopper model (sm_90a): shared-window addresses, mbarrier, TMA, wgmma, setmaxnreg.
@@ -673,27 +725,49 @@ inline unsigned char* dynamic_smem() { return runtime()->dyn_smem; }
 constexpr size_t kSmemWindowAlign = size_t(1) << 18;
 constexpr size_t kDynSmemOffset = 128;
 
-inline bool in_dyn_smem(const void* p, size_t bytes) {
+// Whether [p, p + bytes) lies in the dynamic shared memory of block `rank` of the cluster.
+inline bool in_cta_smem(int rank, const void* p, size_t bytes) {
     const Runtime* rt = runtime();
     const unsigned char* c = static_cast<const unsigned char*>(p);
-    return c >= rt->dyn_smem && c + bytes <= rt->dyn_smem + rt->dyn_bytes;
+    const unsigned char* dyn = rt->ctas[rank].dyn_smem;
+    return c >= dyn && c + bytes <= dyn + rt->dyn_bytes;
 }
 
-// The address of `p` in the block's shared window (its offset from address 0 of the window).
+// Whether [p, p + bytes) lies in the running block's dynamic shared memory.
+inline bool in_dyn_smem(const void* p, size_t bytes) {
+    return in_cta_smem(runtime()->cta, p, bytes);
+}
+
+// The address of `p` in the running block's shared window (its offset from address 0 of the
+// window).
 inline uint32_t window_address(const void* p) {
-    return (uint32_t)(static_cast<const unsigned char*>(p) - runtime()->smem_window);
+    return (uint32_t)(static_cast<const unsigned char*>(p) - current_cta().smem_window);
 }
 
-// Where `p` is, for messages: its shared-window address and offset into the dynamic shared
-// memory when it is there.
-inline std::string describe_smem(const void* p) {
-    char text[96];
+// ptx::smem_u32 on the host: the window address of a pointer into the running block's dynamic
+// shared memory (so it never looks like a shared::cluster address, below), else the pointer's
+// low 32 bits.
+inline uint32_t shared_address(const void* p) {
     const Runtime* rt = runtime();
-    if (rt != nullptr && in_dyn_smem(p, 1))
-        snprintf(text, sizeof text, "shared address %u (dynamic smem + %zu)", window_address(p),
-                 (size_t)(static_cast<const unsigned char*>(p) - rt->dyn_smem));
-    else
-        snprintf(text, sizeof text, "%p", p);
+    if (rt != nullptr && rt->current != nullptr && in_dyn_smem(p, 1)) return window_address(p);
+    return static_cast<uint32_t>(reinterpret_cast<uintptr_t>(p));
+}
+
+// Where `p` is, for messages: its shared-window address, offset into the dynamic shared memory
+// and block rank when it is in a block's dynamic shared memory.
+inline std::string describe_smem(const void* p) {
+    char text[120];
+    const Runtime* rt = runtime();
+    const int ranks = rt != nullptr ? (int)rt->ctas.size() : 0;
+    for (int r = 0; r < ranks; ++r)
+        if (in_cta_smem(r, p, 1)) {
+            const unsigned char* c = static_cast<const unsigned char*>(p);
+            snprintf(text, sizeof text, "shared address %u (dynamic smem + %zu%s%d)",
+                     (uint32_t)(c - rt->ctas[r].smem_window),
+                     (size_t)(c - rt->ctas[r].dyn_smem), " of cluster rank ", r);
+            return text;
+        }
+    snprintf(text, sizeof text, "%p", p);
     return text;
 }
 
@@ -813,6 +887,80 @@ inline void mbarrier_wait(uint64_t* bar, uint32_t parity) {
     }
 }
 
+// ---- Thread block clusters: distributed shared memory ----
+//
+// A shared::cluster address (what mapa returns) is modelled as a tag bit, the target block's rank
+// and the offset in its shared window, so that passing a plain shared::cta address (smem_u32) to
+// a cluster operation, or reaching a block that has exited, is reported.
+
+constexpr uint32_t kClusterAddressTag = 1u << 31;
+constexpr int kClusterRankShift = 18;  // the window offset fits 18 bits (kSmemWindowAlign)
+
+inline void retire_cta(int rank) {
+    Runtime* rt = runtime();
+    Cta& c = rt->ctas[rank];
+    for (const TmaDelivery& d : rt->tma_in_flight)
+        if (in_cta_smem(rank, d.bar, 8))
+            fail("block rank %d exits with a TMA load in flight into its shared memory (issued by "
+                 "thread %d; nobody waited for its mbarrier phase)",
+                 rank, d.thread);
+    c.exited = true;
+    memset(c.dyn_smem, 0xFF, rt->dyn_bytes);
+}
+
+// mapa.shared::cluster.u32: the address of `local` (in the running block's dynamic shared memory)
+// in the shared memory of block `rank` of the cluster.
+inline uint32_t cluster_map(const void* local, uint32_t rank) {
+    Runtime* rt = runtime();
+    current_fiber();
+    if (!in_dyn_smem(local, 1))
+        fail("mapa: %p is not in the block's dynamic shared memory", local);
+    if (rank >= rt->ctas.size())
+        fail("mapa: rank %u, but the cluster has %zu block(s)", rank, rt->ctas.size());
+    return kClusterAddressTag | (rank << kClusterRankShift) | window_address(local);
+}
+
+// The host pointer of `bytes` bytes at shared::cluster address `address`, after the checks the
+// GPU would fault on (or leave undefined).
+inline unsigned char* cluster_pointer(uint32_t address, size_t bytes, const char* op) {
+    Runtime* rt = runtime();
+    current_fiber();
+    if ((address & kClusterAddressTag) == 0)
+        fail("%s: address %#x is not a shared::cluster address made by cluster_map (mapa)", op,
+             address);
+    const uint32_t rank = (address & ~kClusterAddressTag) >> kClusterRankShift;
+    const uint32_t offset = address & ((1u << kClusterRankShift) - 1);
+    if (rank >= rt->ctas.size())
+        fail("%s: block rank %u, but the cluster has %zu block(s)", op, rank, rt->ctas.size());
+    const Cta& c = rt->ctas[rank];
+    if (c.exited)
+        fail("%s: block rank %u of the cluster has exited, and its shared memory with it (a block "
+             "must not exit while another block of its cluster may still access its shared "
+             "memory)",
+             op, rank);
+    unsigned char* p = c.smem_window + offset;
+    if (!in_cta_smem((int)rank, p, bytes))
+        fail("%s: %zu bytes at offset %u of block rank %u's shared window are outside its "
+             "dynamic shared memory",
+             op, bytes, offset, rank);
+    if (offset % bytes != 0)
+        fail("%s: offset %u is not aligned to the access size of %zu bytes", op, offset, bytes);
+    return p;
+}
+
+// ld.shared::cluster.v4.f32.
+inline void cluster_load_f32x4(uint32_t address, float (&out)[4]) {
+    memcpy(out, cluster_pointer(address, 16, "ld.shared::cluster.v4.f32"), 16);
+}
+
+// mbarrier.arrive.release.cluster.shared::cluster.b64 on another block's (or this block's)
+// mbarrier.
+inline void mbarrier_arrive_cluster(uint32_t address) {
+    uint64_t* bar = reinterpret_cast<uint64_t*>(
+        cluster_pointer(address, 8, "mbarrier.arrive.shared::cluster"));
+    mbarrier_arrive(bar, -1);
+}
+
 // ---- TMA ----
 
 constexpr uint64_t kTensorMapMagic = 0x66647470746d6170ull;
@@ -895,7 +1043,7 @@ inline std::vector<unsigned char*> tma_box_chunks(const TensorMap2d& t, const vo
     for (uint32_t j = 0; j < t.box1; ++j)
         for (uint32_t q = 0; q < row_bytes / 16; ++q) {
             const uint32_t at = swizzle_address(address + j * row_bytes + 16 * q, t.swizzle_bytes);
-            unsigned char* p = runtime()->smem_window + at;
+            unsigned char* p = current_cta().smem_window + at;
             if (!in_dyn_smem(p, 16))
                 fail("%s: the %u x %u box at %s reaches past the dynamic shared memory (%zu "
                      "bytes)",
@@ -1082,7 +1230,7 @@ inline void wgmma_read_operand(uint64_t desc, bool mn_major, int kind, int rows,
     for (int i = 0; i < rows; ++i)
         for (int k = 0; k < 16; ++k) {
             const uint32_t at = wgmma_operand_address(desc, mn_major, i, k, what);
-            const unsigned char* p = rt->smem_window + at;
+            const unsigned char* p = current_cta().smem_window + at;
             if (!in_dyn_smem(p, 2))
                 fail("wgmma: element (%d, %d) of the %s operand, descriptor 0x%016llx, is at "
                      "shared address %u, outside the dynamic shared memory (window addresses "
@@ -1227,16 +1375,16 @@ inline void wait_wgmma_groups(WarpGroup& g, int n) {
 inline void warpgroup_collective(WgOp op) {
     Runtime* rt = runtime();
     Fiber& f = current_fiber();
-    WarpGroup& g = rt->warpgroups[f.linear / 128];
+    WarpGroup& g = rt->warpgroups[f.warpgroup];
     if (g.size != 128)
         fail("%s in a partial warpgroup of %d threads (a warpgroup is 4 whole warps)",
              wg_op_name(op), g.size);
-    const int first = f.linear / 128 * 128;
+    const int first = f.index - f.linear % 128;
     for (int i = first; i < first + 128; ++i)
         if (rt->fibers[i].state == State::Done)
             fail("%s: thread %d of this warpgroup has exited, so it is missing from the "
                  "warpgroup collective",
-                 wg_op_name(op), i);
+                 wg_op_name(op), rt->fibers[i].linear);
     g.slot[f.linear % 128].op = op;
     f.state = State::AtWarpGroup;
     g.arrived += 1;
@@ -1278,7 +1426,7 @@ inline void warpgroup_collective(WgOp op) {
 
 inline WgSlot& warpgroup_slot() {
     Fiber& f = current_fiber();
-    return runtime()->warpgroups[f.linear / 128].slot[f.linear % 128];
+    return runtime()->warpgroups[f.warpgroup].slot[f.linear % 128];
 }
 
 inline void wgmma_fence() { warpgroup_collective(WgOp::Fence); }
@@ -1324,9 +1472,9 @@ inline void check_thread_exit(const Fiber& f) {
     if (!f.bulk_uncommitted.empty() || !f.bulk_groups.empty())
         fail("thread exits with TMA stores whose shared-memory source it never waited for "
              "(tma_store_commit and tma_store_wait_read<0> before exit)");
-    WarpGroup& g = rt->warpgroups[f.linear / 128];
+    WarpGroup& g = rt->warpgroups[f.warpgroup];
     if (g.arrived > 0) {
-        const int first = f.linear / 128 * 128;
+        const int first = f.index - f.linear % 128;
         WgOp waiting = WgOp::None;
         for (int t = 0; t < 128; ++t)
             if (rt->fibers[first + t].state == State::AtWarpGroup) waiting = g.slot[t].op;
@@ -1349,6 +1497,7 @@ struct LaunchConfig {
     dim3 block;
     size_t smem_bytes = 0;
     uint64_t schedule_seed = 0;
+    unsigned cluster = 1;  // blocks per cluster, along x (the kernel's __cluster_dims__)
 };
 
 inline uint64_t splitmix64(uint64_t& state) {
@@ -1390,7 +1539,9 @@ __attribute__((noinline)) inline void restart(Fiber& f) {
 // swapcontext.
 __attribute__((noinline)) inline void resume(Runtime& rt, Fiber& f) {
     rt.current = &f;
+    rt.cta = f.cta;
     threadIdx = f.tid;
+    blockIdx = rt.ctas[f.cta].block;
 #if FUSEDROP_HOST_ASAN
     __sanitizer_start_switch_fiber(&rt.scheduler_fake_stack, f.stack, f.stack_size);
 #endif
@@ -1401,7 +1552,46 @@ __attribute__((noinline)) inline void resume(Runtime& rt, Fiber& f) {
     rt.current = nullptr;
 }
 
-// Runs `body` (which calls the kernel) as every thread of every block of the grid.
+// Prints where each waiting thread of the cluster waits, then fails with a deadlock.
+[[noreturn]] inline void report_deadlock(Runtime& rt) {
+    int waiting = 0;
+    for (const Fiber& f : rt.fibers) {
+        if (f.state == State::Done) continue;
+        waiting += 1;
+        if (f.state == State::AtBarrier) {
+            fprintf(stderr, "  block rank %d thread %d waits at __syncthreads %s:%d\n", f.cta,
+                    f.linear, f.site_file, f.site_line);
+        } else if (f.state == State::AtClusterBarrier) {
+            fprintf(stderr, "  block rank %d thread %d waits at the cluster barrier\n", f.cta,
+                    f.linear);
+        } else if (f.state == State::AtWarp) {
+            fprintf(stderr, "  block rank %d thread %d (warp %d lane %d) waits in %s\n", f.cta,
+                    f.linear, f.linear / 32, f.lane, op_name(rt.warps[f.warp].slot[f.lane].op));
+        } else if (f.state == State::AtWarpGroup) {
+            const WarpGroup& g = rt.warpgroups[f.warpgroup];
+            fprintf(stderr,
+                    "  block rank %d thread %d (warpgroup %d) waits in %s, %d of 128 threads "
+                    "arrived\n",
+                    f.cta, f.linear, f.linear / 128, wg_op_name(g.slot[f.linear % 128].op),
+                    g.arrived);
+        } else if (f.state == State::AtMbarrier) {
+            const Mbarrier& m = rt.mbarriers.at(f.mbar_wait);
+            fprintf(stderr,
+                    "  block rank %d thread %d waits on the mbarrier at %s for parity %u "
+                    "(phase %u, %u of %u arrivals pending, tx-count %lld)\n",
+                    f.cta, f.linear, describe_smem(f.mbar_wait).c_str(), f.mbar_parity, m.phase,
+                    m.pending, m.expected, (long long)m.tx);
+        }
+    }
+    fail("deadlock: %d threads wait but none can run (a barrier, warp or warpgroup collective "
+         "that not every thread reaches, or an mbarrier phase that never completes)",
+         waiting);
+}
+
+// Runs `body` (which calls the kernel) as every thread of every block of the grid. The blocks of
+// one cluster (cfg.cluster consecutive blocks along x, as __cluster_dims__(cluster, 1, 1) groups
+// them) run together under one scheduler, each with its own shared memory; clusters run one
+// after another.
 inline void run_grid(const char* name, const LaunchConfig& cfg, std::function<void()> body) {
     const dim3 grid = cfg.grid, block = cfg.block;
     const uint64_t threads = (uint64_t)block.x * block.y * block.z;
@@ -1414,36 +1604,55 @@ inline void run_grid(const char* name, const LaunchConfig& cfg, std::function<vo
     if (cfg.smem_bytes > 227u * 1024u)
         fail("launch of %s with %zu bytes of dynamic shared memory (at most 227 KiB)", name,
              cfg.smem_bytes);
+    const unsigned cluster = cfg.cluster;
+    if (cluster < 1 || cluster > 8 || grid.x % cluster != 0)
+        fail("launch of %s with clusters of %u blocks along x and grid.x = %u: a portable "
+             "cluster has 1 .. 8 blocks and grid.x must be a multiple of it",
+             name, cluster, grid.x);
+    if (threads % 128 != 0 && cluster > 1)
+        fail("launch of %s: the harness runs clusters of whole warpgroups only", name);
 
     Runtime rt;
     rt.kernel_name = name;
     rt.body = std::move(body);
     rt.dyn_bytes = cfg.smem_bytes;
-    rt.smem_window = static_cast<unsigned char*>(::operator new(
-        kDynSmemOffset + cfg.smem_bytes, std::align_val_t(kSmemWindowAlign)));
-    rt.dyn_smem = rt.smem_window + kDynSmemOffset;
+    rt.ctas.resize(cluster);
+    for (Cta& c : rt.ctas) {
+        c.smem_window = static_cast<unsigned char*>(::operator new(
+            kDynSmemOffset + cfg.smem_bytes, std::align_val_t(kSmemWindowAlign)));
+        c.dyn_smem = c.smem_window + kDynSmemOffset;
 #if FUSEDROP_HOST_ASAN
-    ASAN_POISON_MEMORY_REGION(rt.smem_window, kDynSmemOffset);
+        ASAN_POISON_MEMORY_REGION(c.smem_window, kDynSmemOffset);
 #endif
-    rt.fibers.resize(threads);
-    const int n_warps = (int)((threads + 31) / 32);
-    rt.warps.resize(n_warps);
-    for (int w = 0; w < n_warps; ++w)
-        rt.warps[w].size = (int)std::min<uint64_t>(32, threads - 32 * (uint64_t)w);
-    const int n_warpgroups = (int)((threads + 127) / 128);
-    rt.warpgroups.resize(n_warpgroups);
-    for (int g = 0; g < n_warpgroups; ++g)
-        rt.warpgroups[g].size = (int)std::min<uint64_t>(128, threads - 128 * (uint64_t)g);
+    }
+    const uint64_t fibers = threads * cluster;
+    rt.fibers.resize(fibers);
+    const int block_warps = (int)((threads + 31) / 32);
+    const int block_warpgroups = (int)((threads + 127) / 128);
+    rt.warps.resize((size_t)block_warps * cluster);
+    rt.warpgroups.resize((size_t)block_warpgroups * cluster);
+    for (unsigned r = 0; r < cluster; ++r) {
+        for (int w = 0; w < block_warps; ++w)
+            rt.warps[r * block_warps + w].size =
+                (int)std::min<uint64_t>(32, threads - 32 * (uint64_t)w);
+        for (int g = 0; g < block_warpgroups; ++g)
+            rt.warpgroups[r * block_warpgroups + g].size =
+                (int)std::min<uint64_t>(128, threads - 128 * (uint64_t)g);
+    }
     const size_t stack_size = fiber_stack_size();
-    for (uint64_t i = 0; i < threads; ++i) {
-        Fiber& f = rt.fibers[i];
+    for (uint64_t index = 0; index < fibers; ++index) {
+        Fiber& f = rt.fibers[index];
+        const uint64_t i = index % threads;
+        f.index = (int)index;
+        f.cta = (int)(index / threads);
         f.linear = (int)i;
-        f.warp = (int)(i / 32);
+        f.warp = f.cta * block_warps + (int)(i / 32);
+        f.warpgroup = f.cta * block_warpgroups + (int)(i / 128);
         f.lane = (int)(i % 32);
         f.tid = uint3{(unsigned)(i % block.x), (unsigned)(i / block.x % block.y),
                       (unsigned)(i / ((uint64_t)block.x * block.y))};
         f.stack_size = stack_size;
-        if (stack_pool().size() <= i) {
+        if (stack_pool().size() <= index) {
             void* stack = mmap(nullptr, stack_size, PROT_READ | PROT_WRITE,
                                MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
             if (stack == MAP_FAILED) fail("could not map a %zu-byte thread stack", stack_size);
@@ -1451,17 +1660,20 @@ inline void run_grid(const char* name, const LaunchConfig& cfg, std::function<vo
             mprotect(stack, 4096, PROT_NONE);
             stack_pool().push_back(stack);
         }
-        f.stack = stack_pool()[i];
+        f.stack = stack_pool()[index];
     }
-    // Priorities: a random order of the warps, and of the lanes within each warp.
+    // Priorities: a random order of the warps of the whole cluster, and of the lanes within each
+    // warp.
     uint64_t rng = cfg.schedule_seed;
+    const int n_warps = (int)rt.warps.size();
     std::vector<int> warp_order(n_warps);
     for (int w = 0; w < n_warps; ++w) warp_order[w] = w;
     for (int w = n_warps - 1; w > 0; --w) std::swap(warp_order[w], warp_order[splitmix64(rng) % (w + 1)]);
     for (int w : warp_order) {
         const int size = rt.warps[w].size;
+        const int first = (w / block_warps) * (int)threads + (w % block_warps) * 32;
         std::vector<int> lanes(size);
-        for (int l = 0; l < size; ++l) lanes[l] = 32 * w + l;
+        for (int l = 0; l < size; ++l) lanes[l] = first + l;
         for (int l = size - 1; l > 0; --l) std::swap(lanes[l], lanes[splitmix64(rng) % (l + 1)]);
         rt.order.insert(rt.order.end(), lanes.begin(), lanes.end());
     }
@@ -1472,12 +1684,19 @@ inline void run_grid(const char* name, const LaunchConfig& cfg, std::function<vo
     blockDim = block;
     for (unsigned bz = 0; bz < grid.z; ++bz)
         for (unsigned by = 0; by < grid.y; ++by)
-            for (unsigned bx = 0; bx < grid.x; ++bx) {
-                blockIdx = uint3{bx, by, bz};
-                memset(rt.dyn_smem, 0xFF, cfg.smem_bytes);
-                rt.live = (int)threads;
-                rt.at_barrier = 0;
-                rt.barrier_file = nullptr;
+            for (unsigned bx = 0; bx < grid.x; bx += cluster) {
+                for (unsigned r = 0; r < cluster; ++r) {
+                    Cta& c = rt.ctas[r];
+                    c.block = uint3{bx + r, by, bz};
+                    memset(c.dyn_smem, 0xFF, cfg.smem_bytes);
+                    c.live = (int)threads;
+                    c.at_barrier = 0;
+                    c.barrier_file = nullptr;
+                    c.exited = false;
+                }
+                rt.cta = 0;
+                blockIdx = rt.ctas[0].block;
+                rt.at_cluster_barrier = 0;
                 for (Warp& w : rt.warps) {
                     w.arrived = 0;
                     for (Slot& s : w.slot) s.op = Op::None;
@@ -1507,48 +1726,23 @@ inline void run_grid(const char* name, const LaunchConfig& cfg, std::function<vo
                     // TMA loads land only when no thread can run, oldest first: the latest
                     // moment the hardware may deliver them.
                     if (rt.tma_in_flight.empty()) break;
-                    if (rt.live == 0)
+                    int live = 0;
+                    for (const Cta& c : rt.ctas) live += c.live;
+                    if (live == 0)
                         fail("the block finished with %zu TMA load(s) in flight (issued by thread "
                              "%d; nobody waited for their mbarrier phase)",
                              rt.tma_in_flight.size(), rt.tma_in_flight.front().thread);
                     deliver_oldest_tma_load();
                 }
-                if (rt.live != 0) {
-                    // Nothing can run but threads remain: report where they wait.
-                    for (const Fiber& f : rt.fibers) {
-                        if (f.state == State::AtBarrier) {
-                            fprintf(stderr, "  thread %d waits at __syncthreads %s:%d\n",
-                                    f.linear, f.site_file, f.site_line);
-                        } else if (f.state == State::AtWarp) {
-                            fprintf(stderr, "  thread %d (warp %d lane %d) waits in %s\n",
-                                    f.linear, f.warp, f.lane,
-                                    op_name(rt.warps[f.warp].slot[f.lane].op));
-                        } else if (f.state == State::AtWarpGroup) {
-                            const WarpGroup& g = rt.warpgroups[f.linear / 128];
-                            fprintf(stderr,
-                                    "  thread %d (warpgroup %d) waits in %s, %d of 128 threads "
-                                    "arrived\n",
-                                    f.linear, f.linear / 128,
-                                    wg_op_name(g.slot[f.linear % 128].op), g.arrived);
-                        } else if (f.state == State::AtMbarrier) {
-                            const Mbarrier& m = rt.mbarriers.at(f.mbar_wait);
-                            fprintf(stderr,
-                                    "  thread %d waits on the mbarrier at %s for parity %u "
-                                    "(phase %u, %u of %u arrivals pending, tx-count %lld)\n",
-                                    f.linear, describe_smem(f.mbar_wait).c_str(), f.mbar_parity,
-                                    m.phase, m.pending, m.expected, (long long)m.tx);
-                        }
-                    }
-                    fail("deadlock: %d threads wait but none can run (a barrier, warp or "
-                         "warpgroup collective that not every thread reaches, or an mbarrier "
-                         "phase that never completes)",
-                         rt.live);
-                }
+                for (const Cta& c : rt.ctas)
+                    if (c.live != 0) report_deadlock(rt);
             }
+    for (Cta& c : rt.ctas) {
 #if FUSEDROP_HOST_ASAN
-    ASAN_UNPOISON_MEMORY_REGION(rt.smem_window, kDynSmemOffset);
+        ASAN_UNPOISON_MEMORY_REGION(c.smem_window, kDynSmemOffset);
 #endif
-    ::operator delete(rt.smem_window, std::align_val_t(kSmemWindowAlign));
+        ::operator delete(c.smem_window, std::align_val_t(kSmemWindowAlign));
+    }
     runtime() = saved;
 }
 

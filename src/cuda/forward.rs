@@ -7,7 +7,8 @@
 //! - f16 and bf16 on compute capability 9.0 (H100, H200), when TMA can read X and W (both
 //!   16-byte aligned, `k` a multiple of 8) and the Hopper module was built (`FUSEDROP_CUDA_ARCHS`
 //!   lists 90): the warp-specialised wgmma/TMA kernel, persistent (one block per
-//!   multiprocessor), [`choose_hopper_config`];
+//!   multiprocessor), with split-K over thread block clusters when the output has too few tiles
+//!   to fill the GPU, [`choose_hopper_config`];
 //! - other f16 and bf16 calls on compute capability 8.0 and newer: the mma.sync kernel,
 //!   [`choose_config`];
 //! - f32 on any GPU: the true-fp32 SIMT kernel, [`choose_config`].
@@ -87,6 +88,17 @@ pub enum ForwardConfig {
     Wg128x128,
     /// Hopper, 64 x 128 tile: two consumer warpgroups of 64 x 64 side by side, 8 stages.
     Wg64x128,
+    /// [`ForwardConfig::Wg64x128`] with split-K over clusters of 2 blocks: each block of a
+    /// cluster accumulates half of k and the halves are summed, in a fixed order, in distributed
+    /// shared memory (kernels/gemm/sm90/split_k.cuh). Needs k >= 2 x 64.
+    Wg64x128S2,
+    /// [`ForwardConfig::Wg64x128`] split over clusters of 4 blocks. Needs k >= 4 x 64.
+    Wg64x128S4,
+    /// [`ForwardConfig::Wg128x128`] split over clusters of 2 blocks (5 stages: the partial
+    /// sums take 64 KiB of shared memory). Needs k >= 2 x 64.
+    Wg128x128S2,
+    /// [`ForwardConfig::Wg128x128`] split over clusters of 4 blocks. Needs k >= 4 x 64.
+    Wg128x128S4,
 }
 
 impl ForwardConfig {
@@ -102,11 +114,31 @@ impl ForwardConfig {
     /// The f32 SIMT configurations, largest tile first.
     pub const SIMT: [ForwardConfig; 2] = [ForwardConfig::Simt128x128, ForwardConfig::Simt64x64];
 
-    /// The Hopper (sm_90a, f16 and bf16) configurations, largest tile first.
-    pub const HOPPER: [ForwardConfig; 3] = [
+    /// The Hopper (sm_90a, f16 and bf16) configurations, largest tile first, then the split-K
+    /// ones.
+    pub const HOPPER: [ForwardConfig; 7] = [
         ForwardConfig::Wg128x256,
         ForwardConfig::Wg128x128,
         ForwardConfig::Wg64x128,
+        ForwardConfig::Wg128x128S4,
+        ForwardConfig::Wg64x128S4,
+        ForwardConfig::Wg128x128S2,
+        ForwardConfig::Wg64x128S2,
+    ];
+
+    /// The Hopper configurations without split-K, largest tile first.
+    const HOPPER_WHOLE_K: [ForwardConfig; 3] = [
+        ForwardConfig::Wg128x256,
+        ForwardConfig::Wg128x128,
+        ForwardConfig::Wg64x128,
+    ];
+
+    /// The split-K configurations, in the heuristic's order of preference among equals.
+    const HOPPER_SPLIT_K: [ForwardConfig; 4] = [
+        ForwardConfig::Wg128x128S4,
+        ForwardConfig::Wg64x128S4,
+        ForwardConfig::Wg128x128S2,
+        ForwardConfig::Wg64x128S2,
     ];
 
     /// The portable configurations compiled for element type `T` (mma.sync for halves, SIMT for
@@ -132,6 +164,10 @@ impl ForwardConfig {
             ForwardConfig::Wg128x256 => "wg128x256",
             ForwardConfig::Wg128x128 => "wg128x128",
             ForwardConfig::Wg64x128 => "wg64x128",
+            ForwardConfig::Wg64x128S2 => "wg64x128s2",
+            ForwardConfig::Wg64x128S4 => "wg64x128s4",
+            ForwardConfig::Wg128x128S2 => "wg128x128s2",
+            ForwardConfig::Wg128x128S4 => "wg128x128s4",
         }
     }
 
@@ -139,8 +175,30 @@ impl ForwardConfig {
     pub const fn is_hopper(self) -> bool {
         matches!(
             self,
-            ForwardConfig::Wg128x256 | ForwardConfig::Wg128x128 | ForwardConfig::Wg64x128
+            ForwardConfig::Wg128x256
+                | ForwardConfig::Wg128x128
+                | ForwardConfig::Wg64x128
+                | ForwardConfig::Wg64x128S2
+                | ForwardConfig::Wg64x128S4
+                | ForwardConfig::Wg128x128S2
+                | ForwardConfig::Wg128x128S4
         )
+    }
+
+    /// Blocks per output tile: the split-K factor (the cluster size of the kernel), 1 for the
+    /// configurations without split-K.
+    pub const fn splits(self) -> u32 {
+        self.launch_numbers().cluster
+    }
+
+    /// The smallest `k` the configuration takes: one 64-deep k-block for every block of a
+    /// split-K cluster, and 1 otherwise.
+    pub const fn min_k(self) -> usize {
+        if self.splits() > 1 {
+            64 * self.splits() as usize
+        } else {
+            1
+        }
     }
 
     /// Whether this configuration is compiled for element type `T`.
@@ -188,7 +246,12 @@ impl ForwardConfig {
     /// (block_m, block_n, threads, dynamic shared memory bytes), from the launch table that the
     /// kernels' config structs are checked against at build time.
     const fn numbers(self) -> (u32, u32, u32, u32) {
-        let n = match self {
+        let n = self.launch_numbers();
+        (n.block_m, n.block_n, n.threads, n.smem_bytes)
+    }
+
+    const fn launch_numbers(self) -> launch_table::LaunchNumbers {
+        match self {
             ForwardConfig::Tc128x256 => launch_table::FORWARD_TC128X256,
             ForwardConfig::Tc128x128 => launch_table::FORWARD_TC128X128,
             ForwardConfig::Tc64x128 => launch_table::FORWARD_TC64X128,
@@ -199,8 +262,11 @@ impl ForwardConfig {
             ForwardConfig::Wg128x256 => launch_table::FORWARD_WG128X256,
             ForwardConfig::Wg128x128 => launch_table::FORWARD_WG128X128,
             ForwardConfig::Wg64x128 => launch_table::FORWARD_WG64X128,
-        };
-        (n.block_m, n.block_n, n.threads, n.smem_bytes)
+            ForwardConfig::Wg64x128S2 => launch_table::FORWARD_WG64X128S2,
+            ForwardConfig::Wg64x128S4 => launch_table::FORWARD_WG64X128S4,
+            ForwardConfig::Wg128x128S2 => launch_table::FORWARD_WG128X128S2,
+            ForwardConfig::Wg128x128S4 => launch_table::FORWARD_WG128X128S4,
+        }
     }
 
     /// Output tiles of `shape` under this configuration.
@@ -212,7 +278,10 @@ impl ForwardConfig {
     /// The launch of `shape` on a GPU with `sm_count` multiprocessors.
     ///
     /// Hopper configurations: a persistent grid of min(tiles, sm_count) blocks, each walking the
-    /// tiles `blockIdx.x + i * gridDim.x`; the tile count must fit an `i32`. The others: grid
+    /// tiles `blockIdx.x + i * gridDim.x`; split-K ones: min(tiles, sm_count / splits) clusters
+    /// of [`splits`](Self::splits) blocks, each cluster walking the tiles
+    /// `blockIdx.x / splits + i * gridDim.x / splits`. The tile count must fit an `i32`, and a
+    /// split-K configuration needs `k >=` [`min_k`](Self::min_k). The others: grid
     /// (ceil(n / block_n), min(ceil(m / block_m), 65535), 1), the kernel looping over the row
     /// tiles beyond 65535 (kernels/gemm/tile_scheduler.cuh).
     pub fn launch_config(self, shape: LinearShape, sm_count: usize) -> Result<LaunchConfig> {
@@ -227,9 +296,20 @@ impl ForwardConfig {
                     self.block_n()
                 ));
             }
-            let blocks = tiles.clamp(1, sm_count.max(1) as u64) as u32;
+            if shape.k < self.min_k() {
+                return Err(invalid!(
+                    "forward config {} splits k over {} blocks of at least 64: k = {} is too \
+                     short; expected k >= {}",
+                    self.name(),
+                    self.splits(),
+                    shape.k,
+                    self.min_k()
+                ));
+            }
+            let splits = self.splits();
+            let clusters = tiles.clamp(1, (sm_count as u64 / u64::from(splits)).max(1)) as u32;
             return Ok(LaunchConfig {
-                grid_dim: (blocks, 1, 1),
+                grid_dim: (clusters * splits, 1, 1),
                 block_dim: (self.threads(), 1, 1),
                 shared_mem_bytes: self.smem_bytes(),
             });
@@ -309,8 +389,10 @@ pub fn choose_config<T: Element>(shape: LinearShape, sm_count: usize) -> Forward
 /// that yields a full wave of tiles (one per multiprocessor; the grid is persistent, so more
 /// tiles only lengthen each block's walk); failing that the smallest tile, as long as it yields
 /// at least half a wave. Shapes with fewer tiles (an inference batch of 64 rows and a few
-/// thousand columns) stay on the mma.sync kernel's smaller tiles until the Hopper kernel has
-/// split-K.
+/// thousand columns) take split-K: of the split configurations whose blocks (tiles x splits)
+/// fit in one wave and whose blocks get at least 4 k-blocks each, the one with the most blocks,
+/// then the least padding of m, then the larger tile. Without one (a short k), `None`: the
+/// mma.sync kernel's small tiles.
 ///
 /// ```
 /// use fusedrop::cuda::forward::{choose_hopper_config, ForwardConfig};
@@ -319,12 +401,15 @@ pub fn choose_config<T: Element>(shape: LinearShape, sm_count: usize) -> Forward
 /// assert_eq!(choose_hopper_config(sq, 132), Some(ForwardConfig::Wg128x256));
 /// let mid = LinearShape::new(1024, 2560, 1024);
 /// assert_eq!(choose_hopper_config(mid, 132), Some(ForwardConfig::Wg128x128));
+/// // An inference batch: 32 tiles of 64 x 128, each split over a cluster of 4 blocks.
 /// let small = LinearShape::new(64, 4096, 4096);
-/// assert_eq!(choose_hopper_config(small, 132), None);
+/// assert_eq!(choose_hopper_config(small, 132), Some(ForwardConfig::Wg64x128S4));
+/// // Too short a reduction to split: the mma.sync kernel.
+/// assert_eq!(choose_hopper_config(LinearShape::new(64, 4096, 256), 132), None);
 /// ```
 pub fn choose_hopper_config(shape: LinearShape, sm_count: usize) -> Option<ForwardConfig> {
     let wave = sm_count.max(1) as u64;
-    if let Some(config) = ForwardConfig::HOPPER
+    if let Some(config) = ForwardConfig::HOPPER_WHOLE_K
         .iter()
         .copied()
         .find(|c| c.tiles(shape) >= wave)
@@ -332,7 +417,27 @@ pub fn choose_hopper_config(shape: LinearShape, sm_count: usize) -> Option<Forwa
         return Some(config);
     }
     let smallest = ForwardConfig::Wg64x128;
-    (2 * smallest.tiles(shape) >= wave).then_some(smallest)
+    if 2 * smallest.tiles(shape) >= wave {
+        return Some(smallest);
+    }
+    let k_blocks = shape.k.div_ceil(64) as u64;
+    ForwardConfig::HOPPER_SPLIT_K
+        .iter()
+        .copied()
+        .filter(|c| {
+            let splits = u64::from(c.splits());
+            c.tiles(shape) * splits <= wave && k_blocks >= 4 * splits
+        })
+        // max_by_key keeps the last of equals: reverse the order of preference.
+        .rev()
+        .max_by_key(|c| {
+            let padded_m = shape.m.div_ceil(c.block_m()) * c.block_m();
+            (
+                c.tiles(shape) * u64::from(c.splits()),
+                std::cmp::Reverse(padded_m),
+                c.block_m(),
+            )
+        })
 }
 
 /// Why the Hopper kernels of `module` (forward_sm90, backward_sm90) cannot take a call on this
@@ -693,6 +798,57 @@ mod tests {
             Some(ForwardConfig::Wg64x128)
         );
         assert_eq!(choose_hopper_config(LinearShape::new(1, 1, 8), 132), None);
+    }
+
+    #[test]
+    fn hopper_heuristic_splits_k_for_few_tiles() {
+        // small: 32 tiles of 64 x 128 (or of 128 x 128, half of each padding), 64 k-blocks.
+        let small = LinearShape::new(64, 4096, 4096);
+        assert_eq!(
+            choose_hopper_config(small, 132),
+            Some(ForwardConfig::Wg64x128S4)
+        );
+        // 32 tiles of 128 x 128 or 64 of 64 x 128: 128 blocks either way, the larger tile wins.
+        let rows = LinearShape::new(1024, 512, 4096);
+        assert_eq!(
+            choose_hopper_config(rows, 132),
+            Some(ForwardConfig::Wg128x128S4)
+        );
+        // 8 k-blocks: two per block at most for 4 splits, so 2 splits (4 k-blocks each).
+        let short = LinearShape::new(64, 4096, 512);
+        assert_eq!(
+            choose_hopper_config(short, 132),
+            Some(ForwardConfig::Wg64x128S2)
+        );
+        // 60 tiles of 64 x 128: only 2 splits fit in a wave of 132.
+        let sixty = LinearShape::new(64, 60 * 128, 4096);
+        assert_eq!(
+            choose_hopper_config(sixty, 132),
+            Some(ForwardConfig::Wg64x128S2)
+        );
+        // Fewer multiprocessors (H100 PCIe: 114): 32 x 4 = 128 blocks do not fit in a wave.
+        assert_eq!(
+            choose_hopper_config(small, 114),
+            Some(ForwardConfig::Wg64x128S2)
+        );
+    }
+
+    #[test]
+    fn split_k_grids_are_whole_clusters() {
+        let small = LinearShape::new(64, 4096, 4096);
+        let config = ForwardConfig::Wg64x128S4.launch_config(small, 132).unwrap();
+        assert_eq!(config.grid_dim, (128, 1, 1));
+        // More tiles than clusters fit: 33 clusters of 4 walk them.
+        let more = LinearShape::new(64, 8192, 4096);
+        let config = ForwardConfig::Wg64x128S4.launch_config(more, 132).unwrap();
+        assert_eq!(config.grid_dim, (132, 1, 1));
+        let config = ForwardConfig::Wg128x128S2.launch_config(more, 101).unwrap();
+        assert_eq!(config.grid_dim, (100, 1, 1));
+        // k too short for one k-block per block of the cluster.
+        let err = ForwardConfig::Wg64x128S4
+            .launch_config(LinearShape::new(64, 4096, 200), 132)
+            .unwrap_err();
+        assert!(err.to_string().contains("expected k >= 256"), "{err}");
     }
 
     #[test]

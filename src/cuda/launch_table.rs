@@ -4,7 +4,8 @@
 //! turns it into the header `fusedrop_launch_table.h`, against which every kernel file
 //! `static_assert`s its config structs (`kBlockM`, `kBlockN`, `kThreads`, `kSmemBytes`). A
 //! number edited here and not in the kernel, or the other way round, fails the nvcc build and the
-//! CPU harness build. This file is also compiled into build.rs, so it uses nothing but `core`.
+//! CPU harness build. Split-K kernels also check their cluster size (`kSplits`) against
+//! `cluster`. This file is also compiled into build.rs, so it uses nothing but `core`.
 
 /// One kernel configuration's launch numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +20,9 @@ pub struct LaunchNumbers {
     pub threads: u32,
     /// Dynamic shared memory per block, in bytes.
     pub smem_bytes: u32,
+    /// Blocks per cluster along x (the kernel's `__cluster_dims__`; the grid's x is a multiple
+    /// of it): the split-K factor of the Hopper split-K kernels, 1 for every other kernel.
+    pub cluster: u32,
 }
 
 const fn numbers(
@@ -34,7 +38,13 @@ const fn numbers(
         block_n,
         threads,
         smem_bytes,
+        cluster: 1,
     }
+}
+
+/// The same numbers for a kernel that runs in clusters of `cluster` blocks.
+const fn clustered(numbers: LaunchNumbers, cluster: u32) -> LaunchNumbers {
+    LaunchNumbers { cluster, ..numbers }
 }
 
 /// kernels/forward_tc.cu, `Tc128x256`.
@@ -58,6 +68,18 @@ pub const FORWARD_WG128X256: LaunchNumbers = numbers("forward_wg128x256", 128, 2
 pub const FORWARD_WG128X128: LaunchNumbers = numbers("forward_wg128x128", 128, 128, 384, 197_728);
 /// kernels/forward_sm90.cu, `Wg64x128`.
 pub const FORWARD_WG64X128: LaunchNumbers = numbers("forward_wg64x128", 64, 128, 384, 197_760);
+/// kernels/forward_sm90.cu, `Wg64x128Split2` (split-K over clusters of 2 blocks).
+pub const FORWARD_WG64X128S2: LaunchNumbers =
+    clustered(numbers("forward_wg64x128s2", 64, 128, 384, 230_560), 2);
+/// kernels/forward_sm90.cu, `Wg64x128Split4`.
+pub const FORWARD_WG64X128S4: LaunchNumbers =
+    clustered(numbers("forward_wg64x128s4", 64, 128, 384, 230_560), 4);
+/// kernels/forward_sm90.cu, `Wg128x128Split2`.
+pub const FORWARD_WG128X128S2: LaunchNumbers =
+    clustered(numbers("forward_wg128x128s2", 128, 128, 384, 230_512), 2);
+/// kernels/forward_sm90.cu, `Wg128x128Split4`.
+pub const FORWARD_WG128X128S4: LaunchNumbers =
+    clustered(numbers("forward_wg128x128s4", 128, 128, 384, 230_512), 4);
 /// kernels/backward_simt.cu, `BackwardSimtConfig` (static shared memory only).
 pub const BACKWARD_SIMT: LaunchNumbers = numbers("backward_simt", 64, 64, 256, 0);
 /// kernels/backward_tc.cu, `Tc128x128`.
@@ -70,7 +92,7 @@ pub const BACKWARD_WG128X128: LaunchNumbers = numbers("backward_wg128x128", 128,
 pub const BACKWARD_WG128X256: LaunchNumbers = numbers("backward_wg128x256", 128, 256, 384, 197_680);
 
 /// Every configuration, for build.rs.
-pub const ALL: [LaunchNumbers; 15] = [
+pub const ALL: [LaunchNumbers; 19] = [
     FORWARD_TC128X256,
     FORWARD_TC128X128,
     FORWARD_TC64X128,
@@ -81,6 +103,10 @@ pub const ALL: [LaunchNumbers; 15] = [
     FORWARD_WG128X256,
     FORWARD_WG128X128,
     FORWARD_WG64X128,
+    FORWARD_WG64X128S2,
+    FORWARD_WG64X128S4,
+    FORWARD_WG128X128S2,
+    FORWARD_WG128X128S4,
     BACKWARD_SIMT,
     BACKWARD_TC128X128,
     BACKWARD_TC64X64,

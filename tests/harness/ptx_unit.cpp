@@ -7,7 +7,8 @@
 //                          misaligned_ldmatrix, partial_warp_shfl, mbarrier_deadlock,
 //                          mbarrier_uninitialised, mbarrier_over_arrival, wgmma_without_fence,
 //                          wgmma_no_fence_after_wait, warpgroup_missing_warp,
-//                          tma_misaligned_swizzle, wgmma_base_offset, tma_store_not_waited
+//                          tma_misaligned_swizzle, wgmma_base_offset, tma_store_not_waited,
+//                          cluster_unmapped_address, cluster_exited_block
 //   ptx_unit race <seed>   a kernel with a missing barrier: prints how many elements were wrong
 //
 // The fragment layouts are written out here a second time, from the PTX ISA's formulas, so that
@@ -721,6 +722,72 @@ static void check_mbarrier() {
     check(ok_after, "mbarrier_wait on a completed phase's parity returns at once");
 }
 
+// ---- Thread block clusters ----
+
+struct ClusterIo {
+    float seen[4][128];     // what thread t of rank r read from rank (r + 1) % 4
+    int gathered[128];      // rank 0: how many of the other ranks' values it saw after its wait
+    unsigned blocks[4];     // blockIdx.x of each rank
+};
+
+// Clusters of 4 blocks of 128 threads: every block fills its shared memory with its own values,
+// the cluster barrier publishes them, each thread reads its neighbour rank's value through
+// cluster_map / cluster_load_f32x4; then ranks 1..3 write a second value and arrive on rank 0's
+// mbarrier remotely, and rank 0 reads them after its wait.
+__global__ void cluster_kernel(ClusterIo* io) {
+    FUSEDROP_DYNAMIC_SMEM(float, values);  // [128][4], then the barrier
+    uint64_t* bar = reinterpret_cast<uint64_t*>(values + 512);
+    const uint32_t rank = blockIdx.x % 4, t = threadIdx.x;
+    if (t == 0) {
+        mbarrier_init(bar, 3 * 128);
+        fence_mbarrier_init();
+        io->blocks[rank] = blockIdx.x;
+    }
+    for (int j = 0; j < 4; ++j) values[4 * t + j] = (float)(1000 * rank + t);
+    cluster_sync();
+    float got[4];
+    cluster_load_f32x4(cluster_map(values + 4 * t, (rank + 1) % 4), got);
+    io->seen[rank][t] = got[0] == got[3] ? got[0] : -1.0f;
+    cluster_sync();
+    if (rank != 0) {
+        for (int j = 0; j < 4; ++j) values[4 * t + j] = (float)(10000 * rank + t);
+        mbarrier_arrive_cluster(cluster_map(bar, 0));
+    } else {
+        mbarrier_wait_cluster(bar, 0);
+        int ok = 0;
+        for (uint32_t r = 1; r < 4; ++r) {
+            cluster_load_f32x4(cluster_map(values + 4 * t, r), got);
+            ok += got[0] == (float)(10000 * r + t);
+        }
+        io->gathered[t] = ok;
+    }
+    // No block leaves while rank 0 may still read its shared memory.
+    cluster_sync();
+}
+
+static void check_cluster() {
+    bool neighbours = true, gathered = true, blocks = true;
+    for (uint64_t seed = 0; seed < 4; ++seed) {
+        ClusterIo io;
+        memset(&io, 0, sizeof io);
+        fusedrop::host::LaunchConfig cfg{dim3(8), dim3(128), 512 * 4 + 16, seed};
+        cfg.cluster = 4;
+        fusedrop::host::launch("cluster_kernel", cluster_kernel, cfg, &io);
+        // The second cluster (blocks 4..7) ran last.
+        for (unsigned r = 0; r < 4; ++r) {
+            blocks = blocks && io.blocks[r] == 4 + r;
+            for (int t = 0; t < 128; ++t)
+                neighbours = neighbours && io.seen[r][t] == (float)(1000 * ((r + 1) % 4) + t);
+        }
+        for (int t = 0; t < 128; ++t) gathered = gathered && io.gathered[t] == 3;
+    }
+    check(blocks, "cluster: each block of a cluster of 4 sees its own blockIdx");
+    check(neighbours, "cluster: ld.shared::cluster through mapa reads the neighbour block's "
+                      "shared memory after the cluster barrier");
+    check(gathered, "cluster: remote mbarrier arrivals from 3 blocks complete rank 0's phase "
+                    "after their writes");
+}
+
 // ---- wgmma ----
 
 // A wgmma operand in shared memory: `rows` along M (A) or N (B), k = 16 * ksteps along K.
@@ -1230,6 +1297,29 @@ __global__ void mbarrier_over_arrival_kernel(int* out) {
     out[threadIdx.x] = 1;
 }
 
+__global__ void cluster_unmapped_address_kernel(float* out) {
+    FUSEDROP_DYNAMIC_SMEM(float, values);
+    values[threadIdx.x] = 1.0f;
+    cluster_sync();
+    float got[4];
+    // A shared::cta address where a mapa result belongs.
+    cluster_load_f32x4(smem_u32(values), got);
+    out[threadIdx.x] = got[0];
+}
+
+__global__ void cluster_exited_block_kernel(float* out) {
+    FUSEDROP_DYNAMIC_SMEM(float, values);
+    values[threadIdx.x] = 1.0f;
+    cluster_sync();
+    if (blockIdx.x % 2 == 1) return;
+    // Rank 1's threads count as arrived once they exit, so past this barrier its shared memory
+    // is gone.
+    cluster_sync();
+    float got[4];
+    cluster_load_f32x4(cluster_map(values, 1), got);
+    out[threadIdx.x] = got[0];
+}
+
 int main(int argc, char** argv) {
     const std::string what = argc > 1 ? argv[1] : "checks";
     static int sink[64];
@@ -1251,6 +1341,7 @@ int main(int argc, char** argv) {
         check_tma_load(rng);
         check_tma_store(rng);
         check_mbarrier();
+        check_cluster();
         check_smem_desc();
         check_wgmma_config<__half, 8, 0, 0, false>(rng, "f16");
         check_wgmma_config<__half, 16, 1, 1, false>(rng, "f16");
@@ -1298,7 +1389,14 @@ int main(int argc, char** argv) {
         fusedrop::host::launch(what.c_str(), wgmma_no_fence_after_wait_kernel, warpgroup, fsink);
     else if (what == "warpgroup_missing_warp")
         fusedrop::host::launch(what.c_str(), warpgroup_missing_warp_kernel, warpgroup, fsink);
-    else if (what == "wgmma_base_offset")
+    else if (what == "cluster_unmapped_address" || what == "cluster_exited_block") {
+        fusedrop::host::LaunchConfig pair{dim3(2), dim3(128), 1024, 1};
+        pair.cluster = 2;
+        if (what == "cluster_unmapped_address")
+            fusedrop::host::launch(what.c_str(), cluster_unmapped_address_kernel, pair, fsink);
+        else
+            fusedrop::host::launch(what.c_str(), cluster_exited_block_kernel, pair, fsink);
+    } else if (what == "wgmma_base_offset")
         fusedrop::host::launch(what.c_str(), wgmma_base_offset_kernel, warpgroup, fsink);
     else if (what == "tma_misaligned_swizzle" || what == "tma_store_not_waited") {
         alignas(16) static unsigned char tensor[64 * 16 * 2];

@@ -968,7 +968,9 @@ pub const GRAPH_IMPL: &str = "fused_graph";
 ///   not there, where it chooses the Hopper kernel (so the fallback's progress and cost show in
 ///   every run);
 /// - `fused_wg128x256`, `fused_wg128x128`, `fused_wg64x128`: every Hopper configuration forced,
-///   where the Hopper kernel can run this shape (the tuning sweep of its heuristic);
+///   where the Hopper kernel can run this shape (the tuning sweep of its heuristic); where the
+///   library chooses split-K, also every split-K configuration k allows (`fused_wg64x128s4`,
+///   ...);
 /// - `fused_identity` ([`Variant::IDENTITY`]).
 pub fn forward_variants_given(
     dims: LinearShape,
@@ -985,10 +987,20 @@ pub fn forward_variants_given(
     }
     // Whole allocations are 16-byte aligned; only k decides whether TMA can read them.
     if hopper && hopper_operands_fit(dims, 0, 0) {
-        for config in ForwardConfig::HOPPER {
+        // Split-K configurations where the library splits (a shape with few tiles), and only
+        // those for which k gives every block of a cluster a k-block.
+        let split = chosen.splits() > 1;
+        for config in ForwardConfig::HOPPER
+            .into_iter()
+            .filter(|c| (c.splits() == 1 || split) && dims.k >= c.min_k())
+        {
             let name = match config {
                 ForwardConfig::Wg128x256 => "fused_wg128x256",
                 ForwardConfig::Wg128x128 => "fused_wg128x128",
+                ForwardConfig::Wg128x128S2 => "fused_wg128x128s2",
+                ForwardConfig::Wg128x128S4 => "fused_wg128x128s4",
+                ForwardConfig::Wg64x128S2 => "fused_wg64x128s2",
+                ForwardConfig::Wg64x128S4 => "fused_wg64x128s4",
                 _ => "fused_wg64x128",
             };
             variants.push(Variant {
@@ -1951,6 +1963,28 @@ mod tests {
         );
         assert_eq!(variants[0].forced.config(), Some(ForwardConfig::Tc128x256));
         assert_eq!(variants[0].forced.note(), "forced config tc128x256");
+        // An inference batch: the library splits k, and every split configuration is timed.
+        let small = LinearShape::new(64, 4096, 4096);
+        let variants = forward_variants_given(
+            small,
+            ForwardConfig::Wg64x128S4,
+            ForwardConfig::Tc64x32,
+            true,
+        );
+        assert_eq!(
+            names(&variants),
+            [
+                "fused_mma_sync",
+                "fused_wg128x256",
+                "fused_wg128x128",
+                "fused_wg64x128",
+                "fused_wg128x128s4",
+                "fused_wg64x128s4",
+                "fused_wg128x128s2",
+                "fused_wg64x128s2",
+                "fused_identity"
+            ]
+        );
         // Off Hopper: the library's mma.sync choice is the only kernel, nothing to force.
         let off = forward_variants_given(
             sq,

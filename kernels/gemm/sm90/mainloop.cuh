@@ -118,16 +118,18 @@ struct Mainloop {
         return s;
     }
 
-    // Producer (one thread): queues the k_blocks k-blocks of the tile whose A rows start at a0
-    // and B rows (columns of C) at b0, each into the next stage of the ring once the consumers
-    // released it. `side` (kSideA only; null: not loaded) is read at A's coordinates.
+    // Producer (one thread): queues the k_blocks k-blocks from k-block k_first on of the tile
+    // whose A rows start at a0 and B rows (columns of C) at b0, each into the next stage of the
+    // ring once the consumers released it. `side` (kSideA only; null: not loaded) is read at A's
+    // coordinates. A split-K block loads its own range of k-blocks; the consumers count k-blocks
+    // from 0 within it.
     __device__ __forceinline__ static void load_tile(const CUtensorMap* map_a,
                                                      const CUtensorMap* map_b,
                                                      const CUtensorMap* side, const Storage& s,
                                                      State& state, int32_t a0, int32_t b0,
-                                                     int k_blocks) {
+                                                     int k_first, int k_blocks) {
         const uint32_t bytes = kStageBytes - (side != nullptr ? 0u : kBytesSide);
-        for (int kb = 0; kb < k_blocks; ++kb) {
+        for (int kb = k_first; kb < k_first + k_blocks; ++kb) {
             s.barriers->producer_acquire(state);
             unsigned char* stage = s.stages + state.stage * kStageBytes;
             uint64_t* full = &s.barriers->full[state.stage];
@@ -142,8 +144,8 @@ struct Mainloop {
     __device__ __forceinline__ static void load_tile(const CUtensorMap* map_a,
                                                      const CUtensorMap* map_b, const Storage& s,
                                                      State& state, int32_t a0, int32_t b0,
-                                                     int k_blocks) {
-        load_tile(map_a, map_b, nullptr, s, state, a0, b0, k_blocks);
+                                                     int k_first, int k_blocks) {
+        load_tile(map_a, map_b, nullptr, s, state, a0, b0, k_first, k_blocks);
     }
 
     // The byte offset of consumer `consumer`'s B columns in B's box(es).

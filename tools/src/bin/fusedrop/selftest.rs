@@ -275,7 +275,8 @@ fn run_dtype<T: Element>(stream: &Arc<CudaStream>, cases: &[Case], out: &mut Vec
                 if case.spec.shape.k % 8 == 0
                     && forward::hopper_available::<T>(stream).unwrap_or(false)
                 {
-                    configs.extend(ForwardConfig::HOPPER);
+                    let k = case.spec.shape.k;
+                    configs.extend(ForwardConfig::HOPPER.into_iter().filter(|c| k >= c.min_k()));
                 }
                 for config in configs {
                     out.push(judge(

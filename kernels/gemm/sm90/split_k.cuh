@@ -1,0 +1,127 @@
+// Split-K across a thread block cluster (sm_90a): for outputs with fewer tiles than
+// multiprocessors (an inference batch, a narrow product), the kSplits blocks of a cluster
+// (__cluster_dims__(kSplits, 1, 1)) share each output tile, block `rank` accumulating the k-blocks
+// [rank * K / kSplits, (rank + 1) * K / kSplits) of it. The partial sums meet in distributed
+// shared memory, with no global workspace and no atomics:
+//
+//   rank r > 0, each consumer thread: writes its accumulator fragment to its own block's
+//       `partial` area, then arrives (release, cluster scope) on the leader's full[warpgroup];
+//   rank 0 (the leader), each consumer thread: waits for full[warpgroup] (acquire, cluster
+//       scope), reads the fragment of the same thread of ranks 1, 2, ... in that order from their
+//       shared memory (ld.shared::cluster) and adds it to its own, then arrives on each rank's
+//       free[warpgroup]; it alone runs the epilogue.
+//
+// The sum is acc(rank 0) + acc(rank 1) + ... + acc(rank kSplits - 1) in that fixed order, so the
+// result is bit-identical from run to run and for any grid size (it depends on kSplits, which
+// the host chooses from the shape and the multiprocessor count). A block writes the next tile's
+// fragment only after the leader freed the area (free[warpgroup], one phase per tile), and waits
+// for the last tile's release before it exits (a block's shared memory must outlive every access
+// from the cluster).
+//
+// Layout of `partial`: float4 number (warpgroup, q, t) at ((warpgroup * kAccumulators / 4 + q) *
+// 128 + t), q = accumulator registers 4q .. 4q + 3 of warpgroup thread t: consecutive threads
+// touch consecutive 16-byte words, for the local stores and for the remote loads alike.
+#pragma once
+
+#include <stdint.h>
+
+#include "../../ptx.cuh"
+#include "mainloop.cuh"
+
+namespace fusedrop {
+namespace gemm {
+namespace sm90 {
+
+template <int kAccumulators, int kSplitsArg>
+struct ClusterSplitK {
+    static constexpr int kSplits = kSplitsArg;
+    static_assert(kSplits >= 2 && kSplits <= 8, "a portable cluster has at most 8 blocks");
+    static_assert(kAccumulators % 4 == 0, "fragments move as float4");
+    static constexpr int kQuads = kAccumulators / 4;
+    static constexpr uint32_t kPartialBytes =
+        (uint32_t)kConsumerWarpgroups * kAccumulators * kWarpgroupThreads * 4u;
+    // The partial area, then full[] and free[], one per consumer warpgroup.
+    static constexpr uint32_t kBytes = kPartialBytes + 2u * kConsumerWarpgroups * 8u;
+
+    struct Storage {
+        float* partial;  // 16-byte aligned
+        uint64_t* full;
+        uint64_t* free;
+    };
+
+    // The split area at `base` (16-byte aligned, after the main loop's shared memory).
+    __device__ __forceinline__ static Storage storage(unsigned char* base) {
+        Storage s;
+        s.partial = reinterpret_cast<float*>(base);
+        s.full = reinterpret_cast<uint64_t*>(base + kPartialBytes);
+        s.free = s.full + kConsumerWarpgroups;
+        return s;
+    }
+
+    // One thread, before the cluster_sync that publishes the barriers to the cluster.
+    __device__ __forceinline__ static void init(const Storage& s) {
+        for (int g = 0; g < kConsumerWarpgroups; ++g) {
+            ptx::mbarrier_init(&s.full[g], (uint32_t)(kSplits - 1) * kWarpgroupThreads);
+            ptx::mbarrier_init(&s.free[g], kWarpgroupThreads);
+        }
+    }
+
+    // This block's rank in its cluster: clusters are kSplits consecutive blocks along x.
+    __device__ __forceinline__ static int rank() { return (int)(blockIdx.x % kSplits); }
+
+    // The k-blocks of `k_blocks` that block `rank` accumulates: [first, first + count).
+    __device__ __forceinline__ static void k_range(int k_blocks, int rank, int& first,
+                                                   int& count) {
+        first = rank * k_blocks / kSplits;
+        count = (rank + 1) * k_blocks / kSplits - first;
+    }
+
+    // Ranks 1 .. kSplits - 1, every consumer thread, once per tile (`tile` counts the block's
+    // tiles from 0): hands the fragment to the leader.
+    __device__ __forceinline__ static void give(const Storage& s, const float (&acc)[kAccumulators],
+                                                int consumer, int tile) {
+        const int t = (int)(threadIdx.x % kWarpgroupThreads);
+        if (tile > 0) ptx::mbarrier_wait_cluster(&s.free[consumer], (uint32_t)(tile - 1) & 1u);
+        float4* mine = reinterpret_cast<float4*>(s.partial) + consumer * kQuads * kWarpgroupThreads;
+#pragma unroll
+        for (int q = 0; q < kQuads; ++q)
+            mine[q * kWarpgroupThreads + t] =
+                make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]);
+        ptx::mbarrier_arrive_cluster(ptx::cluster_map(&s.full[consumer], 0));
+    }
+
+    // Rank 0, every consumer thread, once per tile: adds the other ranks' fragments, in rank
+    // order, to its own.
+    __device__ __forceinline__ static void gather(const Storage& s, float (&acc)[kAccumulators],
+                                                  int consumer, int tile) {
+        const int t = (int)(threadIdx.x % kWarpgroupThreads);
+        ptx::mbarrier_wait_cluster(&s.full[consumer], (uint32_t)tile & 1u);
+        const float4* mine =
+            reinterpret_cast<const float4*>(s.partial) + consumer * kQuads * kWarpgroupThreads + t;
+#pragma unroll 1
+        for (int r = 1; r < kSplits; ++r) {
+            const uint32_t theirs = ptx::cluster_map(mine, (uint32_t)r);
+#pragma unroll
+            for (int q = 0; q < kQuads; ++q) {
+                float v[4];
+                ptx::cluster_load_f32x4(theirs + (uint32_t)(q * kWarpgroupThreads * 16), v);
+                acc[4 * q] += v[0];
+                acc[4 * q + 1] += v[1];
+                acc[4 * q + 2] += v[2];
+                acc[4 * q + 3] += v[3];
+            }
+            ptx::mbarrier_arrive_cluster(ptx::cluster_map(&s.free[consumer], (uint32_t)r));
+        }
+    }
+
+    // Ranks 1 .. kSplits - 1, every consumer thread, before exiting after `tiles` tiles: the
+    // leader has read the last fragment (and will not touch this block's shared memory again).
+    __device__ __forceinline__ static void last_release(const Storage& s, int consumer,
+                                                        int tiles) {
+        if (tiles > 0) ptx::mbarrier_wait_cluster(&s.free[consumer], (uint32_t)(tiles - 1) & 1u);
+    }
+};
+
+}  // namespace sm90
+}  // namespace gemm
+}  // namespace fusedrop
