@@ -30,7 +30,11 @@
 //
 // Determinism: every output element is reduced by one warpgroup over the whole reduction in
 // k-block order, db by one thread per column in row order; no atomics, so the same inputs give
-// bit-identical outputs whatever the grid size.
+// bit-identical outputs whatever the grid size. The split-K configs (narrow products: few output
+// tiles over a long reduction, like small's dX or wide's dW) split the reduction over the S
+// blocks of a cluster, each in k-block order, and add the S partial sums (and db's) in rank order
+// in distributed shared memory (gemm/sm90/split_k.cuh): bit-identical from run to run for a given
+// S.
 //
 // Tensor maps (src/cuda/tensor_map.rs; all 2-D, 128-byte swizzle, zero fill):
 //   dX: dY and Y: inner n, outer m, box 64 x kBlockM; W: inner k, outer n, box 64 x 64.
@@ -41,13 +45,17 @@
 //
 // Launch: block = 384 threads (a producer warpgroup and two consumers, as the forward),
 // dynamic shared memory = kSmemBytes, grid = (blocks, 1, 1) for any blocks >= 1, persistent
-// over the product's tiles (gemm/tile_scheduler.cuh). accumulate = 1 adds to the existing
+// over the product's tiles (gemm/tile_scheduler.cuh); split-K configs: blocks a multiple of
+// kSplits (the entry points' __cluster_dims__) and a reduction of at least kSplits k-blocks. accumulate = 1 adds to the existing
 // values (in f32, rounded once). mp: the forward's MaskParams (seed read from its device
 // buffer when given).
+#include <type_traits>
+
 #include "backward.cuh"
 #include "element.cuh"
 #include "gemm/sm90/epilogue.cuh"
 #include "gemm/sm90/mainloop.cuh"
+#include "gemm/sm90/split_k.cuh"
 #include "gemm/tile_scheduler.cuh"
 #include "mask.cuh"
 #include "ptx.cuh"
@@ -176,24 +184,43 @@ __device__ __forceinline__ float column_sum(const unsigned char* block, int col)
 }
 
 // One backward product: OUT[rows, k] = A · B with A from dY (dZ formed in the stage), as
-// described at the top. kWeightGrad: dW (and db) instead of dX.
-template <typename T, class Mainloop, bool kWeightGrad>
+// described at the top. kWeightGrad: dW (and db) instead of dX. Split: gemm::sm90::NoSplit or
+// a ClusterSplitK (with the db column sums as its extra float for dW).
+template <typename T, class Mainloop, class Split, bool kWeightGrad>
 __device__ __forceinline__ void backward_sm90(const CUtensorMap* map_dy, const CUtensorMap* map_y,
                                               const CUtensorMap* map_b, T* __restrict__ out,
                                               T* __restrict__ db, long long m, long long n,
                                               long long k, int relu, int accumulate,
                                               MaskParams mp) {
+    constexpr bool kSplitK = Split::kSplits > 1;
+    using gemm::sm90::kSplitOffset;
     FUSEDROP_DYNAMIC_SMEM(unsigned char, smem);
     const typename Mainloop::Storage storage = Mainloop::storage(smem);
     const int warpgroup = (int)(threadIdx.x / gemm::sm90::kWarpgroupThreads);
-    if (threadIdx.x == 0) storage.barriers->init(gemm::sm90::kConsumerWarpgroups);
-    __syncthreads();
+    if constexpr (kSplitK) {
+        if (threadIdx.x == 0) {
+            Split::init(Split::storage(smem + kSplitOffset<Mainloop>));
+            storage.barriers->init(gemm::sm90::kConsumerWarpgroups);
+        }
+        // Every block's barriers initialised before any block arrives on another's.
+        ptx::cluster_sync();
+    } else {
+        if (threadIdx.x == 0) storage.barriers->init(gemm::sm90::kConsumerWarpgroups);
+        __syncthreads();
+    }
 
     const long long rows = kWeightGrad ? n : m;
     const long long red = kWeightGrad ? m : n;
-    const gemm::PersistentTileScheduler<kGroupRows> scheduler(rows, k, Mainloop::kBlockM,
-                                                              Mainloop::kBlockN);
-    const int k_blocks = (int)((red + Mainloop::kBlockK - 1) / Mainloop::kBlockK);
+    const gemm::PersistentTileScheduler<kGroupRows, Split::kSplits> scheduler(
+        rows, k, Mainloop::kBlockM, Mainloop::kBlockN);
+    // This block's k-blocks of the reduction: all of them, or its rank's share.
+    int k_first = 0;
+    int k_blocks = (int)((red + Mainloop::kBlockK - 1) / Mainloop::kBlockK);
+    int rank = 0;
+    if constexpr (kSplitK) {
+        rank = Split::rank();
+        Split::k_range(k_blocks, rank, k_first, k_blocks);
+    }
     typename Mainloop::State state;
 
     if (warpgroup == 0) {
@@ -206,7 +233,7 @@ __device__ __forceinline__ void backward_sm90(const CUtensorMap* map_dy, const C
                 const gemm::TileCoordOf<int> tile = scheduler.tile(t);
                 Mainloop::load_tile(map_dy, map_b, relu ? map_y : nullptr, storage, state,
                                     tile.tm * Mainloop::kBlockM, tile.tn * Mainloop::kBlockN,
-                                    0, k_blocks);
+                                    k_first, k_blocks);
             }
         }
         return;
@@ -224,8 +251,9 @@ __device__ __forceinline__ void backward_sm90(const CUtensorMap* map_dy, const C
     const int wg_row = (consumer % Mainloop::kWgRows) * 64;
     const int wg_col = (consumer / Mainloop::kWgRows) * Mainloop::kWgN;
     float acc[Mainloop::kAccumulators];
+    int done = 0;  // tiles this block has finished
     for (int linear = scheduler.first(); linear < scheduler.tiles();
-         linear = scheduler.next(linear)) {
+         linear = scheduler.next(linear), ++done) {
         const gemm::TileCoordOf<int> tile = scheduler.tile(linear);
         const long long tile_row = (long long)tile.tm * Mainloop::kBlockM + wg_row;
         const bool do_db = kWeightGrad && db != nullptr && tile.tn == 0 && t < 64;
@@ -239,8 +267,8 @@ __device__ __forceinline__ void backward_sm90(const CUtensorMap* map_dy, const C
                     [&](int kb, unsigned char* stage, typename Mainloop::FragmentsA& a) {
                         const unsigned char* block = stage + 128 * wg_row;
                         load_dz_fragments<T>(block, block + Mainloop::kOffsetSide, tile_row,
-                                             (long long)kb * Mainloop::kBlockK, is_relu, unit,
-                                             a);
+                                             (long long)(k_first + kb) * Mainloop::kBlockK,
+                                             is_relu, unit, a);
                     });
             } else {
                 // Identity with p = 0: dZ is dY, multiplied straight from the stage.
@@ -255,8 +283,8 @@ __device__ __forceinline__ void backward_sm90(const CUtensorMap* map_dy, const C
                     unsigned char* block = stage + 128 * wg_row;
                     if (transform) {
                         form_dz_block<T>(block, block + Mainloop::kOffsetSide,
-                                         (long long)kb * Mainloop::kBlockK, tile_row, n,
-                                         is_relu, unit);
+                                         (long long)(k_first + kb) * Mainloop::kBlockK, tile_row,
+                                         n, is_relu, unit);
                         ptx::fence_proxy_async_shared();
                         if (consumer == 0)
                             ptx::warpgroup_barrier<1>();
@@ -267,20 +295,40 @@ __device__ __forceinline__ void backward_sm90(const CUtensorMap* map_dy, const C
                 },
                 [](int) {});
         }
-        gemm::sm90::store_gradient_fragment<T, Mainloop::kWgN>(
-            acc, out, rows, k, tile_row, (long long)tile.tn * Mainloop::kBlockN + wg_col, scale,
-            accumulate != 0);
-        if (do_db && tile_row + t < n) {
-            T* dst = db + tile_row + t;
-            const float old = accumulate ? Element<T>::to_float(*dst) : 0.0f;
-            *dst = Element<T>::from_float(old + db_sum * scale);
+        const auto store = [&](const float (&result)[Mainloop::kAccumulators], float db_total) {
+            gemm::sm90::store_gradient_fragment<T, Mainloop::kWgN>(
+                result, out, rows, k, tile_row, (long long)tile.tn * Mainloop::kBlockN + wg_col,
+                scale, accumulate != 0);
+            if (do_db && tile_row + t < n) {
+                T* dst = db + tile_row + t;
+                const float old = accumulate ? Element<T>::to_float(*dst) : 0.0f;
+                *dst = Element<T>::from_float(old + db_total * scale);
+            }
+        };
+        if constexpr (kSplitK) {
+            // Only rank 0 stores: the others hand it their partial sums (and db's).
+            const typename Split::Storage split = Split::storage(smem + kSplitOffset<Mainloop>);
+            if (rank != 0) {
+                Split::give(split, acc, db_sum, consumer, done);
+                continue;
+            }
+            float sum[Mainloop::kAccumulators];
+            Split::gather(split, acc, sum, db_sum, consumer, done);
+            store(sum, db_sum);
+        } else {
+            store(acc, db_sum);
         }
+    }
+    if constexpr (kSplitK) {
+        if (rank != 0)
+            Split::last_release(Split::storage(smem + kSplitOffset<Mainloop>), consumer, done);
     }
 }
 
 // Tile BM x BN (BM = 128: each consumer warpgroup owns 64 rows, so it forms the dZ it reads),
-// pipeline depth STAGES. A stage holds dY's box(es), Y's, and B's.
-template <int BM, int BN, int STAGES>
+// pipeline depth STAGES, SPLITS blocks per tile (split-K clusters) or 1. A stage holds dY's
+// box(es), Y's, and B's.
+template <int BM, int BN, int STAGES, int SPLITS = 1>
 struct WgConfig {
     static_assert(BM == 128, "each consumer warpgroup forms its own 64 rows of dZ");
     template <typename T>
@@ -289,12 +337,23 @@ struct WgConfig {
     template <typename T>
     using DwMainloop = gemm::sm90::Mainloop<T, BM, BN, STAGES, gemm::sm90::Major::MN,
                                             gemm::sm90::Major::MN, true>;
+    static constexpr int kAccumulators = DxMainloop<__half>::kAccumulators;
+    // dW's partial sums carry db's column sums too.
+    using DxSplit = std::conditional_t<SPLITS == 1, gemm::sm90::NoSplit,
+                                       gemm::sm90::ClusterSplitK<kAccumulators, SPLITS>>;
+    using DwSplit = std::conditional_t<SPLITS == 1, gemm::sm90::NoSplit,
+                                       gemm::sm90::ClusterSplitK<kAccumulators, SPLITS, true>>;
     static constexpr int kBlockM = BM;
     static constexpr int kBlockN = BN;
     static constexpr int kStages = STAGES;
+    static constexpr int kSplits = SPLITS;
     static constexpr int kThreads = gemm::sm90::kThreads;
-    static constexpr int kSmemBytes = DxMainloop<__half>::kSmemBytes;
-    static_assert(DwMainloop<__half>::kSmemBytes == kSmemBytes, "one shared size per config");
+    static_assert(DwMainloop<__half>::kSmemBytes == DxMainloop<__half>::kSmemBytes,
+                  "one main-loop size per config");
+    // One shared size for both products: dW's split area is the larger.
+    static constexpr int kSmemBytes =
+        SPLITS == 1 ? DxMainloop<__half>::kSmemBytes
+                    : (int)(gemm::sm90::kSplitOffset<DxMainloop<__half>> + DwSplit::kBytes);
     static_assert(kSmemBytes <= 227 * 1024, "a Hopper block has at most 227 KiB of shared memory");
 };
 
@@ -303,33 +362,53 @@ struct Wg128x128 : WgConfig<128, 128, 4> {};
 // Two warpgroups of 64 x 256 (wgmma m64n256k16), 3 stages of 64 KiB (B 32 KiB): half the loads of
 // dY and Y per output of Wg128x128.
 struct Wg128x256 : WgConfig<128, 256, 3> {};
+// Split-K for narrow products (gemm/sm90/split_k.cuh): clusters of 2, 4 or 8 blocks per
+// 128 x 128 tile; the 64 KiB of partial sums leave room for 3 stages.
+struct Wg128x128Split2 : WgConfig<128, 128, 3, 2> {};
+struct Wg128x128Split4 : WgConfig<128, 128, 3, 4> {};
+struct Wg128x128Split8 : WgConfig<128, 128, 3, 8> {};
 
 }  // namespace backward
 }  // namespace fusedrop
 
-#define FUSEDROP_BACKWARD_SM90(CONFIG, NAME, SUFFIX, T)                                          \
+// CLUSTER: nothing, or the split-K configs' __cluster_dims__ (a plain launch with gridDim.x a
+// multiple of kSplits then runs the kernel in clusters).
+#define FUSEDROP_BACKWARD_SM90(CONFIG, NAME, SUFFIX, T, CLUSTER)                                 \
     extern "C" __global__ void __launch_bounds__(fusedrop::backward::CONFIG::kThreads, 1)        \
-        fusedrop_backward_dx_##NAME##_##SUFFIX(                                                  \
+        CLUSTER fusedrop_backward_dx_##NAME##_##SUFFIX(                                          \
             const __grid_constant__ CUtensorMap map_dy, const __grid_constant__ CUtensorMap map_y, \
             const __grid_constant__ CUtensorMap map_w, T* __restrict__ dx, long long m,          \
             long long n, long long k, int relu, int accumulate, fusedrop::MaskParams mp) {       \
-        fusedrop::backward::backward_sm90<T, fusedrop::backward::CONFIG::DxMainloop<T>, false>(  \
+        fusedrop::backward::backward_sm90<T, fusedrop::backward::CONFIG::DxMainloop<T>,          \
+                                          fusedrop::backward::CONFIG::DxSplit, false>(           \
             &map_dy, &map_y, &map_w, dx, nullptr, m, n, k, relu, accumulate, mp);                \
     }                                                                                            \
     extern "C" __global__ void __launch_bounds__(fusedrop::backward::CONFIG::kThreads, 1)        \
-        fusedrop_backward_dw_##NAME##_##SUFFIX(                                                  \
+        CLUSTER fusedrop_backward_dw_##NAME##_##SUFFIX(                                          \
             const __grid_constant__ CUtensorMap map_dy, const __grid_constant__ CUtensorMap map_y, \
             const __grid_constant__ CUtensorMap map_x, T* __restrict__ dw, T* __restrict__ db,   \
             long long m, long long n, long long k, int relu, int accumulate,                     \
             fusedrop::MaskParams mp) {                                                           \
-        fusedrop::backward::backward_sm90<T, fusedrop::backward::CONFIG::DwMainloop<T>, true>(   \
+        fusedrop::backward::backward_sm90<T, fusedrop::backward::CONFIG::DwMainloop<T>,          \
+                                          fusedrop::backward::CONFIG::DwSplit, true>(            \
             &map_dy, &map_y, &map_x, dw, db, m, n, k, relu, accumulate, mp);                     \
     }
 
-FUSEDROP_BACKWARD_SM90(Wg128x128, wg128x128, f16, __half)
-FUSEDROP_BACKWARD_SM90(Wg128x128, wg128x128, bf16, __nv_bfloat16)
-FUSEDROP_BACKWARD_SM90(Wg128x256, wg128x256, f16, __half)
-FUSEDROP_BACKWARD_SM90(Wg128x256, wg128x256, bf16, __nv_bfloat16)
+#define FUSEDROP_BACKWARD_SM90_TYPES(CONFIG, NAME)        \
+    FUSEDROP_BACKWARD_SM90(CONFIG, NAME, f16, __half, )   \
+    FUSEDROP_BACKWARD_SM90(CONFIG, NAME, bf16, __nv_bfloat16, )
+
+#define FUSEDROP_BACKWARD_SM90_SPLIT_TYPES(CONFIG, NAME)                                 \
+    FUSEDROP_BACKWARD_SM90(CONFIG, NAME, f16, __half,                                    \
+                           __cluster_dims__(fusedrop::backward::CONFIG::kSplits, 1, 1)) \
+    FUSEDROP_BACKWARD_SM90(CONFIG, NAME, bf16, __nv_bfloat16,                            \
+                           __cluster_dims__(fusedrop::backward::CONFIG::kSplits, 1, 1))
+
+FUSEDROP_BACKWARD_SM90_TYPES(Wg128x128, wg128x128)
+FUSEDROP_BACKWARD_SM90_TYPES(Wg128x256, wg128x256)
+FUSEDROP_BACKWARD_SM90_SPLIT_TYPES(Wg128x128Split2, wg128x128s2)
+FUSEDROP_BACKWARD_SM90_SPLIT_TYPES(Wg128x128Split4, wg128x128s4)
+FUSEDROP_BACKWARD_SM90_SPLIT_TYPES(Wg128x128Split8, wg128x128s8)
 
 // The launch numbers the Rust side launches with (src/cuda/launch_table.rs, via build.rs).
 #include "fusedrop_launch_table.h"
@@ -339,3 +418,12 @@ static_assert(fusedrop::launch::matches<fusedrop::backward::Wg128x128>(
 static_assert(fusedrop::launch::matches<fusedrop::backward::Wg128x256>(
                   fusedrop::launch::backward_wg128x256),
               "backward Wg128x256 disagrees with src/cuda/launch_table.rs");
+static_assert(fusedrop::launch::matches_clustered<fusedrop::backward::Wg128x128Split2>(
+                  fusedrop::launch::backward_wg128x128s2),
+              "backward Wg128x128Split2 disagrees with src/cuda/launch_table.rs");
+static_assert(fusedrop::launch::matches_clustered<fusedrop::backward::Wg128x128Split4>(
+                  fusedrop::launch::backward_wg128x128s4),
+              "backward Wg128x128Split4 disagrees with src/cuda/launch_table.rs");
+static_assert(fusedrop::launch::matches_clustered<fusedrop::backward::Wg128x128Split8>(
+                  fusedrop::launch::backward_wg128x128s8),
+              "backward Wg128x128Split8 disagrees with src/cuda/launch_table.rs");

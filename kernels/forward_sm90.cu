@@ -38,17 +38,9 @@ constexpr int kConsumerRegisters = 232;
 // Row tiles per group of the tile order (L2 reuse of W across consecutive tiles).
 constexpr int kGroupRows = 8;
 
-// The split area of a kernel without split-K: none.
-struct NoSplit {
-    static constexpr int kSplits = 1;
-    static constexpr uint32_t kBytes = 0;
-};
+using gemm::sm90::kSplitOffset;
 
-// The offset of the split-K area in the dynamic shared memory: after the main loop's.
-template <class Mainloop>
-constexpr uint32_t kSplitOffset = ((uint32_t)Mainloop::kSmemBytes + 15u) & ~15u;
-
-// Split is NoSplit, or gemm::sm90::ClusterSplitK (the kernel then runs in clusters of
+// Split is gemm::sm90::NoSplit, or gemm::sm90::ClusterSplitK (the kernel then runs in clusters of
 // Split::kSplits blocks, each accumulating its share of k; see gemm/sm90/split_k.cuh).
 template <typename T, class Mainloop, class Split>
 __device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUtensorMap* map_w,
@@ -126,20 +118,26 @@ __device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUt
         Mainloop::mma_tile(acc, storage, state, k_blocks, consumer, [&](int) {
             if (dropout) mask.draw_next(key);
         });
+        const auto epilogue = [&](const float (&result)[Mainloop::kAccumulators]) {
+            if (dropout) mask.draw_rest(key);
+            const gemm::TileCoordOf<int> tile = scheduler.tile(linear);
+            const gemm::EpilogueArgs<T> epi = gemm::make_epilogue_args(b, y, m, n, relu, mp);
+            gemm::sm90::store_fragment<T, Mainloop::kWgN>(
+                result, mask, epi, (long long)tile.tm * Mainloop::kBlockM + wg_row,
+                (long long)tile.tn * Mainloop::kBlockN + wg_col);
+        };
         if constexpr (kSplitK) {
             const typename Split::Storage split = Split::storage(smem + kSplitOffset<Mainloop>);
             if (rank != 0) {
                 Split::give(split, acc, consumer, done);
                 continue;
             }
-            Split::gather(split, acc, consumer, done);
+            float sum[Mainloop::kAccumulators];
+            Split::gather(split, acc, sum, consumer, done);
+            epilogue(sum);
+        } else {
+            epilogue(acc);
         }
-        if (dropout) mask.draw_rest(key);
-        const gemm::TileCoordOf<int> tile = scheduler.tile(linear);
-        const gemm::EpilogueArgs<T> epi = gemm::make_epilogue_args(b, y, m, n, relu, mp);
-        gemm::sm90::store_fragment<T, Mainloop::kWgN>(acc, mask, epi,
-                                                     (long long)tile.tm * Mainloop::kBlockM + wg_row,
-                                                     (long long)tile.tn * Mainloop::kBlockN + wg_col);
     }
     if constexpr (kSplitK) {
         if (rank != 0)
@@ -154,7 +152,7 @@ struct WgConfig {
     template <typename T>
     using Mainloop = gemm::sm90::Mainloop<T, BM, BN, STAGES>;
     using Split = std::conditional_t<
-        SPLITS == 1, NoSplit,
+        SPLITS == 1, gemm::sm90::NoSplit,
         gemm::sm90::ClusterSplitK<gemm::sm90::Mainloop<__half, BM, BN, STAGES>::kAccumulators,
                                   SPLITS>>;
     static constexpr int kBlockM = BM;

@@ -448,6 +448,24 @@ FUSEDROP_PTX_DEVICE void cluster_load_f32x4(uint32_t address, float (&out)[4]) {
 #endif
 }
 
+// ld.shared::cluster.f32: one float at a shared::cluster address.
+FUSEDROP_PTX_DEVICE float cluster_load_f32(uint32_t address) {
+#if defined(FUSEDROP_PTX_SM90)
+    float v;
+    asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(address) : "memory");
+    return v;
+#elif defined(__CUDA_ARCH__)
+    (void)address;
+    __trap();
+    return 0.0f;
+#elif defined(__CUDACC__)
+    (void)address;
+    return 0.0f;
+#else
+    return ::fusedrop::host::cluster_load_f32(address);
+#endif
+}
+
 // mbarrier.arrive.release.cluster.shared::cluster.b64: one arrival on the mbarrier at a
 // shared::cluster address (another block's), releasing this thread's prior writes to the
 // cluster (a waiter that acquires at cluster scope sees them).

@@ -712,6 +712,46 @@ fn hopper_is_taken_only_where_tma_can_read_the_operands() {
     assert!(error.to_string().contains("multiples of 8"), "{error}");
 }
 
+/// Narrow products take split-K on Hopper (clusters summing partial products in distributed
+/// shared memory): an inference batch's dX and a short-k layer's dW (with db, whose column sums
+/// are split too) match the reference and give the same bits on every run.
+#[test]
+fn hopper_split_k_for_narrow_products() {
+    let Some(stream) = gpu() else { return };
+    if !hopper(&stream) {
+        return;
+    }
+    // small's dX: 64 x 4096 over n = 4096; a short-k layer's dW: 1024 x 256 over m = 8192.
+    for (m, n, k, narrow) in [(64, 4096, 4096, "dX"), (8192, 1024, 256, "dW")] {
+        let shape = LinearShape::new(m, n, k);
+        for activation in [Activation::Relu, Activation::Identity] {
+            let choice =
+                bw::kernels_for::<bf16>(&stream, shape, activation, BackwardKernel::Auto).unwrap();
+            let split = if narrow == "dX" { choice.dx } else { choice.dw };
+            assert!(
+                split.starts_with("wg128x128s"),
+                "{shape:?}: Auto took {choice}"
+            );
+            let spec = LayerSpec::new(shape, activation, Dropout::new(0.1, 21, 4));
+            check::<bf16>(&stream, &spec, ALL_OUTPUTS);
+            check::<f16>(&stream, &spec, ALL_OUTPUTS);
+            let mut rng = StdRng::seed_from_u64(3);
+            let inputs = inputs::<bf16>(&spec, false, &mut rng);
+            let nan = bf16::from_f64(f64::NAN);
+            let initial = Gradients {
+                dx: vec![nan; m * k],
+                dw: vec![nan; n * k],
+                db: vec![nan; n],
+            };
+            let first = run_gpu(&stream, &spec, &inputs, &initial, ALL_OUTPUTS);
+            let again = run_gpu(&stream, &spec, &inputs, &initial, ALL_OUTPUTS);
+            assert_eq!(bits(&first.dx), bits(&again.dx), "{shape:?}: dX differs");
+            assert_eq!(bits(&first.dw), bits(&again.dw), "{shape:?}: dW differs");
+            assert_eq!(bits(&first.db), bits(&again.db), "{shape:?}: db differs");
+        }
+    }
+}
+
 /// dX of a problem with more than 2^32 elements: every index is 64-bit. Only the last rows are
 /// compared (with the reference run on just those rows as a row shard, which gives them the
 /// same mask indices).

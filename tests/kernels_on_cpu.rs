@@ -1362,24 +1362,79 @@ fn hopper_backward_cases() -> Vec<BackwardCase> {
     cases
 }
 
+/// The Hopper backward's configurations without split-K.
+const BACKWARD_SM90_CONFIGS: [&str; 2] = ["wg128x256", "wg128x128"];
+
+fn check_backward_sm90<T: Raw>(seed: u64) {
+    for (i, config) in BACKWARD_SM90_CONFIGS.iter().enumerate() {
+        check_backward_cases::<T>(
+            "backward_sm90",
+            config,
+            &hopper_backward_cases(),
+            seed + i as u64,
+        );
+    }
+}
+
 #[test]
 fn backward_sm90_f16_matches_reference() {
-    check_backward_cases::<f16>(
-        "backward_sm90",
-        "wg128x128",
-        &hopper_backward_cases(),
-        0x9B16,
-    );
+    check_backward_sm90::<f16>(0x9B16);
 }
 
 #[test]
 fn backward_sm90_bf16_matches_reference() {
-    check_backward_cases::<bf16>(
-        "backward_sm90",
-        "wg128x128",
-        &hopper_backward_cases(),
-        0x9BBF,
-    );
+    check_backward_sm90::<bf16>(0x9BBF);
+}
+
+/// The split-K configurations (clusters of 2, 4 or 8 blocks per tile) and their cluster sizes.
+const BACKWARD_SM90_SPLIT_CONFIGS: [(&str, usize); 3] =
+    [("wg128x128s2", 2), ("wg128x128s4", 4), ("wg128x128s8", 8)];
+
+/// The Hopper cases with both reductions (n for dX, m for dW) raised to `splits + 1` k-blocks,
+/// which split unevenly over the blocks of a cluster (each gets at least one).
+fn hopper_split_backward_cases(splits: usize) -> Vec<BackwardCase> {
+    let least = (splits + 1) * 64 - 24;
+    hopper_backward_cases()
+        .into_iter()
+        .map(|c| {
+            let LinearShape { m, n, k } = c.shape;
+            let n = n.max(least);
+            // A shard's logical output keeps room for its wider columns.
+            let n_global = c
+                .geometry
+                .n_global
+                .map(|g| g.max(c.geometry.col_offset + n as u64));
+            BackwardCase {
+                shape: LinearShape::new(m.max(least), n, k),
+                geometry: Geometry {
+                    n_global,
+                    ..c.geometry
+                },
+                ..c
+            }
+        })
+        .collect()
+}
+
+fn check_backward_sm90_split<T: Raw>(seed: u64) {
+    for (i, (config, splits)) in BACKWARD_SM90_SPLIT_CONFIGS.iter().enumerate() {
+        check_backward_cases::<T>(
+            "backward_sm90",
+            config,
+            &hopper_split_backward_cases(*splits),
+            seed + i as u64,
+        );
+    }
+}
+
+#[test]
+fn backward_sm90_split_f16_matches_reference() {
+    check_backward_sm90_split::<f16>(0x5B16);
+}
+
+#[test]
+fn backward_sm90_split_bf16_matches_reference() {
+    check_backward_sm90_split::<bf16>(0x5BBF);
 }
 
 #[path = "common/elementwise.rs"]

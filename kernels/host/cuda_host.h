@@ -953,6 +953,13 @@ inline void cluster_load_f32x4(uint32_t address, float (&out)[4]) {
     memcpy(out, cluster_pointer(address, 16, "ld.shared::cluster.v4.f32"), 16);
 }
 
+// ld.shared::cluster.f32.
+inline float cluster_load_f32(uint32_t address) {
+    float v;
+    memcpy(&v, cluster_pointer(address, 4, "ld.shared::cluster.f32"), 4);
+    return v;
+}
+
 // mbarrier.arrive.release.cluster.shared::cluster.b64 on another block's (or this block's)
 // mbarrier.
 inline void mbarrier_arrive_cluster(uint32_t address) {

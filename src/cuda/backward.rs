@@ -7,7 +7,9 @@
 //! memory. `active` is `[Y > 0]` for ReLU, read from the saved forward output, and the dropout
 //! mask `keep(i)` redrawn from (seed, stream) for the identity activation. Then `dX = dZ·W`,
 //! `dW = dZᵀ·X` and `db` = the column sums of dZ, each accumulated in f32, each output element
-//! reduced by one thread in a fixed order: the same inputs give bit-identical outputs.
+//! reduced in a fixed order (by one thread, or for the Hopper split-K configs by the blocks of a
+//! cluster whose partial sums are added in rank order): the same inputs give bit-identical
+//! outputs.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -39,6 +41,8 @@ struct Config {
     block_n: u64,
     threads: u32,
     smem_bytes: u32,
+    /// Blocks per output tile: the split-K cluster size of the Hopper split configs, else 1.
+    splits: u64,
 }
 
 /// Grid-stride cap of every backward kernel (`kMaxBlocks`).
@@ -59,6 +63,25 @@ const WG128X128: Config = Config::new(
     "wg128x128",
     launch_table::BACKWARD_WG128X128,
 );
+/// The split-K configurations (clusters of 2, 4, 8 blocks per 128 x 128 tile), for narrow
+/// products: few output tiles over a long reduction (small's dX, wide's dW).
+const WG128X128_SPLIT: [Config; 3] = [
+    Config::new(
+        "backward_sm90",
+        "wg128x128s8",
+        launch_table::BACKWARD_WG128X128S8,
+    ),
+    Config::new(
+        "backward_sm90",
+        "wg128x128s4",
+        launch_table::BACKWARD_WG128X128S4,
+    ),
+    Config::new(
+        "backward_sm90",
+        "wg128x128s2",
+        launch_table::BACKWARD_WG128X128S2,
+    ),
+];
 /// The Hopper kernels' boxes (kernels/backward_sm90.cu): K-major dY boxes for dX are
 /// `64 x block_m`, every other box `64 x 64`.
 const HOPPER_BOX: u32 = 64;
@@ -72,6 +95,7 @@ impl Config {
             block_n: n.block_n as u64,
             threads: n.threads,
             smem_bytes: n.smem_bytes,
+            splits: n.cluster as u64,
         }
     }
 
@@ -89,24 +113,33 @@ impl Config {
         }
     }
 
-    /// The Hopper tile for a product with `rows` x `cols` outputs: 128 x 256 when that still
-    /// gives every multiprocessor a tile, else 128 x 128 when that gives at least half of them
-    /// one; `None` below (too few tiles: the mma.sync kernels' smaller tiles spread wider).
-    fn hopper_for(rows: usize, cols: usize, sm_count: usize) -> Option<Config> {
+    /// The Hopper tile for a product with `rows` x `cols` outputs and a reduction of
+    /// `reduction`: 128 x 256 when that still gives every multiprocessor a tile, else 128 x 128
+    /// when that gives at least half of them one; below, the split-K config with the most
+    /// blocks (tiles x splits) that fit in one wave while each block keeps at least 4 k-blocks
+    /// of the reduction; `None` when there is none (a short reduction: the mma.sync kernels'
+    /// smaller tiles spread wider).
+    fn hopper_for(rows: usize, cols: usize, reduction: usize, sm_count: usize) -> Option<Config> {
         let wave = sm_count.max(1) as u64;
         if WG128X256.tiles(rows, cols) >= wave {
-            Some(WG128X256)
-        } else if 2 * WG128X128.tiles(rows, cols) >= wave {
-            Some(WG128X128)
-        } else {
-            None
+            return Some(WG128X256);
         }
+        if 2 * WG128X128.tiles(rows, cols) >= wave {
+            return Some(WG128X128);
+        }
+        let k_blocks = reduction.div_ceil(64) as u64;
+        WG128X128_SPLIT
+            .into_iter()
+            .filter(|c| c.tiles(rows, cols) * c.splits <= wave && k_blocks >= 4 * c.splits)
+            .max_by_key(|c| c.tiles(rows, cols) * c.splits)
     }
 
-    /// The Hopper kernels' persistent launch: one block per multiprocessor at most.
+    /// The Hopper kernels' persistent launch: one block per multiprocessor at most; for a
+    /// split-K config, min(tiles, SMs / splits) clusters of `splits` blocks.
     fn persistent_launch_config(self, tiles: u64, sm_count: usize) -> LaunchConfig {
+        let clusters = tiles.clamp(1, (sm_count as u64 / self.splits).max(1));
         LaunchConfig {
-            grid_dim: (tiles.clamp(1, sm_count.max(1) as u64) as u32, 1, 1),
+            grid_dim: ((clusters * self.splits) as u32, 1, 1),
             block_dim: (self.threads, 1, 1),
             shared_mem_bytes: self.smem_bytes,
         }
@@ -262,7 +295,8 @@ impl<'a> Chooser<'a> {
             && y_ptr.is_none_or(|y| tensor_map::operand_fits(y, m, n))
             && tensor_map::operand_fits(ptr, op_rows, op_cols)
             && WG128X128.tiles(rows, k) <= i32::MAX as u64;
-        let chosen = Config::hopper_for(rows, k, sm_count(self.stream)?);
+        // The other operand's rows are the product's reduction (n for dX, m for dW).
+        let chosen = Config::hopper_for(rows, k, op_rows, sm_count(self.stream)?);
         if self.family == BackwardKernel::Hopper {
             if !fits {
                 return Err(invalid!(
@@ -337,7 +371,9 @@ pub enum BackwardKernel {
     /// for them with other operands is an error. db without dW, and an empty dY (m or n = 0),
     /// run [`BackwardKernel::TensorCore`]. [`BackwardKernel::Auto`] picks them on Hopper whenever the
     /// operands fit and the product has at least half a wave of 128 x 128 tiles (128 x 256 tiles
-    /// when those make a full wave).
+    /// when those make a full wave), or, with fewer tiles, a reduction long enough to split over
+    /// a cluster of 2, 4 or 8 blocks per tile (split-K, summed in a fixed order: still
+    /// bit-identical run to run).
     Hopper,
 }
 
@@ -649,13 +685,40 @@ mod tests {
     fn hopper_tile_follows_the_wave() {
         // 132 multiprocessors (H100 SXM / H200). up's dX: 4096 x 4096 outputs, 512 tiles of
         // 128 x 256.
-        assert_eq!(Config::hopper_for(4096, 4096, 132), Some(WG128X256));
+        assert_eq!(Config::hopper_for(4096, 4096, 8192, 132), Some(WG128X256));
         // 1024 x 2048: 64 tiles of 128 x 256 (under a wave), 128 of 128 x 128.
-        assert_eq!(Config::hopper_for(1024, 2048, 132), Some(WG128X128));
+        assert_eq!(Config::hopper_for(1024, 2048, 4096, 132), Some(WG128X128));
         // 1024 x 1152: 72 tiles of 128 x 128, at least half a wave.
-        assert_eq!(Config::hopper_for(1024, 1152, 132), Some(WG128X128));
-        // 1024 x 1024: 64 tiles of 128 x 128, under half a wave; small's dX (64 x 4096): 32.
-        assert_eq!(Config::hopper_for(1024, 1024, 132), None);
-        assert_eq!(Config::hopper_for(64, 4096, 132), None);
+        assert_eq!(Config::hopper_for(1024, 1152, 4096, 132), Some(WG128X128));
+        // 1024 x 1024: 64 tiles of 128 x 128, under half a wave: split over 2 blocks (128).
+        assert_eq!(
+            Config::hopper_for(1024, 1024, 4096, 132),
+            Some(WG128X128_SPLIT[2])
+        );
+        // small's dX (64 x 4096 over n = 4096): 32 tiles, 4 blocks each.
+        assert_eq!(
+            Config::hopper_for(64, 4096, 4096, 132),
+            Some(WG128X128_SPLIT[1])
+        );
+        // wide's dW (1024 x 256 over m = 32768): 16 tiles, 8 blocks each.
+        assert_eq!(
+            Config::hopper_for(1024, 256, 32768, 132),
+            Some(WG128X128_SPLIT[0])
+        );
+        // A reduction of 256 (4 k-blocks) is too short to split.
+        assert_eq!(Config::hopper_for(64, 4096, 256, 132), None);
+    }
+
+    #[test]
+    fn split_k_launches_whole_clusters() {
+        let s4 = WG128X128_SPLIT[1];
+        assert_eq!(s4.splits, 4);
+        assert_eq!(s4.persistent_launch_config(32, 132).grid_dim, (128, 1, 1));
+        // More tiles than clusters fit: 33 clusters of 4 walk them.
+        assert_eq!(s4.persistent_launch_config(100, 132).grid_dim, (132, 1, 1));
+        assert_eq!(
+            WG128X128.persistent_launch_config(100, 132).grid_dim,
+            (100, 1, 1)
+        );
     }
 }

@@ -90,9 +90,18 @@ pub const BACKWARD_TC64X64: LaunchNumbers = numbers("backward_tc64x64", 64, 64, 
 pub const BACKWARD_WG128X128: LaunchNumbers = numbers("backward_wg128x128", 128, 128, 384, 197_696);
 /// kernels/backward_sm90.cu, `Wg128x256`.
 pub const BACKWARD_WG128X256: LaunchNumbers = numbers("backward_wg128x256", 128, 256, 384, 197_680);
+/// kernels/backward_sm90.cu, `Wg128x128Split2` (split-K over clusters of 2 blocks).
+pub const BACKWARD_WG128X128S2: LaunchNumbers =
+    clustered(numbers("backward_wg128x128s2", 128, 128, 384, 215_120), 2);
+/// kernels/backward_sm90.cu, `Wg128x128Split4`.
+pub const BACKWARD_WG128X128S4: LaunchNumbers =
+    clustered(numbers("backward_wg128x128s4", 128, 128, 384, 215_120), 4);
+/// kernels/backward_sm90.cu, `Wg128x128Split8`.
+pub const BACKWARD_WG128X128S8: LaunchNumbers =
+    clustered(numbers("backward_wg128x128s8", 128, 128, 384, 215_120), 8);
 
 /// Every configuration, for build.rs.
-pub const ALL: [LaunchNumbers; 19] = [
+pub const ALL: [LaunchNumbers; 22] = [
     FORWARD_TC128X256,
     FORWARD_TC128X128,
     FORWARD_TC64X128,
@@ -112,6 +121,9 @@ pub const ALL: [LaunchNumbers; 19] = [
     BACKWARD_TC64X64,
     BACKWARD_WG128X128,
     BACKWARD_WG128X256,
+    BACKWARD_WG128X128S2,
+    BACKWARD_WG128X128S4,
+    BACKWARD_WG128X128S8,
 ];
 
 /// Grid-stride cap of every backward kernel (`kMaxBlocks`).

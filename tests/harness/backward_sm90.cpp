@@ -3,8 +3,9 @@
 //   dX: dY and Y inner n, outer m, box 64 x kBlockM; W inner k, outer n, box 64 x 64;
 //   dW: dY and Y inner n, outer m, box 64 x 64;      X inner k, outer m, box 64 x 64.
 // Without ReLU the kernel reads no Y; its map is then dY's (as on the GPU path). The grid is
-// persistent: the request's optional `grid_x` (default 3) sets gridDim.x, capped at the tile
-// count, so blocks walk several tiles and share the ring across them.
+// persistent: the request's optional `grid_x` (default 3) sets the number of blocks (split-K
+// configs: of clusters of kSplits blocks), capped at the tile count, so blocks walk several
+// tiles and share the ring across them.
 #include "driver.h"
 
 #include "backward_sm90.cu"
@@ -24,8 +25,15 @@ CUtensorMap encode(const Request& req, const char* what, const T* base, long lon
     return map;
 }
 
-long long persistent_blocks(const Request& req, long long tiles) {
-    return std::max<long long>(1, std::min(tiles, req.i64_or("grid_x", 3)));
+// The launch of a config over `tiles` tiles: grid_x blocks (or clusters), capped at the tiles.
+template <class Config>
+fusedrop::host::LaunchConfig persistent_launch(const Request& req, long long tiles) {
+    const long long units = std::max<long long>(1, std::min(tiles, req.i64_or("grid_x", 3)));
+    fusedrop::host::LaunchConfig cfg =
+        config(req, dim3((unsigned)(units * Config::kSplits), 1, 1), Config::kThreads,
+               Config::kSmemBytes);
+    cfg.cluster = Config::kSplits;
+    return cfg;
 }
 
 template <class Config, typename T>
@@ -43,10 +51,7 @@ void run_backward_sm90_dx(const Request& req,
     const CUtensorMap map_w = encode(req, "W", req.ptr<const T>("w"), k, n, 64);
     const long long tiles = (long long)ceil_div(m, Config::kBlockM) * ceil_div(k, Config::kBlockN);
     fusedrop::host::launch(
-        name, kernel,
-        config(req, dim3((unsigned)persistent_blocks(req, tiles), 1, 1), Config::kThreads,
-               Config::kSmemBytes),
-        map_dy, map_y, map_w, req.ptr<T>("dx"), m, n, k, relu, (int)req.i64("accumulate"),
+        name, kernel, persistent_launch<Config>(req, tiles), map_dy, map_y, map_w, req.ptr<T>("dx"), m, n, k, relu, (int)req.i64("accumulate"),
         req.mp);
 }
 
@@ -64,10 +69,7 @@ void run_backward_sm90_dw(const Request& req,
     const CUtensorMap map_x = encode(req, "X", req.ptr<const T>("x"), k, m, 64);
     const long long tiles = (long long)ceil_div(n, Config::kBlockM) * ceil_div(k, Config::kBlockN);
     fusedrop::host::launch(
-        name, kernel,
-        config(req, dim3((unsigned)persistent_blocks(req, tiles), 1, 1), Config::kThreads,
-               Config::kSmemBytes),
-        map_dy, map_y, map_x, req.ptr<T>("dw"), req.ptr<T>("db"), m, n, k, relu,
+        name, kernel, persistent_launch<Config>(req, tiles), map_dy, map_y, map_x, req.ptr<T>("dw"), req.ptr<T>("db"), m, n, k, relu,
         (int)req.i64("accumulate"), req.mp);
 }
 
@@ -90,4 +92,10 @@ void register_kernels() {
     HARNESS_BACKWARD_SM90(Wg128x128, wg128x128, bf16, __nv_bfloat16)
     HARNESS_BACKWARD_SM90(Wg128x256, wg128x256, f16, __half)
     HARNESS_BACKWARD_SM90(Wg128x256, wg128x256, bf16, __nv_bfloat16)
+    HARNESS_BACKWARD_SM90(Wg128x128Split2, wg128x128s2, f16, __half)
+    HARNESS_BACKWARD_SM90(Wg128x128Split2, wg128x128s2, bf16, __nv_bfloat16)
+    HARNESS_BACKWARD_SM90(Wg128x128Split4, wg128x128s4, f16, __half)
+    HARNESS_BACKWARD_SM90(Wg128x128Split4, wg128x128s4, bf16, __nv_bfloat16)
+    HARNESS_BACKWARD_SM90(Wg128x128Split8, wg128x128s8, f16, __half)
+    HARNESS_BACKWARD_SM90(Wg128x128Split8, wg128x128s8, bf16, __nv_bfloat16)
 }

@@ -8,8 +8,10 @@
 //       `partial` area, then arrives (release, cluster scope) on the leader's full[warpgroup];
 //   rank 0 (the leader), each consumer thread: waits for full[warpgroup] (acquire, cluster
 //       scope), reads the fragment of the same thread of ranks 1, 2, ... in that order from their
-//       shared memory (ld.shared::cluster) and adds it to its own, then arrives on each rank's
-//       free[warpgroup]; it alone runs the epilogue.
+//       shared memory (ld.shared::cluster) and adds it to a copy of its own, then arrives on each
+//       rank's free[warpgroup]; it alone runs the epilogue, on the sums. (The sums go to a
+//       separate array: with non-wgmma instructions defining the accumulator registers, ptxas
+//       serializes the next tile's wgmmas of the register-A main loop, its C7515.)
 //
 // The sum is acc(rank 0) + acc(rank 1) + ... + acc(rank kSplits - 1) in that fixed order, so the
 // result is bit-identical from run to run and for any grid size (it depends on kSplits, which
@@ -20,7 +22,9 @@
 //
 // Layout of `partial`: float4 number (warpgroup, q, t) at ((warpgroup * kAccumulators / 4 + q) *
 // 128 + t), q = accumulator registers 4q .. 4q + 3 of warpgroup thread t: consecutive threads
-// touch consecutive 16-byte words, for the local stores and for the remote loads alike.
+// touch consecutive 16-byte words, for the local stores and for the remote loads alike. With
+// kExtra, one more float per thread (`extra`, after `partial`) travels and is summed the same
+// way: the backward's db column sums.
 #pragma once
 
 #include <stdint.h>
@@ -32,7 +36,17 @@ namespace fusedrop {
 namespace gemm {
 namespace sm90 {
 
-template <int kAccumulators, int kSplitsArg>
+// The split area of a kernel without split-K: none.
+struct NoSplit {
+    static constexpr int kSplits = 1;
+    static constexpr uint32_t kBytes = 0;
+};
+
+// Where the split area starts in a kernel's dynamic shared memory: after the main loop's.
+template <class Mainloop>
+constexpr uint32_t kSplitOffset = ((uint32_t)Mainloop::kSmemBytes + 15u) & ~15u;
+
+template <int kAccumulators, int kSplitsArg, bool kExtra = false>
 struct ClusterSplitK {
     static constexpr int kSplits = kSplitsArg;
     static_assert(kSplits >= 2 && kSplits <= 8, "a portable cluster has at most 8 blocks");
@@ -40,20 +54,24 @@ struct ClusterSplitK {
     static constexpr int kQuads = kAccumulators / 4;
     static constexpr uint32_t kPartialBytes =
         (uint32_t)kConsumerWarpgroups * kAccumulators * kWarpgroupThreads * 4u;
-    // The partial area, then full[] and free[], one per consumer warpgroup.
-    static constexpr uint32_t kBytes = kPartialBytes + 2u * kConsumerWarpgroups * 8u;
+    static constexpr uint32_t kExtraBytes =
+        kExtra ? (uint32_t)kConsumerWarpgroups * kWarpgroupThreads * 4u : 0u;
+    // The partial area, the extra floats, then full[] and free[], one per consumer warpgroup.
+    static constexpr uint32_t kBytes = kPartialBytes + kExtraBytes + 2u * kConsumerWarpgroups * 8u;
 
     struct Storage {
         float* partial;  // 16-byte aligned
+        float* extra;
         uint64_t* full;
         uint64_t* free;
     };
 
-    // The split area at `base` (16-byte aligned, after the main loop's shared memory).
+    // The split area at `base` (16-byte aligned, kSplitOffset into the shared memory).
     __device__ __forceinline__ static Storage storage(unsigned char* base) {
         Storage s;
         s.partial = reinterpret_cast<float*>(base);
-        s.full = reinterpret_cast<uint64_t*>(base + kPartialBytes);
+        s.extra = reinterpret_cast<float*>(base + kPartialBytes);
+        s.full = reinterpret_cast<uint64_t*>(base + kPartialBytes + kExtraBytes);
         s.free = s.full + kConsumerWarpgroups;
         return s;
     }
@@ -77,9 +95,9 @@ struct ClusterSplitK {
     }
 
     // Ranks 1 .. kSplits - 1, every consumer thread, once per tile (`tile` counts the block's
-    // tiles from 0): hands the fragment to the leader.
+    // tiles from 0): hands the fragment (and `extra`, with kExtra) to the leader.
     __device__ __forceinline__ static void give(const Storage& s, const float (&acc)[kAccumulators],
-                                                int consumer, int tile) {
+                                                float extra, int consumer, int tile) {
         const int t = (int)(threadIdx.x % kWarpgroupThreads);
         if (tile > 0) ptx::mbarrier_wait_cluster(&s.free[consumer], (uint32_t)(tile - 1) & 1u);
         float4* mine = reinterpret_cast<float4*>(s.partial) + consumer * kQuads * kWarpgroupThreads;
@@ -87,14 +105,19 @@ struct ClusterSplitK {
         for (int q = 0; q < kQuads; ++q)
             mine[q * kWarpgroupThreads + t] =
                 make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]);
+        if constexpr (kExtra) s.extra[consumer * kWarpgroupThreads + t] = extra;
         ptx::mbarrier_arrive_cluster(ptx::cluster_map(&s.full[consumer], 0));
     }
 
-    // Rank 0, every consumer thread, once per tile: adds the other ranks' fragments, in rank
-    // order, to its own.
-    __device__ __forceinline__ static void gather(const Storage& s, float (&acc)[kAccumulators],
+    // Rank 0, every consumer thread, once per tile: sum = acc plus the other ranks' fragments,
+    // in rank order; `extra` likewise (with kExtra).
+    __device__ __forceinline__ static void gather(const Storage& s,
+                                                  const float (&acc)[kAccumulators],
+                                                  float (&sum)[kAccumulators], float& extra,
                                                   int consumer, int tile) {
         const int t = (int)(threadIdx.x % kWarpgroupThreads);
+#pragma unroll
+        for (int i = 0; i < kAccumulators; ++i) sum[i] = acc[i];
         ptx::mbarrier_wait_cluster(&s.full[consumer], (uint32_t)tile & 1u);
         const float4* mine =
             reinterpret_cast<const float4*>(s.partial) + consumer * kQuads * kWarpgroupThreads + t;
@@ -105,13 +128,29 @@ struct ClusterSplitK {
             for (int q = 0; q < kQuads; ++q) {
                 float v[4];
                 ptx::cluster_load_f32x4(theirs + (uint32_t)(q * kWarpgroupThreads * 16), v);
-                acc[4 * q] += v[0];
-                acc[4 * q + 1] += v[1];
-                acc[4 * q + 2] += v[2];
-                acc[4 * q + 3] += v[3];
+                sum[4 * q] += v[0];
+                sum[4 * q + 1] += v[1];
+                sum[4 * q + 2] += v[2];
+                sum[4 * q + 3] += v[3];
             }
+            if constexpr (kExtra)
+                extra += ptx::cluster_load_f32(
+                    ptx::cluster_map(&s.extra[consumer * kWarpgroupThreads + t], (uint32_t)r));
             ptx::mbarrier_arrive_cluster(ptx::cluster_map(&s.free[consumer], (uint32_t)r));
         }
+    }
+
+    // The same without kExtra: the fragment alone.
+    __device__ __forceinline__ static void give(const Storage& s, const float (&acc)[kAccumulators],
+                                                int consumer, int tile) {
+        give(s, acc, 0.0f, consumer, tile);
+    }
+    __device__ __forceinline__ static void gather(const Storage& s,
+                                                  const float (&acc)[kAccumulators],
+                                                  float (&sum)[kAccumulators], int consumer,
+                                                  int tile) {
+        float none = 0.0f;
+        gather(s, acc, sum, none, consumer, tile);
     }
 
     // Ranks 1 .. kSplits - 1, every consumer thread, before exiting after `tiles` tiles: the
