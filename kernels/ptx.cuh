@@ -368,19 +368,24 @@ FUSEDROP_PTX_DEVICE void mbarrier_arrive_expect_tx(uint64_t* bar, uint32_t bytes
 #endif
 }
 
+// mbarrier.try_wait.parity in a loop, with `SEM` (acquire at CTA scope, the default, or at
+// cluster scope) in the instruction.
+#define FUSEDROP_MBARRIER_WAIT_LOOP(SEM, bar, phase_parity)                      \
+    asm volatile(                                                               \
+        "{\n"                                                                   \
+        ".reg .pred done;\n"                                                    \
+        "FUSEDROP_MBARRIER_WAIT:\n"                                             \
+        "mbarrier.try_wait.parity" SEM ".shared::cta.b64 done, [%0], %1;\n"     \
+        "@!done bra FUSEDROP_MBARRIER_WAIT;\n"                                  \
+        "}\n" ::"r"(smem_u32(bar)),                                             \
+        "r"(phase_parity)                                                       \
+        : "memory")
+
 // Blocks until the phase with parity `phase_parity` (0 or 1) has completed, i.e. while the
 // barrier's current phase has that parity: mbarrier.try_wait.parity in a loop.
 FUSEDROP_PTX_DEVICE void mbarrier_wait(uint64_t* bar, uint32_t phase_parity) {
 #if defined(FUSEDROP_PTX_SM90)
-    asm volatile(
-        "{\n"
-        ".reg .pred done;\n"
-        "FUSEDROP_MBARRIER_WAIT:\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-        "@!done bra FUSEDROP_MBARRIER_WAIT;\n"
-        "}\n" ::"r"(smem_u32(bar)),
-        "r"(phase_parity)
-        : "memory");
+    FUSEDROP_MBARRIER_WAIT_LOOP("", bar, phase_parity);
 #elif defined(__CUDA_ARCH__)
     (void)bar, (void)phase_parity;
     __trap();
@@ -487,15 +492,7 @@ FUSEDROP_PTX_DEVICE void mbarrier_arrive_cluster(uint32_t address) {
 // (mbarrier_arrive_cluster), whose writes the waiter then sees.
 FUSEDROP_PTX_DEVICE void mbarrier_wait_cluster(uint64_t* bar, uint32_t phase_parity) {
 #if defined(FUSEDROP_PTX_SM90)
-    asm volatile(
-        "{\n"
-        ".reg .pred done;\n"
-        "FUSEDROP_MBARRIER_WAIT_CLUSTER:\n"
-        "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], %1;\n"
-        "@!done bra FUSEDROP_MBARRIER_WAIT_CLUSTER;\n"
-        "}\n" ::"r"(smem_u32(bar)),
-        "r"(phase_parity)
-        : "memory");
+    FUSEDROP_MBARRIER_WAIT_LOOP(".acquire.cluster", bar, phase_parity);
 #elif defined(__CUDA_ARCH__)
     (void)bar, (void)phase_parity;
     __trap();

@@ -101,6 +101,17 @@ fn inputs<T: Element>(spec: &LayerSpec, nonfinite: bool, rng: &mut StdRng) -> In
     Inputs { x, w, dy, y }
 }
 
+/// Gradient buffers of `shape` filled with NaN, so that an element no kernel writes shows.
+fn poisoned_gradients<T: Element>(shape: LinearShape) -> Gradients<T> {
+    let LinearShape { m, n, k } = shape;
+    let nan = T::from_f64(f64::NAN);
+    Gradients {
+        dx: vec![nan; m * k],
+        dw: vec![nan; n * k],
+        db: vec![nan; n],
+    }
+}
+
 /// Runs the GPU backward with the gradient buffers starting as `initial` (dx, dw, db) and
 /// returns all three buffers afterwards, requested or not.
 fn run_gpu<T: Element>(
@@ -655,12 +666,7 @@ fn hopper_is_taken_only_where_tma_can_read_the_operands() {
     );
     let mut rng = StdRng::seed_from_u64(77);
     let inputs = inputs::<bf16>(&spec, false, &mut rng);
-    let nan = bf16::from_f64(f64::NAN);
-    let initial = Gradients {
-        dx: vec![nan; m * k],
-        dw: vec![nan; n * k],
-        db: vec![nan; n],
-    };
+    let initial = poisoned_gradients::<bf16>(shape);
     let auto = run_gpu(&stream, &spec, &inputs, &initial, ALL_OUTPUTS);
     let forced = run_gpu(
         &stream,
@@ -737,12 +743,7 @@ fn hopper_split_k_for_narrow_products() {
             check::<f16>(&stream, &spec, ALL_OUTPUTS);
             let mut rng = StdRng::seed_from_u64(3);
             let inputs = inputs::<bf16>(&spec, false, &mut rng);
-            let nan = bf16::from_f64(f64::NAN);
-            let initial = Gradients {
-                dx: vec![nan; m * k],
-                dw: vec![nan; n * k],
-                db: vec![nan; n],
-            };
+            let initial = poisoned_gradients::<bf16>(shape);
             let first = run_gpu(&stream, &spec, &inputs, &initial, ALL_OUTPUTS);
             let again = run_gpu(&stream, &spec, &inputs, &initial, ALL_OUTPUTS);
             assert_eq!(bits(&first.dx), bits(&again.dx), "{shape:?}: dX differs");
