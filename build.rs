@@ -16,6 +16,8 @@
 //!   directory as `FUSEDROP_GENERATED_INCLUDE` for the CPU harness.
 //! - Without nvcc the crate still builds (with a warning) and every GPU entry point returns
 //!   `Error::KernelsNotBuilt`, unless `FUSEDROP_REQUIRE_NVCC=1` makes that a build error.
+//! - Dependent crates' build scripts read `DEP_FUSEDROP_DYNAMIC_LINKING` (`1` with the
+//!   `dynamic-linking` feature, else `0`) to know which cudarc linking mode they compile against.
 
 use std::env;
 use std::fmt::Write as _;
@@ -42,6 +44,13 @@ fn main() {
     println!("cargo:rerun-if-changed=kernels");
     println!("cargo:rerun-if-changed=src/cuda/launch_table.rs");
     println!("cargo:rustc-check-cfg=cfg(fusedrop_kernels)");
+    // Metadata for the build scripts of crates that depend on fusedrop (`links` in Cargo.toml
+    // makes it `DEP_FUSEDROP_DYNAMIC_LINKING`): cudarc's run-time loading API (`is_culib_present`,
+    // `culib`) exists only when `dynamic-linking` is off, and the tools probe cuBLASLt with it.
+    println!(
+        "cargo:dynamic_linking={}",
+        u8::from(env::var_os("CARGO_FEATURE_DYNAMIC_LINKING").is_some())
+    );
 
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let generated = write_launch_header(&out_dir);

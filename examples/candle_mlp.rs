@@ -14,7 +14,7 @@ use std::io::Read;
 use candle_core::{DType, Device, ModuleT, Tensor, D};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use fusedrop::candle::{fused_linear_layer, FusedLinear};
-use fusedrop::Activation;
+use fusedrop::Nonlinearity;
 use rand::seq::SliceRandom;
 use rand::{rngs::StdRng, SeedableRng};
 
@@ -56,11 +56,18 @@ impl FusedMlp {
     fn new(vb: VarBuilder) -> candle_core::Result<Self> {
         Ok(Self {
             layers: [
-                fused_linear_layer(PIXELS, HIDDEN, Activation::Relu, DROP_P, SEED, vb.pp("fc1"))?,
+                fused_linear_layer(
+                    PIXELS,
+                    HIDDEN,
+                    Nonlinearity::Relu,
+                    DROP_P,
+                    SEED,
+                    vb.pp("fc1"),
+                )?,
                 fused_linear_layer(
                     HIDDEN,
                     HIDDEN,
-                    Activation::Relu,
+                    Nonlinearity::Relu,
                     DROP_P,
                     SEED + 1,
                     vb.pp("fc2"),
@@ -68,7 +75,7 @@ impl FusedMlp {
                 fused_linear_layer(
                     HIDDEN,
                     CLASSES,
-                    Activation::Identity,
+                    Nonlinearity::Identity,
                     0.0,
                     SEED + 2,
                     vb.pp("fc3"),

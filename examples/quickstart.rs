@@ -4,11 +4,13 @@
 //!
 //! Without a usable GPU it says why and exits with code 3.
 
-use fusedrop::{cuda, reference, Activation, DropoutGenerator, LayerSpec, LinearShape};
+use fusedrop::cuda::{self, forward::ForwardOptions, LayerKernels};
+use fusedrop::{reference, DropoutGenerator, LayerSpec, LinearShape, Nonlinearity};
 
 fn run() -> fusedrop::Result<()> {
     let ctx = cuda::open_device(0)?; // an error, never a panic, without a driver
-    let stream = ctx.default_stream();
+    let kernels = LayerKernels::new(ctx.default_stream())?; // loads the kernels once
+    let stream = kernels.stream();
     let (m, n, k) = (512, 1024, 768);
     let x_host: Vec<f32> = (0..m * k).map(|i| ((i % 13) as f32 - 6.0) / 7.0).collect();
     let w_host: Vec<f32> = (0..n * k).map(|i| ((i % 11) as f32 - 5.0) / 50.0).collect();
@@ -18,16 +20,15 @@ fn run() -> fusedrop::Result<()> {
     let b = stream.clone_htod(&b_host)?;
     let mut y = stream.alloc_zeros::<f32>(m * n)?;
 
-    let mut rng = DropoutGenerator::new(1234); // a fresh Philox stream for every call
-    let spec = LayerSpec::new(LinearShape::new(m, n, k), Activation::Relu, rng.next(0.1));
-    cuda::forward::forward(
-        &stream,
+    let mut rng = DropoutGenerator::new(1234); // a fresh Philox subsequence for every call
+    let spec = LayerSpec::new(LinearShape::new(m, n, k), Nonlinearity::Relu, rng.next(0.1));
+    kernels.forward(
         &spec,
         &x,
         &w,
         Some(&b.as_view()),
         &mut y,
-        cuda::SeedSource::Host,
+        ForwardOptions::default(),
     )?;
     let y_gpu = stream.clone_dtoh(&y)?; // the caller decides when to synchronise
 

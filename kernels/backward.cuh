@@ -2,8 +2,8 @@
 // (and the saved output Y) while a tile of dY is loaded, so that dZ never goes to memory.
 //
 //   identity: dZ = dY * (keep(i) ? scale : 0)   (Y says nothing about the mask, so Philox is
-//                                                redrawn from (seed, stream, i) with i from the
-//                                                shard geometry)
+//                                                redrawn from (seed, subsequence, i) with i from
+//                                                the shard geometry)
 //   ReLU:     dZ = dY * scale                    when Y > 0 (Y = relu(Z) * (keep ? scale : 0) is
 //                                                positive exactly when the element was kept and
 //                                                ReLU passed it; docs/mask-contract.md)

@@ -12,10 +12,10 @@ namespace fusedrop {
 // then the record pointer).
 struct MaskParams {
     uint64_t seed;
-    uint64_t stream;
-    // When non-null, the kernel reads {seed, stream} from this device buffer instead of the two
-    // fields above, so that a captured CUDA graph replays with whatever the buffer holds.
-    const uint64_t* seed_stream;
+    uint64_t subsequence;
+    // When non-null, the kernel reads {seed, subsequence} from this device buffer instead of the
+    // two fields above, so that a captured CUDA graph replays with whatever the buffer holds.
+    const uint64_t* seed_subsequence;
     // floor(p * 2^32); 0 means p == 0 (keep all, skip Philox), 2^32 means p == 1 (drop all).
     uint64_t threshold;
     uint64_t row_offset;
@@ -25,17 +25,18 @@ struct MaskParams {
     float scale;
     uint32_t pad;
     // When non-null (forward and standalone dropout only), the grid's first thread writes the
-    // {seed, stream} the launch used here (record_seed), for the backward to read: the buffer in
-    // seed_stream may be advanced between the forward and the backward (SeedSource::DeviceRecorded).
+    // {seed, subsequence} the launch used here (record_seed), for the backward to read: the
+    // buffer in seed_subsequence may be advanced between the forward and the backward
+    // (SeedSource::DeviceRecorded).
     uint64_t* record;
 };
 
-// Replaces seed and stream by the device buffer's values when one is given. Call once at the
-// top of a kernel (device side) before any mask decision.
+// Replaces seed and subsequence by the device buffer's values when one is given. Call once at
+// the top of a kernel (device side) before any mask decision.
 FUSEDROP_HD MaskParams resolve_seed(MaskParams mp) {
-    if (mp.seed_stream != nullptr) {
-        mp.seed = mp.seed_stream[0];
-        mp.stream = mp.seed_stream[1];
+    if (mp.seed_subsequence != nullptr) {
+        mp.seed = mp.seed_subsequence[0];
+        mp.subsequence = mp.seed_subsequence[1];
     }
     return mp;
 }
@@ -45,7 +46,7 @@ FUSEDROP_HD MaskParams resolve_seed(MaskParams mp) {
 FUSEDROP_HD void record_seed(const MaskParams& mp, bool first_thread) {
     if (mp.record != nullptr && first_thread) {
         mp.record[0] = mp.seed;
-        mp.record[1] = mp.stream;
+        mp.record[1] = mp.subsequence;
     }
 }
 
@@ -58,8 +59,8 @@ FUSEDROP_HD uint64_t mask_index(const MaskParams& mp, uint64_t r, uint64_t c) {
 
 // The four words of the Philox call that decides linear indices 4q .. 4q+3.
 FUSEDROP_HD Philox4 mask_words(const MaskParams& mp, uint64_t q) {
-    const Philox4 counter = {{(uint32_t)q, (uint32_t)(q >> 32), (uint32_t)mp.stream,
-                              (uint32_t)(mp.stream >> 32)}};
+    const Philox4 counter = {{(uint32_t)q, (uint32_t)(q >> 32), (uint32_t)mp.subsequence,
+                              (uint32_t)(mp.subsequence >> 32)}};
     return philox4x32_10(counter, (uint32_t)mp.seed, (uint32_t)(mp.seed >> 32));
 }
 

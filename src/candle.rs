@@ -11,11 +11,11 @@
 //!
 //! ```
 //! use candle_core::{Device, Tensor, Var};
-//! use fusedrop::{candle::fused_linear, Activation, Dropout};
+//! use fusedrop::{candle::fused_linear, DropoutSpec, Nonlinearity};
 //! # fn main() -> candle_core::Result<()> {
 //! let x = Tensor::randn(0f32, 1.0, (8, 4), &Device::Cpu)?;
 //! let w = Var::randn(0f32, 0.5, (3, 4), &Device::Cpu)?;
-//! let y = fused_linear(&x, w.as_tensor(), None, Activation::Relu, Dropout::new(0.5, 7, 0))?;
+//! let y = fused_linear(&x, w.as_tensor(), None, Nonlinearity::Relu, DropoutSpec::new(0.5, 7, 0))?;
 //! let grads = y.sum_all()?.backward()?;
 //! assert_eq!(grads.get(&w).unwrap().dims(), &[3, 4]);
 //! # Ok(()) }
@@ -31,7 +31,7 @@ use candle_core::{
 use half::{bf16, f16};
 
 use crate::element::Element;
-use crate::layer::{Activation, Dropout, DropoutGenerator, LayerSpec, LinearShape};
+use crate::layer::{DropoutGenerator, DropoutSpec, LayerSpec, LinearShape, Nonlinearity};
 use crate::reference;
 
 /// A fusedrop error as a candle error.
@@ -46,20 +46,20 @@ fn invalid(msg: String) -> candle_core::Error {
 
 /// `Y = dropout_p(act(X·Wᵀ + b))` as a candle op: X `[m, k]`, W `[n, k]`, optional b `[n]`.
 ///
-/// `dropout` names the mask (p, seed, stream); take a fresh stream for every call from a
+/// `dropout` names the mask (p, seed, subsequence); take a fresh subsequence for every call from a
 /// [`DropoutGenerator`], or use [`FusedLinear`], which does. The backward pass recovers the mask
-/// from the output for ReLU and redraws it from (seed, stream) for the identity, so nothing but
-/// the output is kept for it. Gradients are returned for X (only when X is tracked), W and b.
+/// from the output for ReLU and redraws it from (seed, subsequence) for the identity, so nothing
+/// but the output is kept for it. Gradients are returned for X (only when X is tracked), W and b.
 pub fn fused_linear(
     x: &Tensor,
     w: &Tensor,
     b: Option<&Tensor>,
-    activation: Activation,
-    dropout: Dropout,
+    nonlinearity: Nonlinearity,
+    dropout: DropoutSpec,
 ) -> candle_core::Result<Tensor> {
     crate::validate::check_probability(dropout.p).map_err(to_candle)?;
     let op = FusedLinearOp {
-        activation,
+        nonlinearity,
         dropout,
     };
     match b {
@@ -72,8 +72,8 @@ pub fn fused_linear(
 /// with one.
 #[derive(Debug, Clone, Copy)]
 struct FusedLinearOp {
-    activation: Activation,
-    dropout: Dropout,
+    nonlinearity: Nonlinearity,
+    dropout: DropoutSpec,
 }
 
 /// A contiguous operand's element range in its storage, or an error naming the operand.
@@ -137,7 +137,7 @@ impl FusedLinearOp {
         }
         Ok(LayerSpec::new(
             LinearShape::new(m, n, k),
-            self.activation,
+            self.nonlinearity,
             self.dropout,
         ))
     }
@@ -365,17 +365,57 @@ impl CustomOp3 for FusedLinearOp {
 mod cuda {
     //! The CUDA side of the op: the crate's kernels on the candle tensors' own stream.
 
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+
     use candle_core::cuda::CudaDType;
     use candle_core::op::BackpropOp;
     use candle_core::{CudaStorage, Layout, Shape, Storage, Tensor};
-    use cudarc::driver::CudaView;
+    use cudarc::driver::{CudaStream, CudaView};
     use half::{bf16, f16};
 
     use super::{contiguous_range, to_candle, FusedLinearOp, Wanted};
-    use crate::cuda::backward::{self as kernels, BackwardOptions, GradientsMut};
-    use crate::cuda::{forward::forward, SeedSource};
+    use crate::cuda::backward::{BackwardOptions, GradientsMut};
+    use crate::cuda::forward::ForwardOptions;
+    use crate::cuda::LayerKernels;
     use crate::element::Element;
+    use crate::error::Error;
     use crate::layer::{LayerSpec, LinearShape};
+
+    /// The kernel handle for a candle device's stream, made on first use.
+    ///
+    /// candle's custom ops receive storages, not a place to keep state per device, so the handles
+    /// live in a process-wide map keyed by (context, stream): one [`LayerKernels::new`] (module
+    /// loading) per CUDA context, and [`LayerKernels::on_stream`] for each further stream of that
+    /// context (candle devices made for one GPU share its primary context, each with its own
+    /// stream). The map holds each stream, so a key cannot be reused by a later stream.
+    fn kernels_for(stream: &Arc<CudaStream>) -> candle_core::Result<LayerKernels> {
+        static HANDLES: OnceLock<Mutex<HashMap<(usize, usize), LayerKernels>>> = OnceLock::new();
+        let mut handles = HANDLES
+            .get_or_init(|| Mutex::new(HashMap::new()))
+            .lock()
+            .map_err(|_| {
+                to_candle(Error::Cuda(
+                    "the candle adapter's kernel handle lock was poisoned by a panic".into(),
+                ))
+            })?;
+        let context = stream.context().cu_ctx() as usize;
+        let key = (context, stream.cu_stream() as usize);
+        if let Some(kernels) = handles.get(&key) {
+            return Ok(kernels.clone());
+        }
+        let same_context = handles
+            .iter()
+            .find(|((ctx, _), _)| *ctx == context)
+            .map(|(_, kernels)| kernels.clone());
+        let kernels = match same_context {
+            Some(other) => other.on_stream(stream.clone()),
+            None => LayerKernels::new(stream.clone()),
+        }
+        .map_err(to_candle)?;
+        handles.insert(key, kernels.clone());
+        Ok(kernels)
+    }
 
     /// The contiguous elements of an operand as a view of its device buffer.
     fn view<'a, T: Element + CudaDType>(
@@ -416,21 +456,21 @@ mod cuda {
         b: Option<(&CudaStorage, &Layout)>,
     ) -> candle_core::Result<CudaStorage> {
         let device = x.0.device.clone();
-        let stream = device.cuda_stream();
+        let kernels = kernels_for(&device.cuda_stream())?;
         let x_view = view::<T>("X", x.0, x.1)?;
         let w_view = view::<T>("W", w.0, w.1)?;
         let b_view = b.map(|(s, l)| view::<T>("b", s, l)).transpose()?;
         let mut y = device.alloc_zeros::<T>(spec.shape.m * spec.shape.n)?;
-        forward(
-            &stream,
-            spec,
-            &x_view,
-            &w_view,
-            b_view.as_ref(),
-            &mut y,
-            SeedSource::Host,
-        )
-        .map_err(to_candle)?;
+        kernels
+            .forward(
+                spec,
+                &x_view,
+                &w_view,
+                b_view.as_ref(),
+                &mut y,
+                ForwardOptions::default(),
+            )
+            .map_err(to_candle)?;
         Ok(CudaStorage::wrap_cuda_slice(y, device))
     }
 
@@ -442,7 +482,7 @@ mod cuda {
     ) -> candle_core::Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
         let LinearShape { m, n, k } = spec.shape;
         let device = x.device.clone();
-        let stream = device.cuda_stream();
+        let kernels = kernels_for(&device.cuda_stream())?;
         let x_view = view::<T>("X", x, x_layout)?;
         let w_view = view::<T>("W", w, w_layout)?;
         let y_view = view::<T>("Y", y, y_layout)?;
@@ -458,18 +498,17 @@ mod cuda {
             dw: Some(dw.as_view_mut()),
             db: db.as_mut().map(|d| d.as_view_mut()),
         };
-        kernels::backward(
-            &stream,
-            spec,
-            &x_view,
-            &w_view,
-            &dy_view,
-            Some(&y_view),
-            grads,
-            BackwardOptions::default(),
-            SeedSource::Host,
-        )
-        .map_err(to_candle)?;
+        kernels
+            .backward(
+                spec,
+                &x_view,
+                &w_view,
+                &dy_view,
+                Some(&y_view),
+                grads,
+                BackwardOptions::default(),
+            )
+            .map_err(to_candle)?;
         let tensor = |slice: cudarc::driver::CudaSlice<T>, shape: Shape| {
             Tensor::from_storage(
                 Storage::Cuda(CudaStorage::wrap_cuda_slice(slice, device.clone())),
@@ -489,7 +528,7 @@ mod cuda {
 /// A fused `Linear` → activation → dropout layer for candle models, with weights in candle-nn's
 /// `Linear` layout (`weight` `[out, in]`, `bias` `[out]`).
 ///
-/// In training (`forward_t(xs, true)`) every call takes the next Philox stream of the layer's
+/// In training (`forward_t(xs, true)`) every call takes the next Philox subsequence of the layer's
 /// own [`DropoutGenerator`], so no two calls share a mask; in evaluation (`train == false`)
 /// there is no dropout and the generator does not move. Inputs may have any number of leading
 /// dimensions (`[.., in]` → `[.., out]`), as with candle-nn's `Linear`.
@@ -497,18 +536,18 @@ mod cuda {
 pub struct FusedLinear {
     weight: Tensor,
     bias: Option<Tensor>,
-    activation: Activation,
+    nonlinearity: Nonlinearity,
     p: f32,
     generator: Mutex<DropoutGenerator>,
 }
 
 impl FusedLinear {
     /// A layer over existing weights (`[out, in]`) and bias (`[out]`), dropping with
-    /// probability `p` in training, its masks drawn from `seed` starting at stream 0.
+    /// probability `p` in training, its masks drawn from `seed` starting at subsequence 0.
     pub fn new(
         weight: Tensor,
         bias: Option<Tensor>,
-        activation: Activation,
+        nonlinearity: Nonlinearity,
         p: f32,
         seed: u64,
     ) -> candle_core::Result<Self> {
@@ -516,7 +555,7 @@ impl FusedLinear {
         Ok(Self {
             weight,
             bias,
-            activation,
+            nonlinearity,
             p,
             generator: Mutex::new(DropoutGenerator::new(seed)),
         })
@@ -532,16 +571,16 @@ impl FusedLinear {
         self.bias.as_ref()
     }
 
-    /// The Philox stream the next training call will use (for checkpoints: resume with
-    /// [`FusedLinear::resume_at_stream`]).
-    pub fn next_stream(&self) -> u64 {
-        self.generator().peek_stream()
+    /// The Philox subsequence the next training call will use (for checkpoints: resume with
+    /// [`FusedLinear::resume_at_subsequence`]).
+    pub fn next_subsequence(&self) -> u64 {
+        self.generator().peek_subsequence()
     }
 
-    /// Continues the dropout masks from `stream`, as a checkpointed layer had reached.
-    pub fn resume_at_stream(&self, stream: u64) {
+    /// Continues the dropout masks from `subsequence`, as a checkpointed layer had reached.
+    pub fn resume_at_subsequence(&self, subsequence: u64) {
         let seed = self.generator().seed();
-        *self.generator() = DropoutGenerator::with_stream(seed, stream);
+        *self.generator() = DropoutGenerator::with_subsequence(seed, subsequence);
     }
 
     fn generator(&self) -> std::sync::MutexGuard<'_, DropoutGenerator> {
@@ -558,7 +597,7 @@ impl ModuleT for FusedLinear {
         let dropout = if train {
             self.generator().next(self.p)
         } else {
-            Dropout::NONE
+            DropoutSpec::NONE
         };
         let dims = xs.dims();
         let Some((&k, leading)) = dims.split_last() else {
@@ -576,7 +615,7 @@ impl ModuleT for FusedLinear {
             &x,
             &self.weight,
             self.bias.as_ref(),
-            self.activation,
+            self.nonlinearity,
             dropout,
         )?;
         if dims.len() == 2 {
@@ -595,7 +634,7 @@ impl ModuleT for FusedLinear {
 pub fn fused_linear_layer(
     in_dim: usize,
     out_dim: usize,
-    activation: Activation,
+    nonlinearity: Nonlinearity,
     p: f32,
     seed: u64,
     vb: candle_nn::VarBuilder,
@@ -614,5 +653,5 @@ pub fn fused_linear_layer(
             up: bound,
         },
     )?;
-    FusedLinear::new(weight, Some(bias), activation, p, seed)
+    FusedLinear::new(weight, Some(bias), nonlinearity, p, seed)
 }

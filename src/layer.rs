@@ -22,7 +22,7 @@ impl LinearShape {
 
 /// The activation between the matrix product and dropout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
+pub enum Nonlinearity {
     /// `max(z, 0)`.
     Relu,
     /// No activation (the final layer of a network).
@@ -64,33 +64,37 @@ impl Geometry {
     }
 }
 
-/// The dropout of one call: the probability `p` of dropping an element and the (seed, stream)
+/// The dropout of one call: the probability `p` of dropping an element and the (seed, subsequence)
 /// pair whose Philox words decide which.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Dropout {
+pub struct DropoutSpec {
     /// Probability of dropping, in `[0, 1]`. 0 disables dropout.
     pub p: f32,
     /// The Philox key.
     pub seed: u64,
-    /// The Philox stream (counter words 2-3): one value per call.
-    pub stream: u64,
+    /// The Philox subsequence (counter words 2-3): one value per call.
+    pub subsequence: u64,
 }
 
-impl Dropout {
+impl DropoutSpec {
     /// No dropout: every element kept, scale 1.
-    pub const NONE: Dropout = Dropout {
+    pub const NONE: DropoutSpec = DropoutSpec {
         p: 0.0,
         seed: 0,
-        stream: 0,
+        subsequence: 0,
     };
 
-    /// An explicit (seed, stream) pair, for recomputing a mask that was used before.
-    pub const fn new(p: f32, seed: u64, stream: u64) -> Self {
-        Self { p, seed, stream }
+    /// An explicit (seed, subsequence) pair, for recomputing a mask that was used before.
+    pub const fn new(p: f32, seed: u64, subsequence: u64) -> Self {
+        Self {
+            p,
+            seed,
+            subsequence,
+        }
     }
 }
 
-/// Hands out a fresh Philox stream for every call, so that no two calls share a mask by
+/// Hands out a fresh Philox subsequence for every call, so that no two calls share a mask by
 /// accident.
 ///
 /// ```
@@ -98,28 +102,28 @@ impl Dropout {
 /// let first = gen.next(0.1);
 /// let second = gen.next(0.1);
 /// assert_eq!(first.seed, second.seed);
-/// assert_ne!(first.stream, second.stream);
+/// assert_ne!(first.subsequence, second.subsequence);
 /// ```
 #[derive(Debug, Clone)]
 pub struct DropoutGenerator {
     seed: u64,
-    next_stream: u64,
+    next_subsequence: u64,
 }
 
 impl DropoutGenerator {
-    /// A generator whose first call gets stream 0.
+    /// A generator whose first call gets subsequence 0.
     pub const fn new(seed: u64) -> Self {
         Self {
             seed,
-            next_stream: 0,
+            next_subsequence: 0,
         }
     }
 
-    /// A generator that continues from `stream` (for resuming training from a checkpoint).
-    pub const fn with_stream(seed: u64, stream: u64) -> Self {
+    /// A generator that continues from `subsequence` (for resuming training from a checkpoint).
+    pub const fn with_subsequence(seed: u64, subsequence: u64) -> Self {
         Self {
             seed,
-            next_stream: stream,
+            next_subsequence: subsequence,
         }
     }
 
@@ -128,20 +132,20 @@ impl DropoutGenerator {
         self.seed
     }
 
-    /// The stream the next call will get.
-    pub const fn peek_stream(&self) -> u64 {
-        self.next_stream
+    /// The subsequence the next call will get.
+    pub const fn peek_subsequence(&self) -> u64 {
+        self.next_subsequence
     }
 
-    /// The dropout of the next call, advancing the stream by one.
+    /// The dropout of the next call, advancing the subsequence by one.
     #[allow(clippy::should_implement_trait)]
-    pub fn next(&mut self, p: f32) -> Dropout {
-        let stream = self.next_stream;
-        self.next_stream = self.next_stream.wrapping_add(1);
-        Dropout {
+    pub fn next(&mut self, p: f32) -> DropoutSpec {
+        let subsequence = self.next_subsequence;
+        self.next_subsequence = self.next_subsequence.wrapping_add(1);
+        DropoutSpec {
             p,
             seed: self.seed,
-            stream,
+            subsequence,
         }
     }
 }
@@ -153,19 +157,19 @@ pub struct LayerSpec {
     /// Sizes of X, W, b and Y.
     pub shape: LinearShape,
     /// ReLU or identity.
-    pub activation: Activation,
-    /// Dropout probability and (seed, stream).
-    pub dropout: Dropout,
+    pub nonlinearity: Nonlinearity,
+    /// Dropout probability and (seed, subsequence).
+    pub dropout: DropoutSpec,
     /// Where the output sits in a sharded layer's logical output.
     pub geometry: Geometry,
 }
 
 impl LayerSpec {
     /// An unsharded layer.
-    pub const fn new(shape: LinearShape, activation: Activation, dropout: Dropout) -> Self {
+    pub const fn new(shape: LinearShape, nonlinearity: Nonlinearity, dropout: DropoutSpec) -> Self {
         Self {
             shape,
-            activation,
+            nonlinearity,
             dropout,
             geometry: Geometry::UNSHARDED,
         }

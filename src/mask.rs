@@ -1,5 +1,5 @@
 //! The dropout mask contract, v1 (docs/mask-contract.md): a keep/drop decision that is a pure
-//! function of (seed, stream, p, linear element index), identical on every backend.
+//! function of (seed, subsequence, p, linear element index), identical on every backend.
 //!
 //! The same arithmetic is written for the GPU in `kernels/mask.cuh`.
 
@@ -14,19 +14,19 @@ pub fn key(seed: u64) -> [u32; 2] {
 }
 
 /// The Philox counter that decides linear indices `4q .. 4q+3`.
-pub fn counter(q: u64, stream: u64) -> [u32; 4] {
+pub fn counter(q: u64, subsequence: u64) -> [u32; 4] {
     [
         q as u32,
         (q >> 32) as u32,
-        stream as u32,
-        (stream >> 32) as u32,
+        subsequence as u32,
+        (subsequence >> 32) as u32,
     ]
 }
 
 /// The random word that decides element `index`: word `index & 3` of the Philox call for
 /// counter `index >> 2`.
-pub fn word(seed: u64, stream: u64, index: u64) -> u32 {
-    philox4x32_10(counter(index >> 2, stream), key(seed))[(index & 3) as usize]
+pub fn word(seed: u64, subsequence: u64, index: u64) -> u32 {
+    philox4x32_10(counter(index >> 2, subsequence), key(seed))[(index & 3) as usize]
 }
 
 /// The drop threshold `floor(p * 2^32)`, in `[0, 2^32]`: an element is kept when its word is at
@@ -45,7 +45,7 @@ pub fn scale(p: f32) -> f32 {
     }
 }
 
-/// Whether element `index` is kept under dropout probability `p` for this (seed, stream).
+/// Whether element `index` is kept under dropout probability `p` for this (seed, subsequence).
 ///
 /// `p` is the probability of dropping, in `[0, 1]`; values outside that range are clamped here
 /// (the public layer entry points reject them with an error before anything runs).
@@ -55,9 +55,9 @@ pub fn scale(p: f32) -> f32 {
 /// assert!(fusedrop::mask::keep(42, 7, 0.0, 123));
 /// assert!(!fusedrop::mask::keep(42, 7, 1.0, 123));
 /// ```
-pub fn keep(seed: u64, stream: u64, p: f32, index: u64) -> bool {
+pub fn keep(seed: u64, subsequence: u64, p: f32, index: u64) -> bool {
     let t = threshold(p.clamp(0.0, 1.0));
-    t == 0 || u64::from(word(seed, stream, index)) >= t
+    t == 0 || u64::from(word(seed, subsequence, index)) >= t
 }
 
 /// The keep decisions of the consecutive linear indices `first .. first + keep.len()`, written
@@ -71,7 +71,7 @@ pub fn keep(seed: u64, stream: u64, p: f32, index: u64) -> bool {
 ///     assert_eq!(kept, fusedrop::mask::keep(42, 7, 0.5, 3 + j as u64));
 /// }
 /// ```
-pub fn keep_run(seed: u64, stream: u64, p: f32, first: u64, keep: &mut [bool]) {
+pub fn keep_run(seed: u64, subsequence: u64, p: f32, first: u64, keep: &mut [bool]) {
     let t = threshold(p.clamp(0.0, 1.0));
     if t == 0 {
         keep.fill(true);
@@ -84,7 +84,7 @@ pub fn keep_run(seed: u64, stream: u64, p: f32, first: u64, keep: &mut [bool]) {
         let words = match cached {
             Some((cq, words)) if cq == q => words,
             _ => {
-                let words = philox4x32_10(counter(q, stream), key(seed));
+                let words = philox4x32_10(counter(q, subsequence), key(seed));
                 cached = Some((q, words));
                 words
             }

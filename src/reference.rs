@@ -8,8 +8,9 @@
 //! bit for bit. The work is spread over the machine's cores by blocks of rows.
 //!
 //! ```
-//! use fusedrop::{reference, Activation, Dropout, LayerSpec, LinearShape};
-//! let spec = LayerSpec::new(LinearShape::new(2, 3, 4), Activation::Relu, Dropout::new(0.5, 42, 0));
+//! use fusedrop::{reference, DropoutSpec, LayerSpec, LinearShape, Nonlinearity};
+//! let dropout = DropoutSpec::new(0.5, 42, 0);
+//! let spec = LayerSpec::new(LinearShape::new(2, 3, 4), Nonlinearity::Relu, dropout);
 //! let x = vec![0.5f32; 2 * 4];
 //! let w = vec![0.25f32; 3 * 4];
 //! let y = reference::forward(&spec, &x, &w, None)?;
@@ -22,7 +23,7 @@ use std::thread;
 
 use crate::element::Element;
 use crate::error::Result;
-use crate::layer::{Activation, Dropout, Geometry, LayerSpec, LinearShape};
+use crate::layer::{DropoutSpec, Geometry, LayerSpec, LinearShape, Nonlinearity};
 use crate::mask;
 use crate::validate::{self, BackwardLens, ForwardLens};
 
@@ -33,7 +34,7 @@ pub fn dropout_in_place<T: Element>(
     y: &mut [T],
     m: usize,
     n: usize,
-    dropout: &Dropout,
+    dropout: &DropoutSpec,
     geometry: &Geometry,
 ) {
     let scale = mask::scale(dropout.p);
@@ -41,7 +42,7 @@ pub fn dropout_in_place<T: Element>(
         for c in 0..n {
             let index = geometry.linear_index(n, r, c);
             let v = &mut y[r * n + c];
-            let kept = mask::keep(dropout.seed, dropout.stream, dropout.p, index);
+            let kept = mask::keep(dropout.seed, dropout.subsequence, dropout.p, index);
             *v = T::from_f32(v.to_f32() * if kept { scale } else { 0.0 });
         }
     }
@@ -126,7 +127,7 @@ pub fn forward_f64<T: Element>(
         return Ok(Vec::new());
     }
     let bias = b.map(to_f64);
-    let relu = spec.activation == Activation::Relu;
+    let relu = spec.nonlinearity == Nonlinearity::Relu;
     let dropout = spec.dropout;
     let scale = f64::from(mask::scale(dropout.p));
     let n = shape.n;
@@ -139,7 +140,13 @@ pub fn forward_f64<T: Element>(
         move |r, row| {
             keep.resize(n, false);
             let first = spec.geometry.linear_index(n, r, 0);
-            mask::keep_run(dropout.seed, dropout.stream, dropout.p, first, &mut keep);
+            mask::keep_run(
+                dropout.seed,
+                dropout.subsequence,
+                dropout.p,
+                first,
+                &mut keep,
+            );
             for (v, &kept) in row.iter_mut().zip(&keep) {
                 let a = if relu { self::relu(*v) } else { *v };
                 *v = apply_keep(a, kept, scale);
@@ -168,7 +175,7 @@ pub struct Gradients<T> {
 /// The backward pass in f64, unrounded, from dY and (for ReLU) the saved forward output.
 ///
 /// The gradient through activation and dropout is recovered without the mask for ReLU and
-/// regenerated from (seed, stream, p) for identity (docs/mask-contract.md, "Backward without a
+/// regenerated from (seed, subsequence, p) for identity (docs/mask-contract.md, "Backward without a
 /// mask"):
 ///
 /// - ReLU (`y_saved` is required): `dz = dy * scale` where `y_saved > 0`;
@@ -202,15 +209,15 @@ pub fn backward_f64<T: Element>(
 
     // dz[r, c]: the gradient of the pre-activation.
     let mut dz = to_f64(dy);
-    match (spec.activation, y_saved) {
-        (Activation::Relu, Some(y)) => {
+    match (spec.nonlinearity, y_saved) {
+        (Nonlinearity::Relu, Some(y)) => {
             for (i, (g, y)) in dz.iter_mut().zip(y).enumerate() {
                 let y = y.to_f64();
                 *g = if y > 0.0 {
                     *g * scale
                 } else if y.is_nan() {
                     let index = spec.geometry.linear_index(n, i / n, i % n);
-                    let kept = mask::keep(dropout.seed, dropout.stream, dropout.p, index);
+                    let kept = mask::keep(dropout.seed, dropout.subsequence, dropout.p, index);
                     apply_keep(*g, kept, scale)
                 } else {
                     0.0
@@ -221,7 +228,13 @@ pub fn backward_f64<T: Element>(
             let mut keep = vec![false; n];
             for (r, row) in dz.chunks_exact_mut(n.max(1)).enumerate().take(m) {
                 let first = spec.geometry.linear_index(n, r, 0);
-                mask::keep_run(dropout.seed, dropout.stream, dropout.p, first, &mut keep);
+                mask::keep_run(
+                    dropout.seed,
+                    dropout.subsequence,
+                    dropout.p,
+                    first,
+                    &mut keep,
+                );
                 for (g, &kept) in row.iter_mut().zip(&keep) {
                     *g = apply_keep(*g, kept, scale);
                 }

@@ -8,7 +8,7 @@
 //! - `p` must be a number in `[0, 1]`.
 
 use crate::error::{invalid, Result};
-use crate::layer::{Activation, Geometry, LayerSpec, LinearShape};
+use crate::layer::{Geometry, LayerSpec, LinearShape, Nonlinearity};
 
 /// The largest element count or mask index the kernels' 64-bit signed arithmetic handles.
 pub const MAX_INDEX: u64 = i64::MAX as u64;
@@ -172,8 +172,8 @@ pub fn check_backward(spec: &LayerSpec, lens: BackwardLens) -> Result<bool> {
         &format!("n*k = {n}*{k}, the nn.Linear [out, in] layout"),
     )?;
     check_len("dY", lens.dy, sizes.y, &format!("m*n = {m}*{n}"))?;
-    match (spec.activation, lens.y_saved) {
-        (Activation::Relu, None) => {
+    match (spec.nonlinearity, lens.y_saved) {
+        (Nonlinearity::Relu, None) => {
             return Err(invalid!(
                 "ReLU backward needs y_saved, the saved forward output Y (m*n = {m}*{n} \
                  elements), to know which elements were kept and active; got none"
@@ -185,7 +185,7 @@ pub fn check_backward(spec: &LayerSpec, lens: BackwardLens) -> Result<bool> {
             sizes.y,
             &format!("m*n = {m}*{n}, the saved forward output Y"),
         )?,
-        (Activation::Identity, None) => {}
+        (Nonlinearity::Identity, None) => {}
     }
     Ok(sizes.y > 0)
 }

@@ -6,7 +6,7 @@
 use candle_core::{DType, Device, ModuleT, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use fusedrop::candle::{fused_linear, fused_linear_layer, FusedLinear};
-use fusedrop::{reference, Activation, Dropout, Element, LayerSpec, LinearShape};
+use fusedrop::{reference, DropoutSpec, Element, LayerSpec, LinearShape, Nonlinearity};
 use half::{bf16, f16};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -77,8 +77,8 @@ fn gradients_match_candle_matmul_and_relu_at_p_zero() -> Result<()> {
                     ops.x.as_tensor(),
                     &ops.w,
                     bias,
-                    Activation::Relu,
-                    Dropout::NONE,
+                    Nonlinearity::Relu,
+                    DropoutSpec::NONE,
                 )?;
                 let grads = (&y * &ops.r)?.sum_all()?.backward()?;
 
@@ -131,22 +131,22 @@ fn gradients_match_candle_matmul_and_relu_at_p_zero() -> Result<()> {
 
 /// The op's output and gradients against `reference::forward`/`backward` for `T`, bit for bit
 /// (the CPU op is the reference, so any difference is a wiring fault: operand order, layout,
-/// which gradient lands where, the mask's (seed, stream)).
+/// which gradient lands where, the mask's (seed, subsequence)).
 fn check_against_reference<T: Element + candle_core::WithDType>(dtype: DType) -> Result<()> {
     for (i, &(m, n, k)) in SHAPES.iter().enumerate() {
         for p in [0.1f32, 0.5, 1.0] {
-            for activation in [Activation::Relu, Activation::Identity] {
+            for nonlinearity in [Nonlinearity::Relu, Nonlinearity::Identity] {
                 for with_bias in [false, true] {
                     let ops = operands(m, n, k, dtype, 100 + 10 * i as u64)?;
-                    let dropout = Dropout::new(p, 0x5eed + i as u64, 3);
+                    let dropout = DropoutSpec::new(p, 0x5eed + i as u64, 3);
                     let bias = with_bias.then(|| ops.b.as_tensor());
-                    let y = fused_linear(ops.x.as_tensor(), &ops.w, bias, activation, dropout)?;
+                    let y = fused_linear(ops.x.as_tensor(), &ops.w, bias, nonlinearity, dropout)?;
                     // Through a transpose, so that the gradient reaching the op is not
                     // contiguous.
                     let r_t = ops.r.t()?.contiguous()?;
                     let grads = (y.t()? * &r_t)?.sum_all()?.backward()?;
 
-                    let spec = LayerSpec::new(LinearShape::new(m, n, k), activation, dropout);
+                    let spec = LayerSpec::new(LinearShape::new(m, n, k), nonlinearity, dropout);
                     let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<T>();
                     let (x, w, b, r) = (flat(&ops.x)?, flat(&ops.w)?, flat(&ops.b)?, flat(&ops.r)?);
                     let b = with_bias.then_some(b.as_slice());
@@ -154,7 +154,7 @@ fn check_against_reference<T: Element + candle_core::WithDType>(dtype: DType) ->
                     let g_want = reference::backward(&spec, &x, &w, &r, Some(&y_want)).unwrap();
 
                     let case =
-                        format!("{dtype:?} {m}x{n}x{k} p={p} {activation:?} bias={with_bias}");
+                        format!("{dtype:?} {m}x{n}x{k} p={p} {nonlinearity:?} bias={with_bias}");
                     assert_eq!(flat(&y)?, y_want, "Y {case}");
                     let grad = |v: &Var| flat(grads.get(v).expect("a gradient"));
                     assert_eq!(grad(&ops.x)?, g_want.dx, "dX {case}");
@@ -186,7 +186,13 @@ fn output_and_gradients_match_the_reference_at_p_above_zero() -> Result<()> {
 fn an_untracked_input_gets_no_gradient() -> Result<()> {
     let ops = operands(4, 3, 2, DType::F32, 7)?;
     let x = ops.x.as_tensor().detach();
-    let y = fused_linear(&x, &ops.w, Some(&ops.b), Activation::Relu, Dropout::NONE)?;
+    let y = fused_linear(
+        &x,
+        &ops.w,
+        Some(&ops.b),
+        Nonlinearity::Relu,
+        DropoutSpec::NONE,
+    )?;
     let grads = y.sum_all()?.backward()?;
     assert!(grads.get(&x).is_none());
     assert_eq!(grads.get(&ops.w).expect("dW").dims(), &[3, 2]);
@@ -215,8 +221,8 @@ fn bad_inputs_are_errors_that_say_what_was_expected() -> Result<()> {
     let x = random(4, 3, DType::F32, 1)?;
     let w = random(5, 3, DType::F32, 2)?;
     let b = random(1, 5, DType::F32, 3)?.reshape(5)?;
-    let relu = Activation::Relu;
-    let none = Dropout::NONE;
+    let relu = Nonlinearity::Relu;
+    let none = DropoutSpec::NONE;
     // Not contiguous: the transpose of a [3, 4] tensor.
     let x_t = random(3, 4, DType::F32, 4)?.t()?;
     expect_error(fused_linear(&x_t, &w, Some(&b), relu, none), "contiguous");
@@ -262,7 +268,10 @@ fn bad_inputs_are_errors_that_say_what_was_expected() -> Result<()> {
     );
     // The probability.
     for p in [-0.1, 1.5, f32::NAN] {
-        expect_error(fused_linear(&x, &w, None, relu, Dropout::new(p, 1, 0)), "p");
+        expect_error(
+            fused_linear(&x, &w, None, relu, DropoutSpec::new(p, 1, 0)),
+            "p",
+        );
         assert!(
             FusedLinear::new(w.clone(), None, relu, p, 1).is_err(),
             "p = {p}"
@@ -285,28 +294,28 @@ fn the_module_drops_in_training_with_a_fresh_stream_per_call_and_not_in_evaluati
     let b = random(1, n, DType::F32, 23)?.reshape(n)?;
     let p = 0.5;
     let seed = 99;
-    let layer = FusedLinear::new(w.clone(), Some(b.clone()), Activation::Relu, p, seed)?;
-    assert_eq!(layer.next_stream(), 0);
+    let layer = FusedLinear::new(w.clone(), Some(b.clone()), Nonlinearity::Relu, p, seed)?;
+    assert_eq!(layer.next_subsequence(), 0);
 
     let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
     let (xv, wv, bv) = (flat(&x)?, flat(&w)?, flat(&b)?);
-    let want = |dropout: Dropout| {
-        let spec = LayerSpec::new(LinearShape::new(m, n, k), Activation::Relu, dropout);
+    let want = |dropout: DropoutSpec| {
+        let spec = LayerSpec::new(LinearShape::new(m, n, k), Nonlinearity::Relu, dropout);
         reference::forward(&spec, &xv, &wv, Some(&bv)).unwrap()
     };
 
     // Evaluation: no dropout, the same output every time, the generator stays.
     let eval = flat(&layer.forward_t(&x, false)?)?;
-    assert_eq!(eval, want(Dropout::NONE));
+    assert_eq!(eval, want(DropoutSpec::NONE));
     assert_eq!(flat(&layer.forward_t(&x, false)?)?, eval);
-    assert_eq!(layer.next_stream(), 0);
+    assert_eq!(layer.next_subsequence(), 0);
 
-    // Training: streams 0, 1, ... of the layer's seed, one per call.
+    // Training: subsequences 0, 1, ... of the layer's seed, one per call.
     let first = flat(&layer.forward_t(&x, true)?)?;
     let second = flat(&layer.forward_t(&x, true)?)?;
-    assert_eq!(layer.next_stream(), 2);
-    assert_eq!(first, want(Dropout::new(p, seed, 0)));
-    assert_eq!(second, want(Dropout::new(p, seed, 1)));
+    assert_eq!(layer.next_subsequence(), 2);
+    assert_eq!(first, want(DropoutSpec::new(p, seed, 0)));
+    assert_eq!(second, want(DropoutSpec::new(p, seed, 1)));
     assert_ne!(first, second, "two training calls share a mask");
     // Kept elements are the evaluation output scaled by 1/(1-p), dropped ones are zero, and
     // some of each occur.
@@ -323,8 +332,8 @@ fn the_module_drops_in_training_with_a_fresh_stream_per_call_and_not_in_evaluati
     }
     assert!(kept > 0 && dropped > 0, "kept {kept}, dropped {dropped}");
 
-    // Resuming from a checkpointed stream reproduces that call's mask.
-    layer.resume_at_stream(1);
+    // Resuming from a checkpointed subsequence reproduces that call's mask.
+    layer.resume_at_subsequence(1);
     assert_eq!(flat(&layer.forward_t(&x, true)?)?, second);
 
     // Leading dimensions: [2, 8, k] -> [2, 8, n], row for row the 2-D result.
@@ -338,7 +347,7 @@ fn the_module_drops_in_training_with_a_fresh_stream_per_call_and_not_in_evaluati
 fn a_layer_from_a_var_builder_trains_its_variables() -> Result<()> {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    let layer = fused_linear_layer(6, 4, Activation::Relu, 0.25, 5, vb.pp("fc"))?;
+    let layer = fused_linear_layer(6, 4, Nonlinearity::Relu, 0.25, 5, vb.pp("fc"))?;
     assert_eq!(layer.weight().dims(), &[4, 6]);
     assert_eq!(layer.bias().map(Tensor::dims), Some(&[4][..]));
     let vars = varmap.all_vars();

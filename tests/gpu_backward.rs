@@ -3,15 +3,10 @@
 //! reference backward. Skipped, with a message,
 //! where no GPU is usable.
 
-use std::sync::Arc;
-
-use cudarc::driver::CudaStream;
-use fusedrop::cuda::backward::{
-    self as bw, backward, BackwardKernel, BackwardOptions, GradientsMut,
-};
-use fusedrop::cuda::{self, SeedSource};
+use fusedrop::cuda::backward::{BackwardKernel, BackwardOptions, GradientsMut};
+use fusedrop::cuda::{self, forward::ForwardOptions, LayerKernels, SeedSource};
 use fusedrop::reference::{self, relative_l2_error, relative_l2_error_nonfinite, Gradients};
-use fusedrop::{Activation, Dropout, Element, Geometry, LayerSpec, LinearShape};
+use fusedrop::{DropoutSpec, Element, Geometry, LayerSpec, LinearShape, Nonlinearity};
 use half::{bf16, f16};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -19,9 +14,9 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 mod elementwise;
 use elementwise::check_elementwise;
 
-fn gpu() -> Option<Arc<CudaStream>> {
-    match cuda::open_device(0) {
-        Ok(ctx) => Some(ctx.default_stream()),
+fn gpu() -> Option<LayerKernels> {
+    match cuda::open_device(0).and_then(|ctx| LayerKernels::new(ctx.default_stream())) {
+        Ok(kernels) => Some(kernels),
         Err(e) => {
             eprintln!("skipping GPU backward test: {e}");
             None
@@ -36,7 +31,7 @@ struct Case {
     dx: bool,
     dw: bool,
     db: bool,
-    /// Pass (seed, stream) through a device buffer, with wrong values in the spec.
+    /// Pass (seed, subsequence) through a device buffer, with wrong values in the spec.
     device_seed: bool,
     kernel: BackwardKernel,
     /// Plant NaN, +inf and -inf in dY and (through X) in the saved Y.
@@ -96,7 +91,7 @@ fn inputs<T: Element>(spec: &LayerSpec, nonfinite: bool, rng: &mut StdRng) -> In
             }
         }
     }
-    let y = (spec.activation == Activation::Relu)
+    let y = (spec.nonlinearity == Nonlinearity::Relu)
         .then(|| reference::forward(spec, &x, &w, Some(&b)).expect("valid reference forward"));
     Inputs { x, w, dy, y }
 }
@@ -115,27 +110,31 @@ fn poisoned_gradients<T: Element>(shape: LinearShape) -> Gradients<T> {
 /// Runs the GPU backward with the gradient buffers starting as `initial` (dx, dw, db) and
 /// returns all three buffers afterwards, requested or not.
 fn run_gpu<T: Element>(
-    stream: &Arc<CudaStream>,
+    kernels: &LayerKernels,
     spec: &LayerSpec,
     inputs: &Inputs<T>,
     initial: &Gradients<T>,
     case: Case,
 ) -> Gradients<T> {
-    let x = stream.clone_htod(&inputs.x).unwrap();
-    let w = stream.clone_htod(&inputs.w).unwrap();
-    let dy = stream.clone_htod(&inputs.dy).unwrap();
-    let y = inputs.y.as_ref().map(|y| stream.clone_htod(y).unwrap());
-    let mut dx = stream.clone_htod(&initial.dx).unwrap();
-    let mut dw = stream.clone_htod(&initial.dw).unwrap();
-    let mut db = stream.clone_htod(&initial.db).unwrap();
-    let seed_buffer = stream
-        .clone_htod(&[spec.dropout.seed, spec.dropout.stream])
+    let x = kernels.stream().clone_htod(&inputs.x).unwrap();
+    let w = kernels.stream().clone_htod(&inputs.w).unwrap();
+    let dy = kernels.stream().clone_htod(&inputs.dy).unwrap();
+    let y = inputs
+        .y
+        .as_ref()
+        .map(|y| kernels.stream().clone_htod(y).unwrap());
+    let mut dx = kernels.stream().clone_htod(&initial.dx).unwrap();
+    let mut dw = kernels.stream().clone_htod(&initial.dw).unwrap();
+    let mut db = kernels.stream().clone_htod(&initial.db).unwrap();
+    let seed_buffer = kernels
+        .stream()
+        .clone_htod(&[spec.dropout.seed, spec.dropout.subsequence])
         .unwrap();
     let seed_view = seed_buffer.as_view();
     let (launch_spec, seed) = if case.device_seed {
         let mut wrong = *spec;
         wrong.dropout.seed ^= 0x5eed_0000_dead_beef;
-        wrong.dropout.stream = wrong.dropout.stream.wrapping_add(77);
+        wrong.dropout.subsequence = wrong.dropout.subsequence.wrapping_add(77);
         (wrong, SeedSource::Device(&seed_view))
     } else {
         (*spec, SeedSource::Host)
@@ -148,31 +147,23 @@ fn run_gpu<T: Element>(
     let options = BackwardOptions {
         accumulate: case.accumulate,
         kernel: case.kernel,
+        seed,
     };
     let y_view = y.as_ref().map(|y| y.as_view());
-    backward(
-        stream,
-        &launch_spec,
-        &x,
-        &w,
-        &dy,
-        y_view.as_ref(),
-        grads,
-        options,
-        seed,
-    )
-    .unwrap_or_else(|e| panic!("backward {spec:?} {case:?}: {e}"));
+    kernels
+        .backward(&launch_spec, &x, &w, &dy, y_view.as_ref(), grads, options)
+        .unwrap_or_else(|e| panic!("backward {spec:?} {case:?}: {e}"));
     Gradients {
-        dx: stream.clone_dtoh(&dx).unwrap(),
-        dw: stream.clone_dtoh(&dw).unwrap(),
-        db: stream.clone_dtoh(&db).unwrap(),
+        dx: kernels.stream().clone_dtoh(&dx).unwrap(),
+        dw: kernels.stream().clone_dtoh(&dw).unwrap(),
+        db: kernels.stream().clone_dtoh(&db).unwrap(),
     }
 }
 
 /// One backward call checked against the reference: requested outputs within
 /// `T::REL_L2_TOLERANCE` (of `initial + new` when accumulating), skipped outputs untouched, and
 /// a second identical call bit-identical to the first.
-fn check<T: Element>(stream: &Arc<CudaStream>, spec: &LayerSpec, case: Case) {
+fn check<T: Element>(kernels: &LayerKernels, spec: &LayerSpec, case: Case) {
     let LinearShape { m, n, k } = spec.shape;
     let mut rng = StdRng::seed_from_u64(
         spec.dropout.seed ^ ((m * 1_000_003 + n * 1009 + k) as u64) ^ u64::from(case.accumulate),
@@ -207,7 +198,7 @@ fn check<T: Element>(stream: &Arc<CudaStream>, spec: &LayerSpec, case: Case) {
             db: vec![nan; n],
         }
     };
-    let got = run_gpu(stream, spec, &inputs, &initial, case);
+    let got = run_gpu(kernels, spec, &inputs, &initial, case);
     let what = format!("{} backward {spec:?} {case:?}", T::NAME);
     let outputs = [
         (
@@ -275,7 +266,7 @@ fn check<T: Element>(stream: &Arc<CudaStream>, spec: &LayerSpec, case: Case) {
             T::REL_L2_TOLERANCE
         );
     }
-    let again = run_gpu(stream, spec, &inputs, &initial, case);
+    let again = run_gpu(kernels, spec, &inputs, &initial, case);
     for (name, first, second) in [
         ("dX", &got.dx, &again.dx),
         ("dW", &got.dw, &again.dw),
@@ -289,31 +280,31 @@ fn check<T: Element>(stream: &Arc<CudaStream>, spec: &LayerSpec, case: Case) {
     }
 }
 
-fn check_all_types(stream: &Arc<CudaStream>, spec: &LayerSpec, case: Case) {
-    check::<f32>(stream, spec, case);
-    check::<f16>(stream, spec, case);
-    check::<bf16>(stream, spec, case);
+fn check_all_types(kernels: &LayerKernels, spec: &LayerSpec, case: Case) {
+    check::<f32>(kernels, spec, case);
+    check::<f16>(kernels, spec, case);
+    check::<bf16>(kernels, spec, case);
 }
 
 const P_VALUES: [f32; 4] = [0.0, 0.1, 0.5, 1.0];
 
 #[test]
 fn matches_reference_for_every_dtype_activation_p_and_accumulation() {
-    let Some(stream) = gpu() else { return };
+    let Some(kernels) = gpu() else { return };
     // Multiples of no tile; a reduction shorter than one tile step; a single element.
     let shapes = [(67, 45, 33), (130, 70, 129), (5, 200, 3), (1, 1, 1)];
     for (index, &(m, n, k)) in shapes.iter().enumerate() {
-        for activation in [Activation::Relu, Activation::Identity] {
+        for nonlinearity in [Nonlinearity::Relu, Nonlinearity::Identity] {
             for p in P_VALUES {
                 for accumulate in [false, true] {
                     let dropout =
-                        Dropout::new(p, 0x1234_5678_9abc + index as u64, 3 + index as u64);
-                    let spec = LayerSpec::new(LinearShape::new(m, n, k), activation, dropout);
+                        DropoutSpec::new(p, 0x1234_5678_9abc + index as u64, 3 + index as u64);
+                    let spec = LayerSpec::new(LinearShape::new(m, n, k), nonlinearity, dropout);
                     let case = Case {
                         accumulate,
                         ..ALL_OUTPUTS
                     };
-                    check_all_types(&stream, &spec, case);
+                    check_all_types(&kernels, &spec, case);
                 }
             }
         }
@@ -324,18 +315,18 @@ fn matches_reference_for_every_dtype_activation_p_and_accumulation() {
 /// (docs/mask-contract.md, "Backward without a mask").
 #[test]
 fn nan_and_infinities_follow_the_contract() {
-    let Some(stream) = gpu() else { return };
+    let Some(kernels) = gpu() else { return };
     for kernel in [BackwardKernel::Auto, BackwardKernel::Simt] {
-        for activation in [Activation::Relu, Activation::Identity] {
+        for nonlinearity in [Nonlinearity::Relu, Nonlinearity::Identity] {
             for p in P_VALUES {
-                let dropout = Dropout::new(p, 0xbad_f00d, 11);
-                let spec = LayerSpec::new(LinearShape::new(130, 72, 64), activation, dropout);
+                let dropout = DropoutSpec::new(p, 0xbad_f00d, 11);
+                let spec = LayerSpec::new(LinearShape::new(130, 72, 64), nonlinearity, dropout);
                 let case = Case {
                     kernel,
                     nonfinite: true,
                     ..ALL_OUTPUTS
                 };
-                check_all_types(&stream, &spec, case);
+                check_all_types(&kernels, &spec, case);
             }
         }
     }
@@ -343,24 +334,24 @@ fn nan_and_infinities_follow_the_contract() {
 
 #[test]
 fn simt_kernel_matches_reference_when_forced() {
-    let Some(stream) = gpu() else { return };
+    let Some(kernels) = gpu() else { return };
     let case = Case {
         kernel: BackwardKernel::Simt,
         ..ALL_OUTPUTS
     };
-    for activation in [Activation::Relu, Activation::Identity] {
+    for nonlinearity in [Nonlinearity::Relu, Nonlinearity::Identity] {
         let spec = LayerSpec::new(
             LinearShape::new(97, 83, 71),
-            activation,
-            Dropout::new(0.1, 99, 1),
+            nonlinearity,
+            DropoutSpec::new(0.1, 99, 1),
         );
-        check_all_types(&stream, &spec, case);
+        check_all_types(&kernels, &spec, case);
     }
 }
 
 #[test]
 fn tensor_core_kernels_match_reference_with_both_tiles() {
-    let Some(stream) = gpu() else { return };
+    let Some(kernels) = gpu() else { return };
     let case = Case {
         kernel: BackwardKernel::TensorCore,
         ..ALL_OUTPUTS
@@ -368,16 +359,16 @@ fn tensor_core_kernels_match_reference_with_both_tiles() {
     // Enough 128 x 128 tiles of dX (first shape) or dW (second) for a full wave on any current
     // GPU, so both tile configurations run; the other product takes the 64 x 64 tiles.
     for (m, n, k) in [(1300, 40, 1601), (40, 1300, 1601)] {
-        for activation in [Activation::Relu, Activation::Identity] {
+        for nonlinearity in [Nonlinearity::Relu, Nonlinearity::Identity] {
             for accumulate in [false, true] {
                 let spec = LayerSpec::new(
                     LinearShape::new(m, n, k),
-                    activation,
-                    Dropout::new(0.1, 31, 4),
+                    nonlinearity,
+                    DropoutSpec::new(0.1, 31, 4),
                 );
                 let case = Case { accumulate, ..case };
-                check::<f16>(&stream, &spec, case);
-                check::<bf16>(&stream, &spec, case);
+                check::<f16>(&kernels, &spec, case);
+                check::<bf16>(&kernels, &spec, case);
             }
         }
     }
@@ -385,32 +376,32 @@ fn tensor_core_kernels_match_reference_with_both_tiles() {
 
 #[test]
 fn tensor_core_and_simt_kernels_agree_on_aligned_rows() {
-    let Some(stream) = gpu() else { return };
+    let Some(kernels) = gpu() else { return };
     // Rows a multiple of 8 elements take the 16-byte cp.async path of the tensor-core kernels.
     for kernel in [BackwardKernel::TensorCore, BackwardKernel::Simt] {
         let case = Case {
             kernel,
             ..ALL_OUTPUTS
         };
-        for activation in [Activation::Relu, Activation::Identity] {
+        for nonlinearity in [Nonlinearity::Relu, Nonlinearity::Identity] {
             let spec = LayerSpec::new(
                 LinearShape::new(136, 72, 200),
-                activation,
-                Dropout::new(0.5, 8, 8),
+                nonlinearity,
+                DropoutSpec::new(0.5, 8, 8),
             );
-            check::<f16>(&stream, &spec, case);
-            check::<bf16>(&stream, &spec, case);
+            check::<f16>(&kernels, &spec, case);
+            check::<bf16>(&kernels, &spec, case);
         }
     }
 }
 
 #[test]
 fn skipped_outputs_are_left_untouched() {
-    let Some(stream) = gpu() else { return };
+    let Some(kernels) = gpu() else { return };
     let spec = LayerSpec::new(
         LinearShape::new(70, 66, 65),
-        Activation::Identity,
-        Dropout::new(0.5, 5, 9),
+        Nonlinearity::Identity,
+        DropoutSpec::new(0.5, 5, 9),
     );
     for (dx, dw, db) in [
         (false, true, true),
@@ -428,14 +419,14 @@ fn skipped_outputs_are_left_untouched() {
                 db,
                 ..ALL_OUTPUTS
             };
-            check_all_types(&stream, &spec, case);
+            check_all_types(&kernels, &spec, case);
         }
     }
 }
 
 #[test]
 fn shard_geometry_and_device_seed_select_the_forward_mask() {
-    let Some(stream) = gpu() else { return };
+    let Some(kernels) = gpu() else { return };
     let (m, n, k) = (37, 29, 41);
     // Offsets that put rows at unaligned Philox positions and mask indices above 2^32.
     let geometries = [
@@ -451,19 +442,19 @@ fn shard_geometry_and_device_seed_select_the_forward_mask() {
         },
     ];
     for geometry in geometries {
-        for activation in [Activation::Identity, Activation::Relu] {
+        for nonlinearity in [Nonlinearity::Identity, Nonlinearity::Relu] {
             for device_seed in [false, true] {
                 let spec = LayerSpec::new(
                     LinearShape::new(m, n, k),
-                    activation,
-                    Dropout::new(0.5, 0xfeed_f00d, 12),
+                    nonlinearity,
+                    DropoutSpec::new(0.5, 0xfeed_f00d, 12),
                 )
                 .with_geometry(geometry);
                 let case = Case {
                     device_seed,
                     ..ALL_OUTPUTS
                 };
-                check_all_types(&stream, &spec, case);
+                check_all_types(&kernels, &spec, case);
             }
         }
     }
@@ -471,128 +462,115 @@ fn shard_geometry_and_device_seed_select_the_forward_mask() {
 
 #[test]
 fn empty_dy_gives_zero_gradients() {
-    let Some(stream) = gpu() else { return };
+    let Some(kernels) = gpu() else { return };
     for (m, n, k) in [(0, 7, 5), (6, 0, 5)] {
         for accumulate in [false, true] {
             let spec = LayerSpec::new(
                 LinearShape::new(m, n, k),
-                Activation::Identity,
-                Dropout::new(0.1, 1, 2),
+                Nonlinearity::Identity,
+                DropoutSpec::new(0.1, 1, 2),
             );
             let case = Case {
                 accumulate,
                 ..ALL_OUTPUTS
             };
-            check_all_types(&stream, &spec, case);
+            check_all_types(&kernels, &spec, case);
         }
     }
     // With the Hopper kernels forced the empty products still run (the classic kernels' empty
     // reductions).
-    if hopper(&stream) {
+    if hopper(&kernels) {
         for (m, n, k) in [(0, 8, 8), (8, 0, 8)] {
             let spec = LayerSpec::new(
                 LinearShape::new(m, n, k),
-                Activation::Identity,
-                Dropout::new(0.1, 1, 2),
+                Nonlinearity::Identity,
+                DropoutSpec::new(0.1, 1, 2),
             );
             let case = Case {
                 kernel: BackwardKernel::Hopper,
                 ..ALL_OUTPUTS
             };
-            check::<f16>(&stream, &spec, case);
-            check::<bf16>(&stream, &spec, case);
+            check::<f16>(&kernels, &spec, case);
+            check::<bf16>(&kernels, &spec, case);
         }
     }
 }
 
 #[test]
 fn rejects_relu_without_saved_output_and_wrong_lengths() {
-    let Some(stream) = gpu() else { return };
+    let Some(kernels) = gpu() else { return };
     let (m, n, k) = (4, 3, 2);
-    let x = stream.alloc_zeros::<f32>(m * k).unwrap();
-    let w = stream.alloc_zeros::<f32>(n * k).unwrap();
-    let dy = stream.alloc_zeros::<f32>(m * n).unwrap();
-    let mut dx = stream.alloc_zeros::<f32>(m * k + 1).unwrap();
+    let x = kernels.stream().alloc_zeros::<f32>(m * k).unwrap();
+    let w = kernels.stream().alloc_zeros::<f32>(n * k).unwrap();
+    let dy = kernels.stream().alloc_zeros::<f32>(m * n).unwrap();
+    let mut dx = kernels.stream().alloc_zeros::<f32>(m * k + 1).unwrap();
     let relu = LayerSpec::new(
         LinearShape::new(m, n, k),
-        Activation::Relu,
-        Dropout::new(0.1, 1, 1),
+        Nonlinearity::Relu,
+        DropoutSpec::new(0.1, 1, 1),
     );
     let none = || GradientsMut {
         dx: None,
         dw: None,
         db: None,
     };
-    let error = backward(
-        &stream,
-        &relu,
-        &x,
-        &w,
-        &dy,
-        None,
-        none(),
-        BackwardOptions::default(),
-        SeedSource::Host,
-    )
-    .unwrap_err();
+    let error = kernels
+        .backward(&relu, &x, &w, &dy, None, none(), BackwardOptions::default())
+        .unwrap_err();
     assert!(error.to_string().contains("y_saved"), "{error}");
     let identity = LayerSpec {
-        activation: Activation::Identity,
+        nonlinearity: Nonlinearity::Identity,
         ..relu
     };
-    let error = backward(
-        &stream,
-        &identity,
-        &x,
-        &w,
-        &dy,
-        None,
-        GradientsMut {
-            dx: Some(dx.as_view_mut()),
-            ..none()
-        },
-        BackwardOptions::default(),
-        SeedSource::Host,
-    )
-    .unwrap_err();
+    let error = kernels
+        .backward(
+            &identity,
+            &x,
+            &w,
+            &dy,
+            None,
+            GradientsMut {
+                dx: Some(dx.as_view_mut()),
+                ..none()
+            },
+            BackwardOptions::default(),
+        )
+        .unwrap_err();
     assert!(error.to_string().contains("dX"), "{error}");
-    let error = backward(
-        &stream,
-        &identity,
-        &x,
-        &w,
-        &dy,
-        None,
-        none(),
-        BackwardOptions {
-            kernel: BackwardKernel::TensorCore,
-            ..BackwardOptions::default()
-        },
-        SeedSource::Host,
-    )
-    .unwrap_err();
+    let error = kernels
+        .backward(
+            &identity,
+            &x,
+            &w,
+            &dy,
+            None,
+            none(),
+            BackwardOptions {
+                kernel: BackwardKernel::TensorCore,
+                ..BackwardOptions::default()
+            },
+        )
+        .unwrap_err();
     assert!(error.to_string().contains("TensorCore"), "{error}");
-    let error = backward(
-        &stream,
-        &identity,
-        &x,
-        &w,
-        &dy,
-        None,
-        none(),
-        BackwardOptions {
-            kernel: BackwardKernel::Hopper,
-            ..BackwardOptions::default()
-        },
-        SeedSource::Host,
-    )
-    .unwrap_err();
+    let error = kernels
+        .backward(
+            &identity,
+            &x,
+            &w,
+            &dy,
+            None,
+            none(),
+            BackwardOptions {
+                kernel: BackwardKernel::Hopper,
+                ..BackwardOptions::default()
+            },
+        )
+        .unwrap_err();
     assert!(error.to_string().contains("Hopper"), "{error}");
 }
 
-fn hopper(stream: &Arc<CudaStream>) -> bool {
-    let ok =
-        cuda::compute_capability(stream).unwrap() == (9, 0) && cuda::module_built("backward_sm90");
+fn hopper(kernels: &LayerKernels) -> bool {
+    let ok = kernels.hopper_available::<bf16>();
     if !ok {
         eprintln!(
             "skipping the Hopper backward checks: not a compute capability 9.0 GPU with the \
@@ -607,8 +585,8 @@ fn hopper(stream: &Arc<CudaStream>) -> bool {
 /// accumulation, non-finite inputs, and the seed from a device buffer.
 #[test]
 fn hopper_kernels_match_reference() {
-    let Some(stream) = gpu() else { return };
-    if !hopper(&stream) {
+    let Some(kernels) = gpu() else { return };
+    if !hopper(&kernels) {
         return;
     }
     let shapes = [
@@ -620,15 +598,15 @@ fn hopper_kernels_match_reference() {
     ];
     for (i, &(m, n, k)) in shapes.iter().enumerate() {
         for (j, &p) in P_VALUES.iter().enumerate() {
-            let activation = if (i + j) % 2 == 0 {
-                Activation::Relu
+            let nonlinearity = if (i + j) % 2 == 0 {
+                Nonlinearity::Relu
             } else {
-                Activation::Identity
+                Nonlinearity::Identity
             };
             let spec = LayerSpec::new(
                 LinearShape::new(m, n, k),
-                activation,
-                Dropout::new(p, 0x5eed + i as u64, j as u64),
+                nonlinearity,
+                DropoutSpec::new(p, 0x5eed + i as u64, j as u64),
             );
             let case = Case {
                 kernel: BackwardKernel::Hopper,
@@ -637,8 +615,8 @@ fn hopper_kernels_match_reference() {
                 device_seed: i == 2,
                 ..ALL_OUTPUTS
             };
-            check::<f16>(&stream, &spec, case);
-            check::<bf16>(&stream, &spec, case);
+            check::<f16>(&kernels, &spec, case);
+            check::<bf16>(&kernels, &spec, case);
         }
     }
 }
@@ -647,8 +625,8 @@ fn hopper_kernels_match_reference() {
 /// as forcing them; operands TMA cannot read are refused by `Hopper` and run by `Auto`.
 #[test]
 fn hopper_is_taken_only_where_tma_can_read_the_operands() {
-    let Some(stream) = gpu() else { return };
-    if !hopper(&stream) {
+    let Some(kernels) = gpu() else { return };
+    if !hopper(&kernels) {
         return;
     }
     // At least half a wave of 128 x 128 tiles in both products on any Hopper GPU (dX: 256, dW:
@@ -656,10 +634,10 @@ fn hopper_is_taken_only_where_tma_can_read_the_operands() {
     // forward is needed for the saved Y.
     let (m, n, k) = (4096, 2048, 1024);
     let shape = LinearShape::new(m, n, k);
-    let spec = LayerSpec::new(shape, Activation::Identity, Dropout::new(0.1, 5, 6));
-    let choice =
-        bw::kernels_for::<bf16>(&stream, shape, Activation::Identity, BackwardKernel::Auto)
-            .unwrap();
+    let spec = LayerSpec::new(shape, Nonlinearity::Identity, DropoutSpec::new(0.1, 5, 6));
+    let choice = kernels
+        .backward_kernels_for::<bf16>(shape, Nonlinearity::Identity, BackwardKernel::Auto)
+        .unwrap();
     assert!(
         choice.dx.starts_with("wg") && choice.dw.starts_with("wg"),
         "Auto took {choice} for {shape:?}"
@@ -667,9 +645,9 @@ fn hopper_is_taken_only_where_tma_can_read_the_operands() {
     let mut rng = StdRng::seed_from_u64(77);
     let inputs = inputs::<bf16>(&spec, false, &mut rng);
     let initial = poisoned_gradients::<bf16>(shape);
-    let auto = run_gpu(&stream, &spec, &inputs, &initial, ALL_OUTPUTS);
+    let auto = run_gpu(&kernels, &spec, &inputs, &initial, ALL_OUTPUTS);
     let forced = run_gpu(
-        &stream,
+        &kernels,
         &spec,
         &inputs,
         &initial,
@@ -688,33 +666,32 @@ fn hopper_is_taken_only_where_tma_can_read_the_operands() {
     // n = 75: dY's rows are not whole 16-byte units.
     let odd = LayerSpec::new(
         LinearShape::new(64, 75, 64),
-        Activation::Identity,
-        Dropout::new(0.1, 5, 6),
+        Nonlinearity::Identity,
+        DropoutSpec::new(0.1, 5, 6),
     );
-    check::<bf16>(&stream, &odd, ALL_OUTPUTS);
-    let x = stream.alloc_zeros::<bf16>(64 * 64).unwrap();
-    let w = stream.alloc_zeros::<bf16>(75 * 64).unwrap();
-    let dy = stream.alloc_zeros::<bf16>(64 * 75).unwrap();
-    let mut dx = stream.alloc_zeros::<bf16>(64 * 64).unwrap();
-    let error = backward(
-        &stream,
-        &odd,
-        &x,
-        &w,
-        &dy,
-        None,
-        GradientsMut {
-            dx: Some(dx.as_view_mut()),
-            dw: None,
-            db: None,
-        },
-        BackwardOptions {
-            kernel: BackwardKernel::Hopper,
-            ..BackwardOptions::default()
-        },
-        SeedSource::Host,
-    )
-    .unwrap_err();
+    check::<bf16>(&kernels, &odd, ALL_OUTPUTS);
+    let x = kernels.stream().alloc_zeros::<bf16>(64 * 64).unwrap();
+    let w = kernels.stream().alloc_zeros::<bf16>(75 * 64).unwrap();
+    let dy = kernels.stream().alloc_zeros::<bf16>(64 * 75).unwrap();
+    let mut dx = kernels.stream().alloc_zeros::<bf16>(64 * 64).unwrap();
+    let error = kernels
+        .backward(
+            &odd,
+            &x,
+            &w,
+            &dy,
+            None,
+            GradientsMut {
+                dx: Some(dx.as_view_mut()),
+                dw: None,
+                db: None,
+            },
+            BackwardOptions {
+                kernel: BackwardKernel::Hopper,
+                ..BackwardOptions::default()
+            },
+        )
+        .unwrap_err();
     assert!(error.to_string().contains("multiples of 8"), "{error}");
 }
 
@@ -723,29 +700,30 @@ fn hopper_is_taken_only_where_tma_can_read_the_operands() {
 /// are split too) match the reference and give the same bits on every run.
 #[test]
 fn hopper_split_k_for_narrow_products() {
-    let Some(stream) = gpu() else { return };
-    if !hopper(&stream) {
+    let Some(kernels) = gpu() else { return };
+    if !hopper(&kernels) {
         return;
     }
     // small's dX: 64 x 4096 over n = 4096; a short-k layer's dW: 1024 x 256 over m = 8192.
     for (m, n, k, narrow) in [(64, 4096, 4096, "dX"), (8192, 1024, 256, "dW")] {
         let shape = LinearShape::new(m, n, k);
-        for activation in [Activation::Relu, Activation::Identity] {
-            let choice =
-                bw::kernels_for::<bf16>(&stream, shape, activation, BackwardKernel::Auto).unwrap();
+        for nonlinearity in [Nonlinearity::Relu, Nonlinearity::Identity] {
+            let choice = kernels
+                .backward_kernels_for::<bf16>(shape, nonlinearity, BackwardKernel::Auto)
+                .unwrap();
             let split = if narrow == "dX" { choice.dx } else { choice.dw };
             assert!(
                 split.starts_with("wg128x128s"),
                 "{shape:?}: Auto took {choice}"
             );
-            let spec = LayerSpec::new(shape, activation, Dropout::new(0.1, 21, 4));
-            check::<bf16>(&stream, &spec, ALL_OUTPUTS);
-            check::<f16>(&stream, &spec, ALL_OUTPUTS);
+            let spec = LayerSpec::new(shape, nonlinearity, DropoutSpec::new(0.1, 21, 4));
+            check::<bf16>(&kernels, &spec, ALL_OUTPUTS);
+            check::<f16>(&kernels, &spec, ALL_OUTPUTS);
             let mut rng = StdRng::seed_from_u64(3);
             let inputs = inputs::<bf16>(&spec, false, &mut rng);
             let initial = poisoned_gradients::<bf16>(shape);
-            let first = run_gpu(&stream, &spec, &inputs, &initial, ALL_OUTPUTS);
-            let again = run_gpu(&stream, &spec, &inputs, &initial, ALL_OUTPUTS);
+            let first = run_gpu(&kernels, &spec, &inputs, &initial, ALL_OUTPUTS);
+            let again = run_gpu(&kernels, &spec, &inputs, &initial, ALL_OUTPUTS);
             assert_eq!(bits(&first.dx), bits(&again.dx), "{shape:?}: dX differs");
             assert_eq!(bits(&first.dw), bits(&again.dw), "{shape:?}: dW differs");
             assert_eq!(bits(&first.db), bits(&again.db), "{shape:?}: db differs");
@@ -758,7 +736,7 @@ fn hopper_split_k_for_narrow_products() {
 /// same mask indices).
 #[test]
 fn dx_beyond_four_billion_elements() {
-    let Some(stream) = gpu() else { return };
+    let Some(kernels) = gpu() else { return };
     let (m, n, k) = (4_200_001usize, 1usize, 1024usize);
     let tail = 67;
     let geometry = Geometry {
@@ -766,21 +744,21 @@ fn dx_beyond_four_billion_elements() {
         col_offset: 0,
         n_global: None,
     };
-    let dropout = Dropout::new(0.25, 77, 5);
-    let spec = LayerSpec::new(LinearShape::new(m, n, k), Activation::Identity, dropout)
+    let dropout = DropoutSpec::new(0.25, 77, 5);
+    let spec = LayerSpec::new(LinearShape::new(m, n, k), Nonlinearity::Identity, dropout)
         .with_geometry(geometry);
     let mut rng = StdRng::seed_from_u64(4242);
     let w_host = random_values::<f16>(n * k, &mut rng);
     let dy_host = random_values::<f16>(m * n, &mut rng);
     // dW is not requested, so X is never read; it only has to have m*k elements.
-    let x = match stream.alloc_zeros::<f16>(m * k) {
+    let x = match kernels.stream().alloc_zeros::<f16>(m * k) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("skipping the 2^32-element backward test: cannot allocate X: {e}");
             return;
         }
     };
-    let mut dx = match stream.alloc_zeros::<f16>(m * k) {
+    let mut dx = match kernels.stream().alloc_zeros::<f16>(m * k) {
         Ok(dx) => dx,
         Err(e) => {
             eprintln!("skipping the 2^32-element backward test: cannot allocate dX: {e}");
@@ -788,25 +766,109 @@ fn dx_beyond_four_billion_elements() {
         }
     };
     let start = (m - tail) * k;
-    let w = stream.clone_htod(&w_host).unwrap();
-    let dy = stream.clone_htod(&dy_host).unwrap();
-    let tail_spec = LayerSpec::new(LinearShape::new(tail, n, k), Activation::Identity, dropout)
-        .with_geometry(Geometry {
-            row_offset: geometry.row_offset + (m - tail) as u64,
-            ..geometry
-        });
+    let w = kernels.stream().clone_htod(&w_host).unwrap();
+    let dy = kernels.stream().clone_htod(&dy_host).unwrap();
+    let tail_spec = LayerSpec::new(
+        LinearShape::new(tail, n, k),
+        Nonlinearity::Identity,
+        dropout,
+    )
+    .with_geometry(Geometry {
+        row_offset: geometry.row_offset + (m - tail) as u64,
+        ..geometry
+    });
     let tail_x = random_values::<f16>(tail * k, &mut rng);
     let want =
         reference::backward_f64(&tail_spec, &tail_x, &w_host, &dy_host[m - tail..], None).unwrap();
     // The SIMT kernel's 64 x 64 tiles outnumber its 2^20-block grid here, so its grid-stride
     // loop runs too.
     for kernel in [BackwardKernel::TensorCore, BackwardKernel::Simt] {
-        stream
+        kernels
+            .stream()
             .memcpy_htod(&vec![f16::NAN; tail * k], &mut dx.slice_mut(start..))
             .unwrap();
-        backward(
-            &stream,
-            &spec,
+        kernels
+            .backward(
+                &spec,
+                &x,
+                &w,
+                &dy,
+                None,
+                GradientsMut {
+                    dx: Some(dx.as_view_mut()),
+                    dw: None,
+                    db: None,
+                },
+                BackwardOptions {
+                    kernel,
+                    ..BackwardOptions::default()
+                },
+            )
+            .unwrap();
+        let got = kernels.stream().clone_dtoh(&dx.slice(start..)).unwrap();
+        let got: Vec<f64> = got.iter().map(|v| v.to_f64()).collect();
+        let error = relative_l2_error(&got, &want.dx);
+        assert!(
+            error < f16::REL_L2_TOLERANCE,
+            "{kernel:?}: dX rows past 2^32 elements: relative L2 error {error:e}"
+        );
+    }
+}
+
+/// The forward records the (seed, subsequence) it read from the device buffer; the buffer is then
+/// advanced (as a CUDA graph does before the next call), and the identity backward reading the
+/// record still gets the forward's mask. The backward refuses `DeviceRecorded` itself.
+#[test]
+fn backward_reads_the_pair_the_forward_recorded() {
+    let Some(kernels) = gpu() else { return };
+    let (m, n, k) = (67, 45, 33);
+    let used = DropoutSpec::new(0.5, 0x0dd_5eed, 17);
+    let spec = LayerSpec::new(LinearShape::new(m, n, k), Nonlinearity::Identity, used);
+    let mut rng = StdRng::seed_from_u64(0x7ec0);
+    let inputs = inputs::<f32>(&spec, false, &mut rng);
+    let x = kernels.stream().clone_htod(&inputs.x).unwrap();
+    let w = kernels.stream().clone_htod(&inputs.w).unwrap();
+    let dy = kernels.stream().clone_htod(&inputs.dy).unwrap();
+    let mut y = kernels.stream().alloc_zeros::<f32>(m * n).unwrap();
+    let mut next = kernels
+        .stream()
+        .clone_htod(&[used.seed, used.subsequence])
+        .unwrap();
+    let mut record = kernels.stream().alloc_zeros::<u64>(2).unwrap();
+    // The spec's own pair is wrong on purpose: only the buffers may decide the mask.
+    let mut wrong = spec;
+    wrong.dropout.subsequence += 1000;
+    let next_view = next.as_view();
+    kernels
+        .forward(
+            &wrong,
+            &x,
+            &w,
+            None,
+            &mut y,
+            ForwardOptions {
+                seed: SeedSource::DeviceRecorded {
+                    next: &next_view,
+                    record: &mut record,
+                },
+                ..ForwardOptions::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        kernels.stream().clone_dtoh(&record).unwrap(),
+        [used.seed, used.subsequence]
+    );
+    // Advance the buffer as a graph would before the next call.
+    kernels
+        .stream()
+        .memcpy_htod(&[used.seed, used.subsequence + 1], &mut next)
+        .unwrap();
+    let mut dx = kernels.stream().alloc_zeros::<f32>(m * k).unwrap();
+    let record_view = record.as_view();
+    kernels
+        .backward(
+            &wrong,
             &x,
             &w,
             &dy,
@@ -817,84 +879,14 @@ fn dx_beyond_four_billion_elements() {
                 db: None,
             },
             BackwardOptions {
-                kernel,
+                seed: SeedSource::Device(&record_view),
                 ..BackwardOptions::default()
             },
-            SeedSource::Host,
         )
         .unwrap();
-        let got = stream.clone_dtoh(&dx.slice(start..)).unwrap();
-        let got: Vec<f64> = got.iter().map(|v| v.to_f64()).collect();
-        let error = relative_l2_error(&got, &want.dx);
-        assert!(
-            error < f16::REL_L2_TOLERANCE,
-            "{kernel:?}: dX rows past 2^32 elements: relative L2 error {error:e}"
-        );
-    }
-}
-
-/// The forward records the (seed, stream) it read from the device buffer; the buffer is then
-/// advanced (as a CUDA graph does before the next call), and the identity backward reading the
-/// record still gets the forward's mask. The backward refuses `DeviceRecorded` itself.
-#[test]
-fn backward_reads_the_pair_the_forward_recorded() {
-    let Some(stream) = gpu() else { return };
-    let (m, n, k) = (67, 45, 33);
-    let used = Dropout::new(0.5, 0x0dd_5eed, 17);
-    let spec = LayerSpec::new(LinearShape::new(m, n, k), Activation::Identity, used);
-    let mut rng = StdRng::seed_from_u64(0x7ec0);
-    let inputs = inputs::<f32>(&spec, false, &mut rng);
-    let x = stream.clone_htod(&inputs.x).unwrap();
-    let w = stream.clone_htod(&inputs.w).unwrap();
-    let dy = stream.clone_htod(&inputs.dy).unwrap();
-    let mut y = stream.alloc_zeros::<f32>(m * n).unwrap();
-    let mut next = stream.clone_htod(&[used.seed, used.stream]).unwrap();
-    let mut record = stream.alloc_zeros::<u64>(2).unwrap();
-    // The spec's own pair is wrong on purpose: only the buffers may decide the mask.
-    let mut wrong = spec;
-    wrong.dropout.stream += 1000;
-    let next_view = next.as_view();
-    fusedrop::cuda::forward::forward(
-        &stream,
-        &wrong,
-        &x,
-        &w,
-        None,
-        &mut y,
-        SeedSource::DeviceRecorded {
-            next: &next_view,
-            record: &mut record,
-        },
-    )
-    .unwrap();
-    assert_eq!(
-        stream.clone_dtoh(&record).unwrap(),
-        [used.seed, used.stream]
-    );
-    // Advance the buffer as a graph would before the next call.
-    stream
-        .memcpy_htod(&[used.seed, used.stream + 1], &mut next)
-        .unwrap();
-    let mut dx = stream.alloc_zeros::<f32>(m * k).unwrap();
-    let record_view = record.as_view();
-    backward(
-        &stream,
-        &wrong,
-        &x,
-        &w,
-        &dy,
-        None,
-        GradientsMut {
-            dx: Some(dx.as_view_mut()),
-            dw: None,
-            db: None,
-        },
-        BackwardOptions::default(),
-        SeedSource::Device(&record_view),
-    )
-    .unwrap();
     let want = reference::backward_f64(&spec, &inputs.x, &inputs.w, &inputs.dy, None).unwrap();
-    let got: Vec<f64> = stream
+    let got: Vec<f64> = kernels
+        .stream()
         .clone_dtoh(&dx)
         .unwrap()
         .iter()
@@ -907,8 +899,7 @@ fn backward_reads_the_pair_the_forward_recorded() {
     );
 
     let next_view = next.as_view();
-    let refused = backward(
-        &stream,
+    let refused = kernels.backward(
         &spec,
         &x,
         &w,
@@ -919,10 +910,12 @@ fn backward_reads_the_pair_the_forward_recorded() {
             dw: None,
             db: None,
         },
-        BackwardOptions::default(),
-        SeedSource::DeviceRecorded {
-            next: &next_view,
-            record: &mut record,
+        BackwardOptions {
+            seed: SeedSource::DeviceRecorded {
+                next: &next_view,
+                record: &mut record,
+            },
+            ..BackwardOptions::default()
         },
     );
     assert!(refused.is_err());

@@ -1,17 +1,14 @@
 //! GPU tests of the standalone dropout kernel (kernels/dropout.cu) against the CPU reference.
 //! Skipped, with a message, where no GPU is usable.
 
-use std::sync::Arc;
-
-use cudarc::driver::CudaStream;
-use fusedrop::cuda::{self, SeedSource};
-use fusedrop::{reference, Dropout, Element, Geometry};
+use fusedrop::cuda::{self, LayerKernels, SeedSource};
+use fusedrop::{reference, DropoutSpec, Element, Geometry};
 use half::{bf16, f16};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-fn gpu() -> Option<Arc<CudaStream>> {
-    match cuda::open_device(0) {
-        Ok(ctx) => Some(ctx.default_stream()),
+fn gpu() -> Option<LayerKernels> {
+    match cuda::open_device(0).and_then(|ctx| LayerKernels::new(ctx.default_stream())) {
+        Ok(kernels) => Some(kernels),
         Err(e) => {
             eprintln!("skipping GPU dropout test: {e}");
             None
@@ -27,10 +24,10 @@ fn random_values<T: Element>(len: usize, rng: &mut StdRng) -> Vec<T> {
 
 /// Runs the kernel and the reference on the same random buffer; both must agree bit for bit.
 fn check<T: Element>(
-    stream: &Arc<CudaStream>,
+    kernels: &LayerKernels,
     m: usize,
     n: usize,
-    dropout: Dropout,
+    dropout: DropoutSpec,
     geometry: Geometry,
 ) {
     let mut rng = StdRng::seed_from_u64(dropout.seed ^ (m * 131 + n) as u64);
@@ -45,18 +42,11 @@ fn check<T: Element>(
     let mut want = host.clone();
     reference::dropout_in_place(&mut want, m, n, &dropout, &geometry);
 
-    let mut device = stream.clone_htod(&host).unwrap();
-    cuda::dropout::dropout_in_place(
-        stream,
-        &mut device,
-        m,
-        n,
-        &dropout,
-        &geometry,
-        SeedSource::Host,
-    )
-    .unwrap();
-    let got = stream.clone_dtoh(&device).unwrap();
+    let mut device = kernels.stream().clone_htod(&host).unwrap();
+    kernels
+        .dropout_in_place(&mut device, m, n, &dropout, &geometry, SeedSource::Host)
+        .unwrap();
+    let got = kernels.stream().clone_dtoh(&device).unwrap();
     let mismatches = got
         .iter()
         .zip(&want)
@@ -87,15 +77,15 @@ fn check<T: Element>(
 }
 
 fn check_all_types(
-    stream: &Arc<CudaStream>,
+    kernels: &LayerKernels,
     m: usize,
     n: usize,
-    dropout: Dropout,
+    dropout: DropoutSpec,
     geometry: Geometry,
 ) {
-    check::<f32>(stream, m, n, dropout, geometry);
-    check::<f16>(stream, m, n, dropout, geometry);
-    check::<bf16>(stream, m, n, dropout, geometry);
+    check::<f32>(kernels, m, n, dropout, geometry);
+    check::<f16>(kernels, m, n, dropout, geometry);
+    check::<bf16>(kernels, m, n, dropout, geometry);
 }
 
 /// The seed that makes `check` plant NaN and infinities in its input.
@@ -103,14 +93,14 @@ const NONFINITE_SEED: u64 = 0x0bad_0bad_0bad_0bad;
 
 #[test]
 fn dropout_kernel_keeps_nan_and_makes_dropped_infinities_nan() {
-    let Some(stream) = gpu() else { return };
+    let Some(kernels) = gpu() else { return };
     for &(m, n) in &[(3, 5), (17, 1001), (257, 129)] {
         for &p in &[0.0f32, 0.1, 0.5, 1.0] {
             check_all_types(
-                &stream,
+                &kernels,
                 m,
                 n,
-                Dropout::new(p, NONFINITE_SEED, 5),
+                DropoutSpec::new(p, NONFINITE_SEED, 5),
                 Geometry::UNSHARDED,
             );
         }
@@ -119,7 +109,7 @@ fn dropout_kernel_keeps_nan_and_makes_dropped_infinities_nan() {
 
 #[test]
 fn dropout_kernel_matches_reference_bit_for_bit() {
-    let Some(stream) = gpu() else { return };
+    let Some(kernels) = gpu() else { return };
     for &(m, n) in &[
         (1, 1),
         (3, 5),
@@ -130,10 +120,10 @@ fn dropout_kernel_matches_reference_bit_for_bit() {
     ] {
         for &p in &[0.1f32, 0.5, 1.0] {
             check_all_types(
-                &stream,
+                &kernels,
                 m,
                 n,
-                Dropout::new(p, 0x0123_4567_89ab_cdef, 3),
+                DropoutSpec::new(p, 0x0123_4567_89ab_cdef, 3),
                 Geometry::UNSHARDED,
             );
         }
@@ -142,91 +132,94 @@ fn dropout_kernel_matches_reference_bit_for_bit() {
 
 #[test]
 fn dropout_kernel_honours_shard_geometry() {
-    let Some(stream) = gpu() else { return };
+    let Some(kernels) = gpu() else { return };
     let geometry = Geometry {
         row_offset: 5,
         col_offset: 3,
         n_global: Some(1003),
     };
-    check_all_types(&stream, 33, 997, Dropout::new(0.3, 42, 7), geometry);
+    check_all_types(&kernels, 33, 997, DropoutSpec::new(0.3, 42, 7), geometry);
     let geometry = Geometry {
         row_offset: 1 << 33,
         col_offset: 1,
         n_global: Some(130),
     };
     check_all_types(
-        &stream,
+        &kernels,
         9,
         129,
-        Dropout::new(0.5, u64::MAX, u64::MAX - 1),
+        DropoutSpec::new(0.5, u64::MAX, u64::MAX - 1),
         geometry,
     );
 }
 
 #[test]
 fn dropout_kernel_reads_seed_from_device_buffer() {
-    let Some(stream) = gpu() else { return };
+    let Some(kernels) = gpu() else { return };
     let (m, n) = (123, 457);
-    let dropout = Dropout::new(0.25, 99, 12);
+    let dropout = DropoutSpec::new(0.25, 99, 12);
     let mut rng = StdRng::seed_from_u64(5);
     let host = random_values::<f32>(m * n, &mut rng);
     let mut want = host.clone();
     reference::dropout_in_place(&mut want, m, n, &dropout, &Geometry::UNSHARDED);
 
-    let seed_stream = stream.clone_htod(&[dropout.seed, dropout.stream]).unwrap();
-    let mut device = stream.clone_htod(&host).unwrap();
-    // The host-side seed and stream are deliberately wrong: the kernel must use the buffer.
-    let decoy = Dropout::new(dropout.p, 1, 1);
-    cuda::dropout::dropout_in_place(
-        &stream,
-        &mut device,
-        m,
-        n,
-        &decoy,
-        &Geometry::UNSHARDED,
-        SeedSource::Device(&seed_stream.as_view()),
-    )
-    .unwrap();
-    assert_eq!(stream.clone_dtoh(&device).unwrap(), want);
+    let seed_subsequence = kernels
+        .stream()
+        .clone_htod(&[dropout.seed, dropout.subsequence])
+        .unwrap();
+    let mut device = kernels.stream().clone_htod(&host).unwrap();
+    // The host-side seed and subsequence are deliberately wrong: the kernel must use the buffer.
+    let decoy = DropoutSpec::new(dropout.p, 1, 1);
+    kernels
+        .dropout_in_place(
+            &mut device,
+            m,
+            n,
+            &decoy,
+            &Geometry::UNSHARDED,
+            SeedSource::Device(&seed_subsequence.as_view()),
+        )
+        .unwrap();
+    assert_eq!(kernels.stream().clone_dtoh(&device).unwrap(), want);
 }
 
 #[test]
 fn dropout_kernel_rejects_bad_input_before_launch() {
-    let Some(stream) = gpu() else { return };
-    let mut y = stream.clone_htod(&[1.0f32; 12]).unwrap();
-    let err = cuda::dropout::dropout_in_place(
-        &stream,
-        &mut y,
-        3,
-        5,
-        &Dropout::new(0.5, 1, 1),
-        &Geometry::UNSHARDED,
-        SeedSource::Host,
-    )
-    .unwrap_err();
+    let Some(kernels) = gpu() else { return };
+    let mut y = kernels.stream().clone_htod(&[1.0f32; 12]).unwrap();
+    let err = kernels
+        .dropout_in_place(
+            &mut y,
+            3,
+            5,
+            &DropoutSpec::new(0.5, 1, 1),
+            &Geometry::UNSHARDED,
+            SeedSource::Host,
+        )
+        .unwrap_err();
     assert!(err.to_string().contains("expected 15"), "{err}");
-    let err = cuda::dropout::dropout_in_place(
-        &stream,
-        &mut y,
-        3,
-        4,
-        &Dropout::new(f32::NAN, 1, 1),
-        &Geometry::UNSHARDED,
-        SeedSource::Host,
-    )
-    .unwrap_err();
+    let err = kernels
+        .dropout_in_place(
+            &mut y,
+            3,
+            4,
+            &DropoutSpec::new(f32::NAN, 1, 1),
+            &Geometry::UNSHARDED,
+            SeedSource::Host,
+        )
+        .unwrap_err();
     assert!(err.to_string().contains("outside [0, 1]"), "{err}");
-    let short = stream.clone_htod(&[1u64]).unwrap();
-    let err = cuda::dropout::dropout_in_place(
-        &stream,
-        &mut y,
-        3,
-        4,
-        &Dropout::new(0.5, 1, 1),
-        &Geometry::UNSHARDED,
-        SeedSource::Device(&short.as_view()),
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("seed_stream"), "{err}");
+    let short = kernels.stream().clone_htod(&[1u64]).unwrap();
+    let err = kernels
+        .dropout_in_place(
+            &mut y,
+            3,
+            4,
+            &DropoutSpec::new(0.5, 1, 1),
+            &Geometry::UNSHARDED,
+            SeedSource::Device(&short.as_view()),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("seed_subsequence"), "{err}");
     assert_eq!(y.len(), 12);
 }

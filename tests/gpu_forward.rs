@@ -2,18 +2,17 @@
 //! kernels/forward_f32.cu) against the CPU reference: masks exactly, values within the element type's relative L2
 //! tolerance. Skipped, with a message, where no GPU is usable.
 
-use std::sync::Arc;
-
-use cudarc::driver::CudaStream;
-use fusedrop::cuda::forward::{self, ForwardConfig};
-use fusedrop::cuda::{self, SeedSource};
-use fusedrop::{mask, reference, Activation, Dropout, Element, Geometry, LayerSpec, LinearShape};
+use fusedrop::cuda::forward::{ForwardConfig, ForwardOptions};
+use fusedrop::cuda::{self, LayerKernels, SeedSource};
+use fusedrop::{
+    mask, reference, DropoutSpec, Element, Geometry, LayerSpec, LinearShape, Nonlinearity,
+};
 use half::{bf16, f16};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-fn gpu() -> Option<Arc<CudaStream>> {
-    match cuda::open_device(0) {
-        Ok(ctx) => Some(ctx.default_stream()),
+fn gpu() -> Option<LayerKernels> {
+    match cuda::open_device(0).and_then(|ctx| LayerKernels::new(ctx.default_stream())) {
+        Ok(kernels) => Some(kernels),
         Err(e) => {
             eprintln!("skipping GPU forward test: {e}");
             None
@@ -22,8 +21,8 @@ fn gpu() -> Option<Arc<CudaStream>> {
 }
 
 /// Half-type kernels need sm_80; on an older GPU only f32 is checked.
-fn runs<T: Element>(stream: &Arc<CudaStream>) -> bool {
-    !T::NEEDS_SM80 || cuda::compute_capability(stream).unwrap() >= (8, 0)
+fn runs<T: Element>(kernels: &LayerKernels) -> bool {
+    !T::NEEDS_SM80 || kernels.compute_capability() >= (8, 0)
 }
 
 fn random_values<T: Element>(len: usize, rng: &mut StdRng) -> Vec<T> {
@@ -36,7 +35,7 @@ fn random_values<T: Element>(len: usize, rng: &mut StdRng) -> Vec<T> {
 #[derive(Debug, Clone, Copy)]
 struct Case {
     shape: LinearShape,
-    activation: Activation,
+    nonlinearity: Nonlinearity,
     p: f32,
     bias: bool,
     geometry: Geometry,
@@ -52,7 +51,7 @@ impl Case {
     fn new(m: usize, n: usize, k: usize) -> Self {
         Self {
             shape: LinearShape::new(m, n, k),
-            activation: Activation::Relu,
+            nonlinearity: Nonlinearity::Relu,
             p: 0.1,
             bias: true,
             geometry: Geometry::UNSHARDED,
@@ -99,7 +98,7 @@ fn inputs<T: Element>(case: &Case, rng: &mut StdRng) -> Inputs<T> {
 
 /// Runs the kernel once on fresh device buffers, Y poisoned with NaN; returns Y.
 fn run_gpu<T: Element>(
-    stream: &Arc<CudaStream>,
+    kernels: &LayerKernels,
     case: &Case,
     spec: &LayerSpec,
     host: &Inputs<T>,
@@ -111,46 +110,41 @@ fn run_gpu<T: Element>(
         padded.extend_from_slice(v);
         padded
     };
-    let x = stream.clone_htod(&pad(&host.x)).unwrap();
-    let w = stream.clone_htod(&pad(&host.w)).unwrap();
-    let b = host.b.as_ref().map(|b| stream.clone_htod(b).unwrap());
+    let x = kernels.stream().clone_htod(&pad(&host.x)).unwrap();
+    let w = kernels.stream().clone_htod(&pad(&host.w)).unwrap();
+    let b = host
+        .b
+        .as_ref()
+        .map(|b| kernels.stream().clone_htod(b).unwrap());
     let poison = vec![T::from_f64(f64::NAN); offset + case.shape.m * case.shape.n];
-    let mut y = stream.clone_htod(&poison).unwrap();
+    let mut y = kernels.stream().clone_htod(&poison).unwrap();
     let b_view = b.as_ref().map(|b| b.as_view());
     let x_view = x.slice(offset..);
     let w_view = w.slice(offset..);
     let mut y_view = y.slice_mut(offset..);
-    match case.config {
-        Some(config) => forward::forward_with_config(
-            stream,
-            spec,
-            config,
-            &x_view,
-            &w_view,
-            b_view.as_ref(),
-            &mut y_view,
-            seed,
-        ),
-        None => forward::forward(
-            stream,
+    let options = ForwardOptions {
+        config: case.config,
+        seed,
+    };
+    kernels
+        .forward(
             spec,
             &x_view,
             &w_view,
             b_view.as_ref(),
             &mut y_view,
-            seed,
-        ),
-    }
-    .unwrap_or_else(|e| panic!("{} {case:?}: {e}", T::NAME));
-    let got = stream.clone_dtoh(&y).unwrap();
+            options,
+        )
+        .unwrap_or_else(|e| panic!("{} {case:?}: {e}", T::NAME));
+    let got = kernels.stream().clone_dtoh(&y).unwrap();
     got[offset..].to_vec()
 }
 
 fn spec_of(case: &Case, seed: u64, stream_id: u64) -> LayerSpec {
     LayerSpec::new(
         case.shape,
-        case.activation,
-        Dropout::new(case.p, seed, stream_id),
+        case.nonlinearity,
+        DropoutSpec::new(case.p, seed, stream_id),
     )
     .with_geometry(case.geometry)
 }
@@ -158,8 +152,8 @@ fn spec_of(case: &Case, seed: u64, stream_id: u64) -> LayerSpec {
 /// Runs one case and checks it against the reference: no poison left, every dropped element
 /// exactly 0, every kept element with a clearly non-zero activation non-zero, and the relative
 /// L2 error within the element type's tolerance.
-fn check<T: Element>(stream: &Arc<CudaStream>, case: Case) {
-    if !runs::<T>(stream) {
+fn check<T: Element>(kernels: &LayerKernels, case: Case) {
+    if !runs::<T>(kernels) {
         return;
     }
     let LinearShape { m, n, k } = case.shape;
@@ -170,14 +164,14 @@ fn check<T: Element>(stream: &Arc<CudaStream>, case: Case) {
         "{} {m}x{n}x{k} p={} {:?} bias={} {:?} config={:?} misaligned={} nonfinite={}",
         T::NAME,
         case.p,
-        case.activation,
+        case.nonlinearity,
         case.bias,
         case.geometry,
         case.config,
         case.misaligned,
         case.nonfinite
     );
-    let got = run_gpu(stream, &case, &spec, &host, SeedSource::Host);
+    let got = run_gpu(kernels, &case, &spec, &host, SeedSource::Host);
     let got = reference::to_f64(&got);
 
     let want = reference::forward_f64(&spec, &host.x, &host.w, host.b.as_deref()).unwrap();
@@ -200,10 +194,10 @@ fn check<T: Element>(stream: &Arc<CudaStream>, case: Case) {
         for c in 0..n {
             let i = r * n + c;
             let index = case.geometry.linear_index(n, r, c);
-            let kept = mask::keep(dropout.seed, dropout.stream, dropout.p, index);
-            let active = match case.activation {
-                Activation::Relu => z[i] > 1e-3,
-                Activation::Identity => z[i].abs() > 1e-3,
+            let kept = mask::keep(dropout.seed, dropout.subsequence, dropout.p, index);
+            let active = match case.nonlinearity {
+                Nonlinearity::Relu => z[i] > 1e-3,
+                Nonlinearity::Identity => z[i].abs() > 1e-3,
             };
             if !want[i].is_finite() {
                 continue;
@@ -230,15 +224,15 @@ fn check<T: Element>(stream: &Arc<CudaStream>, case: Case) {
     );
 }
 
-fn check_all_types(stream: &Arc<CudaStream>, case: Case) {
-    check::<f32>(stream, case);
-    check::<f16>(stream, case);
-    check::<bf16>(stream, case);
+fn check_all_types(kernels: &LayerKernels, case: Case) {
+    check::<f32>(kernels, case);
+    check::<f16>(kernels, case);
+    check::<bf16>(kernels, case);
 }
 
 #[test]
 fn forward_matches_reference_on_odd_shapes_for_every_setting() {
-    let Some(stream) = gpu() else { return };
+    let Some(kernels) = gpu() else { return };
     // Multiples of no tile; k and n not multiples of 8 (unaligned rows), and aligned ones.
     for &(m, n, k) in &[
         (1, 1, 1),
@@ -249,12 +243,12 @@ fn forward_matches_reference_on_odd_shapes_for_every_setting() {
         (130, 200, 48),
     ] {
         for &p in &[0.0f32, 0.1, 0.5, 1.0] {
-            for activation in [Activation::Relu, Activation::Identity] {
+            for nonlinearity in [Nonlinearity::Relu, Nonlinearity::Identity] {
                 for bias in [false, true] {
                     check_all_types(
-                        &stream,
+                        &kernels,
                         Case {
-                            activation,
+                            nonlinearity,
                             p,
                             bias,
                             ..Case::new(m, n, k)
@@ -270,17 +264,17 @@ fn forward_matches_reference_on_odd_shapes_for_every_setting() {
 /// dropped infinity becomes NaN, for every rate and both activations.
 #[test]
 fn forward_keeps_nan_and_infinities_as_pytorch() {
-    let Some(stream) = gpu() else { return };
-    fn each<T: Element>(stream: &Arc<CudaStream>) {
+    let Some(kernels) = gpu() else { return };
+    fn each<T: Element>(kernels: &LayerKernels) {
         for &config in ForwardConfig::all_for::<T>() {
             for &(m, n, k) in &[(70, 72, 64), (37, 29, 45)] {
                 for &p in &[0.0f32, 0.1, 0.5, 1.0] {
-                    for activation in [Activation::Relu, Activation::Identity] {
+                    for nonlinearity in [Nonlinearity::Relu, Nonlinearity::Identity] {
                         check::<T>(
-                            stream,
+                            kernels,
                             Case {
                                 config: Some(config),
-                                activation,
+                                nonlinearity,
                                 p,
                                 nonfinite: true,
                                 ..Case::new(m, n, k)
@@ -291,19 +285,19 @@ fn forward_keeps_nan_and_infinities_as_pytorch() {
             }
         }
     }
-    each::<f32>(&stream);
-    each::<f16>(&stream);
-    each::<bf16>(&stream);
+    each::<f32>(&kernels);
+    each::<f16>(&kernels);
+    each::<bf16>(&kernels);
 }
 
 #[test]
 fn forward_matches_reference_on_1000_cubed() {
-    let Some(stream) = gpu() else { return };
-    check_all_types(&stream, Case::new(1000, 1000, 1000));
+    let Some(kernels) = gpu() else { return };
+    check_all_types(&kernels, Case::new(1000, 1000, 1000));
     check_all_types(
-        &stream,
+        &kernels,
         Case {
-            activation: Activation::Identity,
+            nonlinearity: Nonlinearity::Identity,
             p: 0.5,
             bias: false,
             ..Case::new(1000, 1000, 1000)
@@ -313,16 +307,16 @@ fn forward_matches_reference_on_1000_cubed() {
 
 #[test]
 fn every_config_is_correct() {
-    let Some(stream) = gpu() else { return };
-    fn each<T: Element>(stream: &Arc<CudaStream>) {
+    let Some(kernels) = gpu() else { return };
+    fn each<T: Element>(kernels: &LayerKernels) {
         for &config in ForwardConfig::all_for::<T>() {
             for &(m, n, k) in &[(257, 129, 67), (130, 200, 48), (5, 300, 512)] {
                 for misaligned in [false, true] {
                     check::<T>(
-                        stream,
+                        kernels,
                         Case {
                             config: Some(config),
-                            activation: Activation::Identity,
+                            nonlinearity: Nonlinearity::Identity,
                             p: 0.5,
                             misaligned,
                             ..Case::new(m, n, k)
@@ -332,14 +326,14 @@ fn every_config_is_correct() {
             }
         }
     }
-    each::<f32>(&stream);
-    each::<f16>(&stream);
-    each::<bf16>(&stream);
+    each::<f32>(&kernels);
+    each::<f16>(&kernels);
+    each::<bf16>(&kernels);
 }
 
 #[test]
 fn forward_honours_shard_geometry() {
-    let Some(stream) = gpu() else { return };
+    let Some(kernels) = gpu() else { return };
     // n_global not a multiple of 4: every row starts at a different word of its Philox call.
     let geometry = Geometry {
         row_offset: 5,
@@ -351,18 +345,18 @@ fn forward_honours_shard_geometry() {
             geometry,
             config,
             p: 0.5,
-            activation: Activation::Identity,
+            nonlinearity: Nonlinearity::Identity,
             ..Case::new(133, 997, 40)
         };
         check::<f32>(
-            &stream,
+            &kernels,
             Case {
                 config: None,
                 ..case
             },
         );
-        check::<f16>(&stream, case);
-        check::<bf16>(&stream, case);
+        check::<f16>(&kernels, case);
+        check::<bf16>(&kernels, case);
     }
     let geometry = Geometry {
         row_offset: 1 << 33,
@@ -370,7 +364,7 @@ fn forward_honours_shard_geometry() {
         n_global: Some(130),
     };
     check_all_types(
-        &stream,
+        &kernels,
         Case {
             geometry,
             p: 0.1,
@@ -381,20 +375,20 @@ fn forward_honours_shard_geometry() {
 
 #[test]
 fn forward_handles_grids_beyond_one_wave_and_the_row_limit() {
-    let Some(stream) = gpu() else { return };
+    let Some(kernels) = gpu() else { return };
     // Hundreds of 128 x 128 tiles: more than a full wave on any current GPU.
-    check_all_types(&stream, Case::new(2048, 2048, 64));
+    check_all_types(&kernels, Case::new(2048, 2048, 64));
     // More row tiles than gridDim.y can hold (65535): the kernels fold rows into grid.y.
     let tall = 65_535 * 64 + 100;
     check::<bf16>(
-        &stream,
+        &kernels,
         Case {
             config: Some(ForwardConfig::Tc64x32),
             ..Case::new(tall, 8, 8)
         },
     );
     check::<f32>(
-        &stream,
+        &kernels,
         Case {
             config: Some(ForwardConfig::Simt64x64),
             ..Case::new(tall, 5, 4)
@@ -404,9 +398,9 @@ fn forward_handles_grids_beyond_one_wave_and_the_row_limit() {
 
 #[test]
 fn same_call_twice_is_bit_identical_and_device_seed_matches_host_seed() {
-    let Some(stream) = gpu() else { return };
-    fn each<T: Element>(stream: &Arc<CudaStream>) {
-        if !runs::<T>(stream) {
+    let Some(kernels) = gpu() else { return };
+    fn each<T: Element>(kernels: &LayerKernels) {
+        if !runs::<T>(kernels) {
             return;
         }
         let case = Case {
@@ -416,21 +410,22 @@ fn same_call_twice_is_bit_identical_and_device_seed_matches_host_seed() {
         let mut rng = StdRng::seed_from_u64(11);
         let host = inputs::<T>(&case, &mut rng);
         let spec = spec_of(&case, 0xdead_beef_0123_4567, 77);
-        let first = run_gpu(stream, &case, &spec, &host, SeedSource::Host);
-        let second = run_gpu(stream, &case, &spec, &host, SeedSource::Host);
+        let first = run_gpu(kernels, &case, &spec, &host, SeedSource::Host);
+        let second = run_gpu(kernels, &case, &spec, &host, SeedSource::Host);
         let bits = |v: &[T]| v.iter().map(|e| e.to_f64().to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&first), bits(&second), "{}: two runs differ", T::NAME);
 
-        let buffer = stream
-            .clone_htod(&[spec.dropout.seed, spec.dropout.stream])
+        let buffer = kernels
+            .stream()
+            .clone_htod(&[spec.dropout.seed, spec.dropout.subsequence])
             .unwrap();
-        // Deliberately wrong host-side seed and stream: the kernel must use the buffer.
+        // Deliberately wrong host-side seed and subsequence: the kernel must use the buffer.
         let decoy = LayerSpec {
-            dropout: Dropout::new(spec.dropout.p, 1, 2),
+            dropout: DropoutSpec::new(spec.dropout.p, 1, 2),
             ..spec
         };
         let from_device = run_gpu(
-            stream,
+            kernels,
             &case,
             &decoy,
             &host,
@@ -443,73 +438,82 @@ fn same_call_twice_is_bit_identical_and_device_seed_matches_host_seed() {
             T::NAME
         );
     }
-    each::<f32>(&stream);
-    each::<f16>(&stream);
-    each::<bf16>(&stream);
+    each::<f32>(&kernels);
+    each::<f16>(&kernels);
+    each::<bf16>(&kernels);
 }
 
 #[test]
 fn forward_rejects_bad_input_before_launch() {
-    let Some(stream) = gpu() else { return };
-    let x = stream.clone_htod(&[1.0f32; 6]).unwrap();
-    let w = stream.clone_htod(&[1.0f32; 6]).unwrap();
+    let Some(kernels) = gpu() else { return };
+    let x = kernels.stream().clone_htod(&[1.0f32; 6]).unwrap();
+    let w = kernels.stream().clone_htod(&[1.0f32; 6]).unwrap();
     // Y has 5 elements where the shape needs 2 x 2.
-    let mut y = stream.clone_htod(&[f32::NAN; 5]).unwrap();
+    let mut y = kernels.stream().clone_htod(&[f32::NAN; 5]).unwrap();
     let spec = LayerSpec::new(
         LinearShape::new(2, 2, 3),
-        Activation::Relu,
-        Dropout::new(0.5, 1, 1),
+        Nonlinearity::Relu,
+        DropoutSpec::new(0.5, 1, 1),
     );
-    let err = forward::forward(&stream, &spec, &x, &w, None, &mut y, SeedSource::Host).unwrap_err();
+    let err = kernels
+        .forward(&spec, &x, &w, None, &mut y, ForwardOptions::default())
+        .unwrap_err();
     assert!(err.to_string().contains("expected 4"), "{err}");
     let bad_p = LayerSpec {
-        dropout: Dropout::new(1.5, 1, 1),
+        dropout: DropoutSpec::new(1.5, 1, 1),
         ..spec
     };
-    let mut y4 = stream.clone_htod(&[f32::NAN; 4]).unwrap();
-    let x4 = stream.clone_htod(&[1.0f32; 6]).unwrap();
-    let err =
-        forward::forward(&stream, &bad_p, &x4, &w, None, &mut y4, SeedSource::Host).unwrap_err();
+    let mut y4 = kernels.stream().clone_htod(&[f32::NAN; 4]).unwrap();
+    let x4 = kernels.stream().clone_htod(&[1.0f32; 6]).unwrap();
+    let err = kernels
+        .forward(&bad_p, &x4, &w, None, &mut y4, ForwardOptions::default())
+        .unwrap_err();
     assert!(err.to_string().contains("outside [0, 1]"), "{err}");
-    let err = forward::forward_with_config(
-        &stream,
-        &LayerSpec {
-            shape: LinearShape::new(2, 2, 3),
-            ..spec
-        },
-        ForwardConfig::Tc64x64,
-        &x4,
-        &w,
-        None,
-        &mut y4,
-        SeedSource::Host,
-    )
-    .unwrap_err();
+    let err = kernels
+        .forward(
+            &LayerSpec {
+                shape: LinearShape::new(2, 2, 3),
+                ..spec
+            },
+            &x4,
+            &w,
+            None,
+            &mut y4,
+            ForwardOptions {
+                config: Some(ForwardConfig::Tc64x64),
+                ..ForwardOptions::default()
+            },
+        )
+        .unwrap_err();
     assert!(err.to_string().contains("not compiled for f32"), "{err}");
     // Nothing was launched: y is still poisoned.
-    assert!(stream.clone_dtoh(&y4).unwrap().iter().all(|v| v.is_nan()));
+    assert!(kernels
+        .stream()
+        .clone_dtoh(&y4)
+        .unwrap()
+        .iter()
+        .all(|v| v.is_nan()));
     // An empty output is valid and launches nothing.
     let empty = LayerSpec::new(
         LinearShape::new(0, 2, 3),
-        Activation::Relu,
-        Dropout::new(0.5, 1, 1),
+        Nonlinearity::Relu,
+        DropoutSpec::new(0.5, 1, 1),
     );
-    forward::forward(
-        &stream,
-        &empty,
-        &x.slice(0..0),
-        &w,
-        None,
-        &mut y.slice_mut(0..0),
-        SeedSource::Host,
-    )
-    .unwrap();
+    kernels
+        .forward(
+            &empty,
+            &x.slice(0..0),
+            &w,
+            None,
+            &mut y.slice_mut(0..0),
+            ForwardOptions::default(),
+        )
+        .unwrap();
 }
 
 /// Whether the Hopper kernel can run here: compute capability 9.0 and the sm_90a module built.
-fn hopper(stream: &Arc<CudaStream>) -> bool {
-    let ok =
-        cuda::compute_capability(stream).unwrap() == (9, 0) && cuda::module_built("forward_sm90");
+fn hopper(kernels: &LayerKernels) -> bool {
+    let ok = kernels.hopper_available::<bf16>();
     if !ok {
         eprintln!("skipping the Hopper forward checks: not a compute capability 9.0 GPU with the sm_90a module");
     }
@@ -521,11 +525,11 @@ fn hopper(stream: &Arc<CudaStream>) -> bool {
 /// bias, non-finite inputs, and a shard geometry.
 #[test]
 fn hopper_configs_match_reference() {
-    let Some(stream) = gpu() else { return };
-    if !hopper(&stream) {
+    let Some(kernels) = gpu() else { return };
+    if !hopper(&kernels) {
         return;
     }
-    fn each<T: Element>(stream: &Arc<CudaStream>) {
+    fn each<T: Element>(kernels: &LayerKernels) {
         for config in ForwardConfig::HOPPER {
             for (i, &(m, n, k)) in [
                 (1, 1, 8),
@@ -542,13 +546,13 @@ fn hopper_configs_match_reference() {
             {
                 for (j, &p) in [0.0f32, 0.1, 0.5, 1.0].iter().enumerate() {
                     check::<T>(
-                        stream,
+                        kernels,
                         Case {
                             config: Some(config),
-                            activation: if (i + j) % 2 == 0 {
-                                Activation::Relu
+                            nonlinearity: if (i + j) % 2 == 0 {
+                                Nonlinearity::Relu
                             } else {
-                                Activation::Identity
+                                Nonlinearity::Identity
                             },
                             p,
                             bias: j % 2 == 0,
@@ -559,7 +563,7 @@ fn hopper_configs_match_reference() {
                 }
             }
             check::<T>(
-                stream,
+                kernels,
                 Case {
                     config: Some(config),
                     geometry: Geometry {
@@ -572,8 +576,8 @@ fn hopper_configs_match_reference() {
             );
         }
     }
-    each::<f16>(&stream);
-    each::<bf16>(&stream);
+    each::<f16>(&kernels);
+    each::<bf16>(&kernels);
 }
 
 /// The heuristic takes the Hopper kernel for aligned operands and a shape with a full wave of
@@ -581,43 +585,45 @@ fn hopper_configs_match_reference() {
 /// view is an error, not a launch.
 #[test]
 fn hopper_is_chosen_only_where_tma_can_read_the_operands() {
-    let Some(stream) = gpu() else { return };
-    if !hopper(&stream) {
+    let Some(kernels) = gpu() else { return };
+    if !hopper(&kernels) {
         return;
     }
     let shape = LinearShape::new(2048, 2048, 256);
-    let config = forward::config_for::<bf16>(&stream, shape).unwrap();
+    let config = kernels.forward_config_for::<bf16>(shape);
     assert!(config.is_hopper(), "{config:?}");
     let case = Case::new(2048, 2048, 256);
-    check::<bf16>(&stream, case);
+    check::<bf16>(&kernels, case);
     check::<bf16>(
-        &stream,
+        &kernels,
         Case {
             misaligned: true,
             ..case
         },
     );
     let odd_k = Case::new(2048, 2048, 250);
-    check::<f16>(&stream, odd_k);
-    let x = stream.alloc_zeros::<bf16>(1 + 64 * 64).unwrap();
-    let w = stream.alloc_zeros::<bf16>(64 * 64).unwrap();
-    let mut y = stream.alloc_zeros::<bf16>(64 * 64).unwrap();
+    check::<f16>(&kernels, odd_k);
+    let x = kernels.stream().alloc_zeros::<bf16>(1 + 64 * 64).unwrap();
+    let w = kernels.stream().alloc_zeros::<bf16>(64 * 64).unwrap();
+    let mut y = kernels.stream().alloc_zeros::<bf16>(64 * 64).unwrap();
     let spec = LayerSpec::new(
         LinearShape::new(64, 64, 64),
-        Activation::Relu,
-        Dropout::new(0.1, 1, 2),
+        Nonlinearity::Relu,
+        DropoutSpec::new(0.1, 1, 2),
     );
-    let err = forward::forward_with_config(
-        &stream,
-        &spec,
-        ForwardConfig::Wg64x128,
-        &x.slice(1..),
-        &w,
-        None,
-        &mut y,
-        SeedSource::Host,
-    )
-    .unwrap_err();
+    let err = kernels
+        .forward(
+            &spec,
+            &x.slice(1..),
+            &w,
+            None,
+            &mut y,
+            ForwardOptions {
+                config: Some(ForwardConfig::Wg64x128),
+                ..ForwardOptions::default()
+            },
+        )
+        .unwrap_err();
     assert!(err.to_string().contains("16-byte aligned"), "{err}");
 }
 
@@ -626,28 +632,28 @@ fn hopper_is_chosen_only_where_tma_can_read_the_operands() {
 /// sums are added in a fixed order.
 #[test]
 fn hopper_split_k_is_chosen_for_few_tiles_and_deterministic() {
-    let Some(stream) = gpu() else { return };
-    if !hopper(&stream) {
+    let Some(kernels) = gpu() else { return };
+    if !hopper(&kernels) {
         return;
     }
-    fn each<T: Element>(stream: &Arc<CudaStream>) {
+    fn each<T: Element>(kernels: &LayerKernels) {
         let case = Case {
             p: 0.1,
             ..Case::new(64, 4096, 4096)
         };
-        let config = forward::config_for::<T>(stream, case.shape).unwrap();
+        let config = kernels.forward_config_for::<T>(case.shape);
         assert!(config.splits() > 1, "{}: {config:?}", T::NAME);
-        check::<T>(stream, case);
+        check::<T>(kernels, case);
         let mut rng = StdRng::seed_from_u64(5);
         let host = inputs::<T>(&case, &mut rng);
         let spec = spec_of(&case, 99, 3);
-        let first = run_gpu(stream, &case, &spec, &host, SeedSource::Host);
+        let first = run_gpu(kernels, &case, &spec, &host, SeedSource::Host);
         let bits = |v: &[T]| v.iter().map(|e| e.to_f64().to_bits()).collect::<Vec<_>>();
         for _ in 0..3 {
-            let again = run_gpu(stream, &case, &spec, &host, SeedSource::Host);
+            let again = run_gpu(kernels, &case, &spec, &host, SeedSource::Host);
             assert_eq!(bits(&first), bits(&again), "{}: runs differ", T::NAME);
         }
     }
-    each::<f16>(&stream);
-    each::<bf16>(&stream);
+    each::<f16>(&kernels);
+    each::<bf16>(&kernels);
 }

@@ -1,10 +1,10 @@
-//! End-to-end: a two-layer network trained for a few SGD steps on the CPU reference and on the
-//! GPU kernels, from the same initial weights and the same (seed, stream) sequence, must give the
+//! End-to-end: a two-layer network trained for a few SGD steps on the CPU reference and on the GPU
+//! kernels, from the same initial weights and the same (seed, subsequence) sequence, must give the
 //! same losses. Skipped, with a message, where no GPU is usable.
 //!
 //! Network (f32): X [48, 32] -> Linear 32->64, ReLU, dropout 0.2 -> Linear 64->8, identity,
 //! dropout 0.1 -> mean squared error against fixed targets. The second layer's dropout makes its
-//! backward redraw the mask from (seed, stream); the first layer's comes from the sign of its
+//! backward redraw the mask from (seed, subsequence); the first layer's comes from the sign of its
 //! saved output.
 //!
 //! The GPU path runs each step as two micro-batches of 24 rows: the second one's layers carry
@@ -13,13 +13,11 @@
 //! separate, overwriting call, since `accumulate` applies to every output of a call). The CPU
 //! path runs the whole batch at once.
 
-use std::sync::Arc;
-
-use cudarc::driver::{CudaSlice, CudaStream};
-use fusedrop::cuda::backward::{backward, BackwardOptions, GradientsMut};
-use fusedrop::cuda::{self, forward::forward, SeedSource};
+use cudarc::driver::CudaSlice;
+use fusedrop::cuda::backward::{BackwardOptions, GradientsMut};
+use fusedrop::cuda::{self, forward::ForwardOptions, LayerKernels};
 use fusedrop::reference::{self, relative_l2_error};
-use fusedrop::{Activation, DropoutGenerator, Geometry, LayerSpec, LinearShape};
+use fusedrop::{DropoutGenerator, Geometry, LayerSpec, LinearShape, Nonlinearity};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 const BATCH: usize = 48;
@@ -30,9 +28,9 @@ const OUTPUT: usize = 8;
 const STEPS: usize = 8;
 const LEARNING_RATE: f32 = 0.5;
 
-fn gpu() -> Option<Arc<CudaStream>> {
-    match cuda::open_device(0) {
-        Ok(ctx) => Some(ctx.default_stream()),
+fn gpu() -> Option<LayerKernels> {
+    match cuda::open_device(0).and_then(|ctx| LayerKernels::new(ctx.default_stream())) {
+        Ok(kernels) => Some(kernels),
         Err(e) => {
             eprintln!("skipping GPU training test: {e}");
             None
@@ -85,13 +83,13 @@ fn specs(rows: usize, row_offset: usize, generator: &DropoutGenerator) -> (Layer
     };
     let first = LayerSpec::new(
         LinearShape::new(rows, HIDDEN, INPUT),
-        Activation::Relu,
+        Nonlinearity::Relu,
         generator.next(0.2),
     )
     .with_geometry(geometry);
     let second = LayerSpec::new(
         LinearShape::new(rows, OUTPUT, HIDDEN),
-        Activation::Identity,
+        Nonlinearity::Identity,
         generator.next(0.1),
     )
     .with_geometry(geometry);
@@ -127,13 +125,13 @@ fn cpu_step(params: &Params, x: &[f32], target: &[f32], gen: &DropoutGenerator) 
 
 /// One step on the GPU, as two micro-batches accumulating into the same gradient buffers.
 fn gpu_step(
-    stream: &Arc<CudaStream>,
+    kernels: &LayerKernels,
     params: &Params,
     x: &[f32],
     target: &[f32],
     gen: &DropoutGenerator,
 ) -> (f64, Grads) {
-    let upload = |v: &[f32]| stream.clone_htod(v).unwrap();
+    let upload = |v: &[f32]| kernels.stream().clone_htod(v).unwrap();
     let (w1, b1, w2, b2) = (
         upload(&params.w1),
         upload(&params.b1),
@@ -154,27 +152,27 @@ fn gpu_step(
         let x_micro = upload(&x[rows.start * INPUT..rows.end * INPUT]);
         let mut h = poison(MICRO * HIDDEN);
         let mut y = poison(MICRO * OUTPUT);
-        forward(
-            stream,
-            &first,
-            &x_micro,
-            &w1,
-            Some(&b1.as_view()),
-            &mut h,
-            SeedSource::Host,
-        )
-        .unwrap();
-        forward(
-            stream,
-            &second,
-            &h,
-            &w2,
-            Some(&b2.as_view()),
-            &mut y,
-            SeedSource::Host,
-        )
-        .unwrap();
-        let y_host = stream.clone_dtoh(&y).unwrap();
+        kernels
+            .forward(
+                &first,
+                &x_micro,
+                &w1,
+                Some(&b1.as_view()),
+                &mut h,
+                ForwardOptions::default(),
+            )
+            .unwrap();
+        kernels
+            .forward(
+                &second,
+                &h,
+                &w2,
+                Some(&b2.as_view()),
+                &mut y,
+                ForwardOptions::default(),
+            )
+            .unwrap();
+        let y_host = kernels.stream().clone_dtoh(&y).unwrap();
         let (micro_loss, dy) =
             loss_and_gradient(&y_host, &target[rows.start * OUTPUT..rows.end * OUTPUT]);
         loss += micro_loss;
@@ -183,67 +181,64 @@ fn gpu_step(
         // The parameter gradients accumulate over the micro-batches; dh belongs to this
         // micro-batch alone and is overwritten. `accumulate` applies to every output of a call,
         // so the two kinds go in two calls, which queue the same two launches one call would.
-        let options = BackwardOptions {
+        let options = || BackwardOptions {
             accumulate: micro > 0,
             ..BackwardOptions::default()
         };
         let [dw1, db1, dw2, db2] = &mut grads;
-        backward(
-            stream,
-            &second,
-            &h,
-            &w2,
-            &dy,
-            None,
-            GradientsMut {
-                dx: Some(dh.as_view_mut()),
-                dw: None,
-                db: None,
-            },
-            BackwardOptions::default(),
-            SeedSource::Host,
-        )
-        .unwrap();
-        backward(
-            stream,
-            &second,
-            &h,
-            &w2,
-            &dy,
-            None,
-            GradientsMut {
-                dx: None,
-                dw: Some(dw2.as_view_mut()),
-                db: Some(db2.as_view_mut()),
-            },
-            options,
-            SeedSource::Host,
-        )
-        .unwrap();
-        backward(
-            stream,
-            &first,
-            &x_micro,
-            &w1,
-            &dh,
-            Some(&h.as_view()),
-            GradientsMut {
-                dx: None,
-                dw: Some(dw1.as_view_mut()),
-                db: Some(db1.as_view_mut()),
-            },
-            options,
-            SeedSource::Host,
-        )
-        .unwrap();
+        kernels
+            .backward(
+                &second,
+                &h,
+                &w2,
+                &dy,
+                None,
+                GradientsMut {
+                    dx: Some(dh.as_view_mut()),
+                    dw: None,
+                    db: None,
+                },
+                BackwardOptions::default(),
+            )
+            .unwrap();
+        kernels
+            .backward(
+                &second,
+                &h,
+                &w2,
+                &dy,
+                None,
+                GradientsMut {
+                    dx: None,
+                    dw: Some(dw2.as_view_mut()),
+                    db: Some(db2.as_view_mut()),
+                },
+                options(),
+            )
+            .unwrap();
+        kernels
+            .backward(
+                &first,
+                &x_micro,
+                &w1,
+                &dh,
+                Some(&h.as_view()),
+                GradientsMut {
+                    dx: None,
+                    dw: Some(dw1.as_view_mut()),
+                    db: Some(db1.as_view_mut()),
+                },
+                options(),
+            )
+            .unwrap();
     }
-    let grads = grads.map(|g| stream.clone_dtoh(&g).unwrap());
+    let grads = grads.map(|g| kernels.stream().clone_dtoh(&g).unwrap());
     (loss, grads)
 }
 
 #[test]
 fn two_layer_training_matches_cpu_reference() {
-    let Some(stream) = gpu() else { return };
+    let Some(kernels) = gpu() else { return };
     let mut rng = StdRng::seed_from_u64(2026);
     let x: Vec<f32> = (0..BATCH * INPUT)
         .map(|_| rng.random_range(-1.0..1.0))
@@ -257,8 +252,8 @@ fn two_layer_training_matches_cpu_reference() {
     let mut losses = Vec::new();
     for step in 0..STEPS {
         let (cpu_loss, cpu_grads) = cpu_step(&cpu, &x, &target, &generator);
-        let (gpu_loss, gpu_grads) = gpu_step(&stream, &gpu, &x, &target, &generator);
-        // Each step draws two streams, one per layer.
+        let (gpu_loss, gpu_grads) = gpu_step(&kernels, &gpu, &x, &target, &generator);
+        // Each step draws two subsequences, one per layer.
         generator.next(0.0);
         generator.next(0.0);
         let relative = (gpu_loss - cpu_loss).abs() / cpu_loss;

@@ -27,7 +27,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use fusedrop::{mask, reference, Activation, Dropout, Element, Geometry, LayerSpec, LinearShape};
+use fusedrop::{
+    mask, reference, DropoutSpec, Element, Geometry, LayerSpec, LinearShape, Nonlinearity,
+};
 use half::{bf16, f16};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -264,7 +266,7 @@ impl Launch {
     /// The MaskParams of a call with `n` output columns, as src/cuda/mod.rs builds them.
     fn mask(
         &mut self,
-        dropout: &Dropout,
+        dropout: &DropoutSpec,
         geometry: &Geometry,
         n: usize,
         device: bool,
@@ -273,7 +275,7 @@ impl Launch {
             self.request,
             "mp {} {} {} {} {} {} {} {}",
             dropout.seed,
-            dropout.stream,
+            dropout.subsequence,
             mask::threshold(dropout.p),
             geometry.row_offset,
             geometry.col_offset,
@@ -317,7 +319,7 @@ impl Launch {
         self
     }
 
-    /// The (seed, stream) pair the kernel wrote to `rec`.
+    /// The (seed, subsequence) pair the kernel wrote to `rec`.
     fn recorded(&self) -> (u64, u64) {
         let bytes = fs::read(self.dir.join("rec.out"))
             .unwrap_or_else(|e| panic!("{}: no record: {e}", self.what));
@@ -438,7 +440,7 @@ fn check_layer_output<T: Element>(
     what: &str,
     got: &[T],
     want: &[f64],
-    dropout: &Dropout,
+    dropout: &DropoutSpec,
     geometry: &Geometry,
     n: usize,
 ) {
@@ -449,7 +451,7 @@ fn check_layer_output<T: Element>(
         let (r, c) = (i / n, i % n);
         let keep = mask::keep(
             dropout.seed,
-            dropout.stream,
+            dropout.subsequence,
             dropout.p,
             geometry.linear_index(n, r, c),
         );
@@ -601,7 +603,7 @@ fn every_kernel_file_has_a_driver() {
 fn dropout_launch<T: Raw>(
     m: usize,
     n: usize,
-    dropout: Dropout,
+    dropout: DropoutSpec,
     geometry: Geometry,
     grid_x: Option<u32>,
     device_seed: bool,
@@ -654,7 +656,7 @@ fn check_dropout_type<T: Raw>(exe: &Path, rng: &mut StdRng) {
             cases.push((
                 m,
                 n,
-                Dropout::new(p, rng.random(), rng.random_range(0..8)),
+                DropoutSpec::new(p, rng.random(), rng.random_range(0..8)),
                 Geometry::UNSHARDED,
                 None,
                 false,
@@ -667,7 +669,7 @@ fn check_dropout_type<T: Raw>(exe: &Path, rng: &mut StdRng) {
         cases.push((
             17,
             101,
-            Dropout::new(p, rng.random(), 3),
+            DropoutSpec::new(p, rng.random(), 3),
             Geometry::UNSHARDED,
             None,
             false,
@@ -681,7 +683,7 @@ fn check_dropout_type<T: Raw>(exe: &Path, rng: &mut StdRng) {
             cases.push((
                 17,
                 101,
-                Dropout::new(p, b.seed, b.stream),
+                DropoutSpec::new(p, b.seed, b.subsequence),
                 Geometry::UNSHARDED,
                 None,
                 false,
@@ -689,12 +691,20 @@ fn check_dropout_type<T: Raw>(exe: &Path, rng: &mut StdRng) {
             ));
         }
     }
-    cases.push((33, 97, Dropout::new(0.3, 42, 7), shard, None, false, false));
-    cases.push((9, 29, Dropout::new(0.5, 7, 1), far, None, true, false));
+    cases.push((
+        33,
+        97,
+        DropoutSpec::new(0.3, 42, 7),
+        shard,
+        None,
+        false,
+        false,
+    ));
+    cases.push((9, 29, DropoutSpec::new(0.5, 7, 1), far, None, true, false));
     cases.push((
         40,
         77,
-        Dropout::new(0.5, 99, 2),
+        DropoutSpec::new(0.5, 99, 2),
         shard,
         Some(1),
         false,
@@ -703,7 +713,7 @@ fn check_dropout_type<T: Raw>(exe: &Path, rng: &mut StdRng) {
     cases.push((
         40,
         77,
-        Dropout::new(0.1, 98, 0),
+        DropoutSpec::new(0.1, 98, 0),
         Geometry::UNSHARDED,
         Some(3),
         true,
@@ -762,7 +772,7 @@ fn dropout_kernel_matches_reference_bit_for_bit() {
 #[derive(Debug, Clone, Copy)]
 struct ForwardCase {
     shape: LinearShape,
-    activation: Activation,
+    nonlinearity: Nonlinearity,
     bias: bool,
     p: f32,
     geometry: Geometry,
@@ -770,8 +780,8 @@ struct ForwardCase {
     grid_y: Option<u32>,
     device_seed: bool,
     nonfinite: bool,
-    /// A fixed (seed, stream) instead of random ones (the keep-rule boundary vectors).
-    seed_stream: Option<(u64, u64)>,
+    /// A fixed (seed, subsequence) instead of random ones (the keep-rule boundary vectors).
+    seed_subsequence: Option<(u64, u64)>,
 }
 
 /// Shapes that are multiples of no tile, k both a multiple of 8 (16-byte rows) and not, with
@@ -786,21 +796,21 @@ fn forward_cases(rng: &mut StdRng) -> Vec<ForwardCase> {
         (17, 140, 8),
     ];
     let combos = [
-        (0.0f32, Activation::Relu, true),
-        (0.1, Activation::Identity, false),
-        (0.5, Activation::Relu, false),
-        (1.0, Activation::Identity, true),
+        (0.0f32, Nonlinearity::Relu, true),
+        (0.1, Nonlinearity::Identity, false),
+        (0.5, Nonlinearity::Relu, false),
+        (1.0, Nonlinearity::Identity, true),
     ];
     let mut cases = Vec::new();
     for (s, &(m, n, k)) in shapes.iter().enumerate() {
         for i in 0..combos.len() {
             // Rotate the pairing so that every shape meets every rate and both of the others.
             let (p, _, _) = combos[i];
-            let (_, activation, _) = combos[(i + s) % combos.len()];
+            let (_, nonlinearity, _) = combos[(i + s) % combos.len()];
             let (_, _, bias) = combos[(i + 2 * s + 1) % combos.len()];
             cases.push(ForwardCase {
                 shape: LinearShape::new(m, n, k),
-                activation,
+                nonlinearity,
                 bias,
                 p,
                 geometry: Geometry::UNSHARDED,
@@ -808,13 +818,13 @@ fn forward_cases(rng: &mut StdRng) -> Vec<ForwardCase> {
                 grid_y: None,
                 device_seed: false,
                 nonfinite: false,
-                seed_stream: None,
+                seed_subsequence: None,
             });
         }
     }
     let base = ForwardCase {
         shape: LinearShape::new(70, 75, 64),
-        activation: Activation::Relu,
+        nonlinearity: Nonlinearity::Relu,
         bias: true,
         p: 0.5,
         geometry: Geometry::UNSHARDED,
@@ -822,7 +832,7 @@ fn forward_cases(rng: &mut StdRng) -> Vec<ForwardCase> {
         grid_y: None,
         device_seed: false,
         nonfinite: false,
-        seed_stream: None,
+        seed_subsequence: None,
     };
     // Buffers that are not 16-byte aligned although k and n are multiples of 8, so only the
     // pointers' alignment keeps the kernels off their vector paths.
@@ -834,10 +844,10 @@ fn forward_cases(rng: &mut StdRng) -> Vec<ForwardCase> {
     cases.push(ForwardCase {
         shape: LinearShape::new(70, 72, 64),
         misalign: 1,
-        activation: Activation::Identity,
+        nonlinearity: Nonlinearity::Identity,
         ..base
     });
-    // A shard's geometry and (seed, stream) read from a device buffer.
+    // A shard's geometry and (seed, subsequence) read from a device buffer.
     cases.push(ForwardCase {
         geometry: Geometry {
             row_offset: 3 + (rng.random::<u32>() as u64),
@@ -845,22 +855,22 @@ fn forward_cases(rng: &mut StdRng) -> Vec<ForwardCase> {
             n_global: Some(301),
         },
         device_seed: true,
-        activation: Activation::Identity,
+        nonlinearity: Nonlinearity::Identity,
         ..base
     });
     // NaN and infinities in X, W and b: NaN must stay NaN through ReLU and a dropped element, a
     // dropped infinity must become NaN (docs/mask-contract.md, "Non-finite values"). Both the
     // vector path (70x72x64) and the element path (37x29x45), every rate, both activations.
     for (i, &p) in [0.0f32, 0.1, 0.5, 1.0].iter().enumerate() {
-        for (shape, activation) in [
-            (LinearShape::new(70, 72, 64), Activation::Relu),
-            (LinearShape::new(37, 29, 45), Activation::Identity),
+        for (shape, nonlinearity) in [
+            (LinearShape::new(70, 72, 64), Nonlinearity::Relu),
+            (LinearShape::new(37, 29, 45), Nonlinearity::Identity),
         ] {
             cases.push(ForwardCase {
                 shape,
-                activation,
+                nonlinearity,
                 p,
-                bias: i % 2 == 0 || activation == Activation::Relu,
+                bias: i % 2 == 0 || nonlinearity == Nonlinearity::Relu,
                 nonfinite: true,
                 ..base
             });
@@ -871,9 +881,9 @@ fn forward_cases(rng: &mut StdRng) -> Vec<ForwardCase> {
     for b in boundaries() {
         for p in [b.p(), b.p_above()] {
             cases.push(ForwardCase {
-                activation: Activation::Identity,
+                nonlinearity: Nonlinearity::Identity,
                 p,
-                seed_stream: Some((b.seed, b.stream)),
+                seed_subsequence: Some((b.seed, b.subsequence)),
                 ..base
             });
         }
@@ -893,11 +903,11 @@ fn forward_launch<T: Raw>(
     rng: &mut StdRng,
 ) -> (Launch, Vec<f64>, LayerSpec) {
     let LinearShape { m, n, k } = case.shape;
-    let (seed, stream) = case
-        .seed_stream
+    let (seed, subsequence) = case
+        .seed_subsequence
         .unwrap_or_else(|| (rng.random(), rng.random_range(0..16)));
-    let dropout = Dropout::new(case.p, seed, stream);
-    let spec = LayerSpec::new(case.shape, case.activation, dropout).with_geometry(case.geometry);
+    let dropout = DropoutSpec::new(case.p, seed, subsequence);
+    let spec = LayerSpec::new(case.shape, case.nonlinearity, dropout).with_geometry(case.geometry);
     let mut x = random_values::<T>(m * k, rng);
     let mut w = random_values::<T>(n * k, rng);
     let mut b = random_values::<T>(n, rng);
@@ -919,7 +929,7 @@ fn forward_launch<T: Raw>(
         .int("m", m as i64)
         .int("n", n as i64)
         .int("k", k as i64)
-        .int("relu", i64::from(case.activation == Activation::Relu))
+        .int("relu", i64::from(case.nonlinearity == Nonlinearity::Relu))
         .mask(&dropout, &case.geometry, n, case.device_seed)
         .buffer("x", &x, case.misalign, false)
         .buffer("w", &w, case.misalign, false)
@@ -1023,16 +1033,16 @@ fn forward_tc_bf16_matches_reference() {
 #[derive(Debug, Clone, Copy)]
 struct BackwardCase {
     shape: LinearShape,
-    activation: Activation,
+    nonlinearity: Nonlinearity,
     p: f32,
     geometry: Geometry,
     accumulate: bool,
     weight_grad: bool,
     grid_x: Option<u32>,
     nonfinite: bool,
-    /// A fixed (seed, stream) instead of random ones (the keep-rule boundary vectors).
-    seed_stream: Option<(u64, u64)>,
-    /// The (seed, stream) pair read from a device buffer (`MaskParams::seed_stream`).
+    /// A fixed (seed, subsequence) instead of random ones (the keep-rule boundary vectors).
+    seed_subsequence: Option<(u64, u64)>,
+    /// The (seed, subsequence) pair read from a device buffer (`MaskParams::seed_subsequence`).
     device_seed: bool,
 }
 
@@ -1053,10 +1063,10 @@ fn backward_cases() -> Vec<BackwardCase> {
         for (i, &p) in rates.iter().enumerate() {
             cases.push(BackwardCase {
                 shape: LinearShape::new(m, n, k),
-                activation: if (i + s) % 2 == 0 {
-                    Activation::Relu
+                nonlinearity: if (i + s) % 2 == 0 {
+                    Nonlinearity::Relu
                 } else {
-                    Activation::Identity
+                    Nonlinearity::Identity
                 },
                 p,
                 geometry: Geometry::UNSHARDED,
@@ -1064,14 +1074,14 @@ fn backward_cases() -> Vec<BackwardCase> {
                 weight_grad: true,
                 grid_x: None,
                 nonfinite: false,
-                seed_stream: None,
+                seed_subsequence: None,
                 device_seed: false,
             });
         }
     }
     let base = BackwardCase {
         shape: LinearShape::new(70, 75, 64),
-        activation: Activation::Identity,
+        nonlinearity: Nonlinearity::Identity,
         p: 0.5,
         geometry: Geometry {
             row_offset: 7,
@@ -1082,14 +1092,14 @@ fn backward_cases() -> Vec<BackwardCase> {
         weight_grad: true,
         grid_x: Some(1),
         nonfinite: false,
-        seed_stream: None,
+        seed_subsequence: None,
         device_seed: false,
     };
     cases.push(base);
     cases.push(BackwardCase {
         grid_x: Some(3),
         accumulate: true,
-        activation: Activation::Relu,
+        nonlinearity: Nonlinearity::Relu,
         ..base
     });
     cases.push(BackwardCase {
@@ -1101,7 +1111,7 @@ fn backward_cases() -> Vec<BackwardCase> {
     // blocks in the grouped tile order.
     cases.push(BackwardCase {
         shape: LinearShape::new(200, 75, 200),
-        activation: Activation::Relu,
+        nonlinearity: Nonlinearity::Relu,
         p: 0.1,
         geometry: Geometry::UNSHARDED,
         grid_x: Some(3),
@@ -1116,7 +1126,7 @@ fn backward_cases() -> Vec<BackwardCase> {
                 p,
                 geometry: Geometry::UNSHARDED,
                 grid_x: None,
-                seed_stream: Some((b.seed, b.stream)),
+                seed_subsequence: Some((b.seed, b.subsequence)),
                 ..base
             });
         }
@@ -1124,10 +1134,10 @@ fn backward_cases() -> Vec<BackwardCase> {
     // NaN and infinities in dY and (through X) in the saved Y, every rate, both activations:
     // docs/mask-contract.md, "Backward without a mask".
     for (i, &p) in [0.0f32, 0.1, 0.5, 1.0].iter().enumerate() {
-        for activation in [Activation::Relu, Activation::Identity] {
+        for nonlinearity in [Nonlinearity::Relu, Nonlinearity::Identity] {
             cases.push(BackwardCase {
                 shape: LinearShape::new(70, 75, 64),
-                activation,
+                nonlinearity,
                 p,
                 geometry: Geometry::UNSHARDED,
                 accumulate: i == 1,
@@ -1159,12 +1169,12 @@ fn check_backward_cases<T: Raw>(
     let mut expected = Vec::new();
     for &case in cases {
         let LinearShape { m, n, k } = case.shape;
-        let (seed, stream) = case
-            .seed_stream
+        let (seed, subsequence) = case
+            .seed_subsequence
             .unwrap_or_else(|| (rng.random(), rng.random_range(0..16)));
-        let dropout = Dropout::new(case.p, seed, stream);
+        let dropout = DropoutSpec::new(case.p, seed, subsequence);
         let spec =
-            LayerSpec::new(case.shape, case.activation, dropout).with_geometry(case.geometry);
+            LayerSpec::new(case.shape, case.nonlinearity, dropout).with_geometry(case.geometry);
         let mut x = random_values::<T>(m * k, &mut rng);
         let w = random_values::<T>(n * k, &mut rng);
         let b = random_values::<T>(n, &mut rng);
@@ -1176,15 +1186,15 @@ fn check_backward_cases<T: Raw>(
             let at: Vec<(usize, usize)> = (0..12).map(|i| (5 * i + 1, (7 * i + 2) % n)).collect();
             plant(&mut dy, n, &at);
         }
-        if case.seed_stream.is_some() {
+        if case.seed_subsequence.is_some() {
             for b in boundaries()
                 .iter()
-                .filter(|b| (b.seed, b.stream) == (seed, stream))
+                .filter(|b| (b.seed, b.subsequence) == (seed, subsequence))
             {
                 dy[b.index as usize] = T::from_f64(1.0);
             }
         }
-        let relu = case.activation == Activation::Relu;
+        let relu = case.nonlinearity == Nonlinearity::Relu;
         let y = reference::forward(&spec, &x, &w, Some(&b)).expect("valid reference inputs");
         let grads = reference::backward_f64(&spec, &x, &w, &dy, relu.then_some(&y[..]))
             .expect("valid reference inputs");
@@ -1330,19 +1340,19 @@ fn hopper_backward_cases() -> Vec<BackwardCase> {
         // dX: 2 x 3 tiles, 5 k-blocks of n; dW: 3 x 3 tiles, 4 k-blocks of m. The rings (4
         // stages) wrap within and across tiles.
         shape: LinearShape::new(200, 264, 328),
-        activation: Activation::Relu,
+        nonlinearity: Nonlinearity::Relu,
         p: 0.1,
         geometry: Geometry::UNSHARDED,
         accumulate: false,
         weight_grad: true,
         grid_x: Some(2),
         nonfinite: false,
-        seed_stream: None,
+        seed_subsequence: None,
         device_seed: false,
     };
     cases.push(base);
     cases.push(BackwardCase {
-        activation: Activation::Identity,
+        nonlinearity: Nonlinearity::Identity,
         p: 0.5,
         accumulate: true,
         grid_x: Some(1),
@@ -1350,7 +1360,7 @@ fn hopper_backward_cases() -> Vec<BackwardCase> {
     });
     cases.push(BackwardCase {
         shape: LinearShape::new(131, 136, 72),
-        activation: Activation::Identity,
+        nonlinearity: Nonlinearity::Identity,
         geometry: Geometry {
             row_offset: 5,
             col_offset: 7,
@@ -1445,9 +1455,9 @@ mod keep_boundary;
 use keep_boundary::boundaries;
 
 /// Whether element `(r, c)` of a call draws a Philox word exactly equal to its threshold.
-fn on_boundary(dropout: &Dropout, geometry: &Geometry, n: usize, r: usize, c: usize) -> bool {
+fn on_boundary(dropout: &DropoutSpec, geometry: &Geometry, n: usize, r: usize, c: usize) -> bool {
     let index = geometry.linear_index(n, r, c);
-    u64::from(mask::word(dropout.seed, dropout.stream, index)) == mask::threshold(dropout.p)
+    u64::from(mask::word(dropout.seed, dropout.subsequence, index)) == mask::threshold(dropout.p)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1468,7 +1478,7 @@ fn hopper_forward_cases(rng: &mut StdRng) -> Vec<(ForwardCase, Option<u32>)> {
         .collect();
     let base = ForwardCase {
         shape: LinearShape::new(300, 300, 200),
-        activation: Activation::Relu,
+        nonlinearity: Nonlinearity::Relu,
         bias: true,
         p: 0.1,
         geometry: Geometry::UNSHARDED,
@@ -1476,7 +1486,7 @@ fn hopper_forward_cases(rng: &mut StdRng) -> Vec<(ForwardCase, Option<u32>)> {
         grid_y: None,
         device_seed: false,
         nonfinite: false,
-        seed_stream: None,
+        seed_subsequence: None,
     };
     // 15 tiles of 64 x 128 (or 6 of 128 x 128, 6 of 128 x 256) over 2 blocks, and over one:
     // every block walks several tiles and the ring wraps several times.
@@ -1484,7 +1494,7 @@ fn hopper_forward_cases(rng: &mut StdRng) -> Vec<(ForwardCase, Option<u32>)> {
     cases.push((
         ForwardCase {
             p: 0.5,
-            activation: Activation::Identity,
+            nonlinearity: Nonlinearity::Identity,
             bias: false,
             ..base
         },
@@ -1566,8 +1576,8 @@ fn forward_sm90_split_bf16_matches_reference() {
 // ---------------------------------------------------------------------------------------------
 // The device-seed record (SeedSource::DeviceRecorded)
 
-/// A forward whose (seed, stream) comes from a device buffer writes the pair it used to its record
-/// buffer; a backward that reads the record gets the forward's mask although the buffer was
+/// A forward whose (seed, subsequence) comes from a device buffer writes the pair it used to its
+/// record buffer; a backward that reads the record gets the forward's mask although the buffer was
 /// advanced in between (as a CUDA graph does), while one that read the advanced buffer would not.
 #[test]
 fn forward_records_the_seed_it_used_for_the_backward() {
@@ -1582,14 +1592,14 @@ fn forward_records_the_seed_it_used_for_the_backward() {
     let mut rng = StdRng::seed_from_u64(0x5EED_5EED);
     let shape = LinearShape::new(37, 29, 45);
     let LinearShape { m, n, k } = shape;
-    let used = Dropout::new(0.5, 0x1234_5678_9abc_def0, 41);
-    let spec = LayerSpec::new(shape, Activation::Identity, used);
+    let used = DropoutSpec::new(0.5, 0x1234_5678_9abc_def0, 41);
+    let spec = LayerSpec::new(shape, Nonlinearity::Identity, used);
 
     // Every kernel that takes a record writes the pair it read from the device buffer (the
     // by-value fields hold garbage in device-seed launches).
     let case = ForwardCase {
         shape,
-        activation: Activation::Identity,
+        nonlinearity: Nonlinearity::Identity,
         bias: false,
         p: used.p,
         geometry: Geometry::UNSHARDED,
@@ -1597,7 +1607,7 @@ fn forward_records_the_seed_it_used_for_the_backward() {
         grid_y: None,
         device_seed: true,
         nonfinite: false,
-        seed_stream: Some((used.seed, used.stream)),
+        seed_subsequence: Some((used.seed, used.subsequence)),
     };
     let (mut f32_launch, f32_want, _) =
         forward_launch::<f32>("fusedrop_forward_simt64x64_f32", &case, &mut rng);
@@ -1633,7 +1643,7 @@ fn forward_records_the_seed_it_used_for_the_backward() {
     for launch in [&f32_launch, &tc_launch, &dropout_launch, &sm90_launch] {
         assert_eq!(
             launch.recorded(),
-            (used.seed, used.stream),
+            (used.seed, used.subsequence),
             "{}: the record does not hold the pair the kernel used",
             launch.what
         );
@@ -1647,10 +1657,10 @@ fn forward_records_the_seed_it_used_for_the_backward() {
         n,
     );
 
-    // The graph advances the buffer to the next call's stream before the backward runs.
-    let (seed, stream) = f32_launch.recorded();
-    let recorded = Dropout::new(used.p, seed, stream);
-    let advanced = Dropout::new(used.p, used.seed, used.stream + 1);
+    // The graph advances the buffer to the next call's subsequence before the backward runs.
+    let (seed, subsequence) = f32_launch.recorded();
+    let recorded = DropoutSpec::new(used.p, seed, subsequence);
+    let advanced = DropoutSpec::new(used.p, used.seed, used.subsequence + 1);
     let x = random_values::<f32>(m * k, &mut rng);
     let w = random_values::<f32>(n * k, &mut rng);
     let dy = random_values::<f32>(m * n, &mut rng);

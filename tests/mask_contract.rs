@@ -1,5 +1,5 @@
 //! Statistical and geometric properties of the mask contract (docs/mask-contract.md): the keep
-//! rate matches 1 - p, decisions show no dependence between neighbours or consecutive streams,
+//! rate matches 1 - p, decisions show no dependence between neighbours or consecutive subsequences,
 //! sharded layers reproduce the unsharded mask, and a Philox word equal to the threshold is kept.
 //!
 //! Seeds are fixed, so these tests are deterministic: a pass here is a pass everywhere.
@@ -8,10 +8,10 @@ use fusedrop::mask;
 use fusedrop::validate;
 use fusedrop::Geometry;
 
-/// The keep decisions of indices `0 .. len` for one (seed, stream, p).
-fn decisions(seed: u64, stream: u64, p: f32, len: usize) -> Vec<bool> {
+/// The keep decisions of indices `0 .. len` for one (seed, subsequence, p).
+fn decisions(seed: u64, subsequence: u64, p: f32, len: usize) -> Vec<bool> {
     let mut keep = vec![false; len];
-    mask::keep_run(seed, stream, p, 0, &mut keep);
+    mask::keep_run(seed, subsequence, p, 0, &mut keep);
     keep
 }
 
@@ -92,15 +92,15 @@ fn no_dependence_between_consecutive_streams() {
     const PAIRS: usize = 1_000_000;
     for p in PROBABILITIES {
         let seed = 0xabcd_ef01_2345_6789;
-        for stream in [0u64, 41, u64::MAX - 1] {
-            let a = decisions(seed, stream, p, PAIRS);
-            let b = decisions(seed, stream.wrapping_add(1), p, PAIRS);
+        for subsequence in [0u64, 41, u64::MAX - 1] {
+            let a = decisions(seed, subsequence, p, PAIRS);
+            let b = decisions(seed, subsequence.wrapping_add(1), p, PAIRS);
             let chi2 = chi_square(a.iter().copied().zip(b.iter().copied()));
             assert!(
                 chi2 < CHI2_1DOF_CRITICAL_1E4,
-                "p {p}, streams {stream} and {}: chi-square {chi2:.2} exceeds \
+                "p {p}, subsequences {subsequence} and {}: chi-square {chi2:.2} exceeds \
                  {CHI2_1DOF_CRITICAL_1E4}",
-                stream.wrapping_add(1)
+                subsequence.wrapping_add(1)
             );
         }
     }
@@ -119,7 +119,7 @@ fn chi_square_detects_dependence() {
 /// The decisions of an `[m, n]` block at `geometry`, row-major.
 fn block_mask(
     seed: u64,
-    stream: u64,
+    subsequence: u64,
     p: f32,
     m: usize,
     n: usize,
@@ -129,7 +129,12 @@ fn block_mask(
     let mut out = Vec::with_capacity(m * n);
     for r in 0..m {
         for c in 0..n {
-            out.push(mask::keep(seed, stream, p, geometry.linear_index(n, r, c)));
+            out.push(mask::keep(
+                seed,
+                subsequence,
+                p,
+                geometry.linear_index(n, r, c),
+            ));
         }
     }
     out
@@ -137,8 +142,8 @@ fn block_mask(
 
 #[test]
 fn column_and_row_shards_reproduce_the_unsharded_mask() {
-    let (m, n, seed, stream, p) = (37, 103, 0x1234_5678_9abc_def0, 99, 0.3);
-    let full = block_mask(seed, stream, p, m, n, &Geometry::UNSHARDED);
+    let (m, n, seed, subsequence, p) = (37, 103, 0x1234_5678_9abc_def0, 99, 0.3);
+    let full = block_mask(seed, subsequence, p, m, n, &Geometry::UNSHARDED);
     assert!(full.iter().any(|&k| k) && full.iter().any(|&k| !k));
 
     // Uneven column shards, none a multiple of 4, so shard edges fall inside Philox calls.
@@ -151,7 +156,7 @@ fn column_and_row_shards_reproduce_the_unsharded_mask() {
             col_offset: col_offset as u64,
             n_global: Some(n as u64),
         };
-        let shard = block_mask(seed, stream, p, m, width, &geometry);
+        let shard = block_mask(seed, subsequence, p, m, width, &geometry);
         for r in 0..m {
             assert_eq!(
                 shard[r * width..(r + 1) * width],
@@ -169,7 +174,7 @@ fn column_and_row_shards_reproduce_the_unsharded_mask() {
             col_offset: 0,
             n_global: Some(n as u64),
         };
-        let shard = block_mask(seed, stream, p, rows, n, &geometry);
+        let shard = block_mask(seed, subsequence, p, rows, n, &geometry);
         assert_eq!(shard, full[row_offset * n..(row_offset + rows) * n]);
     }
     let geometry = Geometry {
@@ -177,7 +182,7 @@ fn column_and_row_shards_reproduce_the_unsharded_mask() {
         col_offset: 21,
         n_global: Some(n as u64),
     };
-    let shard = block_mask(seed, stream, p, 11, 30, &geometry);
+    let shard = block_mask(seed, subsequence, p, 11, 30, &geometry);
     for r in 0..11 {
         assert_eq!(
             shard[r * 30..(r + 1) * 30],
@@ -190,10 +195,10 @@ fn column_and_row_shards_reproduce_the_unsharded_mask() {
 fn mask_does_not_depend_on_the_order_it_is_drawn_in() {
     // A pure function of the index: drawing backwards, in runs of any length, or one index at
     // a time gives the same decisions.
-    let (seed, stream, p) = (77, 78, 0.5);
-    let forward = decisions(seed, stream, p, 1000);
+    let (seed, subsequence, p) = (77, 78, 0.5);
+    let forward = decisions(seed, subsequence, p, 1000);
     for (i, &k) in forward.iter().enumerate().rev() {
-        assert_eq!(k, mask::keep(seed, stream, p, i as u64));
+        assert_eq!(k, mask::keep(seed, subsequence, p, i as u64));
     }
     let mut first = 0;
     for len in [1, 2, 3, 5, 7, 11, 13].iter().cycle() {
@@ -202,7 +207,7 @@ fn mask_does_not_depend_on_the_order_it_is_drawn_in() {
         }
         let len = (*len).min(1000 - first);
         let mut run = vec![false; len];
-        mask::keep_run(seed, stream, p, first as u64, &mut run);
+        mask::keep_run(seed, subsequence, p, first as u64, &mut run);
         assert_eq!(run, forward[first..first + len]);
         first += len;
     }
@@ -225,26 +230,26 @@ fn a_word_equal_to_the_threshold_is_kept() {
             f64::from(b.word),
             "{b:?}: p not exact"
         );
-        assert_eq!(mask::word(b.seed, b.stream, b.index), b.word, "{b:?}");
+        assert_eq!(mask::word(b.seed, b.subsequence, b.index), b.word, "{b:?}");
         assert_eq!(mask::threshold(p), u64::from(b.word), "{b:?}");
         assert!(
-            mask::keep(b.seed, b.stream, p, b.index),
+            mask::keep(b.seed, b.subsequence, p, b.index),
             "{b:?}: r == t must be kept"
         );
         assert!(mask::threshold(b.p_above()) > u64::from(b.word));
         assert!(
-            !mask::keep(b.seed, b.stream, b.p_above(), b.index),
+            !mask::keep(b.seed, b.subsequence, b.p_above(), b.index),
             "{b:?}: r < t must drop"
         );
         // keep_run, from a start that puts the element at every position of a run.
         for start in b.index.saturating_sub(5)..=b.index {
             let mut run = vec![false; 9];
-            mask::keep_run(b.seed, b.stream, p, start, &mut run);
+            mask::keep_run(b.seed, b.subsequence, p, start, &mut run);
             assert!(
                 run[(b.index - start) as usize],
                 "{b:?}: keep_run from {start}"
             );
-            mask::keep_run(b.seed, b.stream, b.p_above(), start, &mut run);
+            mask::keep_run(b.seed, b.subsequence, b.p_above(), start, &mut run);
             assert!(
                 !run[(b.index - start) as usize],
                 "{b:?}: keep_run from {start}"

@@ -35,9 +35,19 @@ fn open_device_errors_instead_of_panicking() {
             if gpus > 0 {
                 let ctx =
                     result.unwrap_or_else(|e| panic!("{gpus} GPU(s) but open_device(0): {e}"));
+                // The handle reads what the driver reports, and loads the modules for it.
+                let kernels = cuda::LayerKernels::new(ctx.default_stream())
+                    .unwrap_or_else(|e| panic!("GPU 0 opened but LayerKernels::new: {e}"));
                 let (major, minor) = ctx.compute_capability().expect("query compute capability");
+                assert_eq!(kernels.compute_capability(), (major, minor));
                 assert!(major >= 1, "implausible compute capability {major}.{minor}");
-                println!("GPU 0 opened: compute capability {major}.{minor}");
+                assert!(kernels.sm_count() >= 1);
+                let other = ctx.new_stream().expect("a second stream");
+                let side = kernels
+                    .on_stream(other.clone())
+                    .unwrap_or_else(|e| panic!("on_stream of the same context: {e}"));
+                assert!(std::sync::Arc::ptr_eq(side.stream(), &other));
+                println!("GPU 0 opened: compute capability {major}.{minor}, {kernels:?}");
             } else {
                 let err = result.expect_err("a driver with no GPU must not open GPU 0");
                 assert!(matches!(err, Error::DriverUnavailable(_)), "{err:?}");

@@ -100,21 +100,21 @@ fn contract_key_and_counter_layout() {
         [0x3333_4444, 0x1111_2222, 0x7777_8888, 0x5555_6666]
     );
     // Index i uses word i & 3 of the call for counter i >> 2.
-    let (seed, stream) = (0xdead_beef_0bad_f00d_u64, 0x0123_4567_89ab_cdef_u64);
+    let (seed, subsequence) = (0xdead_beef_0bad_f00d_u64, 0x0123_4567_89ab_cdef_u64);
     for i in [0u64, 1, 2, 3, 4, 5, 1 << 34, (1 << 34) + 3, u64::MAX >> 1] {
-        let words = philox4x32_10(mask::counter(i >> 2, stream), mask::key(seed));
+        let words = philox4x32_10(mask::counter(i >> 2, subsequence), mask::key(seed));
         assert_eq!(
-            mask::word(seed, stream, i),
+            mask::word(seed, subsequence, i),
             words[(i & 3) as usize],
             "index {i}"
         );
     }
 }
 
-fn keep_string(seed: u64, stream: u64, p: f32) -> String {
+fn keep_string(seed: u64, subsequence: u64, p: f32) -> String {
     (0..64u64)
         .map(|i| {
-            if mask::keep(seed, stream, p, i) {
+            if mask::keep(seed, subsequence, p, i) {
                 '1'
             } else {
                 '0'
@@ -141,16 +141,16 @@ fn contract_keep_strings() {
 
 #[test]
 fn keep_run_matches_keep() {
-    for (seed, stream, p) in [
+    for (seed, subsequence, p) in [
         (0x0123_4567_89ab_cdef_u64, 0u64, 0.5f32),
         (42, 7, 0.1),
         (1, 2, 0.0),
     ] {
         for first in [0u64, 1, 2, 3, 5, 1 << 40] {
             let mut run = vec![false; 37];
-            mask::keep_run(seed, stream, p, first, &mut run);
+            mask::keep_run(seed, subsequence, p, first, &mut run);
             for (j, &kept) in run.iter().enumerate() {
-                assert_eq!(kept, mask::keep(seed, stream, p, first + j as u64));
+                assert_eq!(kept, mask::keep(seed, subsequence, p, first + j as u64));
             }
         }
     }

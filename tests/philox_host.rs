@@ -178,7 +178,7 @@ fn header_matches_rust_on_a_million_random_counters_and_keys() {
 #[derive(Debug, Clone, Copy)]
 struct Query {
     seed: u64,
-    stream: u64,
+    subsequence: u64,
     p: f32,
     geometry: Geometry,
     r: u64,
@@ -201,7 +201,7 @@ fn host_mask(name: &str, queries: &[Query]) -> Vec<Answer> {
         .flat_map(|q| {
             [
                 q.seed,
-                q.stream,
+                q.subsequence,
                 mask::threshold(q.p),
                 q.geometry.row_offset,
                 q.geometry.col_offset,
@@ -231,13 +231,13 @@ fn rust_answer(q: &Query) -> Answer {
     let index = q
         .geometry
         .linear_index(n_global as usize, q.r as usize, q.c as usize);
-    let keep = mask::keep(q.seed, q.stream, q.p, index);
+    let keep = mask::keep(q.seed, q.subsequence, q.p, index);
     Answer {
         index,
         keep,
         keep_from_buffer: keep,
         enabled: mask::threshold(q.p) != 0,
-        word: mask::word(q.seed, q.stream, index),
+        word: mask::word(q.seed, q.subsequence, index),
     }
 }
 
@@ -265,7 +265,7 @@ fn mask_header_matches_rust_keep_and_geometry() {
             let r = rng.random_range(0..row_limit.min(max_rows) / 2 + 1);
             Query {
                 seed: rng.random(),
-                stream: rng.random(),
+                subsequence: rng.random(),
                 p,
                 geometry: Geometry {
                     row_offset,
@@ -305,12 +305,12 @@ fn mask_header_reproduces_the_contract_keep_strings() {
             "0000110000100000100000010000001010000000000000110000000000000000",
         ),
     ];
-    for (seed, stream, p, expected) in cases {
+    for (seed, subsequence, p, expected) in cases {
         // The 64 indices as an 8x8 unsharded block, so the geometry path is exercised too.
         let queries: Vec<Query> = (0..64)
             .map(|i| Query {
                 seed,
-                stream,
+                subsequence,
                 p,
                 geometry: Geometry {
                     row_offset: 0,
@@ -325,7 +325,10 @@ fn mask_header_reproduces_the_contract_keep_strings() {
             .iter()
             .map(|a| if a.keep { '1' } else { '0' })
             .collect();
-        assert_eq!(got, expected, "seed {seed:#x} stream {stream:#x} p {p}");
+        assert_eq!(
+            got, expected,
+            "seed {seed:#x} subsequence {subsequence:#x} p {p}"
+        );
     }
 }
 
@@ -337,7 +340,7 @@ fn mask_params_layout_is_the_one_rust_mirrors() {
     assert_eq!(
         layout,
         [72, 8, 0, 8, 16, 24, 32, 40, 48, 56, 60, 64],
-        "sizeof, alignof, then offsets of seed, stream, seed_stream, threshold, row_offset, \
+        "sizeof, alignof, then offsets of seed, subsequence, seed_subsequence, threshold, row_offset, \
          col_offset, n_global, scale, pad, record"
     );
 }
@@ -377,7 +380,7 @@ fn mask_header_keeps_a_word_equal_to_the_threshold() {
                     b,
                     Query {
                         seed: b.seed,
-                        stream: b.stream,
+                        subsequence: b.subsequence,
                         p,
                         geometry,
                         r,

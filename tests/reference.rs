@@ -4,7 +4,7 @@
 //! docs/mask-contract.md ("Non-finite values", "Backward without a mask") defines them.
 
 use fusedrop::reference::{self, relative_l2_error, to_f64};
-use fusedrop::{mask, Activation, Dropout, Element, Geometry, LayerSpec, LinearShape};
+use fusedrop::{mask, DropoutSpec, Element, Geometry, LayerSpec, LinearShape, Nonlinearity};
 use half::{bf16, f16};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -54,11 +54,16 @@ fn naive_forward<T: Element>(spec: &LayerSpec, x: &[T], w: &[T], b: Option<&[T]>
                 z += b[c].to_f64();
             }
             // ReLU passes NaN and positive values (docs/mask-contract.md, "Non-finite values").
-            let a = match spec.activation {
-                Activation::Relu if !(z > 0.0 || z.is_nan()) => 0.0,
+            let a = match spec.nonlinearity {
+                Nonlinearity::Relu if !(z > 0.0 || z.is_nan()) => 0.0,
                 _ => z,
             };
-            let kept = mask::keep(d.seed, d.stream, d.p, spec.geometry.linear_index(n, r, c));
+            let kept = mask::keep(
+                d.seed,
+                d.subsequence,
+                d.p,
+                spec.geometry.linear_index(n, r, c),
+            );
             y[r * n + c] = a * if kept { scale } else { 0.0 };
         }
     }
@@ -69,14 +74,14 @@ fn spec(
     m: usize,
     n: usize,
     k: usize,
-    activation: Activation,
+    nonlinearity: Nonlinearity,
     p: f32,
     rng: &mut StdRng,
 ) -> LayerSpec {
     LayerSpec::new(
         LinearShape::new(m, n, k),
-        activation,
-        Dropout::new(p, rng.random(), rng.random()),
+        nonlinearity,
+        DropoutSpec::new(p, rng.random(), rng.random()),
     )
 }
 
@@ -89,9 +94,9 @@ fn forward_equals_the_naive_triple_loop() {
     let mut rng = test_rng("naive");
     // Odd shapes, one large enough to be split over threads, with and without bias.
     for (m, n, k) in [(1, 1, 1), (3, 5, 7), (37, 29, 13), (131, 257, 67)] {
-        for activation in [Activation::Relu, Activation::Identity] {
+        for nonlinearity in [Nonlinearity::Relu, Nonlinearity::Identity] {
             for p in [0.0, 0.1, 0.5, 1.0] {
-                let spec = spec(m, n, k, activation, p, &mut rng);
+                let spec = spec(m, n, k, nonlinearity, p, &mut rng);
                 let x = random::<f32>(&mut rng, m * k);
                 let w = random::<f32>(&mut rng, n * k);
                 let b = random::<f32>(&mut rng, n);
@@ -102,7 +107,7 @@ fn forward_equals_the_naive_triple_loop() {
                         got.iter()
                             .zip(&want)
                             .all(|(g, w)| g.to_bits() == w.to_bits()),
-                        "{m}x{n}x{k} {activation:?} p {p} bias {}",
+                        "{m}x{n}x{k} {nonlinearity:?} p {p} bias {}",
                         bias.is_some()
                     );
                 }
@@ -120,7 +125,7 @@ fn preactivation_is_the_affine_map() {
     let b = random::<bf16>(&mut rng, n);
     let shape = LinearShape::new(m, n, k);
     let z = reference::preactivation_f64(shape, &x, &w, Some(&b)).unwrap();
-    let identity = LayerSpec::new(shape, Activation::Identity, Dropout::NONE);
+    let identity = LayerSpec::new(shape, Nonlinearity::Identity, DropoutSpec::NONE);
     assert_eq!(z, naive_forward(&identity, &x, &w, Some(&b)));
     assert_eq!(
         z,
@@ -138,19 +143,19 @@ fn p_zero_is_plain_linear_and_activation() {
     let shape = LinearShape::new(m, n, k);
     let z = reference::preactivation_f64(shape, &x, &w, Some(&b)).unwrap();
     assert!(z.iter().any(|&v| v < 0.0) && z.iter().any(|&v| v > 0.0));
-    for (activation, act) in [
-        (Activation::Relu, (|v: f64| v.max(0.0)) as fn(f64) -> f64),
-        (Activation::Identity, |v| v),
+    for (nonlinearity, act) in [
+        (Nonlinearity::Relu, (|v: f64| v.max(0.0)) as fn(f64) -> f64),
+        (Nonlinearity::Identity, |v| v),
     ] {
-        // Any seed and stream: with p = 0 nothing is dropped and nothing is scaled.
+        // Any seed and subsequence: with p = 0 nothing is dropped and nothing is scaled.
         let spec = LayerSpec::new(
             shape,
-            activation,
-            Dropout::new(0.0, rng.random(), rng.random()),
+            nonlinearity,
+            DropoutSpec::new(0.0, rng.random(), rng.random()),
         );
         let y = reference::forward_f64(&spec, &x, &w, Some(&b)).unwrap();
         let want: Vec<f64> = z.iter().map(|&v| act(v)).collect();
-        assert_eq!(y, want, "{activation:?}");
+        assert_eq!(y, want, "{nonlinearity:?}");
     }
 }
 
@@ -158,8 +163,8 @@ fn p_zero_is_plain_linear_and_activation() {
 fn p_one_gives_zero_output_and_zero_gradients() {
     let mut rng = test_rng("p = 1");
     let (m, n, k) = (13, 21, 5);
-    for activation in [Activation::Relu, Activation::Identity] {
-        let spec = spec(m, n, k, activation, 1.0, &mut rng);
+    for nonlinearity in [Nonlinearity::Relu, Nonlinearity::Identity] {
+        let spec = spec(m, n, k, nonlinearity, 1.0, &mut rng);
         let x = random::<f16>(&mut rng, m * k);
         let w = random::<f16>(&mut rng, n * k);
         let b = random::<f16>(&mut rng, n);
@@ -167,14 +172,14 @@ fn p_one_gives_zero_output_and_zero_gradients() {
         assert_eq!(y.len(), m * n);
         assert!(
             y.iter().all(|v| v.to_f64() == 0.0),
-            "{activation:?}: forward not all zero"
+            "{nonlinearity:?}: forward not all zero"
         );
         let dy = random::<f16>(&mut rng, m * n);
         let g = reference::backward(&spec, &x, &w, &dy, Some(&y)).unwrap();
         for (name, v) in [("dx", &g.dx), ("dw", &g.dw), ("db", &g.db)] {
             assert!(
                 v.iter().all(|v| v.to_f64() == 0.0),
-                "{activation:?}: {name} not all zero"
+                "{nonlinearity:?}: {name} not all zero"
             );
         }
     }
@@ -206,9 +211,9 @@ fn numeric_gradient(spec: &LayerSpec, inputs: [&[f32]; 3], dy: &[f32], which: us
 fn gradients_match_finite_differences() {
     let mut rng = test_rng("finite differences");
     let (m, n, k) = (5, 7, 3);
-    for activation in [Activation::Relu, Activation::Identity] {
+    for nonlinearity in [Nonlinearity::Relu, Nonlinearity::Identity] {
         for p in [0.0, 0.3] {
-            let spec = spec(m, n, k, activation, p, &mut rng);
+            let spec = spec(m, n, k, nonlinearity, p, &mut rng);
             // The layer is piecewise linear, so central differences are exact away from ReLU's
             // kink: draw inputs until every pre-activation is clear of it by far more than the
             // step can move it (at most 3 * 1/512 here).
@@ -237,7 +242,7 @@ fn gradients_match_finite_differences() {
                 let err = relative_l2_error(analytic, &numeric);
                 assert!(
                     err < 1e-9,
-                    "{activation:?} p {p} {name}: relative error {err:e}"
+                    "{nonlinearity:?} p {p} {name}: relative error {err:e}"
                 );
             }
         }
@@ -251,7 +256,7 @@ fn identity_backward_ignores_y_saved_and_relu_backward_reads_it() {
     let x = random::<f32>(&mut rng, m * k);
     let w = random::<f32>(&mut rng, n * k);
     let dy = random::<f32>(&mut rng, m * n);
-    let identity = spec(m, n, k, Activation::Identity, 0.5, &mut rng);
+    let identity = spec(m, n, k, Nonlinearity::Identity, 0.5, &mut rng);
     let y = reference::forward(&identity, &x, &w, None).unwrap();
     let with = reference::backward_f64(&identity, &x, &w, &dy, Some(&y)).unwrap();
     let without = reference::backward_f64(&identity, &x, &w, &dy, None).unwrap();
@@ -260,7 +265,7 @@ fn identity_backward_ignores_y_saved_and_relu_backward_reads_it() {
     // ReLU: the gate is [y_saved > 0], nothing else; a saved output of all ones passes every
     // element through, scaled.
     let relu = LayerSpec {
-        activation: Activation::Relu,
+        nonlinearity: Nonlinearity::Relu,
         ..identity
     };
     let ones = vec![1.0f32; m * n];
@@ -275,9 +280,9 @@ fn shard_check<T: Element>(rng: &mut StdRng) {
     let (m, n, k) = (19, 103, 37);
     // Column shard widths, none a multiple of 4: shard edges fall inside Philox calls.
     let widths = [13, 1, 50, 39];
-    for activation in [Activation::Relu, Activation::Identity] {
+    for nonlinearity in [Nonlinearity::Relu, Nonlinearity::Identity] {
         for p in [0.3, 0.5] {
-            let full = spec(m, n, k, activation, p, rng);
+            let full = spec(m, n, k, nonlinearity, p, rng);
             let x = random::<T>(rng, m * k);
             let w = random::<T>(rng, n * k);
             let b = random::<T>(rng, n);
@@ -303,7 +308,7 @@ fn shard_check<T: Element>(rng: &mut StdRng) {
                         .collect()
                 };
                 let what = format!(
-                    "{} {activation:?} p {p} columns {c0}..{}",
+                    "{} {nonlinearity:?} p {p} columns {c0}..{}",
                     T::NAME,
                     c0 + width
                 );
@@ -330,7 +335,11 @@ fn shard_check<T: Element>(rng: &mut StdRng) {
                 };
                 let xs = &x[r0 * k..(r0 + rows) * k];
                 let ys = reference::forward(&shard, xs, &w, Some(&b)).unwrap();
-                let what = format!("{} {activation:?} p {p} rows {r0}..{}", T::NAME, r0 + rows);
+                let what = format!(
+                    "{} {nonlinearity:?} p {p} rows {r0}..{}",
+                    T::NAME,
+                    r0 + rows
+                );
                 assert_eq!(
                     bits(&ys),
                     bits(&y[r0 * n..(r0 + rows) * n]),
@@ -364,16 +373,16 @@ fn shards_reproduce_the_unsharded_layer_bit_for_bit() {
 
 fn rounding_check<T: Element>(rng: &mut StdRng) {
     let (m, n, k) = (17, 33, 45);
-    for activation in [Activation::Relu, Activation::Identity] {
+    for nonlinearity in [Nonlinearity::Relu, Nonlinearity::Identity] {
         for p in [0.0, 0.1, 0.5] {
-            let spec = spec(m, n, k, activation, p, rng);
+            let spec = spec(m, n, k, nonlinearity, p, rng);
             let x = random::<T>(rng, m * k);
             let w = random::<T>(rng, n * k);
             let b = random::<T>(rng, n);
             let dy = random::<T>(rng, m * n);
             let exact = reference::forward_f64(&spec, &x, &w, Some(&b)).unwrap();
             let y = reference::forward(&spec, &x, &w, Some(&b)).unwrap();
-            let what = format!("{} {activation:?} p {p}", T::NAME);
+            let what = format!("{} {nonlinearity:?} p {p}", T::NAME);
             // Each output is the f64 value rounded once to nearest...
             let once: Vec<T> = exact.iter().map(|&v| T::from_f64(v)).collect();
             assert_eq!(bits(&y), bits(&once), "forward, {what}");
@@ -410,7 +419,7 @@ fn large_layer_matches_naive_sums_at_sampled_elements() {
     // The size the kernels are benchmarked at; the reference must handle it in seconds.
     let mut rng = test_rng("large");
     let (m, n, k) = (512, 1024, 1024);
-    let spec = spec(m, n, k, Activation::Relu, 0.1, &mut rng);
+    let spec = spec(m, n, k, Nonlinearity::Relu, 0.1, &mut rng);
     let x = random::<f32>(&mut rng, m * k);
     let w = random::<f32>(&mut rng, n * k);
     let b = random::<f32>(&mut rng, n);
@@ -438,7 +447,7 @@ fn large_layer_matches_naive_sums_at_sampled_elements() {
             + f64::from(b[c]);
         let kept = mask::keep(
             spec.dropout.seed,
-            spec.dropout.stream,
+            spec.dropout.subsequence,
             0.1,
             (r * n + c) as u64,
         );
@@ -497,11 +506,11 @@ fn forward_follows_the_non_finite_table() {
     let x = vec![0.0f32; m];
     let w = vec![1.0f32; n];
     for p in [0.0f32, 0.1, 0.5, 1.0] {
-        for activation in [Activation::Relu, Activation::Identity] {
+        for nonlinearity in [Nonlinearity::Relu, Nonlinearity::Identity] {
             let spec = LayerSpec::new(
                 LinearShape::new(m, n, 1),
-                activation,
-                Dropout::new(p, 0x5eed + u64::from(p.to_bits()), 3),
+                nonlinearity,
+                DropoutSpec::new(p, 0x5eed + u64::from(p.to_bits()), 3),
             );
             let y = reference::forward_f64(&spec, &x, &w, Some(&b)).unwrap();
             let scale = f64::from(mask::scale(p));
@@ -510,8 +519,8 @@ fn forward_follows_the_non_finite_table() {
                 for c in 0..n {
                     let z = f64::from(b[c]);
                     let kept = mask::keep(spec.dropout.seed, 3, p, (r * n + c) as u64);
-                    let a = match activation {
-                        Activation::Relu
+                    let a = match nonlinearity {
+                        Nonlinearity::Relu
                             if z == f64::NEG_INFINITY || (z.is_finite() && z <= 0.0) =>
                         {
                             0.0
@@ -535,13 +544,13 @@ fn forward_follows_the_non_finite_table() {
                     let got = y[r * n + c];
                     assert!(
                         same_value(got, want),
-                        "{activation:?} p {p}: z {z} kept {kept} gave {got}, the table says {want}"
+                        "{nonlinearity:?} p {p}: z {z} kept {kept} gave {got}, the table says {want}"
                     );
                 }
             }
             // Both columns of the table are exercised where p allows them.
-            assert_eq!(kept_nonfinite > 0, p < 1.0, "{activation:?} p {p}");
-            assert_eq!(dropped_nonfinite > 0, p > 0.0, "{activation:?} p {p}");
+            assert_eq!(kept_nonfinite > 0, p < 1.0, "{nonlinearity:?} p {p}");
+            assert_eq!(dropped_nonfinite > 0, p > 0.0, "{nonlinearity:?} p {p}");
         }
     }
 }
@@ -571,7 +580,7 @@ fn relu_and_apply_keep_keep_nan() {
 fn dropout_in_place_follows_the_non_finite_table() {
     let (m, n) = (8, 6 * 5);
     for p in [0.0f32, 0.1, 0.5, 1.0] {
-        let d = Dropout::new(p, 77, 9);
+        let d = DropoutSpec::new(p, 77, 9);
         let y: Vec<f16> = (0..m * n)
             .map(|i| f16::from_f32(PLANTED[i % PLANTED.len()]))
             .collect();
@@ -605,11 +614,11 @@ fn backward_follows_the_non_finite_rule() {
     let dy: Vec<f32> = (0..n).map(|c| PLANTED[(c / 6) % 6]).collect();
     let (x, w) = (vec![1.0f32], vec![0.0f32; n]);
     for p in [0.0f32, 0.1, 0.5, 1.0] {
-        for activation in [Activation::Relu, Activation::Identity] {
+        for nonlinearity in [Nonlinearity::Relu, Nonlinearity::Identity] {
             let spec = LayerSpec::new(
                 LinearShape::new(1, n, 1),
-                activation,
-                Dropout::new(p, 1234, 5),
+                nonlinearity,
+                DropoutSpec::new(p, 1234, 5),
             );
             let y = reference::forward(&spec, &x, &w, Some(&b)).unwrap();
             let g = reference::backward_f64(&spec, &x, &w, &dy, Some(&y)).unwrap();
@@ -619,23 +628,23 @@ fn backward_follows_the_non_finite_rule() {
                 let d = f64::from(dy[c]);
                 let yc = f64::from(y[c]);
                 let factor = if kept { scale } else { 0.0 };
-                let want = match activation {
-                    Activation::Identity => d * factor,
-                    Activation::Relu if yc > 0.0 => d * scale,
-                    Activation::Relu if yc.is_nan() => d * factor,
-                    Activation::Relu => 0.0,
+                let want = match nonlinearity {
+                    Nonlinearity::Identity => d * factor,
+                    Nonlinearity::Relu if yc > 0.0 => d * scale,
+                    Nonlinearity::Relu if yc.is_nan() => d * factor,
+                    Nonlinearity::Relu => 0.0,
                 };
                 for (name, got) in [("db", g.db[c]), ("dW", g.dw[c])] {
                     assert!(
                         same_value(got, want),
-                        "{activation:?} p {p}: z {} dy {d} y {yc} kept {kept}: {name} {got}, want {want}",
+                        "{nonlinearity:?} p {p}: z {} dy {d} y {yc} kept {kept}: {name} {got}, want {want}",
                         b[c]
                     );
                 }
             }
             // A NaN dY at a dropped element stays NaN for identity (as PyTorch's dropout
             // backward), for every p > 0.
-            if activation == Activation::Identity && p > 0.0 {
+            if nonlinearity == Nonlinearity::Identity && p > 0.0 {
                 assert!((0..n).any(|c| !mask::keep(1234, 5, p, c as u64)
                     && dy[c].is_nan()
                     && g.db[c].is_nan()));

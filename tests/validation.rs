@@ -6,7 +6,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use fusedrop::reference;
 use fusedrop::validate::{self, BackwardLens, ForwardLens};
-use fusedrop::{Activation, Dropout, Error, Geometry, LayerSpec, LinearShape};
+use fusedrop::{DropoutSpec, Error, Geometry, LayerSpec, LinearShape, Nonlinearity};
 use half::f16;
 
 /// Asserts `result` is an `InvalidArgument` whose message contains every one of `needles`.
@@ -33,8 +33,12 @@ const M: usize = 3;
 const N: usize = 5;
 const K: usize = 4;
 
-fn layer(activation: Activation, p: f32) -> LayerSpec {
-    LayerSpec::new(LinearShape::new(M, N, K), activation, Dropout::new(p, 1, 2))
+fn layer(nonlinearity: Nonlinearity, p: f32) -> LayerSpec {
+    LayerSpec::new(
+        LinearShape::new(M, N, K),
+        nonlinearity,
+        DropoutSpec::new(p, 1, 2),
+    )
 }
 
 fn buffers() -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
@@ -49,8 +53,8 @@ fn buffers() -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
 #[test]
 fn well_formed_calls_succeed() {
     let (x, w, b, dy) = buffers();
-    for activation in [Activation::Relu, Activation::Identity] {
-        let spec = layer(activation, 0.5);
+    for nonlinearity in [Nonlinearity::Relu, Nonlinearity::Identity] {
+        let spec = layer(nonlinearity, 0.5);
         let y = reference::forward(&spec, &x, &w, Some(&b)).unwrap();
         assert_eq!(y.len(), M * N);
         let g = reference::backward(&spec, &x, &w, &dy, Some(&y)).unwrap();
@@ -61,7 +65,7 @@ fn well_formed_calls_succeed() {
 #[test]
 fn wrong_x_length() {
     let (x, w, b, dy) = buffers();
-    let spec = layer(Activation::Relu, 0.1);
+    let spec = layer(Nonlinearity::Relu, 0.1);
     assert_invalid(
         reference::forward(&spec, &x[1..], &w, Some(&b)),
         &["X has 11 elements", "expected 12", "m*k = 3*4"],
@@ -76,7 +80,7 @@ fn wrong_x_length() {
 fn wrong_w_length() {
     let (x, mut w, b, dy) = buffers();
     w.push(1.0);
-    let spec = layer(Activation::Identity, 0.1);
+    let spec = layer(Nonlinearity::Identity, 0.1);
     assert_invalid(
         reference::forward(&spec, &x, &w, Some(&b)),
         &["W has 21 elements", "expected 20", "n*k = 5*4"],
@@ -94,7 +98,7 @@ fn wrong_w_length() {
 #[test]
 fn wrong_bias_length() {
     let (x, w, b, _) = buffers();
-    let spec = layer(Activation::Relu, 0.0);
+    let spec = layer(Nonlinearity::Relu, 0.0);
     assert_invalid(
         reference::forward(&spec, &x, &w, Some(&b[..4])),
         &[
@@ -126,7 +130,7 @@ fn wrong_output_length() {
 #[test]
 fn wrong_dy_length() {
     let (x, w, _, dy) = buffers();
-    let spec = layer(Activation::Identity, 0.3);
+    let spec = layer(Nonlinearity::Identity, 0.3);
     assert_invalid(
         reference::backward(&spec, &x, &w, &dy[..14], None),
         &["dY has 14 elements", "expected 15", "m*n = 3*5"],
@@ -136,8 +140,8 @@ fn wrong_dy_length() {
 #[test]
 fn wrong_y_saved_length() {
     let (x, w, _, dy) = buffers();
-    for activation in [Activation::Relu, Activation::Identity] {
-        let spec = layer(activation, 0.3);
+    for nonlinearity in [Nonlinearity::Relu, Nonlinearity::Identity] {
+        let spec = layer(nonlinearity, 0.3);
         assert_invalid(
             reference::backward(&spec, &x, &w, &dy, Some(&dy[..10])),
             &["y_saved has 10 elements", "expected 15"],
@@ -148,7 +152,7 @@ fn wrong_y_saved_length() {
 #[test]
 fn relu_backward_without_y_saved() {
     let (x, w, _, dy) = buffers();
-    let spec = layer(Activation::Relu, 0.3);
+    let spec = layer(Nonlinearity::Relu, 0.3);
     assert_invalid(
         reference::backward(&spec, &x, &w, &dy, None),
         &["ReLU backward needs y_saved", "got none"],
@@ -161,13 +165,17 @@ fn relu_backward_without_y_saved() {
     };
     assert_invalid(validate::check_backward(&spec, lens), &["y_saved"]);
     // Identity backward regenerates the mask and needs no saved output.
-    let identity = layer(Activation::Identity, 0.3);
+    let identity = layer(Nonlinearity::Identity, 0.3);
     assert!(reference::backward(&identity, &x, &w, &dy, None).is_ok());
 }
 
 #[test]
 fn zero_input_features_is_an_error() {
-    let spec = LayerSpec::new(LinearShape::new(M, N, 0), Activation::Relu, Dropout::NONE);
+    let spec = LayerSpec::new(
+        LinearShape::new(M, N, 0),
+        Nonlinearity::Relu,
+        DropoutSpec::NONE,
+    );
     assert_invalid(
         reference::forward::<f32>(&spec, &[], &[], None),
         &["k = 0", "expected k >= 1"],
@@ -190,8 +198,8 @@ fn empty_output_is_a_no_op() {
     // m = 0: no rows. The forward output is empty; dX is empty; dW and db are zeros.
     let spec = LayerSpec::new(
         LinearShape::new(0, N, K),
-        Activation::Relu,
-        Dropout::new(0.5, 1, 2),
+        Nonlinearity::Relu,
+        DropoutSpec::new(0.5, 1, 2),
     );
     assert_eq!(
         reference::forward(&spec, &[], &w, Some(&b)).unwrap(),
@@ -204,8 +212,8 @@ fn empty_output_is_a_no_op() {
     // n = 0: no output features. dX is zeros; dW and db are empty.
     let spec = LayerSpec::new(
         LinearShape::new(M, 0, K),
-        Activation::Identity,
-        Dropout::new(0.5, 1, 2),
+        Nonlinearity::Identity,
+        DropoutSpec::new(0.5, 1, 2),
     );
     assert_eq!(
         reference::forward(&spec, &x, &[], Some(&[])).unwrap(),
@@ -244,7 +252,7 @@ fn sizes_whose_index_arithmetic_overflows() {
         (LinearShape::new(usize::MAX, 1, 2), "m*k"),
         (LinearShape::new(1, 1, usize::MAX), "m*k"),
     ] {
-        let spec = LayerSpec::new(shape, Activation::Relu, Dropout::NONE);
+        let spec = LayerSpec::new(shape, Nonlinearity::Relu, DropoutSpec::NONE);
         assert_invalid(
             reference::forward::<f32>(&spec, &[1.0], &[1.0], None),
             &[needle, "overflows 64-bit index arithmetic"],
@@ -265,7 +273,7 @@ fn sizes_whose_index_arithmetic_overflows() {
 #[test]
 fn geometry_out_of_range() {
     let (x, w, b, dy) = buffers();
-    let base = layer(Activation::Identity, 0.5);
+    let base = layer(Nonlinearity::Identity, 0.5);
     let cases = [
         (
             Geometry {
@@ -335,8 +343,8 @@ fn probability_below_zero_above_one_or_not_a_number() {
         f32::INFINITY,
         f32::NEG_INFINITY,
     ] {
-        for activation in [Activation::Relu, Activation::Identity] {
-            let spec = layer(activation, p);
+        for nonlinearity in [Nonlinearity::Relu, Nonlinearity::Identity] {
+            let spec = layer(nonlinearity, p);
             let shown = format!("p = {p}");
             let needles = [shown.as_str(), "outside [0, 1]", "expected 0 <= p <= 1"];
             assert_invalid(reference::forward(&spec, &x, &w, Some(&b)), &needles);
@@ -376,11 +384,11 @@ fn no_malformed_call_panics() {
             for &k in &sizes {
                 for &p in &probabilities {
                     for geometry in geometries {
-                        for activation in [Activation::Relu, Activation::Identity] {
+                        for nonlinearity in [Nonlinearity::Relu, Nonlinearity::Identity] {
                             let spec = LayerSpec::new(
                                 LinearShape::new(m, n, k),
-                                activation,
-                                Dropout::new(p, 9, 9),
+                                nonlinearity,
+                                DropoutSpec::new(p, 9, 9),
                             )
                             .with_geometry(geometry);
                             for &len in &lens {
@@ -409,26 +417,29 @@ fn no_malformed_call_panics() {
 
 #[test]
 fn device_seed_buffer_of_wrong_length() {
-    use fusedrop::cuda::{self, SeedSource};
-    let ctx = match cuda::open_device(0) {
-        Ok(ctx) => ctx,
+    use fusedrop::cuda::{self, LayerKernels, SeedSource};
+    let kernels = match cuda::open_device(0).and_then(|ctx| LayerKernels::new(ctx.default_stream()))
+    {
+        Ok(kernels) => kernels,
         Err(e) => {
             println!("SKIPPED device_seed_buffer_of_wrong_length: no GPU available ({e})");
             return;
         }
     };
-    let stream = ctx.default_stream();
+    let stream = kernels.stream();
     let mut y = stream.clone_htod(&[1.0f32; 6]).expect("upload y");
     let seeds = stream.clone_htod(&[1u64, 2, 3]).expect("upload seeds");
     let view = seeds.as_view();
-    let result = cuda::dropout::dropout_in_place(
-        &stream,
+    let result = kernels.dropout_in_place(
         &mut y,
         2,
         3,
-        &Dropout::new(0.5, 0, 0),
+        &DropoutSpec::new(0.5, 0, 0),
         &Geometry::UNSHARDED,
         SeedSource::Device(&view),
     );
-    assert_invalid(result, &["seed_stream buffer has 3 elements", "expected 2"]);
+    assert_invalid(
+        result,
+        &["seed_subsequence buffer has 3 elements", "expected 2"],
+    );
 }

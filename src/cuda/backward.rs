@@ -5,28 +5,23 @@
 //!
 //! `dZ = dY * 1/(1-p) * active` is formed while the kernels load tiles of dY and never goes to
 //! memory. `active` is `[Y > 0]` for ReLU, read from the saved forward output, and the dropout
-//! mask `keep(i)` redrawn from (seed, stream) for the identity activation. Then `dX = dZ·W`,
+//! mask `keep(i)` redrawn from (seed, subsequence) for the identity activation. Then `dX = dZ·W`,
 //! `dW = dZᵀ·X` and `db` = the column sums of dZ, each accumulated in f32, each output element
 //! reduced in a fixed order (by one thread, or for the Hopper split-K configs by the blocks of a
 //! cluster whose partial sums are added in rank order): the same inputs give bit-identical
 //! outputs.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex, OnceLock};
-
-use cudarc::driver::sys::CUfunction_attribute_enum;
 use cudarc::driver::{
-    CudaFunction, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig,
-    PushKernelArg,
+    CudaFunction, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
 };
 
-use crate::cuda::forward::{hopper_unavailable, sm_count};
+use crate::cuda::forward::hopper_unavailable;
 use crate::cuda::launch_table::{self, LaunchNumbers};
 use crate::cuda::tensor_map::{self, TensorMap};
-use crate::cuda::{check_seed_source, kernel, require_compute_capability, MaskParams, SeedSource};
+use crate::cuda::{check_seed_source, LayerKernels, MaskParams, SeedSource};
 use crate::element::Element;
 use crate::error::{invalid, Error, Result};
-use crate::layer::{Activation, LayerSpec, LinearShape};
+use crate::layer::{LayerSpec, LinearShape, Nonlinearity};
 use crate::validate::{self, BackwardLens};
 
 /// One compiled backward tile configuration: where it lives and its launch numbers, from
@@ -47,8 +42,6 @@ struct Config {
 
 /// Grid-stride cap of every backward kernel (`kMaxBlocks`).
 const MAX_BLOCKS: u64 = launch_table::BACKWARD_MAX_BLOCKS as u64;
-/// Dynamic shared memory a kernel may use without opting in.
-const DEFAULT_SMEM_LIMIT: u32 = 48 * 1024;
 
 const SIMT: Config = Config::new("backward_simt", "simt", launch_table::BACKWARD_SIMT);
 const TC128X128: Config = Config::new("backward_tc", "tc128x128", launch_table::BACKWARD_TC128X128);
@@ -158,33 +151,10 @@ impl Config {
 }
 
 /// The kernel `fusedrop_backward_<what>_<config>_<dtype>`, with its shared memory limit raised
-/// once per context when the config needs more than the default.
-fn load<T: Element>(stream: &Arc<CudaStream>, config: Config, what: &str) -> Result<CudaFunction> {
+/// when the config needs more than the default.
+fn load<T: Element>(kernels: &LayerKernels, config: Config, what: &str) -> Result<CudaFunction> {
     let name = format!("fusedrop_backward_{what}_{}_{}", config.name, T::NAME);
-    let function = kernel(stream, config.module, &name)?;
-    if config.smem_bytes > DEFAULT_SMEM_LIMIT {
-        static OPTED_IN: OnceLock<Mutex<HashSet<(usize, String)>>> = OnceLock::new();
-        let mut opted_in = OPTED_IN
-            .get_or_init(|| Mutex::new(HashSet::new()))
-            .lock()
-            .map_err(|_| Error::Cuda("the backward state lock was poisoned by a panic".into()))?;
-        let key = (stream.context().cu_ctx() as usize, name);
-        if !opted_in.contains(&key) {
-            function
-                .set_attribute(
-                    CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    config.smem_bytes as i32,
-                )
-                .map_err(|e| {
-                    Error::Cuda(format!(
-                        "{}: raising the dynamic shared memory limit to {} bytes: {e}",
-                        key.1, config.smem_bytes
-                    ))
-                })?;
-            opted_in.insert(key);
-        }
-    }
-    Ok(function)
+    kernels.function(config.module, &name, config.smem_bytes)
 }
 
 /// Which kernel runs one of the two products.
@@ -205,9 +175,10 @@ impl Path {
     }
 }
 
-/// How a backward call picks each product's kernel: shared by [`backward`] and [`kernels_for`].
+/// How a backward call picks each product's kernel: shared by [`LayerKernels::backward`] and
+/// [`LayerKernels::backward_kernels_for`].
 struct Chooser<'a> {
-    stream: &'a Arc<CudaStream>,
+    kernels: &'a LayerKernels,
     /// The family asked for, with `Auto` resolved to `Simt` for f32.
     family: BackwardKernel,
     /// Whether the Hopper kernels can run at all (GPU, dtype, build).
@@ -220,7 +191,7 @@ impl<'a> Chooser<'a> {
     /// Resolves the family; errors (before anything is queued) when `kernel` cannot run `T` on
     /// this GPU and build.
     fn new<T: Element>(
-        stream: &'a Arc<CudaStream>,
+        kernels: &'a LayerKernels,
         kernel: BackwardKernel,
         shape: LinearShape,
     ) -> Result<Self> {
@@ -237,19 +208,19 @@ impl<'a> Chooser<'a> {
             other => other,
         };
         if family == BackwardKernel::Hopper {
-            if let Some(why) = hopper_unavailable::<T>(stream, "backward_sm90")? {
+            if let Some(why) = hopper_unavailable::<T>(kernels, "backward_sm90") {
                 return Err(Error::UnsupportedDevice(format!(
                     "BackwardKernel::Hopper: {why}"
                 )));
             }
         }
         let hopper_possible = match family {
-            BackwardKernel::Auto => hopper_unavailable::<T>(stream, "backward_sm90")?.is_none(),
+            BackwardKernel::Auto => hopper_unavailable::<T>(kernels, "backward_sm90").is_none(),
             BackwardKernel::Hopper => true,
             _ => false,
         };
         Ok(Chooser {
-            stream,
+            kernels,
             family,
             hopper_possible,
             shape,
@@ -262,15 +233,14 @@ impl<'a> Chooser<'a> {
         if self.family == BackwardKernel::Simt {
             return Ok(SIMT);
         }
-        require_compute_capability(
-            self.stream,
+        self.kernels.require_compute_capability(
             (8, 0),
             &format!(
                 "the {} backward kernels (mma.sync tensor cores)",
                 self.dtype
             ),
         )?;
-        Ok(Config::tensor_core_for(rows, cols, sm_count(self.stream)?))
+        Ok(Config::tensor_core_for(rows, cols, self.kernels.sm_count()))
     }
 
     /// The kernel for a product with `rows` x k outputs whose operands besides dY (at `dy_ptr`)
@@ -296,7 +266,7 @@ impl<'a> Chooser<'a> {
             && tensor_map::operand_fits(ptr, op_rows, op_cols)
             && WG128X128.tiles(rows, k) <= i32::MAX as u64;
         // The other operand's rows are the product's reduction (n for dX, m for dW).
-        let chosen = Config::hopper_for(rows, k, op_rows, sm_count(self.stream)?);
+        let chosen = Config::hopper_for(rows, k, op_rows, self.kernels.sm_count());
         if self.family == BackwardKernel::Hopper {
             if !fits {
                 return Err(invalid!(
@@ -332,26 +302,6 @@ impl std::fmt::Display for BackwardChoice {
     }
 }
 
-/// The kernels [`backward`] would run for a layer of `shape` and `activation` with `kernel`, on
-/// the stream's GPU, for buffers that start 16-byte aligned (as every cudarc allocation does)
-/// and with dX, dW and db requested. Errors as [`backward`] does for a family that cannot run.
-pub fn kernels_for<T: Element>(
-    stream: &Arc<CudaStream>,
-    shape: LinearShape,
-    activation: Activation,
-    kernel: BackwardKernel,
-) -> Result<BackwardChoice> {
-    let chooser = Chooser::new::<T>(stream, kernel, shape)?;
-    let y = (activation == Activation::Relu).then_some(0);
-    let LinearShape { m, n, k } = shape;
-    let dx = chooser.choose("dX", m, ("W", 0, n, k), 0, y)?;
-    let dw = chooser.choose("dW", n, ("X", 0, m, k), 0, y)?;
-    Ok(BackwardChoice {
-        dx: dx.name(),
-        dw: dw.name(),
-    })
-}
-
 /// Which kernel family runs the backward pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackwardKernel {
@@ -377,16 +327,10 @@ pub enum BackwardKernel {
     Hopper,
 }
 
-/// Whether [`BackwardKernel::Hopper`] can run for element type `T` on the stream's GPU (compute
-/// capability 9.0, f16 or bf16, the sm_90a module built). Each call also needs operands TMA can
-/// read: dY, Y, W and X 16-byte aligned, n and k multiples of 8, m >= 1.
-pub fn hopper_available<T: Element>(stream: &Arc<CudaStream>) -> Result<bool> {
-    Ok(hopper_unavailable::<T>(stream, "backward_sm90")?.is_none())
-}
-
-/// Options of one backward call. `Default` overwrites the gradients with the automatic kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct BackwardOptions {
+/// Options of one backward call. `Default` overwrites the gradients with the automatic kernel
+/// and the host's (seed, subsequence) from the spec.
+#[derive(Debug, Default)]
+pub struct BackwardOptions<'a> {
     /// `false`: the gradients are overwritten (`beta = 0`). `true`: the new gradients are added
     /// to the values already in the buffers (`beta = 1`), for accumulation across
     /// micro-batches; the sum is taken in f32 and rounded once. It applies to every output the
@@ -397,6 +341,11 @@ pub struct BackwardOptions {
     /// The kernel family; [`BackwardKernel::Auto`] unless a test or benchmark wants one.
     /// [`BackwardKernel::TensorCore`] with f32 is an error.
     pub kernel: BackwardKernel,
+    /// Where the mask's (seed, subsequence) comes from: it must name the pair the forward call
+    /// used. [`SeedSource::Host`] takes `spec.dropout`'s; [`SeedSource::Device`] a device buffer
+    /// (the forward's `record` buffer when it used [`SeedSource::DeviceRecorded`], which the
+    /// backward rejects).
+    pub seed: SeedSource<'a>,
 }
 
 /// The gradient buffers of one backward call. `None` skips that output.
@@ -416,270 +365,312 @@ pub struct GradientsMut<'a, T> {
     pub db: Option<CudaViewMut<'a, T>>,
 }
 
-/// Queues the backward pass of the layer `spec` on `stream`.
-///
-/// - `x`: the forward input `[m, k]` (read only when `dw` is requested);
-/// - `w`: the weights `[n, k]` (read only when `dx` is requested);
-/// - `dy`: the gradient of the loss with respect to the forward output, `[m, n]`;
-/// - `y_saved`: the forward output `[m, n]`, required for [`Activation::Relu`] (its sign carries
-///   both ReLU's derivative and the mask), ignored for [`Activation::Identity`], whose mask is
-///   redrawn from `spec.dropout`'s (seed, stream) or from `seed` when that is a device buffer;
-/// - `seed`: must name the same (seed, stream) as the forward call did.
-///
-/// Asynchronous: returns once the launches are queued, without synchronising. Errors (before
-/// anything is queued) on a bad shape, probability, geometry or buffer length, and on ReLU
-/// without `y_saved`.
-///
-/// ```no_run
-/// # fn main() -> fusedrop::Result<()> {
-/// use fusedrop::cuda::{self, backward::{backward, BackwardOptions, GradientsMut}};
-/// use fusedrop::{Activation, Dropout, LayerSpec, LinearShape};
-/// let ctx = cuda::open_device(0)?;
-/// let stream = ctx.default_stream();
-/// let (m, n, k) = (4, 3, 2);
-/// let spec = LayerSpec::new(LinearShape::new(m, n, k), Activation::Relu, Dropout::new(0.1, 7, 0));
-/// let x = stream.clone_htod(&vec![0.5f32; m * k])?;
-/// let w = stream.clone_htod(&vec![0.25f32; n * k])?;
-/// let y = stream.clone_htod(&vec![1.0f32; m * n])?; // forward output
-/// let dy = stream.clone_htod(&vec![1.0f32; m * n])?;
-/// let mut dx = stream.alloc_zeros::<f32>(m * k)?;
-/// let mut dw = stream.alloc_zeros::<f32>(n * k)?;
-/// let mut db = stream.alloc_zeros::<f32>(n)?;
-/// let grads = GradientsMut {
-///     dx: Some(dx.as_view_mut()),
-///     dw: Some(dw.as_view_mut()),
-///     db: Some(db.as_view_mut()),
-/// };
-/// backward(&stream, &spec, &x, &w, &dy, Some(&y.as_view()), grads,
-///          BackwardOptions::default(), cuda::SeedSource::Host)?;
-/// # Ok(()) }
-/// ```
-#[allow(clippy::too_many_arguments)]
-pub fn backward<T: Element>(
-    stream: &Arc<CudaStream>,
-    spec: &LayerSpec,
-    x: &impl DevicePtr<T>,
-    w: &impl DevicePtr<T>,
-    dy: &impl DevicePtr<T>,
-    y_saved: Option<&CudaView<'_, T>>,
-    grads: GradientsMut<'_, T>,
-    options: BackwardOptions,
-    seed: SeedSource<'_>,
-) -> Result<()> {
-    let LinearShape { m, n, k } = spec.shape;
-    let lens = BackwardLens {
-        x: x.len(),
-        w: w.len(),
-        dy: dy.len(),
-        y_saved: y_saved.map(|y| y.len()),
-    };
-    // Ok(false) (an empty dY) still runs: the non-empty gradients are then zero-filled (or left
-    // as they are when accumulating) by the kernels' empty reductions.
-    validate::check_backward(spec, lens)?;
-    let GradientsMut {
-        mut dx,
-        mut dw,
-        mut db,
-    } = grads;
-    if let Some(dx) = &dx {
-        validate::check_len("dX", dx.len(), m * k, &format!("m*k = {m}*{k}"))?;
+impl LayerKernels {
+    /// The kernels [`LayerKernels::backward`] would run for a layer of `shape` and
+    /// `nonlinearity` with `kernel`, on this GPU, for buffers that start 16-byte aligned (as
+    /// every cudarc allocation does) and with dX, dW and db requested. Errors as the backward
+    /// does for a family that cannot run.
+    pub fn backward_kernels_for<T: Element>(
+        &self,
+        shape: LinearShape,
+        nonlinearity: Nonlinearity,
+        kernel: BackwardKernel,
+    ) -> Result<BackwardChoice> {
+        let chooser = Chooser::new::<T>(self, kernel, shape)?;
+        let y = (nonlinearity == Nonlinearity::Relu).then_some(0);
+        let LinearShape { m, n, k } = shape;
+        let dx = chooser.choose("dX", m, ("W", 0, n, k), 0, y)?;
+        let dw = chooser.choose("dW", n, ("X", 0, m, k), 0, y)?;
+        Ok(BackwardChoice {
+            dx: dx.name(),
+            dw: dw.name(),
+        })
     }
-    if let Some(dw) = &dw {
-        validate::check_len("dW", dw.len(), n * k, &format!("n*k = {n}*{k}"))?;
-    }
-    if let Some(db) = &db {
-        validate::check_len(
-            "db",
-            db.len(),
-            n,
-            &format!("n = {n}, one per output feature"),
-        )?;
-    }
-    check_seed_source(&seed)?;
-    if matches!(seed, SeedSource::DeviceRecorded { .. }) {
-        return Err(invalid!(
+
+    /// Queues the backward pass of the layer `spec` on the handle's stream.
+    ///
+    /// - `x`: the forward input `[m, k]` (read only when `dw` is requested);
+    /// - `w`: the weights `[n, k]` (read only when `dx` is requested);
+    /// - `dy`: the gradient of the loss with respect to the forward output, `[m, n]`;
+    /// - `y_saved`: the forward output `[m, n]`, required for [`Nonlinearity::Relu`] (its sign
+    ///   carries both ReLU's derivative and the mask), ignored for [`Nonlinearity::Identity`],
+    ///   whose mask is redrawn from `spec.dropout`'s (seed, subsequence) or from
+    ///   `options.seed` when that is a device buffer;
+    /// - `options`: overwrite or accumulate, the kernel family, and the (seed, subsequence)
+    ///   source, which must name the pair the forward call used ([`BackwardOptions`]).
+    ///
+    /// Asynchronous: returns once the launches are queued, without synchronising. Errors
+    /// (before anything is queued) on a bad shape, probability, geometry or buffer length, and
+    /// on ReLU without `y_saved`.
+    ///
+    /// ```no_run
+    /// # fn main() -> fusedrop::Result<()> {
+    /// use fusedrop::cuda::backward::{BackwardOptions, GradientsMut};
+    /// use fusedrop::cuda::{self, LayerKernels};
+    /// use fusedrop::{DropoutSpec, LayerSpec, LinearShape, Nonlinearity};
+    /// let ctx = cuda::open_device(0)?;
+    /// let kernels = LayerKernels::new(ctx.default_stream())?;
+    /// let stream = kernels.stream();
+    /// let (m, n, k) = (4, 3, 2);
+    /// let dropout = DropoutSpec::new(0.1, 7, 0);
+    /// let spec = LayerSpec::new(LinearShape::new(m, n, k), Nonlinearity::Relu, dropout);
+    /// let x = stream.clone_htod(&vec![0.5f32; m * k])?;
+    /// let w = stream.clone_htod(&vec![0.25f32; n * k])?;
+    /// let y = stream.clone_htod(&vec![1.0f32; m * n])?; // forward output
+    /// let dy = stream.clone_htod(&vec![1.0f32; m * n])?;
+    /// let mut dx = stream.alloc_zeros::<f32>(m * k)?;
+    /// let mut dw = stream.alloc_zeros::<f32>(n * k)?;
+    /// let mut db = stream.alloc_zeros::<f32>(n)?;
+    /// let grads = GradientsMut {
+    ///     dx: Some(dx.as_view_mut()),
+    ///     dw: Some(dw.as_view_mut()),
+    ///     db: Some(db.as_view_mut()),
+    /// };
+    /// let options = BackwardOptions::default();
+    /// kernels.backward(&spec, &x, &w, &dy, Some(&y.as_view()), grads, options)?;
+    /// # Ok(()) }
+    /// ```
+    // The arguments are the layer's tensors, which have no natural grouping beyond GradientsMut.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward<T: Element>(
+        &self,
+        spec: &LayerSpec,
+        x: &impl DevicePtr<T>,
+        w: &impl DevicePtr<T>,
+        dy: &impl DevicePtr<T>,
+        y_saved: Option<&CudaView<'_, T>>,
+        grads: GradientsMut<'_, T>,
+        options: BackwardOptions<'_>,
+    ) -> Result<()> {
+        let BackwardOptions {
+            accumulate,
+            kernel,
+            seed,
+        } = options;
+        let stream = self.stream();
+        let LinearShape { m, n, k } = spec.shape;
+        let lens = BackwardLens {
+            x: x.len(),
+            w: w.len(),
+            dy: dy.len(),
+            y_saved: y_saved.map(|y| y.len()),
+        };
+        // Ok(false) (an empty dY) still runs: the non-empty gradients are then zero-filled (or left
+        // as they are when accumulating) by the kernels' empty reductions.
+        validate::check_backward(spec, lens)?;
+        let GradientsMut {
+            mut dx,
+            mut dw,
+            mut db,
+        } = grads;
+        if let Some(dx) = &dx {
+            validate::check_len("dX", dx.len(), m * k, &format!("m*k = {m}*{k}"))?;
+        }
+        if let Some(dw) = &dw {
+            validate::check_len("dW", dw.len(), n * k, &format!("n*k = {n}*{k}"))?;
+        }
+        if let Some(db) = &db {
+            validate::check_len(
+                "db",
+                db.len(),
+                n,
+                &format!("n = {n}, one per output feature"),
+            )?;
+        }
+        check_seed_source(&seed)?;
+        if matches!(seed, SeedSource::DeviceRecorded { .. }) {
+            return Err(invalid!(
             "SeedSource::DeviceRecorded was passed to the backward; expected SeedSource::Device \
              with the record buffer the forward wrote (the backward reads a pair, it records none)"
         ));
-    }
-    let relu = spec.activation == Activation::Relu;
-    let chooser = Chooser::new::<T>(stream, options.kernel, spec.shape)?;
-    let mut params = MaskParams::new(&spec.dropout, &spec.geometry, n);
-    // Identity redraws the whole mask; ReLU redraws it only where the saved Y is NaN.
-    let _seed_guards = params.read_seed_from(seed, stream);
-    let (m_arg, n_arg, k_arg) = (m as i64, n as i64, k as i64);
-    let (relu_arg, accumulate_arg) = (i32::from(relu), i32::from(options.accumulate));
-    let null: u64 = 0;
-    let (dy_ptr, _dy_guard) = dy.device_ptr(stream);
-    let (y_ptr, _y_guard) = match y_saved.filter(|_| relu) {
-        Some(y) => {
-            let (ptr, guard) = y.device_ptr(stream);
-            (Some(ptr), Some(guard))
         }
-        None => (None, None),
-    };
-    // dY's and Y's maps for the Hopper kernels, in boxes of `box_rows` rows of dY (Y's map is
-    // dY's when the kernel reads no Y).
-    let hopper_maps = |box_rows: u32| -> Result<(TensorMap, TensorMap)> {
-        let map_dy = tensor_map::row_major::<T>(dy_ptr, m, n, box_rows)?;
-        let map_y = match y_ptr {
-            Some(y) => tensor_map::row_major::<T>(y, m, n, box_rows)?,
-            None => map_dy,
+        let relu = spec.nonlinearity == Nonlinearity::Relu;
+        let chooser = Chooser::new::<T>(self, kernel, spec.shape)?;
+        let mut params = MaskParams::new(&spec.dropout, &spec.geometry, n);
+        // Identity redraws the whole mask; ReLU redraws it only where the saved Y is NaN.
+        let _seed_guards = params.read_seed_from(seed, stream);
+        let (m_arg, n_arg, k_arg) = (m as i64, n as i64, k as i64);
+        let (relu_arg, accumulate_arg) = (i32::from(relu), i32::from(accumulate));
+        let null: u64 = 0;
+        let (dy_ptr, _dy_guard) = dy.device_ptr(stream);
+        let (y_ptr, _y_guard) = match y_saved.filter(|_| relu) {
+            Some(y) => {
+                let (ptr, guard) = y.device_ptr(stream);
+                (Some(ptr), Some(guard))
+            }
+            None => (None, None),
         };
-        Ok((map_dy, map_y))
-    };
+        // dY's and Y's maps for the Hopper kernels, in boxes of `box_rows` rows of dY (Y's map is
+        // dY's when the kernel reads no Y).
+        let hopper_maps = |box_rows: u32| -> Result<(TensorMap, TensorMap)> {
+            let map_dy = tensor_map::row_major::<T>(dy_ptr, m, n, box_rows)?;
+            let map_y = match y_ptr {
+                Some(y) => tensor_map::row_major::<T>(y, m, n, box_rows)?,
+                None => map_dy,
+            };
+            Ok((map_dy, map_y))
+        };
 
-    if let Some(dx) = dx.as_mut().filter(|_| m > 0) {
-        let (w_ptr, _w_guard) = w.device_ptr(stream);
-        let path = chooser.choose("dX", m, ("W", w_ptr, n, k), dy_ptr, y_ptr)?;
-        let (dx_ptr, _dx_guard) = dx.device_ptr_mut(stream);
-        match path {
-            Path::Hopper(config) => {
-                let function = load::<T>(stream, config, "dx")?;
-                let (map_dy, map_y) = hopper_maps(config.block_m as u32)?;
-                let map_w = tensor_map::row_major::<T>(w_ptr, n, k, HOPPER_BOX)?;
-                let mut launch = stream.launch_builder(&function);
-                launch
-                    .arg(&map_dy)
-                    .arg(&map_y)
-                    .arg(&map_w)
-                    .arg(&dx_ptr)
-                    .arg(&m_arg)
-                    .arg(&n_arg)
-                    .arg(&k_arg)
-                    .arg(&relu_arg)
-                    .arg(&accumulate_arg)
-                    .arg(&params);
-                // SAFETY: the kernel's signature is (CUtensorMap map_dy, map_y, map_w, T* dx,
-                // long long m, n, k, int relu, int accumulate, MaskParams), the maps encoded
-                // above from dY [m, n], Y [m, n] (or dY's map again when no Y is read) and W
-                // [n, k], whose lengths and TMA constraints were checked; dx holds m*k elements
-                // (checked); the seed pointer (if any) holds two u64 (checked). The grid is the
-                // kernel's persistent rule (any 1-D grid), its shared memory within the limit
-                // raised by `load`. Every buffer outlives the launch through the guards.
-                unsafe {
-                    launch.launch(
-                        config.persistent_launch_config(config.tiles(m, k), sm_count(stream)?),
-                    )
-                }?;
-            }
-            Path::Classic(config) => {
-                let function = load::<T>(stream, config, "dx")?;
-                let y_arg = y_ptr.unwrap_or(null);
-                let mut launch = stream.launch_builder(&function);
-                launch
-                    .arg(&dy_ptr)
-                    .arg(&y_arg)
-                    .arg(&w_ptr)
-                    .arg(&dx_ptr)
-                    .arg(&m_arg)
-                    .arg(&n_arg)
-                    .arg(&k_arg)
-                    .arg(&relu_arg)
-                    .arg(&accumulate_arg)
-                    .arg(&params);
-                // SAFETY: the kernel's signature is (const T* dy, const T* y, const T* w, T* dx,
-                // long long m, n, k, int relu, int accumulate, MaskParams). dy holds m*n
-                // elements, w n*k, dx m*k (all checked above); y is null unless relu, and then
-                // holds m*n (checked); the seed pointer (if any) holds two u64 (checked). The
-                // grid follows the kernel's documented rule (any 1-D grid), its shared memory is
-                // within the function's limit (raised by `load`). Every buffer outlives the
-                // launch through the guards, which drop after it is queued.
-                unsafe { launch.launch(config.launch_config(config.tiles(m, k))) }?;
+        if let Some(dx) = dx.as_mut().filter(|_| m > 0) {
+            let (w_ptr, _w_guard) = w.device_ptr(stream);
+            let path = chooser.choose("dX", m, ("W", w_ptr, n, k), dy_ptr, y_ptr)?;
+            let (dx_ptr, _dx_guard) = dx.device_ptr_mut(stream);
+            match path {
+                Path::Hopper(config) => {
+                    let function = load::<T>(self, config, "dx")?;
+                    let (map_dy, map_y) = hopper_maps(config.block_m as u32)?;
+                    let map_w = tensor_map::row_major::<T>(w_ptr, n, k, HOPPER_BOX)?;
+                    let mut launch = stream.launch_builder(&function);
+                    launch
+                        .arg(&map_dy)
+                        .arg(&map_y)
+                        .arg(&map_w)
+                        .arg(&dx_ptr)
+                        .arg(&m_arg)
+                        .arg(&n_arg)
+                        .arg(&k_arg)
+                        .arg(&relu_arg)
+                        .arg(&accumulate_arg)
+                        .arg(&params);
+                    // SAFETY: the kernel's signature is (CUtensorMap map_dy, map_y, map_w, T* dx,
+                    // long long m, n, k, int relu, int accumulate, MaskParams), the maps encoded
+                    // above from dY [m, n], Y [m, n] (or dY's map again when no Y is read) and W
+                    // [n, k], whose lengths and TMA constraints were checked; dx holds m*k elements
+                    // (checked); the seed pointer (if any) holds two u64 (checked). The grid is the
+                    // kernel's persistent rule (any 1-D grid), its shared memory within the limit
+                    // raised by `load`. Every buffer outlives the launch through the guards.
+                    unsafe {
+                        launch.launch(
+                            config.persistent_launch_config(config.tiles(m, k), self.sm_count()),
+                        )
+                    }?;
+                }
+                Path::Classic(config) => {
+                    let function = load::<T>(self, config, "dx")?;
+                    let y_arg = y_ptr.unwrap_or(null);
+                    let mut launch = stream.launch_builder(&function);
+                    launch
+                        .arg(&dy_ptr)
+                        .arg(&y_arg)
+                        .arg(&w_ptr)
+                        .arg(&dx_ptr)
+                        .arg(&m_arg)
+                        .arg(&n_arg)
+                        .arg(&k_arg)
+                        .arg(&relu_arg)
+                        .arg(&accumulate_arg)
+                        .arg(&params);
+                    // SAFETY: the kernel's signature is (const T* dy, const T* y, const T* w,
+                    // T* dx, long long m, n, k, int relu, int accumulate, MaskParams). dy holds m*n
+                    // elements, w n*k, dx m*k (all checked above); y is null unless relu, and then
+                    // holds m*n (checked); the seed pointer (if any) holds two u64 (checked). The
+                    // grid follows the kernel's documented rule (any 1-D grid), its shared memory
+                    // is within the function's limit (raised by `load`). Every buffer outlives the
+                    // launch through the guards, which drop after it is queued.
+                    unsafe { launch.launch(config.launch_config(config.tiles(m, k))) }?;
+                }
             }
         }
-    }
 
-    if (dw.is_some() || db.is_some()) && n > 0 {
-        let (x_ptr, _x_guard) = x.device_ptr(stream);
-        // Without dW the classic kernel runs one column tile per row tile, for db alone.
-        let cols = if dw.is_some() { k } else { 1 };
-        let path = if dw.is_some() {
-            chooser.choose("dW", n, ("X", x_ptr, m, k), dy_ptr, y_ptr)?
-        } else {
-            // db alone: the classic kernel with the product switched off.
-            Path::Classic(chooser.classic(n, 1)?)
-        };
-        let (dw_ptr, _dw_guard) = match dw.as_mut() {
-            Some(dw) => {
-                let (ptr, guard) = dw.device_ptr_mut(stream);
-                (ptr, Some(guard))
-            }
-            None => (null, None),
-        };
-        let (db_ptr, _db_guard) = match db.as_mut() {
-            Some(db) => {
-                let (ptr, guard) = db.device_ptr_mut(stream);
-                (ptr, Some(guard))
-            }
-            None => (null, None),
-        };
-        match path {
-            Path::Hopper(config) => {
-                let function = load::<T>(stream, config, "dw")?;
-                let (map_dy, map_y) = hopper_maps(HOPPER_BOX)?;
-                let map_x = tensor_map::row_major::<T>(x_ptr, m, k, HOPPER_BOX)?;
-                let mut launch = stream.launch_builder(&function);
-                launch
-                    .arg(&map_dy)
-                    .arg(&map_y)
-                    .arg(&map_x)
-                    .arg(&dw_ptr)
-                    .arg(&db_ptr)
-                    .arg(&m_arg)
-                    .arg(&n_arg)
-                    .arg(&k_arg)
-                    .arg(&relu_arg)
-                    .arg(&accumulate_arg)
-                    .arg(&params);
-                // SAFETY: the kernel's signature is (CUtensorMap map_dy, map_y, map_x, T* dw,
-                // T* db, long long m, n, k, int relu, int accumulate, MaskParams), the maps
-                // encoded above from dY [m, n], Y [m, n] (or dY's map again when no Y is read)
-                // and X [m, k], whose lengths and TMA constraints were checked; dw holds n*k
-                // elements and db (or null) n (checked); the seed pointer (if any) holds two u64
-                // (checked). The grid is the kernel's persistent rule (any 1-D grid), its shared
-                // memory within the limit raised by `load`. Every buffer outlives the launch
-                // through the guards.
-                unsafe {
-                    launch.launch(
-                        config.persistent_launch_config(config.tiles(n, k), sm_count(stream)?),
-                    )
-                }?;
-            }
-            Path::Classic(config) => {
-                let function = load::<T>(stream, config, "dw")?;
-                let y_arg = y_ptr.unwrap_or(null);
-                let mut launch = stream.launch_builder(&function);
-                launch
-                    .arg(&dy_ptr)
-                    .arg(&y_arg)
-                    .arg(&x_ptr)
-                    .arg(&dw_ptr)
-                    .arg(&db_ptr)
-                    .arg(&m_arg)
-                    .arg(&n_arg)
-                    .arg(&k_arg)
-                    .arg(&relu_arg)
-                    .arg(&accumulate_arg)
-                    .arg(&params);
-                // SAFETY: the kernel's signature is (const T* dy, const T* y, const T* x, T* dw,
-                // T* db, long long m, n, k, int relu, int accumulate, MaskParams). dy holds m*n
-                // elements, x m*k, dw (or null) n*k, db (or null) n (all checked above); y is
-                // null unless relu, and then holds m*n (checked); the seed pointer (if any)
-                // holds two u64 (checked). The grid follows the kernel's documented rule (any
-                // 1-D grid), its shared memory is within the function's limit (raised by
-                // `load`). Every buffer outlives the launch through the guards, which drop
-                // after it is queued.
-                unsafe { launch.launch(config.launch_config(config.tiles(n, cols))) }?;
+        if (dw.is_some() || db.is_some()) && n > 0 {
+            let (x_ptr, _x_guard) = x.device_ptr(stream);
+            // Without dW the classic kernel runs one column tile per row tile, for db alone.
+            let cols = if dw.is_some() { k } else { 1 };
+            let path = if dw.is_some() {
+                chooser.choose("dW", n, ("X", x_ptr, m, k), dy_ptr, y_ptr)?
+            } else {
+                // db alone: the classic kernel with the product switched off.
+                Path::Classic(chooser.classic(n, 1)?)
+            };
+            let (dw_ptr, _dw_guard) = match dw.as_mut() {
+                Some(dw) => {
+                    let (ptr, guard) = dw.device_ptr_mut(stream);
+                    (ptr, Some(guard))
+                }
+                None => (null, None),
+            };
+            let (db_ptr, _db_guard) = match db.as_mut() {
+                Some(db) => {
+                    let (ptr, guard) = db.device_ptr_mut(stream);
+                    (ptr, Some(guard))
+                }
+                None => (null, None),
+            };
+            match path {
+                Path::Hopper(config) => {
+                    let function = load::<T>(self, config, "dw")?;
+                    let (map_dy, map_y) = hopper_maps(HOPPER_BOX)?;
+                    let map_x = tensor_map::row_major::<T>(x_ptr, m, k, HOPPER_BOX)?;
+                    let mut launch = stream.launch_builder(&function);
+                    launch
+                        .arg(&map_dy)
+                        .arg(&map_y)
+                        .arg(&map_x)
+                        .arg(&dw_ptr)
+                        .arg(&db_ptr)
+                        .arg(&m_arg)
+                        .arg(&n_arg)
+                        .arg(&k_arg)
+                        .arg(&relu_arg)
+                        .arg(&accumulate_arg)
+                        .arg(&params);
+                    // SAFETY: the kernel's signature is (CUtensorMap map_dy, map_y, map_x, T* dw,
+                    // T* db, long long m, n, k, int relu, int accumulate, MaskParams), the maps
+                    // encoded above from dY [m, n], Y [m, n] (or dY's map again when no Y is read)
+                    // and X [m, k], whose lengths and TMA constraints were checked; dw holds n*k
+                    // elements and db (or null) n (checked); the seed pointer (if any) holds two
+                    // u64 (checked). The grid is the kernel's persistent rule (any 1-D grid), its
+                    // shared memory within the limit raised by `load`. Every buffer outlives the
+                    // launch through the guards.
+                    unsafe {
+                        launch.launch(
+                            config.persistent_launch_config(config.tiles(n, k), self.sm_count()),
+                        )
+                    }?;
+                }
+                Path::Classic(config) => {
+                    let function = load::<T>(self, config, "dw")?;
+                    let y_arg = y_ptr.unwrap_or(null);
+                    let mut launch = stream.launch_builder(&function);
+                    launch
+                        .arg(&dy_ptr)
+                        .arg(&y_arg)
+                        .arg(&x_ptr)
+                        .arg(&dw_ptr)
+                        .arg(&db_ptr)
+                        .arg(&m_arg)
+                        .arg(&n_arg)
+                        .arg(&k_arg)
+                        .arg(&relu_arg)
+                        .arg(&accumulate_arg)
+                        .arg(&params);
+                    // SAFETY: the kernel's signature is (const T* dy, const T* y, const T* x,
+                    // T* dw, T* db, long long m, n, k, int relu, int accumulate, MaskParams). dy
+                    // holds m*n elements, x m*k, dw (or null) n*k, db (or null) n (all checked above); y
+                    // is null unless relu, and then holds m*n (checked); the seed pointer (if any)
+                    // holds two u64 (checked). The grid follows the kernel's documented rule (any
+                    // 1-D grid), its shared memory is within the function's limit (raised by
+                    // `load`). Every buffer outlives the launch through the guards, which drop
+                    // after it is queued.
+                    unsafe { launch.launch(config.launch_config(config.tiles(n, cols))) }?;
+                }
             }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_options_overwrite_with_the_automatic_kernel_and_the_host_seed() {
+        let options = BackwardOptions::default();
+        assert!(!options.accumulate);
+        assert_eq!(options.kernel, BackwardKernel::Auto);
+        assert!(matches!(options.seed, SeedSource::Host));
+    }
 
     #[test]
     fn hopper_tile_follows_the_wave() {

@@ -13,21 +13,24 @@
 //!   [`choose_config`];
 //! - f32 on any GPU: the true-fp32 SIMT kernel, [`choose_config`].
 //!
-//! [`config_for`] says which configuration a call takes; [`forward_with_config`] forces one.
+//! [`LayerKernels::forward_config_for`] says which configuration a call takes;
+//! [`ForwardOptions::config`] forces one.
 //!
-//! The (seed, stream) pair: take a fresh one per call from a
+//! The (seed, subsequence) pair: take a fresh one per call from a
 //! [`DropoutGenerator`](crate::DropoutGenerator) so that no two calls share a mask by accident;
-//! pass an explicit [`Dropout`](crate::Dropout) to recompute a mask used before; or read it from
-//! a device buffer at launch time with [`SeedSource::Device`] (CUDA-graph replay).
+//! pass an explicit [`DropoutSpec`](crate::DropoutSpec) to recompute a mask used before; or read it
+//! from a device buffer at launch time with [`SeedSource::Device`] (CUDA-graph replay), in
+//! [`ForwardOptions::seed`].
 //!
 //! ```no_run
 //! # fn main() -> fusedrop::Result<()> {
-//! use fusedrop::cuda::{self, forward::forward, SeedSource};
-//! use fusedrop::{Activation, DropoutGenerator, LayerSpec, LinearShape};
+//! use fusedrop::cuda::{self, forward::ForwardOptions, LayerKernels};
+//! use fusedrop::{DropoutGenerator, LayerSpec, LinearShape, Nonlinearity};
 //! use half::bf16;
 //!
 //! let ctx = cuda::open_device(0)?;
-//! let stream = ctx.default_stream();
+//! let kernels = LayerKernels::new(ctx.default_stream())?;
+//! let stream = kernels.stream();
 //! let (m, n, k) = (64, 256, 128);
 //! let x = stream.clone_htod(&vec![bf16::from_f32(0.5); m * k])?;
 //! let w = stream.clone_htod(&vec![bf16::from_f32(0.25); n * k])?;
@@ -35,32 +38,22 @@
 //! let mut y = stream.alloc_zeros::<bf16>(m * n)?;
 //!
 //! let mut generator = DropoutGenerator::new(1234);
-//! let spec = LayerSpec::new(LinearShape::new(m, n, k), Activation::Relu, generator.next(0.1));
-//! forward(&stream, &spec, &x, &w, Some(&b.as_view()), &mut y, SeedSource::Host)?;
+//! let spec = LayerSpec::new(LinearShape::new(m, n, k), Nonlinearity::Relu, generator.next(0.1));
+//! kernels.forward(&spec, &x, &w, Some(&b.as_view()), &mut y, ForwardOptions::default())?;
 //! // Asynchronous: the result is ready once the stream is (the copy below waits for it).
 //! let y_host = stream.clone_dtoh(&y)?;
 //! # let _ = y_host;
 //! # Ok(()) }
 //! ```
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, OnceLock};
-
-use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute_enum};
-use cudarc::driver::{CudaStream, CudaView, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaView, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use crate::cuda::tensor_map;
-use crate::cuda::{
-    check_seed_source, compute_capability, kernel, launch_table, module_built,
-    require_compute_capability, MaskParams, SeedSource,
-};
+use crate::cuda::{check_seed_source, launch_table, LayerKernels, MaskParams, SeedSource};
 use crate::element::Element;
 use crate::error::{invalid, Error, Result};
-use crate::layer::{Activation, LayerSpec, LinearShape};
+use crate::layer::{LayerSpec, LinearShape, Nonlinearity};
 use crate::validate::{self, ForwardLens};
-
-/// Dynamic shared memory a kernel may use without opting in.
-const DEFAULT_SMEM_LIMIT: u32 = 48 * 1024;
 
 /// A compiled tile configuration of the forward kernels: the threadblock tile, its thread count
 /// and its dynamic shared memory. These numbers mirror the config structs of
@@ -338,7 +331,7 @@ impl ForwardConfig {
 /// At or below this many input features, the half-type heuristic starts from the 64 x 64 tile.
 pub const SHORT_K: usize = 512;
 
-/// The configuration [`forward`] uses for `shape` with element type `T` on a GPU with
+/// The configuration [`LayerKernels::forward`] uses for `shape` with element type `T` on a GPU with
 /// `sm_count` multiprocessors.
 ///
 /// Heuristic: the largest tile that still yields at least one full wave of tiles (one per
@@ -440,35 +433,29 @@ pub fn choose_hopper_config(shape: LinearShape, sm_count: usize) -> Option<Forwa
         })
 }
 
-/// Why the Hopper kernels of `module` (forward_sm90, backward_sm90) cannot take a call on this
-/// GPU and build, or `None` when they can. The operands' alignment is checked separately.
+/// Why the Hopper kernels of `module` (forward_sm90, backward_sm90) cannot take a call for
+/// element type `T` on the handle's GPU and build, or `None` when they can. The operands'
+/// alignment is checked separately.
 pub(crate) fn hopper_unavailable<T: Element>(
-    stream: &Arc<CudaStream>,
+    kernels: &LayerKernels,
     module: &str,
-) -> Result<Option<String>> {
+) -> Option<String> {
     if !T::NEEDS_SM80 {
-        return Ok(Some(format!("it runs f16 and bf16, not {}", T::NAME)));
+        return Some(format!("it runs f16 and bf16, not {}", T::NAME));
     }
-    let cc = compute_capability(stream)?;
+    let cc = kernels.compute_capability();
     if cc != (9, 0) {
-        return Ok(Some(format!(
+        return Some(format!(
             "it is built for compute capability 9.0 (sm_90a) only; this GPU has {}.{}",
             cc.0, cc.1
-        )));
-    }
-    if !module_built(module) {
-        return Ok(Some(
-            "this build has no sm_90a module (FUSEDROP_CUDA_ARCHS did not list 90)".into(),
         ));
     }
-    Ok(None)
-}
-
-/// Whether the Hopper configurations can run for element type `T` on the stream's GPU (compute
-/// capability 9.0, f16 or bf16, the sm_90a module built). Each call also needs operands TMA can
-/// read ([`hopper_operands_fit`]).
-pub fn hopper_available<T: Element>(stream: &Arc<CudaStream>) -> Result<bool> {
-    Ok(hopper_unavailable::<T>(stream, "forward_sm90")?.is_none())
+    if !kernels.module_loaded(module) {
+        return Some(
+            "this build has no sm_90a module (FUSEDROP_CUDA_ARCHS did not list 90)".into(),
+        );
+    }
+    None
 }
 
 /// Whether TMA can read X `[m, k]` at `x_ptr` and W `[n, k]` at `w_ptr`: both 16-byte aligned,
@@ -478,255 +465,193 @@ pub fn hopper_operands_fit(shape: LinearShape, x_ptr: u64, w_ptr: u64) -> bool {
         && tensor_map::operand_fits(w_ptr, shape.n, shape.k)
 }
 
-/// Per-context facts the launches need, read once.
-#[derive(Default)]
-struct ContextState {
-    sm_count: Option<usize>,
-    /// Kernels whose dynamic shared memory limit was raised above the default.
-    opted_in: HashSet<String>,
+/// Options of one forward call. `Default` takes the heuristic's configuration and the host's
+/// (seed, subsequence) from the spec.
+#[derive(Debug, Default)]
+pub struct ForwardOptions<'a> {
+    /// `None`: the configuration [`LayerKernels::forward_config_for`] picks (the heuristic).
+    /// `Some`: this one (for tests, benchmarks and tuning); it must run on the element type
+    /// ([`ForwardConfig::runs_on`]), and a Hopper configuration also needs compute capability
+    /// 9.0, the sm_90a module and operands TMA can read ([`hopper_operands_fit`]), or the call
+    /// returns an error saying which is missing.
+    pub config: Option<ForwardConfig>,
+    /// Where the kernel takes (seed, subsequence) from: [`SeedSource::Host`] uses
+    /// `spec.dropout`'s; [`SeedSource::Device`] reads `[seed, subsequence]` from a device buffer
+    /// when the kernel runs.
+    pub seed: SeedSource<'a>,
 }
 
-fn contexts() -> &'static Mutex<HashMap<usize, ContextState>> {
-    static STATE: OnceLock<Mutex<HashMap<usize, ContextState>>> = OnceLock::new();
-    STATE.get_or_init(|| Mutex::new(HashMap::new()))
-}
-
-fn with_state<R>(
-    stream: &Arc<CudaStream>,
-    f: impl FnOnce(&mut ContextState) -> Result<R>,
-) -> Result<R> {
-    let mut map = contexts()
-        .lock()
-        .map_err(|_| Error::Cuda("the forward state lock was poisoned by a panic".into()))?;
-    f(map.entry(stream.context().cu_ctx() as usize).or_default())
-}
-
-/// The number of multiprocessors of the stream's GPU (read once per context).
-pub fn sm_count(stream: &Arc<CudaStream>) -> Result<usize> {
-    with_state(stream, |state| {
-        if let Some(count) = state.sm_count {
-            return Ok(count);
-        }
-        let count = stream
-            .context()
-            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
-        let count = usize::try_from(count).unwrap_or(1).max(1);
-        state.sm_count = Some(count);
-        Ok(count)
-    })
-}
-
-/// The configuration [`forward`] would use for `shape` on the stream's GPU, for X and W that
-/// start 16-byte aligned (as every cudarc allocation does; a view at an odd offset may take the
-/// mma.sync kernel instead, see [`hopper_operands_fit`]).
-pub fn config_for<T: Element>(
-    stream: &Arc<CudaStream>,
-    shape: LinearShape,
-) -> Result<ForwardConfig> {
-    choose_for_call::<T>(stream, shape, true)
-}
-
-fn choose_for_call<T: Element>(
-    stream: &Arc<CudaStream>,
-    shape: LinearShape,
-    operands_fit: bool,
-) -> Result<ForwardConfig> {
-    let sms = sm_count(stream)?;
-    if operands_fit && hopper_unavailable::<T>(stream, "forward_sm90")?.is_none() {
-        if let Some(config) = choose_hopper_config(shape, sms) {
-            return Ok(config);
-        }
+impl LayerKernels {
+    /// Whether the Hopper kernels (forward and backward) can run for element type `T` on this
+    /// GPU: compute capability 9.0, f16 or bf16, the sm_90a modules built. Each call also needs
+    /// operands TMA can read ([`hopper_operands_fit`]; for the backward see
+    /// [`BackwardKernel::Hopper`](crate::cuda::backward::BackwardKernel::Hopper)).
+    pub fn hopper_available<T: Element>(&self) -> bool {
+        hopper_unavailable::<T>(self, "forward_sm90").is_none()
+            && hopper_unavailable::<T>(self, "backward_sm90").is_none()
     }
-    Ok(choose_config::<T>(shape, sms))
-}
 
-/// Queues `Y = dropout_p(act(X·Wᵀ + b))` on `stream`, in one kernel launch.
-///
-/// - `x`: `[m, k]`, `w`: `[n, k]` (the `nn.Linear` layout), `b`: `[n]` or `None`, `y`:
-///   `[m, n]`, all row-major; shape, activation, dropout and shard geometry come from `spec`.
-/// - `seed`: [`SeedSource::Host`] uses `spec.dropout.seed`/`.stream`; [`SeedSource::Device`]
-///   reads `[seed, stream]` from a device buffer when the kernel runs.
-///
-/// Every argument is checked before anything is launched; an empty output (`m == 0` or
-/// `n == 0`) launches nothing. f16 and bf16 need compute capability 8.0 or newer
-/// ([`Error::UnsupportedDevice`] otherwise); f32 runs everywhere. Asynchronous: nothing waits
-/// for the kernel. The configuration is [`config_for`]; see the module documentation for an
-/// example.
-pub fn forward<T: Element>(
-    stream: &Arc<CudaStream>,
-    spec: &LayerSpec,
-    x: &impl DevicePtr<T>,
-    w: &impl DevicePtr<T>,
-    b: Option<&CudaView<'_, T>>,
-    y: &mut impl DevicePtrMut<T>,
-    seed: SeedSource<'_>,
-) -> Result<()> {
-    launch(stream, spec, None, x, w, b, y, seed)
-}
-
-/// [`forward`] with a forced configuration instead of the heuristic's choice (for tests,
-/// benchmarks and tuning). `config` must run on `T` ([`ForwardConfig::runs_on`]); a Hopper
-/// configuration also needs compute capability 9.0, the sm_90a module and operands TMA can
-/// read ([`hopper_operands_fit`]), or it returns an error saying which is missing.
-// The arguments are forward's, plus the config: grouping them would hide that symmetry.
-#[allow(clippy::too_many_arguments)]
-pub fn forward_with_config<T: Element>(
-    stream: &Arc<CudaStream>,
-    spec: &LayerSpec,
-    config: ForwardConfig,
-    x: &impl DevicePtr<T>,
-    w: &impl DevicePtr<T>,
-    b: Option<&CudaView<'_, T>>,
-    y: &mut impl DevicePtrMut<T>,
-    seed: SeedSource<'_>,
-) -> Result<()> {
-    launch(stream, spec, Some(config), x, w, b, y, seed)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn launch<T: Element>(
-    stream: &Arc<CudaStream>,
-    spec: &LayerSpec,
-    config: Option<ForwardConfig>,
-    x: &impl DevicePtr<T>,
-    w: &impl DevicePtr<T>,
-    b: Option<&CudaView<'_, T>>,
-    y: &mut impl DevicePtrMut<T>,
-    seed: SeedSource<'_>,
-) -> Result<()> {
-    let shape = spec.shape;
-    let lens = ForwardLens {
-        x: x.len(),
-        w: w.len(),
-        b: b.map(|b| b.len()),
-        y: y.len(),
-    };
-    if !validate::check_forward(shape, spec.dropout.p, &spec.geometry, lens)? {
-        return Ok(());
+    /// The configuration [`LayerKernels::forward`] picks for `shape` on this GPU, for X and W
+    /// that start 16-byte aligned (as every cudarc allocation does; a view at an odd offset may
+    /// take the mma.sync kernel instead, see [`hopper_operands_fit`]).
+    pub fn forward_config_for<T: Element>(&self, shape: LinearShape) -> ForwardConfig {
+        self.choose_forward::<T>(shape, true)
     }
-    check_seed_source(&seed)?;
-    if let Some(config) = config {
-        if !config.runs_on::<T>() {
-            let mut expected = ForwardConfig::all_for::<T>().to_vec();
-            if T::NEEDS_SM80 {
-                expected.extend(ForwardConfig::HOPPER);
+
+    fn choose_forward<T: Element>(&self, shape: LinearShape, operands_fit: bool) -> ForwardConfig {
+        let sms = self.sm_count();
+        if operands_fit && hopper_unavailable::<T>(self, "forward_sm90").is_none() {
+            if let Some(config) = choose_hopper_config(shape, sms) {
+                return config;
             }
-            return Err(invalid!(
-                "forward config {} is not compiled for {}; expected one of {expected:?}",
-                config.name(),
-                T::NAME,
-            ));
         }
+        choose_config::<T>(shape, sms)
     }
-    if T::NEEDS_SM80 {
-        require_compute_capability(
-            stream,
-            (8, 0),
-            &format!("the {} forward kernel (mma.sync tensor cores)", T::NAME),
-        )?;
-    }
-    // Taken once: the addresses decide the path (TMA alignment), and the guards keep the buffers
-    // borrowed until the launch is queued.
-    let (x_ptr, _x_guard) = x.device_ptr(stream);
-    let (w_ptr, _w_guard) = w.device_ptr(stream);
-    let operands_fit = hopper_operands_fit(shape, x_ptr, w_ptr);
-    let config = match config {
-        Some(config) => {
-            if config.is_hopper() {
-                if let Some(why) = hopper_unavailable::<T>(stream, "forward_sm90")? {
-                    return Err(Error::UnsupportedDevice(format!(
-                        "forward config {}: {why}",
-                        config.name()
-                    )));
+
+    /// Queues `Y = dropout_p(act(X·Wᵀ + b))` on the handle's stream, in one kernel launch.
+    ///
+    /// - `x`: `[m, k]`, `w`: `[n, k]` (the `nn.Linear` layout), `b`: `[n]` or `None`, `y`:
+    ///   `[m, n]`, all row-major; shape, nonlinearity, dropout and shard geometry come from
+    ///   `spec`.
+    /// - `options`: the configuration (the heuristic's by default) and where (seed,
+    ///   subsequence) comes from ([`ForwardOptions`]).
+    ///
+    /// Every argument is checked before anything is launched; an empty output (`m == 0` or
+    /// `n == 0`) launches nothing. f16 and bf16 need compute capability 8.0 or newer
+    /// ([`Error::UnsupportedDevice`] otherwise); f32 runs everywhere. Asynchronous: nothing
+    /// waits for the kernel. See the module documentation for an example.
+    pub fn forward<T: Element>(
+        &self,
+        spec: &LayerSpec,
+        x: &impl DevicePtr<T>,
+        w: &impl DevicePtr<T>,
+        b: Option<&CudaView<'_, T>>,
+        y: &mut impl DevicePtrMut<T>,
+        options: ForwardOptions<'_>,
+    ) -> Result<()> {
+        let ForwardOptions { config, seed } = options;
+        let stream = self.stream();
+        let shape = spec.shape;
+        let lens = ForwardLens {
+            x: x.len(),
+            w: w.len(),
+            b: b.map(|b| b.len()),
+            y: y.len(),
+        };
+        if !validate::check_forward(shape, spec.dropout.p, &spec.geometry, lens)? {
+            return Ok(());
+        }
+        check_seed_source(&seed)?;
+        if let Some(config) = config {
+            if !config.runs_on::<T>() {
+                let mut expected = ForwardConfig::all_for::<T>().to_vec();
+                if T::NEEDS_SM80 {
+                    expected.extend(ForwardConfig::HOPPER);
                 }
-                if !operands_fit {
-                    return Err(invalid!(
+                return Err(invalid!(
+                    "forward config {} is not compiled for {}; expected one of {expected:?}",
+                    config.name(),
+                    T::NAME,
+                ));
+            }
+        }
+        if T::NEEDS_SM80 {
+            self.require_compute_capability(
+                (8, 0),
+                &format!("the {} forward kernel (mma.sync tensor cores)", T::NAME),
+            )?;
+        }
+        // Taken once: the addresses decide the path (TMA alignment), and the guards keep the
+        // buffers borrowed until the launch is queued.
+        let (x_ptr, _x_guard) = x.device_ptr(stream);
+        let (w_ptr, _w_guard) = w.device_ptr(stream);
+        let operands_fit = hopper_operands_fit(shape, x_ptr, w_ptr);
+        let config = match config {
+            Some(config) => {
+                if config.is_hopper() {
+                    if let Some(why) = hopper_unavailable::<T>(self, "forward_sm90") {
+                        return Err(Error::UnsupportedDevice(format!(
+                            "forward config {}: {why}",
+                            config.name()
+                        )));
+                    }
+                    if !operands_fit {
+                        return Err(invalid!(
                         "forward config {} reads X and W by TMA: they must start 16-byte aligned \
                          (x at {x_ptr:#x}, w at {w_ptr:#x}) and k = {} must be a positive \
                          multiple of 8",
                         config.name(),
                         shape.k
                     ));
+                    }
                 }
+                config
             }
-            config
-        }
-        None => choose_for_call::<T>(stream, shape, operands_fit)?,
-    };
-    let launch_config = config.launch_config(shape, sm_count(stream)?)?;
-    let name = format!("fusedrop_forward_{}_{}", config.name(), T::NAME);
-    let function = kernel(stream, config.module(), &name)?;
-    if config.smem_bytes() > DEFAULT_SMEM_LIMIT {
-        with_state(stream, |state| {
-            if !state.opted_in.contains(&name) {
-                function
-                    .set_attribute(
-                        CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        config.smem_bytes() as i32,
-                    )
-                    .map_err(|e| {
-                        Error::Cuda(format!(
-                            "{name}: raising the dynamic shared memory limit to {} bytes: {e}",
-                            config.smem_bytes()
-                        ))
-                    })?;
-                state.opted_in.insert(name.clone());
-            }
-            Ok(())
-        })?;
-    }
+            None => self.choose_forward::<T>(shape, operands_fit),
+        };
+        let launch_config = config.launch_config(shape, self.sm_count())?;
+        let name = format!("fusedrop_forward_{}_{}", config.name(), T::NAME);
+        let function = self.function(config.module(), &name, config.smem_bytes())?;
 
-    let mut params = MaskParams::new(&spec.dropout, &spec.geometry, shape.n);
-    let (m_arg, n_arg, k_arg) = (shape.m as i64, shape.n as i64, shape.k as i64);
-    let relu = i32::from(spec.activation == Activation::Relu);
-    let maps = if config.is_hopper() {
-        let box_m = config.block_m() as u32;
-        let box_n = config.block_n() as u32;
-        Some((
-            tensor_map::row_major::<T>(x_ptr, shape.m, shape.k, box_m)?,
-            tensor_map::row_major::<T>(w_ptr, shape.n, shape.k, box_n)?,
-        ))
-    } else {
-        None
-    };
-    let (b_ptr, _b_guard) = match b {
-        Some(view) => {
-            let (ptr, guard) = view.device_ptr(stream);
-            (ptr, Some(guard))
-        }
-        None => (0, None),
-    };
-    let (y_ptr, _y_guard) = y.device_ptr_mut(stream);
-    let _seed_guards = params.read_seed_from(seed, stream);
-    let mut builder = stream.launch_builder(&function);
-    match &maps {
-        Some((map_x, map_w)) => builder.arg(map_x).arg(map_w),
-        None => builder.arg(&x_ptr).arg(&w_ptr),
-    };
-    builder
-        .arg(&b_ptr)
-        .arg(&y_ptr)
-        .arg(&m_arg)
-        .arg(&n_arg)
-        .arg(&k_arg)
-        .arg(&relu)
-        .arg(&params);
-    // SAFETY: the kernel's signature is (const T* x, const T* w, const T* b, T* y, long long m,
-    // long long n, long long k, int relu, MaskParams mp), or for the Hopper configurations
-    // (CUtensorMap map_x, CUtensorMap map_w, const T* b, ...) with the maps describing x and w
-    // (encoded above from the same pointers and shape), matched argument for argument above.
-    // x holds m*k, w n*k, b (when non-null) n and y m*n elements of T, and the seed buffer (when
-    // given) two u64, all checked above; the grid follows the kernel's documented rule and its
-    // shared memory is within the limit set for the function. Every buffer stays borrowed until
-    // its guard drops after the launch is queued.
-    unsafe { builder.launch(launch_config) }?;
-    Ok(())
+        let mut params = MaskParams::new(&spec.dropout, &spec.geometry, shape.n);
+        let (m_arg, n_arg, k_arg) = (shape.m as i64, shape.n as i64, shape.k as i64);
+        let relu = i32::from(spec.nonlinearity == Nonlinearity::Relu);
+        let maps = if config.is_hopper() {
+            let box_m = config.block_m() as u32;
+            let box_n = config.block_n() as u32;
+            Some((
+                tensor_map::row_major::<T>(x_ptr, shape.m, shape.k, box_m)?,
+                tensor_map::row_major::<T>(w_ptr, shape.n, shape.k, box_n)?,
+            ))
+        } else {
+            None
+        };
+        let (b_ptr, _b_guard) = match b {
+            Some(view) => {
+                let (ptr, guard) = view.device_ptr(stream);
+                (ptr, Some(guard))
+            }
+            None => (0, None),
+        };
+        let (y_ptr, _y_guard) = y.device_ptr_mut(stream);
+        let _seed_guards = params.read_seed_from(seed, stream);
+        let mut builder = stream.launch_builder(&function);
+        match &maps {
+            Some((map_x, map_w)) => builder.arg(map_x).arg(map_w),
+            None => builder.arg(&x_ptr).arg(&w_ptr),
+        };
+        builder
+            .arg(&b_ptr)
+            .arg(&y_ptr)
+            .arg(&m_arg)
+            .arg(&n_arg)
+            .arg(&k_arg)
+            .arg(&relu)
+            .arg(&params);
+        // SAFETY: the kernel's signature is (const T* x, const T* w, const T* b, T* y, long long m,
+        // long long n, long long k, int relu, MaskParams mp), or for the Hopper configurations
+        // (CUtensorMap map_x, CUtensorMap map_w, const T* b, ...) with the maps describing x and w
+        // (encoded above from the same pointers and shape), matched argument for argument above. x
+        // holds m*k, w n*k, b (when non-null) n and y m*n elements of T, and the seed buffer (when
+        // given) two u64, all checked above; the grid follows the kernel's documented rule and its
+        // shared memory is within the limit set for the function. Every buffer stays borrowed until
+        // its guard drops after the launch is queued.
+        unsafe { builder.launch(launch_config) }?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use half::{bf16, f16};
+
+    #[test]
+    fn default_options_take_the_heuristic_and_the_host_seed() {
+        let options = ForwardOptions::default();
+        assert_eq!(options.config, None);
+        assert!(matches!(options.seed, SeedSource::Host));
+    }
 
     #[test]
     fn heuristic_prefers_the_largest_tile_with_a_full_wave() {

@@ -1,4 +1,6 @@
-//! The CUDA side: device probing, kernel loading, and the safe wrappers over each kernel.
+//! The CUDA side: device probing, the kernel handle [`LayerKernels`], and the safe wrappers
+//! over each kernel, its methods (forward in [`forward`], backward in [`backward`], standalone
+//! dropout in [`dropout`]).
 //!
 //! Callers bring their own [`CudaStream`] and buffers ([`CudaSlice`],
 //! [`CudaView`], [`CudaViewMut`](cudarc::driver::CudaViewMut)); nothing here creates a hidden
@@ -7,21 +9,23 @@
 //! ```no_run
 //! # fn main() -> fusedrop::Result<()> {
 //! let ctx = fusedrop::cuda::open_device(0)?; // errors (never panics) without a driver
-//! let stream = ctx.default_stream();
+//! let kernels = fusedrop::cuda::LayerKernels::new(ctx.default_stream())?; // loads the modules
+//! # let _ = kernels;
 //! # Ok(()) }
 //! ```
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute_enum};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, DevicePtr,
     DevicePtrMut, DeviceRepr, SyncOnDrop,
 };
 use cudarc::nvrtc::Ptx;
 
-use crate::error::{Error, Result};
-use crate::layer::{Dropout, Geometry};
+use crate::error::{invalid, Error, Result};
+use crate::layer::{DropoutSpec, Geometry};
 use crate::mask;
 
 pub use cudarc;
@@ -33,6 +37,18 @@ pub mod launch_table;
 mod tensor_map;
 
 include!(concat!(env!("OUT_DIR"), "/kernel_images.rs"));
+
+impl KernelImage {
+    /// Whether this module's code runs on a GPU of compute capability `cc`: exactly its own for
+    /// architecture-specific code (sm_90a), its own or newer otherwise.
+    fn runs_on(&self, cc: (i32, i32)) -> bool {
+        if self.arch_specific {
+            cc == self.min_compute_capability
+        } else {
+            cc >= self.min_compute_capability
+        }
+    }
+}
 
 /// Whether build.rs compiled the CUDA kernels into this build.
 pub fn kernels_built() -> bool {
@@ -86,136 +102,216 @@ pub fn open_device(ordinal: usize) -> Result<Arc<CudaContext>> {
     Ok(CudaContext::new(ordinal)?)
 }
 
-/// Per-context state: the compute capability and the loaded kernel modules.
-struct ContextKernels {
-    compute_capability: (i32, i32),
-    modules: HashMap<&'static str, Arc<CudaModule>>,
-    functions: HashMap<String, CudaFunction>,
+/// The fused layer's kernels on one CUDA stream: the handle every launch goes through.
+///
+/// [`LayerKernels::new`] reads the GPU's compute capability and multiprocessor count once and
+/// loads every kernel module this build has for that GPU, so that no later call loads anything:
+/// calls can be captured into a CUDA graph right after `new`. The loaded modules are shared (an
+/// `Arc`) by every handle made from this one with [`LayerKernels::on_stream`], and are unloaded
+/// when the last of them is dropped. Cloning a handle is cheap.
+///
+/// ```no_run
+/// # fn main() -> fusedrop::Result<()> {
+/// use fusedrop::cuda::{self, LayerKernels};
+/// let ctx = cuda::open_device(0)?;
+/// let kernels = LayerKernels::new(ctx.default_stream())?; // once per context
+/// let side = kernels.on_stream(ctx.new_stream()?)?; // the same modules, another stream
+/// # let _ = side;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct LayerKernels {
+    stream: Arc<CudaStream>,
+    shared: Arc<Shared>,
 }
 
-/// Loaded modules, keyed by the context handle. Modules are loaded once per context and kept
-/// for the life of the process (they hold their context, as a caller's own modules would).
-fn registry() -> &'static Mutex<HashMap<usize, ContextKernels>> {
-    static REGISTRY: OnceLock<Mutex<HashMap<usize, ContextKernels>>> = OnceLock::new();
-    REGISTRY.get_or_init(|| Mutex::new(HashMap::new()))
-}
-
-fn with_context<R>(
-    ctx: &Arc<CudaContext>,
-    f: impl FnOnce(&mut ContextKernels) -> Result<R>,
-) -> Result<R> {
-    KERNEL_IMAGES.ok_or(Error::KernelsNotBuilt)?;
-    let mut registry = registry()
-        .lock()
-        .map_err(|_| Error::Cuda("the kernel registry lock was poisoned by a panic".into()))?;
-    let kernels = match registry.entry(ctx.cu_ctx() as usize) {
-        std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-        std::collections::hash_map::Entry::Vacant(entry) => entry.insert(ContextKernels {
-            compute_capability: ctx.compute_capability()?,
-            modules: HashMap::new(),
-            functions: HashMap::new(),
-        }),
-    };
-    f(kernels)
-}
-
-/// The compute capability of the stream's GPU (cached per context).
-pub fn compute_capability(stream: &Arc<CudaStream>) -> Result<(i32, i32)> {
-    with_context(stream.context(), |k| Ok(k.compute_capability))
-}
-
-/// Fails with [`Error::UnsupportedDevice`] when the stream's GPU is older than `major.minor`.
-pub(crate) fn require_compute_capability(
-    stream: &Arc<CudaStream>,
-    needed: (i32, i32),
-    what: &str,
-) -> Result<()> {
-    let have = compute_capability(stream)?;
-    if have < needed {
-        return Err(Error::UnsupportedDevice(format!(
-            "{what} needs compute capability {}.{} or newer; this GPU has {}.{}",
-            needed.0, needed.1, have.0, have.1
-        )));
+impl std::fmt::Debug for LayerKernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut modules: Vec<_> = self.shared.modules.keys().collect();
+        modules.sort();
+        f.debug_struct("LayerKernels")
+            .field("compute_capability", &self.shared.compute_capability)
+            .field("sm_count", &self.shared.sm_count)
+            .field("modules", &modules)
+            .finish_non_exhaustive()
     }
-    Ok(())
 }
 
-/// The kernel `function` of module `module` (a `kernels/<module>.cu` file), loaded once per
-/// context.
-pub(crate) fn kernel(
-    stream: &Arc<CudaStream>,
-    module: &'static str,
-    function: &str,
-) -> Result<CudaFunction> {
-    let images = KERNEL_IMAGES.ok_or(Error::KernelsNotBuilt)?;
-    let ctx = stream.context();
-    with_context(ctx, |kernels| {
-        let key = format!("{module}::{function}");
-        if let Some(f) = kernels.functions.get(&key) {
-            return Ok(f.clone());
-        }
-        if !kernels.modules.contains_key(module) {
-            // Loading a module is not a stream operation and may synchronise the context, which
-            // stream capture forbids (and a graph could not replay it anyway): the first call of
-            // each kernel family must run outside capture (see `warm_up`).
-            let status = stream.capture_status()?;
-            if status != cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE {
-                return Err(Error::Cuda(format!(
-                    "kernel {function} would load module {module} while the stream is being \
-                     captured into a CUDA graph ({status:?}); call fusedrop::cuda::warm_up (or \
-                     run each call once) before beginning the capture"
-                )));
-            }
-            let image = images
-                .iter()
-                .find(|image| image.name == module)
-                .ok_or_else(|| Error::Cuda(format!("no kernel module named {module}")))?;
-            let (major, minor) = image.min_compute_capability;
-            let (have_major, have_minor) = kernels.compute_capability;
-            if image.arch_specific && kernels.compute_capability != image.min_compute_capability {
-                return Err(Error::UnsupportedDevice(format!(
-                    "kernel {function} (module {module}) is built for compute capability \
-                     {major}.{minor} only; this GPU has {have_major}.{have_minor}"
-                )));
-            }
-            if kernels.compute_capability < image.min_compute_capability {
-                return Err(Error::UnsupportedDevice(format!(
-                    "kernel {function} (module {module}) is built for compute capability \
-                     {major}.{minor} and newer; this GPU has {have_major}.{have_minor}"
-                )));
-            }
-            let loaded = ctx.load_module(Ptx::from_binary(image.fatbin.to_vec()))?;
-            kernels.modules.insert(module, loaded);
-        }
-        let f = kernels.modules[module]
-            .load_function(function)
-            .map_err(|e| Error::Cuda(format!("kernel {function} in module {module}: {e}")))?;
-        kernels.functions.insert(key, f.clone());
-        Ok(f)
-    })
+/// What every handle on one context shares: read or loaded once by [`LayerKernels::new`].
+struct Shared {
+    context: Arc<CudaContext>,
+    compute_capability: (i32, i32),
+    sm_count: usize,
+    /// The modules this GPU can run, by name (a `kernels/<name>.cu` file).
+    modules: HashMap<&'static str, Arc<CudaModule>>,
+    /// Kernels looked up so far, by entry point name, with their dynamic shared memory limit
+    /// already raised where they need it. Filled on first use: looking a function up and setting
+    /// its attribute are not stream operations, so they are legal during stream capture (unlike
+    /// loading a module), and the lock is what the lazily set attribute needs.
+    functions: Mutex<HashMap<String, CudaFunction>>,
 }
 
-/// Loads every kernel module this build has for the stream's GPU, so that later calls load
-/// nothing: call it before capturing fusedrop calls into a CUDA graph (module loading is illegal
-/// during stream capture; a call that would load a module then returns an error instead).
-/// Modules the GPU is too old for, or that this build left out, are skipped.
-pub fn warm_up(stream: &Arc<CudaStream>) -> Result<()> {
-    let images = KERNEL_IMAGES.ok_or(Error::KernelsNotBuilt)?;
-    let ctx = stream.context();
-    with_context(ctx, |kernels| {
-        for image in images {
-            let runs_here = if image.arch_specific {
-                kernels.compute_capability == image.min_compute_capability
-            } else {
-                kernels.compute_capability >= image.min_compute_capability
-            };
-            if runs_here && !kernels.modules.contains_key(image.name) {
-                let loaded = ctx.load_module(Ptx::from_binary(image.fatbin.to_vec()))?;
-                kernels.modules.insert(image.name, loaded);
-            }
+/// Dynamic shared memory a kernel may use without opting in.
+const DEFAULT_SMEM_LIMIT: u32 = 48 * 1024;
+
+impl LayerKernels {
+    /// Loads the kernels for `stream`'s GPU: checks that the kernels were built and the driver
+    /// is present, reads the compute capability and multiprocessor count, and loads every
+    /// module this build has for this GPU (modules it is too old for, or that the build left
+    /// out, are skipped; calls that need them return [`Error::UnsupportedDevice`]).
+    ///
+    /// Module loading may synchronise the context, and is illegal during stream capture: call
+    /// `new` before capturing, once per context, and [`LayerKernels::on_stream`] for other
+    /// streams of that context.
+    pub fn new(stream: Arc<CudaStream>) -> Result<Self> {
+        let images = KERNEL_IMAGES.ok_or(Error::KernelsNotBuilt)?;
+        if !driver_present() {
+            return Err(Error::DriverUnavailable(
+                "libcuda could not be loaded (no NVIDIA driver installed, or not on the loader \
+                 path)"
+                    .into(),
+            ));
+        }
+        let context = stream.context().clone();
+        let compute_capability = context.compute_capability()?;
+        let sm_count =
+            context.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+        let mut modules = HashMap::new();
+        for image in images
+            .iter()
+            .filter(|image| image.runs_on(compute_capability))
+        {
+            let module = context
+                .load_module(Ptx::from_binary(image.fatbin.to_vec()))
+                .map_err(|e| Error::Cuda(format!("loading kernel module {}: {e}", image.name)))?;
+            modules.insert(image.name, module);
+        }
+        Ok(LayerKernels {
+            stream,
+            shared: Arc::new(Shared {
+                context,
+                compute_capability,
+                sm_count: usize::try_from(sm_count).unwrap_or(1).max(1),
+                modules,
+                functions: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// A handle that launches on `stream` with this handle's loaded modules (nothing is loaded).
+    /// `stream` must belong to the same CUDA context.
+    pub fn on_stream(&self, stream: Arc<CudaStream>) -> Result<Self> {
+        let theirs = stream.context().cu_ctx();
+        let ours = self.shared.context.cu_ctx();
+        if theirs != ours {
+            return Err(invalid!(
+                "the stream belongs to CUDA context {theirs:p}; expected a stream of context \
+                 {ours:p}, whose modules this handle loaded (make a LayerKernels::new for the \
+                 other context)"
+            ));
+        }
+        Ok(LayerKernels {
+            stream,
+            shared: Arc::clone(&self.shared),
+        })
+    }
+
+    /// The stream every call of this handle queues its launches on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// The compute capability of the handle's GPU, `(major, minor)`.
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.shared.compute_capability
+    }
+
+    /// The number of multiprocessors of the handle's GPU (what the tile heuristics take).
+    pub fn sm_count(&self) -> usize {
+        self.shared.sm_count
+    }
+
+    /// Fails with [`Error::UnsupportedDevice`] when the GPU is older than `needed`.
+    pub(crate) fn require_compute_capability(&self, needed: (i32, i32), what: &str) -> Result<()> {
+        let have = self.shared.compute_capability;
+        if have < needed {
+            return Err(Error::UnsupportedDevice(format!(
+                "{what} needs compute capability {}.{} or newer; this GPU has {}.{}",
+                needed.0, needed.1, have.0, have.1
+            )));
         }
         Ok(())
-    })
+    }
+
+    /// Whether module `name` was built and loaded for this GPU.
+    pub(crate) fn module_loaded(&self, name: &str) -> bool {
+        self.shared.modules.contains_key(name)
+    }
+
+    /// The kernel `function` of module `module` (a `kernels/<module>.cu` file), with its dynamic
+    /// shared memory limit raised to `smem_bytes` when that exceeds the default. Looked up once
+    /// per context; errors say why a module is missing.
+    pub(crate) fn function(
+        &self,
+        module: &'static str,
+        function: &str,
+        smem_bytes: u32,
+    ) -> Result<CudaFunction> {
+        let mut functions = self
+            .shared
+            .functions
+            .lock()
+            .map_err(|_| Error::Cuda("the kernel table lock was poisoned by a panic".into()))?;
+        if let Some(f) = functions.get(function) {
+            return Ok(f.clone());
+        }
+        let loaded = self
+            .shared
+            .modules
+            .get(module)
+            .ok_or_else(|| self.missing_module(module, function))?;
+        let f = loaded
+            .load_function(function)
+            .map_err(|e| Error::Cuda(format!("kernel {function} in module {module}: {e}")))?;
+        if smem_bytes > DEFAULT_SMEM_LIMIT {
+            f.set_attribute(
+                CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem_bytes as i32,
+            )
+            .map_err(|e| {
+                Error::Cuda(format!(
+                    "{function}: raising the dynamic shared memory limit to {smem_bytes} bytes: {e}"
+                ))
+            })?;
+        }
+        functions.insert(function.to_string(), f.clone());
+        Ok(f)
+    }
+
+    /// Why `new` did not load `module`: not built, or not for this GPU.
+    fn missing_module(&self, module: &str, function: &str) -> Error {
+        let Some(image) = KERNEL_IMAGES
+            .into_iter()
+            .flatten()
+            .find(|image| image.name == module)
+        else {
+            return Error::UnsupportedDevice(format!(
+                "kernel {function} is in module {module}, which this build left out (the \
+                 Hopper modules need 90 in FUSEDROP_CUDA_ARCHS)"
+            ));
+        };
+        let (major, minor) = image.min_compute_capability;
+        let (have_major, have_minor) = self.shared.compute_capability;
+        let which = if image.arch_specific {
+            "only"
+        } else {
+            "and newer"
+        };
+        Error::UnsupportedDevice(format!(
+            "kernel {function} (module {module}) is built for compute capability {major}.{minor} \
+             {which}; this GPU has {have_major}.{have_minor}"
+        ))
+    }
 }
 
 /// The mask parameters every kernel takes by value; mirrors `struct MaskParams` in
@@ -224,8 +320,8 @@ pub fn warm_up(stream: &Arc<CudaStream>) -> Result<()> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct MaskParams {
     pub seed: u64,
-    pub stream: u64,
-    pub seed_stream: u64,
+    pub subsequence: u64,
+    pub seed_subsequence: u64,
     pub threshold: u64,
     pub row_offset: u64,
     pub col_offset: u64,
@@ -241,12 +337,12 @@ pub(crate) struct MaskParams {
 unsafe impl DeviceRepr for MaskParams {}
 
 impl MaskParams {
-    /// Parameters for a call whose output has `n` columns, with (seed, stream) from the host.
-    pub(crate) fn new(dropout: &Dropout, geometry: &Geometry, n: usize) -> Self {
+    /// Parameters for a call whose output has `n` columns, with (seed, subsequence) from the host.
+    pub(crate) fn new(dropout: &DropoutSpec, geometry: &Geometry, n: usize) -> Self {
         Self {
             seed: dropout.seed,
-            stream: dropout.stream,
-            seed_stream: 0,
+            subsequence: dropout.subsequence,
+            seed_subsequence: 0,
             threshold: mask::threshold(dropout.p),
             row_offset: geometry.row_offset,
             col_offset: geometry.col_offset,
@@ -258,7 +354,7 @@ impl MaskParams {
     }
 
     /// Points the kernel at `seed`'s device buffers when it has them, so that it reads
-    /// (seed, stream) at run time (and, for [`SeedSource::DeviceRecorded`], writes the pair it
+    /// (seed, subsequence) at run time (and, for [`SeedSource::DeviceRecorded`], writes the pair it
     /// used). The returned guards (cudarc's stream-ordering records for the buffers) must stay
     /// alive until the launch is queued.
     pub(crate) fn read_seed_from<'a>(
@@ -269,13 +365,13 @@ impl MaskParams {
         match seed {
             SeedSource::Device(view) => {
                 let (ptr, guard) = view.device_ptr(stream);
-                self.seed_stream = ptr;
+                self.seed_subsequence = ptr;
                 [Some(guard), None]
             }
             SeedSource::DeviceRecorded { next, record } => {
                 let (ptr, guard) = next.device_ptr(stream);
                 let (record_ptr, record_guard) = record.device_ptr_mut(stream);
-                self.seed_stream = ptr;
+                self.seed_subsequence = ptr;
                 self.record = record_ptr;
                 [Some(guard), Some(record_guard)]
             }
@@ -284,25 +380,26 @@ impl MaskParams {
     }
 }
 
-/// Where a launch takes its (seed, stream) pair from.
-#[derive(Debug)]
+/// Where a launch takes its (seed, subsequence) pair from.
+#[derive(Debug, Default)]
 pub enum SeedSource<'a> {
-    /// The values in [`Dropout::seed`] and [`Dropout::stream`], fixed at launch.
+    /// The values in [`DropoutSpec::seed`] and [`DropoutSpec::subsequence`], fixed at launch.
+    #[default]
     Host,
-    /// A device buffer holding exactly two u64, `[seed, stream]`, read by the kernel when it
+    /// A device buffer holding exactly two u64, `[seed, subsequence]`, read by the kernel when it
     /// runs. A captured CUDA graph then replays with fresh masks when the caller advances the
-    /// buffer (as PyTorch does for graph-safe dropout). The `seed`/`stream` fields of
-    /// [`Dropout`] are ignored.
+    /// buffer (as PyTorch does for graph-safe dropout). The `seed`/`subsequence` fields of
+    /// [`DropoutSpec`] are ignored.
     Device(&'a CudaView<'a, u64>),
     /// Forward and standalone dropout only: like [`SeedSource::Device`] with `next`, and the
     /// kernel also writes the pair it used into `record` (two u64). The backward of that call
     /// then takes `SeedSource::Device(record)` and gets the forward's mask even when `next` was
-    /// advanced in between (a CUDA graph that bumps the stream after each forward). Give each
+    /// advanced in between (a CUDA graph that bumps the subsequence after each forward). Give each
     /// layer call its own `record`. The backward rejects this variant.
     DeviceRecorded {
-        /// `[seed, stream]`, read when the kernel runs.
+        /// `[seed, subsequence]`, read when the kernel runs.
         next: &'a CudaView<'a, u64>,
-        /// Receives the `[seed, stream]` the kernel used (a separate allocation, so the borrow
+        /// Receives the `[seed, subsequence]` the kernel used (a separate allocation, so the borrow
         /// rules already keep it apart from `next`).
         record: &'a mut CudaSlice<u64>,
     },
@@ -314,24 +411,24 @@ pub(crate) fn check_seed_source(source: &SeedSource<'_>) -> Result<()> {
         SeedSource::Host => {}
         SeedSource::Device(view) => {
             crate::validate::check_len(
-                "seed_stream buffer",
+                "seed_subsequence buffer",
                 view.len(),
                 2,
-                "[seed, stream] as u64",
+                "[seed, subsequence] as u64",
             )?;
         }
         SeedSource::DeviceRecorded { next, record } => {
             crate::validate::check_len(
-                "seed_stream buffer",
+                "seed_subsequence buffer",
                 next.len(),
                 2,
-                "[seed, stream] as u64",
+                "[seed, subsequence] as u64",
             )?;
             crate::validate::check_len(
                 "seed record buffer",
                 record.len(),
                 2,
-                "[seed, stream] as u64",
+                "[seed, subsequence] as u64",
             )?;
         }
     }

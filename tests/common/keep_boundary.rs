@@ -4,11 +4,11 @@
 #![allow(dead_code)]
 
 /// One keep-rule boundary vector of tests/data/keep_boundary.txt: the element at `index` of
-/// (`seed`, `stream`) draws `word`, which is exactly the threshold of `p = word / 2^32`.
+/// (`seed`, `subsequence`) draws `word`, which is exactly the threshold of `p = word / 2^32`.
 #[derive(Debug, Clone, Copy)]
 pub struct Boundary {
     pub seed: u64,
-    pub stream: u64,
+    pub subsequence: u64,
     pub index: u64,
     pub word: u32,
 }
@@ -45,7 +45,7 @@ pub fn boundaries() -> Vec<Boundary> {
                 .collect();
             Boundary {
                 seed: f[0],
-                stream: f[1],
+                subsequence: f[1],
                 index: f[2],
                 word: f[3] as u32,
             }

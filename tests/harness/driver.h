@@ -6,9 +6,10 @@
 //   kernel <name>                  the entry point to run (must be registered by the driver)
 //   schedule <u64>                 the harness's schedule seed
 //   i64 <name> <value>             an integer argument (m, n, k, relu, accumulate, grid_x, ...)
-//   mp <seed> <stream> <threshold> <row_offset> <col_offset> <n_global> <scale_bits> <device_seed>
-//                                  MaskParams; device_seed 1 passes (seed, stream) through a
-//                                  seed_stream buffer and garbage in the by-value fields
+//   mp <seed> <subsequence> <threshold> <row_offset> <col_offset> <n_global> <scale_bits>
+//      <device_seed>
+//                                  MaskParams; device_seed 1 passes (seed, subsequence) through a
+//                                  seed_subsequence buffer and garbage in the by-value fields
 //   buffer <name> <bytes> <misalign> <output>
 //                                  <name>.bin holds the initial bytes; the kernel receives a
 //                                  pointer `misalign` bytes past a 16-byte aligned allocation of
@@ -52,7 +53,7 @@ struct Request {
     std::map<std::string, std::unique_ptr<Buffer>> buffers;
     std::map<std::string, bool> nulls;
     fusedrop::MaskParams mp{};
-    uint64_t seed_stream[2] = {0, 0};
+    uint64_t seed_subsequence[2] = {0, 0};
     std::string record;
 
     long long i64(const std::string& key) const {
@@ -103,16 +104,16 @@ inline Request parse(const std::string& dir) {
         } else if (key == "mp") {
             uint32_t scale_bits;
             int device_seed;
-            words >> req.mp.seed >> req.mp.stream >> req.mp.threshold >> req.mp.row_offset >>
+            words >> req.mp.seed >> req.mp.subsequence >> req.mp.threshold >> req.mp.row_offset >>
                 req.mp.col_offset >> req.mp.n_global >> scale_bits >> device_seed;
             memcpy(&req.mp.scale, &scale_bits, 4);
-            req.mp.seed_stream = nullptr;
+            req.mp.seed_subsequence = nullptr;
             if (device_seed) {
-                req.seed_stream[0] = req.mp.seed;
-                req.seed_stream[1] = req.mp.stream;
+                req.seed_subsequence[0] = req.mp.seed;
+                req.seed_subsequence[1] = req.mp.subsequence;
                 req.mp.seed = ~req.mp.seed * 0x9E3779B97F4A7C15ull;
-                req.mp.stream = ~req.mp.stream;
-                req.mp.seed_stream = req.seed_stream;
+                req.mp.subsequence = ~req.mp.subsequence;
+                req.mp.seed_subsequence = req.seed_subsequence;
             }
         } else if (key == "buffer") {
             std::string name;

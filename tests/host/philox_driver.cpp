@@ -3,9 +3,9 @@
 // All integers are native-endian; the Rust side writes and reads them the same way.
 //
 //   philox_driver philox IN OUT   IN: records of 6 u32 (counter[4], key[2]); OUT: 4 u32 each
-//   philox_driver mask IN OUT     IN: records of 8 u64 (seed, stream, threshold, row_offset,
+//   philox_driver mask IN OUT     IN: records of 8 u64 (seed, subsequence, threshold, row_offset,
 //                                 col_offset, n_global, r, c); OUT: 5 u64 each (mask_index,
-//                                 keep_index, keep_index through a seed_stream buffer,
+//                                 keep_index, keep_index through a seed_subsequence buffer,
 //                                 dropout_enabled, the deciding word)
 //   philox_driver layout - OUT    OUT: sizeof(MaskParams), alignof, then each field's offset
 #include <cstddef>
@@ -58,8 +58,8 @@ int run_mask(const char* in, const char* out) {
     for (size_t i = 0; i < v.size(); i += 8) {
         fusedrop::MaskParams mp;
         mp.seed = v[i];
-        mp.stream = v[i + 1];
-        mp.seed_stream = nullptr;
+        mp.subsequence = v[i + 1];
+        mp.seed_subsequence = nullptr;
         mp.threshold = v[i + 2];
         mp.row_offset = v[i + 3];
         mp.col_offset = v[i + 4];
@@ -71,13 +71,13 @@ int run_mask(const char* in, const char* out) {
         const uint64_t index = fusedrop::mask_index(mp, r, c);
         const bool keep = fusedrop::keep_index(mp, index);
 
-        // The same decision with (seed, stream) taken from a buffer, as a CUDA graph replay
+        // The same decision with (seed, subsequence) taken from a buffer, as a CUDA graph replay
         // does; the fields it replaces hold something else.
-        const uint64_t seed_stream[2] = {mp.seed, mp.stream};
+        const uint64_t seed_subsequence[2] = {mp.seed, mp.subsequence};
         fusedrop::MaskParams from_buffer = mp;
         from_buffer.seed = ~mp.seed;
-        from_buffer.stream = mp.stream + 1;
-        from_buffer.seed_stream = seed_stream;
+        from_buffer.subsequence = mp.subsequence + 1;
+        from_buffer.seed_subsequence = seed_subsequence;
         from_buffer = fusedrop::resolve_seed(from_buffer);
         const bool keep_buffer = fusedrop::keep_index(from_buffer, index);
 
@@ -97,8 +97,8 @@ int run_layout(const char* out) {
         sizeof(MaskParams),
         alignof(MaskParams),
         offsetof(MaskParams, seed),
-        offsetof(MaskParams, stream),
-        offsetof(MaskParams, seed_stream),
+        offsetof(MaskParams, subsequence),
+        offsetof(MaskParams, seed_subsequence),
         offsetof(MaskParams, threshold),
         offsetof(MaskParams, row_offset),
         offsetof(MaskParams, col_offset),

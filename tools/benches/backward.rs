@@ -10,7 +10,7 @@
 mod common;
 
 use criterion::{Criterion, Throughput};
-use fusedrop::{reference, Activation, Dropout, Element, LayerSpec};
+use fusedrop::{reference, DropoutSpec, Element, LayerSpec, Nonlinearity};
 use fusedrop_tools::bench::{
     backward_flops, fused_backward, random_nonzero, BaselinePlans, BenchGpu, DType, Operands,
     SuiteShape, CPU_SHAPES, P_VALUES, SUITE,
@@ -51,7 +51,7 @@ fn main() {
 fn gpu_group<T: Element>(c: &mut Criterion, gpu: &BenchGpu, shape: &SuiteShape, dtype: DType) {
     let dims = shape.shape();
     let name = format!("backward/{}/{}", shape.name, dtype.name());
-    let mut ops = match Operands::<T>::new(&gpu.stream, dims, gpu.info.l2_bytes, 8) {
+    let mut ops = match Operands::<T>::new(gpu.kernels.stream(), dims, gpu.info.l2_bytes, 8) {
         Ok(ops) => ops,
         Err(e) => {
             println!("{name}: skipped: {e}");
@@ -60,7 +60,7 @@ fn gpu_group<T: Element>(c: &mut Criterion, gpu: &BenchGpu, shape: &SuiteShape, 
     };
     let plans = BaselinePlans::<T>::new(&gpu.blas, dims);
     println!("{name}: unfused = {}", plans.backward_note());
-    let stream = &gpu.stream;
+    let kernels = &gpu.kernels;
     let mut group = c.benchmark_group(&name);
     group.throughput(Throughput::Elements(backward_flops(dims) as u64));
     gpu_bench(&mut group, gpu, &name, "gemm_floor", &mut |i| {
@@ -68,14 +68,14 @@ fn gpu_group<T: Element>(c: &mut Criterion, gpu: &BenchGpu, shape: &SuiteShape, 
     });
     for p in P_VALUES {
         gpu_bench(&mut group, gpu, &name, &format!("fused/p={p}"), &mut |i| {
-            fused_backward(stream, ops.set_mut(i), dims, p, i)
+            fused_backward(kernels, ops.set_mut(i), dims, p, i)
         });
         gpu_bench(
             &mut group,
             gpu,
             &name,
             &format!("unfused/p={p}"),
-            &mut |i| plans.unfused_backward(stream, ops.set_mut(i), p, i),
+            &mut |i| plans.unfused_backward(kernels, ops.set_mut(i), p, i),
         );
     }
     group.finish();
@@ -87,7 +87,7 @@ fn cpu_group<T: Element>(c: &mut Criterion) {
         let x = random_nonzero::<T>(dims.m * dims.k, 1);
         let w = random_nonzero::<T>(dims.n * dims.k, 2);
         let dy = random_nonzero::<T>(dims.m * dims.n, 3);
-        let spec = LayerSpec::new(dims, Activation::Relu, Dropout::new(0.1, 5, 0));
+        let spec = LayerSpec::new(dims, Nonlinearity::Relu, DropoutSpec::new(0.1, 5, 0));
         let y = reference::forward(&spec, &x, &w, None).expect("valid operands");
         let label = format!("{}x{}x{}", dims.m, dims.n, dims.k);
         group.throughput(Throughput::Elements(backward_flops(dims) as u64));

@@ -40,7 +40,7 @@
 use std::ffi::c_void;
 use std::marker::PhantomData;
 use std::mem::size_of;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use cudarc::cublaslt::result as lt;
 use cudarc::cublaslt::sys;
@@ -75,8 +75,9 @@ const SYMBOLS: [&str; 13] = [
 const ALIGNMENT: u64 = 256;
 
 /// Whether libcublasLt and every entry point used here can be loaded (checked once).
+#[cfg(not(cudarc_dynamic_linking))]
 pub fn cublaslt_present() -> bool {
-    static PRESENT: OnceLock<bool> = OnceLock::new();
+    static PRESENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *PRESENT.get_or_init(|| {
         // SAFETY: is_culib_present only tries to open the library by the names cudarc itself
         // uses and drops it. culib() opens the same names and, as one of them was just found,
@@ -90,6 +91,14 @@ pub fn cublaslt_present() -> bool {
                 })
         }
     })
+}
+
+/// Whether libcublasLt and every entry point used here can be loaded: with fusedrop's
+/// `dynamic-linking` feature cudarc linked it at build time and the process could not have
+/// started without it, so this is `true`.
+#[cfg(cudarc_dynamic_linking)]
+pub fn cublaslt_present() -> bool {
+    true
 }
 
 fn require_cublaslt() -> Result<()> {

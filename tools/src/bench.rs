@@ -31,15 +31,11 @@ use serde::{Serialize, Serializer};
 
 use crate::baseline::{cublaslt_version, Blas, GemmOp, GemmPlan};
 use crate::invalid;
-use fusedrop::cuda::backward::{self, backward, BackwardKernel, BackwardOptions, GradientsMut};
-use fusedrop::cuda::dropout::dropout_in_place;
-use fusedrop::cuda::forward::{
-    choose_config, config_for, forward, forward_with_config, hopper_available, hopper_operands_fit,
-    sm_count, ForwardConfig,
-};
-use fusedrop::cuda::{launch_table, warm_up, SeedSource};
+use fusedrop::cuda::backward::{BackwardKernel, BackwardOptions, GradientsMut};
+use fusedrop::cuda::forward::{choose_config, hopper_operands_fit, ForwardConfig, ForwardOptions};
+use fusedrop::cuda::{launch_table, LayerKernels, SeedSource};
 use fusedrop::Element;
-use fusedrop::{Activation, Dropout, Geometry, LayerSpec, LinearShape};
+use fusedrop::{DropoutSpec, Geometry, LayerSpec, LinearShape, Nonlinearity};
 use fusedrop::{Error, Result};
 
 // ---------------------------------------------------------------------------------------------
@@ -189,8 +185,8 @@ pub const P_VALUES: [f32; 3] = [0.1, 0.0, 0.5];
 pub const CPU_SHAPES: [LinearShape; 2] =
     [LinearShape::new(64, 256, 128), LinearShape::new(37, 61, 53)];
 
-/// The seed of every benchmark's dropout; the Philox stream is the launch index, so each launch
-/// draws a fresh mask as it would in training.
+/// The seed of every benchmark's dropout; the Philox subsequence is the launch index, so each
+/// launch draws a fresh mask as it would in training.
 pub const BENCH_SEED: u64 = 0x5eed_f00d;
 
 /// `2·m·n·k`: the multiply-adds of the forward product, counted as two operations.
@@ -431,7 +427,7 @@ pub struct Timing {
 
 /// Warms up, sizes a repetition to `effort.rep_time`, and returns the median of
 /// `effort.reps` repetitions. `launch` receives a running launch number (for input rotation
-/// and fresh dropout streams) that keeps counting across the warm-up and every repetition.
+/// and fresh dropout subsequences) that keeps counting across the warm-up and every repetition.
 pub fn measure(
     stream: &Arc<CudaStream>,
     effort: Effort,
@@ -526,16 +522,17 @@ pub fn gpu_info(ctx: &Arc<CudaContext>) -> Result<GpuInfo> {
     })
 }
 
-/// Everything a GPU benchmark needs, opened once: the context, its default stream, a cuBLASLt
-/// handle on that stream and the [`GpuInfo`].
+/// Everything a GPU benchmark needs, opened once: the context, the fused kernels on its default
+/// stream, a cuBLASLt handle on that stream and the [`GpuInfo`].
 #[derive(Debug)]
 pub struct BenchGpu {
     /// The device's context.
     pub ctx: Arc<CudaContext>,
-    /// The stream every benchmark launches on (the context's default stream: one stream, so
-    /// cudarc records no cross-stream events around launches).
-    pub stream: Arc<CudaStream>,
-    /// cuBLASLt on `stream`.
+    /// The fused kernels on the stream every benchmark launches on (`kernels.stream()`, the
+    /// context's default stream: one stream, so cudarc records no cross-stream events around
+    /// launches).
+    pub kernels: LayerKernels,
+    /// cuBLASLt on `kernels.stream()`.
     pub blas: Blas,
     /// Name, driver, L2 size.
     pub info: GpuInfo,
@@ -546,12 +543,12 @@ impl BenchGpu {
     /// no driver or no such GPU, or cuBLASLt cannot be loaded.
     pub fn open(ordinal: usize) -> Result<Self> {
         let ctx = fusedrop::cuda::open_device(ordinal)?;
-        let stream = ctx.default_stream();
-        let blas = Blas::new(&stream)?;
+        let kernels = LayerKernels::new(ctx.default_stream())?;
+        let blas = Blas::new(kernels.stream())?;
         let info = gpu_info(&ctx)?;
         Ok(Self {
             ctx,
-            stream,
+            kernels,
             blas,
             info,
         })
@@ -718,13 +715,13 @@ pub struct Table {
 /// [`Table::failures`] and the run goes on.
 pub fn run_table(options: &TableOptions, progress: &mut dyn FnMut(&Row)) -> Result<Table> {
     let BenchGpu {
-        stream,
+        kernels,
         blas,
         info: gpu,
         ..
     } = BenchGpu::open(options.device)?;
     let effort = options.effort;
-    let copy_gbps = measure_copy(&stream, gpu.l2_bytes, effort)?;
+    let copy_gbps = measure_copy(kernels.stream(), gpu.l2_bytes, effort)?;
     let mut rate_tflops = HashMap::new();
     let mut failures = Vec::new();
     for &dtype in &options.dtypes {
@@ -756,15 +753,15 @@ pub fn run_table(options: &TableOptions, progress: &mut dyn FnMut(&Row)) -> Resu
                 continue;
             }
             let result = match dtype {
-                DType::Bf16 => {
-                    measure_shape::<bf16>(&blas, shape, dtype, options, &mut table, progress)
-                }
-                DType::F16 => {
-                    measure_shape::<f16>(&blas, shape, dtype, options, &mut table, progress)
-                }
-                DType::F32 => {
-                    measure_shape::<f32>(&blas, shape, dtype, options, &mut table, progress)
-                }
+                DType::Bf16 => measure_shape::<bf16>(
+                    &kernels, &blas, shape, dtype, options, &mut table, progress,
+                ),
+                DType::F16 => measure_shape::<f16>(
+                    &kernels, &blas, shape, dtype, options, &mut table, progress,
+                ),
+                DType::F32 => measure_shape::<f32>(
+                    &kernels, &blas, shape, dtype, options, &mut table, progress,
+                ),
             };
             if let Err(e) = result {
                 table
@@ -777,73 +774,57 @@ pub fn run_table(options: &TableOptions, progress: &mut dyn FnMut(&Row)) -> Resu
 }
 
 /// The spec of benchmark launch number `launch`: `activation`, dropout `p`, [`BENCH_SEED`],
-/// Philox stream = `launch` (a fresh mask per launch, as in training).
-pub fn bench_spec(dims: LinearShape, activation: Activation, p: f32, launch: u64) -> LayerSpec {
-    LayerSpec::new(dims, activation, Dropout::new(p, BENCH_SEED, launch))
+/// Philox subsequence = `launch` (a fresh mask per launch, as in training).
+pub fn bench_spec(dims: LinearShape, nonlinearity: Nonlinearity, p: f32, launch: u64) -> LayerSpec {
+    LayerSpec::new(dims, nonlinearity, DropoutSpec::new(p, BENCH_SEED, launch))
 }
 
 /// Our fused forward on one operand set: `y = dropout_p(relu(x·wᵀ + b))`, one launch.
 pub fn fused_forward<T: Element>(
-    stream: &Arc<CudaStream>,
+    kernels: &LayerKernels,
     set: &mut OperandSet<T>,
     dims: LinearShape,
     p: f32,
     launch: u64,
 ) -> Result<()> {
-    fused_forward_with(stream, set, dims, None, Activation::Relu, p, launch)
+    fused_forward_with(kernels, set, dims, None, Nonlinearity::Relu, p, launch)
 }
 
 /// [`fused_forward`] with `activation`, and the configuration the library chooses (`None`) or a
 /// forced one.
 pub fn fused_forward_with<T: Element>(
-    stream: &Arc<CudaStream>,
+    kernels: &LayerKernels,
     set: &mut OperandSet<T>,
     dims: LinearShape,
     config: Option<ForwardConfig>,
-    activation: Activation,
+    nonlinearity: Nonlinearity,
     p: f32,
     launch: u64,
 ) -> Result<()> {
-    let spec = bench_spec(dims, activation, p, launch);
+    let spec = bench_spec(dims, nonlinearity, p, launch);
     let b = set.b.as_view();
-    match config {
-        None => forward(
-            stream,
-            &spec,
-            &set.x,
-            &set.w,
-            Some(&b),
-            &mut set.y,
-            SeedSource::Host,
-        ),
-        Some(config) => forward_with_config(
-            stream,
-            &spec,
-            config,
-            &set.x,
-            &set.w,
-            Some(&b),
-            &mut set.y,
-            SeedSource::Host,
-        ),
-    }
+    let options = ForwardOptions {
+        config,
+        ..ForwardOptions::default()
+    };
+    kernels.forward(&spec, &set.x, &set.w, Some(&b), &mut set.y, options)
 }
 
 /// Our backward on one operand set: dX, dW and db from dY and the saved Y (ReLU, the library's
 /// choice of kernels).
 pub fn fused_backward<T: Element>(
-    stream: &Arc<CudaStream>,
+    kernels: &LayerKernels,
     set: &mut OperandSet<T>,
     dims: LinearShape,
     p: f32,
     launch: u64,
 ) -> Result<()> {
     fused_backward_with(
-        stream,
+        kernels,
         set,
         dims,
         BackwardKernel::Auto,
-        Activation::Relu,
+        Nonlinearity::Relu,
         p,
         launch,
     )
@@ -852,23 +833,22 @@ pub fn fused_backward<T: Element>(
 /// [`fused_backward`] with `activation` (the saved Y is passed for ReLU only: the identity's
 /// backward redraws the mask instead) and the kernel family `kernel`.
 pub fn fused_backward_with<T: Element>(
-    stream: &Arc<CudaStream>,
+    kernels: &LayerKernels,
     set: &mut OperandSet<T>,
     dims: LinearShape,
     kernel: BackwardKernel,
-    activation: Activation,
+    nonlinearity: Nonlinearity,
     p: f32,
     launch: u64,
 ) -> Result<()> {
-    let spec = bench_spec(dims, activation, p, launch);
+    let spec = bench_spec(dims, nonlinearity, p, launch);
     let grads = GradientsMut {
         dx: Some(set.dx.as_view_mut()),
         dw: Some(set.dw.as_view_mut()),
         db: Some(set.db.as_view_mut()),
     };
-    let y_saved = (activation == Activation::Relu).then(|| set.y_saved.as_view());
-    backward(
-        stream,
+    let y_saved = (nonlinearity == Nonlinearity::Relu).then(|| set.y_saved.as_view());
+    kernels.backward(
         &spec,
         &set.x,
         &set.w,
@@ -879,7 +859,6 @@ pub fn fused_backward_with<T: Element>(
             kernel,
             ..BackwardOptions::default()
         },
-        SeedSource::Host,
     )
 }
 
@@ -913,10 +892,10 @@ impl Forced {
     }
 
     /// The activation of the call.
-    pub fn activation(self) -> Activation {
+    pub fn nonlinearity(self) -> Nonlinearity {
         match self {
-            Forced::Identity => Activation::Identity,
-            _ => Activation::Relu,
+            Forced::Identity => Nonlinearity::Identity,
+            _ => Nonlinearity::Relu,
         }
     }
 
@@ -1016,7 +995,7 @@ pub fn forward_variants_given(
 /// [`forward_variants_given`] for element type `T` on the stream's GPU. f32 has no variant
 /// but the identity (one kernel family, nothing to force).
 pub fn forward_variants<T: Element>(
-    stream: &Arc<CudaStream>,
+    kernels: &LayerKernels,
     dims: LinearShape,
 ) -> Result<Vec<Variant>> {
     if !T::NEEDS_SM80 {
@@ -1024,9 +1003,9 @@ pub fn forward_variants<T: Element>(
     }
     Ok(forward_variants_given(
         dims,
-        config_for::<T>(stream, dims)?,
-        choose_config::<T>(dims, sm_count(stream)?),
-        hopper_available::<T>(stream)?,
+        kernels.forward_config_for::<T>(dims),
+        choose_config::<T>(dims, kernels.sm_count()),
+        kernels.hopper_available::<T>(),
     ))
 }
 
@@ -1080,30 +1059,30 @@ pub fn backward_variants_given(dims: LinearShape, hopper: bool, sm_count: usize)
 }
 
 /// [`backward_variants_given`] for element type `T` on the stream's GPU (the Hopper kernels as
-/// [`backward::hopper_available`] says).
+/// [`LayerKernels::hopper_available`] says).
 pub fn backward_variants<T: Element>(
-    stream: &Arc<CudaStream>,
+    kernels: &LayerKernels,
     dims: LinearShape,
 ) -> Result<Vec<Variant>> {
-    let hopper = backward::hopper_available::<T>(stream)?;
-    Ok(backward_variants_given(dims, hopper, sm_count(stream)?))
+    let hopper = kernels.hopper_available::<T>();
+    Ok(backward_variants_given(dims, hopper, kernels.sm_count()))
 }
 
 /// Graphs of fused launches captured for [`measure_graph`]: one per operand set, each reading
-/// its own `[seed, stream]` pair from `seeds`.
+/// its own `[seed, subsequence]` pair from `seeds`.
 struct Graphs {
     graphs: Vec<CudaGraph>,
     // Declared after `graphs`, so dropped after them: the graphs hold its address.
     _seeds: CudaSlice<u64>,
 }
 
-/// Captures on `capture` (a stream that can capture: not the legacy default stream) one graph
-/// per operand set of `ops`: the fused forward (ReLU, dropout `p`), followed by the fused
-/// backward when `with_backward` (reading the forward's Y as its saved Y, as in training). Every
-/// call takes its (seed, stream) from a device buffer ([`SeedSource::Device`]); graph `i` reads
-/// pair `[BENCH_SEED, i]`, so consecutive replays draw different masks.
+/// Captures on `capture` (a stream that can capture: not the legacy default stream) one graph per
+/// operand set of `ops`: the fused forward (ReLU, dropout `p`), followed by the fused backward when
+/// `with_backward` (reading the forward's Y as its saved Y, as in training). Every call takes its
+/// (seed, subsequence) from a device buffer ([`SeedSource::Device`]); graph `i` reads pair
+/// `[BENCH_SEED, i]`, so consecutive replays draw different masks.
 fn capture_graphs<T: Element>(
-    capture: &Arc<CudaStream>,
+    capture: &LayerKernels,
     ops: &mut Operands<T>,
     p: f32,
     with_backward: bool,
@@ -1111,17 +1090,19 @@ fn capture_graphs<T: Element>(
     let dims = ops.shape();
     let count = ops.len();
     let pairs: Vec<u64> = (0..count as u64).flat_map(|i| [BENCH_SEED, i]).collect();
-    let seeds = capture.clone_htod(&pairs)?;
-    // The Dropout's seed and stream are placeholders: the kernels read the pair from `seeds`.
-    let spec = bench_spec(dims, Activation::Relu, p, 0);
+    let seeds = capture.stream().clone_htod(&pairs)?;
+    // The Dropout's seed and subsequence are placeholders: the kernels read the pair from `seeds`.
+    let spec = bench_spec(dims, Nonlinearity::Relu, p, 0);
     let mut graphs = Vec::with_capacity(count);
     for i in 0..count {
         let seed = seeds.slice(2 * i..2 * i + 2);
         let set = ops.set_mut(i as u64);
-        capture.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+        capture
+            .stream()
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
         let queued = queue_graph_step(capture, set, &spec, &seed, with_backward);
         // The capture is ended even when a call failed, so that the stream is usable again.
-        let ended = capture.end_capture(CUgraphInstantiate_flags(0));
+        let ended = capture.stream().end_capture(CUgraphInstantiate_flags(0));
         queued?;
         let graph = ended?.ok_or_else(|| {
             Error::Cuda("the stream capture of the fused launches recorded no graph".into())
@@ -1136,20 +1117,22 @@ fn capture_graphs<T: Element>(
 
 /// The launches one graph of [`capture_graphs`] holds.
 fn queue_graph_step<T: Element>(
-    stream: &Arc<CudaStream>,
+    kernels: &LayerKernels,
     set: &mut OperandSet<T>,
     spec: &LayerSpec,
     seed: &CudaView<'_, u64>,
     with_backward: bool,
 ) -> Result<()> {
-    forward(
-        stream,
+    kernels.forward(
         spec,
         &set.x,
         &set.w,
         Some(&set.b.as_view()),
         &mut set.y,
-        SeedSource::Device(seed),
+        ForwardOptions {
+            seed: SeedSource::Device(seed),
+            ..ForwardOptions::default()
+        },
     )?;
     if !with_backward {
         return Ok(());
@@ -1159,39 +1142,39 @@ fn queue_graph_step<T: Element>(
         dw: Some(set.dw.as_view_mut()),
         db: Some(set.db.as_view_mut()),
     };
-    backward(
-        stream,
+    kernels.backward(
         spec,
         &set.x,
         &set.w,
         &set.dy,
         Some(&set.y.as_view()),
         grads,
-        BackwardOptions::default(),
-        SeedSource::Device(seed),
+        BackwardOptions {
+            seed: SeedSource::Device(seed),
+            ..BackwardOptions::default()
+        },
     )
 }
 
 /// Times the fused forward (and backward, when `with_backward`) replayed from CUDA graphs, one
 /// graph launch per launch number, graphs rotating with the operand sets (issue 15: the launch
-/// overhead beside the plain launches). `stream` is the benchmark's stream, the context's legacy
-/// default stream, on which CUDA cannot capture; the graphs are captured and replayed on the
+/// overhead beside the plain launches). `kernels.stream()` is the benchmark's stream, the context's
+/// legacy default stream, on which CUDA cannot capture; the graphs are captured and replayed on the
 /// context's per-thread default stream, which orders itself after the legacy stream's work and
-/// leaves cudarc in single-stream mode (no events recorded around the other rows' launches).
-/// Every module is loaded first ([`fusedrop::cuda::warm_up`]): loading one during a capture is
-/// an error.
+/// leaves cudarc in single-stream mode (no events recorded around the other rows' launches). The
+/// capture stream shares `kernels`' loaded modules ([`LayerKernels::on_stream`]), so nothing is
+/// loaded during a capture.
 pub fn measure_graph<T: Element>(
-    stream: &Arc<CudaStream>,
+    kernels: &LayerKernels,
     ops: &mut Operands<T>,
     p: f32,
     with_backward: bool,
     effort: Effort,
 ) -> Result<Timing> {
-    warm_up(stream)?;
-    let capture = stream.context().per_thread_stream();
+    let capture = kernels.on_stream(kernels.stream().context().per_thread_stream())?;
     let graphs = capture_graphs(&capture, ops, p, with_backward)?;
     let count = graphs.graphs.len() as u64;
-    measure(&capture, effort, |i| {
+    measure(capture.stream(), effort, |i| {
         Ok(graphs.graphs[(i % count) as usize].launch()?)
     })
 }
@@ -1240,17 +1223,16 @@ impl<'a, T: Element> BaselinePlans<'a, T> {
     /// dropout kernel in place on Y.
     pub fn unfused_forward(
         &self,
-        stream: &Arc<CudaStream>,
+        kernels: &LayerKernels,
         set: &mut OperandSet<T>,
         p: f32,
         launch: u64,
     ) -> Result<()> {
         let plan = plan_ref(&self.relu_bias)?;
         let LinearShape { m, n, .. } = self.dims;
-        let spec = bench_spec(self.dims, Activation::Relu, p, launch);
+        let spec = bench_spec(self.dims, Nonlinearity::Relu, p, launch);
         plan.forward_relu_bias(&set.x, &set.w, &set.b, &mut set.y)?;
-        dropout_in_place(
-            stream,
+        kernels.dropout_in_place(
             &mut set.y,
             m,
             n,
@@ -1272,17 +1254,16 @@ impl<'a, T: Element> BaselinePlans<'a, T> {
     /// [`BaselinePlans::backward_note`]).
     pub fn unfused_backward(
         &self,
-        stream: &Arc<CudaStream>,
+        kernels: &LayerKernels,
         set: &mut OperandSet<T>,
         p: f32,
         launch: u64,
     ) -> Result<()> {
         let data = plan_ref(&self.data)?;
         let LinearShape { m, n, .. } = self.dims;
-        let spec = bench_spec(self.dims, Activation::Relu, p, launch);
-        stream.memcpy_dtod(&set.dy, &mut set.dz)?;
-        dropout_in_place(
-            stream,
+        let spec = bench_spec(self.dims, Nonlinearity::Relu, p, launch);
+        kernels.stream().memcpy_dtod(&set.dy, &mut set.dz)?;
+        kernels.dropout_in_place(
             &mut set.dz,
             m,
             n,
@@ -1351,7 +1332,10 @@ fn summed_variants(forward: &[VariantTime], backward: &[VariantTime]) -> Vec<Var
         .collect()
 }
 
+// The table's state (options, table, progress) plus what one (shape, dtype) measures with.
+#[allow(clippy::too_many_arguments)]
 fn measure_shape<T: Element>(
+    kernels: &LayerKernels,
     blas: &Blas,
     shape: &SuiteShape,
     dtype: DType,
@@ -1386,13 +1370,13 @@ fn measure_shape<T: Element>(
         );
         let mut per_p = Vec::new();
         let mut variants = Vec::new();
-        let forward_variants = forward_variants::<T>(&stream, dims)?;
+        let forward_variants = forward_variants::<T>(kernels, dims)?;
         for &p in &options.probabilities {
             let fused = record(
                 table,
                 format!("forward fused p={p}"),
                 measure(&stream, effort, |i| {
-                    fused_forward(&stream, ops.set_mut(i), dims, p, i)
+                    fused_forward(kernels, ops.set_mut(i), dims, p, i)
                 }),
             );
             for v in forward_variants.iter().filter(|v| v.runs_at(p)) {
@@ -1400,8 +1384,16 @@ fn measure_shape<T: Element>(
                     table,
                     format!("forward {} p={p}", v.name),
                     measure(&stream, effort, |i| {
-                        let (config, activation) = (v.forced.config(), v.forced.activation());
-                        fused_forward_with(&stream, ops.set_mut(i), dims, config, activation, p, i)
+                        let (config, nonlinearity) = (v.forced.config(), v.forced.nonlinearity());
+                        fused_forward_with(
+                            kernels,
+                            ops.set_mut(i),
+                            dims,
+                            config,
+                            nonlinearity,
+                            p,
+                            i,
+                        )
                     }),
                 );
                 if let Some(time_us) = time {
@@ -1417,7 +1409,7 @@ fn measure_shape<T: Element>(
                 let time = record(
                     table,
                     format!("forward {GRAPH_IMPL} p={p}"),
-                    measure_graph(&stream, &mut ops, p, false, effort),
+                    measure_graph(kernels, &mut ops, p, false, effort),
                 );
                 if let Some(time_us) = time {
                     variants.push(VariantTime {
@@ -1432,7 +1424,7 @@ fn measure_shape<T: Element>(
                 table,
                 format!("forward unfused p={p}"),
                 measure(&stream, effort, |i| {
-                    plans.unfused_forward(&stream, ops.set_mut(i), p, i)
+                    plans.unfused_forward(kernels, ops.set_mut(i), p, i)
                 }),
             );
             per_p.push((p, fused, unfused));
@@ -1441,9 +1433,10 @@ fn measure_shape<T: Element>(
             floor,
             per_p,
             variants,
-            chosen: config_for::<T>(&stream, dims)
-                .ok()
-                .map(|c| format!("config {}", c.name())),
+            chosen: Some(format!(
+                "config {}",
+                kernels.forward_config_for::<T>(dims).name()
+            )),
         };
         emit_pass(
             table,
@@ -1464,13 +1457,13 @@ fn measure_shape<T: Element>(
         );
         let mut per_p = Vec::new();
         let mut variants = Vec::new();
-        let backward_variants = backward_variants::<T>(&stream, dims)?;
+        let backward_variants = backward_variants::<T>(kernels, dims)?;
         for &p in &options.probabilities {
             let fused = record(
                 table,
                 format!("backward fused p={p}"),
                 measure(&stream, effort, |i| {
-                    fused_backward(&stream, ops.set_mut(i), dims, p, i)
+                    fused_backward(kernels, ops.set_mut(i), dims, p, i)
                 }),
             );
             for v in backward_variants.iter().filter(|v| v.runs_at(p)) {
@@ -1478,8 +1471,16 @@ fn measure_shape<T: Element>(
                     table,
                     format!("backward {} p={p}", v.name),
                     measure(&stream, effort, |i| {
-                        let (kernel, activation) = (v.forced.kernel(), v.forced.activation());
-                        fused_backward_with(&stream, ops.set_mut(i), dims, kernel, activation, p, i)
+                        let (kernel, nonlinearity) = (v.forced.kernel(), v.forced.nonlinearity());
+                        fused_backward_with(
+                            kernels,
+                            ops.set_mut(i),
+                            dims,
+                            kernel,
+                            nonlinearity,
+                            p,
+                            i,
+                        )
                     }),
                 );
                 if let Some(time_us) = time {
@@ -1495,7 +1496,7 @@ fn measure_shape<T: Element>(
                 table,
                 format!("backward unfused p={p}"),
                 measure(&stream, effort, |i| {
-                    plans.unfused_backward(&stream, ops.set_mut(i), p, i)
+                    plans.unfused_backward(kernels, ops.set_mut(i), p, i)
                 }),
             );
             per_p.push((p, fused, unfused));
@@ -1504,14 +1505,10 @@ fn measure_shape<T: Element>(
             floor,
             per_p,
             variants,
-            chosen: backward::kernels_for::<T>(
-                &stream,
-                dims,
-                Activation::Relu,
-                BackwardKernel::Auto,
-            )
-            .ok()
-            .map(|c| format!("kernels {c}")),
+            chosen: kernels
+                .backward_kernels_for::<T>(dims, Nonlinearity::Relu, BackwardKernel::Auto)
+                .ok()
+                .map(|c| format!("kernels {c}")),
         };
         let note = plans.backward_note();
         emit_pass(table, shape, dtype, "backward", &times, progress, &note);
@@ -1531,7 +1528,7 @@ fn measure_shape<T: Element>(
                 let time = record(
                     table,
                     format!("forward+backward {GRAPH_IMPL} p={p}"),
-                    measure_graph(&stream, &mut ops, p, true, effort),
+                    measure_graph(kernels, &mut ops, p, true, effort),
                 );
                 if let Some(time_us) = time {
                     variants.push(VariantTime {
@@ -2008,11 +2005,11 @@ mod tests {
     fn variants_name_their_rows_and_change_one_thing() {
         let identity = Variant::IDENTITY;
         assert!(!identity.runs_at(0.0) && identity.runs_at(0.1) && identity.runs_at(0.5));
-        assert_eq!(identity.forced.activation(), Activation::Identity);
+        assert_eq!(identity.forced.nonlinearity(), Nonlinearity::Identity);
         assert_eq!(identity.forced.kernel(), BackwardKernel::Auto);
         assert_eq!(identity.forced.config(), None);
         let hopper = Forced::Kernel(BackwardKernel::Hopper);
-        assert_eq!(hopper.activation(), Activation::Relu);
+        assert_eq!(hopper.nonlinearity(), Nonlinearity::Relu);
         assert_eq!(hopper.note(), "forced BackwardKernel::Hopper");
         let mma_sync = Variant {
             name: "fused_mma_sync",

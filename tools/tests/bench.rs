@@ -61,9 +61,9 @@ fn bench_measures_the_variant_and_graph_rows_on_a_gpu_or_exits_3_without_one() {
         ("forward", "fused_graph"),
         ("forward+backward", "fused_graph"),
     ];
-    let stream = ctx.default_stream();
-    let hopper = fusedrop::cuda::backward::hopper_available::<half::bf16>(&stream)
-        .expect("the Hopper backward's availability");
+    let hopper = fusedrop::cuda::LayerKernels::new(ctx.default_stream())
+        .expect("the kernels load on the GPU the bench ran on")
+        .hopper_available::<half::bf16>();
     if hopper {
         // small's dW has 1024 tiles of 128 x 128: Auto takes the Hopper kernels on any H100/H200.
         expected.extend([("backward", "fused_hopper"), ("backward", "fused_mma_sync")]);

@@ -31,25 +31,26 @@ __device__ __forceinline__ uint32_t select_word(const Philox4& p, int s) {
 }
 
 // What drawing a mask bit needs, in as few registers as possible (the main loop's 128
-// accumulators leave little room): the resolved (seed, stream) as Philox key and counter words,
-// and the keep threshold, which fits 32 bits whenever words are drawn at all (0 < p < 1).
+// accumulators leave little room): the resolved (seed, subsequence) as Philox key and counter
+// words, and the keep threshold, which fits 32 bits whenever words are drawn at all (0 < p < 1).
 struct MaskKey {
-    uint32_t seed_lo, seed_hi, stream_lo, stream_hi;
+    uint32_t seed_lo, seed_hi, subsequence_lo, subsequence_hi;
     uint32_t threshold;
 
     __device__ __forceinline__ static MaskKey from(const MaskParams& resolved) {
         MaskKey key;
         key.seed_lo = (uint32_t)resolved.seed;
         key.seed_hi = (uint32_t)(resolved.seed >> 32);
-        key.stream_lo = (uint32_t)resolved.stream;
-        key.stream_hi = (uint32_t)(resolved.stream >> 32);
+        key.subsequence_lo = (uint32_t)resolved.subsequence;
+        key.subsequence_hi = (uint32_t)(resolved.subsequence >> 32);
         key.threshold = (uint32_t)resolved.threshold;
         return key;
     }
 
     // mask_words(mp, q) of mask.cuh.
     __device__ __forceinline__ Philox4 words(uint64_t q) const {
-        const Philox4 counter = {{(uint32_t)q, (uint32_t)(q >> 32), stream_lo, stream_hi}};
+        const Philox4 counter = {
+            {(uint32_t)q, (uint32_t)(q >> 32), subsequence_lo, subsequence_hi}};
         return philox4x32_10(counter, seed_lo, seed_hi);
     }
 

@@ -22,7 +22,7 @@ pub type Launch<'a> = dyn FnMut(u64) -> fusedrop::Result<()> + 'a;
 /// Runs `launch` once and waits, so that a path which cannot run here (no kernel for this GPU,
 /// a shape cuBLASLt refuses) is reported and left out instead of failing inside criterion.
 fn preflight(gpu: &BenchGpu, id: &str, launch: &mut Launch<'_>) -> bool {
-    let result = launch(0).and_then(|()| Ok(gpu.stream.synchronize()?));
+    let result = launch(0).and_then(|()| Ok(gpu.kernels.stream().synchronize()?));
     if let Err(e) = &result {
         println!("{id}: skipped: {e}");
     }
@@ -47,7 +47,7 @@ pub fn gpu_bench(
         b.iter_custom(|iters| {
             let first = next;
             next += iters;
-            time_launches(&gpu.stream, iters, |i| launch(first + i))
+            time_launches(gpu.kernels.stream(), iters, |i| launch(first + i))
                 .unwrap_or_else(|e| panic!("{group_name}/{name} failed after its preflight: {e}"))
         })
     });

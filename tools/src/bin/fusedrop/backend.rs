@@ -1,11 +1,8 @@
 //! Where the demonstration's layers run: the CPU reference or the fused CUDA kernels (f32).
 //! Both take the same [`LayerSpec`], so the model code does not know which one it uses.
 
-use std::sync::Arc;
-
-use fusedrop::{Activation, LayerSpec};
-
-use fusedrop::cuda::cudarc::driver::CudaStream;
+use fusedrop::cuda::LayerKernels;
+use fusedrop::{LayerSpec, Nonlinearity};
 
 /// The gradients of one layer call, on the host.
 pub struct Grads {
@@ -23,8 +20,8 @@ pub enum Backend {
     Cpu,
     /// `fusedrop::cuda` kernels in f32 on a GPU.
     Cuda {
-        /// The stream every launch and copy goes to.
-        stream: Arc<CudaStream>,
+        /// The kernels, on the stream every launch and copy goes to.
+        kernels: LayerKernels,
         /// The GPU's name, for the report.
         name: String,
     },
@@ -65,7 +62,7 @@ impl Backend {
         let ctx = fusedrop::cuda::open_device(0)?;
         let name = ctx.name().unwrap_or_else(|_| "GPU 0".into());
         Ok(Backend::Cuda {
-            stream: ctx.default_stream(),
+            kernels: LayerKernels::new(ctx.default_stream())?,
             name,
         })
     }
@@ -104,7 +101,7 @@ impl Backend {
     ) -> fusedrop::Result<Vec<f32>> {
         match self {
             Backend::Cpu => cpu::forward(spec, x, w, b),
-            Backend::Cuda { stream, .. } => gpu::forward(stream, spec, x, w, b),
+            Backend::Cuda { kernels, .. } => gpu::forward(kernels, spec, x, w, b),
         }
     }
 
@@ -117,10 +114,10 @@ impl Backend {
         dy: &[f32],
         y: &[f32],
     ) -> fusedrop::Result<Grads> {
-        let y_saved = (spec.activation == Activation::Relu).then_some(y);
+        let y_saved = (spec.nonlinearity == Nonlinearity::Relu).then_some(y);
         match self {
             Backend::Cpu => cpu::backward(spec, x, w, dy, y_saved),
-            Backend::Cuda { stream, .. } => gpu::backward(stream, spec, x, w, dy, y_saved),
+            Backend::Cuda { kernels, .. } => gpu::backward(kernels, spec, x, w, dy, y_saved),
         }
     }
 }
@@ -157,40 +154,37 @@ mod cpu {
 /// Each call copies its operands to the GPU, launches, and copies the result back: the model
 /// and the optimiser live on the host, and at the demo's sizes the copies cost little.
 mod gpu {
-    use std::sync::Arc;
-
     use super::Grads;
-    use fusedrop::cuda::backward::{backward as cuda_backward, BackwardOptions, GradientsMut};
-    use fusedrop::cuda::cudarc::driver::CudaStream;
-    use fusedrop::cuda::forward::forward as cuda_forward;
-    use fusedrop::cuda::SeedSource;
+    use fusedrop::cuda::backward::{BackwardOptions, GradientsMut};
+    use fusedrop::cuda::forward::ForwardOptions;
+    use fusedrop::cuda::LayerKernels;
     use fusedrop::LayerSpec;
 
     pub fn forward(
-        stream: &Arc<CudaStream>,
+        kernels: &LayerKernels,
         spec: &LayerSpec,
         x: &[f32],
         w: &[f32],
         b: &[f32],
     ) -> fusedrop::Result<Vec<f32>> {
+        let stream = kernels.stream();
         let x = stream.clone_htod(x)?;
         let w = stream.clone_htod(w)?;
         let b = stream.clone_htod(b)?;
         let mut y = stream.alloc_zeros::<f32>(spec.shape.m * spec.shape.n)?;
-        cuda_forward(
-            stream,
+        kernels.forward(
             spec,
             &x,
             &w,
             Some(&b.as_view()),
             &mut y,
-            SeedSource::Host,
+            ForwardOptions::default(),
         )?;
         Ok(stream.clone_dtoh(&y)?)
     }
 
     pub fn backward(
-        stream: &Arc<CudaStream>,
+        kernels: &LayerKernels,
         spec: &LayerSpec,
         x: &[f32],
         w: &[f32],
@@ -198,6 +192,7 @@ mod gpu {
         y_saved: Option<&[f32]>,
     ) -> fusedrop::Result<Grads> {
         let shape = spec.shape;
+        let stream = kernels.stream();
         let x = stream.clone_htod(x)?;
         let w = stream.clone_htod(w)?;
         let dy = stream.clone_htod(dy)?;
@@ -205,8 +200,7 @@ mod gpu {
         let mut dx = stream.alloc_zeros::<f32>(shape.m * shape.k)?;
         let mut dw = stream.alloc_zeros::<f32>(shape.n * shape.k)?;
         let mut db = stream.alloc_zeros::<f32>(shape.n)?;
-        cuda_backward(
-            stream,
+        kernels.backward(
             spec,
             &x,
             &w,
@@ -218,7 +212,6 @@ mod gpu {
                 db: Some(db.as_view_mut()),
             },
             BackwardOptions::default(),
-            SeedSource::Host,
         )?;
         Ok(Grads {
             dx: stream.clone_dtoh(&dx)?,

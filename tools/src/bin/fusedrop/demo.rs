@@ -194,7 +194,7 @@ fn demo(o: &Options, backend: &Backend) -> Result<(), String> {
         p,
         adam: Adam::new(&initial, o.lr),
         model: initial.clone(),
-        // Both models draw masks from the same (seed, stream) sequence; only p differs.
+        // Both models draw masks from the same (seed, subsequence) sequence; only p differs.
         masks: DropoutGenerator::new(o.seed),
         history: Vec::with_capacity(o.epochs),
     };

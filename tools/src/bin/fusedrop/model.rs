@@ -2,7 +2,7 @@
 //! (`dropout_p(act(X·Wᵀ + b))`) forward and backward, on the CPU reference or the CUDA kernels;
 //! the softmax cross-entropy head and the Adam optimiser run on the host.
 
-use fusedrop::{Activation, Dropout, DropoutGenerator, LayerSpec, LinearShape};
+use fusedrop::{DropoutGenerator, DropoutSpec, LayerSpec, LinearShape, Nonlinearity};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::backend::Backend;
@@ -68,7 +68,7 @@ impl Mlp {
         Mlp { layers }
     }
 
-    /// The layer specs of one pass over `m` rows: ReLU and a fresh dropout stream from `gen`
+    /// The layer specs of one pass over `m` rows: ReLU and a fresh dropout subsequence from `gen`
     /// for every hidden layer, identity and no dropout for the last.
     fn specs(&self, m: usize, dropout: Option<(&mut DropoutGenerator, f32)>) -> Vec<LayerSpec> {
         let last = self.layers.len() - 1;
@@ -79,13 +79,13 @@ impl Mlp {
             .map(|(i, layer)| {
                 let shape = LinearShape::new(m, layer.outputs, layer.inputs);
                 if i == last {
-                    return LayerSpec::new(shape, Activation::Identity, Dropout::NONE);
+                    return LayerSpec::new(shape, Nonlinearity::Identity, DropoutSpec::NONE);
                 }
                 let drop = match dropout.as_mut() {
                     Some((gen, p)) => gen.next(*p),
-                    None => Dropout::NONE,
+                    None => DropoutSpec::NONE,
                 };
-                LayerSpec::new(shape, Activation::Relu, drop)
+                LayerSpec::new(shape, Nonlinearity::Relu, drop)
             })
             .collect()
     }
@@ -118,8 +118,8 @@ impl Mlp {
         })
     }
 
-    /// One optimiser step on the batch `x` (`[labels.len(), inputs]`): forward with dropout `p`
-    /// on the hidden layers (streams from `gen`), backward through the same masks, Adam update.
+    /// One optimiser step on the batch `x` (`[labels.len(), inputs]`): forward with dropout `p` on
+    /// the hidden layers (subsequences from `gen`), backward through the same masks, Adam update.
     /// Returns the batch's mean loss (under dropout).
     pub fn train_step(
         &mut self,

@@ -7,15 +7,13 @@
 //! dtype's `Element::REL_L2_TOLERANCE`. Outputs are poisoned with NaN before every launch, so an
 //! element a kernel forgets to write fails the check.
 
-use std::sync::Arc;
-
 use clap::Args;
-use fusedrop::cuda::backward::{self, backward, BackwardKernel, BackwardOptions, GradientsMut};
-use fusedrop::cuda::cudarc::driver::{CudaSlice, CudaStream};
-use fusedrop::cuda::forward::{self, forward_with_config, ForwardConfig};
-use fusedrop::cuda::{self, SeedSource};
+use fusedrop::cuda::backward::{BackwardKernel, BackwardOptions, GradientsMut};
+use fusedrop::cuda::cudarc::driver::CudaSlice;
+use fusedrop::cuda::forward::{ForwardConfig, ForwardOptions};
+use fusedrop::cuda::{self, LayerKernels, SeedSource};
 use fusedrop::reference::{self, relative_l2_error};
-use fusedrop::{mask, Activation, Dropout, Element, Error, Geometry, LayerSpec, LinearShape};
+use fusedrop::{mask, DropoutSpec, Element, Error, Geometry, LayerSpec, LinearShape, Nonlinearity};
 use half::{bf16, f16};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -75,12 +73,20 @@ pub fn run(options: &Options) -> i32 {
             "full"
         }
     );
-    let stream = ctx.default_stream();
+    let kernels = match LayerKernels::new(ctx.default_stream()) {
+        Ok(kernels) => kernels,
+        Err(e) => {
+            println!(
+                "fusedrop selftest: the kernels could not be loaded, nothing was checked: {e}"
+            );
+            return 1;
+        }
+    };
     let cases = cases(options.quick, options.sanitize, options.seed);
     let mut outcomes = Vec::new();
-    run_dtype::<f32>(&stream, &cases, &mut outcomes);
-    run_dtype::<f16>(&stream, &cases, &mut outcomes);
-    run_dtype::<bf16>(&stream, &cases, &mut outcomes);
+    run_dtype::<f32>(&kernels, &cases, &mut outcomes);
+    run_dtype::<f16>(&kernels, &cases, &mut outcomes);
+    run_dtype::<bf16>(&kernels, &cases, &mut outcomes);
     report(&outcomes, options.verbose)
 }
 
@@ -95,9 +101,9 @@ struct Case {
 impl Case {
     fn describe(&self) -> String {
         let LinearShape { m, n, k } = self.spec.shape;
-        let act = match self.spec.activation {
-            Activation::Relu => "relu",
-            Activation::Identity => "identity",
+        let act = match self.spec.nonlinearity {
+            Nonlinearity::Relu => "relu",
+            Nonlinearity::Identity => "identity",
         };
         let mut text = format!(
             "m={m} n={n} k={k} p={} {act}{}",
@@ -156,13 +162,13 @@ fn cases(quick: bool, sanitize: bool, seed: u64) -> Vec<Case> {
     let mut cases = Vec::new();
     for (i, &(m, n, k)) in shapes.iter().enumerate() {
         for (j, &p) in probabilities.iter().enumerate() {
-            let activation = if (i + j) % 2 == 0 {
-                Activation::Relu
+            let nonlinearity = if (i + j) % 2 == 0 {
+                Nonlinearity::Relu
             } else {
-                Activation::Identity
+                Nonlinearity::Identity
             };
-            let dropout = Dropout::new(p, seed.wrapping_add(i as u64), 100 + j as u64);
-            let mut spec = LayerSpec::new(LinearShape::new(m, n, k), activation, dropout);
+            let dropout = DropoutSpec::new(p, seed.wrapping_add(i as u64), 100 + j as u64);
+            let mut spec = LayerSpec::new(LinearShape::new(m, n, k), nonlinearity, dropout);
             if j == 2 && i % 2 == 1 {
                 spec = spec.with_geometry(Geometry {
                     row_offset: 3,
@@ -255,7 +261,7 @@ fn judge(
     }
 }
 
-fn run_dtype<T: Element>(stream: &Arc<CudaStream>, cases: &[Case], out: &mut Vec<Outcome>) {
+fn run_dtype<T: Element>(kernels: &LayerKernels, cases: &[Case], out: &mut Vec<Outcome>) {
     for (index, case) in cases.iter().enumerate() {
         let mut rng = StdRng::seed_from_u64(case.spec.dropout.seed ^ ((index as u64) << 20));
         let inputs = Inputs::<T>::new(case, &mut rng);
@@ -265,16 +271,14 @@ fn run_dtype<T: Element>(stream: &Arc<CudaStream>, cases: &[Case], out: &mut Vec
             "dropout".into(),
             case,
             0.0,
-            check_dropout(stream, case, &inputs),
+            check_dropout(kernels, case, &inputs),
         ));
         match reference::forward_f64(&case.spec, &inputs.x, &inputs.w, inputs.b()) {
             Ok(want) => {
                 let mut configs = ForwardConfig::all_for::<T>().to_vec();
                 // The Hopper kernel where it can run: compute capability 9.0, k a multiple of 8
                 // (the selftest's buffers are whole allocations, so 16-byte aligned).
-                if case.spec.shape.k % 8 == 0
-                    && forward::hopper_available::<T>(stream).unwrap_or(false)
-                {
+                if case.spec.shape.k % 8 == 0 && kernels.hopper_available::<T>() {
                     let k = case.spec.shape.k;
                     configs.extend(ForwardConfig::HOPPER.into_iter().filter(|c| k >= c.min_k()));
                 }
@@ -285,7 +289,7 @@ fn run_dtype<T: Element>(stream: &Arc<CudaStream>, cases: &[Case], out: &mut Vec
                         config.name().into(),
                         case,
                         T::REL_L2_TOLERANCE,
-                        check_forward(stream, case, &inputs, config, &want),
+                        check_forward(kernels, case, &inputs, config, &want),
                     ));
                 }
             }
@@ -300,29 +304,25 @@ fn run_dtype<T: Element>(stream: &Arc<CudaStream>, cases: &[Case], out: &mut Vec
         }
         // Every backward kernel family that can run the case: Auto, and each one forced.
         let LinearShape { m, n, k } = case.spec.shape;
-        let mut kernels = vec![
+        let mut families = vec![
             ("auto", BackwardKernel::Auto),
             ("simt", BackwardKernel::Simt),
         ];
         if T::NEEDS_SM80 {
-            kernels.push(("tensor_core", BackwardKernel::TensorCore));
+            families.push(("tensor_core", BackwardKernel::TensorCore));
             // The selftest's buffers are whole allocations, so 16-byte aligned.
-            if m > 0
-                && n % 8 == 0
-                && k % 8 == 0
-                && backward::hopper_available::<T>(stream).unwrap_or(false)
-            {
-                kernels.push(("hopper", BackwardKernel::Hopper));
+            if m > 0 && n % 8 == 0 && k % 8 == 0 && kernels.hopper_available::<T>() {
+                families.push(("hopper", BackwardKernel::Hopper));
             }
         }
-        for (name, kernel) in kernels {
+        for (name, kernel) in families {
             out.push(judge(
                 "backward",
                 T::NAME,
                 name.into(),
                 case,
                 T::REL_L2_TOLERANCE,
-                check_backward(stream, case, &inputs, kernel),
+                check_backward(kernels, case, &inputs, kernel),
             ));
         }
     }
@@ -362,8 +362,10 @@ fn random<T: Element>(len: usize, rng: &mut StdRng) -> Vec<T> {
         .collect()
 }
 
-fn poisoned<T: Element>(stream: &Arc<CudaStream>, len: usize) -> fusedrop::Result<CudaSlice<T>> {
-    Ok(stream.clone_htod(&vec![T::from_f64(f64::NAN); len])?)
+fn poisoned<T: Element>(kernels: &LayerKernels, len: usize) -> fusedrop::Result<CudaSlice<T>> {
+    Ok(kernels
+        .stream()
+        .clone_htod(&vec![T::from_f64(f64::NAN); len])?)
 }
 
 fn to_f64<T: Element>(v: &[T]) -> Vec<f64> {
@@ -378,7 +380,7 @@ fn mask_errors(spec: &LayerSpec, y: &[f64]) -> usize {
     for r in 0..m {
         for c in 0..n {
             let index = spec.geometry.linear_index(n, r, c);
-            if !mask::keep(d.seed, d.stream, d.p, index) && y[r * n + c] != 0.0 {
+            if !mask::keep(d.seed, d.subsequence, d.p, index) && y[r * n + c] != 0.0 {
                 errors += 1;
             }
         }
@@ -388,7 +390,7 @@ fn mask_errors(spec: &LayerSpec, y: &[f64]) -> usize {
 
 /// The standalone dropout kernel on the case's dY (`[m, n]`): bit for bit.
 fn check_dropout<T: Element>(
-    stream: &Arc<CudaStream>,
+    kernels: &LayerKernels,
     case: &Case,
     inputs: &Inputs<T>,
 ) -> fusedrop::Result<Measured> {
@@ -396,9 +398,8 @@ fn check_dropout<T: Element>(
     let host = &inputs.dy;
     let mut want = host.clone();
     reference::dropout_in_place(&mut want, m, n, &case.spec.dropout, &case.spec.geometry);
-    let mut device = stream.clone_htod(host)?;
-    cuda::dropout::dropout_in_place(
-        stream,
+    let mut device = kernels.stream().clone_htod(host)?;
+    kernels.dropout_in_place(
         &mut device,
         m,
         n,
@@ -406,7 +407,7 @@ fn check_dropout<T: Element>(
         &case.spec.geometry,
         SeedSource::Host,
     )?;
-    let got = stream.clone_dtoh(&device)?;
+    let got = kernels.stream().clone_dtoh(&device)?;
     let differ = got
         .iter()
         .zip(&want)
@@ -424,28 +425,32 @@ fn check_dropout<T: Element>(
 }
 
 fn check_forward<T: Element>(
-    stream: &Arc<CudaStream>,
+    kernels: &LayerKernels,
     case: &Case,
     inputs: &Inputs<T>,
     config: ForwardConfig,
     want: &[f64],
 ) -> fusedrop::Result<Measured> {
     let spec = &case.spec;
-    let x = stream.clone_htod(&inputs.x)?;
-    let w = stream.clone_htod(&inputs.w)?;
-    let b = inputs.b().map(|b| stream.clone_htod(b)).transpose()?;
-    let mut y = poisoned::<T>(stream, spec.shape.m * spec.shape.n)?;
-    forward_with_config(
-        stream,
+    let x = kernels.stream().clone_htod(&inputs.x)?;
+    let w = kernels.stream().clone_htod(&inputs.w)?;
+    let b = inputs
+        .b()
+        .map(|b| kernels.stream().clone_htod(b))
+        .transpose()?;
+    let mut y = poisoned::<T>(kernels, spec.shape.m * spec.shape.n)?;
+    kernels.forward(
         spec,
-        config,
         &x,
         &w,
         b.as_ref().map(|b| b.as_view()).as_ref(),
         &mut y,
-        SeedSource::Host,
+        ForwardOptions {
+            config: Some(config),
+            ..ForwardOptions::default()
+        },
     )?;
-    let got = to_f64(&stream.clone_dtoh(&y)?);
+    let got = to_f64(&kernels.stream().clone_dtoh(&y)?);
     Ok(Measured {
         error: Some(relative_l2_error(&got, want)),
         mask_errors: mask_errors(spec, &got),
@@ -454,7 +459,7 @@ fn check_forward<T: Element>(
 }
 
 fn check_backward<T: Element>(
-    stream: &Arc<CudaStream>,
+    kernels: &LayerKernels,
     case: &Case,
     inputs: &Inputs<T>,
     kernel: BackwardKernel,
@@ -462,9 +467,9 @@ fn check_backward<T: Element>(
     let spec = &case.spec;
     let LinearShape { m, n, k } = spec.shape;
     // ReLU's backward reads the forward output; both sides get the reference's, rounded to T.
-    let y_saved = match spec.activation {
-        Activation::Relu => Some(reference::forward(spec, &inputs.x, &inputs.w, inputs.b())?),
-        Activation::Identity => None,
+    let y_saved = match spec.nonlinearity {
+        Nonlinearity::Relu => Some(reference::forward(spec, &inputs.x, &inputs.w, inputs.b())?),
+        Nonlinearity::Identity => None,
     };
     let mut want =
         reference::backward_f64(spec, &inputs.x, &inputs.w, &inputs.dy, y_saved.as_deref())?;
@@ -495,15 +500,17 @@ fn check_backward<T: Element>(
         }
     }
 
-    let x = stream.clone_htod(&inputs.x)?;
-    let w = stream.clone_htod(&inputs.w)?;
-    let dy = stream.clone_htod(&inputs.dy)?;
-    let y = y_saved.as_ref().map(|y| stream.clone_htod(y)).transpose()?;
-    let mut dx = stream.clone_htod(&dx0)?;
-    let mut dw = stream.clone_htod(&dw0)?;
-    let mut db = stream.clone_htod(&db0)?;
-    backward(
-        stream,
+    let x = kernels.stream().clone_htod(&inputs.x)?;
+    let w = kernels.stream().clone_htod(&inputs.w)?;
+    let dy = kernels.stream().clone_htod(&inputs.dy)?;
+    let y = y_saved
+        .as_ref()
+        .map(|y| kernels.stream().clone_htod(y))
+        .transpose()?;
+    let mut dx = kernels.stream().clone_htod(&dx0)?;
+    let mut dw = kernels.stream().clone_htod(&dw0)?;
+    let mut db = kernels.stream().clone_htod(&db0)?;
+    kernels.backward(
         spec,
         &x,
         &w,
@@ -517,21 +524,21 @@ fn check_backward<T: Element>(
         BackwardOptions {
             accumulate: case.accumulate,
             kernel,
+            ..BackwardOptions::default()
         },
-        SeedSource::Host,
     )?;
     let errors = [
         (
             "dX",
-            relative_l2_error(&to_f64(&stream.clone_dtoh(&dx)?), &want.dx),
+            relative_l2_error(&to_f64(&kernels.stream().clone_dtoh(&dx)?), &want.dx),
         ),
         (
             "dW",
-            relative_l2_error(&to_f64(&stream.clone_dtoh(&dw)?), &want.dw),
+            relative_l2_error(&to_f64(&kernels.stream().clone_dtoh(&dw)?), &want.dw),
         ),
         (
             "db",
-            relative_l2_error(&to_f64(&stream.clone_dtoh(&db)?), &want.db),
+            relative_l2_error(&to_f64(&kernels.stream().clone_dtoh(&db)?), &want.db),
         ),
     ];
     let worst = errors.iter().map(|e| e.1).fold(0.0, f64::max);
