@@ -9,7 +9,8 @@
 //!   lists 90): the warp-specialised wgmma/TMA kernel, persistent (one block per
 //!   multiprocessor), [`choose_hopper_config`];
 //! - other f16 and bf16 calls on compute capability 8.0 and newer: the mma.sync kernel,
-//!   [`choose_config`];
+//!   [`choose_config`] (each configuration's variant for 16-byte aligned X and W with `k` a
+//!   multiple of 8 when they are, the one for any operands otherwise);
 //! - f32 on any GPU: the true-fp32 SIMT kernel, [`choose_config`].
 //!
 //! [`config_for`] says which configuration a call takes; [`forward_with_config`] forces one.
@@ -549,7 +550,18 @@ fn launch<T: Element>(
         None => choose_for_call::<T>(stream, shape, operands_fit)?,
     };
     let launch_config = config.launch_config(shape, sm_count(stream)?)?;
-    let name = format!("fusedrop_forward_{}_{}", config.name(), T::NAME);
+    // An mma.sync config has a second kernel for X and W that start 16-byte aligned with k a
+    // multiple of 8: alignment decided here, its main loop has no element-load path.
+    let aligned = config.uses_tensor_cores()
+        && !config.is_hopper()
+        && x_ptr % 16 == 0
+        && w_ptr % 16 == 0
+        && shape.k % 8 == 0;
+    let name = if aligned {
+        format!("fusedrop_forward_{}_aligned_{}", config.name(), T::NAME)
+    } else {
+        format!("fusedrop_forward_{}_{}", config.name(), T::NAME)
+    };
     let function = kernel(stream, config.module(), &name)?;
     if config.smem_bytes() > DEFAULT_SMEM_LIMIT {
         with_state(stream, |state| {
