@@ -69,8 +69,20 @@ pub const BACKWARD_WG128X128: LaunchNumbers = numbers("backward_wg128x128", 128,
 /// kernels/backward_sm90.cu, `Wg128x256`.
 pub const BACKWARD_WG128X256: LaunchNumbers = numbers("backward_wg128x256", 128, 256, 384, 197_680);
 
+/// kernels/forward_tc_sweep.cu: the tuning variants of the mma.sync forward that `fusedrop sweep`
+/// times (tile, k slice BK, sets of warp fragments), in the order it prints them.
+pub const FORWARD_SWEEP: [LaunchNumbers; 7] = [
+    numbers("forward_sweep_tc128x128_bk32_f1", 128, 128, 128, 65_536),
+    numbers("forward_sweep_tc128x128_bk32_f2", 128, 128, 128, 65_536),
+    numbers("forward_sweep_tc128x128_bk64_f1", 128, 128, 128, 131_072),
+    numbers("forward_sweep_tc128x128_bk64_f2", 128, 128, 128, 131_072),
+    numbers("forward_sweep_tc128x256_bk32_f1", 128, 256, 256, 98_304),
+    numbers("forward_sweep_tc128x256_bk64_f1", 128, 256, 256, 147_456),
+    numbers("forward_sweep_tc128x256_bk64_f2", 128, 256, 256, 147_456),
+];
+
 /// Every configuration, for build.rs.
-pub const ALL: [LaunchNumbers; 15] = [
+pub const ALL: [LaunchNumbers; 22] = [
     FORWARD_TC128X256,
     FORWARD_TC128X128,
     FORWARD_TC64X128,
@@ -86,6 +98,13 @@ pub const ALL: [LaunchNumbers; 15] = [
     BACKWARD_TC64X64,
     BACKWARD_WG128X128,
     BACKWARD_WG128X256,
+    FORWARD_SWEEP[0],
+    FORWARD_SWEEP[1],
+    FORWARD_SWEEP[2],
+    FORWARD_SWEEP[3],
+    FORWARD_SWEEP[4],
+    FORWARD_SWEEP[5],
+    FORWARD_SWEEP[6],
 ];
 
 /// Grid-stride cap of every backward kernel (`kMaxBlocks`).

@@ -50,6 +50,19 @@ void run_forward_dispatch(const Request& req,
     }
 }
 
+// A kernel for aligned operands only (forward_tc_sweep.cu): refuses any other request, as its
+// callers must.
+template <class Config, typename T>
+void run_forward_aligned(const Request& req,
+                         void (*kernel)(const T*, const T*, const T*, T*, long long, long long,
+                                        long long, int, fusedrop::MaskParams),
+                         const char* name) {
+    if (!operands_aligned<T>(req)) {
+        die(req.dir + ": " + name + " takes X and W 16-byte aligned with k a multiple of 8 only");
+    }
+    run_forward<Config, T>(req, kernel, name);
+}
+
 }  // namespace harness
 
 // Registers fusedrop_forward_<NAME>_<SUFFIX> with config CONFIG and element type T.
@@ -68,4 +81,12 @@ void run_forward_dispatch(const Request& req,
             harness::run_forward_dispatch<CONFIG, T>(                                        \
                 q, fusedrop_forward_##NAME##_##SUFFIX, fusedrop_forward_##NAME##_aligned_##SUFFIX, \
                 "fusedrop_forward_" #NAME "_" #SUFFIX);                                      \
+        };
+
+// Registers fusedrop_forward_<NAME>_<SUFFIX>, a kernel for aligned operands only.
+#define HARNESS_FORWARD_ALIGNED(CONFIG, NAME, SUFFIX, T)                                     \
+    harness::registry()["fusedrop_forward_" #NAME "_" #SUFFIX] =                             \
+        [](const harness::Request& q) {                                                      \
+            harness::run_forward_aligned<CONFIG, T>(q, fusedrop_forward_##NAME##_##SUFFIX,   \
+                                                    "fusedrop_forward_" #NAME "_" #SUFFIX);  \
         };
