@@ -47,8 +47,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute_enum};
-use cudarc::driver::{CudaStream, CudaView, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaFunction, CudaStream, CudaView, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+};
 
+use crate::cuda::launch_table::LaunchNumbers;
 use crate::cuda::tensor_map;
 use crate::cuda::{
     check_seed_source, compute_capability, kernel, launch_table, module_built,
@@ -235,25 +238,37 @@ impl ForwardConfig {
                 shared_mem_bytes: self.smem_bytes(),
             });
         }
-        let n_tiles = (shape.n as u64).div_ceil(self.block_n() as u64);
-        let m_tiles = (shape.m as u64).div_ceil(self.block_m() as u64);
-        let grid_x = u32::try_from(n_tiles)
-            .ok()
-            .filter(|&x| x <= i32::MAX as u32)
-            .ok_or_else(|| {
-                invalid!(
-                    "n = {} needs {n_tiles} column tiles of {}; expected at most 2^31-1 (the \
-                     CUDA grid limit)",
-                    shape.n,
-                    self.block_n()
-                )
-            })?;
-        Ok(LaunchConfig {
-            grid_dim: (grid_x, m_tiles.clamp(1, 65_535) as u32, 1),
-            block_dim: (self.threads(), 1, 1),
-            shared_mem_bytes: self.smem_bytes(),
-        })
+        let (block_m, block_n, threads, smem_bytes) = self.numbers();
+        folded_launch(shape, block_m, block_n, threads, smem_bytes)
     }
+}
+
+/// The folded grid of the mma.sync and SIMT kernels (kernels/gemm/tile_scheduler.cuh): (ceil(n /
+/// block_n), min(ceil(m / block_m), 65535), 1).
+fn folded_launch(
+    shape: LinearShape,
+    block_m: u32,
+    block_n: u32,
+    threads: u32,
+    smem_bytes: u32,
+) -> Result<LaunchConfig> {
+    let n_tiles = (shape.n as u64).div_ceil(u64::from(block_n));
+    let m_tiles = (shape.m as u64).div_ceil(u64::from(block_m));
+    let grid_x = u32::try_from(n_tiles)
+        .ok()
+        .filter(|&x| x <= i32::MAX as u32)
+        .ok_or_else(|| {
+            invalid!(
+                "n = {} needs {n_tiles} column tiles of {block_n}; expected at most 2^31-1 (the \
+                 CUDA grid limit)",
+                shape.n
+            )
+        })?;
+    Ok(LaunchConfig {
+        grid_dim: (grid_x, m_tiles.clamp(1, 65_535) as u32, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: smem_bytes,
+    })
 }
 
 /// At or below this many input features, the half-type heuristic starts from the 64 x 64 tile.
@@ -563,25 +578,7 @@ fn launch<T: Element>(
         format!("fusedrop_forward_{}_{}", config.name(), T::NAME)
     };
     let function = kernel(stream, config.module(), &name)?;
-    if config.smem_bytes() > DEFAULT_SMEM_LIMIT {
-        with_state(stream, |state| {
-            if !state.opted_in.contains(&name) {
-                function
-                    .set_attribute(
-                        CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        config.smem_bytes() as i32,
-                    )
-                    .map_err(|e| {
-                        Error::Cuda(format!(
-                            "{name}: raising the dynamic shared memory limit to {} bytes: {e}",
-                            config.smem_bytes()
-                        ))
-                    })?;
-                state.opted_in.insert(name.clone());
-            }
-            Ok(())
-        })?;
-    }
+    allow_smem(stream, &function, &name, config.smem_bytes())?;
 
     let mut params = MaskParams::new(&spec.dropout, &spec.geometry, shape.n);
     let (m_arg, n_arg, k_arg) = (shape.m as i64, shape.n as i64, shape.k as i64);
@@ -626,6 +623,127 @@ fn launch<T: Element>(
     // given) two u64, all checked above; the grid follows the kernel's documented rule and its
     // shared memory is within the limit set for the function. Every buffer stays borrowed until
     // its guard drops after the launch is queued.
+    unsafe { builder.launch(launch_config) }?;
+    Ok(())
+}
+
+/// Raises the dynamic shared memory limit of kernel `name` to `bytes` (once per context) when it
+/// is above the default.
+fn allow_smem(
+    stream: &Arc<CudaStream>,
+    function: &CudaFunction,
+    name: &str,
+    bytes: u32,
+) -> Result<()> {
+    if bytes <= DEFAULT_SMEM_LIMIT {
+        return Ok(());
+    }
+    with_state(stream, |state| {
+        if !state.opted_in.contains(name) {
+            function
+                .set_attribute(
+                    CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    bytes as i32,
+                )
+                .map_err(|e| {
+                    Error::Cuda(format!(
+                        "{name}: raising the dynamic shared memory limit to {bytes} bytes: {e}"
+                    ))
+                })?;
+            state.opted_in.insert(name.to_string());
+        }
+        Ok(())
+    })
+}
+
+/// Queues the forward through `variant`, one of the tuning variants of the mma.sync kernel
+/// ([`launch_table::FORWARD_SWEEP`], kernels/forward_tc_sweep.cu), for `fusedrop sweep`: as
+/// [`forward`] with [`SeedSource::Host`], for f16 and bf16 on compute capability 8.0 and newer,
+/// with X and W that start 16-byte aligned and `k` a multiple of 8 (the variants have no
+/// element-load path), and the variant's shared memory within the GPU's limit. Each unmet
+/// condition is an error that says which.
+pub fn forward_sweep_variant<T: Element>(
+    stream: &Arc<CudaStream>,
+    spec: &LayerSpec,
+    variant: &LaunchNumbers,
+    x: &impl DevicePtr<T>,
+    w: &impl DevicePtr<T>,
+    b: Option<&CudaView<'_, T>>,
+    y: &mut impl DevicePtrMut<T>,
+) -> Result<()> {
+    if !launch_table::FORWARD_SWEEP.contains(variant) {
+        let names: Vec<&str> = launch_table::FORWARD_SWEEP.iter().map(|v| v.name).collect();
+        return Err(invalid!(
+            "{} is not a sweep variant; expected one of {names:?}",
+            variant.name
+        ));
+    }
+    if !T::NEEDS_SM80 {
+        return Err(invalid!(
+            "the sweep variants are compiled for f16 and bf16; got {}",
+            T::NAME
+        ));
+    }
+    let shape = spec.shape;
+    let lens = ForwardLens {
+        x: x.len(),
+        w: w.len(),
+        b: b.map(|b| b.len()),
+        y: y.len(),
+    };
+    if !validate::check_forward(shape, spec.dropout.p, &spec.geometry, lens)? {
+        return Ok(());
+    }
+    require_compute_capability(stream, (8, 0), "the mma.sync sweep variants")?;
+    let (x_ptr, _x_guard) = x.device_ptr(stream);
+    let (w_ptr, _w_guard) = w.device_ptr(stream);
+    if x_ptr % 16 != 0 || w_ptr % 16 != 0 || shape.k % 8 != 0 {
+        return Err(invalid!(
+            "sweep variant {} takes X and W that start 16-byte aligned and k a multiple of 8; \
+             got x at {x_ptr:#x}, w at {w_ptr:#x}, k = {}",
+            variant.name,
+            shape.k
+        ));
+    }
+    let name = format!("fusedrop_{}_{}", variant.name, T::NAME);
+    let function = kernel(stream, "forward_tc_sweep", &name)?;
+    allow_smem(stream, &function, &name, variant.smem_bytes)?;
+    let launch_config = folded_launch(
+        shape,
+        variant.block_m,
+        variant.block_n,
+        variant.threads,
+        variant.smem_bytes,
+    )?;
+    let params = MaskParams::new(&spec.dropout, &spec.geometry, shape.n);
+    let (m_arg, n_arg, k_arg) = (shape.m as i64, shape.n as i64, shape.k as i64);
+    let relu = i32::from(spec.activation == Activation::Relu);
+    let (b_ptr, _b_guard) = match b {
+        Some(view) => {
+            let (ptr, guard) = view.device_ptr(stream);
+            (ptr, Some(guard))
+        }
+        None => (0, None),
+    };
+    let (y_ptr, _y_guard) = y.device_ptr_mut(stream);
+    let mut builder = stream.launch_builder(&function);
+    builder
+        .arg(&x_ptr)
+        .arg(&w_ptr)
+        .arg(&b_ptr)
+        .arg(&y_ptr)
+        .arg(&m_arg)
+        .arg(&n_arg)
+        .arg(&k_arg)
+        .arg(&relu)
+        .arg(&params);
+    // SAFETY: the kernel's signature is (const T* x, const T* w, const T* b, T* y, long long m,
+    // long long n, long long k, int relu, MaskParams mp), matched argument for argument above
+    // (kernels/forward_tc.cuh, FUSEDROP_FORWARD_TC). x holds m*k, w n*k, b (when non-null) n and
+    // y m*n elements of T (checked above), x and w are 16-byte aligned with k a multiple of 8 as
+    // the variant requires; the grid follows the kernels' folded-grid rule and the shared memory
+    // is within the limit set for the function. Every buffer stays borrowed until its guard
+    // drops after the launch is queued.
     unsafe { builder.launch(launch_config) }?;
     Ok(())
 }
