@@ -30,7 +30,7 @@ use crate::bench::{
 };
 
 /// Exit code: a variant's output differs from the production kernel's, or a launch failed.
-pub const EXIT_MISMATCH: i32 = 1;
+pub const EXIT_FAILED: i32 = 1;
 /// Exit code: nothing could be measured, for want of a GPU, driver or the sweep's kernels.
 pub const EXIT_NO_GPU: i32 = 3;
 
@@ -99,12 +99,15 @@ pub fn run(options: &Options) -> i32 {
             e
             @ (Error::DriverUnavailable(_) | Error::KernelsNotBuilt | Error::UnsupportedDevice(_)),
         ) => {
-            eprintln!("fusedrop sweep: needs a GPU of compute capability 8.0 or newer and the kernels of kernels/forward_tc_sweep.cu; nothing was measured: {e}");
+            eprintln!(
+                "fusedrop sweep: needs a GPU of compute capability 8.0 or newer and the kernels \
+                 of kernels/forward_tc_sweep.cu; nothing was measured: {e}"
+            );
             return EXIT_NO_GPU;
         }
         Err(e) => {
             eprintln!("fusedrop sweep: failed: {e}");
-            return EXIT_MISMATCH;
+            return EXIT_FAILED;
         }
     };
     println!("{}", format_table(&rows));
@@ -112,7 +115,7 @@ pub fn run(options: &Options) -> i32 {
         .iter()
         .any(|r| matches!(r.outcome, Outcome::Measured { differ, .. } if differ > 0));
     if mismatched {
-        EXIT_MISMATCH
+        EXIT_FAILED
     } else {
         0
     }
@@ -128,7 +131,8 @@ pub fn sweep(options: &Options, progress: &mut dyn FnMut(&SweepRow)) -> Result<V
     let (major, minor) = compute_capability(&stream)?;
     if major < 8 {
         return Err(Error::UnsupportedDevice(format!(
-            "the mma.sync variants need compute capability 8.0 or newer; GPU {} has {major}.{minor}",
+            "the mma.sync variants need compute capability 8.0 or newer; GPU {} has \
+             {major}.{minor}",
             options.device
         )));
     }
@@ -300,7 +304,8 @@ pub fn format_row(row: &SweepRow, production_us: Option<f64>) -> String {
             format!("{head} {time_us:>10.1} {tflops:>8.1} {ratio:>7}  {check}")
         }
         Outcome::DoesNotFit { needs, limit } => format!(
-            "{head} {:>10} {:>8} {:>7}  not run: needs {needs} B of shared memory, the GPU allows {limit} B",
+            "{head} {:>10} {:>8} {:>7}  not run: needs {needs} B of shared memory, the GPU \
+             allows {limit} B",
             "-", "-", "-"
         ),
     }
