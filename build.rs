@@ -188,7 +188,7 @@ fn find_nvcc() -> Option<PathBuf> {
 /// Kernel modules that use sm_80 instructions (mma.sync on f16/bf16, ldmatrix, cp.async) are built
 /// only for the listed architectures; every other module also gets SASS and PTX for sm_75, the
 /// oldest architecture CUDA 13 compiles for, so that f32 and the dropout kernel run on Turing too.
-const SM80_MODULES: &[&str] = &["forward_tc", "backward_tc"];
+const SM80_MODULES: &[&str] = &["forward_tc", "forward_tc_sweep", "backward_tc"];
 const OLDEST_ARCH: u32 = 75;
 /// Kernel modules that use sm_90a instructions (wgmma, setmaxnreg): built as `sm_90a` SASS only.
 const SM90A_MODULES: &[&str] = &["forward_sm90", "backward_sm90"];

@@ -1027,6 +1027,114 @@ fn forward_tc_bf16_matches_reference() {
     check_forward::<bf16>("forward_tc", &FORWARD_TC_CONFIGS, 0xBF16);
 }
 
+/// The tuning variants of kernels/forward_tc_sweep.cu (`fusedrop_forward_sweep_<variant>_<dtype>`)
+/// and the production config of the same tile, whose output each must reproduce bit for bit
+/// (the same mma sequence for every output element).
+const FORWARD_TC_SWEEP_VARIANTS: [(&str, &str); 7] = [
+    ("tc128x128_bk32_f1", "tc128x128"),
+    ("tc128x128_bk32_f2", "tc128x128"),
+    ("tc128x128_bk64_f1", "tc128x128"),
+    ("tc128x128_bk64_f2", "tc128x128"),
+    ("tc128x256_bk32_f1", "tc128x256"),
+    ("tc128x256_bk64_f1", "tc128x256"),
+    ("tc128x256_bk64_f2", "tc128x256"),
+];
+
+/// The forward cases a sweep variant takes (X and W 16-byte aligned, k a multiple of 8, as its
+/// callers guarantee), plus a reduction of many slices (k = 328: 11 slices of 32, 6 of 64, more
+/// than the pipeline has stages, the last one partial) for the fragment prefetch across slices.
+fn forward_sweep_cases(rng: &mut StdRng) -> Vec<ForwardCase> {
+    let mut cases: Vec<ForwardCase> = forward_cases(rng)
+        .into_iter()
+        .filter(|c| c.misalign == 0 && c.shape.k % 8 == 0)
+        .collect();
+    cases.push(ForwardCase {
+        shape: LinearShape::new(37, 45, 328),
+        nonlinearity: Nonlinearity::Relu,
+        bias: true,
+        p: 0.1,
+        geometry: Geometry::UNSHARDED,
+        misalign: 0,
+        grid_y: None,
+        device_seed: false,
+        nonfinite: false,
+        seed_subsequence: None,
+    });
+    cases
+}
+
+/// Every sweep variant against the reference, and bit for bit against the production kernel on
+/// the same inputs, mask and schedule seed.
+fn check_forward_sweep<T: Raw>(seed: u64) {
+    let (Some(sweep), Some(production)) = (driver("forward_tc_sweep"), driver("forward_tc")) else {
+        return;
+    };
+    let mut rng = StdRng::seed_from_u64(seed);
+    let cases = forward_sweep_cases(&mut rng);
+    let mut variants = Vec::new();
+    let mut productions = Vec::new();
+    let mut expected = Vec::new();
+    for (variant, config) in FORWARD_TC_SWEEP_VARIANTS {
+        for case in &cases {
+            let launch_seed = rng.random::<u64>();
+            let (launch, want, spec) = forward_launch::<T>(
+                &format!("fusedrop_forward_sweep_{variant}_{}", T::NAME),
+                case,
+                &mut StdRng::seed_from_u64(launch_seed),
+            );
+            let (same, _, _) = forward_launch::<T>(
+                &format!("fusedrop_forward_{config}_{}", T::NAME),
+                case,
+                &mut StdRng::seed_from_u64(launch_seed),
+            );
+            variants.push(launch);
+            productions.push(same);
+            expected.push((want, spec));
+        }
+    }
+    run(&sweep, &variants);
+    run(&production, &productions);
+    let bits = |y: &[T]| {
+        let mut out = Vec::with_capacity(y.len() * T::BYTES);
+        for &v in y {
+            v.put(&mut out);
+        }
+        out
+    };
+    for ((launch, same), (want, spec)) in variants.iter().zip(&productions).zip(&expected) {
+        let got = launch.output::<T>("y");
+        check_layer_output(
+            &launch.what,
+            &got,
+            want,
+            &spec.dropout,
+            &spec.geometry,
+            spec.shape.n,
+        );
+        let produced = same.output::<T>("y");
+        let differ = bits(&got)
+            .chunks_exact(T::BYTES)
+            .zip(bits(&produced).chunks_exact(T::BYTES))
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(
+            differ, 0,
+            "{}: {differ} elements differ from {} (expected bit-identical outputs)",
+            launch.what, same.what
+        );
+    }
+}
+
+#[test]
+fn forward_tc_sweep_f16_matches_reference_and_production() {
+    check_forward_sweep::<f16>(0x5EE9_0F16);
+}
+
+#[test]
+fn forward_tc_sweep_bf16_matches_reference_and_production() {
+    check_forward_sweep::<bf16>(0x5EE9_0B16);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Backward kernels
 

@@ -11,7 +11,14 @@
 //
 // Global loads: 16-byte cp.async (zero-filled outside the matrix) when the matrix's base is
 // 16-byte aligned and its rows are a multiple of 8 elements; otherwise plain element loads,
-// zero-filled, stored as 16 bytes (slower, but any shape and any alignment work).
+// zero-filled, stored as 16 bytes (slower, but any shape and any alignment work). kAligned = true
+// makes the first a compile-time promise of the caller (the host checked every operand): the
+// kernel then has no element path and no run-time branch between the two.
+//
+// Warp fragments (kFragBuffers): 1 loads the fragments of each k16 step just before its mmas;
+// 2 keeps two sets, loading step s + 1's (the next slice's first, across the slice's barrier)
+// before issuing step s's mmas, so that ldmatrix latency overlaps the tensor cores. The mma
+// sequence, and so every output bit, is the same either way.
 #pragma once
 
 #include <stdint.h>
@@ -42,7 +49,8 @@ __device__ __forceinline__ GlobalMatrix<T> global_matrix(const T* data, long lon
 }
 
 template <typename T, int BM, int BN, int BK, int WM, int WN, int STAGES,
-          Major kMajorA = Major::K, Major kMajorB = Major::K, bool kSideA = false>
+          Major kMajorA = Major::K, Major kMajorB = Major::K, bool kSideA = false,
+          int kFragBuffers = 1, bool kAligned = false>
 struct ThreadblockTc {
     static constexpr int kBlockM = BM;
     static constexpr int kBlockN = BN;
@@ -68,6 +76,9 @@ struct ThreadblockTc {
 
     static_assert(BM % WM == 0 && BN % WN == 0 && BK % 16 == 0, "tiles divide evenly");
     static_assert(STAGES >= 3, "the pipeline keeps at least two slices in flight");
+    static_assert(kFragBuffers == 1 || (kFragBuffers == 2 && BK / 16 % 2 == 0),
+                  "two fragment sets alternate over an even number of k16 steps per slice, so "
+                  "that step s of every slice uses set s % 2");
     static_assert(BM * BK % (8 * kThreads) == 0 && BN * BK % (8 * kThreads) == 0,
                   "every thread copies the same number of 16-byte chunks");
     static_assert(BM % kEpiRows == 0 && kEpiRows % 16 == 0, "passes hold whole m16 tiles");
@@ -90,6 +101,24 @@ struct ThreadblockTc {
         const int col = ((int)threadIdx.x % Tile::kChunksPerRow) * 8;
         const long long gr0 = (Operand::kMajor == Major::K ? mn0 : k0) + first_row;
         const long long gc = (Operand::kMajor == Major::K ? k0 : mn0) + col;
+        if constexpr (kAligned) {
+            // Rows a whole number of chunks: a chunk is in the matrix or out of it. One address
+            // per operand and slice, stepped by kRowStep rows per chunk (no per-chunk 64-bit
+            // multiply); a chunk's row is in the matrix when its offset from the first is below
+            // the rows left.
+            const long long rows_left = src.rows - gr0;
+            const bool in_cols = gc < src.cols;
+            const long long row_step = (long long)kRowStep * src.cols;
+            const T* p = src.data + gr0 * src.cols + gc;
+#pragma unroll
+            for (int i = 0; i < kChunks; ++i) {
+                const bool valid = in_cols && i * kRowStep < rows_left;
+                ptx::cp_async_16(dst + Tile::offset(first_row + i * kRowStep, col),
+                                 valid ? p : src.data, valid);
+                p += row_step;
+            }
+            return;
+        }
         // Elements of the chunk inside the matrix's row: 8, fewer at its end, none past it.
         const long long left = src.cols - gc;
         const int in_row = left >= 8 ? 8 : left > 0 ? (int)left : 0;
@@ -158,9 +187,12 @@ struct ThreadblockTc {
         }
         int read_stage = 0;
         int write_stage = STAGES - 1;
-        for (long long kt = 0; kt < k_tiles; ++kt) {
+        // Starts slice kt: returns its stage once it has landed, is visible to the block and has
+        // been prepared, after refilling the stage of slice kt - 1 with slice kt + STAGES - 1.
+        auto begin_slice = [&](long long kt) -> const T* {
             // Slice kt has landed for this thread; the barrier makes it visible to all and
-            // guarantees every warp is done with the stage about to be overwritten.
+            // guarantees every warp is done with the stage about to be overwritten (every
+            // fragment of slice kt - 1 was loaded before it).
             ptx::cp_async_wait<STAGES - 2>();
             __syncthreads();
             const long long next = kt + STAGES - 1;
@@ -171,14 +203,54 @@ struct ThreadblockTc {
             ptx::cp_async_commit();
             T* stage = smem + read_stage * kStageElems;
             prepare(kt, stage);
-            if (multiply) {
-#pragma unroll
-                for (int k16 = 0; k16 < BK / 16; ++k16) {
-                    warp.step(stage, stage + kOffsetB, warp_m * WM, warp_n * WN, k16 * 16, lane);
-                }
-            }
             read_stage = read_stage + 1 == STAGES ? 0 : read_stage + 1;
             write_stage = write_stage + 1 == STAGES ? 0 : write_stage + 1;
+            return stage;
+        };
+        const int a_first = warp_m * WM;
+        const int b_first = warp_n * WN;
+        constexpr int kSteps = BK / 16;
+        if constexpr (kFragBuffers == 1) {
+            for (long long kt = 0; kt < k_tiles; ++kt) {
+                const T* stage = begin_slice(kt);
+                if (multiply) {
+#pragma unroll
+                    for (int k16 = 0; k16 < kSteps; ++k16) {
+                        typename Warp::Fragments frag;
+                        Warp::load(frag, stage, stage + kOffsetB, a_first, b_first, k16 * 16,
+                                   lane);
+                        warp.mma(frag);
+                    }
+                }
+            }
+        } else {
+            // frag[s % 2] holds step s of the current slice; step kSteps - 1 prefetches step 0 of
+            // the next slice into frag[0] once that slice has begun.
+            typename Warp::Fragments frag[2];
+            const T* stage = nullptr;
+            if (k_tiles > 0) {
+                stage = begin_slice(0);
+                if (multiply) {
+                    Warp::load(frag[0], stage, stage + kOffsetB, a_first, b_first, 0, lane);
+                }
+            }
+            for (long long kt = 0; kt < k_tiles; ++kt) {
+#pragma unroll
+                for (int k16 = 0; k16 < kSteps; ++k16) {
+                    if (k16 + 1 < kSteps) {
+                        if (multiply) {
+                            Warp::load(frag[(k16 + 1) % 2], stage, stage + kOffsetB, a_first,
+                                       b_first, (k16 + 1) * 16, lane);
+                        }
+                    } else if (kt + 1 < k_tiles) {
+                        stage = begin_slice(kt + 1);
+                        if (multiply) {
+                            Warp::load(frag[0], stage, stage + kOffsetB, a_first, b_first, 0, lane);
+                        }
+                    }
+                    if (multiply) warp.mma(frag[k16 % 2]);
+                }
+            }
         }
         ptx::cp_async_wait<0>();
         __syncthreads();

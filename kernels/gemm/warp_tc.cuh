@@ -87,12 +87,16 @@ struct WarpMmaTc {
                 for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.0f;
     }
 
-    // One k16 step over the stage's tiles a and b: a_first / b_first = the warp's first output
-    // row / column, k0 = the step's first reduction index in the tiles.
-    __device__ __forceinline__ void step(const T* a, const T* b, int a_first, int b_first, int k0,
-                                         int lane) {
-        uint32_t af[kMTiles][4];
-        uint32_t bf[kNTiles][2];
+    // The operand fragments of one k16 step: A's of every m16 tile, B's of every n8 tile.
+    struct Fragments {
+        uint32_t a[kMTiles][4];
+        uint32_t b[kNTiles][2];
+    };
+
+    // Loads the fragments of one k16 step from the stage's tiles a and b: a_first / b_first = the
+    // warp's first output row / column, k0 = the step's first reduction index in the tiles.
+    __device__ __forceinline__ static void load(Fragments& f, const T* a, const T* b, int a_first,
+                                                int b_first, int k0, int lane) {
         // Lanes 8j .. 8j + 7 address matrix j; i is the lane's row of it.
         const int j = lane / 8;
         const int i = lane % 8;
@@ -101,8 +105,8 @@ struct WarpMmaTc {
 #pragma unroll
         for (int mt = 0; mt < kMTiles; ++mt) {
             OperandA::ldmatrix_x4(
-                af[mt], a + OperandA::ldmatrix_row(a_first + 16 * mt + 8 * (j % 2),
-                                                   k0 + 8 * (j / 2), i));
+                f.a[mt], a + OperandA::ldmatrix_row(a_first + 16 * mt + 8 * (j % 2),
+                                                    k0 + 8 * (j / 2), i));
         }
         // B, x4 over two n8 tiles: (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7),
         // (n 8-15, k 8-15): b[0..1] of the first tile, then of the second.
@@ -112,16 +116,21 @@ struct WarpMmaTc {
             OperandB::ldmatrix_x4(
                 r, b + OperandB::ldmatrix_row(b_first + 16 * np + 8 * (j / 2), k0 + 8 * (j % 2),
                                               i));
-            bf[2 * np][0] = r[0];
-            bf[2 * np][1] = r[1];
-            bf[2 * np + 1][0] = r[2];
-            bf[2 * np + 1][1] = r[3];
+            f.b[2 * np][0] = r[0];
+            f.b[2 * np][1] = r[1];
+            f.b[2 * np + 1][0] = r[2];
+            f.b[2 * np + 1][1] = r[3];
         }
+    }
+
+    // acc += the product of one k16 step's fragments. Every accumulator takes its k16 steps in
+    // the order the caller gives them, whenever their fragments were loaded.
+    __device__ __forceinline__ void mma(const Fragments& f) {
 #pragma unroll
         for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
             for (int nt = 0; nt < kNTiles; ++nt)
-                ptx::mma_m16n8k16<T>(acc[mt][nt], af[mt], bf[nt], acc[mt][nt]);
+                ptx::mma_m16n8k16<T>(acc[mt][nt], f.a[mt], f.b[nt], acc[mt][nt]);
     }
 };
 

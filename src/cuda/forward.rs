@@ -10,7 +10,8 @@
 //!   multiprocessor), with split-K over thread block clusters when the output has too few tiles
 //!   to fill the GPU, [`choose_hopper_config`];
 //! - other f16 and bf16 calls on compute capability 8.0 and newer: the mma.sync kernel,
-//!   [`choose_config`];
+//!   [`choose_config`] (each configuration's variant for 16-byte aligned X and W with `k` a
+//!   multiple of 8 when they are, the one for any operands otherwise);
 //! - f32 on any GPU: the true-fp32 SIMT kernel, [`choose_config`].
 //!
 //! [`LayerKernels::forward_config_for`] says which configuration a call takes;
@@ -48,6 +49,7 @@
 
 use cudarc::driver::{CudaView, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
+use crate::cuda::launch_table::LaunchNumbers;
 use crate::cuda::tensor_map;
 use crate::cuda::{check_seed_source, launch_table, LayerKernels, MaskParams, SeedSource};
 use crate::element::Element;
@@ -307,25 +309,37 @@ impl ForwardConfig {
                 shared_mem_bytes: self.smem_bytes(),
             });
         }
-        let n_tiles = (shape.n as u64).div_ceil(self.block_n() as u64);
-        let m_tiles = (shape.m as u64).div_ceil(self.block_m() as u64);
-        let grid_x = u32::try_from(n_tiles)
-            .ok()
-            .filter(|&x| x <= i32::MAX as u32)
-            .ok_or_else(|| {
-                invalid!(
-                    "n = {} needs {n_tiles} column tiles of {}; expected at most 2^31-1 (the \
-                     CUDA grid limit)",
-                    shape.n,
-                    self.block_n()
-                )
-            })?;
-        Ok(LaunchConfig {
-            grid_dim: (grid_x, m_tiles.clamp(1, 65_535) as u32, 1),
-            block_dim: (self.threads(), 1, 1),
-            shared_mem_bytes: self.smem_bytes(),
-        })
+        let (block_m, block_n, threads, smem_bytes) = self.numbers();
+        folded_launch(shape, block_m, block_n, threads, smem_bytes)
     }
+}
+
+/// The folded grid of the mma.sync and SIMT kernels (kernels/gemm/tile_scheduler.cuh): (ceil(n /
+/// block_n), min(ceil(m / block_m), 65535), 1).
+fn folded_launch(
+    shape: LinearShape,
+    block_m: u32,
+    block_n: u32,
+    threads: u32,
+    smem_bytes: u32,
+) -> Result<LaunchConfig> {
+    let n_tiles = (shape.n as u64).div_ceil(u64::from(block_n));
+    let m_tiles = (shape.m as u64).div_ceil(u64::from(block_m));
+    let grid_x = u32::try_from(n_tiles)
+        .ok()
+        .filter(|&x| x <= i32::MAX as u32)
+        .ok_or_else(|| {
+            invalid!(
+                "n = {} needs {n_tiles} column tiles of {block_n}; expected at most 2^31-1 (the \
+                 CUDA grid limit)",
+                shape.n
+            )
+        })?;
+    Ok(LaunchConfig {
+        grid_dim: (grid_x, m_tiles.clamp(1, 65_535) as u32, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: smem_bytes,
+    })
 }
 
 /// At or below this many input features, the half-type heuristic starts from the 64 x 64 tile.
@@ -590,7 +604,18 @@ impl LayerKernels {
             None => self.choose_forward::<T>(shape, operands_fit),
         };
         let launch_config = config.launch_config(shape, self.sm_count())?;
-        let name = format!("fusedrop_forward_{}_{}", config.name(), T::NAME);
+        // An mma.sync config has a second kernel for X and W that start 16-byte aligned with k a
+        // multiple of 8: alignment decided here, its main loop has no element-load path.
+        let aligned = config.uses_tensor_cores()
+            && !config.is_hopper()
+            && x_ptr % 16 == 0
+            && w_ptr % 16 == 0
+            && shape.k % 8 == 0;
+        let name = if aligned {
+            format!("fusedrop_forward_{}_aligned_{}", config.name(), T::NAME)
+        } else {
+            format!("fusedrop_forward_{}_{}", config.name(), T::NAME)
+        };
         let function = self.function(config.module(), &name, config.smem_bytes())?;
 
         let mut params = MaskParams::new(&spec.dropout, &spec.geometry, shape.n);
@@ -636,6 +661,100 @@ impl LayerKernels {
         // given) two u64, all checked above; the grid follows the kernel's documented rule and its
         // shared memory is within the limit set for the function. Every buffer stays borrowed until
         // its guard drops after the launch is queued.
+        unsafe { builder.launch(launch_config) }?;
+        Ok(())
+    }
+}
+
+impl LayerKernels {
+    /// Queues the forward through `variant`, one of the tuning variants of the mma.sync kernel
+    /// ([`launch_table::FORWARD_SWEEP`], kernels/forward_tc_sweep.cu), for `fusedrop sweep`: as
+    /// [`forward`](Self::forward) with [`SeedSource::Host`], for f16 and bf16 on compute capability 8.0 and newer,
+    /// with X and W that start 16-byte aligned and `k` a multiple of 8 (the variants have no
+    /// element-load path), and the variant's shared memory within the GPU's limit. Each unmet
+    /// condition is an error that says which.
+    pub fn forward_sweep_variant<T: Element>(
+        &self,
+        spec: &LayerSpec,
+        variant: &LaunchNumbers,
+        x: &impl DevicePtr<T>,
+        w: &impl DevicePtr<T>,
+        b: Option<&CudaView<'_, T>>,
+        y: &mut impl DevicePtrMut<T>,
+    ) -> Result<()> {
+        if !launch_table::FORWARD_SWEEP.contains(variant) {
+            let names: Vec<&str> = launch_table::FORWARD_SWEEP.iter().map(|v| v.name).collect();
+            return Err(invalid!(
+                "{} is not a sweep variant; expected one of {names:?}",
+                variant.name
+            ));
+        }
+        if !T::NEEDS_SM80 {
+            return Err(invalid!(
+                "the sweep variants are compiled for f16 and bf16; got {}",
+                T::NAME
+            ));
+        }
+        let shape = spec.shape;
+        let lens = ForwardLens {
+            x: x.len(),
+            w: w.len(),
+            b: b.map(|b| b.len()),
+            y: y.len(),
+        };
+        if !validate::check_forward(shape, spec.dropout.p, &spec.geometry, lens)? {
+            return Ok(());
+        }
+        self.require_compute_capability((8, 0), "the mma.sync sweep variants")?;
+        let stream = self.stream();
+        let (x_ptr, _x_guard) = x.device_ptr(stream);
+        let (w_ptr, _w_guard) = w.device_ptr(stream);
+        if x_ptr % 16 != 0 || w_ptr % 16 != 0 || shape.k % 8 != 0 {
+            return Err(invalid!(
+                "sweep variant {} takes X and W that start 16-byte aligned and k a multiple of 8; \
+                 got x at {x_ptr:#x}, w at {w_ptr:#x}, k = {}",
+                variant.name,
+                shape.k
+            ));
+        }
+        let name = format!("fusedrop_{}_{}", variant.name, T::NAME);
+        let function = self.function("forward_tc_sweep", &name, variant.smem_bytes)?;
+        let launch_config = folded_launch(
+            shape,
+            variant.block_m,
+            variant.block_n,
+            variant.threads,
+            variant.smem_bytes,
+        )?;
+        let params = MaskParams::new(&spec.dropout, &spec.geometry, shape.n);
+        let (m_arg, n_arg, k_arg) = (shape.m as i64, shape.n as i64, shape.k as i64);
+        let relu = i32::from(spec.nonlinearity == Nonlinearity::Relu);
+        let (b_ptr, _b_guard) = match b {
+            Some(view) => {
+                let (ptr, guard) = view.device_ptr(stream);
+                (ptr, Some(guard))
+            }
+            None => (0, None),
+        };
+        let (y_ptr, _y_guard) = y.device_ptr_mut(stream);
+        let mut builder = stream.launch_builder(&function);
+        builder
+            .arg(&x_ptr)
+            .arg(&w_ptr)
+            .arg(&b_ptr)
+            .arg(&y_ptr)
+            .arg(&m_arg)
+            .arg(&n_arg)
+            .arg(&k_arg)
+            .arg(&relu)
+            .arg(&params);
+        // SAFETY: the kernel's signature is (const T* x, const T* w, const T* b, T* y, long long m,
+        // long long n, long long k, int relu, MaskParams mp), matched argument for argument above
+        // (kernels/forward_tc.cuh, FUSEDROP_FORWARD_TC). x holds m*k, w n*k, b (when non-null) n and
+        // y m*n elements of T (checked above), x and w are 16-byte aligned with k a multiple of 8 as
+        // the variant requires; the grid follows the kernels' folded-grid rule and the shared memory
+        // is within the limit set for the function. Every buffer stays borrowed until its guard
+        // drops after the launch is queued.
         unsafe { builder.launch(launch_config) }?;
         Ok(())
     }

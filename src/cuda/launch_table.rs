@@ -100,8 +100,20 @@ pub const BACKWARD_WG128X128S4: LaunchNumbers =
 pub const BACKWARD_WG128X128S8: LaunchNumbers =
     clustered(numbers("backward_wg128x128s8", 128, 128, 384, 215_120), 8);
 
+/// kernels/forward_tc_sweep.cu: the tuning variants of the mma.sync forward that `fusedrop sweep`
+/// times (tile, k slice BK, sets of warp fragments), in the order it prints them.
+pub const FORWARD_SWEEP: [LaunchNumbers; 7] = [
+    numbers("forward_sweep_tc128x128_bk32_f1", 128, 128, 128, 65_536),
+    numbers("forward_sweep_tc128x128_bk32_f2", 128, 128, 128, 65_536),
+    numbers("forward_sweep_tc128x128_bk64_f1", 128, 128, 128, 131_072),
+    numbers("forward_sweep_tc128x128_bk64_f2", 128, 128, 128, 131_072),
+    numbers("forward_sweep_tc128x256_bk32_f1", 128, 256, 256, 98_304),
+    numbers("forward_sweep_tc128x256_bk64_f1", 128, 256, 256, 147_456),
+    numbers("forward_sweep_tc128x256_bk64_f2", 128, 256, 256, 147_456),
+];
+
 /// Every configuration, for build.rs.
-pub const ALL: [LaunchNumbers; 22] = [
+pub const ALL: [LaunchNumbers; 29] = [
     FORWARD_TC128X256,
     FORWARD_TC128X128,
     FORWARD_TC64X128,
@@ -124,6 +136,13 @@ pub const ALL: [LaunchNumbers; 22] = [
     BACKWARD_WG128X128S2,
     BACKWARD_WG128X128S4,
     BACKWARD_WG128X128S8,
+    FORWARD_SWEEP[0],
+    FORWARD_SWEEP[1],
+    FORWARD_SWEEP[2],
+    FORWARD_SWEEP[3],
+    FORWARD_SWEEP[4],
+    FORWARD_SWEEP[5],
+    FORWARD_SWEEP[6],
 ];
 
 /// Grid-stride cap of every backward kernel (`kMaxBlocks`).

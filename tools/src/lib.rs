@@ -2,11 +2,13 @@
 //!
 //! What the `fusedrop` command-line tool and the criterion benchmarks share, kept out of the
 //! layer library so that its users compile none of it: the benchmark machinery ([`bench`](mod@bench)) and
-//! the cuBLASLt baselines it compares with ([`baseline`]).
+//! the cuBLASLt baselines it compares with ([`baseline`]), and the mma.sync tuning sweep
+//! ([`sweep`]).
 #![warn(missing_docs)]
 
 pub mod baseline;
 pub mod bench;
+pub mod sweep;
 
 /// Builds a [`fusedrop::Error::InvalidArgument`] from a format string.
 macro_rules! invalid {

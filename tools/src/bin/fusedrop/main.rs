@@ -3,6 +3,7 @@
 //! - `fusedrop demo` (the default): dropout against overfitting on the digits data set.
 //! - `fusedrop selftest`: the GPU kernels against the CPU reference.
 //! - `fusedrop bench`: the kernels' timings against cuBLASLt and the unfused baseline.
+//! - `fusedrop sweep`: the mma.sync forward's tuning variants against its production kernel.
 //! - `fusedrop help`: the commands.
 //!
 //! The command line is parsed by clap ([`cli`]); a usage error prints clap's message (what was
@@ -27,6 +28,7 @@ fn main() {
         Some(Command::Demo(options)) => demo::run(&options),
         Some(Command::Selftest(options)) => selftest::run(&options),
         Some(Command::Bench(options)) => bench::run(&options),
+        Some(Command::Sweep(options)) => fusedrop_tools::sweep::run(&options),
     };
     std::process::exit(code);
 }

@@ -1,0 +1,78 @@
+// The mma.sync forward's kernel level, shared by the production module (forward_tc.cu) and the
+// tuning module (forward_tc_sweep.cu): Y = dropout_p(act(X·Wᵀ + b)) with the tile scheduler, the
+// cp.async main loop (gemm/threadblock_tc.cuh) and the dropout epilogue (gemm/epilogue.cuh), and
+// the macro that turns a config struct into an entry point.
+#pragma once
+
+#include "element.cuh"
+#include "gemm/epilogue.cuh"
+#include "gemm/threadblock_tc.cuh"
+#include "gemm/tile_scheduler.cuh"
+#include "mask.cuh"
+#include "ptx.cuh"
+
+namespace fusedrop {
+namespace forward {
+
+template <typename T, class Tb>
+__device__ __forceinline__ void forward_tc(const T* __restrict__ x, const T* __restrict__ w,
+                                           const T* __restrict__ b, T* __restrict__ y,
+                                           long long m, long long n, long long k, int relu,
+                                           MaskParams mp) {
+    mp = resolve_seed(mp);
+    record_seed(mp, blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0);
+    FUSEDROP_DYNAMIC_SMEM(unsigned char, smem);
+    T* pipe = reinterpret_cast<T*>(smem);
+    float* stage = reinterpret_cast<float*>(smem);
+    const gemm::EpilogueArgs<T> epi = gemm::make_epilogue_args(b, y, m, n, relu, mp);
+    // Both operands K-major: X [m, k] gives the tile's rows, W [n, k] its columns.
+    const gemm::GlobalMatrix<T> x_mat = gemm::global_matrix(x, m, k);
+    const gemm::GlobalMatrix<T> w_mat = gemm::global_matrix(w, n, k);
+    const gemm::TileScheduler<8> scheduler(m, n, Tb::kBlockM, Tb::kBlockN);
+    const long long folds = scheduler.folds();
+    for (long long fold = 0; fold < folds; ++fold) {
+        gemm::TileCoord tile;
+        if (!scheduler.tile(fold, tile)) continue;
+        const long long m0 = tile.tm * Tb::kBlockM;
+        const long long n0 = tile.tn * Tb::kBlockN;
+        typename Tb::Warp warp;
+        warp.clear();
+        Tb::mainloop(warp, pipe, x_mat, w_mat, m0, n0);
+#pragma unroll
+        for (int pass = 0; pass < Tb::kPasses; ++pass) {
+            Tb::stage_accumulators(warp, stage, pass);
+            __syncthreads();
+            Tb::Epilogue::apply(stage, m0 + pass * Tb::kEpiRows, n0, epi);
+            // The slab is rewritten by the next pass or the next fold's copies.
+            __syncthreads();
+        }
+    }
+}
+
+// Threadblock tile BM x BN, k slice BK, warp tile WM x WN, pipeline depth STAGES, FRAG sets of
+// warp fragments (gemm/threadblock_tc.cuh). Threadblock<T, true> is the kernel for operands the
+// host found 16-byte aligned with k a multiple of 8 (cp.async only, no element path).
+template <int BM, int BN, int BK, int WM, int WN, int STAGES, int FRAG = 1>
+struct TcConfig {
+    template <typename T, bool kAligned>
+    using Threadblock = gemm::ThreadblockTc<T, BM, BN, BK, WM, WN, STAGES, gemm::Major::K,
+                                            gemm::Major::K, false, FRAG, kAligned>;
+    static constexpr int kBlockM = BM;
+    static constexpr int kBlockN = BN;
+    static constexpr int kThreads = Threadblock<__half, false>::kThreads;
+    static constexpr int kSmemBytes = Threadblock<__half, false>::kSmemBytes;
+};
+
+}  // namespace forward
+}  // namespace fusedrop
+
+// The entry point ENTRY of config CONFIG for element type T; ALIGNED: the kernel for operands the
+// host checked (see TcConfig).
+#define FUSEDROP_FORWARD_TC(CONFIG, ALIGNED, ENTRY, T)                                          \
+    extern "C" __global__ void __launch_bounds__(fusedrop::forward::CONFIG::kThreads)          \
+        ENTRY(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,       \
+              T* __restrict__ y, long long m, long long n, long long k, int relu,              \
+              fusedrop::MaskParams mp) {                                                       \
+        fusedrop::forward::forward_tc<T, fusedrop::forward::CONFIG::Threadblock<T, ALIGNED>>(  \
+            x, w, b, y, m, n, k, relu, mp);                                                    \
+    }

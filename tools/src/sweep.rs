@@ -1,0 +1,395 @@
+//! `fusedrop sweep`: the tuning variants of the mma.sync forward (kernels/forward_tc_sweep.cu,
+//! [`FORWARD_SWEEP`]) timed against the production mma.sync kernel on the GPU it runs on.
+//!
+//! For each shape of [`SHAPES`] (from the bench suite), bf16 and f16, ReLU, p = [`P`]: the
+//! production kernel is the mma.sync configuration the library's heuristic picks for the shape
+//! ([`choose_config`], forced through [`ForwardOptions::config`], so that it runs even where the
+//! Hopper kernel would be chosen), then every variant. Each figure is the median of repetitions between
+//! CUDA events ([`measure`], operands rotated so that no launch finds them in L2, as in
+//! `fusedrop bench`). Each variant's output of launch 0 is compared with the production kernel's
+//! on the same inputs and mask: every variant takes the same mma sequence for every output
+//! element, so the outputs must be bit-identical; a variant that differs is reported with the
+//! count of differing elements and its relative L2 distance to production, and fails the run.
+//! A variant whose shared memory exceeds the GPU's per-block limit is listed as not run.
+
+use clap::Args;
+use cudarc::driver::sys::CUdevice_attribute;
+use fusedrop::cuda::forward::{choose_config, ForwardConfig, ForwardOptions};
+use fusedrop::cuda::launch_table::{LaunchNumbers, FORWARD_SWEEP};
+use fusedrop::cuda::{module_built, open_device, LayerKernels};
+use fusedrop::{reference, Element, Error, LinearShape, Nonlinearity, Result};
+use half::{bf16, f16};
+
+use crate::bench::{
+    bench_spec, forward_flops, measure, suite_shape, DType, Effort, Operands, BENCH_SEED,
+};
+
+/// Exit code: a variant's output differs from the production kernel's, or a launch failed.
+pub const EXIT_FAILED: i32 = 1;
+/// Exit code: nothing could be measured, for want of a GPU, driver or the sweep's kernels.
+pub const EXIT_NO_GPU: i32 = 3;
+
+/// The bench suite's shapes the sweep runs on.
+pub const SHAPES: [&str; 2] = ["sq", "up"];
+/// The dtypes the sweep runs in.
+pub const DTYPES: [DType; 2] = [DType::Bf16, DType::F16];
+/// The dropout probability of every launch.
+pub const P: f32 = 0.1;
+
+/// The sweep's flags.
+#[derive(Debug, Clone, Args)]
+pub struct Options {
+    /// Short measurements (5 repetitions of 5 ms instead of 15 of 20 ms)
+    #[arg(long)]
+    pub quick: bool,
+    /// GPU ordinal
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub device: usize,
+}
+
+/// What became of one kernel on one shape and dtype.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Timed; `differ` elements of its output differ from the production kernel's (0 for the
+    /// production row itself), at relative L2 distance `distance`.
+    Measured {
+        /// Median GPU time per launch, in microseconds.
+        time_us: f64,
+        /// Elements whose bits differ from the production kernel's output.
+        differ: usize,
+        /// Relative L2 distance to the production kernel's output.
+        distance: f64,
+    },
+    /// Not run: its shared memory exceeds what a block may use on this GPU.
+    DoesNotFit {
+        /// The variant's dynamic shared memory in bytes.
+        needs: u32,
+        /// The GPU's per-block opt-in limit in bytes.
+        limit: u32,
+    },
+}
+
+/// One row of the sweep's table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepRow {
+    /// Suite shape name.
+    pub shape: &'static str,
+    /// Element type.
+    pub dtype: DType,
+    /// `production <config>` or the variant's name.
+    pub kernel: String,
+    /// The measurement, or why there is none.
+    pub outcome: Outcome,
+}
+
+/// Runs `fusedrop sweep`: prints the table and returns the exit code (0 every variant
+/// bit-identical to production, 1 some variant differs or a launch failed, 3 no usable GPU).
+pub fn run(options: &Options) -> i32 {
+    eprintln!(
+        "fusedrop sweep: timing the mma.sync forward variants (each row prints as it is measured)"
+    );
+    let rows = match sweep(options, &mut |row| eprintln!("  {}", format_row(row, None))) {
+        Ok(rows) => rows,
+        Err(
+            e
+            @ (Error::DriverUnavailable(_) | Error::KernelsNotBuilt | Error::UnsupportedDevice(_)),
+        ) => {
+            eprintln!(
+                "fusedrop sweep: needs a GPU of compute capability 8.0 or newer and the kernels \
+                 of kernels/forward_tc_sweep.cu; nothing was measured: {e}"
+            );
+            return EXIT_NO_GPU;
+        }
+        Err(e) => {
+            eprintln!("fusedrop sweep: failed: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    println!("{}", format_table(&rows));
+    let mismatched = rows
+        .iter()
+        .any(|r| matches!(r.outcome, Outcome::Measured { differ, .. } if differ > 0));
+    if mismatched {
+        EXIT_FAILED
+    } else {
+        0
+    }
+}
+
+/// Measures every shape, dtype and kernel; `progress` sees each row as it is measured.
+pub fn sweep(options: &Options, progress: &mut dyn FnMut(&SweepRow)) -> Result<Vec<SweepRow>> {
+    if !module_built("forward_tc_sweep") {
+        return Err(Error::KernelsNotBuilt);
+    }
+    let ctx = open_device(options.device)?;
+    let kernels = LayerKernels::new(ctx.default_stream())?;
+    let (major, minor) = kernels.compute_capability();
+    if major < 8 {
+        return Err(Error::UnsupportedDevice(format!(
+            "the mma.sync variants need compute capability 8.0 or newer; GPU {} has \
+             {major}.{minor}",
+            options.device
+        )));
+    }
+    let effort = if options.quick {
+        Effort::QUICK
+    } else {
+        Effort::FULL
+    };
+    let gpu = Gpu::read(&kernels)?;
+    let mut rows = Vec::new();
+    for name in SHAPES {
+        let suite = suite_shape(name)?;
+        for dtype in DTYPES {
+            let shape_rows = match dtype {
+                DType::F16 => {
+                    sweep_shape::<f16>(&kernels, &gpu, suite.name, dtype, effort, progress)?
+                }
+                _ => sweep_shape::<bf16>(&kernels, &gpu, suite.name, dtype, effort, progress)?,
+            };
+            rows.extend(shape_rows);
+        }
+    }
+    Ok(rows)
+}
+
+/// What the sweep reads of the GPU once.
+struct Gpu {
+    sm_count: usize,
+    l2_bytes: usize,
+    smem_optin: u32,
+}
+
+impl Gpu {
+    fn read(kernels: &LayerKernels) -> Result<Self> {
+        let ctx = kernels.stream().context();
+        let attribute = |a| -> Result<usize> { Ok(ctx.attribute(a)?.max(0) as usize) };
+        Ok(Self {
+            sm_count: kernels.sm_count(),
+            l2_bytes: attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)?,
+            smem_optin: attribute(
+                CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )? as u32,
+        })
+    }
+}
+
+/// The kernel a row times: the production config, or a sweep variant.
+#[derive(Clone, Copy)]
+enum Kernel {
+    Production(ForwardConfig),
+    Variant(&'static LaunchNumbers),
+}
+
+impl Kernel {
+    fn label(self) -> String {
+        match self {
+            Kernel::Production(config) => format!("production {}", config.name()),
+            Kernel::Variant(v) => v.name.trim_start_matches("forward_").to_string(),
+        }
+    }
+
+    /// Queues launch number `launch` (its operand set and dropout subsequence) on the handle's
+    /// stream.
+    fn launch<T: Element>(
+        self,
+        kernels: &LayerKernels,
+        ops: &mut Operands<T>,
+        dims: LinearShape,
+        launch: u64,
+    ) -> Result<()> {
+        let spec = bench_spec(dims, Nonlinearity::Relu, P, launch);
+        let set = ops.set_mut(launch);
+        let b = set.b.as_view();
+        match self {
+            Kernel::Production(config) => kernels.forward(
+                &spec,
+                &set.x,
+                &set.w,
+                Some(&b),
+                &mut set.y,
+                ForwardOptions {
+                    config: Some(config),
+                    ..ForwardOptions::default()
+                },
+            ),
+            Kernel::Variant(v) => {
+                kernels.forward_sweep_variant(&spec, v, &set.x, &set.w, Some(&b), &mut set.y)
+            }
+        }
+    }
+}
+
+/// The production kernel and every variant on suite shape `shape` in `dtype` (whose element
+/// type is `T`).
+fn sweep_shape<T: Element>(
+    kernels: &LayerKernels,
+    gpu: &Gpu,
+    shape: &'static str,
+    dtype: DType,
+    effort: Effort,
+    progress: &mut dyn FnMut(&SweepRow),
+) -> Result<Vec<SweepRow>> {
+    let dims = suite_shape(shape)?.shape();
+    let stream = kernels.stream();
+    let mut ops = Operands::<T>::new(stream, dims, gpu.l2_bytes, BENCH_SEED)?;
+    let production = Kernel::Production(choose_config::<T>(dims, gpu.sm_count));
+    let candidates = std::iter::once(production).chain(FORWARD_SWEEP.iter().map(Kernel::Variant));
+    let mut reference_y: Option<Vec<f64>> = None;
+    let mut rows = Vec::new();
+    for kernel in candidates {
+        let outcome = match kernel {
+            Kernel::Variant(v) if v.smem_bytes > gpu.smem_optin => Outcome::DoesNotFit {
+                needs: v.smem_bytes,
+                limit: gpu.smem_optin,
+            },
+            _ => {
+                // Launch 0 alone, then its output, before the timing overwrites it.
+                kernel.launch(kernels, &mut ops, dims, 0)?;
+                let y: Vec<f64> = stream
+                    .clone_dtoh(&ops.set_mut(0).y)?
+                    .into_iter()
+                    .map(|v: T| v.to_f64())
+                    .collect();
+                let timing = measure(stream, effort, |i| {
+                    kernel.launch(kernels, &mut ops, dims, i)
+                })?;
+                let want = reference_y.get_or_insert_with(|| y.clone());
+                let differ = y
+                    .iter()
+                    .zip(want.iter())
+                    .filter(|(a, b)| a.to_bits() != b.to_bits())
+                    .count();
+                Outcome::Measured {
+                    time_us: timing.per_launch.as_secs_f64() * 1e6,
+                    differ,
+                    distance: reference::relative_l2_error_nonfinite(&y, want),
+                }
+            }
+        };
+        let row = SweepRow {
+            shape,
+            dtype,
+            kernel: kernel.label(),
+            outcome,
+        };
+        progress(&row);
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// One line of the table; `production_us` (the production row's time of the same shape and
+/// dtype) gives the ratio column.
+pub fn format_row(row: &SweepRow, production_us: Option<f64>) -> String {
+    let head = format!(
+        "{:<5} {:<5} {:<26}",
+        row.shape,
+        row.dtype.name(),
+        row.kernel
+    );
+    match row.outcome {
+        Outcome::Measured {
+            time_us,
+            differ,
+            distance,
+        } => {
+            let dims = suite_shape(row.shape).map(|s| s.shape());
+            let tflops = dims.map_or(f64::NAN, |d| forward_flops(d) / (time_us * 1e-6) / 1e12);
+            let ratio = production_us.map_or("-".to_string(), |p| format!("{:.3}", p / time_us));
+            let check = if differ == 0 {
+                "bit-identical".to_string()
+            } else {
+                format!("DIFFERS: {differ} elements, rel. L2 {distance:.2e}")
+            };
+            format!("{head} {time_us:>10.1} {tflops:>8.1} {ratio:>7}  {check}")
+        }
+        Outcome::DoesNotFit { needs, limit } => format!(
+            "{head} {:>10} {:>8} {:>7}  not run: needs {needs} B of shared memory, the GPU \
+             allows {limit} B",
+            "-", "-", "-"
+        ),
+    }
+}
+
+/// The table: one line per row, the ratio to production (production time / variant time, above
+/// 1 = faster than production) of the same shape and dtype.
+pub fn format_table(rows: &[SweepRow]) -> String {
+    let mut out = format!(
+        "{:<5} {:<5} {:<26} {:>10} {:>8} {:>7}  {}\n",
+        "shape", "dtype", "kernel", "time (us)", "TFLOP/s", "ratio", "output vs production"
+    );
+    let mut production_us = None;
+    for row in rows {
+        if row.kernel.starts_with("production") {
+            production_us = match row.outcome {
+                Outcome::Measured { time_us, .. } => Some(time_us),
+                Outcome::DoesNotFit { .. } => None,
+            };
+        }
+        out.push_str(&format_row(row, production_us));
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "(p = {P}, ReLU, bias; TFLOP/s counts 2mnk; ratio = production time / kernel time)"
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_gives_ratios_to_the_production_row_of_the_same_shape_and_dtype() {
+        let row = |kernel: &str, outcome| SweepRow {
+            shape: "sq",
+            dtype: DType::Bf16,
+            kernel: kernel.to_string(),
+            outcome,
+        };
+        let rows = [
+            row(
+                "production tc128x256",
+                Outcome::Measured {
+                    time_us: 200.0,
+                    differ: 0,
+                    distance: 0.0,
+                },
+            ),
+            row(
+                "sweep_tc128x256_bk64_f2",
+                Outcome::Measured {
+                    time_us: 100.0,
+                    differ: 3,
+                    distance: 1e-3,
+                },
+            ),
+            row(
+                "sweep_tc128x256_bk64_f1",
+                Outcome::DoesNotFit {
+                    needs: 147_456,
+                    limit: 101_376,
+                },
+            ),
+        ];
+        let table = format_table(&rows);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[1].contains("1.000") && lines[1].contains("bit-identical"),
+            "{table}"
+        );
+        assert!(
+            lines[2].contains("2.000") && lines[2].contains("DIFFERS: 3 elements"),
+            "{table}"
+        );
+        assert!(lines[3].contains("not run: needs 147456 B"), "{table}");
+    }
+
+    #[test]
+    fn every_shape_is_in_the_suite() {
+        for name in SHAPES {
+            assert!(suite_shape(name).is_ok(), "{name}");
+        }
+    }
+}
