@@ -15,7 +15,7 @@
 //! ```
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute_enum};
 use cudarc::driver::{
@@ -67,7 +67,7 @@ pub fn module_built(name: &str) -> bool {
 /// [`Error::DriverUnavailable`] instead.
 #[cfg(not(feature = "dynamic-linking"))]
 pub fn driver_present() -> bool {
-    static PRESENT: OnceLock<bool> = OnceLock::new();
+    static PRESENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     // SAFETY: is_culib_present only tries to open the shared library by name and drops it.
     *PRESENT.get_or_init(|| unsafe { cudarc::driver::sys::is_culib_present() })
 }

@@ -53,7 +53,9 @@ use fusedrop::Element;
 use fusedrop::LinearShape;
 use fusedrop::{Error, Result};
 
-/// The cuBLASLt entry points this module calls; all are probed before the first use.
+/// The cuBLASLt entry points this module calls; all are probed before the first use (when the
+/// library is loaded at run time).
+#[cfg(not(cudarc_dynamic_linking))]
 const SYMBOLS: [&str; 13] = [
     "cublasLtCreate",
     "cublasLtDestroy",
