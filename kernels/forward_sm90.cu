@@ -93,7 +93,7 @@ __device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUt
     ptx::setmaxnreg_inc<kConsumerRegisters>();
     const int consumer = warpgroup - 1;
     // Registers are the limit here (the main loop keeps kAccumulators f32 per thread and ptxas
-    // allocates at most 168): only the Philox key of the resolved (seed, stream), the mask
+    // allocates at most 168): only the Philox key of the resolved (seed, subsequence), the mask
     // state and the tile index stay live across the main loop; the epilogue's arguments are
     // rebuilt from the kernel parameters after it.
     const MaskParams resolved = resolve_seed(mp);
