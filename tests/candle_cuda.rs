@@ -1,0 +1,135 @@
+//! The candle op on CUDA tensors (feature `candle-cuda`): its output, and the gradients that
+//! `Tensor::backward` computes through it, are bit-identical to direct [`LayerKernels`] calls on
+//! the same stream, inputs and mask, in every dtype, for ReLU and identity, with bias. Needs a
+//! GPU (the feature links libcuda at build time); without a usable device it prints why and
+//! passes.
+
+use candle_core::{DType, Device, Tensor, Var};
+use fusedrop::candle::fused_linear;
+use fusedrop::cuda::backward::{BackwardOptions, GradientsMut};
+use fusedrop::cuda::forward::ForwardOptions;
+use fusedrop::cuda::LayerKernels;
+use fusedrop::{DropoutSpec, Element, LayerSpec, LinearShape, Nonlinearity};
+use half::{bf16, f16};
+
+type Result<T> = candle_core::Result<T>;
+
+/// (m, n, k): odd sizes (the mma.sync path), and sizes the Hopper kernels take.
+const SHAPES: [(usize, usize, usize); 2] = [(37, 29, 45), (256, 136, 512)];
+
+fn device() -> Option<Device> {
+    match Device::new_cuda(0) {
+        Ok(device) => Some(device),
+        Err(e) => {
+            eprintln!("skipping the candle CUDA checks: {e}");
+            None
+        }
+    }
+}
+
+fn bits<T: Element>(v: &[T]) -> Vec<u64> {
+    v.iter().map(|e| e.to_f64().to_bits()).collect()
+}
+
+fn host<T: candle_core::WithDType>(t: &Tensor) -> Result<Vec<T>> {
+    t.flatten_all()?.to_vec1::<T>()
+}
+
+fn check<T>(device: &Device, dtype: DType) -> Result<()>
+where
+    T: Element
+        + candle_core::WithDType
+        + cudarc::driver::DeviceRepr
+        + cudarc::driver::ValidAsZeroBits,
+{
+    let stream = device.as_cuda_device()?.cuda_stream();
+    let kernels = LayerKernels::new(stream.clone()).expect("a handle on candle's stream");
+    for (i, &(m, n, k)) in SHAPES.iter().enumerate() {
+        for nonlinearity in [Nonlinearity::Relu, Nonlinearity::Identity] {
+            let dropout = DropoutSpec::new(0.1, 0xca2d1e + i as u64, 5);
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (m, k), device)?.to_dtype(dtype)?)?;
+            let w = Var::from_tensor(&Tensor::randn(0f32, 0.5, (n, k), device)?.to_dtype(dtype)?)?;
+            let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, n, device)?.to_dtype(dtype)?)?;
+            let r = Tensor::randn(0f32, 1.0, (m, n), device)?.to_dtype(dtype)?;
+            let y = fused_linear(
+                x.as_tensor(),
+                &w,
+                Some(b.as_tensor()),
+                nonlinearity,
+                dropout,
+            )?;
+            // d(sum(y * r))/dy = r, exactly: the direct backward takes r as dY.
+            let grads = (&y * &r)?.sum_all()?.backward()?;
+            let (gx, gw, gb) = (
+                grads.get(&x).expect("dX"),
+                grads.get(&w).expect("dW"),
+                grads.get(&b).expect("db"),
+            );
+
+            let spec = LayerSpec::new(LinearShape::new(m, n, k), nonlinearity, dropout);
+            let upload = |t: &Tensor| -> Result<_> {
+                stream
+                    .clone_htod(&host::<T>(t)?)
+                    .map_err(candle_core::Error::wrap)
+            };
+            let (xd, wd, bd, dyd) = (upload(&x)?, upload(&w)?, upload(&b)?, upload(&r)?);
+            let mut yd = stream
+                .alloc_zeros::<T>(m * n)
+                .map_err(candle_core::Error::wrap)?;
+            kernels
+                .forward(
+                    &spec,
+                    &xd,
+                    &wd,
+                    Some(&bd.as_view()),
+                    &mut yd,
+                    ForwardOptions::default(),
+                )
+                .map_err(candle_core::Error::wrap)?;
+            let mut dx = stream
+                .alloc_zeros::<T>(m * k)
+                .map_err(candle_core::Error::wrap)?;
+            let mut dw = stream
+                .alloc_zeros::<T>(n * k)
+                .map_err(candle_core::Error::wrap)?;
+            let mut db = stream
+                .alloc_zeros::<T>(n)
+                .map_err(candle_core::Error::wrap)?;
+            kernels
+                .backward(
+                    &spec,
+                    &xd,
+                    &wd,
+                    &dyd,
+                    Some(&yd.as_view()),
+                    GradientsMut {
+                        dx: Some(dx.as_view_mut()),
+                        dw: Some(dw.as_view_mut()),
+                        db: Some(db.as_view_mut()),
+                    },
+                    BackwardOptions::default(),
+                )
+                .map_err(candle_core::Error::wrap)?;
+            let down = |s: &cudarc::driver::CudaSlice<T>| -> Result<Vec<T>> {
+                stream.clone_dtoh(s).map_err(candle_core::Error::wrap)
+            };
+            let what = format!("{dtype:?} {m}x{n}x{k} {nonlinearity:?}");
+            assert_eq!(bits(&host::<T>(&y)?), bits(&down(&yd)?), "{what}: Y");
+            assert_eq!(bits(&host::<T>(gx)?), bits(&down(&dx)?), "{what}: dX");
+            assert_eq!(bits(&host::<T>(gw)?), bits(&down(&dw)?), "{what}: dW");
+            assert_eq!(bits(&host::<T>(gb)?), bits(&down(&db)?), "{what}: db");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_candle_op_and_the_direct_calls_give_the_same_bits() -> Result<()> {
+    let Some(device) = device() else {
+        return Ok(());
+    };
+    check::<f32>(&device, DType::F32)?;
+    check::<f16>(&device, DType::F16)?;
+    check::<bf16>(&device, DType::BF16)?;
+    Ok(())
+}
