@@ -287,7 +287,8 @@ fn bad_inputs_are_errors_that_say_what_was_expected() -> Result<()> {
 }
 
 #[test]
-fn the_module_drops_in_training_with_a_fresh_subsequence_per_call_and_not_in_evaluation() -> Result<()> {
+fn the_module_drops_in_training_with_a_fresh_subsequence_per_call_and_not_in_evaluation(
+) -> Result<()> {
     let (m, n, k) = (16, 24, 8);
     let x = random(m, k, DType::F32, 21)?;
     let w = random(n, k, DType::F32, 22)?;
