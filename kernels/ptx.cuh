@@ -529,6 +529,29 @@ FUSEDROP_PTX_DEVICE void tma_load_2d(void* smem_dst, const CUtensorMap* map, uin
 #endif
 }
 
+// The same load multicast to the blocks of the cluster whose rank bit is set in `cta_mask`
+// (.multicast::cluster): the box lands at `smem_dst`'s offset in each of their shared memories
+// and performs complete-tx on the mbarrier at `bar`'s offset in each.
+FUSEDROP_PTX_DEVICE void tma_load_2d_multicast(void* smem_dst, const CUtensorMap* map,
+                                               uint64_t* bar, int32_t c0, int32_t c1,
+                                               uint16_t cta_mask) {
+#if defined(FUSEDROP_PTX_SM90)
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+        ".multicast::cluster [%0], [%1, {%3, %4}], [%2], %5;\n" ::"r"(smem_u32(smem_dst)),
+        "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_u32(bar)), "r"(c0), "r"(c1),
+        "h"(cta_mask)
+        : "memory");
+#elif defined(__CUDA_ARCH__)
+    (void)smem_dst, (void)map, (void)bar, (void)c0, (void)c1, (void)cta_mask;
+    __trap();
+#elif defined(__CUDACC__)
+    (void)smem_dst, (void)map, (void)bar, (void)c0, (void)c1, (void)cta_mask;
+#else
+    ::fusedrop::host::tma_load_2d_multicast(smem_dst, map, bar, c0, c1, cta_mask);
+#endif
+}
+
 // prefetch.tensormap: brings the map into the cache ahead of its first use.
 FUSEDROP_PTX_DEVICE void prefetch_tensormap(const CUtensorMap* map) {
 #if defined(FUSEDROP_PTX_SM90)

@@ -497,7 +497,8 @@ fn ptx_host_bodies_match_plain_matrix_products() {
         "a missing __syncthreads",
         "encode_tensor_map_2d rejects an inner box of 256 bytes",
         "tma_load_2d: the destination is undefined",
-        "tma_store_2d reads its shared-memory source at wait_group.read",
+        "tma_store_2d: the second store of a thread lands at wait_group.read 0",
+        "tma_load_2d_multicast: each block of a cluster of 2 loads half a box for both",
         "mbarrier: six full/empty phases",
         "wgmma_ss f16 m64n256k16",
         "wgmma_ss bf16 m64n256k16 A M-major B N-major",
@@ -541,6 +542,10 @@ fn harness_rejects_misuse_the_gpu_would_not_forgive() {
         ("tma_misaligned_swizzle", &["is not aligned to 1024 bytes"]),
         ("wgmma_base_offset", &["base offset 3"]),
         ("tma_store_not_waited", &["never waited for"]),
+        (
+            "tma_store_source_overwritten",
+            &["written between the store's issue and the tma_store_wait_read"],
+        ),
         (
             "cluster_unmapped_address",
             &["not a shared::cluster address made by cluster_map"],

@@ -170,6 +170,7 @@ struct BulkStore {
     TensorMap2d map;
     const unsigned char* src;
     int32_t c0, c1;
+    std::vector<unsigned char> image;  // the box's 16-byte chunks when the store was issued
 };
 
 struct Fiber {
@@ -1068,12 +1069,10 @@ inline const unsigned char* tma_global(const TensorMap2d& t, int64_t row, int64_
 
 inline void prefetch_tensormap(const CUtensorMap* map) { tensor_map(map, "prefetch_tensormap"); }
 
-inline void tma_load_2d(void* smem, const CUtensorMap* map, uint64_t* bar, int32_t c0,
-                        int32_t c1) {
-    Runtime* rt = runtime();
-    const TensorMap2d t = tensor_map(map, "tma_load_2d");
-    mbarrier_state(bar, "tma_load_2d");
-    const std::vector<unsigned char*> places = tma_box_chunks(t, smem, c0, "tma_load_2d");
+// Queues the delivery of the box at (c0, c1) into the chunks `places` (in block `rank`'s shared
+// memory), completing on `bar` (in the same block). The places are poisoned until it lands.
+inline void queue_tma_load(const TensorMap2d& t, const std::vector<unsigned char*>& places,
+                           uint64_t* bar, int32_t c0, int32_t c1) {
     TmaDelivery d;
     d.bar = bar;
     d.bytes = t.box0 * t.box1 * (uint32_t)t.element_bytes;
@@ -1096,7 +1095,45 @@ inline void tma_load_2d(void* smem, const CUtensorMap* map, uint64_t* bar, int32
         // Undefined until the load completes on its barrier.
         memset(places[i], 0xFF, 16);
     }
-    rt->tma_in_flight.push_back(std::move(d));
+    runtime()->tma_in_flight.push_back(std::move(d));
+}
+
+inline void tma_load_2d(void* smem, const CUtensorMap* map, uint64_t* bar, int32_t c0,
+                        int32_t c1) {
+    const TensorMap2d t = tensor_map(map, "tma_load_2d");
+    mbarrier_state(bar, "tma_load_2d");
+    queue_tma_load(t, tma_box_chunks(t, smem, c0, "tma_load_2d"), bar, c0, c1);
+}
+
+// The multicast form: the box lands at the same offset of `smem` in the shared memory of every
+// block of the cluster whose rank bit is set in `cta_mask`, each completing on the mbarrier at
+// `bar`'s offset in that block. Each destination gets its own delivery (they land independently,
+// as on the GPU), and its chunks are poisoned from now on: a block whose threads still read the
+// stage sees the poison.
+inline void tma_load_2d_multicast(void* smem, const CUtensorMap* map, uint64_t* bar, int32_t c0,
+                                  int32_t c1, uint16_t cta_mask) {
+    Runtime* rt = runtime();
+    const char* op = "tma_load_2d_multicast";
+    const TensorMap2d t = tensor_map(map, op);
+    mbarrier_state(bar, op);
+    if (cta_mask == 0 || (cta_mask >> rt->ctas.size()) != 0)
+        fail("%s: CTA mask %#x names no block or a rank beyond the cluster's %zu block(s)", op,
+             (unsigned)cta_mask, rt->ctas.size());
+    const std::vector<unsigned char*> local = tma_box_chunks(t, smem, c0, op);
+    const unsigned char* window = current_cta().smem_window;
+    for (int r = 0; r < (int)rt->ctas.size(); ++r) {
+        if (((cta_mask >> r) & 1u) == 0) continue;
+        const Cta& dst = rt->ctas[r];
+        if (dst.exited)
+            fail("%s: block rank %d of the cluster has exited, and its shared memory with it", op,
+                 r);
+        std::vector<unsigned char*> places(local.size());
+        for (size_t i = 0; i < local.size(); ++i) places[i] = dst.smem_window + (local[i] - window);
+        uint64_t* remote_bar = reinterpret_cast<uint64_t*>(
+            dst.smem_window + (reinterpret_cast<unsigned char*>(bar) - window));
+        mbarrier_state(remote_bar, op);
+        queue_tma_load(t, places, remote_bar, c0, c1);
+    }
 }
 
 // Lands the oldest TMA load and performs its complete-tx on the barrier.
@@ -1116,11 +1153,19 @@ inline void deliver_oldest_tma_load() {
     mbarrier_try_complete(d.bar, it->second);
 }
 
+// The TMA unit reads a store's source at some moment between the issue and the
+// tma_store_wait_read that retires it. The harness takes an image of the source at the issue and
+// reads it again at the wait: a source written in between (too early for the wait, or too late
+// for the issue, e.g. by threads that had not reached the barrier before it) is reported, since
+// what the GPU stores is then undefined.
 inline void tma_store_2d(const CUtensorMap* map, const void* smem, int32_t c0, int32_t c1) {
     Fiber& f = current_fiber();
     const TensorMap2d t = tensor_map(map, "tma_store_2d");
-    tma_box_chunks(t, smem, c0, "tma_store_2d");
-    f.bulk_uncommitted.push_back(BulkStore{t, static_cast<const unsigned char*>(smem), c0, c1});
+    const std::vector<unsigned char*> places = tma_box_chunks(t, smem, c0, "tma_store_2d");
+    BulkStore s{t, static_cast<const unsigned char*>(smem), c0, c1, {}};
+    s.image.resize(places.size() * 16);
+    for (size_t i = 0; i < places.size(); ++i) memcpy(&s.image[16 * i], places[i], 16);
+    f.bulk_uncommitted.push_back(std::move(s));
 }
 
 inline void tma_store_commit() {
@@ -1133,6 +1178,12 @@ inline void tma_store_commit() {
 inline void perform_tma_store(const BulkStore& s) {
     const TensorMap2d& t = s.map;
     const std::vector<unsigned char*> places = tma_box_chunks(t, s.src, s.c0, "tma_store_2d");
+    for (size_t i = 0; i < places.size(); ++i)
+        if (memcmp(&s.image[16 * i], places[i], 16) != 0)
+            fail("tma_store_2d of the box at (%d, %d): its shared-memory source at %s was written "
+                 "between the store's issue and the tma_store_wait_read that retires it (the TMA "
+                 "unit reads it at some moment in between, so what it stores is undefined)",
+                 s.c0, s.c1, describe_smem(places[i]).c_str());
     const uint32_t per_chunk = 16 / (uint32_t)t.element_bytes;
     const uint32_t chunks_per_row = t.box0 / per_chunk;
     for (size_t i = 0; i < places.size(); ++i) {

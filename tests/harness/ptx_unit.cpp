@@ -8,6 +8,7 @@
 //                          mbarrier_uninitialised, mbarrier_over_arrival, wgmma_without_fence,
 //                          wgmma_no_fence_after_wait, warpgroup_missing_warp,
 //                          tma_misaligned_swizzle, wgmma_base_offset, tma_store_not_waited,
+//                          tma_store_source_overwritten,
 //                          cluster_unmapped_address, cluster_exited_block
 //   ptx_unit race <seed>   a kernel with a missing barrier: prints how many elements were wrong
 //
@@ -537,8 +538,7 @@ static void check_tma_load(std::mt19937& rng) {
 
 struct TmaStoreIo {
     const unsigned char* image_a;  // stage A as the threads write it
-    const unsigned char* image_b;  // stage B before the store is issued
-    const unsigned char* image_b2; // stage B after the store is issued, before its wait
+    const unsigned char* image_b;  // stage B as the threads write it
     unsigned char* tensor;         // the global tensor the map describes
     unsigned char* snapshot;       // the tensor after wait_read<1>
     size_t tensor_bytes, region;
@@ -560,8 +560,6 @@ __global__ void tma_store_kernel(const __grid_constant__ CUtensorMap map, TmaSto
         tma_store_commit();
         tma_store_2d(&map, stage_b, io->b0, io->b1);
         tma_store_commit();
-        // Too early: the second store has not read its source yet.
-        memcpy(stage_b, io->image_b2, io->region);
         tma_store_wait_read<1>();
         memcpy(io->snapshot, io->tensor, io->tensor_bytes);
         tma_store_wait_read<0>();
@@ -589,10 +587,9 @@ static void check_tma_store(std::mt19937& rng) {
                 const size_t region = ((size_t)row_bytes * box1 + 1023) / 1024 * 1024;
                 std::vector<unsigned char> tensor(stride * dim1), snapshot(tensor.size());
                 for (auto& b : tensor) b = (unsigned char)rng();
-                std::vector<unsigned char> image_a(region), image_b(region), image_b2(region);
+                std::vector<unsigned char> image_a(region), image_b(region);
                 for (size_t i = 0; i < region; ++i)
-                    image_a[i] = (unsigned char)rng(), image_b[i] = (unsigned char)rng(),
-                    image_b2[i] = (unsigned char)rng();
+                    image_a[i] = (unsigned char)rng(), image_b[i] = (unsigned char)rng();
                 // The plain store: element (j, i) of the box comes from its swizzled place.
                 auto store = [&](std::vector<unsigned char>& t,
                                  const std::vector<unsigned char>& img, int32_t c0, int32_t c1) {
@@ -609,7 +606,7 @@ static void check_tma_store(std::mt19937& rng) {
                 std::vector<unsigned char> want_first = tensor;
                 store(want_first, image_a, a0, a1);
                 std::vector<unsigned char> want_second = want_first;
-                store(want_second, image_b2, b0, b1);
+                store(want_second, image_b, b0, b1);
                 CUtensorMap map;
                 if (fusedrop::host::encode_tensor_map_2d(&map, element_bytes, tensor.data(), dim0,
                                                           dim1, stride, box0, box1,
@@ -617,8 +614,8 @@ static void check_tma_store(std::mt19937& rng) {
                     check(false, "encode_tensor_map_2d of a valid map for a store");
                     return;
                 }
-                TmaStoreIo io{image_a.data(), image_b.data(), image_b2.data(), tensor.data(),
-                              snapshot.data(), tensor.size(), region, a0, a1, b0, b1};
+                TmaStoreIo io{image_a.data(), image_b.data(), tensor.data(), snapshot.data(),
+                              tensor.size(), region, a0, a1, b0, b1};
                 fusedrop::host::LaunchConfig cfg{dim3(1), dim3(64), 2 * region + 1024,
                                                  (uint64_t)rep + 20};
                 fusedrop::host::launch("tma_store_kernel", tma_store_kernel, cfg, map, &io);
@@ -629,8 +626,8 @@ static void check_tma_store(std::mt19937& rng) {
     check(ok_first, "tma_store_2d: " + std::to_string(cases) +
                         " boxes over the tensor's edges, every swizzle, write exactly the "
                         "in-bounds elements, un-swizzled by the table");
-    check(ok_second, "tma_store_2d reads its shared-memory source at wait_group.read, not at "
-                     "issue (a source overwritten too early is what gets stored)");
+    check(ok_second, "tma_store_2d: the second store of a thread lands at wait_group.read 0, "
+                     "after the first one's wait_group.read 1");
 }
 
 // ---- encode_tensor_map_2d: the cuTensorMapEncodeTiled rules ----
@@ -786,6 +783,62 @@ static void check_cluster() {
                       "shared memory after the cluster barrier");
     check(gathered, "cluster: remote mbarrier arrivals from 3 blocks complete rank 0's phase "
                     "after their writes");
+}
+
+// ---- TMA multicast ----
+
+struct MulticastIo {
+    unsigned char out[2][2048];  // each block's 16 x 128-byte box after its own barrier's phase
+};
+
+// Clusters of 2 blocks: a 64 x 16 box of 2-byte elements (128-byte swizzle), block `rank` loading
+// rows [8 rank, 8 rank + 8) and multicasting them to both blocks; each block's barrier expects
+// the whole box (its own half and the other block's).
+__global__ void multicast_kernel(const __grid_constant__ CUtensorMap map, MulticastIo* io) {
+    FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
+    unsigned char* box = align_1024(raw);
+    uint64_t* bar = reinterpret_cast<uint64_t*>(box + 2048);
+    const uint32_t rank = blockIdx.x % 2;
+    if (threadIdx.x == 0) {
+        mbarrier_init(bar, 1);
+        fence_mbarrier_init();
+    }
+    // Both barriers initialised before either block's multicast completes on them.
+    cluster_sync();
+    if (threadIdx.x == 0) {
+        mbarrier_arrive_expect_tx(bar, 2048);
+        tma_load_2d_multicast(box + 1024 * rank, &map, bar, 0, (int32_t)(8 * rank), 0x3);
+    }
+    mbarrier_wait(bar, 0);
+    for (int i = threadIdx.x; i < 2048; i += blockDim.x) io->out[rank][i] = box[i];
+    // No block leaves while the other's multicast may still land in it.
+    cluster_sync();
+}
+
+static void check_multicast() {
+    alignas(16) static unsigned char tensor[16 * 128];
+    std::mt19937 rng(7);
+    for (auto& b : tensor) b = (unsigned char)rng();
+    CUtensorMap map;
+    if (fusedrop::host::encode_tensor_map_2d(&map, 2, tensor, 64, 16, 128, 64, 8, 128) !=
+        CUDA_SUCCESS) {
+        check(false, "encode_tensor_map_2d of a valid map for the multicast check");
+        return;
+    }
+    bool ok = true;
+    for (uint64_t seed = 0; seed < 4; ++seed) {
+        static MulticastIo io;
+        memset(&io, 0, sizeof io);
+        fusedrop::host::LaunchConfig cfg{dim3(2), dim3(128), 2048 + 1024 + 64, seed};
+        cfg.cluster = 2;
+        fusedrop::host::launch("multicast_kernel", multicast_kernel, cfg, map, &io);
+        for (int r = 0; r < 2; ++r)
+            for (size_t j = 0; j < 16; ++j)
+                for (size_t i = 0; i < 128; ++i)
+                    ok = ok && io.out[r][table_swizzle(j * 128 + i, 128)] == tensor[j * 128 + i];
+    }
+    check(ok, "tma_load_2d_multicast: each block of a cluster of 2 loads half a box for both, and "
+              "each block's barrier completes with the whole box in its shared memory");
 }
 
 // ---- wgmma ----
@@ -1287,6 +1340,20 @@ __global__ void tma_store_not_waited_kernel(const __grid_constant__ CUtensorMap 
     }
 }
 
+__global__ void tma_store_source_overwritten_kernel(const __grid_constant__ CUtensorMap map) {
+    FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
+    unsigned char* stage = align_1024(raw);
+    if (threadIdx.x == 0) {
+        memset(stage, 1, 1024);
+        fence_proxy_async_shared();
+        tma_store_2d(&map, stage, 0, 0);
+        tma_store_commit();
+        // Too early: the store may not have read its source yet.
+        stage[100] = 2;
+        tma_store_wait_read<0>();
+    }
+}
+
 __global__ void mbarrier_over_arrival_kernel(int* out) {
     FUSEDROP_DYNAMIC_SMEM(uint64_t, bar);
     if (threadIdx.x == 0) {
@@ -1342,6 +1409,7 @@ int main(int argc, char** argv) {
         check_tma_store(rng);
         check_mbarrier();
         check_cluster();
+        check_multicast();
         check_smem_desc();
         check_wgmma_config<__half, 8, 0, 0, false>(rng, "f16");
         check_wgmma_config<__half, 16, 1, 1, false>(rng, "f16");
@@ -1398,7 +1466,8 @@ int main(int argc, char** argv) {
             fusedrop::host::launch(what.c_str(), cluster_exited_block_kernel, pair, fsink);
     } else if (what == "wgmma_base_offset")
         fusedrop::host::launch(what.c_str(), wgmma_base_offset_kernel, warpgroup, fsink);
-    else if (what == "tma_misaligned_swizzle" || what == "tma_store_not_waited") {
+    else if (what == "tma_misaligned_swizzle" || what == "tma_store_not_waited" ||
+             what == "tma_store_source_overwritten") {
         alignas(16) static unsigned char tensor[64 * 16 * 2];
         CUtensorMap map;
         if (fusedrop::host::encode_tensor_map_2d(&map, 2, tensor, 64, 16, 128, 64, 8, 128) !=
@@ -1406,8 +1475,11 @@ int main(int argc, char** argv) {
             return 2;
         if (what == "tma_misaligned_swizzle")
             fusedrop::host::launch(what.c_str(), tma_misaligned_swizzle_kernel, warpgroup, map);
-        else
+        else if (what == "tma_store_not_waited")
             fusedrop::host::launch(what.c_str(), tma_store_not_waited_kernel, warpgroup, map);
+        else
+            fusedrop::host::launch(what.c_str(), tma_store_source_overwritten_kernel, warpgroup,
+                                   map);
     } else {
         fprintf(stderr, "unknown case %s\n", what.c_str());
         return 2;
