@@ -142,10 +142,10 @@ fn write_launch_header(out_dir: &Path) -> PathBuf {
          constexpr bool matches(const Numbers& n) {{\n    \
          return C::kBlockM == n.block_m && C::kBlockN == n.block_n && C::kThreads == n.threads &&\n           \
          C::kSmemBytes == n.smem_bytes;\n}}\n\n\
-         // The same, and the cluster size of a split-K config struct (kSplits).\n\
+         // The same, and the cluster size of a clustered config struct (kClusterBlocks).\n\
          template <class C>\n\
          constexpr bool matches_clustered(const Numbers& n) {{\n    \
-         return matches<C>(n) && C::kSplits == n.cluster;\n}}\n\n\
+         return matches<C>(n) && C::kClusterBlocks == n.cluster;\n}}\n\n\
          }}  // namespace launch\n\
          }}  // namespace fusedrop",
         launch_table::BACKWARD_MAX_BLOCKS
@@ -191,7 +191,7 @@ fn find_nvcc() -> Option<PathBuf> {
 const SM80_MODULES: &[&str] = &["forward_tc", "forward_tc_sweep", "backward_tc"];
 const OLDEST_ARCH: u32 = 75;
 /// Kernel modules that use sm_90a instructions (wgmma, setmaxnreg): built as `sm_90a` SASS only.
-const SM90A_MODULES: &[&str] = &["forward_sm90", "backward_sm90"];
+const SM90A_MODULES: &[&str] = &["forward_sm90", "forward_sm90_sweep", "backward_sm90"];
 const HOPPER_ARCH: u32 = 90;
 
 /// The SASS architectures for `module` (sorted, deduplicated), from `FUSEDROP_CUDA_ARCHS` or the

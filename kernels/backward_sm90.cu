@@ -200,12 +200,12 @@ __device__ __forceinline__ void backward_sm90(const CUtensorMap* map_dy, const C
     if constexpr (kSplitK) {
         if (threadIdx.x == 0) {
             Split::init(Split::storage(smem + kSplitOffset<Mainloop>));
-            storage.barriers->init(gemm::sm90::kConsumerWarpgroups);
+            storage.barriers->init(Mainloop::kEmptyArrivals);
         }
         // Every block's barriers initialised before any block arrives on another's.
         ptx::cluster_sync();
     } else {
-        if (threadIdx.x == 0) storage.barriers->init(gemm::sm90::kConsumerWarpgroups);
+        if (threadIdx.x == 0) storage.barriers->init(Mainloop::kEmptyArrivals);
         __syncthreads();
     }
 
@@ -347,6 +347,7 @@ struct WgConfig {
     static constexpr int kBlockN = BN;
     static constexpr int kStages = STAGES;
     static constexpr int kSplits = SPLITS;
+    static constexpr int kClusterBlocks = SPLITS;
     static constexpr int kThreads = gemm::sm90::kThreads;
     static_assert(DwMainloop<__half>::kSmemBytes == DxMainloop<__half>::kSmemBytes,
                   "one main-loop size per config");

@@ -657,3 +657,97 @@ fn hopper_split_k_is_chosen_for_few_tiles_and_deterministic() {
     each::<f16>(&kernels);
     each::<bf16>(&kernels);
 }
+
+/// Every Hopper tuning variant (kernels/forward_sm90_sweep.cu: stages, TMA-store epilogue, W
+/// multicast over clusters of 2, ping-pong consumers) bit for bit against the production config
+/// of its column tile (wg128x256 or wg128x128: the same wgmma N) on the
+/// same inputs, which `hopper_configs_match_reference` checks against the reference: odd row
+/// tile counts (the multicast clusters' second block past m), partial column tiles, several tiles
+/// per block, non-finite inputs, every rate. A TMA-store variant refuses a Y whose rows TMA
+/// cannot write (n not a multiple of 8).
+#[test]
+fn hopper_sweep_variants_match_production_bit_for_bit() {
+    use fusedrop::cuda::launch_table::FORWARD_SM90_SWEEP;
+    let Some(kernels) = gpu() else { return };
+    if !hopper(&kernels) {
+        return;
+    }
+    fn each<T: Element>(kernels: &LayerKernels) {
+        let stream = kernels.stream();
+        for (i, &(m, n, k)) in [(257, 136, 136), (1000, 1000, 1000), (3000, 2056, 512)]
+            .iter()
+            .enumerate()
+        {
+            let case = Case {
+                nonfinite: i == 0,
+                ..Case::new(m, n, k)
+            };
+            let host = inputs::<T>(&case, &mut StdRng::seed_from_u64(0x5EE9 + i as u64));
+            let x = stream.clone_htod(&host.x).unwrap();
+            let w = stream.clone_htod(&host.w).unwrap();
+            let b = stream.clone_htod(host.b.as_ref().unwrap()).unwrap();
+            for (j, &p) in [0.0f32, 0.1, 0.5, 1.0].iter().enumerate() {
+                let spec = spec_of(&Case { p, ..case }, 0xD00D + j as u64, j as u64);
+                for variant in &FORWARD_SM90_SWEEP {
+                    let config = ForwardConfig::HOPPER
+                        .into_iter()
+                        .find(|c| {
+                            c.splits() == 1
+                                && c.block_m() == 128
+                                && c.block_n() == variant.block_n as usize
+                        })
+                        .expect("a production config with the variant's column tile");
+                    let production = run_gpu(
+                        kernels,
+                        &Case {
+                            config: Some(config),
+                            p,
+                            ..case
+                        },
+                        &spec,
+                        &host,
+                        SeedSource::Host,
+                    );
+                    let poison = vec![T::from_f64(f64::NAN); m * n];
+                    let mut y = stream.clone_htod(&poison).unwrap();
+                    kernels
+                        .forward_sweep_variant(&spec, variant, &x, &w, Some(&b.as_view()), &mut y)
+                        .unwrap_or_else(|e| panic!("{} {}: {e}", variant.name, T::NAME));
+                    let got = stream.clone_dtoh(&y).unwrap();
+                    let differ = got
+                        .iter()
+                        .zip(&production)
+                        .filter(|(a, b)| a.to_f64().to_bits() != b.to_f64().to_bits())
+                        .count();
+                    assert_eq!(
+                        differ,
+                        0,
+                        "{} {} {m}x{n}x{k} p = {p}: {differ} elements differ from {}",
+                        variant.name,
+                        T::NAME,
+                        config.name()
+                    );
+                }
+            }
+        }
+        // n = 1001: Y's rows are not 16-byte multiples, so no TMA store.
+        let shape = LinearShape::new(64, 1001, 64);
+        let spec = LayerSpec::new(shape, Nonlinearity::Relu, DropoutSpec::new(0.1, 1, 0));
+        let x = stream.clone_htod(&vec![T::from_f64(0.5); 64 * 64]).unwrap();
+        let w = stream
+            .clone_htod(&vec![T::from_f64(0.5); 1001 * 64])
+            .unwrap();
+        let mut y = stream.alloc_zeros::<T>(64 * 1001).unwrap();
+        for variant in FORWARD_SM90_SWEEP
+            .iter()
+            .filter(|v| v.name.contains("tmastore"))
+        {
+            let err = kernels
+                .forward_sweep_variant(&spec, variant, &x, &w, None, &mut y)
+                .unwrap_err();
+            assert!(err.to_string().contains("stores Y by TMA"), "{err}");
+        }
+    }
+    each::<f16>(&kernels);
+    each::<bf16>(&kernels);
+}

@@ -1068,36 +1068,63 @@ fn forward_sweep_cases(rng: &mut StdRng) -> Vec<ForwardCase> {
     cases
 }
 
-/// Every sweep variant against the reference, and bit for bit against the production kernel on
-/// the same inputs, mask and schedule seed.
+/// Every mma.sync sweep variant against the reference and the production kernel.
 fn check_forward_sweep<T: Raw>(seed: u64) {
-    let (Some(sweep), Some(production)) = (driver("forward_tc_sweep"), driver("forward_tc")) else {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let cases: Vec<(ForwardCase, Option<u32>)> = forward_sweep_cases(&mut rng)
+        .into_iter()
+        .map(|c| (c, None))
+        .collect();
+    check_sweep_variants::<T>(
+        ("forward_tc_sweep", "forward_tc"),
+        &FORWARD_TC_SWEEP_VARIANTS,
+        &|_, _| true,
+        &cases,
+        &mut rng,
+    );
+}
+
+/// Every (variant, production config) pair on every case that `takes` admits for the variant
+/// (with its persistent block count, for the Hopper drivers): the variant
+/// `fusedrop_forward_sweep_<variant>_<dtype>` of driver `drivers.0` against the reference, and bit
+/// for bit against `fusedrop_forward_<config>_<dtype>` of driver `drivers.1` on the same inputs,
+/// mask and schedule seed.
+fn check_sweep_variants<T: Raw>(
+    drivers: (&str, &str),
+    variants: &[(&str, &str)],
+    takes: &dyn Fn(&str, &ForwardCase) -> bool,
+    cases: &[(ForwardCase, Option<u32>)],
+    rng: &mut StdRng,
+) {
+    let (Some(sweep), Some(production)) = (driver(drivers.0), driver(drivers.1)) else {
         return;
     };
-    let mut rng = StdRng::seed_from_u64(seed);
-    let cases = forward_sweep_cases(&mut rng);
-    let mut variants = Vec::new();
+    let mut variant_launches = Vec::new();
     let mut productions = Vec::new();
     let mut expected = Vec::new();
-    for (variant, config) in FORWARD_TC_SWEEP_VARIANTS {
-        for case in &cases {
+    for &(variant, config) in variants {
+        for (case, blocks) in cases.iter().filter(|(c, _)| takes(variant, c)) {
             let launch_seed = rng.random::<u64>();
-            let (launch, want, spec) = forward_launch::<T>(
+            let (mut launch, want, spec) = forward_launch::<T>(
                 &format!("fusedrop_forward_sweep_{variant}_{}", T::NAME),
                 case,
                 &mut StdRng::seed_from_u64(launch_seed),
             );
-            let (same, _, _) = forward_launch::<T>(
+            let (mut same, _, _) = forward_launch::<T>(
                 &format!("fusedrop_forward_{config}_{}", T::NAME),
                 case,
                 &mut StdRng::seed_from_u64(launch_seed),
             );
-            variants.push(launch);
+            if let Some(blocks) = blocks {
+                launch.int("blocks", *blocks);
+                same.int("blocks", *blocks);
+            }
+            variant_launches.push(launch);
             productions.push(same);
             expected.push((want, spec));
         }
     }
-    run(&sweep, &variants);
+    run(&sweep, &variant_launches);
     run(&production, &productions);
     let bits = |y: &[T]| {
         let mut out = Vec::with_capacity(y.len() * T::BYTES);
@@ -1106,7 +1133,7 @@ fn check_forward_sweep<T: Raw>(seed: u64) {
         }
         out
     };
-    for ((launch, same), (want, spec)) in variants.iter().zip(&productions).zip(&expected) {
+    for ((launch, same), (want, spec)) in variant_launches.iter().zip(&productions).zip(&expected) {
         let got = launch.output::<T>("y");
         check_layer_output(
             &launch.what,
@@ -1684,6 +1711,75 @@ fn forward_sm90_split_f16_matches_reference() {
 #[test]
 fn forward_sm90_split_bf16_matches_reference() {
     check_forward_sm90_split::<bf16>(0x5BF16);
+}
+
+/// The tuning variants of kernels/forward_sm90_sweep.cu and the production config whose output
+/// each must reproduce bit for bit (the same wgmma m64nNk16 sequence and epilogue arithmetic for
+/// every output element: the config with the same column tile).
+const FORWARD_SM90_SWEEP_VARIANTS: [(&str, &str); 8] = [
+    ("wg128x256_st3", "wg128x256"),
+    ("wg128x256_tmastore", "wg128x256"),
+    ("wg128x256_mc2", "wg128x256"),
+    ("wg128x256_mc2_tmastore", "wg128x256"),
+    ("wg128x128_tmastore", "wg128x128"),
+    ("wg128x128_mc2", "wg128x128"),
+    ("wg64x256_pp", "wg128x256"),
+    ("wg64x256_pp_tmastore", "wg128x256"),
+];
+
+/// The Hopper cases, plus shapes for the clusters of the multicast variants: an odd number of
+/// row tiles (the last cluster's second block has no rows of Y, but still loads its half of W
+/// for the first) with a partial last column tile, over fewer clusters than cluster tiles so
+/// each walks several; and a reduction longer than every ring, on one cluster. The TMA-store
+/// variants take the cases whose Y rows start 16-byte aligned (n a multiple of 8).
+fn hopper_sweep_cases(rng: &mut StdRng) -> Vec<(ForwardCase, Option<u32>)> {
+    let mut cases = hopper_forward_cases(rng);
+    let base = ForwardCase {
+        shape: LinearShape::new(300, 520, 200),
+        nonlinearity: Nonlinearity::Relu,
+        bias: true,
+        p: 0.1,
+        geometry: Geometry::UNSHARDED,
+        misalign: 0,
+        grid_y: None,
+        device_seed: false,
+        nonfinite: false,
+        seed_subsequence: None,
+    };
+    cases.push((base, Some(2)));
+    cases.push((
+        ForwardCase {
+            shape: LinearShape::new(129, 136, 568),
+            nonlinearity: Nonlinearity::Identity,
+            p: 0.5,
+            bias: false,
+            ..base
+        },
+        Some(1),
+    ));
+    cases
+}
+
+fn check_forward_sm90_sweep<T: Raw>(seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let cases = hopper_sweep_cases(&mut rng);
+    check_sweep_variants::<T>(
+        ("forward_sm90_sweep", "forward_sm90"),
+        &FORWARD_SM90_SWEEP_VARIANTS,
+        &|variant, case| !variant.contains("tmastore") || case.shape.n % 8 == 0,
+        &cases,
+        &mut rng,
+    );
+}
+
+#[test]
+fn forward_sm90_sweep_f16_matches_reference_and_production() {
+    check_forward_sm90_sweep::<f16>(0x5EE9_90F1);
+}
+
+#[test]
+fn forward_sm90_sweep_bf16_matches_reference_and_production() {
+    check_forward_sm90_sweep::<bf16>(0x5EE9_90BF);
 }
 
 // ---------------------------------------------------------------------------------------------

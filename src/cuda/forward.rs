@@ -301,16 +301,33 @@ impl ForwardConfig {
                     self.min_k()
                 ));
             }
-            let splits = self.splits();
-            let clusters = tiles.clamp(1, (sm_count as u64 / u64::from(splits)).max(1)) as u32;
-            return Ok(LaunchConfig {
-                grid_dim: (clusters * splits, 1, 1),
-                block_dim: (self.threads(), 1, 1),
-                shared_mem_bytes: self.smem_bytes(),
-            });
+            return Ok(persistent_launch(
+                tiles,
+                self.splits(),
+                self.threads(),
+                self.smem_bytes(),
+                sm_count,
+            ));
         }
         let (block_m, block_n, threads, smem_bytes) = self.numbers();
         folded_launch(shape, block_m, block_n, threads, smem_bytes)
+    }
+}
+
+/// The persistent grid of the Hopper kernels for `tiles` tiles (of a block, or of a cluster of
+/// `cluster` blocks): min(tiles, sm_count / cluster) clusters, at least one.
+fn persistent_launch(
+    tiles: u64,
+    cluster: u32,
+    threads: u32,
+    smem_bytes: u32,
+    sm_count: usize,
+) -> LaunchConfig {
+    let clusters = tiles.clamp(1, (sm_count as u64 / u64::from(cluster)).max(1)) as u32;
+    LaunchConfig {
+        grid_dim: (clusters * cluster, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: smem_bytes,
     }
 }
 
@@ -666,13 +683,52 @@ impl LayerKernels {
     }
 }
 
+/// Whether a Hopper sweep variant ([`launch_table::FORWARD_SM90_SWEEP`]) stores Y through
+/// shared memory and TMA (the variants named `*_tmastore`), which needs Y 16-byte aligned and
+/// `n` a multiple of 8.
+pub fn sweep_variant_stores_by_tma(variant: &LaunchNumbers) -> bool {
+    variant.name.ends_with("_tmastore")
+}
+
+/// The persistent launch of Hopper sweep variant `variant` on `shape`: a multicast variant's
+/// cluster of `variant.cluster` blocks takes that many consecutive row tiles of one column tile
+/// (each block loading `block_n / cluster` rows of every W box), so its tiles are
+/// `cluster · block_m` x `block_n`; the tile count must fit an `i32`.
+pub fn sm90_sweep_launch(
+    variant: &LaunchNumbers,
+    shape: LinearShape,
+    sm_count: usize,
+) -> Result<LaunchConfig> {
+    let cluster_rows = u64::from(variant.block_m * variant.cluster);
+    let tiles = (shape.m as u64).div_ceil(cluster_rows)
+        * (shape.n as u64).div_ceil(u64::from(variant.block_n));
+    if tiles > i32::MAX as u64 {
+        return Err(invalid!(
+            "{} x {} needs {tiles} tiles of {cluster_rows} x {}; expected at most 2^31-1",
+            shape.m,
+            shape.n,
+            variant.block_n
+        ));
+    }
+    Ok(persistent_launch(
+        tiles,
+        variant.cluster,
+        variant.threads,
+        variant.smem_bytes,
+        sm_count,
+    ))
+}
+
 impl LayerKernels {
     /// Queues the forward through `variant`, one of the tuning variants of the mma.sync kernel
-    /// ([`launch_table::FORWARD_SWEEP`], kernels/forward_tc_sweep.cu), for `fusedrop sweep`: as
-    /// [`forward`](Self::forward) with [`SeedSource::Host`], for f16 and bf16 on compute capability 8.0 and newer,
-    /// with X and W that start 16-byte aligned and `k` a multiple of 8 (the variants have no
-    /// element-load path), and the variant's shared memory within the GPU's limit. Each unmet
-    /// condition is an error that says which.
+    /// ([`launch_table::FORWARD_SWEEP`], kernels/forward_tc_sweep.cu) or of the Hopper kernel
+    /// ([`launch_table::FORWARD_SM90_SWEEP`], kernels/forward_sm90_sweep.cu), for `fusedrop
+    /// sweep`: as [`forward`](Self::forward) with [`SeedSource::Host`], for f16 and bf16, with X
+    /// and W that start 16-byte aligned and `k` a multiple of 8 (the variants have no
+    /// element-load path), and the variant's shared memory within the GPU's limit. The mma.sync
+    /// variants need compute capability 8.0 or newer; the Hopper ones 9.0 and the sm_90a module,
+    /// and the TMA-store ones ([`sweep_variant_stores_by_tma`]) Y 16-byte aligned with `n` a
+    /// multiple of 8. Each unmet condition is an error that says which.
     pub fn forward_sweep_variant<T: Element>(
         &self,
         spec: &LayerSpec,
@@ -682,8 +738,13 @@ impl LayerKernels {
         b: Option<&CudaView<'_, T>>,
         y: &mut impl DevicePtrMut<T>,
     ) -> Result<()> {
-        if !launch_table::FORWARD_SWEEP.contains(variant) {
-            let names: Vec<&str> = launch_table::FORWARD_SWEEP.iter().map(|v| v.name).collect();
+        let hopper = launch_table::FORWARD_SM90_SWEEP.contains(variant);
+        if !hopper && !launch_table::FORWARD_SWEEP.contains(variant) {
+            let names: Vec<&str> = launch_table::FORWARD_SWEEP
+                .iter()
+                .chain(&launch_table::FORWARD_SM90_SWEEP)
+                .map(|v| v.name)
+                .collect();
             return Err(invalid!(
                 "{} is not a sweep variant; expected one of {names:?}",
                 variant.name
@@ -705,27 +766,75 @@ impl LayerKernels {
         if !validate::check_forward(shape, spec.dropout.p, &spec.geometry, lens)? {
             return Ok(());
         }
-        self.require_compute_capability((8, 0), "the mma.sync sweep variants")?;
+        if hopper {
+            if let Some(why) = hopper_unavailable::<T>(self, "forward_sm90_sweep") {
+                return Err(Error::UnsupportedDevice(format!(
+                    "sweep variant {}: {why}",
+                    variant.name
+                )));
+            }
+        } else {
+            self.require_compute_capability((8, 0), "the mma.sync sweep variants")?;
+        }
         let stream = self.stream();
         let (x_ptr, _x_guard) = x.device_ptr(stream);
         let (w_ptr, _w_guard) = w.device_ptr(stream);
-        if x_ptr % 16 != 0 || w_ptr % 16 != 0 || shape.k % 8 != 0 {
+        if !hopper_operands_fit(shape, x_ptr, w_ptr) {
             return Err(invalid!(
-                "sweep variant {} takes X and W that start 16-byte aligned and k a multiple of 8; \
-                 got x at {x_ptr:#x}, w at {w_ptr:#x}, k = {}",
+                "sweep variant {} takes X and W that start 16-byte aligned and k a positive \
+                 multiple of 8; got x at {x_ptr:#x}, w at {w_ptr:#x}, k = {}",
                 variant.name,
                 shape.k
             ));
         }
+        let (y_ptr, _y_guard) = y.device_ptr_mut(stream);
+        let maps = if hopper {
+            let tma_store = sweep_variant_stores_by_tma(variant);
+            if tma_store && !tensor_map::operand_fits(y_ptr, shape.m, shape.n) {
+                return Err(invalid!(
+                    "sweep variant {} stores Y by TMA: Y must start 16-byte aligned and n be a \
+                     multiple of 8; got y at {y_ptr:#x}, n = {}",
+                    variant.name,
+                    shape.n
+                ));
+            }
+            let launch_config = sm90_sweep_launch(variant, shape, self.sm_count())?;
+            let map_y = if tma_store {
+                tensor_map::row_major::<T>(y_ptr, shape.m, shape.n, tensor_map::BOX_K)?
+            } else {
+                tensor_map::TensorMap::unused()
+            };
+            Some((
+                tensor_map::row_major::<T>(x_ptr, shape.m, shape.k, variant.block_m)?,
+                tensor_map::row_major::<T>(
+                    w_ptr,
+                    shape.n,
+                    shape.k,
+                    variant.block_n / variant.cluster,
+                )?,
+                map_y,
+                launch_config,
+            ))
+        } else {
+            None
+        };
+        let module = if hopper {
+            "forward_sm90_sweep"
+        } else {
+            "forward_tc_sweep"
+        };
         let name = format!("fusedrop_{}_{}", variant.name, T::NAME);
-        let function = self.function("forward_tc_sweep", &name, variant.smem_bytes)?;
-        let launch_config = folded_launch(
-            shape,
-            variant.block_m,
-            variant.block_n,
-            variant.threads,
-            variant.smem_bytes,
-        )?;
+        let function = self.function(module, &name, variant.smem_bytes)?;
+        let launch_config = match &maps {
+            Some((_, _, _, config)) => *config,
+            None => folded_launch(
+                shape,
+                variant.block_m,
+                variant.block_n,
+                variant.threads,
+                variant.smem_bytes,
+            )?,
+        };
         let params = MaskParams::new(&spec.dropout, &spec.geometry, shape.n);
         let (m_arg, n_arg, k_arg) = (shape.m as i64, shape.n as i64, shape.k as i64);
         let relu = i32::from(spec.nonlinearity == Nonlinearity::Relu);
@@ -736,11 +845,12 @@ impl LayerKernels {
             }
             None => (0, None),
         };
-        let (y_ptr, _y_guard) = y.device_ptr_mut(stream);
         let mut builder = stream.launch_builder(&function);
+        match &maps {
+            Some((map_x, map_w, map_y, _)) => builder.arg(map_x).arg(map_w).arg(map_y),
+            None => builder.arg(&x_ptr).arg(&w_ptr),
+        };
         builder
-            .arg(&x_ptr)
-            .arg(&w_ptr)
             .arg(&b_ptr)
             .arg(&y_ptr)
             .arg(&m_arg)
@@ -748,13 +858,18 @@ impl LayerKernels {
             .arg(&k_arg)
             .arg(&relu)
             .arg(&params);
-        // SAFETY: the kernel's signature is (const T* x, const T* w, const T* b, T* y, long long m,
-        // long long n, long long k, int relu, MaskParams mp), matched argument for argument above
-        // (kernels/forward_tc.cuh, FUSEDROP_FORWARD_TC). x holds m*k, w n*k, b (when non-null) n and
-        // y m*n elements of T (checked above), x and w are 16-byte aligned with k a multiple of 8 as
-        // the variant requires; the grid follows the kernels' folded-grid rule and the shared memory
-        // is within the limit set for the function. Every buffer stays borrowed until its guard
-        // drops after the launch is queued.
+        // SAFETY: the mma.sync variants' signature is (const T* x, const T* w, const T* b, T* y,
+        // long long m, long long n, long long k, int relu, MaskParams mp) (kernels/forward_tc.cuh,
+        // FUSEDROP_FORWARD_TC), the Hopper variants' (CUtensorMap map_x, CUtensorMap map_w,
+        // CUtensorMap map_y, const T* b, ...) (kernels/forward_sm90_sweep.cu), matched argument
+        // for argument above, the maps encoded from the same pointers and shape with the boxes
+        // the variant reads (map_y unused, and never read, by the variants that store directly).
+        // x holds m*k, w n*k, b (when non-null) n and y m*n elements of T (checked above), x and
+        // w are 16-byte aligned with k a multiple of 8 as the variants require (and y with n a
+        // multiple of 8 for the TMA-store ones); the grid follows the kernels' folded-grid or
+        // persistent-grid rule (whole clusters) and the shared memory is within the limit set for
+        // the function. Every buffer stays borrowed until its guard drops after the launch is
+        // queued.
         unsafe { builder.launch(launch_config) }?;
         Ok(())
     }
@@ -893,6 +1008,55 @@ mod tests {
             .launch_config(LinearShape::new(64, 4096, 200), 132)
             .unwrap_err();
         assert!(err.to_string().contains("expected k >= 256"), "{err}");
+    }
+
+    #[test]
+    fn hopper_sweep_grids_are_whole_clusters() {
+        use launch_table::FORWARD_SM90_SWEEP;
+        let sq = LinearShape::new(4096, 4096, 4096);
+        let by_name = |name: &str| {
+            FORWARD_SM90_SWEEP
+                .iter()
+                .find(|v| v.name == name)
+                .copied()
+                .unwrap()
+        };
+        let mc2 = by_name("forward_sweep_wg128x256_mc2");
+        let st3 = by_name("forward_sweep_wg128x256_st3");
+        // 16 x 16 cluster tiles of 256 x 256: 66 clusters of 2 on 132 multiprocessors.
+        assert_eq!(
+            sm90_sweep_launch(&mc2, sq, 132).unwrap().grid_dim,
+            (132, 1, 1)
+        );
+        assert_eq!(
+            sm90_sweep_launch(&mc2, sq, 133).unwrap().grid_dim,
+            (132, 1, 1)
+        );
+        assert_eq!(
+            sm90_sweep_launch(&st3, sq, 133).unwrap().grid_dim,
+            (133, 1, 1)
+        );
+        // Two cluster tiles (one row of 256 x 256 over n = 300): two clusters.
+        let few = LinearShape::new(100, 300, 64);
+        assert_eq!(
+            sm90_sweep_launch(&mc2, few, 132).unwrap().grid_dim,
+            (4, 1, 1)
+        );
+        assert_eq!(
+            sm90_sweep_launch(&st3, few, 132).unwrap().grid_dim,
+            (2, 1, 1)
+        );
+        let huge = LinearShape::new(1 << 30, 1 << 22, 8);
+        assert!(sm90_sweep_launch(&st3, huge, 132).is_err());
+        for v in &FORWARD_SM90_SWEEP {
+            assert_eq!(
+                sweep_variant_stores_by_tma(v),
+                v.name.contains("tmastore"),
+                "{}",
+                v.name
+            );
+            assert_eq!(v.block_n % (8 * v.cluster), 0, "{}: W slices", v.name);
+        }
     }
 
     #[test]

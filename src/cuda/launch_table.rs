@@ -4,8 +4,8 @@
 //! turns it into the header `fusedrop_launch_table.h`, against which every kernel file
 //! `static_assert`s its config structs (`kBlockM`, `kBlockN`, `kThreads`, `kSmemBytes`). A
 //! number edited here and not in the kernel, or the other way round, fails the nvcc build and the
-//! CPU harness build. Split-K kernels also check their cluster size (`kSplits`) against
-//! `cluster`. This file is also compiled into build.rs, so it uses nothing but `core`.
+//! CPU harness build. Clustered kernels (split-K, W multicast) also check their cluster size
+//! (`kClusterBlocks`) against `cluster`. This file is also compiled into build.rs, so it uses nothing but `core`.
 
 /// One kernel configuration's launch numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +21,8 @@ pub struct LaunchNumbers {
     /// Dynamic shared memory per block, in bytes.
     pub smem_bytes: u32,
     /// Blocks per cluster along x (the kernel's `__cluster_dims__`; the grid's x is a multiple
-    /// of it): the split-K factor of the Hopper split-K kernels, 1 for every other kernel.
+    /// of it): the split-K factor of the Hopper split-K kernels, the multicast factor of the
+    /// Hopper multicast variants, 1 for every other kernel.
     pub cluster: u32,
 }
 
@@ -112,8 +113,37 @@ pub const FORWARD_SWEEP: [LaunchNumbers; 7] = [
     numbers("forward_sweep_tc128x256_bk64_f2", 128, 256, 256, 147_456),
 ];
 
+/// kernels/forward_sm90_sweep.cu: the tuning variants of the Hopper forward that `fusedrop sweep`
+/// times (stages, TMA-store epilogue, W multicast over clusters of 2, ping-pong consumers), in
+/// the order it prints them. `block_m` is one block's rows; a multicast variant's cluster takes `cluster` row tiles.
+pub const FORWARD_SM90_SWEEP: [LaunchNumbers; 8] = [
+    numbers("forward_sweep_wg128x256_st3", 128, 256, 384, 148_528),
+    numbers("forward_sweep_wg128x256_tmastore", 128, 256, 384, 215_040),
+    clustered(
+        numbers("forward_sweep_wg128x256_mc2", 128, 256, 384, 197_696),
+        2,
+    ),
+    clustered(
+        numbers(
+            "forward_sweep_wg128x256_mc2_tmastore",
+            128,
+            256,
+            384,
+            215_040,
+        ),
+        2,
+    ),
+    numbers("forward_sweep_wg128x128_tmastore", 128, 128, 384, 198_656),
+    clustered(
+        numbers("forward_sweep_wg128x128_mc2", 128, 128, 384, 197_728),
+        2,
+    ),
+    numbers("forward_sweep_wg64x256_pp", 64, 256, 384, 205_920),
+    numbers("forward_sweep_wg64x256_pp_tmastore", 64, 256, 384, 231_424),
+];
+
 /// Every configuration, for build.rs.
-pub const ALL: [LaunchNumbers; 29] = [
+pub const ALL: [LaunchNumbers; 37] = [
     FORWARD_TC128X256,
     FORWARD_TC128X128,
     FORWARD_TC64X128,
@@ -143,6 +173,14 @@ pub const ALL: [LaunchNumbers; 29] = [
     FORWARD_SWEEP[4],
     FORWARD_SWEEP[5],
     FORWARD_SWEEP[6],
+    FORWARD_SM90_SWEEP[0],
+    FORWARD_SM90_SWEEP[1],
+    FORWARD_SM90_SWEEP[2],
+    FORWARD_SM90_SWEEP[3],
+    FORWARD_SM90_SWEEP[4],
+    FORWARD_SM90_SWEEP[5],
+    FORWARD_SM90_SWEEP[6],
+    FORWARD_SM90_SWEEP[7],
 ];
 
 /// Grid-stride cap of every backward kernel (`kMaxBlocks`).

@@ -28,6 +28,15 @@ pub(crate) struct TensorMap(sys::CUtensorMap);
 // aligned), which the driver copies into the kernel's parameter space as the kernels declare it.
 unsafe impl DeviceRepr for TensorMap {}
 
+impl TensorMap {
+    /// A zeroed map, for a kernel parameter the kernel does not read (the Hopper sweep variants
+    /// that store Y directly still take Y's map).
+    pub(crate) fn unused() -> Self {
+        // SAFETY: CUtensorMap is plain integers, for which all-zero bytes are a valid value.
+        Self(unsafe { std::mem::zeroed() })
+    }
+}
+
 /// Whether a row-major `[rows, cols]` matrix at device address `ptr` can be described by a
 /// tensor map.
 pub(crate) fn operand_fits(ptr: u64, rows: usize, cols: usize) -> bool {

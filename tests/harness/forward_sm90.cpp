@@ -1,10 +1,6 @@
-// Harness driver for kernels/forward_sm90.cu: every config struct, f16 and bf16. The tensor maps
-// are encoded here as src/cuda/tensor_map.rs encodes them on the GPU path (inner dimension k,
-// 128-byte swizzle, boxes of 64 x kBlockM and 64 x kBlockN). The grid is persistent: the
-// request's optional `blocks` (default 3) sets the number of blocks (split-K configs: of
-// clusters of kSplits blocks), capped at the tile count, so blocks walk several tiles and share
-// the ring across them.
-#include "driver.h"
+// Harness driver for kernels/forward_sm90.cu: every config struct, f16 and bf16, launched as
+// forward_sm90_launch.h describes.
+#include "forward_sm90_launch.h"
 
 #include "forward_sm90.cu"
 
@@ -17,25 +13,10 @@ void run_forward_sm90(const Request& req,
                       void (*kernel)(const CUtensorMap, const CUtensorMap, const T*, T*,
                                      long long, long long, long long, int, fusedrop::MaskParams),
                       const char* name) {
-    const long long m = req.i64("m"), n = req.i64("n"), k = req.i64("k");
-    const T* x = req.ptr<const T>("x");
-    const T* w = req.ptr<const T>("w");
-    CUtensorMap map_x, map_w;
-    std::string why;
-    if (fusedrop::host::encode_tensor_map_2d(&map_x, 2, x, k, m, k * 2, 64, Config::kBlockM,
-                                              128, &why) != CUDA_SUCCESS)
-        die(req.dir + ": X's tensor map: " + why);
-    if (fusedrop::host::encode_tensor_map_2d(&map_w, 2, w, k, n, k * 2, 64, Config::kBlockN,
-                                              128, &why) != CUDA_SUCCESS)
-        die(req.dir + ": W's tensor map: " + why);
-    const long long tiles = (long long)ceil_div(m, Config::kBlockM) * ceil_div(n, Config::kBlockN);
-    const long long units = std::max<long long>(1, std::min(tiles, req.i64_or("blocks", 3)));
-    fusedrop::host::LaunchConfig cfg =
-        config(req, dim3((unsigned)(units * Config::kSplits), 1, 1), Config::kThreads,
-               Config::kSmemBytes);
-    cfg.cluster = Config::kSplits;
-    fusedrop::host::launch(name, kernel, cfg, map_x, map_w, req.ptr<const T>("b"), req.ptr<T>("y"), m, n, k,
-                           (int)req.i64("relu"), req.mp);
+    const Sm90Maps<Config, T> maps = encode_sm90_maps<Config, T>(req);
+    fusedrop::host::launch(name, kernel, sm90_launch_config<Config>(req), maps.x, maps.w,
+                           req.ptr<const T>("b"), req.ptr<T>("y"), req.i64("m"), req.i64("n"),
+                           req.i64("k"), (int)req.i64("relu"), req.mp);
 }
 
 }  // namespace harness

@@ -2,7 +2,7 @@
 //!
 //! What the `fusedrop` command-line tool and the criterion benchmarks share, kept out of the
 //! layer library so that its users compile none of it: the benchmark machinery ([`bench`](mod@bench)) and
-//! the cuBLASLt baselines it compares with ([`baseline`]), and the mma.sync tuning sweep
+//! the cuBLASLt baselines it compares with ([`baseline`]), and the forward's tuning sweep
 //! ([`sweep`]).
 #![warn(missing_docs)]
 

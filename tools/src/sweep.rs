@@ -1,21 +1,28 @@
-//! `fusedrop sweep`: the tuning variants of the mma.sync forward (kernels/forward_tc_sweep.cu,
-//! [`FORWARD_SWEEP`]) timed against the production mma.sync kernel on the GPU it runs on.
+//! `fusedrop sweep`: the tuning variants of the forward timed against the production kernels on
+//! the GPU it runs on, in two families:
 //!
-//! For each shape of [`SHAPES`] (from the bench suite), bf16 and f16, ReLU, p = [`P`]: the
-//! production kernel is the mma.sync configuration the library's heuristic picks for the shape
-//! ([`choose_config`], forced through [`ForwardOptions::config`], so that it runs even where the
-//! Hopper kernel would be chosen), then every variant. Each figure is the median of repetitions between
-//! CUDA events ([`measure`], operands rotated so that no launch finds them in L2, as in
-//! `fusedrop bench`). Each variant's output of launch 0 is compared with the production kernel's
-//! on the same inputs and mask: every variant takes the same mma sequence for every output
-//! element, so the outputs must be bit-identical; a variant that differs is reported with the
-//! count of differing elements and its relative L2 distance to production, and fails the run.
-//! A variant whose shared memory exceeds the GPU's per-block limit is listed as not run.
+//! - mma.sync (kernels/forward_tc_sweep.cu, [`FORWARD_SWEEP`]; compute capability 8.0 and newer):
+//!   the production kernel is the mma.sync configuration the library's heuristic picks for the
+//!   shape ([`choose_config`], forced through [`ForwardOptions::config`], so that it runs even
+//!   where the Hopper kernel would be chosen), then every variant;
+//! - Hopper (kernels/forward_sm90_sweep.cu, [`FORWARD_SM90_SWEEP`]; compute capability 9.0 and a
+//!   build with the sm_90a modules): for each production config of [`HOPPER_PRODUCTION`]
+//!   (forced), that config, then the variants with its column tile (stages, TMA-store epilogue,
+//!   W multicast over clusters of 2, ping-pong consumers).
+//!
+//! For each shape of [`SHAPES`] (from the bench suite), bf16 and f16, ReLU, p = [`P`]. Each figure
+//! is the median of repetitions between CUDA events ([`measure`], operands rotated so that no
+//! launch finds them in L2, as in `fusedrop bench`). Each variant's output of launch 0 is compared
+//! with the production row above it, on the same inputs and mask: every variant takes the same
+//! mma sequence and epilogue arithmetic for every output element as that production config, so
+//! the outputs must be bit-identical; a variant that differs is reported with the count of
+//! differing elements and its relative L2 distance to production, and fails the run. A variant
+//! whose shared memory exceeds the GPU's per-block limit is listed as not run.
 
 use clap::Args;
 use cudarc::driver::sys::CUdevice_attribute;
 use fusedrop::cuda::forward::{choose_config, ForwardConfig, ForwardOptions};
-use fusedrop::cuda::launch_table::{LaunchNumbers, FORWARD_SWEEP};
+use fusedrop::cuda::launch_table::{LaunchNumbers, FORWARD_SM90_SWEEP, FORWARD_SWEEP};
 use fusedrop::cuda::{module_built, open_device, LayerKernels};
 use fusedrop::{reference, Element, Error, LinearShape, Nonlinearity, Result};
 use half::{bf16, f16};
@@ -29,12 +36,17 @@ pub const EXIT_FAILED: i32 = 1;
 /// Exit code: nothing could be measured, for want of a GPU, driver or the sweep's kernels.
 pub const EXIT_NO_GPU: i32 = 3;
 
-/// The bench suite's shapes the sweep runs on.
-pub const SHAPES: [&str; 2] = ["sq", "up"];
+/// The bench suite's shapes the sweep runs on: two compute-bound ones, and `wide` (k = 256),
+/// where the epilogue is a large share of each tile's time.
+pub const SHAPES: [&str; 3] = ["sq", "up", "wide"];
 /// The dtypes the sweep runs in.
 pub const DTYPES: [DType; 2] = [DType::Bf16, DType::F16];
 /// The dropout probability of every launch.
 pub const P: f32 = 0.1;
+/// The Hopper production configs the Hopper variants are compared with: each variant follows the
+/// config with its `block_n` (the wgmma N of its consumer warpgroups: 256 or 128).
+pub const HOPPER_PRODUCTION: [ForwardConfig; 2] =
+    [ForwardConfig::Wg128x256, ForwardConfig::Wg128x128];
 
 /// The sweep's flags.
 #[derive(Debug, Clone, Args)]
@@ -86,7 +98,7 @@ pub struct SweepRow {
 /// bit-identical to production, 1 some variant differs or a launch failed, 3 no usable GPU).
 pub fn run(options: &Options) -> i32 {
     eprintln!(
-        "fusedrop sweep: timing the mma.sync forward variants (each row prints as it is measured)"
+        "fusedrop sweep: timing the forward's tuning variants (each row prints as it is measured)"
     );
     let rows = match sweep(options, &mut |row| eprintln!("  {}", format_row(row, None))) {
         Ok(rows) => rows,
@@ -96,7 +108,8 @@ pub fn run(options: &Options) -> i32 {
         ) => {
             eprintln!(
                 "fusedrop sweep: needs a GPU of compute capability 8.0 or newer and the kernels \
-                 of kernels/forward_tc_sweep.cu; nothing was measured: {e}"
+                 of kernels/forward_tc_sweep.cu (and for the Hopper variants compute capability \
+                 9.0 and kernels/forward_sm90_sweep.cu); nothing was measured: {e}"
             );
             return EXIT_NO_GPU;
         }
@@ -136,21 +149,51 @@ pub fn sweep(options: &Options, progress: &mut dyn FnMut(&SweepRow)) -> Result<V
     } else {
         Effort::FULL
     };
-    let gpu = Gpu::read(&kernels)?;
+    let run = Run {
+        gpu: Gpu::read(&kernels)?,
+        candidates: candidates(&kernels),
+        kernels,
+        effort,
+    };
     let mut rows = Vec::new();
     for name in SHAPES {
         let suite = suite_shape(name)?;
         for dtype in DTYPES {
-            let shape_rows = match dtype {
-                DType::F16 => {
-                    sweep_shape::<f16>(&kernels, &gpu, suite.name, dtype, effort, progress)?
-                }
-                _ => sweep_shape::<bf16>(&kernels, &gpu, suite.name, dtype, effort, progress)?,
-            };
-            rows.extend(shape_rows);
+            rows.extend(match dtype {
+                DType::F16 => sweep_shape::<f16>(&run, suite.name, dtype, progress)?,
+                _ => sweep_shape::<bf16>(&run, suite.name, dtype, progress)?,
+            });
         }
     }
     Ok(rows)
+}
+
+/// What every shape of one sweep shares.
+struct Run {
+    kernels: LayerKernels,
+    gpu: Gpu,
+    candidates: Vec<Kernel>,
+    effort: Effort,
+}
+
+/// The rows of every shape, in order: the mma.sync production row (`None`: the heuristic's
+/// choice for the shape) and its variants, then, where the Hopper kernels run, each Hopper
+/// production config and the variants of its tile.
+fn candidates(kernels: &LayerKernels) -> Vec<Kernel> {
+    let mut out = vec![Kernel::Production(None)];
+    out.extend(FORWARD_SWEEP.iter().map(Kernel::Variant));
+    if kernels.hopper_available::<bf16>() && module_built("forward_sm90_sweep") {
+        for config in HOPPER_PRODUCTION {
+            out.push(Kernel::Production(Some(config)));
+            out.extend(
+                FORWARD_SM90_SWEEP
+                    .iter()
+                    .filter(|v| v.block_n as usize == config.block_n())
+                    .map(Kernel::Variant),
+            );
+        }
+    }
+    out
 }
 
 /// What the sweep reads of the GPU once.
@@ -174,18 +217,22 @@ impl Gpu {
     }
 }
 
-/// The kernel a row times: the production config, or a sweep variant.
+/// The kernel a row times: a production config (`None`: the mma.sync config the heuristic picks
+/// for the shape), or a sweep variant.
 #[derive(Clone, Copy)]
 enum Kernel {
-    Production(ForwardConfig),
+    Production(Option<ForwardConfig>),
     Variant(&'static LaunchNumbers),
 }
 
 impl Kernel {
-    fn label(self) -> String {
+    /// The production config on `dims`, or `None` for a variant.
+    fn production<T: Element>(self, dims: LinearShape, sm_count: usize) -> Option<ForwardConfig> {
         match self {
-            Kernel::Production(config) => format!("production {}", config.name()),
-            Kernel::Variant(v) => v.name.trim_start_matches("forward_").to_string(),
+            Kernel::Production(config) => {
+                Some(config.unwrap_or_else(|| choose_config::<T>(dims, sm_count)))
+            }
+            Kernel::Variant(_) => None,
         }
     }
 
@@ -202,14 +249,14 @@ impl Kernel {
         let set = ops.set_mut(launch);
         let b = set.b.as_view();
         match self {
-            Kernel::Production(config) => kernels.forward(
+            Kernel::Production(_) => kernels.forward(
                 &spec,
                 &set.x,
                 &set.w,
                 Some(&b),
                 &mut set.y,
                 ForwardOptions {
-                    config: Some(config),
+                    config: self.production::<T>(dims, kernels.sm_count()),
                     ..ForwardOptions::default()
                 },
             ),
@@ -220,24 +267,31 @@ impl Kernel {
     }
 }
 
-/// The production kernel and every variant on suite shape `shape` in `dtype` (whose element
-/// type is `T`).
+/// Every candidate on suite shape `shape` in `dtype` (whose element type is `T`).
 fn sweep_shape<T: Element>(
-    kernels: &LayerKernels,
-    gpu: &Gpu,
+    run: &Run,
     shape: &'static str,
     dtype: DType,
-    effort: Effort,
     progress: &mut dyn FnMut(&SweepRow),
 ) -> Result<Vec<SweepRow>> {
+    let Run {
+        kernels,
+        gpu,
+        candidates,
+        effort,
+    } = run;
+    let effort = *effort;
     let dims = suite_shape(shape)?.shape();
     let stream = kernels.stream();
     let mut ops = Operands::<T>::new(stream, dims, gpu.l2_bytes, BENCH_SEED)?;
-    let production = Kernel::Production(choose_config::<T>(dims, gpu.sm_count));
-    let candidates = std::iter::once(production).chain(FORWARD_SWEEP.iter().map(Kernel::Variant));
     let mut reference_y: Option<Vec<f64>> = None;
     let mut rows = Vec::new();
-    for kernel in candidates {
+    for &kernel in candidates.iter() {
+        let production = kernel.production::<T>(dims, gpu.sm_count);
+        if production.is_some() {
+            // The variants below are compared with this production row.
+            reference_y = None;
+        }
         let outcome = match kernel {
             Kernel::Variant(v) if v.smem_bytes > gpu.smem_optin => Outcome::DoesNotFit {
                 needs: v.smem_bytes,
@@ -267,10 +321,16 @@ fn sweep_shape<T: Element>(
                 }
             }
         };
+        let label = match kernel {
+            Kernel::Variant(v) => v.name.trim_start_matches("forward_").to_string(),
+            Kernel::Production(_) => {
+                format!("production {}", production.map_or("?", |c| c.name()))
+            }
+        };
         let row = SweepRow {
             shape,
             dtype,
-            kernel: kernel.label(),
+            kernel: label,
             outcome,
         };
         progress(&row);

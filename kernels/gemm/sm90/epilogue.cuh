@@ -1,6 +1,7 @@
-// Hopper epilogues, straight from a consumer warpgroup's wgmma accumulator fragment (no shared
-// memory). The forward's: bias, activation, the Philox dropout mask, the scale, conversion and
-// the store. The backward's: the dropout scale, accumulation and the store.
+// Hopper epilogues, from a consumer warpgroup's wgmma accumulator fragment. The forward's: bias,
+// activation, the Philox dropout mask, the scale, conversion and the store, straight to global
+// memory (store_fragment) or through a shared-memory staging area and TMA stores
+// (stage_fragment). The backward's: the dropout scale, accumulation and the store.
 //
 // Fragment of m64nN (ptx.cuh, wgmma_ss): thread t of the warpgroup (warp w = t / 32, lane l)
 // holds, for each 8-column group j = 0 .. N/8 - 1, the pairs
@@ -19,6 +20,7 @@
 
 #include "../../element.cuh"
 #include "../../mask.cuh"
+#include "../../ptx.cuh"
 #include "../epilogue.cuh"
 
 namespace fusedrop {
@@ -109,10 +111,41 @@ struct FragmentMask {
 };
 
 template <typename T>
+__device__ __forceinline__ uint32_t pack_pair(float v0, float v1) {
+    return (uint32_t)bits16(Element<T>::from_float(v0)) |
+           ((uint32_t)bits16(Element<T>::from_float(v1)) << 16);
+}
+
+template <typename T>
 __device__ __forceinline__ void store_pair(T* dst, float v0, float v1) {
-    const uint32_t packed = (uint32_t)bits16(Element<T>::from_float(v0)) |
-                            ((uint32_t)bits16(Element<T>::from_float(v1)) << 16);
-    *reinterpret_cast<uint32_t*>(dst) = packed;
+    *reinterpret_cast<uint32_t*>(dst) = pack_pair<T>(v0, v1);
+}
+
+// The bias of columns c and c + 1 (0 past the last column, or without bias).
+template <typename T>
+__device__ __forceinline__ void bias_pair(const EpilogueArgs<T>& a, long long c, float& bias0,
+                                          float& bias1) {
+    bias0 = 0.0f;
+    bias1 = 0.0f;
+    if (a.b != nullptr) {
+        if (c < a.n) bias0 = Element<T>::to_float(a.b[c]);
+        if (c + 1 < a.n) bias1 = Element<T>::to_float(a.b[c + 1]);
+    }
+}
+
+// The outputs of two adjacent accumulators: bias, activation, then the keep bits `keep2` (bit 0
+// for the first, bit 1 for the second) and the scale; non-finite values as
+// docs/mask-contract.md defines them (activate, apply_keep).
+template <typename T>
+__device__ __forceinline__ void epilogue_pair(const EpilogueArgs<T>& a, float acc0, float acc1,
+                                              float bias0, float bias1, uint32_t keep2,
+                                              float& v0, float& v1) {
+    v0 = activate(acc0 + bias0, a.relu);
+    v1 = activate(acc1 + bias1, a.relu);
+    if (a.drop_all || a.dropout) {
+        v0 = apply_keep(v0, !a.drop_all && (keep2 & 1u), a.mp.scale);
+        v1 = apply_keep(v1, !a.drop_all && (keep2 & 2u), a.mp.scale);
+    }
 }
 
 // Writes the fragment `acc` of the warpgroup tile whose top-left element is (tile_row,
@@ -133,23 +166,16 @@ __device__ __forceinline__ void store_fragment(const float (&acc)[kWgN / 2],
         const long long c = c0 + 8 * j;
         if (c >= a.n) break;
         const bool second_col = c + 1 < a.n;
-        float bias0 = 0.0f, bias1 = 0.0f;
-        if (a.b != nullptr) {
-            bias0 = Element<T>::to_float(a.b[c]);
-            if (second_col) bias1 = Element<T>::to_float(a.b[c + 1]);
-        }
+        float bias0, bias1;
+        bias_pair(a, c, bias0, bias1);
         const uint32_t keep = a.dropout ? mask.nibble(j) : 0xFu;
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             const long long r = r0 + 8 * h;
             if (r >= a.m) continue;
-            // Non-finite values as docs/mask-contract.md defines them (activate, apply_keep).
-            float v0 = activate(acc[4 * j + 2 * h] + bias0, a.relu);
-            float v1 = activate(acc[4 * j + 2 * h + 1] + bias1, a.relu);
-            if (a.drop_all || a.dropout) {
-                v0 = apply_keep(v0, !a.drop_all && ((keep >> (2 * h)) & 1u), a.mp.scale);
-                v1 = apply_keep(v1, !a.drop_all && ((keep >> (2 * h + 1)) & 1u), a.mp.scale);
-            }
+            float v0, v1;
+            epilogue_pair(a, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1], bias0, bias1,
+                          keep >> (2 * h), v0, v1);
             T* dst = a.y + r * a.n + c;
             if (pair_store && second_col) {
                 store_pair(dst, v0, v1);
@@ -159,6 +185,71 @@ __device__ __forceinline__ void store_fragment(const float (&acc)[kWgN / 2],
             }
         }
     }
+}
+
+// A barrier over consumer warpgroup `consumer`'s 128 threads (named barriers 1 and 2).
+__device__ __forceinline__ void consumer_barrier(int consumer) {
+    if (consumer == 0)
+        ptx::warpgroup_barrier<1>();
+    else
+        ptx::warpgroup_barrier<2>();
+}
+
+// The TMA-store form of store_fragment, for Y whose rows start 16-byte aligned (n % 8 == 0 and Y
+// 16-byte aligned; `map_y` is Y's tensor map with 64 x 64 boxes and 128-byte swizzle). Consumer
+// warpgroup `consumer` writes its 64 x kWgN tile, rounded to T, into its `staging` area
+// (1024-byte aligned, 128 kWgN bytes) as kWgN / 64 boxes of 64 rows x 128 bytes in the
+// 128-byte swizzle layout (the 16-byte chunk index XOR the row within its group of 8 rows, so a
+// warp's 4-byte writes fall in distinct banks), then its first thread queues one TMA store per
+// box that starts inside Y; the TMA unit clips rows and columns past Y. The warpgroup goes on
+// to its next tile while the stores drain; the next call (and the kernel's end, through
+// finish_tma_stores) waits until they have read the staging area.
+template <typename T, int kWgN>
+__device__ __forceinline__ void stage_fragment(const float (&acc)[kWgN / 2],
+                                               const FragmentMask<kWgN>& mask,
+                                               const EpilogueArgs<T>& a, unsigned char* staging,
+                                               const CUtensorMap* map_y, int consumer,
+                                               long long tile_row, long long tile_col) {
+    static_assert(kWgN % 64 == 0, "the staging area is whole 64-column boxes");
+    const int t = (int)(threadIdx.x % 128);
+    const int w = t / 32, l = t % 32;
+    // The previous tile's stores have read the staging area before anyone writes it again.
+    if (t == 0) ptx::tma_store_wait_read<0>();
+    consumer_barrier(consumer);
+#pragma unroll
+    for (int j = 0; j < kWgN / 8; ++j) {
+        const int col = 8 * j + 2 * (l % 4);  // in the warpgroup tile
+        float bias0, bias1;
+        bias_pair(a, tile_col + col, bias0, bias1);
+        const uint32_t keep = a.dropout ? mask.nibble(j) : 0xFu;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int row = 16 * w + l / 4 + 8 * h;
+            float v0, v1;
+            epilogue_pair(a, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1], bias0, bias1,
+                          keep >> (2 * h), v0, v1);
+            const uint32_t byte = (uint32_t)(col / 64) * 8192u + (uint32_t)row * 128u +
+                                  (uint32_t)(col % 64) * 2u;
+            *reinterpret_cast<uint32_t*>(staging + (byte ^ ((uint32_t)(row & 7) << 4))) =
+                pack_pair<T>(v0, v1);
+        }
+    }
+    // The generic-proxy writes, visible to the TMA unit's reads.
+    ptx::fence_proxy_async_shared();
+    consumer_barrier(consumer);
+    if (t == 0) {
+#pragma unroll
+        for (int box = 0; box < kWgN / 64; ++box)
+            if (tile_col + 64 * box < a.n)
+                ptx::tma_store_2d(map_y, staging + 8192 * box, (int32_t)(tile_col + 64 * box),
+                                  (int32_t)tile_row);
+        ptx::tma_store_commit();
+    }
+}
+
+// Before a consumer warpgroup that staged its tiles exits: its stores have read shared memory.
+__device__ __forceinline__ void finish_tma_stores() {
+    if (threadIdx.x % 128 == 0) ptx::tma_store_wait_read<0>();
 }
 
 // The backward's epilogue: OUT[r][c] = (accumulate ? OUT[r][c] : 0) + scale * acc for the

@@ -19,8 +19,23 @@
 // A side operand (kSideA): a second matrix with A's shape and layout, loaded beside A in every
 // stage but not multiplied (the backward's saved output Y, from which dZ is formed in place).
 //
-// Consumer warpgroups: two. With BM = 128 each takes 64 rows and all BN columns; with BM = 64
-// both take the 64 rows and BN / 2 columns each. Each issues wgmma m64n(kWgN)k16.
+// B multicast (kMulticast > 1, K-major B only): the kernel runs in clusters of kMulticast
+// blocks (consecutive along x) whose tiles share B's columns and differ in A's rows. Block
+// `rank` of the cluster loads rows [rank, rank + 1) x BN / kMulticast of each stage's B box and
+// multicasts them to every block of the cluster (B's tensor map has boxes of BN / kMulticast
+// rows), so each block reads 1 / kMulticast of B from L2. A block's stage is therefore written
+// by every block of the cluster: it goes back to the producers only when the consumers of every
+// block have released it (each consumer warpgroup arrives on the `empty` barrier of every block,
+// kConsumerWarpgroups x kMulticast arrivals per phase), and its `full` barrier expects the whole
+// stage's bytes from the block's own expect_tx. A block must not exit while another may still
+// arrive on its barriers: the producer drains the ring (`drain`) before it returns.
+//
+// Consumer warpgroups: two. Cooperative (kConsumersPerTile = 2, the default): both work on every
+// tile; with BM = 128 each takes 64 rows and all BN columns, with BM = 64 both take the 64 rows
+// and BN / 2 columns each. Ping-pong (kConsumersPerTile = 1, BM = 64): each tile is one
+// warpgroup's, all of it; the kernel hands the warpgroups alternate tiles, and a warpgroup skips
+// the stages of the other's tiles (skip_tile), so one warpgroup's epilogue runs while the other's
+// main loop keeps the tensor cores busy. Each issues wgmma m64n(kWgN)k16.
 #pragma once
 
 #include <stdint.h>
@@ -69,7 +84,8 @@ struct OperandTile {
 };
 
 template <typename T, int BM, int BN, int kStagesArg, Major kMajorA = Major::K,
-          Major kMajorB = Major::K, bool kSideA = false>
+          Major kMajorB = Major::K, bool kSideA = false, int kMulticastArg = 1,
+          int kConsumersPerTileArg = kConsumerWarpgroups>
 struct Mainloop {
     static_assert(sizeof(T) == 2, "the wgmma main loop takes f16 or bf16 operands");
     static_assert(BM == 64 || BM == 128, "BM is one or two consumer warpgroups of 64 rows");
@@ -77,16 +93,30 @@ struct Mainloop {
     static constexpr int kBlockN = BN;
     static constexpr int kStages = kStagesArg;
     static constexpr int kBlockK = 128 / (int)sizeof(T);
+    static constexpr int kConsumersPerTile = kConsumersPerTileArg;
+    static_assert(kConsumersPerTile == kConsumerWarpgroups || (kConsumersPerTile == 1 && BM == 64),
+                  "cooperative consumers, or ping-pong consumers on 64-row tiles");
     static constexpr int kWgRows = BM / 64;
-    static constexpr int kWgCols = kConsumerWarpgroups / kWgRows;
+    static constexpr int kWgCols = kConsumersPerTile / kWgRows;
     static constexpr int kWgN = BN / kWgCols;  // the wgmma N of each consumer warpgroup
     static_assert(kWgN % 8 == 0 && kWgN >= 8 && kWgN <= 256, "wgmma N is 8 .. 256");
     static_assert(BN <= 256, "a TMA box row count is at most 256");
     static_assert(kMajorB == Major::K || kWgN % 64 == 0,
                   "an MN-major B sub-block starts on a 64-column box");
     static constexpr int kAccumulators = kWgN / 2;
+    static constexpr int kMulticast = kMulticastArg;
+    static_assert(kMulticast == 1 || kMulticast == 2 || kMulticast == 4,
+                  "B is multicast over clusters of 1, 2 or 4 blocks");
+    static_assert(kMulticast == 1 || kMajorB == Major::K, "a multicast B slice is K-major");
+    static_assert(BN % (8 * kMulticast) == 0,
+                  "each block's B slice keeps the next on a 1024-byte swizzle boundary");
+    // Arrivals that release a stage: every consumer warpgroup of the tile in every block of the
+    // cluster.
+    static constexpr uint32_t kEmptyArrivals = (uint32_t)kConsumersPerTile * kMulticast;
     using TileA = OperandTile<BM, kMajorA>;
     using TileB = OperandTile<BN, kMajorB>;
+    // The rows of B one block loads (and multicasts): all of them without multicast.
+    using SliceB = OperandTile<BN / kMulticast, kMajorB>;
     static constexpr uint32_t kBytesA = TileA::kBytes;
     static constexpr uint32_t kBytesSide = kSideA ? TileA::kBytes : 0;
     static constexpr uint32_t kBytesB = TileB::kBytes;
@@ -136,8 +166,37 @@ struct Mainloop {
             ptx::mbarrier_arrive_expect_tx(full, bytes);
             TileA::load(stage, map_a, full, a0, kb);
             if (kSideA && side != nullptr) TileA::load(stage + kOffsetSide, side, full, a0, kb);
-            TileB::load(stage + kOffsetB, map_b, full, b0, kb);
+            if constexpr (kMulticast == 1) {
+                TileB::load(stage + kOffsetB, map_b, full, b0, kb);
+            } else {
+                const int rank = (int)(blockIdx.x % kMulticast);
+                ptx::tma_load_2d_multicast(stage + kOffsetB + rank * SliceB::kBytes, map_b, full,
+                                           kb * 64, b0 + rank * (BN / kMulticast),
+                                           (uint16_t)((1u << kMulticast) - 1u));
+            }
             state.advance();
+        }
+    }
+
+    // Producer, after its last tile: waits until every stage of the ring was released by every
+    // consumer that will release it (with multicast, those of the other blocks too), so that the
+    // block outlives every arrival on its barriers.
+    __device__ __forceinline__ static void drain(const Storage& s, State state) {
+        for (int i = 0; i < kStages; ++i) {
+            s.barriers->producer_acquire(state);
+            state.advance();
+        }
+    }
+
+    // A consumer warpgroup's release of the stage `st`: one arrival on its `empty` barrier, by
+    // the warpgroup's first thread; with multicast, threads 0 .. kMulticast - 1 arrive on the
+    // barrier of blocks 0 .. kMulticast - 1 of the cluster.
+    __device__ __forceinline__ static void release_stage(const Storage& s, const State& st) {
+        const uint32_t t = threadIdx.x % kWarpgroupThreads;
+        if constexpr (kMulticast == 1) {
+            if (t == 0) s.barriers->consumer_release(st);
+        } else if (t < (uint32_t)kMulticast) {
+            ptx::mbarrier_arrive_cluster(ptx::cluster_map(&s.barriers->empty[st.stage], t));
         }
     }
 
@@ -148,21 +207,27 @@ struct Mainloop {
         load_tile(map_a, map_b, nullptr, s, state, a0, b0, k_first, k_blocks);
     }
 
+    // Ping-pong: the consumer warpgroup that does not take a tile passes over its k_blocks
+    // stages, which the other one consumes and releases.
+    __device__ __forceinline__ static void skip_tile(State& state, int k_blocks) {
+        for (int kb = 0; kb < k_blocks; ++kb) state.advance();
+    }
+
     // The byte offset of consumer `consumer`'s B columns in B's box(es).
     __device__ __forceinline__ static uint32_t b_offset_of(int consumer) {
         return (uint32_t)(consumer / kWgRows) * kWgN * 128u;
     }
 
     // After k-block kb's wgmmas were committed: leaves them in flight and waits for the previous
-    // k-block's, whose stage then goes back to the producer (one arrival per warpgroup, by its
-    // leader). `state` moves to the next stage to consume, `release` to the next to release.
+    // k-block's, whose stage then goes back to the producer (release_stage). `state` moves to
+    // the next stage to consume, `release` to the next to release.
     __device__ __forceinline__ static void retire_previous(float (&acc)[kAccumulators],
                                                            const Storage& s, State& state,
-                                                           State& release, int kb, bool leader) {
+                                                           State& release, int kb) {
         ptx::wgmma_wait_group<1>();
         ptx::fence_registers(acc);
         if (kb > 0) {
-            if (leader) s.barriers->consumer_release(release);
+            release_stage(s, release);
             release.advance();
         }
         state.advance();
@@ -170,14 +235,14 @@ struct Mainloop {
 
     // After the tile's last k-block: waits for every wgmma and releases the last stage.
     __device__ __forceinline__ static void retire_last(float (&acc)[kAccumulators],
-                                                       const Storage& s, const State& release,
-                                                       bool leader) {
+                                                       const Storage& s, const State& release) {
         ptx::wgmma_wait_group<0>();
         ptx::fence_registers(acc);
-        if (leader) s.barriers->consumer_release(release);
+        release_stage(s, release);
     }
 
-    // Consumer warpgroup `consumer` (all 128 threads): accumulates the tile into acc, reading
+    // The consumer warpgroup (all 128 threads) that takes part `consumer` (0 ..
+    // kConsumersPerTile - 1) of the tile: accumulates its part into acc, reading
     // k_blocks >= 1 stages from the ring and releasing each once its wgmmas retired. (k = 0 is
     // not this kernel's: a branch that zeroes acc instead costs the 128 x 256 tile its spill-free
     // register allocation.)
@@ -194,7 +259,6 @@ struct Mainloop {
                                                     Prepare&& prepare, Between&& between) {
         const uint32_t a_offset = (uint32_t)(consumer % kWgRows) * 64u * 128u;
         const uint32_t b_offset = b_offset_of(consumer);
-        const bool leader = threadIdx.x % kWarpgroupThreads == 0;
         State release = state;
         for (int kb = 0; kb < k_blocks; ++kb) {
             s.barriers->consumer_wait(state);
@@ -211,9 +275,9 @@ struct Mainloop {
             }
             ptx::wgmma_commit_group();
             between(kb);
-            retire_previous(acc, s, state, release, kb, leader);
+            retire_previous(acc, s, state, release, kb);
         }
-        retire_last(acc, s, release, leader);
+        retire_last(acc, s, release);
     }
 
     // The warpgroup's A fragments of one k-block, one per k16 step (wgmma_rs's register
@@ -232,7 +296,6 @@ struct Mainloop {
                                                        LoadA&& load_a) {
         static_assert(kMajorA == Major::K, "register A fragments are K-major");
         const uint32_t b_offset = b_offset_of(consumer);
-        const bool leader = threadIdx.x % kWarpgroupThreads == 0;
         State release = state;
         FragmentsA even, odd;
         auto k_block = [&](int kb, FragmentsA& a) {
@@ -253,7 +316,7 @@ struct Mainloop {
             ptx::wgmma_commit_group();
             // This k-block's fragment set stays untouched until the next k-block's wait retires
             // its wgmmas; the previous set is free again after this one.
-            retire_previous(acc, s, state, release, kb, leader);
+            retire_previous(acc, s, state, release, kb);
         };
         // Whole pairs, then an odd k-block out: no path through the code refills a fragment set
         // whose wgmmas may still be in flight (ptxas would otherwise serialize every wgmma).
@@ -263,7 +326,7 @@ struct Mainloop {
             k_block(kb + 1, odd);
         }
         if (kb < k_blocks) k_block(kb, even);
-        retire_last(acc, s, release, leader);
+        retire_last(acc, s, release);
     }
 
     template <class Between>

@@ -62,6 +62,36 @@ struct StageBarriers {
     }
 };
 
+// Ping-pong consumers (each tile one consumer warpgroup's, the two taking alternate tiles): the
+// order in which their main loops run. Warpgroup c's j-th tile may start its main loop once
+// turn[c] completed phase j; warpgroup c passes the turn (one arrival on turn[1 - c]) when its
+// main loop is done. So the main loops alternate (one warpgroup's epilogue runs while the other
+// multiplies), and it is also what makes skipping the other warpgroup's stages safe: a parity
+// wait tells only two consecutive phases apart, so a warpgroup may wait for round r of a stage
+// only once round r - 1 has completed, and round r - 1 belongs to a tile whose main loop (whose
+// waits) finished before this warpgroup's turn came.
+struct ConsumerOrder {
+    uint64_t turn[2];
+
+    // Called by one thread, with the ring's barriers: warpgroup 0 has the first turn.
+    __device__ __forceinline__ void init() {
+        ptx::mbarrier_init(&turn[0], 1);
+        ptx::mbarrier_init(&turn[1], 1);
+        ptx::mbarrier_arrive(&turn[0]);
+    }
+
+    // Warpgroup `consumer` (all threads), before the main loop of its j-th tile.
+    __device__ __forceinline__ void wait(int consumer, int j) {
+        ptx::mbarrier_wait(&turn[consumer], (uint32_t)j & 1u);
+    }
+
+    // Warpgroup `consumer`, after the main loop of a tile (its wgmmas retired): the first thread
+    // hands the turn to the other warpgroup.
+    __device__ __forceinline__ void pass(int consumer) {
+        if (threadIdx.x % 128 == 0) ptx::mbarrier_arrive(&turn[1 - consumer]);
+    }
+};
+
 }  // namespace sm90
 }  // namespace gemm
 }  // namespace fusedrop

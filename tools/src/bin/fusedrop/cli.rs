@@ -56,13 +56,15 @@ EXIT CODES: 0 done, 1 a run failed, 2 bad flags, 3 --device cuda but no usable G
     Selftest(selftest::Options),
     /// Time the fused kernels against cuBLASLt and the unfused baseline (needs a GPU)
     Bench(bench::Options),
-    /// Time the mma.sync forward's tuning variants against its production kernel (needs a GPU)
+    /// Time the forward's tuning variants against its production kernels (needs a GPU)
     ///
     /// Times every variant of kernels/forward_tc_sweep.cu (tile 128x128 or 128x256, k slice 32 or
     /// 64, one or two sets of warp fragments) and the mma.sync configuration the library picks,
-    /// on the suite shapes sq and up in bf16 and f16 (ReLU, bias, p = 0.1), and checks that each
-    /// variant's output is bit-identical to the production kernel's. Prints TFLOP/s and the ratio
-    /// to production.
+    /// and on Hopper every variant of kernels/forward_sm90_sweep.cu (stages, TMA-store epilogue,
+    /// W multicast over clusters of 2, ping-pong consumers) after the production config of its
+    /// column tile, on the suite shapes sq, up and wide in bf16 and f16 (ReLU, bias, p = 0.1),
+    /// and checks that each variant's output is bit-identical to its production kernel's.
+    /// Prints TFLOP/s and the ratio to production.
     #[command(
         after_help = "EXIT CODES: 0 every variant bit-identical to production, 1 a variant \
                             differs or a launch failed, 2 bad flags, 3 no usable GPU, driver or \

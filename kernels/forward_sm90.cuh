@@ -1,0 +1,260 @@
+// Fused forward on Hopper (sm_90a only; f16 and bf16, f32 accumulate), kernel level:
+// Y = dropout_p(act(X·Wᵀ + b)) in one persistent, warp-specialised launch. The entry points are
+// in forward_sm90.cu (production configs) and forward_sm90_sweep.cu (tuning variants).
+//
+//   X [m, k], W [n, k] (nn.Linear layout), b [n] or null, Y [m, n], all row-major.
+//   X and W arrive as TMA tensor maps (built by src/cuda/tensor_map.rs): 2-D, inner dimension
+//   k, 128-byte swizzle, boxes of 64 x kBlockM (X) and 64 x kBlockN / kMulticast (W) elements,
+//   zero fill out of bounds (so M, N and K tails need no predicates). That needs k % 8 == 0 and
+//   16-byte aligned X and W (TMA's stride and address rules); other calls take
+//   kernels/forward_tc.cu. A config with kTmaStore also takes Y's map (64 x 64 boxes, 128-byte
+//   swizzle: n % 8 == 0 and Y 16-byte aligned).
+//
+// Levels: scheduler (gemm/tile_scheduler.cuh, PersistentTileScheduler: grid = (blocks, 1, 1),
+// any blocks >= 1 (a multiple of the cluster size), one per multiprocessor in practice), main
+// loop (gemm/sm90/mainloop.cuh: a producer warpgroup whose first thread issues TMA into a
+// kStages ring, two consumer warpgroups issuing wgmma), epilogue (gemm/sm90/epilogue.cuh, from
+// the accumulator fragment; the Philox words are drawn while the tensor cores run the main
+// loop).
+//
+// Consumers: cooperative (both warpgroups on every tile), or ping-pong (kPingPong: 64-row tiles,
+// each one warpgroup's, the two taking the block's tiles in turn, so that one's epilogue overlaps
+// the other's main loop).
+//
+// Clusters (the entry point's __cluster_dims__(kClusterBlocks, 1, 1)): split-K (Split, each
+// block of a cluster accumulates its share of k, gemm/sm90/split_k.cuh), or B multicast
+// (kMulticast: the blocks of a cluster take consecutive row tiles of one column tile and share
+// each stage's W box, gemm/sm90/mainloop.cuh), not both.
+//
+// Registers: 384 threads at one block per multiprocessor leave 168 per thread at launch; the
+// producer warpgroup gives registers back (setmaxnreg 40) and the consumers take them
+// (setmaxnreg 232): 40 + 2 x 232 = 504 <= 512 per 128-thread slice of the register file.
+#pragma once
+
+#include <type_traits>
+
+#include "element.cuh"
+#include "gemm/epilogue.cuh"
+#include "gemm/sm90/epilogue.cuh"
+#include "gemm/sm90/mainloop.cuh"
+#include "gemm/sm90/split_k.cuh"
+#include "gemm/tile_scheduler.cuh"
+#include "mask.cuh"
+#include "ptx.cuh"
+
+namespace fusedrop {
+namespace forward {
+
+constexpr int kProducerRegisters = 40;
+constexpr int kConsumerRegisters = 232;
+// Row tiles per group of the tile order (L2 reuse of W across consecutive tiles); with B
+// multicast, kGroupRows / kMulticast cluster tiles.
+constexpr int kGroupRows = 8;
+
+using gemm::sm90::kSplitOffset;
+
+// Config: a WgConfig (below). Its Split is gemm::sm90::NoSplit or gemm::sm90::ClusterSplitK (the
+// kernel then runs in clusters of Split::kSplits blocks, each accumulating its share of k; see
+// gemm/sm90/split_k.cuh); its Mainloop's kMulticast > 1 runs clusters of that many blocks that
+// share W's stages; kTmaStore stages Y through shared memory and stores it with TMA (map_y, null
+// otherwise).
+template <typename T, class Config>
+__device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUtensorMap* map_w,
+                                             const CUtensorMap* map_y,
+                                             const T* __restrict__ b, T* __restrict__ y,
+                                             long long m, long long n, long long k, int relu,
+                                             MaskParams mp) {
+    using Mainloop = typename Config::template Mainloop<T>;
+    using Split = typename Config::Split;
+    constexpr bool kSplitK = Split::kSplits > 1;
+    constexpr int kMulticast = Mainloop::kMulticast;
+    static_assert(!kSplitK || kMulticast == 1, "split-K and B multicast do not combine");
+    static_assert(!kSplitK || !Config::kTmaStore, "the split-K epilogue stores directly");
+    // Ping-pong consumers: each tile is one warpgroup's, the two take alternate tiles.
+    constexpr bool kPingPong = Mainloop::kConsumersPerTile == 1;
+    static_assert(!kPingPong || (!kSplitK && kMulticast == 1),
+                  "ping-pong consumers run without clusters");
+    constexpr int kClusterBlocks = kSplitK ? Split::kSplits : kMulticast;
+    // The rows of a cluster's tile: the multicast blocks' row tiles one after another.
+    constexpr int kClusterRows = Mainloop::kBlockM * kMulticast;
+    FUSEDROP_DYNAMIC_SMEM(unsigned char, smem);
+    const typename Mainloop::Storage storage = Mainloop::storage(smem);
+    const int warpgroup = (int)(threadIdx.x / gemm::sm90::kWarpgroupThreads);
+    // Ping-pong: the consumers' turns, right after the ring's barriers.
+    gemm::sm90::ConsumerOrder* const order =
+        reinterpret_cast<gemm::sm90::ConsumerOrder*>(storage.barriers + 1);
+    if (threadIdx.x == 0) {
+        if constexpr (kSplitK) Split::init(Split::storage(smem + kSplitOffset<Mainloop>));
+        if constexpr (kPingPong) order->init();
+        storage.barriers->init(Mainloop::kEmptyArrivals);
+    }
+    if constexpr (kClusterBlocks > 1) {
+        // Every block's barriers initialised before any block arrives on another's or
+        // multicasts into it.
+        ptx::cluster_sync();
+    } else {
+        __syncthreads();
+    }
+
+    const gemm::PersistentTileScheduler<kGroupRows / kMulticast, kClusterBlocks> scheduler(
+        m, n, kClusterRows, Mainloop::kBlockN);
+    // The first row of this block's share of a cluster tile.
+    const int row_in_cluster =
+        kMulticast > 1 ? (int)(blockIdx.x % kMulticast) * Mainloop::kBlockM : 0;
+    // This block's k-blocks of every tile: all of them, or its rank's share.
+    int k_first = 0;
+    int k_blocks = (int)((k + Mainloop::kBlockK - 1) / Mainloop::kBlockK);
+    int rank = 0;
+    if constexpr (kSplitK) {
+        rank = Split::rank();
+        Split::k_range(k_blocks, rank, k_first, k_blocks);
+    }
+    typename Mainloop::State state;
+
+    if (warpgroup == 0) {
+        ptx::setmaxnreg_dec<kProducerRegisters>();
+        if (threadIdx.x == 0) {
+            ptx::prefetch_tensormap(map_x);
+            ptx::prefetch_tensormap(map_w);
+            for (int t = scheduler.first(); t < scheduler.tiles(); t = scheduler.next(t)) {
+                const gemm::TileCoordOf<int> tile = scheduler.tile(t);
+                Mainloop::load_tile(map_x, map_w, storage, state,
+                                    tile.tm * kClusterRows + row_in_cluster,
+                                    tile.tn * Mainloop::kBlockN, k_first, k_blocks);
+            }
+            if constexpr (kMulticast > 1) Mainloop::drain(storage, state);
+        }
+        return;
+    }
+
+    ptx::setmaxnreg_inc<kConsumerRegisters>();
+    const int consumer = warpgroup - 1;
+    // Registers are the limit here (the main loop keeps kAccumulators f32 per thread and ptxas
+    // allocates at most 168): only the Philox key of the resolved (seed, subsequence), the mask
+    // state and the tile index stay live across the main loop; the epilogue's arguments are
+    // rebuilt from the kernel parameters after it.
+    const MaskParams resolved = resolve_seed(mp);
+    record_seed(resolved, blockIdx.x == 0 && threadIdx.x == gemm::sm90::kWarpgroupThreads);
+    const gemm::sm90::MaskKey key = gemm::sm90::MaskKey::from(resolved);
+    // Only the block that runs the epilogue (rank 0 of a split-K cluster) draws the mask.
+    const bool dropout = dropout_enabled(mp) && mp.threshold <= 0xffffffffull && rank == 0;
+    const int t = (int)(threadIdx.x % gemm::sm90::kWarpgroupThreads);
+    // The warpgroup's part of each tile it takes: all of it with ping-pong consumers.
+    const int part = kPingPong ? 0 : consumer;
+    const int wg_row = (part % Mainloop::kWgRows) * 64 + row_in_cluster;
+    const int wg_col = (part / Mainloop::kWgRows) * Mainloop::kWgN;
+    float acc[Mainloop::kAccumulators];
+    gemm::sm90::FragmentMask<Mainloop::kWgN> mask;
+    int done = 0;  // the block's tiles before this one (both warpgroups')
+    for (int linear = scheduler.first(); linear < scheduler.tiles();
+         linear = scheduler.next(linear), ++done) {
+        if constexpr (kPingPong) {
+            if (done % 2 != consumer) {
+                Mainloop::skip_tile(state, k_blocks);
+                continue;
+            }
+            order->wait(consumer, done / 2);
+        }
+        if (dropout) {
+            const gemm::TileCoordOf<int> tile = scheduler.tile(linear);
+            mask.reset(mp,
+                       (uint64_t)tile.tm * kClusterRows + wg_row + 16 * (t / 32) + (t % 32) / 4,
+                       (uint64_t)tile.tn * Mainloop::kBlockN + wg_col + 2 * (t % 4));
+        }
+        Mainloop::mma_tile(acc, storage, state, k_blocks, part, [&](int) {
+            if (dropout) mask.draw_next(key);
+        });
+        if constexpr (kPingPong) order->pass(consumer);
+        const auto epilogue = [&](const float (&result)[Mainloop::kAccumulators]) {
+            if (dropout) mask.draw_rest(key);
+            const gemm::TileCoordOf<int> tile = scheduler.tile(linear);
+            const gemm::EpilogueArgs<T> epi = gemm::make_epilogue_args(b, y, m, n, relu, mp);
+            const long long tile_row = (long long)tile.tm * kClusterRows + wg_row;
+            const long long tile_col = (long long)tile.tn * Mainloop::kBlockN + wg_col;
+            if constexpr (Config::kTmaStore) {
+                gemm::sm90::stage_fragment<T, Mainloop::kWgN>(
+                    result, mask, epi, storage.stages + Config::kStagingOffset +
+                                           consumer * Config::kStagingBytesPerWarpgroup,
+                    map_y, consumer, tile_row, tile_col);
+            } else {
+                gemm::sm90::store_fragment<T, Mainloop::kWgN>(result, mask, epi, tile_row,
+                                                              tile_col);
+            }
+        };
+        if constexpr (kSplitK) {
+            const typename Split::Storage split = Split::storage(smem + kSplitOffset<Mainloop>);
+            if (rank != 0) {
+                Split::give(split, acc, consumer, done);
+                continue;
+            }
+            float sum[Mainloop::kAccumulators];
+            Split::gather(split, acc, sum, consumer, done);
+            epilogue(sum);
+        } else {
+            epilogue(acc);
+        }
+    }
+    if constexpr (kSplitK) {
+        if (rank != 0)
+            Split::last_release(Split::storage(smem + kSplitOffset<Mainloop>), consumer, done);
+    }
+    if constexpr (Config::kTmaStore) gemm::sm90::finish_tma_stores();
+}
+
+// Tile BM x BN, pipeline depth STAGES (as deep as 227 KiB of shared memory allows), SPLITS
+// blocks per tile (split-K clusters) or 1, MULTICAST blocks per cluster sharing W's stages or 1,
+// TMA_STORE: Y through shared memory and TMA stores (needs Y's tensor map), PING_PONG: each
+// 64-row tile is one consumer warpgroup's, the two alternating (cooperative otherwise).
+template <int BM, int BN, int STAGES, int SPLITS = 1, int MULTICAST = 1, bool TMA_STORE = false,
+          bool PING_PONG = false>
+struct WgConfig {
+    template <typename T>
+    using Mainloop = gemm::sm90::Mainloop<T, BM, BN, STAGES, gemm::sm90::Major::K,
+                                          gemm::sm90::Major::K, false, MULTICAST,
+                                          PING_PONG ? 1 : gemm::sm90::kConsumerWarpgroups>;
+    using Split = std::conditional_t<
+        SPLITS == 1, gemm::sm90::NoSplit,
+        gemm::sm90::ClusterSplitK<Mainloop<__half>::kAccumulators, SPLITS>>;
+    static constexpr int kBlockM = BM;
+    static constexpr int kBlockN = BN;
+    static constexpr int kStages = STAGES;
+    static constexpr int kSplits = SPLITS;
+    static constexpr int kMulticast = MULTICAST;
+    static constexpr int kClusterBlocks = SPLITS > 1 ? SPLITS : MULTICAST;
+    static constexpr bool kTmaStore = TMA_STORE;
+    static constexpr bool kPingPong = PING_PONG;
+    static constexpr int kThreads = gemm::sm90::kThreads;
+    // The staging areas of the TMA-store epilogue, one per consumer warpgroup, 1024-byte aligned
+    // after the ring (whose barriers take the first bytes of the 1024 in between).
+    static constexpr uint32_t kStagingOffset =
+        (uint32_t)STAGES * Mainloop<__half>::kStageBytes + 1024u;
+    static constexpr uint32_t kStagingBytesPerWarpgroup = 128u * Mainloop<__half>::kWgN;
+    // Ping-pong consumers' turns (ConsumerOrder) follow the ring's barriers.
+    static constexpr int kOrderBytes = PING_PONG ? (int)sizeof(gemm::sm90::ConsumerOrder) : 0;
+    static_assert(sizeof(typename Mainloop<__half>::Barriers) + kOrderBytes <= 1024,
+                  "the ring's barriers and the consumers' turns fit below the staging area");
+    static constexpr int kSmemBytes =
+        TMA_STORE ? (int)(1024u + kStagingOffset +
+                          gemm::sm90::kConsumerWarpgroups * kStagingBytesPerWarpgroup)
+        : SPLITS == 1 ? Mainloop<__half>::kSmemBytes + kOrderBytes
+                      : (int)(kSplitOffset<Mainloop<__half>> + Split::kBytes);
+    static_assert(kSmemBytes <= 227 * 1024, "a Hopper block has at most 227 KiB of shared memory");
+};
+
+// Large outputs: two warpgroups of 64 x 256 (wgmma m64n256k16), 4 stages of 48 KiB.
+struct Wg128x256 : WgConfig<128, 256, 4> {};
+// Two warpgroups of 64 x 128, 6 stages of 32 KiB: twice the tiles of Wg128x256.
+struct Wg128x128 : WgConfig<128, 128, 6> {};
+// Few rows (inference batches): one 64-row tile, the two warpgroups side by side (64 x 64
+// each), 8 stages of 24 KiB.
+struct Wg64x128 : WgConfig<64, 128, 8> {};
+// Split-K (gemm/sm90/split_k.cuh) for outputs with fewer tiles than multiprocessors: clusters of
+// 2 or 4 blocks per tile, the fragments summed in distributed shared memory (32 KiB of partials
+// for 64 x 128 tiles, 64 KiB for 128 x 128, which leaves 5 stages).
+struct Wg64x128Split2 : WgConfig<64, 128, 8, 2> {};
+struct Wg64x128Split4 : WgConfig<64, 128, 8, 4> {};
+struct Wg128x128Split2 : WgConfig<128, 128, 5, 2> {};
+struct Wg128x128Split4 : WgConfig<128, 128, 5, 4> {};
+
+}  // namespace forward
+}  // namespace fusedrop

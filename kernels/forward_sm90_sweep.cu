@@ -1,0 +1,90 @@
+// Tuning variants of the Hopper forward (not used by the library's calls): the kernel of
+// forward_sm90.cuh instantiated with the choices issue 10 leaves to measurement, so that one
+// `fusedrop sweep` run on an H100 / H200 times each against the production configs:
+//   - pipeline depth: wg128x256 with 3 stages instead of 4 (what the TMA-store variant keeps);
+//   - the TMA-store epilogue (kTmaStore): Y staged in shared memory (128-byte swizzle) and
+//     written by TMA stores that drain while the warpgroup starts its next tile, instead of
+//     4-byte stores straight from the fragment;
+//   - W multicast over clusters of 2 blocks (kMulticast = 2): the two blocks take consecutive
+//     row tiles of a column tile, and each loads half of every W box for both, halving W's L2
+//     traffic (the 2-CTA cluster of pranjalssh/fast.cu's fastest kernel);
+//   - both together, at 128 x 256 (fast.cu's final configuration has 3 stages, a cluster of 2 and
+//     TMA stores), and the 128 x 128 tile with each;
+//   - ping-pong consumers (CUTLASS's KernelTmaWarpSpecializedPingpong): tiles of 64 x 256, each
+//     one consumer warpgroup's, the two taking alternate tiles, so that one warpgroup's epilogue
+//     (bias, Philox, stores) runs while the other's main loop keeps the tensor cores busy; with
+//     direct stores (5 stages) and with TMA stores (4 stages).
+// Every variant computes each output element with the same wgmma sequence (the same k-blocks in
+// the same order, wgmma m64n(N)k16 with the N of the production config of its column tile:
+// wg128x256 for BN = 256, wg128x128 for BN = 128) and the same epilogue arithmetic, so their
+// outputs are bit-identical to that config's.
+//
+// Entry points: fusedrop_forward_sweep_<variant>_<f16|bf16>(map_x, map_w, map_y, b, y, m, n, k,
+// relu, mp): X's map with 64 x kBlockM boxes, W's with 64 x kBlockN / kMulticast boxes, Y's (the
+// TMA-store variants only; ignored by the others) with 64 x 64 boxes, all 128-byte swizzle;
+// block = 384 threads, dynamic shared memory = kSmemBytes, grid = (blocks, 1, 1) with blocks a
+// multiple of kClusterBlocks; numbers in src/cuda/launch_table.rs (FORWARD_SM90_SWEEP), which
+// the static_asserts below check.
+#include "forward_sm90.cuh"
+
+namespace fusedrop {
+namespace forward {
+
+struct Sweep128x256Stages3 : WgConfig<128, 256, 3> {};
+struct Sweep128x256TmaStore : WgConfig<128, 256, 3, 1, 1, true> {};
+struct Sweep128x256Multicast2 : WgConfig<128, 256, 4, 1, 2> {};
+struct Sweep128x256Multicast2TmaStore : WgConfig<128, 256, 3, 1, 2, true> {};
+struct Sweep128x128TmaStore : WgConfig<128, 128, 5, 1, 1, true> {};
+struct Sweep128x128Multicast2 : WgConfig<128, 128, 6, 1, 2> {};
+struct Sweep64x256PingPong : WgConfig<64, 256, 5, 1, 1, false, true> {};
+struct Sweep64x256PingPongTmaStore : WgConfig<64, 256, 4, 1, 1, true, true> {};
+
+}  // namespace forward
+}  // namespace fusedrop
+
+// CLUSTER: nothing, or the multicast variants' __cluster_dims__ (a plain launch with gridDim.x a
+// multiple of kClusterBlocks then runs them in clusters).
+#define FUSEDROP_FORWARD_SM90_SWEEP(CONFIG, NAME, SUFFIX, T, CLUSTER)                           \
+    extern "C" __global__ void __launch_bounds__(fusedrop::forward::CONFIG::kThreads, 1)        \
+        CLUSTER fusedrop_forward_sweep_##NAME##_##SUFFIX(                                       \
+            const __grid_constant__ CUtensorMap map_x, const __grid_constant__ CUtensorMap map_w, \
+            const __grid_constant__ CUtensorMap map_y, const T* __restrict__ b,                 \
+            T* __restrict__ y, long long m, long long n, long long k, int relu,                 \
+            fusedrop::MaskParams mp) {                                                          \
+        fusedrop::forward::forward_sm90<T, fusedrop::forward::CONFIG>(&map_x, &map_w, &map_y, b, \
+                                                                     y, m, n, k, relu, mp);    \
+    }
+
+#define FUSEDROP_FORWARD_SM90_SWEEP_TYPES(CONFIG, NAME)               \
+    FUSEDROP_FORWARD_SM90_SWEEP(CONFIG, NAME, f16, __half, )          \
+    FUSEDROP_FORWARD_SM90_SWEEP(CONFIG, NAME, bf16, __nv_bfloat16, )
+
+#define FUSEDROP_FORWARD_SM90_SWEEP_CLUSTER_TYPES(CONFIG, NAME)                           \
+    FUSEDROP_FORWARD_SM90_SWEEP(CONFIG, NAME, f16, __half,                                \
+                                __cluster_dims__(fusedrop::forward::CONFIG::kClusterBlocks, 1, 1)) \
+    FUSEDROP_FORWARD_SM90_SWEEP(CONFIG, NAME, bf16, __nv_bfloat16,                        \
+                                __cluster_dims__(fusedrop::forward::CONFIG::kClusterBlocks, 1, 1))
+
+FUSEDROP_FORWARD_SM90_SWEEP_TYPES(Sweep128x256Stages3, wg128x256_st3)
+FUSEDROP_FORWARD_SM90_SWEEP_TYPES(Sweep128x256TmaStore, wg128x256_tmastore)
+FUSEDROP_FORWARD_SM90_SWEEP_CLUSTER_TYPES(Sweep128x256Multicast2, wg128x256_mc2)
+FUSEDROP_FORWARD_SM90_SWEEP_CLUSTER_TYPES(Sweep128x256Multicast2TmaStore, wg128x256_mc2_tmastore)
+FUSEDROP_FORWARD_SM90_SWEEP_TYPES(Sweep128x128TmaStore, wg128x128_tmastore)
+FUSEDROP_FORWARD_SM90_SWEEP_CLUSTER_TYPES(Sweep128x128Multicast2, wg128x128_mc2)
+FUSEDROP_FORWARD_SM90_SWEEP_TYPES(Sweep64x256PingPong, wg64x256_pp)
+FUSEDROP_FORWARD_SM90_SWEEP_TYPES(Sweep64x256PingPongTmaStore, wg64x256_pp_tmastore)
+
+// The launch numbers the Rust side launches with (src/cuda/launch_table.rs, via build.rs).
+#include "fusedrop_launch_table.h"
+#define FUSEDROP_SM90_SWEEP_MATCHES(CONFIG, NAME)                                               \
+    static_assert(fusedrop::launch::matches_clustered<fusedrop::forward::CONFIG>(              \
+                      fusedrop::launch::forward_sweep_##NAME),                                 \
+                  #CONFIG " disagrees with src/cuda/launch_table.rs");
+FUSEDROP_SM90_SWEEP_MATCHES(Sweep128x256Stages3, wg128x256_st3)
+FUSEDROP_SM90_SWEEP_MATCHES(Sweep128x256TmaStore, wg128x256_tmastore)
+FUSEDROP_SM90_SWEEP_MATCHES(Sweep128x256Multicast2, wg128x256_mc2)
+FUSEDROP_SM90_SWEEP_MATCHES(Sweep128x256Multicast2TmaStore, wg128x256_mc2_tmastore)
+FUSEDROP_SM90_SWEEP_MATCHES(Sweep128x128TmaStore, wg128x128_tmastore)
+FUSEDROP_SM90_SWEEP_MATCHES(Sweep128x128Multicast2, wg128x128_mc2)
+FUSEDROP_SM90_SWEEP_MATCHES(Sweep64x256PingPong, wg64x256_pp)
+FUSEDROP_SM90_SWEEP_MATCHES(Sweep64x256PingPongTmaStore, wg64x256_pp_tmastore)
