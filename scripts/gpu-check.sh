@@ -74,7 +74,7 @@ fi
 
 if [[ "${QUICK:-0}" != "1" ]]; then
   step bench 300 "$here/fusedrop" bench --quick --csv "$out/bench.csv"
-  # The mma.sync main loop's tuning variants against production (issue 12), one table.
+  # The tuning variants against production: mma.sync (issue 12) and Hopper (issue 10), one table.
   step sweep 240 "$here/fusedrop" sweep --quick
   if [[ -f "$here/peers/torch_peer.py" ]]; then
     step torch-peer 300 env PYTHONUNBUFFERED=1 python3 "$here/peers/torch_peer.py" --quick --csv "$out/torch_peer.csv"
