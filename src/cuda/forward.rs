@@ -47,7 +47,11 @@
 //! # Ok(()) }
 //! ```
 
-use cudarc::driver::{CudaView, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaFunction, CudaStream, CudaView, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+};
 
 use crate::cuda::launch_table::LaunchNumbers;
 use crate::cuda::tensor_map;
@@ -636,51 +640,104 @@ impl LayerKernels {
         let function = self.function(config.module(), &name, config.smem_bytes())?;
 
         let mut params = MaskParams::new(&spec.dropout, &spec.geometry, shape.n);
-        let (m_arg, n_arg, k_arg) = (shape.m as i64, shape.n as i64, shape.k as i64);
-        let relu = i32::from(spec.nonlinearity == Nonlinearity::Relu);
-        let maps = if config.is_hopper() {
+        let operands = if config.is_hopper() {
             let box_m = config.block_m() as u32;
             let box_n = config.block_n() as u32;
-            Some((
+            KernelOperands::Maps(
                 tensor_map::row_major::<T>(x_ptr, shape.m, shape.k, box_m)?,
                 tensor_map::row_major::<T>(w_ptr, shape.n, shape.k, box_n)?,
-            ))
+            )
         } else {
-            None
-        };
-        let (b_ptr, _b_guard) = match b {
-            Some(view) => {
-                let (ptr, guard) = view.device_ptr(stream);
-                (ptr, Some(guard))
-            }
-            None => (0, None),
+            KernelOperands::Pointers(x_ptr, w_ptr)
         };
         let (y_ptr, _y_guard) = y.device_ptr_mut(stream);
         let _seed_guards = params.read_seed_from(seed, stream);
-        let mut builder = stream.launch_builder(&function);
-        match &maps {
-            Some((map_x, map_w)) => builder.arg(map_x).arg(map_w),
-            None => builder.arg(&x_ptr).arg(&w_ptr),
-        };
-        builder
-            .arg(&b_ptr)
-            .arg(&y_ptr)
-            .arg(&m_arg)
-            .arg(&n_arg)
-            .arg(&k_arg)
-            .arg(&relu)
-            .arg(&params);
-        // SAFETY: the kernel's signature is (const T* x, const T* w, const T* b, T* y, long long m,
-        // long long n, long long k, int relu, MaskParams mp), or for the Hopper configurations
-        // (CUtensorMap map_x, CUtensorMap map_w, const T* b, ...) with the maps describing x and w
-        // (encoded above from the same pointers and shape), matched argument for argument above. x
-        // holds m*k, w n*k, b (when non-null) n and y m*n elements of T, and the seed buffer (when
-        // given) two u64, all checked above; the grid follows the kernel's documented rule and its
-        // shared memory is within the limit set for the function. Every buffer stays borrowed until
-        // its guard drops after the launch is queued.
-        unsafe { builder.launch(launch_config) }?;
-        Ok(())
+        // SAFETY: the function is the config's entry point, whose signature (kernels/forward_tc.cu,
+        // forward_f32.cu: pointers; forward_sm90.cu: X's and W's maps) is what `operands` holds,
+        // the maps encoded above from the same pointers and shape with the config's boxes. x
+        // holds m*k, w n*k, b (when given) n and y (at y_ptr, borrowed by its guard until the
+        // launch is queued) m*n elements of T, and the seed buffer (when given) two u64, all
+        // checked above; the launch follows the config's grid rule, its shared memory within the
+        // function's limit.
+        unsafe {
+            queue_forward(
+                stream,
+                &function,
+                launch_config,
+                &operands,
+                b,
+                y_ptr,
+                spec,
+                &params,
+            )
+        }
     }
+}
+
+/// How a forward entry point receives X and W: device pointers (mma.sync, SIMT), their TMA maps
+/// (Hopper), or their maps and Y's (the Hopper sweep variants).
+enum KernelOperands {
+    Pointers(u64, u64),
+    Maps(tensor_map::TensorMap, tensor_map::TensorMap),
+    MapsAndY(
+        tensor_map::TensorMap,
+        tensor_map::TensorMap,
+        tensor_map::TensorMap,
+    ),
+}
+
+/// Queues `function` with the forward kernels' arguments: `operands`, then (b or null, y,
+/// m, n, k, relu, params).
+///
+/// # Safety
+///
+/// `function`'s parameters must be those arguments: (const T* x, const T* w | CUtensorMap map_x,
+/// map_w [, map_y]; const T* b, T* y, long long m, long long n, long long k, int relu,
+/// MaskParams mp), with the maps encoding the buffers the pointers would. The buffers behind
+/// `operands` and `y_ptr` must hold m*k (x), n*k (w) and m*n (y) elements of T and stay alive and
+/// borrowed until the launch is queued, b (when given) n elements, `params`' seed buffer (when
+/// it reads one) two u64; `launch_config` must follow the kernel's grid rule and its shared
+/// memory the function's limit.
+#[allow(clippy::too_many_arguments)]
+unsafe fn queue_forward<T: Element>(
+    stream: &Arc<CudaStream>,
+    function: &CudaFunction,
+    launch_config: LaunchConfig,
+    operands: &KernelOperands,
+    b: Option<&CudaView<'_, T>>,
+    y_ptr: u64,
+    spec: &LayerSpec,
+    params: &MaskParams,
+) -> Result<()> {
+    let shape = spec.shape;
+    let (m_arg, n_arg, k_arg) = (shape.m as i64, shape.n as i64, shape.k as i64);
+    let relu = i32::from(spec.nonlinearity == Nonlinearity::Relu);
+    let (b_ptr, _b_guard) = match b {
+        Some(view) => {
+            let (ptr, guard) = view.device_ptr(stream);
+            (ptr, Some(guard))
+        }
+        None => (0, None),
+    };
+    let mut builder = stream.launch_builder(function);
+    match operands {
+        KernelOperands::Pointers(x_ptr, w_ptr) => builder.arg(x_ptr).arg(w_ptr),
+        KernelOperands::Maps(map_x, map_w) => builder.arg(map_x).arg(map_w),
+        KernelOperands::MapsAndY(map_x, map_w, map_y) => builder.arg(map_x).arg(map_w).arg(map_y),
+    };
+    builder
+        .arg(&b_ptr)
+        .arg(&y_ptr)
+        .arg(&m_arg)
+        .arg(&n_arg)
+        .arg(&k_arg)
+        .arg(&relu)
+        .arg(params);
+    // SAFETY: the arguments match the function's parameters and the buffers' sizes and lifetimes
+    // are as launching needs, by this function's contract; b's guard keeps it borrowed until the
+    // launch is queued.
+    unsafe { builder.launch(launch_config) }?;
+    Ok(())
 }
 
 /// Whether a Hopper sweep variant ([`launch_table::FORWARD_SM90_SWEEP`]) stores Y through
@@ -788,7 +845,7 @@ impl LayerKernels {
             ));
         }
         let (y_ptr, _y_guard) = y.device_ptr_mut(stream);
-        let maps = if hopper {
+        let (operands, launch_config) = if hopper {
             let tma_store = sweep_variant_stores_by_tma(variant);
             if tma_store && !tensor_map::operand_fits(y_ptr, shape.m, shape.n) {
                 return Err(invalid!(
@@ -798,25 +855,35 @@ impl LayerKernels {
                     shape.n
                 ));
             }
-            let launch_config = sm90_sweep_launch(variant, shape, self.sm_count())?;
             let map_y = if tma_store {
                 tensor_map::row_major::<T>(y_ptr, shape.m, shape.n, tensor_map::BOX_K)?
             } else {
                 tensor_map::TensorMap::unused()
             };
-            Some((
-                tensor_map::row_major::<T>(x_ptr, shape.m, shape.k, variant.block_m)?,
-                tensor_map::row_major::<T>(
-                    w_ptr,
-                    shape.n,
-                    shape.k,
-                    variant.block_n / variant.cluster,
-                )?,
-                map_y,
-                launch_config,
-            ))
+            (
+                KernelOperands::MapsAndY(
+                    tensor_map::row_major::<T>(x_ptr, shape.m, shape.k, variant.block_m)?,
+                    tensor_map::row_major::<T>(
+                        w_ptr,
+                        shape.n,
+                        shape.k,
+                        variant.block_n / variant.cluster,
+                    )?,
+                    map_y,
+                ),
+                sm90_sweep_launch(variant, shape, self.sm_count())?,
+            )
         } else {
-            None
+            (
+                KernelOperands::Pointers(x_ptr, w_ptr),
+                folded_launch(
+                    shape,
+                    variant.block_m,
+                    variant.block_n,
+                    variant.threads,
+                    variant.smem_bytes,
+                )?,
+            )
         };
         let module = if hopper {
             "forward_sm90_sweep"
@@ -825,53 +892,29 @@ impl LayerKernels {
         };
         let name = format!("fusedrop_{}_{}", variant.name, T::NAME);
         let function = self.function(module, &name, variant.smem_bytes)?;
-        let launch_config = match &maps {
-            Some((_, _, _, config)) => *config,
-            None => folded_launch(
-                shape,
-                variant.block_m,
-                variant.block_n,
-                variant.threads,
-                variant.smem_bytes,
-            )?,
-        };
         let params = MaskParams::new(&spec.dropout, &spec.geometry, shape.n);
-        let (m_arg, n_arg, k_arg) = (shape.m as i64, shape.n as i64, shape.k as i64);
-        let relu = i32::from(spec.nonlinearity == Nonlinearity::Relu);
-        let (b_ptr, _b_guard) = match b {
-            Some(view) => {
-                let (ptr, guard) = view.device_ptr(stream);
-                (ptr, Some(guard))
-            }
-            None => (0, None),
-        };
-        let mut builder = stream.launch_builder(&function);
-        match &maps {
-            Some((map_x, map_w, map_y, _)) => builder.arg(map_x).arg(map_w).arg(map_y),
-            None => builder.arg(&x_ptr).arg(&w_ptr),
-        };
-        builder
-            .arg(&b_ptr)
-            .arg(&y_ptr)
-            .arg(&m_arg)
-            .arg(&n_arg)
-            .arg(&k_arg)
-            .arg(&relu)
-            .arg(&params);
-        // SAFETY: the mma.sync variants' signature is (const T* x, const T* w, const T* b, T* y,
-        // long long m, long long n, long long k, int relu, MaskParams mp) (kernels/forward_tc.cuh,
-        // FUSEDROP_FORWARD_TC), the Hopper variants' (CUtensorMap map_x, CUtensorMap map_w,
-        // CUtensorMap map_y, const T* b, ...) (kernels/forward_sm90_sweep.cu), matched argument
-        // for argument above, the maps encoded from the same pointers and shape with the boxes
-        // the variant reads (map_y unused, and never read, by the variants that store directly).
-        // x holds m*k, w n*k, b (when non-null) n and y m*n elements of T (checked above), x and
-        // w are 16-byte aligned with k a multiple of 8 as the variants require (and y with n a
-        // multiple of 8 for the TMA-store ones); the grid follows the kernels' folded-grid or
-        // persistent-grid rule (whole clusters) and the shared memory is within the limit set for
-        // the function. Every buffer stays borrowed until its guard drops after the launch is
-        // queued.
-        unsafe { builder.launch(launch_config) }?;
-        Ok(())
+        // SAFETY: the mma.sync variants take pointers (kernels/forward_tc.cuh,
+        // FUSEDROP_FORWARD_TC), the Hopper variants the maps of X, W and Y
+        // (kernels/forward_sm90_sweep.cu), as `operands` holds, the maps encoded from the same
+        // pointers and shape with the boxes the variant reads (map_y unused, and never read, by
+        // the variants that store directly). x holds m*k, w n*k, b (when given) n and y (borrowed
+        // by its guard until the launch is queued) m*n elements of T (checked above), x and w
+        // are 16-byte aligned with k a multiple of 8 as the variants require (and y with n a
+        // multiple of 8 for the TMA-store ones); the seed comes from the host. The grid follows
+        // the kernels' folded-grid or persistent-grid rule (whole clusters), the shared memory
+        // the function's limit.
+        unsafe {
+            queue_forward(
+                stream,
+                &function,
+                launch_config,
+                &operands,
+                b,
+                y_ptr,
+                spec,
+                &params,
+            )
+        }
     }
 }
 
