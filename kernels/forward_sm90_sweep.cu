@@ -77,7 +77,7 @@ FUSEDROP_FORWARD_SM90_SWEEP_TYPES(Sweep64x256PingPongTmaStore, wg64x256_pp_tmast
 // The launch numbers the Rust side launches with (src/cuda/launch_table.rs, via build.rs).
 #include "fusedrop_launch_table.h"
 #define FUSEDROP_SM90_SWEEP_MATCHES(CONFIG, NAME)                                               \
-    static_assert(fusedrop::launch::matches_clustered<fusedrop::forward::CONFIG>(              \
+    static_assert(fusedrop::launch::matches_stores<fusedrop::forward::CONFIG>(                 \
                       fusedrop::launch::forward_sweep_##NAME),                                 \
                   #CONFIG " disagrees with src/cuda/launch_table.rs");
 FUSEDROP_SM90_SWEEP_MATCHES(Sweep128x256Stages3, wg128x256_st3)

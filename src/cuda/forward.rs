@@ -740,13 +740,6 @@ unsafe fn queue_forward<T: Element>(
     Ok(())
 }
 
-/// Whether a Hopper sweep variant ([`launch_table::FORWARD_SM90_SWEEP`]) stores Y through
-/// shared memory and TMA (the variants named `*_tmastore`), which needs Y 16-byte aligned and
-/// `n` a multiple of 8.
-pub fn sweep_variant_stores_by_tma(variant: &LaunchNumbers) -> bool {
-    variant.name.ends_with("_tmastore")
-}
-
 /// The persistent launch of Hopper sweep variant `variant` on `shape`: a multicast variant's
 /// cluster of `variant.cluster` blocks takes that many consecutive row tiles of one column tile
 /// (each block loading `block_n / cluster` rows of every W box), so its tiles are
@@ -784,7 +777,7 @@ impl LayerKernels {
     /// and W that start 16-byte aligned and `k` a multiple of 8 (the variants have no
     /// element-load path), and the variant's shared memory within the GPU's limit. The mma.sync
     /// variants need compute capability 8.0 or newer; the Hopper ones 9.0 and the sm_90a module,
-    /// and the TMA-store ones ([`sweep_variant_stores_by_tma`]) Y 16-byte aligned with `n` a
+    /// and the TMA-store ones ([`LaunchNumbers::tma_store`]) Y 16-byte aligned with `n` a
     /// multiple of 8. Each unmet condition is an error that says which.
     pub fn forward_sweep_variant<T: Element>(
         &self,
@@ -846,7 +839,7 @@ impl LayerKernels {
         }
         let (y_ptr, _y_guard) = y.device_ptr_mut(stream);
         let (operands, launch_config) = if hopper {
-            let tma_store = sweep_variant_stores_by_tma(variant);
+            let tma_store = variant.tma_store;
             if tma_store && !tensor_map::operand_fits(y_ptr, shape.m, shape.n) {
                 return Err(invalid!(
                     "sweep variant {} stores Y by TMA: Y must start 16-byte aligned and n be a \
@@ -1092,12 +1085,8 @@ mod tests {
         let huge = LinearShape::new(1 << 30, 1 << 22, 8);
         assert!(sm90_sweep_launch(&st3, huge, 132).is_err());
         for v in &FORWARD_SM90_SWEEP {
-            assert_eq!(
-                sweep_variant_stores_by_tma(v),
-                v.name.contains("tmastore"),
-                "{}",
-                v.name
-            );
+            // The names say it too (the kernels' static_asserts check the field).
+            assert_eq!(v.tma_store, v.name.contains("tmastore"), "{}", v.name);
             assert_eq!(v.block_n % (8 * v.cluster), 0, "{}: W slices", v.name);
         }
     }

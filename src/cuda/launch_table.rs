@@ -24,6 +24,10 @@ pub struct LaunchNumbers {
     /// of it): the split-K factor of the Hopper split-K kernels, the multicast factor of the
     /// Hopper multicast variants, 1 for every other kernel.
     pub cluster: u32,
+    /// Whether the kernel stores Y through shared memory and TMA (the Hopper sweep's
+    /// `*_tmastore` variants: it then takes Y's tensor map, which needs Y 16-byte aligned and n
+    /// a multiple of 8). Checked against the config's `kTmaStore` where it has one.
+    pub tma_store: bool,
 }
 
 const fn numbers(
@@ -40,12 +44,21 @@ const fn numbers(
         threads,
         smem_bytes,
         cluster: 1,
+        tma_store: false,
     }
 }
 
 /// The same numbers for a kernel that runs in clusters of `cluster` blocks.
 const fn clustered(numbers: LaunchNumbers, cluster: u32) -> LaunchNumbers {
     LaunchNumbers { cluster, ..numbers }
+}
+
+/// The same numbers for a kernel that stores Y by TMA (`tma_store`).
+const fn tma_stored(numbers: LaunchNumbers) -> LaunchNumbers {
+    LaunchNumbers {
+        tma_store: true,
+        ..numbers
+    }
 }
 
 /// kernels/forward_tc.cu, `Tc128x256`.
@@ -118,12 +131,18 @@ pub const FORWARD_SWEEP: [LaunchNumbers; 7] = [
 /// the order it prints them. `block_m` is one block's rows; a multicast variant's cluster takes `cluster` row tiles.
 pub const FORWARD_SM90_SWEEP: [LaunchNumbers; 8] = [
     numbers("forward_sweep_wg128x256_st3", 128, 256, 384, 148_528),
-    numbers("forward_sweep_wg128x256_tmastore", 128, 256, 384, 215_040),
+    tma_stored(numbers(
+        "forward_sweep_wg128x256_tmastore",
+        128,
+        256,
+        384,
+        215_040,
+    )),
     clustered(
         numbers("forward_sweep_wg128x256_mc2", 128, 256, 384, 197_696),
         2,
     ),
-    clustered(
+    tma_stored(clustered(
         numbers(
             "forward_sweep_wg128x256_mc2_tmastore",
             128,
@@ -132,14 +151,26 @@ pub const FORWARD_SM90_SWEEP: [LaunchNumbers; 8] = [
             215_040,
         ),
         2,
-    ),
-    numbers("forward_sweep_wg128x128_tmastore", 128, 128, 384, 198_656),
+    )),
+    tma_stored(numbers(
+        "forward_sweep_wg128x128_tmastore",
+        128,
+        128,
+        384,
+        198_656,
+    )),
     clustered(
         numbers("forward_sweep_wg128x128_mc2", 128, 128, 384, 197_728),
         2,
     ),
     numbers("forward_sweep_wg64x256_pp", 64, 256, 384, 205_920),
-    numbers("forward_sweep_wg64x256_pp_tmastore", 64, 256, 384, 231_424),
+    tma_stored(numbers(
+        "forward_sweep_wg64x256_pp_tmastore",
+        64,
+        256,
+        384,
+        231_424,
+    )),
 ];
 
 /// Every configuration, for build.rs.

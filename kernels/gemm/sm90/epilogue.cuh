@@ -201,7 +201,8 @@ __device__ __forceinline__ void consumer_barrier(int consumer) {
 // (1024-byte aligned, 128 kWgN bytes) as kWgN / 64 boxes of 64 rows x 128 bytes in the
 // 128-byte swizzle layout (the 16-byte chunk index XOR the row within its group of 8 rows, so a
 // warp's 4-byte writes fall in distinct banks), then its first thread queues one TMA store per
-// box that starts inside Y; the TMA unit clips rows and columns past Y. The warpgroup goes on
+// box that starts inside Y (none when the warpgroup's rows all lie past Y, as the second block of
+// a multicast cluster's last row tile may); the TMA unit clips the rest past Y. The warpgroup goes on
 // to its next tile while the stores drain; the next call (and the kernel's end, through
 // finish_tma_stores) waits until they have read the staging area.
 template <typename T, int kWgN>
@@ -240,7 +241,7 @@ __device__ __forceinline__ void stage_fragment(const float (&acc)[kWgN / 2],
     if (t == 0) {
 #pragma unroll
         for (int box = 0; box < kWgN / 64; ++box)
-            if (tile_col + 64 * box < a.n)
+            if (tile_row < a.m && tile_col + 64 * box < a.n)
                 ptx::tma_store_2d(map_y, staging + 8192 * box, (int32_t)(tile_col + 64 * box),
                                   (int32_t)tile_row);
         ptx::tma_store_commit();
