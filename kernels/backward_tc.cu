@@ -38,7 +38,10 @@
 // w [n, k] or x [m, k]; dx [m, k], dw [n, k] (nullptr: skip), db [n] (nullptr: skip);
 // accumulate = 1 adds to the existing values (in f32, rounded once); mp: the forward's
 // MaskParams. Any m, n, k >= 1 and any row alignment: 16-byte cp.async when a matrix's base is
-// 16-byte aligned and its rows are a multiple of 8 elements, element loads otherwise.
+// 16-byte aligned and its rows are a multiple of 8 elements, element loads otherwise. The
+// `_aligned` entry points (fusedrop_backward_{dx,dw}_<config>_aligned_<dtype>) take only
+// operands the host found 16-byte aligned with n and k multiples of 8 (dY, Y when read, and
+// W or X): their main loop has no element path and no run-time choice between the two.
 #include "backward.cuh"
 #include "gemm/threadblock_tc.cuh"
 #include "gemm/tile_scheduler.cuh"
@@ -52,14 +55,17 @@ constexpr long long kGroupRows = 8;
 
 // One config: BM x BN output tiles of WM x WN warps, 32-wide reduction slices, 3 stages (a stage
 // holds dY's, Y's and B's tiles).
+// kAligned: the main loop's compile-time promise that dY, Y and B are 16-byte aligned with n and
+// k multiples of 8 (cp.async only, no element path; the `_aligned` entry points, which the host
+// picks after checking exactly that).
 template <int BM, int BN, int WM, int WN>
 struct BackwardTcConfig {
-    template <typename T>
+    template <typename T, bool kAligned = false>
     using DxThreadblock = gemm::ThreadblockTc<T, BM, BN, 32, WM, WN, 3, gemm::Major::K,
-                                              gemm::Major::MN, true>;
-    template <typename T>
+                                              gemm::Major::MN, true, 1, kAligned>;
+    template <typename T, bool kAligned = false>
     using DwThreadblock = gemm::ThreadblockTc<T, BM, BN, 32, WM, WN, 3, gemm::Major::MN,
-                                              gemm::Major::MN, true>;
+                                              gemm::Major::MN, true, 1, kAligned>;
     static constexpr int kBlockM = BM;  // output rows per tile (m for dX, n for dW)
     static constexpr int kBlockN = BN;  // output columns per tile (k)
     static constexpr int kThreads = DxThreadblock<__half>::kThreads;
@@ -67,6 +73,9 @@ struct BackwardTcConfig {
     // The pipeline only: the gradients are stored from the accumulators.
     static constexpr int kSmemBytes = DxThreadblock<__half>::kPipeBytes;
     static_assert(DwThreadblock<__half>::kPipeBytes == kSmemBytes, "one shared size per config");
+    static_assert(DxThreadblock<__half, true>::kPipeBytes == kSmemBytes &&
+                      DwThreadblock<__half, true>::kPipeBytes == kSmemBytes,
+                  "the aligned kernels launch with the same numbers");
     static_assert(BM <= kThreads, "one thread per db column");
 };
 
@@ -190,13 +199,15 @@ __device__ __forceinline__ void backward_tc(const T* __restrict__ dy, const T* _
 }  // namespace backward
 }  // namespace fusedrop
 
-#define FUSEDROP_BACKWARD_TC(CONFIG, NAME, SUFFIX, T)                                            \
+// NAME: the entry points' <config> part (`tc128x128`, or `tc128x128_aligned` with ALIGNED true).
+#define FUSEDROP_BACKWARD_TC(CONFIG, ALIGNED, NAME, SUFFIX, T)                                   \
     extern "C" __global__ void __launch_bounds__(fusedrop::backward::CONFIG::kThreads, 1)        \
         fusedrop_backward_dx_##NAME##_##SUFFIX(                                                  \
             const T* __restrict__ dy, const T* __restrict__ y, const T* __restrict__ w,          \
             T* __restrict__ dx, long long m, long long n, long long k, int relu, int accumulate, \
             fusedrop::MaskParams mp) {                                                           \
-        fusedrop::backward::backward_tc<T, fusedrop::backward::CONFIG::DxThreadblock<T>, false>( \
+        fusedrop::backward::backward_tc<                                                         \
+            T, fusedrop::backward::CONFIG::DxThreadblock<T, ALIGNED>, false>(                    \
             dy, y, w, dx, nullptr, m, n, k, relu, accumulate, mp);                               \
     }                                                                                            \
     extern "C" __global__ void __launch_bounds__(fusedrop::backward::CONFIG::kThreads, 1)        \
@@ -204,14 +215,19 @@ __device__ __forceinline__ void backward_tc(const T* __restrict__ dy, const T* _
             const T* __restrict__ dy, const T* __restrict__ y, const T* __restrict__ x,          \
             T* __restrict__ dw, T* __restrict__ db, long long m, long long n, long long k,       \
             int relu, int accumulate, fusedrop::MaskParams mp) {                                 \
-        fusedrop::backward::backward_tc<T, fusedrop::backward::CONFIG::DwThreadblock<T>, true>(  \
+        fusedrop::backward::backward_tc<                                                         \
+            T, fusedrop::backward::CONFIG::DwThreadblock<T, ALIGNED>, true>(                     \
             dy, y, x, dw, db, m, n, k, relu, accumulate, mp);                                    \
     }
 
-FUSEDROP_BACKWARD_TC(Tc128x128, tc128x128, f16, __half)
-FUSEDROP_BACKWARD_TC(Tc128x128, tc128x128, bf16, __nv_bfloat16)
-FUSEDROP_BACKWARD_TC(Tc64x64, tc64x64, f16, __half)
-FUSEDROP_BACKWARD_TC(Tc64x64, tc64x64, bf16, __nv_bfloat16)
+#define FUSEDROP_BACKWARD_TC_TYPES(CONFIG, NAME)                                  \
+    FUSEDROP_BACKWARD_TC(CONFIG, false, NAME, f16, __half)                        \
+    FUSEDROP_BACKWARD_TC(CONFIG, false, NAME, bf16, __nv_bfloat16)                \
+    FUSEDROP_BACKWARD_TC(CONFIG, true, NAME##_aligned, f16, __half)               \
+    FUSEDROP_BACKWARD_TC(CONFIG, true, NAME##_aligned, bf16, __nv_bfloat16)
+
+FUSEDROP_BACKWARD_TC_TYPES(Tc128x128, tc128x128)
+FUSEDROP_BACKWARD_TC_TYPES(Tc64x64, tc64x64)
 
 // The launch numbers the Rust side launches with (src/cuda/launch_table.rs, via build.rs).
 #include "fusedrop_launch_table.h"

@@ -3,7 +3,7 @@
 //! reference backward. Skipped, with a message,
 //! where no GPU is usable.
 
-use fusedrop::cuda::backward::{BackwardKernel, BackwardOptions, GradientsMut};
+use fusedrop::cuda::backward::{self, BackwardKernel, BackwardOptions, GradientsMut};
 use fusedrop::cuda::{self, forward::ForwardOptions, LayerKernels, SeedSource};
 use fusedrop::reference::{self, relative_l2_error, relative_l2_error_nonfinite, Gradients};
 use fusedrop::{DropoutSpec, Element, Geometry, LayerSpec, LinearShape, Nonlinearity};
@@ -36,6 +36,9 @@ struct Case {
     kernel: BackwardKernel,
     /// Plant NaN, +inf and -inf in dY and (through X) in the saved Y.
     nonfinite: bool,
+    /// Pass a workspace of `workspace_bytes` (poisoned), so the identity backward with dropout
+    /// masks dY once into it.
+    workspace: bool,
 }
 
 const ALL_OUTPUTS: Case = Case {
@@ -46,6 +49,7 @@ const ALL_OUTPUTS: Case = Case {
     device_seed: false,
     kernel: BackwardKernel::Auto,
     nonfinite: false,
+    workspace: false,
 };
 
 /// Values in ±[0.25, 2): never zero, both signs.
@@ -144,10 +148,20 @@ fn run_gpu<T: Element>(
         dw: case.dw.then(|| dw.as_view_mut()),
         db: case.db.then(|| db.as_view_mut()),
     };
+    // Poisoned with NaN bytes, so that a product reading workspace the pre-pass did not write
+    // shows.
+    let mut workspace = case.workspace.then(|| {
+        let bytes = backward::workspace_bytes::<T>(spec);
+        kernels
+            .stream()
+            .clone_htod(&vec![0xFFu8; bytes.max(1)])
+            .unwrap()
+    });
     let options = BackwardOptions {
         accumulate: case.accumulate,
         kernel: case.kernel,
         seed,
+        workspace: workspace.as_mut().map(|w| w.as_view_mut()),
     };
     let y_view = y.as_ref().map(|y| y.as_view());
     kernels
@@ -919,4 +933,328 @@ fn backward_reads_the_pair_the_forward_recorded() {
         },
     );
     assert!(refused.is_err());
+}
+
+/// A gradient's bits, with every NaN the same value (a NaN's payload is not part of the
+/// contract: NaN must stay NaN).
+fn class_bits<T: Element>(v: &[T]) -> Vec<u64> {
+    v.iter()
+        .map(|e| {
+            let e = e.to_f64();
+            if e.is_nan() {
+                u64::MAX
+            } else {
+                e.to_bits()
+            }
+        })
+        .collect()
+}
+
+/// The same call with and without a workspace: the identity backward's pre-pass (dY times the
+/// mask, once) must give exactly the gradients of the products redrawing the mask themselves.
+fn check_workspace_bit_for_bit<T: Element>(kernels: &LayerKernels, spec: &LayerSpec, case: Case) {
+    let LinearShape { m, n, .. } = spec.shape;
+    assert!(
+        backward::workspace_bytes::<T>(spec) == m * n * std::mem::size_of::<T>(),
+        "{spec:?}: the identity backward with dropout has a workspace"
+    );
+    let mut rng = StdRng::seed_from_u64(spec.dropout.seed ^ 0x3b5);
+    let inputs = inputs::<T>(spec, case.nonfinite, &mut rng);
+    let initial = if case.accumulate {
+        let LinearShape { m, n, k } = spec.shape;
+        Gradients {
+            dx: random_values::<T>(m * k, &mut rng),
+            dw: random_values::<T>(n * k, &mut rng),
+            db: random_values::<T>(n, &mut rng),
+        }
+    } else {
+        poisoned_gradients::<T>(spec.shape)
+    };
+    let direct = run_gpu(kernels, spec, &inputs, &initial, case);
+    let masked_once = run_gpu(
+        kernels,
+        spec,
+        &inputs,
+        &initial,
+        Case {
+            workspace: true,
+            ..case
+        },
+    );
+    for (name, a, b) in [
+        ("dX", &direct.dx, &masked_once.dx),
+        ("dW", &direct.dw, &masked_once.dw),
+        ("db", &direct.db, &masked_once.db),
+    ] {
+        assert_eq!(
+            class_bits(a),
+            class_bits(b),
+            "{} {spec:?} {case:?}: {name} differs with the workspace",
+            T::NAME
+        );
+    }
+}
+
+/// The workspace path on every kernel family: odd and aligned shapes, rates with and without
+/// survivors (p = 1), NaN and infinities, a shard with the seed in a device buffer,
+/// accumulation, and subsets of the outputs; one call per family also against the reference.
+#[test]
+fn workspace_gives_the_same_gradients_bit_for_bit() {
+    let Some(kernels) = gpu() else { return };
+    let mut families = vec![BackwardKernel::Simt, BackwardKernel::TensorCore];
+    if hopper(&kernels) {
+        families.push(BackwardKernel::Hopper);
+    }
+    let shard = Geometry {
+        row_offset: 3,
+        col_offset: 5,
+        n_global: Some(211),
+    };
+    let shapes = [(67, 45, 33), (130, 72, 64), (257, 136, 200)];
+    for family in families {
+        for (i, &(m, n, k)) in shapes.iter().enumerate() {
+            if family == BackwardKernel::Hopper && (n % 8 != 0 || k % 8 != 0) {
+                continue;
+            }
+            for (j, p) in [0.1f32, 0.5, 1.0].into_iter().enumerate() {
+                let geometry = if i == 1 { shard } else { Geometry::UNSHARDED };
+                let spec = LayerSpec::new(
+                    LinearShape::new(m, n, k),
+                    Nonlinearity::Identity,
+                    DropoutSpec::new(p, 0x3c0 + (i * 3 + j) as u64, j as u64),
+                )
+                .with_geometry(geometry);
+                let (dx, dw, db) = [
+                    (true, true, true),
+                    (false, false, true),
+                    (true, false, false),
+                ][(i + j) % 3];
+                let case = Case {
+                    kernel: family,
+                    accumulate: j == 1,
+                    nonfinite: j != 1,
+                    device_seed: i == 1,
+                    dx: dx || family == BackwardKernel::Hopper,
+                    dw: dw || family == BackwardKernel::Hopper,
+                    db,
+                    ..ALL_OUTPUTS
+                };
+                if family == BackwardKernel::Simt {
+                    check_workspace_bit_for_bit::<f32>(&kernels, &spec, case);
+                }
+                check_workspace_bit_for_bit::<f16>(&kernels, &spec, case);
+                check_workspace_bit_for_bit::<bf16>(&kernels, &spec, case);
+            }
+        }
+        let spec = LayerSpec::new(
+            LinearShape::new(130, 72, 64),
+            Nonlinearity::Identity,
+            DropoutSpec::new(0.1, 77, 1),
+        );
+        let case = Case {
+            kernel: family,
+            workspace: true,
+            ..ALL_OUTPUTS
+        };
+        check::<f16>(&kernels, &spec, case);
+        check::<bf16>(&kernels, &spec, case);
+    }
+}
+
+/// A workspace too short or misaligned is refused before anything is queued (dX keeps its
+/// poison); one given where no mask is drawn (ReLU, p = 0) is ignored, whatever its size.
+#[test]
+fn rejects_a_short_or_misaligned_workspace() {
+    let Some(kernels) = gpu() else { return };
+    let (m, n, k) = (40, 24, 16);
+    let stream = kernels.stream();
+    let x = stream.clone_htod(&vec![f16::from_f32(0.5); m * k]).unwrap();
+    let w = stream
+        .clone_htod(&vec![f16::from_f32(0.25); n * k])
+        .unwrap();
+    let dy = stream.clone_htod(&vec![f16::from_f32(1.0); m * n]).unwrap();
+    let poison = vec![f16::NAN; m * k];
+    let mut dx = stream.clone_htod(&poison).unwrap();
+    let identity = LayerSpec::new(
+        LinearShape::new(m, n, k),
+        Nonlinearity::Identity,
+        DropoutSpec::new(0.5, 9, 9),
+    );
+    let bytes = backward::workspace_bytes::<f16>(&identity);
+    assert_eq!(bytes, m * n * 2);
+    let mut workspace = stream.alloc_zeros::<u8>(bytes + 16).unwrap();
+    for (range, expected) in [
+        (0..bytes - 2, "at least"),
+        (8..bytes + 8, "16-byte aligned"),
+    ] {
+        let error = kernels
+            .backward(
+                &identity,
+                &x,
+                &w,
+                &dy,
+                None,
+                GradientsMut {
+                    dx: Some(dx.as_view_mut()),
+                    dw: None,
+                    db: None,
+                },
+                BackwardOptions {
+                    workspace: Some(workspace.slice_mut(range)),
+                    ..BackwardOptions::default()
+                },
+            )
+            .unwrap_err();
+        assert!(error.to_string().contains(expected), "{error}");
+        let after = stream.clone_dtoh(&dx).unwrap();
+        assert!(
+            after.iter().all(|v| v.is_nan()),
+            "dX written after an error"
+        );
+    }
+    let y = stream.clone_htod(&vec![f16::from_f32(1.0); m * n]).unwrap();
+    for spec in [
+        LayerSpec {
+            nonlinearity: Nonlinearity::Relu,
+            ..identity
+        },
+        LayerSpec {
+            dropout: DropoutSpec::new(0.0, 9, 9),
+            ..identity
+        },
+    ] {
+        assert_eq!(backward::workspace_bytes::<f16>(&spec), 0);
+        kernels
+            .backward(
+                &spec,
+                &x,
+                &w,
+                &dy,
+                Some(&y.as_view()),
+                GradientsMut {
+                    dx: Some(dx.as_view_mut()),
+                    dw: None,
+                    db: None,
+                },
+                BackwardOptions {
+                    workspace: Some(workspace.slice_mut(0..1)),
+                    ..BackwardOptions::default()
+                },
+            )
+            .unwrap_or_else(|e| panic!("{spec:?}: {e}"));
+    }
+}
+
+/// A forced Hopper call whose dW operand TMA cannot read fails before dX (which it could run)
+/// is queued: every check runs before the first launch.
+#[test]
+fn hopper_refusal_of_one_product_queues_neither() {
+    let Some(kernels) = gpu() else { return };
+    if !hopper(&kernels) {
+        return;
+    }
+    let (m, n, k) = (256, 256, 256);
+    let stream = kernels.stream();
+    let x = stream.alloc_zeros::<bf16>(m * k + 1).unwrap();
+    let w = stream
+        .clone_htod(&vec![bf16::from_f32(0.25); n * k])
+        .unwrap();
+    let dy = stream
+        .clone_htod(&vec![bf16::from_f32(1.0); m * n])
+        .unwrap();
+    let mut dx = stream.clone_htod(&vec![bf16::NAN; m * k]).unwrap();
+    let mut dw = stream.alloc_zeros::<bf16>(n * k).unwrap();
+    let spec = LayerSpec::new(
+        LinearShape::new(m, n, k),
+        Nonlinearity::Identity,
+        DropoutSpec::new(0.1, 3, 3),
+    );
+    // X one element past an allocation's start: not 16-byte aligned.
+    let error = kernels
+        .backward(
+            &spec,
+            &x.slice(1..),
+            &w,
+            &dy,
+            None,
+            GradientsMut {
+                dx: Some(dx.as_view_mut()),
+                dw: Some(dw.as_view_mut()),
+                db: None,
+            },
+            BackwardOptions {
+                kernel: BackwardKernel::Hopper,
+                ..BackwardOptions::default()
+            },
+        )
+        .unwrap_err();
+    assert!(error.to_string().contains("dW"), "{error}");
+    let after = stream.clone_dtoh(&dx).unwrap();
+    assert!(
+        after.iter().all(|v| v.is_nan()),
+        "dX was queued before the dW error"
+    );
+}
+
+/// The mma.sync kernels' aligned entry points (taken for whole allocations with n and k
+/// multiples of 8) give the bits of the general ones (taken when dY starts one element past a
+/// 16-byte boundary): the same mma sequence, only the loads differ.
+#[test]
+fn aligned_and_general_tensor_core_kernels_give_the_same_bits() {
+    let Some(kernels) = gpu() else { return };
+    let (m, n, k) = (136, 72, 200);
+    for nonlinearity in [Nonlinearity::Relu, Nonlinearity::Identity] {
+        let spec = LayerSpec::new(
+            LinearShape::new(m, n, k),
+            nonlinearity,
+            DropoutSpec::new(0.1, 12, 3),
+        );
+        let mut rng = StdRng::seed_from_u64(0xA11);
+        let inputs = inputs::<bf16>(&spec, false, &mut rng);
+        let stream = kernels.stream();
+        let x = stream.clone_htod(&inputs.x).unwrap();
+        let w = stream.clone_htod(&inputs.w).unwrap();
+        let y = inputs.y.as_ref().map(|y| stream.clone_htod(y).unwrap());
+        // dY once at the start of its allocation, once one element past it.
+        let mut shifted = vec![bf16::ZERO];
+        shifted.extend_from_slice(&inputs.dy);
+        let dy_whole = stream.clone_htod(&inputs.dy).unwrap();
+        let dy_shifted = stream.clone_htod(&shifted).unwrap();
+        let mut results = Vec::new();
+        for dy in [dy_whole.slice(0..m * n), dy_shifted.slice(1..)] {
+            let mut dx = stream.alloc_zeros::<bf16>(m * k).unwrap();
+            let mut dw = stream.alloc_zeros::<bf16>(n * k).unwrap();
+            let mut db = stream.alloc_zeros::<bf16>(n).unwrap();
+            kernels
+                .backward(
+                    &spec,
+                    &x,
+                    &w,
+                    &dy,
+                    y.as_ref().map(|y| y.as_view()).as_ref(),
+                    GradientsMut {
+                        dx: Some(dx.as_view_mut()),
+                        dw: Some(dw.as_view_mut()),
+                        db: Some(db.as_view_mut()),
+                    },
+                    BackwardOptions {
+                        kernel: BackwardKernel::TensorCore,
+                        ..BackwardOptions::default()
+                    },
+                )
+                .unwrap();
+            results.push([
+                stream.clone_dtoh(&dx).unwrap(),
+                stream.clone_dtoh(&dw).unwrap(),
+                stream.clone_dtoh(&db).unwrap(),
+            ]);
+        }
+        for (i, name) in ["dX", "dW", "db"].iter().enumerate() {
+            assert_eq!(
+                bits(&results[0][i]),
+                bits(&results[1][i]),
+                "{nonlinearity:?}: {name} differs between the aligned and general kernels"
+            );
+        }
+    }
 }

@@ -271,16 +271,39 @@ impl Launch {
         n: usize,
         device: bool,
     ) -> &mut Self {
+        let threshold = mask::threshold(dropout.p);
+        self.mask_with(
+            dropout,
+            geometry,
+            n,
+            device,
+            threshold,
+            mask::scale(dropout.p),
+        )
+    }
+
+    /// MaskParams with the threshold and scale given apart from `dropout.p`, as the backward's
+    /// workspace path builds them (the pre-pass: p's threshold, scale 1; the products: threshold
+    /// 0, p's scale).
+    fn mask_with(
+        &mut self,
+        dropout: &DropoutSpec,
+        geometry: &Geometry,
+        n: usize,
+        device: bool,
+        threshold: u64,
+        scale: f32,
+    ) -> &mut Self {
         writeln!(
             self.request,
             "mp {} {} {} {} {} {} {} {}",
             dropout.seed,
             dropout.subsequence,
-            mask::threshold(dropout.p),
+            threshold,
             geometry.row_offset,
             geometry.col_offset,
             geometry.n_global_for(n),
-            mask::scale(dropout.p).to_bits(),
+            scale.to_bits(),
             u8::from(device)
         )
         .unwrap();
@@ -1458,6 +1481,39 @@ fn backward_tc_bf16_matches_reference() {
     check_backward::<bf16>("backward_tc", "tc64x64", 0xBCC0);
 }
 
+/// The backward cases the aligned mma.sync kernels take (`*_aligned`: the host promises 16-byte
+/// aligned dY, Y and B with n and k multiples of 8): every case above with n and k rounded up to
+/// multiples of 8, db-only calls included.
+fn aligned_backward_cases() -> Vec<BackwardCase> {
+    backward_cases()
+        .into_iter()
+        .map(|c| {
+            let LinearShape { m, n, k } = c.shape;
+            let shape = LinearShape::new(m, n.next_multiple_of(8), k.next_multiple_of(8));
+            let n_global = c
+                .geometry
+                .n_global
+                .map(|g| g.max(c.geometry.col_offset + shape.n as u64));
+            BackwardCase {
+                shape,
+                geometry: Geometry {
+                    n_global,
+                    ..c.geometry
+                },
+                ..c
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn backward_tc_aligned_matches_reference() {
+    for (config, seed) in [("tc128x128_aligned", 0xBA16), ("tc64x64_aligned", 0xBA17)] {
+        check_backward_cases::<f16>("backward_tc", config, &aligned_backward_cases(), seed);
+        check_backward_cases::<bf16>("backward_tc", config, &aligned_backward_cases(), seed + 2);
+    }
+}
+
 /// The backward cases the Hopper kernels take: every case above with n and k rounded up to
 /// multiples of 8 (TMA's row-stride rule; the wrapper sends other shapes to backward_tc) and dW
 /// requested (db-only calls take backward_tc too), each on 3 persistent blocks unless it names a
@@ -1585,6 +1641,207 @@ fn backward_sm90_split_f16_matches_reference() {
 #[test]
 fn backward_sm90_split_bf16_matches_reference() {
     check_backward_sm90_split::<bf16>(0x5BBF);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The identity backward's workspace path (src/cuda/backward.rs): kernels/dropout.cu with scale 1
+// writes dY * keep once, and the backward kernels read it with the mask switched off.
+
+/// For each identity case with dropout: the pre-pass through the dropout driver (checked
+/// against the mask bit for bit), then `config`'s dX and dW kernels on its output with
+/// threshold 0 and p's scale, which must give exactly the bits of the same kernels redrawing
+/// the mask from dY themselves.
+fn check_backward_workspace<T: Raw>(
+    driver_name: &str,
+    config: &str,
+    cases: &[BackwardCase],
+    seed: u64,
+) {
+    let (Some(dropout_exe), Some(backward_exe)) = (driver("dropout"), driver(driver_name)) else {
+        return;
+    };
+    let cases: Vec<BackwardCase> = cases
+        .iter()
+        .copied()
+        .filter(|c| c.nonlinearity == Nonlinearity::Identity && c.p > 0.0)
+        .collect();
+    assert!(
+        cases.len() >= 8,
+        "{} identity cases with dropout",
+        cases.len()
+    );
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut prepasses = Vec::new();
+    let mut inputs = Vec::new();
+    for case in &cases {
+        let LinearShape { m, n, k } = case.shape;
+        let dropout = DropoutSpec::new(case.p, rng.random(), rng.random_range(0..16));
+        let x = random_values::<T>(m * k, &mut rng);
+        let w = random_values::<T>(n * k, &mut rng);
+        let mut dy = random_values::<T>(m * n, &mut rng);
+        if case.nonfinite {
+            let at: Vec<(usize, usize)> = (0..12).map(|i| (5 * i + 1, (7 * i + 2) % n)).collect();
+            plant(&mut dy, n, &at);
+        }
+        let init = |len: usize, rng: &mut StdRng| {
+            if case.accumulate {
+                random_values::<T>(len, rng)
+            } else {
+                poisoned::<T>(len)
+            }
+        };
+        let grads0 = [
+            init(m * k, &mut rng),
+            init(n * k, &mut rng),
+            init(n, &mut rng),
+        ];
+        let mut prepass = Launch::new(
+            &format!("fusedrop_dropout_{}", T::NAME),
+            format!("workspace pre-pass of {case:?}"),
+            &mut rng,
+        );
+        prepass
+            .int("m", m as i64)
+            .int("n", n as i64)
+            .mask_with(
+                &dropout,
+                &case.geometry,
+                n,
+                case.device_seed,
+                mask::threshold(case.p),
+                1.0,
+            )
+            .buffer("x", &dy, 0, false)
+            .buffer("y", &poisoned::<T>(m * n), 0, true);
+        prepasses.push(prepass);
+        inputs.push((dropout, x, w, dy, grads0));
+    }
+    run(&dropout_exe, &prepasses);
+
+    let mut launches = Vec::new();
+    for ((case, prepass), (dropout, x, w, dy, grads0)) in cases.iter().zip(&prepasses).zip(&inputs)
+    {
+        let LinearShape { m, n, k } = case.shape;
+        let masked = prepass.output::<T>("y");
+        let want: Vec<u64> = (0..m * n)
+            .map(|i| {
+                let index = case.geometry.linear_index(n, i / n, i % n);
+                let keep = mask::keep(dropout.seed, dropout.subsequence, dropout.p, index);
+                class_bits(T::from_f64(dy[i].to_f64() * if keep { 1.0 } else { 0.0 }))
+            })
+            .collect();
+        let got: Vec<u64> = masked.iter().map(|&v| class_bits(v)).collect();
+        assert!(
+            got == want,
+            "{}: dY * keep differs from the mask",
+            prepass.what
+        );
+        // Direct (the kernels redraw the mask) and from the workspace (threshold 0, p's scale,
+        // no seed needed).
+        for workspace in [false, true] {
+            for (what, b_name, b, outputs) in [
+                ("dx", "w", w, vec![("dx", &grads0[0])]),
+                ("dw", "x", x, vec![("dw", &grads0[1]), ("db", &grads0[2])]),
+            ] {
+                let mut launch = Launch::new(
+                    &format!("fusedrop_backward_{what}_{config}_{}", T::NAME),
+                    format!("{case:?} workspace={workspace}"),
+                    &mut rng,
+                );
+                launch
+                    .int("m", m as i64)
+                    .int("n", n as i64)
+                    .int("k", k as i64)
+                    .int("relu", 0)
+                    .int("accumulate", i64::from(case.accumulate))
+                    .buffer(b_name, b, 0, false)
+                    .null("y");
+                if workspace {
+                    launch.mask_with(dropout, &case.geometry, n, false, 0, mask::scale(case.p));
+                    launch.buffer("dy", &masked, 0, false);
+                } else {
+                    launch.mask(dropout, &case.geometry, n, case.device_seed);
+                    launch.buffer("dy", dy, 0, false);
+                }
+                for (name, start) in outputs {
+                    if name == "dw" && !case.weight_grad {
+                        launch.null("dw");
+                    } else {
+                        launch.buffer(name, start, 0, true);
+                    }
+                }
+                if let Some(g) = case.grid_x {
+                    launch.int("grid_x", g);
+                }
+                launches.push(launch);
+            }
+        }
+    }
+    run(&backward_exe, &launches);
+    for (case, pair) in cases.iter().zip(launches.chunks(4)) {
+        let (direct, from_workspace) = (&pair[..2], &pair[2..]);
+        let mut outputs = vec![(0, "dx"), (1, "db")];
+        if case.weight_grad {
+            outputs.push((1, "dw"));
+        }
+        for (launch, name) in outputs {
+            let a: Vec<u64> = direct[launch]
+                .output::<T>(name)
+                .into_iter()
+                .map(class_bits)
+                .collect();
+            let b: Vec<u64> = from_workspace[launch]
+                .output::<T>(name)
+                .into_iter()
+                .map(class_bits)
+                .collect();
+            assert!(
+                a == b,
+                "{name} of {}: differs with the workspace",
+                from_workspace[launch].what
+            );
+        }
+    }
+}
+
+/// A value's bits with every NaN the same (NaN payloads are not part of the contract).
+fn class_bits<T: Raw>(v: T) -> u64 {
+    let v = v.to_f64();
+    if v.is_nan() {
+        u64::MAX
+    } else {
+        v.to_bits()
+    }
+}
+
+#[test]
+fn backward_workspace_matches_the_redrawn_mask_bit_for_bit() {
+    check_backward_workspace::<f32>("backward_simt", "simt", &backward_cases(), 0xA32);
+    check_backward_workspace::<f16>("backward_simt", "simt", &backward_cases(), 0xA16);
+    check_backward_workspace::<bf16>("backward_tc", "tc64x64", &backward_cases(), 0xABF);
+    check_backward_workspace::<f16>("backward_tc", "tc128x128", &backward_cases(), 0xAC16);
+}
+
+#[test]
+fn backward_sm90_workspace_matches_the_redrawn_mask_bit_for_bit() {
+    check_backward_workspace::<f16>(
+        "backward_sm90",
+        "wg128x128",
+        &hopper_backward_cases(),
+        0xA90,
+    );
+    check_backward_workspace::<bf16>(
+        "backward_sm90",
+        "wg128x256",
+        &hopper_backward_cases(),
+        0xA91,
+    );
+    check_backward_workspace::<bf16>(
+        "backward_sm90",
+        "wg128x128s2",
+        &hopper_split_backward_cases(2),
+        0xA92,
+    );
 }
 
 #[path = "common/elementwise.rs"]

@@ -38,14 +38,20 @@ struct Config {
     smem_bytes: u32,
     /// Blocks per output tile: the split-K cluster size of the Hopper split configs, else 1.
     splits: u64,
+    /// Whether the config also has `fusedrop_backward_{dx,dw}_<config>_aligned_<dtype>`, for
+    /// operands the host found 16-byte aligned with n and k multiples of 8 (the mma.sync
+    /// configs: cp.async only, no element-load path or run-time branch in the main loop).
+    has_aligned: bool,
 }
 
 /// Grid-stride cap of every backward kernel (`kMaxBlocks`).
 const MAX_BLOCKS: u64 = launch_table::BACKWARD_MAX_BLOCKS as u64;
 
 const SIMT: Config = Config::new("backward_simt", "simt", launch_table::BACKWARD_SIMT);
-const TC128X128: Config = Config::new("backward_tc", "tc128x128", launch_table::BACKWARD_TC128X128);
-const TC64X64: Config = Config::new("backward_tc", "tc64x64", launch_table::BACKWARD_TC64X64);
+const TC128X128: Config =
+    Config::new("backward_tc", "tc128x128", launch_table::BACKWARD_TC128X128).with_aligned();
+const TC64X64: Config =
+    Config::new("backward_tc", "tc64x64", launch_table::BACKWARD_TC64X64).with_aligned();
 const WG128X256: Config = Config::new(
     "backward_sm90",
     "wg128x256",
@@ -89,6 +95,15 @@ impl Config {
             threads: n.threads,
             smem_bytes: n.smem_bytes,
             splits: n.cluster as u64,
+            has_aligned: false,
+        }
+    }
+
+    /// The config with its aligned-operand kernels (`has_aligned`).
+    const fn with_aligned(self) -> Config {
+        Config {
+            has_aligned: true,
+            ..self
         }
     }
 
@@ -150,10 +165,21 @@ impl Config {
     }
 }
 
-/// The kernel `fusedrop_backward_<what>_<config>_<dtype>`, with its shared memory limit raised
-/// when the config needs more than the default.
-fn load<T: Element>(kernels: &LayerKernels, config: Config, what: &str) -> Result<CudaFunction> {
-    let name = format!("fusedrop_backward_{what}_{}_{}", config.name, T::NAME);
+/// The kernel `fusedrop_backward_<what>_<config>_<dtype>` (with `aligned`,
+/// `..._<config>_aligned_<dtype>`), with its shared memory limit raised when the config needs
+/// more than the default.
+fn load<T: Element>(
+    kernels: &LayerKernels,
+    config: Config,
+    what: &str,
+    aligned: bool,
+) -> Result<CudaFunction> {
+    let variant = if aligned { "_aligned" } else { "" };
+    let name = format!(
+        "fusedrop_backward_{what}_{}{variant}_{}",
+        config.name,
+        T::NAME
+    );
     kernels.function(config.module, &name, config.smem_bytes)
 }
 
@@ -328,7 +354,7 @@ pub enum BackwardKernel {
 }
 
 /// Options of one backward call. `Default` overwrites the gradients with the automatic kernel
-/// and the host's (seed, subsequence) from the spec.
+/// and the host's (seed, subsequence) from the spec, with no workspace.
 #[derive(Debug, Default)]
 pub struct BackwardOptions<'a> {
     /// `false`: the gradients are overwritten (`beta = 0`). `true`: the new gradients are added
@@ -346,6 +372,26 @@ pub struct BackwardOptions<'a> {
     /// (the forward's `record` buffer when it used [`SeedSource::DeviceRecorded`], which the
     /// backward rejects).
     pub seed: SeedSource<'a>,
+    /// Scratch device memory for the identity activation with dropout, at least
+    /// [`workspace_bytes`] long and 16-byte aligned (as every cudarc allocation is). With it the
+    /// call first writes `dY * keep` once into the workspace (kernels/dropout.cu with scale 1)
+    /// and both products read that, instead of each redrawing the mask from Philox once per
+    /// column tile. The gradients are bit-identical either way; which is faster depends on the
+    /// shape (docs/BACKWARD.md). Ignored when [`workspace_bytes`] is 0 (ReLU, or p = 0), where
+    /// no mask is drawn for the products to share.
+    pub workspace: Option<CudaViewMut<'a, u8>>,
+}
+
+/// The bytes of [`BackwardOptions::workspace`] a backward call of `spec` with element type `T`
+/// can use: `m * n * size_of::<T>()` for the identity activation with p > 0 (room for dY times
+/// the mask), 0 otherwise (the workspace would be ignored).
+pub fn workspace_bytes<T: Element>(spec: &LayerSpec) -> usize {
+    let LinearShape { m, n, .. } = spec.shape;
+    if spec.nonlinearity == Nonlinearity::Identity && crate::mask::threshold(spec.dropout.p) != 0 {
+        m.saturating_mul(n).saturating_mul(std::mem::size_of::<T>())
+    } else {
+        0
+    }
 }
 
 /// The gradient buffers of one backward call. `None` skips that output.
@@ -363,6 +409,40 @@ pub struct GradientsMut<'a, T> {
     pub dw: Option<CudaViewMut<'a, T>>,
     /// Gradient with respect to b, `[n]`.
     pub db: Option<CudaViewMut<'a, T>>,
+}
+
+/// The first three arguments of a backward kernel: dY's, Y's and B's tensor maps (Hopper) or
+/// their pointers (classic kernels; Y's is 0 when not read).
+// At most two live on the stack for the length of one call; boxing the maps would allocate on
+// every call.
+#[allow(clippy::large_enum_variant)]
+enum ProductOperands {
+    Maps([TensorMap; 3]),
+    Pointers([u64; 3]),
+}
+
+/// One product of a backward call, chosen, loaded and with its operands encoded: queuing it can
+/// no longer fail on a check.
+struct Product {
+    function: CudaFunction,
+    operands: ProductOperands,
+    /// dX or dW (null when only db is asked for).
+    out: u64,
+    /// dW's kernel takes db (null when not asked for) after dW; dX's kernel has no such argument.
+    db: Option<u64>,
+    launch: LaunchConfig,
+}
+
+/// The pointers one backward product reads, besides the mask parameters.
+#[derive(Clone, Copy)]
+struct ProductInputs {
+    /// dY, or the workspace holding dY times the mask.
+    dy: u64,
+    /// The saved Y, when the kernel reads it (ReLU).
+    y: Option<u64>,
+    /// W (dX) or X (dW), `[b_rows, k]`.
+    b: u64,
+    b_rows: usize,
 }
 
 impl LayerKernels {
@@ -396,12 +476,14 @@ impl LayerKernels {
     ///   carries both ReLU's derivative and the mask), ignored for [`Nonlinearity::Identity`],
     ///   whose mask is redrawn from `spec.dropout`'s (seed, subsequence) or from
     ///   `options.seed` when that is a device buffer;
-    /// - `options`: overwrite or accumulate, the kernel family, and the (seed, subsequence)
-    ///   source, which must name the pair the forward call used ([`BackwardOptions`]).
+    /// - `options`: overwrite or accumulate, the kernel family, the (seed, subsequence) source,
+    ///   which must name the pair the forward call used, and an optional workspace for the
+    ///   identity activation ([`BackwardOptions`]).
     ///
     /// Asynchronous: returns once the launches are queued, without synchronising. Errors
-    /// (before anything is queued) on a bad shape, probability, geometry or buffer length, and
-    /// on ReLU without `y_saved`.
+    /// (before anything is queued) on a bad shape, probability, geometry or buffer length, on
+    /// ReLU without `y_saved`, on a workspace too short or misaligned, and on a kernel family
+    /// that cannot take the operands.
     ///
     /// ```no_run
     /// # fn main() -> fusedrop::Result<()> {
@@ -446,6 +528,7 @@ impl LayerKernels {
             accumulate,
             kernel,
             seed,
+            mut workspace,
         } = options;
         let stream = self.stream();
         let LinearShape { m, n, k } = spec.shape;
@@ -489,9 +572,6 @@ impl LayerKernels {
         let mut params = MaskParams::new(&spec.dropout, &spec.geometry, n);
         // Identity redraws the whole mask; ReLU redraws it only where the saved Y is NaN.
         let _seed_guards = params.read_seed_from(seed, stream);
-        let (m_arg, n_arg, k_arg) = (m as i64, n as i64, k as i64);
-        let (relu_arg, accumulate_arg) = (i32::from(relu), i32::from(accumulate));
-        let null: u64 = 0;
         let (dy_ptr, _dy_guard) = dy.device_ptr(stream);
         let (y_ptr, _y_guard) = match y_saved.filter(|_| relu) {
             Some(y) => {
@@ -500,163 +580,217 @@ impl LayerKernels {
             }
             None => (None, None),
         };
-        // dY's and Y's maps for the Hopper kernels, in boxes of `box_rows` rows of dY (Y's map is
-        // dY's when the kernel reads no Y).
-        let hopper_maps = |box_rows: u32| -> Result<(TensorMap, TensorMap)> {
-            let map_dy = tensor_map::row_major::<T>(dy_ptr, m, n, box_rows)?;
-            let map_y = match y_ptr {
-                Some(y) => tensor_map::row_major::<T>(y, m, n, box_rows)?,
-                None => map_dy,
-            };
-            Ok((map_dy, map_y))
+        let have_dw = dw.is_some();
+        let want_dx = dx.is_some() && m > 0;
+        let want_dw = (have_dw || db.is_some()) && n > 0;
+
+        // The identity backward with a workspace: the products read dY * keep from it, with the
+        // mask switched off in their parameters (the scale stays: it is applied as before).
+        let needed = workspace_bytes::<T>(spec);
+        let premask = needed > 0 && m > 0 && n > 0 && (want_dx || want_dw);
+        let (workspace_ptr, _workspace_guard) = match workspace.as_mut().filter(|_| premask) {
+            Some(ws) => {
+                if ws.len() < needed {
+                    return Err(invalid!(
+                        "the backward workspace has {} bytes; expected at least {needed} \
+                         (m*n*{} = {m}*{n}*{}: dY times the mask, workspace_bytes)",
+                        ws.len(),
+                        std::mem::size_of::<T>(),
+                        std::mem::size_of::<T>()
+                    ));
+                }
+                let (ptr, guard) = ws.device_ptr_mut(stream);
+                if ptr % 16 != 0 {
+                    return Err(invalid!(
+                        "the backward workspace starts at {ptr:#x}; expected a 16-byte aligned \
+                         address (a cudarc allocation, or a view of one at a multiple of 16 bytes)"
+                    ));
+                }
+                (Some(ptr), Some(guard))
+            }
+            None => (None, None),
+        };
+        let mut product_params = params;
+        let product_dy = match workspace_ptr {
+            Some(ws) => {
+                product_params.threshold = 0;
+                product_params.seed_subsequence = 0;
+                ws
+            }
+            None => dy_ptr,
         };
 
-        if let Some(dx) = dx.as_mut().filter(|_| m > 0) {
-            let (w_ptr, _w_guard) = w.device_ptr(stream);
-            let path = chooser.choose("dX", m, ("W", w_ptr, n, k), dy_ptr, y_ptr)?;
-            let (dx_ptr, _dx_guard) = dx.device_ptr_mut(stream);
-            match path {
-                Path::Hopper(config) => {
-                    let function = load::<T>(self, config, "dx")?;
-                    let (map_dy, map_y) = hopper_maps(config.block_m as u32)?;
-                    let map_w = tensor_map::row_major::<T>(w_ptr, n, k, HOPPER_BOX)?;
-                    let mut launch = stream.launch_builder(&function);
-                    launch
-                        .arg(&map_dy)
-                        .arg(&map_y)
-                        .arg(&map_w)
-                        .arg(&dx_ptr)
-                        .arg(&m_arg)
-                        .arg(&n_arg)
-                        .arg(&k_arg)
-                        .arg(&relu_arg)
-                        .arg(&accumulate_arg)
-                        .arg(&params);
-                    // SAFETY: the kernel's signature is (CUtensorMap map_dy, map_y, map_w, T* dx,
-                    // long long m, n, k, int relu, int accumulate, MaskParams), the maps encoded
-                    // above from dY [m, n], Y [m, n] (or dY's map again when no Y is read) and W
-                    // [n, k], whose lengths and TMA constraints were checked; dx holds m*k elements
-                    // (checked); the seed pointer (if any) holds two u64 (checked). The grid is the
-                    // kernel's persistent rule (any 1-D grid), its shared memory within the limit
-                    // raised by `load`. Every buffer outlives the launch through the guards.
-                    unsafe {
-                        launch.launch(
-                            config.persistent_launch_config(config.tiles(m, k), self.sm_count()),
-                        )
-                    }?;
-                }
-                Path::Classic(config) => {
-                    let function = load::<T>(self, config, "dx")?;
-                    let y_arg = y_ptr.unwrap_or(null);
-                    let mut launch = stream.launch_builder(&function);
-                    launch
-                        .arg(&dy_ptr)
-                        .arg(&y_arg)
-                        .arg(&w_ptr)
-                        .arg(&dx_ptr)
-                        .arg(&m_arg)
-                        .arg(&n_arg)
-                        .arg(&k_arg)
-                        .arg(&relu_arg)
-                        .arg(&accumulate_arg)
-                        .arg(&params);
-                    // SAFETY: the kernel's signature is (const T* dy, const T* y, const T* w,
-                    // T* dx, long long m, n, k, int relu, int accumulate, MaskParams). dy holds m*n
-                    // elements, w n*k, dx m*k (all checked above); y is null unless relu, and then
-                    // holds m*n (checked); the seed pointer (if any) holds two u64 (checked). The
-                    // grid follows the kernel's documented rule (any 1-D grid), its shared memory
-                    // is within the function's limit (raised by `load`). Every buffer outlives the
-                    // launch through the guards, which drop after it is queued.
-                    unsafe { launch.launch(config.launch_config(config.tiles(m, k))) }?;
-                }
+        // Every choice, check and tensor map before anything is queued.
+        let (w_ptr, _w_guard) = w.device_ptr(stream);
+        let (x_ptr, _x_guard) = x.device_ptr(stream);
+        let (dx_ptr, _dx_guard) = match dx.as_mut() {
+            Some(dx) => {
+                let (ptr, guard) = dx.device_ptr_mut(stream);
+                (ptr, Some(guard))
             }
-        }
-
-        if (dw.is_some() || db.is_some()) && n > 0 {
-            let (x_ptr, _x_guard) = x.device_ptr(stream);
-            // Without dW the classic kernel runs one column tile per row tile, for db alone.
-            let cols = if dw.is_some() { k } else { 1 };
-            let path = if dw.is_some() {
-                chooser.choose("dW", n, ("X", x_ptr, m, k), dy_ptr, y_ptr)?
+            None => (0, None),
+        };
+        let (dw_ptr, _dw_guard) = match dw.as_mut() {
+            Some(dw) => {
+                let (ptr, guard) = dw.device_ptr_mut(stream);
+                (ptr, Some(guard))
+            }
+            None => (0, None),
+        };
+        let (db_ptr, _db_guard) = match db.as_mut() {
+            Some(db) => {
+                let (ptr, guard) = db.device_ptr_mut(stream);
+                (ptr, Some(guard))
+            }
+            None => (0, None),
+        };
+        let dx_product = if want_dx {
+            let path = chooser.choose("dX", m, ("W", w_ptr, n, k), product_dy, y_ptr)?;
+            let inputs = ProductInputs {
+                dy: product_dy,
+                y: y_ptr,
+                b: w_ptr,
+                b_rows: n,
+            };
+            Some(self.product::<T>(path, "dx", spec.shape, inputs, (m, k), dx_ptr, None)?)
+        } else {
+            None
+        };
+        let dw_product = if want_dw {
+            let path = if have_dw {
+                chooser.choose("dW", n, ("X", x_ptr, m, k), product_dy, y_ptr)?
             } else {
-                // db alone: the classic kernel with the product switched off.
+                // db alone: the classic kernel with the product switched off, one column tile
+                // per row tile.
                 Path::Classic(chooser.classic(n, 1)?)
             };
-            let (dw_ptr, _dw_guard) = match dw.as_mut() {
-                Some(dw) => {
-                    let (ptr, guard) = dw.device_ptr_mut(stream);
-                    (ptr, Some(guard))
-                }
-                None => (null, None),
+            let cols = if have_dw { k } else { 1 };
+            let inputs = ProductInputs {
+                dy: product_dy,
+                y: y_ptr,
+                b: x_ptr,
+                b_rows: m,
             };
-            let (db_ptr, _db_guard) = match db.as_mut() {
-                Some(db) => {
-                    let (ptr, guard) = db.device_ptr_mut(stream);
-                    (ptr, Some(guard))
-                }
-                None => (null, None),
+            let product = self.product::<T>(
+                path,
+                "dw",
+                spec.shape,
+                inputs,
+                (n, cols),
+                dw_ptr,
+                Some(db_ptr),
+            )?;
+            Some(product)
+        } else {
+            None
+        };
+
+        if let Some(ws) = workspace_ptr {
+            let mut mask_only = params;
+            mask_only.scale_bits = 1.0f32.to_bits();
+            // SAFETY: dY holds m*n elements (checked by check_backward) and the workspace at
+            // least m*n elements of T (checked above), a separate allocation from dY (dY is
+            // borrowed shared while the workspace is borrowed mutably); m*n is within MAX_INDEX
+            // (check_backward); the seed pointer (if any) holds two u64 (checked); the guards
+            // keep every buffer alive until the launch is queued.
+            unsafe { self.queue_dropout::<T>(dy_ptr, ws, m, n, &mask_only) }?;
+        }
+        let (m_arg, n_arg, k_arg) = (m as i64, n as i64, k as i64);
+        let (relu_arg, accumulate_arg) = (i32::from(relu), i32::from(accumulate));
+        for product in [dx_product, dw_product].into_iter().flatten() {
+            let mut launch = stream.launch_builder(&product.function);
+            match &product.operands {
+                ProductOperands::Maps(maps) => launch.arg(&maps[0]).arg(&maps[1]).arg(&maps[2]),
+                ProductOperands::Pointers(ptrs) => launch.arg(&ptrs[0]).arg(&ptrs[1]).arg(&ptrs[2]),
             };
-            match path {
-                Path::Hopper(config) => {
-                    let function = load::<T>(self, config, "dw")?;
-                    let (map_dy, map_y) = hopper_maps(HOPPER_BOX)?;
-                    let map_x = tensor_map::row_major::<T>(x_ptr, m, k, HOPPER_BOX)?;
-                    let mut launch = stream.launch_builder(&function);
-                    launch
-                        .arg(&map_dy)
-                        .arg(&map_y)
-                        .arg(&map_x)
-                        .arg(&dw_ptr)
-                        .arg(&db_ptr)
-                        .arg(&m_arg)
-                        .arg(&n_arg)
-                        .arg(&k_arg)
-                        .arg(&relu_arg)
-                        .arg(&accumulate_arg)
-                        .arg(&params);
-                    // SAFETY: the kernel's signature is (CUtensorMap map_dy, map_y, map_x, T* dw,
-                    // T* db, long long m, n, k, int relu, int accumulate, MaskParams), the maps
-                    // encoded above from dY [m, n], Y [m, n] (or dY's map again when no Y is read)
-                    // and X [m, k], whose lengths and TMA constraints were checked; dw holds n*k
-                    // elements and db (or null) n (checked); the seed pointer (if any) holds two
-                    // u64 (checked). The grid is the kernel's persistent rule (any 1-D grid), its
-                    // shared memory within the limit raised by `load`. Every buffer outlives the
-                    // launch through the guards.
-                    unsafe {
-                        launch.launch(
-                            config.persistent_launch_config(config.tiles(n, k), self.sm_count()),
-                        )
-                    }?;
-                }
-                Path::Classic(config) => {
-                    let function = load::<T>(self, config, "dw")?;
-                    let y_arg = y_ptr.unwrap_or(null);
-                    let mut launch = stream.launch_builder(&function);
-                    launch
-                        .arg(&dy_ptr)
-                        .arg(&y_arg)
-                        .arg(&x_ptr)
-                        .arg(&dw_ptr)
-                        .arg(&db_ptr)
-                        .arg(&m_arg)
-                        .arg(&n_arg)
-                        .arg(&k_arg)
-                        .arg(&relu_arg)
-                        .arg(&accumulate_arg)
-                        .arg(&params);
-                    // SAFETY: the kernel's signature is (const T* dy, const T* y, const T* x,
-                    // T* dw, T* db, long long m, n, k, int relu, int accumulate, MaskParams). dy
-                    // holds m*n elements, x m*k, dw (or null) n*k, db (or null) n (all checked above); y
-                    // is null unless relu, and then holds m*n (checked); the seed pointer (if any)
-                    // holds two u64 (checked). The grid follows the kernel's documented rule (any
-                    // 1-D grid), its shared memory is within the function's limit (raised by
-                    // `load`). Every buffer outlives the launch through the guards, which drop
-                    // after it is queued.
-                    unsafe { launch.launch(config.launch_config(config.tiles(n, cols))) }?;
-                }
+            launch.arg(&product.out);
+            if let Some(db) = &product.db {
+                launch.arg(db);
             }
+            launch
+                .arg(&m_arg)
+                .arg(&n_arg)
+                .arg(&k_arg)
+                .arg(&relu_arg)
+                .arg(&accumulate_arg)
+                .arg(&product_params);
+            // SAFETY: the kernels' signatures are
+            //   dX: (A0, A1, A2, T* dx, long long m, n, k, int relu, int accumulate, MaskParams)
+            //   dW: (A0, A1, A2, T* dw, T* db, long long m, n, k, int relu, int accumulate,
+            //        MaskParams)
+            // with (A0, A1, A2) the CUtensorMaps of dY (or the workspace), Y (or dY's map again)
+            // and B for kernels/backward_sm90.cu, else (const T* dy, const T* y, const T* b) with
+            // y null unless relu. The maps were encoded from [m, n], [m, n] and [b_rows, k]
+            // operands whose lengths and TMA constraints were checked; the pointers hold m*n
+            // (dY, Y, workspace), n*k (W), m*k (X), m*k (dx), n*k (dw, or null) and n (db, or
+            // null) elements, all checked; a seed pointer (if any) holds two u64 (checked). The
+            // grid follows each kernel's rule (any 1-D grid; whole clusters for split-K), its
+            // shared memory within the limit raised by `load`. The guards keep every buffer
+            // alive until the launches are queued.
+            unsafe { launch.launch(product.launch) }?;
         }
         Ok(())
+    }
+
+    /// Loads one product's kernel and encodes its operands (`what`: "dx" or "dw"), for an
+    /// output of `rows` x `cols` tiles' worth (cols = 1 for db alone).
+    #[allow(clippy::too_many_arguments)]
+    fn product<T: Element>(
+        &self,
+        path: Path,
+        what: &str,
+        shape: LinearShape,
+        inputs: ProductInputs,
+        (rows, cols): (usize, usize),
+        out: u64,
+        db: Option<u64>,
+    ) -> Result<Product> {
+        let LinearShape { m, n, k } = shape;
+        match path {
+            Path::Hopper(config) => {
+                // dX reads K-major dY boxes of 64 x block_m, dW 64 x 64 ones.
+                let dy_box = if what == "dx" {
+                    config.block_m as u32
+                } else {
+                    HOPPER_BOX
+                };
+                let map_dy = tensor_map::row_major::<T>(inputs.dy, m, n, dy_box)?;
+                let map_y = match inputs.y {
+                    Some(y) => tensor_map::row_major::<T>(y, m, n, dy_box)?,
+                    None => map_dy,
+                };
+                let map_b = tensor_map::row_major::<T>(inputs.b, inputs.b_rows, k, HOPPER_BOX)?;
+                Ok(Product {
+                    function: load::<T>(self, config, what, false)?,
+                    operands: ProductOperands::Maps([map_dy, map_y, map_b]),
+                    out,
+                    db,
+                    launch: config
+                        .persistent_launch_config(config.tiles(rows, cols), self.sm_count()),
+                })
+            }
+            Path::Classic(config) => {
+                // Every operand the kernel may read by 16-byte cp.async: the aligned kernel
+                // promises it at compile time.
+                let aligned = config.has_aligned
+                    && n % 8 == 0
+                    && k % 8 == 0
+                    && inputs.dy % 16 == 0
+                    && inputs.y.is_none_or(|y| y % 16 == 0)
+                    && inputs.b % 16 == 0;
+                Ok(Product {
+                    function: load::<T>(self, config, what, aligned)?,
+                    operands: ProductOperands::Pointers([
+                        inputs.dy,
+                        inputs.y.unwrap_or(0),
+                        inputs.b,
+                    ]),
+                    out,
+                    db,
+                    launch: config.launch_config(config.tiles(rows, cols)),
+                })
+            }
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The standalone dropout kernel (kernels/dropout.cu): applies the mask in place to an `[m, n]`
-//! buffer. It is the dropout half of the unfused baseline, and a direct GPU check of Philox.
+//! buffer. It is the dropout half of the unfused baseline, a direct GPU check of Philox, and (out
+//! of place, with scale 1) the identity backward's workspace pre-pass.
 
 use cudarc::driver::{DevicePtrMut, LaunchConfig, PushKernelArg};
 
@@ -52,6 +53,32 @@ impl LayerKernels {
         if elements == 0 || dropout.p == 0.0 {
             return Ok(());
         }
+        let mut params = MaskParams::new(dropout, geometry, n);
+        let (y_ptr, _y_guard) = y.device_ptr_mut(stream);
+        let _seed_guards = params.read_seed_from(seed, stream);
+        // SAFETY: y_ptr points to m*n elements of T (checked above), read and written in place;
+        // the seed pointer (if any) to two u64 (checked above); both stay alive until the guards
+        // drop after the launch is queued.
+        unsafe { self.queue_dropout::<T>(y_ptr, y_ptr, m, n, &params) }
+    }
+
+    /// Queues kernels/dropout.cu: `y = x * (keep(i) ? scale : 0)` over `[m, n]` elements with
+    /// `params`' mask and scale (the backward's workspace pre-pass passes scale 1).
+    ///
+    /// # Safety
+    ///
+    /// `x` and `y` must point to at least m*n elements of T on this handle's device (the same
+    /// buffer for in place, else buffers that do not overlap), with m*n within
+    /// `validate::MAX_INDEX`, and a seed or record pointer in `params` to two u64; all of them
+    /// must stay alive until the launch is queued (the callers hold cudarc's guards).
+    pub(crate) unsafe fn queue_dropout<T: Element>(
+        &self,
+        x: u64,
+        y: u64,
+        m: usize,
+        n: usize,
+        params: &MaskParams,
+    ) -> Result<()> {
         let function = self.function("dropout", &format!("fusedrop_dropout_{}", T::NAME), 0)?;
         let calls = (m as u64) * (n as u64 / 4 + 2);
         let blocks = calls.div_ceil(u64::from(THREADS)).clamp(1, 65_535 * 8) as u32;
@@ -60,15 +87,12 @@ impl LayerKernels {
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut params = MaskParams::new(dropout, geometry, n);
         let (m_arg, n_arg) = (m as i64, n as i64);
-        let (y_ptr, _y_guard) = y.device_ptr_mut(stream);
-        let _seed_guards = params.read_seed_from(seed, stream);
-        let mut launch = stream.launch_builder(&function);
-        launch.arg(&y_ptr).arg(&m_arg).arg(&n_arg).arg(&params);
-        // SAFETY: the kernel's signature is (T*, long long, long long, MaskParams); y_ptr points
-        // to m*n elements of T (checked above), the seed pointer (if any) to two u64 (checked
-        // above), and both stay alive until the guards drop after the launch is queued.
+        let mut launch = self.stream().launch_builder(&function);
+        launch.arg(&x).arg(&y).arg(&m_arg).arg(&n_arg).arg(params);
+        // SAFETY: the kernel's signature is (const T*, T*, long long, long long, MaskParams); the
+        // pointers are valid for m*n elements and any seed or record pointer for two u64 (this
+        // function's contract). Any 1-D grid is correct (the kernel loops grid-stride).
         unsafe { launch.launch(config) }?;
         Ok(())
     }

@@ -1,4 +1,5 @@
-// Harness driver for kernels/backward_tc.cu: every config struct, f16 and bf16.
+// Harness driver for kernels/backward_tc.cu: every config struct, f16 and bf16, each with its
+// `_aligned` entry points (same launch numbers).
 #include "backward_launch.h"
 
 #include "backward_tc.cu"
@@ -10,4 +11,8 @@ void register_kernels() {
     HARNESS_BACKWARD(Tc128x128, tc128x128, bf16, __nv_bfloat16)
     HARNESS_BACKWARD(Tc64x64, tc64x64, f16, __half)
     HARNESS_BACKWARD(Tc64x64, tc64x64, bf16, __nv_bfloat16)
+    HARNESS_BACKWARD(Tc128x128, tc128x128_aligned, f16, __half)
+    HARNESS_BACKWARD(Tc128x128, tc128x128_aligned, bf16, __nv_bfloat16)
+    HARNESS_BACKWARD(Tc64x64, tc64x64_aligned, f16, __half)
+    HARNESS_BACKWARD(Tc64x64, tc64x64_aligned, bf16, __nv_bfloat16)
 }

@@ -65,6 +65,8 @@ struct Request {
         auto it = ints.find(key);
         return it == ints.end() ? fallback : it->second;
     }
+    // Whether the request names a buffer `name`.
+    bool has(const std::string& name) const { return buffers.count(name) != 0; }
     // The typed pointer for argument `name`: a buffer, or null when the request says so.
     template <typename T>
     T* ptr(const std::string& name) const {

@@ -24,14 +24,14 @@ use std::time::Duration;
 use cudarc::driver::sys::{
     CUdevice_attribute, CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode,
 };
-use cudarc::driver::{CudaContext, CudaGraph, CudaSlice, CudaStream, CudaView};
+use cudarc::driver::{CudaContext, CudaGraph, CudaSlice, CudaStream, CudaView, CudaViewMut};
 use half::{bf16, f16};
 use rand::{RngCore, SeedableRng};
 use serde::{Serialize, Serializer};
 
 use crate::baseline::{cublaslt_version, Blas, GemmOp, GemmPlan};
 use crate::invalid;
-use fusedrop::cuda::backward::{BackwardKernel, BackwardOptions, GradientsMut};
+use fusedrop::cuda::backward::{self, BackwardKernel, BackwardOptions, GradientsMut};
 use fusedrop::cuda::forward::{choose_config, hopper_operands_fit, ForwardConfig, ForwardOptions};
 use fusedrop::cuda::{launch_table, LayerKernels, SeedSource};
 use fusedrop::Element;
@@ -827,11 +827,15 @@ pub fn fused_backward<T: Element>(
         Nonlinearity::Relu,
         p,
         launch,
+        None,
     )
 }
 
 /// [`fused_backward`] with `activation` (the saved Y is passed for ReLU only: the identity's
-/// backward redraws the mask instead) and the kernel family `kernel`.
+/// backward redraws the mask instead), the kernel family `kernel` and, for the identity with
+/// dropout, optionally the workspace in which the mask is applied to dY once
+/// ([`BackwardOptions::workspace`]).
+#[allow(clippy::too_many_arguments)]
 pub fn fused_backward_with<T: Element>(
     kernels: &LayerKernels,
     set: &mut OperandSet<T>,
@@ -840,6 +844,7 @@ pub fn fused_backward_with<T: Element>(
     nonlinearity: Nonlinearity,
     p: f32,
     launch: u64,
+    workspace: Option<CudaViewMut<'_, u8>>,
 ) -> Result<()> {
     let spec = bench_spec(dims, nonlinearity, p, launch);
     let grads = GradientsMut {
@@ -857,6 +862,7 @@ pub fn fused_backward_with<T: Element>(
         grads,
         BackwardOptions {
             kernel,
+            workspace,
             ..BackwardOptions::default()
         },
     )
@@ -872,6 +878,9 @@ pub enum Forced {
     Kernel(BackwardKernel),
     /// The identity activation instead of ReLU, kernels chosen by the library.
     Identity,
+    /// The identity activation with a backward workspace: dY times the mask written once and
+    /// read by both products (backward only).
+    IdentityWorkspace,
 }
 
 impl Forced {
@@ -894,7 +903,7 @@ impl Forced {
     /// The activation of the call.
     pub fn nonlinearity(self) -> Nonlinearity {
         match self {
-            Forced::Identity => Nonlinearity::Identity,
+            Forced::Identity | Forced::IdentityWorkspace => Nonlinearity::Identity,
             _ => Nonlinearity::Relu,
         }
     }
@@ -905,6 +914,7 @@ impl Forced {
             Forced::Config(config) => format!("forced config {}", config.name()),
             Forced::Kernel(kernel) => format!("forced BackwardKernel::{kernel:?}"),
             Forced::Identity => IDENTITY_NOTE.to_string(),
+            Forced::IdentityWorkspace => IDENTITY_WORKSPACE_NOTE.to_string(),
         }
     }
 }
@@ -912,6 +922,10 @@ impl Forced {
 /// The note of the `fused_identity` rows.
 pub const IDENTITY_NOTE: &str = "identity activation instead of ReLU: its backward redraws \
     the Philox mask, ReLU's reads it from the saved Y's sign";
+
+/// The note of the `fused_ident_ws` rows.
+pub const IDENTITY_WORKSPACE_NOTE: &str = "identity activation with a backward workspace: dY \
+    times the mask written once, both products read it instead of redrawing the mask";
 
 /// A variant of the fused pass, timed beside `fused`: its impl name and what it changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -930,9 +944,16 @@ impl Variant {
         forced: Forced::Identity,
     };
 
+    /// The identity backward with a workspace, at every p > 0 (issue 11: the mask drawn once
+    /// per element of dY, beside [`Variant::IDENTITY`] which redraws it per column tile).
+    pub const IDENTITY_WORKSPACE: Variant = Variant {
+        name: "fused_ident_ws",
+        forced: Forced::IdentityWorkspace,
+    };
+
     /// Whether the variant is measured at dropout probability `p`.
     pub fn runs_at(self, p: f32) -> bool {
-        self.forced != Forced::Identity || p > 0.0
+        !matches!(self.forced, Forced::Identity | Forced::IdentityWorkspace) || p > 0.0
     }
 }
 
@@ -1039,7 +1060,8 @@ pub fn auto_backward_takes_hopper(dims: LinearShape, hopper: bool, sm_count: usi
 ///   kernels for a product of this shape (the fallback's cost, as for the forward);
 /// - `fused_hopper`: [`BackwardKernel::Hopper`] forced where the Hopper kernels can run the
 ///   shape (both products on them, even where `Auto` leaves one to mma.sync);
-/// - `fused_identity` ([`Variant::IDENTITY`]).
+/// - `fused_identity` ([`Variant::IDENTITY`]);
+/// - `fused_ident_ws` ([`Variant::IDENTITY_WORKSPACE`]).
 pub fn backward_variants_given(dims: LinearShape, hopper: bool, sm_count: usize) -> Vec<Variant> {
     let mut variants = Vec::new();
     if auto_backward_takes_hopper(dims, hopper, sm_count) {
@@ -1055,6 +1077,7 @@ pub fn backward_variants_given(dims: LinearShape, hopper: bool, sm_count: usize)
         });
     }
     variants.push(Variant::IDENTITY);
+    variants.push(Variant::IDENTITY_WORKSPACE);
     variants
 }
 
@@ -1467,11 +1490,18 @@ fn measure_shape<T: Element>(
                 }),
             );
             for v in backward_variants.iter().filter(|v| v.runs_at(p)) {
+                let (kernel, nonlinearity) = (v.forced.kernel(), v.forced.nonlinearity());
+                let mut workspace = match v.forced {
+                    Forced::IdentityWorkspace => {
+                        let spec = bench_spec(dims, nonlinearity, p, 0);
+                        Some(stream.alloc_zeros::<u8>(backward::workspace_bytes::<T>(&spec))?)
+                    }
+                    _ => None,
+                };
                 let time = record(
                     table,
                     format!("backward {} p={p}", v.name),
                     measure(&stream, effort, |i| {
-                        let (kernel, nonlinearity) = (v.forced.kernel(), v.forced.nonlinearity());
                         fused_backward_with(
                             kernels,
                             ops.set_mut(i),
@@ -1480,6 +1510,7 @@ fn measure_shape<T: Element>(
                             nonlinearity,
                             p,
                             i,
+                            workspace.as_mut().map(|w| w.as_view_mut()),
                         )
                     }),
                 );
@@ -1890,7 +1921,12 @@ mod tests {
         assert!(auto_backward_takes_hopper(small, true, sm));
         assert_eq!(
             names(&backward_variants_given(small, true, sm)),
-            ["fused_mma_sync", "fused_hopper", "fused_identity"]
+            [
+                "fused_mma_sync",
+                "fused_hopper",
+                "fused_identity",
+                "fused_ident_ws"
+            ]
         );
         let forced: Vec<_> = backward_variants_given(small, true, sm)
             .iter()
@@ -1901,6 +1937,7 @@ mod tests {
             [
                 BackwardKernel::TensorCore,
                 BackwardKernel::Hopper,
+                BackwardKernel::Auto,
                 BackwardKernel::Auto
             ]
         );
@@ -1909,7 +1946,7 @@ mod tests {
         assert!(!auto_backward_takes_hopper(tiny, true, sm));
         assert_eq!(
             names(&backward_variants_given(tiny, true, sm)),
-            ["fused_hopper", "fused_identity"]
+            ["fused_hopper", "fused_identity", "fused_ident_ws"]
         );
         // Exactly half a wave of dW tiles (66 of 132) is enough; one fewer is not.
         let half_wave = LinearShape::new(64, 128 * 66, 128);
@@ -1927,14 +1964,14 @@ mod tests {
             assert!(!hopper_backward_fits(dims, true));
             assert_eq!(
                 names(&backward_variants_given(dims, true, sm)),
-                ["fused_identity"]
+                ["fused_identity", "fused_ident_ws"]
             );
         }
         // No Hopper kernels for the dtype, GPU or build: only the identity row.
         let sq = LinearShape::new(4096, 4096, 4096);
         assert_eq!(
             names(&backward_variants_given(sq, false, sm)),
-            ["fused_identity"]
+            ["fused_identity", "fused_ident_ws"]
         );
         // The suite's odd shape has n = k = 1000, multiples of 8.
         assert!(hopper_backward_fits(
@@ -2008,6 +2045,10 @@ mod tests {
         assert_eq!(identity.forced.nonlinearity(), Nonlinearity::Identity);
         assert_eq!(identity.forced.kernel(), BackwardKernel::Auto);
         assert_eq!(identity.forced.config(), None);
+        let workspace = Variant::IDENTITY_WORKSPACE;
+        assert!(!workspace.runs_at(0.0) && workspace.runs_at(0.1));
+        assert_eq!(workspace.forced.nonlinearity(), Nonlinearity::Identity);
+        assert_eq!(workspace.forced.kernel(), BackwardKernel::Auto);
         let hopper = Forced::Kernel(BackwardKernel::Hopper);
         assert_eq!(hopper.nonlinearity(), Nonlinearity::Relu);
         assert_eq!(hopper.note(), "forced BackwardKernel::Hopper");
@@ -2029,7 +2070,7 @@ mod tests {
         all.extend(names(&backward_variants_given(sq, true, 132)));
         all.sort_unstable();
         all.dedup();
-        assert_eq!(all.len(), 10, "{all:?}");
+        assert_eq!(all.len(), 11, "{all:?}");
         for name in all
             .iter()
             .filter(|n| !["gemm_floor", "fused", "unfused"].contains(n))

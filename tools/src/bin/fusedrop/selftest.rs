@@ -8,7 +8,7 @@
 //! element a kernel forgets to write fails the check.
 
 use clap::Args;
-use fusedrop::cuda::backward::{BackwardKernel, BackwardOptions, GradientsMut};
+use fusedrop::cuda::backward::{self, BackwardKernel, BackwardOptions, GradientsMut};
 use fusedrop::cuda::cudarc::driver::CudaSlice;
 use fusedrop::cuda::forward::{ForwardConfig, ForwardOptions};
 use fusedrop::cuda::{self, LayerKernels, SeedSource};
@@ -305,24 +305,29 @@ fn run_dtype<T: Element>(kernels: &LayerKernels, cases: &[Case], out: &mut Vec<O
         // Every backward kernel family that can run the case: Auto, and each one forced.
         let LinearShape { m, n, k } = case.spec.shape;
         let mut families = vec![
-            ("auto", BackwardKernel::Auto),
-            ("simt", BackwardKernel::Simt),
+            ("auto", BackwardKernel::Auto, false),
+            ("simt", BackwardKernel::Simt, false),
         ];
         if T::NEEDS_SM80 {
-            families.push(("tensor_core", BackwardKernel::TensorCore));
+            families.push(("tensor_core", BackwardKernel::TensorCore, false));
             // The selftest's buffers are whole allocations, so 16-byte aligned.
             if m > 0 && n % 8 == 0 && k % 8 == 0 && kernels.hopper_available::<T>() {
-                families.push(("hopper", BackwardKernel::Hopper));
+                families.push(("hopper", BackwardKernel::Hopper, false));
             }
         }
-        for (name, kernel) in families {
+        // The identity with dropout also through a workspace (the mask applied to dY once by
+        // the dropout kernel, then the products without a mask), on the family Auto picks.
+        if backward::workspace_bytes::<T>(&case.spec) > 0 {
+            families.push(("auto_workspace", BackwardKernel::Auto, true));
+        }
+        for (name, kernel, workspace) in families {
             out.push(judge(
                 "backward",
                 T::NAME,
                 name.into(),
                 case,
                 T::REL_L2_TOLERANCE,
-                check_backward(kernels, case, &inputs, kernel),
+                check_backward(kernels, case, &inputs, kernel, workspace),
             ));
         }
     }
@@ -463,6 +468,7 @@ fn check_backward<T: Element>(
     case: &Case,
     inputs: &Inputs<T>,
     kernel: BackwardKernel,
+    workspace: bool,
 ) -> fusedrop::Result<Measured> {
     let spec = &case.spec;
     let LinearShape { m, n, k } = spec.shape;
@@ -510,6 +516,13 @@ fn check_backward<T: Element>(
     let mut dx = kernels.stream().clone_htod(&dx0)?;
     let mut dw = kernels.stream().clone_htod(&dw0)?;
     let mut db = kernels.stream().clone_htod(&db0)?;
+    let mut workspace = workspace
+        .then(|| {
+            kernels
+                .stream()
+                .alloc_zeros::<u8>(backward::workspace_bytes::<T>(spec))
+        })
+        .transpose()?;
     kernels.backward(
         spec,
         &x,
@@ -524,6 +537,7 @@ fn check_backward<T: Element>(
         BackwardOptions {
             accumulate: case.accumulate,
             kernel,
+            workspace: workspace.as_mut().map(|w| w.as_view_mut()),
             ..BackwardOptions::default()
         },
     )?;
