@@ -225,17 +225,9 @@ __device__ __forceinline__ void backward_sm90(const CUtensorMap* map_dy, const C
 
     if (warpgroup == 0) {
         ptx::setmaxnreg_dec<kProducerRegisters>();
-        if (threadIdx.x == 0) {
-            ptx::prefetch_tensormap(map_dy);
-            ptx::prefetch_tensormap(map_b);
-            if (relu) ptx::prefetch_tensormap(map_y);
-            for (int t = scheduler.first(); t < scheduler.tiles(); t = scheduler.next(t)) {
-                const gemm::TileCoordOf<int> tile = scheduler.tile(t);
-                Mainloop::load_tile(map_dy, map_b, relu ? map_y : nullptr, storage, state,
-                                    tile.tm * Mainloop::kBlockM, tile.tn * Mainloop::kBlockN,
-                                    k_first, k_blocks);
-            }
-        }
+        if (threadIdx.x == 0)
+            Mainloop::produce(scheduler, map_dy, map_b, relu ? map_y : nullptr, storage, k_first,
+                              k_blocks);
         return;
     }
 
@@ -305,24 +297,10 @@ __device__ __forceinline__ void backward_sm90(const CUtensorMap* map_dy, const C
                 *dst = Element<T>::from_float(old + db_total * scale);
             }
         };
-        if constexpr (kSplitK) {
-            // Only rank 0 stores: the others hand it their partial sums (and db's).
-            const typename Split::Storage split = Split::storage(smem + kSplitOffset<Mainloop>);
-            if (rank != 0) {
-                Split::give(split, acc, db_sum, consumer, done);
-                continue;
-            }
-            float sum[Mainloop::kAccumulators];
-            Split::gather(split, acc, sum, db_sum, consumer, done);
-            store(sum, db_sum);
-        } else {
-            store(acc, db_sum);
-        }
+        // Split-K: only rank 0 stores, the cluster's sums (and db's).
+        Split::finish_tile(smem + kSplitOffset<Mainloop>, acc, db_sum, consumer, done, store);
     }
-    if constexpr (kSplitK) {
-        if (rank != 0)
-            Split::last_release(Split::storage(smem + kSplitOffset<Mainloop>), consumer, done);
-    }
+    Split::finish(smem + kSplitOffset<Mainloop>, consumer, done);
 }
 
 // Tile BM x BN (BM = 128: each consumer warpgroup owns 64 rows, so it forms the dZ it reads),

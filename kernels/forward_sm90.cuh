@@ -99,8 +99,7 @@ __device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUt
     const gemm::PersistentTileScheduler<kGroupRows / kMulticast, kClusterBlocks> scheduler(
         m, n, kClusterRows, Mainloop::kBlockN);
     // The first row of this block's share of a cluster tile.
-    const int row_in_cluster =
-        kMulticast > 1 ? (int)(blockIdx.x % kMulticast) * Mainloop::kBlockM : 0;
+    const int row_in_cluster = Mainloop::row_in_cluster();
     // This block's k-blocks of every tile: all of them, or its rank's share.
     int k_first = 0;
     int k_blocks = (int)((k + Mainloop::kBlockK - 1) / Mainloop::kBlockK);
@@ -113,17 +112,8 @@ __device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUt
 
     if (warpgroup == 0) {
         ptx::setmaxnreg_dec<kProducerRegisters>();
-        if (threadIdx.x == 0) {
-            ptx::prefetch_tensormap(map_x);
-            ptx::prefetch_tensormap(map_w);
-            for (int t = scheduler.first(); t < scheduler.tiles(); t = scheduler.next(t)) {
-                const gemm::TileCoordOf<int> tile = scheduler.tile(t);
-                Mainloop::load_tile(map_x, map_w, storage, state,
-                                    tile.tm * kClusterRows + row_in_cluster,
-                                    tile.tn * Mainloop::kBlockN, k_first, k_blocks);
-            }
-            if constexpr (kMulticast > 1) Mainloop::drain(storage, state);
-        }
+        if (threadIdx.x == 0)
+            Mainloop::produce(scheduler, map_x, map_w, nullptr, storage, k_first, k_blocks);
         return;
     }
 
@@ -181,23 +171,13 @@ __device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUt
                                                               tile_col);
             }
         };
-        if constexpr (kSplitK) {
-            const typename Split::Storage split = Split::storage(smem + kSplitOffset<Mainloop>);
-            if (rank != 0) {
-                Split::give(split, acc, consumer, done);
-                continue;
-            }
-            float sum[Mainloop::kAccumulators];
-            Split::gather(split, acc, sum, consumer, done);
-            epilogue(sum);
-        } else {
-            epilogue(acc);
-        }
+        // Split-K: only rank 0 runs the epilogue, on the cluster's sums.
+        Split::finish_tile(smem + kSplitOffset<Mainloop>, acc, 0.0f, consumer, done,
+                           [&](const float (&result)[Mainloop::kAccumulators], float) {
+                               epilogue(result);
+                           });
     }
-    if constexpr (kSplitK) {
-        if (rank != 0)
-            Split::last_release(Split::storage(smem + kSplitOffset<Mainloop>), consumer, done);
-    }
+    Split::finish(smem + kSplitOffset<Mainloop>, consumer, done);
     if constexpr (Config::kTmaStore) gemm::sm90::finish_tma_stores();
 }
 

@@ -178,6 +178,35 @@ struct Mainloop {
         }
     }
 
+    // The first row of this block's share of a cluster's tile: with multicast, the blocks of a
+    // cluster take consecutive row tiles of one column tile; 0 otherwise.
+    __device__ __forceinline__ static int row_in_cluster() {
+        return kMulticast > 1 ? (int)(blockIdx.x % kMulticast) * BM : 0;
+    }
+
+    // The producer warpgroup's one thread, for the whole kernel: loads the stages of every tile
+    // `scheduler` gives this block (or cluster), in its order, each tile's k-blocks
+    // [k_first, k_first + k_blocks), with `side` as load_tile; then, with multicast, drains the
+    // ring. The scheduler's row tiles are kBlockM x kMulticast rows (a cluster's).
+    template <class Scheduler>
+    __device__ __forceinline__ static void produce(const Scheduler& scheduler,
+                                                   const CUtensorMap* map_a,
+                                                   const CUtensorMap* map_b,
+                                                   const CUtensorMap* side, const Storage& s,
+                                                   int k_first, int k_blocks) {
+        ptx::prefetch_tensormap(map_a);
+        ptx::prefetch_tensormap(map_b);
+        if (side != nullptr) ptx::prefetch_tensormap(side);
+        const int row0 = row_in_cluster();
+        State state;
+        for (int t = scheduler.first(); t < scheduler.tiles(); t = scheduler.next(t)) {
+            const auto tile = scheduler.tile(t);
+            load_tile(map_a, map_b, side, s, state, tile.tm * (BM * kMulticast) + row0,
+                      tile.tn * BN, k_first, k_blocks);
+        }
+        if constexpr (kMulticast > 1) drain(s, state);
+    }
+
     // Producer, after its last tile: waits until every stage of the ring was released by every
     // consumer that will release it (with multicast, those of the other blocks too), so that the
     // block outlives every arrival on its barriers.
@@ -198,13 +227,6 @@ struct Mainloop {
         } else if (t < (uint32_t)kMulticast) {
             ptx::mbarrier_arrive_cluster(ptx::cluster_map(&s.barriers->empty[st.stage], t));
         }
-    }
-
-    __device__ __forceinline__ static void load_tile(const CUtensorMap* map_a,
-                                                     const CUtensorMap* map_b, const Storage& s,
-                                                     State& state, int32_t a0, int32_t b0,
-                                                     int k_first, int k_blocks) {
-        load_tile(map_a, map_b, nullptr, s, state, a0, b0, k_first, k_blocks);
     }
 
     // Ping-pong: the consumer warpgroup that does not take a tile passes over its k_blocks

@@ -36,10 +36,21 @@ namespace fusedrop {
 namespace gemm {
 namespace sm90 {
 
-// The split area of a kernel without split-K: none.
+// A kernel without split-K: no split area, and each tile's result goes to the epilogue as it is.
+// (The interface every kernel calls, whichever split it was built with.)
 struct NoSplit {
     static constexpr int kSplits = 1;
     static constexpr uint32_t kBytes = 0;
+
+    template <int kAccumulators, class Epilogue>
+    __device__ __forceinline__ static void finish_tile(unsigned char*,
+                                                       const float (&acc)[kAccumulators],
+                                                       float extra, int, int,
+                                                       Epilogue&& epilogue) {
+        epilogue(acc, extra);
+    }
+
+    __device__ __forceinline__ static void finish(unsigned char*, int, int) {}
 };
 
 // Where the split area starts in a kernel's dynamic shared memory: after the main loop's.
@@ -140,24 +151,30 @@ struct ClusterSplitK {
         }
     }
 
-    // The same without kExtra: the fragment alone.
-    __device__ __forceinline__ static void give(const Storage& s, const float (&acc)[kAccumulators],
-                                                int consumer, int tile) {
-        give(s, acc, 0.0f, consumer, tile);
-    }
-    __device__ __forceinline__ static void gather(const Storage& s,
-                                                  const float (&acc)[kAccumulators],
-                                                  float (&sum)[kAccumulators], int consumer,
-                                                  int tile) {
-        float none = 0.0f;
-        gather(s, acc, sum, none, consumer, tile);
+    // Every consumer thread, once per tile (`tile` counts the block's tiles from 0), with the
+    // split area at `area`: ranks 1 .. kSplits - 1 hand their fragment and `extra` to the
+    // leader; the leader runs `epilogue(sum, extra_sum)` on the sums in rank order.
+    template <class Epilogue>
+    __device__ __forceinline__ static void finish_tile(unsigned char* area,
+                                                       const float (&acc)[kAccumulators],
+                                                       float extra, int consumer, int tile,
+                                                       Epilogue&& epilogue) {
+        const Storage s = storage(area);
+        if (rank() != 0) {
+            give(s, acc, extra, consumer, tile);
+            return;
+        }
+        float sum[kAccumulators];
+        gather(s, acc, sum, extra, consumer, tile);
+        epilogue(sum, extra);
     }
 
-    // Ranks 1 .. kSplits - 1, every consumer thread, before exiting after `tiles` tiles: the
-    // leader has read the last fragment (and will not touch this block's shared memory again).
-    __device__ __forceinline__ static void last_release(const Storage& s, int consumer,
-                                                        int tiles) {
-        if (tiles > 0) ptx::mbarrier_wait_cluster(&s.free[consumer], (uint32_t)(tiles - 1) & 1u);
+    // Every consumer thread, before exiting after `tiles` tiles: on ranks 1 .. kSplits - 1,
+    // waits until the leader has read the last fragment (and will not touch this block's shared
+    // memory again).
+    __device__ __forceinline__ static void finish(unsigned char* area, int consumer, int tiles) {
+        if (rank() != 0 && tiles > 0)
+            ptx::mbarrier_wait_cluster(&storage(area).free[consumer], (uint32_t)(tiles - 1) & 1u);
     }
 };
 
