@@ -5,7 +5,9 @@
 //!
 //! `dZ = dY * 1/(1-p) * active` is formed while the kernels load tiles of dY and never goes to
 //! memory. `active` is `[Y > 0]` for ReLU, read from the saved forward output, and the dropout
-//! mask `keep(i)` redrawn from (seed, subsequence) for the identity activation. Then `dX = dZ·W`,
+//! mask `keep(i)` redrawn from (seed, subsequence) for the identity activation (or, with
+//! [`BackwardOptions::workspace`], applied to dY once by a pre-pass that writes `dY * keep` there
+//! for both products to read). Then `dX = dZ·W`,
 //! `dW = dZᵀ·X` and `db` = the column sums of dZ, each accumulated in f32, each output element
 //! reduced in a fixed order (by one thread, or for the Hopper split-K configs by the blocks of a
 //! cluster whose partial sums are added in rank order): the same inputs give bit-identical
