@@ -3,6 +3,7 @@
 //! reference backward. Skipped, with a message,
 //! where no GPU is usable.
 
+use cudarc::driver::CudaSlice;
 use fusedrop::cuda::backward::{self, BackwardKernel, BackwardOptions, GradientsMut};
 use fusedrop::cuda::{self, forward::ForwardOptions, LayerKernels, SeedSource};
 use fusedrop::reference::{self, relative_l2_error, relative_l2_error_nonfinite, Gradients};
@@ -98,6 +99,15 @@ fn inputs<T: Element>(spec: &LayerSpec, nonfinite: bool, rng: &mut StdRng) -> In
     let y = (spec.nonlinearity == Nonlinearity::Relu)
         .then(|| reference::forward(spec, &x, &w, Some(&b)).expect("valid reference forward"));
     Inputs { x, w, dy, y }
+}
+
+/// dX alone requested (dW and db skipped).
+fn dx_only<T>(dx: &mut CudaSlice<T>) -> GradientsMut<'_, T> {
+    GradientsMut {
+        dx: Some(dx.as_view_mut()),
+        dw: None,
+        db: None,
+    }
 }
 
 /// Gradient buffers of `shape` filled with NaN, so that an element no kernel writes shows.
@@ -695,11 +705,7 @@ fn hopper_is_taken_only_where_tma_can_read_the_operands() {
             &w,
             &dy,
             None,
-            GradientsMut {
-                dx: Some(dx.as_view_mut()),
-                dw: None,
-                db: None,
-            },
+            dx_only(&mut dx),
             BackwardOptions {
                 kernel: BackwardKernel::Hopper,
                 ..BackwardOptions::default()
@@ -808,11 +814,7 @@ fn dx_beyond_four_billion_elements() {
                 &w,
                 &dy,
                 None,
-                GradientsMut {
-                    dx: Some(dx.as_view_mut()),
-                    dw: None,
-                    db: None,
-                },
+                dx_only(&mut dx),
                 BackwardOptions {
                     kernel,
                     ..BackwardOptions::default()
@@ -887,11 +889,7 @@ fn backward_reads_the_pair_the_forward_recorded() {
             &w,
             &dy,
             None,
-            GradientsMut {
-                dx: Some(dx.as_view_mut()),
-                dw: None,
-                db: None,
-            },
+            dx_only(&mut dx),
             BackwardOptions {
                 seed: SeedSource::Device(&record_view),
                 ..BackwardOptions::default()
@@ -919,11 +917,7 @@ fn backward_reads_the_pair_the_forward_recorded() {
         &w,
         &dy,
         None,
-        GradientsMut {
-            dx: Some(dx.as_view_mut()),
-            dw: None,
-            db: None,
-        },
+        dx_only(&mut dx),
         BackwardOptions {
             seed: SeedSource::DeviceRecorded {
                 next: &next_view,
@@ -1094,11 +1088,7 @@ fn rejects_a_short_or_misaligned_workspace() {
                 &w,
                 &dy,
                 None,
-                GradientsMut {
-                    dx: Some(dx.as_view_mut()),
-                    dw: None,
-                    db: None,
-                },
+                dx_only(&mut dx),
                 BackwardOptions {
                     workspace: Some(workspace.slice_mut(range)),
                     ..BackwardOptions::default()
@@ -1131,11 +1121,7 @@ fn rejects_a_short_or_misaligned_workspace() {
                 &w,
                 &dy,
                 Some(&y.as_view()),
-                GradientsMut {
-                    dx: Some(dx.as_view_mut()),
-                    dw: None,
-                    db: None,
-                },
+                dx_only(&mut dx),
                 BackwardOptions {
                     workspace: Some(workspace.slice_mut(0..1)),
                     ..BackwardOptions::default()

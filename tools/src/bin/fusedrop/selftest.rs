@@ -27,8 +27,9 @@ pub struct Options {
     #[arg(long)]
     pub quick: bool,
     /// The shapes that take every production path (16-byte vector loads and stores, the
-    /// element-load fallbacks, every forward tile, both tensor-core backward tiles), for
-    /// compute-sanitizer (scripts/gpu-check.sh)
+    /// element-load fallbacks, every forward tile, both tensor-core backward tiles and their
+    /// aligned kernels, the identity backward's workspace pre-pass), for compute-sanitizer
+    /// (scripts/gpu-check.sh)
     #[arg(long)]
     pub sanitize: bool,
     /// Seed of the random inputs and masks
@@ -132,7 +133,8 @@ impl Case {
 /// partial tiles. (1664, 264, 1664): full 128x256 forward tiles, and a backward whose dX has
 /// 13 x 13 = 169 tiles of 128 x 128 (at least one per multiprocessor on GPUs up to 169 SMs, so
 /// the large tile) while its dW has only 3 x 13 = 39 tiles of 128 x 128 (below a wave on GPUs with
-/// more than 39 SMs, so the small tile). Every forward config runs on every shape.
+/// more than 39 SMs, so the small tile). Every forward config runs on every shape; the identity
+/// cases with p > 0 also run the backward with a workspace (`auto_workspace`).
 const SANITIZE_SHAPES: [(usize, usize, usize); 5] = [
     (3, 5, 7),
     (127, 129, 65),
