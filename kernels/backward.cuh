@@ -16,16 +16,13 @@
 // Host-compilable (no intrinsics), so the CPU harness runs it as the GPU does.
 #pragma once
 
+#include <stdint.h>
+#include <string.h>
+
 #include "element.cuh"
 #include "mask.cuh"
 
 namespace fusedrop {
-
-// Word `index` (0..3) of a Philox result, with constant subscripts only: a run-time subscript
-// would put the four words in local memory.
-FUSEDROP_HD uint32_t philox_word(const Philox4& words, uint32_t index) {
-    return index == 0 ? words.w[0] : index == 1 ? words.w[1] : index == 2 ? words.w[2] : words.w[3];
-}
 
 // Turns dY(r, c .. c+3) of the row-major [m, n] gradient into dZ, in place: v holds the four dY
 // values and yv the saved outputs (read only when `relu`). Elements outside the matrix must hold
@@ -86,6 +83,92 @@ FUSEDROP_HD void load_dz4(const T* __restrict__ dy, const T* __restrict__ y, lon
         }
     }
     form_dz4(out, yv, relu, mp, n, r, c);
+}
+
+// --- dZ / scale for the tensor-core products ---
+//
+// The tensor-core kernels multiply dZ / scale (form_dz4's rule with a unit scale: for ReLU with
+// no NaN in Y that is dY or 0, exact in T, with no Philox) and apply the dropout scale once to
+// their f32 sums. `unit` is the call's MaskParams with scale 1.
+
+// The bit pattern of +infinity in a 16-bit T; with the sign cleared, NaNs lie above it.
+template <typename T>
+struct HalfBits;
+template <>
+struct HalfBits<__half> {
+    static constexpr uint32_t kInf = 0x7c00u;
+};
+template <>
+struct HalfBits<__nv_bfloat16> {
+    static constexpr uint32_t kInf = 0x7f80u;
+};
+
+// The keep decisions of linear mask indices i and i + 1 (bit 0: i): one Philox call, two when i
+// is the last word of its call.
+FUSEDROP_HD uint32_t keep_pair(const MaskParams& mp, uint64_t i) {
+    const uint32_t first = (uint32_t)(i & 3);
+    const Philox4 lo = mask_words(mp, i >> 2);
+    const uint32_t w0 = philox_word(lo, first);
+    const uint32_t w1 = first == 3 ? mask_words(mp, (i >> 2) + 1).w[0] : philox_word(lo, first + 1);
+    return (keep_word(mp, w0) ? 1u : 0u) | (keep_word(mp, w1) ? 2u : 0u);
+}
+
+// dZ / scale of two elements of dY packed in the 16-bit halves of one register, as ldmatrix
+// delivers mma.sync's and wgmma's A fragments: dy and y (the saved output, read only for ReLU)
+// hold element (r, c) in the low half and in the high half (r, c + 1), or with kDown (r + 1, c)
+// (a fragment of dZᵀ: two consecutive reduction indices of dW are two rows of dY). Elements
+// outside dY must hold dy = y = 0; they give 0.
+template <typename T, bool kDown = false>
+FUSEDROP_HD uint32_t form_dz_pair(uint32_t dy, uint32_t y, bool relu, const MaskParams& unit,
+                                  long long r, long long c) {
+    constexpr uint32_t kInf = HalfBits<T>::kInf;
+    const uint32_t y_half[2] = {y & 0xffffu, y >> 16};
+    const bool nan[2] = {relu && (y_half[0] & 0x7fffu) > kInf, relu && (y_half[1] & 0x7fffu) > kInf};
+    if (relu && !nan[0] && !nan[1]) {
+        // Y > 0 (+inf included) iff its bits lie in [1, +inf]: dZ / scale is dY's bits, else 0.
+        return (y_half[0] - 1u < kInf ? dy & 0xffffu : 0u) |
+               (y_half[1] - 1u < kInf ? dy & 0xffff0000u : 0u);
+    }
+    // Identity, or a NaN in Y (ReLU passed a NaN or +inf): the mask redrawn where it decides.
+    const bool masked[2] = {!relu || nan[0], !relu || nan[1]};
+    uint32_t keep = 3u;
+    if (dropout_enabled(unit)) {
+        const uint64_t i = mask_index(unit, (uint64_t)r, (uint64_t)c);
+        if (!kDown) {
+            keep = keep_pair(unit, i);
+        } else {
+            const uint64_t below = mask_index(unit, (uint64_t)r + 1, (uint64_t)c);
+            keep = (!masked[0] || keep_index(unit, i) ? 1u : 0u) |
+                   (!masked[1] || keep_index(unit, below) ? 2u : 0u);
+        }
+    }
+    uint32_t packed = 0;
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+        T dv, yv;
+        const uint16_t dbits = (uint16_t)(dy >> (16 * e)), ybits = (uint16_t)y_half[e];
+        memcpy(&dv, &dbits, 2);
+        memcpy(&yv, &ybits, 2);
+        const float v = Element<T>::to_float(dv);
+        const float out = masked[e] ? apply_keep(v, ((keep >> e) & 1u) != 0, unit.scale)
+                                    : (Element<T>::to_float(yv) > 0.0f ? v : 0.0f);
+        const T o = Element<T>::from_float(out);
+        uint16_t obits;
+        memcpy(&obits, &o, 2);
+        packed |= (uint32_t)obits << (16 * e);
+    }
+    return packed;
+}
+
+// dZ / scale of element (r, c) of dY as a float (form_dz_pair's rule for one element; db's
+// column sums when dZ is formed in registers).
+template <typename T>
+FUSEDROP_HD float dz_over_scale(T dy, T y, bool relu, const MaskParams& unit, long long r,
+                                long long c) {
+    const float v = Element<T>::to_float(dy);
+    const float yv = relu ? Element<T>::to_float(y) : 0.0f;
+    if (relu && yv == yv) return yv > 0.0f ? v : 0.0f;
+    return apply_keep(v, keep_index(unit, mask_index(unit, (uint64_t)r, (uint64_t)c)), unit.scale);
 }
 
 }  // namespace fusedrop

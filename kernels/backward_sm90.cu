@@ -97,48 +97,6 @@ __device__ __forceinline__ void form_dz_block(unsigned char* block, const unsign
     }
 }
 
-// The 2-bit keep decisions of linear mask indices i and i + 1 (bit 0: i): one Philox call, two
-// when i is the last word of its call.
-__device__ __forceinline__ uint32_t keep_pair(const MaskParams& mp, uint64_t i) {
-    const uint32_t first = (uint32_t)(i & 3);
-    const Philox4 lo = mask_words(mp, i >> 2);
-    const uint32_t w0 = philox_word(lo, first);
-    const uint32_t w1 = first == 3 ? mask_words(mp, (i >> 2) + 1).w[0] : philox_word(lo, first + 1);
-    return (keep_word(mp, w0) ? 1u : 0u) | (keep_word(mp, w1) ? 2u : 0u);
-}
-
-// dZ / scale of two adjacent elements (columns c, c + 1 of row r) packed as wgmma reads them:
-// dy and y each hold the two values in their low and high halves (y read only for ReLU), as
-// form_dz4 defines dZ.
-template <typename T>
-__device__ __forceinline__ uint32_t form_dz_pair(uint32_t dy, uint32_t y, bool relu,
-                                                 const MaskParams& unit, long long r,
-                                                 long long c) {
-    float v[2], yv[2];
-    bool masked[2];
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-        T dv, yy;
-        const uint16_t dbits = (uint16_t)(dy >> (16 * e)), ybits = (uint16_t)(y >> (16 * e));
-        memcpy(&dv, &dbits, 2);
-        memcpy(&yy, &ybits, 2);
-        v[e] = Element<T>::to_float(dv);
-        yv[e] = relu ? Element<T>::to_float(yy) : 0.0f;
-        masked[e] = !relu || yv[e] != yv[e];
-    }
-    uint32_t keep = 3u;
-    if ((masked[0] || masked[1]) && dropout_enabled(unit))
-        keep = keep_pair(unit, mask_index(unit, (uint64_t)r, (uint64_t)c));
-    uint32_t packed = 0;
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-        const float out = masked[e] ? apply_keep(v[e], ((keep >> e) & 1u) != 0, unit.scale)
-                                    : (yv[e] > 0.0f ? v[e] : 0.0f);
-        packed |= (uint32_t)gemm::bits16(Element<T>::from_float(out)) << (16 * e);
-    }
-    return packed;
-}
-
 // The A fragments (wgmma_rs layout, one per k16 step) of dZ / scale for this warpgroup's 64
 // rows of the K-major dY box `block` (Y's at y_block), loaded with ldmatrix from the swizzled
 // layout and formed in registers. (row0, col0): the block's first element in dY.

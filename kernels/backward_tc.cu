@@ -5,22 +5,34 @@
 //   dW = dZᵀ · X  [n, k]   fusedrop_backward_dw_<config>_<dtype>, which also reduces
 //   db = Σ dZ     [n]      db in the blocks that own the first column tile of dW
 //
-// with dZ (dY times its ReLU and dropout factor) formed in shared memory (kernels/backward.cuh,
-// form_dz4): each pipeline stage brings a tile of dY (and, for ReLU, of Y) with cp.async, one
-// pass over the tile turns it into dZ rounded to the element type, and the warps then read it
-// with ldmatrix. dZ never goes to global memory.
+// The products multiply dZ / scale (dY times its ReLU and dropout factor without the dropout
+// scale 1/(1-p), kernels/backward.cuh) and apply the scale once to the f32 sums, as the Hopper
+// kernels do. Each pipeline stage brings a tile of dY (and, for ReLU, of Y) with cp.async; dZ /
+// scale is formed
+//   - ReLU: in registers, between each warp's ldmatrix of dY and its mmas (the main loop's
+//     transform_a hook): the same ldmatrix on the stage's Y tile gives Y at the same fragment
+//     places, and dZ / scale is dY where Y > 0, else 0 (an integer test on the bits; the mask is
+//     redrawn only where Y is NaN). No pass over the stage, no extra barrier.
+//   - identity with p > 0: in the stage, by one pass over the dY tile (the main loop's prepare
+//     hook, form_dz_tile) in which each thread takes four consecutive dY columns, i.e. four
+//     consecutive mask indices (one Philox call per four elements), then a barrier. (With the
+//     backward's workspace the mask is already applied: the products run with it off.)
+//   - identity with p = 0: not at all; the products are plain GEMMs of dY.
+// dZ never goes to global memory.
 //
 // Both kernels are OUT[rows, k] = A[rows, red] · B[red, k] on the forward's main loop
 // (gemm/threadblock_tc.cuh) with other operand layouts: B is a row-major [red, k] matrix (W for
 // dX, X for dW), so its tile is MN-major (read with ldmatrix.trans); A is dZ for dX (dY's tile
 // K-major, plain ldmatrix) and dZᵀ for dW (dY's tile MN-major, ldmatrix.trans). Y is the main
 // loop's side operand (a second tile with A's layout, loaded only for ReLU). In both products a
-// shared A tile is a block of dY in dY's own orientation, so the dZ pass (the main loop's
-// prepare hook) always walks four consecutive dY columns per thread (one or two Philox calls per
-// four elements).
+// shared A tile is a block of dY in dY's own orientation, so the identity's dZ pass always walks
+// four consecutive dY columns per thread (one or two Philox calls per four elements). A register
+// of an A fragment holds two consecutive reduction indices: two columns of dY for dX, two rows
+// of dY for dW (form_dz_pair's kDown).
 //
 // Determinism: every output element is reduced by one thread over the whole reduction in a fixed
-// order, db by one thread per column in a fixed order; no atomics, so the same inputs give
+// order, db by one thread per column in a fixed order (from the stage: dZ / scale as formed there,
+// or for ReLU formed per element by dz_over_scale); no atomics, so the same inputs give
 // bit-identical outputs whatever the grid size.
 //
 // Configs (struct BackwardTcConfig<BM, BN, WM, WN> below): tc128x128 (4 warps of 64x64) and
@@ -82,11 +94,12 @@ struct BackwardTcConfig {
 using Tc128x128 = BackwardTcConfig<128, 128, 64, 64>;
 using Tc64x64 = BackwardTcConfig<64, 64, 32, 32>;
 
-// Turns the dY tile at `dz` (a Tile-shaped block of dY at (gr0, gc0)) into dZ in place; `y` is
-// the matching tile of Y (read only for ReLU).
+// Turns the dY tile at `dz` (a Tile-shaped block of dY at (gr0, gc0)) into the identity
+// activation's dZ / scale (dY times its redrawn keep decision) in place; `unit`: the mask with
+// scale 1.
 template <typename T, class Tile, int THREADS>
-__device__ __forceinline__ void form_dz_tile(T* dz, const T* y, long long n, long long gr0,
-                                             long long gc0, bool relu, const MaskParams& mp) {
+__device__ __forceinline__ void form_dz_tile(T* dz, long long n, long long gr0, long long gc0,
+                                             const MaskParams& unit) {
     constexpr int kQuadsPerRow = Tile::kCols / 4;
     constexpr int kQuads = Tile::kElems / 4 / THREADS;
     static_assert(Tile::kElems % (4 * THREADS) == 0, "every thread forms whole dZ quads");
@@ -100,13 +113,11 @@ __device__ __forceinline__ void form_dz_tile(T* dz, const T* y, long long n, lon
         // The four elements share a 16-byte chunk, which the swizzle moves as a whole.
         const int at = Tile::offset(row, col);
         T* d = dz + at;
-        float v[4], yv[4];
+        float v[4];
+        const float yv[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            v[j] = Element<T>::to_float(d[j]);
-            yv[j] = relu ? Element<T>::to_float(y[at + j]) : 0.0f;
-        }
-        form_dz4(v, yv, relu, mp, n, gr0 + row, gc0 + col);
+        for (int j = 0; j < 4; ++j) v[j] = Element<T>::to_float(d[j]);
+        form_dz4(v, yv, false, unit, n, gr0 + row, gc0 + col);
 #pragma unroll
         for (int j = 0; j < 4; ++j) d[j] = Element<T>::from_float(v[j]);
     }
@@ -124,8 +135,12 @@ __device__ __forceinline__ void backward_tc(const T* __restrict__ dy, const T* _
     FUSEDROP_DYNAMIC_SMEM(unsigned char, smem);
     T* pipe = reinterpret_cast<T*>(smem);
 
-    mp = resolve_seed(mp);
+    // The operand is dZ / scale (the mask with a unit scale); the scale goes on the f32 sums.
+    MaskParams unit = resolve_seed(mp);
+    const float scale = unit.scale;
+    unit.scale = 1.0f;
     const bool is_relu = relu != 0;
+    const bool form_in_stage = !is_relu && dropout_enabled(unit);
     const long long rows = kWeightGrad ? n : m;
     const long long red = kWeightGrad ? m : n;
     const bool do_gemm = out != nullptr;
@@ -151,20 +166,54 @@ __device__ __forceinline__ void backward_tc(const T* __restrict__ dy, const T* _
         Warp warp;
         warp.clear();
         float db_acc = 0.0f;
-        Tb::mainloop(warp, pipe, dy_mat, y_mat, b, r0, c0, do_gemm, [&](long long kt, T* stage) {
-            // The dY tile of slice kt as a block of dY: dX's at (r0, t0), dW's at (t0, r0).
-            const long long t0 = kt * BK;
-            form_dz_tile<T, ATile, Tb::kThreads>(stage, stage + Tb::kOffsetSide, n,
-                                                 kWeightGrad ? t0 : r0,
-                                                 kWeightGrad ? r0 : t0, is_relu, mp);
-            __syncthreads();
-            if (do_db && tid < BM) {
-                // Column tid of the [BK][BM] dZ tile, in row order.
+        Tb::mainloop(
+            warp, pipe, dy_mat, y_mat, b, r0, c0, do_gemm,
+            [&](long long kt, T* stage) {
+                // The dY tile of slice kt as a block of dY: dX's at (r0, t0), dW's at (t0, r0).
+                const long long t0 = kt * BK;
+                if (form_in_stage) {
+                    form_dz_tile<T, ATile, Tb::kThreads>(stage, n, kWeightGrad ? t0 : r0,
+                                                         kWeightGrad ? r0 : t0, unit);
+                    __syncthreads();
+                }
+                if (do_db && tid < BM) {
+                    // Column tid of the [BK][BM] dY tile, in row order: dZ / scale as the stage
+                    // holds it, or for ReLU formed here (the warps form theirs in registers).
+                    if (is_relu) {
+                        const T* y_tile = stage + Tb::kOffsetSide;
+                        // Not unrolled: unrolled, the Philox draws of a NaN in Y make the general
+                        // 128 x 128 dW kernel spill on sm_80 (ptxas -v).
+#pragma unroll 1
+                        for (int t = 0; t < BK; ++t) {
+                            const int at = ATile::offset(t, tid);
+                            db_acc += dz_over_scale<T>(stage[at], y_tile[at], true, unit, t0 + t,
+                                                       r0 + tid);
+                        }
+                    } else {
 #pragma unroll 8
-                for (int t = 0; t < BK; ++t)
-                    db_acc += Element<T>::to_float(stage[ATile::offset(t, tid)]);
-            }
-        });
+                        for (int t = 0; t < BK; ++t)
+                            db_acc += Element<T>::to_float(stage[ATile::offset(t, tid)]);
+                    }
+                }
+            },
+            [&](uint32_t (&a)[Warp::kMTiles][4], const T* stage, int k0, long long red0) {
+                if (!is_relu) return;
+                // ReLU: Y's fragments from the stage's Y tile at dY's places; register j of m16
+                // tile mt holds reduction indices red, red + 1 of output row `row`.
+#pragma unroll
+                for (int mt = 0; mt < Warp::kMTiles; ++mt) {
+                    uint32_t ya[4];
+                    Warp::load_a_tile(ya, stage + Tb::kOffsetSide, wr0, mt, k0, lane);
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) {
+                        const long long row = r0 + wr0 + 16 * mt + Warp::a_fragment_row(j, lane);
+                        const long long red = red0 + Warp::a_fragment_k(j, lane);
+                        a[mt][j] = kWeightGrad
+                                       ? form_dz_pair<T, true>(a[mt][j], ya[j], true, unit, red, row)
+                                       : form_dz_pair<T>(a[mt][j], ya[j], true, unit, row, red);
+                    }
+                }
+            });
 
         if (do_gemm) {
             const int g = lane / 4, t4 = lane % 4;
@@ -182,7 +231,7 @@ __device__ __forceinline__ void backward_tc(const T* __restrict__ dy, const T* _
                             if (s >= k) continue;
                             T* dst = out + r * k + s;
                             const float old = accumulate ? Element<T>::to_float(*dst) : 0.0f;
-                            *dst = Element<T>::from_float(old + warp.acc[mt][nt][2 * h + e]);
+                            *dst = Element<T>::from_float(old + warp.acc[mt][nt][2 * h + e] * scale);
                         }
                     }
                 }
@@ -191,7 +240,7 @@ __device__ __forceinline__ void backward_tc(const T* __restrict__ dy, const T* _
         if (do_db && tid < BM && r0 + tid < n) {
             T* dst = db + r0 + tid;
             const float old = accumulate ? Element<T>::to_float(*dst) : 0.0f;
-            *dst = Element<T>::from_float(old + db_acc);
+            *dst = Element<T>::from_float(old + db_acc * scale);
         }
     }
 }

@@ -80,11 +80,17 @@ FUSEDROP_HD float activate(float z, bool relu) { return relu && z <= 0.0f ? 0.0f
 // multiplies by the mask) does; a dropped finite value becomes a zero of a's sign.
 FUSEDROP_HD float apply_keep(float a, bool keep, float scale) { return a * (keep ? scale : 0.0f); }
 
+// Word `index` (0..3) of a Philox result, with constant subscripts only: a run-time subscript
+// would put the four words in local memory.
+FUSEDROP_HD uint32_t philox_word(const Philox4& words, uint32_t index) {
+    return index == 0 ? words.w[0] : index == 1 ? words.w[1] : index == 2 ? words.w[2] : words.w[3];
+}
+
 // Keep decision for one linear index, drawing its Philox call. Kernels that handle four
 // consecutive indices should call mask_words once and use keep_word on each word instead.
 FUSEDROP_HD bool keep_index(const MaskParams& mp, uint64_t index) {
     if (!dropout_enabled(mp)) return true;
-    return keep_word(mp, mask_words(mp, index >> 2).w[index & 3]);
+    return keep_word(mp, philox_word(mask_words(mp, index >> 2), (uint32_t)(index & 3)));
 }
 
 }  // namespace fusedrop

@@ -2,7 +2,8 @@
 // (BM / WM) x (BN / WN) warps over a STAGES-deep cp.async pipeline of BK-wide reduction slices.
 // The forward's X·Wᵀ and the backward's dZ·W and dZᵀ·X are this one main loop with other
 // operand layouts (kMajorA, kMajorB; OperandTile below) and, for the backward, a side operand
-// and a hook that forms dZ in the stage before the warps read it.
+// and two hooks: one on the landed stage before the warps read it, one on each warp's A
+// fragments before its mmas (where the backward forms dZ).
 //
 // Shared memory per stage: A's tile, the side operand's (kSideA), B's; each a block of its
 // row-major global matrix, unpadded, with the 16-byte chunks of each row XOR-swizzled
@@ -161,15 +162,19 @@ struct ThreadblockTc {
     // reduction (a's columns if K-major, its rows if MN-major). Leaves every copy complete and
     // every warp past its last read of the pipeline (shared memory is free).
     // `prepare(kt, stage)` runs on every thread once slice kt has landed in `stage` and is
-    // visible to the block, before any warp reads it (the backward forms dZ there); whatever it
-    // writes it must publish with __syncthreads itself. multiply = false loads and runs no B
-    // and no mma (the backward's db-only pass); `side` is loaded beside A when kSideA.
-    template <class Prepare>
+    // visible to the block, before any warp reads it (the backward forms dZ there, or sums db);
+    // whatever it writes it must publish with __syncthreads itself.
+    // `transform_a(a, stage, k0, red0)` runs on each warp's A fragments of every k16 step
+    // between their ldmatrix and their mmas (a: Warp::Fragments::a; k0, red0: the step's first
+    // reduction index in the stage and in the whole product; the backward forms ReLU's dZ there,
+    // in registers). multiply = false loads and runs no B and no
+    // mma (the backward's db-only pass); `side` is loaded beside A when kSideA.
+    template <class Prepare, class TransformA>
     __device__ __forceinline__ static void mainloop(Warp& warp, T* smem, const GlobalMatrix<T>& a,
                                                     const GlobalMatrix<T>& side,
                                                     const GlobalMatrix<T>& b, long long a0,
                                                     long long b0, bool multiply,
-                                                    Prepare&& prepare) {
+                                                    Prepare&& prepare, TransformA&& transform_a) {
         const int warp_id = (int)threadIdx.x / 32;
         const int lane = (int)threadIdx.x % 32;
         const int warp_m = warp_id / kWarpsN;
@@ -210,6 +215,12 @@ struct ThreadblockTc {
         const int a_first = warp_m * WM;
         const int b_first = warp_n * WN;
         constexpr int kSteps = BK / 16;
+        // The fragments of step k16 of slice kt, A's transformed.
+        auto load_step = [&](typename Warp::Fragments& frag, const T* stage, long long kt,
+                             int k16) {
+            Warp::load(frag, stage, stage + kOffsetB, a_first, b_first, k16 * 16, lane);
+            transform_a(frag.a, stage, k16 * 16, kt * BK + k16 * 16);
+        };
         if constexpr (kFragBuffers == 1) {
             for (long long kt = 0; kt < k_tiles; ++kt) {
                 const T* stage = begin_slice(kt);
@@ -217,8 +228,7 @@ struct ThreadblockTc {
 #pragma unroll
                     for (int k16 = 0; k16 < kSteps; ++k16) {
                         typename Warp::Fragments frag;
-                        Warp::load(frag, stage, stage + kOffsetB, a_first, b_first, k16 * 16,
-                                   lane);
+                        load_step(frag, stage, kt, k16);
                         warp.mma(frag);
                     }
                 }
@@ -230,23 +240,16 @@ struct ThreadblockTc {
             const T* stage = nullptr;
             if (k_tiles > 0) {
                 stage = begin_slice(0);
-                if (multiply) {
-                    Warp::load(frag[0], stage, stage + kOffsetB, a_first, b_first, 0, lane);
-                }
+                if (multiply) load_step(frag[0], stage, 0, 0);
             }
             for (long long kt = 0; kt < k_tiles; ++kt) {
 #pragma unroll
                 for (int k16 = 0; k16 < kSteps; ++k16) {
                     if (k16 + 1 < kSteps) {
-                        if (multiply) {
-                            Warp::load(frag[(k16 + 1) % 2], stage, stage + kOffsetB, a_first,
-                                       b_first, (k16 + 1) * 16, lane);
-                        }
+                        if (multiply) load_step(frag[(k16 + 1) % 2], stage, kt, k16 + 1);
                     } else if (kt + 1 < k_tiles) {
                         stage = begin_slice(kt + 1);
-                        if (multiply) {
-                            Warp::load(frag[0], stage, stage + kOffsetB, a_first, b_first, 0, lane);
-                        }
+                        if (multiply) load_step(frag[0], stage, kt + 1, 0);
                     }
                     if (multiply) warp.mma(frag[k16 % 2]);
                 }
@@ -256,12 +259,14 @@ struct ThreadblockTc {
         __syncthreads();
     }
 
-    // The plain product (the forward): no side operand, nothing done to the stage.
+    // The plain product (the forward): no side operand, nothing done to the stage or the
+    // fragments.
     __device__ __forceinline__ static void mainloop(Warp& warp, T* smem, const GlobalMatrix<T>& a,
                                                     const GlobalMatrix<T>& b, long long a0,
                                                     long long b0) {
         mainloop(warp, smem, a, GlobalMatrix<T>{nullptr, 0, 0, false}, b, a0, b0, true,
-                 [](long long, T*) {});
+                 [](long long, T*) {},
+                 [](uint32_t(&)[Warp::kMTiles][4], const T*, int, long long) {});
     }
 
     // Writes the accumulator rows of epilogue pass `pass` (tile rows pass * kEpiRows ..) into

@@ -93,21 +93,45 @@ struct WarpMmaTc {
         uint32_t b[kNTiles][2];
     };
 
+    // Register j of an A fragment holds the elements (row, k) and (row, k + 1) of the warp's
+    // m16 x k16 piece, with row = a_fragment_row(j, lane) and k = a_fragment_k(j, lane) (the mma
+    // fragment layout: g = lane / 4 and g + 8, columns 2t, 2t + 1 and 2t + 8, 2t + 9).
+    __device__ __forceinline__ static int a_fragment_row(int j, int lane) {
+        return lane / 4 + 8 * (j & 1);
+    }
+    __device__ __forceinline__ static int a_fragment_k(int j, int lane) {
+        return 2 * (lane % 4) + 8 * (j >> 1);
+    }
+
+    // The A fragments of one k16 step, every m16 tile, from the A-shaped tile `a`: a_first = the
+    // warp's first output row, k0 = the step's first reduction index in the tile. The backward
+    // also reads its side tile (Y) with it, at the same places as dY.
+    __device__ __forceinline__ static void load_a(uint32_t (&fa)[kMTiles][4], const T* a,
+                                                  int a_first, int k0, int lane) {
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt) load_a_tile(fa[mt], a, a_first, mt, k0, lane);
+    }
+
+    // The A fragment of m16 tile mt alone (load_a's piece).
+    __device__ __forceinline__ static void load_a_tile(uint32_t (&fa)[4], const T* a, int a_first,
+                                                       int mt, int k0, int lane) {
+        // Lanes 8j .. 8j + 7 address matrix j; i is the lane's row of it.
+        const int j = lane / 8;
+        const int i = lane % 8;
+        // x4: matrices (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15),
+        // (rows 8-15, k 8-15), i.e. a[0..3] of the mma fragment.
+        OperandA::ldmatrix_x4(
+            fa, a + OperandA::ldmatrix_row(a_first + 16 * mt + 8 * (j % 2), k0 + 8 * (j / 2), i));
+    }
+
     // Loads the fragments of one k16 step from the stage's tiles a and b: a_first / b_first = the
     // warp's first output row / column, k0 = the step's first reduction index in the tiles.
     __device__ __forceinline__ static void load(Fragments& f, const T* a, const T* b, int a_first,
                                                 int b_first, int k0, int lane) {
+        load_a(f.a, a, a_first, k0, lane);
         // Lanes 8j .. 8j + 7 address matrix j; i is the lane's row of it.
         const int j = lane / 8;
         const int i = lane % 8;
-        // A, x4: matrices (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15),
-        // (rows 8-15, k 8-15), i.e. a[0..3] of the mma fragment.
-#pragma unroll
-        for (int mt = 0; mt < kMTiles; ++mt) {
-            OperandA::ldmatrix_x4(
-                f.a[mt], a + OperandA::ldmatrix_row(a_first + 16 * mt + 8 * (j % 2),
-                                                    k0 + 8 * (j / 2), i));
-        }
         // B, x4 over two n8 tiles: (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7),
         // (n 8-15, k 8-15): b[0..1] of the first tile, then of the second.
 #pragma unroll
