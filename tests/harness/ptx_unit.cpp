@@ -14,6 +14,7 @@
 //
 // The fragment layouts are written out here a second time, from the PTX ISA's formulas, so that
 // the host bodies are checked against the plain matrix product rather than against themselves.
+#include "backward.cuh"
 #include "ptx.cuh"
 
 #include <random>
@@ -374,6 +375,75 @@ static int exchange_errors(bool with_barrier, uint64_t seed) {
     int wrong = 0;
     for (int t = 0; t < 256; ++t) wrong += io.out[t] != (float)((t + 96) % 256) + salt;
     return wrong;
+}
+
+// kernels/backward.cuh's form_dz_pair (the tensor-core kernels' ReLU test on Y's bits, and the
+// redrawn mask where Y is NaN) against form_dz4 (the SIMT kernel's rule on floats, scale 1) for
+// every 16-bit pattern of Y in either half, several dY, both pair directions, p = 0 and 0.5.
+template <typename T>
+static void check_form_dz_pair(const char* name) {
+    const float dys[] = {1.5f, -2.25f, 0.0f, 65504.0f, INFINITY, NAN};
+    bool ok = true;
+    for (int p_half = 0; p_half < 2 && ok; ++p_half) {
+        fusedrop::MaskParams unit{};
+        unit.seed = 0x5eedULL;
+        unit.subsequence = 3;
+        unit.seed_subsequence = nullptr;
+        unit.threshold = p_half ? (1ULL << 31) : 0;
+        unit.scale = 1.0f;
+        unit.n_global = 1000;
+        for (uint32_t yb = 0; yb < 0x10000u && ok; ++yb) {
+            for (float dyf : dys) {
+                const uint16_t db = bits_of<T>(dyf);
+                const uint16_t other = bits_of<T>(0.75f);
+                // Y's pattern in the low half (partner Y = 0.75), then in the high half.
+                for (int high = 0; high < 2; ++high) {
+                    const uint32_t y = high ? (yb << 16) | other : (uint32_t(other) << 16) | yb;
+                    const uint32_t dy = (uint32_t(db) << 16) | db;
+                    const long long r = 7, c = 5 + (long long)(yb % 4);
+                    T ys[2];
+                    const uint16_t yh[2] = {(uint16_t)(y & 0xffffu), (uint16_t)(y >> 16)};
+                    memcpy(&ys[0], &yh[0], 2);
+                    memcpy(&ys[1], &yh[1], 2);
+                    T dt;
+                    memcpy(&dt, &db, 2);
+                    const float v = fusedrop::Element<T>::to_float(dt);
+                    // form_dz4 at (r, c) for the pair along a row; at (r, c) and (r + 1, c) down.
+                    float along[4] = {v, v, 0.0f, 0.0f}, first[4] = {v, 0, 0, 0},
+                          second[4] = {v, 0, 0, 0};
+                    const float y_along[4] = {fusedrop::Element<T>::to_float(ys[0]),
+                                              fusedrop::Element<T>::to_float(ys[1]), 0.0f, 0.0f};
+                    const float y_first[4] = {y_along[0], 0, 0, 0};
+                    const float y_second[4] = {y_along[1], 0, 0, 0};
+                    fusedrop::form_dz4(along, y_along, true, unit, 1000, r, c);
+                    fusedrop::form_dz4(first, y_first, true, unit, 1000, r, c);
+                    fusedrop::form_dz4(second, y_second, true, unit, 1000, r + 1, c);
+                    const uint32_t got[2] = {
+                        fusedrop::form_dz_pair<T>(dy, y, true, unit, r, c),
+                        fusedrop::form_dz_pair<T, true>(dy, y, true, unit, r, c)};
+                    const float want[2][2] = {{along[0], along[1]}, {first[0], second[0]}};
+                    for (int d = 0; d < 2; ++d) {
+                        for (int e = 0; e < 2; ++e) {
+                            const uint16_t g = (uint16_t)(got[d] >> (16 * e));
+                            T gt;
+                            memcpy(&gt, &g, 2);
+                            const float gf = fusedrop::Element<T>::to_float(gt);
+                            const float w = want[d][e];
+                            const bool same = (gf != gf && w != w) || (gf == w && g == bits_of<T>(w));
+                            if (!same) {
+                                printf("form_dz_pair %s: y bits %04x (%s half), dy %g, %s pair, "
+                                       "element %d: %g, form_dz4 %g\n",
+                                       name, yb, high ? "high" : "low", dyf,
+                                       d ? "down" : "along", e, gf, w);
+                                ok = false;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    check(ok, std::string("form_dz_pair ") + name + ": every 16-bit Y against form_dz4");
 }
 
 static void check_barrier() {
@@ -1404,6 +1474,8 @@ int main(int argc, char** argv) {
         check_shfl(rng);
         check_cp_async(rng);
         check_barrier();
+        check_form_dz_pair<__half>("f16");
+        check_form_dz_pair<__nv_bfloat16>("bf16");
         check_tensor_map_rules();
         check_tma_load(rng);
         check_tma_store(rng);
