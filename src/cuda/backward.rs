@@ -626,19 +626,17 @@ impl LayerKernels {
         // and X only for dW: a buffer the call does not read is not recorded as used on the
         // stream (cudarc's event tracking would otherwise order other streams' writes to it
         // after this call).
-        let (w_ptr, _w_guard) = match want_dx {
-            true => {
-                let (ptr, guard) = w.device_ptr(stream);
-                (ptr, Some(guard))
-            }
-            false => (0, None),
+        let (w_ptr, _w_guard) = if want_dx {
+            let (ptr, guard) = w.device_ptr(stream);
+            (ptr, Some(guard))
+        } else {
+            (0, None)
         };
-        let (x_ptr, _x_guard) = match want_dw && have_dw {
-            true => {
-                let (ptr, guard) = x.device_ptr(stream);
-                (ptr, Some(guard))
-            }
-            false => (0, None),
+        let (x_ptr, _x_guard) = if want_dw && have_dw {
+            let (ptr, guard) = x.device_ptr(stream);
+            (ptr, Some(guard))
+        } else {
+            (0, None)
         };
         let (dx_ptr, _dx_guard) = match dx.as_mut() {
             Some(dx) => {

@@ -14,6 +14,8 @@
 //
 // The fragment layouts are written out here a second time, from the PTX ISA's formulas, so that
 // the host bodies are checked against the plain matrix product rather than against themselves.
+// `checks` also runs backward.cuh's form_dz_pair (the register-path ReLU backward's test on Y's
+// bits) against form_dz4 for every 16-bit pattern of Y.
 #include "backward.cuh"
 #include "ptx.cuh"
 
