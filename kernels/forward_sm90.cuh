@@ -47,8 +47,8 @@ namespace forward {
 
 constexpr int kProducerRegisters = 40;
 constexpr int kConsumerRegisters = 232;
-// Row tiles per group of the tile order (L2 reuse of W across consecutive tiles); with B
-// multicast, kGroupRows / kMulticast cluster tiles.
+// Row tiles per group of the tile order (L2 reuse of W across consecutive tiles) unless a config
+// says otherwise (WgConfig's GROUP_ROWS); with B multicast, GROUP_ROWS / kMulticast cluster tiles.
 constexpr int kGroupRows = 8;
 
 using gemm::sm90::kSplitOffset;
@@ -96,7 +96,8 @@ __device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUt
         __syncthreads();
     }
 
-    const gemm::PersistentTileScheduler<kGroupRows / kMulticast, kClusterBlocks> scheduler(
+    static_assert(Config::kGroupRows % kMulticast == 0, "a group holds whole cluster tiles");
+    const gemm::PersistentTileScheduler<Config::kGroupRows / kMulticast, kClusterBlocks> scheduler(
         m, n, kClusterRows, Mainloop::kBlockN);
     // The first row of this block's share of a cluster tile.
     const int row_in_cluster = Mainloop::row_in_cluster();
@@ -184,9 +185,10 @@ __device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUt
 // Tile BM x BN, pipeline depth STAGES (as deep as 227 KiB of shared memory allows), SPLITS
 // blocks per tile (split-K clusters) or 1, MULTICAST blocks per cluster sharing W's stages or 1,
 // TMA_STORE: Y through shared memory and TMA stores (needs Y's tensor map), PING_PONG: each
-// 64-row tile is one consumer warpgroup's, the two alternating (cooperative otherwise).
+// 64-row tile is one consumer warpgroup's, the two alternating (cooperative otherwise),
+// GROUP_ROWS: row tiles per group of the tile order (gemm/tile_scheduler.cuh).
 template <int BM, int BN, int STAGES, int SPLITS = 1, int MULTICAST = 1, bool TMA_STORE = false,
-          bool PING_PONG = false>
+          bool PING_PONG = false, int GROUP_ROWS = kGroupRows>
 struct WgConfig {
     template <typename T>
     using Mainloop = gemm::sm90::Mainloop<T, BM, BN, STAGES, gemm::sm90::Major::K,
@@ -203,6 +205,7 @@ struct WgConfig {
     static constexpr int kClusterBlocks = SPLITS > 1 ? SPLITS : MULTICAST;
     static constexpr bool kTmaStore = TMA_STORE;
     static constexpr bool kPingPong = PING_PONG;
+    static constexpr int kGroupRows = GROUP_ROWS;
     static constexpr int kThreads = gemm::sm90::kThreads;
     // The staging areas of the TMA-store epilogue, one per consumer warpgroup, 1024-byte aligned
     // after the ring (whose barriers take the first bytes of the 1024 in between).

@@ -14,7 +14,8 @@
 namespace fusedrop {
 namespace forward {
 
-template <typename T, class Tb>
+// kInterleaved: the epilogue's interleaved store layout (gemm/epilogue.cuh).
+template <typename T, class Tb, bool kInterleaved>
 __device__ __forceinline__ void forward_tc(const T* __restrict__ x, const T* __restrict__ w,
                                            const T* __restrict__ b, T* __restrict__ y,
                                            long long m, long long n, long long k, int relu,
@@ -25,6 +26,7 @@ __device__ __forceinline__ void forward_tc(const T* __restrict__ x, const T* __r
     T* pipe = reinterpret_cast<T*>(smem);
     float* stage = reinterpret_cast<float*>(smem);
     const gemm::EpilogueArgs<T> epi = gemm::make_epilogue_args(b, y, m, n, relu, mp);
+    using Epilogue = gemm::DropoutEpilogue<T, Tb::kEpiRows, Tb::kBlockN, Tb::kThreads, kInterleaved>;
     // Both operands K-major: X [m, k] gives the tile's rows, W [n, k] its columns.
     const gemm::GlobalMatrix<T> x_mat = gemm::global_matrix(x, m, k);
     const gemm::GlobalMatrix<T> w_mat = gemm::global_matrix(w, n, k);
@@ -42,7 +44,7 @@ __device__ __forceinline__ void forward_tc(const T* __restrict__ x, const T* __r
         for (int pass = 0; pass < Tb::kPasses; ++pass) {
             Tb::stage_accumulators(warp, stage, pass);
             __syncthreads();
-            Tb::Epilogue::apply(stage, m0 + pass * Tb::kEpiRows, n0, epi);
+            Epilogue::apply(stage, m0 + pass * Tb::kEpiRows, n0, epi);
             // The slab is rewritten by the next pass or the next fold's copies.
             __syncthreads();
         }
@@ -50,13 +52,17 @@ __device__ __forceinline__ void forward_tc(const T* __restrict__ x, const T* __r
 }
 
 // Threadblock tile BM x BN, k slice BK, warp tile WM x WN, pipeline depth STAGES, FRAG sets of
-// warp fragments (gemm/threadblock_tc.cuh). Threadblock<T, true> is the kernel for operands the
-// host found 16-byte aligned with k a multiple of 8 (cp.async only, no element path).
-template <int BM, int BN, int BK, int WM, int WN, int STAGES, int FRAG = 1>
+// warp fragments, copies spread over the k16 steps (SPREAD; gemm/threadblock_tc.cuh), the
+// epilogue's interleaved stores (INTERLEAVE; gemm/epilogue.cuh). Threadblock<T, true> is the
+// kernel for operands the host found 16-byte aligned with k a multiple of 8 (cp.async only, no
+// element path).
+template <int BM, int BN, int BK, int WM, int WN, int STAGES, int FRAG = 1, bool SPREAD = false,
+          bool INTERLEAVE = false>
 struct TcConfig {
     template <typename T, bool kAligned>
     using Threadblock = gemm::ThreadblockTc<T, BM, BN, BK, WM, WN, STAGES, gemm::Major::K,
-                                            gemm::Major::K, false, FRAG, kAligned>;
+                                            gemm::Major::K, false, FRAG, kAligned, SPREAD>;
+    static constexpr bool kInterleaved = INTERLEAVE;
     static constexpr int kBlockM = BM;
     static constexpr int kBlockN = BN;
     static constexpr int kThreads = Threadblock<__half, false>::kThreads;
@@ -73,6 +79,7 @@ struct TcConfig {
         ENTRY(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,       \
               T* __restrict__ y, long long m, long long n, long long k, int relu,              \
               fusedrop::MaskParams mp) {                                                       \
-        fusedrop::forward::forward_tc<T, fusedrop::forward::CONFIG::Threadblock<T, ALIGNED>>(  \
+        fusedrop::forward::forward_tc<T, fusedrop::forward::CONFIG::Threadblock<T, ALIGNED>,   \
+                                      fusedrop::forward::CONFIG::kInterleaved>(                \
             x, w, b, y, m, n, k, relu, mp);                                                    \
     }

@@ -1060,7 +1060,7 @@ fn forward_tc_bf16_matches_reference() {
 /// The tuning variants of kernels/forward_tc_sweep.cu (`fusedrop_forward_sweep_<variant>_<dtype>`)
 /// and the production config of the same tile, whose output each must reproduce bit for bit
 /// (the same mma sequence for every output element).
-const FORWARD_TC_SWEEP_VARIANTS: [(&str, &str); 7] = [
+const FORWARD_TC_SWEEP_VARIANTS: [(&str, &str); 13] = [
     ("tc128x128_bk32_f1", "tc128x128"),
     ("tc128x128_bk32_f2", "tc128x128"),
     ("tc128x128_bk64_f1", "tc128x128"),
@@ -1068,6 +1068,12 @@ const FORWARD_TC_SWEEP_VARIANTS: [(&str, &str); 7] = [
     ("tc128x256_bk32_f1", "tc128x256"),
     ("tc128x256_bk64_f1", "tc128x256"),
     ("tc128x256_bk64_f2", "tc128x256"),
+    ("tc128x128_bk32_f1_spread", "tc128x128"),
+    ("tc128x128_bk64_f1_spread", "tc128x128"),
+    ("tc128x256_bk32_f1_spread", "tc128x256"),
+    ("tc128x256_bk64_f1_spread", "tc128x256"),
+    ("tc128x128_bk32_f1_interleaved", "tc128x128"),
+    ("tc128x256_bk32_f1_interleaved", "tc128x256"),
 ];
 
 /// The forward cases a sweep variant takes (X and W 16-byte aligned, k a multiple of 8, as its
@@ -1975,7 +1981,7 @@ fn forward_sm90_split_bf16_matches_reference() {
 /// The tuning variants of kernels/forward_sm90_sweep.cu and the production config whose output
 /// each must reproduce bit for bit (the same wgmma m64nNk16 sequence and epilogue arithmetic for
 /// every output element: the config with the same column tile).
-const FORWARD_SM90_SWEEP_VARIANTS: [(&str, &str); 8] = [
+const FORWARD_SM90_SWEEP_VARIANTS: [(&str, &str); 11] = [
     ("wg128x256_st3", "wg128x256"),
     ("wg128x256_tmastore", "wg128x256"),
     ("wg128x256_mc2", "wg128x256"),
@@ -1984,13 +1990,17 @@ const FORWARD_SM90_SWEEP_VARIANTS: [(&str, &str); 8] = [
     ("wg128x128_mc2", "wg128x128"),
     ("wg64x256_pp", "wg128x256"),
     ("wg64x256_pp_tmastore", "wg128x256"),
+    ("wg128x256_g4", "wg128x256"),
+    ("wg128x256_g16", "wg128x256"),
+    ("wg128x128_g16", "wg128x128"),
 ];
 
 /// The Hopper cases, plus shapes for the clusters of the multicast variants: an odd number of
 /// row tiles (the last cluster's second block has no rows of Y, but still loads its half of W
 /// for the first) with a partial last column tile, over fewer clusters than cluster tiles so
-/// each walks several; and a reduction longer than every ring, on one cluster. The TMA-store
-/// variants take the cases whose Y rows start 16-byte aligned (n a multiple of 8).
+/// each walks several; a reduction longer than every ring, on one cluster; and more row tiles than
+/// a group of the tile order holds at 4 (6 row tiles), over fewer blocks than tiles. The
+/// TMA-store variants take the cases whose Y rows start 16-byte aligned (n a multiple of 8).
 fn hopper_sweep_cases(rng: &mut StdRng) -> Vec<(ForwardCase, Option<u32>)> {
     let mut cases = hopper_forward_cases(rng);
     let base = ForwardCase {
@@ -2015,6 +2025,14 @@ fn hopper_sweep_cases(rng: &mut StdRng) -> Vec<(ForwardCase, Option<u32>)> {
             ..base
         },
         Some(1),
+    ));
+    cases.push((
+        ForwardCase {
+            shape: LinearShape::new(650, 264, 64),
+            nonlinearity: Nonlinearity::Identity,
+            ..base
+        },
+        Some(5),
     ));
     cases
 }

@@ -15,6 +15,13 @@
 // needs three calls; the last one is also the first of the next chunk, so it is carried in
 // registers and each call is still computed once within the run (plus one call at the start of
 // the run, shared in the mask with the neighbouring run).
+//
+// kInterleaved (a tuning variant, issue 12 (e)): a thread's chunks are not one run but every
+// kRunsPerRow-th chunk of its row, so the threads of a row store neighbouring 16-byte pieces at
+// once (whole 32-byte sectors, whole 128-byte lines) instead of pieces a run apart. A chunk then
+// has no neighbour to share a call with: with s != 0 it computes its three calls itself (s is
+// the same for every chunk of a row; with n and the shard's column offset multiples of 4 it is 0
+// and the count of calls is the same as in runs).
 #pragma once
 
 #include <stdint.h>
@@ -97,8 +104,9 @@ __device__ __forceinline__ void store8(T* y, const float (&v)[8]) {
 }
 
 // A slab of kRows x kCols accumulator values staged in shared memory (row stride kStride
-// floats) is turned into outputs by kThreads threads, each owning one run of kRunCols columns.
-template <typename T, int kRows, int kCols, int kThreads>
+// floats) is turned into outputs by kThreads threads, each owning kRunCols columns of one row:
+// one run of them, or (kInterleaved) every kRunsPerRow-th chunk of 8.
+template <typename T, int kRows, int kCols, int kThreads, bool kInterleaved = false>
 struct DropoutEpilogue {
     static constexpr int kStride = kCols + 4;  // keeps float4 alignment, spreads banks
     static constexpr int kRunCols = kRows * kCols / kThreads;
@@ -113,7 +121,9 @@ struct DropoutEpilogue {
                                  const EpilogueArgs<T>& a) {
         const int t = (int)threadIdx.x;
         const int local_row = t / kRunsPerRow;
-        const int local_col = (t % kRunsPerRow) * kRunCols;
+        const int local_col = (t % kRunsPerRow) * (kInterleaved ? 8 : kRunCols);
+        // Chunk j's first column, from the thread's first.
+        constexpr int kChunkStep = kInterleaved ? 8 * kRunsPerRow : 8;
         const long long r = row0 + local_row;
         const long long c = col0 + local_col;
         if (r >= a.m || c >= a.n) return;
@@ -130,11 +140,11 @@ struct DropoutEpilogue {
         }
 #pragma unroll
         for (int j = 0; j < kChunks; ++j) {
-            const long long cc = c + 8 * j;
+            const long long cc = c + kChunkStep * j;
             if (cc >= a.n) break;
             float v[8];
-            const float4 lo = reinterpret_cast<const float4*>(src + 8 * j)[0];
-            const float4 hi = reinterpret_cast<const float4*>(src + 8 * j)[1];
+            const float4 lo = reinterpret_cast<const float4*>(src + kChunkStep * j)[0];
+            const float4 hi = reinterpret_cast<const float4*>(src + kChunkStep * j)[1];
             v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w;
             v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
             if (a.b != nullptr) {
@@ -152,8 +162,10 @@ struct DropoutEpilogue {
                 for (int e = 0; e < 8; ++e) v[e] = apply_keep(v[e], false, a.mp.scale);
             } else if (a.dropout) {
                 // The chunk's indices start at word s of call q; with s != 0 the calls are
-                // q (carried), q + 1, q + 2, otherwise q, q + 1.
-                const uint64_t q = (first + 8 * (uint64_t)j) >> 2;
+                // q (carried, or computed here when the chunks are interleaved), q + 1, q + 2,
+                // otherwise q, q + 1.
+                const uint64_t q = (first + (uint64_t)(kChunkStep * j)) >> 2;
+                if (kInterleaved && j > 0 && s != 0) carry = mask_words(a.mp, q);
                 const uint64_t q1 = q + (s != 0 ? 1 : 0);
                 const Philox4 w1 = mask_words(a.mp, q1);
                 const Philox4 w2 = mask_words(a.mp, q1 + 1);
@@ -171,11 +183,11 @@ struct DropoutEpilogue {
                 carry = w2;
             }
             if (a.vec_store && cc + 8 <= a.n) {
-                store8(dst + 8 * j, v);
+                store8(dst + kChunkStep * j, v);
             } else {
 #pragma unroll
                 for (int e = 0; e < 8; ++e) {
-                    if (cc + e < a.n) dst[8 * j + e] = Element<T>::from_float(v[e]);
+                    if (cc + e < a.n) dst[kChunkStep * j + e] = Element<T>::from_float(v[e]);
                 }
             }
         }

@@ -18,8 +18,14 @@
 //
 // Warp fragments (kFragBuffers): 1 loads the fragments of each k16 step just before its mmas;
 // 2 keeps two sets, loading step s + 1's (the next slice's first, across the slice's barrier)
-// before issuing step s's mmas, so that ldmatrix latency overlaps the tensor cores. The mma
-// sequence, and so every output bit, is the same either way.
+// before issuing step s's mmas, so that ldmatrix latency overlaps the tensor cores.
+//
+// Copies (kSpreadCopies): false issues all of a slice's refill (slice kt + STAGES - 1, into the
+// stage slice kt - 1 freed) after slice kt's barrier, before any of its mmas; true spreads them
+// over the slice's k16 steps, a share before each step's mmas, and commits them as one group
+// after the last share (before the next slice's wait counts groups), so that a warp's copies
+// interleave with its tensor-core work instead of preceding it (with one fragment set).
+// The mma sequence, and so every output bit, is the same for every choice.
 #pragma once
 
 #include <stdint.h>
@@ -51,7 +57,7 @@ __device__ __forceinline__ GlobalMatrix<T> global_matrix(const T* data, long lon
 
 template <typename T, int BM, int BN, int BK, int WM, int WN, int STAGES,
           Major kMajorA = Major::K, Major kMajorB = Major::K, bool kSideA = false,
-          int kFragBuffers = 1, bool kAligned = false>
+          int kFragBuffers = 1, bool kAligned = false, bool kSpreadCopies = false>
 struct ThreadblockTc {
     static constexpr int kBlockM = BM;
     static constexpr int kBlockN = BN;
@@ -80,16 +86,21 @@ struct ThreadblockTc {
     static_assert(kFragBuffers == 1 || (kFragBuffers == 2 && BK / 16 % 2 == 0),
                   "two fragment sets alternate over an even number of k16 steps per slice, so "
                   "that step s of every slice uses set s % 2");
+    static_assert(!kSpreadCopies || kFragBuffers == 1,
+                  "spread copies are built with one fragment set (the second set's prefetch "
+                  "begins the next slice inside the last step)");
     static_assert(BM * BK % (8 * kThreads) == 0 && BN * BK % (8 * kThreads) == 0,
                   "every thread copies the same number of 16-byte chunks");
     static_assert(BM % kEpiRows == 0 && kEpiRows % 16 == 0, "passes hold whole m16 tiles");
 
     // Copies the block of src that the operand's tile holds for output rows (A) or columns (B)
     // mn0 .. and reduction indices k0 .. (rows mn0.., columns k0.. of a K-major operand; rows
-    // k0.., columns mn0.. of an MN-major one) into dst, zero outside the matrix.
+    // k0.., columns mn0.. of an MN-major one) into dst, zero outside the matrix: share `part` of
+    // `parts` of the thread's chunks (chunk i when i % parts == part; parts = 1: all of them).
     template <class Operand>
     __device__ __forceinline__ static void load_operand(T* dst, const GlobalMatrix<T>& src,
-                                                        long long mn0, long long k0) {
+                                                        long long mn0, long long k0, int part = 0,
+                                                        int parts = 1) {
         using Tile = typename Operand::Tile;
         constexpr int kChunks = Tile::kElems / 8 / kThreads;
         // Chunk i of a thread is chunk threadIdx.x + i * kThreads of the tile: every chunk of a
@@ -113,9 +124,11 @@ struct ThreadblockTc {
             const T* p = src.data + gr0 * src.cols + gc;
 #pragma unroll
             for (int i = 0; i < kChunks; ++i) {
-                const bool valid = in_cols && i * kRowStep < rows_left;
-                ptx::cp_async_16(dst + Tile::offset(first_row + i * kRowStep, col),
-                                 valid ? p : src.data, valid);
+                if (i % parts == part) {
+                    const bool valid = in_cols && i * kRowStep < rows_left;
+                    ptx::cp_async_16(dst + Tile::offset(first_row + i * kRowStep, col),
+                                     valid ? p : src.data, valid);
+                }
                 p += row_step;
             }
             return;
@@ -125,6 +138,7 @@ struct ThreadblockTc {
         const int in_row = left >= 8 ? 8 : left > 0 ? (int)left : 0;
 #pragma unroll
         for (int i = 0; i < kChunks; ++i) {
+            if (i % parts != part) continue;
             const long long gr = gr0 + i * kRowStep;
             T* d = dst + Tile::offset(first_row + i * kRowStep, col);
             if (src.vec) {
@@ -148,14 +162,17 @@ struct ThreadblockTc {
     }
 
     // Reduction slice k0.. of the tile at (a0, b0): A, the side operand (kSideA, when given), and
-    // B when `multiply`.
+    // B when `multiply`; share `part` of `parts` of each (load_operand).
     __device__ __forceinline__ static void load_stage(T* stage, const GlobalMatrix<T>& a,
                                                       const GlobalMatrix<T>& side,
                                                       const GlobalMatrix<T>& b, long long a0,
-                                                      long long b0, long long k0, bool multiply) {
-        load_operand<OperandA>(stage, a, a0, k0);
-        if (kSideA && side.data != nullptr) load_operand<OperandA>(stage + kOffsetSide, side, a0, k0);
-        if (multiply) load_operand<OperandB>(stage + kOffsetB, b, b0, k0);
+                                                      long long b0, long long k0, bool multiply,
+                                                      int part = 0, int parts = 1) {
+        load_operand<OperandA>(stage, a, a0, k0, part, parts);
+        if (kSideA && side.data != nullptr) {
+            load_operand<OperandA>(stage + kOffsetSide, side, a0, k0, part, parts);
+        }
+        if (multiply) load_operand<OperandB>(stage + kOffsetB, b, b0, k0, part, parts);
     }
 
     // warp.acc += A[a0.., :] · B[:, b0..] for this warp's part of the tile, over the whole
@@ -192,20 +209,38 @@ struct ThreadblockTc {
         }
         int read_stage = 0;
         int write_stage = STAGES - 1;
+        constexpr int kSteps = BK / 16;
+        // The refill the current slice issues: slice `refill_slice` into `refill`, none past the
+        // last slice.
+        T* refill = smem;
+        long long refill_slice = 0;
+        // Issues share `part` of the current slice's refill (kSpreadCopies, with the mmas of
+        // step `part`), committing the group after the last share.
+        auto refill_share = [&](int part) {
+            if (refill_slice < k_tiles) {
+                load_stage(refill, a, side, b, a0, b0, refill_slice * BK, multiply, part, kSteps);
+            }
+            if (part == kSteps - 1) ptx::cp_async_commit();
+        };
+        // Whether the copies are spread over the k16 steps: there are no steps without mmas.
+        const bool spread = kSpreadCopies && multiply;
         // Starts slice kt: returns its stage once it has landed, is visible to the block and has
-        // been prepared, after refilling the stage of slice kt - 1 with slice kt + STAGES - 1.
+        // been prepared, after refilling the stage of slice kt - 1 with slice kt + STAGES - 1
+        // (or, when spread, before that refill, which the slice's steps then issue).
         auto begin_slice = [&](long long kt) -> const T* {
             // Slice kt has landed for this thread; the barrier makes it visible to all and
             // guarantees every warp is done with the stage about to be overwritten (every
             // fragment of slice kt - 1 was loaded before it).
             ptx::cp_async_wait<STAGES - 2>();
             __syncthreads();
-            const long long next = kt + STAGES - 1;
-            if (next < k_tiles) {
-                load_stage(smem + write_stage * kStageElems, a, side, b, a0, b0, next * BK,
-                           multiply);
+            refill = smem + write_stage * kStageElems;
+            refill_slice = kt + STAGES - 1;
+            if (!spread) {
+                if (refill_slice < k_tiles) {
+                    load_stage(refill, a, side, b, a0, b0, refill_slice * BK, multiply);
+                }
+                ptx::cp_async_commit();
             }
-            ptx::cp_async_commit();
             T* stage = smem + read_stage * kStageElems;
             prepare(kt, stage);
             read_stage = read_stage + 1 == STAGES ? 0 : read_stage + 1;
@@ -214,7 +249,6 @@ struct ThreadblockTc {
         };
         const int a_first = warp_m * WM;
         const int b_first = warp_n * WN;
-        constexpr int kSteps = BK / 16;
         // The fragments of step k16 of slice kt, A's transformed.
         auto load_step = [&](typename Warp::Fragments& frag, const T* stage, long long kt,
                              int k16) {
@@ -229,6 +263,8 @@ struct ThreadblockTc {
                     for (int k16 = 0; k16 < kSteps; ++k16) {
                         typename Warp::Fragments frag;
                         load_step(frag, stage, kt, k16);
+                        // Issued while the fragments' ldmatrix are in flight.
+                        if (spread) refill_share(k16);
                         warp.mma(frag);
                     }
                 }

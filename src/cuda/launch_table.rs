@@ -115,8 +115,9 @@ pub const BACKWARD_WG128X128S8: LaunchNumbers =
     clustered(numbers("backward_wg128x128s8", 128, 128, 384, 215_120), 8);
 
 /// kernels/forward_tc_sweep.cu: the tuning variants of the mma.sync forward that `fusedrop sweep`
-/// times (tile, k slice BK, sets of warp fragments), in the order it prints them.
-pub const FORWARD_SWEEP: [LaunchNumbers; 7] = [
+/// times (tile, k slice BK, sets of warp fragments, copies spread over the k16 steps, the
+/// epilogue's interleaved stores), in the order it prints them.
+pub const FORWARD_SWEEP: [LaunchNumbers; 13] = [
     numbers("forward_sweep_tc128x128_bk32_f1", 128, 128, 128, 65_536),
     numbers("forward_sweep_tc128x128_bk32_f2", 128, 128, 128, 65_536),
     numbers("forward_sweep_tc128x128_bk64_f1", 128, 128, 128, 131_072),
@@ -124,12 +125,54 @@ pub const FORWARD_SWEEP: [LaunchNumbers; 7] = [
     numbers("forward_sweep_tc128x256_bk32_f1", 128, 256, 256, 98_304),
     numbers("forward_sweep_tc128x256_bk64_f1", 128, 256, 256, 147_456),
     numbers("forward_sweep_tc128x256_bk64_f2", 128, 256, 256, 147_456),
+    numbers(
+        "forward_sweep_tc128x128_bk32_f1_spread",
+        128,
+        128,
+        128,
+        65_536,
+    ),
+    numbers(
+        "forward_sweep_tc128x128_bk64_f1_spread",
+        128,
+        128,
+        128,
+        131_072,
+    ),
+    numbers(
+        "forward_sweep_tc128x256_bk32_f1_spread",
+        128,
+        256,
+        256,
+        98_304,
+    ),
+    numbers(
+        "forward_sweep_tc128x256_bk64_f1_spread",
+        128,
+        256,
+        256,
+        147_456,
+    ),
+    numbers(
+        "forward_sweep_tc128x128_bk32_f1_interleaved",
+        128,
+        128,
+        128,
+        65_536,
+    ),
+    numbers(
+        "forward_sweep_tc128x256_bk32_f1_interleaved",
+        128,
+        256,
+        256,
+        98_304,
+    ),
 ];
 
 /// kernels/forward_sm90_sweep.cu: the tuning variants of the Hopper forward that `fusedrop sweep`
-/// times (stages, TMA-store epilogue, W multicast over clusters of 2, ping-pong consumers), in
-/// the order it prints them. `block_m` is one block's rows; a multicast variant's cluster takes `cluster` row tiles.
-pub const FORWARD_SM90_SWEEP: [LaunchNumbers; 8] = [
+/// times (stages, TMA-store epilogue, W multicast over clusters of 2, ping-pong consumers, the
+/// tile order's group), in the order it prints them. `block_m` is one block's rows; a multicast variant's cluster takes `cluster` row tiles.
+pub const FORWARD_SM90_SWEEP: [LaunchNumbers; 11] = [
     numbers("forward_sweep_wg128x256_st3", 128, 256, 384, 148_528),
     tma_stored(numbers(
         "forward_sweep_wg128x256_tmastore",
@@ -171,10 +214,13 @@ pub const FORWARD_SM90_SWEEP: [LaunchNumbers; 8] = [
         384,
         231_424,
     )),
+    numbers("forward_sweep_wg128x256_g4", 128, 256, 384, 197_696),
+    numbers("forward_sweep_wg128x256_g16", 128, 256, 384, 197_696),
+    numbers("forward_sweep_wg128x128_g16", 128, 128, 384, 197_728),
 ];
 
 /// Every configuration, for build.rs.
-pub const ALL: [LaunchNumbers; 37] = [
+pub const ALL: [LaunchNumbers; 46] = [
     FORWARD_TC128X256,
     FORWARD_TC128X128,
     FORWARD_TC64X128,
@@ -204,6 +250,12 @@ pub const ALL: [LaunchNumbers; 37] = [
     FORWARD_SWEEP[4],
     FORWARD_SWEEP[5],
     FORWARD_SWEEP[6],
+    FORWARD_SWEEP[7],
+    FORWARD_SWEEP[8],
+    FORWARD_SWEEP[9],
+    FORWARD_SWEEP[10],
+    FORWARD_SWEEP[11],
+    FORWARD_SWEEP[12],
     FORWARD_SM90_SWEEP[0],
     FORWARD_SM90_SWEEP[1],
     FORWARD_SM90_SWEEP[2],
@@ -212,6 +264,9 @@ pub const ALL: [LaunchNumbers; 37] = [
     FORWARD_SM90_SWEEP[5],
     FORWARD_SM90_SWEEP[6],
     FORWARD_SM90_SWEEP[7],
+    FORWARD_SM90_SWEEP[8],
+    FORWARD_SM90_SWEEP[9],
+    FORWARD_SM90_SWEEP[10],
 ];
 
 /// Grid-stride cap of every backward kernel (`kMaxBlocks`).

@@ -8,7 +8,7 @@
 //! - Hopper (kernels/forward_sm90_sweep.cu, [`FORWARD_SM90_SWEEP`]; compute capability 9.0 and a
 //!   build with the sm_90a modules): for each production config of [`HOPPER_PRODUCTION`]
 //!   (forced), that config, then the variants with its column tile (stages, TMA-store epilogue,
-//!   W multicast over clusters of 2, ping-pong consumers).
+//!   W multicast over clusters of 2, ping-pong consumers, the tile order's group).
 //!
 //! For each shape of [`SHAPES`] (from the bench suite), bf16 and f16, ReLU, p = [`P`]. Each figure
 //! is the median of repetitions between CUDA events ([`measure`], operands rotated so that no
