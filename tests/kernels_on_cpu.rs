@@ -1188,6 +1188,38 @@ fn check_sweep_variants<T: Raw>(
     }
 }
 
+/// The tuning variants of kernels/forward_f32_sweep.cu and the production config each must
+/// reproduce bit for bit (the same FMA sequence for every output element).
+const FORWARD_F32_SWEEP_VARIANTS: [(&str, &str); 2] = [
+    ("simt128x128_f2", "simt128x128"),
+    ("simt64x64_f2", "simt64x64"),
+];
+
+/// Every f32 sweep variant against the reference and the production kernel, on every forward case
+/// (the f32 kernels take any alignment) plus a reduction of many slices (k = 328: 41 slices of 8,
+/// 21 of 16, the last partial).
+#[test]
+fn forward_f32_sweep_matches_reference_and_production() {
+    let mut rng = StdRng::seed_from_u64(0x5EE9_0F32);
+    let mut cases: Vec<(ForwardCase, Option<u32>)> = forward_sweep_cases(&mut rng)
+        .into_iter()
+        .map(|c| (c, None))
+        .collect();
+    cases.extend(
+        forward_cases(&mut rng)
+            .into_iter()
+            .filter(|c| c.misalign != 0 || c.shape.k % 8 != 0)
+            .map(|c| (c, None)),
+    );
+    check_sweep_variants::<f32>(
+        ("forward_f32_sweep", "forward_f32"),
+        &FORWARD_F32_SWEEP_VARIANTS,
+        &|_, _| true,
+        &cases,
+        &mut rng,
+    );
+}
+
 #[test]
 fn forward_tc_sweep_f16_matches_reference_and_production() {
     check_forward_sweep::<f16>(0x5EE9_0F16);

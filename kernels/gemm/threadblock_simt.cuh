@@ -10,6 +10,12 @@
 //
 // Global loads: one float4 of X and one of W per thread and slice when the operand is 16-byte
 // aligned and k is a multiple of 4; otherwise four bounded scalar loads.
+//
+// Register fragments (kFragBuffers): 1 reads each k step's TM + TN values from shared memory and
+// then issues its FMAs; 2 keeps two sets and reads step kk + 1's before issuing step kk's FMAs,
+// so that shared-memory latency overlaps the FMAs (within a slice: the next slice's first step
+// is read after the slice's barrier). The FMA sequence of every output, and so every bit, is the
+// same either way.
 #pragma once
 
 #include "epilogue.cuh"
@@ -17,7 +23,7 @@
 namespace fusedrop {
 namespace gemm {
 
-template <int BM, int BN, int BK, int TM, int TN>
+template <int BM, int BN, int BK, int TM, int TN, int kFragBuffers = 1>
 struct ThreadblockSimt {
     static constexpr int kThreadsN = BN / TN;
     static constexpr int kThreads = (BM / TM) * kThreadsN;
@@ -38,6 +44,7 @@ struct ThreadblockSimt {
     static_assert(BM * BK / 4 == kThreads && BN * BK / 4 == kThreads,
                   "each thread loads one float4 of X and one of W per slice");
     static_assert(BM % kEpiRows == 0, "passes divide the tile");
+    static_assert(kFragBuffers == 1 || kFragBuffers == 2, "one or two fragment sets");
 
     struct Acc {
         float v[TM][TN];
@@ -67,6 +74,30 @@ struct ThreadblockSimt {
 #pragma unroll
             for (int j = 0; j < 4; ++j) r[j] = (gr < rows && gc + j < k) ? src[gr * k + gc + j] : 0.0f;
         }
+    }
+
+    // This thread's TM values of A and TN of B at step kk of the slice at `as` / `bs`.
+    __device__ __forceinline__ static void load_fragments(float (&a)[TM], float (&b)[TN],
+                                                          const float* as, const float* bs,
+                                                          int kk, int tx, int ty) {
+#pragma unroll
+        for (int i = 0; i < TM; i += 4) {
+            const float4 v = *reinterpret_cast<const float4*>(as + kk * kStrideA + row_of(ty, i));
+            a[i] = v.x, a[i + 1] = v.y, a[i + 2] = v.z, a[i + 3] = v.w;
+        }
+#pragma unroll
+        for (int j = 0; j < TN; j += 4) {
+            const float4 v = *reinterpret_cast<const float4*>(bs + kk * kStrideB + col_of(tx, j));
+            b[j] = v.x, b[j + 1] = v.y, b[j + 2] = v.z, b[j + 3] = v.w;
+        }
+    }
+
+    __device__ __forceinline__ static void fma_step(Acc& acc, const float (&a)[TM],
+                                                    const float (&b)[TN]) {
+#pragma unroll
+        for (int i = 0; i < TM; ++i)
+#pragma unroll
+            for (int j = 0; j < TN; ++j) acc.v[i][j] = fmaf(a[i], b[j], acc.v[i][j]);
     }
 
     // Stores a float4 read by load_global transposed into a k-major slice with `stride`.
@@ -104,25 +135,24 @@ struct ThreadblockSimt {
             }
             const float* as = smem + (kt & 1) * kStageFloats;
             const float* bs = as + BK * kStrideA;
+            if constexpr (kFragBuffers == 1) {
 #pragma unroll
-            for (int kk = 0; kk < BK; ++kk) {
-                float a[TM], b[TN];
-#pragma unroll
-                for (int i = 0; i < TM; i += 4) {
-                    const float4 v =
-                        *reinterpret_cast<const float4*>(as + kk * kStrideA + row_of(ty, i));
-                    a[i] = v.x, a[i + 1] = v.y, a[i + 2] = v.z, a[i + 3] = v.w;
+                for (int kk = 0; kk < BK; ++kk) {
+                    float a[TM], b[TN];
+                    load_fragments(a, b, as, bs, kk, tx, ty);
+                    fma_step(acc, a, b);
                 }
+            } else {
+                // Set kk % 2 holds step kk.
+                float a[2][TM], b[2][TN];
+                load_fragments(a[0], b[0], as, bs, 0, tx, ty);
 #pragma unroll
-                for (int j = 0; j < TN; j += 4) {
-                    const float4 v =
-                        *reinterpret_cast<const float4*>(bs + kk * kStrideB + col_of(tx, j));
-                    b[j] = v.x, b[j + 1] = v.y, b[j + 2] = v.z, b[j + 3] = v.w;
+                for (int kk = 0; kk < BK; ++kk) {
+                    if (kk + 1 < BK) {
+                        load_fragments(a[(kk + 1) % 2], b[(kk + 1) % 2], as, bs, kk + 1, tx, ty);
+                    }
+                    fma_step(acc, a[kk % 2], b[kk % 2]);
                 }
-#pragma unroll
-                for (int i = 0; i < TM; ++i)
-#pragma unroll
-                    for (int j = 0; j < TN; ++j) acc.v[i][j] = fmaf(a[i], b[j], acc.v[i][j]);
             }
             if (more) {
                 float* next = smem + ((kt + 1) & 1) * kStageFloats;

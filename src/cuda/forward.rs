@@ -771,14 +771,16 @@ pub fn sm90_sweep_launch(
 
 impl LayerKernels {
     /// Queues the forward through `variant`, one of the tuning variants of the mma.sync kernel
-    /// ([`launch_table::FORWARD_SWEEP`], kernels/forward_tc_sweep.cu) or of the Hopper kernel
-    /// ([`launch_table::FORWARD_SM90_SWEEP`], kernels/forward_sm90_sweep.cu), for `fusedrop
-    /// sweep`: as [`forward`](Self::forward) with [`SeedSource::Host`], for f16 and bf16, with X
-    /// and W that start 16-byte aligned and `k` a multiple of 8 (the variants have no
-    /// element-load path), and the variant's shared memory within the GPU's limit. The mma.sync
-    /// variants need compute capability 8.0 or newer; the Hopper ones 9.0 and the sm_90a module,
-    /// and the TMA-store ones ([`LaunchNumbers::tma_store`]) Y 16-byte aligned with `n` a
-    /// multiple of 8. Each unmet condition is an error that says which.
+    /// ([`launch_table::FORWARD_SWEEP`], kernels/forward_tc_sweep.cu), of the Hopper kernel
+    /// ([`launch_table::FORWARD_SM90_SWEEP`], kernels/forward_sm90_sweep.cu) or of the f32 kernel
+    /// ([`launch_table::FORWARD_F32_SWEEP`], kernels/forward_f32_sweep.cu), for `fusedrop
+    /// sweep`: as [`forward`](Self::forward) with [`SeedSource::Host`], and the variant's shared
+    /// memory within the GPU's limit. The f32 variants take f32 operands of any alignment. The
+    /// others take f16 and bf16, with X and W that start 16-byte aligned and `k` a multiple of 8
+    /// (they have no element-load path); the mma.sync ones need compute capability 8.0 or newer,
+    /// the Hopper ones 9.0 and the sm_90a module, and the TMA-store ones
+    /// ([`LaunchNumbers::tma_store`]) Y 16-byte aligned with `n` a multiple of 8. Each unmet
+    /// condition is an error that says which.
     pub fn forward_sweep_variant<T: Element>(
         &self,
         spec: &LayerSpec,
@@ -789,10 +791,12 @@ impl LayerKernels {
         y: &mut impl DevicePtrMut<T>,
     ) -> Result<()> {
         let hopper = launch_table::FORWARD_SM90_SWEEP.contains(variant);
-        if !hopper && !launch_table::FORWARD_SWEEP.contains(variant) {
+        let simt = launch_table::FORWARD_F32_SWEEP.contains(variant);
+        if !hopper && !simt && !launch_table::FORWARD_SWEEP.contains(variant) {
             let names: Vec<&str> = launch_table::FORWARD_SWEEP
                 .iter()
                 .chain(&launch_table::FORWARD_SM90_SWEEP)
+                .chain(&launch_table::FORWARD_F32_SWEEP)
                 .map(|v| v.name)
                 .collect();
             return Err(invalid!(
@@ -800,9 +804,12 @@ impl LayerKernels {
                 variant.name
             ));
         }
-        if !T::NEEDS_SM80 {
+        // The f32 element type is the one that needs no sm_80 (`Element::NEEDS_SM80`).
+        if simt == T::NEEDS_SM80 {
             return Err(invalid!(
-                "the sweep variants are compiled for f16 and bf16; got {}",
+                "sweep variant {} is compiled for {}; got {}",
+                variant.name,
+                if simt { "f32" } else { "f16 and bf16" },
                 T::NAME
             ));
         }
@@ -823,13 +830,13 @@ impl LayerKernels {
                     variant.name
                 )));
             }
-        } else {
+        } else if !simt {
             self.require_compute_capability((8, 0), "the mma.sync sweep variants")?;
         }
         let stream = self.stream();
         let (x_ptr, _x_guard) = x.device_ptr(stream);
         let (w_ptr, _w_guard) = w.device_ptr(stream);
-        if !hopper_operands_fit(shape, x_ptr, w_ptr) {
+        if !simt && !hopper_operands_fit(shape, x_ptr, w_ptr) {
             return Err(invalid!(
                 "sweep variant {} takes X and W that start 16-byte aligned and k a positive \
                  multiple of 8; got x at {x_ptr:#x}, w at {w_ptr:#x}, k = {}",
@@ -880,20 +887,24 @@ impl LayerKernels {
         };
         let module = if hopper {
             "forward_sm90_sweep"
+        } else if simt {
+            "forward_f32_sweep"
         } else {
             "forward_tc_sweep"
         };
         let name = format!("fusedrop_{}_{}", variant.name, T::NAME);
         let function = self.function(module, &name, variant.smem_bytes)?;
         let params = MaskParams::new(&spec.dropout, &spec.geometry, shape.n);
-        // SAFETY: the mma.sync variants take pointers (kernels/forward_tc.cuh,
-        // FUSEDROP_FORWARD_TC), the Hopper variants the maps of X, W and Y
+        // SAFETY: the mma.sync and f32 variants take pointers (kernels/forward_tc.cuh,
+        // FUSEDROP_FORWARD_TC; kernels/forward_f32.cuh, FUSEDROP_FORWARD_SIMT, which handles any
+        // alignment), the Hopper variants the maps of X, W and Y
         // (kernels/forward_sm90_sweep.cu), as `operands` holds, the maps encoded from the same
         // pointers and shape with the boxes the variant reads (map_y unused, and never read, by
         // the variants that store directly). x holds m*k, w n*k, b (when given) n and y (borrowed
-        // by its guard until the launch is queued) m*n elements of T (checked above), x and w
-        // are 16-byte aligned with k a multiple of 8 as the variants require (and y with n a
-        // multiple of 8 for the TMA-store ones); the seed comes from the host. The grid follows
+        // by its guard until the launch is queued) m*n elements of T (checked above), and for
+        // the f16/bf16 variants x and w are 16-byte aligned with k a multiple of 8 as they
+        // require (and y with n a multiple of 8 for the TMA-store ones); the seed comes from the
+        // host. The grid follows
         // the kernels' folded-grid or persistent-grid rule (whole clusters), the shared memory
         // the function's limit.
         unsafe {

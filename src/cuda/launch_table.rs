@@ -169,6 +169,13 @@ pub const FORWARD_SWEEP: [LaunchNumbers; 13] = [
     ),
 ];
 
+/// kernels/forward_f32_sweep.cu: the tuning variants of the f32 forward that `fusedrop sweep`
+/// times (two sets of register fragments at each production tile), in the order it prints them.
+pub const FORWARD_F32_SWEEP: [LaunchNumbers; 2] = [
+    numbers("forward_sweep_simt128x128_f2", 128, 128, 256, 16_896),
+    numbers("forward_sweep_simt64x64_f2", 64, 64, 256, 17_408),
+];
+
 /// kernels/forward_sm90_sweep.cu: the tuning variants of the Hopper forward that `fusedrop sweep`
 /// times (stages, TMA-store epilogue, W multicast over clusters of 2, ping-pong consumers, the
 /// tile order's group), in the order it prints them. `block_m` is one block's rows; a multicast variant's cluster takes `cluster` row tiles.
@@ -220,7 +227,7 @@ pub const FORWARD_SM90_SWEEP: [LaunchNumbers; 11] = [
 ];
 
 /// Every configuration, for build.rs.
-pub const ALL: [LaunchNumbers; 46] = [
+pub const ALL: [LaunchNumbers; 48] = [
     FORWARD_TC128X256,
     FORWARD_TC128X128,
     FORWARD_TC64X128,
@@ -267,6 +274,8 @@ pub const ALL: [LaunchNumbers; 46] = [
     FORWARD_SM90_SWEEP[8],
     FORWARD_SM90_SWEEP[9],
     FORWARD_SM90_SWEEP[10],
+    FORWARD_F32_SWEEP[0],
+    FORWARD_F32_SWEEP[1],
 ];
 
 /// Grid-stride cap of every backward kernel (`kMaxBlocks`).

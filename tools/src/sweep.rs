@@ -8,9 +8,12 @@
 //! - Hopper (kernels/forward_sm90_sweep.cu, [`FORWARD_SM90_SWEEP`]; compute capability 9.0 and a
 //!   build with the sm_90a modules): for each production config of [`HOPPER_PRODUCTION`]
 //!   (forced), that config, then the variants with its column tile (stages, TMA-store epilogue,
-//!   W multicast over clusters of 2, ping-pong consumers, the tile order's group).
+//!   W multicast over clusters of 2, ping-pong consumers, the tile order's group);
+//! - f32 (kernels/forward_f32_sweep.cu, [`FORWARD_F32_SWEEP`]): the SIMT configuration the
+//!   heuristic picks, then every variant, on [`F32_SHAPES`] only.
 //!
-//! For each shape of [`SHAPES`] (from the bench suite), bf16 and f16, ReLU, p = [`P`]. Each figure
+//! For each shape of [`SHAPES`] (from the bench suite), bf16 and f16 (and f32 on
+//! [`F32_SHAPES`]), ReLU, p = [`P`]. Each figure
 //! is the median of repetitions between CUDA events ([`measure`], operands rotated so that no
 //! launch finds them in L2, as in `fusedrop bench`). Each variant's output of launch 0 is compared
 //! with the production row above it, on the same inputs and mask: every variant takes the same
@@ -22,7 +25,9 @@
 use clap::Args;
 use cudarc::driver::sys::CUdevice_attribute;
 use fusedrop::cuda::forward::{choose_config, ForwardConfig, ForwardOptions};
-use fusedrop::cuda::launch_table::{LaunchNumbers, FORWARD_SM90_SWEEP, FORWARD_SWEEP};
+use fusedrop::cuda::launch_table::{
+    LaunchNumbers, FORWARD_F32_SWEEP, FORWARD_SM90_SWEEP, FORWARD_SWEEP,
+};
 use fusedrop::cuda::{module_built, open_device, LayerKernels};
 use fusedrop::{reference, Element, Error, LinearShape, Nonlinearity, Result};
 use half::{bf16, f16};
@@ -39,8 +44,10 @@ pub const EXIT_NO_GPU: i32 = 3;
 /// The bench suite's shapes the sweep runs on: two compute-bound ones, and `wide` (k = 256),
 /// where the epilogue is a large share of each tile's time.
 pub const SHAPES: [&str; 3] = ["sq", "up", "wide"];
-/// The dtypes the sweep runs in.
+/// The dtypes the sweep runs in on every shape of [`SHAPES`].
 pub const DTYPES: [DType; 2] = [DType::Bf16, DType::F16];
+/// The shapes the f32 variants run on: `sq`, where issue 12 sets the f32 forward's goal.
+pub const F32_SHAPES: [&str; 1] = ["sq"];
 /// The dropout probability of every launch.
 pub const P: f32 = 0.1;
 /// The Hopper production configs the Hopper variants are compared with: each variant follows the
@@ -160,9 +167,26 @@ pub fn sweep(options: &Options, progress: &mut dyn FnMut(&SweepRow)) -> Result<V
         let suite = suite_shape(name)?;
         for dtype in DTYPES {
             rows.extend(match dtype {
-                DType::F16 => sweep_shape::<f16>(&run, suite.name, dtype, progress)?,
-                _ => sweep_shape::<bf16>(&run, suite.name, dtype, progress)?,
+                DType::F16 => {
+                    sweep_shape::<f16>(&run, &run.candidates, suite.name, dtype, progress)?
+                }
+                _ => sweep_shape::<bf16>(&run, &run.candidates, suite.name, dtype, progress)?,
             });
+        }
+    }
+    if module_built("forward_f32_sweep") {
+        let f32_candidates: Vec<Kernel> = std::iter::once(Kernel::Production(None))
+            .chain(FORWARD_F32_SWEEP.iter().map(Kernel::Variant))
+            .collect();
+        for name in F32_SHAPES {
+            let suite = suite_shape(name)?;
+            rows.extend(sweep_shape::<f32>(
+                &run,
+                &f32_candidates,
+                suite.name,
+                DType::F32,
+                progress,
+            )?);
         }
     }
     Ok(rows)
@@ -172,6 +196,7 @@ pub fn sweep(options: &Options, progress: &mut dyn FnMut(&SweepRow)) -> Result<V
 struct Run {
     kernels: LayerKernels,
     gpu: Gpu,
+    /// The f16 / bf16 rows of every shape.
     candidates: Vec<Kernel>,
     effort: Effort,
 }
@@ -217,8 +242,8 @@ impl Gpu {
     }
 }
 
-/// The kernel a row times: a production config (`None`: the mma.sync config the heuristic picks
-/// for the shape), or a sweep variant.
+/// The kernel a row times: a production config (`None`: the mma.sync or, for f32, SIMT config the
+/// heuristic picks for the shape), or a sweep variant.
 #[derive(Clone, Copy)]
 enum Kernel {
     Production(Option<ForwardConfig>),
@@ -267,9 +292,10 @@ impl Kernel {
     }
 }
 
-/// Every candidate on suite shape `shape` in `dtype` (whose element type is `T`).
+/// Every kernel of `candidates` on suite shape `shape` in `dtype` (whose element type is `T`).
 fn sweep_shape<T: Element>(
     run: &Run,
+    candidates: &[Kernel],
     shape: &'static str,
     dtype: DType,
     progress: &mut dyn FnMut(&SweepRow),
@@ -277,8 +303,8 @@ fn sweep_shape<T: Element>(
     let Run {
         kernels,
         gpu,
-        candidates,
         effort,
+        ..
     } = run;
     let effort = *effort;
     let dims = suite_shape(shape)?.shape();

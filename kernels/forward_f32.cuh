@@ -1,0 +1,74 @@
+// The f32 forward's kernel level, shared by the production module (forward_f32.cu) and the
+// tuning module (forward_f32_sweep.cu): Y = dropout_p(act(X·Wᵀ + b)) in true fp32 (SIMT FMA, no
+// TF32) with the tile scheduler, the SIMT main loop (gemm/threadblock_simt.cuh) and the dropout
+// epilogue (gemm/epilogue.cuh), and the macro that turns a config struct into an entry point.
+#pragma once
+
+#include "gemm/epilogue.cuh"
+#include "gemm/threadblock_simt.cuh"
+#include "gemm/tile_scheduler.cuh"
+#include "mask.cuh"
+#include "ptx.cuh"
+
+namespace fusedrop {
+namespace forward {
+
+template <class Tb>
+__device__ __forceinline__ void forward_simt(const float* __restrict__ x,
+                                             const float* __restrict__ w,
+                                             const float* __restrict__ b, float* __restrict__ y,
+                                             long long m, long long n, long long k, int relu,
+                                             MaskParams mp) {
+    mp = resolve_seed(mp);
+    record_seed(mp, blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0);
+    FUSEDROP_DYNAMIC_SMEM(unsigned char, smem);
+    float* buffer = reinterpret_cast<float*>(smem);
+    const gemm::EpilogueArgs<float> epi = gemm::make_epilogue_args(b, y, m, n, relu, mp);
+    const bool vec_x = reinterpret_cast<uintptr_t>(x) % 16 == 0 && k % 4 == 0;
+    const bool vec_w = reinterpret_cast<uintptr_t>(w) % 16 == 0 && k % 4 == 0;
+    const gemm::TileScheduler<8> scheduler(m, n, Tb::kBlockM, Tb::kBlockN);
+    const long long folds = scheduler.folds();
+    for (long long fold = 0; fold < folds; ++fold) {
+        gemm::TileCoord tile;
+        if (!scheduler.tile(fold, tile)) continue;
+        const long long m0 = tile.tm * Tb::kBlockM;
+        const long long n0 = tile.tn * Tb::kBlockN;
+        typename Tb::Acc acc;
+        Tb::mainloop(acc, buffer, x, w, m, n, k, m0, n0, vec_x, vec_w);
+#pragma unroll
+        for (int pass = 0; pass < Tb::kPasses; ++pass) {
+            Tb::stage_accumulators(acc, buffer, pass);
+            __syncthreads();
+            Tb::Epilogue::apply(buffer, m0 + pass * Tb::kEpiRows, n0, epi);
+            // The slab is rewritten by the next pass or the next fold's main loop.
+            __syncthreads();
+        }
+    }
+}
+
+// Threadblock tile BM x BN, k slice BK, per-thread register block TM x TN, FRAG sets of register
+// fragments (gemm/threadblock_simt.cuh).
+template <int BM, int BN, int BK, int TM, int TN, int FRAG = 1>
+struct SimtConfig {
+    struct Threadblock : gemm::ThreadblockSimt<BM, BN, BK, TM, TN, FRAG> {
+        static constexpr int kBlockM = BM;
+        static constexpr int kBlockN = BN;
+    };
+    static constexpr int kBlockM = BM;
+    static constexpr int kBlockN = BN;
+    static constexpr int kThreads = Threadblock::kThreads;
+    static constexpr int kSmemBytes = Threadblock::kSmemBytes;
+};
+
+}  // namespace forward
+}  // namespace fusedrop
+
+// The entry point ENTRY of config CONFIG.
+#define FUSEDROP_FORWARD_SIMT(CONFIG, ENTRY)                                                   \
+    extern "C" __global__ void __launch_bounds__(fusedrop::forward::CONFIG::kThreads)          \
+        ENTRY(const float* __restrict__ x, const float* __restrict__ w,                        \
+              const float* __restrict__ b, float* __restrict__ y, long long m, long long n,    \
+              long long k, int relu, fusedrop::MaskParams mp) {                                \
+        fusedrop::forward::forward_simt<fusedrop::forward::CONFIG::Threadblock>(               \
+            x, w, b, y, m, n, k, relu, mp);                                                    \
+    }
