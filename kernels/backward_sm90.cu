@@ -46,9 +46,9 @@
 // Launch: block = 384 threads (a producer warpgroup and two consumers, as the forward),
 // dynamic shared memory = kSmemBytes, grid = (blocks, 1, 1) for any blocks >= 1, persistent
 // over the product's tiles (gemm/tile_scheduler.cuh); split-K configs: blocks a multiple of
-// kSplits (the entry points' __cluster_dims__) and a reduction of at least kSplits k-blocks. accumulate = 1 adds to the existing
-// values (in f32, rounded once). mp: the forward's MaskParams (seed read from its device
-// buffer when given).
+// kSplits (the entry points' __cluster_dims__) and a reduction of at least kSplits k-blocks.
+// accumulate = 1 adds to the existing values (in f32, rounded once). mp: the forward's
+// MaskParams (seed read from its device buffer when given).
 #include <type_traits>
 
 #include "backward.cuh"
@@ -172,20 +172,15 @@ __device__ __forceinline__ void backward_sm90(const CUtensorMap* map_dy, const C
     const gemm::PersistentTileScheduler<kGroupRows, Split::kSplits> scheduler(
         rows, k, Mainloop::kBlockM, Mainloop::kBlockN);
     // This block's k-blocks of the reduction: all of them, or its rank's share.
-    int k_first = 0;
-    int k_blocks = (int)((red + Mainloop::kBlockK - 1) / Mainloop::kBlockK);
-    int rank = 0;
-    if constexpr (kSplitK) {
-        rank = Split::rank();
-        Split::k_range(k_blocks, rank, k_first, k_blocks);
-    }
+    const gemm::sm90::KShare share =
+        Split::share((int)((red + Mainloop::kBlockK - 1) / Mainloop::kBlockK));
     typename Mainloop::State state;
 
     if (warpgroup == 0) {
         ptx::setmaxnreg_dec<kProducerRegisters>();
         if (threadIdx.x == 0)
-            Mainloop::produce(scheduler, map_dy, map_b, relu ? map_y : nullptr, storage, k_first,
-                              k_blocks);
+            Mainloop::produce(scheduler, map_dy, map_b, relu ? map_y : nullptr, storage,
+                              share.first, share.count);
         return;
     }
 
@@ -213,28 +208,28 @@ __device__ __forceinline__ void backward_sm90(const CUtensorMap* map_dy, const C
                 // dX: dZ formed in registers from this consumer's 64 rows of the K-major dY box
                 // and multiplied from there (no write-back, fence or barrier).
                 Mainloop::mma_tile_rs(
-                    acc, storage, state, k_blocks, consumer,
+                    acc, storage, state, share.count, consumer,
                     [&](int kb, unsigned char* stage, typename Mainloop::FragmentsA& a) {
                         const unsigned char* block = stage + 128 * wg_row;
                         load_dz_fragments<T>(block, block + Mainloop::kOffsetSide, tile_row,
-                                             (long long)(k_first + kb) * Mainloop::kBlockK,
+                                             (long long)(share.first + kb) * Mainloop::kBlockK,
                                              is_relu, unit, a);
                     });
             } else {
                 // Identity with p = 0: dZ is dY, multiplied straight from the stage.
-                Mainloop::mma_tile(acc, storage, state, k_blocks, consumer, [](int) {});
+                Mainloop::mma_tile(acc, storage, state, share.count, consumer, [](int) {});
             }
         } else {
             Mainloop::mma_tile(
-                acc, storage, state, k_blocks, consumer,
+                acc, storage, state, share.count, consumer,
                 [&](int kb, unsigned char* stage) {
                     // dW: this consumer's 64-column box of the MN-major dY (dZᵀ), all 64 rows
                     // of the k-block, 128 wg_row bytes into the stage.
                     unsigned char* block = stage + 128 * wg_row;
                     if (transform) {
                         form_dz_block<T>(block, block + Mainloop::kOffsetSide,
-                                         (long long)(k_first + kb) * Mainloop::kBlockK, tile_row,
-                                         n, is_relu, unit);
+                                         (long long)(share.first + kb) * Mainloop::kBlockK,
+                                         tile_row, n, is_relu, unit);
                         ptx::fence_proxy_async_shared();
                         if (consumer == 0)
                             ptx::warpgroup_barrier<1>();

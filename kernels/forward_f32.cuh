@@ -1,13 +1,12 @@
 // The f32 forward's kernel level, shared by the production module (forward_f32.cu) and the
 // tuning module (forward_f32_sweep.cu): Y = dropout_p(act(X·Wᵀ + b)) in true fp32 (SIMT FMA, no
-// TF32) with the tile scheduler, the SIMT main loop (gemm/threadblock_simt.cuh) and the dropout
-// epilogue (gemm/epilogue.cuh), and the macro that turns a config struct into an entry point.
+// TF32): the SIMT main loop (gemm/threadblock_simt.cuh) in the folded-grid tile loop
+// (forward_folded.cuh: tile scheduler, dropout epilogue), and the macro that turns a config
+// struct into an entry point.
 #pragma once
 
-#include "gemm/epilogue.cuh"
+#include "forward_folded.cuh"
 #include "gemm/threadblock_simt.cuh"
-#include "gemm/tile_scheduler.cuh"
-#include "mask.cuh"
 #include "ptx.cuh"
 
 namespace fusedrop {
@@ -19,31 +18,14 @@ __device__ __forceinline__ void forward_simt(const float* __restrict__ x,
                                              const float* __restrict__ b, float* __restrict__ y,
                                              long long m, long long n, long long k, int relu,
                                              MaskParams mp) {
-    mp = resolve_seed(mp);
-    record_seed(mp, blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0);
     FUSEDROP_DYNAMIC_SMEM(unsigned char, smem);
     float* buffer = reinterpret_cast<float*>(smem);
-    const gemm::EpilogueArgs<float> epi = gemm::make_epilogue_args(b, y, m, n, relu, mp);
     const bool vec_x = reinterpret_cast<uintptr_t>(x) % 16 == 0 && k % 4 == 0;
     const bool vec_w = reinterpret_cast<uintptr_t>(w) % 16 == 0 && k % 4 == 0;
-    const gemm::TileScheduler<8> scheduler(m, n, Tb::kBlockM, Tb::kBlockN);
-    const long long folds = scheduler.folds();
-    for (long long fold = 0; fold < folds; ++fold) {
-        gemm::TileCoord tile;
-        if (!scheduler.tile(fold, tile)) continue;
-        const long long m0 = tile.tm * Tb::kBlockM;
-        const long long n0 = tile.tn * Tb::kBlockN;
-        typename Tb::Acc acc;
-        Tb::mainloop(acc, buffer, x, w, m, n, k, m0, n0, vec_x, vec_w);
-#pragma unroll
-        for (int pass = 0; pass < Tb::kPasses; ++pass) {
-            Tb::stage_accumulators(acc, buffer, pass);
-            __syncthreads();
-            Tb::Epilogue::apply(buffer, m0 + pass * Tb::kEpiRows, n0, epi);
-            // The slab is rewritten by the next pass or the next fold's main loop.
-            __syncthreads();
-        }
-    }
+    forward_folded<Tb, typename Tb::Epilogue, typename Tb::Acc>(
+        b, y, m, n, relu, mp, buffer, [&](typename Tb::Acc& acc, long long m0, long long n0) {
+            Tb::mainloop(acc, buffer, x, w, m, n, k, m0, n0, vec_x, vec_w);
+        });
 }
 
 // Threadblock tile BM x BN, k slice BK, per-thread register block TM x TN, FRAG sets of register

@@ -102,19 +102,14 @@ __device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUt
     // The first row of this block's share of a cluster tile.
     const int row_in_cluster = Mainloop::row_in_cluster();
     // This block's k-blocks of every tile: all of them, or its rank's share.
-    int k_first = 0;
-    int k_blocks = (int)((k + Mainloop::kBlockK - 1) / Mainloop::kBlockK);
-    int rank = 0;
-    if constexpr (kSplitK) {
-        rank = Split::rank();
-        Split::k_range(k_blocks, rank, k_first, k_blocks);
-    }
+    const gemm::sm90::KShare share =
+        Split::share((int)((k + Mainloop::kBlockK - 1) / Mainloop::kBlockK));
     typename Mainloop::State state;
 
     if (warpgroup == 0) {
         ptx::setmaxnreg_dec<kProducerRegisters>();
         if (threadIdx.x == 0)
-            Mainloop::produce(scheduler, map_x, map_w, nullptr, storage, k_first, k_blocks);
+            Mainloop::produce(scheduler, map_x, map_w, nullptr, storage, share.first, share.count);
         return;
     }
 
@@ -128,7 +123,7 @@ __device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUt
     record_seed(resolved, blockIdx.x == 0 && threadIdx.x == gemm::sm90::kWarpgroupThreads);
     const gemm::sm90::MaskKey key = gemm::sm90::MaskKey::from(resolved);
     // Only the block that runs the epilogue (rank 0 of a split-K cluster) draws the mask.
-    const bool dropout = dropout_enabled(mp) && mp.threshold <= 0xffffffffull && rank == 0;
+    const bool dropout = dropout_enabled(mp) && mp.threshold <= 0xffffffffull && share.rank == 0;
     const int t = (int)(threadIdx.x % gemm::sm90::kWarpgroupThreads);
     // The warpgroup's part of each tile it takes: all of it with ping-pong consumers.
     const int part = kPingPong ? 0 : consumer;
@@ -141,7 +136,7 @@ __device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUt
          linear = scheduler.next(linear), ++done) {
         if constexpr (kPingPong) {
             if (done % 2 != consumer) {
-                Mainloop::skip_tile(state, k_blocks);
+                Mainloop::skip_tile(state, share.count);
                 continue;
             }
             order->wait(consumer, done / 2);
@@ -152,7 +147,7 @@ __device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUt
                        (uint64_t)tile.tm * kClusterRows + wg_row + 16 * (t / 32) + (t % 32) / 4,
                        (uint64_t)tile.tn * Mainloop::kBlockN + wg_col + 2 * (t % 4));
         }
-        Mainloop::mma_tile(acc, storage, state, k_blocks, part, [&](int) {
+        Mainloop::mma_tile(acc, storage, state, share.count, part, [&](int) {
             if (dropout) mask.draw_next(key);
         });
         if constexpr (kPingPong) order->pass(consumer);

@@ -1,14 +1,12 @@
 // The mma.sync forward's kernel level, shared by the production module (forward_tc.cu) and the
-// tuning module (forward_tc_sweep.cu): Y = dropout_p(act(X·Wᵀ + b)) with the tile scheduler, the
-// cp.async main loop (gemm/threadblock_tc.cuh) and the dropout epilogue (gemm/epilogue.cuh), and
-// the macro that turns a config struct into an entry point.
+// tuning module (forward_tc_sweep.cu): Y = dropout_p(act(X·Wᵀ + b)) with the cp.async main loop
+// (gemm/threadblock_tc.cuh) in the folded-grid tile loop (forward_folded.cuh: tile scheduler,
+// dropout epilogue), and the macro that turns a config struct into an entry point.
 #pragma once
 
 #include "element.cuh"
-#include "gemm/epilogue.cuh"
+#include "forward_folded.cuh"
 #include "gemm/threadblock_tc.cuh"
-#include "gemm/tile_scheduler.cuh"
-#include "mask.cuh"
 #include "ptx.cuh"
 
 namespace fusedrop {
@@ -20,35 +18,18 @@ __device__ __forceinline__ void forward_tc(const T* __restrict__ x, const T* __r
                                            const T* __restrict__ b, T* __restrict__ y,
                                            long long m, long long n, long long k, int relu,
                                            MaskParams mp) {
-    mp = resolve_seed(mp);
-    record_seed(mp, blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0);
     FUSEDROP_DYNAMIC_SMEM(unsigned char, smem);
     T* pipe = reinterpret_cast<T*>(smem);
-    float* stage = reinterpret_cast<float*>(smem);
-    const gemm::EpilogueArgs<T> epi = gemm::make_epilogue_args(b, y, m, n, relu, mp);
     using Epilogue = gemm::DropoutEpilogue<T, Tb::kEpiRows, Tb::kBlockN, Tb::kThreads, kInterleaved>;
     // Both operands K-major: X [m, k] gives the tile's rows, W [n, k] its columns.
     const gemm::GlobalMatrix<T> x_mat = gemm::global_matrix(x, m, k);
     const gemm::GlobalMatrix<T> w_mat = gemm::global_matrix(w, n, k);
-    const gemm::TileScheduler<8> scheduler(m, n, Tb::kBlockM, Tb::kBlockN);
-    const long long folds = scheduler.folds();
-    for (long long fold = 0; fold < folds; ++fold) {
-        gemm::TileCoord tile;
-        if (!scheduler.tile(fold, tile)) continue;
-        const long long m0 = tile.tm * Tb::kBlockM;
-        const long long n0 = tile.tn * Tb::kBlockN;
-        typename Tb::Warp warp;
-        warp.clear();
-        Tb::mainloop(warp, pipe, x_mat, w_mat, m0, n0);
-#pragma unroll
-        for (int pass = 0; pass < Tb::kPasses; ++pass) {
-            Tb::stage_accumulators(warp, stage, pass);
-            __syncthreads();
-            Epilogue::apply(stage, m0 + pass * Tb::kEpiRows, n0, epi);
-            // The slab is rewritten by the next pass or the next fold's copies.
-            __syncthreads();
-        }
-    }
+    using Warp = typename Tb::Warp;
+    forward_folded<Tb, Epilogue, Warp>(b, y, m, n, relu, mp, reinterpret_cast<float*>(smem),
+                                       [&](Warp& warp, long long m0, long long n0) {
+                                           warp.clear();
+                                           Tb::mainloop(warp, pipe, x_mat, w_mat, m0, n0);
+                                       });
 }
 
 // Threadblock tile BM x BN, k slice BK, warp tile WM x WN, pipeline depth STAGES, FRAG sets of

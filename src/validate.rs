@@ -98,6 +98,29 @@ pub fn check_len(name: &str, len: usize, expected: usize, what: &str) -> Result<
     Ok(())
 }
 
+/// The checks a forward and a backward call share: p, the shape, the shard geometry, and the
+/// lengths of X and W (`x`, `w` elements).
+fn check_operands(
+    shape: LinearShape,
+    p: f32,
+    geometry: &Geometry,
+    x: usize,
+    w: usize,
+) -> Result<ShapeSizes> {
+    check_probability(p)?;
+    let sizes = check_shape(shape)?;
+    check_geometry(geometry, shape.m, shape.n)?;
+    let LinearShape { m, n, k } = shape;
+    check_len("X", x, sizes.x, &format!("m*k = {m}*{k}"))?;
+    check_len(
+        "W",
+        w,
+        sizes.w,
+        &format!("n*k = {n}*{k}, the nn.Linear [out, in] layout"),
+    )?;
+    Ok(sizes)
+}
+
 /// Buffer lengths of a forward call, as the caller handed them in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ForwardLens {
@@ -119,17 +142,8 @@ pub fn check_forward(
     geometry: &Geometry,
     lens: ForwardLens,
 ) -> Result<bool> {
-    check_probability(p)?;
-    let sizes = check_shape(shape)?;
-    check_geometry(geometry, shape.m, shape.n)?;
-    let LinearShape { m, n, k } = shape;
-    check_len("X", lens.x, sizes.x, &format!("m*k = {m}*{k}"))?;
-    check_len(
-        "W",
-        lens.w,
-        sizes.w,
-        &format!("n*k = {n}*{k}, the nn.Linear [out, in] layout"),
-    )?;
+    let sizes = check_operands(shape, p, geometry, lens.x, lens.w)?;
+    let LinearShape { m, n, .. } = shape;
     if let Some(b) = lens.b {
         check_len("b", b, n, &format!("n = {n}, one bias per output feature"))?;
     }
@@ -160,17 +174,8 @@ pub struct BackwardLens {
 /// may run.
 pub fn check_backward(spec: &LayerSpec, lens: BackwardLens) -> Result<bool> {
     let shape = spec.shape;
-    check_probability(spec.dropout.p)?;
-    let sizes = check_shape(shape)?;
-    check_geometry(&spec.geometry, shape.m, shape.n)?;
-    let LinearShape { m, n, k } = shape;
-    check_len("X", lens.x, sizes.x, &format!("m*k = {m}*{k}"))?;
-    check_len(
-        "W",
-        lens.w,
-        sizes.w,
-        &format!("n*k = {n}*{k}, the nn.Linear [out, in] layout"),
-    )?;
+    let sizes = check_operands(shape, spec.dropout.p, &spec.geometry, lens.x, lens.w)?;
+    let LinearShape { m, n, .. } = shape;
     check_len("dY", lens.dy, sizes.y, &format!("m*n = {m}*{n}"))?;
     match (spec.nonlinearity, lens.y_saved) {
         (Nonlinearity::Relu, None) => {

@@ -4,81 +4,19 @@
 //! with CUDA events around the launches (`iter_custom`), inputs rotated among sets larger than
 //! L2. Throughput is in FLOP (4mnk per call).
 //!
-//! Without a GPU the GPU groups say once why they are skipped and the CPU reference backward
-//! runs on small shapes instead.
+//! Without a GPU (or without the compiled kernels, or cuBLASLt) the GPU groups say once why they
+//! are skipped and the CPU reference backward runs on small shapes instead. Filter as usual:
+//! `cargo bench --bench backward -- backward/sq/bf16`.
 
 mod common;
 
 use criterion::{Criterion, Throughput};
 use fusedrop::{reference, DropoutSpec, Element, LayerSpec, Nonlinearity};
-use fusedrop_tools::bench::{
-    backward_flops, fused_backward, random_nonzero, BaselinePlans, BenchGpu, DType, Operands,
-    SuiteShape, CPU_SHAPES, P_VALUES, SUITE,
-};
-use half::{bf16, f16};
-
-use common::gpu_bench;
+use fusedrop_tools::bench::{backward_flops, random_nonzero, Pass, CPU_SHAPES};
+use half::bf16;
 
 fn main() {
-    let mut c = common::criterion();
-    match BenchGpu::open(0) {
-        Ok(gpu) => {
-            println!(
-                "backward benches on {} (driver {}, cuBLASLt {})",
-                gpu.info.name, gpu.info.driver, gpu.info.cublaslt
-            );
-            for shape in SUITE {
-                for dtype in shape.dtypes() {
-                    match dtype {
-                        DType::Bf16 => gpu_group::<bf16>(&mut c, &gpu, &shape, dtype),
-                        DType::F16 => gpu_group::<f16>(&mut c, &gpu, &shape, dtype),
-                        DType::F32 => gpu_group::<f32>(&mut c, &gpu, &shape, dtype),
-                    }
-                }
-            }
-        }
-        Err(e) => {
-            println!(
-                "backward: GPU groups skipped ({e}); running the CPU reference on small shapes"
-            );
-            cpu_group::<f32>(&mut c);
-            cpu_group::<bf16>(&mut c);
-        }
-    }
-    c.final_summary();
-}
-
-fn gpu_group<T: Element>(c: &mut Criterion, gpu: &BenchGpu, shape: &SuiteShape, dtype: DType) {
-    let dims = shape.shape();
-    let name = format!("backward/{}/{}", shape.name, dtype.name());
-    let mut ops = match Operands::<T>::new(gpu.kernels.stream(), dims, gpu.info.l2_bytes, 8) {
-        Ok(ops) => ops,
-        Err(e) => {
-            println!("{name}: skipped: {e}");
-            return;
-        }
-    };
-    let plans = BaselinePlans::<T>::new(&gpu.blas, dims);
-    println!("{name}: unfused = {}", plans.backward_note());
-    let kernels = &gpu.kernels;
-    let mut group = c.benchmark_group(&name);
-    group.throughput(Throughput::Elements(backward_flops(dims) as u64));
-    gpu_bench(&mut group, gpu, &name, "gemm_floor", &mut |i| {
-        plans.gemm_backward(ops.set_mut(i))
-    });
-    for p in P_VALUES {
-        gpu_bench(&mut group, gpu, &name, &format!("fused/p={p}"), &mut |i| {
-            fused_backward(kernels, ops.set_mut(i), dims, p, i)
-        });
-        gpu_bench(
-            &mut group,
-            gpu,
-            &name,
-            &format!("unfused/p={p}"),
-            &mut |i| plans.unfused_backward(kernels, ops.set_mut(i), p, i),
-        );
-    }
-    group.finish();
+    common::run(Pass::Backward, &[cpu_group::<f32>, cpu_group::<bf16>]);
 }
 
 fn cpu_group<T: Element>(c: &mut Criterion) {

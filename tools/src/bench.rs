@@ -592,6 +592,25 @@ fn measure_rate<T: Element>(blas: &Blas, size: usize, effort: Effort) -> Result<
 // ---------------------------------------------------------------------------------------------
 // The table
 
+/// One pass of the layer, as a criterion bench (tools/benches/) times it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// Y from X, W and b.
+    Forward,
+    /// dX, dW and db from dY (and the saved Y).
+    Backward,
+}
+
+impl Pass {
+    /// The first part of every benchmark group's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pass::Forward => "forward",
+            Pass::Backward => "backward",
+        }
+    }
+}
+
 /// Which passes a table measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Passes {

@@ -175,9 +175,7 @@ pub fn sweep(options: &Options, progress: &mut dyn FnMut(&SweepRow)) -> Result<V
         }
     }
     if module_built("forward_f32_sweep") {
-        let f32_candidates: Vec<Kernel> = std::iter::once(Kernel::Production(None))
-            .chain(FORWARD_F32_SWEEP.iter().map(Kernel::Variant))
-            .collect();
+        let f32_candidates = f32_candidates();
         for name in F32_SHAPES {
             let suite = suite_shape(name)?;
             rows.extend(sweep_shape::<f32>(
@@ -219,6 +217,14 @@ fn candidates(kernels: &LayerKernels) -> Vec<Kernel> {
         }
     }
     out
+}
+
+/// What the f32 sweep runs on each shape, in order: the SIMT configuration the heuristic picks,
+/// then every f32 variant.
+fn f32_candidates() -> Vec<Kernel> {
+    std::iter::once(Kernel::Production(None))
+        .chain(FORWARD_F32_SWEEP.iter().map(Kernel::Variant))
+        .collect()
 }
 
 /// What the sweep reads of the GPU once.

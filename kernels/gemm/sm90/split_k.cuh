@@ -36,11 +36,22 @@ namespace fusedrop {
 namespace gemm {
 namespace sm90 {
 
+// The k-blocks of every tile that a block accumulates, [first, first + count), and its rank in
+// its cluster (0 without split-K).
+struct KShare {
+    int rank;
+    int first;
+    int count;
+};
+
 // A kernel without split-K: no split area, and each tile's result goes to the epilogue as it is.
 // (The interface every kernel calls, whichever split it was built with.)
 struct NoSplit {
     static constexpr int kSplits = 1;
     static constexpr uint32_t kBytes = 0;
+
+    // Every k-block.
+    __device__ __forceinline__ static KShare share(int k_blocks) { return KShare{0, 0, k_blocks}; }
 
     template <int kAccumulators, class Epilogue>
     __device__ __forceinline__ static void finish_tile(unsigned char*,
@@ -98,11 +109,11 @@ struct ClusterSplitK {
     // This block's rank in its cluster: clusters are kSplits consecutive blocks along x.
     __device__ __forceinline__ static int rank() { return (int)(blockIdx.x % kSplits); }
 
-    // The k-blocks of `k_blocks` that block `rank` accumulates: [first, first + count).
-    __device__ __forceinline__ static void k_range(int k_blocks, int rank, int& first,
-                                                   int& count) {
-        first = rank * k_blocks / kSplits;
-        count = (rank + 1) * k_blocks / kSplits - first;
+    // This block's share of `k_blocks`: [rank * K / kSplits, (rank + 1) * K / kSplits).
+    __device__ __forceinline__ static KShare share(int k_blocks) {
+        const int r = rank();
+        const int first = r * k_blocks / kSplits;
+        return KShare{r, first, (r + 1) * k_blocks / kSplits - first};
     }
 
     // Ranks 1 .. kSplits - 1, every consumer thread, once per tile (`tile` counts the block's

@@ -1,11 +1,16 @@
-//! What the forward and backward benches share: criterion's settings, and GPU benchmarks whose
-//! iterations are launches timed by CUDA events.
+//! What the forward and backward benches share: criterion's settings, GPU benchmarks whose
+//! iterations are launches timed by CUDA events, and the whole bench (`run`) for either `Pass`.
 
 use std::time::Duration;
 
 use criterion::measurement::WallTime;
-use criterion::{BenchmarkGroup, Criterion};
-use fusedrop_tools::bench::{time_launches, BenchGpu};
+use criterion::{BenchmarkGroup, Criterion, Throughput};
+use fusedrop::Element;
+use fusedrop_tools::bench::{
+    backward_flops, forward_flops, fused_backward, fused_forward, time_launches, BaselinePlans,
+    BenchGpu, DType, Operands, Pass, SuiteShape, P_VALUES, SUITE,
+};
+use half::{bf16, f16};
 
 /// Short settings: GPU figures settle quickly, and the suite is large.
 pub fn criterion() -> Criterion {
@@ -51,4 +56,101 @@ pub fn gpu_bench(
                 .unwrap_or_else(|e| panic!("{group_name}/{name} failed after its preflight: {e}"))
         })
     });
+}
+
+/// The bench's main: every shape and dtype of the suite on GPU 0, each group putting our kernel
+/// beside the cuBLASLt GEMM floor and the unfused path; or, without a GPU (or without the
+/// compiled kernels, or cuBLASLt), a line saying why, then `cpu_groups` (the CPU reference on
+/// small shapes), so that `cargo bench` works anywhere.
+pub fn run(pass: Pass, cpu_groups: &[fn(&mut Criterion)]) {
+    let mut c = criterion();
+    match BenchGpu::open(0) {
+        Ok(gpu) => {
+            println!(
+                "{} benches on {} (driver {}, cuBLASLt {})",
+                pass.name(),
+                gpu.info.name,
+                gpu.info.driver,
+                gpu.info.cublaslt
+            );
+            for shape in SUITE {
+                for dtype in shape.dtypes() {
+                    match dtype {
+                        DType::Bf16 => gpu_group::<bf16>(&mut c, &gpu, pass, &shape, dtype),
+                        DType::F16 => gpu_group::<f16>(&mut c, &gpu, pass, &shape, dtype),
+                        DType::F32 => gpu_group::<f32>(&mut c, &gpu, pass, &shape, dtype),
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            println!(
+                "{}: GPU groups skipped ({e}); running the CPU reference on small shapes",
+                pass.name()
+            );
+            for group in cpu_groups {
+                group(&mut c);
+            }
+        }
+    }
+    c.final_summary();
+}
+
+/// One shape and dtype: the GEMM floor (the forward's GEMM, or the backward's two), then per p
+/// our kernel and the unfused path. Throughput is in FLOP: 2mnk per forward, 4mnk per backward.
+fn gpu_group<T: Element>(
+    c: &mut Criterion,
+    gpu: &BenchGpu,
+    pass: Pass,
+    shape: &SuiteShape,
+    dtype: DType,
+) {
+    let dims = shape.shape();
+    let name = format!("{}/{}/{}", pass.name(), shape.name, dtype.name());
+    let (operand_seed, flops) = match pass {
+        Pass::Forward => (7, forward_flops(dims)),
+        Pass::Backward => (8, backward_flops(dims)),
+    };
+    let stream = gpu.kernels.stream();
+    let mut ops = match Operands::<T>::new(stream, dims, gpu.info.l2_bytes, operand_seed) {
+        Ok(ops) => ops,
+        Err(e) => {
+            println!("{name}: skipped: {e}");
+            return;
+        }
+    };
+    let plans = BaselinePlans::<T>::new(&gpu.blas, dims);
+    if let Pass::Backward = pass {
+        println!("{name}: unfused = {}", plans.backward_note());
+    }
+    let kernels = &gpu.kernels;
+    let mut group = c.benchmark_group(&name);
+    group.throughput(Throughput::Elements(flops as u64));
+    gpu_bench(&mut group, gpu, &name, "gemm_floor", &mut |i| match pass {
+        Pass::Forward => plans.gemm_forward(ops.set_mut(i)),
+        Pass::Backward => plans.gemm_backward(ops.set_mut(i)),
+    });
+    for p in P_VALUES {
+        gpu_bench(
+            &mut group,
+            gpu,
+            &name,
+            &format!("fused/p={p}"),
+            &mut |i| match pass {
+                Pass::Forward => fused_forward(kernels, ops.set_mut(i), dims, p, i),
+                Pass::Backward => fused_backward(kernels, ops.set_mut(i), dims, p, i),
+            },
+        );
+        gpu_bench(
+            &mut group,
+            gpu,
+            &name,
+            &format!("unfused/p={p}"),
+            &mut |i| match pass {
+                Pass::Forward => plans.unfused_forward(kernels, ops.set_mut(i), p, i),
+                Pass::Backward => plans.unfused_backward(kernels, ops.set_mut(i), p, i),
+            },
+        );
+    }
+    group.finish();
 }
