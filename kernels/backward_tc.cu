@@ -35,8 +35,9 @@
 // or for ReLU formed per element by dz_over_scale); no atomics, so the same inputs give
 // bit-identical outputs whatever the grid size.
 //
-// Configs (struct BackwardTcConfig<BM, BN, WM, WN> below): tc128x128 (4 warps of 64x64) and
-// tc64x64 (4 warps of 32x32). Launch: block = (kThreads, 1, 1), dynamic shared memory =
+// Configs (struct BackwardTcConfig<BM, BN, WM, WN> below): tc128x128 (4 warps of 64x64),
+// tc64x64 (4 warps of 32x32) and tc64x32 (4 warps of 16x32, for narrow products: twice the
+// tiles of tc64x64). Launch: block = (kThreads, 1, 1), dynamic shared memory =
 // kSmemBytes (above 48 KiB it must be opted in with CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES),
 // 1-D grid of any size >= 1 (grid-stride over tiles); the wrapper uses grid.x = min(tiles,
 // kMaxBlocks) with
@@ -93,6 +94,7 @@ struct BackwardTcConfig {
 
 using Tc128x128 = BackwardTcConfig<128, 128, 64, 64>;
 using Tc64x64 = BackwardTcConfig<64, 64, 32, 32>;
+using Tc64x32 = BackwardTcConfig<64, 32, 16, 32>;
 
 // Turns the dY tile at `dz` (a Tile-shaped block of dY at (gr0, gc0)) into the identity
 // activation's dZ / scale (dY times its redrawn keep decision) in place; `unit`: the mask with
@@ -277,6 +279,7 @@ __device__ __forceinline__ void backward_tc(const T* __restrict__ dy, const T* _
 
 FUSEDROP_BACKWARD_TC_TYPES(Tc128x128, tc128x128)
 FUSEDROP_BACKWARD_TC_TYPES(Tc64x64, tc64x64)
+FUSEDROP_BACKWARD_TC_TYPES(Tc64x32, tc64x32)
 
 // The launch numbers the Rust side launches with (src/cuda/launch_table.rs, via build.rs).
 #include "fusedrop_launch_table.h"
@@ -286,6 +289,10 @@ static_assert(fusedrop::launch::matches<fusedrop::backward::Tc128x128>(
 static_assert(fusedrop::launch::matches<fusedrop::backward::Tc64x64>(
                   fusedrop::launch::backward_tc64x64),
               "backward Tc64x64 disagrees with src/cuda/launch_table.rs");
+static_assert(fusedrop::launch::matches<fusedrop::backward::Tc64x32>(
+                  fusedrop::launch::backward_tc64x32),
+              "backward Tc64x32 disagrees with src/cuda/launch_table.rs");
 static_assert(fusedrop::backward::Tc128x128::kMaxBlocks == fusedrop::launch::backward_max_blocks &&
-                  fusedrop::backward::Tc64x64::kMaxBlocks == fusedrop::launch::backward_max_blocks,
+                  fusedrop::backward::Tc64x64::kMaxBlocks == fusedrop::launch::backward_max_blocks &&
+                  fusedrop::backward::Tc64x32::kMaxBlocks == fusedrop::launch::backward_max_blocks,
               "kMaxBlocks disagrees with src/cuda/launch_table.rs");

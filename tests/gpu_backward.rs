@@ -374,27 +374,37 @@ fn simt_kernel_matches_reference_when_forced() {
 }
 
 #[test]
-fn tensor_core_kernels_match_reference_with_both_tiles() {
+fn tensor_core_kernels_match_reference_with_every_tile() {
     let Some(kernels) = gpu() else { return };
     let case = Case {
         kernel: BackwardKernel::TensorCore,
         ..ALL_OUTPUTS
     };
-    // Enough 128 x 128 tiles of dX (first shape) or dW (second) for a full wave on any current
-    // GPU, so both tile configurations run; the other product takes the 64 x 64 tiles.
-    for (m, n, k) in [(1300, 40, 1601), (40, 1300, 1601)] {
+    // dX of the first shape and dW of the second have enough 128 x 128 tiles for a full wave on
+    // any current GPU; dX of the third has too few of them but enough 64 x 64 ones; the narrow
+    // products (dW of the first and third, dX of the second) take 64 x 32.
+    let shapes = [(1300, 40, 1601), (40, 1300, 1601), (1000, 40, 1000)];
+    let mut tiles_run = Vec::new();
+    for (m, n, k) in shapes {
+        let shape = LinearShape::new(m, n, k);
+        let choice = kernels
+            .backward_kernels_for::<f16>(shape, Nonlinearity::Relu, BackwardKernel::TensorCore)
+            .unwrap();
+        tiles_run.extend([choice.dx, choice.dw]);
         for nonlinearity in [Nonlinearity::Relu, Nonlinearity::Identity] {
             for accumulate in [false, true] {
-                let spec = LayerSpec::new(
-                    LinearShape::new(m, n, k),
-                    nonlinearity,
-                    DropoutSpec::new(0.1, 31, 4),
-                );
+                let spec = LayerSpec::new(shape, nonlinearity, DropoutSpec::new(0.1, 31, 4));
                 let case = Case { accumulate, ..case };
                 check::<f16>(&kernels, &spec, case);
                 check::<bf16>(&kernels, &spec, case);
             }
         }
+    }
+    for tile in ["tc128x128", "tc64x64", "tc64x32"] {
+        assert!(
+            tiles_run.iter().any(|t| t.starts_with(tile)),
+            "no product took {tile}: {tiles_run:?}"
+        );
     }
 }
 
@@ -561,36 +571,20 @@ fn rejects_relu_without_saved_output_and_wrong_lengths() {
         )
         .unwrap_err();
     assert!(error.to_string().contains("dX"), "{error}");
-    let error = kernels
-        .backward(
-            &identity,
-            &x,
-            &w,
-            &dy,
-            None,
-            none(),
-            BackwardOptions {
-                kernel: BackwardKernel::TensorCore,
-                ..BackwardOptions::default()
-            },
-        )
-        .unwrap_err();
-    assert!(error.to_string().contains("TensorCore"), "{error}");
-    let error = kernels
-        .backward(
-            &identity,
-            &x,
-            &w,
-            &dy,
-            None,
-            none(),
-            BackwardOptions {
-                kernel: BackwardKernel::Hopper,
-                ..BackwardOptions::default()
-            },
-        )
-        .unwrap_err();
-    assert!(error.to_string().contains("Hopper"), "{error}");
+    // f32 operands with a kernel family that has no f32 kernel.
+    for (kernel, name) in [
+        (BackwardKernel::TensorCore, "TensorCore"),
+        (BackwardKernel::Hopper, "Hopper"),
+    ] {
+        let options = BackwardOptions {
+            kernel,
+            ..BackwardOptions::default()
+        };
+        let error = kernels
+            .backward(&identity, &x, &w, &dy, None, none(), options)
+            .unwrap_err();
+        assert!(error.to_string().contains(name), "{error}");
+    }
 }
 
 fn hopper(kernels: &LayerKernels) -> bool {

@@ -1190,9 +1190,11 @@ fn check_sweep_variants<T: Raw>(
 
 /// The tuning variants of kernels/forward_f32_sweep.cu and the production config each must
 /// reproduce bit for bit (the same FMA sequence for every output element).
-const FORWARD_F32_SWEEP_VARIANTS: [(&str, &str); 2] = [
+const FORWARD_F32_SWEEP_VARIANTS: [(&str, &str); 4] = [
     ("simt128x128_f2", "simt128x128"),
     ("simt64x64_f2", "simt64x64"),
+    ("simt128x128_bk16", "simt128x128"),
+    ("simt128x128_bk16_f2", "simt128x128"),
 ];
 
 /// Every f32 sweep variant against the reference and the production kernel, on every forward case
@@ -1552,6 +1554,25 @@ fn backward_tc_aligned_matches_reference() {
         check_backward_cases::<f16>("backward_tc", config, &aligned_backward_cases(), seed);
         check_backward_cases::<bf16>("backward_tc", config, &aligned_backward_cases(), seed + 2);
     }
+}
+
+/// The narrow products' tile (64 x 32: B's MN-major tile 32 columns wide), general and aligned.
+#[test]
+fn backward_tc64x32_matches_reference() {
+    check_backward::<f16>("backward_tc", "tc64x32", 0xBC32);
+    check_backward::<bf16>("backward_tc", "tc64x32", 0xBC33);
+    check_backward_cases::<f16>(
+        "backward_tc",
+        "tc64x32_aligned",
+        &aligned_backward_cases(),
+        0xBA32,
+    );
+    check_backward_cases::<bf16>(
+        "backward_tc",
+        "tc64x32_aligned",
+        &aligned_backward_cases(),
+        0xBA33,
+    );
 }
 
 /// The backward cases the Hopper kernels take: every case above with n and k rounded up to

@@ -8,8 +8,9 @@
 // 4 that lie BM / (TM / 4) apart (likewise its columns), so the 16 threads of a half-warp read 16
 // consecutive float4s of Bs (no bank conflicts) and two addresses of As (broadcast).
 //
-// Global loads: one float4 of X and one of W per thread and slice when the operand is 16-byte
-// aligned and k is a multiple of 4; otherwise four bounded scalar loads.
+// Global loads: float4s of X and of W (BM · BK / 4 / threads and BN · BK / 4 / threads per thread
+// and slice: one each at 128 x 128 x 8, two at 128 x 128 x 16) when the operand is 16-byte
+// aligned and k is a multiple of 4; otherwise four bounded scalar loads per float4.
 //
 // Register fragments (kFragBuffers): 1 reads each k step's TM + TN values from shared memory and
 // then issues its FMAs; 2 keeps two sets and reads step kk + 1's before issuing step kk's FMAs,
@@ -41,8 +42,12 @@ struct ThreadblockSimt {
         kPipeBytes > Epilogue::kSmemBytes ? kPipeBytes : Epilogue::kSmemBytes;
 
     static_assert(TM % 4 == 0 && TN % 4 == 0, "register blocks are whole float4s");
-    static_assert(BM * BK / 4 == kThreads && BN * BK / 4 == kThreads,
-                  "each thread loads one float4 of X and one of W per slice");
+    static_assert(BM * BK / 4 % kThreads == 0 && BN * BK / 4 % kThreads == 0,
+                  "every thread loads the same number of float4s of X, and of W, per slice");
+    static_assert(kThreads % (BK / 4) == 0, "a thread's float4s share a column");
+    // float4s of X and of W that each thread copies per slice.
+    static constexpr int kLoadsA = BM * BK / 4 / kThreads;
+    static constexpr int kLoadsB = BN * BK / 4 / kThreads;
     static_assert(BM % kEpiRows == 0, "passes divide the tile");
     static_assert(kFragBuffers == 1 || kFragBuffers == 2, "one or two fragment sets");
 
@@ -58,12 +63,20 @@ struct ThreadblockSimt {
         return (j / 4) * kColGroupStride + tx * 4 + j % 4;
     }
 
-    // Reads this thread's float4 of rows row0.., columns k0.. of the row-major [rows, k] src.
+    // Slice position of float4 `i` of this thread: float4 threadIdx.x + i · kThreads of the
+    // slice, whose rows hold BK / 4 float4s.
+    __device__ __forceinline__ static int load_row(int i) {
+        return ((int)threadIdx.x + i * kThreads) / (BK / 4);
+    }
+    __device__ __forceinline__ static int load_col() { return ((int)threadIdx.x % (BK / 4)) * 4; }
+
+    // Reads this thread's float4 `i` of rows row0.., columns k0.. of the row-major [rows, k] src.
     __device__ __forceinline__ static void load_global(float (&r)[4], const float* src,
                                                        long long rows, long long k,
-                                                       long long row0, long long k0, bool vec) {
-        const int row = (int)threadIdx.x / (BK / 4);
-        const int col = ((int)threadIdx.x % (BK / 4)) * 4;
+                                                       long long row0, long long k0, int i,
+                                                       bool vec) {
+        const int row = load_row(i);
+        const int col = load_col();
         const long long gr = row0 + row;
         const long long gc = k0 + col;
         if (vec) {
@@ -100,13 +113,32 @@ struct ThreadblockSimt {
             for (int j = 0; j < TN; ++j) acc.v[i][j] = fmaf(a[i], b[j], acc.v[i][j]);
     }
 
-    // Stores a float4 read by load_global transposed into a k-major slice with `stride`.
-    __device__ __forceinline__ static void store_shared(float* dst, int stride,
-                                                        const float (&r)[4]) {
-        const int row = (int)threadIdx.x / (BK / 4);
-        const int col = ((int)threadIdx.x % (BK / 4)) * 4;
+    // Reads this thread's float4s of a slice: X's (rows m0..) and W's (rows n0..), columns k0...
+    __device__ __forceinline__ static void load_slice(float (&ra)[kLoadsA][4],
+                                                      float (&rb)[kLoadsB][4], const float* x,
+                                                      const float* w, long long m, long long n,
+                                                      long long k, long long m0, long long n0,
+                                                      long long k0, bool vec_x, bool vec_w) {
 #pragma unroll
-        for (int j = 0; j < 4; ++j) dst[(col + j) * stride + row] = r[j];
+        for (int i = 0; i < kLoadsA; ++i) load_global(ra[i], x, m, k, m0, k0, i, vec_x);
+#pragma unroll
+        for (int i = 0; i < kLoadsB; ++i) load_global(rb[i], w, n, k, n0, k0, i, vec_w);
+    }
+
+    // Stores the float4s read by load_slice transposed into the k-major slice at `dst` (X's,
+    // then W's).
+    __device__ __forceinline__ static void store_slice(float* dst, const float (&ra)[kLoadsA][4],
+                                                       const float (&rb)[kLoadsB][4]) {
+        const int col = load_col();
+#pragma unroll
+        for (int i = 0; i < kLoadsA; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) dst[(col + j) * kStrideA + load_row(i)] = ra[i][j];
+        float* bs = dst + BK * kStrideA;
+#pragma unroll
+        for (int i = 0; i < kLoadsB; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) bs[(col + j) * kStrideB + load_row(i)] = rb[i][j];
     }
 
     // acc = X[m0.., :] · W[n0.., :]ᵀ. Leaves every thread past its last read of shared memory.
@@ -121,18 +153,13 @@ struct ThreadblockSimt {
 #pragma unroll
             for (int j = 0; j < TN; ++j) acc.v[i][j] = 0.0f;
         const long long k_tiles = (k + BK - 1) / BK;
-        float ra[4], rb[4];
-        load_global(ra, x, m, k, m0, 0, vec_x);
-        load_global(rb, w, n, k, n0, 0, vec_w);
-        store_shared(smem, kStrideA, ra);
-        store_shared(smem + BK * kStrideA, kStrideB, rb);
+        float ra[kLoadsA][4], rb[kLoadsB][4];
+        load_slice(ra, rb, x, w, m, n, k, m0, n0, 0, vec_x, vec_w);
+        store_slice(smem, ra, rb);
         __syncthreads();
         for (long long kt = 0; kt < k_tiles; ++kt) {
             const bool more = kt + 1 < k_tiles;
-            if (more) {
-                load_global(ra, x, m, k, m0, (kt + 1) * BK, vec_x);
-                load_global(rb, w, n, k, n0, (kt + 1) * BK, vec_w);
-            }
+            if (more) load_slice(ra, rb, x, w, m, n, k, m0, n0, (kt + 1) * BK, vec_x, vec_w);
             const float* as = smem + (kt & 1) * kStageFloats;
             const float* bs = as + BK * kStrideA;
             if constexpr (kFragBuffers == 1) {
@@ -154,11 +181,7 @@ struct ThreadblockSimt {
                     fma_step(acc, a[kk % 2], b[kk % 2]);
                 }
             }
-            if (more) {
-                float* next = smem + ((kt + 1) & 1) * kStageFloats;
-                store_shared(next, kStrideA, ra);
-                store_shared(next + BK * kStrideA, kStrideB, rb);
-            }
+            if (more) store_slice(smem + ((kt + 1) & 1) * kStageFloats, ra, rb);
             // One barrier per slice: the next slice is visible, and nobody still reads the
             // buffer the slice after it will overwrite.
             __syncthreads();

@@ -54,6 +54,8 @@ const TC128X128: Config =
     Config::new("backward_tc", "tc128x128", launch_table::BACKWARD_TC128X128).with_aligned();
 const TC64X64: Config =
     Config::new("backward_tc", "tc64x64", launch_table::BACKWARD_TC64X64).with_aligned();
+const TC64X32: Config =
+    Config::new("backward_tc", "tc64x32", launch_table::BACKWARD_TC64X32).with_aligned();
 const WG128X256: Config = Config::new(
     "backward_sm90",
     "wg128x256",
@@ -155,15 +157,15 @@ impl Config {
         }
     }
 
-    /// The tensor-core tile for a product with `rows` x `cols` outputs: the large tile when it
-    /// still gives every multiprocessor a block, the small one otherwise (more, smaller blocks
-    /// beat idle multiprocessors).
+    /// The tensor-core tile for a product with `rows` x `cols` outputs: the largest tile that
+    /// still gives every multiprocessor a block, else the smallest (more, smaller blocks beat
+    /// idle multiprocessors: a narrow product, such as `wide`'s dW or `small`'s dX, gets twice
+    /// the blocks of 64 x 64).
     fn tensor_core_for(rows: usize, cols: usize, sm_count: usize) -> Config {
-        if TC128X128.tiles(rows, cols) >= sm_count as u64 {
-            TC128X128
-        } else {
-            TC64X64
-        }
+        [TC128X128, TC64X64]
+            .into_iter()
+            .find(|c| c.tiles(rows, cols) >= sm_count as u64)
+            .unwrap_or(TC64X32)
     }
 }
 
@@ -314,8 +316,8 @@ impl<'a> Chooser<'a> {
 }
 
 /// The kernels a backward call runs for each product, by configuration name (`wg128x256`,
-/// `wg128x128`: kernels/backward_sm90.cu; `tc128x128`, `tc64x64`: kernels/backward_tc.cu;
-/// `simt`: kernels/backward_simt.cu).
+/// `wg128x128`, `wg128x128s2` ...: kernels/backward_sm90.cu; `tc128x128`, `tc64x64`,
+/// `tc64x32`: kernels/backward_tc.cu; `simt`: kernels/backward_simt.cu).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackwardChoice {
     /// The dX product's kernel.
@@ -819,6 +821,18 @@ mod tests {
         assert!(!options.accumulate);
         assert_eq!(options.kernel, BackwardKernel::Auto);
         assert!(matches!(options.seed, SeedSource::Host));
+    }
+
+    #[test]
+    fn tensor_core_tile_is_the_largest_that_fills_the_gpu() {
+        // 108 multiprocessors (A100). up's dX: 4096 x 4096 outputs, 1024 tiles of 128 x 128.
+        assert_eq!(Config::tensor_core_for(4096, 4096, 108), TC128X128);
+        // 1000 x 1000: 64 tiles of 128 x 128, 256 of 64 x 64.
+        assert_eq!(Config::tensor_core_for(1000, 1000, 108), TC64X64);
+        // wide's dW (1024 x 256) and small's dX (64 x 4096): 64 tiles of 64 x 64, 128 of 64 x 32.
+        assert_eq!(Config::tensor_core_for(1024, 256, 108), TC64X32);
+        assert_eq!(Config::tensor_core_for(64, 4096, 108), TC64X32);
+        assert_eq!(TC64X32.tiles(1024, 256), 128);
     }
 
     #[test]

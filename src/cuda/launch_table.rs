@@ -100,6 +100,8 @@ pub const BACKWARD_SIMT: LaunchNumbers = numbers("backward_simt", 64, 64, 256, 0
 pub const BACKWARD_TC128X128: LaunchNumbers = numbers("backward_tc128x128", 128, 128, 128, 73_728);
 /// kernels/backward_tc.cu, `Tc64x64`.
 pub const BACKWARD_TC64X64: LaunchNumbers = numbers("backward_tc64x64", 64, 64, 128, 36_864);
+/// kernels/backward_tc.cu, `Tc64x32`.
+pub const BACKWARD_TC64X32: LaunchNumbers = numbers("backward_tc64x32", 64, 32, 128, 30_720);
 /// kernels/backward_sm90.cu, `Wg128x128` (Hopper; persistent grid).
 pub const BACKWARD_WG128X128: LaunchNumbers = numbers("backward_wg128x128", 128, 128, 384, 197_696);
 /// kernels/backward_sm90.cu, `Wg128x256`.
@@ -170,10 +172,13 @@ pub const FORWARD_SWEEP: [LaunchNumbers; 13] = [
 ];
 
 /// kernels/forward_f32_sweep.cu: the tuning variants of the f32 forward that `fusedrop sweep`
-/// times (two sets of register fragments at each production tile), in the order it prints them.
-pub const FORWARD_F32_SWEEP: [LaunchNumbers; 2] = [
+/// times (two sets of register fragments at each production tile; 16-deep slices at 128 x 128),
+/// in the order it prints them.
+pub const FORWARD_F32_SWEEP: [LaunchNumbers; 4] = [
     numbers("forward_sweep_simt128x128_f2", 128, 128, 256, 16_896),
     numbers("forward_sweep_simt64x64_f2", 64, 64, 256, 17_408),
+    numbers("forward_sweep_simt128x128_bk16", 128, 128, 256, 33_792),
+    numbers("forward_sweep_simt128x128_bk16_f2", 128, 128, 256, 33_792),
 ];
 
 /// kernels/forward_sm90_sweep.cu: the tuning variants of the Hopper forward that `fusedrop sweep`
@@ -227,7 +232,7 @@ pub const FORWARD_SM90_SWEEP: [LaunchNumbers; 11] = [
 ];
 
 /// Every configuration, for build.rs.
-pub const ALL: [LaunchNumbers; 48] = [
+pub const ALL: [LaunchNumbers; 51] = [
     FORWARD_TC128X256,
     FORWARD_TC128X128,
     FORWARD_TC64X128,
@@ -245,6 +250,7 @@ pub const ALL: [LaunchNumbers; 48] = [
     BACKWARD_SIMT,
     BACKWARD_TC128X128,
     BACKWARD_TC64X64,
+    BACKWARD_TC64X32,
     BACKWARD_WG128X128,
     BACKWARD_WG128X256,
     BACKWARD_WG128X128S2,
@@ -276,6 +282,8 @@ pub const ALL: [LaunchNumbers; 48] = [
     FORWARD_SM90_SWEEP[10],
     FORWARD_F32_SWEEP[0],
     FORWARD_F32_SWEEP[1],
+    FORWARD_F32_SWEEP[2],
+    FORWARD_F32_SWEEP[3],
 ];
 
 /// Grid-stride cap of every backward kernel (`kMaxBlocks`).
