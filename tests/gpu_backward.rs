@@ -380,10 +380,18 @@ fn tensor_core_kernels_match_reference_with_every_tile() {
         kernel: BackwardKernel::TensorCore,
         ..ALL_OUTPUTS
     };
-    // dX of the first shape and dW of the second have enough 128 x 128 tiles for a full wave on
-    // any current GPU; dX of the third has too few of them but enough 64 x 64 ones; the narrow
-    // products (dW of the first and third, dX of the second) take 64 x 32.
-    let shapes = [(1300, 40, 1601), (40, 1300, 1601), (1000, 40, 1000)];
+    // Odd shapes whose long product (dX of the first, dW of the second) takes 128 x 128 on most
+    // GPUs; then two shapes sized by the multiprocessor count S, so that every tile runs on any
+    // GPU: the third's dX has 2 (S + 1) tiles of 128 x 128 and its dW (40 x 200) fewer than S of
+    // 64 x 64, so 64 x 32; the fourth's products have S + 1 tiles of 64 x 64 and fewer than S of
+    // 128 x 128.
+    let sms = kernels.sm_count();
+    let shapes = [
+        (1300, 40, 1601),
+        (40, 1300, 1601),
+        (128 * sms + 5, 40, 200),
+        (64, 40, 64 * sms + 7),
+    ];
     let mut tiles_run = Vec::new();
     for (m, n, k) in shapes {
         let shape = LinearShape::new(m, n, k);
