@@ -136,7 +136,8 @@ fn write_launch_header(out_dir: &Path) -> PathBuf {
     }
     writeln!(
         h,
-        "constexpr int backward_max_blocks = {};\n\n\
+        "constexpr int backward_max_blocks = {};\n\
+         constexpr int split_sum_threads = {};\n\n\
          // Whether a config struct's launch numbers are the table's.\n\
          template <class C>\n\
          constexpr bool matches(const Numbers& n) {{\n    \
@@ -152,7 +153,8 @@ fn write_launch_header(out_dir: &Path) -> PathBuf {
          return matches_clustered<C>(n) && C::kTmaStore == n.tma_store;\n}}\n\n\
          }}  // namespace launch\n\
          }}  // namespace fusedrop",
-        launch_table::BACKWARD_MAX_BLOCKS
+        launch_table::BACKWARD_MAX_BLOCKS,
+        launch_table::SPLIT_SUM_THREADS
     )
     .unwrap();
     let path = dir.join("fusedrop_launch_table.h");

@@ -33,14 +33,18 @@
 // Determinism: every output element is reduced by one thread over the whole reduction in a fixed
 // order, db by one thread per column in a fixed order (from the stage: dZ / scale as formed there,
 // or for ReLU formed per element by dz_over_scale); no atomics, so the same inputs give
-// bit-identical outputs whatever the grid size.
+// bit-identical outputs whatever the grid size. With split-K (splits = S > 1, for products with
+// fewer tiles than the GPU has multiprocessors) S blocks each reduce a fixed share of the
+// reduction into an f32 workspace, and fusedrop_backward_split_sum_<dtype> adds the S shares in
+// order: bit-identical from run to run and for every grid size too, though not to the unsplit
+// sums (another order of f32 additions).
 //
 // Configs (struct BackwardTcConfig<BM, BN, WM, WN> below): tc128x128 (4 warps of 64x64),
 // tc64x64 (4 warps of 32x32) and tc64x32 (4 warps of 16x32, for narrow products: twice the
 // tiles of tc64x64). Launch: block = (kThreads, 1, 1), dynamic shared memory =
 // kSmemBytes (above 48 KiB it must be opted in with CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES),
-// 1-D grid of any size >= 1 (grid-stride over tiles); the wrapper uses grid.x = min(tiles,
-// kMaxBlocks) with
+// 1-D grid of any size >= 1 (grid-stride over work items); the wrapper uses grid.x =
+// min(tiles * splits, kMaxBlocks) with
 //   dX: tiles = ceil(m / kBlockM) * ceil(k / kBlockN)
 //   dW: tiles = ceil(n / kBlockM) * ceil(k / kBlockN)   (dw != nullptr)
 //       tiles = ceil(n / kBlockM)                         (dw == nullptr: db only)
@@ -50,12 +54,17 @@
 // Arguments, as kernels/backward_simt.cu: dy [m, n]; y [m, n] (read only when relu = 1);
 // w [n, k] or x [m, k]; dx [m, k], dw [n, k] (nullptr: skip), db [n] (nullptr: skip);
 // accumulate = 1 adds to the existing values (in f32, rounded once); mp: the forward's
-// MaskParams. Any m, n, k >= 1 and any row alignment: 16-byte cp.async when a matrix's base is
+// MaskParams; splits >= 1 and partial (read only when splits > 1): S * rows * k floats, plus
+// S * n for db in the dW kernel (dX: rows = m; dW: rows = n), each written before it is read.
+// split_sum then runs once per gradient (dX; or dW, then db on partial + S * n * k) with
+// count = its element count and `accumulate` as the product was given, on split_sum_threads
+// threads per block. Any m, n, k >= 1 and any row alignment: 16-byte cp.async when a matrix's base is
 // 16-byte aligned and its rows are a multiple of 8 elements, element loads otherwise. The
 // `_aligned` entry points (fusedrop_backward_{dx,dw}_<config>_aligned_<dtype>) take only
 // operands the host found 16-byte aligned with n and k multiples of 8 (dY, Y when read, and
 // W or X): their main loop has no element path and no run-time choice between the two.
 #include "backward.cuh"
+#include "fusedrop_launch_table.h"
 #include "gemm/threadblock_tc.cuh"
 #include "gemm/tile_scheduler.cuh"
 #include "ptx.cuh"
@@ -71,7 +80,11 @@ constexpr long long kGroupRows = 8;
 // kAligned: the main loop's compile-time promise that dY, Y and B are 16-byte aligned with n and
 // k multiples of 8 (cp.async only, no element path; the `_aligned` entry points, which the host
 // picks after checking exactly that).
-template <int BM, int BN, int WM, int WN>
+// kSplitK: whether the config's kernels split the reduction when asked (splits > 1); the 128 x 128
+// kernels do not (the bookkeeping makes them spill on sm_80, and a product too narrow for a wave
+// of their tiles gets more blocks from 64 x 64 or 64 x 32 tiles), and run unsplit whatever
+// `splits` says.
+template <int BM, int BN, int WM, int WN, bool kCanSplit>
 struct BackwardTcConfig {
     template <typename T, bool kAligned = false>
     using DxThreadblock = gemm::ThreadblockTc<T, BM, BN, 32, WM, WN, 3, gemm::Major::K,
@@ -83,6 +96,7 @@ struct BackwardTcConfig {
     static constexpr int kBlockN = BN;  // output columns per tile (k)
     static constexpr int kThreads = DxThreadblock<__half>::kThreads;
     static constexpr int kMaxBlocks = 1 << 20;
+    static constexpr bool kSplitK = kCanSplit;
     // The pipeline only: the gradients are stored from the accumulators.
     static constexpr int kSmemBytes = DxThreadblock<__half>::kPipeBytes;
     static_assert(DwThreadblock<__half>::kPipeBytes == kSmemBytes, "one shared size per config");
@@ -92,9 +106,9 @@ struct BackwardTcConfig {
     static_assert(BM <= kThreads, "one thread per db column");
 };
 
-using Tc128x128 = BackwardTcConfig<128, 128, 64, 64>;
-using Tc64x64 = BackwardTcConfig<64, 64, 32, 32>;
-using Tc64x32 = BackwardTcConfig<64, 32, 16, 32>;
+using Tc128x128 = BackwardTcConfig<128, 128, 64, 64, false>;
+using Tc64x64 = BackwardTcConfig<64, 64, 32, 32, true>;
+using Tc64x32 = BackwardTcConfig<64, 32, 16, 32, true>;
 
 // Turns the dY tile at `dz` (a Tile-shaped block of dY at (gr0, gc0)) into the identity
 // activation's dZ / scale (dY times its redrawn keep decision) in place; `unit`: the mask with
@@ -125,12 +139,17 @@ __device__ __forceinline__ void form_dz_tile(T* dz, long long n, long long gr0, 
     }
 }
 
-template <typename T, class Tb, bool kWeightGrad>
+// Split-K (splits > 1): work item w is share w % splits of output tile w / splits; the share
+// multiplies reduction slices [s * K / S, (s + 1) * K / S) of the K slices (S = splits) and
+// writes its unscaled f32 sums to partial[s][rows][k] (db's to partial[S * rows * k + s * n ..])
+// instead of the gradient; split_sum below adds the S partials in share order, scales and
+// rounds them.
+template <typename T, class Tb, bool kWeightGrad, bool kSplitK>
 __device__ __forceinline__ void backward_tc(const T* __restrict__ dy, const T* __restrict__ y,
                                             const T* __restrict__ b_mat, T* __restrict__ out,
                                             T* __restrict__ db, long long m, long long n,
-                                            long long k, int relu, int accumulate,
-                                            MaskParams mp) {
+                                            long long k, int relu, int accumulate, MaskParams mp,
+                                            float* __restrict__ partial, int splits_arg) {
     constexpr int BM = Tb::kBlockM, BN = Tb::kBlockN, BK = Tb::kBlockK;
     using ATile = typename Tb::OperandA::Tile;
     using Warp = typename Tb::Warp;
@@ -148,6 +167,10 @@ __device__ __forceinline__ void backward_tc(const T* __restrict__ dy, const T* _
     const bool do_gemm = out != nullptr;
     const long long col_tiles = do_gemm ? (k + BN - 1) / BN : 1;
     const long long tiles = (rows + BM - 1) / BM * col_tiles;
+    const long long k_slices = (red + BK - 1) / BK;
+    const int splits = kSplitK ? splits_arg : 1;
+    const bool split = splits > 1;
+    float* const partial_db = split ? partial + (long long)splits * rows * k : nullptr;
     const gemm::GlobalMatrix<T> dy_mat = gemm::global_matrix(dy, m, n);
     const gemm::GlobalMatrix<T> y_mat = gemm::global_matrix(is_relu ? y : nullptr, m, n);
     const gemm::GlobalMatrix<T> b = gemm::global_matrix(b_mat, red, k);
@@ -157,7 +180,10 @@ __device__ __forceinline__ void backward_tc(const T* __restrict__ dy, const T* _
     const int wc0 = warp_id % Tb::kWarpsN * (BN / Tb::kWarpsN);
 
     const long long row_tiles = (rows + BM - 1) / BM;
-    for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    for (long long item = blockIdx.x; item < tiles * splits; item += gridDim.x) {
+        const long long tile = item / splits;
+        const int share = (int)(item % splits);
+        const gemm::Slices slices{share * k_slices / splits, (share + 1) * k_slices / splits};
         // The forward's grouped order: blocks resident at one time share a few row tiles of dY
         // and column tiles of B in L2.
         const gemm::TileCoordOf<long long> coord =
@@ -169,7 +195,7 @@ __device__ __forceinline__ void backward_tc(const T* __restrict__ dy, const T* _
         warp.clear();
         float db_acc = 0.0f;
         Tb::mainloop(
-            warp, pipe, dy_mat, y_mat, b, r0, c0, do_gemm,
+            warp, pipe, dy_mat, y_mat, b, r0, c0, do_gemm, slices,
             [&](long long kt, T* stage) {
                 // The dY tile of slice kt as a block of dY: dX's at (r0, t0), dW's at (t0, r0).
                 const long long t0 = kt * BK;
@@ -231,19 +257,42 @@ __device__ __forceinline__ void backward_tc(const T* __restrict__ dy, const T* _
                         for (int e = 0; e < 2; ++e) {
                             const long long s = c0 + wc0 + 8 * nt + 2 * t4 + e;
                             if (s >= k) continue;
+                            const float sum = warp.acc[mt][nt][2 * h + e];
+                            if (split) {
+                                partial[(share * rows + r) * k + s] = sum;
+                                continue;
+                            }
                             T* dst = out + r * k + s;
                             const float old = accumulate ? Element<T>::to_float(*dst) : 0.0f;
-                            *dst = Element<T>::from_float(old + warp.acc[mt][nt][2 * h + e] * scale);
+                            *dst = Element<T>::from_float(old + sum * scale);
                         }
                     }
                 }
             }
         }
-        if (do_db && tid < BM && r0 + tid < n) {
+        if (do_db && tid < BM && r0 + tid < n && split) {
+            partial_db[share * n + r0 + tid] = db_acc;
+        } else if (do_db && tid < BM && r0 + tid < n) {
             T* dst = db + r0 + tid;
             const float old = accumulate ? Element<T>::to_float(*dst) : 0.0f;
             *dst = Element<T>::from_float(old + db_acc * scale);
         }
+    }
+}
+
+// The split-K gradients: out[i] = round(old + (partial[0][i] + ... + partial[S-1][i]) * scale)
+// for i < count (old: out[i] when accumulating, else 0), the shares added in order, so the result
+// is the same on every run and for every grid. Any 1-D grid (grid-stride).
+template <typename T>
+__device__ __forceinline__ void split_sum(const float* __restrict__ partial, T* __restrict__ out,
+                                          long long count, int splits, float scale,
+                                          int accumulate) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < count;
+         i += (long long)gridDim.x * blockDim.x) {
+        float sum = partial[i];
+        for (int s = 1; s < splits; ++s) sum += partial[s * count + i];
+        const float old = accumulate ? Element<T>::to_float(out[i]) : 0.0f;
+        out[i] = Element<T>::from_float(old + sum * scale);
     }
 }
 
@@ -256,19 +305,22 @@ __device__ __forceinline__ void backward_tc(const T* __restrict__ dy, const T* _
         fusedrop_backward_dx_##NAME##_##SUFFIX(                                                  \
             const T* __restrict__ dy, const T* __restrict__ y, const T* __restrict__ w,          \
             T* __restrict__ dx, long long m, long long n, long long k, int relu, int accumulate, \
-            fusedrop::MaskParams mp) {                                                           \
+            fusedrop::MaskParams mp, float* __restrict__ partial, int splits) {                  \
         fusedrop::backward::backward_tc<                                                         \
-            T, fusedrop::backward::CONFIG::DxThreadblock<T, ALIGNED>, false>(                    \
-            dy, y, w, dx, nullptr, m, n, k, relu, accumulate, mp);                               \
+            T, fusedrop::backward::CONFIG::DxThreadblock<T, ALIGNED>, false,                     \
+            fusedrop::backward::CONFIG::kSplitK>(                                                \
+            dy, y, w, dx, nullptr, m, n, k, relu, accumulate, mp, partial, splits);              \
     }                                                                                            \
     extern "C" __global__ void __launch_bounds__(fusedrop::backward::CONFIG::kThreads, 1)        \
         fusedrop_backward_dw_##NAME##_##SUFFIX(                                                  \
             const T* __restrict__ dy, const T* __restrict__ y, const T* __restrict__ x,          \
             T* __restrict__ dw, T* __restrict__ db, long long m, long long n, long long k,       \
-            int relu, int accumulate, fusedrop::MaskParams mp) {                                 \
+            int relu, int accumulate, fusedrop::MaskParams mp, float* __restrict__ partial,      \
+            int splits) {                                                                        \
         fusedrop::backward::backward_tc<                                                         \
-            T, fusedrop::backward::CONFIG::DwThreadblock<T, ALIGNED>, true>(                     \
-            dy, y, x, dw, db, m, n, k, relu, accumulate, mp);                                    \
+            T, fusedrop::backward::CONFIG::DwThreadblock<T, ALIGNED>, true,                      \
+            fusedrop::backward::CONFIG::kSplitK>(                                                \
+            dy, y, x, dw, db, m, n, k, relu, accumulate, mp, partial, splits);                   \
     }
 
 #define FUSEDROP_BACKWARD_TC_TYPES(CONFIG, NAME)                                  \
@@ -277,12 +329,21 @@ __device__ __forceinline__ void backward_tc(const T* __restrict__ dy, const T* _
     FUSEDROP_BACKWARD_TC(CONFIG, true, NAME##_aligned, f16, __half)               \
     FUSEDROP_BACKWARD_TC(CONFIG, true, NAME##_aligned, bf16, __nv_bfloat16)
 
+#define FUSEDROP_BACKWARD_SPLIT_SUM(SUFFIX, T)                                                  \
+    extern "C" __global__ void __launch_bounds__(fusedrop::launch::split_sum_threads)           \
+        fusedrop_backward_split_sum_##SUFFIX(const float* __restrict__ partial,                 \
+                                             T* __restrict__ out, long long count, int splits,  \
+                                             float scale, int accumulate) {                     \
+        fusedrop::backward::split_sum<T>(partial, out, count, splits, scale, accumulate);       \
+    }
+
 FUSEDROP_BACKWARD_TC_TYPES(Tc128x128, tc128x128)
 FUSEDROP_BACKWARD_TC_TYPES(Tc64x64, tc64x64)
 FUSEDROP_BACKWARD_TC_TYPES(Tc64x32, tc64x32)
+FUSEDROP_BACKWARD_SPLIT_SUM(f16, __half)
+FUSEDROP_BACKWARD_SPLIT_SUM(bf16, __nv_bfloat16)
 
 // The launch numbers the Rust side launches with (src/cuda/launch_table.rs, via build.rs).
-#include "fusedrop_launch_table.h"
 static_assert(fusedrop::launch::matches<fusedrop::backward::Tc128x128>(
                   fusedrop::launch::backward_tc128x128),
               "backward Tc128x128 disagrees with src/cuda/launch_table.rs");

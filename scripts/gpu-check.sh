@@ -62,7 +62,7 @@ fi
 
 # The four compute-sanitizer tools over `selftest --sanitize`, whose shapes take every production
 # path (vector loads and stores, every forward tile, the Hopper forward and backward on a compute
-# capability 9.0 GPU, both tensor-core backward tiles). Each log
+# capability 9.0 GPU, the tensor-core backward tiles and their split-K). Each log
 # goes to $out/<tool>.log; commit them to docs/runs/ with the run.
 if command -v compute-sanitizer >/dev/null 2>&1; then
   for tool in memcheck racecheck synccheck initcheck; do

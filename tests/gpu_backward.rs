@@ -40,6 +40,9 @@ struct Case {
     /// Pass a workspace of `workspace_bytes` (poisoned), so the identity backward with dropout
     /// masks dY once into it.
     workspace: bool,
+    /// Pass a workspace of `backward_workspace_bytes` instead (poisoned), so narrow mma.sync
+    /// products also split their reduction.
+    split_workspace: bool,
 }
 
 const ALL_OUTPUTS: Case = Case {
@@ -51,6 +54,7 @@ const ALL_OUTPUTS: Case = Case {
     kernel: BackwardKernel::Auto,
     nonfinite: false,
     workspace: false,
+    split_workspace: false,
 };
 
 /// Values in ±[0.25, 2): never zero, both signs.
@@ -160,8 +164,14 @@ fn run_gpu<T: Element>(
     };
     // Poisoned with NaN bytes, so that a product reading workspace the pre-pass did not write
     // shows.
-    let mut workspace = case.workspace.then(|| {
-        let bytes = backward::workspace_bytes::<T>(spec);
+    let mut workspace = (case.workspace || case.split_workspace).then(|| {
+        let bytes = if case.split_workspace {
+            kernels
+                .backward_workspace_bytes::<T>(spec, case.kernel)
+                .unwrap()
+        } else {
+            backward::workspace_bytes::<T>(spec)
+        };
         kernels
             .stream()
             .clone_htod(&vec![0xFFu8; bytes.max(1)])
@@ -413,6 +423,56 @@ fn tensor_core_kernels_match_reference_with_every_tile() {
             tiles_run.iter().any(|t| t.starts_with(tile)),
             "no product took {tile}: {tiles_run:?}"
         );
+    }
+}
+
+/// Split-K on the mma.sync kernels: a narrow dX (64 x 256 outputs over n = 4096) and a narrow
+/// dW (64 x 256 over m = 4096), with the workspace `backward_workspace_bytes` asks for
+/// (poisoned, so a partial sum never written shows), both activations (the identity's mask
+/// pre-pass shares the workspace), overwriting and accumulating; then bit-identical twice.
+#[test]
+fn tensor_core_split_k_for_narrow_products() {
+    let Some(kernels) = gpu() else { return };
+    let case = Case {
+        kernel: BackwardKernel::TensorCore,
+        split_workspace: true,
+        ..ALL_OUTPUTS
+    };
+    for (m, n, k, narrow) in [(64, 4096, 256, "dX"), (4096, 64, 256, "dW")] {
+        let shape = LinearShape::new(m, n, k);
+        for nonlinearity in [Nonlinearity::Relu, Nonlinearity::Identity] {
+            let unsplit = kernels
+                .backward_kernels_for::<f16>(shape, nonlinearity, BackwardKernel::TensorCore)
+                .unwrap();
+            assert_eq!((unsplit.dx_splits, unsplit.dw_splits), (1, 1), "{unsplit}");
+            let choice = kernels
+                .backward_kernels_with_workspace_for::<f16>(
+                    shape,
+                    nonlinearity,
+                    BackwardKernel::TensorCore,
+                )
+                .unwrap();
+            let splits = if narrow == "dX" {
+                choice.dx_splits
+            } else {
+                choice.dw_splits
+            };
+            assert!(splits > 1, "{shape:?}: {choice} does not split {narrow}");
+            let spec = LayerSpec::new(shape, nonlinearity, DropoutSpec::new(0.1, 23, 6));
+            for accumulate in [false, true] {
+                let case = Case { accumulate, ..case };
+                check::<f16>(&kernels, &spec, case);
+                check::<bf16>(&kernels, &spec, case);
+            }
+            let mut rng = StdRng::seed_from_u64(5);
+            let inputs = inputs::<bf16>(&spec, false, &mut rng);
+            let initial = poisoned_gradients::<bf16>(shape);
+            let first = run_gpu(&kernels, &spec, &inputs, &initial, case);
+            let again = run_gpu(&kernels, &spec, &inputs, &initial, case);
+            assert_eq!(bits(&first.dx), bits(&again.dx), "{shape:?}: dX differs");
+            assert_eq!(bits(&first.dw), bits(&again.dw), "{shape:?}: dW differs");
+            assert_eq!(bits(&first.db), bits(&again.db), "{shape:?}: db differs");
+        }
     }
 }
 

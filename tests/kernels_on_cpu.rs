@@ -1249,6 +1249,9 @@ struct BackwardCase {
     seed_subsequence: Option<(u64, u64)>,
     /// The (seed, subsequence) pair read from a device buffer (`MaskParams::seed_subsequence`).
     device_seed: bool,
+    /// Blocks per output tile of the mma.sync kernels' split-K (1: no split), each writing its
+    /// share to a poisoned f32 workspace that the split sum then adds.
+    splits: u32,
 }
 
 fn backward_cases() -> Vec<BackwardCase> {
@@ -1281,6 +1284,7 @@ fn backward_cases() -> Vec<BackwardCase> {
                 nonfinite: false,
                 seed_subsequence: None,
                 device_seed: false,
+                splits: 1,
             });
         }
     }
@@ -1299,6 +1303,7 @@ fn backward_cases() -> Vec<BackwardCase> {
         nonfinite: false,
         seed_subsequence: None,
         device_seed: false,
+        splits: 1,
     };
     cases.push(base);
     cases.push(BackwardCase {
@@ -1476,6 +1481,17 @@ fn check_backward_cases<T: Raw>(
                 launch.int("grid_x", g);
             }
         }
+        if case.splits > 1 {
+            let s = case.splits as usize;
+            dx.int("splits", case.splits)
+                .buffer("partial", &poisoned::<f32>(s * m * k), 0, false);
+            dw.int("splits", case.splits).buffer(
+                "partial",
+                &poisoned::<f32>(s * (n * k + n)),
+                0,
+                false,
+            );
+        }
         dx.buffer("w", &w, 0, false).buffer("dx", &dx0, 0, true);
         dw.buffer("x", &x, 0, false).buffer("db", &db0, 0, true);
         if case.weight_grad {
@@ -1575,6 +1591,45 @@ fn backward_tc64x32_matches_reference() {
     );
 }
 
+/// Split-K on the mma.sync kernels that can split (64 x 64, 64 x 32; general and aligned): each
+/// output tile's reduction shared by 2, 3 or 4 blocks whose f32 partial sums (in a poisoned
+/// workspace) the split sum adds, scales and rounds, on every backward case (shares of no slice
+/// among them: 3 shares of a 40-long reduction's 2 slices; grids of 1 and 3 blocks walking the
+/// work items; accumulation; db without dW).
+#[test]
+fn backward_tc_split_k_matches_reference() {
+    let split = |cases: Vec<BackwardCase>, splits: u32| -> Vec<BackwardCase> {
+        cases
+            .into_iter()
+            .map(|c| BackwardCase { splits, ..c })
+            .collect()
+    };
+    check_backward_cases::<f16>(
+        "backward_tc",
+        "tc64x64",
+        &split(backward_cases(), 2),
+        0x5C16,
+    );
+    check_backward_cases::<bf16>(
+        "backward_tc",
+        "tc64x32",
+        &split(backward_cases(), 3),
+        0x5CBF,
+    );
+    check_backward_cases::<bf16>(
+        "backward_tc",
+        "tc64x64_aligned",
+        &split(aligned_backward_cases(), 4),
+        0x5CA1,
+    );
+    check_backward_cases::<f16>(
+        "backward_tc",
+        "tc64x32_aligned",
+        &split(aligned_backward_cases(), 3),
+        0x5CA2,
+    );
+}
+
 /// The backward cases the Hopper kernels take: every case above with n and k rounded up to
 /// multiples of 8 (TMA's row-stride rule; the wrapper sends other shapes to backward_tc) and dW
 /// requested (db-only calls take backward_tc too), each on 3 persistent blocks unless it names a
@@ -1606,6 +1661,7 @@ fn hopper_backward_cases() -> Vec<BackwardCase> {
         nonfinite: false,
         seed_subsequence: None,
         device_seed: false,
+        splits: 1,
     };
     cases.push(base);
     cases.push(BackwardCase {
@@ -1624,6 +1680,7 @@ fn hopper_backward_cases() -> Vec<BackwardCase> {
             n_global: Some(1001),
         },
         device_seed: true,
+        splits: 1,
         ..base
     });
     cases

@@ -55,6 +55,13 @@ __device__ __forceinline__ GlobalMatrix<T> global_matrix(const T* data, long lon
                            reinterpret_cast<uintptr_t>(data) % 16 == 0 && cols % 8 == 0};
 }
 
+// Reduction slices [begin, end) of a main loop (slice s: reduction indices s * BK ..): the
+// whole reduction, or a split-K share of it.
+struct Slices {
+    long long begin;
+    long long end;
+};
+
 template <typename T, int BM, int BN, int BK, int WM, int WN, int STAGES,
           Major kMajorA = Major::K, Major kMajorB = Major::K, bool kSideA = false,
           int kFragBuffers = 1, bool kAligned = false, bool kSpreadCopies = false>
@@ -175,9 +182,10 @@ struct ThreadblockTc {
         if (multiply) load_operand<OperandB>(stage + kOffsetB, b, b0, k0, part, parts);
     }
 
-    // warp.acc += A[a0.., :] · B[:, b0..] for this warp's part of the tile, over the whole
-    // reduction (a's columns if K-major, its rows if MN-major). Leaves every copy complete and
-    // every warp past its last read of the pipeline (shared memory is free).
+    // warp.acc += A[a0.., red] · B[red, b0..] for this warp's part of the tile, over the
+    // reduction indices red of `slices` (a's columns if K-major, its rows if MN-major; the whole
+    // reduction, or a split-K share of it). Leaves every copy complete and every warp past its
+    // last read of the pipeline (shared memory is free).
     // `prepare(kt, stage)` runs on every thread once slice kt has landed in `stage` and is
     // visible to the block, before any warp reads it (the backward forms dZ there, or sums db);
     // whatever it writes it must publish with __syncthreads itself.
@@ -191,18 +199,18 @@ struct ThreadblockTc {
                                                     const GlobalMatrix<T>& side,
                                                     const GlobalMatrix<T>& b, long long a0,
                                                     long long b0, bool multiply,
-                                                    Prepare&& prepare, TransformA&& transform_a) {
+                                                    Slices slices, Prepare&& prepare,
+                                                    TransformA&& transform_a) {
         const int warp_id = (int)threadIdx.x / 32;
         const int lane = (int)threadIdx.x % 32;
         const int warp_m = warp_id / kWarpsN;
         const int warp_n = warp_id % kWarpsN;
-        const long long red = kMajorA == Major::K ? a.cols : a.rows;
-        const long long k_tiles = (red + BK - 1) / BK;
+        const long long first = slices.begin, end = slices.end;
 
 #pragma unroll
         for (int s = 0; s < STAGES - 1; ++s) {
-            if (s < k_tiles) {
-                load_stage(smem + s * kStageElems, a, side, b, a0, b0, (long long)s * BK,
+            if (first + s < end) {
+                load_stage(smem + s * kStageElems, a, side, b, a0, b0, (first + s) * BK,
                            multiply);
             }
             ptx::cp_async_commit();
@@ -217,7 +225,7 @@ struct ThreadblockTc {
         // Issues share `part` of the current slice's refill (kSpreadCopies, with the mmas of
         // step `part`), committing the group after the last share.
         auto refill_share = [&](int part) {
-            if (refill_slice < k_tiles) {
+            if (refill_slice < end) {
                 load_stage(refill, a, side, b, a0, b0, refill_slice * BK, multiply, part, kSteps);
             }
             if (part == kSteps - 1) ptx::cp_async_commit();
@@ -236,7 +244,7 @@ struct ThreadblockTc {
             refill = smem + write_stage * kStageElems;
             refill_slice = kt + STAGES - 1;
             if (!spread) {
-                if (refill_slice < k_tiles) {
+                if (refill_slice < end) {
                     load_stage(refill, a, side, b, a0, b0, refill_slice * BK, multiply);
                 }
                 ptx::cp_async_commit();
@@ -256,7 +264,7 @@ struct ThreadblockTc {
             transform_a(frag.a, stage, k16 * 16, kt * BK + k16 * 16);
         };
         if constexpr (kFragBuffers == 1) {
-            for (long long kt = 0; kt < k_tiles; ++kt) {
+            for (long long kt = first; kt < end; ++kt) {
                 const T* stage = begin_slice(kt);
                 if (multiply) {
 #pragma unroll
@@ -274,16 +282,16 @@ struct ThreadblockTc {
             // the next slice into frag[0] once that slice has begun.
             typename Warp::Fragments frag[2];
             const T* stage = nullptr;
-            if (k_tiles > 0) {
-                stage = begin_slice(0);
-                if (multiply) load_step(frag[0], stage, 0, 0);
+            if (first < end) {
+                stage = begin_slice(first);
+                if (multiply) load_step(frag[0], stage, first, 0);
             }
-            for (long long kt = 0; kt < k_tiles; ++kt) {
+            for (long long kt = first; kt < end; ++kt) {
 #pragma unroll
                 for (int k16 = 0; k16 < kSteps; ++k16) {
                     if (k16 + 1 < kSteps) {
                         if (multiply) load_step(frag[(k16 + 1) % 2], stage, kt, k16 + 1);
-                    } else if (kt + 1 < k_tiles) {
+                    } else if (kt + 1 < end) {
                         stage = begin_slice(kt + 1);
                         if (multiply) load_step(frag[0], stage, kt + 1, 0);
                     }
@@ -301,6 +309,7 @@ struct ThreadblockTc {
                                                     const GlobalMatrix<T>& b, long long a0,
                                                     long long b0) {
         mainloop(warp, smem, a, GlobalMatrix<T>{nullptr, 0, 0, false}, b, a0, b0, true,
+                 Slices{0, ((kMajorA == Major::K ? a.cols : a.rows) + BK - 1) / BK},
                  [](long long, T*) {},
                  [](uint32_t(&)[Warp::kMTiles][4], const T*, int, long long) {});
     }

@@ -9,9 +9,10 @@
 //! [`BackwardOptions::workspace`], applied to dY once by a pre-pass that writes `dY * keep` there
 //! for both products to read). Then `dX = dZ·W`,
 //! `dW = dZᵀ·X` and `db` = the column sums of dZ, each accumulated in f32, each output element
-//! reduced in a fixed order (by one thread, or for the Hopper split-K configs by the blocks of a
-//! cluster whose partial sums are added in rank order): the same inputs give bit-identical
-//! outputs.
+//! reduced in a fixed order (by one thread; for the Hopper split-K configs by the blocks of a
+//! cluster whose partial sums are added in rank order; for the mma.sync split-K by blocks whose
+//! partial sums, kept in the caller's workspace, a sum kernel adds in share order): the same
+//! inputs give bit-identical outputs.
 
 use cudarc::driver::{
     CudaFunction, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
@@ -38,8 +39,14 @@ struct Config {
     block_n: u64,
     threads: u32,
     smem_bytes: u32,
-    /// Blocks per output tile: the split-K cluster size of the Hopper split configs, else 1.
+    /// Blocks per output tile: the split-K cluster size of the Hopper split configs; for the
+    /// mma.sync configs, the split-K shares the wrapper chose (`tensor_core_split_for`); else 1.
     splits: u64,
+    /// Whether the kernels take the split-K pair (`float* partial, int splits`) after their
+    /// MaskParams (kernels/backward_tc.cu).
+    split_args: bool,
+    /// Whether the kernels split when asked (`kSplitK`: the mma.sync 64 x 64 and 64 x 32).
+    can_split: bool,
     /// Whether the config also has `fusedrop_backward_{dx,dw}_<config>_aligned_<dtype>`, for
     /// operands the host found 16-byte aligned with n and k multiples of 8 (the mma.sync
     /// configs: cp.async only, no element-load path or run-time branch in the main loop).
@@ -51,11 +58,16 @@ const MAX_BLOCKS: u64 = launch_table::BACKWARD_MAX_BLOCKS as u64;
 
 const SIMT: Config = Config::new("backward_simt", "simt", launch_table::BACKWARD_SIMT);
 const TC128X128: Config =
-    Config::new("backward_tc", "tc128x128", launch_table::BACKWARD_TC128X128).with_aligned();
+    Config::new("backward_tc", "tc128x128", launch_table::BACKWARD_TC128X128).mma_sync(false);
 const TC64X64: Config =
-    Config::new("backward_tc", "tc64x64", launch_table::BACKWARD_TC64X64).with_aligned();
+    Config::new("backward_tc", "tc64x64", launch_table::BACKWARD_TC64X64).mma_sync(true);
 const TC64X32: Config =
-    Config::new("backward_tc", "tc64x32", launch_table::BACKWARD_TC64X32).with_aligned();
+    Config::new("backward_tc", "tc64x32", launch_table::BACKWARD_TC64X32).mma_sync(true);
+/// Most shares one output tile's reduction is split into on the mma.sync kernels.
+const MAX_TC_SPLITS: u64 = 4;
+/// Fewest 32-deep reduction slices an mma.sync split-K share gets (so that its main loop still
+/// fills its 3-stage pipeline many times over).
+const MIN_TC_SLICES_PER_SPLIT: u64 = 8;
 const WG128X256: Config = Config::new(
     "backward_sm90",
     "wg128x256",
@@ -99,14 +111,19 @@ impl Config {
             threads: n.threads,
             smem_bytes: n.smem_bytes,
             splits: n.cluster as u64,
+            split_args: false,
+            can_split: false,
             has_aligned: false,
         }
     }
 
-    /// The config with its aligned-operand kernels (`has_aligned`).
-    const fn with_aligned(self) -> Config {
+    /// An mma.sync config (kernels/backward_tc.cu): aligned-operand kernels, the split-K
+    /// arguments, and whether it splits.
+    const fn mma_sync(self, can_split: bool) -> Config {
         Config {
             has_aligned: true,
+            split_args: true,
+            can_split,
             ..self
         }
     }
@@ -116,10 +133,11 @@ impl Config {
         (rows as u64).div_ceil(self.block_m) * (cols as u64).div_ceil(self.block_n)
     }
 
-    /// The launch over `tiles` output tiles (grid-stride beyond `MAX_BLOCKS`).
+    /// The launch over `tiles` output tiles, `splits` blocks each (grid-stride beyond
+    /// `MAX_BLOCKS`).
     fn launch_config(self, tiles: u64) -> LaunchConfig {
         LaunchConfig {
-            grid_dim: (tiles.clamp(1, MAX_BLOCKS) as u32, 1, 1),
+            grid_dim: ((tiles * self.splits).clamp(1, MAX_BLOCKS) as u32, 1, 1),
             block_dim: (self.threads, 1, 1),
             shared_mem_bytes: self.smem_bytes,
         }
@@ -167,6 +185,55 @@ impl Config {
             .find(|c| c.tiles(rows, cols) >= sm_count as u64)
             .unwrap_or(TC64X32)
     }
+
+    /// The tensor-core tile and split-K shares for a product with `rows` x `cols` outputs over
+    /// a reduction of `reduction`, when the call has a workspace for the partial sums: as
+    /// `tensor_core_for` while that fills the GPU; below, among 64 x 64 and 64 x 32 tiles split
+    /// into as many shares as fit in one wave (at most `MAX_TC_SPLITS`, each of at least
+    /// `MIN_TC_SLICES_PER_SPLIT` slices), the most blocks, then the larger tile (more reuse per
+    /// block). wide's dW on 132 multiprocessors: 64 tiles of 64 x 64 in 2 shares (128 blocks,
+    /// each over 16384 rows) rather than 128 unsplit tiles of 64 x 32.
+    fn tensor_core_split_for(
+        rows: usize,
+        cols: usize,
+        reduction: usize,
+        sm_count: usize,
+    ) -> Config {
+        let unsplit = Config::tensor_core_for(rows, cols, sm_count);
+        let wave = sm_count.max(1) as u64;
+        if unsplit.tiles(rows, cols) >= wave {
+            return unsplit;
+        }
+        let most = (reduction as u64).div_ceil(32) / MIN_TC_SLICES_PER_SPLIT;
+        [TC64X64, TC64X32]
+            .into_iter()
+            .map(|c| Config {
+                splits: (wave / c.tiles(rows, cols).max(1))
+                    .min(MAX_TC_SPLITS)
+                    .min(most)
+                    .max(1),
+                ..c
+            })
+            .max_by_key(|c| (c.tiles(rows, cols) * c.splits, c.block_m * c.block_n))
+            .unwrap_or(unsplit)
+    }
+
+    /// The f32 workspace bytes of this config's split-K partial sums for a product with
+    /// `rows` x `cols` outputs (plus `db` column sums for dW with db): none when unsplit.
+    fn partial_bytes(self, rows: usize, cols: usize, db: usize) -> usize {
+        if self.splits <= 1 || !self.can_split {
+            return 0;
+        }
+        (self.splits as usize)
+            .saturating_mul(rows.saturating_mul(cols).saturating_add(db))
+            .saturating_mul(std::mem::size_of::<f32>())
+    }
+}
+
+/// Where the split-K partial sums start in the workspace: after dY times the mask (when the call
+/// writes it there), at a 256-byte boundary.
+fn partial_offset(mask_bytes: usize) -> usize {
+    mask_bytes.next_multiple_of(256)
 }
 
 /// The kernel `fusedrop_backward_<what>_<config>_<dtype>` (with `aligned`,
@@ -197,10 +264,10 @@ enum Path {
 }
 
 impl Path {
-    /// The config's name (`wg128x256`, `tc64x64`, `simt`, ...).
-    fn name(self) -> &'static str {
+    /// The config.
+    fn config(self) -> Config {
         match self {
-            Path::Hopper(config) | Path::Classic(config) => config.name,
+            Path::Hopper(config) | Path::Classic(config) => config,
         }
     }
 }
@@ -215,6 +282,9 @@ struct Chooser<'a> {
     hopper_possible: bool,
     shape: LinearShape,
     dtype: &'static str,
+    /// Whether the mma.sync kernels may split narrow products' reductions (the call has a
+    /// workspace for the partial sums).
+    split_k: bool,
 }
 
 impl<'a> Chooser<'a> {
@@ -255,11 +325,13 @@ impl<'a> Chooser<'a> {
             hopper_possible,
             shape,
             dtype: T::NAME,
+            split_k: true,
         })
     }
 
-    /// The mma.sync or SIMT kernel's tile for a product with `rows` x `cols` outputs.
-    fn classic(&self, rows: usize, cols: usize) -> Result<Config> {
+    /// The mma.sync or SIMT kernel's tile for a product with `rows` x `cols` outputs over a
+    /// reduction of `reduction` (split when `split`).
+    fn classic(&self, rows: usize, cols: usize, reduction: usize, split: bool) -> Result<Config> {
         if self.family == BackwardKernel::Simt {
             return Ok(SIMT);
         }
@@ -270,7 +342,12 @@ impl<'a> Chooser<'a> {
                 self.dtype
             ),
         )?;
-        Ok(Config::tensor_core_for(rows, cols, self.kernels.sm_count()))
+        let sm_count = self.kernels.sm_count();
+        Ok(if split {
+            Config::tensor_core_split_for(rows, cols, reduction, sm_count)
+        } else {
+            Config::tensor_core_for(rows, cols, sm_count)
+        })
     }
 
     /// The kernel for a product with `rows` x k outputs whose operands besides dY (at `dy_ptr`)
@@ -284,18 +361,23 @@ impl<'a> Chooser<'a> {
         y_ptr: Option<u64>,
     ) -> Result<Path> {
         let LinearShape { m, n, k } = self.shape;
+        // The other operand's rows are the product's reduction (n for dX, m for dW).
+        let (what, ptr, op_rows, op_cols) = operand;
         // An empty dY (an empty reduction for one of the products) leaves nothing to multiply:
         // the classic kernels' empty reductions zero-fill the gradients (or leave them, when
         // accumulating), whatever the kernel family asked for.
         if !self.hopper_possible || m == 0 || n == 0 {
-            return Ok(Path::Classic(self.classic(rows, k)?));
+            return Ok(Path::Classic(self.classic(
+                rows,
+                k,
+                op_rows,
+                self.split_k,
+            )?));
         }
-        let (what, ptr, op_rows, op_cols) = operand;
         let fits = tensor_map::operand_fits(dy_ptr, m, n)
             && y_ptr.is_none_or(|y| tensor_map::operand_fits(y, m, n))
             && tensor_map::operand_fits(ptr, op_rows, op_cols)
             && WG128X128.tiles(rows, k) <= i32::MAX as u64;
-        // The other operand's rows are the product's reduction (n for dX, m for dW).
         let chosen = Config::hopper_for(rows, k, op_rows, self.kernels.sm_count());
         if self.family == BackwardKernel::Hopper {
             if !fits {
@@ -310,25 +392,48 @@ impl<'a> Chooser<'a> {
         }
         match chosen.filter(|_| fits) {
             Some(config) => Ok(Path::Hopper(config)),
-            None => Ok(Path::Classic(self.classic(rows, k)?)),
+            None => Ok(Path::Classic(self.classic(
+                rows,
+                k,
+                op_rows,
+                self.split_k,
+            )?)),
         }
     }
 }
 
 /// The kernels a backward call runs for each product, by configuration name (`wg128x256`,
 /// `wg128x128`, `wg128x128s2` ...: kernels/backward_sm90.cu; `tc128x128`, `tc64x64`,
-/// `tc64x32`: kernels/backward_tc.cu; `simt`: kernels/backward_simt.cu).
+/// `tc64x32`: kernels/backward_tc.cu; `simt`: kernels/backward_simt.cu), and the blocks each
+/// output tile's reduction is split over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackwardChoice {
     /// The dX product's kernel.
     pub dx: &'static str,
     /// The dW (and db) product's kernel.
     pub dw: &'static str,
+    /// Split-K of dX: 1 (none), the cluster size of a Hopper split config (`wg128x128s4`: 4),
+    /// or the shares of a split mma.sync product (only with a workspace:
+    /// [`LayerKernels::backward_kernels_with_workspace_for`]).
+    pub dx_splits: u32,
+    /// Split-K of dW and db, as `dx_splits`.
+    pub dw_splits: u32,
 }
 
 impl std::fmt::Display for BackwardChoice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "dX {}, dW {}", self.dx, self.dw)
+        let split = |splits: u32| match splits {
+            1 => String::new(),
+            s => format!(" (k split {s})"),
+        };
+        write!(
+            f,
+            "dX {}{}, dW {}{}",
+            self.dx,
+            split(self.dx_splits),
+            self.dw,
+            split(self.dw_splits)
+        )
     }
 }
 
@@ -376,19 +481,25 @@ pub struct BackwardOptions<'a> {
     /// (the forward's `record` buffer when it used [`SeedSource::DeviceRecorded`], which the
     /// backward rejects).
     pub seed: SeedSource<'a>,
-    /// Scratch device memory for the identity activation with dropout, at least
-    /// [`workspace_bytes`] long and 16-byte aligned (as every cudarc allocation is). With it the
-    /// call first writes `dY * keep` once into the workspace (kernels/dropout.cu with scale 1)
-    /// and both products read that, instead of each redrawing the mask from Philox once per
-    /// column tile. The gradients are bit-identical either way; which is faster depends on the
-    /// shape (docs/BACKWARD.md). Ignored when [`workspace_bytes`] is 0 (ReLU, or p = 0), where
-    /// no mask is drawn for the products to share.
+    /// Scratch device memory, 16-byte aligned (as every cudarc allocation is);
+    /// [`LayerKernels::backward_workspace_bytes`] says how much a call can use.
+    ///
+    /// - For the identity activation with dropout, its first [`workspace_bytes`] (an error if
+    ///   shorter): the call first writes `dY * keep` there once (kernels/dropout.cu with scale 1)
+    ///   and both products read that, instead of each redrawing the mask from Philox once per
+    ///   column tile. The gradients are bit-identical either way; which is faster depends on the
+    ///   shape (docs/BACKWARD.md).
+    /// - After that (from the next multiple of 256 bytes), the f32 partial sums of the narrow
+    ///   products the mma.sync kernels split over several blocks per output tile (split-K, summed
+    ///   in a fixed order: bit-identical run to run, though not to the unsplit kernels). A
+    ///   workspace too short for them runs those products unsplit.
     pub workspace: Option<CudaViewMut<'a, u8>>,
 }
 
-/// The bytes of [`BackwardOptions::workspace`] a backward call of `spec` with element type `T`
-/// can use: `m * n * size_of::<T>()` for the identity activation with p > 0 (room for dY times
-/// the mask), 0 otherwise (the workspace would be ignored).
+/// The bytes of [`BackwardOptions::workspace`] that hold dY times the mask for a backward call of
+/// `spec` with element type `T`: `m * n * size_of::<T>()` for the identity activation with
+/// p > 0, 0 otherwise. The whole workspace a call can use, split-K's partial sums included, is
+/// [`LayerKernels::backward_workspace_bytes`].
 pub fn workspace_bytes<T: Element>(spec: &LayerSpec) -> usize {
     let LinearShape { m, n, .. } = spec.shape;
     if spec.nonlinearity == Nonlinearity::Identity && crate::mask::threshold(spec.dropout.p) != 0 {
@@ -434,7 +545,43 @@ struct Product {
     out: u64,
     /// dW's kernel takes db (null when not asked for) after dW; dX's kernel has no such argument.
     db: Option<u64>,
+    /// The mma.sync kernels' last two arguments: the partial sums' address (0 unless split)
+    /// and the shares per output tile.
+    split_args: Option<(u64, i32)>,
+    /// The split sums to queue after the product, when it is split.
+    sums: Option<SplitSums>,
     launch: LaunchConfig,
+}
+
+/// Where one product writes: its gradient (0 when only db is asked for), db (dW's kernel only;
+/// 0 when not asked for), and the workspace's partial-sum area (0 without a workspace).
+struct ProductOutputs {
+    out: u64,
+    db: Option<u64>,
+    partial: u64,
+}
+
+/// The `fusedrop_backward_split_sum_<dtype>` launches after a split product: per gradient,
+/// (gradient, its shares in the partial area, element count).
+struct SplitSums {
+    function: CudaFunction,
+    splits: i32,
+    outputs: Vec<(u64, u64, usize)>,
+}
+
+/// The split sum's launch over `count` elements: one per thread, grid-stride beyond
+/// `MAX_BLOCKS` blocks.
+fn split_sum_launch(count: usize) -> LaunchConfig {
+    let threads = launch_table::SPLIT_SUM_THREADS;
+    LaunchConfig {
+        grid_dim: (
+            (count as u64).div_ceil(threads as u64).clamp(1, MAX_BLOCKS) as u32,
+            1,
+            1,
+        ),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 /// The pointers one backward product reads, besides the mask parameters.
@@ -451,24 +598,90 @@ struct ProductInputs {
 
 impl LayerKernels {
     /// The kernels [`LayerKernels::backward`] would run for a layer of `shape` and
-    /// `nonlinearity` with `kernel`, on this GPU, for buffers that start 16-byte aligned (as
-    /// every cudarc allocation does) and with dX, dW and db requested. Errors as the backward
-    /// does for a family that cannot run.
+    /// `nonlinearity` with `kernel` and no workspace, on this GPU, for buffers that start 16-byte
+    /// aligned (as every cudarc allocation does) and with dX, dW and db requested. Errors as the
+    /// backward does for a family that cannot run.
     pub fn backward_kernels_for<T: Element>(
         &self,
         shape: LinearShape,
         nonlinearity: Nonlinearity,
         kernel: BackwardKernel,
     ) -> Result<BackwardChoice> {
-        let chooser = Chooser::new::<T>(self, kernel, shape)?;
+        self.backward_choice::<T>(shape, nonlinearity, kernel, false)
+    }
+
+    /// [`LayerKernels::backward_kernels_for`] for a call with a workspace of
+    /// [`LayerKernels::backward_workspace_bytes`], where narrow mma.sync products split their
+    /// reduction (`dx_splits`, `dw_splits`).
+    pub fn backward_kernels_with_workspace_for<T: Element>(
+        &self,
+        shape: LinearShape,
+        nonlinearity: Nonlinearity,
+        kernel: BackwardKernel,
+    ) -> Result<BackwardChoice> {
+        self.backward_choice::<T>(shape, nonlinearity, kernel, true)
+    }
+
+    fn backward_choice<T: Element>(
+        &self,
+        shape: LinearShape,
+        nonlinearity: Nonlinearity,
+        kernel: BackwardKernel,
+        split_k: bool,
+    ) -> Result<BackwardChoice> {
+        let (dx, dw) = self.backward_paths::<T>(shape, nonlinearity, kernel, split_k)?;
+        let (dx, dw) = (dx.config(), dw.config());
+        Ok(BackwardChoice {
+            dx: dx.name,
+            dw: dw.name,
+            dx_splits: dx.splits as u32,
+            dw_splits: dw.splits as u32,
+        })
+    }
+
+    /// The bytes of [`BackwardOptions::workspace`] a backward call of `spec` with element type
+    /// `T` and `kernel` can use on this GPU (for buffers that start 16-byte aligned, with dX, dW
+    /// and db requested): [`workspace_bytes`] for dY times the mask (the identity activation with
+    /// p > 0), then, from the next multiple of 256 bytes, the f32 partial sums of the products
+    /// the mma.sync kernels split (narrow products with fewer tiles than the GPU has
+    /// multiprocessors; docs/BACKWARD.md, "Split-K on the mma.sync kernels"); 0 when neither
+    /// applies. The activation comes from `spec` (ReLU's saved Y plays no part in the size).
+    /// Errors as the backward does for a family that cannot run.
+    pub fn backward_workspace_bytes<T: Element>(
+        &self,
+        spec: &LayerSpec,
+        kernel: BackwardKernel,
+    ) -> Result<usize> {
+        let LinearShape { m, n, k } = spec.shape;
+        let (dx, dw) = self.backward_paths::<T>(spec.shape, spec.nonlinearity, kernel, true)?;
+        let mask = workspace_bytes::<T>(spec);
+        let partial = dx
+            .config()
+            .partial_bytes(m, k, 0)
+            .max(dw.config().partial_bytes(n, k, n));
+        Ok(if partial == 0 {
+            mask
+        } else {
+            partial_offset(mask).saturating_add(partial)
+        })
+    }
+
+    /// Both products' paths for 16-byte aligned buffers, the mma.sync ones split where
+    /// `split_k` (a workspace for the partial sums) allows.
+    fn backward_paths<T: Element>(
+        &self,
+        shape: LinearShape,
+        nonlinearity: Nonlinearity,
+        kernel: BackwardKernel,
+        split_k: bool,
+    ) -> Result<(Path, Path)> {
+        let mut chooser = Chooser::new::<T>(self, kernel, shape)?;
+        chooser.split_k = split_k;
         let y = (nonlinearity == Nonlinearity::Relu).then_some(0);
         let LinearShape { m, n, k } = shape;
         let dx = chooser.choose("dX", m, ("W", 0, n, k), 0, y)?;
         let dw = chooser.choose("dW", n, ("X", 0, m, k), 0, y)?;
-        Ok(BackwardChoice {
-            dx: dx.name(),
-            dw: dw.name(),
-        })
+        Ok((dx, dw))
     }
 
     /// Queues the backward pass of the layer `spec` on the handle's stream.
@@ -572,7 +785,7 @@ impl LayerKernels {
         ));
         }
         let relu = spec.nonlinearity == Nonlinearity::Relu;
-        let chooser = Chooser::new::<T>(self, kernel, spec.shape)?;
+        let mut chooser = Chooser::new::<T>(self, kernel, spec.shape)?;
         let mut params = MaskParams::new(&spec.dropout, &spec.geometry, n);
         // Identity redraws the whole mask; ReLU redraws it only where the saved Y is NaN.
         let _seed_guards = params.read_seed_from(seed, stream);
@@ -588,40 +801,44 @@ impl LayerKernels {
         let want_dx = dx.is_some() && m > 0;
         let want_dw = (have_dw || db.is_some()) && n > 0;
 
-        // The identity backward with a workspace: the products read dY * keep from it, with the
-        // mask switched off in their parameters (the scale stays: it is applied as before).
+        // The workspace: dY * keep for the identity with p > 0 (the products then read it, with
+        // the mask switched off in their parameters; the scale stays: it is applied as before),
+        // and after it the split-K partial sums of narrow mma.sync products.
         let needed = workspace_bytes::<T>(spec);
         let premask = needed > 0 && m > 0 && n > 0 && (want_dx || want_dw);
-        let (workspace_ptr, _workspace_guard) = match workspace.as_mut().filter(|_| premask) {
-            Some(ws) => {
-                if ws.len() < needed {
-                    return Err(invalid!(
-                        "the backward workspace has {} bytes; expected at least {needed} \
-                         (m*n*{} = {m}*{n}*{}: dY times the mask, workspace_bytes)",
-                        ws.len(),
-                        std::mem::size_of::<T>(),
-                        std::mem::size_of::<T>()
-                    ));
+        let workspace_len = workspace.as_ref().map_or(0, |ws| ws.len());
+        let (workspace_ptr, _workspace_guard) =
+            match workspace.as_mut().filter(|_| want_dx || want_dw) {
+                Some(ws) => {
+                    if premask && ws.len() < needed {
+                        return Err(invalid!(
+                            "the backward workspace has {} bytes; expected at least {needed} \
+                             (m*n*{} = {m}*{n}*{}: dY times the mask, workspace_bytes)",
+                            ws.len(),
+                            std::mem::size_of::<T>(),
+                            std::mem::size_of::<T>()
+                        ));
+                    }
+                    let (ptr, guard) = ws.device_ptr_mut(stream);
+                    if ptr % 16 != 0 {
+                        return Err(invalid!(
+                            "the backward workspace starts at {ptr:#x}; expected a 16-byte \
+                             aligned address (a cudarc allocation, or a view of one at a multiple \
+                             of 16 bytes)"
+                        ));
+                    }
+                    (Some(ptr), Some(guard))
                 }
-                let (ptr, guard) = ws.device_ptr_mut(stream);
-                if ptr % 16 != 0 {
-                    return Err(invalid!(
-                        "the backward workspace starts at {ptr:#x}; expected a 16-byte aligned \
-                         address (a cudarc allocation, or a view of one at a multiple of 16 bytes)"
-                    ));
-                }
-                (Some(ptr), Some(guard))
-            }
-            None => (None, None),
-        };
+                None => (None, None),
+            };
         let mut product_params = params;
-        let product_dy = match workspace_ptr {
+        let (product_dy, mask_bytes) = match workspace_ptr.filter(|_| premask) {
             Some(ws) => {
                 product_params.threshold = 0;
                 product_params.seed_subsequence = 0;
-                ws
+                (ws, needed)
             }
-            None => dy_ptr,
+            None => (dy_ptr, 0),
         };
 
         // Every choice, check and tensor map before anything is queued. W is read only for dX
@@ -661,48 +878,76 @@ impl LayerKernels {
             }
             None => (0, None),
         };
-        let dx_product = if want_dx {
-            let path = chooser.choose("dX", m, ("W", w_ptr, n, k), product_dy, y_ptr)?;
-            let inputs = ProductInputs {
-                dy: product_dy,
-                y: y_ptr,
-                b: w_ptr,
-                b_rows: n,
-            };
-            Some(self.product::<T>(path, "dx", spec.shape, inputs, (m, k), dx_ptr, None)?)
-        } else {
-            None
-        };
-        let dw_product = if want_dw {
-            let path = if have_dw {
-                chooser.choose("dW", n, ("X", x_ptr, m, k), product_dy, y_ptr)?
+        // The products' kernels, split where the workspace holds the partial sums (else both
+        // unsplit). db alone runs the classic kernel with the product switched off, one column
+        // tile per row tile, unsplit.
+        chooser.split_k = workspace_ptr.is_some();
+        let choose_paths = |chooser: &Chooser| -> Result<(Option<Path>, Option<Path>)> {
+            let dx_path = if want_dx {
+                Some(chooser.choose("dX", m, ("W", w_ptr, n, k), product_dy, y_ptr)?)
             } else {
-                // db alone: the classic kernel with the product switched off, one column tile
-                // per row tile.
-                Path::Classic(chooser.classic(n, 1)?)
+                None
             };
-            let cols = if have_dw { k } else { 1 };
-            let inputs = ProductInputs {
-                dy: product_dy,
-                y: y_ptr,
-                b: x_ptr,
-                b_rows: m,
+            let dw_path = match (want_dw, have_dw) {
+                (false, _) => None,
+                (true, true) => {
+                    Some(chooser.choose("dW", n, ("X", x_ptr, m, k), product_dy, y_ptr)?)
+                }
+                (true, false) => Some(Path::Classic(chooser.classic(n, 1, m, false)?)),
             };
-            let product = self.product::<T>(
-                path,
-                "dw",
-                spec.shape,
-                inputs,
-                (n, cols),
-                dw_ptr,
-                Some(db_ptr),
-            )?;
-            Some(product)
-        } else {
-            None
+            Ok((dx_path, dw_path))
+        };
+        let (mut dx_path, mut dw_path) = choose_paths(&chooser)?;
+        let db_len = if db_ptr != 0 { n } else { 0 };
+        let partial_bytes = |dx_path: Option<Path>, dw_path: Option<Path>| {
+            let dx = dx_path.map_or(0, |p| p.config().partial_bytes(m, k, 0));
+            let dw = dw_path.map_or(0, |p| p.config().partial_bytes(n, k, db_len));
+            dx.max(dw)
+        };
+        let partial_at = partial_offset(mask_bytes);
+        let partials = partial_bytes(dx_path, dw_path);
+        if partials > 0 && workspace_len < partial_at.saturating_add(partials) {
+            chooser.split_k = false;
+            (dx_path, dw_path) = choose_paths(&chooser)?;
+        }
+        let partial = workspace_ptr.map_or(0, |ws| ws + partial_at as u64);
+        let dx_product = match dx_path {
+            Some(path) => {
+                let inputs = ProductInputs {
+                    dy: product_dy,
+                    y: y_ptr,
+                    b: w_ptr,
+                    b_rows: n,
+                };
+                let outputs = ProductOutputs {
+                    out: dx_ptr,
+                    db: None,
+                    partial,
+                };
+                Some(self.product::<T>(path, "dx", spec.shape, inputs, (m, k), outputs)?)
+            }
+            None => None,
+        };
+        let dw_product = match dw_path {
+            Some(path) => {
+                let cols = if have_dw { k } else { 1 };
+                let inputs = ProductInputs {
+                    dy: product_dy,
+                    y: y_ptr,
+                    b: x_ptr,
+                    b_rows: m,
+                };
+                let outputs = ProductOutputs {
+                    out: dw_ptr,
+                    db: Some(db_ptr),
+                    partial,
+                };
+                Some(self.product::<T>(path, "dw", spec.shape, inputs, (n, cols), outputs)?)
+            }
+            None => None,
         };
 
-        if let Some(ws) = workspace_ptr {
+        if let Some(ws) = workspace_ptr.filter(|_| premask) {
             let mut mask_only = params;
             mask_only.scale_bits = 1.0f32.to_bits();
             // SAFETY: dY holds m*n elements (checked by check_backward) and the workspace at
@@ -714,6 +959,7 @@ impl LayerKernels {
         }
         let (m_arg, n_arg, k_arg) = (m as i64, n as i64, k as i64);
         let (relu_arg, accumulate_arg) = (i32::from(relu), i32::from(accumulate));
+        let scale_arg = f32::from_bits(product_params.scale_bits);
         for product in [dx_product, dw_product].into_iter().flatten() {
             let mut launch = stream.launch_builder(&product.function);
             match &product.operands {
@@ -731,27 +977,52 @@ impl LayerKernels {
                 .arg(&relu_arg)
                 .arg(&accumulate_arg)
                 .arg(&product_params);
+            if let Some((partial, splits)) = &product.split_args {
+                launch.arg(partial).arg(splits);
+            }
             // SAFETY: the kernels' signatures are
-            //   dX: (A0, A1, A2, T* dx, long long m, n, k, int relu, int accumulate, MaskParams)
+            //   dX: (A0, A1, A2, T* dx, long long m, n, k, int relu, int accumulate, MaskParams
+            //        [, float* partial, int splits])
             //   dW: (A0, A1, A2, T* dw, T* db, long long m, n, k, int relu, int accumulate,
-            //        MaskParams)
+            //        MaskParams [, float* partial, int splits])
             // with (A0, A1, A2) the CUtensorMaps of dY (or the workspace), Y (or dY's map again)
             // and B for kernels/backward_sm90.cu, else (const T* dy, const T* y, const T* b) with
-            // y null unless relu. The maps were encoded from [m, n], [m, n] and [b_rows, k]
-            // operands whose lengths and TMA constraints were checked; the pointers hold m*n
-            // (dY, Y, workspace), n*k (W), m*k (X), m*k (dx), n*k (dw, or null) and n (db, or
-            // null) elements, all checked; a seed pointer (if any) holds two u64 (checked). The
-            // grid follows each kernel's rule (any 1-D grid; whole clusters for split-K), its
-            // shared memory within the limit raised by `load`. The guards keep every buffer
-            // alive until the launches are queued.
+            // y null unless relu, and the split-K pair for kernels/backward_tc.cu only. The maps
+            // were encoded from [m, n], [m, n] and [b_rows, k] operands whose lengths and TMA
+            // constraints were checked; the pointers hold m*n (dY, Y, workspace), n*k (W), m*k
+            // (X), m*k (dx), n*k (dw, or null) and n (db, or null) elements, all checked; a seed
+            // pointer (if any) holds two u64 (checked). With splits > 1 the partial area holds
+            // the config's partial_bytes (checked against the workspace's length above) after
+            // the mask area, in the same workspace; the kernel reads it only then. The grid
+            // follows each kernel's rule (any 1-D grid; whole clusters for split-K), its shared
+            // memory within the limit raised by `load`. The guards keep every buffer alive until
+            // the launches are queued.
             unsafe { launch.launch(product.launch) }?;
+            if let Some(sums) = &product.sums {
+                for &(out, shares, count) in &sums.outputs {
+                    let count_arg = count as i64;
+                    let mut launch = stream.launch_builder(&sums.function);
+                    launch
+                        .arg(&shares)
+                        .arg(&out)
+                        .arg(&count_arg)
+                        .arg(&sums.splits)
+                        .arg(&scale_arg)
+                        .arg(&accumulate_arg);
+                    // SAFETY: fusedrop_backward_split_sum_<dtype>(const float* partial, T* out,
+                    // long long count, int splits, float scale, int accumulate): `shares` holds
+                    // splits * count floats inside the checked partial area, which the product
+                    // launched just before on the same stream writes whole; `out` holds count
+                    // elements (dx: m*k, dw: n*k, db: n, checked). Any 1-D grid.
+                    unsafe { launch.launch(split_sum_launch(count)) }?;
+                }
+            }
         }
         Ok(())
     }
 
     /// Loads one product's kernel and encodes its operands (`what`: "dx" or "dw"), for an
     /// output of `rows` x `cols` tiles' worth (cols = 1 for db alone).
-    #[allow(clippy::too_many_arguments)]
     fn product<T: Element>(
         &self,
         path: Path,
@@ -759,10 +1030,10 @@ impl LayerKernels {
         shape: LinearShape,
         inputs: ProductInputs,
         (rows, cols): (usize, usize),
-        out: u64,
-        db: Option<u64>,
+        outputs: ProductOutputs,
     ) -> Result<Product> {
         let LinearShape { m, n, k } = shape;
+        let ProductOutputs { out, db, partial } = outputs;
         match path {
             Path::Hopper(config) => {
                 // dX reads K-major dY boxes of 64 x block_m, dW 64 x 64 ones.
@@ -782,6 +1053,8 @@ impl LayerKernels {
                     operands: ProductOperands::Maps([map_dy, map_y, map_b]),
                     out,
                     db,
+                    split_args: None,
+                    sums: None,
                     launch: config
                         .persistent_launch_config(config.tiles(rows, cols), self.sm_count()),
                 })
@@ -795,6 +1068,30 @@ impl LayerKernels {
                     && inputs.dy % 16 == 0
                     && inputs.y.is_none_or(|y| y % 16 == 0)
                     && inputs.b % 16 == 0;
+                let split = config.can_split && config.splits > 1;
+                let sums = if split {
+                    // The shares of dX or dW, then (dW with db) db's after them.
+                    let mut outputs = Vec::with_capacity(2);
+                    if out != 0 {
+                        outputs.push((out, partial, rows * k));
+                    }
+                    if let Some(db) = db.filter(|&db| db != 0) {
+                        let after = (config.splits as usize * rows * k * 4) as u64;
+                        outputs.push((db, partial + after, rows));
+                    }
+                    Some(SplitSums {
+                        function: self.function(
+                            "backward_tc",
+                            &format!("fusedrop_backward_split_sum_{}", T::NAME),
+                            0,
+                        )?,
+                        splits: config.splits as i32,
+                        outputs,
+                    })
+                } else {
+                    None
+                };
+                let splits = if split { config.splits as i32 } else { 1 };
                 Ok(Product {
                     function: load::<T>(self, config, what, aligned)?,
                     operands: ProductOperands::Pointers([
@@ -804,7 +1101,15 @@ impl LayerKernels {
                     ]),
                     out,
                     db,
-                    launch: config.launch_config(config.tiles(rows, cols)),
+                    split_args: config
+                        .split_args
+                        .then_some((if split { partial } else { 0 }, splits)),
+                    sums,
+                    launch: Config {
+                        splits: splits as u64,
+                        ..config
+                    }
+                    .launch_config(config.tiles(rows, cols)),
                 })
             }
         }
@@ -833,6 +1138,42 @@ mod tests {
         assert_eq!(Config::tensor_core_for(1024, 256, 108), TC64X32);
         assert_eq!(Config::tensor_core_for(64, 4096, 108), TC64X32);
         assert_eq!(TC64X32.tiles(1024, 256), 128);
+    }
+
+    #[test]
+    fn narrow_products_split_the_reduction_when_a_workspace_allows() {
+        let chosen = |rows, cols, reduction, sm_count| {
+            let c = Config::tensor_core_split_for(rows, cols, reduction, sm_count);
+            (c.name, c.splits)
+        };
+        // 132 multiprocessors (H100 SXM / H200; the mma.sync kernels run there when forced or
+        // when TMA cannot read the operands). wide's dW (1024 x 256 over m = 32768): 64 tiles of
+        // 64 x 64 in 2 shares beat 128 unsplit tiles of 64 x 32 (same blocks, more reuse).
+        assert_eq!(chosen(1024, 256, 32768, 132), ("tc64x64", 2));
+        // small's dX (64 x 4096 over n = 4096), likewise.
+        assert_eq!(chosen(64, 4096, 4096, 132), ("tc64x64", 2));
+        // 128 x 128 outputs over 8192: 8 tiles of 64 x 32 in 4 shares (the most), 32 blocks.
+        assert_eq!(chosen(128, 128, 8192, 132), ("tc64x32", 4));
+        // A reduction of 256 (8 slices of 32) is too short to share: the unsplit choice.
+        assert_eq!(chosen(64, 4096, 256, 132), ("tc64x32", 1));
+        // On 108 multiprocessors (A100) 128 tiles of 64 x 32 fill the GPU: nothing splits.
+        assert_eq!(chosen(64, 4096, 4096, 108), ("tc64x32", 1));
+        // Products that fill the GPU keep the unsplit tile.
+        assert_eq!(chosen(4096, 4096, 4096, 132), ("tc128x128", 1));
+        assert_eq!(chosen(1000, 1000, 4096, 108), ("tc64x64", 1));
+        // An empty product does not divide by zero.
+        assert_eq!(chosen(0, 0, 4096, 132).1, 4);
+        // The partial sums: 2 shares of 1024 x 256 floats and of db's 1024.
+        let wide_dw = Config::tensor_core_split_for(1024, 256, 32768, 132);
+        assert_eq!(
+            wide_dw.partial_bytes(1024, 256, 1024),
+            2 * (1024 * 256 + 1024) * 4
+        );
+        assert_eq!(TC64X64.partial_bytes(1024, 256, 1024), 0);
+        assert_eq!(partial_offset(0), 0);
+        assert_eq!(partial_offset(1000), 1024);
+        // Grids cover every share of every tile.
+        assert_eq!(wide_dw.launch_config(64).grid_dim, (128, 1, 1));
     }
 
     #[test]

@@ -288,3 +288,7 @@ pub const ALL: [LaunchNumbers; 51] = [
 
 /// Grid-stride cap of every backward kernel (`kMaxBlocks`).
 pub const BACKWARD_MAX_BLOCKS: u32 = 1 << 20;
+
+/// Threads per block of the split-K sum kernels (`fusedrop_backward_split_sum_<dtype>`,
+/// kernels/backward_tc.cu), which take it as their `__launch_bounds__`.
+pub const SPLIT_SUM_THREADS: u32 = 256;

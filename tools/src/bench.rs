@@ -851,9 +851,9 @@ pub fn fused_backward<T: Element>(
 }
 
 /// [`fused_backward`] with `activation` (the saved Y is passed for ReLU only: the identity's
-/// backward redraws the mask instead), the kernel family `kernel` and, for the identity with
-/// dropout, optionally the workspace in which the mask is applied to dY once
-/// ([`BackwardOptions::workspace`]).
+/// backward redraws the mask instead), the kernel family `kernel` and optionally a workspace
+/// ([`BackwardOptions::workspace`]: where the identity's mask is applied to dY once, and narrow
+/// mma.sync products keep their split-K partial sums).
 #[allow(clippy::too_many_arguments)]
 pub fn fused_backward_with<T: Element>(
     kernels: &LayerKernels,
@@ -900,6 +900,9 @@ pub enum Forced {
     /// The identity activation with a backward workspace: dY times the mask written once and
     /// read by both products (backward only).
     IdentityWorkspace,
+    /// The mma.sync backward with the workspace `backward_workspace_bytes` asks for, so that
+    /// its narrow products split their reduction (backward only).
+    SplitWorkspace,
 }
 
 impl Forced {
@@ -915,6 +918,7 @@ impl Forced {
     pub fn kernel(self) -> BackwardKernel {
         match self {
             Forced::Kernel(kernel) => kernel,
+            Forced::SplitWorkspace => BackwardKernel::TensorCore,
             _ => BackwardKernel::Auto,
         }
     }
@@ -934,6 +938,7 @@ impl Forced {
             Forced::Kernel(kernel) => format!("forced BackwardKernel::{kernel:?}"),
             Forced::Identity => IDENTITY_NOTE.to_string(),
             Forced::IdentityWorkspace => IDENTITY_WORKSPACE_NOTE.to_string(),
+            Forced::SplitWorkspace => SPLIT_WORKSPACE_NOTE.to_string(),
         }
     }
 }
@@ -945,6 +950,10 @@ pub const IDENTITY_NOTE: &str = "identity activation instead of ReLU: its backwa
 /// The note of the `fused_ident_ws` rows.
 pub const IDENTITY_WORKSPACE_NOTE: &str = "identity activation with a backward workspace: dY \
     times the mask written once, both products read it instead of redrawing the mask";
+
+/// The note of the `fused_mma_split` rows.
+pub const SPLIT_WORKSPACE_NOTE: &str = "forced BackwardKernel::TensorCore with the workspace \
+    backward_workspace_bytes asks for: narrow products split their reduction (split-K)";
 
 /// A variant of the fused pass, timed beside `fused`: its impl name and what it changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1101,13 +1110,29 @@ pub fn backward_variants_given(dims: LinearShape, hopper: bool, sm_count: usize)
 }
 
 /// [`backward_variants_given`] for element type `T` on the stream's GPU (the Hopper kernels as
-/// [`LayerKernels::hopper_available`] says).
+/// [`LayerKernels::hopper_available`] says), and `fused_mma_split` where the mma.sync kernels
+/// split a product of `dims` when given the workspace (split-K's cost beside the unsplit run
+/// of `fused` or `fused_mma_sync`).
 pub fn backward_variants<T: Element>(
     kernels: &LayerKernels,
     dims: LinearShape,
 ) -> Result<Vec<Variant>> {
     let hopper = kernels.hopper_available::<T>();
-    Ok(backward_variants_given(dims, hopper, kernels.sm_count()))
+    let mut variants = backward_variants_given(dims, hopper, kernels.sm_count());
+    if T::NEEDS_SM80 {
+        let mma_sync = kernels.backward_kernels_with_workspace_for::<T>(
+            dims,
+            Nonlinearity::Relu,
+            BackwardKernel::TensorCore,
+        )?;
+        if mma_sync.dx_splits > 1 || mma_sync.dw_splits > 1 {
+            variants.push(Variant {
+                name: "fused_mma_split",
+                forced: Forced::SplitWorkspace,
+            });
+        }
+    }
+    Ok(variants)
 }
 
 /// Graphs of fused launches captured for [`measure_graph`]: one per operand set, each reading
@@ -1514,6 +1539,11 @@ fn measure_shape<T: Element>(
                     Forced::IdentityWorkspace => {
                         let spec = bench_spec(dims, nonlinearity, p, 0);
                         Some(stream.alloc_zeros::<u8>(backward::workspace_bytes::<T>(&spec))?)
+                    }
+                    Forced::SplitWorkspace => {
+                        let spec = bench_spec(dims, nonlinearity, p, 0);
+                        let bytes = kernels.backward_workspace_bytes::<T>(&spec, kernel)?;
+                        Some(stream.alloc_zeros::<u8>(bytes)?)
                     }
                     _ => None,
                 };

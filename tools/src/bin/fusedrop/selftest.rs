@@ -133,14 +133,19 @@ impl Case {
 /// partial tiles. (1664, 264, 1664): full 128x256 forward tiles, and a backward whose dX has
 /// 13 x 13 = 169 tiles of 128 x 128 (at least one per multiprocessor on GPUs up to 169 SMs, so
 /// the large tile) while its dW has only 3 x 13 = 39 tiles of 128 x 128 (below a wave on GPUs with
-/// more than 39 SMs, so the small tile). Every forward config runs on every shape; the identity
+/// more than 39 SMs, so the small tile). (64, 1000, 136) and (1000, 64, 131): a dX of 64 x 136
+/// over n = 1000 and a dW of 64 x 131 over m = 1000, narrow products that the mma.sync kernels
+/// split (`tensor_core_split`; 5 tiles of 64 x 32 in 4 shares on GPUs of 20 or more SMs), on the
+/// aligned and on the general kernel. Every forward config runs on every shape; the identity
 /// cases with p > 0 also run the backward with a workspace (`auto_workspace`).
-const SANITIZE_SHAPES: [(usize, usize, usize); 5] = [
+const SANITIZE_SHAPES: [(usize, usize, usize); 7] = [
     (3, 5, 7),
     (127, 129, 65),
     (200, 264, 136),
     (130, 72, 64),
     (1664, 264, 1664),
+    (64, 1000, 136),
+    (1000, 64, 131),
 ];
 
 fn cases(quick: bool, sanitize: bool, seed: u64) -> Vec<Case> {
@@ -307,20 +312,35 @@ fn run_dtype<T: Element>(kernels: &LayerKernels, cases: &[Case], out: &mut Vec<O
         // Every backward kernel family that can run the case: Auto, and each one forced.
         let LinearShape { m, n, k } = case.spec.shape;
         let mut families = vec![
-            ("auto", BackwardKernel::Auto, false),
-            ("simt", BackwardKernel::Simt, false),
+            ("auto", BackwardKernel::Auto, Workspace::None),
+            ("simt", BackwardKernel::Simt, Workspace::None),
         ];
         if T::NEEDS_SM80 {
-            families.push(("tensor_core", BackwardKernel::TensorCore, false));
+            families.push(("tensor_core", BackwardKernel::TensorCore, Workspace::None));
+            // With the workspace for split-K, where a product is narrow enough to split.
+            let splits = kernels
+                .backward_kernels_with_workspace_for::<T>(
+                    case.spec.shape,
+                    case.spec.nonlinearity,
+                    BackwardKernel::TensorCore,
+                )
+                .is_ok_and(|c| c.dx_splits > 1 || c.dw_splits > 1);
+            if splits {
+                families.push((
+                    "tensor_core_split",
+                    BackwardKernel::TensorCore,
+                    Workspace::Full,
+                ));
+            }
             // The selftest's buffers are whole allocations, so 16-byte aligned.
             if m > 0 && n % 8 == 0 && k % 8 == 0 && kernels.hopper_available::<T>() {
-                families.push(("hopper", BackwardKernel::Hopper, false));
+                families.push(("hopper", BackwardKernel::Hopper, Workspace::None));
             }
         }
         // The identity with dropout also through a workspace (the mask applied to dY once by
         // the dropout kernel, then the products without a mask), on the family Auto picks.
         if backward::workspace_bytes::<T>(&case.spec) > 0 {
-            families.push(("auto_workspace", BackwardKernel::Auto, true));
+            families.push(("auto_workspace", BackwardKernel::Auto, Workspace::Mask));
         }
         for (name, kernel, workspace) in families {
             out.push(judge(
@@ -333,6 +353,16 @@ fn run_dtype<T: Element>(kernels: &LayerKernels, cases: &[Case], out: &mut Vec<O
             ));
         }
     }
+}
+
+/// The workspace a backward check passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Workspace {
+    None,
+    /// `workspace_bytes`: room for dY times the identity's mask.
+    Mask,
+    /// `backward_workspace_bytes`: that, and the split-K partial sums of narrow products.
+    Full,
 }
 
 /// Fresh random inputs of one case, never zero.
@@ -470,7 +500,7 @@ fn check_backward<T: Element>(
     case: &Case,
     inputs: &Inputs<T>,
     kernel: BackwardKernel,
-    workspace: bool,
+    workspace: Workspace,
 ) -> fusedrop::Result<Measured> {
     let spec = &case.spec;
     let LinearShape { m, n, k } = spec.shape;
@@ -518,12 +548,13 @@ fn check_backward<T: Element>(
     let mut dx = kernels.stream().clone_htod(&dx0)?;
     let mut dw = kernels.stream().clone_htod(&dw0)?;
     let mut db = kernels.stream().clone_htod(&db0)?;
-    let mut workspace = workspace
-        .then(|| {
-            kernels
-                .stream()
-                .alloc_zeros::<u8>(backward::workspace_bytes::<T>(spec))
-        })
+    let workspace_bytes = match workspace {
+        Workspace::None => None,
+        Workspace::Mask => Some(backward::workspace_bytes::<T>(spec)),
+        Workspace::Full => Some(kernels.backward_workspace_bytes::<T>(spec, kernel)?),
+    };
+    let mut workspace = workspace_bytes
+        .map(|bytes| kernels.stream().alloc_zeros::<u8>(bytes))
         .transpose()?;
     kernels.backward(
         spec,
