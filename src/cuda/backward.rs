@@ -42,15 +42,14 @@ struct Config {
     /// Blocks per output tile: the split-K cluster size of the Hopper split configs; for the
     /// mma.sync configs, the split-K shares the wrapper chose (`tensor_core_split_for`); else 1.
     splits: u64,
-    /// Whether the kernels take the split-K pair (`float* partial, int splits`) after their
-    /// MaskParams (kernels/backward_tc.cu).
-    split_args: bool,
+    /// Whether this is an mma.sync config (kernels/backward_tc.cu), whose kernels take the
+    /// split-K pair (`float* partial, int splits`) after their MaskParams and come with a second
+    /// entry point `fusedrop_backward_{dx,dw}_<config>_aligned_<dtype>`, for operands the host
+    /// found 16-byte aligned with n and k multiples of 8 (cp.async only, no element-load path or
+    /// run-time branch in the main loop).
+    mma_sync: bool,
     /// Whether the kernels split when asked (`kSplitK`: the mma.sync 64 x 64 and 64 x 32).
     can_split: bool,
-    /// Whether the config also has `fusedrop_backward_{dx,dw}_<config>_aligned_<dtype>`, for
-    /// operands the host found 16-byte aligned with n and k multiples of 8 (the mma.sync
-    /// configs: cp.async only, no element-load path or run-time branch in the main loop).
-    has_aligned: bool,
 }
 
 /// Grid-stride cap of every backward kernel (`kMaxBlocks`).
@@ -58,11 +57,11 @@ const MAX_BLOCKS: u64 = launch_table::BACKWARD_MAX_BLOCKS as u64;
 
 const SIMT: Config = Config::new("backward_simt", "simt", launch_table::BACKWARD_SIMT);
 const TC128X128: Config =
-    Config::new("backward_tc", "tc128x128", launch_table::BACKWARD_TC128X128).mma_sync(false);
+    Config::new("backward_tc", "tc128x128", launch_table::BACKWARD_TC128X128).with_mma_sync(false);
 const TC64X64: Config =
-    Config::new("backward_tc", "tc64x64", launch_table::BACKWARD_TC64X64).mma_sync(true);
+    Config::new("backward_tc", "tc64x64", launch_table::BACKWARD_TC64X64).with_mma_sync(true);
 const TC64X32: Config =
-    Config::new("backward_tc", "tc64x32", launch_table::BACKWARD_TC64X32).mma_sync(true);
+    Config::new("backward_tc", "tc64x32", launch_table::BACKWARD_TC64X32).with_mma_sync(true);
 /// Most shares one output tile's reduction is split into on the mma.sync kernels.
 const MAX_TC_SPLITS: u64 = 4;
 /// Fewest 32-deep reduction slices an mma.sync split-K share gets (so that its main loop still
@@ -111,18 +110,16 @@ impl Config {
             threads: n.threads,
             smem_bytes: n.smem_bytes,
             splits: n.cluster as u64,
-            split_args: false,
+            mma_sync: false,
             can_split: false,
-            has_aligned: false,
         }
     }
 
     /// An mma.sync config (kernels/backward_tc.cu): aligned-operand kernels, the split-K
     /// arguments, and whether it splits.
-    const fn mma_sync(self, can_split: bool) -> Config {
+    const fn with_mma_sync(self, can_split: bool) -> Config {
         Config {
-            has_aligned: true,
-            split_args: true,
+            mma_sync: true,
             can_split,
             ..self
         }
@@ -1062,7 +1059,7 @@ impl LayerKernels {
             Path::Classic(config) => {
                 // Every operand the kernel may read by 16-byte cp.async: the aligned kernel
                 // promises it at compile time.
-                let aligned = config.has_aligned
+                let aligned = config.mma_sync
                     && n % 8 == 0
                     && k % 8 == 0
                     && inputs.dy % 16 == 0
@@ -1102,7 +1099,7 @@ impl LayerKernels {
                     out,
                     db,
                     split_args: config
-                        .split_args
+                        .mma_sync
                         .then_some((if split { partial } else { 0 }, splits)),
                     sums,
                     launch: Config {
