@@ -375,7 +375,7 @@ mod cuda {
     use half::{bf16, f16};
 
     use super::{contiguous_range, to_candle, FusedLinearOp, Wanted};
-    use crate::cuda::backward::{BackwardOptions, GradientsMut};
+    use crate::cuda::backward::{BackwardKernel, BackwardOptions, GradientsMut};
     use crate::cuda::forward::ForwardOptions;
     use crate::cuda::LayerKernels;
     use crate::element::Element;
@@ -498,6 +498,14 @@ mod cuda {
             dw: Some(dw.as_view_mut()),
             db: db.as_mut().map(|d| d.as_view_mut()),
         };
+        // The whole workspace the call can use: the identity's mask applied to dY once, and the
+        // partial sums of the narrow products the mma.sync kernels split (none on most shapes).
+        let workspace_bytes = kernels
+            .backward_workspace_bytes::<T>(spec, BackwardKernel::Auto)
+            .map_err(to_candle)?;
+        let mut workspace = (workspace_bytes > 0)
+            .then(|| device.alloc_zeros::<u8>(workspace_bytes))
+            .transpose()?;
         kernels
             .backward(
                 spec,
@@ -506,7 +514,10 @@ mod cuda {
                 &dy_view,
                 Some(&y_view),
                 grads,
-                BackwardOptions::default(),
+                BackwardOptions {
+                    workspace: workspace.as_mut().map(|ws| ws.as_view_mut()),
+                    ..BackwardOptions::default()
+                },
             )
             .map_err(to_candle)?;
         let tensor = |slice: cudarc::driver::CudaSlice<T>, shape: Shape| {

@@ -1,12 +1,13 @@
 //! The candle op on CUDA tensors (feature `candle-cuda`): its output, and the gradients that
 //! `Tensor::backward` computes through it, are bit-identical to direct [`LayerKernels`] calls on
-//! the same stream, inputs and mask, in every dtype, for ReLU and identity, with bias. Needs a
+//! the same stream, inputs, mask and workspace, in every dtype, for ReLU and identity, with bias
+//! (on a shape whose dW splits its reduction over blocks too). Needs a
 //! GPU (the feature links libcuda at build time); without a usable device it prints why and
 //! passes.
 
 use candle_core::{DType, Device, Tensor, Var};
 use fusedrop::candle::fused_linear;
-use fusedrop::cuda::backward::{BackwardOptions, GradientsMut};
+use fusedrop::cuda::backward::{BackwardKernel, BackwardOptions, GradientsMut};
 use fusedrop::cuda::forward::ForwardOptions;
 use fusedrop::cuda::LayerKernels;
 use fusedrop::{DropoutSpec, Element, LayerSpec, LinearShape, Nonlinearity};
@@ -14,8 +15,10 @@ use half::{bf16, f16};
 
 type Result<T> = candle_core::Result<T>;
 
-/// (m, n, k): odd sizes (the mma.sync path), and sizes the Hopper kernels take.
-const SHAPES: [(usize, usize, usize); 2] = [(37, 29, 45), (256, 136, 512)];
+/// (m, n, k): odd sizes (the mma.sync path), sizes the Hopper kernels take, and a long batch
+/// over few outputs whose dW the mma.sync kernels split over several blocks per tile (k odd, so
+/// not Hopper's path; 2 output tiles of 64 x 64 over 32 slices).
+const SHAPES: [(usize, usize, usize); 3] = [(37, 29, 45), (256, 136, 512), (1024, 33, 75)];
 
 fn device() -> Option<Device> {
     match Device::new_cuda(0) {
@@ -95,6 +98,13 @@ where
             let mut db = stream
                 .alloc_zeros::<T>(n)
                 .map_err(candle_core::Error::wrap)?;
+            // The op passes the whole workspace the call can use; so does the direct call.
+            let workspace_bytes = kernels
+                .backward_workspace_bytes::<T>(&spec, BackwardKernel::Auto)
+                .map_err(candle_core::Error::wrap)?;
+            let mut workspace = stream
+                .alloc_zeros::<u8>(workspace_bytes.max(1))
+                .map_err(candle_core::Error::wrap)?;
             kernels
                 .backward(
                     &spec,
@@ -107,7 +117,10 @@ where
                         dw: Some(dw.as_view_mut()),
                         db: Some(db.as_view_mut()),
                     },
-                    BackwardOptions::default(),
+                    BackwardOptions {
+                        workspace: (workspace_bytes > 0).then(|| workspace.as_view_mut()),
+                        ..BackwardOptions::default()
+                    },
                 )
                 .map_err(candle_core::Error::wrap)?;
             let down = |s: &cudarc::driver::CudaSlice<T>| -> Result<Vec<T>> {
