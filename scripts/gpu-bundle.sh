@@ -35,7 +35,7 @@ rm "$bundle/tests.txt"
 
 echo "== building the fusedrop binary"
 cargo build --release --bin fusedrop --quiet
-cp target/release/fusedrop "$bundle/fusedrop"
+cp "${CARGO_TARGET_DIR:-target}/release/fusedrop" "$bundle/fusedrop"
 strip "$bundle"/fusedrop "$bundle"/tests/* 2>/dev/null || true
 
 cp kernels/*.cuh "$bundle/kernels/"
