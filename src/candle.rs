@@ -50,6 +50,10 @@ fn invalid(msg: String) -> candle_core::Error {
 /// [`DropoutGenerator`], or use [`FusedLinear`], which does. The backward pass recovers the mask
 /// from the output for ReLU and redraws it from (seed, subsequence) for the identity, so nothing
 /// but the output is kept for it. Gradients are returned for X (only when X is tracked), W and b.
+/// On CUDA tensors the backward also allocates, for the duration of the call, the scratch memory
+/// [`LayerKernels::backward_workspace_bytes`](crate::cuda::LayerKernels::backward_workspace_bytes)
+/// asks for: dY times the mask for the identity with p > 0 (m · n elements), and the partial sums
+/// of narrow products split over several blocks; none on most ReLU shapes.
 pub fn fused_linear(
     x: &Tensor,
     w: &Tensor,
