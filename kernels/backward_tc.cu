@@ -64,6 +64,7 @@
 // operands the host found 16-byte aligned with n and k multiples of 8 (dY, Y when read, and
 // W or X): their main loop has no element path and no run-time choice between the two.
 #include "backward.cuh"
+#include "backward_split_k.cuh"
 #include "fusedrop_launch_table.h"
 #include "gemm/threadblock_tc.cuh"
 #include "gemm/tile_scheduler.cuh"
@@ -280,22 +281,6 @@ __device__ __forceinline__ void backward_tc(const T* __restrict__ dy, const T* _
     }
 }
 
-// The split-K gradients: out[i] = round(old + (partial[0][i] + ... + partial[S-1][i]) * scale)
-// for i < count (old: out[i] when accumulating, else 0), the shares added in order, so the result
-// is the same on every run and for every grid. Any 1-D grid (grid-stride).
-template <typename T>
-__device__ __forceinline__ void split_sum(const float* __restrict__ partial, T* __restrict__ out,
-                                          long long count, int splits, float scale,
-                                          int accumulate) {
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < count;
-         i += (long long)gridDim.x * blockDim.x) {
-        float sum = partial[i];
-        for (int s = 1; s < splits; ++s) sum += partial[s * count + i];
-        const float old = accumulate ? Element<T>::to_float(out[i]) : 0.0f;
-        out[i] = Element<T>::from_float(old + sum * scale);
-    }
-}
-
 }  // namespace backward
 }  // namespace fusedrop
 
@@ -328,14 +313,6 @@ __device__ __forceinline__ void split_sum(const float* __restrict__ partial, T* 
     FUSEDROP_BACKWARD_TC(CONFIG, false, NAME, bf16, __nv_bfloat16)                \
     FUSEDROP_BACKWARD_TC(CONFIG, true, NAME##_aligned, f16, __half)               \
     FUSEDROP_BACKWARD_TC(CONFIG, true, NAME##_aligned, bf16, __nv_bfloat16)
-
-#define FUSEDROP_BACKWARD_SPLIT_SUM(SUFFIX, T)                                                  \
-    extern "C" __global__ void __launch_bounds__(fusedrop::launch::split_sum_threads)           \
-        fusedrop_backward_split_sum_##SUFFIX(const float* __restrict__ partial,                 \
-                                             T* __restrict__ out, long long count, int splits,  \
-                                             float scale, int accumulate) {                     \
-        fusedrop::backward::split_sum<T>(partial, out, count, splits, scale, accumulate);       \
-    }
 
 FUSEDROP_BACKWARD_TC_TYPES(Tc128x128, tc128x128)
 FUSEDROP_BACKWARD_TC_TYPES(Tc64x64, tc64x64)

@@ -20,11 +20,13 @@ __device__ __forceinline__ void forward_simt(const float* __restrict__ x,
                                              MaskParams mp) {
     FUSEDROP_DYNAMIC_SMEM(unsigned char, smem);
     float* buffer = reinterpret_cast<float*>(smem);
-    const bool vec_x = reinterpret_cast<uintptr_t>(x) % 16 == 0 && k % 4 == 0;
-    const bool vec_w = reinterpret_cast<uintptr_t>(w) % 16 == 0 && k % 4 == 0;
+    const gemm::GlobalRows<float> x_rows = gemm::global_rows(x, m, k);
+    const gemm::GlobalRows<float> w_rows = gemm::global_rows(w, n, k);
+    const gemm::Slices whole{0, (k + Tb::kBlockK - 1) / Tb::kBlockK};
     forward_folded<Tb, typename Tb::Epilogue, typename Tb::Acc>(
         b, y, m, n, relu, mp, buffer, [&](typename Tb::Acc& acc, long long m0, long long n0) {
-            Tb::mainloop(acc, buffer, x, w, m, n, k, m0, n0, vec_x, vec_w);
+            Tb::mainloop(acc, buffer, x_rows, w_rows, m0, n0, whole, true,
+                         [](long long, const float*) {});
         });
 }
 
@@ -32,10 +34,7 @@ __device__ __forceinline__ void forward_simt(const float* __restrict__ x,
 // fragments (gemm/threadblock_simt.cuh).
 template <int BM, int BN, int BK, int TM, int TN, int FRAG = 1>
 struct SimtConfig {
-    struct Threadblock : gemm::ThreadblockSimt<BM, BN, BK, TM, TN, FRAG> {
-        static constexpr int kBlockM = BM;
-        static constexpr int kBlockN = BN;
-    };
+    using Threadblock = gemm::ThreadblockSimt<BM, BN, BK, TM, TN, FRAG>;
     static constexpr int kBlockM = BM;
     static constexpr int kBlockN = BN;
     static constexpr int kThreads = Threadblock::kThreads;

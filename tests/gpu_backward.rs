@@ -366,20 +366,34 @@ fn nan_and_infinities_follow_the_contract() {
     }
 }
 
+/// The SIMT kernels (every dtype; f32's only backward) with every tile: an odd shape (64 x 64
+/// for both products), then one sized by the multiprocessor count S whose dX has 2 (S + 1)
+/// tiles of 128 x 128 and whose dW (40 x 200) fewer than S.
 #[test]
-fn simt_kernel_matches_reference_when_forced() {
+fn simt_kernels_match_reference_with_every_tile() {
     let Some(kernels) = gpu() else { return };
     let case = Case {
         kernel: BackwardKernel::Simt,
         ..ALL_OUTPUTS
     };
-    for nonlinearity in [Nonlinearity::Relu, Nonlinearity::Identity] {
-        let spec = LayerSpec::new(
-            LinearShape::new(97, 83, 71),
-            nonlinearity,
-            DropoutSpec::new(0.1, 99, 1),
+    let shapes = [(97, 83, 71), (128 * kernels.sm_count() + 5, 40, 200)];
+    let mut tiles_run = Vec::new();
+    for (m, n, k) in shapes {
+        let shape = LinearShape::new(m, n, k);
+        let choice = kernels
+            .backward_kernels_for::<f32>(shape, Nonlinearity::Relu, BackwardKernel::Simt)
+            .unwrap();
+        tiles_run.extend([choice.dx, choice.dw]);
+        for nonlinearity in [Nonlinearity::Relu, Nonlinearity::Identity] {
+            let spec = LayerSpec::new(shape, nonlinearity, DropoutSpec::new(0.1, 99, 1));
+            check_all_types(&kernels, &spec, case);
+        }
+    }
+    for tile in ["simt128x128", "simt64x64"] {
+        assert!(
+            tiles_run.contains(&tile),
+            "no product took {tile}: {tiles_run:?}"
         );
-        check_all_types(&kernels, &spec, case);
     }
 }
 
@@ -426,15 +440,21 @@ fn tensor_core_kernels_match_reference_with_every_tile() {
     }
 }
 
-/// Split-K on the mma.sync kernels: a narrow dX (64 x 256 outputs over n = 4096) and a narrow
-/// dW (64 x 256 over m = 4096), with the workspace `backward_workspace_bytes` asks for
+/// Split-K on the mma.sync and SIMT kernels: a narrow dX (64 x 256 outputs over n = 4096) and a
+/// narrow dW (64 x 256 over m = 4096), with the workspace `backward_workspace_bytes` asks for
 /// (poisoned, so a partial sum never written shows), both activations (the identity's mask
 /// pre-pass shares the workspace), overwriting and accumulating; then bit-identical twice.
 #[test]
-fn tensor_core_split_k_for_narrow_products() {
+fn classic_split_k_for_narrow_products() {
     let Some(kernels) = gpu() else { return };
+    for kernel in [BackwardKernel::TensorCore, BackwardKernel::Simt] {
+        split_k_for_narrow_products(&kernels, kernel);
+    }
+}
+
+fn split_k_for_narrow_products(kernels: &LayerKernels, kernel: BackwardKernel) {
     let case = Case {
-        kernel: BackwardKernel::TensorCore,
+        kernel,
         split_workspace: true,
         ..ALL_OUTPUTS
     };
@@ -442,15 +462,11 @@ fn tensor_core_split_k_for_narrow_products() {
         let shape = LinearShape::new(m, n, k);
         for nonlinearity in [Nonlinearity::Relu, Nonlinearity::Identity] {
             let unsplit = kernels
-                .backward_kernels_for::<f16>(shape, nonlinearity, BackwardKernel::TensorCore)
+                .backward_kernels_for::<f16>(shape, nonlinearity, kernel)
                 .unwrap();
             assert_eq!((unsplit.dx_splits, unsplit.dw_splits), (1, 1), "{unsplit}");
             let choice = kernels
-                .backward_kernels_with_workspace_for::<f16>(
-                    shape,
-                    nonlinearity,
-                    BackwardKernel::TensorCore,
-                )
+                .backward_kernels_with_workspace_for::<f16>(shape, nonlinearity, kernel)
                 .unwrap();
             let splits = if narrow == "dX" {
                 choice.dx_splits
@@ -461,14 +477,17 @@ fn tensor_core_split_k_for_narrow_products() {
             let spec = LayerSpec::new(shape, nonlinearity, DropoutSpec::new(0.1, 23, 6));
             for accumulate in [false, true] {
                 let case = Case { accumulate, ..case };
-                check::<f16>(&kernels, &spec, case);
-                check::<bf16>(&kernels, &spec, case);
+                if kernel == BackwardKernel::Simt {
+                    check::<f32>(kernels, &spec, case);
+                }
+                check::<f16>(kernels, &spec, case);
+                check::<bf16>(kernels, &spec, case);
             }
             let mut rng = StdRng::seed_from_u64(5);
             let inputs = inputs::<bf16>(&spec, false, &mut rng);
             let initial = poisoned_gradients::<bf16>(shape);
-            let first = run_gpu(&kernels, &spec, &inputs, &initial, case);
-            let again = run_gpu(&kernels, &spec, &inputs, &initial, case);
+            let first = run_gpu(kernels, &spec, &inputs, &initial, case);
+            let again = run_gpu(kernels, &spec, &inputs, &initial, case);
             assert_eq!(bits(&first.dx), bits(&again.dx), "{shape:?}: dX differs");
             assert_eq!(bits(&first.dw), bits(&again.dw), "{shape:?}: dW differs");
             assert_eq!(bits(&first.db), bits(&again.db), "{shape:?}: db differs");

@@ -1249,7 +1249,7 @@ struct BackwardCase {
     seed_subsequence: Option<(u64, u64)>,
     /// The (seed, subsequence) pair read from a device buffer (`MaskParams::seed_subsequence`).
     device_seed: bool,
-    /// Blocks per output tile of the mma.sync kernels' split-K (1: no split), each writing its
+    /// Blocks per output tile of the classic kernels' split-K (1: no split), each writing its
     /// share to a poisoned f32 workspace that the split sum then adds.
     splits: u32,
 }
@@ -1522,9 +1522,29 @@ fn check_backward_cases<T: Raw>(
 
 #[test]
 fn backward_simt_matches_reference() {
-    check_backward::<f32>("backward_simt", "simt", 0xB32);
-    check_backward::<f16>("backward_simt", "simt", 0xB16);
-    check_backward::<bf16>("backward_simt", "simt", 0xBBF);
+    check_backward::<f32>("backward_simt", "simt128x128", 0xB32);
+    check_backward::<f32>("backward_simt", "simt64x64", 0xB33);
+    check_backward::<f16>("backward_simt", "simt128x128", 0xB16);
+    check_backward::<bf16>("backward_simt", "simt64x64", 0xBBF);
+}
+
+/// Split-K on the SIMT kernels, as on the mma.sync ones: each output tile's reduction shared by
+/// 2, 3 or 4 blocks whose f32 partial sums (in a poisoned workspace) the split sum adds, scales
+/// and rounds, on every backward case (shares of no slice among them: 4 shares of a 40-long
+/// reduction's 3 slices of 16, 3 shares of the 1-long one's single slice; grids of 1 and 3
+/// blocks walking the work items; accumulation; db without dW).
+#[test]
+fn backward_simt_split_k_matches_reference() {
+    let split = |splits: u32| -> Vec<BackwardCase> {
+        backward_cases()
+            .into_iter()
+            .map(|c| BackwardCase { splits, ..c })
+            .collect()
+    };
+    check_backward_cases::<f32>("backward_simt", "simt64x64", &split(2), 0x5B32);
+    check_backward_cases::<f32>("backward_simt", "simt128x128", &split(3), 0x5B33);
+    check_backward_cases::<f32>("backward_simt", "simt64x64", &split(4), 0x5B34);
+    check_backward_cases::<bf16>("backward_simt", "simt64x64", &split(3), 0x5BBF);
 }
 
 #[test]
@@ -1934,8 +1954,8 @@ fn class_bits<T: Raw>(v: T) -> u64 {
 
 #[test]
 fn backward_workspace_matches_the_redrawn_mask_bit_for_bit() {
-    check_backward_workspace::<f32>("backward_simt", "simt", &backward_cases(), 0xA32);
-    check_backward_workspace::<f16>("backward_simt", "simt", &backward_cases(), 0xA16);
+    check_backward_workspace::<f32>("backward_simt", "simt128x128", &backward_cases(), 0xA32);
+    check_backward_workspace::<f16>("backward_simt", "simt64x64", &backward_cases(), 0xA16);
     check_backward_workspace::<bf16>("backward_tc", "tc64x64", &backward_cases(), 0xABF);
     check_backward_workspace::<f16>("backward_tc", "tc128x128", &backward_cases(), 0xAC16);
 }
@@ -2265,7 +2285,7 @@ fn forward_records_the_seed_it_used_for_the_backward() {
         .iter()
         .map(|pair| {
             let mut dx = Launch::new(
-                "fusedrop_backward_dx_simt_f32",
+                "fusedrop_backward_dx_simt64x64_f32",
                 format!("device seed {pair:?}"),
                 &mut rng,
             );

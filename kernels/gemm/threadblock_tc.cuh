@@ -55,13 +55,6 @@ __device__ __forceinline__ GlobalMatrix<T> global_matrix(const T* data, long lon
                            reinterpret_cast<uintptr_t>(data) % 16 == 0 && cols % 8 == 0};
 }
 
-// Reduction slices [begin, end) of a main loop (slice s: reduction indices s * BK ..): the
-// whole reduction, or a split-K share of it.
-struct Slices {
-    long long begin;
-    long long end;
-};
-
 template <typename T, int BM, int BN, int BK, int WM, int WN, int STAGES,
           Major kMajorA = Major::K, Major kMajorB = Major::K, bool kSideA = false,
           int kFragBuffers = 1, bool kAligned = false, bool kSpreadCopies = false>

@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "../ptx.cuh"
+#include "layout.cuh"
 
 namespace fusedrop {
 namespace gemm {
@@ -40,8 +41,6 @@ struct SmemTile {
         return row * COLS + ((((col >> 3) ^ swizzle) << 3) | (col & 7));
     }
 };
-
-enum class Major { K, MN };
 
 // One operand of a stage: kRows output rows (A) or columns (B) by BK reduction indices, stored
 // K-major as SmemTile<kRows, BK> or MN-major as SmemTile<BK, kRows>.

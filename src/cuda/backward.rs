@@ -10,8 +10,8 @@
 //! for both products to read). Then `dX = dZ·W`,
 //! `dW = dZᵀ·X` and `db` = the column sums of dZ, each accumulated in f32, each output element
 //! reduced in a fixed order (by one thread; for the Hopper split-K configs by the blocks of a
-//! cluster whose partial sums are added in rank order; for the mma.sync split-K by blocks whose
-//! partial sums, kept in the caller's workspace, a sum kernel adds in share order): the same
+//! cluster whose partial sums are added in rank order; for the mma.sync and SIMT split-K by
+//! blocks whose partial sums, kept in the caller's workspace, a sum kernel adds in share order): the same
 //! inputs give bit-identical outputs.
 
 use cudarc::driver::{
@@ -40,33 +40,51 @@ struct Config {
     threads: u32,
     smem_bytes: u32,
     /// Blocks per output tile: the split-K cluster size of the Hopper split configs; for the
-    /// mma.sync configs, the split-K shares the wrapper chose (`tensor_core_split_for`); else 1.
+    /// classic configs (mma.sync, SIMT), the split-K shares the wrapper chose
+    /// (`classic_split_for`), else 1.
     splits: u64,
-    /// Whether this is an mma.sync config (kernels/backward_tc.cu), whose kernels take the
-    /// split-K pair (`float* partial, int splits`) after their MaskParams and come with a second
-    /// entry point `fusedrop_backward_{dx,dw}_<config>_aligned_<dtype>`, for operands the host
-    /// found 16-byte aligned with n and k multiples of 8 (cp.async only, no element-load path or
-    /// run-time branch in the main loop).
+    /// Whether this is an mma.sync config (kernels/backward_tc.cu), whose kernels come with a
+    /// second entry point `fusedrop_backward_{dx,dw}_<config>_aligned_<dtype>`, for operands the
+    /// host found 16-byte aligned with n and k multiples of 8 (cp.async only, no element-load
+    /// path or run-time branch in the main loop).
     mma_sync: bool,
-    /// Whether the kernels split when asked (`kSplitK`: the mma.sync 64 x 64 and 64 x 32).
+    /// Whether the kernels split when asked (the mma.sync 64 x 64 and 64 x 32, whose `kSplitK`
+    /// is set, and every SIMT config). Every classic kernel takes the split-K pair
+    /// (`float* partial, int splits`) after its MaskParams.
     can_split: bool,
 }
 
 /// Grid-stride cap of every backward kernel (`kMaxBlocks`).
 const MAX_BLOCKS: u64 = launch_table::BACKWARD_MAX_BLOCKS as u64;
 
-const SIMT: Config = Config::new("backward_simt", "simt", launch_table::BACKWARD_SIMT);
+const SIMT128X128: Config = Config::new(
+    "backward_simt",
+    "simt128x128",
+    launch_table::BACKWARD_SIMT128X128,
+)
+.with_split_k();
+const SIMT64X64: Config = Config::new(
+    "backward_simt",
+    "simt64x64",
+    launch_table::BACKWARD_SIMT64X64,
+)
+.with_split_k();
+/// The SIMT configs (every dtype; the only f32 backward), largest tile first.
+const SIMT: [Config; 2] = [SIMT128X128, SIMT64X64];
 const TC128X128: Config =
     Config::new("backward_tc", "tc128x128", launch_table::BACKWARD_TC128X128).with_mma_sync(false);
 const TC64X64: Config =
     Config::new("backward_tc", "tc64x64", launch_table::BACKWARD_TC64X64).with_mma_sync(true);
 const TC64X32: Config =
     Config::new("backward_tc", "tc64x32", launch_table::BACKWARD_TC64X32).with_mma_sync(true);
-/// Most shares one output tile's reduction is split into on the mma.sync kernels.
-const MAX_TC_SPLITS: u64 = 4;
-/// Fewest 32-deep reduction slices an mma.sync split-K share gets (so that its main loop still
-/// fills its 3-stage pipeline many times over).
-const MIN_TC_SLICES_PER_SPLIT: u64 = 8;
+/// The mma.sync configs, largest tile first.
+const TENSOR_CORE: [Config; 3] = [TC128X128, TC64X64, TC64X32];
+/// Most shares one output tile's reduction is split into on the classic kernels.
+const MAX_CLASSIC_SPLITS: u64 = 4;
+/// Fewest reduction indices a classic split-K share gets (8 slices of the mma.sync kernels'
+/// 32, so that its main loop still fills its 3-stage pipeline many times over; 16 of the SIMT
+/// 64 x 64 kernel's 16).
+const MIN_REDUCTION_PER_SPLIT: u64 = 256;
 const WG128X256: Config = Config::new(
     "backward_sm90",
     "wg128x256",
@@ -115,12 +133,20 @@ impl Config {
         }
     }
 
-    /// An mma.sync config (kernels/backward_tc.cu): aligned-operand kernels, the split-K
-    /// arguments, and whether it splits.
+    /// An mma.sync config (kernels/backward_tc.cu): aligned-operand kernels, and whether it
+    /// splits.
     const fn with_mma_sync(self, can_split: bool) -> Config {
         Config {
             mma_sync: true,
             can_split,
+            ..self
+        }
+    }
+
+    /// A config whose kernels split when asked.
+    const fn with_split_k(self) -> Config {
+        Config {
+            can_split: true,
             ..self
         }
     }
@@ -172,46 +198,59 @@ impl Config {
         }
     }
 
-    /// The tensor-core tile for a product with `rows` x `cols` outputs: the largest tile that
-    /// still gives every multiprocessor a block, else the smallest (more, smaller blocks beat
-    /// idle multiprocessors: a narrow product, such as `wide`'s dW or `small`'s dX, gets twice
-    /// the blocks of 64 x 64).
-    fn tensor_core_for(rows: usize, cols: usize, sm_count: usize) -> Config {
-        [TC128X128, TC64X64]
-            .into_iter()
+    /// The classic tile (`family`: the mma.sync or the SIMT configs, largest tile first) for a
+    /// product with `rows` x `cols` outputs: the largest tile that still gives every
+    /// multiprocessor a block, else the smallest (more, smaller blocks beat idle
+    /// multiprocessors: a narrow product, such as `wide`'s dW or `small`'s dX, gets the most
+    /// blocks the family has).
+    fn classic_for(family: &[Config], rows: usize, cols: usize, sm_count: usize) -> Config {
+        family
+            .iter()
+            .copied()
             .find(|c| c.tiles(rows, cols) >= sm_count as u64)
-            .unwrap_or(TC64X32)
+            .unwrap_or(family[family.len() - 1])
     }
 
-    /// The tensor-core tile and split-K shares for a product with `rows` x `cols` outputs over
-    /// a reduction of `reduction`, when the call has a workspace for the partial sums: as
-    /// `tensor_core_for` while that fills the GPU; below, among 64 x 64 and 64 x 32 tiles split
-    /// into as many shares as fit in one wave (at most `MAX_TC_SPLITS`, each of at least
-    /// `MIN_TC_SLICES_PER_SPLIT` slices), the most blocks, then the larger tile (more reuse per
-    /// block). wide's dW on 132 multiprocessors: 64 tiles of 64 x 64 in 2 shares (128 blocks,
-    /// each over 16384 rows) rather than 128 unsplit tiles of 64 x 32.
-    fn tensor_core_split_for(
+    /// The classic tile and split-K shares for a product with `rows` x `cols` outputs over a
+    /// reduction of `reduction`, when the call has a workspace for the partial sums: as
+    /// `classic_for` while that fills the GPU; below, among the family's tiles that split, each
+    /// split into as many shares as fit in one wave (at most `MAX_CLASSIC_SPLITS`, each of at
+    /// least `MIN_REDUCTION_PER_SPLIT` reduction indices), the most blocks, then the least
+    /// padding (tile area beyond the product), then the larger tile (more reuse per block).
+    /// wide's dW on 132 multiprocessors: 64 tiles of 64 x 64 in 2 shares (128 blocks, each over
+    /// 16384 rows) rather than 128 unsplit tiles of 64 x 32 (mma.sync) or 64 unsplit tiles of
+    /// 64 x 64 (SIMT).
+    fn classic_split_for(
+        family: &[Config],
         rows: usize,
         cols: usize,
         reduction: usize,
         sm_count: usize,
     ) -> Config {
-        let unsplit = Config::tensor_core_for(rows, cols, sm_count);
+        let unsplit = Config::classic_for(family, rows, cols, sm_count);
         let wave = sm_count.max(1) as u64;
         if unsplit.tiles(rows, cols) >= wave {
             return unsplit;
         }
-        let most = (reduction as u64).div_ceil(32) / MIN_TC_SLICES_PER_SPLIT;
-        [TC64X64, TC64X32]
-            .into_iter()
-            .map(|c| Config {
+        let most = reduction as u64 / MIN_REDUCTION_PER_SPLIT;
+        family
+            .iter()
+            .filter(|c| c.can_split)
+            .map(|&c| Config {
                 splits: (wave / c.tiles(rows, cols).max(1))
-                    .min(MAX_TC_SPLITS)
+                    .min(MAX_CLASSIC_SPLITS)
                     .min(most)
                     .max(1),
                 ..c
             })
-            .max_by_key(|c| (c.tiles(rows, cols) * c.splits, c.block_m * c.block_n))
+            .max_by_key(|c| {
+                let tiles = c.tiles(rows, cols);
+                (
+                    tiles * c.splits,
+                    std::cmp::Reverse(tiles * c.block_m * c.block_n),
+                    c.block_m * c.block_n,
+                )
+            })
             .unwrap_or(unsplit)
     }
 
@@ -279,8 +318,8 @@ struct Chooser<'a> {
     hopper_possible: bool,
     shape: LinearShape,
     dtype: &'static str,
-    /// Whether the mma.sync kernels may split narrow products' reductions (the call has a
-    /// workspace for the partial sums).
+    /// Whether the classic kernels (mma.sync, SIMT) may split narrow products' reductions (the
+    /// call has a workspace for the partial sums).
     split_k: bool,
 }
 
@@ -329,21 +368,23 @@ impl<'a> Chooser<'a> {
     /// The mma.sync or SIMT kernel's tile for a product with `rows` x `cols` outputs over a
     /// reduction of `reduction` (split when `split`).
     fn classic(&self, rows: usize, cols: usize, reduction: usize, split: bool) -> Result<Config> {
-        if self.family == BackwardKernel::Simt {
-            return Ok(SIMT);
-        }
-        self.kernels.require_compute_capability(
-            (8, 0),
-            &format!(
-                "the {} backward kernels (mma.sync tensor cores)",
-                self.dtype
-            ),
-        )?;
+        let family: &[Config] = if self.family == BackwardKernel::Simt {
+            &SIMT
+        } else {
+            self.kernels.require_compute_capability(
+                (8, 0),
+                &format!(
+                    "the {} backward kernels (mma.sync tensor cores)",
+                    self.dtype
+                ),
+            )?;
+            &TENSOR_CORE
+        };
         let sm_count = self.kernels.sm_count();
         Ok(if split {
-            Config::tensor_core_split_for(rows, cols, reduction, sm_count)
+            Config::classic_split_for(family, rows, cols, reduction, sm_count)
         } else {
-            Config::tensor_core_for(rows, cols, sm_count)
+            Config::classic_for(family, rows, cols, sm_count)
         })
     }
 
@@ -401,8 +442,8 @@ impl<'a> Chooser<'a> {
 
 /// The kernels a backward call runs for each product, by configuration name (`wg128x256`,
 /// `wg128x128`, `wg128x128s2` ...: kernels/backward_sm90.cu; `tc128x128`, `tc64x64`,
-/// `tc64x32`: kernels/backward_tc.cu; `simt`: kernels/backward_simt.cu), and the blocks each
-/// output tile's reduction is split over.
+/// `tc64x32`: kernels/backward_tc.cu; `simt128x128`, `simt64x64`: kernels/backward_simt.cu), and
+/// the blocks each output tile's reduction is split over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackwardChoice {
     /// The dX product's kernel.
@@ -410,7 +451,7 @@ pub struct BackwardChoice {
     /// The dW (and db) product's kernel.
     pub dw: &'static str,
     /// Split-K of dX: 1 (none), the cluster size of a Hopper split config (`wg128x128s4`: 4),
-    /// or the shares of a split mma.sync product (only with a workspace:
+    /// or the shares of a split mma.sync or SIMT product (only with a workspace:
     /// [`LayerKernels::backward_kernels_with_workspace_for`]).
     pub dx_splits: u32,
     /// Split-K of dW and db, as `dx_splits`.
@@ -487,7 +528,7 @@ pub struct BackwardOptions<'a> {
     ///   column tile. The gradients are bit-identical either way; which is faster depends on the
     ///   shape (docs/BACKWARD.md).
     /// - After that (from the next multiple of 256 bytes), the f32 partial sums of the narrow
-    ///   products the mma.sync kernels split over several blocks per output tile (split-K, summed
+    ///   products the mma.sync and SIMT kernels split over several blocks per output tile (split-K, summed
     ///   in a fixed order: bit-identical run to run, though not to the unsplit kernels). A
     ///   workspace too short for them runs those products unsplit.
     pub workspace: Option<CudaViewMut<'a, u8>>,
@@ -542,8 +583,8 @@ struct Product {
     out: u64,
     /// dW's kernel takes db (null when not asked for) after dW; dX's kernel has no such argument.
     db: Option<u64>,
-    /// The mma.sync kernels' last two arguments: the partial sums' address (0 unless split)
-    /// and the shares per output tile.
+    /// The classic kernels' last two arguments: the partial sums' address (0 unless split) and
+    /// the shares per output tile.
     split_args: Option<(u64, i32)>,
     /// The split sums to queue after the product, when it is split.
     sums: Option<SplitSums>,
@@ -608,7 +649,7 @@ impl LayerKernels {
     }
 
     /// [`LayerKernels::backward_kernels_for`] for a call with a workspace of
-    /// [`LayerKernels::backward_workspace_bytes`], where narrow mma.sync products split their
+    /// [`LayerKernels::backward_workspace_bytes`], where narrow mma.sync and SIMT products split their
     /// reduction (`dx_splits`, `dw_splits`).
     pub fn backward_kernels_with_workspace_for<T: Element>(
         &self,
@@ -640,8 +681,8 @@ impl LayerKernels {
     /// `T` and `kernel` can use on this GPU (for buffers that start 16-byte aligned, with dX, dW
     /// and db requested): [`workspace_bytes`] for dY times the mask (the identity activation with
     /// p > 0), then, from the next multiple of 256 bytes, the f32 partial sums of the products
-    /// the mma.sync kernels split (narrow products with fewer tiles than the GPU has
-    /// multiprocessors; docs/BACKWARD.md, "Split-K on the mma.sync kernels"); 0 when neither
+    /// the mma.sync and SIMT kernels split (narrow products with fewer tiles than the GPU has
+    /// multiprocessors; docs/BACKWARD.md, "Split-K on the classic kernels"); 0 when neither
     /// applies. The activation comes from `spec` (ReLU's saved Y plays no part in the size).
     /// Errors as the backward does for a family that cannot run.
     pub fn backward_workspace_bytes<T: Element>(
@@ -663,7 +704,7 @@ impl LayerKernels {
         })
     }
 
-    /// Both products' paths for 16-byte aligned buffers, the mma.sync ones split where
+    /// Both products' paths for 16-byte aligned buffers, the classic ones split where
     /// `split_k` (a workspace for the partial sums) allows.
     fn backward_paths<T: Element>(
         &self,
@@ -800,7 +841,7 @@ impl LayerKernels {
 
         // The workspace: dY * keep for the identity with p > 0 (the products then read it, with
         // the mask switched off in their parameters; the scale stays: it is applied as before),
-        // and after it the split-K partial sums of narrow mma.sync products.
+        // and after it the split-K partial sums of narrow mma.sync and SIMT products.
         let needed = workspace_bytes::<T>(spec);
         let premask = needed > 0 && m > 0 && n > 0 && (want_dx || want_dw);
         let workspace_len = workspace.as_ref().map_or(0, |ws| ws.len());
@@ -1078,7 +1119,7 @@ impl LayerKernels {
                     }
                     Some(SplitSums {
                         function: self.function(
-                            "backward_tc",
+                            config.module,
                             &format!("fusedrop_backward_split_sum_{}", T::NAME),
                             0,
                         )?,
@@ -1098,9 +1139,7 @@ impl LayerKernels {
                     ]),
                     out,
                     db,
-                    split_args: config
-                        .mma_sync
-                        .then_some((if split { partial } else { 0 }, splits)),
+                    split_args: Some((if split { partial } else { 0 }, splits)),
                     sums,
                     launch: Config {
                         splits: splits as u64,
@@ -1126,21 +1165,27 @@ mod tests {
     }
 
     #[test]
-    fn tensor_core_tile_is_the_largest_that_fills_the_gpu() {
+    fn classic_tile_is_the_largest_that_fills_the_gpu() {
+        let tc = |rows, cols, sm_count| Config::classic_for(&TENSOR_CORE, rows, cols, sm_count);
         // 108 multiprocessors (A100). up's dX: 4096 x 4096 outputs, 1024 tiles of 128 x 128.
-        assert_eq!(Config::tensor_core_for(4096, 4096, 108), TC128X128);
+        assert_eq!(tc(4096, 4096, 108), TC128X128);
         // 1000 x 1000: 64 tiles of 128 x 128, 256 of 64 x 64.
-        assert_eq!(Config::tensor_core_for(1000, 1000, 108), TC64X64);
+        assert_eq!(tc(1000, 1000, 108), TC64X64);
         // wide's dW (1024 x 256) and small's dX (64 x 4096): 64 tiles of 64 x 64, 128 of 64 x 32.
-        assert_eq!(Config::tensor_core_for(1024, 256, 108), TC64X32);
-        assert_eq!(Config::tensor_core_for(64, 4096, 108), TC64X32);
+        assert_eq!(tc(1024, 256, 108), TC64X32);
+        assert_eq!(tc(64, 4096, 108), TC64X32);
         assert_eq!(TC64X32.tiles(1024, 256), 128);
+        // SIMT (f32): 128 x 128 while it fills the GPU, else 64 x 64.
+        let simt = |rows, cols, sm_count| Config::classic_for(&SIMT, rows, cols, sm_count);
+        assert_eq!(simt(4096, 4096, 132), SIMT128X128);
+        assert_eq!(simt(1000, 1000, 108), SIMT64X64);
+        assert_eq!(simt(1024, 256, 132), SIMT64X64);
     }
 
     #[test]
     fn narrow_products_split_the_reduction_when_a_workspace_allows() {
         let chosen = |rows, cols, reduction, sm_count| {
-            let c = Config::tensor_core_split_for(rows, cols, reduction, sm_count);
+            let c = Config::classic_split_for(&TENSOR_CORE, rows, cols, reduction, sm_count);
             (c.name, c.splits)
         };
         // 132 multiprocessors (H100 SXM / H200; the mma.sync kernels run there when forced or
@@ -1161,7 +1206,7 @@ mod tests {
         // An empty product does not divide by zero.
         assert_eq!(chosen(0, 0, 4096, 132).1, 4);
         // The partial sums: 2 shares of 1024 x 256 floats and of db's 1024.
-        let wide_dw = Config::tensor_core_split_for(1024, 256, 32768, 132);
+        let wide_dw = Config::classic_split_for(&TENSOR_CORE, 1024, 256, 32768, 132);
         assert_eq!(
             wide_dw.partial_bytes(1024, 256, 1024),
             2 * (1024 * 256 + 1024) * 4
@@ -1171,6 +1216,32 @@ mod tests {
         assert_eq!(partial_offset(1000), 1024);
         // Grids cover every share of every tile.
         assert_eq!(wide_dw.launch_config(64).grid_dim, (128, 1, 1));
+    }
+
+    #[test]
+    fn narrow_simt_products_split_the_reduction_when_a_workspace_allows() {
+        let chosen = |rows, cols, reduction, sm_count| {
+            let c = Config::classic_split_for(&SIMT, rows, cols, reduction, sm_count);
+            (c.name, c.splits)
+        };
+        // wide's dW (1024 x 256 over m = 32768) on 132 multiprocessors: 64 tiles of 64 x 64 in
+        // 2 shares (128 blocks) beat 16 tiles of 128 x 128 in 4 (64 blocks).
+        assert_eq!(chosen(1024, 256, 32768, 132), ("simt64x64", 2));
+        // small's dX (64 x 4096 over n = 4096): 128 blocks either way (32 tiles of 128 x 128 in
+        // 4 shares, 64 of 64 x 64 in 2); 64-row tiles pad none of the 64 rows.
+        assert_eq!(chosen(64, 4096, 4096, 132), ("simt64x64", 2));
+        // 1024 x 512 over 8192: 128 blocks either way, neither pads: the larger tile.
+        assert_eq!(chosen(1024, 512, 8192, 132), ("simt128x128", 4));
+        // A reduction of 256 is too short to share: the unsplit choice.
+        assert_eq!(chosen(64, 4096, 256, 132), ("simt64x64", 1));
+        // Products that fill the GPU keep the unsplit tile.
+        assert_eq!(chosen(4096, 4096, 4096, 132), ("simt128x128", 1));
+        // Unlike the mma.sync 128 x 128 tile, the SIMT one splits: its partial sums count.
+        let split = Config::classic_split_for(&SIMT, 1024, 512, 8192, 132);
+        assert_eq!(
+            split.partial_bytes(1024, 512, 1024),
+            4 * (1024 * 512 + 1024) * 4
+        );
     }
 
     #[test]

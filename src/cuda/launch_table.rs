@@ -94,8 +94,11 @@ pub const FORWARD_WG128X128S2: LaunchNumbers =
 /// kernels/forward_sm90.cu, `Wg128x128Split4`.
 pub const FORWARD_WG128X128S4: LaunchNumbers =
     clustered(numbers("forward_wg128x128s4", 128, 128, 384, 230_512), 4);
-/// kernels/backward_simt.cu, `BackwardSimtConfig` (static shared memory only).
-pub const BACKWARD_SIMT: LaunchNumbers = numbers("backward_simt", 64, 64, 256, 0);
+/// kernels/backward_simt.cu, `Simt128x128`.
+pub const BACKWARD_SIMT128X128: LaunchNumbers =
+    numbers("backward_simt128x128", 128, 128, 256, 16_896);
+/// kernels/backward_simt.cu, `Simt64x64`.
+pub const BACKWARD_SIMT64X64: LaunchNumbers = numbers("backward_simt64x64", 64, 64, 256, 17_408);
 /// kernels/backward_tc.cu, `Tc128x128`.
 pub const BACKWARD_TC128X128: LaunchNumbers = numbers("backward_tc128x128", 128, 128, 128, 73_728);
 /// kernels/backward_tc.cu, `Tc64x64`.
@@ -232,7 +235,7 @@ pub const FORWARD_SM90_SWEEP: [LaunchNumbers; 11] = [
 ];
 
 /// Every configuration, for build.rs.
-pub const ALL: [LaunchNumbers; 51] = [
+pub const ALL: [LaunchNumbers; 52] = [
     FORWARD_TC128X256,
     FORWARD_TC128X128,
     FORWARD_TC64X128,
@@ -247,7 +250,8 @@ pub const ALL: [LaunchNumbers; 51] = [
     FORWARD_WG64X128S4,
     FORWARD_WG128X128S2,
     FORWARD_WG128X128S4,
-    BACKWARD_SIMT,
+    BACKWARD_SIMT128X128,
+    BACKWARD_SIMT64X64,
     BACKWARD_TC128X128,
     BACKWARD_TC64X64,
     BACKWARD_TC64X32,

@@ -4,7 +4,7 @@
 // grid-stride over its output tiles, so any grid >= 1 is correct), with
 //   dX: tiles = ceil(m / kBlockM) * ceil(k / kBlockN)
 //   dW: tiles = ceil(n / kBlockM) * ceil(k / kBlockN), or ceil(n / kBlockM) when dw is null,
-// times the request's `splits` for the mma.sync kernels' split-K (run_backward_tc).
+// times the request's `splits` for the classic kernels' split-K (run_backward_classic).
 #pragma once
 
 #include "driver.h"
@@ -18,7 +18,7 @@ long long backward_grid(const Request& req, long long items) {
     return req.i64_or("grid_x", std::min<long long>(items, Config::kMaxBlocks));
 }
 
-// `extra`: the arguments after MaskParams (the mma.sync kernels' split-K pair), `splits`: the
+// `extra`: the arguments after MaskParams (the classic kernels' split-K pair), `splits`: the
 // blocks per output tile they ask for.
 template <class Config, typename T, class... Extra>
 void run_backward_dx(const Request& req,
@@ -54,13 +54,14 @@ void run_backward_dw(const Request& req,
         extra...);
 }
 
-// The mma.sync kernels (kernels/backward_tc.cu), as src/cuda/backward.rs queues them: with the
+// The classic kernels (mma.sync: kernels/backward_tc.cu; SIMT: kernels/backward_simt.cu), as
+// src/cuda/backward.rs queues them: with the
 // request's `splits` (default 1) and `partial` buffer, and for splits > 1 the split sum over
 // each gradient after the product (split_sum_threads threads, grid_x blocks or enough for one
 // element per thread).
 template <class Config, typename T, bool kWeightGrad, class Kernel, class Sum>
-void run_backward_tc(const Request& req, Kernel kernel, const char* name, Sum sum,
-                     const char* sum_name) {
+void run_backward_classic(const Request& req, Kernel kernel, const char* name, Sum sum,
+                          const char* sum_name) {
     const int splits = (int)req.i64_or("splits", 1);
     float* partial = req.has("partial") ? req.ptr<float>("partial") : nullptr;
     if constexpr (kWeightGrad) {
@@ -89,32 +90,20 @@ void run_backward_tc(const Request& req, Kernel kernel, const char* name, Sum su
 
 }  // namespace harness
 
-// Registers fusedrop_backward_{dx,dw}_<NAME>_<SUFFIX> with config CONFIG and element type T.
-#define HARNESS_BACKWARD(CONFIG, NAME, SUFFIX, T)                                            \
-    harness::registry()["fusedrop_backward_dx_" #NAME "_" #SUFFIX] =                         \
-        [](const harness::Request& q) {                                                      \
-            harness::run_backward_dx<CONFIG, T>(q, fusedrop_backward_dx_##NAME##_##SUFFIX,   \
-                                                "fusedrop_backward_dx_" #NAME "_" #SUFFIX, 1); \
-        };                                                                                   \
-    harness::registry()["fusedrop_backward_dw_" #NAME "_" #SUFFIX] =                         \
-        [](const harness::Request& q) {                                                      \
-            harness::run_backward_dw<CONFIG, T>(q, fusedrop_backward_dw_##NAME##_##SUFFIX,   \
-                                                "fusedrop_backward_dw_" #NAME "_" #SUFFIX, 1); \
-        };
-
-// The same for the mma.sync kernels, which take the split-K pair and are followed by
+// Registers fusedrop_backward_{dx,dw}_<NAME>_<SUFFIX> of a classic kernel file with config
+// CONFIG and element type T: they take the split-K pair and are followed by
 // fusedrop_backward_split_sum_<SUFFIX> when the request splits.
-#define HARNESS_BACKWARD_TC(CONFIG, NAME, SUFFIX, T)                                          \
+#define HARNESS_BACKWARD_CLASSIC(CONFIG, NAME, SUFFIX, T)                                          \
     harness::registry()["fusedrop_backward_dx_" #NAME "_" #SUFFIX] =                          \
         [](const harness::Request& q) {                                                       \
-            harness::run_backward_tc<CONFIG, T, false>(                                       \
+            harness::run_backward_classic<CONFIG, T, false>(                                       \
                 q, fusedrop_backward_dx_##NAME##_##SUFFIX,                                    \
                 "fusedrop_backward_dx_" #NAME "_" #SUFFIX, fusedrop_backward_split_sum_##SUFFIX, \
                 "fusedrop_backward_split_sum_" #SUFFIX);                                      \
         };                                                                                    \
     harness::registry()["fusedrop_backward_dw_" #NAME "_" #SUFFIX] =                          \
         [](const harness::Request& q) {                                                       \
-            harness::run_backward_tc<CONFIG, T, true>(                                        \
+            harness::run_backward_classic<CONFIG, T, true>(                                        \
                 q, fusedrop_backward_dw_##NAME##_##SUFFIX,                                    \
                 "fusedrop_backward_dw_" #NAME "_" #SUFFIX, fusedrop_backward_split_sum_##SUFFIX, \
                 "fusedrop_backward_split_sum_" #SUFFIX);                                      \

@@ -900,9 +900,10 @@ pub enum Forced {
     /// The identity activation with a backward workspace: dY times the mask written once and
     /// read by both products (backward only).
     IdentityWorkspace,
-    /// The mma.sync backward with the workspace `backward_workspace_bytes` asks for, so that
-    /// its narrow products split their reduction (backward only).
-    SplitWorkspace,
+    /// The backward of this classic family (mma.sync or SIMT) with the workspace
+    /// `backward_workspace_bytes` asks for, so that its narrow products split their reduction
+    /// (backward only).
+    SplitWorkspace(BackwardKernel),
 }
 
 impl Forced {
@@ -918,7 +919,7 @@ impl Forced {
     pub fn kernel(self) -> BackwardKernel {
         match self {
             Forced::Kernel(kernel) => kernel,
-            Forced::SplitWorkspace => BackwardKernel::TensorCore,
+            Forced::SplitWorkspace(kernel) => kernel,
             _ => BackwardKernel::Auto,
         }
     }
@@ -938,7 +939,10 @@ impl Forced {
             Forced::Kernel(kernel) => format!("forced BackwardKernel::{kernel:?}"),
             Forced::Identity => IDENTITY_NOTE.to_string(),
             Forced::IdentityWorkspace => IDENTITY_WORKSPACE_NOTE.to_string(),
-            Forced::SplitWorkspace => SPLIT_WORKSPACE_NOTE.to_string(),
+            Forced::SplitWorkspace(kernel) => format!(
+                "forced BackwardKernel::{kernel:?} with the workspace backward_workspace_bytes \
+                 asks for: narrow products split their reduction (split-K)"
+            ),
         }
     }
 }
@@ -950,10 +954,6 @@ pub const IDENTITY_NOTE: &str = "identity activation instead of ReLU: its backwa
 /// The note of the `fused_ident_ws` rows.
 pub const IDENTITY_WORKSPACE_NOTE: &str = "identity activation with a backward workspace: dY \
     times the mask written once, both products read it instead of redrawing the mask";
-
-/// The note of the `fused_mma_split` rows.
-pub const SPLIT_WORKSPACE_NOTE: &str = "forced BackwardKernel::TensorCore with the workspace \
-    backward_workspace_bytes asks for: narrow products split their reduction (split-K)";
 
 /// A variant of the fused pass, timed beside `fused`: its impl name and what it changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1110,27 +1110,27 @@ pub fn backward_variants_given(dims: LinearShape, hopper: bool, sm_count: usize)
 }
 
 /// [`backward_variants_given`] for element type `T` on the stream's GPU (the Hopper kernels as
-/// [`LayerKernels::hopper_available`] says), and `fused_mma_split` where the mma.sync kernels
-/// split a product of `dims` when given the workspace (split-K's cost beside the unsplit run
-/// of `fused` or `fused_mma_sync`).
+/// [`LayerKernels::hopper_available`] says), and `fused_mma_split` (f16, bf16) or
+/// `fused_simt_split` (f32) where the mma.sync or SIMT kernels split a product of `dims` when
+/// given the workspace (split-K's cost beside the unsplit run of `fused` or `fused_mma_sync`).
 pub fn backward_variants<T: Element>(
     kernels: &LayerKernels,
     dims: LinearShape,
 ) -> Result<Vec<Variant>> {
     let hopper = kernels.hopper_available::<T>();
     let mut variants = backward_variants_given(dims, hopper, kernels.sm_count());
-    if T::NEEDS_SM80 {
-        let mma_sync = kernels.backward_kernels_with_workspace_for::<T>(
-            dims,
-            Nonlinearity::Relu,
-            BackwardKernel::TensorCore,
-        )?;
-        if mma_sync.dx_splits > 1 || mma_sync.dw_splits > 1 {
-            variants.push(Variant {
-                name: "fused_mma_split",
-                forced: Forced::SplitWorkspace,
-            });
-        }
+    let (name, kernel) = if T::NEEDS_SM80 {
+        ("fused_mma_split", BackwardKernel::TensorCore)
+    } else {
+        ("fused_simt_split", BackwardKernel::Simt)
+    };
+    let choice =
+        kernels.backward_kernels_with_workspace_for::<T>(dims, Nonlinearity::Relu, kernel)?;
+    if choice.dx_splits > 1 || choice.dw_splits > 1 {
+        variants.push(Variant {
+            name,
+            forced: Forced::SplitWorkspace(kernel),
+        });
     }
     Ok(variants)
 }
@@ -1540,7 +1540,7 @@ fn measure_shape<T: Element>(
                         let spec = bench_spec(dims, nonlinearity, p, 0);
                         Some(stream.alloc_zeros::<u8>(backward::workspace_bytes::<T>(&spec))?)
                     }
-                    Forced::SplitWorkspace => {
+                    Forced::SplitWorkspace(_) => {
                         let spec = bench_spec(dims, nonlinearity, p, 0);
                         let bytes = kernels.backward_workspace_bytes::<T>(&spec, kernel)?;
                         Some(stream.alloc_zeros::<u8>(bytes)?)

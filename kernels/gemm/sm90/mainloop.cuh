@@ -41,6 +41,7 @@
 #include <stdint.h>
 
 #include "../../ptx.cuh"
+#include "../layout.cuh"
 #include "pipeline.cuh"
 
 namespace fusedrop {
@@ -52,7 +53,8 @@ constexpr int kWarpgroupThreads = 128;
 // One producer warpgroup (one thread of it issues the TMA loads) and the consumers.
 constexpr int kThreads = (1 + kConsumerWarpgroups) * kWarpgroupThreads;
 
-enum class Major { K, MN };
+// The operand orientations of gemm/layout.cuh, named here as the kernels name them.
+using Major = gemm::Major;
 
 // One operand's box(es) in a stage: kRows along M (A) or N (B), 64 along K.
 template <int kRows, Major kMajor>

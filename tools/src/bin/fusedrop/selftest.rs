@@ -136,7 +136,9 @@ impl Case {
 /// more than 39 SMs, so the small tile). (64, 1000, 136) and (1000, 64, 131): a dX of 64 x 136
 /// over n = 1000 and a dW of 64 x 131 over m = 1000, narrow products that the mma.sync kernels
 /// split (`tensor_core_split`; 5 tiles of 64 x 32 in 4 shares on GPUs of 20 or more SMs), on the
-/// aligned and on the general kernel. Every forward config runs on every shape; the identity
+/// aligned and on the general kernel, and so do the SIMT kernels (`simt_split`: 3 tiles of
+/// 64 x 64 in 3 shares). The large shape's dX takes the SIMT 128 x 128 tile, its dW the
+/// 64 x 64 one. Every forward config runs on every shape; the identity
 /// cases with p > 0 also run the backward with a workspace (`auto_workspace`).
 const SANITIZE_SHAPES: [(usize, usize, usize); 7] = [
     (3, 5, 7),
@@ -315,17 +317,22 @@ fn run_dtype<T: Element>(kernels: &LayerKernels, cases: &[Case], out: &mut Vec<O
             ("auto", BackwardKernel::Auto, Workspace::None),
             ("simt", BackwardKernel::Simt, Workspace::None),
         ];
-        if T::NEEDS_SM80 {
-            families.push(("tensor_core", BackwardKernel::TensorCore, Workspace::None));
-            // With the workspace for split-K, where a product is narrow enough to split.
-            let splits = kernels
+        // With the workspace for split-K, where a product is narrow enough to split.
+        let splits = |kernel| {
+            kernels
                 .backward_kernels_with_workspace_for::<T>(
                     case.spec.shape,
                     case.spec.nonlinearity,
-                    BackwardKernel::TensorCore,
+                    kernel,
                 )
-                .is_ok_and(|c| c.dx_splits > 1 || c.dw_splits > 1);
-            if splits {
+                .is_ok_and(|c| c.dx_splits > 1 || c.dw_splits > 1)
+        };
+        if splits(BackwardKernel::Simt) {
+            families.push(("simt_split", BackwardKernel::Simt, Workspace::Full));
+        }
+        if T::NEEDS_SM80 {
+            families.push(("tensor_core", BackwardKernel::TensorCore, Workspace::None));
+            if splits(BackwardKernel::TensorCore) {
                 families.push((
                     "tensor_core_split",
                     BackwardKernel::TensorCore,

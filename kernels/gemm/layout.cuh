@@ -1,0 +1,23 @@
+// What every GEMM main loop (mma.sync, SIMT, Hopper) says the same way: how an operand lies in
+// global memory, and which part of the reduction a main loop covers.
+#pragma once
+
+namespace fusedrop {
+namespace gemm {
+
+// The orientation of an operand's row-major global matrix.
+//   K-major:  [M or N, red] (the forward's X and W, the backward's dY for dX): a row is one
+//             output row (A) or column (B), its reduction indices consecutive.
+//   MN-major: [red, M or N] (the backward's W and X, and dY for dW): a row is one reduction
+//             index, its output rows or columns consecutive.
+enum class Major { K, MN };
+
+// Reduction slices [begin, end) of a main loop (slice s: reduction indices s * BK ..): the
+// whole reduction, or a split-K share of it.
+struct Slices {
+    long long begin;
+    long long end;
+};
+
+}  // namespace gemm
+}  // namespace fusedrop
