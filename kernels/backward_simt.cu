@@ -26,8 +26,8 @@
 // grid size too, though not to the unsplit sums (another order of f32 additions).
 //
 // Configs (BackwardSimtConfig<BM, BN, BK, TM, TN> below, the f32 forward's tiles): simt128x128
-// (256 threads of 8 x 8 outputs, 8-deep slices) and simt64x64 (256 threads of 4 x 4, 16-deep
-// slices, for narrow products). Launch: block = (kThreads, 1, 1), dynamic shared memory =
+// (256 threads of 8 x 8 outputs, 8-deep slices), simt64x64 (256 threads of 4 x 4, 16-deep
+// slices) and simt64x32 (128 threads of 4 x 4, 16-deep slices, for narrow products). Launch: block = (kThreads, 1, 1), dynamic shared memory =
 // kSmemBytes (under 48 KiB), a 1-D grid of any size >= 1 (grid-stride over work items); the
 // wrapper uses grid.x = min(tiles * splits, kMaxBlocks) with
 //   dX: tiles = ceil(m / kBlockM) * ceil(k / kBlockN)
@@ -57,7 +57,7 @@ namespace backward {
 // Row tiles per group of the tile order (as the forward's).
 constexpr long long kSimtGroupRows = 8;
 
-// One config: BM x BN output tiles of 256 threads, each owning a TM x TN register block,
+// One config: BM x BN output tiles, each thread owning a TM x TN register block,
 // BK-deep reduction slices (the forward's SimtConfig tiles).
 template <int BM, int BN, int BK, int TM, int TN>
 struct BackwardSimtConfig {
@@ -77,6 +77,7 @@ struct BackwardSimtConfig {
 
 using Simt128x128 = BackwardSimtConfig<128, 128, 8, 8, 8>;
 using Simt64x64 = BackwardSimtConfig<64, 64, 16, 4, 4>;
+using Simt64x32 = BackwardSimtConfig<64, 32, 16, 4, 4>;
 
 // dY [m, n] as the main loop's A source: load4(r, row, col) gives dZ / scale of dY(row, col ..
 // col + 3) (form_dz4's rule with `unit`, the mask with scale 1), zero outside dY. Both products
@@ -205,6 +206,7 @@ __device__ __forceinline__ void backward_simt(const T* __restrict__ dy, const T*
 
 FUSEDROP_BACKWARD_SIMT_TYPES(Simt128x128, simt128x128)
 FUSEDROP_BACKWARD_SIMT_TYPES(Simt64x64, simt64x64)
+FUSEDROP_BACKWARD_SIMT_TYPES(Simt64x32, simt64x32)
 FUSEDROP_BACKWARD_SPLIT_SUM(f32, float)
 FUSEDROP_BACKWARD_SPLIT_SUM(f16, __half)
 FUSEDROP_BACKWARD_SPLIT_SUM(bf16, __nv_bfloat16)
@@ -216,6 +218,10 @@ static_assert(fusedrop::launch::matches<fusedrop::backward::Simt128x128>(
 static_assert(fusedrop::launch::matches<fusedrop::backward::Simt64x64>(
                   fusedrop::launch::backward_simt64x64),
               "backward Simt64x64 disagrees with src/cuda/launch_table.rs");
+static_assert(fusedrop::launch::matches<fusedrop::backward::Simt64x32>(
+                  fusedrop::launch::backward_simt64x32),
+              "backward Simt64x32 disagrees with src/cuda/launch_table.rs");
 static_assert(fusedrop::backward::Simt128x128::kMaxBlocks == fusedrop::launch::backward_max_blocks &&
-                  fusedrop::backward::Simt64x64::kMaxBlocks == fusedrop::launch::backward_max_blocks,
+                  fusedrop::backward::Simt64x64::kMaxBlocks == fusedrop::launch::backward_max_blocks &&
+                  fusedrop::backward::Simt64x32::kMaxBlocks == fusedrop::launch::backward_max_blocks,
               "kMaxBlocks disagrees with src/cuda/launch_table.rs");

@@ -366,9 +366,10 @@ fn nan_and_infinities_follow_the_contract() {
     }
 }
 
-/// The SIMT kernels (every dtype; f32's only backward) with every tile: an odd shape (64 x 64
-/// for both products), then one sized by the multiprocessor count S whose dX has 2 (S + 1)
-/// tiles of 128 x 128 and whose dW (40 x 200) fewer than S.
+/// The SIMT kernels (every dtype; f32's only backward) with every tile: an odd shape (64 x 32
+/// for both products), then two sized by the multiprocessor count S: the first's dX has 2 (S + 1)
+/// tiles of 128 x 128, the second's 2 (S + 2) of 64 x 64 and fewer than S of 128 x 128 (their dW,
+/// 40 x 200 and 40 x 70, take 64 x 32).
 #[test]
 fn simt_kernels_match_reference_with_every_tile() {
     let Some(kernels) = gpu() else { return };
@@ -376,7 +377,12 @@ fn simt_kernels_match_reference_with_every_tile() {
         kernel: BackwardKernel::Simt,
         ..ALL_OUTPUTS
     };
-    let shapes = [(97, 83, 71), (128 * kernels.sm_count() + 5, 40, 200)];
+    let sms = kernels.sm_count();
+    let shapes = [
+        (97, 83, 71),
+        (128 * sms + 5, 40, 200),
+        (64 * sms + 67, 40, 70),
+    ];
     let mut tiles_run = Vec::new();
     for (m, n, k) in shapes {
         let shape = LinearShape::new(m, n, k);
@@ -389,7 +395,7 @@ fn simt_kernels_match_reference_with_every_tile() {
             check_all_types(&kernels, &spec, case);
         }
     }
-    for tile in ["simt128x128", "simt64x64"] {
+    for tile in ["simt128x128", "simt64x64", "simt64x32"] {
         assert!(
             tiles_run.contains(&tile),
             "no product took {tile}: {tiles_run:?}"
@@ -881,8 +887,7 @@ fn dx_beyond_four_billion_elements() {
     let tail_x = random_values::<f16>(tail * k, &mut rng);
     let want =
         reference::backward_f64(&tail_spec, &tail_x, &w_host, &dy_host[m - tail..], None).unwrap();
-    // The SIMT kernel's 64 x 64 tiles outnumber its 2^20-block grid here, so its grid-stride
-    // loop runs too.
+    // Both families, each with 128 x 128 tiles here (262,504 of them, within one grid).
     for kernel in [BackwardKernel::TensorCore, BackwardKernel::Simt] {
         kernels
             .stream()

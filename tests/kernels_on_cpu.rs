@@ -1040,7 +1040,7 @@ fn check_forward_cases<T: Raw>(
 }
 
 const FORWARD_TC_CONFIGS: [&str; 5] = ["tc128x256", "tc128x128", "tc64x128", "tc64x64", "tc64x32"];
-const FORWARD_F32_CONFIGS: [&str; 2] = ["simt128x128", "simt64x64"];
+const FORWARD_F32_CONFIGS: [&str; 3] = ["simt128x128", "simt64x64", "simt64x32"];
 
 #[test]
 fn forward_f32_matches_reference() {
@@ -1520,19 +1520,23 @@ fn check_backward_cases<T: Raw>(
     }
 }
 
+/// Every SIMT config in every dtype.
 #[test]
 fn backward_simt_matches_reference() {
-    check_backward::<f32>("backward_simt", "simt128x128", 0xB32);
-    check_backward::<f32>("backward_simt", "simt64x64", 0xB33);
-    check_backward::<f16>("backward_simt", "simt128x128", 0xB16);
-    check_backward::<bf16>("backward_simt", "simt64x64", 0xBBF);
+    for (i, config) in ["simt128x128", "simt64x64", "simt64x32"].iter().enumerate() {
+        let seed = 0xB320 + 4 * i as u64;
+        check_backward::<f32>("backward_simt", config, seed);
+        check_backward::<f16>("backward_simt", config, seed + 1);
+        check_backward::<bf16>("backward_simt", config, seed + 2);
+    }
 }
 
 /// Split-K on the SIMT kernels, as on the mma.sync ones: each output tile's reduction shared by
 /// 2, 3 or 4 blocks whose f32 partial sums (in a poisoned workspace) the split sum adds, scales
-/// and rounds, on every backward case (shares of no slice among them: 4 shares of a 40-long
-/// reduction's 3 slices of 16, 3 shares of the 1-long one's single slice; grids of 1 and 3
-/// blocks walking the work items; accumulation; db without dW).
+/// and rounds, on every backward case and every tile (the wrapper splits only 64 x 64 and
+/// 64 x 32; the kernel template is the same), shares of no slice among them (4 shares of a
+/// 40-long reduction's 3 slices of 16, 3 shares of the 1-long one's single slice), grids of 1
+/// and 3 blocks walking the work items, accumulation, db without dW.
 #[test]
 fn backward_simt_split_k_matches_reference() {
     let split = |splits: u32| -> Vec<BackwardCase> {
@@ -1543,7 +1547,7 @@ fn backward_simt_split_k_matches_reference() {
     };
     check_backward_cases::<f32>("backward_simt", "simt64x64", &split(2), 0x5B32);
     check_backward_cases::<f32>("backward_simt", "simt128x128", &split(3), 0x5B33);
-    check_backward_cases::<f32>("backward_simt", "simt64x64", &split(4), 0x5B34);
+    check_backward_cases::<f32>("backward_simt", "simt64x32", &split(4), 0x5B34);
     check_backward_cases::<bf16>("backward_simt", "simt64x64", &split(3), 0x5BBF);
 }
 

@@ -48,9 +48,10 @@ struct Config {
     /// host found 16-byte aligned with n and k multiples of 8 (cp.async only, no element-load
     /// path or run-time branch in the main loop).
     mma_sync: bool,
-    /// Whether the kernels split when asked (the mma.sync 64 x 64 and 64 x 32, whose `kSplitK`
-    /// is set, and every SIMT config). Every classic kernel takes the split-K pair
-    /// (`float* partial, int splits`) after its MaskParams.
+    /// Whether the wrapper lets the kernels split (the 64 x 64 and 64 x 32 tiles: a product too
+    /// narrow for a wave of 128 x 128 tiles gets more blocks from the smaller ones; the mma.sync
+    /// 128 x 128 kernels are also compiled without it, `kSplitK`). Every classic kernel takes
+    /// the split-K pair (`float* partial, int splits`) after its MaskParams.
     can_split: bool,
 }
 
@@ -61,16 +62,21 @@ const SIMT128X128: Config = Config::new(
     "backward_simt",
     "simt128x128",
     launch_table::BACKWARD_SIMT128X128,
-)
-.with_split_k();
+);
 const SIMT64X64: Config = Config::new(
     "backward_simt",
     "simt64x64",
     launch_table::BACKWARD_SIMT64X64,
 )
 .with_split_k();
+const SIMT64X32: Config = Config::new(
+    "backward_simt",
+    "simt64x32",
+    launch_table::BACKWARD_SIMT64X32,
+)
+.with_split_k();
 /// The SIMT configs (every dtype; the only f32 backward), largest tile first.
-const SIMT: [Config; 2] = [SIMT128X128, SIMT64X64];
+const SIMT: [Config; 3] = [SIMT128X128, SIMT64X64, SIMT64X32];
 const TC128X128: Config =
     Config::new("backward_tc", "tc128x128", launch_table::BACKWARD_TC128X128).with_mma_sync(false);
 const TC64X64: Config =
@@ -218,8 +224,7 @@ impl Config {
     /// least `MIN_REDUCTION_PER_SPLIT` reduction indices), the most blocks, then the least
     /// padding (tile area beyond the product), then the larger tile (more reuse per block).
     /// wide's dW on 132 multiprocessors: 64 tiles of 64 x 64 in 2 shares (128 blocks, each over
-    /// 16384 rows) rather than 128 unsplit tiles of 64 x 32 (mma.sync) or 64 unsplit tiles of
-    /// 64 x 64 (SIMT).
+    /// 16384 rows) rather than 128 unsplit tiles of 64 x 32.
     fn classic_split_for(
         family: &[Config],
         rows: usize,
@@ -1025,7 +1030,8 @@ impl LayerKernels {
             //        MaskParams [, float* partial, int splits])
             // with (A0, A1, A2) the CUtensorMaps of dY (or the workspace), Y (or dY's map again)
             // and B for kernels/backward_sm90.cu, else (const T* dy, const T* y, const T* b) with
-            // y null unless relu, and the split-K pair for kernels/backward_tc.cu only. The maps
+            // y null unless relu, and the split-K pair for kernels/backward_tc.cu and
+            // kernels/backward_simt.cu (not the Hopper kernels). The maps
             // were encoded from [m, n], [m, n] and [b_rows, k] operands whose lengths and TMA
             // constraints were checked; the pointers hold m*n (dY, Y, workspace), n*k (W), m*k
             // (X), m*k (dx), n*k (dw, or null) and n (db, or null) elements, all checked; a seed
@@ -1175,11 +1181,11 @@ mod tests {
         assert_eq!(tc(1024, 256, 108), TC64X32);
         assert_eq!(tc(64, 4096, 108), TC64X32);
         assert_eq!(TC64X32.tiles(1024, 256), 128);
-        // SIMT (f32): 128 x 128 while it fills the GPU, else 64 x 64.
+        // SIMT (f32), the same rule over 128 x 128, 64 x 64 and 64 x 32.
         let simt = |rows, cols, sm_count| Config::classic_for(&SIMT, rows, cols, sm_count);
         assert_eq!(simt(4096, 4096, 132), SIMT128X128);
         assert_eq!(simt(1000, 1000, 108), SIMT64X64);
-        assert_eq!(simt(1024, 256, 132), SIMT64X64);
+        assert_eq!(simt(1024, 256, 132), SIMT64X32);
     }
 
     #[test]
@@ -1224,24 +1230,19 @@ mod tests {
             let c = Config::classic_split_for(&SIMT, rows, cols, reduction, sm_count);
             (c.name, c.splits)
         };
-        // wide's dW (1024 x 256 over m = 32768) on 132 multiprocessors: 64 tiles of 64 x 64 in
-        // 2 shares (128 blocks) beat 16 tiles of 128 x 128 in 4 (64 blocks).
+        // As on the mma.sync kernels: wide's dW (1024 x 256 over m = 32768) and small's dX
+        // (64 x 4096 over n = 4096) on 132 multiprocessors take 64 x 64 in 2 shares (128
+        // blocks), as many as 128 unsplit tiles of 64 x 32, with more reuse.
         assert_eq!(chosen(1024, 256, 32768, 132), ("simt64x64", 2));
-        // small's dX (64 x 4096 over n = 4096): 128 blocks either way (32 tiles of 128 x 128 in
-        // 4 shares, 64 of 64 x 64 in 2); 64-row tiles pad none of the 64 rows.
         assert_eq!(chosen(64, 4096, 4096, 132), ("simt64x64", 2));
-        // 1024 x 512 over 8192: 128 blocks either way, neither pads: the larger tile.
-        assert_eq!(chosen(1024, 512, 8192, 132), ("simt128x128", 4));
+        // 128 x 128 outputs over 8192: 8 tiles of 64 x 32 in 4 shares, 32 blocks.
+        assert_eq!(chosen(128, 128, 8192, 132), ("simt64x32", 4));
         // A reduction of 256 is too short to share: the unsplit choice.
-        assert_eq!(chosen(64, 4096, 256, 132), ("simt64x64", 1));
+        assert_eq!(chosen(64, 4096, 256, 132), ("simt64x32", 1));
         // Products that fill the GPU keep the unsplit tile.
         assert_eq!(chosen(4096, 4096, 4096, 132), ("simt128x128", 1));
-        // Unlike the mma.sync 128 x 128 tile, the SIMT one splits: its partial sums count.
-        let split = Config::classic_split_for(&SIMT, 1024, 512, 8192, 132);
-        assert_eq!(
-            split.partial_bytes(1024, 512, 1024),
-            4 * (1024 * 512 + 1024) * 4
-        );
+        assert_eq!(chosen(1024, 512, 8192, 132), ("simt64x32", 1));
+        assert_eq!(SIMT128X128.partial_bytes(1024, 256, 1024), 0);
     }
 
     #[test]

@@ -80,6 +80,9 @@ pub enum ForwardConfig {
     Simt128x128,
     /// f32 SIMT, 64 x 64 tile, 256 threads of 4 x 4 outputs, k slice 16, double-buffered.
     Simt64x64,
+    /// f32 SIMT, 64 x 32 tile, 128 threads of 4 x 4 outputs, k slice 16, double-buffered: the
+    /// most tiles for small m.
+    Simt64x32,
     /// Hopper (sm_90a) wgmma + TMA, 128 x 256 tile: two consumer warpgroups of 64 x 256, a
     /// 4-stage ring of 64-deep k-blocks, persistent grid.
     Wg128x256,
@@ -111,7 +114,11 @@ impl ForwardConfig {
     ];
 
     /// The f32 SIMT configurations, largest tile first.
-    pub const SIMT: [ForwardConfig; 2] = [ForwardConfig::Simt128x128, ForwardConfig::Simt64x64];
+    pub const SIMT: [ForwardConfig; 3] = [
+        ForwardConfig::Simt128x128,
+        ForwardConfig::Simt64x64,
+        ForwardConfig::Simt64x32,
+    ];
 
     /// The Hopper (sm_90a, f16 and bf16) configurations, largest tile first, then the split-K
     /// ones.
@@ -160,6 +167,7 @@ impl ForwardConfig {
             ForwardConfig::Tc64x32 => "tc64x32",
             ForwardConfig::Simt128x128 => "simt128x128",
             ForwardConfig::Simt64x64 => "simt64x64",
+            ForwardConfig::Simt64x32 => "simt64x32",
             ForwardConfig::Wg128x256 => "wg128x256",
             ForwardConfig::Wg128x128 => "wg128x128",
             ForwardConfig::Wg64x128 => "wg64x128",
@@ -207,7 +215,10 @@ impl ForwardConfig {
 
     /// Whether this configuration runs on tensor cores (f16/bf16) rather than f32 SIMT.
     pub const fn uses_tensor_cores(self) -> bool {
-        !matches!(self, ForwardConfig::Simt128x128 | ForwardConfig::Simt64x64)
+        !matches!(
+            self,
+            ForwardConfig::Simt128x128 | ForwardConfig::Simt64x64 | ForwardConfig::Simt64x32
+        )
     }
 
     /// The kernel module (a `kernels/<module>.cu` file) holding this configuration.
@@ -258,6 +269,7 @@ impl ForwardConfig {
             ForwardConfig::Tc64x32 => launch_table::FORWARD_TC64X32,
             ForwardConfig::Simt128x128 => launch_table::FORWARD_SIMT128X128,
             ForwardConfig::Simt64x64 => launch_table::FORWARD_SIMT64X64,
+            ForwardConfig::Simt64x32 => launch_table::FORWARD_SIMT64X32,
             ForwardConfig::Wg128x256 => launch_table::FORWARD_WG128X256,
             ForwardConfig::Wg128x128 => launch_table::FORWARD_WG128X128,
             ForwardConfig::Wg64x128 => launch_table::FORWARD_WG64X128,
@@ -947,9 +959,11 @@ mod tests {
         let wide = LinearShape::new(32768, 1024, 256);
         assert_eq!(choose_config::<bf16>(wide, 132), ForwardConfig::Tc64x64);
         assert_eq!(choose_config::<f32>(wide, 132), ForwardConfig::Simt128x128);
+        let small = LinearShape::new(64, 4096, 4096);
+        assert_eq!(choose_config::<f32>(small, 132), ForwardConfig::Simt64x32);
         let tiny = LinearShape::new(1, 1, 1);
         assert_eq!(choose_config::<bf16>(tiny, 108), ForwardConfig::Tc64x32);
-        assert_eq!(choose_config::<f32>(tiny, 108), ForwardConfig::Simt64x64);
+        assert_eq!(choose_config::<f32>(tiny, 108), ForwardConfig::Simt64x32);
     }
 
     #[test]

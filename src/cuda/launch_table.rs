@@ -76,6 +76,8 @@ pub const FORWARD_SIMT128X128: LaunchNumbers =
     numbers("forward_simt128x128", 128, 128, 256, 16_896);
 /// kernels/forward_f32.cu, `Simt64x64`.
 pub const FORWARD_SIMT64X64: LaunchNumbers = numbers("forward_simt64x64", 64, 64, 256, 17_408);
+/// kernels/forward_f32.cu, `Simt64x32`.
+pub const FORWARD_SIMT64X32: LaunchNumbers = numbers("forward_simt64x32", 64, 32, 128, 13_312);
 /// kernels/forward_sm90.cu, `Wg128x256` (Hopper; persistent grid, so no grid rule here).
 pub const FORWARD_WG128X256: LaunchNumbers = numbers("forward_wg128x256", 128, 256, 384, 197_696);
 /// kernels/forward_sm90.cu, `Wg128x128`.
@@ -99,6 +101,8 @@ pub const BACKWARD_SIMT128X128: LaunchNumbers =
     numbers("backward_simt128x128", 128, 128, 256, 16_896);
 /// kernels/backward_simt.cu, `Simt64x64`.
 pub const BACKWARD_SIMT64X64: LaunchNumbers = numbers("backward_simt64x64", 64, 64, 256, 17_408);
+/// kernels/backward_simt.cu, `Simt64x32`.
+pub const BACKWARD_SIMT64X32: LaunchNumbers = numbers("backward_simt64x32", 64, 32, 128, 13_312);
 /// kernels/backward_tc.cu, `Tc128x128`.
 pub const BACKWARD_TC128X128: LaunchNumbers = numbers("backward_tc128x128", 128, 128, 128, 73_728);
 /// kernels/backward_tc.cu, `Tc64x64`.
@@ -235,7 +239,7 @@ pub const FORWARD_SM90_SWEEP: [LaunchNumbers; 11] = [
 ];
 
 /// Every configuration, for build.rs.
-pub const ALL: [LaunchNumbers; 52] = [
+pub const ALL: [LaunchNumbers; 54] = [
     FORWARD_TC128X256,
     FORWARD_TC128X128,
     FORWARD_TC64X128,
@@ -243,6 +247,7 @@ pub const ALL: [LaunchNumbers; 52] = [
     FORWARD_TC64X32,
     FORWARD_SIMT128X128,
     FORWARD_SIMT64X64,
+    FORWARD_SIMT64X32,
     FORWARD_WG128X256,
     FORWARD_WG128X128,
     FORWARD_WG64X128,
@@ -252,6 +257,7 @@ pub const ALL: [LaunchNumbers; 52] = [
     FORWARD_WG128X128S4,
     BACKWARD_SIMT128X128,
     BACKWARD_SIMT64X64,
+    BACKWARD_SIMT64X32,
     BACKWARD_TC128X128,
     BACKWARD_TC64X64,
     BACKWARD_TC64X32,
@@ -294,5 +300,6 @@ pub const ALL: [LaunchNumbers; 52] = [
 pub const BACKWARD_MAX_BLOCKS: u32 = 1 << 20;
 
 /// Threads per block of the split-K sum kernels (`fusedrop_backward_split_sum_<dtype>`,
-/// kernels/backward_tc.cu), which take it as their `__launch_bounds__`.
+/// kernels/backward_split_k.cuh, in the modules of backward_tc.cu and backward_simt.cu), which
+/// take it as their `__launch_bounds__`.
 pub const SPLIT_SUM_THREADS: u32 = 256;

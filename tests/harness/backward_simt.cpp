@@ -13,4 +13,7 @@ void register_kernels() {
     HARNESS_BACKWARD_CLASSIC(Simt64x64, simt64x64, f32, float)
     HARNESS_BACKWARD_CLASSIC(Simt64x64, simt64x64, f16, __half)
     HARNESS_BACKWARD_CLASSIC(Simt64x64, simt64x64, bf16, __nv_bfloat16)
+    HARNESS_BACKWARD_CLASSIC(Simt64x32, simt64x32, f32, float)
+    HARNESS_BACKWARD_CLASSIC(Simt64x32, simt64x32, f16, __half)
+    HARNESS_BACKWARD_CLASSIC(Simt64x32, simt64x32, bf16, __nv_bfloat16)
 }
