@@ -74,9 +74,12 @@ fi
 
 if [[ "${QUICK:-0}" != "1" ]]; then
   step bench 300 "$here/fusedrop" bench --quick --csv "$out/bench.csv"
-  # The tuning variants against production: mma.sync and f32 (issue 12) and Hopper (issue 10), one
-  # table. About 170 rows, most of the time on the host (each output copied back and compared).
-  step sweep 420 "$here/fusedrop" sweep --quick
+  # The tuning variants against production, one family per step (STEPS can pick them): Hopper
+  # (issue 10; about 80 rows), mma.sync (issue 12; about 85) and f32 (issue 12; 5), most of the
+  # time on the host (each output copied back and compared).
+  step sweep-hopper 240 "$here/fusedrop" sweep --quick --family hopper
+  step sweep-mma-sync 240 "$here/fusedrop" sweep --quick --family mma-sync
+  step sweep-f32 60 "$here/fusedrop" sweep --quick --family f32
   if [[ -f "$here/peers/torch_peer.py" ]]; then
     step torch-peer 300 env PYTHONUNBUFFERED=1 python3 "$here/peers/torch_peer.py" --quick --csv "$out/torch_peer.csv"
   fi

@@ -21,6 +21,9 @@
 //! the outputs must be bit-identical; a variant that differs is reported with the count of
 //! differing elements and its relative L2 distance to production, and fails the run. A variant
 //! whose shared memory exceeds the GPU's per-block limit is listed as not run.
+//!
+//! `--family` and `--shapes` run a part of it (a short GPU lease times the Hopper family first:
+//! `fusedrop sweep --quick --family hopper`).
 
 use clap::Args;
 use cudarc::driver::sys::CUdevice_attribute;
@@ -55,6 +58,18 @@ pub const P: f32 = 0.1;
 pub const HOPPER_PRODUCTION: [ForwardConfig; 2] =
     [ForwardConfig::Wg128x256, ForwardConfig::Wg128x128];
 
+/// A family of tuning variants, each timed against its own production kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Family {
+    /// kernels/forward_tc_sweep.cu against the mma.sync production config (issue 12).
+    MmaSync,
+    /// kernels/forward_sm90_sweep.cu against the Hopper production configs (issue 10;
+    /// compute capability 9.0).
+    Hopper,
+    /// kernels/forward_f32_sweep.cu against the SIMT production config, on `sq` only.
+    F32,
+}
+
 /// The sweep's flags.
 #[derive(Debug, Clone, Args)]
 pub struct Options {
@@ -64,6 +79,34 @@ pub struct Options {
     /// GPU ordinal
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub device: usize,
+    /// Only these families, comma-separated: mma-sync, hopper, f32 (default: every one)
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_enum)]
+    pub family: Vec<Family>,
+    /// Only these shapes, comma-separated, of sq, up, wide (default: every one; the f32 family
+    /// runs on sq only)
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = sweep_shape_name)]
+    pub shapes: Vec<&'static str>,
+}
+
+impl Options {
+    /// Whether the run includes `family`.
+    fn runs(&self, family: Family) -> bool {
+        self.family.is_empty() || self.family.contains(&family)
+    }
+
+    /// Whether the run includes the suite shape `name`.
+    fn runs_shape(&self, name: &str) -> bool {
+        self.shapes.is_empty() || self.shapes.contains(&name)
+    }
+}
+
+/// `--shapes`' parser: a name of [`SHAPES`].
+fn sweep_shape_name(name: &str) -> std::result::Result<&'static str, String> {
+    SHAPES
+        .iter()
+        .copied()
+        .find(|s| *s == name.trim())
+        .ok_or_else(|| format!("unknown sweep shape {name:?}; expected one of {SHAPES:?}"))
 }
 
 /// What became of one kernel on one shape and dtype.
@@ -138,7 +181,7 @@ pub fn run(options: &Options) -> i32 {
 
 /// Measures every shape, dtype and kernel; `progress` sees each row as it is measured.
 pub fn sweep(options: &Options, progress: &mut dyn FnMut(&SweepRow)) -> Result<Vec<SweepRow>> {
-    if !module_built("forward_tc_sweep") {
+    if options.runs(Family::MmaSync) && !module_built("forward_tc_sweep") {
         return Err(Error::KernelsNotBuilt);
     }
     let ctx = open_device(options.device)?;
@@ -156,14 +199,27 @@ pub fn sweep(options: &Options, progress: &mut dyn FnMut(&SweepRow)) -> Result<V
     } else {
         Effort::FULL
     };
+    let candidates = candidates(&kernels, options);
+    let hopper_only = !options.runs(Family::MmaSync) && !options.runs(Family::F32);
+    if hopper_only && candidates.is_empty() {
+        return Err(Error::UnsupportedDevice(format!(
+            "the Hopper variants need compute capability 9.0 and kernels/forward_sm90_sweep.cu; \
+             GPU {} has {major}.{minor}",
+            options.device
+        )));
+    }
     let run = Run {
         gpu: Gpu::read(&kernels)?,
-        candidates: candidates(&kernels),
+        candidates,
         kernels,
         effort,
     };
     let mut rows = Vec::new();
-    for name in SHAPES {
+    // No f16 / bf16 rows when only the f32 family runs (or Hopper alone on another GPU).
+    let half_shapes = SHAPES
+        .into_iter()
+        .filter(|s| options.runs_shape(s) && !run.candidates.is_empty());
+    for name in half_shapes {
         let suite = suite_shape(name)?;
         for dtype in DTYPES {
             rows.extend(match dtype {
@@ -174,9 +230,9 @@ pub fn sweep(options: &Options, progress: &mut dyn FnMut(&SweepRow)) -> Result<V
             });
         }
     }
-    if module_built("forward_f32_sweep") {
+    if options.runs(Family::F32) && module_built("forward_f32_sweep") {
         let f32_candidates = f32_candidates();
-        for name in F32_SHAPES {
+        for name in F32_SHAPES.into_iter().filter(|s| options.runs_shape(s)) {
             let suite = suite_shape(name)?;
             rows.extend(sweep_shape::<f32>(
                 &run,
@@ -199,13 +255,20 @@ struct Run {
     effort: Effort,
 }
 
-/// The rows of every shape, in order: the mma.sync production row (`None`: the heuristic's
-/// choice for the shape) and its variants, then, where the Hopper kernels run, each Hopper
-/// production config and the variants of its tile.
-fn candidates(kernels: &LayerKernels) -> Vec<Kernel> {
-    let mut out = vec![Kernel::Production(None)];
-    out.extend(FORWARD_SWEEP.iter().map(Kernel::Variant));
-    if kernels.hopper_available::<bf16>() && module_built("forward_sm90_sweep") {
+/// The f16 / bf16 rows of every shape, in order, of the families `options` asks for: the
+/// mma.sync production row (`None`: the heuristic's choice for the shape) and its variants,
+/// then, where the Hopper kernels run, each Hopper production config and the variants of its
+/// tile.
+fn candidates(kernels: &LayerKernels, options: &Options) -> Vec<Kernel> {
+    let mut out = Vec::new();
+    if options.runs(Family::MmaSync) {
+        out.push(Kernel::Production(None));
+        out.extend(FORWARD_SWEEP.iter().map(Kernel::Variant));
+    }
+    if options.runs(Family::Hopper)
+        && kernels.hopper_available::<bf16>()
+        && module_built("forward_sm90_sweep")
+    {
         for config in HOPPER_PRODUCTION {
             out.push(Kernel::Production(Some(config)));
             out.extend(
@@ -476,6 +539,29 @@ mod tests {
             "{table}"
         );
         assert!(lines[3].contains("not run: needs 147456 B"), "{table}");
+    }
+
+    #[test]
+    fn flags_select_families_and_shapes() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            options: Options,
+        }
+        let all = Cli::try_parse_from(["sweep"]).unwrap().options;
+        for family in [Family::MmaSync, Family::Hopper, Family::F32] {
+            assert!(all.runs(family));
+        }
+        assert!(SHAPES.iter().all(|s| all.runs_shape(s)));
+        let some = Cli::try_parse_from(["sweep", "--family", "hopper,f32", "--shapes", "wide"])
+            .unwrap()
+            .options;
+        assert!(some.runs(Family::Hopper) && some.runs(Family::F32));
+        assert!(!some.runs(Family::MmaSync));
+        assert!(some.runs_shape("wide") && !some.runs_shape("sq"));
+        assert!(Cli::try_parse_from(["sweep", "--shapes", "odd"]).is_err());
+        assert!(Cli::try_parse_from(["sweep", "--family", "tf32"]).is_err());
     }
 
     #[test]
