@@ -503,7 +503,8 @@ mod cuda {
             db: db.as_mut().map(|d| d.as_view_mut()),
         };
         // The whole workspace the call can use: the identity's mask applied to dY once, and the
-        // partial sums of the narrow products the mma.sync kernels split (none on most shapes).
+        // partial sums of the narrow products the mma.sync and SIMT kernels split (none on most
+        // shapes).
         let workspace_bytes = kernels
             .backward_workspace_bytes::<T>(spec, BackwardKernel::Auto)
             .map_err(to_candle)?;

@@ -40,8 +40,8 @@ struct Case {
     /// Pass a workspace of `workspace_bytes` (poisoned), so the identity backward with dropout
     /// masks dY once into it.
     workspace: bool,
-    /// Pass a workspace of `backward_workspace_bytes` instead (poisoned), so narrow mma.sync
-    /// products also split their reduction.
+    /// Pass a workspace of `backward_workspace_bytes` instead (poisoned), so narrow mma.sync and
+    /// SIMT products also split their reduction.
     split_workspace: bool,
 }
 

@@ -89,7 +89,7 @@ const TENSOR_CORE: [Config; 3] = [TC128X128, TC64X64, TC64X32];
 const MAX_CLASSIC_SPLITS: u64 = 4;
 /// Fewest reduction indices a classic split-K share gets (8 slices of the mma.sync kernels'
 /// 32, so that its main loop still fills its 3-stage pipeline many times over; 16 of the SIMT
-/// 64 x 64 kernel's 16).
+/// 64 x 64 and 64 x 32 kernels' 16).
 const MIN_REDUCTION_PER_SPLIT: u64 = 256;
 const WG128X256: Config = Config::new(
     "backward_sm90",

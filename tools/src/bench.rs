@@ -853,7 +853,7 @@ pub fn fused_backward<T: Element>(
 /// [`fused_backward`] with `activation` (the saved Y is passed for ReLU only: the identity's
 /// backward redraws the mask instead), the kernel family `kernel` and optionally a workspace
 /// ([`BackwardOptions::workspace`]: where the identity's mask is applied to dY once, and narrow
-/// mma.sync products keep their split-K partial sums).
+/// mma.sync and SIMT products keep their split-K partial sums).
 #[allow(clippy::too_many_arguments)]
 pub fn fused_backward_with<T: Element>(
     kernels: &LayerKernels,
