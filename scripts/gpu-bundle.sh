@@ -12,12 +12,10 @@ cd "$(dirname "$0")/.."
 source scripts/nvcc-env.sh
 export FUSEDROP_REQUIRE_NVCC=1
 bundle="${1:-.bundle}"
-rm -rf "$bundle"
-mkdir -p "$bundle/tests" "$bundle/kernels" "$bundle/peers"
 
-echo "== building release test executables"
-cargo test --release --workspace --no-run --message-format=json 2>/dev/null \
-  | python3 -c '
+# Reads cargo's --message-format=json on stdin; prints "name executable" for each test executable.
+test_executables() {
+  python3 -c '
 import json, sys
 for line in sys.stdin:
     try:
@@ -26,7 +24,15 @@ for line in sys.stdin:
         continue
     if msg.get("reason") == "compiler-artifact" and msg.get("executable") and msg["profile"]["test"]:
         print(msg["target"]["name"], msg["executable"])
-' > "$bundle/tests.txt"
+'
+}
+
+rm -rf "$bundle"
+mkdir -p "$bundle/tests" "$bundle/kernels" "$bundle/peers"
+
+echo "== building release test executables"
+cargo test --release --workspace --no-run --message-format=json 2>/dev/null \
+  | test_executables > "$bundle/tests.txt"
 while read -r name exe; do
   case "$name" in
     gpu_*|no_driver) cp "$exe" "$bundle/tests/$name" ;;
@@ -72,15 +78,7 @@ print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["na
     CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/candle-cuda" RUSTFLAGS="-L $link/lib" \
     cargo test --release -p fusedrop --no-default-features --features candle-cuda \
       --test candle_cuda --no-run --message-format=json 2>/dev/null \
-    | python3 -c '
-import json, sys
-for line in sys.stdin:
-    try:
-        msg = json.loads(line)
-    except ValueError:
-        continue
-    if msg.get("reason") == "compiler-artifact" and msg.get("executable"):
-        print(msg["executable"])')"
+    | test_executables | awk '$1 == "candle_cuda" { print $2 }')"
   cp "$candle_exe" "$bundle/tests/candle_cuda"
 fi
 
