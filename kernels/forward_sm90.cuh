@@ -121,7 +121,7 @@ __device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUt
     // rebuilt from the kernel parameters after it.
     const MaskParams resolved = resolve_seed(mp);
     record_seed(resolved, blockIdx.x == 0 && threadIdx.x == gemm::sm90::kWarpgroupThreads);
-    const gemm::sm90::MaskKey key = gemm::sm90::MaskKey::from(resolved);
+    const gemm::sm90::MaskKey key = gemm::sm90::MaskKey::from(resolved, Config::kPairedDraws);
     // Only the block that runs the epilogue (rank 0 of a split-K cluster) draws the mask.
     const bool dropout = dropout_enabled(mp) && mp.threshold <= 0xffffffffull && share.rank == 0;
     const int t = (int)(threadIdx.x % gemm::sm90::kWarpgroupThreads);
@@ -201,6 +201,9 @@ struct WgConfig {
     static constexpr bool kTmaStore = TMA_STORE;
     static constexpr bool kPingPong = PING_PONG;
     static constexpr int kGroupRows = GROUP_ROWS;
+    // Lane pairs share their Philox calls where the columns allow (gemm/sm90/epilogue.cuh); a
+    // sweep variant turns it off to measure it.
+    static constexpr bool kPairedDraws = true;
     static constexpr int kThreads = gemm::sm90::kThreads;
     // The staging areas of the TMA-store epilogue, one per consumer warpgroup, 1024-byte aligned
     // after the ring (whose barriers take the first bytes of the 1024 in between).

@@ -17,7 +17,10 @@
 //   - the tile order's group (GROUP_ROWS, gemm/tile_scheduler.cuh): 4 or 16 row tiles per group
 //     instead of 8 at 128 x 256, 16 at 128 x 128. The 132 tiles one wave of an H100/H200 holds
 //     read the fewest distinct rows of X and columns of W when the wave's footprint is square:
-//     for 128 x 256 tiles about 16 row tiles by 8 column tiles, rather than 8 by 16.5.
+//     for 128 x 256 tiles about 16 row tiles by 8 column tiles, rather than 8 by 16.5;
+//   - unpaired mask draws (kPairedDraws false, gemm/sm90/epilogue.cuh): wg128x256 with every
+//     lane drawing the Philox calls of both its rows itself, as before the lanes of a pair
+//     shared them, so the sweep shows what sharing buys (or costs: one shuffle per group).
 // Every variant computes each output element with the same wgmma sequence (the same k-blocks in
 // the same order, wgmma m64n(N)k16 with the N of the production config of its column tile:
 // wg128x256 for BN = 256, wg128x128 for BN = 128) and the same epilogue arithmetic, so their
@@ -45,6 +48,9 @@ struct Sweep64x256PingPongTmaStore : WgConfig<64, 256, 4, 1, 1, true, true> {};
 struct Sweep128x256Group4 : WgConfig<128, 256, 4, 1, 1, false, false, 4> {};
 struct Sweep128x256Group16 : WgConfig<128, 256, 4, 1, 1, false, false, 16> {};
 struct Sweep128x128Group16 : WgConfig<128, 128, 6, 1, 1, false, false, 16> {};
+struct Sweep128x256Unpaired : Wg128x256 {
+    static constexpr bool kPairedDraws = false;
+};
 
 }  // namespace forward
 }  // namespace fusedrop
@@ -83,6 +89,7 @@ FUSEDROP_FORWARD_SM90_SWEEP_TYPES(Sweep64x256PingPongTmaStore, wg64x256_pp_tmast
 FUSEDROP_FORWARD_SM90_SWEEP_TYPES(Sweep128x256Group4, wg128x256_g4)
 FUSEDROP_FORWARD_SM90_SWEEP_TYPES(Sweep128x256Group16, wg128x256_g16)
 FUSEDROP_FORWARD_SM90_SWEEP_TYPES(Sweep128x128Group16, wg128x128_g16)
+FUSEDROP_FORWARD_SM90_SWEEP_TYPES(Sweep128x256Unpaired, wg128x256_unpaired)
 
 // The launch numbers the Rust side launches with (src/cuda/launch_table.rs, via build.rs).
 #include "fusedrop_launch_table.h"
@@ -101,3 +108,4 @@ FUSEDROP_SM90_SWEEP_MATCHES(Sweep64x256PingPongTmaStore, wg64x256_pp_tmastore)
 FUSEDROP_SM90_SWEEP_MATCHES(Sweep128x256Group4, wg128x256_g4)
 FUSEDROP_SM90_SWEEP_MATCHES(Sweep128x256Group16, wg128x256_g16)
 FUSEDROP_SM90_SWEEP_MATCHES(Sweep128x128Group16, wg128x128_g16)
+FUSEDROP_SM90_SWEEP_MATCHES(Sweep128x256Unpaired, wg128x256_unpaired)

@@ -2054,6 +2054,24 @@ fn hopper_forward_cases(rng: &mut StdRng) -> Vec<(ForwardCase, Option<u32>)> {
         },
         Some(2),
     ));
+    // Shards at a large row offset whose columns keep each lane pair's four columns in one
+    // Philox call (n_global and col_offset multiples of 4: paired draws, gemm/sm90/epilogue.cuh),
+    // and whose n_global would allow it but col_offset does not (every pair straddles two calls).
+    for col_offset in [12, 6] {
+        cases.push((
+            ForwardCase {
+                shape: LinearShape::new(129, 200, 136),
+                geometry: Geometry {
+                    row_offset: 3 + u64::from(rng.random::<u32>()),
+                    col_offset,
+                    n_global: Some(1004),
+                },
+                p: 0.5,
+                ..base
+            },
+            Some(2),
+        ));
+    }
     cases
 }
 
@@ -2115,7 +2133,7 @@ fn forward_sm90_split_bf16_matches_reference() {
 /// The tuning variants of kernels/forward_sm90_sweep.cu and the production config whose output
 /// each must reproduce bit for bit (the same wgmma m64nNk16 sequence and epilogue arithmetic for
 /// every output element: the config with the same column tile).
-const FORWARD_SM90_SWEEP_VARIANTS: [(&str, &str); 11] = [
+const FORWARD_SM90_SWEEP_VARIANTS: [(&str, &str); 12] = [
     ("wg128x256_st3", "wg128x256"),
     ("wg128x256_tmastore", "wg128x256"),
     ("wg128x256_mc2", "wg128x256"),
@@ -2127,6 +2145,7 @@ const FORWARD_SM90_SWEEP_VARIANTS: [(&str, &str); 11] = [
     ("wg128x256_g4", "wg128x256"),
     ("wg128x256_g16", "wg128x256"),
     ("wg128x128_g16", "wg128x128"),
+    ("wg128x256_unpaired", "wg128x256"),
 ];
 
 /// The Hopper cases, plus shapes for the clusters of the multicast variants: an odd number of

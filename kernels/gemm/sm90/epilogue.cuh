@@ -13,6 +13,12 @@
 // hook, one group per k-block) and, for short reductions, the rest in the epilogue. The bits go
 // through a shift register of kGroups / 8 words, so every register index is a compile-time
 // constant (a run-time index into a register array would put it in local memory).
+//
+// Lanes 2i and 2i + 1 hold columns c, c + 1 and c + 2, c + 3 (c = 8j + 4 (i % 2)) of rows r0 and
+// r0 + 8. When those four columns are one Philox call's words in every row (the call's group
+// q = index >> 2 starts at c: n_global and col_offset multiples of 4), the pair draws one call
+// per row instead of each lane drawing both: the even lane row r0's, the odd lane row r0 + 8's,
+// and they trade keep bits with one shuffle (paired draws: half the Philox work per lane).
 #pragma once
 
 #include <stdint.h>
@@ -38,14 +44,20 @@ __device__ __forceinline__ uint32_t select_word(const Philox4& p, int s) {
 struct MaskKey {
     uint32_t seed_lo, seed_hi, subsequence_lo, subsequence_hi;
     uint32_t threshold;
+    // Paired draws (above): every lane pair's four columns are one Philox call's words. The same
+    // for every thread of the launch, so the shuffle is never divergent.
+    bool paired;
 
-    __device__ __forceinline__ static MaskKey from(const MaskParams& resolved) {
+    // `allow_pairs` false keeps one lane's draws independent of its neighbour's (a sweep variant
+    // measures what pairing buys).
+    __device__ __forceinline__ static MaskKey from(const MaskParams& resolved, bool allow_pairs) {
         MaskKey key;
         key.seed_lo = (uint32_t)resolved.seed;
         key.seed_hi = (uint32_t)(resolved.seed >> 32);
         key.subsequence_lo = (uint32_t)resolved.subsequence;
         key.subsequence_hi = (uint32_t)(resolved.subsequence >> 32);
         key.threshold = (uint32_t)resolved.threshold;
+        key.paired = allow_pairs && resolved.n_global % 4 == 0 && resolved.col_offset % 4 == 0;
         return key;
     }
 
@@ -64,6 +76,13 @@ struct MaskKey {
         const uint32_t w0 = select_word(first, s);
         const uint32_t w1 = s == 3 ? words((i >> 2) + 1).w[0] : select_word(first, s + 1);
         return (w0 >= threshold ? 1u : 0u) | (w1 >= threshold ? 2u : 0u);
+    }
+
+    // Keep bits of the linear indices 4q .. 4q + 3 (bit e for 4q + e).
+    __device__ __forceinline__ uint32_t keep_quad(uint64_t q) const {
+        const Philox4 w = words(q);
+        return (w.w[0] >= threshold ? 1u : 0u) | (w.w[1] >= threshold ? 2u : 0u) |
+               (w.w[2] >= threshold ? 4u : 0u) | (w.w[3] >= threshold ? 8u : 0u);
     }
 };
 
@@ -89,11 +108,25 @@ struct FragmentMask {
         index_r8 = mask_index(mp, r0 + 8, c0);
     }
 
-    // Draws the next group's 4 bits, if any are left.
+    // Draws the next group's 4 bits, if any are left. Every lane of the warp calls it alike
+    // (paired draws shuffle).
     __device__ __forceinline__ void draw_next(const MaskKey& key) {
         if (drawn >= kGroups) return;
         const uint64_t step = 8 * (uint64_t)drawn;
-        const uint32_t bits = key.keep_pair(index_r0 + step) | (key.keep_pair(index_r8 + step) << 2);
+        uint32_t bits;
+        if (key.paired) {
+            // Both lanes' indices in a row lie in the same call (the odd lane's is 2 past the
+            // even lane's), so each names it from the row it draws.
+            const bool odd = (threadIdx.x & 1u) != 0;
+            const uint32_t own = key.keep_quad(((odd ? index_r8 : index_r0) + step) >> 2);
+            const uint32_t other = ptx::shfl_xor(own, 1);
+            const uint32_t row0 = odd ? other : own;
+            const uint32_t row8 = odd ? own : other;
+            const int column = odd ? 2 : 0;  // the lane's first column within the call
+            bits = ((row0 >> column) & 3u) | (((row8 >> column) & 3u) << 2);
+        } else {
+            bits = key.keep_pair(index_r0 + step) | (key.keep_pair(index_r8 + step) << 2);
+        }
 #pragma unroll
         for (int i = 0; i + 1 < kWords; ++i) words[i] = (words[i] >> 4) | (words[i + 1] << 28);
         words[kWords - 1] = (words[kWords - 1] >> 4) | (bits << 28);
