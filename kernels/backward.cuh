@@ -113,6 +113,31 @@ FUSEDROP_HD uint32_t keep_pair(const MaskParams& mp, uint64_t i) {
     return (keep_word(mp, w0) ? 1u : 0u) | (keep_word(mp, w1) ? 2u : 0u);
 }
 
+// form_dz_pair once the keep bits are known: element e (the 16-bit half e of dy and y) is
+// dY · (bit e of keep ? scale : 0) where it is masked (masked0, masked1), else dY when Y > 0
+// and 0 otherwise.
+template <typename T>
+FUSEDROP_HD uint32_t dz_pair_from_keep(uint32_t dy, uint32_t y, bool masked0, bool masked1,
+                                       uint32_t keep, float scale) {
+    const bool masked[2] = {masked0, masked1};
+    uint32_t packed = 0;
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+        T dv, yv;
+        const uint16_t dbits = (uint16_t)(dy >> (16 * e)), ybits = (uint16_t)(y >> (16 * e));
+        memcpy(&dv, &dbits, 2);
+        memcpy(&yv, &ybits, 2);
+        const float v = Element<T>::to_float(dv);
+        const float out = masked[e] ? apply_keep(v, ((keep >> e) & 1u) != 0, scale)
+                                    : (Element<T>::to_float(yv) > 0.0f ? v : 0.0f);
+        const T o = Element<T>::from_float(out);
+        uint16_t obits;
+        memcpy(&obits, &o, 2);
+        packed |= (uint32_t)obits << (16 * e);
+    }
+    return packed;
+}
+
 // dZ / scale of two elements of dY packed in the 16-bit halves of one register, as ldmatrix
 // delivers mma.sync's and wgmma's A fragments: dy and y (the saved output, read only for ReLU)
 // hold element (r, c) in the low half and in the high half (r, c + 1), or with kDown (r + 1, c)
@@ -142,22 +167,7 @@ FUSEDROP_HD uint32_t form_dz_pair(uint32_t dy, uint32_t y, bool relu, const Mask
                    (!masked[1] || keep_index(unit, below) ? 2u : 0u);
         }
     }
-    uint32_t packed = 0;
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-        T dv, yv;
-        const uint16_t dbits = (uint16_t)(dy >> (16 * e)), ybits = (uint16_t)y_half[e];
-        memcpy(&dv, &dbits, 2);
-        memcpy(&yv, &ybits, 2);
-        const float v = Element<T>::to_float(dv);
-        const float out = masked[e] ? apply_keep(v, ((keep >> e) & 1u) != 0, unit.scale)
-                                    : (Element<T>::to_float(yv) > 0.0f ? v : 0.0f);
-        const T o = Element<T>::from_float(out);
-        uint16_t obits;
-        memcpy(&obits, &o, 2);
-        packed |= (uint32_t)obits << (16 * e);
-    }
-    return packed;
+    return dz_pair_from_keep<T>(dy, y, masked[0], masked[1], keep, unit.scale);
 }
 
 // dZ / scale of element (r, c) of dY as a float (form_dz_pair's rule for one element; db's

@@ -99,12 +99,21 @@ __device__ __forceinline__ void form_dz_block(unsigned char* block, const unsign
 
 // The A fragments (wgmma_rs layout, one per k16 step) of dZ / scale for this warpgroup's 64
 // rows of the K-major dY box `block` (Y's at y_block), loaded with ldmatrix from the swizzled
-// layout and formed in registers. (row0, col0): the block's first element in dY.
+// layout and formed in registers. (row0, col0): the block's first element in dY. For the
+// identity with p > 0 every element's mask is drawn, with the forward epilogue's draws
+// (gemm/sm90/epilogue.cuh, MaskKey::keep_rows: the A fragment's layout is the accumulator's, so
+// lane pairs share their Philox calls where the columns allow); for ReLU only where Y is NaN
+// (form_dz_pair).
 template <typename T, int kSteps>
 __device__ __forceinline__ void load_dz_fragments(const unsigned char* block,
                                                   const unsigned char* y_block, long long row0,
                                                   long long col0, bool relu,
                                                   const MaskParams& unit, uint32_t (&a)[kSteps][4]) {
+    // The identity's every element is masked; keep_rows takes a 32-bit threshold, so p = 1
+    // (threshold 2^32: nothing kept) is decided here.
+    const bool draw = !relu && dropout_enabled(unit);
+    const bool drop_all = unit.threshold > 0xffffffffull;
+    const gemm::sm90::MaskKey key = gemm::sm90::MaskKey::from(unit, true);
     const int t = (int)(threadIdx.x % gemm::sm90::kWarpgroupThreads);
     const int w = t / 32, l = t % 32;
     // ldmatrix x4: lanes 0-15 address rows 0-15 of the warp's 16 at the k-step's first 8
@@ -118,11 +127,27 @@ __device__ __forceinline__ void load_dz_fragments(const unsigned char* block,
         uint32_t dy[4], y[4] = {0, 0, 0, 0};
         ptx::ldmatrix_x4(dy, block + offset);
         if (relu) ptx::ldmatrix_x4(y, y_block + offset);
+        const long long r0 = row0 + 16 * w + l / 4;
+        if (draw) {
+            // Registers 2 h' + h: row r0 + 8 h, columns c + 8 h' and c + 8 h' + 1.
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const long long r = row0 + 16 * w + l / 4 + 8 * (j & 1);
-            const long long c = col0 + 16 * ks + 8 * (j >> 1) + 2 * (l % 4);
-            a[ks][j] = form_dz_pair<T>(dy[j], y[j], relu, unit, r, c);
+            for (int half = 0; half < 2; ++half) {
+                const long long c = col0 + 16 * ks + 8 * half + 2 * (l % 4);
+                const uint32_t keep =
+                    drop_all ? 0u
+                             : key.keep_rows(mask_index(unit, (uint64_t)r0, (uint64_t)c),
+                                             mask_index(unit, (uint64_t)r0 + 8, (uint64_t)c));
+                a[ks][2 * half] =
+                    dz_pair_from_keep<T>(dy[2 * half], 0u, true, true, keep, unit.scale);
+                a[ks][2 * half + 1] =
+                    dz_pair_from_keep<T>(dy[2 * half + 1], 0u, true, true, keep >> 2, unit.scale);
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const long long c = col0 + 16 * ks + 8 * (j >> 1) + 2 * (l % 4);
+                a[ks][j] = form_dz_pair<T>(dy[j], y[j], relu, unit, r0 + 8 * (j & 1), c);
+            }
         }
     }
 }

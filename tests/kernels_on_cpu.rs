@@ -1707,6 +1707,22 @@ fn hopper_backward_cases() -> Vec<BackwardCase> {
         splits: 1,
         ..base
     });
+    // The identity's dX draws with the forward's paired draws (lane pairs share Philox calls when
+    // n_global and col_offset are multiples of 4): a shard that allows them (col_offset 12) and
+    // one whose n_global would but col_offset does not (6), at a large row offset.
+    for col_offset in [12, 6] {
+        cases.push(BackwardCase {
+            shape: LinearShape::new(131, 136, 72),
+            nonlinearity: Nonlinearity::Identity,
+            p: 0.5,
+            geometry: Geometry {
+                row_offset: 3 << 32,
+                col_offset,
+                n_global: Some(1004),
+            },
+            ..base
+        });
+    }
     cases
 }
 

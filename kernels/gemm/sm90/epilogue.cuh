@@ -84,6 +84,22 @@ struct MaskKey {
         return (w.w[0] >= threshold ? 1u : 0u) | (w.w[1] >= threshold ? 2u : 0u) |
                (w.w[2] >= threshold ? 4u : 0u) | (w.w[3] >= threshold ? 8u : 0u);
     }
+
+    // Keep bits of this lane's pairs in an accumulator-layout fragment group: linear indices
+    // i0, i0 + 1 (bits 0, 1) of row r0 and i8, i8 + 1 (bits 2, 3) of row r0 + 8. Paired (above)
+    // or per lane; every lane of the warp calls it alike (paired draws shuffle).
+    __device__ __forceinline__ uint32_t keep_rows(uint64_t i0, uint64_t i8) const {
+        if (!paired) return keep_pair(i0) | (keep_pair(i8) << 2);
+        // Both lanes' indices in a row lie in the same call (the odd lane's is 2 past the even
+        // lane's), so each names it from the row it draws.
+        const bool odd = (threadIdx.x & 1u) != 0;
+        const uint32_t own = keep_quad((odd ? i8 : i0) >> 2);
+        const uint32_t other = ptx::shfl_xor(own, 1);
+        const uint32_t row0 = odd ? other : own;
+        const uint32_t row8 = odd ? own : other;
+        const int column = odd ? 2 : 0;  // the lane's first column within the call
+        return ((row0 >> column) & 3u) | (((row8 >> column) & 3u) << 2);
+    }
 };
 
 template <int kWgN>
@@ -109,24 +125,11 @@ struct FragmentMask {
     }
 
     // Draws the next group's 4 bits, if any are left. Every lane of the warp calls it alike
-    // (paired draws shuffle).
+    // (MaskKey::keep_rows).
     __device__ __forceinline__ void draw_next(const MaskKey& key) {
         if (drawn >= kGroups) return;
         const uint64_t step = 8 * (uint64_t)drawn;
-        uint32_t bits;
-        if (key.paired) {
-            // Both lanes' indices in a row lie in the same call (the odd lane's is 2 past the
-            // even lane's), so each names it from the row it draws.
-            const bool odd = (threadIdx.x & 1u) != 0;
-            const uint32_t own = key.keep_quad(((odd ? index_r8 : index_r0) + step) >> 2);
-            const uint32_t other = ptx::shfl_xor(own, 1);
-            const uint32_t row0 = odd ? other : own;
-            const uint32_t row8 = odd ? own : other;
-            const int column = odd ? 2 : 0;  // the lane's first column within the call
-            bits = ((row0 >> column) & 3u) | (((row8 >> column) & 3u) << 2);
-        } else {
-            bits = key.keep_pair(index_r0 + step) | (key.keep_pair(index_r8 + step) << 2);
-        }
+        const uint32_t bits = key.keep_rows(index_r0 + step, index_r8 + step);
 #pragma unroll
         for (int i = 0; i + 1 < kWords; ++i) words[i] = (words[i] >> 4) | (words[i + 1] << 28);
         words[kWords - 1] = (words[kWords - 1] >> 4) | (bits << 28);
