@@ -130,7 +130,12 @@ __device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUt
     const int wg_row = (part % Mainloop::kWgRows) * 64 + row_in_cluster;
     const int wg_col = (part / Mainloop::kWgRows) * Mainloop::kWgN;
     float acc[Mainloop::kAccumulators];
-    gemm::sm90::FragmentMask<Mainloop::kWgN> mask;
+    using FragmentMask = gemm::sm90::FragmentMask<Mainloop::kWgN>;
+    FragmentMask mask;
+    // Mask groups drawn per k-block: all of a tile's groups within its main loop, spread evenly,
+    // so that a short reduction (wide: 16 k-blocks for 32 groups at 128 x 256) leaves none for
+    // the epilogue, where the warpgroup would draw them while its tensor cores idle.
+    const int draws_per_k_block = (FragmentMask::kGroups + share.count - 1) / share.count;
     int done = 0;  // the block's tiles before this one (both warpgroups')
     for (int linear = scheduler.first(); linear < scheduler.tiles();
          linear = scheduler.next(linear), ++done) {
@@ -148,11 +153,12 @@ __device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUt
                        (uint64_t)tile.tn * Mainloop::kBlockN + wg_col + 2 * (t % 4));
         }
         Mainloop::mma_tile(acc, storage, state, share.count, part, [&](int) {
-            if (dropout) mask.draw_next(key);
+            if (dropout) {
+                for (int d = 0; d < draws_per_k_block; ++d) mask.draw_next(key);
+            }
         });
         if constexpr (kPingPong) order->pass(consumer);
         const auto epilogue = [&](const float (&result)[Mainloop::kAccumulators]) {
-            if (dropout) mask.draw_rest(key);
             const gemm::TileCoordOf<int> tile = scheduler.tile(linear);
             const gemm::EpilogueArgs<T> epi = gemm::make_epilogue_args(b, y, m, n, relu, mp);
             const long long tile_row = (long long)tile.tm * kClusterRows + wg_row;

@@ -10,7 +10,7 @@
 //
 // The mask of a group is 4 keep bits (bit 2h + e for pair h, column e). They are drawn while the
 // tensor cores run the main loop (FragmentMask::draw_next from Mainloop::mma_tile's `between`
-// hook, one group per k-block) and, for short reductions, the rest in the epilogue. The bits go
+// hook, ceil(groups / k-blocks) groups per k-block, so all before the epilogue). The bits go
 // through a shift register of kGroups / 8 words, so every register index is a compile-time
 // constant (a run-time index into a register array would put it in local memory).
 //
@@ -134,10 +134,6 @@ struct FragmentMask {
         for (int i = 0; i + 1 < kWords; ++i) words[i] = (words[i] >> 4) | (words[i + 1] << 28);
         words[kWords - 1] = (words[kWords - 1] >> 4) | (bits << 28);
         ++drawn;
-    }
-
-    __device__ __forceinline__ void draw_rest(const MaskKey& key) {
-        while (drawn < kGroups) draw_next(key);
     }
 
     // The 4 bits of group j (a compile-time constant after unrolling), once all are drawn.
