@@ -1723,6 +1723,20 @@ fn hopper_backward_cases() -> Vec<BackwardCase> {
             ..base
         });
     }
+    // NaN and infinities in Y under ReLU with a shard geometry whose pairs straddle two Philox
+    // calls (the unsharded cases above have n a multiple of 8, so their pairs never do): the
+    // mask redrawn where Y is NaN, at the shard's indices.
+    cases.push(BackwardCase {
+        shape: LinearShape::new(70, 80, 64),
+        p: 0.5,
+        geometry: Geometry {
+            row_offset: 5,
+            col_offset: 7,
+            n_global: Some(1001),
+        },
+        nonfinite: true,
+        ..base
+    });
     cases
 }
 
