@@ -190,7 +190,7 @@ pub const FORWARD_F32_SWEEP: [LaunchNumbers; 4] = [
 
 /// kernels/forward_sm90_sweep.cu: the tuning variants of the Hopper forward that `fusedrop sweep`
 /// times (stages, TMA-store epilogue, W multicast over clusters of 2, ping-pong consumers, the
-/// tile order's group), in the order it prints them. `block_m` is one block's rows; a multicast variant's cluster takes `cluster` row tiles.
+/// tile order's group, per-lane mask draws), in the order it prints them. `block_m` is one block's rows; a multicast variant's cluster takes `cluster` row tiles.
 pub const FORWARD_SM90_SWEEP: [LaunchNumbers; 12] = [
     numbers("forward_sweep_wg128x256_st3", 128, 256, 384, 148_528),
     tma_stored(numbers(
