@@ -181,4 +181,12 @@ FUSEDROP_HD float dz_over_scale(T dy, T y, bool relu, const MaskParams& unit, lo
     return apply_keep(v, keep_index(unit, mask_index(unit, (uint64_t)r, (uint64_t)c)), unit.scale);
 }
 
+// One gradient element as every backward kernel writes it: *dst = round(old + sum * scale), old
+// being *dst when accumulating, else 0 (the sum in f32, rounded to T once).
+template <typename T>
+FUSEDROP_HD void write_gradient(T* dst, float sum, float scale, bool accumulate) {
+    const float old = accumulate ? Element<T>::to_float(*dst) : 0.0f;
+    *dst = Element<T>::from_float(old + sum * scale);
+}
+
 }  // namespace fusedrop

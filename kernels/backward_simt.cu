@@ -156,23 +156,14 @@ __device__ __forceinline__ void backward_simt(const T* __restrict__ dy, const T*
                 for (int j = 0; j < Tb::kThreadCols; ++j) {
                     const long long s = c0 + Tb::col_of(tx, j);
                     if (s >= k) continue;
-                    const float sum = acc.v[i][j];
-                    if (split) {
-                        partial[(share * rows + r) * k + s] = sum;
-                        continue;
-                    }
-                    T* dst = out + r * k + s;
-                    const float old = accumulate ? Element<T>::to_float(*dst) : 0.0f;
-                    *dst = Element<T>::from_float(old + sum * scale);
+                    store_gradient<T>(out, r * k + s, partial, (share * rows + r) * k + s, split,
+                                      acc.v[i][j], scale, accumulate);
                 }
             }
         }
-        if (do_db && tid < BM && r0 + tid < n && split) {
-            partial_db[share * n + r0 + tid] = db_acc;
-        } else if (do_db && tid < BM && r0 + tid < n) {
-            T* dst = db + r0 + tid;
-            const float old = accumulate ? Element<T>::to_float(*dst) : 0.0f;
-            *dst = Element<T>::from_float(old + db_acc * scale);
+        if (do_db && tid < BM && r0 + tid < n) {
+            store_gradient<T>(db, r0 + tid, partial_db, share * n + r0 + tid, split, db_acc, scale,
+                              accumulate);
         }
     }
 }

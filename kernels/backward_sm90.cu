@@ -269,11 +269,8 @@ __device__ __forceinline__ void backward_sm90(const CUtensorMap* map_dy, const C
             gemm::sm90::store_gradient_fragment<T, Mainloop::kWgN>(
                 result, out, rows, k, tile_row, (long long)tile.tn * Mainloop::kBlockN + wg_col,
                 scale, accumulate != 0);
-            if (do_db && tile_row + t < n) {
-                T* dst = db + tile_row + t;
-                const float old = accumulate ? Element<T>::to_float(*dst) : 0.0f;
-                *dst = Element<T>::from_float(old + db_total * scale);
-            }
+            if (do_db && tile_row + t < n)
+                write_gradient(db + tile_row + t, db_total, scale, accumulate != 0);
         };
         // Split-K: only rank 0 stores, the cluster's sums (and db's).
         Split::finish_tile(smem + kSplitOffset<Mainloop>, acc, db_sum, consumer, done, store);
