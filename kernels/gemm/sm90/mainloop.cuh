@@ -26,9 +26,10 @@
 // rows), so each block reads 1 / kMulticast of B from L2. A block's stage is therefore written
 // by every block of the cluster: it goes back to the producers only when the consumers of every
 // block have released it (each consumer warpgroup arrives on the `empty` barrier of every block,
-// kConsumerWarpgroups x kMulticast arrivals per phase), and its `full` barrier expects the whole
-// stage's bytes from the block's own expect_tx. A block must not exit while another may still
-// arrive on its barriers: the producer drains the ring (`drain`) before it returns.
+// kConsumerWarpgroups x kMulticast arrivals per phase, which the producer acquires at cluster
+// scope), and its `full` barrier expects the whole stage's bytes from the block's own expect_tx.
+// A block must not exit while another may still arrive on its barriers: the producer drains the
+// ring (`drain`) before it returns.
 //
 // Consumer warpgroups: two. Cooperative (kConsumersPerTile = 2, the default): both work on every
 // tile; with BM = 128 each takes 64 rows and all BN columns, with BM = 64 both take the 64 rows
@@ -162,7 +163,7 @@ struct Mainloop {
                                                      int k_first, int k_blocks) {
         const uint32_t bytes = kStageBytes - (side != nullptr ? 0u : kBytesSide);
         for (int kb = k_first; kb < k_first + k_blocks; ++kb) {
-            s.barriers->producer_acquire(state);
+            s.barriers->producer_acquire(state, kMulticast > 1);
             unsigned char* stage = s.stages + state.stage * kStageBytes;
             uint64_t* full = &s.barriers->full[state.stage];
             ptx::mbarrier_arrive_expect_tx(full, bytes);
@@ -214,7 +215,7 @@ struct Mainloop {
     // block outlives every arrival on its barriers.
     __device__ __forceinline__ static void drain(const Storage& s, State state) {
         for (int i = 0; i < kStages; ++i) {
-            s.barriers->producer_acquire(state);
+            s.barriers->producer_acquire(state, kMulticast > 1);
             state.advance();
         }
     }

@@ -45,9 +45,16 @@ struct StageBarriers {
     }
 
     // Producer side: waits until the consumers released the state's stage. On the first pass
-    // over the ring the wait is for the phase before phase 0, which counts as complete.
-    __device__ __forceinline__ void producer_acquire(const PipelineState<kStages>& st) {
-        ptx::mbarrier_wait(&empty[st.stage], st.phase ^ 1u);
+    // over the ring the wait is for the phase before phase 0, which counts as complete. With
+    // `cluster_scope` (multicast: consumers of other blocks release the stage with
+    // `.release.cluster` arrivals) the wait acquires at cluster scope, so that it synchronises
+    // with those releases under the PTX memory model, not only with this block's.
+    __device__ __forceinline__ void producer_acquire(const PipelineState<kStages>& st,
+                                                     bool cluster_scope = false) {
+        if (cluster_scope)
+            ptx::mbarrier_wait_cluster(&empty[st.stage], st.phase ^ 1u);
+        else
+            ptx::mbarrier_wait(&empty[st.stage], st.phase ^ 1u);
     }
 
     // Consumer side: waits until the state's stage holds its TMA bytes.

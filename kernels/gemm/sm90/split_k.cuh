@@ -104,6 +104,9 @@ struct ClusterSplitK {
             ptx::mbarrier_init(&s.full[g], (uint32_t)(kSplits - 1) * kWarpgroupThreads);
             ptx::mbarrier_init(&s.free[g], kWarpgroupThreads);
         }
+        // Other blocks of the cluster arrive on these: the initialisation is made visible to
+        // them here rather than relying on a later init's fence.
+        ptx::fence_mbarrier_init();
     }
 
     // This block's rank in its cluster: clusters are kSplits consecutive blocks along x.
