@@ -704,74 +704,86 @@ FUSEDROP_PTX_DEVICE uint64_t make_smem_desc(const void* smem, int swizzle_bytes,
            ((uint64_t)((stride_byte_offset & 0x3FFFF) >> 4) << 32) | (mode << 62);
 }
 
-// Accumulator operands of wgmma.mma_async: the N/2 f32 registers d[0..N/2-1] are asm operands
-// 3.. (A from shared memory: descriptors and scale-d come first) or 6.. (A from registers).
-// FUSEDROP_WGMMA_{SS,RS}_D<j> is the register list text for 4j registers, FUSEDROP_WGMMA_ACC<j>
-// the matching operand list.
-#define FUSEDROP_WGMMA_SS_D1 "%3, %4, %5, %6"
-#define FUSEDROP_WGMMA_SS_D2 FUSEDROP_WGMMA_SS_D1 ", %7, %8, %9, %10"
-#define FUSEDROP_WGMMA_SS_D3 FUSEDROP_WGMMA_SS_D2 ", %11, %12, %13, %14"
-#define FUSEDROP_WGMMA_SS_D4 FUSEDROP_WGMMA_SS_D3 ", %15, %16, %17, %18"
-#define FUSEDROP_WGMMA_SS_D5 FUSEDROP_WGMMA_SS_D4 ", %19, %20, %21, %22"
-#define FUSEDROP_WGMMA_SS_D6 FUSEDROP_WGMMA_SS_D5 ", %23, %24, %25, %26"
-#define FUSEDROP_WGMMA_SS_D7 FUSEDROP_WGMMA_SS_D6 ", %27, %28, %29, %30"
-#define FUSEDROP_WGMMA_SS_D8 FUSEDROP_WGMMA_SS_D7 ", %31, %32, %33, %34"
-#define FUSEDROP_WGMMA_SS_D9 FUSEDROP_WGMMA_SS_D8 ", %35, %36, %37, %38"
-#define FUSEDROP_WGMMA_SS_D10 FUSEDROP_WGMMA_SS_D9 ", %39, %40, %41, %42"
-#define FUSEDROP_WGMMA_SS_D11 FUSEDROP_WGMMA_SS_D10 ", %43, %44, %45, %46"
-#define FUSEDROP_WGMMA_SS_D12 FUSEDROP_WGMMA_SS_D11 ", %47, %48, %49, %50"
-#define FUSEDROP_WGMMA_SS_D13 FUSEDROP_WGMMA_SS_D12 ", %51, %52, %53, %54"
-#define FUSEDROP_WGMMA_SS_D14 FUSEDROP_WGMMA_SS_D13 ", %55, %56, %57, %58"
-#define FUSEDROP_WGMMA_SS_D15 FUSEDROP_WGMMA_SS_D14 ", %59, %60, %61, %62"
-#define FUSEDROP_WGMMA_SS_D16 FUSEDROP_WGMMA_SS_D15 ", %63, %64, %65, %66"
-#define FUSEDROP_WGMMA_SS_D17 FUSEDROP_WGMMA_SS_D16 ", %67, %68, %69, %70"
-#define FUSEDROP_WGMMA_SS_D18 FUSEDROP_WGMMA_SS_D17 ", %71, %72, %73, %74"
-#define FUSEDROP_WGMMA_SS_D19 FUSEDROP_WGMMA_SS_D18 ", %75, %76, %77, %78"
-#define FUSEDROP_WGMMA_SS_D20 FUSEDROP_WGMMA_SS_D19 ", %79, %80, %81, %82"
-#define FUSEDROP_WGMMA_SS_D21 FUSEDROP_WGMMA_SS_D20 ", %83, %84, %85, %86"
-#define FUSEDROP_WGMMA_SS_D22 FUSEDROP_WGMMA_SS_D21 ", %87, %88, %89, %90"
-#define FUSEDROP_WGMMA_SS_D23 FUSEDROP_WGMMA_SS_D22 ", %91, %92, %93, %94"
-#define FUSEDROP_WGMMA_SS_D24 FUSEDROP_WGMMA_SS_D23 ", %95, %96, %97, %98"
-#define FUSEDROP_WGMMA_SS_D25 FUSEDROP_WGMMA_SS_D24 ", %99, %100, %101, %102"
-#define FUSEDROP_WGMMA_SS_D26 FUSEDROP_WGMMA_SS_D25 ", %103, %104, %105, %106"
-#define FUSEDROP_WGMMA_SS_D27 FUSEDROP_WGMMA_SS_D26 ", %107, %108, %109, %110"
-#define FUSEDROP_WGMMA_SS_D28 FUSEDROP_WGMMA_SS_D27 ", %111, %112, %113, %114"
-#define FUSEDROP_WGMMA_SS_D29 FUSEDROP_WGMMA_SS_D28 ", %115, %116, %117, %118"
-#define FUSEDROP_WGMMA_SS_D30 FUSEDROP_WGMMA_SS_D29 ", %119, %120, %121, %122"
-#define FUSEDROP_WGMMA_SS_D31 FUSEDROP_WGMMA_SS_D30 ", %123, %124, %125, %126"
-#define FUSEDROP_WGMMA_SS_D32 FUSEDROP_WGMMA_SS_D31 ", %127, %128, %129, %130"
-#define FUSEDROP_WGMMA_RS_D1 "%6, %7, %8, %9"
-#define FUSEDROP_WGMMA_RS_D2 FUSEDROP_WGMMA_RS_D1 ", %10, %11, %12, %13"
-#define FUSEDROP_WGMMA_RS_D3 FUSEDROP_WGMMA_RS_D2 ", %14, %15, %16, %17"
-#define FUSEDROP_WGMMA_RS_D4 FUSEDROP_WGMMA_RS_D3 ", %18, %19, %20, %21"
-#define FUSEDROP_WGMMA_RS_D5 FUSEDROP_WGMMA_RS_D4 ", %22, %23, %24, %25"
-#define FUSEDROP_WGMMA_RS_D6 FUSEDROP_WGMMA_RS_D5 ", %26, %27, %28, %29"
-#define FUSEDROP_WGMMA_RS_D7 FUSEDROP_WGMMA_RS_D6 ", %30, %31, %32, %33"
-#define FUSEDROP_WGMMA_RS_D8 FUSEDROP_WGMMA_RS_D7 ", %34, %35, %36, %37"
-#define FUSEDROP_WGMMA_RS_D9 FUSEDROP_WGMMA_RS_D8 ", %38, %39, %40, %41"
-#define FUSEDROP_WGMMA_RS_D10 FUSEDROP_WGMMA_RS_D9 ", %42, %43, %44, %45"
-#define FUSEDROP_WGMMA_RS_D11 FUSEDROP_WGMMA_RS_D10 ", %46, %47, %48, %49"
-#define FUSEDROP_WGMMA_RS_D12 FUSEDROP_WGMMA_RS_D11 ", %50, %51, %52, %53"
-#define FUSEDROP_WGMMA_RS_D13 FUSEDROP_WGMMA_RS_D12 ", %54, %55, %56, %57"
-#define FUSEDROP_WGMMA_RS_D14 FUSEDROP_WGMMA_RS_D13 ", %58, %59, %60, %61"
-#define FUSEDROP_WGMMA_RS_D15 FUSEDROP_WGMMA_RS_D14 ", %62, %63, %64, %65"
-#define FUSEDROP_WGMMA_RS_D16 FUSEDROP_WGMMA_RS_D15 ", %66, %67, %68, %69"
-#define FUSEDROP_WGMMA_RS_D17 FUSEDROP_WGMMA_RS_D16 ", %70, %71, %72, %73"
-#define FUSEDROP_WGMMA_RS_D18 FUSEDROP_WGMMA_RS_D17 ", %74, %75, %76, %77"
-#define FUSEDROP_WGMMA_RS_D19 FUSEDROP_WGMMA_RS_D18 ", %78, %79, %80, %81"
-#define FUSEDROP_WGMMA_RS_D20 FUSEDROP_WGMMA_RS_D19 ", %82, %83, %84, %85"
-#define FUSEDROP_WGMMA_RS_D21 FUSEDROP_WGMMA_RS_D20 ", %86, %87, %88, %89"
-#define FUSEDROP_WGMMA_RS_D22 FUSEDROP_WGMMA_RS_D21 ", %90, %91, %92, %93"
-#define FUSEDROP_WGMMA_RS_D23 FUSEDROP_WGMMA_RS_D22 ", %94, %95, %96, %97"
-#define FUSEDROP_WGMMA_RS_D24 FUSEDROP_WGMMA_RS_D23 ", %98, %99, %100, %101"
-#define FUSEDROP_WGMMA_RS_D25 FUSEDROP_WGMMA_RS_D24 ", %102, %103, %104, %105"
-#define FUSEDROP_WGMMA_RS_D26 FUSEDROP_WGMMA_RS_D25 ", %106, %107, %108, %109"
-#define FUSEDROP_WGMMA_RS_D27 FUSEDROP_WGMMA_RS_D26 ", %110, %111, %112, %113"
-#define FUSEDROP_WGMMA_RS_D28 FUSEDROP_WGMMA_RS_D27 ", %114, %115, %116, %117"
-#define FUSEDROP_WGMMA_RS_D29 FUSEDROP_WGMMA_RS_D28 ", %118, %119, %120, %121"
-#define FUSEDROP_WGMMA_RS_D30 FUSEDROP_WGMMA_RS_D29 ", %122, %123, %124, %125"
-#define FUSEDROP_WGMMA_RS_D31 FUSEDROP_WGMMA_RS_D30 ", %126, %127, %128, %129"
-#define FUSEDROP_WGMMA_RS_D32 FUSEDROP_WGMMA_RS_D31 ", %130, %131, %132, %133"
+// Operands of wgmma.mma_async: the N/2 f32 accumulators d[0..N/2-1] are asm operands 0..N/2-1
+// (outputs, read and written), and the inputs follow them: descriptors and scale-d, and A's four
+// registers for the register-A form. FUSEDROP_WGMMA_D<j> is the register list text for 4j
+// accumulators, FUSEDROP_WGMMA_ACC<j> the matching operand list, and FUSEDROP_WGMMA_IN(i, j)
+// the text of input i when there are 4j accumulators ("%<4j + i>"). Inputs are plain inputs, so
+// the compiler never copies them between the caller's wgmma_fence and the wgmma.
+#define FUSEDROP_WGMMA_D1 "%0, %1, %2, %3"
+#define FUSEDROP_WGMMA_D2 FUSEDROP_WGMMA_D1 ", %4, %5, %6, %7"
+#define FUSEDROP_WGMMA_D3 FUSEDROP_WGMMA_D2 ", %8, %9, %10, %11"
+#define FUSEDROP_WGMMA_D4 FUSEDROP_WGMMA_D3 ", %12, %13, %14, %15"
+#define FUSEDROP_WGMMA_D5 FUSEDROP_WGMMA_D4 ", %16, %17, %18, %19"
+#define FUSEDROP_WGMMA_D6 FUSEDROP_WGMMA_D5 ", %20, %21, %22, %23"
+#define FUSEDROP_WGMMA_D7 FUSEDROP_WGMMA_D6 ", %24, %25, %26, %27"
+#define FUSEDROP_WGMMA_D8 FUSEDROP_WGMMA_D7 ", %28, %29, %30, %31"
+#define FUSEDROP_WGMMA_D9 FUSEDROP_WGMMA_D8 ", %32, %33, %34, %35"
+#define FUSEDROP_WGMMA_D10 FUSEDROP_WGMMA_D9 ", %36, %37, %38, %39"
+#define FUSEDROP_WGMMA_D11 FUSEDROP_WGMMA_D10 ", %40, %41, %42, %43"
+#define FUSEDROP_WGMMA_D12 FUSEDROP_WGMMA_D11 ", %44, %45, %46, %47"
+#define FUSEDROP_WGMMA_D13 FUSEDROP_WGMMA_D12 ", %48, %49, %50, %51"
+#define FUSEDROP_WGMMA_D14 FUSEDROP_WGMMA_D13 ", %52, %53, %54, %55"
+#define FUSEDROP_WGMMA_D15 FUSEDROP_WGMMA_D14 ", %56, %57, %58, %59"
+#define FUSEDROP_WGMMA_D16 FUSEDROP_WGMMA_D15 ", %60, %61, %62, %63"
+#define FUSEDROP_WGMMA_D17 FUSEDROP_WGMMA_D16 ", %64, %65, %66, %67"
+#define FUSEDROP_WGMMA_D18 FUSEDROP_WGMMA_D17 ", %68, %69, %70, %71"
+#define FUSEDROP_WGMMA_D19 FUSEDROP_WGMMA_D18 ", %72, %73, %74, %75"
+#define FUSEDROP_WGMMA_D20 FUSEDROP_WGMMA_D19 ", %76, %77, %78, %79"
+#define FUSEDROP_WGMMA_D21 FUSEDROP_WGMMA_D20 ", %80, %81, %82, %83"
+#define FUSEDROP_WGMMA_D22 FUSEDROP_WGMMA_D21 ", %84, %85, %86, %87"
+#define FUSEDROP_WGMMA_D23 FUSEDROP_WGMMA_D22 ", %88, %89, %90, %91"
+#define FUSEDROP_WGMMA_D24 FUSEDROP_WGMMA_D23 ", %92, %93, %94, %95"
+#define FUSEDROP_WGMMA_D25 FUSEDROP_WGMMA_D24 ", %96, %97, %98, %99"
+#define FUSEDROP_WGMMA_D26 FUSEDROP_WGMMA_D25 ", %100, %101, %102, %103"
+#define FUSEDROP_WGMMA_D27 FUSEDROP_WGMMA_D26 ", %104, %105, %106, %107"
+#define FUSEDROP_WGMMA_D28 FUSEDROP_WGMMA_D27 ", %108, %109, %110, %111"
+#define FUSEDROP_WGMMA_D29 FUSEDROP_WGMMA_D28 ", %112, %113, %114, %115"
+#define FUSEDROP_WGMMA_D30 FUSEDROP_WGMMA_D29 ", %116, %117, %118, %119"
+#define FUSEDROP_WGMMA_D31 FUSEDROP_WGMMA_D30 ", %120, %121, %122, %123"
+#define FUSEDROP_WGMMA_D32 FUSEDROP_WGMMA_D31 ", %124, %125, %126, %127"
+#define FUSEDROP_WGMMA_INPUTS1 "%4", "%5", "%6", "%7", "%8", "%9"
+#define FUSEDROP_WGMMA_INPUTS2 "%8", "%9", "%10", "%11", "%12", "%13"
+#define FUSEDROP_WGMMA_INPUTS3 "%12", "%13", "%14", "%15", "%16", "%17"
+#define FUSEDROP_WGMMA_INPUTS4 "%16", "%17", "%18", "%19", "%20", "%21"
+#define FUSEDROP_WGMMA_INPUTS5 "%20", "%21", "%22", "%23", "%24", "%25"
+#define FUSEDROP_WGMMA_INPUTS6 "%24", "%25", "%26", "%27", "%28", "%29"
+#define FUSEDROP_WGMMA_INPUTS7 "%28", "%29", "%30", "%31", "%32", "%33"
+#define FUSEDROP_WGMMA_INPUTS8 "%32", "%33", "%34", "%35", "%36", "%37"
+#define FUSEDROP_WGMMA_INPUTS9 "%36", "%37", "%38", "%39", "%40", "%41"
+#define FUSEDROP_WGMMA_INPUTS10 "%40", "%41", "%42", "%43", "%44", "%45"
+#define FUSEDROP_WGMMA_INPUTS11 "%44", "%45", "%46", "%47", "%48", "%49"
+#define FUSEDROP_WGMMA_INPUTS12 "%48", "%49", "%50", "%51", "%52", "%53"
+#define FUSEDROP_WGMMA_INPUTS13 "%52", "%53", "%54", "%55", "%56", "%57"
+#define FUSEDROP_WGMMA_INPUTS14 "%56", "%57", "%58", "%59", "%60", "%61"
+#define FUSEDROP_WGMMA_INPUTS15 "%60", "%61", "%62", "%63", "%64", "%65"
+#define FUSEDROP_WGMMA_INPUTS16 "%64", "%65", "%66", "%67", "%68", "%69"
+#define FUSEDROP_WGMMA_INPUTS17 "%68", "%69", "%70", "%71", "%72", "%73"
+#define FUSEDROP_WGMMA_INPUTS18 "%72", "%73", "%74", "%75", "%76", "%77"
+#define FUSEDROP_WGMMA_INPUTS19 "%76", "%77", "%78", "%79", "%80", "%81"
+#define FUSEDROP_WGMMA_INPUTS20 "%80", "%81", "%82", "%83", "%84", "%85"
+#define FUSEDROP_WGMMA_INPUTS21 "%84", "%85", "%86", "%87", "%88", "%89"
+#define FUSEDROP_WGMMA_INPUTS22 "%88", "%89", "%90", "%91", "%92", "%93"
+#define FUSEDROP_WGMMA_INPUTS23 "%92", "%93", "%94", "%95", "%96", "%97"
+#define FUSEDROP_WGMMA_INPUTS24 "%96", "%97", "%98", "%99", "%100", "%101"
+#define FUSEDROP_WGMMA_INPUTS25 "%100", "%101", "%102", "%103", "%104", "%105"
+#define FUSEDROP_WGMMA_INPUTS26 "%104", "%105", "%106", "%107", "%108", "%109"
+#define FUSEDROP_WGMMA_INPUTS27 "%108", "%109", "%110", "%111", "%112", "%113"
+#define FUSEDROP_WGMMA_INPUTS28 "%112", "%113", "%114", "%115", "%116", "%117"
+#define FUSEDROP_WGMMA_INPUTS29 "%116", "%117", "%118", "%119", "%120", "%121"
+#define FUSEDROP_WGMMA_INPUTS30 "%120", "%121", "%122", "%123", "%124", "%125"
+#define FUSEDROP_WGMMA_INPUTS31 "%124", "%125", "%126", "%127", "%128", "%129"
+#define FUSEDROP_WGMMA_INPUTS32 "%128", "%129", "%130", "%131", "%132", "%133"
+#define FUSEDROP_WGMMA_PICK0(a, b, c, d, e, f) a
+#define FUSEDROP_WGMMA_PICK1(a, b, c, d, e, f) b
+#define FUSEDROP_WGMMA_PICK2(a, b, c, d, e, f) c
+#define FUSEDROP_WGMMA_PICK3(a, b, c, d, e, f) d
+#define FUSEDROP_WGMMA_PICK4(a, b, c, d, e, f) e
+#define FUSEDROP_WGMMA_PICK5(a, b, c, d, e, f) f
+// The second level expands FUSEDROP_WGMMA_INPUTS<j> into six arguments before PICK<i> takes one.
+#define FUSEDROP_WGMMA_APPLY(PICK, ...) PICK(__VA_ARGS__)
+#define FUSEDROP_WGMMA_IN(I, J) \
+    FUSEDROP_WGMMA_APPLY(FUSEDROP_WGMMA_PICK##I, FUSEDROP_WGMMA_INPUTS##J)
 #define FUSEDROP_WGMMA_ACC1 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
 #define FUSEDROP_WGMMA_ACC2 FUSEDROP_WGMMA_ACC1, "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
 #define FUSEDROP_WGMMA_ACC3 FUSEDROP_WGMMA_ACC2, "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11])
@@ -827,19 +839,23 @@ FUSEDROP_PTX_DEVICE uint64_t make_smem_desc(const void* smem, int swizzle_bytes,
 #define FUSEDROP_WGMMA_ACC32 \
     FUSEDROP_WGMMA_ACC31, "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
 
-// The descriptors, scale-d and A registers are passed as read-write copies so that they can
-// precede the accumulators in the operand numbering; the predicate p is scale-d != 0.
+// Inputs: SS: desc_a (0), desc_b (1), scale-d (2); RS: desc_b (0), scale-d (1), a[0..3] (2-5).
+// The predicate p is scale-d != 0.
 #define FUSEDROP_WGMMA_SS_ASM(NN, J, TY, TA, TB)                                              \
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %2, 0;\n"                                  \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " FUSEDROP_WGMMA_IN(2, J) ", 0;\n"         \
                  "wgmma.mma_async.sync.aligned.m64n" #NN "k16.f32." TY "." TY " {"              \
-                 FUSEDROP_WGMMA_SS_D##J "}, %0, %1, p, 1, 1, " #TA ", " #TB ";\n}\n"            \
-                 : "+l"(da), "+l"(db), "+r"(scale_d), FUSEDROP_WGMMA_ACC##J)
+                 FUSEDROP_WGMMA_D##J "}, " FUSEDROP_WGMMA_IN(0, J) ", " FUSEDROP_WGMMA_IN(1, J)  \
+                 ", p, 1, 1, " #TA ", " #TB ";\n}\n"                                            \
+                 : FUSEDROP_WGMMA_ACC##J                                                      \
+                 : "l"(desc_a), "l"(desc_b), "r"(scale_d))
 #define FUSEDROP_WGMMA_RS_ASM(NN, J, TY, TB)                                                  \
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %1, 0;\n"                                  \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " FUSEDROP_WGMMA_IN(1, J) ", 0;\n"         \
                  "wgmma.mma_async.sync.aligned.m64n" #NN "k16.f32." TY "." TY " {"              \
-                 FUSEDROP_WGMMA_RS_D##J "}, {%2, %3, %4, %5}, %0, p, 1, 1, " #TB ";\n}\n"       \
-                 : "+l"(db), "+r"(scale_d), "+r"(a0), "+r"(a1), "+r"(a2), "+r"(a3),             \
-                   FUSEDROP_WGMMA_ACC##J)
+                 FUSEDROP_WGMMA_D##J "}, {" FUSEDROP_WGMMA_IN(2, J) ", " FUSEDROP_WGMMA_IN(3, J) \
+                 ", " FUSEDROP_WGMMA_IN(4, J) ", " FUSEDROP_WGMMA_IN(5, J) "}, "                 \
+                 FUSEDROP_WGMMA_IN(0, J) ", p, 1, 1, " #TB ";\n}\n"                             \
+                 : FUSEDROP_WGMMA_ACC##J                                                      \
+                 : "l"(desc_b), "r"(scale_d), "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]))
 #define FUSEDROP_WGMMA_SS_TYPE(NN, J, TY)                                                     \
     if constexpr (kTransA == 0 && kTransB == 0) FUSEDROP_WGMMA_SS_ASM(NN, J, TY, 0, 0);       \
     else if constexpr (kTransA == 0) FUSEDROP_WGMMA_SS_ASM(NN, J, TY, 0, 1);                  \
@@ -885,8 +901,7 @@ FUSEDROP_PTX_DEVICE void wgmma_ss(float (&d)[N / 2], uint64_t desc_a, uint64_t d
     static_assert((kTransA == 0 || kTransA == 1) && (kTransB == 0 || kTransB == 1),
                   "the transpose bits are 0 or 1");
 #if defined(FUSEDROP_PTX_SM90A)
-    uint64_t da = desc_a, db = desc_b;
-    uint32_t scale_d = accumulate ? 1u : 0u;
+    const uint32_t scale_d = accumulate ? 1u : 0u;
     FUSEDROP_WGMMA_EVERY_N(FUSEDROP_WGMMA_SS_CASE)
 #elif defined(__CUDA_ARCH__)
     (void)d, (void)desc_a, (void)desc_b, (void)accumulate;
@@ -909,9 +924,7 @@ FUSEDROP_PTX_DEVICE void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uin
     static_assert(N >= 8 && N <= 256 && N % 8 == 0, "wgmma N is a multiple of 8 up to 256");
     static_assert(kTransB == 0 || kTransB == 1, "the transpose bit is 0 or 1");
 #if defined(FUSEDROP_PTX_SM90A)
-    uint64_t db = desc_b;
-    uint32_t scale_d = accumulate ? 1u : 0u;
-    uint32_t a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
+    const uint32_t scale_d = accumulate ? 1u : 0u;
     FUSEDROP_WGMMA_EVERY_N(FUSEDROP_WGMMA_RS_CASE)
 #elif defined(__CUDA_ARCH__)
     (void)d, (void)a, (void)desc_b, (void)accumulate;
