@@ -5,7 +5,6 @@
 #pragma once
 
 #include "backward.cuh"
-#include "element.cuh"
 #include "fusedrop_launch_table.h"
 
 namespace fusedrop {
