@@ -368,18 +368,53 @@ FUSEDROP_PTX_DEVICE void mbarrier_arrive_expect_tx(uint64_t* bar, uint32_t bytes
 #endif
 }
 
+// How long one wait may last before the kernel gives up: 4 s of %globaltimer, in nanoseconds.
+// The low 32 bits suffice: their difference is exact for intervals under 2^32 ns, and the loop
+// reads the clock every few microseconds. Every wait in these kernels is for at most one tile's
+// main loop of other warps, microseconds on a GPU, so a wait this long is for a barrier that
+// will never complete (a wrong parity, a lost arrival, an expect_tx the TMA never fills). The
+// waiting thread then traps, which ends the launch with an error (the driver reports an
+// illegal instruction) instead of hanging the GPU, and everyone who synchronises with it,
+// forever. Only a debugger that holds a kernel longer than that would see it otherwise. Not yet
+// run on a GPU.
+#define FUSEDROP_MBARRIER_WAIT_LIMIT_NS 4000000000u
+
+#if defined(FUSEDROP_PTX_SM90)
+// The end of a wait that timed out. A function of its own, called rather than inlined: a trap
+// inside the wait loop makes ptxas spill 180 - 280 bytes in the split-K kernels (nvcc 13.0),
+// a call to this costs them nothing.
+__device__ __noinline__ void mbarrier_wait_timed_out() { __trap(); }
+#endif
+
 // mbarrier.try_wait.parity in a loop, with `SEM` (acquire at CTA scope, the default, or at
-// cluster scope) in the instruction.
-#define FUSEDROP_MBARRIER_WAIT_LOOP(SEM, bar, phase_parity)                      \
-    asm volatile(                                                               \
-        "{\n"                                                                   \
-        ".reg .pred done;\n"                                                    \
-        "FUSEDROP_MBARRIER_WAIT:\n"                                             \
-        "mbarrier.try_wait.parity" SEM ".shared::cta.b64 done, [%0], %1;\n"     \
-        "@!done bra FUSEDROP_MBARRIER_WAIT;\n"                                  \
-        "}\n" ::"r"(smem_u32(bar)),                                             \
-        "r"(phase_parity)                                                       \
-        : "memory")
+// cluster scope) in the instruction, giving up after FUSEDROP_MBARRIER_WAIT_LIMIT_NS. The clock
+// is read only once the first try failed, so a wait that succeeds at once costs one more move.
+#define FUSEDROP_MBARRIER_WAIT_LOOP(SEM, bar, phase_parity)                                     \
+    do {                                                                                       \
+        uint32_t timed_out;                                                                    \
+        asm volatile(                                                                          \
+            "{\n"                                                                              \
+            ".reg .pred done, in_time;\n"                                                      \
+            ".reg .u32 start, waited;\n"                                                       \
+            "mov.u32 %0, 0;\n"                                                                 \
+            "mbarrier.try_wait.parity" SEM ".shared::cta.b64 done, [%1], %2;\n"                \
+            "@done bra FUSEDROP_MBARRIER_DONE;\n"                                              \
+            "mov.u32 start, %%globaltimer_lo;\n"                                               \
+            "FUSEDROP_MBARRIER_WAIT:\n"                                                        \
+            "mbarrier.try_wait.parity" SEM ".shared::cta.b64 done, [%1], %2;\n"                \
+            "@done bra FUSEDROP_MBARRIER_DONE;\n"                                              \
+            "mov.u32 waited, %%globaltimer_lo;\n"                                              \
+            "sub.u32 waited, waited, start;\n"                                                 \
+            "setp.le.u32 in_time, waited, %3;\n"                                               \
+            "@in_time bra FUSEDROP_MBARRIER_WAIT;\n"                                           \
+            "mov.u32 %0, 1;\n"                                                                 \
+            "FUSEDROP_MBARRIER_DONE:\n"                                                        \
+            "}\n"                                                                              \
+            : "=r"(timed_out)                                                                  \
+            : "r"(smem_u32(bar)), "r"(phase_parity), "n"(FUSEDROP_MBARRIER_WAIT_LIMIT_NS)      \
+            : "memory");                                                                       \
+        if (timed_out) mbarrier_wait_timed_out();                                              \
+    } while (0)
 
 // Blocks until the phase with parity `phase_parity` (0 or 1) has completed, i.e. while the
 // barrier's current phase has that parity: mbarrier.try_wait.parity in a loop.
