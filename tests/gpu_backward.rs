@@ -13,7 +13,10 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 
 #[path = "common/elementwise.rs"]
 mod elementwise;
+#[path = "common/same_bits.rs"]
+mod same_bits;
 use elementwise::check_elementwise;
+use same_bits::assert_same_bits;
 
 fn gpu() -> Option<LayerKernels> {
     match cuda::open_device(0).and_then(|ctx| LayerKernels::new(ctx.default_stream())) {
@@ -64,8 +67,17 @@ fn random_values<T: Element>(len: usize, rng: &mut StdRng) -> Vec<T> {
         .collect()
 }
 
-fn bits<T: Element>(v: &[T]) -> Vec<u64> {
-    v.iter().map(|e| e.to_f64().to_bits()).collect()
+/// [`assert_same_bits`] for dX (`m x k`), dW (`n x k`) and db (`1 x n`) of one shape.
+fn assert_same_gradients<T: Element>(
+    what: &str,
+    shape: LinearShape,
+    got: &Gradients<T>,
+    want: &Gradients<T>,
+) {
+    let LinearShape { m, n, k } = shape;
+    assert_same_bits(&format!("{what}: dX"), m, k, &got.dx, &want.dx);
+    assert_same_bits(&format!("{what}: dW"), n, k, &got.dw, &want.dw);
+    assert_same_bits(&format!("{what}: db"), 1, n, &got.db, &want.db);
 }
 
 /// The inputs of one backward call, on the host.
@@ -243,6 +255,7 @@ fn check<T: Element>(kernels: &LayerKernels, spec: &LayerSpec, case: Case) {
             &want.dx,
             &abs_sums.dx,
             n,
+            (m, k),
         ),
         (
             "dW",
@@ -252,6 +265,7 @@ fn check<T: Element>(kernels: &LayerKernels, spec: &LayerSpec, case: Case) {
             &want.dw,
             &abs_sums.dw,
             m,
+            (n, k),
         ),
         (
             "db",
@@ -261,15 +275,13 @@ fn check<T: Element>(kernels: &LayerKernels, spec: &LayerSpec, case: Case) {
             &want.db,
             &abs_sums.db,
             m,
+            (1, n),
         ),
     ];
-    for (name, requested, got, initial, new, abs_sum, terms) in outputs {
+    for (name, requested, got, initial, new, abs_sum, terms, (rows, cols)) in outputs {
         if !requested {
-            assert_eq!(
-                bits(got),
-                bits(initial),
-                "{what}: skipped {name} was written"
-            );
+            let skipped = format!("{what}: skipped {name} was written");
+            assert_same_bits(&skipped, rows, cols, got, initial);
             continue;
         }
         let want: Vec<f64> = if case.accumulate {
@@ -290,28 +302,22 @@ fn check<T: Element>(kernels: &LayerKernels, spec: &LayerSpec, case: Case) {
         } else {
             abs_sum.clone()
         };
-        check_elementwise(&format!("{what}: {name}"), got, &want, &bound, terms);
+        check_elementwise(&format!("{what}: {name}"), cols, got, &want, &bound, terms);
         let got: Vec<f64> = got.iter().map(|v| v.to_f64()).collect();
         // Unwritten outputs (NaN poison) and lost or invented NaN / infinities give +inf.
         let error = relative_l2_error_nonfinite(&got, &want);
         assert!(
             error < T::REL_L2_TOLERANCE,
-            "{what}: {name} relative L2 error {error:e} >= {:e}",
-            T::REL_L2_TOLERANCE
+            "{what}: {name} relative L2 error {error:e} >= {:e}; outputs unwritten or of the \
+             wrong class: {}",
+            T::REL_L2_TOLERANCE,
+            reference::describe_differences(rows, cols, &got, &want, |i| {
+                !reference::same_class(got[i], want[i])
+            })
         );
     }
     let again = run_gpu(kernels, spec, &inputs, &initial, case);
-    for (name, first, second) in [
-        ("dX", &got.dx, &again.dx),
-        ("dW", &got.dw, &again.dw),
-        ("db", &got.db, &again.db),
-    ] {
-        assert_eq!(
-            bits(first),
-            bits(second),
-            "{what}: {name} differs on a repeat call"
-        );
-    }
+    assert_same_gradients(&format!("{what}: repeat call"), spec.shape, &again, &got);
 }
 
 fn check_all_types(kernels: &LayerKernels, spec: &LayerSpec, case: Case) {
@@ -494,9 +500,7 @@ fn split_k_for_narrow_products(kernels: &LayerKernels, kernel: BackwardKernel) {
             let initial = poisoned_gradients::<bf16>(shape);
             let first = run_gpu(kernels, &spec, &inputs, &initial, case);
             let again = run_gpu(kernels, &spec, &inputs, &initial, case);
-            assert_eq!(bits(&first.dx), bits(&again.dx), "{shape:?}: dX differs");
-            assert_eq!(bits(&first.dw), bits(&again.dw), "{shape:?}: dW differs");
-            assert_eq!(bits(&first.db), bits(&again.db), "{shape:?}: db differs");
+            assert_same_gradients(&format!("{shape:?}: repeat"), shape, &again, &first);
         }
     }
 }
@@ -767,13 +771,7 @@ fn hopper_is_taken_only_where_tma_can_read_the_operands() {
             ..ALL_OUTPUTS
         },
     );
-    for (name, a, b) in [
-        ("dX", &auto.dx, &forced.dx),
-        ("dW", &auto.dw, &forced.dw),
-        ("db", &auto.db, &forced.db),
-    ] {
-        assert_eq!(bits(a), bits(b), "{name}: Auto and Hopper differ");
-    }
+    assert_same_gradients("Auto and Hopper differ", shape, &forced, &auto);
     // n = 75: dY's rows are not whole 16-byte units.
     let odd = LayerSpec::new(
         LinearShape::new(64, 75, 64),
@@ -831,9 +829,7 @@ fn hopper_split_k_for_narrow_products() {
             let initial = poisoned_gradients::<bf16>(shape);
             let first = run_gpu(&kernels, &spec, &inputs, &initial, ALL_OUTPUTS);
             let again = run_gpu(&kernels, &spec, &inputs, &initial, ALL_OUTPUTS);
-            assert_eq!(bits(&first.dx), bits(&again.dx), "{shape:?}: dX differs");
-            assert_eq!(bits(&first.dw), bits(&again.dw), "{shape:?}: dW differs");
-            assert_eq!(bits(&first.db), bits(&again.db), "{shape:?}: db differs");
+            assert_same_gradients(&format!("{shape:?}: repeat"), shape, &again, &first);
         }
     }
 }
@@ -1315,18 +1311,17 @@ fn aligned_and_general_tensor_core_kernels_give_the_same_bits() {
                     },
                 )
                 .unwrap();
-            results.push([
-                stream.clone_dtoh(&dx).unwrap(),
-                stream.clone_dtoh(&dw).unwrap(),
-                stream.clone_dtoh(&db).unwrap(),
-            ]);
+            results.push(Gradients {
+                dx: stream.clone_dtoh(&dx).unwrap(),
+                dw: stream.clone_dtoh(&dw).unwrap(),
+                db: stream.clone_dtoh(&db).unwrap(),
+            });
         }
-        for (i, name) in ["dX", "dW", "db"].iter().enumerate() {
-            assert_eq!(
-                bits(&results[0][i]),
-                bits(&results[1][i]),
-                "{nonlinearity:?}: {name} differs between the aligned and general kernels"
-            );
-        }
+        assert_same_gradients(
+            &format!("{nonlinearity:?}: the aligned and general kernels differ"),
+            spec.shape,
+            &results[1],
+            &results[0],
+        );
     }
 }

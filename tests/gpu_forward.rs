@@ -10,6 +10,10 @@ use fusedrop::{
 use half::{bf16, f16};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
+#[path = "common/same_bits.rs"]
+mod same_bits;
+use same_bits::assert_same_bits;
+
 fn gpu() -> Option<LayerKernels> {
     match cuda::open_device(0).and_then(|ctx| LayerKernels::new(ctx.default_stream())) {
         Ok(kernels) => Some(kernels),
@@ -177,50 +181,40 @@ fn check<T: Element>(kernels: &LayerKernels, case: Case) {
     let want = reference::forward_f64(&spec, &host.x, &host.w, host.b.as_deref()).unwrap();
     let z = reference::preactivation_f64(case.shape, &host.x, &host.w, host.b.as_deref()).unwrap();
     // NaN where the reference has none is an unwritten (poisoned) output or a lost class.
-    let wrong_class = got
-        .iter()
-        .zip(&want)
-        .filter(|(g, w)| !reference::same_class(**g, **w))
-        .count();
-    assert_eq!(
-        wrong_class, 0,
-        "{what}: {wrong_class} outputs unwritten or of the wrong class (NaN, +-inf, finite)"
+    let wrong_class = |i: usize| !reference::same_class(got[i], want[i]);
+    assert!(
+        !(0..m * n).any(wrong_class),
+        "{what}: outputs unwritten or of the wrong class (NaN, +-inf, finite): {}",
+        reference::describe_differences(m, n, &got, &want, wrong_class)
     );
 
     let dropout = spec.dropout;
-    let mut dropped_nonzero = 0usize;
-    let mut kept_zero = 0usize;
-    for r in 0..m {
-        for c in 0..n {
-            let i = r * n + c;
-            let index = case.geometry.linear_index(n, r, c);
-            let kept = mask::keep(dropout.seed, dropout.subsequence, dropout.p, index);
-            let active = match case.nonlinearity {
-                Nonlinearity::Relu => z[i] > 1e-3,
-                Nonlinearity::Identity => z[i].abs() > 1e-3,
-            };
-            if !want[i].is_finite() {
-                continue;
-            }
-            if !kept && got[i] != 0.0 {
-                dropped_nonzero += 1;
-            }
-            if kept && active && got[i] == 0.0 {
-                kept_zero += 1;
-            }
-        }
-    }
-    assert_eq!(
-        (dropped_nonzero, kept_zero),
-        (0, 0),
-        "{what}: mask differs from the reference ({dropped_nonzero} dropped elements non-zero, \
-         {kept_zero} kept elements zero)"
+    // A finite dropped element must be 0, and a kept one whose pre-activation is clearly active
+    // must not be.
+    let wrong_mask = |i: usize| {
+        let (r, c) = (i / n, i % n);
+        let index = case.geometry.linear_index(n, r, c);
+        let kept = mask::keep(dropout.seed, dropout.subsequence, dropout.p, index);
+        let active = match case.nonlinearity {
+            Nonlinearity::Relu => z[i] > 1e-3,
+            Nonlinearity::Identity => z[i].abs() > 1e-3,
+        };
+        want[i].is_finite() && ((!kept && got[i] != 0.0) || (kept && active && got[i] == 0.0))
+    };
+    assert!(
+        !(0..m * n).any(wrong_mask),
+        "{what}: mask differs from the reference: {}",
+        reference::describe_differences(m, n, &got, &want, wrong_mask)
     );
     let err = reference::relative_l2_error_nonfinite(&got, &want);
     assert!(
         err < T::REL_L2_TOLERANCE,
-        "{what}: relative L2 error {err:e} exceeds {:e}",
-        T::REL_L2_TOLERANCE
+        "{what}: relative L2 error {err:e} exceeds {:e}; elements off by more than 1 %: {}",
+        T::REL_L2_TOLERANCE,
+        reference::describe_differences(m, n, &got, &want, |i| {
+            let error = (got[i] - want[i]).abs();
+            want[i].is_finite() && (error.is_nan() || error > 0.01 * want[i].abs())
+        })
     );
 }
 
@@ -412,8 +406,9 @@ fn same_call_twice_is_bit_identical_and_device_seed_matches_host_seed() {
         let spec = spec_of(&case, 0xdead_beef_0123_4567, 77);
         let first = run_gpu(kernels, &case, &spec, &host, SeedSource::Host);
         let second = run_gpu(kernels, &case, &spec, &host, SeedSource::Host);
-        let bits = |v: &[T]| v.iter().map(|e| e.to_f64().to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&first), bits(&second), "{}: two runs differ", T::NAME);
+        let LinearShape { m, n, .. } = case.shape;
+        let two_runs = format!("{}: two runs differ", T::NAME);
+        assert_same_bits(&two_runs, m, n, &second, &first);
 
         let buffer = kernels
             .stream()
@@ -431,12 +426,8 @@ fn same_call_twice_is_bit_identical_and_device_seed_matches_host_seed() {
             &host,
             SeedSource::Device(&buffer.as_view()),
         );
-        assert_eq!(
-            bits(&first),
-            bits(&from_device),
-            "{}: device-seed form differs from the host form",
-            T::NAME
-        );
+        let device_seed = format!("{}: device-seed form differs from the host form", T::NAME);
+        assert_same_bits(&device_seed, m, n, &from_device, &first);
     }
     each::<f32>(&kernels);
     each::<f16>(&kernels);
@@ -648,10 +639,10 @@ fn hopper_split_k_is_chosen_for_few_tiles_and_deterministic() {
         let host = inputs::<T>(&case, &mut rng);
         let spec = spec_of(&case, 99, 3);
         let first = run_gpu(kernels, &case, &spec, &host, SeedSource::Host);
-        let bits = |v: &[T]| v.iter().map(|e| e.to_f64().to_bits()).collect::<Vec<_>>();
+        let LinearShape { m, n, .. } = case.shape;
         for _ in 0..3 {
             let again = run_gpu(kernels, &case, &spec, &host, SeedSource::Host);
-            assert_eq!(bits(&first), bits(&again), "{}: runs differ", T::NAME);
+            assert_same_bits(&format!("{}: runs differ", T::NAME), m, n, &again, &first);
         }
     }
     each::<f16>(&kernels);
@@ -713,20 +704,13 @@ fn hopper_sweep_variants_match_production_bit_for_bit() {
                     kernels
                         .forward_sweep_variant(&spec, variant, &x, &w, Some(&b.as_view()), &mut y)
                         .unwrap_or_else(|e| panic!("{} {}: {e}", variant.name, T::NAME));
-                    let got = stream.clone_dtoh(&y).unwrap();
-                    let differ = got
-                        .iter()
-                        .zip(&production)
-                        .filter(|(a, b)| a.to_f64().to_bits() != b.to_f64().to_bits())
-                        .count();
-                    assert_eq!(
-                        differ,
-                        0,
-                        "{} {} {m}x{n}x{k} p = {p}: {differ} elements differ from {}",
+                    let what = format!(
+                        "{} {} {m}x{n}x{k} p = {p}: differs from {}",
                         variant.name,
                         T::NAME,
                         config.name()
                     );
+                    assert_same_bits(&what, m, n, &stream.clone_dtoh(&y).unwrap(), &production);
                 }
             }
         }

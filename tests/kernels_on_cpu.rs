@@ -1505,17 +1505,17 @@ fn check_backward_cases<T: Raw>(
     }
     run(&exe, &launches);
     for (pair, (case, want, bounds)) in launches.chunks(2).zip(&expected) {
-        let LinearShape { m, n, .. } = case.shape;
-        let mut outputs = vec![("dX", &pair[0], "dx", &want.0, &bounds.0, n)];
+        let LinearShape { m, n, k } = case.shape;
+        let mut outputs = vec![("dX", &pair[0], "dx", &want.0, &bounds.0, n, k)];
         if case.weight_grad {
-            outputs.push(("dW", &pair[1], "dw", &want.1, &bounds.1, m));
+            outputs.push(("dW", &pair[1], "dw", &want.1, &bounds.1, m, k));
         }
-        outputs.push(("db", &pair[1], "db", &want.2, &bounds.2, m));
-        for (name, launch, buffer, want, abs_sum, terms) in outputs {
+        outputs.push(("db", &pair[1], "db", &want.2, &bounds.2, m, n));
+        for (name, launch, buffer, want, abs_sum, terms, cols) in outputs {
             let what = format!("{name} of {}", launch.what);
             let got = launch.output::<T>(buffer);
             check_close(&what, &got, want);
-            check_elementwise(&what, &got, want, abs_sum, terms);
+            check_elementwise(&what, cols, &got, want, abs_sum, terms);
         }
     }
 }

@@ -668,3 +668,53 @@ fn relative_l2_error_nonfinite_compares_classes_then_finite_values() {
     assert!(reference::same_class(nan, -nan));
     assert!(!reference::same_class(0.0, nan));
 }
+
+#[test]
+fn describe_differences_names_the_tile_and_the_rows_within_blocks() {
+    use reference::describe_differences as describe;
+    let (m, n) = (300, 520);
+    let mut rng = test_rng("describe_differences");
+    let want: Vec<f64> = (0..m * n).map(|_| rng.random_range(0.5..1.5)).collect();
+
+    // One 64 x 128 output tile (rows 64-127, columns 256-383) whose rows 8-15 of each 16 are
+    // wrong: 32 rows x 128 columns.
+    let mut got = want.clone();
+    for r in (64..128).filter(|r| r % 16 >= 8) {
+        for c in 256..384 {
+            got[r * n + c] = -1.0;
+        }
+    }
+    let text = describe(m, n, &got, &want, |i| got[i] != want[i]);
+    assert!(
+        text.starts_with(
+            "4096 of 156000 elements differ, in rows 72-79, 88-95, 104-111, 120-127 (32 of 300) \
+             and columns 256-383 (128 of 520); within 64 x 64 blocks: rows 8-15, 24-31, 40-47, \
+             56-63, columns 0-63; first: [72, 256] is -1 (want "
+        ),
+        "{text}"
+    );
+    assert_eq!(text.matches(" is -1 (want ").count(), 4, "{text}");
+
+    // The predicate decides, not the values: a mask check marks elements whose values agree.
+    assert_eq!(
+        describe(2, 3, &[1.0; 6], &[1.0; 6], |i| i == 4),
+        "1 of 6 elements differ, in rows 1 (1 of 2) and columns 1 (1 of 3); within 64 x 64 \
+         blocks: rows 1, columns 1; first: [1, 1] is 1 (want 1)"
+    );
+    assert_eq!(
+        describe(2, 3, &[1.0; 6], &[1.0; 6], |_| false),
+        "no element of 2 x 3 differs"
+    );
+
+    // Every other column: more runs than are shown.
+    let every_other = describe(1, 40, &[0.0; 40], &[1.0; 40], |i| i % 2 == 0);
+    assert!(
+        every_other.contains("columns 0, 2, 4, 6, 8, 10, 12, 14 and 12 more runs (20 of 40)"),
+        "{every_other}"
+    );
+
+    assert_eq!(
+        describe(2, 3, &[1.0; 5], &[1.0; 6], |_| true),
+        "lengths differ from 2 x 3 = 6: 5 computed, 6 expected"
+    );
+}

@@ -1,7 +1,7 @@
 //! The element-wise check of a reduction's result, shared by the test crates that check the
 //! backward kernels (tests/kernels_on_cpu.rs on the CPU harness, tests/gpu_backward.rs on a GPU).
 
-use fusedrop::Element;
+use fusedrop::{reference, Element};
 
 /// Unit roundoff of the element type (half the distance from 1 to the next value) and its
 /// smallest subnormal (the rounding step of results near zero).
@@ -20,8 +20,11 @@ fn rounding_of<T: Element>() -> (f64, f64) {
 /// the operand rounded to T (dZ), f32 accumulation in any order, and the rounding of the result,
 /// (a relative step u_T, or the smallest subnormal η_T near zero), with a factor of 4 to spare:
 ///   |got - want| <= 4 (u_T (|want| + abs_sum) + terms u_f32 abs_sum + η_T).
+/// The result is row-major with `cols` columns; the failure message says where the elements
+/// outside their bound lie (`reference::describe_differences`).
 pub fn check_elementwise<T: Element>(
     what: &str,
+    cols: usize,
     got: &[T],
     want: &[f64],
     abs_sum: &[f64],
@@ -29,28 +32,31 @@ pub fn check_elementwise<T: Element>(
 ) {
     let (u, subnormal) = rounding_of::<T>();
     let u32 = f64::powi(2.0, -24);
-    let mut worst: Option<(usize, f64, f64)> = None;
-    let mut wrong = 0;
-    for (i, ((g, w), a)) in got.iter().zip(want).zip(abs_sum).enumerate() {
-        let g = g.to_f64();
+    let got: Vec<f64> = got.iter().map(|g| g.to_f64()).collect();
+    // Each element's error against its bound (NaN for an error that is NaN).
+    let excess = |i: usize| {
+        let (w, a) = (want[i], abs_sum[i]);
         if !w.is_finite() || !a.is_finite() {
-            continue;
+            return 0.0;
         }
         let bound = 4.0 * (u * (w.abs() + a) + terms as f64 * u32 * a + subnormal);
-        let error = (g - w).abs();
-        if error.is_nan() || error > bound {
-            wrong += 1;
-            if worst.is_none_or(|(_, e, b)| error / bound > e / b) {
-                worst = Some((i, error, bound));
-            }
-        }
-    }
-    if let Some((i, error, bound)) = worst {
+        (got[i] - w).abs() / bound
+    };
+    let outside = |i: usize| {
+        let excess = excess(i);
+        excess.is_nan() || excess > 1.0
+    };
+    if let Some(worst) = (0..got.len())
+        .filter(|&i| outside(i))
+        .max_by(|&a, &b| excess(a).total_cmp(&excess(b)))
+    {
         panic!(
-            "{what}: {wrong} elements outside their rounding bound; worst: element {i} is {} \
-             where the reference has {} (error {error:e}, bound {bound:e})",
-            got[i].to_f64(),
-            want[i]
+            "{what}: elements outside their rounding bound; worst: element {worst} is {} where \
+             the reference has {} ({:.3e} x its bound); {}",
+            got[worst],
+            want[worst],
+            excess(worst),
+            reference::describe_differences(got.len() / cols, cols, &got, want, outside)
         );
     }
 }

@@ -19,7 +19,8 @@
 //! with the production row above it, on the same inputs and mask: every variant takes the same
 //! mma sequence and epilogue arithmetic for every output element as that production config, so
 //! the outputs must be bit-identical; a variant that differs is reported with the count of
-//! differing elements and its relative L2 distance to production, and fails the run. A variant
+//! differing elements, its relative L2 distance to production and where they lie (rows,
+//! columns, positions within 64 x 64 blocks, the first few), and fails the run. A variant
 //! whose shared memory exceeds the GPU's per-block limit is listed as not run.
 //!
 //! `--family` and `--shapes` run a part of it (a short GPU lease times the Hopper family first:
@@ -121,6 +122,9 @@ pub enum Outcome {
         differ: usize,
         /// Relative L2 distance to the production kernel's output.
         distance: f64,
+        /// Where the differing elements lie (`reference::describe_differences`); empty when
+        /// none differs.
+        differences: String,
     },
     /// Not run: its shared memory exceeds what a block may use on this GPU.
     DoesNotFit {
@@ -404,15 +408,17 @@ fn sweep_shape<T: Element>(
                     kernel.launch(kernels, &mut ops, dims, i)
                 })?;
                 let want = reference_y.get_or_insert_with(|| y.clone());
-                let differ = y
-                    .iter()
-                    .zip(want.iter())
-                    .filter(|(a, b)| a.to_bits() != b.to_bits())
-                    .count();
+                let differs = |i: usize| y[i].to_bits() != want[i].to_bits();
+                let differ = (0..y.len()).filter(|&i| differs(i)).count();
                 Outcome::Measured {
                     time_us: timing.per_launch.as_secs_f64() * 1e6,
                     differ,
                     distance: reference::relative_l2_error_nonfinite(&y, want),
+                    differences: if differ == 0 {
+                        String::new()
+                    } else {
+                        reference::describe_differences(dims.m, dims.n, &y, want, differs)
+                    },
                 }
             }
         };
@@ -448,6 +454,7 @@ pub fn format_row(row: &SweepRow, production_us: Option<f64>) -> String {
             time_us,
             differ,
             distance,
+            ref differences,
         } => {
             let dims = suite_shape(row.shape).map(|s| s.shape());
             let tflops = dims.map_or(f64::NAN, |d| forward_flops(d) / (time_us * 1e-6) / 1e12);
@@ -455,7 +462,7 @@ pub fn format_row(row: &SweepRow, production_us: Option<f64>) -> String {
             let check = if differ == 0 {
                 "bit-identical".to_string()
             } else {
-                format!("DIFFERS: {differ} elements, rel. L2 {distance:.2e}")
+                format!("DIFFERS: {differ} elements, rel. L2 {distance:.2e}; {differences}")
             };
             format!("{head} {time_us:>10.1} {tflops:>8.1} {ratio:>7}  {check}")
         }
@@ -510,6 +517,7 @@ mod tests {
                     time_us: 200.0,
                     differ: 0,
                     distance: 0.0,
+                    differences: String::new(),
                 },
             ),
             row(
@@ -518,6 +526,7 @@ mod tests {
                     time_us: 100.0,
                     differ: 3,
                     distance: 1e-3,
+                    differences: "3 of 12 elements differ, in rows 1".to_string(),
                 },
             ),
             row(
@@ -535,7 +544,9 @@ mod tests {
             "{table}"
         );
         assert!(
-            lines[2].contains("2.000") && lines[2].contains("DIFFERS: 3 elements"),
+            lines[2].contains("2.000")
+                && lines[2].contains("DIFFERS: 3 elements")
+                && lines[2].ends_with("; 3 of 12 elements differ, in rows 1"),
             "{table}"
         );
         assert!(lines[3].contains("not run: needs 147456 B"), "{table}");
