@@ -416,20 +416,20 @@ fn to_f64<T: Element>(v: &[T]) -> Vec<f64> {
     v.iter().map(|e| e.to_f64()).collect()
 }
 
-/// Elements the mask drops that are not exactly zero in `y` (`[m, n]` under the case's spec).
-fn mask_errors(spec: &LayerSpec, y: &[f64]) -> usize {
-    let LinearShape { m, n, .. } = spec.shape;
+/// Whether the element at flat index `i` of `y` (`[m, n]` under the case's spec) is one the
+/// mask drops but is not exactly zero.
+fn dropped_but_not_zero(spec: &LayerSpec, y: &[f64], i: usize) -> bool {
+    let n = spec.shape.n;
     let d = spec.dropout;
-    let mut errors = 0;
-    for r in 0..m {
-        for c in 0..n {
-            let index = spec.geometry.linear_index(n, r, c);
-            if !mask::keep(d.seed, d.subsequence, d.p, index) && y[r * n + c] != 0.0 {
-                errors += 1;
-            }
-        }
-    }
-    errors
+    let index = spec.geometry.linear_index(n, i / n, i % n);
+    !mask::keep(d.seed, d.subsequence, d.p, index) && y[i] != 0.0
+}
+
+/// Whether `got[i]` is of another class than `want[i]` (NaN, an infinity, finite) or more than
+/// 1 % off it: what a failure's note points at.
+fn off(got: &[f64], want: &[f64], i: usize) -> bool {
+    let error = (got[i] - want[i]).abs();
+    !reference::same_class(got[i], want[i]) || (want[i].is_finite() && error > 0.01 * want[i].abs())
 }
 
 /// The standalone dropout kernel on the case's dY (`[m, n]`): bit for bit.
@@ -451,17 +451,17 @@ fn check_dropout<T: Element>(
         &case.spec.geometry,
         SeedSource::Host,
     )?;
-    let got = kernels.stream().clone_dtoh(&device)?;
-    let differ = got
-        .iter()
-        .zip(&want)
-        .filter(|(g, w)| g.to_f64().to_bits() != w.to_f64().to_bits())
-        .count();
+    let (got, want) = (
+        to_f64(&kernels.stream().clone_dtoh(&device)?),
+        to_f64(&want),
+    );
+    let differs = |i: usize| got[i].to_bits() != want[i].to_bits();
+    let differ = (0..m * n).filter(|&i| differs(i)).count();
     Ok(Measured {
         error: None,
         mask_errors: differ,
         note: if differ > 0 {
-            format!("{differ} of {} elements differ from the reference", m * n)
+            reference::describe_differences(m, n, &got, &want, differs)
         } else {
             String::new()
         },
@@ -495,10 +495,21 @@ fn check_forward<T: Element>(
         },
     )?;
     let got = to_f64(&kernels.stream().clone_dtoh(&y)?);
+    let LinearShape { m, n, .. } = spec.shape;
+    let error = relative_l2_error(&got, want);
+    let mask_errors = (0..m * n)
+        .filter(|&i| dropped_but_not_zero(spec, &got, i))
+        .count();
     Ok(Measured {
-        error: Some(relative_l2_error(&got, want)),
-        mask_errors: mask_errors(spec, &got),
-        note: String::new(),
+        error: Some(error),
+        mask_errors,
+        note: if mask_errors > 0 || error >= T::REL_L2_TOLERANCE {
+            reference::describe_differences(m, n, &got, want, |i| {
+                dropped_but_not_zero(spec, &got, i) || off(&got, want, i)
+            })
+        } else {
+            String::new()
+        },
     })
 }
 
@@ -581,29 +592,32 @@ fn check_backward<T: Element>(
             ..BackwardOptions::default()
         },
     )?;
-    let errors = [
-        (
-            "dX",
-            relative_l2_error(&to_f64(&kernels.stream().clone_dtoh(&dx)?), &want.dx),
-        ),
-        (
-            "dW",
-            relative_l2_error(&to_f64(&kernels.stream().clone_dtoh(&dw)?), &want.dw),
-        ),
-        (
-            "db",
-            relative_l2_error(&to_f64(&kernels.stream().clone_dtoh(&db)?), &want.db),
-        ),
-    ];
-    let worst = errors.iter().map(|e| e.1).fold(0.0, f64::max);
+    let mut worst = 0.0f64;
+    let mut note = Vec::new();
+    for (name, got, want, rows, cols) in [
+        ("dX", &dx, &want.dx, m, k),
+        ("dW", &dw, &want.dw, n, k),
+        ("db", &db, &want.db, 1, n),
+    ] {
+        let got = to_f64(&kernels.stream().clone_dtoh(got)?);
+        let error = relative_l2_error(&got, want);
+        worst = if error.is_nan() {
+            error
+        } else {
+            worst.max(error)
+        };
+        note.push(if error < T::REL_L2_TOLERANCE {
+            format!("{name} {error:.1e}")
+        } else {
+            let off =
+                reference::describe_differences(rows, cols, &got, want, |i| off(&got, want, i));
+            format!("{name} {error:.1e} ({off})")
+        });
+    }
     Ok(Measured {
         error: Some(worst),
         mask_errors: 0,
-        note: errors
-            .iter()
-            .map(|(name, e)| format!("{name} {e:.1e}"))
-            .collect::<Vec<_>>()
-            .join(", "),
+        note: note.join(", "),
     })
 }
 
