@@ -368,16 +368,16 @@ FUSEDROP_PTX_DEVICE void mbarrier_arrive_expect_tx(uint64_t* bar, uint32_t bytes
 #endif
 }
 
-// How long one wait may last before the kernel gives up: 4 s of %globaltimer, in nanoseconds.
-// The low 32 bits suffice: their difference is exact for intervals under 2^32 ns, and the loop
-// reads the clock every few microseconds. Every wait in these kernels is for at most one tile's
-// main loop of other warps, microseconds on a GPU, so a wait this long is for a barrier that
-// will never complete (a wrong parity, a lost arrival, an expect_tx the TMA never fills). The
+// How long one wait may last before the kernel gives up: 20 s of %globaltimer, in nanoseconds.
+// Every wait in these kernels is for at most one tile's main loop or epilogue of other warps:
+// tens of microseconds on a GPU, so even a thousandfold slowdown (compute-sanitizer) leaves it
+// far below the limit. A wait this long is for a barrier that
+// will never complete (a wrong parity, a lost arrival, an expect_tx the TMA never fills): the
 // waiting thread then traps, which ends the launch with an error (the driver reports an
 // illegal instruction) instead of hanging the GPU, and everyone who synchronises with it,
 // forever. Only a debugger that holds a kernel longer than that would see it otherwise. Not yet
 // run on a GPU.
-#define FUSEDROP_MBARRIER_WAIT_LIMIT_NS 4000000000u
+#define FUSEDROP_MBARRIER_WAIT_LIMIT_NS 20000000000ull
 
 #if defined(FUSEDROP_PTX_SM90)
 // The end of a wait that timed out. A function of its own, called rather than inlined: a trap
@@ -395,17 +395,17 @@ __device__ __noinline__ void mbarrier_wait_timed_out() { __trap(); }
         asm volatile(                                                                          \
             "{\n"                                                                              \
             ".reg .pred done, in_time;\n"                                                      \
-            ".reg .u32 start, waited;\n"                                                       \
+            ".reg .u64 start, waited;\n"                                                       \
             "mov.u32 %0, 0;\n"                                                                 \
             "mbarrier.try_wait.parity" SEM ".shared::cta.b64 done, [%1], %2;\n"                \
             "@done bra FUSEDROP_MBARRIER_DONE;\n"                                              \
-            "mov.u32 start, %%globaltimer_lo;\n"                                               \
+            "mov.u64 start, %%globaltimer;\n"                                                  \
             "FUSEDROP_MBARRIER_WAIT:\n"                                                        \
             "mbarrier.try_wait.parity" SEM ".shared::cta.b64 done, [%1], %2;\n"                \
             "@done bra FUSEDROP_MBARRIER_DONE;\n"                                              \
-            "mov.u32 waited, %%globaltimer_lo;\n"                                              \
-            "sub.u32 waited, waited, start;\n"                                                 \
-            "setp.le.u32 in_time, waited, %3;\n"                                               \
+            "mov.u64 waited, %%globaltimer;\n"                                                 \
+            "sub.u64 waited, waited, start;\n"                                                 \
+            "setp.le.u64 in_time, waited, %3;\n"                                               \
             "@in_time bra FUSEDROP_MBARRIER_WAIT;\n"                                           \
             "mov.u32 %0, 1;\n"                                                                 \
             "FUSEDROP_MBARRIER_DONE:\n"                                                        \
