@@ -431,28 +431,28 @@ fn to_f64<T: Element>(v: &[T]) -> Vec<f64> {
 
 /// Checks `got` against the unrounded reference `want`: every element of the same class (NaN,
 /// +inf, -inf, finite), and the relative L2 error over the finite ones within the type's
-/// tolerance.
-fn check_close<T: Element>(what: &str, got: &[T], want: &[f64]) {
+/// tolerance. `cols` is the row length of the row-major result, for a message that says where
+/// the wrong elements lie.
+fn check_close<T: Element>(what: &str, cols: usize, got: &[T], want: &[f64]) {
     let got = to_f64(got);
-    if let Some(i) =
-        (0..got.len().min(want.len())).find(|&i| !reference::same_class(got[i], want[i]))
-    {
-        panic!(
-            "{what}: element {i} is {} where the reference has {} ({} elements differ in class)",
-            got[i],
-            want[i],
-            got.iter()
-                .zip(want)
-                .filter(|(g, w)| !reference::same_class(**g, **w))
-                .count()
-        );
-    }
+    let rows = got.len() / cols.max(1);
+    let wrong_class = |i: usize| !reference::same_class(got[i], want[i]);
+    assert!(
+        got.len() == want.len() && !(0..got.len()).any(wrong_class),
+        "{what}: elements of the wrong class (NaN, +-inf, finite): {}",
+        reference::describe_differences(rows, cols, &got, want, wrong_class)
+    );
     let error = reference::relative_l2_error_nonfinite(&got, want);
     assert!(
         error <= T::REL_L2_TOLERANCE,
-        "{what}: relative L2 error {error:e} exceeds the {} tolerance {:e}",
+        "{what}: relative L2 error {error:e} exceeds the {} tolerance {:e}; elements off by more \
+         than 1 %: {}",
         T::NAME,
-        T::REL_L2_TOLERANCE
+        T::REL_L2_TOLERANCE,
+        reference::describe_differences(rows, cols, &got, want, |i| {
+            let error = (got[i] - want[i]).abs();
+            want[i].is_finite() && error > 0.01 * want[i].abs()
+        })
     );
 }
 
@@ -469,27 +469,23 @@ fn check_layer_output<T: Element>(
 ) {
     let finite = want.iter().filter(|v| v.is_finite());
     let rms = (finite.clone().map(|v| v * v).sum::<f64>() / finite.count().max(1) as f64).sqrt();
-    let mut wrong = Vec::new();
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let (r, c) = (i / n, i % n);
+    let values = to_f64(got);
+    let disagrees = |i: usize| {
         let keep = mask::keep(
             dropout.seed,
             dropout.subsequence,
             dropout.p,
-            geometry.linear_index(n, r, c),
+            geometry.linear_index(n, i / n, i % n),
         );
-        let g = g.to_f64();
-        if w.is_finite() && ((!keep && g != 0.0) || (keep && w.abs() > 1e-2 * rms && g == 0.0)) {
-            wrong.push((r, c, keep, g));
-        }
-    }
+        let (g, w) = (values[i], want[i]);
+        w.is_finite() && ((!keep && g != 0.0) || (keep && w.abs() > 1e-2 * rms && g == 0.0))
+    };
     assert!(
-        wrong.is_empty(),
-        "{what}: {} elements disagree with the mask, first (row, col, keep, value): {:?}",
-        wrong.len(),
-        &wrong[..wrong.len().min(5)]
+        !(0..values.len().min(want.len())).any(disagrees),
+        "{what}: elements disagree with the mask: {}",
+        reference::describe_differences(values.len() / n, n, &values, want, disagrees)
     );
-    check_close(what, got, want);
+    check_close(what, n, got, want);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1514,7 +1510,7 @@ fn check_backward_cases<T: Raw>(
         for (name, launch, buffer, want, abs_sum, terms, cols) in outputs {
             let what = format!("{name} of {}", launch.what);
             let got = launch.output::<T>(buffer);
-            check_close(&what, &got, want);
+            check_close(&what, cols, &got, want);
             check_elementwise(&what, cols, &got, want, abs_sum, terms);
         }
     }
@@ -2358,6 +2354,7 @@ fn forward_records_the_seed_it_used_for_the_backward() {
     run(&backward, &launches);
     check_close(
         "dX from the recorded pair",
+        k,
         &launches[0].output::<f32>("dx"),
         &want.dx,
     );
