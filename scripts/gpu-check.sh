@@ -6,6 +6,11 @@
 #   STEPS="test-gpu_forward test-gpu_graph bench" bash gpu-check.sh
 #                                  # only the named steps (names as in the summary), to fit a
 #                                  # short lease: the whole check takes longer than 10 minutes
+# Reading a failure: a Hopper kernel whose pipeline barrier never completes traps after 20 s
+# (kernels/ptx.cuh), so a step that reports an illegal instruction from one is most likely a
+# hang, not a bad access; a wrong value or mask is reported with where it lies (rows, columns,
+# positions within 64 x 64 blocks, the first few elements), which is usually enough to find the
+# fault on the CPU harness afterwards.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${OUT:-$here/gpu-check-out}"
