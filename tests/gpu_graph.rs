@@ -128,9 +128,19 @@ fn queue_step(kernels: &LayerKernels, s: &mut Step, l1: LinearShape, l2: LinearS
         .unwrap();
 }
 
-fn close(what: &str, got: &[f32], want: &[f64]) {
-    let err = reference::relative_l2_error(&reference::to_f64(got), want);
-    assert!(err < 1e-5, "{what}: relative L2 error {err:e}");
+/// `got` (row-major, `cols` columns) within f32's tolerance of `want`; the message says where
+/// the elements more than 1 % off lie.
+fn close(what: &str, cols: usize, got: &[f32], want: &[f64]) {
+    let got = reference::to_f64(got);
+    let err = reference::relative_l2_error(&got, want);
+    assert!(
+        err < 1e-5,
+        "{what}: relative L2 error {err:e}; elements off by more than 1 %: {}",
+        reference::describe_differences(got.len() / cols, cols, &got, want, |i| {
+            let error = (got[i] - want[i]).abs();
+            error.is_nan() || error > 0.01 * want[i].abs()
+        })
+    );
 }
 
 #[test]
@@ -214,11 +224,13 @@ fn a_captured_training_step_replays_with_fresh_masks() {
         // Each layer against the reference on the inputs it saw (layer 2 on the GPU's H).
         close(
             &format!("{what} H"),
+            n1,
             &h,
             &reference::forward_f64(&spec1, &host_x, &host_w1, Some(&host_b1)).unwrap(),
         );
         close(
             &format!("{what} Y"),
+            n2,
             &y,
             &reference::forward_f64(&spec2, &h, &host_w2, Some(&host_b2)).unwrap(),
         );
@@ -228,13 +240,13 @@ fn a_captured_training_step_replays_with_fresh_masks() {
             }
         }
         let g2 = reference::backward_f64(&spec2, &h, &host_w2, &host_dy, None).unwrap();
-        close(&format!("{what} dH"), &dh, &g2.dx);
-        close(&format!("{what} dW2"), &dw2, &g2.dw);
-        close(&format!("{what} db2"), &db2, &g2.db);
+        close(&format!("{what} dH"), n1, &dh, &g2.dx);
+        close(&format!("{what} dW2"), n1, &dw2, &g2.dw);
+        close(&format!("{what} db2"), n2, &db2, &g2.db);
         let g1 = reference::backward_f64(&spec1, &host_x, &host_w1, &dh, Some(&h)).unwrap();
-        close(&format!("{what} dX"), &dx, &g1.dx);
-        close(&format!("{what} dW1"), &dw1, &g1.dw);
-        close(&format!("{what} db1"), &db1, &g1.db);
+        close(&format!("{what} dX"), k0, &dx, &g1.dx);
+        close(&format!("{what} dW1"), k0, &dw1, &g1.dw);
+        close(&format!("{what} db1"), n1, &db1, &g1.db);
 
         if let Some(prev) = &previous_h {
             let mask_of = |v: &[f32]| v.iter().map(|&e| e == 0.0).collect::<Vec<_>>();

@@ -601,17 +601,13 @@ fn check_backward<T: Element>(
     ] {
         let got = to_f64(&kernels.stream().clone_dtoh(got)?);
         let error = relative_l2_error(&got, want);
-        worst = if error.is_nan() {
-            error
-        } else {
-            worst.max(error)
-        };
+        worst = worst.max(error);
         note.push(if error < T::REL_L2_TOLERANCE {
             format!("{name} {error:.1e}")
         } else {
-            let off =
+            let wrong =
                 reference::describe_differences(rows, cols, &got, want, |i| off(&got, want, i));
-            format!("{name} {error:.1e} ({off})")
+            format!("{name} {error:.1e} ({wrong})")
         });
     }
     Ok(Measured {
