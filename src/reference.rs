@@ -415,6 +415,13 @@ fn runs(set: &[bool]) -> String {
     text
 }
 
+/// Whether `got` is of another class than `want` (NaN, an infinity, finite; [`same_class`]) or,
+/// both finite, more than `relative · |want|` away from it: the elements a failure message
+/// should point at ([`describe_differences`]) when a relative L2 error is too large.
+pub fn off_by_more_than(got: f64, want: f64, relative: f64) -> bool {
+    !same_class(got, want) || (want.is_finite() && (got - want).abs() > relative * want.abs())
+}
+
 /// Whether `a` and `b` are both NaN, the same infinity, or both finite.
 pub fn same_class(a: f64, b: f64) -> bool {
     if a.is_nan() || b.is_nan() {

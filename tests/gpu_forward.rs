@@ -212,8 +212,7 @@ fn check<T: Element>(kernels: &LayerKernels, case: Case) {
         "{what}: relative L2 error {err:e} exceeds {:e}; elements off by more than 1 %: {}",
         T::REL_L2_TOLERANCE,
         reference::describe_differences(m, n, &got, &want, |i| {
-            let error = (got[i] - want[i]).abs();
-            want[i].is_finite() && (error.is_nan() || error > 0.01 * want[i].abs())
+            reference::off_by_more_than(got[i], want[i], 0.01)
         })
     );
 }

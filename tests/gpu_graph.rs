@@ -137,8 +137,7 @@ fn close(what: &str, cols: usize, got: &[f32], want: &[f64]) {
         err < 1e-5,
         "{what}: relative L2 error {err:e}; elements off by more than 1 %: {}",
         reference::describe_differences(got.len() / cols, cols, &got, want, |i| {
-            let error = (got[i] - want[i]).abs();
-            error.is_nan() || error > 0.01 * want[i].abs()
+            reference::off_by_more_than(got[i], want[i], 0.01)
         })
     );
 }

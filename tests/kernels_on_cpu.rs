@@ -450,8 +450,7 @@ fn check_close<T: Element>(what: &str, cols: usize, got: &[T], want: &[f64]) {
         T::NAME,
         T::REL_L2_TOLERANCE,
         reference::describe_differences(rows, cols, &got, want, |i| {
-            let error = (got[i] - want[i]).abs();
-            want[i].is_finite() && error > 0.01 * want[i].abs()
+            reference::off_by_more_than(got[i], want[i], 0.01)
         })
     );
 }

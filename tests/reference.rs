@@ -718,3 +718,18 @@ fn describe_differences_names_the_tile_and_the_rows_within_blocks() {
         "lengths differ from 2 x 3 = 6: 5 computed, 6 expected"
     );
 }
+
+#[test]
+fn off_by_more_than_compares_classes_then_relative_distance() {
+    use reference::off_by_more_than as off;
+    assert!(!off(1.005, 1.0, 0.01));
+    assert!(off(1.02, 1.0, 0.01));
+    assert!(off(-0.98, -1.0, 0.01));
+    assert!(off(f64::NAN, 1.0, 0.01));
+    assert!(off(1.0, f64::NAN, 0.01));
+    assert!(off(f64::INFINITY, -f64::INFINITY, 0.01));
+    assert!(!off(f64::NAN, f64::NAN, 0.01));
+    assert!(!off(f64::INFINITY, f64::INFINITY, 0.01));
+    assert!(off(1e-300, 0.0, 0.01));
+    assert!(!off(0.0, 0.0, 0.01));
+}

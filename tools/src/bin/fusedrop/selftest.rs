@@ -425,13 +425,6 @@ fn dropped_but_not_zero(spec: &LayerSpec, y: &[f64], i: usize) -> bool {
     !mask::keep(d.seed, d.subsequence, d.p, index) && y[i] != 0.0
 }
 
-/// Whether `got[i]` is of another class than `want[i]` (NaN, an infinity, finite) or more than
-/// 1 % off it: what a failure's note points at.
-fn off(got: &[f64], want: &[f64], i: usize) -> bool {
-    let error = (got[i] - want[i]).abs();
-    !reference::same_class(got[i], want[i]) || (want[i].is_finite() && error > 0.01 * want[i].abs())
-}
-
 /// The standalone dropout kernel on the case's dY (`[m, n]`): bit for bit.
 fn check_dropout<T: Element>(
     kernels: &LayerKernels,
@@ -505,7 +498,8 @@ fn check_forward<T: Element>(
         mask_errors,
         note: if mask_errors > 0 || error >= T::REL_L2_TOLERANCE {
             reference::describe_differences(m, n, &got, want, |i| {
-                dropped_but_not_zero(spec, &got, i) || off(&got, want, i)
+                dropped_but_not_zero(spec, &got, i)
+                    || reference::off_by_more_than(got[i], want[i], 0.01)
             })
         } else {
             String::new()
@@ -605,8 +599,9 @@ fn check_backward<T: Element>(
         note.push(if error < T::REL_L2_TOLERANCE {
             format!("{name} {error:.1e}")
         } else {
-            let wrong =
-                reference::describe_differences(rows, cols, &got, want, |i| off(&got, want, i));
+            let wrong = reference::describe_differences(rows, cols, &got, want, |i| {
+                reference::off_by_more_than(got[i], want[i], 0.01)
+            });
             format!("{name} {error:.1e} ({wrong})")
         });
     }
