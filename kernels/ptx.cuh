@@ -333,7 +333,7 @@ FUSEDROP_PTX_DEVICE void fence_mbarrier_init() {
 #elif defined(__CUDA_ARCH__)
     __trap();
 #elif !defined(__CUDACC__)
-    ::fusedrop::host::proxy_fence();
+    ::fusedrop::host::fence_mbarrier_init();
 #endif
 }
 
@@ -656,7 +656,7 @@ FUSEDROP_PTX_DEVICE void fence_proxy_async_shared() {
 #elif defined(__CUDA_ARCH__)
     __trap();
 #elif !defined(__CUDACC__)
-    ::fusedrop::host::proxy_fence();
+    ::fusedrop::host::fence_proxy_async();
 #endif
 }
 

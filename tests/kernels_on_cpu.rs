@@ -556,6 +556,10 @@ fn harness_rejects_misuse_the_gpu_would_not_forgive() {
         ("wgmma_without_fence", &["without a wgmma_fence"]),
         ("wgmma_no_fence_after_wait", &["without a wgmma_fence"]),
         (
+            "wgmma_unfenced_operand",
+            &["wgmma: element", "after the last fence.proxy.async"],
+        ),
+        (
             "warpgroup_missing_warp",
             &["missing from the warpgroup collective"],
         ),
@@ -565,6 +569,13 @@ fn harness_rejects_misuse_the_gpu_would_not_forgive() {
         (
             "tma_store_source_overwritten",
             &["written between the store's issue and the tma_store_wait_read"],
+        ),
+        (
+            "tma_store_unfenced_source",
+            &[
+                "tma_store_2d of the box at (0, 0): its source",
+                "after the last fence.proxy.async",
+            ],
         ),
         (
             "cluster_unmapped_address",

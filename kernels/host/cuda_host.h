@@ -281,6 +281,9 @@ struct Cta {
     const char* barrier_file = nullptr;
     int barrier_line = 0;
     bool exited = false;  // every thread returned: the shared memory is gone
+    // The dynamic shared memory as the async proxy (TMA, wgmma) sees it: ordinary stores change
+    // dyn_smem only, fence.proxy.async copies dyn_smem here, TMA loads write both.
+    std::vector<unsigned char> async_view;
 };
 
 struct Runtime {
@@ -739,6 +742,30 @@ inline bool in_dyn_smem(const void* p, size_t bytes) {
     return in_cta_smem(runtime()->cta, p, bytes);
 }
 
+// The async proxy's view (Cta::async_view) of the byte at `p`, which lies in the dynamic shared
+// memory of some block of the cluster.
+inline unsigned char* async_view_at(const void* p) {
+    Runtime* rt = runtime();
+    for (int r = 0; r < (int)rt->ctas.size(); ++r)
+        if (in_cta_smem(r, p, 1))
+            return rt->ctas[r].async_view.data() +
+                   (static_cast<const unsigned char*>(p) - rt->ctas[r].dyn_smem);
+    fail("internal: %p lies in no block's dynamic shared memory", p);
+}
+
+// Whether the async proxy sees [p, p + bytes) as it is: no ordinary store has changed it since
+// the last fence.proxy.async of its block (or since a TMA load wrote it).
+inline bool async_proxy_sees(const void* p, size_t bytes) {
+    return memcmp(p, async_view_at(p), bytes) == 0;
+}
+
+// What a failed async_proxy_sees means, for the messages of the async-proxy reads.
+constexpr const char* kUnfencedWrite =
+    "was changed by an ordinary (generic-proxy) store after the last fence.proxy.async of its "
+    "block, so the async proxy may read the old bytes: threads that write shared memory that a "
+    "wgmma or a TMA store reads call ptx::fence_proxy_async_shared() after their writes, before "
+    "the barrier that orders the writes before the read";
+
 // The address of `p` in the running block's shared window (its offset from address 0 of the
 // window).
 inline uint32_t window_address(const void* p) {
@@ -1092,8 +1119,9 @@ inline void queue_tma_load(const TensorMap2d& t, const std::vector<unsigned char
                 memset(data + e * t.element_bytes, 0, t.element_bytes);
         }
         d.chunks[i].first = places[i];
-        // Undefined until the load completes on its barrier.
+        // Undefined until the load completes on its barrier (to both proxies).
         memset(places[i], 0xFF, 16);
+        memset(async_view_at(places[i]), 0xFF, 16);
     }
     runtime()->tma_in_flight.push_back(std::move(d));
 }
@@ -1141,7 +1169,10 @@ inline void deliver_oldest_tma_load() {
     Runtime* rt = runtime();
     TmaDelivery d = std::move(rt->tma_in_flight.front());
     rt->tma_in_flight.pop_front();
-    for (const auto& chunk : d.chunks) memcpy(chunk.first, chunk.second.data(), 16);
+    for (const auto& chunk : d.chunks) {
+        memcpy(chunk.first, chunk.second.data(), 16);
+        memcpy(async_view_at(chunk.first), chunk.second.data(), 16);
+    }
     auto it = rt->mbarriers.find(d.bar);
     uint64_t word;
     memcpy(&word, d.bar, 8);
@@ -1164,7 +1195,12 @@ inline void tma_store_2d(const CUtensorMap* map, const void* smem, int32_t c0, i
     const std::vector<unsigned char*> places = tma_box_chunks(t, smem, c0, "tma_store_2d");
     BulkStore s{t, static_cast<const unsigned char*>(smem), c0, c1, {}};
     s.image.resize(places.size() * 16);
-    for (size_t i = 0; i < places.size(); ++i) memcpy(&s.image[16 * i], places[i], 16);
+    for (size_t i = 0; i < places.size(); ++i) {
+        if (!async_proxy_sees(places[i], 16))
+            fail("tma_store_2d of the box at (%d, %d): its source at %s %s", c0, c1,
+                 describe_smem(places[i]).c_str(), kUnfencedWrite);
+        memcpy(&s.image[16 * i], places[i], 16);
+    }
     f.bulk_uncommitted.push_back(std::move(s));
 }
 
@@ -1206,9 +1242,17 @@ inline void tma_store_wait_read(int n) {
     }
 }
 
-// fence.proxy.async, fence.mbarrier_init: ordering between proxies is not modelled (every write
-// is visible to every later read here); only the call site is checked.
-inline void proxy_fence() { current_fiber(); }
+// fence.proxy.async: the async proxy sees every ordinary store the block has made so far (the
+// whole block's, not only the calling thread's: a coarser model than the GPU's, docs/HARNESS.md).
+inline void fence_proxy_async() {
+    current_fiber();
+    Cta& c = current_cta();
+    memcpy(c.async_view.data(), c.dyn_smem, runtime()->dyn_bytes);
+}
+
+// fence.mbarrier_init: the harness's mbarriers are visible to every proxy at once; only the call
+// site is checked.
+inline void fence_mbarrier_init() { current_fiber(); }
 
 // ---- Warpgroup collectives: wgmma, setmaxnreg ----
 
@@ -1295,6 +1339,10 @@ inline void wgmma_read_operand(uint64_t desc, bool mn_major, int kind, int rows,
                      "%zu .. %zu)",
                      i, k, what, (unsigned long long)desc, at, kDynSmemOffset,
                      kDynSmemOffset + rt->dyn_bytes);
+            if (!async_proxy_sees(p, 2))
+                fail("wgmma: element (%d, %d) of the %s operand, descriptor 0x%016llx, at %s %s",
+                     i, k, what, (unsigned long long)desc, describe_smem(p).c_str(),
+                     kUnfencedWrite);
             uint16_t bits;
             memcpy(&bits, p, 2);
             out[i * 16 + k] = b16_to_float(kind, bits);
@@ -1747,6 +1795,7 @@ inline void run_grid(const char* name, const LaunchConfig& cfg, std::function<vo
                     Cta& c = rt.ctas[r];
                     c.block = uint3{bx + r, by, bz};
                     memset(c.dyn_smem, 0xFF, cfg.smem_bytes);
+                    c.async_view.assign(c.dyn_smem, c.dyn_smem + cfg.smem_bytes);
                     c.live = (int)threads;
                     c.at_barrier = 0;
                     c.barrier_file = nullptr;

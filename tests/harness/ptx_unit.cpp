@@ -6,9 +6,10 @@
 //                          divergent_barrier, exited_lane_shfl, misaligned_cp_async,
 //                          misaligned_ldmatrix, partial_warp_shfl, mbarrier_deadlock,
 //                          mbarrier_uninitialised, mbarrier_over_arrival, wgmma_without_fence,
-//                          wgmma_no_fence_after_wait, warpgroup_missing_warp,
-//                          tma_misaligned_swizzle, wgmma_base_offset, tma_store_not_waited,
-//                          tma_store_source_overwritten,
+//                          wgmma_no_fence_after_wait, wgmma_unfenced_operand,
+//                          warpgroup_missing_warp, tma_misaligned_swizzle, wgmma_base_offset,
+//                          tma_store_not_waited, tma_store_source_overwritten,
+//                          tma_store_unfenced_source,
 //                          cluster_unmapped_address, cluster_exited_block
 //   ptx_unit race <seed>   a kernel with a missing barrier: prints how many elements were wrong
 //
@@ -1347,6 +1348,7 @@ __global__ void wgmma_without_fence_kernel(float* out) {
     FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
     unsigned char* s = align_1024(raw);
     for (int i = threadIdx.x; i < 4096; i += blockDim.x) s[i] = 0;
+    fence_proxy_async_shared();
     __syncthreads();
     float d[4];
     wgmma_ss<__half, 8>(d, make_smem_desc(s, 0, 128, 256), make_smem_desc(s + 2048, 0, 128, 256),
@@ -1360,6 +1362,7 @@ __global__ void wgmma_no_fence_after_wait_kernel(float* out) {
     FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
     unsigned char* s = align_1024(raw);
     for (int i = threadIdx.x; i < 4096; i += blockDim.x) s[i] = 0;
+    fence_proxy_async_shared();
     __syncthreads();
     const uint64_t da = make_smem_desc(s, 0, 128, 256), db = make_smem_desc(s + 2048, 0, 128, 256);
     float d[4];
@@ -1369,6 +1372,22 @@ __global__ void wgmma_no_fence_after_wait_kernel(float* out) {
     wgmma_wait_group<0>();
     out[threadIdx.x] = d[0];
     wgmma_ss<__half, 8>(d, da, db, true);
+    wgmma_commit_group();
+    wgmma_wait_group<0>();
+    out[threadIdx.x] = d[0];
+}
+
+// The operands are written by ordinary stores and ordered by the barrier alone: the wgmma (async
+// proxy) may read the old bytes.
+__global__ void wgmma_unfenced_operand_kernel(float* out) {
+    FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
+    unsigned char* s = align_1024(raw);
+    for (int i = threadIdx.x; i < 4096; i += blockDim.x) s[i] = 0;
+    __syncthreads();
+    float d[4];
+    wgmma_fence();
+    wgmma_ss<__half, 8>(d, make_smem_desc(s, 0, 128, 256), make_smem_desc(s + 2048, 0, 128, 256),
+                        false);
     wgmma_commit_group();
     wgmma_wait_group<0>();
     out[threadIdx.x] = d[0];
@@ -1422,6 +1441,20 @@ __global__ void tma_store_source_overwritten_kernel(const __grid_constant__ CUte
         tma_store_commit();
         // Too early: the store may not have read its source yet.
         stage[100] = 2;
+        tma_store_wait_read<0>();
+    }
+}
+
+// The store's source is fenced, then written once more before the store is issued.
+__global__ void tma_store_unfenced_source_kernel(const __grid_constant__ CUtensorMap map) {
+    FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
+    unsigned char* stage = align_1024(raw);
+    if (threadIdx.x == 0) {
+        memset(stage, 1, 1024);
+        fence_proxy_async_shared();
+        stage[300] = 2;
+        tma_store_2d(&map, stage, 0, 0);
+        tma_store_commit();
         tma_store_wait_read<0>();
     }
 }
@@ -1529,6 +1562,8 @@ int main(int argc, char** argv) {
         fusedrop::host::launch(what.c_str(), wgmma_without_fence_kernel, warpgroup, fsink);
     else if (what == "wgmma_no_fence_after_wait")
         fusedrop::host::launch(what.c_str(), wgmma_no_fence_after_wait_kernel, warpgroup, fsink);
+    else if (what == "wgmma_unfenced_operand")
+        fusedrop::host::launch(what.c_str(), wgmma_unfenced_operand_kernel, warpgroup, fsink);
     else if (what == "warpgroup_missing_warp")
         fusedrop::host::launch(what.c_str(), warpgroup_missing_warp_kernel, warpgroup, fsink);
     else if (what == "cluster_unmapped_address" || what == "cluster_exited_block") {
@@ -1541,7 +1576,7 @@ int main(int argc, char** argv) {
     } else if (what == "wgmma_base_offset")
         fusedrop::host::launch(what.c_str(), wgmma_base_offset_kernel, warpgroup, fsink);
     else if (what == "tma_misaligned_swizzle" || what == "tma_store_not_waited" ||
-             what == "tma_store_source_overwritten") {
+             what == "tma_store_source_overwritten" || what == "tma_store_unfenced_source") {
         alignas(16) static unsigned char tensor[64 * 16 * 2];
         CUtensorMap map;
         if (fusedrop::host::encode_tensor_map_2d(&map, 2, tensor, 64, 16, 128, 64, 8, 128) !=
@@ -1551,8 +1586,11 @@ int main(int argc, char** argv) {
             fusedrop::host::launch(what.c_str(), tma_misaligned_swizzle_kernel, warpgroup, map);
         else if (what == "tma_store_not_waited")
             fusedrop::host::launch(what.c_str(), tma_store_not_waited_kernel, warpgroup, map);
-        else
+        else if (what == "tma_store_source_overwritten")
             fusedrop::host::launch(what.c_str(), tma_store_source_overwritten_kernel, warpgroup,
+                                   map);
+        else
+            fusedrop::host::launch(what.c_str(), tma_store_unfenced_source_kernel, warpgroup,
                                    map);
     } else {
         fprintf(stderr, "unknown case %s\n", what.c_str());
