@@ -427,7 +427,7 @@ FUSEDROP_PTX_DEVICE void mbarrier_wait(uint64_t* bar, uint32_t phase_parity) {
 #elif defined(__CUDACC__)
     (void)bar, (void)phase_parity;
 #else
-    ::fusedrop::host::mbarrier_wait(bar, phase_parity);
+    ::fusedrop::host::mbarrier_wait(bar, phase_parity, false);
 #endif
 }
 
@@ -534,7 +534,7 @@ FUSEDROP_PTX_DEVICE void mbarrier_wait_cluster(uint64_t* bar, uint32_t phase_par
 #elif defined(__CUDACC__)
     (void)bar, (void)phase_parity;
 #else
-    ::fusedrop::host::mbarrier_wait(bar, phase_parity);
+    ::fusedrop::host::mbarrier_wait(bar, phase_parity, true);
 #endif
 }
 

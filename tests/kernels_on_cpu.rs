@@ -571,6 +571,13 @@ fn harness_rejects_misuse_the_gpu_would_not_forgive() {
             &["written between the store's issue and the tma_store_wait_read"],
         ),
         (
+            "tma_load_over_unfenced_store",
+            &[
+                "tma_load_2d of the box at (0, 0): its destination",
+                "after the last fence.proxy.async",
+            ],
+        ),
+        (
             "tma_store_unfenced_source",
             &[
                 "tma_store_2d of the box at (0, 0): its source",
@@ -584,6 +591,13 @@ fn harness_rejects_misuse_the_gpu_would_not_forgive() {
         (
             "cluster_exited_block",
             &["block rank 1 of the cluster has exited"],
+        ),
+        (
+            "cluster_arrival_cta_wait",
+            &[
+                "block rank 1 of the cluster arrived on",
+                "acquires at CTA scope only",
+            ],
         ),
     ];
     for &(case, messages) in cases {

@@ -261,6 +261,11 @@ struct Mbarrier {
     uint32_t pending = 0;   // arrivals still missing in the current phase
     int64_t tx = 0;         // tx-count of the current phase
     uint32_t phase = 0;
+    // The rank of another block of the cluster that arrived in the current phase (releasing at
+    // cluster scope: mbarrier_arrive_cluster), or -1; and the same for the last completed phase
+    // of each parity, which a wait acquiring at CTA scope only must not return from.
+    int remote_rank = -1;
+    int completed_remote_rank[2] = {-1, -1};
 };
 
 // A TMA load in flight: 16-byte chunks of the box, already at their swizzled places.
@@ -759,12 +764,14 @@ inline bool async_proxy_sees(const void* p, size_t bytes) {
     return memcmp(p, async_view_at(p), bytes) == 0;
 }
 
-// What a failed async_proxy_sees means, for the messages of the async-proxy reads.
+// For the messages of a failed async_proxy_sees: what happened, and the rule.
 constexpr const char* kUnfencedWrite =
     "was changed by an ordinary (generic-proxy) store after the last fence.proxy.async of its "
-    "block, so the async proxy may read the old bytes: threads that write shared memory that a "
-    "wgmma or a TMA store reads call ptx::fence_proxy_async_shared() after their writes, before "
-    "the barrier that orders the writes before the read";
+    "block";
+constexpr const char* kProxyFenceRule =
+    "threads that write shared memory that the async proxy (wgmma, TMA) then reads or "
+    "overwrites call ptx::fence_proxy_async_shared() after their writes, before the barrier "
+    "that orders the writes before the async access";
 
 // The address of `p` in the running block's shared window (its offset from address 0 of the
 // window).
@@ -842,6 +849,8 @@ inline Mbarrier& mbarrier_state(const uint64_t* bar, const char* op) {
 // Completes the current phase when no arrival and no transaction is pending, waking waiters.
 inline void mbarrier_try_complete(const uint64_t* bar, Mbarrier& m) {
     if (m.pending != 0 || m.tx != 0) return;
+    m.completed_remote_rank[m.phase & 1u] = m.remote_rank;
+    m.remote_rank = -1;
     m.phase += 1;
     m.pending = m.expected;
     for (Fiber& f : runtime()->fibers)
@@ -897,8 +906,11 @@ inline void mbarrier_arrive(uint64_t* bar, int64_t expect_tx_bytes) {
 }
 
 // mbarrier.try_wait.parity in a loop: returns once the phase with the given parity has
-// completed, i.e. while the current phase's parity differs from it.
-inline void mbarrier_wait(uint64_t* bar, uint32_t parity) {
+// completed, i.e. while the current phase's parity differs from it. `cluster_acquire`: the wait
+// acquires at cluster scope (.acquire.cluster); without it, returning from a phase that another
+// block's arrival completed is an error, as that block's writes before its arrival (a release at
+// cluster scope) are then not ordered before what follows the wait.
+inline void mbarrier_wait(uint64_t* bar, uint32_t parity, bool cluster_acquire) {
     if (parity > 1)
         fail("mbarrier_wait on the mbarrier at %s with parity %u (a parity is 0 or 1, not a "
              "phase count)",
@@ -906,7 +918,16 @@ inline void mbarrier_wait(uint64_t* bar, uint32_t parity) {
     Fiber& f = current_fiber();
     for (;;) {
         const Mbarrier& m = mbarrier_state(bar, "mbarrier_wait");
-        if ((m.phase & 1u) != parity) return;
+        if ((m.phase & 1u) != parity) {
+            if (!cluster_acquire && m.completed_remote_rank[parity] >= 0)
+                fail("mbarrier_wait on the mbarrier at %s returns from a phase that block rank %d "
+                     "of the cluster arrived on (mbarrier_arrive_cluster, a release at cluster "
+                     "scope), but it acquires at CTA scope only, so that block's writes before "
+                     "its arrival are not ordered before what follows the wait: wait with "
+                     "ptx::mbarrier_wait_cluster (.acquire.cluster)",
+                     describe_smem(bar).c_str(), m.completed_remote_rank[parity]);
+            return;
+        }
         f.state = State::AtMbarrier;
         f.mbar_wait = bar;
         f.mbar_parity = parity;
@@ -991,8 +1012,10 @@ inline float cluster_load_f32(uint32_t address) {
 // mbarrier.arrive.release.cluster.shared::cluster.b64 on another block's (or this block's)
 // mbarrier.
 inline void mbarrier_arrive_cluster(uint32_t address) {
-    uint64_t* bar = reinterpret_cast<uint64_t*>(
-        cluster_pointer(address, 8, "mbarrier.arrive.shared::cluster"));
+    const char* op = "mbarrier.arrive.shared::cluster";
+    uint64_t* bar = reinterpret_cast<uint64_t*>(cluster_pointer(address, 8, op));
+    const int rank = (int)((address & ~kClusterAddressTag) >> kClusterRankShift);
+    if (rank != runtime()->cta) mbarrier_state(bar, op).remote_rank = runtime()->cta;
     mbarrier_arrive(bar, -1);
 }
 
@@ -1097,9 +1120,11 @@ inline const unsigned char* tma_global(const TensorMap2d& t, int64_t row, int64_
 inline void prefetch_tensormap(const CUtensorMap* map) { tensor_map(map, "prefetch_tensormap"); }
 
 // Queues the delivery of the box at (c0, c1) into the chunks `places` (in block `rank`'s shared
-// memory), completing on `bar` (in the same block). The places are poisoned until it lands.
+// memory), completing on `bar` (in the same block). The places are poisoned until it lands. An
+// ordinary store to them that no fence.proxy.async has ordered before the load is an error: the
+// two writes are unordered, so the stale store may land after the box.
 inline void queue_tma_load(const TensorMap2d& t, const std::vector<unsigned char*>& places,
-                           uint64_t* bar, int32_t c0, int32_t c1) {
+                           uint64_t* bar, int32_t c0, int32_t c1, const char* op) {
     TmaDelivery d;
     d.bar = bar;
     d.bytes = t.box0 * t.box1 * (uint32_t)t.element_bytes;
@@ -1119,6 +1144,10 @@ inline void queue_tma_load(const TensorMap2d& t, const std::vector<unsigned char
                 memset(data + e * t.element_bytes, 0, t.element_bytes);
         }
         d.chunks[i].first = places[i];
+        if (!async_proxy_sees(places[i], 16))
+            fail("%s of the box at (%d, %d): its destination at %s %s, so that store and the "
+                 "box's write are unordered; %s",
+                 op, c0, c1, describe_smem(places[i]).c_str(), kUnfencedWrite, kProxyFenceRule);
         // Undefined until the load completes on its barrier (to both proxies).
         memset(places[i], 0xFF, 16);
         memset(async_view_at(places[i]), 0xFF, 16);
@@ -1130,7 +1159,7 @@ inline void tma_load_2d(void* smem, const CUtensorMap* map, uint64_t* bar, int32
                         int32_t c1) {
     const TensorMap2d t = tensor_map(map, "tma_load_2d");
     mbarrier_state(bar, "tma_load_2d");
-    queue_tma_load(t, tma_box_chunks(t, smem, c0, "tma_load_2d"), bar, c0, c1);
+    queue_tma_load(t, tma_box_chunks(t, smem, c0, "tma_load_2d"), bar, c0, c1, "tma_load_2d");
 }
 
 // The multicast form: the box lands at the same offset of `smem` in the shared memory of every
@@ -1160,7 +1189,7 @@ inline void tma_load_2d_multicast(void* smem, const CUtensorMap* map, uint64_t* 
         uint64_t* remote_bar = reinterpret_cast<uint64_t*>(
             dst.smem_window + (reinterpret_cast<unsigned char*>(bar) - window));
         mbarrier_state(remote_bar, op);
-        queue_tma_load(t, places, remote_bar, c0, c1);
+        queue_tma_load(t, places, remote_bar, c0, c1, op);
     }
 }
 
@@ -1197,8 +1226,9 @@ inline void tma_store_2d(const CUtensorMap* map, const void* smem, int32_t c0, i
     s.image.resize(places.size() * 16);
     for (size_t i = 0; i < places.size(); ++i) {
         if (!async_proxy_sees(places[i], 16))
-            fail("tma_store_2d of the box at (%d, %d): its source at %s %s", c0, c1,
-                 describe_smem(places[i]).c_str(), kUnfencedWrite);
+            fail("tma_store_2d of the box at (%d, %d): its source at %s %s, so the TMA unit may "
+                 "read the old bytes; %s",
+                 c0, c1, describe_smem(places[i]).c_str(), kUnfencedWrite, kProxyFenceRule);
         memcpy(&s.image[16 * i], places[i], 16);
     }
     f.bulk_uncommitted.push_back(std::move(s));
@@ -1340,9 +1370,10 @@ inline void wgmma_read_operand(uint64_t desc, bool mn_major, int kind, int rows,
                      i, k, what, (unsigned long long)desc, at, kDynSmemOffset,
                      kDynSmemOffset + rt->dyn_bytes);
             if (!async_proxy_sees(p, 2))
-                fail("wgmma: element (%d, %d) of the %s operand, descriptor 0x%016llx, at %s %s",
+                fail("wgmma: element (%d, %d) of the %s operand, descriptor 0x%016llx, at %s %s, "
+                     "so the wgmma may read the old bytes; %s",
                      i, k, what, (unsigned long long)desc, describe_smem(p).c_str(),
-                     kUnfencedWrite);
+                     kUnfencedWrite, kProxyFenceRule);
             uint16_t bits;
             memcpy(&bits, p, 2);
             out[i * 16 + k] = b16_to_float(kind, bits);

@@ -9,8 +9,9 @@
 //                          wgmma_no_fence_after_wait, wgmma_unfenced_operand,
 //                          warpgroup_missing_warp, tma_misaligned_swizzle, wgmma_base_offset,
 //                          tma_store_not_waited, tma_store_source_overwritten,
-//                          tma_store_unfenced_source,
-//                          cluster_unmapped_address, cluster_exited_block
+//                          tma_store_unfenced_source, tma_load_over_unfenced_store,
+//                          cluster_unmapped_address, cluster_exited_block,
+//                          cluster_arrival_cta_wait
 //   ptx_unit race <seed>   a kernel with a missing barrier: prints how many elements were wrong
 //
 // The fragment layouts are written out here a second time, from the PTX ISA's formulas, so that
@@ -540,6 +541,8 @@ __global__ void tma_load_kernel(const __grid_constant__ CUtensorMap map, TmaLoad
     __syncthreads();
     if (tid == 40) {
         memset(stage, 0, io->region);
+        // Ordered before the box's write (the async proxy's), which the zeros must not outlast.
+        fence_proxy_async_shared();
         prefetch_tensormap(&map);
         mbarrier_arrive_expect_tx(bar, io->box_bytes);
         tma_load_2d(stage, &map, bar, io->c0, io->c1);
@@ -1459,6 +1462,22 @@ __global__ void tma_store_unfenced_source_kernel(const __grid_constant__ CUtenso
     }
 }
 
+// An ordinary store into a stage, then a TMA load into it with no fence between: the store may
+// land after the box.
+__global__ void tma_load_over_unfenced_store_kernel(const __grid_constant__ CUtensorMap map) {
+    FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
+    unsigned char* stage = align_1024(raw);
+    uint64_t* bar = reinterpret_cast<uint64_t*>(align_1024(raw) + 8192);
+    if (threadIdx.x == 0) {
+        mbarrier_init(bar, 1);
+        fence_mbarrier_init();
+        stage[40] = 7;
+        mbarrier_arrive_expect_tx(bar, 64 * 8 * 2);
+        tma_load_2d(stage, &map, bar, 0, 0);
+        mbarrier_wait(bar, 0);
+    }
+}
+
 __global__ void mbarrier_over_arrival_kernel(int* out) {
     FUSEDROP_DYNAMIC_SMEM(uint64_t, bar);
     if (threadIdx.x == 0) {
@@ -1490,6 +1509,29 @@ __global__ void cluster_exited_block_kernel(float* out) {
     float got[4];
     cluster_load_f32x4(cluster_map(values, 1), got);
     out[threadIdx.x] = got[0];
+}
+
+// Rank 1 writes its shared memory and arrives on rank 0's mbarrier (a release at cluster scope);
+// rank 0 waits for it acquiring at CTA scope only, so the write is not ordered before rank 0's
+// read of it.
+__global__ void cluster_arrival_cta_wait_kernel(float* out) {
+    FUSEDROP_DYNAMIC_SMEM(float, values);  // [128], then the barrier
+    uint64_t* bar = reinterpret_cast<uint64_t*>(values + 128);
+    if (threadIdx.x == 0) {
+        mbarrier_init(bar, 1);
+        fence_mbarrier_init();
+    }
+    cluster_sync();
+    if (blockIdx.x % 2 == 1) {
+        if (threadIdx.x == 0) {
+            values[0] = 5.0f;
+            mbarrier_arrive_cluster(cluster_map(bar, 0));
+        }
+    } else {
+        mbarrier_wait(bar, 0);
+        out[threadIdx.x] = cluster_load_f32(cluster_map(values, 1));
+    }
+    cluster_sync();
 }
 
 int main(int argc, char** argv) {
@@ -1566,17 +1608,21 @@ int main(int argc, char** argv) {
         fusedrop::host::launch(what.c_str(), wgmma_unfenced_operand_kernel, warpgroup, fsink);
     else if (what == "warpgroup_missing_warp")
         fusedrop::host::launch(what.c_str(), warpgroup_missing_warp_kernel, warpgroup, fsink);
-    else if (what == "cluster_unmapped_address" || what == "cluster_exited_block") {
+    else if (what == "cluster_unmapped_address" || what == "cluster_exited_block" ||
+             what == "cluster_arrival_cta_wait") {
         fusedrop::host::LaunchConfig pair{dim3(2), dim3(128), 1024, 1};
         pair.cluster = 2;
         if (what == "cluster_unmapped_address")
             fusedrop::host::launch(what.c_str(), cluster_unmapped_address_kernel, pair, fsink);
+        else if (what == "cluster_arrival_cta_wait")
+            fusedrop::host::launch(what.c_str(), cluster_arrival_cta_wait_kernel, pair, fsink);
         else
             fusedrop::host::launch(what.c_str(), cluster_exited_block_kernel, pair, fsink);
     } else if (what == "wgmma_base_offset")
         fusedrop::host::launch(what.c_str(), wgmma_base_offset_kernel, warpgroup, fsink);
     else if (what == "tma_misaligned_swizzle" || what == "tma_store_not_waited" ||
-             what == "tma_store_source_overwritten" || what == "tma_store_unfenced_source") {
+             what == "tma_store_source_overwritten" || what == "tma_store_unfenced_source" ||
+             what == "tma_load_over_unfenced_store") {
         alignas(16) static unsigned char tensor[64 * 16 * 2];
         CUtensorMap map;
         if (fusedrop::host::encode_tensor_map_2d(&map, 2, tensor, 64, 16, 128, 64, 8, 128) !=
@@ -1586,6 +1632,9 @@ int main(int argc, char** argv) {
             fusedrop::host::launch(what.c_str(), tma_misaligned_swizzle_kernel, warpgroup, map);
         else if (what == "tma_store_not_waited")
             fusedrop::host::launch(what.c_str(), tma_store_not_waited_kernel, warpgroup, map);
+        else if (what == "tma_load_over_unfenced_store")
+            fusedrop::host::launch(what.c_str(), tma_load_over_unfenced_store_kernel, warpgroup,
+                                   map);
         else if (what == "tma_store_source_overwritten")
             fusedrop::host::launch(what.c_str(), tma_store_source_overwritten_kernel, warpgroup,
                                    map);
