@@ -599,6 +599,10 @@ fn harness_rejects_misuse_the_gpu_would_not_forgive() {
                 "acquires at CTA scope only",
             ],
         ),
+        (
+            "cluster_barrier_init_unpublished",
+            &["has not published the initialisation to the cluster"],
+        ),
     ];
     for &(case, messages) in cases {
         let output = Command::new(&exe)

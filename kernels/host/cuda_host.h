@@ -266,6 +266,10 @@ struct Mbarrier {
     // of each parity, which a wait acquiring at CTA scope only must not return from.
     int remote_rank = -1;
     int completed_remote_rank[2] = {-1, -1};
+    // The thread (Fiber::index) that initialised it, and whether that thread has since published
+    // the initialisation to the cluster with fence.mbarrier_init.
+    int init_thread = -1;
+    bool init_published = false;
 };
 
 // A TMA load in flight: 16-byte chunks of the box, already at their swizzled places.
@@ -859,6 +863,17 @@ inline void mbarrier_try_complete(const uint64_t* bar, Mbarrier& m) {
 
 constexpr int64_t kMbarrierMaxCount = (int64_t(1) << 20) - 1;
 
+// Another block of the cluster uses the mbarrier at `bar` (a remote arrival, or the complete-tx of
+// a multicast load it issued): its initialising thread must have published the initialisation
+// to the cluster with fence.mbarrier_init, or that block may find it uninitialised.
+inline void check_published_to_cluster(const uint64_t* bar, const Mbarrier& m, const char* op) {
+    if (!m.init_published)
+        fail("%s from block rank %d on the mbarrier at %s, whose initialising thread has not "
+             "published the initialisation to the cluster (ptx::fence_mbarrier_init after "
+             "mbarrier_init, before the cluster_sync), so this block may find it uninitialised",
+             op, runtime()->cta, describe_smem(bar).c_str());
+}
+
 inline void mbarrier_add_tx(const uint64_t* bar, Mbarrier& m, int64_t delta, const char* op) {
     m.tx += delta;
     if (m.tx > kMbarrierMaxCount || m.tx < -kMbarrierMaxCount)
@@ -888,7 +903,10 @@ inline void mbarrier_init(uint64_t* bar, uint32_t count) {
     }
     const uint64_t word = mbarrier_fingerprint(bar);
     memcpy(bar, &word, 8);
-    rt->mbarriers[bar] = Mbarrier{count, count, 0, 0};
+    Mbarrier fresh;
+    fresh.expected = fresh.pending = count;
+    fresh.init_thread = current_fiber().index;
+    rt->mbarriers[bar] = fresh;
 }
 
 // mbarrier.arrive (expect_tx_bytes < 0) or mbarrier.arrive.expect_tx: expect-tx first, then
@@ -1015,7 +1033,11 @@ inline void mbarrier_arrive_cluster(uint32_t address) {
     const char* op = "mbarrier.arrive.shared::cluster";
     uint64_t* bar = reinterpret_cast<uint64_t*>(cluster_pointer(address, 8, op));
     const int rank = (int)((address & ~kClusterAddressTag) >> kClusterRankShift);
-    if (rank != runtime()->cta) mbarrier_state(bar, op).remote_rank = runtime()->cta;
+    if (rank != runtime()->cta) {
+        Mbarrier& m = mbarrier_state(bar, op);
+        check_published_to_cluster(bar, m, op);
+        m.remote_rank = runtime()->cta;
+    }
     mbarrier_arrive(bar, -1);
 }
 
@@ -1188,7 +1210,8 @@ inline void tma_load_2d_multicast(void* smem, const CUtensorMap* map, uint64_t* 
         for (size_t i = 0; i < local.size(); ++i) places[i] = dst.smem_window + (local[i] - window);
         uint64_t* remote_bar = reinterpret_cast<uint64_t*>(
             dst.smem_window + (reinterpret_cast<unsigned char*>(bar) - window));
-        mbarrier_state(remote_bar, op);
+        const Mbarrier& remote = mbarrier_state(remote_bar, op);
+        if (r != rt->cta) check_published_to_cluster(remote_bar, remote, op);
         queue_tma_load(t, places, remote_bar, c0, c1, op);
     }
 }
@@ -1280,9 +1303,13 @@ inline void fence_proxy_async() {
     memcpy(c.async_view.data(), c.dyn_smem, runtime()->dyn_bytes);
 }
 
-// fence.mbarrier_init: the harness's mbarriers are visible to every proxy at once; only the call
-// site is checked.
-inline void fence_mbarrier_init() { current_fiber(); }
+// fence.mbarrier_init: publishes the calling thread's earlier mbarrier initialisations to the
+// cluster (check_published_to_cluster).
+inline void fence_mbarrier_init() {
+    const int thread = current_fiber().index;
+    for (auto& entry : runtime()->mbarriers)
+        if (entry.second.init_thread == thread) entry.second.init_published = true;
+}
 
 // ---- Warpgroup collectives: wgmma, setmaxnreg ----
 

@@ -11,7 +11,7 @@
 //                          tma_store_not_waited, tma_store_source_overwritten,
 //                          tma_store_unfenced_source, tma_load_over_unfenced_store,
 //                          cluster_unmapped_address, cluster_exited_block,
-//                          cluster_arrival_cta_wait
+//                          cluster_arrival_cta_wait, cluster_barrier_init_unpublished
 //   ptx_unit race <seed>   a kernel with a missing barrier: prints how many elements were wrong
 //
 // The fragment layouts are written out here a second time, from the PTX ISA's formulas, so that
@@ -1534,6 +1534,20 @@ __global__ void cluster_arrival_cta_wait_kernel(float* out) {
     cluster_sync();
 }
 
+// Rank 0 initialises its mbarrier without fence.mbarrier_init; rank 1 arrives on it.
+__global__ void cluster_barrier_init_unpublished_kernel(float* out) {
+    FUSEDROP_DYNAMIC_SMEM(uint64_t, bar);
+    if (threadIdx.x == 0) mbarrier_init(bar, 1);
+    cluster_sync();
+    if (blockIdx.x % 2 == 1) {
+        if (threadIdx.x == 0) mbarrier_arrive_cluster(cluster_map(bar, 0));
+    } else {
+        mbarrier_wait_cluster(bar, 0);
+    }
+    out[threadIdx.x] = 1.0f;
+    cluster_sync();
+}
+
 int main(int argc, char** argv) {
     const std::string what = argc > 1 ? argv[1] : "checks";
     static int sink[64];
@@ -1609,11 +1623,14 @@ int main(int argc, char** argv) {
     else if (what == "warpgroup_missing_warp")
         fusedrop::host::launch(what.c_str(), warpgroup_missing_warp_kernel, warpgroup, fsink);
     else if (what == "cluster_unmapped_address" || what == "cluster_exited_block" ||
-             what == "cluster_arrival_cta_wait") {
+             what == "cluster_arrival_cta_wait" || what == "cluster_barrier_init_unpublished") {
         fusedrop::host::LaunchConfig pair{dim3(2), dim3(128), 1024, 1};
         pair.cluster = 2;
         if (what == "cluster_unmapped_address")
             fusedrop::host::launch(what.c_str(), cluster_unmapped_address_kernel, pair, fsink);
+        else if (what == "cluster_barrier_init_unpublished")
+            fusedrop::host::launch(what.c_str(), cluster_barrier_init_unpublished_kernel, pair,
+                                   fsink);
         else if (what == "cluster_arrival_cta_wait")
             fusedrop::host::launch(what.c_str(), cluster_arrival_cta_wait_kernel, pair, fsink);
         else
