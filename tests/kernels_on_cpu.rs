@@ -578,6 +578,13 @@ fn harness_rejects_misuse_the_gpu_would_not_forgive() {
             ],
         ),
         (
+            "tma_barrier_init_unpublished",
+            &[
+                "tma_load_2d of the box at (0, 0) completes on the mbarrier",
+                "has not published the initialisation to the async proxy",
+            ],
+        ),
+        (
             "tma_store_unfenced_source",
             &[
                 "tma_store_2d of the box at (0, 0): its source",

@@ -267,9 +267,12 @@ struct Mbarrier {
     int remote_rank = -1;
     int completed_remote_rank[2] = {-1, -1};
     // The thread (Fiber::index) that initialised it, and whether that thread has since published
-    // the initialisation to the cluster with fence.mbarrier_init.
+    // the initialisation to its block's async proxy (fence.mbarrier_init or fence.proxy.async),
+    // which a TMA load completing on it needs, and to the cluster (fence.mbarrier_init only),
+    // which another block's use of it needs.
     int init_thread = -1;
-    bool init_published = false;
+    bool init_published_to_async_proxy = false;
+    bool init_published_to_cluster = false;
 };
 
 // A TMA load in flight: 16-byte chunks of the box, already at their swizzled places.
@@ -746,6 +749,15 @@ inline bool in_cta_smem(int rank, const void* p, size_t bytes) {
     return c >= dyn && c + bytes <= dyn + rt->dyn_bytes;
 }
 
+// The rank of the block of the cluster whose dynamic shared memory holds the byte at `p`, or -1.
+inline int cta_holding(const void* p) {
+    const Runtime* rt = runtime();
+    const int ranks = rt != nullptr ? (int)rt->ctas.size() : 0;
+    for (int r = 0; r < ranks; ++r)
+        if (in_cta_smem(r, p, 1)) return r;
+    return -1;
+}
+
 // Whether [p, p + bytes) lies in the running block's dynamic shared memory.
 inline bool in_dyn_smem(const void* p, size_t bytes) {
     return in_cta_smem(runtime()->cta, p, bytes);
@@ -754,12 +766,10 @@ inline bool in_dyn_smem(const void* p, size_t bytes) {
 // The async proxy's view (Cta::async_view) of the byte at `p`, which lies in the dynamic shared
 // memory of some block of the cluster.
 inline unsigned char* async_view_at(const void* p) {
-    Runtime* rt = runtime();
-    for (int r = 0; r < (int)rt->ctas.size(); ++r)
-        if (in_cta_smem(r, p, 1))
-            return rt->ctas[r].async_view.data() +
-                   (static_cast<const unsigned char*>(p) - rt->ctas[r].dyn_smem);
-    fail("internal: %p lies in no block's dynamic shared memory", p);
+    const int r = cta_holding(p);
+    if (r < 0) fail("internal: %p lies in no block's dynamic shared memory", p);
+    Cta& c = runtime()->ctas[r];
+    return c.async_view.data() + (static_cast<const unsigned char*>(p) - c.dyn_smem);
 }
 
 // Whether the async proxy sees [p, p + bytes) as it is: no ordinary store has changed it since
@@ -796,17 +806,15 @@ inline uint32_t shared_address(const void* p) {
 // and block rank when it is in a block's dynamic shared memory.
 inline std::string describe_smem(const void* p) {
     char text[120];
-    const Runtime* rt = runtime();
-    const int ranks = rt != nullptr ? (int)rt->ctas.size() : 0;
-    for (int r = 0; r < ranks; ++r)
-        if (in_cta_smem(r, p, 1)) {
-            const unsigned char* c = static_cast<const unsigned char*>(p);
-            snprintf(text, sizeof text, "shared address %u (dynamic smem + %zu%s%d)",
-                     (uint32_t)(c - rt->ctas[r].smem_window),
-                     (size_t)(c - rt->ctas[r].dyn_smem), " of cluster rank ", r);
-            return text;
-        }
-    snprintf(text, sizeof text, "%p", p);
+    const int r = cta_holding(p);
+    if (r < 0) {
+        snprintf(text, sizeof text, "%p", p);
+        return text;
+    }
+    const Cta& holder = runtime()->ctas[r];
+    const unsigned char* c = static_cast<const unsigned char*>(p);
+    snprintf(text, sizeof text, "shared address %u (dynamic smem + %zu of cluster rank %d)",
+             (uint32_t)(c - holder.smem_window), (size_t)(c - holder.dyn_smem), r);
     return text;
 }
 
@@ -867,7 +875,7 @@ constexpr int64_t kMbarrierMaxCount = (int64_t(1) << 20) - 1;
 // a multicast load it issued): its initialising thread must have published the initialisation
 // to the cluster with fence.mbarrier_init, or that block may find it uninitialised.
 inline void check_published_to_cluster(const uint64_t* bar, const Mbarrier& m, const char* op) {
-    if (!m.init_published)
+    if (!m.init_published_to_cluster)
         fail("%s from block rank %d on the mbarrier at %s, whose initialising thread has not "
              "published the initialisation to the cluster (ptx::fence_mbarrier_init after "
              "mbarrier_init, before the cluster_sync), so this block may find it uninitialised",
@@ -963,6 +971,11 @@ inline void mbarrier_wait(uint64_t* bar, uint32_t parity, bool cluster_acquire) 
 constexpr uint32_t kClusterAddressTag = 1u << 31;
 constexpr int kClusterRankShift = 18;  // the window offset fits 18 bits (kSmemWindowAlign)
 
+// The block rank a shared::cluster address names.
+inline uint32_t cluster_rank(uint32_t address) {
+    return (address & ~kClusterAddressTag) >> kClusterRankShift;
+}
+
 inline void retire_cta(int rank) {
     Runtime* rt = runtime();
     Cta& c = rt->ctas[rank];
@@ -995,7 +1008,7 @@ inline unsigned char* cluster_pointer(uint32_t address, size_t bytes, const char
     if ((address & kClusterAddressTag) == 0)
         fail("%s: address %#x is not a shared::cluster address made by cluster_map (mapa)", op,
              address);
-    const uint32_t rank = (address & ~kClusterAddressTag) >> kClusterRankShift;
+    const uint32_t rank = cluster_rank(address);
     const uint32_t offset = address & ((1u << kClusterRankShift) - 1);
     if (rank >= rt->ctas.size())
         fail("%s: block rank %u, but the cluster has %zu block(s)", op, rank, rt->ctas.size());
@@ -1032,8 +1045,7 @@ inline float cluster_load_f32(uint32_t address) {
 inline void mbarrier_arrive_cluster(uint32_t address) {
     const char* op = "mbarrier.arrive.shared::cluster";
     uint64_t* bar = reinterpret_cast<uint64_t*>(cluster_pointer(address, 8, op));
-    const int rank = (int)((address & ~kClusterAddressTag) >> kClusterRankShift);
-    if (rank != runtime()->cta) {
+    if ((int)cluster_rank(address) != runtime()->cta) {
         Mbarrier& m = mbarrier_state(bar, op);
         check_published_to_cluster(bar, m, op);
         m.remote_rank = runtime()->cta;
@@ -1147,6 +1159,13 @@ inline void prefetch_tensormap(const CUtensorMap* map) { tensor_map(map, "prefet
 // two writes are unordered, so the stale store may land after the box.
 inline void queue_tma_load(const TensorMap2d& t, const std::vector<unsigned char*>& places,
                            uint64_t* bar, int32_t c0, int32_t c1, const char* op) {
+    if (!mbarrier_state(bar, op).init_published_to_async_proxy)
+        fail("%s of the box at (%d, %d) completes on the mbarrier at %s, whose initialising "
+             "thread has not published the initialisation to the async proxy "
+             "(ptx::fence_mbarrier_init, or ptx::fence_proxy_async_shared, after mbarrier_init "
+             "and before the barrier that orders it before the load), so the TMA unit may find "
+             "it uninitialised",
+             op, c0, c1, describe_smem(bar).c_str());
     TmaDelivery d;
     d.bar = bar;
     d.bytes = t.box0 * t.box1 * (uint32_t)t.element_bytes;
@@ -1295,21 +1314,32 @@ inline void tma_store_wait_read(int n) {
     }
 }
 
+// Marks the calling thread's earlier mbarrier initialisations as published to its block's async
+// proxy, and with `to_cluster` to the cluster too.
+inline void publish_mbarrier_inits(bool to_cluster) {
+    const int thread = current_fiber().index;
+    for (auto& entry : runtime()->mbarriers) {
+        if (entry.second.init_thread != thread) continue;
+        entry.second.init_published_to_async_proxy = true;
+        if (to_cluster) entry.second.init_published_to_cluster = true;
+    }
+}
+
 // fence.proxy.async: the async proxy sees every ordinary store the block has made so far (the
-// whole block's, not only the calling thread's: a coarser model than the GPU's, docs/HARNESS.md).
+// whole block's, not only the calling thread's: a coarser model than the GPU's, docs/HARNESS.md),
+// and the calling thread's mbarrier initialisations (the CUDA programming guide's TMA example
+// publishes them so).
 inline void fence_proxy_async() {
     current_fiber();
     Cta& c = current_cta();
     memcpy(c.async_view.data(), c.dyn_smem, runtime()->dyn_bytes);
+    publish_mbarrier_inits(false);
 }
 
-// fence.mbarrier_init: publishes the calling thread's earlier mbarrier initialisations to the
-// cluster (check_published_to_cluster).
-inline void fence_mbarrier_init() {
-    const int thread = current_fiber().index;
-    for (auto& entry : runtime()->mbarriers)
-        if (entry.second.init_thread == thread) entry.second.init_published = true;
-}
+// fence.mbarrier_init.release.cluster: publishes the calling thread's earlier mbarrier
+// initialisations to the cluster (check_published_to_cluster) and to the async proxy
+// (queue_tma_load).
+inline void fence_mbarrier_init() { publish_mbarrier_inits(true); }
 
 // ---- Warpgroup collectives: wgmma, setmaxnreg ----
 

@@ -10,8 +10,9 @@
 //                          warpgroup_missing_warp, tma_misaligned_swizzle, wgmma_base_offset,
 //                          tma_store_not_waited, tma_store_source_overwritten,
 //                          tma_store_unfenced_source, tma_load_over_unfenced_store,
-//                          cluster_unmapped_address, cluster_exited_block,
-//                          cluster_arrival_cta_wait, cluster_barrier_init_unpublished
+//                          tma_barrier_init_unpublished, cluster_unmapped_address,
+//                          cluster_exited_block, cluster_arrival_cta_wait,
+//                          cluster_barrier_init_unpublished
 //   ptx_unit race <seed>   a kernel with a missing barrier: prints how many elements were wrong
 //
 // The fragment layouts are written out here a second time, from the PTX ISA's formulas, so that
@@ -527,6 +528,9 @@ struct TmaLoadIo {
     size_t region;
     uint32_t box_bytes;
     int32_t c0, c1;
+    // Publish the barrier's initialisation to the async proxy with fence.proxy.async (the CUDA
+    // programming guide's way) instead of fence.mbarrier_init (CUTLASS's).
+    bool init_by_proxy_fence;
 };
 
 __global__ void tma_load_kernel(const __grid_constant__ CUtensorMap map, TmaLoadIo* io) {
@@ -536,7 +540,10 @@ __global__ void tma_load_kernel(const __grid_constant__ CUtensorMap map, TmaLoad
     const int tid = threadIdx.x;
     if (tid == 0) {
         mbarrier_init(bar, 1);
-        fence_mbarrier_init();
+        if (io->init_by_proxy_fence)
+            fence_proxy_async_shared();
+        else
+            fence_mbarrier_init();
     }
     __syncthreads();
     if (tid == 40) {
@@ -593,7 +600,7 @@ static void check_tma_load(std::mt19937& rng) {
                     return;
                 }
                 TmaLoadIo io{out.data(), early.data(), region,
-                             row_bytes * box1, c0, c1};
+                             row_bytes * box1, c0, c1, rep % 2 == 1};
                 fusedrop::host::LaunchConfig cfg{dim3(1), dim3(64), region + 1024 + 64,
                                                  (uint64_t)rep};
                 fusedrop::host::launch("tma_load_kernel", tma_load_kernel, cfg, map, &io);
@@ -606,7 +613,9 @@ static void check_tma_load(std::mt19937& rng) {
             }
     check(ok_data, "tma_load_2d: " + std::to_string(cases) +
                        " boxes over the tensor's edges, 2- and 4-byte elements, every swizzle, "
-                       "equal a plain copy with zero fill placed by the swizzle table");
+                       "equal a plain copy with zero fill placed by the swizzle table (the "
+                       "barrier's initialisation published by fence.mbarrier_init or "
+                       "fence.proxy.async)");
     check(ok_early, "tma_load_2d: the destination is undefined (poison) until the load completes");
 }
 
@@ -1408,10 +1417,25 @@ __global__ void tma_misaligned_swizzle_kernel(const __grid_constant__ CUtensorMa
     uint64_t* bar = reinterpret_cast<uint64_t*>(align_1024(raw) + 8192);
     if (threadIdx.x == 0) {
         mbarrier_init(bar, 1);
+        fence_mbarrier_init();
         mbarrier_arrive_expect_tx(bar, 64 * 8 * 2);
         tma_load_2d(stage, &map, bar, 0, 0);
         mbarrier_wait(bar, 0);
     }
+}
+
+// A TMA load completing on a barrier whose initialisation no fence published to the async proxy.
+__global__ void tma_barrier_init_unpublished_kernel(const __grid_constant__ CUtensorMap map) {
+    FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
+    unsigned char* stage = align_1024(raw);
+    uint64_t* bar = reinterpret_cast<uint64_t*>(align_1024(raw) + 8192);
+    if (threadIdx.x == 0) mbarrier_init(bar, 1);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        mbarrier_arrive_expect_tx(bar, 64 * 8 * 2);
+        tma_load_2d(stage, &map, bar, 0, 0);
+    }
+    mbarrier_wait(bar, 0);
 }
 
 __global__ void wgmma_base_offset_kernel(float* out) {
@@ -1639,7 +1663,7 @@ int main(int argc, char** argv) {
         fusedrop::host::launch(what.c_str(), wgmma_base_offset_kernel, warpgroup, fsink);
     else if (what == "tma_misaligned_swizzle" || what == "tma_store_not_waited" ||
              what == "tma_store_source_overwritten" || what == "tma_store_unfenced_source" ||
-             what == "tma_load_over_unfenced_store") {
+             what == "tma_load_over_unfenced_store" || what == "tma_barrier_init_unpublished") {
         alignas(16) static unsigned char tensor[64 * 16 * 2];
         CUtensorMap map;
         if (fusedrop::host::encode_tensor_map_2d(&map, 2, tensor, 64, 16, 128, 64, 8, 128) !=
@@ -1649,6 +1673,9 @@ int main(int argc, char** argv) {
             fusedrop::host::launch(what.c_str(), tma_misaligned_swizzle_kernel, warpgroup, map);
         else if (what == "tma_store_not_waited")
             fusedrop::host::launch(what.c_str(), tma_store_not_waited_kernel, warpgroup, map);
+        else if (what == "tma_barrier_init_unpublished")
+            fusedrop::host::launch(what.c_str(), tma_barrier_init_unpublished_kernel, warpgroup,
+                                   map);
         else if (what == "tma_load_over_unfenced_store")
             fusedrop::host::launch(what.c_str(), tma_load_over_unfenced_store_kernel, warpgroup,
                                    map);
