@@ -578,6 +578,13 @@ fn harness_rejects_misuse_the_gpu_would_not_forgive() {
             ],
         ),
         (
+            "tma_load_destination_written",
+            &[
+                "its destination at shared address",
+                "was written while the load was in flight",
+            ],
+        ),
+        (
             "tma_barrier_init_unpublished",
             &[
                 "tma_load_2d of the box at (0, 0) completes on the mbarrier",

@@ -1153,6 +1153,10 @@ inline const unsigned char* tma_global(const TensorMap2d& t, int64_t row, int64_
 
 inline void prefetch_tensormap(const CUtensorMap* map) { tensor_map(map, "prefetch_tensormap"); }
 
+// What the destination of a TMA load in flight holds until the box lands.
+constexpr unsigned char kTmaInFlightPoison[16] = {0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+                                                  0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF};
+
 // Queues the delivery of the box at (c0, c1) into the chunks `places` (in block `rank`'s shared
 // memory), completing on `bar` (in the same block). The places are poisoned until it lands. An
 // ordinary store to them that no fence.proxy.async has ordered before the load is an error: the
@@ -1190,8 +1194,8 @@ inline void queue_tma_load(const TensorMap2d& t, const std::vector<unsigned char
                  "box's write are unordered; %s",
                  op, c0, c1, describe_smem(places[i]).c_str(), kUnfencedWrite, kProxyFenceRule);
         // Undefined until the load completes on its barrier (to both proxies).
-        memset(places[i], 0xFF, 16);
-        memset(async_view_at(places[i]), 0xFF, 16);
+        memcpy(places[i], kTmaInFlightPoison, 16);
+        memcpy(async_view_at(places[i]), kTmaInFlightPoison, 16);
     }
     runtime()->tma_in_flight.push_back(std::move(d));
 }
@@ -1241,6 +1245,15 @@ inline void deliver_oldest_tma_load() {
     TmaDelivery d = std::move(rt->tma_in_flight.front());
     rt->tma_in_flight.pop_front();
     for (const auto& chunk : d.chunks) {
+        // The poison of the issue still there, or something wrote the destination while the
+        // load was in flight, which the box's write may land before or after.
+        if (memcmp(chunk.first, kTmaInFlightPoison, 16) != 0)
+            fail("a TMA load issued by thread %d, completing on the mbarrier at %s: its "
+                 "destination at %s was written while the load was in flight (by an ordinary "
+                 "store, or by another TMA load), so which write lands last is undefined; the "
+                 "destination of a TMA load is the TMA unit's from the issue until the wait on "
+                 "its barrier returns",
+                 d.thread, describe_smem(d.bar).c_str(), describe_smem(chunk.first).c_str());
         memcpy(chunk.first, chunk.second.data(), 16);
         memcpy(async_view_at(chunk.first), chunk.second.data(), 16);
     }

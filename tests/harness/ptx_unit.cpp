@@ -10,7 +10,8 @@
 //                          warpgroup_missing_warp, tma_misaligned_swizzle, wgmma_base_offset,
 //                          tma_store_not_waited, tma_store_source_overwritten,
 //                          tma_store_unfenced_source, tma_load_over_unfenced_store,
-//                          tma_barrier_init_unpublished, cluster_unmapped_address,
+//                          tma_barrier_init_unpublished, tma_load_destination_written,
+//                          cluster_unmapped_address,
 //                          cluster_exited_block, cluster_arrival_cta_wait,
 //                          cluster_barrier_init_unpublished
 //   ptx_unit race <seed>   a kernel with a missing barrier: prints how many elements were wrong
@@ -1424,6 +1425,21 @@ __global__ void tma_misaligned_swizzle_kernel(const __grid_constant__ CUtensorMa
     }
 }
 
+// An ordinary store into a TMA load's destination while the load is in flight.
+__global__ void tma_load_destination_written_kernel(const __grid_constant__ CUtensorMap map) {
+    FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
+    unsigned char* stage = align_1024(raw);
+    uint64_t* bar = reinterpret_cast<uint64_t*>(align_1024(raw) + 8192);
+    if (threadIdx.x == 0) {
+        mbarrier_init(bar, 1);
+        fence_mbarrier_init();
+        mbarrier_arrive_expect_tx(bar, 64 * 8 * 2);
+        tma_load_2d(stage, &map, bar, 0, 0);
+        stage[300] = 7;
+        mbarrier_wait(bar, 0);
+    }
+}
+
 // A TMA load completing on a barrier whose initialisation no fence published to the async proxy.
 __global__ void tma_barrier_init_unpublished_kernel(const __grid_constant__ CUtensorMap map) {
     FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
@@ -1663,7 +1679,8 @@ int main(int argc, char** argv) {
         fusedrop::host::launch(what.c_str(), wgmma_base_offset_kernel, warpgroup, fsink);
     else if (what == "tma_misaligned_swizzle" || what == "tma_store_not_waited" ||
              what == "tma_store_source_overwritten" || what == "tma_store_unfenced_source" ||
-             what == "tma_load_over_unfenced_store" || what == "tma_barrier_init_unpublished") {
+             what == "tma_load_over_unfenced_store" || what == "tma_barrier_init_unpublished" ||
+             what == "tma_load_destination_written") {
         alignas(16) static unsigned char tensor[64 * 16 * 2];
         CUtensorMap map;
         if (fusedrop::host::encode_tensor_map_2d(&map, 2, tensor, 64, 16, 128, 64, 8, 128) !=
@@ -1673,6 +1690,9 @@ int main(int argc, char** argv) {
             fusedrop::host::launch(what.c_str(), tma_misaligned_swizzle_kernel, warpgroup, map);
         else if (what == "tma_store_not_waited")
             fusedrop::host::launch(what.c_str(), tma_store_not_waited_kernel, warpgroup, map);
+        else if (what == "tma_load_destination_written")
+            fusedrop::host::launch(what.c_str(), tma_load_destination_written_kernel, warpgroup,
+                                   map);
         else if (what == "tma_barrier_init_unpublished")
             fusedrop::host::launch(what.c_str(), tma_barrier_init_unpublished_kernel, warpgroup,
                                    map);
