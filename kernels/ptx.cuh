@@ -974,14 +974,17 @@ FUSEDROP_PTX_DEVICE void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uin
 // Keeps the compiler from moving reads or writes of the accumulator registers across a wgmma
 // fence, commit or wait (CUTLASS's warpgroup_fence_operand): an empty asm that claims to read
 // and write every register. Call it after each wgmma_wait_group and before each wgmma_fence.
-// Nothing to do on the host, where the harness's wgmma writes the registers at the wait itself.
+// On the host, where the harness's wgmma writes the registers at the wait itself, the harness
+// checks that discipline (docs/HARNESS.md).
 template <int N>
 FUSEDROP_PTX_DEVICE void fence_registers(float (&d)[N]) {
 #if defined(__CUDA_ARCH__)
 #pragma unroll
     for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
-#else
+#elif defined(__CUDACC__)
     (void)d;
+#else
+    ::fusedrop::host::fence_registers(d, sizeof d);
 #endif
 }
 
@@ -994,8 +997,10 @@ FUSEDROP_PTX_DEVICE void fence_registers(uint32_t (&a)[M][4]) {
     for (int i = 0; i < M; ++i)
 #pragma unroll
         for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(a[i][j])::"memory");
-#else
+#elif defined(__CUDACC__)
     (void)a;
+#else
+    ::fusedrop::host::fence_registers(a, sizeof a);
 #endif
 }
 

@@ -560,6 +560,21 @@ fn harness_rejects_misuse_the_gpu_would_not_forgive() {
             &["wgmma: element", "after the last fence.proxy.async"],
         ),
         (
+            "wgmma_accumulators_unfenced_after_wait",
+            &[
+                "that wgmma_wait_group retired into this thread's registers were not fenced \
+                 before its next operation",
+                "call ptx::fence_registers",
+            ],
+        ),
+        (
+            "wgmma_registers_unfenced_before_fence",
+            &[
+                "accumulators at",
+                "were not passed to ptx::fence_registers before the wgmma_fence",
+            ],
+        ),
+        (
             "warpgroup_missing_warp",
             &["missing from the warpgroup collective"],
         ),

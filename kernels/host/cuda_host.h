@@ -173,6 +173,23 @@ struct BulkStore {
     std::vector<unsigned char> image;  // the box's 16-byte chunks when the store was issued
 };
 
+// Registers of one thread (an accumulator array, A fragments), named by their host address.
+struct RegisterRange {
+    const void* p;
+    size_t bytes;
+};
+
+// Whether [p, p + bytes) lies inside one of `ranges`.
+inline bool registers_covered(const std::vector<RegisterRange>& ranges, const void* p,
+                              size_t bytes) {
+    const unsigned char* lo = static_cast<const unsigned char*>(p);
+    for (const RegisterRange& r : ranges) {
+        const unsigned char* rlo = static_cast<const unsigned char*>(r.p);
+        if (lo >= rlo && lo + bytes <= rlo + r.bytes) return true;
+    }
+    return false;
+}
+
 struct Fiber {
     ucontext_t ctx;
     void* stack = nullptr;
@@ -191,6 +208,13 @@ struct Fiber {
     std::deque<std::vector<BulkStore>> bulk_groups;
     const uint64_t* mbar_wait = nullptr;  // the mbarrier this thread waits on (State::AtMbarrier)
     uint32_t mbar_parity = 0;
+    // ptx::fence_registers discipline (kernels/ptx.cuh): accumulators a wgmma_wait_group wrote
+    // that no fence_registers has covered since (the thread's next operation must be that
+    // fence); registers fenced since the thread's last wgmma_fence; and those fenced before it,
+    // which its wgmmas may use.
+    std::vector<RegisterRange> registers_to_fence;
+    std::vector<RegisterRange> registers_fenced;
+    std::vector<RegisterRange> registers_fenced_for_wgmma;
 };
 
 // One lane's operands and results of a warp collective.
@@ -227,6 +251,7 @@ struct WgSlot {
     bool accumulate = false;
     uint64_t desc_a = 0, desc_b = 0;
     uint32_t a[4] = {0, 0, 0, 0};
+    const uint32_t* a_registers = nullptr;  // wgmma_rs: where the A fragment came from
     float* acc = nullptr;
     int arg = 0;  // wait_group N; setmaxnreg register count (negative: dec)
 };
@@ -364,11 +389,25 @@ inline Runtime*& runtime() {
 // The block whose thread runs (the scheduler keeps the last one between threads).
 inline Cta& current_cta() { return runtime()->ctas[runtime()->cta]; }
 
+constexpr const char* kRegisterFenceRule =
+    "call ptx::fence_registers on the accumulators right after each wgmma_wait_group (without it "
+    "nvcc may move their reads above the wait) and on every register a wgmma uses before its "
+    "wgmma_fence (or it may move their writes below the fence)";
+
+// The running thread. Every device operation's host body comes through here, so it is also where
+// a thread whose accumulators a wgmma_wait_group just wrote is stopped if its next operation is
+// not ptx::fence_registers (which does not come through here).
 inline Fiber& current_fiber() {
     Runtime* rt = runtime();
     if (rt == nullptr || rt->current == nullptr)
         fail("a device operation was called outside a kernel launched by fusedrop::host::launch");
-    return *rt->current;
+    Fiber& f = *rt->current;
+    if (!f.registers_to_fence.empty())
+        fail("the %zu accumulator bytes at %p that wgmma_wait_group retired into this thread's "
+             "registers were not fenced before its next operation; %s",
+             f.registers_to_fence.front().bytes, f.registers_to_fence.front().p,
+             kRegisterFenceRule);
+    return f;
 }
 
 // Switches from the current thread back to the scheduler; returns when the scheduler resumes it.
@@ -1452,7 +1491,7 @@ inline void wgmma_read_operand(uint64_t desc, bool mn_major, int kind, int rows,
 
 // Executes one wgmma.mma_async: D = A * B (+ C), exact products summed in double, rounded once.
 // The result goes to the next pending operation on the same registers, or to the registers.
-inline void retire_wgmma(WarpGroup& g, WgmmaOp& op) {
+inline void retire_wgmma(WarpGroup& g, WgmmaOp& op, Fiber* threads) {
     const int n = op.n, regs = op.n / 2;
     std::vector<double> a(64 * 16), b((size_t)n * 16), d((size_t)64 * n);
     if (op.a_in_regs) {
@@ -1498,13 +1537,16 @@ inline void retire_wgmma(WarpGroup& g, WgmmaOp& op) {
             else
                 op.acc[t][r] = v;
         }
-        if (next != nullptr) next->source[t] = -1;
+        if (next != nullptr)
+            next->source[t] = -1;
+        else
+            threads[t].registers_to_fence.push_back({op.acc[t], sizeof(float) * regs});
     }
     op.id = -1;
 }
 
 // Issues the wgmma.mma_async described by the (uniform) slots of the warpgroup.
-inline void issue_wgmma(WarpGroup& g) {
+inline void issue_wgmma(WarpGroup& g, const Fiber* threads) {
     const WgSlot& s0 = g.slot[0];
     for (int t = 1; t < 128; ++t) {
         const WgSlot& s = g.slot[t];
@@ -1560,18 +1602,27 @@ inline void issue_wgmma(WarpGroup& g) {
             op.source[t] = latest->id;
         else
             memcpy(&op.c[(size_t)t * regs], s.acc, sizeof(float) * regs);
+        const std::vector<RegisterRange>& fenced = threads[t].registers_fenced_for_wgmma;
+        if (!registers_covered(fenced, s.acc, sizeof(float) * regs))
+            fail("wgmma.mma_async: warpgroup thread %d's accumulators at %p were not passed to "
+                 "ptx::fence_registers before the wgmma_fence; %s",
+                 t, (const void*)s.acc, kRegisterFenceRule);
+        if (s.a_in_regs && !registers_covered(fenced, s.a_registers, 16))
+            fail("wgmma.mma_async: warpgroup thread %d's A fragment at %p was not passed to "
+                 "ptx::fence_registers before the wgmma_fence; %s",
+                 t, (const void*)s.a_registers, kRegisterFenceRule);
         // The registers hold no defined value until wait_group retires the operation.
         for (int r = 0; r < regs; ++r) s.acc[r] = NAN;
     }
     g.uncommitted.push_back(std::move(op));
 }
 
-inline void wait_wgmma_groups(WarpGroup& g, int n) {
+inline void wait_wgmma_groups(WarpGroup& g, int n, Fiber* threads) {
     for (int t = 1; t < 128; ++t)
         if (g.slot[t].arg != g.slot[0].arg)
             fail("wgmma.wait_group: warpgroup threads wait for different group counts");
     while ((int)g.groups.size() > n) {
-        for (WgmmaOp& op : g.groups.front()) retire_wgmma(g, op);
+        for (WgmmaOp& op : g.groups.front()) retire_wgmma(g, op, threads);
         g.groups.pop_front();
     }
     g.fenced = false;
@@ -1593,6 +1644,10 @@ inline void warpgroup_collective(WgOp op) {
                  "warpgroup collective",
                  wg_op_name(op), rt->fibers[i].linear);
     g.slot[f.linear % 128].op = op;
+    if (op == WgOp::Fence) {
+        f.registers_fenced_for_wgmma = std::move(f.registers_fenced);
+        f.registers_fenced.clear();
+    }
     f.state = State::AtWarpGroup;
     g.arrived += 1;
     if (g.arrived < 128) {
@@ -1605,12 +1660,12 @@ inline void warpgroup_collective(WgOp op) {
                  f.linear, wg_op_name(op), t, wg_op_name(g.slot[t].op));
     switch (op) {
         case WgOp::Fence: g.fenced = true; break;
-        case WgOp::Mma: issue_wgmma(g); break;
+        case WgOp::Mma: issue_wgmma(g, &rt->fibers[first]); break;
         case WgOp::Commit:
             g.groups.push_back(std::move(g.uncommitted));
             g.uncommitted.clear();
             break;
-        case WgOp::Wait: wait_wgmma_groups(g, g.slot[0].arg); break;
+        case WgOp::Wait: wait_wgmma_groups(g, g.slot[0].arg, &rt->fibers[first]); break;
         case WgOp::SetMaxNReg:
             for (int t = 1; t < 128; ++t)
                 if (g.slot[t].arg != g.slot[0].arg)
@@ -1637,6 +1692,22 @@ inline WgSlot& warpgroup_slot() {
 }
 
 inline void wgmma_fence() { warpgroup_collective(WgOp::Fence); }
+
+// ptx::fence_registers: the thread's registers at [p, p + bytes) are fenced. Not through
+// current_fiber, whose check it answers.
+inline void fence_registers(const void* p, size_t bytes) {
+    Runtime* rt = runtime();
+    if (rt == nullptr || rt->current == nullptr)
+        fail("fence_registers was called outside a kernel launched by fusedrop::host::launch");
+    Fiber& f = *rt->current;
+    std::vector<RegisterRange>& pending = f.registers_to_fence;
+    pending.erase(std::remove_if(pending.begin(), pending.end(),
+                                 [&](const RegisterRange& r) {
+                                     return registers_covered({{p, bytes}}, r.p, r.bytes);
+                                 }),
+                  pending.end());
+    f.registers_fenced.push_back({p, bytes});
+}
 inline void wgmma_commit_group() { warpgroup_collective(WgOp::Commit); }
 inline void wgmma_wait_group(int n) {
     warpgroup_slot().arg = n;
@@ -1656,6 +1727,7 @@ inline void wgmma(int kind, int n, int trans_a, int trans_b, float* d, const uin
     s.desc_a = desc_a;
     s.desc_b = desc_b;
     for (int i = 0; i < 4; ++i) s.a[i] = a != nullptr ? a[i] : 0;
+    s.a_registers = a;
     s.acc = d;
     warpgroup_collective(WgOp::Mma);
 }
@@ -1676,6 +1748,11 @@ inline void warpgroup_barrier(int id) {
 
 inline void check_thread_exit(const Fiber& f) {
     Runtime* rt = runtime();
+    if (!f.registers_to_fence.empty())
+        fail("thread exits with the %zu accumulator bytes at %p that wgmma_wait_group retired "
+             "into its registers never fenced; %s",
+             f.registers_to_fence.front().bytes, f.registers_to_fence.front().p,
+             kRegisterFenceRule);
     if (!f.bulk_uncommitted.empty() || !f.bulk_groups.empty())
         fail("thread exits with TMA stores whose shared-memory source it never waited for "
              "(tma_store_commit and tma_store_wait_read<0> before exit)");

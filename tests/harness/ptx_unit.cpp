@@ -7,6 +7,8 @@
 //                          misaligned_ldmatrix, partial_warp_shfl, mbarrier_deadlock,
 //                          mbarrier_uninitialised, mbarrier_over_arrival, wgmma_without_fence,
 //                          wgmma_no_fence_after_wait, wgmma_unfenced_operand,
+//                          wgmma_accumulators_unfenced_after_wait,
+//                          wgmma_registers_unfenced_before_fence,
 //                          warpgroup_missing_warp, tma_misaligned_swizzle, wgmma_base_offset,
 //                          tma_store_not_waited, tma_store_source_overwritten,
 //                          tma_store_unfenced_source, tma_load_over_unfenced_store,
@@ -989,6 +991,9 @@ struct Operand {
     }
 };
 
+// The most k16 steps run_wgmma gives one product.
+constexpr int kMaxWgmmaKsteps = 4;
+
 struct WgmmaIo {
     const unsigned char* image_a;
     const unsigned char* image_b;
@@ -1016,14 +1021,11 @@ __global__ void wgmma_kernel(WgmmaIo* io) {
     const int wg = threadIdx.x / 128, t = threadIdx.x % 128, w = t / 32, l = t % 32;
     float d[N / 2];
     for (int r = 0; r < N / 2; ++r) d[r] = 1.0e30f;  // ignored: the first wgmma has scale-d 0
-    wgmma_fence();
-    for (int s = 0; s < io->ksteps; ++s) {
-        const uint64_t desc_b = make_smem_desc(sb + io->start_b[s], io->swizzle_b, io->lbo_b,
-                                               io->sbo_b);
-        if constexpr (kARegs) {
-            // Element e of the A fragment: row 16w + l/4 + 8((e >> 1) & 1),
-            // column 2(l % 4) + (e & 1) + 8(e >> 2) of this k-step's 64 x 16 slice.
-            uint32_t a[4];
+    // Element e of k-step s's A fragment: row 16w + l/4 + 8((e >> 1) & 1),
+    // column 2(l % 4) + (e & 1) + 8(e >> 2) of that k-step's 64 x 16 slice.
+    uint32_t a[kMaxWgmmaKsteps][4] = {};
+    if constexpr (kARegs)
+        for (int s = 0; s < io->ksteps; ++s)
             for (int reg = 0; reg < 4; ++reg) {
                 uint16_t half[2];
                 for (int h = 0; h < 2; ++h) {
@@ -1032,9 +1034,16 @@ __global__ void wgmma_kernel(WgmmaIo* io) {
                     const int col = 2 * (l % 4) + (e & 1) + 8 * (e >> 2);
                     half[h] = io->a_values[row * 16 * io->ksteps + 16 * s + col];
                 }
-                a[reg] = pack(half[0], half[1]);
+                a[s][reg] = pack(half[0], half[1]);
             }
-            wgmma_rs<T, N, kTransB>(d, a, desc_b, s > 0);
+    fence_registers(a);
+    fence_registers(d);
+    wgmma_fence();
+    for (int s = 0; s < io->ksteps; ++s) {
+        const uint64_t desc_b = make_smem_desc(sb + io->start_b[s], io->swizzle_b, io->lbo_b,
+                                               io->sbo_b);
+        if constexpr (kARegs) {
+            wgmma_rs<T, N, kTransB>(d, a[s], desc_b, s > 0);
         } else {
             const uint64_t desc_a = make_smem_desc(sa + io->start_a[s], io->swizzle_a, io->lbo_a,
                                                    io->sbo_a);
@@ -1044,6 +1053,7 @@ __global__ void wgmma_kernel(WgmmaIo* io) {
     wgmma_commit_group();
     io->before_wait[wg * 128 + t] = d[0];
     wgmma_wait_group<0>();
+    fence_registers(d);
     float* out = io->out + (size_t)wg * 64 * N;
     for (int r = 0; r < N / 2; ++r) {
         const int row = 16 * w + l / 4 + 8 * ((r >> 1) & 1);
@@ -1146,26 +1156,33 @@ __global__ void wgmma_groups_kernel(GroupsIo* io) {
     const uint64_t da = make_smem_desc(s, 0, 128, 256);
     const uint64_t db = make_smem_desc(s + io->a_bytes, 0, 128, 256);
     float acc[4], other[4];
+    fence_registers(acc);
     wgmma_fence();
     wgmma_ss<__half, 8>(acc, da, db, false);
     wgmma_commit_group();
     wgmma_ss<__half, 8>(acc, da, db, true);
     wgmma_commit_group();
     wgmma_wait_group<1>();
+    fence_registers(acc);
     for (int r = 0; r < 4; ++r) io->chained_mid[t * 4 + r] = acc[r];
     wgmma_wait_group<0>();
+    fence_registers(acc);
     for (int r = 0; r < 4; ++r) io->chained[t * 4 + r] = acc[r];
+    fence_registers(other);
     wgmma_fence();
     wgmma_ss<__half, 8>(acc, da, db, false);
     wgmma_commit_group();
     wgmma_ss<__half, 8>(other, da, db, false);
     wgmma_commit_group();
     wgmma_wait_group<1>();
+    fence_registers(acc);
+    fence_registers(other);
     for (int r = 0; r < 4; ++r) {
         io->first_mid[t * 4 + r] = acc[r];
         io->separate_mid[t * 4 + r] = other[r];
     }
     wgmma_wait_group<0>();
+    fence_registers(other);
 }
 
 static void check_wgmma_groups(std::mt19937& rng) {
@@ -1275,6 +1292,7 @@ __global__ void pipeline_kernel(const __grid_constant__ CUtensorMap map_x,
         mbarrier_wait(&full[s], (kb / kStages) & 1);
         unsigned char* a = stages + s * (kBytesA + kBytesB) + c * 64 * 128;
         unsigned char* b = stages + s * (kBytesA + kBytesB) + kBytesA;
+        fence_registers(d);
         wgmma_fence();
         for (int ks = 0; ks < 4; ++ks)
             wgmma_ss<T, kBlockN>(d, make_smem_desc(a + 32 * ks, 128, 16, 1024),
@@ -1282,9 +1300,11 @@ __global__ void pipeline_kernel(const __grid_constant__ CUtensorMap map_x,
         wgmma_commit_group();
         // The previous stage's wgmmas are done once at most this one's group is pending.
         wgmma_wait_group<1>();
+        fence_registers(d);
         if (kb > 0 && t == 0) mbarrier_arrive(&empty[(kb - 1) % kStages]);
     }
     wgmma_wait_group<0>();
+    fence_registers(d);
     if (t == 0 && k_blocks > 0) mbarrier_arrive(&empty[(k_blocks - 1) % kStages]);
     const int w = t / 32, l = t % 32;
     for (int r = 0; r < kBlockN / 2; ++r) {
@@ -1379,10 +1399,12 @@ __global__ void wgmma_no_fence_after_wait_kernel(float* out) {
     __syncthreads();
     const uint64_t da = make_smem_desc(s, 0, 128, 256), db = make_smem_desc(s + 2048, 0, 128, 256);
     float d[4];
+    fence_registers(d);
     wgmma_fence();
     wgmma_ss<__half, 8>(d, da, db, false);
     wgmma_commit_group();
     wgmma_wait_group<0>();
+    fence_registers(d);
     out[threadIdx.x] = d[0];
     wgmma_ss<__half, 8>(d, da, db, true);
     wgmma_commit_group();
@@ -1398,11 +1420,49 @@ __global__ void wgmma_unfenced_operand_kernel(float* out) {
     for (int i = threadIdx.x; i < 4096; i += blockDim.x) s[i] = 0;
     __syncthreads();
     float d[4];
+    fence_registers(d);
     wgmma_fence();
     wgmma_ss<__half, 8>(d, make_smem_desc(s, 0, 128, 256), make_smem_desc(s + 2048, 0, 128, 256),
                         false);
     wgmma_commit_group();
     wgmma_wait_group<0>();
+    out[threadIdx.x] = d[0];
+}
+
+// The accumulators a wait retired are used by the thread's next operation without a
+// fence_registers between: nvcc may move their reads above the wait.
+__global__ void wgmma_accumulators_unfenced_after_wait_kernel(float* out) {
+    FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
+    unsigned char* s = align_1024(raw);
+    for (int i = threadIdx.x; i < 4096; i += blockDim.x) s[i] = 0;
+    fence_proxy_async_shared();
+    __syncthreads();
+    float d[4];
+    fence_registers(d);
+    wgmma_fence();
+    wgmma_ss<__half, 8>(d, make_smem_desc(s, 0, 128, 256), make_smem_desc(s + 2048, 0, 128, 256),
+                        false);
+    wgmma_commit_group();
+    wgmma_wait_group<0>();
+    out[threadIdx.x] = d[0];
+    __syncthreads();
+}
+
+// A wgmma whose accumulators were not fenced before its wgmma_fence: nvcc may move writes of
+// them below the fence.
+__global__ void wgmma_registers_unfenced_before_fence_kernel(float* out) {
+    FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
+    unsigned char* s = align_1024(raw);
+    for (int i = threadIdx.x; i < 4096; i += blockDim.x) s[i] = 0;
+    fence_proxy_async_shared();
+    __syncthreads();
+    float d[4];
+    wgmma_fence();
+    wgmma_ss<__half, 8>(d, make_smem_desc(s, 0, 128, 256), make_smem_desc(s + 2048, 0, 128, 256),
+                        false);
+    wgmma_commit_group();
+    wgmma_wait_group<0>();
+    fence_registers(d);
     out[threadIdx.x] = d[0];
 }
 
@@ -1660,6 +1720,12 @@ int main(int argc, char** argv) {
         fusedrop::host::launch(what.c_str(), wgmma_no_fence_after_wait_kernel, warpgroup, fsink);
     else if (what == "wgmma_unfenced_operand")
         fusedrop::host::launch(what.c_str(), wgmma_unfenced_operand_kernel, warpgroup, fsink);
+    else if (what == "wgmma_accumulators_unfenced_after_wait")
+        fusedrop::host::launch(what.c_str(), wgmma_accumulators_unfenced_after_wait_kernel,
+                               warpgroup, fsink);
+    else if (what == "wgmma_registers_unfenced_before_fence")
+        fusedrop::host::launch(what.c_str(), wgmma_registers_unfenced_before_fence_kernel,
+                               warpgroup, fsink);
     else if (what == "warpgroup_missing_warp")
         fusedrop::host::launch(what.c_str(), warpgroup_missing_warp_kernel, warpgroup, fsink);
     else if (what == "cluster_unmapped_address" || what == "cluster_exited_block" ||
