@@ -1278,11 +1278,12 @@ inline void tma_load_2d_multicast(void* smem, const CUtensorMap* map, uint64_t* 
     }
 }
 
-// Lands the oldest TMA load and performs its complete-tx on the barrier.
-inline void deliver_oldest_tma_load() {
+// Lands the TMA load at position `which` of the loads in flight (0: the oldest) and performs its
+// complete-tx on the barrier.
+inline void deliver_tma_load(size_t which) {
     Runtime* rt = runtime();
-    TmaDelivery d = std::move(rt->tma_in_flight.front());
-    rt->tma_in_flight.pop_front();
+    TmaDelivery d = std::move(rt->tma_in_flight[which]);
+    rt->tma_in_flight.erase(rt->tma_in_flight.begin() + (std::ptrdiff_t)which);
     for (const auto& chunk : d.chunks) {
         // The poison of the issue still there, or something wrote the destination while the
         // load was in flight, which the box's write may land before or after.
@@ -2008,8 +2009,9 @@ inline void run_grid(const char* name, const LaunchConfig& cfg, std::function<vo
                         resume(rt, *next);
                         continue;
                     }
-                    // TMA loads land only when no thread can run, oldest first: the latest
-                    // moment the hardware may deliver them.
+                    // TMA loads land only when no thread can run, the latest moment the
+                    // hardware may deliver them, one at a time in an order drawn from the
+                    // schedule seed: loads in flight complete in any order on the GPU.
                     if (rt.tma_in_flight.empty()) break;
                     int live = 0;
                     for (const Cta& c : rt.ctas) live += c.live;
@@ -2017,7 +2019,7 @@ inline void run_grid(const char* name, const LaunchConfig& cfg, std::function<vo
                         fail("the block finished with %zu TMA load(s) in flight (issued by thread "
                              "%d; nobody waited for their mbarrier phase)",
                              rt.tma_in_flight.size(), rt.tma_in_flight.front().thread);
-                    deliver_oldest_tma_load();
+                    deliver_tma_load(splitmix64(rng) % rt.tma_in_flight.size());
                 }
                 for (const Cta& c : rt.ctas)
                     if (c.live != 0) report_deadlock(rt);

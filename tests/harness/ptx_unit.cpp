@@ -622,6 +622,54 @@ static void check_tma_load(std::mt19937& rng) {
     check(ok_early, "tma_load_2d: the destination is undefined (poison) until the load completes");
 }
 
+// Two loads in flight on two barriers, each waited for by a thread of its own warp: the thread
+// that wakes first records its load's index, which is the load that landed first.
+__global__ void tma_delivery_order_kernel(const __grid_constant__ CUtensorMap map, int* first) {
+    FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
+    unsigned char* stage = align_1024(raw);
+    uint64_t* bar = reinterpret_cast<uint64_t*>(stage + 4096);
+    int* landed = reinterpret_cast<int*>(stage + 4096 + 16);
+    if (threadIdx.x == 0) {
+        mbarrier_init(&bar[0], 1);
+        mbarrier_init(&bar[1], 1);
+        fence_mbarrier_init();
+        *landed = -1;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0)
+        for (int i = 0; i < 2; ++i) {
+            mbarrier_arrive_expect_tx(&bar[i], 64 * 8 * 2);
+            tma_load_2d(stage + 2048 * i, &map, &bar[i], 0, 0);
+        }
+    const int mine = threadIdx.x == 0 ? 1 : threadIdx.x == 32 ? 0 : -1;
+    if (mine >= 0) {
+        mbarrier_wait(&bar[mine], 0);
+        if (*landed < 0) *landed = mine;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) *first = *landed;
+}
+
+static void check_tma_delivery_order() {
+    alignas(16) static unsigned char tensor[64 * 16 * 2];
+    CUtensorMap map;
+    if (fusedrop::host::encode_tensor_map_2d(&map, 2, tensor, 64, 16, 128, 64, 8, 128) !=
+        CUDA_SUCCESS) {
+        check(false, "encode_tensor_map_2d of a valid map");
+        return;
+    }
+    bool seen[2] = {false, false};
+    for (uint64_t seed = 0; seed < 16; ++seed) {
+        int first = -1;
+        fusedrop::host::LaunchConfig cfg{dim3(1), dim3(64), 8192, seed};
+        fusedrop::host::launch("tma_delivery_order_kernel", tma_delivery_order_kernel, cfg, map,
+                               &first);
+        if (first == 0 || first == 1) seen[first] = true;
+    }
+    check(seen[0] && seen[1], "TMA loads in flight land in either order over 16 schedule seeds "
+                              "(the GPU completes them in any order)");
+}
+
 // ---- TMA store ----
 
 struct TmaStoreIo {
@@ -1669,6 +1717,7 @@ int main(int argc, char** argv) {
         check_form_dz_pair<__nv_bfloat16>("bf16");
         check_tensor_map_rules();
         check_tma_load(rng);
+        check_tma_delivery_order();
         check_tma_store(rng);
         check_mbarrier();
         check_cluster();
