@@ -27,9 +27,12 @@
 //   stage without a barrier after the wait, reads poison.
 // - Hopper (sm_90a) instructions, modelled after the PTX ISA (see "The Hopper model" below):
 //   mbarrier objects with phases, arrival and transaction counts; TMA tensor loads that land
-//   only when no thread of the block can run; TMA stores that read shared memory only when the
+//   only when no thread of the block can run, in an order drawn from the schedule seed, into
+//   destinations nobody may write meanwhile; TMA stores that read shared memory only when the
 //   issuing thread waits for them; wgmma as a warpgroup collective whose accumulators are NaN
-//   until wgmma.wait_group retires the operation.
+//   until wgmma.wait_group retires the operation, with the register fences around it checked;
+//   the async proxy's view of shared memory (fence.proxy.async) and of barrier initialisations
+//   (fence.mbarrier_init); cluster-scope releases and acquires.
 // - Misuse that the GPU would fault on or leave undefined (misaligned cp.async / ldmatrix
 //   addresses, divergent barriers, collectives with missing lanes, deadlocks) aborts with a
 //   message naming the block and thread.
