@@ -1425,15 +1425,28 @@ __global__ void mbarrier_uninitialised_kernel(int* out) {
     out[threadIdx.x] = 1;
 }
 
-__global__ void wgmma_without_fence_kernel(float* out) {
-    FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
+// The misuse kernels below multiply zeros, m64n8k16: A (64 x 16) at byte 0 of the returned 4 KiB
+// of shared memory, B (8 x 16) at byte 2048, written by every thread of the block, then (with
+// `fence_proxy`) published to the async proxy, then ordered by a barrier.
+__device__ unsigned char* zero_wgmma_operands(unsigned char* raw, bool fence_proxy) {
     unsigned char* s = align_1024(raw);
     for (int i = threadIdx.x; i < 4096; i += blockDim.x) s[i] = 0;
-    fence_proxy_async_shared();
+    if (fence_proxy) fence_proxy_async_shared();
     __syncthreads();
-    float d[4];
+    return s;
+}
+
+__device__ void wgmma_zeros(float (&d)[4], const unsigned char* s, bool accumulate) {
     wgmma_ss<__half, 8>(d, make_smem_desc(s, 0, 128, 256), make_smem_desc(s + 2048, 0, 128, 256),
-                        false);
+                        accumulate);
+}
+
+__global__ void wgmma_without_fence_kernel(float* out) {
+    FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
+    const unsigned char* s = zero_wgmma_operands(raw, true);
+    float d[4];
+    fence_registers(d);
+    wgmma_zeros(d, s, false);
     wgmma_commit_group();
     wgmma_wait_group<0>();
     out[threadIdx.x] = d[0];
@@ -1441,20 +1454,16 @@ __global__ void wgmma_without_fence_kernel(float* out) {
 
 __global__ void wgmma_no_fence_after_wait_kernel(float* out) {
     FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
-    unsigned char* s = align_1024(raw);
-    for (int i = threadIdx.x; i < 4096; i += blockDim.x) s[i] = 0;
-    fence_proxy_async_shared();
-    __syncthreads();
-    const uint64_t da = make_smem_desc(s, 0, 128, 256), db = make_smem_desc(s + 2048, 0, 128, 256);
+    const unsigned char* s = zero_wgmma_operands(raw, true);
     float d[4];
     fence_registers(d);
     wgmma_fence();
-    wgmma_ss<__half, 8>(d, da, db, false);
+    wgmma_zeros(d, s, false);
     wgmma_commit_group();
     wgmma_wait_group<0>();
     fence_registers(d);
     out[threadIdx.x] = d[0];
-    wgmma_ss<__half, 8>(d, da, db, true);
+    wgmma_zeros(d, s, true);
     wgmma_commit_group();
     wgmma_wait_group<0>();
     out[threadIdx.x] = d[0];
@@ -1464,14 +1473,11 @@ __global__ void wgmma_no_fence_after_wait_kernel(float* out) {
 // proxy) may read the old bytes.
 __global__ void wgmma_unfenced_operand_kernel(float* out) {
     FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
-    unsigned char* s = align_1024(raw);
-    for (int i = threadIdx.x; i < 4096; i += blockDim.x) s[i] = 0;
-    __syncthreads();
+    const unsigned char* s = zero_wgmma_operands(raw, false);
     float d[4];
     fence_registers(d);
     wgmma_fence();
-    wgmma_ss<__half, 8>(d, make_smem_desc(s, 0, 128, 256), make_smem_desc(s + 2048, 0, 128, 256),
-                        false);
+    wgmma_zeros(d, s, false);
     wgmma_commit_group();
     wgmma_wait_group<0>();
     out[threadIdx.x] = d[0];
@@ -1481,15 +1487,11 @@ __global__ void wgmma_unfenced_operand_kernel(float* out) {
 // fence_registers between: nvcc may move their reads above the wait.
 __global__ void wgmma_accumulators_unfenced_after_wait_kernel(float* out) {
     FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
-    unsigned char* s = align_1024(raw);
-    for (int i = threadIdx.x; i < 4096; i += blockDim.x) s[i] = 0;
-    fence_proxy_async_shared();
-    __syncthreads();
+    const unsigned char* s = zero_wgmma_operands(raw, true);
     float d[4];
     fence_registers(d);
     wgmma_fence();
-    wgmma_ss<__half, 8>(d, make_smem_desc(s, 0, 128, 256), make_smem_desc(s + 2048, 0, 128, 256),
-                        false);
+    wgmma_zeros(d, s, false);
     wgmma_commit_group();
     wgmma_wait_group<0>();
     out[threadIdx.x] = d[0];
@@ -1500,14 +1502,10 @@ __global__ void wgmma_accumulators_unfenced_after_wait_kernel(float* out) {
 // them below the fence.
 __global__ void wgmma_registers_unfenced_before_fence_kernel(float* out) {
     FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
-    unsigned char* s = align_1024(raw);
-    for (int i = threadIdx.x; i < 4096; i += blockDim.x) s[i] = 0;
-    fence_proxy_async_shared();
-    __syncthreads();
+    const unsigned char* s = zero_wgmma_operands(raw, true);
     float d[4];
     wgmma_fence();
-    wgmma_ss<__half, 8>(d, make_smem_desc(s, 0, 128, 256), make_smem_desc(s + 2048, 0, 128, 256),
-                        false);
+    wgmma_zeros(d, s, false);
     wgmma_commit_group();
     wgmma_wait_group<0>();
     fence_registers(d);
