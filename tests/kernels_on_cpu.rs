@@ -575,6 +575,13 @@ fn harness_rejects_misuse_the_gpu_would_not_forgive() {
             ],
         ),
         (
+            "wgmma_unfenced_in_second_block",
+            &[
+                "block (1,0,0)",
+                "were not passed to ptx::fence_registers before the wgmma_fence",
+            ],
+        ),
+        (
             "warpgroup_missing_warp",
             &["missing from the warpgroup collective"],
         ),

@@ -1816,6 +1816,10 @@ __attribute__((noinline)) inline void restart(Fiber& f) {
     f.bulk_uncommitted.clear();
     f.bulk_groups.clear();
     f.mbar_wait = nullptr;
+    // The next block's thread runs on the same stack: a fence of this block's registers must not
+    // count for the same addresses there (registers_to_fence is empty at every thread's exit,
+    // and registers_fenced_for_wgmma is replaced at its first wgmma_fence).
+    f.registers_fenced.clear();
     getcontext(&f.ctx);
     f.ctx.uc_stack.ss_sp = f.stack;
     f.ctx.uc_stack.ss_size = f.stack_size;

@@ -9,6 +9,7 @@
 //                          wgmma_no_fence_after_wait, wgmma_unfenced_operand,
 //                          wgmma_accumulators_unfenced_after_wait,
 //                          wgmma_registers_unfenced_before_fence,
+//                          wgmma_unfenced_in_second_block,
 //                          warpgroup_missing_warp, tma_misaligned_swizzle, wgmma_base_offset,
 //                          tma_store_not_waited, tma_store_source_overwritten,
 //                          tma_store_unfenced_source, tma_load_over_unfenced_store,
@@ -1512,6 +1513,21 @@ __global__ void wgmma_registers_unfenced_before_fence_kernel(float* out) {
     out[threadIdx.x] = d[0];
 }
 
+// Only the first block fences before its wgmma_fence. The second runs on the same thread stacks
+// (same register addresses), where the first block's fences must not count.
+__global__ void wgmma_unfenced_in_second_block_kernel(float* out) {
+    FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
+    const unsigned char* s = zero_wgmma_operands(raw, true);
+    float d[4];
+    if (blockIdx.x == 0) fence_registers(d);
+    wgmma_fence();
+    wgmma_zeros(d, s, false);
+    wgmma_commit_group();
+    wgmma_wait_group<0>();
+    fence_registers(d);
+    out[threadIdx.x] = d[0];
+}
+
 __global__ void warpgroup_missing_warp_kernel(float* out) {
     if (threadIdx.x / 32 == 3) return;
     wgmma_fence();
@@ -1773,6 +1789,9 @@ int main(int argc, char** argv) {
     else if (what == "wgmma_registers_unfenced_before_fence")
         fusedrop::host::launch(what.c_str(), wgmma_registers_unfenced_before_fence_kernel,
                                warpgroup, fsink);
+    else if (what == "wgmma_unfenced_in_second_block")
+        fusedrop::host::launch(what.c_str(), wgmma_unfenced_in_second_block_kernel,
+                               fusedrop::host::LaunchConfig{dim3(2), dim3(128), 16384, 1}, fsink);
     else if (what == "warpgroup_missing_warp")
         fusedrop::host::launch(what.c_str(), warpgroup_missing_warp_kernel, warpgroup, fsink);
     else if (what == "cluster_unmapped_address" || what == "cluster_exited_block" ||
