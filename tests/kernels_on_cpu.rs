@@ -548,6 +548,13 @@ fn harness_rejects_misuse_the_gpu_would_not_forgive() {
         ("misaligned_cp_async", &["misaligned"]),
         ("misaligned_ldmatrix", &["not 16-byte aligned"]),
         (
+            "ldmatrix_bank_conflict",
+            &[
+                "matrix 0's rows from lanes 0 and 4",
+                "fall in the same 16-byte slot of the 32 banks",
+            ],
+        ),
+        (
             "mbarrier_deadlock",
             &["deadlock", "waits on the mbarrier at shared address"],
         ),

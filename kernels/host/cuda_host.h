@@ -344,6 +344,7 @@ struct Runtime {
     size_t dyn_bytes = 0;
     std::function<void()> body;
     const char* kernel_name = "";
+    bool ldmatrix_conflict_free = false;  // LaunchConfig::ldmatrix_conflict_free
 };
 
 // swapcontext itself. Under AddressSanitizer, libc's own, so that ASan's interceptor (which clears
@@ -607,6 +608,21 @@ inline void execute_ldmatrix(Warp& w) {
         if (row == nullptr || reinterpret_cast<uintptr_t>(row) % 16 != 0)
             fail("ldmatrix: lane %d supplies row address %p, which is not 16-byte aligned", lane,
                  (const void*)row);
+        // Each matrix's 8 rows are one 128-byte access of the 32 banks: conflict-free when
+        // different rows fall in different 16-byte slots of a bank line. The shared window is
+        // 256 KiB-aligned, so host addresses give the slot.
+        if (runtime()->ldmatrix_conflict_free)
+            for (int other = lane - lane % 8; other < lane; ++other) {
+                const unsigned char* o = static_cast<const unsigned char*>(w.slot[other].addr);
+                if (o != row && reinterpret_cast<uintptr_t>(o) % 128 ==
+                                    reinterpret_cast<uintptr_t>(row) % 128)
+                    fail("ldmatrix: matrix %d's rows from lanes %d and %d (shared addresses %u "
+                         "and %u) fall in the same 16-byte slot of the 32 banks, a bank "
+                         "conflict, in a kernel whose shared-memory layout is meant to be "
+                         "conflict-free (the swizzle, docs/KERNELS.md)",
+                         lane / 8, other, lane, (unsigned)(o - current_cta().smem_window),
+                         (unsigned)(row - current_cta().smem_window));
+            }
         unsigned char bytes[16];
         memcpy(bytes, row, 16);
         for (int i = 0; i < 8; ++i) M[lane / 8][lane % 8][i] = load_u16(bytes, i);
@@ -1786,6 +1802,9 @@ struct LaunchConfig {
     size_t smem_bytes = 0;
     uint64_t schedule_seed = 0;
     unsigned cluster = 1;  // blocks per cluster, along x (the kernel's __cluster_dims__)
+    // A bank conflict in an ldmatrix is an error (the kernels' swizzled layouts avoid them; the
+    // unit tests' layouts need not).
+    bool ldmatrix_conflict_free = false;
 };
 
 inline uint64_t splitmix64(uint64_t& state) {
@@ -1908,6 +1927,7 @@ inline void run_grid(const char* name, const LaunchConfig& cfg, std::function<vo
     rt.kernel_name = name;
     rt.body = std::move(body);
     rt.dyn_bytes = cfg.smem_bytes;
+    rt.ldmatrix_conflict_free = cfg.ldmatrix_conflict_free;
     rt.ctas.resize(cluster);
     for (Cta& c : rt.ctas) {
         c.smem_window = static_cast<unsigned char*>(::operator new(

@@ -169,6 +169,7 @@ inline fusedrop::host::LaunchConfig config(const Request& req, dim3 grid, unsign
     cfg.block = dim3(threads, 1, 1);
     cfg.smem_bytes = smem;
     cfg.schedule_seed = req.schedule;
+    cfg.ldmatrix_conflict_free = true;
     return cfg;
 }
 

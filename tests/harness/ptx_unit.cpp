@@ -4,7 +4,8 @@
 //   ptx_unit checks        every positive check; prints one line per check, exit 1 on a failure
 //   ptx_unit <misuse>      one kernel that misuses the model; the harness must abort (exit 3):
 //                          divergent_barrier, exited_lane_shfl, misaligned_cp_async,
-//                          misaligned_ldmatrix, partial_warp_shfl, mbarrier_deadlock,
+//                          misaligned_ldmatrix, ldmatrix_bank_conflict, partial_warp_shfl,
+//                          mbarrier_deadlock,
 //                          mbarrier_uninitialised, mbarrier_over_arrival, wgmma_without_fence,
 //                          wgmma_no_fence_after_wait, wgmma_unfenced_operand,
 //                          wgmma_accumulators_unfenced_after_wait,
@@ -494,6 +495,15 @@ __global__ void misaligned_ldmatrix_kernel(int* out) {
     FUSEDROP_DYNAMIC_SMEM(uint16_t, smem);
     uint32_t r[1];
     ldmatrix_x1(r, smem + 8 * (threadIdx.x % 8) + 4);
+    out[threadIdx.x] = (int)r[0];
+}
+
+// Rows 32 bytes apart: rows 0 and 4 of the matrix share a 16-byte bank slot (a 2-way conflict),
+// in a launch that declares its layouts conflict-free.
+__global__ void ldmatrix_bank_conflict_kernel(int* out) {
+    FUSEDROP_DYNAMIC_SMEM(uint16_t, smem);
+    uint32_t r[1];
+    ldmatrix_x1(r, smem + 16 * (threadIdx.x % 8));
     out[threadIdx.x] = (int)r[0];
 }
 
@@ -1771,7 +1781,11 @@ int main(int argc, char** argv) {
         fusedrop::host::launch(what.c_str(), misaligned_cp_async_kernel, warp, (const float*)src);
     else if (what == "misaligned_ldmatrix")
         fusedrop::host::launch(what.c_str(), misaligned_ldmatrix_kernel, warp, sink);
-    else if (what == "mbarrier_deadlock")
+    else if (what == "ldmatrix_bank_conflict") {
+        fusedrop::host::LaunchConfig conflict_free = warp;
+        conflict_free.ldmatrix_conflict_free = true;
+        fusedrop::host::launch(what.c_str(), ldmatrix_bank_conflict_kernel, conflict_free, sink);
+    } else if (what == "mbarrier_deadlock")
         fusedrop::host::launch(what.c_str(), mbarrier_deadlock_kernel, warp, sink);
     else if (what == "mbarrier_uninitialised")
         fusedrop::host::launch(what.c_str(), mbarrier_uninitialised_kernel, warp, sink);
