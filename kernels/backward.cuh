@@ -24,14 +24,30 @@
 
 namespace fusedrop {
 
+// The keep decisions of dY(r, c .. c+3) of the row-major [m, n] gradient (bit j: column c + j).
+// The four linear indices i0 .. i0+3 span at most two Philox calls (a shard's rows may start at
+// any index), so this costs one call, or two when i0 is not a multiple of 4 and a column of the
+// second call lies inside the matrix (the bits of columns beyond n are then those of the first).
+FUSEDROP_HD uint32_t keep_quad(const MaskParams& mp, long long n, long long r, long long c) {
+    const uint64_t i0 = mask_index(mp, (uint64_t)r, (uint64_t)c);
+    const uint32_t first = (uint32_t)(i0 & 3);
+    const Philox4 lo = mask_words(mp, i0 >> 2);
+    Philox4 hi = lo;
+    if (first != 0 && c + (4 - first) < n) hi = mask_words(mp, (i0 >> 2) + 1);
+    uint32_t keep = 0;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const uint32_t slot = first + (uint32_t)j;
+        const uint32_t word = slot < 4 ? philox_word(lo, slot) : philox_word(hi, slot - 4);
+        keep |= (keep_word(mp, word) ? 1u : 0u) << j;
+    }
+    return keep;
+}
+
 // Turns dY(r, c .. c+3) of the row-major [m, n] gradient into dZ, in place: v holds the four dY
 // values and yv the saved outputs (read only when `relu`). Elements outside the matrix must hold
-// v = 0 and yv = 0 and stay 0.
-//
-// The four linear indices i0 .. i0+3 span at most two Philox calls (a shard's rows may start at
-// any index), so the mask costs one call, or two when i0 is not a multiple of 4 and a column of
-// the second call lies inside the matrix. It is drawn for identity, and for ReLU only when one
-// of the four saved outputs is NaN; never when p == 0.
+// v = 0 and yv = 0 and stay 0. The mask (keep_quad) is drawn for identity, and for ReLU only
+// when one of the four saved outputs is NaN; never when p == 0.
 FUSEDROP_HD void form_dz4(float (&v)[4], const float (&yv)[4], bool relu, const MaskParams& mp,
                           long long n, long long r, long long c) {
     // Whether the element's dZ is dY times its regenerated mask factor.
@@ -42,23 +58,10 @@ FUSEDROP_HD void form_dz4(float (&v)[4], const float (&yv)[4], bool relu, const 
         masked[j] = !relu || yv[j] != yv[j];
         any_masked = any_masked || masked[j];
     }
-    bool keep[4] = {true, true, true, true};
-    if (any_masked && dropout_enabled(mp)) {
-        const uint64_t i0 = mask_index(mp, (uint64_t)r, (uint64_t)c);
-        const uint32_t first = (uint32_t)(i0 & 3);
-        const Philox4 lo = mask_words(mp, i0 >> 2);
-        Philox4 hi = lo;
-        if (first != 0 && c + (4 - first) < n) hi = mask_words(mp, (i0 >> 2) + 1);
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const uint32_t slot = first + (uint32_t)j;
-            const uint32_t word = slot < 4 ? philox_word(lo, slot) : philox_word(hi, slot - 4);
-            keep[j] = keep_word(mp, word);
-        }
-    }
+    const uint32_t keep = any_masked && dropout_enabled(mp) ? keep_quad(mp, n, r, c) : 0xfu;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-        v[j] = masked[j] ? apply_keep(v[j], keep[j], mp.scale)
+        v[j] = masked[j] ? apply_keep(v[j], ((keep >> j) & 1u) != 0, mp.scale)
                          : (yv[j] > 0.0f ? v[j] * mp.scale : 0.0f);
     }
 }
@@ -138,6 +141,22 @@ FUSEDROP_HD uint32_t dz_pair_from_keep(uint32_t dy, uint32_t y, bool masked0, bo
     return packed;
 }
 
+// Whether the 16-bit T with bits `half` (in the low 16 bits) is NaN.
+template <typename T>
+FUSEDROP_HD bool half_is_nan(uint32_t half) {
+    return (half & 0x7fffu) > HalfBits<T>::kInf;
+}
+
+// dZ / scale of a pair of elements packed in one register (as in form_dz_pair) for ReLU where
+// neither Y is NaN: Y > 0 (+inf included) iff its bits lie in [1, +inf], and then dZ / scale is
+// dY's bits, else 0. Bit operations only, no Philox.
+template <typename T>
+FUSEDROP_HD uint32_t relu_dz_pair(uint32_t dy, uint32_t y) {
+    constexpr uint32_t kInf = HalfBits<T>::kInf;
+    return ((y & 0xffffu) - 1u < kInf ? dy & 0xffffu : 0u) |
+           ((y >> 16) - 1u < kInf ? dy & 0xffff0000u : 0u);
+}
+
 // dZ / scale of two elements of dY packed in the 16-bit halves of one register, as ldmatrix
 // delivers mma.sync's and wgmma's A fragments: dy and y (the saved output, read only for ReLU)
 // hold element (r, c) in the low half and in the high half (r, c + 1), or with kDown (r + 1, c)
@@ -146,14 +165,8 @@ FUSEDROP_HD uint32_t dz_pair_from_keep(uint32_t dy, uint32_t y, bool masked0, bo
 template <typename T, bool kDown = false>
 FUSEDROP_HD uint32_t form_dz_pair(uint32_t dy, uint32_t y, bool relu, const MaskParams& unit,
                                   long long r, long long c) {
-    constexpr uint32_t kInf = HalfBits<T>::kInf;
-    const uint32_t y_half[2] = {y & 0xffffu, y >> 16};
-    const bool nan[2] = {relu && (y_half[0] & 0x7fffu) > kInf, relu && (y_half[1] & 0x7fffu) > kInf};
-    if (relu && !nan[0] && !nan[1]) {
-        // Y > 0 (+inf included) iff its bits lie in [1, +inf]: dZ / scale is dY's bits, else 0.
-        return (y_half[0] - 1u < kInf ? dy & 0xffffu : 0u) |
-               (y_half[1] - 1u < kInf ? dy & 0xffff0000u : 0u);
-    }
+    const bool nan[2] = {relu && half_is_nan<T>(y & 0xffffu), relu && half_is_nan<T>(y >> 16)};
+    if (relu && !nan[0] && !nan[1]) return relu_dz_pair<T>(dy, y);
     // Identity, or a NaN in Y (ReLU passed a NaN or +inf): the mask redrawn where it decides.
     const bool masked[2] = {!relu || nan[0], !relu || nan[1]};
     uint32_t keep = 3u;
@@ -168,6 +181,31 @@ FUSEDROP_HD uint32_t form_dz_pair(uint32_t dy, uint32_t y, bool relu, const Mask
         }
     }
     return dz_pair_from_keep<T>(dy, y, masked[0], masked[1], keep, unit.scale);
+}
+
+// dZ / scale of dY(r, c .. c+3) of the row-major [m, n] gradient, in place, as 16-byte and
+// 8-byte shared-memory accesses deliver it: dy[0] holds columns c and c + 1 (low half first),
+// dy[1] columns c + 2 and c + 3; y likewise (read only for ReLU). form_dz4's rule with a unit
+// scale and its Philox calls (keep_quad); for ReLU with no NaN among the four Y, bit operations
+// only. Elements outside dY must hold dy = y = 0; they give 0.
+template <typename T>
+FUSEDROP_HD void form_dz_quad(uint32_t (&dy)[2], const uint32_t (&y)[2], bool relu,
+                              const MaskParams& unit, long long n, long long r, long long c) {
+    bool masked[4];
+    bool any_masked = false;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        masked[j] = !relu || half_is_nan<T>(y[j / 2] >> (16 * (j % 2)));
+        any_masked = any_masked || masked[j];
+    }
+    if (!any_masked) {
+        dy[0] = relu_dz_pair<T>(dy[0], y[0]);
+        dy[1] = relu_dz_pair<T>(dy[1], y[1]);
+        return;
+    }
+    const uint32_t keep = dropout_enabled(unit) ? keep_quad(unit, n, r, c) : 0xfu;
+    dy[0] = dz_pair_from_keep<T>(dy[0], y[0], masked[0], masked[1], keep, unit.scale);
+    dy[1] = dz_pair_from_keep<T>(dy[1], y[1], masked[2], masked[3], keep >> 2, unit.scale);
 }
 
 // dZ / scale of element (r, c) of dY as a float (form_dz_pair's rule for one element; db's

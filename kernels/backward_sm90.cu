@@ -69,7 +69,10 @@ constexpr int kGroupRows = 8;
 
 // Turns the 64 x 64 block of dY at `block` (swizzled as above; `y_block` the matching block of
 // Y, read only for ReLU) into dZ / scale, in place. (row0, col0): the block's first element in
-// dY. Thread t of the warpgroup handles 16-byte chunks t, t + 128, ... (8 elements of a row).
+// dY. Thread t of the warpgroup handles 16-byte chunks t, t + 128, ... (8 elements of a row),
+// each read and written whole: a quarter warp's 8 chunks are one 128-byte row, a row's chunks
+// stay in distinct bank groups under the swizzle, so every access is conflict-free (2-byte
+// accesses of the same chunks are 4-way conflicted and 8 times as many).
 template <typename T>
 __device__ __forceinline__ void form_dz_block(unsigned char* block, const unsigned char* y_block,
                                               long long row0, long long col0, long long n,
@@ -80,20 +83,16 @@ __device__ __forceinline__ void form_dz_block(unsigned char* block, const unsign
         const int chunk = t + 128 * i;
         const int row = chunk / 8, logical = chunk % 8;
         const int offset = row * 128 + ((logical ^ (row % 8)) * 16);
-        T* d = reinterpret_cast<T*>(block + offset);
-        const T* yv8 = reinterpret_cast<const T*>(y_block + offset);
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            float v[4], yv[4];
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                v[j] = Element<T>::to_float(d[4 * half + j]);
-                yv[j] = relu ? Element<T>::to_float(yv8[4 * half + j]) : 0.0f;
-            }
-            form_dz4(v, yv, relu, unit, n, row0 + row, col0 + 8 * logical + 4 * half);
-#pragma unroll
-            for (int j = 0; j < 4; ++j) d[4 * half + j] = Element<T>::from_float(v[j]);
-        }
+        uint4* d = reinterpret_cast<uint4*>(block + offset);
+        const uint4 dv = *d;
+        const uint4 yv = relu ? *reinterpret_cast<const uint4*>(y_block + offset)
+                              : make_uint4(0u, 0u, 0u, 0u);
+        uint32_t lo[2] = {dv.x, dv.y}, hi[2] = {dv.z, dv.w};
+        const uint32_t y_lo[2] = {yv.x, yv.y}, y_hi[2] = {yv.z, yv.w};
+        const long long c = col0 + 8 * logical;
+        form_dz_quad<T>(lo, y_lo, relu, unit, n, row0 + row, c);
+        form_dz_quad<T>(hi, y_hi, relu, unit, n, row0 + row, c + 4);
+        *d = make_uint4(lo[0], lo[1], hi[0], hi[1]);
     }
 }
 

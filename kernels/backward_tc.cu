@@ -127,16 +127,14 @@ __device__ __forceinline__ void form_dz_tile(T* dz, long long n, long long gr0, 
         const int quad = (int)threadIdx.x + i * THREADS;
         const int row = quad / kQuadsPerRow;
         const int col = (quad % kQuadsPerRow) * 4;
-        // The four elements share a 16-byte chunk, which the swizzle moves as a whole.
-        const int at = Tile::offset(row, col);
-        T* d = dz + at;
-        float v[4];
-        const float yv[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-        for (int j = 0; j < 4; ++j) v[j] = Element<T>::to_float(d[j]);
-        form_dz4(v, yv, false, unit, n, gr0 + row, gc0 + col);
-#pragma unroll
-        for (int j = 0; j < 4; ++j) d[j] = Element<T>::from_float(v[j]);
+        // The four elements share a 16-byte chunk, which the swizzle moves as a whole, so they
+        // are one aligned 8-byte access.
+        uint2* d = reinterpret_cast<uint2*>(dz + Tile::offset(row, col));
+        const uint2 dv = *d;
+        uint32_t packed[2] = {dv.x, dv.y};
+        const uint32_t no_y[2] = {0u, 0u};
+        form_dz_quad<T>(packed, no_y, false, unit, n, gr0 + row, gc0 + col);
+        *d = make_uint2(packed[0], packed[1]);
     }
 }
 

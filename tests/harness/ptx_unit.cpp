@@ -456,6 +456,74 @@ static void check_form_dz_pair(const char* name) {
     check(ok, std::string("form_dz_pair ") + name + ": every 16-bit Y against form_dz4");
 }
 
+// kernels/backward.cuh's form_dz_quad (the Hopper dW's and the mma.sync backward's rule on four
+// packed elements) against form_dz4 on floats (scale 1): ReLU with every 16-bit pattern of Y at
+// each of the four positions, and identity, at p = 0 and 0.5, at every alignment of the first
+// linear index within its Philox call, in the matrix's interior and where the quad overhangs
+// column n (the overhanging elements hold dY = Y = 0 there, as the kernels' zero fill gives).
+template <typename T>
+static void check_form_dz_quad(const char* name) {
+    const float dys[] = {1.5f, -2.25f, 0.0f, 65504.0f, -INFINITY, NAN};
+    const float others[] = {0.75f, -1.0f, 0.0f, INFINITY};
+    bool ok = true;
+    for (int p_half = 0; p_half < 2 && ok; ++p_half) {
+        fusedrop::MaskParams unit{};
+        unit.seed = 0x5eedULL;
+        unit.subsequence = 5;
+        unit.seed_subsequence = nullptr;
+        unit.threshold = p_half ? (1ULL << 31) : 0;
+        unit.scale = 1.0f;
+        unit.n_global = 1001;
+        unit.col_offset = 3;
+        for (int relu = 0; relu < 2 && ok; ++relu) {
+            const uint32_t patterns = relu ? 0x10000u : 64u;
+            for (uint32_t yb = 0; yb < patterns && ok; ++yb) {
+                const int at = (int)(yb % 4);
+                const long long r = 11, c = 2 + (long long)(yb / 4 % 4);
+                // n = 1001: inside; c + 2: the last two elements overhang.
+                for (const long long n : {1001LL, c + 2}) {
+                    float v[4], yv[4];
+                    uint16_t dbits[4], ybits[4];
+                    for (int j = 0; j < 4; ++j) {
+                        const bool inside = c + j < n;
+                        const float d = inside ? dys[(yb + (uint32_t)j) % 6] : 0.0f;
+                        dbits[j] = bits_of<T>(d);
+                        ybits[j] = !inside ? 0 : j == at ? (uint16_t)yb
+                                                          : bits_of<T>(others[(yb + j) % 4]);
+                        T dt, yt;
+                        memcpy(&dt, &dbits[j], 2);
+                        memcpy(&yt, &ybits[j], 2);
+                        v[j] = fusedrop::Element<T>::to_float(dt);
+                        yv[j] = fusedrop::Element<T>::to_float(yt);
+                    }
+                    uint32_t dy[2] = {dbits[0] | ((uint32_t)dbits[1] << 16),
+                                      dbits[2] | ((uint32_t)dbits[3] << 16)};
+                    const uint32_t y[2] = {ybits[0] | ((uint32_t)ybits[1] << 16),
+                                           ybits[2] | ((uint32_t)ybits[3] << 16)};
+                    fusedrop::form_dz4(v, yv, relu != 0, unit, n, r, c);
+                    fusedrop::form_dz_quad<T>(dy, y, relu != 0, unit, n, r, c);
+                    for (int j = 0; j < 4; ++j) {
+                        const uint16_t g = (uint16_t)(dy[j / 2] >> (16 * (j % 2)));
+                        T gt;
+                        memcpy(&gt, &g, 2);
+                        const float gf = fusedrop::Element<T>::to_float(gt);
+                        const bool same =
+                            (gf != gf && v[j] != v[j]) || (gf == v[j] && g == bits_of<T>(v[j]));
+                        if (!same) {
+                            printf("form_dz_quad %s: %s, p %s, y bits %04x at %d, c %lld, n "
+                                   "%lld, element %d: %g, form_dz4 %g\n",
+                                   name, relu ? "relu" : "identity", p_half ? "0.5" : "0", yb,
+                                   at, c, n, j, gf, v[j]);
+                            ok = false;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    check(ok, std::string("form_dz_quad ") + name + ": every 16-bit Y against form_dz4");
+}
+
 static void check_barrier() {
     bool ok = true;
     for (uint64_t seed = 0; seed < 8; ++seed) ok = ok && exchange_errors(true, seed) == 0;
@@ -1739,6 +1807,8 @@ int main(int argc, char** argv) {
         check_barrier();
         check_form_dz_pair<__half>("f16");
         check_form_dz_pair<__nv_bfloat16>("bf16");
+        check_form_dz_quad<__half>("f16");
+        check_form_dz_quad<__nv_bfloat16>("bf16");
         check_tensor_map_rules();
         check_tma_load(rng);
         check_tma_delivery_order();
