@@ -244,11 +244,12 @@ __device__ __forceinline__ void backward_sm90(const CUtensorMap* map_dy, const C
                 Mainloop::mma_tile(acc, storage, state, share.count, consumer, [](int) {});
             }
         } else {
+            // dW: this consumer's 64-column box of the MN-major dY (dZᵀ), all 64 rows of the
+            // k-block, 128 wg_row bytes into the stage.
+            const unsigned char* formed = nullptr;
             Mainloop::mma_tile(
                 acc, storage, state, share.count, consumer,
                 [&](int kb, unsigned char* stage) {
-                    // dW: this consumer's 64-column box of the MN-major dY (dZᵀ), all 64 rows
-                    // of the k-block, 128 wg_row bytes into the stage.
                     unsigned char* block = stage + 128 * wg_row;
                     if (transform) {
                         form_dz_block<T>(block, block + Mainloop::kOffsetSide,
@@ -260,9 +261,14 @@ __device__ __forceinline__ void backward_sm90(const CUtensorMap* map_dy, const C
                         else
                             ptx::warpgroup_barrier<2>();
                     }
-                    if (do_db) db_sum += column_sum<T>(block, t);
+                    formed = block;
                 },
-                [](int) {});
+                // db's column sums read the formed block while the tensor cores multiply it,
+                // not before its wgmmas are issued (the stage stays held until the next
+                // k-block's retire_previous).
+                [&](int) {
+                    if (do_db) db_sum += column_sum<T>(formed, t);
+                });
         }
         const auto store = [&](const float (&result)[Mainloop::kAccumulators], float db_total) {
             gemm::sm90::store_gradient_fragment<T, Mainloop::kWgN>(
