@@ -193,13 +193,18 @@ __device__ __forceinline__ void store_fragment(const float (&acc)[kWgN / 2],
     const long long c0 = tile_col + 2 * (l % 4);
     // Two adjacent outputs are one 4-byte store when every row starts 4-byte aligned.
     const bool pair_store = reinterpret_cast<uintptr_t>(a.y) % 4 == 0 && a.n % 2 == 0;
+    // Each group's bias is loaded one group ahead, so that its latency passes during the
+    // previous group's arithmetic and stores (nvcc does not hoist it past the loop's break: each
+    // group's loads sat right before its own use).
+    float next0, next1;
+    bias_pair(a, c0, next0, next1);
 #pragma unroll
     for (int j = 0; j < kWgN / 8; ++j) {
         const long long c = c0 + 8 * j;
         if (c >= a.n) break;
         const bool second_col = c + 1 < a.n;
-        float bias0, bias1;
-        bias_pair(a, c, bias0, bias1);
+        const float bias0 = next0, bias1 = next1;
+        if (j + 1 < kWgN / 8) bias_pair(a, c + 8, next0, next1);
         const uint32_t keep = a.dropout ? mask.nibble(j) : 0xFu;
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
