@@ -293,39 +293,63 @@ __device__ __forceinline__ void finish_tma_stores() {
 // The backward's epilogue: OUT[r][c] = (accumulate ? OUT[r][c] : 0) + scale * acc for the
 // fragment of the warpgroup tile whose top-left element is (tile_row, tile_col) of the
 // row-major [rows, cols] OUT, rows and columns past the matrix skipped; the sum is taken in f32
-// and rounded once.
+// and rounded once. When accumulating, the old values of kOldAhead groups are read together
+// before any of them is used, so that a thread waits for global memory once per kOldAhead groups
+// instead of once per pair (in the SASS each pair's loads sat right before its stores).
 template <typename T, int kWgN>
 __device__ __forceinline__ void store_gradient_fragment(const float (&acc)[kWgN / 2],
                                                         T* __restrict__ out, long long rows,
                                                         long long cols, long long tile_row,
                                                         long long tile_col, float scale,
                                                         bool accumulate) {
+    constexpr int kGroups = kWgN / 8;
+    constexpr int kOldAhead = kGroups < 4 ? kGroups : 4;
+    static_assert(kGroups % kOldAhead == 0, "whole batches of groups");
     const int t = (int)(threadIdx.x % 128);
     const int w = t / 32, l = t % 32;
     const long long r0 = tile_row + 16 * w + l / 4;
     const long long c0 = tile_col + 2 * (l % 4);
     const bool pair_store = reinterpret_cast<uintptr_t>(out) % 4 == 0 && cols % 2 == 0;
 #pragma unroll
-    for (int j = 0; j < kWgN / 8; ++j) {
-        const long long c = c0 + 8 * j;
-        if (c >= cols) break;
-        const bool second_col = c + 1 < cols;
+    for (int j0 = 0; j0 < kGroups; j0 += kOldAhead) {
+        // old[g][h][e]: element (r0 + 8 h, c0 + 8 (j0 + g) + e) before the store, 0 outside OUT.
+        float old[kOldAhead][2][2] = {};
+        if (accumulate) {
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const long long r = r0 + 8 * h;
-            if (r >= rows) continue;
-            T* dst = out + r * cols + c;
-            float v0 = acc[4 * j + 2 * h] * scale;
-            float v1 = acc[4 * j + 2 * h + 1] * scale;
-            if (accumulate) {
-                v0 += Element<T>::to_float(dst[0]);
-                if (second_col) v1 += Element<T>::to_float(dst[1]);
+            for (int g = 0; g < kOldAhead; ++g) {
+                const long long c = c0 + 8 * (j0 + g);
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const long long r = r0 + 8 * h;
+                    if (r >= rows || c >= cols) continue;
+                    const T* src = out + r * cols + c;
+                    old[g][h][0] = Element<T>::to_float(src[0]);
+                    if (c + 1 < cols) old[g][h][1] = Element<T>::to_float(src[1]);
+                }
             }
-            if (pair_store && second_col) {
-                store_pair(dst, v0, v1);
-            } else {
-                dst[0] = Element<T>::from_float(v0);
-                if (second_col) dst[1] = Element<T>::from_float(v1);
+        }
+#pragma unroll
+        for (int g = 0; g < kOldAhead; ++g) {
+            const long long c = c0 + 8 * (j0 + g);
+            if (c >= cols) return;
+            const bool second_col = c + 1 < cols;
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const long long r = r0 + 8 * h;
+                if (r >= rows) continue;
+                T* dst = out + r * cols + c;
+                float v0 = acc[4 * (j0 + g) + 2 * h] * scale;
+                float v1 = acc[4 * (j0 + g) + 2 * h + 1] * scale;
+                if (accumulate) {
+                    v0 += old[g][h][0];
+                    v1 += old[g][h][1];
+                }
+                if (pair_store && second_col) {
+                    store_pair(dst, v0, v1);
+                } else {
+                    dst[0] = Element<T>::from_float(v0);
+                    if (second_col) dst[1] = Element<T>::from_float(v1);
+                }
             }
         }
     }
