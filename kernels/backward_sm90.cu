@@ -244,12 +244,11 @@ __device__ __forceinline__ void backward_sm90(const CUtensorMap* map_dy, const C
                 Mainloop::mma_tile(acc, storage, state, share.count, consumer, [](int) {});
             }
         } else {
-            // dW: this consumer's 64-column box of the MN-major dY (dZᵀ), all 64 rows of the
-            // k-block, 128 wg_row bytes into the stage.
-            const unsigned char* formed = nullptr;
             Mainloop::mma_tile(
                 acc, storage, state, share.count, consumer,
                 [&](int kb, unsigned char* stage) {
+                    // dW: this consumer's 64-column box of the MN-major dY (dZᵀ), all 64 rows
+                    // of the k-block, 128 wg_row bytes into the stage.
                     unsigned char* block = stage + 128 * wg_row;
                     if (transform) {
                         form_dz_block<T>(block, block + Mainloop::kOffsetSide,
@@ -261,14 +260,13 @@ __device__ __forceinline__ void backward_sm90(const CUtensorMap* map_dy, const C
                         else
                             ptx::warpgroup_barrier<2>();
                     }
-                    formed = block;
+                    // db's sums read the formed block here, before the wgmmas are issued, though
+                    // they could run beside them: right after the barrier they are what makes
+                    // the CPU harness (whose wgmmas rendezvous the warpgroup) see the barrier
+                    // go missing (docs/HARNESS.md).
+                    if (do_db) db_sum += column_sum<T>(block, t);
                 },
-                // db's column sums read the formed block while the tensor cores multiply it,
-                // not before its wgmmas are issued (the stage stays held until the next
-                // k-block's retire_previous).
-                [&](int) {
-                    if (do_db) db_sum += column_sum<T>(formed, t);
-                });
+                [](int) {});
         }
         const auto store = [&](const float (&result)[Mainloop::kAccumulators], float db_total) {
             gemm::sm90::store_gradient_fragment<T, Mainloop::kWgN>(
