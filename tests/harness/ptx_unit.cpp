@@ -387,6 +387,20 @@ static int exchange_errors(bool with_barrier, uint64_t seed) {
     return wrong;
 }
 
+// The MaskParams of the form_dz checks: scale 1 (the kernels' unit mask), p = 0.5 or 0.
+static fusedrop::MaskParams unit_mask(bool p_half, uint64_t subsequence, uint64_t n_global,
+                                      uint64_t col_offset) {
+    fusedrop::MaskParams unit{};
+    unit.seed = 0x5eedULL;
+    unit.subsequence = subsequence;
+    unit.seed_subsequence = nullptr;
+    unit.threshold = p_half ? (1ULL << 31) : 0;
+    unit.scale = 1.0f;
+    unit.n_global = n_global;
+    unit.col_offset = col_offset;
+    return unit;
+}
+
 // kernels/backward.cuh's form_dz_pair (the tensor-core kernels' ReLU test on Y's bits, and the
 // redrawn mask where Y is NaN) against form_dz4 (the SIMT kernel's rule on floats, scale 1) for
 // every 16-bit pattern of Y in either half, several dY, both pair directions, p = 0 and 0.5.
@@ -395,13 +409,7 @@ static void check_form_dz_pair(const char* name) {
     const float dys[] = {1.5f, -2.25f, 0.0f, 65504.0f, INFINITY, NAN};
     bool ok = true;
     for (int p_half = 0; p_half < 2 && ok; ++p_half) {
-        fusedrop::MaskParams unit{};
-        unit.seed = 0x5eedULL;
-        unit.subsequence = 3;
-        unit.seed_subsequence = nullptr;
-        unit.threshold = p_half ? (1ULL << 31) : 0;
-        unit.scale = 1.0f;
-        unit.n_global = 1000;
+        const fusedrop::MaskParams unit = unit_mask(p_half != 0, 3, 1000, 0);
         for (uint32_t yb = 0; yb < 0x10000u && ok; ++yb) {
             for (float dyf : dys) {
                 const uint16_t db = bits_of<T>(dyf);
@@ -467,14 +475,7 @@ static void check_form_dz_quad(const char* name) {
     const float others[] = {0.75f, -1.0f, 0.0f, INFINITY};
     bool ok = true;
     for (int p_half = 0; p_half < 2 && ok; ++p_half) {
-        fusedrop::MaskParams unit{};
-        unit.seed = 0x5eedULL;
-        unit.subsequence = 5;
-        unit.seed_subsequence = nullptr;
-        unit.threshold = p_half ? (1ULL << 31) : 0;
-        unit.scale = 1.0f;
-        unit.n_global = 1001;
-        unit.col_offset = 3;
+        const fusedrop::MaskParams unit = unit_mask(p_half != 0, 5, 1001, 3);
         for (int relu = 0; relu < 2 && ok; ++relu) {
             const uint32_t patterns = relu ? 0x10000u : 64u;
             for (uint32_t yb = 0; yb < patterns && ok; ++yb) {
