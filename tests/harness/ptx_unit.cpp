@@ -387,6 +387,14 @@ static int exchange_errors(bool with_barrier, uint64_t seed) {
     return wrong;
 }
 
+// Whether the 16-bit T `got` is `want` rounded to T, every NaN counting as the same (NaN payloads
+// are not part of the contract).
+template <typename T>
+static bool same_as_rounded(uint16_t got, float want) {
+    const float g = value_of<T>(got);
+    return (g != g && want != want) || (g == want && got == bits_of<T>(want));
+}
+
 // The MaskParams of the form_dz checks: scale 1 (the kernels' unit mask), p = 0.5 or 0.
 static fusedrop::MaskParams unit_mask(bool p_half, uint64_t subsequence, uint64_t n_global,
                                       uint64_t col_offset) {
@@ -443,12 +451,9 @@ static void check_form_dz_pair(const char* name) {
                     for (int d = 0; d < 2; ++d) {
                         for (int e = 0; e < 2; ++e) {
                             const uint16_t g = (uint16_t)(got[d] >> (16 * e));
-                            T gt;
-                            memcpy(&gt, &g, 2);
-                            const float gf = fusedrop::Element<T>::to_float(gt);
+                            const float gf = value_of<T>(g);
                             const float w = want[d][e];
-                            const bool same = (gf != gf && w != w) || (gf == w && g == bits_of<T>(w));
-                            if (!same) {
+                            if (!same_as_rounded<T>(g, w)) {
                                 printf("form_dz_pair %s: y bits %04x (%s half), dy %g, %s pair, "
                                        "element %d: %g, form_dz4 %g\n",
                                        name, yb, high ? "high" : "low", dyf,
@@ -505,12 +510,8 @@ static void check_form_dz_quad(const char* name) {
                     fusedrop::form_dz_quad<T>(dy, y, relu != 0, unit, n, r, c);
                     for (int j = 0; j < 4; ++j) {
                         const uint16_t g = (uint16_t)(dy[j / 2] >> (16 * (j % 2)));
-                        T gt;
-                        memcpy(&gt, &g, 2);
-                        const float gf = fusedrop::Element<T>::to_float(gt);
-                        const bool same =
-                            (gf != gf && v[j] != v[j]) || (gf == v[j] && g == bits_of<T>(v[j]));
-                        if (!same) {
+                        const float gf = value_of<T>(g);
+                        if (!same_as_rounded<T>(g, v[j])) {
                             printf("form_dz_quad %s: %s, p %s, y bits %04x at %d, c %lld, n "
                                    "%lld, element %d: %g, form_dz4 %g\n",
                                    name, relu ? "relu" : "identity", p_half ? "0.5" : "0", yb,
