@@ -106,17 +106,7 @@ struct HalfBits<__nv_bfloat16> {
     static constexpr uint32_t kInf = 0x7f80u;
 };
 
-// The keep decisions of linear mask indices i and i + 1 (bit 0: i): one Philox call, two when i
-// is the last word of its call.
-FUSEDROP_HD uint32_t keep_pair(const MaskParams& mp, uint64_t i) {
-    const uint32_t first = (uint32_t)(i & 3);
-    const Philox4 lo = mask_words(mp, i >> 2);
-    const uint32_t w0 = philox_word(lo, first);
-    const uint32_t w1 = first == 3 ? mask_words(mp, (i >> 2) + 1).w[0] : philox_word(lo, first + 1);
-    return (keep_word(mp, w0) ? 1u : 0u) | (keep_word(mp, w1) ? 2u : 0u);
-}
-
-// form_dz_pair once the keep bits are known: element e (the 16-bit half e of dy and y) is
+// A register pair (below) once the keep bits are known: element e (the 16-bit half e of dy and y) is
 // dY · (bit e of keep ? scale : 0) where it is masked (masked0, masked1), else dY when Y > 0
 // and 0 otherwise.
 template <typename T>
@@ -147,8 +137,8 @@ FUSEDROP_HD bool half_is_nan(uint32_t half) {
     return (half & 0x7fffu) > HalfBits<T>::kInf;
 }
 
-// dZ / scale of a pair of elements packed in one register (as in form_dz_pair) for ReLU where
-// neither Y is NaN: Y > 0 (+inf included) iff its bits lie in [1, +inf], and then dZ / scale is
+// dZ / scale of a pair of elements packed in one register (below) for ReLU where neither Y is
+// NaN: Y > 0 (+inf included) iff its bits lie in [1, +inf], and then dZ / scale is
 // dY's bits, else 0. Bit operations only, no Philox.
 template <typename T>
 FUSEDROP_HD uint32_t relu_dz_pair(uint32_t dy, uint32_t y) {
@@ -157,30 +147,41 @@ FUSEDROP_HD uint32_t relu_dz_pair(uint32_t dy, uint32_t y) {
            ((y >> 16) - 1u < kInf ? dy & 0xffff0000u : 0u);
 }
 
-// dZ / scale of two elements of dY packed in the 16-bit halves of one register, as ldmatrix
-// delivers mma.sync's and wgmma's A fragments: dy and y (the saved output, read only for ReLU)
-// hold element (r, c) in the low half and in the high half (r, c + 1), or with kDown (r + 1, c)
-// (a fragment of dZᵀ: two consecutive reduction indices of dW are two rows of dY). Elements
-// outside dY must hold dy = y = 0; they give 0.
-template <typename T, bool kDown = false>
-FUSEDROP_HD uint32_t form_dz_pair(uint32_t dy, uint32_t y, bool relu, const MaskParams& unit,
-                                  long long r, long long c) {
-    const bool nan[2] = {relu && half_is_nan<T>(y & 0xffffu), relu && half_is_nan<T>(y >> 16)};
-    if (relu && !nan[0] && !nan[1]) return relu_dz_pair<T>(dy, y);
-    // Identity, or a NaN in Y (ReLU passed a NaN or +inf): the mask redrawn where it decides.
-    const bool masked[2] = {!relu || nan[0], !relu || nan[1]};
-    uint32_t keep = 3u;
-    if (dropout_enabled(unit)) {
-        const uint64_t i = mask_index(unit, (uint64_t)r, (uint64_t)c);
-        if (!kDown) {
-            keep = keep_pair(unit, i);
-        } else {
-            const uint64_t below = mask_index(unit, (uint64_t)r + 1, (uint64_t)c);
-            keep = (!masked[0] || keep_index(unit, i) ? 1u : 0u) |
-                   (!masked[1] || keep_index(unit, below) ? 2u : 0u);
-        }
-    }
-    return dz_pair_from_keep<T>(dy, y, masked[0], masked[1], keep, unit.scale);
+// The register-fragment kernels (the mma.sync backward's A fragments, the Hopper dX's) form dZ
+// / scale of two elements of dY packed in the 16-bit halves of one register, as ldmatrix
+// delivers them: the low half holds element (r, c), the high half (r, c + 1), or, down a column
+// (kDown: a fragment of dZᵀ, where two consecutive reduction indices of dW are two rows of dY),
+// (r + 1, c). For ReLU they form every register of a k step with relu_dz_pair_or_nan, and only
+// where a Y was NaN draw the keep bits (keep_index of pair_element_index; the Hopper dX draws
+// its own) and apply them (apply_keep_halves), in one loop for the registers: drawn inline at
+// every register, the Philox code was over half of those kernels' SASS. Elements outside dY
+// must hold dy = y = 0; they give 0.
+
+// relu_dz_pair's bit rule, except that a half whose Y is NaN keeps its dY, for the mask to
+// decide it (apply_keep_halves); bit e of `nan` is set when half e's Y is NaN.
+template <typename T>
+FUSEDROP_HD uint32_t relu_dz_pair_or_nan(uint32_t dy, uint32_t y, uint32_t& nan) {
+    const bool nan_lo = half_is_nan<T>(y & 0xffffu), nan_hi = half_is_nan<T>(y >> 16);
+    nan = (nan_lo ? 1u : 0u) | (nan_hi ? 2u : 0u);
+    return relu_dz_pair<T>(dy, y) | (dy & ((nan_lo ? 0xffffu : 0u) | (nan_hi ? 0xffff0000u : 0u)));
+}
+
+// The mask index of half e of the register pair at (r, c), as laid out above.
+template <bool kDown>
+FUSEDROP_HD uint64_t pair_element_index(const MaskParams& unit, long long r, long long c, int e) {
+    return kDown ? mask_index(unit, (uint64_t)(r + e), (uint64_t)c)
+                 : mask_index(unit, (uint64_t)r, (uint64_t)(c + e));
+}
+
+// The pair with the mask applied to the halves set in `halves` (dY · (bit e of keep ? scale :
+// 0), as dz_pair_from_keep; for ReLU the halves whose Y is NaN, for the identity both) and the
+// other halves as they are.
+template <typename T>
+FUSEDROP_HD uint32_t apply_keep_halves(uint32_t pair, uint32_t halves, uint32_t keep,
+                                       float scale) {
+    const uint32_t drawn = dz_pair_from_keep<T>(pair, 0u, true, true, keep, scale);
+    const uint32_t mask = (halves & 1u ? 0xffffu : 0u) | (halves & 2u ? 0xffff0000u : 0u);
+    return (drawn & mask) | (pair & ~mask);
 }
 
 // dZ / scale of dY(r, c .. c+3) of the row-major [m, n] gradient, in place, as 16-byte and
@@ -208,8 +209,8 @@ FUSEDROP_HD void form_dz_quad(uint32_t (&dy)[2], const uint32_t (&y)[2], bool re
     dy[1] = dz_pair_from_keep<T>(dy[1], y[1], masked[2], masked[3], keep >> 2, unit.scale);
 }
 
-// dZ / scale of element (r, c) of dY as a float (form_dz_pair's rule for one element; db's
-// column sums when dZ is formed in registers).
+// dZ / scale of element (r, c) of dY as a float (form_dz4's rule for one element; db's column
+// sums when dZ is formed in registers).
 template <typename T>
 FUSEDROP_HD float dz_over_scale(T dy, T y, bool relu, const MaskParams& unit, long long r,
                                 long long c) {

@@ -96,59 +96,95 @@ __device__ __forceinline__ void form_dz_block(unsigned char* block, const unsign
     }
 }
 
+// Keep bits of this lane's elements of a k-block's A fragments (the accumulator layout, below):
+// bits 8 ks + 4 half + {0, 1} for row r0, columns c and c + 1, and + {2, 3} for row r0 + 8, where
+// c = c0 + 16 ks + 8 half. One Philox call per lane and (ks, half) with paired draws (then every
+// lane of the warp must call it alike: MaskKey::keep_rows shuffles), up to four without. Unrolled
+// into load_dz_fragments' four steps, its three call sites (mma_tile_rs's fragment sets) and
+// both kinds of draws, the draws made the dX kernels 374-406 KiB of SASS (dW: 52-84 KiB); the
+// loop over ks is unrolled twice only (kept rolled, ptxas spilled a per-tile value in the
+// split-K configs).
+template <int kSteps>
+__device__ __forceinline__ uint32_t fragment_keep_bits(const gemm::sm90::MaskKey& key,
+                                                       const MaskParams& unit, long long r0,
+                                                       long long c0) {
+    static_assert(kSteps * 8 <= 32, "a k-block's keep bits fit one word");
+    // mask_index is linear in the column: a step's indices are the previous step's + 16.
+    uint64_t i0 = mask_index(unit, (uint64_t)r0, (uint64_t)c0);
+    uint64_t i8 = mask_index(unit, (uint64_t)r0 + 8, (uint64_t)c0);
+    uint32_t bits = 0;
+#pragma unroll 2
+    for (int ks = 0; ks < kSteps; ++ks, i0 += 16, i8 += 16)
+        bits |= (key.keep_rows(i0, i8) | (key.keep_rows(i0 + 8, i8 + 8) << 4)) << (8 * ks);
+    return bits;
+}
+
 // The A fragments (wgmma_rs layout, one per k16 step) of dZ / scale for this warpgroup's 64
 // rows of the K-major dY box `block` (Y's at y_block), loaded with ldmatrix from the swizzled
-// layout and formed in registers. (row0, col0): the block's first element in dY. For the
-// identity with p > 0 every element's mask is drawn, with the forward epilogue's draws
-// (gemm/sm90/epilogue.cuh, MaskKey::keep_rows: the A fragment's layout is the accumulator's, so
-// lane pairs share their Philox calls where the columns allow); for ReLU only where Y is NaN
-// (form_dz_pair).
+// layout and formed in registers. (row0, col0): the block's first element in dY. Called only
+// where dZ differs from dY (ReLU, or the identity with p > 0). For the identity every
+// element's mask is drawn, with the forward epilogue's draws (gemm/sm90/epilogue.cuh,
+// MaskKey::keep_rows: the A fragment's layout is the accumulator's, so lane pairs share their
+// Philox calls where the columns allow). For ReLU every register takes relu_dz_pair_or_nan's
+// bit rule, with no branch; a lane that met a NaN in Y then draws the keep bits of the k-block
+// by itself and applies them where Y is NaN (kernels/backward.cuh).
 template <typename T, int kSteps>
 __device__ __forceinline__ void load_dz_fragments(const unsigned char* block,
                                                   const unsigned char* y_block, long long row0,
                                                   long long col0, bool relu,
                                                   const MaskParams& unit, uint32_t (&a)[kSteps][4]) {
-    // The identity's every element is masked; keep_rows takes a 32-bit threshold, so p = 1
-    // (threshold 2^32: nothing kept) is decided here.
-    const bool draw = !relu && dropout_enabled(unit);
+    static_assert(kSteps * 8 <= 32, "a bit per element of a k-block fits one word");
+    // keep_rows takes a 32-bit threshold, so p = 1 (threshold 2^32: nothing kept) is decided
+    // here.
     const bool drop_all = unit.threshold > 0xffffffffull;
-    const gemm::sm90::MaskKey key = gemm::sm90::MaskKey::from(unit, true);
     const int t = (int)(threadIdx.x % gemm::sm90::kWarpgroupThreads);
     const int w = t / 32, l = t % 32;
     // ldmatrix x4: lanes 0-15 address rows 0-15 of the warp's 16 at the k-step's first 8
     // columns, lanes 16-31 the same rows at the next 8: registers (rows 0-7, k 0-7),
-    // (8-15, k 0-7), (0-7, k 8-15), (8-15, k 8-15), as wgmma's A fragment.
+    // (8-15, k 0-7), (0-7, k 8-15), (8-15, k 8-15), as wgmma's A fragment. Register
+    // j = 2 h' + h of step ks: row r0 + 8 h, columns c0 + 16 ks + 8 h' and the next (r0, c0
+    // below); its elements' bits in the words below are 8 ks + 2 j + {0, 1}.
     const int row = 16 * w + l % 16;
+    // ReLU: the elements whose Y is NaN (relu_dz_pair_or_nan left their dY).
+    uint32_t nan_bits = 0;
 #pragma unroll
     for (int ks = 0; ks < kSteps; ++ks) {
         const int chunk = 2 * ks + l / 16;
         const int offset = row * 128 + ((chunk ^ (row % 8)) * 16);
-        uint32_t dy[4], y[4] = {0, 0, 0, 0};
-        ptx::ldmatrix_x4(dy, block + offset);
-        if (relu) ptx::ldmatrix_x4(y, y_block + offset);
-        const long long r0 = row0 + 16 * w + l / 4;
-        if (draw) {
-            // Registers 2 h' + h: row r0 + 8 h, columns c + 8 h' and c + 8 h' + 1.
-#pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                const long long c = col0 + 16 * ks + 8 * half + 2 * (l % 4);
-                const uint32_t keep =
-                    drop_all ? 0u
-                             : key.keep_rows(mask_index(unit, (uint64_t)r0, (uint64_t)c),
-                                             mask_index(unit, (uint64_t)r0 + 8, (uint64_t)c));
-                a[ks][2 * half] =
-                    dz_pair_from_keep<T>(dy[2 * half], 0u, true, true, keep, unit.scale);
-                a[ks][2 * half + 1] =
-                    dz_pair_from_keep<T>(dy[2 * half + 1], 0u, true, true, keep >> 2, unit.scale);
-            }
-        } else {
+        ptx::ldmatrix_x4(a[ks], block + offset);
+        if (relu) {
+            uint32_t y[4];
+            ptx::ldmatrix_x4(y, y_block + offset);
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
-                const long long c = col0 + 16 * ks + 8 * (j >> 1) + 2 * (l % 4);
-                a[ks][j] = form_dz_pair<T>(dy[j], y[j], relu, unit, r0 + 8 * (j & 1), c);
+                uint32_t nan;
+                a[ks][j] = relu_dz_pair_or_nan<T>(a[ks][j], y[j], nan);
+                nan_bits |= nan << (8 * ks + 2 * j);
             }
         }
     }
+    if (relu && nan_bits == 0) return;
+    // The mask where it decides: every element of the identity, alike in every lane (paired
+    // draws where the columns allow); for ReLU the elements of this lane whose Y is NaN (ReLU
+    // passed a NaN or +inf), with the lane's own draws, since the other lanes need not be here.
+    // One call site for both keeps one copy of the draws in the kernel.
+    const long long r0 = row0 + 16 * w + l / 4;
+    const long long c0 = col0 + 2 * (l % 4);
+    const uint32_t keep =
+        !dropout_enabled(unit) ? ~0u
+        : drop_all             ? 0u
+                   : fragment_keep_bits<kSteps>(gemm::sm90::MaskKey::from(unit, !relu), unit, r0,
+                                                c0);
+#pragma unroll
+    for (int ks = 0; ks < kSteps; ++ks)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            // The halves that take the mask: all (identity), or those whose Y is NaN (ReLU);
+            // keep's bits of register j are 8 ks + 4 h' + 2 h.
+            a[ks][j] = apply_keep_halves<T>(
+                a[ks][j], relu ? (nan_bits >> (8 * ks + 2 * j)) & 3u : 3u,
+                keep >> (8 * ks + 4 * (j >> 1) + 2 * (j & 1)), unit.scale);
+        }
 }
 
 // Column `col` (0 .. 63) of the 64 x 64 block, summed over its rows in order.

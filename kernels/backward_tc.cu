@@ -28,7 +28,7 @@
 // shared A tile is a block of dY in dY's own orientation, so the identity's dZ pass always walks
 // four consecutive dY columns per thread (one or two Philox calls per four elements). A register
 // of an A fragment holds two consecutive reduction indices: two columns of dY for dX, two rows
-// of dY for dW (form_dz_pair's kDown).
+// of dY for dW (pair_element_index's kDown).
 //
 // Determinism: every output element is reduced by one thread over the whole reduction in a fixed
 // order, db by one thread per column in a fixed order (from the stage: dZ / scale as formed there,
@@ -85,7 +85,11 @@ constexpr long long kGroupRows = 8;
 // kernels do not (the bookkeeping makes them spill on sm_80, and a product too narrow for a wave
 // of their tiles gets more blocks from 64 x 64 or 64 x 32 tiles), and run unsplit whatever
 // `splits` says.
-template <int BM, int BN, int WM, int WN, bool kCanSplit>
+// kMinBlocksPerSm: __launch_bounds__'s minimum, so that ptxas keeps the registers of a block
+// within 1 / kMinBlocksPerSm of the multiprocessor's (and fails the build by spilling
+// otherwise): the narrow 64 x 32 tile is there to fill the GPU with small blocks, 4 of them per
+// multiprocessor, and 64 x 64 at 3; 128 x 128 takes what it needs (2 fit at 255 registers).
+template <int BM, int BN, int WM, int WN, bool kCanSplit, int kMinBlocksPerSmArg>
 struct BackwardTcConfig {
     template <typename T, bool kAligned = false>
     using DxThreadblock = gemm::ThreadblockTc<T, BM, BN, 32, WM, WN, 3, gemm::Major::K,
@@ -97,6 +101,7 @@ struct BackwardTcConfig {
     static constexpr int kBlockN = BN;  // output columns per tile (k)
     static constexpr int kThreads = DxThreadblock<__half>::kThreads;
     static constexpr int kMaxBlocks = 1 << 20;
+    static constexpr int kMinBlocksPerSm = kMinBlocksPerSmArg;
     static constexpr bool kSplitK = kCanSplit;
     // The pipeline only: the gradients are stored from the accumulators.
     static constexpr int kSmemBytes = DxThreadblock<__half>::kPipeBytes;
@@ -107,9 +112,9 @@ struct BackwardTcConfig {
     static_assert(BM <= kThreads, "one thread per db column");
 };
 
-using Tc128x128 = BackwardTcConfig<128, 128, 64, 64, false>;
-using Tc64x64 = BackwardTcConfig<64, 64, 32, 32, true>;
-using Tc64x32 = BackwardTcConfig<64, 32, 16, 32, true>;
+using Tc128x128 = BackwardTcConfig<128, 128, 64, 64, false, 1>;
+using Tc64x64 = BackwardTcConfig<64, 64, 32, 32, true, 3>;
+using Tc64x32 = BackwardTcConfig<64, 32, 16, 32, true, 4>;
 
 // Turns the dY tile at `dz` (a Tile-shaped block of dY at (gr0, gc0)) into the identity
 // activation's dZ / scale (dY times its redrawn keep decision) in place; `unit`: the mask with
@@ -226,19 +231,39 @@ __device__ __forceinline__ void backward_tc(const T* __restrict__ dy, const T* _
             [&](uint32_t (&a)[Warp::kMTiles][4], const T* stage, int k0, long long red0) {
                 if (!is_relu) return;
                 // ReLU: Y's fragments from the stage's Y tile at dY's places; register j of m16
-                // tile mt holds reduction indices red, red + 1 of output row `row`.
+                // tile mt holds reduction indices red, red + 1 of output row `row` (below), and
+                // its halves' bits in nan_bits and keep are i = 2 j + {0, 1}.
 #pragma unroll
                 for (int mt = 0; mt < Warp::kMTiles; ++mt) {
                     uint32_t ya[4];
                     Warp::load_a_tile(ya, stage + Tb::kOffsetSide, wr0, mt, k0, lane);
+                    uint32_t nan_bits = 0;
 #pragma unroll
                     for (int j = 0; j < 4; ++j) {
+                        uint32_t nan;
+                        a[mt][j] = relu_dz_pair_or_nan<T>(a[mt][j], ya[j], nan);
+                        nan_bits |= nan << (2 * j);
+                    }
+                    if (nan_bits == 0) continue;
+                    // A NaN in Y (ReLU passed a NaN or +inf): the mask decides those halves, one
+                    // keep_index per half in a loop kept rolled (one copy of Philox per m16 tile
+                    // in the kernel; the launch bounds keep the narrow tiles' occupancy).
+                    uint32_t keep = 0;
+#pragma unroll 1
+                    for (int i = 0; i < 8; ++i) {
+                        if (((nan_bits >> i) & 1u) == 0) continue;
+                        const int j = i / 2;
                         const long long row = r0 + wr0 + 16 * mt + Warp::a_fragment_row(j, lane);
                         const long long red = red0 + Warp::a_fragment_k(j, lane);
-                        a[mt][j] = kWeightGrad
-                                       ? form_dz_pair<T, true>(a[mt][j], ya[j], true, unit, red, row)
-                                       : form_dz_pair<T>(a[mt][j], ya[j], true, unit, row, red);
+                        const uint64_t index =
+                            kWeightGrad ? pair_element_index<true>(unit, red, row, i % 2)
+                                        : pair_element_index<false>(unit, row, red, i % 2);
+                        keep |= (keep_index(unit, index) ? 1u : 0u) << i;
                     }
+#pragma unroll
+                    for (int j = 0; j < 4; ++j)
+                        a[mt][j] = apply_keep_halves<T>(a[mt][j], (nan_bits >> (2 * j)) & 3u,
+                                                        keep >> (2 * j), unit.scale);
                 }
             });
 
@@ -276,7 +301,8 @@ __device__ __forceinline__ void backward_tc(const T* __restrict__ dy, const T* _
 
 // NAME: the entry points' <config> part (`tc128x128`, or `tc128x128_aligned` with ALIGNED true).
 #define FUSEDROP_BACKWARD_TC(CONFIG, ALIGNED, NAME, SUFFIX, T)                                   \
-    extern "C" __global__ void __launch_bounds__(fusedrop::backward::CONFIG::kThreads, 1)        \
+    extern "C" __global__ void __launch_bounds__(fusedrop::backward::CONFIG::kThreads,           \
+                                                 fusedrop::backward::CONFIG::kMinBlocksPerSm)    \
         fusedrop_backward_dx_##NAME##_##SUFFIX(                                                  \
             const T* __restrict__ dy, const T* __restrict__ y, const T* __restrict__ w,          \
             T* __restrict__ dx, long long m, long long n, long long k, int relu, int accumulate, \
@@ -286,7 +312,8 @@ __device__ __forceinline__ void backward_tc(const T* __restrict__ dy, const T* _
             fusedrop::backward::CONFIG::kSplitK>(                                                \
             dy, y, w, dx, nullptr, m, n, k, relu, accumulate, mp, partial, splits);              \
     }                                                                                            \
-    extern "C" __global__ void __launch_bounds__(fusedrop::backward::CONFIG::kThreads, 1)        \
+    extern "C" __global__ void __launch_bounds__(fusedrop::backward::CONFIG::kThreads,           \
+                                                 fusedrop::backward::CONFIG::kMinBlocksPerSm)    \
         fusedrop_backward_dw_##NAME##_##SUFFIX(                                                  \
             const T* __restrict__ dy, const T* __restrict__ y, const T* __restrict__ x,          \
             T* __restrict__ dw, T* __restrict__ db, long long m, long long n, long long k,       \

@@ -526,8 +526,8 @@ fn ptx_host_bodies_match_plain_matrix_products() {
         "producer warp + two consumer warpgroups",
         "cluster: ld.shared::cluster through mapa",
         "cluster: remote mbarrier arrivals",
-        "form_dz_pair f16: every 16-bit Y against form_dz4",
-        "form_dz_pair bf16: every 16-bit Y against form_dz4",
+        "relu pair f16: every 16-bit Y against form_dz4",
+        "relu pair bf16: every 16-bit Y against form_dz4",
         "form_dz_quad f16: every 16-bit Y against form_dz4",
         "form_dz_quad bf16: every 16-bit Y against form_dz4",
     ] {

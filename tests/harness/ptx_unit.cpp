@@ -22,8 +22,9 @@
 //
 // The fragment layouts are written out here a second time, from the PTX ISA's formulas, so that
 // the host bodies are checked against the plain matrix product rather than against themselves.
-// `checks` also runs backward.cuh's form_dz_pair (the register-path ReLU backward's test on Y's
-// bits) against form_dz4 for every 16-bit pattern of Y.
+// `checks` also runs the register-path ReLU backward's pair rule (backward.cuh's
+// relu_dz_pair_or_nan, pair_element_index, apply_keep_halves) against form_dz4 for every 16-bit
+// pattern of Y.
 #include "backward.cuh"
 #include "ptx.cuh"
 
@@ -409,9 +410,27 @@ static fusedrop::MaskParams unit_mask(bool p_half, uint64_t subsequence, uint64_
     return unit;
 }
 
-// kernels/backward.cuh's form_dz_pair (the tensor-core kernels' ReLU test on Y's bits, and the
-// redrawn mask where Y is NaN) against form_dz4 (the SIMT kernel's rule on floats, scale 1) for
-// every 16-bit pattern of Y in either half, several dY, both pair directions, p = 0 and 0.5.
+// A register pair of ReLU's dZ / scale as the mma.sync backward forms it
+// (kernels/backward.cuh): relu_dz_pair_or_nan's bit rule, then, where a Y is NaN, keep_index of
+// pair_element_index applied by apply_keep_halves.
+template <typename T, bool kDown>
+static uint32_t relu_pair_as_the_kernels_form_it(uint32_t dy, uint32_t y,
+                                                 const fusedrop::MaskParams& unit, long long r,
+                                                 long long c) {
+    uint32_t nan = 0;
+    const uint32_t pair = fusedrop::relu_dz_pair_or_nan<T>(dy, y, nan);
+    uint32_t keep = 0;
+    for (int e = 0; e < 2; ++e)
+        if ((nan >> e) & 1u)
+            keep |= (fusedrop::keep_index(unit, fusedrop::pair_element_index<kDown>(unit, r, c, e))
+                         ? 1u
+                         : 0u)
+                    << e;
+    return fusedrop::apply_keep_halves<T>(pair, nan, keep, unit.scale);
+}
+
+// That pair against form_dz4 (the SIMT kernel's rule on floats, scale 1) for every 16-bit
+// pattern of Y in either half, several dY, both pair directions, p = 0 and 0.5.
 template <typename T>
 static void check_form_dz_pair(const char* name) {
     const float dys[] = {1.5f, -2.25f, 0.0f, 65504.0f, INFINITY, NAN};
@@ -445,8 +464,8 @@ static void check_form_dz_pair(const char* name) {
                     fusedrop::form_dz4(first, y_first, true, unit, 1000, r, c);
                     fusedrop::form_dz4(second, y_second, true, unit, 1000, r + 1, c);
                     const uint32_t got[2] = {
-                        fusedrop::form_dz_pair<T>(dy, y, true, unit, r, c),
-                        fusedrop::form_dz_pair<T, true>(dy, y, true, unit, r, c)};
+                        relu_pair_as_the_kernels_form_it<T, false>(dy, y, unit, r, c),
+                        relu_pair_as_the_kernels_form_it<T, true>(dy, y, unit, r, c)};
                     const float want[2][2] = {{along[0], along[1]}, {first[0], second[0]}};
                     for (int d = 0; d < 2; ++d) {
                         for (int e = 0; e < 2; ++e) {
@@ -454,7 +473,7 @@ static void check_form_dz_pair(const char* name) {
                             const float gf = value_of<T>(g);
                             const float w = want[d][e];
                             if (!same_as_rounded<T>(g, w)) {
-                                printf("form_dz_pair %s: y bits %04x (%s half), dy %g, %s pair, "
+                                printf("relu pair %s: y bits %04x (%s half), dy %g, %s pair, "
                                        "element %d: %g, form_dz4 %g\n",
                                        name, yb, high ? "high" : "low", dyf,
                                        d ? "down" : "along", e, gf, w);
@@ -466,7 +485,7 @@ static void check_form_dz_pair(const char* name) {
             }
         }
     }
-    check(ok, std::string("form_dz_pair ") + name + ": every 16-bit Y against form_dz4");
+    check(ok, std::string("relu pair ") + name + ": every 16-bit Y against form_dz4");
 }
 
 // kernels/backward.cuh's form_dz_quad (the Hopper dW's and the mma.sync backward's rule on four
