@@ -106,9 +106,9 @@ struct HalfBits<__nv_bfloat16> {
     static constexpr uint32_t kInf = 0x7f80u;
 };
 
-// A register pair (below) once the keep bits are known: element e (the 16-bit half e of dy and y) is
-// dY · (bit e of keep ? scale : 0) where it is masked (masked0, masked1), else dY when Y > 0
-// and 0 otherwise.
+// A register pair (below) once the keep bits are known: element e (the 16-bit half e of dy and
+// y) is dY · (bit e of keep ? scale : 0) where it is masked (masked0, masked1), else dY when
+// Y > 0 and 0 otherwise.
 template <typename T>
 FUSEDROP_HD uint32_t dz_pair_from_keep(uint32_t dy, uint32_t y, bool masked0, bool masked1,
                                        uint32_t keep, float scale) {
@@ -137,14 +137,28 @@ FUSEDROP_HD bool half_is_nan(uint32_t half) {
     return (half & 0x7fffu) > HalfBits<T>::kInf;
 }
 
+// Tests on both 16-bit T packed in a register at once, each answer in the top bit of its half
+// (bits 15 and 31): with the sign cleared a half is at most 0x7fff, and every sum below stays
+// under 0x10000, so no carry crosses into the other half. Whether the half is NaN (above +inf):
+template <typename T>
+FUSEDROP_HD uint32_t nan_halves(uint32_t y) {
+    return ((y & 0x7fff7fffu) + (0x7fffu - HalfBits<T>::kInf) * 0x10001u) & 0x80008000u;
+}
+
+// Whether the half is nonzero with its sign ignored (not +0 or -0).
+FUSEDROP_HD uint32_t nonzero_halves(uint32_t y) {
+    return ((y & 0x7fff7fffu) + 0x7fff7fffu) & 0x80008000u;
+}
+
+// The 16-bit halves whose top bit is set in `top`, as a mask of the register.
+FUSEDROP_HD uint32_t halves_of(uint32_t top) { return (top >> 15) * 0xffffu; }
+
 // dZ / scale of a pair of elements packed in one register (below) for ReLU where neither Y is
-// NaN: Y > 0 (+inf included) iff its bits lie in [1, +inf], and then dZ / scale is
-// dY's bits, else 0. Bit operations only, no Philox.
+// NaN: Y > 0 (+inf included) iff its bits lie in [1, +inf] (sign clear, nonzero, not NaN), and
+// then dZ / scale is dY's bits, else 0. Bit operations only, both halves at once, no Philox.
 template <typename T>
 FUSEDROP_HD uint32_t relu_dz_pair(uint32_t dy, uint32_t y) {
-    constexpr uint32_t kInf = HalfBits<T>::kInf;
-    return ((y & 0xffffu) - 1u < kInf ? dy & 0xffffu : 0u) |
-           ((y >> 16) - 1u < kInf ? dy & 0xffff0000u : 0u);
+    return dy & halves_of(nonzero_halves(y) & ~y & ~nan_halves<T>(y));
 }
 
 // The register-fragment kernels (the mma.sync backward's A fragments, the Hopper dX's) form dZ
@@ -161,9 +175,10 @@ FUSEDROP_HD uint32_t relu_dz_pair(uint32_t dy, uint32_t y) {
 // decide it (apply_keep_halves); bit e of `nan` is set when half e's Y is NaN.
 template <typename T>
 FUSEDROP_HD uint32_t relu_dz_pair_or_nan(uint32_t dy, uint32_t y, uint32_t& nan) {
-    const bool nan_lo = half_is_nan<T>(y & 0xffffu), nan_hi = half_is_nan<T>(y >> 16);
-    nan = (nan_lo ? 1u : 0u) | (nan_hi ? 2u : 0u);
-    return relu_dz_pair<T>(dy, y) | (dy & ((nan_lo ? 0xffffu : 0u) | (nan_hi ? 0xffff0000u : 0u)));
+    const uint32_t nan_top = nan_halves<T>(y);
+    nan = ((nan_top >> 15) | (nan_top >> 30)) & 3u;
+    // Sign clear and nonzero (Y > 0 or a positive NaN), or NaN.
+    return dy & halves_of((nonzero_halves(y) & ~y) | nan_top);
 }
 
 // The mask index of half e of the register pair at (r, c), as laid out above.
