@@ -330,6 +330,12 @@ struct Runtime {
     std::vector<Fiber> fibers;  // every thread of every block of the cluster
     std::vector<Warp> warps;
     std::vector<int> order;  // fiber indices, highest priority first
+    // place[i]: fiber i's position in `order`; bit p of `runnable` is set while the fiber at
+    // position p is Runnable (set_state keeps it so), so the scheduler finds the next thread by
+    // a scan for the first set bit, not a walk over every fiber's state (which was half the
+    // run time of the 8-block split-K clusters: 3072 fibers).
+    std::vector<int> place;
+    std::vector<uint64_t> runnable;
     std::vector<Cta> ctas;   // the blocks of the cluster, by rank
     int cta = 0;             // the rank of the block whose thread runs (or ran last)
     int at_cluster_barrier = 0;
@@ -367,6 +373,26 @@ inline SwapContext swap_context() {
 inline Runtime*& runtime() {
     static Runtime* rt = nullptr;
     return rt;
+}
+
+// Every change of a fiber's state goes through here (Runtime::runnable).
+inline void set_state(Fiber& f, State state) {
+    Runtime* rt = runtime();
+    const int p = rt->place[f.index];
+    const uint64_t bit = uint64_t(1) << (p % 64);
+    if (state == State::Runnable)
+        rt->runnable[p / 64] |= bit;
+    else
+        rt->runnable[p / 64] &= ~bit;
+    f.state = state;
+}
+
+// The Runnable fiber of highest priority, or null.
+inline Fiber* next_runnable(Runtime& rt) {
+    for (size_t word = 0; word < rt.runnable.size(); ++word)
+        if (rt.runnable[word] != 0)
+            return &rt.fibers[rt.order[64 * word + __builtin_ctzll(rt.runnable[word])]];
+    return nullptr;
 }
 
 [[noreturn]] inline void fail(const char* fmt, ...) {
@@ -436,7 +462,7 @@ inline void release_barrier_if_complete(int rank) {
     Cta& c = rt->ctas[rank];
     if (c.at_barrier == 0 || c.at_barrier < c.live) return;
     for (Fiber& f : rt->fibers)
-        if (f.cta == rank && f.state == State::AtBarrier) f.state = State::Runnable;
+        if (f.cta == rank && f.state == State::AtBarrier) set_state(f, State::Runnable);
     c.at_barrier = 0;
     c.barrier_file = nullptr;
 }
@@ -449,7 +475,7 @@ inline void release_cluster_barrier_if_complete() {
     for (const Cta& c : rt->ctas) live += c.live;
     if (rt->at_cluster_barrier == 0 || rt->at_cluster_barrier < live) return;
     for (Fiber& f : rt->fibers)
-        if (f.state == State::AtClusterBarrier) f.state = State::Runnable;
+        if (f.state == State::AtClusterBarrier) set_state(f, State::Runnable);
     rt->at_cluster_barrier = 0;
 }
 
@@ -469,7 +495,7 @@ inline void fiber_entry() {
     rt->body();
     Fiber& f = *rt->current;
     check_thread_exit(f);
-    f.state = State::Done;
+    set_state(f, State::Done);
     f.uncommitted.clear();
     f.groups.clear();
     Cta& c = rt->ctas[f.cta];
@@ -494,7 +520,7 @@ inline void syncthreads(const char* file, int line) {
         fail("divergent __syncthreads: this thread waits at %s:%d while another waits at %s:%d",
              file, line, c.barrier_file, c.barrier_line);
     }
-    f.state = State::AtBarrier;
+    set_state(f, State::AtBarrier);
     f.site_file = file;
     f.site_line = line;
     c.at_barrier += 1;
@@ -506,7 +532,7 @@ inline void syncthreads(const char* file, int line) {
 // block of the cluster.
 inline void cluster_sync() {
     Fiber& f = current_fiber();
-    f.state = State::AtClusterBarrier;
+    set_state(f, State::AtClusterBarrier);
     f.site_file = "barrier.cluster";
     f.site_line = 0;
     runtime()->at_cluster_barrier += 1;
@@ -683,7 +709,7 @@ inline Slot& warp_collective(Op op) {
         fail("%s with a full mask in a partial warp of %d threads", op_name(op), w.size);
     Slot& s = w.slot[f.lane];
     s.op = op;
-    f.state = State::AtWarp;
+    set_state(f, State::AtWarp);
     w.arrived += 1;
     if (w.arrived < 32) {
         yield_to_scheduler();
@@ -700,8 +726,8 @@ inline Slot& warp_collective(Op op) {
         default: break;
     }
     w.arrived = 0;
-    for (Fiber& other : rt->fibers)
-        if (other.warp == f.warp && other.state == State::AtWarp) other.state = State::Runnable;
+    for (int i = f.index - f.lane; i < f.index - f.lane + w.size; ++i)
+        if (rt->fibers[i].state == State::AtWarp) set_state(rt->fibers[i], State::Runnable);
     for (int lane = 0; lane < 32; ++lane) w.slot[lane].op = Op::None;
     return s;
 }
@@ -924,7 +950,7 @@ inline void mbarrier_try_complete(const uint64_t* bar, Mbarrier& m) {
     m.phase += 1;
     m.pending = m.expected;
     for (Fiber& f : runtime()->fibers)
-        if (f.state == State::AtMbarrier && f.mbar_wait == bar) f.state = State::Runnable;
+        if (f.state == State::AtMbarrier && f.mbar_wait == bar) set_state(f, State::Runnable);
 }
 
 constexpr int64_t kMbarrierMaxCount = (int64_t(1) << 20) - 1;
@@ -1012,7 +1038,7 @@ inline void mbarrier_wait(uint64_t* bar, uint32_t parity, bool cluster_acquire) 
                      describe_smem(bar).c_str(), m.completed_remote_rank[parity]);
             return;
         }
-        f.state = State::AtMbarrier;
+        set_state(f, State::AtMbarrier);
         f.mbar_wait = bar;
         f.mbar_parity = parity;
         yield_to_scheduler();
@@ -1261,7 +1287,6 @@ inline void queue_tma_load(const TensorMap2d& t, const std::vector<unsigned char
 inline void tma_load_2d(void* smem, const CUtensorMap* map, uint64_t* bar, int32_t c0,
                         int32_t c1) {
     const TensorMap2d t = tensor_map(map, "tma_load_2d");
-    mbarrier_state(bar, "tma_load_2d");
     queue_tma_load(t, tma_box_chunks(t, smem, c0, "tma_load_2d"), bar, c0, c1, "tma_load_2d");
 }
 
@@ -1668,7 +1693,7 @@ inline void warpgroup_collective(WgOp op) {
         f.registers_fenced_for_wgmma = std::move(f.registers_fenced);
         f.registers_fenced.clear();
     }
-    f.state = State::AtWarpGroup;
+    set_state(f, State::AtWarpGroup);
     g.arrived += 1;
     if (g.arrived < 128) {
         yield_to_scheduler();
@@ -1702,7 +1727,7 @@ inline void warpgroup_collective(WgOp op) {
     }
     g.arrived = 0;
     for (int i = first; i < first + 128; ++i)
-        if (rt->fibers[i].state == State::AtWarpGroup) rt->fibers[i].state = State::Runnable;
+        if (rt->fibers[i].state == State::AtWarpGroup) set_state(rt->fibers[i], State::Runnable);
     for (WgSlot& s : g.slot) s.op = WgOp::None;
 }
 
@@ -1828,7 +1853,7 @@ __attribute__((noinline)) inline void restart(Fiber& f) {
 #if FUSEDROP_HOST_ASAN
     ASAN_UNPOISON_MEMORY_REGION(f.stack, f.stack_size);
 #endif
-    f.state = State::Runnable;
+    set_state(f, State::Runnable);
     f.fake_stack = nullptr;
     f.uncommitted.clear();
     f.groups.clear();
@@ -1989,6 +2014,9 @@ inline void run_grid(const char* name, const LaunchConfig& cfg, std::function<vo
         for (int l = size - 1; l > 0; --l) std::swap(lanes[l], lanes[splitmix64(rng) % (l + 1)]);
         rt.order.insert(rt.order.end(), lanes.begin(), lanes.end());
     }
+    rt.place.resize(fibers);
+    for (size_t p = 0; p < rt.order.size(); ++p) rt.place[rt.order[p]] = (int)p;
+    rt.runnable.assign((fibers + 63) / 64, 0);
 
     Runtime* saved = runtime();
     runtime() = &rt;
@@ -2026,12 +2054,7 @@ inline void run_grid(const char* name, const LaunchConfig& cfg, std::function<vo
                 rt.tma_in_flight.clear();
                 for (Fiber& f : rt.fibers) restart(f);
                 for (;;) {
-                    Fiber* next = nullptr;
-                    for (int i : rt.order)
-                        if (rt.fibers[i].state == State::Runnable) {
-                            next = &rt.fibers[i];
-                            break;
-                        }
+                    Fiber* next = next_runnable(rt);
                     if (next != nullptr) {
                         resume(rt, *next);
                         continue;

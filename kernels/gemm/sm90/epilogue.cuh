@@ -33,11 +33,6 @@ namespace fusedrop {
 namespace gemm {
 namespace sm90 {
 
-// Word `s` (0..3) of a Philox call, without a run-time index into the array.
-__device__ __forceinline__ uint32_t select_word(const Philox4& p, int s) {
-    return s == 0 ? p.w[0] : s == 1 ? p.w[1] : s == 2 ? p.w[2] : p.w[3];
-}
-
 // What drawing a mask bit needs, in as few registers as possible (the main loop's 128
 // accumulators leave little room): the resolved (seed, subsequence) as Philox key and counter
 // words, and the keep threshold, which fits 32 bits whenever words are drawn at all (0 < p < 1).
@@ -71,10 +66,10 @@ struct MaskKey {
     // Keep bits of the linear indices i (bit 0) and i + 1 (bit 1): one Philox call unless i is
     // word 3 of its call.
     __device__ __forceinline__ uint32_t keep_pair(uint64_t i) const {
-        const int s = (int)(i & 3);
+        const uint32_t s = (uint32_t)(i & 3);
         const Philox4 first = words(i >> 2);
-        const uint32_t w0 = select_word(first, s);
-        const uint32_t w1 = s == 3 ? words((i >> 2) + 1).w[0] : select_word(first, s + 1);
+        const uint32_t w0 = philox_word(first, s);
+        const uint32_t w1 = s == 3 ? words((i >> 2) + 1).w[0] : philox_word(first, s + 1);
         return (w0 >= threshold ? 1u : 0u) | (w1 >= threshold ? 2u : 0u);
     }
 
