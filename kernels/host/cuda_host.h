@@ -4,8 +4,8 @@
 // this header and then the real kernel file. See docs/HARNESS.md.
 //
 // Execution model:
-// - One fiber (ucontext) per CUDA thread; the threads of a block run on one OS thread under a
-//   deterministic scheduler, and blocks run one after another (the blocks of a thread block
+// - One fiber (its own stack) per CUDA thread; the threads of a block run on one OS thread under
+//   a deterministic scheduler, and blocks run one after another (the blocks of a thread block
 //   cluster together, each with its own shared memory). The scheduler always resumes the
 //   highest-priority runnable thread, priorities being a random permutation of warps (and of lanes
 //   within a warp) drawn from the launch's schedule seed: one warp runs as far ahead as it can
@@ -50,10 +50,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <dlfcn.h>
 #include <sys/mman.h>
-#include <ucontext.h>
 #include <unistd.h>
+#if !defined(__x86_64__)
+#include <dlfcn.h>
+#include <ucontext.h>
+#endif
 
 #include <algorithm>
 #include <array>
@@ -193,8 +195,113 @@ inline bool registers_covered(const std::vector<RegisterRange>& ranges, const vo
     return false;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Switching between fibers.
+//
+// On x86-64 a switch saves what the System V ABI asks a called function to preserve (rbx, rbp,
+// r12-r15, the SSE control and status word, the x87 control word) on the fiber's own stack and
+// keeps only the stack pointer: swapcontext also saves and restores the signal mask, a system call
+// per switch, which was a third of the harness's run time (the fibers never change the mask).
+// Elsewhere, ucontext. Under AddressSanitizer the switches are annotated with
+// __sanitizer_*_switch_fiber (yield_to_scheduler, resume) in both forms.
+
+#if defined(__x86_64__)
+
+struct FiberContext {
+    void* sp = nullptr;  // where the switch that left the fiber saved its registers
+};
+
+// fusedrop_host_switch_stack(save, load): pushes the preserved registers, stores the stack
+// pointer in *save, loads `load` and pops what the switch away from there pushed. Weak, so that
+// two translation units including this header link.
+extern "C" void fusedrop_host_switch_stack(void** save, void* load);
+asm(R"(
+    .text
+    .weak fusedrop_host_switch_stack
+    .type fusedrop_host_switch_stack, @function
+fusedrop_host_switch_stack:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size fusedrop_host_switch_stack, .-fusedrop_host_switch_stack
+)");
+
+// Prepares `c` so that the next switch to it enters `entry` (which must never return) at the
+// top of the stack [stack, stack + bytes), as if called there.
+inline void start_context(FiberContext& c, void* stack, size_t bytes, void (*entry)()) {
+    uintptr_t top = (reinterpret_cast<uintptr_t>(stack) + bytes) & ~uintptr_t(15);
+    uint64_t* frame = reinterpret_cast<uint64_t*>(top) - 9;
+    // frame[0]: the control words (this thread's); [1..6]: r15, r14, r13, r12, rbx, rbp;
+    // [7]: where the switch's ret goes, 16-byte aligned so that `entry` starts with the stack
+    // aligned as after a call; [8]: a null return address for `entry`, ending backtraces there.
+    uint32_t mxcsr;
+    uint16_t x87;
+    asm volatile("stmxcsr %0" : "=m"(mxcsr));
+    asm volatile("fnstcw %0" : "=m"(x87));
+    frame[0] = mxcsr | (uint64_t)x87 << 32;
+    for (int i = 1; i <= 6; ++i) frame[i] = 0;
+    frame[7] = reinterpret_cast<uint64_t>(entry);
+    frame[8] = 0;
+    c.sp = frame;
+}
+
+inline void switch_context(FiberContext& from, const FiberContext& to) {
+    fusedrop_host_switch_stack(&from.sp, to.sp);
+}
+
+#else
+
+struct FiberContext {
+    ucontext_t uc;
+};
+
+inline void start_context(FiberContext& c, void* stack, size_t bytes, void (*entry)()) {
+    getcontext(&c.uc);
+    c.uc.uc_stack.ss_sp = stack;
+    c.uc.uc_stack.ss_size = bytes;
+    c.uc.uc_link = nullptr;
+    makecontext(&c.uc, entry, 0);
+}
+
+// Under AddressSanitizer libc's own swapcontext, bypassing ASan's interceptor (which clears the
+// shadow of the whole target stack on every switch, far too slow for a switch per warp
+// collective); the switches are annotated instead.
+inline void switch_context(FiberContext& from, const FiberContext& to) {
+    using SwapContext = int (*)(ucontext_t*, const ucontext_t*);
+#if FUSEDROP_HOST_ASAN
+    static const SwapContext swap = [] {
+        void* libc = dlopen("libc.so.6", RTLD_NOW | RTLD_NOLOAD);
+        void* sym = libc != nullptr ? dlsym(libc, "swapcontext") : nullptr;
+        return sym != nullptr ? reinterpret_cast<SwapContext>(sym) : &::swapcontext;
+    }();
+#else
+    const SwapContext swap = &::swapcontext;
+#endif
+    swap(&from.uc, &to.uc);
+}
+
+#endif
+
 struct Fiber {
-    ucontext_t ctx;
+    FiberContext ctx;
     void* stack = nullptr;
     size_t stack_size = 0;
     void* fake_stack = nullptr;
@@ -339,7 +446,7 @@ struct Runtime {
     std::vector<Cta> ctas;   // the blocks of the cluster, by rank
     int cta = 0;             // the rank of the block whose thread runs (or ran last)
     int at_cluster_barrier = 0;
-    ucontext_t scheduler;
+    FiberContext scheduler;
     void* scheduler_fake_stack = nullptr;
     const void* scheduler_stack_bottom = nullptr;
     size_t scheduler_stack_size = 0;
@@ -352,23 +459,6 @@ struct Runtime {
     const char* kernel_name = "";
     bool ldmatrix_conflict_free = false;  // LaunchConfig::ldmatrix_conflict_free
 };
-
-// swapcontext itself. Under AddressSanitizer, libc's own, so that ASan's interceptor (which clears
-// the shadow of the whole target stack on every switch, far too slow for a switch per warp
-// collective) is bypassed; the switches are annotated with __sanitizer_*_switch_fiber instead.
-using SwapContext = int (*)(ucontext_t*, const ucontext_t*);
-inline SwapContext swap_context() {
-#if FUSEDROP_HOST_ASAN
-    static const SwapContext fn = [] {
-        void* libc = dlopen("libc.so.6", RTLD_NOW | RTLD_NOLOAD);
-        void* sym = libc != nullptr ? dlsym(libc, "swapcontext") : nullptr;
-        return sym != nullptr ? reinterpret_cast<SwapContext>(sym) : &::swapcontext;
-    }();
-    return fn;
-#else
-    return &::swapcontext;
-#endif
-}
 
 inline Runtime*& runtime() {
     static Runtime* rt = nullptr;
@@ -448,7 +538,7 @@ inline void yield_to_scheduler(bool dying = false) {
     __sanitizer_start_switch_fiber(dying ? nullptr : &f.fake_stack, rt->scheduler_stack_bottom,
                                    rt->scheduler_stack_size);
 #endif
-    swap_context()(&f.ctx, &rt->scheduler);
+    switch_context(f.ctx, rt->scheduler);
 #if FUSEDROP_HOST_ASAN
     __sanitizer_finish_switch_fiber(f.fake_stack, &rt->scheduler_stack_bottom,
                                     &rt->scheduler_stack_size);
@@ -1848,7 +1938,7 @@ inline std::vector<void*>& stack_pool() {
 }
 
 // Makes `f` start the kernel from the top when next resumed. Out of line for the same reason as
-// resume (getcontext returns twice).
+// resume (in the ucontext form, getcontext returns twice).
 __attribute__((noinline)) inline void restart(Fiber& f) {
 #if FUSEDROP_HOST_ASAN
     ASAN_UNPOISON_MEMORY_REGION(f.stack, f.stack_size);
@@ -1864,15 +1954,11 @@ __attribute__((noinline)) inline void restart(Fiber& f) {
     // count for the same addresses there (registers_to_fence is empty at every thread's exit,
     // and registers_fenced_for_wgmma is replaced at its first wgmma_fence).
     f.registers_fenced.clear();
-    getcontext(&f.ctx);
-    f.ctx.uc_stack.ss_sp = f.stack;
-    f.ctx.uc_stack.ss_size = f.stack_size;
-    f.ctx.uc_link = nullptr;
-    makecontext(&f.ctx, fiber_entry, 0);
+    start_context(f.ctx, f.stack, f.stack_size, fiber_entry);
 }
 
 // Runs `f` until it blocks or finishes. Kept out of line so that no caller variable lives across
-// swapcontext.
+// the switch.
 __attribute__((noinline)) inline void resume(Runtime& rt, Fiber& f) {
     rt.current = &f;
     rt.cta = f.cta;
@@ -1881,7 +1967,7 @@ __attribute__((noinline)) inline void resume(Runtime& rt, Fiber& f) {
 #if FUSEDROP_HOST_ASAN
     __sanitizer_start_switch_fiber(&rt.scheduler_fake_stack, f.stack, f.stack_size);
 #endif
-    swap_context()(&rt.scheduler, &f.ctx);
+    switch_context(rt.scheduler, f.ctx);
 #if FUSEDROP_HOST_ASAN
     __sanitizer_finish_switch_fiber(rt.scheduler_fake_stack, nullptr, nullptr);
 #endif
