@@ -216,7 +216,7 @@ struct FiberContext {
 // two translation units including this header link.
 extern "C" void fusedrop_host_switch_stack(void** save, void* load);
 asm(R"(
-    .text
+    .pushsection .text
     .weak fusedrop_host_switch_stack
     .type fusedrop_host_switch_stack, @function
 fusedrop_host_switch_stack:
@@ -242,6 +242,7 @@ fusedrop_host_switch_stack:
     popq %rbp
     ret
     .size fusedrop_host_switch_stack, .-fusedrop_host_switch_stack
+    .popsection
 )");
 
 // Prepares `c` so that the next switch to it enters `entry` (which must never return) at the
