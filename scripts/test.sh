@@ -37,6 +37,10 @@ if [[ "${FUSEDROP_SKIP_SANITIZER:-0}" != "1" ]]; then
   FUSEDROP_HARNESS_SANITIZE=address cargo test --release --workspace "${with_candle[@]}" --test kernels_on_cpu
 fi
 
+echo "== kernels on the CPU switching threads with swapcontext (the form off x86-64), a few tests"
+FUSEDROP_HARNESS_SWITCH=ucontext cargo test --release --workspace "${with_candle[@]}" --test kernels_on_cpu \
+  -- forward_sm90_split harness_rejects_misuse
+
 echo "== benches compile"
 cargo bench --workspace --no-run --quiet "${with_candle[@]}"
 

@@ -12,6 +12,9 @@
 //! - `FUSEDROP_HARNESS_KERNELS=<dir>` takes the kernel sources from `<dir>` instead of kernels/
 //!   (to run a patched copy, e.g. with a planted bug; scripts/plant-faults.sh does this), and
 //!   `FUSEDROP_HARNESS_DRIVERS=<dir>` the drivers from `<dir>` instead of tests/harness/;
+//! - `FUSEDROP_HARNESS_SWITCH=ucontext` makes the drivers switch threads with `swapcontext`, the
+//!   form other architectures than x86-64 use (scripts/test.sh runs a few tests that way, so the
+//!   fallback is not only compiled where nobody runs it);
 //! - `CXX` names the host compiler (default `g++`).
 //!
 //! Skipped, with a message, when the crate was built without nvcc (no CUDA headers to compile
@@ -59,6 +62,19 @@ fn sanitize() -> bool {
     std::env::var("FUSEDROP_HARNESS_SANITIZE").is_ok_and(|v| v == "address")
 }
 
+fn ucontext() -> bool {
+    std::env::var("FUSEDROP_HARNESS_SWITCH").is_ok_and(|v| v == "ucontext")
+}
+
+/// What ends a driver's file name after its hash: which of the optional builds it is.
+fn driver_flavour() -> String {
+    format!(
+        "{}{}",
+        if sanitize() { "-asan" } else { "" },
+        if ucontext() { "-ucontext" } else { "" }
+    )
+}
+
 fn compiler_flags() -> Vec<String> {
     // A misaligned vector access through a cast pointer faults on the GPU but not on x86, so
     // UBSan's alignment check stands in for the fault in every build.
@@ -85,6 +101,9 @@ fn compiler_flags() -> Vec<String> {
         );
     } else {
         flags.push("-O2".to_string());
+    }
+    if ucontext() {
+        flags.push("-DFUSEDROP_HOST_UCONTEXT".to_string());
     }
     flags
 }
@@ -153,19 +172,23 @@ fn build_driver(name: &str, include: &str) -> PathBuf {
         "harness"
     });
     fs::create_dir_all(&dir).expect("create the harness build directory");
-    let exe = dir.join(format!(
-        "{name}-{:016x}{}",
-        hasher.finish(),
-        if sanitize() { "-asan" } else { "" }
-    ));
+    let flavour = driver_flavour();
+    let exe = dir.join(format!("{name}-{:016x}{flavour}", hasher.finish()));
     if exe.is_file() {
         return exe;
     }
-    // Drivers built from older sources are of no further use.
-    let stale_prefix = format!("{name}-");
+    // Drivers of the same flavour built from older sources are of no further use.
     for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
         let file = entry.file_name().to_string_lossy().into_owned();
-        if file.starts_with(&stale_prefix) && file.ends_with("-asan") == sanitize() {
+        let stale = file
+            .strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|rest| {
+                rest.len() == 16 + flavour.len()
+                    && rest[..16].bytes().all(|b| b.is_ascii_hexdigit())
+                    && rest[16..] == flavour
+            });
+        if stale {
             let _ = fs::remove_file(entry.path());
         }
     }

@@ -52,7 +52,12 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
-#if !defined(__x86_64__)
+// FUSEDROP_HOST_UCONTEXT forces the ucontext form of the fiber switch (below) on x86-64 too, so
+// that it is tested here (tests/kernels_on_cpu.rs, FUSEDROP_HARNESS_SWITCH=ucontext).
+#if defined(__x86_64__) && !defined(FUSEDROP_HOST_UCONTEXT)
+#define FUSEDROP_HOST_STACK_SWITCH 1
+#else
+#define FUSEDROP_HOST_STACK_SWITCH 0
 #include <dlfcn.h>
 #include <ucontext.h>
 #endif
@@ -202,10 +207,10 @@ inline bool registers_covered(const std::vector<RegisterRange>& ranges, const vo
 // r12-r15, the SSE control and status word, the x87 control word) on the fiber's own stack and
 // keeps only the stack pointer: swapcontext also saves and restores the signal mask, a system call
 // per switch, which was a third of the harness's run time (the fibers never change the mask).
-// Elsewhere, ucontext. Under AddressSanitizer the switches are annotated with
-// __sanitizer_*_switch_fiber (yield_to_scheduler, resume) in both forms.
+// Elsewhere (or with FUSEDROP_HOST_UCONTEXT), ucontext. Under AddressSanitizer the switches are
+// annotated with __sanitizer_*_switch_fiber (yield_to_scheduler, resume) in both forms.
 
-#if defined(__x86_64__)
+#if FUSEDROP_HOST_STACK_SWITCH
 
 struct FiberContext {
     void* sp = nullptr;  // where the switch that left the fiber saved its registers
