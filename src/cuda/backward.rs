@@ -447,7 +447,8 @@ impl<'a> Chooser<'a> {
 
 /// The kernels a backward call runs for each product, by configuration name (`wg128x256`,
 /// `wg128x128`, `wg128x128s2` ...: kernels/backward_sm90.cu; `tc128x128`, `tc64x64`,
-/// `tc64x32`: kernels/backward_tc.cu; `simt128x128`, `simt64x64`: kernels/backward_simt.cu), and
+/// `tc64x32`: kernels/backward_tc.cu; `simt128x128`, `simt64x64`, `simt64x32`:
+/// kernels/backward_simt.cu), and
 /// the blocks each output tile's reduction is split over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackwardChoice {
