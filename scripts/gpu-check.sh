@@ -8,7 +8,10 @@
 #                                  # short lease: the whole check takes longer than 10 minutes
 # Reading a failure: a Hopper kernel whose pipeline barrier never completes traps after 20 s
 # (kernels/ptx.cuh), so a step that reports an illegal instruction from one is most likely a
-# hang, not a bad access; a wrong value or mask is reported with where it lies (rows, columns,
+# hang, not a bad access (the kernel cannot say which barrier: docs/KERNELS.md; the kernels are
+# built with -lineinfo, so running that one test under cuda-gdb or compute-sanitizer may name the
+# block, the thread and the source line of the wait; not yet tried on these kernels);
+# a wrong value or mask is reported with where it lies (rows, columns,
 # positions within 64 x 64 blocks, the first few elements), which is usually enough to find the
 # fault on the CPU harness afterwards.
 set -uo pipefail
