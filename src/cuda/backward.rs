@@ -21,7 +21,9 @@ use cudarc::driver::{
 use crate::cuda::forward::hopper_unavailable;
 use crate::cuda::launch_table::{self, LaunchNumbers};
 use crate::cuda::tensor_map::{self, TensorMap};
-use crate::cuda::{check_seed_source, LayerKernels, MaskParams, SeedSource};
+use crate::cuda::{
+    check_seed_source, ClusterProbe, LayerKernels, MaskParams, ResidentClusters, SeedSource,
+};
 use crate::element::Element;
 use crate::error::{invalid, Error, Result};
 use crate::layer::{LayerSpec, LinearShape, Nonlinearity};
@@ -173,13 +175,19 @@ impl Config {
     }
 
     /// The Hopper tile for a product with `rows` x `cols` outputs and a reduction of
-    /// `reduction`: 128 x 256 when that still gives every multiprocessor a tile, else 128 x 128
-    /// when that gives at least half of them one; below, the split-K config with the most
-    /// blocks (tiles x splits) that fit in one wave while each block keeps at least 4 k-blocks
-    /// of the reduction; `None` when there is none (a short reduction: the mma.sync kernels'
-    /// smaller tiles spread wider).
-    fn hopper_for(rows: usize, cols: usize, reduction: usize, sm_count: usize) -> Option<Config> {
-        let wave = sm_count.max(1) as u64;
+    /// `reduction` on a GPU that runs `resident` clusters at once: 128 x 256 when that still
+    /// gives every multiprocessor a tile, else 128 x 128 when that gives at least half of them
+    /// one; below, the split-K config with the most blocks (tiles x splits) whose clusters (one
+    /// per tile) all run at once while each block keeps at least 4 k-blocks of the reduction;
+    /// `None` when there is none (a short reduction: the mma.sync kernels' smaller tiles
+    /// spread wider).
+    fn hopper_for(
+        rows: usize,
+        cols: usize,
+        reduction: usize,
+        resident: ResidentClusters,
+    ) -> Option<Config> {
+        let wave = resident.sm_count() as u64;
         if WG128X256.tiles(rows, cols) >= wave {
             return Some(WG128X256);
         }
@@ -189,14 +197,16 @@ impl Config {
         let k_blocks = reduction.div_ceil(64) as u64;
         WG128X128_SPLIT
             .into_iter()
-            .filter(|c| c.tiles(rows, cols) * c.splits <= wave && k_blocks >= 4 * c.splits)
+            .filter(|c| {
+                c.tiles(rows, cols) <= resident.of(c.splits as u32) && k_blocks >= 4 * c.splits
+            })
             .max_by_key(|c| c.tiles(rows, cols) * c.splits)
     }
 
     /// The Hopper kernels' persistent launch: one block per multiprocessor at most; for a
-    /// split-K config, min(tiles, SMs / splits) clusters of `splits` blocks.
-    fn persistent_launch_config(self, tiles: u64, sm_count: usize) -> LaunchConfig {
-        let clusters = tiles.clamp(1, (sm_count as u64 / self.splits).max(1));
+    /// split-K config, min(tiles, the clusters of `splits` blocks that run at once) clusters.
+    fn persistent_launch_config(self, tiles: u64, resident: ResidentClusters) -> LaunchConfig {
+        let clusters = tiles.clamp(1, resident.of(self.splits as u32));
         LaunchConfig {
             grid_dim: ((clusters * self.splits) as u32, 1, 1),
             block_dim: (self.threads, 1, 1),
@@ -286,13 +296,35 @@ fn load<T: Element>(
     what: &str,
     aligned: bool,
 ) -> Result<CudaFunction> {
+    kernels.function(
+        config.module,
+        &function_name::<T>(config, what, aligned),
+        config.smem_bytes,
+    )
+}
+
+/// The entry point of product `what` ("dx" or "dw") of `config` for `T` (`aligned`: the
+/// mma.sync kernels' entry point for 16-byte aligned operands).
+fn function_name<T: Element>(config: Config, what: &str, aligned: bool) -> String {
     let variant = if aligned { "_aligned" } else { "" };
-    let name = format!(
+    format!(
         "fusedrop_backward_{what}_{}{variant}_{}",
         config.name,
         T::NAME
-    );
-    kernels.function(config.module, &name, config.smem_bytes)
+    )
+}
+
+/// The f16 dX kernel of the clusters of 8 blocks, for the driver's count of such clusters that
+/// run at once (`LayerKernels::new`; no forward kernel has clusters of 8).
+pub(crate) fn cluster_of_8_probe() -> ClusterProbe {
+    let config = WG128X128_SPLIT[0];
+    ClusterProbe {
+        module: config.module,
+        function: function_name::<half::f16>(config, "dx", false),
+        threads: config.threads,
+        smem_bytes: config.smem_bytes,
+        cluster: config.splits as u32,
+    }
 }
 
 /// Which kernel runs one of the two products.
@@ -421,7 +453,7 @@ impl<'a> Chooser<'a> {
             && y_ptr.is_none_or(|y| tensor_map::operand_fits(y, m, n))
             && tensor_map::operand_fits(ptr, op_rows, op_cols)
             && WG128X128.tiles(rows, k) <= i32::MAX as u64;
-        let chosen = Config::hopper_for(rows, k, op_rows, self.kernels.sm_count());
+        let chosen = Config::hopper_for(rows, k, op_rows, self.kernels.resident_clusters());
         if self.family == BackwardKernel::Hopper {
             if !fits {
                 return Err(invalid!(
@@ -1100,8 +1132,10 @@ impl LayerKernels {
                     db,
                     split_args: None,
                     sums: None,
-                    launch: config
-                        .persistent_launch_config(config.tiles(rows, cols), self.sm_count()),
+                    launch: config.persistent_launch_config(
+                        config.tiles(rows, cols),
+                        self.resident_clusters(),
+                    ),
                 })
             }
             Path::Classic(config) => {
@@ -1250,40 +1284,57 @@ mod tests {
     fn hopper_tile_follows_the_wave() {
         // 132 multiprocessors (H100 SXM / H200). up's dX: 4096 x 4096 outputs, 512 tiles of
         // 128 x 256.
-        assert_eq!(Config::hopper_for(4096, 4096, 8192, 132), Some(WG128X256));
+        let h100 = ResidentClusters::uniform(132);
+        assert_eq!(Config::hopper_for(4096, 4096, 8192, h100), Some(WG128X256));
         // 1024 x 2048: 64 tiles of 128 x 256 (under a wave), 128 of 128 x 128.
-        assert_eq!(Config::hopper_for(1024, 2048, 4096, 132), Some(WG128X128));
+        assert_eq!(Config::hopper_for(1024, 2048, 4096, h100), Some(WG128X128));
         // 1024 x 1152: 72 tiles of 128 x 128, at least half a wave.
-        assert_eq!(Config::hopper_for(1024, 1152, 4096, 132), Some(WG128X128));
+        assert_eq!(Config::hopper_for(1024, 1152, 4096, h100), Some(WG128X128));
         // 1024 x 1024: 64 tiles of 128 x 128, under half a wave: split over 2 blocks (128).
         assert_eq!(
-            Config::hopper_for(1024, 1024, 4096, 132),
+            Config::hopper_for(1024, 1024, 4096, h100),
             Some(WG128X128_SPLIT[2])
         );
         // small's dX (64 x 4096 over n = 4096): 32 tiles, 4 blocks each.
         assert_eq!(
-            Config::hopper_for(64, 4096, 4096, 132),
+            Config::hopper_for(64, 4096, 4096, h100),
             Some(WG128X128_SPLIT[1])
         );
         // wide's dW (1024 x 256 over m = 32768): 16 tiles, 8 blocks each.
         assert_eq!(
-            Config::hopper_for(1024, 256, 32768, 132),
+            Config::hopper_for(1024, 256, 32768, h100),
             Some(WG128X128_SPLIT[0])
         );
         // A reduction of 256 (4 k-blocks) is too short to split.
-        assert_eq!(Config::hopper_for(64, 4096, 256, 132), None);
+        assert_eq!(Config::hopper_for(64, 4096, 256, h100), None);
+        // A GPU that runs only 14 clusters of 8 at once: wide's dW takes clusters of 4 (16
+        // tiles, 64 blocks) rather than a second wave of clusters of 8.
+        let fewer = ResidentClusters::new(132, [Some(66), Some(33), Some(14)]);
+        assert_eq!(
+            Config::hopper_for(1024, 256, 32768, fewer),
+            Some(WG128X128_SPLIT[1])
+        );
     }
 
     #[test]
     fn split_k_launches_whole_clusters() {
+        let h100 = ResidentClusters::uniform(132);
         let s4 = WG128X128_SPLIT[1];
         assert_eq!(s4.splits, 4);
-        assert_eq!(s4.persistent_launch_config(32, 132).grid_dim, (128, 1, 1));
+        assert_eq!(s4.persistent_launch_config(32, h100).grid_dim, (128, 1, 1));
         // More tiles than clusters fit: 33 clusters of 4 walk them.
-        assert_eq!(s4.persistent_launch_config(100, 132).grid_dim, (132, 1, 1));
+        assert_eq!(s4.persistent_launch_config(100, h100).grid_dim, (132, 1, 1));
         assert_eq!(
-            WG128X128.persistent_launch_config(100, 132).grid_dim,
+            WG128X128.persistent_launch_config(100, h100).grid_dim,
             (100, 1, 1)
         );
+        // Fewer clusters run at once than the multiprocessors would hold: the grid is those.
+        let fewer = ResidentClusters::new(132, [Some(66), Some(30), Some(14)]);
+        assert_eq!(
+            s4.persistent_launch_config(100, fewer).grid_dim,
+            (120, 1, 1)
+        );
+        let s8 = WG128X128_SPLIT[0];
+        assert_eq!(s8.persistent_launch_config(16, fewer).grid_dim, (112, 1, 1));
     }
 }

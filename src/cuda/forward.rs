@@ -55,7 +55,10 @@ use cudarc::driver::{
 
 use crate::cuda::launch_table::LaunchNumbers;
 use crate::cuda::tensor_map;
-use crate::cuda::{check_seed_source, launch_table, LayerKernels, MaskParams, SeedSource};
+use crate::cuda::{
+    check_seed_source, launch_table, ClusterProbe, LayerKernels, MaskParams, ResidentClusters,
+    SeedSource,
+};
 use crate::element::Element;
 use crate::error::{invalid, Error, Result};
 use crate::layer::{LayerSpec, LinearShape, Nonlinearity};
@@ -280,22 +283,40 @@ impl ForwardConfig {
         }
     }
 
+    /// The f16 entry point of this (clustered) configuration, for the driver's count of its
+    /// clusters that run at once (`LayerKernels::new`).
+    pub(crate) fn cluster_probe(self) -> ClusterProbe {
+        ClusterProbe {
+            module: self.module(),
+            function: function_name::<half::f16>(self, false),
+            threads: self.threads(),
+            smem_bytes: self.smem_bytes(),
+            cluster: self.splits(),
+        }
+    }
+
     /// Output tiles of `shape` under this configuration.
     pub fn tiles(self, shape: LinearShape) -> u64 {
         (shape.m as u64).div_ceil(self.block_m() as u64)
             * (shape.n as u64).div_ceil(self.block_n() as u64)
     }
 
-    /// The launch of `shape` on a GPU with `sm_count` multiprocessors.
+    /// The launch of `shape` on a GPU that runs `resident` clusters at once
+    /// ([`LayerKernels::resident_clusters`]; [`ResidentClusters::uniform`] of its multiprocessor
+    /// count where the driver was not asked).
     ///
     /// Hopper configurations: a persistent grid of min(tiles, sm_count) blocks, each walking the
-    /// tiles `blockIdx.x + i * gridDim.x`; split-K ones: min(tiles, sm_count / splits) clusters
-    /// of [`splits`](Self::splits) blocks, each cluster walking the tiles
+    /// tiles `blockIdx.x + i * gridDim.x`; split-K ones: min(tiles, `resident.of(splits)`)
+    /// clusters of [`splits`](Self::splits) blocks, each cluster walking the tiles
     /// `blockIdx.x / splits + i * gridDim.x / splits`. The tile count must fit an `i32`, and a
     /// split-K configuration needs `k >=` [`min_k`](Self::min_k). The others: grid
     /// (ceil(n / block_n), min(ceil(m / block_m), 65535), 1), the kernel looping over the row
     /// tiles beyond 65535 (kernels/gemm/tile_scheduler.cuh).
-    pub fn launch_config(self, shape: LinearShape, sm_count: usize) -> Result<LaunchConfig> {
+    pub fn launch_config(
+        self,
+        shape: LinearShape,
+        resident: ResidentClusters,
+    ) -> Result<LaunchConfig> {
         if self.is_hopper() {
             let tiles = self.tiles(shape);
             if tiles > i32::MAX as u64 {
@@ -322,7 +343,7 @@ impl ForwardConfig {
                 self.splits(),
                 self.threads(),
                 self.smem_bytes(),
-                sm_count,
+                resident,
             ));
         }
         let (block_m, block_n, threads, smem_bytes) = self.numbers();
@@ -331,15 +352,15 @@ impl ForwardConfig {
 }
 
 /// The persistent grid of the Hopper kernels for `tiles` tiles (of a block, or of a cluster of
-/// `cluster` blocks): min(tiles, sm_count / cluster) clusters, at least one.
+/// `cluster` blocks): min(tiles, the clusters of that size that run at once), at least one.
 fn persistent_launch(
     tiles: u64,
     cluster: u32,
     threads: u32,
     smem_bytes: u32,
-    sm_count: usize,
+    resident: ResidentClusters,
 ) -> LaunchConfig {
-    let clusters = tiles.clamp(1, (sm_count as u64 / u64::from(cluster)).max(1)) as u32;
+    let clusters = tiles.clamp(1, resident.of(cluster)) as u32;
     LaunchConfig {
         grid_dim: (clusters * cluster, 1, 1),
         block_dim: (threads, 1, 1),
@@ -422,33 +443,42 @@ pub fn choose_config<T: Element>(shape: LinearShape, sm_count: usize) -> Forward
         .unwrap_or(candidates[candidates.len() - 1])
 }
 
-/// The Hopper configuration for `shape` on a GPU with `sm_count` multiprocessors, or `None`
-/// when the mma.sync kernel should run instead.
+/// The Hopper configuration for `shape` on a GPU that runs `resident` clusters at once (its
+/// multiprocessor count for single blocks; [`LayerKernels::resident_clusters`]), or `None` when
+/// the mma.sync kernel should run instead.
 ///
 /// Heuristic (provisional: not yet measured on a GPU, see docs/KERNELS.md): the largest tile
 /// that yields a full wave of tiles (one per multiprocessor; the grid is persistent, so more
 /// tiles only lengthen each block's walk); failing that the smallest tile, as long as it yields
 /// at least half a wave. Shapes with fewer tiles (an inference batch of 64 rows and a few
-/// thousand columns) take split-K: of the split configurations whose blocks (tiles x splits)
-/// fit in one wave and whose blocks get at least 4 k-blocks each, the one with the most blocks,
+/// thousand columns) take split-K: of the split configurations whose clusters (one per tile)
+/// all run at once and whose blocks get at least 4 k-blocks each, the one with the most blocks,
 /// then the least padding of m, then the larger tile. Without one (a short k), `None`: the
 /// mma.sync kernel's small tiles.
 ///
 /// ```
 /// use fusedrop::cuda::forward::{choose_hopper_config, ForwardConfig};
+/// use fusedrop::cuda::ResidentClusters;
 /// use fusedrop::LinearShape;
+/// let h100 = ResidentClusters::uniform(132);
 /// let sq = LinearShape::new(4096, 4096, 4096);
-/// assert_eq!(choose_hopper_config(sq, 132), Some(ForwardConfig::Wg128x256));
+/// assert_eq!(choose_hopper_config(sq, h100), Some(ForwardConfig::Wg128x256));
 /// let mid = LinearShape::new(1024, 2560, 1024);
-/// assert_eq!(choose_hopper_config(mid, 132), Some(ForwardConfig::Wg128x128));
+/// assert_eq!(choose_hopper_config(mid, h100), Some(ForwardConfig::Wg128x128));
 /// // An inference batch: 32 tiles of 64 x 128, each split over a cluster of 4 blocks.
 /// let small = LinearShape::new(64, 4096, 4096);
-/// assert_eq!(choose_hopper_config(small, 132), Some(ForwardConfig::Wg64x128S4));
+/// assert_eq!(choose_hopper_config(small, h100), Some(ForwardConfig::Wg64x128S4));
+/// // A GPU that runs only 30 clusters of 4 at once: clusters of 2 instead of a second wave.
+/// let fewer = ResidentClusters::new(132, [Some(66), Some(30), Some(16)]);
+/// assert_eq!(choose_hopper_config(small, fewer), Some(ForwardConfig::Wg64x128S2));
 /// // Too short a reduction to split: the mma.sync kernel.
-/// assert_eq!(choose_hopper_config(LinearShape::new(64, 4096, 256), 132), None);
+/// assert_eq!(choose_hopper_config(LinearShape::new(64, 4096, 256), h100), None);
 /// ```
-pub fn choose_hopper_config(shape: LinearShape, sm_count: usize) -> Option<ForwardConfig> {
-    let wave = sm_count.max(1) as u64;
+pub fn choose_hopper_config(
+    shape: LinearShape,
+    resident: ResidentClusters,
+) -> Option<ForwardConfig> {
+    let wave = resident.sm_count() as u64;
     if let Some(config) = ForwardConfig::HOPPER_WHOLE_K
         .iter()
         .copied()
@@ -465,8 +495,7 @@ pub fn choose_hopper_config(shape: LinearShape, sm_count: usize) -> Option<Forwa
         .iter()
         .copied()
         .filter(|c| {
-            let splits = u64::from(c.splits());
-            c.tiles(shape) * splits <= wave && k_blocks >= 4 * splits
+            c.tiles(shape) <= resident.of(c.splits()) && k_blocks >= 4 * u64::from(c.splits())
         })
         // max_by_key keeps the last of equals: reverse the order of preference.
         .rev()
@@ -548,7 +577,7 @@ impl LayerKernels {
     fn choose_forward<T: Element>(&self, shape: LinearShape, operands_fit: bool) -> ForwardConfig {
         let sms = self.sm_count();
         if operands_fit && hopper_unavailable::<T>(self, "forward_sm90").is_none() {
-            if let Some(config) = choose_hopper_config(shape, sms) {
+            if let Some(config) = choose_hopper_config(shape, self.resident_clusters()) {
                 return config;
             }
         }
@@ -636,7 +665,7 @@ impl LayerKernels {
             }
             None => self.choose_forward::<T>(shape, operands_fit),
         };
-        let launch_config = config.launch_config(shape, self.sm_count())?;
+        let launch_config = config.launch_config(shape, self.resident_clusters())?;
         // An mma.sync config has a second kernel for X and W that start 16-byte aligned with k a
         // multiple of 8: alignment decided here, its main loop has no element-load path.
         let aligned = config.uses_tensor_cores()
@@ -644,11 +673,7 @@ impl LayerKernels {
             && x_ptr % 16 == 0
             && w_ptr % 16 == 0
             && shape.k % 8 == 0;
-        let name = if aligned {
-            format!("fusedrop_forward_{}_aligned_{}", config.name(), T::NAME)
-        } else {
-            format!("fusedrop_forward_{}_{}", config.name(), T::NAME)
-        };
+        let name = function_name::<T>(config, aligned);
         let function = self.function(config.module(), &name, config.smem_bytes())?;
 
         let mut params = MaskParams::new(&spec.dropout, &spec.geometry, shape.n);
@@ -684,6 +709,13 @@ impl LayerKernels {
             )
         }
     }
+}
+
+/// The entry point of `config` for `T` (`aligned`: the mma.sync kernel for operands that start
+/// 16-byte aligned with k a multiple of 8).
+fn function_name<T: Element>(config: ForwardConfig, aligned: bool) -> String {
+    let variant = if aligned { "_aligned" } else { "" };
+    format!("fusedrop_forward_{}{variant}_{}", config.name(), T::NAME)
 }
 
 /// How a forward entry point receives X and W: device pointers (mma.sync, SIMT), their TMA maps
@@ -755,11 +787,12 @@ unsafe fn queue_forward<T: Element>(
 /// The persistent launch of Hopper sweep variant `variant` on `shape`: a multicast variant's
 /// cluster of `variant.cluster` blocks takes that many consecutive row tiles of one column tile
 /// (each block loading `block_n / cluster` rows of every W box), so its tiles are
-/// `cluster · block_m` x `block_n`; the tile count must fit an `i32`.
+/// `cluster · block_m` x `block_n`; the tile count must fit an `i32`. The grid: min(tiles, the
+/// clusters of that size `resident` says run at once) clusters.
 pub fn sm90_sweep_launch(
     variant: &LaunchNumbers,
     shape: LinearShape,
-    sm_count: usize,
+    resident: ResidentClusters,
 ) -> Result<LaunchConfig> {
     let cluster_rows = u64::from(variant.block_m * variant.cluster);
     let tiles = (shape.m as u64).div_ceil(cluster_rows)
@@ -777,7 +810,7 @@ pub fn sm90_sweep_launch(
         variant.cluster,
         variant.threads,
         variant.smem_bytes,
-        sm_count,
+        resident,
     ))
 }
 
@@ -883,7 +916,7 @@ impl LayerKernels {
                     )?,
                     map_y,
                 ),
-                sm90_sweep_launch(variant, shape, self.sm_count())?,
+                sm90_sweep_launch(variant, shape, self.resident_clusters())?,
             )
         } else {
             (
@@ -979,11 +1012,13 @@ mod tests {
     #[test]
     fn grid_folds_rows_beyond_the_y_limit() {
         let shape = LinearShape::new(10_000_000, 100, 8);
-        let config = ForwardConfig::Tc64x32.launch_config(shape, 132).unwrap();
+        let config = ForwardConfig::Tc64x32
+            .launch_config(shape, ResidentClusters::uniform(132))
+            .unwrap();
         assert_eq!(config.grid_dim, (4, 65_535, 1));
         assert_eq!(config.block_dim, (128, 1, 1));
         let empty_rows = ForwardConfig::Simt64x64
-            .launch_config(LinearShape::new(0, 5, 3), 132)
+            .launch_config(LinearShape::new(0, 5, 3), ResidentClusters::uniform(132))
             .unwrap();
         assert_eq!(empty_rows.grid_dim.1, 1);
     }
@@ -991,33 +1026,42 @@ mod tests {
     #[test]
     fn hopper_grids_are_persistent() {
         let sq = LinearShape::new(4096, 4096, 4096);
-        let config = ForwardConfig::Wg128x256.launch_config(sq, 132).unwrap();
+        let config = ForwardConfig::Wg128x256
+            .launch_config(sq, ResidentClusters::uniform(132))
+            .unwrap();
         assert_eq!(config.grid_dim, (132, 1, 1));
         assert_eq!(config.block_dim, (384, 1, 1));
         let few = LinearShape::new(100, 300, 64);
-        let config = ForwardConfig::Wg128x128.launch_config(few, 132).unwrap();
+        let config = ForwardConfig::Wg128x128
+            .launch_config(few, ResidentClusters::uniform(132))
+            .unwrap();
         assert_eq!(
             config.grid_dim,
             (3, 1, 1),
             "one block per tile when tiles < SMs"
         );
         let huge = LinearShape::new(1 << 30, 1 << 20, 8);
-        assert!(ForwardConfig::Wg64x128.launch_config(huge, 132).is_err());
+        assert!(ForwardConfig::Wg64x128
+            .launch_config(huge, ResidentClusters::uniform(132))
+            .is_err());
     }
 
     #[test]
     fn hopper_heuristic_keeps_small_grids_on_mma_sync() {
         let wide = LinearShape::new(32768, 1024, 256);
         assert_eq!(
-            choose_hopper_config(wide, 132),
+            choose_hopper_config(wide, ResidentClusters::uniform(132)),
             Some(ForwardConfig::Wg128x256)
         );
         let half_wave = LinearShape::new(640, 1024, 4096);
         assert_eq!(
-            choose_hopper_config(half_wave, 132),
+            choose_hopper_config(half_wave, ResidentClusters::uniform(132)),
             Some(ForwardConfig::Wg64x128)
         );
-        assert_eq!(choose_hopper_config(LinearShape::new(1, 1, 8), 132), None);
+        assert_eq!(
+            choose_hopper_config(LinearShape::new(1, 1, 8), ResidentClusters::uniform(132)),
+            None
+        );
     }
 
     #[test]
@@ -1025,30 +1069,30 @@ mod tests {
         // small: 32 tiles of 64 x 128 (or of 128 x 128, half of each padding), 64 k-blocks.
         let small = LinearShape::new(64, 4096, 4096);
         assert_eq!(
-            choose_hopper_config(small, 132),
+            choose_hopper_config(small, ResidentClusters::uniform(132)),
             Some(ForwardConfig::Wg64x128S4)
         );
         // 32 tiles of 128 x 128 or 64 of 64 x 128: 128 blocks either way, the larger tile wins.
         let rows = LinearShape::new(1024, 512, 4096);
         assert_eq!(
-            choose_hopper_config(rows, 132),
+            choose_hopper_config(rows, ResidentClusters::uniform(132)),
             Some(ForwardConfig::Wg128x128S4)
         );
         // 8 k-blocks: two per block at most for 4 splits, so 2 splits (4 k-blocks each).
         let short = LinearShape::new(64, 4096, 512);
         assert_eq!(
-            choose_hopper_config(short, 132),
+            choose_hopper_config(short, ResidentClusters::uniform(132)),
             Some(ForwardConfig::Wg64x128S2)
         );
         // 60 tiles of 64 x 128: only 2 splits fit in a wave of 132.
         let sixty = LinearShape::new(64, 60 * 128, 4096);
         assert_eq!(
-            choose_hopper_config(sixty, 132),
+            choose_hopper_config(sixty, ResidentClusters::uniform(132)),
             Some(ForwardConfig::Wg64x128S2)
         );
         // Fewer multiprocessors (H100 PCIe: 114): 32 x 4 = 128 blocks do not fit in a wave.
         assert_eq!(
-            choose_hopper_config(small, 114),
+            choose_hopper_config(small, ResidentClusters::uniform(114)),
             Some(ForwardConfig::Wg64x128S2)
         );
     }
@@ -1056,17 +1100,40 @@ mod tests {
     #[test]
     fn split_k_grids_are_whole_clusters() {
         let small = LinearShape::new(64, 4096, 4096);
-        let config = ForwardConfig::Wg64x128S4.launch_config(small, 132).unwrap();
+        let config = ForwardConfig::Wg64x128S4
+            .launch_config(small, ResidentClusters::uniform(132))
+            .unwrap();
         assert_eq!(config.grid_dim, (128, 1, 1));
         // More tiles than clusters fit: 33 clusters of 4 walk them.
         let more = LinearShape::new(64, 8192, 4096);
-        let config = ForwardConfig::Wg64x128S4.launch_config(more, 132).unwrap();
+        let config = ForwardConfig::Wg64x128S4
+            .launch_config(more, ResidentClusters::uniform(132))
+            .unwrap();
         assert_eq!(config.grid_dim, (132, 1, 1));
-        let config = ForwardConfig::Wg128x128S2.launch_config(more, 101).unwrap();
+        let config = ForwardConfig::Wg128x128S2
+            .launch_config(more, ResidentClusters::uniform(101))
+            .unwrap();
         assert_eq!(config.grid_dim, (100, 1, 1));
+        // A GPU that runs fewer clusters at once than its multiprocessors would hold: the grid
+        // is what runs at once (the clusters then walk more tiles each).
+        let fewer = ResidentClusters::new(132, [Some(60), Some(30), Some(14)]);
+        let config = ForwardConfig::Wg64x128S4
+            .launch_config(more, fewer)
+            .unwrap();
+        assert_eq!(config.grid_dim, (120, 1, 1));
+        let config = ForwardConfig::Wg128x128S2
+            .launch_config(more, fewer)
+            .unwrap();
+        assert_eq!(config.grid_dim, (120, 1, 1));
+        // Single blocks: one per multiprocessor.
+        let config = ForwardConfig::Wg128x128.launch_config(more, fewer).unwrap();
+        assert_eq!(config.grid_dim, (64, 1, 1));
         // k too short for one k-block per block of the cluster.
         let err = ForwardConfig::Wg64x128S4
-            .launch_config(LinearShape::new(64, 4096, 200), 132)
+            .launch_config(
+                LinearShape::new(64, 4096, 200),
+                ResidentClusters::uniform(132),
+            )
             .unwrap_err();
         assert!(err.to_string().contains("expected k >= 256"), "{err}");
     }
@@ -1086,29 +1153,39 @@ mod tests {
         let st3 = by_name("forward_sweep_wg128x256_st3");
         // 16 x 16 cluster tiles of 256 x 256: 66 clusters of 2 on 132 multiprocessors.
         assert_eq!(
-            sm90_sweep_launch(&mc2, sq, 132).unwrap().grid_dim,
+            sm90_sweep_launch(&mc2, sq, ResidentClusters::uniform(132))
+                .unwrap()
+                .grid_dim,
             (132, 1, 1)
         );
         assert_eq!(
-            sm90_sweep_launch(&mc2, sq, 133).unwrap().grid_dim,
+            sm90_sweep_launch(&mc2, sq, ResidentClusters::uniform(133))
+                .unwrap()
+                .grid_dim,
             (132, 1, 1)
         );
         assert_eq!(
-            sm90_sweep_launch(&st3, sq, 133).unwrap().grid_dim,
+            sm90_sweep_launch(&st3, sq, ResidentClusters::uniform(133))
+                .unwrap()
+                .grid_dim,
             (133, 1, 1)
         );
         // Two cluster tiles (one row of 256 x 256 over n = 300): two clusters.
         let few = LinearShape::new(100, 300, 64);
         assert_eq!(
-            sm90_sweep_launch(&mc2, few, 132).unwrap().grid_dim,
+            sm90_sweep_launch(&mc2, few, ResidentClusters::uniform(132))
+                .unwrap()
+                .grid_dim,
             (4, 1, 1)
         );
         assert_eq!(
-            sm90_sweep_launch(&st3, few, 132).unwrap().grid_dim,
+            sm90_sweep_launch(&st3, few, ResidentClusters::uniform(132))
+                .unwrap()
+                .grid_dim,
             (2, 1, 1)
         );
         let huge = LinearShape::new(1 << 30, 1 << 22, 8);
-        assert!(sm90_sweep_launch(&st3, huge, 132).is_err());
+        assert!(sm90_sweep_launch(&st3, huge, ResidentClusters::uniform(132)).is_err());
         for v in &FORWARD_SM90_SWEEP {
             // The names say it too (the kernels' static_asserts check the field).
             assert_eq!(v.tma_store, v.name.contains("tmastore"), "{}", v.name);

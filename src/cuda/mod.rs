@@ -132,9 +132,86 @@ impl std::fmt::Debug for LayerKernels {
         f.debug_struct("LayerKernels")
             .field("compute_capability", &self.shared.compute_capability)
             .field("sm_count", &self.shared.sm_count)
+            .field("resident_clusters", &self.shared.resident_clusters)
             .field("modules", &modules)
             .finish_non_exhaustive()
     }
+}
+
+/// How many thread block clusters of each size the GPU runs at once, for kernels of one
+/// 384-thread block per multiprocessor with most of its shared memory (every Hopper kernel):
+/// what the Hopper kernels' persistent grids and their split-K choices are sized by.
+///
+/// A cluster's blocks run on the multiprocessors of one GPC (graphics processing cluster), so
+/// where a GPC's multiprocessor count is not a multiple of the cluster size some
+/// multiprocessors cannot take part, and fewer than `sm_count / size` clusters run at once.
+/// A grid of more clusters than that runs the rest in a second wave, after the first. This is
+/// why CUTLASS sizes its persistent grids by `cudaOccupancyMaxActiveClusters`;
+/// [`LayerKernels::new`] asks the driver the same (`cuOccupancyMaxActiveClusters`) for clusters
+/// of 2, 4 and 8 blocks on a compute capability 9.0 GPU with the Hopper modules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResidentClusters {
+    sm_count: usize,
+    /// The driver's counts of clusters of 2, 4 and 8 blocks, where it was asked and answered.
+    driver: [Option<usize>; 3],
+}
+
+impl ResidentClusters {
+    /// Every multiprocessor takes part: `sm_count / size` clusters of each size (what a GPU
+    /// whose GPCs all hold multiples of 8 multiprocessors runs, and the assumption wherever the
+    /// driver was not asked).
+    pub fn uniform(sm_count: usize) -> Self {
+        Self::new(sm_count, [None; 3])
+    }
+
+    /// `sm_count` multiprocessors, and the driver's counts of clusters of 2, 4 and 8 blocks that
+    /// run at once (`None` where it was not asked or did not answer).
+    pub fn new(sm_count: usize, driver: [Option<usize>; 3]) -> Self {
+        Self {
+            sm_count: sm_count.max(1),
+            driver,
+        }
+    }
+
+    /// The multiprocessor count.
+    pub fn sm_count(&self) -> usize {
+        self.sm_count
+    }
+
+    /// What the driver answered for clusters of `size` (2, 4 or 8) blocks, `None` where it was
+    /// not asked or did not answer.
+    pub fn driver_count(&self, size: u32) -> Option<usize> {
+        match size {
+            2 => self.driver[0],
+            4 => self.driver[1],
+            8 => self.driver[2],
+            _ => None,
+        }
+    }
+
+    /// How many clusters of `size` blocks run at once (1: single blocks, one per
+    /// multiprocessor): the driver's count where it gave one between 1 and `sm_count / size`,
+    /// else `sm_count / size` (a count of 0 says no such cluster could be placed at all, and
+    /// the launch will say why); at least 1.
+    pub fn of(&self, size: u32) -> u64 {
+        let size = size.max(1) as usize;
+        let every_multiprocessor = self.sm_count / size;
+        let count = match self.driver_count(size as u32) {
+            Some(count) if (1..every_multiprocessor).contains(&count) => count,
+            _ => every_multiprocessor,
+        };
+        count.max(1) as u64
+    }
+}
+
+/// A clustered kernel (its f16 entry point) that [`LayerKernels::new`] asks the driver about.
+pub(crate) struct ClusterProbe {
+    module: &'static str,
+    function: String,
+    threads: u32,
+    smem_bytes: u32,
+    /// Blocks per cluster (the kernel's `__cluster_dims__`).
+    cluster: u32,
 }
 
 /// What every handle on one context shares: read or loaded once by [`LayerKernels::new`].
@@ -142,6 +219,7 @@ struct Shared {
     context: Arc<CudaContext>,
     compute_capability: (i32, i32),
     sm_count: usize,
+    resident_clusters: ResidentClusters,
     /// The modules this GPU can run, by name (a `kernels/<name>.cu` file).
     modules: HashMap<&'static str, Arc<CudaModule>>,
     /// Kernels looked up so far, by entry point name, with their dynamic shared memory limit
@@ -158,7 +236,9 @@ impl LayerKernels {
     /// Loads the kernels for `stream`'s GPU: checks that the kernels were built and the driver
     /// is present, reads the compute capability and multiprocessor count, and loads every
     /// module this build has for this GPU (modules it is too old for, or that the build left
-    /// out, are skipped; calls that need them return [`Error::UnsupportedDevice`]).
+    /// out, are skipped; calls that need them return [`Error::UnsupportedDevice`]). With the
+    /// Hopper modules loaded it also asks the driver how many clusters of the split-K kernels
+    /// run at once ([`ResidentClusters`], [`LayerKernels::resident_clusters`]).
     ///
     /// Module loading may synchronise the context, and is illegal during stream capture: call
     /// `new` before capturing, once per context, and [`LayerKernels::on_stream`] for other
@@ -186,16 +266,58 @@ impl LayerKernels {
                 .map_err(|e| Error::Cuda(format!("loading kernel module {}: {e}", image.name)))?;
             modules.insert(image.name, module);
         }
-        Ok(LayerKernels {
+        let sm_count = usize::try_from(sm_count).unwrap_or(1).max(1);
+        let mut kernels = LayerKernels {
             stream,
             shared: Arc::new(Shared {
                 context,
                 compute_capability,
-                sm_count: usize::try_from(sm_count).unwrap_or(1).max(1),
+                sm_count,
+                resident_clusters: ResidentClusters::uniform(sm_count),
                 modules,
                 functions: Mutex::new(HashMap::new()),
             }),
-        })
+        };
+        // Asked through the handle (its kernel table sets each kernel's shared memory limit,
+        // which the driver's count depends on); the handle is the Arc's only owner yet.
+        let resident_clusters = kernels.ask_resident_clusters();
+        if let Some(shared) = Arc::get_mut(&mut kernels.shared) {
+            shared.resident_clusters = resident_clusters;
+        }
+        Ok(kernels)
+    }
+
+    /// The driver's counts of clusters of 2, 4 and 8 blocks that run at once, asked of the
+    /// Hopper split-K kernels of those sizes (every Hopper kernel has the same block: 384
+    /// threads, over 190 KiB of shared memory, one per multiprocessor). `None` (so
+    /// `sm_count / size`) for a size whose kernel is not loaded (no Hopper modules, another GPU)
+    /// or whose query fails.
+    fn ask_resident_clusters(&self) -> ResidentClusters {
+        let ask = |probe: ClusterProbe| {
+            if !self.shared.modules.contains_key(probe.module) {
+                return None;
+            }
+            let one_cluster = cudarc::driver::LaunchConfig {
+                grid_dim: (probe.cluster, 1, 1),
+                block_dim: (probe.threads, 1, 1),
+                shared_mem_bytes: probe.smem_bytes,
+            };
+            self.function(probe.module, &probe.function, probe.smem_bytes)
+                .ok()
+                .and_then(|f| {
+                    f.occupancy_max_active_clusters(one_cluster, &self.stream)
+                        .ok()
+                })
+                .map(|count| count as usize)
+        };
+        ResidentClusters::new(
+            self.shared.sm_count,
+            [
+                ask(forward::ForwardConfig::Wg128x128S2.cluster_probe()),
+                ask(forward::ForwardConfig::Wg128x128S4.cluster_probe()),
+                ask(backward::cluster_of_8_probe()),
+            ],
+        )
     }
 
     /// A handle that launches on `stream` with this handle's loaded modules (nothing is loaded).
@@ -229,6 +351,12 @@ impl LayerKernels {
     /// The number of multiprocessors of the handle's GPU (what the tile heuristics take).
     pub fn sm_count(&self) -> usize {
         self.shared.sm_count
+    }
+
+    /// How many clusters of the Hopper kernels run at once on the handle's GPU (what their
+    /// persistent grids and split-K choices take), as the driver answered [`LayerKernels::new`].
+    pub fn resident_clusters(&self) -> ResidentClusters {
+        self.shared.resident_clusters
     }
 
     /// Fails with [`Error::UnsupportedDevice`] when the GPU is older than `needed`.
@@ -433,4 +561,26 @@ pub(crate) fn check_seed_source(source: &SeedSource<'_>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resident_clusters_take_the_drivers_counts_within_the_multiprocessors() {
+        let uniform = ResidentClusters::uniform(132);
+        assert_eq!([1, 2, 4, 8].map(|size| uniform.of(size)), [132, 66, 33, 16]);
+        // The driver's counts where they are below sm_count / size; none, 0 (no cluster could
+        // be placed) and counts above it (impossible) fall back to sm_count / size.
+        let asked = ResidentClusters::new(132, [Some(64), Some(0), Some(20)]);
+        assert_eq!([1, 2, 4, 8].map(|size| asked.of(size)), [132, 64, 33, 16]);
+        assert_eq!(asked.driver_count(4), Some(0));
+        let asked = ResidentClusters::new(132, [Some(66), Some(30), None]);
+        assert_eq!([1, 2, 4, 8].map(|size| asked.of(size)), [132, 66, 30, 16]);
+        assert_eq!(asked.driver_count(8), None);
+        // Never below one cluster, even on a GPU smaller than the cluster.
+        assert_eq!(ResidentClusters::uniform(4).of(8), 1);
+        assert_eq!(ResidentClusters::uniform(0).of(1), 1);
+    }
 }

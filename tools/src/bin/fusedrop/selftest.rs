@@ -83,6 +83,25 @@ pub fn run(options: &Options) -> i32 {
             return 1;
         }
     };
+    if kernels.compute_capability() == (9, 0) {
+        // What the Hopper kernels' split-K grids and choices are sized by
+        // (`LayerKernels::resident_clusters`): the driver's counts, and the count if every
+        // multiprocessor took part.
+        let resident = kernels.resident_clusters();
+        let sizes = [2, 4, 8].map(|size| {
+            let driver = resident
+                .driver_count(size)
+                .map_or("not answered".to_string(), |count| count.to_string());
+            format!(
+                "of {size} blocks {driver} (every multiprocessor: {})",
+                kernels.sm_count() / size as usize
+            )
+        });
+        println!(
+            "clusters that run at once, as the driver counts them: {}",
+            sizes.join(", ")
+        );
+    }
     let cases = cases(options.quick, options.sanitize, options.seed);
     let mut outcomes = Vec::new();
     run_dtype::<f32>(&kernels, &cases, &mut outcomes);
