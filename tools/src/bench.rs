@@ -33,7 +33,7 @@ use crate::baseline::{cublaslt_version, Blas, GemmOp, GemmPlan};
 use crate::invalid;
 use fusedrop::cuda::backward::{self, BackwardKernel, BackwardOptions, GradientsMut};
 use fusedrop::cuda::forward::{choose_config, hopper_operands_fit, ForwardConfig, ForwardOptions};
-use fusedrop::cuda::{launch_table, LayerKernels, SeedSource};
+use fusedrop::cuda::{LayerKernels, SeedSource};
 use fusedrop::Element;
 use fusedrop::{DropoutSpec, Geometry, LayerSpec, LinearShape, Nonlinearity};
 use fusedrop::{Error, Result};
@@ -1065,34 +1065,23 @@ pub fn hopper_backward_fits(dims: LinearShape, hopper: bool) -> bool {
     hopper && dims.m > 0 && dims.n > 0 && dims.k > 0 && dims.n % 8 == 0 && dims.k % 8 == 0
 }
 
-/// Whether [`BackwardKernel::Auto`] runs one of the two products (dX: `m` x `k` outputs, dW:
-/// `n` x `k`) on the Hopper kernels: the rule of `fusedrop::cuda::backward`, where a product
-/// goes to them when they can run the shape and it has at least half a wave of 128 x 128 tiles
-/// (their 128 x 256 tile is taken when that makes a full wave, which implies as much).
-pub fn auto_backward_takes_hopper(dims: LinearShape, hopper: bool, sm_count: usize) -> bool {
-    let tile = launch_table::BACKWARD_WG128X128;
-    let tiles = |rows: usize| {
-        (rows as u64).div_ceil(u64::from(tile.block_m))
-            * (dims.k as u64).div_ceil(u64::from(tile.block_n))
-    };
-    hopper_backward_fits(dims, hopper)
-        && [dims.m, dims.n]
-            .into_iter()
-            .any(|rows| 2 * tiles(rows) >= sm_count as u64)
-}
-
 /// The backward variants timed beside `fused` (whatever [`BackwardKernel::Auto`] runs), given
 /// whether the Hopper backward kernels are available for the dtype on this GPU (`hopper`) and
-/// the multiprocessor count:
+/// whether `Auto` runs at least one of the two products on them (`auto_takes_hopper`, as
+/// [`LayerKernels::backward_kernels_for`] says):
 /// - `fused_mma_sync`: [`BackwardKernel::TensorCore`] forced where `Auto` takes the Hopper
 ///   kernels for a product of this shape (the fallback's cost, as for the forward);
 /// - `fused_hopper`: [`BackwardKernel::Hopper`] forced where the Hopper kernels can run the
 ///   shape (both products on them, even where `Auto` leaves one to mma.sync);
 /// - `fused_identity` ([`Variant::IDENTITY`]);
 /// - `fused_ident_ws` ([`Variant::IDENTITY_WORKSPACE`]).
-pub fn backward_variants_given(dims: LinearShape, hopper: bool, sm_count: usize) -> Vec<Variant> {
+pub fn backward_variants_given(
+    dims: LinearShape,
+    hopper: bool,
+    auto_takes_hopper: bool,
+) -> Vec<Variant> {
     let mut variants = Vec::new();
-    if auto_backward_takes_hopper(dims, hopper, sm_count) {
+    if auto_takes_hopper {
         variants.push(Variant {
             name: "fused_mma_sync",
             forced: Forced::Kernel(BackwardKernel::TensorCore),
@@ -1118,7 +1107,9 @@ pub fn backward_variants<T: Element>(
     dims: LinearShape,
 ) -> Result<Vec<Variant>> {
     let hopper = kernels.hopper_available::<T>();
-    let mut variants = backward_variants_given(dims, hopper, kernels.sm_count());
+    let auto = kernels.backward_kernels_for::<T>(dims, Nonlinearity::Relu, BackwardKernel::Auto)?;
+    let auto_takes_hopper = auto.dx.starts_with("wg") || auto.dw.starts_with("wg");
+    let mut variants = backward_variants_given(dims, hopper, auto_takes_hopper);
     let (name, kernel) = if T::NEEDS_SM80 {
         ("fused_mma_split", BackwardKernel::TensorCore)
     } else {
@@ -1963,13 +1954,11 @@ mod tests {
 
     #[test]
     fn backward_variants_follow_what_auto_would_run() {
-        // H100/H200 SXM: 132 multiprocessors.
-        let sm = 132;
-        // small: dX has 32 tiles (under half a wave), dW 1024 (Auto takes Hopper for dW).
+        // Auto runs a product on the Hopper kernels (small's dW, for one): the mma.sync
+        // fallback is timed beside it, and the Hopper kernels forced for both products.
         let small = LinearShape::new(64, 4096, 4096);
-        assert!(auto_backward_takes_hopper(small, true, sm));
         assert_eq!(
-            names(&backward_variants_given(small, true, sm)),
+            names(&backward_variants_given(small, true, true)),
             [
                 "fused_mma_sync",
                 "fused_hopper",
@@ -1977,7 +1966,7 @@ mod tests {
                 "fused_ident_ws"
             ]
         );
-        let forced: Vec<_> = backward_variants_given(small, true, sm)
+        let forced: Vec<_> = backward_variants_given(small, true, true)
             .iter()
             .map(|v| v.forced.kernel())
             .collect();
@@ -1992,19 +1981,10 @@ mod tests {
         );
         // One tile per product: Auto keeps mma.sync, the Hopper kernels can still be forced.
         let tiny = LinearShape::new(64, 128, 128);
-        assert!(!auto_backward_takes_hopper(tiny, true, sm));
         assert_eq!(
-            names(&backward_variants_given(tiny, true, sm)),
+            names(&backward_variants_given(tiny, true, false)),
             ["fused_hopper", "fused_identity", "fused_ident_ws"]
         );
-        // Exactly half a wave of dW tiles (66 of 132) is enough; one fewer is not.
-        let half_wave = LinearShape::new(64, 128 * 66, 128);
-        assert!(auto_backward_takes_hopper(half_wave, true, sm));
-        assert!(!auto_backward_takes_hopper(
-            LinearShape::new(64, 128 * 65, 128),
-            true,
-            sm
-        ));
         // n or k not a multiple of 8: TMA cannot read the operands.
         for dims in [
             LinearShape::new(4096, 4100, 4096),
@@ -2012,14 +1992,14 @@ mod tests {
         ] {
             assert!(!hopper_backward_fits(dims, true));
             assert_eq!(
-                names(&backward_variants_given(dims, true, sm)),
+                names(&backward_variants_given(dims, true, false)),
                 ["fused_identity", "fused_ident_ws"]
             );
         }
         // No Hopper kernels for the dtype, GPU or build: only the identity row.
         let sq = LinearShape::new(4096, 4096, 4096);
         assert_eq!(
-            names(&backward_variants_given(sq, false, sm)),
+            names(&backward_variants_given(sq, false, false)),
             ["fused_identity", "fused_ident_ws"]
         );
         // The suite's odd shape has n = k = 1000, multiples of 8.
@@ -2116,7 +2096,7 @@ mod tests {
             ForwardConfig::Tc128x256,
             true,
         )));
-        all.extend(names(&backward_variants_given(sq, true, 132)));
+        all.extend(names(&backward_variants_given(sq, true, true)));
         all.sort_unstable();
         all.dedup();
         assert_eq!(all.len(), 11, "{all:?}");
