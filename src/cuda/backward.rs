@@ -206,12 +206,7 @@ impl Config {
     /// The Hopper kernels' persistent launch: one block per multiprocessor at most; for a
     /// split-K config, min(tiles, the clusters of `splits` blocks that run at once) clusters.
     fn persistent_launch_config(self, tiles: u64, resident: ResidentClusters) -> LaunchConfig {
-        let clusters = tiles.clamp(1, resident.of(self.splits as u32));
-        LaunchConfig {
-            grid_dim: ((clusters * self.splits) as u32, 1, 1),
-            block_dim: (self.threads, 1, 1),
-            shared_mem_bytes: self.smem_bytes,
-        }
+        resident.persistent_launch(tiles, self.splits as u32, self.threads, self.smem_bytes)
     }
 
     /// The classic tile (`family`: the mma.sync or the SIMT configs, largest tile first) for a

@@ -338,33 +338,15 @@ impl ForwardConfig {
                     self.min_k()
                 ));
             }
-            return Ok(persistent_launch(
+            return Ok(resident.persistent_launch(
                 tiles,
                 self.splits(),
                 self.threads(),
                 self.smem_bytes(),
-                resident,
             ));
         }
         let (block_m, block_n, threads, smem_bytes) = self.numbers();
         folded_launch(shape, block_m, block_n, threads, smem_bytes)
-    }
-}
-
-/// The persistent grid of the Hopper kernels for `tiles` tiles (of a block, or of a cluster of
-/// `cluster` blocks): min(tiles, the clusters of that size that run at once), at least one.
-fn persistent_launch(
-    tiles: u64,
-    cluster: u32,
-    threads: u32,
-    smem_bytes: u32,
-    resident: ResidentClusters,
-) -> LaunchConfig {
-    let clusters = tiles.clamp(1, resident.of(cluster)) as u32;
-    LaunchConfig {
-        grid_dim: (clusters * cluster, 1, 1),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes: smem_bytes,
     }
 }
 
@@ -805,13 +787,7 @@ pub fn sm90_sweep_launch(
             variant.block_n
         ));
     }
-    Ok(persistent_launch(
-        tiles,
-        variant.cluster,
-        variant.threads,
-        variant.smem_bytes,
-        resident,
-    ))
+    Ok(resident.persistent_launch(tiles, variant.cluster, variant.threads, variant.smem_bytes))
 }
 
 impl LayerKernels {

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute_enum};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, DevicePtr,
-    DevicePtrMut, DeviceRepr, SyncOnDrop,
+    DevicePtrMut, DeviceRepr, LaunchConfig, SyncOnDrop,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -202,6 +202,24 @@ impl ResidentClusters {
         };
         count.max(1) as u64
     }
+
+    /// The persistent grid of a Hopper kernel (forward or backward) over `tiles` tiles of a
+    /// block, or of a cluster of `cluster` blocks: min(tiles, the clusters of that size that run
+    /// at once) clusters, at least one.
+    pub(crate) fn persistent_launch(
+        &self,
+        tiles: u64,
+        cluster: u32,
+        threads: u32,
+        smem_bytes: u32,
+    ) -> LaunchConfig {
+        let clusters = tiles.clamp(1, self.of(cluster)) as u32;
+        LaunchConfig {
+            grid_dim: (clusters * cluster, 1, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: smem_bytes,
+        }
+    }
 }
 
 /// A clustered kernel (its f16 entry point) that [`LayerKernels::new`] asks the driver about.
@@ -297,7 +315,7 @@ impl LayerKernels {
             if !self.shared.modules.contains_key(probe.module) {
                 return None;
             }
-            let one_cluster = cudarc::driver::LaunchConfig {
+            let one_cluster = LaunchConfig {
                 grid_dim: (probe.cluster, 1, 1),
                 block_dim: (probe.threads, 1, 1),
                 shared_mem_bytes: probe.smem_bytes,
