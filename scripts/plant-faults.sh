@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Plants each fault of scripts/faults.tsv, one at a time, in a copy of kernels/ and tests/harness/,
 # runs the CPU harness (tests/kernels_on_cpu.rs) on the copy through FUSEDROP_HARNESS_KERNELS and
-# FUSEDROP_HARNESS_DRIVERS, and prints which tests caught it. Exits 1 if any fault survives (no
+# FUSEDROP_HARNESS_DRIVERS, and prints which tests caught it. A fault in src/ (the Rust launch
+# plans the harness runs, src/cuda/launch_plan.rs) is planted in a copy of the crate, whose test
+# executable is rebuilt for it (in a target directory of its own: the first such fault builds
+# the crate and its kernels once, each later one recompiles the crate only). Exits 1 if any fault survives (no
 # test failed), and 2 if a fault's sed script no longer changes its file or the faulty copy does
 # not compile (the fault list is out of date). Nothing in the work tree is modified.
 #
@@ -28,6 +31,13 @@ cp "$exe" "$work/kernels_on_cpu"
 # A snapshot taken once, so that every fault is planted in the sources as they were at the start.
 mkdir "$work/base"
 cp -r kernels tests/harness "$work/base/"
+# The copy of the crate for faults in src/, made when the first one comes.
+crate="$work/crate"
+rust_exe() {
+  (cd "$crate" && CARGO_TARGET_DIR="$work/target" cargo test --release --test kernels_on_cpu \
+    --no-run --message-format=json 2>/dev/null) |
+    sed -n 's/.*"executable":"\([^"]*kernels_on_cpu[^"]*\)".*/\1/p' | tail -n 1
+}
 survived=0
 broken=0
 rows=()
@@ -40,12 +50,23 @@ while IFS=$'\t' read -r name file script tests build; do
   case "$file" in
     kernels/*) target="$work/kernels/${file#kernels/}" ;;
     tests/harness/*) target="$work/harness/${file#tests/harness/}" ;;
-    *) echo "fault '$name': $file is not under kernels/ or tests/harness/" >&2; exit 2 ;;
+    src/*)
+      if [[ ! -d "$crate" ]]; then
+        echo "== copying the crate for the faults in src/"
+        mkdir "$crate"
+        git ls-files -co --exclude-standard -z | xargs -0 cp --parents -t "$crate"
+        cp -r "$crate/src" "$work/base/src"
+      fi
+      rm -rf "$crate/src"
+      cp -r "$work/base/src" "$crate/src"
+      target="$crate/$file" ;;
+    *) echo "fault '$name': $file is not under kernels/, tests/harness/ or src/" >&2; exit 2 ;;
   esac
   sed -i -e "$script" "$target"
   case "$file" in
     kernels/*) original="$work/base/kernels/${file#kernels/}" ;;
-    *) original="$work/base/harness/${file#tests/harness/}" ;;
+    tests/harness/*) original="$work/base/harness/${file#tests/harness/}" ;;
+    *) original="$work/base/$file" ;;
   esac
   if cmp -s "$original" "$target"; then
     rows+=("$name|BROKEN: the sed script no longer matches $file")
@@ -59,9 +80,19 @@ while IFS=$'\t' read -r name file script tests build; do
   [[ "$build" == "address" ]] && sanitize="address"
   echo "== $name ($file; tests: $tests; build: $build)"
   log="$work/log"
+  run_exe="$work/kernels_on_cpu"
+  if [[ "$file" == src/* ]]; then
+    run_exe="$(rust_exe)"
+    if [[ ! -x "$run_exe" ]]; then
+      rows+=("$name|BROKEN: the faulty crate does not compile")
+      echo "   -> ${rows[-1]#*|}"
+      broken=$((broken + 1))
+      continue
+    fi
+  fi
   FUSEDROP_HARNESS_KERNELS="$work/kernels" FUSEDROP_HARNESS_DRIVERS="$work/harness" \
     FUSEDROP_HARNESS_SANITIZE="$sanitize" \
-    "$work/kernels_on_cpu" "${filter[@]}" >"$log" 2>&1 || true
+    "$run_exe" "${filter[@]}" >"$log" 2>&1 || true
   if grep -q "failed to compile tests/harness" "$log"; then
     rows+=("$name|BROKEN: the faulty copy does not compile")
     echo "   -> ${rows[-1]#*|}"

@@ -1,6 +1,6 @@
-//! scripts/faults.tsv stays plantable: every fault names a file under kernels/ or tests/harness/,
-//! a build the planting script knows, and a sed script that still changes that file as it is
-//! now. A kernel edit that moves or rewrites the code a fault targets fails here, in every test
+//! scripts/faults.tsv stays plantable: every fault names a file under kernels/, tests/harness/ or
+//! src/, a build the planting script knows, and a sed script that still changes that file as it
+//! is now. A kernel edit that moves or rewrites the code a fault targets fails here, in every test
 //! run, instead of surfacing as "BROKEN" the next time someone runs scripts/plant-faults.sh
 //! (which is too slow for the default test command: docs/HARNESS.md).
 
@@ -31,8 +31,10 @@ fn every_planted_fault_still_changes_its_file() {
             );
         };
         assert!(
-            file.starts_with("kernels/") || file.starts_with("tests/harness/"),
-            "fault {name:?}: {file} is not under kernels/ or tests/harness/"
+            file.starts_with("kernels/")
+                || file.starts_with("tests/harness/")
+                || file.starts_with("src/"),
+            "fault {name:?}: {file} is not under kernels/, tests/harness/ or src/"
         );
         assert!(
             matches!(build, "plain" | "address"),

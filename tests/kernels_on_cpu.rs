@@ -30,6 +30,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use fusedrop::cuda::forward::{forward_sweep_plan, ForwardConfig};
+use fusedrop::cuda::launch_plan::{KernelArg, LaunchPlan, OperandAddresses};
+use fusedrop::cuda::{launch_table, ResidentClusters};
 use fusedrop::{
     mask, reference, DropoutSpec, Element, Geometry, LayerSpec, LinearShape, Nonlinearity,
 };
@@ -375,6 +378,36 @@ impl Launch {
             .unwrap_or_else(|e| panic!("{}: no record: {e}", self.what));
         let word = |i: usize| u64::from_le_bytes(bytes[8 * i..8 * i + 8].try_into().unwrap());
         (word(0), word(1))
+    }
+
+    /// The launch the Rust wrapper would queue: the plan's grid and its arguments in order, which
+    /// the driver converts to the kernel's parameter types (tests/harness/driver.h).
+    fn plan(&mut self, plan: &LaunchPlan) -> &mut Self {
+        let (gx, gy, gz) = plan.grid;
+        writeln!(
+            self.request,
+            "launch {gx} {gy} {gz} {} {} {}",
+            plan.threads, plan.smem_bytes, plan.cluster
+        )
+        .unwrap();
+        for arg in &plan.args {
+            let line = match *arg {
+                KernelArg::Pointer(operand) => format!("ptr {}", operand.name()),
+                KernelArg::Null => "null".into(),
+                KernelArg::TensorMap {
+                    operand,
+                    rows,
+                    cols,
+                    box_rows,
+                } => format!("map {} {rows} {cols} {box_rows}", operand.name()),
+                KernelArg::UnusedTensorMap => "map0".into(),
+                KernelArg::I64(v) => format!("i64 {v}"),
+                KernelArg::I32(v) => format!("i32 {v}"),
+                KernelArg::MaskParams => "mask".into(),
+            };
+            writeln!(self.request, "arg {line}").unwrap();
+        }
+        self
     }
 
     fn null(&mut self, name: &str) -> &mut Self {
@@ -1023,9 +1056,55 @@ fn forward_cases(rng: &mut StdRng) -> Vec<ForwardCase> {
     cases
 }
 
+/// A forward kernel a test launches, by name: a production configuration
+/// ([`ForwardConfig::name`]) or a sweep variant (its launch table name without the
+/// `forward_sweep_` prefix).
+#[derive(Debug, Clone, Copy)]
+enum Planned<'a> {
+    Config(&'a str),
+    Sweep(&'a str),
+}
+
+impl Planned<'_> {
+    /// The library's plan for `spec` with the operands at `addresses`, on a GPU that runs
+    /// `blocks` of the kernel's clusters at once (the persistent grids' size; `None`: 132
+    /// multiprocessors, for the kernels whose grid the output decides).
+    fn plan<T: Element>(
+        self,
+        spec: &LayerSpec,
+        addresses: &OperandAddresses,
+        blocks: Option<u32>,
+    ) -> LaunchPlan {
+        let resident = |cluster: u32| {
+            ResidentClusters::uniform(blocks.map_or(132, |b| (b * cluster) as usize))
+        };
+        let planned = match self {
+            Planned::Config(name) => {
+                let config = ForwardConfig::all_for::<T>()
+                    .iter()
+                    .chain(&ForwardConfig::HOPPER)
+                    .find(|c| c.name() == name)
+                    .unwrap_or_else(|| panic!("no forward config {name} for {}", T::NAME));
+                config.launch_plan::<T>(spec, addresses, resident(config.splits()))
+            }
+            Planned::Sweep(name) => {
+                let variant = launch_table::FORWARD_SWEEP
+                    .iter()
+                    .chain(&launch_table::FORWARD_SM90_SWEEP)
+                    .chain(&launch_table::FORWARD_F32_SWEEP)
+                    .find(|v| v.name.strip_prefix("forward_sweep_") == Some(name))
+                    .unwrap_or_else(|| panic!("no forward sweep variant {name}"));
+                forward_sweep_plan::<T>(variant, spec, addresses, resident(variant.cluster))
+            }
+        };
+        planned.unwrap_or_else(|e| panic!("{self:?} on {:?}: {e}", spec.shape))
+    }
+}
+
 fn forward_launch<T: Raw>(
-    kernel: &str,
+    kernel: Planned,
     case: &ForwardCase,
+    blocks: Option<u32>,
     rng: &mut StdRng,
 ) -> (Launch, Vec<f64>, LayerSpec) {
     let LinearShape { m, n, k } = case.shape;
@@ -1050,12 +1129,19 @@ fn forward_launch<T: Raw>(
     }
     let want = reference::forward_f64(&spec, &x, &w, case.bias.then_some(&b[..]))
         .expect("valid reference inputs");
-    let mut launch = Launch::new(kernel, format!("{case:?}"), rng);
+    // Addresses with the case's misalignment, for the plan's choices; the driver places the
+    // buffers so.
+    let offset = (case.misalign * T::BYTES) as u64;
+    let addresses = OperandAddresses {
+        x: 0x10_0000 + offset,
+        w: 0x20_0000 + offset,
+        b: case.bias.then_some(0x30_0000 + offset),
+        y: 0x40_0000 + offset,
+    };
+    let plan = kernel.plan::<T>(&spec, &addresses, blocks);
+    let mut launch = Launch::new(&plan.function, format!("{case:?}"), rng);
     launch
-        .int("m", m as i64)
-        .int("n", n as i64)
-        .int("k", k as i64)
-        .int("relu", i64::from(case.nonlinearity == Nonlinearity::Relu))
+        .plan(&plan)
         .mask(&dropout, &case.geometry, n, case.device_seed)
         .buffer("x", &x, case.misalign, false)
         .buffer("w", &w, case.misalign, false)
@@ -1094,12 +1180,9 @@ fn check_forward_cases<T: Raw>(
     let mut launches = Vec::new();
     let mut expected = Vec::new();
     for config in configs {
-        let kernel = format!("fusedrop_forward_{config}_{}", T::NAME);
         for (case, blocks) in cases {
-            let (mut launch, want, spec) = forward_launch::<T>(&kernel, case, rng);
-            if let Some(blocks) = blocks {
-                launch.int("blocks", *blocks);
-            }
+            let (launch, want, spec) =
+                forward_launch::<T>(Planned::Config(config), case, *blocks, rng);
             launches.push(launch);
             expected.push((want, spec));
         }
@@ -1232,20 +1315,18 @@ fn check_sweep_variants<T: Raw>(
     for &(variant, config) in variants {
         for (case, blocks) in cases.iter().filter(|(c, _)| takes(variant, c)) {
             let launch_seed = rng.random::<u64>();
-            let (mut launch, want, spec) = forward_launch::<T>(
-                &format!("fusedrop_forward_sweep_{variant}_{}", T::NAME),
+            let (launch, want, spec) = forward_launch::<T>(
+                Planned::Sweep(variant),
                 case,
+                *blocks,
                 &mut StdRng::seed_from_u64(launch_seed),
             );
-            let (mut same, _, _) = forward_launch::<T>(
-                &format!("fusedrop_forward_{config}_{}", T::NAME),
+            let (same, _, _) = forward_launch::<T>(
+                Planned::Config(config),
                 case,
+                *blocks,
                 &mut StdRng::seed_from_u64(launch_seed),
             );
-            if let Some(blocks) = blocks {
-                launch.int("blocks", *blocks);
-                same.int("blocks", *blocks);
-            }
             variant_launches.push(launch);
             productions.push(same);
             expected.push((want, spec));
@@ -2375,10 +2456,10 @@ fn forward_records_the_seed_it_used_for_the_backward() {
         seed_subsequence: Some((used.seed, used.subsequence)),
     };
     let (mut f32_launch, f32_want, _) =
-        forward_launch::<f32>("fusedrop_forward_simt64x64_f32", &case, &mut rng);
+        forward_launch::<f32>(Planned::Config("simt64x64"), &case, None, &mut rng);
     f32_launch.record();
     let (mut tc_launch, _, _) =
-        forward_launch::<f16>("fusedrop_forward_tc64x64_f16", &case, &mut rng);
+        forward_launch::<f16>(Planned::Config("tc64x64"), &case, None, &mut rng);
     tc_launch.record();
     let (mut dropout_launch, _) = dropout_launch::<f32>(
         m,
@@ -2400,7 +2481,7 @@ fn forward_records_the_seed_it_used_for_the_backward() {
         ..case
     };
     let (mut sm90_launch, _, _) =
-        forward_launch::<bf16>("fusedrop_forward_wg64x128_bf16", &sm90_case, &mut rng);
+        forward_launch::<bf16>(Planned::Config("wg64x128"), &sm90_case, Some(3), &mut rng);
     sm90_launch.record();
     if let Some(sm90_forward) = driver("forward_sm90") {
         run(&sm90_forward, std::slice::from_ref(&sm90_launch));

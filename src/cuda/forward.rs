@@ -47,12 +47,9 @@
 //! # Ok(()) }
 //! ```
 
-use std::sync::Arc;
+use cudarc::driver::{CudaView, DevicePtr, DevicePtrMut, LaunchConfig};
 
-use cudarc::driver::{
-    CudaFunction, CudaStream, CudaView, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
-};
-
+use crate::cuda::launch_plan::{KernelArg, LaunchPlan, Operand, OperandAddresses};
 use crate::cuda::launch_table::LaunchNumbers;
 use crate::cuda::tensor_map;
 use crate::cuda::{
@@ -216,6 +213,23 @@ impl ForwardConfig {
         Self::all_for::<T>().contains(&self) || (T::NEEDS_SM80 && self.is_hopper())
     }
 
+    /// An error unless this configuration is compiled for element type `T`
+    /// ([`runs_on`](Self::runs_on)), naming the ones that are.
+    fn check_compiled_for<T: Element>(self) -> Result<()> {
+        if self.runs_on::<T>() {
+            return Ok(());
+        }
+        let mut expected = Self::all_for::<T>().to_vec();
+        if T::NEEDS_SM80 {
+            expected.extend(Self::HOPPER);
+        }
+        Err(invalid!(
+            "forward config {} is not compiled for {}; expected one of {expected:?}",
+            self.name(),
+            T::NAME,
+        ))
+    }
+
     /// Whether this configuration runs on tensor cores (f16/bf16) rather than f32 SIMT.
     pub const fn uses_tensor_cores(self) -> bool {
         !matches!(
@@ -347,6 +361,58 @@ impl ForwardConfig {
         }
         let (block_m, block_n, threads, smem_bytes) = self.numbers();
         folded_launch(shape, block_m, block_n, threads, smem_bytes)
+    }
+
+    /// What [`LayerKernels::forward`] launches with this configuration for `spec`, with the
+    /// operands at `addresses` (the alignment of X and W decides whether TMA can read them, and
+    /// picks between an mma.sync configuration's two entry points; a bias when `addresses.b` is
+    /// given), on a GPU that runs `resident` clusters at once: the entry point, the grid of
+    /// [`launch_config`](Self::launch_config), and the arguments (X and W as pointers, or for a
+    /// Hopper configuration as TMA maps in boxes of 64 x `block_m` and 64 x `block_n`; then b or
+    /// null, y, m, n, k, relu, the mask parameters).
+    ///
+    /// Errors: the configuration is not compiled for `T`; a Hopper configuration with operands
+    /// TMA cannot read ([`hopper_operands_fit`]); the grid's limits (see `launch_config`).
+    pub fn launch_plan<T: Element>(
+        self,
+        spec: &LayerSpec,
+        addresses: &OperandAddresses,
+        resident: ResidentClusters,
+    ) -> Result<LaunchPlan> {
+        self.check_compiled_for::<T>()?;
+        let shape = spec.shape;
+        let (x_addr, w_addr) = (addresses.x, addresses.w);
+        let operands_fit = hopper_operands_fit(shape, x_addr, w_addr);
+        if self.is_hopper() && !operands_fit {
+            return Err(invalid!(
+                "forward config {} reads X and W by TMA: they must start 16-byte aligned (x at \
+                 {x_addr:#x}, w at {w_addr:#x}) and k = {} must be a positive multiple of 8",
+                self.name(),
+                shape.k
+            ));
+        }
+        let launch = self.launch_config(shape, resident)?;
+        let operands = if self.is_hopper() {
+            operand_maps(shape, self.block_m() as u32, self.block_n() as u32)
+        } else {
+            OPERAND_POINTERS
+        };
+        // An mma.sync configuration has a second entry point for X and W that start 16-byte
+        // aligned with k a multiple of 8: no element-load path in its main loop.
+        let aligned = self.uses_tensor_cores()
+            && !self.is_hopper()
+            && x_addr % 16 == 0
+            && w_addr % 16 == 0
+            && shape.k % 8 == 0;
+        Ok(LaunchPlan {
+            module: self.module(),
+            function: function_name::<T>(self, aligned),
+            grid: launch.grid_dim,
+            threads: self.threads(),
+            smem_bytes: self.smem_bytes(),
+            cluster: self.splits(),
+            args: forward_args(&operands, spec, addresses.b.is_some()),
+        })
     }
 }
 
@@ -601,17 +667,7 @@ impl LayerKernels {
         }
         check_seed_source(&seed)?;
         if let Some(config) = config {
-            if !config.runs_on::<T>() {
-                let mut expected = ForwardConfig::all_for::<T>().to_vec();
-                if T::NEEDS_SM80 {
-                    expected.extend(ForwardConfig::HOPPER);
-                }
-                return Err(invalid!(
-                    "forward config {} is not compiled for {}; expected one of {expected:?}",
-                    config.name(),
-                    T::NAME,
-                ));
-            }
+            config.check_compiled_for::<T>()?;
         }
         if T::NEEDS_SM80 {
             self.require_compute_capability(
@@ -633,63 +689,32 @@ impl LayerKernels {
                             config.name()
                         )));
                     }
-                    if !operands_fit {
-                        return Err(invalid!(
-                        "forward config {} reads X and W by TMA: they must start 16-byte aligned \
-                         (x at {x_ptr:#x}, w at {w_ptr:#x}) and k = {} must be a positive \
-                         multiple of 8",
-                        config.name(),
-                        shape.k
-                    ));
-                    }
                 }
                 config
             }
             None => self.choose_forward::<T>(shape, operands_fit),
         };
-        let launch_config = config.launch_config(shape, self.resident_clusters())?;
-        // An mma.sync config has a second kernel for X and W that start 16-byte aligned with k a
-        // multiple of 8: alignment decided here, its main loop has no element-load path.
-        let aligned = config.uses_tensor_cores()
-            && !config.is_hopper()
-            && x_ptr % 16 == 0
-            && w_ptr % 16 == 0
-            && shape.k % 8 == 0;
-        let name = function_name::<T>(config, aligned);
-        let function = self.function(config.module(), &name, config.smem_bytes())?;
-
-        let mut params = MaskParams::new(&spec.dropout, &spec.geometry, shape.n);
-        let operands = if config.is_hopper() {
-            let box_m = config.block_m() as u32;
-            let box_n = config.block_n() as u32;
-            KernelOperands::Maps(
-                tensor_map::row_major::<T>(x_ptr, shape.m, shape.k, box_m)?,
-                tensor_map::row_major::<T>(w_ptr, shape.n, shape.k, box_n)?,
-            )
-        } else {
-            KernelOperands::Pointers(x_ptr, w_ptr)
+        let (b_ptr, _b_guard) = match b {
+            Some(view) => {
+                let (ptr, guard) = view.device_ptr(stream);
+                (Some(ptr), Some(guard))
+            }
+            None => (None, None),
         };
         let (y_ptr, _y_guard) = y.device_ptr_mut(stream);
+        let addresses = OperandAddresses {
+            x: x_ptr,
+            w: w_ptr,
+            b: b_ptr,
+            y: y_ptr,
+        };
+        let plan = config.launch_plan::<T>(spec, &addresses, self.resident_clusters())?;
+        let mut params = MaskParams::new(&spec.dropout, &spec.geometry, shape.n);
         let _seed_guards = params.read_seed_from(seed, stream);
-        // SAFETY: the function is the config's entry point, whose signature (kernels/forward_tc.cu,
-        // forward_f32.cu: pointers; forward_sm90.cu: X's and W's maps) is what `operands` holds,
-        // the maps encoded above from the same pointers and shape with the config's boxes. x
-        // holds m*k, w n*k, b (when given) n and y (at y_ptr, borrowed by its guard until the
-        // launch is queued) m*n elements of T, and the seed buffer (when given) two u64, all
-        // checked above; the launch follows the config's grid rule, its shared memory within the
-        // function's limit.
-        unsafe {
-            queue_forward(
-                stream,
-                &function,
-                launch_config,
-                &operands,
-                b,
-                y_ptr,
-                spec,
-                &params,
-            )
-        }
+        // SAFETY: the plan is the config's (`launch_plan`), for these addresses; x holds m*k,
+        // w n*k, b (when given) n and y m*n elements of T, and the seed buffer (when given) two
+        // u64, all checked above, each borrowed by its guard until the launch is queued.
+        unsafe { self.queue_plan::<T>(&plan, &addresses, &params) }
     }
 }
 
@@ -700,71 +725,51 @@ fn function_name<T: Element>(config: ForwardConfig, aligned: bool) -> String {
     format!("fusedrop_forward_{}{variant}_{}", config.name(), T::NAME)
 }
 
-/// How a forward entry point receives X and W: device pointers (mma.sync, SIMT), their TMA maps
-/// (Hopper), or their maps and Y's (the Hopper sweep variants).
-enum KernelOperands {
-    Pointers(u64, u64),
-    Maps(tensor_map::TensorMap, tensor_map::TensorMap),
-    MapsAndY(
-        tensor_map::TensorMap,
-        tensor_map::TensorMap,
-        tensor_map::TensorMap,
-    ),
+/// The forward kernels' arguments: X and W as `operands` gives them (pointers, or TMA maps
+/// followed for the Hopper sweep variants by Y's), then (b or null, y, m, n, k, relu, mask
+/// parameters), as every forward entry point declares them (kernels/forward_tc.cuh,
+/// forward_f32.cuh, forward_sm90.cuh, forward_sm90_sweep.cu).
+fn forward_args(operands: &[KernelArg], spec: &LayerSpec, bias: bool) -> Vec<KernelArg> {
+    let LinearShape { m, n, k } = spec.shape;
+    let mut args = operands.to_vec();
+    args.extend([
+        if bias {
+            KernelArg::Pointer(Operand::B)
+        } else {
+            KernelArg::Null
+        },
+        KernelArg::Pointer(Operand::Y),
+        KernelArg::I64(m as i64),
+        KernelArg::I64(n as i64),
+        KernelArg::I64(k as i64),
+        KernelArg::I32(i32::from(spec.nonlinearity == Nonlinearity::Relu)),
+        KernelArg::MaskParams,
+    ]);
+    args
 }
 
-/// Queues `function` with the forward kernels' arguments: `operands`, then (b or null, y,
-/// m, n, k, relu, params).
-///
-/// # Safety
-///
-/// `function`'s parameters must be those arguments: (const T* x, const T* w | CUtensorMap map_x,
-/// map_w [, map_y]; const T* b, T* y, long long m, long long n, long long k, int relu,
-/// MaskParams mp), with the maps encoding the buffers the pointers would. The buffers behind
-/// `operands` and `y_ptr` must hold m*k (x), n*k (w) and m*n (y) elements of T and stay alive and
-/// borrowed until the launch is queued, b (when given) n elements, `params`' seed buffer (when
-/// it reads one) two u64; `launch_config` must follow the kernel's grid rule and its shared
-/// memory the function's limit.
-#[allow(clippy::too_many_arguments)]
-unsafe fn queue_forward<T: Element>(
-    stream: &Arc<CudaStream>,
-    function: &CudaFunction,
-    launch_config: LaunchConfig,
-    operands: &KernelOperands,
-    b: Option<&CudaView<'_, T>>,
-    y_ptr: u64,
-    spec: &LayerSpec,
-    params: &MaskParams,
-) -> Result<()> {
-    let shape = spec.shape;
-    let (m_arg, n_arg, k_arg) = (shape.m as i64, shape.n as i64, shape.k as i64);
-    let relu = i32::from(spec.nonlinearity == Nonlinearity::Relu);
-    let (b_ptr, _b_guard) = match b {
-        Some(view) => {
-            let (ptr, guard) = view.device_ptr(stream);
-            (ptr, Some(guard))
-        }
-        None => (0, None),
-    };
-    let mut builder = stream.launch_builder(function);
-    match operands {
-        KernelOperands::Pointers(x_ptr, w_ptr) => builder.arg(x_ptr).arg(w_ptr),
-        KernelOperands::Maps(map_x, map_w) => builder.arg(map_x).arg(map_w),
-        KernelOperands::MapsAndY(map_x, map_w, map_y) => builder.arg(map_x).arg(map_w).arg(map_y),
-    };
-    builder
-        .arg(&b_ptr)
-        .arg(&y_ptr)
-        .arg(&m_arg)
-        .arg(&n_arg)
-        .arg(&k_arg)
-        .arg(&relu)
-        .arg(params);
-    // SAFETY: the arguments match the function's parameters and the buffers' sizes and lifetimes
-    // are as launching needs, by this function's contract; b's guard keeps it borrowed until the
-    // launch is queued.
-    unsafe { builder.launch(launch_config) }?;
-    Ok(())
+/// The TMA maps of X `[m, k]` and W `[n, k]`, in boxes of `box_m` and `box_n` rows.
+fn operand_maps(shape: LinearShape, box_m: u32, box_n: u32) -> [KernelArg; 2] {
+    [
+        KernelArg::TensorMap {
+            operand: Operand::X,
+            rows: shape.m,
+            cols: shape.k,
+            box_rows: box_m,
+        },
+        KernelArg::TensorMap {
+            operand: Operand::W,
+            rows: shape.n,
+            cols: shape.k,
+            box_rows: box_n,
+        },
+    ]
 }
+
+const OPERAND_POINTERS: [KernelArg; 2] = [
+    KernelArg::Pointer(Operand::X),
+    KernelArg::Pointer(Operand::W),
+];
 
 /// The persistent launch of Hopper sweep variant `variant` on `shape`: a multicast variant's
 /// cluster of `variant.cluster` blocks takes that many consecutive row tiles of one column tile
@@ -811,29 +816,7 @@ impl LayerKernels {
         b: Option<&CudaView<'_, T>>,
         y: &mut impl DevicePtrMut<T>,
     ) -> Result<()> {
-        let hopper = launch_table::FORWARD_SM90_SWEEP.contains(variant);
-        let simt = launch_table::FORWARD_F32_SWEEP.contains(variant);
-        if !hopper && !simt && !launch_table::FORWARD_SWEEP.contains(variant) {
-            let names: Vec<&str> = launch_table::FORWARD_SWEEP
-                .iter()
-                .chain(&launch_table::FORWARD_SM90_SWEEP)
-                .chain(&launch_table::FORWARD_F32_SWEEP)
-                .map(|v| v.name)
-                .collect();
-            return Err(invalid!(
-                "{} is not a sweep variant; expected one of {names:?}",
-                variant.name
-            ));
-        }
-        // The f32 element type is the one that needs no sm_80 (`Element::NEEDS_SM80`).
-        if simt == T::NEEDS_SM80 {
-            return Err(invalid!(
-                "sweep variant {} is compiled for {}; got {}",
-                variant.name,
-                if simt { "f32" } else { "f16 and bf16" },
-                T::NAME
-            ));
-        }
+        let family = SweepFamily::of::<T>(variant)?;
         let shape = spec.shape;
         let lens = ForwardLens {
             x: x.len(),
@@ -844,103 +827,172 @@ impl LayerKernels {
         if !validate::check_forward(shape, spec.dropout.p, &spec.geometry, lens)? {
             return Ok(());
         }
-        if hopper {
-            if let Some(why) = hopper_unavailable::<T>(self, "forward_sm90_sweep") {
-                return Err(Error::UnsupportedDevice(format!(
-                    "sweep variant {}: {why}",
-                    variant.name
-                )));
+        match family {
+            SweepFamily::Hopper => {
+                if let Some(why) = hopper_unavailable::<T>(self, family.module()) {
+                    return Err(Error::UnsupportedDevice(format!(
+                        "sweep variant {}: {why}",
+                        variant.name
+                    )));
+                }
             }
-        } else if !simt {
-            self.require_compute_capability((8, 0), "the mma.sync sweep variants")?;
+            SweepFamily::MmaSync => {
+                self.require_compute_capability((8, 0), "the mma.sync sweep variants")?
+            }
+            SweepFamily::Simt => {}
         }
         let stream = self.stream();
         let (x_ptr, _x_guard) = x.device_ptr(stream);
         let (w_ptr, _w_guard) = w.device_ptr(stream);
-        if !simt && !hopper_operands_fit(shape, x_ptr, w_ptr) {
+        let (b_ptr, _b_guard) = match b {
+            Some(view) => {
+                let (ptr, guard) = view.device_ptr(stream);
+                (Some(ptr), Some(guard))
+            }
+            None => (None, None),
+        };
+        let (y_ptr, _y_guard) = y.device_ptr_mut(stream);
+        let addresses = OperandAddresses {
+            x: x_ptr,
+            w: w_ptr,
+            b: b_ptr,
+            y: y_ptr,
+        };
+        let plan = forward_sweep_plan::<T>(variant, spec, &addresses, self.resident_clusters())?;
+        let params = MaskParams::new(&spec.dropout, &spec.geometry, shape.n);
+        // SAFETY: the plan is the variant's (`forward_sweep_plan`), for these addresses; x holds
+        // m*k, w n*k, b (when given) n and y m*n elements of T (checked above), each borrowed by
+        // its guard until the launch is queued; the seed comes from the host.
+        unsafe { self.queue_plan::<T>(&plan, &addresses, &params) }
+    }
+}
+
+/// Which kernel family a sweep variant belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SweepFamily {
+    /// kernels/forward_tc_sweep.cu (f16, bf16).
+    MmaSync,
+    /// kernels/forward_sm90_sweep.cu (f16, bf16).
+    Hopper,
+    /// kernels/forward_f32_sweep.cu (f32).
+    Simt,
+}
+
+impl SweepFamily {
+    /// The family of `variant`, which must be compiled for `T`.
+    fn of<T: Element>(variant: &LaunchNumbers) -> Result<Self> {
+        let family = if launch_table::FORWARD_SM90_SWEEP.contains(variant) {
+            SweepFamily::Hopper
+        } else if launch_table::FORWARD_F32_SWEEP.contains(variant) {
+            SweepFamily::Simt
+        } else if launch_table::FORWARD_SWEEP.contains(variant) {
+            SweepFamily::MmaSync
+        } else {
+            let names: Vec<&str> = launch_table::FORWARD_SWEEP
+                .iter()
+                .chain(&launch_table::FORWARD_SM90_SWEEP)
+                .chain(&launch_table::FORWARD_F32_SWEEP)
+                .map(|v| v.name)
+                .collect();
             return Err(invalid!(
-                "sweep variant {} takes X and W that start 16-byte aligned and k a positive \
-                 multiple of 8; got x at {x_ptr:#x}, w at {w_ptr:#x}, k = {}",
+                "{} is not a sweep variant; expected one of {names:?}",
+                variant.name
+            ));
+        };
+        // The f32 element type is the one that needs no sm_80 (`Element::NEEDS_SM80`).
+        let simt = family == SweepFamily::Simt;
+        if simt == T::NEEDS_SM80 {
+            return Err(invalid!(
+                "sweep variant {} is compiled for {}; got {}",
                 variant.name,
-                shape.k
+                if simt { "f32" } else { "f16 and bf16" },
+                T::NAME
             ));
         }
-        let (y_ptr, _y_guard) = y.device_ptr_mut(stream);
-        let (operands, launch_config) = if hopper {
-            let tma_store = variant.tma_store;
-            if tma_store && !tensor_map::operand_fits(y_ptr, shape.m, shape.n) {
-                return Err(invalid!(
-                    "sweep variant {} stores Y by TMA: Y must start 16-byte aligned and n be a \
-                     multiple of 8; got y at {y_ptr:#x}, n = {}",
-                    variant.name,
-                    shape.n
-                ));
-            }
-            let map_y = if tma_store {
-                tensor_map::row_major::<T>(y_ptr, shape.m, shape.n, tensor_map::BOX_K)?
-            } else {
-                tensor_map::TensorMap::unused()
-            };
-            (
-                KernelOperands::MapsAndY(
-                    tensor_map::row_major::<T>(x_ptr, shape.m, shape.k, variant.block_m)?,
-                    tensor_map::row_major::<T>(
-                        w_ptr,
-                        shape.n,
-                        shape.k,
-                        variant.block_n / variant.cluster,
-                    )?,
-                    map_y,
-                ),
-                sm90_sweep_launch(variant, shape, self.resident_clusters())?,
-            )
-        } else {
-            (
-                KernelOperands::Pointers(x_ptr, w_ptr),
-                folded_launch(
-                    shape,
-                    variant.block_m,
-                    variant.block_n,
-                    variant.threads,
-                    variant.smem_bytes,
-                )?,
-            )
-        };
-        let module = if hopper {
-            "forward_sm90_sweep"
-        } else if simt {
-            "forward_f32_sweep"
-        } else {
-            "forward_tc_sweep"
-        };
-        let name = format!("fusedrop_{}_{}", variant.name, T::NAME);
-        let function = self.function(module, &name, variant.smem_bytes)?;
-        let params = MaskParams::new(&spec.dropout, &spec.geometry, shape.n);
-        // SAFETY: the mma.sync and f32 variants take pointers (kernels/forward_tc.cuh,
-        // FUSEDROP_FORWARD_TC; kernels/forward_f32.cuh, FUSEDROP_FORWARD_SIMT, which handles any
-        // alignment), the Hopper variants the maps of X, W and Y
-        // (kernels/forward_sm90_sweep.cu), as `operands` holds, the maps encoded from the same
-        // pointers and shape with the boxes the variant reads (map_y unused, and never read, by
-        // the variants that store directly). x holds m*k, w n*k, b (when given) n and y (borrowed
-        // by its guard until the launch is queued) m*n elements of T (checked above), and for
-        // the f16/bf16 variants x and w are 16-byte aligned with k a multiple of 8 as they
-        // require (and y with n a multiple of 8 for the TMA-store ones); the seed comes from the
-        // host. The grid follows
-        // the kernels' folded-grid or persistent-grid rule (whole clusters), the shared memory
-        // the function's limit.
-        unsafe {
-            queue_forward(
-                stream,
-                &function,
-                launch_config,
-                &operands,
-                b,
-                y_ptr,
-                spec,
-                &params,
-            )
+        Ok(family)
+    }
+
+    const fn module(self) -> &'static str {
+        match self {
+            SweepFamily::MmaSync => "forward_tc_sweep",
+            SweepFamily::Hopper => "forward_sm90_sweep",
+            SweepFamily::Simt => "forward_f32_sweep",
         }
     }
+}
+
+/// What [`LayerKernels::forward_sweep_variant`] launches for `spec` through `variant` with the
+/// operands at `addresses`, on a GPU that runs `resident` clusters at once: the Hopper variants
+/// take the maps of X (boxes of 64 x `block_m`), W (64 x `block_n / cluster`: each block of a
+/// multicast cluster loads its share of every W box) and Y (64 x 64 for the TMA-store variants,
+/// an unused map otherwise) on [`sm90_sweep_launch`]'s grid; the others X and W as pointers on
+/// the folded grid. Errors: `variant` is not a sweep variant for `T`; f16/bf16 X or W not
+/// 16-byte aligned or `k` not a multiple of 8; a TMA-store variant's Y not 16-byte aligned or
+/// `n` not a multiple of 8; the grid's limits.
+pub fn forward_sweep_plan<T: Element>(
+    variant: &LaunchNumbers,
+    spec: &LayerSpec,
+    addresses: &OperandAddresses,
+    resident: ResidentClusters,
+) -> Result<LaunchPlan> {
+    let family = SweepFamily::of::<T>(variant)?;
+    let shape = spec.shape;
+    let (x_addr, w_addr, y_addr) = (addresses.x, addresses.w, addresses.y);
+    if family != SweepFamily::Simt && !hopper_operands_fit(shape, x_addr, w_addr) {
+        return Err(invalid!(
+            "sweep variant {} takes X and W that start 16-byte aligned and k a positive \
+             multiple of 8; got x at {x_addr:#x}, w at {w_addr:#x}, k = {}",
+            variant.name,
+            shape.k
+        ));
+    }
+    let (grid, args) = if family == SweepFamily::Hopper {
+        if variant.tma_store && !tensor_map::operand_fits(y_addr, shape.m, shape.n) {
+            return Err(invalid!(
+                "sweep variant {} stores Y by TMA: Y must start 16-byte aligned and n be a \
+                 multiple of 8; got y at {y_addr:#x}, n = {}",
+                variant.name,
+                shape.n
+            ));
+        }
+        let [map_x, map_w] =
+            operand_maps(shape, variant.block_m, variant.block_n / variant.cluster);
+        let map_y = if variant.tma_store {
+            KernelArg::TensorMap {
+                operand: Operand::Y,
+                rows: shape.m,
+                cols: shape.n,
+                box_rows: tensor_map::BOX_K,
+            }
+        } else {
+            KernelArg::UnusedTensorMap
+        };
+        (
+            sm90_sweep_launch(variant, shape, resident)?.grid_dim,
+            forward_args(&[map_x, map_w, map_y], spec, addresses.b.is_some()),
+        )
+    } else {
+        let launch = folded_launch(
+            shape,
+            variant.block_m,
+            variant.block_n,
+            variant.threads,
+            variant.smem_bytes,
+        )?;
+        (
+            launch.grid_dim,
+            forward_args(&OPERAND_POINTERS, spec, addresses.b.is_some()),
+        )
+    };
+    Ok(LaunchPlan {
+        module: family.module(),
+        function: format!("fusedrop_{}_{}", variant.name, T::NAME),
+        grid,
+        threads: variant.threads,
+        smem_bytes: variant.smem_bytes,
+        cluster: variant.cluster,
+        args,
+    })
 }
 
 #[cfg(test)]
@@ -1020,6 +1072,193 @@ mod tests {
         assert!(ForwardConfig::Wg64x128
             .launch_config(huge, ResidentClusters::uniform(132))
             .is_err());
+    }
+
+    fn addresses(x: u64, w: u64, b: Option<u64>, y: u64) -> OperandAddresses {
+        OperandAddresses { x, w, b, y }
+    }
+
+    /// The arguments after X's and W's: b or null, y, m, n, k, relu, the mask parameters.
+    fn tail(spec: &LayerSpec, bias: bool) -> Vec<KernelArg> {
+        let LinearShape { m, n, k } = spec.shape;
+        vec![
+            if bias {
+                KernelArg::Pointer(Operand::B)
+            } else {
+                KernelArg::Null
+            },
+            KernelArg::Pointer(Operand::Y),
+            KernelArg::I64(m as i64),
+            KernelArg::I64(n as i64),
+            KernelArg::I64(k as i64),
+            KernelArg::I32(i32::from(spec.nonlinearity == Nonlinearity::Relu)),
+            KernelArg::MaskParams,
+        ]
+    }
+
+    fn layer_spec(m: usize, n: usize, k: usize, nonlinearity: Nonlinearity) -> LayerSpec {
+        LayerSpec::new(
+            LinearShape::new(m, n, k),
+            nonlinearity,
+            crate::DropoutSpec::new(0.1, 1, 2),
+        )
+    }
+
+    #[test]
+    fn mma_sync_plans_pick_the_entry_point_by_alignment() {
+        let spec = layer_spec(300, 200, 64, Nonlinearity::Relu);
+        let resident = ResidentClusters::uniform(132);
+        let aligned = addresses(0x1000, 0x2000, Some(0x3000), 0x4000);
+        let plan = ForwardConfig::Tc64x64
+            .launch_plan::<bf16>(&spec, &aligned, resident)
+            .unwrap();
+        assert_eq!(plan.module, "forward_tc");
+        assert_eq!(plan.function, "fusedrop_forward_tc64x64_aligned_bf16");
+        assert_eq!(plan.grid, (4, 5, 1));
+        assert_eq!((plan.threads, plan.cluster), (128, 1));
+        let mut want = vec![
+            KernelArg::Pointer(Operand::X),
+            KernelArg::Pointer(Operand::W),
+        ];
+        want.extend(tail(&spec, true));
+        assert_eq!(plan.args, want);
+        // W two elements past a 16-byte boundary, and k not a multiple of 8: the general kernel.
+        let plan = ForwardConfig::Tc64x64
+            .launch_plan::<bf16>(&spec, &addresses(0x1000, 0x2004, None, 0x4000), resident)
+            .unwrap();
+        assert_eq!(plan.function, "fusedrop_forward_tc64x64_bf16");
+        assert_eq!(plan.args[2], KernelArg::Null);
+        let odd_k = layer_spec(300, 200, 60, Nonlinearity::Identity);
+        let plan = ForwardConfig::Tc64x64
+            .launch_plan::<f16>(&odd_k, &aligned, resident)
+            .unwrap();
+        assert_eq!(plan.function, "fusedrop_forward_tc64x64_f16");
+        assert_eq!(plan.args[7], KernelArg::I32(0));
+        // The f32 kernels have one entry point for every alignment.
+        let plan = ForwardConfig::Simt64x32
+            .launch_plan::<f32>(&spec, &aligned, resident)
+            .unwrap();
+        assert_eq!(plan.function, "fusedrop_forward_simt64x32_f32");
+        assert_eq!(plan.module, "forward_f32");
+    }
+
+    #[test]
+    fn hopper_plans_pass_tensor_maps_in_the_tiles_boxes() {
+        let spec = layer_spec(300, 200, 320, Nonlinearity::Relu);
+        let at = addresses(0x1000, 0x2000, Some(0x3002), 0x4002);
+        let plan = ForwardConfig::Wg128x128S2
+            .launch_plan::<f16>(&spec, &at, ResidentClusters::uniform(6))
+            .unwrap();
+        assert_eq!(plan.module, "forward_sm90");
+        assert_eq!(plan.function, "fusedrop_forward_wg128x128s2_f16");
+        // 6 tiles; 3 clusters of 2 run at once on 6 multiprocessors.
+        assert_eq!((plan.grid, plan.cluster), ((6, 1, 1), 2));
+        let mut want = vec![
+            KernelArg::TensorMap {
+                operand: Operand::X,
+                rows: 300,
+                cols: 320,
+                box_rows: 128,
+            },
+            KernelArg::TensorMap {
+                operand: Operand::W,
+                rows: 200,
+                cols: 320,
+                box_rows: 128,
+            },
+        ];
+        want.extend(tail(&spec, true));
+        assert_eq!(plan.args, want);
+        for (x, w, k) in [(0x1008, 0x2000, 320), (0x1000, 0x2000, 324)] {
+            let err = ForwardConfig::Wg64x128
+                .launch_plan::<bf16>(
+                    &layer_spec(300, 200, k, Nonlinearity::Relu),
+                    &addresses(x, w, None, 0x4000),
+                    ResidentClusters::uniform(132),
+                )
+                .unwrap_err();
+            assert!(err.to_string().contains("by TMA"), "{err}");
+        }
+        let err = ForwardConfig::Wg64x128
+            .launch_plan::<f32>(&spec, &at, ResidentClusters::uniform(132))
+            .unwrap_err();
+        assert!(err.to_string().contains("not compiled for f32"), "{err}");
+    }
+
+    #[test]
+    fn hopper_sweep_plans_split_w_boxes_over_the_multicast_cluster() {
+        let spec = layer_spec(520, 512, 128, Nonlinearity::Relu);
+        let at = addresses(0x1000, 0x2000, None, 0x4000);
+        let by_name = |name: &str| {
+            *launch_table::FORWARD_SM90_SWEEP
+                .iter()
+                .find(|v| v.name == name)
+                .unwrap()
+        };
+        let multicast_tma_store = by_name("forward_sweep_wg128x256_mc2_tmastore");
+        let plan = forward_sweep_plan::<bf16>(
+            &multicast_tma_store,
+            &spec,
+            &at,
+            ResidentClusters::uniform(132),
+        )
+        .unwrap();
+        assert_eq!(plan.module, "forward_sm90_sweep");
+        assert_eq!(
+            plan.function,
+            "fusedrop_forward_sweep_wg128x256_mc2_tmastore_bf16"
+        );
+        // Clusters of 2 row tiles of 128: 3 x 2 cluster tiles, one cluster each.
+        assert_eq!((plan.grid, plan.cluster), ((12, 1, 1), 2));
+        let mut want = vec![
+            KernelArg::TensorMap {
+                operand: Operand::X,
+                rows: 520,
+                cols: 128,
+                box_rows: 128,
+            },
+            KernelArg::TensorMap {
+                operand: Operand::W,
+                rows: 512,
+                cols: 128,
+                box_rows: 128,
+            },
+            KernelArg::TensorMap {
+                operand: Operand::Y,
+                rows: 520,
+                cols: 512,
+                box_rows: 64,
+            },
+        ];
+        want.extend(tail(&spec, false));
+        assert_eq!(plan.args, want);
+        let direct = forward_sweep_plan::<f16>(
+            &by_name("forward_sweep_wg128x256_st3"),
+            &spec,
+            &addresses(0x1000, 0x2000, None, 0x4002),
+            ResidentClusters::uniform(132),
+        )
+        .unwrap();
+        assert_eq!(direct.args[2], KernelArg::UnusedTensorMap);
+        let err = forward_sweep_plan::<f16>(
+            &multicast_tma_store,
+            &spec,
+            &addresses(0x1000, 0x2000, None, 0x4002),
+            ResidentClusters::uniform(132),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("stores Y by TMA"), "{err}");
+        let err = forward_sweep_plan::<f32>(
+            &multicast_tma_store,
+            &spec,
+            &at,
+            ResidentClusters::uniform(132),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("compiled for f16 and bf16"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -16,6 +16,16 @@
 //                                  exactly misalign + bytes bytes; output 1 writes <name>.out
 //   null <name>                    the argument <name> is a null pointer
 //   record <name>                  MaskParams::record points at buffer <name> (two u64)
+// A request that carries a launch plan (src/cuda/launch_plan.rs, as the Rust wrapper would queue
+// it) adds:
+//   launch <gx> <gy> <gz> <threads> <smem> <cluster>
+//                                  the plan's grid, block, dynamic shared memory and cluster size
+//   arg ptr <name> | arg null | arg map <name> <rows> <cols> <box_rows> | arg map0 |
+//   arg i64 <v> | arg i32 <v> | arg mask
+//                                  one line per kernel argument, in order: a buffer's pointer, a
+//                                  null pointer, the TMA map of buffer <name> (f16/bf16, row-major
+//                                  [rows, cols], boxes of 64 x box_rows, 128-byte swizzle), an
+//                                  all-zero map, integers, the MaskParams
 // Exit status 0 on success; harness errors print a message and exit 3; AddressSanitizer reports
 // exit 1.
 #pragma once
@@ -28,6 +38,9 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
 
 namespace harness {
 
@@ -45,6 +58,14 @@ struct Buffer {
     ~Buffer() { ::operator delete(base, std::align_val_t(16)); }
 };
 
+// One planned kernel argument (a request's `arg` line).
+struct PlannedArg {
+    std::string kind;  // ptr, null, map, map0, i64, i32, mask
+    std::string name;  // the buffer, for ptr and map
+    long long value = 0;  // i64, i32
+    long long rows = 0, cols = 0, box_rows = 0;  // map
+};
+
 struct Request {
     std::string dir;
     std::string kernel;
@@ -55,6 +76,11 @@ struct Request {
     fusedrop::MaskParams mp{};
     uint64_t seed_subsequence[2] = {0, 0};
     std::string record;
+    bool planned = false;  // whether the request has a `launch` line
+    dim3 grid;
+    unsigned threads = 0, cluster = 1;
+    size_t smem = 0;
+    std::vector<PlannedArg> args;
 
     long long i64(const std::string& key) const {
         auto it = ints.find(key);
@@ -132,6 +158,23 @@ inline Request parse(const std::string& dir) {
             buf->output = output != 0;
             memcpy(buf->data, init.data(), bytes);
             req.buffers[name] = std::move(buf);
+        } else if (key == "launch") {
+            words >> req.grid.x >> req.grid.y >> req.grid.z >> req.threads >> req.smem >>
+                req.cluster;
+            req.planned = true;
+        } else if (key == "arg") {
+            PlannedArg arg;
+            words >> arg.kind;
+            if (arg.kind == "ptr") {
+                words >> arg.name;
+            } else if (arg.kind == "map") {
+                words >> arg.name >> arg.rows >> arg.cols >> arg.box_rows;
+            } else if (arg.kind == "i64" || arg.kind == "i32") {
+                words >> arg.value;
+            } else if (arg.kind != "null" && arg.kind != "map0" && arg.kind != "mask") {
+                die(dir + ": unknown argument kind: " + line);
+            }
+            req.args.push_back(arg);
         } else if (key == "record") {
             words >> req.record;
         } else if (key == "null") {
@@ -173,7 +216,107 @@ inline fusedrop::host::LaunchConfig config(const Request& req, dim3 grid, unsign
     return cfg;
 }
 
+// The value of planned argument `arg` as a kernel parameter of type P; a kind that cannot be
+// such a parameter (an integer where the kernel takes a pointer, a pointer where it takes a map)
+// is a harness error, as the wrong argument order would be a fault on the GPU.
+template <typename P>
+struct FromPlan;
+
+inline void expect_kind(const Request& req, const PlannedArg& arg, size_t index,
+                        std::initializer_list<const char*> kinds, const char* parameter) {
+    for (const char* kind : kinds)
+        if (arg.kind == kind) return;
+    die(req.dir + ": planned argument " + std::to_string(index) + " is a " + arg.kind +
+        "; the kernel's parameter there is " + parameter);
+}
+
+template <typename U>
+struct FromPlan<U*> {
+    static U* get(const Request& req, const PlannedArg& arg, size_t index) {
+        expect_kind(req, arg, index, {"ptr", "null"}, "a pointer");
+        return arg.kind == "null" ? nullptr : req.ptr<U>(arg.name);
+    }
+};
+
+template <>
+struct FromPlan<long long> {
+    static long long get(const Request& req, const PlannedArg& arg, size_t index) {
+        expect_kind(req, arg, index, {"i64"}, "a long long");
+        return arg.value;
+    }
+};
+
+template <>
+struct FromPlan<int> {
+    static int get(const Request& req, const PlannedArg& arg, size_t index) {
+        expect_kind(req, arg, index, {"i32"}, "an int");
+        return (int)arg.value;
+    }
+};
+
+template <>
+struct FromPlan<fusedrop::MaskParams> {
+    static fusedrop::MaskParams get(const Request& req, const PlannedArg& arg, size_t index) {
+        expect_kind(req, arg, index, {"mask"}, "MaskParams");
+        return req.mp;
+    }
+};
+
+template <>
+struct FromPlan<CUtensorMap> {
+    static CUtensorMap get(const Request& req, const PlannedArg& arg, size_t index) {
+        expect_kind(req, arg, index, {"map", "map0"}, "a CUtensorMap");
+        CUtensorMap map;
+        memset(&map, 0, sizeof map);
+        if (arg.kind == "map0") return map;
+        std::string why;
+        if (fusedrop::host::encode_tensor_map_2d(
+                &map, 2, req.ptr<const unsigned char>(arg.name), (uint64_t)arg.cols,
+                (uint64_t)arg.rows, (uint64_t)arg.cols * 2, 64, (uint32_t)arg.box_rows, 128,
+                &why) != CUDA_SUCCESS)
+            die(req.dir + ": the tensor map of " + arg.name + ": " + why);
+        return map;
+    }
+};
+
+template <typename... P, size_t... I>
+std::tuple<std::decay_t<P>...> planned_args(const Request& req, std::index_sequence<I...>) {
+    return std::tuple<std::decay_t<P>...>(
+        FromPlan<std::decay_t<P>>::get(req, req.args[I], I)...);
+}
+
+// Launches `kernel`, whose `__cluster_dims__` are `kernel_cluster` blocks along x (1 without
+// clusters), as the request's plan says: its grid, block and shared memory, each planned argument
+// converted to the type of the kernel's parameter in that position. The one departure from the
+// plan: an optional `i64 grid_y <g>` caps the grid's y at g, so that a test folds the row tiles
+// of a small output as 65535 rows of tiles would fold (gemm/tile_scheduler.cuh).
+template <typename... P>
+void launch_planned(const Request& req, const char* name, void (*kernel)(P...),
+                    unsigned kernel_cluster) {
+    if (!req.planned) die(req.dir + ": " + name + " is launched from a plan; the request has none");
+    if (req.args.size() != sizeof...(P))
+        die(req.dir + ": the plan has " + std::to_string(req.args.size()) + " arguments; " +
+            name + " takes " + std::to_string(sizeof...(P)));
+    if (req.cluster != kernel_cluster)
+        die(req.dir + ": the plan launches clusters of " + std::to_string(req.cluster) + "; " +
+            name + " is compiled for clusters of " + std::to_string(kernel_cluster));
+    const auto params = planned_args<P...>(req, std::index_sequence_for<P...>{});
+    dim3 grid = req.grid;
+    grid.y = (unsigned)std::min<long long>(grid.y, req.i64_or("grid_y", grid.y));
+    fusedrop::host::LaunchConfig cfg = config(req, grid, req.threads, req.smem);
+    cfg.cluster = kernel_cluster;
+    std::apply([&](const auto&... args) { fusedrop::host::launch(name, kernel, cfg, args...); },
+               params);
+}
+
 }  // namespace harness
+
+// Registers the entry point FUNCTION, compiled for clusters of CLUSTER blocks (1 without
+// clusters), under its own name, launched from the request's plan.
+#define HARNESS_PLANNED(FUNCTION, CLUSTER)                                                    \
+    harness::registry()[#FUNCTION] = [](const harness::Request& q) {                          \
+        harness::launch_planned(q, #FUNCTION, FUNCTION, (CLUSTER));                           \
+    };
 
 // Each driver defines this: registry()[name] = runner for every kernel it can launch.
 void register_kernels();

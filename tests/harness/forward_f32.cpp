@@ -1,12 +1,11 @@
-// Harness driver for kernels/forward_f32.cu: every config struct (f32 only).
-#include "forward_launch.h"
+// Harness driver for kernels/forward_f32.cu: every config (f32 only), launched from the request's
+// plan (src/cuda/forward.rs, ForwardConfig::launch_plan).
+#include "driver.h"
 
 #include "forward_f32.cu"
 
-using namespace fusedrop::forward;
-
 void register_kernels() {
-    HARNESS_FORWARD(Simt128x128, simt128x128, f32, float)
-    HARNESS_FORWARD(Simt64x64, simt64x64, f32, float)
-    HARNESS_FORWARD(Simt64x32, simt64x32, f32, float)
+    HARNESS_PLANNED(fusedrop_forward_simt128x128_f32, 1)
+    HARNESS_PLANNED(fusedrop_forward_simt64x64_f32, 1)
+    HARNESS_PLANNED(fusedrop_forward_simt64x32_f32, 1)
 }

@@ -1,20 +1,21 @@
-// Harness driver for kernels/forward_tc.cu: every config struct, f16 and bf16, each name taking
-// the general or the aligned kernel as the host does (forward_launch.h).
-#include "forward_launch.h"
+// Harness driver for kernels/forward_tc.cu: both entry points of every config (for any operands,
+// and for X and W that start 16-byte aligned with k a multiple of 8), f16 and bf16, each launched
+// from the request's plan (src/cuda/forward.rs, ForwardConfig::launch_plan), which picks between
+// them as the library does.
+#include "driver.h"
 
 #include "forward_tc.cu"
 
-using namespace fusedrop::forward;
+#define HARNESS_FORWARD_TC(NAME)                               \
+    HARNESS_PLANNED(fusedrop_forward_##NAME##_f16, 1)          \
+    HARNESS_PLANNED(fusedrop_forward_##NAME##_bf16, 1)         \
+    HARNESS_PLANNED(fusedrop_forward_##NAME##_aligned_f16, 1)  \
+    HARNESS_PLANNED(fusedrop_forward_##NAME##_aligned_bf16, 1)
 
 void register_kernels() {
-    HARNESS_FORWARD_DISPATCH(Tc128x256, tc128x256, f16, __half)
-    HARNESS_FORWARD_DISPATCH(Tc128x256, tc128x256, bf16, __nv_bfloat16)
-    HARNESS_FORWARD_DISPATCH(Tc128x128, tc128x128, f16, __half)
-    HARNESS_FORWARD_DISPATCH(Tc128x128, tc128x128, bf16, __nv_bfloat16)
-    HARNESS_FORWARD_DISPATCH(Tc64x128, tc64x128, f16, __half)
-    HARNESS_FORWARD_DISPATCH(Tc64x128, tc64x128, bf16, __nv_bfloat16)
-    HARNESS_FORWARD_DISPATCH(Tc64x64, tc64x64, f16, __half)
-    HARNESS_FORWARD_DISPATCH(Tc64x64, tc64x64, bf16, __nv_bfloat16)
-    HARNESS_FORWARD_DISPATCH(Tc64x32, tc64x32, f16, __half)
-    HARNESS_FORWARD_DISPATCH(Tc64x32, tc64x32, bf16, __nv_bfloat16)
+    HARNESS_FORWARD_TC(tc128x256)
+    HARNESS_FORWARD_TC(tc128x128)
+    HARNESS_FORWARD_TC(tc64x128)
+    HARNESS_FORWARD_TC(tc64x64)
+    HARNESS_FORWARD_TC(tc64x32)
 }
