@@ -11,7 +11,7 @@ use clap::Args;
 use fusedrop::cuda::backward::{self, BackwardKernel, BackwardOptions, GradientsMut};
 use fusedrop::cuda::cudarc::driver::CudaSlice;
 use fusedrop::cuda::forward::{ForwardConfig, ForwardOptions};
-use fusedrop::cuda::{self, LayerKernels, SeedSource};
+use fusedrop::cuda::{self, LayerKernels, ResidentClusters, SeedSource};
 use fusedrop::reference::{self, relative_l2_error};
 use fusedrop::{mask, DropoutSpec, Element, Error, Geometry, LayerSpec, LinearShape, Nonlinearity};
 use half::{bf16, f16};
@@ -88,13 +88,14 @@ pub fn run(options: &Options) -> i32 {
         // (`LayerKernels::resident_clusters`): the driver's counts, and the count if every
         // multiprocessor took part.
         let resident = kernels.resident_clusters();
+        let every_multiprocessor = ResidentClusters::uniform(resident.sm_count());
         let sizes = [2, 4, 8].map(|size| {
             let driver = resident
                 .driver_count(size)
                 .map_or("not answered".to_string(), |count| count.to_string());
             format!(
                 "of {size} blocks {driver} (every multiprocessor: {})",
-                kernels.sm_count() / size as usize
+                every_multiprocessor.of(size)
             )
         });
         println!(
