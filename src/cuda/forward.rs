@@ -47,7 +47,7 @@
 //! # Ok(()) }
 //! ```
 
-use cudarc::driver::{CudaView, DevicePtr, DevicePtrMut, LaunchConfig};
+use cudarc::driver::{CudaStream, CudaView, DevicePtr, DevicePtrMut, LaunchConfig, SyncOnDrop};
 
 use crate::cuda::launch_plan::{KernelArg, LaunchPlan, Operand, OperandAddresses};
 use crate::cuda::launch_table::LaunchNumbers;
@@ -694,20 +694,7 @@ impl LayerKernels {
             }
             None => self.choose_forward::<T>(shape, operands_fit),
         };
-        let (b_ptr, _b_guard) = match b {
-            Some(view) => {
-                let (ptr, guard) = view.device_ptr(stream);
-                (Some(ptr), Some(guard))
-            }
-            None => (None, None),
-        };
-        let (y_ptr, _y_guard) = y.device_ptr_mut(stream);
-        let addresses = OperandAddresses {
-            x: x_ptr,
-            w: w_ptr,
-            b: b_ptr,
-            y: y_ptr,
-        };
+        let (addresses, _guards) = operand_addresses(stream, (x_ptr, w_ptr), b, y);
         let plan = config.launch_plan::<T>(spec, &addresses, self.resident_clusters())?;
         let mut params = MaskParams::new(&spec.dropout, &spec.geometry, shape.n);
         let _seed_guards = params.read_seed_from(seed, stream);
@@ -844,20 +831,7 @@ impl LayerKernels {
         let stream = self.stream();
         let (x_ptr, _x_guard) = x.device_ptr(stream);
         let (w_ptr, _w_guard) = w.device_ptr(stream);
-        let (b_ptr, _b_guard) = match b {
-            Some(view) => {
-                let (ptr, guard) = view.device_ptr(stream);
-                (Some(ptr), Some(guard))
-            }
-            None => (None, None),
-        };
-        let (y_ptr, _y_guard) = y.device_ptr_mut(stream);
-        let addresses = OperandAddresses {
-            x: x_ptr,
-            w: w_ptr,
-            b: b_ptr,
-            y: y_ptr,
-        };
+        let (addresses, _guards) = operand_addresses(stream, (x_ptr, w_ptr), b, y);
         let plan = forward_sweep_plan::<T>(variant, spec, &addresses, self.resident_clusters())?;
         let params = MaskParams::new(&spec.dropout, &spec.geometry, shape.n);
         // SAFETY: the plan is the variant's (`forward_sweep_plan`), for these addresses; x holds
@@ -865,6 +839,31 @@ impl LayerKernels {
         // its guard until the launch is queued; the seed comes from the host.
         unsafe { self.queue_plan::<T>(&plan, &addresses, &params) }
     }
+}
+
+/// The operands' addresses: X's and W's as taken, b's and y's with the guards (cudarc's
+/// stream-ordering records) that keep them borrowed until the launch is queued.
+fn operand_addresses<'a, T>(
+    stream: &'a CudaStream,
+    (x, w): (u64, u64),
+    b: Option<&'a CudaView<'_, T>>,
+    y: &'a mut impl DevicePtrMut<T>,
+) -> (OperandAddresses, [Option<SyncOnDrop<'a>>; 2]) {
+    let (b_ptr, b_guard) = match b {
+        Some(view) => {
+            let (ptr, guard) = view.device_ptr(stream);
+            (Some(ptr), Some(guard))
+        }
+        None => (None, None),
+    };
+    let (y_ptr, y_guard) = y.device_ptr_mut(stream);
+    let addresses = OperandAddresses {
+        x,
+        w,
+        b: b_ptr,
+        y: y_ptr,
+    };
+    (addresses, [b_guard, Some(y_guard)])
 }
 
 /// Which kernel family a sweep variant belongs to.
