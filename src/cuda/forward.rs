@@ -656,13 +656,7 @@ impl LayerKernels {
         let ForwardOptions { config, seed } = options;
         let stream = self.stream();
         let shape = spec.shape;
-        let lens = ForwardLens {
-            x: x.len(),
-            w: w.len(),
-            b: b.map(|b| b.len()),
-            y: y.len(),
-        };
-        if !validate::check_forward(shape, spec.dropout.p, &spec.geometry, lens)? {
+        if !validate::check_forward(shape, spec.dropout.p, &spec.geometry, lens(x, w, b, y))? {
             return Ok(());
         }
         check_seed_source(&seed)?;
@@ -805,13 +799,7 @@ impl LayerKernels {
     ) -> Result<()> {
         let family = SweepFamily::of::<T>(variant)?;
         let shape = spec.shape;
-        let lens = ForwardLens {
-            x: x.len(),
-            w: w.len(),
-            b: b.map(|b| b.len()),
-            y: y.len(),
-        };
-        if !validate::check_forward(shape, spec.dropout.p, &spec.geometry, lens)? {
+        if !validate::check_forward(shape, spec.dropout.p, &spec.geometry, lens(x, w, b, y))? {
             return Ok(());
         }
         match family {
@@ -864,6 +852,21 @@ fn operand_addresses<'a, T>(
         y: y_ptr,
     };
     (addresses, [b_guard, Some(y_guard)])
+}
+
+/// The buffers' lengths, for validation.
+fn lens<T>(
+    x: &impl DevicePtr<T>,
+    w: &impl DevicePtr<T>,
+    b: Option<&CudaView<'_, T>>,
+    y: &impl DevicePtrMut<T>,
+) -> ForwardLens {
+    ForwardLens {
+        x: x.len(),
+        w: w.len(),
+        b: b.map(|b| b.len()),
+        y: y.len(),
+    }
 }
 
 /// Which kernel family a sweep variant belongs to.
@@ -1077,20 +1080,16 @@ mod tests {
         OperandAddresses { x, w, b, y }
     }
 
-    /// The arguments after X's and W's: b or null, y, m, n, k, relu, the mask parameters.
-    fn tail(spec: &LayerSpec, bias: bool) -> Vec<KernelArg> {
-        let LinearShape { m, n, k } = spec.shape;
-        vec![
-            if bias {
-                KernelArg::Pointer(Operand::B)
-            } else {
-                KernelArg::Null
-            },
+    /// The arguments after X's and W's: `b` (the bias or null), y, m, n, k, relu, the mask
+    /// parameters.
+    fn tail(b: KernelArg, m: i64, n: i64, k: i64, relu: i32) -> [KernelArg; 7] {
+        [
+            b,
             KernelArg::Pointer(Operand::Y),
-            KernelArg::I64(m as i64),
-            KernelArg::I64(n as i64),
-            KernelArg::I64(k as i64),
-            KernelArg::I32(i32::from(spec.nonlinearity == Nonlinearity::Relu)),
+            KernelArg::I64(m),
+            KernelArg::I64(n),
+            KernelArg::I64(k),
+            KernelArg::I32(relu),
             KernelArg::MaskParams,
         ]
     }
@@ -1119,7 +1118,7 @@ mod tests {
             KernelArg::Pointer(Operand::X),
             KernelArg::Pointer(Operand::W),
         ];
-        want.extend(tail(&spec, true));
+        want.extend(tail(KernelArg::Pointer(Operand::B), 300, 200, 64, 1));
         assert_eq!(plan.args, want);
         // W two elements past a 16-byte boundary, and k not a multiple of 8: the general kernel.
         let plan = ForwardConfig::Tc64x64
@@ -1166,7 +1165,7 @@ mod tests {
                 box_rows: 128,
             },
         ];
-        want.extend(tail(&spec, true));
+        want.extend(tail(KernelArg::Pointer(Operand::B), 300, 200, 320, 1));
         assert_eq!(plan.args, want);
         for (x, w, k) in [(0x1008, 0x2000, 320), (0x1000, 0x2000, 324)] {
             let err = ForwardConfig::Wg64x128
@@ -1229,7 +1228,7 @@ mod tests {
                 box_rows: 64,
             },
         ];
-        want.extend(tail(&spec, false));
+        want.extend(tail(KernelArg::Null, 520, 512, 128, 1));
         assert_eq!(plan.args, want);
         let direct = forward_sweep_plan::<f16>(
             &by_name("forward_sweep_wg128x256_st3"),
