@@ -30,8 +30,10 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use fusedrop::cuda::backward::{product_plan, BackwardProduct, ProductOperands};
+use fusedrop::cuda::dropout::dropout_plan;
 use fusedrop::cuda::forward::{forward_sweep_plan, ForwardConfig};
-use fusedrop::cuda::launch_plan::{KernelArg, LaunchPlan, OperandAddresses};
+use fusedrop::cuda::launch_plan::{KernelArg, LaunchPlan, Operand, OperandAddresses};
 use fusedrop::cuda::{launch_table, ResidentClusters};
 use fusedrop::{
     mask, reference, DropoutSpec, Element, Geometry, LayerSpec, LinearShape, Nonlinearity,
@@ -279,7 +281,6 @@ impl Launch {
             ));
         fs::create_dir_all(&dir).expect("create a request directory");
         let mut request = String::new();
-        writeln!(request, "kernel {kernel}").unwrap();
         writeln!(request, "schedule {}", rng.random::<u64>()).unwrap();
         Launch {
             dir,
@@ -380,20 +381,22 @@ impl Launch {
         (word(0), word(1))
     }
 
-    /// The launch the Rust wrapper would queue: the plan's grid and its arguments in order, which
-    /// the driver converts to the kernel's parameter types (tests/harness/driver.h).
+    /// A launch the Rust wrapper would queue: the plan's entry point, grid and arguments in
+    /// order, which the driver converts to the kernel's parameter types (tests/harness/driver.h).
+    /// A request's launches run in order.
     fn plan(&mut self, plan: &LaunchPlan) -> &mut Self {
         let (gx, gy, gz) = plan.grid;
         writeln!(
             self.request,
-            "launch {gx} {gy} {gz} {} {} {}",
-            plan.threads, plan.smem_bytes, plan.cluster
+            "launch {} {gx} {gy} {gz} {} {} {}",
+            plan.function, plan.threads, plan.smem_bytes, plan.cluster
         )
         .unwrap();
         for arg in &plan.args {
             let line = match *arg {
                 KernelArg::Pointer(operand) => format!("ptr {}", operand.name()),
                 KernelArg::Null => "null".into(),
+                KernelArg::WorkspaceAt(offset) => format!("wsat {offset}"),
                 KernelArg::TensorMap {
                     operand,
                     rows,
@@ -403,15 +406,11 @@ impl Launch {
                 KernelArg::UnusedTensorMap => "map0".into(),
                 KernelArg::I64(v) => format!("i64 {v}"),
                 KernelArg::I32(v) => format!("i32 {v}"),
+                KernelArg::F32(v) => format!("f32 {}", v.to_bits()),
                 KernelArg::MaskParams => "mask".into(),
             };
             writeln!(self.request, "arg {line}").unwrap();
         }
-        self
-    }
-
-    fn null(&mut self, name: &str) -> &mut Self {
-        writeln!(self.request, "null {name}").unwrap();
         self
     }
 
@@ -778,8 +777,9 @@ fn dropout_launch<T: Raw>(
     }
     let mut want = y.clone();
     reference::dropout_in_place(&mut want, m, n, &dropout, &geometry);
+    let plan = dropout_plan::<T>(Operand::Y, Operand::Y, m, n);
     let mut launch = Launch::new(
-        &format!("fusedrop_dropout_{}", T::NAME),
+        &plan.function,
         format!(
             "{m}x{n} p={} {geometry:?} grid_x={grid_x:?} device_seed={device_seed} \
              nonfinite={nonfinite}",
@@ -788,8 +788,7 @@ fn dropout_launch<T: Raw>(
         rng,
     );
     launch
-        .int("m", m as i64)
-        .int("n", n as i64)
+        .plan(&plan)
         .mask(&dropout, &geometry, n, device_seed)
         .buffer("y", &y, 0, true);
     if let Some(g) = grid_x {
@@ -1148,8 +1147,6 @@ fn forward_launch<T: Raw>(
         .buffer("y", &poisoned::<T>(m * n), case.misalign, true);
     if case.bias {
         launch.buffer("b", &b, case.misalign, false);
-    } else {
-        launch.null("b");
     }
     if let Some(g) = case.grid_y {
         launch.int("grid_y", g);
@@ -1542,6 +1539,75 @@ fn check_backward<T: Raw>(driver_name: &str, config: &str, seed: u64) {
     check_backward_cases::<T>(driver_name, config, &backward_cases(), seed);
 }
 
+/// A backward product's launches (the product, then its split sums when `case.splits > 1`) as
+/// the library plans them (`product_plan`), its buffers and mask parameters still to add.
+/// `config` names the configuration, with `_aligned` for the mma.sync kernels' entry points for
+/// aligned operands. A Hopper configuration runs on a GPU that runs the case's `grid_x` (else 3)
+/// of its blocks or clusters at once; a classic one takes `grid_x` as its grid when the case
+/// gives one. The split-K partial sums go to a poisoned workspace `ws`, 256 bytes in.
+fn backward_product_launch<T: Raw>(
+    config: &str,
+    product: BackwardProduct,
+    spec: &LayerSpec,
+    operands: ProductOperands,
+    case: &BackwardCase,
+    what: String,
+    rng: &mut StdRng,
+) -> Launch {
+    let (config, aligned) = match config.strip_suffix("_aligned") {
+        Some(base) => (base, true),
+        None => (config, false),
+    };
+    let hopper = config.starts_with("wg");
+    let splits = if hopper { 1 } else { case.splits };
+    assert!(
+        splits == 1 || operands.dy != Operand::Workspace,
+        "a split product reading dY times the mask from the workspace is not modelled here"
+    );
+    let operands = ProductOperands {
+        aligned,
+        partial_at: 256,
+        ..operands
+    };
+    let plan_on = |blocks: usize| {
+        product_plan::<T>(
+            config,
+            splits,
+            product,
+            spec,
+            operands,
+            case.accumulate,
+            ResidentClusters::uniform(blocks),
+        )
+        .unwrap_or_else(|e| panic!("{config} {product:?} of {what}: {e}"))
+    };
+    let mut plans = plan_on(132);
+    if hopper {
+        plans = plan_on(case.grid_x.unwrap_or(3) as usize * plans[0].cluster as usize);
+    }
+    let mut launch = Launch::new(&plans[0].function, what, rng);
+    for plan in &plans {
+        launch.plan(plan);
+    }
+    if let (false, Some(g)) = (hopper, case.grid_x) {
+        launch.int("grid_x", g);
+    }
+    if splits > 1 {
+        let LinearShape { m, n, k } = spec.shape;
+        let shares = match product {
+            BackwardProduct::Dx => m * k,
+            BackwardProduct::Dw => n * k + n,
+        };
+        launch.buffer(
+            "ws",
+            &poisoned::<f32>(64 + splits as usize * shares),
+            0,
+            false,
+        );
+    }
+    launch
+}
+
 fn check_backward_cases<T: Raw>(
     driver_name: &str,
     config: &str,
@@ -1630,51 +1696,44 @@ fn check_backward_cases<T: Raw>(
         );
 
         let what = format!("{case:?}");
-        let mut dx = Launch::new(
-            &format!("fusedrop_backward_dx_{config}_{}", T::NAME),
+        let operands = |product: BackwardProduct| ProductOperands {
+            dy: Operand::DY,
+            y: relu,
+            out: product == BackwardProduct::Dx || case.weight_grad,
+            db: product == BackwardProduct::Dw,
+            aligned: true,
+            partial_at: 0,
+        };
+        let mut dx = backward_product_launch::<T>(
+            config,
+            BackwardProduct::Dx,
+            &spec,
+            operands(BackwardProduct::Dx),
+            &case,
             what.clone(),
             &mut rng,
         );
-        let mut dw = Launch::new(
-            &format!("fusedrop_backward_dw_{config}_{}", T::NAME),
+        let mut dw = backward_product_launch::<T>(
+            config,
+            BackwardProduct::Dw,
+            &spec,
+            operands(BackwardProduct::Dw),
+            &case,
             what,
             &mut rng,
         );
         for launch in [&mut dx, &mut dw] {
             launch
-                .int("m", m as i64)
-                .int("n", n as i64)
-                .int("k", k as i64)
-                .int("relu", i64::from(relu))
-                .int("accumulate", i64::from(case.accumulate))
                 .mask(&dropout, &case.geometry, n, case.device_seed)
                 .buffer("dy", &dy, 0, false);
             if relu {
                 launch.buffer("y", &y, 0, false);
-            } else {
-                launch.null("y");
             }
-            if let Some(g) = case.grid_x {
-                launch.int("grid_x", g);
-            }
-        }
-        if case.splits > 1 {
-            let s = case.splits as usize;
-            dx.int("splits", case.splits)
-                .buffer("partial", &poisoned::<f32>(s * m * k), 0, false);
-            dw.int("splits", case.splits).buffer(
-                "partial",
-                &poisoned::<f32>(s * (n * k + n)),
-                0,
-                false,
-            );
         }
         dx.buffer("w", &w, 0, false).buffer("dx", &dx0, 0, true);
         dw.buffer("x", &x, 0, false).buffer("db", &db0, 0, true);
         if case.weight_grad {
             dw.buffer("dw", &dw0, 0, true);
-        } else {
-            dw.null("dw");
         }
         launches.push(dx);
         launches.push(dw);
@@ -2044,14 +2103,14 @@ fn check_backward_workspace<T: Raw>(
             init(n * k, &mut rng),
             init(n, &mut rng),
         ];
+        let plan = dropout_plan::<T>(Operand::DY, Operand::Workspace, m, n);
         let mut prepass = Launch::new(
-            &format!("fusedrop_dropout_{}", T::NAME),
+            &plan.function,
             format!("workspace pre-pass of {case:?}"),
             &mut rng,
         );
         prepass
-            .int("m", m as i64)
-            .int("n", n as i64)
+            .plan(&plan)
             .mask_with(
                 &dropout,
                 &case.geometry,
@@ -2060,8 +2119,8 @@ fn check_backward_workspace<T: Raw>(
                 mask::threshold(case.p),
                 1.0,
             )
-            .buffer("x", &dy, 0, false)
-            .buffer("y", &poisoned::<T>(m * n), 0, true);
+            .buffer("dy", &dy, 0, false)
+            .buffer("ws", &poisoned::<T>(m * n), 0, true);
         prepasses.push(prepass);
         inputs.push((dropout, x, w, dy, grads0));
     }
@@ -2070,8 +2129,8 @@ fn check_backward_workspace<T: Raw>(
     let mut launches = Vec::new();
     for ((case, prepass), (dropout, x, w, dy, grads0)) in cases.iter().zip(&prepasses).zip(&inputs)
     {
-        let LinearShape { m, n, k } = case.shape;
-        let masked = prepass.output::<T>("y");
+        let LinearShape { m, n, .. } = case.shape;
+        let masked = prepass.output::<T>("ws");
         let want: Vec<u64> = (0..m * n)
             .map(|i| {
                 let index = case.geometry.linear_index(n, i / n, i % n);
@@ -2088,39 +2147,51 @@ fn check_backward_workspace<T: Raw>(
         // Direct (the kernels redraw the mask) and from the workspace (threshold 0, p's scale,
         // no seed needed).
         for workspace in [false, true] {
-            for (what, b_name, b, outputs) in [
-                ("dx", "w", w, vec![("dx", &grads0[0])]),
-                ("dw", "x", x, vec![("dw", &grads0[1]), ("db", &grads0[2])]),
+            let spec = LayerSpec::new(case.shape, Nonlinearity::Identity, *dropout)
+                .with_geometry(case.geometry);
+            for (product, b_name, b, outputs) in [
+                (BackwardProduct::Dx, "w", w, vec![("dx", &grads0[0])]),
+                (
+                    BackwardProduct::Dw,
+                    "x",
+                    x,
+                    vec![("dw", &grads0[1]), ("db", &grads0[2])],
+                ),
             ] {
-                let mut launch = Launch::new(
-                    &format!("fusedrop_backward_{what}_{config}_{}", T::NAME),
+                let dy_operand = if workspace {
+                    Operand::Workspace
+                } else {
+                    Operand::DY
+                };
+                let operands = ProductOperands {
+                    dy: dy_operand,
+                    y: false,
+                    out: product == BackwardProduct::Dx || case.weight_grad,
+                    db: product == BackwardProduct::Dw,
+                    aligned: true,
+                    partial_at: 0,
+                };
+                let mut launch = backward_product_launch::<T>(
+                    config,
+                    product,
+                    &spec,
+                    operands,
+                    case,
                     format!("{case:?} workspace={workspace}"),
                     &mut rng,
                 );
-                launch
-                    .int("m", m as i64)
-                    .int("n", n as i64)
-                    .int("k", k as i64)
-                    .int("relu", 0)
-                    .int("accumulate", i64::from(case.accumulate))
-                    .buffer(b_name, b, 0, false)
-                    .null("y");
+                launch.buffer(b_name, b, 0, false);
                 if workspace {
                     launch.mask_with(dropout, &case.geometry, n, false, 0, mask::scale(case.p));
-                    launch.buffer("dy", &masked, 0, false);
+                    launch.buffer(dy_operand.name(), &masked, 0, false);
                 } else {
                     launch.mask(dropout, &case.geometry, n, case.device_seed);
                     launch.buffer("dy", dy, 0, false);
                 }
                 for (name, start) in outputs {
-                    if name == "dw" && !case.weight_grad {
-                        launch.null("dw");
-                    } else {
+                    if name != "dw" || case.weight_grad {
                         launch.buffer(name, start, 0, true);
                     }
-                }
-                if let Some(g) = case.grid_x {
-                    launch.int("grid_x", g);
                 }
                 launches.push(launch);
             }
@@ -2514,19 +2585,38 @@ fn forward_records_the_seed_it_used_for_the_backward() {
     let launches: Vec<Launch> = [recorded, advanced]
         .iter()
         .map(|pair| {
-            let mut dx = Launch::new(
-                "fusedrop_backward_dx_simt64x64_f32",
+            let case = BackwardCase {
+                shape,
+                nonlinearity: Nonlinearity::Identity,
+                p: pair.p,
+                geometry: Geometry::UNSHARDED,
+                accumulate: false,
+                weight_grad: false,
+                grid_x: None,
+                nonfinite: false,
+                seed_subsequence: None,
+                device_seed: true,
+                splits: 1,
+            };
+            let operands = ProductOperands {
+                dy: Operand::DY,
+                y: false,
+                out: true,
+                db: false,
+                aligned: false,
+                partial_at: 0,
+            };
+            let mut dx = backward_product_launch::<f32>(
+                "simt64x64",
+                BackwardProduct::Dx,
+                &LayerSpec::new(shape, Nonlinearity::Identity, *pair),
+                operands,
+                &case,
                 format!("device seed {pair:?}"),
                 &mut rng,
             );
-            dx.int("m", m as i64)
-                .int("n", n as i64)
-                .int("k", k as i64)
-                .int("relu", 0)
-                .int("accumulate", 0)
-                .mask(pair, &Geometry::UNSHARDED, n, true)
+            dx.mask(pair, &Geometry::UNSHARDED, n, true)
                 .buffer("dy", &dy, 0, false)
-                .null("y")
                 .buffer("w", &w, 0, false)
                 .buffer("dx", &poisoned::<f32>(m * k), 0, true);
             dx

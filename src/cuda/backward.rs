@@ -14,13 +14,13 @@
 //! blocks whose partial sums, kept in the caller's workspace, a sum kernel adds in share order): the same
 //! inputs give bit-identical outputs.
 
-use cudarc::driver::{
-    CudaFunction, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig};
 
+use crate::cuda::dropout;
 use crate::cuda::forward::hopper_unavailable;
+use crate::cuda::launch_plan::{KernelArg, LaunchPlan, Operand};
 use crate::cuda::launch_table::{self, LaunchNumbers};
-use crate::cuda::tensor_map::{self, TensorMap};
+use crate::cuda::tensor_map;
 use crate::cuda::{
     check_seed_source, ClusterProbe, LayerKernels, MaskParams, ResidentClusters, SeedSource,
 };
@@ -280,22 +280,6 @@ impl Config {
 /// writes it there), at a 256-byte boundary.
 fn partial_offset(mask_bytes: usize) -> usize {
     mask_bytes.next_multiple_of(256)
-}
-
-/// The kernel `fusedrop_backward_<what>_<config>_<dtype>` (with `aligned`,
-/// `..._<config>_aligned_<dtype>`), with its shared memory limit raised when the config needs
-/// more than the default.
-fn load<T: Element>(
-    kernels: &LayerKernels,
-    config: Config,
-    what: &str,
-    aligned: bool,
-) -> Result<CudaFunction> {
-    kernels.function(
-        config.module,
-        &function_name::<T>(config, what, aligned),
-        config.smem_bytes,
-    )
 }
 
 /// The entry point of product `what` ("dx" or "dw") of `config` for `T` (`aligned`: the
@@ -597,49 +581,6 @@ pub struct GradientsMut<'a, T> {
     pub db: Option<CudaViewMut<'a, T>>,
 }
 
-/// The first three arguments of a backward kernel: dY's, Y's and B's tensor maps (Hopper) or
-/// their pointers (classic kernels; Y's is 0 when not read).
-// At most two live on the stack for the length of one call; boxing the maps would allocate on
-// every call.
-#[allow(clippy::large_enum_variant)]
-enum ProductOperands {
-    Maps([TensorMap; 3]),
-    Pointers([u64; 3]),
-}
-
-/// One product of a backward call, chosen, loaded and with its operands encoded: queuing it can
-/// no longer fail on a check.
-struct Product {
-    function: CudaFunction,
-    operands: ProductOperands,
-    /// dX or dW (null when only db is asked for).
-    out: u64,
-    /// dW's kernel takes db (null when not asked for) after dW; dX's kernel has no such argument.
-    db: Option<u64>,
-    /// The classic kernels' last two arguments: the partial sums' address (0 unless split) and
-    /// the shares per output tile.
-    split_args: Option<(u64, i32)>,
-    /// The split sums to queue after the product, when it is split.
-    sums: Option<SplitSums>,
-    launch: LaunchConfig,
-}
-
-/// Where one product writes: its gradient (0 when only db is asked for), db (dW's kernel only;
-/// 0 when not asked for), and the workspace's partial-sum area (0 without a workspace).
-struct ProductOutputs {
-    out: u64,
-    db: Option<u64>,
-    partial: u64,
-}
-
-/// The `fusedrop_backward_split_sum_<dtype>` launches after a split product: per gradient,
-/// (gradient, its shares in the partial area, element count).
-struct SplitSums {
-    function: CudaFunction,
-    splits: i32,
-    outputs: Vec<(u64, u64, usize)>,
-}
-
 /// The split sum's launch over `count` elements: one per thread, grid-stride beyond
 /// `MAX_BLOCKS` blocks.
 fn split_sum_launch(count: usize) -> LaunchConfig {
@@ -655,16 +596,44 @@ fn split_sum_launch(count: usize) -> LaunchConfig {
     }
 }
 
-/// The pointers one backward product reads, besides the mask parameters.
-#[derive(Clone, Copy)]
-struct ProductInputs {
-    /// dY, or the workspace holding dY times the mask.
-    dy: u64,
-    /// The saved Y, when the kernel reads it (ReLU).
-    y: Option<u64>,
-    /// W (dX) or X (dW), `[b_rows, k]`.
-    b: u64,
-    b_rows: usize,
+/// One of the backward's two products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackwardProduct {
+    /// `dX = dZ·W`, `[m, k]`.
+    Dx,
+    /// `dW = dZᵀ·X`, `[n, k]`, and db (the column sums of dZ) beside it.
+    Dw,
+}
+
+impl BackwardProduct {
+    /// "dx" or "dw", as in the entry points' names.
+    const fn name(self) -> &'static str {
+        match self {
+            BackwardProduct::Dx => "dx",
+            BackwardProduct::Dw => "dw",
+        }
+    }
+}
+
+/// What one backward product reads and writes, for its launch plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProductOperands {
+    /// Where it reads dY: [`Operand::DY`], or [`Operand::Workspace`] when a pre-pass wrote dY
+    /// times the mask there (the identity with dropout and a workspace).
+    pub dy: Operand,
+    /// Whether it reads the saved Y (ReLU).
+    pub y: bool,
+    /// dX: always; dW: whether the call asks for dW (db alone runs the dW kernel with the
+    /// product switched off).
+    pub out: bool,
+    /// dW: whether the call asks for db.
+    pub db: bool,
+    /// Whether dY (or the workspace), Y when read, and W (dX) or X (dW) start 16-byte aligned,
+    /// which the mma.sync kernels' aligned entry points need (with n and k multiples of 8).
+    pub aligned: bool,
+    /// Where in the workspace the split-K partial sums start, in bytes (used by a split
+    /// mma.sync or SIMT product only).
+    pub partial_at: u64,
 }
 
 impl LayerKernels {
@@ -981,216 +950,319 @@ impl LayerKernels {
             chooser.split_k = false;
             (dx_path, dw_path) = choose_paths(&chooser)?;
         }
-        let partial = workspace_ptr.map_or(0, |ws| ws + partial_at as u64);
-        let dx_product = match dx_path {
-            Some(path) => {
-                let inputs = ProductInputs {
-                    dy: product_dy,
-                    y: y_ptr,
-                    b: w_ptr,
-                    b_rows: n,
-                };
-                let outputs = ProductOutputs {
-                    out: dx_ptr,
-                    db: None,
-                    partial,
-                };
-                Some(self.product::<T>(path, "dx", spec.shape, inputs, (m, k), outputs)?)
-            }
-            None => None,
-        };
-        let dw_product = match dw_path {
-            Some(path) => {
-                let cols = if have_dw { k } else { 1 };
-                let inputs = ProductInputs {
-                    dy: product_dy,
-                    y: y_ptr,
-                    b: x_ptr,
-                    b_rows: m,
-                };
-                let outputs = ProductOutputs {
-                    out: dw_ptr,
-                    db: Some(db_ptr),
-                    partial,
-                };
-                Some(self.product::<T>(path, "dw", spec.shape, inputs, (n, cols), outputs)?)
-            }
-            None => None,
-        };
-
-        if let Some(ws) = workspace_ptr.filter(|_| premask) {
-            let mut mask_only = params;
-            mask_only.scale_bits = 1.0f32.to_bits();
-            // SAFETY: dY holds m*n elements (checked by check_backward) and the workspace at
-            // least m*n elements of T (checked above), a separate allocation from dY (dY is
-            // borrowed shared while the workspace is borrowed mutably); m*n is within MAX_INDEX
-            // (check_backward); the seed pointer (if any) holds two u64 (checked); the guards
-            // keep every buffer alive until the launch is queued.
-            unsafe { self.queue_dropout::<T>(dy_ptr, ws, m, n, &mask_only) }?;
-        }
-        let (m_arg, n_arg, k_arg) = (m as i64, n as i64, k as i64);
-        let (relu_arg, accumulate_arg) = (i32::from(relu), i32::from(accumulate));
-        let scale_arg = f32::from_bits(product_params.scale_bits);
-        for product in [dx_product, dw_product].into_iter().flatten() {
-            let mut launch = stream.launch_builder(&product.function);
-            match &product.operands {
-                ProductOperands::Maps(maps) => launch.arg(&maps[0]).arg(&maps[1]).arg(&maps[2]),
-                ProductOperands::Pointers(ptrs) => launch.arg(&ptrs[0]).arg(&ptrs[1]).arg(&ptrs[2]),
+        let premasked = workspace_ptr.is_some() && premask;
+        let operands = |product: BackwardProduct| {
+            let b_ptr = match product {
+                BackwardProduct::Dx => w_ptr,
+                BackwardProduct::Dw => x_ptr,
             };
-            launch.arg(&product.out);
-            if let Some(db) = &product.db {
-                launch.arg(db);
+            ProductOperands {
+                dy: if premasked {
+                    Operand::Workspace
+                } else {
+                    Operand::DY
+                },
+                y: y_ptr.is_some(),
+                out: product == BackwardProduct::Dx || have_dw,
+                db: product == BackwardProduct::Dw && db_ptr != 0,
+                aligned: product_dy % 16 == 0
+                    && y_ptr.is_none_or(|y| y % 16 == 0)
+                    && b_ptr % 16 == 0,
+                partial_at: partial_at as u64,
             }
-            launch
-                .arg(&m_arg)
-                .arg(&n_arg)
-                .arg(&k_arg)
-                .arg(&relu_arg)
-                .arg(&accumulate_arg)
-                .arg(&product_params);
-            if let Some((partial, splits)) = &product.split_args {
-                launch.arg(partial).arg(splits);
+        };
+        let mut mask_only = params;
+        mask_only.scale_bits = 1.0f32.to_bits();
+        // The launches in order, each with its mask parameters: the pre-pass (dY times the mask,
+        // scale 1, into the workspace), then each product and its split sums.
+        let mut plans = Vec::with_capacity(6);
+        if premasked {
+            plans.push((
+                dropout::dropout_plan::<T>(Operand::DY, Operand::Workspace, m, n),
+                &mask_only,
+            ));
+        }
+        let resident = self.resident_clusters();
+        for (product, path) in [
+            (BackwardProduct::Dx, dx_path),
+            (BackwardProduct::Dw, dw_path),
+        ] {
+            if let Some(path) = path {
+                let launches = product_plans::<T>(
+                    path,
+                    product,
+                    spec,
+                    operands(product),
+                    accumulate,
+                    resident,
+                );
+                plans.extend(launches.into_iter().map(|plan| (plan, &product_params)));
             }
-            // SAFETY: the kernels' signatures are
+        }
+        let nonzero = |ptr: u64| (ptr != 0).then_some(ptr);
+        let address = |operand: Operand| match operand {
+            Operand::DY => Some(dy_ptr),
+            Operand::Y => y_ptr,
+            Operand::W => nonzero(w_ptr),
+            Operand::X => nonzero(x_ptr),
+            Operand::DX => nonzero(dx_ptr),
+            Operand::DW => nonzero(dw_ptr),
+            Operand::DB => nonzero(db_ptr),
+            Operand::Workspace => workspace_ptr,
+            Operand::B => None,
+        };
+        // Every function loaded and every tensor map encoded before anything is queued.
+        let prepared = plans
+            .iter()
+            .map(|(plan, params)| Ok((self.prepare_plan::<T>(plan, &address)?, *params)))
+            .collect::<Result<Vec<_>>>()?;
+        for (launch, params) in &prepared {
+            // SAFETY: the plans are the library's for this call (`product_plans`, `dropout_plan`),
+            // so each function's parameters are its plan's arguments: the products'
             //   dX: (A0, A1, A2, T* dx, long long m, n, k, int relu, int accumulate, MaskParams
             //        [, float* partial, int splits])
             //   dW: (A0, A1, A2, T* dw, T* db, long long m, n, k, int relu, int accumulate,
             //        MaskParams [, float* partial, int splits])
-            // with (A0, A1, A2) the CUtensorMaps of dY (or the workspace), Y (or dY's map again)
-            // and B for kernels/backward_sm90.cu, else (const T* dy, const T* y, const T* b) with
-            // y null unless relu, and the split-K pair for kernels/backward_tc.cu and
-            // kernels/backward_simt.cu (not the Hopper kernels). The maps
-            // were encoded from [m, n], [m, n] and [b_rows, k] operands whose lengths and TMA
-            // constraints were checked; the pointers hold m*n (dY, Y, workspace), n*k (W), m*k
-            // (X), m*k (dx), n*k (dw, or null) and n (db, or null) elements, all checked; a seed
-            // pointer (if any) holds two u64 (checked). With splits > 1 the partial area holds
-            // the config's partial_bytes (checked against the workspace's length above) after
-            // the mask area, in the same workspace; the kernel reads it only then. The grid
-            // follows each kernel's rule (any 1-D grid; whole clusters for split-K), its shared
-            // memory within the limit raised by `load`. The guards keep every buffer alive until
-            // the launches are queued.
-            unsafe { launch.launch(product.launch) }?;
-            if let Some(sums) = &product.sums {
-                for &(out, shares, count) in &sums.outputs {
-                    let count_arg = count as i64;
-                    let mut launch = stream.launch_builder(&sums.function);
-                    launch
-                        .arg(&shares)
-                        .arg(&out)
-                        .arg(&count_arg)
-                        .arg(&sums.splits)
-                        .arg(&scale_arg)
-                        .arg(&accumulate_arg);
-                    // SAFETY: fusedrop_backward_split_sum_<dtype>(const float* partial, T* out,
-                    // long long count, int splits, float scale, int accumulate): `shares` holds
-                    // splits * count floats inside the checked partial area, which the product
-                    // launched just before on the same stream writes whole; `out` holds count
-                    // elements (dx: m*k, dw: n*k, db: n, checked). Any 1-D grid.
-                    unsafe { launch.launch(split_sum_launch(count)) }?;
-                }
-            }
+            // with (A0, A1, A2) the tensor maps of dY (or the workspace), Y (or dY's again) and
+            // W or X for kernels/backward_sm90.cu, else their pointers and the split-K pair
+            // (kernels/backward_tc.cu, kernels/backward_simt.cu); the split sums'
+            // (const float* partial, T* out, long long count, int splits, float scale, int
+            // accumulate); the pre-pass's (const T* x, T* y, long long m, long long n,
+            // MaskParams). The CPU harness runs the same plans against those signatures. The
+            // buffers hold m*n (dY, Y, the workspace's mask area), n*k (W), m*k (X), m*k (dx), n*k
+            // (dw) and n (db) elements, all checked above; with splits > 1 the partial area
+            // after the mask area holds the config's partial_bytes (checked against the
+            // workspace's length above), which each product writes whole before its sums read
+            // it, on the same stream; the workspace is a separate allocation from dY (borrowed
+            // mutably while dY is borrowed shared). A seed pointer (if any) holds two u64
+            // (checked). The guards keep every buffer alive until the launches are queued.
+            unsafe { self.queue_prepared(launch, params) }?;
         }
         Ok(())
     }
+}
 
-    /// Loads one product's kernel and encodes its operands (`what`: "dx" or "dw"), for an
-    /// output of `rows` x `cols` tiles' worth (cols = 1 for db alone).
-    fn product<T: Element>(
-        &self,
-        path: Path,
-        what: &str,
-        shape: LinearShape,
-        inputs: ProductInputs,
-        (rows, cols): (usize, usize),
-        outputs: ProductOutputs,
-    ) -> Result<Product> {
-        let LinearShape { m, n, k } = shape;
-        let ProductOutputs { out, db, partial } = outputs;
-        match path {
-            Path::Hopper(config) => {
-                // dX reads K-major dY boxes of 64 x block_m, dW 64 x 64 ones.
-                let dy_box = if what == "dx" {
-                    config.block_m as u32
-                } else {
-                    HOPPER_BOX
+/// The launches of one product of a backward call of `spec` through `path`: the product, then
+/// for a split mma.sync or SIMT product the split sums that add its shares into each gradient
+/// it writes. `operands` says what it reads and writes, `accumulate` whether it adds to the
+/// gradients, `resident` the clusters that run at once (the Hopper kernels' persistent grids).
+/// The arguments are listed under [`product_plan`].
+fn product_plans<T: Element>(
+    path: Path,
+    product: BackwardProduct,
+    spec: &LayerSpec,
+    operands: ProductOperands,
+    accumulate: bool,
+    resident: ResidentClusters,
+) -> Vec<LaunchPlan> {
+    let LinearShape { m, n, k } = spec.shape;
+    let relu = spec.nonlinearity == Nonlinearity::Relu;
+    let (rows, cols, b_operand, b_rows, out) = match product {
+        BackwardProduct::Dx => (m, k, Operand::W, n, Operand::DX),
+        BackwardProduct::Dw => (
+            n,
+            if operands.out { k } else { 1 },
+            Operand::X,
+            m,
+            Operand::DW,
+        ),
+    };
+    let pointer_or_null = |given: bool, operand: Operand| {
+        if given {
+            KernelArg::Pointer(operand)
+        } else {
+            KernelArg::Null
+        }
+    };
+    let mut args = Vec::with_capacity(14);
+    let config = path.config();
+    let (launch, function, split) = match path {
+        Path::Hopper(config) => {
+            let box_rows = match product {
+                BackwardProduct::Dx => config.block_m as u32,
+                BackwardProduct::Dw => HOPPER_BOX,
+            };
+            let map =
+                |operand: Operand, rows: usize, cols: usize, box_rows: u32| KernelArg::TensorMap {
+                    operand,
+                    rows,
+                    cols,
+                    box_rows,
                 };
-                let map_dy = tensor_map::row_major::<T>(inputs.dy, m, n, dy_box)?;
-                let map_y = match inputs.y {
-                    Some(y) => tensor_map::row_major::<T>(y, m, n, dy_box)?,
-                    None => map_dy,
-                };
-                let map_b = tensor_map::row_major::<T>(inputs.b, inputs.b_rows, k, HOPPER_BOX)?;
-                Ok(Product {
-                    function: load::<T>(self, config, what, false)?,
-                    operands: ProductOperands::Maps([map_dy, map_y, map_b]),
-                    out,
-                    db,
-                    split_args: None,
-                    sums: None,
-                    launch: config.persistent_launch_config(
-                        config.tiles(rows, cols),
-                        self.resident_clusters(),
-                    ),
-                })
+            let y = if operands.y { Operand::Y } else { operands.dy };
+            args.extend([
+                map(operands.dy, m, n, box_rows),
+                map(y, m, n, box_rows),
+                map(b_operand, b_rows, k, HOPPER_BOX),
+            ]);
+            let launch = config.persistent_launch_config(config.tiles(rows, cols), resident);
+            (
+                launch,
+                function_name::<T>(config, product.name(), false),
+                false,
+            )
+        }
+        Path::Classic(config) => {
+            // Every operand the kernel may read by 16-byte cp.async: the aligned kernel
+            // promises it at compile time.
+            let aligned = config.mma_sync && n % 8 == 0 && k % 8 == 0 && operands.aligned;
+            // db alone reads no X.
+            args.extend([
+                KernelArg::Pointer(operands.dy),
+                pointer_or_null(operands.y, Operand::Y),
+                pointer_or_null(operands.out, b_operand),
+            ]);
+            let split = config.can_split && config.splits > 1;
+            let launch = Config {
+                splits: if split { config.splits } else { 1 },
+                ..config
             }
-            Path::Classic(config) => {
-                // Every operand the kernel may read by 16-byte cp.async: the aligned kernel
-                // promises it at compile time.
-                let aligned = config.mma_sync
-                    && n % 8 == 0
-                    && k % 8 == 0
-                    && inputs.dy % 16 == 0
-                    && inputs.y.is_none_or(|y| y % 16 == 0)
-                    && inputs.b % 16 == 0;
-                let split = config.can_split && config.splits > 1;
-                let sums = if split {
-                    // The shares of dX or dW, then (dW with db) db's after them.
-                    let mut outputs = Vec::with_capacity(2);
-                    if out != 0 {
-                        outputs.push((out, partial, rows * k));
-                    }
-                    if let Some(db) = db.filter(|&db| db != 0) {
-                        let after = (config.splits as usize * rows * k * 4) as u64;
-                        outputs.push((db, partial + after, rows));
-                    }
-                    Some(SplitSums {
-                        function: self.function(
-                            config.module,
-                            &format!("fusedrop_backward_split_sum_{}", T::NAME),
-                            0,
-                        )?,
-                        splits: config.splits as i32,
-                        outputs,
-                    })
-                } else {
-                    None
-                };
-                let splits = if split { config.splits as i32 } else { 1 };
-                Ok(Product {
-                    function: load::<T>(self, config, what, aligned)?,
-                    operands: ProductOperands::Pointers([
-                        inputs.dy,
-                        inputs.y.unwrap_or(0),
-                        inputs.b,
-                    ]),
-                    out,
-                    db,
-                    split_args: Some((if split { partial } else { 0 }, splits)),
-                    sums,
-                    launch: Config {
-                        splits: splits as u64,
-                        ..config
-                    }
-                    .launch_config(config.tiles(rows, cols)),
-                })
-            }
+            .launch_config(config.tiles(rows, cols));
+            (
+                launch,
+                function_name::<T>(config, product.name(), aligned),
+                split,
+            )
+        }
+    };
+    args.push(pointer_or_null(operands.out, out));
+    if product == BackwardProduct::Dw {
+        args.push(pointer_or_null(operands.db, Operand::DB));
+    }
+    args.extend([
+        KernelArg::I64(m as i64),
+        KernelArg::I64(n as i64),
+        KernelArg::I64(k as i64),
+        KernelArg::I32(i32::from(relu)),
+        KernelArg::I32(i32::from(accumulate)),
+        KernelArg::MaskParams,
+    ]);
+    if let Path::Classic(_) = path {
+        args.extend([
+            if split {
+                KernelArg::WorkspaceAt(operands.partial_at)
+            } else {
+                KernelArg::Null
+            },
+            KernelArg::I32(if split { config.splits as i32 } else { 1 }),
+        ]);
+    }
+    let mut plans = vec![LaunchPlan {
+        module: config.module,
+        function,
+        grid: launch.grid_dim,
+        threads: config.threads,
+        smem_bytes: config.smem_bytes,
+        cluster: match path {
+            Path::Hopper(config) => config.splits as u32,
+            Path::Classic(_) => 1,
+        },
+        args,
+    }];
+    if split {
+        // The shares of dX or dW, then (dW with db) db's after them.
+        let mut sums = Vec::with_capacity(2);
+        if operands.out {
+            sums.push((out, operands.partial_at, rows * k));
+        }
+        if product == BackwardProduct::Dw && operands.db {
+            let after = (config.splits as usize * rows * k * 4) as u64;
+            sums.push((Operand::DB, operands.partial_at + after, rows));
+        }
+        for (gradient, shares, count) in sums {
+            let launch = split_sum_launch(count);
+            plans.push(LaunchPlan {
+                module: config.module,
+                function: format!("fusedrop_backward_split_sum_{}", T::NAME),
+                grid: launch.grid_dim,
+                threads: launch.block_dim.0,
+                smem_bytes: 0,
+                cluster: 1,
+                args: vec![
+                    KernelArg::WorkspaceAt(shares),
+                    KernelArg::Pointer(gradient),
+                    KernelArg::I64(count as i64),
+                    KernelArg::I32(config.splits as i32),
+                    KernelArg::F32(crate::mask::scale(spec.dropout.p)),
+                    KernelArg::I32(i32::from(accumulate)),
+                ],
+            });
         }
     }
+    plans
+}
+
+/// The launches of product `product` of a backward call of `spec` on the configuration named
+/// `config`, as [`LayerKernels::backward`] plans them when it takes that kernel (the product,
+/// then for a split mma.sync or SIMT product its split sums): a Hopper configuration (`wg128x256`,
+/// `wg128x128`, `wg128x128s2`, `wg128x128s4`, `wg128x128s8`) on a GPU that runs `resident`
+/// clusters at once, or a classic one (`tc128x128`, `tc64x64`, `tc64x32`, `simt128x128`,
+/// `simt64x64`, `simt64x32`) split into `splits` shares per output tile (1: unsplit; the
+/// mma.sync 128 x 128 kernels do not split, and the wrapper itself splits only the 64 x 64 and
+/// 64 x 32 tiles). A Hopper configuration's split is its cluster size: `splits` must be 1 or
+/// that. For the CPU harness, which runs these plans against the kernels' own signatures.
+///
+/// The product's arguments: dY's, Y's and B's (W for dX, X for dW) tensor maps for the Hopper
+/// kernels (dY and Y in boxes of 64 x `block_m` for dX, every other box 64 x 64; without Y,
+/// dY's map again), their pointers for the others (Y's null when not read); then dX, or dW and
+/// db (each null when not asked for); m, n, k, relu, accumulate, the mask parameters; for the
+/// mma.sync and SIMT kernels the split-K pair (the partial sums' address, null unless split,
+/// and the shares per tile). Each split sum: (shares, gradient, count, shares per tile, scale,
+/// accumulate).
+pub fn product_plan<T: Element>(
+    config: &str,
+    splits: u32,
+    product: BackwardProduct,
+    spec: &LayerSpec,
+    operands: ProductOperands,
+    accumulate: bool,
+    resident: ResidentClusters,
+) -> Result<Vec<LaunchPlan>> {
+    let hopper = [
+        WG128X256,
+        WG128X128,
+        WG128X128_SPLIT[0],
+        WG128X128_SPLIT[1],
+        WG128X128_SPLIT[2],
+    ];
+    let all = || hopper.iter().chain(&TENSOR_CORE).chain(&SIMT);
+    let Some(&found) = all().find(|c| c.name == config) else {
+        let names: Vec<&str> = all().map(|c| c.name).collect();
+        return Err(invalid!(
+            "{config} is not a backward configuration; expected one of {names:?}"
+        ));
+    };
+    let path = if found.module == "backward_sm90" {
+        if splits != 1 && u64::from(splits) != found.splits {
+            return Err(invalid!(
+                "{config} splits each tile over its clusters of {}; got splits = {splits}",
+                found.splits
+            ));
+        }
+        Path::Hopper(found)
+    } else {
+        let kernels_split = found.can_split || found.module == "backward_simt";
+        if splits == 0 || (splits > 1 && !kernels_split) {
+            return Err(invalid!(
+                "{config}'s kernels take splits = 1{}; got {splits}",
+                if kernels_split { " or more" } else { " only" }
+            ));
+        }
+        Path::Classic(Config {
+            splits: u64::from(splits),
+            can_split: splits > 1,
+            ..found
+        })
+    };
+    Ok(product_plans::<T>(
+        path, product, spec, operands, accumulate, resident,
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use half::{bf16, f16};
 
     #[test]
     fn default_options_overwrite_with_the_automatic_kernel_and_the_host_seed() {
@@ -1331,5 +1403,189 @@ mod tests {
         );
         let s8 = WG128X128_SPLIT[0];
         assert_eq!(s8.persistent_launch_config(16, fewer).grid_dim, (112, 1, 1));
+    }
+
+    fn spec(nonlinearity: Nonlinearity, p: f32) -> LayerSpec {
+        LayerSpec::new(
+            LinearShape::new(300, 200, 96),
+            nonlinearity,
+            crate::DropoutSpec::new(p, 1, 2),
+        )
+    }
+
+    fn operands(dy: Operand, y: bool, out: bool, db: bool) -> ProductOperands {
+        ProductOperands {
+            dy,
+            y,
+            out,
+            db,
+            aligned: true,
+            partial_at: 4096,
+        }
+    }
+
+    #[test]
+    fn hopper_product_plans_read_every_operand_by_tensor_map() {
+        let relu = spec(Nonlinearity::Relu, 0.1);
+        let plan = &product_plan::<f16>(
+            "wg128x128",
+            1,
+            BackwardProduct::Dx,
+            &relu,
+            operands(Operand::DY, true, true, false),
+            true,
+            ResidentClusters::uniform(132),
+        )
+        .unwrap()[0];
+        assert_eq!(plan.function, "fusedrop_backward_dx_wg128x128_f16");
+        assert_eq!(plan.module, "backward_sm90");
+        // dX of 300 x 96: 3 x 1 tiles of 128 x 128.
+        assert_eq!((plan.grid, plan.cluster), ((3, 1, 1), 1));
+        let map = |operand, rows, cols, box_rows| KernelArg::TensorMap {
+            operand,
+            rows,
+            cols,
+            box_rows,
+        };
+        assert_eq!(
+            plan.args,
+            vec![
+                map(Operand::DY, 300, 200, 128),
+                map(Operand::Y, 300, 200, 128),
+                map(Operand::W, 200, 96, 64),
+                KernelArg::Pointer(Operand::DX),
+                KernelArg::I64(300),
+                KernelArg::I64(200),
+                KernelArg::I64(96),
+                KernelArg::I32(1),
+                KernelArg::I32(1),
+                KernelArg::MaskParams,
+            ]
+        );
+        // dW from the workspace's dY times the mask, without Y (its map is the workspace's
+        // again) and without db, split over clusters of 4 that run 2 at once.
+        let identity = spec(Nonlinearity::Identity, 0.5);
+        let plan = &product_plan::<bf16>(
+            "wg128x128s4",
+            4,
+            BackwardProduct::Dw,
+            &identity,
+            operands(Operand::Workspace, false, true, false),
+            false,
+            ResidentClusters::uniform(8),
+        )
+        .unwrap()[0];
+        assert_eq!(plan.function, "fusedrop_backward_dw_wg128x128s4_bf16");
+        assert_eq!((plan.grid, plan.cluster), ((8, 1, 1), 4));
+        assert_eq!(
+            plan.args[..6],
+            [
+                map(Operand::Workspace, 300, 200, 64),
+                map(Operand::Workspace, 300, 200, 64),
+                map(Operand::X, 300, 96, 64),
+                KernelArg::Pointer(Operand::DW),
+                KernelArg::Null,
+                KernelArg::I64(300),
+            ]
+        );
+        for (config, splits) in [
+            ("wg128x128s2", 4),
+            ("tc128x128", 2),
+            ("tc64x64", 0),
+            ("wg64", 1),
+        ] {
+            assert!(
+                product_plan::<f16>(
+                    config,
+                    splits,
+                    BackwardProduct::Dx,
+                    &relu,
+                    operands(Operand::DY, true, true, false),
+                    false,
+                    ResidentClusters::uniform(132),
+                )
+                .is_err(),
+                "{config} split {splits}"
+            );
+        }
+    }
+
+    #[test]
+    fn split_classic_products_are_followed_by_their_sums() {
+        let identity = spec(Nonlinearity::Identity, 0.5);
+        let split = Config {
+            splits: 3,
+            ..TC64X64
+        };
+        let plans = product_plans::<f16>(
+            Path::Classic(split),
+            BackwardProduct::Dw,
+            &identity,
+            operands(Operand::DY, false, true, true),
+            true,
+            ResidentClusters::uniform(132),
+        );
+        assert_eq!(plans.len(), 3, "the product, then dW's and db's sums");
+        let product = &plans[0];
+        assert_eq!(product.function, "fusedrop_backward_dw_tc64x64_aligned_f16");
+        // dW of 200 x 96: 4 x 2 tiles of 64 x 64, 3 blocks each.
+        assert_eq!(product.grid, (24, 1, 1));
+        assert_eq!(
+            product.args[..5],
+            [
+                KernelArg::Pointer(Operand::DY),
+                KernelArg::Null,
+                KernelArg::Pointer(Operand::X),
+                KernelArg::Pointer(Operand::DW),
+                KernelArg::Pointer(Operand::DB),
+            ]
+        );
+        assert_eq!(
+            product.args[11..],
+            [KernelArg::WorkspaceAt(4096), KernelArg::I32(3)]
+        );
+        let sum = |plan: &LaunchPlan| plan.args.clone();
+        assert_eq!(plans[1].function, "fusedrop_backward_split_sum_f16");
+        assert_eq!(
+            sum(&plans[1]),
+            vec![
+                KernelArg::WorkspaceAt(4096),
+                KernelArg::Pointer(Operand::DW),
+                KernelArg::I64(200 * 96),
+                KernelArg::I32(3),
+                KernelArg::F32(2.0),
+                KernelArg::I32(1),
+            ]
+        );
+        // db's shares after dW's: 3 shares of 200 x 96 f32.
+        assert_eq!(
+            sum(&plans[2])[0],
+            KernelArg::WorkspaceAt(4096 + 3 * 200 * 96 * 4)
+        );
+        assert_eq!(sum(&plans[2])[1], KernelArg::Pointer(Operand::DB));
+        assert_eq!(sum(&plans[2])[2], KernelArg::I64(200));
+
+        // db alone: the product switched off, X not read, unsplit.
+        let plans = product_plans::<f32>(
+            Path::Classic(SIMT64X32),
+            BackwardProduct::Dw,
+            &identity,
+            operands(Operand::DY, false, false, true),
+            false,
+            ResidentClusters::uniform(132),
+        );
+        assert_eq!(plans.len(), 1);
+        assert_eq!(plans[0].function, "fusedrop_backward_dw_simt64x32_f32");
+        assert_eq!(
+            plans[0].args[..5],
+            [
+                KernelArg::Pointer(Operand::DY),
+                KernelArg::Null,
+                KernelArg::Null,
+                KernelArg::Null,
+                KernelArg::Pointer(Operand::DB),
+            ]
+        );
+        assert_eq!(plans[0].args[11..], [KernelArg::Null, KernelArg::I32(1)]);
     }
 }

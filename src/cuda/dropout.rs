@@ -2,8 +2,9 @@
 //! buffer. It is the dropout half of the unfused baseline, a direct GPU check of Philox, and (out
 //! of place, with scale 1) the identity backward's workspace pre-pass.
 
-use cudarc::driver::{DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::DevicePtrMut;
 
+use crate::cuda::launch_plan::{KernelArg, LaunchPlan, Operand};
 use crate::cuda::{check_seed_source, LayerKernels, MaskParams, SeedSource};
 use crate::element::Element;
 use crate::error::{invalid, Result};
@@ -56,44 +57,36 @@ impl LayerKernels {
         let mut params = MaskParams::new(dropout, geometry, n);
         let (y_ptr, _y_guard) = y.device_ptr_mut(stream);
         let _seed_guards = params.read_seed_from(seed, stream);
-        // SAFETY: y_ptr points to m*n elements of T (checked above), read and written in place;
-        // the seed pointer (if any) to two u64 (checked above); both stay alive until the guards
-        // drop after the launch is queued.
-        unsafe { self.queue_dropout::<T>(y_ptr, y_ptr, m, n, &params) }
+        let plan = dropout_plan::<T>(Operand::Y, Operand::Y, m, n);
+        // SAFETY: the plan is `dropout_plan`'s, in place on y, which holds m*n elements of T
+        // (checked above; m*n within MAX_INDEX); the seed pointer (if any) holds two u64
+        // (checked above); both stay alive until the guards drop after the launch is queued.
+        unsafe { self.queue_plan::<T>(&plan, &|op| (op == Operand::Y).then_some(y_ptr), &params) }
     }
+}
 
-    /// Queues kernels/dropout.cu: `y = x * (keep(i) ? scale : 0)` over `[m, n]` elements with
-    /// `params`' mask and scale (the backward's workspace pre-pass passes scale 1).
-    ///
-    /// # Safety
-    ///
-    /// `x` and `y` must point to at least m*n elements of T on this handle's device (the same
-    /// buffer for in place, else buffers that do not overlap), with m*n within
-    /// `validate::MAX_INDEX`, and a seed or record pointer in `params` to two u64; all of them
-    /// must stay alive until the launch is queued (the callers hold cudarc's guards).
-    pub(crate) unsafe fn queue_dropout<T: Element>(
-        &self,
-        x: u64,
-        y: u64,
-        m: usize,
-        n: usize,
-        params: &MaskParams,
-    ) -> Result<()> {
-        let function = self.function("dropout", &format!("fusedrop_dropout_{}", T::NAME), 0)?;
-        let calls = (m as u64) * (n as u64 / 4 + 2);
-        let blocks = calls.div_ceil(u64::from(THREADS)).clamp(1, 65_535 * 8) as u32;
-        let config = LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let (m_arg, n_arg) = (m as i64, n as i64);
-        let mut launch = self.stream().launch_builder(&function);
-        launch.arg(&x).arg(&y).arg(&m_arg).arg(&n_arg).arg(params);
-        // SAFETY: the kernel's signature is (const T*, T*, long long, long long, MaskParams); the
-        // pointers are valid for m*n elements and any seed or record pointer for two u64 (this
-        // function's contract). Any 1-D grid is correct (the kernel loops grid-stride).
-        unsafe { launch.launch(config) }?;
-        Ok(())
+/// The launch of kernels/dropout.cu over `[m, n]` elements: `output = input * (keep(i) ? scale
+/// : 0)` with the launch's mask parameters (in place when `input == output`; the backward's
+/// workspace pre-pass reads dY and writes the workspace, with scale 1). Its arguments:
+/// (input, output, m, n, the mask parameters); 256 threads per block, one thread per Philox
+/// call (4 elements, and a partial call at each row's ends), grid-stride beyond 65535 * 8
+/// blocks. `m * n` must be within `validate::MAX_INDEX` (the wrapper checks it).
+pub fn dropout_plan<T: Element>(input: Operand, output: Operand, m: usize, n: usize) -> LaunchPlan {
+    let calls = (m as u64) * (n as u64 / 4 + 2);
+    let blocks = calls.div_ceil(u64::from(THREADS)).clamp(1, 65_535 * 8) as u32;
+    LaunchPlan {
+        module: "dropout",
+        function: format!("fusedrop_dropout_{}", T::NAME),
+        grid: (blocks, 1, 1),
+        threads: THREADS,
+        smem_bytes: 0,
+        cluster: 1,
+        args: vec![
+            KernelArg::Pointer(input),
+            KernelArg::Pointer(output),
+            KernelArg::I64(m as i64),
+            KernelArg::I64(n as i64),
+            KernelArg::MaskParams,
+        ],
     }
 }

@@ -695,7 +695,7 @@ impl LayerKernels {
         // SAFETY: the plan is the config's (`launch_plan`), for these addresses; x holds m*k,
         // w n*k, b (when given) n and y m*n elements of T, and the seed buffer (when given) two
         // u64, all checked above, each borrowed by its guard until the launch is queued.
-        unsafe { self.queue_plan::<T>(&plan, &addresses, &params) }
+        unsafe { self.queue_plan::<T>(&plan, &|op| addresses.of(op), &params) }
     }
 }
 
@@ -825,7 +825,7 @@ impl LayerKernels {
         // SAFETY: the plan is the variant's (`forward_sweep_plan`), for these addresses; x holds
         // m*k, w n*k, b (when given) n and y m*n elements of T (checked above), each borrowed by
         // its guard until the launch is queued; the seed comes from the host.
-        unsafe { self.queue_plan::<T>(&plan, &addresses, &params) }
+        unsafe { self.queue_plan::<T>(&plan, &|op| addresses.of(op), &params) }
     }
 }
 

@@ -2,19 +2,22 @@
 //! block and shared memory, and its arguments in the order of its parameters, with the buffers
 //! named rather than addressed ([`LaunchPlan`]).
 //!
-//! The wrappers build a plan with pure functions ([`ForwardConfig::launch_plan`],
-//! [`forward_sweep_plan`](crate::cuda::forward::forward_sweep_plan)) and then queue it on the
-//! stream: each [`Operand`] replaced by its device address, each [`KernelArg::TensorMap`]
-//! encoded from that address. The CPU harness (tests/kernels_on_cpu.rs) runs the same plans:
-//! its drivers convert each planned argument to the type of the kernel's parameter in that
-//! position (refusing a kind that does not fit, such as a pointer where the kernel takes a map)
-//! and launch the grid the plan gives. So the argument order, the tensor maps' boxes, the grids
-//! and the choice of entry point that a call would send to a GPU are checked on the CPU in every
-//! CI run, not only on a GPU host.
+//! The wrappers build their plans with pure functions ([`ForwardConfig::launch_plan`],
+//! [`forward_sweep_plan`], [`product_plan`] for each backward product and its split sums,
+//! [`dropout_plan`]) and then queue them on the stream: each [`Operand`] replaced by its device
+//! address, each [`KernelArg::TensorMap`] encoded from that address. The CPU harness
+//! (tests/kernels_on_cpu.rs) runs the same plans: its drivers convert each planned argument to
+//! the type of the kernel's parameter in that position (refusing a kind that does not fit, such
+//! as a pointer where the kernel takes a map) and launch the grid the plan gives. So the argument
+//! order, the tensor maps' boxes, the grids and the choice of entry point that a call would send
+//! to a GPU are checked on the CPU in every CI run, not only on a GPU host.
 //!
 //! [`ForwardConfig::launch_plan`]: crate::cuda::forward::ForwardConfig::launch_plan
+//! [`forward_sweep_plan`]: crate::cuda::forward::forward_sweep_plan
+//! [`product_plan`]: crate::cuda::backward::product_plan
+//! [`dropout_plan`]: crate::cuda::dropout::dropout_plan
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
 
 use crate::cuda::tensor_map::{self, TensorMap};
 use crate::cuda::{LayerKernels, MaskParams};
@@ -30,8 +33,18 @@ pub enum Operand {
     W,
     /// The bias b, `[n]`.
     B,
-    /// The output Y, `[m, n]`.
+    /// The forward's output Y, `[m, n]` (the backward reads it for ReLU).
     Y,
+    /// The gradient of Y, `[m, n]`.
+    DY,
+    /// The gradient of X, `[m, k]`.
+    DX,
+    /// The gradient of W, `[n, k]`.
+    DW,
+    /// The gradient of b, `[n]`.
+    DB,
+    /// The backward's workspace (`BackwardOptions::workspace`).
+    Workspace,
 }
 
 impl Operand {
@@ -42,15 +55,23 @@ impl Operand {
             Operand::W => "w",
             Operand::B => "b",
             Operand::Y => "y",
+            Operand::DY => "dy",
+            Operand::DX => "dx",
+            Operand::DW => "dw",
+            Operand::DB => "db",
+            Operand::Workspace => "ws",
         }
     }
 }
 
 /// One kernel argument, in the order of the kernel's parameters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum KernelArg {
     /// The device address of an operand.
     Pointer(Operand),
+    /// The address `offset` bytes into the workspace ([`Operand::Workspace`]), as an `f32*`
+    /// (the split-K partial sums).
+    WorkspaceAt(u64),
     /// A null pointer (an operand the call does not have, such as an absent bias).
     Null,
     /// The TMA tensor map of an f16/bf16 operand read as a row-major `[rows, cols]` matrix, in
@@ -72,13 +93,15 @@ pub enum KernelArg {
     I64(i64),
     /// An `int`.
     I32(i32),
+    /// A `float`.
+    F32(f32),
     /// The call's `MaskParams` (kernels/mask.cuh), built from its dropout spec, geometry and seed
     /// source when it is queued.
     MaskParams,
 }
 
 /// One kernel launch: which entry point, with what grid and arguments.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LaunchPlan {
     /// The kernel module, a `kernels/<module>.cu` file.
     pub module: &'static str,
@@ -123,16 +146,23 @@ pub struct OperandAddresses {
 }
 
 impl OperandAddresses {
-    fn of(&self, operand: Operand) -> Result<u64> {
+    /// The address of `operand`, `None` where the call has no such buffer.
+    pub(crate) fn of(&self, operand: Operand) -> Option<u64> {
         match operand {
-            Operand::X => Ok(self.x),
-            Operand::W => Ok(self.w),
-            Operand::B => self.b.ok_or_else(|| {
-                Error::Cuda("a launch plan refers to the bias of a call without one".into())
-            }),
-            Operand::Y => Ok(self.y),
+            Operand::X => Some(self.x),
+            Operand::W => Some(self.w),
+            Operand::B => self.b,
+            Operand::Y => Some(self.y),
+            _ => None,
         }
     }
+}
+
+/// A plan with its function loaded and its arguments' values (maps encoded), ready to queue.
+pub(crate) struct PreparedLaunch {
+    function: CudaFunction,
+    values: Vec<ArgValue>,
+    config: LaunchConfig,
 }
 
 /// A planned argument with its value.
@@ -141,34 +171,62 @@ enum ArgValue {
     Address(u64),
     I64(i64),
     I32(i32),
+    F32(f32),
     MaskParams,
 }
 
 impl LayerKernels {
     /// Queues `plan` on the handle's stream: its function (loaded once, its shared memory limit
-    /// raised to the plan's), each operand replaced by its address in `addresses`, each tensor
-    /// map encoded from that address, `params` as the MaskParams argument.
+    /// raised to the plan's), each operand replaced by its address from `address` (`None`: the
+    /// call has no such buffer, an error), each tensor map encoded from that address, `params`
+    /// as the MaskParams argument.
     ///
     /// # Safety
     ///
     /// `plan` must be the plan the library built for this call, so that its arguments are the
-    /// function's parameters and its grid the kernel's grid rule; the buffers behind `addresses`
-    /// must hold what the plan's shape implies (X m*k, W n*k, b n, Y m*n elements of `T`) and stay
-    /// alive and borrowed until the launch is queued, and `params`' seed buffers (when it names
-    /// any) likewise.
+    /// function's parameters and its grid the kernel's grid rule; the buffers behind `address`
+    /// must hold what the plan's shape implies (for the forward X m*k, W n*k, b n, Y m*n
+    /// elements of `T`; for the backward as `LayerKernels::backward` checks) and stay alive and
+    /// borrowed until the launch is queued, and `params`' seed buffers (when it names any)
+    /// likewise.
     pub(crate) unsafe fn queue_plan<T: Element>(
         &self,
         plan: &LaunchPlan,
-        addresses: &OperandAddresses,
+        address: &dyn Fn(Operand) -> Option<u64>,
         params: &MaskParams,
     ) -> Result<()> {
+        let ready = self.prepare_plan::<T>(plan, address)?;
+        // SAFETY: as this function's contract.
+        unsafe { self.queue_prepared(&ready, params) }
+    }
+
+    /// What queueing `plan` needs that can fail on a check (its function, its operands'
+    /// addresses, its tensor maps), so that a call of several launches can prepare them all
+    /// before it queues any.
+    pub(crate) fn prepare_plan<T: Element>(
+        &self,
+        plan: &LaunchPlan,
+        address: &dyn Fn(Operand) -> Option<u64>,
+    ) -> Result<PreparedLaunch> {
+        let of = |operand: Operand| {
+            address(operand).ok_or_else(|| {
+                Error::Cuda(format!(
+                    "the launch plan of {} refers to {}, which the call does not have",
+                    plan.function,
+                    operand.name()
+                ))
+            })
+        };
         let function = self.function(plan.module, &plan.function, plan.smem_bytes)?;
         let values = plan
             .args
             .iter()
             .map(|arg| {
                 Ok(match *arg {
-                    KernelArg::Pointer(operand) => ArgValue::Address(addresses.of(operand)?),
+                    KernelArg::Pointer(operand) => ArgValue::Address(of(operand)?),
+                    KernelArg::WorkspaceAt(offset) => {
+                        ArgValue::Address(of(Operand::Workspace)? + offset)
+                    }
                     KernelArg::Null => ArgValue::Address(0),
                     KernelArg::TensorMap {
                         operand,
@@ -176,7 +234,7 @@ impl LayerKernels {
                         cols,
                         box_rows,
                     } => ArgValue::Map(tensor_map::row_major::<T>(
-                        addresses.of(operand)?,
+                        of(operand)?,
                         rows,
                         cols,
                         box_rows,
@@ -184,17 +242,41 @@ impl LayerKernels {
                     KernelArg::UnusedTensorMap => ArgValue::Map(TensorMap::unused()),
                     KernelArg::I64(v) => ArgValue::I64(v),
                     KernelArg::I32(v) => ArgValue::I32(v),
+                    KernelArg::F32(v) => ArgValue::F32(v),
                     KernelArg::MaskParams => ArgValue::MaskParams,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let mut builder = self.stream().launch_builder(&function);
-        for value in &values {
+        Ok(PreparedLaunch {
+            function,
+            values,
+            config: plan.launch_config(),
+        })
+    }
+
+    /// Queues a prepared launch with `params` as its MaskParams argument.
+    ///
+    /// # Safety
+    ///
+    /// As [`queue_plan`](Self::queue_plan), for the plan `ready` was prepared from.
+    pub(crate) unsafe fn queue_prepared(
+        &self,
+        ready: &PreparedLaunch,
+        params: &MaskParams,
+    ) -> Result<()> {
+        let PreparedLaunch {
+            function,
+            values,
+            config,
+        } = ready;
+        let mut builder = self.stream().launch_builder(function);
+        for value in values {
             match value {
                 ArgValue::Map(map) => builder.arg(map),
                 ArgValue::Address(address) => builder.arg(address),
                 ArgValue::I64(v) => builder.arg(v),
                 ArgValue::I32(v) => builder.arg(v),
+                ArgValue::F32(v) => builder.arg(v),
                 ArgValue::MaskParams => builder.arg(params),
             };
         }
@@ -202,7 +284,7 @@ impl LayerKernels {
         // rule (the plan is the library's, by this function's contract; the CPU harness runs the
         // same plans against the kernels' own signatures); the buffers are as the launch needs,
         // also by the contract. `values` outlives the builder's borrows.
-        unsafe { builder.launch(plan.launch_config()) }?;
+        unsafe { builder.launch(*config) }?;
         Ok(())
     }
 }

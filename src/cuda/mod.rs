@@ -1,7 +1,7 @@
 //! The CUDA side: device probing, the kernel handle [`LayerKernels`], and the safe wrappers
 //! over each kernel, its methods (forward in [`forward`], backward in [`backward`], standalone
-//! dropout in [`dropout`]). The forward's launches are built as data first ([`launch_plan`]),
-//! so that the CPU harness can run exactly what the wrapper would queue.
+//! dropout in [`dropout`]). Every launch is built as data first ([`launch_plan`]), so that
+//! the CPU harness can run exactly what the wrappers would queue.
 //!
 //! Callers bring their own [`CudaStream`] and buffers ([`CudaSlice`],
 //! [`CudaView`], [`CudaViewMut`](cudarc::driver::CudaViewMut)); nothing here creates a hidden

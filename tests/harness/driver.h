@@ -1,11 +1,11 @@
 // The common part of every harness driver (tests/harness/*.cpp): reads launch requests written by
-// tests/kernels_on_cpu.rs, runs the kernel through kernels/host/cuda_host.h, writes the outputs.
+// tests/kernels_on_cpu.rs, runs the launches they plan through kernels/host/cuda_host.h, writes
+// the outputs.
 //
 // Usage: <driver> <request dir>...
 // Each request dir holds `request.txt`, one `key value...` per line:
-//   kernel <name>                  the entry point to run (must be registered by the driver)
 //   schedule <u64>                 the harness's schedule seed
-//   i64 <name> <value>             an integer argument (m, n, k, relu, accumulate, grid_x, ...)
+//   i64 <name> <value>             a test's departure from the plan (grid_x, grid_y: below)
 //   mp <seed> <subsequence> <threshold> <row_offset> <col_offset> <n_global> <scale_bits>
 //      <device_seed>
 //                                  MaskParams; device_seed 1 passes (seed, subsequence) through a
@@ -14,18 +14,20 @@
 //                                  <name>.bin holds the initial bytes; the kernel receives a
 //                                  pointer `misalign` bytes past a 16-byte aligned allocation of
 //                                  exactly misalign + bytes bytes; output 1 writes <name>.out
-//   null <name>                    the argument <name> is a null pointer
 //   record <name>                  MaskParams::record points at buffer <name> (two u64)
-// A request that carries a launch plan (src/cuda/launch_plan.rs, as the Rust wrapper would queue
-// it) adds:
-//   launch <gx> <gy> <gz> <threads> <smem> <cluster>
-//                                  the plan's grid, block, dynamic shared memory and cluster size
-//   arg ptr <name> | arg null | arg map <name> <rows> <cols> <box_rows> | arg map0 |
-//   arg i64 <v> | arg i32 <v> | arg mask
-//                                  one line per kernel argument, in order: a buffer's pointer, a
-//                                  null pointer, the TMA map of buffer <name> (f16/bf16, row-major
-//                                  [rows, cols], boxes of 64 x box_rows, 128-byte swizzle), an
-//                                  all-zero map, integers, the MaskParams
+//   launch <function> <gx> <gy> <gz> <threads> <smem> <cluster>
+//                                  a launch of the library's plan (src/cuda/launch_plan.rs, as
+//                                  the Rust wrapper would queue it): the entry point (registered
+//                                  by the driver), its grid, block, dynamic shared memory and
+//                                  cluster size; the request's launches run in order
+//   arg ptr <name> | arg null | arg wsat <offset> | arg map <name> <rows> <cols> <box_rows> |
+//   arg map0 | arg i64 <v> | arg i32 <v> | arg f32 <bits> | arg mask
+//                                  the latest launch's arguments, one line each, in order: a
+//                                  buffer's pointer, a null pointer, a pointer <offset> bytes into
+//                                  buffer ws (the workspace), the TMA map of buffer <name>
+//                                  (f16/bf16, row-major [rows, cols], boxes of 64 x box_rows,
+//                                  128-byte swizzle), an all-zero map, integers, a float, the
+//                                  MaskParams
 // Exit status 0 on success; harness errors print a message and exit 3; AddressSanitizer reports
 // exit 1.
 #pragma once
@@ -60,27 +62,30 @@ struct Buffer {
 
 // One planned kernel argument (a request's `arg` line).
 struct PlannedArg {
-    std::string kind;  // ptr, null, map, map0, i64, i32, mask
+    std::string kind;  // ptr, null, wsat, map, map0, i64, i32, f32, mask
     std::string name;  // the buffer, for ptr and map
-    long long value = 0;  // i64, i32
+    long long value = 0;  // i64, i32, the bits of f32, the offset of wsat
     long long rows = 0, cols = 0, box_rows = 0;  // map
 };
 
-struct Request {
-    std::string dir;
-    std::string kernel;
-    uint64_t schedule = 0;
-    std::map<std::string, long long> ints;
-    std::map<std::string, std::unique_ptr<Buffer>> buffers;
-    std::map<std::string, bool> nulls;
-    fusedrop::MaskParams mp{};
-    uint64_t seed_subsequence[2] = {0, 0};
-    std::string record;
-    bool planned = false;  // whether the request has a `launch` line
+// One launch of the plan (a request's `launch` line and the `arg` lines after it).
+struct PlannedLaunch {
+    std::string function;
     dim3 grid;
     unsigned threads = 0, cluster = 1;
     size_t smem = 0;
     std::vector<PlannedArg> args;
+};
+
+struct Request {
+    std::string dir;
+    uint64_t schedule = 0;
+    std::map<std::string, long long> ints;
+    std::map<std::string, std::unique_ptr<Buffer>> buffers;
+    fusedrop::MaskParams mp{};
+    uint64_t seed_subsequence[2] = {0, 0};
+    std::string record;
+    std::vector<PlannedLaunch> launches;
 
     long long i64(const std::string& key) const {
         auto it = ints.find(key);
@@ -91,12 +96,9 @@ struct Request {
         auto it = ints.find(key);
         return it == ints.end() ? fallback : it->second;
     }
-    // Whether the request names a buffer `name`.
-    bool has(const std::string& name) const { return buffers.count(name) != 0; }
-    // The typed pointer for argument `name`: a buffer, or null when the request says so.
+    // The typed pointer to buffer `name`.
     template <typename T>
     T* ptr(const std::string& name) const {
-        if (nulls.count(name)) return nullptr;
         auto it = buffers.find(name);
         if (it == buffers.end()) die(dir + ": missing buffer " + name);
         return reinterpret_cast<T*>(it->second->data);
@@ -120,9 +122,7 @@ inline Request parse(const std::string& dir) {
         std::istringstream words(line);
         std::string key;
         if (!(words >> key)) continue;
-        if (key == "kernel") {
-            words >> req.kernel;
-        } else if (key == "schedule") {
+        if (key == "schedule") {
             words >> req.schedule;
         } else if (key == "i64") {
             std::string name;
@@ -159,28 +159,27 @@ inline Request parse(const std::string& dir) {
             memcpy(buf->data, init.data(), bytes);
             req.buffers[name] = std::move(buf);
         } else if (key == "launch") {
-            words >> req.grid.x >> req.grid.y >> req.grid.z >> req.threads >> req.smem >>
-                req.cluster;
-            req.planned = true;
+            PlannedLaunch launch;
+            words >> launch.function >> launch.grid.x >> launch.grid.y >> launch.grid.z >>
+                launch.threads >> launch.smem >> launch.cluster;
+            req.launches.push_back(launch);
         } else if (key == "arg") {
+            if (req.launches.empty()) die(dir + ": an arg line before any launch line");
             PlannedArg arg;
             words >> arg.kind;
             if (arg.kind == "ptr") {
                 words >> arg.name;
             } else if (arg.kind == "map") {
                 words >> arg.name >> arg.rows >> arg.cols >> arg.box_rows;
-            } else if (arg.kind == "i64" || arg.kind == "i32") {
+            } else if (arg.kind == "i64" || arg.kind == "i32" || arg.kind == "f32" ||
+                       arg.kind == "wsat") {
                 words >> arg.value;
             } else if (arg.kind != "null" && arg.kind != "map0" && arg.kind != "mask") {
                 die(dir + ": unknown argument kind: " + line);
             }
-            req.args.push_back(arg);
+            req.launches.back().args.push_back(arg);
         } else if (key == "record") {
             words >> req.record;
-        } else if (key == "null") {
-            std::string name;
-            words >> name;
-            req.nulls[name] = true;
         } else {
             die(dir + ": unknown request line: " + line);
         }
@@ -196,14 +195,12 @@ inline Request parse(const std::string& dir) {
     return req;
 }
 
-using Runner = std::function<void(const Request&)>;
+using Runner = std::function<void(const Request&, const PlannedLaunch&)>;
 
 inline std::map<std::string, Runner>& registry() {
     static std::map<std::string, Runner> r;
     return r;
 }
-
-inline unsigned ceil_div(long long a, long long b) { return (unsigned)((a + b - 1) / b); }
 
 inline fusedrop::host::LaunchConfig config(const Request& req, dim3 grid, unsigned threads,
                                            size_t smem) {
@@ -233,8 +230,14 @@ inline void expect_kind(const Request& req, const PlannedArg& arg, size_t index,
 template <typename U>
 struct FromPlan<U*> {
     static U* get(const Request& req, const PlannedArg& arg, size_t index) {
-        expect_kind(req, arg, index, {"ptr", "null"}, "a pointer");
-        return arg.kind == "null" ? nullptr : req.ptr<U>(arg.name);
+        expect_kind(req, arg, index, {"ptr", "null", "wsat"}, "a pointer");
+        if (arg.kind == "null") return nullptr;
+        if (arg.kind == "ptr") return req.ptr<U>(arg.name);
+        auto it = req.buffers.find("ws");
+        if (it == req.buffers.end() || arg.value < 0 || (size_t)arg.value > it->second->bytes)
+            die(req.dir + ": planned argument " + std::to_string(index) + " points " +
+                std::to_string(arg.value) + " bytes into the workspace, which is not there");
+        return reinterpret_cast<U*>(it->second->data + arg.value);
     }
 };
 
@@ -251,6 +254,17 @@ struct FromPlan<int> {
     static int get(const Request& req, const PlannedArg& arg, size_t index) {
         expect_kind(req, arg, index, {"i32"}, "an int");
         return (int)arg.value;
+    }
+};
+
+template <>
+struct FromPlan<float> {
+    static float get(const Request& req, const PlannedArg& arg, size_t index) {
+        expect_kind(req, arg, index, {"f32"}, "a float");
+        const uint32_t bits = (uint32_t)arg.value;
+        float v;
+        memcpy(&v, &bits, 4);
+        return v;
     }
 };
 
@@ -280,30 +294,36 @@ struct FromPlan<CUtensorMap> {
 };
 
 template <typename... P, size_t... I>
-std::tuple<std::decay_t<P>...> planned_args(const Request& req, std::index_sequence<I...>) {
+std::tuple<std::decay_t<P>...> planned_args(const Request& req, const PlannedLaunch& launch,
+                                            std::index_sequence<I...>) {
     return std::tuple<std::decay_t<P>...>(
-        FromPlan<std::decay_t<P>>::get(req, req.args[I], I)...);
+        FromPlan<std::decay_t<P>>::get(req, launch.args[I], I)...);
 }
 
-// Launches `kernel`, whose `__cluster_dims__` are `kernel_cluster` blocks along x (1 without
-// clusters), as the request's plan says: its grid, block and shared memory, each planned argument
-// converted to the type of the kernel's parameter in that position. The one departure from the
-// plan: an optional `i64 grid_y <g>` caps the grid's y at g, so that a test folds the row tiles
-// of a small output as 65535 rows of tiles would fold (gemm/tile_scheduler.cuh).
+// Runs `launch` of the request's plan: `kernel`, whose `__cluster_dims__` are `kernel_cluster`
+// blocks along x (1 without clusters), on the planned grid, block and shared memory, each planned
+// argument converted to the type of the kernel's parameter in that position. A test's departures
+// from the plan: an optional `i64 grid_y <g>` caps the grid's y at g, so that a small output
+// folds its row tiles as 65535 rows of tiles would (gemm/tile_scheduler.cuh), and `i64 grid_x
+// <g>` sets a grid-stride kernel's x (more or less work per block; not for clustered kernels).
 template <typename... P>
-void launch_planned(const Request& req, const char* name, void (*kernel)(P...),
+void launch_planned(const Request& req, const PlannedLaunch& launch, void (*kernel)(P...),
                     unsigned kernel_cluster) {
-    if (!req.planned) die(req.dir + ": " + name + " is launched from a plan; the request has none");
-    if (req.args.size() != sizeof...(P))
-        die(req.dir + ": the plan has " + std::to_string(req.args.size()) + " arguments; " +
-            name + " takes " + std::to_string(sizeof...(P)));
-    if (req.cluster != kernel_cluster)
-        die(req.dir + ": the plan launches clusters of " + std::to_string(req.cluster) + "; " +
+    const char* name = launch.function.c_str();
+    if (launch.args.size() != sizeof...(P))
+        die(req.dir + ": the plan gives " + name + " " + std::to_string(launch.args.size()) +
+            " arguments; it takes " + std::to_string(sizeof...(P)));
+    if (launch.cluster != kernel_cluster)
+        die(req.dir + ": the plan launches clusters of " + std::to_string(launch.cluster) + "; " +
             name + " is compiled for clusters of " + std::to_string(kernel_cluster));
-    const auto params = planned_args<P...>(req, std::index_sequence_for<P...>{});
-    dim3 grid = req.grid;
+    const auto params = planned_args<P...>(req, launch, std::index_sequence_for<P...>{});
+    dim3 grid = launch.grid;
+    if (req.ints.count("grid_x")) {
+        if (kernel_cluster != 1) die(req.dir + ": grid_x for the clustered kernel " + name);
+        grid.x = (unsigned)req.i64("grid_x");
+    }
     grid.y = (unsigned)std::min<long long>(grid.y, req.i64_or("grid_y", grid.y));
-    fusedrop::host::LaunchConfig cfg = config(req, grid, req.threads, req.smem);
+    fusedrop::host::LaunchConfig cfg = config(req, grid, launch.threads, launch.smem);
     cfg.cluster = kernel_cluster;
     std::apply([&](const auto&... args) { fusedrop::host::launch(name, kernel, cfg, args...); },
                params);
@@ -314,8 +334,9 @@ void launch_planned(const Request& req, const char* name, void (*kernel)(P...),
 // Registers the entry point FUNCTION, compiled for clusters of CLUSTER blocks (1 without
 // clusters), under its own name, launched from the request's plan.
 #define HARNESS_PLANNED(FUNCTION, CLUSTER)                                                    \
-    harness::registry()[#FUNCTION] = [](const harness::Request& q) {                          \
-        harness::launch_planned(q, #FUNCTION, FUNCTION, (CLUSTER));                           \
+    harness::registry()[#FUNCTION] = [](const harness::Request& q,                            \
+                                        const harness::PlannedLaunch& launch) {               \
+        harness::launch_planned(q, launch, FUNCTION, (CLUSTER));                              \
     };
 
 // Each driver defines this: registry()[name] = runner for every kernel it can launch.
@@ -325,10 +346,14 @@ int main(int argc, char** argv) {
     register_kernels();
     for (int i = 1; i < argc; ++i) {
         harness::Request req = harness::parse(argv[i]);
-        auto it = harness::registry().find(req.kernel);
-        if (it == harness::registry().end())
-            harness::die(req.dir + ": kernel " + req.kernel + " is not registered in this driver");
-        it->second(req);
+        if (req.launches.empty()) harness::die(req.dir + ": the request plans no launch");
+        for (const harness::PlannedLaunch& launch : req.launches) {
+            auto it = harness::registry().find(launch.function);
+            if (it == harness::registry().end())
+                harness::die(req.dir + ": kernel " + launch.function +
+                             " is not registered in this driver");
+            it->second(req, launch);
+        }
         for (const auto& [name, buf] : req.buffers) {
             if (!buf->output) continue;
             std::ofstream out(req.dir + "/" + name + ".out", std::ios::binary);
