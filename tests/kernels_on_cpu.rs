@@ -1540,7 +1540,9 @@ fn check_backward<T: Raw>(driver_name: &str, config: &str, seed: u64) {
 }
 
 /// A backward product's launches (the product, then its split sums when `case.splits > 1`) as
-/// the library plans them (`product_plan`), its buffers and mask parameters still to add.
+/// the library plans them (`product_plan`), reading dY from `dy` (dY, or the workspace's dY
+/// times the mask), Y for ReLU, writing dW when the case asks for it and db always; its buffers
+/// and mask parameters still to add.
 /// `config` names the configuration, with `_aligned` for the mma.sync kernels' entry points for
 /// aligned operands. A Hopper configuration runs on a GPU that runs the case's `grid_x` (else 3)
 /// of its blocks or clusters at once; a classic one takes `grid_x` as its grid when the case
@@ -1549,7 +1551,7 @@ fn backward_product_launch<T: Raw>(
     config: &str,
     product: BackwardProduct,
     spec: &LayerSpec,
-    operands: ProductOperands,
+    dy: Operand,
     case: &BackwardCase,
     what: String,
     rng: &mut StdRng,
@@ -1561,13 +1563,16 @@ fn backward_product_launch<T: Raw>(
     let hopper = config.starts_with("wg");
     let splits = if hopper { 1 } else { case.splits };
     assert!(
-        splits == 1 || operands.dy != Operand::Workspace,
+        splits == 1 || dy != Operand::Workspace,
         "a split product reading dY times the mask from the workspace is not modelled here"
     );
     let operands = ProductOperands {
+        dy,
+        y: spec.nonlinearity == Nonlinearity::Relu,
+        out: product == BackwardProduct::Dx || case.weight_grad,
+        db: product == BackwardProduct::Dw,
         aligned,
         partial_at: 256,
-        ..operands
     };
     let plan_on = |blocks: usize| {
         product_plan::<T>(
@@ -1696,19 +1701,11 @@ fn check_backward_cases<T: Raw>(
         );
 
         let what = format!("{case:?}");
-        let operands = |product: BackwardProduct| ProductOperands {
-            dy: Operand::DY,
-            y: relu,
-            out: product == BackwardProduct::Dx || case.weight_grad,
-            db: product == BackwardProduct::Dw,
-            aligned: true,
-            partial_at: 0,
-        };
         let mut dx = backward_product_launch::<T>(
             config,
             BackwardProduct::Dx,
             &spec,
-            operands(BackwardProduct::Dx),
+            Operand::DY,
             &case,
             what.clone(),
             &mut rng,
@@ -1717,7 +1714,7 @@ fn check_backward_cases<T: Raw>(
             config,
             BackwardProduct::Dw,
             &spec,
-            operands(BackwardProduct::Dw),
+            Operand::DY,
             &case,
             what,
             &mut rng,
@@ -2163,19 +2160,11 @@ fn check_backward_workspace<T: Raw>(
                 } else {
                     Operand::DY
                 };
-                let operands = ProductOperands {
-                    dy: dy_operand,
-                    y: false,
-                    out: product == BackwardProduct::Dx || case.weight_grad,
-                    db: product == BackwardProduct::Dw,
-                    aligned: true,
-                    partial_at: 0,
-                };
                 let mut launch = backward_product_launch::<T>(
                     config,
                     product,
                     &spec,
-                    operands,
+                    dy_operand,
                     case,
                     format!("{case:?} workspace={workspace}"),
                     &mut rng,
@@ -2598,19 +2587,11 @@ fn forward_records_the_seed_it_used_for_the_backward() {
                 device_seed: true,
                 splits: 1,
             };
-            let operands = ProductOperands {
-                dy: Operand::DY,
-                y: false,
-                out: true,
-                db: false,
-                aligned: false,
-                partial_at: 0,
-            };
             let mut dx = backward_product_launch::<f32>(
                 "simt64x64",
                 BackwardProduct::Dx,
                 &LayerSpec::new(shape, Nonlinearity::Identity, *pair),
-                operands,
+                Operand::DY,
                 &case,
                 format!("device seed {pair:?}"),
                 &mut rng,
