@@ -14,15 +14,18 @@
 //! blocks whose partial sums, kept in the caller's workspace, a sum kernel adds in share order): the same
 //! inputs give bit-identical outputs.
 
-use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig};
+use cudarc::driver::{
+    CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, SyncOnDrop,
+};
 
 use crate::cuda::dropout;
-use crate::cuda::forward::hopper_unavailable;
+use crate::cuda::forward::hopper_unavailable_on;
 use crate::cuda::launch_plan::{KernelArg, LaunchPlan, Operand};
 use crate::cuda::launch_table::{self, LaunchNumbers};
 use crate::cuda::tensor_map;
 use crate::cuda::{
-    check_seed_source, ClusterProbe, LayerKernels, MaskParams, ResidentClusters, SeedSource,
+    check_seed_source, ClusterProbe, GpuFacts, LayerKernels, MaskParams, ResidentClusters,
+    SeedSource,
 };
 use crate::element::Element;
 use crate::error::{invalid, Error, Result};
@@ -326,8 +329,8 @@ impl Path {
 
 /// How a backward call picks each product's kernel: shared by [`LayerKernels::backward`] and
 /// [`LayerKernels::backward_kernels_for`].
-struct Chooser<'a> {
-    kernels: &'a LayerKernels,
+struct Chooser {
+    gpu: GpuFacts,
     /// The family asked for, with `Auto` resolved to `Simt` for f32.
     family: BackwardKernel,
     /// Whether the Hopper kernels can run at all (GPU, dtype, build).
@@ -339,14 +342,10 @@ struct Chooser<'a> {
     split_k: bool,
 }
 
-impl<'a> Chooser<'a> {
+impl Chooser {
     /// Resolves the family; errors (before anything is queued) when `kernel` cannot run `T` on
-    /// this GPU and build.
-    fn new<T: Element>(
-        kernels: &'a LayerKernels,
-        kernel: BackwardKernel,
-        shape: LinearShape,
-    ) -> Result<Self> {
+    /// the GPU and build `gpu` describes.
+    fn new<T: Element>(gpu: GpuFacts, kernel: BackwardKernel, shape: LinearShape) -> Result<Self> {
         let family = match kernel {
             BackwardKernel::Simt => BackwardKernel::Simt,
             BackwardKernel::Auto if !T::NEEDS_SM80 => BackwardKernel::Simt,
@@ -359,20 +358,22 @@ impl<'a> Chooser<'a> {
             }
             other => other,
         };
+        let hopper_unavailable =
+            hopper_unavailable_on::<T>(gpu.compute_capability, gpu.backward_sm90_loaded);
         if family == BackwardKernel::Hopper {
-            if let Some(why) = hopper_unavailable::<T>(kernels, "backward_sm90") {
+            if let Some(why) = &hopper_unavailable {
                 return Err(Error::UnsupportedDevice(format!(
                     "BackwardKernel::Hopper: {why}"
                 )));
             }
         }
         let hopper_possible = match family {
-            BackwardKernel::Auto => hopper_unavailable::<T>(kernels, "backward_sm90").is_none(),
+            BackwardKernel::Auto => hopper_unavailable.is_none(),
             BackwardKernel::Hopper => true,
             _ => false,
         };
         Ok(Chooser {
-            kernels,
+            gpu,
             family,
             hopper_possible,
             shape,
@@ -387,7 +388,7 @@ impl<'a> Chooser<'a> {
         let family: &[Config] = if self.family == BackwardKernel::Simt {
             &SIMT
         } else {
-            self.kernels.require_compute_capability(
+            self.gpu.require_compute_capability(
                 (8, 0),
                 &format!(
                     "the {} backward kernels (mma.sync tensor cores)",
@@ -396,7 +397,7 @@ impl<'a> Chooser<'a> {
             )?;
             &TENSOR_CORE
         };
-        let sm_count = self.kernels.sm_count();
+        let sm_count = self.gpu.resident.sm_count();
         Ok(if split {
             Config::classic_split_for(family, rows, cols, reduction, sm_count)
         } else {
@@ -432,7 +433,7 @@ impl<'a> Chooser<'a> {
             && y_ptr.is_none_or(|y| tensor_map::operand_fits(y, m, n))
             && tensor_map::operand_fits(ptr, op_rows, op_cols)
             && WG128X128.tiles(rows, k) <= i32::MAX as u64;
-        let chosen = Config::hopper_for(rows, k, op_rows, self.kernels.resident_clusters());
+        let chosen = Config::hopper_for(rows, k, op_rows, self.gpu.resident);
         if self.family == BackwardKernel::Hopper {
             if !fits {
                 return Err(invalid!(
@@ -715,7 +716,7 @@ impl LayerKernels {
         kernel: BackwardKernel,
         split_k: bool,
     ) -> Result<(Path, Path)> {
-        let mut chooser = Chooser::new::<T>(self, kernel, shape)?;
+        let mut chooser = Chooser::new::<T>(self.gpu_facts(), kernel, shape)?;
         chooser.split_k = split_k;
         let y = (nonlinearity == Nonlinearity::Relu).then_some(0);
         let LinearShape { m, n, k } = shape;
@@ -825,7 +826,10 @@ impl LayerKernels {
         ));
         }
         let relu = spec.nonlinearity == Nonlinearity::Relu;
-        let mut chooser = Chooser::new::<T>(self, kernel, spec.shape)?;
+        let gpu = self.gpu_facts();
+        // A family that cannot run fails before any buffer is recorded as used on the stream
+        // (`backward_plan` checks it again, for its own callers).
+        Chooser::new::<T>(gpu, kernel, spec.shape)?;
         let mut params = MaskParams::new(&spec.dropout, &spec.geometry, n);
         // Identity redraws the whole mask; ReLU redraws it only where the saved Y is NaN.
         let _seed_guards = params.read_seed_from(seed, stream);
@@ -840,185 +844,77 @@ impl LayerKernels {
         let have_dw = dw.is_some();
         let want_dx = dx.is_some() && m > 0;
         let want_dw = (have_dw || db.is_some()) && n > 0;
-
-        // The workspace: dY * keep for the identity with p > 0 (the products then read it, with
-        // the mask switched off in their parameters; the scale stays: it is applied as before),
-        // and after it the split-K partial sums of narrow mma.sync and SIMT products.
-        let needed = workspace_bytes::<T>(spec);
-        let premask = needed > 0 && m > 0 && n > 0 && (want_dx || want_dw);
-        let workspace_len = workspace.as_ref().map_or(0, |ws| ws.len());
-        let (workspace_ptr, _workspace_guard) =
-            match workspace.as_mut().filter(|_| want_dx || want_dw) {
-                Some(ws) => {
-                    if premask && ws.len() < needed {
-                        return Err(invalid!(
-                            "the backward workspace has {} bytes; expected at least {needed} \
-                             (m*n*{} = {m}*{n}*{}: dY times the mask, workspace_bytes)",
-                            ws.len(),
-                            std::mem::size_of::<T>(),
-                            std::mem::size_of::<T>()
-                        ));
-                    }
-                    let (ptr, guard) = ws.device_ptr_mut(stream);
-                    if ptr % 16 != 0 {
-                        return Err(invalid!(
-                            "the backward workspace starts at {ptr:#x}; expected a 16-byte \
-                             aligned address (a cudarc allocation, or a view of one at a multiple \
-                             of 16 bytes)"
-                        ));
-                    }
-                    (Some(ptr), Some(guard))
-                }
-                None => (None, None),
-            };
-        let mut product_params = params;
-        let (product_dy, mask_bytes) = match workspace_ptr.filter(|_| premask) {
+        let (workspace, _workspace_guard) = match workspace.as_mut().filter(|_| want_dx || want_dw)
+        {
             Some(ws) => {
-                product_params.threshold = 0;
-                product_params.seed_subsequence = 0;
-                (ws, needed)
+                let len = ws.len();
+                let (ptr, guard) = ws.device_ptr_mut(stream);
+                (Some((ptr, len)), Some(guard))
             }
-            None => (dy_ptr, 0),
+            None => (None, None),
         };
-
-        // Every choice, check and tensor map before anything is queued. W is read only for dX
-        // and X only for dW: a buffer the call does not read is not recorded as used on the
-        // stream (cudarc's event tracking would otherwise order other streams' writes to it
-        // after this call).
+        // W is read only for dX and X only for dW: a buffer the call does not read is not
+        // recorded as used on the stream (cudarc's event tracking would otherwise order other
+        // streams' writes to it after this call).
         let (w_ptr, _w_guard) = if want_dx {
             let (ptr, guard) = w.device_ptr(stream);
-            (ptr, Some(guard))
+            (Some(ptr), Some(guard))
         } else {
-            (0, None)
+            (None, None)
         };
         let (x_ptr, _x_guard) = if want_dw && have_dw {
             let (ptr, guard) = x.device_ptr(stream);
-            (ptr, Some(guard))
+            (Some(ptr), Some(guard))
         } else {
-            (0, None)
+            (None, None)
         };
-        let (dx_ptr, _dx_guard) = match dx.as_mut() {
-            Some(dx) => {
-                let (ptr, guard) = dx.device_ptr_mut(stream);
-                (ptr, Some(guard))
-            }
-            None => (0, None),
+        let (dx_ptr, _dx_guard) = gradient_address(dx.as_mut(), stream);
+        let (dw_ptr, _dw_guard) = gradient_address(dw.as_mut(), stream);
+        let (db_ptr, _db_guard) = gradient_address(db.as_mut(), stream);
+        let buffers = BackwardBuffers {
+            dy: dy_ptr,
+            y: y_ptr,
+            w: w_ptr,
+            x: x_ptr,
+            dx: dx_ptr,
+            dw: dw_ptr,
+            db: db_ptr,
+            workspace,
         };
-        let (dw_ptr, _dw_guard) = match dw.as_mut() {
-            Some(dw) => {
-                let (ptr, guard) = dw.device_ptr_mut(stream);
-                (ptr, Some(guard))
-            }
-            None => (0, None),
-        };
-        let (db_ptr, _db_guard) = match db.as_mut() {
-            Some(db) => {
-                let (ptr, guard) = db.device_ptr_mut(stream);
-                (ptr, Some(guard))
-            }
-            None => (0, None),
-        };
-        // The products' kernels, split where the workspace holds the partial sums (else both
-        // unsplit). db alone runs the classic kernel with the product switched off, one column
-        // tile per row tile, unsplit.
-        chooser.split_k = workspace_ptr.is_some();
-        let choose_paths = |chooser: &Chooser| -> Result<(Option<Path>, Option<Path>)> {
-            let dx_path = if want_dx {
-                Some(chooser.choose("dX", m, ("W", w_ptr, n, k), product_dy, y_ptr)?)
-            } else {
-                None
-            };
-            let dw_path = match (want_dw, have_dw) {
-                (false, _) => None,
-                (true, true) => {
-                    Some(chooser.choose("dW", n, ("X", x_ptr, m, k), product_dy, y_ptr)?)
-                }
-                (true, false) => Some(Path::Classic(chooser.classic(n, 1, m, false)?)),
-            };
-            Ok((dx_path, dw_path))
-        };
-        let (mut dx_path, mut dw_path) = choose_paths(&chooser)?;
-        let db_len = if db_ptr != 0 { n } else { 0 };
-        let partial_bytes = |dx_path: Option<Path>, dw_path: Option<Path>| {
-            let dx = dx_path.map_or(0, |p| p.config().partial_bytes(m, k, 0));
-            let dw = dw_path.map_or(0, |p| p.config().partial_bytes(n, k, db_len));
-            dx.max(dw)
-        };
-        let partial_at = partial_offset(mask_bytes);
-        let partials = partial_bytes(dx_path, dw_path);
-        if partials > 0 && workspace_len < partial_at.saturating_add(partials) {
-            chooser.split_k = false;
-            (dx_path, dw_path) = choose_paths(&chooser)?;
-        }
-        let premasked = workspace_ptr.is_some() && premask;
-        let operands = |product: BackwardProduct| {
-            let b_ptr = match product {
-                BackwardProduct::Dx => w_ptr,
-                BackwardProduct::Dw => x_ptr,
-            };
-            ProductOperands {
-                dy: if premasked {
-                    Operand::Workspace
-                } else {
-                    Operand::DY
-                },
-                y: y_ptr.is_some(),
-                out: product == BackwardProduct::Dx || have_dw,
-                db: product == BackwardProduct::Dw && db_ptr != 0,
-                aligned: product_dy % 16 == 0
-                    && y_ptr.is_none_or(|y| y % 16 == 0)
-                    && b_ptr % 16 == 0,
-                partial_at: partial_at as u64,
-            }
-        };
-        let mut mask_only = params;
-        mask_only.scale_bits = 1.0f32.to_bits();
-        // The launches in order, each with its mask parameters: the pre-pass (dY times the mask,
-        // scale 1, into the workspace), then each product and its split sums.
-        let mut plans = Vec::with_capacity(6);
-        if premasked {
-            plans.push((
-                dropout::dropout_plan::<T>(Operand::DY, Operand::Workspace, m, n),
-                &mask_only,
-            ));
-        }
-        let resident = self.resident_clusters();
-        for (product, path) in [
-            (BackwardProduct::Dx, dx_path),
-            (BackwardProduct::Dw, dw_path),
-        ] {
-            if let Some(path) = path {
-                let launches = product_plans::<T>(
-                    path,
-                    product,
-                    spec,
-                    operands(product),
-                    accumulate,
-                    resident,
-                );
-                plans.extend(launches.into_iter().map(|plan| (plan, &product_params)));
-            }
-        }
-        let nonzero = |ptr: u64| (ptr != 0).then_some(ptr);
+        let plans = backward_plan::<T>(spec, accumulate, kernel, &gpu, &buffers)?;
+        // The pre-pass applies the mask at scale 1; the products reading its output keep
+        // everything (threshold 0, no seed buffer) and scale.
+        let mut prepass_params = params;
+        prepass_params.scale_bits = 1.0f32.to_bits();
+        let mut premasked_params = params;
+        premasked_params.threshold = 0;
+        premasked_params.seed_subsequence = 0;
         let address = |operand: Operand| match operand {
             Operand::DY => Some(dy_ptr),
             Operand::Y => y_ptr,
-            Operand::W => nonzero(w_ptr),
-            Operand::X => nonzero(x_ptr),
-            Operand::DX => nonzero(dx_ptr),
-            Operand::DW => nonzero(dw_ptr),
-            Operand::DB => nonzero(db_ptr),
-            Operand::Workspace => workspace_ptr,
+            Operand::W => w_ptr,
+            Operand::X => x_ptr,
+            Operand::DX => dx_ptr,
+            Operand::DW => dw_ptr,
+            Operand::DB => db_ptr,
+            Operand::Workspace => workspace.map(|(ptr, _)| ptr),
             Operand::B => None,
         };
         // Every function loaded and every tensor map encoded before anything is queued.
         let prepared = plans
             .iter()
-            .map(|(plan, params)| Ok((self.prepare_plan::<T>(plan, &address)?, *params)))
+            .map(|(plan, mask)| {
+                let params = match mask {
+                    BackwardMask::PrePass => &prepass_params,
+                    BackwardMask::Redrawn => &params,
+                    BackwardMask::Premasked => &premasked_params,
+                };
+                Ok((self.prepare_plan::<T>(plan, &address)?, params))
+            })
             .collect::<Result<Vec<_>>>()?;
         for (launch, params) in &prepared {
-            // SAFETY: the plans are the library's for this call (`product_plans`, `dropout_plan`),
-            // so each function's parameters are its plan's arguments: the products'
+            // SAFETY: the plans are the library's for this call (`backward_plan`), so each
+            // function's parameters are its plan's arguments: the products'
             //   dX: (A0, A1, A2, T* dx, long long m, n, k, int relu, int accumulate, MaskParams
             //        [, float* partial, int splits])
             //   dW: (A0, A1, A2, T* dw, T* db, long long m, n, k, int relu, int accumulate,
@@ -1029,17 +925,201 @@ impl LayerKernels {
             // (const float* partial, T* out, long long count, int splits, float scale, int
             // accumulate); the pre-pass's (const T* x, T* y, long long m, long long n,
             // MaskParams). The CPU harness runs the same plans against those signatures. The
-            // buffers hold m*n (dY, Y, the workspace's mask area), n*k (W), m*k (X), m*k (dx), n*k
-            // (dw) and n (db) elements, all checked above; with splits > 1 the partial area
-            // after the mask area holds the config's partial_bytes (checked against the
-            // workspace's length above), which each product writes whole before its sums read
-            // it, on the same stream; the workspace is a separate allocation from dY (borrowed
-            // mutably while dY is borrowed shared). A seed pointer (if any) holds two u64
-            // (checked). The guards keep every buffer alive until the launches are queued.
+            // buffers hold m*n (dY, Y), n*k (W), m*k (X), m*k (dx), n*k (dw) and n (db)
+            // elements, all checked above, and `backward_plan` checked that the workspace holds
+            // the mask area and the partial sums it plans there; each split product writes its
+            // partial area whole before its sums read it, on the same stream; the workspace is a
+            // separate allocation from dY (borrowed mutably while dY is borrowed shared). A seed
+            // pointer (if any) holds two u64 (checked). The guards keep every buffer alive until
+            // the launches are queued.
             unsafe { self.queue_prepared(launch, params) }?;
         }
         Ok(())
     }
+}
+
+/// A gradient's address and the guard that keeps it borrowed until the launches are queued,
+/// when the call asks for it.
+fn gradient_address<'a, T>(
+    view: Option<&'a mut CudaViewMut<'_, T>>,
+    stream: &'a CudaStream,
+) -> (Option<u64>, Option<SyncOnDrop<'a>>) {
+    match view {
+        Some(view) => {
+            let (ptr, guard) = view.device_ptr_mut(stream);
+            (Some(ptr), Some(guard))
+        }
+        None => (None, None),
+    }
+}
+
+/// The device addresses of one backward call's buffers, for [`backward_plan`]; `None` where the
+/// call does not read or write that buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackwardBuffers {
+    /// dY.
+    pub dy: u64,
+    /// The saved Y (read for ReLU only).
+    pub y: Option<u64>,
+    /// W (read for dX).
+    pub w: Option<u64>,
+    /// X (read for dW).
+    pub x: Option<u64>,
+    /// dX, when asked for.
+    pub dx: Option<u64>,
+    /// dW, when asked for.
+    pub dw: Option<u64>,
+    /// db, when asked for.
+    pub db: Option<u64>,
+    /// The workspace's address and length in bytes ([`BackwardOptions::workspace`]).
+    pub workspace: Option<(u64, usize)>,
+}
+
+/// Which mask parameters a planned backward launch takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackwardMask {
+    /// The identity's pre-pass: the call's mask at scale 1 (it writes dY times the mask).
+    PrePass,
+    /// The call's mask and scale (the products redraw the mask, or read it from Y's sign).
+    Redrawn,
+    /// The call's scale and no mask (threshold 0, no seed buffer): the products reading the
+    /// pre-pass's output.
+    Premasked,
+}
+
+/// Everything [`LayerKernels::backward`] queues for a call of `spec` (whose buffers' lengths it
+/// has checked) with `accumulate` and `kernel`, on a GPU and build that `gpu` describes
+/// ([`LayerKernels::gpu_facts`]), for buffers at `buffers`: in order, the identity's pre-pass
+/// when the workspace takes it, then dX's product and its split sums, then dW's (and db's),
+/// each with the mask parameters it takes. A pure function of its inputs, so that the CPU
+/// harness runs exactly what the wrapper would queue.
+///
+/// The workspace: dY times the mask for the identity with p > 0 (the products then read it
+/// with the mask switched off; the scale stays), and after it, from the next multiple of 256
+/// bytes, the split-K partial sums of narrow mma.sync and SIMT products when it holds them (else
+/// they run unsplit).
+///
+/// Errors, before anything is planned: the family cannot run `T` on this GPU and build; the
+/// workspace shorter than dY times the mask where that is needed, or not 16-byte aligned; a
+/// family that cannot take the operands (Hopper with operands TMA cannot read).
+pub fn backward_plan<T: Element>(
+    spec: &LayerSpec,
+    accumulate: bool,
+    kernel: BackwardKernel,
+    gpu: &GpuFacts,
+    buffers: &BackwardBuffers,
+) -> Result<Vec<(LaunchPlan, BackwardMask)>> {
+    let LinearShape { m, n, k } = spec.shape;
+    let mut chooser = Chooser::new::<T>(*gpu, kernel, spec.shape)?;
+    let have_dw = buffers.dw.is_some();
+    let want_dx = buffers.dx.is_some() && m > 0;
+    let want_dw = (have_dw || buffers.db.is_some()) && n > 0;
+    let needed = workspace_bytes::<T>(spec);
+    let premask = needed > 0 && m > 0 && n > 0 && (want_dx || want_dw);
+    let workspace = buffers.workspace.filter(|_| want_dx || want_dw);
+    if let Some((ptr, len)) = workspace {
+        if premask && len < needed {
+            return Err(invalid!(
+                "the backward workspace has {len} bytes; expected at least {needed} (m*n*{} = \
+                 {m}*{n}*{}: dY times the mask, workspace_bytes)",
+                std::mem::size_of::<T>(),
+                std::mem::size_of::<T>()
+            ));
+        }
+        if ptr % 16 != 0 {
+            return Err(invalid!(
+                "the backward workspace starts at {ptr:#x}; expected a 16-byte aligned address \
+                 (a cudarc allocation, or a view of one at a multiple of 16 bytes)"
+            ));
+        }
+    }
+    let workspace_len = workspace.map_or(0, |(_, len)| len);
+    let premasked = premask && workspace.is_some();
+    let (product_dy, mask_bytes) = match workspace.filter(|_| premasked) {
+        Some((ptr, _)) => (ptr, needed),
+        None => (buffers.dy, 0),
+    };
+    let y_ptr = buffers
+        .y
+        .filter(|_| spec.nonlinearity == Nonlinearity::Relu);
+    let (w_ptr, x_ptr) = (buffers.w.unwrap_or(0), buffers.x.unwrap_or(0));
+    // The products' kernels, split where the workspace holds the partial sums (else both
+    // unsplit). db alone runs the classic kernel with the product switched off, one column tile
+    // per row tile, unsplit.
+    chooser.split_k = workspace.is_some();
+    let choose_paths = |chooser: &Chooser| -> Result<(Option<Path>, Option<Path>)> {
+        let dx_path = if want_dx {
+            Some(chooser.choose("dX", m, ("W", w_ptr, n, k), product_dy, y_ptr)?)
+        } else {
+            None
+        };
+        let dw_path = match (want_dw, have_dw) {
+            (false, _) => None,
+            (true, true) => Some(chooser.choose("dW", n, ("X", x_ptr, m, k), product_dy, y_ptr)?),
+            (true, false) => Some(Path::Classic(chooser.classic(n, 1, m, false)?)),
+        };
+        Ok((dx_path, dw_path))
+    };
+    let (mut dx_path, mut dw_path) = choose_paths(&chooser)?;
+    let db_len = if buffers.db.is_some() { n } else { 0 };
+    let partial_bytes = |dx_path: Option<Path>, dw_path: Option<Path>| {
+        let dx = dx_path.map_or(0, |p| p.config().partial_bytes(m, k, 0));
+        let dw = dw_path.map_or(0, |p| p.config().partial_bytes(n, k, db_len));
+        dx.max(dw)
+    };
+    let partial_at = partial_offset(mask_bytes);
+    let partials = partial_bytes(dx_path, dw_path);
+    if partials > 0 && workspace_len < partial_at.saturating_add(partials) {
+        chooser.split_k = false;
+        (dx_path, dw_path) = choose_paths(&chooser)?;
+    }
+    let operands = |product: BackwardProduct| {
+        let b_ptr = match product {
+            BackwardProduct::Dx => w_ptr,
+            BackwardProduct::Dw => x_ptr,
+        };
+        ProductOperands {
+            dy: if premasked {
+                Operand::Workspace
+            } else {
+                Operand::DY
+            },
+            y: y_ptr.is_some(),
+            out: product == BackwardProduct::Dx || have_dw,
+            db: product == BackwardProduct::Dw && buffers.db.is_some(),
+            aligned: product_dy % 16 == 0 && y_ptr.is_none_or(|y| y % 16 == 0) && b_ptr % 16 == 0,
+            partial_at: partial_at as u64,
+        }
+    };
+    let mut plans = Vec::with_capacity(6);
+    if premasked {
+        plans.push((
+            dropout::dropout_plan::<T>(Operand::DY, Operand::Workspace, m, n),
+            BackwardMask::PrePass,
+        ));
+    }
+    let product_mask = if premasked {
+        BackwardMask::Premasked
+    } else {
+        BackwardMask::Redrawn
+    };
+    for (product, path) in [
+        (BackwardProduct::Dx, dx_path),
+        (BackwardProduct::Dw, dw_path),
+    ] {
+        if let Some(path) = path {
+            let launches = product_plans::<T>(
+                path,
+                product,
+                spec,
+                operands(product),
+                accumulate,
+                gpu.resident,
+            );
+            plans.extend(launches.into_iter().map(|plan| (plan, product_mask)));
+        }
+    }
+    Ok(plans)
 }
 
 /// The launches of one product of a backward call of `spec` through `path`: the product, then
@@ -1587,5 +1667,75 @@ mod tests {
             ]
         );
         assert_eq!(plans[0].args[11..], [KernelArg::Null, KernelArg::I32(1)]);
+    }
+
+    #[test]
+    fn backward_plans_check_the_workspace_and_mark_each_launchs_mask() {
+        let a100 = GpuFacts {
+            compute_capability: (8, 0),
+            resident: ResidentClusters::uniform(108),
+            backward_sm90_loaded: false,
+        };
+        let identity = LayerSpec::new(
+            LinearShape::new(256, 64, 64),
+            Nonlinearity::Identity,
+            crate::DropoutSpec::new(0.5, 1, 2),
+        );
+        let buffers = |workspace| BackwardBuffers {
+            dy: 0x1000,
+            y: None,
+            w: Some(0x2000),
+            x: Some(0x3000),
+            dx: Some(0x4000),
+            dw: Some(0x5000),
+            db: Some(0x6000),
+            workspace,
+        };
+        let plan = |workspace| {
+            backward_plan::<f16>(
+                &identity,
+                false,
+                BackwardKernel::Auto,
+                &a100,
+                &buffers(workspace),
+            )
+        };
+        // dY times the mask needs 256 * 64 * 2 bytes.
+        let short = plan(Some((0x7000, 32767))).unwrap_err();
+        assert!(
+            short.to_string().contains("expected at least 32768"),
+            "{short}"
+        );
+        let misaligned = plan(Some((0x7008, 32768))).unwrap_err();
+        assert!(misaligned.to_string().contains("16-byte"), "{misaligned}");
+        let masks: Vec<BackwardMask> = plan(Some((0x7000, 32768)))
+            .unwrap()
+            .into_iter()
+            .map(|(_, mask)| mask)
+            .collect();
+        assert_eq!(
+            masks,
+            [
+                BackwardMask::PrePass,
+                BackwardMask::Premasked,
+                BackwardMask::Premasked
+            ]
+        );
+        let masks: Vec<BackwardMask> = plan(None)
+            .unwrap()
+            .into_iter()
+            .map(|(_, mask)| mask)
+            .collect();
+        assert_eq!(masks, [BackwardMask::Redrawn, BackwardMask::Redrawn]);
+        // f32 on the tensor cores is refused before anything else.
+        let err = backward_plan::<f32>(
+            &identity,
+            false,
+            BackwardKernel::TensorCore,
+            &a100,
+            &buffers(None),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("expected f16 or bf16"), "{err}");
     }
 }

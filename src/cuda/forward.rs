@@ -564,17 +564,22 @@ pub(crate) fn hopper_unavailable<T: Element>(
     kernels: &LayerKernels,
     module: &str,
 ) -> Option<String> {
+    hopper_unavailable_on::<T>(kernels.compute_capability(), kernels.module_loaded(module))
+}
+
+/// Why the Hopper kernels cannot take a call for element type `T` on a GPU of compute
+/// capability `cc` (`loaded`: whether their module was built and loaded for it), or `None`.
+pub(crate) fn hopper_unavailable_on<T: Element>(cc: (i32, i32), loaded: bool) -> Option<String> {
     if !T::NEEDS_SM80 {
         return Some(format!("it runs f16 and bf16, not {}", T::NAME));
     }
-    let cc = kernels.compute_capability();
     if cc != (9, 0) {
         return Some(format!(
             "it is built for compute capability 9.0 (sm_90a) only; this GPU has {}.{}",
             cc.0, cc.1
         ));
     }
-    if !kernels.module_loaded(module) {
+    if !loaded {
         return Some(
             "this build has no sm_90a module (FUSEDROP_CUDA_ARCHS did not list 90)".into(),
         );

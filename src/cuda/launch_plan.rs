@@ -3,8 +3,9 @@
 //! named rather than addressed ([`LaunchPlan`]).
 //!
 //! The wrappers build their plans with pure functions ([`ForwardConfig::launch_plan`],
-//! [`forward_sweep_plan`], [`product_plan`] for each backward product and its split sums,
-//! [`dropout_plan`]) and then queue them on the stream: each [`Operand`] replaced by its device
+//! [`forward_sweep_plan`], [`backward_plan`] for a whole backward call and [`product_plan`] for
+//! each of its products with their split sums, [`dropout_plan`]) and then queue them on the
+//! stream: each [`Operand`] replaced by its device
 //! address, each [`KernelArg::TensorMap`] encoded from that address. The CPU harness
 //! (tests/kernels_on_cpu.rs) runs the same plans: its drivers convert each planned argument to
 //! the type of the kernel's parameter in that position (refusing a kind that does not fit, such
@@ -14,6 +15,7 @@
 //!
 //! [`ForwardConfig::launch_plan`]: crate::cuda::forward::ForwardConfig::launch_plan
 //! [`forward_sweep_plan`]: crate::cuda::forward::forward_sweep_plan
+//! [`backward_plan`]: crate::cuda::backward::backward_plan
 //! [`product_plan`]: crate::cuda::backward::product_plan
 //! [`dropout_plan`]: crate::cuda::dropout::dropout_plan
 

@@ -224,6 +224,33 @@ impl ResidentClusters {
     }
 }
 
+/// What the backward's choices take from the GPU and the build, so that they can be planned
+/// without one ([`backward::backward_plan`]): [`LayerKernels::gpu_facts`] gives the handle's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GpuFacts {
+    /// The compute capability, `(major, minor)`.
+    pub compute_capability: (i32, i32),
+    /// The multiprocessors, and the clusters of the Hopper kernels that run at once.
+    pub resident: ResidentClusters,
+    /// Whether the Hopper backward module (kernels/backward_sm90.cu, sm_90a) was built and
+    /// loaded for this GPU.
+    pub backward_sm90_loaded: bool,
+}
+
+impl GpuFacts {
+    /// Fails with [`Error::UnsupportedDevice`] when the GPU is older than `needed`.
+    pub(crate) fn require_compute_capability(&self, needed: (i32, i32), what: &str) -> Result<()> {
+        let have = self.compute_capability;
+        if have < needed {
+            return Err(Error::UnsupportedDevice(format!(
+                "{what} needs compute capability {}.{} or newer; this GPU has {}.{}",
+                needed.0, needed.1, have.0, have.1
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// A clustered kernel (its f16 entry point) that [`LayerKernels::new`] asks the driver about.
 pub(crate) struct ClusterProbe {
     module: &'static str,
@@ -379,16 +406,18 @@ impl LayerKernels {
         self.shared.resident_clusters
     }
 
+    /// What the wrappers' choices take from the handle's GPU and build ([`GpuFacts`]).
+    pub fn gpu_facts(&self) -> GpuFacts {
+        GpuFacts {
+            compute_capability: self.shared.compute_capability,
+            resident: self.shared.resident_clusters,
+            backward_sm90_loaded: self.module_loaded("backward_sm90"),
+        }
+    }
+
     /// Fails with [`Error::UnsupportedDevice`] when the GPU is older than `needed`.
     pub(crate) fn require_compute_capability(&self, needed: (i32, i32), what: &str) -> Result<()> {
-        let have = self.shared.compute_capability;
-        if have < needed {
-            return Err(Error::UnsupportedDevice(format!(
-                "{what} needs compute capability {}.{} or newer; this GPU has {}.{}",
-                needed.0, needed.1, have.0, have.1
-            )));
-        }
-        Ok(())
+        self.gpu_facts().require_compute_capability(needed, what)
     }
 
     /// Whether module `name` was built and loaded for this GPU.
