@@ -35,7 +35,7 @@ use fusedrop::cuda::backward::{
     ProductOperands,
 };
 use fusedrop::cuda::dropout::dropout_plan;
-use fusedrop::cuda::forward::{forward_sweep_plan, ForwardConfig};
+use fusedrop::cuda::forward::{forward_plan, forward_sweep_plan, ForwardConfig};
 use fusedrop::cuda::launch_plan::{KernelArg, LaunchPlan, Operand, OperandAddresses};
 use fusedrop::cuda::{launch_table, GpuFacts, ResidentClusters};
 use fusedrop::{
@@ -1065,6 +1065,9 @@ fn forward_cases(rng: &mut StdRng) -> Vec<ForwardCase> {
 enum Planned<'a> {
     Config(&'a str),
     Sweep(&'a str),
+    /// What `LayerKernels::forward` picks itself on the GPU these facts describe
+    /// (`forward_plan` without a configuration).
+    Auto(GpuFacts),
 }
 
 impl Planned<'_> {
@@ -1098,6 +1101,7 @@ impl Planned<'_> {
                     .unwrap_or_else(|| panic!("no forward sweep variant {name}"));
                 forward_sweep_plan::<T>(variant, spec, addresses, resident(variant.cluster))
             }
+            Planned::Auto(gpu) => forward_plan::<T>(spec, None, &gpu, addresses),
         };
         planned.unwrap_or_else(|e| panic!("{self:?} on {:?}: {e}", spec.shape))
     }
@@ -2190,11 +2194,13 @@ fn backward_plans_of_the_wrapper_match_reference() {
     let a100 = GpuFacts {
         compute_capability: (8, 0),
         resident: ResidentClusters::uniform(108),
+        forward_sm90_loaded: false,
         backward_sm90_loaded: false,
     };
     let small_hopper = GpuFacts {
         compute_capability: (9, 0),
         resident: ResidentClusters::uniform(8),
+        forward_sm90_loaded: true,
         backward_sm90_loaded: true,
     };
     let spec = |(m, n, k), nonlinearity, p, seed| {
@@ -2645,6 +2651,112 @@ fn forward_sm90_split_f16_matches_reference() {
 #[test]
 fn forward_sm90_split_bf16_matches_reference() {
     check_forward_sm90_split::<bf16>(0x5BF16);
+}
+
+/// What `LayerKernels::forward` picks itself (`forward_plan` without a configuration), run: on
+/// an A100-like GPU (compute capability 8.0, 108 multiprocessors) the mma.sync kernel's entry
+/// point for aligned operands or for any, and the f32 kernel; on a small Hopper-like GPU (9.0, 8
+/// multiprocessors, so that small shapes take the Hopper kernels) the 128 x 256 tile (8 tiles),
+/// a split-K cluster for one tile over a long k, and the mma.sync fallback for a k that TMA
+/// cannot read.
+/// Each call's entry point is checked by name before its output.
+#[test]
+fn forward_plans_of_the_wrapper_match_reference() {
+    let a100 = GpuFacts {
+        compute_capability: (8, 0),
+        resident: ResidentClusters::uniform(108),
+        forward_sm90_loaded: false,
+        backward_sm90_loaded: false,
+    };
+    let small_hopper = GpuFacts {
+        compute_capability: (9, 0),
+        resident: ResidentClusters::uniform(8),
+        forward_sm90_loaded: true,
+        backward_sm90_loaded: true,
+    };
+    let case = |(m, n, k), misalign| ForwardCase {
+        shape: LinearShape::new(m, n, k),
+        nonlinearity: Nonlinearity::Relu,
+        bias: true,
+        p: 0.1,
+        geometry: Geometry::UNSHARDED,
+        misalign,
+        grid_y: None,
+        device_seed: false,
+        nonfinite: false,
+        seed_subsequence: None,
+    };
+    let mut rng = StdRng::seed_from_u64(0xF0A2);
+    fn run_one<T: Raw>(
+        gpu: GpuFacts,
+        case: &ForwardCase,
+        expected: &str,
+        driver_name: &str,
+        rng: &mut StdRng,
+    ) {
+        let Some(exe) = driver(driver_name) else {
+            return;
+        };
+        let (launch, want, spec) = forward_launch::<T>(Planned::Auto(gpu), case, None, rng);
+        let function = format!("{expected}_{}", T::NAME);
+        assert!(
+            launch.what.starts_with(&format!("{function} ")),
+            "{}: expected {function}",
+            launch.what
+        );
+        run(&exe, std::slice::from_ref(&launch));
+        check_layer_output(
+            &launch.what,
+            &launch.output::<T>("y"),
+            &want,
+            &spec.dropout,
+            &spec.geometry,
+            spec.shape.n,
+        );
+    }
+    let shape = (300, 200, 64);
+    run_one::<f16>(
+        a100,
+        &case(shape, 0),
+        "fusedrop_forward_tc64x32_aligned",
+        "forward_tc",
+        &mut rng,
+    );
+    run_one::<f16>(
+        a100,
+        &case(shape, 1),
+        "fusedrop_forward_tc64x32",
+        "forward_tc",
+        &mut rng,
+    );
+    run_one::<f32>(
+        a100,
+        &case(shape, 0),
+        "fusedrop_forward_simt64x32",
+        "forward_f32",
+        &mut rng,
+    );
+    run_one::<bf16>(
+        small_hopper,
+        &case((256, 1024, 128), 0),
+        "fusedrop_forward_wg128x256",
+        "forward_sm90",
+        &mut rng,
+    );
+    run_one::<bf16>(
+        small_hopper,
+        &case((64, 128, 1024), 0),
+        "fusedrop_forward_wg64x128s4",
+        "forward_sm90",
+        &mut rng,
+    );
+    run_one::<f16>(
+        small_hopper,
+        &case((256, 512, 60), 0),
+        "fusedrop_forward_tc64x64",
+        "forward_tc",
+        &mut rng,
+    );
 }
 
 /// The tuning variants of kernels/forward_sm90_sweep.cu and the production config whose output

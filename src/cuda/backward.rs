@@ -1674,6 +1674,7 @@ mod tests {
         let a100 = GpuFacts {
             compute_capability: (8, 0),
             resident: ResidentClusters::uniform(108),
+            forward_sm90_loaded: false,
             backward_sm90_loaded: false,
         };
         let identity = LayerSpec::new(

@@ -53,8 +53,8 @@ use crate::cuda::launch_plan::{KernelArg, LaunchPlan, Operand, OperandAddresses}
 use crate::cuda::launch_table::LaunchNumbers;
 use crate::cuda::tensor_map;
 use crate::cuda::{
-    check_seed_source, launch_table, ClusterProbe, LayerKernels, MaskParams, ResidentClusters,
-    SeedSource,
+    check_seed_source, launch_table, ClusterProbe, GpuFacts, LayerKernels, MaskParams,
+    ResidentClusters, SeedSource,
 };
 use crate::element::Element;
 use crate::error::{invalid, Error, Result};
@@ -594,6 +594,69 @@ pub fn hopper_operands_fit(shape: LinearShape, x_ptr: u64, w_ptr: u64) -> bool {
         && tensor_map::operand_fits(w_ptr, shape.n, shape.k)
 }
 
+/// The configuration the forward takes for `shape` on a GPU and build that `gpu` describes,
+/// with X and W that TMA can read when `operands_fit`: the Hopper heuristic's on compute
+/// capability 9.0 with the sm_90a module (when it has one), else the portable one's.
+fn choose_forward<T: Element>(
+    gpu: &GpuFacts,
+    shape: LinearShape,
+    operands_fit: bool,
+) -> ForwardConfig {
+    let hopper = hopper_unavailable_on::<T>(gpu.compute_capability, gpu.forward_sm90_loaded);
+    if operands_fit && hopper.is_none() {
+        if let Some(config) = choose_hopper_config(shape, gpu.resident) {
+            return config;
+        }
+    }
+    choose_config::<T>(shape, gpu.resident.sm_count())
+}
+
+/// What [`LayerKernels::forward`] queues for `spec` (whose buffers' lengths it has checked) with
+/// `config` (`None`: the heuristic's), on a GPU and build that `gpu` describes
+/// ([`LayerKernels::gpu_facts`]), for operands at `addresses`: the configuration's
+/// [`launch_plan`](ForwardConfig::launch_plan). A pure function of its inputs, so that the CPU
+/// harness runs exactly what the wrapper would queue.
+///
+/// Errors: `config` not compiled for `T`; f16/bf16 below compute capability 8.0; a Hopper
+/// `config` on a GPU or build without the Hopper kernels, or with operands TMA cannot read; the
+/// grid's limits.
+pub fn forward_plan<T: Element>(
+    spec: &LayerSpec,
+    config: Option<ForwardConfig>,
+    gpu: &GpuFacts,
+    addresses: &OperandAddresses,
+) -> Result<LaunchPlan> {
+    let shape = spec.shape;
+    if let Some(config) = config {
+        config.check_compiled_for::<T>()?;
+    }
+    if T::NEEDS_SM80 {
+        gpu.require_compute_capability(
+            (8, 0),
+            &format!("the {} forward kernel (mma.sync tensor cores)", T::NAME),
+        )?;
+    }
+    let config = match config {
+        Some(config) => {
+            if config.is_hopper() {
+                let loaded = gpu.forward_sm90_loaded;
+                if let Some(why) = hopper_unavailable_on::<T>(gpu.compute_capability, loaded) {
+                    return Err(Error::UnsupportedDevice(format!(
+                        "forward config {}: {why}",
+                        config.name()
+                    )));
+                }
+            }
+            config
+        }
+        None => {
+            let operands_fit = hopper_operands_fit(shape, addresses.x, addresses.w);
+            choose_forward::<T>(gpu, shape, operands_fit)
+        }
+    };
+    config.launch_plan::<T>(spec, addresses, gpu.resident)
+}
+
 /// Options of one forward call. `Default` takes the heuristic's configuration and the host's
 /// (seed, subsequence) from the spec.
 #[derive(Debug, Default)]
@@ -624,17 +687,7 @@ impl LayerKernels {
     /// that start 16-byte aligned (as every cudarc allocation does; a view at an odd offset may
     /// take the mma.sync kernel instead, see [`hopper_operands_fit`]).
     pub fn forward_config_for<T: Element>(&self, shape: LinearShape) -> ForwardConfig {
-        self.choose_forward::<T>(shape, true)
-    }
-
-    fn choose_forward<T: Element>(&self, shape: LinearShape, operands_fit: bool) -> ForwardConfig {
-        let sms = self.sm_count();
-        if operands_fit && hopper_unavailable::<T>(self, "forward_sm90").is_none() {
-            if let Some(config) = choose_hopper_config(shape, self.resident_clusters()) {
-                return config;
-            }
-        }
-        choose_config::<T>(shape, sms)
+        choose_forward::<T>(&self.gpu_facts(), shape, true)
     }
 
     /// Queues `Y = dropout_p(act(X·Wᵀ + b))` on the handle's stream, in one kernel launch.
@@ -665,39 +718,15 @@ impl LayerKernels {
             return Ok(());
         }
         check_seed_source(&seed)?;
-        if let Some(config) = config {
-            config.check_compiled_for::<T>()?;
-        }
-        if T::NEEDS_SM80 {
-            self.require_compute_capability(
-                (8, 0),
-                &format!("the {} forward kernel (mma.sync tensor cores)", T::NAME),
-            )?;
-        }
         // Taken once: the addresses decide the path (TMA alignment), and the guards keep the
         // buffers borrowed until the launch is queued.
         let (x_ptr, _x_guard) = x.device_ptr(stream);
         let (w_ptr, _w_guard) = w.device_ptr(stream);
-        let operands_fit = hopper_operands_fit(shape, x_ptr, w_ptr);
-        let config = match config {
-            Some(config) => {
-                if config.is_hopper() {
-                    if let Some(why) = hopper_unavailable::<T>(self, "forward_sm90") {
-                        return Err(Error::UnsupportedDevice(format!(
-                            "forward config {}: {why}",
-                            config.name()
-                        )));
-                    }
-                }
-                config
-            }
-            None => self.choose_forward::<T>(shape, operands_fit),
-        };
         let (addresses, _guards) = operand_addresses(stream, (x_ptr, w_ptr), b, y);
-        let plan = config.launch_plan::<T>(spec, &addresses, self.resident_clusters())?;
+        let plan = forward_plan::<T>(spec, config, &self.gpu_facts(), &addresses)?;
         let mut params = MaskParams::new(&spec.dropout, &spec.geometry, shape.n);
         let _seed_guards = params.read_seed_from(seed, stream);
-        // SAFETY: the plan is the config's (`launch_plan`), for these addresses; x holds m*k,
+        // SAFETY: the plan is the library's (`forward_plan`), for these addresses; x holds m*k,
         // w n*k, b (when given) n and y m*n elements of T, and the seed buffer (when given) two
         // u64, all checked above, each borrowed by its guard until the launch is queued.
         unsafe { self.queue_plan::<T>(&plan, &|op| addresses.of(op), &params) }
@@ -1262,6 +1291,43 @@ mod tests {
             err.to_string().contains("compiled for f16 and bf16"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn forward_plans_refuse_what_the_gpu_or_build_cannot_run() {
+        let facts = |cc, loaded| GpuFacts {
+            compute_capability: cc,
+            resident: ResidentClusters::uniform(132),
+            forward_sm90_loaded: loaded,
+            backward_sm90_loaded: loaded,
+        };
+        let spec = layer_spec(256, 256, 256, Nonlinearity::Relu);
+        let at = addresses(0x1000, 0x2000, None, 0x3000);
+        let unsupported = |result: Result<LaunchPlan>| match result {
+            Err(Error::UnsupportedDevice(why)) => why,
+            other => panic!("expected UnsupportedDevice, got {other:?}"),
+        };
+        let why = unsupported(forward_plan::<f16>(&spec, None, &facts((7, 5), false), &at));
+        assert!(why.contains("compute capability 8.0"), "{why}");
+        let why = unsupported(forward_plan::<bf16>(
+            &spec,
+            Some(ForwardConfig::Wg128x128),
+            &facts((8, 0), false),
+            &at,
+        ));
+        assert!(why.contains("9.0 (sm_90a) only"), "{why}");
+        let why = unsupported(forward_plan::<bf16>(
+            &spec,
+            Some(ForwardConfig::Wg128x128),
+            &facts((9, 0), false),
+            &at,
+        ));
+        assert!(why.contains("no sm_90a module"), "{why}");
+        // f32 runs anywhere; the heuristic keeps the portable kernels off Hopper.
+        let plan = forward_plan::<f32>(&spec, None, &facts((7, 5), false), &at).unwrap();
+        assert_eq!(plan.module, "forward_f32");
+        let plan = forward_plan::<bf16>(&spec, None, &facts((8, 9), false), &at).unwrap();
+        assert_eq!(plan.module, "forward_tc");
     }
 
     #[test]

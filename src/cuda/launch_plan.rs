@@ -2,17 +2,18 @@
 //! block and shared memory, and its arguments in the order of its parameters, with the buffers
 //! named rather than addressed ([`LaunchPlan`]).
 //!
-//! The wrappers build their plans with pure functions ([`ForwardConfig::launch_plan`],
-//! [`forward_sweep_plan`], [`backward_plan`] for a whole backward call and [`product_plan`] for
-//! each of its products with their split sums, [`dropout_plan`]) and then queue them on the
-//! stream: each [`Operand`] replaced by its device
-//! address, each [`KernelArg::TensorMap`] encoded from that address. The CPU harness
-//! (tests/kernels_on_cpu.rs) runs the same plans: its drivers convert each planned argument to
-//! the type of the kernel's parameter in that position (refusing a kind that does not fit, such
-//! as a pointer where the kernel takes a map) and launch the grid the plan gives. So the argument
-//! order, the tensor maps' boxes, the grids and the choice of entry point that a call would send
-//! to a GPU are checked on the CPU in every CI run, not only on a GPU host.
+//! The wrappers build their plans with pure functions ([`forward_plan`] for a whole forward
+//! call, [`ForwardConfig::launch_plan`] for one configuration, [`forward_sweep_plan`];
+//! [`backward_plan`] for a whole backward call, [`product_plan`] for each of its products with
+//! their split sums; [`dropout_plan`]) and then queue them on the stream: each [`Operand`]
+//! replaced by its device address, each [`KernelArg::TensorMap`] encoded from that address. The
+//! CPU harness (tests/kernels_on_cpu.rs) runs the same plans: its drivers convert each planned
+//! argument to the type of the kernel's parameter in that position (refusing a kind that does
+//! not fit, such as a pointer where the kernel takes a map) and launch the grid the plan gives.
+//! So the argument order, the tensor maps' boxes, the grids and the choice of entry point that a
+//! call would send to a GPU are checked on the CPU in every CI run, not only on a GPU host.
 //!
+//! [`forward_plan`]: crate::cuda::forward::forward_plan
 //! [`ForwardConfig::launch_plan`]: crate::cuda::forward::ForwardConfig::launch_plan
 //! [`forward_sweep_plan`]: crate::cuda::forward::forward_sweep_plan
 //! [`backward_plan`]: crate::cuda::backward::backward_plan

@@ -224,14 +224,18 @@ impl ResidentClusters {
     }
 }
 
-/// What the backward's choices take from the GPU and the build, so that they can be planned
-/// without one ([`backward::backward_plan`]): [`LayerKernels::gpu_facts`] gives the handle's.
+/// What the wrappers' choices take from the GPU and the build, so that they can be planned
+/// without one ([`forward::forward_plan`], [`backward::backward_plan`]):
+/// [`LayerKernels::gpu_facts`] gives the handle's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GpuFacts {
     /// The compute capability, `(major, minor)`.
     pub compute_capability: (i32, i32),
     /// The multiprocessors, and the clusters of the Hopper kernels that run at once.
     pub resident: ResidentClusters,
+    /// Whether the Hopper forward module (kernels/forward_sm90.cu, sm_90a) was built and loaded
+    /// for this GPU.
+    pub forward_sm90_loaded: bool,
     /// Whether the Hopper backward module (kernels/backward_sm90.cu, sm_90a) was built and
     /// loaded for this GPU.
     pub backward_sm90_loaded: bool,
@@ -411,6 +415,7 @@ impl LayerKernels {
         GpuFacts {
             compute_capability: self.shared.compute_capability,
             resident: self.shared.resident_clusters,
+            forward_sm90_loaded: self.module_loaded("forward_sm90"),
             backward_sm90_loaded: self.module_loaded("backward_sm90"),
         }
     }
