@@ -2058,6 +2058,24 @@ fn backward_sm90_split_bf16_matches_reference() {
 // ---------------------------------------------------------------------------------------------
 // The wrapper's whole backward (LayerKernels::backward's choices, backward_plan) on the harness
 
+/// An A100-like GPU (compute capability 8.0, 108 multiprocessors), for planning the wrappers'
+/// choices.
+const A100: GpuFacts = GpuFacts {
+    compute_capability: (8, 0),
+    resident: ResidentClusters::uniform(108),
+    forward_sm90_loaded: false,
+    backward_sm90_loaded: false,
+};
+
+/// A Hopper-like GPU of 8 multiprocessors with the sm_90a modules, on which small shapes take
+/// the Hopper kernels.
+const SMALL_HOPPER: GpuFacts = GpuFacts {
+    compute_capability: (9, 0),
+    resident: ResidentClusters::uniform(8),
+    forward_sm90_loaded: true,
+    backward_sm90_loaded: true,
+};
+
 /// One call of the backward as the wrapper would plan it on a described GPU.
 struct PlannedBackward {
     what: &'static str,
@@ -2191,18 +2209,7 @@ fn backward_plans_of_the_wrapper_match_reference() {
     ) else {
         return;
     };
-    let a100 = GpuFacts {
-        compute_capability: (8, 0),
-        resident: ResidentClusters::uniform(108),
-        forward_sm90_loaded: false,
-        backward_sm90_loaded: false,
-    };
-    let small_hopper = GpuFacts {
-        compute_capability: (9, 0),
-        resident: ResidentClusters::uniform(8),
-        forward_sm90_loaded: true,
-        backward_sm90_loaded: true,
-    };
+    let (a100, small_hopper) = (A100, SMALL_HOPPER);
     let spec = |(m, n, k), nonlinearity, p, seed| {
         LayerSpec::new(
             LinearShape::new(m, n, k),
@@ -2662,18 +2669,7 @@ fn forward_sm90_split_bf16_matches_reference() {
 /// Each call's entry point is checked by name before its output.
 #[test]
 fn forward_plans_of_the_wrapper_match_reference() {
-    let a100 = GpuFacts {
-        compute_capability: (8, 0),
-        resident: ResidentClusters::uniform(108),
-        forward_sm90_loaded: false,
-        backward_sm90_loaded: false,
-    };
-    let small_hopper = GpuFacts {
-        compute_capability: (9, 0),
-        resident: ResidentClusters::uniform(8),
-        forward_sm90_loaded: true,
-        backward_sm90_loaded: true,
-    };
+    let (a100, small_hopper) = (A100, SMALL_HOPPER);
     let case = |(m, n, k), misalign| ForwardCase {
         shape: LinearShape::new(m, n, k),
         nonlinearity: Nonlinearity::Relu,

@@ -162,15 +162,15 @@ impl ResidentClusters {
     /// Every multiprocessor takes part: `sm_count / size` clusters of each size (what a GPU
     /// whose GPCs all hold multiples of 8 multiprocessors runs, and the assumption wherever the
     /// driver was not asked).
-    pub fn uniform(sm_count: usize) -> Self {
+    pub const fn uniform(sm_count: usize) -> Self {
         Self::new(sm_count, [None; 3])
     }
 
     /// `sm_count` multiprocessors, and the driver's counts of clusters of 2, 4 and 8 blocks that
     /// run at once (`None` where it was not asked or did not answer).
-    pub fn new(sm_count: usize, driver: [Option<usize>; 3]) -> Self {
+    pub const fn new(sm_count: usize, driver: [Option<usize>; 3]) -> Self {
         Self {
-            sm_count: sm_count.max(1),
+            sm_count: if sm_count == 0 { 1 } else { sm_count },
             driver,
         }
     }
