@@ -889,17 +889,6 @@ impl LayerKernels {
         let mut premasked_params = params;
         premasked_params.threshold = 0;
         premasked_params.seed_subsequence = 0;
-        let address = |operand: Operand| match operand {
-            Operand::DY => Some(dy_ptr),
-            Operand::Y => y_ptr,
-            Operand::W => w_ptr,
-            Operand::X => x_ptr,
-            Operand::DX => dx_ptr,
-            Operand::DW => dw_ptr,
-            Operand::DB => db_ptr,
-            Operand::Workspace => workspace.map(|(ptr, _)| ptr),
-            Operand::B => None,
-        };
         // Every function loaded and every tensor map encoded before anything is queued.
         let prepared = plans
             .iter()
@@ -909,7 +898,7 @@ impl LayerKernels {
                     BackwardMask::Redrawn => &params,
                     BackwardMask::Premasked => &premasked_params,
                 };
-                Ok((self.prepare_plan::<T>(plan, &address)?, params))
+                Ok((self.prepare_plan::<T>(plan, &|op| buffers.of(op))?, params))
             })
             .collect::<Result<Vec<_>>>()?;
         for (launch, params) in &prepared {
@@ -973,6 +962,23 @@ pub struct BackwardBuffers {
     pub db: Option<u64>,
     /// The workspace's address and length in bytes ([`BackwardOptions::workspace`]).
     pub workspace: Option<(u64, usize)>,
+}
+
+impl BackwardBuffers {
+    /// The address of `operand`, `None` where the call has no such buffer.
+    fn of(&self, operand: Operand) -> Option<u64> {
+        match operand {
+            Operand::DY => Some(self.dy),
+            Operand::Y => self.y,
+            Operand::W => self.w,
+            Operand::X => self.x,
+            Operand::DX => self.dx,
+            Operand::DW => self.dw,
+            Operand::DB => self.db,
+            Operand::Workspace => self.workspace.map(|(ptr, _)| ptr),
+            Operand::B => None,
+        }
+    }
 }
 
 /// Which mask parameters a planned backward launch takes.
