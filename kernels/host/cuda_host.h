@@ -1562,16 +1562,16 @@ inline void wgmma_a_coord(int t, int e, int& row, int& col) {
     col = 2 * (l % 4) + (e & 1) + 8 * (e >> 2);
 }
 
-// The shared-window address of element (i, k) of a wgmma operand described by `desc` (PTX ISA,
-// "Matrix Descriptor Format" and "Shared Memory Matrix Layout", canonical layouts in 16-bit
-// elements): i runs along M (operand A) or N (operand B), k along K (0..15). K-major: rows of
-// the operand are i, each 8-row group SBO apart; without swizzle an 8x8 core matrix is 8 rows
-// of 16 bytes and the two K halves are LBO apart, with swizzle a row spans the swizzle width
-// and LBO is unused. MN-major: 8 K rows per group, groups SBO apart (LBO without swizzle); a row
-// holds 8 elements of i (no swizzle; the next 8 are SBO apart) or swizzle-width bytes (the next
-// block LBO apart). The swizzle then acts on the address bits.
-inline uint32_t wgmma_operand_address(uint64_t desc, bool mn_major, int i, int k,
-                                      const char* what) {
+// A wgmma shared-memory matrix descriptor (PTX ISA, "Matrix Descriptor Format"), its fields
+// decoded once per operand rather than once per element.
+struct WgmmaDescriptor {
+    uint32_t start = 0, lbo = 0, sbo = 0;  // byte address and offsets
+    int swizzle = 0;                       // 0 (none), 32, 64 or 128 bytes
+};
+
+// Decodes `desc` (operand `what`), refusing what sm_90 reserves and what the harness does not
+// model.
+inline WgmmaDescriptor decode_wgmma_descriptor(uint64_t desc, const char* what) {
     const uint64_t reserved = (3ull << 14) | (3ull << 30) | (7ull << 46) | (0x3FFull << 52);
     if ((desc & reserved) != 0)
         fail("wgmma: %s descriptor 0x%016llx has reserved bits set (bits 14-15, 30-31, 46-48, "
@@ -1582,37 +1582,52 @@ inline uint32_t wgmma_operand_address(uint64_t desc, bool mn_major, int i, int k
         fail("wgmma: %s descriptor 0x%016llx has matrix base offset %d; the harness models only "
              "base offset 0 (swizzle patterns starting at their repeat boundary)",
              what, (unsigned long long)desc, base_offset);
-    const uint32_t start = (uint32_t)(desc & 0x3FFF) << 4;
-    const uint32_t lbo = (uint32_t)((desc >> 16) & 0x3FFF) << 4;
-    const uint32_t sbo = (uint32_t)((desc >> 32) & 0x3FFF) << 4;
+    WgmmaDescriptor d;
+    d.start = (uint32_t)(desc & 0x3FFF) << 4;
+    d.lbo = (uint32_t)((desc >> 16) & 0x3FFF) << 4;
+    d.sbo = (uint32_t)((desc >> 32) & 0x3FFF) << 4;
     const int mode = (int)(desc >> 62);
-    const int swizzle = mode == 0 ? 0 : mode == 1 ? 128 : mode == 2 ? 64 : 32;
+    d.swizzle = mode == 0 ? 0 : mode == 1 ? 128 : mode == 2 ? 64 : 32;
+    return d;
+}
+
+// The shared-window address of element (i, k) of a wgmma operand described by `d` (PTX ISA,
+// "Shared Memory Matrix Layout", canonical layouts in 16-bit elements): i runs along M (operand
+// A) or N (operand B), k along K (0..15). K-major: rows of the operand are i, each 8-row group
+// SBO apart; without swizzle an 8x8 core matrix is 8 rows of 16 bytes and the two K halves are
+// LBO apart, with swizzle a row spans the swizzle width and LBO is unused. MN-major: 8 K rows
+// per group, groups SBO apart (LBO without swizzle); a row holds 8 elements of i (no swizzle;
+// the next 8 are SBO apart) or swizzle-width bytes (the next block LBO apart). The swizzle then
+// acts on the address bits.
+inline uint32_t wgmma_operand_address(const WgmmaDescriptor& d, bool mn_major, int i, int k) {
     uint32_t offset;
     if (!mn_major) {
         const uint32_t in_row = (uint32_t)(k % 8) * 2;
-        offset = swizzle == 0 ? (uint32_t)(i % 8) * 16 + (uint32_t)(i / 8) * sbo +
-                                    (uint32_t)(k / 8) * lbo + in_row
-                              : (uint32_t)(i % 8) * (uint32_t)swizzle + (uint32_t)(i / 8) * sbo +
-                                    (uint32_t)(k / 8) * 16 + in_row;
-    } else if (swizzle == 0) {
-        offset = (uint32_t)(i % 8) * 2 + (uint32_t)(i / 8) * sbo + (uint32_t)(k % 8) * 16 +
-                 (uint32_t)(k / 8) * lbo;
+        offset = d.swizzle == 0 ? (uint32_t)(i % 8) * 16 + (uint32_t)(i / 8) * d.sbo +
+                                      (uint32_t)(k / 8) * d.lbo + in_row
+                                : (uint32_t)(i % 8) * (uint32_t)d.swizzle +
+                                      (uint32_t)(i / 8) * d.sbo + (uint32_t)(k / 8) * 16 + in_row;
+    } else if (d.swizzle == 0) {
+        offset = (uint32_t)(i % 8) * 2 + (uint32_t)(i / 8) * d.sbo + (uint32_t)(k % 8) * 16 +
+                 (uint32_t)(k / 8) * d.lbo;
     } else {
-        const int per_row = swizzle / 2;
-        offset = (uint32_t)(i % per_row) * 2 + (uint32_t)(i / per_row) * lbo +
-                 (uint32_t)(k % 8) * (uint32_t)swizzle + (uint32_t)(k / 8) * sbo;
+        const int per_row = d.swizzle / 2;
+        offset = (uint32_t)(i % per_row) * 2 + (uint32_t)(i / per_row) * d.lbo +
+                 (uint32_t)(k % 8) * (uint32_t)d.swizzle + (uint32_t)(k / 8) * d.sbo;
     }
-    return swizzle_address(start + offset, swizzle);
+    return swizzle_address(d.start + offset, d.swizzle);
 }
 
 // Reads a wgmma operand (rows x 16, 16-bit elements) through its descriptor, as floats.
 inline void wgmma_read_operand(uint64_t desc, bool mn_major, int kind, int rows, double* out,
                                const char* what) {
     Runtime* rt = runtime();
+    const WgmmaDescriptor decoded = decode_wgmma_descriptor(desc, what);
+    const unsigned char* window = current_cta().smem_window;
     for (int i = 0; i < rows; ++i)
         for (int k = 0; k < 16; ++k) {
-            const uint32_t at = wgmma_operand_address(desc, mn_major, i, k, what);
-            const unsigned char* p = current_cta().smem_window + at;
+            const uint32_t at = wgmma_operand_address(decoded, mn_major, i, k);
+            const unsigned char* p = window + at;
             if (!in_dyn_smem(p, 2))
                 fail("wgmma: element (%d, %d) of the %s operand, descriptor 0x%016llx, is at "
                      "shared address %u, outside the dynamic shared memory (window addresses "
@@ -1628,6 +1643,27 @@ inline void wgmma_read_operand(uint64_t desc, bool mn_major, int kind, int rows,
             memcpy(&bits, p, 2);
             out[i * 16 + k] = b16_to_float(kind, bits);
         }
+}
+
+// d[row][col] (64 x n) += the 16 products a[row][k] * b[col][k], added in k order. The k loop
+// runs outside the columns, so that a row's n sums advance side by side (the same additions in
+// the same order as a k loop per element, without its chain of 16 dependent adds). The harness's
+// own arithmetic is exempt from the alignment check that stands in for the GPU's misaligned
+// access fault in kernel code: its per-access test would keep the loop from vectorising.
+__attribute__((no_sanitize("alignment"))) inline void add_wgmma_products(const double* a,
+                                                                         const double* b, int n,
+                                                                         double* d) {
+    std::vector<double> b_by_k((size_t)16 * n);
+    for (int col = 0; col < n; ++col)
+        for (int k = 0; k < 16; ++k) b_by_k[(size_t)k * n + col] = b[(size_t)col * 16 + k];
+    for (int row = 0; row < 64; ++row) {
+        double* d_row = d + (size_t)row * n;
+        for (int k = 0; k < 16; ++k) {
+            const double a_rk = a[row * 16 + k];
+            const double* b_k = &b_by_k[(size_t)k * n];
+            for (int col = 0; col < n; ++col) d_row[col] += a_rk * b_k[col];
+        }
+    }
 }
 
 // Executes one wgmma.mma_async: D = A * B (+ C), exact products summed in double, rounded once.
@@ -1653,12 +1689,7 @@ inline void retire_wgmma(WarpGroup& g, WgmmaOp& op, Fiber* threads) {
             wgmma_acc_coord(t, r, row, col);
             d[(size_t)row * n + col] = op.accumulate ? (double)op.c[(size_t)t * regs + r] : 0.0;
         }
-    for (int row = 0; row < 64; ++row)
-        for (int col = 0; col < n; ++col) {
-            double acc = d[(size_t)row * n + col];
-            for (int k = 0; k < 16; ++k) acc += a[row * 16 + k] * b[(size_t)col * 16 + k];
-            d[(size_t)row * n + col] = acc;
-        }
+    add_wgmma_products(a.data(), b.data(), n, d.data());
     auto forward_to = [&](int t) -> WgmmaOp* {
         for (auto& group : g.groups)
             for (WgmmaOp& later : group)
