@@ -5,7 +5,7 @@
 // - the host body (plain host C++ compiler, no __CUDACC__): a call into the CPU harness
 //   (kernels/host/cuda_host.h), which follows the PTX ISA definition of the instruction exactly,
 //   including its per-lane fragment layout, so the kernels' own source runs on the CPU in
-//   tests/kernels_on_cpu.rs.
+//   tests/kernels_on_cpu/.
 // In nvcc's host pass (__CUDACC__ without __CUDA_ARCH__) device functions are never called, so
 // the bodies there only have to compile.
 //

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Plants each fault of scripts/faults.tsv, one at a time, in a copy of kernels/ and tests/harness/,
-# runs the CPU harness (tests/kernels_on_cpu.rs) on the copy through FUSEDROP_HARNESS_KERNELS and
+# runs the CPU harness (tests/kernels_on_cpu/) on the copy through FUSEDROP_HARNESS_KERNELS and
 # FUSEDROP_HARNESS_DRIVERS, and prints which tests caught it. A fault in src/ (the Rust launch
 # plans the harness runs, src/cuda/launch_plan.rs) is planted in a copy of the crate, whose test
 # executable is rebuilt for it (in a target directory of its own: the first such fault builds
@@ -22,7 +22,7 @@ only="${1:-}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-echo "== building tests/kernels_on_cpu.rs"
+echo "== building tests/kernels_on_cpu/"
 # The test executable is copied, so that a rebuild during the run cannot change what runs.
 exe="$(cargo test --release --test kernels_on_cpu --no-run --message-format=json 2>/dev/null |
   sed -n 's/.*"executable":"\([^"]*kernels_on_cpu[^"]*\)".*/\1/p' | tail -n 1)"

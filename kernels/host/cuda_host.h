@@ -53,7 +53,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 // FUSEDROP_HOST_UCONTEXT forces the ucontext form of the fiber switch (below) on x86-64 too, so
-// that it is tested here (tests/kernels_on_cpu.rs, FUSEDROP_HARNESS_SWITCH=ucontext).
+// that it is tested here (tests/kernels_on_cpu/, FUSEDROP_HARNESS_SWITCH=ucontext).
 #if defined(__x86_64__) && !defined(FUSEDROP_HOST_UCONTEXT)
 #define FUSEDROP_HOST_STACK_SWITCH 1
 #else

@@ -7,7 +7,7 @@
 //! [`backward_plan`] for a whole backward call, [`product_plan`] for each of its products with
 //! their split sums; [`dropout_plan`]) and then queue them on the stream: each [`Operand`]
 //! replaced by its device address, each [`KernelArg::TensorMap`] encoded from that address. The
-//! CPU harness (tests/kernels_on_cpu.rs) runs the same plans: its drivers convert each planned
+//! CPU harness (tests/kernels_on_cpu/) runs the same plans: its drivers convert each planned
 //! argument to the type of the kernel's parameter in that position (refusing a kind that does
 //! not fit, such as a pointer where the kernel takes a map) and launch the grid the plan gives.
 //! So the argument order, the tensor maps' boxes, the grids and the choice of entry point that a

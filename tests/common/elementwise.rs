@@ -1,5 +1,5 @@
 //! The element-wise check of a reduction's result, shared by the test crates that check the
-//! backward kernels (tests/kernels_on_cpu.rs on the CPU harness, tests/gpu_backward.rs on a GPU).
+//! backward kernels (tests/kernels_on_cpu/ on the CPU harness, tests/gpu_backward.rs on a GPU).
 
 use fusedrop::{reference, Element};
 

@@ -1,5 +1,5 @@
 //! The keep-rule boundary vectors of tests/data/keep_boundary.txt, shared by the test crates
-//! that check them (tests/mask_contract.rs, tests/philox_host.rs, tests/kernels_on_cpu.rs).
+//! that check them (tests/mask_contract.rs, tests/philox_host.rs, tests/kernels_on_cpu/).
 // Each test crate includes this file as a module and uses a different subset of it.
 #![allow(dead_code)]
 

@@ -1,5 +1,5 @@
 // The common part of every harness driver (tests/harness/*.cpp): reads launch requests written by
-// tests/kernels_on_cpu.rs, runs the launches they plan through kernels/host/cuda_host.h, writes
+// tests/kernels_on_cpu/, runs the launches they plan through kernels/host/cuda_host.h, writes
 // the outputs.
 //
 // Usage: <driver> <request dir>...

@@ -1,5 +1,5 @@
 // Unit tests of the host bodies of kernels/ptx.cuh and of the harness's execution model, run by
-// tests/kernels_on_cpu.rs.
+// tests/kernels_on_cpu/.
 //
 //   ptx_unit checks        every positive check; prints one line per check, exit 1 on a failure
 //   ptx_unit <misuse>      one kernel that misuses the model; the harness must abort (exit 3):

@@ -1,0 +1,486 @@
+//! The backward kernels: the cases and checks every family shares, then the SIMT
+//! (kernels/backward_simt.cu) and mma.sync (kernels/backward_tc.cu) products with their split-K.
+
+use super::*;
+
+mod hopper;
+mod plans;
+mod workspace;
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BackwardCase {
+    pub(crate) shape: LinearShape,
+    pub(crate) nonlinearity: Nonlinearity,
+    pub(crate) p: f32,
+    pub(crate) geometry: Geometry,
+    pub(crate) accumulate: bool,
+    pub(crate) weight_grad: bool,
+    pub(crate) grid_x: Option<u32>,
+    pub(crate) nonfinite: bool,
+    /// A fixed (seed, subsequence) instead of random ones (the keep-rule boundary vectors).
+    pub(crate) seed_subsequence: Option<(u64, u64)>,
+    /// The (seed, subsequence) pair read from a device buffer (`MaskParams::seed_subsequence`).
+    pub(crate) device_seed: bool,
+    /// Blocks per output tile of the classic kernels' split-K (1: no split), each writing its
+    /// share to a poisoned f32 workspace that the split sum then adds.
+    pub(crate) splits: u32,
+}
+
+fn backward_cases() -> Vec<BackwardCase> {
+    let mut cases = Vec::new();
+    // m = 1 makes dW an outer product and n = 1 dX one: every element a single term, checked on
+    // its own (check_elementwise), as every element of every case is.
+    let shapes = [
+        (1, 1, 1),
+        (37, 29, 45),
+        (70, 75, 64),
+        (130, 66, 40),
+        (1, 75, 64),
+        (70, 1, 64),
+    ];
+    let rates = [0.0f32, 0.1, 0.5, 1.0];
+    for (s, &(m, n, k)) in shapes.iter().enumerate() {
+        for (i, &p) in rates.iter().enumerate() {
+            cases.push(BackwardCase {
+                shape: LinearShape::new(m, n, k),
+                nonlinearity: if (i + s) % 2 == 0 {
+                    Nonlinearity::Relu
+                } else {
+                    Nonlinearity::Identity
+                },
+                p,
+                geometry: Geometry::UNSHARDED,
+                accumulate: (i + s) % 3 == 1,
+                weight_grad: true,
+                grid_x: None,
+                nonfinite: false,
+                seed_subsequence: None,
+                device_seed: false,
+                splits: 1,
+            });
+        }
+    }
+    let base = BackwardCase {
+        shape: LinearShape::new(70, 75, 64),
+        nonlinearity: Nonlinearity::Identity,
+        p: 0.5,
+        geometry: Geometry {
+            row_offset: 7,
+            col_offset: 5,
+            n_global: Some(203),
+        },
+        accumulate: false,
+        weight_grad: true,
+        grid_x: Some(1),
+        nonfinite: false,
+        seed_subsequence: None,
+        device_seed: false,
+        splits: 1,
+    };
+    cases.push(base);
+    cases.push(BackwardCase {
+        grid_x: Some(3),
+        accumulate: true,
+        nonlinearity: Nonlinearity::Relu,
+        ..base
+    });
+    cases.push(BackwardCase {
+        weight_grad: false,
+        grid_x: None,
+        ..base
+    });
+    // Several row and column tiles of both products (4 x 4 of 64 x 64 for dX), walked by 3
+    // blocks in the grouped tile order.
+    cases.push(BackwardCase {
+        shape: LinearShape::new(200, 75, 200),
+        nonlinearity: Nonlinearity::Relu,
+        p: 0.1,
+        geometry: Geometry::UNSHARDED,
+        grid_x: Some(3),
+        ..base
+    });
+    // Keep-rule boundary vectors through the identity backward's redrawn mask (a 13x75 dY holds
+    // every vector's index; dY is 1 there so the element weighs in every gradient).
+    for b in boundaries() {
+        for p in [b.p(), b.p_above()] {
+            cases.push(BackwardCase {
+                shape: LinearShape::new(13, 75, 8),
+                p,
+                geometry: Geometry::UNSHARDED,
+                grid_x: None,
+                seed_subsequence: Some((b.seed, b.subsequence)),
+                ..base
+            });
+        }
+    }
+    // NaN and infinities in dY and (through X) in the saved Y, every rate, both activations:
+    // docs/mask-contract.md, "Backward without a mask".
+    for (i, &p) in [0.0f32, 0.1, 0.5, 1.0].iter().enumerate() {
+        for nonlinearity in [Nonlinearity::Relu, Nonlinearity::Identity] {
+            cases.push(BackwardCase {
+                shape: LinearShape::new(70, 75, 64),
+                nonlinearity,
+                p,
+                geometry: Geometry::UNSHARDED,
+                accumulate: i == 1,
+                grid_x: None,
+                nonfinite: true,
+                ..base
+            });
+        }
+    }
+    cases
+}
+
+/// Checks `fusedrop_backward_{dx,dw}_<config>_<dtype>` from tests/harness/<driver_name>.cpp.
+fn check_backward<T: Raw>(driver_name: &str, config: &str, seed: u64) {
+    check_backward_cases::<T>(driver_name, config, &backward_cases(), seed);
+}
+
+/// A backward product's launches (the product, then its split sums when `case.splits > 1`) as
+/// the library plans them (`product_plan`), reading dY from `dy` (dY, or the workspace's dY
+/// times the mask), Y for ReLU, writing dW when the case asks for it and db always; its buffers
+/// and mask parameters still to add.
+/// `config` names the configuration, with `_aligned` for the mma.sync kernels' entry points for
+/// aligned operands. A Hopper configuration runs on a GPU that runs the case's `grid_x` (else 3)
+/// of its blocks or clusters at once; a classic one takes `grid_x` as its grid when the case
+/// gives one. The split-K partial sums go to a poisoned workspace `ws`, 256 bytes in.
+pub(crate) fn backward_product_launch<T: Raw>(
+    config: &str,
+    product: BackwardProduct,
+    spec: &LayerSpec,
+    dy: Operand,
+    case: &BackwardCase,
+    what: String,
+    rng: &mut StdRng,
+) -> Launch {
+    let (config, aligned) = match config.strip_suffix("_aligned") {
+        Some(base) => (base, true),
+        None => (config, false),
+    };
+    let hopper = config.starts_with("wg");
+    let splits = if hopper { 1 } else { case.splits };
+    assert!(
+        splits == 1 || dy != Operand::Workspace,
+        "a split product reading dY times the mask from the workspace is not modelled here"
+    );
+    let operands = ProductOperands {
+        dy,
+        y: spec.nonlinearity == Nonlinearity::Relu,
+        out: product == BackwardProduct::Dx || case.weight_grad,
+        db: product == BackwardProduct::Dw,
+        aligned,
+        partial_at: 256,
+    };
+    let plan_on = |blocks: usize| {
+        product_plan::<T>(
+            config,
+            splits,
+            product,
+            spec,
+            operands,
+            case.accumulate,
+            ResidentClusters::uniform(blocks),
+        )
+        .unwrap_or_else(|e| panic!("{config} {product:?} of {what}: {e}"))
+    };
+    let mut plans = plan_on(132);
+    if hopper {
+        plans = plan_on(case.grid_x.unwrap_or(3) as usize * plans[0].cluster as usize);
+    }
+    let mut launch = Launch::new(&plans[0].function, what, rng);
+    for plan in &plans {
+        launch.plan(plan);
+    }
+    if let (false, Some(g)) = (hopper, case.grid_x) {
+        launch.int("grid_x", g);
+    }
+    if splits > 1 {
+        let LinearShape { m, n, k } = spec.shape;
+        let shares = match product {
+            BackwardProduct::Dx => m * k,
+            BackwardProduct::Dw => n * k + n,
+        };
+        launch.buffer(
+            "ws",
+            &poisoned::<f32>(64 + splits as usize * shares),
+            0,
+            false,
+        );
+    }
+    launch
+}
+
+fn check_backward_cases<T: Raw>(
+    driver_name: &str,
+    config: &str,
+    cases: &[BackwardCase],
+    seed: u64,
+) {
+    let Some(exe) = driver(driver_name) else {
+        return;
+    };
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut launches = Vec::new();
+    let mut expected = Vec::new();
+    for &case in cases {
+        let LinearShape { m, n, k } = case.shape;
+        let (seed, subsequence) = case
+            .seed_subsequence
+            .unwrap_or_else(|| (rng.random(), rng.random_range(0..16)));
+        let dropout = DropoutSpec::new(case.p, seed, subsequence);
+        let spec =
+            LayerSpec::new(case.shape, case.nonlinearity, dropout).with_geometry(case.geometry);
+        let mut x = random_values::<T>(m * k, &mut rng);
+        let w = random_values::<T>(n * k, &mut rng);
+        let b = random_values::<T>(n, &mut rng);
+        let mut dy = random_values::<T>(m * n, &mut rng);
+        if case.nonfinite {
+            // X rows 3 and 40 make whole rows of Y NaN or +-inf (so ReLU redraws the mask there);
+            // dY gets single non-finite elements spread over rows and columns.
+            plant(&mut x, k, &[(3, 5), (40, 0)]);
+            let at: Vec<(usize, usize)> = (0..12).map(|i| (5 * i + 1, (7 * i + 2) % n)).collect();
+            plant(&mut dy, n, &at);
+        }
+        if case.seed_subsequence.is_some() {
+            for b in boundaries()
+                .iter()
+                .filter(|b| (b.seed, b.subsequence) == (seed, subsequence))
+            {
+                dy[b.index as usize] = T::from_f64(1.0);
+            }
+        }
+        let relu = case.nonlinearity == Nonlinearity::Relu;
+        let y = reference::forward(&spec, &x, &w, Some(&b)).expect("valid reference inputs");
+        let grads = reference::backward_f64(&spec, &x, &w, &dy, relu.then_some(&y[..]))
+            .expect("valid reference inputs");
+        // The same reductions over absolute values (the mask and ReLU's activity unchanged):
+        // each element's sum of |terms|, for the element-wise bound.
+        let abs = |v: &[T]| -> Vec<T> { v.iter().map(|e| T::from_f64(e.to_f64().abs())).collect() };
+        let abs_grads =
+            reference::backward_f64(&spec, &abs(&x), &abs(&w), &abs(&dy), relu.then_some(&y[..]))
+                .expect("valid reference inputs");
+        let init = |len: usize, rng: &mut StdRng| {
+            if case.accumulate {
+                random_values::<T>(len, rng)
+            } else {
+                poisoned::<T>(len)
+            }
+        };
+        let (dx0, dw0, db0) = (
+            init(m * k, &mut rng),
+            init(n * k, &mut rng),
+            init(n, &mut rng),
+        );
+        let plus = |start: &[T], grad: &[f64]| -> Vec<f64> {
+            if case.accumulate {
+                start
+                    .iter()
+                    .zip(grad)
+                    .map(|(s, g)| s.to_f64() + g)
+                    .collect()
+            } else {
+                grad.to_vec()
+            }
+        };
+        let want = (
+            plus(&dx0, &grads.dx),
+            plus(&dw0, &grads.dw),
+            plus(&db0, &grads.db),
+        );
+        let abs_plus = |start: &[T], sums: &[f64]| -> Vec<f64> {
+            let start = abs(start);
+            plus(&start, sums)
+        };
+        let bounds = (
+            abs_plus(&dx0, &abs_grads.dx),
+            abs_plus(&dw0, &abs_grads.dw),
+            abs_plus(&db0, &abs_grads.db),
+        );
+
+        let what = format!("{case:?}");
+        let mut dx = backward_product_launch::<T>(
+            config,
+            BackwardProduct::Dx,
+            &spec,
+            Operand::DY,
+            &case,
+            what.clone(),
+            &mut rng,
+        );
+        let mut dw = backward_product_launch::<T>(
+            config,
+            BackwardProduct::Dw,
+            &spec,
+            Operand::DY,
+            &case,
+            what,
+            &mut rng,
+        );
+        for launch in [&mut dx, &mut dw] {
+            launch
+                .mask(&dropout, &case.geometry, n, case.device_seed)
+                .buffer("dy", &dy, 0, false);
+            if relu {
+                launch.buffer("y", &y, 0, false);
+            }
+        }
+        dx.buffer("w", &w, 0, false).buffer("dx", &dx0, 0, true);
+        dw.buffer("x", &x, 0, false).buffer("db", &db0, 0, true);
+        if case.weight_grad {
+            dw.buffer("dw", &dw0, 0, true);
+        }
+        launches.push(dx);
+        launches.push(dw);
+        expected.push((case, want, bounds));
+    }
+    run(&exe, &launches);
+    for (pair, (case, want, bounds)) in launches.chunks(2).zip(&expected) {
+        let LinearShape { m, n, k } = case.shape;
+        let mut outputs = vec![("dX", &pair[0], "dx", &want.0, &bounds.0, n, k)];
+        if case.weight_grad {
+            outputs.push(("dW", &pair[1], "dw", &want.1, &bounds.1, m, k));
+        }
+        outputs.push(("db", &pair[1], "db", &want.2, &bounds.2, m, n));
+        for (name, launch, buffer, want, abs_sum, terms, cols) in outputs {
+            let what = format!("{name} of {}", launch.what);
+            let got = launch.output::<T>(buffer);
+            check_close(&what, cols, &got, want);
+            check_elementwise(&what, cols, &got, want, abs_sum, terms);
+        }
+    }
+}
+
+/// Every SIMT config in every dtype.
+#[test]
+fn backward_simt_matches_reference() {
+    for (i, config) in ["simt128x128", "simt64x64", "simt64x32"].iter().enumerate() {
+        let seed = 0xB320 + 4 * i as u64;
+        check_backward::<f32>("backward_simt", config, seed);
+        check_backward::<f16>("backward_simt", config, seed + 1);
+        check_backward::<bf16>("backward_simt", config, seed + 2);
+    }
+}
+
+/// Split-K on the SIMT kernels, as on the mma.sync ones: each output tile's reduction shared by
+/// 2, 3 or 4 blocks whose f32 partial sums (in a poisoned workspace) the split sum adds, scales
+/// and rounds, on every backward case and every tile (the wrapper splits only 64 x 64 and
+/// 64 x 32; the kernel template is the same), shares of no slice among them (4 shares of a
+/// 40-long reduction's 3 slices of 16, 3 shares of the 1-long one's single slice), grids of 1
+/// and 3 blocks walking the work items, accumulation, db without dW.
+#[test]
+fn backward_simt_split_k_matches_reference() {
+    let split = |splits: u32| -> Vec<BackwardCase> {
+        backward_cases()
+            .into_iter()
+            .map(|c| BackwardCase { splits, ..c })
+            .collect()
+    };
+    check_backward_cases::<f32>("backward_simt", "simt64x64", &split(2), 0x5B32);
+    check_backward_cases::<f32>("backward_simt", "simt128x128", &split(3), 0x5B33);
+    check_backward_cases::<f32>("backward_simt", "simt64x32", &split(4), 0x5B34);
+    check_backward_cases::<bf16>("backward_simt", "simt64x64", &split(3), 0x5BBF);
+}
+
+#[test]
+fn backward_tc_f16_matches_reference() {
+    check_backward::<f16>("backward_tc", "tc128x128", 0xBC16);
+    check_backward::<f16>("backward_tc", "tc64x64", 0xBC17);
+}
+
+#[test]
+fn backward_tc_bf16_matches_reference() {
+    check_backward::<bf16>("backward_tc", "tc128x128", 0xBCBF);
+    check_backward::<bf16>("backward_tc", "tc64x64", 0xBCC0);
+}
+
+/// The backward cases the aligned mma.sync kernels take (`*_aligned`: the host promises 16-byte
+/// aligned dY, Y and B with n and k multiples of 8): every case above with n and k rounded up to
+/// multiples of 8, db-only calls included.
+fn aligned_backward_cases() -> Vec<BackwardCase> {
+    backward_cases()
+        .into_iter()
+        .map(|c| {
+            let LinearShape { m, n, k } = c.shape;
+            let shape = LinearShape::new(m, n.next_multiple_of(8), k.next_multiple_of(8));
+            let n_global = c
+                .geometry
+                .n_global
+                .map(|g| g.max(c.geometry.col_offset + shape.n as u64));
+            BackwardCase {
+                shape,
+                geometry: Geometry {
+                    n_global,
+                    ..c.geometry
+                },
+                ..c
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn backward_tc_aligned_matches_reference() {
+    for (config, seed) in [("tc128x128_aligned", 0xBA16), ("tc64x64_aligned", 0xBA17)] {
+        check_backward_cases::<f16>("backward_tc", config, &aligned_backward_cases(), seed);
+        check_backward_cases::<bf16>("backward_tc", config, &aligned_backward_cases(), seed + 2);
+    }
+}
+
+/// The narrow products' tile (64 x 32: B's MN-major tile 32 columns wide), general and aligned.
+#[test]
+fn backward_tc64x32_matches_reference() {
+    check_backward::<f16>("backward_tc", "tc64x32", 0xBC32);
+    check_backward::<bf16>("backward_tc", "tc64x32", 0xBC33);
+    check_backward_cases::<f16>(
+        "backward_tc",
+        "tc64x32_aligned",
+        &aligned_backward_cases(),
+        0xBA32,
+    );
+    check_backward_cases::<bf16>(
+        "backward_tc",
+        "tc64x32_aligned",
+        &aligned_backward_cases(),
+        0xBA33,
+    );
+}
+
+/// Split-K on the mma.sync kernels that can split (64 x 64, 64 x 32; general and aligned): each
+/// output tile's reduction shared by 2, 3 or 4 blocks whose f32 partial sums (in a poisoned
+/// workspace) the split sum adds, scales and rounds, on every backward case (shares of no slice
+/// among them: 3 shares of a 40-long reduction's 2 slices; grids of 1 and 3 blocks walking the
+/// work items; accumulation; db without dW).
+#[test]
+fn backward_tc_split_k_matches_reference() {
+    let split = |cases: Vec<BackwardCase>, splits: u32| -> Vec<BackwardCase> {
+        cases
+            .into_iter()
+            .map(|c| BackwardCase { splits, ..c })
+            .collect()
+    };
+    check_backward_cases::<f16>(
+        "backward_tc",
+        "tc64x64",
+        &split(backward_cases(), 2),
+        0x5C16,
+    );
+    check_backward_cases::<bf16>(
+        "backward_tc",
+        "tc64x32",
+        &split(backward_cases(), 3),
+        0x5CBF,
+    );
+    check_backward_cases::<bf16>(
+        "backward_tc",
+        "tc64x64_aligned",
+        &split(aligned_backward_cases(), 4),
+        0x5CA1,
+    );
+    check_backward_cases::<f16>(
+        "backward_tc",
+        "tc64x32_aligned",
+        &split(aligned_backward_cases(), 3),
+        0x5CA2,
+    );
+}

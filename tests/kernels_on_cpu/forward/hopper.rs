@@ -1,0 +1,214 @@
+//! kernels/forward_sm90.cu (Hopper: TMA, mbarrier ring, wgmma, persistent grid), its split-K
+//! clusters and its sweep variants.
+
+use super::*;
+
+const FORWARD_SM90_CONFIGS: [&str; 3] = ["wg128x256", "wg128x128", "wg64x128"];
+
+/// The forward cases the Hopper kernel takes (k a multiple of 8, 16-byte aligned X and W; the
+/// wrapper sends the others to forward_tc: so every case above with such a shape, non-finite
+/// inputs and boundary vectors included), each with a persistent block count, plus shapes with
+/// many tiles per block so that the ring wraps across tiles, and a long reduction. Odd n takes
+/// the element stores instead of the pair stores.
+fn hopper_forward_cases(rng: &mut StdRng) -> Vec<(ForwardCase, Option<u32>)> {
+    let mut cases: Vec<(ForwardCase, Option<u32>)> = forward_cases(rng)
+        .into_iter()
+        .filter(|c| c.shape.k % 8 == 0 && c.misalign == 0 && c.grid_y.is_none())
+        .map(|c| (c, Some(3)))
+        .collect();
+    let base = ForwardCase {
+        shape: LinearShape::new(300, 300, 200),
+        nonlinearity: Nonlinearity::Relu,
+        bias: true,
+        p: 0.1,
+        geometry: Geometry::UNSHARDED,
+        misalign: 0,
+        grid_y: None,
+        device_seed: false,
+        nonfinite: false,
+        seed_subsequence: None,
+    };
+    // 15 tiles of 64 x 128 (or 6 of 128 x 128, 6 of 128 x 256) over 2 blocks, and over one:
+    // every block walks several tiles and the ring wraps several times.
+    cases.push((base, Some(2)));
+    cases.push((
+        ForwardCase {
+            p: 0.5,
+            nonlinearity: Nonlinearity::Identity,
+            bias: false,
+            ..base
+        },
+        Some(1),
+    ));
+    // A reduction of 9 k-blocks (more than some rings have stages), odd n, a shard geometry with
+    // the seed read from a device buffer.
+    cases.push((
+        ForwardCase {
+            shape: LinearShape::new(129, 131, 568),
+            geometry: Geometry {
+                row_offset: 5 + u64::from(rng.random::<u32>()),
+                col_offset: 7,
+                n_global: Some(1001),
+            },
+            device_seed: true,
+            ..base
+        },
+        Some(2),
+    ));
+    // Shards at a large row offset whose columns keep each lane pair's four columns in one
+    // Philox call (n_global and col_offset multiples of 4: paired draws, gemm/sm90/epilogue.cuh),
+    // and whose n_global would allow it but col_offset does not (every pair straddles two calls).
+    for col_offset in [12, 6] {
+        cases.push((
+            ForwardCase {
+                shape: LinearShape::new(129, 200, 136),
+                geometry: Geometry {
+                    row_offset: 3 + u64::from(rng.random::<u32>()),
+                    col_offset,
+                    n_global: Some(1004),
+                },
+                p: 0.5,
+                ..base
+            },
+            Some(2),
+        ));
+    }
+    cases
+}
+
+fn check_forward_sm90<T: Raw>(seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let cases = hopper_forward_cases(&mut rng);
+    check_forward_cases::<T>("forward_sm90", &FORWARD_SM90_CONFIGS, &cases, &mut rng);
+}
+
+#[test]
+fn forward_sm90_f16_matches_reference() {
+    check_forward_sm90::<f16>(0x90F16);
+}
+
+#[test]
+fn forward_sm90_bf16_matches_reference() {
+    check_forward_sm90::<bf16>(0x90BF16);
+}
+
+/// The split-K configs (clusters of 2 or 4 blocks per tile, gemm/sm90/split_k.cuh).
+const FORWARD_SM90_SPLIT_CONFIGS: [&str; 4] =
+    ["wg64x128s2", "wg64x128s4", "wg128x128s2", "wg128x128s4"];
+
+/// The Hopper cases with k raised to at least 5 k-blocks (the wrapper gives every block of a
+/// cluster at least one; 5 splits unevenly over 2 and 4 blocks), each on its count of clusters:
+/// with fewer clusters than tiles the partial areas and their barriers turn over several times.
+fn hopper_split_cases(rng: &mut StdRng) -> Vec<(ForwardCase, Option<u32>)> {
+    hopper_forward_cases(rng)
+        .into_iter()
+        .map(|(case, blocks)| {
+            let k = case.shape.k.max(5 * 64 - 24);
+            let shape = LinearShape::new(case.shape.m, case.shape.n, k);
+            (ForwardCase { shape, ..case }, blocks)
+        })
+        .collect()
+}
+
+fn check_forward_sm90_split<T: Raw>(seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let cases = hopper_split_cases(&mut rng);
+    check_forward_cases::<T>(
+        "forward_sm90",
+        &FORWARD_SM90_SPLIT_CONFIGS,
+        &cases,
+        &mut rng,
+    );
+}
+
+#[test]
+fn forward_sm90_split_f16_matches_reference() {
+    check_forward_sm90_split::<f16>(0x5F16);
+}
+
+#[test]
+fn forward_sm90_split_bf16_matches_reference() {
+    check_forward_sm90_split::<bf16>(0x5BF16);
+}
+
+/// The tuning variants of kernels/forward_sm90_sweep.cu and the production config whose output
+/// each must reproduce bit for bit (the same wgmma m64nNk16 sequence and epilogue arithmetic for
+/// every output element: the config with the same column tile).
+const FORWARD_SM90_SWEEP_VARIANTS: [(&str, &str); 12] = [
+    ("wg128x256_st3", "wg128x256"),
+    ("wg128x256_tmastore", "wg128x256"),
+    ("wg128x256_mc2", "wg128x256"),
+    ("wg128x256_mc2_tmastore", "wg128x256"),
+    ("wg128x128_tmastore", "wg128x128"),
+    ("wg128x128_mc2", "wg128x128"),
+    ("wg64x256_pp", "wg128x256"),
+    ("wg64x256_pp_tmastore", "wg128x256"),
+    ("wg128x256_g4", "wg128x256"),
+    ("wg128x256_g16", "wg128x256"),
+    ("wg128x128_g16", "wg128x128"),
+    ("wg128x256_unpaired", "wg128x256"),
+];
+
+/// The Hopper cases, plus shapes for the clusters of the multicast variants: an odd number of
+/// row tiles (the last cluster's second block has no rows of Y, but still loads its half of W
+/// for the first) with a partial last column tile, over fewer clusters than cluster tiles so
+/// each walks several; a reduction longer than every ring, on one cluster; and more row tiles than
+/// a group of the tile order holds at 4 (6 row tiles), over fewer blocks than tiles. The
+/// TMA-store variants take the cases whose Y rows start 16-byte aligned (n a multiple of 8).
+fn hopper_sweep_cases(rng: &mut StdRng) -> Vec<(ForwardCase, Option<u32>)> {
+    let mut cases = hopper_forward_cases(rng);
+    let base = ForwardCase {
+        shape: LinearShape::new(300, 520, 200),
+        nonlinearity: Nonlinearity::Relu,
+        bias: true,
+        p: 0.1,
+        geometry: Geometry::UNSHARDED,
+        misalign: 0,
+        grid_y: None,
+        device_seed: false,
+        nonfinite: false,
+        seed_subsequence: None,
+    };
+    cases.push((base, Some(2)));
+    cases.push((
+        ForwardCase {
+            shape: LinearShape::new(129, 136, 568),
+            nonlinearity: Nonlinearity::Identity,
+            p: 0.5,
+            bias: false,
+            ..base
+        },
+        Some(1),
+    ));
+    cases.push((
+        ForwardCase {
+            shape: LinearShape::new(650, 264, 64),
+            nonlinearity: Nonlinearity::Identity,
+            ..base
+        },
+        Some(5),
+    ));
+    cases
+}
+
+fn check_forward_sm90_sweep<T: Raw>(seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let cases = hopper_sweep_cases(&mut rng);
+    check_sweep_variants::<T>(
+        ("forward_sm90_sweep", "forward_sm90"),
+        &FORWARD_SM90_SWEEP_VARIANTS,
+        &|variant, case| !variant.contains("tmastore") || case.shape.n % 8 == 0,
+        &cases,
+        &mut rng,
+    );
+}
+
+#[test]
+fn forward_sm90_sweep_f16_matches_reference_and_production() {
+    check_forward_sm90_sweep::<f16>(0x5EE9_90F1);
+}
+
+#[test]
+fn forward_sm90_sweep_bf16_matches_reference_and_production() {
+    check_forward_sm90_sweep::<bf16>(0x5EE9_90BF);
+}
