@@ -61,4 +61,13 @@ fi
 PATH="$(dirname "$NVCC"):$PATH" CARGO_TARGET_DIR=target/compose \
   cargo check --manifest-path tests/compose/Cargo.toml -p cudarc --quiet
 
+echo "== cargo clippy with candle's CUDA backend (feature candle-cuda): type-checked, not linked"
+# src/candle.rs's CUDA path and tests/candle_cuda.rs exist only with this feature, under which
+# cudarc links libcuda at build time. This machine has none to link against (scripts/gpu-bundle.sh
+# links a stub for the GPU check), so they are type-checked and linted here, not linked or run.
+# candle-kernels compiles its PTX with the same nvcc.
+PATH="$(dirname "$NVCC"):$PATH" CUDA_COMPUTE_CAP=90 CARGO_TARGET_DIR=target/candle-cuda \
+  cargo clippy --workspace --no-default-features --features fusedrop/candle-cuda --all-targets \
+  --quiet -- -D warnings
+
 echo "== scripts/test.sh: all checks passed"
