@@ -24,6 +24,25 @@ pub(crate) struct ForwardCase {
     pub(crate) seed_subsequence: Option<(u64, u64)>,
 }
 
+impl ForwardCase {
+    /// A ReLU call with bias at p = 0.1 on `shape`: unsharded, aligned buffers, the grid's own
+    /// rows, a random host seed, finite inputs. Cases change what they test from there.
+    pub(crate) fn relu(shape: LinearShape) -> Self {
+        Self {
+            shape,
+            nonlinearity: Nonlinearity::Relu,
+            bias: true,
+            p: 0.1,
+            geometry: Geometry::UNSHARDED,
+            misalign: 0,
+            grid_y: None,
+            device_seed: false,
+            nonfinite: false,
+            seed_subsequence: None,
+        }
+    }
+}
+
 /// Shapes that are multiples of no tile, k both a multiple of 8 (16-byte rows) and not, with
 /// every dropout rate, both activations and with/without bias spread over them.
 fn forward_cases(rng: &mut StdRng) -> Vec<ForwardCase> {
@@ -49,30 +68,16 @@ fn forward_cases(rng: &mut StdRng) -> Vec<ForwardCase> {
             let (_, nonlinearity, _) = combos[(i + s) % combos.len()];
             let (_, _, bias) = combos[(i + 2 * s + 1) % combos.len()];
             cases.push(ForwardCase {
-                shape: LinearShape::new(m, n, k),
                 nonlinearity,
                 bias,
                 p,
-                geometry: Geometry::UNSHARDED,
-                misalign: 0,
-                grid_y: None,
-                device_seed: false,
-                nonfinite: false,
-                seed_subsequence: None,
+                ..ForwardCase::relu(LinearShape::new(m, n, k))
             });
         }
     }
     let base = ForwardCase {
-        shape: LinearShape::new(70, 75, 64),
-        nonlinearity: Nonlinearity::Relu,
-        bias: true,
         p: 0.5,
-        geometry: Geometry::UNSHARDED,
-        misalign: 0,
-        grid_y: None,
-        device_seed: false,
-        nonfinite: false,
-        seed_subsequence: None,
+        ..ForwardCase::relu(LinearShape::new(70, 75, 64))
     };
     // Buffers that are not 16-byte aligned although k and n are multiples of 8, so only the
     // pointers' alignment keeps the kernels off their vector paths.
@@ -346,18 +351,7 @@ fn forward_sweep_cases(rng: &mut StdRng) -> Vec<ForwardCase> {
         .into_iter()
         .filter(|c| c.misalign == 0 && c.shape.k % 8 == 0)
         .collect();
-    cases.push(ForwardCase {
-        shape: LinearShape::new(37, 45, 328),
-        nonlinearity: Nonlinearity::Relu,
-        bias: true,
-        p: 0.1,
-        geometry: Geometry::UNSHARDED,
-        misalign: 0,
-        grid_y: None,
-        device_seed: false,
-        nonfinite: false,
-        seed_subsequence: None,
-    });
+    cases.push(ForwardCase::relu(LinearShape::new(37, 45, 328)));
     cases
 }
 

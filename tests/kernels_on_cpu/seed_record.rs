@@ -27,16 +27,12 @@ fn forward_records_the_seed_it_used_for_the_backward() {
     // Every kernel that takes a record writes the pair it read from the device buffer (the
     // by-value fields hold garbage in device-seed launches).
     let case = ForwardCase {
-        shape,
         nonlinearity: Nonlinearity::Identity,
         bias: false,
         p: used.p,
-        geometry: Geometry::UNSHARDED,
-        misalign: 0,
-        grid_y: None,
         device_seed: true,
-        nonfinite: false,
         seed_subsequence: Some((used.seed, used.subsequence)),
+        ..ForwardCase::relu(shape)
     };
     let (mut f32_launch, f32_want, _) =
         forward_launch::<f32>(Planned::Config("simt64x64"), &case, None, &mut rng);

@@ -16,18 +16,7 @@ fn hopper_forward_cases(rng: &mut StdRng) -> Vec<(ForwardCase, Option<u32>)> {
         .filter(|c| c.shape.k % 8 == 0 && c.misalign == 0 && c.grid_y.is_none())
         .map(|c| (c, Some(3)))
         .collect();
-    let base = ForwardCase {
-        shape: LinearShape::new(300, 300, 200),
-        nonlinearity: Nonlinearity::Relu,
-        bias: true,
-        p: 0.1,
-        geometry: Geometry::UNSHARDED,
-        misalign: 0,
-        grid_y: None,
-        device_seed: false,
-        nonfinite: false,
-        seed_subsequence: None,
-    };
+    let base = ForwardCase::relu(LinearShape::new(300, 300, 200));
     // 15 tiles of 64 x 128 (or 6 of 128 x 128, 6 of 128 x 256) over 2 blocks, and over one:
     // every block walks several tiles and the ring wraps several times.
     cases.push((base, Some(2)));
@@ -157,18 +146,7 @@ const FORWARD_SM90_SWEEP_VARIANTS: [(&str, &str); 12] = [
 /// TMA-store variants take the cases whose Y rows start 16-byte aligned (n a multiple of 8).
 fn hopper_sweep_cases(rng: &mut StdRng) -> Vec<(ForwardCase, Option<u32>)> {
     let mut cases = hopper_forward_cases(rng);
-    let base = ForwardCase {
-        shape: LinearShape::new(300, 520, 200),
-        nonlinearity: Nonlinearity::Relu,
-        bias: true,
-        p: 0.1,
-        geometry: Geometry::UNSHARDED,
-        misalign: 0,
-        grid_y: None,
-        device_seed: false,
-        nonfinite: false,
-        seed_subsequence: None,
-    };
+    let base = ForwardCase::relu(LinearShape::new(300, 520, 200));
     cases.push((base, Some(2)));
     cases.push((
         ForwardCase {

@@ -14,16 +14,8 @@ use super::*;
 fn forward_plans_of_the_wrapper_match_reference() {
     let (a100, small_hopper) = (A100, SMALL_HOPPER);
     let case = |(m, n, k), misalign| ForwardCase {
-        shape: LinearShape::new(m, n, k),
-        nonlinearity: Nonlinearity::Relu,
-        bias: true,
-        p: 0.1,
-        geometry: Geometry::UNSHARDED,
         misalign,
-        grid_y: None,
-        device_seed: false,
-        nonfinite: false,
-        seed_subsequence: None,
+        ..ForwardCase::relu(LinearShape::new(m, n, k))
     };
     let mut rng = StdRng::seed_from_u64(0xF0A2);
     fn run_one<T: Raw>(
