@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Runs every GPU check of a bundle made by scripts/gpu-bundle.sh, on a GPU host with the NVIDIA
 # driver and a CUDA toolkit but no Rust. Each step is bounded in time and the script carries on
-# past a step that fails; the summary comes last. Logs go to $OUT (or ./gpu-check-out).
+# past a step that fails; the summary comes last, and the exit status is 1 if any step failed.
+# Logs go to $OUT (or ./gpu-check-out). A test executable that fails has each of its tests that
+# did not report ok run again alone (rerun_alone, below), so one trapped kernel cannot hide which
+# tests pass.
 #   QUICK=1 bash gpu-check.sh      # correctness only: skips the benchmark table and the peer
 #   STEPS="test-gpu_forward test-gpu_graph bench" bash gpu-check.sh
 #                                  # only the named steps (names as in the summary), to fit a
@@ -19,6 +22,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 out="${OUT:-$here/gpu-check-out}"
 mkdir -p "$out"
 summary=()
+failed_steps=0
 record() { summary+=("$(printf '%-34s %s' "$1" "$2")"); }
 step() { # step NAME SECONDS COMMAND...: runs, logs to $out/NAME.log, records pass/fail
   local name="$1" limit="$2"; shift 2
@@ -34,6 +38,7 @@ step() { # step NAME SECONDS COMMAND...: runs, logs to $out/NAME.log, records pa
   [[ $rc -eq 0 ]] || verdict="FAIL (exit $rc)"
   [[ $rc -eq 124 || $rc -eq 137 ]] && verdict="TIMEOUT after ${limit}s"
   record "$name" "$verdict  [$((SECONDS - start))s]"
+  ((rc == 0)) || failed_steps=$((failed_steps + 1))
   return $rc
 }
 
@@ -54,8 +59,42 @@ for dir in /usr/local/cuda/lib64 /usr/local/cuda-*/lib64 \
 done
 nvcc_bin="$(command -v nvcc || ls /usr/local/cuda*/bin/nvcc 2>/dev/null | head -n 1)"
 
+# After a test executable failed, each of its tests that did not report "ok" runs again alone,
+# in a process of its own (log: $out/NAME.alone.log). A kernel that traps (a Hopper barrier that
+# never completes, a bad access) leaves the CUDA context unusable for every other test of its
+# process, and a panic in a drop can abort the process before the rest report, so one fault can
+# read as a whole executable failing; alone, only the tests that are wrong themselves fail.
+# ALONE_LIMIT bounds each rerun, ALONE_BUDGET all reruns of one executable (seconds).
+rerun_alone() { # rerun_alone NAME EXECUTABLE
+  local name="$1" exe="$2" log="$out/$1.alone.log"
+  local deadline=$((SECONDS + ${ALONE_BUDGET:-150})) t
+  local -a tests=() passed=() failed=() not_rerun=()
+  mapfile -t tests < <("$exe" --list 2>/dev/null | sed -n 's/: test$//p')
+  : > "$log"
+  for t in "${tests[@]}"; do
+    if grep -qxF "test $t ... ok" "$out/$name.log" || grep -qF "test $t ... ignored" "$out/$name.log"; then
+      continue
+    fi
+    if ((SECONDS >= deadline)); then
+      not_rerun+=("$t")
+      continue
+    fi
+    echo "=== $t" >> "$log"
+    if timeout --kill-after=5 "${ALONE_LIMIT:-60}" "$exe" --exact "$t" >> "$log" 2>&1; then
+      passed+=("$t")
+    else
+      failed+=("$t")
+    fi
+  done
+  local verdict="${#passed[@]} pass, ${#failed[@]} fail"
+  ((${#failed[@]})) && verdict+=": ${failed[*]}"
+  ((${#not_rerun[@]})) && verdict+="; not rerun (ALONE_BUDGET spent): ${not_rerun[*]}"
+  echo "--- $name, each test not reported ok, alone: $verdict"
+  record "  $name, alone" "$verdict"
+}
+
 for t in "$here"/tests/*; do
-  step "test-$(basename "$t")" 240 "$t"
+  step "test-$(basename "$t")" 240 "$t" || rerun_alone "test-$(basename "$t")" "$t"
 done
 step selftest 180 "$here/fusedrop" selftest
 step demo-cuda 120 "$here/fusedrop" demo --device cuda --epochs 20 --out "$out/demo" --summary-json "$out/demo-summary.json"
@@ -97,4 +136,8 @@ echo
 echo "================ fusedrop GPU check summary ================"
 cat "$out/card.txt"
 printf '%s\n' "${summary[@]}" | tee "$out/summary.txt"
-[[ -f "$out/bench.csv" ]] && { echo "--- bench.csv"; column -s, -t < "$out/bench.csv" 2>/dev/null | head -n 60 || cat "$out/bench.csv"; }
+if [[ -f "$out/bench.csv" ]]; then
+  echo "--- bench.csv"
+  column -s, -t < "$out/bench.csv" 2>/dev/null | head -n 60 || cat "$out/bench.csv"
+fi
+((failed_steps == 0))

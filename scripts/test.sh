@@ -22,6 +22,9 @@ cargo fmt --all -- --check
 # release steps means one release build of the kernels and of candle.
 with_candle=(--features fusedrop/candle)
 
+echo "== scripts/check-gpu-check.sh (the GPU check's own logic, on fake test executables)"
+scripts/check-gpu-check.sh
+
 echo "== cargo clippy --workspace --all-targets -- -D warnings (default features, then with candle)"
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy --workspace --all-targets "${with_candle[@]}" -- -D warnings

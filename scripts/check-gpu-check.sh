@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Checks scripts/gpu-check.sh's own logic without a GPU: a bundle of fake test executables that
+# answer as Rust's test harness does (`--list`, `--exact NAME`, "test NAME ... ok" lines), one of
+# which fails the way a trapped CUDA context makes a whole process fail. The script must rerun
+# alone exactly the tests that did not report ok, and its summary must say which failed alone.
+# Part of the test command (scripts/test.sh); takes a second.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/bundle/tests"
+cp scripts/gpu-check.sh "$work/bundle/"
+
+# fake_gpu: four tests. Run together, `pass_together` passes, `broken` fails, `ignored_one` is
+# ignored and `collateral` never reports (the process dies first). Alone, `broken` fails again
+# and `collateral` passes. Every alone run is logged to runs.txt.
+cat > "$work/bundle/tests/fake_gpu" <<'SH'
+#!/usr/bin/env bash
+here="$(dirname "$0")"
+case "${1:-}" in
+  --list) printf '%s: test\n' pass_together broken ignored_one collateral; echo; echo "4 tests, 0 benchmarks" ;;
+  --exact)
+    echo "$2" >> "$here/../runs.txt"
+    [[ "$2" == broken ]] && { echo "test broken ... FAILED"; exit 101; }
+    echo "test $2 ... ok" ;;
+  *) echo "test pass_together ... ok"; echo "test ignored_one ... ignored, needs a GPU"
+     echo "test broken ... FAILED"; echo "CUDA_ERROR_ILLEGAL_INSTRUCTION"; exit 134 ;;
+esac
+SH
+# fake_ok: passes as a whole, so nothing of it may run again.
+cat > "$work/bundle/tests/fake_ok" <<'SH'
+#!/usr/bin/env bash
+case "${1:-}" in
+  --list) echo "fine: test" ;;
+  --exact) echo "$2" >> "$(dirname "$0")/../runs.txt" ;;
+  *) echo "test fine ... ok" ;;
+esac
+SH
+chmod +x "$work/bundle/tests/"*
+
+fail() { echo "check-gpu-check: $*" >&2; echo "--- gpu-check's output:" >&2; cat "$work/run.log" >&2; exit 1; }
+
+status=0
+STEPS="test-fake_gpu test-fake_ok" OUT="$work/out" bash "$work/bundle/gpu-check.sh" > "$work/run.log" 2>&1 || status=$?
+[[ $status -eq 1 ]] || fail "exit status $status with a failed step (expected 1)"
+summary="$work/out/summary.txt"
+grep -qE '^test-fake_gpu +FAIL \(exit 134\)' "$summary" || fail "the failing executable is not reported FAIL (exit 134)"
+grep -qE '^test-fake_ok +PASS' "$summary" || fail "the passing executable is not reported PASS"
+grep -qE '^  test-fake_gpu, alone +1 pass, 1 fail: broken$' "$summary" \
+  || fail "the summary does not say that broken alone failed and collateral alone passed"
+[[ "$(sort "$work/bundle/runs.txt" | tr '\n' ' ')" == "broken collateral " ]] \
+  || fail "rerun alone: $(tr '\n' ' ' < "$work/bundle/runs.txt") (expected broken and collateral only)"
+grep -q '^=== collateral$' "$work/out/test-fake_gpu.alone.log" || fail "the alone runs are not logged"
+
+# With no time for reruns, the summary says which tests were not rerun.
+rm "$work/bundle/runs.txt" "$work/bundle/tests/fake_ok"
+ALONE_BUDGET=0 STEPS="test-fake_gpu" OUT="$work/out0" bash "$work/bundle/gpu-check.sh" > "$work/run.log" 2>&1 || true
+grep -qE '^  test-fake_gpu, alone +0 pass, 0 fail; not rerun \(ALONE_BUDGET spent\): broken collateral$' \
+  "$work/out0/summary.txt" || fail "with ALONE_BUDGET=0 the summary does not list the tests not rerun"
+[[ ! -e "$work/bundle/runs.txt" ]] || fail "a test ran again although ALONE_BUDGET was 0"
+
+# A passing executable alone: exit status 0.
+rm "$work/bundle/tests/fake_gpu"
+cat > "$work/bundle/tests/fake_ok" <<'SH'
+#!/usr/bin/env bash
+[[ "${1:-}" == --list ]] && echo "fine: test" || echo "test fine ... ok"
+SH
+chmod +x "$work/bundle/tests/fake_ok"
+STEPS="test-fake_ok" OUT="$work/out1" bash "$work/bundle/gpu-check.sh" > "$work/run.log" 2>&1 \
+  || fail "exit status $? although every step passed"
+
+echo "check-gpu-check: gpu-check.sh reruns alone exactly the tests that did not report ok"
