@@ -52,15 +52,28 @@ grep -qE '^  test-fake_gpu, alone +1 pass, 1 fail: broken$' "$summary" \
   || fail "rerun alone: $(tr '\n' ' ' < "$work/bundle/runs.txt") (expected broken and collateral only)"
 grep -q '^=== collateral$' "$work/out/test-fake_gpu.alone.log" || fail "the alone runs are not logged"
 
-# With no time for reruns, the summary says which tests were not rerun.
+# The rerun budget is the whole check's: a_slow (run before fake_gpu) spends it, so fake_gpu's
+# tests are not rerun, and the summary says so.
 rm "$work/bundle/runs.txt" "$work/bundle/tests/fake_ok"
-ALONE_BUDGET=0 STEPS="test-fake_gpu" OUT="$work/out0" bash "$work/bundle/gpu-check.sh" > "$work/run.log" 2>&1 || true
+cat > "$work/bundle/tests/a_slow" <<'SH'
+#!/usr/bin/env bash
+case "${1:-}" in
+  --list) echo "slow: test" ;;
+  --exact) echo "$2" >> "$(dirname "$0")/../runs.txt"; sleep 1.1; exit 101 ;;
+  *) exit 101 ;;
+esac
+SH
+chmod +x "$work/bundle/tests/a_slow"
+ALONE_BUDGET=1 STEPS="test-a_slow test-fake_gpu" OUT="$work/out0" bash "$work/bundle/gpu-check.sh" \
+  > "$work/run.log" 2>&1 || true
+grep -qE '^  test-a_slow, alone +0 pass, 1 fail: slow$' "$work/out0/summary.txt" \
+  || fail "the slow test was not rerun within the budget"
 grep -qE '^  test-fake_gpu, alone +0 pass, 0 fail; not rerun \(ALONE_BUDGET spent\): broken collateral$' \
-  "$work/out0/summary.txt" || fail "with ALONE_BUDGET=0 the summary does not list the tests not rerun"
-[[ ! -e "$work/bundle/runs.txt" ]] || fail "a test ran again although ALONE_BUDGET was 0"
+  "$work/out0/summary.txt" || fail "with ALONE_BUDGET spent the summary does not list the tests not rerun"
+[[ "$(cat "$work/bundle/runs.txt")" == slow ]] || fail "a test ran again after ALONE_BUDGET was spent"
 
 # A passing executable alone: exit status 0.
-rm "$work/bundle/tests/fake_gpu"
+rm "$work/bundle/tests/fake_gpu" "$work/bundle/tests/a_slow"
 cat > "$work/bundle/tests/fake_ok" <<'SH'
 #!/usr/bin/env bash
 [[ "${1:-}" == --list ]] && echo "fine: test" || echo "test fine ... ok"

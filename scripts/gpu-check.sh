@@ -64,10 +64,11 @@ nvcc_bin="$(command -v nvcc || ls /usr/local/cuda*/bin/nvcc 2>/dev/null | head -
 # never completes, a bad access) leaves the CUDA context unusable for every other test of its
 # process, and a panic in a drop can abort the process before the rest report, so one fault can
 # read as a whole executable failing; alone, only the tests that are wrong themselves fail.
-# ALONE_LIMIT bounds each rerun, ALONE_BUDGET all reruns of one executable (seconds).
+# ALONE_LIMIT bounds each rerun, ALONE_BUDGET all reruns of the whole check together (seconds),
+# so that a lease's time still reaches the steps after the tests when everything fails.
+alone_spent=0
 rerun_alone() { # rerun_alone NAME EXECUTABLE
-  local name="$1" exe="$2" log="$out/$1.alone.log"
-  local deadline=$((SECONDS + ${ALONE_BUDGET:-150})) t
+  local name="$1" exe="$2" log="$out/$1.alone.log" t start
   local -a tests=() passed=() failed=() not_rerun=()
   mapfile -t tests < <("$exe" --list 2>/dev/null | sed -n 's/: test$//p')
   : > "$log"
@@ -75,16 +76,18 @@ rerun_alone() { # rerun_alone NAME EXECUTABLE
     if grep -qxF "test $t ... ok" "$out/$name.log" || grep -qF "test $t ... ignored" "$out/$name.log"; then
       continue
     fi
-    if ((SECONDS >= deadline)); then
+    if ((alone_spent >= ${ALONE_BUDGET:-240})); then
       not_rerun+=("$t")
       continue
     fi
     echo "=== $t" >> "$log"
+    start=$SECONDS
     if timeout --kill-after=5 "${ALONE_LIMIT:-60}" "$exe" --exact "$t" >> "$log" 2>&1; then
       passed+=("$t")
     else
       failed+=("$t")
     fi
+    alone_spent=$((alone_spent + SECONDS - start))
   done
   local verdict="${#passed[@]} pass, ${#failed[@]} fail"
   ((${#failed[@]})) && verdict+=": ${failed[*]}"
