@@ -45,7 +45,12 @@ step() { # step NAME SECONDS COMMAND...: runs, logs to $out/NAME.log, records pa
 {
   echo "commit: $(cat "$here/COMMIT" 2>/dev/null)"
   echo "date:   $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.sm,power.limit,persistence_mode --format=csv
+  # What else the host offers, for the record and for choosing the next steps.
+  for tool in nvcc ncu nsys compute-sanitizer; do
+    echo "$tool: $(command -v "$tool" || ls /usr/local/cuda*/bin/"$tool" 2>/dev/null | head -n 1 || true)"
+  done
+  echo "python3: $(python3 -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, "CUDA", torch.version.cuda)' 2>&1 | tail -n 1)"
 } | tee "$out/card.txt"
 
 # cuBLASLt for the baselines: the toolkit's, else PyTorch's nvidia packages.
