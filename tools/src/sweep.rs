@@ -21,7 +21,11 @@
 //! the outputs must be bit-identical; a variant that differs is reported with the count of
 //! differing elements, its relative L2 distance to production and where they lie (rows,
 //! columns, positions within 64 x 64 blocks, the first few), and fails the run. A variant
-//! whose shared memory exceeds the GPU's per-block limit is listed as not run.
+//! whose shared memory exceeds the GPU's per-block limit is listed as not run. A row whose
+//! launch, copy or timing fails is listed with the error and fails the run; the sweep goes on
+//! with the next row unless the error left the CUDA context unusable (a kernel that trapped),
+//! in which case it stops there and says so, with the rows measured so far in the table. The
+//! variants after a failed production row are timed but not compared.
 //!
 //! `--family` and `--shapes` run a part of it (a short GPU lease times the Hopper family first:
 //! `fusedrop sweep --quick --family hopper`).
@@ -126,12 +130,22 @@ pub enum Outcome {
         /// none differs.
         differences: String,
     },
+    /// Timed, but not compared: the production row above it failed.
+    Unchecked {
+        /// Median GPU time per launch, in microseconds.
+        time_us: f64,
+    },
     /// Not run: its shared memory exceeds what a block may use on this GPU.
     DoesNotFit {
         /// The variant's dynamic shared memory in bytes.
         needs: u32,
         /// The GPU's per-block opt-in limit in bytes.
         limit: u32,
+    },
+    /// Its launch, the copy of its output or its timing failed.
+    Failed {
+        /// The error, as the library reported it.
+        error: String,
     },
 }
 
@@ -149,42 +163,57 @@ pub struct SweepRow {
 }
 
 /// Runs `fusedrop sweep`: prints the table and returns the exit code (0 every variant
-/// bit-identical to production, 1 some variant differs or a launch failed, 3 no usable GPU).
+/// bit-identical to production, 1 some variant differs or a row failed, 3 no usable GPU).
 pub fn run(options: &Options) -> i32 {
     eprintln!(
         "fusedrop sweep: timing the forward's tuning variants (each row prints as it is measured)"
     );
-    let rows = match sweep(options, &mut |row| eprintln!("  {}", format_row(row, None))) {
-        Ok(rows) => rows,
-        Err(
-            e
-            @ (Error::DriverUnavailable(_) | Error::KernelsNotBuilt | Error::UnsupportedDevice(_)),
-        ) => {
-            eprintln!(
-                "fusedrop sweep: needs a GPU of compute capability 8.0 or newer and the kernels \
-                 of kernels/forward_tc_sweep.cu (and for the Hopper variants compute capability \
-                 9.0 and kernels/forward_sm90_sweep.cu); nothing was measured: {e}"
-            );
-            return EXIT_NO_GPU;
-        }
-        Err(e) => {
-            eprintln!("fusedrop sweep: failed: {e}");
-            return EXIT_FAILED;
-        }
-    };
-    println!("{}", format_table(&rows));
-    let mismatched = rows
-        .iter()
-        .any(|r| matches!(r.outcome, Outcome::Measured { differ, .. } if differ > 0));
-    if mismatched {
+    let mut rows = Vec::new();
+    let outcome = sweep(options, &mut rows, &mut |row| {
+        eprintln!("  {}", format_row(row, None))
+    });
+    if let Err(
+        e @ (Error::DriverUnavailable(_) | Error::KernelsNotBuilt | Error::UnsupportedDevice(_)),
+    ) = &outcome
+    {
+        eprintln!(
+            "fusedrop sweep: needs a GPU of compute capability 8.0 or newer and the kernels of \
+             kernels/forward_tc_sweep.cu (and for the Hopper variants compute capability 9.0 \
+             and kernels/forward_sm90_sweep.cu); nothing was measured: {e}"
+        );
+        return EXIT_NO_GPU;
+    }
+    if !rows.is_empty() {
+        println!("{}", format_table(&rows));
+    }
+    if let Err(e) = &outcome {
+        eprintln!("fusedrop sweep: stopped: {e}");
+    }
+    exit_code(&rows, outcome.is_err())
+}
+
+/// The exit code of a sweep that measured `rows` (and `stopped` early on an error): 0 when every
+/// row ran or did not fit and every variant is bit-identical to production, else 1.
+fn exit_code(rows: &[SweepRow], stopped: bool) -> i32 {
+    let failed = rows.iter().any(|r| match r.outcome {
+        Outcome::Measured { differ, .. } => differ > 0,
+        Outcome::Failed { .. } => true,
+        Outcome::Unchecked { .. } | Outcome::DoesNotFit { .. } => false,
+    });
+    if failed || stopped {
         EXIT_FAILED
     } else {
         0
     }
 }
 
-/// Measures every shape, dtype and kernel; `progress` sees each row as it is measured.
-pub fn sweep(options: &Options, progress: &mut dyn FnMut(&SweepRow)) -> Result<Vec<SweepRow>> {
+/// Measures every shape, dtype and kernel into `rows`; `progress` sees each row as it is
+/// measured. An error ends the sweep with the rows measured until then in `rows`.
+pub fn sweep(
+    options: &Options,
+    rows: &mut Vec<SweepRow>,
+    progress: &mut dyn FnMut(&SweepRow),
+) -> Result<()> {
     if options.runs(Family::MmaSync) && !module_built("forward_tc_sweep") {
         return Err(Error::KernelsNotBuilt);
     }
@@ -218,7 +247,6 @@ pub fn sweep(options: &Options, progress: &mut dyn FnMut(&SweepRow)) -> Result<V
         kernels,
         effort,
     };
-    let mut rows = Vec::new();
     // No f16 / bf16 rows when only the f32 family runs (or Hopper alone on another GPU).
     let half_shapes = SHAPES
         .into_iter()
@@ -226,28 +254,29 @@ pub fn sweep(options: &Options, progress: &mut dyn FnMut(&SweepRow)) -> Result<V
     for name in half_shapes {
         let suite = suite_shape(name)?;
         for dtype in DTYPES {
-            rows.extend(match dtype {
+            match dtype {
                 DType::F16 => {
-                    sweep_shape::<f16>(&run, &run.candidates, suite.name, dtype, progress)?
+                    sweep_shape::<f16>(&run, &run.candidates, suite.name, dtype, rows, progress)?
                 }
-                _ => sweep_shape::<bf16>(&run, &run.candidates, suite.name, dtype, progress)?,
-            });
+                _ => sweep_shape::<bf16>(&run, &run.candidates, suite.name, dtype, rows, progress)?,
+            }
         }
     }
     if options.runs(Family::F32) && module_built("forward_f32_sweep") {
         let f32_candidates = f32_candidates();
         for name in F32_SHAPES.into_iter().filter(|s| options.runs_shape(s)) {
             let suite = suite_shape(name)?;
-            rows.extend(sweep_shape::<f32>(
+            sweep_shape::<f32>(
                 &run,
                 &f32_candidates,
                 suite.name,
                 DType::F32,
+                rows,
                 progress,
-            )?);
+            )?;
         }
     }
-    Ok(rows)
+    Ok(())
 }
 
 /// What every shape of one sweep shares.
@@ -365,62 +394,41 @@ impl Kernel {
     }
 }
 
-/// Every kernel of `candidates` on suite shape `shape` in `dtype` (whose element type is `T`).
+/// Every kernel of `candidates` on suite shape `shape` in `dtype` (whose element type is `T`),
+/// into `rows`.
 fn sweep_shape<T: Element>(
     run: &Run,
     candidates: &[Kernel],
     shape: &'static str,
     dtype: DType,
+    rows: &mut Vec<SweepRow>,
     progress: &mut dyn FnMut(&SweepRow),
-) -> Result<Vec<SweepRow>> {
+) -> Result<()> {
     let Run {
         kernels,
         gpu,
         effort,
         ..
     } = run;
-    let effort = *effort;
     let dims = suite_shape(shape)?.shape();
     let stream = kernels.stream();
     let mut ops = Operands::<T>::new(stream, dims, gpu.l2_bytes, BENCH_SEED)?;
-    let mut reference_y: Option<Vec<f64>> = None;
-    let mut rows = Vec::new();
+    // The output of the production row above the current one, if it ran.
+    let mut production_y: Option<Vec<f64>> = None;
     for &kernel in candidates.iter() {
         let production = kernel.production::<T>(dims, gpu.sm_count);
         if production.is_some() {
-            // The variants below are compared with this production row.
-            reference_y = None;
+            production_y = None;
         }
         let outcome = match kernel {
             Kernel::Variant(v) if v.smem_bytes > gpu.smem_optin => Outcome::DoesNotFit {
                 needs: v.smem_bytes,
                 limit: gpu.smem_optin,
             },
-            _ => {
-                // Launch 0 alone, then its output, before the timing overwrites it.
-                kernel.launch(kernels, &mut ops, dims, 0)?;
-                let y: Vec<f64> = stream
-                    .clone_dtoh(&ops.set_mut(0).y)?
-                    .into_iter()
-                    .map(|v: T| v.to_f64())
-                    .collect();
-                let timing = measure(stream, effort, |i| {
-                    kernel.launch(kernels, &mut ops, dims, i)
-                })?;
-                let want = reference_y.get_or_insert_with(|| y.clone());
-                let differs = |i: usize| y[i].to_bits() != want[i].to_bits();
-                let differ = (0..y.len()).filter(|&i| differs(i)).count();
-                Outcome::Measured {
-                    time_us: timing.per_launch.as_secs_f64() * 1e6,
-                    differ,
-                    distance: reference::relative_l2_error_nonfinite(&y, want),
-                    differences: if differ == 0 {
-                        String::new()
-                    } else {
-                        reference::describe_differences(dims.m, dims.n, &y, want, differs)
-                    },
-                }
-            }
+            _ => measure_kernel(kernels, kernel, &mut ops, dims, *effort, &mut production_y)
+                .unwrap_or_else(|e| Outcome::Failed {
+                    error: e.to_string(),
+                }),
         };
         let label = match kernel {
             Kernel::Variant(v) => v.name.trim_start_matches("forward_").to_string(),
@@ -428,6 +436,7 @@ fn sweep_shape<T: Element>(
                 format!("production {}", production.map_or("?", |c| c.name()))
             }
         };
+        let failed = matches!(outcome, Outcome::Failed { .. });
         let row = SweepRow {
             shape,
             dtype,
@@ -436,8 +445,67 @@ fn sweep_shape<T: Element>(
         };
         progress(&row);
         rows.push(row);
+        // A launch refused before it ran leaves the context as it was; a kernel that trapped
+        // leaves it unusable, and every later call would fail the same way.
+        if failed {
+            if let Err(e) = stream.synchronize() {
+                return Err(Error::Cuda(format!(
+                    "the CUDA context is unusable after {} {} {} failed ({e}); the rows after \
+                     it were not measured",
+                    shape,
+                    dtype.name(),
+                    rows.last().map_or("", |r| r.kernel.as_str())
+                )));
+            }
+        }
     }
-    Ok(rows)
+    Ok(())
+}
+
+/// Times `kernel` and compares its output of launch 0 with the production row's
+/// (`production_y`, which a production kernel's row sets).
+fn measure_kernel<T: Element>(
+    kernels: &LayerKernels,
+    kernel: Kernel,
+    ops: &mut Operands<T>,
+    dims: LinearShape,
+    effort: Effort,
+    production_y: &mut Option<Vec<f64>>,
+) -> Result<Outcome> {
+    let stream = kernels.stream();
+    // Launch 0 alone, then its output, before the timing overwrites it.
+    kernel.launch(kernels, ops, dims, 0)?;
+    let y: Vec<f64> = stream
+        .clone_dtoh(&ops.set_mut(0).y)?
+        .into_iter()
+        .map(|v: T| v.to_f64())
+        .collect();
+    let timing = measure(stream, effort, |i| kernel.launch(kernels, ops, dims, i))?;
+    let time_us = timing.per_launch.as_secs_f64() * 1e6;
+    if matches!(kernel, Kernel::Production(_)) {
+        *production_y = Some(y);
+        return Ok(Outcome::Measured {
+            time_us,
+            differ: 0,
+            distance: 0.0,
+            differences: String::new(),
+        });
+    }
+    let Some(want) = production_y.as_ref() else {
+        return Ok(Outcome::Unchecked { time_us });
+    };
+    let differs = |i: usize| y[i].to_bits() != want[i].to_bits();
+    let differ = (0..y.len()).filter(|&i| differs(i)).count();
+    Ok(Outcome::Measured {
+        time_us,
+        differ,
+        distance: reference::relative_l2_error_nonfinite(&y, want),
+        differences: if differ == 0 {
+            String::new()
+        } else {
+            reference::describe_differences(dims.m, dims.n, &y, want, differs)
+        },
+    })
 }
 
 /// One line of the table; `production_us` (the production row's time of the same shape and
@@ -466,11 +534,23 @@ pub fn format_row(row: &SweepRow, production_us: Option<f64>) -> String {
             };
             format!("{head} {time_us:>10.1} {tflops:>8.1} {ratio:>7}  {check}")
         }
+        Outcome::Unchecked { time_us } => {
+            let dims = suite_shape(row.shape).map(|s| s.shape());
+            let tflops = dims.map_or(f64::NAN, |d| forward_flops(d) / (time_us * 1e-6) / 1e12);
+            format!(
+                "{head} {time_us:>10.1} {tflops:>8.1} {:>7}  not compared: the production row \
+                 failed",
+                "-"
+            )
+        }
         Outcome::DoesNotFit { needs, limit } => format!(
             "{head} {:>10} {:>8} {:>7}  not run: needs {needs} B of shared memory, the GPU \
              allows {limit} B",
             "-", "-", "-"
         ),
+        Outcome::Failed { ref error } => {
+            format!("{head} {:>10} {:>8} {:>7}  FAILED: {error}", "-", "-", "-")
+        }
     }
 }
 
@@ -486,7 +566,7 @@ pub fn format_table(rows: &[SweepRow]) -> String {
         if row.kernel.starts_with("production") {
             production_us = match row.outcome {
                 Outcome::Measured { time_us, .. } => Some(time_us),
-                Outcome::DoesNotFit { .. } => None,
+                _ => None,
             };
         }
         out.push_str(&format_row(row, production_us));
@@ -550,6 +630,63 @@ mod tests {
             "{table}"
         );
         assert!(lines[3].contains("not run: needs 147456 B"), "{table}");
+    }
+
+    #[test]
+    fn failed_rows_are_listed_with_their_error_and_fail_the_run() {
+        let row = |kernel: &str, outcome| SweepRow {
+            shape: "up",
+            dtype: DType::F16,
+            kernel: kernel.to_string(),
+            outcome,
+        };
+        let measured = |differ| Outcome::Measured {
+            time_us: 100.0,
+            differ,
+            distance: 0.0,
+            differences: String::new(),
+        };
+        let failed = row(
+            "production wg128x256",
+            Outcome::Failed {
+                error: "CUDA error: CUDA_ERROR_ILLEGAL_INSTRUCTION".to_string(),
+            },
+        );
+        let unchecked = row("sweep_wg128x256_st3", Outcome::Unchecked { time_us: 50.0 });
+        let table = format_table(&[failed.clone(), unchecked.clone()]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[1].ends_with("FAILED: CUDA error: CUDA_ERROR_ILLEGAL_INSTRUCTION"),
+            "{table}"
+        );
+        // No ratio without a production time, and no comparison without its output.
+        assert!(
+            lines[2].contains("    50.0")
+                && lines[2].ends_with("not compared: the production row failed"),
+            "{table}"
+        );
+        assert!(!lines[2].contains("2.000"), "{table}");
+
+        let fine = row("production wg128x256", measured(0));
+        let fits_not = row(
+            "sweep_wg64x256_pp_tmastore",
+            Outcome::DoesNotFit {
+                needs: 231_424,
+                limit: 101_376,
+            },
+        );
+        assert_eq!(exit_code(&[fine.clone(), fits_not.clone()], false), 0);
+        assert_eq!(exit_code(&[fine.clone(), unchecked], false), 0);
+        assert_eq!(exit_code(&[fine.clone(), failed], false), EXIT_FAILED);
+        assert_eq!(
+            exit_code(&[fine.clone(), row("v", measured(1))], false),
+            EXIT_FAILED
+        );
+        assert_eq!(
+            exit_code(&[fine], true),
+            EXIT_FAILED,
+            "a sweep that stopped early"
+        );
     }
 
     #[test]
