@@ -72,6 +72,19 @@ grep -qE '^  test-fake_gpu, alone +0 pass, 0 fail; not rerun \(ALONE_BUDGET spen
   "$work/out0/summary.txt" || fail "with ALONE_BUDGET spent the summary does not list the tests not rerun"
 [[ "$(cat "$work/bundle/runs.txt")" == slow ]] || fail "a test ran again after ALONE_BUDGET was spent"
 
+# An executable that cannot even list its tests (a library missing on the host): the summary
+# says so instead of counting no reruns.
+cat > "$work/bundle/tests/unloadable" <<'SH'
+#!/usr/bin/env bash
+echo "unloadable: error while loading shared libraries: libcuda.so.1" >&2
+exit 127
+SH
+chmod +x "$work/bundle/tests/unloadable"
+STEPS="test-unloadable" OUT="$work/out2" bash "$work/bundle/gpu-check.sh" > "$work/run.log" 2>&1 || true
+grep -qE '^  test-unloadable, alone +its tests could not be listed: .*libcuda.so.1$' \
+  "$work/out2/summary.txt" || fail "an executable that cannot list its tests is not reported so"
+rm "$work/bundle/tests/unloadable"
+
 # A passing executable alone: exit status 0.
 rm "$work/bundle/tests/fake_gpu" "$work/bundle/tests/a_slow"
 cat > "$work/bundle/tests/fake_ok" <<'SH'

@@ -75,8 +75,13 @@ alone_spent=0
 rerun_alone() { # rerun_alone NAME EXECUTABLE
   local name="$1" exe="$2" log="$out/$1.alone.log" t start
   local -a tests=() passed=() failed=() not_rerun=()
-  mapfile -t tests < <("$exe" --list 2>/dev/null | sed -n 's/: test$//p')
   : > "$log"
+  mapfile -t tests < <("$exe" --list 2>>"$log" | sed -n 's/: test$//p')
+  if ((${#tests[@]} == 0)); then
+    echo "--- $name: its tests could not be listed, nothing rerun ($log)"
+    record "  $name, alone" "its tests could not be listed: $(tail -n 1 "$log")"
+    return
+  fi
   for t in "${tests[@]}"; do
     if grep -qxF "test $t ... ok" "$out/$name.log" || grep -qF "test $t ... ignored" "$out/$name.log"; then
       continue
