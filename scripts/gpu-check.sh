@@ -140,6 +140,25 @@ if [[ "${QUICK:-0}" != "1" ]]; then
   step sweep-hopper 240 "$here/fusedrop" sweep --quick --family hopper
   step sweep-mma-sync 240 "$here/fusedrop" sweep --quick --family mma-sync
   step sweep-f32 60 "$here/fusedrop" sweep --quick --family f32
+  # Nsight Compute on the kernels the library chooses for sq in bf16 at p = 0.1 (on a compute
+  # capability 9.0 GPU the Hopper ones): the forward's first launch, then the backward's first
+  # dX and dW launches, each with every section (tensor-pipe and memory throughput, stall
+  # reasons, source counters), replayed ncu's way. The text goes to $out/ncu-*.log, the report
+  # to $out/ncu-*.ncu-rep for `ncu --import` elsewhere. A host that refuses the performance
+  # counters fails the step (ERR_NVGPUCTRPERM) and the script carries on.
+  ncu_bin="$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -n 1)"
+  if [[ -n "$ncu_bin" ]]; then
+    for pass in forward backward; do
+      kernels='regex:^fusedrop_forward_'
+      launches=1
+      [[ $pass == backward ]] && { kernels='regex:^fusedrop_backward_d[xw]_'; launches=2; }
+      step "ncu-$pass" 180 "$ncu_bin" --set full --kernel-name "$kernels" --launch-count "$launches" \
+        --export "$out/ncu-$pass" --force-overwrite \
+        "$here/fusedrop" bench --quick --shapes sq --dtypes bf16 --p 0.1 --pass "$pass"
+    done
+  else
+    record ncu "SKIPPED (no ncu on this host)"
+  fi
   if [[ -f "$here/peers/torch_peer.py" ]]; then
     step torch-peer 300 env PYTHONUNBUFFERED=1 python3 "$here/peers/torch_peer.py" --quick --csv "$out/torch_peer.csv"
   fi
