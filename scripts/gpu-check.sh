@@ -5,7 +5,7 @@
 # Logs go to $OUT (or ./gpu-check-out). A test executable that fails has each of its tests that
 # did not report ok run again alone (rerun_alone, below), so one trapped kernel cannot hide which
 # tests pass.
-#   QUICK=1 bash gpu-check.sh      # correctness only: skips the benchmark table and the peer
+#   QUICK=1 bash gpu-check.sh      # correctness only: skips the bench, sweeps, ncu and the peer
 #   STEPS="test-gpu_forward test-gpu_graph bench" bash gpu-check.sh
 #                                  # only the named steps (names as in the summary), to fit a
 #                                  # short lease: the whole check takes longer than 10 minutes
