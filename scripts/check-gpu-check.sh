@@ -2,7 +2,8 @@
 # Checks scripts/gpu-check.sh's own logic without a GPU: a bundle of fake test executables that
 # answer as Rust's test harness does (`--list`, `--exact NAME`, "test NAME ... ok" lines), one of
 # which fails the way a trapped CUDA context makes a whole process fail. The script must rerun
-# alone exactly the tests that did not report ok, and its summary must say which failed alone.
+# alone exactly the tests that did not report ok, and its summary must say which failed alone;
+# the optional steps (selftest-no-hopper, bench-no-hopper) run only when STEPS names them.
 # Part of the test command (scripts/test.sh); takes a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -85,8 +86,28 @@ grep -qE '^  test-unloadable, alone +its tests could not be listed: .*libcuda.so
   "$work/out2/summary.txt" || fail "an executable that cannot list its tests is not reported so"
 rm "$work/bundle/tests/unloadable"
 
+# An optional step runs only when STEPS names it (here a fake fusedrop that logs its arguments).
+cat > "$work/bundle/fusedrop" <<'SH'
+#!/usr/bin/env bash
+echo "$*" >> "$(dirname "$0")/fusedrop-runs.txt"
+SH
+chmod +x "$work/bundle/fusedrop"
+OUT="$work/out3" STEPS="selftest" bash "$work/bundle/gpu-check.sh" > "$work/run.log" 2>&1 || true
+[[ "$(cat "$work/bundle/fusedrop-runs.txt")" == selftest ]] \
+  || fail "STEPS=selftest ran: $(tr '\n' ';' < "$work/bundle/fusedrop-runs.txt")"
+rm "$work/bundle/fusedrop-runs.txt"
+OUT="$work/out3" STEPS="selftest-no-hopper" bash "$work/bundle/gpu-check.sh" > "$work/run.log" 2>&1 || true
+[[ "$(cat "$work/bundle/fusedrop-runs.txt")" == "selftest --no-hopper" ]] \
+  || fail "STEPS=selftest-no-hopper ran: $(tr '\n' ';' < "$work/bundle/fusedrop-runs.txt")"
+rm "$work/bundle/fusedrop-runs.txt" "$work/bundle/tests/"*
+# Without STEPS every step runs but the optional ones.
+OUT="$work/out4" bash "$work/bundle/gpu-check.sh" > "$work/run.log" 2>&1 || true
+grep -qx selftest "$work/bundle/fusedrop-runs.txt" || fail "a run without STEPS skipped selftest"
+! grep -q -- --no-hopper "$work/bundle/fusedrop-runs.txt" \
+  || fail "a run without STEPS ran an optional step: $(grep -- --no-hopper "$work/bundle/fusedrop-runs.txt")"
+rm "$work/bundle/fusedrop"
+
 # A passing executable alone: exit status 0.
-rm "$work/bundle/tests/fake_gpu" "$work/bundle/tests/a_slow"
 cat > "$work/bundle/tests/fake_ok" <<'SH'
 #!/usr/bin/env bash
 [[ "${1:-}" == --list ]] && echo "fine: test" || echo "test fine ... ok"

@@ -5,7 +5,7 @@
 
 use cudarc::driver::CudaSlice;
 use fusedrop::cuda::backward::{self, BackwardKernel, BackwardOptions, GradientsMut};
-use fusedrop::cuda::{self, forward::ForwardOptions, LayerKernels, SeedSource};
+use fusedrop::cuda::{self, forward::ForwardOptions, LayerKernels, LoadOptions, SeedSource};
 use fusedrop::reference::{self, relative_l2_error, relative_l2_error_nonfinite, Gradients};
 use fusedrop::{DropoutSpec, Element, Geometry, LayerSpec, LinearShape, Nonlinearity};
 use half::{bf16, f16};
@@ -798,6 +798,45 @@ fn hopper_is_taken_only_where_tma_can_read_the_operands() {
         )
         .unwrap_err();
     assert!(error.to_string().contains("multiples of 8"), "{error}");
+}
+
+/// A handle made with `LoadOptions { hopper: false }` runs the backward on the portable kernels
+/// on every GPU (on a Hopper GPU where `Auto` would take the Hopper ones), matches the reference,
+/// and refuses `BackwardKernel::Hopper` with the reason.
+#[test]
+fn without_the_hopper_modules_the_backward_takes_the_portable_kernels() {
+    let Some(default) = gpu() else { return };
+    let portable =
+        LayerKernels::with_options(default.stream().clone(), LoadOptions { hopper: false })
+            .unwrap();
+    if portable.compute_capability() < (8, 0) {
+        return;
+    }
+    // Enough tiles for the Hopper kernels in both products (as in the test above).
+    let shape = LinearShape::new(4096, 2048, 1024);
+    let choice = portable
+        .backward_kernels_for::<bf16>(shape, Nonlinearity::Identity, BackwardKernel::Auto)
+        .unwrap();
+    assert!(
+        !choice.dx.starts_with("wg") && !choice.dw.starts_with("wg"),
+        "Auto took {choice} without the Hopper modules"
+    );
+    let small = LayerSpec::new(
+        LinearShape::new(520, 264, 136),
+        Nonlinearity::Relu,
+        DropoutSpec::new(0.1, 5, 6),
+    );
+    check::<bf16>(&portable, &small, ALL_OUTPUTS);
+    let error = portable
+        .backward_kernels_for::<bf16>(shape, Nonlinearity::Identity, BackwardKernel::Hopper)
+        .unwrap_err();
+    assert!(
+        matches!(error, fusedrop::Error::UnsupportedDevice(_)),
+        "{error:?}"
+    );
+    if portable.compute_capability() == (9, 0) {
+        assert!(error.to_string().contains("hopper: false"), "{error}");
+    }
 }
 
 /// Narrow products take split-K on Hopper (clusters summing partial products in distributed

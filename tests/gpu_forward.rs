@@ -3,7 +3,7 @@
 //! tolerance. Skipped, with a message, where no GPU is usable.
 
 use fusedrop::cuda::forward::{ForwardConfig, ForwardOptions};
-use fusedrop::cuda::{self, LayerKernels, SeedSource};
+use fusedrop::cuda::{self, LayerKernels, LoadOptions, SeedSource};
 use fusedrop::{
     mask, reference, DropoutSpec, Element, Geometry, LayerSpec, LinearShape, Nonlinearity,
 };
@@ -615,6 +615,71 @@ fn hopper_is_chosen_only_where_tma_can_read_the_operands() {
         )
         .unwrap_err();
     assert!(err.to_string().contains("16-byte aligned"), "{err}");
+}
+
+/// A handle made with `LoadOptions { hopper: false }` takes the portable kernels on every GPU:
+/// on a Hopper GPU the heuristic picks the mma.sync config it picks elsewhere, the results match
+/// the reference and, bit for bit, that config forced on a default handle, and a Hopper config
+/// asked for by name is refused with the reason.
+#[test]
+fn without_the_hopper_modules_every_call_takes_the_portable_kernels() {
+    let Some(default) = gpu() else { return };
+    let stream = default.stream().clone();
+    let portable = LayerKernels::with_options(stream, LoadOptions { hopper: false }).unwrap();
+    assert!(!portable.hopper_available::<bf16>());
+    assert!(!portable.hopper_available::<f16>());
+    if !runs::<bf16>(&portable) {
+        return;
+    }
+    let case = Case::new(2048, 2048, 256);
+    let config = portable.forward_config_for::<bf16>(case.shape);
+    assert!(!config.is_hopper(), "{config:?}");
+    check::<bf16>(&portable, case);
+    let mut rng = StdRng::seed_from_u64(31);
+    let host = inputs::<bf16>(&case, &mut rng);
+    let spec = spec_of(&case, 5, 6);
+    let chosen = run_gpu(&portable, &case, &spec, &host, SeedSource::Host);
+    let forced = Case {
+        config: Some(config),
+        ..case
+    };
+    let on_default = run_gpu(&default, &forced, &spec, &host, SeedSource::Host);
+    assert_same_bits(
+        "portable handle vs its config forced on a default handle",
+        case.shape.m,
+        case.shape.n,
+        &chosen,
+        &on_default,
+    );
+
+    let x = portable.stream().alloc_zeros::<bf16>(64 * 64).unwrap();
+    let w = portable.stream().alloc_zeros::<bf16>(64 * 64).unwrap();
+    let mut y = portable.stream().alloc_zeros::<bf16>(64 * 64).unwrap();
+    let spec = LayerSpec::new(
+        LinearShape::new(64, 64, 64),
+        Nonlinearity::Relu,
+        DropoutSpec::new(0.1, 1, 2),
+    );
+    let err = portable
+        .forward(
+            &spec,
+            &x,
+            &w,
+            None,
+            &mut y,
+            ForwardOptions {
+                config: Some(ForwardConfig::Wg64x128),
+                ..ForwardOptions::default()
+            },
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, fusedrop::Error::UnsupportedDevice(_)),
+        "{err:?}"
+    );
+    if portable.compute_capability() == (9, 0) {
+        assert!(err.to_string().contains("hopper: false"), "{err}");
+    }
 }
 
 /// An inference batch on Hopper takes split-K (clusters summing partial products in distributed

@@ -581,7 +581,9 @@ pub(crate) fn hopper_unavailable_on<T: Element>(cc: (i32, i32), loaded: bool) ->
     }
     if !loaded {
         return Some(
-            "this build has no sm_90a module (FUSEDROP_CUDA_ARCHS did not list 90)".into(),
+            "the sm_90a modules are not loaded (this build's FUSEDROP_CUDA_ARCHS did not list \
+             90, or the handle was made with LoadOptions { hopper: false })"
+                .into(),
         );
     }
     None
@@ -1322,7 +1324,7 @@ mod tests {
             &facts((9, 0), false),
             &at,
         ));
-        assert!(why.contains("no sm_90a module"), "{why}");
+        assert!(why.contains("sm_90a modules are not loaded"), "{why}");
         // f32 runs anywhere; the heuristic keeps the portable kernels off Hopper.
         let plan = forward_plan::<f32>(&spec, None, &facts((7, 5), false), &at).unwrap();
         assert_eq!(plan.module, "forward_f32");

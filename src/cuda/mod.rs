@@ -265,9 +265,29 @@ pub(crate) struct ClusterProbe {
     cluster: u32,
 }
 
+/// What [`LayerKernels::with_options`] loads. `Default` is what [`LayerKernels::new`] loads:
+/// every module this build has for the GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Whether to load the Hopper (sm_90a) modules on a GPU of compute capability 9.0 (default
+    /// `true`). With `false` every call takes the kernels other GPUs take (mma.sync for f16 and
+    /// bf16, SIMT for f32), as in a build without the sm_90a modules, and a Hopper
+    /// configuration asked for by name is an [`Error::UnsupportedDevice`]: a way to keep working
+    /// past a fault in a Hopper kernel, or to measure the fallback path on a Hopper GPU.
+    pub hopper: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { hopper: true }
+    }
+}
+
 /// What every handle on one context shares: read or loaded once by [`LayerKernels::new`].
 struct Shared {
     context: Arc<CudaContext>,
+    /// What the handle was asked to load.
+    options: LoadOptions,
     compute_capability: (i32, i32),
     sm_count: usize,
     resident_clusters: ResidentClusters,
@@ -295,6 +315,12 @@ impl LayerKernels {
     /// `new` before capturing, once per context, and [`LayerKernels::on_stream`] for other
     /// streams of that context.
     pub fn new(stream: Arc<CudaStream>) -> Result<Self> {
+        Self::with_options(stream, LoadOptions::default())
+    }
+
+    /// [`LayerKernels::new`], loading what `options` allows of the modules this build has for
+    /// the GPU (for example no Hopper modules: [`LoadOptions::hopper`]).
+    pub fn with_options(stream: Arc<CudaStream>, options: LoadOptions) -> Result<Self> {
         let images = KERNEL_IMAGES.ok_or(Error::KernelsNotBuilt)?;
         if !driver_present() {
             return Err(Error::DriverUnavailable(
@@ -308,10 +334,9 @@ impl LayerKernels {
         let sm_count =
             context.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
         let mut modules = HashMap::new();
-        for image in images
-            .iter()
-            .filter(|image| image.runs_on(compute_capability))
-        {
+        for image in images.iter().filter(|image| {
+            image.runs_on(compute_capability) && (options.hopper || !image.arch_specific)
+        }) {
             let module = context
                 .load_module(Ptx::from_binary(image.fatbin.to_vec()))
                 .map_err(|e| Error::Cuda(format!("loading kernel module {}: {e}", image.name)))?;
@@ -322,6 +347,7 @@ impl LayerKernels {
             stream,
             shared: Arc::new(Shared {
                 context,
+                options,
                 compute_capability,
                 sm_count,
                 resident_clusters: ResidentClusters::uniform(sm_count),
@@ -484,6 +510,13 @@ impl LayerKernels {
         };
         let (major, minor) = image.min_compute_capability;
         let (have_major, have_minor) = self.shared.compute_capability;
+        if image.runs_on(self.shared.compute_capability) {
+            return Error::UnsupportedDevice(format!(
+                "kernel {function} (module {module}) was not loaded: this handle was made with \
+                 {:?}",
+                self.shared.options
+            ));
+        }
         let which = if image.arch_specific {
             "only"
         } else {

@@ -33,7 +33,7 @@ use crate::baseline::{cublaslt_version, Blas, GemmOp, GemmPlan};
 use crate::invalid;
 use fusedrop::cuda::backward::{self, BackwardKernel, BackwardOptions, GradientsMut};
 use fusedrop::cuda::forward::{choose_config, hopper_operands_fit, ForwardConfig, ForwardOptions};
-use fusedrop::cuda::{LayerKernels, SeedSource};
+use fusedrop::cuda::{LayerKernels, LoadOptions, SeedSource};
 use fusedrop::Element;
 use fusedrop::{DropoutSpec, Geometry, LayerSpec, LinearShape, Nonlinearity};
 use fusedrop::{Error, Result};
@@ -539,11 +539,12 @@ pub struct BenchGpu {
 }
 
 impl BenchGpu {
-    /// Opens GPU `ordinal`. Fails, without panicking, when the kernels were not built, there is
-    /// no driver or no such GPU, or cuBLASLt cannot be loaded.
-    pub fn open(ordinal: usize) -> Result<Self> {
+    /// Opens GPU `ordinal`, loading the kernel modules `load` allows. Fails, without panicking,
+    /// when the kernels were not built, there is no driver or no such GPU, or cuBLASLt cannot be
+    /// loaded.
+    pub fn open(ordinal: usize, load: LoadOptions) -> Result<Self> {
         let ctx = fusedrop::cuda::open_device(ordinal)?;
-        let kernels = LayerKernels::new(ctx.default_stream())?;
+        let kernels = LayerKernels::with_options(ctx.default_stream(), load)?;
         let blas = Blas::new(kernels.stream())?;
         let info = gpu_info(&ctx)?;
         Ok(Self {
@@ -641,6 +642,10 @@ pub struct TableOptions {
     /// measured, are also timed as CUDA graph replays (the `fused_graph` rows, issue 15): the
     /// launch overhead shows where the GPU work is short. A name not in `shapes` is not measured.
     pub graph_shapes: Vec<&'static str>,
+    /// Which kernel modules the library loads (`LoadOptions { hopper: false }`: the `fused` rows
+    /// are the mma.sync / SIMT kernels on a Hopper GPU too, and no `fused_hopper` or `fused_wg*`
+    /// rows are measured).
+    pub load: LoadOptions,
 }
 
 impl TableOptions {
@@ -655,6 +660,7 @@ impl TableOptions {
             effort: Effort::FULL,
             device: 0,
             graph_shapes: vec!["small"],
+            load: LoadOptions::default(),
         }
     }
 
@@ -673,6 +679,7 @@ impl TableOptions {
             effort: Effort::QUICK,
             device: 0,
             graph_shapes: vec!["small"],
+            load: LoadOptions::default(),
         }
     }
 }
@@ -738,7 +745,7 @@ pub fn run_table(options: &TableOptions, progress: &mut dyn FnMut(&Row)) -> Resu
         blas,
         info: gpu,
         ..
-    } = BenchGpu::open(options.device)?;
+    } = BenchGpu::open(options.device, options.load)?;
     let effort = options.effort;
     let copy_gbps = measure_copy(kernels.stream(), gpu.l2_bytes, effort)?;
     let mut rate_tflops = HashMap::new();

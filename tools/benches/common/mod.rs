@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput};
+use fusedrop::cuda::LoadOptions;
 use fusedrop::Element;
 use fusedrop_tools::bench::{
     backward_flops, forward_flops, fused_backward, fused_forward, time_launches, BaselinePlans,
@@ -64,7 +65,7 @@ pub fn gpu_bench(
 /// small shapes), so that `cargo bench` works anywhere.
 pub fn run(pass: Pass, cpu_groups: &[fn(&mut Criterion)]) {
     let mut c = criterion();
-    match BenchGpu::open(0) {
+    match BenchGpu::open(0, LoadOptions::default()) {
         Ok(gpu) => {
             println!(
                 "{} benches on {} (driver {}, cuBLASLt {})",

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Args;
+use fusedrop::cuda::LoadOptions;
 use fusedrop::Error;
 use fusedrop_tools::bench::{
     format_table, run_table, suite_shape, write_table_csv, DType, Passes, Row, SuiteShape,
@@ -73,6 +74,10 @@ pub struct Options {
     /// GPU ordinal
     #[arg(long, value_name = "N", default_value_t = 0)]
     device: usize,
+    /// Load no Hopper (sm_90a) kernels: on an H100 / H200 the `fused` rows are then the
+    /// mma.sync and SIMT kernels other GPUs run, and no Hopper rows are measured
+    #[arg(long)]
+    no_hopper: bool,
 }
 
 /// The help text of `--p`.
@@ -127,6 +132,9 @@ impl Options {
         }
         options.passes = self.pass;
         options.device = self.device;
+        options.load = LoadOptions {
+            hopper: !self.no_hopper,
+        };
         options
     }
 
@@ -174,7 +182,14 @@ fn progress_line(row: &Row) -> String {
 /// exit code.
 pub fn run(options: &Options) -> i32 {
     let start = Instant::now();
-    eprintln!("fusedrop bench: measuring (each row prints as it is measured)");
+    eprintln!(
+        "fusedrop bench: measuring (each row prints as it is measured){}",
+        if options.no_hopper {
+            "; no Hopper kernels loaded (--no-hopper)"
+        } else {
+            ""
+        }
+    );
     let mut progress = |row: &Row| eprintln!("{}", progress_line(row));
     let table = match run_table(&options.table_options(), &mut progress) {
         Ok(t) => t,

@@ -261,14 +261,22 @@ mod tests {
         let Some(Command::Selftest(o)) = parse(&["selftest"]).command else {
             panic!("`selftest` is the selftest");
         };
-        assert!(!o.quick && !o.sanitize && !o.verbose);
+        assert!(!o.quick && !o.sanitize && !o.verbose && !o.no_hopper);
         assert_eq!((o.seed, o.gpu), (7, 0));
-        let Some(Command::Selftest(o)) =
-            parse(&["selftest", "--quick", "--verbose", "--seed", "9", "--gpu=1"]).command
+        let Some(Command::Selftest(o)) = parse(&[
+            "selftest",
+            "--quick",
+            "--verbose",
+            "--seed",
+            "9",
+            "--gpu=1",
+            "--no-hopper",
+        ])
+        .command
         else {
             panic!("`selftest` is the selftest");
         };
-        assert!(o.quick && !o.sanitize && o.verbose);
+        assert!(o.quick && !o.sanitize && o.verbose && o.no_hopper);
         assert_eq!((o.seed, o.gpu), (9, 1));
     }
 
@@ -284,10 +292,23 @@ mod tests {
             (full.passes, full.effort, full.device),
             (Passes::Both, Effort::FULL, 0)
         );
+        assert!(
+            full.load.hopper,
+            "the Hopper kernels load unless --no-hopper"
+        );
 
         let Some(Command::Bench(o)) = parse(&[
-            "bench", "--quick", "--shapes", "sq, odd", "--p", "0.5,0", "--pass", "forward",
-            "--device", "1",
+            "bench",
+            "--quick",
+            "--shapes",
+            "sq, odd",
+            "--p",
+            "0.5,0",
+            "--pass",
+            "forward",
+            "--device",
+            "1",
+            "--no-hopper",
         ])
         .command
         else {
@@ -302,5 +323,6 @@ mod tests {
             (quick.passes, quick.effort, quick.device),
             (Passes::Forward, Effort::QUICK, 1)
         );
+        assert!(!quick.load.hopper, "--no-hopper");
     }
 }

@@ -11,7 +11,7 @@ use clap::Args;
 use fusedrop::cuda::backward::{self, BackwardKernel, BackwardOptions, GradientsMut};
 use fusedrop::cuda::cudarc::driver::CudaSlice;
 use fusedrop::cuda::forward::{ForwardConfig, ForwardOptions};
-use fusedrop::cuda::{self, LayerKernels, ResidentClusters, SeedSource};
+use fusedrop::cuda::{self, LayerKernels, LoadOptions, ResidentClusters, SeedSource};
 use fusedrop::reference::{self, relative_l2_error};
 use fusedrop::{mask, DropoutSpec, Element, Error, Geometry, LayerSpec, LinearShape, Nonlinearity};
 use half::{bf16, f16};
@@ -41,6 +41,10 @@ pub struct Options {
     /// One line per check, not only the summary and the failures
     #[arg(long)]
     pub verbose: bool,
+    /// Load no Hopper (sm_90a) kernels: on an H100 / H200 every check then runs the mma.sync and
+    /// SIMT kernels other GPUs run (to check them past a fault in a Hopper kernel)
+    #[arg(long)]
+    pub no_hopper: bool,
 }
 
 /// Runs `fusedrop selftest` with `options`; returns the exit code.
@@ -64,7 +68,7 @@ pub fn run(options: &Options) -> i32 {
         .map(|(major, minor)| format!("{major}.{minor}"))
         .unwrap_or_else(|_| "unknown".into());
     println!(
-        "fusedrop selftest on {name} (compute capability {capability}), seed {}, {} shapes",
+        "fusedrop selftest on {name} (compute capability {capability}), seed {}, {} shapes{}",
         options.seed,
         if options.sanitize {
             "sanitizer"
@@ -72,9 +76,17 @@ pub fn run(options: &Options) -> i32 {
             "quick"
         } else {
             "full"
+        },
+        if options.no_hopper {
+            ", no Hopper kernels loaded (--no-hopper)"
+        } else {
+            ""
         }
     );
-    let kernels = match LayerKernels::new(ctx.default_stream()) {
+    let load = LoadOptions {
+        hopper: !options.no_hopper,
+    };
+    let kernels = match LayerKernels::with_options(ctx.default_stream(), load) {
         Ok(kernels) => kernels,
         Err(e) => {
             println!(
