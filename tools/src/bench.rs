@@ -738,7 +738,8 @@ pub struct Table {
 /// Measures the table: opens the GPU, measures the floors, then every (shape, dtype, p, pass)
 /// of `options`. `progress` sees each row as it is measured. Fails only when the GPU, the
 /// kernels or cuBLASLt cannot be opened; a figure that fails is recorded in
-/// [`Table::failures`] and the run goes on.
+/// [`Table::failures`] and the run goes on, unless the failure left the CUDA context unusable
+/// (a kernel that trapped): then the table ends with the shape and dtype it happened in.
 pub fn run_table(options: &TableOptions, progress: &mut dyn FnMut(&Row)) -> Result<Table> {
     let BenchGpu {
         kernels,
@@ -773,11 +774,12 @@ pub fn run_table(options: &TableOptions, progress: &mut dyn FnMut(&Row)) -> Resu
         rows: Vec::new(),
         failures,
     };
-    for shape in &options.shapes {
+    'shapes: for shape in &options.shapes {
         for dtype in shape.dtypes() {
             if !options.dtypes.contains(&dtype) {
                 continue;
             }
+            let failures_before = table.failures.len();
             let result = match dtype {
                 DType::Bf16 => measure_shape::<bf16>(
                     &kernels, &blas, shape, dtype, options, &mut table, progress,
@@ -793,6 +795,19 @@ pub fn run_table(options: &TableOptions, progress: &mut dyn FnMut(&Row)) -> Resu
                 table
                     .failures
                     .push(format!("{} {}: {e}", shape.name, dtype.name()));
+            }
+            // A kernel that trapped leaves the context unusable: every later figure would fail
+            // the same way, so the run ends here with what it has.
+            if table.failures.len() > failures_before {
+                if let Err(e) = kernels.stream().synchronize() {
+                    table.failures.push(format!(
+                        "the CUDA context is unusable after {} {} ({e}); the rest of the \
+                         table was not measured",
+                        shape.name,
+                        dtype.name()
+                    ));
+                    break 'shapes;
+                }
             }
         }
     }
