@@ -510,6 +510,36 @@ fn hopper(kernels: &LayerKernels) -> bool {
     ok
 }
 
+/// The error of a 64 x 64 x 64 bf16 forward forced onto `wg64x128`, with X viewed `x_offset`
+/// elements into its allocation (1: not 16-byte aligned, so TMA cannot read it). Panics if the
+/// call succeeds.
+fn forced_hopper_error(kernels: &LayerKernels, x_offset: usize) -> fusedrop::Error {
+    let x = kernels
+        .stream()
+        .alloc_zeros::<bf16>(x_offset + 64 * 64)
+        .unwrap();
+    let w = kernels.stream().alloc_zeros::<bf16>(64 * 64).unwrap();
+    let mut y = kernels.stream().alloc_zeros::<bf16>(64 * 64).unwrap();
+    let spec = LayerSpec::new(
+        LinearShape::new(64, 64, 64),
+        Nonlinearity::Relu,
+        DropoutSpec::new(0.1, 1, 2),
+    );
+    kernels
+        .forward(
+            &spec,
+            &x.slice(x_offset..),
+            &w,
+            None,
+            &mut y,
+            ForwardOptions {
+                config: Some(ForwardConfig::Wg64x128),
+                ..ForwardOptions::default()
+            },
+        )
+        .unwrap_err()
+}
+
 /// Every Hopper config, f16 and bf16, on shapes it takes (k a multiple of 8) that are multiples
 /// of no tile, many tiles per block and few, every rate, both activations, with and without
 /// bias, non-finite inputs, and a shard geometry.
@@ -593,27 +623,7 @@ fn hopper_is_chosen_only_where_tma_can_read_the_operands() {
     );
     let odd_k = Case::new(2048, 2048, 250);
     check::<f16>(&kernels, odd_k);
-    let x = kernels.stream().alloc_zeros::<bf16>(1 + 64 * 64).unwrap();
-    let w = kernels.stream().alloc_zeros::<bf16>(64 * 64).unwrap();
-    let mut y = kernels.stream().alloc_zeros::<bf16>(64 * 64).unwrap();
-    let spec = LayerSpec::new(
-        LinearShape::new(64, 64, 64),
-        Nonlinearity::Relu,
-        DropoutSpec::new(0.1, 1, 2),
-    );
-    let err = kernels
-        .forward(
-            &spec,
-            &x.slice(1..),
-            &w,
-            None,
-            &mut y,
-            ForwardOptions {
-                config: Some(ForwardConfig::Wg64x128),
-                ..ForwardOptions::default()
-            },
-        )
-        .unwrap_err();
+    let err = forced_hopper_error(&kernels, 1);
     assert!(err.to_string().contains("16-byte aligned"), "{err}");
 }
 
@@ -652,27 +662,7 @@ fn without_the_hopper_modules_every_call_takes_the_portable_kernels() {
         &on_default,
     );
 
-    let x = portable.stream().alloc_zeros::<bf16>(64 * 64).unwrap();
-    let w = portable.stream().alloc_zeros::<bf16>(64 * 64).unwrap();
-    let mut y = portable.stream().alloc_zeros::<bf16>(64 * 64).unwrap();
-    let spec = LayerSpec::new(
-        LinearShape::new(64, 64, 64),
-        Nonlinearity::Relu,
-        DropoutSpec::new(0.1, 1, 2),
-    );
-    let err = portable
-        .forward(
-            &spec,
-            &x,
-            &w,
-            None,
-            &mut y,
-            ForwardOptions {
-                config: Some(ForwardConfig::Wg64x128),
-                ..ForwardOptions::default()
-            },
-        )
-        .unwrap_err();
+    let err = forced_hopper_error(&portable, 0);
     assert!(
         matches!(err, fusedrop::Error::UnsupportedDevice(_)),
         "{err:?}"
