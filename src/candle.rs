@@ -365,6 +365,27 @@ impl CustomOp3 for FusedLinearOp {
     }
 }
 
+/// Sets what the op loads on CUDA tensors from now on ([`LoadOptions`](crate::cuda::LoadOptions);
+/// by default every module this build has for the GPU). With `LoadOptions { hopper: false }`
+/// every later call on an H100 or H200 takes the mma.sync and SIMT kernels other GPUs run: a way
+/// to keep training past a fault in a Hopper kernel, as
+/// [`LayerKernels::with_options`](crate::cuda::LayerKernels::with_options) is for direct calls.
+///
+/// The setting is process-wide, like candle's own `set_gemm_reduced_precision_*`: the op keeps
+/// one kernel handle per (CUDA context, stream, options), so the first call after a change on a
+/// context loads that context's modules again (module loading is illegal during stream capture:
+/// change the options before capturing), and a change back reuses the handle made before.
+#[cfg(feature = "candle-cuda")]
+pub fn set_cuda_load_options(options: crate::cuda::LoadOptions) {
+    cuda::set_load_options(options);
+}
+
+/// What the op loads on CUDA tensors: the last [`set_cuda_load_options`], or the default.
+#[cfg(feature = "candle-cuda")]
+pub fn cuda_load_options() -> crate::cuda::LoadOptions {
+    cuda::load_options()
+}
+
 #[cfg(feature = "candle-cuda")]
 mod cuda {
     //! The CUDA side of the op: the crate's kernels on the candle tensors' own stream.
@@ -381,20 +402,37 @@ mod cuda {
     use super::{contiguous_range, to_candle, FusedLinearOp, Wanted};
     use crate::cuda::backward::{BackwardKernel, BackwardOptions, GradientsMut};
     use crate::cuda::forward::ForwardOptions;
-    use crate::cuda::LayerKernels;
+    use crate::cuda::{LayerKernels, LoadOptions};
     use crate::element::Element;
     use crate::error::Error;
     use crate::layer::{LayerSpec, LinearShape};
 
-    /// The kernel handle for a candle device's stream, made on first use.
+    /// What the op loads on a context it has no handle for with these options
+    /// ([`super::set_cuda_load_options`]).
+    static LOAD_OPTIONS: Mutex<LoadOptions> = Mutex::new(LoadOptions::DEFAULT);
+
+    pub(super) fn set_load_options(options: LoadOptions) {
+        // A poisoned lock still holds a valid LoadOptions (a plain Copy value).
+        *LOAD_OPTIONS.lock().unwrap_or_else(|e| e.into_inner()) = options;
+    }
+
+    pub(super) fn load_options() -> LoadOptions {
+        *LOAD_OPTIONS.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The kernel handle for a candle device's stream and the current load options, made on
+    /// first use.
     ///
     /// candle's custom ops receive storages, not a place to keep state per device, so the handles
-    /// live in a process-wide map keyed by (context, stream): one [`LayerKernels::new`] (module
-    /// loading) per CUDA context, and [`LayerKernels::on_stream`] for each further stream of that
-    /// context (candle devices made for one GPU share its primary context, each with its own
-    /// stream). The map holds each stream, so a key cannot be reused by a later stream.
+    /// live in a process-wide map keyed by (context, stream, options): one
+    /// [`LayerKernels::with_options`] (module loading) per CUDA context and options, and
+    /// [`LayerKernels::on_stream`] for each further stream of that context (candle devices made
+    /// for one GPU share its primary context, each with its own stream). The map holds each
+    /// stream, so a key cannot be reused by a later stream.
     fn kernels_for(stream: &Arc<CudaStream>) -> candle_core::Result<LayerKernels> {
-        static HANDLES: OnceLock<Mutex<HashMap<(usize, usize), LayerKernels>>> = OnceLock::new();
+        type Key = (usize, usize, LoadOptions);
+        static HANDLES: OnceLock<Mutex<HashMap<Key, LayerKernels>>> = OnceLock::new();
+        let options = load_options();
         let mut handles = HANDLES
             .get_or_init(|| Mutex::new(HashMap::new()))
             .lock()
@@ -404,17 +442,17 @@ mod cuda {
                 ))
             })?;
         let context = stream.context().cu_ctx() as usize;
-        let key = (context, stream.cu_stream() as usize);
+        let key = (context, stream.cu_stream() as usize, options);
         if let Some(kernels) = handles.get(&key) {
             return Ok(kernels.clone());
         }
         let same_context = handles
             .iter()
-            .find(|((ctx, _), _)| *ctx == context)
+            .find(|((ctx, _, loaded), _)| *ctx == context && *loaded == options)
             .map(|(_, kernels)| kernels.clone());
         let kernels = match same_context {
             Some(other) => other.on_stream(stream.clone()),
-            None => LayerKernels::new(stream.clone()),
+            None => LayerKernels::with_options(stream.clone(), options),
         }
         .map_err(to_candle)?;
         handles.insert(key, kernels.clone());

@@ -1,15 +1,16 @@
 //! The candle op on CUDA tensors (feature `candle-cuda`): its output, and the gradients that
 //! `Tensor::backward` computes through it, are bit-identical to direct [`LayerKernels`] calls on
 //! the same stream, inputs, mask and workspace, in every dtype, for ReLU and identity, with bias
-//! (on a shape whose dW splits its reduction over blocks too). Needs a
-//! GPU (the feature links libcuda at build time); without a usable device it prints why and
-//! passes.
+//! (on a shape whose dW splits its reduction over blocks too), and after
+//! `set_cuda_load_options(LoadOptions { hopper: false })` bit-identical to a handle made with
+//! those options. Needs a GPU (the feature links libcuda at build time); without a usable device
+//! it prints why and passes.
 
 use candle_core::{DType, Device, Tensor, Var};
-use fusedrop::candle::fused_linear;
+use fusedrop::candle::{cuda_load_options, fused_linear, set_cuda_load_options};
 use fusedrop::cuda::backward::{BackwardKernel, BackwardOptions, GradientsMut};
 use fusedrop::cuda::forward::ForwardOptions;
-use fusedrop::cuda::LayerKernels;
+use fusedrop::cuda::{LayerKernels, LoadOptions};
 use fusedrop::{DropoutSpec, Element, LayerSpec, LinearShape, Nonlinearity};
 use half::{bf16, f16};
 
@@ -38,7 +39,9 @@ fn host<T: candle_core::WithDType>(t: &Tensor) -> Result<Vec<T>> {
     t.flatten_all()?.to_vec1::<T>()
 }
 
-fn check<T>(device: &Device, dtype: DType) -> Result<()>
+/// The op (with whatever load options are set) against direct calls on a handle made with
+/// `options`.
+fn check<T>(device: &Device, dtype: DType, options: LoadOptions) -> Result<()>
 where
     T: Element
         + candle_core::WithDType
@@ -46,7 +49,8 @@ where
         + cudarc::driver::ValidAsZeroBits,
 {
     let stream = device.as_cuda_device()?.cuda_stream();
-    let kernels = LayerKernels::new(stream.clone()).expect("a handle on candle's stream");
+    let kernels =
+        LayerKernels::with_options(stream.clone(), options).expect("a handle on candle's stream");
     for (i, &(m, n, k)) in SHAPES.iter().enumerate() {
         for nonlinearity in [Nonlinearity::Relu, Nonlinearity::Identity] {
             let dropout = DropoutSpec::new(0.1, 0xca2d1e + i as u64, 5);
@@ -126,7 +130,7 @@ where
             let down = |s: &cudarc::driver::CudaSlice<T>| -> Result<Vec<T>> {
                 stream.clone_dtoh(s).map_err(candle_core::Error::wrap)
             };
-            let what = format!("{dtype:?} {m}x{n}x{k} {nonlinearity:?}");
+            let what = format!("{dtype:?} {m}x{n}x{k} {nonlinearity:?} {options:?}");
             assert_eq!(bits(&host::<T>(&y)?), bits(&down(&yd)?), "{what}: Y");
             assert_eq!(bits(&host::<T>(gx)?), bits(&down(&dx)?), "{what}: dX");
             assert_eq!(bits(&host::<T>(gw)?), bits(&down(&dw)?), "{what}: dW");
@@ -136,13 +140,22 @@ where
     Ok(())
 }
 
+/// One test for both settings: the load options are process-wide, and the tests of one binary
+/// run in parallel.
 #[test]
 fn the_candle_op_and_the_direct_calls_give_the_same_bits() -> Result<()> {
     let Some(device) = device() else {
         return Ok(());
     };
-    check::<f32>(&device, DType::F32)?;
-    check::<f16>(&device, DType::F16)?;
-    check::<bf16>(&device, DType::BF16)?;
+    assert_eq!(cuda_load_options(), LoadOptions::default());
+    let no_hopper = LoadOptions { hopper: false };
+    for options in [LoadOptions::default(), no_hopper] {
+        set_cuda_load_options(options);
+        assert_eq!(cuda_load_options(), options);
+        check::<f32>(&device, DType::F32, options)?;
+        check::<f16>(&device, DType::F16, options)?;
+        check::<bf16>(&device, DType::BF16, options)?;
+    }
+    set_cuda_load_options(LoadOptions::default());
     Ok(())
 }

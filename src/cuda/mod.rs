@@ -267,7 +267,7 @@ pub(crate) struct ClusterProbe {
 
 /// What [`LayerKernels::with_options`] loads. `Default` is what [`LayerKernels::new`] loads:
 /// every module this build has for the GPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LoadOptions {
     /// Whether to load the Hopper (sm_90a) modules on a GPU of compute capability 9.0 (default
     /// `true`). With `false` every call takes the kernels other GPUs take (mma.sync for f16 and
@@ -277,9 +277,14 @@ pub struct LoadOptions {
     pub hopper: bool,
 }
 
+impl LoadOptions {
+    /// The default, as a constant (for statics).
+    pub(crate) const DEFAULT: Self = Self { hopper: true };
+}
+
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { hopper: true }
+        Self::DEFAULT
     }
 }
 
