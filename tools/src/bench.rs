@@ -665,7 +665,8 @@ impl TableOptions {
     }
 
     /// A subset that runs in well under two minutes on an H100: bf16 on up, sq, small, wide and
-    /// odd, plus f32 on sq; p = 0.1; both passes; graph replays on `small`; short measurements.
+    /// odd, plus f32 on those of them that take it (sq, small, odd); p = 0.1; both passes;
+    /// graph replays on `small`; short measurements.
     pub fn quick() -> Self {
         let names = ["up", "sq", "small", "wide", "odd"];
         Self {

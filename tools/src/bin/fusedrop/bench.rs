@@ -53,7 +53,8 @@ EXIT CODES:
 #[derive(Debug, Clone, Args)]
 pub struct Options {
     /// A subset that runs in well under two minutes on an H100: bf16 on up, sq, small, wide,
-    /// odd and f32 on sq, p = 0.1, short measurements (the other flags still narrow or widen it)
+    /// odd and f32 on sq, small, odd, p = 0.1, short measurements (the other flags still narrow
+    /// or widen it)
     #[arg(long)]
     quick: bool,
     /// Comma-separated suite shapes (listed below) [default: all]

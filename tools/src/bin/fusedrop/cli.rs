@@ -1,5 +1,6 @@
 //! The command line, declared with clap's derive: [`Cli`] with one subcommand per command, each
-//! command's flags in its own module (`demo::Options`, `selftest::Options`, `bench::Options`).
+//! command's flags in its own module (`demo::Options`, `selftest::Options`, `bench::Options`,
+//! `fusedrop_tools::sweep::Options`).
 //! Ranges and defaults live on the flags, so `--help` shows them and a bad value is refused
 //! with what was expected; the checks that span several flags run in [`try_parse_from`].
 
@@ -45,8 +46,8 @@ EXIT CODES: 0 done, 1 a run failed, 2 bad flags, 3 --device cuda but no usable G
     /// Check the GPU kernels against the CPU reference (exit 0 pass, 1 fail, 3 no GPU)
     ///
     /// Runs the standalone dropout kernel, the fused forward kernel (every tile configuration)
-    /// and the backward kernel in f32, f16 and bf16 on a spread of shapes (none a multiple of a
-    /// tile), dropout probabilities (0, 0.1, 0.5, 1), ReLU and identity, with and without bias,
+    /// and the backward kernel in f32, f16 and bf16 on a spread of shapes (mostly not multiples
+    /// of a tile), dropout probabilities (0, 0.1, 0.5, 1), ReLU and identity, with and without bias,
     /// unsharded and as a shard, and compares each with the CPU reference: masks exactly, values
     /// by relative L2 error (f32 < 1e-5, f16 < 2e-3, bf16 < 1e-2). Prints a pass/fail table.
     #[command(
@@ -63,7 +64,9 @@ EXIT CODES: 0 done, 1 a run failed, 2 bad flags, 3 --device cuda but no usable G
     /// and on Hopper every variant of kernels/forward_sm90_sweep.cu (stages, TMA-store epilogue,
     /// W multicast over clusters of 2, ping-pong consumers) after the production config of its
     /// column tile, on the suite shapes sq, up and wide in bf16 and f16 (ReLU, bias, p = 0.1),
-    /// and checks that each variant's output is bit-identical to its production kernel's.
+    /// and every variant of kernels/forward_f32_sweep.cu against the SIMT production config on
+    /// sq in f32 (`--family` runs a part), and checks that each variant's output is bit-identical
+    /// to its production kernel's.
     /// Prints TFLOP/s and the ratio to production.
     #[command(
         after_help = "EXIT CODES: 0 every variant bit-identical to production, 1 a variant \

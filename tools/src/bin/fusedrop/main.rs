@@ -3,7 +3,8 @@
 //! - `fusedrop demo` (the default): dropout against overfitting on the digits data set.
 //! - `fusedrop selftest`: the GPU kernels against the CPU reference.
 //! - `fusedrop bench`: the kernels' timings against cuBLASLt and the unfused baseline.
-//! - `fusedrop sweep`: the mma.sync forward's tuning variants against its production kernel.
+//! - `fusedrop sweep`: the forward's tuning variants (mma.sync, Hopper, f32) against the
+//!   production kernels.
 //! - `fusedrop help`: the commands.
 //!
 //! The command line is parsed by clap ([`cli`]); a usage error prints clap's message (what was
