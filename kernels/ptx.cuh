@@ -391,12 +391,13 @@ __device__ __noinline__ void mbarrier_wait_timed_out() { __trap(); }
 // is read only once the first try failed, so a wait that succeeds at once costs one more move.
 #define FUSEDROP_MBARRIER_WAIT_LOOP(SEM, bar, phase_parity)                                     \
     do {                                                                                       \
-        uint32_t timed_out;                                                                    \
+        /* Read-write ("+r"), set before the asm: an output the asm wrote before reading  */  \
+        /* its inputs could share a register with one of them by the rules of inline asm. */  \
+        uint32_t timed_out = 0;                                                                \
         asm volatile(                                                                          \
             "{\n"                                                                              \
             ".reg .pred done, in_time;\n"                                                      \
             ".reg .u64 start, waited;\n"                                                       \
-            "mov.u32 %0, 0;\n"                                                                 \
             "mbarrier.try_wait.parity" SEM ".shared::cta.b64 done, [%1], %2;\n"                \
             "@done bra FUSEDROP_MBARRIER_DONE;\n"                                              \
             "mov.u64 start, %%globaltimer;\n"                                                  \
@@ -410,7 +411,7 @@ __device__ __noinline__ void mbarrier_wait_timed_out() { __trap(); }
             "mov.u32 %0, 1;\n"                                                                 \
             "FUSEDROP_MBARRIER_DONE:\n"                                                        \
             "}\n"                                                                              \
-            : "=r"(timed_out)                                                                  \
+            : "+r"(timed_out)                                                                  \
             : "r"(smem_u32(bar)), "r"(phase_parity), "n"(FUSEDROP_MBARRIER_WAIT_LIMIT_NS)      \
             : "memory");                                                                       \
         if (timed_out) mbarrier_wait_timed_out();                                              \

@@ -327,6 +327,10 @@ struct Mainloop {
             s.barriers->consumer_wait(state);
             unsigned char* stage = s.stages + state.stage * kStageBytes;
             load_a(kb, stage, a);
+            // The lanes of a warp may leave load_a at different points (the backward's ReLU
+            // returns early where no Y is NaN); wgmma.fence and wgmma are .aligned, so the warp
+            // reconverges here rather than trusting the compiler to.
+            __syncwarp();
             // Every A register is final before the wgmmas start: an instruction defining one
             // inside the pipeline stage (the compiler may sink plain arithmetic past the
             // wgmma_fence) would make ptxas serialize the wgmmas.
