@@ -181,7 +181,8 @@ impl Config {
     /// `reduction` on a GPU that runs `resident` clusters at once: 128 x 256 when that still
     /// gives every multiprocessor a tile, else 128 x 128 when that gives at least half of them
     /// one; below, the split-K config with the most blocks (tiles x splits) whose clusters (one
-    /// per tile) all run at once while each block keeps at least 4 k-blocks of the reduction;
+    /// per tile) all run at once ([`ResidentClusters::can_place`] them at all) while each block
+    /// keeps at least 4 k-blocks of the reduction;
     /// `None` when there is none (a short reduction: the mma.sync kernels' smaller tiles
     /// spread wider).
     fn hopper_for(
@@ -201,7 +202,9 @@ impl Config {
         WG128X128_SPLIT
             .into_iter()
             .filter(|c| {
-                c.tiles(rows, cols) <= resident.of(c.splits as u32) && k_blocks >= 4 * c.splits
+                resident.can_place(c.splits as u32)
+                    && c.tiles(rows, cols) <= resident.of(c.splits as u32)
+                    && k_blocks >= 4 * c.splits
             })
             .max_by_key(|c| c.tiles(rows, cols) * c.splits)
     }
@@ -527,7 +530,9 @@ pub struct BackwardOptions<'a> {
     /// micro-batches; the sum is taken in f32 and rounded once. It applies to every output the
     /// call writes. To accumulate dW and db while overwriting dX (the usual micro-batch step),
     /// make two calls, one with only `dx` and one with `dw`/`db` and `accumulate: true`: a call
-    /// queues one launch for dX and one for dW and db, so the pair costs the same as one call.
+    /// queues one product launch for dX and one for dW and db (with a workspace, also the
+    /// identity's pre-pass and the split-K sums of what it splits), so the pair costs the same
+    /// as one call.
     pub accumulate: bool,
     /// The kernel family; [`BackwardKernel::Auto`] unless a test or benchmark wants one.
     /// [`BackwardKernel::TensorCore`] with f32 is an error.
@@ -1467,6 +1472,15 @@ mod tests {
             Config::hopper_for(1024, 256, 32768, fewer),
             Some(WG128X128_SPLIT[1])
         );
+        // One where the driver can place no cluster of 4 or 8: clusters of 2; of none, the
+        // mma.sync kernels.
+        let twos = ResidentClusters::new(132, [Some(66), Some(0), Some(0)]);
+        assert_eq!(
+            Config::hopper_for(1024, 256, 32768, twos),
+            Some(WG128X128_SPLIT[2])
+        );
+        let none = ResidentClusters::new(132, [Some(0), Some(0), Some(0)]);
+        assert_eq!(Config::hopper_for(1024, 256, 32768, none), None);
     }
 
     #[test]

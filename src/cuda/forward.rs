@@ -62,8 +62,9 @@ use crate::layer::{LayerSpec, LinearShape, Nonlinearity};
 use crate::validate::{self, ForwardLens};
 
 /// A compiled tile configuration of the forward kernels: the threadblock tile, its thread count
-/// and its dynamic shared memory. These numbers mirror the config structs of
-/// kernels/forward_tc.cu and kernels/forward_f32.cu (which `static_assert` them).
+/// and its dynamic shared memory. These numbers (src/cuda/launch_table.rs) are those of the
+/// config structs of kernels/forward_tc.cu, kernels/forward_f32.cu and kernels/forward_sm90.cu,
+/// which `static_assert` them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ForwardConfig {
     /// Tensor cores, 128 x 256 tile, 8 warps of 64 x 64, 4-stage cp.async pipeline (k slice 32).
@@ -500,7 +501,8 @@ pub fn choose_config<T: Element>(shape: LinearShape, sm_count: usize) -> Forward
 /// tiles only lengthen each block's walk); failing that the smallest tile, as long as it yields
 /// at least half a wave. Shapes with fewer tiles (an inference batch of 64 rows and a few
 /// thousand columns) take split-K: of the split configurations whose clusters (one per tile)
-/// all run at once and whose blocks get at least 4 k-blocks each, the one with the most blocks,
+/// all run at once (none where the driver counted no such cluster) and whose blocks get at
+/// least 4 k-blocks each, the one with the most blocks,
 /// then the least padding of m, then the larger tile. Without one (a short k), `None`: the
 /// mma.sync kernel's small tiles.
 ///
@@ -519,6 +521,9 @@ pub fn choose_config<T: Element>(shape: LinearShape, sm_count: usize) -> Forward
 /// // A GPU that runs only 30 clusters of 4 at once: clusters of 2 instead of a second wave.
 /// let fewer = ResidentClusters::new(132, [Some(66), Some(30), Some(16)]);
 /// assert_eq!(choose_hopper_config(small, fewer), Some(ForwardConfig::Wg64x128S2));
+/// // A GPU where no cluster of 2 or 4 can be placed: the mma.sync kernel.
+/// let none = ResidentClusters::new(132, [Some(0), Some(0), Some(0)]);
+/// assert_eq!(choose_hopper_config(small, none), None);
 /// // Too short a reduction to split: the mma.sync kernel.
 /// assert_eq!(choose_hopper_config(LinearShape::new(64, 4096, 256), h100), None);
 /// ```
@@ -543,7 +548,9 @@ pub fn choose_hopper_config(
         .iter()
         .copied()
         .filter(|c| {
-            c.tiles(shape) <= resident.of(c.splits()) && k_blocks >= 4 * u64::from(c.splits())
+            resident.can_place(c.splits())
+                && c.tiles(shape) <= resident.of(c.splits())
+                && k_blocks >= 4 * u64::from(c.splits())
         })
         // max_by_key keeps the last of equals: reverse the order of preference.
         .rev()

@@ -191,10 +191,18 @@ impl ResidentClusters {
         }
     }
 
+    /// Whether clusters of `size` blocks can run at all: false only where the driver counted
+    /// none (a GPU whose multiprocessors are restricted, under MPS or in a small MIG slice, for
+    /// example), which the heuristics then pass over instead of choosing a launch that fails.
+    pub fn can_place(&self, size: u32) -> bool {
+        self.driver_count(size) != Some(0)
+    }
+
     /// How many clusters of `size` blocks run at once (1: single blocks, one per
     /// multiprocessor): the driver's count where it gave one between 1 and `sm_count / size`,
-    /// else `sm_count / size` (a count of 0 says no such cluster could be placed at all, and
-    /// the launch will say why); at least 1.
+    /// else `sm_count / size` (a count of 0 says no such cluster could be placed at all: see
+    /// [`ResidentClusters::can_place`]; a launch forced there fails with the driver's reason);
+    /// at least 1.
     pub fn of(&self, size: u32) -> u64 {
         let size = size.max(1) as usize;
         let every_multiprocessor = self.sm_count / size;
@@ -668,6 +676,10 @@ mod tests {
         let asked = ResidentClusters::new(132, [Some(64), Some(0), Some(20)]);
         assert_eq!([1, 2, 4, 8].map(|size| asked.of(size)), [132, 64, 33, 16]);
         assert_eq!(asked.driver_count(4), Some(0));
+        assert_eq!(
+            [1, 2, 4, 8].map(|size| asked.can_place(size)),
+            [true, true, false, true]
+        );
         let asked = ResidentClusters::new(132, [Some(66), Some(30), None]);
         assert_eq!([1, 2, 4, 8].map(|size| asked.of(size)), [132, 66, 30, 16]);
         assert_eq!(asked.driver_count(8), None);
