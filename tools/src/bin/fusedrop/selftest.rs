@@ -23,13 +23,13 @@ pub const NO_GPU_EXIT: i32 = 3;
 /// The selftest's flags.
 #[derive(Debug, Clone, Args)]
 pub struct Options {
-    /// Three shapes instead of seven (a few seconds)
+    /// Four shapes instead of seven (a few seconds)
     #[arg(long)]
     pub quick: bool,
     /// The shapes that take every production path (16-byte vector loads and stores, the
-    /// element-load fallbacks, every forward tile, both tensor-core backward tiles and their
-    /// aligned kernels, the identity backward's workspace pre-pass), for compute-sanitizer
-    /// (scripts/gpu-check.sh)
+    /// element-load fallbacks, every forward config, every backward kernel with its aligned
+    /// and split-K forms on an H100, H200 or A100, the identity backward's workspace pre-pass),
+    /// for compute-sanitizer (scripts/gpu-check.sh)
     #[arg(long)]
     pub sanitize: bool,
     /// Seed of the random inputs and masks
@@ -159,49 +159,95 @@ impl Case {
     }
 }
 
-/// The `--sanitize` shapes. (3, 5, 7) and (127, 129, 65): odd k and n, the element-load and
-/// element-store fallbacks. (200, 264, 136) and (130, 72, 64): k and n multiples of 8 on
-/// 16-byte aligned buffers, so the cp.async 16-byte loads and the 16-byte epilogue stores, with
-/// partial tiles. (1664, 264, 1664): full 128x256 forward tiles, and a backward whose dX has
-/// 13 x 13 = 169 tiles of 128 x 128 (at least one per multiprocessor on GPUs up to 169 SMs, so
-/// the large tile) while its dW has only 3 x 13 = 39 tiles of 128 x 128 (below a wave on GPUs with
-/// more than 39 SMs, so the small tile). (64, 1000, 136) and (1000, 64, 131): a dX of 64 x 136
-/// over n = 1000 and a dW of 64 x 131 over m = 1000, narrow products that the mma.sync kernels
-/// split (`tensor_core_split`; 5 tiles of 64 x 32 in 4 shares on GPUs of 20 or more SMs), on the
-/// aligned and on the general kernel, and so do the SIMT kernels (`simt_split`: 3 tiles of
-/// 64 x 64 in 3 shares). The large shape's dX takes the SIMT 128 x 128 tile, its dW the
-/// 64 x 64 one. Every forward config runs on every shape; the identity
-/// cases with p > 0 also run the backward with a workspace (`auto_workspace`).
-const SANITIZE_SHAPES: [(usize, usize, usize); 7] = [
+/// (m, n, k).
+type Shape = (usize, usize, usize);
+
+/// The `--sanitize` shapes run at every p. (3, 5, 7) and (127, 129, 65): odd k and n, the
+/// element-load and element-store fallbacks. (200, 264, 136) and (130, 72, 64): k and n
+/// multiples of 8 on 16-byte aligned buffers, so the cp.async 16-byte loads and the 16-byte
+/// epilogue stores, with partial tiles; (256, 512, 72): whole 128 x 256 forward tiles.
+/// (64, 1000, 136) and (1000, 64, 131): a dX of 64 x 136 over n = 1000 and a dW of 64 x 131
+/// over m = 1000, narrow products that the mma.sync and SIMT kernels split over 3 shares
+/// (`tensor_core_split`, `simt_split`; 5 tiles of 64 x 32), on the aligned and on the general
+/// kernel, and the Hopper kernels over clusters of 4 (dX). Every forward config runs on every
+/// shape; the identity cases with p > 0 also run the backward with a workspace
+/// (`auto_workspace`).
+const SANITIZE_SHAPES: [Shape; 7] = [
     (3, 5, 7),
     (127, 129, 65),
     (200, 264, 136),
     (130, 72, 64),
-    (1664, 264, 1664),
+    (256, 512, 72),
     (64, 1000, 136),
     (1000, 64, 131),
 ];
 
+/// The `--sanitize` shapes that take the backward tiles the shapes above do not, on an H100 SXM
+/// or H200 (132 multiprocessors), an H100 PCIe (114) and an A100 (108): run at two p, one case with ReLU and one
+/// with the identity. Each has one small dimension, so that one product is large and cheap
+/// (few multiply-adds per output): which tile a product gets depends on its output tiles
+/// against the multiprocessors (`BackwardChoice`, docs/BACKWARD.md), and the small dimension is
+/// the other product's output side or this one's reduction. Per shape, the product it is for:
+/// - dX (1536 x 2816 outputs) and dW: 128 x 128 mma.sync and SIMT tiles, Hopper's 128 x 256,
+///   on aligned operands: (1536, 8, 2816), (8, 1536, 2816); with k odd, the general mma.sync
+///   kernels: (1536, 7, 1535), (7, 1536, 1535).
+/// - dX (328 x 1536) and dW: 64 x 64 mma.sync and SIMT tiles (144 of them, 36 of 128 x 128),
+///   aligned: (328, 8, 1536), (8, 328, 1536); general: (328, 7, 1535), (7, 328, 1535).
+/// - Hopper's split-K, narrow products over long reductions: dX over n = 512 in clusters of 2,
+///   over 2048 in clusters of 8: (64, 512, 136), (64, 2048, 136); dW likewise (512, 64, 136),
+///   (2048, 64, 136) (clusters of 4: (1536, 8, 2816)'s dW, (64, 1000, 136)'s dX).
+///
+/// `tests::the_sanitize_shapes_reach_every_backward_kernel` checks that together with the
+/// shapes above they launch every backward entry point, as the library plans them.
+const SANITIZE_TILE_SHAPES: [Shape; 12] = [
+    (1536, 8, 2816),
+    (8, 1536, 2816),
+    (1536, 7, 1535),
+    (7, 1536, 1535),
+    (328, 8, 1536),
+    (8, 328, 1536),
+    (328, 7, 1535),
+    (7, 328, 1535),
+    (64, 512, 136),
+    (64, 2048, 136),
+    (512, 64, 136),
+    (2048, 64, 136),
+];
+
+/// Every p of a case's spread.
+const PROBABILITIES: [f32; 4] = [0.0, 0.1, 0.5, 1.0];
+
 fn cases(quick: bool, sanitize: bool, seed: u64) -> Vec<Case> {
-    let shapes: &[(usize, usize, usize)] = if sanitize {
-        &SANITIZE_SHAPES
+    let groups: Vec<(&[Shape], &[f32])> = if sanitize {
+        vec![
+            (&SANITIZE_SHAPES, &PROBABILITIES),
+            (&SANITIZE_TILE_SHAPES, &[0.1, 0.5]),
+        ]
     } else if quick {
         // The last shape has n and k multiples of 8, so the Hopper kernels take it.
-        &[(3, 5, 7), (127, 129, 65), (200, 300, 257), (130, 72, 64)]
+        vec![(
+            &[(3, 5, 7), (127, 129, 65), (200, 300, 257), (130, 72, 64)],
+            &PROBABILITIES,
+        )]
     } else {
-        &[
-            (1, 1, 1),
-            (3, 5, 7),
-            (17, 33, 9),
-            (64, 64, 64),
-            (127, 129, 65),
-            (200, 300, 257),
-            (513, 257, 1000),
-        ]
+        vec![(
+            &[
+                (1, 1, 1),
+                (3, 5, 7),
+                (17, 33, 9),
+                (64, 64, 64),
+                (127, 129, 65),
+                (200, 300, 257),
+                (513, 257, 1000),
+            ],
+            &PROBABILITIES,
+        )]
     };
-    let probabilities = [0.0f32, 0.1, 0.5, 1.0];
     let mut cases = Vec::new();
-    for (i, &(m, n, k)) in shapes.iter().enumerate() {
+    let shapes = groups.into_iter().flat_map(|(shapes, probabilities)| {
+        shapes.iter().map(move |&shape| (shape, probabilities))
+    });
+    for (i, ((m, n, k), probabilities)) in shapes.enumerate() {
         for (j, &p) in probabilities.iter().enumerate() {
             let nonlinearity = if (i + j) % 2 == 0 {
                 Nonlinearity::Relu
@@ -343,12 +389,6 @@ fn run_dtype<T: Element>(kernels: &LayerKernels, cases: &[Case], out: &mut Vec<O
                 Err(e),
             )),
         }
-        // Every backward kernel family that can run the case: Auto, and each one forced.
-        let LinearShape { m, n, k } = case.spec.shape;
-        let mut families = vec![
-            ("auto", BackwardKernel::Auto, Workspace::None),
-            ("simt", BackwardKernel::Simt, Workspace::None),
-        ];
         // With the workspace for split-K, where a product is narrow enough to split.
         let splits = |kernel| {
             kernels
@@ -359,28 +399,7 @@ fn run_dtype<T: Element>(kernels: &LayerKernels, cases: &[Case], out: &mut Vec<O
                 )
                 .is_ok_and(|c| c.dx_splits > 1 || c.dw_splits > 1)
         };
-        if splits(BackwardKernel::Simt) {
-            families.push(("simt_split", BackwardKernel::Simt, Workspace::Full));
-        }
-        if T::NEEDS_SM80 {
-            families.push(("tensor_core", BackwardKernel::TensorCore, Workspace::None));
-            if splits(BackwardKernel::TensorCore) {
-                families.push((
-                    "tensor_core_split",
-                    BackwardKernel::TensorCore,
-                    Workspace::Full,
-                ));
-            }
-            // The selftest's buffers are whole allocations, so 16-byte aligned.
-            if m > 0 && n % 8 == 0 && k % 8 == 0 && kernels.hopper_available::<T>() {
-                families.push(("hopper", BackwardKernel::Hopper, Workspace::None));
-            }
-        }
-        // The identity with dropout also through a workspace (the mask applied to dY once by
-        // the dropout kernel, then the products without a mask), on the family Auto picks.
-        if backward::workspace_bytes::<T>(&case.spec) > 0 {
-            families.push(("auto_workspace", BackwardKernel::Auto, Workspace::Mask));
-        }
+        let families = backward_families::<T>(case, splits, kernels.hopper_available::<T>());
         for (name, kernel, workspace) in families {
             out.push(judge(
                 "backward",
@@ -392,6 +411,45 @@ fn run_dtype<T: Element>(kernels: &LayerKernels, cases: &[Case], out: &mut Vec<O
             ));
         }
     }
+}
+
+/// Every backward kernel family that can run `case`: Auto, and each one forced; the classic
+/// families also with the workspace for split-K where `splits(family)` says a product of the
+/// case splits with it; Hopper where `hopper` (its modules loaded for `T`) and the operands fit;
+/// Auto with dY times the identity's mask in a workspace where the case has one.
+fn backward_families<T: Element>(
+    case: &Case,
+    splits: impl Fn(BackwardKernel) -> bool,
+    hopper: bool,
+) -> Vec<(&'static str, BackwardKernel, Workspace)> {
+    let LinearShape { m, n, k } = case.spec.shape;
+    let mut families = vec![
+        ("auto", BackwardKernel::Auto, Workspace::None),
+        ("simt", BackwardKernel::Simt, Workspace::None),
+    ];
+    if splits(BackwardKernel::Simt) {
+        families.push(("simt_split", BackwardKernel::Simt, Workspace::Full));
+    }
+    if T::NEEDS_SM80 {
+        families.push(("tensor_core", BackwardKernel::TensorCore, Workspace::None));
+        if splits(BackwardKernel::TensorCore) {
+            families.push((
+                "tensor_core_split",
+                BackwardKernel::TensorCore,
+                Workspace::Full,
+            ));
+        }
+        // The selftest's buffers are whole allocations, so 16-byte aligned.
+        if m > 0 && n % 8 == 0 && k % 8 == 0 && hopper {
+            families.push(("hopper", BackwardKernel::Hopper, Workspace::None));
+        }
+    }
+    // The identity with dropout also through a workspace (the mask applied to dY once by the
+    // dropout kernel, then the products without a mask), on the family Auto picks.
+    if backward::workspace_bytes::<T>(&case.spec) > 0 {
+        families.push(("auto_workspace", BackwardKernel::Auto, Workspace::Mask));
+    }
+    families
 }
 
 /// The workspace a backward check passes.
@@ -772,5 +830,131 @@ fn report(outcomes: &[Outcome], verbose: bool) -> i32 {
             outcomes.len()
         );
         1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use fusedrop::cuda::backward::{backward_plan, BackwardBuffers};
+    use fusedrop::cuda::launch_table;
+    use fusedrop::cuda::GpuFacts;
+
+    use super::*;
+
+    /// Room for every split's partial sums: the `Full` workspace, which holds them by definition.
+    const WHOLE_WORKSPACE: usize = 1 << 40;
+
+    /// The backward entry points that `selftest --sanitize` launches in `T` on a GPU and build
+    /// that `gpu` describes: its cases and families (`backward_families`), planned as the
+    /// wrapper plans them for whole allocations.
+    fn sanitize_backward_entry_points<T: Element>(gpu: &GpuFacts) -> BTreeSet<String> {
+        let plan = |case: &Case, kernel, workspace: Option<usize>| {
+            let buffers = BackwardBuffers {
+                dy: 1 << 32,
+                y: (case.spec.nonlinearity == Nonlinearity::Relu).then_some(2 << 32),
+                w: Some(3 << 32),
+                x: Some(4 << 32),
+                dx: Some(5 << 32),
+                dw: Some(6 << 32),
+                db: Some(7 << 32),
+                workspace: workspace.map(|len| (8 << 32, len)),
+            };
+            backward_plan::<T>(&case.spec, case.accumulate, kernel, gpu, &buffers)
+        };
+        let hopper = T::NEEDS_SM80
+            && gpu.compute_capability == (9, 0)
+            && gpu.forward_sm90_loaded
+            && gpu.backward_sm90_loaded;
+        let mut reached = BTreeSet::new();
+        for case in cases(false, true, 1) {
+            let splits = |kernel| {
+                plan(&case, kernel, Some(WHOLE_WORKSPACE)).is_ok_and(|plans| {
+                    plans
+                        .iter()
+                        .any(|(p, _)| p.function.starts_with("fusedrop_backward_split_sum"))
+                })
+            };
+            for (name, kernel, workspace) in backward_families::<T>(&case, splits, hopper) {
+                let bytes = match workspace {
+                    Workspace::None => None,
+                    Workspace::Mask => Some(backward::workspace_bytes::<T>(&case.spec)),
+                    Workspace::Full => Some(WHOLE_WORKSPACE),
+                };
+                let plans = plan(&case, kernel, bytes).unwrap_or_else(|e| {
+                    panic!("{name} on {}: {e}", case.describe());
+                });
+                reached.extend(plans.into_iter().map(|(p, _)| p.function));
+            }
+        }
+        reached
+    }
+
+    fn facts(sm_count: usize, compute_capability: (i32, i32)) -> GpuFacts {
+        let hopper = compute_capability == (9, 0);
+        GpuFacts {
+            compute_capability,
+            resident: ResidentClusters::uniform(sm_count),
+            forward_sm90_loaded: hopper,
+            backward_sm90_loaded: hopper,
+        }
+    }
+
+    /// Every backward entry point the build has for `dtype` on a GPU that `gpu` describes: each
+    /// backward config of the launch table (SIMT only for f32; mma.sync and its aligned-operand
+    /// kernels for f16 and bf16, Hopper's where its modules are loaded), for dX and for dW, and
+    /// the split-K sums.
+    fn backward_entry_points(dtype: &str, gpu: &GpuFacts) -> BTreeSet<String> {
+        let halves = dtype != "f32";
+        let mut all = BTreeSet::from([format!("fusedrop_backward_split_sum_{dtype}")]);
+        for numbers in launch_table::ALL {
+            let Some(config) = numbers.name.strip_prefix("backward_") else {
+                continue;
+            };
+            let variants: &[&str] = if config.starts_with("simt") {
+                &[""]
+            } else if config.starts_with("tc") && halves {
+                &["", "_aligned"]
+            } else if config.starts_with("wg") && halves && gpu.backward_sm90_loaded {
+                &[""]
+            } else {
+                &[]
+            };
+            for product in ["dx", "dw"] {
+                for variant in variants {
+                    all.insert(format!(
+                        "fusedrop_backward_{product}_{config}{variant}_{dtype}"
+                    ));
+                }
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn the_sanitize_shapes_reach_every_backward_kernel() {
+        for (gpu, facts) in [
+            ("an H100 SXM or H200", facts(132, (9, 0))),
+            ("an A100", facts(108, (8, 0))),
+            ("an H100 PCIe", facts(114, (9, 0))),
+        ] {
+            for (dtype, reached) in [
+                ("f32", sanitize_backward_entry_points::<f32>(&facts)),
+                ("f16", sanitize_backward_entry_points::<f16>(&facts)),
+                ("bf16", sanitize_backward_entry_points::<bf16>(&facts)),
+            ] {
+                let every = backward_entry_points(dtype, &facts);
+                let missed: Vec<_> = every.difference(&reached).collect();
+                assert!(
+                    missed.is_empty(),
+                    "on {gpu}, selftest --sanitize never launches {missed:?}"
+                );
+                assert!(
+                    every.len() > 3,
+                    "{dtype}: the launch table lists no backward configs"
+                );
+            }
+        }
     }
 }
