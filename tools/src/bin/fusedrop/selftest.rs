@@ -198,7 +198,8 @@ const SANITIZE_SHAPES: [Shape; 7] = [
 ///   (2048, 64, 136) (clusters of 4: (1536, 8, 2816)'s dW, (64, 1000, 136)'s dX).
 ///
 /// `tests::the_sanitize_shapes_reach_every_backward_kernel` checks that together with the
-/// shapes above they launch every backward entry point, as the library plans them.
+/// shapes above they launch every backward entry point, as the library plans them
+/// (`..._every_forward_kernel` the same of the forward's).
 const SANITIZE_TILE_SHAPES: [Shape; 12] = [
     (1536, 8, 2816),
     (8, 1536, 2816),
@@ -362,14 +363,7 @@ fn run_dtype<T: Element>(kernels: &LayerKernels, cases: &[Case], out: &mut Vec<O
         ));
         match reference::forward_f64(&case.spec, &inputs.x, &inputs.w, inputs.b()) {
             Ok(want) => {
-                let mut configs = ForwardConfig::all_for::<T>().to_vec();
-                // The Hopper kernel where it can run: compute capability 9.0, k a multiple of 8
-                // (the selftest's buffers are whole allocations, so 16-byte aligned).
-                if case.spec.shape.k % 8 == 0 && kernels.hopper_available::<T>() {
-                    let k = case.spec.shape.k;
-                    configs.extend(ForwardConfig::HOPPER.into_iter().filter(|c| k >= c.min_k()));
-                }
-                for config in configs {
+                for config in forward_configs::<T>(case, kernels.hopper_available::<T>()) {
                     out.push(judge(
                         "forward",
                         T::NAME,
@@ -411,6 +405,18 @@ fn run_dtype<T: Element>(kernels: &LayerKernels, cases: &[Case], out: &mut Vec<O
             ));
         }
     }
+}
+
+/// Every forward config that can run `case`: each one compiled for `T`, and where `hopper` (its
+/// modules loaded for `T`) and k is a multiple of 8, each Hopper config whose k-split k allows
+/// (the selftest's buffers are whole allocations, so 16-byte aligned).
+fn forward_configs<T: Element>(case: &Case, hopper: bool) -> Vec<ForwardConfig> {
+    let mut configs = ForwardConfig::all_for::<T>().to_vec();
+    let k = case.spec.shape.k;
+    if k % 8 == 0 && hopper {
+        configs.extend(ForwardConfig::HOPPER.into_iter().filter(|c| k >= c.min_k()));
+    }
+    configs
 }
 
 /// Every backward kernel family that can run `case`: Auto, and each one forced; the classic
@@ -838,6 +844,8 @@ mod tests {
     use std::collections::BTreeSet;
 
     use fusedrop::cuda::backward::{backward_plan, BackwardBuffers};
+    use fusedrop::cuda::forward::forward_plan;
+    use fusedrop::cuda::launch_plan::OperandAddresses;
     use fusedrop::cuda::launch_table;
     use fusedrop::cuda::GpuFacts;
 
@@ -863,10 +871,7 @@ mod tests {
             };
             backward_plan::<T>(&case.spec, case.accumulate, kernel, gpu, &buffers)
         };
-        let hopper = T::NEEDS_SM80
-            && gpu.compute_capability == (9, 0)
-            && gpu.forward_sm90_loaded
-            && gpu.backward_sm90_loaded;
+        let hopper = hopper_runs::<T>(gpu);
         let mut reached = BTreeSet::new();
         for case in cases(false, true, 1) {
             let splits = |kernel| {
@@ -901,6 +906,63 @@ mod tests {
         }
     }
 
+    /// Whether the Hopper modules of `gpu` run `T`.
+    fn hopper_runs<T: Element>(gpu: &GpuFacts) -> bool {
+        T::NEEDS_SM80
+            && gpu.compute_capability == (9, 0)
+            && gpu.forward_sm90_loaded
+            && gpu.backward_sm90_loaded
+    }
+
+    /// The forward entry points that `selftest --sanitize` launches in `T` on a GPU and build
+    /// that `gpu` describes: every config of `forward_configs` on every case, planned as the
+    /// wrapper plans them for whole allocations.
+    fn sanitize_forward_entry_points<T: Element>(gpu: &GpuFacts) -> BTreeSet<String> {
+        let addresses = |case: &Case| OperandAddresses {
+            x: 1 << 32,
+            w: 2 << 32,
+            b: case.bias.then_some(3 << 32),
+            y: 4 << 32,
+        };
+        let mut reached = BTreeSet::new();
+        for case in cases(false, true, 1) {
+            for config in forward_configs::<T>(&case, hopper_runs::<T>(gpu)) {
+                let plan = forward_plan::<T>(&case.spec, Some(config), gpu, &addresses(&case))
+                    .unwrap_or_else(|e| panic!("{} on {}: {e}", config.name(), case.describe()));
+                reached.insert(plan.function);
+            }
+        }
+        reached
+    }
+
+    /// Every forward entry point the build has for `dtype` on a GPU that `gpu` describes: each
+    /// forward config of the launch table but the sweep's (SIMT for f32; mma.sync and its
+    /// aligned-operand kernels for f16 and bf16, Hopper's where its modules are loaded).
+    fn forward_entry_points(dtype: &str, gpu: &GpuFacts) -> BTreeSet<String> {
+        let halves = dtype != "f32";
+        let mut all = BTreeSet::new();
+        for numbers in launch_table::ALL {
+            let Some(config) = numbers.name.strip_prefix("forward_") else {
+                continue;
+            };
+            let variants: &[&str] = if config.starts_with("sweep_") {
+                &[]
+            } else if config.starts_with("simt") && !halves {
+                &[""]
+            } else if config.starts_with("tc") && halves {
+                &["", "_aligned"]
+            } else if config.starts_with("wg") && halves && gpu.forward_sm90_loaded {
+                &[""]
+            } else {
+                &[]
+            };
+            for variant in variants {
+                all.insert(format!("fusedrop_forward_{config}{variant}_{dtype}"));
+            }
+        }
+        all
+    }
+
     /// Every backward entry point the build has for `dtype` on a GPU that `gpu` describes: each
     /// backward config of the launch table (SIMT only for f32; mma.sync and its aligned-operand
     /// kernels for f16 and bf16, Hopper's where its modules are loaded), for dX and for dW, and
@@ -930,6 +992,31 @@ mod tests {
             }
         }
         all
+    }
+
+    #[test]
+    fn the_sanitize_shapes_reach_every_forward_kernel() {
+        for (gpu, facts) in [
+            ("an H100 SXM or H200", facts(132, (9, 0))),
+            ("an A100", facts(108, (8, 0))),
+        ] {
+            for (dtype, reached) in [
+                ("f32", sanitize_forward_entry_points::<f32>(&facts)),
+                ("f16", sanitize_forward_entry_points::<f16>(&facts)),
+                ("bf16", sanitize_forward_entry_points::<bf16>(&facts)),
+            ] {
+                let every = forward_entry_points(dtype, &facts);
+                let missed: Vec<_> = every.difference(&reached).collect();
+                assert!(
+                    missed.is_empty(),
+                    "on {gpu}, selftest --sanitize never launches {missed:?}"
+                );
+                assert!(
+                    every.len() > 2,
+                    "{dtype}: the launch table lists no forward configs"
+                );
+            }
+        }
     }
 
     #[test]
