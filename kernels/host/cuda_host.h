@@ -31,8 +31,9 @@
 //   destinations nobody may write meanwhile; TMA stores that read shared memory only when the
 //   issuing thread waits for them; wgmma as a warpgroup collective whose accumulators are NaN
 //   until wgmma.wait_group retires the operation, with the register fences around it checked;
-//   the async proxy's view of shared memory (fence.proxy.async) and of barrier initialisations
-//   (fence.mbarrier_init); cluster-scope releases and acquires.
+//   the async proxy's view of shared memory (each thread's fence.proxy.async publishing that
+//   thread's own stores) and of barrier initialisations (fence.mbarrier_init); cluster-scope
+//   releases and acquires.
 // - Misuse that the GPU would fault on or leave undefined (misaligned cp.async / ldmatrix
 //   addresses, divergent barriers, collectives with missing lanes, deadlocks) aborts with a
 //   message naming the block and thread.
@@ -331,6 +332,9 @@ struct Fiber {
     std::vector<RegisterRange> registers_to_fence;
     std::vector<RegisterRange> registers_fenced;
     std::vector<RegisterRange> registers_fenced_for_wgmma;
+    // Chunks (Cta::writer) of its block's dynamic shared memory that hold bytes of this
+    // thread's ordinary stores that no fence.proxy.async of this thread has published yet.
+    std::vector<uint32_t> unfenced_chunks;
 };
 
 // One lane's operands and results of a warp collective.
@@ -435,8 +439,19 @@ struct Cta {
     int barrier_line = 0;
     bool exited = false;  // every thread returned: the shared memory is gone
     // The dynamic shared memory as the async proxy (TMA, wgmma) sees it: ordinary stores change
-    // dyn_smem only, fence.proxy.async copies dyn_smem here, TMA loads write both.
+    // dyn_smem only, a thread's fence.proxy.async copies its own stores here, TMA loads write
+    // both.
     std::vector<unsigned char> async_view;
+    // Whose ordinary stores those are, from the block's first use of the async proxy on
+    // (`tracking`; start_store_tracking): generic_seen is dyn_smem as it was when a thread of the
+    // block last stopped running, and writer[i] the Fiber::index of the thread whose ordinary
+    // store last changed byte i since the async proxy last saw it (kNoWriter: none;
+    // kBeforeTracking: a store from before tracking began, which any thread's fence publishes,
+    // as listed in unfenced_before_tracking).
+    bool tracking = false;
+    std::vector<unsigned char> generic_seen;
+    std::vector<int> writer;
+    std::vector<uint32_t> unfenced_before_tracking;
 };
 
 struct Runtime {
@@ -958,10 +973,87 @@ inline bool async_proxy_sees(const void* p, size_t bytes) {
     return memcmp(p, async_view_at(p), bytes) == 0;
 }
 
+// Per-thread fence.proxy.async (Cta::writer): bytes per chunk of the bookkeeping, and the
+// writers that are no thread.
+constexpr size_t kWriterChunk = 64;
+constexpr int kNoWriter = -1;
+constexpr int kBeforeTracking = -2;
+
+// Starts tracking whose ordinary stores block `rank`'s dynamic shared memory holds, at the
+// block's start, where the launch asks for it (LaunchConfig::track_proxy_stores). What differs
+// from the async proxy's view already (nothing, at a block's start) is published by the next
+// fence of any thread of the block.
+inline void start_store_tracking(int rank) {
+    Runtime* rt = runtime();
+    Cta& c = rt->ctas[rank];
+    if (c.tracking) return;
+    c.tracking = true;
+    const size_t n = rt->dyn_bytes;
+    c.generic_seen.assign(c.dyn_smem, c.dyn_smem + n);
+    c.writer.assign(n, kNoWriter);
+    c.unfenced_before_tracking.clear();
+    for (size_t b = 0; b < n; b += kWriterChunk) {
+        const size_t e = std::min(n, b + kWriterChunk);
+        if (memcmp(c.dyn_smem + b, c.async_view.data() + b, e - b) == 0) continue;
+        for (size_t i = b; i < e; ++i)
+            if (c.dyn_smem[i] != c.async_view[i]) c.writer[i] = kBeforeTracking;
+        c.unfenced_before_tracking.push_back((uint32_t)(b / kWriterChunk));
+    }
+}
+
+// Credits thread `f` with the ordinary stores to its block's dynamic shared memory since a
+// thread of the block last stopped running: only `f` ran since (the scheduler calls this each
+// time a thread stops, fence_proxy_async before it publishes), and the async proxy's own
+// writes keep generic_seen up to date themselves (note_async_proxy_write).
+inline void attribute_ordinary_stores(Runtime& rt, Fiber& f) {
+    Cta& c = rt.ctas[f.cta];
+    if (!c.tracking) return;
+    const size_t n = rt.dyn_bytes;
+    if (memcmp(c.dyn_smem, c.generic_seen.data(), n) == 0) return;
+    for (size_t b = 0; b < n; b += kWriterChunk) {
+        const size_t e = std::min(n, b + kWriterChunk);
+        if (memcmp(c.dyn_smem + b, c.generic_seen.data() + b, e - b) == 0) continue;
+        bool newly_listed = false;
+        for (size_t i = b; i < e; ++i) {
+            if (c.dyn_smem[i] == c.generic_seen[i]) continue;
+            c.generic_seen[i] = c.dyn_smem[i];
+            if (c.writer[i] != f.index) newly_listed = true;
+            c.writer[i] = f.index;
+        }
+        if (newly_listed) f.unfenced_chunks.push_back((uint32_t)(b / kWriterChunk));
+    }
+}
+
+// Shows the async proxy the bytes of `chunks` that `who` stored last.
+inline void publish_ordinary_stores(Cta& c, const std::vector<uint32_t>& chunks, int who) {
+    const size_t n = runtime()->dyn_bytes;
+    for (uint32_t chunk : chunks) {
+        const size_t b = chunk * kWriterChunk, e = std::min(n, b + kWriterChunk);
+        for (size_t i = b; i < e; ++i) {
+            if (c.writer[i] != who) continue;
+            c.async_view[i] = c.dyn_smem[i];
+            c.writer[i] = kNoWriter;
+        }
+    }
+}
+
+// [p, p + bytes), in some block's dynamic shared memory, was written by the async proxy (a TMA
+// load's poison or box), not by an ordinary store: nobody's to fence.
+inline void note_async_proxy_write(const unsigned char* p, size_t bytes) {
+    const int r = cta_holding(p);
+    if (r < 0) fail("internal: %p lies in no block's dynamic shared memory", p);
+    Cta& c = runtime()->ctas[r];
+    if (!c.tracking) return;
+    const size_t offset = (size_t)(p - c.dyn_smem);
+    memcpy(c.generic_seen.data() + offset, p, bytes);
+    std::fill(c.writer.begin() + (std::ptrdiff_t)offset,
+              c.writer.begin() + (std::ptrdiff_t)(offset + bytes), kNoWriter);
+}
+
 // For the messages of a failed async_proxy_sees: what happened, and the rule.
 constexpr const char* kUnfencedWrite =
-    "was changed by an ordinary (generic-proxy) store after the last fence.proxy.async of its "
-    "block";
+    "was changed by an ordinary (generic-proxy) store after the last fence.proxy.async of the "
+    "thread that stored it";
 constexpr const char* kProxyFenceRule =
     "threads that write shared memory that the async proxy (wgmma, TMA) then reads or "
     "overwrites call ptx::fence_proxy_async_shared() after their writes, before the barrier "
@@ -1376,6 +1468,7 @@ inline void queue_tma_load(const TensorMap2d& t, const std::vector<unsigned char
         // Undefined until the load completes on its barrier (to both proxies).
         memcpy(places[i], kTmaInFlightPoison, 16);
         memcpy(async_view_at(places[i]), kTmaInFlightPoison, 16);
+        note_async_proxy_write(places[i], 16);
     }
     runtime()->tma_in_flight.push_back(std::move(d));
 }
@@ -1436,6 +1529,7 @@ inline void deliver_tma_load(size_t which) {
                  d.thread, describe_smem(d.bar).c_str(), describe_smem(chunk.first).c_str());
         memcpy(chunk.first, chunk.second.data(), 16);
         memcpy(async_view_at(chunk.first), chunk.second.data(), 16);
+        note_async_proxy_write(chunk.first, 16);
     }
     auto it = rt->mbarriers.find(d.bar);
     uint64_t word;
@@ -1518,14 +1612,26 @@ inline void publish_mbarrier_inits(bool to_cluster) {
     }
 }
 
-// fence.proxy.async: the async proxy sees every ordinary store the block has made so far (the
-// whole block's, not only the calling thread's: a coarser model than the GPU's, docs/HARNESS.md),
-// and the calling thread's mbarrier initialisations (the CUDA programming guide's TMA example
-// publishes them so).
+// fence.proxy.async: the async proxy sees the calling thread's ordinary stores so far, and its
+// mbarrier initialisations (the CUDA programming guide's TMA example publishes them so). Another
+// thread's stores stay unseen until that thread fences, even if it stored before this fence: as
+// on the GPU, where a proxy fence orders the fencing thread's own accesses. Where the launch does
+// not track whose stores are whose (LaunchConfig::track_proxy_stores), the fence publishes
+// every store of the block so far: a coarser model than the GPU's.
 inline void fence_proxy_async() {
-    current_fiber();
+    Fiber& f = current_fiber();
+    Runtime* rt = runtime();
     Cta& c = current_cta();
-    memcpy(c.async_view.data(), c.dyn_smem, runtime()->dyn_bytes);
+    if (!c.tracking) {
+        memcpy(c.async_view.data(), c.dyn_smem, rt->dyn_bytes);
+        publish_mbarrier_inits(false);
+        return;
+    }
+    attribute_ordinary_stores(*rt, f);
+    publish_ordinary_stores(c, f.unfenced_chunks, f.index);
+    f.unfenced_chunks.clear();
+    publish_ordinary_stores(c, c.unfenced_before_tracking, kBeforeTracking);
+    c.unfenced_before_tracking.clear();
     publish_mbarrier_inits(false);
 }
 
@@ -1957,6 +2063,13 @@ struct LaunchConfig {
     // A bank conflict in an ldmatrix is an error (the kernels' swizzled layouts avoid them; the
     // unit tests' layouts need not).
     bool ldmatrix_conflict_free = false;
+    // Whose ordinary stores to shared memory are which, from each block's start
+    // (start_store_tracking), so that a fence.proxy.async publishes only its own thread's
+    // stores. It costs a comparison of the block's shared memory each time a thread stops
+    // (the Hopper kernels run about 4 times slower), so the drivers turn it on only where a
+    // test asks (tests/harness/driver.h, `track_proxy_stores`); off, a fence publishes the
+    // stores of every thread of its block so far.
+    bool track_proxy_stores = true;
 };
 
 inline uint64_t splitmix64(uint64_t& state) {
@@ -2153,6 +2266,8 @@ inline void run_grid(const char* name, const LaunchConfig& cfg, std::function<vo
                     c.block = uint3{bx + r, by, bz};
                     memset(c.dyn_smem, 0xFF, cfg.smem_bytes);
                     c.async_view.assign(c.dyn_smem, c.dyn_smem + cfg.smem_bytes);
+                    c.tracking = false;
+                    if (cfg.track_proxy_stores) start_store_tracking((int)r);
                     c.live = (int)threads;
                     c.at_barrier = 0;
                     c.barrier_file = nullptr;
@@ -2175,11 +2290,15 @@ inline void run_grid(const char* name, const LaunchConfig& cfg, std::function<vo
                 }
                 rt.mbarriers.clear();
                 rt.tma_in_flight.clear();
-                for (Fiber& f : rt.fibers) restart(f);
+                for (Fiber& f : rt.fibers) {
+                    f.unfenced_chunks.clear();
+                    restart(f);
+                }
                 for (;;) {
                     Fiber* next = next_runnable(rt);
                     if (next != nullptr) {
                         resume(rt, *next);
+                        attribute_ordinary_stores(rt, *next);
                         continue;
                     }
                     // TMA loads land only when no thread can run, the latest moment the

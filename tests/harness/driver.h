@@ -5,7 +5,9 @@
 // Usage: <driver> <request dir>...
 // Each request dir holds `request.txt`, one `key value...` per line:
 //   schedule <u64>                 the harness's schedule seed
-//   i64 <name> <value>             a test's departure from the plan (grid_x, grid_y: below)
+//   i64 <name> <value>             a test's departure from the plan (grid_x, grid_y: below), or
+//                                  track_proxy_stores 1: each thread's fence.proxy.async on its
+//                                  own (LaunchConfig::track_proxy_stores)
 //   mp <seed> <subsequence> <threshold> <row_offset> <col_offset> <n_global> <scale_bits>
 //      <device_seed>
 //                                  MaskParams; device_seed 1 passes (seed, subsequence) through a
@@ -210,6 +212,9 @@ inline fusedrop::host::LaunchConfig config(const Request& req, dim3 grid, unsign
     cfg.smem_bytes = smem;
     cfg.schedule_seed = req.schedule;
     cfg.ldmatrix_conflict_free = true;
+    // Each thread's fence.proxy.async checked on its own, where the test asks (several times
+    // slower: LaunchConfig::track_proxy_stores).
+    cfg.track_proxy_stores = req.i64_or("track_proxy_stores", 0) != 0;
     return cfg;
 }
 

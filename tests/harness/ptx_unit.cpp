@@ -14,6 +14,7 @@
 //                          warpgroup_missing_warp, tma_misaligned_swizzle, wgmma_base_offset,
 //                          tma_store_not_waited, tma_store_source_overwritten,
 //                          tma_store_unfenced_source, tma_load_over_unfenced_store,
+//                          tma_store_fenced_by_issuer_only, wgmma_operand_fenced_by_one_thread,
 //                          tma_barrier_init_unpublished, tma_load_destination_written,
 //                          cluster_unmapped_address,
 //                          cluster_exited_block, cluster_arrival_cta_wait,
@@ -1583,6 +1584,24 @@ __global__ void wgmma_unfenced_operand_kernel(float* out) {
     out[threadIdx.x] = d[0];
 }
 
+// Every thread writes its part of the operands, but only thread 0 fences: a proxy fence orders
+// the fencing thread's own stores, so the other threads' may still be unseen by the wgmma.
+__global__ void wgmma_operand_fenced_by_one_thread_kernel(float* out) {
+    FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
+    unsigned char* s = align_1024(raw);
+    for (int i = threadIdx.x; i < 4096; i += blockDim.x) s[i] = 0;
+    if (threadIdx.x == 0) fence_proxy_async_shared();
+    __syncthreads();
+    float d[4];
+    fence_registers(d);
+    wgmma_fence();
+    wgmma_zeros(d, s, false);
+    wgmma_commit_group();
+    wgmma_wait_group<0>();
+    fence_registers(d);
+    out[threadIdx.x] = d[0];
+}
+
 // The accumulators a wait retired are used by the thread's next operation without a
 // fence_registers between: nvcc may move their reads above the wait.
 __global__ void wgmma_accumulators_unfenced_after_wait_kernel(float* out) {
@@ -1717,6 +1736,21 @@ __global__ void tma_store_unfenced_source_kernel(const __grid_constant__ CUtenso
         memset(stage, 1, 1024);
         fence_proxy_async_shared();
         stage[300] = 2;
+        tma_store_2d(&map, stage, 0, 0);
+        tma_store_commit();
+        tma_store_wait_read<0>();
+    }
+}
+
+// Every thread writes its part of the source; the threads do not fence, and the issuing thread
+// fences after the barrier, which orders only its own stores before the TMA unit's read.
+__global__ void tma_store_fenced_by_issuer_only_kernel(const __grid_constant__ CUtensorMap map) {
+    FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
+    unsigned char* stage = align_1024(raw);
+    for (int i = threadIdx.x; i < 1024; i += blockDim.x) stage[i] = 1;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        fence_proxy_async_shared();
         tma_store_2d(&map, stage, 0, 0);
         tma_store_commit();
         tma_store_wait_read<0>();
@@ -1888,6 +1922,9 @@ int main(int argc, char** argv) {
         fusedrop::host::launch(what.c_str(), wgmma_no_fence_after_wait_kernel, warpgroup, fsink);
     else if (what == "wgmma_unfenced_operand")
         fusedrop::host::launch(what.c_str(), wgmma_unfenced_operand_kernel, warpgroup, fsink);
+    else if (what == "wgmma_operand_fenced_by_one_thread")
+        fusedrop::host::launch(what.c_str(), wgmma_operand_fenced_by_one_thread_kernel, warpgroup,
+                               fsink);
     else if (what == "wgmma_accumulators_unfenced_after_wait")
         fusedrop::host::launch(what.c_str(), wgmma_accumulators_unfenced_after_wait_kernel,
                                warpgroup, fsink);
@@ -1917,7 +1954,8 @@ int main(int argc, char** argv) {
     else if (what == "tma_misaligned_swizzle" || what == "tma_store_not_waited" ||
              what == "tma_store_source_overwritten" || what == "tma_store_unfenced_source" ||
              what == "tma_load_over_unfenced_store" || what == "tma_barrier_init_unpublished" ||
-             what == "tma_load_destination_written") {
+             what == "tma_load_destination_written" ||
+             what == "tma_store_fenced_by_issuer_only") {
         alignas(16) static unsigned char tensor[64 * 16 * 2];
         CUtensorMap map;
         if (fusedrop::host::encode_tensor_map_2d(&map, 2, tensor, 64, 16, 128, 64, 8, 128) !=
@@ -1939,6 +1977,9 @@ int main(int argc, char** argv) {
         else if (what == "tma_store_source_overwritten")
             fusedrop::host::launch(what.c_str(), tma_store_source_overwritten_kernel, warpgroup,
                                    map);
+        else if (what == "tma_store_fenced_by_issuer_only")
+            fusedrop::host::launch(what.c_str(), tma_store_fenced_by_issuer_only_kernel,
+                                   warpgroup, map);
         else
             fusedrop::host::launch(what.c_str(), tma_store_unfenced_source_kernel, warpgroup,
                                    map);

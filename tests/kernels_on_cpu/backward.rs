@@ -24,6 +24,10 @@ pub(crate) struct BackwardCase {
     /// Blocks per output tile of the classic kernels' split-K (1: no split), each writing its
     /// share to a poisoned f32 workspace that the split sum then adds.
     pub(crate) splits: u32,
+    /// Whether the harness checks each thread's fence.proxy.async on its own (the Hopper
+    /// kernels' shared-memory stores credited to the thread that made them; several times
+    /// slower, so for a few cases: docs/HARNESS.md, "The async proxy").
+    pub(crate) track_proxy_stores: bool,
 }
 
 fn backward_cases() -> Vec<BackwardCase> {
@@ -57,6 +61,7 @@ fn backward_cases() -> Vec<BackwardCase> {
                 seed_subsequence: None,
                 device_seed: false,
                 splits: 1,
+                track_proxy_stores: false,
             });
         }
     }
@@ -76,6 +81,7 @@ fn backward_cases() -> Vec<BackwardCase> {
         seed_subsequence: None,
         device_seed: false,
         splits: 1,
+        track_proxy_stores: false,
     };
     cases.push(base);
     cases.push(BackwardCase {
@@ -194,6 +200,9 @@ pub(crate) fn backward_product_launch<T: Raw>(
     }
     if let (false, Some(g)) = (hopper, case.grid_x) {
         launch.int("grid_x", g);
+    }
+    if case.track_proxy_stores {
+        launch.int("track_proxy_stores", 1);
     }
     if splits > 1 {
         let LinearShape { m, n, k } = spec.shape;

@@ -631,6 +631,13 @@ fn harness_rejects_misuse_the_gpu_would_not_forgive() {
             &["wgmma: element", "after the last fence.proxy.async"],
         ),
         (
+            "wgmma_operand_fenced_by_one_thread",
+            &[
+                "wgmma: element",
+                "after the last fence.proxy.async of the thread that stored it",
+            ],
+        ),
+        (
             "wgmma_accumulators_unfenced_after_wait",
             &[
                 "that wgmma_wait_group retired into this thread's registers were not fenced \
@@ -689,6 +696,13 @@ fn harness_rejects_misuse_the_gpu_would_not_forgive() {
             &[
                 "tma_store_2d of the box at (0, 0): its source",
                 "after the last fence.proxy.async",
+            ],
+        ),
+        (
+            "tma_store_fenced_by_issuer_only",
+            &[
+                "tma_store_2d of the box at (0, 0): its source",
+                "after the last fence.proxy.async of the thread that stored it",
             ],
         ),
         (

@@ -105,6 +105,7 @@ fn forward_records_the_seed_it_used_for_the_backward() {
                 seed_subsequence: None,
                 device_seed: true,
                 splits: 1,
+                track_proxy_stores: false,
             };
             let mut dx = backward_product_launch::<f32>(
                 "simt64x64",

@@ -190,3 +190,42 @@ fn forward_sm90_sweep_f16_matches_reference_and_production() {
 fn forward_sm90_sweep_bf16_matches_reference_and_production() {
     check_forward_sm90_sweep::<bf16>(0x5EE9_90BF);
 }
+
+/// The TMA-store variants with each thread's fence.proxy.async checked on its own
+/// (`track_proxy_stores`): each consumer warpgroup stages its tile of Y with ordinary stores, and
+/// every thread must fence its own before the warpgroup's first thread issues the TMA stores.
+/// One case, 300 x 520 x 200 on 2 persistent blocks or clusters (several tiles each, so a
+/// staging area is written again after its stores read it), in f16, against the reference:
+/// the tracking is slow, and the fences do not depend on the type.
+#[test]
+fn forward_sm90_tma_store_fences_are_checked_per_thread() {
+    let Some(exe) = driver("forward_sm90_sweep") else {
+        return;
+    };
+    let mut rng = StdRng::seed_from_u64(0xFE9F);
+    let case = ForwardCase::relu(LinearShape::new(300, 520, 200));
+    let mut launches = Vec::new();
+    let mut expected = Vec::new();
+    for (variant, _) in FORWARD_SM90_SWEEP_VARIANTS
+        .iter()
+        .filter(|(variant, _)| variant.contains("tmastore"))
+    {
+        let (mut launch, want, spec) =
+            forward_launch::<f16>(Planned::Sweep(variant), &case, Some(2), &mut rng);
+        launch.int("track_proxy_stores", 1);
+        launches.push(launch);
+        expected.push((want, spec));
+    }
+    assert_eq!(launches.len(), 4, "the four TMA-store variants");
+    run(&exe, &launches);
+    for (launch, (want, spec)) in launches.iter().zip(&expected) {
+        check_layer_output(
+            &launch.what,
+            &launch.output::<f16>("y"),
+            want,
+            &spec.dropout,
+            &spec.geometry,
+            spec.shape.n,
+        );
+    }
+}
