@@ -1570,36 +1570,30 @@ __global__ void wgmma_no_fence_after_wait_kernel(float* out) {
     out[threadIdx.x] = d[0];
 }
 
-// The operands are written by ordinary stores and ordered by the barrier alone: the wgmma (async
-// proxy) may read the old bytes.
-__global__ void wgmma_unfenced_operand_kernel(float* out) {
-    FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
-    const unsigned char* s = zero_wgmma_operands(raw, false);
+// One correctly fenced wgmma of the zero operands at `s`, its result to out[threadIdx.x].
+__device__ void wgmma_zeros_to(float* out, const unsigned char* s) {
     float d[4];
     fence_registers(d);
     wgmma_fence();
     wgmma_zeros(d, s, false);
     wgmma_commit_group();
     wgmma_wait_group<0>();
+    fence_registers(d);
     out[threadIdx.x] = d[0];
+}
+
+// The operands are written by ordinary stores and ordered by the barrier alone: the wgmma (async
+// proxy) may read the old bytes.
+__global__ void wgmma_unfenced_operand_kernel(float* out) {
+    FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
+    wgmma_zeros_to(out, zero_wgmma_operands(raw, false));
 }
 
 // Every thread writes its part of the operands, but only thread 0 fences: a proxy fence orders
 // the fencing thread's own stores, so the other threads' may still be unseen by the wgmma.
 __global__ void wgmma_operand_fenced_by_one_thread_kernel(float* out) {
     FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
-    unsigned char* s = align_1024(raw);
-    for (int i = threadIdx.x; i < 4096; i += blockDim.x) s[i] = 0;
-    if (threadIdx.x == 0) fence_proxy_async_shared();
-    __syncthreads();
-    float d[4];
-    fence_registers(d);
-    wgmma_fence();
-    wgmma_zeros(d, s, false);
-    wgmma_commit_group();
-    wgmma_wait_group<0>();
-    fence_registers(d);
-    out[threadIdx.x] = d[0];
+    wgmma_zeros_to(out, zero_wgmma_operands(raw, threadIdx.x == 0));
 }
 
 // The accumulators a wait retired are used by the thread's next operation without a

@@ -994,18 +994,19 @@ mod tests {
         all
     }
 
-    #[test]
-    fn the_sanitize_shapes_reach_every_forward_kernel() {
-        for (gpu, facts) in [
-            ("an H100 SXM or H200", facts(132, (9, 0))),
-            ("an A100", facts(108, (8, 0))),
-        ] {
-            for (dtype, reached) in [
-                ("f32", sanitize_forward_entry_points::<f32>(&facts)),
-                ("f16", sanitize_forward_entry_points::<f16>(&facts)),
-                ("bf16", sanitize_forward_entry_points::<bf16>(&facts)),
-            ] {
-                let every = forward_entry_points(dtype, &facts);
+    /// The entry points per dtype: those a sanitizer run launches, or those the build has.
+    type EntryPoints = fn(&str, &GpuFacts) -> BTreeSet<String>;
+
+    /// Fails, naming them, on the entry points of `every` that `reached` misses, per dtype, on
+    /// each of `gpus`.
+    fn assert_every_entry_point_reached(
+        gpus: &[(&str, GpuFacts)],
+        reached: EntryPoints,
+        every: EntryPoints,
+    ) {
+        for (gpu, facts) in gpus {
+            for dtype in ["f32", "f16", "bf16"] {
+                let (every, reached) = (every(dtype, facts), reached(dtype, facts));
                 let missed: Vec<_> = every.difference(&reached).collect();
                 assert!(
                     missed.is_empty(),
@@ -1013,35 +1014,68 @@ mod tests {
                 );
                 assert!(
                     every.len() > 2,
-                    "{dtype}: the launch table lists no forward configs"
+                    "{dtype}: the launch table lists no configs"
                 );
             }
         }
     }
 
+    /// `reach::<T>` for the dtype named `dtype`.
+    fn by_dtype(
+        dtype: &str,
+        gpu: &GpuFacts,
+        reach: [fn(&GpuFacts) -> BTreeSet<String>; 3],
+    ) -> BTreeSet<String> {
+        let [f32s, f16s, bf16s] = reach;
+        match dtype {
+            "f32" => f32s(gpu),
+            "f16" => f16s(gpu),
+            _ => bf16s(gpu),
+        }
+    }
+
+    #[test]
+    fn the_sanitize_shapes_reach_every_forward_kernel() {
+        assert_every_entry_point_reached(
+            &[
+                ("an H100 SXM or H200", facts(132, (9, 0))),
+                ("an A100", facts(108, (8, 0))),
+            ],
+            |dtype, gpu| {
+                by_dtype(
+                    dtype,
+                    gpu,
+                    [
+                        sanitize_forward_entry_points::<f32>,
+                        sanitize_forward_entry_points::<f16>,
+                        sanitize_forward_entry_points::<bf16>,
+                    ],
+                )
+            },
+            forward_entry_points,
+        );
+    }
+
     #[test]
     fn the_sanitize_shapes_reach_every_backward_kernel() {
-        for (gpu, facts) in [
-            ("an H100 SXM or H200", facts(132, (9, 0))),
-            ("an A100", facts(108, (8, 0))),
-            ("an H100 PCIe", facts(114, (9, 0))),
-        ] {
-            for (dtype, reached) in [
-                ("f32", sanitize_backward_entry_points::<f32>(&facts)),
-                ("f16", sanitize_backward_entry_points::<f16>(&facts)),
-                ("bf16", sanitize_backward_entry_points::<bf16>(&facts)),
-            ] {
-                let every = backward_entry_points(dtype, &facts);
-                let missed: Vec<_> = every.difference(&reached).collect();
-                assert!(
-                    missed.is_empty(),
-                    "on {gpu}, selftest --sanitize never launches {missed:?}"
-                );
-                assert!(
-                    every.len() > 3,
-                    "{dtype}: the launch table lists no backward configs"
-                );
-            }
-        }
+        assert_every_entry_point_reached(
+            &[
+                ("an H100 SXM or H200", facts(132, (9, 0))),
+                ("an A100", facts(108, (8, 0))),
+                ("an H100 PCIe", facts(114, (9, 0))),
+            ],
+            |dtype, gpu| {
+                by_dtype(
+                    dtype,
+                    gpu,
+                    [
+                        sanitize_backward_entry_points::<f32>,
+                        sanitize_backward_entry_points::<f16>,
+                        sanitize_backward_entry_points::<bf16>,
+                    ],
+                )
+            },
+            backward_entry_points,
+        );
     }
 }
