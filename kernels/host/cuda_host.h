@@ -442,16 +442,13 @@ struct Cta {
     // dyn_smem only, a thread's fence.proxy.async copies its own stores here, TMA loads write
     // both.
     std::vector<unsigned char> async_view;
-    // Whose ordinary stores those are, from the block's first use of the async proxy on
-    // (`tracking`; start_store_tracking): generic_seen is dyn_smem as it was when a thread of the
+    // Whose ordinary stores those are, where the launch tracks it (`tracking`, from the block's
+    // start: start_store_tracking): generic_seen is dyn_smem as it was when a thread of the
     // block last stopped running, and writer[i] the Fiber::index of the thread whose ordinary
-    // store last changed byte i since the async proxy last saw it (kNoWriter: none;
-    // kBeforeTracking: a store from before tracking began, which any thread's fence publishes,
-    // as listed in unfenced_before_tracking).
+    // store last changed byte i since the async proxy last saw it (kNoWriter: none).
     bool tracking = false;
     std::vector<unsigned char> generic_seen;
     std::vector<int> writer;
-    std::vector<uint32_t> unfenced_before_tracking;
 };
 
 struct Runtime {
@@ -974,31 +971,19 @@ inline bool async_proxy_sees(const void* p, size_t bytes) {
 }
 
 // Per-thread fence.proxy.async (Cta::writer): bytes per chunk of the bookkeeping, and the
-// writers that are no thread.
+// writer that is no thread.
 constexpr size_t kWriterChunk = 64;
 constexpr int kNoWriter = -1;
-constexpr int kBeforeTracking = -2;
 
 // Starts tracking whose ordinary stores block `rank`'s dynamic shared memory holds, at the
-// block's start, where the launch asks for it (LaunchConfig::track_proxy_stores). What differs
-// from the async proxy's view already (nothing, at a block's start) is published by the next
-// fence of any thread of the block.
+// block's start (where the async proxy's view equals the memory: nobody's stores to publish),
+// where the launch asks for it (LaunchConfig::track_proxy_stores).
 inline void start_store_tracking(int rank) {
     Runtime* rt = runtime();
     Cta& c = rt->ctas[rank];
-    if (c.tracking) return;
     c.tracking = true;
-    const size_t n = rt->dyn_bytes;
-    c.generic_seen.assign(c.dyn_smem, c.dyn_smem + n);
-    c.writer.assign(n, kNoWriter);
-    c.unfenced_before_tracking.clear();
-    for (size_t b = 0; b < n; b += kWriterChunk) {
-        const size_t e = std::min(n, b + kWriterChunk);
-        if (memcmp(c.dyn_smem + b, c.async_view.data() + b, e - b) == 0) continue;
-        for (size_t i = b; i < e; ++i)
-            if (c.dyn_smem[i] != c.async_view[i]) c.writer[i] = kBeforeTracking;
-        c.unfenced_before_tracking.push_back((uint32_t)(b / kWriterChunk));
-    }
+    c.generic_seen.assign(c.dyn_smem, c.dyn_smem + rt->dyn_bytes);
+    c.writer.assign(rt->dyn_bytes, kNoWriter);
 }
 
 // Credits thread `f` with the ordinary stores to its block's dynamic shared memory since a
@@ -1630,8 +1615,6 @@ inline void fence_proxy_async() {
     attribute_ordinary_stores(*rt, f);
     publish_ordinary_stores(c, f.unfenced_chunks, f.index);
     f.unfenced_chunks.clear();
-    publish_ordinary_stores(c, c.unfenced_before_tracking, kBeforeTracking);
-    c.unfenced_before_tracking.clear();
     publish_mbarrier_inits(false);
 }
 

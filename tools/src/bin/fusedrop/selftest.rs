@@ -197,9 +197,8 @@ const SANITIZE_SHAPES: [Shape; 7] = [
 ///   over 2048 in clusters of 8: (64, 512, 136), (64, 2048, 136); dW likewise (512, 64, 136),
 ///   (2048, 64, 136) (clusters of 4: (1536, 8, 2816)'s dW, (64, 1000, 136)'s dX).
 ///
-/// `tests::the_sanitize_shapes_reach_every_backward_kernel` checks that together with the
-/// shapes above they launch every backward entry point, as the library plans them
-/// (`..._every_forward_kernel` the same of the forward's).
+/// `tests::the_sanitize_shapes_reach_every_kernel` checks that together with the shapes above
+/// they launch every forward and backward entry point, as the library plans them.
 const SANITIZE_TILE_SHAPES: [Shape; 12] = [
     (1536, 8, 2816),
     (8, 1536, 2816),
@@ -935,58 +934,43 @@ mod tests {
         reached
     }
 
-    /// Every forward entry point the build has for `dtype` on a GPU that `gpu` describes: each
-    /// forward config of the launch table but the sweep's (SIMT for f32; mma.sync and its
-    /// aligned-operand kernels for f16 and bf16, Hopper's where its modules are loaded).
-    fn forward_entry_points(dtype: &str, gpu: &GpuFacts) -> BTreeSet<String> {
-        let halves = dtype != "f32";
-        let mut all = BTreeSet::new();
-        for numbers in launch_table::ALL {
-            let Some(config) = numbers.name.strip_prefix("forward_") else {
-                continue;
-            };
-            let variants: &[&str] = if config.starts_with("sweep_") {
-                &[]
-            } else if config.starts_with("simt") && !halves {
-                &[""]
-            } else if config.starts_with("tc") && halves {
-                &["", "_aligned"]
-            } else if config.starts_with("wg") && halves && gpu.forward_sm90_loaded {
-                &[""]
-            } else {
-                &[]
-            };
-            for variant in variants {
-                all.insert(format!("fusedrop_forward_{config}{variant}_{dtype}"));
-            }
-        }
-        all
-    }
-
-    /// Every backward entry point the build has for `dtype` on a GPU that `gpu` describes: each
-    /// backward config of the launch table (SIMT only for f32; mma.sync and its aligned-operand
-    /// kernels for f16 and bf16, Hopper's where its modules are loaded), for dX and for dW, and
-    /// the split-K sums.
-    fn backward_entry_points(dtype: &str, gpu: &GpuFacts) -> BTreeSet<String> {
+    /// Every forward and backward entry point the build has for `dtype` on a GPU that `gpu`
+    /// describes: each config of the launch table but the sweep's (SIMT for the forward only in
+    /// f32, for the backward in every dtype; mma.sync and its aligned-operand kernels for f16
+    /// and bf16; Hopper's where its modules are loaded), the backward's for dX and for dW, and
+    /// the backward's split-K sums.
+    fn entry_points(dtype: &str, gpu: &GpuFacts) -> BTreeSet<String> {
         let halves = dtype != "f32";
         let mut all = BTreeSet::from([format!("fusedrop_backward_split_sum_{dtype}")]);
         for numbers in launch_table::ALL {
-            let Some(config) = numbers.name.strip_prefix("backward_") else {
-                continue;
-            };
-            let variants: &[&str] = if config.starts_with("simt") {
+            let (pass, config, products, hopper_loaded): (_, _, &[&str], _) =
+                if let Some(config) = numbers.name.strip_prefix("forward_") {
+                    ("forward", config, &[""], gpu.forward_sm90_loaded)
+                } else if let Some(config) = numbers.name.strip_prefix("backward_") {
+                    (
+                        "backward",
+                        config,
+                        &["dx_", "dw_"],
+                        gpu.backward_sm90_loaded,
+                    )
+                } else {
+                    continue;
+                };
+            let variants: &[&str] = if config.starts_with("sweep_") {
+                &[]
+            } else if config.starts_with("simt") && (pass == "backward" || !halves) {
                 &[""]
             } else if config.starts_with("tc") && halves {
                 &["", "_aligned"]
-            } else if config.starts_with("wg") && halves && gpu.backward_sm90_loaded {
+            } else if config.starts_with("wg") && halves && hopper_loaded {
                 &[""]
             } else {
                 &[]
             };
-            for product in ["dx", "dw"] {
+            for product in products {
                 for variant in variants {
                     all.insert(format!(
-                        "fusedrop_backward_{product}_{config}{variant}_{dtype}"
+                        "fusedrop_{pass}_{product}{config}{variant}_{dtype}"
                     ));
                 }
             }
@@ -994,19 +978,26 @@ mod tests {
         all
     }
 
-    /// The entry points per dtype: those a sanitizer run launches, or those the build has.
-    type EntryPoints = fn(&str, &GpuFacts) -> BTreeSet<String>;
+    /// The forward and backward entry points that `selftest --sanitize` launches in `T`.
+    fn sanitize_entry_points<T: Element>(gpu: &GpuFacts) -> BTreeSet<String> {
+        let mut reached = sanitize_forward_entry_points::<T>(gpu);
+        reached.extend(sanitize_backward_entry_points::<T>(gpu));
+        reached
+    }
 
-    /// Fails, naming them, on the entry points of `every` that `reached` misses, per dtype, on
-    /// each of `gpus`.
-    fn assert_every_entry_point_reached(
-        gpus: &[(&str, GpuFacts)],
-        reached: EntryPoints,
-        every: EntryPoints,
-    ) {
-        for (gpu, facts) in gpus {
-            for dtype in ["f32", "f16", "bf16"] {
-                let (every, reached) = (every(dtype, facts), reached(dtype, facts));
+    #[test]
+    fn the_sanitize_shapes_reach_every_kernel() {
+        for (gpu, facts) in [
+            ("an H100 SXM or H200", facts(132, (9, 0))),
+            ("an H100 PCIe", facts(114, (9, 0))),
+            ("an A100", facts(108, (8, 0))),
+        ] {
+            for (dtype, reached) in [
+                ("f32", sanitize_entry_points::<f32>(&facts)),
+                ("f16", sanitize_entry_points::<f16>(&facts)),
+                ("bf16", sanitize_entry_points::<bf16>(&facts)),
+            ] {
+                let every = entry_points(dtype, &facts);
                 let missed: Vec<_> = every.difference(&reached).collect();
                 assert!(
                     missed.is_empty(),
@@ -1018,64 +1009,5 @@ mod tests {
                 );
             }
         }
-    }
-
-    /// `reach::<T>` for the dtype named `dtype`.
-    fn by_dtype(
-        dtype: &str,
-        gpu: &GpuFacts,
-        reach: [fn(&GpuFacts) -> BTreeSet<String>; 3],
-    ) -> BTreeSet<String> {
-        let [f32s, f16s, bf16s] = reach;
-        match dtype {
-            "f32" => f32s(gpu),
-            "f16" => f16s(gpu),
-            _ => bf16s(gpu),
-        }
-    }
-
-    #[test]
-    fn the_sanitize_shapes_reach_every_forward_kernel() {
-        assert_every_entry_point_reached(
-            &[
-                ("an H100 SXM or H200", facts(132, (9, 0))),
-                ("an A100", facts(108, (8, 0))),
-            ],
-            |dtype, gpu| {
-                by_dtype(
-                    dtype,
-                    gpu,
-                    [
-                        sanitize_forward_entry_points::<f32>,
-                        sanitize_forward_entry_points::<f16>,
-                        sanitize_forward_entry_points::<bf16>,
-                    ],
-                )
-            },
-            forward_entry_points,
-        );
-    }
-
-    #[test]
-    fn the_sanitize_shapes_reach_every_backward_kernel() {
-        assert_every_entry_point_reached(
-            &[
-                ("an H100 SXM or H200", facts(132, (9, 0))),
-                ("an A100", facts(108, (8, 0))),
-                ("an H100 PCIe", facts(114, (9, 0))),
-            ],
-            |dtype, gpu| {
-                by_dtype(
-                    dtype,
-                    gpu,
-                    [
-                        sanitize_backward_entry_points::<f32>,
-                        sanitize_backward_entry_points::<f16>,
-                        sanitize_backward_entry_points::<bf16>,
-                    ],
-                )
-            },
-            backward_entry_points,
-        );
     }
 }
