@@ -14,6 +14,8 @@
 //!   script writes them to `$OUT_DIR/include/fusedrop_launch_table.h` (always, with or without
 //!   nvcc), which the kernels `static_assert` their config structs against, and exports the
 //!   directory as `FUSEDROP_GENERATED_INCLUDE` for the CPU harness.
+//! - `FUSEDROP_MBARRIER_WAIT_LIMIT_NS` overrides how long a Hopper kernel's mbarrier wait lasts
+//!   before it traps (default 20 s; `0` for no limit, as under a debugger): build/options.rs.
 //! - Without nvcc the crate still builds (with a warning) and every GPU entry point returns
 //!   `Error::KernelsNotBuilt`, unless `FUSEDROP_REQUIRE_NVCC=1` makes that a build error.
 //! - Dependent crates' build scripts read `DEP_FUSEDROP_DYNAMIC_LINKING` (`1` with the
@@ -30,6 +32,9 @@ const DEFAULT_ARCHS: &str = "80,86,89,90";
 #[path = "src/cuda/launch_table.rs"]
 mod launch_table;
 
+#[path = "build/options.rs"]
+mod options;
+
 fn main() {
     for var in [
         "NVCC",
@@ -38,11 +43,13 @@ fn main() {
         "PATH",
         "FUSEDROP_CUDA_ARCHS",
         "FUSEDROP_REQUIRE_NVCC",
+        options::MBARRIER_WAIT_LIMIT_VAR,
     ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     println!("cargo:rerun-if-changed=kernels");
     println!("cargo:rerun-if-changed=src/cuda/launch_table.rs");
+    println!("cargo:rerun-if-changed=build/options.rs");
     println!("cargo:rustc-check-cfg=cfg(fusedrop_kernels)");
     // Metadata for the build scripts of crates that depend on fusedrop (`links` in Cargo.toml
     // makes it `DEP_FUSEDROP_DYNAMIC_LINKING`): cudarc's run-time loading API (`is_culib_present`,
@@ -73,6 +80,13 @@ fn main() {
         .filter(|p| p.extension().is_some_and(|e| e == "cu"))
         .collect();
 
+    // Read with or without nvcc, so that a malformed value fails every build alike.
+    let wait_limit = env::var_os(options::MBARRIER_WAIT_LIMIT_VAR)
+        .map(|value| value.to_string_lossy().into_owned());
+    let defines: Vec<String> = options::mbarrier_wait_limit_flag(wait_limit.as_deref())
+        .unwrap_or_else(|message| panic!("{message}"))
+        .into_iter()
+        .collect();
     let images = match find_nvcc() {
         Some(nvcc) => {
             let include = nvcc
@@ -91,6 +105,7 @@ fn main() {
                 &nvcc,
                 include.as_deref(),
                 &generated,
+                &defines,
                 &units,
                 &out_dir,
             ))
@@ -269,6 +284,7 @@ fn compile_all(
     nvcc: &Path,
     include: Option<&Path>,
     generated: &Path,
+    defines: &[String],
     units: &[&PathBuf],
     out_dir: &Path,
 ) -> Vec<Image> {
@@ -298,7 +314,8 @@ fn compile_all(
                 .args(["-Xfatbin", "-compress-all"])
                 .args(arch_flags(&name, &archs))
                 .arg("-Ikernels")
-                .arg(format!("-I{}", generated.display()));
+                .arg(format!("-I{}", generated.display()))
+                .args(defines);
             if let Some(cccl) = &cccl {
                 cmd.arg(format!("-I{}", cccl.display()));
             }

@@ -375,9 +375,13 @@ FUSEDROP_PTX_DEVICE void mbarrier_arrive_expect_tx(uint64_t* bar, uint32_t bytes
 // will never complete (a wrong parity, a lost arrival, an expect_tx the TMA never fills): the
 // waiting thread then traps, which ends the launch with an error (the driver reports an
 // illegal instruction) instead of hanging the GPU, and everyone who synchronises with it,
-// forever. Only a debugger that holds a kernel longer than that would see it otherwise. Not yet
-// run on a GPU.
+// forever. A debugger that holds some warps at a breakpoint longer than that would make the
+// others trap: build with FUSEDROP_MBARRIER_WAIT_LIMIT_NS=0 in the environment (no limit) or
+// another number of nanoseconds, which build.rs passes here (build/options.rs). Not yet run on
+// a GPU.
+#ifndef FUSEDROP_MBARRIER_WAIT_LIMIT_NS
 #define FUSEDROP_MBARRIER_WAIT_LIMIT_NS 20000000000ull
+#endif
 
 #if defined(FUSEDROP_PTX_SM90)
 // The end of a wait that timed out. A function of its own, called rather than inlined: a trap
