@@ -4,7 +4,7 @@
 # it installs a pinned CUDA 13.0 nvcc from PyPI into .cache/ (about 100 MB, once).
 #
 #   scripts/test.sh            # everything
-#   FUSEDROP_SKIP_SANITIZER=1 scripts/test.sh   # skip the AddressSanitizer pass (faster)
+#   FUSEDROP_SKIP_SANITIZER=1 scripts/test.sh   # skip the ASan + UBSan pass (faster)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,7 +36,7 @@ echo "== cargo test --release --workspace (with candle)"
 cargo test --release --workspace "${with_candle[@]}"
 
 if [[ "${FUSEDROP_SKIP_SANITIZER:-0}" != "1" ]]; then
-  echo "== kernels on the CPU under AddressSanitizer"
+  echo "== kernels on the CPU under AddressSanitizer and UndefinedBehaviorSanitizer"
   FUSEDROP_HARNESS_SANITIZE=address cargo test --release --workspace "${with_candle[@]}" --test kernels_on_cpu
 fi
 

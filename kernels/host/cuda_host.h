@@ -994,7 +994,8 @@ inline void attribute_ordinary_stores(Runtime& rt, Fiber& f) {
     Cta& c = rt.ctas[f.cta];
     if (!c.tracking) return;
     const size_t n = rt.dyn_bytes;
-    if (memcmp(c.dyn_smem, c.generic_seen.data(), n) == 0) return;
+    // n == 0: generic_seen.data() may be null, which memcmp must not be given.
+    if (n == 0 || memcmp(c.dyn_smem, c.generic_seen.data(), n) == 0) return;
     for (size_t b = 0; b < n; b += kWriterChunk) {
         const size_t e = std::min(n, b + kWriterChunk);
         if (memcmp(c.dyn_smem + b, c.generic_seen.data() + b, e - b) == 0) continue;

@@ -7,8 +7,10 @@
 //! by relative L2 error within `T::REL_L2_TOLERANCE`.
 //!
 //! Environment:
-//! - `FUSEDROP_HARNESS_SANITIZE=address` builds the drivers with AddressSanitizer (scripts/test.sh
-//!   runs this target once that way), so an out-of-bounds access in a kernel fails the test;
+//! - `FUSEDROP_HARNESS_SANITIZE=address` builds the drivers with AddressSanitizer and
+//!   UndefinedBehaviorSanitizer (scripts/test.sh runs this target once that way), so an
+//!   out-of-bounds access in a kernel, or undefined behaviour (a shift by the type's width or more,
+//!   a signed overflow), fails the test;
 //! - `FUSEDROP_HARNESS_KERNELS=<dir>` takes the kernel sources from `<dir>` instead of kernels/
 //!   (to run a patched copy, e.g. with a planted bug; scripts/plant-faults.sh does this), and
 //!   `FUSEDROP_HARNESS_DRIVERS=<dir>` the drivers from `<dir>` instead of tests/harness/;
@@ -103,9 +105,15 @@ fn compiler_flags() -> Vec<String> {
     .collect();
     if sanitize() {
         flags.extend(
-            ["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer"]
-                .iter()
-                .map(|s| s.to_string()),
+            [
+                "-O1",
+                "-g",
+                "-fsanitize=address,undefined",
+                "-fno-sanitize-recover=undefined",
+                "-fno-omit-frame-pointer",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
         );
     } else {
         flags.push("-O2".to_string());
