@@ -1608,14 +1608,13 @@ inline void fence_proxy_async() {
     Fiber& f = current_fiber();
     Runtime* rt = runtime();
     Cta& c = current_cta();
-    if (!c.tracking) {
+    if (c.tracking) {
+        attribute_ordinary_stores(*rt, f);
+        publish_ordinary_stores(c, f.unfenced_chunks, f.index);
+        f.unfenced_chunks.clear();
+    } else {
         memcpy(c.async_view.data(), c.dyn_smem, rt->dyn_bytes);
-        publish_mbarrier_inits(false);
-        return;
     }
-    attribute_ordinary_stores(*rt, f);
-    publish_ordinary_stores(c, f.unfenced_chunks, f.index);
-    f.unfenced_chunks.clear();
     publish_mbarrier_inits(false);
 }
 
