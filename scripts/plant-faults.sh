@@ -10,14 +10,32 @@
 #
 #   scripts/plant-faults.sh                # every fault
 #   scripts/plant-faults.sh 'keep iff'     # only faults whose name contains the text
+#   FAULTS_FROM=101 FAULTS_TO=150 scripts/plant-faults.sh
+#                                          # the 101st to the 150th of them (counted from 1 in
+#                                          # the order of the list; each header shows the number)
 #
-# Slow (every fault rebuilds the harness drivers it needs): not part of scripts/test.sh.
+# Slow (every fault rebuilds the harness drivers it needs, about a minute each on 2 cores): not
+# part of scripts/test.sh. FAULTS_FROM and FAULTS_TO split the list over several runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 source scripts/nvcc-env.sh
 export FUSEDROP_REQUIRE_NVCC=1
 only="${1:-}"
+from="${FAULTS_FROM:-1}"
+to="${FAULTS_TO:-}"
+for bound in "$from" "$to"; do
+  [[ -z "$bound" || "$bound" =~ ^[1-9][0-9]*$ ]] ||
+    { echo "FAULTS_FROM and FAULTS_TO must be positive integers, not '$bound'" >&2; exit 2; }
+done
+# How many faults the name filter selects, for the headers' "[i/total]".
+total=0
+while IFS=$'\t' read -r name _; do
+  [[ -z "$name" || "$name" == \#* ]] && continue
+  [[ -n "$only" && "$name" != *"$only"* ]] && continue
+  total=$((total + 1))
+done < scripts/faults.tsv
+to="${to:-$total}"
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -38,12 +56,15 @@ rust_exe() {
     --no-run --message-format=json 2>/dev/null) |
     sed -n 's/.*"executable":"\([^"]*kernels_on_cpu[^"]*\)".*/\1/p' | tail -n 1
 }
+index=0
 survived=0
 broken=0
 rows=()
 while IFS=$'\t' read -r name file script tests build; do
   [[ -z "$name" || "$name" == \#* ]] && continue
   [[ -n "$only" && "$name" != *"$only"* ]] && continue
+  index=$((index + 1))
+  ((index < from || index > to)) && continue
   rm -rf "$work/kernels" "$work/harness"
   cp -r "$work/base/kernels" "$work/kernels"
   cp -r "$work/base/harness" "$work/harness"
@@ -70,6 +91,7 @@ while IFS=$'\t' read -r name file script tests build; do
   esac
   if cmp -s "$original" "$target"; then
     rows+=("$name|BROKEN: the sed script no longer matches $file")
+    echo "== [$index/$total] $name ($file)"
     echo "   -> ${rows[-1]#*|}"
     broken=$((broken + 1))
     continue
@@ -78,7 +100,7 @@ while IFS=$'\t' read -r name file script tests build; do
   [[ "$tests" != "all" ]] && filter=("$tests")
   sanitize=""
   [[ "$build" == "address" ]] && sanitize="address"
-  echo "== $name ($file; tests: $tests; build: $build)"
+  echo "== [$index/$total] $name ($file; tests: $tests; build: $build)"
   log="$work/log"
   run_exe="$work/kernels_on_cpu"
   if [[ "$file" == src/* ]]; then
