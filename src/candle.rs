@@ -395,8 +395,8 @@ mod cuda {
 
     use candle_core::cuda::CudaDType;
     use candle_core::op::BackpropOp;
-    use candle_core::{CudaStorage, Layout, Shape, Storage, Tensor};
-    use cudarc::driver::{CudaStream, CudaView};
+    use candle_core::{CudaDevice, CudaStorage, Layout, Shape, Storage, Tensor};
+    use cudarc::driver::{CudaSlice, CudaStream, CudaView, DeviceRepr};
     use half::{bf16, f16};
 
     use super::{contiguous_range, to_candle, FusedLinearOp, Wanted};
@@ -469,6 +469,22 @@ mod cuda {
         Ok(storage.as_cuda_slice::<T>()?.slice(start..end))
     }
 
+    /// A device buffer of `len` elements for an output (or the workspace) of the fusedrop call
+    /// queued next, not filled first. Each call writes every element of its outputs before
+    /// anything reads them (an empty reduction writes zeros) and every byte of the workspace it
+    /// reads; the GPU tests prove it with outputs and workspaces poisoned before each call. A
+    /// zero fill would be one more pass over memory on the stream: for the `wide` benchmark
+    /// shape's Y, 64 MiB, a sizeable part of the fused forward's own time.
+    fn unfilled<T: DeviceRepr>(
+        device: &CudaDevice,
+        len: usize,
+    ) -> candle_core::Result<CudaSlice<T>> {
+        // SAFETY: the buffer goes only to the fusedrop call that follows on the same stream,
+        // which writes every element it reads or returns; if the call fails, the buffer is
+        // dropped unread.
+        unsafe { device.alloc::<T>(len) }
+    }
+
     impl FusedLinearOp {
         pub(super) fn cuda_forward(
             &self,
@@ -502,7 +518,7 @@ mod cuda {
         let x_view = view::<T>("X", x.0, x.1)?;
         let w_view = view::<T>("W", w.0, w.1)?;
         let b_view = b.map(|(s, l)| view::<T>("b", s, l)).transpose()?;
-        let mut y = device.alloc_zeros::<T>(spec.shape.m * spec.shape.n)?;
+        let mut y = unfilled::<T>(&device, spec.shape.m * spec.shape.n)?;
         kernels
             .forward(
                 spec,
@@ -531,10 +547,10 @@ mod cuda {
         let dy_view = view::<T>("dY", dy, dy_layout)?;
         let mut dx = wanted
             .dx
-            .then(|| device.alloc_zeros::<T>(m * k))
+            .then(|| unfilled::<T>(&device, m * k))
             .transpose()?;
-        let mut dw = device.alloc_zeros::<T>(n * k)?;
-        let mut db = wanted.db.then(|| device.alloc_zeros::<T>(n)).transpose()?;
+        let mut dw = unfilled::<T>(&device, n * k)?;
+        let mut db = wanted.db.then(|| unfilled::<T>(&device, n)).transpose()?;
         let grads = GradientsMut {
             dx: dx.as_mut().map(|d| d.as_view_mut()),
             dw: Some(dw.as_view_mut()),
@@ -547,7 +563,7 @@ mod cuda {
             .backward_workspace_bytes::<T>(spec, BackwardKernel::Auto)
             .map_err(to_candle)?;
         let mut workspace = (workspace_bytes > 0)
-            .then(|| device.alloc_zeros::<u8>(workspace_bytes))
+            .then(|| unfilled::<u8>(&device, workspace_bytes))
             .transpose()?;
         kernels
             .backward(

@@ -1,6 +1,7 @@
 //! The candle op on CUDA tensors (feature `candle-cuda`): its output, and the gradients that
 //! `Tensor::backward` computes through it, are bit-identical to direct [`LayerKernels`] calls on
-//! the same stream, inputs, mask and workspace, in every dtype, for ReLU and identity, with bias
+//! the same stream, inputs, mask and workspace (the op's outputs and workspace not filled first,
+//! the direct calls' poisoned), in every dtype, for ReLU and identity, with bias
 //! (on a shape whose dW splits its reduction over blocks too), and after
 //! `set_cuda_load_options(LoadOptions { hopper: false })` bit-identical to a handle made with
 //! those options. Needs a GPU (the feature links libcuda at build time); without a usable device
@@ -43,10 +44,7 @@ fn host<T: candle_core::WithDType>(t: &Tensor) -> Result<Vec<T>> {
 /// `options`.
 fn check<T>(device: &Device, dtype: DType, options: LoadOptions) -> Result<()>
 where
-    T: Element
-        + candle_core::WithDType
-        + cudarc::driver::DeviceRepr
-        + cudarc::driver::ValidAsZeroBits,
+    T: Element + candle_core::WithDType + cudarc::driver::DeviceRepr,
 {
     let stream = device.as_cuda_device()?.cuda_stream();
     let kernels =
@@ -80,9 +78,15 @@ where
                     .map_err(candle_core::Error::wrap)
             };
             let (xd, wd, bd, dyd) = (upload(&x)?, upload(&w)?, upload(&b)?, upload(&r)?);
-            let mut yd = stream
-                .alloc_zeros::<T>(m * n)
-                .map_err(candle_core::Error::wrap)?;
+            // The direct calls' outputs start as NaN and their workspace as 0xff bytes, so an
+            // element they leave unwritten (or a workspace byte read before it is written) shows
+            // as a difference from the op, whose buffers are not filled first.
+            let poisoned = |len: usize| -> Result<_> {
+                stream
+                    .clone_htod(&vec![<T as Element>::from_f64(f64::NAN); len])
+                    .map_err(candle_core::Error::wrap)
+            };
+            let mut yd = poisoned(m * n)?;
             kernels
                 .forward(
                     &spec,
@@ -93,21 +97,13 @@ where
                     ForwardOptions::default(),
                 )
                 .map_err(candle_core::Error::wrap)?;
-            let mut dx = stream
-                .alloc_zeros::<T>(m * k)
-                .map_err(candle_core::Error::wrap)?;
-            let mut dw = stream
-                .alloc_zeros::<T>(n * k)
-                .map_err(candle_core::Error::wrap)?;
-            let mut db = stream
-                .alloc_zeros::<T>(n)
-                .map_err(candle_core::Error::wrap)?;
+            let (mut dx, mut dw, mut db) = (poisoned(m * k)?, poisoned(n * k)?, poisoned(n)?);
             // The op passes the whole workspace the call can use; so does the direct call.
             let workspace_bytes = kernels
                 .backward_workspace_bytes::<T>(&spec, BackwardKernel::Auto)
                 .map_err(candle_core::Error::wrap)?;
             let mut workspace = stream
-                .alloc_zeros::<u8>(workspace_bytes.max(1))
+                .clone_htod(&vec![0xffu8; workspace_bytes.max(1)])
                 .map_err(candle_core::Error::wrap)?;
             kernels
                 .backward(

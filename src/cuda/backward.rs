@@ -543,7 +543,9 @@ pub struct BackwardOptions<'a> {
     /// backward rejects).
     pub seed: SeedSource<'a>,
     /// Scratch device memory, 16-byte aligned (as every cudarc allocation is);
-    /// [`LayerKernels::backward_workspace_bytes`] says how much a call can use.
+    /// [`LayerKernels::backward_workspace_bytes`] says how much a call can use. What it holds
+    /// before the call does not matter (the call writes every byte it reads), so it need not be
+    /// zero-filled, and the gradients need not be either unless `accumulate` adds to them.
     ///
     /// - For the identity activation with dropout, its first [`workspace_bytes`] (an error if
     ///   shorter): the call first writes `dY * keep` there once (kernels/dropout.cu with scale 1)
