@@ -14,7 +14,9 @@
 # (kernels/ptx.cuh), so a step that reports an illegal instruction from one is most likely a
 # hang, not a bad access (the kernel cannot say which barrier: docs/KERNELS.md; the kernels are
 # built with -lineinfo, so running that one test under cuda-gdb or compute-sanitizer may name the
-# block, the thread and the source line of the wait; not yet tried on these kernels);
+# block, the thread and the source line of the wait; not yet tried on these kernels; the 20 s
+# are wall-clock time, so under a sanitizer's or a debugger's slowdown a wait that would
+# complete can trap too: a bundle built with FUSEDROP_MBARRIER_WAIT_LIMIT_NS=0 tells them apart);
 # a wrong value or mask is reported with where it lies (rows, columns,
 # positions within 64 x 64 blocks, the first few elements), which is usually enough to find the
 # fault on the CPU harness afterwards.
