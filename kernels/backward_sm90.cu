@@ -63,8 +63,6 @@
 namespace fusedrop {
 namespace backward {
 
-constexpr int kProducerRegisters = 40;
-constexpr int kConsumerRegisters = 232;
 constexpr int kGroupRows = 8;
 
 // Turns the 64 x 64 block of dY at `block` (swizzled as above; `y_block` the matching block of
@@ -237,14 +235,14 @@ __device__ __forceinline__ void backward_sm90(const CUtensorMap* map_dy, const C
     typename Mainloop::State state;
 
     if (warpgroup == 0) {
-        ptx::setmaxnreg_dec<kProducerRegisters>();
+        ptx::setmaxnreg_dec<gemm::sm90::kProducerRegisters>();
         if (threadIdx.x == 0)
             Mainloop::produce(scheduler, map_dy, map_b, relu ? map_y : nullptr, storage,
                               share.first, share.count);
         return;
     }
 
-    ptx::setmaxnreg_inc<kConsumerRegisters>();
+    ptx::setmaxnreg_inc<gemm::sm90::kConsumerRegisters>();
     const int consumer = warpgroup - 1;
     const bool is_relu = relu != 0;
     // The operand is dZ / scale: form_dz4 with a unit scale; the scale goes on the accumulators.

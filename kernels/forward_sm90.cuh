@@ -45,8 +45,6 @@
 namespace fusedrop {
 namespace forward {
 
-constexpr int kProducerRegisters = 40;
-constexpr int kConsumerRegisters = 232;
 // Row tiles per group of the tile order (L2 reuse of W across consecutive tiles) unless a config
 // says otherwise (WgConfig's GROUP_ROWS); with B multicast, GROUP_ROWS / kMulticast cluster tiles.
 constexpr int kGroupRows = 8;
@@ -107,13 +105,13 @@ __device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUt
     typename Mainloop::State state;
 
     if (warpgroup == 0) {
-        ptx::setmaxnreg_dec<kProducerRegisters>();
+        ptx::setmaxnreg_dec<gemm::sm90::kProducerRegisters>();
         if (threadIdx.x == 0)
             Mainloop::produce(scheduler, map_x, map_w, nullptr, storage, share.first, share.count);
         return;
     }
 
-    ptx::setmaxnreg_inc<kConsumerRegisters>();
+    ptx::setmaxnreg_inc<gemm::sm90::kConsumerRegisters>();
     const int consumer = warpgroup - 1;
     // Registers are the limit here (the main loop keeps kAccumulators f32 per thread and ptxas
     // allocates at most 168): only the Philox key of the resolved (seed, subsequence), the mask

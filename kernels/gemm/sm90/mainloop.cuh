@@ -54,6 +54,20 @@ constexpr int kWarpgroupThreads = 128;
 // One producer warpgroup (one thread of it issues the TMA loads) and the consumers.
 constexpr int kThreads = (1 + kConsumerWarpgroups) * kWarpgroupThreads;
 
+// The registers per thread that setmaxnreg gives each warpgroup once the kernel has started: the
+// producer, which only issues TMA, gives back what the consumers' accumulators take.
+constexpr int kProducerRegisters = 40;
+constexpr int kConsumerRegisters = 232;
+// What a kernel of kThreads threads built with __launch_bounds__(kThreads, 1) has per thread at
+// entry: the 64 Ki registers of a multiprocessor shared out, in ptxas's units of 8 (168 for 384
+// threads, as the -Xptxas -v report says). setmaxnreg.inc waits until the block's pool holds the
+// registers it asks for (PTX ISA, "setmaxnreg"), so a split that needs more than the pool would
+// hang the consumers at their first instruction rather than fail: a build error instead.
+constexpr int kEntryRegisters = 65536 / kThreads / 8 * 8;
+static_assert(kWarpgroupThreads * (kProducerRegisters + kConsumerWarpgroups * kConsumerRegisters) <=
+                  kEntryRegisters * kThreads,
+              "the setmaxnreg split asks for more registers than the block has at entry");
+
 // The operand orientations of gemm/layout.cuh, named here as the kernels name them.
 using Major = gemm::Major;
 
