@@ -3,7 +3,8 @@
 # answer as Rust's test harness does (`--list`, `--exact NAME`, "test NAME ... ok" lines), one of
 # which fails the way a trapped CUDA context makes a whole process fail. The script must rerun
 # alone exactly the tests that did not report ok, and its summary must say which failed alone;
-# the optional steps (selftest-no-hopper, bench-no-hopper) run only when STEPS names them.
+# the optional steps (selftest-no-hopper, bench-no-hopper) run only when STEPS names them; after
+# the bench, `fusedrop goals` reads its CSV and the summary reports it without failing the check.
 # Part of the test command (scripts/test.sh); takes a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -100,6 +101,25 @@ OUT="$work/out3" STEPS="selftest-no-hopper" bash "$work/bundle/gpu-check.sh" > "
 [[ "$(cat "$work/bundle/fusedrop-runs.txt")" == "selftest --no-hopper" ]] \
   || fail "STEPS=selftest-no-hopper ran: $(tr '\n' ';' < "$work/bundle/fusedrop-runs.txt")"
 rm "$work/bundle/fusedrop-runs.txt" "$work/bundle/tests/"*
+# After the bench has written its CSV, `fusedrop goals` reads it, and the summary has its last
+# line; it is not a step, so the check still passes.
+cat > "$work/bundle/fusedrop" <<'SH'
+#!/usr/bin/env bash
+echo "$*" >> "$(dirname "$0")/fusedrop-runs.txt"
+case "$1" in
+  bench) [[ "$*" == *--csv* ]] && echo "source,gpu" > "${@: -1}" ;;
+  goals) echo "issue 10  NOT MET  ..."; echo "0 of 10 goals met"; exit 1 ;;
+esac
+SH
+OUT="$work/out5" STEPS="bench" bash "$work/bundle/gpu-check.sh" > "$work/run.log" 2>&1 \
+  || fail "exit status $? with goals unmet (a report, not a failed step)"
+[[ "$(tr '\n' ';' < "$work/bundle/fusedrop-runs.txt")" == \
+  "bench --quick --csv $work/out5/bench.csv;goals $work/out5/bench.csv;" ]] \
+  || fail "STEPS=bench ran: $(tr '\n' ';' < "$work/bundle/fusedrop-runs.txt")"
+grep -qE '^goals +0 of 10 goals met  \[goals.txt\]$' "$work/out5/summary.txt" \
+  || fail "the summary has no goals line"
+grep -q '^0 of 10 goals met$' "$work/out5/goals.txt" || fail "goals.txt was not written"
+rm "$work/bundle/fusedrop-runs.txt"
 # Without STEPS every step runs but the optional ones.
 OUT="$work/out4" bash "$work/bundle/gpu-check.sh" > "$work/run.log" 2>&1 || true
 grep -qx selftest "$work/bundle/fusedrop-runs.txt" || fail "a run without STEPS skipped selftest"

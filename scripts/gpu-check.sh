@@ -176,11 +176,23 @@ if [[ "${QUICK:-0}" != "1" ]]; then
     step torch-peer 300 env PYTHONUNBUFFERED=1 python3 "$here/peers/torch_peer.py" --quick --csv "$out/torch_peer.csv"
   fi
 fi
+# The performance issues' goals checked on this run's CSVs (`fusedrop goals`): a report, not a
+# step that fails the check (no goal is met yet). Its text goes to $out/goals.txt.
+if [[ -f "$out/bench.csv" ]]; then
+  csvs=("$out/bench.csv")
+  [[ -f "$out/torch_peer.csv" ]] && csvs+=("$out/torch_peer.csv")
+  "$here/fusedrop" goals "${csvs[@]}" > "$out/goals.txt" 2>&1
+  record goals "$(tail -n 1 "$out/goals.txt")  [goals.txt]"
+fi
 
 echo
 echo "================ fusedrop GPU check summary ================"
 cat "$out/card.txt"
 printf '%s\n' "${summary[@]}" | tee "$out/summary.txt"
+if [[ -f "$out/goals.txt" ]]; then
+  echo "--- goals.txt"
+  cat "$out/goals.txt"
+fi
 if [[ -f "$out/bench.csv" ]]; then
   echo "--- bench.csv"
   column -s, -t < "$out/bench.csv" 2>/dev/null | head -n 60 || cat "$out/bench.csv"

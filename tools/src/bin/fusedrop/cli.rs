@@ -9,7 +9,7 @@ use std::ffi::OsString;
 use clap::error::ErrorKind;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::{bench, demo, selftest};
+use crate::{bench, demo, goals, selftest};
 
 /// fused Linear + ReLU + dropout CUDA kernels, and what they are for
 #[derive(Debug, Parser)]
@@ -74,6 +74,19 @@ EXIT CODES: 0 done, 1 a run failed, 2 bad flags, 3 --device cuda but no usable G
                             sweep kernels (nothing was measured)."
     )]
     Sweep(fusedrop_tools::sweep::Options),
+    /// Check the performance goals of issues 10, 11 and 12 on the CSVs of one bench run
+    ///
+    /// Reads `fusedrop bench --csv` (and the PyTorch peer's CSV of the same GPU) and prints, for
+    /// each goal (fused forward within 1.05 x the cuBLASLt GEMM floor on up/down/sq, faster
+    /// than the unfused path and PyTorch on every bf16/f16 row, p = 0.1 within 2 % of p = 0, the
+    /// backward within 1.10 x its two GEMMs, mma.sync at 450 TFLOP/s, f32 within 1.11 x SGEMM,
+    /// ...), whether it is met, how many of its rows the run measured, its worst figure and the
+    /// rows that miss it. A goal with a row the run did not measure is not met.
+    #[command(
+        after_help = "EXIT CODES: 0 every goal met, 1 some goal not met or not measured, 2 bad \
+                            arguments or a CSV that cannot be read (or rows from two GPUs)."
+    )]
+    Goals(goals::Options),
 }
 
 /// The parser, with the help texts that are computed (the bench's shape list and default
@@ -100,7 +113,7 @@ where
         None => (None, cli.demo.check()),
         Some(Command::Demo(options)) => (Some("demo"), options.check()),
         Some(Command::Bench(options)) => (Some("bench"), options.check()),
-        Some(Command::Selftest(_) | Command::Sweep(_)) => (None, Ok(())),
+        Some(Command::Selftest(_) | Command::Sweep(_) | Command::Goals(_)) => (None, Ok(())),
     };
     if let Err(msg) = checked {
         return Err(match name.and_then(|name| cmd.find_subcommand_mut(name)) {

@@ -5,6 +5,7 @@
 //! - `fusedrop bench`: the kernels' timings against cuBLASLt and the unfused baseline.
 //! - `fusedrop sweep`: the forward's tuning variants (mma.sync, Hopper, f32) against the
 //!   production kernels.
+//! - `fusedrop goals`: the performance issues' goals checked on a bench run's CSVs.
 //! - `fusedrop help`: the commands.
 //!
 //! The command line is parsed by clap ([`cli`]); a usage error prints clap's message (what was
@@ -15,6 +16,7 @@ mod bench;
 mod cli;
 mod data;
 mod demo;
+mod goals;
 mod model;
 mod plot;
 mod progress;
@@ -30,6 +32,7 @@ fn main() {
         Some(Command::Selftest(options)) => selftest::run(&options),
         Some(Command::Bench(options)) => bench::run(&options),
         Some(Command::Sweep(options)) => fusedrop_tools::sweep::run(&options),
+        Some(Command::Goals(options)) => goals::run(&options),
     };
     std::process::exit(code);
 }

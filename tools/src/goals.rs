@@ -1,0 +1,631 @@
+//! The "done when" figures of the performance issues (10: the Hopper forward, 11: the backward,
+//! 12: the mma.sync and f32 paths; the goals of docs/PERF.md), checked against the rows of one
+//! run: the CSV of `fusedrop bench --csv` and, for the PyTorch comparisons, the CSV of
+//! tools/benches/peers/torch_peer.py from the same GPU. `fusedrop goals` prints the result.
+//!
+//! Every goal is a ratio or a rate read from rows of the same run, never a time on its own. A
+//! goal is met only when every row it names was measured and meets it; rows that the run did
+//! not measure (a `--quick` run has bf16 and p = 0.1 only) leave it "not measured", not met.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io;
+
+use fusedrop::{Error, Result};
+use serde::Deserialize;
+
+use crate::bench::{DType, SUITE};
+use crate::invalid;
+
+/// The rows' `source` for this crate's benchmark.
+const OURS: &str = "fusedrop";
+/// The rows' `source` for the PyTorch peer script.
+const TORCH: &str = "torch";
+/// The probability the goals are stated for, unless they say otherwise.
+const P_GOAL: f32 = 0.1;
+/// The compute-bound shapes of the suite.
+const COMPUTE_BOUND: [&str; 3] = ["up", "down", "sq"];
+/// The 16-bit dtypes (f32 is not part of the Hopper path: wgmma has no true-fp32 form).
+const HALVES: [DType; 2] = [DType::Bf16, DType::F16];
+
+/// One row of a benchmark CSV, as far as the goals read it (the other columns are ignored).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Measurement {
+    /// `fusedrop` or `torch`.
+    pub source: String,
+    /// The GPU's name: every row of one check must come from the same GPU.
+    pub gpu: String,
+    /// Suite shape name.
+    pub shape: String,
+    /// `bf16`, `f16` or `f32`.
+    pub dtype: String,
+    /// Dropout probability; empty for the GEMM floors.
+    pub p: Option<f32>,
+    /// `forward`, `backward` or `forward+backward`.
+    pub pass: String,
+    /// `fused`, `gemm_floor`, `unfused`, a variant (`fused_mma_sync`, ...), or the peer's
+    /// `eager` / `compile`.
+    #[serde(rename = "impl")]
+    pub impl_name: String,
+    /// Median time per call, in microseconds.
+    pub time_us: f64,
+    /// Useful arithmetic per second.
+    pub tflops: Option<f64>,
+}
+
+/// Reads the rows of one CSV written by `fusedrop bench --csv` or by the PyTorch peer.
+pub fn read_csv(reader: impl io::Read) -> Result<Vec<Measurement>> {
+    csv::Reader::from_reader(reader)
+        .deserialize()
+        .enumerate()
+        .map(|(i, row)| {
+            row.map_err(|e| {
+                invalid!(
+                    "row {} of the CSV: {e}; expected the columns of `fusedrop bench --csv`",
+                    i + 1
+                )
+            })
+        })
+        .collect()
+}
+
+/// Whether a goal, or one row of it, is met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every row it names was measured and meets it.
+    Met,
+    /// A measured row misses it.
+    NotMet,
+    /// No measured row misses it, but some row it names was not measured.
+    NotMeasured,
+}
+
+impl Verdict {
+    /// As printed.
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Met => "met",
+            Verdict::NotMet => "NOT MET",
+            Verdict::NotMeasured => "not measured",
+        }
+    }
+}
+
+/// One row a goal names: a label and its figure, if the run measured it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    /// Which shape, dtype, p (and comparison) it is.
+    pub label: String,
+    /// The ratio or rate; `None` when a row it needs is missing.
+    pub value: Option<f64>,
+}
+
+/// Whether a goal's figure must stay under or reach its limit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Limit {
+    /// The figure (a time ratio) must be at most this.
+    AtMost(f64),
+    /// The figure (a rate) must be at least this.
+    AtLeast(f64),
+}
+
+impl Limit {
+    fn holds(self, value: f64) -> bool {
+        match self {
+            Limit::AtMost(limit) => value <= limit,
+            Limit::AtLeast(limit) => value >= limit,
+        }
+    }
+}
+
+/// One goal of an issue and the rows it was checked on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Goal {
+    /// The issue it comes from.
+    pub issue: u32,
+    /// What it asks, in words.
+    pub text: &'static str,
+    /// The limit on every instance's figure.
+    pub limit: Limit,
+    /// The rows it names.
+    pub instances: Vec<Instance>,
+}
+
+impl Goal {
+    /// Met when every instance was measured and holds; not met when a measured one does not.
+    pub fn verdict(&self) -> Verdict {
+        if self.failing().next().is_some() {
+            Verdict::NotMet
+        } else if self.instances.iter().all(|i| i.value.is_some()) {
+            Verdict::Met
+        } else {
+            Verdict::NotMeasured
+        }
+    }
+
+    /// The measured instances that miss the limit.
+    pub fn failing(&self) -> impl Iterator<Item = &Instance> {
+        self.instances
+            .iter()
+            .filter(|i| i.value.is_some_and(|v| !self.limit.holds(v)))
+    }
+}
+
+/// What identifies a row: (source, shape, dtype, p, pass, impl).
+type RowRef<'s> = (&'s str, &'s str, DType, Option<f32>, &'s str, &'s str);
+/// The same, as the rows' map keys it: the dtype's name and p's bits.
+type RowKey<'s> = (&'s str, &'s str, &'s str, Option<u32>, &'s str, &'s str);
+
+/// The rows of a run, looked up by what identifies them.
+struct Rows<'a> {
+    by_key: HashMap<RowKey<'a>, &'a Measurement>,
+}
+
+impl<'a> Rows<'a> {
+    fn new(rows: &'a [Measurement]) -> Result<Self> {
+        let mut gpus: Vec<&str> = rows.iter().map(|r| r.gpu.as_str()).collect();
+        gpus.sort_unstable();
+        gpus.dedup();
+        if gpus.len() > 1 {
+            return Err(invalid!(
+                "the rows come from {} GPUs ({}); expected one run on one GPU",
+                gpus.len(),
+                gpus.join(", ")
+            ));
+        }
+        let by_key = rows
+            .iter()
+            .map(|r| {
+                let key = (
+                    r.source.as_str(),
+                    r.shape.as_str(),
+                    r.dtype.as_str(),
+                    r.p.map(f32::to_bits),
+                    r.pass.as_str(),
+                    r.impl_name.as_str(),
+                );
+                (key, r)
+            })
+            .collect();
+        Ok(Self { by_key })
+    }
+
+    fn get(&self, row: RowRef<'_>) -> Option<&'a Measurement> {
+        let (source, shape, dtype, p, pass, impl_name) = row;
+        let key = (
+            source,
+            shape,
+            dtype.name(),
+            p.map(f32::to_bits),
+            pass,
+            impl_name,
+        );
+        self.by_key.get(&key).copied()
+    }
+
+    fn time(&self, row: RowRef<'_>) -> Option<f64> {
+        self.get(row).map(|r| r.time_us)
+    }
+
+    /// Our row's time over another row's time.
+    fn ratio(&self, ours: RowRef<'_>, other: RowRef<'_>) -> Option<f64> {
+        Some(self.time(ours)? / self.time(other)?)
+    }
+}
+
+fn label(shape: &str, dtype: DType, p: f32) -> String {
+    format!("{shape} {} p={p}", dtype.name())
+}
+
+/// The shapes of the suite that run in `dtype`.
+fn shapes_in(dtype: DType) -> impl Iterator<Item = &'static str> {
+    SUITE
+        .into_iter()
+        .filter(move |s| s.dtypes().contains(&dtype))
+        .map(|s| s.name)
+}
+
+/// Fused time over the GEMM floor's, for each of `shapes` x `dtypes` at p = 0.1.
+fn versus_floor(
+    rows: &Rows<'_>,
+    pass: &str,
+    shapes: &[&'static str],
+    dtypes: &[DType],
+) -> Vec<Instance> {
+    let mut out = Vec::new();
+    for &shape in shapes {
+        for &dtype in dtypes {
+            out.push(Instance {
+                label: label(shape, dtype, P_GOAL),
+                value: rows.ratio(
+                    (OURS, shape, dtype, Some(P_GOAL), pass, "fused"),
+                    (OURS, shape, dtype, None, pass, "gemm_floor"),
+                ),
+            });
+        }
+    }
+    out
+}
+
+/// Fused time over each of `others`' (source, impl) times, for every bf16 and f16 row of the
+/// suite (every shape and p of [`crate::bench::P_VALUES`]).
+fn faster_than(rows: &Rows<'_>, pass: &str, others: &[(&str, &str)]) -> Vec<Instance> {
+    let mut out = Vec::new();
+    for dtype in HALVES {
+        for shape in shapes_in(dtype) {
+            for p in crate::bench::P_VALUES {
+                for &(source, impl_name) in others {
+                    out.push(Instance {
+                        label: format!("{} vs {source} {impl_name}", label(shape, dtype, p)),
+                        value: rows.ratio(
+                            (OURS, shape, dtype, Some(p), pass, "fused"),
+                            (source, shape, dtype, Some(p), pass, impl_name),
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Every goal of issues 10, 11 and 12, checked on `rows` (one run: ours and the peer's).
+/// Errors: rows from more than one GPU.
+pub fn check(rows: &[Measurement]) -> Result<Vec<Goal>> {
+    let rows = Rows::new(rows)?;
+    let rows = &rows;
+    // Strictly faster is a ratio under 1; measured to two decimals of a microsecond, "at most
+    // 1" would count a tie as faster.
+    let faster = Limit::AtMost(1.0 - 1e-9);
+    let mut goals = vec![
+        Goal {
+            issue: 10,
+            text: "forward, up/down/sq: fused <= 1.05 x the cuBLASLt GEMM floor",
+            limit: Limit::AtMost(1.05),
+            instances: versus_floor(rows, "forward", &COMPUTE_BOUND, &HALVES),
+        },
+        Goal {
+            issue: 10,
+            text: "forward, wide and small: fused <= 1.3 x the GEMM floor",
+            limit: Limit::AtMost(1.3),
+            instances: versus_floor(rows, "forward", &["wide", "small"], &HALVES),
+        },
+        Goal {
+            issue: 10,
+            text: "forward, every bf16/f16 row: fused faster than unfused, PyTorch eager and \
+                   torch.compile",
+            limit: faster,
+            instances: faster_than(
+                rows,
+                "forward",
+                &[(OURS, "unfused"), (TORCH, "eager"), (TORCH, "compile")],
+            ),
+        },
+    ];
+    let mut epilogue = Vec::new();
+    for shape in COMPUTE_BOUND {
+        for dtype in HALVES {
+            epilogue.push(Instance {
+                label: format!("{} vs p=0", label(shape, dtype, P_GOAL)),
+                value: rows.ratio(
+                    (OURS, shape, dtype, Some(P_GOAL), "forward", "fused"),
+                    (OURS, shape, dtype, Some(0.0), "forward", "fused"),
+                ),
+            });
+        }
+    }
+    goals.push(Goal {
+        issue: 10,
+        text: "forward, up/down/sq: fused at p = 0.1 within 2 % of p = 0",
+        limit: Limit::AtMost(1.02),
+        instances: epilogue,
+    });
+    goals.push(Goal {
+        issue: 11,
+        text: "backward, up/down/sq: fused <= 1.10 x the two cuBLASLt GEMMs",
+        limit: Limit::AtMost(1.10),
+        instances: versus_floor(rows, "backward", &COMPUTE_BOUND, &HALVES),
+    });
+    goals.push(Goal {
+        issue: 11,
+        text: "backward, every bf16/f16 row: fused faster than unfused",
+        limit: faster,
+        instances: faster_than(rows, "backward", &[(OURS, "unfused")]),
+    });
+    goals.push(Goal {
+        issue: 11,
+        text: "forward+backward, every bf16/f16 row: fused faster than PyTorch eager and \
+               torch.compile",
+        limit: faster,
+        instances: faster_than(
+            rows,
+            "forward+backward",
+            &[(TORCH, "eager"), (TORCH, "compile")],
+        ),
+    });
+    goals.push(Goal {
+        issue: 11,
+        text: "backward, f32 on sq: fused <= 1.25 x the two cuBLASLt SGEMMs",
+        limit: Limit::AtMost(1.25),
+        instances: versus_floor(rows, "backward", &["sq"], &[DType::F32]),
+    });
+    let mut mma_sync = Vec::new();
+    for shape in ["up", "sq"] {
+        for dtype in HALVES {
+            mma_sync.push(Instance {
+                label: label(shape, dtype, P_GOAL),
+                value: rows
+                    .get((
+                        OURS,
+                        shape,
+                        dtype,
+                        Some(P_GOAL),
+                        "forward",
+                        "fused_mma_sync",
+                    ))
+                    .and_then(|r| r.tflops),
+            });
+        }
+    }
+    goals.push(Goal {
+        issue: 12,
+        text: "forward, fused_mma_sync on up and sq: >= 450 TFLOP/s",
+        limit: Limit::AtLeast(450.0),
+        instances: mma_sync,
+    });
+    goals.push(Goal {
+        issue: 12,
+        text: "forward, f32 on sq: fused <= 1.11 x cuBLASLt SGEMM",
+        limit: Limit::AtMost(1.11),
+        instances: versus_floor(rows, "forward", &["sq"], &[DType::F32]),
+    });
+    Ok(goals)
+}
+
+/// How many of a goal's missing or unmeasured rows [`format_goals`] names (the rest are counted).
+const LISTED: usize = 10;
+
+/// `labels` joined, the first [`LISTED`] of them, then how many more there are.
+fn listed(labels: impl ExactSizeIterator<Item = String>) -> String {
+    let count = labels.len();
+    let mut text: Vec<String> = labels.take(LISTED).collect();
+    if count > LISTED {
+        text.push(format!("and {} more", count - LISTED));
+    }
+    text.join(", ")
+}
+
+/// The goals as text: one line per goal (issue, verdict, how many of its rows were measured,
+/// the worst figure), then the rows that miss it and those not measured (the first few of each).
+pub fn format_goals(goals: &[Goal]) -> String {
+    let mut s = String::new();
+    for goal in goals {
+        let measured: Vec<(&Instance, f64)> = goal
+            .instances
+            .iter()
+            .filter_map(|i| Some((i, i.value?)))
+            .collect();
+        let worst = measured.iter().copied().max_by(|a, b| {
+            let (x, y) = match goal.limit {
+                Limit::AtMost(_) => (a.1, b.1),
+                Limit::AtLeast(_) => (b.1, a.1),
+            };
+            x.total_cmp(&y)
+        });
+        let worst = worst.map_or(String::new(), |(i, v)| {
+            format!("; worst {v:.3} ({})", i.label)
+        });
+        let _ = writeln!(
+            s,
+            "issue {}  {:<12}  {}  [{} of {} rows measured{worst}]",
+            goal.issue,
+            goal.verdict().name(),
+            goal.text,
+            measured.len(),
+            goal.instances.len()
+        );
+        let failing: Vec<String> = goal
+            .failing()
+            .map(|i| format!("{} {:.3}", i.label, i.value.unwrap_or(f64::NAN)))
+            .collect();
+        if !failing.is_empty() {
+            let _ = writeln!(s, "    misses: {}", listed(failing.into_iter()));
+        }
+        let missing: Vec<String> = goal
+            .instances
+            .iter()
+            .filter(|i| i.value.is_none())
+            .map(|i| i.label.clone())
+            .collect();
+        if !missing.is_empty() && missing.len() < goal.instances.len() {
+            let _ = writeln!(s, "    not measured: {}", listed(missing.into_iter()));
+        }
+    }
+    s
+}
+
+/// Reads `paths` (CSV files of one run) and checks the goals.
+pub fn check_files(paths: &[std::path::PathBuf]) -> Result<Vec<Goal>> {
+    let mut rows = Vec::new();
+    for path in paths {
+        let file = std::fs::File::open(path)
+            .map_err(|e| Error::InvalidArgument(format!("cannot read {}: {e}", path.display())))?;
+        rows.extend(read_csv(file).map_err(|e| match e {
+            Error::InvalidArgument(why) => {
+                Error::InvalidArgument(format!("{}: {why}", path.display()))
+            }
+            other => other,
+        })?);
+    }
+    check(&rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: &str = "source,gpu,driver,shape,m,n,k,dtype,p,pass,impl,time_us,tflops,gbps,\
+                          vs_gemm_floor,vs_unfused,pct_copy_bw,pct_matmul_rate,copy_gbps,\
+                          rate_tflops,note\n";
+
+    fn row(
+        source: &str,
+        shape: &str,
+        dtype: &str,
+        p: &str,
+        pass: &str,
+        imp: &str,
+        t: f64,
+    ) -> String {
+        format!(
+            "{source},NVIDIA H200,570.1,{shape},1,1,1,{dtype},{p},{pass},{imp},{t},100.0,1.0,,,,,,,\n"
+        )
+    }
+
+    fn goal<'g>(goals: &'g [Goal], text_start: &str) -> &'g Goal {
+        goals
+            .iter()
+            .find(|g| g.text.starts_with(text_start))
+            .expect("the goal")
+    }
+
+    #[test]
+    fn a_goal_is_met_only_when_every_row_it_names_is_measured_and_holds() {
+        let mut csv = HEADER.to_string();
+        for shape in COMPUTE_BOUND {
+            for dtype in ["bf16", "f16"] {
+                csv += &row(OURS, shape, dtype, "", "forward", "gemm_floor", 100.0);
+                csv += &row(OURS, shape, dtype, "0.1", "forward", "fused", 104.0);
+            }
+        }
+        let rows = read_csv(csv.as_bytes()).unwrap();
+        let goals = check(&rows).unwrap();
+        let floor = goal(&goals, "forward, up/down/sq: fused <= 1.05");
+        assert_eq!(floor.verdict(), Verdict::Met);
+        assert!(floor.instances.iter().all(|i| i.value == Some(1.04)));
+        // One row past the limit: not met, and it is the one listed.
+        let slow = csv.replace(
+            &row(OURS, "down", "f16", "0.1", "forward", "fused", 104.0),
+            &row(OURS, "down", "f16", "0.1", "forward", "fused", 106.0),
+        );
+        let goals = check(&read_csv(slow.as_bytes()).unwrap()).unwrap();
+        let floor = goal(&goals, "forward, up/down/sq: fused <= 1.05");
+        assert_eq!(floor.verdict(), Verdict::NotMet);
+        let failing: Vec<_> = floor.failing().map(|i| i.label.as_str()).collect();
+        assert_eq!(failing, ["down f16 p=0.1"]);
+        assert!(format_goals(&goals).contains("misses: down f16 p=0.1 1.060"));
+        // One row missing: not measured, not met.
+        let partial = csv.replace(
+            &row(OURS, "sq", "bf16", "", "forward", "gemm_floor", 100.0),
+            "",
+        );
+        let goals = check(&read_csv(partial.as_bytes()).unwrap()).unwrap();
+        let floor = goal(&goals, "forward, up/down/sq: fused <= 1.05");
+        assert_eq!(floor.verdict(), Verdict::NotMeasured);
+        assert!(format_goals(&goals).contains("not measured: sq bf16 p=0.1"));
+        // Goals without any row of this run are not measured either.
+        assert_eq!(
+            goal(&goals, "backward, up/down/sq").verdict(),
+            Verdict::NotMeasured
+        );
+    }
+
+    #[test]
+    fn comparisons_with_pytorch_read_the_peer_rows_of_the_same_shape_dtype_and_p() {
+        let mut csv = HEADER.to_string();
+        csv += &row(
+            OURS,
+            "sq",
+            "bf16",
+            "0.5",
+            "forward+backward",
+            "fused",
+            300.0,
+        );
+        csv += &row(
+            TORCH,
+            "sq",
+            "bf16",
+            "0.5",
+            "forward+backward",
+            "eager",
+            600.0,
+        );
+        csv += &row(
+            TORCH,
+            "sq",
+            "bf16",
+            "0.5",
+            "forward+backward",
+            "compile",
+            300.0,
+        );
+        csv += &row(
+            TORCH,
+            "sq",
+            "bf16",
+            "0.1",
+            "forward+backward",
+            "compile",
+            100.0,
+        );
+        let goals = check(&read_csv(csv.as_bytes()).unwrap()).unwrap();
+        let torch = goal(&goals, "forward+backward, every bf16/f16 row");
+        let value = |label: &str| {
+            torch
+                .instances
+                .iter()
+                .find(|i| i.label == label)
+                .expect(label)
+                .value
+        };
+        assert_eq!(value("sq bf16 p=0.5 vs torch eager"), Some(0.5));
+        // A tie is not faster.
+        assert_eq!(value("sq bf16 p=0.5 vs torch compile"), Some(1.0));
+        assert_eq!(value("sq bf16 p=0.1 vs torch compile"), None);
+        assert_eq!(torch.verdict(), Verdict::NotMet);
+        // Every bf16 and f16 shape of the suite at every p, against both.
+        let expected = HALVES.iter().map(|&d| shapes_in(d).count()).sum::<usize>()
+            * crate::bench::P_VALUES.len()
+            * 2;
+        assert_eq!(torch.instances.len(), expected);
+    }
+
+    #[test]
+    fn the_mma_sync_rate_goal_reads_tflops_and_needs_at_least_450() {
+        let mut csv = HEADER.to_string();
+        for (shape, dtype, rate) in [
+            ("up", "bf16", "455.0"),
+            ("up", "f16", "460.0"),
+            ("sq", "bf16", "451.0"),
+            ("sq", "f16", "449.9"),
+        ] {
+            csv += &format!(
+                "{OURS},NVIDIA H200,570.1,{shape},1,1,1,{dtype},0.1,forward,fused_mma_sync,10.0,\
+                 {rate},1.0,,,,,,,\n"
+            );
+        }
+        let goals = check(&read_csv(csv.as_bytes()).unwrap()).unwrap();
+        let mma = goal(&goals, "forward, fused_mma_sync");
+        assert_eq!(mma.verdict(), Verdict::NotMet);
+        let failing: Vec<_> = mma.failing().map(|i| i.label.as_str()).collect();
+        assert_eq!(failing, ["sq f16 p=0.1"]);
+        assert!(format_goals(&goals).contains("worst 449.900 (sq f16 p=0.1)"));
+    }
+
+    #[test]
+    fn rows_from_two_gpus_or_malformed_rows_are_refused() {
+        let mut csv = HEADER.to_string();
+        csv += &row(OURS, "sq", "bf16", "", "forward", "gemm_floor", 100.0);
+        csv += &row(TORCH, "sq", "bf16", "0.1", "forward", "eager", 100.0)
+            .replace("NVIDIA H200", "NVIDIA H100 80GB HBM3");
+        let e = check(&read_csv(csv.as_bytes()).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("2 GPUs"), "{e}");
+        let bad = format!(
+            "{HEADER}{}",
+            row(OURS, "sq", "bf16", "x", "forward", "fused", 1.0)
+        );
+        let e = read_csv(bad.as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("row 1 of the CSV"), "{e}");
+    }
+}
