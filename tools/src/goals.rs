@@ -1,5 +1,6 @@
 //! The "done when" figures of the performance issues (10: the Hopper forward, 11: the backward,
-//! 12: the mma.sync and f32 paths; the goals of docs/PERF.md), checked against the rows of one
+//! 12: the mma.sync and f32 paths; the goals of the design notes' targets.md as the issues state
+//! them), checked against the rows of one
 //! run: the CSV of `fusedrop bench --csv` and, for the PyTorch comparisons, the CSV of
 //! tools/benches/peers/torch_peer.py from the same GPU. `fusedrop goals` prints the result.
 //!
