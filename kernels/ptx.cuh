@@ -455,6 +455,23 @@ FUSEDROP_PTX_DEVICE void cluster_sync() {
 #endif
 }
 
+// %cluster_ctarank: this block's rank in its cluster, whatever the grid's and the cluster's shape
+// (with the kernels' 1-D grids and (k, 1, 1) clusters it is blockIdx.x % k).
+FUSEDROP_PTX_DEVICE uint32_t cluster_ctarank() {
+#if defined(FUSEDROP_PTX_SM90)
+    uint32_t rank;
+    asm("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(rank));
+    return rank;
+#elif defined(__CUDA_ARCH__)
+    __trap();
+    return 0;
+#elif defined(__CUDACC__)
+    return 0;
+#else
+    return ::fusedrop::host::cluster_ctarank();
+#endif
+}
+
 // mapa.shared::cluster.u32: the shared::cluster address of the object at `local` (this block's
 // shared memory) in the shared memory of block `rank` of the cluster (same offset).
 FUSEDROP_PTX_DEVICE uint32_t cluster_map(const void* local, uint32_t rank) {

@@ -1246,6 +1246,12 @@ inline void retire_cta(int rank) {
     memset(c.dyn_smem, 0xFF, rt->dyn_bytes);
 }
 
+// %cluster_ctarank: the running block's rank in its cluster (0 outside a cluster launch).
+inline uint32_t cluster_ctarank() {
+    current_fiber();
+    return (uint32_t)runtime()->cta;
+}
+
 // mapa.shared::cluster.u32: the address of `local` (in the running block's dynamic shared memory)
 // in the shared memory of block `rank` of the cluster.
 inline uint32_t cluster_map(const void* local, uint32_t rank) {

@@ -971,7 +971,7 @@ struct ClusterIo {
 __global__ void cluster_kernel(ClusterIo* io) {
     FUSEDROP_DYNAMIC_SMEM(float, values);  // [128][4], then the barrier
     uint64_t* bar = reinterpret_cast<uint64_t*>(values + 512);
-    const uint32_t rank = blockIdx.x % 4, t = threadIdx.x;
+    const uint32_t rank = cluster_ctarank(), t = threadIdx.x;
     if (t == 0) {
         mbarrier_init(bar, 3 * 128);
         fence_mbarrier_init();
@@ -1015,7 +1015,8 @@ static void check_cluster() {
         }
         for (int t = 0; t < 128; ++t) gathered = gathered && io.gathered[t] == 3;
     }
-    check(blocks, "cluster: each block of a cluster of 4 sees its own blockIdx");
+    check(blocks, "cluster: each block of a cluster of 4 reads its rank (%cluster_ctarank) and "
+                  "sees its own blockIdx");
     check(neighbours, "cluster: ld.shared::cluster through mapa reads the neighbour block's "
                       "shared memory after the cluster barrier");
     check(gathered, "cluster: remote mbarrier arrivals from 3 blocks complete rank 0's phase "

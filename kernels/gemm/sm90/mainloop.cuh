@@ -186,7 +186,7 @@ struct Mainloop {
             if constexpr (kMulticast == 1) {
                 TileB::load(stage + kOffsetB, map_b, full, b0, kb);
             } else {
-                const int rank = (int)(blockIdx.x % kMulticast);
+                const int rank = (int)ptx::cluster_ctarank();
                 ptx::tma_load_2d_multicast(stage + kOffsetB + rank * SliceB::kBytes, map_b, full,
                                            kb * 64, b0 + rank * (BN / kMulticast),
                                            (uint16_t)((1u << kMulticast) - 1u));
@@ -198,7 +198,7 @@ struct Mainloop {
     // The first row of this block's share of a cluster's tile: with multicast, the blocks of a
     // cluster take consecutive row tiles of one column tile; 0 otherwise.
     __device__ __forceinline__ static int row_in_cluster() {
-        return kMulticast > 1 ? (int)(blockIdx.x % kMulticast) * BM : 0;
+        return kMulticast > 1 ? (int)ptx::cluster_ctarank() * BM : 0;
     }
 
     // The producer warpgroup's one thread, for the whole kernel: loads the stages of every tile

@@ -109,8 +109,8 @@ struct ClusterSplitK {
         ptx::fence_mbarrier_init();
     }
 
-    // This block's rank in its cluster: clusters are kSplits consecutive blocks along x.
-    __device__ __forceinline__ static int rank() { return (int)(blockIdx.x % kSplits); }
+    // This block's rank in its cluster of kSplits blocks.
+    __device__ __forceinline__ static int rank() { return (int)ptx::cluster_ctarank(); }
 
     // This block's share of `k_blocks`: [rank * K / kSplits, (rank + 1) * K / kSplits).
     __device__ __forceinline__ static KShare share(int k_blocks) {
