@@ -473,8 +473,8 @@ mod cuda {
     /// queued next, not filled first. Each call writes every element of its outputs before
     /// anything reads them (an empty reduction writes zeros) and every byte of the workspace it
     /// reads; the GPU tests prove it with outputs and workspaces poisoned before each call. A
-    /// zero fill would be one more pass over memory on the stream: for the `wide` benchmark
-    /// shape's Y, 64 MiB, a sizeable part of the fused forward's own time.
+    /// zero fill would be one more pass over memory on the stream (for the `wide` benchmark
+    /// shape's Y, 64 MiB written twice instead of once).
     fn unfilled<T: DeviceRepr>(
         device: &CudaDevice,
         len: usize,
