@@ -3,8 +3,9 @@
 # answer as Rust's test harness does (`--list`, `--exact NAME`, "test NAME ... ok" lines), one of
 # which fails the way a trapped CUDA context makes a whole process fail. The script must rerun
 # alone exactly the tests that did not report ok, and its summary must say which failed alone;
-# the optional steps (selftest-no-hopper, bench-no-hopper) run only when STEPS names them; after
-# the bench, `fusedrop goals` reads its CSV and the summary reports it without failing the check.
+# the optional steps (selftest-no-hopper, bench-no-hopper, bench-full) run only when STEPS names
+# them; after the bench, `fusedrop goals` reads its CSV (the whole suite's when it was measured)
+# and the summary reports it without failing the check.
 # Part of the test command (scripts/test.sh); takes a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -120,11 +121,20 @@ grep -qE '^goals +0 of 10 goals met  \[goals.txt\]$' "$work/out5/summary.txt" \
   || fail "the summary has no goals line"
 grep -q '^0 of 10 goals met$' "$work/out5/goals.txt" || fail "goals.txt was not written"
 rm "$work/bundle/fusedrop-runs.txt"
+# The whole suite, when named, is what goals reads.
+OUT="$work/out6" STEPS="bench-full" bash "$work/bundle/gpu-check.sh" > "$work/run.log" 2>&1 \
+  || fail "exit status $? with only bench-full named"
+[[ "$(tr '\n' ';' < "$work/bundle/fusedrop-runs.txt")" == \
+  "bench --csv $work/out6/bench-full.csv;goals $work/out6/bench-full.csv;" ]] \
+  || fail "STEPS=bench-full ran: $(tr '\n' ';' < "$work/bundle/fusedrop-runs.txt")"
+rm "$work/bundle/fusedrop-runs.txt"
 # Without STEPS every step runs but the optional ones.
 OUT="$work/out4" bash "$work/bundle/gpu-check.sh" > "$work/run.log" 2>&1 || true
 grep -qx selftest "$work/bundle/fusedrop-runs.txt" || fail "a run without STEPS skipped selftest"
 ! grep -q -- --no-hopper "$work/bundle/fusedrop-runs.txt" \
   || fail "a run without STEPS ran an optional step: $(grep -- --no-hopper "$work/bundle/fusedrop-runs.txt")"
+! grep -q -- bench-full.csv "$work/bundle/fusedrop-runs.txt" \
+  || fail "a run without STEPS ran the whole suite's bench"
 rm "$work/bundle/fusedrop"
 
 # A passing executable alone: exit status 0.

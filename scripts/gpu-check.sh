@@ -9,7 +9,8 @@
 #   STEPS="test-gpu_forward test-gpu_graph bench" bash gpu-check.sh
 #                                  # only the named steps (names as in the summary), to fit a
 #                                  # short lease: the whole check takes longer than 10 minutes;
-#                                  # selftest-no-hopper and bench-no-hopper run only when named
+#                                  # selftest-no-hopper, bench-no-hopper, bench-full and
+#                                  # torch-peer-full run only when named
 # Reading a failure: a Hopper kernel whose pipeline barrier never completes traps after 20 s
 # (kernels/ptx.cuh), so a step that reports an illegal instruction from one is most likely a
 # hang, not a bad access (the kernel cannot say which barrier: docs/KERNELS.md; the kernels are
@@ -176,11 +177,23 @@ if [[ "${QUICK:-0}" != "1" ]]; then
     step torch-peer 300 env PYTHONUNBUFFERED=1 python3 "$here/peers/torch_peer.py" --quick --csv "$out/torch_peer.csv"
   fi
 fi
-# The performance issues' goals checked on this run's CSVs (`fusedrop goals`): a report, not a
-# step that fails the check (no goal is met yet). Its text goes to $out/goals.txt.
-if [[ -f "$out/bench.csv" ]]; then
-  csvs=("$out/bench.csv")
-  [[ -f "$out/torch_peer.csv" ]] && csvs+=("$out/torch_peer.csv")
+# The whole suite (every shape, dtype and p; what closes a performance issue), when STEPS names
+# them: too long for a short lease beside the other steps.
+optional_step bench-full 540 "$here/fusedrop" bench --csv "$out/bench-full.csv"
+if [[ -f "$here/peers/torch_peer.py" ]]; then
+  optional_step torch-peer-full 540 env PYTHONUNBUFFERED=1 python3 "$here/peers/torch_peer.py" \
+    --budget-s 480 --csv "$out/torch_peer-full.csv"
+fi
+# The performance issues' goals checked on this run's CSVs (`fusedrop goals`; the whole suite's
+# where it was measured): a report, not a step that fails the check (no goal is met yet). Its
+# text goes to $out/goals.txt.
+bench_csv="$out/bench.csv"
+peer_csv="$out/torch_peer.csv"
+[[ -f "$out/bench-full.csv" ]] && bench_csv="$out/bench-full.csv"
+[[ -f "$out/torch_peer-full.csv" ]] && peer_csv="$out/torch_peer-full.csv"
+if [[ -f "$bench_csv" ]]; then
+  csvs=("$bench_csv")
+  [[ -f "$peer_csv" ]] && csvs+=("$peer_csv")
   "$here/fusedrop" goals "${csvs[@]}" > "$out/goals.txt" 2>&1
   record goals "$(tail -n 1 "$out/goals.txt")  [goals.txt]"
 fi
