@@ -174,20 +174,31 @@ impl<'a> Rows<'a> {
                 gpus.join(", ")
             ));
         }
-        let by_key = rows
-            .iter()
-            .map(|r| {
-                let key = (
-                    r.source.as_str(),
-                    r.shape.as_str(),
-                    r.dtype.as_str(),
-                    r.p.map(f32::to_bits),
-                    r.pass.as_str(),
-                    r.impl_name.as_str(),
-                );
-                (key, r)
-            })
-            .collect();
+        let mut by_key = HashMap::new();
+        for r in rows {
+            let key = (
+                r.source.as_str(),
+                r.shape.as_str(),
+                r.dtype.as_str(),
+                r.p.map(f32::to_bits),
+                r.pass.as_str(),
+                r.impl_name.as_str(),
+            );
+            // Two CSVs of the same source (a bench run with and one without the Hopper kernels,
+            // say) would otherwise silently replace one path's figures by the other's.
+            if by_key.insert(key, r).is_some() {
+                return Err(invalid!(
+                    "two rows for {} {} {} p={} {} {}; expected each row once (the CSVs of one \
+                     run: one bench, one peer)",
+                    r.source,
+                    r.shape,
+                    r.dtype,
+                    r.p.map_or("-".to_string(), |p| p.to_string()),
+                    r.pass,
+                    r.impl_name
+                ));
+            }
+        }
         Ok(Self { by_key })
     }
 
@@ -615,13 +626,24 @@ mod tests {
     }
 
     #[test]
-    fn rows_from_two_gpus_or_malformed_rows_are_refused() {
+    fn rows_from_two_gpus_twice_the_same_row_or_malformed_rows_are_refused() {
         let mut csv = HEADER.to_string();
         csv += &row(OURS, "sq", "bf16", "", "forward", "gemm_floor", 100.0);
         csv += &row(TORCH, "sq", "bf16", "0.1", "forward", "eager", 100.0)
             .replace("NVIDIA H200", "NVIDIA H100 80GB HBM3");
         let e = check(&read_csv(csv.as_bytes()).unwrap()).unwrap_err();
         assert!(e.to_string().contains("2 GPUs"), "{e}");
+        let twice = format!(
+            "{HEADER}{}{}",
+            row(OURS, "sq", "bf16", "0.1", "forward", "fused", 1.0),
+            row(OURS, "sq", "bf16", "0.1", "forward", "fused", 2.0)
+        );
+        let e = check(&read_csv(twice.as_bytes()).unwrap()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("two rows for fusedrop sq bf16 p=0.1 forward fused"),
+            "{e}"
+        );
         let bad = format!(
             "{HEADER}{}",
             row(OURS, "sq", "bf16", "x", "forward", "fused", 1.0)
