@@ -157,6 +157,25 @@ type RowRef<'s> = (&'s str, &'s str, DType, Option<f32>, &'s str, &'s str);
 /// The same, as the rows' map keys it: the dtype's name and p's bits.
 type RowKey<'s> = (&'s str, &'s str, &'s str, Option<u32>, &'s str, &'s str);
 
+/// The one place a row's key is built, for the rows read and for the rows looked up.
+fn row_key<'s>(
+    source: &'s str,
+    shape: &'s str,
+    dtype_name: &'s str,
+    p: Option<f32>,
+    pass: &'s str,
+    impl_name: &'s str,
+) -> RowKey<'s> {
+    (
+        source,
+        shape,
+        dtype_name,
+        p.map(f32::to_bits),
+        pass,
+        impl_name,
+    )
+}
+
 /// The rows of a run, looked up by what identifies them.
 struct Rows<'a> {
     by_key: HashMap<RowKey<'a>, &'a Measurement>,
@@ -176,14 +195,7 @@ impl<'a> Rows<'a> {
         }
         let mut by_key = HashMap::new();
         for r in rows {
-            let key = (
-                r.source.as_str(),
-                r.shape.as_str(),
-                r.dtype.as_str(),
-                r.p.map(f32::to_bits),
-                r.pass.as_str(),
-                r.impl_name.as_str(),
-            );
+            let key = row_key(&r.source, &r.shape, &r.dtype, r.p, &r.pass, &r.impl_name);
             // Two CSVs of the same source (a bench run with and one without the Hopper kernels,
             // say) would otherwise silently replace one path's figures by the other's.
             if by_key.insert(key, r).is_some() {
@@ -204,14 +216,7 @@ impl<'a> Rows<'a> {
 
     fn get(&self, row: RowRef<'_>) -> Option<&'a Measurement> {
         let (source, shape, dtype, p, pass, impl_name) = row;
-        let key = (
-            source,
-            shape,
-            dtype.name(),
-            p.map(f32::to_bits),
-            pass,
-            impl_name,
-        );
+        let key = row_key(source, shape, dtype.name(), p, pass, impl_name);
         self.by_key.get(&key).copied()
     }
 
