@@ -139,6 +139,9 @@ impl FusedLinearOp {
         if let Some((b, _)) = b {
             contiguous_range("b", b)?;
         }
+        // Before anything is allocated for Y: with k = 0, X and W hold no elements whatever m and
+        // n are, so m*n could be as large as the caller likes.
+        crate::validate::check_shape(LinearShape::new(m, n, k)).map_err(to_candle)?;
         Ok(LayerSpec::new(
             LinearShape::new(m, n, k),
             self.nonlinearity,

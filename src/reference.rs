@@ -29,14 +29,19 @@ use crate::validate::{self, BackwardLens, ForwardLens};
 
 /// The standalone dropout kernel's reference: `y = y * (keep(i) ? scale : 0)` ([`apply_keep`]),
 /// with the product taken in f32 and rounded once into `T`, exactly as the kernel does. A dropped
-/// NaN or infinity becomes NaN.
+/// NaN or infinity becomes NaN. Checks its arguments as the kernel's wrapper does (p, `y.len()
+/// == m * n`, the geometry), so a bad call is an error, not a panic.
 pub fn dropout_in_place<T: Element>(
     y: &mut [T],
     m: usize,
     n: usize,
     dropout: &DropoutSpec,
     geometry: &Geometry,
-) {
+) -> Result<()> {
+    validate::check_probability(dropout.p)?;
+    let elements = validate::product(m, n, "m*n")?;
+    validate::check_len("Y", y.len(), elements as usize, &format!("m*n = {m}*{n}"))?;
+    validate::check_geometry(geometry, m, n)?;
     let scale = mask::scale(dropout.p);
     for r in 0..m {
         for c in 0..n {
@@ -46,6 +51,7 @@ pub fn dropout_in_place<T: Element>(
             *v = T::from_f32(v.to_f32() * if kept { scale } else { 0.0 });
         }
     }
+    Ok(())
 }
 
 /// ReLU as PyTorch computes it, with its non-finite behaviour (docs/mask-contract.md,

@@ -24,7 +24,8 @@ pub fn check_probability(p: f32) -> Result<()> {
     Ok(())
 }
 
-fn product(a: usize, b: usize, what: &str) -> Result<u64> {
+/// `a * b` as an element count, or an error naming `what` when it passes [`MAX_INDEX`].
+pub(crate) fn product(a: usize, b: usize, what: &str) -> Result<u64> {
     (a as u64)
         .checked_mul(b as u64)
         .filter(|&v| v <= MAX_INDEX)

@@ -4,7 +4,8 @@
 //! the direct calls' poisoned), in every dtype, for ReLU and identity, with bias
 //! (on a shape whose dW splits its reduction over blocks too), and after
 //! `set_cuda_load_options(LoadOptions { hopper: false })` bit-identical to a handle made with
-//! those options. Needs a GPU (the feature links libcuda at build time); without a usable device
+//! those options; and a shape with no input features is refused before anything is allocated.
+//! Needs a GPU (the feature links libcuda at build time); without a usable device
 //! it prints why and passes.
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -153,5 +154,31 @@ fn the_candle_op_and_the_direct_calls_give_the_same_bits() -> Result<()> {
         check::<bf16>(&device, DType::BF16, options)?;
     }
     set_cuda_load_options(LoadOptions::default());
+    Ok(())
+}
+
+/// No input features on CUDA tensors: refused before Y's `m*n` elements are allocated (X
+/// `[2^40, 0]` and W `[2^40, 0]` hold nothing, so only the shape check stands between them and a
+/// 2^80-element allocation).
+#[test]
+fn no_input_features_are_refused_before_anything_is_allocated() -> Result<()> {
+    let Some(device) = device() else {
+        return Ok(());
+    };
+    let no_features = |rows| Tensor::zeros((rows, 0), DType::BF16, &device);
+    let result = fused_linear(
+        &no_features(1 << 40)?,
+        &no_features(1 << 40)?,
+        None,
+        Nonlinearity::Relu,
+        DropoutSpec::new(0.5, 1, 0),
+    );
+    match result {
+        Ok(t) => panic!("expected the k = 0 error, got a tensor {:?}", t.dims()),
+        Err(e) => assert!(
+            e.to_string().contains("expected k >= 1"),
+            "error {e} does not say k must be at least 1"
+        ),
+    }
     Ok(())
 }

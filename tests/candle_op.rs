@@ -247,6 +247,22 @@ fn bad_inputs_are_errors_that_say_what_was_expected() -> Result<()> {
         fused_linear(&x.reshape((2, 2, 3))?, &w, None, relu, none),
         "rank 2",
     );
+    // No input features: X [m, 0] and W [n, 0] hold nothing, whatever m and n say.
+    let no_features = |rows| Tensor::zeros((rows, 0), DType::F32, &Device::Cpu);
+    expect_error(
+        fused_linear(&no_features(4)?, &no_features(5)?, None, relu, none),
+        "expected k >= 1",
+    );
+    expect_error(
+        fused_linear(
+            &no_features(1 << 40)?,
+            &no_features(1 << 40)?,
+            None,
+            relu,
+            none,
+        ),
+        "expected k >= 1",
+    );
     // Mixed and unsupported dtypes.
     expect_error(
         fused_linear(&x, &w.to_dtype(DType::F16)?, None, relu, none),

@@ -668,6 +668,67 @@ fn rejects_relu_without_saved_output_and_wrong_lengths() {
         )
         .unwrap_err();
     assert!(error.to_string().contains("dX"), "{error}");
+    let mut dw = kernels.stream().alloc_zeros::<f32>(n * k - 1).unwrap();
+    let error = kernels
+        .backward(
+            &identity,
+            &x,
+            &w,
+            &dy,
+            None,
+            GradientsMut {
+                dw: Some(dw.as_view_mut()),
+                ..none()
+            },
+            BackwardOptions::default(),
+        )
+        .unwrap_err();
+    assert!(error.to_string().contains("dW has 5 elements"), "{error}");
+    let mut db = kernels.stream().alloc_zeros::<f32>(n + 1).unwrap();
+    let error = kernels
+        .backward(
+            &identity,
+            &x,
+            &w,
+            &dy,
+            None,
+            GradientsMut {
+                db: Some(db.as_view_mut()),
+                ..none()
+            },
+            BackwardOptions::default(),
+        )
+        .unwrap_err();
+    assert!(error.to_string().contains("db has 4 elements"), "{error}");
+    // The planning queries refuse what the backward refuses.
+    let no_features = LinearShape::new(m, n, 0);
+    let error = kernels
+        .backward_kernels_for::<f32>(no_features, Nonlinearity::Relu, BackwardKernel::Auto)
+        .unwrap_err();
+    assert!(error.to_string().contains("expected k >= 1"), "{error}");
+    let error = kernels
+        .backward_workspace_bytes::<f32>(
+            &LayerSpec {
+                shape: no_features,
+                ..identity
+            },
+            BackwardKernel::Auto,
+        )
+        .unwrap_err();
+    assert!(error.to_string().contains("expected k >= 1"), "{error}");
+    let error = kernels
+        .backward_workspace_bytes::<f32>(
+            &LayerSpec {
+                dropout: DropoutSpec::new(1.5, 1, 1),
+                ..identity
+            },
+            BackwardKernel::Auto,
+        )
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("expected 0 <= p <= 1"),
+        "{error}"
+    );
     // f32 operands with a kernel family that has no f32 kernel.
     for (kernel, name) in [
         (BackwardKernel::TensorCore, "TensorCore"),

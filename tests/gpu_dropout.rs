@@ -40,7 +40,7 @@ fn check<T: Element>(
         }
     }
     let mut want = host.clone();
-    reference::dropout_in_place(&mut want, m, n, &dropout, &geometry);
+    reference::dropout_in_place(&mut want, m, n, &dropout, &geometry).unwrap();
 
     let mut device = kernels.stream().clone_htod(&host).unwrap();
     kernels
@@ -161,7 +161,7 @@ fn dropout_kernel_reads_seed_from_device_buffer() {
     let mut rng = StdRng::seed_from_u64(5);
     let host = random_values::<f32>(m * n, &mut rng);
     let mut want = host.clone();
-    reference::dropout_in_place(&mut want, m, n, &dropout, &Geometry::UNSHARDED);
+    reference::dropout_in_place(&mut want, m, n, &dropout, &Geometry::UNSHARDED).unwrap();
 
     let seed_subsequence = kernels
         .stream()

@@ -358,6 +358,44 @@ fn probability_below_zero_above_one_or_not_a_number() {
 }
 
 #[test]
+fn reference_dropout_checks_its_arguments() {
+    let dropout = DropoutSpec::new(0.5, 1, 2);
+    let mut y = vec![1.0f32; M * N];
+    assert!(
+        reference::dropout_in_place(&mut y, M, N, &dropout, &Geometry::UNSHARDED).is_ok(),
+        "a well-formed call"
+    );
+    assert_invalid(
+        reference::dropout_in_place(&mut y[1..], M, N, &dropout, &Geometry::UNSHARDED),
+        &["Y has 14 elements", "expected 15"],
+    );
+    assert_invalid(
+        reference::dropout_in_place(
+            &mut y,
+            M,
+            N,
+            &DropoutSpec::new(1.5, 1, 2),
+            &Geometry::UNSHARDED,
+        ),
+        &["p = 1.5", "expected 0 <= p <= 1"],
+    );
+    assert_invalid(
+        reference::dropout_in_place(&mut y, usize::MAX, 2, &dropout, &Geometry::UNSHARDED),
+        &["overflows", "expected at most 2^63-1"],
+    );
+    // A shard of n columns from column 1 of a logical output n wide.
+    let outside = Geometry {
+        row_offset: 0,
+        col_offset: 1,
+        n_global: Some(N as u64),
+    };
+    assert_invalid(
+        reference::dropout_in_place(&mut y, M, N, &dropout, &outside),
+        &["col_offset 1 + n 5 exceeds n_global 5"],
+    );
+}
+
+#[test]
 fn no_malformed_call_panics() {
     // Every combination of odd sizes, wrong lengths, bad probabilities and geometries: each call
     // must return (Ok or Err), never panic.
@@ -441,5 +479,43 @@ fn device_seed_buffer_of_wrong_length() {
     assert_invalid(
         result,
         &["seed_subsequence buffer has 3 elements", "expected 2"],
+    );
+    // The forward checks the buffer before it returns for an empty output (m = 0) too.
+    use fusedrop::cuda::forward::ForwardOptions;
+    let spec = LayerSpec::new(
+        LinearShape::new(0, 3, 2),
+        Nonlinearity::Relu,
+        DropoutSpec::new(0.5, 0, 0),
+    );
+    let x = stream.alloc_zeros::<f32>(0).expect("allocate x");
+    let w = stream.clone_htod(&[1.0f32; 6]).expect("upload w");
+    let mut y_empty = stream.alloc_zeros::<f32>(0).expect("allocate y");
+    let mut forward = |seed| {
+        kernels.forward(
+            &spec,
+            &x,
+            &w,
+            None,
+            &mut y_empty.as_view_mut(),
+            ForwardOptions {
+                seed,
+                ..ForwardOptions::default()
+            },
+        )
+    };
+    assert_invalid(
+        forward(SeedSource::Device(&view)),
+        &["seed_subsequence buffer has 3 elements", "expected 2"],
+    );
+    // DeviceRecorded: the record buffer too.
+    let pair = stream.clone_htod(&[1u64, 2]).expect("upload pair");
+    let pair_view = pair.as_view();
+    let mut record = stream.alloc_zeros::<u64>(1).expect("allocate record");
+    assert_invalid(
+        forward(SeedSource::DeviceRecorded {
+            next: &pair_view,
+            record: &mut record,
+        }),
+        &["seed record buffer has 1 elements", "expected 2"],
     );
 }

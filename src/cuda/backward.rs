@@ -164,14 +164,20 @@ impl Config {
 
     /// Output tiles of a product with `rows` x `cols` outputs.
     fn tiles(self, rows: usize, cols: usize) -> u64 {
-        (rows as u64).div_ceil(self.block_m) * (cols as u64).div_ceil(self.block_n)
+        (rows as u64)
+            .div_ceil(self.block_m)
+            .saturating_mul((cols as u64).div_ceil(self.block_n))
     }
 
     /// The launch over `tiles` output tiles, `splits` blocks each (grid-stride beyond
     /// `MAX_BLOCKS`).
     fn launch_config(self, tiles: u64) -> LaunchConfig {
         LaunchConfig {
-            grid_dim: ((tiles * self.splits).clamp(1, MAX_BLOCKS) as u32, 1, 1),
+            grid_dim: (
+                tiles.saturating_mul(self.splits).clamp(1, MAX_BLOCKS) as u32,
+                1,
+                1,
+            ),
             block_dim: (self.threads, 1, 1),
             shared_mem_bytes: self.smem_bytes,
         }
@@ -284,8 +290,12 @@ impl Config {
 
 /// Where the split-K partial sums start in the workspace: after dY times the mask (when the call
 /// writes it there), at a 256-byte boundary.
+/// Saturates, as [`workspace_bytes`] does, where a shape's byte counts pass `usize::MAX` (no
+/// workspace of that size can exist, so such a call fails at its length check).
 fn partial_offset(mask_bytes: usize) -> usize {
-    mask_bytes.next_multiple_of(256)
+    mask_bytes
+        .checked_next_multiple_of(256)
+        .unwrap_or(usize::MAX)
 }
 
 /// The entry point of product `what` ("dx" or "dw") of `config` for `T` (`aligned`: the
@@ -648,7 +658,7 @@ impl LayerKernels {
     /// The kernels [`LayerKernels::backward`] would run for a layer of `shape` and
     /// `nonlinearity` with `kernel` and no workspace, on this GPU, for buffers that start 16-byte
     /// aligned (as every cudarc allocation does) and with dX, dW and db requested. Errors as the
-    /// backward does for a family that cannot run.
+    /// backward does for a bad shape or a family that cannot run.
     pub fn backward_kernels_for<T: Element>(
         &self,
         shape: LinearShape,
@@ -694,13 +704,14 @@ impl LayerKernels {
     /// the mma.sync and SIMT kernels split (narrow products with fewer tiles than the GPU has
     /// multiprocessors; docs/BACKWARD.md, "Split-K on the classic kernels"); 0 when neither
     /// applies. The activation comes from `spec` (ReLU's saved Y plays no part in the size).
-    /// Errors as the backward does for a family that cannot run.
+    /// Errors as the backward does for a bad shape, probability or a family that cannot run.
     pub fn backward_workspace_bytes<T: Element>(
         &self,
         spec: &LayerSpec,
         kernel: BackwardKernel,
     ) -> Result<usize> {
         let LinearShape { m, n, k } = spec.shape;
+        validate::check_probability(spec.dropout.p)?;
         let (dx, dw) = self.backward_paths::<T>(spec.shape, spec.nonlinearity, kernel, true)?;
         let mask = workspace_bytes::<T>(spec);
         let partial = dx
@@ -723,6 +734,8 @@ impl LayerKernels {
         kernel: BackwardKernel,
         split_k: bool,
     ) -> Result<(Path, Path)> {
+        // The planning queries are public: a shape the backward would refuse is refused here too.
+        validate::check_shape(shape)?;
         let mut chooser = Chooser::new::<T>(self.gpu_facts(), kernel, shape)?;
         chooser.split_k = split_k;
         let y = (nonlinearity == Nonlinearity::Relu).then_some(0);
@@ -1259,7 +1272,7 @@ fn product_plans<T: Element>(
             sums.push((out, operands.partial_at, rows * k));
         }
         if product == BackwardProduct::Dw && operands.db {
-            let after = (config.splits as usize * rows * k * 4) as u64;
+            let after = (config.splits * 4).saturating_mul((rows as u64).saturating_mul(k as u64));
             sums.push((Operand::DB, operands.partial_at + after, rows));
         }
         for (gradient, shares, count) in sums {
@@ -1311,6 +1324,7 @@ pub fn product_plan<T: Element>(
     accumulate: bool,
     resident: ResidentClusters,
 ) -> Result<Vec<LaunchPlan>> {
+    validate::check_shape(spec.shape)?;
     let hopper = [
         WG128X256,
         WG128X128,
@@ -1415,6 +1429,7 @@ mod tests {
         assert_eq!(TC64X64.partial_bytes(1024, 256, 1024), 0);
         assert_eq!(partial_offset(0), 0);
         assert_eq!(partial_offset(1000), 1024);
+        assert_eq!(partial_offset(usize::MAX - 3), usize::MAX, "saturates");
         // Grids cover every share of every tile.
         assert_eq!(wide_dw.launch_config(64).grid_dim, (128, 1, 1));
     }
@@ -1760,5 +1775,64 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("expected f16 or bf16"), "{err}");
+        // The tensor-core kernels below compute capability 8.0, and the Hopper kernels anywhere
+        // but on a 9.0 GPU with the sm_90a module loaded.
+        let turing = GpuFacts {
+            compute_capability: (7, 5),
+            ..a100
+        };
+        let err = backward_plan::<f16>(
+            &identity,
+            false,
+            BackwardKernel::Auto,
+            &turing,
+            &buffers(None),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, Error::UnsupportedDevice(_)) && err.to_string().contains("mma.sync"),
+            "{err}"
+        );
+        let err = backward_plan::<f16>(
+            &identity,
+            false,
+            BackwardKernel::Hopper,
+            &a100,
+            &buffers(None),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, Error::UnsupportedDevice(_))
+                && err.to_string().contains("compute capability 9.0"),
+            "{err}"
+        );
+        // Forced Hopper with an operand TMA cannot read (X at an odd 2-byte offset).
+        let h100 = GpuFacts {
+            compute_capability: (9, 0),
+            resident: ResidentClusters::uniform(132),
+            forward_sm90_loaded: true,
+            backward_sm90_loaded: true,
+        };
+        let misaligned_x = BackwardBuffers {
+            x: Some(0x3002),
+            ..buffers(None)
+        };
+        let err = backward_plan::<f16>(
+            &identity,
+            false,
+            BackwardKernel::Hopper,
+            &h100,
+            &misaligned_x,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("reads dY, Y and X by TMA for dW"),
+            "{err}"
+        );
+        // The same buffers with the automatic choice take the mma.sync kernels instead.
+        assert!(
+            backward_plan::<f16>(&identity, false, BackwardKernel::Auto, &h100, &misaligned_x)
+                .is_ok()
+        );
     }
 }

@@ -7,7 +7,7 @@ use cudarc::driver::DevicePtrMut;
 use crate::cuda::launch_plan::{KernelArg, LaunchPlan, Operand};
 use crate::cuda::{check_seed_source, LayerKernels, MaskParams, SeedSource};
 use crate::element::Element;
-use crate::error::{invalid, Result};
+use crate::error::Result;
 use crate::layer::{DropoutSpec, Geometry};
 use crate::validate;
 
@@ -15,7 +15,8 @@ const THREADS: u32 = 256;
 
 impl LayerKernels {
     /// Applies dropout in place to the row-major `[m, n]` buffer `y` on the handle's stream:
-    /// `y[r, c] = keep(i) ? y[r, c] * 1/(1-p) : 0` with `i = geometry.linear_index(n, r, c)`,
+    /// `y[r, c] = y[r, c] * (keep(i) ? 1/(1-p) : 0)` with `i = geometry.linear_index(n, r, c)` (a
+    /// multiplication, so a dropped NaN or infinity becomes NaN),
     /// (seed, subsequence) taken from `seed` as in
     /// [`ForwardOptions::seed`](super::forward::ForwardOptions::seed).
     ///
@@ -44,10 +45,7 @@ impl LayerKernels {
     ) -> Result<()> {
         let stream = self.stream();
         validate::check_probability(dropout.p)?;
-        let elements = (m as u64)
-            .checked_mul(n as u64)
-            .filter(|&e| e <= validate::MAX_INDEX)
-            .ok_or_else(|| invalid!("m*n = {m}*{n} overflows 64-bit index arithmetic"))?;
+        let elements = validate::product(m, n, "m*n")?;
         validate::check_len("Y", y.len(), elements as usize, &format!("m*n = {m}*{n}"))?;
         validate::check_geometry(geometry, m, n)?;
         check_seed_source(&seed)?;
@@ -72,7 +70,7 @@ impl LayerKernels {
 /// call (4 elements, and a partial call at each row's ends), grid-stride beyond 65535 * 8
 /// blocks. `m * n` must be within `validate::MAX_INDEX` (the wrapper checks it).
 pub fn dropout_plan<T: Element>(input: Operand, output: Operand, m: usize, n: usize) -> LaunchPlan {
-    let calls = (m as u64) * (n as u64 / 4 + 2);
+    let calls = (m as u64).saturating_mul(n as u64 / 4 + 2);
     let blocks = calls.div_ceil(u64::from(THREADS)).clamp(1, 65_535 * 8) as u32;
     LaunchPlan {
         module: "dropout",

@@ -310,10 +310,12 @@ impl ForwardConfig {
         }
     }
 
-    /// Output tiles of `shape` under this configuration.
+    /// Output tiles of `shape` under this configuration (saturating at `u64::MAX`, beyond any
+    /// count a launch accepts, for shapes no call would pass validation with).
     pub fn tiles(self, shape: LinearShape) -> u64 {
-        (shape.m as u64).div_ceil(self.block_m() as u64)
-            * (shape.n as u64).div_ceil(self.block_n() as u64)
+        (shape.m as u64)
+            .div_ceil(self.block_m() as u64)
+            .saturating_mul((shape.n as u64).div_ceil(self.block_n() as u64))
     }
 
     /// The launch of `shape` on a GPU that runs `resident` clusters at once
@@ -555,7 +557,7 @@ pub fn choose_hopper_config(
         // max_by_key keeps the last of equals: reverse the order of preference.
         .rev()
         .max_by_key(|c| {
-            let padded_m = shape.m.div_ceil(c.block_m()) * c.block_m();
+            let padded_m = shape.m.div_ceil(c.block_m()).saturating_mul(c.block_m());
             (
                 c.tiles(shape) * u64::from(c.splits()),
                 std::cmp::Reverse(padded_m),
@@ -723,10 +725,13 @@ impl LayerKernels {
         let ForwardOptions { config, seed } = options;
         let stream = self.stream();
         let shape = spec.shape;
-        if !validate::check_forward(shape, spec.dropout.p, &spec.geometry, lens(x, w, b, y))? {
+        let nonempty =
+            validate::check_forward(shape, spec.dropout.p, &spec.geometry, lens(x, w, b, y))?;
+        // Checked before the empty-output return too: a wrong seed buffer is wrong for any shape.
+        check_seed_source(&seed)?;
+        if !nonempty {
             return Ok(());
         }
-        check_seed_source(&seed)?;
         // Taken once: the addresses decide the path (TMA alignment), and the guards keep the
         // buffers borrowed until the launch is queued.
         let (x_ptr, _x_guard) = x.device_ptr(stream);
@@ -805,9 +810,20 @@ pub fn sm90_sweep_launch(
     shape: LinearShape,
     resident: ResidentClusters,
 ) -> Result<LaunchConfig> {
-    let cluster_rows = u64::from(variant.block_m * variant.cluster);
-    let tiles = (shape.m as u64).div_ceil(cluster_rows)
-        * (shape.n as u64).div_ceil(u64::from(variant.block_n));
+    if variant.block_m == 0 || variant.block_n == 0 || variant.cluster == 0 {
+        return Err(invalid!(
+            "sweep variant {} has a {} x {} tile in clusters of {}; expected every side and the \
+             cluster at least 1 (a variant of launch_table::FORWARD_SM90_SWEEP)",
+            variant.name,
+            variant.block_m,
+            variant.block_n,
+            variant.cluster
+        ));
+    }
+    let cluster_rows = u64::from(variant.block_m) * u64::from(variant.cluster);
+    let tiles = (shape.m as u64)
+        .div_ceil(cluster_rows)
+        .saturating_mul((shape.n as u64).div_ceil(u64::from(variant.block_n)));
     if tiles > i32::MAX as u64 {
         return Err(invalid!(
             "{} x {} needs {tiles} tiles of {cluster_rows} x {}; expected at most 2^31-1",
@@ -1094,6 +1110,16 @@ mod tests {
             .launch_config(LinearShape::new(0, 5, 3), ResidentClusters::uniform(132))
             .unwrap();
         assert_eq!(empty_rows.grid_dim.1, 1);
+        // More column tiles than a grid's x holds (2^31 - 1).
+        let too_wide = LinearShape::new(1, 1 << 40, 8);
+        let err = ForwardConfig::Tc64x32
+            .launch_config(too_wide, ResidentClusters::uniform(132))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("column tiles of 32; expected at most 2^31-1"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1300,6 +1326,24 @@ mod tests {
             err.to_string().contains("compiled for f16 and bf16"),
             "{err}"
         );
+        // X one element off a 16-byte boundary: TMA cannot read it.
+        let err = forward_sweep_plan::<f16>(
+            &multicast_tma_store,
+            &spec,
+            &addresses(0x1002, 0x2000, None, 0x4000),
+            ResidentClusters::uniform(132),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("16-byte aligned"), "{err}");
+        // A production configuration's numbers are not a sweep variant.
+        let err = forward_sweep_plan::<f16>(
+            &launch_table::FORWARD_TC64X64,
+            &spec,
+            &at,
+            ResidentClusters::uniform(132),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("is not a sweep variant"), "{err}");
     }
 
     #[test]
@@ -1479,6 +1523,14 @@ mod tests {
         );
         let huge = LinearShape::new(1 << 30, 1 << 22, 8);
         assert!(sm90_sweep_launch(&st3, huge, ResidentClusters::uniform(132)).is_err());
+        // Tile counts past u64 saturate into the same error, not an overflow.
+        let beyond = LinearShape::new(1 << 40, 1 << 40, 8);
+        assert!(sm90_sweep_launch(&st3, beyond, ResidentClusters::uniform(132)).is_err());
+        assert_eq!(ForwardConfig::Wg64x128.tiles(beyond), u64::MAX);
+        // A caller-built variant with an empty tile is refused, not divided by.
+        let empty = LaunchNumbers { cluster: 0, ..st3 };
+        let error = sm90_sweep_launch(&empty, sq, ResidentClusters::uniform(132)).unwrap_err();
+        assert!(error.to_string().contains("expected every side"), "{error}");
         for v in &FORWARD_SM90_SWEEP {
             // The names say it too (the kernels' static_asserts check the field).
             assert_eq!(v.tma_store, v.name.contains("tmastore"), "{}", v.name);

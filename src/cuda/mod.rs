@@ -378,8 +378,8 @@ impl LayerKernels {
     }
 
     /// The driver's counts of clusters of 2, 4 and 8 blocks that run at once, asked of the
-    /// Hopper split-K kernels of those sizes (every Hopper kernel has the same block: 384
-    /// threads, over 190 KiB of shared memory, one per multiprocessor). `None` (so
+    /// Hopper split-K kernels of those sizes (every production Hopper kernel has the
+    /// same block: 384 threads, over 190 KiB of shared memory, one per multiprocessor). `None` (so
     /// `sm_count / size`) for a size whose kernel is not loaded (no Hopper modules, another GPU)
     /// or whose query fails.
     fn ask_resident_clusters(&self) -> ResidentClusters {

@@ -22,7 +22,7 @@ pub(crate) fn dropout_launch<T: Raw>(
         plant(&mut y, n, &at);
     }
     let mut want = y.clone();
-    reference::dropout_in_place(&mut want, m, n, &dropout, &geometry);
+    reference::dropout_in_place(&mut want, m, n, &dropout, &geometry).unwrap();
     let plan = dropout_plan::<T>(Operand::Y, Operand::Y, m, n);
     let mut launch = Launch::new(
         &plan.function,

@@ -43,6 +43,7 @@ fn cpu_group<T: Element>(c: &mut Criterion) {
                         &spec.dropout,
                         &Geometry::UNSHARDED,
                     )
+                    .expect("valid operands")
                 },
                 BatchSize::SmallInput,
             )
