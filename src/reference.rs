@@ -22,7 +22,7 @@
 use std::thread;
 
 use crate::element::Element;
-use crate::error::Result;
+use crate::error::{invalid, Result};
 use crate::layer::{DropoutSpec, Geometry, LayerSpec, LinearShape, Nonlinearity};
 use crate::mask;
 use crate::validate::{self, BackwardLens, ForwardLens};
@@ -105,7 +105,7 @@ pub fn preactivation_f64<T: Element>(
         return Ok(Vec::new());
     }
     let bias = b.map(to_f64);
-    Ok(layer_forward(shape, x, w, bias.as_deref(), |_, _| {}))
+    layer_forward(shape, x, w, bias.as_deref(), |_, _| {})
 }
 
 /// The forward pass in f64, unrounded: `y = act(z) * (keep(i) ? scale : 0)` ([`relu`],
@@ -114,7 +114,7 @@ pub fn preactivation_f64<T: Element>(
 /// (docs/mask-contract.md, "Non-finite values").
 ///
 /// An empty output gives an empty vector. Every input is validated with
-/// [`validate::check_forward`].
+/// [`validate::check_forward`]; a result larger than this host can allocate is an error too.
 pub fn forward_f64<T: Element>(
     spec: &LayerSpec,
     x: &[T],
@@ -138,27 +138,21 @@ pub fn forward_f64<T: Element>(
     let scale = f64::from(mask::scale(dropout.p));
     let n = shape.n;
     let mut keep = Vec::new();
-    Ok(layer_forward(
-        shape,
-        x,
-        w,
-        bias.as_deref(),
-        move |r, row| {
-            keep.resize(n, false);
-            let first = spec.geometry.linear_index(n, r, 0);
-            mask::keep_run(
-                dropout.seed,
-                dropout.subsequence,
-                dropout.p,
-                first,
-                &mut keep,
-            );
-            for (v, &kept) in row.iter_mut().zip(&keep) {
-                let a = if relu { self::relu(*v) } else { *v };
-                *v = apply_keep(a, kept, scale);
-            }
-        },
-    ))
+    layer_forward(shape, x, w, bias.as_deref(), move |r, row| {
+        keep.resize(n, false);
+        let first = spec.geometry.linear_index(n, r, 0);
+        mask::keep_run(
+            dropout.seed,
+            dropout.subsequence,
+            dropout.p,
+            first,
+            &mut keep,
+        );
+        for (v, &kept) in row.iter_mut().zip(&keep) {
+            let a = if relu { self::relu(*v) } else { *v };
+            *v = apply_keep(a, kept, scale);
+        }
+    })
 }
 
 /// The forward pass rounded once into `T`: [`forward_f64`], then each element rounded to
@@ -250,11 +244,11 @@ pub fn backward_f64<T: Element>(
 
     // dX [m, k] = dz [m, n] · W [n, k], written as dz · (Wᵀ [k, n])ᵀ.
     let w_t = transpose(&to_f64(w), n, k);
-    let dx = matmul_abt(&dz, &w_t, m, k, n, |_, _| {});
+    let dx = matmul_abt(&dz, &w_t, m, k, n, |_, _| {})?;
     // dW [n, k] = dzᵀ [n, m] · X [m, k], written as dzᵀ · (Xᵀ [k, m])ᵀ.
     let dz_t = transpose(&dz, m, n);
     let x_t = transpose(&to_f64(x), m, k);
-    let dw = matmul_abt(&dz_t, &x_t, n, k, m, |_, _| {});
+    let dw = matmul_abt(&dz_t, &x_t, n, k, m, |_, _| {})?;
     // db [n]: each column of dz summed over the rows, in row order.
     let db = if m == 0 {
         vec![0.0; n]
@@ -444,7 +438,7 @@ fn layer_forward<T: Element>(
     w: &[T],
     bias: Option<&[f64]>,
     epilogue: impl FnMut(usize, &mut [f64]) + Clone + Send,
-) -> Vec<f64> {
+) -> Result<Vec<f64>> {
     let LinearShape { m, n, k } = shape;
     let x = to_f64(x);
     let w = to_f64(w);
@@ -457,6 +451,23 @@ fn layer_forward<T: Element>(
         }
         epilogue(r, row);
     })
+}
+
+/// A `[rows, cols]` matrix of f64 zeros, or an error where this host cannot hold it: a valid
+/// shape with a short k (X and W small) can still ask for more memory than exists, which
+/// `vec!` would answer with an abort.
+fn zeros_f64(rows: usize, cols: usize) -> Result<Vec<f64>> {
+    let len = rows * cols;
+    let mut out = Vec::new();
+    out.try_reserve_exact(len).map_err(|e| {
+        invalid!(
+            "the CPU reference's [{rows}, {cols}] f64 result ({} bytes) cannot be allocated \
+             ({e}); expected a shape whose f64 result fits this host's memory",
+            len as u128 * 8
+        )
+    })?;
+    out.resize(len, 0.0);
+    Ok(out)
 }
 
 /// `out [rows, cols] = a [rows, inner] · b [cols, inner]ᵀ` in f64, every element summed
@@ -472,13 +483,13 @@ fn matmul_abt<F>(
     cols: usize,
     inner: usize,
     epilogue: F,
-) -> Vec<f64>
+) -> Result<Vec<f64>>
 where
     F: FnMut(usize, &mut [f64]) + Clone + Send,
 {
-    let mut out = vec![0.0; rows * cols];
+    let mut out = zeros_f64(rows, cols)?;
     if out.is_empty() {
-        return out;
+        return Ok(out);
     }
     // Below about a million multiply-adds a thread costs more than it saves.
     let work = rows * cols * inner.max(1);
@@ -504,7 +515,7 @@ where
             });
         }
     });
-    out
+    Ok(out)
 }
 
 /// Edge of the register tile of [`matmul_abt_block`].

@@ -499,6 +499,21 @@ fn forward_rejects_bad_input_before_launch() {
             ForwardOptions::default(),
         )
         .unwrap();
+    // ... but a configuration that cannot run f32 is refused for it as for any other shape.
+    let err = kernels
+        .forward(
+            &empty,
+            &x.slice(0..0),
+            &w,
+            None,
+            &mut y.slice_mut(0..0),
+            ForwardOptions {
+                config: Some(ForwardConfig::Tc64x64),
+                ..ForwardOptions::default()
+            },
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("not compiled for f32"), "{err}");
 }
 
 /// Whether the Hopper kernel can run here: compute capability 9.0 and the sm_90a module built.

@@ -271,6 +271,26 @@ fn sizes_whose_index_arithmetic_overflows() {
 }
 
 #[test]
+fn a_reference_result_beyond_host_memory_is_an_error() {
+    // A valid shape with one input feature: X and W hold 2^23 elements each, Y would hold 2^46
+    // (512 TiB of f64), more than any host's address space or memory.
+    let side = 1usize << 23;
+    let one = vec![f16::ONE; side];
+    let spec = LayerSpec::new(
+        LinearShape::new(side, side, 1),
+        Nonlinearity::Relu,
+        DropoutSpec::NONE,
+    );
+    assert_invalid(
+        reference::forward::<f16>(&spec, &one, &one, None),
+        &[
+            "cannot be allocated",
+            "expected a shape whose f64 result fits",
+        ],
+    );
+}
+
+#[test]
 fn geometry_out_of_range() {
     let (x, w, b, dy) = buffers();
     let base = layer(Nonlinearity::Identity, 0.5);

@@ -638,6 +638,23 @@ pub fn forward_plan<T: Element>(
     addresses: &OperandAddresses,
 ) -> Result<LaunchPlan> {
     let shape = spec.shape;
+    check_runs_here::<T>(config, gpu)?;
+    let config = match config {
+        Some(config) => config,
+        None => {
+            let operands_fit = hopper_operands_fit(shape, addresses.x, addresses.w);
+            choose_forward::<T>(gpu, shape, operands_fit)
+        }
+    };
+    config.launch_plan::<T>(spec, addresses, gpu.resident)
+}
+
+/// The checks of [`forward_plan`] that depend on the element type, the configuration asked for
+/// and the GPU, not on the shape or the buffers: `config` compiled for `T`; f16/bf16 need
+/// compute capability 8.0; a Hopper `config` needs the Hopper kernels on this GPU and build.
+/// [`LayerKernels::forward`] makes them for an empty output too, so whether a call is refused
+/// does not depend on m or n being 0.
+fn check_runs_here<T: Element>(config: Option<ForwardConfig>, gpu: &GpuFacts) -> Result<()> {
     if let Some(config) = config {
         config.check_compiled_for::<T>()?;
     }
@@ -647,25 +664,16 @@ pub fn forward_plan<T: Element>(
             &format!("the {} forward kernel (mma.sync tensor cores)", T::NAME),
         )?;
     }
-    let config = match config {
-        Some(config) => {
-            if config.is_hopper() {
-                let loaded = gpu.forward_sm90_loaded;
-                if let Some(why) = hopper_unavailable_on::<T>(gpu.compute_capability, loaded) {
-                    return Err(Error::UnsupportedDevice(format!(
-                        "forward config {}: {why}",
-                        config.name()
-                    )));
-                }
-            }
-            config
+    if let Some(config) = config.filter(|c| c.is_hopper()) {
+        let loaded = gpu.forward_sm90_loaded;
+        if let Some(why) = hopper_unavailable_on::<T>(gpu.compute_capability, loaded) {
+            return Err(Error::UnsupportedDevice(format!(
+                "forward config {}: {why}",
+                config.name()
+            )));
         }
-        None => {
-            let operands_fit = hopper_operands_fit(shape, addresses.x, addresses.w);
-            choose_forward::<T>(gpu, shape, operands_fit)
-        }
-    };
-    config.launch_plan::<T>(spec, addresses, gpu.resident)
+    }
+    Ok(())
 }
 
 /// Options of one forward call. `Default` takes the heuristic's configuration and the host's
@@ -710,7 +718,8 @@ impl LayerKernels {
     ///   subsequence) comes from ([`ForwardOptions`]).
     ///
     /// Every argument is checked before anything is launched; an empty output (`m == 0` or
-    /// `n == 0`) launches nothing. f16 and bf16 need compute capability 8.0 or newer
+    /// `n == 0`) launches nothing, after the same checks (what is wrong for this GPU, element
+    /// type, configuration or seed buffer is an error whatever m and n are). f16 and bf16 need compute capability 8.0 or newer
     /// ([`Error::UnsupportedDevice`] otherwise); f32 runs everywhere. Asynchronous: nothing
     /// waits for the kernel. See the module documentation for an example.
     pub fn forward<T: Element>(
@@ -727,8 +736,10 @@ impl LayerKernels {
         let shape = spec.shape;
         let nonempty =
             validate::check_forward(shape, spec.dropout.p, &spec.geometry, lens(x, w, b, y))?;
-        // Checked before the empty-output return too: a wrong seed buffer is wrong for any shape.
+        // Checked before the empty-output return too: what is wrong for this GPU, element type,
+        // configuration or seed buffer is wrong for any shape.
         check_seed_source(&seed)?;
+        check_runs_here::<T>(config, &self.gpu_facts())?;
         if !nonempty {
             return Ok(());
         }
