@@ -346,13 +346,18 @@ pub fn describe_differences(
 ) -> String {
     const BLOCK: usize = 64;
     const EXAMPLES: usize = 4;
-    if got.len() != m * n || want.len() != m * n {
+    let elements = m.checked_mul(n);
+    if elements != Some(got.len()) || elements != Some(want.len()) {
         return format!(
             "lengths differ from {m} x {n} = {}: {} computed, {} expected",
-            m * n,
+            elements.map_or("more than usize::MAX".to_string(), |e| e.to_string()),
             got.len(),
             want.len()
         );
+    }
+    if got.is_empty() {
+        // Before the row and column flags: one side of an empty shape may be huge.
+        return format!("no element of {m} x {n} differs");
     }
     let (mut rows, mut cols) = (vec![false; m], vec![false; n]);
     let (mut block_rows, mut block_cols) = ([false; BLOCK], [false; BLOCK]);

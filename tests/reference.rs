@@ -717,6 +717,18 @@ fn describe_differences_names_the_tile_and_the_rows_within_blocks() {
         describe(2, 3, &[1.0; 5], &[1.0; 6], |_| true),
         "lengths differ from 2 x 3 = 6: 5 computed, 6 expected"
     );
+    // Sizes no buffer can have: described, not a panic.
+    assert_eq!(
+        describe(usize::MAX, 0, &[], &[], |_| true),
+        format!("no element of {} x 0 differs", usize::MAX)
+    );
+    assert_eq!(
+        describe(usize::MAX, 2, &[], &[], |_| true),
+        format!(
+            "lengths differ from {} x 2 = more than usize::MAX: 0 computed, 0 expected",
+            usize::MAX
+        )
+    );
 }
 
 #[test]
