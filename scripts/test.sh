@@ -44,6 +44,16 @@ echo "== kernels on the CPU switching threads with swapcontext (the form off x86
 FUSEDROP_HARNESS_SWITCH=ucontext cargo test --release --workspace "${with_candle[@]}" --test kernels_on_cpu \
   -- forward_sm90_split harness_rejects_misuse
 
+echo "== the crate without nvcc (debug, overflow checks on): it builds, and opening a GPU says the kernels were not built"
+# Every other step builds the kernels (FUSEDROP_REQUIRE_NVCC=1). Here no nvcc can be found: NVCC,
+# CUDA_HOME and CUDA_PATH unset and every PATH entry holding an nvcc left out.
+no_nvcc_path="$(tr ':' '\n' <<<"$PATH" | while read -r dir; do [[ -x "$dir/nvcc" ]] || printf '%s:' "$dir"; done)"
+no_nvcc_log="$(env -u NVCC -u CUDA_HOME -u CUDA_PATH -u FUSEDROP_REQUIRE_NVCC PATH="${no_nvcc_path%:}" \
+  CARGO_TARGET_DIR=target/no-nvcc cargo test -p fusedrop --lib --test no_driver --test validation \
+  --test reference -- --nocapture 2>&1)" || { echo "$no_nvcc_log"; exit 1; }
+grep -E "no nvcc found|kernels not built|test result" <<<"$no_nvcc_log"
+grep -q "kernels not built: open_device(0) returned" <<<"$no_nvcc_log"
+
 echo "== benches compile"
 cargo bench --workspace --no-run --quiet "${with_candle[@]}"
 
