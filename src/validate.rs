@@ -195,3 +195,30 @@ pub fn check_backward(spec: &LayerSpec, lens: BackwardLens) -> Result<bool> {
     }
     Ok(sizes.y > 0)
 }
+
+/// Lengths of the gradient buffers a backward call writes, `None` for one not asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GradientLens {
+    /// Elements of dX.
+    pub dx: Option<usize>,
+    /// Elements of dW.
+    pub dw: Option<usize>,
+    /// Elements of db.
+    pub db: Option<usize>,
+}
+
+/// The gradient buffers' lengths for `shape` (checked by [`check_backward`] first): dX `m*k`,
+/// dW `n*k`, db `n`.
+pub fn check_gradients(shape: LinearShape, lens: GradientLens) -> Result<()> {
+    let LinearShape { m, n, k } = shape;
+    if let Some(dx) = lens.dx {
+        check_len("dX", dx, m * k, &format!("m*k = {m}*{k}"))?;
+    }
+    if let Some(dw) = lens.dw {
+        check_len("dW", dw, n * k, &format!("n*k = {n}*{k}"))?;
+    }
+    if let Some(db) = lens.db {
+        check_len("db", db, n, &format!("n = {n}, one per output feature"))?;
+    }
+    Ok(())
+}

@@ -5,7 +5,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use fusedrop::reference;
-use fusedrop::validate::{self, BackwardLens, ForwardLens};
+use fusedrop::validate::{self, BackwardLens, ForwardLens, GradientLens};
 use fusedrop::{DropoutSpec, Error, Geometry, LayerSpec, LinearShape, Nonlinearity};
 use half::f16;
 
@@ -147,6 +147,53 @@ fn wrong_y_saved_length() {
             &["y_saved has 10 elements", "expected 15"],
         );
     }
+}
+
+#[test]
+fn wrong_gradient_lengths() {
+    let shape = LinearShape::new(M, N, K);
+    let all = GradientLens {
+        dx: Some(M * K),
+        dw: Some(N * K),
+        db: Some(N),
+    };
+    assert!(validate::check_gradients(shape, all).is_ok());
+    let none = GradientLens {
+        dx: None,
+        dw: None,
+        db: None,
+    };
+    assert!(validate::check_gradients(shape, none).is_ok());
+    assert_invalid(
+        validate::check_gradients(
+            shape,
+            GradientLens {
+                dx: Some(M * K + 1),
+                ..all
+            },
+        ),
+        &["dX has 13 elements", "expected 12 (m*k = 3*4)"],
+    );
+    assert_invalid(
+        validate::check_gradients(
+            shape,
+            GradientLens {
+                dw: Some(N * K - 1),
+                ..none
+            },
+        ),
+        &["dW has 19 elements", "expected 20 (n*k = 5*4)"],
+    );
+    assert_invalid(
+        validate::check_gradients(
+            shape,
+            GradientLens {
+                db: Some(M),
+                ..none
+            },
+        ),
+        &["db has 3 elements", "expected 5 (n = 5"],
+    );
 }
 
 #[test]

@@ -809,7 +809,7 @@ impl LayerKernels {
             mut workspace,
         } = options;
         let stream = self.stream();
-        let LinearShape { m, n, k } = spec.shape;
+        let LinearShape { m, n, .. } = spec.shape;
         let lens = BackwardLens {
             x: x.len(),
             w: w.len(),
@@ -824,20 +824,14 @@ impl LayerKernels {
             mut dw,
             mut db,
         } = grads;
-        if let Some(dx) = &dx {
-            validate::check_len("dX", dx.len(), m * k, &format!("m*k = {m}*{k}"))?;
-        }
-        if let Some(dw) = &dw {
-            validate::check_len("dW", dw.len(), n * k, &format!("n*k = {n}*{k}"))?;
-        }
-        if let Some(db) = &db {
-            validate::check_len(
-                "db",
-                db.len(),
-                n,
-                &format!("n = {n}, one per output feature"),
-            )?;
-        }
+        validate::check_gradients(
+            spec.shape,
+            validate::GradientLens {
+                dx: dx.as_ref().map(|v| v.len()),
+                dw: dw.as_ref().map(|v| v.len()),
+                db: db.as_ref().map(|v| v.len()),
+            },
+        )?;
         check_seed_source(&seed)?;
         if matches!(seed, SeedSource::DeviceRecorded { .. }) {
             return Err(invalid!(
