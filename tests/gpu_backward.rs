@@ -15,7 +15,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 mod elementwise;
 #[path = "common/same_bits.rs"]
 mod same_bits;
-use elementwise::check_elementwise;
+use elementwise::{check_elementwise, Operands};
 use same_bits::assert_same_bits;
 
 fn gpu() -> Option<LayerKernels> {
@@ -302,7 +302,15 @@ fn check<T: Element>(kernels: &LayerKernels, spec: &LayerSpec, case: Case) {
         } else {
             abs_sum.clone()
         };
-        check_elementwise(&format!("{what}: {name}"), cols, got, &want, &bound, terms);
+        check_elementwise(
+            &format!("{what}: {name}"),
+            cols,
+            got,
+            &want,
+            &bound,
+            terms,
+            Operands::RoundedToElement,
+        );
         let got: Vec<f64> = got.iter().map(|v| v.to_f64()).collect();
         // Unwritten outputs (NaN poison) and lost or invented NaN / infinities give +inf.
         let error = relative_l2_error_nonfinite(&got, &want);

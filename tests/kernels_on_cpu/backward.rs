@@ -355,7 +355,15 @@ fn check_backward_cases<T: Raw>(
             let what = format!("{name} of {}", launch.what);
             let got = launch.output::<T>(buffer);
             check_close(&what, cols, &got, want);
-            check_elementwise(&what, cols, &got, want, abs_sum, terms);
+            check_elementwise(
+                &what,
+                cols,
+                &got,
+                want,
+                abs_sum,
+                terms,
+                Operands::RoundedToElement,
+            );
         }
     }
 }

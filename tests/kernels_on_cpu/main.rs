@@ -525,17 +525,51 @@ fn check_close<T: Element>(what: &str, cols: usize, got: &[T], want: &[f64]) {
     );
 }
 
+/// What a forward launch must produce: the unrounded reference, and what bounds each element's
+/// error (`check_elementwise`): per element the sum of the absolute values of its k products and
+/// its bias, times the dropout scale (the same layer on |X|, |W|, |b|), over k + 1 terms.
+pub(crate) struct ForwardWant {
+    pub(crate) y: Vec<f64>,
+    pub(crate) abs_sum: Vec<f64>,
+    pub(crate) terms: usize,
+}
+
+impl ForwardWant {
+    pub(crate) fn of<T: Element>(spec: &LayerSpec, x: &[T], w: &[T], b: Option<&[T]>) -> Self {
+        let y = reference::forward_f64(spec, x, w, b).expect("valid reference inputs");
+        let abs = |v: &[T]| -> Vec<T> { v.iter().map(|e| T::from_f64(e.to_f64().abs())).collect() };
+        let scale = f64::from(mask::scale(spec.dropout.p));
+        let abs_sum =
+            reference::preactivation_f64(spec.shape, &abs(x), &abs(w), b.map(abs).as_deref())
+                .expect("valid reference inputs")
+                .into_iter()
+                .map(|s| s * scale)
+                .collect();
+        Self {
+            y,
+            abs_sum,
+            terms: spec.shape.k + 1,
+        }
+    }
+}
+
 /// Checks a dropout layer output: every finite dropped element exactly zero and every kept
 /// element of clearly non-zero value non-zero (the mask, exactly), then the class of every
-/// element (NaN, +-inf) and the finite values by relative L2 error.
+/// element (NaN, +-inf), the finite values by relative L2 error, and every finite element
+/// within its own rounding bound (which an L2 norm over the whole output could hide).
 fn check_layer_output<T: Element>(
     what: &str,
     got: &[T],
-    want: &[f64],
+    want: &ForwardWant,
     dropout: &DropoutSpec,
     geometry: &Geometry,
     n: usize,
 ) {
+    let ForwardWant {
+        y: want,
+        abs_sum,
+        terms,
+    } = want;
     let finite = want.iter().filter(|v| v.is_finite());
     let rms = (finite.clone().map(|v| v * v).sum::<f64>() / finite.count().max(1) as f64).sqrt();
     let values = to_f64(got);
@@ -555,6 +589,7 @@ fn check_layer_output<T: Element>(
         reference::describe_differences(values.len() / n, n, &values, want, disagrees)
     );
     check_close(what, n, got, want);
+    check_elementwise(what, n, got, want, abs_sum, *terms, Operands::Exact);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -780,7 +815,7 @@ fn every_kernel_file_has_a_driver() {
 
 #[path = "../common/elementwise.rs"]
 mod elementwise;
-use elementwise::check_elementwise;
+use elementwise::{check_elementwise, Operands};
 #[path = "../common/keep_boundary.rs"]
 mod keep_boundary;
 use keep_boundary::boundaries;
