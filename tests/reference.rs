@@ -103,10 +103,10 @@ fn forward_equals_the_naive_triple_loop() {
                 for bias in [None, Some(b.as_slice())] {
                     let got = reference::forward_f64(&spec, &x, &w, bias).unwrap();
                     let want = naive_forward(&spec, &x, &w, bias);
-                    assert!(
-                        got.iter()
-                            .zip(&want)
-                            .all(|(g, w)| g.to_bits() == w.to_bits()),
+                    let bits_of = |v: &[f64]| v.iter().map(|e| e.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits_of(&got),
+                        bits_of(&want),
                         "{m}x{n}x{k} {nonlinearity:?} p {p} bias {}",
                         bias.is_some()
                     );
@@ -371,6 +371,23 @@ fn shards_reproduce_the_unsharded_layer_bit_for_bit() {
     shard_check::<bf16>(&mut rng);
 }
 
+/// Whether `rounded` is within half a unit in the last place of T of `exact` (what rounding to
+/// nearest guarantees), from T's precision and smallest normal exponent, independently of the
+/// conversion `Element::from_f64` under test.
+fn within_half_ulp<T: Element>(rounded: f64, exact: f64) -> bool {
+    let (precision, min_exponent) = match T::NAME {
+        "f32" => (24, -126),
+        "f16" => (11, -14),
+        _ => (8, -126),
+    };
+    let exponent = if exact == 0.0 {
+        min_exponent
+    } else {
+        (exact.abs().log2().floor() as i32).max(min_exponent)
+    };
+    (rounded - exact).abs() <= f64::powi(2.0, exponent - precision)
+}
+
 fn rounding_check<T: Element>(rng: &mut StdRng) {
     let (m, n, k) = (17, 33, 45);
     for nonlinearity in [Nonlinearity::Relu, Nonlinearity::Identity] {
@@ -383,9 +400,14 @@ fn rounding_check<T: Element>(rng: &mut StdRng) {
             let exact = reference::forward_f64(&spec, &x, &w, Some(&b)).unwrap();
             let y = reference::forward(&spec, &x, &w, Some(&b)).unwrap();
             let what = format!("{} {nonlinearity:?} p {p}", T::NAME);
-            // Each output is the f64 value rounded once to nearest...
-            let once: Vec<T> = exact.iter().map(|&v| T::from_f64(v)).collect();
-            assert_eq!(bits(&y), bits(&once), "forward, {what}");
+            // Each output is the f64 value rounded to nearest...
+            for (i, (&got, &want)) in to_f64(&y).iter().zip(&exact).enumerate() {
+                assert!(
+                    within_half_ulp::<T>(got, want),
+                    "forward, {what}: element {i} is {got}, more than half an ulp from {want}"
+                );
+            }
+            assert_eq!(y.len(), exact.len(), "forward, {what}");
             // ...which is well inside the accuracy a kernel must reach.
             let err = relative_l2_error(&to_f64(&y), &exact);
             assert!(err < T::REL_L2_TOLERANCE / 2.0, "forward, {what}: {err:e}");
@@ -397,8 +419,13 @@ fn rounding_check<T: Element>(rng: &mut StdRng) {
                 ("dw", &g.dw, &exact.dw),
                 ("db", &g.db, &exact.db),
             ] {
-                let once: Vec<T> = want.iter().map(|&v| T::from_f64(v)).collect();
-                assert_eq!(bits(got), bits(&once), "{name}, {what}");
+                assert_eq!(got.len(), want.len(), "{name}, {what}");
+                for (i, (&g, &w)) in to_f64(got).iter().zip(want).enumerate() {
+                    assert!(
+                        within_half_ulp::<T>(g, w),
+                        "{name}, {what}: element {i} is {g}, more than half an ulp from {w}"
+                    );
+                }
                 let err = relative_l2_error(&to_f64(got), want);
                 assert!(err < T::REL_L2_TOLERANCE / 2.0, "{name}, {what}: {err:e}");
             }
