@@ -11,10 +11,11 @@ use std::process::Command;
 fn every_planted_fault_still_changes_its_file() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let list = std::fs::read_to_string(root.join("scripts/faults.tsv")).expect("read faults.tsv");
-    if Command::new("sed").arg("--version").output().is_err() {
-        eprintln!("skipping: no sed on this machine (scripts/plant-faults.sh needs it too)");
-        return;
-    }
+    assert!(
+        Command::new("sed").arg("--version").output().is_ok(),
+        "no GNU sed on PATH; expected one (this test and scripts/plant-faults.sh plant the faults \
+         with it)"
+    );
     let mut faults = 0;
     let mut stale = Vec::new();
     for (number, line) in list.lines().enumerate() {

@@ -1,8 +1,10 @@
-//! GPU tests of the standalone dropout kernel (kernels/dropout.cu) against the CPU reference.
-//! Skipped, with a message, where no GPU is usable.
+//! GPU tests of the standalone dropout kernel (kernels/dropout.cu) against the CPU reference,
+//! and the refusal of device seed buffers of the wrong length (by the dropout kernel and by the
+//! forward, also for an empty output). Skipped, with a message, where no GPU is usable.
 
+use fusedrop::cuda::forward::ForwardOptions;
 use fusedrop::cuda::{self, LayerKernels, SeedSource};
-use fusedrop::{reference, DropoutSpec, Element, Geometry};
+use fusedrop::{reference, DropoutSpec, Element, Geometry, LayerSpec, LinearShape, Nonlinearity};
 use half::{bf16, f16};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -221,5 +223,77 @@ fn dropout_kernel_rejects_bad_input_before_launch() {
         )
         .unwrap_err();
     assert!(err.to_string().contains("seed_subsequence"), "{err}");
-    assert_eq!(y.len(), 12);
+    // Nothing was launched: y holds what it was given.
+    assert_eq!(kernels.stream().clone_dtoh(&y).unwrap(), vec![1.0f32; 12]);
+}
+
+/// Asserts `result` is an `InvalidArgument` whose message contains every one of `needles`.
+#[track_caller]
+fn assert_invalid_argument(result: fusedrop::Result<()>, needles: &[&str]) {
+    match result {
+        Err(fusedrop::Error::InvalidArgument(msg)) => {
+            for needle in needles {
+                assert!(msg.contains(needle), "{msg:?} does not mention {needle:?}");
+            }
+        }
+        other => panic!("expected InvalidArgument mentioning {needles:?}, got {other:?}"),
+    }
+}
+
+#[test]
+fn device_seed_buffers_of_wrong_length_are_refused() {
+    let Some(kernels) = gpu() else { return };
+    let stream = kernels.stream();
+    let mut y = stream.clone_htod(&[1.0f32; 6]).expect("upload y");
+    let seeds = stream.clone_htod(&[1u64, 2, 3]).expect("upload seeds");
+    let view = seeds.as_view();
+    let result = kernels.dropout_in_place(
+        &mut y,
+        2,
+        3,
+        &DropoutSpec::new(0.5, 0, 0),
+        &Geometry::UNSHARDED,
+        SeedSource::Device(&view),
+    );
+    assert_invalid_argument(
+        result,
+        &["seed_subsequence buffer has 3 elements", "expected 2"],
+    );
+    // The forward checks the buffer before it returns for an empty output (m = 0) too.
+    let spec = LayerSpec::new(
+        LinearShape::new(0, 3, 2),
+        Nonlinearity::Relu,
+        DropoutSpec::new(0.5, 0, 0),
+    );
+    let x = stream.alloc_zeros::<f32>(0).expect("allocate x");
+    let w = stream.clone_htod(&[1.0f32; 6]).expect("upload w");
+    let mut y_empty = stream.alloc_zeros::<f32>(0).expect("allocate y");
+    let mut forward = |seed| {
+        kernels.forward(
+            &spec,
+            &x,
+            &w,
+            None,
+            &mut y_empty.as_view_mut(),
+            ForwardOptions {
+                seed,
+                ..ForwardOptions::default()
+            },
+        )
+    };
+    assert_invalid_argument(
+        forward(SeedSource::Device(&view)),
+        &["seed_subsequence buffer has 3 elements", "expected 2"],
+    );
+    // DeviceRecorded: the record buffer too.
+    let pair = stream.clone_htod(&[1u64, 2]).expect("upload pair");
+    let pair_view = pair.as_view();
+    let mut record = stream.alloc_zeros::<u64>(1).expect("allocate record");
+    assert_invalid_argument(
+        forward(SeedSource::DeviceRecorded {
+            next: &pair_view,
+            record: &mut record,
+        }),
+        &["seed record buffer has 1 elements", "expected 2"],
+    );
 }

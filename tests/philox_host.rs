@@ -339,7 +339,9 @@ fn mask_header_reproduces_the_contract_keep_strings() {
 #[test]
 fn mask_params_layout_is_the_one_rust_mirrors() {
     // src/cuda/mod.rs mirrors this struct as #[repr(C)]: seven 8-byte fields, the f32 scale,
-    // a u32 pad, then the record pointer; 72 bytes, 8-aligned.
+    // a u32 pad, then the record pointer; 72 bytes, 8-aligned. Its unit test
+    // `mask_params_has_the_layout_of_the_kernels_struct` checks the Rust side against the same
+    // numbers.
     let layout = bytes_u64(&run_driver("layout", "layout", &[]));
     assert_eq!(
         layout,

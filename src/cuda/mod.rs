@@ -561,7 +561,7 @@ pub(crate) struct MaskParams {
 
 // SAFETY: MaskParams is #[repr(C)], holds only plain integers, and matches the layout of the
 // kernels' `struct MaskParams` (seven 8-byte fields, two 4-byte fields, one 8-byte field; 72
-// bytes, 8-aligned; tests/philox_host.rs checks the C++ side).
+// bytes, 8-aligned; tests/philox_host.rs checks the C++ side, this module's tests the Rust side).
 unsafe impl DeviceRepr for MaskParams {}
 
 impl MaskParams {
@@ -666,6 +666,30 @@ pub(crate) fn check_seed_source(source: &SeedSource<'_>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mask_params_has_the_layout_of_the_kernels_struct() {
+        use std::mem::{align_of, offset_of, size_of};
+        // The same numbers as the C++ struct's in tests/philox_host.rs
+        // (`mask_params_layout_is_the_one_rust_mirrors`): size, alignment, then the offsets of
+        // seed, subsequence, seed_subsequence, threshold, row_offset, col_offset, n_global,
+        // scale, pad, record.
+        let layout = [
+            size_of::<MaskParams>(),
+            align_of::<MaskParams>(),
+            offset_of!(MaskParams, seed),
+            offset_of!(MaskParams, subsequence),
+            offset_of!(MaskParams, seed_subsequence),
+            offset_of!(MaskParams, threshold),
+            offset_of!(MaskParams, row_offset),
+            offset_of!(MaskParams, col_offset),
+            offset_of!(MaskParams, n_global),
+            offset_of!(MaskParams, scale_bits),
+            offset_of!(MaskParams, pad),
+            offset_of!(MaskParams, record),
+        ];
+        assert_eq!(layout, [72, 8, 0, 8, 16, 24, 32, 40, 48, 56, 60, 64]);
+    }
 
     #[test]
     fn resident_clusters_take_the_drivers_counts_within_the_multiprocessors() {

@@ -389,7 +389,13 @@ fn check_sweep_variants<T: Raw>(
     let mut productions = Vec::new();
     let mut expected = Vec::new();
     for &(variant, config) in variants {
-        for (case, blocks) in cases.iter().filter(|(c, _)| takes(variant, c)) {
+        let taken: Vec<_> = cases.iter().filter(|(c, _)| takes(variant, c)).collect();
+        assert!(
+            !taken.is_empty(),
+            "sweep variant {variant} takes none of the {} cases: it would pass unchecked",
+            cases.len()
+        );
+        for (case, blocks) in taken {
             let launch_seed = rng.random::<u64>();
             let (launch, want, spec) = forward_launch::<T>(
                 Planned::Sweep(variant),
