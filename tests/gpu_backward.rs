@@ -1398,9 +1398,9 @@ fn aligned_and_general_tensor_core_kernels_give_the_same_bits() {
         let dy_shifted = stream.clone_htod(&shifted).unwrap();
         let mut results = Vec::new();
         for dy in [dy_whole.slice(0..m * n), dy_shifted.slice(1..)] {
-            let mut dx = stream.alloc_zeros::<bf16>(m * k).unwrap();
-            let mut dw = stream.alloc_zeros::<bf16>(n * k).unwrap();
-            let mut db = stream.alloc_zeros::<bf16>(n).unwrap();
+            // Poisoned: elements both kernels left unwritten would otherwise agree.
+            let poisoned = |len: usize| stream.clone_htod(&vec![bf16::NAN; len]).unwrap();
+            let (mut dx, mut dw, mut db) = (poisoned(m * k), poisoned(n * k), poisoned(n));
             kernels
                 .backward(
                     &spec,
@@ -1431,5 +1431,20 @@ fn aligned_and_general_tensor_core_kernels_give_the_same_bits() {
             &results[1],
             &results[0],
         );
+        // And both right: finite inputs give every gradient element, within bf16's tolerance.
+        let want =
+            reference::backward_f64(&spec, &inputs.x, &inputs.w, &inputs.dy, inputs.y.as_deref())
+                .unwrap();
+        for (name, got, want) in [
+            ("dX", &results[0].dx, &want.dx),
+            ("dW", &results[0].dw, &want.dw),
+            ("db", &results[0].db, &want.db),
+        ] {
+            let error = reference::relative_l2_error(&reference::to_f64(got), want);
+            assert!(
+                error < bf16::REL_L2_TOLERANCE,
+                "{nonlinearity:?} {name}: relative L2 error {error:e} (a NaN left means unwritten)"
+            );
+        }
     }
 }

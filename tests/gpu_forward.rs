@@ -1,6 +1,7 @@
 //! GPU tests of the fused forward kernels (kernels/forward_sm90.cu, kernels/forward_tc.cu,
 //! kernels/forward_f32.cu) against the CPU reference: masks exactly, values within the element type's relative L2
-//! tolerance. Skipped, with a message, where no GPU is usable.
+//! tolerance and each element within its rounding bound. Skipped, with a message, where no GPU
+//! is usable.
 
 use fusedrop::cuda::forward::{ForwardConfig, ForwardOptions};
 use fusedrop::cuda::{self, LayerKernels, LoadOptions, SeedSource};
@@ -10,6 +11,9 @@ use fusedrop::{
 use half::{bf16, f16};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
+#[path = "common/elementwise.rs"]
+mod elementwise;
+use elementwise::{check_elementwise, Operands};
 #[path = "common/same_bits.rs"]
 mod same_bits;
 use same_bits::assert_same_bits;
@@ -154,8 +158,10 @@ fn spec_of(case: &Case, seed: u64, stream_id: u64) -> LayerSpec {
 }
 
 /// Runs one case and checks it against the reference: no poison left, every dropped element
-/// exactly 0, every kept element with a clearly non-zero activation non-zero, and the relative
-/// L2 error within the element type's tolerance.
+/// exactly 0, every kept element with a clearly non-zero activation non-zero, the relative L2
+/// error within the element type's tolerance, and every finite element within its own rounding
+/// bound (`check_elementwise`: X and W are exact in T, the sum of the |terms| is the same layer
+/// on |X|, |W|, |b| times the dropout scale).
 fn check<T: Element>(kernels: &LayerKernels, case: Case) {
     if !runs::<T>(kernels) {
         return;
@@ -175,8 +181,8 @@ fn check<T: Element>(kernels: &LayerKernels, case: Case) {
         case.misaligned,
         case.nonfinite
     );
-    let got = run_gpu(kernels, &case, &spec, &host, SeedSource::Host);
-    let got = reference::to_f64(&got);
+    let got_elements = run_gpu(kernels, &case, &spec, &host, SeedSource::Host);
+    let got = reference::to_f64(&got_elements);
 
     let want = reference::forward_f64(&spec, &host.x, &host.w, host.b.as_deref()).unwrap();
     let z = reference::preactivation_f64(case.shape, &host.x, &host.w, host.b.as_deref()).unwrap();
@@ -214,6 +220,24 @@ fn check<T: Element>(kernels: &LayerKernels, case: Case) {
         reference::describe_differences(m, n, &got, &want, |i| {
             reference::off_by_more_than(got[i], want[i], 0.01)
         })
+    );
+    let abs = |v: &[T]| -> Vec<T> { v.iter().map(|e| T::from_f64(e.to_f64().abs())).collect() };
+    let scale = f64::from(mask::scale(dropout.p));
+    let abs_b = host.b.as_deref().map(abs);
+    let abs_sum: Vec<f64> =
+        reference::preactivation_f64(case.shape, &abs(&host.x), &abs(&host.w), abs_b.as_deref())
+            .unwrap()
+            .into_iter()
+            .map(|s| s * scale)
+            .collect();
+    check_elementwise(
+        &what,
+        n,
+        &got_elements,
+        &want,
+        &abs_sum,
+        k + 1,
+        Operands::Exact,
     );
 }
 

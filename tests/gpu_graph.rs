@@ -199,6 +199,21 @@ fn a_captured_training_step_replays_with_fresh_masks() {
             .stream()
             .memcpy_htod(&[SEED, subsequence + 1], &mut step.seed2)
             .unwrap();
+        // Every output poisoned, so that one the replay leaves unwritten cannot pass with the
+        // previous replay's values.
+        for output in [
+            &mut step.h,
+            &mut step.y,
+            &mut step.dh,
+            &mut step.dx,
+            &mut step.dw1,
+            &mut step.db1,
+            &mut step.dw2,
+            &mut step.db2,
+        ] {
+            let poison = vec![f32::NAN; output.len()];
+            kernels.stream().memcpy_htod(&poison, output).unwrap();
+        }
         graph.launch().unwrap();
         let down = |v: &CudaSlice<f32>| kernels.stream().clone_dtoh(v).unwrap();
         let (h, y, dh, dx) = (down(&step.h), down(&step.y), down(&step.dh), down(&step.dx));
@@ -354,6 +369,10 @@ fn a_captured_hopper_forward_and_backward_replay_with_fresh_masks() {
             .stream()
             .memcpy_htod(&[SEED, subsequence], &mut seed)
             .unwrap();
+        for output in [&mut y, &mut dx, &mut dw, &mut db] {
+            let poison = vec![bf16::NAN; output.len()];
+            kernels.stream().memcpy_htod(&poison, output).unwrap();
+        }
         graph.launch().unwrap();
         let got = kernels.stream().clone_dtoh(&y).unwrap();
         let spec = LayerSpec::new(
