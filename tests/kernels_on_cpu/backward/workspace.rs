@@ -139,6 +139,7 @@ fn check_backward_workspace<T: Raw>(
         }
     }
     run(&backward_exe, &launches);
+    let mut checked_written = 0;
     for (case, pair) in cases.iter().zip(launches.chunks(4)) {
         let (direct, from_workspace) = (&pair[..2], &pair[2..]);
         let mut outputs = vec![(0, "dx"), (1, "db")];
@@ -161,8 +162,27 @@ fn check_backward_workspace<T: Raw>(
                 "{name} of {}: differs with the workspace",
                 from_workspace[launch].what
             );
+            // Equal is not enough where both left an element unwritten: with finite inputs
+            // and no accumulation, the poison must be gone.
+            if !case.nonfinite && !case.accumulate {
+                checked_written += 1;
+                let unwritten = direct[launch]
+                    .output::<T>(name)
+                    .iter()
+                    .filter(|v| !v.to_f64().is_finite())
+                    .count();
+                assert_eq!(
+                    unwritten, 0,
+                    "{name} of {}: {unwritten} elements left as poisoned",
+                    direct[launch].what
+                );
+            }
         }
     }
+    assert!(
+        checked_written > 0,
+        "no case with finite inputs that overwrites"
+    );
 }
 
 /// A value's bits with every NaN the same (NaN payloads are not part of the contract).
