@@ -661,53 +661,44 @@ fn rejects_relu_without_saved_output_and_wrong_lengths() {
         nonlinearity: Nonlinearity::Identity,
         ..relu
     };
-    let error = kernels
-        .backward(
-            &identity,
-            &x,
-            &w,
-            &dy,
-            None,
-            GradientsMut {
-                dx: Some(dx.as_view_mut()),
-                ..none()
-            },
-            BackwardOptions::default(),
-        )
-        .unwrap_err();
-    assert!(error.to_string().contains("dX"), "{error}");
+    // A gradient buffer of the wrong length, one at a time.
+    let refused = |grads: GradientsMut<'_, f32>, needle: &str| {
+        let error = kernels
+            .backward(
+                &identity,
+                &x,
+                &w,
+                &dy,
+                None,
+                grads,
+                BackwardOptions::default(),
+            )
+            .unwrap_err();
+        assert!(error.to_string().contains(needle), "{error}");
+    };
+    refused(
+        GradientsMut {
+            dx: Some(dx.as_view_mut()),
+            ..none()
+        },
+        "dX",
+    );
     let mut dw = kernels.stream().alloc_zeros::<f32>(n * k - 1).unwrap();
-    let error = kernels
-        .backward(
-            &identity,
-            &x,
-            &w,
-            &dy,
-            None,
-            GradientsMut {
-                dw: Some(dw.as_view_mut()),
-                ..none()
-            },
-            BackwardOptions::default(),
-        )
-        .unwrap_err();
-    assert!(error.to_string().contains("dW has 5 elements"), "{error}");
+    refused(
+        GradientsMut {
+            dw: Some(dw.as_view_mut()),
+            ..none()
+        },
+        "dW has 5 elements",
+    );
     let mut db = kernels.stream().alloc_zeros::<f32>(n + 1).unwrap();
-    let error = kernels
-        .backward(
-            &identity,
-            &x,
-            &w,
-            &dy,
-            None,
-            GradientsMut {
-                db: Some(db.as_view_mut()),
-                ..none()
-            },
-            BackwardOptions::default(),
-        )
-        .unwrap_err();
-    assert!(error.to_string().contains("db has 4 elements"), "{error}");
+    refused(
+        GradientsMut {
+            db: Some(db.as_view_mut()),
+            ..none()
+        },
+        "db has 4 elements",
+    );
     // The planning queries refuse what the backward refuses.
     let no_features = LinearShape::new(m, n, 0);
     let error = kernels

@@ -513,30 +513,22 @@ fn forward_rejects_bad_input_before_launch() {
         Nonlinearity::Relu,
         DropoutSpec::new(0.5, 1, 1),
     );
-    kernels
-        .forward(
-            &empty,
-            &x.slice(0..0),
-            &w,
-            None,
-            &mut y.slice_mut(0..0),
-            ForwardOptions::default(),
-        )
-        .unwrap();
-    // ... but a configuration that cannot run f32 is refused for it as for any other shape.
-    let err = kernels
-        .forward(
+    let mut forward_empty = |config| {
+        kernels.forward(
             &empty,
             &x.slice(0..0),
             &w,
             None,
             &mut y.slice_mut(0..0),
             ForwardOptions {
-                config: Some(ForwardConfig::Tc64x64),
+                config,
                 ..ForwardOptions::default()
             },
         )
-        .unwrap_err();
+    };
+    forward_empty(None).unwrap();
+    // ... but a configuration that cannot run f32 is refused for it as for any other shape.
+    let err = forward_empty(Some(ForwardConfig::Tc64x64)).unwrap_err();
     assert!(err.to_string().contains("not compiled for f32"), "{err}");
 }
 
