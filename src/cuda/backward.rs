@@ -289,9 +289,9 @@ impl Config {
 }
 
 /// Where the split-K partial sums start in the workspace: after dY times the mask (when the call
-/// writes it there), at a 256-byte boundary.
-/// Saturates, as [`workspace_bytes`] does, where a shape's byte counts pass `usize::MAX` (no
-/// workspace of that size can exist, so such a call fails at its length check).
+/// writes it there), at a 256-byte boundary. Saturates, as [`workspace_bytes`] does, where a
+/// shape's byte counts pass `usize::MAX` (no workspace of that size can exist, so such a call
+/// fails at its length check).
 fn partial_offset(mask_bytes: usize) -> usize {
     mask_bytes
         .checked_next_multiple_of(256)

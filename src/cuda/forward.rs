@@ -719,8 +719,9 @@ impl LayerKernels {
     ///
     /// Every argument is checked before anything is launched; an empty output (`m == 0` or
     /// `n == 0`) launches nothing, after the same checks (what is wrong for this GPU, element
-    /// type, configuration or seed buffer is an error whatever m and n are). f16 and bf16 need compute capability 8.0 or newer
-    /// ([`Error::UnsupportedDevice`] otherwise); f32 runs everywhere. Asynchronous: nothing
+    /// type, configuration or seed buffer is an error whatever m and n are). f16 and bf16 need
+    /// compute capability 8.0 or newer ([`Error::UnsupportedDevice`] otherwise); f32 runs
+    /// everywhere. Asynchronous: nothing
     /// waits for the kernel. See the module documentation for an example.
     pub fn forward<T: Element>(
         &self,
@@ -736,12 +737,11 @@ impl LayerKernels {
         let shape = spec.shape;
         let nonempty =
             validate::check_forward(shape, spec.dropout.p, &spec.geometry, lens(x, w, b, y))?;
-        // Checked before the empty-output return too: what is wrong for this GPU, element type,
-        // configuration or seed buffer is wrong for any shape.
         check_seed_source(&seed)?;
-        check_runs_here::<T>(config, &self.gpu_facts())?;
         if !nonempty {
-            return Ok(());
+            // What `forward_plan` checks of this GPU, element type and configuration is wrong
+            // for an empty output too.
+            return check_runs_here::<T>(config, &self.gpu_facts());
         }
         // Taken once: the addresses decide the path (TMA alignment), and the guards keep the
         // buffers borrowed until the launch is queued.
