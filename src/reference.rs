@@ -134,25 +134,48 @@ pub fn forward_f64<T: Element>(
     }
     let bias = b.map(to_f64);
     let relu = spec.nonlinearity == Nonlinearity::Relu;
-    let dropout = spec.dropout;
-    let scale = f64::from(mask::scale(dropout.p));
-    let n = shape.n;
-    let mut keep = Vec::new();
+    let mut row_mask = RowMask::new(spec);
     layer_forward(shape, x, w, bias.as_deref(), move |r, row| {
-        keep.resize(n, false);
-        let first = spec.geometry.linear_index(n, r, 0);
+        row_mask.apply(r, row, |z| if relu { self::relu(z) } else { z });
+    })
+}
+
+/// The dropout of one row at a time, for the forward epilogue and the identity backward: row `r`
+/// of an `[m, n]` matrix becomes `f(v) * (keep(i) ? scale : 0)` element by element
+/// ([`apply_keep`]), with `i` the element's linear index under the spec's geometry. The row's
+/// keep bits come from [`mask::keep_run`], one Philox call per four elements.
+#[derive(Clone)]
+struct RowMask<'a> {
+    spec: &'a LayerSpec,
+    scale: f64,
+    keep: Vec<bool>,
+}
+
+impl<'a> RowMask<'a> {
+    fn new(spec: &'a LayerSpec) -> Self {
+        RowMask {
+            spec,
+            scale: f64::from(mask::scale(spec.dropout.p)),
+            keep: Vec::new(),
+        }
+    }
+
+    fn apply(&mut self, r: usize, row: &mut [f64], f: impl Fn(f64) -> f64) {
+        let n = self.spec.shape.n;
+        let dropout = self.spec.dropout;
+        self.keep.resize(n, false);
+        let first = self.spec.geometry.linear_index(n, r, 0);
         mask::keep_run(
             dropout.seed,
             dropout.subsequence,
             dropout.p,
             first,
-            &mut keep,
+            &mut self.keep,
         );
-        for (v, &kept) in row.iter_mut().zip(&keep) {
-            let a = if relu { self::relu(*v) } else { *v };
-            *v = apply_keep(a, kept, scale);
+        for (v, &kept) in row.iter_mut().zip(&self.keep) {
+            *v = apply_keep(f(*v), kept, self.scale);
         }
-    })
+    }
 }
 
 /// The forward pass rounded once into `T`: [`forward_f64`], then each element rounded to
@@ -225,19 +248,9 @@ pub fn backward_f64<T: Element>(
             }
         }
         _ => {
-            let mut keep = vec![false; n];
+            let mut row_mask = RowMask::new(spec);
             for (r, row) in dz.chunks_exact_mut(n.max(1)).enumerate().take(m) {
-                let first = spec.geometry.linear_index(n, r, 0);
-                mask::keep_run(
-                    dropout.seed,
-                    dropout.subsequence,
-                    dropout.p,
-                    first,
-                    &mut keep,
-                );
-                for (g, &kept) in row.iter_mut().zip(&keep) {
-                    *g = apply_keep(*g, kept, scale);
-                }
+                row_mask.apply(r, row, |g| g);
             }
         }
     }
