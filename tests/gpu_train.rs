@@ -1,6 +1,9 @@
 //! End-to-end: a two-layer network trained for a few SGD steps on the CPU reference and on the GPU
-//! kernels, from the same initial weights and the same (seed, subsequence) sequence, must give the
-//! same losses. Skipped, with a message, where no GPU is usable.
+//! kernels, from the same initial weights and the same (seed, subsequence) sequence. At every step
+//! the GPU, given the CPU's parameters, must reproduce the CPU's loss and gradients to the f32
+//! standard (relative error < 1e-5), and the GPU's own trajectory (parameters updated with its own
+//! gradients) must keep its loss within 1e-4 of the CPU's. Skipped, with a message, where no GPU
+//! is usable.
 //!
 //! Network (f32): X [48, 32] -> Linear 32->64, ReLU, dropout 0.2 -> Linear 64->8, identity,
 //! dropout 0.1 -> mean squared error against fixed targets. The second layer's dropout makes its
@@ -252,31 +255,63 @@ fn two_layer_training_matches_cpu_reference() {
     let mut losses = Vec::new();
     for step in 0..STEPS {
         let (cpu_loss, cpu_grads) = cpu_step(&cpu, &x, &target, &generator);
+        // The same step on the GPU from the CPU's parameters: one step's loss and gradients,
+        // held to the f32 standard (relative L2 error < 1e-5) before any difference compounds.
+        let (same_params_loss, same_params_grads) =
+            gpu_step(&kernels, &cpu, &x, &target, &generator);
+        check_step(
+            step,
+            "from the CPU's parameters",
+            1e-5,
+            same_params_loss,
+            cpu_loss,
+        );
+        check_gradients(step, 1e-5, &same_params_grads, &cpu_grads);
+        // The GPU's own trajectory: its parameters have followed its own gradients, so the
+        // rounding differences of earlier steps compound; its loss must still track the CPU's.
         let (gpu_loss, gpu_grads) = gpu_step(&kernels, &gpu, &x, &target, &generator);
+        check_step(
+            step,
+            "on the GPU's own trajectory",
+            TRAJECTORY_TOLERANCE,
+            gpu_loss,
+            cpu_loss,
+        );
         // Each step draws two subsequences, one per layer.
         generator.next(0.0);
         generator.next(0.0);
-        let relative = (gpu_loss - cpu_loss).abs() / cpu_loss;
-        assert!(
-            relative < 1e-4,
-            "step {step}: GPU loss {gpu_loss} vs CPU loss {cpu_loss} (relative {relative:e})"
-        );
-        for (name, (g, c)) in ["dW1", "db1", "dW2", "db2"]
-            .iter()
-            .zip(gpu_grads.iter().zip(&cpu_grads))
-        {
-            let as_f64 = |v: &[f32]| v.iter().map(|&e| f64::from(e)).collect::<Vec<_>>();
-            let error = relative_l2_error(&as_f64(g), &as_f64(c));
-            assert!(
-                error < 1e-4,
-                "step {step}: {name} relative L2 error {error:e}"
-            );
-        }
         cpu.sgd(&cpu_grads);
         gpu.sgd(&gpu_grads);
         losses.push(cpu_loss);
     }
-    eprintln!("losses per step (CPU reference; GPU within 1e-4): {losses:?}");
+    eprintln!(
+        "losses per step (CPU reference; GPU within 1e-5 from the same parameters, \
+         within {TRAJECTORY_TOLERANCE:e} on its own trajectory): {losses:?}"
+    );
+}
+
+/// How far the GPU's loss may drift from the CPU's after steps that each used their own
+/// gradients (f32 rounding differences of about 1e-7 per step, amplified by the learning rate).
+const TRAJECTORY_TOLERANCE: f64 = 1e-4;
+
+fn check_step(step: usize, what: &str, tolerance: f64, gpu_loss: f64, cpu_loss: f64) {
+    let relative = (gpu_loss - cpu_loss).abs() / cpu_loss;
+    assert!(
+        relative < tolerance,
+        "step {step} {what}: GPU loss {gpu_loss} vs CPU loss {cpu_loss} (relative {relative:e}, \
+         tolerance {tolerance:e})"
+    );
+}
+
+fn check_gradients(step: usize, tolerance: f64, gpu: &Grads, cpu: &Grads) {
+    let as_f64 = |v: &[f32]| v.iter().map(|&e| f64::from(e)).collect::<Vec<_>>();
+    for (name, (g, c)) in ["dW1", "db1", "dW2", "db2"].iter().zip(gpu.iter().zip(cpu)) {
+        let error = relative_l2_error(&as_f64(g), &as_f64(c));
+        assert!(
+            error < tolerance,
+            "step {step}: {name} relative L2 error {error:e} (tolerance {tolerance:e})"
+        );
+    }
 }
 
 /// The CPU half of the comparison on its own (runs everywhere): the setup above really trains,
