@@ -52,7 +52,9 @@ EXIT CODES: 0 done, 1 a run failed, 2 bad flags, 3 --device cuda but no usable G
     /// by relative L2 error (f32 < 1e-5, f16 < 2e-3, bf16 < 1e-2). Prints a pass/fail table.
     #[command(
         after_help = "EXIT CODES: 0 every check passed, 1 a check failed, 2 bad flags,
-            3 no usable GPU, CUDA driver or compiled kernels (nothing was checked)."
+            3 no usable GPU, CUDA driver or compiled kernels, or every check skipped (nothing
+            was checked). A check skips only where the GPU is too old for its dtype (f16 and
+            bf16 below compute capability 8.0); any other refusal to run fails it."
     )]
     Selftest(selftest::Options),
     /// Time the fused kernels against cuBLASLt and the unfused baseline (needs a GPU)

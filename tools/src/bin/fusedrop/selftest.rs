@@ -2,8 +2,9 @@
 //! configuration, backward) in every dtype, on a spread of shapes, dropout probabilities,
 //! activations and shard geometries, against the CPU reference.
 //!
-//! Masks compare exactly (a dropped element must be exactly zero; the standalone dropout kernel
-//! must match bit for bit); values by relative L2 error against the f64 reference, under each
+//! Masks compare exactly (a dropped element must be exactly zero, and a kept one whose reference
+//! value is clearly non-zero must not be; the standalone dropout kernel must match bit for bit);
+//! values by relative L2 error against the f64 reference, under each
 //! dtype's `Element::REL_L2_TOLERANCE`. Outputs are poisoned with NaN before every launch, so an
 //! element a kernel forgets to write fails the check.
 
@@ -277,7 +278,8 @@ fn cases(quick: bool, sanitize: bool, seed: u64) -> Vec<Case> {
 enum Status {
     Pass,
     Fail,
-    /// The GPU cannot run this kernel (compute capability too old): not a failure of the code.
+    /// The GPU cannot run this kernel (an f16 or bf16 check on a GPU below compute capability
+    /// 8.0): not a failure of the code. Any other refusal to run is a failure.
     Skip,
 }
 
@@ -301,12 +303,16 @@ struct Measured {
     note: String,
 }
 
+/// Judges one check. `gpu_too_old`: the GPU is below what the check's dtype needs
+/// (`Element::NEEDS_SM80` on a GPU below 8.0), so the kernels' refusal
+/// (`Error::UnsupportedDevice`) is a skip. Every other refusal fails: a build that left out a
+/// module this GPU could run, or a handle made without it, has checked nothing.
 fn judge(
     op: &'static str,
     dtype: &'static str,
     kernel: String,
     case: &Case,
-    tolerance: f64,
+    (tolerance, gpu_too_old): (f64, bool),
     result: fusedrop::Result<Measured>,
 ) -> Outcome {
     let case = case.describe();
@@ -338,7 +344,7 @@ fn judge(
             error: None,
             tolerance,
             mask_errors: 0,
-            status: if matches!(e, Error::UnsupportedDevice(_)) {
+            status: if gpu_too_old && matches!(e, Error::UnsupportedDevice(_)) {
                 Status::Skip
             } else {
                 Status::Fail
@@ -349,6 +355,7 @@ fn judge(
 }
 
 fn run_dtype<T: Element>(kernels: &LayerKernels, cases: &[Case], out: &mut Vec<Outcome>) {
+    let gpu_too_old = T::NEEDS_SM80 && kernels.compute_capability() < (8, 0);
     for (index, case) in cases.iter().enumerate() {
         let mut rng = StdRng::seed_from_u64(case.spec.dropout.seed ^ ((index as u64) << 20));
         let inputs = Inputs::<T>::new(case, &mut rng);
@@ -357,7 +364,7 @@ fn run_dtype<T: Element>(kernels: &LayerKernels, cases: &[Case], out: &mut Vec<O
             T::NAME,
             "dropout".into(),
             case,
-            0.0,
+            (0.0, gpu_too_old),
             check_dropout(kernels, case, &inputs),
         ));
         match reference::forward_f64(&case.spec, &inputs.x, &inputs.w, inputs.b()) {
@@ -368,7 +375,7 @@ fn run_dtype<T: Element>(kernels: &LayerKernels, cases: &[Case], out: &mut Vec<O
                         T::NAME,
                         config.name().into(),
                         case,
-                        T::REL_L2_TOLERANCE,
+                        (T::REL_L2_TOLERANCE, gpu_too_old),
                         check_forward(kernels, case, &inputs, config, &want),
                     ));
                 }
@@ -378,7 +385,7 @@ fn run_dtype<T: Element>(kernels: &LayerKernels, cases: &[Case], out: &mut Vec<O
                 T::NAME,
                 "reference".into(),
                 case,
-                T::REL_L2_TOLERANCE,
+                (T::REL_L2_TOLERANCE, gpu_too_old),
                 Err(e),
             )),
         }
@@ -399,7 +406,7 @@ fn run_dtype<T: Element>(kernels: &LayerKernels, cases: &[Case], out: &mut Vec<O
                 T::NAME,
                 name.into(),
                 case,
-                T::REL_L2_TOLERANCE,
+                (T::REL_L2_TOLERANCE, gpu_too_old),
                 check_backward(kernels, case, &inputs, kernel, workspace),
             ));
         }
@@ -511,13 +518,42 @@ fn to_f64<T: Element>(v: &[T]) -> Vec<f64> {
     v.iter().map(|e| e.to_f64()).collect()
 }
 
-/// Whether the element at flat index `i` of `y` (`[m, n]` under the case's spec) is one the
-/// mask drops but is not exactly zero.
-fn dropped_but_not_zero(spec: &LayerSpec, y: &[f64], i: usize) -> bool {
-    let n = spec.shape.n;
-    let d = spec.dropout;
-    let index = spec.geometry.linear_index(n, i / n, i % n);
-    !mask::keep(d.seed, d.subsequence, d.p, index) && y[i] != 0.0
+/// The forward's mask errors: element `i` of `got` (`[m, n]` under the case's spec) is one when
+/// the mask drops it but it is not exactly zero, or the mask keeps it but it is exactly zero
+/// although the f64 reference `want` is at least 1e-3 of the reference's largest magnitude.
+/// Rounding moves a pre-activation by far less than that (f32 accumulation), so only a wrongly
+/// dropped element is zero there.
+struct ForwardMask<'a> {
+    spec: &'a LayerSpec,
+    got: &'a [f64],
+    want: &'a [f64],
+    clearly_nonzero: f64,
+}
+
+impl<'a> ForwardMask<'a> {
+    fn new(spec: &'a LayerSpec, got: &'a [f64], want: &'a [f64]) -> Self {
+        let largest = want
+            .iter()
+            .filter(|v| v.is_finite())
+            .fold(0.0_f64, |a, v| a.max(v.abs()));
+        ForwardMask {
+            spec,
+            got,
+            want,
+            clearly_nonzero: 1e-3 * largest,
+        }
+    }
+
+    fn error_at(&self, i: usize) -> bool {
+        let n = self.spec.shape.n;
+        let d = self.spec.dropout;
+        let index = self.spec.geometry.linear_index(n, i / n, i % n);
+        if mask::keep(d.seed, d.subsequence, d.p, index) {
+            self.got[i] == 0.0 && self.want[i].abs() >= self.clearly_nonzero && self.want[i] != 0.0
+        } else {
+            self.got[i] != 0.0
+        }
+    }
 }
 
 /// The standalone dropout kernel on the case's dY (`[m, n]`): bit for bit.
@@ -585,16 +621,14 @@ fn check_forward<T: Element>(
     let got = to_f64(&kernels.stream().clone_dtoh(&y)?);
     let LinearShape { m, n, .. } = spec.shape;
     let error = relative_l2_error(&got, want);
-    let mask_errors = (0..m * n)
-        .filter(|&i| dropped_but_not_zero(spec, &got, i))
-        .count();
+    let mask = ForwardMask::new(spec, &got, want);
+    let mask_errors = (0..m * n).filter(|&i| mask.error_at(i)).count();
     Ok(Measured {
         error: Some(error),
         mask_errors,
         note: if mask_errors > 0 || error >= T::REL_L2_TOLERANCE {
             reference::describe_differences(m, n, &got, want, |i| {
-                dropped_but_not_zero(spec, &got, i)
-                    || reference::off_by_more_than(got[i], want[i], 0.01)
+                mask.error_at(i) || reference::off_by_more_than(got[i], want[i], 0.01)
             })
         } else {
             String::new()
@@ -821,7 +855,13 @@ fn report(outcomes: &[Outcome], verbose: bool) -> i32 {
         );
     }
     println!();
-    if failures.is_empty() {
+    if failures.is_empty() && skipped.len() == outcomes.len() {
+        println!(
+            "selftest: NOTHING CHECKED (all {} checks skipped; exit code {NO_GPU_EXIT})",
+            outcomes.len()
+        );
+        NO_GPU_EXIT
+    } else if failures.is_empty() {
         println!(
             "selftest: PASS ({} checks passed, {} skipped)",
             outcomes.len() - skipped.len(),
@@ -1015,5 +1055,121 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn small_case(p: f32) -> Case {
+        Case {
+            spec: LayerSpec::new(
+                LinearShape { m: 3, n: 40, k: 8 },
+                Nonlinearity::Relu,
+                DropoutSpec {
+                    p,
+                    seed: 11,
+                    subsequence: 2,
+                },
+            ),
+            bias: false,
+            accumulate: false,
+        }
+    }
+
+    fn refused() -> fusedrop::Result<Measured> {
+        Err(Error::UnsupportedDevice("not loaded".into()))
+    }
+
+    #[test]
+    fn a_refusal_is_a_skip_only_on_a_gpu_too_old_for_the_dtype() {
+        let case = small_case(0.1);
+        let skip = judge(
+            "forward",
+            "f16",
+            "tc".into(),
+            &case,
+            (2e-3, true),
+            refused(),
+        );
+        assert_eq!(skip.status, Status::Skip);
+        let fail = judge(
+            "forward",
+            "f16",
+            "tc".into(),
+            &case,
+            (2e-3, false),
+            refused(),
+        );
+        assert_eq!(fail.status, Status::Fail, "{}", fail.note);
+        let other = judge(
+            "forward",
+            "f16",
+            "tc".into(),
+            &case,
+            (2e-3, true),
+            Err(Error::InvalidArgument("bad".into())),
+        );
+        assert_eq!(other.status, Status::Fail);
+    }
+
+    #[test]
+    fn the_verdict_needs_a_check_that_ran() {
+        let case = small_case(0.1);
+        let outcome = |gpu_too_old, result| {
+            judge(
+                "dropout",
+                "bf16",
+                "dropout".into(),
+                &case,
+                (0.0, gpu_too_old),
+                result,
+            )
+        };
+        let passed = || {
+            outcome(
+                false,
+                Ok(Measured {
+                    error: None,
+                    mask_errors: 0,
+                    note: String::new(),
+                }),
+            )
+        };
+        assert_eq!(
+            report(&[outcome(true, refused()), outcome(true, refused())], false),
+            NO_GPU_EXIT
+        );
+        assert_eq!(report(&[outcome(true, refused()), passed()], false), 0);
+        assert_eq!(report(&[outcome(false, refused()), passed()], false), 1);
+    }
+
+    #[test]
+    fn the_forward_mask_check_catches_both_directions() {
+        let case = small_case(0.5);
+        let spec = &case.spec;
+        let LinearShape { m, n, .. } = spec.shape;
+        let d = spec.dropout;
+        let kept = |i: usize| mask::keep(d.seed, d.subsequence, d.p, i as u64);
+        // A reference with every element clearly non-zero where kept, and a correct output.
+        let want: Vec<f64> = (0..m * n)
+            .map(|i| if kept(i) { 1.0 + i as f64 } else { 0.0 })
+            .collect();
+        let first_kept = (0..m * n).find(|&i| kept(i)).unwrap();
+        let first_dropped = (0..m * n).find(|&i| !kept(i)).unwrap();
+        let errors = |got: &[f64]| {
+            let mask = ForwardMask::new(spec, got, &want);
+            (0..m * n).filter(|&i| mask.error_at(i)).collect::<Vec<_>>()
+        };
+        assert_eq!(errors(&want), Vec::<usize>::new());
+        let mut extra_drop = want.clone();
+        extra_drop[first_kept] = 0.0;
+        assert_eq!(errors(&extra_drop), vec![first_kept]);
+        let mut kept_dropped = want.clone();
+        kept_dropped[first_dropped] = 0.5;
+        assert_eq!(errors(&kept_dropped), vec![first_dropped]);
+        // A kept element whose reference is tiny (a pre-activation near zero) may round to zero.
+        let mut tiny = want.clone();
+        tiny[first_kept] = 1e-9;
+        let mut tiny_zero = tiny.clone();
+        tiny_zero[first_kept] = 0.0;
+        let mask = ForwardMask::new(spec, &tiny_zero, &tiny);
+        assert!(!mask.error_at(first_kept));
     }
 }
