@@ -12,7 +12,7 @@
 //! - other f16 and bf16 calls on compute capability 8.0 and newer: the mma.sync kernel,
 //!   [`choose_config`] (each configuration's variant for 16-byte aligned X and W with `k` a
 //!   multiple of 8 when they are, the one for any operands otherwise);
-//! - f32 on any GPU: the true-fp32 SIMT kernel, [`choose_config`].
+//! - f32 on compute capability 7.5 and newer: the true-fp32 SIMT kernel, [`choose_config`].
 //!
 //! [`LayerKernels::forward_config_for`] says which configuration a call takes;
 //! [`ForwardOptions::config`] forces one.
@@ -720,8 +720,8 @@ impl LayerKernels {
     /// Every argument is checked before anything is launched; an empty output (`m == 0` or
     /// `n == 0`) launches nothing, after the same checks (what is wrong for this GPU, element
     /// type, configuration or seed buffer is an error whatever m and n are). f16 and bf16 need
-    /// compute capability 8.0 or newer ([`Error::UnsupportedDevice`] otherwise); f32 runs
-    /// everywhere. Asynchronous: nothing
+    /// compute capability 8.0 or newer ([`Error::UnsupportedDevice`] otherwise), f32 7.5 or
+    /// newer. Asynchronous: nothing
     /// waits for the kernel. See the module documentation for an example.
     pub fn forward<T: Element>(
         &self,

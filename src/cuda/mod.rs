@@ -620,7 +620,10 @@ pub enum SeedSource<'a> {
     /// [`DropoutSpec`] are ignored.
     Device(&'a CudaView<'a, u64>),
     /// Forward and standalone dropout only: like [`SeedSource::Device`] with `next`, and the
-    /// kernel also writes the pair it used into `record` (two u64). The backward of that call
+    /// kernel also writes the pair it used into `record` (two u64) whenever a kernel is launched:
+    /// the standalone dropout launches nothing for p = 0 or an empty buffer and then leaves
+    /// `record` unwritten (the forward writes it at p = 0 too, and launches nothing only for an
+    /// empty output). The backward of that call
     /// then takes `SeedSource::Device(record)` and gets the forward's mask even when `next` was
     /// advanced in between (a CUDA graph that bumps the subsequence after each forward). Give each
     /// layer call its own `record`. The backward rejects this variant.

@@ -93,8 +93,8 @@ pub struct SuiteShape {
     pub k: usize,
     /// Output features.
     pub n: usize,
-    /// Whether the f32 rows are part of the suite for this shape (f32 is for the square and
-    /// small shapes only).
+    /// Whether the f32 rows are part of the suite for this shape (f32 is for sq, small and odd
+    /// only).
     pub with_f32: bool,
     /// What the shape stresses.
     pub purpose: &'static str,
@@ -698,7 +698,8 @@ pub struct Row {
     pub dtype: DType,
     /// Dropout probability; `None` for rows that do not depend on it (the GEMM floor).
     pub p: Option<f32>,
-    /// `forward`, `backward` or `forward+backward` (a sum of the two measured rows).
+    /// `forward`, `backward` or `forward+backward` (a sum of the two measured rows, except
+    /// `fused_graph`'s, which is measured as one replay).
     pub pass: &'static str,
     /// `fused` (ours), `gemm_floor` (cuBLASLt products alone), `unfused` (cuBLASLt with its
     /// epilogue, plus the standalone dropout kernel), or a variant of `fused`: a [`Variant`]'s

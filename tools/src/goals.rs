@@ -6,7 +6,8 @@
 //!
 //! Every goal is a ratio or a rate read from rows of the same run, never a time on its own. A
 //! goal is met only when every row it names was measured and meets it; rows that the run did
-//! not measure (a `--quick` run has bf16 and p = 0.1 only) leave it "not measured", not met.
+//! not measure (a `--quick` run has bf16, and f32 on sq, small
+//! and odd, at p = 0.1 only) leave it "not measured", not met.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;

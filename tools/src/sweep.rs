@@ -1,5 +1,5 @@
 //! `fusedrop sweep`: the tuning variants of the forward timed against the production kernels on
-//! the GPU it runs on, in two families:
+//! the GPU it runs on, in three families:
 //!
 //! - mma.sync (kernels/forward_tc_sweep.cu, [`FORWARD_SWEEP`]; compute capability 8.0 and newer):
 //!   the production kernel is the mma.sync configuration the library's heuristic picks for the
@@ -8,7 +8,8 @@
 //! - Hopper (kernels/forward_sm90_sweep.cu, [`FORWARD_SM90_SWEEP`]; compute capability 9.0 and a
 //!   build with the sm_90a modules): for each production config of [`HOPPER_PRODUCTION`]
 //!   (forced), that config, then the variants with its column tile (stages, TMA-store epilogue,
-//!   W multicast over clusters of 2, ping-pong consumers, the tile order's group);
+//!   W multicast over clusters of 2, ping-pong consumers, the tile order's group, per-lane mask
+//!   draws);
 //! - f32 (kernels/forward_f32_sweep.cu, [`FORWARD_F32_SWEEP`]): the SIMT configuration the
 //!   heuristic picks, then every variant, on [`F32_SHAPES`] only.
 //!
