@@ -30,13 +30,15 @@ case "${1:-}" in
      echo "test broken ... FAILED"; echo "CUDA_ERROR_ILLEGAL_INSTRUCTION"; exit 134 ;;
 esac
 SH
-# fake_ok: passes as a whole, so nothing of it may run again.
+# fake_ok: passes as a whole, so nothing of it may run again; but only where gpu-check.sh has
+# exported FUSEDROP_REQUIRE_GPU=1 (on the GPU host a GPU test must not pass by skipping).
 cat > "$work/bundle/tests/fake_ok" <<'SH'
 #!/usr/bin/env bash
 case "${1:-}" in
   --list) echo "fine: test" ;;
   --exact) echo "$2" >> "$(dirname "$0")/../runs.txt" ;;
-  *) echo "test fine ... ok" ;;
+  *) if [[ "${FUSEDROP_REQUIRE_GPU:-}" == 1 ]]; then echo "test fine ... ok"
+     else echo "test fine ... FAILED (FUSEDROP_REQUIRE_GPU=1 not set)"; exit 101; fi ;;
 esac
 SH
 chmod +x "$work/bundle/tests/"*

@@ -72,6 +72,9 @@ for dir in /usr/local/cuda/lib64 /usr/local/cuda-*/lib64 \
   fi
 done
 nvcc_bin="$(command -v nvcc || ls /usr/local/cuda*/bin/nvcc 2>/dev/null | head -n 1)"
+# On the GPU host a GPU test that would skip (no GPU, driver or kernels reached; the Hopper
+# modules missing on a compute capability 9.0 GPU) fails instead (tests/common/gpu_open.rs).
+export FUSEDROP_REQUIRE_GPU=1
 
 # After a test executable failed, each of its tests that did not report "ok" runs again alone,
 # in a process of its own (log: $out/NAME.alone.log). A kernel that traps (a Hopper barrier that

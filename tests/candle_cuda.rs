@@ -16,6 +16,10 @@ use fusedrop::cuda::{LayerKernels, LoadOptions};
 use fusedrop::{DropoutSpec, Element, LayerSpec, LinearShape, Nonlinearity};
 use half::{bf16, f16};
 
+#[path = "common/gpu_open.rs"]
+mod gpu_open;
+use gpu_open::skip;
+
 type Result<T> = candle_core::Result<T>;
 
 /// (m, n, k): odd sizes (the mma.sync path), sizes the Hopper kernels take, and a long batch
@@ -27,7 +31,7 @@ fn device() -> Option<Device> {
     match Device::new_cuda(0) {
         Ok(device) => Some(device),
         Err(e) => {
-            eprintln!("skipping the candle CUDA checks: {e}");
+            skip("the candle CUDA checks", &e);
             None
         }
     }

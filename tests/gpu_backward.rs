@@ -18,14 +18,14 @@ mod same_bits;
 use elementwise::{check_elementwise, Operands};
 use same_bits::assert_same_bits;
 
+#[path = "common/gpu_open.rs"]
+mod gpu_open;
+use gpu_open::{hopper_or_skip, open_or_skip, skip};
+
 fn gpu() -> Option<LayerKernels> {
-    match cuda::open_device(0).and_then(|ctx| LayerKernels::new(ctx.default_stream())) {
-        Ok(kernels) => Some(kernels),
-        Err(e) => {
-            eprintln!("skipping GPU backward test: {e}");
-            None
-        }
-    }
+    open_or_skip("the GPU backward test", || {
+        cuda::open_device(0).and_then(|ctx| LayerKernels::new(ctx.default_stream()))
+    })
 }
 
 /// What one backward call asks for.
@@ -745,14 +745,7 @@ fn rejects_relu_without_saved_output_and_wrong_lengths() {
 }
 
 fn hopper(kernels: &LayerKernels) -> bool {
-    let ok = kernels.hopper_available::<bf16>();
-    if !ok {
-        eprintln!(
-            "skipping the Hopper backward checks: not a compute capability 9.0 GPU with the \
-             sm_90a module"
-        );
-    }
-    ok
+    hopper_or_skip(kernels, "the Hopper backward checks")
 }
 
 /// The Hopper kernels forced, f16 and bf16, on shapes they take (n and k multiples of 8) that
@@ -956,14 +949,20 @@ fn dx_beyond_four_billion_elements() {
     let x = match kernels.stream().alloc_zeros::<f16>(m * k) {
         Ok(x) => x,
         Err(e) => {
-            eprintln!("skipping the 2^32-element backward test: cannot allocate X: {e}");
+            skip(
+                "the 2^32-element backward test",
+                &format!("cannot allocate X: {e}"),
+            );
             return;
         }
     };
     let mut dx = match kernels.stream().alloc_zeros::<f16>(m * k) {
         Ok(dx) => dx,
         Err(e) => {
-            eprintln!("skipping the 2^32-element backward test: cannot allocate dX: {e}");
+            skip(
+                "the 2^32-element backward test",
+                &format!("cannot allocate dX: {e}"),
+            );
             return;
         }
     };

@@ -8,14 +8,14 @@ use fusedrop::{reference, DropoutSpec, Element, Geometry, LayerSpec, LinearShape
 use half::{bf16, f16};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
+#[path = "common/gpu_open.rs"]
+mod gpu_open;
+use gpu_open::open_or_skip;
+
 fn gpu() -> Option<LayerKernels> {
-    match cuda::open_device(0).and_then(|ctx| LayerKernels::new(ctx.default_stream())) {
-        Ok(kernels) => Some(kernels),
-        Err(e) => {
-            eprintln!("skipping GPU dropout test: {e}");
-            None
-        }
-    }
+    open_or_skip("the GPU dropout test", || {
+        cuda::open_device(0).and_then(|ctx| LayerKernels::new(ctx.default_stream()))
+    })
 }
 
 fn random_values<T: Element>(len: usize, rng: &mut StdRng) -> Vec<T> {

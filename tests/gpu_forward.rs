@@ -18,14 +18,14 @@ use elementwise::{check_elementwise, Operands};
 mod same_bits;
 use same_bits::assert_same_bits;
 
+#[path = "common/gpu_open.rs"]
+mod gpu_open;
+use gpu_open::{hopper_or_skip, open_or_skip};
+
 fn gpu() -> Option<LayerKernels> {
-    match cuda::open_device(0).and_then(|ctx| LayerKernels::new(ctx.default_stream())) {
-        Ok(kernels) => Some(kernels),
-        Err(e) => {
-            eprintln!("skipping GPU forward test: {e}");
-            None
-        }
-    }
+    open_or_skip("the GPU forward test", || {
+        cuda::open_device(0).and_then(|ctx| LayerKernels::new(ctx.default_stream()))
+    })
 }
 
 /// Half-type kernels need sm_80; on an older GPU only f32 is checked.
@@ -534,11 +534,7 @@ fn forward_rejects_bad_input_before_launch() {
 
 /// Whether the Hopper kernel can run here: compute capability 9.0 and the sm_90a module built.
 fn hopper(kernels: &LayerKernels) -> bool {
-    let ok = kernels.hopper_available::<bf16>();
-    if !ok {
-        eprintln!("skipping the Hopper forward checks: not a compute capability 9.0 GPU with the sm_90a module");
-    }
-    ok
+    hopper_or_skip(kernels, "the Hopper forward checks")
 }
 
 /// The error of a 64 x 64 x 64 bf16 forward forced onto `wg64x128`, with X viewed `x_offset`

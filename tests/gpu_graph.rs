@@ -13,17 +13,17 @@ use fusedrop::{mask, reference, DropoutSpec, LayerSpec, LinearShape, Nonlinearit
 use half::bf16;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
+#[path = "common/gpu_open.rs"]
+mod gpu_open;
+use gpu_open::{hopper_or_skip, open_or_skip};
+
 /// The per-thread default kernels: capture is not supported on the legacy default kernels
 /// (cudarc's `default_stream`, the null kernels), and one kernels keeps cudarc out of its
 /// multi-kernels event tracking.
 fn gpu() -> Option<LayerKernels> {
-    match cuda::open_device(0).and_then(|ctx| LayerKernels::new(ctx.per_thread_stream())) {
-        Ok(kernels) => Some(kernels),
-        Err(e) => {
-            eprintln!("skipping GPU graph test: {e}");
-            None
-        }
-    }
+    open_or_skip("the GPU graph test", || {
+        cuda::open_device(0).and_then(|ctx| LayerKernels::new(ctx.per_thread_stream()))
+    })
 }
 
 fn random(len: usize, rng: &mut StdRng) -> Vec<f32> {
@@ -290,10 +290,7 @@ fn a_captured_training_step_replays_with_fresh_masks() {
 #[test]
 fn a_captured_hopper_forward_and_backward_replay_with_fresh_masks() {
     let Some(kernels) = gpu() else { return };
-    if !kernels.hopper_available::<bf16>() {
-        eprintln!(
-            "skipping the Hopper graph check: no compute capability 9.0 GPU with the sm_90a module"
-        );
+    if !hopper_or_skip(&kernels, "the Hopper graph check") {
         return;
     }
     let shape = LinearShape::new(300, 520, 256);

@@ -23,6 +23,10 @@ use fusedrop::reference::{self, relative_l2_error};
 use fusedrop::{DropoutGenerator, Geometry, LayerSpec, LinearShape, Nonlinearity};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
+#[path = "common/gpu_open.rs"]
+mod gpu_open;
+use gpu_open::open_or_skip;
+
 const BATCH: usize = 48;
 const MICRO: usize = 24;
 const INPUT: usize = 32;
@@ -32,13 +36,9 @@ const STEPS: usize = 8;
 const LEARNING_RATE: f32 = 0.5;
 
 fn gpu() -> Option<LayerKernels> {
-    match cuda::open_device(0).and_then(|ctx| LayerKernels::new(ctx.default_stream())) {
-        Ok(kernels) => Some(kernels),
-        Err(e) => {
-            eprintln!("skipping GPU training test: {e}");
-            None
-        }
-    }
+    open_or_skip("the GPU training test", || {
+        cuda::open_device(0).and_then(|ctx| LayerKernels::new(ctx.default_stream()))
+    })
 }
 
 #[derive(Debug, Clone)]
