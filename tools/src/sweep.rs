@@ -47,6 +47,9 @@ use crate::bench::{
 
 /// Exit code: a variant's output differs from the production kernel's, or a launch failed.
 pub const EXIT_FAILED: i32 = 1;
+/// Exit code: flags that ask for nothing to be measured ([`Options::check`]), as for flags clap
+/// refuses.
+pub const EXIT_BAD_FLAGS: i32 = 2;
 /// Exit code: nothing could be measured, for want of a GPU, driver or the sweep's kernels.
 pub const EXIT_NO_GPU: i32 = 3;
 
@@ -94,10 +97,82 @@ pub struct Options {
     pub shapes: Vec<&'static str>,
 }
 
+impl Family {
+    /// Every family, in the order the sweep runs them.
+    pub const ALL: [Family; 3] = [Family::MmaSync, Family::Hopper, Family::F32];
+
+    /// The family's name, as `--family` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::MmaSync => "mma-sync",
+            Family::Hopper => "hopper",
+            Family::F32 => "f32",
+        }
+    }
+
+    /// Why this family cannot run on `kernels`' GPU with this build, or `None` where it can.
+    fn cannot_run(self, kernels: &LayerKernels) -> Option<Error> {
+        let (major, minor) = kernels.compute_capability();
+        match self {
+            Family::MmaSync if !module_built("forward_tc_sweep") => Some(Error::KernelsNotBuilt),
+            Family::MmaSync if major < 8 => Some(Error::UnsupportedDevice(format!(
+                "the mma.sync variants need compute capability 8.0 or newer; this GPU has \
+                 {major}.{minor}"
+            ))),
+            Family::Hopper if !module_built("forward_sm90_sweep") => {
+                Some(Error::UnsupportedDevice(
+                    "the Hopper variants need the sm_90a modules (90 in FUSEDROP_CUDA_ARCHS)"
+                        .into(),
+                ))
+            }
+            Family::Hopper if !kernels.hopper_available::<bf16>() => {
+                Some(Error::UnsupportedDevice(format!(
+                    "the Hopper variants need compute capability 9.0 and the Hopper kernels \
+                     loaded; this GPU has {major}.{minor}"
+                )))
+            }
+            Family::F32 if !module_built("forward_f32_sweep") => Some(Error::KernelsNotBuilt),
+            _ => None,
+        }
+    }
+}
+
 impl Options {
-    /// Whether the run includes `family`.
+    /// Whether the run asks for `family` (every family when `--family` is not given).
     fn runs(&self, family: Family) -> bool {
         self.family.is_empty() || self.family.contains(&family)
+    }
+
+    /// Refuses flags that ask for nothing to be measured: `--family f32` (alone) with `--shapes`
+    /// that name none of [`F32_SHAPES`], or `--family` / `--shapes` naming an item twice.
+    pub fn check(&self) -> Result<()> {
+        let only_f32 = !self.family.is_empty() && self.family.iter().all(|f| *f == Family::F32);
+        if only_f32 && !F32_SHAPES.iter().any(|s| self.runs_shape(s)) {
+            return Err(Error::InvalidArgument(format!(
+                "--family f32 runs on {F32_SHAPES:?} only, and --shapes {:?} names none of them",
+                self.shapes
+            )));
+        }
+        if let Some(f) = self
+            .family
+            .iter()
+            .enumerate()
+            .find_map(|(i, f)| self.family[..i].contains(f).then_some(f))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "--family names {} twice",
+                f.name()
+            )));
+        }
+        if let Some(s) = self
+            .shapes
+            .iter()
+            .enumerate()
+            .find_map(|(i, s)| self.shapes[..i].contains(s).then_some(s))
+        {
+            return Err(Error::InvalidArgument(format!("--shapes names {s} twice")));
+        }
+        Ok(())
     }
 
     /// Whether the run includes the suite shape `name`.
@@ -164,15 +239,25 @@ pub struct SweepRow {
 }
 
 /// Runs `fusedrop sweep`: prints the table and returns the exit code (0 every variant
-/// bit-identical to production, 1 some variant differs or a row failed, 3 no usable GPU).
+/// bit-identical to production, 1 some variant differs or a row failed, 2 flags that ask for
+/// nothing ([`Options::check`]), 3 no usable GPU or a named family that cannot run here).
 pub fn run(options: &Options) -> i32 {
     eprintln!(
         "fusedrop sweep: timing the forward's tuning variants (each row prints as it is measured)"
     );
+    if let Err(e) = options.check() {
+        eprintln!("fusedrop sweep: {e}");
+        return EXIT_BAD_FLAGS;
+    }
     let mut rows = Vec::new();
     let outcome = sweep(options, &mut rows, &mut |row| {
         eprintln!("  {}", format_row(row, None))
     });
+    if let Ok(left_out) = &outcome {
+        for line in left_out {
+            eprintln!("fusedrop sweep: not run here: {line}");
+        }
+    }
     if let Err(
         e @ (Error::DriverUnavailable(_) | Error::KernelsNotBuilt | Error::UnsupportedDevice(_)),
     ) = &outcome
@@ -208,47 +293,58 @@ fn exit_code(rows: &[SweepRow], stopped: bool) -> i32 {
     }
 }
 
+/// The families a sweep with `options` measures on `kernels`' GPU, and a line for each family
+/// left out because it cannot run here. A family `--family` names that cannot run here is an
+/// error, and so is none of the families running here.
+pub fn families_here(
+    options: &Options,
+    kernels: &LayerKernels,
+) -> Result<(Vec<Family>, Vec<String>)> {
+    let mut families = Vec::new();
+    let mut left_out = Vec::new();
+    for family in Family::ALL.into_iter().filter(|f| options.runs(*f)) {
+        match family.cannot_run(kernels) {
+            None => families.push(family),
+            Some(e) if options.family.is_empty() => {
+                left_out.push(format!("{}: {e}", family.name()))
+            }
+            Some(e) => return Err(e),
+        }
+    }
+    if families.is_empty() {
+        return Err(Error::UnsupportedDevice(format!(
+            "no sweep family runs here: {}",
+            left_out.join("; ")
+        )));
+    }
+    Ok((families, left_out))
+}
+
 /// Measures every shape, dtype and kernel into `rows`; `progress` sees each row as it is
-/// measured. An error ends the sweep with the rows measured until then in `rows`.
+/// measured. Returns a line for each family left out because it cannot run here
+/// ([`families_here`]). An error ends the sweep with the rows measured until then in `rows`.
 pub fn sweep(
     options: &Options,
     rows: &mut Vec<SweepRow>,
     progress: &mut dyn FnMut(&SweepRow),
-) -> Result<()> {
-    if options.runs(Family::MmaSync) && !module_built("forward_tc_sweep") {
-        return Err(Error::KernelsNotBuilt);
-    }
+) -> Result<Vec<String>> {
+    options.check()?;
     let ctx = open_device(options.device)?;
     let kernels = LayerKernels::new(ctx.default_stream())?;
-    let (major, minor) = kernels.compute_capability();
-    if major < 8 {
-        return Err(Error::UnsupportedDevice(format!(
-            "the mma.sync variants need compute capability 8.0 or newer; GPU {} has \
-             {major}.{minor}",
-            options.device
-        )));
-    }
+    let (families, left_out) = families_here(options, &kernels)?;
     let effort = if options.quick {
         Effort::QUICK
     } else {
         Effort::FULL
     };
-    let candidates = candidates(&kernels, options);
-    let hopper_only = !options.runs(Family::MmaSync) && !options.runs(Family::F32);
-    if hopper_only && candidates.is_empty() {
-        return Err(Error::UnsupportedDevice(format!(
-            "the Hopper variants need compute capability 9.0 and kernels/forward_sm90_sweep.cu; \
-             GPU {} has {major}.{minor}",
-            options.device
-        )));
-    }
+    let candidates = candidates(&families);
     let run = Run {
         gpu: Gpu::read(&kernels)?,
         candidates,
         kernels,
         effort,
     };
-    // No f16 / bf16 rows when only the f32 family runs (or Hopper alone on another GPU).
+    // No f16 / bf16 rows when only the f32 family runs.
     let half_shapes = SHAPES
         .into_iter()
         .filter(|s| options.runs_shape(s) && !run.candidates.is_empty());
@@ -263,7 +359,7 @@ pub fn sweep(
             }
         }
     }
-    if options.runs(Family::F32) && module_built("forward_f32_sweep") {
+    if families.contains(&Family::F32) {
         let f32_candidates = f32_candidates();
         for name in F32_SHAPES.into_iter().filter(|s| options.runs_shape(s)) {
             let suite = suite_shape(name)?;
@@ -277,7 +373,7 @@ pub fn sweep(
             )?;
         }
     }
-    Ok(())
+    Ok(left_out)
 }
 
 /// What every shape of one sweep shares.
@@ -289,20 +385,16 @@ struct Run {
     effort: Effort,
 }
 
-/// The f16 / bf16 rows of every shape, in order, of the families `options` asks for: the
-/// mma.sync production row (`None`: the heuristic's choice for the shape) and its variants,
-/// then, where the Hopper kernels run, each Hopper production config and the variants of its
-/// tile.
-fn candidates(kernels: &LayerKernels, options: &Options) -> Vec<Kernel> {
+/// The f16 / bf16 rows of every shape, in order, of `families`: the mma.sync production row
+/// (`None`: the heuristic's choice for the shape) and its variants, then each Hopper production
+/// config and the variants of its tile.
+fn candidates(families: &[Family]) -> Vec<Kernel> {
     let mut out = Vec::new();
-    if options.runs(Family::MmaSync) {
+    if families.contains(&Family::MmaSync) {
         out.push(Kernel::Production(None));
         out.extend(FORWARD_SWEEP.iter().map(Kernel::Variant));
     }
-    if options.runs(Family::Hopper)
-        && kernels.hopper_available::<bf16>()
-        && module_built("forward_sm90_sweep")
-    {
+    if families.contains(&Family::Hopper) {
         for config in HOPPER_PRODUCTION {
             out.push(Kernel::Production(Some(config)));
             out.extend(
@@ -718,5 +810,36 @@ mod tests {
         for name in SHAPES {
             assert!(suite_shape(name).is_ok(), "{name}");
         }
+    }
+
+    #[test]
+    fn flags_that_ask_for_nothing_are_refused() {
+        let options = |family: Vec<Family>, shapes: Vec<&'static str>| Options {
+            quick: true,
+            device: 0,
+            family,
+            shapes,
+        };
+        assert!(options(vec![], vec![]).check().is_ok());
+        assert!(options(vec![Family::F32], vec!["sq"]).check().is_ok());
+        // f32 runs on sq alone; with another family the shapes still measure something.
+        let refused = options(vec![Family::F32], vec!["up", "wide"]).check();
+        assert!(
+            matches!(&refused, Err(Error::InvalidArgument(m)) if m.contains("f32 runs on")),
+            "{refused:?}"
+        );
+        assert!(options(vec![Family::F32, Family::MmaSync], vec!["up"])
+            .check()
+            .is_ok());
+        let twice = options(vec![Family::Hopper, Family::Hopper], vec![]).check();
+        assert!(
+            matches!(&twice, Err(Error::InvalidArgument(m)) if m.contains("hopper twice")),
+            "{twice:?}"
+        );
+        let twice = options(vec![], vec!["sq", "up", "sq"]).check();
+        assert!(
+            matches!(&twice, Err(Error::InvalidArgument(m)) if m.contains("sq twice")),
+            "{twice:?}"
+        );
     }
 }

@@ -72,8 +72,11 @@ EXIT CODES: 0 done, 1 a run failed, 2 bad flags, 3 --device cuda but no usable G
     /// Prints TFLOP/s and the ratio to production.
     #[command(
         after_help = "EXIT CODES: 0 every variant bit-identical to production, 1 a variant \
-                            differs or a launch failed, 2 bad flags, 3 no usable GPU, driver or \
-                            sweep kernels (nothing was measured)."
+                            differs or a launch failed, 2 bad flags (also --family or --shapes \
+                            naming an item twice, or --family f32 without sq), 3 no usable GPU, \
+                            driver or sweep kernels, or a family --family names cannot run here \
+                            (nothing was measured). Without --family, the families that cannot \
+                            run here are left out, each with a line saying why."
     )]
     Sweep(fusedrop_tools::sweep::Options),
     /// Check the performance goals of issues 10, 11 and 12 on the CSVs of one bench run
