@@ -47,9 +47,6 @@ use crate::bench::{
 
 /// Exit code: a variant's output differs from the production kernel's, or a launch failed.
 pub const EXIT_FAILED: i32 = 1;
-/// Exit code: flags that ask for nothing to be measured ([`Options::check`]), as for flags clap
-/// refuses.
-pub const EXIT_BAD_FLAGS: i32 = 2;
 /// Exit code: nothing could be measured, for want of a GPU, driver or the sweep's kernels.
 pub const EXIT_NO_GPU: i32 = 3;
 
@@ -239,16 +236,13 @@ pub struct SweepRow {
 }
 
 /// Runs `fusedrop sweep`: prints the table and returns the exit code (0 every variant
-/// bit-identical to production, 1 some variant differs or a row failed, 2 flags that ask for
-/// nothing ([`Options::check`]), 3 no usable GPU or a named family that cannot run here).
+/// bit-identical to production, 1 some variant differs or a row failed, 3 no usable GPU or a
+/// named family that cannot run here). The command line refuses flags that ask for nothing
+/// ([`Options::check`]) before this runs (exit 2).
 pub fn run(options: &Options) -> i32 {
     eprintln!(
         "fusedrop sweep: timing the forward's tuning variants (each row prints as it is measured)"
     );
-    if let Err(e) = options.check() {
-        eprintln!("fusedrop sweep: {e}");
-        return EXIT_BAD_FLAGS;
-    }
     let mut rows = Vec::new();
     let outcome = sweep(options, &mut rows, &mut |row| {
         eprintln!("  {}", format_row(row, None))

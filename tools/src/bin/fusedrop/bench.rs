@@ -4,8 +4,8 @@
 //! measured (listed as NOT MEASURED), or the CSV could not be written; 2 bad arguments; 3 no
 //! usable GPU (no driver, no device, kernels not built into this binary, or no cuBLASLt).
 
-use std::fs::File;
-use std::path::PathBuf;
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
@@ -21,6 +21,8 @@ use fusedrop_tools::bench::{
 const EXIT_INCOMPLETE: i32 = 1;
 /// Exit code: nothing could be measured, for want of a GPU, driver, kernels or cuBLASLt.
 const EXIT_NO_GPU: i32 = 3;
+/// Exit code: an argument that cannot be used (as for flags the parser refuses).
+const EXIT_BAD_ARGUMENTS: i32 = 2;
 
 /// The text after the flags in `fusedrop bench --help`: the suite's shapes (from [`SUITE`]),
 /// the method and the exit codes.
@@ -140,8 +142,19 @@ impl Options {
     }
 
     /// The checks no single flag can make, done before any GPU time is spent: some shape is
-    /// measured in some dtype, and the CSV file's folder exists.
+    /// measured in some dtype, no list names an item twice (its rows would be measured twice,
+    /// and `fusedrop goals` refuses a CSV with two rows for one figure), and the CSV path is a
+    /// file in a folder that exists.
     pub fn check(&self) -> Result<(), String> {
+        if let Some(shape) = self.shapes.as_deref().and_then(repeated) {
+            return Err(format!("--shapes names {} twice", shape.name));
+        }
+        if let Some(dtype) = self.dtypes.as_deref().and_then(repeated) {
+            return Err(format!("--dtypes names {} twice", dtype.name()));
+        }
+        if let Some(p) = self.p.as_deref().and_then(repeated) {
+            return Err(format!("--p names {p} twice"));
+        }
         let options = self.table_options();
         let measured_dtype = options
             .shapes
@@ -162,9 +175,35 @@ impl Options {
                     path.display()
                 ));
             }
+            if path.is_dir() {
+                return Err(format!(
+                    "the CSV file {} is a folder; expected a file name",
+                    path.display()
+                ));
+            }
         }
         Ok(())
     }
+}
+
+/// Whether `path` can be written, found before any GPU time is spent rather than after the run:
+/// opened for appending (an existing file keeps its contents until the table replaces them), and
+/// removed again if it did not exist.
+fn check_writable(path: &Path) -> std::io::Result<()> {
+    let existed = path.exists();
+    OpenOptions::new().append(true).create(true).open(path)?;
+    if !existed {
+        std::fs::remove_file(path)?;
+    }
+    Ok(())
+}
+
+/// The first item of `items` that an earlier one equals.
+fn repeated<T: PartialEq>(items: &[T]) -> Option<&T> {
+    items
+        .iter()
+        .enumerate()
+        .find_map(|(i, item)| items[..i].contains(item).then_some(item))
 }
 
 fn progress_line(row: &Row) -> String {
@@ -183,6 +222,15 @@ fn progress_line(row: &Row) -> String {
 /// exit code.
 pub fn run(options: &Options) -> i32 {
     let start = Instant::now();
+    if let Some(path) = &options.csv {
+        if let Err(e) = check_writable(path) {
+            eprintln!(
+                "fusedrop bench: cannot write the CSV file {}: {e}",
+                path.display()
+            );
+            return EXIT_BAD_ARGUMENTS;
+        }
+    }
     eprintln!(
         "fusedrop bench: measuring (each row prints as it is measured){}",
         if options.no_hopper {

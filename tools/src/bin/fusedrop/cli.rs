@@ -118,7 +118,10 @@ where
         None => (None, cli.demo.check()),
         Some(Command::Demo(options)) => (Some("demo"), options.check()),
         Some(Command::Bench(options)) => (Some("bench"), options.check()),
-        Some(Command::Selftest(_) | Command::Sweep(_) | Command::Goals(_)) => (None, Ok(())),
+        Some(Command::Sweep(options)) => {
+            (Some("sweep"), options.check().map_err(|e| e.to_string()))
+        }
+        Some(Command::Selftest(_) | Command::Goals(_)) => (None, Ok(())),
     };
     if let Err(msg) = checked {
         return Err(match name.and_then(|name| cmd.find_subcommand_mut(name)) {
@@ -241,6 +244,21 @@ mod tests {
                 &["bench", "--shapes", "up", "--dtypes", "f32"],
                 "f32 runs on sq",
             ),
+            (
+                &["bench", "--shapes", "sq,up,sq"],
+                "--shapes names sq twice",
+            ),
+            (
+                &["bench", "--dtypes", "bf16,bf16"],
+                "--dtypes names bf16 twice",
+            ),
+            (&["bench", "--p", "0.1,0,0.1"], "--p names 0.1 twice"),
+            (&["bench", "--csv", "."], "is a folder"),
+            (
+                &["sweep", "--family", "f32", "--shapes", "up"],
+                "f32 runs on",
+            ),
+            (&["sweep", "--family", "hopper,hopper"], "hopper twice"),
         ] {
             let e = refuse(args);
             assert_eq!(e.exit_code(), 2, "{args:?}");
