@@ -714,7 +714,8 @@ pub struct Row {
     pub gbps: f64,
     /// Time over the GEMM floor's time for the same shape, dtype and pass.
     pub vs_gemm_floor: Option<f64>,
-    /// Time over the unfused path's time for the same shape, dtype, p and pass.
+    /// Time over the unfused path's time for the same shape, dtype, p and pass (`None` for the
+    /// GEMM floor, which has no p).
     pub vs_unfused: Option<f64>,
     /// `gbps` as a percentage of the copy bandwidth measured in the same run.
     pub pct_copy_bw: f64,
@@ -1708,12 +1709,12 @@ fn emit_pass(
     };
     let mut rows = Vec::new();
     if let Some(floor) = times.floor {
-        let unfused = times.per_p.first().and_then(|t| t.2);
+        // No vs_unfused: the floor has no p, and the unfused path one time per p.
         rows.push(make(
             "gemm_floor",
             None,
             floor,
-            unfused,
+            None,
             "cuBLASLt products alone, no epilogue",
         ));
     }
@@ -2243,6 +2244,8 @@ mod tests {
             ]
         );
         assert_eq!(seen.len(), rows.len(), "progress sees every row");
+        assert_eq!(table.rows[0].vs_unfused, None, "the floor has no p");
+        assert_eq!(table.rows[0].vs_gemm_floor, Some(1.0));
         let identity = &table.rows[7];
         assert_eq!(identity.vs_unfused, Some(66.0 / 48.0));
         assert_eq!(identity.vs_gemm_floor, Some(66.0 / 20.0));
