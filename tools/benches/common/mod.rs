@@ -6,7 +6,7 @@ use std::time::Duration;
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput};
 use fusedrop::cuda::LoadOptions;
-use fusedrop::Element;
+use fusedrop::{Element, Error};
 use fusedrop_tools::bench::{
     backward_flops, forward_flops, fused_backward, fused_forward, time_launches, BaselinePlans,
     BenchGpu, DType, Operands, Pass, SuiteShape, P_VALUES, SUITE,
@@ -26,13 +26,28 @@ pub fn criterion() -> Criterion {
 pub type Launch<'a> = dyn FnMut(u64) -> fusedrop::Result<()> + 'a;
 
 /// Runs `launch` once and waits, so that a path which cannot run here (no kernel for this GPU,
-/// a shape cuBLASLt refuses) is reported and left out instead of failing inside criterion.
+/// a shape cuBLASLt offers no algorithm for) is reported and left out instead of failing inside
+/// criterion. Any other error (a launch that fails, a kernel fault) panics: `cargo bench` must
+/// not pass over a broken path.
 fn preflight(gpu: &BenchGpu, id: &str, launch: &mut Launch<'_>) -> bool {
-    let result = launch(0).and_then(|()| Ok(gpu.kernels.stream().synchronize()?));
-    if let Err(e) = &result {
-        println!("{id}: skipped: {e}");
+    match launch(0).and_then(|()| Ok(gpu.kernels.stream().synchronize()?)) {
+        Ok(()) => true,
+        Err(e) if cannot_run_here(&e) => {
+            println!("{id}: skipped: {e}");
+            false
+        }
+        Err(e) => panic!("{id} failed: {e}"),
     }
-    result.is_ok()
+}
+
+/// Whether `e` says that something cannot run on this machine (no driver, GPU, kernels or
+/// cuBLASLt, a GPU too old, a shape cuBLASLt has no algorithm for) rather than that it failed.
+fn cannot_run_here(e: &Error) -> bool {
+    match e {
+        Error::DriverUnavailable(_) | Error::KernelsNotBuilt | Error::UnsupportedDevice(_) => true,
+        Error::Cuda(message) => message.contains("CUBLAS_STATUS_NOT_SUPPORTED"),
+        Error::InvalidArgument(_) => false,
+    }
 }
 
 /// Registers one GPU benchmark: each criterion iteration is one `launch(i)`, and a sample is
@@ -84,7 +99,7 @@ pub fn run(pass: Pass, cpu_groups: &[fn(&mut Criterion)]) {
                 }
             }
         }
-        Err(e) => {
+        Err(e) if cannot_run_here(&e) => {
             println!(
                 "{}: GPU groups skipped ({e}); running the CPU reference on small shapes",
                 pass.name()
@@ -93,12 +108,17 @@ pub fn run(pass: Pass, cpu_groups: &[fn(&mut Criterion)]) {
                 group(&mut c);
             }
         }
+        Err(e) => panic!(
+            "{}: opening the GPU, its kernels or cuBLASLt failed: {e}",
+            pass.name()
+        ),
     }
     c.final_summary();
 }
 
 /// One shape and dtype: the GEMM floor (the forward's GEMM, or the backward's two), then per p
-/// our kernel and the unfused path. Throughput is in FLOP: 2mnk per forward, 4mnk per backward.
+/// our kernel and the unfused path. Throughput is in FLOP, 2mnk per forward and 4mnk per
+/// backward, given to criterion as elements (it has no FLOP unit), so its "elem/s" are FLOP/s.
 fn gpu_group<T: Element>(
     c: &mut Criterion,
     gpu: &BenchGpu,
