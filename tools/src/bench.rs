@@ -1047,14 +1047,23 @@ pub fn forward_variants_given(
             .into_iter()
             .filter(|c| (c.splits() == 1 || split) && dims.k >= c.min_k())
         {
+            // Every configuration named, so that a new one cannot be timed under another's name.
             let name = match config {
                 ForwardConfig::Wg128x256 => "fused_wg128x256",
                 ForwardConfig::Wg128x128 => "fused_wg128x128",
+                ForwardConfig::Wg64x128 => "fused_wg64x128",
                 ForwardConfig::Wg128x128S2 => "fused_wg128x128s2",
                 ForwardConfig::Wg128x128S4 => "fused_wg128x128s4",
                 ForwardConfig::Wg64x128S2 => "fused_wg64x128s2",
                 ForwardConfig::Wg64x128S4 => "fused_wg64x128s4",
-                _ => "fused_wg64x128",
+                ForwardConfig::Tc128x256
+                | ForwardConfig::Tc128x128
+                | ForwardConfig::Tc64x128
+                | ForwardConfig::Tc64x64
+                | ForwardConfig::Tc64x32
+                | ForwardConfig::Simt128x128
+                | ForwardConfig::Simt64x64
+                | ForwardConfig::Simt64x32 => continue, // not in ForwardConfig::HOPPER
             };
             variants.push(Variant {
                 name,

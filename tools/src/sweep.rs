@@ -53,8 +53,6 @@ pub const EXIT_NO_GPU: i32 = 3;
 /// The bench suite's shapes the sweep runs on: two compute-bound ones, and `wide` (k = 256),
 /// where the epilogue is a large share of each tile's time.
 pub const SHAPES: [&str; 3] = ["sq", "up", "wide"];
-/// The dtypes the sweep runs in on every shape of [`SHAPES`].
-pub const DTYPES: [DType; 2] = [DType::Bf16, DType::F16];
 /// The shapes the f32 variants run on: `sq`, where issue 12 sets the f32 forward's goal.
 pub const F32_SHAPES: [&str; 1] = ["sq"];
 /// The dropout probability of every launch.
@@ -344,14 +342,22 @@ pub fn sweep(
         .filter(|s| options.runs_shape(s) && !run.candidates.is_empty());
     for name in half_shapes {
         let suite = suite_shape(name)?;
-        for dtype in DTYPES {
-            match dtype {
-                DType::F16 => {
-                    sweep_shape::<f16>(&run, &run.candidates, suite.name, dtype, rows, progress)?
-                }
-                _ => sweep_shape::<bf16>(&run, &run.candidates, suite.name, dtype, rows, progress)?,
-            }
-        }
+        sweep_shape::<bf16>(
+            &run,
+            &run.candidates,
+            suite.name,
+            DType::Bf16,
+            rows,
+            progress,
+        )?;
+        sweep_shape::<f16>(
+            &run,
+            &run.candidates,
+            suite.name,
+            DType::F16,
+            rows,
+            progress,
+        )?;
     }
     if families.contains(&Family::F32) {
         let f32_candidates = f32_candidates();
