@@ -37,6 +37,9 @@ pub struct Measurement {
     pub source: String,
     /// The GPU's name: every row of one check must come from the same GPU.
     pub gpu: String,
+    /// The driver version: every row of one check must come from the same driver too (the
+    /// bench and the peer are two processes; this is what the CSVs say of the machine).
+    pub driver: String,
     /// Suite shape name.
     pub shape: String,
     /// `bf16`, `f16` or `f32`.
@@ -194,6 +197,16 @@ impl<'a> Rows<'a> {
                 gpus.join(", ")
             ));
         }
+        let mut drivers: Vec<&str> = rows.iter().map(|r| r.driver.as_str()).collect();
+        drivers.sort_unstable();
+        drivers.dedup();
+        if drivers.len() > 1 {
+            return Err(invalid!(
+                "the rows come from {} drivers ({}); expected one run on one machine",
+                drivers.len(),
+                drivers.join(", ")
+            ));
+        }
         let mut by_key = HashMap::new();
         for r in rows {
             let key = row_key(&r.source, &r.shape, &r.dtype, r.p, &r.pass, &r.impl_name);
@@ -288,7 +301,7 @@ fn faster_than(rows: &Rows<'_>, pass: &str, others: &[(&str, &str)]) -> Vec<Inst
 }
 
 /// Every goal of issues 10, 11 and 12, checked on `rows` (one run: ours and the peer's).
-/// Errors: rows from more than one GPU.
+/// Errors: rows from more than one GPU or driver.
 pub fn check(rows: &[Measurement]) -> Result<Vec<Goal>> {
     let rows = Rows::new(rows)?;
     let rows = &rows;
@@ -639,6 +652,12 @@ mod tests {
             .replace("NVIDIA H200", "NVIDIA H100 80GB HBM3");
         let e = check(&read_csv(csv.as_bytes()).unwrap()).unwrap_err();
         assert!(e.to_string().contains("2 GPUs"), "{e}");
+        let mut csv = HEADER.to_string();
+        csv += &row(OURS, "sq", "bf16", "", "forward", "gemm_floor", 100.0);
+        csv +=
+            &row(TORCH, "sq", "bf16", "0.1", "forward", "eager", 100.0).replace("570.1", "580.2");
+        let e = check(&read_csv(csv.as_bytes()).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("2 drivers (570.1, 580.2)"), "{e}");
         let twice = format!(
             "{HEADER}{}{}",
             row(OURS, "sq", "bf16", "0.1", "forward", "fused", 1.0),
