@@ -1441,13 +1441,16 @@ fn measure_shape<T: Element>(
     let plans = BaselinePlans::<T>::new(blas, dims);
     let effort = options.effort;
     let graphs = options.graph_shapes.contains(&shape.name);
+    let fail = |table: &mut Table, label: &str, e: Error| {
+        table
+            .failures
+            .push(format!("{} {} {label}: {e}", shape.name, dtype.name()));
+    };
     let record = |table: &mut Table, label: String, r: Result<Timing>| -> Option<f64> {
         match r {
             Ok(t) => Some(t.per_launch.as_secs_f64() * 1e6),
             Err(e) => {
-                table
-                    .failures
-                    .push(format!("{} {} {label}: {e}", shape.name, dtype.name()));
+                fail(table, &label, e);
                 None
             }
         }
@@ -1462,7 +1465,10 @@ fn measure_shape<T: Element>(
         );
         let mut per_p = Vec::new();
         let mut variants = Vec::new();
-        let forward_variants = forward_variants::<T>(kernels, dims)?;
+        let forward_variants = forward_variants::<T>(kernels, dims).unwrap_or_else(|e| {
+            fail(table, "forward variants", e);
+            Vec::new()
+        });
         for &p in &options.probabilities {
             let fused = record(
                 table,
@@ -1549,7 +1555,10 @@ fn measure_shape<T: Element>(
         );
         let mut per_p = Vec::new();
         let mut variants = Vec::new();
-        let backward_variants = backward_variants::<T>(kernels, dims)?;
+        let backward_variants = backward_variants::<T>(kernels, dims).unwrap_or_else(|e| {
+            fail(table, "backward variants", e);
+            Vec::new()
+        });
         for &p in &options.probabilities {
             let fused = record(
                 table,
@@ -1560,17 +1569,25 @@ fn measure_shape<T: Element>(
             );
             for v in backward_variants.iter().filter(|v| v.runs_at(p)) {
                 let (kernel, nonlinearity) = (v.forced.kernel(), v.forced.nonlinearity());
-                let mut workspace = match v.forced {
-                    Forced::IdentityWorkspace => {
-                        let spec = bench_spec(dims, nonlinearity, p, 0);
-                        Some(stream.alloc_zeros::<u8>(backward::workspace_bytes::<T>(&spec))?)
+                let spec = bench_spec(dims, nonlinearity, p, 0);
+                let workspace = match v.forced {
+                    Forced::IdentityWorkspace => stream
+                        .alloc_zeros::<u8>(backward::workspace_bytes::<T>(&spec))
+                        .map(Some)
+                        .map_err(Error::from),
+                    Forced::SplitWorkspace(_) => kernels
+                        .backward_workspace_bytes::<T>(&spec, kernel)
+                        .and_then(|bytes| Ok(Some(stream.alloc_zeros::<u8>(bytes)?))),
+                    _ => Ok(None),
+                };
+                // A variant whose workspace cannot be had is recorded as not measured; the
+                // rows measured so far and the other variants still count.
+                let mut workspace = match workspace {
+                    Ok(workspace) => workspace,
+                    Err(e) => {
+                        fail(table, &format!("backward {} p={p} workspace", v.name), e);
+                        continue;
                     }
-                    Forced::SplitWorkspace(_) => {
-                        let spec = bench_spec(dims, nonlinearity, p, 0);
-                        let bytes = kernels.backward_workspace_bytes::<T>(&spec, kernel)?;
-                        Some(stream.alloc_zeros::<u8>(bytes)?)
-                    }
-                    _ => None,
                 };
                 let time = record(
                     table,
