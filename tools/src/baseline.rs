@@ -257,17 +257,6 @@ impl Blas {
                 shape.k
             ));
         }
-        if [shape.m, shape.n, shape.k]
-            .iter()
-            .any(|&d| d as u64 > i64::MAX as u64)
-        {
-            return Err(invalid!(
-                "baseline GEMM sizes m={}, n={}, k={} exceed cuBLASLt's 63-bit leading dimension",
-                shape.m,
-                shape.n,
-                shape.k
-            ));
-        }
         self.stream.context().bind_to_thread()?;
         let ty = data_type::<T>();
         let g = op.geometry(shape);

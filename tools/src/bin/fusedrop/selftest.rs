@@ -13,7 +13,7 @@ use fusedrop::cuda::backward::{self, BackwardKernel, BackwardOptions, GradientsM
 use fusedrop::cuda::cudarc::driver::CudaSlice;
 use fusedrop::cuda::forward::{ForwardConfig, ForwardOptions};
 use fusedrop::cuda::{self, LayerKernels, LoadOptions, ResidentClusters, SeedSource};
-use fusedrop::reference::{self, relative_l2_error};
+use fusedrop::reference::{self, relative_l2_error, to_f64};
 use fusedrop::{mask, DropoutSpec, Element, Error, Geometry, LayerSpec, LinearShape, Nonlinearity};
 use half::{bf16, f16};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -512,10 +512,6 @@ fn poisoned<T: Element>(kernels: &LayerKernels, len: usize) -> fusedrop::Result<
     Ok(kernels
         .stream()
         .clone_htod(&vec![T::from_f64(f64::NAN); len])?)
-}
-
-fn to_f64<T: Element>(v: &[T]) -> Vec<f64> {
-    v.iter().map(|e| e.to_f64()).collect()
 }
 
 /// The forward's mask errors: element `i` of `got` (`[m, n]` under the case's spec) is one when
