@@ -6,8 +6,13 @@
 //! (feature `candle-cuda`, which turns on candle-core's CUDA backend) it launches the crate's
 //! forward and backward kernels on the tensor's own stream. With `candle` alone a CUDA tensor
 //! gets candle's "no cuda implementation" error. f32, f16 and bf16; X `[m, k]`, W `[n, k]`
-//! (candle-nn's `Linear` layout), b `[n]`, all contiguous and of one dtype (an error names
-//! what is wrong otherwise).
+//! (candle-nn's `Linear` layout), b `[n]`, all of one dtype (an error names what is wrong
+//! otherwise), in any layout: [`fused_linear`] copies a non-contiguous operand first, as
+//! candle-nn's `Linear` does.
+//!
+//! The ReLU's gradient at exactly zero follows PyTorch, not candle: dZ passes where the output
+//! is positive, so an element whose pre-activation is exactly 0 gets no gradient (candle's own
+//! `relu` passes it there). The mask is not stored, and Y > 0 is what the backward can see.
 //!
 //! ```
 //! use candle_core::{Device, Tensor, Var};
@@ -49,7 +54,9 @@ fn invalid(msg: String) -> candle_core::Error {
 /// `dropout` names the mask (p, seed, subsequence); take a fresh subsequence for every call from a
 /// [`DropoutGenerator`], or use [`FusedLinear`], which does. The backward pass recovers the mask
 /// from the output for ReLU and redraws it from (seed, subsequence) for the identity, so nothing
-/// but the output is kept for it. Gradients are returned for X (only when X is tracked), W and b.
+/// but the output is kept for it. Gradients are computed for the operands candle tracks (a `Var`,
+/// or a tensor computed from one): X, W and b each only when tracked, so frozen weights cost no
+/// dW. Non-contiguous operands are copied to contiguous ones first.
 /// On CUDA tensors the backward also allocates, for the duration of the call, the scratch memory
 /// [`LayerKernels::backward_workspace_bytes`](crate::cuda::LayerKernels::backward_workspace_bytes)
 /// asks for: dY times the mask for the identity with p > 0 (m · n elements), and the partial sums
@@ -66,9 +73,12 @@ pub fn fused_linear(
         nonlinearity,
         dropout,
     };
+    // The kernels and the reference read row-major operands; `contiguous` is the tensor itself
+    // when it already is one, and otherwise a copy that gradients flow back through.
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
     match b {
-        Some(b) => x.apply_op3(w, b, op),
-        None => x.apply_op2(w, op),
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
+        None => x.apply_op2(&w, op),
     }
 }
 
@@ -168,7 +178,8 @@ impl FusedLinearOp {
         Ok((y, Shape::from((spec.shape.m, spec.shape.n))))
     }
 
-    /// dX (when X is tracked), dW and db (when there is a bias) on X's device.
+    /// dX, dW and db (when there is a bias), each only when its operand is tracked, on X's
+    /// device.
     fn gradients(
         &self,
         x: &Tensor,
@@ -176,7 +187,7 @@ impl FusedLinearOp {
         b: Option<&Tensor>,
         y: &Tensor,
         dy: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
+    ) -> candle_core::Result<Gradients> {
         let spec = self.spec(
             (x.layout(), x.dtype()),
             (w.layout(), w.dtype()),
@@ -188,7 +199,8 @@ impl FusedLinearOp {
         let y = y.contiguous()?;
         let wanted = Wanted {
             dx: x.track_op(),
-            db: b.is_some(),
+            dw: w.track_op(),
+            db: b.is_some_and(Tensor::track_op),
         };
         let (x_storage, x_layout) = x.storage_and_layout();
         let (w_storage, w_layout) = w.storage_and_layout();
@@ -230,12 +242,16 @@ impl FusedLinearOp {
     }
 }
 
-/// Which gradients the backward pass is asked for (dW always).
+/// Which gradients the backward pass is asked for: those of the tracked operands.
 #[derive(Debug, Clone, Copy)]
 struct Wanted {
     dx: bool,
+    dw: bool,
     db: bool,
 }
+
+/// dX, dW and db, each `None` where it was not wanted.
+type Gradients = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
 
 /// The contiguous elements of an operand (its range was checked by [`FusedLinearOp::spec`]).
 fn cpu_slice<'a, T: WithDType>(
@@ -265,7 +281,7 @@ fn cpu_backward<T: Element + WithDType>(
     [x, w, y, dy]: [&CpuStorage; 4],
     [x_layout, w_layout, y_layout, dy_layout]: [&Layout; 4],
     wanted: Wanted,
-) -> candle_core::Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
+) -> candle_core::Result<Gradients> {
     let x = cpu_slice::<T>("X", x, x_layout)?;
     let w = cpu_slice::<T>("W", w, w_layout)?;
     let y = cpu_slice::<T>("Y", y, y_layout)?;
@@ -280,9 +296,10 @@ fn cpu_backward<T: Element + WithDType>(
             false,
         )
     };
+    // The reference computes all three; what was not asked for is dropped.
     Ok((
         wanted.dx.then(|| tensor(grads.dx, Shape::from((m, k)))),
-        tensor(grads.dw, Shape::from((n, k))),
+        wanted.dw.then(|| tensor(grads.dw, Shape::from((n, k)))),
         wanted.db.then(|| tensor(grads.db, Shape::from(n))),
     ))
 }
@@ -321,7 +338,7 @@ impl CustomOp2 for FusedLinearOp {
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let (dx, dw, _) = self.gradients(x, w, None, y, dy)?;
-        Ok((dx, Some(dw)))
+        Ok((dx, dw))
     }
 }
 
@@ -363,8 +380,7 @@ impl CustomOp3 for FusedLinearOp {
         y: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, db) = self.gradients(x, w, Some(b), y, dy)?;
-        Ok((dx, Some(dw), db))
+        self.gradients(x, w, Some(b), y, dy)
     }
 }
 
@@ -402,7 +418,7 @@ mod cuda {
     use cudarc::driver::{CudaSlice, CudaStream, CudaView, DeviceRepr};
     use half::{bf16, f16};
 
-    use super::{contiguous_range, to_candle, FusedLinearOp, Wanted};
+    use super::{contiguous_range, to_candle, FusedLinearOp, Gradients, Wanted};
     use crate::cuda::backward::{BackwardKernel, BackwardOptions, GradientsMut};
     use crate::cuda::forward::ForwardOptions;
     use crate::cuda::{LayerKernels, LoadOptions};
@@ -540,7 +556,7 @@ mod cuda {
         [x, w, y, dy]: [&CudaStorage; 4],
         [x_layout, w_layout, y_layout, dy_layout]: [&Layout; 4],
         wanted: Wanted,
-    ) -> candle_core::Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
+    ) -> candle_core::Result<Gradients> {
         let LinearShape { m, n, k } = spec.shape;
         let device = x.device.clone();
         let kernels = kernels_for(&device.cuda_stream())?;
@@ -552,11 +568,14 @@ mod cuda {
             .dx
             .then(|| unfilled::<T>(&device, m * k))
             .transpose()?;
-        let mut dw = unfilled::<T>(&device, n * k)?;
+        let mut dw = wanted
+            .dw
+            .then(|| unfilled::<T>(&device, n * k))
+            .transpose()?;
         let mut db = wanted.db.then(|| unfilled::<T>(&device, n)).transpose()?;
         let grads = GradientsMut {
             dx: dx.as_mut().map(|d| d.as_view_mut()),
-            dw: Some(dw.as_view_mut()),
+            dw: dw.as_mut().map(|d| d.as_view_mut()),
             db: db.as_mut().map(|d| d.as_view_mut()),
         };
         // The whole workspace the call can use: the identity's mask applied to dY once, and the
@@ -592,7 +611,7 @@ mod cuda {
         };
         Ok((
             dx.map(|d| tensor(d, Shape::from((m, k)))),
-            tensor(dw, Shape::from((n, k))),
+            dw.map(|d| tensor(d, Shape::from((n, k)))),
             db.map(|d| tensor(d, Shape::from(n))),
         ))
     }
@@ -667,10 +686,17 @@ impl FusedLinear {
 
 impl ModuleT for FusedLinear {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let dropout = if train {
-            self.generator().next(self.p)
-        } else {
-            DropoutSpec::NONE
+        // In training the generator stays locked for the call and moves on only once the call
+        // has succeeded: a call refused for its input uses up no subsequence (resuming from
+        // `next_subsequence` stays exact), and two threads never share one.
+        let mut generator = train.then(|| self.generator());
+        let dropout = match &generator {
+            Some(generator) => DropoutSpec {
+                p: self.p,
+                seed: generator.seed(),
+                subsequence: generator.peek_subsequence(),
+            },
+            None => DropoutSpec::NONE,
         };
         let dims = xs.dims();
         let Some((&k, leading)) = dims.split_last() else {
@@ -691,12 +717,17 @@ impl ModuleT for FusedLinear {
             self.nonlinearity,
             dropout,
         )?;
-        if dims.len() == 2 {
-            return Ok(y);
+        let y = if dims.len() == 2 {
+            y
+        } else {
+            let mut out_dims = leading.to_vec();
+            out_dims.push(self.weight.dim(0)?);
+            y.reshape(out_dims)?
+        };
+        if let Some(generator) = generator.as_mut() {
+            generator.next(self.p);
         }
-        let mut out_dims = leading.to_vec();
-        out_dims.push(self.weight.dim(0)?);
-        y.reshape(out_dims)
+        Ok(y)
     }
 }
 

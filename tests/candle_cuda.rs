@@ -161,6 +161,93 @@ fn the_candle_op_and_the_direct_calls_give_the_same_bits() -> Result<()> {
     Ok(())
 }
 
+/// The op's other paths on CUDA tensors against the same op on CPU tensors (the CPU
+/// reference), within each dtype's tolerance: no bias, frozen weights and bias (dW and db not
+/// asked for), an untracked X (dX not asked for), p = 0, 0.1 and 1, and X as a view at an odd
+/// offset (not 16-byte aligned, so the kernels for any alignment run). Which gradients exist
+/// must match too.
+#[test]
+fn the_paths_without_bias_or_with_frozen_operands_match_the_cpu_op() -> Result<()> {
+    let Some(device) = device() else {
+        return Ok(());
+    };
+    let (m, n, k) = (45, 24, 40);
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let tolerance = match dtype {
+            DType::F32 => f32::REL_L2_TOLERANCE,
+            DType::F16 => f16::REL_L2_TOLERANCE,
+            _ => bf16::REL_L2_TOLERANCE,
+        };
+        for p in [0.0f32, 0.1, 1.0] {
+            // (bias, W and b tracked, X tracked, X read from row 1 of a larger tensor)
+            for (with_bias, tracked_w, tracked_x, offset_x) in [
+                (false, true, true, false),
+                (true, false, true, false),
+                (true, true, false, true),
+            ] {
+                let dropout = DropoutSpec::new(p, 0x0ff5e7, 9);
+                let host = |rows: usize, cols: usize, std: f32| -> Result<Tensor> {
+                    Tensor::randn(0f32, std, (rows, cols), &Device::Cpu)?.to_dtype(dtype)
+                };
+                let x_big = host(m + 1, k, 1.0)?;
+                let (w_host, b_host, r_host) = (
+                    host(n, k, 0.5)?,
+                    host(1, n, 1.0)?.reshape(n)?,
+                    host(m, n, 1.0)?,
+                );
+                let case = format!(
+                    "{dtype:?} p={p} bias={with_bias} W,b tracked={tracked_w} X tracked={tracked_x} \
+                     X offset={offset_x}"
+                );
+                let mut results = Vec::new();
+                for on in [&device, &Device::Cpu] {
+                    let x_source = Var::from_tensor(&x_big.to_device(on)?)?;
+                    let x = if offset_x {
+                        x_source.narrow(0, 1, m)?
+                    } else {
+                        x_source.narrow(0, 0, m)?
+                    };
+                    let x = if tracked_x { x } else { x.detach() };
+                    let w = Var::from_tensor(&w_host.to_device(on)?)?;
+                    let b = Var::from_tensor(&b_host.to_device(on)?)?;
+                    let (w_in, b_in) = if tracked_w {
+                        (w.as_tensor().clone(), b.as_tensor().clone())
+                    } else {
+                        (w.as_tensor().detach(), b.as_tensor().detach())
+                    };
+                    let y = fused_linear(
+                        &x,
+                        &w_in,
+                        with_bias.then_some(&b_in),
+                        Nonlinearity::Relu,
+                        dropout,
+                    )?;
+                    let grads = (&y * r_host.to_device(on)?)?.sum_all()?.backward()?;
+                    let dx = grads.get(&x_source).cloned();
+                    let (dw, db) = (grads.get(&w).cloned(), grads.get(&b).cloned());
+                    assert_eq!(dx.is_some(), tracked_x, "{case}: dX present");
+                    assert_eq!(dw.is_some(), tracked_w, "{case}: dW present");
+                    assert_eq!(db.is_some(), tracked_w && with_bias, "{case}: db present");
+                    results.push([Some(y), dx, dw, db]);
+                }
+                let [gpu, cpu] = [&results[0], &results[1]];
+                for (name, (g, c)) in ["Y", "dX", "dW", "db"].iter().zip(gpu.iter().zip(cpu)) {
+                    let (Some(g), Some(c)) = (g, c) else { continue };
+                    let values = |t: &Tensor| -> Result<Vec<f64>> {
+                        t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()
+                    };
+                    let error = fusedrop::reference::relative_l2_error(&values(g)?, &values(c)?);
+                    assert!(
+                        error < tolerance,
+                        "{case}: {name} relative L2 error {error:e} against the CPU op"
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// No input features on CUDA tensors: refused before Y's `m*n` elements are allocated (X
 /// `[2^40, 0]` and W `[2^40, 0]` hold nothing, so only the shape check stands between them and a
 /// 2^80-element allocation).
