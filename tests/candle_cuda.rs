@@ -179,7 +179,7 @@ fn the_paths_without_bias_or_with_frozen_operands_match_the_cpu_op() -> Result<(
             _ => bf16::REL_L2_TOLERANCE,
         };
         for p in [0.0f32, 0.1, 1.0] {
-            // (bias, W and b tracked, X tracked, X read from row 1 of a larger tensor)
+            // (bias, W and b tracked, X tracked, X read from element 1 of a larger buffer)
             for (with_bias, tracked_w, tracked_x, offset_x) in [
                 (false, true, true, false),
                 (true, false, true, false),
@@ -189,7 +189,7 @@ fn the_paths_without_bias_or_with_frozen_operands_match_the_cpu_op() -> Result<(
                 let host = |rows: usize, cols: usize, std: f32| -> Result<Tensor> {
                     Tensor::randn(0f32, std, (rows, cols), &Device::Cpu)?.to_dtype(dtype)
                 };
-                let x_big = host(m + 1, k, 1.0)?;
+                let x_big = host(1, m * k + 1, 1.0)?.reshape(m * k + 1)?;
                 let (w_host, b_host, r_host) = (
                     host(n, k, 0.5)?,
                     host(1, n, 1.0)?.reshape(n)?,
@@ -202,11 +202,10 @@ fn the_paths_without_bias_or_with_frozen_operands_match_the_cpu_op() -> Result<(
                 let mut results = Vec::new();
                 for on in [&device, &Device::Cpu] {
                     let x_source = Var::from_tensor(&x_big.to_device(on)?)?;
-                    let x = if offset_x {
-                        x_source.narrow(0, 1, m)?
-                    } else {
-                        x_source.narrow(0, 0, m)?
-                    };
+                    // A row-major view one element in: 2 or 4 bytes past a 16-byte boundary.
+                    let x = x_source
+                        .narrow(0, usize::from(offset_x), m * k)?
+                        .reshape((m, k))?;
                     let x = if tracked_x { x } else { x.detach() };
                     let w = Var::from_tensor(&w_host.to_device(on)?)?;
                     let b = Var::from_tensor(&b_host.to_device(on)?)?;
