@@ -137,6 +137,19 @@ grep -qx selftest "$work/bundle/fusedrop-runs.txt" || fail "a run without STEPS 
   || fail "a run without STEPS ran an optional step: $(grep -- --no-hopper "$work/bundle/fusedrop-runs.txt")"
 ! grep -q -- bench-full.csv "$work/bundle/fusedrop-runs.txt" \
   || fail "a run without STEPS ran the whole suite's bench"
+# A name in STEPS that is no step of the run (a typo; the bench under QUICK=1) runs nothing and
+# fails the check, and a CSV an earlier run left in $OUT is not read as this run's.
+mkdir -p "$work/out7" && echo "source,gpu" > "$work/out7/bench.csv"
+status=0
+OUT="$work/out7" STEPS="selftest test-gpu_foward" bash "$work/bundle/gpu-check.sh" > "$work/run.log" 2>&1 \
+  || status=$?
+[[ $status -eq 1 ]] || fail "exit status $status with a misspelt step in STEPS (expected 1)"
+grep -qE '^test-gpu_foward +NOT RUN' "$work/out7/summary.txt" || fail "a misspelt step is not reported NOT RUN"
+[[ ! -e "$work/out7/bench.csv" && ! -e "$work/out7/goals.txt" ]] || fail "an earlier run's bench.csv was read"
+status=0
+QUICK=1 OUT="$work/out8" STEPS="bench" bash "$work/bundle/gpu-check.sh" > "$work/run.log" 2>&1 || status=$?
+[[ $status -eq 1 ]] && grep -qE '^bench +NOT RUN' "$work/out8/summary.txt" \
+  || fail "STEPS=bench under QUICK=1 is not reported NOT RUN (exit $status)"
 rm "$work/bundle/fusedrop"
 
 # A passing executable alone: exit status 0.

@@ -13,7 +13,8 @@ source scripts/nvcc-env.sh
 export FUSEDROP_REQUIRE_NVCC=1
 bundle="${1:-.bundle}"
 
-# Reads cargo's --message-format=json on stdin; prints "name executable" for each test executable.
+# Reads cargo's --message-format=json on stdin; prints "name executable" for each test executable,
+# and each compiler error, rendered, on stderr (the JSON would hide it).
 test_executables() {
   python3 -c '
 import json, sys
@@ -22,6 +23,8 @@ for line in sys.stdin:
         msg = json.loads(line)
     except ValueError:
         continue
+    if msg.get("reason") == "compiler-message" and msg["message"].get("level") == "error":
+        print(msg["message"].get("rendered") or msg["message"].get("message"), file=sys.stderr)
     if msg.get("reason") == "compiler-artifact" and msg.get("executable") and msg["profile"]["test"]:
         print(msg["target"]["name"], msg["executable"])
 '
@@ -31,7 +34,7 @@ rm -rf "$bundle"
 mkdir -p "$bundle/tests" "$bundle/kernels" "$bundle/peers"
 
 echo "== building release test executables"
-cargo test --release --workspace --no-run --message-format=json 2>/dev/null \
+cargo test --release --workspace --no-run --message-format=json \
   | test_executables > "$bundle/tests.txt"
 while read -r name exe; do
   case "$name" in
@@ -77,8 +80,12 @@ print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["na
   candle_exe="$(PATH="$(dirname "$NVCC"):$PATH" CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}" \
     CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/candle-cuda" RUSTFLAGS="-L $link/lib" \
     cargo test --release -p fusedrop --no-default-features --features candle-cuda \
-      --test candle_cuda --no-run --message-format=json 2>/dev/null \
+      --test candle_cuda --no-run --message-format=json \
     | test_executables | awk '$1 == "candle_cuda" { print $2 }')"
+  if [[ -z "$candle_exe" ]]; then
+    echo "gpu-bundle: the candle_cuda test executable was not built (see the messages above)" >&2
+    exit 1
+  fi
   cp "$candle_exe" "$bundle/tests/candle_cuda"
 fi
 
@@ -90,9 +97,15 @@ strip "$bundle"/fusedrop "$bundle"/tests/* 2>/dev/null || true
 cp kernels/*.cuh "$bundle/kernels/"
 cp scripts/gpu/curand_check.cu "$bundle/"
 cp scripts/gpu-check.sh "$bundle/gpu-check.sh"
-if [[ -d tools/benches/peers ]]; then cp tools/benches/peers/*.py "$bundle/peers/" 2>/dev/null || true; fi
-git rev-parse HEAD > "$bundle/COMMIT" 2>/dev/null || echo unknown > "$bundle/COMMIT"
-git status --porcelain | grep -q . && echo "(with uncommitted changes)" >> "$bundle/COMMIT"
+cp tools/benches/peers/*.py "$bundle/peers/"
+# What the bundle was built from, and the settings that change its kernels (gpu-check.sh prints
+# this file at the top of card.txt).
+{
+  git rev-parse HEAD 2>/dev/null || echo unknown
+  if [[ -n "$(git status --porcelain 2>/dev/null)" ]]; then echo "(with uncommitted changes)"; fi
+  echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ) with $("$NVCC" --version | tail -n 1)"
+  echo "FUSEDROP_CUDA_ARCHS=${FUSEDROP_CUDA_ARCHS:-default} FUSEDROP_MBARRIER_WAIT_LIMIT_NS=${FUSEDROP_MBARRIER_WAIT_LIMIT_NS:-default} FUSEDROP_BUNDLE_CANDLE=${FUSEDROP_BUNDLE_CANDLE:-0}"
+} > "$bundle/COMMIT"
 du -sh "$bundle"
 ls -la "$bundle" "$bundle/tests"
 

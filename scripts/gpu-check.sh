@@ -2,7 +2,10 @@
 # Runs every GPU check of a bundle made by scripts/gpu-bundle.sh, on a GPU host with the NVIDIA
 # driver and a CUDA toolkit but no Rust. Each step is bounded in time and the script carries on
 # past a step that fails; the summary comes last, and the exit status is 1 if any step failed.
-# Logs go to $OUT (or ./gpu-check-out). A test executable that fails has each of its tests that
+# Logs go to $OUT (or gpu-check-out/ beside this script); the summary is written to
+# $OUT/summary.txt line by line as steps finish, so a run cut off by its lease still says what
+# passed. A name in STEPS that no step of this run has (a typo, a step QUICK=1 or a missing tool
+# left out) is reported NOT RUN and fails the check. A test executable that fails has each of its tests that
 # did not report ok run again alone (rerun_alone, below), so one trapped kernel cannot hide which
 # tests pass.
 #   QUICK=1 bash gpu-check.sh      # correctness only: skips the bench, sweeps, ncu and the peer
@@ -25,11 +28,15 @@ set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${OUT:-$here/gpu-check-out}"
 mkdir -p "$out"
-summary=()
+# What an earlier run left in $out must not pass for this run's (goals reads the CSVs).
+rm -f "$out"/{bench,bench-full,bench-no-hopper,torch_peer,torch_peer-full}.csv "$out/goals.txt"
+: > "$out/summary.txt"
 failed_steps=0
-record() { summary+=("$(printf '%-34s %s' "$1" "$2")"); }
+steps_here=" "
+record() { printf '%-34s %s\n' "$1" "$2" >> "$out/summary.txt"; }
 step() { # step NAME SECONDS COMMAND...: runs, logs to $out/NAME.log, records pass/fail
   local name="$1" limit="$2"; shift 2
+  steps_here+="$name "
   if [[ -n "${STEPS:-}" && " $STEPS " != *" $name "* ]]; then
     return 0
   fi
@@ -40,21 +47,27 @@ step() { # step NAME SECONDS COMMAND...: runs, logs to $out/NAME.log, records pa
   tail -n 25 "$out/$name.log"
   local verdict="PASS"
   [[ $rc -eq 0 ]] || verdict="FAIL (exit $rc)"
-  [[ $rc -eq 124 || $rc -eq 137 ]] && verdict="TIMEOUT after ${limit}s"
+  [[ $rc -eq 124 ]] && verdict="TIMEOUT after ${limit}s"
+  [[ $rc -eq 137 ]] && verdict="KILLED (exit 137: the time limit's kill, or out of memory)"
   record "$name" "$verdict  [$((SECONDS - start))s]"
   ((rc == 0)) || failed_steps=$((failed_steps + 1))
   return $rc
 }
 # optional_step NAME SECONDS COMMAND...: a step that runs only when STEPS names it.
 optional_step() {
-  [[ " ${STEPS:-} " == *" $1 "* ]] || return 0
+  [[ " ${STEPS:-} " == *" $1 "* ]] || { steps_here+="$1 "; return 0; }
   step "$@"
 }
 
 {
   echo "commit: $(cat "$here/COMMIT" 2>/dev/null)"
   echo "date:   $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.sm,power.limit,persistence_mode --format=csv
+  echo "host:   $(hostname 2>/dev/null)"
+  echo "STEPS:  ${STEPS:-every step but the optional ones}${QUICK:+ (QUICK=$QUICK)}"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.sm,power.limit,persistence_mode --format=csv 2>&1
+  # More of the card's state, in a query of its own so that a field an older driver lacks
+  # cannot cost the line above.
+  nvidia-smi --query-gpu=pci.bus_id,uuid,clocks.max.memory,clocks.mem,clocks.applications.graphics,temperature.gpu,compute_mode,mig.mode.current,ecc.mode.current --format=csv 2>&1
   # What else the host offers, for the record and for choosing the next steps.
   for tool in nvcc ncu nsys compute-sanitizer; do
     echo "$tool: $(command -v "$tool" || ls /usr/local/cuda*/bin/"$tool" 2>/dev/null | head -n 1 || true)"
@@ -130,7 +143,9 @@ optional_step bench-no-hopper 300 "$here/fusedrop" bench --quick --no-hopper --c
 step demo-cuda 120 "$here/fusedrop" demo --device cuda --epochs 20 --out "$out/demo" --summary-json "$out/demo-summary.json"
 
 if [[ -n "$nvcc_bin" ]]; then
-  if step curand-build 120 "$nvcc_bin" -O2 -arch=sm_90 -I "$here/kernels" "$here/curand_check.cu" -o "$out/curand_check"; then
+  # The cross-check needs the build: STEPS names both.
+  if step curand-build 120 "$nvcc_bin" -O2 -arch=sm_90 -I "$here/kernels" "$here/curand_check.cu" -o "$out/curand_check" \
+    && [[ -x "$out/curand_check" ]]; then
     step curand-crosscheck 60 "$out/curand_check"
   fi
 else
@@ -178,7 +193,11 @@ if [[ "${QUICK:-0}" != "1" ]]; then
   fi
   if [[ -f "$here/peers/torch_peer.py" ]]; then
     step torch-peer 300 env PYTHONUNBUFFERED=1 python3 "$here/peers/torch_peer.py" --quick --csv "$out/torch_peer.csv"
+  else
+    record torch-peer "SKIPPED (no peers/torch_peer.py in the bundle)"
   fi
+  # The clocks and throttle reasons after the measurements, beside card.txt's from before them.
+  nvidia-smi -q -d CLOCK,PERFORMANCE > "$out/card-after-bench.txt" 2>&1
 fi
 # The whole suite (every shape, dtype and p; what closes a performance issue), when STEPS names
 # them: too long for a short lease beside the other steps.
@@ -201,16 +220,25 @@ if [[ -f "$bench_csv" ]]; then
   record goals "$(tail -n 1 "$out/goals.txt")  [goals.txt]"
 fi
 
+# Every step STEPS names must have been a step of this run.
+for name in ${STEPS:-}; do
+  if [[ "$steps_here" != *" $name "* ]]; then
+    record "$name" "NOT RUN: no step of that name in this run (a typo, QUICK=1, a missing tool, or curand-crosscheck without curand-build)"
+    failed_steps=$((failed_steps + 1))
+  fi
+done
+
 echo
 echo "================ fusedrop GPU check summary ================"
 cat "$out/card.txt"
-printf '%s\n' "${summary[@]}" | tee "$out/summary.txt"
+echo "ended:  $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+cat "$out/summary.txt"
 if [[ -f "$out/goals.txt" ]]; then
   echo "--- goals.txt"
   cat "$out/goals.txt"
 fi
 if [[ -f "$out/bench.csv" ]]; then
   echo "--- bench.csv"
-  column -s, -t < "$out/bench.csv" 2>/dev/null | head -n 60 || cat "$out/bench.csv"
+  { column -s, -t < "$out/bench.csv" 2>/dev/null || cat "$out/bench.csv"; } | head -n 60
 fi
 ((failed_steps == 0))
