@@ -4,9 +4,12 @@
 # FUSEDROP_HARNESS_DRIVERS, and prints which tests caught it. A fault in src/ (the Rust launch
 # plans the harness runs, src/cuda/launch_plan.rs) is planted in a copy of the crate, whose test
 # executable is rebuilt for it (in a target directory of its own: the first such fault builds
-# the crate and its kernels once, each later one recompiles the crate only). Exits 1 if any fault survives (no
-# test failed), and 2 if a fault's sed script no longer changes its file or the faulty copy does
-# not compile (the fault list is out of date). Nothing in the work tree is modified.
+# the crate and its kernels once, each later one recompiles the crate only). A test failing counts
+# as catching a fault only if the same tests pass on the unmodified sources: each (tests, build)
+# pair of the list runs once unmodified first (a failure there is reported, not counted as a
+# catch). Exits 1 if any fault survives (no test failed), and 2 if a fault's sed script no longer
+# changes its file, the faulty copy does not compile, or the unmodified tests fail (the fault list
+# or the tree is out of date). Nothing in the work tree is modified.
 #
 #   scripts/plant-faults.sh                # every fault
 #   scripts/plant-faults.sh 'keep iff'     # only faults whose name contains the text
@@ -48,9 +51,9 @@ trap 'rm -rf "$work"' EXIT
 
 echo "== building tests/kernels_on_cpu/"
 # The test executable is copied, so that a rebuild during the run cannot change what runs.
-exe="$(cargo test --release --test kernels_on_cpu --no-run --message-format=json 2>/dev/null |
-  sed -n 's/.*"executable":"\([^"]*kernels_on_cpu[^"]*\)".*/\1/p' | tail -n 1)"
-[[ -x "$exe" ]] || { echo "could not find the kernels_on_cpu test executable" >&2; exit 2; }
+exe="$(cargo test --release --test kernels_on_cpu --no-run --message-format=json 2>"$work/cargo.log" |
+  sed -n 's/.*"executable":"\([^"]*kernels_on_cpu[^"]*\)".*/\1/p' | tail -n 1)" || exe=""
+[[ -x "$exe" ]] || { tail -n 30 "$work/cargo.log" >&2; echo "could not build the kernels_on_cpu test executable" >&2; exit 2; }
 cp "$exe" "$work/kernels_on_cpu"
 # A snapshot taken once, so that every fault is planted in the sources as they were at the start.
 mkdir "$work/base"
@@ -59,8 +62,29 @@ cp -r kernels tests/harness "$work/base/"
 crate="$work/crate"
 rust_exe() {
   (cd "$crate" && CARGO_TARGET_DIR="$work/target" cargo test --release --test kernels_on_cpu \
-    --no-run --message-format=json 2>/dev/null) |
+    --no-run --message-format=json 2>"$work/cargo.log") |
     sed -n 's/.*"executable":"\([^"]*kernels_on_cpu[^"]*\)".*/\1/p' | tail -n 1
+}
+# baseline TESTS BUILD: sets baseline_failed to the tests of that filter and build that fail on
+# the unmodified snapshot (empty when they all pass), running them once per pair.
+declare -A baseline_runs
+baseline() {
+  local key="$1|$2" filter=() sanitize=""
+  if [[ -z "${baseline_runs[$key]+set}" ]]; then
+    [[ "$1" != all ]] && filter=("$1")
+    [[ "$2" == address ]] && sanitize="address"
+    echo "== the unmodified sources first (tests: $1; build: $2)"
+    FUSEDROP_HARNESS_KERNELS="$work/base/kernels" FUSEDROP_HARNESS_DRIVERS="$work/base/harness" \
+      FUSEDROP_HARNESS_SANITIZE="$sanitize" \
+      "$work/kernels_on_cpu" "${filter[@]}" >"$work/baseline.log" 2>&1 || true
+    if grep -q '^test result: ok\.' "$work/baseline.log"; then
+      baseline_runs[$key]=""
+    else
+      baseline_runs[$key]="$(sed -n 's/^test \(.*\) \.\.\. FAILED$/\1/p' "$work/baseline.log" | paste -sd, -)"
+      [[ -n "${baseline_runs[$key]}" ]] || baseline_runs[$key]="(no result: $(tail -n 1 "$work/baseline.log"))"
+    fi
+  fi
+  baseline_failed="${baseline_runs[$key]}"
 }
 survived=0
 broken=0
@@ -102,13 +126,20 @@ for ((index = from; index <= to; index++)); do
   [[ "$tests" != "all" ]] && filter=("$tests")
   sanitize=""
   [[ "$build" == "address" ]] && sanitize="address"
+  baseline "$tests" "$build"
   echo "== [$index/$total] $name ($file; tests: $tests; build: $build)"
+  if [[ -n "$baseline_failed" ]]; then
+    rows+=("$name|BROKEN: these tests fail on the unmodified sources too: $baseline_failed")
+    echo "   -> ${rows[-1]#*|}"
+    broken=$((broken + 1))
+    continue
+  fi
   log="$work/log"
   run_exe="$work/kernels_on_cpu"
   if [[ "$file" == src/* ]]; then
-    run_exe="$(rust_exe)"
+    run_exe="$(rust_exe)" || run_exe=""
     if [[ ! -x "$run_exe" ]]; then
-      rows+=("$name|BROKEN: the faulty crate does not compile")
+      rows+=("$name|BROKEN: the faulty crate does not compile ($(grep -m 1 '^error' "$work/cargo.log"))")
       echo "   -> ${rows[-1]#*|}"
       broken=$((broken + 1))
       continue
