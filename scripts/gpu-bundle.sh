@@ -48,7 +48,10 @@ rm "$bundle/tests.txt"
 # FUSEDROP_BUNDLE_CANDLE=1 they come from NVIDIA's CUDA 13.0 wheels on PyPI (about 600 MB, once,
 # into .cache/cuda-link/), libcuda as a stub holding cudarc's driver symbols (the GPU host's
 # driver is the real one; the stub is only linked against, never bundled). The GPU host must have
-# the CUDA 13 libraries on its loader path (gpu-check.sh adds the toolkit's lib64).
+# the CUDA 13 runtime, cuBLAS, cuRAND and NVRTC libraries on its loader path: gpu-check.sh adds
+# only the first folder it finds holding libcublasLt (a CUDA toolkit's lib64, or PyTorch's
+# nvidia/cublas/lib), which on a CUDA 12 host or through PyTorch may not hold the others; the
+# candle_cuda step then fails to load, saying which library is missing.
 if [[ "${FUSEDROP_BUNDLE_CANDLE:-0}" == "1" ]]; then
   echo "== building tests/candle_cuda.rs (feature candle-cuda)"
   link="$PWD/.cache/cuda-link"
