@@ -1,7 +1,9 @@
 //! The candle op and module (feature `candle`) on CPU tensors: gradients through
-//! `Tensor::backward` against candle's own matmul + relu at p = 0 and against the CPU reference
-//! at p > 0, every dtype, with and without bias; the module's training and evaluation modes; and
-//! the errors for inputs the op does not take.
+//! `Tensor::backward` against candle's own matmul + relu at p = 0, against the same candle ops
+//! times the mask at p > 0, and against the CPU reference bit for bit, every dtype, with and
+//! without bias; views (transposed, sliced, offset) against their contiguous copies; untracked
+//! and frozen operands; the ReLU's gradient at exactly zero; the module's training and evaluation
+//! modes; and the errors for inputs the op does not take.
 
 use candle_core::{DType, Device, ModuleT, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
