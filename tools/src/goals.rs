@@ -187,25 +187,24 @@ struct Rows<'a> {
 
 impl<'a> Rows<'a> {
     fn new(rows: &'a [Measurement]) -> Result<Self> {
-        let mut gpus: Vec<&str> = rows.iter().map(|r| r.gpu.as_str()).collect();
-        gpus.sort_unstable();
-        gpus.dedup();
-        if gpus.len() > 1 {
-            return Err(invalid!(
-                "the rows come from {} GPUs ({}); expected one run on one GPU",
-                gpus.len(),
-                gpus.join(", ")
-            ));
-        }
-        let mut drivers: Vec<&str> = rows.iter().map(|r| r.driver.as_str()).collect();
-        drivers.sort_unstable();
-        drivers.dedup();
-        if drivers.len() > 1 {
-            return Err(invalid!(
-                "the rows come from {} drivers ({}); expected one run on one machine",
-                drivers.len(),
-                drivers.join(", ")
-            ));
+        // One run: one GPU, one driver.
+        for (what, value) in [
+            (
+                "GPUs",
+                (|r: &Measurement| r.gpu.as_str()) as fn(&Measurement) -> &str,
+            ),
+            ("drivers", |r| r.driver.as_str()),
+        ] {
+            let mut values: Vec<&str> = rows.iter().map(value).collect();
+            values.sort_unstable();
+            values.dedup();
+            if values.len() > 1 {
+                return Err(invalid!(
+                    "the rows come from {} {what} ({}); expected one run on one GPU and driver",
+                    values.len(),
+                    values.join(", ")
+                ));
+            }
         }
         let mut by_key = HashMap::new();
         for r in rows {
