@@ -50,15 +50,13 @@ pub fn hopper_or_skip(kernels: &LayerKernels, what: &str) -> bool {
     if kernels.hopper_available::<bf16>() {
         return true;
     }
-    let why = if kernels.compute_capability() == (9, 0) {
-        "the sm_90a modules are not loaded (a build without 90 in FUSEDROP_CUDA_ARCHS?)"
-    } else {
-        "not a compute capability 9.0 GPU"
-    };
     if kernels.compute_capability() == (9, 0) {
-        skip(what, &why);
+        skip(
+            what,
+            &"the sm_90a modules are not loaded (a build without 90 in FUSEDROP_CUDA_ARCHS?)",
+        );
     } else {
-        eprintln!("skipping {what}: {why}");
+        eprintln!("skipping {what}: not a compute capability 9.0 GPU");
     }
     false
 }

@@ -18,3 +18,12 @@ macro_rules! invalid {
     };
 }
 pub(crate) use invalid;
+
+/// The first item of `items` that an earlier one equals: what the command line's list flags
+/// (`--shapes`, `--dtypes`, `--p`, `--family`) refuse, since a repeated item measures a row twice.
+pub fn first_repeated<T: PartialEq>(items: &[T]) -> Option<&T> {
+    items
+        .iter()
+        .enumerate()
+        .find_map(|(i, item)| items[..i].contains(item).then_some(item))
+}

@@ -148,23 +148,13 @@ impl Options {
                 self.shapes
             )));
         }
-        if let Some(f) = self
-            .family
-            .iter()
-            .enumerate()
-            .find_map(|(i, f)| self.family[..i].contains(f).then_some(f))
-        {
+        if let Some(f) = crate::first_repeated(&self.family) {
             return Err(Error::InvalidArgument(format!(
                 "--family names {} twice",
                 f.name()
             )));
         }
-        if let Some(s) = self
-            .shapes
-            .iter()
-            .enumerate()
-            .find_map(|(i, s)| self.shapes[..i].contains(s).then_some(s))
-        {
+        if let Some(s) = crate::first_repeated(&self.shapes) {
             return Err(Error::InvalidArgument(format!("--shapes names {s} twice")));
         }
         Ok(())

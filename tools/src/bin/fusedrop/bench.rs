@@ -16,6 +16,7 @@ use fusedrop_tools::bench::{
     format_table, run_table, suite_shape, write_table_csv, DType, Passes, Row, SuiteShape,
     TableOptions, P_VALUES, SUITE,
 };
+use fusedrop_tools::first_repeated;
 
 /// Exit code: the table is incomplete, or the CSV could not be written.
 const EXIT_INCOMPLETE: i32 = 1;
@@ -146,13 +147,13 @@ impl Options {
     /// and `fusedrop goals` refuses a CSV with two rows for one figure), and the CSV path is a
     /// file in a folder that exists.
     pub fn check(&self) -> Result<(), String> {
-        if let Some(shape) = self.shapes.as_deref().and_then(repeated) {
+        if let Some(shape) = self.shapes.as_deref().and_then(first_repeated) {
             return Err(format!("--shapes names {} twice", shape.name));
         }
-        if let Some(dtype) = self.dtypes.as_deref().and_then(repeated) {
+        if let Some(dtype) = self.dtypes.as_deref().and_then(first_repeated) {
             return Err(format!("--dtypes names {} twice", dtype.name()));
         }
-        if let Some(p) = self.p.as_deref().and_then(repeated) {
+        if let Some(p) = self.p.as_deref().and_then(first_repeated) {
             return Err(format!("--p names {p} twice"));
         }
         let options = self.table_options();
@@ -196,14 +197,6 @@ fn check_writable(path: &Path) -> std::io::Result<()> {
         std::fs::remove_file(path)?;
     }
     Ok(())
-}
-
-/// The first item of `items` that an earlier one equals.
-fn repeated<T: PartialEq>(items: &[T]) -> Option<&T> {
-    items
-        .iter()
-        .enumerate()
-        .find_map(|(i, item)| items[..i].contains(item).then_some(item))
 }
 
 fn progress_line(row: &Row) -> String {
