@@ -1455,6 +1455,21 @@ fn measure_shape<T: Element>(
             }
         }
     };
+    // A variant row: recorded under its label, kept for the table when it was measured.
+    let record_variant = |table: &mut Table,
+                          variants: &mut Vec<VariantTime>,
+                          pass: &str,
+                          (p, name, note): (f32, &'static str, String),
+                          r: Result<Timing>| {
+        if let Some(time_us) = record(table, format!("{pass} {name} p={p}"), r) {
+            variants.push(VariantTime {
+                p,
+                name,
+                note,
+                time_us,
+            });
+        }
+    };
     let mut forward_times = None;
     let mut backward_times = None;
     if options.passes != Passes::Backward {
@@ -1478,9 +1493,11 @@ fn measure_shape<T: Element>(
                 }),
             );
             for v in forward_variants.iter().filter(|v| v.runs_at(p)) {
-                let time = record(
+                record_variant(
                     table,
-                    format!("forward {} p={p}", v.name),
+                    &mut variants,
+                    "forward",
+                    (p, v.name, v.forced.note()),
                     measure(&stream, effort, |i| {
                         let (config, nonlinearity) = (v.forced.config(), v.forced.nonlinearity());
                         fused_forward_with(
@@ -1494,29 +1511,15 @@ fn measure_shape<T: Element>(
                         )
                     }),
                 );
-                if let Some(time_us) = time {
-                    variants.push(VariantTime {
-                        p,
-                        name: v.name,
-                        note: v.forced.note(),
-                        time_us,
-                    });
-                }
             }
             if graphs {
-                let time = record(
+                record_variant(
                     table,
-                    format!("forward {GRAPH_IMPL} p={p}"),
+                    &mut variants,
+                    "forward",
+                    (p, GRAPH_IMPL, GRAPH_FORWARD_NOTE.into()),
                     measure_graph(kernels, &mut ops, p, false, effort),
                 );
-                if let Some(time_us) = time {
-                    variants.push(VariantTime {
-                        p,
-                        name: GRAPH_IMPL,
-                        note: GRAPH_FORWARD_NOTE.into(),
-                        time_us,
-                    });
-                }
             }
             let unfused = record(
                 table,
@@ -1589,9 +1592,11 @@ fn measure_shape<T: Element>(
                         continue;
                     }
                 };
-                let time = record(
+                record_variant(
                     table,
-                    format!("backward {} p={p}", v.name),
+                    &mut variants,
+                    "backward",
+                    (p, v.name, v.forced.note()),
                     measure(&stream, effort, |i| {
                         fused_backward_with(
                             kernels,
@@ -1605,14 +1610,6 @@ fn measure_shape<T: Element>(
                         )
                     }),
                 );
-                if let Some(time_us) = time {
-                    variants.push(VariantTime {
-                        p,
-                        name: v.name,
-                        note: v.forced.note(),
-                        time_us,
-                    });
-                }
             }
             let unfused = record(
                 table,
@@ -1647,19 +1644,13 @@ fn measure_shape<T: Element>(
         let mut variants = summed_variants(&f.variants, &b.variants);
         if graphs {
             for &p in &options.probabilities {
-                let time = record(
+                record_variant(
                     table,
-                    format!("forward+backward {GRAPH_IMPL} p={p}"),
+                    &mut variants,
+                    "forward+backward",
+                    (p, GRAPH_IMPL, GRAPH_STEP_NOTE.into()),
                     measure_graph(kernels, &mut ops, p, true, effort),
                 );
-                if let Some(time_us) = time {
-                    variants.push(VariantTime {
-                        p,
-                        name: GRAPH_IMPL,
-                        note: GRAPH_STEP_NOTE.into(),
-                        time_us,
-                    });
-                }
             }
         }
         let times = PassTimes {
