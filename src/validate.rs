@@ -1,7 +1,9 @@
 //! The checks every backend runs before it touches a buffer: one place, one set of messages.
 //!
 //! Decisions (documented in the README too):
-//! - An empty output (`m == 0` or `n == 0`) is valid and does nothing.
+//! - An empty output (`m == 0` or `n == 0`) is valid: the forward then does nothing, and the
+//!   backward zero-fills the gradients that still have elements (or leaves them as they are when
+//!   accumulating), as the gradient of an empty sum.
 //! - `k == 0` is an error: a linear layer with no input features is almost surely a bug.
 //! - Every element count (`m*k`, `n*k`, `m*n`) and every mask index must fit in 63 bits, the
 //!   kernels' signed 64-bit index arithmetic.

@@ -457,6 +457,51 @@ fn same_call_twice_is_bit_identical_and_device_seed_matches_host_seed() {
     each::<bf16>(&kernels);
 }
 
+/// A handle and buffers made on one thread, the call made on another that has never used the
+/// context (cudarc makes it current for launches only; the handle's first kernel lookup must do
+/// it itself), then checked against the reference like every other case.
+#[test]
+fn a_fresh_handle_runs_its_first_call_on_another_thread() {
+    let Some(kernels) = gpu() else { return };
+    let case = Case::new(67, 45, 33);
+    let LinearShape { m, n, k } = case.shape;
+    let mut rng = StdRng::seed_from_u64(5);
+    let host = inputs::<f32>(&case, &mut rng);
+    let spec = spec_of(&case, rng.random(), rng.random());
+    let stream = kernels.stream().clone();
+    let x = stream.clone_htod(&host.x).unwrap();
+    let w = stream.clone_htod(&host.w).unwrap();
+    let b = stream.clone_htod(host.b.as_ref().unwrap()).unwrap();
+    let mut y = stream.clone_htod(&vec![f32::NAN; m * n]).unwrap();
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let b_view = b.as_view();
+                kernels.forward(
+                    &spec,
+                    &x,
+                    &w,
+                    Some(&b_view),
+                    &mut y,
+                    ForwardOptions::default(),
+                )
+            })
+            .join()
+            .expect("the forward's thread panicked")
+            .unwrap_or_else(|e| panic!("the forward on a fresh thread failed: {e}"));
+    });
+    let got = stream.clone_dtoh(&y).unwrap();
+    let on_this_thread = run_gpu(&kernels, &case, &spec, &host, SeedSource::Host);
+    assert_same_bits("fresh thread vs this thread", m, n, &got, &on_this_thread);
+    // And the result is the layer's, not two identical wrong answers.
+    let want = reference::forward_f64(&spec, &host.x, &host.w, host.b.as_deref()).unwrap();
+    let err = reference::relative_l2_error_nonfinite(&reference::to_f64(&got), &want);
+    assert!(
+        err < f32::REL_L2_TOLERANCE,
+        "{m}x{n}x{k}: relative L2 error {err:e}"
+    );
+}
+
 #[test]
 fn forward_rejects_bad_input_before_launch() {
     let Some(kernels) = gpu() else { return };

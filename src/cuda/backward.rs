@@ -15,7 +15,8 @@
 //! inputs give bit-identical outputs.
 
 use cudarc::driver::{
-    CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, SyncOnDrop,
+    CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceSlice, LaunchConfig,
+    SyncOnDrop,
 };
 
 use crate::cuda::dropout;
@@ -23,10 +24,7 @@ use crate::cuda::forward::hopper_unavailable_on;
 use crate::cuda::launch_plan::{KernelArg, LaunchPlan, Operand};
 use crate::cuda::launch_table::{self, LaunchNumbers};
 use crate::cuda::tensor_map;
-use crate::cuda::{
-    check_seed_source, ClusterProbe, GpuFacts, LayerKernels, MaskParams, ResidentClusters,
-    SeedSource,
-};
+use crate::cuda::{ClusterProbe, GpuFacts, LayerKernels, MaskParams, ResidentClusters, SeedSource};
 use crate::element::Element;
 use crate::error::{invalid, Error, Result};
 use crate::layer::{LayerSpec, LinearShape, Nonlinearity};
@@ -832,7 +830,21 @@ impl LayerKernels {
                 db: db.as_ref().map(|v| v.len()),
             },
         )?;
-        check_seed_source(&seed)?;
+        for (name, stream) in [
+            ("X", Some(x.stream())),
+            ("W", Some(w.stream())),
+            ("dY", Some(dy.stream())),
+            ("y_saved", y_saved.map(|v| v.stream())),
+            ("dX", dx.as_ref().map(|v| v.stream())),
+            ("dW", dw.as_ref().map(|v| v.stream())),
+            ("db", db.as_ref().map(|v| v.stream())),
+            ("the workspace", workspace.as_ref().map(|v| v.stream())),
+        ] {
+            if let Some(stream) = stream {
+                self.check_context(name, stream)?;
+            }
+        }
+        self.check_seed_source(&seed)?;
         if matches!(seed, SeedSource::DeviceRecorded { .. }) {
             return Err(invalid!(
             "SeedSource::DeviceRecorded was passed to the backward; expected SeedSource::Device \

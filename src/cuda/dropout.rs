@@ -5,7 +5,7 @@
 use cudarc::driver::DevicePtrMut;
 
 use crate::cuda::launch_plan::{KernelArg, LaunchPlan, Operand};
-use crate::cuda::{check_seed_source, LayerKernels, MaskParams, SeedSource};
+use crate::cuda::{LayerKernels, MaskParams, SeedSource};
 use crate::element::Element;
 use crate::error::Result;
 use crate::layer::{DropoutSpec, Geometry};
@@ -48,7 +48,8 @@ impl LayerKernels {
         let elements = validate::product(m, n, "m*n")?;
         validate::check_len("Y", y.len(), elements as usize, &format!("m*n = {m}*{n}"))?;
         validate::check_geometry(geometry, m, n)?;
-        check_seed_source(&seed)?;
+        self.check_context("Y", y.stream())?;
+        self.check_seed_source(&seed)?;
         if elements == 0 || dropout.p == 0.0 {
             return Ok(());
         }

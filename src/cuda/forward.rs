@@ -47,14 +47,15 @@
 //! # Ok(()) }
 //! ```
 
-use cudarc::driver::{CudaStream, CudaView, DevicePtr, DevicePtrMut, LaunchConfig, SyncOnDrop};
+use cudarc::driver::{
+    CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceSlice, LaunchConfig, SyncOnDrop,
+};
 
 use crate::cuda::launch_plan::{KernelArg, LaunchPlan, Operand, OperandAddresses};
 use crate::cuda::launch_table::LaunchNumbers;
 use crate::cuda::tensor_map;
 use crate::cuda::{
-    check_seed_source, launch_table, ClusterProbe, GpuFacts, LayerKernels, MaskParams,
-    ResidentClusters, SeedSource,
+    launch_table, ClusterProbe, GpuFacts, LayerKernels, MaskParams, ResidentClusters, SeedSource,
 };
 use crate::element::Element;
 use crate::error::{invalid, Error, Result};
@@ -209,6 +210,20 @@ impl ForwardConfig {
         }
     }
 
+    /// An error unless the configuration takes a reduction of `k` ([`min_k`](Self::min_k)).
+    fn check_k(self, k: usize) -> Result<()> {
+        if k < self.min_k() {
+            return Err(invalid!(
+                "forward config {} splits k over {} blocks of at least 64: k = {k} is too short; \
+                 expected k >= {}",
+                self.name(),
+                self.splits(),
+                self.min_k()
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether this configuration is compiled for element type `T`.
     pub fn runs_on<T: Element>(self) -> bool {
         Self::all_for::<T>().contains(&self) || (T::NEEDS_SM80 && self.is_hopper())
@@ -345,16 +360,7 @@ impl ForwardConfig {
                     self.block_n()
                 ));
             }
-            if shape.k < self.min_k() {
-                return Err(invalid!(
-                    "forward config {} splits k over {} blocks of at least 64: k = {} is too \
-                     short; expected k >= {}",
-                    self.name(),
-                    self.splits(),
-                    shape.k,
-                    self.min_k()
-                ));
-            }
+            self.check_k(shape.k)?;
             return Ok(resident.persistent_launch(
                 tiles,
                 self.splits(),
@@ -638,7 +644,7 @@ pub fn forward_plan<T: Element>(
     addresses: &OperandAddresses,
 ) -> Result<LaunchPlan> {
     let shape = spec.shape;
-    check_runs_here::<T>(config, gpu)?;
+    check_runs_here::<T>(config, shape.k, gpu)?;
     let config = match config {
         Some(config) => config,
         None => {
@@ -649,21 +655,26 @@ pub fn forward_plan<T: Element>(
     config.launch_plan::<T>(spec, addresses, gpu.resident)
 }
 
-/// The checks of [`forward_plan`] that depend on the element type, the configuration asked for
-/// and the GPU, not on the shape or the buffers: `config` compiled for `T`; f16/bf16 need
-/// compute capability 8.0; a Hopper `config` needs the Hopper kernels on this GPU and build.
-/// [`LayerKernels::forward`] makes them for an empty output too, so whether a call is refused
-/// does not depend on m or n being 0.
-fn check_runs_here<T: Element>(config: Option<ForwardConfig>, gpu: &GpuFacts) -> Result<()> {
+/// The checks of [`forward_plan`] that depend on the element type, the configuration asked for,
+/// `k` and the GPU, not on m, n or the buffers: `config` compiled for `T` and taking `k`;
+/// f16/bf16 need compute capability 8.0, f32 7.5; a Hopper `config` needs the Hopper kernels on
+/// this GPU and build. [`LayerKernels::forward`] makes them for an empty output too, so whether a
+/// call is refused does not depend on m or n being 0.
+fn check_runs_here<T: Element>(
+    config: Option<ForwardConfig>,
+    k: usize,
+    gpu: &GpuFacts,
+) -> Result<()> {
     if let Some(config) = config {
         config.check_compiled_for::<T>()?;
+        config.check_k(k)?;
     }
-    if T::NEEDS_SM80 {
-        gpu.require_compute_capability(
-            (8, 0),
-            &format!("the {} forward kernel (mma.sync tensor cores)", T::NAME),
-        )?;
-    }
+    let (needed, what) = if T::NEEDS_SM80 {
+        ((8, 0), "mma.sync tensor cores")
+    } else {
+        ((7, 5), "SIMT")
+    };
+    gpu.require_compute_capability(needed, &format!("the {} forward kernel ({what})", T::NAME))?;
     if let Some(config) = config.filter(|c| c.is_hopper()) {
         let loaded = gpu.forward_sm90_loaded;
         if let Some(why) = hopper_unavailable_on::<T>(gpu.compute_capability, loaded) {
@@ -719,7 +730,9 @@ impl LayerKernels {
     ///
     /// Every argument is checked before anything is launched; an empty output (`m == 0` or
     /// `n == 0`) launches nothing, after the same checks (what is wrong for this GPU, element
-    /// type, configuration or seed buffer is an error whatever m and n are). f16 and bf16 need
+    /// type, configuration, `k`, CUDA context or seed buffer is an error whatever m and n are;
+    /// only the operands' alignment, which decides how they are read, is not checked when
+    /// nothing is read). Every buffer must belong to the handle's CUDA context. f16 and bf16 need
     /// compute capability 8.0 or newer ([`Error::UnsupportedDevice`] otherwise), f32 7.5 or
     /// newer. Asynchronous: nothing
     /// waits for the kernel. See the module documentation for an example.
@@ -737,11 +750,12 @@ impl LayerKernels {
         let shape = spec.shape;
         let nonempty =
             validate::check_forward(shape, spec.dropout.p, &spec.geometry, lens(x, w, b, y))?;
-        check_seed_source(&seed)?;
+        self.check_operand_contexts(x, w, b, y)?;
+        self.check_seed_source(&seed)?;
         if !nonempty {
             // What `forward_plan` checks of this GPU, element type and configuration is wrong
             // for an empty output too.
-            return check_runs_here::<T>(config, &self.gpu_facts());
+            return check_runs_here::<T>(config, shape.k, &self.gpu_facts());
         }
         // Taken once: the addresses decide the path (TMA alignment), and the guards keep the
         // buffers borrowed until the launch is queued.
@@ -755,6 +769,24 @@ impl LayerKernels {
         // w n*k, b (when given) n and y m*n elements of T, and the seed buffer (when given) two
         // u64, all checked above, each borrowed by its guard until the launch is queued.
         unsafe { self.queue_plan::<T>(&plan, &|op| addresses.of(op), &params) }
+    }
+}
+
+impl LayerKernels {
+    /// An error unless X, W, b and Y belong to this handle's CUDA context.
+    fn check_operand_contexts<T>(
+        &self,
+        x: &impl DevicePtr<T>,
+        w: &impl DevicePtr<T>,
+        b: Option<&CudaView<'_, T>>,
+        y: &impl DevicePtrMut<T>,
+    ) -> Result<()> {
+        self.check_context("X", x.stream())?;
+        self.check_context("W", w.stream())?;
+        if let Some(b) = b {
+            self.check_context("b", b.stream())?;
+        }
+        self.check_context("Y", y.stream())
     }
 }
 
@@ -869,9 +901,10 @@ impl LayerKernels {
     ) -> Result<()> {
         let family = SweepFamily::of::<T>(variant)?;
         let shape = spec.shape;
-        if !validate::check_forward(shape, spec.dropout.p, &spec.geometry, lens(x, w, b, y))? {
-            return Ok(());
-        }
+        let nonempty =
+            validate::check_forward(shape, spec.dropout.p, &spec.geometry, lens(x, w, b, y))?;
+        self.check_operand_contexts(x, w, b, y)?;
+        // What is wrong for this GPU is an error for an empty output too.
         match family {
             SweepFamily::Hopper => {
                 if let Some(why) = hopper_unavailable::<T>(self, family.module()) {
@@ -885,6 +918,9 @@ impl LayerKernels {
                 self.require_compute_capability((8, 0), "the mma.sync sweep variants")?
             }
             SweepFamily::Simt => {}
+        }
+        if !nonempty {
+            return Ok(());
         }
         let stream = self.stream();
         let (x_ptr, _x_guard) = x.device_ptr(stream);
@@ -1387,11 +1423,43 @@ mod tests {
             &at,
         ));
         assert!(why.contains("sm_90a modules are not loaded"), "{why}");
-        // f32 runs anywhere; the heuristic keeps the portable kernels off Hopper.
+        // f32 needs 7.5 (the oldest architecture built), which the call says instead of
+        // failing on the missing module.
+        let why = unsupported(forward_plan::<f32>(&spec, None, &facts((7, 0), false), &at));
+        assert!(
+            why.contains("f32 forward kernel (SIMT) needs compute capability 7.5"),
+            "{why}"
+        );
+        // f32 runs on everything newer; the heuristic keeps the portable kernels off Hopper.
         let plan = forward_plan::<f32>(&spec, None, &facts((7, 5), false), &at).unwrap();
         assert_eq!(plan.module, "forward_f32");
         let plan = forward_plan::<bf16>(&spec, None, &facts((8, 9), false), &at).unwrap();
         assert_eq!(plan.module, "forward_tc");
+    }
+
+    #[test]
+    fn what_an_empty_output_is_refused_for_does_not_depend_on_m_or_n() {
+        // The checks `forward` makes for an empty output: a split-K configuration with k too
+        // short is refused there as it is for m, n >= 1 (the launch's own check).
+        let hopper = GpuFacts {
+            compute_capability: (9, 0),
+            resident: ResidentClusters::uniform(132),
+            forward_sm90_loaded: true,
+            backward_sm90_loaded: true,
+        };
+        let config = Some(ForwardConfig::Wg128x128S4);
+        let empty = check_runs_here::<bf16>(config, 128, &hopper).unwrap_err();
+        let spec = layer_spec(64, 4096, 128, Nonlinearity::Relu);
+        let at = addresses(0x1000, 0x2000, None, 0x3000);
+        let launched = forward_plan::<bf16>(&spec, config, &hopper, &at).unwrap_err();
+        assert_eq!(empty.to_string(), launched.to_string());
+        assert!(
+            empty
+                .to_string()
+                .contains("k = 128 is too short; expected k >= 256"),
+            "{empty}"
+        );
+        assert!(check_runs_here::<bf16>(config, 256, &hopper).is_ok());
     }
 
     #[test]

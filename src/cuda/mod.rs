@@ -18,10 +18,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute_enum};
+use cudarc::driver::sys::{CUcontext, CUdevice_attribute, CUfunction_attribute_enum};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, DevicePtr,
-    DevicePtrMut, DeviceRepr, LaunchConfig, SyncOnDrop,
+    DevicePtrMut, DeviceRepr, DeviceSlice, LaunchConfig, SyncOnDrop,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -306,11 +306,12 @@ struct Shared {
     resident_clusters: ResidentClusters,
     /// The modules this GPU can run, by name (a `kernels/<name>.cu` file).
     modules: HashMap<&'static str, Arc<CudaModule>>,
-    /// Kernels looked up so far, by entry point name, with their dynamic shared memory limit
-    /// already raised where they need it. Filled on first use: looking a function up and setting
-    /// its attribute are not stream operations, so they are legal during stream capture (unlike
-    /// loading a module), and the lock is what the lazily set attribute needs.
-    functions: Mutex<HashMap<String, CudaFunction>>,
+    /// Kernels looked up so far, by module and entry point (the split sums have one name in two
+    /// modules), with their dynamic shared memory limit already raised where they need it.
+    /// Filled on first use: looking a function up and setting its attribute are not stream
+    /// operations, so they are legal during stream capture (unlike loading a module), and the
+    /// lock is what the lazily set attribute needs.
+    functions: Mutex<HashMap<(&'static str, String), CudaFunction>>,
 }
 
 /// Dynamic shared memory a kernel may use without opting in.
@@ -413,19 +414,37 @@ impl LayerKernels {
     /// A handle that launches on `stream` with this handle's loaded modules (nothing is loaded).
     /// `stream` must belong to the same CUDA context.
     pub fn on_stream(&self, stream: Arc<CudaStream>) -> Result<Self> {
-        let theirs = stream.context().cu_ctx();
-        let ours = self.shared.context.cu_ctx();
-        if theirs != ours {
-            return Err(invalid!(
-                "the stream belongs to CUDA context {theirs:p}; expected a stream of context \
-                 {ours:p}, whose modules this handle loaded (make a LayerKernels::new for the \
-                 other context)"
-            ));
-        }
+        self.check_context("the stream", &stream)?;
         Ok(LayerKernels {
             stream,
             shared: Arc::clone(&self.shared),
         })
+    }
+
+    /// An error unless `what` (a buffer, by the stream cudarc allocated it on, or a stream)
+    /// belongs to this handle's CUDA context: another context's pointer would reach the kernel
+    /// as an illegal address, which poisons the context for every later call.
+    pub(crate) fn check_context(&self, what: &str, stream: &CudaStream) -> Result<()> {
+        same_context(
+            what,
+            stream.context().cu_ctx(),
+            self.shared.context.cu_ctx(),
+        )
+    }
+
+    /// The seed buffers' lengths ([`check_seed_lengths`]) and CUDA context.
+    pub(crate) fn check_seed_source(&self, source: &SeedSource<'_>) -> Result<()> {
+        check_seed_lengths(source)?;
+        match source {
+            SeedSource::Host => Ok(()),
+            SeedSource::Device(view) => {
+                self.check_context("the seed_subsequence buffer", view.stream())
+            }
+            SeedSource::DeviceRecorded { next, record } => {
+                self.check_context("the seed_subsequence buffer", next.stream())?;
+                self.check_context("the seed record buffer", record.stream())
+            }
+        }
     }
 
     /// The stream every call of this handle queues its launches on.
@@ -483,9 +502,17 @@ impl LayerKernels {
             .functions
             .lock()
             .map_err(|_| Error::Cuda("the kernel table lock was poisoned by a panic".into()))?;
-        if let Some(f) = functions.get(function) {
+        let key = (module, function.to_string());
+        if let Some(f) = functions.get(&key) {
             return Ok(f.clone());
         }
+        // Looking a function up and setting its attribute are driver calls on the context that
+        // cudarc does not make current itself (only its launches do), and a handle may be used
+        // from a thread that has never touched the context.
+        self.shared
+            .context
+            .bind_to_thread()
+            .map_err(|e| Error::Cuda(format!("making the handle's CUDA context current: {e}")))?;
         let loaded = self
             .shared
             .modules
@@ -505,7 +532,7 @@ impl LayerKernels {
                 ))
             })?;
         }
-        functions.insert(function.to_string(), f.clone());
+        functions.insert(key, f.clone());
         Ok(f)
     }
 
@@ -636,8 +663,20 @@ pub enum SeedSource<'a> {
     },
 }
 
+/// An error unless `theirs`, the context of `what`, is `ours`, the handle's.
+fn same_context(what: &str, theirs: CUcontext, ours: CUcontext) -> Result<()> {
+    if theirs != ours {
+        return Err(invalid!(
+            "{what} belongs to CUDA context {theirs:p}; expected context {ours:p}, whose modules \
+             this handle loaded (allocate it on a stream of that context, or make a \
+             LayerKernels::new for the other context)"
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a device seed buffer's length.
-pub(crate) fn check_seed_source(source: &SeedSource<'_>) -> Result<()> {
+fn check_seed_lengths(source: &SeedSource<'_>) -> Result<()> {
     match source {
         SeedSource::Host => {}
         SeedSource::Device(view) => {
@@ -692,6 +731,19 @@ mod tests {
             offset_of!(MaskParams, record),
         ];
         assert_eq!(layout, [72, 8, 0, 8, 16, 24, 32, 40, 48, 56, 60, 64]);
+    }
+
+    #[test]
+    fn another_contexts_buffer_is_refused_by_name() {
+        let [ours, theirs] = [0x1000usize, 0x2000].map(|a| a as CUcontext);
+        assert!(same_context("X", ours, ours).is_ok());
+        let e = same_context("X", theirs, ours).unwrap_err().to_string();
+        for needle in [
+            "X belongs to CUDA context 0x2000",
+            "expected context 0x1000",
+        ] {
+            assert!(e.contains(needle), "{e:?} lacks {needle:?}");
+        }
     }
 
     #[test]
