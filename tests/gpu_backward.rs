@@ -7,7 +7,7 @@ use cudarc::driver::CudaSlice;
 use fusedrop::cuda::backward::{self, BackwardKernel, BackwardOptions, GradientsMut};
 use fusedrop::cuda::{self, forward::ForwardOptions, LayerKernels, LoadOptions, SeedSource};
 use fusedrop::reference::{self, relative_l2_error, relative_l2_error_nonfinite, Gradients};
-use fusedrop::{DropoutSpec, Element, Geometry, LayerSpec, LinearShape, Nonlinearity};
+use fusedrop::{mask, DropoutSpec, Element, Geometry, LayerSpec, LinearShape, Nonlinearity};
 use half::{bf16, f16};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -206,6 +206,34 @@ fn run_gpu<T: Element>(
     }
 }
 
+/// How the element-wise bound treats dZ = dY · mask · scale: exact in T where the scale is a
+/// power of two (p = 0 and 0.5) or everything is dropped (p = 1), so that the only roundings left
+/// are the f32 accumulation's and the result's; rounded to T otherwise.
+fn dz_operands(p: f32) -> Operands {
+    let scale = mask::scale(p);
+    if scale == 0.0 || (scale.is_normal() && scale.to_bits() & 0x007f_ffff == 0) {
+        Operands::Exact
+    } else {
+        Operands::RoundedToElement
+    }
+}
+
+/// Panics unless every requested gradient was written: with finite inputs no NaN may remain of
+/// the poison the buffers started with.
+fn assert_requested_written<T: Element>(what: &str, got: &Gradients<T>, case: Case) {
+    for (name, requested, values) in [
+        ("dX", case.dx, &got.dx),
+        ("dW", case.dw, &got.dw),
+        ("db", case.db, &got.db),
+    ] {
+        let unwritten = values.iter().filter(|v| v.to_f64().is_nan()).count();
+        assert!(
+            !requested || unwritten == 0,
+            "{what}: {unwritten} elements of {name} still hold the NaN poison"
+        );
+    }
+}
+
 /// One backward call checked against the reference: requested outputs within
 /// `T::REL_L2_TOLERANCE` (of `initial + new` when accumulating), skipped outputs untouched, and
 /// a second identical call bit-identical to the first.
@@ -309,7 +337,7 @@ fn check<T: Element>(kernels: &LayerKernels, spec: &LayerSpec, case: Case) {
             &want,
             &bound,
             terms,
-            Operands::RoundedToElement,
+            dz_operands(spec.dropout.p),
         );
         let got: Vec<f64> = got.iter().map(|v| v.to_f64()).collect();
         // Unwritten outputs (NaN poison) and lost or invented NaN / infinities give +inf.
@@ -361,6 +389,43 @@ fn matches_reference_for_every_dtype_activation_p_and_accumulation() {
 
 /// NaN and infinities in dY and the saved Y, both kernels, every rate, both activations
 /// (docs/mask-contract.md, "Backward without a mask").
+/// Products of one term per element, on every kernel family: with m = 1 each element of dW and
+/// db is one element of dZ times one of X, and with n = 1 (8 for the Hopper kernels, whose rows
+/// must be 16-byte units) each element of dX one (or 8) of dZ times W, so the element-wise bound
+/// sees every mask decision on its own, at a rate (0.1) whose scale is rounded, where a relative
+/// L2 error over many terms could hide one wrong element.
+#[test]
+fn every_mask_decision_shows_in_single_term_products() {
+    let Some(kernels) = gpu() else { return };
+    let mut families = vec![(BackwardKernel::Simt, 1)];
+    if kernels.compute_capability() >= (8, 0) {
+        families.push((BackwardKernel::TensorCore, 1));
+    }
+    if hopper(&kernels) {
+        families.push((BackwardKernel::Hopper, 8));
+    }
+    for (kernel, narrow_n) in families {
+        for (m, n, k) in [(1, 200, 136), (200, narrow_n, 136)] {
+            for nonlinearity in [Nonlinearity::Relu, Nonlinearity::Identity] {
+                let spec = LayerSpec::new(
+                    LinearShape::new(m, n, k),
+                    nonlinearity,
+                    DropoutSpec::new(0.1, 0x0e1e + m as u64, n as u64),
+                );
+                let case = Case {
+                    kernel,
+                    ..ALL_OUTPUTS
+                };
+                if kernel == BackwardKernel::Simt {
+                    check::<f32>(&kernels, &spec, case);
+                }
+                check::<f16>(&kernels, &spec, case);
+                check::<bf16>(&kernels, &spec, case);
+            }
+        }
+    }
+}
+
 #[test]
 fn nan_and_infinities_follow_the_contract() {
     let Some(kernels) = gpu() else { return };
@@ -699,6 +764,53 @@ fn rejects_relu_without_saved_output_and_wrong_lengths() {
         },
         "db has 4 elements",
     );
+    // A shard whose columns run past the logical output, one whose mask indices overflow, and a
+    // shape whose element counts do; the gradient buffers stay as they were.
+    let mut dx = kernels.stream().clone_htod(&vec![f32::NAN; m * k]).unwrap();
+    let past_the_end = Geometry {
+        row_offset: 0,
+        col_offset: 1,
+        n_global: Some(3),
+    };
+    let beyond_63_bits = Geometry {
+        row_offset: u64::MAX / 4,
+        col_offset: 0,
+        n_global: None,
+    };
+    let huge = LayerSpec {
+        shape: LinearShape::new(1 << 40, 1 << 40, k),
+        ..identity
+    };
+    for (spec, needle) in [
+        (
+            identity.with_geometry(past_the_end),
+            "col_offset 1 + n 3 exceeds n_global 3",
+        ),
+        (
+            identity.with_geometry(beyond_63_bits),
+            "overflows the 63-bit mask index",
+        ),
+        (huge, "overflows"),
+    ] {
+        let error = kernels
+            .backward(
+                &spec,
+                &x,
+                &w,
+                &dy,
+                None,
+                dx_only(&mut dx),
+                BackwardOptions::default(),
+            )
+            .unwrap_err();
+        assert!(error.to_string().contains(needle), "{error}");
+    }
+    assert!(kernels
+        .stream()
+        .clone_dtoh(&dx)
+        .unwrap()
+        .iter()
+        .all(|v| v.is_nan()));
     // The planning queries refuse what the backward refuses.
     let no_features = LinearShape::new(m, n, 0);
     let error = kernels
@@ -748,6 +860,20 @@ fn hopper(kernels: &LayerKernels) -> bool {
     hopper_or_skip(kernels, "the Hopper backward checks")
 }
 
+/// The shapes `hopper_kernels_match_reference` forces the Hopper kernels on.
+const HOPPER_SHAPES: [(usize, usize, usize); 5] = [
+    (1, 8, 8),
+    (70, 72, 64),
+    (257, 136, 200),
+    (1000, 1000, 1000),
+    (3000, 2056, 512),
+];
+
+/// The narrow products `hopper_split_k_for_narrow_products` runs through `Auto`: small's dX,
+/// 64 x 4096 over n = 4096; a short-k layer's dW, 1024 x 256 over m = 8192.
+const HOPPER_SPLIT_SHAPES: [(usize, usize, usize, &str); 2] =
+    [(64, 4096, 4096, "dX"), (8192, 1024, 256, "dW")];
+
 /// The Hopper kernels forced, f16 and bf16, on shapes they take (n and k multiples of 8) that
 /// are multiples of no tile, with one tile per block and many, every rate, both activations,
 /// accumulation, non-finite inputs, and the seed from a device buffer.
@@ -757,14 +883,7 @@ fn hopper_kernels_match_reference() {
     if !hopper(&kernels) {
         return;
     }
-    let shapes = [
-        (1, 8, 8),
-        (70, 72, 64),
-        (257, 136, 200),
-        (1000, 1000, 1000),
-        (3000, 2056, 512),
-    ];
-    for (i, &(m, n, k)) in shapes.iter().enumerate() {
+    for (i, &(m, n, k)) in HOPPER_SHAPES.iter().enumerate() {
         for (j, &p) in P_VALUES.iter().enumerate() {
             let nonlinearity = if (i + j) % 2 == 0 {
                 Nonlinearity::Relu
@@ -814,6 +933,7 @@ fn hopper_is_taken_only_where_tma_can_read_the_operands() {
     let inputs = inputs::<bf16>(&spec, false, &mut rng);
     let initial = poisoned_gradients::<bf16>(shape);
     let auto = run_gpu(&kernels, &spec, &inputs, &initial, ALL_OUTPUTS);
+    assert_requested_written("Auto on Hopper", &auto, ALL_OUTPUTS);
     let forced = run_gpu(
         &kernels,
         &spec,
@@ -901,8 +1021,7 @@ fn hopper_split_k_for_narrow_products() {
     if !hopper(&kernels) {
         return;
     }
-    // small's dX: 64 x 4096 over n = 4096; a short-k layer's dW: 1024 x 256 over m = 8192.
-    for (m, n, k, narrow) in [(64, 4096, 4096, "dX"), (8192, 1024, 256, "dW")] {
+    for (m, n, k, narrow) in HOPPER_SPLIT_SHAPES {
         let shape = LinearShape::new(m, n, k);
         for nonlinearity in [Nonlinearity::Relu, Nonlinearity::Identity] {
             let choice = kernels
@@ -923,6 +1042,54 @@ fn hopper_split_k_for_narrow_products() {
             let again = run_gpu(&kernels, &spec, &inputs, &initial, ALL_OUTPUTS);
             assert_same_gradients(&format!("{shape:?}: repeat"), shape, &again, &first);
         }
+    }
+}
+
+/// The two Hopper tests above run every Hopper backward configuration: the 128 x 256 tile (the
+/// dW of 64 x 4096 x 4096) and the 128 x 128 one always; each split-K configuration where the
+/// heuristic (`hopper_for` in src/cuda/backward.rs) takes it for their narrow products on this
+/// GPU: clusters of 2 for 1000³ (64 tiles, fewer than half a wave of more than 128
+/// multiprocessors, 64 clusters of 2 at once), of 4 for small's dX (32 tiles, 32 clusters of 4),
+/// of 8 for the short-k dW (16 tiles, 16 clusters of 8); all of them on an H100 SXM or H200. A
+/// change of the heuristic or the shapes that left one untested fails this test.
+#[test]
+fn hopper_tests_run_every_hopper_configuration() {
+    let Some(kernels) = gpu() else { return };
+    if !hopper(&kernels) {
+        return;
+    }
+    let mut run = Vec::new();
+    let mut add = |shape: LinearShape, kernel| {
+        for nonlinearity in [Nonlinearity::Relu, Nonlinearity::Identity] {
+            let choice = kernels
+                .backward_kernels_for::<bf16>(shape, nonlinearity, kernel)
+                .unwrap();
+            run.extend([choice.dx, choice.dw]);
+        }
+    };
+    for (m, n, k) in HOPPER_SHAPES {
+        add(LinearShape::new(m, n, k), BackwardKernel::Hopper);
+    }
+    for (m, n, k, _) in HOPPER_SPLIT_SHAPES {
+        add(LinearShape::new(m, n, k), BackwardKernel::Auto);
+    }
+    let resident = kernels.resident_clusters();
+    let sms = kernels.sm_count() as u64;
+    let mut expected = vec!["wg128x256", "wg128x128"];
+    for (config, size, tiles) in [
+        ("wg128x128s2", 2, 64),
+        ("wg128x128s4", 4, 32),
+        ("wg128x128s8", 8, 16),
+    ] {
+        if 2 * tiles < sms && resident.can_place(size) && resident.of(size) >= tiles {
+            expected.push(config);
+        }
+    }
+    for config in expected {
+        assert!(
+            run.contains(&config),
+            "no Hopper test runs {config}; they run {run:?} ({resident:?})"
+        );
     }
 }
 
@@ -979,8 +1146,21 @@ fn dx_beyond_four_billion_elements() {
         ..geometry
     });
     let tail_x = random_values::<f16>(tail * k, &mut rng);
-    let want =
-        reference::backward_f64(&tail_spec, &tail_x, &w_host, &dy_host[m - tail..], None).unwrap();
+    let tail_dy = &dy_host[m - tail..];
+    let want = reference::backward_f64(&tail_spec, &tail_x, &w_host, tail_dy, None).unwrap();
+    // n = 1: each element of dX is one term, |dZ| |W|, so every element is held to its own
+    // rounding bound.
+    let abs =
+        |v: &[f16]| -> Vec<f16> { v.iter().map(|e| f16::from_f64(e.to_f64().abs())).collect() };
+    let abs_sum = reference::backward_f64(
+        &tail_spec,
+        &abs(&tail_x),
+        &abs(&w_host),
+        &abs(tail_dy),
+        None,
+    )
+    .unwrap()
+    .dx;
     // Both families, each with 128 x 128 tiles here (262,504 of them, within one grid).
     for kernel in [BackwardKernel::TensorCore, BackwardKernel::Simt] {
         kernels
@@ -1001,8 +1181,17 @@ fn dx_beyond_four_billion_elements() {
                 },
             )
             .unwrap();
-        let got = kernels.stream().clone_dtoh(&dx.slice(start..)).unwrap();
-        let got: Vec<f64> = got.iter().map(|v| v.to_f64()).collect();
+        let got_elements = kernels.stream().clone_dtoh(&dx.slice(start..)).unwrap();
+        check_elementwise(
+            &format!("{kernel:?}: dX rows past 2^32 elements"),
+            k,
+            &got_elements,
+            &want.dx,
+            &abs_sum,
+            n,
+            dz_operands(dropout.p),
+        );
+        let got: Vec<f64> = got_elements.iter().map(|v| v.to_f64()).collect();
         let error = relative_l2_error(&got, &want.dx);
         assert!(
             error < f16::REL_L2_TOLERANCE,
@@ -1060,7 +1249,7 @@ fn backward_reads_the_pair_the_forward_recorded() {
         .stream()
         .memcpy_htod(&[used.seed, used.subsequence + 1], &mut next)
         .unwrap();
-    let mut dx = kernels.stream().alloc_zeros::<f32>(m * k).unwrap();
+    let mut dx = kernels.stream().clone_htod(&vec![f32::NAN; m * k]).unwrap();
     let record_view = record.as_view();
     kernels
         .backward(
@@ -1077,13 +1266,29 @@ fn backward_reads_the_pair_the_forward_recorded() {
         )
         .unwrap();
     let want = reference::backward_f64(&spec, &inputs.x, &inputs.w, &inputs.dy, None).unwrap();
-    let got: Vec<f64> = kernels
-        .stream()
-        .clone_dtoh(&dx)
-        .unwrap()
-        .iter()
-        .map(|v| f64::from(*v))
-        .collect();
+    let abs = |v: &[f32]| -> Vec<f32> { v.iter().map(|e| e.abs()).collect() };
+    let abs_sum = reference::backward_f64(
+        &spec,
+        &abs(&inputs.x),
+        &abs(&inputs.w),
+        &abs(&inputs.dy),
+        None,
+    )
+    .unwrap()
+    .dx;
+    let got_elements = kernels.stream().clone_dtoh(&dx).unwrap();
+    // Each element on its own: the recorded pair's mask, not the advanced one's, in every
+    // element (a wrong mask moves elements far outside their bound).
+    check_elementwise(
+        "dX from the recorded pair",
+        k,
+        &got_elements,
+        &want.dx,
+        &abs_sum,
+        n,
+        dz_operands(used.p),
+    );
+    let got: Vec<f64> = got_elements.iter().map(|v| f64::from(*v)).collect();
     let error = relative_l2_error(&got, &want.dx);
     assert!(
         error < f32::REL_L2_TOLERANCE,
@@ -1106,7 +1311,13 @@ fn backward_reads_the_pair_the_forward_recorded() {
             ..BackwardOptions::default()
         },
     );
-    assert!(refused.is_err());
+    let error = refused.expect_err("the backward accepted SeedSource::DeviceRecorded");
+    assert!(
+        error
+            .to_string()
+            .contains("SeedSource::DeviceRecorded was passed to the backward"),
+        "{error}"
+    );
 }
 
 /// A gradient's bits, with every NaN the same value (a NaN's payload is not part of the
@@ -1145,6 +1356,10 @@ fn check_workspace_bit_for_bit<T: Element>(kernels: &LayerKernels, spec: &LayerS
         poisoned_gradients::<T>(spec.shape)
     };
     let direct = run_gpu(kernels, spec, &inputs, &initial, case);
+    // The comparison below maps NaN to NaN, so a gradient both paths left unwritten would pass it.
+    if !case.nonfinite {
+        assert_requested_written(&format!("{} {spec:?} {case:?}", T::NAME), &direct, case);
+    }
     let masked_once = run_gpu(
         kernels,
         spec,

@@ -223,6 +223,45 @@ fn dropout_kernel_rejects_bad_input_before_launch() {
         )
         .unwrap_err();
     assert!(err.to_string().contains("seed_subsequence"), "{err}");
+    // A shard whose columns run past the logical output, and a logical output whose mask
+    // indices overflow.
+    let past_the_end = Geometry {
+        row_offset: 0,
+        col_offset: 1,
+        n_global: Some(4),
+    };
+    let beyond_63_bits = Geometry {
+        row_offset: u64::MAX / 4,
+        col_offset: 0,
+        n_global: None,
+    };
+    for (geometry, needle) in [
+        (past_the_end, "col_offset 1 + n 4 exceeds n_global 4"),
+        (beyond_63_bits, "overflows the 63-bit mask index"),
+    ] {
+        let err = kernels
+            .dropout_in_place(
+                &mut y,
+                3,
+                4,
+                &DropoutSpec::new(0.5, 1, 1),
+                &geometry,
+                SeedSource::Host,
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains(needle), "{err}");
+    }
+    let err = kernels
+        .dropout_in_place(
+            &mut y,
+            1 << 40,
+            1 << 40,
+            &DropoutSpec::new(0.5, 1, 1),
+            &Geometry::UNSHARDED,
+            SeedSource::Host,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("overflows"), "{err}");
     // Nothing was launched: y holds what it was given.
     assert_eq!(kernels.stream().clone_dtoh(&y).unwrap(), vec![1.0f32; 12]);
 }

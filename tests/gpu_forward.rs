@@ -545,6 +545,36 @@ fn forward_rejects_bad_input_before_launch() {
         )
         .unwrap_err();
     assert!(err.to_string().contains("not compiled for f32"), "{err}");
+    // A shard whose columns run past the logical output, one whose mask indices overflow, and a
+    // shape whose element counts do.
+    let past_the_end = Geometry {
+        row_offset: 0,
+        col_offset: 1,
+        n_global: Some(2),
+    };
+    let beyond_63_bits = Geometry {
+        row_offset: u64::MAX / 4,
+        col_offset: 0,
+        n_global: None,
+    };
+    for (geometry, needle) in [
+        (past_the_end, "col_offset 1 + n 2 exceeds n_global 2"),
+        (beyond_63_bits, "overflows the 63-bit mask index"),
+    ] {
+        let sharded = spec.with_geometry(geometry);
+        let err = kernels
+            .forward(&sharded, &x4, &w, None, &mut y4, ForwardOptions::default())
+            .unwrap_err();
+        assert!(err.to_string().contains(needle), "{err}");
+    }
+    let huge = LayerSpec {
+        shape: LinearShape::new(1 << 40, 1 << 40, 3),
+        ..spec
+    };
+    let err = kernels
+        .forward(&huge, &x4, &w, None, &mut y4, ForwardOptions::default())
+        .unwrap_err();
+    assert!(err.to_string().contains("overflows"), "{err}");
     // Nothing was launched: y is still poisoned.
     assert!(kernels
         .stream()
@@ -805,6 +835,32 @@ fn hopper_sweep_variants_match_production_bit_for_bit() {
             let b = stream.clone_htod(host.b.as_ref().unwrap()).unwrap();
             for (j, &p) in [0.0f32, 0.1, 0.5, 1.0].iter().enumerate() {
                 let spec = spec_of(&Case { p, ..case }, 0xD00D + j as u64, j as u64);
+                // Where the comparison starts from: every element written, of the reference's
+                // class (NaN, infinity, finite) on the small shape that plants non-finite
+                // inputs, and no NaN (the poison) on the others, whose inputs are finite. Two
+                // kernels that left the same elements unwritten would otherwise agree.
+                let want = (i == 0).then(|| {
+                    reference::forward_f64(&spec, &host.x, &host.w, host.b.as_deref()).unwrap()
+                });
+                let written = |what: &str, y: &[T]| {
+                    let got = reference::to_f64(y);
+                    let wrong = |e: usize| match &want {
+                        Some(want) => !reference::same_class(got[e], want[e]),
+                        None => got[e].is_nan(),
+                    };
+                    assert!(
+                        !(0..m * n).any(wrong),
+                        "{what} {} {m}x{n}x{k} p = {p}: unwritten or of the wrong class: {}",
+                        T::NAME,
+                        reference::describe_differences(
+                            m,
+                            n,
+                            &got,
+                            want.as_deref().unwrap_or(&got),
+                            wrong
+                        )
+                    );
+                };
                 for variant in &FORWARD_SM90_SWEEP {
                     let config = ForwardConfig::HOPPER
                         .into_iter()
@@ -825,6 +881,7 @@ fn hopper_sweep_variants_match_production_bit_for_bit() {
                         &host,
                         SeedSource::Host,
                     );
+                    written(config.name(), &production);
                     let poison = vec![T::from_f64(f64::NAN); m * n];
                     let mut y = stream.clone_htod(&poison).unwrap();
                     kernels

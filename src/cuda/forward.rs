@@ -1391,6 +1391,22 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("is not a sweep variant"), "{err}");
+        // A variant of one family with the other family's element type.
+        let err = SweepFamily::of::<f32>(&launch_table::FORWARD_SWEEP[0]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("is compiled for f16 and bf16; got f32"),
+            "{err}"
+        );
+        let err = SweepFamily::of::<bf16>(&launch_table::FORWARD_F32_SWEEP[0]).unwrap_err();
+        assert!(
+            err.to_string().contains("is compiled for f32; got bf16"),
+            "{err}"
+        );
+        assert_eq!(
+            SweepFamily::of::<f16>(&launch_table::FORWARD_SM90_SWEEP[0]).unwrap(),
+            SweepFamily::Hopper
+        );
     }
 
     #[test]

@@ -342,6 +342,40 @@ const FORWARD_TC_SWEEP_VARIANTS: [(&str, &str); 13] = [
     ("tc128x256_bk32_f1_interleaved", "tc128x256"),
 ];
 
+/// The lists the tests here run (with the production configuration each sweep variant must
+/// reproduce) name every configuration and sweep variant of the library's tables, in the same
+/// order: one added there cannot go unchecked here.
+#[test]
+fn the_checked_lists_name_every_forward_configuration_and_variant() {
+    let configs = |list: &[ForwardConfig]| -> Vec<&str> { list.iter().map(|c| c.name()).collect() };
+    assert_eq!(
+        FORWARD_TC_CONFIGS.to_vec(),
+        configs(&ForwardConfig::TENSOR_CORE)
+    );
+    assert_eq!(FORWARD_F32_CONFIGS.to_vec(), configs(&ForwardConfig::SIMT));
+    let variants = |checked: &[(&'static str, &str)]| -> Vec<&str> {
+        checked.iter().map(|&(variant, _)| variant).collect()
+    };
+    let table = |numbers: &[launch_table::LaunchNumbers]| -> Vec<&str> {
+        numbers
+            .iter()
+            .map(|v| v.name.strip_prefix("forward_sweep_").unwrap_or(v.name))
+            .collect()
+    };
+    assert_eq!(
+        variants(&FORWARD_TC_SWEEP_VARIANTS),
+        table(&launch_table::FORWARD_SWEEP)
+    );
+    assert_eq!(
+        variants(&hopper::FORWARD_SM90_SWEEP_VARIANTS),
+        table(&launch_table::FORWARD_SM90_SWEEP)
+    );
+    assert_eq!(
+        variants(&FORWARD_F32_SWEEP_VARIANTS),
+        table(&launch_table::FORWARD_F32_SWEEP)
+    );
+}
+
 /// The forward cases a sweep variant takes (X and W 16-byte aligned, k a multiple of 8, as its
 /// callers guarantee), plus a reduction of many slices (k = 328: 11 slices of 32, 6 of 64, more
 /// than the pipeline has stages, the last one partial) for the fragment prefetch across slices.

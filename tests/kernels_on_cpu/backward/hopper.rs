@@ -118,6 +118,25 @@ fn backward_sm90_bf16_matches_reference() {
 const BACKWARD_SM90_SPLIT_CONFIGS: [(&str, usize); 3] =
     [("wg128x128s2", 2), ("wg128x128s4", 4), ("wg128x128s8", 8)];
 
+/// The lists above name every Hopper backward configuration of the launch table (sorted): one
+/// added there cannot go unchecked here.
+#[test]
+fn the_checked_lists_name_every_hopper_backward_configuration() {
+    let mut checked: Vec<&str> = BACKWARD_SM90_CONFIGS
+        .iter()
+        .copied()
+        .chain(BACKWARD_SM90_SPLIT_CONFIGS.iter().map(|&(name, _)| name))
+        .collect();
+    let mut table: Vec<&str> = launch_table::ALL
+        .iter()
+        .filter_map(|v| v.name.strip_prefix("backward_"))
+        .filter(|name| name.starts_with("wg"))
+        .collect();
+    checked.sort_unstable();
+    table.sort_unstable();
+    assert_eq!(checked, table);
+}
+
 /// The Hopper cases with both reductions (n for dX, m for dW) raised to `splits + 1` k-blocks,
 /// which split unevenly over the blocks of a cluster (each gets at least one).
 pub(super) fn hopper_split_backward_cases(splits: usize) -> Vec<BackwardCase> {

@@ -85,6 +85,25 @@ fn forward_sm90_bf16_matches_reference() {
 const FORWARD_SM90_SPLIT_CONFIGS: [&str; 4] =
     ["wg64x128s2", "wg64x128s4", "wg128x128s2", "wg128x128s4"];
 
+/// The lists above name every Hopper forward configuration of the launch table (sorted): one
+/// added there cannot go unchecked here.
+#[test]
+fn the_checked_lists_name_every_hopper_forward_configuration() {
+    let mut checked: Vec<&str> = FORWARD_SM90_CONFIGS
+        .iter()
+        .chain(&FORWARD_SM90_SPLIT_CONFIGS)
+        .copied()
+        .collect();
+    let mut table: Vec<&str> = launch_table::ALL
+        .iter()
+        .filter_map(|v| v.name.strip_prefix("forward_"))
+        .filter(|name| name.starts_with("wg"))
+        .collect();
+    checked.sort_unstable();
+    table.sort_unstable();
+    assert_eq!(checked, table);
+}
+
 /// The Hopper cases with k raised to at least 5 k-blocks (the wrapper gives every block of a
 /// cluster at least one; 5 splits unevenly over 2 and 4 blocks), each on its count of clusters:
 /// with fewer clusters than tiles the partial areas and their barriers turn over several times.
@@ -123,7 +142,7 @@ fn forward_sm90_split_bf16_matches_reference() {
 /// The tuning variants of kernels/forward_sm90_sweep.cu and the production config whose output
 /// each must reproduce bit for bit (the same wgmma m64nNk16 sequence and epilogue arithmetic for
 /// every output element: the config with the same column tile).
-const FORWARD_SM90_SWEEP_VARIANTS: [(&str, &str); 12] = [
+pub(super) const FORWARD_SM90_SWEEP_VARIANTS: [(&str, &str); 12] = [
     ("wg128x256_st3", "wg128x256"),
     ("wg128x256_tmastore", "wg128x256"),
     ("wg128x256_mc2", "wg128x256"),
