@@ -2,12 +2,14 @@
 //!
 //!     cargo run --release --example quickstart
 //!
-//! Without a usable GPU it says why and exits with code 3.
+//! Exit codes: 0 the result is within f32's tolerance of the reference, 1 it is not (or a call
+//! failed on the GPU), 3 no usable GPU (no driver or GPU, kernels not built, a GPU too old).
 
 use fusedrop::cuda::{self, forward::ForwardOptions, LayerKernels};
-use fusedrop::{reference, DropoutGenerator, LayerSpec, LinearShape, Nonlinearity};
+use fusedrop::{reference, DropoutGenerator, Element, Error, LayerSpec, LinearShape, Nonlinearity};
 
-fn run() -> fusedrop::Result<()> {
+/// Runs the call and compares it; `Ok(false)` when the result is outside the tolerance.
+fn run() -> fusedrop::Result<bool> {
     let ctx = cuda::open_device(0)?; // an error, never a panic, without a driver
     let kernels = LayerKernels::new(ctx.default_stream())?; // loads the kernels once
     let stream = kernels.stream();
@@ -35,18 +37,33 @@ fn run() -> fusedrop::Result<()> {
     let y_cpu = reference::forward_f64(&spec, &x_host, &w_host, Some(&b_host))?;
     let got: Vec<f64> = y_gpu.iter().map(|&v| f64::from(v)).collect();
     let kept = y_gpu.iter().filter(|&&v| v != 0.0).count();
+    let error = reference::relative_l2_error(&got, &y_cpu);
     println!(
         "{m}x{n}x{k} f32, p = 0.1: {kept} of {} outputs non-zero, relative L2 error against the \
-         CPU reference {:.1e}",
+         CPU reference {error:.1e} (f32's tolerance: {:.0e})",
         m * n,
-        reference::relative_l2_error(&got, &y_cpu)
+        f32::REL_L2_TOLERANCE
     );
-    Ok(())
+    Ok(error < f32::REL_L2_TOLERANCE)
 }
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("quickstart: {e}");
-        std::process::exit(3);
+    match run() {
+        Ok(true) => {}
+        Ok(false) => {
+            eprintln!("quickstart: the GPU result is outside f32's tolerance");
+            std::process::exit(1);
+        }
+        Err(
+            e
+            @ (Error::KernelsNotBuilt | Error::DriverUnavailable(_) | Error::UnsupportedDevice(_)),
+        ) => {
+            eprintln!("quickstart: no usable GPU: {e}");
+            std::process::exit(3);
+        }
+        Err(e) => {
+            eprintln!("quickstart: {e}");
+            std::process::exit(1);
+        }
     }
 }

@@ -23,7 +23,8 @@ impl LinearShape {
 /// The activation between the matrix product and dropout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Nonlinearity {
-    /// `max(z, 0)`.
+    /// `z` where `z > 0`, else 0; NaN stays NaN (not `max(z, 0)`, which would make it 0;
+    /// docs/mask-contract.md, "Non-finite values").
     Relu,
     /// No activation (the final layer of a network).
     Identity,

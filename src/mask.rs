@@ -47,8 +47,9 @@ pub fn scale(p: f32) -> f32 {
 
 /// Whether element `index` is kept under dropout probability `p` for this (seed, subsequence).
 ///
-/// `p` is the probability of dropping, in `[0, 1]`; values outside that range are clamped here
-/// (the public layer entry points reject them with an error before anything runs).
+/// `p` is the probability of dropping, in `[0, 1]`; values outside that range are clamped here,
+/// and a NaN `p` counts as 0 (everything kept; the cast of NaN to an integer is 0). The public
+/// layer entry points reject both with an error before anything runs.
 ///
 /// ```
 /// // p = 0 keeps everything, p = 1 drops everything.

@@ -749,8 +749,9 @@ impl LayerKernels {
     /// - `w`: the weights `[n, k]` (read only when `dx` is requested);
     /// - `dy`: the gradient of the loss with respect to the forward output, `[m, n]`;
     /// - `y_saved`: the forward output `[m, n]`, required for [`Nonlinearity::Relu`] (its sign
-    ///   carries both ReLU's derivative and the mask), ignored for [`Nonlinearity::Identity`],
-    ///   whose mask is redrawn from `spec.dropout`'s (seed, subsequence) or from
+    ///   carries both ReLU's derivative and the mask); not read for
+    ///   [`Nonlinearity::Identity`] (a buffer given there must still have m*n elements of the
+    ///   handle's context), whose mask is redrawn from `spec.dropout`'s (seed, subsequence) or from
     ///   `options.seed` when that is a device buffer;
     /// - `options`: overwrite or accumulate, the kernel family, the (seed, subsequence) source,
     ///   which must name the pair the forward call used, and an optional workspace for the
