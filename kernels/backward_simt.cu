@@ -34,7 +34,7 @@
 //   dW: tiles = ceil(n / kBlockM) * ceil(k / kBlockN)   (dw != nullptr)
 //       tiles = ceil(n / kBlockM)                         (dw == nullptr: db only)
 // Tile t is the t-th of the forward's grouped order (gemm/tile_scheduler.cuh, grouped_tile with
-// kGroupRows row tiles per group) over ceil(rows / kBlockM) x col_tiles tiles.
+// kSimtGroupRows row tiles per group) over ceil(rows / kBlockM) x col_tiles tiles.
 //
 // Arguments, as kernels/backward_tc.cu: dy [m, n]; y [m, n] (the saved forward output, read only
 // when relu = 1, may be nullptr otherwise); w [n, k] or x [m, k]; outputs dx [m, k], dw [n, k]

@@ -199,8 +199,8 @@ __device__ __forceinline__ float column_sum(const unsigned char* block, int col)
     return sum;
 }
 
-// One backward product: OUT[rows, k] = A · B with A from dY (dZ formed in the stage), as
-// described at the top. kWeightGrad: dW (and db) instead of dX. Split: gemm::sm90::NoSplit or
+// One backward product: OUT[rows, k] = A · B with A from dY (dZ formed in registers for dX, in
+// the stage for dW), as described at the top. kWeightGrad: dW (and db) instead of dX. Split: gemm::sm90::NoSplit or
 // a ClusterSplitK (with the db column sums as its extra float for dW).
 template <typename T, class Mainloop, class Split, bool kWeightGrad>
 __device__ __forceinline__ void backward_sm90(const CUtensorMap* map_dy, const CUtensorMap* map_y,
@@ -335,7 +335,6 @@ struct WgConfig {
                                        gemm::sm90::ClusterSplitK<kAccumulators, SPLITS, true>>;
     static constexpr int kBlockM = BM;
     static constexpr int kBlockN = BN;
-    static constexpr int kStages = STAGES;
     static constexpr int kSplits = SPLITS;
     static constexpr int kClusterBlocks = SPLITS;
     static constexpr int kThreads = gemm::sm90::kThreads;

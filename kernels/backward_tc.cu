@@ -146,7 +146,7 @@ __device__ __forceinline__ void form_dz_tile(T* dz, long long n, long long gr0, 
 // Split-K (splits > 1): work item w is share w % splits of output tile w / splits; the share
 // multiplies reduction slices [s * K / S, (s + 1) * K / S) of the K slices (S = splits) and
 // writes its unscaled f32 sums to partial[s][rows][k] (db's to partial[S * rows * k + s * n ..])
-// instead of the gradient; split_sum below adds the S partials in share order, scales and
+// instead of the gradient; split_sum (backward_split_k.cuh) adds the S partials in share order, scales and
 // rounds them.
 template <typename T, class Tb, bool kWeightGrad, bool kSplitK>
 __device__ __forceinline__ void backward_tc(const T* __restrict__ dy, const T* __restrict__ y,

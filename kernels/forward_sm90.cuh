@@ -17,7 +17,7 @@
 // the accumulator fragment; the Philox words are drawn while the tensor cores run the main
 // loop).
 //
-// Consumers: cooperative (both warpgroups on every tile), or ping-pong (kPingPong: 64-row tiles,
+// Consumers: cooperative (both warpgroups on every tile), or ping-pong (PING_PONG: 64-row tiles,
 // each one warpgroup's, the two taking the block's tiles in turn, so that one's epilogue overlaps
 // the other's main loop).
 //
@@ -198,12 +198,9 @@ struct WgConfig {
         gemm::sm90::ClusterSplitK<Mainloop<__half>::kAccumulators, SPLITS>>;
     static constexpr int kBlockM = BM;
     static constexpr int kBlockN = BN;
-    static constexpr int kStages = STAGES;
     static constexpr int kSplits = SPLITS;
-    static constexpr int kMulticast = MULTICAST;
     static constexpr int kClusterBlocks = SPLITS > 1 ? SPLITS : MULTICAST;
     static constexpr bool kTmaStore = TMA_STORE;
-    static constexpr bool kPingPong = PING_PONG;
     static constexpr int kGroupRows = GROUP_ROWS;
     // Lane pairs share their Philox calls where the columns allow (gemm/sm90/epilogue.cuh); a
     // sweep variant turns it off to measure it.

@@ -1,4 +1,5 @@
-// Every inline-PTX instruction and warp intrinsic the kernels use, in one place.
+// Every inline-PTX instruction and warp intrinsic the kernels use, in one place (besides
+// __syncwarp, which they call directly and the harness defines itself).
 //
 // Each wrapper has two bodies:
 // - the device body (nvcc device pass, __CUDA_ARCH__ defined): the PTX instruction itself;
@@ -100,35 +101,8 @@ FUSEDROP_PTX_DEVICE void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4],
 #endif
 }
 
-// ldmatrix.sync.aligned.m8n8.{x1,x2,x4}{,.trans}.shared.b16. Each lane passes the shared
-// address of the row it supplies (lanes 0-7 matrix 0, 8-15 matrix 1, ...); lanes beyond the
-// matrices loaded pass any address (ignored).
-FUSEDROP_PTX_DEVICE void ldmatrix_x1(uint32_t (&r)[1], const void* smem_row) {
-#if defined(__CUDA_ARCH__)
-    asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n"
-                 : "=r"(r[0])
-                 : "r"(smem_u32(smem_row)));
-#elif defined(__CUDACC__)
-    (void)smem_row;
-    r[0] = 0;
-#else
-    ::fusedrop::host::ldmatrix(1, false, r, smem_row);
-#endif
-}
-
-FUSEDROP_PTX_DEVICE void ldmatrix_x2(uint32_t (&r)[2], const void* smem_row) {
-#if defined(__CUDA_ARCH__)
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
-                 : "=r"(r[0]), "=r"(r[1])
-                 : "r"(smem_u32(smem_row)));
-#elif defined(__CUDACC__)
-    (void)smem_row;
-    r[0] = r[1] = 0;
-#else
-    ::fusedrop::host::ldmatrix(2, false, r, smem_row);
-#endif
-}
-
+// ldmatrix.sync.aligned.m8n8.x4{,.trans}.shared.b16. Each lane passes the shared address of
+// the row it supplies (lanes 0-7 matrix 0, 8-15 matrix 1, 16-23 matrix 2, 24-31 matrix 3).
 FUSEDROP_PTX_DEVICE void ldmatrix_x4(uint32_t (&r)[4], const void* smem_row) {
 #if defined(__CUDA_ARCH__)
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -139,19 +113,6 @@ FUSEDROP_PTX_DEVICE void ldmatrix_x4(uint32_t (&r)[4], const void* smem_row) {
     r[0] = r[1] = r[2] = r[3] = 0;
 #else
     ::fusedrop::host::ldmatrix(4, false, r, smem_row);
-#endif
-}
-
-FUSEDROP_PTX_DEVICE void ldmatrix_x2_trans(uint32_t (&r)[2], const void* smem_row) {
-#if defined(__CUDA_ARCH__)
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
-                 : "=r"(r[0]), "=r"(r[1])
-                 : "r"(smem_u32(smem_row)));
-#elif defined(__CUDACC__)
-    (void)smem_row;
-    r[0] = r[1] = 0;
-#else
-    ::fusedrop::host::ldmatrix(2, true, r, smem_row);
 #endif
 }
 
@@ -182,32 +143,6 @@ FUSEDROP_PTX_DEVICE void cp_async_16(void* smem, const void* gmem, bool valid) {
 #endif
 }
 
-// cp.async.ca.shared.global, 8 bytes (8-byte aligned), zero-filling when !valid.
-FUSEDROP_PTX_DEVICE void cp_async_8(void* smem, const void* gmem, bool valid) {
-#if defined(__CUDA_ARCH__)
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(smem_u32(smem)),
-                 "l"(gmem), "r"(valid ? 8 : 0)
-                 : "memory");
-#elif defined(__CUDACC__)
-    (void)smem, (void)gmem, (void)valid;
-#else
-    ::fusedrop::host::cp_async(smem, gmem, 8, valid);
-#endif
-}
-
-// cp.async.ca.shared.global, 4 bytes (4-byte aligned), zero-filling when !valid.
-FUSEDROP_PTX_DEVICE void cp_async_4(void* smem, const void* gmem, bool valid) {
-#if defined(__CUDA_ARCH__)
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(smem)),
-                 "l"(gmem), "r"(valid ? 4 : 0)
-                 : "memory");
-#elif defined(__CUDACC__)
-    (void)smem, (void)gmem, (void)valid;
-#else
-    ::fusedrop::host::cp_async(smem, gmem, 4, valid);
-#endif
-}
-
 // cp.async.commit_group: closes the thread's pending copies into one group.
 FUSEDROP_PTX_DEVICE void cp_async_commit() {
 #if defined(__CUDA_ARCH__)
@@ -228,18 +163,8 @@ FUSEDROP_PTX_DEVICE void cp_async_wait() {
 #endif
 }
 
-// Warp shuffles over the full warp (mask 0xffffffff); every lane of the warp must call them.
-FUSEDROP_PTX_DEVICE uint32_t shfl_idx(uint32_t v, int src_lane) {
-#if defined(__CUDA_ARCH__)
-    return __shfl_sync(0xffffffffu, v, src_lane);
-#elif defined(__CUDACC__)
-    (void)src_lane;
-    return v;
-#else
-    return ::fusedrop::host::shfl(::fusedrop::host::Shfl::Idx, v, src_lane);
-#endif
-}
-
+// shfl.sync.bfly.b32 over the full warp (mask 0xffffffff): the value of lane (lane ^ lane_mask).
+// Every lane of the warp must call it.
 FUSEDROP_PTX_DEVICE uint32_t shfl_xor(uint32_t v, int lane_mask) {
 #if defined(__CUDA_ARCH__)
     return __shfl_xor_sync(0xffffffffu, v, lane_mask);
@@ -247,51 +172,7 @@ FUSEDROP_PTX_DEVICE uint32_t shfl_xor(uint32_t v, int lane_mask) {
     (void)lane_mask;
     return v;
 #else
-    return ::fusedrop::host::shfl(::fusedrop::host::Shfl::Xor, v, lane_mask);
-#endif
-}
-
-FUSEDROP_PTX_DEVICE uint32_t shfl_down(uint32_t v, int delta) {
-#if defined(__CUDA_ARCH__)
-    return __shfl_down_sync(0xffffffffu, v, delta);
-#elif defined(__CUDACC__)
-    (void)delta;
-    return v;
-#else
-    return ::fusedrop::host::shfl(::fusedrop::host::Shfl::Down, v, delta);
-#endif
-}
-
-FUSEDROP_PTX_DEVICE float shfl_idx(float v, int src_lane) {
-#if defined(__CUDA_ARCH__)
-    return __shfl_sync(0xffffffffu, v, src_lane);
-#elif defined(__CUDACC__)
-    (void)src_lane;
-    return v;
-#else
-    return ::fusedrop::host::bits_float(shfl_idx(::fusedrop::host::float_bits(v), src_lane));
-#endif
-}
-
-FUSEDROP_PTX_DEVICE float shfl_xor(float v, int lane_mask) {
-#if defined(__CUDA_ARCH__)
-    return __shfl_xor_sync(0xffffffffu, v, lane_mask);
-#elif defined(__CUDACC__)
-    (void)lane_mask;
-    return v;
-#else
-    return ::fusedrop::host::bits_float(shfl_xor(::fusedrop::host::float_bits(v), lane_mask));
-#endif
-}
-
-FUSEDROP_PTX_DEVICE float shfl_down(float v, int delta) {
-#if defined(__CUDA_ARCH__)
-    return __shfl_down_sync(0xffffffffu, v, delta);
-#elif defined(__CUDACC__)
-    (void)delta;
-    return v;
-#else
-    return ::fusedrop::host::bits_float(shfl_down(::fusedrop::host::float_bits(v), delta));
+    return ::fusedrop::host::shfl_xor(v, lane_mask);
 #endif
 }
 

@@ -25,7 +25,7 @@ pub trait Element:
     + cudarc::driver::ValidAsZeroBits
     + 'static
 {
-    /// The suffix of this type's kernel entry points (`fusedrop_forward_bf16`, ...).
+    /// The suffix of this type's kernel entry points (`fusedrop_forward_tc64x64_bf16`, ...).
     const NAME: &'static str;
     /// The relative L2 error, against an f64 reference, that a result in this type must stay
     /// under: f32 1e-5, f16 2e-3, bf16 1e-2.

@@ -12,7 +12,9 @@ pub enum Error {
     KernelsNotBuilt,
     /// No usable CUDA driver (libcuda) could be loaded on this machine.
     DriverUnavailable(String),
-    /// The GPU cannot run the requested kernel (compute capability too old).
+    /// The GPU or the build cannot run the requested kernel: compute capability too old (or, for
+    /// the sm_90a kernels, not 9.0), a module the build left out, or one the handle was told not
+    /// to load (`LoadOptions`).
     UnsupportedDevice(String),
     /// A CUDA driver or library call failed.
     Cuda(String),

@@ -117,10 +117,6 @@ inline dim3 gridDim;
 constexpr int warpSize = 32;
 
 // Device intrinsics with plain host meanings.
-template <typename T>
-inline T __ldg(const T* p) {
-    return *p;
-}
 inline float __uint_as_float(unsigned int u) {
     float f;
     memcpy(&f, &u, 4);
@@ -131,24 +127,11 @@ inline unsigned int __float_as_uint(float f) {
     memcpy(&u, &f, 4);
     return u;
 }
-inline int __float_as_int(float f) { return (int)__float_as_uint(f); }
-inline float __int_as_float(int i) { return __uint_as_float((unsigned int)i); }
-inline float __expf(float x) { return std::exp(x); }
-inline float __fdividef(float a, float b) { return a / b; }
-inline float __saturatef(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x); }
-inline unsigned int __umulhi(unsigned int a, unsigned int b) {
-    return (unsigned int)(((uint64_t)a * b) >> 32);
-}
 using std::max;
 using std::min;
 
 namespace fusedrop {
 namespace host {
-
-inline uint32_t float_bits(float v) { return __float_as_uint(v); }
-inline float bits_float(uint32_t u) { return __uint_as_float(u); }
-
-enum class Shfl { Idx, Xor, Down };
 
 // ---------------------------------------------------------------------------------------------
 // Runtime state.
@@ -778,32 +761,12 @@ inline void execute_ldmatrix(Warp& w) {
     }
 }
 
-// shfl.sync.{idx,bfly,down}.b32 with c = 0x1f (a full 32-lane segment), as the PTX ISA defines
-// the source lane j and its validity: an invalid source returns the lane's own value.
+// shfl.sync.bfly.b32 with c = 0x1f (a full 32-lane segment): lane l takes the value of lane
+// l ^ (b & 0x1f), always a valid source (PTX ISA, shfl.sync).
 inline void execute_shfl(Warp& w) {
-    const int mode = w.slot[0].kind;
-    for (int lane = 0; lane < 32; ++lane)
-        if (w.slot[lane].kind != mode) fail("shfl.sync lanes disagree on the mode");
     for (int lane = 0; lane < 32; ++lane) {
         Slot& s = w.slot[lane];
-        const int bval = s.arg & 0x1f;
-        int j;
-        bool valid;
-        switch ((Shfl)mode) {
-            case Shfl::Idx:
-                j = bval;
-                valid = true;
-                break;
-            case Shfl::Xor:
-                j = lane ^ bval;
-                valid = j <= 31;
-                break;
-            default:
-                j = lane + bval;
-                valid = j <= 31;
-                break;
-        }
-        s.out[0] = valid ? w.slot[j].a[0] : s.a[0];
+        s.out[0] = w.slot[lane ^ (s.arg & 0x1f)].a[0];
     }
 }
 
@@ -867,11 +830,10 @@ inline void ldmatrix(int count, bool trans, uint32_t (&r)[N], const void* smem_r
     for (int i = 0; i < N; ++i) r[i] = s.out[i];
 }
 
-inline uint32_t shfl(Shfl mode, uint32_t v, int arg) {
+inline uint32_t shfl_xor(uint32_t v, int arg) {
     Runtime* rt = runtime();
     Fiber& f = current_fiber();
     Slot& s = rt->warps[f.warp].slot[f.lane];
-    s.kind = (int)mode;
     s.a[0] = v;
     s.arg = arg;
     warp_collective(Op::Shfl);

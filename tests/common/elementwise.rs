@@ -16,7 +16,7 @@ fn rounding_of<T: Element>() -> (f64, f64) {
 /// Whether the kernel rounds an operand of the reduction to T before multiplying (the backward's
 /// dZ, formed from dY and the mask) or multiplies the caller's values as they are (the forward's
 /// X and W, already in T).
-#[allow(dead_code)] // each test crate that includes this file uses one of the two
+#[allow(dead_code)] // gpu_forward and gpu_graph use only `Exact`
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operands {
     Exact,

@@ -1,7 +1,5 @@
 //! The keep-rule boundary vectors of tests/data/keep_boundary.txt, shared by the test crates
 //! that check them (tests/mask_contract.rs, tests/philox_host.rs, tests/kernels_on_cpu/).
-// Each test crate includes this file as a module and uses a different subset of it.
-#![allow(dead_code)]
 
 /// One keep-rule boundary vector of tests/data/keep_boundary.txt: the element at `index` of
 /// (`seed`, `subsequence`) draws `word`, which is exactly the threshold of `p = word / 2^32`.

@@ -136,7 +136,7 @@ static void check_mma(const char* name, std::mt19937& rng) {
 
 struct LdIo {
     uint16_t m[4][8][8];
-    uint32_t out[6][32][4];  // per variant, per lane
+    uint32_t out[2][32][4];  // per variant (plain, .trans), per lane
 };
 
 // Row r of matrix j lives at smem + row_slot(j, r) * 24 halves (48 bytes, 16-aligned).
@@ -149,15 +149,10 @@ __global__ void ldmatrix_kernel(LdIo* io) {
         for (int i = 0; i < 8; ++i) smem[row_slot(j, lane % 8) * 24 + i] = io->m[j][lane % 8][i];
     __syncwarp();
     const uint16_t* row = smem + row_slot(lane / 8, lane % 8) * 24;
-    uint32_t r1[1], r2[2], r4[4], t2[2], t4[4];
-    ldmatrix_x1(r1, row);
-    ldmatrix_x2(r2, row);
+    uint32_t r4[4], t4[4];
     ldmatrix_x4(r4, row);
-    ldmatrix_x2_trans(t2, row);
     ldmatrix_x4_trans(t4, row);
-    io->out[0][lane][0] = r1[0];
-    for (int j = 0; j < 2; ++j) io->out[1][lane][j] = r2[j], io->out[3][lane][j] = t2[j];
-    for (int j = 0; j < 4; ++j) io->out[2][lane][j] = r4[j], io->out[4][lane][j] = t4[j];
+    for (int j = 0; j < 4; ++j) io->out[0][lane][j] = r4[j], io->out[1][lane][j] = t4[j];
 }
 
 static void check_ldmatrix(std::mt19937& rng) {
@@ -167,13 +162,12 @@ static void check_ldmatrix(std::mt19937& rng) {
             for (auto& v : row) v = (uint16_t)rng();
     fusedrop::host::LaunchConfig cfg{dim3(1), dim3(32), 32 * 48, 3};
     fusedrop::host::launch("ldmatrix_kernel", ldmatrix_kernel, cfg, &io);
-    const int counts[5] = {1, 2, 4, 2, 4};
-    const char* names[5] = {"x1", "x2", "x4", "x2.trans", "x4.trans"};
-    for (int v = 0; v < 5; ++v) {
+    const char* names[2] = {"x4", "x4.trans"};
+    for (int v = 0; v < 2; ++v) {
         bool ok = true;
-        const bool trans = v >= 3;
+        const bool trans = v == 1;
         for (int lane = 0; lane < 32; ++lane)
-            for (int j = 0; j < counts[v]; ++j) {
+            for (int j = 0; j < 4; ++j) {
                 // Lane l holds (row l/4, cols 2(l%4), 2(l%4)+1); .trans the same of the transpose.
                 const int r = lane / 4, c = 2 * (lane % 4);
                 const uint32_t want = trans ? pack(io.m[j][c][r], io.m[j][c + 1][r])
@@ -206,13 +200,15 @@ __global__ void ldmatrix_mma_kernel(GemmIo* io) {
     for (int i = 0; i < 16; ++i) sw[(lane % 8) * 24 + i] = io->w[lane % 8][i];
     for (int i = 0; i < 8; ++i) sbt[(lane % 16) * 16 + i] = io->w[i][lane % 16];
     __syncwarp();
-    uint32_t a[4], b[2], bt[2];
+    uint32_t a[4], w4[4], t4[4];
     // Matrices of x4: (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15).
     ldmatrix_x4(a, sa + (lane % 16) * 24 + (lane / 16) * 8);
-    // B from W (n x k): matrix 0 = k 0-7, matrix 1 = k 8-15, rows are n.
-    ldmatrix_x2(b, sw + (lane % 8) * 24 + ((lane / 8) % 2) * 8);
+    // B from W (n x k): matrix 0 = k 0-7, matrix 1 = k 8-15, rows are n (lanes 16-31 load the
+    // same two again; the kernels fill those with the next n8 block's).
+    ldmatrix_x4(w4, sw + (lane % 8) * 24 + ((lane / 8) % 2) * 8);
     // B from Bt (k x n): rows are k, 0-7 then 8-15; .trans gives the col-major fragment.
-    ldmatrix_x2_trans(bt, sbt + (lane % 16) * 16);
+    ldmatrix_x4_trans(t4, sbt + (lane % 16) * 16);
+    const uint32_t b[2] = {w4[0], w4[1]}, bt[2] = {t4[0], t4[1]};
     float c[4] = {0, 0, 0, 0}, d[4], e[4];
     mma_m16n8k16<T>(d, a, b, c);
     mma_m16n8k16<T>(e, a, bt, c);
@@ -243,8 +239,8 @@ static void check_ldmatrix_mma(const char* name, std::mt19937& rng) {
             err_t = std::max(err_t, std::fabs(io.d_t[i][j] - want) / std::max(1.0, std::fabs(want)));
             if (std::isnan(io.d_w[i][j]) || std::isnan(io.d_t[i][j])) err_w = INFINITY;
         }
-    check(err_w < 1e-6, std::string("ldmatrix.x4 + ldmatrix.x2 + mma ") + name + " = X*W^T");
-    check(err_t < 1e-6, std::string("ldmatrix.x4 + ldmatrix.x2.trans + mma ") + name + " = X*W^T");
+    check(err_w < 1e-6, std::string("ldmatrix.x4 + ldmatrix.x4 + mma ") + name + " = X*W^T");
+    check(err_t < 1e-6, std::string("ldmatrix.x4 + ldmatrix.x4.trans + mma ") + name + " = X*W^T");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -252,40 +248,25 @@ static void check_ldmatrix_mma(const char* name, std::mt19937& rng) {
 
 struct ShflIo {
     uint32_t in[32];
-    uint32_t idx[32], idx_far[32], bfly[32], down[32];
-    float fin[32], fidx[32], fbfly[32], fdown[32];
+    uint32_t bfly[32][32];  // per lane mask, per lane
 };
 
 __global__ void shfl_kernel(ShflIo* io) {
     const int lane = threadIdx.x;
-    io->idx[lane] = shfl_idx(io->in[lane], (lane * 7 + 3) % 32);
-    io->idx_far[lane] = shfl_idx(io->in[lane], lane + 37);  // source lane (lane + 37) mod 32
-    io->bfly[lane] = shfl_xor(io->in[lane], 5);
-    io->down[lane] = shfl_down(io->in[lane], 3);  // lanes 29..31 keep their own value
-    io->fidx[lane] = shfl_idx(io->fin[lane], 31 - lane);
-    io->fbfly[lane] = shfl_xor(io->fin[lane], 16);
-    io->fdown[lane] = shfl_down(io->fin[lane], 1);
+    // Every mask the 5-bit field holds, and one beyond it (only its low 5 bits count).
+    for (int mask = 0; mask < 32; ++mask) io->bfly[mask][lane] = shfl_xor(io->in[lane], mask);
+    io->bfly[0][lane] = shfl_xor(io->in[lane], 32);
 }
 
 static void check_shfl(std::mt19937& rng) {
     ShflIo io;
-    for (int i = 0; i < 32; ++i) io.in[i] = (uint32_t)rng(), io.fin[i] = (float)rng() / 7.0f;
+    for (uint32_t& v : io.in) v = (uint32_t)rng();
     fusedrop::host::LaunchConfig cfg{dim3(1), dim3(32), 0, 9};
     fusedrop::host::launch("shfl_kernel", shfl_kernel, cfg, &io);
-    bool ok_idx = true, ok_far = true, ok_bfly = true, ok_down = true, ok_f = true;
-    for (int l = 0; l < 32; ++l) {
-        ok_idx = ok_idx && io.idx[l] == io.in[(l * 7 + 3) % 32];
-        ok_far = ok_far && io.idx_far[l] == io.in[(l + 37) % 32];
-        ok_bfly = ok_bfly && io.bfly[l] == io.in[l ^ 5];
-        ok_down = ok_down && io.down[l] == io.in[l + 3 <= 31 ? l + 3 : l];
-        ok_f = ok_f && io.fidx[l] == io.fin[31 - l] && io.fbfly[l] == io.fin[l ^ 16] &&
-               io.fdown[l] == io.fin[l + 1 <= 31 ? l + 1 : l];
-    }
-    check(ok_idx, "shfl.sync.idx");
-    check(ok_far, "shfl.sync.idx with a source lane beyond 31 (taken mod 32)");
-    check(ok_bfly, "shfl.sync.bfly");
-    check(ok_down, "shfl.sync.down (lanes past the end keep their value)");
-    check(ok_f, "float shuffles");
+    bool ok = true;
+    for (int mask = 0; mask < 32; ++mask)
+        for (int l = 0; l < 32; ++l) ok = ok && io.bfly[mask][l] == io.in[l ^ mask];
+    check(ok, "shfl.sync.bfly for every lane mask (a mask of 32 counts as 0)");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -306,9 +287,7 @@ __global__ void cp_async_kernel(CpIo* io) {
     if (tid == 0) {
         cp_async_16(smem, io->src, true);       // group 0
         cp_async_commit();
-        cp_async_8(smem + 4, io->src + 4, true);  // group 1
-        cp_async_4(smem + 6, io->src + 6, true);
-        cp_async_4(smem + 7, io->src + 7, true);
+        cp_async_16(smem + 4, io->src + 4, true);  // group 1
         cp_async_commit();
         for (int i = 0; i < 4; ++i) io->before_wait[i] = smem[i];
         cp_async_wait<1>();
@@ -352,7 +331,7 @@ static void check_cp_async(std::mt19937& rng) {
     for (int i = 0; i < 64; ++i) neighbour = neighbour && io.neighbour[i] == io.src[i];
     check(before, "cp.async: the destination is undefined (poison) before wait_group");
     check(wait1, "cp.async.wait_group 1 retires only the older group");
-    check(wait0, "cp.async.wait_group 0 retires every group (16, 8 and 4 bytes)");
+    check(wait0, "cp.async.wait_group 0 retires every group");
     check(zero, "cp.async with src-size 0 zero-fills without reading the source");
     check(neighbour, "cp.async + wait_group + __syncthreads hands data to other threads");
 }
@@ -571,7 +550,7 @@ __global__ void exited_lane_shfl_kernel(int* out) {
 }
 
 __global__ void partial_warp_shfl_kernel(int* out) {
-    out[threadIdx.x] = (int)shfl_idx((uint32_t)threadIdx.x, 0);
+    out[threadIdx.x] = (int)shfl_xor((uint32_t)threadIdx.x, 1);
 }
 
 __global__ void misaligned_cp_async_kernel(const float* src) {
@@ -583,8 +562,8 @@ __global__ void misaligned_cp_async_kernel(const float* src) {
 
 __global__ void misaligned_ldmatrix_kernel(int* out) {
     FUSEDROP_DYNAMIC_SMEM(uint16_t, smem);
-    uint32_t r[1];
-    ldmatrix_x1(r, smem + 8 * (threadIdx.x % 8) + 4);
+    uint32_t r[4];
+    ldmatrix_x4(r, smem + 8 * (threadIdx.x % 8) + 4);
     out[threadIdx.x] = (int)r[0];
 }
 
@@ -592,8 +571,8 @@ __global__ void misaligned_ldmatrix_kernel(int* out) {
 // in a launch that declares its layouts conflict-free.
 __global__ void ldmatrix_bank_conflict_kernel(int* out) {
     FUSEDROP_DYNAMIC_SMEM(uint16_t, smem);
-    uint32_t r[1];
-    ldmatrix_x1(r, smem + 16 * (threadIdx.x % 8));
+    uint32_t r[4];
+    ldmatrix_x4(r, smem + 16 * (threadIdx.x % 8));
     out[threadIdx.x] = (int)r[0];
 }
 

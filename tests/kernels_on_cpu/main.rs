@@ -622,6 +622,7 @@ fn ptx_host_bodies_match_plain_matrix_products() {
         "mma.m16n8k16 f16",
         "mma.m16n8k16 bf16",
         "ldmatrix x4.trans",
+        "shfl.sync.bfly for every lane mask",
         "cp.async.wait_group 1",
         "a missing __syncthreads",
         "encode_tensor_map_2d rejects an inner box of 256 bytes",

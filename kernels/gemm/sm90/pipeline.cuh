@@ -2,8 +2,10 @@
 // producer thread (TMA loads) and the consumer warpgroups (wgmma). Each stage has two mbarriers:
 //   full[s]  completes when the producer's expect_tx arrival is in and the stage's TMA bytes
 //            landed (1 arrival per phase);
-//   empty[s] completes when every consumer warpgroup has finished reading the stage (one
-//            arrival per consumer warpgroup per phase).
+//   empty[s] completes when every consumer warpgroup that reads the stage has finished with it:
+//            one arrival per such warpgroup per phase, in every block that reads the stage
+//            (Mainloop::kEmptyArrivals: both warpgroups of the tile, or the one of a ping-pong
+//            tile, times the blocks of a multicast cluster).
 // A PipelineState walks the ring: the stage index and the parity of the phase that the next
 // wait on that stage expects. The ring persists across the tiles of a persistent block, so the
 // producer runs ahead into the next tile while the consumers finish the previous one.
@@ -36,10 +38,10 @@ struct StageBarriers {
     uint64_t empty[kStages];
 
     // Called by one thread, before the __syncthreads that publishes the barriers.
-    __device__ __forceinline__ void init(uint32_t consumer_warpgroups) {
+    __device__ __forceinline__ void init(uint32_t empty_arrivals) {
         for (int s = 0; s < kStages; ++s) {
             ptx::mbarrier_init(&full[s], 1);
-            ptx::mbarrier_init(&empty[s], consumer_warpgroups);
+            ptx::mbarrier_init(&empty[s], empty_arrivals);
         }
         ptx::fence_mbarrier_init();
     }
