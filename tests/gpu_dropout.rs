@@ -24,7 +24,8 @@ fn random_values<T: Element>(len: usize, rng: &mut StdRng) -> Vec<T> {
         .collect()
 }
 
-/// Runs the kernel and the reference on the same random buffer; both must agree bit for bit.
+/// Runs the kernel, in place and out of place (into a poisoned buffer), and the reference on the
+/// same random buffer; all must agree bit for bit, and the out-of-place input stay as it was.
 fn check<T: Element>(
     kernels: &LayerKernels,
     m: usize,
@@ -49,19 +50,55 @@ fn check<T: Element>(
         .dropout_in_place(&mut device, m, n, &dropout, &geometry, SeedSource::Host)
         .unwrap();
     let got = kernels.stream().clone_dtoh(&device).unwrap();
-    let mismatches = got
-        .iter()
-        .zip(&want)
-        .filter(|(g, w)| {
-            let (g, w) = (g.to_f64(), w.to_f64());
-            // NaN payloads differ between the GPU and the CPU; NaN must stay NaN.
-            g.to_bits() != w.to_bits() && !(g.is_nan() && w.is_nan())
-        })
-        .count();
+    // NaN payloads differ between the GPU and the CPU; NaN must stay NaN.
+    let mismatches = |got: &[T], want: &[T]| {
+        got.iter()
+            .zip(want)
+            .filter(|(g, w)| {
+                let (g, w) = (g.to_f64(), w.to_f64());
+                g.to_bits() != w.to_bits() && !(g.is_nan() && w.is_nan())
+            })
+            .count()
+    };
+    let differ = mismatches(&got, &want);
     assert_eq!(
-        mismatches, 0,
-        "{} dropout {m}x{n} p={} geometry {geometry:?}: {mismatches} elements differ from the reference",
+        differ, 0,
+        "{} dropout {m}x{n} p={} geometry {geometry:?}: {differ} elements differ from the reference",
         T::NAME, dropout.p
+    );
+    let input = kernels.stream().clone_htod(&host).unwrap();
+    let mut output = kernels
+        .stream()
+        .clone_htod(&vec![T::from_f64(f64::NAN); m * n])
+        .unwrap();
+    kernels
+        .dropout(
+            &input,
+            &mut output,
+            m,
+            n,
+            &dropout,
+            &geometry,
+            SeedSource::Host,
+        )
+        .unwrap();
+    let differ = mismatches(&kernels.stream().clone_dtoh(&output).unwrap(), &want);
+    assert_eq!(
+        differ,
+        0,
+        "{} dropout {m}x{n} p={} geometry {geometry:?} out of place: {differ} elements differ \
+         from the reference",
+        T::NAME,
+        dropout.p
+    );
+    let untouched = kernels.stream().clone_dtoh(&input).unwrap();
+    assert!(
+        untouched
+            .iter()
+            .zip(&host)
+            .all(|(a, b)| a.to_f64().to_bits() == b.to_f64().to_bits() || a.to_f64().is_nan()),
+        "{} dropout {m}x{n} out of place changed its input",
+        T::NAME
     );
     if dropout.p > 0.0 && dropout.p < 1.0 && m * n > 1000 {
         let dropped = got
@@ -262,6 +299,23 @@ fn dropout_kernel_rejects_bad_input_before_launch() {
         )
         .unwrap_err();
     assert!(err.to_string().contains("overflows"), "{err}");
+    // Out of place, X of the wrong length.
+    let short_x = kernels.stream().clone_htod(&[1.0f32; 11]).unwrap();
+    let err = kernels
+        .dropout(
+            &short_x,
+            &mut y,
+            3,
+            4,
+            &DropoutSpec::new(0.5, 1, 1),
+            &Geometry::UNSHARDED,
+            SeedSource::Host,
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("X has 11 elements; expected 12"),
+        "{err}"
+    );
     // Nothing was launched: y holds what it was given.
     assert_eq!(kernels.stream().clone_dtoh(&y).unwrap(), vec![1.0f32; 12]);
 }

@@ -2,7 +2,7 @@
 //! buffer. It is the dropout half of the unfused baseline, a direct GPU check of Philox, and (out
 //! of place, with scale 1) the identity backward's workspace pre-pass.
 
-use cudarc::driver::DevicePtrMut;
+use cudarc::driver::{DevicePtr, DevicePtrMut};
 
 use crate::cuda::launch_plan::{KernelArg, LaunchPlan, Operand};
 use crate::cuda::{LayerKernels, MaskParams, SeedSource};
@@ -43,16 +43,11 @@ impl LayerKernels {
         geometry: &Geometry,
         seed: SeedSource<'_>,
     ) -> Result<()> {
-        let stream = self.stream();
-        validate::check_probability(dropout.p)?;
-        let elements = validate::product(m, n, "m*n")?;
-        validate::check_len("Y", y.len(), elements as usize, &format!("m*n = {m}*{n}"))?;
-        validate::check_geometry(geometry, m, n)?;
-        self.check_context("Y", y.stream())?;
-        self.check_seed_source(&seed)?;
-        if elements == 0 || dropout.p == 0.0 {
+        self.check_dropout(y, m, n, dropout, geometry, &seed)?;
+        if m * n == 0 || dropout.p == 0.0 {
             return Ok(());
         }
+        let stream = self.stream();
         let mut params = MaskParams::new(dropout, geometry, n);
         let (y_ptr, _y_guard) = y.device_ptr_mut(stream);
         let _seed_guards = params.read_seed_from(seed, stream);
@@ -61,6 +56,67 @@ impl LayerKernels {
         // (checked above; m*n within MAX_INDEX); the seed pointer (if any) holds two u64
         // (checked above); both stay alive until the guards drop after the launch is queued.
         unsafe { self.queue_plan::<T>(&plan, &|op| (op == Operand::Y).then_some(y_ptr), &params) }
+    }
+
+    /// Out of place: `y[r, c] = x[r, c] * (keep(i) ? 1/(1-p) : 0)` for the row-major `[m, n]`
+    /// buffers `x` and `y`, otherwise as [`dropout_in_place`](Self::dropout_in_place); `x` is
+    /// left as it is. `p = 0` queues a device copy of `x` into `y` (and, like the in-place form,
+    /// records no seed pair).
+    #[allow(clippy::too_many_arguments)] // the in-place form's arguments and the input
+    pub fn dropout<T: Element>(
+        &self,
+        x: &impl DevicePtr<T>,
+        y: &mut impl DevicePtrMut<T>,
+        m: usize,
+        n: usize,
+        dropout: &DropoutSpec,
+        geometry: &Geometry,
+        seed: SeedSource<'_>,
+    ) -> Result<()> {
+        self.check_dropout(y, m, n, dropout, geometry, &seed)?;
+        validate::check_len("X", x.len(), m * n, &format!("m*n = {m}*{n}"))?;
+        self.check_context("X", x.stream())?;
+        if m * n == 0 {
+            return Ok(());
+        }
+        let stream = self.stream();
+        if dropout.p == 0.0 {
+            return Ok(stream.memcpy_dtod(x, y)?);
+        }
+        let mut params = MaskParams::new(dropout, geometry, n);
+        let (x_ptr, _x_guard) = x.device_ptr(stream);
+        let (y_ptr, _y_guard) = y.device_ptr_mut(stream);
+        let _seed_guards = params.read_seed_from(seed, stream);
+        let plan = dropout_plan::<T>(Operand::X, Operand::Y, m, n);
+        let address = |op| match op {
+            Operand::X => Some(x_ptr),
+            Operand::Y => Some(y_ptr),
+            _ => None,
+        };
+        // SAFETY: the plan is `dropout_plan`'s, from x into y, each of which holds m*n elements
+        // of T (checked above; m*n within MAX_INDEX) and which are different buffers (x is
+        // borrowed shared, y mutably); the seed pointer (if any) holds two u64 (checked above);
+        // all stay alive until the guards drop after the launch is queued.
+        unsafe { self.queue_plan::<T>(&plan, &address, &params) }
+    }
+
+    /// The checks of both forms: p, `m*n` against Y's length, the geometry, Y's CUDA context
+    /// and the seed source.
+    fn check_dropout<T>(
+        &self,
+        y: &impl DevicePtrMut<T>,
+        m: usize,
+        n: usize,
+        dropout: &DropoutSpec,
+        geometry: &Geometry,
+        seed: &SeedSource<'_>,
+    ) -> Result<()> {
+        validate::check_probability(dropout.p)?;
+        let elements = validate::product(m, n, "m*n")?;
+        validate::check_len("Y", y.len(), elements as usize, &format!("m*n = {m}*{n}"))?;
+        validate::check_geometry(geometry, m, n)?;
+        self.check_context("Y", y.stream())?;
+        self.check_seed_source(seed)
     }
 }
 

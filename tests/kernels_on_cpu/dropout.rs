@@ -166,3 +166,68 @@ fn dropout_kernel_matches_reference_bit_for_bit() {
     check_dropout_type::<f16>(&exe, &mut rng);
     check_dropout_type::<bf16>(&exe, &mut rng);
 }
+
+/// The out-of-place form `LayerKernels::dropout` launches (the plan from X into Y): Y starts
+/// poisoned and must equal the reference applied to X, for every dtype, with a shard, NaN and
+/// infinities, and the seed from a device buffer.
+#[test]
+fn out_of_place_dropout_matches_reference_bit_for_bit() {
+    let Some(exe) = driver("dropout") else { return };
+    let mut rng = StdRng::seed_from_u64(0x0D50);
+    let shard = Geometry {
+        row_offset: 3,
+        col_offset: 2,
+        n_global: Some(211),
+    };
+    fn each<T: Raw>(exe: &Path, shard: Geometry, rng: &mut StdRng) {
+        let cases = [
+            (17, 101, 0.1f32, Geometry::UNSHARDED, false),
+            (33, 97, 0.5, shard, true),
+            (8, 64, 1.0, Geometry::UNSHARDED, false),
+        ];
+        let mut launches = Vec::new();
+        let mut wants = Vec::new();
+        for (i, &(m, n, p, geometry, device_seed)) in cases.iter().enumerate() {
+            let dropout = DropoutSpec::new(p, rng.random(), i as u64);
+            let mut x = random_values::<T>(m * n, rng);
+            let at: Vec<(usize, usize)> = (0..m).map(|r| (r, (5 * r + 1) % n)).collect();
+            plant(&mut x, n, &at);
+            let mut want = x.clone();
+            reference::dropout_in_place(&mut want, m, n, &dropout, &geometry).unwrap();
+            let plan = dropout_plan::<T>(Operand::X, Operand::Y, m, n);
+            let mut launch = Launch::new(
+                &plan.function,
+                format!("out of place {m}x{n} p={p} {geometry:?} device_seed={device_seed}"),
+                rng,
+            );
+            launch
+                .plan(&plan)
+                .mask(&dropout, &geometry, n, device_seed)
+                .buffer("x", &x, 0, false)
+                .buffer("y", &poisoned::<T>(m * n), 0, true);
+            launches.push(launch);
+            wants.push(want);
+        }
+        run(exe, &launches);
+        for (launch, want) in launches.iter().zip(&wants) {
+            let got = launch.output::<T>("y");
+            let differ = got
+                .iter()
+                .zip(want)
+                .filter(|(g, w)| {
+                    let (g, w) = (g.to_f64(), w.to_f64());
+                    g.to_bits() != w.to_bits() && !(g.is_nan() && w.is_nan())
+                })
+                .count();
+            assert_eq!(
+                differ, 0,
+                "{} {}: {differ} elements differ from the reference",
+                T::NAME,
+                launch.what
+            );
+        }
+    }
+    each::<f32>(&exe, shard, &mut rng);
+    each::<f16>(&exe, shard, &mut rng);
+    each::<bf16>(&exe, shard, &mut rng);
+}

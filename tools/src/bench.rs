@@ -1276,7 +1276,7 @@ pub const FORWARD_UNFUSED_NOTE: &str =
     "cuBLASLt RELU_BIAS then the standalone dropout kernel in place (no mask byte written)";
 /// What the unfused backward contains (the note of its rows).
 pub const BACKWARD_UNFUSED_NOTE: &str =
-    "copy dY to dZ + dropout kernel in place on dZ, then cuBLASLt dX and dW (BGRADB for db)";
+    "dropout kernel from dY into dZ (no ReLU gate), then cuBLASLt dX and dW (BGRADB for db)";
 
 /// The cuBLASLt plans of one shape and dtype, and the baseline paths built from them. A plan
 /// cuBLASLt refuses is kept as its error, so that the other paths still run.
@@ -1340,9 +1340,9 @@ impl<'a, T: Element> BaselinePlans<'a, T> {
         plan_ref(&self.weight)?.backward_weight(&set.dy, &set.x, &mut set.dw)
     }
 
-    /// The unfused backward: the elementwise pass (a device copy of dY into dZ, then the dropout
-    /// kernel in place on dZ), then cuBLASLt `dx = dz·w` and `dw = dzᵀ·x` with db from the
-    /// BGRADB epilogue (without db when cuBLASLt refuses BGRADB: see
+    /// The unfused backward: the elementwise pass (the dropout kernel from dY into dZ, out of
+    /// place; at p = 0 a device copy), then cuBLASLt `dx = dz·w` and `dw = dzᵀ·x` with db from
+    /// the BGRADB epilogue (without db when cuBLASLt refuses BGRADB: see
     /// [`BaselinePlans::backward_note`]).
     pub fn unfused_backward(
         &self,
@@ -1354,8 +1354,8 @@ impl<'a, T: Element> BaselinePlans<'a, T> {
         let data = plan_ref(&self.data)?;
         let LinearShape { m, n, .. } = self.dims;
         let spec = bench_spec(self.dims, Nonlinearity::Relu, p, launch);
-        kernels.stream().memcpy_dtod(&set.dy, &mut set.dz)?;
-        kernels.dropout_in_place(
+        kernels.dropout(
+            &set.dy,
             &mut set.dz,
             m,
             n,
