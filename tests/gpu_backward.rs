@@ -7,7 +7,7 @@ use cudarc::driver::CudaSlice;
 use fusedrop::cuda::backward::{self, BackwardKernel, BackwardOptions, GradientsMut};
 use fusedrop::cuda::{self, forward::ForwardOptions, LayerKernels, LoadOptions, SeedSource};
 use fusedrop::reference::{self, relative_l2_error, relative_l2_error_nonfinite, Gradients};
-use fusedrop::{mask, DropoutSpec, Element, Geometry, LayerSpec, LinearShape, Nonlinearity};
+use fusedrop::{DropoutSpec, Element, Geometry, LayerSpec, LinearShape, Nonlinearity};
 use half::{bf16, f16};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -15,7 +15,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 mod elementwise;
 #[path = "common/same_bits.rs"]
 mod same_bits;
-use elementwise::{check_elementwise, Operands};
+use elementwise::check_elementwise;
 use same_bits::assert_same_bits;
 
 #[path = "common/gpu_open.rs"]
@@ -206,18 +206,6 @@ fn run_gpu<T: Element>(
     }
 }
 
-/// How the element-wise bound treats dZ = dY · mask · scale: exact in T where the scale is a
-/// power of two (p = 0 and 0.5) or everything is dropped (p = 1), so that the only roundings left
-/// are the f32 accumulation's and the result's; rounded to T otherwise.
-fn dz_operands(p: f32) -> Operands {
-    let scale = mask::scale(p);
-    if scale == 0.0 || (scale.is_normal() && scale.to_bits() & 0x007f_ffff == 0) {
-        Operands::Exact
-    } else {
-        Operands::RoundedToElement
-    }
-}
-
 /// Panics unless every requested gradient was written: with finite inputs no NaN may remain of
 /// the poison the buffers started with.
 fn assert_requested_written<T: Element>(what: &str, got: &Gradients<T>, case: Case) {
@@ -330,15 +318,7 @@ fn check<T: Element>(kernels: &LayerKernels, spec: &LayerSpec, case: Case) {
         } else {
             abs_sum.clone()
         };
-        check_elementwise(
-            &format!("{what}: {name}"),
-            cols,
-            got,
-            &want,
-            &bound,
-            terms,
-            dz_operands(spec.dropout.p),
-        );
+        check_elementwise(&format!("{what}: {name}"), cols, got, &want, &bound, terms);
         let got: Vec<f64> = got.iter().map(|v| v.to_f64()).collect();
         // Unwritten outputs (NaN poison) and lost or invented NaN / infinities give +inf.
         let error = relative_l2_error_nonfinite(&got, &want);
@@ -391,13 +371,11 @@ fn matches_reference_for_every_dtype_activation_p_and_accumulation() {
     }
 }
 
-/// NaN and infinities in dY and the saved Y, both kernels, every rate, both activations
-/// (docs/mask-contract.md, "Backward without a mask").
 /// Products of one term per element, on every kernel family: with m = 1 each element of dW and
 /// db is one element of dZ times one of X, and with n = 1 (8 for the Hopper kernels, whose rows
 /// must be 16-byte units) each element of dX one (or 8) of dZ times W, so the element-wise bound
-/// sees every mask decision on its own, at a rate (0.1) whose scale is rounded, where a relative
-/// L2 error over many terms could hide one wrong element.
+/// sees every mask decision on its own (at p = 0.1), where a relative L2 error over many terms
+/// could hide one wrong element.
 #[test]
 fn every_mask_decision_shows_in_single_term_products() {
     let Some(kernels) = gpu() else { return };
@@ -426,6 +404,8 @@ fn every_mask_decision_shows_in_single_term_products() {
     }
 }
 
+/// NaN and infinities in dY and the saved Y, both kernels, every rate, both activations
+/// (docs/mask-contract.md, "Backward without a mask").
 #[test]
 fn nan_and_infinities_follow_the_contract() {
     let Some(kernels) = gpu() else { return };
@@ -1189,7 +1169,6 @@ fn dx_beyond_four_billion_elements() {
             &want.dx,
             &abs_sum,
             n,
-            dz_operands(dropout.p),
         );
         let got: Vec<f64> = got_elements.iter().map(|v| v.to_f64()).collect();
         let error = relative_l2_error(&got, &want.dx);
@@ -1286,7 +1265,6 @@ fn backward_reads_the_pair_the_forward_recorded() {
         &want.dx,
         &abs_sum,
         n,
-        dz_operands(used.p),
     );
     let got: Vec<f64> = got_elements.iter().map(|v| f64::from(*v)).collect();
     let error = relative_l2_error(&got, &want.dx);

@@ -13,24 +13,15 @@ fn rounding_of<T: Element>() -> (f64, f64) {
     }
 }
 
-/// Whether the kernel rounds an operand of the reduction to T before multiplying (the backward's
-/// dZ, formed from dY and the mask) or multiplies the caller's values as they are (the forward's
-/// X and W, already in T).
-#[allow(dead_code)] // gpu_forward and gpu_graph use only `Exact`
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operands {
-    Exact,
-    RoundedToElement,
-}
-
 /// Checks every finite element of a reduction's result on its own, which a relative L2 error
 /// over a large matrix cannot (one element off by 10 % among a million passes it). `abs_sum`
 /// holds, per element, the sum of the absolute values of the terms it reduces (plus the
 /// absolute starting value when accumulating, or the bias), `terms` the number of terms. The
-/// bound covers an operand rounded to T where `operands` says so (u_T abs_sum), f32
-/// accumulation in any order, and the rounding of the result (a relative step u_T, or the
+/// operands are exact in T: the forward multiplies X and W as given, and every backward kernel
+/// multiplies dY (or 0) and applies the dropout scale to its f32 sums. So the bound covers f32
+/// accumulation in any order and the rounding of the result (a relative step u_T, or the
 /// smallest subnormal η_T near zero), with a factor of 4 to spare:
-///   |got - want| <= 4 (u_T (|want| + [rounded] abs_sum) + terms u_f32 abs_sum + η_T).
+///   |got - want| <= 4 (u_T |want| + terms u_f32 abs_sum + η_T).
 /// The result is row-major with `cols` columns; the failure message says where the elements
 /// outside their bound lie (`reference::describe_differences`).
 pub fn check_elementwise<T: Element>(
@@ -40,13 +31,8 @@ pub fn check_elementwise<T: Element>(
     want: &[f64],
     abs_sum: &[f64],
     terms: usize,
-    operands: Operands,
 ) {
     let (u, subnormal) = rounding_of::<T>();
-    let operand_u = match operands {
-        Operands::Exact => 0.0,
-        Operands::RoundedToElement => u,
-    };
     let u32 = f64::powi(2.0, -24);
     let got: Vec<f64> = got.iter().map(|g| g.to_f64()).collect();
     // Each element's error against its bound (NaN for an error that is NaN).
@@ -55,7 +41,7 @@ pub fn check_elementwise<T: Element>(
         if !w.is_finite() || !a.is_finite() {
             return 0.0;
         }
-        let bound = 4.0 * (u * w.abs() + operand_u * a + terms as f64 * u32 * a + subnormal);
+        let bound = 4.0 * (u * w.abs() + terms as f64 * u32 * a + subnormal);
         (got[i] - w).abs() / bound
     };
     let outside = |i: usize| {

@@ -135,6 +135,33 @@ fn backward_cases() -> Vec<BackwardCase> {
             });
         }
     }
+    // The (seed, subsequence) pair from a device buffer (what a captured graph replays with):
+    // the identity's redrawn mask, and ReLU's redraw where the saved Y is NaN, under a shard
+    // geometry, so that the mask index's row and column offsets and n_global are used too.
+    for nonlinearity in [Nonlinearity::Identity, Nonlinearity::Relu] {
+        cases.push(BackwardCase {
+            nonlinearity,
+            grid_x: None,
+            nonfinite: true,
+            device_seed: true,
+            geometry: Geometry {
+                row_offset: 5,
+                col_offset: 7,
+                n_global: Some(1001),
+            },
+            ..base
+        });
+    }
+    // Rows of dY that are whole 16-byte units (n a multiple of 8) while k is not: the general
+    // entry points' vector copies of dY and Y (the aligned ones need k % 8 == 0 too).
+    cases.push(BackwardCase {
+        shape: LinearShape::new(37, 64, 45),
+        nonlinearity: Nonlinearity::Relu,
+        p: 0.1,
+        geometry: Geometry::UNSHARDED,
+        grid_x: None,
+        ..base
+    });
     cases
 }
 
@@ -355,15 +382,9 @@ fn check_backward_cases<T: Raw>(
             let what = format!("{name} of {}", launch.what);
             let got = launch.output::<T>(buffer);
             check_close(&what, cols, &got, want);
-            check_elementwise(
-                &what,
-                cols,
-                &got,
-                want,
-                abs_sum,
-                terms,
-                Operands::RoundedToElement,
-            );
+            // Exact operands: every backward kernel multiplies dY (or 0) in T and applies the
+            // dropout scale to its f32 sums, so only the sums and the result are rounded.
+            check_elementwise(&what, cols, &got, want, abs_sum, terms);
         }
     }
 }

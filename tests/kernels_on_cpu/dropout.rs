@@ -220,7 +220,8 @@ fn out_of_place_dropout_matches_reference_bit_for_bit() {
                 })
                 .count();
             assert_eq!(
-                differ, 0,
+                differ,
+                0,
                 "{} {}: {differ} elements differ from the reference",
                 T::NAME,
                 launch.what

@@ -595,7 +595,7 @@ fn check_layer_output<T: Element>(
         reference::describe_differences(values.len() / n, n, &values, want, disagrees)
     );
     check_close(what, n, got, want);
-    check_elementwise(what, n, got, want, abs_sum, *terms, Operands::Exact);
+    check_elementwise(what, n, got, want, abs_sum, *terms);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -822,7 +822,7 @@ fn every_kernel_file_has_a_driver() {
 
 #[path = "../common/elementwise.rs"]
 mod elementwise;
-use elementwise::{check_elementwise, Operands};
+use elementwise::check_elementwise;
 #[path = "../common/keep_boundary.rs"]
 mod keep_boundary;
 use keep_boundary::boundaries;
