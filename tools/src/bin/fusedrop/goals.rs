@@ -1,5 +1,5 @@
-//! `fusedrop goals`: the performance issues' "done when" figures checked against the CSVs of one
-//! run (fusedrop_tools::goals).
+//! `fusedrop goals`: the performance issues' "done when" figures, and the design targets they
+//! leave out, checked against the CSVs of one run (fusedrop_tools::goals).
 //!
 //! Exit codes: 0 every goal met; 1 some goal not met or not measured; 2 bad arguments or a CSV
 //! that cannot be read.
@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use fusedrop_tools::goals::{check_files, format_goals, Verdict};
+use fusedrop_tools::goals::{check_files, format_goals, Origin, Verdict};
 
 /// Exit code: a CSV could not be read, or its rows come from more than one GPU.
 const EXIT_BAD_INPUT: i32 = 2;
@@ -31,7 +31,22 @@ pub fn run(options: &Options) -> i32 {
         }
     };
     print!("{}", format_goals(&goals));
-    let met = goals.iter().filter(|g| g.verdict() == Verdict::Met).count();
-    println!("{met} of {} goals met", goals.len());
-    i32::from(met < goals.len())
+    let met = |of_issues: bool| {
+        let counted = goals
+            .iter()
+            .filter(|g| matches!(g.origin, Origin::Issue(_)) == of_issues);
+        let (met, all) = counted.fold((0, 0), |(met, all), g| {
+            (met + usize::from(g.verdict() == Verdict::Met), all + 1)
+        });
+        (met, all)
+    };
+    let (issues_met, issues) = met(true);
+    let (targets_met, targets) = met(false);
+    println!(
+        "{} of {} goals met ({issues_met} of the issues' {issues}, {targets_met} of the other \
+         targets' {targets})",
+        issues_met + targets_met,
+        issues + targets
+    );
+    i32::from(issues_met + targets_met < issues + targets)
 }
