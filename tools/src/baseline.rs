@@ -72,6 +72,9 @@ const SYMBOLS: [&str; 13] = [
     "cublasLtMatrixLayoutDestroy",
 ];
 
+/// How many algorithms [`Blas::plan`] asks cuBLASLt's heuristic for.
+pub const HEURISTIC_CANDIDATES: usize = 8;
+
 /// cuBLASLt's default alignment assumption for A, B, C, D and the bias: the algorithm chosen by
 /// the heuristic may use vector loads that need it, so launches check it first.
 const ALIGNMENT: u64 = 256;
@@ -243,7 +246,9 @@ impl Blas {
     }
 
     /// Prepares `op` for `shape` in type `T`: builds the descriptors and asks the heuristic for
-    /// the fastest algorithm once, so that each launch is a single `cublasLtMatmul`.
+    /// its candidate algorithms once (up to [`HEURISTIC_CANDIDATES`], best first), so that each
+    /// launch is a single `cublasLtMatmul`. The plan launches the heuristic's first; the bench
+    /// times them all and keeps the fastest ([`GemmPlan::choose`]).
     ///
     /// Fails on an empty shape (`m`, `n` or `k` = 0: there is nothing to time), on a shape whose
     /// element counts overflow, and when cuBLASLt offers no algorithm for it.
@@ -277,11 +282,7 @@ impl Blas {
             &op.epilogue(),
         )?;
         let pref = Preference::new(self.workspace.len())?;
-        // SAFETY: every descriptor was created above and is alive; the heuristic reads them.
-        let heuristic = unsafe {
-            lt::get_matmul_algo_heuristic(self.handle, desc.0, a.0, b.0, d.0, d.0, pref.0)
-        }
-        .map_err(|e| {
+        let no_algorithm = |e| {
             blas_error(
                 &format!(
                     "no algorithm for {op:?} {} m={} n={} k={}",
@@ -292,7 +293,44 @@ impl Blas {
                 ),
                 e,
             )
-        })?;
+        };
+        // cudarc's `get_matmul_algo_heuristic` asks for one algorithm; the driver call itself
+        // takes an array.
+        // SAFETY: a zeroed heuristic result is plain integers; the call below overwrites the
+        // first `returned` of them.
+        let mut results: [sys::cublasLtMatmulHeuristicResult_t; HEURISTIC_CANDIDATES] =
+            unsafe { std::mem::zeroed() };
+        let mut returned = 0i32;
+        // SAFETY: every descriptor was created above and is alive; the heuristic reads them and
+        // writes at most HEURISTIC_CANDIDATES results into `results` and their count into
+        // `returned`.
+        unsafe {
+            sys::cublasLtMatmulAlgoGetHeuristic(
+                self.handle,
+                desc.0,
+                a.0,
+                b.0,
+                d.0,
+                d.0,
+                pref.0,
+                HEURISTIC_CANDIDATES as i32,
+                results.as_mut_ptr(),
+                &mut returned,
+            )
+        }
+        .result()
+        .map_err(no_algorithm)?;
+        let algos: Vec<sys::cublasLtMatmulAlgo_t> = results
+            .iter()
+            .take(returned.clamp(0, HEURISTIC_CANDIDATES as i32) as usize)
+            .filter(|r| r.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS)
+            .map(|r| r.algo)
+            .collect();
+        if algos.is_empty() {
+            return Err(no_algorithm(lt::CublasError(
+                sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED,
+            )));
+        }
         Ok(GemmPlan {
             blas: self,
             op,
@@ -301,7 +339,8 @@ impl Blas {
             a,
             b,
             d,
-            algo: heuristic.algo,
+            algos,
+            chosen: 0,
             _element: PhantomData,
         })
     }
@@ -413,7 +452,9 @@ pub struct GemmPlan<'a, T: Element> {
     a: Layout,
     b: Layout,
     d: Layout,
-    algo: sys::cublasLtMatmulAlgo_t,
+    /// The heuristic's candidates, best first; `chosen` is the one launched.
+    algos: Vec<sys::cublasLtMatmulAlgo_t>,
+    chosen: usize,
     _element: PhantomData<T>,
 }
 
@@ -436,6 +477,29 @@ impl<'a, T: Element> GemmPlan<'a, T> {
     /// The layer shape it was planned for.
     pub fn shape(&self) -> LinearShape {
         self.shape
+    }
+
+    /// How many algorithms the heuristic offered (at least 1).
+    pub fn candidates(&self) -> usize {
+        self.algos.len()
+    }
+
+    /// Which of them is launched (0: the heuristic's first).
+    pub fn chosen(&self) -> usize {
+        self.chosen
+    }
+
+    /// Launches the heuristic's `index`-th algorithm from now on.
+    pub fn choose(&mut self, index: usize) -> Result<()> {
+        if index >= self.algos.len() {
+            return Err(invalid!(
+                "algorithm {index} of {:?}: the heuristic offered {}; expected an index below it",
+                self.op,
+                self.algos.len()
+            ));
+        }
+        self.chosen = index;
+        Ok(())
     }
 
     /// `y = x·wᵀ` ([`GemmOp::Forward`]).
@@ -622,7 +686,7 @@ impl<'a, T: Element> GemmPlan<'a, T> {
                 self.d.0,
                 d_ptr as *mut c_void,
                 self.d.0,
-                &self.algo,
+                &self.algos[self.chosen],
                 w_ptr as *mut c_void,
                 self.blas.workspace.len(),
                 stream.cu_stream() as sys::cudaStream_t,

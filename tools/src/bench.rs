@@ -1278,6 +1278,34 @@ pub const FORWARD_UNFUSED_NOTE: &str =
 pub const BACKWARD_UNFUSED_NOTE: &str =
     "dropout kernel from dY into dZ (no ReLU gate), then cuBLASLt dX and dW (BGRADB for db)";
 
+/// Launches each of a plan's algorithm candidates times over when choosing among them.
+pub const TUNING_LAUNCHES: u64 = 3;
+
+/// Makes `plan` launch the fastest of its candidates, `launch(plan, i)` queuing launch `i` (see
+/// [`BaselinePlans::choose_fastest`]); the first when every candidate fails.
+fn choose_fastest_algorithm<T: Element>(
+    plan: &mut GemmPlan<'_, T>,
+    stream: &Arc<CudaStream>,
+    mut launch: impl FnMut(&GemmPlan<'_, T>, u64) -> Result<()>,
+) {
+    let mut fastest: Option<(Duration, usize)> = None;
+    for index in 0..plan.candidates() {
+        if plan.choose(index).is_err() {
+            break;
+        }
+        let plan = &*plan;
+        let timed = launch(plan, 0)
+            .and_then(|()| time_launches(stream, TUNING_LAUNCHES, |i| launch(plan, i + 1)));
+        if let Ok(time) = timed {
+            if fastest.is_none_or(|(best, _)| time < best) {
+                fastest = Some((time, index));
+            }
+        }
+    }
+    // Index 0 always exists: a plan has at least one candidate.
+    let _ = plan.choose(fastest.map_or(0, |(_, index)| index));
+}
+
 /// The cuBLASLt plans of one shape and dtype, and the baseline paths built from them. A plan
 /// cuBLASLt refuses is kept as its error, so that the other paths still run.
 pub struct BaselinePlans<'a, T: Element> {
@@ -1304,6 +1332,58 @@ impl<'a, T: Element> BaselinePlans<'a, T> {
             weight: blas.plan::<T>(GemmOp::BackwardWeight, dims),
             weight_bias_grad: blas.plan::<T>(GemmOp::BackwardWeightBiasGrad, dims),
         }
+    }
+
+    /// Makes each plan launch the fastest of the algorithms cuBLASLt's heuristic offered for it
+    /// ([`GemmPlan::candidates`]) on these operands, each timed over [`TUNING_LAUNCHES`] launches
+    /// after one untimed: the floor and the unfused path are then the best cuBLASLt does, not
+    /// its heuristic's first guess (what a framework launches). A candidate that fails is passed
+    /// over; a plan whose every candidate fails keeps the first, for its measurement to report.
+    pub fn choose_fastest(&mut self, stream: &Arc<CudaStream>, ops: &mut Operands<T>) {
+        if let Ok(plan) = self.forward.as_mut() {
+            choose_fastest_algorithm(plan, stream, |p, i| {
+                let s = ops.set_mut(i);
+                p.forward(&s.x, &s.w, &mut s.y)
+            });
+        }
+        if let Ok(plan) = self.relu_bias.as_mut() {
+            choose_fastest_algorithm(plan, stream, |p, i| {
+                let s = ops.set_mut(i);
+                p.forward_relu_bias(&s.x, &s.w, &s.b, &mut s.y)
+            });
+        }
+        if let Ok(plan) = self.data.as_mut() {
+            choose_fastest_algorithm(plan, stream, |p, i| {
+                let s = ops.set_mut(i);
+                p.backward_data(&s.dy, &s.w, &mut s.dx)
+            });
+        }
+        if let Ok(plan) = self.weight.as_mut() {
+            choose_fastest_algorithm(plan, stream, |p, i| {
+                let s = ops.set_mut(i);
+                p.backward_weight(&s.dy, &s.x, &mut s.dw)
+            });
+        }
+        if let Ok(plan) = self.weight_bias_grad.as_mut() {
+            choose_fastest_algorithm(plan, stream, |p, i| {
+                let s = ops.set_mut(i);
+                p.backward_weight_bias_grad(&s.dy, &s.x, &mut s.dw, &mut s.db)
+            });
+        }
+    }
+
+    /// The algorithm each plan launches, as `(chosen, candidates)` (0: the heuristic's first),
+    /// in the order forward, RELU_BIAS, dX, dW, dW with BGRADB; `None` for a plan cuBLASLt
+    /// refused.
+    pub fn algorithms(&self) -> [Option<(usize, usize)>; 5] {
+        [
+            &self.forward,
+            &self.relu_bias,
+            &self.data,
+            &self.weight,
+            &self.weight_bias_grad,
+        ]
+        .map(|plan| plan.as_ref().ok().map(|p| (p.chosen(), p.candidates())))
     }
 
     /// The forward GEMM floor: `y = x·wᵀ`, no epilogue.
@@ -1393,6 +1473,26 @@ struct PassTimes {
     /// The kernels the library chose for the fused pass, as the note of its rows
     /// (`config wg128x256`, `kernels dX wg128x256, dW tc64x64`).
     chosen: Option<String>,
+    /// The note of the floor's row: which cuBLASLt algorithms it ran ([`floor_note`]).
+    floor_note: String,
+}
+
+/// The note of a GEMM floor row: the products it runs and, for each, which of the algorithms
+/// cuBLASLt's heuristic offered was the fastest (`products`: a name and
+/// [`BaselinePlans::algorithms`]' entry).
+fn floor_note(products: &[(&str, Option<(usize, usize)>)]) -> String {
+    let algorithms: Vec<String> = products
+        .iter()
+        .filter_map(|(name, algorithm)| {
+            let (chosen, candidates) = (*algorithm)?;
+            Some(format!("{name}: #{} of {candidates}", chosen + 1))
+        })
+        .collect();
+    format!(
+        "cuBLASLt products alone, no epilogue; each the fastest of its heuristic's algorithms \
+         ({})",
+        algorithms.join(", ")
+    )
 }
 
 /// One measured variant of the fused pass at one p.
@@ -1438,7 +1538,8 @@ fn measure_shape<T: Element>(
     let stream = blas.stream().clone();
     let dims = shape.shape();
     let mut ops = Operands::<T>::new(&stream, dims, table.gpu.l2_bytes, 0xda7a ^ dims.m as u64)?;
-    let plans = BaselinePlans::<T>::new(blas, dims);
+    let mut plans = BaselinePlans::<T>::new(blas, dims);
+    plans.choose_fastest(&stream, &mut ops);
     let effort = options.effort;
     let graphs = options.graph_shapes.contains(&shape.name);
     let fail = |table: &mut Table, label: &str, e: Error| {
@@ -1538,6 +1639,7 @@ fn measure_shape<T: Element>(
                 "config {}",
                 kernels.forward_config_for::<T>(dims).name()
             )),
+            floor_note: floor_note(&[("Y", plans.algorithms()[0])]),
         };
         emit_pass(
             table,
@@ -1628,6 +1730,7 @@ fn measure_shape<T: Element>(
                 .backward_kernels_for::<T>(dims, Nonlinearity::Relu, BackwardKernel::Auto)
                 .ok()
                 .map(|c| format!("kernels {c}")),
+            floor_note: floor_note(&[("dX", plans.algorithms()[2]), ("dW", plans.algorithms()[3])]),
         };
         let note = plans.backward_note();
         emit_pass(table, shape, dtype, "backward", &times, progress, &note);
@@ -1658,6 +1761,7 @@ fn measure_shape<T: Element>(
             per_p,
             variants,
             chosen: None,
+            floor_note: SUM_NOTE.into(),
         };
         emit_pass(
             table,
@@ -1727,13 +1831,7 @@ fn emit_pass(
     let mut rows = Vec::new();
     if let Some(floor) = times.floor {
         // No vs_unfused: the floor has no p, and the unfused path one time per p.
-        rows.push(make(
-            "gemm_floor",
-            None,
-            floor,
-            None,
-            "cuBLASLt products alone, no epilogue",
-        ));
+        rows.push(make("gemm_floor", None, floor, None, &times.floor_note));
     }
     for &(p, fused, unfused) in &times.per_p {
         if let Some(t) = fused {
@@ -2234,6 +2332,7 @@ mod tests {
                 variant(0.1, GRAPH_IMPL, GRAPH_STEP_NOTE, 30.0),
             ],
             chosen: None,
+            floor_note: floor_note(&[("dX", Some((2, 8))), ("dW", Some((0, 5)))]),
         };
         let mut seen = Vec::new();
         emit_pass(
@@ -2262,6 +2361,11 @@ mod tests {
         );
         assert_eq!(seen.len(), rows.len(), "progress sees every row");
         assert_eq!(table.rows[0].vs_unfused, None, "the floor has no p");
+        assert_eq!(
+            table.rows[0].note,
+            "cuBLASLt products alone, no epilogue; each the fastest of its heuristic's \
+             algorithms (dX: #3 of 8, dW: #1 of 5)"
+        );
         assert_eq!(table.rows[0].vs_gemm_floor, Some(1.0));
         let identity = &table.rows[7];
         assert_eq!(identity.vs_unfused, Some(66.0 / 48.0));

@@ -5,7 +5,7 @@
 
 use fusedrop::reference::{relative_l2_error, to_f64};
 use fusedrop::{Element, Error, LinearShape, Result};
-use fusedrop_tools::baseline::{Blas, GemmOp};
+use fusedrop_tools::baseline::{Blas, GemmOp, GemmPlan};
 use fusedrop_tools::bench::random_nonzero;
 use half::{bf16, f16};
 
@@ -53,6 +53,20 @@ fn assert_close<T: Element>(what: &str, got: &[T], want: &[f64]) {
     );
 }
 
+/// Runs `run` with each algorithm the plan's heuristic offered (the bench launches the fastest
+/// of them, so every one must be right).
+fn each_algorithm<T: Element>(
+    plan: &mut GemmPlan<'_, T>,
+    mut run: impl FnMut(&GemmPlan<'_, T>, usize) -> Result<()>,
+) -> Result<()> {
+    assert!(plan.candidates() >= 1, "a plan has an algorithm");
+    for index in 0..plan.candidates() {
+        plan.choose(index)?;
+        run(plan, index)?;
+    }
+    Ok(())
+}
+
 fn check<T: Element>(blas: &Blas, shape: LinearShape) -> Result<()> {
     let LinearShape { m, n, k } = shape;
     let stream = blas.stream();
@@ -75,36 +89,74 @@ fn check<T: Element>(blas: &Blas, shape: LinearShape) -> Result<()> {
     let mut dw = stream.clone_htod(&vec![nan; n * k])?;
     let mut db = stream.clone_htod(&vec![nan; n])?;
 
+    // Each output poisoned again before each algorithm runs, so that one writing nothing fails.
     let z = abt(&xf, &wf, m, n, k);
-    blas.plan::<T>(GemmOp::Forward, shape)?
-        .forward(&x_d, &w_d, &mut y)?;
-    assert_close("X·Wᵀ", &stream.clone_dtoh(&y)?, &z);
+    each_algorithm(&mut blas.plan::<T>(GemmOp::Forward, shape)?, |plan, i| {
+        stream.memcpy_htod(&vec![nan; m * n], &mut y)?;
+        plan.forward(&x_d, &w_d, &mut y)?;
+        assert_close(&format!("X·Wᵀ, algorithm {i}"), &stream.clone_dtoh(&y)?, &z);
+        Ok(())
+    })?;
 
     let relu: Vec<f64> = (0..m * n).map(|i| (z[i] + bf[i % n]).max(0.0)).collect();
-    blas.plan::<T>(GemmOp::ForwardReluBias, shape)?
-        .forward_relu_bias(&x_d, &w_d, &b_d, &mut y)?;
-    assert_close("relu(X·Wᵀ + b)", &stream.clone_dtoh(&y)?, &relu);
+    each_algorithm(
+        &mut blas.plan::<T>(GemmOp::ForwardReluBias, shape)?,
+        |plan, i| {
+            stream.memcpy_htod(&vec![nan; m * n], &mut y)?;
+            plan.forward_relu_bias(&x_d, &w_d, &b_d, &mut y)?;
+            let what = format!("relu(X·Wᵀ + b), algorithm {i}");
+            assert_close(&what, &stream.clone_dtoh(&y)?, &relu);
+            Ok(())
+        },
+    )?;
 
     let dx_want = abt(&dzf, &transpose(&wf, n, k), m, k, n);
-    blas.plan::<T>(GemmOp::BackwardData, shape)?
-        .backward_data(&dz_d, &w_d, &mut dx)?;
-    assert_close("dZ·W", &stream.clone_dtoh(&dx)?, &dx_want);
+    each_algorithm(
+        &mut blas.plan::<T>(GemmOp::BackwardData, shape)?,
+        |plan, i| {
+            stream.memcpy_htod(&vec![nan; m * k], &mut dx)?;
+            plan.backward_data(&dz_d, &w_d, &mut dx)?;
+            assert_close(
+                &format!("dZ·W, algorithm {i}"),
+                &stream.clone_dtoh(&dx)?,
+                &dx_want,
+            );
+            Ok(())
+        },
+    )?;
 
     let dw_want = abt(&transpose(&dzf, m, n), &transpose(&xf, m, k), n, k, m);
-    blas.plan::<T>(GemmOp::BackwardWeight, shape)?
-        .backward_weight(&dz_d, &x_d, &mut dw)?;
-    assert_close("dZᵀ·X", &stream.clone_dtoh(&dw)?, &dw_want);
+    each_algorithm(
+        &mut blas.plan::<T>(GemmOp::BackwardWeight, shape)?,
+        |plan, i| {
+            stream.memcpy_htod(&vec![nan; n * k], &mut dw)?;
+            plan.backward_weight(&dz_d, &x_d, &mut dw)?;
+            assert_close(
+                &format!("dZᵀ·X, algorithm {i}"),
+                &stream.clone_dtoh(&dw)?,
+                &dw_want,
+            );
+            Ok(())
+        },
+    )?;
 
     let db_want: Vec<f64> = (0..n)
         .map(|c| (0..m).map(|r| dzf[r * n + c]).sum())
         .collect();
     match blas.plan::<T>(GemmOp::BackwardWeightBiasGrad, shape) {
-        Ok(plan) => {
+        Ok(mut plan) => each_algorithm(&mut plan, |plan, i| {
             let mut dw2 = stream.clone_htod(&vec![nan; n * k])?;
+            stream.memcpy_htod(&vec![nan; n], &mut db)?;
             plan.backward_weight_bias_grad(&dz_d, &x_d, &mut dw2, &mut db)?;
-            assert_close("dZᵀ·X with BGRADB", &stream.clone_dtoh(&dw2)?, &dw_want);
-            assert_close("BGRADB db", &stream.clone_dtoh(&db)?, &db_want);
-        }
+            let what = format!("dZᵀ·X with BGRADB, algorithm {i}");
+            assert_close(&what, &stream.clone_dtoh(&dw2)?, &dw_want);
+            assert_close(
+                &format!("BGRADB db, algorithm {i}"),
+                &stream.clone_dtoh(&db)?,
+                &db_want,
+            );
+            Ok(())
+        })?,
         // cuBLASLt may offer no BGRADB algorithm for a type (the bench then times dW without db
         // and its rows' note says so); any other error is a fault of the plan.
         Err(e) => {
@@ -149,4 +201,15 @@ fn plans_reject_empty_shapes_and_launches_reject_wrong_lengths() {
         .backward_data(&x, &x, &mut y)
         .expect_err("a Forward plan cannot run backward_data");
     assert!(err.to_string().contains("Forward"), "{err}");
+    let mut plan = plan;
+    let offered = plan.candidates();
+    let err = plan
+        .choose(offered)
+        .expect_err("no algorithm past the heuristic's last");
+    assert!(
+        err.to_string()
+            .contains(&format!("the heuristic offered {offered}")),
+        "{err}"
+    );
+    assert_eq!(plan.chosen(), 0, "a refused choice keeps the algorithm");
 }

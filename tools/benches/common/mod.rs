@@ -140,7 +140,8 @@ fn gpu_group<T: Element>(
             return;
         }
     };
-    let plans = BaselinePlans::<T>::new(&gpu.blas, dims);
+    let mut plans = BaselinePlans::<T>::new(&gpu.blas, dims);
+    plans.choose_fastest(stream, &mut ops);
     if let Pass::Backward = pass {
         println!("{name}: unfused = {}", plans.backward_note());
     }
