@@ -43,6 +43,19 @@ pub(crate) fn dropout_launch<T: Raw>(
     (launch, want)
 }
 
+/// How many elements of `got` differ from `want` in their bits; NaN payloads differ between
+/// machines, so any NaN matches any NaN (NaN must stay NaN).
+fn differing<T: Raw>(got: &[T], want: &[T]) -> usize {
+    assert_eq!(got.len(), want.len(), "the output's length");
+    got.iter()
+        .zip(want)
+        .filter(|(g, w)| {
+            let (g, w) = (g.to_f64(), w.to_f64());
+            g.to_bits() != w.to_bits() && !(g.is_nan() && w.is_nan())
+        })
+        .count()
+}
+
 fn check_dropout_type<T: Raw>(exe: &Path, rng: &mut StdRng) {
     let shard = Geometry {
         row_offset: 5,
@@ -138,16 +151,7 @@ fn check_dropout_type<T: Raw>(exe: &Path, rng: &mut StdRng) {
         .unzip();
     run(exe, &launches);
     for (launch, want) in launches.iter().zip(&wants) {
-        let got = launch.output::<T>("y");
-        let differ = got
-            .iter()
-            .zip(want)
-            .filter(|(g, w)| {
-                let (g, w) = (g.to_f64(), w.to_f64());
-                // NaN payloads differ between machines; NaN must stay NaN.
-                g.to_bits() != w.to_bits() && !(g.is_nan() && w.is_nan())
-            })
-            .count();
+        let differ = differing(&launch.output::<T>("y"), want);
         assert_eq!(
             differ, 0,
             "{}: {differ} elements differ from the reference",
@@ -210,15 +214,7 @@ fn out_of_place_dropout_matches_reference_bit_for_bit() {
         }
         run(exe, &launches);
         for (launch, want) in launches.iter().zip(&wants) {
-            let got = launch.output::<T>("y");
-            let differ = got
-                .iter()
-                .zip(want)
-                .filter(|(g, w)| {
-                    let (g, w) = (g.to_f64(), w.to_f64());
-                    g.to_bits() != w.to_bits() && !(g.is_nan() && w.is_nan())
-                })
-                .count();
+            let differ = differing(&launch.output::<T>("y"), want);
             assert_eq!(
                 differ,
                 0,
