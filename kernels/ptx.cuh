@@ -17,7 +17,7 @@
 //                         a[2] = A[g][2t+8..+9],   a[3] = A[g+8][2t+8..+9]
 //   B (16x8, "col"):      b[0] = B[2t..2t+1][g],   b[1] = B[2t+8..2t+9][g]
 //   C, D (16x8, f32):     c[0..1] = C[g][2t..2t+1], c[2..3] = C[g+8][2t..2t+1]
-// ldmatrix.m8n8 (x1/x2/x4): lanes 8j..8j+7 give the row addresses of matrix j (16 contiguous
+// ldmatrix.m8n8.x4: lanes 8j..8j+7 give the row addresses of matrix j (16 contiguous
 // bytes each); r[j] of lane l holds row l/4, columns 2(l%4)..2(l%4)+1 of matrix j, or with .trans
 // the elements (row 2(l%4), column l/4) and (row 2(l%4)+1, column l/4).
 #pragma once

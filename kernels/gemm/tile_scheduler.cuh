@@ -4,7 +4,7 @@
 // persistent grid of the Hopper kernels (PersistentTileScheduler, at the end). Both walk the
 // tiles in the same grouped order (grouped_tile).
 //
-// Grid rule (the folded grid of every mma.sync and SIMT kernel): grid = (ceil(n / kBlockN), min(ceil(m / kBlockM), 65535), 1).
+// Grid rule (the folded grid of every mma.sync and SIMT forward kernel): grid = (ceil(n / kBlockN), min(ceil(m / kBlockM), 65535), 1).
 // When m needs more than 65535 row tiles, block (x, y) loops over "folds": fold f covers row
 // tiles f * gridDim.y .. f * gridDim.y + gridDim.y - 1. A grid with gridDim.y = ceil(m / kBlockM)
 // (one fold) is equally valid. Within a fold the blocks are rasterised in groups of kGroupM row

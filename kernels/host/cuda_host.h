@@ -323,7 +323,7 @@ struct Fiber {
 // One lane's operands and results of a warp collective.
 struct Slot {
     Op op = Op::None;
-    int kind = 0;  // mma: 0 f16, 1 bf16; ldmatrix: matrix count; shfl: mode
+    int kind = 0;  // mma: 0 f16, 1 bf16; ldmatrix: matrix count
     bool trans = false;
     uint32_t a[4] = {0, 0, 0, 0};
     uint32_t b[2] = {0, 0};

@@ -759,8 +759,9 @@ impl LayerKernels {
     ///
     /// Asynchronous: returns once the launches are queued, without synchronising. Errors
     /// (before anything is queued) on a bad shape, probability, geometry or buffer length, on
-    /// ReLU without `y_saved`, on a workspace too short or misaligned, and on a kernel family
-    /// that cannot take the operands.
+    /// ReLU without `y_saved`, on a workspace too short or misaligned, on a seed buffer of the
+    /// wrong length, on a buffer (seed buffers included) of another CUDA context than the
+    /// handle's, and on a kernel family that cannot take the operands.
     ///
     /// ```no_run
     /// # fn main() -> fusedrop::Result<()> {

@@ -1,6 +1,8 @@
-//! The standalone dropout kernel (kernels/dropout.cu): applies the mask in place to an `[m, n]`
-//! buffer. It is the dropout half of the unfused baseline, a direct GPU check of Philox, and (out
-//! of place, with scale 1) the identity backward's workspace pre-pass.
+//! The standalone dropout kernel (kernels/dropout.cu): applies the mask to an `[m, n]` buffer, in
+//! place ([`LayerKernels::dropout_in_place`]) or into another one ([`LayerKernels::dropout`]). It
+//! is the dropout half of the unfused baselines (in place on Y in the forward's, from dY into dZ
+//! in the backward's), a direct GPU check of Philox, and (out of place, with scale 1) the
+//! identity backward's workspace pre-pass.
 
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 
@@ -121,8 +123,9 @@ impl LayerKernels {
 }
 
 /// The launch of kernels/dropout.cu over `[m, n]` elements: `output = input * (keep(i) ? scale
-/// : 0)` with the launch's mask parameters (in place when `input == output`; the backward's
-/// workspace pre-pass reads dY and writes the workspace, with scale 1). Its arguments:
+/// : 0)` with the launch's mask parameters (in place when `input == output`; out of place for
+/// [`LayerKernels::dropout`], X into Y, and the backward's workspace pre-pass, dY into the
+/// workspace with scale 1). Its arguments:
 /// (input, output, m, n, the mask parameters); 256 threads per block, one thread per Philox
 /// call (4 elements, and a partial call at each row's ends), grid-stride beyond 65535 * 8
 /// blocks. `m * n` must be within `validate::MAX_INDEX` (the wrapper checks it).

@@ -1,5 +1,6 @@
 //! The element-wise check of a reduction's result, shared by the test crates that check the
-//! kernels (tests/kernels_on_cpu/ on the CPU harness, tests/gpu_backward.rs on a GPU).
+//! kernels (tests/kernels_on_cpu/ on the CPU harness; tests/gpu_forward.rs, gpu_backward.rs and
+//! gpu_graph.rs on a GPU).
 
 use fusedrop::{reference, Element};
 

@@ -3,7 +3,8 @@
 //! What the `fusedrop` command-line tool and the criterion benchmarks share, kept out of the
 //! layer library so that its users compile none of it: the benchmark machinery ([`bench`](mod@bench)) and
 //! the cuBLASLt baselines it compares with ([`baseline`]), the forward's tuning sweep
-//! ([`sweep`]), and the performance issues' goals checked on a run's CSVs ([`goals`]).
+//! ([`sweep`]), and the performance issues' goals (and the design targets they leave out)
+//! checked on a run's CSVs ([`goals`]).
 #![warn(missing_docs)]
 
 pub mod baseline;

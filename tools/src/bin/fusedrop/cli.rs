@@ -79,14 +79,17 @@ EXIT CODES: 0 done, 1 a run failed, 2 bad flags, 3 --device cuda but no usable G
                             run here are left out, each with a line saying why."
     )]
     Sweep(fusedrop_tools::sweep::Options),
-    /// Check the performance goals of issues 10, 11 and 12 on the CSVs of one bench run
+    /// Check the performance goals of issues 10, 11 and 12, and the design targets they leave
+    /// out, on the CSVs of one bench run
     ///
     /// Reads `fusedrop bench --csv` (and the PyTorch peer's CSV of the same GPU) and prints, for
     /// each goal (fused forward within 1.05 x the cuBLASLt GEMM floor on up/down/sq, faster
     /// than the unfused path and PyTorch on every bf16/f16 row, p = 0.1 within 2 % of p = 0, the
     /// backward within 1.10 x its two GEMMs, mma.sync at 450 TFLOP/s, f32 within 1.11 x SGEMM,
-    /// ...), whether it is met, how many of its rows the run measured, its worst figure and the
-    /// rows that miss it. A goal with a row the run did not measure is not met.
+    /// ...; then the targets' lines: 1.00 x, the copy bandwidth of wide and small, ...), whether
+    /// it is met, how many of its rows the run measured, its worst figure and the rows that miss
+    /// it. A goal with a row the run did not measure, or measured on another GPU than the one it
+    /// is stated for, is not met ("not measured").
     #[command(
         after_help = "EXIT CODES: 0 every goal met, 1 some goal not met or not measured, 2 bad \
                             arguments or a CSV that cannot be read (or rows from two GPUs, or a row twice)."
