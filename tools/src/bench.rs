@@ -425,6 +425,44 @@ pub struct Timing {
     pub launches: u64,
 }
 
+impl Timing {
+    /// The figure in microseconds per call, as the table and the CSV carry it.
+    pub fn micros(&self) -> Micros {
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        Micros {
+            median: us(self.per_launch),
+            fastest: us(self.min),
+            slowest: us(self.max),
+        }
+    }
+}
+
+/// A measured time per call in microseconds: the median repetition's and the range of the
+/// repetitions, so that a comparison can tell a difference from the noise.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Micros {
+    /// The median repetition's time per call.
+    pub median: f64,
+    /// The fastest repetition's.
+    pub fastest: f64,
+    /// The slowest repetition's.
+    pub slowest: f64,
+}
+
+impl std::ops::Add for Micros {
+    type Output = Micros;
+
+    /// Two passes one after the other: the medians added, and the range as wide as the two
+    /// ranges together could make it.
+    fn add(self, other: Micros) -> Micros {
+        Micros {
+            median: self.median + other.median,
+            fastest: self.fastest + other.fastest,
+            slowest: self.slowest + other.slowest,
+        }
+    }
+}
+
 /// Warms up, sizes a repetition to `effort.rep_time`, and returns the median of
 /// `effort.reps` repetitions. `launch` receives a running launch number (for input rotation
 /// and fresh dropout subsequences) that keeps counting across the warm-up and every repetition.
@@ -433,31 +471,93 @@ pub fn measure(
     effort: Effort,
     mut launch: impl FnMut(u64) -> Result<()>,
 ) -> Result<Timing> {
+    // One contender, one result.
+    measure_interleaved(stream, effort, 1, |_, i| launch(i)).remove(0)
+}
+
+/// [`measure`] for `contenders` figures at once, in the same rounds: each is warmed up and
+/// sized on its own, then every round times one repetition of each in turn, so that a drift of
+/// the clocks or of the GPU's temperature during the run moves all of them alike and their
+/// ratios stay fair. `launch(c, i)` queues launch `i` of contender `c`; the launch numbers
+/// count across the contenders, so that consecutive launches, of one contender or two, take
+/// different operand sets ([`Operands::set_mut`]). A contender that fails is left out of the
+/// later rounds and reported by its error; the others go on. (A kernel that traps leaves the
+/// CUDA context unusable, so the others then fail too: one such kernel costs every figure of
+/// its pass, where measured one after another the figures before it would have been kept.)
+pub fn measure_interleaved(
+    stream: &Arc<CudaStream>,
+    effort: Effort,
+    contenders: usize,
+    mut launch: impl FnMut(usize, u64) -> Result<()>,
+) -> Vec<Result<Timing>> {
     let mut next = 0u64;
-    let mut step = || {
+    let mut step = |c: usize| {
         let i = next;
         next += 1;
-        launch(i)
+        launch(c, i)
     };
-    for _ in 0..effort.warmup {
-        step()?;
-    }
-    let probe = time_launches(stream, 3, |_| step())? / 3;
-    let launches = (effort.rep_time.as_secs_f64() / probe.as_secs_f64().max(1e-7))
-        .ceil()
-        .clamp(1.0, 2000.0) as u64;
-    let mut per: Vec<Duration> = Vec::with_capacity(effort.reps);
-    for _ in 0..effort.reps.max(1) {
-        let t = time_launches(stream, launches, |_| step())?;
-        per.push(t / launches as u32);
-    }
-    per.sort();
-    Ok(Timing {
-        per_launch: per[per.len() / 2],
-        min: per[0],
-        max: per[per.len() - 1],
-        launches,
+    let mut timed = |c: usize, count: u64| time_launches(stream, count, |_| step(c));
+    in_rounds(effort, contenders, |c, phase| match phase {
+        Phase::Warmup => {
+            timed(c, effort.warmup)?;
+            Ok(Duration::ZERO)
+        }
+        Phase::Time(count) => timed(c, count),
     })
+}
+
+/// What [`in_rounds`] asks its timer for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Queue the warm-up launches (their time is not used).
+    Warmup,
+    /// Queue this many launches and return the GPU time they took.
+    Time(u64),
+}
+
+/// The schedule of [`measure_interleaved`], apart from the GPU: for each contender in turn a
+/// warm-up and a probe of 3 launches that sizes its repetitions to `effort.rep_time`, then
+/// `effort.reps` rounds, each timing one repetition of every contender that has not failed.
+fn in_rounds(
+    effort: Effort,
+    contenders: usize,
+    mut time: impl FnMut(usize, Phase) -> Result<Duration>,
+) -> Vec<Result<Timing>> {
+    let mut sizes: Vec<Result<u64>> = (0..contenders)
+        .map(|c| {
+            time(c, Phase::Warmup)?;
+            let probe = time(c, Phase::Time(3))? / 3;
+            Ok(
+                (effort.rep_time.as_secs_f64() / probe.as_secs_f64().max(1e-7))
+                    .ceil()
+                    .clamp(1.0, 2000.0) as u64,
+            )
+        })
+        .collect();
+    let mut per: Vec<Vec<Duration>> = vec![Vec::with_capacity(effort.reps); contenders];
+    for _ in 0..effort.reps.max(1) {
+        for c in 0..contenders {
+            let Ok(launches) = sizes[c] else { continue };
+            match time(c, Phase::Time(launches)) {
+                Ok(t) => per[c].push(t / launches as u32),
+                Err(e) => sizes[c] = Err(e),
+            }
+        }
+    }
+    sizes
+        .into_iter()
+        .zip(per)
+        .map(|(launches, mut per)| {
+            let launches = launches?;
+            per.sort();
+            Ok(Timing {
+                per_launch: per[per.len() / 2],
+                min: per[0],
+                max: per[per.len() - 1],
+                launches,
+            })
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -706,8 +806,14 @@ pub struct Row {
     /// name (`fused_mma_sync`, `fused_wg*`, `fused_hopper`, `fused_identity`) or
     /// [`GRAPH_IMPL`].
     pub impl_name: &'static str,
-    /// Median GPU time per call, in microseconds.
+    /// Median GPU time per call, in microseconds: the median repetition's (repetitions of many
+    /// calls, see [`Effort`]).
     pub time_us: f64,
+    /// The fastest repetition's time per call, in microseconds (for a sum of two passes, the
+    /// sum of theirs).
+    pub fastest_us: f64,
+    /// The slowest repetition's, likewise.
+    pub slowest_us: f64,
     /// Useful arithmetic (2mnk forward, 4mnk backward) per second, in TFLOP/s.
     pub tflops: f64,
     /// Bytes that must move (see [`forward_bytes`], [`backward_bytes`]) per second, in GB/s.
@@ -1465,8 +1571,9 @@ impl<'a, T: Element> BaselinePlans<'a, T> {
 /// unfused times (`None` when that figure failed).
 #[derive(Debug)]
 struct PassTimes {
-    floor: Option<f64>,
-    per_p: Vec<(f32, Option<f64>, Option<f64>)>,
+    floor: Option<Micros>,
+    /// For each p of the run, in order: the fused and the unfused figures.
+    per_p: Vec<(f32, Option<Micros>, Option<Micros>)>,
     /// The variant rows of the fused pass (forced kernels, the identity activation, graph
     /// replays), in the order measured.
     variants: Vec<VariantTime>,
@@ -1475,6 +1582,101 @@ struct PassTimes {
     chosen: Option<String>,
     /// The note of the floor's row: which cuBLASLt algorithms it ran ([`floor_note`]).
     floor_note: String,
+}
+
+impl PassTimes {
+    /// Nothing measured yet, at each of `probabilities`.
+    fn at(probabilities: &[f32]) -> Self {
+        Self {
+            floor: None,
+            per_p: probabilities.iter().map(|&p| (p, None, None)).collect(),
+            variants: Vec::new(),
+            chosen: None,
+            floor_note: String::new(),
+        }
+    }
+
+    /// The fused and unfused figures at `p` (added at the end if `p` is new).
+    fn figures_at(&mut self, p: f32) -> &mut (f32, Option<Micros>, Option<Micros>) {
+        let at = match self.per_p.iter().position(|f| f.0 == p) {
+            Some(at) => at,
+            None => {
+                self.per_p.push((p, None, None));
+                self.per_p.len() - 1
+            }
+        };
+        &mut self.per_p[at]
+    }
+}
+
+/// What one pass of one shape times, all in the same rounds ([`measure_interleaved`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Contender {
+    /// The cuBLASLt products alone.
+    Floor,
+    /// The library's own call at this p.
+    Fused(f32),
+    /// The variant at this index of the pass's list, at this p.
+    Variant(f32, usize),
+    /// The unfused path at this p.
+    Unfused(f32),
+}
+
+impl Contender {
+    /// Every figure of a pass: the floor, then for each p the fused call, the variants that run
+    /// at p (of those `usable` admits, by index) and the unfused path.
+    fn of_pass(
+        probabilities: &[f32],
+        variants: &[Variant],
+        usable: impl Fn(usize) -> bool,
+    ) -> Vec<Contender> {
+        let mut out = vec![Contender::Floor];
+        for &p in probabilities {
+            out.push(Contender::Fused(p));
+            out.extend(
+                (0..variants.len())
+                    .filter(|&v| usable(v) && variants[v].runs_at(p))
+                    .map(|v| Contender::Variant(p, v)),
+            );
+            out.push(Contender::Unfused(p));
+        }
+        out
+    }
+
+    /// How a failure of its figure is reported: pass, impl and p.
+    fn label(self, pass: &str, variants: &[Variant]) -> String {
+        match self {
+            Contender::Floor => format!("{pass} gemm_floor"),
+            Contender::Fused(p) => format!("{pass} fused p={p}"),
+            Contender::Variant(p, v) => format!("{pass} {} p={p}", variants[v].name),
+            Contender::Unfused(p) => format!("{pass} unfused p={p}"),
+        }
+    }
+}
+
+/// The workspace a backward variant runs with: none, or one large enough for each p of
+/// `probabilities` it runs at.
+fn variant_workspace<T: Element>(
+    kernels: &LayerKernels,
+    stream: &Arc<CudaStream>,
+    dims: LinearShape,
+    variant: &Variant,
+    probabilities: &[f32],
+) -> Result<Option<CudaSlice<u8>>> {
+    let (kernel, nonlinearity) = (variant.forced.kernel(), variant.forced.nonlinearity());
+    let mut bytes = 0;
+    for &p in probabilities.iter().filter(|&&p| variant.runs_at(p)) {
+        let spec = bench_spec(dims, nonlinearity, p, 0);
+        bytes = bytes.max(match variant.forced {
+            Forced::IdentityWorkspace => backward::workspace_bytes::<T>(&spec),
+            Forced::SplitWorkspace(_) => kernels.backward_workspace_bytes::<T>(&spec, kernel)?,
+            _ => return Ok(None),
+        });
+    }
+    if bytes == 0 {
+        return Ok(None);
+    }
+    Ok(Some(stream.alloc_zeros::<u8>(bytes)?))
 }
 
 /// The note of a GEMM floor row: the products it runs and, for each, which of the algorithms
@@ -1501,7 +1703,7 @@ struct VariantTime {
     p: f32,
     name: &'static str,
     note: String,
-    time_us: f64,
+    time: Micros,
 }
 
 /// The note of the forward+backward rows that add the two measured passes.
@@ -1518,7 +1720,7 @@ fn summed_variants(forward: &[VariantTime], backward: &[VariantTime]) -> Vec<Var
                 p: f.p,
                 name: f.name,
                 note: SUM_NOTE.into(),
-                time_us: f.time_us + b.time_us,
+                time: f.time + b.time,
             })
         })
         .collect()
@@ -1547,100 +1749,88 @@ fn measure_shape<T: Element>(
             .failures
             .push(format!("{} {} {label}: {e}", shape.name, dtype.name()));
     };
-    let record = |table: &mut Table, label: String, r: Result<Timing>| -> Option<f64> {
+    let record = |table: &mut Table, label: String, r: Result<Timing>| -> Option<Micros> {
         match r {
-            Ok(t) => Some(t.per_launch.as_secs_f64() * 1e6),
+            Ok(t) => Some(t.micros()),
             Err(e) => {
                 fail(table, &label, e);
                 None
             }
         }
     };
-    // A variant row: recorded under its label, kept for the table when it was measured.
-    let record_variant = |table: &mut Table,
-                          variants: &mut Vec<VariantTime>,
-                          pass: &str,
-                          (p, name, note): (f32, &'static str, String),
-                          r: Result<Timing>| {
-        if let Some(time_us) = record(table, format!("{pass} {name} p={p}"), r) {
-            variants.push(VariantTime {
+    // A pass's figures, measured in the same rounds, sorted into its table's parts.
+    let pass_times = |table: &mut Table,
+                      pass: &str,
+                      contenders: &[Contender],
+                      results: Vec<Result<Timing>>,
+                      variants: &[Variant]| {
+        let mut times = PassTimes::at(&options.probabilities);
+        for (&contender, result) in contenders.iter().zip(results) {
+            let Some(time) = record(table, contender.label(pass, variants), result) else {
+                continue;
+            };
+            match contender {
+                Contender::Floor => times.floor = Some(time),
+                Contender::Fused(p) => times.figures_at(p).1 = Some(time),
+                Contender::Unfused(p) => times.figures_at(p).2 = Some(time),
+                Contender::Variant(p, v) => times.variants.push(VariantTime {
+                    p,
+                    name: variants[v].name,
+                    note: variants[v].forced.note(),
+                    time,
+                }),
+            }
+        }
+        times
+    };
+    // A graph replay's row, measured on its own stream after the pass's other figures.
+    let record_graph = |table: &mut Table,
+                        times: &mut PassTimes,
+                        pass: &str,
+                        (p, note): (f32, &str),
+                        r: Result<Timing>| {
+        if let Some(time) = record(table, format!("{pass} {GRAPH_IMPL} p={p}"), r) {
+            times.variants.push(VariantTime {
                 p,
-                name,
-                note,
-                time_us,
+                name: GRAPH_IMPL,
+                note: note.into(),
+                time,
             });
         }
     };
     let mut forward_times = None;
     let mut backward_times = None;
     if options.passes != Passes::Backward {
-        let floor = record(
-            table,
-            "forward gemm_floor".into(),
-            measure(&stream, effort, |i| plans.gemm_forward(ops.set_mut(i))),
-        );
-        let mut per_p = Vec::new();
-        let mut variants = Vec::new();
-        let forward_variants = forward_variants::<T>(kernels, dims).unwrap_or_else(|e| {
+        let variants = forward_variants::<T>(kernels, dims).unwrap_or_else(|e| {
             fail(table, "forward variants", e);
             Vec::new()
         });
-        for &p in &options.probabilities {
-            let fused = record(
-                table,
-                format!("forward fused p={p}"),
-                measure(&stream, effort, |i| {
-                    fused_forward(kernels, ops.set_mut(i), dims, p, i)
-                }),
-            );
-            for v in forward_variants.iter().filter(|v| v.runs_at(p)) {
-                record_variant(
-                    table,
-                    &mut variants,
-                    "forward",
-                    (p, v.name, v.forced.note()),
-                    measure(&stream, effort, |i| {
-                        let (config, nonlinearity) = (v.forced.config(), v.forced.nonlinearity());
-                        fused_forward_with(
-                            kernels,
-                            ops.set_mut(i),
-                            dims,
-                            config,
-                            nonlinearity,
-                            p,
-                            i,
-                        )
-                    }),
-                );
+        let contenders = Contender::of_pass(&options.probabilities, &variants, |_| true);
+        let results = measure_interleaved(&stream, effort, contenders.len(), |c, i| {
+            let set = ops.set_mut(i);
+            match contenders[c] {
+                Contender::Floor => plans.gemm_forward(set),
+                Contender::Fused(p) => fused_forward(kernels, set, dims, p, i),
+                Contender::Variant(p, v) => {
+                    let forced = variants[v].forced;
+                    let (config, nonlinearity) = (forced.config(), forced.nonlinearity());
+                    fused_forward_with(kernels, set, dims, config, nonlinearity, p, i)
+                }
+                Contender::Unfused(p) => plans.unfused_forward(kernels, set, p, i),
             }
-            if graphs {
-                record_variant(
-                    table,
-                    &mut variants,
-                    "forward",
-                    (p, GRAPH_IMPL, GRAPH_FORWARD_NOTE.into()),
-                    measure_graph(kernels, &mut ops, p, false, effort),
-                );
+        });
+        let mut times = pass_times(table, "forward", &contenders, results, &variants);
+        if graphs {
+            for &p in &options.probabilities {
+                let r = measure_graph(kernels, &mut ops, p, false, effort);
+                record_graph(table, &mut times, "forward", (p, GRAPH_FORWARD_NOTE), r);
             }
-            let unfused = record(
-                table,
-                format!("forward unfused p={p}"),
-                measure(&stream, effort, |i| {
-                    plans.unfused_forward(kernels, ops.set_mut(i), p, i)
-                }),
-            );
-            per_p.push((p, fused, unfused));
         }
-        let times = PassTimes {
-            floor,
-            per_p,
-            variants,
-            chosen: Some(format!(
-                "config {}",
-                kernels.forward_config_for::<T>(dims).name()
-            )),
-            floor_note: floor_note(&[("Y", plans.algorithms()[0])]),
-        };
+        times.chosen = Some(format!(
+            "config {}",
+            kernels.forward_config_for::<T>(dims).name()
+        ));
+        times.floor_note = floor_note(&[("Y", plans.algorithms()[0])]);
         emit_pass(
             table,
             shape,
@@ -1653,116 +1843,81 @@ fn measure_shape<T: Element>(
         forward_times = Some(times);
     }
     if options.passes != Passes::Forward {
-        let floor = record(
-            table,
-            "backward gemm_floor".into(),
-            measure(&stream, effort, |i| plans.gemm_backward(ops.set_mut(i))),
-        );
-        let mut per_p = Vec::new();
-        let mut variants = Vec::new();
-        let backward_variants = backward_variants::<T>(kernels, dims).unwrap_or_else(|e| {
+        let variants = backward_variants::<T>(kernels, dims).unwrap_or_else(|e| {
             fail(table, "backward variants", e);
             Vec::new()
         });
-        for &p in &options.probabilities {
-            let fused = record(
-                table,
-                format!("backward fused p={p}"),
-                measure(&stream, effort, |i| {
-                    fused_backward(kernels, ops.set_mut(i), dims, p, i)
-                }),
-            );
-            for v in backward_variants.iter().filter(|v| v.runs_at(p)) {
-                let (kernel, nonlinearity) = (v.forced.kernel(), v.forced.nonlinearity());
-                let spec = bench_spec(dims, nonlinearity, p, 0);
-                let workspace = match v.forced {
-                    Forced::IdentityWorkspace => stream
-                        .alloc_zeros::<u8>(backward::workspace_bytes::<T>(&spec))
-                        .map(Some)
-                        .map_err(Error::from),
-                    Forced::SplitWorkspace(_) => kernels
-                        .backward_workspace_bytes::<T>(&spec, kernel)
-                        .and_then(|bytes| Ok(Some(stream.alloc_zeros::<u8>(bytes)?))),
-                    _ => Ok(None),
-                };
-                // A variant whose workspace cannot be had is recorded as not measured; the
-                // rows measured so far and the other variants still count.
-                let mut workspace = match workspace {
-                    Ok(workspace) => workspace,
-                    Err(e) => {
-                        fail(table, &format!("backward {} p={p} workspace", v.name), e);
-                        continue;
-                    }
-                };
-                record_variant(
-                    table,
-                    &mut variants,
-                    "backward",
-                    (p, v.name, v.forced.note()),
-                    measure(&stream, effort, |i| {
-                        fused_backward_with(
-                            kernels,
-                            ops.set_mut(i),
-                            dims,
-                            kernel,
-                            nonlinearity,
-                            p,
-                            i,
-                            workspace.as_mut().map(|w| w.as_view_mut()),
-                        )
-                    }),
-                );
+        // Each variant's workspace, sized for the largest any p of the run asks for (a larger
+        // workspace than needed is allowed); a variant whose workspace cannot be had is recorded
+        // as not measured, and the others still are.
+        let mut workspaces = Vec::with_capacity(variants.len());
+        let mut usable = Vec::with_capacity(variants.len());
+        for v in &variants {
+            match variant_workspace::<T>(kernels, &stream, dims, v, &options.probabilities) {
+                Ok(workspace) => {
+                    workspaces.push(workspace);
+                    usable.push(true);
+                }
+                Err(e) => {
+                    fail(table, &format!("backward {} workspace", v.name), e);
+                    workspaces.push(None);
+                    usable.push(false);
+                }
             }
-            let unfused = record(
-                table,
-                format!("backward unfused p={p}"),
-                measure(&stream, effort, |i| {
-                    plans.unfused_backward(kernels, ops.set_mut(i), p, i)
-                }),
-            );
-            per_p.push((p, fused, unfused));
         }
-        let times = PassTimes {
-            floor,
-            per_p,
-            variants,
-            chosen: kernels
-                .backward_kernels_for::<T>(dims, Nonlinearity::Relu, BackwardKernel::Auto)
-                .ok()
-                .map(|c| format!("kernels {c}")),
-            floor_note: floor_note(&[("dX", plans.algorithms()[2]), ("dW", plans.algorithms()[3])]),
-        };
+        let contenders = Contender::of_pass(&options.probabilities, &variants, |v| usable[v]);
+        let results = measure_interleaved(&stream, effort, contenders.len(), |c, i| {
+            let set = ops.set_mut(i);
+            match contenders[c] {
+                Contender::Floor => plans.gemm_backward(set),
+                Contender::Fused(p) => fused_backward(kernels, set, dims, p, i),
+                Contender::Variant(p, v) => {
+                    let forced = variants[v].forced;
+                    let (kernel, nonlinearity) = (forced.kernel(), forced.nonlinearity());
+                    let workspace = workspaces[v].as_mut().map(|w| w.as_view_mut());
+                    fused_backward_with(kernels, set, dims, kernel, nonlinearity, p, i, workspace)
+                }
+                Contender::Unfused(p) => plans.unfused_backward(kernels, set, p, i),
+            }
+        });
+        let mut times = pass_times(table, "backward", &contenders, results, &variants);
+        times.chosen = kernels
+            .backward_kernels_for::<T>(dims, Nonlinearity::Relu, BackwardKernel::Auto)
+            .ok()
+            .map(|c| format!("kernels {c}"));
+        times.floor_note =
+            floor_note(&[("dX", plans.algorithms()[2]), ("dW", plans.algorithms()[3])]);
         let note = plans.backward_note();
         emit_pass(table, shape, dtype, "backward", &times, progress, &note);
         backward_times = Some(times);
     }
     if let (Some(f), Some(b)) = (forward_times, backward_times) {
-        let sum = |a: Option<f64>, b: Option<f64>| Some(a? + b?);
+        let sum = |a: Option<Micros>, b: Option<Micros>| Some(a? + b?);
         let per_p = f
             .per_p
             .iter()
             .zip(&b.per_p)
             .map(|(fp, bp)| (fp.0, sum(fp.1, bp.1), sum(fp.2, bp.2)))
             .collect();
-        let mut variants = summed_variants(&f.variants, &b.variants);
-        if graphs {
-            for &p in &options.probabilities {
-                record_variant(
-                    table,
-                    &mut variants,
-                    "forward+backward",
-                    (p, GRAPH_IMPL, GRAPH_STEP_NOTE.into()),
-                    measure_graph(kernels, &mut ops, p, true, effort),
-                );
-            }
-        }
-        let times = PassTimes {
+        let mut times = PassTimes {
             floor: sum(f.floor, b.floor),
             per_p,
-            variants,
+            variants: summed_variants(&f.variants, &b.variants),
             chosen: None,
             floor_note: SUM_NOTE.into(),
         };
+        if graphs {
+            for &p in &options.probabilities {
+                let r = measure_graph(kernels, &mut ops, p, true, effort);
+                record_graph(
+                    table,
+                    &mut times,
+                    "forward+backward",
+                    (p, GRAPH_STEP_NOTE),
+                    r,
+                );
+            }
+        }
         emit_pass(
             table,
             shape,
@@ -1805,9 +1960,10 @@ fn emit_pass(
     let rate = table.floors.rate_tflops.get(&dtype).copied();
     let make = |impl_name: &'static str,
                 p: Option<f32>,
-                time_us: f64,
-                unfused: Option<f64>,
+                time: Micros,
+                unfused: Option<Micros>,
                 note: &str| {
+        let time_us = time.median;
         let tflops = flops / time_us / 1e6;
         let gbps = bytes / time_us / 1e3;
         Row {
@@ -1819,10 +1975,12 @@ fn emit_pass(
             pass,
             impl_name,
             time_us,
+            fastest_us: time.fastest,
+            slowest_us: time.slowest,
             tflops,
             gbps,
-            vs_gemm_floor: times.floor.map(|f| time_us / f),
-            vs_unfused: unfused.map(|u| time_us / u),
+            vs_gemm_floor: times.floor.map(|f| time_us / f.median),
+            vs_unfused: unfused.map(|u| time_us / u.median),
             pct_copy_bw: 100.0 * gbps / copy,
             pct_matmul_rate: rate.map_or(f64::NAN, |r| 100.0 * tflops / r),
             note: note.into(),
@@ -1842,7 +2000,7 @@ fn emit_pass(
             rows.push(make("unfused", Some(p), t, unfused, unfused_note));
         }
         for v in times.variants.iter().filter(|v| v.p == p) {
-            rows.push(make(v.name, Some(p), v.time_us, unfused, &v.note));
+            rows.push(make(v.name, Some(p), v.time, unfused, &v.note));
         }
     }
     for row in rows {
@@ -1877,6 +2035,8 @@ struct CsvRecord<'a> {
     #[serde(rename = "impl")]
     impl_name: &'static str,
     time_us: Fixed<2>,
+    fastest_us: Fixed<2>,
+    slowest_us: Fixed<2>,
     tflops: Fixed<2>,
     gbps: Fixed<1>,
     vs_gemm_floor: Fixed<3>,
@@ -1909,6 +2069,8 @@ impl<'a> CsvRecord<'a> {
             pass: row.pass,
             impl_name: row.impl_name,
             time_us: Fixed(Some(row.time_us)),
+            fastest_us: Fixed(Some(row.fastest_us)),
+            slowest_us: Fixed(Some(row.slowest_us)),
             tflops: Fixed(Some(row.tflops)),
             gbps: Fixed(Some(row.gbps)),
             vs_gemm_floor: Fixed(row.vs_gemm_floor),
@@ -2057,9 +2219,9 @@ mod tests {
         assert!(DType::parse("f64").is_err());
     }
 
-    #[test]
-    fn csv_rows_have_the_header_columns_and_quote_commas() {
-        let row = Row {
+    /// A row of the odd shape, with a comma in its note.
+    fn fake_row() -> Row {
+        Row {
             source: "fusedrop".into(),
             shape: "odd".into(),
             dims: LinearShape::new(1000, 1000, 1000),
@@ -2068,6 +2230,8 @@ mod tests {
             pass: "forward",
             impl_name: "unfused",
             time_us: 12.5,
+            fastest_us: 12.25,
+            slowest_us: 13.0,
             tflops: 160.0,
             gbps: 900.0,
             vs_gemm_floor: Some(1.25),
@@ -2075,16 +2239,21 @@ mod tests {
             pct_copy_bw: 30.0,
             pct_matmul_rate: f64::NAN,
             note: "a note, with a comma".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn csv_rows_have_the_header_columns_and_quote_commas() {
         let mut out = Vec::new();
-        write_csv(&[row], &mut out).expect("writes to memory");
+        write_csv(&[fake_row()], &mut out).expect("writes to memory");
         let text = String::from_utf8(out).expect("utf-8");
         assert_eq!(
             text,
-            "source,gpu,driver,shape,m,n,k,dtype,p,pass,impl,time_us,tflops,gbps,vs_gemm_floor,\
-             vs_unfused,pct_copy_bw,pct_matmul_rate,copy_gbps,rate_tflops,note\n\
-             fusedrop,,,odd,1000,1000,1000,f16,0.1,forward,unfused,12.50,160.00,900.0,1.250,,30.0,\
-             ,,,\"a note, with a comma\"\n"
+            "source,gpu,driver,shape,m,n,k,dtype,p,pass,impl,time_us,fastest_us,slowest_us,\
+             tflops,gbps,vs_gemm_floor,vs_unfused,pct_copy_bw,pct_matmul_rate,copy_gbps,\
+             rate_tflops,note\n\
+             fusedrop,,,odd,1000,1000,1000,f16,0.1,forward,unfused,12.50,12.25,13.00,160.00,\
+             900.0,1.250,,30.0,,,,\"a note, with a comma\"\n"
         );
     }
 
@@ -2265,7 +2434,7 @@ mod tests {
             p,
             name,
             note: String::new(),
-            time_us,
+            time: spread(time_us),
         };
         let forward = [
             time(0.1, "fused_mma_sync", 10.0),
@@ -2281,16 +2450,138 @@ mod tests {
             time(0.5, "fused_identity", 19.0),
         ];
         let sums = summed_variants(&forward, &backward);
-        let got: Vec<_> = sums.iter().map(|v| (v.p, v.name, v.time_us)).collect();
+        let got: Vec<_> = sums.iter().map(|v| (v.p, v.name, v.time)).collect();
         assert_eq!(
             got,
             [
-                (0.1, "fused_mma_sync", 30.0),
-                (0.1, "fused_identity", 27.0),
-                (0.5, "fused_identity", 28.5),
+                (0.1, "fused_mma_sync", spread(10.0) + spread(20.0)),
+                (0.1, "fused_identity", spread(9.0) + spread(18.0)),
+                (0.5, "fused_identity", spread(9.5) + spread(19.0)),
             ]
         );
         assert!(sums.iter().all(|v| v.note == SUM_NOTE));
+    }
+
+    /// A figure with a median of `us` and repetitions from 0.5 us faster to 1 us slower (exact
+    /// in binary, so that sums compare exactly).
+    fn spread(us: f64) -> Micros {
+        Micros {
+            median: us,
+            fastest: us - 0.5,
+            slowest: us + 1.0,
+        }
+    }
+
+    /// A timer for `in_rounds` whose GPU slows by 1 % with every repetition timed (a clock
+    /// that drifts), where every contender's launch takes the same 10 us; it logs the calls.
+    fn drifting_timer(
+        log: &mut Vec<(usize, Phase)>,
+        fails_at: Option<(usize, usize)>,
+    ) -> impl FnMut(usize, Phase) -> Result<Duration> + '_ {
+        let mut timed = 0usize;
+        let mut timed_of = HashMap::<usize, usize>::new();
+        move |c, phase| {
+            log.push((c, phase));
+            let Phase::Time(count) = phase else {
+                return Ok(Duration::ZERO);
+            };
+            let nth = timed_of.entry(c).or_default();
+            *nth += 1;
+            if fails_at == Some((c, *nth)) {
+                return Err(Error::Cuda(format!("contender {c} failed")));
+            }
+            timed += 1;
+            let per_launch = 10e-6 * (1.0 + 0.01 * timed as f64);
+            Ok(Duration::from_secs_f64(per_launch * count as f64))
+        }
+    }
+
+    #[test]
+    fn interleaved_rounds_time_each_contender_in_turn_so_a_drift_moves_all_alike() {
+        let effort = Effort {
+            warmup: 2,
+            reps: 15,
+            rep_time: Duration::from_micros(100),
+        };
+        let mut log = Vec::new();
+        let results = in_rounds(effort, 3, drifting_timer(&mut log, None));
+        // Each warmed up and probed in turn, then rounds of one repetition each (10 launches:
+        // 100 us of 10 us launches).
+        let mut want = Vec::new();
+        for c in 0..3 {
+            want.extend([(c, Phase::Warmup), (c, Phase::Time(3))]);
+        }
+        for _ in 0..15 {
+            want.extend((0..3).map(|c| (c, Phase::Time(10))));
+        }
+        assert_eq!(log, want);
+        let medians: Vec<f64> = results
+            .iter()
+            .map(|r| r.as_ref().expect("measured").micros().median)
+            .collect();
+        // The same work: the medians differ by the drift of the rounds' neighbours (2 %), not by
+        // that of a whole measurement (15 % if measured one after the other).
+        assert!(medians[2] / medians[0] < 1.025, "{medians:?}");
+        let t = results[0].as_ref().expect("measured");
+        assert_eq!(t.launches, 10);
+        assert!(t.min < t.per_launch && t.per_launch < t.max);
+    }
+
+    #[test]
+    fn a_contender_that_fails_leaves_the_rounds_and_the_others_finish() {
+        let effort = Effort {
+            warmup: 1,
+            reps: 5,
+            rep_time: Duration::from_micros(30),
+        };
+        let mut log = Vec::new();
+        // Contender 1's third timing (the probe, then its second repetition) fails.
+        let results = in_rounds(effort, 3, drifting_timer(&mut log, Some((1, 3))));
+        assert!(results[0].is_ok() && results[2].is_ok());
+        assert!(
+            matches!(&results[1], Err(Error::Cuda(why)) if why == "contender 1 failed"),
+            "{:?}",
+            results[1]
+        );
+        let timed = |c| {
+            log.iter()
+                .filter(|(d, p)| *d == c && *p != Phase::Warmup)
+                .count()
+        };
+        assert_eq!((timed(0), timed(1), timed(2)), (6, 3, 6));
+    }
+
+    #[test]
+    fn a_pass_measures_its_floor_then_each_p_s_fused_variants_and_unfused() {
+        let variants = [
+            Variant {
+                name: "fused_mma_sync",
+                forced: Forced::Kernel(BackwardKernel::TensorCore),
+            },
+            Variant::IDENTITY,
+            Variant::IDENTITY_WORKSPACE,
+        ];
+        let contenders = Contender::of_pass(&[0.0, 0.1], &variants, |v| v != 2);
+        use Contender as C;
+        assert_eq!(
+            contenders,
+            [
+                C::Floor,
+                C::Fused(0.0),
+                C::Variant(0.0, 0),
+                C::Unfused(0.0),
+                C::Fused(0.1),
+                C::Variant(0.1, 0),
+                C::Variant(0.1, 1),
+                C::Unfused(0.1),
+            ]
+        );
+        assert_eq!(
+            contenders[6].label("backward", &variants),
+            "backward fused_identity p=0.1"
+        );
+        let sum = spread(10.0) + spread(30.0);
+        assert_eq!((sum.median, sum.fastest, sum.slowest), (40.0, 39.0, 42.0));
     }
 
     fn fake_table() -> Table {
@@ -2320,11 +2611,14 @@ mod tests {
             p,
             name,
             note: note.into(),
-            time_us,
+            time: spread(time_us),
         };
         let times = PassTimes {
-            floor: Some(20.0),
-            per_p: vec![(0.0, Some(50.0), Some(40.0)), (0.1, Some(60.0), Some(48.0))],
+            floor: Some(spread(20.0)),
+            per_p: vec![
+                (0.0, Some(spread(50.0)), Some(spread(40.0))),
+                (0.1, Some(spread(60.0)), Some(spread(48.0))),
+            ],
             variants: vec![
                 variant(0.0, "fused_hopper", "forced BackwardKernel::Hopper", 45.0),
                 variant(0.1, "fused_hopper", "forced BackwardKernel::Hopper", 55.0),
@@ -2378,7 +2672,13 @@ mod tests {
         let mut lines = text.lines();
         let header: Vec<_> = lines.next().expect("a header").split(',').collect();
         let impl_col = header.iter().position(|c| *c == "impl").expect("impl");
-        assert_eq!(header.len(), 21);
+        assert_eq!(header.len(), 23);
+        let fastest_col = header
+            .iter()
+            .position(|c| *c == "fastest_us")
+            .expect("fastest_us");
+        let floor_line = text.lines().nth(1).expect("the floor's row");
+        assert_eq!(floor_line.split(',').nth(fastest_col), Some("19.50"));
         let graph = lines.last().expect("rows");
         assert!(
             graph.starts_with("fusedrop,Fake GPU,1.0,small,64,4096,4096,bf16,0.1,backward,"),
@@ -2394,6 +2694,26 @@ mod tests {
         let text = format_table(&table);
         assert!(text.contains("fused_identity"), "{text}");
         assert!(!text.contains("NOT MEASURED"), "{text}");
+    }
+
+    #[test]
+    fn the_pytorch_peer_writes_the_columns_of_the_bench_csv() {
+        let script = include_str!("../benches/peers/torch_peer.py");
+        let list = script
+            .split_once("COLUMNS = [")
+            .and_then(|(_, rest)| rest.split_once(']'))
+            .expect("torch_peer.py's COLUMNS list")
+            .0;
+        let peer: Vec<&str> = list
+            .split(',')
+            .map(|c| c.trim().trim_matches('"'))
+            .filter(|c| !c.is_empty())
+            .collect();
+        let mut out = Vec::new();
+        write_csv(&[fake_row()], &mut out).expect("writes to memory");
+        let text = String::from_utf8(out).expect("utf-8");
+        let header: Vec<&str> = text.lines().next().expect("a header").split(',').collect();
+        assert_eq!(peer, header);
     }
 
     #[test]

@@ -38,7 +38,7 @@ QUICK_SHAPES = ["up", "sq", "small", "wide", "odd"]
 QUICK_DTYPES = ["bf16", "f32"]
 COLUMNS = [
     "source", "gpu", "driver", "shape", "m", "n", "k", "dtype", "p", "pass", "impl", "time_us",
-    "tflops", "gbps", "vs_gemm_floor", "vs_unfused", "pct_copy_bw", "pct_matmul_rate",
+    "fastest_us", "slowest_us", "tflops", "gbps", "vs_gemm_floor", "vs_unfused", "pct_copy_bw", "pct_matmul_rate",
     "copy_gbps", "rate_tflops", "note",
 ]
 
@@ -91,7 +91,8 @@ def driver_version(torch):
 
 
 class Timer:
-    """Median GPU time per call over repetitions timed by CUDA events, as fusedrop measures."""
+    """GPU time per call over repetitions timed by CUDA events, as fusedrop measures: the median
+    repetition's, the fastest's and the slowest's (the goals' "faster" needs the range)."""
 
     def __init__(self, torch, quick):
         self.torch = torch
@@ -121,7 +122,7 @@ class Timer:
             times.append(self.events(fn, launches, index) / launches)
             index += launches
         times.sort()
-        return times[len(times) // 2]
+        return times[len(times) // 2], times[0], times[-1]
 
 
 def random_nonzero(torch, shape, dtype, gen):
@@ -165,14 +166,14 @@ def main(argv):
     nbytes = max(256 << 20, min(16 * l2, 1 << 30))
     src = torch.randint(0, 256, (nbytes,), dtype=torch.uint8, device="cuda", generator=gen)
     dst = torch.empty_like(src)
-    copy_gbps = 2 * nbytes / timer.measure(lambda i: dst.copy_(src)) / 1e9
+    copy_gbps = 2 * nbytes / timer.measure(lambda i: dst.copy_(src))[0] / 1e9
     del src, dst
     rates = {}
     for d in args.dtype_list:
         n = 4096 if d == "f32" else 8192
         a = random_nonzero(torch, (n, n), dtypes[d], gen)
         b = random_nonzero(torch, (n, n), dtypes[d], gen)
-        rates[d] = 2 * n ** 3 / timer.measure(lambda i: torch.mm(a, b)) / 1e12
+        rates[d] = 2 * n ** 3 / timer.measure(lambda i: torch.mm(a, b))[0] / 1e12
         del a, b
     print(f"GPU: {gpu}, driver {driver}, torch {torch.__version__}")
     print(f"Floors measured in this run: copy {copy_gbps:.0f} GB/s (read+write); torch.mm " +
@@ -230,7 +231,7 @@ def main(argv):
             ):
                 def timed(label, fn):
                     try:
-                        return timer.measure(runner(fn)) * 1e6
+                        return tuple(t * 1e6 for t in timer.measure(runner(fn)))
                     except Exception as e:  # report and go on: one row must not sink the table
                         failures.append(f"{name} {d} {pass_name} {label}: {type(e).__name__}: {e}")
                         return None
@@ -249,7 +250,8 @@ def main(argv):
                         compiled = timed(f"compile p={p}", torch.compile(layer(p), dynamic=False))
                     per_p.append((p, eager, compiled))
 
-                def row(impl, p, t, note=""):
+                def row(impl, p, figure, note=""):
+                    t, fastest, slowest = figure
                     unfused = next((e for q, e, _ in per_p if q == p), None) if p is not None \
                         else (per_p[0][1] if per_p else None)
                     tflops = flops / t / 1e6
@@ -258,9 +260,10 @@ def main(argv):
                         "source": "torch", "gpu": gpu, "driver": driver, "shape": name,
                         "m": m, "n": n, "k": k, "dtype": d, "p": "" if p is None else p,
                         "pass": pass_name, "impl": impl, "time_us": f"{t:.2f}",
+                        "fastest_us": f"{fastest:.2f}", "slowest_us": f"{slowest:.2f}",
                         "tflops": f"{tflops:.2f}", "gbps": f"{gbps:.1f}",
-                        "vs_gemm_floor": f"{t / floor:.3f}" if floor else "",
-                        "vs_unfused": f"{t / unfused:.3f}" if unfused else "",
+                        "vs_gemm_floor": f"{t / floor[0]:.3f}" if floor else "",
+                        "vs_unfused": f"{t / unfused[0]:.3f}" if unfused else "",
                         "pct_copy_bw": f"{100 * gbps / copy_gbps:.1f}",
                         "pct_matmul_rate": f"{100 * tflops / rates[d]:.1f}",
                         "copy_gbps": f"{copy_gbps:.1f}", "rate_tflops": f"{rates[d]:.1f}",
