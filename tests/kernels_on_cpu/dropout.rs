@@ -228,3 +228,106 @@ fn out_of_place_dropout_matches_reference_bit_for_bit() {
     each::<f16>(&exe, shard, &mut rng);
     each::<bf16>(&exe, shard, &mut rng);
 }
+
+/// The whole-rows path of kernels/dropout.cu (unsharded, or a shard of whole rows: col_offset 0
+/// and n_global = n), which reads and writes each Philox call's four elements at once where the
+/// first of them has a linear index divisible by 4 and both buffers are aligned to four
+/// elements, and one at a time elsewhere: buffers misaligned by one element (in place, and out
+/// of place with either side misaligned), row shards whose first linear index is and is not a
+/// multiple of 4, lengths with a partial last call, the seed from a device buffer; and a column
+/// shard starting at column 0, which must not take the path. UBSan's
+/// alignment check (every harness build) fails a four-element access at a misaligned address.
+#[test]
+fn whole_rows_dropout_reads_four_at_once_only_where_aligned() {
+    let Some(exe) = driver("dropout") else { return };
+    let mut rng = StdRng::seed_from_u64(0x4D50);
+    let rows = |row_offset: u64, n: u64| Geometry {
+        row_offset,
+        col_offset: 0,
+        n_global: Some(n),
+    };
+    // (m, n, p, geometry, x misaligned by, y misaligned by, in place, device seed)
+    let cases = [
+        (8, 64, 0.5f32, Geometry::UNSHARDED, 1, 1, true, false),
+        (17, 101, 0.1, Geometry::UNSHARDED, 1, 1, true, true),
+        (8, 64, 0.5, Geometry::UNSHARDED, 0, 1, false, false),
+        (8, 64, 0.5, Geometry::UNSHARDED, 1, 0, false, false),
+        (7, 6, 1.0, Geometry::UNSHARDED, 0, 0, false, false),
+        (9, 64, 0.3, rows(3, 64), 0, 0, true, false),
+        (9, 101, 0.3, rows(5, 101), 0, 0, true, true),
+        (9, 101, 0.5, rows(5, 101), 0, 0, false, false),
+        (1, 3, 0.5, rows(1 << 33, 3), 0, 0, false, false),
+        // A column shard starting at column 0: not whole rows (rows of 150, of which it holds
+        // 77), so one element at a time from each row's own first call.
+        (
+            9,
+            77,
+            0.5,
+            Geometry {
+                row_offset: 2,
+                col_offset: 0,
+                n_global: Some(150),
+            },
+            0,
+            0,
+            false,
+            true,
+        ),
+    ];
+    fn each<T: Raw>(exe: &Path, cases: &[Case], rng: &mut StdRng) {
+        let mut launches = Vec::new();
+        let mut wants = Vec::new();
+        for (i, &(m, n, p, geometry, x_off, y_off, in_place, device_seed)) in
+            cases.iter().enumerate()
+        {
+            let dropout = DropoutSpec::new(p, rng.random(), i as u64);
+            let mut x = random_values::<T>(m * n, rng);
+            let at: Vec<(usize, usize)> = (0..m).map(|r| (r, (3 * r + 2) % n)).collect();
+            plant(&mut x, n, &at);
+            let mut want = x.clone();
+            reference::dropout_in_place(&mut want, m, n, &dropout, &geometry).unwrap();
+            let (input, output) = if in_place {
+                (Operand::Y, Operand::Y)
+            } else {
+                (Operand::X, Operand::Y)
+            };
+            let plan = dropout_plan::<T>(input, output, m, n);
+            let mut launch = Launch::new(
+                &plan.function,
+                format!(
+                    "{m}x{n} p={p} {geometry:?} x+{x_off} y+{y_off} in_place={in_place} \
+                     device_seed={device_seed}"
+                ),
+                rng,
+            );
+            launch.plan(&plan).mask(&dropout, &geometry, n, device_seed);
+            if in_place {
+                launch.buffer("y", &x, y_off, true);
+            } else {
+                launch.buffer("x", &x, x_off, false).buffer(
+                    "y",
+                    &poisoned::<T>(m * n),
+                    y_off,
+                    true,
+                );
+            }
+            launches.push(launch);
+            wants.push(want);
+        }
+        run(exe, &launches);
+        for (launch, want) in launches.iter().zip(&wants) {
+            let differ = differing(&launch.output::<T>("y"), want);
+            assert_eq!(
+                differ,
+                0,
+                "{} {}: {differ} elements differ from the reference",
+                T::NAME,
+                launch.what
+            );
+        }
+    }
+    type Case = (usize, usize, f32, Geometry, usize, usize, bool, bool);
+    each::<f32>(&exe, &cases, &mut rng);
+    each::<f16>(&exe, &cases, &mut rng);
+    each::<bf16>(&exe, &cases, &mut rng);
+}
