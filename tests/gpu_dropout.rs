@@ -50,16 +50,6 @@ fn check<T: Element>(
         .dropout_in_place(&mut device, m, n, &dropout, &geometry, SeedSource::Host)
         .unwrap();
     let got = kernels.stream().clone_dtoh(&device).unwrap();
-    // NaN payloads differ between the GPU and the CPU; NaN must stay NaN.
-    let mismatches = |got: &[T], want: &[T]| {
-        got.iter()
-            .zip(want)
-            .filter(|(g, w)| {
-                let (g, w) = (g.to_f64(), w.to_f64());
-                g.to_bits() != w.to_bits() && !(g.is_nan() && w.is_nan())
-            })
-            .count()
-    };
     let differ = mismatches(&got, &want);
     assert_eq!(
         differ, 0,
@@ -112,6 +102,76 @@ fn check<T: Element>(
             "drop rate {dropped} for p {}",
             dropout.p
         );
+    }
+}
+
+/// How many elements of `got` differ from `want` in their bits; NaN payloads differ between the
+/// GPU and the CPU, so any NaN matches any NaN (NaN must stay NaN).
+fn mismatches<T: Element>(got: &[T], want: &[T]) -> usize {
+    assert_eq!(got.len(), want.len(), "the output's length");
+    got.iter()
+        .zip(want)
+        .filter(|(g, w)| {
+            let (g, w) = (g.to_f64(), w.to_f64());
+            g.to_bits() != w.to_bits() && !(g.is_nan() && w.is_nan())
+        })
+        .count()
+}
+
+/// The kernel on buffers that start one element past an allocation's start (so misaligned for
+/// a four-element access): in place, and out of place with the input, the output or both
+/// misaligned; each against the reference, bit for bit.
+fn check_misaligned<T: Element>(kernels: &LayerKernels, m: usize, n: usize, dropout: DropoutSpec) {
+    let stream = kernels.stream();
+    let mut rng = StdRng::seed_from_u64(dropout.seed ^ 0x4a11);
+    let host = random_values::<T>(m * n + 1, &mut rng);
+    let mut want = host[1..].to_vec();
+    reference::dropout_in_place(&mut want, m, n, &dropout, &Geometry::UNSHARDED).unwrap();
+    let what = |form: &str| format!("{} dropout {m}x{n} p={} {form}", T::NAME, dropout.p);
+
+    let mut device = stream.clone_htod(&host).unwrap();
+    kernels
+        .dropout_in_place(
+            &mut device.slice_mut(1..),
+            m,
+            n,
+            &dropout,
+            &Geometry::UNSHARDED,
+            SeedSource::Host,
+        )
+        .unwrap();
+    let got = stream.clone_dtoh(&device).unwrap();
+    assert_eq!(
+        mismatches(&got[1..], &want),
+        0,
+        "{}",
+        what("in place, misaligned")
+    );
+    assert_eq!(
+        got[0].to_f64().to_bits(),
+        host[0].to_f64().to_bits(),
+        "{}",
+        what("in place")
+    );
+
+    let poison = vec![T::from_f64(f64::NAN); m * n + 1];
+    for (x_off, y_off) in [(1, 0), (0, 1), (1, 1)] {
+        let input = stream.clone_htod(&host[1 - x_off..]).unwrap();
+        let mut output = stream.clone_htod(&poison[1 - y_off..]).unwrap();
+        kernels
+            .dropout(
+                &input.slice(x_off..),
+                &mut output.slice_mut(y_off..),
+                m,
+                n,
+                &dropout,
+                &Geometry::UNSHARDED,
+                SeedSource::Host,
+            )
+            .unwrap();
+        let got = stream.clone_dtoh(&output).unwrap();
+        let form = format!("out of place, x misaligned by {x_off}, y by {y_off}");
+        assert_eq!(mismatches(&got[y_off..], &want), 0, "{}", what(&form));
     }
 }
 
@@ -190,6 +250,29 @@ fn dropout_kernel_honours_shard_geometry() {
         DropoutSpec::new(0.5, u64::MAX, u64::MAX - 1),
         geometry,
     );
+}
+
+/// The whole-rows path (kernels/dropout.cu: unsharded, or a shard of whole rows), which reads
+/// and writes a Philox call's four elements at once where aligned: buffers misaligned by one
+/// element, row shards whose first linear index is and is not a multiple of 4, and a column
+/// shard starting at column 0 (which takes the other path).
+#[test]
+fn dropout_kernel_reads_four_at_once_only_where_aligned() {
+    let Some(kernels) = gpu() else { return };
+    for &(m, n) in &[(8, 64), (17, 1001), (3, 5)] {
+        let dropout = DropoutSpec::new(0.5, 0x5eed, 4);
+        check_misaligned::<f32>(&kernels, m, n, dropout);
+        check_misaligned::<f16>(&kernels, m, n, dropout);
+        check_misaligned::<bf16>(&kernels, m, n, dropout);
+    }
+    for (row_offset, n, n_global) in [(3, 64, 64), (5, 101, 101), (2, 77, 150)] {
+        let geometry = Geometry {
+            row_offset,
+            col_offset: 0,
+            n_global: Some(n_global),
+        };
+        check_all_types(&kernels, 33, n, DropoutSpec::new(0.3, 77, 1), geometry);
+    }
 }
 
 #[test]
