@@ -15,8 +15,10 @@
 //!
 //! For each shape of [`SHAPES`] (from the bench suite), bf16 and f16 (and f32 on
 //! [`F32_SHAPES`]), ReLU, p = [`P`]. Each figure
-//! is the median of repetitions between CUDA events ([`measure`], operands rotated so that no
-//! launch finds them in L2, as in `fusedrop bench`). Each variant's output of launch 0 is compared
+//! is the median of repetitions between CUDA events, every kernel of a shape and dtype timed in
+//! the same rounds ([`measure_interleaved`], operands rotated so that no launch finds them in L2,
+//! as in `fusedrop bench`), after each kernel's launch 0 has been checked. Each variant's output
+//! of launch 0 is compared
 //! with the production row above it, on the same inputs and mask: every variant takes the same
 //! mma sequence and epilogue arithmetic for every output element as that production config, so
 //! the outputs must be bit-identical; a variant that differs is reported with the count of
@@ -25,8 +27,9 @@
 //! whose shared memory exceeds the GPU's per-block limit is listed as not run. A row whose
 //! launch, copy or timing fails is listed with the error and fails the run; the sweep goes on
 //! with the next row unless the error left the CUDA context unusable (a kernel that trapped),
-//! in which case it stops there and says so, with the rows measured so far in the table. The
-//! variants after a failed production row are timed but not compared.
+//! in which case it stops there and says so, with the rows of the shapes measured before in the
+//! table (the rows of a shape print once all of its kernels are timed). The variants after a
+//! failed production row are timed but not compared.
 //!
 //! `--family` and `--shapes` run a part of it (a short GPU lease times the Hopper family first:
 //! `fusedrop sweep --quick --family hopper`).
@@ -42,7 +45,8 @@ use fusedrop::{reference, Element, Error, LinearShape, Nonlinearity, Result};
 use half::{bf16, f16};
 
 use crate::bench::{
-    bench_spec, forward_flops, measure, suite_shape, DType, Effort, Operands, BENCH_SEED,
+    bench_spec, forward_flops, measure_interleaved, suite_shape, DType, Effort, Operands,
+    BENCH_SEED,
 };
 
 /// Exit code: a variant's output differs from the production kernel's, or a launch failed.
@@ -229,7 +233,8 @@ pub struct SweepRow {
 /// ([`Options::check`]) before this runs (exit 2).
 pub fn run(options: &Options) -> i32 {
     eprintln!(
-        "fusedrop sweep: timing the forward's tuning variants (each row prints as it is measured)"
+        "fusedrop sweep: timing the forward's tuning variants (a shape's rows print once its \
+         kernels are timed, together)"
     );
     let mut rows = Vec::new();
     let outcome = sweep(options, &mut rows, &mut |row| {
@@ -478,7 +483,9 @@ impl Kernel {
 }
 
 /// Every kernel of `candidates` on suite shape `shape` in `dtype` (whose element type is `T`),
-/// into `rows`.
+/// into `rows`: first each kernel's launch 0, its output compared with the production row's
+/// above it; then every kernel that ran timed in the same rounds (`measure_interleaved`), so
+/// that a drift of the clocks during the sweep moves a variant and its production config alike.
 fn sweep_shape<T: Element>(
     run: &Run,
     candidates: &[Kernel],
@@ -496,91 +503,169 @@ fn sweep_shape<T: Element>(
     let dims = suite_shape(shape)?.shape();
     let stream = kernels.stream();
     let mut ops = Operands::<T>::new(stream, dims, gpu.l2_bytes, BENCH_SEED)?;
+    let label = |kernel: Kernel| match kernel {
+        Kernel::Variant(v) => v.name.trim_start_matches("forward_").to_string(),
+        Kernel::Production(_) => format!(
+            "production {}",
+            kernel
+                .production::<T>(dims, gpu.sm_count)
+                .map_or("?", |c| c.name())
+        ),
+    };
     // The output of the production row above the current one, if it ran.
     let mut production_y: Option<Vec<f64>> = None;
-    for &kernel in candidates.iter() {
-        let production = kernel.production::<T>(dims, gpu.sm_count);
-        if production.is_some() {
+    let mut checked = Vec::with_capacity(candidates.len());
+    for &kernel in candidates {
+        if kernel.production::<T>(dims, gpu.sm_count).is_some() {
             production_y = None;
         }
-        let outcome = match kernel {
-            Kernel::Variant(v) if v.smem_bytes > gpu.smem_optin => Outcome::DoesNotFit {
+        let state = match kernel {
+            Kernel::Variant(v) if v.smem_bytes > gpu.smem_optin => Err(Outcome::DoesNotFit {
                 needs: v.smem_bytes,
                 limit: gpu.smem_optin,
-            },
-            _ => measure_kernel(kernels, kernel, &mut ops, dims, *effort, &mut production_y)
-                .unwrap_or_else(|e| Outcome::Failed {
+            }),
+            _ => check_kernel(kernels, kernel, &mut ops, dims, &mut production_y).map_err(|e| {
+                Outcome::Failed {
                     error: e.to_string(),
-                }),
+                }
+            }),
         };
-        let label = match kernel {
-            Kernel::Variant(v) => v.name.trim_start_matches("forward_").to_string(),
-            Kernel::Production(_) => {
-                format!("production {}", production.map_or("?", |c| c.name()))
+        // A launch refused before it ran leaves the context as it was; a kernel that trapped
+        // leaves it unusable, and every later call would fail the same way.
+        let lost = match &state {
+            Err(Outcome::Failed { .. }) => stream.synchronize().err(),
+            _ => None,
+        };
+        if let Some(e) = lost {
+            if let Err(outcome) = state {
+                let row = SweepRow {
+                    shape,
+                    dtype,
+                    kernel: label(kernel),
+                    outcome,
+                };
+                progress(&row);
+                rows.push(row);
             }
+            return Err(Error::Cuda(format!(
+                "the CUDA context is unusable after {shape} {} {} failed ({e}); the other rows \
+                 of {shape} {} were not measured",
+                dtype.name(),
+                label(kernel),
+                dtype.name()
+            )));
+        }
+        checked.push(state);
+    }
+    let ready: Vec<usize> = (0..candidates.len())
+        .filter(|&c| checked[c].is_ok())
+        .collect();
+    let mut timings = measure_interleaved(stream, *effort, ready.len(), |c, i| {
+        candidates[ready[c]].launch(kernels, &mut ops, dims, i)
+    })
+    .into_iter();
+    let mut failed = false;
+    for (&kernel, state) in candidates.iter().zip(checked) {
+        let outcome = match state {
+            Err(outcome) => outcome,
+            Ok(comparison) => match timings.next() {
+                Some(Ok(timing)) => comparison.outcome(timing.micros().median),
+                Some(Err(e)) => Outcome::Failed {
+                    error: e.to_string(),
+                },
+                None => Outcome::Failed {
+                    error: "not timed".into(),
+                },
+            },
         };
-        let failed = matches!(outcome, Outcome::Failed { .. });
+        failed |= matches!(outcome, Outcome::Failed { .. });
         let row = SweepRow {
             shape,
             dtype,
-            kernel: label,
+            kernel: label(kernel),
             outcome,
         };
         progress(&row);
         rows.push(row);
-        // A launch refused before it ran leaves the context as it was; a kernel that trapped
-        // leaves it unusable, and every later call would fail the same way.
-        if failed {
-            if let Err(e) = stream.synchronize() {
-                return Err(Error::Cuda(format!(
-                    "the CUDA context is unusable after {} {} {} failed ({e}); the rows after \
-                     it were not measured",
-                    shape,
-                    dtype.name(),
-                    rows.last().map_or("", |r| r.kernel.as_str())
-                )));
-            }
+    }
+    if failed {
+        if let Err(e) = stream.synchronize() {
+            return Err(Error::Cuda(format!(
+                "the CUDA context is unusable after a timing of {shape} {} failed ({e}); the \
+                 rows after it were not measured",
+                dtype.name()
+            )));
         }
     }
     Ok(())
 }
 
-/// Times `kernel` and compares its output of launch 0 with the production row's
-/// (`production_y`, which a production kernel's row sets).
-fn measure_kernel<T: Element>(
+/// What a kernel's launch 0 showed against the production row's output.
+enum Comparison {
+    /// It is the production row.
+    Production,
+    /// The production row above it failed: nothing to compare with.
+    Unchecked,
+    /// `differ` elements differ from the production row's output, at relative L2 distance
+    /// `distance`, where `differences` says.
+    Compared {
+        differ: usize,
+        distance: f64,
+        differences: String,
+    },
+}
+
+impl Comparison {
+    /// The row's outcome once the kernel was timed at `time_us` per launch.
+    fn outcome(self, time_us: f64) -> Outcome {
+        match self {
+            Comparison::Production => Outcome::Measured {
+                time_us,
+                differ: 0,
+                distance: 0.0,
+                differences: String::new(),
+            },
+            Comparison::Unchecked => Outcome::Unchecked { time_us },
+            Comparison::Compared {
+                differ,
+                distance,
+                differences,
+            } => Outcome::Measured {
+                time_us,
+                differ,
+                distance,
+                differences,
+            },
+        }
+    }
+}
+
+/// Runs `kernel`'s launch 0 and compares its output with the production row's
+/// (`production_y`, which a production kernel's check sets).
+fn check_kernel<T: Element>(
     kernels: &LayerKernels,
     kernel: Kernel,
     ops: &mut Operands<T>,
     dims: LinearShape,
-    effort: Effort,
     production_y: &mut Option<Vec<f64>>,
-) -> Result<Outcome> {
+) -> Result<Comparison> {
     let stream = kernels.stream();
-    // Launch 0 alone, then its output, before the timing overwrites it.
     kernel.launch(kernels, ops, dims, 0)?;
     let y: Vec<f64> = stream
         .clone_dtoh(&ops.set_mut(0).y)?
         .into_iter()
         .map(|v: T| v.to_f64())
         .collect();
-    let timing = measure(stream, effort, |i| kernel.launch(kernels, ops, dims, i))?;
-    let time_us = timing.per_launch.as_secs_f64() * 1e6;
     if matches!(kernel, Kernel::Production(_)) {
         *production_y = Some(y);
-        return Ok(Outcome::Measured {
-            time_us,
-            differ: 0,
-            distance: 0.0,
-            differences: String::new(),
-        });
+        return Ok(Comparison::Production);
     }
     let Some(want) = production_y.as_ref() else {
-        return Ok(Outcome::Unchecked { time_us });
+        return Ok(Comparison::Unchecked);
     };
     let differs = |i: usize| y[i].to_bits() != want[i].to_bits();
     let differ = (0..y.len()).filter(|&i| differs(i)).count();
-    Ok(Outcome::Measured {
-        time_us,
+    Ok(Comparison::Compared {
         differ,
         distance: reference::relative_l2_error_nonfinite(&y, want),
         differences: if differ == 0 {
