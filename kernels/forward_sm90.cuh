@@ -17,9 +17,10 @@
 // the accumulator fragment; the Philox words are drawn while the tensor cores run the main
 // loop).
 //
-// Consumers: cooperative (both warpgroups on every tile), or ping-pong (PING_PONG: 64-row tiles,
-// each one warpgroup's, the two taking the block's tiles in turn, so that one's epilogue overlaps
-// the other's main loop).
+// Consumers: cooperative (both warpgroups on every tile), or ping-pong (PING_PONG: 64- or 128-row
+// tiles, each one warpgroup's, the two taking the block's tiles in turn, so that one's epilogue
+// overlaps the other's main loop; a 128-row tile is two blocks of 64 rows to its warpgroup, each
+// with its own mask and epilogue).
 //
 // Clusters (the entry point's __cluster_dims__(kClusterBlocks, 1, 1)): split-K (Split, each
 // block of a cluster accumulates its share of k, gemm/sm90/split_k.cuh), or B multicast
@@ -72,6 +73,10 @@ __device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUt
     constexpr bool kPingPong = Mainloop::kConsumersPerTile == 1;
     static_assert(!kPingPong || (!kSplitK && kMulticast == 1),
                   "ping-pong consumers run without clusters");
+    // Blocks of 64 rows per warpgroup tile (Mainloop::row_block).
+    constexpr int kRowBlocks = Mainloop::kWgRowBlocks;
+    static_assert(kRowBlocks == 1 || !Config::kTmaStore,
+                  "a warpgroup's staging area holds one block of 64 rows");
     constexpr int kClusterBlocks = kSplitK ? Split::kSplits : kMulticast;
     // The rows of a cluster's tile: the multicast blocks' row tiles one after another.
     constexpr int kClusterRows = Mainloop::kBlockM * kMulticast;
@@ -125,15 +130,17 @@ __device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUt
     const int t = (int)(threadIdx.x % gemm::sm90::kWarpgroupThreads);
     // The warpgroup's part of each tile it takes: all of it with ping-pong consumers.
     const int part = kPingPong ? 0 : consumer;
-    const int wg_row = (part % Mainloop::kWgRows) * 64 + row_in_cluster;
+    const int wg_row = (part % Mainloop::kWgRows) * 64 * kRowBlocks + row_in_cluster;
     const int wg_col = (part / Mainloop::kWgRows) * Mainloop::kWgN;
     float acc[Mainloop::kAccumulators];
     using FragmentMask = gemm::sm90::FragmentMask<Mainloop::kWgN>;
-    FragmentMask mask;
+    // One mask per row block, drawn one after the other.
+    FragmentMask mask[kRowBlocks];
     // Mask groups drawn per k-block: all of a tile's groups within its main loop, spread evenly,
     // so that a short reduction (wide, k = 256: 4 k-blocks for 32 groups at 128 x 256) leaves
     // none for the epilogue, where the warpgroup would draw them while its tensor cores idle.
-    const int draws_per_k_block = (FragmentMask::kGroups + share.count - 1) / share.count;
+    const int draws_per_k_block =
+        (kRowBlocks * FragmentMask::kGroups + share.count - 1) / share.count;
     int done = 0;  // the block's tiles before this one (both warpgroups')
     for (int linear = scheduler.first(); linear < scheduler.tiles();
          linear = scheduler.next(linear), ++done) {
@@ -146,13 +153,25 @@ __device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUt
         }
         if (dropout) {
             const gemm::TileCoordOf<int> tile = scheduler.tile(linear);
-            mask.reset(mp,
-                       (uint64_t)tile.tm * kClusterRows + wg_row + 16 * (t / 32) + (t % 32) / 4,
-                       (uint64_t)tile.tn * Mainloop::kBlockN + wg_col + 2 * (t % 4));
+#pragma unroll
+            for (int block = 0; block < kRowBlocks; ++block) {
+                mask[block].reset(mp,
+                                  (uint64_t)tile.tm * kClusterRows + wg_row + 64 * block +
+                                      16 * (t / 32) + (t % 32) / 4,
+                                  (uint64_t)tile.tn * Mainloop::kBlockN + wg_col + 2 * (t % 4));
+            }
         }
         Mainloop::mma_tile(acc, storage, state, share.count, part, [&](int) {
             if (dropout) {
-                for (int d = 0; d < draws_per_k_block; ++d) mask.draw_next(key);
+                for (int d = 0; d < draws_per_k_block; ++d) {
+                    // The warp's lanes have drawn alike, so the choice is the same for all
+                    // (the paired draws shuffle).
+                    if (kRowBlocks == 1 || mask[0].drawn < FragmentMask::kGroups) {
+                        mask[0].draw_next(key);
+                    } else {
+                        mask[kRowBlocks - 1].draw_next(key);
+                    }
+                }
             }
         });
         if constexpr (kPingPong) order->pass(consumer);
@@ -163,12 +182,16 @@ __device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUt
             const long long tile_col = (long long)tile.tn * Mainloop::kBlockN + wg_col;
             if constexpr (Config::kTmaStore) {
                 gemm::sm90::stage_fragment<T, Mainloop::kWgN>(
-                    result, mask, epi, storage.stages + Config::kStagingOffset +
-                                           consumer * Config::kStagingBytesPerWarpgroup,
+                    result, mask[0], epi, storage.stages + Config::kStagingOffset +
+                                              consumer * Config::kStagingBytesPerWarpgroup,
                     map_y, consumer, tile_row, tile_col);
             } else {
-                gemm::sm90::store_fragment<T, Mainloop::kWgN>(result, mask, epi, tile_row,
-                                                              tile_col);
+#pragma unroll
+                for (int block = 0; block < kRowBlocks; ++block) {
+                    gemm::sm90::store_fragment<T, Mainloop::kWgN>(
+                        Mainloop::row_block(result, block), mask[block], epi,
+                        tile_row + 64 * block, tile_col);
+                }
             }
         };
         // Split-K: only rank 0 runs the epilogue, on the cluster's sums.
@@ -184,7 +207,7 @@ __device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUt
 // Tile BM x BN, pipeline depth STAGES (as deep as 227 KiB of shared memory allows), SPLITS
 // blocks per tile (split-K clusters) or 1, MULTICAST blocks per cluster sharing W's stages or 1,
 // TMA_STORE: Y through shared memory and TMA stores (needs Y's tensor map), PING_PONG: each
-// 64-row tile is one consumer warpgroup's, the two alternating (cooperative otherwise),
+// tile (64 or 128 rows) is one consumer warpgroup's, the two alternating (cooperative otherwise),
 // GROUP_ROWS: row tiles per group of the tile order (gemm/tile_scheduler.cuh).
 template <int BM, int BN, int STAGES, int SPLITS = 1, int MULTICAST = 1, bool TMA_STORE = false,
           bool PING_PONG = false, int GROUP_ROWS = kGroupRows>

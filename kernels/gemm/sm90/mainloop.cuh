@@ -33,10 +33,12 @@
 //
 // Consumer warpgroups: two. Cooperative (kConsumersPerTile = 2, the default): both work on every
 // tile; with BM = 128 each takes 64 rows and all BN columns, with BM = 64 both take the 64 rows
-// and BN / 2 columns each. Ping-pong (kConsumersPerTile = 1, BM = 64): each tile is one
+// and BN / 2 columns each. Ping-pong (kConsumersPerTile = 1, BM = 64 or 128): each tile is one
 // warpgroup's, all of it; the kernel hands the warpgroups alternate tiles, and a warpgroup skips
 // the stages of the other's tiles (skip_tile), so one warpgroup's epilogue runs while the other's
-// main loop keeps the tensor cores busy. Each issues wgmma m64n(kWgN)k16.
+// main loop keeps the tensor cores busy. Each issues wgmma m64n(kWgN)k16, once per k16 step for
+// each of its kWgRowBlocks blocks of 64 rows (two for a ping-pong warpgroup's 128-row tile, whose
+// accumulators are the two blocks' fragments one after the other: row_block).
 #pragma once
 
 #include <stdint.h>
@@ -111,16 +113,31 @@ struct Mainloop {
     static constexpr int kStages = kStagesArg;
     static constexpr int kBlockK = 128 / (int)sizeof(T);
     static constexpr int kConsumersPerTile = kConsumersPerTileArg;
-    static_assert(kConsumersPerTile == kConsumerWarpgroups || (kConsumersPerTile == 1 && BM == 64),
-                  "cooperative consumers, or ping-pong consumers on 64-row tiles");
-    static constexpr int kWgRows = BM / 64;
+    static_assert(kConsumersPerTile == kConsumerWarpgroups || kConsumersPerTile == 1,
+                  "cooperative consumers, or ping-pong consumers");
+    // Blocks of 64 rows in a consumer warpgroup's part of the tile: its whole 128-row tile for a
+    // ping-pong warpgroup at BM = 128, else one.
+    static constexpr int kWgRowBlocks = kConsumersPerTile == 1 ? BM / 64 : 1;
+    // Consumer warpgroups' parts along the rows of the tile.
+    static constexpr int kWgRows = BM / 64 / kWgRowBlocks;
     static constexpr int kWgCols = kConsumersPerTile / kWgRows;
     static constexpr int kWgN = BN / kWgCols;  // the wgmma N of each consumer warpgroup
     static_assert(kWgN % 8 == 0 && kWgN >= 8 && kWgN <= 256, "wgmma N is 8 .. 256");
     static_assert(BN <= 256, "a TMA box row count is at most 256");
     static_assert(kMajorB == Major::K || kWgN % 64 == 0,
                   "an MN-major B sub-block starts on a 64-column box");
-    static constexpr int kAccumulators = kWgN / 2;
+    static constexpr int kAccumulators = kWgRowBlocks * kWgN / 2;
+
+    // The fragment of row block `block` (wgmma_ss's accumulator layout) within a warpgroup's
+    // accumulators.
+    __device__ __forceinline__ static float (&row_block(float (&acc)[kAccumulators],
+                                                        int block))[kWgN / 2] {
+        return *reinterpret_cast<float(*)[kWgN / 2]>(acc + block * (kWgN / 2));
+    }
+    __device__ __forceinline__ static const float (&row_block(
+        const float (&acc)[kAccumulators], int block))[kWgN / 2] {
+        return *reinterpret_cast<const float(*)[kWgN / 2]>(acc + block * (kWgN / 2));
+    }
     static constexpr int kMulticast = kMulticastArg;
     static_assert(kMulticast == 1 || kMulticast == 2 || kMulticast == 4,
                   "B is multicast over clusters of 1, 2 or 4 blocks");
@@ -307,10 +324,14 @@ struct Mainloop {
             ptx::wgmma_fence();
 #pragma unroll
             for (int ks = 0; ks < kBlockK / 16; ++ks) {
-                const uint64_t desc_a = TileA::descriptor(stage, a_offset, ks);
                 const uint64_t desc_b = TileB::descriptor(stage + kOffsetB, b_offset, ks);
-                ptx::wgmma_ss<T, kWgN, TileA::kTranspose, TileB::kTranspose>(
-                    acc, desc_a, desc_b, kb > 0 || ks > 0);
+#pragma unroll
+                for (int block = 0; block < kWgRowBlocks; ++block) {
+                    const uint64_t desc_a =
+                        TileA::descriptor(stage, a_offset + (uint32_t)block * 64u * 128u, ks);
+                    ptx::wgmma_ss<T, kWgN, TileA::kTranspose, TileB::kTranspose>(
+                        row_block(acc, block), desc_a, desc_b, kb > 0 || ks > 0);
+                }
             }
             ptx::wgmma_commit_group();
             between(kb);
@@ -334,6 +355,7 @@ struct Mainloop {
                                                        int k_blocks, int consumer,
                                                        LoadA&& load_a) {
         static_assert(kMajorA == Major::K, "register A fragments are K-major");
+        static_assert(kWgRowBlocks == 1, "register A fragments are one 64-row block's");
         const uint32_t b_offset = b_offset_of(consumer);
         State release = state;
         FragmentsA even, odd;

@@ -142,7 +142,7 @@ fn forward_sm90_split_bf16_matches_reference() {
 /// The tuning variants of kernels/forward_sm90_sweep.cu and the production config whose output
 /// each must reproduce bit for bit (the same wgmma m64nNk16 sequence and epilogue arithmetic for
 /// every output element: the config with the same column tile).
-pub(super) const FORWARD_SM90_SWEEP_VARIANTS: [(&str, &str); 12] = [
+pub(super) const FORWARD_SM90_SWEEP_VARIANTS: [(&str, &str); 13] = [
     ("wg128x256_st3", "wg128x256"),
     ("wg128x256_tmastore", "wg128x256"),
     ("wg128x256_mc2", "wg128x256"),
@@ -151,6 +151,7 @@ pub(super) const FORWARD_SM90_SWEEP_VARIANTS: [(&str, &str); 12] = [
     ("wg128x128_mc2", "wg128x128"),
     ("wg64x256_pp", "wg128x256"),
     ("wg64x256_pp_tmastore", "wg128x256"),
+    ("wg128x128_pp", "wg128x128"),
     ("wg128x256_g4", "wg128x256"),
     ("wg128x256_g16", "wg128x256"),
     ("wg128x128_g16", "wg128x128"),
