@@ -251,6 +251,7 @@ __device__ __forceinline__ void backward_sm90(const CUtensorMap* map_dy, const C
     unit.scale = 1.0f;
     const bool transform = is_relu || dropout_enabled(unit);
     const int t = (int)(threadIdx.x % gemm::sm90::kWarpgroupThreads);
+    static_assert(Mainloop::kWgRowBlocks == 1, "each consumer warpgroup takes one 64-row block");
     const int wg_row = (consumer % Mainloop::kWgRows) * 64;
     const int wg_col = (consumer / Mainloop::kWgRows) * Mainloop::kWgN;
     float acc[Mainloop::kAccumulators];

@@ -172,6 +172,9 @@ fn check_misaligned<T: Element>(kernels: &LayerKernels, m: usize, n: usize, drop
         let got = stream.clone_dtoh(&output).unwrap();
         let form = format!("out of place, x misaligned by {x_off}, y by {y_off}");
         assert_eq!(mismatches(&got[y_off..], &want), 0, "{}", what(&form));
+        if y_off == 1 {
+            assert!(got[0].to_f64().is_nan(), "{}: wrote before y", what(&form));
+        }
     }
 }
 

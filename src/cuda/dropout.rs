@@ -127,8 +127,10 @@ impl LayerKernels {
 /// [`LayerKernels::dropout`], X into Y, and the backward's workspace pre-pass, dY into the
 /// workspace with scale 1). Its arguments:
 /// (input, output, m, n, the mask parameters); 256 threads per block, one thread per Philox
-/// call (4 elements, and a partial call at each row's ends), grid-stride beyond 65535 * 8
-/// blocks. `m * n` must be within `validate::MAX_INDEX` (the wrapper checks it).
+/// call (4 elements), grid-stride beyond 65535 * 8 blocks. The grid is sized for the kernel's
+/// path for any shard (up to n/4 + 2 calls per row, the partial calls at each row's ends); its
+/// path for whole rows needs about m*n/4 calls and leaves the rest of the threads idle.
+/// `m * n` must be within `validate::MAX_INDEX` (the wrapper checks it).
 pub fn dropout_plan<T: Element>(input: Operand, output: Operand, m: usize, n: usize) -> LaunchPlan {
     let calls = (m as u64).saturating_mul(n as u64 / 4 + 2);
     let blocks = calls.div_ceil(u64::from(THREADS)).clamp(1, 65_535 * 8) as u32;

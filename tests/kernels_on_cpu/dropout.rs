@@ -246,16 +246,20 @@ fn whole_rows_dropout_reads_four_at_once_only_where_aligned() {
         col_offset: 0,
         n_global: Some(n),
     };
-    // (m, n, p, geometry, x misaligned by, y misaligned by, in place, device seed)
+    // (m, n, p, geometry, x misaligned by, y misaligned by, in place, device seed); in place,
+    // the buffer is y and x's misalignment unused.
     let cases = [
-        (8, 64, 0.5f32, Geometry::UNSHARDED, 1, 1, true, false),
-        (17, 101, 0.1, Geometry::UNSHARDED, 1, 1, true, true),
+        (8, 64, 0.5f32, Geometry::UNSHARDED, 0, 1, true, false),
+        (17, 101, 0.1, Geometry::UNSHARDED, 0, 1, true, true),
         (8, 64, 0.5, Geometry::UNSHARDED, 0, 1, false, false),
         (8, 64, 0.5, Geometry::UNSHARDED, 1, 0, false, false),
         (7, 6, 1.0, Geometry::UNSHARDED, 0, 0, false, false),
         (9, 64, 0.3, rows(3, 64), 0, 0, true, false),
         (9, 101, 0.3, rows(5, 101), 0, 0, true, true),
         (9, 101, 0.5, rows(5, 101), 0, 0, false, false),
+        // The first call starts before the buffer (base 505 = 4 * 126 + 1), misaligned buffers.
+        (9, 101, 0.5, rows(5, 101), 1, 1, false, true),
+        (9, 101, 0.5, rows(5, 101), 0, 1, true, false),
         (1, 3, 0.5, rows(1 << 33, 3), 0, 0, false, false),
         // A column shard starting at column 0: not whole rows (rows of 150, of which it holds
         // 77), so one element at a time from each row's own first call.

@@ -1654,6 +1654,42 @@ impl Contender {
     }
 }
 
+/// A pass's figures, measured in the same rounds ([`measure_interleaved`]: one result per
+/// contender, in the order of `contenders`), sorted into its table's parts: the floor, the fused
+/// and unfused figures at each of `probabilities`, and the variant rows. A figure that failed is
+/// left out and handed to `fail` with its label ([`Contender::label`]).
+fn sort_figures(
+    probabilities: &[f32],
+    pass: &str,
+    contenders: &[Contender],
+    results: Vec<Result<Timing>>,
+    variants: &[Variant],
+    mut fail: impl FnMut(String, Error),
+) -> PassTimes {
+    let mut times = PassTimes::at(probabilities);
+    for (&contender, result) in contenders.iter().zip(results) {
+        let time = match result {
+            Ok(t) => t.micros(),
+            Err(e) => {
+                fail(contender.label(pass, variants), e);
+                continue;
+            }
+        };
+        match contender {
+            Contender::Floor => times.floor = Some(time),
+            Contender::Fused(p) => times.figures_at(p).1 = Some(time),
+            Contender::Unfused(p) => times.figures_at(p).2 = Some(time),
+            Contender::Variant(p, v) => times.variants.push(VariantTime {
+                p,
+                name: variants[v].name,
+                note: variants[v].forced.note(),
+                time,
+            }),
+        }
+    }
+    times
+}
+
 /// The workspace a backward variant runs with: none, or one large enough for each p of
 /// `probabilities` it runs at.
 fn variant_workspace<T: Element>(
@@ -1758,31 +1794,6 @@ fn measure_shape<T: Element>(
             }
         }
     };
-    // A pass's figures, measured in the same rounds, sorted into its table's parts.
-    let pass_times = |table: &mut Table,
-                      pass: &str,
-                      contenders: &[Contender],
-                      results: Vec<Result<Timing>>,
-                      variants: &[Variant]| {
-        let mut times = PassTimes::at(&options.probabilities);
-        for (&contender, result) in contenders.iter().zip(results) {
-            let Some(time) = record(table, contender.label(pass, variants), result) else {
-                continue;
-            };
-            match contender {
-                Contender::Floor => times.floor = Some(time),
-                Contender::Fused(p) => times.figures_at(p).1 = Some(time),
-                Contender::Unfused(p) => times.figures_at(p).2 = Some(time),
-                Contender::Variant(p, v) => times.variants.push(VariantTime {
-                    p,
-                    name: variants[v].name,
-                    note: variants[v].forced.note(),
-                    time,
-                }),
-            }
-        }
-        times
-    };
     // A graph replay's row, measured on its own stream after the pass's other figures.
     let record_graph = |table: &mut Table,
                         times: &mut PassTimes,
@@ -1819,7 +1830,14 @@ fn measure_shape<T: Element>(
                 Contender::Unfused(p) => plans.unfused_forward(kernels, set, p, i),
             }
         });
-        let mut times = pass_times(table, "forward", &contenders, results, &variants);
+        let mut times = sort_figures(
+            &options.probabilities,
+            "forward",
+            &contenders,
+            results,
+            &variants,
+            |label, e| fail(table, &label, e),
+        );
         if graphs {
             for &p in &options.probabilities {
                 let r = measure_graph(kernels, &mut ops, p, false, effort);
@@ -1880,7 +1898,14 @@ fn measure_shape<T: Element>(
                 Contender::Unfused(p) => plans.unfused_backward(kernels, set, p, i),
             }
         });
-        let mut times = pass_times(table, "backward", &contenders, results, &variants);
+        let mut times = sort_figures(
+            &options.probabilities,
+            "backward",
+            &contenders,
+            results,
+            &variants,
+            |label, e| fail(table, &label, e),
+        );
         times.chosen = kernels
             .backward_kernels_for::<T>(dims, Nonlinearity::Relu, BackwardKernel::Auto)
             .ok()
@@ -2582,6 +2607,57 @@ mod tests {
         );
         let sum = spread(10.0) + spread(30.0);
         assert_eq!((sum.median, sum.fastest, sum.slowest), (40.0, 39.0, 42.0));
+    }
+
+    #[test]
+    fn a_pass_s_figures_go_to_their_contenders_and_failures_are_reported() {
+        let variants = [Variant::IDENTITY];
+        let contenders = Contender::of_pass(&[0.0, 0.5], &variants, |_| true);
+        // Floor, fused 0, unfused 0, fused 0.5, identity 0.5, unfused 0.5: each its own time
+        // (microseconds = 10 x its position + 10), the identity's failed.
+        let timing = |us: u64| Timing {
+            per_launch: Duration::from_micros(us),
+            min: Duration::from_micros(us - 1),
+            max: Duration::from_micros(us + 2),
+            launches: 7,
+        };
+        let results: Vec<Result<Timing>> = (0..contenders.len())
+            .map(|c| {
+                if contenders[c] == Contender::Variant(0.5, 0) {
+                    Err(Error::Cuda("trapped".into()))
+                } else {
+                    Ok(timing(10 * c as u64 + 10))
+                }
+            })
+            .collect();
+        let mut failures = Vec::new();
+        let times = sort_figures(
+            &[0.0, 0.5],
+            "backward",
+            &contenders,
+            results,
+            &variants,
+            |label, e| failures.push(format!("{label}: {e}")),
+        );
+        let us = |m: f64| Micros {
+            median: m,
+            fastest: m - 1.0,
+            slowest: m + 2.0,
+        };
+        assert_eq!(times.floor, Some(us(10.0)));
+        assert_eq!(
+            times.per_p,
+            [
+                (0.0, Some(us(20.0)), Some(us(30.0))),
+                (0.5, Some(us(40.0)), Some(us(60.0)))
+            ]
+        );
+        assert!(times.variants.is_empty());
+        assert_eq!(failures.len(), 1);
+        assert!(
+            failures[0].starts_with("backward fused_identity p=0.5: "),
+            "{failures:?}"
+        );
     }
 
     fn fake_table() -> Table {

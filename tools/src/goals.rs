@@ -10,9 +10,9 @@
 //!
 //! Every goal is a ratio or a rate read from rows of the same run, never a time on its own.
 //! "Faster" is beyond the noise: our median time under the other's fastest repetition (the CSVs
-//! carry each figure's range, `fastest_us` and `slowest_us`). A goal is met only when every row it names was measured and meets it; rows that the run did
-//! not measure (a `--quick` run has bf16, and f32 on sq, small
-//! and odd, at p = 0.1 only) leave it "not measured", not met.
+//! carry each figure's range, `fastest_us` and `slowest_us`). A goal is met only when every row
+//! it names was measured and meets it; rows that the run did not measure (a `--quick` run has
+//! bf16, and f32 on sq, small and odd, at p = 0.1 only) leave it "not measured", not met.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;

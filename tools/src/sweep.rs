@@ -28,8 +28,9 @@
 //! launch, copy or timing fails is listed with the error and fails the run; the sweep goes on
 //! with the next row unless the error left the CUDA context unusable (a kernel that trapped),
 //! in which case it stops there and says so, with the rows of the shapes measured before in the
-//! table (the rows of a shape print once all of its kernels are timed). The variants after a
-//! failed production row are timed but not compared.
+//! table (the rows of a shape print once all of its kernels are timed; a kernel that traps while
+//! they are timed fails the shape's other rows with it, and the message names it). The variants
+//! after a failed production row are timed but not compared.
 //!
 //! `--family` and `--shapes` run a part of it (a short GPU lease times the Hopper family first:
 //! `fusedrop sweep --quick --family hopper`).
@@ -564,8 +565,11 @@ fn sweep_shape<T: Element>(
         candidates[ready[c]].launch(kernels, &mut ops, dims, i)
     })
     .into_iter();
-    let mut failed = false;
+    // The first kernel whose timing failed: with a trap, the one that broke the context (the
+    // others of the shape then fail after it).
+    let mut first_failed: Option<String> = None;
     for (&kernel, state) in candidates.iter().zip(checked) {
+        let timed = state.is_ok();
         let outcome = match state {
             Err(outcome) => outcome,
             Ok(comparison) => match timings.next() {
@@ -578,7 +582,9 @@ fn sweep_shape<T: Element>(
                 },
             },
         };
-        failed |= matches!(outcome, Outcome::Failed { .. });
+        if timed && first_failed.is_none() && matches!(outcome, Outcome::Failed { .. }) {
+            first_failed = Some(label(kernel));
+        }
         let row = SweepRow {
             shape,
             dtype,
@@ -588,11 +594,12 @@ fn sweep_shape<T: Element>(
         progress(&row);
         rows.push(row);
     }
-    if failed {
+    if let Some(kernel) = first_failed {
         if let Err(e) = stream.synchronize() {
             return Err(Error::Cuda(format!(
-                "the CUDA context is unusable after a timing of {shape} {} failed ({e}); the \
-                 rows after it were not measured",
+                "the CUDA context is unusable after the timing of {shape} {} {kernel} failed \
+                 ({e}): the shape's kernels are timed together, so its other rows failed with \
+                 it, and the shapes after it were not measured",
                 dtype.name()
             )));
         }

@@ -38,8 +38,8 @@ QUICK_SHAPES = ["up", "sq", "small", "wide", "odd"]
 QUICK_DTYPES = ["bf16", "f32"]
 COLUMNS = [
     "source", "gpu", "driver", "shape", "m", "n", "k", "dtype", "p", "pass", "impl", "time_us",
-    "fastest_us", "slowest_us", "tflops", "gbps", "vs_gemm_floor", "vs_unfused", "pct_copy_bw", "pct_matmul_rate",
-    "copy_gbps", "rate_tflops", "note",
+    "fastest_us", "slowest_us", "tflops", "gbps", "vs_gemm_floor", "vs_unfused", "pct_copy_bw",
+    "pct_matmul_rate", "copy_gbps", "rate_tflops", "note",
 ]
 
 

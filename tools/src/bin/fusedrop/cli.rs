@@ -89,7 +89,8 @@ EXIT CODES: 0 done, 1 a run failed, 2 bad flags, 3 --device cuda but no usable G
     /// ...; then the targets' lines: 1.00 x, the copy bandwidth of wide and small, ...), whether
     /// it is met, how many of its rows the run measured, its worst figure and the rows that miss
     /// it. A goal with a row the run did not measure, or measured on another GPU than the one it
-    /// is stated for, is not met ("not measured").
+    /// is stated for, is not met ("not measured"). "Faster" means our median under the other's
+    /// fastest repetition (the CSVs' `fastest_us`), so that noise does not count.
     #[command(
         after_help = "EXIT CODES: 0 every goal met, 1 some goal not met or not measured, 2 bad \
                             arguments or a CSV that cannot be read (or rows from two GPUs, or a row twice)."
