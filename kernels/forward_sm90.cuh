@@ -75,8 +75,6 @@ __device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUt
                   "ping-pong consumers run without clusters");
     // Blocks of 64 rows per warpgroup tile (Mainloop::row_block).
     constexpr int kRowBlocks = Mainloop::kWgRowBlocks;
-    static_assert(kRowBlocks == 1 || !Config::kTmaStore,
-                  "a warpgroup's staging area holds one block of 64 rows");
     constexpr int kClusterBlocks = kSplitK ? Split::kSplits : kMulticast;
     // The rows of a cluster's tile: the multicast blocks' row tiles one after another.
     constexpr int kClusterRows = Mainloop::kBlockM * kMulticast;
@@ -180,14 +178,15 @@ __device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUt
             const gemm::EpilogueArgs<T> epi = gemm::make_epilogue_args(b, y, m, n, relu, mp);
             const long long tile_row = (long long)tile.tm * kClusterRows + wg_row;
             const long long tile_col = (long long)tile.tn * Mainloop::kBlockN + wg_col;
-            if constexpr (Config::kTmaStore) {
-                gemm::sm90::stage_fragment<T, Mainloop::kWgN>(
-                    result, mask[0], epi, storage.stages + Config::kStagingOffset +
-                                              consumer * Config::kStagingBytesPerWarpgroup,
-                    map_y, consumer, tile_row, tile_col);
-            } else {
 #pragma unroll
-                for (int block = 0; block < kRowBlocks; ++block) {
+            for (int block = 0; block < kRowBlocks; ++block) {
+                if constexpr (Config::kTmaStore) {
+                    gemm::sm90::stage_fragment<T, Mainloop::kWgN>(
+                        Mainloop::row_block(result, block), mask[block], epi,
+                        storage.stages + Config::kStagingOffset +
+                            consumer * Config::kStagingBytesPerWarpgroup,
+                        map_y, consumer, tile_row + 64 * block, tile_col, block);
+                } else {
                     gemm::sm90::store_fragment<T, Mainloop::kWgN>(
                         Mainloop::row_block(result, block), mask[block], epi,
                         tile_row + 64 * block, tile_col);
@@ -229,11 +228,13 @@ struct WgConfig {
     // sweep variant turns it off to measure it.
     static constexpr bool kPairedDraws = true;
     static constexpr int kThreads = gemm::sm90::kThreads;
-    // The staging areas of the TMA-store epilogue, one per consumer warpgroup, 1024-byte aligned
-    // after the ring (whose barriers take the first bytes of the 1024 in between).
+    // The staging areas of the TMA-store epilogue, one per consumer warpgroup (64 rows of its
+    // tile per row block), 1024-byte aligned after the ring (whose barriers take the first bytes
+    // of the 1024 in between).
     static constexpr uint32_t kStagingOffset =
         (uint32_t)STAGES * Mainloop<__half>::kStageBytes + 1024u;
-    static constexpr uint32_t kStagingBytesPerWarpgroup = 128u * Mainloop<__half>::kWgN;
+    static constexpr uint32_t kStagingBytesPerWarpgroup =
+        128u * Mainloop<__half>::kWgN * Mainloop<__half>::kWgRowBlocks;
     // Ping-pong consumers' turns (ConsumerOrder) follow the ring's barriers.
     static constexpr int kOrderBytes = PING_PONG ? (int)sizeof(gemm::sm90::ConsumerOrder) : 0;
     static_assert(sizeof(typename Mainloop<__half>::Barriers) + kOrderBytes <= 1024,

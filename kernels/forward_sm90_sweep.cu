@@ -16,7 +16,7 @@
 //     direct stores (5 stages) and with TMA stores (4 stages); and tiles of 128 x 128, each one
 //     consumer warpgroup's as two blocks of 64 rows (CUTLASS's ping-pong tile: 1.33 times the
 //     L2 traffic of 128 x 256 per FLOP where 64 x 256 reads 1.67 times), with direct stores (6
-//     stages);
+//     stages) and with TMA stores (5 stages);
 //   - the tile order's group (GROUP_ROWS, gemm/tile_scheduler.cuh): 4 or 16 row tiles per group
 //     instead of 8 at 128 x 256, 16 at 128 x 128. The 132 tiles one wave of an H100/H200 holds
 //     read the fewest distinct rows of X and columns of W when the wave's footprint is square:
@@ -49,6 +49,7 @@ struct Sweep128x128Multicast2 : WgConfig<128, 128, 6, 1, 2> {};
 struct Sweep64x256PingPong : WgConfig<64, 256, 5, 1, 1, false, true> {};
 struct Sweep64x256PingPongTmaStore : WgConfig<64, 256, 4, 1, 1, true, true> {};
 struct Sweep128x128PingPong : WgConfig<128, 128, 6, 1, 1, false, true> {};
+struct Sweep128x128PingPongTmaStore : WgConfig<128, 128, 5, 1, 1, true, true> {};
 struct Sweep128x256Group4 : WgConfig<128, 256, 4, 1, 1, false, false, 4> {};
 struct Sweep128x256Group16 : WgConfig<128, 256, 4, 1, 1, false, false, 16> {};
 struct Sweep128x128Group16 : WgConfig<128, 128, 6, 1, 1, false, false, 16> {};
@@ -91,6 +92,7 @@ FUSEDROP_FORWARD_SM90_SWEEP_CLUSTER_TYPES(Sweep128x128Multicast2, wg128x128_mc2)
 FUSEDROP_FORWARD_SM90_SWEEP_TYPES(Sweep64x256PingPong, wg64x256_pp)
 FUSEDROP_FORWARD_SM90_SWEEP_TYPES(Sweep64x256PingPongTmaStore, wg64x256_pp_tmastore)
 FUSEDROP_FORWARD_SM90_SWEEP_TYPES(Sweep128x128PingPong, wg128x128_pp)
+FUSEDROP_FORWARD_SM90_SWEEP_TYPES(Sweep128x128PingPongTmaStore, wg128x128_pp_tmastore)
 FUSEDROP_FORWARD_SM90_SWEEP_TYPES(Sweep128x256Group4, wg128x256_g4)
 FUSEDROP_FORWARD_SM90_SWEEP_TYPES(Sweep128x256Group16, wg128x256_g16)
 FUSEDROP_FORWARD_SM90_SWEEP_TYPES(Sweep128x128Group16, wg128x128_g16)
@@ -111,6 +113,7 @@ FUSEDROP_SM90_SWEEP_MATCHES(Sweep128x128Multicast2, wg128x128_mc2)
 FUSEDROP_SM90_SWEEP_MATCHES(Sweep64x256PingPong, wg64x256_pp)
 FUSEDROP_SM90_SWEEP_MATCHES(Sweep64x256PingPongTmaStore, wg64x256_pp_tmastore)
 FUSEDROP_SM90_SWEEP_MATCHES(Sweep128x128PingPong, wg128x128_pp)
+FUSEDROP_SM90_SWEEP_MATCHES(Sweep128x128PingPongTmaStore, wg128x128_pp_tmastore)
 FUSEDROP_SM90_SWEEP_MATCHES(Sweep128x256Group4, wg128x256_g4)
 FUSEDROP_SM90_SWEEP_MATCHES(Sweep128x256Group16, wg128x256_g16)
 FUSEDROP_SM90_SWEEP_MATCHES(Sweep128x128Group16, wg128x128_g16)

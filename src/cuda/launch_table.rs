@@ -191,7 +191,7 @@ pub const FORWARD_F32_SWEEP: [LaunchNumbers; 4] = [
 /// kernels/forward_sm90_sweep.cu: the tuning variants of the Hopper forward that `fusedrop sweep`
 /// times (stages, TMA-store epilogue, W multicast over clusters of 2, ping-pong consumers, the
 /// tile order's group, per-lane mask draws), in the order it prints them. `block_m` is one block's rows; a multicast variant's cluster takes `cluster` row tiles.
-pub const FORWARD_SM90_SWEEP: [LaunchNumbers; 13] = [
+pub const FORWARD_SM90_SWEEP: [LaunchNumbers; 14] = [
     numbers("forward_sweep_wg128x256_st3", 128, 256, 384, 148_528),
     tma_stored(numbers(
         "forward_sweep_wg128x256_tmastore",
@@ -234,6 +234,13 @@ pub const FORWARD_SM90_SWEEP: [LaunchNumbers; 13] = [
         231_424,
     )),
     numbers("forward_sweep_wg128x128_pp", 128, 128, 384, 197_744),
+    tma_stored(numbers(
+        "forward_sweep_wg128x128_pp_tmastore",
+        128,
+        128,
+        384,
+        231_424,
+    )),
     numbers("forward_sweep_wg128x256_g4", 128, 256, 384, 197_696),
     numbers("forward_sweep_wg128x256_g16", 128, 256, 384, 197_696),
     numbers("forward_sweep_wg128x128_g16", 128, 128, 384, 197_728),
@@ -241,7 +248,7 @@ pub const FORWARD_SM90_SWEEP: [LaunchNumbers; 13] = [
 ];
 
 /// Every configuration, for build.rs.
-pub const ALL: [LaunchNumbers; 56] = [
+pub const ALL: [LaunchNumbers; 57] = [
     FORWARD_TC128X256,
     FORWARD_TC128X128,
     FORWARD_TC64X128,
@@ -294,6 +301,7 @@ pub const ALL: [LaunchNumbers; 56] = [
     FORWARD_SM90_SWEEP[10],
     FORWARD_SM90_SWEEP[11],
     FORWARD_SM90_SWEEP[12],
+    FORWARD_SM90_SWEEP[13],
     FORWARD_F32_SWEEP[0],
     FORWARD_F32_SWEEP[1],
     FORWARD_F32_SWEEP[2],

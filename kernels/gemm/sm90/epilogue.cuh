@@ -235,20 +235,26 @@ __device__ __forceinline__ void consumer_barrier(int consumer) {
 // warp's 4-byte writes fall in distinct banks), then its first thread queues one TMA store per
 // box that starts inside Y (none when the warpgroup's rows all lie past Y, as the second block of
 // a multicast cluster's last row tile may); the TMA unit clips the rest past Y. The warpgroup goes on
-// to its next tile while the stores drain; the next call (and the kernel's end, through
-// finish_tma_stores) waits until they have read the staging area.
+// to its next tile while the stores drain; the next tile's first call (and the kernel's end,
+// through finish_tma_stores) waits until they have read the staging area. A warpgroup tile of
+// several 64-row blocks (a ping-pong warpgroup's 128 rows) stages block `block` at `staging`
+// + 128 kWgN `block` bytes, one call per block in order: only block 0's call waits.
 template <typename T, int kWgN>
 __device__ __forceinline__ void stage_fragment(const float (&acc)[kWgN / 2],
                                                const FragmentMask<kWgN>& mask,
                                                const EpilogueArgs<T>& a, unsigned char* staging,
                                                const CUtensorMap* map_y, int consumer,
-                                               long long tile_row, long long tile_col) {
+                                               long long tile_row, long long tile_col,
+                                               int block = 0) {
     static_assert(kWgN % 64 == 0, "the staging area is whole 64-column boxes");
     const int t = (int)(threadIdx.x % 128);
     const int w = t / 32, l = t % 32;
+    staging += (uint32_t)block * 128u * kWgN;
     // The previous tile's stores have read the staging area before anyone writes it again.
-    if (t == 0) ptx::tma_store_wait_read<0>();
-    consumer_barrier(consumer);
+    if (block == 0) {
+        if (t == 0) ptx::tma_store_wait_read<0>();
+        consumer_barrier(consumer);
+    }
 #pragma unroll
     for (int j = 0; j < kWgN / 8; ++j) {
         const int col = 8 * j + 2 * (l % 4);  // in the warpgroup tile

@@ -142,7 +142,7 @@ fn forward_sm90_split_bf16_matches_reference() {
 /// The tuning variants of kernels/forward_sm90_sweep.cu and the production config whose output
 /// each must reproduce bit for bit (the same wgmma m64nNk16 sequence and epilogue arithmetic for
 /// every output element: the config with the same column tile).
-pub(super) const FORWARD_SM90_SWEEP_VARIANTS: [(&str, &str); 13] = [
+pub(super) const FORWARD_SM90_SWEEP_VARIANTS: [(&str, &str); 14] = [
     ("wg128x256_st3", "wg128x256"),
     ("wg128x256_tmastore", "wg128x256"),
     ("wg128x256_mc2", "wg128x256"),
@@ -152,6 +152,7 @@ pub(super) const FORWARD_SM90_SWEEP_VARIANTS: [(&str, &str); 13] = [
     ("wg64x256_pp", "wg128x256"),
     ("wg64x256_pp_tmastore", "wg128x256"),
     ("wg128x128_pp", "wg128x128"),
+    ("wg128x128_pp_tmastore", "wg128x128"),
     ("wg128x256_g4", "wg128x256"),
     ("wg128x256_g16", "wg128x256"),
     ("wg128x128_g16", "wg128x128"),
@@ -236,7 +237,7 @@ fn forward_sm90_tma_store_fences_are_checked_per_thread() {
         launches.push(launch);
         expected.push((want, spec));
     }
-    assert_eq!(launches.len(), 4, "the four TMA-store variants");
+    assert_eq!(launches.len(), 5, "the five TMA-store variants");
     run(&exe, &launches);
     for (launch, (want, spec)) in launches.iter().zip(&expected) {
         check_layer_output(
