@@ -56,6 +56,22 @@ fn differing<T: Raw>(got: &[T], want: &[T]) -> usize {
         .count()
 }
 
+/// Runs `launches` and compares each one's output `y` with its entry of `wants`, bit for bit
+/// (NaN matching NaN).
+fn run_and_compare<T: Raw>(exe: &Path, launches: &[Launch], wants: &[Vec<T>]) {
+    run(exe, launches);
+    for (launch, want) in launches.iter().zip(wants) {
+        let differ = differing(&launch.output::<T>("y"), want);
+        assert_eq!(
+            differ,
+            0,
+            "{} {}: {differ} elements differ from the reference",
+            T::NAME,
+            launch.what
+        );
+    }
+}
+
 fn check_dropout_type<T: Raw>(exe: &Path, rng: &mut StdRng) {
     let shard = Geometry {
         row_offset: 5,
@@ -212,17 +228,7 @@ fn out_of_place_dropout_matches_reference_bit_for_bit() {
             launches.push(launch);
             wants.push(want);
         }
-        run(exe, &launches);
-        for (launch, want) in launches.iter().zip(&wants) {
-            let differ = differing(&launch.output::<T>("y"), want);
-            assert_eq!(
-                differ,
-                0,
-                "{} {}: {differ} elements differ from the reference",
-                T::NAME,
-                launch.what
-            );
-        }
+        run_and_compare::<T>(exe, &launches, &wants);
     }
     each::<f32>(&exe, shard, &mut rng);
     each::<f16>(&exe, shard, &mut rng);
@@ -318,17 +324,7 @@ fn whole_rows_dropout_reads_four_at_once_only_where_aligned() {
             launches.push(launch);
             wants.push(want);
         }
-        run(exe, &launches);
-        for (launch, want) in launches.iter().zip(&wants) {
-            let differ = differing(&launch.output::<T>("y"), want);
-            assert_eq!(
-                differ,
-                0,
-                "{} {}: {differ} elements differ from the reference",
-                T::NAME,
-                launch.what
-            );
-        }
+        run_and_compare::<T>(exe, &launches, &wants);
     }
     type Case = (usize, usize, f32, Geometry, usize, usize, bool, bool);
     each::<f32>(&exe, &cases, &mut rng);

@@ -513,6 +513,17 @@ fn sweep_shape<T: Element>(
                 .map_or("?", |c| c.name())
         ),
     };
+    // A row of the table, printed as it is added.
+    let mut emit = |kernel: Kernel, outcome: Outcome| {
+        let row = SweepRow {
+            shape,
+            dtype,
+            kernel: label(kernel),
+            outcome,
+        };
+        progress(&row);
+        rows.push(row);
+    };
     // The output of the production row above the current one, if it ran.
     let mut production_y: Option<Vec<f64>> = None;
     let mut checked = Vec::with_capacity(candidates.len());
@@ -539,14 +550,7 @@ fn sweep_shape<T: Element>(
         };
         if let Some(e) = lost {
             if let Err(outcome) = state {
-                let row = SweepRow {
-                    shape,
-                    dtype,
-                    kernel: label(kernel),
-                    outcome,
-                };
-                progress(&row);
-                rows.push(row);
+                emit(kernel, outcome);
             }
             return Err(Error::Cuda(format!(
                 "the CUDA context is unusable after {shape} {} {} failed ({e}); the other rows \
@@ -585,14 +589,7 @@ fn sweep_shape<T: Element>(
         if timed && first_failed.is_none() && matches!(outcome, Outcome::Failed { .. }) {
             first_failed = Some(label(kernel));
         }
-        let row = SweepRow {
-            shape,
-            dtype,
-            kernel: label(kernel),
-            outcome,
-        };
-        progress(&row);
-        rows.push(row);
+        emit(kernel, outcome);
     }
     if let Some(kernel) = first_failed {
         if let Err(e) = stream.synchronize() {
