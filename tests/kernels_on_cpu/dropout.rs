@@ -237,8 +237,8 @@ fn out_of_place_dropout_matches_reference_bit_for_bit() {
 
 /// The whole-rows path of kernels/dropout.cu (unsharded, or a shard of whole rows: col_offset 0
 /// and n_global = n), which reads and writes each Philox call's four elements at once where the
-/// first of them has a linear index divisible by 4 and both buffers are aligned to four
-/// elements, and one at a time elsewhere: buffers misaligned by one element (in place, and out
+/// buffer's first element has a linear index divisible by 4 and both buffers are aligned to
+/// four elements, and one at a time elsewhere: buffers misaligned by one element (in place, and out
 /// of place with either side misaligned), row shards whose first linear index is and is not a
 /// multiple of 4, lengths with a partial last call, the seed from a device buffer; and a column
 /// shard starting at column 0, which must not take the path. UBSan's

@@ -308,8 +308,8 @@ pub fn families_here(
     Ok((families, left_out))
 }
 
-/// Measures every shape, dtype and kernel into `rows`; `progress` sees each row as it is
-/// measured. Returns a line for each family left out because it cannot run here
+/// Measures every shape, dtype and kernel into `rows`; `progress` sees each row once all kernels
+/// of its shape and dtype are timed (together). Returns a line for each family left out because it cannot run here
 /// ([`families_here`]). An error ends the sweep with the rows measured until then in `rows`.
 pub fn sweep(
     options: &Options,

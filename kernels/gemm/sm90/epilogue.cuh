@@ -10,7 +10,8 @@
 //
 // The mask of a group is 4 keep bits (bit 2h + e for pair h, column e). They are drawn while the
 // tensor cores run the main loop (FragmentMask::draw_next from Mainloop::mma_tile's `between`
-// hook, ceil(groups / k-blocks) groups per k-block, so all before the epilogue). The bits go
+// hook, ceil(groups / k-blocks) groups per k-block, counting the groups of every row block of the
+// warpgroup's tile, so all before the epilogue). The bits go
 // through a shift register of kGroups / 8 words, so every register index is a compile-time
 // constant (a run-time index into a register array would put it in local memory).
 //

@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""PyTorch peer of `fusedrop bench`: the same layer, shapes, timing method and CSV columns.
+"""PyTorch peer of `fusedrop bench`: the same layer, shapes, CSV columns and timing per figure.
+
+Its figures are timed one after another, not interleaved as fusedrop's are.
 
 Times, on the GPU it runs on, with CUDA events:
   - gemm_floor: F.linear(x, w) without bias (PyTorch's own matrix product, no epilogue);

@@ -41,8 +41,10 @@ pub fn after_help() -> String {
         "Shapes of the suite, M x K x N:
 {}
 
-Every time is the median of several repetitions between CUDA events; the floors (copy
-bandwidth, cuBLASLt GEMM rate) are measured at the start of the same run.
+Every time is the median of several repetitions between CUDA events, the figures of one pass
+timed in the same rounds; the CSV also carries the fastest and slowest repetition (fastest_us,
+slowest_us). The floors (copy bandwidth, cuBLASLt GEMM rate) are measured at the start of the
+same run.
 
 EXIT CODES:
     0 every figure measured, 1 some figure not measured (see NOT MEASURED) or CSV not written,
