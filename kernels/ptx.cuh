@@ -504,6 +504,27 @@ FUSEDROP_PTX_DEVICE void prefetch_tensormap(const CUtensorMap* map) {
 #endif
 }
 
+// stmatrix.sync.aligned.m8n8.x4.shared.b16 (sm_90): the mirror of ldmatrix_x4. Each lane passes
+// the shared address of the row it receives (lanes 0-7 matrix 0, 8-15 matrix 1, ...); r[j] of
+// lane l is row l/4, columns 2(l%4)..2(l%4)+1 of matrix j, which is the layout of an mma or
+// wgmma accumulator fragment's column pair packed to 16 bits. One instruction writes 16 bytes
+// of four rows per lane where 4-byte stores would take four.
+FUSEDROP_PTX_DEVICE void stmatrix_x4(void* smem_row, const uint32_t (&r)[4]) {
+#if defined(FUSEDROP_PTX_SM90)
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1,%2,%3,%4};\n" ::"r"(
+                     smem_u32(smem_row)),
+                 "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3])
+                 : "memory");
+#elif defined(__CUDA_ARCH__)
+    (void)smem_row, (void)r;
+    __trap();
+#elif defined(__CUDACC__)
+    (void)smem_row, (void)r;
+#else
+    ::fusedrop::host::stmatrix(4, r, smem_row);
+#endif
+}
+
 // cp.async.bulk.tensor.2d.global.shared::cta.tile.bulk_group: stores the box at `smem_src`
 // (laid out in the map's swizzle) to the map's tensor at (c0, c1); elements outside the tensor
 // are not written. `smem_src` may be overwritten only after tma_store_wait_read retires the

@@ -12,10 +12,11 @@
 //   before the others start, so a missing barrier shows up as stale or poisoned data.
 // - `__syncthreads()` is a real barrier over the block's live threads; two threads waiting at
 //   different `__syncthreads()` call sites in one phase is reported as an error (divergent barrier).
-// - Warp-collective operations (mma, ldmatrix, shuffles, __syncwarp) rendezvous the 32 lanes of
-//   the warp; the last lane to arrive executes the instruction for the whole warp, following the
-//   PTX ISA definition and fragment layouts, and hands each lane its result. A collective that not
-//   all 32 lanes reach (divergence, early exit, a partial warp) is reported as an error.
+// - Warp-collective operations (mma, ldmatrix, stmatrix, shuffles, __syncwarp) rendezvous the
+//   32 lanes of the warp; the last lane to arrive executes the instruction for the whole warp,
+//   following the PTX ISA definition and fragment layouts, and hands each lane its result. A
+//   collective that not all 32 lanes reach (divergence, early exit, a partial warp) is reported
+//   as an error.
 // - Dynamic shared memory is a heap buffer of exactly the launch's size (so AddressSanitizer sees
 //   overruns), 128 bytes into a 256 KiB-aligned shared window (so smem_u32 gives window
 //   addresses), filled with 0xFF bytes (NaN in every element type) before each block. Static
@@ -34,9 +35,9 @@
 //   the async proxy's view of shared memory (each thread's fence.proxy.async publishing that
 //   thread's own stores) and of barrier initialisations (fence.mbarrier_init); cluster-scope
 //   releases and acquires.
-// - Misuse that the GPU would fault on or leave undefined (misaligned cp.async / ldmatrix
-//   addresses, divergent barriers, collectives with missing lanes, deadlocks) aborts with a
-//   message naming the block and thread.
+// - Misuse that the GPU would fault on or leave undefined (misaligned cp.async / ldmatrix /
+//   stmatrix addresses, stmatrix rows that overlap, divergent barriers, collectives with missing
+//   lanes, deadlocks) aborts with a message naming the block and thread.
 #pragma once
 
 #if defined(__CUDACC__)
@@ -138,7 +139,7 @@ namespace host {
 
 enum class State { Runnable, AtBarrier, AtClusterBarrier, AtWarp, AtWarpGroup, AtMbarrier, Done };
 
-enum class Op { None, Mma, Ldmatrix, Shfl, SyncWarp };
+enum class Op { None, Mma, Ldmatrix, Stmatrix, Shfl, SyncWarp };
 
 struct PendingCopy {
     void* dst;
@@ -323,7 +324,7 @@ struct Fiber {
 // One lane's operands and results of a warp collective.
 struct Slot {
     Op op = Op::None;
-    int kind = 0;  // mma: 0 f16, 1 bf16; ldmatrix: matrix count
+    int kind = 0;  // mma: 0 f16, 1 bf16; ldmatrix, stmatrix: matrix count
     bool trans = false;
     uint32_t a[4] = {0, 0, 0, 0};
     uint32_t b[2] = {0, 0};
@@ -458,7 +459,7 @@ struct Runtime {
     size_t dyn_bytes = 0;
     std::function<void()> body;
     const char* kernel_name = "";
-    bool ldmatrix_conflict_free = false;  // LaunchConfig::ldmatrix_conflict_free
+    bool matrix_conflict_free = false;  // LaunchConfig::matrix_conflict_free
 };
 
 inline Runtime*& runtime() {
@@ -635,6 +636,7 @@ inline const char* op_name(Op op) {
     switch (op) {
         case Op::Mma: return "mma.sync";
         case Op::Ldmatrix: return "ldmatrix";
+        case Op::Stmatrix: return "stmatrix";
         case Op::Shfl: return "shfl.sync";
         case Op::SyncWarp: return "__syncwarp";
         default: return "none";
@@ -710,38 +712,49 @@ inline void execute_mma(Warp& w) {
     }
 }
 
-inline void execute_ldmatrix(Warp& w) {
-    const int count = w.slot[0].kind;
-    const bool trans = w.slot[0].trans;
-    uint16_t M[4][8][8];
-    for (int lane = 0; lane < 32; ++lane) {
-        const Slot& s = w.slot[lane];
-        if (s.kind != count || s.trans != trans)
-            fail("ldmatrix lanes disagree on the shape (.x%d%s vs .x%d%s)", count,
-                 trans ? ".trans" : "", s.kind, s.trans ? ".trans" : "");
-    }
+// The row addresses of an ldmatrix or stmatrix of `count` matrices (lane 8j + i: row i of
+// matrix j): each 16-byte aligned, and, in a launch that declares its layouts conflict-free,
+// each matrix's 8 rows in distinct 16-byte slots of the 32 banks (they are one 128-byte access;
+// the shared window is 256 KiB-aligned, so host addresses give the slot).
+inline void check_matrix_rows(const char* name, const Warp& w, int count) {
     for (int lane = 0; lane < 8 * count; ++lane) {
         const unsigned char* row = static_cast<const unsigned char*>(w.slot[lane].addr);
         if (row == nullptr || reinterpret_cast<uintptr_t>(row) % 16 != 0)
-            fail("ldmatrix: lane %d supplies row address %p, which is not 16-byte aligned", lane,
+            fail("%s: lane %d supplies row address %p, which is not 16-byte aligned", name, lane,
                  (const void*)row);
-        // Each matrix's 8 rows are one 128-byte access of the 32 banks: conflict-free when
-        // different rows fall in different 16-byte slots of a bank line. The shared window is
-        // 256 KiB-aligned, so host addresses give the slot.
-        if (runtime()->ldmatrix_conflict_free)
-            for (int other = lane - lane % 8; other < lane; ++other) {
-                const unsigned char* o = static_cast<const unsigned char*>(w.slot[other].addr);
-                if (o != row && reinterpret_cast<uintptr_t>(o) % 128 ==
-                                    reinterpret_cast<uintptr_t>(row) % 128)
-                    fail("ldmatrix: matrix %d's rows from lanes %d and %d (shared addresses %u "
-                         "and %u) fall in the same 16-byte slot of the 32 banks, a bank "
-                         "conflict, in a kernel whose shared-memory layout is meant to be "
-                         "conflict-free (the swizzle, docs/KERNELS.md)",
-                         lane / 8, other, lane, (unsigned)(o - current_cta().smem_window),
-                         (unsigned)(row - current_cta().smem_window));
-            }
+        if (!runtime()->matrix_conflict_free) continue;
+        for (int other = lane - lane % 8; other < lane; ++other) {
+            const unsigned char* o = static_cast<const unsigned char*>(w.slot[other].addr);
+            if (o != row &&
+                reinterpret_cast<uintptr_t>(o) % 128 == reinterpret_cast<uintptr_t>(row) % 128)
+                fail("%s: matrix %d's rows from lanes %d and %d (shared addresses %u and %u) "
+                     "fall in the same 16-byte slot of the 32 banks, a bank conflict, in a "
+                     "kernel whose shared-memory layout is meant to be conflict-free (the "
+                     "swizzle, docs/KERNELS.md)",
+                     name, lane / 8, other, lane, (unsigned)(o - current_cta().smem_window),
+                     (unsigned)(row - current_cta().smem_window));
+        }
+    }
+}
+
+inline void check_matrix_shape(const char* name, const Warp& w) {
+    for (int lane = 0; lane < 32; ++lane) {
+        const Slot& s = w.slot[lane];
+        if (s.kind != w.slot[0].kind || s.trans != w.slot[0].trans)
+            fail("%s lanes disagree on the shape (.x%d%s vs .x%d%s)", name, w.slot[0].kind,
+                 w.slot[0].trans ? ".trans" : "", s.kind, s.trans ? ".trans" : "");
+    }
+}
+
+inline void execute_ldmatrix(Warp& w) {
+    const int count = w.slot[0].kind;
+    const bool trans = w.slot[0].trans;
+    check_matrix_shape("ldmatrix", w);
+    check_matrix_rows("ldmatrix", w, count);
+    uint16_t M[4][8][8];
+    for (int lane = 0; lane < 8 * count; ++lane) {
         unsigned char bytes[16];
-        memcpy(bytes, row, 16);
+        memcpy(bytes, w.slot[lane].addr, 16);
         for (int i = 0; i < 8; ++i) M[lane / 8][lane % 8][i] = load_u16(bytes, i);
     }
     for (int lane = 0; lane < 32; ++lane) {
@@ -760,6 +773,9 @@ inline void execute_ldmatrix(Warp& w) {
         }
     }
 }
+
+// Defined with the Hopper model's shared-memory bookkeeping, which it uses.
+inline void execute_stmatrix(Warp& w, int first_fiber);
 
 // shfl.sync.bfly.b32 with c = 0x1f (a full 32-lane segment): lane l takes the value of lane
 // l ^ (b & 0x1f), always a valid source (PTX ISA, shfl.sync).
@@ -793,6 +809,7 @@ inline Slot& warp_collective(Op op) {
     switch (op) {
         case Op::Mma: execute_mma(w); break;
         case Op::Ldmatrix: execute_ldmatrix(w); break;
+        case Op::Stmatrix: execute_stmatrix(w, f.index - f.lane); break;
         case Op::Shfl: execute_shfl(w); break;
         default: break;
     }
@@ -828,6 +845,17 @@ inline void ldmatrix(int count, bool trans, uint32_t (&r)[N], const void* smem_r
     s.addr = smem_row;
     warp_collective(Op::Ldmatrix);
     for (int i = 0; i < N; ++i) r[i] = s.out[i];
+}
+
+inline void stmatrix(int count, const uint32_t (&r)[4], void* smem_row) {
+    Runtime* rt = runtime();
+    Fiber& f = current_fiber();
+    Slot& s = rt->warps[f.warp].slot[f.lane];
+    s.kind = count;
+    s.trans = false;
+    s.addr = smem_row;
+    for (int i = 0; i < 4; ++i) s.a[i] = i < count ? r[i] : 0;
+    warp_collective(Op::Stmatrix);
 }
 
 inline uint32_t shfl_xor(uint32_t v, int arg) {
@@ -948,6 +976,20 @@ inline void start_store_tracking(int rank) {
     c.writer.assign(rt->dyn_bytes, kNoWriter);
 }
 
+// Credits thread `f` with the bytes of [begin, end), within one chunk of its block's dynamic
+// shared memory, that differ from what the bookkeeping last saw there, and lists the chunk as
+// the thread's if that made any byte newly its.
+inline void credit_changed_bytes(Cta& c, Fiber& f, size_t begin, size_t end) {
+    bool newly_listed = false;
+    for (size_t i = begin; i < end; ++i) {
+        if (c.dyn_smem[i] == c.generic_seen[i]) continue;
+        c.generic_seen[i] = c.dyn_smem[i];
+        if (c.writer[i] != f.index) newly_listed = true;
+        c.writer[i] = f.index;
+    }
+    if (newly_listed) f.unfenced_chunks.push_back((uint32_t)(begin / kWriterChunk));
+}
+
 // Credits thread `f` with the ordinary stores to its block's dynamic shared memory since a
 // thread of the block last stopped running: only `f` ran since (the scheduler calls this each
 // time a thread stops, fence_proxy_async before it publishes), and the async proxy's own
@@ -960,15 +1002,8 @@ inline void attribute_ordinary_stores(Runtime& rt, Fiber& f) {
     if (n == 0 || memcmp(c.dyn_smem, c.generic_seen.data(), n) == 0) return;
     for (size_t b = 0; b < n; b += kWriterChunk) {
         const size_t e = std::min(n, b + kWriterChunk);
-        if (memcmp(c.dyn_smem + b, c.generic_seen.data() + b, e - b) == 0) continue;
-        bool newly_listed = false;
-        for (size_t i = b; i < e; ++i) {
-            if (c.dyn_smem[i] == c.generic_seen[i]) continue;
-            c.generic_seen[i] = c.dyn_smem[i];
-            if (c.writer[i] != f.index) newly_listed = true;
-            c.writer[i] = f.index;
-        }
-        if (newly_listed) f.unfenced_chunks.push_back((uint32_t)(b / kWriterChunk));
+        if (memcmp(c.dyn_smem + b, c.generic_seen.data() + b, e - b) != 0)
+            credit_changed_bytes(c, f, b, e);
     }
 }
 
@@ -996,6 +1031,43 @@ inline void note_async_proxy_write(const unsigned char* p, size_t bytes) {
     memcpy(c.generic_seen.data() + offset, p, bytes);
     std::fill(c.writer.begin() + (std::ptrdiff_t)offset,
               c.writer.begin() + (std::ptrdiff_t)(offset + bytes), kNoWriter);
+}
+
+// stmatrix.sync.aligned.m8n8.x{1,2,4}.shared.b16 (sm_90), the mirror of ldmatrix: lane 8j + i
+// gives the address of row i of matrix j, and r[j] of lane l holds row l / 4, columns
+// 2 (l % 4) and 2 (l % 4) + 1 of matrix j (.trans is not used by the kernels and not modelled).
+// The last lane to arrive writes every row, so each 4-byte piece is credited to the lane whose
+// register it came from (Cta::writer): that lane's fence.proxy.async is the one that publishes it.
+// Two rows that overlap are an error (which lane's write lands is undefined), and so is a row
+// outside the block's dynamic shared memory.
+inline void execute_stmatrix(Warp& w, int first_fiber) {
+    const int count = w.slot[0].kind;
+    check_matrix_shape("stmatrix", w);
+    check_matrix_rows("stmatrix", w, count);
+    Runtime* rt = runtime();
+    Cta& c = current_cta();
+    for (int lane = 0; lane < 8 * count; ++lane) {
+        unsigned char* row = static_cast<unsigned char*>(const_cast<void*>(w.slot[lane].addr));
+        if (!in_dyn_smem(row, 16))
+            fail("stmatrix: lane %d's row address %p is not in the block's dynamic shared memory",
+                 lane, (const void*)row);
+        for (int other = 0; other < lane; ++other) {
+            const unsigned char* o = static_cast<const unsigned char*>(w.slot[other].addr);
+            if (o < row + 16 && row < o + 16)
+                fail("stmatrix: the rows of lanes %d and %d (shared addresses %u and %u) "
+                     "overlap: which lane's write lands is undefined",
+                     other, lane, (unsigned)(o - c.smem_window), (unsigned)(row - c.smem_window));
+        }
+        const int j = lane / 8, i = lane % 8;
+        for (int t = 0; t < 4; ++t) {
+            const int source = 4 * i + t;
+            memcpy(row + 4 * t, &w.slot[source].a[j], 4);
+            if (c.tracking) {
+                const size_t at = (size_t)(row + 4 * t - c.dyn_smem);
+                credit_changed_bytes(c, rt->fibers[first_fiber + source], at, at + 4);
+            }
+        }
+    }
 }
 
 // For the messages of a failed async_proxy_sees: what happened, and the rule.
@@ -2011,9 +2083,9 @@ struct LaunchConfig {
     size_t smem_bytes = 0;
     uint64_t schedule_seed = 0;
     unsigned cluster = 1;  // blocks per cluster, along x (the kernel's __cluster_dims__)
-    // A bank conflict in an ldmatrix is an error (the kernels' swizzled layouts avoid them; the
-    // unit tests' layouts need not).
-    bool ldmatrix_conflict_free = false;
+    // A bank conflict in an ldmatrix or stmatrix is an error (the kernels' swizzled layouts avoid
+    // them; the unit tests' layouts need not).
+    bool matrix_conflict_free = false;
     // Whose ordinary stores to shared memory are which, from each block's start
     // (start_store_tracking), so that a fence.proxy.async publishes only its own thread's
     // stores. It costs a comparison of the block's shared memory each time a thread stops
@@ -2139,7 +2211,7 @@ inline void run_grid(const char* name, const LaunchConfig& cfg, std::function<vo
     rt.kernel_name = name;
     rt.body = std::move(body);
     rt.dyn_bytes = cfg.smem_bytes;
-    rt.ldmatrix_conflict_free = cfg.ldmatrix_conflict_free;
+    rt.matrix_conflict_free = cfg.matrix_conflict_free;
     rt.ctas.resize(cluster);
     for (Cta& c : rt.ctas) {
         c.smem_window = static_cast<unsigned char*>(::operator new(

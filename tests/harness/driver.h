@@ -211,7 +211,7 @@ inline fusedrop::host::LaunchConfig config(const Request& req, dim3 grid, unsign
     cfg.block = dim3(threads, 1, 1);
     cfg.smem_bytes = smem;
     cfg.schedule_seed = req.schedule;
-    cfg.ldmatrix_conflict_free = true;
+    cfg.matrix_conflict_free = true;
     // Each thread's fence.proxy.async checked on its own, where the test asks (several times
     // slower: LaunchConfig::track_proxy_stores).
     cfg.track_proxy_stores = req.i64_or("track_proxy_stores", 0) != 0;

@@ -4,7 +4,9 @@
 //   ptx_unit checks        every positive check; prints one line per check, exit 1 on a failure
 //   ptx_unit <misuse>      one kernel that misuses the model; the harness must abort (exit 3):
 //                          divergent_barrier, exited_lane_shfl, misaligned_cp_async,
-//                          misaligned_ldmatrix, ldmatrix_bank_conflict, partial_warp_shfl,
+//                          misaligned_ldmatrix, ldmatrix_bank_conflict, misaligned_stmatrix,
+//                          stmatrix_bank_conflict, stmatrix_rows_overlap,
+//                          stmatrix_fenced_except_one_lane, partial_warp_shfl,
 //                          mbarrier_deadlock,
 //                          mbarrier_uninitialised, mbarrier_over_arrival, wgmma_without_fence,
 //                          wgmma_no_fence_after_wait, wgmma_unfenced_operand,
@@ -176,6 +178,53 @@ static void check_ldmatrix(std::mt19937& rng) {
             }
         check(ok, std::string("ldmatrix ") + names[v] + " fragments");
     }
+}
+
+// stmatrix: each lane's four registers written to the scattered rows of check_ldmatrix, read
+// back by ldmatrix from the same rows.
+struct StIo {
+    uint32_t in[32][4];
+    uint16_t rows[4][8][24];  // every row's slot (48 bytes) after the stmatrix
+    uint32_t back[32][4];
+};
+
+__global__ void stmatrix_kernel(StIo* io) {
+    FUSEDROP_DYNAMIC_SMEM(uint16_t, smem);
+    const int lane = threadIdx.x;
+    uint16_t* row = smem + row_slot(lane / 8, lane % 8) * 24;
+    uint32_t r[4];
+    for (int j = 0; j < 4; ++j) r[j] = io->in[lane][j];
+    stmatrix_x4(row, r);
+    __syncwarp();
+    for (int i = 0; i < 24; ++i) io->rows[lane / 8][lane % 8][i] = row[i];
+    uint32_t b[4];
+    ldmatrix_x4(b, row);
+    for (int j = 0; j < 4; ++j) io->back[lane][j] = b[j];
+}
+
+static void check_stmatrix(std::mt19937& rng) {
+    StIo io;
+    for (auto& lane : io.in)
+        for (auto& v : lane) v = (uint32_t)rng();
+    fusedrop::host::LaunchConfig cfg{dim3(1), dim3(32), 32 * 48, 4};
+    fusedrop::host::launch("stmatrix_kernel", stmatrix_kernel, cfg, &io);
+    bool rows_ok = true, rest_ok = true;
+    for (int j = 0; j < 4; ++j)
+        for (int r = 0; r < 8; ++r) {
+            for (int c = 0; c < 8; ++c) {
+                // Row r, column c of matrix j is half c % 2 of register j of lane 4 r + c / 2.
+                const uint32_t reg = io.in[4 * r + c / 2][j];
+                rows_ok = rows_ok && io.rows[j][r][c] == (uint16_t)(reg >> (16 * (c % 2)));
+            }
+            // The slot's other 32 bytes keep the harness's 0xFF poison: 16 bytes per row written.
+            for (int c = 8; c < 24; ++c) rest_ok = rest_ok && io.rows[j][r][c] == 0xFFFF;
+        }
+    bool back_ok = true;
+    for (int lane = 0; lane < 32; ++lane)
+        for (int j = 0; j < 4; ++j) back_ok = back_ok && io.back[lane][j] == io.in[lane][j];
+    check(rows_ok, "stmatrix x4 rows hold lane 4r + c/2's register j (the ldmatrix layout)");
+    check(rest_ok, "stmatrix x4 writes 16 bytes per row and nothing else");
+    check(back_ok, "stmatrix x4 then ldmatrix x4 of the same rows returns the registers");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -601,6 +650,83 @@ static size_t table_swizzle(size_t linear, int swizzle_bytes) {
 // The first 1024-byte-aligned place (in the shared window) at or after `raw`.
 __device__ inline unsigned char* align_1024(unsigned char* raw) {
     return raw + (1024 - smem_u32(raw) % 1024) % 1024;
+}
+
+// ---- stmatrix into a TMA store's source ----
+
+// Warp 0 writes four 8 x 8 matrices side by side (matrix j: columns 8j .. 8j + 7 of an 8 x 64
+// box of halves, 128-byte rows, no swizzle) with stmatrix; every thread but `unfenced_lane`
+// fences (fence.proxy.async), and after a barrier thread 0 stores the box by TMA.
+__global__ void stmatrix_tma_store_kernel(const __grid_constant__ CUtensorMap map,
+                                          const uint32_t* regs, int unfenced_lane) {
+    FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
+    unsigned char* stage = align_1024(raw);
+    if (threadIdx.x < 32) {
+        const int lane = threadIdx.x;
+        const uint32_t r[4] = {regs[4 * lane], regs[4 * lane + 1], regs[4 * lane + 2],
+                               regs[4 * lane + 3]};
+        stmatrix_x4(stage + 128 * (lane % 8) + 16 * (lane / 8), r);
+    }
+    if ((int)threadIdx.x != unfenced_lane) fence_proxy_async_shared();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        tma_store_2d(&map, stage, 0, 0);
+        tma_store_commit();
+        tma_store_wait_read<0>();
+    }
+}
+
+alignas(16) static uint16_t g_stmatrix_tensor[8][64];
+
+static CUtensorMap stmatrix_store_map() {
+    CUtensorMap map;
+    if (fusedrop::host::encode_tensor_map_2d(&map, 2, g_stmatrix_tensor, 64, 8, 128, 64, 8, 0) !=
+        CUDA_SUCCESS) {
+        fprintf(stderr, "encode_tensor_map_2d of the stmatrix box failed\n");
+        exit(2);
+    }
+    return map;
+}
+
+static void check_stmatrix_tma_store(std::mt19937& rng) {
+    uint32_t regs[32 * 4];
+    for (auto& v : regs) v = (uint32_t)rng();
+    memset(g_stmatrix_tensor, 0, sizeof g_stmatrix_tensor);
+    fusedrop::host::LaunchConfig cfg{dim3(1), dim3(128), 2048, 5};
+    fusedrop::host::launch("stmatrix_tma_store_kernel", stmatrix_tma_store_kernel, cfg,
+                           stmatrix_store_map(), (const uint32_t*)regs, -1);
+    bool ok = true;
+    for (int r = 0; r < 8; ++r)
+        for (int c = 0; c < 32; ++c) {
+            const uint32_t reg = regs[4 * (4 * r + (c % 8) / 2) + c / 8];
+            ok = ok && g_stmatrix_tensor[r][c] == (uint16_t)(reg >> (16 * (c % 2)));
+        }
+    check(ok, "stmatrix x4 fenced by every lane, then a TMA store: the box holds the matrices");
+}
+
+// stmatrix rows 8 bytes off 16-byte alignment.
+__global__ void misaligned_stmatrix_kernel(int* out) {
+    FUSEDROP_DYNAMIC_SMEM(uint16_t, smem);
+    const uint32_t r[4] = {1, 2, 3, 4};
+    stmatrix_x4(smem + 8 * threadIdx.x + 4, r);
+    out[threadIdx.x] = 0;
+}
+
+// Rows 32 bytes apart, in a launch that declares its layouts conflict-free (as
+// ldmatrix_bank_conflict_kernel).
+__global__ void stmatrix_bank_conflict_kernel(int* out) {
+    FUSEDROP_DYNAMIC_SMEM(uint16_t, smem);
+    const uint32_t r[4] = {1, 2, 3, 4};
+    stmatrix_x4(smem + 16 * threadIdx.x, r);
+    out[threadIdx.x] = 0;
+}
+
+// Lanes l and l + 16 give the same row: two writes to one place.
+__global__ void stmatrix_rows_overlap_kernel(int* out) {
+    FUSEDROP_DYNAMIC_SMEM(uint16_t, smem);
+    const uint32_t r[4] = {1, 2, 3, 4};
+    stmatrix_x4(smem + 8 * (threadIdx.x % 16), r);
+    out[threadIdx.x] = 0;
 }
 
 // ---- TMA load ----
@@ -1829,6 +1955,8 @@ int main(int argc, char** argv) {
         check_mma<__half>("f16", rng);
         check_mma<__nv_bfloat16>("bf16", rng);
         check_ldmatrix(rng);
+        check_stmatrix(rng);
+        check_stmatrix_tma_store(rng);
         check_ldmatrix_mma<__half>("f16", rng);
         check_ldmatrix_mma<__nv_bfloat16>("bf16", rng);
         check_shfl(rng);
@@ -1882,8 +2010,23 @@ int main(int argc, char** argv) {
         fusedrop::host::launch(what.c_str(), misaligned_ldmatrix_kernel, warp, sink);
     else if (what == "ldmatrix_bank_conflict") {
         fusedrop::host::LaunchConfig conflict_free = warp;
-        conflict_free.ldmatrix_conflict_free = true;
+        conflict_free.matrix_conflict_free = true;
         fusedrop::host::launch(what.c_str(), ldmatrix_bank_conflict_kernel, conflict_free, sink);
+    } else if (what == "misaligned_stmatrix")
+        fusedrop::host::launch(what.c_str(), misaligned_stmatrix_kernel, warp, sink);
+    else if (what == "stmatrix_bank_conflict") {
+        fusedrop::host::LaunchConfig conflict_free = warp;
+        conflict_free.matrix_conflict_free = true;
+        fusedrop::host::launch(what.c_str(), stmatrix_bank_conflict_kernel, conflict_free, sink);
+    } else if (what == "stmatrix_rows_overlap")
+        fusedrop::host::launch(what.c_str(), stmatrix_rows_overlap_kernel, warp, sink);
+    else if (what == "stmatrix_fenced_except_one_lane") {
+        // Lane 5 holds bytes 4 .. 7 of row 1 of every matrix: only its own fence publishes them,
+        // whichever lane the harness ran the stmatrix on.
+        static uint32_t regs[32 * 4];
+        for (int i = 0; i < 32 * 4; ++i) regs[i] = 0x10001u * (uint32_t)i;
+        fusedrop::host::launch(what.c_str(), stmatrix_tma_store_kernel, warpgroup,
+                               stmatrix_store_map(), (const uint32_t*)regs, 5);
     } else if (what == "mbarrier_deadlock")
         fusedrop::host::launch(what.c_str(), mbarrier_deadlock_kernel, warp, sink);
     else if (what == "mbarrier_uninitialised")

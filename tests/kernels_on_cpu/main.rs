@@ -622,6 +622,10 @@ fn ptx_host_bodies_match_plain_matrix_products() {
         "mma.m16n8k16 f16",
         "mma.m16n8k16 bf16",
         "ldmatrix x4.trans",
+        "stmatrix x4 rows hold lane 4r + c/2's register j",
+        "stmatrix x4 writes 16 bytes per row and nothing else",
+        "stmatrix x4 then ldmatrix x4 of the same rows returns the registers",
+        "stmatrix x4 fenced by every lane, then a TMA store",
         "shfl.sync.bfly for every lane mask",
         "cp.async.wait_group 1",
         "a missing __syncthreads",
@@ -660,7 +664,33 @@ fn harness_rejects_misuse_the_gpu_would_not_forgive() {
         ("exited_lane_shfl", &["deadlock"]),
         ("partial_warp_shfl", &["partial warp"]),
         ("misaligned_cp_async", &["misaligned"]),
-        ("misaligned_ldmatrix", &["not 16-byte aligned"]),
+        (
+            "misaligned_ldmatrix",
+            &["ldmatrix: lane 0", "not 16-byte aligned"],
+        ),
+        (
+            "misaligned_stmatrix",
+            &["stmatrix: lane 0", "not 16-byte aligned"],
+        ),
+        (
+            "stmatrix_bank_conflict",
+            &[
+                "stmatrix: matrix 0's rows from lanes 0 and 4",
+                "fall in the same 16-byte slot of the 32 banks",
+            ],
+        ),
+        (
+            "stmatrix_rows_overlap",
+            &["stmatrix: the rows of lanes 0 and 16", "overlap"],
+        ),
+        (
+            "stmatrix_fenced_except_one_lane",
+            // Row 1 of matrix 0, where lane 5's register 0 went (the first row it wrote to).
+            &[
+                "its source at shared address 1152 ",
+                "after the last fence.proxy.async of the thread that stored it",
+            ],
+        ),
         (
             "ldmatrix_bank_conflict",
             &[

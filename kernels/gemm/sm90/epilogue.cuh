@@ -232,8 +232,10 @@ __device__ __forceinline__ void consumer_barrier(int consumer) {
 // 16-byte aligned; `map_y` is Y's tensor map with 64 x 64 boxes and 128-byte swizzle). Consumer
 // warpgroup `consumer` writes its 64 x kWgN tile, rounded to T, into its `staging` area
 // (1024-byte aligned, 128 kWgN bytes) as kWgN / 64 boxes of 64 rows x 128 bytes in the
-// 128-byte swizzle layout (the 16-byte chunk index XOR the row within its group of 8 rows, so a
-// warp's 4-byte writes fall in distinct banks), then its first thread queues one TMA store per
+// 128-byte swizzle layout (the 16-byte chunk index XOR the row within its group of 8 rows),
+// with one stmatrix.x4 per two 8-column groups (ptx::stmatrix_x4: the fragment's column pairs
+// are its registers' layout; each 8 x 8 matrix row is one 16-byte chunk, so a matrix's 8 rows
+// fall in 8 distinct chunks of the bank line), then its first thread queues one TMA store per
 // box that starts inside Y (none when the warpgroup's rows all lie past Y, as the second block of
 // a multicast cluster's last row tile may); the TMA unit clips the rest past Y. The warpgroup goes on
 // to its next tile while the stores drain; the next tile's first call (and the kernel's end,
@@ -256,23 +258,33 @@ __device__ __forceinline__ void stage_fragment(const float (&acc)[kWgN / 2],
         if (t == 0) ptx::tma_store_wait_read<0>();
         consumer_barrier(consumer);
     }
+    // Lane l gives the row of matrix l / 8 it receives: row l % 8 of the 8 x 8 block of group
+    // j + l / 16, rows 8 ((l / 8) % 2) on from the warp's first.
+    const int st_row = 16 * w + 8 * ((l / 8) % 2) + l % 8;
+    const uint32_t st_row_byte = (uint32_t)st_row * 128u;
+    const uint32_t st_swizzle = (uint32_t)(st_row & 7) << 4;
 #pragma unroll
-    for (int j = 0; j < kWgN / 8; ++j) {
-        const int col = 8 * j + 2 * (l % 4);  // in the warpgroup tile
-        float bias0, bias1;
-        bias_pair(a, tile_col + col, bias0, bias1);
-        const uint32_t keep = a.dropout ? mask.nibble(j) : 0xFu;
+    for (int j = 0; j < kWgN / 8; j += 2) {
+        // Register 2 g + h: the pair of group j + g in row r0 + 8 h (matrix 2 g + h).
+        uint32_t packed[4];
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int row = 16 * w + l / 4 + 8 * h;
-            float v0, v1;
-            epilogue_pair(a, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1], bias0, bias1,
-                          keep >> (2 * h), v0, v1);
-            const uint32_t byte = (uint32_t)(col / 64) * 8192u + (uint32_t)row * 128u +
-                                  (uint32_t)(col % 64) * 2u;
-            *reinterpret_cast<uint32_t*>(staging + (byte ^ ((uint32_t)(row & 7) << 4))) =
-                pack_pair<T>(v0, v1);
+        for (int g = 0; g < 2; ++g) {
+            const int col = 8 * (j + g) + 2 * (l % 4);  // in the warpgroup tile
+            float bias0, bias1;
+            bias_pair(a, tile_col + col, bias0, bias1);
+            const uint32_t keep = a.dropout ? mask.nibble(j + g) : 0xFu;
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                float v0, v1;
+                epilogue_pair(a, acc[4 * (j + g) + 2 * h], acc[4 * (j + g) + 2 * h + 1], bias0,
+                              bias1, keep >> (2 * h), v0, v1);
+                packed[2 * g + h] = pack_pair<T>(v0, v1);
+            }
         }
+        const int col = 8 * (j + l / 16);
+        const uint32_t byte =
+            (uint32_t)(col / 64) * 8192u + st_row_byte + (uint32_t)(col % 64) * 2u;
+        ptx::stmatrix_x4(staging + (byte ^ st_swizzle), packed);
     }
     // The generic-proxy writes, visible to the TMA unit's reads.
     ptx::fence_proxy_async_shared();
