@@ -51,6 +51,9 @@ struct Case {
     /// Pass X, W and Y as views one element into their allocations (misaligned by 2 or 4
     /// bytes), which must take the kernels' unaligned paths.
     misaligned: bool,
+    /// Pass b as a view one element into its allocation (2 bytes off 4-byte alignment), X, W
+    /// and Y as `misaligned` says: the Hopper epilogue reads such biases one by one.
+    bias_misaligned: bool,
     /// Plant NaN, +inf and -inf in X, W and b (docs/mask-contract.md, "Non-finite values").
     nonfinite: bool,
 }
@@ -65,6 +68,7 @@ impl Case {
             geometry: Geometry::UNSHARDED,
             config: None,
             misaligned: false,
+            bias_misaligned: false,
             nonfinite: false,
         }
     }
@@ -120,13 +124,15 @@ fn run_gpu<T: Element>(
     };
     let x = kernels.stream().clone_htod(&pad(&host.x)).unwrap();
     let w = kernels.stream().clone_htod(&pad(&host.w)).unwrap();
-    let b = host
-        .b
-        .as_ref()
-        .map(|b| kernels.stream().clone_htod(b).unwrap());
+    let b_offset = usize::from(case.bias_misaligned);
+    let b = host.b.as_ref().map(|b| {
+        let mut padded = vec![T::from_f64(0.5); b_offset];
+        padded.extend_from_slice(b);
+        kernels.stream().clone_htod(&padded).unwrap()
+    });
     let poison = vec![T::from_f64(f64::NAN); offset + case.shape.m * case.shape.n];
     let mut y = kernels.stream().clone_htod(&poison).unwrap();
-    let b_view = b.as_ref().map(|b| b.as_view());
+    let b_view = b.as_ref().map(|b| b.slice(b_offset..));
     let x_view = x.slice(offset..);
     let w_view = w.slice(offset..);
     let mut y_view = y.slice_mut(offset..);
@@ -171,7 +177,8 @@ fn check<T: Element>(kernels: &LayerKernels, case: Case) {
     let host = inputs::<T>(&case, &mut rng);
     let spec = spec_of(&case, rng.random(), rng.random());
     let what = format!(
-        "{} {m}x{n}x{k} p={} {:?} bias={} {:?} config={:?} misaligned={} nonfinite={}",
+        "{} {m}x{n}x{k} p={} {:?} bias={} {:?} config={:?} misaligned={} bias_misaligned={} \
+         nonfinite={}",
         T::NAME,
         case.p,
         case.nonlinearity,
@@ -179,6 +186,7 @@ fn check<T: Element>(kernels: &LayerKernels, case: Case) {
         case.geometry,
         case.config,
         case.misaligned,
+        case.bias_misaligned,
         case.nonfinite
     );
     let got_elements = run_gpu(kernels, &case, &spec, &host, SeedSource::Host);
@@ -636,7 +644,7 @@ fn forced_hopper_error(kernels: &LayerKernels, x_offset: usize) -> fusedrop::Err
 
 /// Every Hopper config, f16 and bf16, on shapes it takes (k a multiple of 8) that are multiples
 /// of no tile, many tiles per block and few, every rate, both activations, with and without
-/// bias, non-finite inputs, and a shard geometry.
+/// bias, non-finite inputs, a shard geometry, and b off 4-byte alignment with even and odd n.
 #[test]
 fn hopper_configs_match_reference() {
     let Some(kernels) = gpu() else { return };
@@ -688,6 +696,17 @@ fn hopper_configs_match_reference() {
                     ..Case::new(300, 301, 200)
                 },
             );
+            for n in [136, 131] {
+                check::<T>(
+                    kernels,
+                    Case {
+                        config: Some(config),
+                        bias_misaligned: true,
+                        p: 0.5,
+                        ..Case::new(300, n, 256)
+                    },
+                );
+            }
         }
     }
     each::<f16>(&kernels);
@@ -802,7 +821,7 @@ fn hopper_split_k_is_chosen_for_few_tiles_and_deterministic() {
 /// of its column tile (wg128x256 or wg128x128: the same wgmma N) on the
 /// same inputs, which `hopper_configs_match_reference` checks against the reference: odd row
 /// tile counts (the multicast clusters' second block past m), partial column tiles, several tiles
-/// per block, non-finite inputs, every rate. A TMA-store variant refuses a Y whose rows TMA
+/// per block, non-finite inputs, b off 4-byte alignment, every rate. A TMA-store variant refuses a Y whose rows TMA
 /// cannot write (n not a multiple of 8).
 #[test]
 fn hopper_sweep_variants_match_production_bit_for_bit() {
@@ -817,14 +836,21 @@ fn hopper_sweep_variants_match_production_bit_for_bit() {
             .iter()
             .enumerate()
         {
+            // The small shape also passes b one element off 4-byte alignment (the epilogues
+            // then read the biases one by one).
             let case = Case {
                 nonfinite: i == 0,
+                bias_misaligned: i == 0,
                 ..Case::new(m, n, k)
             };
             let host = inputs::<T>(&case, &mut StdRng::seed_from_u64(0x5EE9 + i as u64));
             let x = stream.clone_htod(&host.x).unwrap();
             let w = stream.clone_htod(&host.w).unwrap();
-            let b = stream.clone_htod(host.b.as_ref().unwrap()).unwrap();
+            let b_offset = usize::from(case.bias_misaligned);
+            let mut padded_b = vec![T::from_f64(0.5); b_offset];
+            padded_b.extend_from_slice(host.b.as_ref().unwrap());
+            let b = stream.clone_htod(&padded_b).unwrap();
+            let b_view = b.slice(b_offset..);
             for (j, &p) in [0.0f32, 0.1, 0.5, 1.0].iter().enumerate() {
                 let spec = spec_of(&Case { p, ..case }, 0xD00D + j as u64, j as u64);
                 // Where the comparison starts from: every element written, of the reference's
@@ -877,7 +903,7 @@ fn hopper_sweep_variants_match_production_bit_for_bit() {
                     let poison = vec![T::from_f64(f64::NAN); m * n];
                     let mut y = stream.clone_htod(&poison).unwrap();
                     kernels
-                        .forward_sweep_variant(&spec, variant, &x, &w, Some(&b.as_view()), &mut y)
+                        .forward_sweep_variant(&spec, variant, &x, &w, Some(&b_view), &mut y)
                         .unwrap_or_else(|e| panic!("{} {}: {e}", variant.name, T::NAME));
                     let what = format!(
                         "{} {} {m}x{n}x{k} p = {p}: differs from {}",

@@ -44,6 +44,7 @@ struct EpilogueArgs {
     long long n;
     bool relu;
     bool vec_store;  // y 16-byte aligned and n a multiple of 16 / sizeof(T)
+    bool bias_pairs;  // b 4-byte aligned: two adjacent biases from an even column in one load
     bool dropout;    // 0 < p < 1: draw Philox words
     bool drop_all;   // p == 1: every element is dropped (x * 0), no Philox needed
     MaskParams mp;
@@ -61,6 +62,7 @@ __device__ __forceinline__ EpilogueArgs<T> make_epilogue_args(const T* b, T* y, 
     a.relu = relu != 0;
     a.vec_store = (reinterpret_cast<uintptr_t>(y) % 16 == 0) &&
                   (n % (long long)(16 / sizeof(T)) == 0);
+    a.bias_pairs = reinterpret_cast<uintptr_t>(b) % 4 == 0;
     a.drop_all = mp.threshold > 0xffffffffull;
     a.dropout = dropout_enabled(mp) && !a.drop_all;
     a.mp = mp;

@@ -7,8 +7,8 @@ mod hopper;
 mod plans;
 
 /// One forward case: shape, activation, bias, dropout, geometry, pointer misalignment (in
-/// elements, for every buffer), folded grid rows, device seed, NaN and infinities planted in X,
-/// W and b.
+/// elements, for every buffer, and for b alone on top), folded grid rows, device seed, NaN and
+/// infinities planted in X, W and b.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ForwardCase {
     pub(crate) shape: LinearShape,
@@ -17,6 +17,7 @@ pub(crate) struct ForwardCase {
     pub(crate) p: f32,
     pub(crate) geometry: Geometry,
     pub(crate) misalign: usize,
+    pub(crate) bias_misalign: usize,
     pub(crate) grid_y: Option<u32>,
     pub(crate) device_seed: bool,
     pub(crate) nonfinite: bool,
@@ -35,6 +36,7 @@ impl ForwardCase {
             p: 0.1,
             geometry: Geometry::UNSHARDED,
             misalign: 0,
+            bias_misalign: 0,
             grid_y: None,
             device_seed: false,
             nonfinite: false,
@@ -221,10 +223,13 @@ pub(crate) fn forward_launch<T: Raw>(
     // Addresses with the case's misalignment, for the plan's choices; the driver places the
     // buffers so.
     let offset = (case.misalign * T::BYTES) as u64;
+    let bias_misalign = case.misalign + case.bias_misalign;
     let addresses = OperandAddresses {
         x: 0x10_0000 + offset,
         w: 0x20_0000 + offset,
-        b: case.bias.then_some(0x30_0000 + offset),
+        b: case
+            .bias
+            .then_some(0x30_0000 + (bias_misalign * T::BYTES) as u64),
         y: 0x40_0000 + offset,
     };
     let plan = kernel.plan::<T>(&spec, &addresses, blocks);
@@ -236,7 +241,7 @@ pub(crate) fn forward_launch<T: Raw>(
         .buffer("w", &w, case.misalign, false)
         .buffer("y", &poisoned::<T>(m * n), case.misalign, true);
     if case.bias {
-        launch.buffer("b", &b, case.misalign, false);
+        launch.buffer("b", &b, bias_misalign, false);
     }
     if let Some(g) = case.grid_y {
         launch.int("grid_y", g);

@@ -149,13 +149,27 @@ __device__ __forceinline__ void store_pair(T* dst, float v0, float v1) {
     *reinterpret_cast<uint32_t*>(dst) = pack_pair<T>(v0, v1);
 }
 
-// The bias of columns c and c + 1 (0 past the last column, or without bias).
+// Two adjacent 16-bit biases, read as one 4-byte access.
+template <typename T>
+struct alignas(4) BiasPair {
+    T first, second;
+};
+
+// The bias of columns c and c + 1, c even (0 past the last column, or without bias): one 4-byte
+// load where both columns lie inside and b is 4-byte aligned (a.bias_pairs), else one load
+// each.
 template <typename T>
 __device__ __forceinline__ void bias_pair(const EpilogueArgs<T>& a, long long c, float& bias0,
                                           float& bias1) {
+    static_assert(sizeof(BiasPair<T>) == 4, "a pair of 16-bit elements");
     bias0 = 0.0f;
     bias1 = 0.0f;
-    if (a.b != nullptr) {
+    if (a.b == nullptr) return;
+    if (a.bias_pairs && c + 1 < a.n) {
+        const BiasPair<T> pair = *reinterpret_cast<const BiasPair<T>*>(a.b + c);
+        bias0 = Element<T>::to_float(pair.first);
+        bias1 = Element<T>::to_float(pair.second);
+    } else {
         if (c < a.n) bias0 = Element<T>::to_float(a.b[c]);
         if (c + 1 < a.n) bias1 = Element<T>::to_float(a.b[c + 1]);
     }

@@ -44,6 +44,20 @@ fn hopper_forward_cases(rng: &mut StdRng) -> Vec<(ForwardCase, Option<u32>)> {
         },
         Some(2),
     ));
+    // b one element off 4-byte alignment (X, W and Y aligned, so the Hopper kernel runs): the
+    // biases read one by one instead of in pairs (gemm/sm90/epilogue.cuh, bias_pair), with even
+    // n (the pair stores, and the TMA-store variants) and odd n.
+    for n in [136, 131] {
+        cases.push((
+            ForwardCase {
+                shape: LinearShape::new(129, n, 136),
+                bias_misalign: 1,
+                p: 0.5,
+                ..base
+            },
+            Some(2),
+        ));
+    }
     // Shards at a large row offset whose columns keep each lane pair's four columns in one
     // Philox call (n_global and col_offset multiples of 4: paired draws, gemm/sm90/epilogue.cuh),
     // and whose n_global would allow it but col_offset does not (every pair straddles two calls).
