@@ -824,6 +824,7 @@ fn rejects_relu_without_saved_output_and_wrong_lengths() {
     for (kernel, name) in [
         (BackwardKernel::TensorCore, "TensorCore"),
         (BackwardKernel::Hopper, "Hopper"),
+        (BackwardKernel::HopperWg128x256, "HopperWg128x256"),
     ] {
         let options = BackwardOptions {
             kernel,
@@ -856,7 +857,8 @@ const HOPPER_SPLIT_SHAPES: [(usize, usize, usize, &str); 2] =
 
 /// The Hopper kernels forced, f16 and bf16, on shapes they take (n and k multiples of 8) that
 /// are multiples of no tile, with one tile per block and many, every rate, both activations,
-/// accumulation, non-finite inputs, and the seed from a device buffer.
+/// accumulation, non-finite inputs, and the seed from a device buffer; and each tile forced for
+/// both products.
 #[test]
 fn hopper_kernels_match_reference() {
     let Some(kernels) = gpu() else { return };
@@ -885,6 +887,26 @@ fn hopper_kernels_match_reference() {
             check::<f16>(&kernels, &spec, case);
             check::<bf16>(&kernels, &spec, case);
         }
+    }
+    // Each Hopper tile forced for both products (unsplit), as `fusedrop bench` times them.
+    for (i, kernel) in [
+        BackwardKernel::HopperWg128x256,
+        BackwardKernel::HopperWg128x128,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let spec = LayerSpec::new(
+            LinearShape::new(257, 136, 200),
+            Nonlinearity::Relu,
+            DropoutSpec::new(0.1, 0x7117, i as u64),
+        );
+        let case = Case {
+            kernel,
+            ..ALL_OUTPUTS
+        };
+        check::<f16>(&kernels, &spec, case);
+        check::<bf16>(&kernels, &spec, case);
     }
 }
 

@@ -342,8 +342,11 @@ impl Path {
 /// [`LayerKernels::backward_kernels_for`].
 struct Chooser {
     gpu: GpuFacts,
-    /// The family asked for, with `Auto` resolved to `Simt` for f32.
+    /// The family asked for, with `Auto` resolved to `Simt` for f32 and the Hopper families
+    /// that force a tile to `Hopper`.
     family: BackwardKernel,
+    /// The tile of every Hopper product, where the family forces one (unsplit).
+    forced_hopper_tile: Option<Config>,
     /// Whether the Hopper kernels can run at all (GPU, dtype, build).
     hopper_possible: bool,
     shape: LinearShape,
@@ -360,12 +363,20 @@ impl Chooser {
         let family = match kernel {
             BackwardKernel::Simt => BackwardKernel::Simt,
             BackwardKernel::Auto if !T::NEEDS_SM80 => BackwardKernel::Simt,
-            BackwardKernel::TensorCore | BackwardKernel::Hopper if !T::NEEDS_SM80 => {
+            BackwardKernel::TensorCore
+            | BackwardKernel::Hopper
+            | BackwardKernel::HopperWg128x256
+            | BackwardKernel::HopperWg128x128
+                if !T::NEEDS_SM80 =>
+            {
                 return Err(invalid!(
                     "BackwardKernel::{kernel:?} was requested for {}; expected f16 or bf16 (f32 \
                      runs BackwardKernel::Simt or Auto)",
                     T::NAME
                 ))
+            }
+            BackwardKernel::HopperWg128x256 | BackwardKernel::HopperWg128x128 => {
+                BackwardKernel::Hopper
             }
             other => other,
         };
@@ -374,7 +385,7 @@ impl Chooser {
         if family == BackwardKernel::Hopper {
             if let Some(why) = &hopper_unavailable {
                 return Err(Error::UnsupportedDevice(format!(
-                    "BackwardKernel::Hopper: {why}"
+                    "BackwardKernel::{kernel:?}: {why}"
                 )));
             }
         }
@@ -386,6 +397,7 @@ impl Chooser {
         Ok(Chooser {
             gpu,
             family,
+            forced_hopper_tile: kernel.forced_hopper_tile(),
             hopper_possible,
             shape,
             dtype: T::NAME,
@@ -448,13 +460,15 @@ impl Chooser {
         if self.family == BackwardKernel::Hopper {
             if !fits {
                 return Err(invalid!(
-                    "BackwardKernel::Hopper reads dY, Y and {what} by TMA for {product}: they must \
-                     start 16-byte aligned (dY at {dy_ptr:#x}, Y at {:#x}, {what} at {ptr:#x}), \
-                     n = {n} and k = {k} must be positive multiples of 8",
+                    "the Hopper backward kernels read dY, Y and {what} by TMA for {product}: \
+                     they must start 16-byte aligned (dY at {dy_ptr:#x}, Y at {:#x}, {what} at \
+                     {ptr:#x}), n = {n} and k = {k} must be positive multiples of 8",
                     y_ptr.unwrap_or(0)
                 ));
             }
-            return Ok(Path::Hopper(chosen.unwrap_or(WG128X128)));
+            return Ok(Path::Hopper(
+                self.forced_hopper_tile.or(chosen).unwrap_or(WG128X128),
+            ));
         }
         match chosen.filter(|_| fits) {
             Some(config) => Ok(Path::Hopper(config)),
@@ -527,6 +541,23 @@ pub enum BackwardKernel {
     /// a cluster of 2, 4 or 8 blocks per tile (split-K, summed in a fixed order: still
     /// bit-identical run to run).
     Hopper,
+    /// [`BackwardKernel::Hopper`] with both products on the 128 x 256 tile, unsplit, whatever
+    /// the wave: for measuring the choice above (`fusedrop bench`'s `fused_hop256` rows).
+    HopperWg128x256,
+    /// [`BackwardKernel::Hopper`] with both products on the 128 x 128 tile, unsplit, whatever
+    /// the wave (`fusedrop bench`'s `fused_hop128` rows).
+    HopperWg128x128,
+}
+
+impl BackwardKernel {
+    /// The Hopper tile this family forces, if it forces one.
+    fn forced_hopper_tile(self) -> Option<Config> {
+        match self {
+            BackwardKernel::HopperWg128x256 => Some(WG128X256),
+            BackwardKernel::HopperWg128x128 => Some(WG128X128),
+            _ => None,
+        }
+    }
 }
 
 /// Options of one backward call. `Default` overwrites the gradients with the automatic kernel
@@ -1509,6 +1540,106 @@ mod tests {
     }
 
     #[test]
+    fn forced_hopper_tiles_run_both_products_unsplit() {
+        let h100 = GpuFacts {
+            compute_capability: (9, 0),
+            resident: ResidentClusters::uniform(132),
+            forward_sm90_loaded: true,
+            backward_sm90_loaded: true,
+        };
+        let buffers = BackwardBuffers {
+            dy: 0x10_0000,
+            y: Some(0x20_0000),
+            w: Some(0x30_0000),
+            x: Some(0x40_0000),
+            dx: Some(0x50_0000),
+            dw: Some(0x60_0000),
+            db: Some(0x70_0000),
+            workspace: None,
+        };
+        let functions = |shape: (usize, usize, usize), kernel| {
+            let (m, n, k) = shape;
+            let spec = LayerSpec::new(
+                LinearShape::new(m, n, k),
+                Nonlinearity::Relu,
+                crate::DropoutSpec::new(0.1, 1, 2),
+            );
+            backward_plan::<f16>(&spec, false, kernel, &h100, &buffers)
+                .unwrap()
+                .into_iter()
+                .map(|(plan, _)| (plan.function, plan.cluster))
+                .collect::<Vec<_>>()
+        };
+        let named = |dx: &str, dw: &str, cluster_dw: u32| {
+            vec![
+                (format!("fusedrop_backward_dx_{dx}_f16"), 1),
+                (format!("fusedrop_backward_dw_{dw}_f16"), cluster_dw),
+            ]
+        };
+        // dX 4096 x 4096 (512 tiles of 128 x 256), dW 1024 x 4096 (128 of 128 x 256, under a
+        // wave: 128 x 128).
+        let square = (4096, 1024, 4096);
+        assert_eq!(
+            functions(square, BackwardKernel::Auto),
+            named("wg128x256", "wg128x128", 1)
+        );
+        assert_eq!(
+            functions(square, BackwardKernel::HopperWg128x128),
+            named("wg128x128", "wg128x128", 1)
+        );
+        assert_eq!(
+            functions(square, BackwardKernel::HopperWg128x256),
+            named("wg128x256", "wg128x256", 1)
+        );
+        // wide's dW (256 x 1024 over m = 32768) splits over clusters of 8 unless a tile is forced.
+        let wide = (32768, 256, 1024);
+        assert_eq!(
+            functions(wide, BackwardKernel::Auto),
+            named("wg128x256", "wg128x128s8", 8)
+        );
+        assert_eq!(
+            functions(wide, BackwardKernel::HopperWg128x128),
+            named("wg128x128", "wg128x128", 1)
+        );
+        // Where the Hopper kernels cannot run, a forced tile is refused as BackwardKernel::Hopper
+        // is, naming the family asked for.
+        let a100 = GpuFacts {
+            compute_capability: (8, 0),
+            ..h100
+        };
+        let spec = spec(Nonlinearity::Relu, 0.1);
+        let err = backward_plan::<f16>(
+            &spec,
+            false,
+            BackwardKernel::HopperWg128x256,
+            &a100,
+            &buffers,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, Error::UnsupportedDevice(_))
+                && err
+                    .to_string()
+                    .contains("BackwardKernel::HopperWg128x256: ")
+                && err.to_string().contains("compute capability 9.0"),
+            "{err}"
+        );
+        let err = backward_plan::<f32>(
+            &spec,
+            false,
+            BackwardKernel::HopperWg128x128,
+            &h100,
+            &buffers,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("BackwardKernel::HopperWg128x128 was requested for f32"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn split_k_launches_whole_clusters() {
         let h100 = ResidentClusters::uniform(132);
         let s4 = WG128X128_SPLIT[1];
@@ -1834,7 +1965,8 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            err.to_string().contains("reads dY, Y and X by TMA for dW"),
+            err.to_string()
+                .contains("the Hopper backward kernels read dY, Y and X by TMA for dW"),
             "{err}"
         );
         // The same buffers with the automatic choice take the mma.sync kernels instead.

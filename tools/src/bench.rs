@@ -1110,9 +1110,17 @@ impl Variant {
         forced: Forced::IdentityWorkspace,
     };
 
-    /// Whether the variant is measured at dropout probability `p`.
+    /// Whether the variant is measured at dropout probability `p`: the identity's at every
+    /// p > 0 (at p = 0 there is no mask to draw); the forced Hopper backward tiles likewise
+    /// (a tile's cost does not depend on p, so leaving p = 0 out saves the bench's time).
     pub fn runs_at(self, p: f32) -> bool {
-        !matches!(self.forced, Forced::Identity | Forced::IdentityWorkspace) || p > 0.0
+        let only_with_dropout = matches!(
+            self.forced,
+            Forced::Identity
+                | Forced::IdentityWorkspace
+                | Forced::Kernel(BackwardKernel::HopperWg128x256 | BackwardKernel::HopperWg128x128)
+        );
+        !only_with_dropout || p > 0.0
     }
 }
 
@@ -1207,19 +1215,24 @@ pub fn hopper_backward_fits(dims: LinearShape, hopper: bool) -> bool {
 
 /// The backward variants timed beside `fused` (whatever [`BackwardKernel::Auto`] runs), given
 /// whether the Hopper backward kernels are available for the dtype on this GPU (`hopper`) and
-/// whether `Auto` runs at least one of the two products on them (`auto_takes_hopper`, as
-/// [`LayerKernels::backward_kernels_for`] says):
+/// the kernels `Auto` runs for dX and dW (`auto`, as [`LayerKernels::backward_kernels_for`]
+/// names them):
 /// - `fused_mma_sync`: [`BackwardKernel::TensorCore`] forced where `Auto` takes the Hopper
 ///   kernels for a product of this shape (the fallback's cost, as for the forward);
 /// - `fused_hopper`: [`BackwardKernel::Hopper`] forced where the Hopper kernels can run the
 ///   shape (both products on them, even where `Auto` leaves one to mma.sync);
+/// - `fused_hop256`, `fused_hop128`: [`BackwardKernel::HopperWg128x256`] and
+///   [`BackwardKernel::HopperWg128x128`] forced (both products on that tile, unsplit) where
+///   `Auto` takes the Hopper kernels and does not already run both products on that tile: the
+///   tuning data of its choice of tile;
 /// - `fused_identity` ([`Variant::IDENTITY`]);
 /// - `fused_ident_ws` ([`Variant::IDENTITY_WORKSPACE`]).
 pub fn backward_variants_given(
     dims: LinearShape,
     hopper: bool,
-    auto_takes_hopper: bool,
+    auto: (&str, &str),
 ) -> Vec<Variant> {
+    let auto_takes_hopper = auto.0.starts_with("wg") || auto.1.starts_with("wg");
     let mut variants = Vec::new();
     if auto_takes_hopper {
         variants.push(Variant {
@@ -1232,6 +1245,17 @@ pub fn backward_variants_given(
             name: "fused_hopper",
             forced: Forced::Kernel(BackwardKernel::Hopper),
         });
+        for (name, tile, kernel) in [
+            ("fused_hop256", "wg128x256", BackwardKernel::HopperWg128x256),
+            ("fused_hop128", "wg128x128", BackwardKernel::HopperWg128x128),
+        ] {
+            if auto_takes_hopper && auto != (tile, tile) {
+                variants.push(Variant {
+                    name,
+                    forced: Forced::Kernel(kernel),
+                });
+            }
+        }
     }
     variants.push(Variant::IDENTITY);
     variants.push(Variant::IDENTITY_WORKSPACE);
@@ -1248,8 +1272,7 @@ pub fn backward_variants<T: Element>(
 ) -> Result<Vec<Variant>> {
     let hopper = kernels.hopper_available::<T>();
     let auto = kernels.backward_kernels_for::<T>(dims, Nonlinearity::Relu, BackwardKernel::Auto)?;
-    let auto_takes_hopper = auto.dx.starts_with("wg") || auto.dw.starts_with("wg");
-    let mut variants = backward_variants_given(dims, hopper, auto_takes_hopper);
+    let mut variants = backward_variants_given(dims, hopper, (auto.dx, auto.dw));
     let (name, kernel) = if T::NEEDS_SM80 {
         ("fused_mma_split", BackwardKernel::TensorCore)
     } else {
@@ -2291,16 +2314,19 @@ mod tests {
         // Auto runs a product on the Hopper kernels (small's dW, for one): the mma.sync
         // fallback is timed beside it, and the Hopper kernels forced for both products.
         let small = LinearShape::new(64, 4096, 4096);
+        let small_auto = ("wg128x128s4", "wg128x128");
         assert_eq!(
-            names(&backward_variants_given(small, true, true)),
+            names(&backward_variants_given(small, true, small_auto)),
             [
                 "fused_mma_sync",
                 "fused_hopper",
+                "fused_hop256",
+                "fused_hop128",
                 "fused_identity",
                 "fused_ident_ws"
             ]
         );
-        let forced: Vec<_> = backward_variants_given(small, true, true)
+        let forced: Vec<_> = backward_variants_given(small, true, small_auto)
             .iter()
             .map(|v| v.forced.kernel())
             .collect();
@@ -2309,14 +2335,33 @@ mod tests {
             [
                 BackwardKernel::TensorCore,
                 BackwardKernel::Hopper,
+                BackwardKernel::HopperWg128x256,
+                BackwardKernel::HopperWg128x128,
                 BackwardKernel::Auto,
                 BackwardKernel::Auto
             ]
         );
-        // One tile per product: Auto keeps mma.sync, the Hopper kernels can still be forced.
+        // A forced tile is timed only where Auto does not already run both products on it.
+        let sq = LinearShape::new(4096, 4096, 4096);
+        for (auto, tiles) in [
+            (("wg128x256", "wg128x256"), &["fused_hop128"][..]),
+            (("wg128x128", "wg128x128"), &["fused_hop256"][..]),
+            (
+                ("wg128x256", "wg128x128"),
+                &["fused_hop256", "fused_hop128"][..],
+            ),
+        ] {
+            let got = names(&backward_variants_given(sq, true, auto));
+            let got: Vec<_> = got.iter().filter(|n| n.starts_with("fused_hop")).collect();
+            let mut want = vec!["fused_hopper"];
+            want.extend_from_slice(tiles);
+            assert_eq!(got, want.iter().collect::<Vec<_>>(), "{auto:?}");
+        }
+        // One tile per product: Auto keeps mma.sync, the Hopper kernels can still be forced
+        // (and no tile is weighed).
         let tiny = LinearShape::new(64, 128, 128);
         assert_eq!(
-            names(&backward_variants_given(tiny, true, false)),
+            names(&backward_variants_given(tiny, true, ("tc64x32", "tc64x32"))),
             ["fused_hopper", "fused_identity", "fused_ident_ws"]
         );
         // n or k not a multiple of 8: TMA cannot read the operands.
@@ -2326,14 +2371,21 @@ mod tests {
         ] {
             assert!(!hopper_backward_fits(dims, true));
             assert_eq!(
-                names(&backward_variants_given(dims, true, false)),
+                names(&backward_variants_given(
+                    dims,
+                    true,
+                    ("tc128x128", "tc128x128")
+                )),
                 ["fused_identity", "fused_ident_ws"]
             );
         }
         // No Hopper kernels for the dtype, GPU or build: only the identity row.
-        let sq = LinearShape::new(4096, 4096, 4096);
         assert_eq!(
-            names(&backward_variants_given(sq, false, false)),
+            names(&backward_variants_given(
+                sq,
+                false,
+                ("tc128x128", "tc128x128")
+            )),
             ["fused_identity", "fused_ident_ws"]
         );
         // The suite's odd shape has n = k = 1000, multiples of 8.
@@ -2420,6 +2472,17 @@ mod tests {
             forced: Forced::Config(ForwardConfig::Tc64x64),
         };
         assert!(mma_sync.runs_at(0.0));
+        let whole_hopper = Variant {
+            name: "fused_hopper",
+            forced: hopper,
+        };
+        assert!(whole_hopper.runs_at(0.0));
+        let tile = Variant {
+            name: "fused_hop128",
+            forced: Forced::Kernel(BackwardKernel::HopperWg128x128),
+        };
+        assert!(!tile.runs_at(0.0) && tile.runs_at(0.1) && tile.runs_at(0.5));
+        assert_eq!(tile.forced.note(), "forced BackwardKernel::HopperWg128x128");
         // Every impl name a bench row can carry: distinct, the variants and graph rows marked as
         // variants of `fused`, all within the table's impl column.
         let sq = LinearShape::new(4096, 4096, 4096);
@@ -2430,10 +2493,14 @@ mod tests {
             ForwardConfig::Tc128x256,
             true,
         )));
-        all.extend(names(&backward_variants_given(sq, true, true)));
+        all.extend(names(&backward_variants_given(
+            sq,
+            true,
+            ("wg128x256", "wg128x128"),
+        )));
         all.sort_unstable();
         all.dedup();
-        assert_eq!(all.len(), 11, "{all:?}");
+        assert_eq!(all.len(), 13, "{all:?}");
         for name in all
             .iter()
             .filter(|n| !["gemm_floor", "fused", "unfused"].contains(n))

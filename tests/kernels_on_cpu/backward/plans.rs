@@ -124,8 +124,8 @@ fn check_planned_backward<T: Raw>(call: &PlannedBackward, rng: &mut StdRng) {
 /// an A100-like GPU (compute capability 8.0, 108 multiprocessors) and on a small Hopper GPU
 /// (9.0, 8 multiprocessors, so that small shapes take the Hopper kernels), the identity's
 /// pre-pass into the workspace and the products reading it, the partial sums placed after the
-/// mask area in a workspace of exactly the bytes the call needs, db without dW. Each call's
-/// launches are checked by name first.
+/// mask area in a workspace of exactly the bytes the call needs, db without dW, a Hopper tile
+/// forced for both products. Each call's launches are checked by name first.
 #[test]
 fn backward_plans_of_the_wrapper_match_reference() {
     let (Some(_), Some(_), Some(_), Some(_)) = (
@@ -232,6 +232,39 @@ fn backward_plans_of_the_wrapper_match_reference() {
                 "fusedrop_dropout",
                 "fusedrop_backward_dx_wg128x128",
                 "fusedrop_backward_dw_wg128x128s2",
+            ],
+        },
+        &mut rng,
+    );
+    // The same two calls with a Hopper tile forced for both products, unsplit
+    // (BackwardKernel::HopperWg128x128, HopperWg128x256).
+    check_planned_backward::<bf16>(
+        &PlannedBackward {
+            what: "ReLU, small Hopper, 128 x 128 forced",
+            spec: spec((512, 64, 512), Nonlinearity::Relu, 0.1, 15),
+            kernel: BackwardKernel::HopperWg128x128,
+            gpu: small_hopper,
+            weight_grad: true,
+            workspace: None,
+            expected: &[
+                "fusedrop_backward_dx_wg128x128",
+                "fusedrop_backward_dw_wg128x128",
+            ],
+        },
+        &mut rng,
+    );
+    check_planned_backward::<f16>(
+        &PlannedBackward {
+            what: "identity, small Hopper, workspace, 128 x 256 forced",
+            spec: spec((512, 128, 128), Nonlinearity::Identity, 0.5, 16),
+            kernel: BackwardKernel::HopperWg128x256,
+            gpu: small_hopper,
+            weight_grad: true,
+            workspace: Some(512 * 128 * 2),
+            expected: &[
+                "fusedrop_dropout",
+                "fusedrop_backward_dx_wg128x256",
+                "fusedrop_backward_dw_wg128x256",
             ],
         },
         &mut rng,
