@@ -34,7 +34,7 @@
 namespace fusedrop {
 namespace gemm {
 
-// What the epilogue needs besides the staged tile. `relu` and the three flags are uniform over
+// What the epilogue needs besides the staged tile. `relu` and the four flags are uniform over
 // the grid, so every branch on them is taken by all threads alike.
 template <typename T>
 struct EpilogueArgs {

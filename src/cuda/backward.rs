@@ -574,7 +574,8 @@ pub struct BackwardOptions<'a> {
     /// as one call.
     pub accumulate: bool,
     /// The kernel family; [`BackwardKernel::Auto`] unless a test or benchmark wants one.
-    /// [`BackwardKernel::TensorCore`] with f32 is an error.
+    /// [`BackwardKernel::TensorCore`], [`BackwardKernel::Hopper`] or a forced Hopper tile with
+    /// f32 is an error.
     pub kernel: BackwardKernel,
     /// Where the mask's (seed, subsequence) comes from: it must name the pair the forward call
     /// used. [`SeedSource::Host`] takes `spec.dropout`'s; [`SeedSource::Device`] a device buffer

@@ -743,8 +743,8 @@ pub struct TableOptions {
     /// launch overhead shows where the GPU work is short. A name not in `shapes` is not measured.
     pub graph_shapes: Vec<&'static str>,
     /// Which kernel modules the library loads (`LoadOptions { hopper: false }`: the `fused` rows
-    /// are the mma.sync / SIMT kernels on a Hopper GPU too, and no `fused_hopper` or `fused_wg*`
-    /// rows are measured).
+    /// are the mma.sync / SIMT kernels on a Hopper GPU too, and no Hopper variant rows
+    /// (`fused_hopper`, `fused_hop*`, `fused_wg*`) are measured).
     pub load: LoadOptions,
 }
 
@@ -803,7 +803,8 @@ pub struct Row {
     pub pass: &'static str,
     /// `fused` (ours), `gemm_floor` (cuBLASLt products alone), `unfused` (cuBLASLt with its
     /// epilogue, plus the standalone dropout kernel), or a variant of `fused`: a [`Variant`]'s
-    /// name (`fused_mma_sync`, `fused_wg*`, `fused_hopper`, `fused_identity`) or
+    /// name (`fused_mma_sync`, `fused_wg*`, `fused_hopper`, `fused_hop256`, `fused_hop128`,
+    /// `fused_identity`, `fused_ident_ws`, `fused_mma_split`, `fused_simt_split`) or
     /// [`GRAPH_IMPL`].
     pub impl_name: &'static str,
     /// Median GPU time per call, in microseconds: the median repetition's (repetitions of many

@@ -8,8 +8,9 @@ const FORWARD_SM90_CONFIGS: [&str; 3] = ["wg128x256", "wg128x128", "wg64x128"];
 /// The forward cases the Hopper kernel takes (k a multiple of 8, 16-byte aligned X and W; the
 /// wrapper sends the others to forward_tc: so every case above with such a shape, non-finite
 /// inputs and boundary vectors included), each with a persistent block count, plus shapes with
-/// many tiles per block so that the ring wraps across tiles, and a long reduction. Odd n takes
-/// the element stores instead of the pair stores.
+/// many tiles per block so that the ring wraps across tiles, and a long reduction, and b alone
+/// one element off 4-byte alignment with even and odd n (the biases read one by one). Odd n
+/// takes the element stores instead of the pair stores.
 fn hopper_forward_cases(rng: &mut StdRng) -> Vec<(ForwardCase, Option<u32>)> {
     let mut cases: Vec<(ForwardCase, Option<u32>)> = forward_cases(rng)
         .into_iter()

@@ -425,7 +425,8 @@ fn forward_configs<T: Element>(case: &Case, hopper: bool) -> Vec<ForwardConfig> 
     configs
 }
 
-/// Every backward kernel family that can run `case`: Auto, and each one forced; the classic
+/// Every backward kernel family that can run `case`: Auto, and each one forced (the forced
+/// Hopper tiles, which run the same kernels, are left to tests/gpu_backward.rs); the classic
 /// families also with the workspace for split-K where `splits(family)` says a product of the
 /// case splits with it; Hopper where `hopper` (its modules loaded for `T`) and the operands fit;
 /// Auto with dY times the identity's mask in a workspace where the case has one.
