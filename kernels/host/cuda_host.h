@@ -835,25 +835,26 @@ inline void mma_m16n8k16(int kind, float (&d)[4], const uint32_t (&a)[4], const 
     for (int i = 0; i < 4; ++i) d[i] = s.fout[i];
 }
 
-template <int N>
-inline void ldmatrix(int count, bool trans, uint32_t (&r)[N], const void* smem_row) {
-    Runtime* rt = runtime();
+// The calling lane's slot for an ldmatrix or stmatrix of `count` matrices, its row at
+// `smem_row`.
+inline Slot& matrix_slot(int count, bool trans, const void* smem_row) {
     Fiber& f = current_fiber();
-    Slot& s = rt->warps[f.warp].slot[f.lane];
+    Slot& s = runtime()->warps[f.warp].slot[f.lane];
     s.kind = count;
     s.trans = trans;
     s.addr = smem_row;
+    return s;
+}
+
+template <int N>
+inline void ldmatrix(int count, bool trans, uint32_t (&r)[N], const void* smem_row) {
+    Slot& s = matrix_slot(count, trans, smem_row);
     warp_collective(Op::Ldmatrix);
     for (int i = 0; i < N; ++i) r[i] = s.out[i];
 }
 
 inline void stmatrix(int count, const uint32_t (&r)[4], void* smem_row) {
-    Runtime* rt = runtime();
-    Fiber& f = current_fiber();
-    Slot& s = rt->warps[f.warp].slot[f.lane];
-    s.kind = count;
-    s.trans = false;
-    s.addr = smem_row;
+    Slot& s = matrix_slot(count, false, smem_row);
     for (int i = 0; i < 4; ++i) s.a[i] = i < count ? r[i] : 0;
     warp_collective(Op::Stmatrix);
 }

@@ -1577,31 +1577,39 @@ mod tests {
                 (format!("fusedrop_backward_dw_{dw}_f16"), cluster_dw),
             ]
         };
-        // dX 4096 x 4096 (512 tiles of 128 x 256), dW 1024 x 4096 (128 of 128 x 256, under a
-        // wave: 128 x 128).
-        let square = (4096, 1024, 4096);
-        assert_eq!(
-            functions(square, BackwardKernel::Auto),
-            named("wg128x256", "wg128x128", 1)
-        );
-        assert_eq!(
-            functions(square, BackwardKernel::HopperWg128x128),
-            named("wg128x128", "wg128x128", 1)
-        );
-        assert_eq!(
-            functions(square, BackwardKernel::HopperWg128x256),
-            named("wg128x256", "wg128x256", 1)
-        );
-        // wide's dW (256 x 1024 over m = 32768) splits over clusters of 8 unless a tile is forced.
-        let wide = (32768, 256, 1024);
-        assert_eq!(
-            functions(wide, BackwardKernel::Auto),
-            named("wg128x256", "wg128x128s8", 8)
-        );
-        assert_eq!(
-            functions(wide, BackwardKernel::HopperWg128x128),
-            named("wg128x128", "wg128x128", 1)
-        );
+        // square: dX 4096 x 4096 (512 tiles of 128 x 256), dW 1024 x 4096 (128 of 128 x 256,
+        // under a wave: 128 x 128). wide: dW (256 x 1024 over m = 32768) splits over clusters
+        // of 8 unless a tile is forced.
+        let (square, wide) = ((4096, 1024, 4096), (32768, 256, 1024));
+        for (shape, kernel, want) in [
+            (
+                square,
+                BackwardKernel::Auto,
+                named("wg128x256", "wg128x128", 1),
+            ),
+            (
+                square,
+                BackwardKernel::HopperWg128x128,
+                named("wg128x128", "wg128x128", 1),
+            ),
+            (
+                square,
+                BackwardKernel::HopperWg128x256,
+                named("wg128x256", "wg128x256", 1),
+            ),
+            (
+                wide,
+                BackwardKernel::Auto,
+                named("wg128x256", "wg128x128s8", 8),
+            ),
+            (
+                wide,
+                BackwardKernel::HopperWg128x128,
+                named("wg128x128", "wg128x128", 1),
+            ),
+        ] {
+            assert_eq!(functions(shape, kernel), want, "{shape:?} {kernel:?}");
+        }
         // Where the Hopper kernels cannot run, a forced tile is refused as BackwardKernel::Hopper
         // is, naming the family asked for.
         let a100 = GpuFacts {
