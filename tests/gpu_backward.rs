@@ -896,10 +896,22 @@ fn hopper_kernels_match_reference() {
     .into_iter()
     .enumerate()
     {
+        let shape = LinearShape::new(257, 136, 200);
         let spec = LayerSpec::new(
-            LinearShape::new(257, 136, 200),
+            shape,
             Nonlinearity::Relu,
             DropoutSpec::new(0.1, 0x7117, i as u64),
+        );
+        let choice = kernels
+            .backward_kernels_for::<f16>(shape, Nonlinearity::Relu, kernel)
+            .unwrap();
+        let tile = ["wg128x256", "wg128x128"][i];
+        assert!(
+            choice.dx == tile
+                && choice.dw == tile
+                && choice.dx_splits == 1
+                && choice.dw_splits == 1,
+            "{kernel:?} runs {choice}"
         );
         let case = Case {
             kernel,

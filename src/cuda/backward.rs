@@ -542,7 +542,8 @@ pub enum BackwardKernel {
     /// bit-identical run to run).
     Hopper,
     /// [`BackwardKernel::Hopper`] with both products on the 128 x 256 tile, unsplit, whatever
-    /// the wave: for measuring the choice above (`fusedrop bench`'s `fused_hop256` rows).
+    /// the wave: for measuring the choice above (`fusedrop bench`'s `fused_hop256` rows). db
+    /// without dW and an empty dY run [`BackwardKernel::TensorCore`], as for `Hopper`.
     HopperWg128x256,
     /// [`BackwardKernel::Hopper`] with both products on the 128 x 128 tile, unsplit, whatever
     /// the wave (`fusedrop bench`'s `fused_hop128` rows).

@@ -2315,7 +2315,7 @@ mod tests {
         // Auto runs a product on the Hopper kernels (small's dW, for one): the mma.sync
         // fallback is timed beside it, and the Hopper kernels forced for both products.
         let small = LinearShape::new(64, 4096, 4096);
-        let small_auto = ("wg128x128s4", "wg128x128");
+        let small_auto = ("wg128x128s4", "wg128x256");
         assert_eq!(
             names(&backward_variants_given(small, true, small_auto)),
             [
