@@ -48,6 +48,9 @@ to="${to:-$total}"
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
+# The drivers built for this run stay in it: another run (or a patched test run) going on at the
+# same time would otherwise remove them as stale between two of a test's launches.
+export FUSEDROP_HARNESS_BUILD_DIR="$work/drivers"
 
 echo "== building tests/kernels_on_cpu/"
 # The test executable is copied, so that a rebuild during the run cannot change what runs.

@@ -14,6 +14,9 @@
 //! - `FUSEDROP_HARNESS_KERNELS=<dir>` takes the kernel sources from `<dir>` instead of kernels/
 //!   (to run a patched copy, e.g. with a planted bug; scripts/plant-faults.sh does this), and
 //!   `FUSEDROP_HARNESS_DRIVERS=<dir>` the drivers from `<dir>` instead of tests/harness/;
+//! - `FUSEDROP_HARNESS_BUILD_DIR=<dir>` builds the drivers in `<dir>` instead of the target's
+//!   shared directory (scripts/plant-faults.sh gives each run its own, so that runs going on at
+//!   the same time never remove each other's drivers as stale);
 //! - `FUSEDROP_HARNESS_SWITCH=ucontext` makes the drivers switch threads with `swapcontext`, the
 //!   form other architectures than x86-64 use (scripts/test.sh runs a few tests that way, so the
 //!   fallback is not only compiled where nobody runs it);
@@ -184,15 +187,19 @@ fn build_driver(name: &str, include: &str) -> PathBuf {
         file.hash(&mut hasher);
         fs::read(file).unwrap_or_default().hash(&mut hasher);
     }
-    // Drivers of patched copies (scripts/plant-faults.sh) live apart, so that removing stale
-    // drivers below never deletes the drivers of a plain run going on at the same time.
+    // Drivers of patched copies live apart, so that removing stale drivers below never deletes
+    // the drivers of a plain run going on at the same time; a directory of the caller's own
+    // (scripts/plant-faults.sh: one per run) keeps two patched runs apart too.
     let patched = std::env::var_os("FUSEDROP_HARNESS_KERNELS").is_some()
         || std::env::var_os("FUSEDROP_HARNESS_DRIVERS").is_some();
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(if patched {
-        "harness-patched"
-    } else {
-        "harness"
-    });
+    let dir = match std::env::var_os("FUSEDROP_HARNESS_BUILD_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_TARGET_TMPDIR")).join(if patched {
+            "harness-patched"
+        } else {
+            "harness"
+        }),
+    };
     fs::create_dir_all(&dir).expect("create the harness build directory");
     let flavour = driver_flavour();
     let exe = dir.join(format!("{name}-{:016x}{flavour}", hasher.finish()));
