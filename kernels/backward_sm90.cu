@@ -49,6 +49,11 @@
 // kSplits (the entry points' __cluster_dims__) and a reduction of at least kSplits k-blocks.
 // accumulate = 1 adds to the existing values (in f32, rounded once). mp: the forward's
 // MaskParams (seed read from its device buffer when given).
+// dz (dX only): null, or an [m, n] buffer that the blocks computing dX's first column tile fill
+// with the dZ / scale they form (ReLU, or the identity with p > 0; with neither dZ is dY and
+// nothing is written), so that the dW launch after it reads dZ as a plain operand, with no Y, no
+// mask and no forming in its stages (BackwardKernel::HopperDzFromDx: issue 11's "dZᵀ written
+// once by the dX pass", to be measured against forming it in dW's stages).
 #include <type_traits>
 
 #include "backward.cuh"
@@ -185,6 +190,28 @@ __device__ __forceinline__ void load_dz_fragments(const unsigned char* block,
         }
 }
 
+// Writes this warpgroup's A fragments of a k-block (load_dz_fragments' dZ / scale, for 64 rows
+// from row0 and 64 columns from col0) to dz [m, n], row-major: register j = 2 h' + h of step
+// ks holds row r0 + 8 h, columns c0 + 16 ks + 8 h' and the next, one 4-byte store (n is a
+// multiple of 8 on this path, so a pair is in bounds or out of them whole). Rows past m and
+// columns past n (the boxes' zero fill) are not written.
+template <typename T, int kSteps>
+__device__ __forceinline__ void store_dz_fragments(const uint32_t (&a)[kSteps][4],
+                                                   T* __restrict__ dz, long long m, long long n,
+                                                   long long row0, long long col0) {
+    const int t = (int)(threadIdx.x % gemm::sm90::kWarpgroupThreads);
+    const int w = t / 32, l = t % 32;
+    const long long r0 = row0 + 16 * w + l / 4;
+    const long long c0 = col0 + 2 * (l % 4);
+#pragma unroll
+    for (int ks = 0; ks < kSteps; ++ks)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const long long r = r0 + 8 * (j & 1), c = c0 + 16 * ks + 8 * (j >> 1);
+            if (r < m && c < n) *reinterpret_cast<uint32_t*>(dz + r * n + c) = a[ks][j];
+        }
+}
+
 // Column `col` (0 .. 63) of the 64 x 64 block, summed over its rows in order.
 template <typename T>
 __device__ __forceinline__ float column_sum(const unsigned char* block, int col) {
@@ -205,7 +232,8 @@ __device__ __forceinline__ float column_sum(const unsigned char* block, int col)
 template <typename T, class Mainloop, class Split, bool kWeightGrad>
 __device__ __forceinline__ void backward_sm90(const CUtensorMap* map_dy, const CUtensorMap* map_y,
                                               const CUtensorMap* map_b, T* __restrict__ out,
-                                              T* __restrict__ db, long long m, long long n,
+                                              T* __restrict__ db, T* __restrict__ dz,
+                                              long long m, long long n,
                                               long long k, int relu, int accumulate,
                                               MaskParams mp) {
     constexpr bool kSplitK = Split::kSplits > 1;
@@ -270,9 +298,13 @@ __device__ __forceinline__ void backward_sm90(const CUtensorMap* map_dy, const C
                     acc, storage, state, share.count, consumer,
                     [&](int kb, unsigned char* stage, typename Mainloop::FragmentsA& a) {
                         const unsigned char* block = stage + 128 * wg_row;
+                        const long long col0 = (long long)(share.first + kb) * Mainloop::kBlockK;
                         load_dz_fragments<T>(block, block + Mainloop::kOffsetSide, tile_row,
-                                             (long long)(share.first + kb) * Mainloop::kBlockK,
-                                             is_relu, unit, a);
+                                             col0, is_relu, unit, a);
+                        // The tiles of dX's first column tile see every element of dY once
+                        // between them: they write dZ / scale out for the dW launch.
+                        if (dz != nullptr && tile.tn == 0)
+                            store_dz_fragments<T>(a, dz, m, n, tile_row, col0);
                     });
             } else {
                 // Identity with p = 0: dZ is dY, multiplied straight from the stage.
@@ -368,11 +400,12 @@ struct Wg128x128Split8 : WgConfig<128, 128, 3, 8> {};
     extern "C" __global__ void __launch_bounds__(fusedrop::backward::CONFIG::kThreads, 1)        \
         CLUSTER fusedrop_backward_dx_##NAME##_##SUFFIX(                                          \
             const __grid_constant__ CUtensorMap map_dy, const __grid_constant__ CUtensorMap map_y, \
-            const __grid_constant__ CUtensorMap map_w, T* __restrict__ dx, long long m,          \
-            long long n, long long k, int relu, int accumulate, fusedrop::MaskParams mp) {       \
+            const __grid_constant__ CUtensorMap map_w, T* __restrict__ dx, T* __restrict__ dz,   \
+            long long m, long long n, long long k, int relu, int accumulate,                     \
+            fusedrop::MaskParams mp) {                                                           \
         fusedrop::backward::backward_sm90<T, fusedrop::backward::CONFIG::DxMainloop<T>,          \
                                           fusedrop::backward::CONFIG::DxSplit, false>(           \
-            &map_dy, &map_y, &map_w, dx, nullptr, m, n, k, relu, accumulate, mp);                \
+            &map_dy, &map_y, &map_w, dx, nullptr, dz, m, n, k, relu, accumulate, mp);            \
     }                                                                                            \
     extern "C" __global__ void __launch_bounds__(fusedrop::backward::CONFIG::kThreads, 1)        \
         CLUSTER fusedrop_backward_dw_##NAME##_##SUFFIX(                                          \
@@ -382,7 +415,7 @@ struct Wg128x128Split8 : WgConfig<128, 128, 3, 8> {};
             fusedrop::MaskParams mp) {                                                           \
         fusedrop::backward::backward_sm90<T, fusedrop::backward::CONFIG::DwMainloop<T>,          \
                                           fusedrop::backward::CONFIG::DwSplit, true>(            \
-            &map_dy, &map_y, &map_x, dw, db, m, n, k, relu, accumulate, mp);                     \
+            &map_dy, &map_y, &map_x, dw, db, nullptr, m, n, k, relu, accumulate, mp);            \
     }
 
 #define FUSEDROP_BACKWARD_SM90_TYPES(CONFIG, NAME)        \

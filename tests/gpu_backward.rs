@@ -44,7 +44,8 @@ struct Case {
     /// masks dY once into it.
     workspace: bool,
     /// Pass a workspace of `backward_workspace_bytes` instead (poisoned), so narrow mma.sync and
-    /// SIMT products also split their reduction.
+    /// SIMT products also split their reduction (and `BackwardKernel::HopperDzFromDx` has its
+    /// area for dZ).
     split_workspace: bool,
 }
 
@@ -919,6 +920,66 @@ fn hopper_kernels_match_reference() {
         };
         check::<f16>(&kernels, &spec, case);
         check::<bf16>(&kernels, &spec, case);
+    }
+    // dZ written once by dX into the (poisoned) workspace and read by dW
+    // (BackwardKernel::HopperDzFromDx): the reference's gradients, and bit for bit those of the
+    // kernels forming dZ in dW's stages.
+    let mut rng = StdRng::seed_from_u64(0xd2);
+    for (i, &(m, n, k)) in HOPPER_SHAPES.iter().enumerate() {
+        for (j, (nonlinearity, p)) in [
+            (Nonlinearity::Relu, 0.0),
+            (Nonlinearity::Relu, 0.1),
+            (Nonlinearity::Identity, 0.5),
+            (Nonlinearity::Relu, 1.0),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let shape = LinearShape::new(m, n, k);
+            let spec = LayerSpec::new(
+                shape,
+                nonlinearity,
+                DropoutSpec::new(p, 0xd2 + i as u64, j as u64),
+            );
+            let case = Case {
+                kernel: BackwardKernel::HopperDzFromDx,
+                split_workspace: true,
+                accumulate: j == 1,
+                nonfinite: i == 1,
+                device_seed: i == 2,
+                ..ALL_OUTPUTS
+            };
+            check::<f16>(&kernels, &spec, case);
+            check::<bf16>(&kernels, &spec, case);
+            let inputs = inputs::<bf16>(&spec, case.nonfinite, &mut rng);
+            let initial = poisoned_gradients::<bf16>(shape);
+            let from_dz = run_gpu(&kernels, &spec, &inputs, &initial, case);
+            let in_stages = Case {
+                kernel: BackwardKernel::Hopper,
+                split_workspace: false,
+                ..case
+            };
+            let formed = run_gpu(&kernels, &spec, &inputs, &initial, in_stages);
+            // NaN payloads are not part of the contract.
+            let one_nan = |g: Gradients<bf16>| {
+                let canon = |v: Vec<bf16>| -> Vec<bf16> {
+                    v.into_iter()
+                        .map(|e| if e.is_nan() { bf16::NAN } else { e })
+                        .collect()
+                };
+                Gradients {
+                    dx: canon(g.dx),
+                    dw: canon(g.dw),
+                    db: canon(g.db),
+                }
+            };
+            assert_same_gradients(
+                &format!("{spec:?}: HopperDzFromDx against Hopper"),
+                shape,
+                &one_nan(from_dz),
+                &one_nan(formed),
+            );
+        }
     }
 }
 

@@ -342,8 +342,8 @@ impl Path {
 /// [`LayerKernels::backward_kernels_for`].
 struct Chooser {
     gpu: GpuFacts,
-    /// The family asked for, with `Auto` resolved to `Simt` for f32 and the Hopper families
-    /// that force a tile to `Hopper`.
+    /// The family asked for, with `Auto` resolved to `Simt` for f32 and the other Hopper
+    /// families (a forced tile, dZ from dX) to `Hopper`.
     family: BackwardKernel,
     /// The tile of every Hopper product, where the family forces one (unsplit).
     forced_hopper_tile: Option<Config>,
@@ -367,6 +367,7 @@ impl Chooser {
             | BackwardKernel::Hopper
             | BackwardKernel::HopperWg128x256
             | BackwardKernel::HopperWg128x128
+            | BackwardKernel::HopperDzFromDx
                 if !T::NEEDS_SM80 =>
             {
                 return Err(invalid!(
@@ -375,9 +376,9 @@ impl Chooser {
                     T::NAME
                 ))
             }
-            BackwardKernel::HopperWg128x256 | BackwardKernel::HopperWg128x128 => {
-                BackwardKernel::Hopper
-            }
+            BackwardKernel::HopperWg128x256
+            | BackwardKernel::HopperWg128x128
+            | BackwardKernel::HopperDzFromDx => BackwardKernel::Hopper,
             other => other,
         };
         let hopper_unavailable =
@@ -548,6 +549,16 @@ pub enum BackwardKernel {
     /// [`BackwardKernel::Hopper`] with both products on the 128 x 128 tile, unsplit, whatever
     /// the wave (`fusedrop bench`'s `fused_hop128` rows).
     HopperWg128x128,
+    /// [`BackwardKernel::Hopper`] with dZ written once by the dX launch and read by the dW
+    /// launch, for measuring that against forming it in dW's pipeline stages (`fusedrop bench`'s
+    /// `fused_hop_dz` rows; issue 11 leaves the choice to measurement). The blocks computing
+    /// dX's first column tile write dZ / scale (dY times the keep mask and ReLU's derivative,
+    /// unscaled) into the first [`backward_workspace_bytes`](LayerKernels::backward_workspace_bytes)
+    /// = `m * n * size_of::<T>()` bytes of [`BackwardOptions::workspace`] (an error if it is
+    /// absent or shorter), and dW and db multiply it as a plain operand: no Y, no mask, no
+    /// forming. The gradients are bit-identical to `Hopper`'s. Where dZ is dY (the identity with
+    /// p = 0), or the call asks for no dX or no dW, it runs as `Hopper` (and needs no workspace).
+    HopperDzFromDx,
 }
 
 impl BackwardKernel {
@@ -593,6 +604,9 @@ pub struct BackwardOptions<'a> {
     ///   and both products read that, instead of each redrawing the mask from Philox once per
     ///   column tile. The gradients are bit-identical either way; which is faster depends on the
     ///   shape (docs/BACKWARD.md).
+    /// - With [`BackwardKernel::HopperDzFromDx`], its first `m * n * size_of::<T>()` bytes
+    ///   instead (an error if absent or shorter, where that family writes dZ): the dX launch
+    ///   writes dZ / scale there and the dW launch reads it (no pre-pass).
     /// - After that (from the next multiple of 256 bytes), the f32 partial sums of the narrow
     ///   products the mma.sync and SIMT kernels split over several blocks per output tile (split-K, summed
     ///   in a fixed order: bit-identical run to run, though not to the unsplit kernels). A
@@ -602,11 +616,26 @@ pub struct BackwardOptions<'a> {
 
 /// The bytes of [`BackwardOptions::workspace`] that hold dY times the mask for a backward call of
 /// `spec` with element type `T`: `m * n * size_of::<T>()` for the identity activation with
-/// p > 0, 0 otherwise. The whole workspace a call can use, split-K's partial sums included, is
+/// p > 0, 0 otherwise. The whole workspace a call can use, split-K's partial sums and
+/// [`BackwardKernel::HopperDzFromDx`]'s dZ included, is
 /// [`LayerKernels::backward_workspace_bytes`].
 pub fn workspace_bytes<T: Element>(spec: &LayerSpec) -> usize {
     let LinearShape { m, n, .. } = spec.shape;
     if spec.nonlinearity == Nonlinearity::Identity && crate::mask::threshold(spec.dropout.p) != 0 {
+        m.saturating_mul(n).saturating_mul(std::mem::size_of::<T>())
+    } else {
+        0
+    }
+}
+
+/// The bytes of the workspace that hold dZ / scale with [`BackwardKernel::HopperDzFromDx`]:
+/// `m * n * size_of::<T>()` where dZ differs from dY (ReLU, or the identity with p > 0) and dY
+/// is not empty, 0 otherwise and for every other family.
+fn dz_from_dx_bytes<T: Element>(spec: &LayerSpec, kernel: BackwardKernel) -> usize {
+    let LinearShape { m, n, .. } = spec.shape;
+    let differs =
+        spec.nonlinearity == Nonlinearity::Relu || crate::mask::threshold(spec.dropout.p) != 0;
+    if kernel == BackwardKernel::HopperDzFromDx && differs && m > 0 && n > 0 {
         m.saturating_mul(n).saturating_mul(std::mem::size_of::<T>())
     } else {
         0
@@ -668,10 +697,15 @@ impl BackwardProduct {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProductOperands {
     /// Where it reads dY: [`Operand::DY`], or [`Operand::Workspace`] when a pre-pass wrote dY
-    /// times the mask there (the identity with dropout and a workspace).
+    /// times the mask there (the identity with dropout and a workspace), or dX's launch wrote dZ
+    /// / scale there (dW with [`BackwardKernel::HopperDzFromDx`]).
     pub dy: Operand,
-    /// Whether it reads the saved Y (ReLU).
+    /// Whether it reads the saved Y: ReLU's derivative is still to be applied (the kernel's
+    /// `relu` argument). False for the identity and for dZ read from the workspace.
     pub y: bool,
+    /// dX on the Hopper kernels: whether it writes dZ / scale to the workspace's first
+    /// `m * n` elements for the dW launch ([`BackwardKernel::HopperDzFromDx`]).
+    pub dz: bool,
     /// dX: always; dW: whether the call asks for dW (db alone runs the dW kernel with the
     /// product switched off).
     pub out: bool,
@@ -731,7 +765,9 @@ impl LayerKernels {
     /// The bytes of [`BackwardOptions::workspace`] a backward call of `spec` with element type
     /// `T` and `kernel` can use on this GPU (for buffers that start 16-byte aligned, with dX, dW
     /// and db requested): [`workspace_bytes`] for dY times the mask (the identity activation with
-    /// p > 0), then, from the next multiple of 256 bytes, the f32 partial sums of the products
+    /// p > 0), or with [`BackwardKernel::HopperDzFromDx`] `m * n * size_of::<T>()` for dZ (ReLU,
+    /// or the identity with p > 0), then, from the next multiple of 256 bytes, the f32 partial
+    /// sums of the products
     /// the mma.sync and SIMT kernels split (narrow products with fewer tiles than the GPU has
     /// multiprocessors; docs/BACKWARD.md, "Split-K on the classic kernels"); 0 when neither
     /// applies. The activation comes from `spec` (ReLU's saved Y plays no part in the size).
@@ -744,7 +780,7 @@ impl LayerKernels {
         let LinearShape { m, n, k } = spec.shape;
         validate::check_probability(spec.dropout.p)?;
         let (dx, dw) = self.backward_paths::<T>(spec.shape, spec.nonlinearity, kernel, true)?;
-        let mask = workspace_bytes::<T>(spec);
+        let mask = workspace_bytes::<T>(spec).max(dz_from_dx_bytes::<T>(spec, kernel));
         let partial = dx
             .config()
             .partial_bytes(m, k, 0)
@@ -965,20 +1001,22 @@ impl LayerKernels {
         for (launch, params) in &prepared {
             // SAFETY: the plans are the library's for this call (`backward_plan`), so each
             // function's parameters are its plan's arguments: the products'
-            //   dX: (A0, A1, A2, T* dx, long long m, n, k, int relu, int accumulate, MaskParams
-            //        [, float* partial, int splits])
+            //   dX: (A0, A1, A2, T* dx, [T* dz,] long long m, n, k, int relu, int accumulate,
+            //        MaskParams [, float* partial, int splits])
             //   dW: (A0, A1, A2, T* dw, T* db, long long m, n, k, int relu, int accumulate,
             //        MaskParams [, float* partial, int splits])
             // with (A0, A1, A2) the tensor maps of dY (or the workspace), Y (or dY's again) and
-            // W or X for kernels/backward_sm90.cu, else their pointers and the split-K pair
-            // (kernels/backward_tc.cu, kernels/backward_simt.cu); the split sums'
+            // W or X and dz (null, or the workspace) for kernels/backward_sm90.cu, else their
+            // pointers and the split-K pair (kernels/backward_tc.cu,
+            // kernels/backward_simt.cu); the split sums'
             // (const float* partial, T* out, long long count, int splits, float scale, int
             // accumulate); the pre-pass's (const T* x, T* y, long long m, long long n,
             // MaskParams). The CPU harness runs the same plans against those signatures. The
             // buffers hold m*n (dY, Y), n*k (W), m*k (X), m*k (dx), n*k (dw) and n (db)
             // elements, all checked above, and `backward_plan` checked that the workspace holds
-            // the mask area and the partial sums it plans there; each split product writes its
-            // partial area whole before its sums read it, on the same stream; the workspace is a
+            // the mask area (dZ's m*n elements where dX writes it) and the partial sums it plans
+            // there; each split product writes its partial area whole before its sums read it,
+            // and dX its dZ before dW reads it, on the same stream; the workspace is a
             // separate allocation from dY (borrowed mutably while dY is borrowed shared). A seed
             // pointer (if any) holds two u64 (checked). The guards keep every buffer alive until
             // the launches are queued.
@@ -1050,7 +1088,8 @@ pub enum BackwardMask {
     /// The call's mask and scale (the products redraw the mask, or read it from Y's sign).
     Redrawn,
     /// The call's scale and no mask (threshold 0, no seed buffer): the products reading the
-    /// pre-pass's output.
+    /// pre-pass's output, and dW reading the dZ that dX wrote
+    /// ([`BackwardKernel::HopperDzFromDx`]).
     Premasked,
 }
 
@@ -1062,13 +1101,15 @@ pub enum BackwardMask {
 /// harness runs exactly what the wrapper would queue.
 ///
 /// The workspace: dY times the mask for the identity with p > 0 (the products then read it
-/// with the mask switched off; the scale stays), and after it, from the next multiple of 256
-/// bytes, the split-K partial sums of narrow mma.sync and SIMT products when it holds them (else
-/// they run unsplit).
+/// with the mask switched off; the scale stays), or with [`BackwardKernel::HopperDzFromDx`] the
+/// dZ / scale that dX's launch writes and dW's reads the same way; after it, from the next
+/// multiple of 256 bytes, the split-K partial sums of narrow mma.sync and SIMT products when it
+/// holds them (else they run unsplit).
 ///
 /// Errors, before anything is planned: the family cannot run `T` on this GPU and build; the
-/// workspace shorter than dY times the mask where that is needed, or not 16-byte aligned; a
-/// family that cannot take the operands (Hopper with operands TMA cannot read).
+/// workspace shorter than dY times the mask or dZ where that is needed (absent, for dZ), or not
+/// 16-byte aligned; a family that cannot take the operands (Hopper with operands TMA cannot
+/// read).
 pub fn backward_plan<T: Element>(
     spec: &LayerSpec,
     accumulate: bool,
@@ -1081,14 +1122,33 @@ pub fn backward_plan<T: Element>(
     let have_dw = buffers.dw.is_some();
     let want_dx = buffers.dx.is_some() && m > 0;
     let want_dw = (have_dw || buffers.db.is_some()) && n > 0;
-    let needed = workspace_bytes::<T>(spec);
-    let premask = needed > 0 && m > 0 && n > 0 && (want_dx || want_dw);
+    let dz_from_dx = dz_from_dx_bytes::<T>(spec, kernel) > 0 && want_dx && have_dw && want_dw;
+    let (needed, holds) = if dz_from_dx {
+        (
+            dz_from_dx_bytes::<T>(spec, kernel),
+            "dZ, which the dX launch writes for the dW launch with BackwardKernel::HopperDzFromDx",
+        )
+    } else {
+        (
+            workspace_bytes::<T>(spec),
+            "dY times the mask, workspace_bytes",
+        )
+    };
+    let premask = !dz_from_dx && needed > 0 && m > 0 && n > 0 && (want_dx || want_dw);
     let workspace = buffers.workspace.filter(|_| want_dx || want_dw);
+    if dz_from_dx && workspace.is_none() {
+        return Err(invalid!(
+            "BackwardKernel::HopperDzFromDx was given no workspace; expected one of at least \
+             {needed} bytes (m*n*{} = {m}*{n}*{}: {holds}; LayerKernels::backward_workspace_bytes)",
+            std::mem::size_of::<T>(),
+            std::mem::size_of::<T>()
+        ));
+    }
     if let Some((ptr, len)) = workspace {
-        if premask && len < needed {
+        if (premask || dz_from_dx) && len < needed {
             return Err(invalid!(
                 "the backward workspace has {len} bytes; expected at least {needed} (m*n*{} = \
-                 {m}*{n}*{}: dY times the mask, workspace_bytes)",
+                 {m}*{n}*{}: {holds})",
                 std::mem::size_of::<T>(),
                 std::mem::size_of::<T>()
             ));
@@ -1102,13 +1162,23 @@ pub fn backward_plan<T: Element>(
     }
     let workspace_len = workspace.map_or(0, |(_, len)| len);
     let premasked = premask && workspace.is_some();
-    let (product_dy, mask_bytes) = match workspace.filter(|_| premasked) {
-        Some((ptr, _)) => (ptr, needed),
-        None => (buffers.dy, 0),
-    };
+    let workspace_ptr = workspace.map_or(0, |(ptr, _)| ptr);
+    let mask_bytes = if premasked || dz_from_dx { needed } else { 0 };
     let y_ptr = buffers
         .y
         .filter(|_| spec.nonlinearity == Nonlinearity::Relu);
+    // Whether a product reads the workspace: after the pre-pass (both) or after dX wrote dZ
+    // (dW). It then takes neither Y nor the mask.
+    let from_workspace =
+        |product: BackwardProduct| premasked || (dz_from_dx && product == BackwardProduct::Dw);
+    // What each product reads as dY, and the saved Y where ReLU's derivative is still to apply.
+    let reads = |product: BackwardProduct| {
+        if from_workspace(product) {
+            (Operand::Workspace, workspace_ptr, None)
+        } else {
+            (Operand::DY, buffers.dy, y_ptr)
+        }
+    };
     let (w_ptr, x_ptr) = (buffers.w.unwrap_or(0), buffers.x.unwrap_or(0));
     // The products' kernels, split where the workspace holds the partial sums (else both
     // unsplit). db alone runs the classic kernel with the product switched off, one column tile
@@ -1116,13 +1186,15 @@ pub fn backward_plan<T: Element>(
     chooser.split_k = workspace.is_some();
     let choose_paths = |chooser: &Chooser| -> Result<(Option<Path>, Option<Path>)> {
         let dx_path = if want_dx {
-            Some(chooser.choose("dX", m, ("W", w_ptr, n, k), product_dy, y_ptr)?)
+            let (_, dy_ptr, y_ptr) = reads(BackwardProduct::Dx);
+            Some(chooser.choose("dX", m, ("W", w_ptr, n, k), dy_ptr, y_ptr)?)
         } else {
             None
         };
+        let (_, dy_ptr, y_ptr) = reads(BackwardProduct::Dw);
         let dw_path = match (want_dw, have_dw) {
             (false, _) => None,
-            (true, true) => Some(chooser.choose("dW", n, ("X", x_ptr, m, k), product_dy, y_ptr)?),
+            (true, true) => Some(chooser.choose("dW", n, ("X", x_ptr, m, k), dy_ptr, y_ptr)?),
             (true, false) => Some(Path::Classic(chooser.classic(n, 1, m, false)?)),
         };
         Ok((dx_path, dw_path))
@@ -1145,16 +1217,14 @@ pub fn backward_plan<T: Element>(
             BackwardProduct::Dx => w_ptr,
             BackwardProduct::Dw => x_ptr,
         };
+        let (dy, dy_ptr, y_ptr) = reads(product);
         ProductOperands {
-            dy: if premasked {
-                Operand::Workspace
-            } else {
-                Operand::DY
-            },
+            dy,
             y: y_ptr.is_some(),
+            dz: dz_from_dx && product == BackwardProduct::Dx,
             out: product == BackwardProduct::Dx || have_dw,
             db: product == BackwardProduct::Dw && buffers.db.is_some(),
-            aligned: product_dy % 16 == 0 && y_ptr.is_none_or(|y| y % 16 == 0) && b_ptr % 16 == 0,
+            aligned: dy_ptr % 16 == 0 && y_ptr.is_none_or(|y| y % 16 == 0) && b_ptr % 16 == 0,
             partial_at: partial_at as u64,
         }
     };
@@ -1165,15 +1235,15 @@ pub fn backward_plan<T: Element>(
             BackwardMask::PrePass,
         ));
     }
-    let product_mask = if premasked {
-        BackwardMask::Premasked
-    } else {
-        BackwardMask::Redrawn
-    };
     for (product, path) in [
         (BackwardProduct::Dx, dx_path),
         (BackwardProduct::Dw, dw_path),
     ] {
+        let product_mask = if from_workspace(product) {
+            BackwardMask::Premasked
+        } else {
+            BackwardMask::Redrawn
+        };
         if let Some(path) = path {
             let launches = product_plans::<T>(
                 path,
@@ -1203,7 +1273,6 @@ fn product_plans<T: Element>(
     resident: ResidentClusters,
 ) -> Vec<LaunchPlan> {
     let LinearShape { m, n, k } = spec.shape;
-    let relu = spec.nonlinearity == Nonlinearity::Relu;
     let (rows, cols, b_operand, b_rows, out) = match product {
         BackwardProduct::Dx => (m, k, Operand::W, n, Operand::DX),
         BackwardProduct::Dw => (
@@ -1273,14 +1342,18 @@ fn product_plans<T: Element>(
         }
     };
     args.push(pointer_or_null(operands.out, out));
-    if product == BackwardProduct::Dw {
-        args.push(pointer_or_null(operands.db, Operand::DB));
+    match (product, path) {
+        (BackwardProduct::Dw, _) => args.push(pointer_or_null(operands.db, Operand::DB)),
+        (BackwardProduct::Dx, Path::Hopper(_)) => {
+            args.push(pointer_or_null(operands.dz, Operand::Workspace))
+        }
+        (BackwardProduct::Dx, Path::Classic(_)) => {}
     }
     args.extend([
         KernelArg::I64(m as i64),
         KernelArg::I64(n as i64),
         KernelArg::I64(k as i64),
-        KernelArg::I32(i32::from(relu)),
+        KernelArg::I32(i32::from(operands.y)),
         KernelArg::I32(i32::from(accumulate)),
         KernelArg::MaskParams,
     ]);
@@ -1352,7 +1425,9 @@ fn product_plans<T: Element>(
 /// The product's arguments: dY's, Y's and B's (W for dX, X for dW) tensor maps for the Hopper
 /// kernels (dY and Y in boxes of 64 x `block_m` for dX, every other box 64 x 64; without Y,
 /// dY's map again), their pointers for the others (Y's null when not read); then dX, or dW and
-/// db (each null when not asked for); m, n, k, relu, accumulate, the mask parameters; for the
+/// db (each null when not asked for), and for the Hopper dX kernels the workspace (`dz`: dZ
+/// written for dW) or null; m, n, k, relu (whether Y is read), accumulate, the mask
+/// parameters; for the
 /// mma.sync and SIMT kernels the split-K pair (the partial sums' address, null unless split,
 /// and the shares per tile). Each split sum: (shares, gradient, count, shares per tile, scale,
 /// accumulate).
@@ -1402,6 +1477,13 @@ pub fn product_plan<T: Element>(
             ..found
         })
     };
+    if operands.dz && (product != BackwardProduct::Dx || !matches!(path, Path::Hopper(_))) {
+        return Err(invalid!(
+            "{config}'s {} kernel writes no dZ; expected dz = false (only dX on the Hopper \
+             configurations writes it)",
+            product.name()
+        ));
+    }
     Ok(product_plans::<T>(
         path, product, spec, operands, accumulate, resident,
     ))
@@ -1650,6 +1732,130 @@ mod tests {
     }
 
     #[test]
+    fn dz_from_dx_plans_write_dz_in_dx_and_read_it_in_dw() {
+        let h100 = GpuFacts {
+            compute_capability: (9, 0),
+            resident: ResidentClusters::uniform(132),
+            forward_sm90_loaded: true,
+            backward_sm90_loaded: true,
+        };
+        // 300 x 200 x 96 (spec above): dZ takes 300 * 200 * 2 bytes.
+        let dz_bytes = 300 * 200 * 2;
+        let buffers = |dx: bool, dw: bool, workspace| BackwardBuffers {
+            dy: 0x10_0000,
+            y: Some(0x20_0000),
+            w: Some(0x30_0000),
+            x: Some(0x40_0000),
+            dx: dx.then_some(0x50_0000),
+            dw: dw.then_some(0x60_0000),
+            db: Some(0x70_0000),
+            workspace,
+        };
+        let plan = |spec: &LayerSpec, buffers: &BackwardBuffers| {
+            backward_plan::<f16>(spec, false, BackwardKernel::HopperDzFromDx, &h100, buffers)
+        };
+        // What each launch reads as dY, its dz and relu arguments, and its mask.
+        let summary = |plans: Vec<(LaunchPlan, BackwardMask)>| {
+            plans
+                .into_iter()
+                .map(|(plan, mask)| {
+                    let dy = match plan.args[0] {
+                        KernelArg::TensorMap { operand, .. } | KernelArg::Pointer(operand) => {
+                            operand
+                        }
+                        other => panic!("{} reads dY as {other:?}", plan.function),
+                    };
+                    let dz = plan.function.contains("_dx_").then(|| plan.args[4]);
+                    let params = plan.args.iter().position(|a| *a == KernelArg::MaskParams);
+                    let relu = plan.args[params.expect("the mask parameters") - 2];
+                    (dy, dz, relu, mask)
+                })
+                .collect::<Vec<_>>()
+        };
+        let workspace = Some((0x80_0000, dz_bytes));
+        let (redrawn, premasked) = (BackwardMask::Redrawn, BackwardMask::Premasked);
+        let writes = Some(KernelArg::Pointer(Operand::Workspace));
+        let (relu_on, relu_off) = (KernelArg::I32(1), KernelArg::I32(0));
+        let relu = spec(Nonlinearity::Relu, 0.1);
+        let identity = spec(Nonlinearity::Identity, 0.1);
+        let plain = spec(Nonlinearity::Identity, 0.0);
+        // ReLU and the identity with dropout: dX forms dZ from dY (and Y) and writes it; dW reads
+        // it with neither Y nor mask. No pre-pass for the identity.
+        assert_eq!(
+            summary(plan(&relu, &buffers(true, true, workspace)).unwrap()),
+            [
+                (Operand::DY, writes, relu_on, redrawn),
+                (Operand::Workspace, None, relu_off, premasked)
+            ]
+        );
+        assert_eq!(
+            summary(plan(&identity, &buffers(true, true, workspace)).unwrap()),
+            [
+                (Operand::DY, writes, relu_off, redrawn),
+                (Operand::Workspace, None, relu_off, premasked)
+            ]
+        );
+        // dZ = dY (identity, p = 0), no dX or no dW: the plain Hopper plans, no workspace needed.
+        let null = Some(KernelArg::Null);
+        assert_eq!(
+            summary(plan(&plain, &buffers(true, true, None)).unwrap()),
+            [
+                (Operand::DY, null, relu_off, redrawn),
+                (Operand::DY, None, relu_off, redrawn)
+            ]
+        );
+        assert_eq!(
+            summary(plan(&relu, &buffers(false, true, None)).unwrap()),
+            [(Operand::DY, None, relu_on, redrawn)]
+        );
+        // (db without dW runs the mma.sync kernel, with dY.)
+        assert_eq!(
+            summary(plan(&relu, &buffers(true, false, workspace)).unwrap()),
+            [
+                (Operand::DY, null, relu_on, redrawn),
+                (Operand::DY, None, relu_on, redrawn)
+            ]
+        );
+        // dZ needs its workspace.
+        let err = plan(&relu, &buffers(true, true, None)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("HopperDzFromDx was given no workspace; expected one of at least 120000"),
+            "{err}"
+        );
+        let err = plan(&relu, &buffers(true, true, Some((0x80_0000, dz_bytes - 1)))).unwrap_err();
+        assert!(
+            err.to_string().contains("expected at least 120000")
+                && err.to_string().contains("dZ, which the dX launch writes"),
+            "{err}"
+        );
+        // The size the planning query reports, and none for the other families.
+        assert_eq!(
+            dz_from_dx_bytes::<f16>(&relu, BackwardKernel::HopperDzFromDx),
+            dz_bytes
+        );
+        assert_eq!(
+            dz_from_dx_bytes::<f16>(&plain, BackwardKernel::HopperDzFromDx),
+            0
+        );
+        assert_eq!(dz_from_dx_bytes::<f16>(&relu, BackwardKernel::Hopper), 0);
+        // The family's errors are the Hopper family's, naming it.
+        let err = backward_plan::<f32>(
+            &relu,
+            false,
+            BackwardKernel::HopperDzFromDx,
+            &h100,
+            &buffers(true, true, workspace),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("BackwardKernel::HopperDzFromDx was requested for f32"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn split_k_launches_whole_clusters() {
         let h100 = ResidentClusters::uniform(132);
         let s4 = WG128X128_SPLIT[1];
@@ -1683,6 +1889,7 @@ mod tests {
         ProductOperands {
             dy,
             y,
+            dz: false,
             out,
             db,
             aligned: true,
@@ -1720,6 +1927,7 @@ mod tests {
                 map(Operand::Y, 300, 200, 128),
                 map(Operand::W, 200, 96, 64),
                 KernelArg::Pointer(Operand::DX),
+                KernelArg::Null,
                 KernelArg::I64(300),
                 KernelArg::I64(200),
                 KernelArg::I64(96),
@@ -1728,6 +1936,45 @@ mod tests {
                 KernelArg::MaskParams,
             ]
         );
+        // dX writing dZ for dW (BackwardKernel::HopperDzFromDx): the workspace after dX.
+        let writes_dz = ProductOperands {
+            dz: true,
+            ..operands(Operand::DY, true, true, false)
+        };
+        let plan = &product_plan::<f16>(
+            "wg128x128",
+            1,
+            BackwardProduct::Dx,
+            &relu,
+            writes_dz,
+            false,
+            ResidentClusters::uniform(132),
+        )
+        .unwrap()[0];
+        assert_eq!(
+            plan.args[3..5],
+            [
+                KernelArg::Pointer(Operand::DX),
+                KernelArg::Pointer(Operand::Workspace)
+            ]
+        );
+        // Only the Hopper dX kernels write dZ.
+        for (config, product) in [
+            ("wg128x128", BackwardProduct::Dw),
+            ("tc64x64", BackwardProduct::Dx),
+        ] {
+            let err = product_plan::<f16>(
+                config,
+                1,
+                product,
+                &relu,
+                writes_dz,
+                false,
+                ResidentClusters::uniform(132),
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("dX on the Hopper"), "{err}");
+        }
         // dW from the workspace's dY times the mask, without Y (its map is the workspace's
         // again) and without db, split over clusters of 4 that run 2 at once.
         let identity = spec(Nonlinearity::Identity, 0.5);

@@ -3,6 +3,7 @@
 
 use super::*;
 
+mod dz_from_dx;
 mod hopper;
 mod plans;
 mod workspace;
@@ -170,10 +171,35 @@ fn check_backward<T: Raw>(driver_name: &str, config: &str, seed: u64) {
     check_backward_cases::<T>(driver_name, config, &backward_cases(), seed);
 }
 
+/// A value's bits with every NaN the same (NaN payloads are not part of the contract).
+pub(crate) fn class_bits<T: Raw>(v: T) -> u64 {
+    let v = v.to_f64();
+    if v.is_nan() {
+        u64::MAX
+    } else {
+        v.to_bits()
+    }
+}
+
+/// What a backward product reads as dY, and whether it writes dZ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ProductInput {
+    /// dY, and Y for ReLU.
+    Dy,
+    /// dY times the mask from the workspace `ws` (the identity's pre-pass): no Y, and the
+    /// launch's mask switched off.
+    PremaskedDy,
+    /// dY and Y as `Dy`, with the Hopper dX kernel writing dZ / scale to the workspace `ws`
+    /// (`BackwardKernel::HopperDzFromDx`).
+    DyWritingDz,
+    /// dZ / scale from the workspace `ws` (dW after `DyWritingDz`): no Y, and the launch's mask
+    /// switched off.
+    Dz,
+}
+
 /// A backward product's launches (the product, then its split sums when `case.splits > 1`) as
-/// the library plans them (`product_plan`), reading dY from `dy` (dY, or the workspace's dY
-/// times the mask), Y for ReLU, writing dW when the case asks for it and db always; its buffers
-/// and mask parameters still to add.
+/// the library plans them (`product_plan`), reading what `input` says, writing dW when the case
+/// asks for it and db always; its buffers and mask parameters still to add.
 /// `config` names the configuration, with `_aligned` for the mma.sync kernels' entry points for
 /// aligned operands. A Hopper configuration runs on a GPU that runs the case's `grid_x` (else 3)
 /// of its blocks or clusters at once; a classic one takes `grid_x` as its grid when the case
@@ -182,7 +208,7 @@ pub(crate) fn backward_product_launch<T: Raw>(
     config: &str,
     product: BackwardProduct,
     spec: &LayerSpec,
-    dy: Operand,
+    input: ProductInput,
     case: &BackwardCase,
     what: String,
     rng: &mut StdRng,
@@ -193,13 +219,19 @@ pub(crate) fn backward_product_launch<T: Raw>(
     };
     let hopper = config.starts_with("wg");
     let splits = if hopper { 1 } else { case.splits };
+    let from_workspace = matches!(input, ProductInput::PremaskedDy | ProductInput::Dz);
     assert!(
-        splits == 1 || dy != Operand::Workspace,
+        splits == 1 || !from_workspace,
         "a split product reading dY times the mask from the workspace is not modelled here"
     );
     let operands = ProductOperands {
-        dy,
-        y: spec.nonlinearity == Nonlinearity::Relu,
+        dy: if from_workspace {
+            Operand::Workspace
+        } else {
+            Operand::DY
+        },
+        y: !from_workspace && spec.nonlinearity == Nonlinearity::Relu,
+        dz: input == ProductInput::DyWritingDz,
         out: product == BackwardProduct::Dx || case.weight_grad,
         db: product == BackwardProduct::Dw,
         aligned,
@@ -247,19 +279,24 @@ pub(crate) fn backward_product_launch<T: Raw>(
     launch
 }
 
-fn check_backward_cases<T: Raw>(
-    driver_name: &str,
-    config: &str,
-    cases: &[BackwardCase],
-    seed: u64,
-) {
-    let Some(exe) = driver(driver_name) else {
-        return;
-    };
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut launches = Vec::new();
-    let mut expected = Vec::new();
-    for &case in cases {
+/// One backward case's inputs (fresh random values, non-finite ones planted where the case asks
+/// for them), the gradients' starting values (poisoned, or random when accumulating) and what
+/// each gradient must become: the f64 reference (plus the starting value when accumulating) and
+/// the element-wise bound of `check_elementwise`, as (dX, dW, db).
+pub(crate) struct BackwardInputs<T> {
+    pub(crate) spec: LayerSpec,
+    pub(crate) x: Vec<T>,
+    pub(crate) w: Vec<T>,
+    pub(crate) dy: Vec<T>,
+    /// The forward's Y (read for ReLU only).
+    pub(crate) y: Vec<T>,
+    pub(crate) start: (Vec<T>, Vec<T>, Vec<T>),
+    want: (Vec<f64>, Vec<f64>, Vec<f64>),
+    bounds: (Vec<f64>, Vec<f64>, Vec<f64>),
+}
+
+impl<T: Raw> BackwardInputs<T> {
+    pub(crate) fn new(case: &BackwardCase, rng: &mut StdRng) -> Self {
         let LinearShape { m, n, k } = case.shape;
         let (seed, subsequence) = case
             .seed_subsequence
@@ -267,10 +304,10 @@ fn check_backward_cases<T: Raw>(
         let dropout = DropoutSpec::new(case.p, seed, subsequence);
         let spec =
             LayerSpec::new(case.shape, case.nonlinearity, dropout).with_geometry(case.geometry);
-        let mut x = random_values::<T>(m * k, &mut rng);
-        let w = random_values::<T>(n * k, &mut rng);
-        let b = random_values::<T>(n, &mut rng);
-        let mut dy = random_values::<T>(m * n, &mut rng);
+        let mut x = random_values::<T>(m * k, rng);
+        let w = random_values::<T>(n * k, rng);
+        let b = random_values::<T>(n, rng);
+        let mut dy = random_values::<T>(m * n, rng);
         if case.nonfinite {
             // X rows 3 and 40 make whole rows of Y NaN or +-inf (so ReLU redraws the mask there);
             // dY gets single non-finite elements spread over rows and columns.
@@ -303,11 +340,7 @@ fn check_backward_cases<T: Raw>(
                 poisoned::<T>(len)
             }
         };
-        let (dx0, dw0, db0) = (
-            init(m * k, &mut rng),
-            init(n * k, &mut rng),
-            init(n, &mut rng),
-        );
+        let start = (init(m * k, rng), init(n * k, rng), init(n, rng));
         let plus = |start: &[T], grad: &[f64]| -> Vec<f64> {
             if case.accumulate {
                 start
@@ -320,26 +353,72 @@ fn check_backward_cases<T: Raw>(
             }
         };
         let want = (
-            plus(&dx0, &grads.dx),
-            plus(&dw0, &grads.dw),
-            plus(&db0, &grads.db),
+            plus(&start.0, &grads.dx),
+            plus(&start.1, &grads.dw),
+            plus(&start.2, &grads.db),
         );
         let abs_plus = |start: &[T], sums: &[f64]| -> Vec<f64> {
             let start = abs(start);
             plus(&start, sums)
         };
         let bounds = (
-            abs_plus(&dx0, &abs_grads.dx),
-            abs_plus(&dw0, &abs_grads.dw),
-            abs_plus(&db0, &abs_grads.db),
+            abs_plus(&start.0, &abs_grads.dx),
+            abs_plus(&start.1, &abs_grads.dw),
+            abs_plus(&start.2, &abs_grads.db),
         );
+        Self {
+            spec,
+            x,
+            w,
+            dy,
+            y,
+            start,
+            want,
+            bounds,
+        }
+    }
 
+    /// Checks the gradients `case`'s launches wrote (`dw` when the case asks for dW) against
+    /// the reference: relative L2 and element by element.
+    pub(crate) fn check(&self, case: &BackwardCase, what: &str, dx: &[T], dw: &[T], db: &[T]) {
+        let LinearShape { m, n, k } = case.shape;
+        let mut outputs = vec![("dX", dx, &self.want.0, &self.bounds.0, n, k)];
+        if case.weight_grad {
+            outputs.push(("dW", dw, &self.want.1, &self.bounds.1, m, k));
+        }
+        outputs.push(("db", db, &self.want.2, &self.bounds.2, m, n));
+        for (name, got, want, abs_sum, terms, cols) in outputs {
+            let what = format!("{name} of {what}");
+            check_close(&what, cols, got, want);
+            // Exact operands: every backward kernel multiplies dY (or 0) in T and applies the
+            // dropout scale to its f32 sums, so only the sums and the result are rounded.
+            check_elementwise(&what, cols, got, want, abs_sum, terms);
+        }
+    }
+}
+
+fn check_backward_cases<T: Raw>(
+    driver_name: &str,
+    config: &str,
+    cases: &[BackwardCase],
+    seed: u64,
+) {
+    let Some(exe) = driver(driver_name) else {
+        return;
+    };
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut launches = Vec::new();
+    let mut inputs = Vec::new();
+    for &case in cases {
+        let input = BackwardInputs::<T>::new(&case, &mut rng);
+        let n = case.shape.n;
+        let spec = input.spec;
         let what = format!("{case:?}");
         let mut dx = backward_product_launch::<T>(
             config,
             BackwardProduct::Dx,
             &spec,
-            Operand::DY,
+            ProductInput::Dy,
             &case,
             what.clone(),
             &mut rng,
@@ -348,44 +427,44 @@ fn check_backward_cases<T: Raw>(
             config,
             BackwardProduct::Dw,
             &spec,
-            Operand::DY,
+            ProductInput::Dy,
             &case,
             what,
             &mut rng,
         );
         for launch in [&mut dx, &mut dw] {
             launch
-                .mask(&dropout, &case.geometry, n, case.device_seed)
-                .buffer("dy", &dy, 0, false);
-            if relu {
-                launch.buffer("y", &y, 0, false);
+                .mask(&spec.dropout, &case.geometry, n, case.device_seed)
+                .buffer("dy", &input.dy, 0, false);
+            if case.nonlinearity == Nonlinearity::Relu {
+                launch.buffer("y", &input.y, 0, false);
             }
         }
-        dx.buffer("w", &w, 0, false).buffer("dx", &dx0, 0, true);
-        dw.buffer("x", &x, 0, false).buffer("db", &db0, 0, true);
+        dx.buffer("w", &input.w, 0, false)
+            .buffer("dx", &input.start.0, 0, true);
+        dw.buffer("x", &input.x, 0, false)
+            .buffer("db", &input.start.2, 0, true);
         if case.weight_grad {
-            dw.buffer("dw", &dw0, 0, true);
+            dw.buffer("dw", &input.start.1, 0, true);
         }
         launches.push(dx);
         launches.push(dw);
-        expected.push((case, want, bounds));
+        inputs.push((case, input));
     }
     run(&exe, &launches);
-    for (pair, (case, want, bounds)) in launches.chunks(2).zip(&expected) {
-        let LinearShape { m, n, k } = case.shape;
-        let mut outputs = vec![("dX", &pair[0], "dx", &want.0, &bounds.0, n, k)];
-        if case.weight_grad {
-            outputs.push(("dW", &pair[1], "dw", &want.1, &bounds.1, m, k));
-        }
-        outputs.push(("db", &pair[1], "db", &want.2, &bounds.2, m, n));
-        for (name, launch, buffer, want, abs_sum, terms, cols) in outputs {
-            let what = format!("{name} of {}", launch.what);
-            let got = launch.output::<T>(buffer);
-            check_close(&what, cols, &got, want);
-            // Exact operands: every backward kernel multiplies dY (or 0) in T and applies the
-            // dropout scale to its f32 sums, so only the sums and the result are rounded.
-            check_elementwise(&what, cols, &got, want, abs_sum, terms);
-        }
+    for (pair, (case, input)) in launches.chunks(2).zip(&inputs) {
+        let dw = if case.weight_grad {
+            pair[1].output::<T>("dw")
+        } else {
+            Vec::new()
+        };
+        input.check(
+            case,
+            &pair[0].what,
+            &pair[0].output::<T>("dx"),
+            &dw,
+            &pair[1].output::<T>("db"),
+        );
     }
 }
 

@@ -1,7 +1,7 @@
 //! The device-seed record (`SeedSource::DeviceRecorded`).
 
 use super::*;
-use crate::backward::{backward_product_launch, BackwardCase};
+use crate::backward::{backward_product_launch, BackwardCase, ProductInput};
 use crate::dropout::dropout_launch;
 use crate::forward::{forward_launch, ForwardCase, Planned};
 
@@ -111,7 +111,7 @@ fn forward_records_the_seed_it_used_for_the_backward() {
                 "simt64x64",
                 BackwardProduct::Dx,
                 &LayerSpec::new(shape, Nonlinearity::Identity, *pair),
-                Operand::DY,
+                ProductInput::Dy,
                 &case,
                 format!("device seed {pair:?}"),
                 &mut rng,

@@ -804,7 +804,8 @@ pub struct Row {
     /// `fused` (ours), `gemm_floor` (cuBLASLt products alone), `unfused` (cuBLASLt with its
     /// epilogue, plus the standalone dropout kernel), or a variant of `fused`: a [`Variant`]'s
     /// name (`fused_mma_sync`, `fused_wg*`, `fused_hopper`, `fused_hop256`, `fused_hop128`,
-    /// `fused_identity`, `fused_ident_ws`, `fused_mma_split`, `fused_simt_split`) or
+    /// `fused_hop_dz`, `fused_identity`, `fused_ident_ws`, `fused_mma_split`,
+    /// `fused_simt_split`) or
     /// [`GRAPH_IMPL`].
     pub impl_name: &'static str,
     /// Median GPU time per call, in microseconds: the median repetition's (repetitions of many
@@ -1036,6 +1037,9 @@ pub enum Forced {
     /// `backward_workspace_bytes` asks for, so that its narrow products split their reduction
     /// (backward only).
     SplitWorkspace(BackwardKernel),
+    /// [`BackwardKernel::HopperDzFromDx`] with the workspace it needs: dX writes dZ once, dW
+    /// reads it (backward only).
+    DzFromDx,
 }
 
 impl Forced {
@@ -1052,6 +1056,7 @@ impl Forced {
         match self {
             Forced::Kernel(kernel) => kernel,
             Forced::SplitWorkspace(kernel) => kernel,
+            Forced::DzFromDx => BackwardKernel::HopperDzFromDx,
             _ => BackwardKernel::Auto,
         }
     }
@@ -1075,6 +1080,7 @@ impl Forced {
                 "forced BackwardKernel::{kernel:?} with the workspace backward_workspace_bytes \
                  asks for: narrow products split their reduction (split-K)"
             ),
+            Forced::DzFromDx => DZ_FROM_DX_NOTE.to_string(),
         }
     }
 }
@@ -1086,6 +1092,10 @@ pub const IDENTITY_NOTE: &str = "identity activation instead of ReLU: its backwa
 /// The note of the `fused_ident_ws` rows.
 pub const IDENTITY_WORKSPACE_NOTE: &str = "identity activation with a backward workspace: dY \
     times the mask written once, both products read it instead of redrawing the mask";
+
+/// The note of the `fused_hop_dz` rows.
+pub const DZ_FROM_DX_NOTE: &str = "forced BackwardKernel::HopperDzFromDx: the dX launch writes \
+    dZ to a workspace once, dW and db read it (no Y, no mask, no forming in dW's stages)";
 
 /// A variant of the fused pass, timed beside `fused`: its impl name and what it changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1112,13 +1122,15 @@ impl Variant {
     };
 
     /// Whether the variant is measured at dropout probability `p`: the identity's at every
-    /// p > 0 (at p = 0 there is no mask to draw); the forced Hopper backward tiles likewise
-    /// (a tile's cost does not depend on p, so leaving p = 0 out saves the bench's time).
+    /// p > 0 (at p = 0 there is no mask to draw); the forced Hopper backward tiles and dZ from
+    /// dX likewise (their cost hardly depends on p, so leaving p = 0 out saves the bench's
+    /// time).
     pub fn runs_at(self, p: f32) -> bool {
         let only_with_dropout = matches!(
             self.forced,
             Forced::Identity
                 | Forced::IdentityWorkspace
+                | Forced::DzFromDx
                 | Forced::Kernel(BackwardKernel::HopperWg128x256 | BackwardKernel::HopperWg128x128)
         );
         !only_with_dropout || p > 0.0
@@ -1226,6 +1238,9 @@ pub fn hopper_backward_fits(dims: LinearShape, hopper: bool) -> bool {
 ///   [`BackwardKernel::HopperWg128x128`] forced (both products on that tile, unsplit) where
 ///   `Auto` takes the Hopper kernels and does not already run both products on that tile: the
 ///   tuning data of its choice of tile;
+/// - `fused_hop_dz`: [`BackwardKernel::HopperDzFromDx`] with its workspace, where the Hopper
+///   kernels can run the shape (dZ written once by dX and read by dW, against `fused_hopper`'s
+///   forming it in dW's stages);
 /// - `fused_identity` ([`Variant::IDENTITY`]);
 /// - `fused_ident_ws` ([`Variant::IDENTITY_WORKSPACE`]).
 pub fn backward_variants_given(
@@ -1257,6 +1272,10 @@ pub fn backward_variants_given(
                 });
             }
         }
+        variants.push(Variant {
+            name: "fused_hop_dz",
+            forced: Forced::DzFromDx,
+        });
     }
     variants.push(Variant::IDENTITY);
     variants.push(Variant::IDENTITY_WORKSPACE);
@@ -1729,7 +1748,9 @@ fn variant_workspace<T: Element>(
         let spec = bench_spec(dims, nonlinearity, p, 0);
         bytes = bytes.max(match variant.forced {
             Forced::IdentityWorkspace => backward::workspace_bytes::<T>(&spec),
-            Forced::SplitWorkspace(_) => kernels.backward_workspace_bytes::<T>(&spec, kernel)?,
+            Forced::SplitWorkspace(_) | Forced::DzFromDx => {
+                kernels.backward_workspace_bytes::<T>(&spec, kernel)?
+            }
             _ => return Ok(None),
         });
     }
@@ -2323,6 +2344,7 @@ mod tests {
                 "fused_hopper",
                 "fused_hop256",
                 "fused_hop128",
+                "fused_hop_dz",
                 "fused_identity",
                 "fused_ident_ws"
             ]
@@ -2338,6 +2360,7 @@ mod tests {
                 BackwardKernel::Hopper,
                 BackwardKernel::HopperWg128x256,
                 BackwardKernel::HopperWg128x128,
+                BackwardKernel::HopperDzFromDx,
                 BackwardKernel::Auto,
                 BackwardKernel::Auto
             ]
@@ -2356,6 +2379,7 @@ mod tests {
             let got: Vec<_> = got.iter().filter(|n| n.starts_with("fused_hop")).collect();
             let mut want = vec!["fused_hopper"];
             want.extend_from_slice(tiles);
+            want.push("fused_hop_dz");
             assert_eq!(got, want.iter().collect::<Vec<_>>(), "{auto:?}");
         }
         // One tile per product: Auto keeps mma.sync, the Hopper kernels can still be forced
@@ -2363,7 +2387,12 @@ mod tests {
         let tiny = LinearShape::new(64, 128, 128);
         assert_eq!(
             names(&backward_variants_given(tiny, true, ("tc64x32", "tc64x32"))),
-            ["fused_hopper", "fused_identity", "fused_ident_ws"]
+            [
+                "fused_hopper",
+                "fused_hop_dz",
+                "fused_identity",
+                "fused_ident_ws"
+            ]
         );
         // n or k not a multiple of 8: TMA cannot read the operands.
         for dims in [
@@ -2484,6 +2513,14 @@ mod tests {
         };
         assert!(!tile.runs_at(0.0) && tile.runs_at(0.1) && tile.runs_at(0.5));
         assert_eq!(tile.forced.note(), "forced BackwardKernel::HopperWg128x128");
+        let dz = Variant {
+            name: "fused_hop_dz",
+            forced: Forced::DzFromDx,
+        };
+        assert!(!dz.runs_at(0.0) && dz.runs_at(0.1));
+        assert_eq!(dz.forced.nonlinearity(), Nonlinearity::Relu);
+        assert_eq!(dz.forced.kernel(), BackwardKernel::HopperDzFromDx);
+        assert_eq!(dz.forced.note(), DZ_FROM_DX_NOTE);
         // Every impl name a bench row can carry: distinct, the variants and graph rows marked as
         // variants of `fused`, all within the table's impl column.
         let sq = LinearShape::new(4096, 4096, 4096);
@@ -2501,7 +2538,7 @@ mod tests {
         )));
         all.sort_unstable();
         all.dedup();
-        assert_eq!(all.len(), 13, "{all:?}");
+        assert_eq!(all.len(), 14, "{all:?}");
         for name in all
             .iter()
             .filter(|n| !["gemm_floor", "fused", "unfused"].contains(n))

@@ -91,7 +91,7 @@ pub(super) fn hopper_backward_cases() -> Vec<BackwardCase> {
 }
 
 /// The Hopper backward's configurations without split-K.
-const BACKWARD_SM90_CONFIGS: [&str; 2] = ["wg128x256", "wg128x128"];
+pub(super) const BACKWARD_SM90_CONFIGS: [&str; 2] = ["wg128x256", "wg128x128"];
 
 fn check_backward_sm90<T: Raw>(seed: u64) {
     for (i, config) in BACKWARD_SM90_CONFIGS.iter().enumerate() {
@@ -115,7 +115,7 @@ fn backward_sm90_bf16_matches_reference() {
 }
 
 /// The split-K configurations (clusters of 2, 4 or 8 blocks per tile) and their cluster sizes.
-const BACKWARD_SM90_SPLIT_CONFIGS: [(&str, usize); 3] =
+pub(super) const BACKWARD_SM90_SPLIT_CONFIGS: [(&str, usize); 3] =
     [("wg128x128s2", 2), ("wg128x128s4", 4), ("wg128x128s8", 8)];
 
 /// The lists above name every Hopper backward configuration of the launch table (sorted): one

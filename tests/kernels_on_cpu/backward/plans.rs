@@ -125,7 +125,8 @@ fn check_planned_backward<T: Raw>(call: &PlannedBackward, rng: &mut StdRng) {
 /// (9.0, 8 multiprocessors, so that small shapes take the Hopper kernels), the identity's
 /// pre-pass into the workspace and the products reading it, the partial sums placed after the
 /// mask area in a workspace of exactly the bytes the call needs, db without dW, a Hopper tile
-/// forced for both products. Each call's launches are checked by name first.
+/// forced for both products, dZ written by dX for dW. Each call's launches are checked by name
+/// first.
 #[test]
 fn backward_plans_of_the_wrapper_match_reference() {
     let (Some(_), Some(_), Some(_), Some(_)) = (
@@ -265,6 +266,38 @@ fn backward_plans_of_the_wrapper_match_reference() {
                 "fusedrop_dropout",
                 "fusedrop_backward_dx_wg128x256",
                 "fusedrop_backward_dw_wg128x256",
+            ],
+        },
+        &mut rng,
+    );
+    // The same two calls with dZ written by dX into the workspace and read by dW
+    // (BackwardKernel::HopperDzFromDx): no pre-pass for the identity, Auto's tiles.
+    check_planned_backward::<bf16>(
+        &PlannedBackward {
+            what: "ReLU, small Hopper, dZ from dX",
+            spec: spec((512, 64, 512), Nonlinearity::Relu, 0.1, 17),
+            kernel: BackwardKernel::HopperDzFromDx,
+            gpu: small_hopper,
+            weight_grad: true,
+            workspace: Some(512 * 64 * 2),
+            expected: &[
+                "fusedrop_backward_dx_wg128x256",
+                "fusedrop_backward_dw_wg128x128",
+            ],
+        },
+        &mut rng,
+    );
+    check_planned_backward::<f16>(
+        &PlannedBackward {
+            what: "identity, small Hopper, dZ from dX",
+            spec: spec((512, 128, 128), Nonlinearity::Identity, 0.5, 18),
+            kernel: BackwardKernel::HopperDzFromDx,
+            gpu: small_hopper,
+            weight_grad: true,
+            workspace: Some(512 * 128 * 2),
+            expected: &[
+                "fusedrop_backward_dx_wg128x128",
+                "fusedrop_backward_dw_wg128x128s2",
             ],
         },
         &mut rng,

@@ -107,16 +107,16 @@ fn check_backward_workspace<T: Raw>(
                     vec![("dw", &grads0[1]), ("db", &grads0[2])],
                 ),
             ] {
-                let dy_operand = if workspace {
-                    Operand::Workspace
+                let input = if workspace {
+                    ProductInput::PremaskedDy
                 } else {
-                    Operand::DY
+                    ProductInput::Dy
                 };
                 let mut launch = backward_product_launch::<T>(
                     config,
                     product,
                     &spec,
-                    dy_operand,
+                    input,
                     case,
                     format!("{case:?} workspace={workspace}"),
                     &mut rng,
@@ -124,7 +124,7 @@ fn check_backward_workspace<T: Raw>(
                 launch.buffer(b_name, b, 0, false);
                 if workspace {
                     launch.mask_with(dropout, &case.geometry, n, false, 0, mask::scale(case.p));
-                    launch.buffer(dy_operand.name(), &masked, 0, false);
+                    launch.buffer("ws", &masked, 0, false);
                 } else {
                     launch.mask(dropout, &case.geometry, n, case.device_seed);
                     launch.buffer("dy", dy, 0, false);
@@ -183,16 +183,6 @@ fn check_backward_workspace<T: Raw>(
         checked_written > 0,
         "no case with finite inputs that overwrites"
     );
-}
-
-/// A value's bits with every NaN the same (NaN payloads are not part of the contract).
-fn class_bits<T: Raw>(v: T) -> u64 {
-    let v = v.to_f64();
-    if v.is_nan() {
-        u64::MAX
-    } else {
-        v.to_bits()
-    }
 }
 
 #[test]
