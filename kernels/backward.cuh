@@ -1,5 +1,6 @@
 // The backward pass's one elementwise step, shared by every backward kernel: forming dZ from dY
-// (and the saved output Y) while a tile of dY is loaded, so that dZ never goes to memory.
+// (and the saved output Y) while a tile of dY is loaded, so that dZ never goes to memory (except
+// where a caller asks for it: BackwardKernel::HopperDzFromDx's dX writes it out for dW).
 //
 //   identity: dZ = dY * (keep(i) ? scale : 0)   (Y says nothing about the mask, so Philox is
 //                                                redrawn from (seed, subsequence, i) with i from

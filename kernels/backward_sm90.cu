@@ -49,11 +49,11 @@
 // kSplits (the entry points' __cluster_dims__) and a reduction of at least kSplits k-blocks.
 // accumulate = 1 adds to the existing values (in f32, rounded once). mp: the forward's
 // MaskParams (seed read from its device buffer when given).
-// dz (dX only): null, or an [m, n] buffer that the blocks computing dX's first column tile fill
-// with the dZ / scale they form (ReLU, or the identity with p > 0; with neither dZ is dY and
-// nothing is written), so that the dW launch after it reads dZ as a plain operand, with no Y, no
-// mask and no forming in its stages (BackwardKernel::HopperDzFromDx: issue 11's "dZᵀ written
-// once by the dX pass", to be measured against forming it in dW's stages).
+// dz (dX only): null, or a 4-byte aligned [m, n] buffer that the blocks computing dX's first
+// column tile fill with the dZ / scale they form (ReLU, or the identity with p > 0; with neither
+// dZ is dY and nothing is written), so that the dW launch after it reads dZ as a plain operand,
+// with no Y, no mask and no forming in its stages (BackwardKernel::HopperDzFromDx: issue 11's
+// "dZᵀ written once by the dX pass", to be measured against forming it in dW's stages).
 #include <type_traits>
 
 #include "backward.cuh"

@@ -983,6 +983,83 @@ fn hopper_kernels_match_reference() {
     }
 }
 
+/// `BackwardKernel::HopperDzFromDx` takes its dZ path: after the call, the workspace (poisoned
+/// with NaN bytes) holds dZ / scale of every element as the contract defines it (dY where ReLU
+/// passed it, the redrawn mask where Y is NaN, 0 elsewhere; the identity's mask), so dW did not
+/// quietly form dZ in its stages while dX wrote nothing.
+#[test]
+fn hopper_dz_from_dx_leaves_dz_in_the_workspace() {
+    let Some(kernels) = gpu() else { return };
+    if !hopper(&kernels) {
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(0xd2d2);
+    for (i, (m, n, k, nonlinearity, p, nonfinite)) in [
+        (257, 136, 200, Nonlinearity::Relu, 0.1, false),
+        (70, 72, 64, Nonlinearity::Relu, 0.5, true),
+        (3000, 2056, 512, Nonlinearity::Identity, 0.5, false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let shape = LinearShape::new(m, n, k);
+        let spec = LayerSpec::new(shape, nonlinearity, DropoutSpec::new(p, 0xd3 + i as u64, 4));
+        let inputs = inputs::<bf16>(&spec, nonfinite, &mut rng);
+        let bytes = kernels
+            .backward_workspace_bytes::<bf16>(&spec, BackwardKernel::HopperDzFromDx)
+            .unwrap();
+        assert_eq!(bytes, m * n * 2, "{spec:?}");
+        let stream = kernels.stream();
+        let x = stream.clone_htod(&inputs.x).unwrap();
+        let w = stream.clone_htod(&inputs.w).unwrap();
+        let dy = stream.clone_htod(&inputs.dy).unwrap();
+        let y = inputs.y.as_ref().map(|y| stream.clone_htod(y).unwrap());
+        let mut dx = stream.alloc_zeros::<bf16>(m * k).unwrap();
+        let mut dw = stream.alloc_zeros::<bf16>(n * k).unwrap();
+        let mut db = stream.alloc_zeros::<bf16>(n).unwrap();
+        let mut workspace = stream.clone_htod(&vec![0xFFu8; bytes]).unwrap();
+        let grads = GradientsMut {
+            dx: Some(dx.as_view_mut()),
+            dw: Some(dw.as_view_mut()),
+            db: Some(db.as_view_mut()),
+        };
+        let options = BackwardOptions {
+            kernel: BackwardKernel::HopperDzFromDx,
+            workspace: Some(workspace.as_view_mut()),
+            ..BackwardOptions::default()
+        };
+        let y_view = y.as_ref().map(|y| y.as_view());
+        kernels
+            .backward(&spec, &x, &w, &dy, y_view.as_ref(), grads, options)
+            .unwrap();
+        let written = stream.clone_dtoh(&workspace).unwrap();
+        let d = spec.dropout;
+        let differ = (0..m * n)
+            .filter(|&i| {
+                let got = bf16::from_bits(u16::from_le_bytes([written[2 * i], written[2 * i + 1]]));
+                let g = inputs.dy[i].to_f64();
+                let keep = || {
+                    let index = spec.geometry.linear_index(n, i / n, i % n);
+                    fusedrop::mask::keep(d.seed, d.subsequence, d.p, index)
+                };
+                let want = match &inputs.y {
+                    Some(y) if y[i].to_f64() > 0.0 => g,
+                    Some(y) if y[i].to_f64().is_nan() => reference::apply_keep(g, keep(), 1.0),
+                    Some(_) => 0.0,
+                    None => reference::apply_keep(g, keep(), 1.0),
+                };
+                let want = bf16::from_f64(want);
+                // Bit for bit (a dropped negative dY is -0), NaN payloads aside.
+                got.is_nan() != want.is_nan() || !got.is_nan() && got.to_bits() != want.to_bits()
+            })
+            .count();
+        assert_eq!(
+            differ, 0,
+            "{spec:?}: elements of dZ / scale in the workspace differ"
+        );
+    }
+}
+
 /// `Auto` takes the Hopper kernels where TMA can read the operands and gives the same results
 /// as forcing them; operands TMA cannot read are refused by `Hopper` and run by `Auto`.
 #[test]

@@ -586,8 +586,8 @@ pub struct BackwardOptions<'a> {
     /// as one call.
     pub accumulate: bool,
     /// The kernel family; [`BackwardKernel::Auto`] unless a test or benchmark wants one.
-    /// [`BackwardKernel::TensorCore`], [`BackwardKernel::Hopper`] or a forced Hopper tile with
-    /// f32 is an error.
+    /// [`BackwardKernel::TensorCore`], [`BackwardKernel::Hopper`] or another Hopper family (a
+    /// forced tile, [`BackwardKernel::HopperDzFromDx`]) with f32 is an error.
     pub kernel: BackwardKernel,
     /// Where the mask's (seed, subsequence) comes from: it must name the pair the forward call
     /// used. [`SeedSource::Host`] takes `spec.dropout`'s; [`SeedSource::Device`] a device buffer
@@ -823,12 +823,14 @@ impl LayerKernels {
     ///   handle's context), whose mask is redrawn from `spec.dropout`'s (seed, subsequence) or from
     ///   `options.seed` when that is a device buffer;
     /// - `options`: overwrite or accumulate, the kernel family, the (seed, subsequence) source,
-    ///   which must name the pair the forward call used, and an optional workspace for the
-    ///   identity activation ([`BackwardOptions`]).
+    ///   which must name the pair the forward call used, and an optional workspace (the
+    ///   identity's masked dY, split-K's partial sums, [`BackwardKernel::HopperDzFromDx`]'s dZ:
+    ///   [`BackwardOptions`]).
     ///
     /// Asynchronous: returns once the launches are queued, without synchronising. Errors
     /// (before anything is queued) on a bad shape, probability, geometry or buffer length, on
-    /// ReLU without `y_saved`, on a workspace too short or misaligned, on a seed buffer of the
+    /// ReLU without `y_saved`, on a workspace too short or misaligned (or absent where
+    /// [`BackwardKernel::HopperDzFromDx`] writes dZ), on a seed buffer of the
     /// wrong length, on a buffer (seed buffers included) of another CUDA context than the
     /// handle's, and on a kernel family that cannot take the operands.
     ///
@@ -1106,7 +1108,8 @@ pub enum BackwardMask {
 /// multiple of 256 bytes, the split-K partial sums of narrow mma.sync and SIMT products when it
 /// holds them (else they run unsplit).
 ///
-/// Errors, before anything is planned: the family cannot run `T` on this GPU and build; the
+/// Errors, before anything is planned: the family cannot run `T` on this GPU and build; ReLU
+/// without the saved Y's address; the
 /// workspace shorter than dY times the mask or dZ where that is needed (absent, for dZ), or not
 /// 16-byte aligned; a family that cannot take the operands (Hopper with operands TMA cannot
 /// read).
@@ -1119,6 +1122,12 @@ pub fn backward_plan<T: Element>(
 ) -> Result<Vec<(LaunchPlan, BackwardMask)>> {
     let LinearShape { m, n, k } = spec.shape;
     let mut chooser = Chooser::new::<T>(*gpu, kernel, spec.shape)?;
+    if spec.nonlinearity == Nonlinearity::Relu && buffers.y.is_none() {
+        return Err(invalid!(
+            "the ReLU backward was planned without the saved Y; expected its address (the sign \
+             of Y carries ReLU's derivative and the mask)"
+        ));
+    }
     let have_dw = buffers.dw.is_some();
     let want_dx = buffers.dx.is_some() && m > 0;
     let want_dw = (have_dw || buffers.db.is_some()) && n > 0;
@@ -1839,6 +1848,13 @@ mod tests {
             0
         );
         assert_eq!(dz_from_dx_bytes::<f16>(&relu, BackwardKernel::Hopper), 0);
+        // ReLU's plan needs the saved Y (whatever the family).
+        let no_y = BackwardBuffers {
+            y: None,
+            ..buffers(true, true, workspace)
+        };
+        let err = plan(&relu, &no_y).unwrap_err();
+        assert!(err.to_string().contains("without the saved Y"), "{err}");
         // The family's errors are the Hopper family's, naming it.
         let err = backward_plan::<f32>(
             &relu,

@@ -8,6 +8,11 @@ use super::hopper::{
 };
 use super::*;
 
+/// What the workspace holds before dX writes dZ: a value no dZ takes (the inputs lie in (-1, 1),
+/// dZ is one of them, 0, or a planted non-finite value), so that an element left unwritten
+/// differs from its dZ even where that is NaN.
+const UNWRITTEN: f64 = 3.0;
+
 /// dZ / scale of `spec` as the contract defines it (src/reference.rs's `backward_f64` at scale
 /// 1), as `class_bits`: ReLU passes dY where Y > 0, redraws the mask where Y is NaN and gives 0
 /// elsewhere; the identity applies the mask everywhere.
@@ -40,7 +45,8 @@ fn unit_dz<T: Raw>(spec: &LayerSpec, dy: &[T], y: &[T]) -> Vec<u64> {
 }
 
 /// For each case where dZ differs from dY (ReLU, or the identity with p > 0): `config`'s dX
-/// writing dZ into a poisoned workspace, which must hold the contract's dZ / scale bit for bit
+/// writing dZ into a workspace filled with `UNWRITTEN`, which must hold the contract's dZ / scale
+/// bit for bit
 /// afterwards (every element written once by the blocks of dX's first column tile); then dW and
 /// db read from it, which must match the reference and, bit for bit, the same dW kernel forming
 /// dZ in its stages from dY (and Y).
@@ -92,7 +98,7 @@ fn check_dz_from_dx<T: Raw>(config: &str, cases: &[BackwardCase], seed: u64) {
         }
         dx.buffer("w", &input.w, 0, false)
             .buffer("dx", &input.start.0, 0, true)
-            .buffer("ws", &poisoned::<T>(m * n), 0, true);
+            .buffer("ws", &vec![T::from_f64(UNWRITTEN); m * n], 0, true);
         dw.buffer("x", &input.x, 0, false)
             .buffer("dw", &input.start.1, 0, true)
             .buffer("db", &input.start.2, 0, true);
