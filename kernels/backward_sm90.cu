@@ -16,6 +16,12 @@
 //       main loop's prepare hook the consumer turns its 64-column box of dY into dZ in place,
 //       fences the writes to the async proxy and meets its warpgroup at a named barrier before
 //       issuing the wgmmas; the previous k-block's wgmmas run meanwhile.
+//       Or, in the `_transform` dW kernels (BackwardKernel::HopperTransformWarps), by transform
+//       warps: warps 1-3 of the producer warpgroup form the whole stage once it has landed,
+//       each thread fences its own stores and arrives on the stage's `formed` barrier, which
+//       the consumers wait on instead of `full` (gemm/sm90/pipeline.cuh, FormedStageBarriers);
+//       the consumers then only multiply (and sum db), while the forming of later stages runs
+//       beside their wgmmas.
 // The dropout scale 1/(1-p) is not applied there but once to the f32 accumulators in the
 // epilogue (fewer roundings, and ReLU with no NaN in Y needs no Philox at all). Identity with
 // p = 0 forms nothing: the kernel is then a plain GEMM.
@@ -70,31 +76,54 @@ namespace backward {
 
 constexpr int kGroupRows = 8;
 
-// Turns the 64 x 64 block of dY at `block` (swizzled as above; `y_block` the matching block of
-// Y, read only for ReLU) into dZ / scale, in place. (row0, col0): the block's first element in
-// dY. Thread t of the warpgroup handles 16-byte chunks t, t + 128, ... (8 elements of a row),
-// each read and written whole: a quarter warp's 8 chunks are one 128-byte row, a row's chunks
-// stay in distinct bank groups under the swizzle, so every access is conflict-free (2-byte
-// accesses of the same chunks are 4-way conflicted and 8 times as many).
-template <typename T>
-__device__ __forceinline__ void form_dz_block(unsigned char* block, const unsigned char* y_block,
-                                              long long row0, long long col0, long long n,
-                                              bool relu, const MaskParams& unit) {
-    const int t = (int)(threadIdx.x % gemm::sm90::kWarpgroupThreads);
+// The dW kernels with transform warps (fusedrop_backward_dw_<config>_transform_<dtype>): warps
+// 1-3 of the producer warpgroup form dZᵀ in each landed stage (warp 0's first thread issues the
+// TMA loads), and the consumers wait for that instead of forming their boxes themselves
+// (issue 11's "dZᵀ formed by a transform warpgroup", to be measured against the consumers
+// forming it and against dX writing it). The forming draws Philox, which does not fit in the
+// TMA thread's 40 registers: the producer warpgroup keeps 72, and the consumers, which then form
+// nothing, take 16 fewer than usual (the most the block's pool leaves them).
+constexpr int kTransformThreads = 96;
+constexpr int kTransformProducerRegisters = 72;
+constexpr int kTransformConsumerRegisters = 216;
+static_assert(gemm::sm90::kWarpgroupThreads *
+                      (kTransformProducerRegisters +
+                       gemm::sm90::kConsumerWarpgroups * kTransformConsumerRegisters) <=
+                  gemm::sm90::kEntryRegisters * gemm::sm90::kThreads,
+              "the transform kernels' setmaxnreg split asks for more registers than the block "
+              "has at entry");
+
+// Turns 16-byte chunks first, first + stride, ... (below end) of the MN-major dY boxes at
+// `boxes` (64 x 64 each, 8192 bytes apart, swizzled as above; `y_boxes` the matching boxes of Y,
+// read only for ReLU) into dZ / scale, in place. Chunk c is the 8 elements of box c / 512's row
+// (c % 512) / 8 at columns 8 (c % 8) ...; (row0, col0): the first box's first element in dY.
+// Each chunk is read and written whole: a quarter warp's 8 consecutive chunks are one 128-byte
+// row, a row's chunks stay in distinct bank groups under the swizzle, so every access is
+// conflict-free (2-byte accesses of the same chunks are 4-way conflicted and 8 times as many).
+// The dW consumers form their own box (first = their thread, stride 128, end 512); the transform
+// warps a stage's every box between them, with kFewRegisters: the seed is hidden from ptxas at
+// each chunk, so that Philox's 20 round keys are derived where they are used instead of held
+// across the loop (in the transform warps' 72 registers they spilled).
+template <typename T, bool kFewRegisters = false>
+__device__ __forceinline__ void form_dz_chunks(unsigned char* boxes, const unsigned char* y_boxes,
+                                               long long row0, long long col0, long long n,
+                                               bool relu, const MaskParams& unit, int first,
+                                               int stride, int end) {
 #pragma unroll 1
-    for (int i = 0; i < 4; ++i) {
-        const int chunk = t + 128 * i;
-        const int row = chunk / 8, logical = chunk % 8;
-        const int offset = row * 128 + ((logical ^ (row % 8)) * 16);
-        uint4* d = reinterpret_cast<uint4*>(block + offset);
+    for (int chunk = first; chunk < end; chunk += stride) {
+        const int box = chunk / 512, row = chunk % 512 / 8, logical = chunk % 8;
+        const int offset = box * 8192 + row * 128 + ((logical ^ (row % 8)) * 16);
+        uint4* d = reinterpret_cast<uint4*>(boxes + offset);
         const uint4 dv = *d;
-        const uint4 yv = relu ? *reinterpret_cast<const uint4*>(y_block + offset)
+        const uint4 yv = relu ? *reinterpret_cast<const uint4*>(y_boxes + offset)
                               : make_uint4(0u, 0u, 0u, 0u);
         uint32_t lo[2] = {dv.x, dv.y}, hi[2] = {dv.z, dv.w};
         const uint32_t y_lo[2] = {yv.x, yv.y}, y_hi[2] = {yv.z, yv.w};
-        const long long c = col0 + 8 * logical;
-        form_dz_quad<T>(lo, y_lo, relu, unit, n, row0 + row, c);
-        form_dz_quad<T>(hi, y_hi, relu, unit, n, row0 + row, c + 4);
+        const long long c = col0 + 64 * box + 8 * logical;
+        MaskParams key = unit;
+        if constexpr (kFewRegisters) asm volatile("" : "+l"(key.seed));
+        form_dz_quad<T>(lo, y_lo, relu, key, n, row0 + row, c);
+        form_dz_quad<T>(hi, y_hi, relu, key, n, row0 + row, c + 4);
         *d = make_uint4(lo[0], lo[1], hi[0], hi[1]);
     }
 }
@@ -227,8 +256,10 @@ __device__ __forceinline__ float column_sum(const unsigned char* block, int col)
 }
 
 // One backward product: OUT[rows, k] = A · B with A from dY (dZ formed in registers for dX, in
-// the stage for dW), as described at the top. kWeightGrad: dW (and db) instead of dX. Split: gemm::sm90::NoSplit or
-// a ClusterSplitK (with the db column sums as its extra float for dW).
+// the stage for dW: by the consumers, or with a Mainloop that has transform threads by the
+// producer warpgroup's other warps), as described at the top. kWeightGrad: dW (and db) instead
+// of dX. Split: gemm::sm90::NoSplit or a ClusterSplitK (with the db column sums as its extra
+// float for dW).
 template <typename T, class Mainloop, class Split, bool kWeightGrad>
 __device__ __forceinline__ void backward_sm90(const CUtensorMap* map_dy, const CUtensorMap* map_y,
                                               const CUtensorMap* map_b, T* __restrict__ out,
@@ -237,6 +268,10 @@ __device__ __forceinline__ void backward_sm90(const CUtensorMap* map_dy, const C
                                               long long k, int relu, int accumulate,
                                               MaskParams mp) {
     constexpr bool kSplitK = Split::kSplits > 1;
+    constexpr bool kTransformWarps = Mainloop::kTransformThreads > 0;
+    static_assert(!kTransformWarps || (kWeightGrad && Mainloop::kTransformThreads ==
+                                                          kTransformThreads),
+                  "transform warps form dW's dZᵀ, warps 1-3 of the producer warpgroup");
     using gemm::sm90::kSplitOffset;
     FUSEDROP_DYNAMIC_SMEM(unsigned char, smem);
     const typename Mainloop::Storage storage = Mainloop::storage(smem);
@@ -263,14 +298,37 @@ __device__ __forceinline__ void backward_sm90(const CUtensorMap* map_dy, const C
     typename Mainloop::State state;
 
     if (warpgroup == 0) {
-        ptx::setmaxnreg_dec<gemm::sm90::kProducerRegisters>();
-        if (threadIdx.x == 0)
+        ptx::setmaxnreg_dec<kTransformWarps ? kTransformProducerRegisters
+                                            : gemm::sm90::kProducerRegisters>();
+        if (threadIdx.x == 0) {
             Mainloop::produce(scheduler, map_dy, map_b, relu ? map_y : nullptr, storage,
                               share.first, share.count);
+        }
+        if constexpr (kTransformWarps) {
+            if (threadIdx.x < 32) return;
+            MaskParams unit = resolve_seed(mp);
+            unit.scale = 1.0f;
+            const bool is_relu = relu != 0;
+            const bool form = is_relu || dropout_enabled(unit);
+            Mainloop::transform(
+                scheduler, storage, share.count, (int)threadIdx.x - 32,
+                [&](const gemm::TileCoordOf<int>& tile, int kb, unsigned char* stage,
+                    int thread) {
+                    // The stage's A boxes: 64 rows (m) of the k-block, the tile's BM columns
+                    // (n) of dY; with neither ReLU nor dropout dZ is dY.
+                    if (form)
+                        form_dz_chunks<T, true>(stage, stage + Mainloop::kOffsetSide,
+                                          (long long)(share.first + kb) * Mainloop::kBlockK,
+                                          (long long)tile.tm * Mainloop::kBlockM, n, is_relu,
+                                          unit, thread, kTransformThreads,
+                                          Mainloop::kBlockM / 64 * 512);
+                });
+        }
         return;
     }
 
-    ptx::setmaxnreg_inc<gemm::sm90::kConsumerRegisters>();
+    ptx::setmaxnreg_inc<kTransformWarps ? kTransformConsumerRegisters
+                                        : gemm::sm90::kConsumerRegisters>();
     const int consumer = warpgroup - 1;
     const bool is_relu = relu != 0;
     // The operand is dZ / scale: form_dz4 with a unit scale; the scale goes on the accumulators.
@@ -287,7 +345,10 @@ __device__ __forceinline__ void backward_sm90(const CUtensorMap* map_dy, const C
     for (int linear = scheduler.first(); linear < scheduler.tiles();
          linear = scheduler.next(linear), ++done) {
         const gemm::TileCoordOf<int> tile = scheduler.tile(linear);
-        const long long tile_row = (long long)tile.tm * Mainloop::kBlockM + wg_row;
+        // In int, as the producer's TMA coordinates (rows < 2^31, so a tile's rows start below
+        // 2^31 - 128): as a 64-bit sum ptxas kept wg_row's sign extension in local memory in
+        // the split-K transform kernels.
+        const long long tile_row = (long long)(tile.tm * Mainloop::kBlockM + wg_row);
         const bool do_db = kWeightGrad && db != nullptr && tile.tn == 0 && t < 64;
         float db_sum = 0.0f;
         if constexpr (!kWeightGrad) {
@@ -316,11 +377,13 @@ __device__ __forceinline__ void backward_sm90(const CUtensorMap* map_dy, const C
                 [&](int kb, unsigned char* stage) {
                     // dW: this consumer's 64-column box of the MN-major dY (dZᵀ), all 64 rows
                     // of the k-block, 128 wg_row bytes into the stage.
+                    // With transform warps the stage arrives formed.
                     unsigned char* block = stage + 128 * wg_row;
-                    if (transform) {
-                        form_dz_block<T>(block, block + Mainloop::kOffsetSide,
-                                         (long long)(share.first + kb) * Mainloop::kBlockK,
-                                         tile_row, n, is_relu, unit);
+                    if (!kTransformWarps && transform) {
+                        form_dz_chunks<T>(block, block + Mainloop::kOffsetSide,
+                                          (long long)(share.first + kb) * Mainloop::kBlockK,
+                                          tile_row, n, is_relu, unit, t,
+                                          gemm::sm90::kWarpgroupThreads, 512);
                         ptx::fence_proxy_async_shared();
                         if (consumer == 0)
                             ptx::warpgroup_barrier<1>();
@@ -360,6 +423,11 @@ struct WgConfig {
     template <typename T>
     using DwMainloop = gemm::sm90::Mainloop<T, BM, BN, STAGES, gemm::sm90::Major::MN,
                                             gemm::sm90::Major::MN, true>;
+    // dW with transform warps: the same stages, and a `formed` barrier per stage.
+    template <typename T>
+    using DwTransformMainloop =
+        gemm::sm90::Mainloop<T, BM, BN, STAGES, gemm::sm90::Major::MN, gemm::sm90::Major::MN,
+                             true, 1, gemm::sm90::kConsumerWarpgroups, kTransformThreads>;
     static constexpr int kAccumulators = DxMainloop<__half>::kAccumulators;
     // dW's partial sums carry db's column sums too.
     using DxSplit = std::conditional_t<SPLITS == 1, gemm::sm90::NoSplit,
@@ -373,10 +441,14 @@ struct WgConfig {
     static constexpr int kThreads = gemm::sm90::kThreads;
     static_assert(DwMainloop<__half>::kSmemBytes == DxMainloop<__half>::kSmemBytes,
                   "one main-loop size per config");
-    // One shared size for both products: dW's split area is the larger.
+    static_assert(DwTransformMainloop<__half>::kSmemBytes > DwMainloop<__half>::kSmemBytes,
+                  "the transform kernel's main loop is the largest (its `formed` barriers)");
+    // One shared size for every kernel of the config: the transform kernel's, whose main loop
+    // is the largest and, split, whose split area is dW's (the larger).
     static constexpr int kSmemBytes =
-        SPLITS == 1 ? DxMainloop<__half>::kSmemBytes
-                    : (int)(gemm::sm90::kSplitOffset<DxMainloop<__half>> + DwSplit::kBytes);
+        SPLITS == 1
+            ? DwTransformMainloop<__half>::kSmemBytes
+            : (int)(gemm::sm90::kSplitOffset<DwTransformMainloop<__half>> + DwSplit::kBytes);
     static_assert(kSmemBytes <= 227 * 1024, "a Hopper block has at most 227 KiB of shared memory");
 };
 
@@ -414,6 +486,16 @@ struct Wg128x128Split8 : WgConfig<128, 128, 3, 8> {};
             long long m, long long n, long long k, int relu, int accumulate,                     \
             fusedrop::MaskParams mp) {                                                           \
         fusedrop::backward::backward_sm90<T, fusedrop::backward::CONFIG::DwMainloop<T>,          \
+                                          fusedrop::backward::CONFIG::DwSplit, true>(            \
+            &map_dy, &map_y, &map_x, dw, db, nullptr, m, n, k, relu, accumulate, mp);            \
+    }                                                                                            \
+    extern "C" __global__ void __launch_bounds__(fusedrop::backward::CONFIG::kThreads, 1)        \
+        CLUSTER fusedrop_backward_dw_##NAME##_transform_##SUFFIX(                                \
+            const __grid_constant__ CUtensorMap map_dy, const __grid_constant__ CUtensorMap map_y, \
+            const __grid_constant__ CUtensorMap map_x, T* __restrict__ dw, T* __restrict__ db,   \
+            long long m, long long n, long long k, int relu, int accumulate,                     \
+            fusedrop::MaskParams mp) {                                                           \
+        fusedrop::backward::backward_sm90<T, fusedrop::backward::CONFIG::DwTransformMainloop<T>, \
                                           fusedrop::backward::CONFIG::DwSplit, true>(            \
             &map_dy, &map_y, &map_x, dw, db, nullptr, m, n, k, relu, accumulate, mp);            \
     }

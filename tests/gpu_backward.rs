@@ -922,63 +922,70 @@ fn hopper_kernels_match_reference() {
         check::<bf16>(&kernels, &spec, case);
     }
     // dZ written once by dX into the (poisoned) workspace and read by dW
-    // (BackwardKernel::HopperDzFromDx): the reference's gradients, and bit for bit those of the
-    // kernels forming dZ in dW's stages.
+    // (BackwardKernel::HopperDzFromDx), and dW's dZᵀ formed by transform warps
+    // (BackwardKernel::HopperTransformWarps, no workspace: with one the identity's pre-pass
+    // would leave nothing to form): the reference's gradients, and bit for bit those of the
+    // kernels whose dW consumers form dZ in their stages.
     let mut rng = StdRng::seed_from_u64(0xd2);
-    for (i, &(m, n, k)) in HOPPER_SHAPES.iter().enumerate() {
-        for (j, (nonlinearity, p)) in [
-            (Nonlinearity::Relu, 0.0),
-            (Nonlinearity::Relu, 0.1),
-            (Nonlinearity::Identity, 0.5),
-            (Nonlinearity::Relu, 1.0),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let shape = LinearShape::new(m, n, k);
-            let spec = LayerSpec::new(
-                shape,
-                nonlinearity,
-                DropoutSpec::new(p, 0xd2 + i as u64, j as u64),
-            );
-            let case = Case {
-                kernel: BackwardKernel::HopperDzFromDx,
-                split_workspace: true,
-                accumulate: j == 1,
-                nonfinite: i == 1,
-                device_seed: i == 2,
-                ..ALL_OUTPUTS
-            };
-            check::<f16>(&kernels, &spec, case);
-            check::<bf16>(&kernels, &spec, case);
-            let inputs = inputs::<bf16>(&spec, case.nonfinite, &mut rng);
-            let initial = poisoned_gradients::<bf16>(shape);
-            let from_dz = run_gpu(&kernels, &spec, &inputs, &initial, case);
-            let in_stages = Case {
-                kernel: BackwardKernel::Hopper,
-                split_workspace: false,
-                ..case
-            };
-            let formed = run_gpu(&kernels, &spec, &inputs, &initial, in_stages);
-            // NaN payloads are not part of the contract.
-            let one_nan = |g: Gradients<bf16>| {
-                let canon = |v: Vec<bf16>| -> Vec<bf16> {
-                    v.into_iter()
-                        .map(|e| if e.is_nan() { bf16::NAN } else { e })
-                        .collect()
+    for (family, workspace) in [
+        (BackwardKernel::HopperDzFromDx, true),
+        (BackwardKernel::HopperTransformWarps, false),
+    ] {
+        for (i, &(m, n, k)) in HOPPER_SHAPES.iter().enumerate() {
+            for (j, (nonlinearity, p)) in [
+                (Nonlinearity::Relu, 0.0),
+                (Nonlinearity::Relu, 0.1),
+                (Nonlinearity::Identity, 0.5),
+                (Nonlinearity::Relu, 1.0),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let shape = LinearShape::new(m, n, k);
+                let spec = LayerSpec::new(
+                    shape,
+                    nonlinearity,
+                    DropoutSpec::new(p, 0xd2 + i as u64, j as u64),
+                );
+                let case = Case {
+                    kernel: family,
+                    split_workspace: workspace,
+                    accumulate: j == 1,
+                    nonfinite: i == 1,
+                    device_seed: i == 2,
+                    ..ALL_OUTPUTS
                 };
-                Gradients {
-                    dx: canon(g.dx),
-                    dw: canon(g.dw),
-                    db: canon(g.db),
-                }
-            };
-            assert_same_gradients(
-                &format!("{spec:?}: HopperDzFromDx against Hopper"),
-                shape,
-                &one_nan(from_dz),
-                &one_nan(formed),
-            );
+                check::<f16>(&kernels, &spec, case);
+                check::<bf16>(&kernels, &spec, case);
+                let inputs = inputs::<bf16>(&spec, case.nonfinite, &mut rng);
+                let initial = poisoned_gradients::<bf16>(shape);
+                let variant = run_gpu(&kernels, &spec, &inputs, &initial, case);
+                let in_stages = Case {
+                    kernel: BackwardKernel::Hopper,
+                    split_workspace: false,
+                    ..case
+                };
+                let formed = run_gpu(&kernels, &spec, &inputs, &initial, in_stages);
+                // NaN payloads are not part of the contract.
+                let one_nan = |g: Gradients<bf16>| {
+                    let canon = |v: Vec<bf16>| -> Vec<bf16> {
+                        v.into_iter()
+                            .map(|e| if e.is_nan() { bf16::NAN } else { e })
+                            .collect()
+                    };
+                    Gradients {
+                        dx: canon(g.dx),
+                        dw: canon(g.dw),
+                        db: canon(g.db),
+                    }
+                };
+                assert_same_gradients(
+                    &format!("{spec:?}: {family:?} against Hopper"),
+                    shape,
+                    &one_nan(variant),
+                    &one_nan(formed),
+                );
+            }
         }
     }
 }

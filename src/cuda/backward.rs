@@ -296,10 +296,10 @@ fn partial_offset(mask_bytes: usize) -> usize {
         .unwrap_or(usize::MAX)
 }
 
-/// The entry point of product `what` ("dx" or "dw") of `config` for `T` (`aligned`: the
-/// mma.sync kernels' entry point for 16-byte aligned operands).
-fn function_name<T: Element>(config: Config, what: &str, aligned: bool) -> String {
-    let variant = if aligned { "_aligned" } else { "" };
+/// The entry point of product `what` ("dx" or "dw") of `config` for `T`; `variant`: "", or
+/// "_aligned" (the mma.sync kernels' entry point for 16-byte aligned operands) or "_transform"
+/// (the Hopper dW kernel with transform warps).
+fn function_name<T: Element>(config: Config, what: &str, variant: &str) -> String {
     format!(
         "fusedrop_backward_{what}_{}{variant}_{}",
         config.name,
@@ -313,7 +313,7 @@ pub(crate) fn cluster_of_8_probe() -> ClusterProbe {
     let config = WG128X128_SPLIT[0];
     ClusterProbe {
         module: config.module,
-        function: function_name::<half::f16>(config, "dx", false),
+        function: function_name::<half::f16>(config, "dx", ""),
         threads: config.threads,
         smem_bytes: config.smem_bytes,
         cluster: config.splits as u32,
@@ -368,6 +368,7 @@ impl Chooser {
             | BackwardKernel::HopperWg128x256
             | BackwardKernel::HopperWg128x128
             | BackwardKernel::HopperDzFromDx
+            | BackwardKernel::HopperTransformWarps
                 if !T::NEEDS_SM80 =>
             {
                 return Err(invalid!(
@@ -378,7 +379,8 @@ impl Chooser {
             }
             BackwardKernel::HopperWg128x256
             | BackwardKernel::HopperWg128x128
-            | BackwardKernel::HopperDzFromDx => BackwardKernel::Hopper,
+            | BackwardKernel::HopperDzFromDx
+            | BackwardKernel::HopperTransformWarps => BackwardKernel::Hopper,
             other => other,
         };
         let hopper_unavailable =
@@ -559,6 +561,15 @@ pub enum BackwardKernel {
     /// forming. The gradients are bit-identical to `Hopper`'s. Where dZ is dY (the identity with
     /// p = 0), or the call asks for no dX or no dW, it runs as `Hopper` (and needs no workspace).
     HopperDzFromDx,
+    /// [`BackwardKernel::Hopper`] with dW's dZᵀ formed by transform warps: three warps of the
+    /// producer warpgroup, idle otherwise, form it in each landed pipeline stage while the
+    /// consumer warpgroups multiply the previous stage, instead of the consumers forming their
+    /// own boxes between two k-blocks' wgmmas (issue 11 leaves the choice between these and
+    /// [`BackwardKernel::HopperDzFromDx`] to measurement: `fusedrop bench`'s `fused_hop_tw`
+    /// rows). The gradients are bit-identical to `Hopper`'s; it needs no workspace of its own.
+    /// Where dZ is dY (the identity with p = 0), or dW runs on the mma.sync kernels, it runs as
+    /// `Hopper`.
+    HopperTransformWarps,
 }
 
 impl BackwardKernel {
@@ -587,7 +598,8 @@ pub struct BackwardOptions<'a> {
     pub accumulate: bool,
     /// The kernel family; [`BackwardKernel::Auto`] unless a test or benchmark wants one.
     /// [`BackwardKernel::TensorCore`], [`BackwardKernel::Hopper`] or another Hopper family (a
-    /// forced tile, [`BackwardKernel::HopperDzFromDx`]) with f32 is an error.
+    /// forced tile, [`BackwardKernel::HopperDzFromDx`], [`BackwardKernel::HopperTransformWarps`])
+    /// with f32 is an error.
     pub kernel: BackwardKernel,
     /// Where the mask's (seed, subsequence) comes from: it must name the pair the forward call
     /// used. [`SeedSource::Host`] takes `spec.dropout`'s; [`SeedSource::Device`] a device buffer
@@ -633,13 +645,16 @@ pub fn workspace_bytes<T: Element>(spec: &LayerSpec) -> usize {
 /// is not empty, 0 otherwise and for every other family.
 fn dz_from_dx_bytes<T: Element>(spec: &LayerSpec, kernel: BackwardKernel) -> usize {
     let LinearShape { m, n, .. } = spec.shape;
-    let differs =
-        spec.nonlinearity == Nonlinearity::Relu || crate::mask::threshold(spec.dropout.p) != 0;
-    if kernel == BackwardKernel::HopperDzFromDx && differs && m > 0 && n > 0 {
+    if kernel == BackwardKernel::HopperDzFromDx && dz_differs_from_dy(spec) && m > 0 && n > 0 {
         m.saturating_mul(n).saturating_mul(std::mem::size_of::<T>())
     } else {
         0
     }
+}
+
+/// Whether dZ / scale differs from dY: ReLU, or the identity with p > 0.
+fn dz_differs_from_dy(spec: &LayerSpec) -> bool {
+    spec.nonlinearity == Nonlinearity::Relu || crate::mask::threshold(spec.dropout.p) != 0
 }
 
 /// The gradient buffers of one backward call. `None` skips that output.
@@ -706,6 +721,9 @@ pub struct ProductOperands {
     /// dX on the Hopper kernels: whether it writes dZ / scale to the workspace's first
     /// `m * n` elements for the dW launch ([`BackwardKernel::HopperDzFromDx`]).
     pub dz: bool,
+    /// dW on the Hopper kernels: whether transform warps form dZᵀ in its stages, the `_transform`
+    /// entry point ([`BackwardKernel::HopperTransformWarps`]).
+    pub transform_warps: bool,
     /// dX: always; dW: whether the call asks for dW (db alone runs the dW kernel with the
     /// product switched off).
     pub out: bool,
@@ -1131,10 +1149,11 @@ pub fn backward_plan<T: Element>(
     let have_dw = buffers.dw.is_some();
     let want_dx = buffers.dx.is_some() && m > 0;
     let want_dw = (have_dw || buffers.db.is_some()) && n > 0;
-    let dz_from_dx = dz_from_dx_bytes::<T>(spec, kernel) > 0 && want_dx && have_dw && want_dw;
+    let dz_bytes = dz_from_dx_bytes::<T>(spec, kernel);
+    let dz_from_dx = dz_bytes > 0 && want_dx && have_dw && want_dw;
     let (needed, holds) = if dz_from_dx {
         (
-            dz_from_dx_bytes::<T>(spec, kernel),
+            dz_bytes,
             "dZ, which the dX launch writes for the dW launch with BackwardKernel::HopperDzFromDx",
         )
     } else {
@@ -1231,6 +1250,7 @@ pub fn backward_plan<T: Element>(
             dy,
             y: y_ptr.is_some(),
             dz: dz_from_dx && product == BackwardProduct::Dx,
+            transform_warps: false,
             out: product == BackwardProduct::Dx || have_dw,
             db: product == BackwardProduct::Dw && buffers.db.is_some(),
             aligned: dy_ptr % 16 == 0 && y_ptr.is_none_or(|y| y % 16 == 0) && b_ptr % 16 == 0,
@@ -1254,14 +1274,18 @@ pub fn backward_plan<T: Element>(
             BackwardMask::Redrawn
         };
         if let Some(path) = path {
-            let launches = product_plans::<T>(
-                path,
-                product,
-                spec,
-                operands(product),
-                accumulate,
-                gpu.resident,
-            );
+            let operands = ProductOperands {
+                // Only on the Hopper dW kernel, and where there is something to form: dZ is not
+                // dY and not read ready-made from the workspace.
+                transform_warps: kernel == BackwardKernel::HopperTransformWarps
+                    && product == BackwardProduct::Dw
+                    && matches!(path, Path::Hopper(_))
+                    && dz_differs_from_dy(spec)
+                    && !from_workspace(product),
+                ..operands(product)
+            };
+            let launches =
+                product_plans::<T>(path, product, spec, operands, accumulate, gpu.resident);
             plans.extend(launches.into_iter().map(|plan| (plan, product_mask)));
         }
     }
@@ -1323,7 +1347,15 @@ fn product_plans<T: Element>(
             let launch = config.persistent_launch_config(config.tiles(rows, cols), resident);
             (
                 launch,
-                function_name::<T>(config, product.name(), false),
+                function_name::<T>(
+                    config,
+                    product.name(),
+                    if operands.transform_warps {
+                        "_transform"
+                    } else {
+                        ""
+                    },
+                ),
                 false,
             )
         }
@@ -1345,7 +1377,11 @@ fn product_plans<T: Element>(
             .launch_config(config.tiles(rows, cols));
             (
                 launch,
-                function_name::<T>(config, product.name(), aligned),
+                function_name::<T>(
+                    config,
+                    product.name(),
+                    if aligned { "_aligned" } else { "" },
+                ),
                 split,
             )
         }
@@ -1490,6 +1526,15 @@ pub fn product_plan<T: Element>(
         return Err(invalid!(
             "{config}'s {} kernel writes no dZ; expected dz = false (only dX on the Hopper \
              configurations writes it)",
+            product.name()
+        ));
+    }
+    if operands.transform_warps
+        && (product != BackwardProduct::Dw || !matches!(path, Path::Hopper(_)))
+    {
+        return Err(invalid!(
+            "{config}'s {} kernel has no transform warps; expected transform_warps = false \
+             (only dW on the Hopper configurations has them)",
             product.name()
         ));
     }
@@ -1872,6 +1917,124 @@ mod tests {
     }
 
     #[test]
+    fn transform_warp_plans_take_the_transform_dw_kernel_where_dz_is_formed() {
+        let h100 = GpuFacts {
+            compute_capability: (9, 0),
+            resident: ResidentClusters::uniform(132),
+            forward_sm90_loaded: true,
+            backward_sm90_loaded: true,
+        };
+        let buffers = |dw: bool, workspace| BackwardBuffers {
+            dy: 0x10_0000,
+            y: Some(0x20_0000),
+            w: Some(0x30_0000),
+            x: Some(0x40_0000),
+            dx: Some(0x50_0000),
+            dw: dw.then_some(0x60_0000),
+            db: Some(0x70_0000),
+            workspace,
+        };
+        let functions = |spec: &LayerSpec, buffers: &BackwardBuffers| {
+            backward_plan::<f16>(
+                spec,
+                false,
+                BackwardKernel::HopperTransformWarps,
+                &h100,
+                buffers,
+            )
+            .unwrap()
+            .into_iter()
+            .map(|(plan, _)| plan.function)
+            .collect::<Vec<_>>()
+        };
+        let (relu, identity) = (
+            spec(Nonlinearity::Relu, 0.1),
+            spec(Nonlinearity::Identity, 0.1),
+        );
+        let plain = spec(Nonlinearity::Identity, 0.0);
+        // 300 x 200 x 96: dX on 128 x 128 tiles, dW (2 x 1 tiles over 300 rows) too.
+        for spec in [&relu, &identity] {
+            assert_eq!(
+                functions(spec, &buffers(true, None)),
+                [
+                    "fusedrop_backward_dx_wg128x128_f16",
+                    "fusedrop_backward_dw_wg128x128_transform_f16"
+                ],
+                "{spec:?}"
+            );
+        }
+        // Nothing to form: dZ is dY (the identity at p = 0), or the identity's pre-pass wrote
+        // dY times the mask to the workspace; db alone runs the mma.sync kernel.
+        assert_eq!(
+            functions(&plain, &buffers(true, None)),
+            [
+                "fusedrop_backward_dx_wg128x128_f16",
+                "fusedrop_backward_dw_wg128x128_f16"
+            ]
+        );
+        let premasked = functions(&identity, &buffers(true, Some((0x80_0000, 1 << 20))));
+        assert_eq!(
+            premasked[1..],
+            [
+                "fusedrop_backward_dx_wg128x128_f16",
+                "fusedrop_backward_dw_wg128x128_f16"
+            ]
+        );
+        assert!(functions(&relu, &buffers(false, None))
+            .iter()
+            .all(|f| !f.contains("_transform")));
+        // The entry point exists only for dW on the Hopper configurations.
+        let transform = ProductOperands {
+            transform_warps: true,
+            ..ProductOperands {
+                dy: Operand::DY,
+                y: true,
+                dz: false,
+                transform_warps: false,
+                out: true,
+                db: true,
+                aligned: true,
+                partial_at: 0,
+            }
+        };
+        let plan = |config: &str, product| {
+            product_plan::<f16>(
+                config,
+                1,
+                product,
+                &relu,
+                transform,
+                false,
+                ResidentClusters::uniform(132),
+            )
+        };
+        assert_eq!(
+            plan("wg128x128s4", BackwardProduct::Dw).unwrap()[0].function,
+            "fusedrop_backward_dw_wg128x128s4_transform_f16"
+        );
+        for (config, product) in [
+            ("wg128x128", BackwardProduct::Dx),
+            ("tc64x64", BackwardProduct::Dw),
+        ] {
+            let err = plan(config, product).unwrap_err();
+            assert!(err.to_string().contains("has no transform warps"), "{err}");
+        }
+        let err = backward_plan::<f32>(
+            &relu,
+            false,
+            BackwardKernel::HopperTransformWarps,
+            &h100,
+            &buffers(true, None),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("BackwardKernel::HopperTransformWarps was requested for f32"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn split_k_launches_whole_clusters() {
         let h100 = ResidentClusters::uniform(132);
         let s4 = WG128X128_SPLIT[1];
@@ -1906,6 +2069,7 @@ mod tests {
             dy,
             y,
             dz: false,
+            transform_warps: false,
             out,
             db,
             aligned: true,

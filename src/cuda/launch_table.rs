@@ -110,18 +110,18 @@ pub const BACKWARD_TC64X64: LaunchNumbers = numbers("backward_tc64x64", 64, 64, 
 /// kernels/backward_tc.cu, `Tc64x32`.
 pub const BACKWARD_TC64X32: LaunchNumbers = numbers("backward_tc64x32", 64, 32, 128, 30_720);
 /// kernels/backward_sm90.cu, `Wg128x128` (Hopper; persistent grid).
-pub const BACKWARD_WG128X128: LaunchNumbers = numbers("backward_wg128x128", 128, 128, 384, 197_696);
+pub const BACKWARD_WG128X128: LaunchNumbers = numbers("backward_wg128x128", 128, 128, 384, 197_728);
 /// kernels/backward_sm90.cu, `Wg128x256`.
-pub const BACKWARD_WG128X256: LaunchNumbers = numbers("backward_wg128x256", 128, 256, 384, 197_680);
+pub const BACKWARD_WG128X256: LaunchNumbers = numbers("backward_wg128x256", 128, 256, 384, 197_704);
 /// kernels/backward_sm90.cu, `Wg128x128Split2` (split-K over clusters of 2 blocks).
 pub const BACKWARD_WG128X128S2: LaunchNumbers =
-    clustered(numbers("backward_wg128x128s2", 128, 128, 384, 215_120), 2);
+    clustered(numbers("backward_wg128x128s2", 128, 128, 384, 215_152), 2);
 /// kernels/backward_sm90.cu, `Wg128x128Split4`.
 pub const BACKWARD_WG128X128S4: LaunchNumbers =
-    clustered(numbers("backward_wg128x128s4", 128, 128, 384, 215_120), 4);
+    clustered(numbers("backward_wg128x128s4", 128, 128, 384, 215_152), 4);
 /// kernels/backward_sm90.cu, `Wg128x128Split8`.
 pub const BACKWARD_WG128X128S8: LaunchNumbers =
-    clustered(numbers("backward_wg128x128s8", 128, 128, 384, 215_120), 8);
+    clustered(numbers("backward_wg128x128s8", 128, 128, 384, 215_152), 8);
 
 /// kernels/forward_tc_sweep.cu: the tuning variants of the mma.sync forward that `fusedrop sweep`
 /// times (tile, k slice BK, sets of warp fragments, copies spread over the k16 steps, the

@@ -1,4 +1,5 @@
-// Harness driver for kernels/backward_sm90.cu: every config, f16 and bf16, dX and dW, launched
+// Harness driver for kernels/backward_sm90.cu: every config, f16 and bf16, dX, dW and dW with
+// transform warps, launched
 // from the request's plan (src/cuda/backward.rs, hopper_product_plan: the tensor maps of dY (or
 // the workspace), Y (or dY's again without ReLU) and W or X, the persistent grid of whole
 // clusters).
@@ -12,7 +13,9 @@ using namespace fusedrop::backward;
     HARNESS_PLANNED(fusedrop_backward_dx_##NAME##_f16, CONFIG::kSplits)                   \
     HARNESS_PLANNED(fusedrop_backward_dx_##NAME##_bf16, CONFIG::kSplits)                  \
     HARNESS_PLANNED(fusedrop_backward_dw_##NAME##_f16, CONFIG::kSplits)                   \
-    HARNESS_PLANNED(fusedrop_backward_dw_##NAME##_bf16, CONFIG::kSplits)
+    HARNESS_PLANNED(fusedrop_backward_dw_##NAME##_bf16, CONFIG::kSplits)                  \
+    HARNESS_PLANNED(fusedrop_backward_dw_##NAME##_transform_f16, CONFIG::kSplits)         \
+    HARNESS_PLANNED(fusedrop_backward_dw_##NAME##_transform_bf16, CONFIG::kSplits)
 
 void register_kernels() {
     HARNESS_BACKWARD_SM90(Wg128x128, wg128x128)

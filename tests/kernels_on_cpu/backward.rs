@@ -6,6 +6,7 @@ use super::*;
 mod dz_from_dx;
 mod hopper;
 mod plans;
+mod transform_warps;
 mod workspace;
 
 #[derive(Debug, Clone, Copy)]
@@ -201,7 +202,7 @@ pub(crate) enum ProductInput {
 /// the library plans them (`product_plan`), reading what `input` says, writing dW when the case
 /// asks for it and db always; its buffers and mask parameters still to add.
 /// `config` names the configuration, with `_aligned` for the mma.sync kernels' entry points for
-/// aligned operands. A Hopper configuration runs on a GPU that runs the case's `grid_x` (else 3)
+/// aligned operands, `_transform` for the Hopper dW kernels with transform warps. A Hopper configuration runs on a GPU that runs the case's `grid_x` (else 3)
 /// of its blocks or clusters at once; a classic one takes `grid_x` as its grid when the case
 /// gives one. The split-K partial sums go to a poisoned workspace `ws`, 256 bytes in.
 pub(crate) fn backward_product_launch<T: Raw>(
@@ -214,6 +215,10 @@ pub(crate) fn backward_product_launch<T: Raw>(
     rng: &mut StdRng,
 ) -> Launch {
     let (config, aligned) = match config.strip_suffix("_aligned") {
+        Some(base) => (base, true),
+        None => (config, false),
+    };
+    let (config, transform_warps) = match config.strip_suffix("_transform") {
         Some(base) => (base, true),
         None => (config, false),
     };
@@ -232,6 +237,7 @@ pub(crate) fn backward_product_launch<T: Raw>(
         },
         y: !from_workspace && spec.nonlinearity == Nonlinearity::Relu,
         dz: input == ProductInput::DyWritingDz,
+        transform_warps,
         out: product == BackwardProduct::Dx || case.weight_grad,
         db: product == BackwardProduct::Dw,
         aligned,

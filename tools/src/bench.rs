@@ -804,7 +804,7 @@ pub struct Row {
     /// `fused` (ours), `gemm_floor` (cuBLASLt products alone), `unfused` (cuBLASLt with its
     /// epilogue, plus the standalone dropout kernel), or a variant of `fused`: a [`Variant`]'s
     /// name (`fused_mma_sync`, `fused_wg*`, `fused_hopper`, `fused_hop256`, `fused_hop128`,
-    /// `fused_hop_dz`, `fused_identity`, `fused_ident_ws`, `fused_mma_split`,
+    /// `fused_hop_dz`, `fused_hop_tw`, `fused_identity`, `fused_ident_ws`, `fused_mma_split`,
     /// `fused_simt_split`) or
     /// [`GRAPH_IMPL`].
     pub impl_name: &'static str,
@@ -1122,16 +1122,20 @@ impl Variant {
     };
 
     /// Whether the variant is measured at dropout probability `p`: the identity's at every
-    /// p > 0 (at p = 0 there is no mask to draw); the forced Hopper backward tiles and dZ from
-    /// dX likewise (their cost hardly depends on p, so leaving p = 0 out saves the bench's
-    /// time).
+    /// p > 0 (at p = 0 there is no mask to draw); the forced Hopper backward tiles, dZ from
+    /// dX and the transform warps likewise (their cost hardly depends on p, so leaving p = 0
+    /// out saves the bench's time).
     pub fn runs_at(self, p: f32) -> bool {
         let only_with_dropout = matches!(
             self.forced,
             Forced::Identity
                 | Forced::IdentityWorkspace
                 | Forced::DzFromDx
-                | Forced::Kernel(BackwardKernel::HopperWg128x256 | BackwardKernel::HopperWg128x128)
+                | Forced::Kernel(
+                    BackwardKernel::HopperWg128x256
+                        | BackwardKernel::HopperWg128x128
+                        | BackwardKernel::HopperTransformWarps
+                )
         );
         !only_with_dropout || p > 0.0
     }
@@ -1241,6 +1245,8 @@ pub fn hopper_backward_fits(dims: LinearShape, hopper: bool) -> bool {
 /// - `fused_hop_dz`: [`BackwardKernel::HopperDzFromDx`] with its workspace, where the Hopper
 ///   kernels can run the shape (dZ written once by dX and read by dW, against `fused_hopper`'s
 ///   forming it in dW's stages);
+/// - `fused_hop_tw`: [`BackwardKernel::HopperTransformWarps`] likewise (dW's dZᵀ formed by the
+///   producer warpgroup's transform warps instead of by its consumers);
 /// - `fused_identity` ([`Variant::IDENTITY`]);
 /// - `fused_ident_ws` ([`Variant::IDENTITY_WORKSPACE`]).
 pub fn backward_variants_given(
@@ -1275,6 +1281,10 @@ pub fn backward_variants_given(
         variants.push(Variant {
             name: "fused_hop_dz",
             forced: Forced::DzFromDx,
+        });
+        variants.push(Variant {
+            name: "fused_hop_tw",
+            forced: Forced::Kernel(BackwardKernel::HopperTransformWarps),
         });
     }
     variants.push(Variant::IDENTITY);
@@ -2345,6 +2355,7 @@ mod tests {
                 "fused_hop256",
                 "fused_hop128",
                 "fused_hop_dz",
+                "fused_hop_tw",
                 "fused_identity",
                 "fused_ident_ws"
             ]
@@ -2361,6 +2372,7 @@ mod tests {
                 BackwardKernel::HopperWg128x256,
                 BackwardKernel::HopperWg128x128,
                 BackwardKernel::HopperDzFromDx,
+                BackwardKernel::HopperTransformWarps,
                 BackwardKernel::Auto,
                 BackwardKernel::Auto
             ]
@@ -2379,7 +2391,7 @@ mod tests {
             let got: Vec<_> = got.iter().filter(|n| n.starts_with("fused_hop")).collect();
             let mut want = vec!["fused_hopper"];
             want.extend_from_slice(tiles);
-            want.push("fused_hop_dz");
+            want.extend(["fused_hop_dz", "fused_hop_tw"]);
             assert_eq!(got, want.iter().collect::<Vec<_>>(), "{auto:?}");
         }
         // One tile per product: Auto keeps mma.sync, the Hopper kernels can still be forced
@@ -2390,6 +2402,7 @@ mod tests {
             [
                 "fused_hopper",
                 "fused_hop_dz",
+                "fused_hop_tw",
                 "fused_identity",
                 "fused_ident_ws"
             ]
@@ -2520,6 +2533,15 @@ mod tests {
         assert!(!dz.runs_at(0.0) && dz.runs_at(0.1));
         assert_eq!(dz.forced.nonlinearity(), Nonlinearity::Relu);
         assert_eq!(dz.forced.kernel(), BackwardKernel::HopperDzFromDx);
+        let transform = Variant {
+            name: "fused_hop_tw",
+            forced: Forced::Kernel(BackwardKernel::HopperTransformWarps),
+        };
+        assert!(!transform.runs_at(0.0) && transform.runs_at(0.1));
+        assert_eq!(
+            transform.forced.note(),
+            "forced BackwardKernel::HopperTransformWarps"
+        );
         assert_eq!(dz.forced.note(), DZ_FROM_DX_NOTE);
         // Every impl name a bench row can carry: distinct, the variants and graph rows marked as
         // variants of `fused`, all within the table's impl column.
@@ -2538,7 +2560,7 @@ mod tests {
         )));
         all.sort_unstable();
         all.dedup();
-        assert_eq!(all.len(), 14, "{all:?}");
+        assert_eq!(all.len(), 15, "{all:?}");
         for name in all
             .iter()
             .filter(|n| !["gemm_floor", "fused", "unfused"].contains(n))

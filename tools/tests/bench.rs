@@ -66,14 +66,15 @@ fn bench_measures_the_variant_and_graph_rows_on_a_gpu_or_exits_3_without_one() {
         .hopper_available::<half::bf16>();
     if hopper {
         // small's dW has 1024 tiles of 128 x 128: Auto takes the Hopper kernels on any H100/H200
-        // (dW on 128 x 256, dX split), so both forced tiles and dZ from dX are timed beside it
-        // at p = 0.1.
+        // (dW on 128 x 256, dX split), so both forced tiles, dZ from dX and the transform warps
+        // are timed beside it at p = 0.1.
         expected.extend([
             ("backward", "fused_hopper"),
             ("backward", "fused_mma_sync"),
             ("backward", "fused_hop256"),
             ("backward", "fused_hop128"),
             ("backward", "fused_hop_dz"),
+            ("backward", "fused_hop_tw"),
         ]);
     }
     for (p, i) in expected {

@@ -39,9 +39,16 @@
 // main loop keeps the tensor cores busy. Each issues wgmma m64n(kWgN)k16, once per k16 step for
 // each of its kWgRowBlocks blocks of 64 rows (two for a ping-pong warpgroup's 128-row tile, whose
 // accumulators are the two blocks' fragments one after the other: row_block).
+//
+// Transform threads (kTransformThreads > 0): threads of the producer warpgroup other than the
+// TMA thread transform A in each landed stage before the consumers read it (`transform`; the
+// backward's dZᵀ for dW). The consumers then wait on the stage's `formed` barrier instead of
+// `full` (pipeline.cuh, FormedStageBarriers); their main loops are otherwise the same.
 #pragma once
 
 #include <stdint.h>
+
+#include <type_traits>
 
 #include "../../ptx.cuh"
 #include "../layout.cuh"
@@ -104,7 +111,7 @@ struct OperandTile {
 
 template <typename T, int BM, int BN, int kStagesArg, Major kMajorA = Major::K,
           Major kMajorB = Major::K, bool kSideA = false, int kMulticastArg = 1,
-          int kConsumersPerTileArg = kConsumerWarpgroups>
+          int kConsumersPerTileArg = kConsumerWarpgroups, int kTransformThreadsArg = 0>
 struct Mainloop {
     static_assert(sizeof(T) == 2, "the wgmma main loop takes f16 or bf16 operands");
     static_assert(BM == 64 || BM == 128, "BM is one or two consumer warpgroups of 64 rows");
@@ -160,13 +167,21 @@ struct Mainloop {
     static constexpr uint32_t kStageBytes = kBytesA + kBytesSide + kBytesB;
     static_assert(kBytesA % 1024 == 0 && kBytesB % 1024 == 0,
                   "each box keeps the next one on a 1024-byte swizzle boundary");
+    // Transform threads (pipeline.cuh's FormedStageBarriers: the consumers wait until they have
+    // formed A in each landed stage), or 0: the consumers take the stages as they land.
+    static constexpr int kTransformThreads = kTransformThreadsArg;
+    static_assert(kTransformThreads == 0 || kMulticast == 1,
+                  "transform threads form their own block's stages only");
+
+    using State = PipelineState<kStages>;
+    using Barriers = std::conditional_t<kTransformThreads == 0, StageBarriers<kStages>,
+                                        FormedStageBarriers<kStages, kTransformThreads>>;
+
     // Dynamic shared memory: up to 1023 bytes to round the base up to the 1024-byte boundary
     // the 128-byte swizzle needs, the stages, then the barriers.
     static constexpr int kSmemBytes =
-        1024 + kStages * (int)kStageBytes + (int)sizeof(StageBarriers<kStages>);
+        1024 + kStages * (int)kStageBytes + (int)sizeof(Barriers);
 
-    using State = PipelineState<kStages>;
-    using Barriers = StageBarriers<kStages>;
 
     struct Storage {
         unsigned char* stages;  // 1024-byte aligned
@@ -248,6 +263,29 @@ struct Mainloop {
         for (int i = 0; i < kStages; ++i) {
             s.barriers->producer_acquire(state, kMulticast > 1);
             state.advance();
+        }
+    }
+
+    // The transform threads (kTransformThreads of them, each calling this with its index
+    // `thread`), for the whole kernel: every k-block of every tile `scheduler` gives this block,
+    // in the producer's order (k-blocks counted from 0 within a split-K block's range, as the
+    // consumers count them): waits until the stage landed, calls form(tile, kb, stage, thread),
+    // publishes the thread's stores to the async proxy and arrives on the stage's `formed`
+    // barrier, which the consumers wait on instead of `full`.
+    template <class Scheduler, class Form>
+    __device__ __forceinline__ static void transform(const Scheduler& scheduler, const Storage& s,
+                                                     int k_blocks, int thread, Form&& form) {
+        static_assert(kTransformThreads > 0, "a main loop with transform threads");
+        State state;
+        for (int t = scheduler.first(); t < scheduler.tiles(); t = scheduler.next(t)) {
+            const auto tile = scheduler.tile(t);
+            for (int kb = 0; kb < k_blocks; ++kb) {
+                s.barriers->transform_wait(state);
+                form(tile, kb, s.stages + state.stage * kStageBytes, thread);
+                ptx::fence_proxy_async_shared();
+                s.barriers->transform_done(state);
+                state.advance();
+            }
         }
     }
 

@@ -71,6 +71,43 @@ struct StageBarriers {
     }
 };
 
+// A ring whose A operand is transformed in place between the load and the MMA by warps of their
+// own (transform warps: the backward's dZᵀ for dW, formed from dY in the landed stage). A third
+// barrier per stage sits between `full` and the consumers:
+//   formed[s] completes when every one of the kTransformThreads transform threads has formed its
+//             part of the stage, published its stores to the async proxy (fence.proxy.async) and
+//             arrived (1 arrival per transform thread per phase: each thread's arrival releases
+//             its own stores, so none depends on another's).
+// The transform threads wait on `full` (transform_wait) as the consumers would; the consumers wait
+// on `formed` instead (consumer_wait hides StageBarriers'), so the main loops run unchanged.
+// `formed` needs no release of its own: the transform threads reach round r + 1 of a stage only
+// through its `full`, which needs the producer's acquire of `empty` round r, which needs the
+// consumers to have passed their wait on `formed` round r.
+template <int kStages, int kTransformThreads>
+struct FormedStageBarriers : StageBarriers<kStages> {
+    uint64_t formed[kStages];
+
+    __device__ __forceinline__ void init(uint32_t empty_arrivals) {
+        for (int s = 0; s < kStages; ++s) ptx::mbarrier_init(&formed[s], kTransformThreads);
+        StageBarriers<kStages>::init(empty_arrivals);
+    }
+
+    // Transform side: waits until the state's stage holds its TMA bytes.
+    __device__ __forceinline__ void transform_wait(const PipelineState<kStages>& st) {
+        ptx::mbarrier_wait(&this->full[st.stage], st.phase);
+    }
+
+    // Transform side, every transform thread, after its fence.proxy.async.
+    __device__ __forceinline__ void transform_done(const PipelineState<kStages>& st) {
+        ptx::mbarrier_arrive(&formed[st.stage]);
+    }
+
+    // Consumer side: waits until the state's stage is formed.
+    __device__ __forceinline__ void consumer_wait(const PipelineState<kStages>& st) {
+        ptx::mbarrier_wait(&formed[st.stage], st.phase);
+    }
+};
+
 // Ping-pong consumers (each tile one consumer warpgroup's, the two taking alternate tiles): the
 // order in which their main loops run. Warpgroup c's j-th tile may start its main loop once
 // turn[c] completed phase j; warpgroup c passes the turn (one arrival on turn[1 - c]) when its

@@ -302,4 +302,37 @@ fn backward_plans_of_the_wrapper_match_reference() {
         },
         &mut rng,
     );
+    // dW's dZᵀ formed by transform warps (BackwardKernel::HopperTransformWarps): the `_transform`
+    // dW entry points, Auto's tiles; the identity with no workspace (with one, its pre-pass
+    // leaves nothing to form).
+    check_planned_backward::<bf16>(
+        &PlannedBackward {
+            what: "ReLU, small Hopper, transform warps",
+            spec: spec((512, 64, 512), Nonlinearity::Relu, 0.1, 19),
+            kernel: BackwardKernel::HopperTransformWarps,
+            gpu: small_hopper,
+            weight_grad: true,
+            workspace: None,
+            expected: &[
+                "fusedrop_backward_dx_wg128x256",
+                "fusedrop_backward_dw_wg128x128_transform",
+            ],
+        },
+        &mut rng,
+    );
+    check_planned_backward::<f16>(
+        &PlannedBackward {
+            what: "identity, small Hopper, transform warps",
+            spec: spec((512, 128, 128), Nonlinearity::Identity, 0.5, 20),
+            kernel: BackwardKernel::HopperTransformWarps,
+            gpu: small_hopper,
+            weight_grad: true,
+            workspace: None,
+            expected: &[
+                "fusedrop_backward_dx_wg128x128",
+                "fusedrop_backward_dw_wg128x128s2_transform",
+            ],
+        },
+        &mut rng,
+    );
 }

@@ -428,8 +428,9 @@ fn forward_configs<T: Element>(case: &Case, hopper: bool) -> Vec<ForwardConfig> 
 /// Every backward kernel family that can run `case`: Auto, and each one forced (the forced
 /// Hopper tiles, which run the same kernels, are left to tests/gpu_backward.rs); the classic
 /// families also with the workspace for split-K where `splits(family)` says a product of the
-/// case splits with it; Hopper where `hopper` (its modules loaded for `T`) and the operands fit;
-/// Auto with dY times the identity's mask in a workspace where the case has one.
+/// case splits with it; Hopper where `hopper` (its modules loaded for `T`) and the operands fit,
+/// and there, where dZ is not dY, its transform-warp and dZ-from-dX variants; Auto with dY times
+/// the identity's mask in a workspace where the case has one.
 fn backward_families<T: Element>(
     case: &Case,
     splits: impl Fn(BackwardKernel) -> bool,
@@ -455,6 +456,22 @@ fn backward_families<T: Element>(
         // The selftest's buffers are whole allocations, so 16-byte aligned.
         if m > 0 && n % 8 == 0 && k % 8 == 0 && hopper {
             families.push(("hopper", BackwardKernel::Hopper, Workspace::None));
+            // The Hopper variants issue 11 leaves to measurement, where they differ from
+            // `hopper` (dZ is not dY): dW's dZᵀ formed by transform warps (entry points of their
+            // own), and dZ written by dX into the workspace for dW.
+            let spec = &case.spec;
+            if spec.nonlinearity == Nonlinearity::Relu || mask::threshold(spec.dropout.p) != 0 {
+                families.push((
+                    "hopper_transform_warps",
+                    BackwardKernel::HopperTransformWarps,
+                    Workspace::None,
+                ));
+                families.push((
+                    "hopper_dz_from_dx",
+                    BackwardKernel::HopperDzFromDx,
+                    Workspace::Full,
+                ));
+            }
         }
     }
     // The identity with dropout also through a workspace (the mask applied to dY once by the
@@ -974,8 +991,8 @@ mod tests {
     /// Every forward and backward entry point the build has for `dtype` on a GPU that `gpu`
     /// describes: each config of the launch table but the sweep's (SIMT for the forward only in
     /// f32, for the backward in every dtype; mma.sync and its aligned-operand kernels for f16
-    /// and bf16; Hopper's where its modules are loaded), the backward's for dX and for dW, and
-    /// the backward's split-K sums.
+    /// and bf16; Hopper's where its modules are loaded), the backward's for dX and for dW (and
+    /// Hopper's dW with transform warps), and the backward's split-K sums.
     fn entry_points(dtype: &str, gpu: &GpuFacts) -> BTreeSet<String> {
         let halves = dtype != "f32";
         let mut all = BTreeSet::from([format!("fusedrop_backward_split_sum_{dtype}")]);
@@ -1010,6 +1027,9 @@ mod tests {
                         "fusedrop_{pass}_{product}{config}{variant}_{dtype}"
                     ));
                 }
+            }
+            if pass == "backward" && config.starts_with("wg") && !variants.is_empty() {
+                all.insert(format!("fusedrop_backward_dw_{config}_transform_{dtype}"));
             }
         }
         all
