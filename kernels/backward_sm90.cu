@@ -468,6 +468,20 @@ struct Wg128x128Split8 : WgConfig<128, 128, 3, 8> {};
 
 // CLUSTER: nothing, or the split-K configs' __cluster_dims__ (a plain launch with gridDim.x a
 // multiple of kSplits then runs the kernel in clusters).
+// A dW entry point ENTRY on main loop MAINLOOP (DwMainloop, or DwTransformMainloop: transform
+// warps).
+#define FUSEDROP_BACKWARD_SM90_DW(CONFIG, ENTRY, MAINLOOP, T, CLUSTER)                           \
+    extern "C" __global__ void __launch_bounds__(fusedrop::backward::CONFIG::kThreads, 1)        \
+        CLUSTER ENTRY(                                                                           \
+            const __grid_constant__ CUtensorMap map_dy, const __grid_constant__ CUtensorMap map_y, \
+            const __grid_constant__ CUtensorMap map_x, T* __restrict__ dw, T* __restrict__ db,   \
+            long long m, long long n, long long k, int relu, int accumulate,                     \
+            fusedrop::MaskParams mp) {                                                           \
+        fusedrop::backward::backward_sm90<T, fusedrop::backward::CONFIG::MAINLOOP<T>,            \
+                                          fusedrop::backward::CONFIG::DwSplit, true>(            \
+            &map_dy, &map_y, &map_x, dw, db, nullptr, m, n, k, relu, accumulate, mp);            \
+    }
+
 #define FUSEDROP_BACKWARD_SM90(CONFIG, NAME, SUFFIX, T, CLUSTER)                                 \
     extern "C" __global__ void __launch_bounds__(fusedrop::backward::CONFIG::kThreads, 1)        \
         CLUSTER fusedrop_backward_dx_##NAME##_##SUFFIX(                                          \
@@ -479,26 +493,10 @@ struct Wg128x128Split8 : WgConfig<128, 128, 3, 8> {};
                                           fusedrop::backward::CONFIG::DxSplit, false>(           \
             &map_dy, &map_y, &map_w, dx, nullptr, dz, m, n, k, relu, accumulate, mp);            \
     }                                                                                            \
-    extern "C" __global__ void __launch_bounds__(fusedrop::backward::CONFIG::kThreads, 1)        \
-        CLUSTER fusedrop_backward_dw_##NAME##_##SUFFIX(                                          \
-            const __grid_constant__ CUtensorMap map_dy, const __grid_constant__ CUtensorMap map_y, \
-            const __grid_constant__ CUtensorMap map_x, T* __restrict__ dw, T* __restrict__ db,   \
-            long long m, long long n, long long k, int relu, int accumulate,                     \
-            fusedrop::MaskParams mp) {                                                           \
-        fusedrop::backward::backward_sm90<T, fusedrop::backward::CONFIG::DwMainloop<T>,          \
-                                          fusedrop::backward::CONFIG::DwSplit, true>(            \
-            &map_dy, &map_y, &map_x, dw, db, nullptr, m, n, k, relu, accumulate, mp);            \
-    }                                                                                            \
-    extern "C" __global__ void __launch_bounds__(fusedrop::backward::CONFIG::kThreads, 1)        \
-        CLUSTER fusedrop_backward_dw_##NAME##_transform_##SUFFIX(                                \
-            const __grid_constant__ CUtensorMap map_dy, const __grid_constant__ CUtensorMap map_y, \
-            const __grid_constant__ CUtensorMap map_x, T* __restrict__ dw, T* __restrict__ db,   \
-            long long m, long long n, long long k, int relu, int accumulate,                     \
-            fusedrop::MaskParams mp) {                                                           \
-        fusedrop::backward::backward_sm90<T, fusedrop::backward::CONFIG::DwTransformMainloop<T>, \
-                                          fusedrop::backward::CONFIG::DwSplit, true>(            \
-            &map_dy, &map_y, &map_x, dw, db, nullptr, m, n, k, relu, accumulate, mp);            \
-    }
+    FUSEDROP_BACKWARD_SM90_DW(CONFIG, fusedrop_backward_dw_##NAME##_##SUFFIX, DwMainloop, T,     \
+                              CLUSTER)                                                           \
+    FUSEDROP_BACKWARD_SM90_DW(CONFIG, fusedrop_backward_dw_##NAME##_transform_##SUFFIX,          \
+                              DwTransformMainloop, T, CLUSTER)
 
 #define FUSEDROP_BACKWARD_SM90_TYPES(CONFIG, NAME)        \
     FUSEDROP_BACKWARD_SM90(CONFIG, NAME, f16, __half, )   \

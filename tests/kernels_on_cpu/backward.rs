@@ -182,6 +182,25 @@ pub(crate) fn class_bits<T: Raw>(v: T) -> u64 {
     }
 }
 
+/// Asserts that the dW and db of dW launch `got` equal those of `want` bit for bit (NaN payloads
+/// aside); `want_is` names `want` in the message.
+pub(crate) fn assert_same_gradient_bits<T: Raw>(got: &Launch, want: &Launch, want_is: &str) {
+    for name in ["dw", "db"] {
+        let bits = |launch: &Launch| -> Vec<u64> {
+            launch
+                .output::<T>(name)
+                .into_iter()
+                .map(class_bits)
+                .collect()
+        };
+        assert!(
+            bits(got) == bits(want),
+            "{name} of {}: differs from {want_is}",
+            got.what
+        );
+    }
+}
+
 /// What a backward product reads as dY, and whether it writes dZ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ProductInput {

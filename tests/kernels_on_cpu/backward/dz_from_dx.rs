@@ -148,20 +148,7 @@ fn check_dz_from_dx<T: Raw>(config: &str, cases: &[BackwardCase], seed: u64) {
             &from_dz.output::<T>("dw"),
             &from_dz.output::<T>("db"),
         );
-        for name in ["dw", "db"] {
-            let bits = |launch: &Launch| -> Vec<u64> {
-                launch
-                    .output::<T>(name)
-                    .into_iter()
-                    .map(class_bits)
-                    .collect()
-            };
-            assert!(
-                bits(from_dz) == bits(&pair[1]),
-                "{name} of {}: differs from the kernel forming dZ in its stages",
-                from_dz.what
-            );
-        }
+        assert_same_gradient_bits::<T>(from_dz, &pair[1], "the kernel forming dZ in its stages");
     }
 }
 

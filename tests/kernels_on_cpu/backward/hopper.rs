@@ -184,6 +184,22 @@ fn backward_sm90_split_bf16_matches_reference() {
     check_backward_sm90_split::<bf16>(0x5BBF);
 }
 
+/// The two 200 x 264 x 328 cases of `cases` (ReLU; the identity with p = 0.5: 2 x 3 and 3 x 3
+/// tiles over rings that wrap), with each thread's fence.proxy.async checked on its own
+/// (`track_proxy_stores`).
+pub(super) fn fences_tracked(cases: Vec<BackwardCase>) -> Vec<BackwardCase> {
+    let tracked: Vec<BackwardCase> = cases
+        .into_iter()
+        .filter(|c| c.shape == LinearShape::new(200, 264, 328))
+        .map(|c| BackwardCase {
+            track_proxy_stores: true,
+            ..c
+        })
+        .collect();
+    assert_eq!(tracked.len(), 2, "the two 200 x 264 x 328 cases");
+    tracked
+}
+
 /// The Hopper backward with each thread's fence.proxy.async checked on its own
 /// (`track_proxy_stores`): dW's consumers form dZᵀ in the landed stage with ordinary stores, and
 /// each must fence its own before the warpgroup's wgmmas read the stage. The two cases of 2 x 3
@@ -191,28 +207,16 @@ fn backward_sm90_split_bf16_matches_reference() {
 /// clusters of 2; f16 only, since the fences do not depend on the type and the tracking is slow.
 #[test]
 fn backward_sm90_fences_are_checked_per_thread() {
-    let tracked = |cases: Vec<BackwardCase>| -> Vec<BackwardCase> {
-        let tracked: Vec<BackwardCase> = cases
-            .into_iter()
-            .filter(|c| c.shape == LinearShape::new(200, 264, 328))
-            .map(|c| BackwardCase {
-                track_proxy_stores: true,
-                ..c
-            })
-            .collect();
-        assert_eq!(tracked.len(), 2, "the two 200 x 264 x 328 cases");
-        tracked
-    };
     check_backward_cases::<f16>(
         "backward_sm90",
         "wg128x128",
-        &tracked(hopper_backward_cases()),
+        &fences_tracked(hopper_backward_cases()),
         0xFE9C,
     );
     check_backward_cases::<f16>(
         "backward_sm90",
         "wg128x128s2",
-        &tracked(hopper_split_backward_cases(2)),
+        &fences_tracked(hopper_split_backward_cases(2)),
         0xFE9D,
     );
 }

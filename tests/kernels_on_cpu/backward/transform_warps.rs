@@ -4,7 +4,7 @@
 //! kernels/gemm/sm90/pipeline.cuh's FormedStageBarriers).
 
 use super::hopper::{
-    hopper_backward_cases, hopper_split_backward_cases, BACKWARD_SM90_CONFIGS,
+    fences_tracked, hopper_backward_cases, hopper_split_backward_cases, BACKWARD_SM90_CONFIGS,
     BACKWARD_SM90_SPLIT_CONFIGS,
 };
 use super::*;
@@ -93,20 +93,11 @@ fn check_transform_warps<T: Raw>(config: &str, cases: &[BackwardCase], seed: u64
             &with_warps.output::<T>("dw"),
             &with_warps.output::<T>("db"),
         );
-        for name in ["dw", "db"] {
-            let bits = |launch: &Launch| -> Vec<u64> {
-                launch
-                    .output::<T>(name)
-                    .into_iter()
-                    .map(class_bits)
-                    .collect()
-            };
-            assert!(
-                bits(with_warps) == bits(by_consumers),
-                "{name} of {}: differs from the kernel whose consumers form dZ",
-                with_warps.what
-            );
-        }
+        assert_same_gradient_bits::<T>(
+            with_warps,
+            by_consumers,
+            "the kernel whose consumers form dZ",
+        );
     }
 }
 
@@ -139,22 +130,14 @@ fn backward_sm90_split_transform_warps_match_reference_and_the_consumers_forming
 /// identity with p = 0.5), unsplit and in clusters of 2; f16 only.
 #[test]
 fn backward_sm90_transform_warps_fence_per_thread() {
-    let tracked = |cases: Vec<BackwardCase>| -> Vec<BackwardCase> {
-        let tracked: Vec<BackwardCase> = formed(cases)
-            .into_iter()
-            .filter(|c| c.shape == LinearShape::new(200, 264, 328))
-            .map(|c| BackwardCase {
-                track_proxy_stores: true,
-                ..c
-            })
-            .collect();
-        assert_eq!(tracked.len(), 2, "the two 200 x 264 x 328 cases");
-        tracked
-    };
-    check_transform_warps::<f16>("wg128x128", &tracked(hopper_backward_cases()), 0x7FE9);
+    check_transform_warps::<f16>(
+        "wg128x128",
+        &fences_tracked(hopper_backward_cases()),
+        0x7FE9,
+    );
     check_transform_warps::<f16>(
         "wg128x128s2",
-        &tracked(hopper_split_backward_cases(2)),
+        &fences_tracked(hopper_split_backward_cases(2)),
         0x7FEA,
     );
 }
