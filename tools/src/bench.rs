@@ -804,7 +804,8 @@ pub struct Row {
     /// `fused` (ours), `gemm_floor` (cuBLASLt products alone), `unfused` (cuBLASLt with its
     /// epilogue, plus the standalone dropout kernel), or a variant of `fused`: a [`Variant`]'s
     /// name (`fused_mma_sync`, `fused_wg*`, `fused_hopper`, `fused_hop256`, `fused_hop128`,
-    /// `fused_hop_dz`, `fused_hop_tw`, `fused_identity`, `fused_ident_ws`, `fused_mma_split`,
+    /// `fused_hop_dz`, `fused_hop_tw`, `fused_id_dz`, `fused_id_tw`, `fused_identity`,
+    /// `fused_ident_ws`, `fused_mma_split`,
     /// `fused_simt_split`) or
     /// [`GRAPH_IMPL`].
     pub impl_name: &'static str,
@@ -1040,6 +1041,9 @@ pub enum Forced {
     /// [`BackwardKernel::HopperDzFromDx`] with the workspace it needs: dX writes dZ once, dW
     /// reads it (backward only).
     DzFromDx,
+    /// The identity activation with this backward kernel family (backward only), and for
+    /// [`BackwardKernel::HopperDzFromDx`] the workspace it needs.
+    IdentityKernel(BackwardKernel),
 }
 
 impl Forced {
@@ -1056,6 +1060,7 @@ impl Forced {
         match self {
             Forced::Kernel(kernel) => kernel,
             Forced::SplitWorkspace(kernel) => kernel,
+            Forced::IdentityKernel(kernel) => kernel,
             Forced::DzFromDx => BackwardKernel::HopperDzFromDx,
             _ => BackwardKernel::Auto,
         }
@@ -1064,7 +1069,9 @@ impl Forced {
     /// The activation of the call.
     pub fn nonlinearity(self) -> Nonlinearity {
         match self {
-            Forced::Identity | Forced::IdentityWorkspace => Nonlinearity::Identity,
+            Forced::Identity | Forced::IdentityWorkspace | Forced::IdentityKernel(_) => {
+                Nonlinearity::Identity
+            }
             _ => Nonlinearity::Relu,
         }
     }
@@ -1081,6 +1088,13 @@ impl Forced {
                  asks for: narrow products split their reduction (split-K)"
             ),
             Forced::DzFromDx => DZ_FROM_DX_NOTE.to_string(),
+            Forced::IdentityKernel(BackwardKernel::HopperDzFromDx) => format!(
+                "identity activation, {}",
+                DZ_FROM_DX_NOTE.trim_start_matches("forced ")
+            ),
+            Forced::IdentityKernel(kernel) => {
+                format!("identity activation, BackwardKernel::{kernel:?}")
+            }
         }
     }
 }
@@ -1130,6 +1144,7 @@ impl Variant {
             self.forced,
             Forced::Identity
                 | Forced::IdentityWorkspace
+                | Forced::IdentityKernel(_)
                 | Forced::DzFromDx
                 | Forced::Kernel(
                     BackwardKernel::HopperWg128x256
@@ -1247,6 +1262,9 @@ pub fn hopper_backward_fits(dims: LinearShape, hopper: bool) -> bool {
 ///   forming it in dW's stages);
 /// - `fused_hop_tw`: [`BackwardKernel::HopperTransformWarps`] likewise (dW's dZᵀ formed by the
 ///   producer warpgroup's transform warps instead of by its consumers);
+/// - `fused_id_dz`, `fused_id_tw`: those two with the identity activation, beside
+///   `fused_identity` and `fused_ident_ws` (where the identity's mask is drawn twice, or applied
+///   by a pre-pass; forming dZ costs Philox draws there, not a bit test);
 /// - `fused_identity` ([`Variant::IDENTITY`]);
 /// - `fused_ident_ws` ([`Variant::IDENTITY_WORKSPACE`]).
 pub fn backward_variants_given(
@@ -1285,6 +1303,14 @@ pub fn backward_variants_given(
         variants.push(Variant {
             name: "fused_hop_tw",
             forced: Forced::Kernel(BackwardKernel::HopperTransformWarps),
+        });
+        variants.push(Variant {
+            name: "fused_id_dz",
+            forced: Forced::IdentityKernel(BackwardKernel::HopperDzFromDx),
+        });
+        variants.push(Variant {
+            name: "fused_id_tw",
+            forced: Forced::IdentityKernel(BackwardKernel::HopperTransformWarps),
         });
     }
     variants.push(Variant::IDENTITY);
@@ -1758,7 +1784,9 @@ fn variant_workspace<T: Element>(
         let spec = bench_spec(dims, nonlinearity, p, 0);
         bytes = bytes.max(match variant.forced {
             Forced::IdentityWorkspace => backward::workspace_bytes::<T>(&spec),
-            Forced::SplitWorkspace(_) | Forced::DzFromDx => {
+            Forced::SplitWorkspace(_)
+            | Forced::DzFromDx
+            | Forced::IdentityKernel(BackwardKernel::HopperDzFromDx) => {
                 kernels.backward_workspace_bytes::<T>(&spec, kernel)?
             }
             _ => return Ok(None),
@@ -2356,6 +2384,8 @@ mod tests {
                 "fused_hop128",
                 "fused_hop_dz",
                 "fused_hop_tw",
+                "fused_id_dz",
+                "fused_id_tw",
                 "fused_identity",
                 "fused_ident_ws"
             ]
@@ -2371,6 +2401,8 @@ mod tests {
                 BackwardKernel::Hopper,
                 BackwardKernel::HopperWg128x256,
                 BackwardKernel::HopperWg128x128,
+                BackwardKernel::HopperDzFromDx,
+                BackwardKernel::HopperTransformWarps,
                 BackwardKernel::HopperDzFromDx,
                 BackwardKernel::HopperTransformWarps,
                 BackwardKernel::Auto,
@@ -2403,6 +2435,8 @@ mod tests {
                 "fused_hopper",
                 "fused_hop_dz",
                 "fused_hop_tw",
+                "fused_id_dz",
+                "fused_id_tw",
                 "fused_identity",
                 "fused_ident_ws"
             ]
@@ -2542,6 +2576,22 @@ mod tests {
             transform.forced.note(),
             "forced BackwardKernel::HopperTransformWarps"
         );
+        // The identity with each of the two: backward only, the workspace for dZ from dX.
+        let identity_dz = Forced::IdentityKernel(BackwardKernel::HopperDzFromDx);
+        assert_eq!(identity_dz.nonlinearity(), Nonlinearity::Identity);
+        assert_eq!(identity_dz.kernel(), BackwardKernel::HopperDzFromDx);
+        assert!(identity_dz.note().starts_with(
+            "identity activation, BackwardKernel::HopperDzFromDx: the dX launch writes dZ"
+        ));
+        let identity_tw = Variant {
+            name: "fused_id_tw",
+            forced: Forced::IdentityKernel(BackwardKernel::HopperTransformWarps),
+        };
+        assert!(!identity_tw.runs_at(0.0) && identity_tw.runs_at(0.1));
+        assert_eq!(
+            identity_tw.forced.note(),
+            "identity activation, BackwardKernel::HopperTransformWarps"
+        );
         assert_eq!(dz.forced.note(), DZ_FROM_DX_NOTE);
         // Every impl name a bench row can carry: distinct, the variants and graph rows marked as
         // variants of `fused`, all within the table's impl column.
@@ -2560,7 +2610,7 @@ mod tests {
         )));
         all.sort_unstable();
         all.dedup();
-        assert_eq!(all.len(), 15, "{all:?}");
+        assert_eq!(all.len(), 17, "{all:?}");
         for name in all
             .iter()
             .filter(|n| !["gemm_floor", "fused", "unfused"].contains(n))

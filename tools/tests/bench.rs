@@ -67,7 +67,7 @@ fn bench_measures_the_variant_and_graph_rows_on_a_gpu_or_exits_3_without_one() {
     if hopper {
         // small's dW has 1024 tiles of 128 x 128: Auto takes the Hopper kernels on any H100/H200
         // (dW on 128 x 256, dX split), so both forced tiles, dZ from dX and the transform warps
-        // are timed beside it at p = 0.1.
+        // (with ReLU and with the identity) are timed beside it at p = 0.1.
         expected.extend([
             ("backward", "fused_hopper"),
             ("backward", "fused_mma_sync"),
@@ -75,6 +75,8 @@ fn bench_measures_the_variant_and_graph_rows_on_a_gpu_or_exits_3_without_one() {
             ("backward", "fused_hop128"),
             ("backward", "fused_hop_dz"),
             ("backward", "fused_hop_tw"),
+            ("backward", "fused_id_dz"),
+            ("backward", "fused_id_tw"),
         ]);
     }
     for (p, i) in expected {
