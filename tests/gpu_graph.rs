@@ -289,13 +289,27 @@ fn a_captured_training_step_replays_with_fresh_masks() {
 
 /// The Hopper kernels inside a graph (compute capability 9.0 with the sm_90a modules): the
 /// forward, then the backward of the same layer (dX, dW, db), with tensor maps encoded on the
-/// host at capture time and the seed read from the device buffer.
+/// host at capture time and the seed read from the device buffer; the backward as
+/// `BackwardKernel::Hopper`, and as the two variants issue 11 leaves to measurement (dW's dZᵀ
+/// formed by transform warps; dZ written by dX into a workspace allocated before the capture).
 #[test]
 fn a_captured_hopper_forward_and_backward_replay_with_fresh_masks() {
     let Some(kernels) = gpu() else { return };
     if !hopper_or_skip(&kernels, "the Hopper graph check") {
         return;
     }
+    for family in [
+        BackwardKernel::Hopper,
+        BackwardKernel::HopperTransformWarps,
+        BackwardKernel::HopperDzFromDx,
+    ] {
+        check_hopper_graph(&kernels, family);
+    }
+}
+
+/// `a_captured_hopper_forward_and_backward_replay_with_fresh_masks` with the backward on
+/// `family`.
+fn check_hopper_graph(kernels: &LayerKernels, family: BackwardKernel) {
     let shape = LinearShape::new(300, 520, 256);
     let mut rng = StdRng::seed_from_u64(90);
     let to_bf16 = |v: Vec<f32>| v.into_iter().map(bf16::from_f32).collect::<Vec<_>>();
@@ -320,6 +334,12 @@ fn a_captured_hopper_forward_and_backward_replay_with_fresh_masks() {
     let mut db = kernels.stream().alloc_zeros::<bf16>(shape.n).unwrap();
     let mut seed = kernels.stream().clone_htod(&[SEED, 0u64]).unwrap();
     let spec = LayerSpec::new(shape, Nonlinearity::Relu, DropoutSpec::new(0.5, 0, 0));
+    // Nothing may be allocated during the capture.
+    let workspace_bytes = kernels
+        .backward_workspace_bytes::<bf16>(&spec, family)
+        .unwrap();
+    let mut workspace =
+        (workspace_bytes > 0).then(|| kernels.stream().alloc_zeros::<u8>(workspace_bytes).unwrap());
     kernels
         .stream()
         .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
@@ -353,7 +373,8 @@ fn a_captured_hopper_forward_and_backward_replay_with_fresh_masks() {
                 },
                 BackwardOptions {
                     seed: SeedSource::Device(&seed_view),
-                    kernel: BackwardKernel::Hopper,
+                    kernel: family,
+                    workspace: workspace.as_mut().map(|w| w.as_view_mut()),
                     ..BackwardOptions::default()
                 },
             )
@@ -384,14 +405,14 @@ fn a_captured_hopper_forward_and_backward_replay_with_fresh_masks() {
         let err = reference::relative_l2_error(&reference::to_f64(&got), &want);
         assert!(
             err < 1e-2,
-            "subsequence {subsequence}: relative L2 error {err:e}"
+            "{family:?}, subsequence {subsequence}: relative L2 error {err:e}"
         );
         for (i, v) in got.iter().enumerate() {
             if !mask::keep(SEED, subsequence, 0.5, i as u64) {
                 assert_eq!(
                     v.to_f32(),
                     0.0,
-                    "subsequence {subsequence}: Y[{i}] was dropped"
+                    "{family:?}, subsequence {subsequence}: Y[{i}] was dropped"
                 );
             }
         }
@@ -407,7 +428,7 @@ fn a_captured_hopper_forward_and_backward_replay_with_fresh_masks() {
             .into_iter()
             .map(|s| 2.0 * s)
             .collect();
-        let what = format!("subsequence {subsequence}");
+        let what = format!("{family:?}, subsequence {subsequence}");
         check_elementwise(&format!("{what}: Y"), shape.n, &got, &want, &abs_y, shape.k);
         let want = reference::backward_f64(&spec, &host_x, &host_w, &host_dy, Some(&got)).unwrap();
         // dZ is dY times 0 or 2, exact in bf16.
@@ -421,10 +442,7 @@ fn a_captured_hopper_forward_and_backward_replay_with_fresh_masks() {
             let got = kernels.stream().clone_dtoh(buffer).unwrap();
             check_elementwise(&format!("{what}: {name}"), cols, &got, want, abs_sum, terms);
             let err = reference::relative_l2_error(&reference::to_f64(&got), want);
-            assert!(
-                err < 1e-2,
-                "subsequence {subsequence}: {name} relative L2 error {err:e}"
-            );
+            assert!(err < 1e-2, "{what}: {name} relative L2 error {err:e}");
         }
     }
 }
