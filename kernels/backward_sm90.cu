@@ -345,8 +345,8 @@ __device__ __forceinline__ void backward_sm90(const CUtensorMap* map_dy, const C
     for (int linear = scheduler.first(); linear < scheduler.tiles();
          linear = scheduler.next(linear), ++done) {
         const gemm::TileCoordOf<int> tile = scheduler.tile(linear);
-        // In int, as the producer's TMA coordinates (rows < 2^31, so a tile's rows start below
-        // 2^31 - 128): as a 64-bit sum ptxas kept wg_row's sign extension in local memory in
+        // In int, as the producer's TMA coordinates (rows < 2^31, so a tile's rows start at
+        // most 2^31 - 128): as a 64-bit sum ptxas kept wg_row's sign extension in local memory in
         // the split-K transform kernels.
         const long long tile_row = (long long)(tile.tm * Mainloop::kBlockM + wg_row);
         const bool do_db = kWeightGrad && db != nullptr && tile.tn == 0 && t < 64;
@@ -411,12 +411,12 @@ __device__ __forceinline__ void backward_sm90(const CUtensorMap* map_dy, const C
     Split::finish(smem + kSplitOffset<Mainloop>, consumer, done);
 }
 
-// Tile BM x BN (BM = 128: each consumer warpgroup owns 64 rows, so it forms the dZ it reads),
-// pipeline depth STAGES, SPLITS blocks per tile (split-K clusters) or 1. A stage holds dY's
-// box(es), Y's, and B's.
+// Tile BM x BN (BM = 128: each consumer warpgroup owns 64 rows, so it forms the dZ it reads,
+// unless transform warps form the stage for it), pipeline depth STAGES, SPLITS blocks per tile
+// (split-K clusters) or 1. A stage holds dY's box(es), Y's, and B's.
 template <int BM, int BN, int STAGES, int SPLITS = 1>
 struct WgConfig {
-    static_assert(BM == 128, "each consumer warpgroup forms its own 64 rows of dZ");
+    static_assert(BM == 128, "each consumer warpgroup multiplies its own 64 rows of dZ");
     template <typename T>
     using DxMainloop = gemm::sm90::Mainloop<T, BM, BN, STAGES, gemm::sm90::Major::K,
                                             gemm::sm90::Major::MN, true>;

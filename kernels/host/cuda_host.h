@@ -319,6 +319,9 @@ struct Fiber {
     // Chunks (Cta::writer) of its block's dynamic shared memory that hold bytes of this
     // thread's ordinary stores that no fence.proxy.async of this thread has published yet.
     std::vector<uint32_t> unfenced_chunks;
+    // Chunks holding bytes this thread's fence.proxy.async published only after the thread had
+    // released them (Cta::late_writer), until its next release.
+    std::vector<uint32_t> late_chunks;
 };
 
 // One lane's operands and results of a warp collective.
@@ -433,6 +436,15 @@ struct Cta {
     bool tracking = false;
     std::vector<unsigned char> generic_seen;
     std::vector<int> writer;
+    // Releases (an mbarrier arrive, a named barrier, __syncthreads: what another thread waits on
+    // before it hands the bytes to the async proxy) against fences, where tracking:
+    // released_unfenced[i] is set while byte i holds its writer's store that the writer released
+    // before any fence.proxy.async of its published it; late_writer[i] is the Fiber::index of
+    // the writer whose fence then published it, until that writer's next release (kNoWriter:
+    // none). The async proxy reading a late byte is an error: a thread that waited on the
+    // release may reach the read before the fence (note_release).
+    std::vector<unsigned char> released_unfenced;
+    std::vector<int> late_writer;
 };
 
 struct Runtime {
@@ -602,8 +614,12 @@ inline void fiber_entry() {
 // ---------------------------------------------------------------------------------------------
 // __syncthreads and warp collectives.
 
+// A release by thread `f` for the proxy bookkeeping (below, with the async proxy's view).
+inline void note_release(Fiber& f);
+
 inline void syncthreads(const char* file, int line) {
     Fiber& f = current_fiber();
+    note_release(f);
     Cta& c = current_cta();
     if (c.at_barrier == 0) {
         c.barrier_file = file;
@@ -975,6 +991,8 @@ inline void start_store_tracking(int rank) {
     c.tracking = true;
     c.generic_seen.assign(c.dyn_smem, c.dyn_smem + rt->dyn_bytes);
     c.writer.assign(rt->dyn_bytes, kNoWriter);
+    c.released_unfenced.assign(rt->dyn_bytes, 0);
+    c.late_writer.assign(rt->dyn_bytes, kNoWriter);
 }
 
 // Credits thread `f` with the bytes of [begin, end), within one chunk of its block's dynamic
@@ -987,6 +1005,8 @@ inline void credit_changed_bytes(Cta& c, Fiber& f, size_t begin, size_t end) {
         c.generic_seen[i] = c.dyn_smem[i];
         if (c.writer[i] != f.index) newly_listed = true;
         c.writer[i] = f.index;
+        c.released_unfenced[i] = 0;
+        c.late_writer[i] = kNoWriter;
     }
     if (newly_listed) f.unfenced_chunks.push_back((uint32_t)(begin / kWriterChunk));
 }
@@ -1008,17 +1028,62 @@ inline void attribute_ordinary_stores(Runtime& rt, Fiber& f) {
     }
 }
 
-// Shows the async proxy the bytes of `chunks` that `who` stored last.
-inline void publish_ordinary_stores(Cta& c, const std::vector<uint32_t>& chunks, int who) {
+// Shows the async proxy the bytes of its unfenced chunks that thread `f` stored last; those it
+// had already released become late (Cta::late_writer).
+inline void publish_ordinary_stores(Cta& c, Fiber& f) {
     const size_t n = runtime()->dyn_bytes;
-    for (uint32_t chunk : chunks) {
+    for (uint32_t chunk : f.unfenced_chunks) {
         const size_t b = chunk * kWriterChunk, e = std::min(n, b + kWriterChunk);
+        bool late = false;
         for (size_t i = b; i < e; ++i) {
-            if (c.writer[i] != who) continue;
+            if (c.writer[i] != f.index) continue;
             c.async_view[i] = c.dyn_smem[i];
             c.writer[i] = kNoWriter;
+            if (c.released_unfenced[i]) {
+                c.released_unfenced[i] = 0;
+                c.late_writer[i] = f.index;
+                late = true;
+            }
         }
+        if (late) f.late_chunks.push_back(chunk);
     }
+    f.unfenced_chunks.clear();
+}
+
+// Thread `f` releases (an mbarrier arrive, a named barrier, __syncthreads), where its block tracks
+// stores: the
+// bytes its fences published since its last release are released now, and those it stored and
+// has not fenced are released unfenced.
+inline void note_release(Fiber& f) {
+    Runtime* rt = runtime();
+    Cta& c = rt->ctas[f.cta];
+    if (!c.tracking) return;
+    attribute_ordinary_stores(*rt, f);
+    const size_t n = rt->dyn_bytes;
+    for (uint32_t chunk : f.late_chunks) {
+        const size_t b = chunk * kWriterChunk, e = std::min(n, b + kWriterChunk);
+        for (size_t i = b; i < e; ++i)
+            if (c.late_writer[i] == f.index) c.late_writer[i] = kNoWriter;
+    }
+    f.late_chunks.clear();
+    for (uint32_t chunk : f.unfenced_chunks) {
+        const size_t b = chunk * kWriterChunk, e = std::min(n, b + kWriterChunk);
+        for (size_t i = b; i < e; ++i)
+            if (c.writer[i] == f.index) c.released_unfenced[i] = 1;
+    }
+}
+
+// The thread whose fence published [p, p + bytes) (in the running block's dynamic shared
+// memory) after it had released the bytes (Cta::late_writer), or kNoWriter.
+inline int late_publisher(const void* p, size_t bytes) {
+    const Cta& c = current_cta();
+    if (!c.tracking) return kNoWriter;
+    if (!in_dyn_smem(p, bytes))
+        fail("internal: %p lies outside the running block's dynamic shared memory", p);
+    const size_t offset = (size_t)(static_cast<const unsigned char*>(p) - c.dyn_smem);
+    for (size_t i = offset; i < offset + bytes; ++i)
+        if (c.late_writer[i] != kNoWriter) return c.late_writer[i];
+    return kNoWriter;
 }
 
 // [p, p + bytes), in some block's dynamic shared memory, was written by the async proxy (a TMA
@@ -1032,6 +1097,10 @@ inline void note_async_proxy_write(const unsigned char* p, size_t bytes) {
     memcpy(c.generic_seen.data() + offset, p, bytes);
     std::fill(c.writer.begin() + (std::ptrdiff_t)offset,
               c.writer.begin() + (std::ptrdiff_t)(offset + bytes), kNoWriter);
+    std::fill(c.released_unfenced.begin() + (std::ptrdiff_t)offset,
+              c.released_unfenced.begin() + (std::ptrdiff_t)(offset + bytes), 0);
+    std::fill(c.late_writer.begin() + (std::ptrdiff_t)offset,
+              c.late_writer.begin() + (std::ptrdiff_t)(offset + bytes), kNoWriter);
 }
 
 // stmatrix.sync.aligned.m8n8.x{1,2,4}.shared.b16 (sm_90), the mirror of ldmatrix: lane 8j + i
@@ -1075,6 +1144,11 @@ inline void execute_stmatrix(Warp& w, int first_fiber) {
 constexpr const char* kUnfencedWrite =
     "was changed by an ordinary (generic-proxy) store after the last fence.proxy.async of the "
     "thread that stored it";
+constexpr const char* kLateFence =
+    "was published to the async proxy by a fence.proxy.async that its writer ran only after it "
+    "had released the bytes (an mbarrier arrive, a named barrier or __syncthreads, which the "
+    "thread issuing this read waited on), so the read may come before the fence: the writer is "
+    "thread";
 constexpr const char* kProxyFenceRule =
     "threads that write shared memory that the async proxy (wgmma, TMA) then reads or "
     "overwrites call ptx::fence_proxy_async_shared() after their writes, before the barrier "
@@ -1220,6 +1294,7 @@ inline void mbarrier_arrive(uint64_t* bar, int64_t expect_tx_bytes) {
         fail("%s on the mbarrier at %s: all %u arrivals of phase %u have already arrived "
              "(more arrivals than its count; the phase still waits for tx-count %lld)",
              op, describe_smem(bar).c_str(), m.expected, m.phase, (long long)m.tx);
+    note_release(current_fiber());
     m.pending -= 1;
     mbarrier_try_complete(bar, m);
 }
@@ -1585,6 +1660,10 @@ inline void tma_store_2d(const CUtensorMap* map, const void* smem, int32_t c0, i
             fail("tma_store_2d of the box at (%d, %d): its source at %s %s, so the TMA unit may "
                  "read the old bytes; %s",
                  c0, c1, describe_smem(places[i]).c_str(), kUnfencedWrite, kProxyFenceRule);
+        if (const int late = late_publisher(places[i], 16); late != kNoWriter)
+            fail("tma_store_2d of the box at (%d, %d): its source at %s %s %d; %s", c0, c1,
+                 describe_smem(places[i]).c_str(), kLateFence, runtime()->fibers[late].linear,
+                 kProxyFenceRule);
         memcpy(&s.image[16 * i], places[i], 16);
     }
     f.bulk_uncommitted.push_back(std::move(s));
@@ -1651,8 +1730,7 @@ inline void fence_proxy_async() {
     Cta& c = current_cta();
     if (c.tracking) {
         attribute_ordinary_stores(*rt, f);
-        publish_ordinary_stores(c, f.unfenced_chunks, f.index);
-        f.unfenced_chunks.clear();
+        publish_ordinary_stores(c, f);
     } else {
         memcpy(c.async_view.data(), c.dyn_smem, rt->dyn_bytes);
     }
@@ -1769,6 +1847,11 @@ inline void wgmma_read_operand(uint64_t desc, bool mn_major, int kind, int rows,
                      "so the wgmma may read the old bytes; %s",
                      i, k, what, (unsigned long long)desc, describe_smem(p).c_str(),
                      kUnfencedWrite, kProxyFenceRule);
+            if (const int late = late_publisher(p, 2); late != kNoWriter)
+                fail("wgmma: element (%d, %d) of the %s operand, descriptor 0x%016llx, at %s %s "
+                     "%d; %s",
+                     i, k, what, (unsigned long long)desc, describe_smem(p).c_str(),
+                     kLateFence, rt->fibers[late].linear, kProxyFenceRule);
             uint16_t bits;
             memcpy(&bits, p, 2);
             out[i * 16 + k] = b16_to_float(kind, bits);
@@ -2044,6 +2127,7 @@ inline void setmaxnreg(bool increase, int regs) {
 // bar.sync id, 128 over the calling thread's warpgroup: a rendezvous of its 128 threads (the
 // harness models the named barrier only for exactly one whole warpgroup, the kernels' use).
 inline void warpgroup_barrier(int id) {
+    note_release(current_fiber());
     warpgroup_slot().arg = id;
     warpgroup_collective(WgOp::Barrier);
 }

@@ -567,8 +567,9 @@ pub enum BackwardKernel {
     /// own boxes between two k-blocks' wgmmas (issue 11 leaves the choice between these and
     /// [`BackwardKernel::HopperDzFromDx`] to measurement: `fusedrop bench`'s `fused_hop_tw`
     /// rows). The gradients are bit-identical to `Hopper`'s; it needs no workspace of its own.
-    /// Where dZ is dY (the identity with p = 0), or dW runs on the mma.sync kernels, it runs as
-    /// `Hopper`.
+    /// Where dW has nothing to form (dZ is dY: the identity with p = 0; or the identity with a
+    /// workspace, whose pre-pass applies the mask to dY), or dW runs on the mma.sync kernels,
+    /// it runs as `Hopper`.
     HopperTransformWarps,
 }
 
@@ -1924,13 +1925,13 @@ mod tests {
             forward_sm90_loaded: true,
             backward_sm90_loaded: true,
         };
-        let buffers = |dw: bool, workspace| BackwardBuffers {
+        let buffers = |workspace| BackwardBuffers {
             dy: 0x10_0000,
             y: Some(0x20_0000),
             w: Some(0x30_0000),
             x: Some(0x40_0000),
             dx: Some(0x50_0000),
-            dw: dw.then_some(0x60_0000),
+            dw: Some(0x60_0000),
             db: Some(0x70_0000),
             workspace,
         };
@@ -1955,7 +1956,7 @@ mod tests {
         // 300 x 200 x 96: dX on 128 x 128 tiles, dW (2 x 1 tiles over 300 rows) too.
         for spec in [&relu, &identity] {
             assert_eq!(
-                functions(spec, &buffers(true, None)),
+                functions(spec, &buffers(None)),
                 [
                     "fusedrop_backward_dx_wg128x128_f16",
                     "fusedrop_backward_dw_wg128x128_transform_f16"
@@ -1964,15 +1965,15 @@ mod tests {
             );
         }
         // Nothing to form: dZ is dY (the identity at p = 0), or the identity's pre-pass wrote
-        // dY times the mask to the workspace; db alone runs the mma.sync kernel.
+        // dY times the mask to the workspace.
         assert_eq!(
-            functions(&plain, &buffers(true, None)),
+            functions(&plain, &buffers(None)),
             [
                 "fusedrop_backward_dx_wg128x128_f16",
                 "fusedrop_backward_dw_wg128x128_f16"
             ]
         );
-        let premasked = functions(&identity, &buffers(true, Some((0x80_0000, 1 << 20))));
+        let premasked = functions(&identity, &buffers(Some((0x80_0000, 1 << 20))));
         assert_eq!(
             premasked[1..],
             [
@@ -1980,9 +1981,6 @@ mod tests {
                 "fusedrop_backward_dw_wg128x128_f16"
             ]
         );
-        assert!(functions(&relu, &buffers(false, None))
-            .iter()
-            .all(|f| !f.contains("_transform")));
         // The entry point exists only for dW on the Hopper configurations.
         let transform = ProductOperands {
             transform_warps: true,
@@ -2024,7 +2022,7 @@ mod tests {
             false,
             BackwardKernel::HopperTransformWarps,
             &h100,
-            &buffers(true, None),
+            &buffers(None),
         )
         .unwrap_err();
         assert!(

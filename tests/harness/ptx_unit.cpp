@@ -17,6 +17,8 @@
 //                          tma_store_not_waited, tma_store_source_overwritten,
 //                          tma_store_unfenced_source, tma_load_over_unfenced_store,
 //                          tma_store_fenced_by_issuer_only, wgmma_operand_fenced_by_one_thread,
+//                          wgmma_operand_fenced_after_arrive,
+//                          wgmma_operand_fenced_after_barrier,
 //                          tma_barrier_init_unpublished, tma_load_destination_written,
 //                          cluster_unmapped_address,
 //                          cluster_exited_block, cluster_arrival_cta_wait,
@@ -1702,6 +1704,35 @@ __global__ void wgmma_operand_fenced_by_one_thread_kernel(float* out) {
     wgmma_zeros_to(out, zero_wgmma_operands(raw, threadIdx.x == 0));
 }
 
+// Every thread writes its part of the operands and releases them (an mbarrier arrive: the
+// transform warps' hand-over) before its fence.proxy.async: a thread that waited on the arrivals
+// may issue the wgmma before the writers' fences.
+__global__ void wgmma_operand_fenced_after_arrive_kernel(float* out) {
+    FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
+    unsigned char* s = align_1024(raw);
+    uint64_t* bar = reinterpret_cast<uint64_t*>(s + 4096);
+    if (threadIdx.x == 0) {
+        mbarrier_init(bar, blockDim.x);
+        fence_mbarrier_init();
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < 4096; i += blockDim.x) s[i] = 0;
+    mbarrier_arrive(bar);
+    fence_proxy_async_shared();
+    mbarrier_wait(bar, 0);
+    wgmma_zeros_to(out, s);
+}
+
+// The same with __syncthreads as the release, the fence after it.
+__global__ void wgmma_operand_fenced_after_barrier_kernel(float* out) {
+    FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
+    unsigned char* s = align_1024(raw);
+    for (int i = threadIdx.x; i < 4096; i += blockDim.x) s[i] = 0;
+    __syncthreads();
+    fence_proxy_async_shared();
+    wgmma_zeros_to(out, s);
+}
+
 // The accumulators a wait retired are used by the thread's next operation without a
 // fence_registers between: nvcc may move their reads above the wait.
 __global__ void wgmma_accumulators_unfenced_after_wait_kernel(float* out) {
@@ -2039,6 +2070,12 @@ int main(int argc, char** argv) {
         fusedrop::host::launch(what.c_str(), wgmma_no_fence_after_wait_kernel, warpgroup, fsink);
     else if (what == "wgmma_unfenced_operand")
         fusedrop::host::launch(what.c_str(), wgmma_unfenced_operand_kernel, warpgroup, fsink);
+    else if (what == "wgmma_operand_fenced_after_arrive")
+        fusedrop::host::launch(what.c_str(), wgmma_operand_fenced_after_arrive_kernel, warpgroup,
+                               fsink);
+    else if (what == "wgmma_operand_fenced_after_barrier")
+        fusedrop::host::launch(what.c_str(), wgmma_operand_fenced_after_barrier_kernel, warpgroup,
+                               fsink);
     else if (what == "wgmma_operand_fenced_by_one_thread")
         fusedrop::host::launch(what.c_str(), wgmma_operand_fenced_by_one_thread_kernel, warpgroup,
                                fsink);

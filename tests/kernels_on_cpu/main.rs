@@ -725,6 +725,14 @@ fn harness_rejects_misuse_the_gpu_would_not_forgive() {
             ],
         ),
         (
+            "wgmma_operand_fenced_after_arrive",
+            &["wgmma: element", "only after it had released the bytes"],
+        ),
+        (
+            "wgmma_operand_fenced_after_barrier",
+            &["wgmma: element", "only after it had released the bytes"],
+        ),
+        (
             "wgmma_accumulators_unfenced_after_wait",
             &[
                 "that wgmma_wait_group retired into this thread's registers were not fenced \

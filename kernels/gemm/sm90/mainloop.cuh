@@ -340,9 +340,9 @@ struct Mainloop {
     // k_blocks >= 1 stages from the ring and releasing each once its wgmmas retired. (k = 0 is
     // not this kernel's: a branch that zeroes acc instead costs the 128 x 256 tile its spill-free
     // register allocation.)
-    // `prepare(kb, stage)` runs once k-block kb's bytes have landed, before its wgmmas are
-    // issued, while the previous k-block's are still in flight: the backward forms dZ in the
-    // stage there. Whatever it writes to shared memory it must fence (fence.proxy.async) and
+    // `prepare(kb, stage)` runs once k-block kb's bytes have landed (with transform threads:
+    // once they have formed the stage), before its wgmmas are issued, while the previous
+    // k-block's are still in flight: the backward's consumers form dZ in the stage there. Whatever it writes to shared memory it must fence (fence.proxy.async) and
     // publish to the warpgroup (warpgroup_barrier) itself.
     // `between(kb)` runs while the tensor cores work on k-block kb (after its wgmmas were
     // committed, before waiting for them): the epilogue's Philox draws go there. Neither may

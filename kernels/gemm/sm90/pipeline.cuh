@@ -102,9 +102,14 @@ struct FormedStageBarriers : StageBarriers<kStages> {
         ptx::mbarrier_arrive(&formed[st.stage]);
     }
 
-    // Consumer side: waits until the state's stage is formed.
+    // Consumer side: waits until the state's stage is formed. It also waits on `full` itself
+    // (complete by then: a try_wait that succeeds at once; the phase cannot have moved on, as
+    // the stage is not yet released), so that the TMA bytes the transform threads did not write
+    // (B, for one) reach the consumers' wgmmas through the barrier the TMA completed rather than
+    // through the transform threads' arrivals alone.
     __device__ __forceinline__ void consumer_wait(const PipelineState<kStages>& st) {
         ptx::mbarrier_wait(&formed[st.stage], st.phase);
+        StageBarriers<kStages>::consumer_wait(st);
     }
 };
 

@@ -26,7 +26,8 @@ fn formed(cases: Vec<BackwardCase>) -> Vec<BackwardCase> {
 
 /// `config`'s dW with transform warps on each case, which must match the reference and, bit for
 /// bit, the same config's dW whose consumers form dZ themselves (dX, plain, for the reference
-/// check of the whole call).
+/// check of the whole call). The plans are `product_plan`'s with `transform_warps` set, whatever
+/// the case (the wrapper sets it only where dZ is not dY).
 fn check_transform_warps<T: Raw>(config: &str, cases: &[BackwardCase], seed: u64) {
     let Some(exe) = driver("backward_sm90") else {
         return;
@@ -122,6 +123,28 @@ fn backward_sm90_split_transform_warps_match_reference_and_the_consumers_forming
             0x7555 + i as u64,
         );
     }
+}
+
+/// The transform kernels where there is nothing to form (the identity at p = 0: the wrapper
+/// never plans them there, but the kernel takes the call): the transform warps arrive on
+/// `formed` without touching the stage, and dW and db must still match the reference and the
+/// consumers' kernel. f16, one unsplit and one split configuration.
+#[test]
+fn backward_sm90_transform_warps_with_nothing_to_form() {
+    let nothing = |cases: Vec<BackwardCase>| -> Vec<BackwardCase> {
+        let nothing: Vec<BackwardCase> = cases
+            .into_iter()
+            .filter(|c| c.nonlinearity == Nonlinearity::Identity && c.p == 0.0)
+            .collect();
+        assert!(!nothing.is_empty(), "identity cases at p = 0");
+        nothing
+    };
+    check_transform_warps::<f16>("wg128x128", &nothing(hopper_backward_cases()), 0x7A0);
+    check_transform_warps::<f16>(
+        "wg128x128s4",
+        &nothing(hopper_split_backward_cases(4)),
+        0x7A1,
+    );
 }
 
 /// Each transform thread's fence.proxy.async checked on its own (`track_proxy_stores`): the
