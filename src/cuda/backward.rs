@@ -1549,6 +1549,30 @@ mod tests {
     use super::*;
     use half::{bf16, f16};
 
+    /// An H100 SXM with both sm_90a modules loaded.
+    fn h100() -> GpuFacts {
+        GpuFacts {
+            compute_capability: (9, 0),
+            resident: ResidentClusters::uniform(132),
+            forward_sm90_loaded: true,
+            backward_sm90_loaded: true,
+        }
+    }
+
+    /// Every buffer of a backward call at distinct 16-byte aligned addresses, with `workspace`.
+    fn every_buffer(workspace: Option<(u64, usize)>) -> BackwardBuffers {
+        BackwardBuffers {
+            dy: 0x10_0000,
+            y: Some(0x20_0000),
+            w: Some(0x30_0000),
+            x: Some(0x40_0000),
+            dx: Some(0x50_0000),
+            dw: Some(0x60_0000),
+            db: Some(0x70_0000),
+            workspace,
+        }
+    }
+
     #[test]
     fn default_options_overwrite_with_the_automatic_kernel_and_the_host_seed() {
         let options = BackwardOptions::default();
@@ -1680,22 +1704,8 @@ mod tests {
 
     #[test]
     fn forced_hopper_tiles_run_both_products_unsplit() {
-        let h100 = GpuFacts {
-            compute_capability: (9, 0),
-            resident: ResidentClusters::uniform(132),
-            forward_sm90_loaded: true,
-            backward_sm90_loaded: true,
-        };
-        let buffers = BackwardBuffers {
-            dy: 0x10_0000,
-            y: Some(0x20_0000),
-            w: Some(0x30_0000),
-            x: Some(0x40_0000),
-            dx: Some(0x50_0000),
-            dw: Some(0x60_0000),
-            db: Some(0x70_0000),
-            workspace: None,
-        };
+        let h100 = h100();
+        let buffers = every_buffer(None);
         let functions = |shape: (usize, usize, usize), kernel| {
             let (m, n, k) = shape;
             let spec = LayerSpec::new(
@@ -1788,23 +1798,16 @@ mod tests {
 
     #[test]
     fn dz_from_dx_plans_write_dz_in_dx_and_read_it_in_dw() {
-        let h100 = GpuFacts {
-            compute_capability: (9, 0),
-            resident: ResidentClusters::uniform(132),
-            forward_sm90_loaded: true,
-            backward_sm90_loaded: true,
-        };
+        let h100 = h100();
         // 300 x 200 x 96 (spec above): dZ takes 300 * 200 * 2 bytes.
         let dz_bytes = 300 * 200 * 2;
-        let buffers = |dx: bool, dw: bool, workspace| BackwardBuffers {
-            dy: 0x10_0000,
-            y: Some(0x20_0000),
-            w: Some(0x30_0000),
-            x: Some(0x40_0000),
-            dx: dx.then_some(0x50_0000),
-            dw: dw.then_some(0x60_0000),
-            db: Some(0x70_0000),
-            workspace,
+        let buffers = |dx: bool, dw: bool, workspace| {
+            let all = every_buffer(workspace);
+            BackwardBuffers {
+                dx: all.dx.filter(|_| dx),
+                dw: all.dw.filter(|_| dw),
+                ..all
+            }
         };
         let plan = |spec: &LayerSpec, buffers: &BackwardBuffers| {
             backward_plan::<f16>(spec, false, BackwardKernel::HopperDzFromDx, &h100, buffers)
@@ -1919,22 +1922,8 @@ mod tests {
 
     #[test]
     fn transform_warp_plans_take_the_transform_dw_kernel_where_dz_is_formed() {
-        let h100 = GpuFacts {
-            compute_capability: (9, 0),
-            resident: ResidentClusters::uniform(132),
-            forward_sm90_loaded: true,
-            backward_sm90_loaded: true,
-        };
-        let buffers = |workspace| BackwardBuffers {
-            dy: 0x10_0000,
-            y: Some(0x20_0000),
-            w: Some(0x30_0000),
-            x: Some(0x40_0000),
-            dx: Some(0x50_0000),
-            dw: Some(0x60_0000),
-            db: Some(0x70_0000),
-            workspace,
-        };
+        let h100 = h100();
+        let buffers = every_buffer;
         let functions = |spec: &LayerSpec, buffers: &BackwardBuffers| {
             backward_plan::<f16>(
                 spec,
@@ -2381,12 +2370,7 @@ mod tests {
             "{err}"
         );
         // Forced Hopper with an operand TMA cannot read (X at an odd 2-byte offset).
-        let h100 = GpuFacts {
-            compute_capability: (9, 0),
-            resident: ResidentClusters::uniform(132),
-            forward_sm90_loaded: true,
-            backward_sm90_loaded: true,
-        };
+        let h100 = h100();
         let misaligned_x = BackwardBuffers {
             x: Some(0x3002),
             ..buffers(None)
