@@ -6,6 +6,10 @@
 //   dW = dZᵀ · X  [n, k]   fusedrop_backward_dw_<config>_<dtype>:  A = dY MN-major (dZᵀ),
 //                          B = X [m, k] MN-major; also db = Σ_rows dZ [n] in the blocks whose
 //                          tile is in the first column of dW
+//   both in one launch     fusedrop_backward_dxdw_<config>_<dtype> (unsplit configs;
+//                          BackwardKernel::HopperOneLaunch): dX's and dW's tiles in one
+//                          persistent sequence (BackwardTiles) on one ring, each tile as its
+//                          product's kernel computes it
 //
 // dZ is formed by the consumer warpgroup that multiplies it, from the landed stage's dY (and for
 // ReLU Y, the main loop's side operand) (kernels/backward.cuh, form_dz4's rule):
@@ -51,8 +55,9 @@
 //
 // Launch: block = 384 threads (a producer warpgroup and two consumers, as the forward),
 // dynamic shared memory = kSmemBytes, grid = (blocks, 1, 1) for any blocks >= 1, persistent
-// over the product's tiles (gemm/tile_scheduler.cuh); split-K configs: blocks a multiple of
-// kSplits (the entry points' __cluster_dims__) and a reduction of at least kSplits k-blocks.
+// over the launch's tiles (BackwardTiles, gemm/tile_scheduler.cuh); split-K configs: blocks a
+// multiple of kSplits (the entry points' __cluster_dims__) and a reduction of at least kSplits
+// k-blocks.
 // accumulate = 1 adds to the existing values (in f32, rounded once). mp: the forward's
 // MaskParams (seed read from its device buffer when given).
 // dz (dX only): null, or a 4-byte aligned [m, n] buffer that the blocks computing dX's first
@@ -255,54 +260,146 @@ __device__ __forceinline__ float column_sum(const unsigned char* block, int col)
     return sum;
 }
 
-// One backward product: OUT[rows, k] = A · B with A from dY (dZ formed in registers for dX, in
-// the stage for dW: by the consumers, or with a Mainloop that has transform threads by the
-// producer warpgroup's other warps), as described at the top. kWeightGrad: dW (and db) instead
-// of dX. Split: gemm::sm90::NoSplit or a ClusterSplitK (with the db column sums as its extra
-// float for dW).
-template <typename T, class Mainloop, class Split, bool kWeightGrad>
-__device__ __forceinline__ void backward_sm90(const CUtensorMap* map_dy, const CUtensorMap* map_y,
-                                              const CUtensorMap* map_b, T* __restrict__ out,
-                                              T* __restrict__ db, T* __restrict__ dz,
-                                              long long m, long long n,
+// Which products a launch computes: dX, dW (and db), or both (BackwardKernel::HopperOneLaunch).
+enum Products : int { kDx = 1, kDw = 2, kBoth = kDx | kDw };
+
+// The operands one product reads by TMA: dY (dZ's source), Y (read for ReLU only) and B (W for
+// dX, X for dW).
+struct ProductMaps {
+    const CUtensorMap* dy;
+    const CUtensorMap* y;
+    const CUtensorMap* b;
+};
+
+// The tiles of a launch in the order its persistent blocks (or split-K clusters) take them:
+// one product's tiles (dX [m, k] or dW [n, k], in the grouped order), or with kBoth dX's and
+// dW's as one sequence, the product whose tiles reduce over more k-blocks (dX over n, dW over
+// m) first, so that the shorter tiles fill the last wave. Block b takes tiles b, b + blocks, ...
+// of the sequence (PersistentTileScheduler).
+template <int kProducts, int kSplits>
+struct BackwardTiles {
+    static_assert(kProducts == kDx || kProducts == kDw || (kProducts == kBoth && kSplits == 1),
+                  "one product, or both unsplit");
+    gemm::PersistentTileScheduler<kGroupRows, kSplits> dx;
+    gemm::PersistentTileScheduler<kGroupRows, kSplits> dw;
+    bool dw_first;
+
+    __device__ __forceinline__ BackwardTiles(long long m, long long n, long long k, int block_m,
+                                             int block_n)
+        : dx(m, k, block_m, block_n), dw(n, k, block_m, block_n), dw_first(m > n) {}
+
+    __device__ __forceinline__ int tiles() const {
+        return kProducts == kDx ? dx.tiles() : kProducts == kDw ? dw.tiles()
+                                                                : dx.tiles() + dw.tiles();
+    }
+    __device__ __forceinline__ int first() const { return dx.first(); }
+    __device__ __forceinline__ int next(int linear) const { return dx.next(linear); }
+    // Whether tile `linear` of the sequence is dW's.
+    __device__ __forceinline__ bool weight_grad(int linear) const {
+        if constexpr (kProducts != kBoth) return kProducts == kDw;
+        return dw_first ? linear < dw.tiles() : linear >= dx.tiles();
+    }
+    // Tile `linear` of the sequence within its product.
+    __device__ __forceinline__ gemm::TileCoordOf<int> tile(int linear) const {
+        if constexpr (kProducts == kDx) return dx.tile(linear);
+        if constexpr (kProducts == kDw) return dw.tile(linear);
+        if (weight_grad(linear)) return dw.tile(dw_first ? linear : linear - dx.tiles());
+        return dx.tile(dw_first ? linear - dw.tiles() : linear);
+    }
+};
+
+// The products of one launch: OUT[rows, k] = A · B with A from dY (dZ formed in registers for dX,
+// in the stage for dW: by the consumers, or with a DwLoop that has transform threads by the
+// producer warpgroup's other warps), as described at the top; kProducts says which (kBoth:
+// dX's and dW's tiles in one persistent sequence, BackwardTiles, on one ring: DxLoop and DwLoop
+// then lay out their stages alike). Split: gemm::sm90::NoSplit or a ClusterSplitK (with the db
+// column sums as its extra float for dW); one product only.
+template <typename T, class DxLoop, class DwLoop, class Split, int kProducts>
+__device__ __forceinline__ void backward_sm90(const ProductMaps& dx_maps,
+                                              const ProductMaps& dw_maps, T* __restrict__ dx,
+                                              T* __restrict__ dw, T* __restrict__ db,
+                                              T* __restrict__ dz, long long m, long long n,
                                               long long k, int relu, int accumulate,
                                               MaskParams mp) {
+    constexpr bool kHasDx = (kProducts & kDx) != 0;
+    constexpr bool kHasDw = (kProducts & kDw) != 0;
     constexpr bool kSplitK = Split::kSplits > 1;
-    constexpr bool kTransformWarps = Mainloop::kTransformThreads > 0;
-    static_assert(!kTransformWarps || (kWeightGrad && Mainloop::kTransformThreads ==
-                                                          kTransformThreads),
-                  "transform warps form dW's dZᵀ, warps 1-3 of the producer warpgroup");
+    // The main loop whose ring the launch sets up (the products' agree where both run).
+    using Ring = std::conditional_t<kHasDx, DxLoop, DwLoop>;
+    constexpr bool kTransformWarps = kHasDw && DwLoop::kTransformThreads > 0;
+    static_assert(!kTransformWarps || (kProducts == kDw && DwLoop::kTransformThreads ==
+                                                               kTransformThreads),
+                  "transform warps form dW's dZᵀ, warps 1-3 of the producer warpgroup, in "
+                  "launches of dW alone");
+    static_assert(kProducts != kBoth ||
+                      (std::is_same<typename DxLoop::Barriers, typename DwLoop::Barriers>::value &&
+                       std::is_same<typename DxLoop::State, typename DwLoop::State>::value &&
+                       DxLoop::kStageBytes == DwLoop::kStageBytes &&
+                       DxLoop::kOffsetSide == DwLoop::kOffsetSide &&
+                       DxLoop::kOffsetB == DwLoop::kOffsetB &&
+                       DxLoop::kSmemBytes == DwLoop::kSmemBytes &&
+                       DxLoop::kAccumulators == DwLoop::kAccumulators &&
+                       DxLoop::kEmptyArrivals == DwLoop::kEmptyArrivals &&
+                       DxLoop::kBlockM == DwLoop::kBlockM && DxLoop::kBlockN == DwLoop::kBlockN),
+                  "both products of one launch share the ring: the same stages, barriers, "
+                  "tile and accumulators");
     using gemm::sm90::kSplitOffset;
     FUSEDROP_DYNAMIC_SMEM(unsigned char, smem);
-    const typename Mainloop::Storage storage = Mainloop::storage(smem);
+    const typename Ring::Storage storage = Ring::storage(smem);
+    // The same pointers, in the type of dW's main loop.
+    const typename DwLoop::Storage dw_storage = DwLoop::storage(smem);
     const int warpgroup = (int)(threadIdx.x / gemm::sm90::kWarpgroupThreads);
     if constexpr (kSplitK) {
         if (threadIdx.x == 0) {
-            Split::init(Split::storage(smem + kSplitOffset<Mainloop>));
-            storage.barriers->init(Mainloop::kEmptyArrivals);
+            Split::init(Split::storage(smem + kSplitOffset<Ring>));
+            storage.barriers->init(Ring::kEmptyArrivals);
         }
         // Every block's barriers initialised before any block arrives on another's.
         ptx::cluster_sync();
     } else {
-        if (threadIdx.x == 0) storage.barriers->init(Mainloop::kEmptyArrivals);
+        if (threadIdx.x == 0) storage.barriers->init(Ring::kEmptyArrivals);
         __syncthreads();
     }
 
-    const long long rows = kWeightGrad ? n : m;
-    const long long red = kWeightGrad ? m : n;
-    const gemm::PersistentTileScheduler<kGroupRows, Split::kSplits> scheduler(
-        rows, k, Mainloop::kBlockM, Mainloop::kBlockN);
-    // This block's k-blocks of the reduction: all of them, or its rank's share.
-    const gemm::sm90::KShare share =
-        Split::share((int)((red + Mainloop::kBlockK - 1) / Mainloop::kBlockK));
-    typename Mainloop::State state;
+    const BackwardTiles<kProducts, Split::kSplits> tiles(m, n, k, Ring::kBlockM, Ring::kBlockN);
+    // This block's k-blocks of each product's reduction (n for dX, m for dW): all of them, or
+    // its rank's share.
+    const gemm::sm90::KShare dx_share =
+        Split::share((int)((n + Ring::kBlockK - 1) / Ring::kBlockK));
+    const gemm::sm90::KShare dw_share =
+        Split::share((int)((m + Ring::kBlockK - 1) / Ring::kBlockK));
+    typename Ring::State state;
 
     if (warpgroup == 0) {
         ptx::setmaxnreg_dec<kTransformWarps ? kTransformProducerRegisters
                                             : gemm::sm90::kProducerRegisters>();
         if (threadIdx.x == 0) {
-            Mainloop::produce(scheduler, map_dy, map_b, relu ? map_y : nullptr, storage,
+            if constexpr (kProducts == kBoth) {
+                // Each tile's k-blocks from its own product's operands, into the one ring.
+                const ProductMaps* const both[2] = {&dx_maps, &dw_maps};
+                for (const ProductMaps* maps : both) {
+                    ptx::prefetch_tensormap(maps->dy);
+                    ptx::prefetch_tensormap(maps->b);
+                    if (relu) ptx::prefetch_tensormap(maps->y);
+                }
+                typename Ring::State loads;
+                for (int linear = tiles.first(); linear < tiles.tiles();
+                     linear = tiles.next(linear)) {
+                    const gemm::TileCoordOf<int> tile = tiles.tile(linear);
+                    const int a0 = tile.tm * Ring::kBlockM, b0 = tile.tn * Ring::kBlockN;
+                    if (tiles.weight_grad(linear))
+                        DwLoop::load_tile(dw_maps.dy, dw_maps.b, relu ? dw_maps.y : nullptr,
+                                          dw_storage, loads, a0, b0, 0, dw_share.count);
+                    else
+                        DxLoop::load_tile(dx_maps.dy, dx_maps.b, relu ? dx_maps.y : nullptr,
+                                          storage, loads, a0, b0, 0, dx_share.count);
+                }
+            } else {
+                const ProductMaps& maps = kHasDx ? dx_maps : dw_maps;
+                const gemm::sm90::KShare& share = kHasDx ? dx_share : dw_share;
+                Ring::produce(tiles, maps.dy, maps.b, relu ? maps.y : nullptr, storage,
                               share.first, share.count);
+            }
         }
         if constexpr (kTransformWarps) {
             if (threadIdx.x < 32) return;
@@ -310,18 +407,18 @@ __device__ __forceinline__ void backward_sm90(const CUtensorMap* map_dy, const C
             unit.scale = 1.0f;
             const bool is_relu = relu != 0;
             const bool form = is_relu || dropout_enabled(unit);
-            Mainloop::transform(
-                scheduler, storage, share.count, (int)threadIdx.x - 32,
+            DwLoop::transform(
+                tiles, storage, dw_share.count, (int)threadIdx.x - 32,
                 [&](const gemm::TileCoordOf<int>& tile, int kb, unsigned char* stage,
                     int thread) {
                     // The stage's A boxes: 64 rows (m) of the k-block, the tile's BM columns
                     // (n) of dY; with neither ReLU nor dropout dZ is dY.
                     if (form)
-                        form_dz_chunks<T, true>(stage, stage + Mainloop::kOffsetSide,
-                                          (long long)(share.first + kb) * Mainloop::kBlockK,
-                                          (long long)tile.tm * Mainloop::kBlockM, n, is_relu,
+                        form_dz_chunks<T, true>(stage, stage + DwLoop::kOffsetSide,
+                                          (long long)(dw_share.first + kb) * DwLoop::kBlockK,
+                                          (long long)tile.tm * DwLoop::kBlockM, n, is_relu,
                                           unit, thread, kTransformThreads,
-                                          Mainloop::kBlockM / 64 * 512);
+                                          DwLoop::kBlockM / 64 * 512);
                 });
         }
         return;
@@ -337,78 +434,86 @@ __device__ __forceinline__ void backward_sm90(const CUtensorMap* map_dy, const C
     unit.scale = 1.0f;
     const bool transform = is_relu || dropout_enabled(unit);
     const int t = (int)(threadIdx.x % gemm::sm90::kWarpgroupThreads);
-    static_assert(Mainloop::kWgRowBlocks == 1, "each consumer warpgroup takes one 64-row block");
-    const int wg_row = (consumer % Mainloop::kWgRows) * 64;
-    const int wg_col = (consumer / Mainloop::kWgRows) * Mainloop::kWgN;
-    float acc[Mainloop::kAccumulators];
+    static_assert(Ring::kWgRowBlocks == 1, "each consumer warpgroup takes one 64-row block");
+    const int wg_row = (consumer % Ring::kWgRows) * 64;
+    const int wg_col = (consumer / Ring::kWgRows) * Ring::kWgN;
+    float acc[Ring::kAccumulators];
     int done = 0;  // tiles this block has finished
-    for (int linear = scheduler.first(); linear < scheduler.tiles();
-         linear = scheduler.next(linear), ++done) {
-        const gemm::TileCoordOf<int> tile = scheduler.tile(linear);
+    for (int linear = tiles.first(); linear < tiles.tiles(); linear = tiles.next(linear), ++done) {
+        const bool weight_grad = tiles.weight_grad(linear);
+        const gemm::TileCoordOf<int> tile = tiles.tile(linear);
         // In int, as the producer's TMA coordinates (rows < 2^31, so a tile's rows start at
         // most 2^31 - 128): as a 64-bit sum ptxas kept wg_row's sign extension in local memory in
         // the split-K transform kernels.
-        const long long tile_row = (long long)(tile.tm * Mainloop::kBlockM + wg_row);
-        const bool do_db = kWeightGrad && db != nullptr && tile.tn == 0 && t < 64;
+        const long long tile_row = (long long)(tile.tm * Ring::kBlockM + wg_row);
+        const bool do_db = weight_grad && db != nullptr && tile.tn == 0 && t < 64;
         float db_sum = 0.0f;
-        if constexpr (!kWeightGrad) {
-            if (transform) {
-                // dX: dZ formed in registers from this consumer's 64 rows of the K-major dY box
-                // and multiplied from there (no write-back, fence or barrier).
-                Mainloop::mma_tile_rs(
-                    acc, storage, state, share.count, consumer,
-                    [&](int kb, unsigned char* stage, typename Mainloop::FragmentsA& a) {
-                        const unsigned char* block = stage + 128 * wg_row;
-                        const long long col0 = (long long)(share.first + kb) * Mainloop::kBlockK;
-                        load_dz_fragments<T>(block, block + Mainloop::kOffsetSide, tile_row,
-                                             col0, is_relu, unit, a);
-                        // The tiles of dX's first column tile see every element of dY once
-                        // between them: they write dZ / scale out for the dW launch.
-                        if (dz != nullptr && tile.tn == 0)
-                            store_dz_fragments<T>(a, dz, m, n, tile_row, col0);
-                    });
-            } else {
-                // Identity with p = 0: dZ is dY, multiplied straight from the stage.
-                Mainloop::mma_tile(acc, storage, state, share.count, consumer, [](int) {});
+        if constexpr (kHasDx) {
+            if (!weight_grad) {
+                if (transform) {
+                    // dX: dZ formed in registers from this consumer's 64 rows of the K-major dY
+                    // box and multiplied from there (no write-back, fence or barrier).
+                    DxLoop::mma_tile_rs(
+                        acc, storage, state, dx_share.count, consumer,
+                        [&](int kb, unsigned char* stage, typename DxLoop::FragmentsA& a) {
+                            const unsigned char* block = stage + 128 * wg_row;
+                            const long long col0 =
+                                (long long)(dx_share.first + kb) * DxLoop::kBlockK;
+                            load_dz_fragments<T>(block, block + DxLoop::kOffsetSide, tile_row,
+                                                 col0, is_relu, unit, a);
+                            // The tiles of dX's first column tile see every element of dY once
+                            // between them: they write dZ / scale out for the dW launch.
+                            if (dz != nullptr && tile.tn == 0)
+                                store_dz_fragments<T>(a, dz, m, n, tile_row, col0);
+                        });
+                } else {
+                    // Identity with p = 0: dZ is dY, multiplied straight from the stage.
+                    DxLoop::mma_tile(acc, storage, state, dx_share.count, consumer, [](int) {});
+                }
             }
-        } else {
-            Mainloop::mma_tile(
-                acc, storage, state, share.count, consumer,
-                [&](int kb, unsigned char* stage) {
-                    // dW: this consumer's 64-column box of the MN-major dY (dZᵀ), all 64 rows
-                    // of the k-block, 128 wg_row bytes into the stage.
-                    // With transform warps the stage arrives formed.
-                    unsigned char* block = stage + 128 * wg_row;
-                    if (!kTransformWarps && transform) {
-                        form_dz_chunks<T>(block, block + Mainloop::kOffsetSide,
-                                          (long long)(share.first + kb) * Mainloop::kBlockK,
-                                          tile_row, n, is_relu, unit, t,
-                                          gemm::sm90::kWarpgroupThreads, 512);
-                        ptx::fence_proxy_async_shared();
-                        if (consumer == 0)
-                            ptx::warpgroup_barrier<1>();
-                        else
-                            ptx::warpgroup_barrier<2>();
-                    }
-                    // db's sums read the formed block here, before the wgmmas are issued, though
-                    // they could run beside them: right after the barrier they are what makes
-                    // the CPU harness (whose wgmmas rendezvous the warpgroup) see the barrier
-                    // go missing (docs/HARNESS.md).
-                    if (do_db) db_sum += column_sum<T>(block, t);
-                },
-                [](int) {});
         }
-        const auto store = [&](const float (&result)[Mainloop::kAccumulators], float db_total) {
-            gemm::sm90::store_gradient_fragment<T, Mainloop::kWgN>(
-                result, out, rows, k, tile_row, (long long)tile.tn * Mainloop::kBlockN + wg_col,
+        if constexpr (kHasDw) {
+            if (weight_grad) {
+                DwLoop::mma_tile(
+                    acc, dw_storage, state, dw_share.count, consumer,
+                    [&](int kb, unsigned char* stage) {
+                        // dW: this consumer's 64-column box of the MN-major dY (dZᵀ), all 64
+                        // rows of the k-block, 128 wg_row bytes into the stage.
+                        // With transform warps the stage arrives formed.
+                        unsigned char* block = stage + 128 * wg_row;
+                        if (!kTransformWarps && transform) {
+                            form_dz_chunks<T>(block, block + DwLoop::kOffsetSide,
+                                              (long long)(dw_share.first + kb) * DwLoop::kBlockK,
+                                              tile_row, n, is_relu, unit, t,
+                                              gemm::sm90::kWarpgroupThreads, 512);
+                            ptx::fence_proxy_async_shared();
+                            if (consumer == 0)
+                                ptx::warpgroup_barrier<1>();
+                            else
+                                ptx::warpgroup_barrier<2>();
+                        }
+                        // db's sums read the formed block here, before the wgmmas are issued,
+                        // though they could run beside them: right after the barrier they are
+                        // what makes the CPU harness (whose wgmmas rendezvous the warpgroup) see
+                        // the barrier go missing (docs/HARNESS.md).
+                        if (do_db) db_sum += column_sum<T>(block, t);
+                    },
+                    [](int) {});
+            }
+        }
+        const long long rows = weight_grad ? n : m;
+        T* const out = weight_grad ? dw : dx;
+        const auto store = [&](const float (&result)[Ring::kAccumulators], float db_total) {
+            gemm::sm90::store_gradient_fragment<T, Ring::kWgN>(
+                result, out, rows, k, tile_row, (long long)tile.tn * Ring::kBlockN + wg_col,
                 scale, accumulate != 0);
             if (do_db && tile_row + t < n)
                 write_gradient(db + tile_row + t, db_total, scale, accumulate != 0);
         };
         // Split-K: only rank 0 stores, the cluster's sums (and db's).
-        Split::finish_tile(smem + kSplitOffset<Mainloop>, acc, db_sum, consumer, done, store);
+        Split::finish_tile(smem + kSplitOffset<Ring>, acc, db_sum, consumer, done, store);
     }
-    Split::finish(smem + kSplitOffset<Mainloop>, consumer, done);
+    Split::finish(smem + kSplitOffset<Ring>, consumer, done);
 }
 
 // Tile BM x BN (BM = 128: each consumer warpgroup owns 64 rows, so it forms the dZ it reads,
@@ -477,9 +582,12 @@ struct Wg128x128Split8 : WgConfig<128, 128, 3, 8> {};
             const __grid_constant__ CUtensorMap map_x, T* __restrict__ dw, T* __restrict__ db,   \
             long long m, long long n, long long k, int relu, int accumulate,                     \
             fusedrop::MaskParams mp) {                                                           \
-        fusedrop::backward::backward_sm90<T, fusedrop::backward::CONFIG::MAINLOOP<T>,            \
-                                          fusedrop::backward::CONFIG::DwSplit, true>(            \
-            &map_dy, &map_y, &map_x, dw, db, nullptr, m, n, k, relu, accumulate, mp);            \
+        const fusedrop::backward::ProductMaps maps{&map_dy, &map_y, &map_x};                     \
+        fusedrop::backward::backward_sm90<T, fusedrop::backward::CONFIG::DxMainloop<T>,          \
+                                          fusedrop::backward::CONFIG::MAINLOOP<T>,               \
+                                          fusedrop::backward::CONFIG::DwSplit,                   \
+                                          fusedrop::backward::kDw>(                              \
+            maps, maps, nullptr, dw, db, nullptr, m, n, k, relu, accumulate, mp);                \
     }
 
 #define FUSEDROP_BACKWARD_SM90(CONFIG, NAME, SUFFIX, T, CLUSTER)                                 \
@@ -489,18 +597,46 @@ struct Wg128x128Split8 : WgConfig<128, 128, 3, 8> {};
             const __grid_constant__ CUtensorMap map_w, T* __restrict__ dx, T* __restrict__ dz,   \
             long long m, long long n, long long k, int relu, int accumulate,                     \
             fusedrop::MaskParams mp) {                                                           \
+        const fusedrop::backward::ProductMaps maps{&map_dy, &map_y, &map_w};                     \
         fusedrop::backward::backward_sm90<T, fusedrop::backward::CONFIG::DxMainloop<T>,          \
-                                          fusedrop::backward::CONFIG::DxSplit, false>(           \
-            &map_dy, &map_y, &map_w, dx, nullptr, dz, m, n, k, relu, accumulate, mp);            \
+                                          fusedrop::backward::CONFIG::DwMainloop<T>,             \
+                                          fusedrop::backward::CONFIG::DxSplit,                   \
+                                          fusedrop::backward::kDx>(                              \
+            maps, maps, dx, nullptr, nullptr, dz, m, n, k, relu, accumulate, mp);                \
     }                                                                                            \
     FUSEDROP_BACKWARD_SM90_DW(CONFIG, fusedrop_backward_dw_##NAME##_##SUFFIX, DwMainloop, T,     \
                               CLUSTER)                                                           \
     FUSEDROP_BACKWARD_SM90_DW(CONFIG, fusedrop_backward_dw_##NAME##_transform_##SUFFIX,          \
                               DwTransformMainloop, T, CLUSTER)
 
-#define FUSEDROP_BACKWARD_SM90_TYPES(CONFIG, NAME)        \
-    FUSEDROP_BACKWARD_SM90(CONFIG, NAME, f16, __half, )   \
-    FUSEDROP_BACKWARD_SM90(CONFIG, NAME, bf16, __nv_bfloat16, )
+// dX, dW and db in one launch (BackwardKernel::HopperOneLaunch; unsplit configs only): each
+// product's three maps as its own kernel takes them (dX's dY and Y in boxes of 64 x kBlockM,
+// dW's in boxes of 64 x 64), then dx, dw, db (db may be null; dx and dw may not).
+#define FUSEDROP_BACKWARD_SM90_ONE_LAUNCH(CONFIG, NAME, SUFFIX, T)                               \
+    extern "C" __global__ void __launch_bounds__(fusedrop::backward::CONFIG::kThreads, 1)        \
+        fusedrop_backward_dxdw_##NAME##_##SUFFIX(                                                \
+            const __grid_constant__ CUtensorMap map_dy_dx,                                       \
+            const __grid_constant__ CUtensorMap map_y_dx,                                        \
+            const __grid_constant__ CUtensorMap map_w,                                           \
+            const __grid_constant__ CUtensorMap map_dy_dw,                                       \
+            const __grid_constant__ CUtensorMap map_y_dw,                                        \
+            const __grid_constant__ CUtensorMap map_x,                                           \
+            T* __restrict__ dx, T* __restrict__ dw, T* __restrict__ db, long long m, long long n, \
+            long long k, int relu, int accumulate, fusedrop::MaskParams mp) {                    \
+        const fusedrop::backward::ProductMaps dx_maps{&map_dy_dx, &map_y_dx, &map_w};            \
+        const fusedrop::backward::ProductMaps dw_maps{&map_dy_dw, &map_y_dw, &map_x};            \
+        fusedrop::backward::backward_sm90<T, fusedrop::backward::CONFIG::DxMainloop<T>,          \
+                                          fusedrop::backward::CONFIG::DwMainloop<T>,             \
+                                          fusedrop::gemm::sm90::NoSplit,                         \
+                                          fusedrop::backward::kBoth>(                            \
+            dx_maps, dw_maps, dx, dw, db, nullptr, m, n, k, relu, accumulate, mp);               \
+    }
+
+#define FUSEDROP_BACKWARD_SM90_TYPES(CONFIG, NAME)                  \
+    FUSEDROP_BACKWARD_SM90(CONFIG, NAME, f16, __half, )             \
+    FUSEDROP_BACKWARD_SM90(CONFIG, NAME, bf16, __nv_bfloat16, )     \
+    FUSEDROP_BACKWARD_SM90_ONE_LAUNCH(CONFIG, NAME, f16, __half)    \
+    FUSEDROP_BACKWARD_SM90_ONE_LAUNCH(CONFIG, NAME, bf16, __nv_bfloat16)
 
 #define FUSEDROP_BACKWARD_SM90_SPLIT_TYPES(CONFIG, NAME)                                 \
     FUSEDROP_BACKWARD_SM90(CONFIG, NAME, f16, __half,                                    \

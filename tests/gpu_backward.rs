@@ -858,8 +858,9 @@ const HOPPER_SPLIT_SHAPES: [(usize, usize, usize, &str); 2] =
 
 /// The Hopper kernels forced, f16 and bf16, on shapes they take (n and k multiples of 8) that
 /// are multiples of no tile, with one tile per block and many, every rate, both activations,
-/// accumulation, non-finite inputs, and the seed from a device buffer; and each tile forced for
-/// both products.
+/// accumulation, non-finite inputs, and the seed from a device buffer; each tile forced for
+/// both products; and the variants issue 11 leaves to measurement (dZ from dX, transform warps,
+/// one launch) bit for bit against `Hopper`.
 #[test]
 fn hopper_kernels_match_reference() {
     let Some(kernels) = gpu() else { return };
@@ -922,14 +923,27 @@ fn hopper_kernels_match_reference() {
         check::<bf16>(&kernels, &spec, case);
     }
     // dZ written once by dX into the (poisoned) workspace and read by dW
-    // (BackwardKernel::HopperDzFromDx), and dW's dZᵀ formed by transform warps
+    // (BackwardKernel::HopperDzFromDx), dW's dZᵀ formed by transform warps
     // (BackwardKernel::HopperTransformWarps, no workspace: with one the identity's pre-pass
-    // would leave nothing to form): the reference's gradients, and bit for bit those of the
-    // kernels whose dW consumers form dZ in their stages.
+    // would leave nothing to form), and both products in one launch
+    // (BackwardKernel::HopperOneLaunch, which the shapes with reductions too short to split
+    // take on any GPU): the reference's gradients, and bit for bit those of the kernels whose
+    // dW consumers form dZ in their stages.
+    for &(m, n, k) in &HOPPER_SHAPES[..3] {
+        let choice = kernels
+            .backward_kernels_for::<f16>(
+                LinearShape::new(m, n, k),
+                Nonlinearity::Relu,
+                BackwardKernel::HopperOneLaunch,
+            )
+            .unwrap();
+        assert!(choice.one_launch, "({m}, {n}, {k}): {choice}");
+    }
     let mut rng = StdRng::seed_from_u64(0xd2);
     for (family, workspace) in [
         (BackwardKernel::HopperDzFromDx, true),
         (BackwardKernel::HopperTransformWarps, false),
+        (BackwardKernel::HopperOneLaunch, false),
     ] {
         for (i, &(m, n, k)) in HOPPER_SHAPES.iter().enumerate() {
             for (j, (nonlinearity, p)) in [

@@ -290,27 +290,40 @@ fn a_captured_training_step_replays_with_fresh_masks() {
 /// The Hopper kernels inside a graph (compute capability 9.0 with the sm_90a modules): the
 /// forward, then the backward of the same layer (dX, dW, db), with tensor maps encoded on the
 /// host at capture time and the seed read from the device buffer; the backward as
-/// `BackwardKernel::Hopper`, and as the two variants issue 11 leaves to measurement (dW's dZᵀ
-/// formed by transform warps; dZ written by dX into a workspace allocated before the capture).
+/// `BackwardKernel::Hopper`, and as the three variants issue 11 leaves to measurement (dW's dZᵀ
+/// formed by transform warps; dZ written by dX into a workspace allocated before the capture;
+/// both products in one launch).
 #[test]
 fn a_captured_hopper_forward_and_backward_replay_with_fresh_masks() {
     let Some(kernels) = gpu() else { return };
     if !hopper_or_skip(&kernels, "the Hopper graph check") {
         return;
     }
-    for family in [
-        BackwardKernel::Hopper,
-        BackwardKernel::HopperTransformWarps,
-        BackwardKernel::HopperDzFromDx,
+    // 300 x 520 x 256: dX's reduction of 9 k-blocks splits over clusters of 2 on an H100 or
+    // H200; with n = 448 (7 k-blocks) nothing splits, so the one launch runs.
+    let (split, unsplit) = (
+        LinearShape::new(300, 520, 256),
+        LinearShape::new(300, 448, 256),
+    );
+    for (family, shape) in [
+        (BackwardKernel::Hopper, split),
+        (BackwardKernel::HopperTransformWarps, split),
+        (BackwardKernel::HopperDzFromDx, split),
+        (BackwardKernel::HopperOneLaunch, unsplit),
     ] {
-        check_hopper_graph(&kernels, family);
+        check_hopper_graph(&kernels, family, shape);
     }
 }
 
 /// `a_captured_hopper_forward_and_backward_replay_with_fresh_masks` with the backward on
-/// `family`.
-fn check_hopper_graph(kernels: &LayerKernels, family: BackwardKernel) {
-    let shape = LinearShape::new(300, 520, 256);
+/// `family`, for a layer of `shape`.
+fn check_hopper_graph(kernels: &LayerKernels, family: BackwardKernel, shape: LinearShape) {
+    if family == BackwardKernel::HopperOneLaunch {
+        let choice = kernels
+            .backward_kernels_for::<bf16>(shape, Nonlinearity::Relu, family)
+            .unwrap();
+        assert!(choice.one_launch, "{shape:?}: {choice}");
+    }
     let mut rng = StdRng::seed_from_u64(90);
     let to_bf16 = |v: Vec<f32>| v.into_iter().map(bf16::from_f32).collect::<Vec<_>>();
     let host_x = to_bf16(random(shape.m * shape.k, &mut rng));

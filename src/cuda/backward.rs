@@ -338,12 +338,34 @@ impl Path {
     }
 }
 
+/// The tile of the launch that runs both products ([`BackwardKernel::HopperOneLaunch`]), when
+/// both products' paths allow it: both on the Hopper kernels, unsplit (a split product keeps its
+/// cluster launch: in one launch its few long tiles would set the pace alone), their tiles
+/// together within the kernels' 32-bit tile indices. 128 x 256 where both products have it,
+/// else 128 x 128.
+fn one_launch_config(dx: Path, dw: Path, shape: LinearShape) -> Option<Config> {
+    let (Path::Hopper(dx), Path::Hopper(dw)) = (dx, dw) else {
+        return None;
+    };
+    if dx.splits != 1 || dw.splits != 1 {
+        return None;
+    }
+    let config = if dx == WG128X256 && dw == WG128X256 {
+        WG128X256
+    } else {
+        WG128X128
+    };
+    let LinearShape { m, n, k } = shape;
+    let tiles = config.tiles(m, k).saturating_add(config.tiles(n, k));
+    (tiles <= i32::MAX as u64).then_some(config)
+}
+
 /// How a backward call picks each product's kernel: shared by [`LayerKernels::backward`] and
 /// [`LayerKernels::backward_kernels_for`].
 struct Chooser {
     gpu: GpuFacts,
     /// The family asked for, with `Auto` resolved to `Simt` for f32 and the other Hopper
-    /// families (a forced tile, dZ from dX) to `Hopper`.
+    /// families (a forced tile, dZ from dX, transform warps, one launch) to `Hopper`.
     family: BackwardKernel,
     /// The tile of every Hopper product, where the family forces one (unsplit).
     forced_hopper_tile: Option<Config>,
@@ -369,6 +391,7 @@ impl Chooser {
             | BackwardKernel::HopperWg128x128
             | BackwardKernel::HopperDzFromDx
             | BackwardKernel::HopperTransformWarps
+            | BackwardKernel::HopperOneLaunch
                 if !T::NEEDS_SM80 =>
             {
                 return Err(invalid!(
@@ -380,7 +403,8 @@ impl Chooser {
             BackwardKernel::HopperWg128x256
             | BackwardKernel::HopperWg128x128
             | BackwardKernel::HopperDzFromDx
-            | BackwardKernel::HopperTransformWarps => BackwardKernel::Hopper,
+            | BackwardKernel::HopperTransformWarps
+            | BackwardKernel::HopperOneLaunch => BackwardKernel::Hopper,
             other => other,
         };
         let hopper_unavailable =
@@ -502,6 +526,9 @@ pub struct BackwardChoice {
     pub dx_splits: u32,
     /// Split-K of dW and db, as `dx_splits`.
     pub dw_splits: u32,
+    /// Whether dX, dW and db run in one launch ([`BackwardKernel::HopperOneLaunch`]; `dx` and
+    /// `dw` then name its configuration).
+    pub one_launch: bool,
 }
 
 impl std::fmt::Display for BackwardChoice {
@@ -510,6 +537,9 @@ impl std::fmt::Display for BackwardChoice {
             1 => String::new(),
             s => format!(" (k split {s})"),
         };
+        if self.one_launch {
+            return write!(f, "dX and dW {} in one launch", self.dx);
+        }
         write!(
             f,
             "dX {}{}, dW {}{}",
@@ -571,6 +601,16 @@ pub enum BackwardKernel {
     /// workspace, whose pre-pass applies the mask to dY), or dW runs on the mma.sync kernels,
     /// it runs as `Hopper`.
     HopperTransformWarps,
+    /// [`BackwardKernel::Hopper`] with dX, dW and db in one persistent launch: one sequence of
+    /// both products' tiles, the product whose tiles reduce over more k-blocks first (dX's over
+    /// n, dW's over m), on one pipeline ring (the `fusedrop_backward_dxdw_<config>_<dtype>`
+    /// entry points), so that one product's last wave does not leave multiprocessors idle before
+    /// the other starts, and one launch is saved (issue 11 leaves it to measurement:
+    /// `fusedrop bench`'s `fused_hop_1l` rows). The tile is 128 x 256 where `Hopper` would give
+    /// both products 128 x 256, else 128 x 128. The gradients are bit-identical to `Hopper`'s.
+    /// Where `Hopper` would split a product's reduction over a cluster (a narrow product), or
+    /// the call asks for no dX or no dW, it runs as `Hopper` (two launches).
+    HopperOneLaunch,
 }
 
 impl BackwardKernel {
@@ -772,12 +812,21 @@ impl LayerKernels {
         split_k: bool,
     ) -> Result<BackwardChoice> {
         let (dx, dw) = self.backward_paths::<T>(shape, nonlinearity, kernel, split_k)?;
-        let (dx, dw) = (dx.config(), dw.config());
+        let one_launch = if kernel == BackwardKernel::HopperOneLaunch {
+            one_launch_config(dx, dw, shape)
+        } else {
+            None
+        };
+        let (dx, dw) = match one_launch {
+            Some(config) => (config, config),
+            None => (dx.config(), dw.config()),
+        };
         Ok(BackwardChoice {
             dx: dx.name,
             dw: dw.name,
             dx_splits: dx.splits as u32,
             dw_splits: dw.splits as u32,
+            one_launch: one_launch.is_some(),
         })
     }
 
@@ -1265,6 +1314,32 @@ pub fn backward_plan<T: Element>(
             BackwardMask::PrePass,
         ));
     }
+    // Both products in one launch, where the family asks for it and their paths allow it (both
+    // read dY alike here: from the workspace after the pre-pass, or redrawing the mask).
+    let one_launch = match (dx_path, dw_path) {
+        (Some(dx), Some(dw)) if kernel == BackwardKernel::HopperOneLaunch && have_dw => {
+            one_launch_config(dx, dw, spec.shape)
+        }
+        _ => None,
+    };
+    if let Some(config) = one_launch {
+        let mask = if premasked {
+            BackwardMask::Premasked
+        } else {
+            BackwardMask::Redrawn
+        };
+        plans.push((
+            both_products_plan::<T>(
+                config,
+                spec,
+                operands(BackwardProduct::Dw),
+                accumulate,
+                gpu.resident,
+            ),
+            mask,
+        ));
+        return Ok(plans);
+    }
     for (product, path) in [
         (BackwardProduct::Dx, dx_path),
         (BackwardProduct::Dw, dw_path),
@@ -1291,6 +1366,59 @@ pub fn backward_plan<T: Element>(
         }
     }
     Ok(plans)
+}
+
+/// The one launch of both products of a backward call of `spec` on the Hopper configuration
+/// `config` (unsplit: [`BackwardKernel::HopperOneLaunch`]), reading dY as `operands` (dW's)
+/// say; the arguments are listed under [`one_launch_plan`]. The persistent grid covers both
+/// products' tiles.
+fn both_products_plan<T: Element>(
+    config: Config,
+    spec: &LayerSpec,
+    operands: ProductOperands,
+    accumulate: bool,
+    resident: ResidentClusters,
+) -> LaunchPlan {
+    let LinearShape { m, n, k } = spec.shape;
+    let map = |operand: Operand, rows: usize, cols: usize, box_rows: u32| KernelArg::TensorMap {
+        operand,
+        rows,
+        cols,
+        box_rows,
+    };
+    let y = if operands.y { Operand::Y } else { operands.dy };
+    let dx_box = config.block_m as u32;
+    let tiles = config.tiles(m, k).saturating_add(config.tiles(n, k));
+    let launch = config.persistent_launch_config(tiles, resident);
+    LaunchPlan {
+        module: config.module,
+        function: function_name::<T>(config, "dxdw", ""),
+        grid: launch.grid_dim,
+        threads: config.threads,
+        smem_bytes: config.smem_bytes,
+        cluster: 1,
+        args: vec![
+            map(operands.dy, m, n, dx_box),
+            map(y, m, n, dx_box),
+            map(Operand::W, n, k, HOPPER_BOX),
+            map(operands.dy, m, n, HOPPER_BOX),
+            map(y, m, n, HOPPER_BOX),
+            map(Operand::X, m, k, HOPPER_BOX),
+            KernelArg::Pointer(Operand::DX),
+            KernelArg::Pointer(Operand::DW),
+            if operands.db {
+                KernelArg::Pointer(Operand::DB)
+            } else {
+                KernelArg::Null
+            },
+            KernelArg::I64(m as i64),
+            KernelArg::I64(n as i64),
+            KernelArg::I64(k as i64),
+            KernelArg::I32(i32::from(operands.y)),
+            KernelArg::I32(i32::from(accumulate)),
+            KernelArg::MaskParams,
+        ],
+    }
 }
 
 /// The launches of one product of a backward call of `spec` through `path`: the product, then
@@ -1541,6 +1669,41 @@ pub fn product_plan<T: Element>(
     }
     Ok(product_plans::<T>(
         path, product, spec, operands, accumulate, resident,
+    ))
+}
+
+/// The one launch of both products of a backward call of `spec` on the unsplit Hopper
+/// configuration named `config` (`wg128x256` or `wg128x128`), as [`LayerKernels::backward`]
+/// plans it for [`BackwardKernel::HopperOneLaunch`], on a GPU that runs `resident` blocks at
+/// once; `operands` are dW's (what both read as dY, whether Y and db are read and written; `out`
+/// must be set: the launch writes dW). For the CPU harness. The arguments: dX's three tensor
+/// maps (dY and Y in boxes of 64 x `block_m`, W), dW's (dY and Y in boxes of 64 x 64, X), as
+/// each product's own kernel takes them; dX, dW, db (null when not asked for); m, n, k, relu,
+/// accumulate, the mask parameters.
+pub fn one_launch_plan<T: Element>(
+    config: &str,
+    spec: &LayerSpec,
+    operands: ProductOperands,
+    accumulate: bool,
+    resident: ResidentClusters,
+) -> Result<LaunchPlan> {
+    validate::check_shape(spec.shape)?;
+    let Some(&found) = [WG128X256, WG128X128].iter().find(|c| c.name == config) else {
+        return Err(invalid!(
+            "{config} has no launch for both products; expected wg128x256 or wg128x128"
+        ));
+    };
+    if !operands.out || operands.dz || operands.transform_warps {
+        return Err(invalid!(
+            "the launch of both products writes dW, and no dZ, with no transform warps; got \
+             out = {}, dz = {}, transform_warps = {}",
+            operands.out,
+            operands.dz,
+            operands.transform_warps
+        ));
+    }
+    Ok(both_products_plan::<T>(
+        found, spec, operands, accumulate, resident,
     ))
 }
 
@@ -2041,6 +2204,140 @@ mod tests {
         );
         let s8 = WG128X128_SPLIT[0];
         assert_eq!(s8.persistent_launch_config(16, fewer).grid_dim, (112, 1, 1));
+    }
+
+    #[test]
+    fn one_launch_plans_run_both_products_where_neither_splits() {
+        let h100 = h100();
+        let plan = |spec: &LayerSpec, buffers: &BackwardBuffers| {
+            backward_plan::<f16>(spec, true, BackwardKernel::HopperOneLaunch, &h100, buffers)
+                .unwrap()
+        };
+        let functions = |plans: &[(LaunchPlan, BackwardMask)]| -> Vec<String> {
+            plans
+                .iter()
+                .map(|(plan, _)| plan.function.clone())
+                .collect()
+        };
+        let relu = spec(Nonlinearity::Relu, 0.1);
+        // 300 x 200 x 96 (the Hopper family gives both products 128 x 128): dX's 3 tiles and
+        // dW's 2 in one grid, each product's maps as its own kernel takes them.
+        let one = plan(&relu, &every_buffer(None));
+        assert_eq!(functions(&one), ["fusedrop_backward_dxdw_wg128x128_f16"]);
+        let (launch, mask) = &one[0];
+        assert_eq!(*mask, BackwardMask::Redrawn);
+        assert_eq!((launch.grid, launch.cluster), ((5, 1, 1), 1));
+        let map = |operand, rows, cols, box_rows| KernelArg::TensorMap {
+            operand,
+            rows,
+            cols,
+            box_rows,
+        };
+        assert_eq!(
+            launch.args[..10],
+            [
+                map(Operand::DY, 300, 200, 128),
+                map(Operand::Y, 300, 200, 128),
+                map(Operand::W, 200, 96, 64),
+                map(Operand::DY, 300, 200, 64),
+                map(Operand::Y, 300, 200, 64),
+                map(Operand::X, 300, 96, 64),
+                KernelArg::Pointer(Operand::DX),
+                KernelArg::Pointer(Operand::DW),
+                KernelArg::Pointer(Operand::DB),
+                KernelArg::I64(300),
+            ]
+        );
+        assert_eq!(
+            launch.args[12..],
+            [KernelArg::I32(1), KernelArg::I32(1), KernelArg::MaskParams]
+        );
+        // Without db, its pointer is null; the identity's pre-pass makes both read the
+        // workspace, with the mask switched off.
+        let no_db = plan(
+            &relu,
+            &BackwardBuffers {
+                db: None,
+                ..every_buffer(None)
+            },
+        );
+        assert_eq!(no_db[0].0.args[8], KernelArg::Null);
+        let premasked = plan(
+            &spec(Nonlinearity::Identity, 0.5),
+            &every_buffer(Some((0x80_0000, 1 << 20))),
+        );
+        assert_eq!(
+            functions(&premasked),
+            [
+                "fusedrop_dropout_f16",
+                "fusedrop_backward_dxdw_wg128x128_f16"
+            ]
+        );
+        assert_eq!(premasked[1].1, BackwardMask::Premasked);
+        assert_eq!(
+            premasked[1].0.args[0],
+            map(Operand::Workspace, 300, 200, 128)
+        );
+        // A call without dX or without dW runs its one product as Hopper does.
+        for (buffers, alone) in [
+            (
+                BackwardBuffers {
+                    dx: None,
+                    ..every_buffer(None)
+                },
+                "fusedrop_backward_dw_wg128x128_f16",
+            ),
+            (
+                BackwardBuffers {
+                    dw: None,
+                    db: None,
+                    ..every_buffer(None)
+                },
+                "fusedrop_backward_dx_wg128x128_f16",
+            ),
+        ] {
+            assert_eq!(functions(&plan(&relu, &buffers)), [alone]);
+        }
+        // small (64 x 4096 x 4096): dX splits over clusters of 4, so the two products keep
+        // their own launches; a large square call has 128 x 256 tiles for both.
+        let shaped = |m, n, k| {
+            LayerSpec::new(
+                LinearShape::new(m, n, k),
+                Nonlinearity::Relu,
+                crate::DropoutSpec::new(0.1, 1, 2),
+            )
+        };
+        assert_eq!(
+            functions(&plan(&shaped(64, 4096, 4096), &every_buffer(None))),
+            [
+                "fusedrop_backward_dx_wg128x128s4_f16",
+                "fusedrop_backward_dw_wg128x256_f16"
+            ]
+        );
+        let square = plan(&shaped(4096, 4096, 4096), &every_buffer(None));
+        assert_eq!(functions(&square), ["fusedrop_backward_dxdw_wg128x256_f16"]);
+        assert_eq!(square[0].0.grid, (132, 1, 1));
+        let err = backward_plan::<f32>(
+            &relu,
+            false,
+            BackwardKernel::HopperOneLaunch,
+            &h100,
+            &every_buffer(None),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("BackwardKernel::HopperOneLaunch was requested for f32"),
+            "{err}"
+        );
+        let choice = BackwardChoice {
+            dx: "wg128x256",
+            dw: "wg128x256",
+            dx_splits: 1,
+            dw_splits: 1,
+            one_launch: true,
+        };
+        assert_eq!(choice.to_string(), "dX and dW wg128x256 in one launch");
     }
 
     fn spec(nonlinearity: Nonlinearity, p: f32) -> LayerSpec {

@@ -5,6 +5,7 @@ use super::*;
 
 mod dz_from_dx;
 mod hopper;
+mod one_launch;
 mod plans;
 mod transform_warps;
 mod workspace;

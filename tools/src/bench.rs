@@ -804,7 +804,8 @@ pub struct Row {
     /// `fused` (ours), `gemm_floor` (cuBLASLt products alone), `unfused` (cuBLASLt with its
     /// epilogue, plus the standalone dropout kernel), or a variant of `fused`: a [`Variant`]'s
     /// name (`fused_mma_sync`, `fused_wg*`, `fused_hopper`, `fused_hop256`, `fused_hop128`,
-    /// `fused_hop_dz`, `fused_hop_tw`, `fused_id_dz`, `fused_id_tw`, `fused_identity`,
+    /// `fused_hop_dz`, `fused_hop_tw`, `fused_hop_1l`, `fused_id_dz`, `fused_id_tw`,
+    /// `fused_identity`,
     /// `fused_ident_ws`, `fused_mma_split`,
     /// `fused_simt_split`) or
     /// [`GRAPH_IMPL`].
@@ -1137,8 +1138,8 @@ impl Variant {
 
     /// Whether the variant is measured at dropout probability `p`: the identity's at every
     /// p > 0 (at p = 0 there is no mask to draw); the forced Hopper backward tiles, dZ from
-    /// dX and the transform warps likewise (their cost hardly depends on p, so leaving p = 0
-    /// out saves the bench's time).
+    /// dX, the transform warps and the one launch likewise (their cost hardly depends on p, so
+    /// leaving p = 0 out saves the bench's time).
     pub fn runs_at(self, p: f32) -> bool {
         let only_with_dropout = matches!(
             self.forced,
@@ -1150,6 +1151,7 @@ impl Variant {
                     BackwardKernel::HopperWg128x256
                         | BackwardKernel::HopperWg128x128
                         | BackwardKernel::HopperTransformWarps
+                        | BackwardKernel::HopperOneLaunch
                 )
         );
         !only_with_dropout || p > 0.0
@@ -1246,9 +1248,10 @@ pub fn hopper_backward_fits(dims: LinearShape, hopper: bool) -> bool {
 }
 
 /// The backward variants timed beside `fused` (whatever [`BackwardKernel::Auto`] runs), given
-/// whether the Hopper backward kernels are available for the dtype on this GPU (`hopper`) and
-/// the kernels `Auto` runs for dX and dW (`auto`, as [`LayerKernels::backward_kernels_for`]
-/// names them):
+/// whether the Hopper backward kernels are available for the dtype on this GPU (`hopper`), the
+/// kernels `Auto` runs for dX and dW (`auto`, as [`LayerKernels::backward_kernels_for`] names
+/// them) and whether [`BackwardKernel::HopperOneLaunch`] runs both products of the shape in one
+/// launch (`one_launch`: neither product splits):
 /// - `fused_mma_sync`: [`BackwardKernel::TensorCore`] forced where `Auto` takes the Hopper
 ///   kernels for a product of this shape (the fallback's cost, as for the forward);
 /// - `fused_hopper`: [`BackwardKernel::Hopper`] forced where the Hopper kernels can run the
@@ -1262,6 +1265,8 @@ pub fn hopper_backward_fits(dims: LinearShape, hopper: bool) -> bool {
 ///   forming it in dW's stages);
 /// - `fused_hop_tw`: [`BackwardKernel::HopperTransformWarps`] likewise (dW's dZᵀ formed by the
 ///   producer warpgroup's transform warps instead of by its consumers);
+/// - `fused_hop_1l`: [`BackwardKernel::HopperOneLaunch`] where it runs one launch (elsewhere it
+///   is `fused_hopper`);
 /// - `fused_id_dz`, `fused_id_tw`: those two with the identity activation, beside
 ///   `fused_identity` and `fused_ident_ws` (where the identity's mask is drawn twice, or applied
 ///   by a pre-pass; forming dZ costs Philox draws there, not a bit test);
@@ -1271,6 +1276,7 @@ pub fn backward_variants_given(
     dims: LinearShape,
     hopper: bool,
     auto: (&str, &str),
+    one_launch: bool,
 ) -> Vec<Variant> {
     let auto_takes_hopper = auto.0.starts_with("wg") || auto.1.starts_with("wg");
     let mut variants = Vec::new();
@@ -1304,6 +1310,12 @@ pub fn backward_variants_given(
             name: "fused_hop_tw",
             forced: Forced::Kernel(BackwardKernel::HopperTransformWarps),
         });
+        if one_launch {
+            variants.push(Variant {
+                name: "fused_hop_1l",
+                forced: Forced::Kernel(BackwardKernel::HopperOneLaunch),
+            });
+        }
         variants.push(Variant {
             name: "fused_id_dz",
             forced: Forced::IdentityKernel(BackwardKernel::HopperDzFromDx),
@@ -1328,7 +1340,11 @@ pub fn backward_variants<T: Element>(
 ) -> Result<Vec<Variant>> {
     let hopper = kernels.hopper_available::<T>();
     let auto = kernels.backward_kernels_for::<T>(dims, Nonlinearity::Relu, BackwardKernel::Auto)?;
-    let mut variants = backward_variants_given(dims, hopper, (auto.dx, auto.dw));
+    let one_launch = hopper_backward_fits(dims, hopper)
+        && kernels
+            .backward_kernels_for::<T>(dims, Nonlinearity::Relu, BackwardKernel::HopperOneLaunch)?
+            .one_launch;
+    let mut variants = backward_variants_given(dims, hopper, (auto.dx, auto.dw), one_launch);
     let (name, kernel) = if T::NEEDS_SM80 {
         ("fused_mma_split", BackwardKernel::TensorCore)
     } else {
@@ -2376,7 +2392,7 @@ mod tests {
         let small = LinearShape::new(64, 4096, 4096);
         let small_auto = ("wg128x128s4", "wg128x256");
         assert_eq!(
-            names(&backward_variants_given(small, true, small_auto)),
+            names(&backward_variants_given(small, true, small_auto, false)),
             [
                 "fused_mma_sync",
                 "fused_hopper",
@@ -2390,7 +2406,7 @@ mod tests {
                 "fused_ident_ws"
             ]
         );
-        let forced: Vec<_> = backward_variants_given(small, true, small_auto)
+        let forced: Vec<_> = backward_variants_given(small, true, small_auto, false)
             .iter()
             .map(|v| v.forced.kernel())
             .collect();
@@ -2419,22 +2435,28 @@ mod tests {
                 &["fused_hop256", "fused_hop128"][..],
             ),
         ] {
-            let got = names(&backward_variants_given(sq, true, auto));
+            let got = names(&backward_variants_given(sq, true, auto, true));
             let got: Vec<_> = got.iter().filter(|n| n.starts_with("fused_hop")).collect();
             let mut want = vec!["fused_hopper"];
             want.extend_from_slice(tiles);
-            want.extend(["fused_hop_dz", "fused_hop_tw"]);
+            want.extend(["fused_hop_dz", "fused_hop_tw", "fused_hop_1l"]);
             assert_eq!(got, want.iter().collect::<Vec<_>>(), "{auto:?}");
         }
         // One tile per product: Auto keeps mma.sync, the Hopper kernels can still be forced
         // (and no tile is weighed).
         let tiny = LinearShape::new(64, 128, 128);
         assert_eq!(
-            names(&backward_variants_given(tiny, true, ("tc64x32", "tc64x32"))),
+            names(&backward_variants_given(
+                tiny,
+                true,
+                ("tc64x32", "tc64x32"),
+                true
+            )),
             [
                 "fused_hopper",
                 "fused_hop_dz",
                 "fused_hop_tw",
+                "fused_hop_1l",
                 "fused_id_dz",
                 "fused_id_tw",
                 "fused_identity",
@@ -2451,7 +2473,8 @@ mod tests {
                 names(&backward_variants_given(
                     dims,
                     true,
-                    ("tc128x128", "tc128x128")
+                    ("tc128x128", "tc128x128"),
+                    true
                 )),
                 ["fused_identity", "fused_ident_ws"]
             );
@@ -2461,7 +2484,8 @@ mod tests {
             names(&backward_variants_given(
                 sq,
                 false,
-                ("tc128x128", "tc128x128")
+                ("tc128x128", "tc128x128"),
+                true
             )),
             ["fused_identity", "fused_ident_ws"]
         );
@@ -2576,6 +2600,15 @@ mod tests {
             transform.forced.note(),
             "forced BackwardKernel::HopperTransformWarps"
         );
+        let one_launch = Variant {
+            name: "fused_hop_1l",
+            forced: Forced::Kernel(BackwardKernel::HopperOneLaunch),
+        };
+        assert!(!one_launch.runs_at(0.0) && one_launch.runs_at(0.1));
+        assert_eq!(
+            one_launch.forced.note(),
+            "forced BackwardKernel::HopperOneLaunch"
+        );
         // The identity with each of the two: backward only, the workspace for dZ from dX.
         let identity_dz = Forced::IdentityKernel(BackwardKernel::HopperDzFromDx);
         assert_eq!(identity_dz.nonlinearity(), Nonlinearity::Identity);
@@ -2607,10 +2640,11 @@ mod tests {
             sq,
             true,
             ("wg128x256", "wg128x128"),
+            true,
         )));
         all.sort_unstable();
         all.dedup();
-        assert_eq!(all.len(), 17, "{all:?}");
+        assert_eq!(all.len(), 18, "{all:?}");
         for name in all
             .iter()
             .filter(|n| !["gemm_floor", "fused", "unfused"].contains(n))

@@ -125,8 +125,8 @@ fn check_planned_backward<T: Raw>(call: &PlannedBackward, rng: &mut StdRng) {
 /// (9.0, 8 multiprocessors, so that small shapes take the Hopper kernels), the identity's
 /// pre-pass into the workspace and the products reading it, the partial sums placed after the
 /// mask area in a workspace of exactly the bytes the call needs, db without dW, a Hopper tile
-/// forced for both products, dZ written by dX for dW. Each call's launches are checked by name
-/// first.
+/// forced for both products, dZ written by dX for dW, dW's dZᵀ formed by transform warps, both
+/// products in one launch. Each call's launches are checked by name first.
 #[test]
 fn backward_plans_of_the_wrapper_match_reference() {
     let (Some(_), Some(_), Some(_), Some(_)) = (
@@ -332,6 +332,53 @@ fn backward_plans_of_the_wrapper_match_reference() {
                 "fusedrop_backward_dx_wg128x128",
                 "fusedrop_backward_dw_wg128x128s2_transform",
             ],
+        },
+        &mut rng,
+    );
+    // dX, dW and db in one launch (BackwardKernel::HopperOneLaunch): 128 x 128 where the
+    // products' tiles differ (dX 128 x 256, dW 128 x 128); two launches where dW splits (the
+    // identity with its pre-pass); 128 x 256 where both products have it (on 4 multiprocessors,
+    // 256 x 256 x 512: 4 tiles each), reading dY times the mask from the workspace.
+    check_planned_backward::<bf16>(
+        &PlannedBackward {
+            what: "ReLU, small Hopper, one launch",
+            spec: spec((512, 64, 512), Nonlinearity::Relu, 0.1, 21),
+            kernel: BackwardKernel::HopperOneLaunch,
+            gpu: small_hopper,
+            weight_grad: true,
+            workspace: None,
+            expected: &["fusedrop_backward_dxdw_wg128x128"],
+        },
+        &mut rng,
+    );
+    check_planned_backward::<f16>(
+        &PlannedBackward {
+            what: "identity, small Hopper, workspace, one launch (dW split)",
+            spec: spec((512, 128, 128), Nonlinearity::Identity, 0.5, 22),
+            kernel: BackwardKernel::HopperOneLaunch,
+            gpu: small_hopper,
+            weight_grad: true,
+            workspace: Some(512 * 128 * 2),
+            expected: &[
+                "fusedrop_dropout",
+                "fusedrop_backward_dx_wg128x128",
+                "fusedrop_backward_dw_wg128x128s2",
+            ],
+        },
+        &mut rng,
+    );
+    check_planned_backward::<f16>(
+        &PlannedBackward {
+            what: "identity, 4-multiprocessor Hopper, workspace, one launch",
+            spec: spec((256, 256, 512), Nonlinearity::Identity, 0.5, 23),
+            kernel: BackwardKernel::HopperOneLaunch,
+            gpu: GpuFacts {
+                resident: ResidentClusters::uniform(4),
+                ..small_hopper
+            },
+            weight_grad: true,
+            workspace: Some(256 * 256 * 2),
+            expected: &["fusedrop_dropout", "fusedrop_backward_dxdw_wg128x256"],
         },
         &mut rng,
     );

@@ -197,10 +197,13 @@ const SANITIZE_SHAPES: [Shape; 7] = [
 /// - Hopper's split-K, narrow products over long reductions: dX over n = 512 in clusters of 2,
 ///   over 2048 in clusters of 8: (64, 512, 136), (64, 2048, 136); dW likewise (512, 64, 136),
 ///   (2048, 64, 136) (clusters of 4: (1536, 8, 2816)'s dW, (64, 1000, 136)'s dX).
+/// - Hopper's one launch of both products on 128 x 256 tiles (`hopper_one_launch`), which
+///   needs both products to have a wave of them: (128, 128, 33792), 132 tiles each (on 128 x 128
+///   tiles the shapes above take it, where neither product splits).
 ///
 /// `tests::the_sanitize_shapes_reach_every_kernel` checks that together with the shapes above
 /// they launch every forward and backward entry point, as the library plans them.
-const SANITIZE_TILE_SHAPES: [Shape; 12] = [
+const SANITIZE_TILE_SHAPES: [Shape; 13] = [
     (1536, 8, 2816),
     (8, 1536, 2816),
     (1536, 7, 1535),
@@ -213,6 +216,7 @@ const SANITIZE_TILE_SHAPES: [Shape; 12] = [
     (64, 2048, 136),
     (512, 64, 136),
     (2048, 64, 136),
+    (128, 128, 33792),
 ];
 
 /// Every p of a case's spread.
@@ -456,6 +460,13 @@ fn backward_families<T: Element>(
         // The selftest's buffers are whole allocations, so 16-byte aligned.
         if m > 0 && n % 8 == 0 && k % 8 == 0 && hopper {
             families.push(("hopper", BackwardKernel::Hopper, Workspace::None));
+            // Both products in one launch (issue 11 leaves it to measurement too), where
+            // neither product splits (else it runs as `hopper`).
+            families.push((
+                "hopper_one_launch",
+                BackwardKernel::HopperOneLaunch,
+                Workspace::None,
+            ));
             // The Hopper variants issue 11 leaves to measurement, where they differ from
             // `hopper` (dZ is not dY): dW's dZᵀ formed by transform warps (entry points of their
             // own), and dZ written by dX into the workspace for dW.
@@ -992,7 +1003,8 @@ mod tests {
     /// describes: each config of the launch table but the sweep's (SIMT for the forward only in
     /// f32, for the backward in every dtype; mma.sync and its aligned-operand kernels for f16
     /// and bf16; Hopper's where its modules are loaded), the backward's for dX and for dW (and
-    /// Hopper's dW with transform warps), and the backward's split-K sums.
+    /// Hopper's dW with transform warps, and its unsplit configs' launch of both products), and
+    /// the backward's split-K sums.
     fn entry_points(dtype: &str, gpu: &GpuFacts) -> BTreeSet<String> {
         let halves = dtype != "f32";
         let mut all = BTreeSet::from([format!("fusedrop_backward_split_sum_{dtype}")]);
@@ -1030,6 +1042,9 @@ mod tests {
             }
             if pass == "backward" && config.starts_with("wg") && !variants.is_empty() {
                 all.insert(format!("fusedrop_backward_dw_{config}_transform_{dtype}"));
+                if numbers.cluster == 1 {
+                    all.insert(format!("fusedrop_backward_dxdw_{config}_{dtype}"));
+                }
             }
         }
         all
