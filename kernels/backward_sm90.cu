@@ -273,8 +273,8 @@ struct ProductMaps {
 
 // The tiles of a launch in the order its persistent blocks (or split-K clusters) take them:
 // one product's tiles (dX [m, k] or dW [n, k], in the grouped order), or with kBoth dX's and
-// dW's as one sequence, the product whose tiles reduce over more k-blocks (dX over n, dW over
-// m) first, so that the shorter tiles fill the last wave. Block b takes tiles b, b + blocks, ...
+// dW's as one sequence, the product with the longer reduction (dW's m when m > n, else dX's
+// n) first, so that the shorter tiles fill the last wave. Block b takes tiles b, b + blocks, ...
 // of the sequence (PersistentTileScheduler).
 template <int kProducts, int kSplits>
 struct BackwardTiles {
@@ -340,9 +340,16 @@ __device__ __forceinline__ void backward_sm90(const ProductMaps& dx_maps,
                        DxLoop::kSmemBytes == DwLoop::kSmemBytes &&
                        DxLoop::kAccumulators == DwLoop::kAccumulators &&
                        DxLoop::kEmptyArrivals == DwLoop::kEmptyArrivals &&
-                       DxLoop::kBlockM == DwLoop::kBlockM && DxLoop::kBlockN == DwLoop::kBlockN),
+                       DxLoop::kBlockM == DwLoop::kBlockM && DxLoop::kBlockN == DwLoop::kBlockN &&
+                       DxLoop::kBlockK == DwLoop::kBlockK &&
+                       DxLoop::kConsumersPerTile == DwLoop::kConsumersPerTile &&
+                       DxLoop::kWgRows == DwLoop::kWgRows && DxLoop::kWgN == DwLoop::kWgN &&
+                       DwLoop::kWgRowBlocks == 1 && DxLoop::kMulticast == 1 &&
+                       DwLoop::kMulticast == 1),
                   "both products of one launch share the ring: the same stages, barriers, "
-                  "tile and accumulators");
+                  "tile, consumer parts and accumulators, and no multicast (the launch's "
+                  "producer loads each tile with load_tile, without produce's cluster rows "
+                  "and drain)");
     using gemm::sm90::kSplitOffset;
     FUSEDROP_DYNAMIC_SMEM(unsigned char, smem);
     const typename Ring::Storage storage = Ring::storage(smem);

@@ -70,7 +70,8 @@ struct TileScheduler {
 // Persistent grids (the Hopper kernels): gridDim = (blocks, 1, 1) with any blocks >= 1, usually
 // one per multiprocessor; block b computes the tiles b, b + blocks, b + 2 blocks, ... of the
 // grouped order. Producer and consumers of a block walk the same sequence. The tile count must
-// fit an int (src/cuda/forward.rs checks it before launching).
+// fit an int (src/cuda/forward.rs and src/cuda/backward.rs check it before launching, the
+// backward's launch of both products for their tiles together: one_launch_config).
 // With kBlocksPerTile > 1 (split-K clusters of that many consecutive blocks), the unit is the
 // cluster: cluster c = blockIdx.x / kBlocksPerTile walks the tiles c, c + clusters, ... and every
 // block of it takes part in each of its tiles; gridDim.x is then a multiple of kBlocksPerTile.

@@ -602,12 +602,13 @@ pub enum BackwardKernel {
     /// it runs as `Hopper`.
     HopperTransformWarps,
     /// [`BackwardKernel::Hopper`] with dX, dW and db in one persistent launch: one sequence of
-    /// both products' tiles, the product whose tiles reduce over more k-blocks first (dX's over
-    /// n, dW's over m), on one pipeline ring (the `fusedrop_backward_dxdw_<config>_<dtype>`
+    /// both products' tiles, the product with the longer reduction first (dW's over m when
+    /// m > n, else dX's over n), on one pipeline ring (the `fusedrop_backward_dxdw_<config>_<dtype>`
     /// entry points), so that one product's last wave does not leave multiprocessors idle before
     /// the other starts, and one launch is saved (issue 11 leaves it to measurement:
     /// `fusedrop bench`'s `fused_hop_1l` rows). The tile is 128 x 256 where `Hopper` would give
-    /// both products 128 x 256, else 128 x 128. The gradients are bit-identical to `Hopper`'s.
+    /// both products 128 x 256, else 128 x 128. The gradients are bit-identical to those of the
+    /// two launches on that tile (to `Hopper`'s wherever it gives both products that tile).
     /// Where `Hopper` would split a product's reduction over a cluster (a narrow product), or
     /// the call asks for no dX or no dW, it runs as `Hopper` (two launches).
     HopperOneLaunch,
@@ -639,8 +640,8 @@ pub struct BackwardOptions<'a> {
     pub accumulate: bool,
     /// The kernel family; [`BackwardKernel::Auto`] unless a test or benchmark wants one.
     /// [`BackwardKernel::TensorCore`], [`BackwardKernel::Hopper`] or another Hopper family (a
-    /// forced tile, [`BackwardKernel::HopperDzFromDx`], [`BackwardKernel::HopperTransformWarps`])
-    /// with f32 is an error.
+    /// forced tile, [`BackwardKernel::HopperDzFromDx`], [`BackwardKernel::HopperTransformWarps`],
+    /// [`BackwardKernel::HopperOneLaunch`]) with f32 is an error.
     pub kernel: BackwardKernel,
     /// Where the mask's (seed, subsequence) comes from: it must name the pair the forward call
     /// used. [`SeedSource::Host`] takes `spec.dropout`'s; [`SeedSource::Device`] a device buffer

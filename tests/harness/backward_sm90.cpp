@@ -1,7 +1,7 @@
 // Harness driver for kernels/backward_sm90.cu: every config, f16 and bf16, dX, dW and dW with
-// transform warps, and on the unsplit configs dX and dW in one launch, launched
-// from the request's plan (src/cuda/backward.rs, hopper_product_plan: the tensor maps of dY (or
-// the workspace), Y (or dY's again without ReLU) and W or X, the persistent grid of whole
+// transform warps, and on the unsplit configs dX and dW in one launch, launched from the
+// request's plan (src/cuda/backward.rs, product_plan and one_launch_plan: the tensor maps of dY
+// (or the workspace), Y (or dY's again without ReLU) and W or X, the persistent grid of whole
 // clusters).
 #include "driver.h"
 

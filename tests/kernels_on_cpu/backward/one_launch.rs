@@ -2,7 +2,7 @@
 //! (kernels/backward_sm90.cu's `fusedrop_backward_dxdw_<config>_<dtype>` entry points), both
 //! products' tiles in one sequence on one pipeline ring.
 
-use super::hopper::{fences_tracked, hopper_backward_cases, BACKWARD_SM90_CONFIGS};
+use super::hopper::{hopper_backward_cases, BACKWARD_SM90_CONFIGS};
 use super::*;
 use fusedrop::cuda::backward::one_launch_plan;
 
@@ -31,8 +31,10 @@ fn one_launch_cases() -> Vec<BackwardCase> {
 }
 
 /// `config`'s one launch on each case, which must match the reference and, bit for bit, the same
-/// config's dX and dW launches (dX, dW and db).
-fn check_one_launch<T: Raw>(config: &str, cases: &[BackwardCase], seed: u64) {
+/// config's dX and dW launches (dX, dW and db). Without `db`, the launch gets a null db and must
+/// leave the db buffer as it was (poisoned, or random when accumulating), while dX and dW are
+/// checked as with it (the db checked against the reference is then the two launches').
+fn check_one_launch<T: Raw>(config: &str, cases: &[BackwardCase], db: bool, seed: u64) {
     let Some(exe) = driver("backward_sm90") else {
         return;
     };
@@ -54,7 +56,7 @@ fn check_one_launch<T: Raw>(config: &str, cases: &[BackwardCase], seed: u64) {
             dz: false,
             transform_warps: false,
             out: true,
-            db: true,
+            db,
             aligned: true,
             partial_at: 0,
         };
@@ -103,7 +105,6 @@ fn check_one_launch<T: Raw>(config: &str, cases: &[BackwardCase], seed: u64) {
                 .buffer("dw", &input.start.1, 0, true)
                 .buffer("db", &input.start.2, 0, true);
         }
-        assert!(one.what.contains("one launch"), "{}", one.what);
         launches.extend([one, dx, dw]);
     }
     run(&exe, &launches);
@@ -111,14 +112,30 @@ fn check_one_launch<T: Raw>(config: &str, cases: &[BackwardCase], seed: u64) {
         let [one, dx, dw] = triple else {
             unreachable!("three launches per case")
         };
+        let bits = |v: Vec<T>| -> Vec<u64> { v.into_iter().map(class_bits).collect() };
+        let db_from = if db {
+            one
+        } else {
+            assert!(
+                bits(one.output::<T>("db")) == bits(input.start.2.clone()),
+                "db of {}: written without db",
+                one.what
+            );
+            dw
+        };
         input.check(
             case,
             &one.what,
             &one.output::<T>("dx"),
             &one.output::<T>("dw"),
-            &one.output::<T>("db"),
+            &db_from.output::<T>("db"),
         );
-        for (name, two) in [("dx", dx), ("dw", dw), ("db", dw)] {
+        let compared: &[(&str, &Launch)] = if db {
+            &[("dx", dx), ("dw", dw), ("db", dw)]
+        } else {
+            &[("dx", dx), ("dw", dw)]
+        };
+        for &(name, two) in compared {
             let bits = |launch: &Launch| -> Vec<u64> {
                 launch
                     .output::<T>(name)
@@ -140,16 +157,51 @@ fn backward_sm90_one_launch_matches_reference_and_the_two_launches() {
     let cases = one_launch_cases();
     assert!(cases.len() >= 20, "{} cases", cases.len());
     for (i, config) in BACKWARD_SM90_CONFIGS.iter().enumerate() {
-        check_one_launch::<f16>(config, &cases, 0x1A16 + i as u64);
-        check_one_launch::<bf16>(config, &cases, 0x1ABF + i as u64);
+        check_one_launch::<f16>(config, &cases, true, 0x1A16 + i as u64);
+        check_one_launch::<bf16>(config, &cases, true, 0x1ABF + i as u64);
     }
 }
 
+/// The one launch without db (a null pointer): db untouched, dX and dW as with it. The
+/// several-tile cases (both orders of the products), f16, both configurations.
+#[test]
+fn backward_sm90_one_launch_without_db() {
+    let cases = several_tiles(one_launch_cases());
+    for (i, config) in BACKWARD_SM90_CONFIGS.iter().enumerate() {
+        check_one_launch::<f16>(config, &cases, false, 0x1AD0 + i as u64);
+    }
+}
+
+/// The cases whose blocks take several tiles of both products: 200 x 264 x 328 (dX's first;
+/// ReLU, and the identity with p = 0.5) and 264 x 200 x 328 (dW's first).
+fn several_tiles(cases: Vec<BackwardCase>) -> Vec<BackwardCase> {
+    let several: Vec<BackwardCase> = cases
+        .into_iter()
+        .filter(|c| {
+            [
+                LinearShape::new(200, 264, 328),
+                LinearShape::new(264, 200, 328),
+            ]
+            .contains(&c.shape)
+        })
+        .collect();
+    assert_eq!(several.len(), 3, "the several-tile cases");
+    several
+}
+
 /// Each consumer thread's fence.proxy.async checked on its own (`track_proxy_stores`): dW's
-/// tiles form dZᵀ in the stage between dX's, which form theirs in registers. f16, 128 x 128.
+/// tiles form dZᵀ in the stage before or after dX's, which form theirs in registers. f16,
+/// 128 x 128, the several-tile cases.
 #[test]
 fn backward_sm90_one_launch_fence_per_thread() {
-    check_one_launch::<f16>("wg128x128", &fences_tracked(one_launch_cases()), 0x1AFE);
+    let tracked: Vec<BackwardCase> = several_tiles(one_launch_cases())
+        .into_iter()
+        .map(|c| BackwardCase {
+            track_proxy_stores: true,
+            ..c
+        })
+        .collect();
+    check_one_launch::<f16>("wg128x128", &tracked, true, 0x1AFE);
 }
 
 /// What `one_launch_plan` refuses: a configuration without a launch for both products, and
