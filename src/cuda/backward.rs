@@ -2228,12 +2228,6 @@ mod tests {
         let (launch, mask) = &one[0];
         assert_eq!(*mask, BackwardMask::Redrawn);
         assert_eq!((launch.grid, launch.cluster), ((5, 1, 1), 1));
-        let map = |operand, rows, cols, box_rows| KernelArg::TensorMap {
-            operand,
-            rows,
-            cols,
-            box_rows,
-        };
         assert_eq!(
             launch.args[..10],
             [
@@ -2341,6 +2335,16 @@ mod tests {
         assert_eq!(choice.to_string(), "dX and dW wg128x256 in one launch");
     }
 
+    /// A tensor-map argument of `operand`, `[rows, cols]` in boxes of 64 x `box_rows`.
+    fn map(operand: Operand, rows: usize, cols: usize, box_rows: u32) -> KernelArg {
+        KernelArg::TensorMap {
+            operand,
+            rows,
+            cols,
+            box_rows,
+        }
+    }
+
     fn spec(nonlinearity: Nonlinearity, p: f32) -> LayerSpec {
         LayerSpec::new(
             LinearShape::new(300, 200, 96),
@@ -2379,12 +2383,6 @@ mod tests {
         assert_eq!(plan.module, "backward_sm90");
         // dX of 300 x 96: 3 x 1 tiles of 128 x 128.
         assert_eq!((plan.grid, plan.cluster), ((3, 1, 1), 1));
-        let map = |operand, rows, cols, box_rows| KernelArg::TensorMap {
-            operand,
-            rows,
-            cols,
-            box_rows,
-        };
         assert_eq!(
             plan.args,
             vec![

@@ -183,10 +183,15 @@ pub(crate) fn class_bits<T: Raw>(v: T) -> u64 {
     }
 }
 
-/// Asserts that the dW and db of dW launch `got` equal those of `want` bit for bit (NaN payloads
-/// aside); `want_is` names `want` in the message.
-pub(crate) fn assert_same_gradient_bits<T: Raw>(got: &Launch, want: &Launch, want_is: &str) {
-    for name in ["dw", "db"] {
+/// Asserts that the outputs `names` of launch `got` equal those of `want` bit for bit (NaN
+/// payloads aside); `want_is` names `want` in the message.
+pub(crate) fn assert_same_output_bits<T: Raw>(
+    got: &Launch,
+    want: &Launch,
+    names: &[&str],
+    want_is: &str,
+) {
+    for &name in names {
         let bits = |launch: &Launch| -> Vec<u64> {
             launch
                 .output::<T>(name)

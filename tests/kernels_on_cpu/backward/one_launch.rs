@@ -130,25 +130,9 @@ fn check_one_launch<T: Raw>(config: &str, cases: &[BackwardCase], db: bool, seed
             &one.output::<T>("dw"),
             &db_from.output::<T>("db"),
         );
-        let compared: &[(&str, &Launch)] = if db {
-            &[("dx", dx), ("dw", dw), ("db", dw)]
-        } else {
-            &[("dx", dx), ("dw", dw)]
-        };
-        for &(name, two) in compared {
-            let bits = |launch: &Launch| -> Vec<u64> {
-                launch
-                    .output::<T>(name)
-                    .into_iter()
-                    .map(class_bits)
-                    .collect()
-            };
-            assert!(
-                bits(one) == bits(two),
-                "{name} of {}: differs from the product's own launch",
-                one.what
-            );
-        }
+        let own = "the product's own launch";
+        assert_same_output_bits::<T>(one, dx, &["dx"], own);
+        assert_same_output_bits::<T>(one, dw, if db { &["dw", "db"] } else { &["dw"] }, own);
     }
 }
 
