@@ -1369,6 +1369,17 @@ pub fn backward_plan<T: Element>(
     Ok(plans)
 }
 
+/// The tensor-map argument of a Hopper launch for `operand`, `[rows, cols]` row-major, in boxes
+/// of 64 x `box_rows`.
+fn operand_map(operand: Operand, rows: usize, cols: usize, box_rows: u32) -> KernelArg {
+    KernelArg::TensorMap {
+        operand,
+        rows,
+        cols,
+        box_rows,
+    }
+}
+
 /// The one launch of both products of a backward call of `spec` on the Hopper configuration
 /// `config` (unsplit: [`BackwardKernel::HopperOneLaunch`]), reading dY as `operands` (dW's)
 /// say; the arguments are listed under [`one_launch_plan`]. The persistent grid covers both
@@ -1381,12 +1392,6 @@ fn both_products_plan<T: Element>(
     resident: ResidentClusters,
 ) -> LaunchPlan {
     let LinearShape { m, n, k } = spec.shape;
-    let map = |operand: Operand, rows: usize, cols: usize, box_rows: u32| KernelArg::TensorMap {
-        operand,
-        rows,
-        cols,
-        box_rows,
-    };
     let y = if operands.y { Operand::Y } else { operands.dy };
     let dx_box = config.block_m as u32;
     let tiles = config.tiles(m, k).saturating_add(config.tiles(n, k));
@@ -1399,12 +1404,12 @@ fn both_products_plan<T: Element>(
         smem_bytes: config.smem_bytes,
         cluster: 1,
         args: vec![
-            map(operands.dy, m, n, dx_box),
-            map(y, m, n, dx_box),
-            map(Operand::W, n, k, HOPPER_BOX),
-            map(operands.dy, m, n, HOPPER_BOX),
-            map(y, m, n, HOPPER_BOX),
-            map(Operand::X, m, k, HOPPER_BOX),
+            operand_map(operands.dy, m, n, dx_box),
+            operand_map(y, m, n, dx_box),
+            operand_map(Operand::W, n, k, HOPPER_BOX),
+            operand_map(operands.dy, m, n, HOPPER_BOX),
+            operand_map(y, m, n, HOPPER_BOX),
+            operand_map(Operand::X, m, k, HOPPER_BOX),
             KernelArg::Pointer(Operand::DX),
             KernelArg::Pointer(Operand::DW),
             if operands.db {
@@ -1461,18 +1466,11 @@ fn product_plans<T: Element>(
                 BackwardProduct::Dx => config.block_m as u32,
                 BackwardProduct::Dw => HOPPER_BOX,
             };
-            let map =
-                |operand: Operand, rows: usize, cols: usize, box_rows: u32| KernelArg::TensorMap {
-                    operand,
-                    rows,
-                    cols,
-                    box_rows,
-                };
             let y = if operands.y { Operand::Y } else { operands.dy };
             args.extend([
-                map(operands.dy, m, n, box_rows),
-                map(y, m, n, box_rows),
-                map(b_operand, b_rows, k, HOPPER_BOX),
+                operand_map(operands.dy, m, n, box_rows),
+                operand_map(y, m, n, box_rows),
+                operand_map(b_operand, b_rows, k, HOPPER_BOX),
             ]);
             let launch = config.persistent_launch_config(config.tiles(rows, cols), resident);
             (
@@ -2231,12 +2229,12 @@ mod tests {
         assert_eq!(
             launch.args[..10],
             [
-                map(Operand::DY, 300, 200, 128),
-                map(Operand::Y, 300, 200, 128),
-                map(Operand::W, 200, 96, 64),
-                map(Operand::DY, 300, 200, 64),
-                map(Operand::Y, 300, 200, 64),
-                map(Operand::X, 300, 96, 64),
+                operand_map(Operand::DY, 300, 200, 128),
+                operand_map(Operand::Y, 300, 200, 128),
+                operand_map(Operand::W, 200, 96, 64),
+                operand_map(Operand::DY, 300, 200, 64),
+                operand_map(Operand::Y, 300, 200, 64),
+                operand_map(Operand::X, 300, 96, 64),
                 KernelArg::Pointer(Operand::DX),
                 KernelArg::Pointer(Operand::DW),
                 KernelArg::Pointer(Operand::DB),
@@ -2271,7 +2269,7 @@ mod tests {
         assert_eq!(premasked[1].1, BackwardMask::Premasked);
         assert_eq!(
             premasked[1].0.args[0],
-            map(Operand::Workspace, 300, 200, 128)
+            operand_map(Operand::Workspace, 300, 200, 128)
         );
         // A call without dX or without dW runs its one product as Hopper does.
         for (buffers, alone) in [
@@ -2335,16 +2333,6 @@ mod tests {
         assert_eq!(choice.to_string(), "dX and dW wg128x256 in one launch");
     }
 
-    /// A tensor-map argument of `operand`, `[rows, cols]` in boxes of 64 x `box_rows`.
-    fn map(operand: Operand, rows: usize, cols: usize, box_rows: u32) -> KernelArg {
-        KernelArg::TensorMap {
-            operand,
-            rows,
-            cols,
-            box_rows,
-        }
-    }
-
     fn spec(nonlinearity: Nonlinearity, p: f32) -> LayerSpec {
         LayerSpec::new(
             LinearShape::new(300, 200, 96),
@@ -2386,9 +2374,9 @@ mod tests {
         assert_eq!(
             plan.args,
             vec![
-                map(Operand::DY, 300, 200, 128),
-                map(Operand::Y, 300, 200, 128),
-                map(Operand::W, 200, 96, 64),
+                operand_map(Operand::DY, 300, 200, 128),
+                operand_map(Operand::Y, 300, 200, 128),
+                operand_map(Operand::W, 200, 96, 64),
                 KernelArg::Pointer(Operand::DX),
                 KernelArg::Null,
                 KernelArg::I64(300),
@@ -2456,9 +2444,9 @@ mod tests {
         assert_eq!(
             plan.args[..6],
             [
-                map(Operand::Workspace, 300, 200, 64),
-                map(Operand::Workspace, 300, 200, 64),
-                map(Operand::X, 300, 96, 64),
+                operand_map(Operand::Workspace, 300, 200, 64),
+                operand_map(Operand::Workspace, 300, 200, 64),
+                operand_map(Operand::X, 300, 96, 64),
                 KernelArg::Pointer(Operand::DW),
                 KernelArg::Null,
                 KernelArg::I64(300),
