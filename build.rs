@@ -163,7 +163,7 @@ fn write_launch_header(out_dir: &Path) -> PathBuf {
          template <class C>\n\
          constexpr bool matches_clustered(const Numbers& n) {{\n    \
          return matches<C>(n) && C::kClusterBlocks == n.cluster;\n}}\n\n\
-         // The same, and how a Hopper forward config stores Y (kTmaStore).\n\
+         // The same, and whether a Hopper config stores its output by TMA (kTmaStore).\n\
          template <class C>\n\
          constexpr bool matches_stores(const Numbers& n) {{\n    \
          return matches_clustered<C>(n) && C::kTmaStore == n.tma_store;\n}}\n\n\

@@ -10,6 +10,9 @@
 //                          BackwardKernel::HopperOneLaunch): dX's and dW's tiles in one
 //                          persistent sequence (BackwardTiles) on one ring, each tile as its
 //                          product's kernel computes it
+//   stored by TMA          fusedrop_backward_{dx,dw}_wg128x128_tmastore_<dtype>
+//                          (BackwardKernel::HopperTmaStore): dX and dW as above, the gradient
+//                          staged in shared memory and stored by TMA through its own tensor map
 //
 // dZ is formed by the consumer warpgroup that multiplies it, from the landed stage's dY (and for
 // ReLU Y, the main loop's side operand) (kernels/backward.cuh, form_dz4's rule):
@@ -49,6 +52,7 @@
 // Tensor maps (src/cuda/tensor_map.rs; all 2-D, 128-byte swizzle, zero fill):
 //   dX: dY and Y: inner n, outer m, box 64 x kBlockM; W: inner k, outer n, box 64 x 64.
 //   dW: dY and Y: inner n, outer m, box 64 x 64;      X: inner k, outer m, box 64 x 64.
+//   _tmastore: the gradient, dX [m, k] or dW [n, k], after the operands' maps: box 64 x 64.
 // That needs n % 8 == 0, k % 8 == 0 and 16-byte aligned dY, Y, W and X; m, n >= 1 (the
 // reduction has at least one k-block), and dW with db needs dw (db-only calls take
 // kernels/backward_tc.cu). When relu = 0 the map_y argument is not read (any valid map).
@@ -308,15 +312,32 @@ struct BackwardTiles {
     }
 };
 
+// The TMA-store kernels' staging areas after main loop Loop's ring: one per consumer warpgroup
+// (its 64 x kWgN block of the tile: 64 rows of 128-byte boxes), 1024-byte aligned as the
+// 128-byte swizzle needs, the ring's barriers in the first bytes of the 1024 before them.
+template <class Loop>
+struct Staging {
+    static_assert(sizeof(typename Loop::Barriers) <= 1024, "the ring's barriers fit before it");
+    static constexpr uint32_t kOffset = (uint32_t)Loop::kStages * Loop::kStageBytes + 1024u;
+    static constexpr uint32_t kBytesPerWarpgroup = 128u * Loop::kWgN;
+    static constexpr int kSmemBytes =
+        (int)(1024u + kOffset + gemm::sm90::kConsumerWarpgroups * kBytesPerWarpgroup);
+};
+
 // The products of one launch: OUT[rows, k] = A · B with A from dY (dZ formed in registers for dX,
 // in the stage for dW: by the consumers, or with a DwLoop that has transform threads by the
 // producer warpgroup's other warps), as described at the top; kProducts says which (kBoth:
 // dX's and dW's tiles in one persistent sequence, BackwardTiles, on one ring: DxLoop and DwLoop
 // then lay out their stages alike). Split: gemm::sm90::NoSplit or a ClusterSplitK (with the db
-// column sums as its extra float for dW); one product only.
-template <typename T, class DxLoop, class DwLoop, class Split, int kProducts>
+// column sums as its extra float for dW); one product only. kTmaStore (one unsplit product):
+// the product's gradient is staged in shared memory, in the two areas Staging<Ring> places after
+// the ring, and stored by TMA through `map_out` (gemm/sm90/epilogue.cuh,
+// stage_gradient_fragment); map_out is null otherwise. db and dZ are stored directly either way.
+template <typename T, class DxLoop, class DwLoop, class Split, int kProducts,
+          bool kTmaStore = false>
 __device__ __forceinline__ void backward_sm90(const ProductMaps& dx_maps,
-                                              const ProductMaps& dw_maps, T* __restrict__ dx,
+                                              const ProductMaps& dw_maps,
+                                              const CUtensorMap* map_out, T* __restrict__ dx,
                                               T* __restrict__ dw, T* __restrict__ db,
                                               T* __restrict__ dz, long long m, long long n,
                                               long long k, int relu, int accumulate,
@@ -350,6 +371,8 @@ __device__ __forceinline__ void backward_sm90(const ProductMaps& dx_maps,
                   "tile, consumer parts and accumulators, and no multicast (the launch's "
                   "producer loads each tile with load_tile, without produce's cluster rows "
                   "and drain)");
+    static_assert(!kTmaStore || (!kSplitK && kProducts != kBoth),
+                  "the TMA-store kernels run one unsplit product");
     using gemm::sm90::kSplitOffset;
     FUSEDROP_DYNAMIC_SMEM(unsigned char, smem);
     const typename Ring::Storage storage = Ring::storage(smem);
@@ -511,9 +534,17 @@ __device__ __forceinline__ void backward_sm90(const ProductMaps& dx_maps,
         const long long rows = weight_grad ? n : m;
         T* const out = weight_grad ? dw : dx;
         const auto store = [&](const float (&result)[Ring::kAccumulators], float db_total) {
-            gemm::sm90::store_gradient_fragment<T, Ring::kWgN>(
-                result, out, rows, k, tile_row, (long long)tile.tn * Ring::kBlockN + wg_col,
-                scale, accumulate != 0);
+            const long long tile_col = (long long)tile.tn * Ring::kBlockN + wg_col;
+            if constexpr (kTmaStore) {
+                gemm::sm90::stage_gradient_fragment<T, Ring::kWgN>(
+                    result, out, rows, k, tile_row, tile_col, scale, accumulate != 0,
+                    storage.stages + Staging<Ring>::kOffset +
+                        consumer * Staging<Ring>::kBytesPerWarpgroup,
+                    map_out, consumer);
+            } else {
+                gemm::sm90::store_gradient_fragment<T, Ring::kWgN>(
+                    result, out, rows, k, tile_row, tile_col, scale, accumulate != 0);
+            }
             if (do_db && tile_row + t < n)
                 write_gradient(db + tile_row + t, db_total, scale, accumulate != 0);
         };
@@ -521,6 +552,7 @@ __device__ __forceinline__ void backward_sm90(const ProductMaps& dx_maps,
         Split::finish_tile(smem + kSplitOffset<Ring>, acc, db_sum, consumer, done, store);
     }
     Split::finish(smem + kSplitOffset<Ring>, consumer, done);
+    if constexpr (kTmaStore) gemm::sm90::finish_tma_stores();
 }
 
 // Tile BM x BN (BM = 128: each consumer warpgroup owns 64 rows, so it forms the dZ it reads,
@@ -564,11 +596,29 @@ struct WgConfig {
     static_assert(kSmemBytes <= 227 * 1024, "a Hopper block has at most 227 KiB of shared memory");
 };
 
+// A config's kernels with the TMA-store epilogue (`_tmastore` entry points, dX and dW with the
+// consumers forming dZᵀ): the same tile and ring, the two staging areas after it.
+template <class Config>
+struct TmaStored : Config {
+    static_assert(Config::kSplits == 1, "the split-K epilogue stores directly");
+    static constexpr bool kTmaStore = true;
+    static constexpr int kSmemBytes =
+        Staging<typename Config::template DxMainloop<__half>>::kSmemBytes;
+    static_assert(Staging<typename Config::template DwMainloop<__half>>::kSmemBytes == kSmemBytes,
+                  "dX's and dW's rings are alike");
+    static_assert(kSmemBytes <= 227 * 1024, "a Hopper block has at most 227 KiB of shared memory");
+};
+
 // Two warpgroups of 64 x 128 (wgmma m64n128k16), 4 stages of 48 KiB (dY, Y, B 16 KiB each).
 struct Wg128x128 : WgConfig<128, 128, 4> {};
 // Two warpgroups of 64 x 256 (wgmma m64n256k16), 3 stages of 64 KiB (B 32 KiB): half the loads of
 // dY and Y per output of Wg128x128.
 struct Wg128x256 : WgConfig<128, 256, 3> {};
+// Wg128x128 with the TMA-store epilogue (BackwardKernel::HopperTmaStore; issue 11's question
+// whether the backward's gradients, like the forward's Y in the sweep, should drain by TMA while
+// the next tile's main loop runs): 4 stages and 2 x 16 KiB of staging fit in 227 KiB (Wg128x256's
+// 2 x 32 KiB would leave it 2 stages).
+struct Wg128x128TmaStore : TmaStored<Wg128x128> {};
 // Split-K for narrow products (gemm/sm90/split_k.cuh): clusters of 2, 4 or 8 blocks per
 // 128 x 128 tile; the 64 KiB of partial sums leave room for 3 stages.
 struct Wg128x128Split2 : WgConfig<128, 128, 3, 2> {};
@@ -594,7 +644,7 @@ struct Wg128x128Split8 : WgConfig<128, 128, 3, 8> {};
                                           fusedrop::backward::CONFIG::MAINLOOP<T>,               \
                                           fusedrop::backward::CONFIG::DwSplit,                   \
                                           fusedrop::backward::kDw>(                              \
-            maps, maps, nullptr, dw, db, nullptr, m, n, k, relu, accumulate, mp);                \
+            maps, maps, nullptr, nullptr, dw, db, nullptr, m, n, k, relu, accumulate, mp);       \
     }
 
 #define FUSEDROP_BACKWARD_SM90(CONFIG, NAME, SUFFIX, T, CLUSTER)                                 \
@@ -609,7 +659,7 @@ struct Wg128x128Split8 : WgConfig<128, 128, 3, 8> {};
                                           fusedrop::backward::CONFIG::DwMainloop<T>,             \
                                           fusedrop::backward::CONFIG::DxSplit,                   \
                                           fusedrop::backward::kDx>(                              \
-            maps, maps, dx, nullptr, nullptr, dz, m, n, k, relu, accumulate, mp);                \
+            maps, maps, nullptr, dx, nullptr, nullptr, dz, m, n, k, relu, accumulate, mp);       \
     }                                                                                            \
     FUSEDROP_BACKWARD_SM90_DW(CONFIG, fusedrop_backward_dw_##NAME##_##SUFFIX, DwMainloop, T,     \
                               CLUSTER)                                                           \
@@ -636,7 +686,38 @@ struct Wg128x128Split8 : WgConfig<128, 128, 3, 8> {};
                                           fusedrop::backward::CONFIG::DwMainloop<T>,             \
                                           fusedrop::gemm::sm90::NoSplit,                         \
                                           fusedrop::backward::kBoth>(                            \
-            dx_maps, dw_maps, dx, dw, db, nullptr, m, n, k, relu, accumulate, mp);               \
+            dx_maps, dw_maps, nullptr, dx, dw, db, nullptr, m, n, k, relu, accumulate, mp);      \
+    }
+
+// dX and dW with the TMA-store epilogue (BackwardKernel::HopperTmaStore; unsplit configs): the
+// plain kernels' parameters with the gradient's tensor map (dX [m, k] or dW [n, k], 64 x 64
+// boxes, 128-byte swizzle: k % 8 == 0 and the gradient 16-byte aligned) after the operands'.
+#define FUSEDROP_BACKWARD_SM90_TMA_STORE(CONFIG, NAME, SUFFIX, T)                                \
+    extern "C" __global__ void __launch_bounds__(fusedrop::backward::CONFIG::kThreads, 1)        \
+        fusedrop_backward_dx_##NAME##_##SUFFIX(                                                  \
+            const __grid_constant__ CUtensorMap map_dy, const __grid_constant__ CUtensorMap map_y, \
+            const __grid_constant__ CUtensorMap map_w, const __grid_constant__ CUtensorMap map_dx, \
+            T* __restrict__ dx, T* __restrict__ dz, long long m, long long n, long long k,       \
+            int relu, int accumulate, fusedrop::MaskParams mp) {                                 \
+        const fusedrop::backward::ProductMaps maps{&map_dy, &map_y, &map_w};                     \
+        fusedrop::backward::backward_sm90<T, fusedrop::backward::CONFIG::DxMainloop<T>,          \
+                                          fusedrop::backward::CONFIG::DwMainloop<T>,             \
+                                          fusedrop::gemm::sm90::NoSplit,                         \
+                                          fusedrop::backward::kDx, true>(                        \
+            maps, maps, &map_dx, dx, nullptr, nullptr, dz, m, n, k, relu, accumulate, mp);       \
+    }                                                                                            \
+    extern "C" __global__ void __launch_bounds__(fusedrop::backward::CONFIG::kThreads, 1)        \
+        fusedrop_backward_dw_##NAME##_##SUFFIX(                                                  \
+            const __grid_constant__ CUtensorMap map_dy, const __grid_constant__ CUtensorMap map_y, \
+            const __grid_constant__ CUtensorMap map_x, const __grid_constant__ CUtensorMap map_dw, \
+            T* __restrict__ dw, T* __restrict__ db, long long m, long long n, long long k,       \
+            int relu, int accumulate, fusedrop::MaskParams mp) {                                 \
+        const fusedrop::backward::ProductMaps maps{&map_dy, &map_y, &map_x};                     \
+        fusedrop::backward::backward_sm90<T, fusedrop::backward::CONFIG::DxMainloop<T>,          \
+                                          fusedrop::backward::CONFIG::DwMainloop<T>,             \
+                                          fusedrop::gemm::sm90::NoSplit,                         \
+                                          fusedrop::backward::kDw, true>(                        \
+            maps, maps, &map_dw, nullptr, dw, db, nullptr, m, n, k, relu, accumulate, mp);       \
     }
 
 #define FUSEDROP_BACKWARD_SM90_TYPES(CONFIG, NAME)                  \
@@ -653,6 +734,8 @@ struct Wg128x128Split8 : WgConfig<128, 128, 3, 8> {};
 
 FUSEDROP_BACKWARD_SM90_TYPES(Wg128x128, wg128x128)
 FUSEDROP_BACKWARD_SM90_TYPES(Wg128x256, wg128x256)
+FUSEDROP_BACKWARD_SM90_TMA_STORE(Wg128x128TmaStore, wg128x128_tmastore, f16, __half)
+FUSEDROP_BACKWARD_SM90_TMA_STORE(Wg128x128TmaStore, wg128x128_tmastore, bf16, __nv_bfloat16)
 FUSEDROP_BACKWARD_SM90_SPLIT_TYPES(Wg128x128Split2, wg128x128s2)
 FUSEDROP_BACKWARD_SM90_SPLIT_TYPES(Wg128x128Split4, wg128x128s4)
 FUSEDROP_BACKWARD_SM90_SPLIT_TYPES(Wg128x128Split8, wg128x128s8)
@@ -665,6 +748,9 @@ static_assert(fusedrop::launch::matches<fusedrop::backward::Wg128x128>(
 static_assert(fusedrop::launch::matches<fusedrop::backward::Wg128x256>(
                   fusedrop::launch::backward_wg128x256),
               "backward Wg128x256 disagrees with src/cuda/launch_table.rs");
+static_assert(fusedrop::launch::matches_stores<fusedrop::backward::Wg128x128TmaStore>(
+                  fusedrop::launch::backward_wg128x128_tmastore),
+              "backward Wg128x128TmaStore disagrees with src/cuda/launch_table.rs");
 static_assert(fusedrop::launch::matches_clustered<fusedrop::backward::Wg128x128Split2>(
                   fusedrop::launch::backward_wg128x128s2),
               "backward Wg128x128Split2 disagrees with src/cuda/launch_table.rs");

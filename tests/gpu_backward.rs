@@ -860,7 +860,7 @@ const HOPPER_SPLIT_SHAPES: [(usize, usize, usize, &str); 2] =
 /// are multiples of no tile, with one tile per block and many, every rate, both activations,
 /// accumulation, non-finite inputs, and the seed from a device buffer; each tile forced for
 /// both products; and the variants issue 11 leaves to measurement (dZ from dX, transform warps,
-/// one launch) bit for bit against `Hopper`.
+/// one launch) bit for bit against `Hopper`, the TMA store against `HopperWg128x128`.
 #[test]
 fn hopper_kernels_match_reference() {
     let Some(kernels) = gpu() else { return };
@@ -890,10 +890,12 @@ fn hopper_kernels_match_reference() {
             check::<bf16>(&kernels, &spec, case);
         }
     }
-    // Each Hopper tile forced for both products (unsplit), as `fusedrop bench` times them.
+    // Each Hopper tile forced for both products (unsplit), as `fusedrop bench` times them, and
+    // the 128 x 128 tile with the gradients stored by TMA.
     for (i, kernel) in [
         BackwardKernel::HopperWg128x256,
         BackwardKernel::HopperWg128x128,
+        BackwardKernel::HopperTmaStore,
     ]
     .into_iter()
     .enumerate()
@@ -907,7 +909,7 @@ fn hopper_kernels_match_reference() {
         let choice = kernels
             .backward_kernels_for::<f16>(shape, Nonlinearity::Relu, kernel)
             .unwrap();
-        let tile = ["wg128x256", "wg128x128"][i];
+        let tile = ["wg128x256", "wg128x128", "wg128x128_tmastore"][i];
         assert!(
             choice.dx == tile
                 && choice.dw == tile
@@ -928,7 +930,8 @@ fn hopper_kernels_match_reference() {
     // would leave nothing to form), and both products in one launch
     // (BackwardKernel::HopperOneLaunch, which the shapes with reductions too short to split
     // take on any GPU): the reference's gradients, and bit for bit those of the kernels whose
-    // dW consumers form dZ in their stages.
+    // dW consumers form dZ in their stages; and the gradients stored by TMA
+    // (BackwardKernel::HopperTmaStore), bit for bit those of the same tile stored directly.
     for &(m, n, k) in &HOPPER_SHAPES[..3] {
         let choice = kernels
             .backward_kernels_for::<f16>(
@@ -944,6 +947,7 @@ fn hopper_kernels_match_reference() {
         (BackwardKernel::HopperDzFromDx, true),
         (BackwardKernel::HopperTransformWarps, false),
         (BackwardKernel::HopperOneLaunch, false),
+        (BackwardKernel::HopperTmaStore, false),
     ] {
         for (i, &(m, n, k)) in HOPPER_SHAPES.iter().enumerate() {
             for (j, (nonlinearity, p)) in [
@@ -975,7 +979,11 @@ fn hopper_kernels_match_reference() {
                 let initial = poisoned_gradients::<bf16>(shape);
                 let variant = run_gpu(&kernels, &spec, &inputs, &initial, case);
                 let in_stages = Case {
-                    kernel: BackwardKernel::Hopper,
+                    kernel: if family == BackwardKernel::HopperTmaStore {
+                        BackwardKernel::HopperWg128x128
+                    } else {
+                        BackwardKernel::Hopper
+                    },
                     split_workspace: false,
                     ..case
                 };
@@ -994,7 +1002,7 @@ fn hopper_kernels_match_reference() {
                     }
                 };
                 assert_same_gradients(
-                    &format!("{spec:?}: {family:?} against Hopper"),
+                    &format!("{spec:?}: {family:?} against {:?}", in_stages.kernel),
                     shape,
                     &one_nan(variant),
                     &one_nan(formed),

@@ -290,9 +290,9 @@ fn a_captured_training_step_replays_with_fresh_masks() {
 /// The Hopper kernels inside a graph (compute capability 9.0 with the sm_90a modules): the
 /// forward, then the backward of the same layer (dX, dW, db), with tensor maps encoded on the
 /// host at capture time and the seed read from the device buffer; the backward as
-/// `BackwardKernel::Hopper`, and as the three variants issue 11 leaves to measurement (dW's dZᵀ
+/// `BackwardKernel::Hopper`, and as the four variants issue 11 leaves to measurement (dW's dZᵀ
 /// formed by transform warps; dZ written by dX into a workspace allocated before the capture;
-/// both products in one launch).
+/// both products in one launch; the gradients stored by TMA through maps encoded at capture).
 #[test]
 fn a_captured_hopper_forward_and_backward_replay_with_fresh_masks() {
     let Some(kernels) = gpu() else { return };
@@ -310,6 +310,7 @@ fn a_captured_hopper_forward_and_backward_replay_with_fresh_masks() {
         (BackwardKernel::HopperTransformWarps, split),
         (BackwardKernel::HopperDzFromDx, split),
         (BackwardKernel::HopperOneLaunch, unsplit),
+        (BackwardKernel::HopperTmaStore, split),
     ] {
         check_hopper_graph(&kernels, family, shape);
     }

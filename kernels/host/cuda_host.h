@@ -44,6 +44,7 @@
 #error "kernels/host/cuda_host.h is for the host compiler only"
 #endif
 
+#include <cmath>
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -128,6 +129,10 @@ inline unsigned int __float_as_uint(float f) {
     memcpy(&u, &f, 4);
     return u;
 }
+// Single-precision arithmetic rounded to nearest (x86-64 rounds each float operation in single
+// precision; std::fma rounds once).
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
 using std::max;
 using std::min;
 

@@ -56,6 +56,9 @@ struct Config {
     /// 128 x 128 kernels are also compiled without it, `kSplitK`). Every classic kernel takes
     /// the split-K pair (`float* partial, int splits`) after its MaskParams.
     can_split: bool,
+    /// Whether the kernels store their gradient by TMA (the Hopper `wg128x128_tmastore`
+    /// kernels: they take the gradient's tensor map after the operands').
+    tma_store: bool,
 }
 
 /// Grid-stride cap of every backward kernel (`kMaxBlocks`).
@@ -104,6 +107,13 @@ const WG128X128: Config = Config::new(
     "wg128x128",
     launch_table::BACKWARD_WG128X128,
 );
+/// `WG128X128` with the gradient staged in shared memory and stored by TMA
+/// ([`BackwardKernel::HopperTmaStore`]).
+const WG128X128_TMA_STORE: Config = Config::new(
+    "backward_sm90",
+    "wg128x128_tmastore",
+    launch_table::BACKWARD_WG128X128_TMASTORE,
+);
 /// The split-K configurations (clusters of 2, 4, 8 blocks per 128 x 128 tile), for narrow
 /// products: few output tiles over a long reduction (small's dX, wide's dW).
 const WG128X128_SPLIT: [Config; 3] = [
@@ -139,6 +149,7 @@ impl Config {
             splits: n.cluster as u64,
             mma_sync: false,
             can_split: false,
+            tma_store: n.tma_store,
         }
     }
 
@@ -365,7 +376,8 @@ fn one_launch_config(dx: Path, dw: Path, shape: LinearShape) -> Option<Config> {
 struct Chooser {
     gpu: GpuFacts,
     /// The family asked for, with `Auto` resolved to `Simt` for f32 and the other Hopper
-    /// families (a forced tile, dZ from dX, transform warps, one launch) to `Hopper`.
+    /// families (a forced tile, dZ from dX, transform warps, one launch, the TMA store) to
+    /// `Hopper`.
     family: BackwardKernel,
     /// The tile of every Hopper product, where the family forces one (unsplit).
     forced_hopper_tile: Option<Config>,
@@ -392,6 +404,7 @@ impl Chooser {
             | BackwardKernel::HopperDzFromDx
             | BackwardKernel::HopperTransformWarps
             | BackwardKernel::HopperOneLaunch
+            | BackwardKernel::HopperTmaStore
                 if !T::NEEDS_SM80 =>
             {
                 return Err(invalid!(
@@ -404,7 +417,8 @@ impl Chooser {
             | BackwardKernel::HopperWg128x128
             | BackwardKernel::HopperDzFromDx
             | BackwardKernel::HopperTransformWarps
-            | BackwardKernel::HopperOneLaunch => BackwardKernel::Hopper,
+            | BackwardKernel::HopperOneLaunch
+            | BackwardKernel::HopperTmaStore => BackwardKernel::Hopper,
             other => other,
         };
         let hopper_unavailable =
@@ -455,12 +469,14 @@ impl Chooser {
         })
     }
 
-    /// The kernel for a product with `rows` x k outputs whose operands besides dY (at `dy_ptr`)
-    /// and Y (at `y_ptr`, when read) are `operand` = (what, pointer, rows, cols).
+    /// The kernel for a product with `rows` x k outputs (the gradient at `out_ptr`) whose operands
+    /// besides dY (at `dy_ptr`) and Y (at `y_ptr`, when read) are `operand` = (what, pointer,
+    /// rows, cols).
     fn choose(
         &self,
         product: &str,
         rows: usize,
+        out_ptr: u64,
         operand: (&str, u64, usize, usize),
         dy_ptr: u64,
         y_ptr: Option<u64>,
@@ -493,9 +509,15 @@ impl Chooser {
                     y_ptr.unwrap_or(0)
                 ));
             }
-            return Ok(Path::Hopper(
-                self.forced_hopper_tile.or(chosen).unwrap_or(WG128X128),
-            ));
+            let config = self.forced_hopper_tile.or(chosen).unwrap_or(WG128X128);
+            if config.tma_store && out_ptr % 16 != 0 {
+                return Err(invalid!(
+                    "the {} kernels store {product} by TMA: it must start 16-byte aligned \
+                     ({product} at {out_ptr:#x})",
+                    config.name
+                ));
+            }
+            return Ok(Path::Hopper(config));
         }
         match chosen.filter(|_| fits) {
             Some(config) => Ok(Path::Hopper(config)),
@@ -612,6 +634,15 @@ pub enum BackwardKernel {
     /// Where `Hopper` would split a product's reduction over a cluster (a narrow product), or
     /// the call asks for no dX or no dW, it runs as `Hopper` (two launches).
     HopperOneLaunch,
+    /// [`BackwardKernel::HopperWg128x128`] (both products on the 128 x 128 tile, unsplit) with
+    /// each gradient written through shared memory by TMA stores that drain while the block's
+    /// next tile runs its main loop, instead of stores from the accumulator registers (the
+    /// `fusedrop_backward_{dx,dw}_wg128x128_tmastore_<dtype>` entry points; issue 11 leaves it to
+    /// measurement: `fusedrop bench`'s `fused_hop_ts` rows, beside `fused_hop128`). The
+    /// gradients are bit-identical to `HopperWg128x128`'s, accumulating or not. It needs dX and
+    /// dW 16-byte aligned too (a call that asks for them at another address is an error); db
+    /// is stored as before.
+    HopperTmaStore,
 }
 
 impl BackwardKernel {
@@ -620,6 +651,7 @@ impl BackwardKernel {
         match self {
             BackwardKernel::HopperWg128x256 => Some(WG128X256),
             BackwardKernel::HopperWg128x128 => Some(WG128X128),
+            BackwardKernel::HopperTmaStore => Some(WG128X128_TMA_STORE),
             _ => None,
         }
     }
@@ -641,7 +673,8 @@ pub struct BackwardOptions<'a> {
     /// The kernel family; [`BackwardKernel::Auto`] unless a test or benchmark wants one.
     /// [`BackwardKernel::TensorCore`], [`BackwardKernel::Hopper`] or another Hopper family (a
     /// forced tile, [`BackwardKernel::HopperDzFromDx`], [`BackwardKernel::HopperTransformWarps`],
-    /// [`BackwardKernel::HopperOneLaunch`]) with f32 is an error.
+    /// [`BackwardKernel::HopperOneLaunch`], [`BackwardKernel::HopperTmaStore`]) with f32 is an
+    /// error.
     pub kernel: BackwardKernel,
     /// Where the mask's (seed, subsequence) comes from: it must name the pair the forward call
     /// used. [`SeedSource::Host`] takes `spec.dropout`'s; [`SeedSource::Device`] a device buffer
@@ -876,8 +909,8 @@ impl LayerKernels {
         chooser.split_k = split_k;
         let y = (nonlinearity == Nonlinearity::Relu).then_some(0);
         let LinearShape { m, n, k } = shape;
-        let dx = chooser.choose("dX", m, ("W", 0, n, k), 0, y)?;
-        let dw = chooser.choose("dW", n, ("X", 0, m, k), 0, y)?;
+        let dx = chooser.choose("dX", m, 0, ("W", 0, n, k), 0, y)?;
+        let dw = chooser.choose("dW", n, 0, ("X", 0, m, k), 0, y)?;
         Ok((dx, dw))
     }
 
@@ -1266,14 +1299,18 @@ pub fn backward_plan<T: Element>(
     let choose_paths = |chooser: &Chooser| -> Result<(Option<Path>, Option<Path>)> {
         let dx_path = if want_dx {
             let (_, dy_ptr, y_ptr) = reads(BackwardProduct::Dx);
-            Some(chooser.choose("dX", m, ("W", w_ptr, n, k), dy_ptr, y_ptr)?)
+            let dx_ptr = buffers.dx.unwrap_or(0);
+            Some(chooser.choose("dX", m, dx_ptr, ("W", w_ptr, n, k), dy_ptr, y_ptr)?)
         } else {
             None
         };
         let (_, dy_ptr, y_ptr) = reads(BackwardProduct::Dw);
         let dw_path = match (want_dw, have_dw) {
             (false, _) => None,
-            (true, true) => Some(chooser.choose("dW", n, ("X", x_ptr, m, k), dy_ptr, y_ptr)?),
+            (true, true) => {
+                let dw_ptr = buffers.dw.unwrap_or(0);
+                Some(chooser.choose("dW", n, dw_ptr, ("X", x_ptr, m, k), dy_ptr, y_ptr)?)
+            }
             (true, false) => Some(Path::Classic(chooser.classic(n, 1, m, false)?)),
         };
         Ok((dx_path, dw_path))
@@ -1472,6 +1509,9 @@ fn product_plans<T: Element>(
                 operand_map(y, m, n, box_rows),
                 operand_map(b_operand, b_rows, k, HOPPER_BOX),
             ]);
+            if config.tma_store {
+                args.push(operand_map(out, rows, k, HOPPER_BOX));
+            }
             let launch = config.persistent_launch_config(config.tiles(rows, cols), resident);
             (
                 launch,
@@ -1588,7 +1628,7 @@ fn product_plans<T: Element>(
 /// The launches of product `product` of a backward call of `spec` on the configuration named
 /// `config`, as [`LayerKernels::backward`] plans them when it takes that kernel (the product,
 /// then for a split mma.sync or SIMT product its split sums): a Hopper configuration (`wg128x256`,
-/// `wg128x128`, `wg128x128s2`, `wg128x128s4`, `wg128x128s8`) on a GPU that runs `resident`
+/// `wg128x128`, `wg128x128_tmastore`, `wg128x128s2`, `wg128x128s4`, `wg128x128s8`) on a GPU that runs `resident`
 /// clusters at once, or a classic one (`tc128x128`, `tc64x64`, `tc64x32`, `simt128x128`,
 /// `simt64x64`, `simt64x32`) split into `splits` shares per output tile (1: unsplit; the
 /// mma.sync 128 x 128 kernels do not split, and the wrapper itself splits only the 64 x 64 and
@@ -1597,7 +1637,8 @@ fn product_plans<T: Element>(
 ///
 /// The product's arguments: dY's, Y's and B's (W for dX, X for dW) tensor maps for the Hopper
 /// kernels (dY and Y in boxes of 64 x `block_m` for dX, every other box 64 x 64; without Y,
-/// dY's map again), their pointers for the others (Y's null when not read); then dX, or dW and
+/// dY's map again; `wg128x128_tmastore` then takes the gradient's, dX's or dW's, in boxes of
+/// 64 x 64), their pointers for the others (Y's null when not read); then dX, or dW and
 /// db (each null when not asked for), and for the Hopper dX kernels the workspace (`dz`: dZ
 /// written for dW) or null; m, n, k, relu (whether Y is read), accumulate, the mask
 /// parameters; for the
@@ -1617,6 +1658,7 @@ pub fn product_plan<T: Element>(
     let hopper = [
         WG128X256,
         WG128X128,
+        WG128X128_TMA_STORE,
         WG128X128_SPLIT[0],
         WG128X128_SPLIT[1],
         WG128X128_SPLIT[2],
@@ -1658,11 +1700,11 @@ pub fn product_plan<T: Element>(
         ));
     }
     if operands.transform_warps
-        && (product != BackwardProduct::Dw || !matches!(path, Path::Hopper(_)))
+        && (product != BackwardProduct::Dw || !matches!(path, Path::Hopper(_)) || found.tma_store)
     {
         return Err(invalid!(
             "{config}'s {} kernel has no transform warps; expected transform_warps = false \
-             (only dW on the Hopper configurations has them)",
+             (only dW on the Hopper configurations without the TMA store has them)",
             product.name()
         ));
     }
@@ -2181,6 +2223,105 @@ mod tests {
                 .contains("BackwardKernel::HopperTransformWarps was requested for f32"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn tma_store_plans_pass_each_gradients_map_after_the_operands() {
+        let h100 = h100();
+        let relu = spec(Nonlinearity::Relu, 0.1);
+        let LinearShape { m, n, k } = relu.shape;
+        let plans = |accumulate: bool, buffers: &BackwardBuffers| {
+            backward_plan::<f16>(
+                &relu,
+                accumulate,
+                BackwardKernel::HopperTmaStore,
+                &h100,
+                buffers,
+            )
+        };
+        let choice = BackwardChoice {
+            dx: "wg128x128_tmastore",
+            dw: "wg128x128_tmastore",
+            dx_splits: 1,
+            dw_splits: 1,
+            one_launch: false,
+        };
+        assert_eq!(
+            choice.to_string(),
+            "dX wg128x128_tmastore, dW wg128x128_tmastore"
+        );
+        // Overwriting and accumulating alike: the operands' maps, then the gradient's in boxes
+        // of 64 x 64, then the plain kernels' arguments.
+        for accumulate in [false, true] {
+            let launched = plans(accumulate, &every_buffer(None)).unwrap();
+            assert_eq!(launched.len(), 2);
+            for ((plan, mask), (product, rows, operand, out)) in launched.iter().zip([
+                ("dx", n, Operand::W, Operand::DX),
+                ("dw", m, Operand::X, Operand::DW),
+            ]) {
+                assert_eq!(*mask, BackwardMask::Redrawn);
+                assert_eq!(
+                    plan.function,
+                    format!("fusedrop_backward_{product}_wg128x128_tmastore_f16")
+                );
+                assert_eq!(
+                    plan.smem_bytes,
+                    launch_table::BACKWARD_WG128X128_TMASTORE.smem_bytes
+                );
+                let gradient_rows = if product == "dx" { m } else { n };
+                assert_eq!(
+                    plan.args[..5],
+                    [
+                        operand_map(Operand::DY, m, n, if product == "dx" { 128 } else { 64 }),
+                        operand_map(Operand::Y, m, n, if product == "dx" { 128 } else { 64 }),
+                        operand_map(operand, rows, k, 64),
+                        operand_map(out, gradient_rows, k, 64),
+                        KernelArg::Pointer(out),
+                    ],
+                    "{product}"
+                );
+                assert_eq!(plan.args.len(), 12, "{product}");
+                assert_eq!(plan.args[10], KernelArg::I32(i32::from(accumulate)));
+            }
+        }
+        // A gradient TMA cannot store to: refused, naming it.
+        for (dx, dw, named) in [(0x50_0008, 0x60_0000, "dX"), (0x50_0000, 0x60_0004, "dW")] {
+            let buffers = BackwardBuffers {
+                dx: Some(dx),
+                dw: Some(dw),
+                ..every_buffer(None)
+            };
+            let err = plans(false, &buffers).unwrap_err();
+            assert!(
+                err.to_string().contains(&format!(
+                    "the wg128x128_tmastore kernels store {named} by TMA: it must start 16-byte \
+                     aligned"
+                )),
+                "{err}"
+            );
+        }
+        // The harness's product plans: no transform warps on the TMA-store kernels.
+        let operands = ProductOperands {
+            dy: Operand::DY,
+            y: true,
+            dz: false,
+            transform_warps: true,
+            out: true,
+            db: true,
+            aligned: true,
+            partial_at: 0,
+        };
+        let err = product_plan::<f16>(
+            "wg128x128_tmastore",
+            1,
+            BackwardProduct::Dw,
+            &relu,
+            operands,
+            false,
+            ResidentClusters::uniform(132),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("has no transform warps"), "{err}");
     }
 
     #[test]

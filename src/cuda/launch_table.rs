@@ -24,9 +24,11 @@ pub struct LaunchNumbers {
     /// of it): the split-K factor of the Hopper split-K kernels, the multicast factor of the
     /// Hopper multicast variants, 1 for every other kernel.
     pub cluster: u32,
-    /// Whether the kernel stores Y through shared memory and TMA (the Hopper sweep's
-    /// `*_tmastore` variants: it then takes Y's tensor map, which needs Y 16-byte aligned and n
-    /// a multiple of 8). Checked against the config's `kTmaStore` where it has one.
+    /// Whether the kernel stores its output through shared memory and TMA (the Hopper forward
+    /// sweep's `*_tmastore` variants: it then takes Y's tensor map, which needs Y 16-byte aligned
+    /// and n a multiple of 8; the Hopper backward's `wg128x128_tmastore`: the gradient's, which
+    /// needs it 16-byte aligned and k a multiple of 8). Checked against the config's `kTmaStore`
+    /// where it has one.
     pub tma_store: bool,
 }
 
@@ -53,7 +55,7 @@ const fn clustered(numbers: LaunchNumbers, cluster: u32) -> LaunchNumbers {
     LaunchNumbers { cluster, ..numbers }
 }
 
-/// The same numbers for a kernel that stores Y by TMA (`tma_store`).
+/// The same numbers for a kernel that stores its output by TMA (`tma_store`).
 const fn tma_stored(numbers: LaunchNumbers) -> LaunchNumbers {
     LaunchNumbers {
         tma_store: true,
@@ -113,6 +115,14 @@ pub const BACKWARD_TC64X32: LaunchNumbers = numbers("backward_tc64x32", 64, 32, 
 pub const BACKWARD_WG128X128: LaunchNumbers = numbers("backward_wg128x128", 128, 128, 384, 197_728);
 /// kernels/backward_sm90.cu, `Wg128x256`.
 pub const BACKWARD_WG128X256: LaunchNumbers = numbers("backward_wg128x256", 128, 256, 384, 197_704);
+/// kernels/backward_sm90.cu, `Wg128x128TmaStore` (the gradient stored by TMA).
+pub const BACKWARD_WG128X128_TMASTORE: LaunchNumbers = tma_stored(numbers(
+    "backward_wg128x128_tmastore",
+    128,
+    128,
+    384,
+    231_424,
+));
 /// kernels/backward_sm90.cu, `Wg128x128Split2` (split-K over clusters of 2 blocks).
 pub const BACKWARD_WG128X128S2: LaunchNumbers =
     clustered(numbers("backward_wg128x128s2", 128, 128, 384, 215_152), 2);
@@ -248,7 +258,7 @@ pub const FORWARD_SM90_SWEEP: [LaunchNumbers; 14] = [
 ];
 
 /// Every configuration, for build.rs.
-pub const ALL: [LaunchNumbers; 57] = [
+pub const ALL: [LaunchNumbers; 58] = [
     FORWARD_TC128X256,
     FORWARD_TC128X128,
     FORWARD_TC64X128,
@@ -272,6 +282,7 @@ pub const ALL: [LaunchNumbers; 57] = [
     BACKWARD_TC64X32,
     BACKWARD_WG128X128,
     BACKWARD_WG128X256,
+    BACKWARD_WG128X128_TMASTORE,
     BACKWARD_WG128X128S2,
     BACKWARD_WG128X128S4,
     BACKWARD_WG128X128S8,

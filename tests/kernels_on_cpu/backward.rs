@@ -7,6 +7,7 @@ mod dz_from_dx;
 mod hopper;
 mod one_launch;
 mod plans;
+mod tma_store;
 mod transform_warps;
 mod workspace;
 
@@ -428,6 +429,74 @@ impl<T: Raw> BackwardInputs<T> {
     }
 }
 
+/// `case`'s dX launch and its dW-and-db launch on `config`, reading dY (and Y for ReLU) with the
+/// case's mask, with `input`'s buffers (the gradients starting as `input.start`).
+pub(crate) fn backward_case_launches<T: Raw>(
+    config: &str,
+    case: &BackwardCase,
+    input: &BackwardInputs<T>,
+    what: String,
+    rng: &mut StdRng,
+) -> [Launch; 2] {
+    let n = case.shape.n;
+    let spec = input.spec;
+    let mut dx = backward_product_launch::<T>(
+        config,
+        BackwardProduct::Dx,
+        &spec,
+        ProductInput::Dy,
+        case,
+        what.clone(),
+        rng,
+    );
+    let mut dw = backward_product_launch::<T>(
+        config,
+        BackwardProduct::Dw,
+        &spec,
+        ProductInput::Dy,
+        case,
+        what,
+        rng,
+    );
+    for launch in [&mut dx, &mut dw] {
+        launch
+            .mask(&spec.dropout, &case.geometry, n, case.device_seed)
+            .buffer("dy", &input.dy, 0, false);
+        if case.nonlinearity == Nonlinearity::Relu {
+            launch.buffer("y", &input.y, 0, false);
+        }
+    }
+    dx.buffer("w", &input.w, 0, false)
+        .buffer("dx", &input.start.0, 0, true);
+    dw.buffer("x", &input.x, 0, false)
+        .buffer("db", &input.start.2, 0, true);
+    if case.weight_grad {
+        dw.buffer("dw", &input.start.1, 0, true);
+    }
+    [dx, dw]
+}
+
+/// Checks `case`'s gradients from its two launches (`backward_case_launches`) against the
+/// reference.
+pub(crate) fn check_case_outputs<T: Raw>(
+    case: &BackwardCase,
+    input: &BackwardInputs<T>,
+    pair: &[Launch],
+) {
+    let dw = if case.weight_grad {
+        pair[1].output::<T>("dw")
+    } else {
+        Vec::new()
+    };
+    input.check(
+        case,
+        &pair[0].what,
+        &pair[0].output::<T>("dx"),
+        &dw,
+        &pair[1].output::<T>("db"),
+    );
+}
+
 fn check_backward_cases<T: Raw>(
     driver_name: &str,
     config: &str,
@@ -442,60 +511,18 @@ fn check_backward_cases<T: Raw>(
     let mut inputs = Vec::new();
     for &case in cases {
         let input = BackwardInputs::<T>::new(&case, &mut rng);
-        let n = case.shape.n;
-        let spec = input.spec;
-        let what = format!("{case:?}");
-        let mut dx = backward_product_launch::<T>(
+        launches.extend(backward_case_launches(
             config,
-            BackwardProduct::Dx,
-            &spec,
-            ProductInput::Dy,
             &case,
-            what.clone(),
+            &input,
+            format!("{case:?}"),
             &mut rng,
-        );
-        let mut dw = backward_product_launch::<T>(
-            config,
-            BackwardProduct::Dw,
-            &spec,
-            ProductInput::Dy,
-            &case,
-            what,
-            &mut rng,
-        );
-        for launch in [&mut dx, &mut dw] {
-            launch
-                .mask(&spec.dropout, &case.geometry, n, case.device_seed)
-                .buffer("dy", &input.dy, 0, false);
-            if case.nonlinearity == Nonlinearity::Relu {
-                launch.buffer("y", &input.y, 0, false);
-            }
-        }
-        dx.buffer("w", &input.w, 0, false)
-            .buffer("dx", &input.start.0, 0, true);
-        dw.buffer("x", &input.x, 0, false)
-            .buffer("db", &input.start.2, 0, true);
-        if case.weight_grad {
-            dw.buffer("dw", &input.start.1, 0, true);
-        }
-        launches.push(dx);
-        launches.push(dw);
+        ));
         inputs.push((case, input));
     }
     run(&exe, &launches);
     for (pair, (case, input)) in launches.chunks(2).zip(&inputs) {
-        let dw = if case.weight_grad {
-            pair[1].output::<T>("dw")
-        } else {
-            Vec::new()
-        };
-        input.check(
-            case,
-            &pair[0].what,
-            &pair[0].output::<T>("dx"),
-            &dw,
-            &pair[1].output::<T>("db"),
-        );
+        check_case_outputs(case, input, pair);
     }
 }
 

@@ -804,7 +804,8 @@ pub struct Row {
     /// `fused` (ours), `gemm_floor` (cuBLASLt products alone), `unfused` (cuBLASLt with its
     /// epilogue, plus the standalone dropout kernel), or a variant of `fused`: a [`Variant`]'s
     /// name (`fused_mma_sync`, `fused_wg*`, `fused_hopper`, `fused_hop256`, `fused_hop128`,
-    /// `fused_hop_dz`, `fused_hop_tw`, `fused_hop_1l`, `fused_id_dz`, `fused_id_tw`,
+    /// `fused_hop_ts`, `fused_hop_dz`, `fused_hop_tw`, `fused_hop_1l`, `fused_id_dz`,
+    /// `fused_id_tw`,
     /// `fused_identity`,
     /// `fused_ident_ws`, `fused_mma_split`,
     /// `fused_simt_split`) or
@@ -1137,8 +1138,9 @@ impl Variant {
     };
 
     /// Whether the variant is measured at dropout probability `p`: the identity's at every
-    /// p > 0 (at p = 0 there is no mask to draw); the forced Hopper backward tiles, dZ from
-    /// dX, the transform warps and the one launch likewise (their cost hardly depends on p, so
+    /// p > 0 (at p = 0 there is no mask to draw); the forced Hopper backward tiles, the TMA
+    /// store, dZ from dX, the transform warps and the one launch likewise (their cost hardly
+    /// depends on p, so
     /// leaving p = 0 out saves the bench's time).
     pub fn runs_at(self, p: f32) -> bool {
         let only_with_dropout = matches!(
@@ -1150,6 +1152,7 @@ impl Variant {
                 | Forced::Kernel(
                     BackwardKernel::HopperWg128x256
                         | BackwardKernel::HopperWg128x128
+                        | BackwardKernel::HopperTmaStore
                         | BackwardKernel::HopperTransformWarps
                         | BackwardKernel::HopperOneLaunch
                 )
@@ -1260,6 +1263,10 @@ pub fn hopper_backward_fits(dims: LinearShape, hopper: bool) -> bool {
 ///   [`BackwardKernel::HopperWg128x128`] forced (both products on that tile, unsplit) where
 ///   `Auto` takes the Hopper kernels and does not already run both products on that tile: the
 ///   tuning data of its choice of tile;
+/// - `fused_hop_ts`: [`BackwardKernel::HopperTmaStore`] where the Hopper kernels can run the
+///   shape and `Auto` takes them for a product (both products on the 128 x 128 tile with the
+///   gradients stored by TMA, against `fused_hop128`, or `fused` where `Auto` runs both products
+///   on that tile);
 /// - `fused_hop_dz`: [`BackwardKernel::HopperDzFromDx`] with its workspace, where the Hopper
 ///   kernels can run the shape (dZ written once by dX and read by dW, against `fused_hopper`'s
 ///   forming it in dW's stages);
@@ -1301,6 +1308,13 @@ pub fn backward_variants_given(
                     forced: Forced::Kernel(kernel),
                 });
             }
+        }
+        // Beside a row of the same tile storing from the registers.
+        if auto_takes_hopper {
+            variants.push(Variant {
+                name: "fused_hop_ts",
+                forced: Forced::Kernel(BackwardKernel::HopperTmaStore),
+            });
         }
         variants.push(Variant {
             name: "fused_hop_dz",
@@ -2398,6 +2412,7 @@ mod tests {
                 "fused_hopper",
                 "fused_hop256",
                 "fused_hop128",
+                "fused_hop_ts",
                 "fused_hop_dz",
                 "fused_hop_tw",
                 "fused_id_dz",
@@ -2417,6 +2432,7 @@ mod tests {
                 BackwardKernel::Hopper,
                 BackwardKernel::HopperWg128x256,
                 BackwardKernel::HopperWg128x128,
+                BackwardKernel::HopperTmaStore,
                 BackwardKernel::HopperDzFromDx,
                 BackwardKernel::HopperTransformWarps,
                 BackwardKernel::HopperDzFromDx,
@@ -2439,11 +2455,16 @@ mod tests {
             let got: Vec<_> = got.iter().filter(|n| n.starts_with("fused_hop")).collect();
             let mut want = vec!["fused_hopper"];
             want.extend_from_slice(tiles);
-            want.extend(["fused_hop_dz", "fused_hop_tw", "fused_hop_1l"]);
+            want.extend([
+                "fused_hop_ts",
+                "fused_hop_dz",
+                "fused_hop_tw",
+                "fused_hop_1l",
+            ]);
             assert_eq!(got, want.iter().collect::<Vec<_>>(), "{auto:?}");
         }
         // One tile per product: Auto keeps mma.sync, the Hopper kernels can still be forced
-        // (and no tile is weighed).
+        // (and no tile or store is weighed).
         let tiny = LinearShape::new(64, 128, 128);
         assert_eq!(
             names(&backward_variants_given(
@@ -2600,6 +2621,15 @@ mod tests {
             transform.forced.note(),
             "forced BackwardKernel::HopperTransformWarps"
         );
+        let tma_store = Variant {
+            name: "fused_hop_ts",
+            forced: Forced::Kernel(BackwardKernel::HopperTmaStore),
+        };
+        assert!(!tma_store.runs_at(0.0) && tma_store.runs_at(0.1));
+        assert_eq!(
+            tma_store.forced.note(),
+            "forced BackwardKernel::HopperTmaStore"
+        );
         let one_launch = Variant {
             name: "fused_hop_1l",
             forced: Forced::Kernel(BackwardKernel::HopperOneLaunch),
@@ -2644,7 +2674,7 @@ mod tests {
         )));
         all.sort_unstable();
         all.dedup();
-        assert_eq!(all.len(), 18, "{all:?}");
+        assert_eq!(all.len(), 19, "{all:?}");
         for name in all
             .iter()
             .filter(|n| !["gemm_floor", "fused", "unfused"].contains(n))

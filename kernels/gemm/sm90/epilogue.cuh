@@ -190,6 +190,14 @@ __device__ __forceinline__ void epilogue_pair(const EpilogueArgs<T>& a, float ac
     }
 }
 
+// A gradient element from its f32 sum: scale * acc, or when accumulating scale * acc + old as
+// one fused multiply-add (one rounding). Explicit, so that the direct and the TMA-store
+// epilogues (and the CPU harness) give the same bits whatever ptxas would contract in each.
+__device__ __forceinline__ float gradient_value(float acc, float scale, bool accumulate,
+                                                float old) {
+    return accumulate ? __fmaf_rn(acc, scale, old) : __fmul_rn(acc, scale);
+}
+
 // Writes the fragment `acc` of the warpgroup tile whose top-left element is (tile_row,
 // tile_col) of Y. `mask` holds every group's bits when a.dropout.
 template <typename T, int kWgN>
@@ -242,27 +250,28 @@ __device__ __forceinline__ void consumer_barrier(int consumer) {
         ptx::warpgroup_barrier<2>();
 }
 
-// The TMA-store form of store_fragment, for Y whose rows start 16-byte aligned (n % 8 == 0 and Y
-// 16-byte aligned; `map_y` is Y's tensor map with 64 x 64 boxes and 128-byte swizzle). Consumer
-// warpgroup `consumer` writes its 64 x kWgN tile, rounded to T, into its `staging` area
-// (1024-byte aligned, 128 kWgN bytes) as kWgN / 64 boxes of 64 rows x 128 bytes in the
-// 128-byte swizzle layout (the 16-byte chunk index XOR the row within its group of 8 rows),
-// with one stmatrix.x4 per two 8-column groups (ptx::stmatrix_x4: the fragment's column pairs
-// are its registers' layout; each 8 x 8 matrix row is one 16-byte chunk, so a matrix's 8 rows
-// fall in 8 distinct chunks of the bank line), then its first thread queues one TMA store per
-// box that starts inside Y (none when the warpgroup's rows all lie past Y, as the second block of
-// a multicast cluster's last row tile may); the TMA unit clips the rest past Y. The warpgroup goes on
-// to its next tile while the stores drain; the next tile's first call (and the kernel's end,
-// through finish_tma_stores) waits until they have read the staging area. A warpgroup tile of
-// several 64-row blocks (a ping-pong warpgroup's 128 rows) stages block `block` at `staging`
-// + 128 kWgN `block` bytes, one call per block in order: only block 0's call waits.
-template <typename T, int kWgN>
-__device__ __forceinline__ void stage_fragment(const float (&acc)[kWgN / 2],
-                                               const FragmentMask<kWgN>& mask,
-                                               const EpilogueArgs<T>& a, unsigned char* staging,
-                                               const CUtensorMap* map_y, int consumer,
-                                               long long tile_row, long long tile_col,
-                                               int block = 0) {
+// Stages one 64-row block of consumer warpgroup `consumer`'s tile, whose top-left element is
+// (tile_row, tile_col) of the row-major [rows, cols] OUT, and queues its TMA stores (OUT's rows
+// 16-byte aligned: cols % 8 == 0 and OUT 16-byte aligned; `map_out` is OUT's tensor map with
+// 64 x 64 boxes and 128-byte swizzle). `group_values(j, v)` gives the f32 outputs of the
+// fragment's column group j: v[2 h] and v[2 h + 1] for the pair in row 8 h of the group. The
+// warpgroup writes them, rounded to T, into its `staging` area (1024-byte aligned, 128 kWgN
+// bytes) as kWgN / 64 boxes of 64 rows x 128 bytes in the 128-byte swizzle layout (the 16-byte
+// chunk index XOR the row within its group of 8 rows), with one stmatrix.x4 per two 8-column
+// groups (ptx::stmatrix_x4: the fragment's column pairs are its registers' layout; each 8 x 8
+// matrix row is one 16-byte chunk, so a matrix's 8 rows fall in 8 distinct chunks of the bank
+// line), then its first thread queues one TMA store per box that starts inside OUT (none when
+// the warpgroup's rows all lie past OUT, as the second block of a multicast cluster's last row
+// tile may); the TMA unit clips the rest past OUT. The warpgroup goes on to its next tile while
+// the stores drain; the next tile's first call (and the kernel's end, through
+// finish_tma_stores) waits until they have read the staging area. A warpgroup tile of several
+// 64-row blocks (a ping-pong warpgroup's 128 rows) stages block `block` at `staging` + 128 kWgN
+// `block` bytes, one call per block in order: only block 0's call waits.
+template <typename T, int kWgN, class GroupValues>
+__device__ __forceinline__ void stage_block(const GroupValues& group_values,
+                                            unsigned char* staging, const CUtensorMap* map_out,
+                                            int consumer, long long tile_row, long long tile_col,
+                                            long long rows, long long cols, int block) {
     static_assert(kWgN % 64 == 0, "the staging area is whole 64-column boxes");
     const int t = (int)(threadIdx.x % 128);
     const int w = t / 32, l = t % 32;
@@ -283,17 +292,10 @@ __device__ __forceinline__ void stage_fragment(const float (&acc)[kWgN / 2],
         uint32_t packed[4];
 #pragma unroll
         for (int g = 0; g < 2; ++g) {
-            const int col = 8 * (j + g) + 2 * (l % 4);  // in the warpgroup tile
-            float bias0, bias1;
-            bias_pair(a, tile_col + col, bias0, bias1);
-            const uint32_t keep = a.dropout ? mask.nibble(j + g) : 0xFu;
+            float v[4];
+            group_values(j + g, v);
 #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                float v0, v1;
-                epilogue_pair(a, acc[4 * (j + g) + 2 * h], acc[4 * (j + g) + 2 * h + 1], bias0,
-                              bias1, keep >> (2 * h), v0, v1);
-                packed[2 * g + h] = pack_pair<T>(v0, v1);
-            }
+            for (int h = 0; h < 2; ++h) packed[2 * g + h] = pack_pair<T>(v[2 * h], v[2 * h + 1]);
         }
         const int col = 8 * (j + l / 16);
         const uint32_t byte =
@@ -306,11 +308,75 @@ __device__ __forceinline__ void stage_fragment(const float (&acc)[kWgN / 2],
     if (t == 0) {
 #pragma unroll
         for (int box = 0; box < kWgN / 64; ++box)
-            if (tile_row < a.m && tile_col + 64 * box < a.n)
-                ptx::tma_store_2d(map_y, staging + 8192 * box, (int32_t)(tile_col + 64 * box),
+            if (tile_row < rows && tile_col + 64 * box < cols)
+                ptx::tma_store_2d(map_out, staging + 8192 * box, (int32_t)(tile_col + 64 * box),
                                   (int32_t)tile_row);
         ptx::tma_store_commit();
     }
+}
+
+// The TMA-store form of store_fragment (stage_block's rules, OUT = Y, [m, n]).
+template <typename T, int kWgN>
+__device__ __forceinline__ void stage_fragment(const float (&acc)[kWgN / 2],
+                                               const FragmentMask<kWgN>& mask,
+                                               const EpilogueArgs<T>& a, unsigned char* staging,
+                                               const CUtensorMap* map_y, int consumer,
+                                               long long tile_row, long long tile_col,
+                                               int block = 0) {
+    const int l = (int)(threadIdx.x % 32);
+    stage_block<T, kWgN>(
+        [&](int j, float (&v)[4]) {
+            float bias0, bias1;
+            bias_pair(a, tile_col + 8 * j + 2 * (l % 4), bias0, bias1);
+            const uint32_t keep = a.dropout ? mask.nibble(j) : 0xFu;
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+                epilogue_pair(a, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1], bias0, bias1,
+                              keep >> (2 * h), v[2 * h], v[2 * h + 1]);
+        },
+        staging, map_y, consumer, tile_row, tile_col, a.m, a.n, block);
+}
+
+// The TMA-store form of store_gradient_fragment: OUT[r][c] = (accumulate ? OUT[r][c] : 0) +
+// scale * acc (gradient_value: the same bits), staged and stored by TMA under stage_block's rules
+// (one 64-row block per warpgroup). When accumulating, the old values of four 8-column groups are
+// read together as the first of them is staged, as store_gradient_fragment reads them.
+template <typename T, int kWgN>
+__device__ __forceinline__ void stage_gradient_fragment(
+    const float (&acc)[kWgN / 2], const T* out, long long rows, long long cols,
+    long long tile_row, long long tile_col, float scale, bool accumulate,
+    unsigned char* staging, const CUtensorMap* map_out, int consumer) {
+    constexpr int kOldAhead = 4;
+    static_assert(kWgN / 8 % kOldAhead == 0, "whole batches of groups");
+    const int t = (int)(threadIdx.x % 128);
+    const int w = t / 32, l = t % 32;
+    const long long r0 = tile_row + 16 * w + l / 4;
+    const long long c0 = tile_col + 2 * (l % 4);
+    // old[g][2 h + e]: element (r0 + 8 h, c0 + 8 (j0 + g) + e) of the batch from group j0, 0
+    // outside OUT.
+    float old[kOldAhead][4] = {};
+    stage_block<T, kWgN>(
+        [&](int j, float (&v)[4]) {
+            if (accumulate && j % kOldAhead == 0) {
+#pragma unroll
+                for (int g = 0; g < kOldAhead; ++g) {
+                    const long long c = c0 + 8 * (j + g);
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                        const long long r = r0 + 8 * h;
+                        old[g][2 * h] = old[g][2 * h + 1] = 0.0f;
+                        if (r >= rows || c >= cols) continue;
+                        const T* src = out + r * cols + c;
+                        old[g][2 * h] = Element<T>::to_float(src[0]);
+                        if (c + 1 < cols) old[g][2 * h + 1] = Element<T>::to_float(src[1]);
+                    }
+                }
+            }
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+                v[e] = gradient_value(acc[4 * j + e], scale, accumulate, old[j % kOldAhead][e]);
+        },
+        staging, map_out, consumer, tile_row, tile_col, rows, cols, 0);
 }
 
 // Before a consumer warpgroup that staged its tiles exits: its stores have read shared memory.
@@ -366,12 +432,10 @@ __device__ __forceinline__ void store_gradient_fragment(const float (&acc)[kWgN 
                 const long long r = r0 + 8 * h;
                 if (r >= rows) continue;
                 T* dst = out + r * cols + c;
-                float v0 = acc[4 * (j0 + g) + 2 * h] * scale;
-                float v1 = acc[4 * (j0 + g) + 2 * h + 1] * scale;
-                if (accumulate) {
-                    v0 += old[g][h][0];
-                    v1 += old[g][h][1];
-                }
+                const float v0 =
+                    gradient_value(acc[4 * (j0 + g) + 2 * h], scale, accumulate, old[g][h][0]);
+                const float v1 = gradient_value(acc[4 * (j0 + g) + 2 * h + 1], scale, accumulate,
+                                                old[g][h][1]);
                 if (pair_store && second_col) {
                     store_pair(dst, v0, v1);
                 } else {

@@ -433,7 +433,8 @@ fn forward_configs<T: Element>(case: &Case, hopper: bool) -> Vec<ForwardConfig> 
 /// Hopper tiles, which run the same kernels, are left to tests/gpu_backward.rs); the classic
 /// families also with the workspace for split-K where `splits(family)` says a product of the
 /// case splits with it; Hopper where `hopper` (its modules loaded for `T`) and the operands fit,
-/// and there, where dZ is not dY, its transform-warp and dZ-from-dX variants; Auto with dY times
+/// with its one launch and its TMA-store kernels, and, where dZ is not dY, its transform-warp
+/// and dZ-from-dX variants; Auto with dY times
 /// the identity's mask in a workspace where the case has one.
 fn backward_families<T: Element>(
     case: &Case,
@@ -465,6 +466,12 @@ fn backward_families<T: Element>(
             families.push((
                 "hopper_one_launch",
                 BackwardKernel::HopperOneLaunch,
+                Workspace::None,
+            ));
+            // The gradients stored by TMA, on 128 x 128 tiles (measured against them).
+            families.push((
+                "hopper_tma_store",
+                BackwardKernel::HopperTmaStore,
                 Workspace::None,
             ));
             // The Hopper variants issue 11 leaves to measurement, where they differ from
@@ -1003,8 +1010,8 @@ mod tests {
     /// describes: each config of the launch table but the sweep's (SIMT for the forward only in
     /// f32, for the backward in every dtype; mma.sync and its aligned-operand kernels for f16
     /// and bf16; Hopper's where its modules are loaded), the backward's for dX and for dW (and
-    /// Hopper's dW with transform warps, and its unsplit configs' launch of both products), and
-    /// the backward's split-K sums.
+    /// Hopper's dW with transform warps, and its unsplit configs' launch of both products, but
+    /// for the TMA-store config, which has neither), and the backward's split-K sums.
     fn entry_points(dtype: &str, gpu: &GpuFacts) -> BTreeSet<String> {
         let halves = dtype != "f32";
         let mut all = BTreeSet::from([format!("fusedrop_backward_split_sum_{dtype}")]);
@@ -1040,7 +1047,11 @@ mod tests {
                     ));
                 }
             }
-            if pass == "backward" && config.starts_with("wg") && !variants.is_empty() {
+            if pass == "backward"
+                && config.starts_with("wg")
+                && !variants.is_empty()
+                && !numbers.tma_store
+            {
                 all.insert(format!("fusedrop_backward_dw_{config}_transform_{dtype}"));
                 if numbers.cluster == 1 {
                     all.insert(format!("fusedrop_backward_dxdw_{config}_{dtype}"));
