@@ -431,7 +431,7 @@ impl<T: Raw> BackwardInputs<T> {
 
 /// `case`'s dX launch and its dW-and-db launch on `config`, reading dY (and Y for ReLU) with the
 /// case's mask, with `input`'s buffers (the gradients starting as `input.start`).
-pub(crate) fn backward_case_launches<T: Raw>(
+fn backward_case_launches<T: Raw>(
     config: &str,
     case: &BackwardCase,
     input: &BackwardInputs<T>,
@@ -497,6 +497,32 @@ pub(crate) fn check_case_outputs<T: Raw>(
     );
 }
 
+/// Fresh inputs for each case, and its two launches (`backward_case_launches`) on each of
+/// `configs` in turn, from those inputs: the launches of case i on config c are at
+/// `2 (i · configs.len() + c)` and the next.
+pub(crate) fn case_launches_on<T: Raw>(
+    configs: &[&str],
+    cases: &[BackwardCase],
+    rng: &mut StdRng,
+) -> (Vec<Launch>, Vec<(BackwardCase, BackwardInputs<T>)>) {
+    let mut launches = Vec::new();
+    let mut inputs = Vec::new();
+    for &case in cases {
+        let input = BackwardInputs::<T>::new(&case, rng);
+        for config in configs {
+            launches.extend(backward_case_launches(
+                config,
+                &case,
+                &input,
+                format!("{config} {case:?}"),
+                rng,
+            ));
+        }
+        inputs.push((case, input));
+    }
+    (launches, inputs)
+}
+
 fn check_backward_cases<T: Raw>(
     driver_name: &str,
     config: &str,
@@ -507,19 +533,7 @@ fn check_backward_cases<T: Raw>(
         return;
     };
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut launches = Vec::new();
-    let mut inputs = Vec::new();
-    for &case in cases {
-        let input = BackwardInputs::<T>::new(&case, &mut rng);
-        launches.extend(backward_case_launches(
-            config,
-            &case,
-            &input,
-            format!("{case:?}"),
-            &mut rng,
-        ));
-        inputs.push((case, input));
-    }
+    let (launches, inputs) = case_launches_on::<T>(&[config], cases, &mut rng);
     run(&exe, &launches);
     for (pair, (case, input)) in launches.chunks(2).zip(&inputs) {
         check_case_outputs(case, input, pair);

@@ -198,6 +198,29 @@ __device__ __forceinline__ float gradient_value(float acc, float scale, bool acc
     return accumulate ? __fmaf_rn(acc, scale, old) : __fmul_rn(acc, scale);
 }
 
+// The values of kBatch 8-column groups of this lane's gradient fragment from group j0, before the
+// store: old[g][2 h + e] = OUT[r0 + 8 h][c0 + 8 (j0 + g) + e], 0 outside OUT ([rows, cols],
+// row-major). All are read before any is used, so that a thread waits for global memory once per
+// batch instead of once per pair (in the SASS each pair's loads had sat right before its stores).
+template <typename T, int kBatch>
+__device__ __forceinline__ void read_old_groups(const T* out, long long rows, long long cols,
+                                               long long r0, long long c0, int j0,
+                                               float (&old)[kBatch][4]) {
+#pragma unroll
+    for (int g = 0; g < kBatch; ++g) {
+        const long long c = c0 + 8 * (j0 + g);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const long long r = r0 + 8 * h;
+            old[g][2 * h] = old[g][2 * h + 1] = 0.0f;
+            if (r >= rows || c >= cols) continue;
+            const T* src = out + r * cols + c;
+            old[g][2 * h] = Element<T>::to_float(src[0]);
+            if (c + 1 < cols) old[g][2 * h + 1] = Element<T>::to_float(src[1]);
+        }
+    }
+}
+
 // Writes the fragment `acc` of the warpgroup tile whose top-left element is (tile_row,
 // tile_col) of Y. `mask` holds every group's bits when a.dropout.
 template <typename T, int kWgN>
@@ -352,26 +375,12 @@ __device__ __forceinline__ void stage_gradient_fragment(
     const int w = t / 32, l = t % 32;
     const long long r0 = tile_row + 16 * w + l / 4;
     const long long c0 = tile_col + 2 * (l % 4);
-    // old[g][2 h + e]: element (r0 + 8 h, c0 + 8 (j0 + g) + e) of the batch from group j0, 0
-    // outside OUT.
+    // The batch of old values from the last group j with j % kOldAhead == 0 (read_old_groups).
     float old[kOldAhead][4] = {};
     stage_block<T, kWgN>(
         [&](int j, float (&v)[4]) {
-            if (accumulate && j % kOldAhead == 0) {
-#pragma unroll
-                for (int g = 0; g < kOldAhead; ++g) {
-                    const long long c = c0 + 8 * (j + g);
-#pragma unroll
-                    for (int h = 0; h < 2; ++h) {
-                        const long long r = r0 + 8 * h;
-                        old[g][2 * h] = old[g][2 * h + 1] = 0.0f;
-                        if (r >= rows || c >= cols) continue;
-                        const T* src = out + r * cols + c;
-                        old[g][2 * h] = Element<T>::to_float(src[0]);
-                        if (c + 1 < cols) old[g][2 * h + 1] = Element<T>::to_float(src[1]);
-                    }
-                }
-            }
+            if (accumulate && j % kOldAhead == 0)
+                read_old_groups<T, kOldAhead>(out, rows, cols, r0, c0, j, old);
 #pragma unroll
             for (int e = 0; e < 4; ++e)
                 v[e] = gradient_value(acc[4 * j + e], scale, accumulate, old[j % kOldAhead][e]);
@@ -387,9 +396,8 @@ __device__ __forceinline__ void finish_tma_stores() {
 // The backward's epilogue: OUT[r][c] = (accumulate ? OUT[r][c] : 0) + scale * acc for the
 // fragment of the warpgroup tile whose top-left element is (tile_row, tile_col) of the
 // row-major [rows, cols] OUT, rows and columns past the matrix skipped; the sum is taken in f32
-// and rounded once. When accumulating, the old values of kOldAhead groups are read together
-// before any of them is used, so that a thread waits for global memory once per kOldAhead groups
-// instead of once per pair (in the SASS each pair's loads sat right before its stores).
+// (gradient_value) and rounded once to T. When accumulating, the old values of kOldAhead groups
+// are read together (read_old_groups).
 template <typename T, int kWgN>
 __device__ __forceinline__ void store_gradient_fragment(const float (&acc)[kWgN / 2],
                                                         T* __restrict__ out, long long rows,
@@ -406,22 +414,8 @@ __device__ __forceinline__ void store_gradient_fragment(const float (&acc)[kWgN 
     const bool pair_store = reinterpret_cast<uintptr_t>(out) % 4 == 0 && cols % 2 == 0;
 #pragma unroll
     for (int j0 = 0; j0 < kGroups; j0 += kOldAhead) {
-        // old[g][h][e]: element (r0 + 8 h, c0 + 8 (j0 + g) + e) before the store, 0 outside OUT.
-        float old[kOldAhead][2][2] = {};
-        if (accumulate) {
-#pragma unroll
-            for (int g = 0; g < kOldAhead; ++g) {
-                const long long c = c0 + 8 * (j0 + g);
-#pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                    const long long r = r0 + 8 * h;
-                    if (r >= rows || c >= cols) continue;
-                    const T* src = out + r * cols + c;
-                    old[g][h][0] = Element<T>::to_float(src[0]);
-                    if (c + 1 < cols) old[g][h][1] = Element<T>::to_float(src[1]);
-                }
-            }
-        }
+        float old[kOldAhead][4] = {};
+        if (accumulate) read_old_groups<T, kOldAhead>(out, rows, cols, r0, c0, j0, old);
 #pragma unroll
         for (int g = 0; g < kOldAhead; ++g) {
             const long long c = c0 + 8 * (j0 + g);
@@ -433,9 +427,9 @@ __device__ __forceinline__ void store_gradient_fragment(const float (&acc)[kWgN 
                 if (r >= rows) continue;
                 T* dst = out + r * cols + c;
                 const float v0 =
-                    gradient_value(acc[4 * (j0 + g) + 2 * h], scale, accumulate, old[g][h][0]);
+                    gradient_value(acc[4 * (j0 + g) + 2 * h], scale, accumulate, old[g][2 * h]);
                 const float v1 = gradient_value(acc[4 * (j0 + g) + 2 * h + 1], scale, accumulate,
-                                                old[g][h][1]);
+                                                old[g][2 * h + 1]);
                 if (pair_store && second_col) {
                     store_pair(dst, v0, v1);
                 } else {

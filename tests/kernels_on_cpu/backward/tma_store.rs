@@ -18,21 +18,8 @@ fn check_tma_store<T: Raw>(cases: &[BackwardCase], seed: u64) {
         return;
     };
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut launches = Vec::new();
-    let mut inputs = Vec::new();
-    for &case in cases {
-        let input = BackwardInputs::<T>::new(&case, &mut rng);
-        for config in [TMA_STORE_CONFIG, DIRECT_CONFIG] {
-            launches.extend(backward_case_launches(
-                config,
-                &case,
-                &input,
-                format!("{config} {case:?}"),
-                &mut rng,
-            ));
-        }
-        inputs.push((case, input));
-    }
+    let (launches, inputs) =
+        case_launches_on::<T>(&[TMA_STORE_CONFIG, DIRECT_CONFIG], cases, &mut rng);
     assert!(
         launches[0].what.contains("_tmastore"),
         "{}",
