@@ -10,8 +10,8 @@
 //                          BackwardKernel::HopperOneLaunch): dX's and dW's tiles in one
 //                          persistent sequence (BackwardTiles) on one ring, each tile as its
 //                          product's kernel computes it
-//   stored by TMA          fusedrop_backward_{dx,dw}_wg128x128_tmastore_<dtype>
-//                          (BackwardKernel::HopperTmaStore): dX and dW as above, the gradient
+//   stored by TMA          fusedrop_backward_{dx,dw}_<config>_tmastore_<dtype> (unsplit configs;
+//                          BackwardKernel::HopperTmaStore): dX and dW as above, the gradient
 //                          staged in shared memory and stored by TMA through its own tensor map
 //
 // dZ is formed by the consumer warpgroup that multiplies it, from the landed stage's dY (and for
@@ -312,14 +312,17 @@ struct BackwardTiles {
     }
 };
 
-// The TMA-store kernels' staging areas after main loop Loop's ring: one per consumer warpgroup
-// (its 64 x kWgN block of the tile: 64 rows of 128-byte boxes), 1024-byte aligned as the
-// 128-byte swizzle needs, the ring's barriers in the first bytes of the 1024 before them.
+// The TMA-store kernels' staging areas after main loop Loop's ring: one per consumer warpgroup,
+// 64 rows of kPassCols columns (128-byte boxes), 1024-byte aligned as the 128-byte swizzle needs,
+// the ring's barriers in the first bytes of the 1024 before them. A warpgroup's 64 x kWgN block
+// of the tile goes through it in passes of kPassCols columns (stage_block): at most 128, so that
+// the 128 x 256 tile keeps its 3 stages (two 64 x 256 areas would leave it 2).
 template <class Loop>
 struct Staging {
+    static constexpr int kPassCols = Loop::kWgN < 128 ? Loop::kWgN : 128;
     static_assert(sizeof(typename Loop::Barriers) <= 1024, "the ring's barriers fit before it");
     static constexpr uint32_t kOffset = (uint32_t)Loop::kStages * Loop::kStageBytes + 1024u;
-    static constexpr uint32_t kBytesPerWarpgroup = 128u * Loop::kWgN;
+    static constexpr uint32_t kBytesPerWarpgroup = 128u * kPassCols;
     static constexpr int kSmemBytes =
         (int)(1024u + kOffset + gemm::sm90::kConsumerWarpgroups * kBytesPerWarpgroup);
 };
@@ -536,7 +539,7 @@ __device__ __forceinline__ void backward_sm90(const ProductMaps& dx_maps,
         const auto store = [&](const float (&result)[Ring::kAccumulators], float db_total) {
             const long long tile_col = (long long)tile.tn * Ring::kBlockN + wg_col;
             if constexpr (kTmaStore) {
-                gemm::sm90::stage_gradient_fragment<T, Ring::kWgN>(
+                gemm::sm90::stage_gradient_fragment<T, Ring::kWgN, Staging<Ring>::kPassCols>(
                     result, out, rows, k, tile_row, tile_col, scale, accumulate != 0,
                     storage.stages + Staging<Ring>::kOffset +
                         consumer * Staging<Ring>::kBytesPerWarpgroup,
@@ -614,11 +617,12 @@ struct Wg128x128 : WgConfig<128, 128, 4> {};
 // Two warpgroups of 64 x 256 (wgmma m64n256k16), 3 stages of 64 KiB (B 32 KiB): half the loads of
 // dY and Y per output of Wg128x128.
 struct Wg128x256 : WgConfig<128, 256, 3> {};
-// Wg128x128 with the TMA-store epilogue (BackwardKernel::HopperTmaStore; issue 11's question
-// whether the backward's gradients, like the forward's Y in the sweep, should drain by TMA while
-// the next tile's main loop runs): 4 stages and 2 x 16 KiB of staging fit in 227 KiB (Wg128x256's
-// 2 x 32 KiB would leave it 2 stages).
+// The unsplit configs with the TMA-store epilogue (BackwardKernel::HopperTmaStore; issue 11's
+// question whether the backward's gradients, like the forward's Y in the sweep, should drain by
+// TMA while the next tile's main loop runs): the rings and two 16 KiB staging areas fit in
+// 227 KiB; Wg128x256's warpgroups stage their 64 x 256 blocks in two passes of 128 columns.
 struct Wg128x128TmaStore : TmaStored<Wg128x128> {};
+struct Wg128x256TmaStore : TmaStored<Wg128x256> {};
 // Split-K for narrow products (gemm/sm90/split_k.cuh): clusters of 2, 4 or 8 blocks per
 // 128 x 128 tile; the 64 KiB of partial sums leave room for 3 stages.
 struct Wg128x128Split2 : WgConfig<128, 128, 3, 2> {};
@@ -736,6 +740,8 @@ FUSEDROP_BACKWARD_SM90_TYPES(Wg128x128, wg128x128)
 FUSEDROP_BACKWARD_SM90_TYPES(Wg128x256, wg128x256)
 FUSEDROP_BACKWARD_SM90_TMA_STORE(Wg128x128TmaStore, wg128x128_tmastore, f16, __half)
 FUSEDROP_BACKWARD_SM90_TMA_STORE(Wg128x128TmaStore, wg128x128_tmastore, bf16, __nv_bfloat16)
+FUSEDROP_BACKWARD_SM90_TMA_STORE(Wg128x256TmaStore, wg128x256_tmastore, f16, __half)
+FUSEDROP_BACKWARD_SM90_TMA_STORE(Wg128x256TmaStore, wg128x256_tmastore, bf16, __nv_bfloat16)
 FUSEDROP_BACKWARD_SM90_SPLIT_TYPES(Wg128x128Split2, wg128x128s2)
 FUSEDROP_BACKWARD_SM90_SPLIT_TYPES(Wg128x128Split4, wg128x128s4)
 FUSEDROP_BACKWARD_SM90_SPLIT_TYPES(Wg128x128Split8, wg128x128s8)
@@ -751,6 +757,9 @@ static_assert(fusedrop::launch::matches<fusedrop::backward::Wg128x256>(
 static_assert(fusedrop::launch::matches_stores<fusedrop::backward::Wg128x128TmaStore>(
                   fusedrop::launch::backward_wg128x128_tmastore),
               "backward Wg128x128TmaStore disagrees with src/cuda/launch_table.rs");
+static_assert(fusedrop::launch::matches_stores<fusedrop::backward::Wg128x256TmaStore>(
+                  fusedrop::launch::backward_wg128x256_tmastore),
+              "backward Wg128x256TmaStore disagrees with src/cuda/launch_table.rs");
 static_assert(fusedrop::launch::matches_clustered<fusedrop::backward::Wg128x128Split2>(
                   fusedrop::launch::backward_wg128x128s2),
               "backward Wg128x128Split2 disagrees with src/cuda/launch_table.rs");

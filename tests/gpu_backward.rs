@@ -860,7 +860,7 @@ const HOPPER_SPLIT_SHAPES: [(usize, usize, usize, &str); 2] =
 /// are multiples of no tile, with one tile per block and many, every rate, both activations,
 /// accumulation, non-finite inputs, and the seed from a device buffer; each tile forced for
 /// both products; and the variants issue 11 leaves to measurement (dZ from dX, transform warps,
-/// one launch) bit for bit against `Hopper`, the TMA store against `HopperWg128x128`.
+/// one launch, the TMA store) bit for bit against `Hopper`.
 #[test]
 fn hopper_kernels_match_reference() {
     let Some(kernels) = gpu() else { return };
@@ -890,12 +890,10 @@ fn hopper_kernels_match_reference() {
             check::<bf16>(&kernels, &spec, case);
         }
     }
-    // Each Hopper tile forced for both products (unsplit), as `fusedrop bench` times them, and
-    // the 128 x 128 tile with the gradients stored by TMA.
+    // Each Hopper tile forced for both products (unsplit), as `fusedrop bench` times them.
     for (i, kernel) in [
         BackwardKernel::HopperWg128x256,
         BackwardKernel::HopperWg128x128,
-        BackwardKernel::HopperTmaStore,
     ]
     .into_iter()
     .enumerate()
@@ -909,7 +907,7 @@ fn hopper_kernels_match_reference() {
         let choice = kernels
             .backward_kernels_for::<f16>(shape, Nonlinearity::Relu, kernel)
             .unwrap();
-        let tile = ["wg128x256", "wg128x128", "wg128x128_tmastore"][i];
+        let tile = ["wg128x256", "wg128x128"][i];
         assert!(
             choice.dx == tile
                 && choice.dw == tile
@@ -929,9 +927,10 @@ fn hopper_kernels_match_reference() {
     // (BackwardKernel::HopperTransformWarps, no workspace: with one the identity's pre-pass
     // would leave nothing to form), and both products in one launch
     // (BackwardKernel::HopperOneLaunch, which the shapes with reductions too short to split
-    // take on any GPU): the reference's gradients, and bit for bit those of the kernels whose
-    // dW consumers form dZ in their stages; and the gradients stored by TMA
-    // (BackwardKernel::HopperTmaStore), bit for bit those of the same tile stored directly.
+    // take on any GPU), and the gradients stored by TMA (BackwardKernel::HopperTmaStore, which
+    // those shapes take for both products): the reference's gradients, and bit for bit those of
+    // `Hopper`, whose dW consumers form dZ in their stages and whose epilogue stores from the
+    // registers.
     for &(m, n, k) in &HOPPER_SHAPES[..3] {
         let choice = kernels
             .backward_kernels_for::<f16>(
@@ -941,6 +940,17 @@ fn hopper_kernels_match_reference() {
             )
             .unwrap();
         assert!(choice.one_launch, "({m}, {n}, {k}): {choice}");
+        let choice = kernels
+            .backward_kernels_for::<f16>(
+                LinearShape::new(m, n, k),
+                Nonlinearity::Relu,
+                BackwardKernel::HopperTmaStore,
+            )
+            .unwrap();
+        assert!(
+            choice.dx.ends_with("_tmastore") && choice.dw.ends_with("_tmastore"),
+            "({m}, {n}, {k}): {choice}"
+        );
     }
     let mut rng = StdRng::seed_from_u64(0xd2);
     for (family, workspace) in [
@@ -979,11 +989,7 @@ fn hopper_kernels_match_reference() {
                 let initial = poisoned_gradients::<bf16>(shape);
                 let variant = run_gpu(&kernels, &spec, &inputs, &initial, case);
                 let in_stages = Case {
-                    kernel: if family == BackwardKernel::HopperTmaStore {
-                        BackwardKernel::HopperWg128x128
-                    } else {
-                        BackwardKernel::Hopper
-                    },
+                    kernel: BackwardKernel::Hopper,
                     split_workspace: false,
                     ..case
                 };
@@ -1002,7 +1008,7 @@ fn hopper_kernels_match_reference() {
                     }
                 };
                 assert_same_gradients(
-                    &format!("{spec:?}: {family:?} against {:?}", in_stages.kernel),
+                    &format!("{spec:?}: {family:?} against Hopper"),
                     shape,
                     &one_nan(variant),
                     &one_nan(formed),

@@ -310,7 +310,7 @@ fn a_captured_hopper_forward_and_backward_replay_with_fresh_masks() {
         (BackwardKernel::HopperTransformWarps, split),
         (BackwardKernel::HopperDzFromDx, split),
         (BackwardKernel::HopperOneLaunch, unsplit),
-        (BackwardKernel::HopperTmaStore, split),
+        (BackwardKernel::HopperTmaStore, unsplit),
     ] {
         check_hopper_graph(&kernels, family, shape);
     }

@@ -107,8 +107,13 @@ const WG128X128: Config = Config::new(
     "wg128x128",
     launch_table::BACKWARD_WG128X128,
 );
-/// `WG128X128` with the gradient staged in shared memory and stored by TMA
+/// `WG128X256` and `WG128X128` with the gradient staged in shared memory and stored by TMA
 /// ([`BackwardKernel::HopperTmaStore`]).
+const WG128X256_TMA_STORE: Config = Config::new(
+    "backward_sm90",
+    "wg128x256_tmastore",
+    launch_table::BACKWARD_WG128X256_TMASTORE,
+);
 const WG128X128_TMA_STORE: Config = Config::new(
     "backward_sm90",
     "wg128x128_tmastore",
@@ -168,6 +173,18 @@ impl Config {
         Config {
             can_split: true,
             ..self
+        }
+    }
+
+    /// The same tile with the gradient stored by TMA, for an unsplit Hopper config; any other
+    /// config unchanged (split-K stores directly).
+    fn tma_stored(self) -> Config {
+        if self == WG128X256 {
+            WG128X256_TMA_STORE
+        } else if self == WG128X128 {
+            WG128X128_TMA_STORE
+        } else {
+            self
         }
     }
 
@@ -381,6 +398,9 @@ struct Chooser {
     family: BackwardKernel,
     /// The tile of every Hopper product, where the family forces one (unsplit).
     forced_hopper_tile: Option<Config>,
+    /// Whether unsplit Hopper products store their gradient by TMA
+    /// ([`BackwardKernel::HopperTmaStore`]).
+    tma_store: bool,
     /// Whether the Hopper kernels can run at all (GPU, dtype, build).
     hopper_possible: bool,
     shape: LinearShape,
@@ -439,6 +459,7 @@ impl Chooser {
             gpu,
             family,
             forced_hopper_tile: kernel.forced_hopper_tile(),
+            tma_store: kernel == BackwardKernel::HopperTmaStore,
             hopper_possible,
             shape,
             dtype: T::NAME,
@@ -509,7 +530,10 @@ impl Chooser {
                     y_ptr.unwrap_or(0)
                 ));
             }
-            let config = self.forced_hopper_tile.or(chosen).unwrap_or(WG128X128);
+            let mut config = self.forced_hopper_tile.or(chosen).unwrap_or(WG128X128);
+            if self.tma_store {
+                config = config.tma_stored();
+            }
             if config.tma_store && out_ptr % 16 != 0 {
                 return Err(invalid!(
                     "the {} kernels store {product} by TMA: it must start 16-byte aligned \
@@ -634,14 +658,14 @@ pub enum BackwardKernel {
     /// Where `Hopper` would split a product's reduction over a cluster (a narrow product), or
     /// the call asks for no dX or no dW, it runs as `Hopper` (two launches).
     HopperOneLaunch,
-    /// [`BackwardKernel::HopperWg128x128`] (both products on the 128 x 128 tile, unsplit) with
-    /// each gradient written through shared memory by TMA stores that drain while the block's
+    /// [`BackwardKernel::Hopper`] (its tiles, splits and errors) with the gradient of each product
+    /// it runs unsplit written through shared memory by TMA stores that drain while the block's
     /// next tile runs its main loop, instead of stores from the accumulator registers (the
-    /// `fusedrop_backward_{dx,dw}_wg128x128_tmastore_<dtype>` entry points; issue 11 leaves it to
-    /// measurement: `fusedrop bench`'s `fused_hop_ts` rows, beside `fused_hop128`). The
-    /// gradients are bit-identical to `HopperWg128x128`'s, accumulating or not. It needs dX and
-    /// dW 16-byte aligned too (a call that asks for them at another address is an error); db
-    /// is stored as before.
+    /// `fusedrop_backward_{dx,dw}_{wg128x256,wg128x128}_tmastore_<dtype>` entry points; issue 11
+    /// leaves it to measurement: `fusedrop bench`'s `fused_hop_ts` rows, beside `fused_hopper`).
+    /// The gradients are bit-identical to `Hopper`'s, accumulating or not. It needs those
+    /// products' gradients (dX, dW) 16-byte aligned too (a call that asks for one at another
+    /// address is an error); db, and the split products, are stored as before.
     HopperTmaStore,
 }
 
@@ -651,7 +675,6 @@ impl BackwardKernel {
         match self {
             BackwardKernel::HopperWg128x256 => Some(WG128X256),
             BackwardKernel::HopperWg128x128 => Some(WG128X128),
-            BackwardKernel::HopperTmaStore => Some(WG128X128_TMA_STORE),
             _ => None,
         }
     }
@@ -1628,7 +1651,8 @@ fn product_plans<T: Element>(
 /// The launches of product `product` of a backward call of `spec` on the configuration named
 /// `config`, as [`LayerKernels::backward`] plans them when it takes that kernel (the product,
 /// then for a split mma.sync or SIMT product its split sums): a Hopper configuration (`wg128x256`,
-/// `wg128x128`, `wg128x128_tmastore`, `wg128x128s2`, `wg128x128s4`, `wg128x128s8`) on a GPU that runs `resident`
+/// `wg128x128`, `wg128x256_tmastore`, `wg128x128_tmastore`, `wg128x128s2`, `wg128x128s4`,
+/// `wg128x128s8`) on a GPU that runs `resident`
 /// clusters at once, or a classic one (`tc128x128`, `tc64x64`, `tc64x32`, `simt128x128`,
 /// `simt64x64`, `simt64x32`) split into `splits` shares per output tile (1: unsplit; the
 /// mma.sync 128 x 128 kernels do not split, and the wrapper itself splits only the 64 x 64 and
@@ -1637,8 +1661,8 @@ fn product_plans<T: Element>(
 ///
 /// The product's arguments: dY's, Y's and B's (W for dX, X for dW) tensor maps for the Hopper
 /// kernels (dY and Y in boxes of 64 x `block_m` for dX, every other box 64 x 64; without Y,
-/// dY's map again; `wg128x128_tmastore` then takes the gradient's, dX's or dW's, in boxes of
-/// 64 x 64), their pointers for the others (Y's null when not read); then dX, or dW and
+/// dY's map again; the `_tmastore` configurations then take the gradient's, dX's or dW's, in
+/// boxes of 64 x 64), their pointers for the others (Y's null when not read); then dX, or dW and
 /// db (each null when not asked for), and for the Hopper dX kernels the workspace (`dz`: dZ
 /// written for dW) or null; m, n, k, relu (whether Y is read), accumulate, the mask
 /// parameters; for the
@@ -1658,6 +1682,7 @@ pub fn product_plan<T: Element>(
     let hopper = [
         WG128X256,
         WG128X128,
+        WG128X256_TMA_STORE,
         WG128X128_TMA_STORE,
         WG128X128_SPLIT[0],
         WG128X128_SPLIT[1],
@@ -2283,6 +2308,41 @@ mod tests {
                 assert_eq!(plan.args.len(), 12, "{product}");
                 assert_eq!(plan.args[10], KernelArg::I32(i32::from(accumulate)));
             }
+        }
+        // Hopper's tiles, each unsplit product's gradient stored by TMA: square's dX on
+        // 128 x 256 tiles, its dW on 128 x 128; wide's dX on 128 x 256, its dW split over
+        // clusters of 8 as before (stored directly).
+        for ((m, n, k), want) in [
+            (
+                (4096, 1024, 4096),
+                ["dx_wg128x256_tmastore", "dw_wg128x128_tmastore"],
+            ),
+            (
+                (32768, 256, 1024),
+                ["dx_wg128x256_tmastore", "dw_wg128x128s8"],
+            ),
+        ] {
+            let spec = LayerSpec::new(
+                LinearShape::new(m, n, k),
+                Nonlinearity::Relu,
+                crate::DropoutSpec::new(0.1, 1, 2),
+            );
+            let functions: Vec<String> = backward_plan::<f16>(
+                &spec,
+                false,
+                BackwardKernel::HopperTmaStore,
+                &h100,
+                &every_buffer(None),
+            )
+            .unwrap()
+            .into_iter()
+            .map(|(plan, _)| plan.function)
+            .collect();
+            assert_eq!(
+                functions,
+                want.map(|w| format!("fusedrop_backward_{w}_f16")),
+                "{spec:?}"
+            );
         }
         // A gradient TMA cannot store to: refused, naming it.
         for (dx, dw, named) in [(0x50_0008, 0x60_0000, "dX"), (0x50_0000, 0x60_0004, "dW")] {

@@ -26,7 +26,7 @@ pub struct LaunchNumbers {
     pub cluster: u32,
     /// Whether the kernel stores its output through shared memory and TMA (the Hopper forward
     /// sweep's `*_tmastore` variants: it then takes Y's tensor map, which needs Y 16-byte aligned
-    /// and n a multiple of 8; the Hopper backward's `wg128x128_tmastore`: the gradient's, which
+    /// and n a multiple of 8; the Hopper backward's `*_tmastore`: the gradient's, which
     /// needs it 16-byte aligned and k a multiple of 8). Checked against the config's `kTmaStore`
     /// where it has one.
     pub tma_store: bool,
@@ -120,6 +120,14 @@ pub const BACKWARD_WG128X128_TMASTORE: LaunchNumbers = tma_stored(numbers(
     "backward_wg128x128_tmastore",
     128,
     128,
+    384,
+    231_424,
+));
+/// kernels/backward_sm90.cu, `Wg128x256TmaStore`.
+pub const BACKWARD_WG128X256_TMASTORE: LaunchNumbers = tma_stored(numbers(
+    "backward_wg128x256_tmastore",
+    128,
+    256,
     384,
     231_424,
 ));
@@ -258,7 +266,7 @@ pub const FORWARD_SM90_SWEEP: [LaunchNumbers; 14] = [
 ];
 
 /// Every configuration, for build.rs.
-pub const ALL: [LaunchNumbers; 58] = [
+pub const ALL: [LaunchNumbers; 59] = [
     FORWARD_TC128X256,
     FORWARD_TC128X128,
     FORWARD_TC64X128,
@@ -283,6 +291,7 @@ pub const ALL: [LaunchNumbers; 58] = [
     BACKWARD_WG128X128,
     BACKWARD_WG128X256,
     BACKWARD_WG128X128_TMASTORE,
+    BACKWARD_WG128X256_TMASTORE,
     BACKWARD_WG128X128S2,
     BACKWARD_WG128X128S4,
     BACKWARD_WG128X128S8,

@@ -1264,9 +1264,7 @@ pub fn hopper_backward_fits(dims: LinearShape, hopper: bool) -> bool {
 ///   `Auto` takes the Hopper kernels and does not already run both products on that tile: the
 ///   tuning data of its choice of tile;
 /// - `fused_hop_ts`: [`BackwardKernel::HopperTmaStore`] where the Hopper kernels can run the
-///   shape and `Auto` takes them for a product (both products on the 128 x 128 tile with the
-///   gradients stored by TMA, against `fused_hop128`, or `fused` where `Auto` runs both products
-///   on that tile);
+///   shape (`fused_hopper` with each unsplit product's gradient stored by TMA, against it);
 /// - `fused_hop_dz`: [`BackwardKernel::HopperDzFromDx`] with its workspace, where the Hopper
 ///   kernels can run the shape (dZ written once by dX and read by dW, against `fused_hopper`'s
 ///   forming it in dW's stages);
@@ -1309,13 +1307,10 @@ pub fn backward_variants_given(
                 });
             }
         }
-        // Beside a row of the same tile storing from the registers.
-        if auto_takes_hopper {
-            variants.push(Variant {
-                name: "fused_hop_ts",
-                forced: Forced::Kernel(BackwardKernel::HopperTmaStore),
-            });
-        }
+        variants.push(Variant {
+            name: "fused_hop_ts",
+            forced: Forced::Kernel(BackwardKernel::HopperTmaStore),
+        });
         variants.push(Variant {
             name: "fused_hop_dz",
             forced: Forced::DzFromDx,
@@ -2464,7 +2459,7 @@ mod tests {
             assert_eq!(got, want.iter().collect::<Vec<_>>(), "{auto:?}");
         }
         // One tile per product: Auto keeps mma.sync, the Hopper kernels can still be forced
-        // (and no tile or store is weighed).
+        // (and no tile is weighed).
         let tiny = LinearShape::new(64, 128, 128);
         assert_eq!(
             names(&backward_variants_given(
@@ -2475,6 +2470,7 @@ mod tests {
             )),
             [
                 "fused_hopper",
+                "fused_hop_ts",
                 "fused_hop_dz",
                 "fused_hop_tw",
                 "fused_hop_1l",

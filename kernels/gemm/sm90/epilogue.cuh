@@ -276,31 +276,33 @@ __device__ __forceinline__ void consumer_barrier(int consumer) {
 // Stages one 64-row block of consumer warpgroup `consumer`'s tile, whose top-left element is
 // (tile_row, tile_col) of the row-major [rows, cols] OUT, and queues its TMA stores (OUT's rows
 // 16-byte aligned: cols % 8 == 0 and OUT 16-byte aligned; `map_out` is OUT's tensor map with
-// 64 x 64 boxes and 128-byte swizzle). `group_values(j, v)` gives the f32 outputs of the
-// fragment's column group j: v[2 h] and v[2 h + 1] for the pair in row 8 h of the group. The
-// warpgroup writes them, rounded to T, into its `staging` area (1024-byte aligned, 128 kWgN
-// bytes) as kWgN / 64 boxes of 64 rows x 128 bytes in the 128-byte swizzle layout (the 16-byte
-// chunk index XOR the row within its group of 8 rows), with one stmatrix.x4 per two 8-column
-// groups (ptx::stmatrix_x4: the fragment's column pairs are its registers' layout; each 8 x 8
-// matrix row is one 16-byte chunk, so a matrix's 8 rows fall in 8 distinct chunks of the bank
-// line), then its first thread queues one TMA store per box that starts inside OUT (none when
-// the warpgroup's rows all lie past OUT, as the second block of a multicast cluster's last row
-// tile may); the TMA unit clips the rest past OUT. The warpgroup goes on to its next tile while
-// the stores drain; the next tile's first call (and the kernel's end, through
-// finish_tma_stores) waits until they have read the staging area. A warpgroup tile of several
-// 64-row blocks (a ping-pong warpgroup's 128 rows) stages block `block` at `staging` + 128 kWgN
-// `block` bytes, one call per block in order: only block 0's call waits.
-template <typename T, int kWgN, class GroupValues>
-__device__ __forceinline__ void stage_block(const GroupValues& group_values,
-                                            unsigned char* staging, const CUtensorMap* map_out,
-                                            int consumer, long long tile_row, long long tile_col,
-                                            long long rows, long long cols, int block) {
-    static_assert(kWgN % 64 == 0, "the staging area is whole 64-column boxes");
+// 64 x 64 boxes and 128-byte swizzle), in passes of kPassCols columns (all kWgN at once unless
+// the staging area is narrower than the tile). `group_values(j, v)` gives the f32 outputs of the
+// fragment's column group j (0 .. kWgN / 8 - 1, called in order): v[2 h] and v[2 h + 1] for the
+// pair in row 8 h of the group. Per pass, the warpgroup writes them, rounded to T, into its
+// `staging` area (1024-byte aligned, 128 kPassCols bytes) as kPassCols / 64 boxes of 64 rows x
+// 128 bytes in the 128-byte swizzle layout (the 16-byte chunk index XOR the row within its
+// group of 8 rows), with one stmatrix.x4 per two 8-column groups (ptx::stmatrix_x4: the
+// fragment's column pairs are its registers' layout; each 8 x 8 matrix row is one 16-byte chunk,
+// so a matrix's 8 rows fall in 8 distinct chunks of the bank line), then its first thread queues
+// one TMA store per box that starts inside OUT (none when the warpgroup's rows all lie past OUT,
+// as the second block of a multicast cluster's last row tile may); the TMA unit clips the rest
+// past OUT. A later pass first waits until the stores of the one before have read the area. The
+// warpgroup goes on to its next tile while the last pass's stores drain; the next tile's first
+// call (and the kernel's end, through finish_tma_stores) waits until they have read the area.
+// A warpgroup tile of several 64-row blocks (a ping-pong warpgroup's 128 rows) stages block
+// `block` at `staging` + 128 kPassCols `block` bytes, one call per block in order: only block 0's
+// first pass waits.
+template <typename T, int kPassCols, class GroupValues>
+__device__ __forceinline__ void stage_pass(const GroupValues& group_values, int first_group,
+                                           unsigned char* staging, const CUtensorMap* map_out,
+                                           int consumer, long long tile_row, long long tile_col,
+                                           long long rows, long long cols, bool wait) {
+    static_assert(kPassCols % 64 == 0, "the staging area is whole 64-column boxes");
     const int t = (int)(threadIdx.x % 128);
     const int w = t / 32, l = t % 32;
-    staging += (uint32_t)block * 128u * kWgN;
-    // The previous tile's stores have read the staging area before anyone writes it again.
-    if (block == 0) {
+    // The stores queued before have read the staging area before anyone writes it again.
+    if (wait) {
         if (t == 0) ptx::tma_store_wait_read<0>();
         consumer_barrier(consumer);
     }
@@ -310,13 +312,13 @@ __device__ __forceinline__ void stage_block(const GroupValues& group_values,
     const uint32_t st_row_byte = (uint32_t)st_row * 128u;
     const uint32_t st_swizzle = (uint32_t)(st_row & 7) << 4;
 #pragma unroll
-    for (int j = 0; j < kWgN / 8; j += 2) {
+    for (int j = 0; j < kPassCols / 8; j += 2) {
         // Register 2 g + h: the pair of group j + g in row r0 + 8 h (matrix 2 g + h).
         uint32_t packed[4];
 #pragma unroll
         for (int g = 0; g < 2; ++g) {
             float v[4];
-            group_values(j + g, v);
+            group_values(first_group + j + g, v);
 #pragma unroll
             for (int h = 0; h < 2; ++h) packed[2 * g + h] = pack_pair<T>(v[2 * h], v[2 * h + 1]);
         }
@@ -330,12 +332,26 @@ __device__ __forceinline__ void stage_block(const GroupValues& group_values,
     consumer_barrier(consumer);
     if (t == 0) {
 #pragma unroll
-        for (int box = 0; box < kWgN / 64; ++box)
+        for (int box = 0; box < kPassCols / 64; ++box)
             if (tile_row < rows && tile_col + 64 * box < cols)
                 ptx::tma_store_2d(map_out, staging + 8192 * box, (int32_t)(tile_col + 64 * box),
                                   (int32_t)tile_row);
         ptx::tma_store_commit();
     }
+}
+
+template <typename T, int kWgN, int kPassCols = kWgN, class GroupValues>
+__device__ __forceinline__ void stage_block(const GroupValues& group_values,
+                                            unsigned char* staging, const CUtensorMap* map_out,
+                                            int consumer, long long tile_row, long long tile_col,
+                                            long long rows, long long cols, int block) {
+    static_assert(kWgN % kPassCols == 0, "whole passes");
+    staging += (uint32_t)block * 128u * kPassCols;
+#pragma unroll
+    for (int pass = 0; pass < kWgN / kPassCols; ++pass)
+        stage_pass<T, kPassCols>(group_values, pass * kPassCols / 8, staging, map_out, consumer,
+                                 tile_row, tile_col + pass * kPassCols, rows, cols,
+                                 block == 0 || pass > 0);
 }
 
 // The TMA-store form of store_fragment (stage_block's rules, OUT = Y, [m, n]).
@@ -362,9 +378,9 @@ __device__ __forceinline__ void stage_fragment(const float (&acc)[kWgN / 2],
 
 // The TMA-store form of store_gradient_fragment: OUT[r][c] = (accumulate ? OUT[r][c] : 0) +
 // scale * acc (gradient_value: the same bits), staged and stored by TMA under stage_block's rules
-// (one 64-row block per warpgroup). When accumulating, the old values of four 8-column groups are
+// (one 64-row block per warpgroup, in passes of kPassCols columns). When accumulating, the old values of four 8-column groups are
 // read together as the first of them is staged, as store_gradient_fragment reads them.
-template <typename T, int kWgN>
+template <typename T, int kWgN, int kPassCols>
 __device__ __forceinline__ void stage_gradient_fragment(
     const float (&acc)[kWgN / 2], const T* out, long long rows, long long cols,
     long long tile_row, long long tile_col, float scale, bool accumulate,
@@ -377,7 +393,7 @@ __device__ __forceinline__ void stage_gradient_fragment(
     const long long c0 = tile_col + 2 * (l % 4);
     // The batch of old values from the last group j with j % kOldAhead == 0 (read_old_groups).
     float old[kOldAhead][4] = {};
-    stage_block<T, kWgN>(
+    stage_block<T, kWgN, kPassCols>(
         [&](int j, float (&v)[4]) {
             if (accumulate && j % kOldAhead == 0)
                 read_old_groups<T, kOldAhead>(out, rows, cols, r0, c0, j, old);

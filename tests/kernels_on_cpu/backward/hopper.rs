@@ -118,7 +118,7 @@ fn backward_sm90_bf16_matches_reference() {
 pub(super) const BACKWARD_SM90_SPLIT_CONFIGS: [(&str, usize); 3] =
     [("wg128x128s2", 2), ("wg128x128s4", 4), ("wg128x128s8", 8)];
 
-/// The lists above and tma_store.rs's configuration name every Hopper backward configuration of
+/// The lists above and tma_store.rs's configurations name every Hopper backward configuration of
 /// the launch table (sorted): one added there cannot go unchecked here.
 #[test]
 fn the_checked_lists_name_every_hopper_backward_configuration() {
@@ -126,7 +126,7 @@ fn the_checked_lists_name_every_hopper_backward_configuration() {
         .iter()
         .copied()
         .chain(BACKWARD_SM90_SPLIT_CONFIGS.iter().map(|&(name, _)| name))
-        .chain([super::tma_store::TMA_STORE_CONFIG])
+        .chain(super::tma_store::TMA_STORE_CONFIGS.map(|(name, _)| name))
         .collect();
     let mut table: Vec<&str> = launch_table::ALL
         .iter()

@@ -7,19 +7,27 @@
 use super::hopper::{fences_tracked, hopper_backward_cases};
 use super::*;
 
-/// The TMA-store configuration, and the configuration of the same tile that stores directly.
-pub(super) const TMA_STORE_CONFIG: &str = "wg128x128_tmastore";
-const DIRECT_CONFIG: &str = "wg128x128";
+/// The TMA-store configurations, each with the configuration of the same tile that stores
+/// directly.
+pub(super) const TMA_STORE_CONFIGS: [(&str, &str); 2] = [
+    ("wg128x256_tmastore", "wg128x256"),
+    ("wg128x128_tmastore", "wg128x128"),
+];
 
-/// Each case on `TMA_STORE_CONFIG` and on `DIRECT_CONFIG`, from the same inputs: the first must
-/// match the reference, and its dX, dW and db the second's bit for bit.
+/// Each case on each TMA-store configuration and on its direct one, from the same inputs: the
+/// first must match the reference, and its dX, dW and db the second's bit for bit.
 fn check_tma_store<T: Raw>(cases: &[BackwardCase], seed: u64) {
+    for (i, (tma_store, direct)) in TMA_STORE_CONFIGS.into_iter().enumerate() {
+        check_tma_store_on::<T>(tma_store, direct, cases, seed + i as u64);
+    }
+}
+
+fn check_tma_store_on<T: Raw>(tma_store: &str, direct: &str, cases: &[BackwardCase], seed: u64) {
     let Some(exe) = driver("backward_sm90") else {
         return;
     };
     let mut rng = StdRng::seed_from_u64(seed);
-    let (launches, inputs) =
-        case_launches_on::<T>(&[TMA_STORE_CONFIG, DIRECT_CONFIG], cases, &mut rng);
+    let (launches, inputs) = case_launches_on::<T>(&[tma_store, direct], cases, &mut rng);
     assert!(
         launches[0].what.contains("_tmastore"),
         "{}",
@@ -38,10 +46,12 @@ fn check_tma_store<T: Raw>(cases: &[BackwardCase], seed: u64) {
 }
 
 /// Every Hopper backward case (overwriting and accumulating, shards, non-finite inputs, the seed
-/// from a device buffer; blocks of several tiles, whose staging areas are reused) and two whose
-/// tiles reach past the gradients: 40 rows (the second consumer's 64 rows of a dX tile lie
-/// wholly past m, so it queues no store) and k = 200 (a tile's second 64-column box starts
-/// inside k and ends past it, which the TMA unit clips).
+/// from a device buffer; blocks of several tiles, whose staging areas are reused; 128 x 256
+/// tiles staged in two passes) and two whose tiles reach past the gradients: 40 rows (the second
+/// consumer's 64 rows of a dX tile lie wholly past m, so it queues no store) and k = 200 (the
+/// last box that starts inside k, at 128 on 128 x 128 tiles and at 192 in the second pass on
+/// 128 x 256, ends past it, which the TMA unit clips). The cases with k = 64 and 72 give the
+/// 128 x 256 tiles a second pass with no box inside k.
 #[test]
 fn backward_sm90_tma_store_matches_reference_and_the_direct_stores() {
     let mut cases = hopper_backward_cases();

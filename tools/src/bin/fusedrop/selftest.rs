@@ -468,7 +468,7 @@ fn backward_families<T: Element>(
                 BackwardKernel::HopperOneLaunch,
                 Workspace::None,
             ));
-            // The gradients stored by TMA, on 128 x 128 tiles (measured against them).
+            // The gradients of unsplit products stored by TMA (measured against `hopper`).
             families.push((
                 "hopper_tma_store",
                 BackwardKernel::HopperTmaStore,
