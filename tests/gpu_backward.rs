@@ -1018,6 +1018,61 @@ fn hopper_kernels_match_reference() {
     }
 }
 
+/// `BackwardKernel::HopperTmaStore` on a shape whose dX takes 128 x 256 tiles, which stage each
+/// warpgroup's 64 x 256 block in two passes (the shapes of `hopper_kernels_match_reference` take
+/// 128 x 128): the reference's gradients, and bit for bit `Hopper`'s, overwriting (from NaN) and
+/// accumulating (onto random gradients).
+#[test]
+fn hopper_tma_store_stages_128x256_tiles_in_two_passes() {
+    let Some(kernels) = gpu() else { return };
+    if !hopper(&kernels) {
+        return;
+    }
+    // dX: 16 x 16 tiles of 128 x 256 over n = 512; dW: 4 x 32 tiles of 128 x 128 over m = 2048.
+    let shape = LinearShape::new(2048, 512, 4096);
+    let choice = kernels
+        .backward_kernels_for::<bf16>(shape, Nonlinearity::Relu, BackwardKernel::HopperTmaStore)
+        .unwrap();
+    assert_eq!(choice.dx, "wg128x256_tmastore", "{choice}");
+    let mut rng = StdRng::seed_from_u64(0x7552);
+    for (j, accumulate) in [false, true].into_iter().enumerate() {
+        let spec = LayerSpec::new(
+            shape,
+            Nonlinearity::Relu,
+            DropoutSpec::new(0.1, 0x7552, j as u64),
+        );
+        let case = Case {
+            kernel: BackwardKernel::HopperTmaStore,
+            accumulate,
+            ..ALL_OUTPUTS
+        };
+        check::<bf16>(&kernels, &spec, case);
+        let inputs = inputs::<bf16>(&spec, false, &mut rng);
+        let initial = if accumulate {
+            let LinearShape { m, n, k } = shape;
+            Gradients {
+                dx: random_values::<bf16>(m * k, &mut rng),
+                dw: random_values::<bf16>(n * k, &mut rng),
+                db: random_values::<bf16>(n, &mut rng),
+            }
+        } else {
+            poisoned_gradients::<bf16>(shape)
+        };
+        let staged = run_gpu(&kernels, &spec, &inputs, &initial, case);
+        let hopper = Case {
+            kernel: BackwardKernel::Hopper,
+            ..case
+        };
+        let direct = run_gpu(&kernels, &spec, &inputs, &initial, hopper);
+        assert_same_gradients(
+            &format!("{spec:?}, accumulate {accumulate}: HopperTmaStore against Hopper"),
+            shape,
+            &staged,
+            &direct,
+        );
+    }
+}
+
 /// `BackwardKernel::HopperDzFromDx` takes its dZ path: after the call, the workspace (poisoned
 /// with NaN bytes) holds dZ / scale of every element as the contract defines it (dY where ReLU
 /// passed it, the redrawn mask where Y is NaN, 0 elsewhere; the identity's mask), so dW did not

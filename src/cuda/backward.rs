@@ -56,8 +56,8 @@ struct Config {
     /// 128 x 128 kernels are also compiled without it, `kSplitK`). Every classic kernel takes
     /// the split-K pair (`float* partial, int splits`) after its MaskParams.
     can_split: bool,
-    /// Whether the kernels store their gradient by TMA (the Hopper `wg128x128_tmastore`
-    /// kernels: they take the gradient's tensor map after the operands').
+    /// Whether the kernels store their gradient by TMA (the Hopper `*_tmastore` kernels: they
+    /// take the gradient's tensor map after the operands').
     tma_store: bool,
 }
 
@@ -2264,17 +2264,6 @@ mod tests {
                 buffers,
             )
         };
-        let choice = BackwardChoice {
-            dx: "wg128x128_tmastore",
-            dw: "wg128x128_tmastore",
-            dx_splits: 1,
-            dw_splits: 1,
-            one_launch: false,
-        };
-        assert_eq!(
-            choice.to_string(),
-            "dX wg128x128_tmastore, dW wg128x128_tmastore"
-        );
         // Overwriting and accumulating alike: the operands' maps, then the gradient's in boxes
         // of 64 x 64, then the plain kernels' arguments.
         for accumulate in [false, true] {
@@ -2311,14 +2300,20 @@ mod tests {
         }
         // Hopper's tiles, each unsplit product's gradient stored by TMA: square's dX on
         // 128 x 256 tiles, its dW on 128 x 128; wide's dX on 128 x 256, its dW split over
-        // clusters of 8 as before (stored directly).
-        for ((m, n, k), want) in [
+        // clusters of 8 as before (stored directly, so its dW need not be 16-byte aligned).
+        let wide_dw_unaligned = BackwardBuffers {
+            dw: Some(0x60_0004),
+            ..every_buffer(None)
+        };
+        for ((m, n, k), buffers, want) in [
             (
                 (4096, 1024, 4096),
+                every_buffer(None),
                 ["dx_wg128x256_tmastore", "dw_wg128x128_tmastore"],
             ),
             (
                 (32768, 256, 1024),
+                wide_dw_unaligned,
                 ["dx_wg128x256_tmastore", "dw_wg128x128s8"],
             ),
         ] {
@@ -2327,20 +2322,24 @@ mod tests {
                 Nonlinearity::Relu,
                 crate::DropoutSpec::new(0.1, 1, 2),
             );
-            let functions: Vec<String> = backward_plan::<f16>(
+            let launched = backward_plan::<f16>(
                 &spec,
                 false,
                 BackwardKernel::HopperTmaStore,
                 &h100,
-                &every_buffer(None),
+                &buffers,
             )
-            .unwrap()
-            .into_iter()
-            .map(|(plan, _)| plan.function)
-            .collect();
+            .unwrap();
+            let functions: Vec<&str> = launched.iter().map(|(p, _)| p.function.as_str()).collect();
             assert_eq!(
                 functions,
                 want.map(|w| format!("fusedrop_backward_{w}_f16")),
+                "{spec:?}"
+            );
+            // dX's gradient map, after dY's, Y's and W's: its rows, in boxes of 64 x 64.
+            assert_eq!(
+                launched[0].0.args[3],
+                operand_map(Operand::DX, m, k, 64),
                 "{spec:?}"
             );
         }

@@ -1250,11 +1250,21 @@ pub fn hopper_backward_fits(dims: LinearShape, hopper: bool) -> bool {
     hopper && dims.m > 0 && dims.n > 0 && dims.k > 0 && dims.n % 8 == 0 && dims.k % 8 == 0
 }
 
+/// What two of the Hopper backward variants would run for a shape, as
+/// [`LayerKernels::backward_kernels_for`] says: rows where they would run `fused_hopper`'s
+/// kernels again are left out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HopperVariantsRun {
+    /// [`BackwardKernel::HopperOneLaunch`] runs both products in one launch (neither splits).
+    pub one_launch: bool,
+    /// [`BackwardKernel::HopperTmaStore`] stores a gradient by TMA (a product is unsplit).
+    pub tma_store: bool,
+}
+
 /// The backward variants timed beside `fused` (whatever [`BackwardKernel::Auto`] runs), given
 /// whether the Hopper backward kernels are available for the dtype on this GPU (`hopper`), the
 /// kernels `Auto` runs for dX and dW (`auto`, as [`LayerKernels::backward_kernels_for`] names
-/// them) and whether [`BackwardKernel::HopperOneLaunch`] runs both products of the shape in one
-/// launch (`one_launch`: neither product splits):
+/// them) and what the one launch and the TMA store would run (`runs`):
 /// - `fused_mma_sync`: [`BackwardKernel::TensorCore`] forced where `Auto` takes the Hopper
 ///   kernels for a product of this shape (the fallback's cost, as for the forward);
 /// - `fused_hopper`: [`BackwardKernel::Hopper`] forced where the Hopper kernels can run the
@@ -1264,7 +1274,8 @@ pub fn hopper_backward_fits(dims: LinearShape, hopper: bool) -> bool {
 ///   `Auto` takes the Hopper kernels and does not already run both products on that tile: the
 ///   tuning data of its choice of tile;
 /// - `fused_hop_ts`: [`BackwardKernel::HopperTmaStore`] where the Hopper kernels can run the
-///   shape (`fused_hopper` with each unsplit product's gradient stored by TMA, against it);
+///   shape and a product is unsplit (`fused_hopper` with each unsplit product's gradient stored
+///   by TMA, against it);
 /// - `fused_hop_dz`: [`BackwardKernel::HopperDzFromDx`] with its workspace, where the Hopper
 ///   kernels can run the shape (dZ written once by dX and read by dW, against `fused_hopper`'s
 ///   forming it in dW's stages);
@@ -1281,7 +1292,7 @@ pub fn backward_variants_given(
     dims: LinearShape,
     hopper: bool,
     auto: (&str, &str),
-    one_launch: bool,
+    runs: HopperVariantsRun,
 ) -> Vec<Variant> {
     let auto_takes_hopper = auto.0.starts_with("wg") || auto.1.starts_with("wg");
     let mut variants = Vec::new();
@@ -1307,10 +1318,12 @@ pub fn backward_variants_given(
                 });
             }
         }
-        variants.push(Variant {
-            name: "fused_hop_ts",
-            forced: Forced::Kernel(BackwardKernel::HopperTmaStore),
-        });
+        if runs.tma_store {
+            variants.push(Variant {
+                name: "fused_hop_ts",
+                forced: Forced::Kernel(BackwardKernel::HopperTmaStore),
+            });
+        }
         variants.push(Variant {
             name: "fused_hop_dz",
             forced: Forced::DzFromDx,
@@ -1319,7 +1332,7 @@ pub fn backward_variants_given(
             name: "fused_hop_tw",
             forced: Forced::Kernel(BackwardKernel::HopperTransformWarps),
         });
-        if one_launch {
+        if runs.one_launch {
             variants.push(Variant {
                 name: "fused_hop_1l",
                 forced: Forced::Kernel(BackwardKernel::HopperOneLaunch),
@@ -1349,11 +1362,16 @@ pub fn backward_variants<T: Element>(
 ) -> Result<Vec<Variant>> {
     let hopper = kernels.hopper_available::<T>();
     let auto = kernels.backward_kernels_for::<T>(dims, Nonlinearity::Relu, BackwardKernel::Auto)?;
-    let one_launch = hopper_backward_fits(dims, hopper)
-        && kernels
-            .backward_kernels_for::<T>(dims, Nonlinearity::Relu, BackwardKernel::HopperOneLaunch)?
-            .one_launch;
-    let mut variants = backward_variants_given(dims, hopper, (auto.dx, auto.dw), one_launch);
+    let fits = hopper_backward_fits(dims, hopper);
+    let choice = |kernel| kernels.backward_kernels_for::<T>(dims, Nonlinearity::Relu, kernel);
+    let runs = HopperVariantsRun {
+        one_launch: fits && choice(BackwardKernel::HopperOneLaunch)?.one_launch,
+        tma_store: fits && {
+            let stored = choice(BackwardKernel::HopperTmaStore)?;
+            stored.dx.ends_with("_tmastore") || stored.dw.ends_with("_tmastore")
+        },
+    };
+    let mut variants = backward_variants_given(dims, hopper, (auto.dx, auto.dw), runs);
     let (name, kernel) = if T::NEEDS_SM80 {
         ("fused_mma_split", BackwardKernel::TensorCore)
     } else {
@@ -2390,6 +2408,17 @@ mod tests {
         );
     }
 
+    /// Both the one launch and the TMA store run (no product splits).
+    const BOTH_RUN: HopperVariantsRun = HopperVariantsRun {
+        one_launch: true,
+        tma_store: true,
+    };
+    /// `small`'s: dX splits, dW does not.
+    const SMALL_RUNS: HopperVariantsRun = HopperVariantsRun {
+        one_launch: false,
+        tma_store: true,
+    };
+
     fn names(variants: &[Variant]) -> Vec<&'static str> {
         variants.iter().map(|v| v.name).collect()
     }
@@ -2401,7 +2430,9 @@ mod tests {
         let small = LinearShape::new(64, 4096, 4096);
         let small_auto = ("wg128x128s4", "wg128x256");
         assert_eq!(
-            names(&backward_variants_given(small, true, small_auto, false)),
+            names(&backward_variants_given(
+                small, true, small_auto, SMALL_RUNS
+            )),
             [
                 "fused_mma_sync",
                 "fused_hopper",
@@ -2416,7 +2447,7 @@ mod tests {
                 "fused_ident_ws"
             ]
         );
-        let forced: Vec<_> = backward_variants_given(small, true, small_auto, false)
+        let forced: Vec<_> = backward_variants_given(small, true, small_auto, SMALL_RUNS)
             .iter()
             .map(|v| v.forced.kernel())
             .collect();
@@ -2446,7 +2477,7 @@ mod tests {
                 &["fused_hop256", "fused_hop128"][..],
             ),
         ] {
-            let got = names(&backward_variants_given(sq, true, auto, true));
+            let got = names(&backward_variants_given(sq, true, auto, BOTH_RUN));
             let got: Vec<_> = got.iter().filter(|n| n.starts_with("fused_hop")).collect();
             let mut want = vec!["fused_hopper"];
             want.extend_from_slice(tiles);
@@ -2458,6 +2489,24 @@ mod tests {
             ]);
             assert_eq!(got, want.iter().collect::<Vec<_>>(), "{auto:?}");
         }
+        // Both products split: the one launch and the TMA store would run `fused_hopper`'s
+        // kernels again, so neither is timed.
+        let neither = HopperVariantsRun {
+            one_launch: false,
+            tma_store: false,
+        };
+        let got = names(&backward_variants_given(
+            small,
+            true,
+            ("wg128x128s4", "wg128x128s2"),
+            neither,
+        ));
+        assert!(
+            got.contains(&"fused_hopper")
+                && !got.contains(&"fused_hop_ts")
+                && !got.contains(&"fused_hop_1l"),
+            "{got:?}"
+        );
         // One tile per product: Auto keeps mma.sync, the Hopper kernels can still be forced
         // (and no tile is weighed).
         let tiny = LinearShape::new(64, 128, 128);
@@ -2466,7 +2515,7 @@ mod tests {
                 tiny,
                 true,
                 ("tc64x32", "tc64x32"),
-                true
+                BOTH_RUN
             )),
             [
                 "fused_hopper",
@@ -2491,7 +2540,7 @@ mod tests {
                     dims,
                     true,
                     ("tc128x128", "tc128x128"),
-                    true
+                    BOTH_RUN
                 )),
                 ["fused_identity", "fused_ident_ws"]
             );
@@ -2502,7 +2551,7 @@ mod tests {
                 sq,
                 false,
                 ("tc128x128", "tc128x128"),
-                true
+                BOTH_RUN
             )),
             ["fused_identity", "fused_ident_ws"]
         );
@@ -2666,7 +2715,7 @@ mod tests {
             sq,
             true,
             ("wg128x256", "wg128x128"),
-            true,
+            BOTH_RUN,
         )));
         all.sort_unstable();
         all.dedup();

@@ -273,26 +273,9 @@ __device__ __forceinline__ void consumer_barrier(int consumer) {
         ptx::warpgroup_barrier<2>();
 }
 
-// Stages one 64-row block of consumer warpgroup `consumer`'s tile, whose top-left element is
-// (tile_row, tile_col) of the row-major [rows, cols] OUT, and queues its TMA stores (OUT's rows
-// 16-byte aligned: cols % 8 == 0 and OUT 16-byte aligned; `map_out` is OUT's tensor map with
-// 64 x 64 boxes and 128-byte swizzle), in passes of kPassCols columns (all kWgN at once unless
-// the staging area is narrower than the tile). `group_values(j, v)` gives the f32 outputs of the
-// fragment's column group j (0 .. kWgN / 8 - 1, called in order): v[2 h] and v[2 h + 1] for the
-// pair in row 8 h of the group. Per pass, the warpgroup writes them, rounded to T, into its
-// `staging` area (1024-byte aligned, 128 kPassCols bytes) as kPassCols / 64 boxes of 64 rows x
-// 128 bytes in the 128-byte swizzle layout (the 16-byte chunk index XOR the row within its
-// group of 8 rows), with one stmatrix.x4 per two 8-column groups (ptx::stmatrix_x4: the
-// fragment's column pairs are its registers' layout; each 8 x 8 matrix row is one 16-byte chunk,
-// so a matrix's 8 rows fall in 8 distinct chunks of the bank line), then its first thread queues
-// one TMA store per box that starts inside OUT (none when the warpgroup's rows all lie past OUT,
-// as the second block of a multicast cluster's last row tile may); the TMA unit clips the rest
-// past OUT. A later pass first waits until the stores of the one before have read the area. The
-// warpgroup goes on to its next tile while the last pass's stores drain; the next tile's first
-// call (and the kernel's end, through finish_tma_stores) waits until they have read the area.
-// A warpgroup tile of several 64-row blocks (a ping-pong warpgroup's 128 rows) stages block
-// `block` at `staging` + 128 kPassCols `block` bytes, one call per block in order: only block 0's
-// first pass waits.
+// One pass of stage_block (below): groups first_group .. first_group + kPassCols / 8 - 1 of the
+// fragment, whose first column is tile_col, staged and stored; `wait`: first wait until the
+// stores queued before have read the staging area.
 template <typename T, int kPassCols, class GroupValues>
 __device__ __forceinline__ void stage_pass(const GroupValues& group_values, int first_group,
                                            unsigned char* staging, const CUtensorMap* map_out,
@@ -340,6 +323,26 @@ __device__ __forceinline__ void stage_pass(const GroupValues& group_values, int 
     }
 }
 
+// Stages one 64-row block of consumer warpgroup `consumer`'s tile, whose top-left element is
+// (tile_row, tile_col) of the row-major [rows, cols] OUT, and queues its TMA stores (OUT's rows
+// 16-byte aligned: cols % 8 == 0 and OUT 16-byte aligned; `map_out` is OUT's tensor map with
+// 64 x 64 boxes and 128-byte swizzle), in passes of kPassCols columns (all kWgN at once unless
+// the staging area is narrower than the tile). `group_values(j, v)` gives the f32 outputs of the
+// fragment's column group j (0 .. kWgN / 8 - 1, called in order): v[2 h] and v[2 h + 1] for the
+// pair in row 8 h of the group. Per pass, the warpgroup writes them, rounded to T, into its
+// `staging` area (1024-byte aligned, 128 kPassCols bytes) as kPassCols / 64 boxes of 64 rows x
+// 128 bytes in the 128-byte swizzle layout (the 16-byte chunk index XOR the row within its
+// group of 8 rows), with one stmatrix.x4 per two 8-column groups (ptx::stmatrix_x4: the
+// fragment's column pairs are its registers' layout; each 8 x 8 matrix row is one 16-byte chunk,
+// so a matrix's 8 rows fall in 8 distinct chunks of the bank line), then its first thread queues
+// one TMA store per box that starts inside OUT (none when the warpgroup's rows all lie past OUT,
+// as the second block of a multicast cluster's last row tile may); the TMA unit clips the rest
+// past OUT. A later pass first waits until the stores of the one before have read the area. The
+// warpgroup goes on to its next tile while the last pass's stores drain; the next tile's first
+// call (and the kernel's end, through finish_tma_stores) waits until they have read the area.
+// A warpgroup tile of several 64-row blocks (a ping-pong warpgroup's 128 rows) stages block
+// `block` at `staging` + 128 kPassCols `block` bytes, one call per block in order: only block 0's
+// first pass waits.
 template <typename T, int kWgN, int kPassCols = kWgN, class GroupValues>
 __device__ __forceinline__ void stage_block(const GroupValues& group_values,
                                             unsigned char* staging, const CUtensorMap* map_out,
@@ -378,8 +381,9 @@ __device__ __forceinline__ void stage_fragment(const float (&acc)[kWgN / 2],
 
 // The TMA-store form of store_gradient_fragment: OUT[r][c] = (accumulate ? OUT[r][c] : 0) +
 // scale * acc (gradient_value: the same bits), staged and stored by TMA under stage_block's rules
-// (one 64-row block per warpgroup, in passes of kPassCols columns). When accumulating, the old values of four 8-column groups are
-// read together as the first of them is staged, as store_gradient_fragment reads them.
+// (one 64-row block per warpgroup, in passes of kPassCols columns). When accumulating, the old
+// values of four 8-column groups are read together as the first of them is staged, as
+// store_gradient_fragment reads them.
 template <typename T, int kWgN, int kPassCols>
 __device__ __forceinline__ void stage_gradient_fragment(
     const float (&acc)[kWgN / 2], const T* out, long long rows, long long cols,

@@ -1,8 +1,9 @@
 //! `BackwardKernel::HopperTmaStore` on the harness: the Hopper dX and dW kernels whose consumer
 //! warpgroups stage each gradient tile in shared memory and store it by TMA
-//! (kernels/backward_sm90.cu's `wg128x128_tmastore` entry points, gemm/sm90/epilogue.cuh's
-//! stage_gradient_fragment), against the reference and, bit for bit, against the same tile's
-//! kernels that store from the accumulators.
+//! (kernels/backward_sm90.cu's `wg128x256_tmastore` and `wg128x128_tmastore` entry points,
+//! gemm/sm90/epilogue.cuh's stage_gradient_fragment; 128 x 256 tiles in two passes), against
+//! the reference and, bit for bit, against the same tile's kernels that store from the
+//! accumulators.
 
 use super::hopper::{fences_tracked, hopper_backward_cases};
 use super::*;
@@ -72,8 +73,9 @@ fn backward_sm90_tma_store_matches_reference_and_the_direct_stores() {
 
 /// Each thread's fence.proxy.async checked on its own (`track_proxy_stores`): every thread of a
 /// consumer warpgroup writes the staging area with stmatrix, and each must fence its own writes
-/// before the warpgroup's barrier, after which one thread queues the TMA stores. The two cases of
-/// 2 x 3 and 3 x 3 tiles on 2 blocks (ReLU; the identity with p = 0.5); f16 only.
+/// before the warpgroup's barrier, after which one thread queues the TMA stores. The two
+/// 200 x 264 x 328 cases on 2 blocks (ReLU; the identity with p = 0.5: dX and dW of 2 x 3 and
+/// 3 x 3 tiles of 128 x 128, 2 x 2 and 3 x 2 of 128 x 256); f16 only.
 #[test]
 fn backward_sm90_tma_store_fences_are_checked_per_thread() {
     check_tma_store::<f16>(&fences_tracked(hopper_backward_cases()), 0x7FEB);
