@@ -140,13 +140,20 @@ fn write_launch_header(out_dir: &Path) -> PathBuf {
          namespace fusedrop {\n\
          namespace launch {\n\n\
          struct Numbers {\n    int block_m;\n    int block_n;\n    int threads;\n    int smem_bytes;\n    \
-         int cluster;\n    bool tma_store;\n};\n\n",
+         int cluster;\n    bool tma_store;\n    bool stream_k;\n};\n\n",
     );
     for c in launch_table::ALL {
         writeln!(
             h,
-            "constexpr Numbers {} = {{{}, {}, {}, {}, {}, {}}};",
-            c.name, c.block_m, c.block_n, c.threads, c.smem_bytes, c.cluster, c.tma_store
+            "constexpr Numbers {} = {{{}, {}, {}, {}, {}, {}, {}}};",
+            c.name,
+            c.block_m,
+            c.block_n,
+            c.threads,
+            c.smem_bytes,
+            c.cluster,
+            c.tma_store,
+            c.stream_k
         )
         .unwrap();
     }
@@ -167,6 +174,10 @@ fn write_launch_header(out_dir: &Path) -> PathBuf {
          template <class C>\n\
          constexpr bool matches_stores(const Numbers& n) {{\n    \
          return matches_clustered<C>(n) && C::kTmaStore == n.tma_store;\n}}\n\n\
+         // The same, and whether a Hopper forward config schedules stream-K (kStreamK).\n\
+         template <class C>\n\
+         constexpr bool matches_schedule(const Numbers& n) {{\n    \
+         return matches_stores<C>(n) && C::kStreamK == n.stream_k;\n}}\n\n\
          }}  // namespace launch\n\
          }}  // namespace fusedrop",
         launch_table::BACKWARD_MAX_BLOCKS,

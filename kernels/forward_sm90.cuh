@@ -27,6 +27,9 @@
 // (kMulticast: the blocks of a cluster take consecutive row tiles of one column tile and share
 // each stage's W box, gemm/sm90/mainloop.cuh), not both.
 //
+// Stream-K (kStreamK, a sweep variant): the last tiles' k-blocks shared out evenly over the
+// grid, the partial sums handed over through the caller's workspace (gemm/sm90/stream_k.cuh).
+//
 // Registers: 384 threads at one block per multiprocessor leave 168 per thread at launch; the
 // producer warpgroup gives registers back (setmaxnreg 40) and the consumers take them
 // (setmaxnreg 232): 40 + 2 x 232 = 504 <= 512 per 128-thread slice of the register file.
@@ -39,6 +42,7 @@
 #include "gemm/sm90/epilogue.cuh"
 #include "gemm/sm90/mainloop.cuh"
 #include "gemm/sm90/split_k.cuh"
+#include "gemm/sm90/stream_k.cuh"
 #include "gemm/tile_scheduler.cuh"
 #include "mask.cuh"
 #include "ptx.cuh"
@@ -56,13 +60,14 @@ using gemm::sm90::kSplitOffset;
 // kernel then runs in clusters of Split::kSplits blocks, each accumulating its share of k; see
 // gemm/sm90/split_k.cuh); its Mainloop's kMulticast > 1 runs clusters of that many blocks that
 // share W's stages; kTmaStore stages Y through shared memory and stores it with TMA (map_y, null
-// otherwise).
+// otherwise); kStreamK hands partial tiles over through `workspace` (null otherwise).
 template <typename T, class Config>
 __device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUtensorMap* map_w,
                                              const CUtensorMap* map_y,
                                              const T* __restrict__ b, T* __restrict__ y,
                                              long long m, long long n, long long k, int relu,
-                                             MaskParams mp) {
+                                             MaskParams mp,
+                                             unsigned char* workspace = nullptr) {
     using Mainloop = typename Config::template Mainloop<T>;
     using Split = typename Config::Split;
     constexpr bool kSplitK = Split::kSplits > 1;
@@ -73,6 +78,9 @@ __device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUt
     constexpr bool kPingPong = Mainloop::kConsumersPerTile == 1;
     static_assert(!kPingPong || (!kSplitK && kMulticast == 1),
                   "ping-pong consumers run without clusters");
+    static_assert(!Config::kStreamK || (!kSplitK && kMulticast == 1 && !kPingPong &&
+                                        !Config::kTmaStore),
+                  "stream-K runs cooperative consumers, without clusters, storing directly");
     // Blocks of 64 rows per warpgroup tile (Mainloop::row_block).
     constexpr int kRowBlocks = Mainloop::kWgRowBlocks;
     constexpr int kClusterBlocks = kSplitK ? Split::kSplits : kMulticast;
@@ -109,8 +117,15 @@ __device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUt
 
     if (warpgroup == 0) {
         ptx::setmaxnreg_dec<gemm::sm90::kProducerRegisters>();
-        if (threadIdx.x == 0)
-            Mainloop::produce(scheduler, map_x, map_w, nullptr, storage, share.first, share.count);
+        if (threadIdx.x == 0) {
+            if constexpr (Config::kStreamK) {
+                Mainloop::produce_pieces(gemm::sm90::StreamKWork(scheduler.tiles(), share.count),
+                                         scheduler, map_x, map_w, storage);
+            } else {
+                Mainloop::produce(scheduler, map_x, map_w, nullptr, storage, share.first,
+                                  share.count);
+            }
+        }
         return;
     }
 
@@ -137,8 +152,76 @@ __device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUt
     // Mask groups drawn per k-block: all of a tile's groups within its main loop, spread evenly,
     // so that a short reduction (wide, k = 256: 4 k-blocks for 32 groups at 128 x 256) leaves
     // none for the epilogue, where the warpgroup would draw them while its tensor cores idle.
-    const int draws_per_k_block =
-        (kRowBlocks * FragmentMask::kGroups + share.count - 1) / share.count;
+    const auto draws_per_k_block = [](int k_blocks) {
+        return (kRowBlocks * FragmentMask::kGroups + k_blocks - 1) / k_blocks;
+    };
+    const auto reset_masks = [&](int linear) {
+        const gemm::TileCoordOf<int> tile = scheduler.tile(linear);
+#pragma unroll
+        for (int block = 0; block < kRowBlocks; ++block) {
+            mask[block].reset(mp,
+                              (uint64_t)tile.tm * kClusterRows + wg_row + 64 * block +
+                                  16 * (t / 32) + (t % 32) / 4,
+                              (uint64_t)tile.tn * Mainloop::kBlockN + wg_col + 2 * (t % 4));
+        }
+    };
+    const auto draw = [&](int groups) {
+        for (int d = 0; d < groups; ++d) {
+            // The warp's lanes have drawn alike, so the choice is the same for all (the paired
+            // draws shuffle).
+            if (kRowBlocks == 1 || mask[0].drawn < FragmentMask::kGroups) {
+                mask[0].draw_next(key);
+            } else {
+                mask[kRowBlocks - 1].draw_next(key);
+            }
+        }
+    };
+    const auto epilogue = [&](const float (&result)[Mainloop::kAccumulators], int linear) {
+        const gemm::TileCoordOf<int> tile = scheduler.tile(linear);
+        const gemm::EpilogueArgs<T> epi = gemm::make_epilogue_args(b, y, m, n, relu, mp);
+        const long long tile_row = (long long)tile.tm * kClusterRows + wg_row;
+        const long long tile_col = (long long)tile.tn * Mainloop::kBlockN + wg_col;
+#pragma unroll
+        for (int block = 0; block < kRowBlocks; ++block) {
+            if constexpr (Config::kTmaStore) {
+                gemm::sm90::stage_fragment<T, Mainloop::kWgN>(
+                    Mainloop::row_block(result, block), mask[block], epi,
+                    storage.stages + Config::kStagingOffset +
+                        consumer * Config::kStagingBytesPerWarpgroup,
+                    map_y, consumer, tile_row + 64 * block, tile_col, block);
+            } else {
+                gemm::sm90::store_fragment<T, Mainloop::kWgN>(
+                    Mainloop::row_block(result, block), mask[block], epi, tile_row + 64 * block,
+                    tile_col);
+            }
+        }
+    };
+    if constexpr (Config::kStreamK) {
+        // Each piece's own k-blocks; only a piece that finishes its tile draws the mask and
+        // runs the epilogue, after adding the other pieces' partials (gemm/sm90/stream_k.cuh).
+        const gemm::sm90::StreamKWork work(scheduler.tiles(), share.count);
+        using Fixup = gemm::sm90::StreamKFixup<Mainloop::kAccumulators>;
+        for (int i = 0; i < work.pieces(); ++i) {
+            const gemm::sm90::StreamKPiece piece = work.piece(i);
+            const bool draws = dropout && piece.finishes;
+            if (draws) reset_masks(piece.linear);
+            const int groups = draws_per_k_block(piece.k_blocks);
+            Mainloop::mma_tile(acc, storage, state, piece.k_blocks, part, [&](int) {
+                if (draws) draw(groups);
+            });
+            if (piece.finishes) {
+                Fixup::add_partials(workspace, acc, consumer, piece.first_block);
+                epilogue(acc, piece.linear);
+            } else {
+                Fixup::contribute(workspace, acc, consumer);
+            }
+        }
+        return;
+    }
+    // Mask groups drawn per k-block: all of a tile's groups within its main loop, spread evenly,
+    // so that a short reduction (wide, k = 256: 4 k-blocks for 32 groups at 128 x 256) leaves
+    // none for the epilogue, where the warpgroup would draw them while its tensor cores idle.
+    const int groups = draws_per_k_block(share.count);
     int done = 0;  // the block's tiles before this one (both warpgroups')
     for (int linear = scheduler.first(); linear < scheduler.tiles();
          linear = scheduler.next(linear), ++done) {
@@ -149,54 +232,15 @@ __device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUt
             }
             order->wait(consumer, done / 2);
         }
-        if (dropout) {
-            const gemm::TileCoordOf<int> tile = scheduler.tile(linear);
-#pragma unroll
-            for (int block = 0; block < kRowBlocks; ++block) {
-                mask[block].reset(mp,
-                                  (uint64_t)tile.tm * kClusterRows + wg_row + 64 * block +
-                                      16 * (t / 32) + (t % 32) / 4,
-                                  (uint64_t)tile.tn * Mainloop::kBlockN + wg_col + 2 * (t % 4));
-            }
-        }
+        if (dropout) reset_masks(linear);
         Mainloop::mma_tile(acc, storage, state, share.count, part, [&](int) {
-            if (dropout) {
-                for (int d = 0; d < draws_per_k_block; ++d) {
-                    // The warp's lanes have drawn alike, so the choice is the same for all
-                    // (the paired draws shuffle).
-                    if (kRowBlocks == 1 || mask[0].drawn < FragmentMask::kGroups) {
-                        mask[0].draw_next(key);
-                    } else {
-                        mask[kRowBlocks - 1].draw_next(key);
-                    }
-                }
-            }
+            if (dropout) draw(groups);
         });
         if constexpr (kPingPong) order->pass(consumer);
-        const auto epilogue = [&](const float (&result)[Mainloop::kAccumulators]) {
-            const gemm::TileCoordOf<int> tile = scheduler.tile(linear);
-            const gemm::EpilogueArgs<T> epi = gemm::make_epilogue_args(b, y, m, n, relu, mp);
-            const long long tile_row = (long long)tile.tm * kClusterRows + wg_row;
-            const long long tile_col = (long long)tile.tn * Mainloop::kBlockN + wg_col;
-#pragma unroll
-            for (int block = 0; block < kRowBlocks; ++block) {
-                if constexpr (Config::kTmaStore) {
-                    gemm::sm90::stage_fragment<T, Mainloop::kWgN>(
-                        Mainloop::row_block(result, block), mask[block], epi,
-                        storage.stages + Config::kStagingOffset +
-                            consumer * Config::kStagingBytesPerWarpgroup,
-                        map_y, consumer, tile_row + 64 * block, tile_col, block);
-                } else {
-                    gemm::sm90::store_fragment<T, Mainloop::kWgN>(
-                        Mainloop::row_block(result, block), mask[block], epi,
-                        tile_row + 64 * block, tile_col);
-                }
-            }
-        };
         // Split-K: only rank 0 runs the epilogue, on the cluster's sums.
         Split::finish_tile(smem + kSplitOffset<Mainloop>, acc, 0.0f, consumer, done,
                            [&](const float (&result)[Mainloop::kAccumulators], float) {
-                               epilogue(result);
+                               epilogue(result, linear);
                            });
     }
     Split::finish(smem + kSplitOffset<Mainloop>, consumer, done);
@@ -207,9 +251,10 @@ __device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUt
 // blocks per tile (split-K clusters) or 1, MULTICAST blocks per cluster sharing W's stages or 1,
 // TMA_STORE: Y through shared memory and TMA stores (needs Y's tensor map), PING_PONG: each
 // tile (64 or 128 rows) is one consumer warpgroup's, the two alternating (cooperative otherwise),
-// GROUP_ROWS: row tiles per group of the tile order (gemm/tile_scheduler.cuh).
+// GROUP_ROWS: row tiles per group of the tile order (gemm/tile_scheduler.cuh), STREAM_K: the
+// last tiles' k-blocks shared out over the grid (gemm/sm90/stream_k.cuh; needs a workspace).
 template <int BM, int BN, int STAGES, int SPLITS = 1, int MULTICAST = 1, bool TMA_STORE = false,
-          bool PING_PONG = false, int GROUP_ROWS = kGroupRows>
+          bool PING_PONG = false, int GROUP_ROWS = kGroupRows, bool STREAM_K = false>
 struct WgConfig {
     template <typename T>
     using Mainloop = gemm::sm90::Mainloop<T, BM, BN, STAGES, gemm::sm90::Major::K,
@@ -224,6 +269,7 @@ struct WgConfig {
     static constexpr int kClusterBlocks = SPLITS > 1 ? SPLITS : MULTICAST;
     static constexpr bool kTmaStore = TMA_STORE;
     static constexpr int kGroupRows = GROUP_ROWS;
+    static constexpr bool kStreamK = STREAM_K;
     // Lane pairs share their Philox calls where the columns allow (gemm/sm90/epilogue.cuh); a
     // sweep variant turns it off to measure it.
     static constexpr bool kPairedDraws = true;

@@ -23,18 +23,23 @@
 //     for 128 x 256 tiles about 16 row tiles by 8 column tiles, rather than 8 by 16.5;
 //   - unpaired mask draws (kPairedDraws false, gemm/sm90/epilogue.cuh): wg128x256 with every
 //     lane drawing the Philox calls of both its rows itself, as before the lanes of a pair
-//     shared them, so the sweep shows what sharing buys (or costs: one shuffle per group).
-// Every variant computes each output element with the same wgmma sequence (the same k-blocks in
-// the same order, wgmma m64n(N)k16 with the N of the production config of its column tile:
-// wg128x256 for BN = 256, wg128x128 for BN = 128) and the same epilogue arithmetic, so their
-// outputs are bit-identical to that config's.
+//     shared them, so the sweep shows what sharing buys (or costs: one shuffle per group);
+//   - stream-K (kStreamK, gemm/sm90/stream_k.cuh): wg128x256 with the last G + R tiles'
+//     k-blocks shared out evenly over the G blocks, so that the last partial wave of tiles
+//     leaves no multiprocessor idle (about 3 % of up, sq and down on 132 multiprocessors).
+// Every variant but stream-K computes each output element with the same wgmma sequence (the
+// same k-blocks in the same order, wgmma m64n(N)k16 with the N of the production config of its
+// column tile: wg128x256 for BN = 256, wg128x128 for BN = 128) and the same epilogue arithmetic,
+// so their outputs are bit-identical to that config's. Stream-K sums a tile's pieces in another
+// order: its output matches the reference, and is bit-identical to itself from run to run.
 //
 // Entry points: fusedrop_forward_sweep_<variant>_<f16|bf16>(map_x, map_w, map_y, b, y, m, n, k,
 // relu, mp): X's map with 64 x kBlockM boxes, W's with 64 x kBlockN / kMulticast boxes, Y's (the
 // TMA-store variants only; ignored by the others) with 64 x 64 boxes, all 128-byte swizzle;
 // block = 384 threads, dynamic shared memory = kSmemBytes, grid = (blocks, 1, 1) with blocks a
 // multiple of kClusterBlocks; numbers in src/cuda/launch_table.rs (FORWARD_SM90_SWEEP), which
-// the static_asserts below check.
+// the static_asserts below check. The stream-K variant takes one more argument, its workspace
+// (gemm/sm90/stream_k.cuh: 16-byte aligned, its flags zero).
 #include "forward_sm90.cuh"
 
 namespace fusedrop {
@@ -56,6 +61,7 @@ struct Sweep128x128Group16 : WgConfig<128, 128, 6, 1, 1, false, false, 16> {};
 struct Sweep128x256Unpaired : Wg128x256 {
     static constexpr bool kPairedDraws = false;
 };
+struct Sweep128x256StreamK : WgConfig<128, 256, 4, 1, 1, false, false, kGroupRows, true> {};
 
 }  // namespace forward
 }  // namespace fusedrop
@@ -98,10 +104,23 @@ FUSEDROP_FORWARD_SM90_SWEEP_TYPES(Sweep128x256Group16, wg128x256_g16)
 FUSEDROP_FORWARD_SM90_SWEEP_TYPES(Sweep128x128Group16, wg128x128_g16)
 FUSEDROP_FORWARD_SM90_SWEEP_TYPES(Sweep128x256Unpaired, wg128x256_unpaired)
 
+#define FUSEDROP_FORWARD_SM90_SWEEP_STREAM_K(CONFIG, NAME, SUFFIX, T)                          \
+    extern "C" __global__ void __launch_bounds__(fusedrop::forward::CONFIG::kThreads, 1)        \
+        fusedrop_forward_sweep_##NAME##_##SUFFIX(                                               \
+            const __grid_constant__ CUtensorMap map_x, const __grid_constant__ CUtensorMap map_w, \
+            const __grid_constant__ CUtensorMap map_y, const T* __restrict__ b,                 \
+            T* __restrict__ y, long long m, long long n, long long k, int relu,                 \
+            fusedrop::MaskParams mp, unsigned char* __restrict__ workspace) {                   \
+        fusedrop::forward::forward_sm90<T, fusedrop::forward::CONFIG>(                          \
+            &map_x, &map_w, &map_y, b, y, m, n, k, relu, mp, workspace);                        \
+    }
+FUSEDROP_FORWARD_SM90_SWEEP_STREAM_K(Sweep128x256StreamK, wg128x256_sk, f16, __half)
+FUSEDROP_FORWARD_SM90_SWEEP_STREAM_K(Sweep128x256StreamK, wg128x256_sk, bf16, __nv_bfloat16)
+
 // The launch numbers the Rust side launches with (src/cuda/launch_table.rs, via build.rs).
 #include "fusedrop_launch_table.h"
 #define FUSEDROP_SM90_SWEEP_MATCHES(CONFIG, NAME)                                               \
-    static_assert(fusedrop::launch::matches_stores<fusedrop::forward::CONFIG>(                 \
+    static_assert(fusedrop::launch::matches_schedule<fusedrop::forward::CONFIG>(               \
                       fusedrop::launch::forward_sweep_##NAME),                                 \
                   #CONFIG " disagrees with src/cuda/launch_table.rs");
 FUSEDROP_SM90_SWEEP_MATCHES(Sweep128x256Stages3, wg128x256_st3)
@@ -118,3 +137,4 @@ FUSEDROP_SM90_SWEEP_MATCHES(Sweep128x256Group4, wg128x256_g4)
 FUSEDROP_SM90_SWEEP_MATCHES(Sweep128x256Group16, wg128x256_g16)
 FUSEDROP_SM90_SWEEP_MATCHES(Sweep128x128Group16, wg128x128_g16)
 FUSEDROP_SM90_SWEEP_MATCHES(Sweep128x256Unpaired, wg128x256_unpaired)
+FUSEDROP_SM90_SWEEP_MATCHES(Sweep128x256StreamK, wg128x256_sk)

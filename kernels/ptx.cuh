@@ -598,6 +598,71 @@ FUSEDROP_PTX_DEVICE void warpgroup_barrier() {
 #endif
 }
 
+// ---- Flags in global memory between the blocks of one grid (the stream-K forward's partial
+// tiles, gemm/sm90/stream_k.cuh) ----
+//
+// One thread publishes what its block wrote to global memory by storing a flag with release
+// semantics at GPU scope, after a barrier that orders the other writers' stores before it (the
+// release is cumulative: PTX ISA, "Memory Consistency Model"; CUTLASS's generic barrier does the
+// same); a thread of another block waits for the flag with acquire loads, then a barrier passes
+// what it acquired on to its warpgroup. Waiting on another block is safe only where that block
+// is running or will run without waiting for the waiter: the stream-K grid waits only on
+// lower-numbered blocks, which the GPU has started by the time a higher one runs.
+
+// st.release.gpu.global.u32: stores `value` at `flag` (global memory).
+FUSEDROP_PTX_DEVICE void flag_store_release(uint32_t* flag, uint32_t value) {
+#if defined(FUSEDROP_PTX_SM90)
+    asm volatile("st.release.gpu.global.u32 [%0], %1;\n" ::"l"(flag), "r"(value) : "memory");
+#elif defined(__CUDA_ARCH__)
+    (void)flag, (void)value;
+    __trap();
+#elif defined(__CUDACC__)
+    (void)flag, (void)value;
+#else
+    ::fusedrop::host::flag_store_release(flag, value);
+#endif
+}
+
+// ld.acquire.gpu.global.u32 in a loop until `flag` holds `value`, giving up (trap) after
+// FUSEDROP_MBARRIER_WAIT_LIMIT_NS as an mbarrier wait does; the clock is read only once the
+// first load found another value.
+FUSEDROP_PTX_DEVICE void flag_wait_acquire(const uint32_t* flag, uint32_t value) {
+#if defined(FUSEDROP_PTX_SM90)
+    uint32_t timed_out = 0;
+    asm volatile(
+        "{\n"
+        ".reg .pred done, in_time;\n"
+        ".reg .u32 seen;\n"
+        ".reg .u64 start, waited;\n"
+        "ld.acquire.gpu.global.u32 seen, [%1];\n"
+        "setp.eq.u32 done, seen, %2;\n"
+        "@done bra FUSEDROP_FLAG_DONE;\n"
+        "mov.u64 start, %%globaltimer;\n"
+        "FUSEDROP_FLAG_WAIT:\n"
+        "ld.acquire.gpu.global.u32 seen, [%1];\n"
+        "setp.eq.u32 done, seen, %2;\n"
+        "@done bra FUSEDROP_FLAG_DONE;\n"
+        "mov.u64 waited, %%globaltimer;\n"
+        "sub.u64 waited, waited, start;\n"
+        "setp.le.u64 in_time, waited, %3;\n"
+        "@in_time bra FUSEDROP_FLAG_WAIT;\n"
+        "mov.u32 %0, 1;\n"
+        "FUSEDROP_FLAG_DONE:\n"
+        "}\n"
+        : "+r"(timed_out)
+        : "l"(flag), "r"(value), "n"(FUSEDROP_MBARRIER_WAIT_LIMIT_NS)
+        : "memory");
+    if (timed_out) mbarrier_wait_timed_out();
+#elif defined(__CUDA_ARCH__)
+    (void)flag, (void)value;
+    __trap();
+#elif defined(__CUDACC__)
+    (void)flag, (void)value;
+#else
+    ::fusedrop::host::flag_wait_acquire(flag, value);
+#endif
+}
+
 // ---- wgmma (a warpgroup is 4 consecutive warps starting at a warp index that is a multiple
 // of 4; every instruction below is executed by all 128 threads of the warpgroup) ----
 

@@ -190,9 +190,22 @@ fn check<T: Element>(kernels: &LayerKernels, case: Case) {
         case.nonfinite
     );
     let got_elements = run_gpu(kernels, &case, &spec, &host, SeedSource::Host);
-    let got = reference::to_f64(&got_elements);
+    check_against_reference(&what, &case, &spec, &host, &got_elements);
+}
 
-    let want = reference::forward_f64(&spec, &host.x, &host.w, host.b.as_deref()).unwrap();
+/// `got_elements`, the output of `spec` on `host`'s inputs, against the f64 reference: every
+/// element of the reference's class, the mask exact, the dtype's relative L2 tolerance, and each
+/// element within its own bound.
+fn check_against_reference<T: Element>(
+    what: &str,
+    case: &Case,
+    spec: &LayerSpec,
+    host: &Inputs<T>,
+    got_elements: &[T],
+) {
+    let LinearShape { m, n, k } = case.shape;
+    let got = reference::to_f64(got_elements);
+    let want = reference::forward_f64(spec, &host.x, &host.w, host.b.as_deref()).unwrap();
     let z = reference::preactivation_f64(case.shape, &host.x, &host.w, host.b.as_deref()).unwrap();
     // NaN where the reference has none is an unwritten (poisoned) output or a lost class.
     let wrong_class = |i: usize| !reference::same_class(got[i], want[i]);
@@ -238,7 +251,7 @@ fn check<T: Element>(kernels: &LayerKernels, case: Case) {
             .into_iter()
             .map(|s| s * scale)
             .collect();
-    check_elementwise(&what, n, &got_elements, &want, &abs_sum, k + 1);
+    check_elementwise(what, n, got_elements, &want, &abs_sum, k + 1);
 }
 
 fn check_all_types(kernels: &LayerKernels, case: Case) {
@@ -816,8 +829,9 @@ fn hopper_split_k_is_chosen_for_few_tiles_and_deterministic() {
     each::<bf16>(&kernels);
 }
 
-/// Every Hopper tuning variant (kernels/forward_sm90_sweep.cu: stages, TMA-store epilogue, W
-/// multicast over clusters of 2, ping-pong consumers) bit for bit against the production config
+/// Every Hopper tuning variant but stream-K (kernels/forward_sm90_sweep.cu: stages, TMA-store
+/// epilogue, W multicast over clusters of 2, ping-pong consumers, tile order, unpaired draws;
+/// stream-K has a test of its own, below) bit for bit against the production config
 /// of its column tile (wg128x256 or wg128x128: the same wgmma N) on the
 /// same inputs, which `hopper_configs_match_reference` checks against the reference: odd row
 /// tile counts (the multicast clusters' second block past m), partial column tiles, several tiles
@@ -879,7 +893,7 @@ fn hopper_sweep_variants_match_production_bit_for_bit() {
                         )
                     );
                 };
-                for variant in &FORWARD_SM90_SWEEP {
+                for variant in FORWARD_SM90_SWEEP.iter().filter(|v| !v.stream_k) {
                     let config = ForwardConfig::HOPPER
                         .into_iter()
                         .find(|c| {
@@ -903,7 +917,7 @@ fn hopper_sweep_variants_match_production_bit_for_bit() {
                     let poison = vec![T::from_f64(f64::NAN); m * n];
                     let mut y = stream.clone_htod(&poison).unwrap();
                     kernels
-                        .forward_sweep_variant(&spec, variant, &x, &w, Some(&b_view), &mut y)
+                        .forward_sweep_variant(&spec, variant, &x, &w, Some(&b_view), &mut y, None)
                         .unwrap_or_else(|e| panic!("{} {}: {e}", variant.name, T::NAME));
                     let what = format!(
                         "{} {} {m}x{n}x{k} p = {p}: differs from {}",
@@ -928,9 +942,101 @@ fn hopper_sweep_variants_match_production_bit_for_bit() {
             .filter(|v| v.name.contains("tmastore"))
         {
             let err = kernels
-                .forward_sweep_variant(&spec, variant, &x, &w, None, &mut y)
+                .forward_sweep_variant(&spec, variant, &x, &w, None, &mut y, None)
                 .unwrap_err();
             assert!(err.to_string().contains("stores Y by TMA"), "{err}");
+        }
+    }
+    each::<f16>(&kernels);
+    each::<bf16>(&kernels);
+}
+
+/// The stream-K sweep variant (kernels/gemm/sm90/stream_k.cuh) on shapes whose tiles do not fill
+/// whole waves of the GPU (1.06 waves on 132 multiprocessors: every tile shared out; 2.27 waves:
+/// a wave of whole tiles first; k = 1000, 16 k-blocks, the last partial), against the reference,
+/// bit for bit from run to run, with the workspace's flags zero after each launch; without a
+/// workspace, or with one too short, it is refused.
+#[test]
+fn hopper_stream_k_matches_reference_and_repeats_bit_for_bit() {
+    use fusedrop::cuda::forward::sweep_workspace_bytes;
+    use fusedrop::cuda::launch_table::FORWARD_SM90_SWEEP;
+    let Some(kernels) = gpu() else { return };
+    if !hopper(&kernels) {
+        return;
+    }
+    fn each<T: Element>(kernels: &LayerKernels) {
+        let stream = kernels.stream();
+        let variant = FORWARD_SM90_SWEEP.iter().find(|v| v.stream_k).unwrap();
+        let sms = kernels.sm_count();
+        for (i, row_tiles) in [sms + 8, 2 * sms + 36].into_iter().enumerate() {
+            for p in [0.0f32, 0.1] {
+                let case = Case {
+                    p,
+                    nonfinite: i == 0,
+                    ..Case::new(128 * row_tiles, 256, 1000)
+                };
+                let host = inputs::<T>(&case, &mut StdRng::seed_from_u64(0x5C + i as u64));
+                let spec = spec_of(&case, 0x5EED + i as u64, 3);
+                let x = stream.clone_htod(&host.x).unwrap();
+                let w = stream.clone_htod(&host.w).unwrap();
+                let b = stream.clone_htod(host.b.as_ref().unwrap()).unwrap();
+                let bytes = sweep_workspace_bytes(variant, case.shape, kernels.resident_clusters())
+                    .unwrap();
+                let mut workspace = stream.alloc_zeros::<u8>(bytes).unwrap();
+                let (m, n) = (case.shape.m, case.shape.n);
+                let mut outputs = Vec::new();
+                for _ in 0..2 {
+                    let mut y = stream
+                        .clone_htod(&vec![T::from_f64(f64::NAN); m * n])
+                        .unwrap();
+                    kernels
+                        .forward_sweep_variant(
+                            &spec,
+                            variant,
+                            &x,
+                            &w,
+                            Some(&b.as_view()),
+                            &mut y,
+                            Some(workspace.as_view_mut()),
+                        )
+                        .unwrap_or_else(|e| panic!("{} {}: {e}", variant.name, T::NAME));
+                    let flags: Vec<u8> = stream.clone_dtoh(&workspace).unwrap();
+                    let blocks = bytes / (128 * 256 * 4 + 8);
+                    assert!(
+                        flags[bytes - 8 * blocks..].iter().all(|&f| f == 0),
+                        "{} {}: flags left set",
+                        variant.name,
+                        T::NAME
+                    );
+                    outputs.push(stream.clone_dtoh(&y).unwrap());
+                }
+                let what = format!("{} {} {m}x{n}x1000 p = {p}", variant.name, T::NAME);
+                check_against_reference(&what, &case, &spec, &host, &outputs[0]);
+                assert_same_bits(
+                    &format!("{what}: runs differ"),
+                    m,
+                    n,
+                    &outputs[1],
+                    &outputs[0],
+                );
+                let mut y = stream.alloc_zeros::<T>(m * n).unwrap();
+                let err = kernels
+                    .forward_sweep_variant(&spec, variant, &x, &w, None, &mut y, None)
+                    .unwrap_err();
+                assert!(err.to_string().contains("needs a workspace"), "{err}");
+                let err = kernels
+                    .forward_sweep_variant(
+                        &spec,
+                        variant,
+                        &x,
+                        &w,
+                        None,
+                        &mut y,
+                        Some(workspace.slice_mut(..bytes - 1)),
+                    )
+                    .unwrap_err();
+                assert!(err.to_string().contains("needs a workspace of"), "{err}");
+            }
         }
     }
     each::<f16>(&kernels);

@@ -35,6 +35,11 @@
 //   the async proxy's view of shared memory (each thread's fence.proxy.async publishing that
 //   thread's own stores) and of barrier initialisations (fence.mbarrier_init); cluster-scope
 //   releases and acquires.
+// - Flags in global memory between blocks (ptx::flag_store_release, ptx::flag_wait_acquire): a
+//   waiting thread stops until a release store of a block running with it writes the value it
+//   waits for. A launch with LaunchConfig::co_resident runs all its blocks together under one
+//   scheduler (as a GPU runs a persistent grid), so that a block that reads what another wrote
+//   before its flag says so reads poison.
 // - Misuse that the GPU would fault on or leave undefined (misaligned cp.async / ldmatrix /
 //   stmatrix addresses, stmatrix rows that overlap, divergent barriers, collectives with missing
 //   lanes, deadlocks) aborts with a message naming the block and thread.
@@ -142,7 +147,16 @@ namespace host {
 // ---------------------------------------------------------------------------------------------
 // Runtime state.
 
-enum class State { Runnable, AtBarrier, AtClusterBarrier, AtWarp, AtWarpGroup, AtMbarrier, Done };
+enum class State {
+    Runnable,
+    AtBarrier,
+    AtClusterBarrier,
+    AtWarp,
+    AtWarpGroup,
+    AtMbarrier,
+    AtFlag,
+    Done
+};
 
 enum class Op { None, Mma, Ldmatrix, Stmatrix, Shfl, SyncWarp };
 
@@ -314,6 +328,8 @@ struct Fiber {
     std::deque<std::vector<BulkStore>> bulk_groups;
     const uint64_t* mbar_wait = nullptr;  // the mbarrier this thread waits on (State::AtMbarrier)
     uint32_t mbar_parity = 0;
+    const uint32_t* flag_wait = nullptr;  // the global flag it waits on (State::AtFlag)
+    uint32_t flag_value = 0;              // for this value
     // ptx::fence_registers discipline (kernels/ptx.cuh): accumulators a wgmma_wait_group wrote
     // that no fence_registers has covered since (the thread's next operation must be that
     // fence); registers fenced since the thread's last wgmma_fence; and those fenced before it,
@@ -462,8 +478,9 @@ struct Runtime {
     // run time of the 8-block split-K clusters: 3072 fibers).
     std::vector<int> place;
     std::vector<uint64_t> runnable;
-    std::vector<Cta> ctas;   // the blocks of the cluster, by rank
+    std::vector<Cta> ctas;   // the blocks of the cluster (or of the co-resident grid), by rank
     int cta = 0;             // the rank of the block whose thread runs (or ran last)
+    bool co_resident = false;  // LaunchConfig::co_resident: ctas are the grid's blocks, no cluster
     int at_cluster_barrier = 0;
     FiberContext scheduler;
     void* scheduler_fake_stack = nullptr;
@@ -641,9 +658,19 @@ inline void syncthreads(const char* file, int line) {
     if (f.state == State::AtBarrier) yield_to_scheduler();
 }
 
+// A cluster operation in a co-resident launch, whose blocks run together without forming a
+// cluster (LaunchConfig::co_resident), is an error rather than an operation on the wrong blocks.
+inline void refuse_in_co_resident(const char* op) {
+    if (runtime()->co_resident)
+        fail("%s in a co-resident launch (its blocks run together to check their global flags; "
+             "the harness runs them without clusters)",
+             op);
+}
+
 // barrier.cluster.arrive.release + barrier.cluster.wait.acquire: every live thread of every
 // block of the cluster.
 inline void cluster_sync() {
+    refuse_in_co_resident("barrier.cluster");
     Fiber& f = current_fiber();
     set_state(f, State::AtClusterBarrier);
     f.site_file = "barrier.cluster";
@@ -1335,6 +1362,45 @@ inline void mbarrier_wait(uint64_t* bar, uint32_t parity, bool cluster_acquire) 
     }
 }
 
+// ---- Flags in global memory (ptx::flag_store_release, ptx::flag_wait_acquire) ----
+//
+// Blocks run one after another unless the launch is co-resident (LaunchConfig::co_resident),
+// so a flag another block sets is either set already when a thread waits for it (a block that
+// ran before) or set by a block running beside it. A plain store never wakes a waiter: on a GPU
+// it would not order the writes before it for the other block either.
+
+inline void check_global_flag(const void* flag, const char* op) {
+    current_fiber();
+    if (cta_holding(flag) >= 0)
+        fail("%s: the flag at %s is in shared memory; a flag between blocks lives in global "
+             "memory",
+             op, describe_smem(flag).c_str());
+    if (reinterpret_cast<uintptr_t>(flag) % 4 != 0)
+        fail("%s: the flag at %p is not 4-byte aligned", op, flag);
+}
+
+// st.release.gpu.global.u32: stores `value` and wakes the threads waiting for that value there.
+inline void flag_store_release(uint32_t* flag, uint32_t value) {
+    check_global_flag(flag, "flag_store_release");
+    *flag = value;
+    for (Fiber& f : runtime()->fibers)
+        if (f.state == State::AtFlag && f.flag_wait == flag && f.flag_value == value)
+            set_state(f, State::Runnable);
+}
+
+// ld.acquire.gpu.global.u32 until the flag holds `value`: the thread stops running meanwhile.
+inline void flag_wait_acquire(const uint32_t* flag, uint32_t value) {
+    check_global_flag(flag, "flag_wait_acquire");
+    Fiber& f = current_fiber();
+    while (*flag != value) {
+        set_state(f, State::AtFlag);
+        f.flag_wait = flag;
+        f.flag_value = value;
+        yield_to_scheduler();
+        f.flag_wait = nullptr;
+    }
+}
+
 // ---- Thread block clusters: distributed shared memory ----
 //
 // A shared::cluster address (what mapa returns) is modelled as a tag bit, the target block's rank
@@ -1364,7 +1430,7 @@ inline void retire_cta(int rank) {
 // %cluster_ctarank: the running block's rank in its cluster (0 outside a cluster launch).
 inline uint32_t cluster_ctarank() {
     current_fiber();
-    return (uint32_t)runtime()->cta;
+    return runtime()->co_resident ? 0u : (uint32_t)runtime()->cta;
 }
 
 // mapa.shared::cluster.u32: the address of `local` (in the running block's dynamic shared memory)
@@ -1372,6 +1438,7 @@ inline uint32_t cluster_ctarank() {
 inline uint32_t cluster_map(const void* local, uint32_t rank) {
     Runtime* rt = runtime();
     current_fiber();
+    refuse_in_co_resident("mapa");
     if (!in_dyn_smem(local, 1))
         fail("mapa: %p is not in the block's dynamic shared memory", local);
     if (rank >= rt->ctas.size())
@@ -1384,6 +1451,7 @@ inline uint32_t cluster_map(const void* local, uint32_t rank) {
 inline unsigned char* cluster_pointer(uint32_t address, size_t bytes, const char* op) {
     Runtime* rt = runtime();
     current_fiber();
+    refuse_in_co_resident(op);
     if ((address & kClusterAddressTag) == 0)
         fail("%s: address %#x is not a shared::cluster address made by cluster_map (mapa)", op,
              address);
@@ -1595,6 +1663,7 @@ inline void tma_load_2d_multicast(void* smem, const CUtensorMap* map, uint64_t* 
                                   int32_t c1, uint16_t cta_mask) {
     Runtime* rt = runtime();
     const char* op = "tma_load_2d_multicast";
+    refuse_in_co_resident(op);
     const TensorMap2d t = tensor_map(map, op);
     mbarrier_state(bar, op);
     if (cta_mask == 0 || (cta_mask >> rt->ctas.size()) != 0)
@@ -2183,7 +2252,15 @@ struct LaunchConfig {
     // test asks (tests/harness/driver.h, `track_proxy_stores`); off, a fence publishes the
     // stores of every thread of its block so far.
     bool track_proxy_stores = true;
+    // Every block of the grid (grid.x of them, at most kMaxCoResidentBlocks, no clusters) runs
+    // at once under one scheduler, as the blocks of a persistent grid run at once on a GPU, so
+    // that blocks that hand work over through global-memory flags (ptx::flag_wait_acquire)
+    // interleave: a block reading what another wrote before waiting for its flag reads poison.
+    // Off, blocks run one after another.
+    bool co_resident = false;
 };
+
+constexpr unsigned kMaxCoResidentBlocks = 16;
 
 inline uint64_t splitmix64(uint64_t& state) {
     uint64_t z = (state += 0x9E3779B97F4A7C15ull);
@@ -2213,6 +2290,7 @@ __attribute__((noinline)) inline void restart(Fiber& f) {
     f.bulk_uncommitted.clear();
     f.bulk_groups.clear();
     f.mbar_wait = nullptr;
+    f.flag_wait = nullptr;
     // The next block's thread runs on the same stack: a fence of this block's registers must not
     // count for the same addresses there (registers_to_fence is empty at every thread's exit,
     // and registers_fenced_for_wgmma is replaced at its first wgmma_fence).
@@ -2266,17 +2344,24 @@ __attribute__((noinline)) inline void resume(Runtime& rt, Fiber& f) {
                     "(phase %u, %u of %u arrivals pending, tx-count %lld)\n",
                     f.cta, f.linear, describe_smem(f.mbar_wait).c_str(), f.mbar_parity, m.phase,
                     m.pending, m.expected, (long long)m.tx);
+        } else if (f.state == State::AtFlag) {
+            fprintf(stderr,
+                    "  block rank %d thread %d waits for the global flag at %p to hold %u (it "
+                    "holds %u)\n",
+                    f.cta, f.linear, static_cast<const void*>(f.flag_wait), f.flag_value,
+                    *f.flag_wait);
         }
     }
     fail("deadlock: %d threads wait but none can run (a barrier, warp or warpgroup collective "
-         "that not every thread reaches, or an mbarrier phase that never completes)",
+         "that not every thread reaches, an mbarrier phase that never completes, or a global "
+         "flag that no running block sets)",
          waiting);
 }
 
 // Runs `body` (which calls the kernel) as every thread of every block of the grid. The blocks of
 // one cluster (cfg.cluster consecutive blocks along x, as __cluster_dims__(cluster, 1, 1) groups
 // them) run together under one scheduler, each with its own shared memory; clusters run one
-// after another.
+// after another. A co-resident launch (cfg.co_resident) runs all its blocks together.
 inline void run_grid(const char* name, const LaunchConfig& cfg, std::function<void()> body) {
     const dim3 grid = cfg.grid, block = cfg.block;
     const uint64_t threads = (uint64_t)block.x * block.y * block.z;
@@ -2294,15 +2379,25 @@ inline void run_grid(const char* name, const LaunchConfig& cfg, std::function<vo
         fail("launch of %s with clusters of %u blocks along x and grid.x = %u: a portable "
              "cluster has 1 .. 8 blocks and grid.x must be a multiple of it",
              name, cluster, grid.x);
-    if (threads % 128 != 0 && cluster > 1)
-        fail("launch of %s: the harness runs clusters of whole warpgroups only", name);
+    if (cfg.co_resident &&
+        (cluster != 1 || grid.y != 1 || grid.z != 1 || grid.x > kMaxCoResidentBlocks))
+        fail("launch of %s with grid (%u,%u,%u) and clusters of %u, co-resident: the harness "
+             "runs up to %u blocks along x at once, without clusters",
+             name, grid.x, grid.y, grid.z, cluster, kMaxCoResidentBlocks);
+    // The blocks that run together: a cluster, or the whole co-resident grid.
+    const unsigned together = cfg.co_resident ? grid.x : cluster;
+    if (threads % 128 != 0 && together > 1)
+        fail("launch of %s: the harness runs blocks together only if they are whole "
+             "warpgroups",
+             name);
 
     Runtime rt;
     rt.kernel_name = name;
     rt.body = std::move(body);
     rt.dyn_bytes = cfg.smem_bytes;
     rt.matrix_conflict_free = cfg.matrix_conflict_free;
-    rt.ctas.resize(cluster);
+    rt.ctas.resize(together);
+    rt.co_resident = cfg.co_resident;
     for (Cta& c : rt.ctas) {
         c.smem_window = static_cast<unsigned char*>(::operator new(
             kDynSmemOffset + cfg.smem_bytes, std::align_val_t(kSmemWindowAlign)));
@@ -2311,13 +2406,13 @@ inline void run_grid(const char* name, const LaunchConfig& cfg, std::function<vo
         ASAN_POISON_MEMORY_REGION(c.smem_window, kDynSmemOffset);
 #endif
     }
-    const uint64_t fibers = threads * cluster;
+    const uint64_t fibers = threads * together;
     rt.fibers.resize(fibers);
     const int block_warps = (int)((threads + 31) / 32);
     const int block_warpgroups = (int)((threads + 127) / 128);
-    rt.warps.resize((size_t)block_warps * cluster);
-    rt.warpgroups.resize((size_t)block_warpgroups * cluster);
-    for (unsigned r = 0; r < cluster; ++r) {
+    rt.warps.resize((size_t)block_warps * together);
+    rt.warpgroups.resize((size_t)block_warpgroups * together);
+    for (unsigned r = 0; r < together; ++r) {
         for (int w = 0; w < block_warps; ++w)
             rt.warps[r * block_warps + w].size =
                 (int)std::min<uint64_t>(32, threads - 32 * (uint64_t)w);
@@ -2348,8 +2443,8 @@ inline void run_grid(const char* name, const LaunchConfig& cfg, std::function<vo
         }
         f.stack = stack_pool()[index];
     }
-    // Priorities: a random order of the warps of the whole cluster, and of the lanes within each
-    // warp.
+    // Priorities: a random order of the warps of all the blocks that run together, and of the
+    // lanes within each warp.
     uint64_t rng = cfg.schedule_seed;
     const int n_warps = (int)rt.warps.size();
     std::vector<int> warp_order(n_warps);
@@ -2373,8 +2468,8 @@ inline void run_grid(const char* name, const LaunchConfig& cfg, std::function<vo
     blockDim = block;
     for (unsigned bz = 0; bz < grid.z; ++bz)
         for (unsigned by = 0; by < grid.y; ++by)
-            for (unsigned bx = 0; bx < grid.x; bx += cluster) {
-                for (unsigned r = 0; r < cluster; ++r) {
+            for (unsigned bx = 0; bx < grid.x; bx += together) {
+                for (unsigned r = 0; r < together; ++r) {
                     Cta& c = rt.ctas[r];
                     c.block = uint3{bx + r, by, bz};
                     memset(c.dyn_smem, 0xFF, cfg.smem_bytes);

@@ -48,7 +48,8 @@
 //! ```
 
 use cudarc::driver::{
-    CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceSlice, LaunchConfig, SyncOnDrop,
+    CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceSlice, LaunchConfig,
+    SyncOnDrop,
 };
 
 use crate::cuda::launch_plan::{KernelArg, LaunchPlan, Operand, OperandAddresses};
@@ -878,6 +879,38 @@ pub fn sm90_sweep_launch(
     Ok(resident.persistent_launch(tiles, variant.cluster, variant.threads, variant.smem_bytes))
 }
 
+/// The k-blocks of 64 that a stream-K variant shares out over its grid of `blocks` blocks for
+/// `tiles` tiles of `k_blocks` each (kernels/gemm/sm90/stream_k.cuh, `StreamKWork`): none where
+/// the tiles fill whole waves, else those of the last `blocks` + (tiles mod `blocks`) tiles (all
+/// of them with fewer tiles than blocks).
+fn stream_k_blocks(tiles: u64, blocks: u64, k_blocks: u64) -> u64 {
+    let (waves, rest) = (tiles / blocks, tiles % blocks);
+    let shared_tiles = match (waves, rest) {
+        (_, 0) => 0,
+        (0, _) => tiles,
+        _ => blocks + rest,
+    };
+    shared_tiles * k_blocks
+}
+
+/// The workspace a sweep variant needs for `shape` on a GPU that runs `resident` clusters at
+/// once: for a stream-K variant ([`LaunchNumbers::stream_k`], kernels/gemm/sm90/stream_k.cuh)
+/// one f32 partial tile (`block_m · block_n · 4` bytes) and two u32 flags per block of its grid;
+/// 0 for every other variant. The flags must be zero before the workspace's first use (a
+/// zero-filled allocation), and every launch leaves them zero.
+pub fn sweep_workspace_bytes(
+    variant: &LaunchNumbers,
+    shape: LinearShape,
+    resident: ResidentClusters,
+) -> Result<usize> {
+    if !variant.stream_k {
+        return Ok(0);
+    }
+    let blocks = sm90_sweep_launch(variant, shape, resident)?.grid_dim.0 as usize;
+    let slot = (variant.block_m * variant.block_n) as usize * 4;
+    Ok(blocks * (slot + 2 * 4))
+}
+
 impl LayerKernels {
     /// Queues the forward through `variant`, one of the tuning variants of the mma.sync kernel
     /// ([`launch_table::FORWARD_SWEEP`], kernels/forward_tc_sweep.cu), of the Hopper kernel
@@ -888,8 +921,12 @@ impl LayerKernels {
     /// others take f16 and bf16, with X and W that start 16-byte aligned and `k` a multiple of 8
     /// (they have no element-load path); the mma.sync ones need compute capability 8.0 or newer,
     /// the Hopper ones 9.0 and the sm_90a module, and the TMA-store ones
-    /// ([`LaunchNumbers::tma_store`]) Y 16-byte aligned with `n` a multiple of 8. Each unmet
-    /// condition is an error that says which.
+    /// ([`LaunchNumbers::tma_store`]) Y 16-byte aligned with `n` a multiple of 8. The stream-K
+    /// ones ([`LaunchNumbers::stream_k`]) take `workspace`: at least [`sweep_workspace_bytes`],
+    /// 16-byte aligned (as every cudarc allocation is), zero-filled before its first use (each
+    /// launch leaves its flags zero again); the others ignore it. Each unmet condition is an
+    /// error that says which.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward_sweep_variant<T: Element>(
         &self,
         spec: &LayerSpec,
@@ -898,12 +935,17 @@ impl LayerKernels {
         w: &impl DevicePtr<T>,
         b: Option<&CudaView<'_, T>>,
         y: &mut impl DevicePtrMut<T>,
+        workspace: Option<CudaViewMut<'_, u8>>,
     ) -> Result<()> {
         let family = SweepFamily::of::<T>(variant)?;
         let shape = spec.shape;
         let nonempty =
             validate::check_forward(shape, spec.dropout.p, &spec.geometry, lens(x, w, b, y))?;
         self.check_operand_contexts(x, w, b, y)?;
+        let mut workspace = workspace.filter(|_| variant.stream_k);
+        if let Some(ws) = &workspace {
+            self.check_context("the workspace", ws.stream())?;
+        }
         // What is wrong for this GPU is an error for an empty output too.
         match family {
             SweepFamily::Hopper => {
@@ -922,16 +964,45 @@ impl LayerKernels {
         if !nonempty {
             return Ok(());
         }
+        let needs = sweep_workspace_bytes(variant, shape, self.resident_clusters())?;
+        if let Some(ws) = &workspace {
+            if ws.len() < needs {
+                return Err(invalid!(
+                    "sweep variant {} needs a workspace of {needs} bytes for {shape:?}; got {}",
+                    variant.name,
+                    ws.len()
+                ));
+            }
+        }
         let stream = self.stream();
         let (x_ptr, _x_guard) = x.device_ptr(stream);
         let (w_ptr, _w_guard) = w.device_ptr(stream);
+        let (workspace_ptr, _workspace_guard) = match workspace.as_mut() {
+            Some(ws) => {
+                let (ptr, guard) = ws.device_ptr_mut(stream);
+                (Some(ptr), Some(guard))
+            }
+            None => (None, None),
+        };
         let (addresses, _guards) = operand_addresses(stream, (x_ptr, w_ptr), b, y);
-        let plan = forward_sweep_plan::<T>(variant, spec, &addresses, self.resident_clusters())?;
+        let plan = forward_sweep_plan::<T>(
+            variant,
+            spec,
+            &addresses,
+            workspace_ptr,
+            self.resident_clusters(),
+        )?;
         let params = MaskParams::new(&spec.dropout, &spec.geometry, shape.n);
+        let address = |op| match op {
+            Operand::Workspace => workspace_ptr,
+            _ => addresses.of(op),
+        };
         // SAFETY: the plan is the variant's (`forward_sweep_plan`), for these addresses; x holds
-        // m*k, w n*k, b (when given) n and y m*n elements of T (checked above), each borrowed by
-        // its guard until the launch is queued; the seed comes from the host.
-        unsafe { self.queue_plan::<T>(&plan, &|op| addresses.of(op), &params) }
+        // m*k, w n*k, b (when given) n and y m*n elements of T (checked above), the workspace
+        // (stream-K variants) at least `sweep_workspace_bytes` with its flags zero (the
+        // caller's part of the contract above), each borrowed by its guard until the launch is
+        // queued; the seed comes from the host.
+        unsafe { self.queue_plan::<T>(&plan, &address, &params) }
     }
 }
 
@@ -1029,18 +1100,61 @@ impl SweepFamily {
     }
 }
 
+/// What a stream-K variant's launch on `blocks` blocks needs beyond any variant's: a 16-byte
+/// aligned workspace, and its shared k-blocks times the blocks within the kernel's 32-bit
+/// arithmetic (kernels/gemm/sm90/stream_k.cuh).
+fn check_stream_k(
+    variant: &LaunchNumbers,
+    shape: LinearShape,
+    blocks: u32,
+    workspace: Option<u64>,
+) -> Result<()> {
+    match workspace {
+        None => {
+            return Err(invalid!(
+                "sweep variant {} is stream-K: it needs a workspace (sweep_workspace_bytes), got \
+                 none",
+                variant.name
+            ))
+        }
+        Some(at) if at % 16 != 0 => {
+            return Err(invalid!(
+                "sweep variant {} is stream-K: its workspace must start 16-byte aligned; got \
+                 {at:#x}",
+                variant.name
+            ))
+        }
+        Some(_) => {}
+    }
+    let tiles = (shape.m as u64).div_ceil(u64::from(variant.block_m))
+        * (shape.n as u64).div_ceil(u64::from(variant.block_n));
+    let k_blocks = (shape.k as u64).div_ceil(u64::from(tensor_map::BOX_K));
+    let shared = stream_k_blocks(tiles, u64::from(blocks), k_blocks);
+    if shared.saturating_mul(u64::from(blocks)) > i32::MAX as u64 {
+        return Err(invalid!(
+            "sweep variant {} shares {shared} k-blocks of {shape:?} over {blocks} blocks; \
+             expected their product below 2^31 (k at most about 2^31 / (2 * blocks^2) * 64)",
+            variant.name
+        ));
+    }
+    Ok(())
+}
+
 /// What [`LayerKernels::forward_sweep_variant`] launches for `spec` through `variant` with the
 /// operands at `addresses`, on a GPU that runs `resident` clusters at once: the Hopper variants
 /// take the maps of X (boxes of 64 x `block_m`), W (64 x `block_n / cluster`: each block of a
 /// multicast cluster loads its share of every W box) and Y (64 x 64 for the TMA-store variants,
-/// an unused map otherwise) on [`sm90_sweep_launch`]'s grid; the others X and W as pointers on
-/// the folded grid. Errors: `variant` is not a sweep variant for `T`; f16/bf16 X or W not
-/// 16-byte aligned or `k` not a multiple of 8; a TMA-store variant's Y not 16-byte aligned or
-/// `n` not a multiple of 8; the grid's limits.
+/// an unused map otherwise) on [`sm90_sweep_launch`]'s grid, and the stream-K ones the
+/// workspace at `workspace` last; the others X and W as pointers on the folded grid. Errors:
+/// `variant` is not a sweep variant for `T`; f16/bf16 X or W not 16-byte aligned or `k` not a
+/// multiple of 8; a TMA-store variant's Y not 16-byte aligned or `n` not a multiple of 8; a
+/// stream-K variant without a 16-byte aligned workspace, or with more k-blocks to share than its
+/// 32-bit arithmetic takes; the grid's limits.
 pub fn forward_sweep_plan<T: Element>(
     variant: &LaunchNumbers,
     spec: &LayerSpec,
     addresses: &OperandAddresses,
+    workspace: Option<u64>,
     resident: ResidentClusters,
 ) -> Result<LaunchPlan> {
     let family = SweepFamily::of::<T>(variant)?;
@@ -1075,10 +1189,13 @@ pub fn forward_sweep_plan<T: Element>(
         } else {
             KernelArg::UnusedTensorMap
         };
-        (
-            sm90_sweep_launch(variant, shape, resident)?.grid_dim,
-            forward_args(&[map_x, map_w, map_y], spec, addresses.b.is_some()),
-        )
+        let grid = sm90_sweep_launch(variant, shape, resident)?.grid_dim;
+        let mut args = forward_args(&[map_x, map_w, map_y], spec, addresses.b.is_some());
+        if variant.stream_k {
+            check_stream_k(variant, shape, grid.0, workspace)?;
+            args.push(KernelArg::Pointer(Operand::Workspace));
+        }
+        (grid, args)
     } else {
         let launch = folded_launch(
             shape,
@@ -1314,6 +1431,7 @@ mod tests {
             &multicast_tma_store,
             &spec,
             &at,
+            None,
             ResidentClusters::uniform(132),
         )
         .unwrap();
@@ -1350,6 +1468,7 @@ mod tests {
             &by_name("forward_sweep_wg128x256_st3"),
             &spec,
             &addresses(0x1000, 0x2000, None, 0x4002),
+            None,
             ResidentClusters::uniform(132),
         )
         .unwrap();
@@ -1358,6 +1477,7 @@ mod tests {
             &multicast_tma_store,
             &spec,
             &addresses(0x1000, 0x2000, None, 0x4002),
+            None,
             ResidentClusters::uniform(132),
         )
         .unwrap_err();
@@ -1366,6 +1486,7 @@ mod tests {
             &multicast_tma_store,
             &spec,
             &at,
+            None,
             ResidentClusters::uniform(132),
         )
         .unwrap_err();
@@ -1378,6 +1499,7 @@ mod tests {
             &multicast_tma_store,
             &spec,
             &addresses(0x1002, 0x2000, None, 0x4000),
+            None,
             ResidentClusters::uniform(132),
         )
         .unwrap_err();
@@ -1387,6 +1509,7 @@ mod tests {
             &launch_table::FORWARD_TC64X64,
             &spec,
             &at,
+            None,
             ResidentClusters::uniform(132),
         )
         .unwrap_err();
@@ -1406,6 +1529,65 @@ mod tests {
         assert_eq!(
             SweepFamily::of::<f16>(&launch_table::FORWARD_SM90_SWEEP[0]).unwrap(),
             SweepFamily::Hopper
+        );
+    }
+
+    #[test]
+    fn stream_k_plans_pass_the_workspace_last_and_size_it_per_block() {
+        let sk = *launch_table::FORWARD_SM90_SWEEP
+            .iter()
+            .find(|v| v.stream_k)
+            .unwrap();
+        assert_eq!(sk.name, "forward_sweep_wg128x256_sk");
+        // up on 132 multiprocessors: 4096 tiles are 31 waves and 4 tiles, so the last 136 tiles'
+        // 64 k-blocks each are shared out; 4096 tiles on 128 blocks fill whole waves.
+        assert_eq!(stream_k_blocks(4096, 132, 64), 136 * 64);
+        assert_eq!(stream_k_blocks(4096, 128, 64), 0);
+        assert_eq!(stream_k_blocks(5, 7, 3), 15);
+        let spec = layer_spec(520, 512, 128, Nonlinearity::Relu);
+        let at = addresses(0x1000, 0x2000, None, 0x4000);
+        let resident = ResidentClusters::uniform(5);
+        let plan = forward_sweep_plan::<f16>(&sk, &spec, &at, Some(0x8000), resident).unwrap();
+        // 5 x 2 tiles of 128 x 256 on 5 blocks.
+        assert_eq!(plan.grid, (5, 1, 1));
+        assert_eq!(plan.args.len(), 11);
+        assert_eq!(
+            plan.args.last(),
+            Some(&KernelArg::Pointer(Operand::Workspace))
+        );
+        assert_eq!(plan.args[2], KernelArg::UnusedTensorMap);
+        assert_eq!(
+            sweep_workspace_bytes(&sk, spec.shape, resident).unwrap(),
+            5 * (128 * 256 * 4 + 8)
+        );
+        let others = &launch_table::FORWARD_SM90_SWEEP[0];
+        assert_eq!(
+            sweep_workspace_bytes(others, spec.shape, resident).unwrap(),
+            0
+        );
+        let no_workspace = forward_sweep_plan::<f16>(others, &spec, &at, None, resident).unwrap();
+        assert!(!no_workspace
+            .args
+            .contains(&KernelArg::Pointer(Operand::Workspace)));
+        let err = forward_sweep_plan::<f16>(&sk, &spec, &at, None, resident).unwrap_err();
+        assert!(err.to_string().contains("needs a workspace"), "{err}");
+        let err = forward_sweep_plan::<f16>(&sk, &spec, &at, Some(0x8004), resident).unwrap_err();
+        assert!(
+            err.to_string().contains("16-byte aligned; got 0x8004"),
+            "{err}"
+        );
+        // 133 tiles on 132 blocks share 133 tiles' k-blocks: with k = 2^20 (16 384 k-blocks)
+        // that is 2 179 072 k-blocks, 287 637 504 with the blocks, within 2^31; with k = 2^23
+        // it is not.
+        let many = |k: usize| layer_spec(128 * 133, 256, k, Nonlinearity::Relu);
+        let resident = ResidentClusters::uniform(132);
+        forward_sweep_plan::<f16>(&sk, &many(1 << 20), &at, Some(0x8000), resident).unwrap();
+        let err = forward_sweep_plan::<f16>(&sk, &many(1 << 23), &at, Some(0x8000), resident)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("expected their product below 2^31"),
+            "{err}"
         );
     }
 

@@ -30,6 +30,10 @@ pub struct LaunchNumbers {
     /// needs it 16-byte aligned and k a multiple of 8). Checked against the config's `kTmaStore`
     /// where it has one.
     pub tma_store: bool,
+    /// Whether the kernel shares the last tiles' k-blocks out over its persistent grid
+    /// (stream-K, the Hopper forward sweep's `*_sk`: it then takes a workspace after its other
+    /// arguments, `forward::sweep_workspace_bytes`). Checked against the config's `kStreamK`.
+    pub stream_k: bool,
 }
 
 const fn numbers(
@@ -47,6 +51,7 @@ const fn numbers(
         smem_bytes,
         cluster: 1,
         tma_store: false,
+        stream_k: false,
     }
 }
 
@@ -59,6 +64,14 @@ const fn clustered(numbers: LaunchNumbers, cluster: u32) -> LaunchNumbers {
 const fn tma_stored(numbers: LaunchNumbers) -> LaunchNumbers {
     LaunchNumbers {
         tma_store: true,
+        ..numbers
+    }
+}
+
+/// The same numbers for a stream-K kernel (`stream_k`).
+const fn stream_k(numbers: LaunchNumbers) -> LaunchNumbers {
+    LaunchNumbers {
+        stream_k: true,
         ..numbers
     }
 }
@@ -208,8 +221,9 @@ pub const FORWARD_F32_SWEEP: [LaunchNumbers; 4] = [
 
 /// kernels/forward_sm90_sweep.cu: the tuning variants of the Hopper forward that `fusedrop sweep`
 /// times (stages, TMA-store epilogue, W multicast over clusters of 2, ping-pong consumers, the
-/// tile order's group, per-lane mask draws), in the order it prints them. `block_m` is one block's rows; a multicast variant's cluster takes `cluster` row tiles.
-pub const FORWARD_SM90_SWEEP: [LaunchNumbers; 14] = [
+/// tile order's group, per-lane mask draws, stream-K), in the order it prints them. `block_m` is
+/// one block's rows; a multicast variant's cluster takes `cluster` row tiles.
+pub const FORWARD_SM90_SWEEP: [LaunchNumbers; 15] = [
     numbers("forward_sweep_wg128x256_st3", 128, 256, 384, 148_528),
     tma_stored(numbers(
         "forward_sweep_wg128x256_tmastore",
@@ -263,10 +277,17 @@ pub const FORWARD_SM90_SWEEP: [LaunchNumbers; 14] = [
     numbers("forward_sweep_wg128x256_g16", 128, 256, 384, 197_696),
     numbers("forward_sweep_wg128x128_g16", 128, 128, 384, 197_728),
     numbers("forward_sweep_wg128x256_unpaired", 128, 256, 384, 197_696),
+    stream_k(numbers(
+        "forward_sweep_wg128x256_sk",
+        128,
+        256,
+        384,
+        197_696,
+    )),
 ];
 
 /// Every configuration, for build.rs.
-pub const ALL: [LaunchNumbers; 59] = [
+pub const ALL: [LaunchNumbers; 60] = [
     FORWARD_TC128X256,
     FORWARD_TC128X128,
     FORWARD_TC64X128,
@@ -322,6 +343,7 @@ pub const ALL: [LaunchNumbers; 59] = [
     FORWARD_SM90_SWEEP[11],
     FORWARD_SM90_SWEEP[12],
     FORWARD_SM90_SWEEP[13],
+    FORWARD_SM90_SWEEP[14],
     FORWARD_F32_SWEEP[0],
     FORWARD_F32_SWEEP[1],
     FORWARD_F32_SWEEP[2],

@@ -7,7 +7,8 @@
 //   schedule <u64>                 the harness's schedule seed
 //   i64 <name> <value>             a test's departure from the plan (grid_x, grid_y: below), or
 //                                  track_proxy_stores 1: each thread's fence.proxy.async on its
-//                                  own (LaunchConfig::track_proxy_stores)
+//                                  own (LaunchConfig::track_proxy_stores), or co_resident 1: all
+//                                  blocks of each launch at once (LaunchConfig::co_resident)
 //   mp <seed> <subsequence> <threshold> <row_offset> <col_offset> <n_global> <scale_bits>
 //      <device_seed>
 //                                  MaskParams; device_seed 1 passes (seed, subsequence) through a
@@ -215,6 +216,8 @@ inline fusedrop::host::LaunchConfig config(const Request& req, dim3 grid, unsign
     // Each thread's fence.proxy.async checked on its own, where the test asks (several times
     // slower: LaunchConfig::track_proxy_stores).
     cfg.track_proxy_stores = req.i64_or("track_proxy_stores", 0) != 0;
+    // Every block at once, where the test asks (blocks that wait for each other's global flags).
+    cfg.co_resident = req.i64_or("co_resident", 0) != 0;
     return cfg;
 }
 

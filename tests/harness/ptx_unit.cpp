@@ -7,7 +7,8 @@
 //                          misaligned_ldmatrix, ldmatrix_bank_conflict, misaligned_stmatrix,
 //                          stmatrix_bank_conflict, stmatrix_rows_overlap,
 //                          stmatrix_fenced_except_one_lane, partial_warp_shfl,
-//                          mbarrier_deadlock,
+//                          mbarrier_deadlock, flag_wait_on_later_block,
+//                          flag_in_shared_memory, co_resident_cluster_op,
 //                          mbarrier_uninitialised, mbarrier_over_arrival, wgmma_without_fence,
 //                          wgmma_no_fence_after_wait, wgmma_unfenced_operand,
 //                          wgmma_accumulators_unfenced_after_wait,
@@ -1063,6 +1064,77 @@ static void check_mbarrier() {
     check(ok_after, "mbarrier_wait on a completed phase's parity returns at once");
 }
 
+// ---- Flags in global memory between blocks (flag_store_release, flag_wait_acquire) ----
+
+struct FlagIo {
+    uint32_t flags[4];
+    float data[4][128];  // block b's values, which block b + 1 (or b - 1: `downward`) reads
+    float seen[4][128];  // what each block read of its neighbour's
+};
+
+// A chain of 4 blocks of 128 threads: block b (after waiting for its neighbour's flag, the first
+// block in the chain without waiting) reads its neighbour's values, adds its own and writes
+// them, then its thread 0 flags them (release, after a __syncthreads). `upward`: block b waits
+// for b - 1, as the stream-K grid does; otherwise for b + 1, which only blocks running at once
+// can satisfy. `wait`: false leaves the wait out (the race a co-resident launch exposes).
+__global__ void flag_chain_kernel(FlagIo* io, int upward, int wait) {
+    const int b = (int)blockIdx.x, t = (int)threadIdx.x;
+    const int from = upward ? b - 1 : b + 1;
+    float before = 0.0f;
+    if (from >= 0 && from < 4) {
+        if (wait && t == 0) flag_wait_acquire(&io->flags[from], 1u);
+        __syncthreads();
+        before = io->data[from][t];
+        io->seen[b][t] = before;
+    }
+    io->data[b][t] = before + (float)(1000 * (b + 1) + t);
+    __syncthreads();
+    if (t == 0) flag_store_release(&io->flags[b], 1u);
+}
+
+// Runs the chain once; whether every block saw its neighbour's final values.
+static bool flag_chain(bool upward, bool wait, bool co_resident, uint64_t seed) {
+    static FlagIo io;
+    memset(&io, 0, sizeof io);
+    for (auto& block : io.data)
+        for (float& v : block) v = -1.0f;
+    fusedrop::host::LaunchConfig cfg{dim3(4), dim3(128), 0, seed};
+    cfg.co_resident = co_resident;
+    fusedrop::host::launch("flag_chain_kernel", flag_chain_kernel, cfg, &io, (int)upward,
+                           (int)wait);
+    bool ok = true;
+    for (int b = 0; b < 4; ++b) {
+        const int from = upward ? b - 1 : b + 1;
+        if (from < 0 || from > 3) continue;
+        // The neighbour's values: the sum of the chain's terms up to it.
+        for (int t = 0; t < 128; ++t) {
+            float want = 0.0f;
+            for (int c = upward ? 0 : 3; upward ? c <= from : c >= from; c += upward ? 1 : -1)
+                want += (float)(1000 * (c + 1) + t);
+            ok = ok && io.seen[b][t] == want;
+        }
+    }
+    return ok;
+}
+
+static void check_flags() {
+    bool sequential = true, together = true, downward = true;
+    int races_seen = 0;
+    for (uint64_t seed = 0; seed < 8; ++seed) {
+        sequential = sequential && flag_chain(true, true, false, seed);
+        together = together && flag_chain(true, true, true, seed);
+        downward = downward && flag_chain(false, true, true, seed);
+        races_seen += !flag_chain(true, false, true, seed);
+    }
+    check(sequential, "flags: a chain of 4 blocks, each waiting for the one before, one after "
+                      "another (blocks run in order)");
+    check(together, "flags: the same chain with the blocks co-resident under 8 schedules");
+    check(downward, "flags: a chain waiting for the next block completes when the blocks are "
+                    "co-resident");
+    check(races_seen > 0, "flags: without the waits a co-resident launch reads unwritten values "
+                          "(" + std::to_string(races_seen) + " of 8 schedules)");
+}
+
 // ---- Thread block clusters ----
 
 struct ClusterIo {
@@ -1628,6 +1700,18 @@ __global__ void mbarrier_deadlock_kernel(int* out) {
     out[threadIdx.x] = 1;
 }
 
+// Flag misuse: a flag in shared memory; a cluster barrier in a co-resident launch.
+__global__ void flag_in_shared_memory_kernel(int* out) {
+    FUSEDROP_DYNAMIC_SMEM(uint32_t, flag);
+    if (threadIdx.x == 0) flag_store_release(flag, 1u);
+    out[threadIdx.x] = 1;
+}
+
+__global__ void co_resident_cluster_op_kernel(int* out) {
+    cluster_sync();
+    if (threadIdx.x == 0) out[blockIdx.x] = 1;
+}
+
 __global__ void mbarrier_uninitialised_kernel(int* out) {
     FUSEDROP_DYNAMIC_SMEM(uint64_t, bar);
     mbarrier_arrive(bar);
@@ -2002,6 +2086,7 @@ int main(int argc, char** argv) {
         check_tma_delivery_order();
         check_tma_store(rng);
         check_mbarrier();
+        check_flags();
         check_cluster();
         check_multicast();
         check_smem_desc();
@@ -2062,6 +2147,16 @@ int main(int argc, char** argv) {
         fusedrop::host::launch(what.c_str(), mbarrier_deadlock_kernel, warp, sink);
     else if (what == "mbarrier_uninitialised")
         fusedrop::host::launch(what.c_str(), mbarrier_uninitialised_kernel, warp, sink);
+    else if (what == "flag_wait_on_later_block")
+        // Blocks one after another: block 0 waits for block 1, which has not run.
+        flag_chain(false, true, false, 0);
+    else if (what == "flag_in_shared_memory")
+        fusedrop::host::launch(what.c_str(), flag_in_shared_memory_kernel, warp, sink);
+    else if (what == "co_resident_cluster_op") {
+        fusedrop::host::LaunchConfig together{dim3(2), dim3(128), 0, 1};
+        together.co_resident = true;
+        fusedrop::host::launch(what.c_str(), co_resident_cluster_op_kernel, together, sink);
+    }
     else if (what == "mbarrier_over_arrival")
         fusedrop::host::launch(what.c_str(), mbarrier_over_arrival_kernel, warp, sink);
     else if (what == "wgmma_without_fence")

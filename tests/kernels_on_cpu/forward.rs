@@ -156,19 +156,38 @@ pub(crate) enum Planned<'a> {
     Auto(GpuFacts),
 }
 
+/// Where the tests' plans place a stream-K sweep variant's workspace (the driver allocates it
+/// 16-byte aligned, as the plan requires).
+const WORKSPACE_ADDRESS: u64 = 0x50_0000;
+
+/// The GPU a test's plan is for: one that runs `blocks` of the kernel's clusters of `cluster`
+/// blocks at once (the persistent grids' size; `None`: 132 multiprocessors, for the kernels
+/// whose grid the output decides).
+fn resident(blocks: Option<u32>, cluster: u32) -> ResidentClusters {
+    ResidentClusters::uniform(blocks.map_or(132, |b| (b * cluster) as usize))
+}
+
+/// The sweep variant whose launch table name is `forward_sweep_<name>`.
+pub(crate) fn sweep_variant(name: &str) -> &'static launch_table::LaunchNumbers {
+    launch_table::FORWARD_SWEEP
+        .iter()
+        .chain(&launch_table::FORWARD_SM90_SWEEP)
+        .chain(&launch_table::FORWARD_F32_SWEEP)
+        .find(|v| v.name.strip_prefix("forward_sweep_") == Some(name))
+        .unwrap_or_else(|| panic!("no forward sweep variant {name}"))
+}
+
 impl Planned<'_> {
-    /// The library's plan for `spec` with the operands at `addresses`, on a GPU that runs
-    /// `blocks` of the kernel's clusters at once (the persistent grids' size; `None`: 132
-    /// multiprocessors, for the kernels whose grid the output decides).
+    /// The library's plan for `spec` with the operands at `addresses` (a stream-K variant's
+    /// workspace at [`WORKSPACE_ADDRESS`]), on a GPU that runs `blocks` of the kernel's clusters
+    /// at once ([`resident`]).
     fn plan<T: Element>(
         self,
         spec: &LayerSpec,
         addresses: &OperandAddresses,
         blocks: Option<u32>,
     ) -> LaunchPlan {
-        let resident = |cluster: u32| {
-            ResidentClusters::uniform(blocks.map_or(132, |b| (b * cluster) as usize))
-        };
+        let resident = |cluster: u32| resident(blocks, cluster);
         let planned = match self {
             Planned::Config(name) => {
                 let config = ForwardConfig::all_for::<T>()
@@ -179,13 +198,14 @@ impl Planned<'_> {
                 config.launch_plan::<T>(spec, addresses, resident(config.splits()))
             }
             Planned::Sweep(name) => {
-                let variant = launch_table::FORWARD_SWEEP
-                    .iter()
-                    .chain(&launch_table::FORWARD_SM90_SWEEP)
-                    .chain(&launch_table::FORWARD_F32_SWEEP)
-                    .find(|v| v.name.strip_prefix("forward_sweep_") == Some(name))
-                    .unwrap_or_else(|| panic!("no forward sweep variant {name}"));
-                forward_sweep_plan::<T>(variant, spec, addresses, resident(variant.cluster))
+                let variant = sweep_variant(name);
+                forward_sweep_plan::<T>(
+                    variant,
+                    spec,
+                    addresses,
+                    variant.stream_k.then_some(WORKSPACE_ADDRESS),
+                    resident(variant.cluster),
+                )
             }
             Planned::Auto(gpu) => forward_plan::<T>(spec, None, &gpu, addresses),
         };
@@ -245,6 +265,19 @@ pub(crate) fn forward_launch<T: Raw>(
     }
     if let Some(g) = case.grid_y {
         launch.int("grid_y", g);
+    }
+    if let Planned::Sweep(name) = kernel {
+        // A stream-K variant's workspace: the partial tiles poisoned (NaN), the flags zero, as
+        // a zero-filled allocation has them before its first launch.
+        let variant = sweep_variant(name);
+        let bytes = sweep_workspace_bytes(variant, case.shape, resident(blocks, variant.cluster))
+            .unwrap_or_else(|e| panic!("{name} on {:?}: {e}", case.shape));
+        if bytes > 0 {
+            let blocks = plan.grid.0 as usize;
+            let mut ws = poisoned::<f32>(bytes / 4 - 2 * blocks);
+            ws.extend(vec![0.0f32; 2 * blocks]);
+            launch.buffer("ws", &ws, 0, true);
+        }
     }
     (launch, want, spec)
 }
@@ -371,10 +404,9 @@ fn the_checked_lists_name_every_forward_configuration_and_variant() {
         variants(&FORWARD_TC_SWEEP_VARIANTS),
         table(&launch_table::FORWARD_SWEEP)
     );
-    assert_eq!(
-        variants(&hopper::FORWARD_SM90_SWEEP_VARIANTS),
-        table(&launch_table::FORWARD_SM90_SWEEP)
-    );
+    let mut hopper_variants = variants(&hopper::FORWARD_SM90_SWEEP_VARIANTS);
+    hopper_variants.extend(variants(&hopper::FORWARD_SM90_STREAM_K_VARIANTS));
+    assert_eq!(hopper_variants, table(&launch_table::FORWARD_SM90_SWEEP));
     assert_eq!(
         variants(&FORWARD_F32_SWEEP_VARIANTS),
         table(&launch_table::FORWARD_F32_SWEEP)

@@ -40,7 +40,9 @@ use fusedrop::cuda::backward::{
     ProductOperands,
 };
 use fusedrop::cuda::dropout::dropout_plan;
-use fusedrop::cuda::forward::{forward_plan, forward_sweep_plan, ForwardConfig};
+use fusedrop::cuda::forward::{
+    forward_plan, forward_sweep_plan, sweep_workspace_bytes, ForwardConfig,
+};
 use fusedrop::cuda::launch_plan::{KernelArg, LaunchPlan, Operand, OperandAddresses};
 use fusedrop::cuda::{launch_table, GpuFacts, ResidentClusters};
 use fusedrop::{
@@ -315,6 +317,12 @@ impl Launch {
 
     fn int(&mut self, name: &str, value: impl Into<i64>) -> &mut Self {
         writeln!(self.request, "i64 {name} {}", value.into()).unwrap();
+        self
+    }
+
+    /// Another schedule seed for the same launch (the driver takes the request's last).
+    fn schedule(&mut self, seed: u64) -> &mut Self {
+        writeln!(self.request, "schedule {seed}").unwrap();
         self
     }
 
@@ -641,6 +649,10 @@ fn ptx_host_bodies_match_plain_matrix_products() {
         "tma_store_2d: the second store of a thread lands at wait_group.read 0",
         "tma_load_2d_multicast: each block of a cluster of 2 loads half a box for both",
         "mbarrier: six full/empty phases",
+        "flags: a chain of 4 blocks, each waiting for the one before, one after another",
+        "flags: the same chain with the blocks co-resident under 8 schedules",
+        "flags: a chain waiting for the next block completes when the blocks are co-resident",
+        "flags: without the waits a co-resident launch reads unwritten values",
         "wgmma_ss f16 m64n256k16",
         "wgmma_ss bf16 m64n256k16 A M-major B N-major",
         "wgmma_rs bf16 m64n256k16",
@@ -710,6 +722,25 @@ fn harness_rejects_misuse_the_gpu_would_not_forgive() {
             &["deadlock", "waits on the mbarrier at shared address"],
         ),
         ("mbarrier_uninitialised", &["not initialised in this block"]),
+        (
+            "flag_wait_on_later_block",
+            &[
+                "deadlock",
+                "waits for the global flag at",
+                "a global flag that no running block sets",
+            ],
+        ),
+        (
+            "flag_in_shared_memory",
+            &[
+                "flag_store_release: the flag at shared address",
+                "is in shared memory",
+            ],
+        ),
+        (
+            "co_resident_cluster_op",
+            &["barrier.cluster in a co-resident launch"],
+        ),
         ("mbarrier_over_arrival", &["more arrivals than its count"]),
         ("wgmma_without_fence", &["without a wgmma_fence"]),
         ("wgmma_no_fence_after_wait", &["without a wgmma_fence"]),

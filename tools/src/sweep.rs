@@ -23,7 +23,10 @@
 //! mma sequence and epilogue arithmetic for every output element as that production config, so
 //! the outputs must be bit-identical; a variant that differs is reported with the count of
 //! differing elements, its relative L2 distance to production and where they lie (rows,
-//! columns, positions within 64 x 64 blocks, the first few), and fails the run. A variant
+//! columns, positions within 64 x 64 blocks, the first few), and fails the run. The exception is
+//! stream-K (`*_sk`, [`LaunchNumbers::stream_k`]), which adds a shared tile's partial sums in
+//! another order: it passes within the dtype's relative L2 tolerance of production (reported as
+//! "sums reordered"), and runs with a zero-filled workspace. A variant
 //! whose shared memory exceeds the GPU's per-block limit is listed as not run. A row whose
 //! launch, copy or timing fails is listed with the error and fails the run; the sweep goes on
 //! with the next row unless the error left the CUDA context unusable (a kernel that trapped),
@@ -37,7 +40,10 @@
 
 use clap::Args;
 use cudarc::driver::sys::CUdevice_attribute;
-use fusedrop::cuda::forward::{choose_config, ForwardConfig, ForwardOptions};
+use cudarc::driver::CudaSlice;
+use fusedrop::cuda::forward::{
+    choose_config, sweep_workspace_bytes, ForwardConfig, ForwardOptions,
+};
 use fusedrop::cuda::launch_table::{
     LaunchNumbers, FORWARD_F32_SWEEP, FORWARD_SM90_SWEEP, FORWARD_SWEEP,
 };
@@ -195,6 +201,10 @@ pub enum Outcome {
         /// Where the differing elements lie (`reference::describe_differences`); empty when
         /// none differs.
         differences: String,
+        /// The relative L2 distance to production the kernel may have: the dtype's tolerance
+        /// for a stream-K variant, whose partial sums add in another order; `None`: it must be
+        /// bit-identical.
+        tolerance: Option<f64>,
     },
     /// Timed, but not compared: the production row above it failed.
     Unchecked {
@@ -270,7 +280,12 @@ pub fn run(options: &Options) -> i32 {
 /// row ran or did not fit and every variant is bit-identical to production, else 1.
 fn exit_code(rows: &[SweepRow], stopped: bool) -> i32 {
     let failed = rows.iter().any(|r| match r.outcome {
-        Outcome::Measured { differ, .. } => differ > 0,
+        Outcome::Measured {
+            differ,
+            distance,
+            tolerance,
+            ..
+        } => differ > 0 && !tolerance.is_some_and(|t| distance <= t),
         Outcome::Failed { .. } => true,
         Outcome::Unchecked { .. } | Outcome::DoesNotFit { .. } => false,
     });
@@ -453,11 +468,13 @@ impl Kernel {
     }
 
     /// Queues launch number `launch` (its operand set and dropout subsequence) on the handle's
-    /// stream.
+    /// stream; a stream-K variant with `workspace` (zero-filled once, its flags left zero by
+    /// every launch).
     fn launch<T: Element>(
         self,
         kernels: &LayerKernels,
         ops: &mut Operands<T>,
+        workspace: &mut CudaSlice<u8>,
         dims: LinearShape,
         launch: u64,
     ) -> Result<()> {
@@ -476,9 +493,15 @@ impl Kernel {
                     ..ForwardOptions::default()
                 },
             ),
-            Kernel::Variant(v) => {
-                kernels.forward_sweep_variant(&spec, v, &set.x, &set.w, Some(&b), &mut set.y)
-            }
+            Kernel::Variant(v) => kernels.forward_sweep_variant(
+                &spec,
+                v,
+                &set.x,
+                &set.w,
+                Some(&b),
+                &mut set.y,
+                Some(workspace.as_view_mut()),
+            ),
         }
     }
 }
@@ -504,6 +527,16 @@ fn sweep_shape<T: Element>(
     let dims = suite_shape(shape)?.shape();
     let stream = kernels.stream();
     let mut ops = Operands::<T>::new(stream, dims, gpu.l2_bytes, BENCH_SEED)?;
+    // The largest workspace a candidate needs (the stream-K variants': a partial tile and two
+    // flags per block), zero-filled.
+    let mut workspace_bytes = 1;
+    for kernel in candidates {
+        if let Kernel::Variant(v) = kernel {
+            workspace_bytes =
+                workspace_bytes.max(sweep_workspace_bytes(v, dims, kernels.resident_clusters())?);
+        }
+    }
+    let mut workspace = stream.alloc_zeros::<u8>(workspace_bytes)?;
     let label = |kernel: Kernel| match kernel {
         Kernel::Variant(v) => v.name.trim_start_matches("forward_").to_string(),
         Kernel::Production(_) => format!(
@@ -536,10 +569,16 @@ fn sweep_shape<T: Element>(
                 needs: v.smem_bytes,
                 limit: gpu.smem_optin,
             }),
-            _ => check_kernel(kernels, kernel, &mut ops, dims, &mut production_y).map_err(|e| {
-                Outcome::Failed {
-                    error: e.to_string(),
-                }
+            _ => check_kernel(
+                kernels,
+                kernel,
+                &mut ops,
+                &mut workspace,
+                dims,
+                &mut production_y,
+            )
+            .map_err(|e| Outcome::Failed {
+                error: e.to_string(),
             }),
         };
         // A launch refused before it ran leaves the context as it was; a kernel that trapped
@@ -566,7 +605,7 @@ fn sweep_shape<T: Element>(
         .filter(|&c| checked[c].is_ok())
         .collect();
     let mut timings = measure_interleaved(stream, *effort, ready.len(), |c, i| {
-        candidates[ready[c]].launch(kernels, &mut ops, dims, i)
+        candidates[ready[c]].launch(kernels, &mut ops, &mut workspace, dims, i)
     })
     .into_iter();
     // The first kernel whose timing failed: with a trap, the one that broke the context (the
@@ -611,11 +650,12 @@ enum Comparison {
     /// The production row above it failed: nothing to compare with.
     Unchecked,
     /// `differ` elements differ from the production row's output, at relative L2 distance
-    /// `distance`, where `differences` says.
+    /// `distance`, where `differences` says; `tolerance` as [`Outcome::Measured`]'s.
     Compared {
         differ: usize,
         distance: f64,
         differences: String,
+        tolerance: Option<f64>,
     },
 }
 
@@ -628,17 +668,20 @@ impl Comparison {
                 differ: 0,
                 distance: 0.0,
                 differences: String::new(),
+                tolerance: None,
             },
             Comparison::Unchecked => Outcome::Unchecked { time_us },
             Comparison::Compared {
                 differ,
                 distance,
                 differences,
+                tolerance,
             } => Outcome::Measured {
                 time_us,
                 differ,
                 distance,
                 differences,
+                tolerance,
             },
         }
     }
@@ -650,11 +693,12 @@ fn check_kernel<T: Element>(
     kernels: &LayerKernels,
     kernel: Kernel,
     ops: &mut Operands<T>,
+    workspace: &mut CudaSlice<u8>,
     dims: LinearShape,
     production_y: &mut Option<Vec<f64>>,
 ) -> Result<Comparison> {
     let stream = kernels.stream();
-    kernel.launch(kernels, ops, dims, 0)?;
+    kernel.launch(kernels, ops, workspace, dims, 0)?;
     let y: Vec<f64> = stream
         .clone_dtoh(&ops.set_mut(0).y)?
         .into_iter()
@@ -670,6 +714,10 @@ fn check_kernel<T: Element>(
     let differs = |i: usize| y[i].to_bits() != want[i].to_bits();
     let differ = (0..y.len()).filter(|&i| differs(i)).count();
     Ok(Comparison::Compared {
+        tolerance: match kernel {
+            Kernel::Variant(v) if v.stream_k => Some(T::REL_L2_TOLERANCE),
+            _ => None,
+        },
         differ,
         distance: reference::relative_l2_error_nonfinite(&y, want),
         differences: if differ == 0 {
@@ -695,12 +743,18 @@ pub fn format_row(row: &SweepRow, production_us: Option<f64>) -> String {
             differ,
             distance,
             ref differences,
+            tolerance,
         } => {
             let dims = suite_shape(row.shape).map(|s| s.shape());
             let tflops = dims.map_or(f64::NAN, |d| forward_flops(d) / (time_us * 1e-6) / 1e12);
             let ratio = production_us.map_or("-".to_string(), |p| format!("{:.3}", p / time_us));
             let check = if differ == 0 {
                 "bit-identical".to_string()
+            } else if let Some(t) = tolerance.filter(|&t| distance <= t) {
+                format!(
+                    "sums reordered: {differ} elements differ, rel. L2 {distance:.2e} (within \
+                     {t:.0e}); {differences}"
+                )
             } else {
                 format!("DIFFERS: {differ} elements, rel. L2 {distance:.2e}; {differences}")
             };
@@ -770,6 +824,7 @@ mod tests {
                     differ: 0,
                     distance: 0.0,
                     differences: String::new(),
+                    tolerance: None,
                 },
             ),
             row(
@@ -779,6 +834,7 @@ mod tests {
                     differ: 3,
                     distance: 1e-3,
                     differences: "3 of 12 elements differ, in rows 1".to_string(),
+                    tolerance: None,
                 },
             ),
             row(
@@ -817,6 +873,7 @@ mod tests {
             differ,
             distance: 0.0,
             differences: String::new(),
+            tolerance: None,
         };
         let failed = row(
             "production wg128x256",
@@ -859,6 +916,33 @@ mod tests {
             EXIT_FAILED,
             "a sweep that stopped early"
         );
+    }
+
+    #[test]
+    fn a_stream_k_row_passes_within_its_tolerance_and_fails_beyond_it() {
+        let row = |distance| SweepRow {
+            shape: "sq",
+            dtype: DType::Bf16,
+            kernel: "sweep_wg128x256_sk".to_string(),
+            outcome: Outcome::Measured {
+                time_us: 97.0,
+                differ: 40,
+                distance,
+                differences: "40 of 16777216 elements differ".to_string(),
+                tolerance: Some(1e-2),
+            },
+        };
+        let within = row(3e-4);
+        assert_eq!(exit_code(std::slice::from_ref(&within), false), 0);
+        assert!(
+            format_row(&within, Some(100.0)).contains("sums reordered: 40 elements differ"),
+            "{}",
+            format_row(&within, Some(100.0))
+        );
+        let beyond = row(2e-2);
+        assert_eq!(exit_code(std::slice::from_ref(&beyond), false), EXIT_FAILED);
+        assert!(format_row(&beyond, Some(100.0)).contains("DIFFERS: 40 elements"));
+        assert_eq!(exit_code(&[row(f64::NAN)], false), EXIT_FAILED);
     }
 
     #[test]

@@ -243,9 +243,7 @@ struct Mainloop {
                                                    const CUtensorMap* map_b,
                                                    const CUtensorMap* side, const Storage& s,
                                                    int k_first, int k_blocks) {
-        ptx::prefetch_tensormap(map_a);
-        ptx::prefetch_tensormap(map_b);
-        if (side != nullptr) ptx::prefetch_tensormap(side);
+        prefetch_maps(map_a, map_b, side);
         const int row0 = row_in_cluster();
         State state;
         for (int t = scheduler.first(); t < scheduler.tiles(); t = scheduler.next(t)) {
@@ -254,6 +252,34 @@ struct Mainloop {
                       tile.tn * BN, k_first, k_blocks);
         }
         if constexpr (kMulticast > 1) drain(s, state);
+    }
+
+    // The producer's one thread for a stream-K grid (stream_k.cuh): loads every piece `work`
+    // gives this block, in its order, each its own k-blocks of the tile `scheduler` places it
+    // at. No multicast, no side operand.
+    template <class Work, class Scheduler>
+    __device__ __forceinline__ static void produce_pieces(const Work& work,
+                                                          const Scheduler& scheduler,
+                                                          const CUtensorMap* map_a,
+                                                          const CUtensorMap* map_b,
+                                                          const Storage& s) {
+        static_assert(kMulticast == 1 && !kSideA, "stream-K pieces are one block's");
+        prefetch_maps(map_a, map_b, nullptr);
+        State state;
+        for (int i = 0; i < work.pieces(); ++i) {
+            const auto piece = work.piece(i);
+            const auto tile = scheduler.tile(piece.linear);
+            load_tile(map_a, map_b, nullptr, s, state, tile.tm * BM, tile.tn * BN, piece.k_first,
+                      piece.k_blocks);
+        }
+    }
+
+    __device__ __forceinline__ static void prefetch_maps(const CUtensorMap* map_a,
+                                                         const CUtensorMap* map_b,
+                                                         const CUtensorMap* side) {
+        ptx::prefetch_tensormap(map_a);
+        ptx::prefetch_tensormap(map_b);
+        if (side != nullptr) ptx::prefetch_tensormap(side);
     }
 
     // Producer, after its last tile: waits until every stage of the ring was released by every

@@ -227,6 +227,217 @@ fn forward_sm90_sweep_bf16_matches_reference_and_production() {
     check_forward_sm90_sweep::<bf16>(0x5EE9_90BF);
 }
 
+/// The stream-K variants of kernels/forward_sm90_sweep.cu (gemm/sm90/stream_k.cuh) and the
+/// production config each reproduces bit for bit where its tiles fill whole waves (no tile is
+/// shared out): elsewhere a tile's pieces are summed in another order.
+pub(super) const FORWARD_SM90_STREAM_K_VARIANTS: [(&str, &str); 1] =
+    [("wg128x256_sk", "wg128x256")];
+
+/// Stream-K cases, 128 x 256 tiles (9 of them for 300 x 520), each on its block count: whole
+/// waves (nothing shared out); 2 waves and 1 tile on 4 blocks (a whole tile each, then 5 tiles'
+/// 20 k-blocks in ranges of 5: every range but the first finishes a tile another began); 4
+/// waves and 1 tile on 2 blocks with 9 k-blocks (ranges of 13 and 14); one wave and 2 tiles on
+/// 7 blocks with 3 k-blocks (27 over 7: pieces of 1 to 3 k-blocks); one k-block per tile on 5
+/// blocks (ranges of whole tiles, nothing to hand over); non-finite inputs, the keep rule's
+/// boundary vectors, a device seed with a shard geometry, and the identity at p = 1, each on
+/// shared tiles.
+fn stream_k_cases(rng: &mut StdRng) -> Vec<(ForwardCase, Option<u32>)> {
+    let base = ForwardCase::relu(LinearShape::new(300, 520, 200));
+    let with_k = |k: usize| LinearShape::new(300, 520, k);
+    let mut cases = vec![
+        (base, Some(3)),
+        (base, Some(4)),
+        (
+            ForwardCase {
+                shape: with_k(568),
+                ..base
+            },
+            Some(2),
+        ),
+        (
+            ForwardCase {
+                shape: with_k(136),
+                p: 0.5,
+                ..base
+            },
+            Some(7),
+        ),
+        (
+            ForwardCase {
+                shape: with_k(64),
+                ..base
+            },
+            Some(5),
+        ),
+        (
+            ForwardCase {
+                nonfinite: true,
+                ..base
+            },
+            Some(4),
+        ),
+        (
+            ForwardCase {
+                shape: with_k(136),
+                geometry: Geometry {
+                    row_offset: 3 + u64::from(rng.random::<u32>()),
+                    col_offset: 12,
+                    n_global: Some(1004),
+                },
+                device_seed: true,
+                ..base
+            },
+            Some(7),
+        ),
+        (
+            ForwardCase {
+                p: 1.0,
+                nonlinearity: Nonlinearity::Identity,
+                bias: false,
+                ..base
+            },
+            Some(4),
+        ),
+    ];
+    // The boundary vectors (a Philox word equal to the threshold: kept), with their n (so the
+    // boundary element stays where it was) and more rows: 4 tiles of 4 k-blocks on 3 blocks,
+    // ranges of 5, 5 and 6 k-blocks.
+    cases.extend(
+        forward_cases(rng)
+            .into_iter()
+            .filter(|c| c.seed_subsequence.is_some())
+            .map(|c| {
+                let shape = LinearShape::new(400, c.shape.n, 200);
+                (ForwardCase { shape, ..c }, Some(3))
+            }),
+    );
+    cases
+}
+
+/// The stream-K variant against the reference, with every block of the grid running at once
+/// (`co_resident`: a block that reads a partial before its flag says it is there reads the
+/// workspace's NaN poison), twice on different schedules with bit-identical outputs (a tile's
+/// pieces are summed in one fixed order), leaving every flag of the workspace zero, and bit for
+/// bit against production where the tiles fill whole waves; the boundary vectors' element kept.
+fn check_forward_sm90_stream_k<T: Raw>(seed: u64) {
+    let (Some(sweep), Some(production)) = (driver("forward_sm90_sweep"), driver("forward_sm90"))
+    else {
+        return;
+    };
+    let mut rng = StdRng::seed_from_u64(seed);
+    let cases = stream_k_cases(&mut rng);
+    let mut launches = Vec::new();
+    let mut productions = Vec::new();
+    let mut expected = Vec::new();
+    for &(variant, config) in &FORWARD_SM90_STREAM_K_VARIANTS {
+        for (case, blocks) in &cases {
+            let launch_seed = rng.random::<u64>();
+            for schedule in [rng.random::<u64>(), rng.random::<u64>()] {
+                let (mut launch, want, spec) = forward_launch::<T>(
+                    Planned::Sweep(variant),
+                    case,
+                    *blocks,
+                    &mut StdRng::seed_from_u64(launch_seed),
+                );
+                launch.int("co_resident", 1).schedule(schedule);
+                launches.push(launch);
+                expected.push((want, spec, *blocks));
+            }
+            let (same, _, _) = forward_launch::<T>(
+                Planned::Config(config),
+                case,
+                *blocks,
+                &mut StdRng::seed_from_u64(launch_seed),
+            );
+            productions.push(same);
+        }
+    }
+    run(&sweep, &launches);
+    run(&production, &productions);
+    let bits = |y: &[T]| -> Vec<u8> {
+        let mut out = Vec::with_capacity(y.len() * T::BYTES);
+        for &v in y {
+            v.put(&mut out);
+        }
+        out
+    };
+    let mut whole_waves = 0;
+    let mut kept_on_boundary = 0;
+    for ((pair, wants), same) in launches
+        .chunks_exact(2)
+        .zip(expected.chunks_exact(2))
+        .zip(&productions)
+    {
+        let (want, spec, blocks) = &wants[0];
+        let got = pair[0].output::<T>("y");
+        check_layer_output(
+            &pair[0].what,
+            &got,
+            want,
+            &spec.dropout,
+            &spec.geometry,
+            spec.shape.n,
+        );
+        assert!(
+            bits(&got) == bits(&pair[1].output::<T>("y")),
+            "{}: two schedules gave different outputs",
+            pair[0].what
+        );
+        let (n, d) = (spec.shape.n, &spec.dropout);
+        if d.p > 0.0 && d.p < 1.0 {
+            for (i, g) in got.iter().enumerate() {
+                if on_boundary(d, &spec.geometry, n, i / n, i % n) {
+                    assert!(
+                        g.to_f64() != 0.0,
+                        "{}: element {i} (word == threshold) was dropped",
+                        pair[0].what
+                    );
+                    kept_on_boundary += 1;
+                }
+            }
+        }
+        for launch in pair {
+            let ws = launch.output::<f32>("ws");
+            let grid = blocks.expect("a stream-K case has a block count") as usize;
+            let flags = &ws[ws.len() - 2 * grid..];
+            assert!(
+                flags.iter().all(|f| f.to_bits() == 0),
+                "{}: flags left set: {flags:?}",
+                launch.what
+            );
+        }
+        let tiles = spec.shape.m.div_ceil(128) * spec.shape.n.div_ceil(256);
+        let grid = tiles.min(blocks.unwrap() as usize);
+        if tiles % grid == 0 {
+            whole_waves += 1;
+            assert!(
+                bits(&got) == bits(&same.output::<T>("y")),
+                "{}: differs from {} though its tiles fill whole waves",
+                pair[0].what,
+                same.what
+            );
+        }
+    }
+    assert!(
+        whole_waves > 0,
+        "no case of whole waves: the production check never ran"
+    );
+    assert_eq!(
+        kept_on_boundary,
+        FORWARD_SM90_STREAM_K_VARIANTS.len() * boundaries().len()
+    );
+}
+
+#[test]
+fn forward_sm90_stream_k_f16_matches_reference() {
+    check_forward_sm90_stream_k::<f16>(0x5C_F16);
+}
+
+#[test]
+fn forward_sm90_stream_k_bf16_matches_reference() {
+    check_forward_sm90_stream_k::<bf16>(0x5C_BF16);
+}
+
 /// The TMA-store variants with each thread's fence.proxy.async checked on its own
 /// (`track_proxy_stores`): each consumer warpgroup stages its tile of Y with ordinary stores, and
 /// every thread must fence its own before the warpgroup's first thread issues the TMA stores.
