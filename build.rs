@@ -160,7 +160,8 @@ fn write_launch_header(out_dir: &Path) -> PathBuf {
     writeln!(
         h,
         "constexpr int backward_max_blocks = {};\n\
-         constexpr int split_sum_threads = {};\n\n\
+         constexpr int split_sum_threads = {};\n\
+         constexpr int stream_k_max_blocks = {};\n\n\
          // Whether a config struct's launch numbers are the table's.\n\
          template <class C>\n\
          constexpr bool matches(const Numbers& n) {{\n    \
@@ -181,7 +182,8 @@ fn write_launch_header(out_dir: &Path) -> PathBuf {
          }}  // namespace launch\n\
          }}  // namespace fusedrop",
         launch_table::BACKWARD_MAX_BLOCKS,
-        launch_table::SPLIT_SUM_THREADS
+        launch_table::SPLIT_SUM_THREADS,
+        launch_table::STREAM_K_MAX_BLOCKS
     )
     .unwrap();
     let path = dir.join("fusedrop_launch_table.h");

@@ -218,9 +218,6 @@ __device__ __forceinline__ void forward_sm90(const CUtensorMap* map_x, const CUt
         }
         return;
     }
-    // Mask groups drawn per k-block: all of a tile's groups within its main loop, spread evenly,
-    // so that a short reduction (wide, k = 256: 4 k-blocks for 32 groups at 128 x 256) leaves
-    // none for the epilogue, where the warpgroup would draw them while its tensor cores idle.
     const int groups = draws_per_k_block(share.count);
     int done = 0;  // the block's tiles before this one (both warpgroups')
     for (int linear = scheduler.first(); linear < scheduler.tiles();

@@ -138,3 +138,12 @@ FUSEDROP_SM90_SWEEP_MATCHES(Sweep128x256Group16, wg128x256_g16)
 FUSEDROP_SM90_SWEEP_MATCHES(Sweep128x128Group16, wg128x128_g16)
 FUSEDROP_SM90_SWEEP_MATCHES(Sweep128x256Unpaired, wg128x256_unpaired)
 FUSEDROP_SM90_SWEEP_MATCHES(Sweep128x256StreamK, wg128x256_sk)
+// The stream-K workspace as src/cuda/forward.rs sizes it: a partial tile of f32 per block after
+// the flags of up to STREAM_K_MAX_BLOCKS blocks.
+static_assert(fusedrop::gemm::sm90::StreamKFixup<fusedrop::forward::Sweep128x256StreamK::Mainloop<
+                      __half>::kAccumulators>::kSlotBytes ==
+                  4u * fusedrop::launch::forward_sweep_wg128x256_sk.block_m *
+                      fusedrop::launch::forward_sweep_wg128x256_sk.block_n,
+              "the stream-K slot disagrees with src/cuda/forward.rs's sweep_workspace_bytes");
+static_assert(fusedrop::gemm::sm90::kStreamKMaxBlocks == fusedrop::launch::stream_k_max_blocks,
+              "kStreamKMaxBlocks disagrees with src/cuda/launch_table.rs");

@@ -71,6 +71,7 @@
 #endif
 
 #include <algorithm>
+#include <iterator>
 #include <array>
 #include <cmath>
 #include <deque>
@@ -466,6 +467,9 @@ struct Cta {
     // release may reach the read before the fence (note_release).
     std::vector<unsigned char> released_unfenced;
     std::vector<int> late_writer;
+    // The warpgroup (of its block) that uses each named barrier of 128 threads, -1 while none
+    // has: a second warpgroup using the same one is an error (warpgroup_barrier).
+    int named_barrier_owner[16];
 };
 
 struct Runtime {
@@ -2200,8 +2204,20 @@ inline void setmaxnreg(bool increase, int regs) {
 
 // bar.sync id, 128 over the calling thread's warpgroup: a rendezvous of its 128 threads (the
 // harness models the named barrier only for exactly one whole warpgroup, the kernels' use).
+// Each id belongs to the first warpgroup of the block that uses it: on a GPU the barrier counts
+// arriving threads whatever their warpgroup, so two warpgroups on one id of 128 threads could
+// release each other's halves.
 inline void warpgroup_barrier(int id) {
-    note_release(current_fiber());
+    Fiber& f = current_fiber();
+    if (id < 1 || id > 15) fail("bar.sync %d: named barriers 1 .. 15 (0 is __syncthreads')", id);
+    int& owner = runtime()->ctas[f.cta].named_barrier_owner[id];
+    const int warpgroup = f.linear / 128;
+    if (owner < 0) owner = warpgroup;
+    if (owner != warpgroup)
+        fail("bar.sync %d, 128 by warpgroups %d and %d of one block: on a GPU their threads "
+             "would count towards one barrier of 128 (give each warpgroup its own id)",
+             id, owner, warpgroup);
+    note_release(f);
     warpgroup_slot().arg = id;
     warpgroup_collective(WgOp::Barrier);
 }
@@ -2478,6 +2494,8 @@ inline void run_grid(const char* name, const LaunchConfig& cfg, std::function<vo
                     if (cfg.track_proxy_stores) start_store_tracking((int)r);
                     c.live = (int)threads;
                     c.at_barrier = 0;
+                    std::fill(std::begin(c.named_barrier_owner), std::end(c.named_barrier_owner),
+                              -1);
                     c.barrier_file = nullptr;
                     c.exited = false;
                 }

@@ -895,9 +895,11 @@ fn stream_k_blocks(tiles: u64, blocks: u64, k_blocks: u64) -> u64 {
 
 /// The workspace a sweep variant needs for `shape` on a GPU that runs `resident` clusters at
 /// once: for a stream-K variant ([`LaunchNumbers::stream_k`], kernels/gemm/sm90/stream_k.cuh)
-/// one f32 partial tile (`block_m · block_n · 4` bytes) and two u32 flags per block of its grid;
-/// 0 for every other variant. The flags must be zero before the workspace's first use (a
-/// zero-filled allocation), and every launch leaves them zero.
+/// the flags of [`launch_table::STREAM_K_MAX_BLOCKS`] blocks (two u32 each, first, at the same
+/// bytes whatever the shape), then one f32 partial tile (`block_m · block_n · 4` bytes) per
+/// block of its grid; 0 for every other variant. The flags must be zero before the workspace's
+/// first use (a zero-filled allocation), and every launch leaves them zero, so one workspace
+/// serves every shape it is large enough for.
 pub fn sweep_workspace_bytes(
     variant: &LaunchNumbers,
     shape: LinearShape,
@@ -908,8 +910,11 @@ pub fn sweep_workspace_bytes(
     }
     let blocks = sm90_sweep_launch(variant, shape, resident)?.grid_dim.0 as usize;
     let slot = (variant.block_m * variant.block_n) as usize * 4;
-    Ok(blocks * (slot + 2 * 4))
+    Ok(STREAM_K_FLAG_BYTES + blocks * slot)
 }
+
+/// The bytes of a stream-K workspace's flags, before its partial tiles.
+const STREAM_K_FLAG_BYTES: usize = launch_table::STREAM_K_MAX_BLOCKS as usize * 2 * 4;
 
 impl LayerKernels {
     /// Queues the forward through `variant`, one of the tuning variants of the mma.sync kernel
@@ -1101,8 +1106,9 @@ impl SweepFamily {
 }
 
 /// What a stream-K variant's launch on `blocks` blocks needs beyond any variant's: a 16-byte
-/// aligned workspace, and its shared k-blocks times the blocks within the kernel's 32-bit
-/// arithmetic (kernels/gemm/sm90/stream_k.cuh).
+/// aligned workspace, at most [`launch_table::STREAM_K_MAX_BLOCKS`] blocks (the workspace's flag
+/// area), and its shared k-blocks times the blocks within the kernel's 32-bit arithmetic
+/// (kernels/gemm/sm90/stream_k.cuh).
 fn check_stream_k(
     variant: &LaunchNumbers,
     shape: LinearShape,
@@ -1125,6 +1131,13 @@ fn check_stream_k(
             ))
         }
         Some(_) => {}
+    }
+    if blocks > launch_table::STREAM_K_MAX_BLOCKS {
+        return Err(invalid!(
+            "sweep variant {} runs {blocks} blocks; its workspace has flags for at most {}",
+            variant.name,
+            launch_table::STREAM_K_MAX_BLOCKS
+        ));
     }
     let tiles = (shape.m as u64).div_ceil(u64::from(variant.block_m))
         * (shape.n as u64).div_ceil(u64::from(variant.block_n));
@@ -1558,7 +1571,7 @@ mod tests {
         assert_eq!(plan.args[2], KernelArg::UnusedTensorMap);
         assert_eq!(
             sweep_workspace_bytes(&sk, spec.shape, resident).unwrap(),
-            5 * (128 * 256 * 4 + 8)
+            512 * 8 + 5 * 128 * 256 * 4
         );
         let others = &launch_table::FORWARD_SM90_SWEEP[0];
         assert_eq!(
@@ -1589,6 +1602,12 @@ mod tests {
                 .contains("expected their product below 2^31"),
             "{err}"
         );
+        // 700 tiles on a GPU of 600 multiprocessors: more blocks than the workspace has flags
+        // for.
+        let wide = layer_spec(128 * 700, 256, 1024, Nonlinearity::Relu);
+        let resident = ResidentClusters::uniform(600);
+        let err = forward_sweep_plan::<f16>(&sk, &wide, &at, Some(0x8000), resident).unwrap_err();
+        assert!(err.to_string().contains("flags for at most 512"), "{err}");
     }
 
     #[test]

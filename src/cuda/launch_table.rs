@@ -350,6 +350,11 @@ pub const ALL: [LaunchNumbers; 60] = [
     FORWARD_F32_SWEEP[3],
 ];
 
+/// The largest grid of a stream-K kernel (kernels/gemm/sm90/stream_k.cuh, `kStreamKMaxBlocks`):
+/// its workspace starts with the flags of this many blocks, two u32 each, at the same bytes
+/// whatever the grid.
+pub const STREAM_K_MAX_BLOCKS: u32 = 512;
+
 /// Grid-stride cap of every backward kernel (`kMaxBlocks`).
 pub const BACKWARD_MAX_BLOCKS: u32 = 1 << 20;
 

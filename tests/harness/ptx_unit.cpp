@@ -9,6 +9,7 @@
 //                          stmatrix_fenced_except_one_lane, partial_warp_shfl,
 //                          mbarrier_deadlock, flag_wait_on_later_block,
 //                          flag_in_shared_memory, co_resident_cluster_op,
+//                          named_barrier_shared,
 //                          mbarrier_uninitialised, mbarrier_over_arrival, wgmma_without_fence,
 //                          wgmma_no_fence_after_wait, wgmma_unfenced_operand,
 //                          wgmma_accumulators_unfenced_after_wait,
@@ -1707,6 +1708,12 @@ __global__ void flag_in_shared_memory_kernel(int* out) {
     out[threadIdx.x] = 1;
 }
 
+// Both warpgroups of a block on named barrier 3 of 128 threads.
+__global__ void named_barrier_shared_kernel(int* out) {
+    warpgroup_barrier<3>();
+    if (threadIdx.x == 0) out[0] = 1;
+}
+
 __global__ void co_resident_cluster_op_kernel(int* out) {
     cluster_sync();
     if (threadIdx.x == 0) out[blockIdx.x] = 1;
@@ -2150,6 +2157,9 @@ int main(int argc, char** argv) {
     else if (what == "flag_wait_on_later_block")
         // Blocks one after another: block 0 waits for block 1, which has not run.
         flag_chain(false, true, false, 0);
+    else if (what == "named_barrier_shared")
+        fusedrop::host::launch(what.c_str(), named_barrier_shared_kernel,
+                               fusedrop::host::LaunchConfig{dim3(1), dim3(256), 0, 1}, sink);
     else if (what == "flag_in_shared_memory")
         fusedrop::host::launch(what.c_str(), flag_in_shared_memory_kernel, warp, sink);
     else if (what == "co_resident_cluster_op") {

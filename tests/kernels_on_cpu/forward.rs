@@ -160,6 +160,9 @@ pub(crate) enum Planned<'a> {
 /// 16-byte aligned, as the plan requires).
 const WORKSPACE_ADDRESS: u64 = 0x50_0000;
 
+/// The u32 flags at the start of a stream-K workspace (two per block of the largest grid).
+pub(crate) const STREAM_K_FLAGS: usize = 2 * launch_table::STREAM_K_MAX_BLOCKS as usize;
+
 /// The GPU a test's plan is for: one that runs `blocks` of the kernel's clusters of `cluster`
 /// blocks at once (the persistent grids' size; `None`: 132 multiprocessors, for the kernels
 /// whose grid the output decides).
@@ -273,9 +276,8 @@ pub(crate) fn forward_launch<T: Raw>(
         let bytes = sweep_workspace_bytes(variant, case.shape, resident(blocks, variant.cluster))
             .unwrap_or_else(|e| panic!("{name} on {:?}: {e}", case.shape));
         if bytes > 0 {
-            let blocks = plan.grid.0 as usize;
-            let mut ws = poisoned::<f32>(bytes / 4 - 2 * blocks);
-            ws.extend(vec![0.0f32; 2 * blocks]);
+            let mut ws = vec![0.0f32; STREAM_K_FLAGS];
+            ws.extend(poisoned::<f32>(bytes / 4 - STREAM_K_FLAGS));
             launch.buffer("ws", &ws, 0, true);
         }
     }

@@ -741,6 +741,13 @@ fn harness_rejects_misuse_the_gpu_would_not_forgive() {
             "co_resident_cluster_op",
             &["barrier.cluster in a co-resident launch"],
         ),
+        (
+            "named_barrier_shared",
+            &[
+                "bar.sync 3, 128 by warpgroups",
+                "of one block: on a GPU their threads would count towards one barrier",
+            ],
+        ),
         ("mbarrier_over_arrival", &["more arrivals than its count"]),
         ("wgmma_without_fence", &["without a wgmma_fence"]),
         ("wgmma_no_fence_after_wait", &["without a wgmma_fence"]),

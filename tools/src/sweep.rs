@@ -25,8 +25,9 @@
 //! differing elements, its relative L2 distance to production and where they lie (rows,
 //! columns, positions within 64 x 64 blocks, the first few), and fails the run. The exception is
 //! stream-K (`*_sk`, [`LaunchNumbers::stream_k`]), which adds a shared tile's partial sums in
-//! another order: it passes within the dtype's relative L2 tolerance of production (reported as
-//! "sums reordered"), and runs with a zero-filled workspace. A variant
+//! another order: every element must lie within one unit in the dtype's last place of
+//! production's (or 10^-3 of the output's root mean square, for values rounded near zero;
+//! reported as "sums reordered"), and it runs with a zero-filled workspace. A variant
 //! whose shared memory exceeds the GPU's per-block limit is listed as not run. A row whose
 //! launch, copy or timing fails is listed with the error and fails the run; the sweep goes on
 //! with the next row unless the error left the CUDA context unusable (a kernel that trapped),
@@ -201,10 +202,11 @@ pub enum Outcome {
         /// Where the differing elements lie (`reference::describe_differences`); empty when
         /// none differs.
         differences: String,
-        /// The relative L2 distance to production the kernel may have: the dtype's tolerance
-        /// for a stream-K variant, whose partial sums add in another order; `None`: it must be
-        /// bit-identical.
-        tolerance: Option<f64>,
+        /// A stream-K variant, whose partial sums add in another order: `differ` then counts
+        /// the elements farther from production's than one unit in the dtype's last place (or
+        /// 10^-3 of the output's root mean square, for values rounded near zero), not those
+        /// whose bits differ.
+        reordered: bool,
     },
     /// Timed, but not compared: the production row above it failed.
     Unchecked {
@@ -280,12 +282,7 @@ pub fn run(options: &Options) -> i32 {
 /// row ran or did not fit and every variant is bit-identical to production, else 1.
 fn exit_code(rows: &[SweepRow], stopped: bool) -> i32 {
     let failed = rows.iter().any(|r| match r.outcome {
-        Outcome::Measured {
-            differ,
-            distance,
-            tolerance,
-            ..
-        } => differ > 0 && !tolerance.is_some_and(|t| distance <= t),
+        Outcome::Measured { differ, .. } => differ > 0,
         Outcome::Failed { .. } => true,
         Outcome::Unchecked { .. } | Outcome::DoesNotFit { .. } => false,
     });
@@ -650,12 +647,12 @@ enum Comparison {
     /// The production row above it failed: nothing to compare with.
     Unchecked,
     /// `differ` elements differ from the production row's output, at relative L2 distance
-    /// `distance`, where `differences` says; `tolerance` as [`Outcome::Measured`]'s.
+    /// `distance`, where `differences` says; `reordered` as [`Outcome::Measured`]'s.
     Compared {
         differ: usize,
         distance: f64,
         differences: String,
-        tolerance: Option<f64>,
+        reordered: bool,
     },
 }
 
@@ -668,20 +665,20 @@ impl Comparison {
                 differ: 0,
                 distance: 0.0,
                 differences: String::new(),
-                tolerance: None,
+                reordered: false,
             },
             Comparison::Unchecked => Outcome::Unchecked { time_us },
             Comparison::Compared {
                 differ,
                 distance,
                 differences,
-                tolerance,
+                reordered,
             } => Outcome::Measured {
                 time_us,
                 differ,
                 distance,
                 differences,
-                tolerance,
+                reordered,
             },
         }
     }
@@ -711,13 +708,22 @@ fn check_kernel<T: Element>(
     let Some(want) = production_y.as_ref() else {
         return Ok(Comparison::Unchecked);
     };
-    let differs = |i: usize| y[i].to_bits() != want[i].to_bits();
+    let reordered = matches!(kernel, Kernel::Variant(v) if v.stream_k);
+    let finite: Vec<f64> = want.iter().copied().filter(|v| v.is_finite()).collect();
+    let rms = (finite.iter().map(|v| v * v).sum::<f64>() / finite.len().max(1) as f64).sqrt();
+    let floor = 1e-3 * rms;
+    let ulp = relative_ulp::<T>();
+    let differs = |i: usize| {
+        let (a, b) = (y[i], want[i]);
+        if !reordered || !a.is_finite() || !b.is_finite() {
+            a.to_bits() != b.to_bits()
+        } else {
+            (a - b).abs() > (ulp * a.abs().max(b.abs())).max(floor)
+        }
+    };
     let differ = (0..y.len()).filter(|&i| differs(i)).count();
     Ok(Comparison::Compared {
-        tolerance: match kernel {
-            Kernel::Variant(v) if v.stream_k => Some(T::REL_L2_TOLERANCE),
-            _ => None,
-        },
+        reordered,
         differ,
         distance: reference::relative_l2_error_nonfinite(&y, want),
         differences: if differ == 0 {
@@ -726,6 +732,16 @@ fn check_kernel<T: Element>(
             reference::describe_differences(dims.m, dims.n, &y, want, differs)
         },
     })
+}
+
+/// One unit in the last place of `T`, relative to a value's magnitude: the spacing of its
+/// values just above a power of two.
+fn relative_ulp<T: Element>() -> f64 {
+    match T::NAME {
+        "bf16" => 2f64.powi(-7),
+        "f16" => 2f64.powi(-10),
+        _ => 2f64.powi(-23),
+    }
 }
 
 /// One line of the table; `production_us` (the production row's time of the same shape and
@@ -743,17 +759,19 @@ pub fn format_row(row: &SweepRow, production_us: Option<f64>) -> String {
             differ,
             distance,
             ref differences,
-            tolerance,
+            reordered,
         } => {
             let dims = suite_shape(row.shape).map(|s| s.shape());
             let tflops = dims.map_or(f64::NAN, |d| forward_flops(d) / (time_us * 1e-6) / 1e12);
             let ratio = production_us.map_or("-".to_string(), |p| format!("{:.3}", p / time_us));
-            let check = if differ == 0 {
+            let check = if differ == 0 && reordered {
+                format!("sums reordered: within one ulp of production, rel. L2 {distance:.2e}")
+            } else if differ == 0 {
                 "bit-identical".to_string()
-            } else if let Some(t) = tolerance.filter(|&t| distance <= t) {
+            } else if reordered {
                 format!(
-                    "sums reordered: {differ} elements differ, rel. L2 {distance:.2e} (within \
-                     {t:.0e}); {differences}"
+                    "DIFFERS: {differ} elements beyond one ulp, rel. L2 {distance:.2e}; \
+                     {differences}"
                 )
             } else {
                 format!("DIFFERS: {differ} elements, rel. L2 {distance:.2e}; {differences}")
@@ -824,7 +842,7 @@ mod tests {
                     differ: 0,
                     distance: 0.0,
                     differences: String::new(),
-                    tolerance: None,
+                    reordered: false,
                 },
             ),
             row(
@@ -834,7 +852,7 @@ mod tests {
                     differ: 3,
                     distance: 1e-3,
                     differences: "3 of 12 elements differ, in rows 1".to_string(),
-                    tolerance: None,
+                    reordered: false,
                 },
             ),
             row(
@@ -873,7 +891,7 @@ mod tests {
             differ,
             distance: 0.0,
             differences: String::new(),
-            tolerance: None,
+            reordered: false,
         };
         let failed = row(
             "production wg128x256",
@@ -919,30 +937,32 @@ mod tests {
     }
 
     #[test]
-    fn a_stream_k_row_passes_within_its_tolerance_and_fails_beyond_it() {
-        let row = |distance| SweepRow {
+    fn a_stream_k_row_passes_within_one_ulp_and_fails_beyond_it() {
+        let row = |differ| SweepRow {
             shape: "sq",
             dtype: DType::Bf16,
             kernel: "sweep_wg128x256_sk".to_string(),
             outcome: Outcome::Measured {
                 time_us: 97.0,
-                differ: 40,
-                distance,
+                differ,
+                distance: 3e-4,
                 differences: "40 of 16777216 elements differ".to_string(),
-                tolerance: Some(1e-2),
+                reordered: true,
             },
         };
-        let within = row(3e-4);
+        let within = row(0);
         assert_eq!(exit_code(std::slice::from_ref(&within), false), 0);
-        assert!(
-            format_row(&within, Some(100.0)).contains("sums reordered: 40 elements differ"),
-            "{}",
-            format_row(&within, Some(100.0))
-        );
-        let beyond = row(2e-2);
+        let line = format_row(&within, Some(100.0));
+        assert!(line.contains("sums reordered: within one ulp"), "{line}");
+        let beyond = row(40);
         assert_eq!(exit_code(std::slice::from_ref(&beyond), false), EXIT_FAILED);
-        assert!(format_row(&beyond, Some(100.0)).contains("DIFFERS: 40 elements"));
-        assert_eq!(exit_code(&[row(f64::NAN)], false), EXIT_FAILED);
+        let line = format_row(&beyond, Some(100.0));
+        assert!(
+            line.contains("DIFFERS: 40 elements beyond one ulp"),
+            "{line}"
+        );
+        assert_eq!(relative_ulp::<bf16>(), 1.0 / 128.0);
+        assert_eq!(relative_ulp::<f16>(), 1.0 / 1024.0);
     }
 
     #[test]

@@ -33,17 +33,19 @@
 //
 // Why no block waits forever: a finisher waits only on lower-numbered blocks, for the piece each
 // of them runs first among its stream-K pieces, which needs nothing from any other block. On a
-// GPU that is safe where every lower block runs or will run: the persistent grid has at most one
-// block per multiprocessor and the GPU starts blocks in index order (CUTLASS's stream-K relies
-// on the same), but a grid sharing the GPU with another kernel that holds multiprocessors
-// forever could wait until the wait limit traps (kernels/ptx.cuh).
+// GPU that holds where the blocks start in index order (CUTLASS's stream-K relies on the same):
+// a lower block has then started, and its first piece ends without waiting, even where another
+// kernel holds some multiprocessors (the grid is slower, not stuck). A GPU that started a
+// higher block first and had no multiprocessor left for the lower one would wait until the wait
+// limit traps (kernels/ptx.cuh).
 //
-// Workspace (the caller's, 16-byte aligned, launch_table / src/cuda/forward.rs:
-// forward_sweep_workspace_bytes): G slots of kSlotBytes (slot b: consumer warpgroup g's fragment
-// as float4 number q of thread t at ((b · kConsumerWarpgroups + g) · kQuads + q) · 128 + t),
-// then G · kConsumerWarpgroups flags (u32, flag of block b and warpgroup g at
-// b · kConsumerWarpgroups + g). The flags must be zero before the first launch; every launch
-// leaves them zero.
+// Workspace (the caller's, 16-byte aligned; src/cuda/forward.rs: sweep_workspace_bytes):
+// kFlagBytes of flags first (u32, the flag of block b and consumer warpgroup g at
+// b · kConsumerWarpgroups + g: room for kMaxBlocks blocks, so that the flags lie at the same
+// bytes whatever the grid, and a workspace zero-filled once serves every shape), then G slots of
+// kSlotBytes (slot b: warpgroup g's fragment as float4 number q of thread t at
+// ((b · kConsumerWarpgroups + g) · kQuads + q) · 128 + t). The flags must be zero before the
+// first launch; every launch leaves them zero.
 #pragma once
 
 #include <stdint.h>
@@ -68,8 +70,9 @@ struct StreamKPiece {
 };
 
 // The pieces block blockIdx.x of the grid runs, in order: whole tiles, then its stream-K range's.
-// The grid must have at most S blocks, so that every range holds a k-block, and S times gridDim.x
-// must fit an int (src/cuda/forward.rs sizes the grid and checks both).
+// Every range must hold a k-block (S >= gridDim.x: the plan's grid has at most one block per tile,
+// so that with R > 0 tiles left over S = (G + R)·K > G), and S times gridDim.x must fit an int
+// (src/cuda/forward.rs checks it).
 struct StreamKWork {
     int k_blocks;      // per tile
     int dp_tiles;      // whole tiles, [0, dp_tiles)
@@ -132,6 +135,12 @@ struct StreamKWork {
 // The hand-over of partial tiles through the workspace (the kernel's parameter: its address is
 // read where it is used rather than held in registers across the main loop, which has none to
 // spare).
+// The grid's largest size the workspace's flag area holds, and that area's bytes (the first of
+// the workspace): src/cuda/launch_table.rs's STREAM_K_MAX_BLOCKS, which the sweep's kernel file
+// checks against.
+constexpr int kStreamKMaxBlocks = 512;
+constexpr uint32_t kStreamKFlagBytes = kStreamKMaxBlocks * kConsumerWarpgroups * 4u;
+
 template <int kAccumulators>
 struct StreamKFixup {
     static_assert(kAccumulators % 4 == 0, "fragments move as float4");
@@ -143,15 +152,14 @@ struct StreamKFixup {
     // This thread's first float4 of consumer warpgroup `consumer`'s fragment in block b's slot.
     __device__ __forceinline__ static float4* slot(unsigned char* workspace, int block,
                                                    int consumer) {
-        return reinterpret_cast<float4*>(workspace) +
+        return reinterpret_cast<float4*>(workspace + kStreamKFlagBytes) +
                ((size_t)block * kConsumerWarpgroups + consumer) * kQuads * kWarpgroupThreads +
                threadIdx.x % kWarpgroupThreads;
     }
 
     __device__ __forceinline__ static uint32_t* flag(unsigned char* workspace, int block,
                                                      int consumer) {
-        return reinterpret_cast<uint32_t*>(workspace + (size_t)gridDim.x * kSlotBytes) +
-               block * kConsumerWarpgroups + consumer;
+        return reinterpret_cast<uint32_t*>(workspace) + block * kConsumerWarpgroups + consumer;
     }
 
     // A named barrier of the consumer warpgroup's own (3 or 4: the TMA-store epilogue's are 1
