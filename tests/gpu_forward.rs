@@ -954,8 +954,9 @@ fn hopper_sweep_variants_match_production_bit_for_bit() {
 /// The stream-K sweep variant (kernels/gemm/sm90/stream_k.cuh) on shapes whose tiles do not fill
 /// whole waves of the GPU (1.06 waves on 132 multiprocessors: every tile shared out; 2.27 waves:
 /// a wave of whole tiles first; k = 1000, 16 k-blocks, the last partial), against the reference,
-/// bit for bit from run to run, with the workspace's flags zero after each launch; without a
-/// workspace, or with one too short, it is refused.
+/// bit for bit from run to run, with the workspace's flags zero after each launch; its whole
+/// tiles (one column of tiles: the first wave's row tiles) bit for bit against `wg128x256`;
+/// without a workspace, or with one too short, it is refused.
 #[test]
 fn hopper_stream_k_matches_reference_and_repeats_bit_for_bit() {
     use fusedrop::cuda::forward::sweep_workspace_bytes;
@@ -1020,6 +1021,29 @@ fn hopper_stream_k_matches_reference_and_repeats_bit_for_bit() {
                     &outputs[1],
                     &outputs[0],
                 );
+                // With 2.27 waves the first wave's tiles are whole: with n = 256 (one column of
+                // tiles) the grouped order is the row order, so they are the first `sms` row
+                // tiles, and each is the production kernel's tile.
+                if i == 1 {
+                    let production = run_gpu(
+                        kernels,
+                        &Case {
+                            config: Some(ForwardConfig::Wg128x256),
+                            ..case
+                        },
+                        &spec,
+                        &host,
+                        SeedSource::Host,
+                    );
+                    let rows = 128 * sms;
+                    assert_same_bits(
+                        &format!("{what}: whole tiles differ from wg128x256"),
+                        rows,
+                        n,
+                        &outputs[0][..rows * n],
+                        &production[..rows * n],
+                    );
+                }
                 let mut y = stream.alloc_zeros::<T>(m * n).unwrap();
                 let err = kernels
                     .forward_sweep_variant(&spec, variant, &x, &w, None, &mut y, None)
