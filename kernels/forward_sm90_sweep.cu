@@ -145,5 +145,8 @@ static_assert(fusedrop::gemm::sm90::StreamKFixup<fusedrop::forward::Sweep128x256
                   4u * fusedrop::launch::forward_sweep_wg128x256_sk.block_m *
                       fusedrop::launch::forward_sweep_wg128x256_sk.block_n,
               "the stream-K slot disagrees with src/cuda/forward.rs's sweep_workspace_bytes");
-static_assert(fusedrop::gemm::sm90::kStreamKMaxBlocks == fusedrop::launch::stream_k_max_blocks,
-              "kStreamKMaxBlocks disagrees with src/cuda/launch_table.rs");
+static_assert(fusedrop::gemm::sm90::kStreamKMaxBlocks == fusedrop::launch::stream_k_max_blocks &&
+                  fusedrop::gemm::sm90::kStreamKFlagBytes ==
+                      8u * fusedrop::launch::stream_k_max_blocks,
+              "the stream-K flag area disagrees with src/cuda/forward.rs (two u32 per block of "
+              "STREAM_K_MAX_BLOCKS)");

@@ -40,10 +40,10 @@
 // limit traps (kernels/ptx.cuh).
 //
 // Workspace (the caller's, 16-byte aligned; src/cuda/forward.rs: sweep_workspace_bytes):
-// kFlagBytes of flags first (u32, the flag of block b and consumer warpgroup g at
-// b · kConsumerWarpgroups + g: room for kMaxBlocks blocks, so that the flags lie at the same
-// bytes whatever the grid, and a workspace zero-filled once serves every shape), then G slots of
-// kSlotBytes (slot b: warpgroup g's fragment as float4 number q of thread t at
+// kStreamKFlagBytes of flags first (u32, the flag of block b and consumer warpgroup g at
+// b · kConsumerWarpgroups + g: room for kStreamKMaxBlocks blocks, so that the flags lie at the
+// same bytes whatever the grid, and a workspace zero-filled once serves every shape), then G
+// slots of kSlotBytes (slot b: warpgroup g's fragment as float4 number q of thread t at
 // ((b · kConsumerWarpgroups + g) · kQuads + q) · 128 + t). The flags must be zero before the
 // first launch; every launch leaves them zero.
 #pragma once
@@ -132,15 +132,15 @@ struct StreamKWork {
     }
 };
 
-// The hand-over of partial tiles through the workspace (the kernel's parameter: its address is
-// read where it is used rather than held in registers across the main loop, which has none to
-// spare).
 // The grid's largest size the workspace's flag area holds, and that area's bytes (the first of
 // the workspace): src/cuda/launch_table.rs's STREAM_K_MAX_BLOCKS, which the sweep's kernel file
 // checks against.
 constexpr int kStreamKMaxBlocks = 512;
 constexpr uint32_t kStreamKFlagBytes = kStreamKMaxBlocks * kConsumerWarpgroups * 4u;
 
+// The hand-over of partial tiles through the workspace (the kernel's parameter: its address is
+// read where it is used rather than held in registers across the main loop, which has none to
+// spare).
 template <int kAccumulators>
 struct StreamKFixup {
     static_assert(kAccumulators % 4 == 0, "fragments move as float4");
