@@ -271,33 +271,33 @@ FUSEDROP_PTX_DEVICE void mbarrier_arrive_expect_tx(uint64_t* bar, uint32_t bytes
 __device__ __noinline__ void mbarrier_wait_timed_out() { __trap(); }
 #endif
 
-// mbarrier.try_wait.parity in a loop, with `SEM` (acquire at CTA scope, the default, or at
-// cluster scope) in the instruction, giving up after FUSEDROP_MBARRIER_WAIT_LIMIT_NS. The clock
-// is read only once the first try failed, so a wait that succeeds at once costs one more move.
-#define FUSEDROP_MBARRIER_WAIT_LOOP(SEM, bar, phase_parity)                                     \
+// A wait that gives up after FUSEDROP_MBARRIER_WAIT_LIMIT_NS (the mbarrier waits and the
+// stream-K flag wait): `TRY` is PTX that sets the predicate `done` (with the registers it needs
+// declared in `DECLS`), from `ADDRESS` (an inline-asm input: constraint and expression) and
+// `value` (%2). It is tried once; only if that fails is the clock read, and it is tried again
+// until `done` or the limit (%3), after which the thread traps. The time-out flag is read-write
+// ("+r"), set before the asm: an output the asm wrote before reading its inputs could share a
+// register with one of them by the rules of inline asm.
+#define FUSEDROP_TIMED_WAIT(DECLS, TRY, ADDRESS, value)                                         \
     do {                                                                                       \
-        /* Read-write ("+r"), set before the asm: an output the asm wrote before reading  */  \
-        /* its inputs could share a register with one of them by the rules of inline asm. */  \
         uint32_t timed_out = 0;                                                                \
         asm volatile(                                                                          \
             "{\n"                                                                              \
-            ".reg .pred done, in_time;\n"                                                      \
-            ".reg .u64 start, waited;\n"                                                       \
-            "mbarrier.try_wait.parity" SEM ".shared::cta.b64 done, [%1], %2;\n"                \
-            "@done bra FUSEDROP_MBARRIER_DONE;\n"                                              \
+            ".reg .pred done, in_time;\n" DECLS                                                \
+            ".reg .u64 start, waited;\n" TRY                                                   \
+            "@done bra FUSEDROP_WAIT_DONE;\n"                                                  \
             "mov.u64 start, %%globaltimer;\n"                                                  \
-            "FUSEDROP_MBARRIER_WAIT:\n"                                                        \
-            "mbarrier.try_wait.parity" SEM ".shared::cta.b64 done, [%1], %2;\n"                \
-            "@done bra FUSEDROP_MBARRIER_DONE;\n"                                              \
+            "FUSEDROP_WAIT_AGAIN:\n" TRY                                                       \
+            "@done bra FUSEDROP_WAIT_DONE;\n"                                                  \
             "mov.u64 waited, %%globaltimer;\n"                                                 \
             "sub.u64 waited, waited, start;\n"                                                 \
             "setp.le.u64 in_time, waited, %3;\n"                                               \
-            "@in_time bra FUSEDROP_MBARRIER_WAIT;\n"                                           \
+            "@in_time bra FUSEDROP_WAIT_AGAIN;\n"                                              \
             "mov.u32 %0, 1;\n"                                                                 \
-            "FUSEDROP_MBARRIER_DONE:\n"                                                        \
+            "FUSEDROP_WAIT_DONE:\n"                                                            \
             "}\n"                                                                              \
             : "+r"(timed_out)                                                                  \
-            : "r"(smem_u32(bar)), "r"(phase_parity), "n"(FUSEDROP_MBARRIER_WAIT_LIMIT_NS)      \
+            : ADDRESS, "r"(value), "n"(FUSEDROP_MBARRIER_WAIT_LIMIT_NS)                        \
             : "memory");                                                                       \
         if (timed_out) mbarrier_wait_timed_out();                                              \
     } while (0)
@@ -306,7 +306,8 @@ __device__ __noinline__ void mbarrier_wait_timed_out() { __trap(); }
 // barrier's current phase has that parity: mbarrier.try_wait.parity in a loop.
 FUSEDROP_PTX_DEVICE void mbarrier_wait(uint64_t* bar, uint32_t phase_parity) {
 #if defined(FUSEDROP_PTX_SM90)
-    FUSEDROP_MBARRIER_WAIT_LOOP("", bar, phase_parity);
+    FUSEDROP_TIMED_WAIT("", "mbarrier.try_wait.parity.shared::cta.b64 done, [%1], %2;\n",
+                        "r"(smem_u32(bar)), phase_parity);
 #elif defined(__CUDA_ARCH__)
     (void)bar, (void)phase_parity;
     __trap();
@@ -430,7 +431,10 @@ FUSEDROP_PTX_DEVICE void mbarrier_arrive_cluster(uint32_t address) {
 // (mbarrier_arrive_cluster), whose writes the waiter then sees.
 FUSEDROP_PTX_DEVICE void mbarrier_wait_cluster(uint64_t* bar, uint32_t phase_parity) {
 #if defined(FUSEDROP_PTX_SM90)
-    FUSEDROP_MBARRIER_WAIT_LOOP(".acquire.cluster", bar, phase_parity);
+    FUSEDROP_TIMED_WAIT("",
+                        "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 "
+                        "done, [%1], %2;\n",
+                        "r"(smem_u32(bar)), phase_parity);
 #elif defined(__CUDA_ARCH__)
     (void)bar, (void)phase_parity;
     __trap();
@@ -628,31 +632,10 @@ FUSEDROP_PTX_DEVICE void flag_store_release(uint32_t* flag, uint32_t value) {
 // first load found another value.
 FUSEDROP_PTX_DEVICE void flag_wait_acquire(const uint32_t* flag, uint32_t value) {
 #if defined(FUSEDROP_PTX_SM90)
-    uint32_t timed_out = 0;
-    asm volatile(
-        "{\n"
-        ".reg .pred done, in_time;\n"
-        ".reg .u32 seen;\n"
-        ".reg .u64 start, waited;\n"
-        "ld.acquire.gpu.global.u32 seen, [%1];\n"
-        "setp.eq.u32 done, seen, %2;\n"
-        "@done bra FUSEDROP_FLAG_DONE;\n"
-        "mov.u64 start, %%globaltimer;\n"
-        "FUSEDROP_FLAG_WAIT:\n"
-        "ld.acquire.gpu.global.u32 seen, [%1];\n"
-        "setp.eq.u32 done, seen, %2;\n"
-        "@done bra FUSEDROP_FLAG_DONE;\n"
-        "mov.u64 waited, %%globaltimer;\n"
-        "sub.u64 waited, waited, start;\n"
-        "setp.le.u64 in_time, waited, %3;\n"
-        "@in_time bra FUSEDROP_FLAG_WAIT;\n"
-        "mov.u32 %0, 1;\n"
-        "FUSEDROP_FLAG_DONE:\n"
-        "}\n"
-        : "+r"(timed_out)
-        : "l"(flag), "r"(value), "n"(FUSEDROP_MBARRIER_WAIT_LIMIT_NS)
-        : "memory");
-    if (timed_out) mbarrier_wait_timed_out();
+    FUSEDROP_TIMED_WAIT(".reg .u32 seen;\n",
+                        "ld.acquire.gpu.global.u32 seen, [%1];\n"
+                        "setp.eq.u32 done, seen, %2;\n",
+                        "l"(flag), value);
 #elif defined(__CUDA_ARCH__)
     (void)flag, (void)value;
     __trap();
