@@ -466,12 +466,12 @@ impl Kernel {
 
     /// Queues launch number `launch` (its operand set and dropout subsequence) on the handle's
     /// stream; a stream-K variant with `workspace` (zero-filled once, its flags left zero by
-    /// every launch).
+    /// every launch; `None` where no candidate of the shape needs one).
     fn launch<T: Element>(
         self,
         kernels: &LayerKernels,
         ops: &mut Operands<T>,
-        workspace: &mut CudaSlice<u8>,
+        workspace: &mut Option<CudaSlice<u8>>,
         dims: LinearShape,
         launch: u64,
     ) -> Result<()> {
@@ -497,7 +497,7 @@ impl Kernel {
                 &set.w,
                 Some(&b),
                 &mut set.y,
-                Some(workspace.as_view_mut()),
+                workspace.as_mut().map(|ws| ws.as_view_mut()),
             ),
         }
     }
@@ -525,15 +525,18 @@ fn sweep_shape<T: Element>(
     let stream = kernels.stream();
     let mut ops = Operands::<T>::new(stream, dims, gpu.l2_bytes, BENCH_SEED)?;
     // The largest workspace a candidate needs (the stream-K variants': a partial tile and two
-    // flags per block), zero-filled.
-    let mut workspace_bytes = 1;
+    // flags per block), zero-filled; none where no candidate needs one.
+    let mut workspace_bytes = 0;
     for kernel in candidates {
         if let Kernel::Variant(v) = kernel {
             workspace_bytes =
                 workspace_bytes.max(sweep_workspace_bytes(v, dims, kernels.resident_clusters())?);
         }
     }
-    let mut workspace = stream.alloc_zeros::<u8>(workspace_bytes)?;
+    let mut workspace = match workspace_bytes {
+        0 => None,
+        bytes => Some(stream.alloc_zeros::<u8>(bytes)?),
+    };
     let label = |kernel: Kernel| match kernel {
         Kernel::Variant(v) => v.name.trim_start_matches("forward_").to_string(),
         Kernel::Production(_) => format!(
@@ -690,7 +693,7 @@ fn check_kernel<T: Element>(
     kernels: &LayerKernels,
     kernel: Kernel,
     ops: &mut Operands<T>,
-    workspace: &mut CudaSlice<u8>,
+    workspace: &mut Option<CudaSlice<u8>>,
     dims: LinearShape,
     production_y: &mut Option<Vec<f64>>,
 ) -> Result<Comparison> {
