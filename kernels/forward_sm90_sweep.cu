@@ -24,9 +24,10 @@
 //   - unpaired mask draws (kPairedDraws false, gemm/sm90/epilogue.cuh): wg128x256 with every
 //     lane drawing the Philox calls of both its rows itself, as before the lanes of a pair
 //     shared them, so the sweep shows what sharing buys (or costs: one shuffle per group);
-//   - stream-K (kStreamK, gemm/sm90/stream_k.cuh): wg128x256 with the last G + R tiles'
-//     k-blocks shared out evenly over the G blocks, so that the last partial wave of tiles
-//     leaves no multiprocessor idle (about 3 % of up, sq and down on 132 multiprocessors).
+//   - stream-K (kStreamK, gemm/sm90/stream_k.cuh): wg128x256 and wg128x128 with the last G + R
+//     tiles' k-blocks shared out evenly over the G blocks, so that the last partial wave of
+//     tiles leaves no multiprocessor idle (on 132 multiprocessors about 3 % of up, sq and down
+//     at 128 x 256; at 128 x 128, 1.5 % of up and 3 % of sq and down).
 // Every variant but stream-K computes each output element with the same wgmma sequence (the
 // same k-blocks in the same order, wgmma m64n(N)k16 with the N of the production config of its
 // column tile: wg128x256 for BN = 256, wg128x128 for BN = 128) and the same epilogue arithmetic,
@@ -62,6 +63,7 @@ struct Sweep128x256Unpaired : Wg128x256 {
     static constexpr bool kPairedDraws = false;
 };
 struct Sweep128x256StreamK : WgConfig<128, 256, 4, 1, 1, false, false, kGroupRows, true> {};
+struct Sweep128x128StreamK : WgConfig<128, 128, 6, 1, 1, false, false, kGroupRows, true> {};
 
 }  // namespace forward
 }  // namespace fusedrop
@@ -116,6 +118,8 @@ FUSEDROP_FORWARD_SM90_SWEEP_TYPES(Sweep128x256Unpaired, wg128x256_unpaired)
     }
 FUSEDROP_FORWARD_SM90_SWEEP_STREAM_K(Sweep128x256StreamK, wg128x256_sk, f16, __half)
 FUSEDROP_FORWARD_SM90_SWEEP_STREAM_K(Sweep128x256StreamK, wg128x256_sk, bf16, __nv_bfloat16)
+FUSEDROP_FORWARD_SM90_SWEEP_STREAM_K(Sweep128x128StreamK, wg128x128_sk, f16, __half)
+FUSEDROP_FORWARD_SM90_SWEEP_STREAM_K(Sweep128x128StreamK, wg128x128_sk, bf16, __nv_bfloat16)
 
 // The launch numbers the Rust side launches with (src/cuda/launch_table.rs, via build.rs).
 #include "fusedrop_launch_table.h"
@@ -138,13 +142,17 @@ FUSEDROP_SM90_SWEEP_MATCHES(Sweep128x256Group16, wg128x256_g16)
 FUSEDROP_SM90_SWEEP_MATCHES(Sweep128x128Group16, wg128x128_g16)
 FUSEDROP_SM90_SWEEP_MATCHES(Sweep128x256Unpaired, wg128x256_unpaired)
 FUSEDROP_SM90_SWEEP_MATCHES(Sweep128x256StreamK, wg128x256_sk)
+FUSEDROP_SM90_SWEEP_MATCHES(Sweep128x128StreamK, wg128x128_sk)
 // The stream-K workspace as src/cuda/forward.rs sizes it: a partial tile of f32 per block after
 // the flags of up to STREAM_K_MAX_BLOCKS blocks.
-static_assert(fusedrop::gemm::sm90::StreamKFixup<fusedrop::forward::Sweep128x256StreamK::Mainloop<
-                      __half>::kAccumulators>::kSlotBytes ==
-                  4u * fusedrop::launch::forward_sweep_wg128x256_sk.block_m *
-                      fusedrop::launch::forward_sweep_wg128x256_sk.block_n,
-              "the stream-K slot disagrees with src/cuda/forward.rs's sweep_workspace_bytes");
+#define FUSEDROP_SM90_STREAM_K_SLOT_MATCHES(CONFIG, NAME)                                       \
+    static_assert(fusedrop::gemm::sm90::StreamKFixup<fusedrop::forward::CONFIG::Mainloop<       \
+                          __half>::kAccumulators>::kSlotBytes ==                                \
+                      4u * fusedrop::launch::forward_sweep_##NAME.block_m *                     \
+                          fusedrop::launch::forward_sweep_##NAME.block_n,                       \
+                  #CONFIG "'s slot disagrees with src/cuda/forward.rs's sweep_workspace_bytes");
+FUSEDROP_SM90_STREAM_K_SLOT_MATCHES(Sweep128x256StreamK, wg128x256_sk)
+FUSEDROP_SM90_STREAM_K_SLOT_MATCHES(Sweep128x128StreamK, wg128x128_sk)
 static_assert(fusedrop::gemm::sm90::kStreamKMaxBlocks == fusedrop::launch::stream_k_max_blocks &&
                   fusedrop::gemm::sm90::kStreamKFlagBytes ==
                       8u * fusedrop::launch::stream_k_max_blocks,

@@ -951,30 +951,46 @@ fn hopper_sweep_variants_match_production_bit_for_bit() {
     each::<bf16>(&kernels);
 }
 
-/// The stream-K sweep variant (kernels/gemm/sm90/stream_k.cuh) on shapes whose tiles do not fill
-/// whole waves of the GPU (1.06 waves on 132 multiprocessors: every tile shared out; 2.27 waves:
-/// a wave of whole tiles first; k = 1000, 16 k-blocks, the last partial), against the reference,
-/// bit for bit from run to run, with the workspace's flags zero after each launch; its whole
-/// tiles (one column of tiles: the first wave's row tiles) bit for bit against `wg128x256`;
-/// without a workspace, or with one too short, it is refused.
+/// The stream-K sweep variants (kernels/gemm/sm90/stream_k.cuh) on shapes of one column of tiles
+/// (n = the variant's tile width) whose tiles do not fill whole waves of the GPU (1.06 waves on
+/// 132 multiprocessors: every tile shared out; 2.27 waves: a wave of whole tiles first;
+/// k = 1000, 16 k-blocks, the last partial), against the reference, bit for bit from run to run,
+/// with the workspace's flags zero after each launch; the whole tiles (the first wave's row
+/// tiles) bit for bit against the production config of the same tile (`wg128x256`,
+/// `wg128x128`); without a workspace, or with one too short, it is refused.
 #[test]
 fn hopper_stream_k_matches_reference_and_repeats_bit_for_bit() {
     use fusedrop::cuda::forward::sweep_workspace_bytes;
-    use fusedrop::cuda::launch_table::FORWARD_SM90_SWEEP;
+    use fusedrop::cuda::launch_table::{LaunchNumbers, FORWARD_SM90_SWEEP};
     let Some(kernels) = gpu() else { return };
     if !hopper(&kernels) {
         return;
     }
     fn each<T: Element>(kernels: &LayerKernels) {
-        let stream = kernels.stream();
-        let variant = FORWARD_SM90_SWEEP.iter().find(|v| v.stream_k).unwrap();
         let sms = kernels.sm_count();
+        for variant in FORWARD_SM90_SWEEP.iter().filter(|v| v.stream_k) {
+            let config = match variant.block_n {
+                256 => ForwardConfig::Wg128x256,
+                128 => ForwardConfig::Wg128x128,
+                other => panic!("{}: no production config of width {other}", variant.name),
+            };
+            each_shape::<T>(kernels, variant, config, sms);
+        }
+    }
+    fn each_shape<T: Element>(
+        kernels: &LayerKernels,
+        variant: &LaunchNumbers,
+        config: ForwardConfig,
+        sms: usize,
+    ) {
+        let stream = kernels.stream();
+        let width = variant.block_n as usize;
         for (i, row_tiles) in [sms + 8, 2 * sms + 36].into_iter().enumerate() {
             for p in [0.0f32, 0.1] {
                 let case = Case {
                     p,
                     nonfinite: i == 0,
-                    ..Case::new(128 * row_tiles, 256, 1000)
+                    ..Case::new(128 * row_tiles, width, 1000)
                 };
                 let host = inputs::<T>(&case, &mut StdRng::seed_from_u64(0x5C + i as u64));
                 let spec = spec_of(&case, 0x5EED + i as u64, 3);
@@ -1021,14 +1037,14 @@ fn hopper_stream_k_matches_reference_and_repeats_bit_for_bit() {
                     &outputs[1],
                     &outputs[0],
                 );
-                // With 2.27 waves the first wave's tiles are whole: with n = 256 (one column of
-                // tiles) the grouped order is the row order, so they are the first `sms` row
-                // tiles, and each is the production kernel's tile.
+                // With 2.27 waves the first wave's tiles are whole: with one column of tiles the
+                // grouped order is the row order, so they are the first `sms` row tiles, and
+                // each is the production kernel's tile.
                 if i == 1 {
                     let production = run_gpu(
                         kernels,
                         &Case {
-                            config: Some(ForwardConfig::Wg128x256),
+                            config: Some(config),
                             ..case
                         },
                         &spec,
@@ -1037,7 +1053,7 @@ fn hopper_stream_k_matches_reference_and_repeats_bit_for_bit() {
                     );
                     let rows = 128 * sms;
                     assert_same_bits(
-                        &format!("{what}: whole tiles differ from wg128x256"),
+                        &format!("{what}: whole tiles differ from {config:?}"),
                         rows,
                         n,
                         &outputs[0][..rows * n],

@@ -1573,6 +1573,16 @@ mod tests {
             sweep_workspace_bytes(&sk, spec.shape, resident).unwrap(),
             512 * 8 + 5 * 128 * 256 * 4
         );
+        // The 128 x 128 variant's slots are half as large: 5 x 4 tiles on 5 blocks.
+        let sk128 = launch_table::FORWARD_SM90_SWEEP
+            .iter()
+            .find(|v| v.name == "forward_sweep_wg128x128_sk")
+            .unwrap();
+        assert!(sk128.stream_k);
+        assert_eq!(
+            sweep_workspace_bytes(sk128, spec.shape, resident).unwrap(),
+            512 * 8 + 5 * 128 * 128 * 4
+        );
         let others = &launch_table::FORWARD_SM90_SWEEP[0];
         assert_eq!(
             sweep_workspace_bytes(others, spec.shape, resident).unwrap(),

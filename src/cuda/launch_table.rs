@@ -223,7 +223,7 @@ pub const FORWARD_F32_SWEEP: [LaunchNumbers; 4] = [
 /// times (stages, TMA-store epilogue, W multicast over clusters of 2, ping-pong consumers, the
 /// tile order's group, per-lane mask draws, stream-K), in the order it prints them. `block_m` is
 /// one block's rows; a multicast variant's cluster takes `cluster` row tiles.
-pub const FORWARD_SM90_SWEEP: [LaunchNumbers; 15] = [
+pub const FORWARD_SM90_SWEEP: [LaunchNumbers; 16] = [
     numbers("forward_sweep_wg128x256_st3", 128, 256, 384, 148_528),
     tma_stored(numbers(
         "forward_sweep_wg128x256_tmastore",
@@ -284,10 +284,17 @@ pub const FORWARD_SM90_SWEEP: [LaunchNumbers; 15] = [
         384,
         197_696,
     )),
+    stream_k(numbers(
+        "forward_sweep_wg128x128_sk",
+        128,
+        128,
+        384,
+        197_728,
+    )),
 ];
 
 /// Every configuration, for build.rs.
-pub const ALL: [LaunchNumbers; 60] = [
+pub const ALL: [LaunchNumbers; 61] = [
     FORWARD_TC128X256,
     FORWARD_TC128X128,
     FORWARD_TC64X128,
@@ -344,6 +351,7 @@ pub const ALL: [LaunchNumbers; 60] = [
     FORWARD_SM90_SWEEP[12],
     FORWARD_SM90_SWEEP[13],
     FORWARD_SM90_SWEEP[14],
+    FORWARD_SM90_SWEEP[15],
     FORWARD_F32_SWEEP[0],
     FORWARD_F32_SWEEP[1],
     FORWARD_F32_SWEEP[2],

@@ -26,4 +26,5 @@ void register_kernels() {
     HARNESS_FORWARD_SM90_SWEEP(Sweep128x128Group16, wg128x128_g16)
     HARNESS_FORWARD_SM90_SWEEP(Sweep128x256Unpaired, wg128x256_unpaired)
     HARNESS_FORWARD_SM90_SWEEP(Sweep128x256StreamK, wg128x256_sk)
+    HARNESS_FORWARD_SM90_SWEEP(Sweep128x128StreamK, wg128x128_sk)
 }

@@ -230,8 +230,8 @@ fn forward_sm90_sweep_bf16_matches_reference_and_production() {
 /// The stream-K variants of kernels/forward_sm90_sweep.cu (gemm/sm90/stream_k.cuh) and the
 /// production config each reproduces bit for bit where its tiles fill whole waves (no tile is
 /// shared out): elsewhere a tile's pieces are summed in another order.
-pub(super) const FORWARD_SM90_STREAM_K_VARIANTS: [(&str, &str); 1] =
-    [("wg128x256_sk", "wg128x256")];
+pub(super) const FORWARD_SM90_STREAM_K_VARIANTS: [(&str, &str); 2] =
+    [("wg128x256_sk", "wg128x256"), ("wg128x128_sk", "wg128x128")];
 
 /// Stream-K cases, 128 x 256 tiles (9 of them for 300 x 520), each on its block count: whole
 /// waves (nothing shared out); 2 waves and 1 tile on 4 blocks (a whole tile each, then 5 tiles'
@@ -241,7 +241,10 @@ pub(super) const FORWARD_SM90_STREAM_K_VARIANTS: [(&str, &str); 1] =
 /// blocks (ranges of whole tiles, nothing to hand over); 5 tiles of 4 k-blocks on 3 blocks
 /// (ranges of 6, 7 and 7: the second block finishes tile 1, runs tile 2 whole and contributes
 /// to tile 3, three pieces); non-finite inputs, the keep rule's boundary vectors, a device seed
-/// with a shard geometry, and the identity at p = 1, each on shared tiles.
+/// with a shard geometry, and the identity at p = 1, each on shared tiles. At 128 x 128 the
+/// same cases have 15 tiles for 300 x 520: whole waves on 3 and 5 blocks; on 4 blocks 7 tiles'
+/// 28 k-blocks in ranges of 7; on 2 blocks ranges of 13 and 14 again; on 7 blocks 8 tiles' 24
+/// k-blocks in ranges of 3 and 4; for 640 x 256, 10 tiles on 3 blocks, ranges of 5, 5 and 6.
 fn stream_k_cases(rng: &mut StdRng) -> Vec<(ForwardCase, Option<u32>)> {
     let base = ForwardCase::relu(LinearShape::new(300, 520, 200));
     let with_k = |k: usize| LinearShape::new(300, 520, k);
@@ -338,7 +341,7 @@ fn check_forward_sm90_stream_k<T: Raw>(seed: u64) {
     let mut launches = Vec::new();
     let mut productions = Vec::new();
     let mut expected = Vec::new();
-    for &(variant, config) in &FORWARD_SM90_STREAM_K_VARIANTS {
+    for (v, &(variant, config)) in FORWARD_SM90_STREAM_K_VARIANTS.iter().enumerate() {
         for (case, blocks) in &cases {
             let launch_seed = rng.random::<u64>();
             for schedule in [rng.random::<u64>(), rng.random::<u64>()] {
@@ -350,7 +353,7 @@ fn check_forward_sm90_stream_k<T: Raw>(seed: u64) {
                 );
                 launch.int("co_resident", 1).schedule(schedule);
                 launches.push(launch);
-                expected.push((want, spec, *blocks));
+                expected.push((want, spec, *blocks, v));
             }
             let (same, _, _) = forward_launch::<T>(
                 Planned::Config(config),
@@ -370,14 +373,15 @@ fn check_forward_sm90_stream_k<T: Raw>(seed: u64) {
         }
         out
     };
-    let mut whole_waves = 0;
+    let mut whole_waves = [0; FORWARD_SM90_STREAM_K_VARIANTS.len()];
     let mut kept_on_boundary = 0;
     for ((pair, wants), same) in launches
         .chunks_exact(2)
         .zip(expected.chunks_exact(2))
         .zip(&productions)
     {
-        let (want, spec, blocks) = &wants[0];
+        let (want, spec, blocks, v) = &wants[0];
+        let numbers = sweep_variant(FORWARD_SM90_STREAM_K_VARIANTS[*v].0);
         let blocks = blocks.expect("a stream-K case has a block count") as usize;
         let got = pair[0].output::<T>("y");
         check_layer_output(
@@ -413,10 +417,11 @@ fn check_forward_sm90_stream_k<T: Raw>(seed: u64) {
                 .collect();
             assert!(set.is_empty(), "{}: flags left set: {set:?}", launch.what);
         }
-        let tiles = spec.shape.m.div_ceil(128) * spec.shape.n.div_ceil(256);
+        let tiles = spec.shape.m.div_ceil(numbers.block_m as usize)
+            * spec.shape.n.div_ceil(numbers.block_n as usize);
         let grid = tiles.min(blocks);
         if tiles % grid == 0 {
-            whole_waves += 1;
+            whole_waves[*v] += 1;
             assert!(
                 bits(&got) == bits(&same.output::<T>("y")),
                 "{}: differs from {} though its tiles fill whole waves",
@@ -426,8 +431,9 @@ fn check_forward_sm90_stream_k<T: Raw>(seed: u64) {
         }
     }
     assert!(
-        whole_waves > 0,
-        "no case of whole waves: the production check never ran"
+        whole_waves.iter().all(|&cases| cases > 0),
+        "a variant without a case of whole waves, whose production check never ran: \
+         {whole_waves:?}"
     );
     assert_eq!(
         kept_on_boundary,
