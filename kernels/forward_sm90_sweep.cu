@@ -39,7 +39,7 @@
 // TMA-store variants only; ignored by the others) with 64 x 64 boxes, all 128-byte swizzle;
 // block = 384 threads, dynamic shared memory = kSmemBytes, grid = (blocks, 1, 1) with blocks a
 // multiple of kClusterBlocks; numbers in src/cuda/launch_table.rs (FORWARD_SM90_SWEEP), which
-// the static_asserts below check. The stream-K variant takes one more argument, its workspace
+// the static_asserts below check. The stream-K variants take one more argument, the workspace
 // (gemm/sm90/stream_k.cuh: 16-byte aligned, its flags zero).
 #include "forward_sm90.cuh"
 

@@ -9,7 +9,7 @@
 //!   build with the sm_90a modules): for each production config of [`HOPPER_PRODUCTION`]
 //!   (forced), that config, then the variants with its column tile (stages, TMA-store epilogue,
 //!   W multicast over clusters of 2, ping-pong consumers, the tile order's group, per-lane mask
-//!   draws);
+//!   draws, stream-K);
 //! - f32 (kernels/forward_f32_sweep.cu, [`FORWARD_F32_SWEEP`]): the SIMT configuration the
 //!   heuristic picks, then every variant, on [`F32_SHAPES`] only.
 //!
@@ -27,7 +27,8 @@
 //! stream-K (`*_sk`, [`LaunchNumbers::stream_k`]), which adds a shared tile's partial sums in
 //! another order: every element must lie within one unit in the dtype's last place of
 //! production's (or 10^-3 of the output's root mean square, for values rounded near zero;
-//! reported as "sums reordered"), and it runs with a zero-filled workspace. A variant
+//! reported as "sums reordered"), and it runs with a zero-filled workspace (one per shape, which
+//! the stream-K variants share), whose flags its launch 0 must leave zero. A variant
 //! whose shared memory exceeds the GPU's per-block limit is listed as not run. A row whose
 //! launch, copy or timing fails is listed with the error and fails the run; the sweep goes on
 //! with the next row unless the error left the CUDA context unusable (a kernel that trapped),
@@ -46,7 +47,7 @@ use fusedrop::cuda::forward::{
     choose_config, sweep_workspace_bytes, ForwardConfig, ForwardOptions,
 };
 use fusedrop::cuda::launch_table::{
-    LaunchNumbers, FORWARD_F32_SWEEP, FORWARD_SM90_SWEEP, FORWARD_SWEEP,
+    LaunchNumbers, FORWARD_F32_SWEEP, FORWARD_SM90_SWEEP, FORWARD_SWEEP, STREAM_K_MAX_BLOCKS,
 };
 use fusedrop::cuda::{module_built, open_device, LayerKernels};
 use fusedrop::{reference, Element, Error, LinearShape, Nonlinearity, Result};
@@ -688,7 +689,10 @@ impl Comparison {
 }
 
 /// Runs `kernel`'s launch 0 and compares its output with the production row's
-/// (`production_y`, which a production kernel's check sets).
+/// (`production_y`, which a production kernel's check sets). A stream-K variant must leave its
+/// workspace's flags zero, as the next launch (its own, or the next stream-K variant's, which
+/// shares the workspace) needs them: one that does not is a failure, and the workspace is
+/// zero-filled again for the next.
 fn check_kernel<T: Element>(
     kernels: &LayerKernels,
     kernel: Kernel,
@@ -699,6 +703,25 @@ fn check_kernel<T: Element>(
 ) -> Result<Comparison> {
     let stream = kernels.stream();
     kernel.launch(kernels, ops, workspace, dims, 0)?;
+    if let (Kernel::Variant(v), Some(ws)) = (kernel, workspace.as_mut()) {
+        if v.stream_k {
+            // The flags: two u32 per block of the largest grid, first (src/cuda/forward.rs).
+            let flag_bytes = 8 * STREAM_K_MAX_BLOCKS as usize;
+            let flags: Vec<u8> = stream.clone_dtoh(&ws.slice(..flag_bytes))?;
+            let set = flags
+                .chunks_exact(4)
+                .filter(|f| f.iter().any(|&b| b != 0))
+                .count();
+            if set > 0 {
+                stream.memset_zeros(ws)?;
+                return Err(Error::Cuda(format!(
+                    "{} left {set} of its workspace's flags set (each launch must leave them \
+                     zero)",
+                    v.name
+                )));
+            }
+        }
+    }
     let y: Vec<f64> = stream
         .clone_dtoh(&ops.set_mut(0).y)?
         .into_iter()

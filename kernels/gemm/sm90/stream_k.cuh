@@ -1,10 +1,13 @@
-// Stream-K over the persistent grid (sm_90a; the forward sweep's wg128x256_sk): the blocks of a
+// Stream-K over the persistent grid (sm_90a; the forward sweep's wg128x256_sk and wg128x128_sk,
+// the production tiles of 128 x 256 and 128 x 128 with it): the blocks of a
 // grid of G share out the last tiles' k-blocks evenly instead of whole tiles, so that the last
 // wave leaves no multiprocessor idle. With T = W·G + R tiles (W full waves, 0 < R < G left
 // over), whole tiles take W waves and the R tiles a wave of their own, in which G - R
 // multiprocessors idle: on an H100 / H200 (G = 132) `up` at 128 x 256 has 4 096 tiles,
 // 31.03 waves run as 32, `sq` 512 (3.88 as 4), `down` 1 024 (7.76 as 8), about 3 % of each
 // call. Stream-K runs the same work in 31.03, 3.88 and 7.76 tile times, plus the partial sums.
+// At 128 x 128, `up` has 8 192 tiles (62.06 waves as 63), `sq` 1 024 (7.76 as 8) and `down`
+// 2 048 (15.52 as 16).
 //
 // Work of block b (StreamKWork), tiles in the grouped order of the scheduler:
 //   - R = 0: every tile is one block's, tiles b, b + G, ... (as the plain persistent grid);

@@ -326,7 +326,7 @@ fn stream_k_cases(rng: &mut StdRng) -> Vec<(ForwardCase, Option<u32>)> {
     cases
 }
 
-/// The stream-K variant against the reference, with every block of the grid running at once
+/// Each stream-K variant against the reference, with every block of the grid running at once
 /// (`co_resident`: a block that reads a partial before its flag says it is there reads the
 /// workspace's NaN poison), twice on different schedules with bit-identical outputs (a tile's
 /// pieces are summed in one fixed order), leaving every flag of the workspace zero, and bit for
