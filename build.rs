@@ -17,6 +17,11 @@
 //!   directory as `FUSEDROP_GENERATED_INCLUDE` for the CPU harness.
 //! - `FUSEDROP_MBARRIER_WAIT_LIMIT_NS` overrides how long a Hopper kernel's mbarrier wait lasts
 //!   before it traps (default 20 s; `0` for no limit, as under a debugger): build/options.rs.
+//! - `FUSEDROP_NVCC_CACHE=<dir>` keeps each module's fatbin and ptxas report in `<dir>`, keyed by
+//!   nvcc's version, the flags, every file under kernels/ and the launch header, so that a build
+//!   under another profile, feature set or target directory takes them from there instead of
+//!   running nvcc again (build/nvcc_cache.rs; scripts/test.sh uses `.cache/nvcc-outputs`). Off
+//!   when unset. Entries are never evicted: delete the directory to reclaim the space.
 //! - Without nvcc the crate still builds (with a warning) and every GPU entry point returns
 //!   `Error::KernelsNotBuilt`, unless `FUSEDROP_REQUIRE_NVCC=1` makes that a build error.
 //! - Dependent crates' build scripts read `DEP_FUSEDROP_DYNAMIC_LINKING` (`1` with the
@@ -33,6 +38,9 @@ const DEFAULT_ARCHS: &str = "80,86,89,90";
 #[path = "src/cuda/launch_table.rs"]
 mod launch_table;
 
+#[path = "build/nvcc_cache.rs"]
+mod nvcc_cache;
+
 #[path = "build/options.rs"]
 mod options;
 
@@ -45,12 +53,14 @@ fn main() {
         "FUSEDROP_CUDA_ARCHS",
         "FUSEDROP_REQUIRE_NVCC",
         options::MBARRIER_WAIT_LIMIT_VAR,
+        nvcc_cache::NVCC_CACHE_VAR,
     ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     println!("cargo:rerun-if-changed=kernels");
     println!("cargo:rerun-if-changed=src/cuda/launch_table.rs");
     println!("cargo:rerun-if-changed=build/options.rs");
+    println!("cargo:rerun-if-changed=build/nvcc_cache.rs");
     println!("cargo:rustc-check-cfg=cfg(fusedrop_kernels)");
     // Metadata for the build scripts of crates that depend on fusedrop (`links` in Cargo.toml
     // makes it `DEP_FUSEDROP_DYNAMIC_LINKING`): cudarc's run-time loading API (`is_culib_present`,
@@ -293,7 +303,9 @@ struct Image {
     fatbin: PathBuf,
 }
 
-/// Compiles every unit in parallel.
+/// Compiles every unit in parallel, or takes it from the cache that `FUSEDROP_NVCC_CACHE`
+/// names (build/nvcc_cache.rs), keyed by nvcc's version, the unit, its flags, every file under
+/// kernels/ and the generated launch header.
 fn compile_all(
     nvcc: &Path,
     include: Option<&Path>,
@@ -303,66 +315,111 @@ fn compile_all(
     out_dir: &Path,
 ) -> Vec<Image> {
     let cccl = include.map(|i| i.join("cccl")).filter(|c| c.is_dir());
-    let jobs: Vec<_> = units
-        .iter()
-        .filter_map(|unit| {
-            let name = unit.file_stem().unwrap().to_string_lossy().into_owned();
-            let fatbin = out_dir.join(format!("{name}.fatbin"));
-            let archs = module_archs(&name);
-            if archs.is_empty() {
-                // A Hopper module in a build without 90: the wrappers report it as not built.
-                return None;
-            }
-            let mut cmd = Command::new(nvcc);
-            cmd.arg("-fatbin")
-                .args([
-                    "-std=c++17",
-                    "-O3",
-                    "-lineinfo",
-                    "-Xptxas",
-                    "-v",
-                    "--threads",
-                    "2",
-                ])
-                // Compressed fatbins are a tenth of the size; the driver inflates them at load.
-                .args(["-Xfatbin", "-compress-all"])
-                .args(arch_flags(&name, &archs))
-                .arg("-Ikernels")
-                .arg(format!("-I{}", generated.display()))
-                .args(defines);
-            if let Some(cccl) = &cccl {
-                cmd.arg(format!("-I{}", cccl.display()));
-            }
-            cmd.arg(unit.as_os_str()).arg("-o").arg(&fatbin);
-            Some((name, archs[0], fatbin, cmd))
-        })
-        .collect();
-    let handles: Vec<_> = jobs
-        .into_iter()
-        .map(|(name, min_arch, fatbin, mut cmd)| {
-            let handle = std::thread::spawn(move || cmd.output());
-            (name, min_arch, fatbin, handle)
-        })
-        .collect();
+    let cache = env::var_os(nvcc_cache::NVCC_CACHE_VAR)
+        .filter(|dir| !dir.is_empty())
+        .map(nvcc_cache::NvccCache::new);
+    // What every unit's key shares; computed only when there is a cache.
+    let shared_key_parts = cache.as_ref().map(|_| {
+        let version = Command::new(nvcc)
+            .arg("--version")
+            .output()
+            .unwrap_or_else(|e| panic!("could not run nvcc at {}: {e}", nvcc.display()))
+            .stdout;
+        let sources = nvcc_cache::tree_contents(Path::new("kernels"))
+            .unwrap_or_else(|e| panic!("could not read kernels/ for the nvcc cache key: {e}"));
+        let header = fs::read(generated.join("fusedrop_launch_table.h"))
+            .expect("read the generated launch header");
+        (version, sources, header)
+    });
     let mut images = Vec::new();
-    for (name, min_arch, fatbin, handle) in handles {
+    let mut jobs = Vec::new();
+    for unit in units {
+        let name = unit.file_stem().unwrap().to_string_lossy().into_owned();
+        let fatbin = out_dir.join(format!("{name}.fatbin"));
+        let archs = module_archs(&name);
+        if archs.is_empty() {
+            // A Hopper module in a build without 90: the wrappers report it as not built.
+            continue;
+        }
+        let mut flags: Vec<String> = [
+            "-fatbin",
+            "-std=c++17",
+            "-O3",
+            "-lineinfo",
+            "-Xptxas",
+            "-v",
+            "--threads",
+            "2",
+            // Compressed fatbins are a tenth of the size; the driver inflates them at load.
+            "-Xfatbin",
+            "-compress-all",
+        ]
+        .map(String::from)
+        .to_vec();
+        flags.extend(arch_flags(&name, &archs));
+        flags.push("-Ikernels".to_string());
+        flags.extend(defines.iter().cloned());
+        if let Some(cccl) = &cccl {
+            flags.push(format!("-I{}", cccl.display()));
+        }
+        let image = Image {
+            arch_specific: SM90A_MODULES.contains(&name.as_str()),
+            name,
+            min_arch: archs[0],
+            fatbin,
+        };
+        // The key leaves out the paths under $OUT_DIR (the generated include directory and the
+        // output), which differ between profiles and target directories; the header's contents
+        // are in it instead.
+        let key = shared_key_parts.as_ref().map(|(version, sources, header)| {
+            let flag_bytes = flags.join("\n");
+            nvcc_cache::digest(&[
+                b"fusedrop nvcc cache 1",
+                nvcc.as_os_str().as_encoded_bytes(),
+                version,
+                image.name.as_bytes(),
+                flag_bytes.as_bytes(),
+                sources,
+                header,
+            ])
+        });
+        if let (Some(cache), Some(key)) = (&cache, &key) {
+            if let Some(report) = cache.fetch(key, &image.fatbin) {
+                fs::write(out_dir.join(format!("{}.ptxas.txt", image.name)), &report)
+                    .expect("write report");
+                check_ptxas_report(&image.name, &report);
+                images.push(image);
+                continue;
+            }
+        }
+        let mut cmd = Command::new(nvcc);
+        cmd.args(&flags)
+            .arg(format!("-I{}", generated.display()))
+            .arg(unit.as_os_str())
+            .arg("-o")
+            .arg(&image.fatbin);
+        jobs.push((image, key, std::thread::spawn(move || cmd.output())));
+    }
+    for (image, key, handle) in jobs {
         let output = handle
             .join()
             .expect("nvcc thread")
             .unwrap_or_else(|e| panic!("could not run nvcc at {}: {e}", nvcc.display()));
+        let name = &image.name;
         let report = String::from_utf8_lossy(&output.stderr).into_owned();
         fs::write(out_dir.join(format!("{name}.ptxas.txt")), &report).expect("write report");
         if !output.status.success() {
             panic!("nvcc failed on kernels/{name}.cu:\n{report}");
         }
-        check_ptxas_report(&name, &report);
-        images.push(Image {
-            arch_specific: SM90A_MODULES.contains(&name.as_str()),
-            name,
-            min_arch,
-            fatbin,
-        });
+        check_ptxas_report(name, &report);
+        if let (Some(cache), Some(key)) = (&cache, &key) {
+            if let Err(e) = cache.store(key, &image.fatbin, &report) {
+                println!("cargo:warning=fusedrop: could not store {name} in the nvcc cache: {e}");
+            }
+        }
+        images.push(image);
     }
+    images.sort_by(|a, b| a.name.cmp(&b.name));
     images
 }
 

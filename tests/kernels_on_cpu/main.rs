@@ -8,7 +8,8 @@
 //!
 //! Environment:
 //! - `FUSEDROP_HARNESS_SANITIZE=address` builds the drivers with AddressSanitizer and
-//!   UndefinedBehaviorSanitizer (scripts/test.sh runs this target once that way), so an
+//!   UndefinedBehaviorSanitizer (scripts/test.sh runs this target once that way, less the
+//!   `_bf16_` twins of `_f16_` tests), so an
 //!   out-of-bounds access in a kernel, or undefined behaviour (a shift by the type's width or more,
 //!   a signed overflow), fails the test;
 //! - `FUSEDROP_HARNESS_KERNELS=<dir>` takes the kernel sources from `<dir>` instead of kernels/
