@@ -113,7 +113,9 @@ fn compiler_flags() -> Vec<String> {
         flags.extend(
             [
                 "-O1",
-                "-g",
+                // Line tables only: a report still names file and line, and the drivers compile
+                // in three fifths of the time `-g` takes (backward_sm90: 77 s against 125 s).
+                "-g1",
                 "-fsanitize=address,undefined",
                 "-fno-sanitize-recover=undefined",
                 "-fno-omit-frame-pointer",
