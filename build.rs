@@ -18,10 +18,11 @@
 //! - `FUSEDROP_MBARRIER_WAIT_LIMIT_NS` overrides how long a Hopper kernel's mbarrier wait lasts
 //!   before it traps (default 20 s; `0` for no limit, as under a debugger): build/options.rs.
 //! - `FUSEDROP_NVCC_CACHE=<dir>` keeps each module's fatbin and ptxas report in `<dir>`, keyed by
-//!   nvcc's version, the flags, every file under kernels/ and the launch header, so that a build
-//!   under another profile, feature set or target directory takes them from there instead of
-//!   running nvcc again (build/nvcc_cache.rs; scripts/test.sh uses `.cache/nvcc-outputs`). Off
-//!   when unset. Entries are never evicted: delete the directory to reclaim the space.
+//!   nvcc's path and version, `NVCC_PREPEND_FLAGS`, `NVCC_APPEND_FLAGS` and `NVCC_CCBIN`, the
+//!   flags, every file under kernels/ and the launch header, so that a build under another
+//!   profile, feature set or target directory takes them from there instead of running nvcc
+//!   again (build/nvcc_cache.rs; scripts/test.sh uses `.cache/nvcc-outputs`). Off when unset.
+//!   Entries are never evicted: delete the directory to reclaim the space.
 //! - Without nvcc the crate still builds (with a warning) and every GPU entry point returns
 //!   `Error::KernelsNotBuilt`, unless `FUSEDROP_REQUIRE_NVCC=1` makes that a build error.
 //! - Dependent crates' build scripts read `DEP_FUSEDROP_DYNAMIC_LINKING` (`1` with the
@@ -34,6 +35,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const DEFAULT_ARCHS: &str = "80,86,89,90";
+
+/// Environment variables that nvcc itself reads and that change what it compiles: extra flags
+/// before and after the command line's, and the host compiler.
+const NVCC_OWN_VARS: &[&str] = &["NVCC_PREPEND_FLAGS", "NVCC_APPEND_FLAGS", "NVCC_CCBIN"];
 
 #[path = "src/cuda/launch_table.rs"]
 mod launch_table;
@@ -54,7 +59,10 @@ fn main() {
         "FUSEDROP_REQUIRE_NVCC",
         options::MBARRIER_WAIT_LIMIT_VAR,
         nvcc_cache::NVCC_CACHE_VAR,
-    ] {
+    ]
+    .iter()
+    .chain(NVCC_OWN_VARS)
+    {
         println!("cargo:rerun-if-env-changed={var}");
     }
     println!("cargo:rerun-if-changed=kernels");
@@ -304,8 +312,8 @@ struct Image {
 }
 
 /// Compiles every unit in parallel, or takes it from the cache that `FUSEDROP_NVCC_CACHE`
-/// names (build/nvcc_cache.rs), keyed by nvcc's version, the unit, its flags, every file under
-/// kernels/ and the generated launch header.
+/// names (build/nvcc_cache.rs), keyed by nvcc's path and version, the environment variables
+/// nvcc reads, the unit, its flags, every file under kernels/ and the generated launch header.
 fn compile_all(
     nvcc: &Path,
     include: Option<&Path>,
@@ -329,7 +337,13 @@ fn compile_all(
             .unwrap_or_else(|e| panic!("could not read kernels/ for the nvcc cache key: {e}"));
         let header = fs::read(generated.join("fusedrop_launch_table.h"))
             .expect("read the generated launch header");
-        (version, sources, header)
+        let mut environment = String::new();
+        for var in NVCC_OWN_VARS {
+            if let Some(value) = env::var_os(var) {
+                writeln!(environment, "{var}={}", value.to_string_lossy()).unwrap();
+            }
+        }
+        (version, environment, sources, header)
     });
     let mut images = Vec::new();
     let mut jobs = Vec::new();
@@ -371,18 +385,21 @@ fn compile_all(
         // The key leaves out the paths under $OUT_DIR (the generated include directory and the
         // output), which differ between profiles and target directories; the header's contents
         // are in it instead.
-        let key = shared_key_parts.as_ref().map(|(version, sources, header)| {
-            let flag_bytes = flags.join("\n");
-            nvcc_cache::digest(&[
-                b"fusedrop nvcc cache 1",
-                nvcc.as_os_str().as_encoded_bytes(),
-                version,
-                image.name.as_bytes(),
-                flag_bytes.as_bytes(),
-                sources,
-                header,
-            ])
-        });
+        let key = shared_key_parts
+            .as_ref()
+            .map(|(version, environment, sources, header)| {
+                let flag_bytes = flags.join("\n");
+                nvcc_cache::digest(&[
+                    b"fusedrop nvcc cache 1",
+                    nvcc.as_os_str().as_encoded_bytes(),
+                    version,
+                    environment.as_bytes(),
+                    image.name.as_bytes(),
+                    flag_bytes.as_bytes(),
+                    sources,
+                    header,
+                ])
+            });
         if let (Some(cache), Some(key)) = (&cache, &key) {
             if let Some(report) = cache.fetch(key, &image.fatbin) {
                 fs::write(out_dir.join(format!("{}.ptxas.txt", image.name)), &report)
