@@ -49,6 +49,9 @@ mod nvcc_cache;
 #[path = "build/options.rs"]
 mod options;
 
+#[path = "build/source_digest.rs"]
+mod source_digest;
+
 fn main() {
     for var in [
         "NVCC",
@@ -69,6 +72,7 @@ fn main() {
     println!("cargo:rerun-if-changed=src/cuda/launch_table.rs");
     println!("cargo:rerun-if-changed=build/options.rs");
     println!("cargo:rerun-if-changed=build/nvcc_cache.rs");
+    println!("cargo:rerun-if-changed=build/source_digest.rs");
     println!("cargo:rustc-check-cfg=cfg(fusedrop_kernels)");
     // Metadata for the build scripts of crates that depend on fusedrop (`links` in Cargo.toml
     // makes it `DEP_FUSEDROP_DYNAMIC_LINKING`): cudarc's run-time loading API (`is_culib_present`,
@@ -333,7 +337,7 @@ fn compile_all(
             .output()
             .unwrap_or_else(|e| panic!("could not run nvcc at {}: {e}", nvcc.display()))
             .stdout;
-        let sources = nvcc_cache::tree_contents(Path::new("kernels"))
+        let sources = source_digest::tree_contents(Path::new("kernels"))
             .unwrap_or_else(|e| panic!("could not read kernels/ for the nvcc cache key: {e}"));
         let header = fs::read(generated.join("fusedrop_launch_table.h"))
             .expect("read the generated launch header");
@@ -389,7 +393,7 @@ fn compile_all(
             .as_ref()
             .map(|(version, environment, sources, header)| {
                 let flag_bytes = flags.join("\n");
-                nvcc_cache::digest(&[
+                source_digest::digest(&[
                     b"fusedrop nvcc cache 1",
                     nvcc.as_os_str().as_encoded_bytes(),
                     version,

@@ -1,11 +1,14 @@
 //! The cache of nvcc's outputs that build.rs uses under `FUSEDROP_NVCC_CACHE`
-//! (build/nvcc_cache.rs, included here as it is there): keys that change with every input, and
-//! entries that are either whole or absent.
+//! (build/nvcc_cache.rs, and build/source_digest.rs for its keys, included here as they are
+//! there): keys that change with every input, and entries that are either whole or absent.
 
 #[path = "../build/nvcc_cache.rs"]
 mod nvcc_cache;
+#[path = "../build/source_digest.rs"]
+mod source_digest;
 
-use nvcc_cache::{digest, tree_contents, NvccCache};
+use nvcc_cache::NvccCache;
+use source_digest::{digest, tree_contents};
 use std::fs;
 use std::path::PathBuf;
 

@@ -26,15 +26,16 @@
 //! Without CUDA headers (a crate built without nvcc) the tests fail, saying why, unless
 //! `FUSEDROP_HARNESS_SKIP=1` asks them to skip with a message.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs;
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+
+#[path = "../../build/source_digest.rs"]
+mod source_digest;
 
 use fusedrop::cuda::backward::{
     backward_plan, product_plan, BackwardBuffers, BackwardKernel, BackwardMask, BackwardProduct,
@@ -132,22 +133,6 @@ fn compiler_flags() -> Vec<String> {
     flags
 }
 
-/// Every file under `dir`, sorted, for the build cache key.
-fn source_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    paths.sort();
-    for path in paths {
-        if path.is_dir() {
-            source_files(&path, out);
-        } else {
-            out.push(path);
-        }
-    }
-}
-
 /// Compiles tests/harness/<name>.cpp (once per process, and reused across runs while the
 /// sources and flags are unchanged). Without the CUDA headers (a build without nvcc) the test
 /// fails, saying so, unless FUSEDROP_HARNESS_SKIP=1 asks for a skip (`None`): a CPU test that
@@ -181,17 +166,26 @@ fn build_driver(name: &str, include: &str) -> PathBuf {
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".to_string());
     let flags = compiler_flags();
 
-    let mut files = Vec::new();
-    source_files(&kernels, &mut files);
-    source_files(&harness, &mut files);
-    // The launch table header build.rs generates from src/cuda/launch_table.rs.
-    source_files(Path::new(env!("FUSEDROP_GENERATED_INCLUDE")), &mut files);
-    let mut hasher = DefaultHasher::new();
-    (name, &cxx, &flags, include, &kernels).hash(&mut hasher);
-    for file in &files {
-        file.hash(&mut hasher);
-        fs::read(file).unwrap_or_default().hash(&mut hasher);
-    }
+    // The driver's key: its name, the compiler and flags, the include directories, and every
+    // file it can include from them (build/source_digest.rs, as build.rs keys nvcc's outputs);
+    // the launch table header is the one build.rs generates from src/cuda/launch_table.rs.
+    let generated = Path::new(env!("FUSEDROP_GENERATED_INCLUDE"));
+    let tree = |dir: &Path| {
+        source_digest::tree_contents(dir).unwrap_or_else(|e| {
+            panic!("could not read {} for the driver's key: {e}", dir.display())
+        })
+    };
+    let key = source_digest::digest(&[
+        name.as_bytes(),
+        cxx.as_bytes(),
+        flags.join("\n").as_bytes(),
+        include.as_bytes(),
+        kernels.as_os_str().as_encoded_bytes(),
+        harness.as_os_str().as_encoded_bytes(),
+        &tree(&kernels),
+        &tree(&harness),
+        &tree(generated),
+    ]);
     // Drivers of patched copies live apart, so that removing stale drivers below never deletes
     // the drivers of a plain run going on at the same time; a directory of the caller's own
     // (scripts/plant-faults.sh: one per run) keeps two patched runs apart too.
@@ -207,7 +201,7 @@ fn build_driver(name: &str, include: &str) -> PathBuf {
     };
     fs::create_dir_all(&dir).expect("create the harness build directory");
     let flavour = driver_flavour();
-    let exe = dir.join(format!("{name}-{:016x}{flavour}", hasher.finish()));
+    let exe = dir.join(format!("{name}-{key}{flavour}"));
     if exe.is_file() {
         return exe;
     }
@@ -217,10 +211,9 @@ fn build_driver(name: &str, include: &str) -> PathBuf {
         let stale = file
             .strip_prefix(name)
             .and_then(|rest| rest.strip_prefix('-'))
-            .is_some_and(|rest| {
-                rest.len() == 16 + flavour.len()
-                    && rest[..16].bytes().all(|b| b.is_ascii_hexdigit())
-                    && rest[16..] == flavour
+            .and_then(|rest| rest.strip_suffix(flavour.as_str()))
+            .is_some_and(|hash| {
+                hash.len() == key.len() && hash.bytes().all(|b| b.is_ascii_hexdigit())
             });
         if stale {
             let _ = fs::remove_file(entry.path());
