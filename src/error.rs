@@ -10,7 +10,8 @@ pub enum Error {
     InvalidArgument(String),
     /// The CUDA kernels were not compiled into this build (no nvcc was found by build.rs).
     KernelsNotBuilt,
-    /// No usable CUDA driver (libcuda) could be loaded on this machine.
+    /// No usable CUDA driver: libcuda could not be loaded or initialised, or the requested GPU
+    /// ordinal does not exist.
     DriverUnavailable(String),
     /// The GPU or the build cannot run the requested kernel: compute capability too old (or, for
     /// the sm_90a kernels, not 9.0), a module the build left out, or one the handle was told not

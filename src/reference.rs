@@ -331,7 +331,8 @@ pub fn relative_l2_error_nonfinite(got: &[f64], want: &[f64]) -> f64 {
 
 /// Where a computed `m x n` row-major matrix differs from the expected one, in words, for a
 /// failure message: how many elements differ, the rows and columns that hold them, their rows
-/// and columns within 64 x 64 blocks (the tile edge of every tensor-core kernel), and the first
+/// and columns within 64 x 64 blocks (the Hopper kernels' TMA box edge, and an edge of most
+/// tensor-core tiles), and the first
 /// few with both values. `differs(i)` decides for the element at flat index `i`. A kernel bug
 /// usually shows as a pattern here (one tile, eight rows of every block, a warp's columns) where
 /// a count or a relative L2 error shows nothing but its size.

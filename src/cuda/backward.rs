@@ -4,7 +4,8 @@
 //! every dtype on CUDA cores; design in docs/BACKWARD.md).
 //!
 //! `dZ = dY * 1/(1-p) * active` is formed while the kernels load tiles of dY and never goes to
-//! memory. `active` is `[Y > 0]` for ReLU, read from the saved forward output, and the dropout
+//! memory (except with [`BackwardKernel::HopperDzFromDx`], whose dX launch writes dZ / scale to
+//! the workspace for dW's). `active` is `[Y > 0]` for ReLU, read from the saved forward output, and the dropout
 //! mask `keep(i)` redrawn from (seed, subsequence) for the identity activation (or, with
 //! [`BackwardOptions::workspace`], applied to dY once by a pre-pass that writes `dY * keep` there
 //! for both products to read). Then `dX = dZ·W`,
@@ -600,7 +601,9 @@ impl std::fmt::Display for BackwardChoice {
 /// Which kernel family runs the backward pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackwardKernel {
-    /// The best kernel this build has for the dtype and GPU.
+    /// The best kernel this build has for the dtype and GPU. For f16/bf16 below compute
+    /// capability 8.0 that is an [`Error::UnsupportedDevice`]
+    /// (the mma.sync kernels need 8.0); [`BackwardKernel::Simt`] runs every dtype from 7.5.
     #[default]
     Auto,
     /// The tiled CUDA-core kernel (every dtype). The plainest GPU implementation, which the

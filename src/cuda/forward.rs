@@ -457,8 +457,9 @@ fn folded_launch(
 /// At or below this many input features, the half-type heuristic starts from the 64 x 64 tile.
 pub const SHORT_K: usize = 512;
 
-/// The configuration [`LayerKernels::forward`] uses for `shape` with element type `T` on a GPU with
-/// `sm_count` multiprocessors.
+/// The portable (mma.sync or SIMT) configuration for `shape` with element type `T` on a GPU with
+/// `sm_count` multiprocessors: the one [`LayerKernels::forward`] uses wherever the Hopper kernels
+/// do not take the call.
 ///
 /// Heuristic: the largest tile that still yields at least one full wave of tiles (one per
 /// multiprocessor); larger tiles reuse each loaded element of X and W for more outputs, but a
@@ -606,7 +607,8 @@ pub(crate) fn hopper_unavailable_on<T: Element>(cc: (i32, i32), loaded: bool) ->
 }
 
 /// Whether TMA can read X `[m, k]` at `x_ptr` and W `[n, k]` at `w_ptr`: both 16-byte aligned,
-/// `k` a positive multiple of 8 (row strides of whole 16-byte units).
+/// `k` a positive multiple of 8 (row strides of whole 16-byte units), m and n positive, and m,
+/// n and k at most 2^31 - 1 (a tensor map's dimensions are 32-bit).
 pub fn hopper_operands_fit(shape: LinearShape, x_ptr: u64, w_ptr: u64) -> bool {
     tensor_map::operand_fits(x_ptr, shape.m, shape.k)
         && tensor_map::operand_fits(w_ptr, shape.n, shape.k)
@@ -627,6 +629,12 @@ fn choose_forward<T: Element>(
         }
     }
     choose_config::<T>(shape, gpu.resident.sm_count())
+}
+
+/// The configuration the forward takes for `shape` on a GPU and build that `gpu` describes, with
+/// X and W 16-byte aligned ([`LayerKernels::forward_config_for`]).
+fn aligned_forward_config<T: Element>(gpu: &GpuFacts, shape: LinearShape) -> ForwardConfig {
+    choose_forward::<T>(gpu, shape, hopper_operands_fit(shape, 0, 0))
 }
 
 /// What [`LayerKernels::forward`] queues for `spec` (whose buffers' lengths it has checked) with
@@ -706,7 +714,8 @@ pub struct ForwardOptions<'a> {
 
 impl LayerKernels {
     /// Whether the Hopper kernels (forward and backward) can run for element type `T` on this
-    /// GPU: compute capability 9.0, f16 or bf16, the sm_90a modules built. Each call also needs
+    /// GPU: compute capability 9.0, f16 or bf16, the sm_90a modules built and loaded (not with
+    /// `LoadOptions { hopper: false }`). Each call also needs
     /// operands TMA can read ([`hopper_operands_fit`]; for the backward see
     /// [`BackwardKernel::Hopper`](crate::cuda::backward::BackwardKernel::Hopper)).
     pub fn hopper_available<T: Element>(&self) -> bool {
@@ -716,9 +725,11 @@ impl LayerKernels {
 
     /// The configuration [`LayerKernels::forward`] picks for `shape` on this GPU, for X and W
     /// that start 16-byte aligned (as every cudarc allocation does; a view at an odd offset may
-    /// take the mma.sync kernel instead, see [`hopper_operands_fit`]).
+    /// take the mma.sync kernel instead, see [`hopper_operands_fit`]). Where TMA cannot read
+    /// the operands whatever their addresses (`k` not a multiple of 8), it is the configuration
+    /// the portable kernels take, as in the call.
     pub fn forward_config_for<T: Element>(&self, shape: LinearShape) -> ForwardConfig {
-        choose_forward::<T>(&self.gpu_facts(), shape, true)
+        aligned_forward_config::<T>(&self.gpu_facts(), shape)
     }
 
     /// Queues `Y = dropout_p(act(X·Wᵀ + b))` on the handle's stream, in one kernel launch.
@@ -1662,6 +1673,47 @@ mod tests {
         assert_eq!(plan.module, "forward_f32");
         let plan = forward_plan::<bf16>(&spec, None, &facts((8, 9), false), &at).unwrap();
         assert_eq!(plan.module, "forward_tc");
+    }
+
+    #[test]
+    fn the_reported_configuration_is_the_one_an_aligned_call_plans() {
+        // `forward_config_for` against what `forward_plan` queues for 16-byte aligned operands,
+        // on a Hopper GPU and on an A100: the same kernel and grid, also where k rules TMA out.
+        let hopper = GpuFacts {
+            compute_capability: (9, 0),
+            resident: ResidentClusters::uniform(132),
+            forward_sm90_loaded: true,
+            backward_sm90_loaded: true,
+        };
+        let a100 = GpuFacts {
+            compute_capability: (8, 0),
+            resident: ResidentClusters::uniform(108),
+            forward_sm90_loaded: false,
+            backward_sm90_loaded: false,
+        };
+        let at = addresses(0x1000, 0x2000, Some(0x3000), 0x4000);
+        let mut tma = 0;
+        for gpu in [hopper, a100] {
+            for (m, n, k) in [
+                (4096, 4096, 4096),
+                (64, 4096, 4096),
+                (32768, 1024, 256),
+                (4096, 4096, 4100),
+                (1000, 1000, 100),
+                (257, 136, 7),
+            ] {
+                let spec = layer_spec(m, n, k, Nonlinearity::Relu);
+                let reported = aligned_forward_config::<bf16>(&gpu, spec.shape);
+                let planned = forward_plan::<bf16>(&spec, None, &gpu, &at).unwrap();
+                let expected = reported
+                    .launch_plan::<bf16>(&spec, &at, gpu.resident)
+                    .unwrap();
+                assert_eq!(planned, expected, "{gpu:?}, {m} x {n} x {k}");
+                assert_eq!(reported.is_hopper(), gpu == hopper && k % 8 == 0);
+                tma += usize::from(reported.is_hopper());
+            }
+        }
+        assert_eq!(tma, 3, "the Hopper shapes whose k TMA takes");
     }
 
     #[test]

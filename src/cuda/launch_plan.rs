@@ -46,7 +46,8 @@ pub enum Operand {
     DW,
     /// The gradient of b, `[n]`.
     DB,
-    /// The backward's workspace (`BackwardOptions::workspace`).
+    /// The backward's workspace (`BackwardOptions::workspace`), or a stream-K sweep variant's
+    /// (`forward_sweep_plan`).
     Workspace,
 }
 

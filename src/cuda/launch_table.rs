@@ -363,7 +363,8 @@ pub const ALL: [LaunchNumbers; 61] = [
 /// whatever the grid.
 pub const STREAM_K_MAX_BLOCKS: u32 = 512;
 
-/// Grid-stride cap of every backward kernel (`kMaxBlocks`).
+/// Grid-stride cap of the mma.sync and SIMT backward kernels and of the split-K sums
+/// (`kMaxBlocks`); the Hopper backward's grids are persistent.
 pub const BACKWARD_MAX_BLOCKS: u32 = 1 << 20;
 
 /// Threads per block of the split-K sum kernels (`fusedrop_backward_split_sum_<dtype>`,
