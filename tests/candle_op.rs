@@ -436,10 +436,10 @@ fn bad_inputs_are_errors_that_say_what_was_expected() -> Result<()> {
             fused_linear(&x, &w, None, relu, DropoutSpec::new(p, 1, 0)),
             "is outside [0, 1]",
         );
-        assert!(
-            FusedLinear::new(w.clone(), None, relu, p, 1).is_err(),
-            "p = {p}"
-        );
+        match FusedLinear::new(w.clone(), None, relu, p, 1) {
+            Ok(_) => panic!("p = {p}: FusedLinear::new accepted it"),
+            Err(e) => assert!(e.to_string().contains("is outside [0, 1]"), "p = {p}: {e}"),
+        }
     }
     // A scalar into the module, and an input of the wrong width: refused in training without
     // using up a mask subsequence.

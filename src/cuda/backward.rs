@@ -2655,24 +2655,29 @@ mod tests {
                 KernelArg::I64(300),
             ]
         );
-        for (config, splits) in [
-            ("wg128x128s2", 4),
-            ("tc128x128", 2),
-            ("tc64x64", 0),
-            ("wg64", 1),
+        for (config, splits, why) in [
+            (
+                "wg128x128s2",
+                4,
+                "splits each tile over its clusters of 2; got splits = 4",
+            ),
+            ("tc128x128", 2, "kernels take splits = 1 only; got 2"),
+            ("tc64x64", 0, "kernels take splits = 1 or more; got 0"),
+            ("wg64", 1, "wg64 is not a backward configuration"),
         ] {
+            let error = product_plan::<f16>(
+                config,
+                splits,
+                BackwardProduct::Dx,
+                &relu,
+                operands(Operand::DY, true, true, false),
+                false,
+                ResidentClusters::uniform(132),
+            )
+            .unwrap_err();
             assert!(
-                product_plan::<f16>(
-                    config,
-                    splits,
-                    BackwardProduct::Dx,
-                    &relu,
-                    operands(Operand::DY, true, true, false),
-                    false,
-                    ResidentClusters::uniform(132),
-                )
-                .is_err(),
-                "{config} split {splits}"
+                error.to_string().contains(why),
+                "{config} split {splits}: {error}"
             );
         }
     }

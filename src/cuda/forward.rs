@@ -1879,11 +1879,17 @@ mod tests {
                 .grid_dim,
             (2, 1, 1)
         );
-        let huge = LinearShape::new(1 << 30, 1 << 22, 8);
-        assert!(sm90_sweep_launch(&st3, huge, ResidentClusters::uniform(132)).is_err());
+        let too_many = |shape| {
+            let error = sm90_sweep_launch(&st3, shape, ResidentClusters::uniform(132)).unwrap_err();
+            assert!(
+                error.to_string().contains("expected at most 2^31-1"),
+                "{shape:?}: {error}"
+            );
+        };
+        too_many(LinearShape::new(1 << 30, 1 << 22, 8));
         // Tile counts past u64 saturate into the same error, not an overflow.
         let beyond = LinearShape::new(1 << 40, 1 << 40, 8);
-        assert!(sm90_sweep_launch(&st3, beyond, ResidentClusters::uniform(132)).is_err());
+        too_many(beyond);
         assert_eq!(ForwardConfig::Wg64x128.tiles(beyond), u64::MAX);
         // A caller-built variant with an empty tile is refused, not divided by.
         let empty = LaunchNumbers { cluster: 0, ..st3 };

@@ -33,6 +33,13 @@ pub fn check_elementwise<T: Element>(
     abs_sum: &[f64],
     terms: usize,
 ) {
+    assert!(
+        got.len() == want.len() && abs_sum.len() == want.len(),
+        "{what}: {} elements computed, {} expected, {} bounds",
+        got.len(),
+        want.len(),
+        abs_sum.len()
+    );
     let (u, subnormal) = rounding_of::<T>();
     let u32 = f64::powi(2.0, -24);
     let got: Vec<f64> = got.iter().map(|g| g.to_f64()).collect();
