@@ -167,7 +167,7 @@ fi
 if [[ "${QUICK:-0}" != "1" ]]; then
   step bench 300 "$here/fusedrop" bench --quick --csv "$out/bench.csv"
   # The tuning variants against production, one family per step (STEPS can pick them): Hopper
-  # (issue 10; about 80 rows), mma.sync (issue 12; about 85) and f32 (issue 12; 5), most of the
+  # (issue 10; about 110 rows), mma.sync (issue 12; about 85) and f32 (issue 12; 5), most of the
   # time on the host (each output copied back and compared).
   step sweep-hopper 240 "$here/fusedrop" sweep --quick --family hopper
   step sweep-mma-sync 240 "$here/fusedrop" sweep --quick --family mma-sync

@@ -20,6 +20,23 @@ macro_rules! invalid {
 }
 pub(crate) use invalid;
 
+/// `--device`'s and `--gpu`'s parser: a GPU ordinal, whose error says what one is (a negative
+/// value reaches it: the flags allow negative numbers).
+pub fn gpu_ordinal(text: &str) -> std::result::Result<usize, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| "expected a GPU ordinal: a whole number, 0 for the first GPU".to_string())
+}
+
+/// What a command-line flag's error says: an invalid argument's message alone (clap already
+/// names the flag and the value), anything else as it displays.
+pub fn flag_message(error: fusedrop::Error) -> String {
+    match error {
+        fusedrop::Error::InvalidArgument(message) => message,
+        other => other.to_string(),
+    }
+}
+
 /// The first item of `items` that an earlier one equals: what the command line's list flags
 /// (`--shapes`, `--dtypes`, `--p`, `--family`) refuse, since a repeated item measures a row twice.
 pub fn first_repeated<T: PartialEq>(items: &[T]) -> Option<&T> {

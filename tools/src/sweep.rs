@@ -94,7 +94,13 @@ pub struct Options {
     #[arg(long)]
     pub quick: bool,
     /// GPU ordinal
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        allow_negative_numbers = true,
+        value_parser = crate::gpu_ordinal
+    )]
     pub device: usize,
     /// Only these families, comma-separated: mma-sync, hopper, f32 (default: every one)
     #[arg(long, value_name = "LIST", value_delimiter = ',', value_enum)]
@@ -157,8 +163,9 @@ impl Options {
         let only_f32 = !self.family.is_empty() && self.family.iter().all(|f| *f == Family::F32);
         if only_f32 && !F32_SHAPES.iter().any(|s| self.runs_shape(s)) {
             return Err(Error::InvalidArgument(format!(
-                "--family f32 runs on {F32_SHAPES:?} only, and --shapes {:?} names none of them",
-                self.shapes
+                "--family f32 runs on {} only, and --shapes {} names none of them",
+                F32_SHAPES.join(", "),
+                self.shapes.join(",")
             )));
         }
         if let Some(f) = crate::first_repeated(&self.family) {
@@ -185,7 +192,12 @@ fn sweep_shape_name(name: &str) -> std::result::Result<&'static str, String> {
         .iter()
         .copied()
         .find(|s| *s == name.trim())
-        .ok_or_else(|| format!("unknown sweep shape {name:?}; expected one of {SHAPES:?}"))
+        .ok_or_else(|| {
+            format!(
+                "unknown sweep shape {name:?}; expected one of {}",
+                SHAPES.join(", ")
+            )
+        })
 }
 
 /// What became of one kernel on one shape and dtype.

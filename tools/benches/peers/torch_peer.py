@@ -23,6 +23,7 @@ Exit codes: 0 every figure measured, 1 some figure not measured, 2 bad arguments
 import argparse
 import csv
 import math
+import os
 import sys
 import time
 
@@ -48,7 +49,8 @@ COLUMNS = [
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true",
-                    help="bf16 on up, sq, small, wide, odd and f32 on sq; p=0.1; short timing")
+                    help="bf16 on up, sq, small, wide, odd and f32 on sq, small, odd; p=0.1; "
+                         "short timing")
     ap.add_argument("--csv", help="write the rows to this CSV file")
     ap.add_argument("--shapes", help="comma-separated shape names")
     ap.add_argument("--dtypes", help="comma-separated from bf16,f16,f32")
@@ -75,6 +77,13 @@ def parse_args(argv):
         ap.error("--p takes comma-separated numbers")
     if any(not 0.0 <= p <= 1.0 for p in ps):
         ap.error("--p values must lie in [0, 1]")
+    # Refused before any GPU time is spent, as `fusedrop bench --csv` refuses it.
+    if args.csv:
+        folder = os.path.dirname(args.csv)
+        if folder and not os.path.isdir(folder):
+            ap.error(f"the folder of the CSV file {args.csv} does not exist")
+        if os.path.isdir(args.csv):
+            ap.error(f"the CSV file {args.csv} is a folder; expected a file name")
     if args.budget_s is None and args.quick:
         args.budget_s = 200.0
     args.shape_list, args.dtype_list, args.p_list = shapes, dtypes, ps

@@ -62,14 +62,17 @@ pub struct Options {
     /// or widen it)
     #[arg(long)]
     quick: bool,
-    /// Comma-separated suite shapes (listed below) [default: all]
+    /// Comma-separated suite shapes (listed below) [default: all; with --quick up, sq, small,
+    /// wide, odd]
     #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = shape)]
     shapes: Option<Vec<SuiteShape>>,
-    /// Comma-separated from bf16,f16,f32 [default: all; f32 runs on sq, small, odd only]
+    /// Comma-separated from bf16,f16,f32 [default: all; with --quick bf16, f32; f32 runs on sq,
+    /// small, odd only]
     #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = dtype)]
     dtypes: Option<Vec<DType>>,
     // The help text lists P_VALUES, so it is set at run time (cli::command).
-    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = probability)]
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = probability,
+          allow_negative_numbers = true)]
     p: Option<Vec<f32>>,
     /// Which passes to measure
     #[arg(long, value_name = "WHICH", default_value = "both", value_parser = passes())]
@@ -78,7 +81,13 @@ pub struct Options {
     #[arg(long, value_name = "PATH")]
     csv: Option<PathBuf>,
     /// GPU ordinal
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        allow_negative_numbers = true,
+        value_parser = fusedrop_tools::gpu_ordinal
+    )]
     device: usize,
     /// Load no Hopper (sm_90a) kernels: on an H100 / H200 the `fused` rows are then the
     /// mma.sync and SIMT kernels other GPUs run, and no Hopper rows are measured
@@ -89,17 +98,17 @@ pub struct Options {
 /// The help text of `--p`.
 pub fn p_help() -> String {
     format!(
-        "Comma-separated dropout probabilities [default: {}]",
+        "Comma-separated dropout probabilities [default: {}; with --quick 0.1]",
         P_VALUES.map(|p| p.to_string()).join(",")
     )
 }
 
 fn shape(name: &str) -> Result<SuiteShape, String> {
-    suite_shape(name.trim()).map_err(|e| e.to_string())
+    suite_shape(name.trim()).map_err(fusedrop_tools::flag_message)
 }
 
 fn dtype(name: &str) -> Result<DType, String> {
-    DType::parse(name.trim()).map_err(|e| e.to_string())
+    DType::parse(name.trim()).map_err(fusedrop_tools::flag_message)
 }
 
 fn probability(text: &str) -> Result<f32, String> {

@@ -1,8 +1,9 @@
 //! The command line, declared with clap's derive: [`Cli`] with one subcommand per command, each
 //! command's flags in its own module (`demo::Options`, `selftest::Options`, `bench::Options`,
 //! `fusedrop_tools::sweep::Options`).
-//! Ranges and defaults live on the flags, so `--help` shows them and a bad value is refused
-//! with what was expected; the checks that span several flags run in [`try_parse_from`].
+//! Defaults live on the flags, so `--help` shows them, and ranges in their value parsers, so a
+//! bad value is refused with what was expected; the checks that span several flags run in
+//! [`try_parse_from`].
 
 use std::ffi::OsString;
 
@@ -68,11 +69,13 @@ EXIT CODES: 0 done, 1 a run failed, 2 bad flags, 3 --device cuda but no usable G
     /// column tile, on the suite shapes sq, up and wide in bf16 and f16 (ReLU, bias, p = 0.1),
     /// and every variant of kernels/forward_f32_sweep.cu against the SIMT production config on
     /// sq in f32 (`--family` runs a part), and checks that each variant's output is bit-identical
-    /// to its production kernel's.
+    /// to its production kernel's (the stream-K variants, which add a tile's partial sums in
+    /// another order: each element within one unit in the last place).
     /// Prints TFLOP/s and the ratio to production.
     #[command(
-        after_help = "EXIT CODES: 0 every variant bit-identical to production, 1 a variant \
-                            differs or a launch failed, 2 bad flags (also --family or --shapes \
+        after_help = "EXIT CODES: 0 every variant bit-identical to production (stream-K: \
+                            within one unit in the last place), 1 a variant differs or a \
+                            launch failed, 2 bad flags (also --family or --shapes \
                             naming an item twice, or --family f32 without sq), 3 no usable GPU, \
                             driver or sweep kernels, or a family --family names cannot run here \
                             (nothing was measured). Without --family, the families that cannot \
@@ -122,9 +125,10 @@ where
         None => (None, cli.demo.check()),
         Some(Command::Demo(options)) => (Some("demo"), options.check()),
         Some(Command::Bench(options)) => (Some("bench"), options.check()),
-        Some(Command::Sweep(options)) => {
-            (Some("sweep"), options.check().map_err(|e| e.to_string()))
-        }
+        Some(Command::Sweep(options)) => (
+            Some("sweep"),
+            options.check().map_err(fusedrop_tools::flag_message),
+        ),
         Some(Command::Selftest(_) | Command::Goals(_)) => (None, Ok(())),
     };
     if let Err(msg) = checked {
@@ -149,6 +153,14 @@ pub fn whole_number(
             .filter(|v| (min..=max).contains(v))
             .ok_or_else(|| format!("expected a whole number from {min} to {max}"))
     }
+}
+
+/// `--seed`'s parser: any 64-bit seed, whose error says so (a negative value reaches it: the
+/// flags allow negative numbers).
+pub fn seed(text: &str) -> Result<u64, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| "expected a whole number from 0 to 2^64 - 1".to_string())
 }
 
 /// The program's command line, parsed; on a mistake it prints clap's message and exits with
@@ -263,6 +275,22 @@ mod tests {
                 "f32 runs on",
             ),
             (&["sweep", "--family", "hopper,hopper"], "hopper twice"),
+            // Negative values reach the flags' parsers, which say what was expected.
+            (&["bench", "--p", "-0.5"], "a probability in [0, 1]"),
+            (&["bench", "--device", "-1"], "expected a GPU ordinal"),
+            (&["sweep", "--device", "-1"], "expected a GPU ordinal"),
+            (&["selftest", "--gpu", "-1"], "expected a GPU ordinal"),
+            (&["selftest", "--seed", "-1"], "from 0 to 2^64 - 1"),
+            (&["--seed", "-1"], "from 0 to 2^64 - 1"),
+            // The library's message without its "invalid argument: " prefix, names joined.
+            (
+                &["sweep", "--shapes", "huge"],
+                "'--shapes <LIST>': unknown sweep shape \"huge\"; expected one of sq, up, wide",
+            ),
+            (
+                &["bench", "--shapes", "huge"],
+                "'--shapes <LIST>': shape \"huge\" is unknown",
+            ),
         ] {
             let e = refuse(args);
             assert_eq!(e.exit_code(), 2, "{args:?}");
@@ -295,7 +323,10 @@ mod tests {
         }
         let bench = refuse(&["bench", "--help"]).to_string();
         assert!(bench.contains("32768 x   256 x  1024"), "{bench}");
-        assert!(bench.contains("[default: 0.1,0,0.5]"), "{bench}");
+        assert!(
+            bench.contains("[default: 0.1,0,0.5; with --quick 0.1]"),
+            "{bench}"
+        );
         assert!(bench.contains("3 no usable GPU"), "{bench}");
     }
 

@@ -45,7 +45,13 @@ pub struct Options {
           value_parser = dropout_probability)]
     pub p: f32,
     /// Seed of the split, the weights, the batches and the masks
-    #[arg(long, value_name = "S", default_value_t = 1)]
+    #[arg(
+        long,
+        value_name = "S",
+        default_value_t = 1,
+        allow_negative_numbers = true,
+        value_parser = crate::cli::seed
+    )]
     pub seed: u64,
     /// Where the layers run
     #[arg(long, value_name = "D", value_enum, default_value_t = DeviceChoice::Auto)]

@@ -34,10 +34,22 @@ pub struct Options {
     #[arg(long)]
     pub sanitize: bool,
     /// Seed of the random inputs and masks
-    #[arg(long, value_name = "S", default_value_t = 7)]
+    #[arg(
+        long,
+        value_name = "S",
+        default_value_t = 7,
+        allow_negative_numbers = true,
+        value_parser = crate::cli::seed
+    )]
     pub seed: u64,
     /// Which GPU to test
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        allow_negative_numbers = true,
+        value_parser = fusedrop_tools::gpu_ordinal
+    )]
     pub gpu: usize,
     /// One line per check, not only the summary and the failures
     #[arg(long)]
