@@ -169,7 +169,7 @@ if [[ "${QUICK:-0}" != "1" ]]; then
   # The tuning variants against production, one family per step (STEPS can pick them): Hopper
   # (issue 10; about 110 rows), mma.sync (issue 12; about 85) and f32 (issue 12; 5), most of the
   # time on the host (each output copied back and compared).
-  step sweep-hopper 240 "$here/fusedrop" sweep --quick --family hopper
+  step sweep-hopper 300 "$here/fusedrop" sweep --quick --family hopper
   step sweep-mma-sync 240 "$here/fusedrop" sweep --quick --family mma-sync
   step sweep-f32 60 "$here/fusedrop" sweep --quick --family f32
   # Nsight Compute on the kernels the library chooses for sq in bf16 at p = 0.1 (on a compute
