@@ -59,7 +59,8 @@
 //
 // Launch: block = 384 threads (a producer warpgroup and two consumers, as the forward),
 // dynamic shared memory = kSmemBytes, grid = (blocks, 1, 1) for any blocks >= 1, persistent
-// over the launch's tiles (BackwardTiles, gemm/tile_scheduler.cuh); split-K configs: blocks a
+// over the launch's tiles (BackwardTiles below, over gemm/tile_scheduler.cuh's
+// PersistentTileScheduler); split-K configs: blocks a
 // multiple of kSplits (the entry points' __cluster_dims__) and a reduction of at least kSplits
 // k-blocks.
 // accumulate = 1 adds to the existing values (in f32, rounded once). mp: the forward's

@@ -24,7 +24,8 @@ struct MaskParams {
     // 1 / (1 - p), or 0 when p == 1.
     float scale;
     uint32_t pad;
-    // When non-null (forward and standalone dropout only), the grid's first thread writes the
+    // When non-null (forward and standalone dropout only), one thread of the grid (thread 0 of
+    // block 0, or in the Hopper forward block 0's first consumer thread) writes the
     // {seed, subsequence} the launch used here (record_seed), for the backward to read: the
     // buffer in seed_subsequence may be advanced between the forward and the backward
     // (SeedSource::DeviceRecorded).

@@ -20,8 +20,8 @@
 // kRunsPerRow-th chunk of its row, so the threads of a row store neighbouring 16-byte pieces at
 // once (whole 32-byte sectors, whole 128-byte lines) instead of pieces a run apart. A chunk then
 // has no neighbour to share a call with: with s != 0 it computes its three calls itself (s is
-// the same for every chunk of a row; with n and the shard's column offset multiples of 4 it is 0
-// and the count of calls is the same as in runs).
+// the same for every chunk of a row; with n_global and the shard's column offset multiples of 4
+// it is 0 and the count of calls is the same as in runs).
 #pragma once
 
 #include <stdint.h>

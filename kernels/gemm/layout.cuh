@@ -1,5 +1,6 @@
-// What every GEMM main loop (mma.sync, SIMT, Hopper) says the same way: how an operand lies in
-// global memory, and which part of the reduction a main loop covers.
+// What the GEMM main loops say the same way: how an operand lies in global memory (Major: every
+// main loop), and which part of the reduction a main loop covers (Slices: mma.sync and SIMT;
+// the Hopper main loop takes k_first / k_blocks from split_k.cuh's KShare).
 #pragma once
 
 namespace fusedrop {

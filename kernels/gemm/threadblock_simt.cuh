@@ -7,8 +7,10 @@
 //
 // Shared memory holds both slices transposed, k-major: As[k][BM + 4] and Bs[k][BN + 4], so a
 // thread reads its TM rows (and TN columns) as float4s. A thread's rows are split into groups of
-// 4 that lie BM / (TM / 4) apart (likewise its columns), so the 16 threads of a half-warp read 16
-// consecutive float4s of Bs (no bank conflicts) and two addresses of As (broadcast).
+// 4 that lie BM / (TM / 4) apart (likewise its columns), so with 16 threads per row of register
+// blocks (BN / TN = 16) a half-warp reads 16 consecutive float4s of Bs (no bank conflicts) and
+// one address of As (broadcast), a warp two (the 64 x 32 tiles, 8 per row: 8 float4s and two
+// addresses per half-warp).
 //
 // Global loads: each thread reads the same number of runs of 4 consecutive elements of each
 // operand's row-major global matrix per slice (one each at 128 x 128 x 8, two at 128 x 128 x 16),

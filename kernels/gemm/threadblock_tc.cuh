@@ -1,8 +1,8 @@
 // Threadblock level of the tensor-core GEMM: C[BM x BN] = A[BM x red] · B[red x BN], computed by
 // (BM / WM) x (BN / WN) warps over a STAGES-deep cp.async pipeline of BK-wide reduction slices.
 // The forward's X·Wᵀ and the backward's dZ·W and dZᵀ·X are this one main loop with other
-// operand layouts (kMajorA, kMajorB; OperandTile below) and, for the backward, a side operand
-// and two hooks: one on the landed stage before the warps read it, one on each warp's A
+// operand layouts (kMajorA, kMajorB; OperandTile in warp_tc.cuh) and, for the backward, a side
+// operand and two hooks: one on the landed stage before the warps read it, one on each warp's A
 // fragments before its mmas (where the backward forms dZ).
 //
 // Shared memory per stage: A's tile, the side operand's (kSideA), B's; each a block of its

@@ -1,8 +1,9 @@
 // Kernel level: which output tile each threadblock computes.
 //
-// Two grids: the folded grid of the mma.sync and SIMT kernels (TileScheduler, below), and the
-// persistent grid of the Hopper kernels (PersistentTileScheduler, at the end). Both walk the
-// tiles in the same grouped order (grouped_tile).
+// Two grids: the folded grid of the mma.sync and SIMT forwards (TileScheduler, below), and the
+// persistent grid of the Hopper kernels (PersistentTileScheduler, at the end); the mma.sync and
+// SIMT backwards walk grouped_tile in a 1-D grid-stride loop of their own. All walk the tiles
+// in the same grouped order (grouped_tile).
 //
 // Grid rule (the folded grid of every mma.sync and SIMT forward kernel): grid = (ceil(n / kBlockN), min(ceil(m / kBlockM), 65535), 1).
 // When m needs more than 65535 row tiles, block (x, y) loops over "folds": fold f covers row

@@ -103,15 +103,15 @@ struct WarpMmaTc {
     }
 
     // The A fragments of one k16 step, every m16 tile, from the A-shaped tile `a`: a_first = the
-    // warp's first output row, k0 = the step's first reduction index in the tile. The backward
-    // also reads its side tile (Y) with it, at the same places as dY.
+    // warp's first output row, k0 = the step's first reduction index in the tile.
     __device__ __forceinline__ static void load_a(uint32_t (&fa)[kMTiles][4], const T* a,
                                                   int a_first, int k0, int lane) {
 #pragma unroll
         for (int mt = 0; mt < kMTiles; ++mt) load_a_tile(fa[mt], a, a_first, mt, k0, lane);
     }
 
-    // The A fragment of m16 tile mt alone (load_a's piece).
+    // The A fragment of m16 tile mt alone (load_a's piece). The backward reads its side tile (Y)
+    // with it, at the same places as dY.
     __device__ __forceinline__ static void load_a_tile(uint32_t (&fa)[4], const T* a, int a_first,
                                                        int mt, int k0, int lane) {
         // Lanes 8j .. 8j + 7 address matrix j; i is the lane's row of it.
