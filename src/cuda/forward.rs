@@ -1351,6 +1351,17 @@ mod tests {
         ]
     }
 
+    /// A GPU of compute capability `cc` with `sm_count` multiprocessors, with or without the
+    /// Hopper modules loaded.
+    fn described_gpu(cc: (i32, i32), sm_count: usize, hopper_loaded: bool) -> GpuFacts {
+        GpuFacts {
+            compute_capability: cc,
+            resident: ResidentClusters::uniform(sm_count),
+            forward_sm90_loaded: hopper_loaded,
+            backward_sm90_loaded: hopper_loaded,
+        }
+    }
+
     fn layer_spec(m: usize, n: usize, k: usize, nonlinearity: Nonlinearity) -> LayerSpec {
         LayerSpec::new(
             LinearShape::new(m, n, k),
@@ -1633,12 +1644,7 @@ mod tests {
 
     #[test]
     fn forward_plans_refuse_what_the_gpu_or_build_cannot_run() {
-        let facts = |cc, loaded| GpuFacts {
-            compute_capability: cc,
-            resident: ResidentClusters::uniform(132),
-            forward_sm90_loaded: loaded,
-            backward_sm90_loaded: loaded,
-        };
+        let facts = |cc, loaded| described_gpu(cc, 132, loaded);
         let spec = layer_spec(256, 256, 256, Nonlinearity::Relu);
         let at = addresses(0x1000, 0x2000, None, 0x3000);
         let unsupported = |result: Result<LaunchPlan>| match result {
@@ -1679,18 +1685,8 @@ mod tests {
     fn the_reported_configuration_is_the_one_an_aligned_call_plans() {
         // `forward_config_for` against what `forward_plan` queues for 16-byte aligned operands,
         // on a Hopper GPU and on an A100: the same kernel and grid, also where k rules TMA out.
-        let hopper = GpuFacts {
-            compute_capability: (9, 0),
-            resident: ResidentClusters::uniform(132),
-            forward_sm90_loaded: true,
-            backward_sm90_loaded: true,
-        };
-        let a100 = GpuFacts {
-            compute_capability: (8, 0),
-            resident: ResidentClusters::uniform(108),
-            forward_sm90_loaded: false,
-            backward_sm90_loaded: false,
-        };
+        let hopper = described_gpu((9, 0), 132, true);
+        let a100 = described_gpu((8, 0), 108, false);
         let at = addresses(0x1000, 0x2000, Some(0x3000), 0x4000);
         let mut tma = 0;
         for gpu in [hopper, a100] {
@@ -1720,12 +1716,7 @@ mod tests {
     fn what_an_empty_output_is_refused_for_does_not_depend_on_m_or_n() {
         // The checks `forward` makes for an empty output: a split-K configuration with k too
         // short is refused there as it is for m, n >= 1 (the launch's own check).
-        let hopper = GpuFacts {
-            compute_capability: (9, 0),
-            resident: ResidentClusters::uniform(132),
-            forward_sm90_loaded: true,
-            backward_sm90_loaded: true,
-        };
+        let hopper = described_gpu((9, 0), 132, true);
         let config = Some(ForwardConfig::Wg128x128S4);
         let empty = check_runs_here::<bf16>(config, 128, &hopper).unwrap_err();
         let spec = layer_spec(64, 4096, 128, Nonlinearity::Relu);
