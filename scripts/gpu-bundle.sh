@@ -11,6 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/nvcc-env.sh
 export FUSEDROP_REQUIRE_NVCC=1
+# The kernels compile once for both builds below (the plain one and candle-cuda's), and not again
+# in a later bundle of the same kernels (build.rs, FUSEDROP_NVCC_CACHE; as scripts/test.sh).
+export FUSEDROP_NVCC_CACHE="${FUSEDROP_NVCC_CACHE:-$PWD/.cache/nvcc-outputs}"
 bundle="${1:-.bundle}"
 
 # Reads cargo's --message-format=json on stdin; prints "name executable" for each test executable,

@@ -159,17 +159,27 @@ impl FusedLinearOp {
         ))
     }
 
+    /// [`Self::spec`] of the operands as a backend (CPU or CUDA) hands them to the op.
+    fn storage_spec<S: BackendStorage>(
+        &self,
+        x: (&S, &Layout),
+        w: (&S, &Layout),
+        b: Option<(&S, &Layout)>,
+    ) -> candle_core::Result<LayerSpec> {
+        self.spec(
+            (x.1, x.0.dtype()),
+            (w.1, w.0.dtype()),
+            b.map(|(s, l)| (l, s.dtype())),
+        )
+    }
+
     fn cpu_forward(
         &self,
         x: (&CpuStorage, &Layout),
         w: (&CpuStorage, &Layout),
         b: Option<(&CpuStorage, &Layout)>,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let spec = self.spec(
-            (x.1, x.0.dtype()),
-            (w.1, w.0.dtype()),
-            b.map(|(s, l)| (l, s.dtype())),
-        )?;
+        let spec = self.storage_spec(x, w, b)?;
         let y = match x.0.dtype() {
             DType::F32 => cpu_forward::<f32>(&spec, x, w, b)?,
             DType::F16 => cpu_forward::<f16>(&spec, x, w, b)?,
@@ -512,11 +522,7 @@ mod cuda {
             b: Option<(&CudaStorage, &Layout)>,
         ) -> candle_core::Result<(CudaStorage, Shape)> {
             use candle_core::backend::BackendStorage;
-            let spec = self.spec(
-                (x.1, x.0.dtype()),
-                (w.1, w.0.dtype()),
-                b.map(|(s, l)| (l, s.dtype())),
-            )?;
+            let spec = self.storage_spec(x, w, b)?;
             let y = match x.0.dtype() {
                 candle_core::DType::F32 => launch_forward::<f32>(&spec, x, w, b)?,
                 candle_core::DType::F16 => launch_forward::<f16>(&spec, x, w, b)?,
