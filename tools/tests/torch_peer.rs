@@ -161,3 +161,26 @@ fn the_peer_exits_3_where_pytorch_sees_no_gpu() {
         "{stderr}"
     );
 }
+
+#[test]
+fn bad_arguments_are_refused_before_measuring() {
+    for (args, expected) in [
+        (
+            &["--p", "0.1,0.1"][..],
+            "--p names a value twice; expected each at most once",
+        ),
+        (
+            &["--dtypes", "bf16,f16,bf16"],
+            "--dtypes names a value twice",
+        ),
+        (&["--shapes", "odd,sq,odd"], "--shapes names a value twice"),
+        (&["--shapes", "huge"], "unknown shape 'huge'"),
+        (&["--dtypes", "f64"], "unknown dtype 'f64'"),
+        (&["--p", "1.5"], "--p values must lie in [0, 1]"),
+    ] {
+        let output = peer(args, false);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}

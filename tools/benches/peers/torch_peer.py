@@ -77,6 +77,10 @@ def parse_args(argv):
         ap.error("--p takes comma-separated numbers")
     if any(not 0.0 <= p <= 1.0 for p in ps):
         ap.error("--p values must lie in [0, 1]")
+    # A value named twice would be measured twice, and `fusedrop goals` refuses a row twice.
+    for flag, values in (("--shapes", shapes), ("--dtypes", dtypes), ("--p", ps)):
+        if len(set(values)) != len(values):
+            ap.error(f"{flag} names a value twice; expected each at most once")
     # Refused before any GPU time is spent, as `fusedrop bench --csv` refuses it.
     if args.csv:
         folder = os.path.dirname(args.csv)
@@ -98,7 +102,16 @@ def driver_version(torch):
                     return tok
     except OSError:
         pass
-    return f"CUDA {torch.version.cuda}"
+    # As `fusedrop bench` writes it there: the driver API's CUDA version (not the CUDA that
+    # PyTorch was built with), so that `fusedrop goals` sees one driver in both CSVs.
+    try:
+        import ctypes
+        version = ctypes.c_int()
+        if ctypes.CDLL("libcuda.so.1").cuDriverGetVersion(ctypes.byref(version)) == 0:
+            return f"CUDA {version.value // 1000}.{version.value % 1000 // 10}"
+    except (OSError, AttributeError):
+        pass
+    return "unknown"
 
 
 class Timer:
@@ -156,6 +169,10 @@ def main(argv):
     torch.cuda.set_device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = False  # true fp32, as the f32 rows of fusedrop
     torch.backends.cudnn.allow_tf32 = False
+    # f16 and bf16 products accumulate in f32 to the end, as fusedrop's and cuBLASLt's rows do
+    # (PyTorch otherwise lets cuBLAS reduce split-K partial sums in 16 bits).
+    torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
+    torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
     try:
         import torch._dynamo
         torch._dynamo.config.cache_size_limit = 256

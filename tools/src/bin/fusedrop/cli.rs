@@ -96,7 +96,7 @@ EXIT CODES: 0 done, 1 a run failed, 2 bad flags, 3 --device cuda but no usable G
     /// fastest repetition (the CSVs' `fastest_us`), so that noise does not count.
     #[command(
         after_help = "EXIT CODES: 0 every goal met, 1 some goal not met or not measured, 2 bad \
-                            arguments or a CSV that cannot be read (or rows from two GPUs, or a row twice)."
+                            arguments or a CSV that cannot be read (or rows from two GPUs or drivers, or a row twice)."
     )]
     Goals(goals::Options),
 }
