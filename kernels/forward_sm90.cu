@@ -39,17 +39,17 @@ FUSEDROP_FORWARD_SM90_SPLIT_TYPES(Wg128x128Split4, wg128x128s4)
 
 // The launch numbers the Rust side launches with (src/cuda/launch_table.rs, via build.rs).
 #include "fusedrop_launch_table.h"
-static_assert(fusedrop::launch::matches<fusedrop::forward::Wg128x256>(fusedrop::launch::forward_wg128x256),
+static_assert(fusedrop::launch::matches_schedule<fusedrop::forward::Wg128x256>(fusedrop::launch::forward_wg128x256),
               "Wg128x256 disagrees with src/cuda/launch_table.rs");
-static_assert(fusedrop::launch::matches<fusedrop::forward::Wg128x128>(fusedrop::launch::forward_wg128x128),
+static_assert(fusedrop::launch::matches_schedule<fusedrop::forward::Wg128x128>(fusedrop::launch::forward_wg128x128),
               "Wg128x128 disagrees with src/cuda/launch_table.rs");
-static_assert(fusedrop::launch::matches<fusedrop::forward::Wg64x128>(fusedrop::launch::forward_wg64x128),
+static_assert(fusedrop::launch::matches_schedule<fusedrop::forward::Wg64x128>(fusedrop::launch::forward_wg64x128),
               "Wg64x128 disagrees with src/cuda/launch_table.rs");
-static_assert(fusedrop::launch::matches_clustered<fusedrop::forward::Wg64x128Split2>(fusedrop::launch::forward_wg64x128s2),
+static_assert(fusedrop::launch::matches_schedule<fusedrop::forward::Wg64x128Split2>(fusedrop::launch::forward_wg64x128s2),
               "Wg64x128Split2 disagrees with src/cuda/launch_table.rs");
-static_assert(fusedrop::launch::matches_clustered<fusedrop::forward::Wg64x128Split4>(fusedrop::launch::forward_wg64x128s4),
+static_assert(fusedrop::launch::matches_schedule<fusedrop::forward::Wg64x128Split4>(fusedrop::launch::forward_wg64x128s4),
               "Wg64x128Split4 disagrees with src/cuda/launch_table.rs");
-static_assert(fusedrop::launch::matches_clustered<fusedrop::forward::Wg128x128Split2>(fusedrop::launch::forward_wg128x128s2),
+static_assert(fusedrop::launch::matches_schedule<fusedrop::forward::Wg128x128Split2>(fusedrop::launch::forward_wg128x128s2),
               "Wg128x128Split2 disagrees with src/cuda/launch_table.rs");
-static_assert(fusedrop::launch::matches_clustered<fusedrop::forward::Wg128x128Split4>(fusedrop::launch::forward_wg128x128s4),
+static_assert(fusedrop::launch::matches_schedule<fusedrop::forward::Wg128x128Split4>(fusedrop::launch::forward_wg128x128s4),
               "Wg128x128Split4 disagrees with src/cuda/launch_table.rs");

@@ -209,15 +209,16 @@ pub struct GradientLens {
     pub db: Option<usize>,
 }
 
-/// The gradient buffers' lengths for `shape` (checked by [`check_backward`] first): dX `m*k`,
-/// dW `n*k`, db `n`.
+/// The gradient buffers' lengths for `shape`: dX `m*k`, dW `n*k`, db `n` (the shape itself
+/// checked as by [`check_shape`]).
 pub fn check_gradients(shape: LinearShape, lens: GradientLens) -> Result<()> {
     let LinearShape { m, n, k } = shape;
+    let sizes = check_shape(shape)?;
     if let Some(dx) = lens.dx {
-        check_len("dX", dx, m * k, &format!("m*k = {m}*{k}"))?;
+        check_len("dX", dx, sizes.x, &format!("m*k = {m}*{k}"))?;
     }
     if let Some(dw) = lens.dw {
-        check_len("dW", dw, n * k, &format!("n*k = {n}*{k}"))?;
+        check_len("dW", dw, sizes.w, &format!("n*k = {n}*{k}"))?;
     }
     if let Some(db) = lens.db {
         check_len("db", db, n, &format!("n = {n}, one per output feature"))?;

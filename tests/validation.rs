@@ -194,6 +194,17 @@ fn wrong_gradient_lengths() {
         ),
         &["db has 3 elements", "expected 5 (n = 5"],
     );
+    // A shape whose dX would hold 2^64 elements is refused, not multiplied into a wrapped 0.
+    assert_invalid(
+        validate::check_gradients(
+            LinearShape::new(1 << 33, 1, 1 << 31),
+            GradientLens {
+                dx: Some(0),
+                ..none
+            },
+        ),
+        &["m*k (elements of X) = 8589934592 x 2147483648 overflows"],
+    );
 }
 
 #[test]

@@ -527,7 +527,8 @@ impl Chooser {
                 return Err(invalid!(
                     "the Hopper backward kernels read dY, Y and {what} by TMA for {product}: \
                      they must start 16-byte aligned (dY at {dy_ptr:#x}, Y at {:#x}, {what} at \
-                     {ptr:#x}), n = {n} and k = {k} must be positive multiples of 8",
+                     {ptr:#x}), n = {n} and k = {k} must be positive multiples of 8, and m = \
+                     {m}, n and k below 2^31",
                     y_ptr.unwrap_or(0)
                 ));
             }
@@ -1626,7 +1627,7 @@ fn product_plans<T: Element>(
         }
         if product == BackwardProduct::Dw && operands.db {
             let after = (config.splits * 4).saturating_mul((rows as u64).saturating_mul(k as u64));
-            sums.push((Operand::DB, operands.partial_at + after, rows));
+            sums.push((Operand::DB, operands.partial_at.saturating_add(after), rows));
         }
         for (gradient, shares, count) in sums {
             let launch = split_sum_launch(count);
@@ -1708,10 +1709,14 @@ pub fn product_plan<T: Element>(
         Path::Hopper(found)
     } else {
         let kernels_split = found.can_split || found.module == "backward_simt";
-        if splits == 0 || (splits > 1 && !kernels_split) {
+        if splits == 0 || (splits > 1 && !kernels_split) || splits > i32::MAX as u32 {
             return Err(invalid!(
                 "{config}'s kernels take splits = 1{}; got {splits}",
-                if kernels_split { " or more" } else { " only" }
+                if kernels_split {
+                    " to 2^31 - 1"
+                } else {
+                    " only"
+                }
             ));
         }
         Path::Classic(Config {
@@ -2662,7 +2667,12 @@ mod tests {
                 "splits each tile over its clusters of 2; got splits = 4",
             ),
             ("tc128x128", 2, "kernels take splits = 1 only; got 2"),
-            ("tc64x64", 0, "kernels take splits = 1 or more; got 0"),
+            ("tc64x64", 0, "kernels take splits = 1 to 2^31 - 1; got 0"),
+            (
+                "simt64x64",
+                1 << 31,
+                "kernels take splits = 1 to 2^31 - 1; got 2147483648",
+            ),
             ("wg64", 1, "wg64 is not a backward configuration"),
         ] {
             let error = product_plan::<f16>(

@@ -396,9 +396,12 @@ impl ForwardConfig {
         if self.is_hopper() && !operands_fit {
             return Err(invalid!(
                 "forward config {} reads X and W by TMA: they must start 16-byte aligned (x at \
-                 {x_addr:#x}, w at {w_addr:#x}) and k = {} must be a positive multiple of 8",
+                 {x_addr:#x}, w at {w_addr:#x}), k = {} must be a positive multiple of 8, and m = \
+                 {}, n = {} and k must be positive and below 2^31",
                 self.name(),
-                shape.k
+                shape.k,
+                shape.m,
+                shape.n
             ));
         }
         let launch = self.launch_config(shape, resident)?;
@@ -920,8 +923,19 @@ pub fn sweep_workspace_bytes(
         return Ok(0);
     }
     let blocks = sm90_sweep_launch(variant, shape, resident)?.grid_dim.0 as usize;
-    let slot = (variant.block_m * variant.block_n) as usize * 4;
-    Ok(STREAM_K_FLAG_BYTES + blocks * slot)
+    (variant.block_m as usize)
+        .checked_mul(variant.block_n as usize * 4)
+        .and_then(|slot| slot.checked_mul(blocks))
+        .and_then(|slots| slots.checked_add(STREAM_K_FLAG_BYTES))
+        .ok_or_else(|| {
+            invalid!(
+                "sweep variant {}'s stream-K workspace ({blocks} blocks of {} x {} f32) \
+                 overflows usize",
+                variant.name,
+                variant.block_m,
+                variant.block_n
+            )
+        })
 }
 
 /// The bytes of a stream-K workspace's flags, before its partial tiles.
@@ -1186,9 +1200,12 @@ pub fn forward_sweep_plan<T: Element>(
     let (x_addr, w_addr, y_addr) = (addresses.x, addresses.w, addresses.y);
     if family != SweepFamily::Simt && !hopper_operands_fit(shape, x_addr, w_addr) {
         return Err(invalid!(
-            "sweep variant {} takes X and W that start 16-byte aligned and k a positive \
-             multiple of 8; got x at {x_addr:#x}, w at {w_addr:#x}, k = {}",
+            "sweep variant {} takes X and W that start 16-byte aligned, k a positive multiple \
+             of 8, and m, n and k positive and below 2^31; got x at {x_addr:#x}, w at \
+             {w_addr:#x}, m = {}, n = {}, k = {}",
             variant.name,
+            shape.m,
+            shape.n,
             shape.k
         ));
     }
@@ -1609,6 +1626,19 @@ mod tests {
         assert_eq!(
             sweep_workspace_bytes(others, spec.shape, resident).unwrap(),
             0
+        );
+        // A hand-built variant whose slot would hold 2^64 bytes is refused, not wrapped.
+        let huge = LaunchNumbers {
+            block_m: 1 << 31,
+            block_n: 1 << 31,
+            ..sk
+        };
+        let error = sweep_workspace_bytes(&huge, spec.shape, resident).unwrap_err();
+        assert!(
+            error.to_string().contains(
+                "stream-K workspace (1 blocks of 2147483648 x 2147483648 f32) overflows usize"
+            ),
+            "{error}"
         );
         let no_workspace = forward_sweep_plan::<f16>(others, &spec, &at, None, resident).unwrap();
         assert!(!no_workspace

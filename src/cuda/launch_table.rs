@@ -27,12 +27,14 @@ pub struct LaunchNumbers {
     /// Whether the kernel stores its output through shared memory and TMA (the Hopper forward
     /// sweep's `*_tmastore` variants: it then takes Y's tensor map, which needs Y 16-byte aligned
     /// and n a multiple of 8; the Hopper backward's `*_tmastore`: the gradient's, which
-    /// needs it 16-byte aligned and k a multiple of 8). Checked against the config's `kTmaStore`
-    /// where it has one.
+    /// needs it 16-byte aligned and k a multiple of 8). Checked at build time against the
+    /// config's `kTmaStore` where it has one (every Hopper forward config, production and sweep,
+    /// and the backward's TMA-store configs).
     pub tma_store: bool,
     /// Whether the kernel shares the last tiles' k-blocks out over its persistent grid
     /// (stream-K, the Hopper forward sweep's `*_sk`: it then takes a workspace after its other
-    /// arguments, `forward::sweep_workspace_bytes`). Checked against the config's `kStreamK`.
+    /// arguments, `forward::sweep_workspace_bytes`). Checked at build time against the config's
+    /// `kStreamK` where it has one (every Hopper forward config; no backward config has one).
     pub stream_k: bool,
 }
 
