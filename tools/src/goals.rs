@@ -1,8 +1,8 @@
 //! The "done when" figures of the performance issues (10: the Hopper forward, 11: the backward,
 //! 12: the mma.sync and f32 paths; the goals of the design notes' targets.md as the issues state
 //! them), and the parts of targets.md the issues leave out (the forward at 1.00 x rather than
-//! 1.05 x, the copy bandwidth of wide and small, the epilogue on wide, every dtype rather than the
-//! 16-bit ones), checked against the rows of one
+//! 1.05 x, the copy bandwidth of wide and small, the epilogue on wide, the f32 rows of the lines
+//! the issues state for the 16-bit types), checked against the rows of one
 //! run: the CSV of `fusedrop bench --csv` and, for the PyTorch comparisons, the CSV of
 //! tools/benches/peers/torch_peer.py from the same GPU. `fusedrop goals` prints the result.
 //! A goal stated for a GPU (Hopper for issues 10 and 11, the H200 for issue 12) is "not
@@ -402,11 +402,11 @@ fn goal(
     (goal, gpu)
 }
 
-/// Fused time at p = 0.1 over the same kernel's at p = 0, for each of `shapes` x the halves.
-fn epilogue_cost(rows: &Rows<'_>, shapes: &[&'static str]) -> Vec<Instance> {
+/// Fused time at p = 0.1 over the same kernel's at p = 0, for each of `shapes` x `dtypes`.
+fn epilogue_cost(rows: &Rows<'_>, shapes: &[&'static str], dtypes: &[DType]) -> Vec<Instance> {
     let mut out = Vec::new();
     for &shape in shapes {
-        for dtype in HALVES {
+        for &dtype in dtypes {
             out.push(Instance {
                 label: format!("{} vs p=0", label(shape, dtype, P_GOAL)),
                 value: rows.ratio(
@@ -479,7 +479,7 @@ pub fn check(rows: &[Measurement]) -> Result<Vec<Goal>> {
             hopper,
             "forward, up/down/sq: fused at p = 0.1 within 2 % of p = 0",
             Limit::AtMost(1.02),
-            epilogue_cost(rows, &COMPUTE_BOUND),
+            epilogue_cost(rows, &COMPUTE_BOUND, &HALVES),
         ),
         goal(
             Origin::Issue(11),
@@ -548,7 +548,28 @@ pub fn check(rows: &[Measurement]) -> Result<Vec<Goal>> {
             None,
             "forward, wide: fused at p = 0.1 within 10 % of p = 0",
             Limit::AtMost(1.10),
-            epilogue_cost(rows, &["wide"]),
+            epilogue_cost(rows, &["wide"], &HALVES),
+        ),
+        goal(
+            Origin::Targets,
+            None,
+            "forward, small f32: fused <= 1.3 x the cuBLASLt SGEMM floor",
+            Limit::AtMost(1.3),
+            versus_floor(rows, "forward", &["small"], &[DType::F32]),
+        ),
+        goal(
+            Origin::Targets,
+            None,
+            "forward, sq f32: fused at p = 0.1 within 2 % of p = 0",
+            Limit::AtMost(1.02),
+            epilogue_cost(rows, &["sq"], &[DType::F32]),
+        ),
+        goal(
+            Origin::Targets,
+            None,
+            "backward, sq f32: fused <= 1.10 x the two cuBLASLt SGEMMs",
+            Limit::AtMost(1.10),
+            versus_floor(rows, "backward", &["sq"], &[DType::F32]),
         ),
         goal(
             Origin::Targets,
@@ -954,6 +975,39 @@ mod tests {
             shapes_in(DType::F32).count() * crate::bench::P_VALUES.len() * 3
         );
         assert!(format_goals(&goals).contains("targets   NOT MET       forward, wide and small"));
+    }
+
+    #[test]
+    fn the_targets_hold_f32_to_the_lines_the_issues_state_for_the_halves() {
+        let mut csv = HEADER.to_string();
+        for (shape, p, pass, imp, t) in [
+            ("small", "", "forward", "gemm_floor", 100.0),
+            ("small", "0.1", "forward", "fused", 129.0),
+            ("sq", "0", "forward", "fused", 100.0),
+            ("sq", "0.1", "forward", "fused", 102.5),
+            ("sq", "", "backward", "gemm_floor", 100.0),
+            ("sq", "0.1", "backward", "fused", 111.0),
+        ] {
+            csv += &row(OURS, shape, "f32", p, pass, imp, t);
+        }
+        let goals = check(&read_csv(csv.as_bytes()).unwrap()).unwrap();
+        for (text, verdict, value) in [
+            ("forward, small f32: fused <= 1.3 x", Verdict::Met, 1.29),
+            (
+                "forward, sq f32: fused at p = 0.1 within 2 %",
+                Verdict::NotMet,
+                1.025,
+            ),
+            ("backward, sq f32: fused <= 1.10 x", Verdict::NotMet, 1.11),
+        ] {
+            let line = goal(&goals, text);
+            assert_eq!(line.origin, Origin::Targets, "{text}");
+            assert_eq!(line.wrong_gpu, None, "{text}: any GPU");
+            assert_eq!(line.verdict(), verdict, "{text}");
+            assert_eq!(line.instances.len(), 1, "{text}");
+            let measured = line.instances[0].value.expect("measured");
+            assert!((measured - value).abs() < 1e-9, "{text}: {measured}");
+        }
     }
 
     #[test]

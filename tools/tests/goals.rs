@@ -1,6 +1,7 @@
 //! `fusedrop goals` end to end on the CSVs of the H200 run of 2026-11-27 (docs/runs/, commit
 //! b02d292, bench and PyTorch peer): every goal is checked on the figures docs/PERF.md reports
-//! for that run, and none is met; and the errors of a missing or malformed CSV.
+//! for that run, and none of the issues' is met (one target line is: f32's epilogue on sq); and
+//! the errors of a missing or malformed CSV.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -15,7 +16,7 @@ fn goals(args: &[&str]) -> Output {
 }
 
 #[test]
-fn the_2026_11_27_h200_run_meets_no_goal_and_says_by_how_much() {
+fn the_2026_11_27_h200_run_meets_no_issue_goal_and_says_by_how_much() {
     let output = goals(&[
         "docs/runs/2026-11-27-h200-b02d292-bench-full.csv",
         "docs/runs/2026-11-27-h200-torch-peer.csv",
@@ -38,7 +39,15 @@ fn the_2026_11_27_h200_run_meets_no_goal_and_says_by_how_much() {
         "targets   NOT MET       forward, wide and small: fused >= 80 % of the copy bandwidth  \
          [4 of 4 rows measured; worst 10.900 (wide f16 p=0.1)]",
         "misses: wide bf16 p=0.1 vs p=0 1.250, wide f16 p=0.1 vs p=0 1.248",
-        "0 of 16 goals met (0 of the issues' 10, 0 of the other targets' 6)",
+        // f32 on sq and small, which the issues leave out: the epilogue at 1.006 x is the one
+        // goal that run meets.
+        "targets   met           forward, sq f32: fused at p = 0.1 within 2 % of p = 0  [1 of \
+         1 rows measured; worst 1.006 (sq f32 p=0.1 vs p=0)]",
+        "targets   NOT MET       forward, small f32: fused <= 1.3 x the cuBLASLt SGEMM floor  [1 \
+         of 1 rows measured; worst 3.170 (small f32 p=0.1)]",
+        "targets   NOT MET       backward, sq f32: fused <= 1.10 x the two cuBLASLt SGEMMs  [1 of \
+         1 rows measured; worst 3.172 (sq f32 p=0.1)]",
+        "1 of 19 goals met (0 of the issues' 10, 1 of the other targets' 9)",
     ] {
         assert!(
             stdout.contains(expected),
