@@ -5,8 +5,9 @@
 # alone exactly the tests that did not report ok, and its summary must say which failed alone;
 # the optional steps (selftest-no-hopper, bench-no-hopper, bench-full) run only when STEPS names
 # them; after the bench, `fusedrop goals` reads its CSV (the whole suite's when it was measured)
-# and the summary reports it without failing the check.
-# Part of the test command (scripts/test.sh); takes a second.
+# and the summary reports it without failing the check; the executables run in STEPS' order, and
+# DEADLINE cuts a step's limit, keeps reruns from starting and reports a step with no time left.
+# Part of the test command (scripts/test.sh); takes about 15 seconds (a hang waits for the deadline).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work="$(mktemp -d)"
@@ -73,9 +74,39 @@ ALONE_BUDGET=1 STEPS="test-a_slow test-fake_gpu" OUT="$work/out0" bash "$work/bu
   > "$work/run.log" 2>&1 || true
 grep -qE '^  test-a_slow, alone +0 pass, 1 fail: slow$' "$work/out0/summary.txt" \
   || fail "the slow test was not rerun within the budget"
-grep -qE '^  test-fake_gpu, alone +0 pass, 0 fail; not rerun \(ALONE_BUDGET spent\): broken collateral$' \
+grep -qE '^  test-fake_gpu, alone +0 pass, 0 fail; not rerun \(ALONE_BUDGET spent or DEADLINE near\): broken collateral$' \
   "$work/out0/summary.txt" || fail "with ALONE_BUDGET spent the summary does not list the tests not rerun"
 [[ "$(cat "$work/bundle/runs.txt")" == slow ]] || fail "a test ran again after ALONE_BUDGET was spent"
+
+# The deadline (DEADLINE=20, the summary's 10 s set aside): the test executables run in the order
+# STEPS names them, fake_gpu first, and its reruns (ALONE_LIMIT=1) fit; a_slow's run hangs and is
+# stopped when the deadline is near, long before its 240 s limit, and no rerun of it starts.
+# With DEADLINE=12 a step is reported NOT RUN without being started.
+rm "$work/bundle/runs.txt"
+cat > "$work/bundle/tests/a_slow" <<'SH'
+#!/usr/bin/env bash
+case "${1:-}" in
+  --list) echo "slow: test" ;;
+  --exact) echo "$2" >> "$(dirname "$0")/../runs.txt"; exit 101 ;;
+  *) echo "a_slow" >> "$(dirname "$0")/../runs.txt"; sleep 60 ;;
+esac
+SH
+start=$SECONDS
+ALONE_LIMIT=1 DEADLINE=20 STEPS="test-fake_gpu test-a_slow" OUT="$work/out9" \
+  bash "$work/bundle/gpu-check.sh" > "$work/run.log" 2>&1 || true
+((SECONDS - start < 18)) || fail "the run with DEADLINE=20 took $((SECONDS - start)) s"
+grep -qE '^  test-fake_gpu, alone +1 pass, 1 fail: broken$' "$work/out9/summary.txt" \
+  || fail "fake_gpu, named first, did not run first with its reruns"
+grep -qE '^test-a_slow +TIMEOUT after ([1-9]|10)s' "$work/out9/summary.txt" \
+  || fail "a step's limit was not cut to what is left before DEADLINE"
+grep -qE '^  test-a_slow, alone +0 pass, 0 fail; not rerun \(ALONE_BUDGET spent or DEADLINE near\): slow$' \
+  "$work/out9/summary.txt" || fail "a rerun started with the deadline near"
+[[ "$(tr '\n' ' ' < "$work/bundle/runs.txt")" == "broken collateral a_slow " ]] \
+  || fail "runs with DEADLINE=20: $(tr '\n' ' ' < "$work/bundle/runs.txt")"
+DEADLINE=12 STEPS="test-a_slow" OUT="$work/out10" bash "$work/bundle/gpu-check.sh" > "$work/run.log" 2>&1 || true
+grep -qE '^test-a_slow +NOT RUN: DEADLINE=12s reached$' "$work/out10/summary.txt" \
+  || fail "a step with under 5 s left before DEADLINE is not reported NOT RUN"
+rm "$work/bundle/tests/a_slow" "$work/bundle/runs.txt"
 
 # An executable that cannot even list its tests (a library missing on the host): the summary
 # says so instead of counting no reruns.

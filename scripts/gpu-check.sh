@@ -9,6 +9,10 @@
 # did not report ok run again alone (rerun_alone, below), so one trapped kernel cannot hide which
 # tests pass.
 #   QUICK=1 bash gpu-check.sh      # correctness only: skips the bench, sweeps, ncu and the peer
+#   DEADLINE=0 bash gpu-check.sh   # no deadline (the default, 570 s, fits one call of the device
+#                                  # tool, whose limit is 600 s: each step's limit is cut to what
+#                                  # is left of it, less 10 s for the summary, and a step with
+#                                  # under 5 s left is reported NOT RUN instead of being started)
 #   STEPS="test-gpu_forward test-gpu_graph bench" bash gpu-check.sh
 #                                  # only the named steps (names as in the summary), to fit a
 #                                  # short lease: the whole check takes longer than 10 minutes;
@@ -33,6 +37,10 @@ rm -f "$out"/{bench,bench-full,bench-no-hopper,torch_peer,torch_peer-full}.csv "
 : > "$out/summary.txt"
 failed_steps=0
 steps_here=" "
+deadline="${DEADLINE:-570}"
+# Seconds left before the deadline for one more command, the summary's 10 s set aside (a large
+# number without a deadline).
+seconds_left() { if ((deadline > 0)); then echo $((deadline - SECONDS - 10)); else echo 86400; fi; }
 record() { printf '%-34s %s\n' "$1" "$2" >> "$out/summary.txt"; }
 step() { # step NAME SECONDS COMMAND...: runs, logs to $out/NAME.log, records pass/fail
   local name="$1" limit="$2"; shift 2
@@ -40,6 +48,14 @@ step() { # step NAME SECONDS COMMAND...: runs, logs to $out/NAME.log, records pa
   if [[ -n "${STEPS:-}" && " $STEPS " != *" $name "* ]]; then
     return 0
   fi
+  local left
+  left="$(seconds_left)"
+  if ((left < 5)); then
+    record "$name" "NOT RUN: DEADLINE=${deadline}s reached"
+    failed_steps=$((failed_steps + 1))
+    return 0
+  fi
+  ((limit > left)) && limit=$left
   local start=$SECONDS
   echo "=== $name (limit ${limit}s)"
   timeout --kill-after=10 "$limit" "$@" > "$out/$name.log" 2>&1
@@ -64,26 +80,36 @@ optional_step() {
   echo "date:   $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "host:   $(hostname 2>/dev/null)"
   echo "STEPS:  ${STEPS:-every step but the optional ones}${QUICK:+ (QUICK=$QUICK)}"
-  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.sm,power.limit,persistence_mode --format=csv 2>&1
+  timeout 20 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.sm,power.limit,persistence_mode --format=csv 2>&1
   # More of the card's state, in a query of its own so that a field an older driver lacks
   # cannot cost the line above.
-  nvidia-smi --query-gpu=pci.bus_id,uuid,clocks.max.memory,clocks.mem,clocks.applications.graphics,temperature.gpu,compute_mode,mig.mode.current,ecc.mode.current --format=csv 2>&1
+  timeout 20 nvidia-smi --query-gpu=pci.bus_id,uuid,clocks.max.memory,clocks.mem,clocks.applications.graphics,temperature.gpu,compute_mode,mig.mode.current,ecc.mode.current --format=csv 2>&1
   # What else the host offers, for the record and for choosing the next steps.
   for tool in nvcc ncu nsys compute-sanitizer; do
     echo "$tool: $(command -v "$tool" || ls /usr/local/cuda*/bin/"$tool" 2>/dev/null | head -n 1 || true)"
   done
-  echo "python3: $(python3 -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, "CUDA", torch.version.cuda)' 2>&1 | tail -n 1)"
+  echo "python3: $(timeout 60 python3 -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, "CUDA", torch.version.cuda)' 2>&1 | tail -n 1)"
 } | tee "$out/card.txt"
 
 # cuBLASLt for the baselines: the toolkit's, else PyTorch's nvidia packages.
 for dir in /usr/local/cuda/lib64 /usr/local/cuda-*/lib64 \
-  $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, "cublas", "lib") for p in nvidia.__path__))' 2>/dev/null); do
+  $(timeout 30 python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, "cublas", "lib") for p in nvidia.__path__))' 2>/dev/null); do
   if ls "$dir"/libcublasLt.so* >/dev/null 2>&1; then
     export LD_LIBRARY_PATH="$dir:${LD_LIBRARY_PATH:-}"
-    echo "cuBLASLt from $dir"
+    echo "cuBLASLt from $dir" | tee -a "$out/card.txt"
     break
   fi
 done
+# After it, every library folder of PyTorch's nvidia packages (the CUDA runtime, NVRTC and cuRAND
+# that tests/candle_cuda links, e.g. nvidia/cu13/lib), so that they are found without taking the
+# place of the cuBLASLt chosen above.
+for dir in $(timeout 30 python3 -c 'import nvidia, os, glob; print(" ".join(d for p in nvidia.__path__ for d in glob.glob(os.path.join(p, "*", "lib"))))' 2>/dev/null); do
+  [[ ":${LD_LIBRARY_PATH:-}:" == *":$dir:"* ]] || export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$dir"
+done
+if [[ -f "$here/tests/candle_cuda" ]]; then
+  echo "candle_cuda, libraries not found: $(ldd "$here/tests/candle_cuda" 2>&1 | grep 'not found' | awk '{print $1}' | paste -sd' ')" \
+    | tee -a "$out/card.txt"
+fi
 nvcc_bin="$(command -v nvcc || ls /usr/local/cuda*/bin/nvcc 2>/dev/null | head -n 1)"
 # On the GPU host a GPU test that would skip (no GPU, driver or kernels reached; the Hopper
 # modules missing on a compute capability 9.0 GPU) fails instead (tests/common/gpu_open.rs).
@@ -94,11 +120,12 @@ export FUSEDROP_REQUIRE_GPU=1
 # never completes, a bad access) leaves the CUDA context unusable for every other test of its
 # process, and a panic in a drop can abort the process before the rest report, so one fault can
 # read as a whole executable failing; alone, only the tests that are wrong themselves fail.
-# ALONE_LIMIT bounds each rerun, ALONE_BUDGET all reruns of the whole check together (seconds),
-# so that a lease's time still reaches the steps after the tests when everything fails.
+# ALONE_LIMIT bounds each rerun (40 s: a Hopper barrier that never completes traps after 20 s),
+# ALONE_BUDGET all reruns of the whole check together (seconds), so that a lease's time still
+# reaches the steps after the tests when everything fails; none starts past the deadline.
 alone_spent=0
 rerun_alone() { # rerun_alone NAME EXECUTABLE
-  local name="$1" exe="$2" log="$out/$1.alone.log" t start
+  local name="$1" exe="$2" log="$out/$1.alone.log" t start limit
   local -a tests=() passed=() failed=() not_rerun=()
   : > "$log"
   mapfile -t tests < <("$exe" --list 2>>"$log" | sed -n 's/: test$//p')
@@ -111,13 +138,14 @@ rerun_alone() { # rerun_alone NAME EXECUTABLE
     if grep -qxF "test $t ... ok" "$out/$name.log" || grep -qF "test $t ... ignored" "$out/$name.log"; then
       continue
     fi
-    if ((alone_spent >= ${ALONE_BUDGET:-240})); then
+    limit="${ALONE_LIMIT:-40}"
+    if ((alone_spent >= ${ALONE_BUDGET:-240} || $(seconds_left) < limit + 5)); then
       not_rerun+=("$t")
       continue
     fi
     echo "=== $t" >> "$log"
     start=$SECONDS
-    if timeout --kill-after=5 "${ALONE_LIMIT:-60}" "$exe" --exact "$t" >> "$log" 2>&1; then
+    if timeout --kill-after=5 "$limit" "$exe" --exact "$t" >> "$log" 2>&1; then
       passed+=("$t")
     else
       failed+=("$t")
@@ -126,13 +154,24 @@ rerun_alone() { # rerun_alone NAME EXECUTABLE
   done
   local verdict="${#passed[@]} pass, ${#failed[@]} fail"
   ((${#failed[@]})) && verdict+=": ${failed[*]}"
-  ((${#not_rerun[@]})) && verdict+="; not rerun (ALONE_BUDGET spent): ${not_rerun[*]}"
+  ((${#not_rerun[@]})) && verdict+="; not rerun (ALONE_BUDGET spent or DEADLINE near): ${not_rerun[*]}"
   echo "--- $name, each test not reported ok, alone: $verdict"
   record "  $name, alone" "$verdict"
 }
 
+# In the order STEPS names them, else the Hopper forward's and backward's first (what matters
+# most if the deadline cuts the run short), then the rest by name.
+ordered=" "
+for name in ${STEPS:-} test-gpu_forward test-gpu_backward; do
+  [[ $name == test-* && -f "$here/tests/${name#test-}" && $ordered != *" ${name#test-} "* ]] \
+    && ordered+="${name#test-} "
+done
 for t in "$here"/tests/*; do
-  step "test-$(basename "$t")" 240 "$t" || rerun_alone "test-$(basename "$t")" "$t"
+  [[ -f $t && $ordered != *" $(basename "$t") "* ]] && ordered+="$(basename "$t") "
+done
+for test_name in $ordered; do
+  t="$here/tests/$test_name"
+  step "test-$test_name" 240 "$t" || rerun_alone "test-$test_name" "$t"
 done
 step selftest 180 "$here/fusedrop" selftest
 # Past a fault in a Hopper kernel (one that traps ends every later check of its process): the
@@ -156,9 +195,10 @@ fi
 # path (vector loads and stores, every forward tile, the Hopper forward and backward on a compute
 # capability 9.0 GPU, the tensor-core backward tiles and their split-K). Each log
 # goes to $out/<tool>.log; commit them to docs/runs/ with the run.
-if command -v compute-sanitizer >/dev/null 2>&1; then
+sanitizer_bin="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)"
+if [[ -n "$sanitizer_bin" ]]; then
   for tool in memcheck racecheck synccheck initcheck; do
-    step "$tool" 600 compute-sanitizer --tool "$tool" --error-exitcode 9 "$here/fusedrop" selftest --sanitize
+    step "$tool" 600 "$sanitizer_bin" --tool "$tool" --error-exitcode 9 "$here/fusedrop" selftest --sanitize
   done
 else
   record compute-sanitizer "SKIPPED (no compute-sanitizer)"
