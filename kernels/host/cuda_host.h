@@ -397,6 +397,9 @@ struct WgmmaOp {
     // operation on the same registers; -1: it is c[t] (the register values at issue).
     int source[128];
     std::vector<float> c;  // [128][n / 2]
+    // The shared-memory operands as they were at issue (A empty for register A), compared with
+    // what retirement reads: a GPU's wgmma may read them at any time until it completes.
+    std::vector<double> a_at_issue, b_at_issue;
 };
 
 struct WarpGroup {
@@ -1957,6 +1960,21 @@ __attribute__((no_sanitize("alignment"))) inline void add_wgmma_products(const d
     }
 }
 
+// Fails if an operand read at retirement differs from the same operand read at issue (bit for bit,
+// so that NaN equals NaN): something wrote its shared memory while the wgmma was in flight.
+inline void check_operand_unchanged(const std::vector<double>& at_issue,
+                                    const std::vector<double>& now, uint64_t desc,
+                                    const char* what) {
+    for (size_t e = 0; e < now.size(); ++e)
+        if (memcmp(&at_issue[e], &now[e], sizeof(double)) != 0)
+            fail("wgmma: element (%zu, %zu) of the %s operand, descriptor 0x%016llx, was %g at the "
+                 "wgmma's issue and %g at the wgmma_wait_group that retired it: its shared memory "
+                 "was written while the wgmma was in flight, which on a GPU may read it at any "
+                 "time until it completes (write an operand only after the wait_group that "
+                 "retires every wgmma reading it)",
+                 e / 16, e % 16, what, (unsigned long long)desc, at_issue[e], now[e]);
+}
+
 // Executes one wgmma.mma_async: D = A * B (+ C), exact products summed in double, rounded once.
 // The result goes to the next pending operation on the same registers, or to the registers.
 inline void retire_wgmma(WarpGroup& g, WgmmaOp& op, Fiber* threads) {
@@ -1972,8 +1990,10 @@ inline void retire_wgmma(WarpGroup& g, WgmmaOp& op, Fiber* threads) {
             }
     } else {
         wgmma_read_operand(op.desc_a, op.trans_a != 0, op.kind, 64, a.data(), "A");
+        check_operand_unchanged(op.a_at_issue, a, op.desc_a, "A");
     }
     wgmma_read_operand(op.desc_b, op.trans_b != 0, op.kind, n, b.data(), "B");
+    check_operand_unchanged(op.b_at_issue, b, op.desc_b, "B");
     for (int t = 0; t < 128; ++t)
         for (int r = 0; r < regs; ++r) {
             int row, col;
@@ -2037,11 +2057,14 @@ inline void issue_wgmma(WarpGroup& g, const Fiber* threads) {
     op.desc_b = s0.desc_b;
     const int regs = op.n / 2;
     op.c.assign((size_t)128 * regs, 0.0f);
-    // The operands are read at retirement; check now that they decode into shared memory.
-    std::vector<double> scratch((size_t)std::max(64, op.n) * 16);
-    if (!op.a_in_regs)
-        wgmma_read_operand(op.desc_a, op.trans_a != 0, op.kind, 64, scratch.data(), "A");
-    wgmma_read_operand(op.desc_b, op.trans_b != 0, op.kind, op.n, scratch.data(), "B");
+    // The operands are read at retirement; read them now too, which checks that they decode into
+    // shared memory and keeps what retirement must find again.
+    if (!op.a_in_regs) {
+        op.a_at_issue.resize((size_t)64 * 16);
+        wgmma_read_operand(op.desc_a, op.trans_a != 0, op.kind, 64, op.a_at_issue.data(), "A");
+    }
+    op.b_at_issue.resize((size_t)op.n * 16);
+    wgmma_read_operand(op.desc_b, op.trans_b != 0, op.kind, op.n, op.b_at_issue.data(), "B");
     for (int t = 0; t < 128; ++t) {
         const WgSlot& s = g.slot[t];
         memcpy(op.a[t], s.a, sizeof s.a);

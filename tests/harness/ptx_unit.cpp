@@ -21,6 +21,7 @@
 //                          tma_store_fenced_by_issuer_only, wgmma_operand_fenced_by_one_thread,
 //                          wgmma_operand_fenced_after_arrive,
 //                          wgmma_operand_fenced_after_barrier,
+//                          wgmma_operand_written_in_flight,
 //                          tma_barrier_init_unpublished, tma_load_destination_written,
 //                          cluster_unmapped_address,
 //                          cluster_exited_block, cluster_arrival_cta_wait,
@@ -1781,6 +1782,24 @@ __device__ void wgmma_zeros_to(float* out, const unsigned char* s) {
     out[threadIdx.x] = d[0];
 }
 
+// An operand written, fenced and ordered by a barrier, but while the wgmma that reads it is still
+// in flight (before the wait_group that retires it): the wgmma may read either value.
+__global__ void wgmma_operand_written_in_flight_kernel(float* out) {
+    FUSEDROP_DYNAMIC_SMEM(unsigned char, raw);
+    unsigned char* s = zero_wgmma_operands(raw, true);
+    float d[4];
+    fence_registers(d);
+    wgmma_fence();
+    wgmma_zeros(d, s, false);
+    wgmma_commit_group();
+    if (threadIdx.x == 0) s[2049] = 0x3C;  // B's first element: 0 becomes 1.0 (f16 0x3C00)
+    fence_proxy_async_shared();
+    __syncthreads();
+    wgmma_wait_group<0>();
+    fence_registers(d);
+    out[threadIdx.x] = d[0];
+}
+
 // The operands are written by ordinary stores and ordered by the barrier alone: the wgmma (async
 // proxy) may read the old bytes.
 __global__ void wgmma_unfenced_operand_kernel(float* out) {
@@ -2171,6 +2190,9 @@ int main(int argc, char** argv) {
         fusedrop::host::launch(what.c_str(), mbarrier_over_arrival_kernel, warp, sink);
     else if (what == "wgmma_without_fence")
         fusedrop::host::launch(what.c_str(), wgmma_without_fence_kernel, warpgroup, fsink);
+    else if (what == "wgmma_operand_written_in_flight")
+        fusedrop::host::launch(what.c_str(), wgmma_operand_written_in_flight_kernel, warpgroup,
+                               fsink);
     else if (what == "wgmma_no_fence_after_wait")
         fusedrop::host::launch(what.c_str(), wgmma_no_fence_after_wait_kernel, warpgroup, fsink);
     else if (what == "wgmma_unfenced_operand")

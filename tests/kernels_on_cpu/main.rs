@@ -767,6 +767,13 @@ fn harness_rejects_misuse_the_gpu_would_not_forgive() {
             &["wgmma: element", "only after it had released the bytes"],
         ),
         (
+            "wgmma_operand_written_in_flight",
+            &[
+                "wgmma: element (0, 0) of the B operand",
+                "was 0 at the wgmma's issue and 1 at the wgmma_wait_group that retired it",
+            ],
+        ),
+        (
             "wgmma_accumulators_unfenced_after_wait",
             &[
                 "that wgmma_wait_group retired into this thread's registers were not fenced \
